@@ -1,0 +1,190 @@
+//! Reverse-mode autodiff. Ops record a [`Node`] (inputs + backward rule) only when an input
+//! requires a gradient and recording is on. `backward` walks the graph once in reverse
+//! topological order; an intermediate's gradient is dropped as soon as it has been passed
+//! on, and each node's saved tensors are released as soon as its rule has run.
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+/// The backward rule of one op: given the gradient of the output, return one optional
+/// gradient per input (same shapes as the inputs). Runs with recording off.
+pub trait BackwardOp: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn backward(&self, grad: &Tensor, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>>;
+}
+
+pub struct Node {
+    pub(crate) inputs: Vec<Tensor>,
+    op: Mutex<Option<Box<dyn BackwardOp>>>,
+    name: &'static str,
+}
+
+impl Node {
+    pub(crate) fn new(inputs: Vec<Tensor>, op: Box<dyn BackwardOp>) -> Node {
+        let name = op.name();
+        Node { inputs, op: Mutex::new(Some(op)), name }
+    }
+}
+
+/// Gradients of leaf tensors, by tensor id. Repeated `backward_into` calls add up.
+#[derive(Default)]
+pub struct Gradients {
+    map: HashMap<u64, Tensor>,
+}
+
+impl Gradients {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn get(&self, t: &Tensor) -> Option<&Tensor> {
+        self.map.get(&t.id())
+    }
+    pub fn get_id(&self, id: u64) -> Option<&Tensor> {
+        self.map.get(&id)
+    }
+    pub fn remove(&mut self, t: &Tensor) -> Option<Tensor> {
+        self.map.remove(&t.id())
+    }
+    pub fn insert(&mut self, t: &Tensor, g: Tensor) {
+        self.map.insert(t.id(), g);
+    }
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+    pub fn clear(&mut self) {
+        self.map.clear();
+    }
+    /// Add `g` into the gradient of tensor id `id`.
+    pub fn accumulate(&mut self, id: u64, g: Tensor) -> Result<()> {
+        accumulate(&mut self.map, id, g)
+    }
+}
+
+fn accumulate(map: &mut HashMap<u64, Tensor>, id: u64, g: Tensor) -> Result<()> {
+    match map.remove(&id) {
+        Some(prev) => {
+            let sum = crate::ops::elementwise::add(&prev, &g)?;
+            map.insert(id, sum);
+        }
+        None => {
+            map.insert(id, g);
+        }
+    }
+    Ok(())
+}
+
+/// Tensors reachable from `root` through recorded nodes, in post-order (inputs first).
+fn topo_order(root: &Tensor) -> Vec<Tensor> {
+    let mut order = Vec::new();
+    let mut seen = HashSet::new();
+    // (tensor, children pushed?)
+    let mut stack: Vec<(Tensor, bool)> = vec![(root.clone(), false)];
+    while let Some((t, expanded)) = stack.pop() {
+        if expanded {
+            order.push(t);
+            continue;
+        }
+        if !seen.insert(t.id()) {
+            continue;
+        }
+        let node = t.node().cloned();
+        stack.push((t, true));
+        if let Some(node) = node {
+            for inp in node.inputs.iter().rev() {
+                if inp.is_tracked() && !seen.contains(&inp.id()) {
+                    stack.push((inp.clone(), false));
+                }
+            }
+        }
+    }
+    order
+}
+
+impl Tensor {
+    /// Backward from a one-element tensor (seed 1). Returns the leaf gradients.
+    pub fn backward(&self) -> Result<Gradients> {
+        let mut g = Gradients::new();
+        self.backward_into(&mut g)?;
+        Ok(g)
+    }
+
+    /// Backward from a one-element tensor, adding into `grads`.
+    pub fn backward_into(&self, grads: &mut Gradients) -> Result<()> {
+        if self.numel() != 1 {
+            return Err(Error::Autograd(format!(
+                "backward() needs a one-element loss, got shape {:?}; use backward_with",
+                self.shape()
+            )));
+        }
+        let seed = Tensor::full(self.gpu(), self.shape(), 1.0)?;
+        self.backward_with(seed, grads)
+    }
+
+    /// Backward with an explicit output gradient (same shape as `self`).
+    pub fn backward_with(&self, seed: Tensor, grads: &mut Gradients) -> Result<()> {
+        if seed.shape() != self.shape() {
+            return Err(Error::Autograd(format!(
+                "backward seed shape {:?} differs from output shape {:?}",
+                seed.shape(),
+                self.shape()
+            )));
+        }
+        if !self.is_tracked() {
+            return Err(Error::Autograd(
+                "backward() on a tensor that does not require grad (no parameter reaches it, or it was built under no_grad)".into(),
+            ));
+        }
+        let _ng = self.gpu().no_grad();
+        if self.is_leaf() {
+            return grads.accumulate(self.id(), seed);
+        }
+        let order = topo_order(self);
+        let mut local: HashMap<u64, Tensor> = HashMap::new();
+        local.insert(self.id(), seed);
+        for t in order.iter().rev() {
+            let Some(node) = t.node() else { continue };
+            let Some(g) = local.remove(&t.id()) else { continue };
+            let op = node.op.lock().map_err(|_| Error::Autograd("graph node poisoned".into()))?.take();
+            let Some(op) = op else {
+                return Err(Error::Autograd(format!(
+                    "backward through `{}` a second time: its saved tensors were freed after the first backward",
+                    node.name
+                )));
+            };
+            let input_grads = op.backward(&g, &node.inputs)?;
+            drop(op);
+            if input_grads.len() != node.inputs.len() {
+                return Err(Error::Autograd(format!(
+                    "`{}` returned {} gradients for {} inputs",
+                    node.name,
+                    input_grads.len(),
+                    node.inputs.len()
+                )));
+            }
+            for (inp, ig) in node.inputs.iter().zip(input_grads) {
+                let Some(ig) = ig else { continue };
+                if !inp.is_tracked() {
+                    continue;
+                }
+                if ig.shape() != inp.shape() {
+                    return Err(Error::Autograd(format!(
+                        "`{}` produced a gradient of shape {:?} for an input of shape {:?}",
+                        node.name,
+                        ig.shape(),
+                        inp.shape()
+                    )));
+                }
+                if inp.is_leaf() {
+                    grads.accumulate(inp.id(), ig)?;
+                } else {
+                    accumulate(&mut local, inp.id(), ig)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}

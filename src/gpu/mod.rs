@@ -1,0 +1,644 @@
+//! GPU context: adapter selection (own device or a host program's), kernel cache, buffer
+//! pool, command batching and GPU timestamps.
+//!
+//! Work is recorded, not executed: every kernel launch, copy and clear is appended to a
+//! command list, and the list is encoded and submitted in one go when the host needs a
+//! value (a readback), when [`Gpu::flush`] is called, or when the list grows long. All
+//! commands keep their recording order, so buffers can be reused from the pool as soon as
+//! the tensor that owned them is dropped.
+mod cache;
+mod pool;
+mod timer;
+
+pub use cache::{Access, Kernel};
+pub use pool::{bucket_size, PoolStats, Storage};
+pub use timer::GpuTimer;
+
+use crate::error::{Error, Result};
+use cache::{CachedPipeline, KernelCache};
+use pool::BufferPool;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Commands recorded before this many are flushed automatically.
+const AUTO_FLUSH: usize = 2048;
+
+/// How to pick and configure the adapter. `Default` reads the environment:
+/// `EQUIMODAL_BACKEND` (or wgpu's `WGPU_BACKEND`: vulkan, metal, dx12, gl, comma-separated),
+/// `EQUIMODAL_ADAPTER` (or `WGPU_ADAPTER_NAME`: case-insensitive substring of the adapter
+/// name, e.g. "llvmpipe" for Mesa's software Vulkan), `EQUIMODAL_CHECKED_KERNELS=1`.
+#[derive(Clone, Debug)]
+pub struct GpuOptions {
+    pub backends: wgpu::Backends,
+    pub adapter_name: Option<String>,
+    pub power: wgpu::PowerPreference,
+    /// Compile kernels with runtime bounds checks. Off in release builds (the checks cost up
+    /// to 40x on large matmuls; the test suite proves the indexing), on in debug builds.
+    pub checked_kernels: bool,
+}
+
+impl Default for GpuOptions {
+    fn default() -> Self {
+        let backends = std::env::var("EQUIMODAL_BACKEND")
+            .ok()
+            .map(|s| wgpu::Backends::from_comma_list(&s))
+            .or_else(wgpu::Backends::from_env)
+            .unwrap_or(wgpu::Backends::PRIMARY);
+        let adapter_name = std::env::var("EQUIMODAL_ADAPTER")
+            .ok()
+            .or_else(|| std::env::var("WGPU_ADAPTER_NAME").ok())
+            .filter(|s| !s.is_empty());
+        let checked_kernels = match std::env::var("EQUIMODAL_CHECKED_KERNELS") {
+            Ok(v) => v == "1" || v.eq_ignore_ascii_case("true"),
+            Err(_) => cfg!(debug_assertions),
+        };
+        GpuOptions { backends, adapter_name, power: wgpu::PowerPreference::HighPerformance, checked_kernels }
+    }
+}
+
+/// Optional capabilities the engine uses when present.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Capabilities {
+    pub timestamps: bool,
+    pub timestamps_in_encoders: bool,
+    pub f16: bool,
+    pub subgroups: bool,
+}
+
+/// One adapter as seen by [`list_adapters`].
+#[derive(Clone, Debug)]
+pub struct AdapterReport {
+    pub info: wgpu::AdapterInfo,
+    pub features: wgpu::Features,
+    pub limits: wgpu::Limits,
+}
+
+impl std::fmt::Display for AdapterReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let i = &self.info;
+        writeln!(f, "{} ({:?}, {:?}, driver {} {})", i.name, i.backend, i.device_type, i.driver, i.driver_info)?;
+        let feat = |x: wgpu::Features| if self.features.contains(x) { "yes" } else { "no" };
+        writeln!(
+            f,
+            "  timestamps: {}  f16: {}  subgroups: {}  cooperative matrix: {}",
+            feat(wgpu::Features::TIMESTAMP_QUERY),
+            feat(wgpu::Features::SHADER_F16),
+            feat(wgpu::Features::SUBGROUP),
+            feat(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
+        )?;
+        let l = &self.limits;
+        write!(
+            f,
+            "  max storage binding: {} MiB  max buffer: {} MiB  workgroup memory: {} KiB  invocations/workgroup: {}  workgroups/dim: {}",
+            l.max_storage_buffer_binding_size / (1 << 20),
+            l.max_buffer_size / (1 << 20),
+            l.max_compute_workgroup_storage_size / 1024,
+            l.max_compute_invocations_per_workgroup,
+            l.max_compute_workgroups_per_dimension
+        )
+    }
+}
+
+fn instance(backends: wgpu::Backends) -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    desc.backends = backends;
+    wgpu::Instance::new(desc)
+}
+
+/// Every adapter the selected backends expose.
+pub fn list_adapters(backends: wgpu::Backends) -> Vec<AdapterReport> {
+    let inst = instance(backends);
+    pollster::block_on(inst.enumerate_adapters(backends))
+        .into_iter()
+        .map(|a| AdapterReport { info: a.get_info(), features: a.features(), limits: a.limits() })
+        .collect()
+}
+
+pub(crate) enum Bind {
+    Uniform { offset: u64, size: u64 },
+    Buffer(wgpu::Buffer),
+}
+
+pub(crate) enum Cmd {
+    Dispatch { pipeline: Arc<CachedPipeline>, binds: Vec<Bind>, groups: [u32; 3] },
+    Copy { src: wgpu::Buffer, src_offset: u64, dst: wgpu::Buffer, dst_offset: u64, size: u64 },
+    Clear { buffer: wgpu::Buffer, offset: u64, size: u64 },
+    Timestamp { set: Arc<wgpu::QuerySet>, index: u32 },
+    Resolve { set: Arc<wgpu::QuerySet>, count: u32, dst: wgpu::Buffer },
+}
+
+#[derive(Default)]
+struct Batch {
+    cmds: Vec<Cmd>,
+    params: Vec<u8>,
+}
+
+struct Inner {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+    caps: Capabilities,
+    limits: wgpu::Limits,
+    checked: bool,
+    cache: Mutex<KernelCache>,
+    pool: Arc<Mutex<BufferPool>>,
+    batch: Mutex<Batch>,
+    next_id: AtomicU64,
+    submits: AtomicU64,
+    dispatches: AtomicU64,
+    error: Arc<Mutex<Option<String>>>,
+}
+
+/// The GPU context. Cheap to clone; all clones share one device, cache and pool.
+#[derive(Clone)]
+pub struct Gpu(Arc<Inner>);
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Gpu({} {:?})", self.0.info.name, self.0.info.backend)
+    }
+}
+
+thread_local! {
+    // Gradient recording mode is per thread (as in PyTorch): one thread evaluating under
+    // no_grad does not stop another from recording.
+    static NO_GRAD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Guard returned by [`Gpu::no_grad`]; gradient recording resumes when it drops.
+pub struct NoGradGuard(());
+impl Drop for NoGradGuard {
+    fn drop(&mut self) {
+        NO_GRAD.with(|c| c.set(c.get().saturating_sub(1)));
+    }
+}
+
+impl Gpu {
+    /// Pick an adapter (environment overrides, see [`GpuOptions`]), request a device with
+    /// the adapter's own limits and the optional features it has.
+    pub fn new(options: GpuOptions) -> Result<Gpu> {
+        let inst = instance(options.backends);
+        // GL is a last resort: only when the primary backends have no adapter.
+        let inst = if options.backends == wgpu::Backends::PRIMARY
+            && pollster::block_on(inst.enumerate_adapters(options.backends)).is_empty()
+        {
+            instance(wgpu::Backends::all())
+        } else {
+            inst
+        };
+        let adapter = if let Some(name) = &options.adapter_name {
+            let want = name.to_lowercase();
+            let all = pollster::block_on(inst.enumerate_adapters(options.backends));
+            let names: Vec<String> = all.iter().map(|a| a.get_info().name).collect();
+            all.into_iter()
+                .find(|a| a.get_info().name.to_lowercase().contains(&want))
+                .ok_or_else(|| {
+                    Error::NoAdapter(format!("no adapter name contains {name:?}; available: {names:?}"))
+                })?
+        } else {
+            pollster::block_on(inst.request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: options.power,
+                force_fallback_adapter: false,
+                compatible_surface: None,
+                apply_limit_buckets: false,
+            }))
+            .map_err(|e| {
+                Error::NoAdapter(format!(
+                    "{e}; on a machine without a GPU install Mesa's software Vulkan (lavapipe: apt-get install mesa-vulkan-drivers)"
+                ))
+            })?
+        };
+        let want = wgpu::Features::TIMESTAMP_QUERY
+            | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
+            | wgpu::Features::SHADER_F16
+            | wgpu::Features::SUBGROUP;
+        let features = adapter.features() & want;
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("equimodal"),
+            required_features: features,
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .map_err(|e| Error::Device(e.to_string()))?;
+        Ok(Self::build(device, queue, adapter.get_info(), options.checked_kernels))
+    }
+
+    /// Default options (environment overrides apply).
+    pub fn default_device() -> Result<Gpu> {
+        Gpu::new(GpuOptions::default())
+    }
+
+    /// Run on a device a host program already owns (the embedding case). The engine records
+    /// into its own encoders and submits to `queue`; it never touches the host's resources.
+    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue, info: wgpu::AdapterInfo) -> Gpu {
+        let checked = GpuOptions::default().checked_kernels;
+        Self::build(device, queue, info, checked)
+    }
+
+    fn build(device: wgpu::Device, queue: wgpu::Queue, info: wgpu::AdapterInfo, checked: bool) -> Gpu {
+        let f = device.features();
+        let caps = Capabilities {
+            timestamps: f.contains(wgpu::Features::TIMESTAMP_QUERY),
+            timestamps_in_encoders: f.contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS),
+            f16: f.contains(wgpu::Features::SHADER_F16),
+            subgroups: f.contains(wgpu::Features::SUBGROUP),
+        };
+        let error: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+        let e2 = error.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            if let Ok(mut slot) = e2.lock() {
+                if slot.is_none() {
+                    *slot = Some(e.to_string());
+                }
+            }
+        }));
+        let e3 = error.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            if let Ok(mut slot) = e3.lock() {
+                *slot = Some(format!("device lost ({reason:?}): {msg}"));
+            }
+        });
+        let limits = device.limits();
+        Gpu(Arc::new(Inner {
+            device,
+            queue,
+            info,
+            caps,
+            limits,
+            checked,
+            cache: Mutex::new(KernelCache::default()),
+            pool: Arc::new(Mutex::new(BufferPool::new())),
+            batch: Mutex::new(Batch::default()),
+            next_id: AtomicU64::new(1),
+            submits: AtomicU64::new(0),
+            dispatches: AtomicU64::new(0),
+            error,
+        }))
+    }
+
+    pub fn device(&self) -> &wgpu::Device {
+        &self.0.device
+    }
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.0.queue
+    }
+    pub fn info(&self) -> &wgpu::AdapterInfo {
+        &self.0.info
+    }
+    pub fn capabilities(&self) -> Capabilities {
+        self.0.caps
+    }
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.0.limits
+    }
+    /// True when kernels are compiled with runtime bounds checks.
+    pub fn checked_kernels(&self) -> bool {
+        self.0.checked
+    }
+    pub fn same_device(&self, other: &Gpu) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    pub(crate) fn next_id(&self) -> u64 {
+        self.0.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Stop recording gradients on this thread until the guard drops.
+    pub fn no_grad(&self) -> NoGradGuard {
+        NO_GRAD.with(|c| c.set(c.get() + 1));
+        NoGradGuard(())
+    }
+    /// Whether ops on this thread record gradients.
+    pub fn grad_enabled(&self) -> bool {
+        NO_GRAD.with(|c| c.get() == 0)
+    }
+
+    /// Buffer pool statistics (bytes in use and cached).
+    pub fn memory(&self) -> PoolStats {
+        self.0.pool.lock().map(|p| p.stats).unwrap_or_default()
+    }
+    /// Release cached buffers back to the driver.
+    pub fn trim_memory(&self) {
+        if let Ok(mut p) = self.0.pool.lock() {
+            p.trim();
+        }
+    }
+    /// Number of submits and dispatches so far (host-overhead accounting).
+    pub fn counters(&self) -> (u64, u64) {
+        (self.0.submits.load(Ordering::Relaxed), self.0.dispatches.load(Ordering::Relaxed))
+    }
+    /// Pipelines compiled so far.
+    pub fn pipelines_compiled(&self) -> u64 {
+        self.0.cache.lock().map(|c| c.compiled).unwrap_or(0)
+    }
+
+    /// Take a storage buffer of at least `bytes` from the pool.
+    pub fn alloc(&self, bytes: u64) -> Result<Arc<Storage>> {
+        let max = self.0.limits.max_storage_buffer_binding_size as u64;
+        if bytes > max {
+            return Err(Error::Other(format!(
+                "tensor of {bytes} bytes exceeds the device's max storage binding ({max} bytes)"
+            )));
+        }
+        let mut pool = self.0.pool.lock().map_err(|_| Error::Other("buffer pool poisoned".into()))?;
+        let (buffer, size) = pool.take(&self.0.device, bytes);
+        Ok(Arc::new(Storage { buffer: Some(buffer), size, pool: self.0.pool.clone() }))
+    }
+
+    fn check_error(&self) -> Result<()> {
+        if let Some(e) = self.0.error.lock().ok().and_then(|s| s.clone()) {
+            return Err(Error::DeviceLost(e));
+        }
+        Ok(())
+    }
+
+    fn push(&self, cmd: Cmd) -> Result<()> {
+        let n = {
+            let mut b = self.0.batch.lock().map_err(|_| Error::Other("command batch poisoned".into()))?;
+            b.cmds.push(cmd);
+            b.cmds.len()
+        };
+        if n >= AUTO_FLUSH {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Record one kernel launch. `params` is the uniform block (binding 0), padded here to
+    /// a multiple of 16 bytes; `buffers` bind to 1..=n in order.
+    pub fn dispatch(
+        &self,
+        kernel: &Kernel,
+        constants: &[(&str, f64)],
+        params: &[u8],
+        buffers: &[&wgpu::Buffer],
+        groups: [u32; 3],
+    ) -> Result<()> {
+        if buffers.len() != kernel.bindings.len() {
+            return Err(Error::Other(format!(
+                "kernel {}::{} takes {} buffers, got {}",
+                kernel.shader,
+                kernel.entry,
+                kernel.bindings.len(),
+                buffers.len()
+            )));
+        }
+        let maxg = self.0.limits.max_compute_workgroups_per_dimension;
+        if groups.iter().any(|&g| g > maxg) {
+            return Err(Error::Other(format!(
+                "kernel {}::{} launch {:?} exceeds {} workgroups per dimension",
+                kernel.shader, kernel.entry, groups, maxg
+            )));
+        }
+        if groups.contains(&0) {
+            return Ok(());
+        }
+        let pipeline = {
+            let mut c = self.0.cache.lock().map_err(|_| Error::Other("kernel cache poisoned".into()))?;
+            c.get(&self.0.device, self.0.checked, kernel, constants)
+        };
+        let align = self.0.limits.min_uniform_buffer_offset_alignment.max(16) as usize;
+        let n = {
+            let mut b = self.0.batch.lock().map_err(|_| Error::Other("command batch poisoned".into()))?;
+            let offset = b.params.len().div_ceil(align) * align;
+            let size = params.len().max(16).div_ceil(16) * 16;
+            b.params.resize(offset + size, 0);
+            b.params[offset..offset + params.len()].copy_from_slice(params);
+            let mut binds = Vec::with_capacity(buffers.len() + 1);
+            binds.push(Bind::Uniform { offset: offset as u64, size: size as u64 });
+            binds.extend(buffers.iter().map(|b| Bind::Buffer((*b).clone())));
+            b.cmds.push(Cmd::Dispatch { pipeline, binds, groups });
+            b.cmds.len()
+        };
+        self.0.dispatches.fetch_add(1, Ordering::Relaxed);
+        if n >= AUTO_FLUSH {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Record a buffer-to-buffer copy (in order with kernel launches).
+    pub fn copy(&self, src: &wgpu::Buffer, src_offset: u64, dst: &wgpu::Buffer, dst_offset: u64, size: u64) -> Result<()> {
+        if size == 0 {
+            return Ok(());
+        }
+        self.push(Cmd::Copy { src: src.clone(), src_offset, dst: dst.clone(), dst_offset, size })
+    }
+
+    /// Record a zero fill of `size` bytes (multiple of 4).
+    pub fn clear(&self, buffer: &wgpu::Buffer, offset: u64, size: u64) -> Result<()> {
+        if size == 0 {
+            return Ok(());
+        }
+        self.push(Cmd::Clear { buffer: buffer.clone(), offset, size: size.div_ceil(4) * 4 })
+    }
+
+    /// Upload bytes into `dst` at `offset`, in order with recorded work (through a staging
+    /// buffer, so it cannot overtake earlier launches that still use `dst`).
+    pub fn upload(&self, dst: &wgpu::Buffer, offset: u64, bytes: &[u8]) -> Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let size = (bytes.len() as u64).div_ceil(4) * 4;
+        let staging = self.0.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("equimodal.upload"),
+            size,
+            usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::MAP_WRITE,
+            mapped_at_creation: true,
+        });
+        {
+            let mut padded = bytes.to_vec();
+            padded.resize(size as usize, 0);
+            staging
+                .slice(..)
+                .get_mapped_range_mut()
+                .map_err(|e| Error::DeviceLost(format!("upload staging map: {e:?}")))?
+                .copy_from_slice(&padded);
+        }
+        staging.unmap();
+        self.copy(&staging, 0, dst, offset, size)
+    }
+
+    pub(crate) fn push_timestamp(&self, set: Arc<wgpu::QuerySet>, index: u32) -> Result<()> {
+        self.push(Cmd::Timestamp { set, index })
+    }
+    pub(crate) fn push_resolve(&self, set: Arc<wgpu::QuerySet>, count: u32, dst: &wgpu::Buffer) -> Result<()> {
+        self.push(Cmd::Resolve { set, count, dst: dst.clone() })
+    }
+
+    /// Encode and submit everything recorded so far (does not wait).
+    pub fn flush(&self) -> Result<()> {
+        let batch = {
+            let mut b = self.0.batch.lock().map_err(|_| Error::Other("command batch poisoned".into()))?;
+            std::mem::take(&mut *b)
+        };
+        if batch.cmds.is_empty() {
+            return self.check_error();
+        }
+        let dev = &self.0.device;
+        let uniform = if batch.params.is_empty() {
+            None
+        } else {
+            let buf = dev.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("equimodal.params"),
+                size: batch.params.len() as u64,
+                usage: wgpu::BufferUsages::UNIFORM,
+                mapped_at_creation: true,
+            });
+            buf.slice(..)
+                .get_mapped_range_mut()
+                .map_err(|e| Error::DeviceLost(format!("params map: {e:?}")))?
+                .copy_from_slice(&batch.params);
+            buf.unmap();
+            Some(buf)
+        };
+        let mut enc = dev.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("equimodal.batch") });
+        let cmds = batch.cmds;
+        let mut i = 0;
+        while i < cmds.len() {
+            match &cmds[i] {
+                Cmd::Dispatch { .. } => {
+                    // One compute pass for a run of consecutive launches; a timestamp right
+                    // after the run is written at the end of the pass.
+                    let mut j = i;
+                    while j < cmds.len() && matches!(cmds[j], Cmd::Dispatch { .. }) {
+                        j += 1;
+                    }
+                    let end_ts = match cmds.get(j) {
+                        Some(Cmd::Timestamp { set, index }) => Some((set.clone(), *index)),
+                        _ => None,
+                    };
+                    let groups_of: Vec<wgpu::BindGroup> = cmds[i..j]
+                        .iter()
+                        .map(|c| match c {
+                            Cmd::Dispatch { pipeline, binds, .. } => {
+                                let entries: Vec<wgpu::BindGroupEntry> = binds
+                                    .iter()
+                                    .enumerate()
+                                    .map(|(k, b)| wgpu::BindGroupEntry {
+                                        binding: k as u32,
+                                        resource: match b {
+                                            Bind::Uniform { offset, size } => {
+                                                wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                                                    buffer: uniform.as_ref().expect("params present"),
+                                                    offset: *offset,
+                                                    size: wgpu::BufferSize::new(*size),
+                                                })
+                                            }
+                                            Bind::Buffer(buf) => buf.as_entire_binding(),
+                                        },
+                                    })
+                                    .collect();
+                                dev.create_bind_group(&wgpu::BindGroupDescriptor {
+                                    label: None,
+                                    layout: &pipeline.layout,
+                                    entries: &entries,
+                                })
+                            }
+                            _ => unreachable!(),
+                        })
+                        .collect();
+                    {
+                        let tw = end_ts.as_ref().map(|(set, index)| wgpu::ComputePassTimestampWrites {
+                            query_set: set,
+                            beginning_of_pass_write_index: None,
+                            end_of_pass_write_index: Some(*index),
+                        });
+                        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                            label: Some("equimodal.pass"),
+                            timestamp_writes: tw,
+                        });
+                        for (c, bg) in cmds[i..j].iter().zip(&groups_of) {
+                            if let Cmd::Dispatch { pipeline, groups, .. } = c {
+                                pass.set_pipeline(&pipeline.pipeline);
+                                pass.set_bind_group(0, bg, &[]);
+                                pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+                            }
+                        }
+                    }
+                    i = if end_ts.is_some() { j + 1 } else { j };
+                }
+                Cmd::Copy { src, src_offset, dst, dst_offset, size } => {
+                    enc.copy_buffer_to_buffer(src, *src_offset, dst, *dst_offset, *size);
+                    i += 1;
+                }
+                Cmd::Clear { buffer, offset, size } => {
+                    enc.clear_buffer(buffer, *offset, Some(*size));
+                    i += 1;
+                }
+                Cmd::Timestamp { set, index } => {
+                    // No pass to attach to: an empty pass marks the point in time.
+                    let _pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: Some("equimodal.timestamp"),
+                        timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                            query_set: set,
+                            beginning_of_pass_write_index: Some(*index),
+                            end_of_pass_write_index: None,
+                        }),
+                    });
+                    i += 1;
+                }
+                Cmd::Resolve { set, count, dst } => {
+                    enc.resolve_query_set(set, 0..*count, dst, 0);
+                    i += 1;
+                }
+            }
+        }
+        self.0.queue.submit(Some(enc.finish()));
+        self.0.submits.fetch_add(1, Ordering::Relaxed);
+        self.check_error()
+    }
+
+    /// Flush and block until the GPU is idle.
+    pub fn synchronize(&self) -> Result<()> {
+        self.flush()?;
+        self.0
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::DeviceLost(e.to_string()))?;
+        self.check_error()
+    }
+
+    /// Read `size` bytes of `src` from `offset` back to the host (flushes and waits).
+    pub fn read_bytes(&self, src: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
+        if size == 0 {
+            return Ok(Vec::new());
+        }
+        let padded = size.div_ceil(4) * 4;
+        let staging = self.0.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("equimodal.readback"),
+            size: padded,
+            usage: wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::MAP_READ,
+            mapped_at_creation: false,
+        });
+        self.copy(src, offset, &staging, 0, padded)?;
+        self.flush()?;
+        let slot: Arc<Mutex<Option<std::result::Result<(), wgpu::BufferAsyncError>>>> = Arc::new(Mutex::new(None));
+        let s2 = slot.clone();
+        staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+            if let Ok(mut s) = s2.lock() {
+                *s = Some(r);
+            }
+        });
+        self.0
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::DeviceLost(e.to_string()))?;
+        self.check_error()?;
+        match slot.lock().ok().and_then(|mut s| s.take()) {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(Error::DeviceLost(format!("readback map failed: {e}"))),
+            None => return Err(Error::DeviceLost("readback never completed".into())),
+        }
+        let data = staging
+            .slice(..)
+            .get_mapped_range()
+            .map_err(|e| Error::DeviceLost(format!("readback map: {e:?}")))?[..size as usize]
+            .to_vec();
+        staging.unmap();
+        Ok(data)
+    }
+}

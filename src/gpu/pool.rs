@@ -1,0 +1,109 @@
+//! Size-bucketed buffer pool. Tensor storage comes from here and goes back on drop, so
+//! memory in use stays flat across training steps.
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Storage buffers are rounded up to a bucket: powers of two split into quarters
+/// (at most 25 % waste), never below 256 bytes.
+pub fn bucket_size(bytes: u64) -> u64 {
+    let b = bytes.max(256);
+    let p = 63 - (b - 1).leading_zeros() as u64; // floor(log2(b-1))
+    let base = 1u64 << p; // base < b <= 2*base
+    let quarter = (base / 4).max(1);
+    b.div_ceil(quarter) * quarter
+}
+
+#[derive(Default, Debug, Clone, Copy)]
+pub struct PoolStats {
+    /// Bytes held by live tensors (bucket sizes).
+    pub in_use: u64,
+    /// Bytes cached in the pool, free for reuse.
+    pub cached: u64,
+    /// Buffers created since start.
+    pub allocations: u64,
+    /// Requests served from the cache.
+    pub reuses: u64,
+}
+
+pub(crate) struct BufferPool {
+    free: HashMap<u64, Vec<wgpu::Buffer>>,
+    pub(crate) stats: PoolStats,
+}
+
+impl BufferPool {
+    pub(crate) fn new() -> Self {
+        BufferPool { free: HashMap::new(), stats: PoolStats::default() }
+    }
+    pub(crate) fn take(&mut self, device: &wgpu::Device, bytes: u64) -> (wgpu::Buffer, u64) {
+        let size = bucket_size(bytes);
+        self.stats.in_use += size;
+        if let Some(b) = self.free.get_mut(&size).and_then(|v| v.pop()) {
+            self.stats.cached -= size;
+            self.stats.reuses += 1;
+            return (b, size);
+        }
+        self.stats.allocations += 1;
+        let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("equimodal.storage"),
+            size,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        (buffer, size)
+    }
+    pub(crate) fn give(&mut self, buffer: wgpu::Buffer, size: u64) {
+        self.stats.in_use -= size;
+        self.stats.cached += size;
+        self.free.entry(size).or_default().push(buffer);
+    }
+    /// Drop every cached buffer (memory goes back to the driver).
+    pub(crate) fn trim(&mut self) {
+        self.free.clear();
+        self.stats.cached = 0;
+    }
+}
+
+/// A pooled GPU buffer. Returned to the pool when the last reference drops.
+pub struct Storage {
+    pub(crate) buffer: Option<wgpu::Buffer>,
+    pub(crate) size: u64,
+    pub(crate) pool: Arc<Mutex<BufferPool>>,
+}
+
+impl Storage {
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        self.buffer.as_ref().expect("storage buffer present until drop")
+    }
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+}
+
+impl Drop for Storage {
+    fn drop(&mut self) {
+        if let Some(b) = self.buffer.take() {
+            if let Ok(mut p) = self.pool.lock() {
+                p.give(b, self.size);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bucket_size;
+    #[test]
+    fn buckets_cover_and_waste_little() {
+        for b in [1u64, 255, 256, 257, 1000, 1024, 1025, 4097, 1 << 20, (1 << 20) + 1, 123_456_789] {
+            let s = bucket_size(b);
+            assert!(s >= b && s >= 256, "{b} -> {s}");
+            if b > 256 {
+                assert!((s as f64) <= b as f64 * 1.25 + 1.0, "{b} -> {s}");
+            }
+        }
+        assert_eq!(bucket_size(1024), 1024);
+        assert_eq!(bucket_size(1025), 1280);
+    }
+}

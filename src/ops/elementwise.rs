@@ -1,0 +1,417 @@
+//! Element-wise ops: unary maps, broadcasting binary ops, casts.
+use super::{bytes_of, expect_f32, expect_same_gpu, grid};
+use crate::autograd::BackwardOp;
+use crate::error::{Error, Result};
+use crate::gpu::{Access, Kernel};
+use crate::tensor::{DType, Tensor};
+
+const SRC: &str = include_str!("../../shaders/elementwise.wgsl");
+const R: Access = Access::Read;
+const RW: Access = Access::ReadWrite;
+const K_UNARY: Kernel = Kernel { shader: "elementwise", source: SRC, entry: "unary", bindings: &[R, RW] };
+const K_EXPAND: Kernel = Kernel { shader: "elementwise", source: SRC, entry: "expand", bindings: &[R, RW] };
+const K_FILL: Kernel = Kernel { shader: "elementwise", source: SRC, entry: "fill", bindings: &[RW] };
+const K_BINARY: Kernel = Kernel { shader: "elementwise", source: SRC, entry: "binary", bindings: &[R, R, RW] };
+const K_UNARY_BW: Kernel = Kernel { shader: "elementwise", source: SRC, entry: "unary_backward", bindings: &[R, R, RW] };
+const K_TO_F16: Kernel = Kernel { shader: "elementwise", source: SRC, entry: "to_f16", bindings: &[R, RW] };
+const K_FROM_F16: Kernel = Kernel { shader: "elementwise", source: SRC, entry: "from_f16", bindings: &[R, RW] };
+
+pub const MAX_DIMS: usize = 8;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    n: u32,
+    op: u32,
+    ndim: u32,
+    bcast: u32,
+    a: f32,
+    b: f32,
+    _p: [u32; 2],
+    shape: [u32; MAX_DIMS],
+    sa: [u32; MAX_DIMS],
+    sb: [u32; MAX_DIMS],
+}
+
+impl Params {
+    fn new(n: usize, op: u32, a: f32, b: f32) -> Self {
+        Params { n: n as u32, op, ndim: 0, bcast: 0, a, b, _p: [0; 2], shape: [0; MAX_DIMS], sa: [0; MAX_DIMS], sb: [0; MAX_DIMS] }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Unary {
+    Neg = 1,
+    Exp = 2,
+    Log = 3,
+    Sqrt = 4,
+    Relu = 5,
+    Gelu = 6,
+    Sigmoid = 7,
+    Tanh = 8,
+    Abs = 9,
+    Square = 10,
+    Affine = 11,
+    Recip = 13,
+    Pow = 14,
+    Clamp = 15,
+    Sign = 16,
+}
+
+impl Unary {
+    /// Whether the backward rule reads the output (true) or the input (false).
+    fn grad_from_output(self) -> bool {
+        matches!(self, Unary::Exp | Unary::Sqrt | Unary::Sigmoid | Unary::Tanh)
+    }
+}
+
+fn launch_unary(x: &Tensor, op: u32, a: f32, b: f32) -> Result<Tensor> {
+    expect_f32("unary", &[x])?;
+    let gpu = x.gpu();
+    let y = Tensor::empty(gpu, x.shape(), DType::F32)?;
+    let n = x.numel();
+    gpu.dispatch(&K_UNARY, &[], bytes_of(&Params::new(n, op, a, b)), &[x.buffer(), y.buffer()], grid(gpu, n, 256))?;
+    Ok(y)
+}
+
+struct UnaryBack {
+    op: Unary,
+    a: f32,
+    b: f32,
+    saved: Tensor,
+}
+
+impl BackwardOp for UnaryBack {
+    fn name(&self) -> &'static str {
+        "unary"
+    }
+    fn backward(&self, g: &Tensor, _inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
+        let dx = match self.op {
+            Unary::Neg => neg(g)?,
+            Unary::Affine => scale(g, self.a)?,
+            Unary::Clamp => {
+                // pass the gradient where a <= x <= b
+                let lo = ge_scalar(&self.saved, self.a)?;
+                let hi = ge_scalar(&neg(&self.saved)?, -self.b)?;
+                mul(&mul(g, &lo)?, &hi)?
+            }
+            Unary::Sign => Tensor::zeros(g.gpu(), g.shape())?,
+            op => {
+                let gpu = g.gpu();
+                let dx = Tensor::empty(gpu, g.shape(), DType::F32)?;
+                let n = g.numel();
+                gpu.dispatch(
+                    &K_UNARY_BW,
+                    &[],
+                    bytes_of(&Params::new(n, op as u32, self.a, self.b)),
+                    &[self.saved.buffer(), g.buffer(), dx.buffer()],
+                    grid(gpu, n, 256),
+                )?;
+                dx
+            }
+        };
+        Ok(vec![Some(dx)])
+    }
+}
+
+/// y = f(x) for one of the [`Unary`] maps; `a`, `b` are its scalar operands.
+pub fn unary(x: &Tensor, op: Unary, a: f32, b: f32) -> Result<Tensor> {
+    let y = launch_unary(x, op as u32, a, b)?;
+    let saved = if op.grad_from_output() { y.detach() } else { x.detach() };
+    Ok(y.with_grad_fn(&[x], || Box::new(UnaryBack { op, a, b, saved })))
+}
+
+pub fn neg(x: &Tensor) -> Result<Tensor> {
+    unary(x, Unary::Neg, 0.0, 0.0)
+}
+pub fn exp(x: &Tensor) -> Result<Tensor> {
+    unary(x, Unary::Exp, 0.0, 0.0)
+}
+pub fn log(x: &Tensor) -> Result<Tensor> {
+    unary(x, Unary::Log, 0.0, 0.0)
+}
+pub fn sqrt(x: &Tensor) -> Result<Tensor> {
+    unary(x, Unary::Sqrt, 0.0, 0.0)
+}
+pub fn relu(x: &Tensor) -> Result<Tensor> {
+    unary(x, Unary::Relu, 0.0, 0.0)
+}
+/// GELU, tanh approximation.
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    unary(x, Unary::Gelu, 0.0, 0.0)
+}
+pub fn sigmoid(x: &Tensor) -> Result<Tensor> {
+    unary(x, Unary::Sigmoid, 0.0, 0.0)
+}
+pub fn tanh(x: &Tensor) -> Result<Tensor> {
+    unary(x, Unary::Tanh, 0.0, 0.0)
+}
+pub fn abs(x: &Tensor) -> Result<Tensor> {
+    unary(x, Unary::Abs, 0.0, 0.0)
+}
+pub fn square(x: &Tensor) -> Result<Tensor> {
+    unary(x, Unary::Square, 0.0, 0.0)
+}
+pub fn recip(x: &Tensor) -> Result<Tensor> {
+    unary(x, Unary::Recip, 0.0, 0.0)
+}
+/// x^e for x > 0.
+pub fn pow_scalar(x: &Tensor, e: f32) -> Result<Tensor> {
+    unary(x, Unary::Pow, e, 0.0)
+}
+pub fn clamp(x: &Tensor, lo: f32, hi: f32) -> Result<Tensor> {
+    unary(x, Unary::Clamp, lo, hi)
+}
+pub fn sign(x: &Tensor) -> Result<Tensor> {
+    unary(x, Unary::Sign, 0.0, 0.0)
+}
+/// s * x + b.
+pub fn affine(x: &Tensor, s: f32, b: f32) -> Result<Tensor> {
+    unary(x, Unary::Affine, s, b)
+}
+pub fn scale(x: &Tensor, s: f32) -> Result<Tensor> {
+    affine(x, s, 0.0)
+}
+pub fn add_scalar(x: &Tensor, b: f32) -> Result<Tensor> {
+    affine(x, 1.0, b)
+}
+/// 1.0 where x >= s, else 0.0 (not differentiable).
+pub fn ge_scalar(x: &Tensor, s: f32) -> Result<Tensor> {
+    let _ng = x.gpu().no_grad();
+    let st = Tensor::full(x.gpu(), &[1], s)?;
+    binary(x, &st, Binary::Ge, 0.0, 0.0)
+}
+
+/// Fill a tensor in place (not recorded).
+pub fn fill(t: &Tensor, value: f32) -> Result<()> {
+    expect_f32("fill", &[t])?;
+    let gpu = t.gpu();
+    let n = t.numel();
+    gpu.dispatch(&K_FILL, &[], bytes_of(&Params::new(n, 12, value, 0.0)), &[t.buffer()], grid(gpu, n, 256))
+}
+
+// ---- binary ------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Binary {
+    Add = 0,
+    Sub = 1,
+    Mul = 2,
+    Div = 3,
+    Max = 4,
+    Min = 5,
+    /// s*a + t*b
+    Lerp = 6,
+    Eq = 7,
+    Ge = 8,
+}
+
+/// Numpy broadcasting of two shapes.
+pub fn broadcast_shape(op: &'static str, a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
+    let n = a.len().max(b.len());
+    let mut out = vec![0; n];
+    for i in 0..n {
+        let da = if i + a.len() >= n { a[i + a.len() - n] } else { 1 };
+        let db = if i + b.len() >= n { b[i + b.len() - n] } else { 1 };
+        out[i] = if da == db || db == 1 {
+            da
+        } else if da == 1 {
+            db
+        } else {
+            return Err(Error::shape(op, format!("shapes {a:?} and {b:?} do not broadcast (dim {i}: {da} vs {db})")));
+        };
+    }
+    Ok(out)
+}
+
+/// Element strides of `shape` read as a broadcast operand of `out` (0 on broadcast dims).
+fn bcast_strides(shape: &[usize], out: &[usize]) -> [u32; MAX_DIMS] {
+    let mut s = [0u32; MAX_DIMS];
+    let off = out.len() - shape.len();
+    let mut stride = 1usize;
+    for i in (0..shape.len()).rev() {
+        s[i + off] = if shape[i] == 1 { 0 } else { stride as u32 };
+        stride *= shape[i];
+    }
+    s
+}
+
+fn launch_binary(a: &Tensor, b: &Tensor, op: Binary, s: f32, t: f32) -> Result<Tensor> {
+    expect_f32("binary", &[a, b])?;
+    expect_same_gpu("binary", &[a, b])?;
+    let out = broadcast_shape("binary", a.shape(), b.shape())?;
+    if out.len() > MAX_DIMS {
+        return Err(Error::shape("binary", format!("at most {MAX_DIMS} dims, got {out:?}")));
+    }
+    let gpu = a.gpu();
+    let y = Tensor::empty(gpu, &out, DType::F32)?;
+    let n = y.numel();
+    let mut p = Params::new(n, op as u32, s, t);
+    if a.shape() != out.as_slice() || b.shape() != out.as_slice() {
+        p.bcast = 1;
+        p.ndim = out.len() as u32;
+        for (i, &d) in out.iter().enumerate() {
+            p.shape[i] = d as u32;
+        }
+        p.sa = bcast_strides(a.shape(), &out);
+        p.sb = bcast_strides(b.shape(), &out);
+    }
+    gpu.dispatch(&K_BINARY, &[], bytes_of(&p), &[a.buffer(), b.buffer(), y.buffer()], grid(gpu, n, 256))?;
+    Ok(y)
+}
+
+struct BinaryBack {
+    op: Binary,
+    s: f32,
+    t: f32,
+    a: Tensor,
+    b: Tensor,
+}
+
+impl BackwardOp for BinaryBack {
+    fn name(&self) -> &'static str {
+        "binary"
+    }
+    fn backward(&self, g: &Tensor, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
+        let (ta, tb) = (inputs[0].is_tracked(), inputs[1].is_tracked());
+        let (a, b) = (&self.a, &self.b);
+        let (ga, gb) = match self.op {
+            Binary::Add => (ta.then(|| g.clone()), tb.then(|| g.clone())),
+            Binary::Sub => (ta.then(|| g.clone()), if tb { Some(neg(g)?) } else { None }),
+            Binary::Mul => (if ta { Some(mul(g, b)?) } else { None }, if tb { Some(mul(g, a)?) } else { None }),
+            Binary::Div => {
+                let ga = if ta { Some(div(g, b)?) } else { None };
+                // d(a/b)/db = -a/b^2
+                let gb = if tb { Some(neg(&div(&mul(g, a)?, &square(b)?)?)?) } else { None };
+                (ga, gb)
+            }
+            Binary::Max | Binary::Min => {
+                // the gradient goes to the operand that was selected (a on ties)
+                let pick_a = if self.op == Binary::Max {
+                    binary(a, b, Binary::Ge, 0.0, 0.0)?
+                } else {
+                    binary(b, a, Binary::Ge, 0.0, 0.0)?
+                };
+                let ga = if ta { Some(mul(g, &pick_a)?) } else { None };
+                let gb = if tb { Some(mul(g, &affine(&pick_a, -1.0, 1.0)?)?) } else { None };
+                (ga, gb)
+            }
+            Binary::Lerp => (if ta { Some(scale(g, self.s)?) } else { None }, if tb { Some(scale(g, self.t)?) } else { None }),
+            Binary::Eq | Binary::Ge => (None, None),
+        };
+        let ga = match ga {
+            Some(x) => Some(super::reduce::sum_to_shape(&x, inputs[0].shape())?),
+            None => None,
+        };
+        let gb = match gb {
+            Some(x) => Some(super::reduce::sum_to_shape(&x, inputs[1].shape())?),
+            None => None,
+        };
+        Ok(vec![ga, gb])
+    }
+}
+
+/// y = a (op) b with numpy broadcasting.
+pub fn binary(a: &Tensor, b: &Tensor, op: Binary, s: f32, t: f32) -> Result<Tensor> {
+    let y = launch_binary(a, b, op, s, t)?;
+    if matches!(op, Binary::Eq | Binary::Ge) {
+        return Ok(y);
+    }
+    Ok(y.with_grad_fn(&[a, b], || Box::new(BinaryBack { op, s, t, a: a.detach(), b: b.detach() })))
+}
+
+pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    binary(a, b, Binary::Add, 0.0, 0.0)
+}
+pub fn sub(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    binary(a, b, Binary::Sub, 0.0, 0.0)
+}
+pub fn mul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    binary(a, b, Binary::Mul, 0.0, 0.0)
+}
+pub fn div(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    binary(a, b, Binary::Div, 0.0, 0.0)
+}
+pub fn maximum(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    binary(a, b, Binary::Max, 0.0, 0.0)
+}
+pub fn minimum(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    binary(a, b, Binary::Min, 0.0, 0.0)
+}
+/// s*a + t*b.
+pub fn lerp(a: &Tensor, b: &Tensor, s: f32, t: f32) -> Result<Tensor> {
+    binary(a, b, Binary::Lerp, s, t)
+}
+
+// ---- expand -------------------------------------------------------------------------------
+
+struct ExpandBack;
+impl BackwardOp for ExpandBack {
+    fn name(&self) -> &'static str {
+        "expand"
+    }
+    fn backward(&self, g: &Tensor, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
+        Ok(vec![Some(super::reduce::sum_to_shape(g, inputs[0].shape())?)])
+    }
+}
+
+/// Broadcast `x` to `shape` (numpy rules), materialised.
+pub fn expand(x: &Tensor, shape: &[usize]) -> Result<Tensor> {
+    expect_f32("expand", &[x])?;
+    let out = broadcast_shape("expand", x.shape(), shape)?;
+    if out != shape {
+        return Err(Error::shape("expand", format!("{:?} does not broadcast to {:?}", x.shape(), shape)));
+    }
+    if x.shape() == shape {
+        return Ok(x.clone());
+    }
+    if out.len() > MAX_DIMS {
+        return Err(Error::shape("expand", format!("at most {MAX_DIMS} dims, got {out:?}")));
+    }
+    let gpu = x.gpu();
+    let y = Tensor::empty(gpu, shape, DType::F32)?;
+    let n = y.numel();
+    let mut p = Params::new(n, 0, 0.0, 0.0);
+    p.ndim = out.len() as u32;
+    for (i, &d) in out.iter().enumerate() {
+        p.shape[i] = d as u32;
+    }
+    p.sa = bcast_strides(x.shape(), &out);
+    gpu.dispatch(&K_EXPAND, &[], bytes_of(&p), &[x.buffer(), y.buffer()], grid(gpu, n, 256))?;
+    Ok(y.with_grad_fn(&[x], || Box::new(ExpandBack)))
+}
+
+// ---- casts ---------------------------------------------------------------------------------
+
+struct CastBack;
+impl BackwardOp for CastBack {
+    fn name(&self) -> &'static str {
+        "cast"
+    }
+    fn backward(&self, g: &Tensor, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
+        Ok(vec![Some(cast(g, inputs[0].dtype())?)])
+    }
+}
+
+/// Convert between f32 and f16 storage.
+pub fn cast(x: &Tensor, to: DType) -> Result<Tensor> {
+    let gpu = x.gpu();
+    let n = x.numel();
+    let y = match (x.dtype(), to) {
+        (a, b) if a == b => return Ok(x.clone()),
+        (DType::F32, DType::F16) => {
+            let y = Tensor::empty(gpu, x.shape(), DType::F16)?;
+            gpu.dispatch(&K_TO_F16, &[], bytes_of(&Params::new(n, 0, 0.0, 0.0)), &[x.buffer(), y.buffer()], grid(gpu, n.div_ceil(2), 256))?;
+            y
+        }
+        (DType::F16, DType::F32) => {
+            let y = Tensor::empty(gpu, x.shape(), DType::F32)?;
+            gpu.dispatch(&K_FROM_F16, &[], bytes_of(&Params::new(n, 0, 0.0, 0.0)), &[x.buffer(), y.buffer()], grid(gpu, n, 256))?;
+            y
+        }
+        (a, b) => return Err(Error::DType { op: "cast", msg: format!("no cast from {a:?} to {b:?}") }),
+    };
+    Ok(y.with_grad_fn(&[x], || Box::new(CastBack)))
+}

@@ -1,0 +1,185 @@
+//! Reductions (sum, mean, max, min) over any set of axes.
+use super::{bytes_of, expect_f32, grid};
+use crate::autograd::BackwardOp;
+use crate::error::{Error, Result};
+use crate::gpu::{Access, Kernel};
+use crate::tensor::{DType, Tensor};
+
+const SRC: &str = include_str!("../../shaders/reduce.wgsl");
+const K_TREE: Kernel = Kernel { shader: "reduce", source: SRC, entry: "reduce_tree", bindings: &[Access::Read, Access::ReadWrite] };
+const K_LOOP: Kernel = Kernel { shader: "reduce", source: SRC, entry: "reduce_loop", bindings: &[Access::Read, Access::ReadWrite] };
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    outer: u32,
+    r: u32,
+    inner: u32,
+    op: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum ReduceOp {
+    Sum = 0,
+    Mean = 1,
+    Max = 2,
+    Min = 3,
+}
+
+/// Reduce `x` viewed as [outer, r, inner] over r (no autograd).
+fn launch(x: &Tensor, outer: usize, r: usize, inner: usize, op: ReduceOp) -> Result<Tensor> {
+    let gpu = x.gpu();
+    let y = Tensor::empty(gpu, &[outer * inner], DType::F32)?;
+    let p = Params { outer: outer as u32, r: r as u32, inner: inner as u32, op: op as u32 };
+    let n = outer * inner;
+    // Long rows: a workgroup per output; otherwise a thread per output.
+    if inner == 1 && r >= 64 || n < 256 && r >= 256 {
+        gpu.dispatch(&K_TREE, &[], bytes_of(&p), &[x.buffer(), y.buffer()], grid(gpu, n, 1))?;
+    } else {
+        gpu.dispatch(&K_LOOP, &[], bytes_of(&p), &[x.buffer(), y.buffer()], grid(gpu, n, 256))?;
+    }
+    Ok(y)
+}
+
+fn normalize_axes(op: &'static str, shape: &[usize], axes: &[isize]) -> Result<Vec<usize>> {
+    let nd = shape.len() as isize;
+    let mut out = Vec::new();
+    for &a in axes {
+        let ax = if a < 0 { a + nd } else { a };
+        if ax < 0 || ax >= nd {
+            return Err(Error::shape(op, format!("axis {a} out of range for shape {shape:?}")));
+        }
+        if !out.contains(&(ax as usize)) {
+            out.push(ax as usize);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// Reduction without autograd; returns the keepdim shape.
+fn reduce_raw(x: &Tensor, axes: &[usize], op: ReduceOp) -> Result<Tensor> {
+    let mut shape = x.shape().to_vec();
+    let mut cur = x.clone();
+    // runs of consecutive axes, last run first (so earlier axis indices stay valid)
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for &a in axes {
+        match runs.last_mut() {
+            Some((_, end)) if *end == a => *end = a + 1,
+            _ => runs.push((a, a + 1)),
+        }
+    }
+    for (i, &(s, e)) in runs.iter().enumerate().rev() {
+        let outer: usize = shape[..s].iter().product();
+        let r: usize = shape[s..e].iter().product();
+        let inner: usize = shape[e..].iter().product();
+        // mean over several runs: sum each run, scale once at the end
+        let run_op = if op == ReduceOp::Mean && runs.len() > 1 { ReduceOp::Sum } else { op };
+        cur = launch(&cur, outer, r, inner, run_op)?;
+        for d in shape[s..e].iter_mut() {
+            *d = 1;
+        }
+        let _ = i;
+    }
+    if op == ReduceOp::Mean && runs.len() > 1 {
+        let count: usize = axes.iter().map(|&a| x.shape()[a]).product();
+        cur = super::elementwise::scale(&cur, 1.0 / count as f32)?;
+    }
+    cur.reshape(&shape)
+}
+
+struct ReduceBack {
+    op: ReduceOp,
+    axes: Vec<usize>,
+    keep_shape: Vec<usize>,
+    x: Option<Tensor>,
+    y: Option<Tensor>,
+}
+
+impl BackwardOp for ReduceBack {
+    fn name(&self) -> &'static str {
+        "reduce"
+    }
+    fn backward(&self, g: &Tensor, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
+        let in_shape = inputs[0].shape();
+        let g = g.reshape(&self.keep_shape)?;
+        let dx = match self.op {
+            ReduceOp::Sum => super::elementwise::expand(&g, in_shape)?,
+            ReduceOp::Mean => {
+                let count: usize = self.axes.iter().map(|&a| in_shape[a]).product();
+                super::elementwise::expand(&super::elementwise::scale(&g, 1.0 / count as f32)?, in_shape)?
+            }
+            ReduceOp::Max | ReduceOp::Min => {
+                // split the gradient evenly among the elements equal to the extremum
+                let (x, y) = (self.x.as_ref().expect("saved"), self.y.as_ref().expect("saved"));
+                let mask = super::elementwise::binary(x, y, super::elementwise::Binary::Eq, 0.0, 0.0)?;
+                let count = reduce_raw(&mask, &self.axes, ReduceOp::Sum)?;
+                let share = super::elementwise::div(&g, &count)?;
+                super::elementwise::mul(&mask, &share)?
+            }
+        };
+        Ok(vec![Some(dx)])
+    }
+}
+
+/// Reduce over `axes` (negative counts from the end). `keepdim` keeps reduced axes as 1.
+pub fn reduce(x: &Tensor, axes: &[isize], op: ReduceOp, keepdim: bool) -> Result<Tensor> {
+    expect_f32("reduce", &[x])?;
+    let axes = normalize_axes("reduce", x.shape(), axes)?;
+    let y = if axes.is_empty() { x.detach() } else { reduce_raw(x, &axes, op)? };
+    let keep_shape = y.shape().to_vec();
+    let out_shape: Vec<usize> = if keepdim {
+        keep_shape.clone()
+    } else {
+        x.shape().iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, &d)| d).collect()
+    };
+    let y = y.reshape(&out_shape)?.detach();
+    let saved = matches!(op, ReduceOp::Max | ReduceOp::Min);
+    let (sx, sy) = if saved { (Some(x.detach()), Some(y.reshape(&keep_shape)?)) } else { (None, None) };
+    Ok(y.with_grad_fn(&[x], || Box::new(ReduceBack { op, axes, keep_shape, x: sx, y: sy })))
+}
+
+pub fn sum(x: &Tensor, axes: &[isize], keepdim: bool) -> Result<Tensor> {
+    reduce(x, axes, ReduceOp::Sum, keepdim)
+}
+pub fn mean(x: &Tensor, axes: &[isize], keepdim: bool) -> Result<Tensor> {
+    reduce(x, axes, ReduceOp::Mean, keepdim)
+}
+pub fn max(x: &Tensor, axes: &[isize], keepdim: bool) -> Result<Tensor> {
+    reduce(x, axes, ReduceOp::Max, keepdim)
+}
+pub fn min(x: &Tensor, axes: &[isize], keepdim: bool) -> Result<Tensor> {
+    reduce(x, axes, ReduceOp::Min, keepdim)
+}
+/// Sum of all elements, shape [1].
+pub fn sum_all(x: &Tensor) -> Result<Tensor> {
+    let all: Vec<isize> = (0..x.dims() as isize).collect();
+    sum(x, &all, false)?.reshape(&[1])
+}
+/// Mean of all elements, shape [1].
+pub fn mean_all(x: &Tensor) -> Result<Tensor> {
+    let all: Vec<isize> = (0..x.dims() as isize).collect();
+    mean(x, &all, false)?.reshape(&[1])
+}
+
+/// Sum a broadcast result back to `shape` (the backward of broadcasting).
+pub fn sum_to_shape(x: &Tensor, shape: &[usize]) -> Result<Tensor> {
+    if x.shape() == shape {
+        return Ok(x.clone());
+    }
+    let xs = x.shape();
+    if shape.len() > xs.len() {
+        return Err(Error::shape("sum_to_shape", format!("{xs:?} cannot reduce to {shape:?}")));
+    }
+    let lead = xs.len() - shape.len();
+    let mut axes: Vec<isize> = (0..lead as isize).collect();
+    for (i, &d) in shape.iter().enumerate() {
+        if d == 1 && xs[lead + i] != 1 {
+            axes.push((lead + i) as isize);
+        } else if d != xs[lead + i] {
+            return Err(Error::shape("sum_to_shape", format!("{xs:?} cannot reduce to {shape:?}")));
+        }
+    }
+    sum(x, &axes, true)?.reshape(&[&[1usize][..0], shape].concat())
+}

@@ -1,0 +1,300 @@
+//! GPU tensors: contiguous storage from the buffer pool, a shape, a dtype, and (when
+//! gradients are recorded) the node that produced it.
+use crate::autograd::{BackwardOp, Node};
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, Storage};
+use std::sync::Arc;
+
+/// Element type of the storage. `F16` is stored packed two per 32-bit word (IEEE half),
+/// so it works on every device; kernels unpack with `unpack2x16float`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DType {
+    F32,
+    F16,
+    U32,
+}
+
+impl DType {
+    pub fn size_bytes(self) -> usize {
+        match self {
+            DType::F32 | DType::U32 => 4,
+            DType::F16 => 2,
+        }
+    }
+}
+
+pub(crate) struct TensorInner {
+    pub(crate) id: u64,
+    pub(crate) gpu: Gpu,
+    pub(crate) shape: Vec<usize>,
+    pub(crate) dtype: DType,
+    pub(crate) storage: Arc<Storage>,
+    pub(crate) requires_grad: bool,
+    pub(crate) node: Option<Arc<Node>>,
+}
+
+/// A tensor on the GPU. Clones share storage (cheap).
+#[derive(Clone)]
+pub struct Tensor(pub(crate) Arc<TensorInner>);
+
+impl std::fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tensor#{}({:?}, {:?}{})", self.id(), self.0.shape, self.0.dtype, if self.0.requires_grad { ", grad" } else { "" })
+    }
+}
+
+pub fn numel(shape: &[usize]) -> usize {
+    shape.iter().product()
+}
+
+impl Tensor {
+    fn wrap(gpu: &Gpu, shape: Vec<usize>, dtype: DType, storage: Arc<Storage>, requires_grad: bool, node: Option<Arc<Node>>) -> Tensor {
+        Tensor(Arc::new(TensorInner { id: gpu.next_id(), gpu: gpu.clone(), shape, dtype, storage, requires_grad, node }))
+    }
+
+    /// Uninitialised tensor (contents are whatever the pooled buffer held).
+    pub fn empty(gpu: &Gpu, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        let bytes = (numel(shape) * dtype.size_bytes()).div_ceil(4) * 4;
+        let storage = gpu.alloc(bytes as u64)?;
+        Ok(Self::wrap(gpu, shape.to_vec(), dtype, storage, false, None))
+    }
+
+    pub fn zeros(gpu: &Gpu, shape: &[usize]) -> Result<Tensor> {
+        Self::zeros_dtype(gpu, shape, DType::F32)
+    }
+
+    pub fn zeros_dtype(gpu: &Gpu, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        let t = Self::empty(gpu, shape, dtype)?;
+        gpu.clear(t.buffer(), 0, t.byte_len())?;
+        Ok(t)
+    }
+
+    pub fn full(gpu: &Gpu, shape: &[usize], value: f32) -> Result<Tensor> {
+        if value == 0.0 {
+            return Self::zeros(gpu, shape);
+        }
+        let t = Self::empty(gpu, shape, DType::F32)?;
+        crate::ops::elementwise::fill(&t, value)?;
+        Ok(t)
+    }
+
+    fn check_len(op: &'static str, shape: &[usize], len: usize) -> Result<()> {
+        if numel(shape) != len {
+            return Err(Error::shape(op, format!("shape {shape:?} holds {} elements, data has {len}", numel(shape))));
+        }
+        Ok(())
+    }
+
+    /// Upload f32 data.
+    pub fn from_slice(gpu: &Gpu, data: &[f32], shape: &[usize]) -> Result<Tensor> {
+        Self::check_len("from_slice", shape, data.len())?;
+        let t = Self::empty(gpu, shape, DType::F32)?;
+        gpu.upload(t.buffer(), 0, bytemuck::cast_slice(data))?;
+        Ok(t)
+    }
+
+    /// Upload f32 data as f16 storage.
+    pub fn from_slice_f16(gpu: &Gpu, data: &[f32], shape: &[usize]) -> Result<Tensor> {
+        Self::check_len("from_slice_f16", shape, data.len())?;
+        let h: Vec<half::f16> = data.iter().map(|&x| half::f16::from_f32(x)).collect();
+        let t = Self::empty(gpu, shape, DType::F16)?;
+        gpu.upload(t.buffer(), 0, bytemuck::cast_slice(&h))?;
+        Ok(t)
+    }
+
+    /// Upload u32 data (labels, indices).
+    pub fn from_u32(gpu: &Gpu, data: &[u32], shape: &[usize]) -> Result<Tensor> {
+        Self::check_len("from_u32", shape, data.len())?;
+        let t = Self::empty(gpu, shape, DType::U32)?;
+        gpu.upload(t.buffer(), 0, bytemuck::cast_slice(data))?;
+        Ok(t)
+    }
+
+    /// A trainable leaf: same storage, gradients recorded for it.
+    pub fn requires_grad(&self) -> Tensor {
+        Tensor(Arc::new(TensorInner {
+            id: self.0.gpu.next_id(),
+            gpu: self.0.gpu.clone(),
+            shape: self.0.shape.clone(),
+            dtype: self.0.dtype,
+            storage: self.0.storage.clone(),
+            requires_grad: true,
+            node: None,
+        }))
+    }
+
+    /// Same storage, cut from the graph.
+    pub fn detach(&self) -> Tensor {
+        Tensor(Arc::new(TensorInner {
+            id: self.0.gpu.next_id(),
+            gpu: self.0.gpu.clone(),
+            shape: self.0.shape.clone(),
+            dtype: self.0.dtype,
+            storage: self.0.storage.clone(),
+            requires_grad: false,
+            node: None,
+        }))
+    }
+
+    /// Result of an op: records a graph node when gradients are on and an input needs one.
+    pub(crate) fn from_op(
+        gpu: &Gpu,
+        shape: Vec<usize>,
+        dtype: DType,
+        storage: Arc<Storage>,
+        inputs: &[&Tensor],
+        op: impl FnOnce() -> Box<dyn BackwardOp>,
+    ) -> Tensor {
+        let track = gpu.grad_enabled() && inputs.iter().any(|t| t.0.requires_grad);
+        let node = track.then(|| Arc::new(Node::new(inputs.iter().map(|t| (*t).clone()).collect(), op())));
+        Self::wrap(gpu, shape, dtype, storage, track, node)
+    }
+
+    /// Wrap a freshly computed output tensor (from `Tensor::empty`) as the result of an op.
+    pub(crate) fn with_grad_fn(self, inputs: &[&Tensor], op: impl FnOnce() -> Box<dyn BackwardOp>) -> Tensor {
+        let gpu = self.0.gpu.clone();
+        let inner = Arc::try_unwrap(self.0).unwrap_or_else(|a| TensorInner {
+            id: a.id,
+            gpu: a.gpu.clone(),
+            shape: a.shape.clone(),
+            dtype: a.dtype,
+            storage: a.storage.clone(),
+            requires_grad: false,
+            node: None,
+        });
+        Self::from_op(&gpu, inner.shape, inner.dtype, inner.storage, inputs, op)
+    }
+
+    pub fn id(&self) -> u64 {
+        self.0.id
+    }
+    pub fn gpu(&self) -> &Gpu {
+        &self.0.gpu
+    }
+    pub fn shape(&self) -> &[usize] {
+        &self.0.shape
+    }
+    pub fn dims(&self) -> usize {
+        self.0.shape.len()
+    }
+    pub fn dim(&self, i: usize) -> usize {
+        self.0.shape[i]
+    }
+    pub fn numel(&self) -> usize {
+        numel(&self.0.shape)
+    }
+    pub fn dtype(&self) -> DType {
+        self.0.dtype
+    }
+    pub fn is_tracked(&self) -> bool {
+        self.0.requires_grad
+    }
+    pub fn is_leaf(&self) -> bool {
+        self.0.node.is_none()
+    }
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        self.0.storage.buffer()
+    }
+    pub fn storage(&self) -> &Arc<Storage> {
+        &self.0.storage
+    }
+    /// Bytes of element data (rounded up to 4).
+    pub fn byte_len(&self) -> u64 {
+        ((self.numel() * self.0.dtype.size_bytes()).div_ceil(4) * 4) as u64
+    }
+    pub(crate) fn node(&self) -> Option<&Arc<Node>> {
+        self.0.node.as_ref()
+    }
+
+    /// Download as f32 (f16 storage is widened).
+    pub fn to_vec(&self) -> Result<Vec<f32>> {
+        let bytes = self.0.gpu.read_bytes(self.buffer(), 0, self.byte_len())?;
+        Ok(match self.0.dtype {
+            DType::F32 => bytemuck::pod_collect_to_vec(&bytes),
+            DType::F16 => {
+                let h: Vec<half::f16> = bytemuck::pod_collect_to_vec(&bytes);
+                h[..self.numel()].iter().map(|x| x.to_f32()).collect()
+            }
+            DType::U32 => {
+                return Err(Error::DType { op: "to_vec", msg: "tensor holds u32; use to_vec_u32".into() });
+            }
+        })
+    }
+
+    pub fn to_vec_u32(&self) -> Result<Vec<u32>> {
+        if self.0.dtype != DType::U32 {
+            return Err(Error::DType { op: "to_vec_u32", msg: format!("tensor holds {:?}", self.0.dtype) });
+        }
+        let bytes = self.0.gpu.read_bytes(self.buffer(), 0, self.byte_len())?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+
+    /// The single value of a one-element tensor.
+    pub fn item(&self) -> Result<f32> {
+        if self.numel() != 1 {
+            return Err(Error::shape("item", format!("needs one element, shape is {:?}", self.shape())));
+        }
+        Ok(self.to_vec()?[0])
+    }
+
+    /// Same data, new shape (a view: no copy). One dimension may be `usize::MAX` (inferred).
+    pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
+        let mut shape = shape.to_vec();
+        let known: usize = shape.iter().filter(|&&d| d != usize::MAX).product();
+        let holes = shape.iter().filter(|&&d| d == usize::MAX).count();
+        if holes > 1 || (holes == 1 && (known == 0 || self.numel() % known != 0)) {
+            return Err(Error::shape("reshape", format!("cannot infer {:?} from {:?}", shape, self.shape())));
+        }
+        if holes == 1 {
+            for d in shape.iter_mut() {
+                if *d == usize::MAX {
+                    *d = self.numel() / known;
+                }
+            }
+        }
+        if numel(&shape) != self.numel() {
+            return Err(Error::shape("reshape", format!("{:?} ({} elements) to {:?}", self.shape(), self.numel(), shape)));
+        }
+        let from = self.shape().to_vec();
+        Ok(Tensor::from_op(&self.0.gpu, shape, self.0.dtype, self.0.storage.clone(), &[self], || {
+            Box::new(ReshapeBack { from })
+        }))
+    }
+
+    /// Copy into fresh storage (same shape, not tracked).
+    pub fn deep_copy(&self) -> Result<Tensor> {
+        let t = Tensor::empty(&self.0.gpu, self.shape(), self.0.dtype)?;
+        self.0.gpu.copy(self.buffer(), 0, t.buffer(), 0, self.byte_len())?;
+        Ok(t)
+    }
+
+    /// Overwrite this tensor's storage with `src`'s contents (same shape and dtype). In
+    /// place: used for parameters, never recorded.
+    pub fn assign(&self, src: &Tensor) -> Result<()> {
+        if src.shape() != self.shape() || src.dtype() != self.dtype() {
+            return Err(Error::shape("assign", format!("{:?} {:?} into {:?} {:?}", src.shape(), src.dtype(), self.shape(), self.dtype())));
+        }
+        self.0.gpu.copy(src.buffer(), 0, self.buffer(), 0, self.byte_len())
+    }
+
+    /// Overwrite this tensor's storage from host data.
+    pub fn write(&self, data: &[f32]) -> Result<()> {
+        if self.dtype() != DType::F32 {
+            return Err(Error::DType { op: "write", msg: format!("tensor holds {:?}", self.dtype()) });
+        }
+        Self::check_len("write", self.shape(), data.len())?;
+        self.0.gpu.upload(self.buffer(), 0, bytemuck::cast_slice(data))
+    }
+}
+
+struct ReshapeBack {
+    from: Vec<usize>,
+}
+impl BackwardOp for ReshapeBack {
+    fn name(&self) -> &'static str {
+        "reshape"
+    }
+    fn backward(&self, grad: &Tensor, _inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
+        Ok(vec![Some(grad.reshape(&self.from)?)])
+    }
+}
