@@ -1,7 +1,10 @@
+//! equimodal: a hand-written GPU compute engine (wgpu + WGSL) for balanced multimodal
+//! learning. See the README for the user guide and `docs/` for design and performance notes.
+pub mod autograd;
 pub mod error;
 pub mod gpu;
-pub mod autograd;
 pub mod ops;
+pub mod report;
 pub mod tensor;
 
 pub use autograd::Gradients;
