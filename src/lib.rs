@@ -1,6 +1,7 @@
 //! equimodal: a hand-written GPU compute engine (wgpu + WGSL) for balanced multimodal
 //! learning. See the README for the user guide and `docs/` for design and performance notes.
 pub mod autograd;
+pub mod bench;
 pub mod error;
 pub mod gpu;
 pub mod ops;

@@ -1,1 +1,123 @@
-fn main() {}
+//! The equimodal command line: train, eval, report, bench, devices.
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "equimodal", version, about = "Balanced multimodal learning (AUG, AIM and baselines) on a hand-written wgpu engine")]
+struct Cli {
+    /// Adapter name substring (e.g. "llvmpipe", "nvidia"); overrides EQUIMODAL_ADAPTER.
+    #[arg(long, global = true)]
+    adapter: Option<String>,
+    /// Backends to try: vulkan, metal, dx12, gl (comma-separated); overrides EQUIMODAL_BACKEND.
+    #[arg(long, global = true)]
+    backend: Option<String>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// List GPU adapters with backend, features and key limits.
+    Devices,
+    /// Kernel microbenchmarks (GPU timestamps; GFLOP/s, GB/s, % of the device's ceiling).
+    Bench {
+        /// Small sizes (software Vulkan, smoke runs).
+        #[arg(long)]
+        quick: bool,
+        /// Only kernels whose name contains this.
+        #[arg(long)]
+        filter: Option<String>,
+        #[arg(long, default_value_t = 10)]
+        reps: usize,
+        /// Memory ceiling in GB/s (default: known figure for the adapter, else measured copy).
+        #[arg(long)]
+        peak_gbs: Option<f64>,
+        /// f32 arithmetic ceiling in GFLOP/s (default: known figure for the adapter).
+        #[arg(long)]
+        peak_gflops: Option<f64>,
+        /// Also write the rows as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Charts (PNG + SVG) of a run directory's metrics.jsonl, or a comparison of several runs.
+    Report {
+        /// Run directories; with more than one, also writes a comparison into --out.
+        #[arg(required = true)]
+        runs: Vec<PathBuf>,
+        /// Where to write the comparison (default: the first run's charts/ folder).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+fn gpu_options(cli: &Cli) -> equimodal::GpuOptions {
+    let mut o = equimodal::GpuOptions::default();
+    if let Some(a) = &cli.adapter {
+        o.adapter_name = Some(a.clone());
+    }
+    if let Some(b) = &cli.backend {
+        o.backends = wgpu::Backends::from_comma_list(b);
+    }
+    o
+}
+
+fn run(cli: Cli) -> equimodal::Result<()> {
+    match &cli.cmd {
+        Cmd::Devices => {
+            let o = gpu_options(&cli);
+            let list = equimodal::gpu::list_adapters(wgpu::Backends::all());
+            if list.is_empty() {
+                println!("no adapters found (install a Vulkan driver; without a GPU: apt-get install mesa-vulkan-drivers)");
+            }
+            for a in &list {
+                println!("{a}");
+            }
+            match equimodal::Gpu::new(o) {
+                Ok(g) => println!("\nselected: {} ({:?})", g.info().name, g.info().backend),
+                Err(e) => println!("\nno adapter selected: {e}"),
+            }
+        }
+        Cmd::Bench { quick, filter, reps, peak_gbs, peak_gflops, json } => {
+            let gpu = equimodal::Gpu::new(gpu_options(&cli))?;
+            let opts = equimodal::bench::BenchOptions {
+                quick: *quick,
+                filter: filter.clone(),
+                peak_gbs: *peak_gbs,
+                peak_gflops: *peak_gflops,
+                reps: (*reps).max(1),
+                warmup: 3,
+            };
+            let rows = equimodal::bench::run(&gpu, &opts, equimodal::bench::extra_cases(*quick))?;
+            print!("{}", equimodal::bench::format_table(&gpu, &rows, gpu.capabilities().timestamps));
+            if let Some(p) = json {
+                let s = serde_json::to_string_pretty(&rows).map_err(|e| equimodal::Error::Other(e.to_string()))?;
+                std::fs::write(p, s).map_err(|e| equimodal::Error::io(p, e))?;
+            }
+        }
+        Cmd::Report { runs, out } => {
+            for r in runs {
+                let files = equimodal::report::render_report(r)?;
+                println!("{}: {} files in {}", r.display(), files.len(), r.join("charts").display());
+            }
+            if runs.len() > 1 {
+                let out = out.clone().unwrap_or_else(|| runs[0].join("charts"));
+                let refs: Vec<&std::path::Path> = runs.iter().map(|p| p.as_path()).collect();
+                let files = equimodal::report::render_comparison(&refs, &out)?;
+                println!("comparison: {} files in {}", files.len(), out.display());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
