@@ -13,8 +13,8 @@ use equimodal::data::pca::Pca;
 use equimodal::data::stft::{PadMode, Stft, StftConfig, WindowKind};
 use equimodal::data::wav::read_wav_mono;
 use equimodal::data::{
-    build, write_tensors_split, Dataset, DatasetConfig, HostTensor, Loader, LoaderConfig, ModalitySpec, Split,
-    SyntheticConfig, SyntheticDataset, TensorsConfig,
+    build, write_tensors_split, Dataset, DatasetConfig, HostTensor, Loader, LoaderConfig,
+    ModalitySpec, Split, SyntheticConfig, SyntheticDataset, TensorsConfig,
 };
 use equimodal::error::Error;
 use rand::rngs::StdRng;
@@ -60,13 +60,26 @@ fn reflect_pad(x: &[f64], p: usize) -> Vec<f64> {
     let n = x.len() as isize;
     (-(p as isize)..n + p as isize)
         .map(|i| {
-            let j = if i < 0 { -i } else if i >= n { 2 * (n - 1) - i } else { i };
+            let j = if i < 0 {
+                -i
+            } else if i >= n {
+                2 * (n - 1) - i
+            } else {
+                i
+            };
             x[j as usize]
         })
         .collect()
 }
 
-fn direct_stft(x: &[f32], n_fft: usize, hop: usize, win: &[f64], center: bool, pad: PadMode) -> (usize, Vec<f64>) {
+fn direct_stft(
+    x: &[f32],
+    n_fft: usize,
+    hop: usize,
+    win: &[f64],
+    center: bool,
+    pad: PadMode,
+) -> (usize, Vec<f64>) {
     let xd: Vec<f64> = x.iter().map(|&v| v as f64).collect();
     let xp = if !center {
         xd
@@ -99,7 +112,9 @@ fn direct_stft(x: &[f32], n_fft: usize, hop: usize, win: &[f64], center: bool, p
 #[test]
 fn stft_matches_direct_dft() {
     let mut rng = StdRng::seed_from_u64(7);
-    let x: Vec<f32> = (0..1500).map(|i| (i as f32 * 0.05).sin() + rng.random::<f32>() - 0.5).collect();
+    let x: Vec<f32> = (0..1500)
+        .map(|i| (i as f32 * 0.05).sin() + rng.random::<f32>() - 0.5)
+        .collect();
     let cases = [
         (256, 64, WindowKind::Hann, true, PadMode::Reflect),
         (100, 37, WindowKind::Hann, true, PadMode::Reflect),
@@ -108,7 +123,14 @@ fn stft_matches_direct_dft() {
         (60, 60, WindowKind::Rectangular, false, PadMode::Reflect),
     ];
     for (n_fft, hop, window, center, pad_mode) in cases {
-        let s = Stft::new(StftConfig { n_fft, hop, window, center, pad_mode }).unwrap();
+        let s = Stft::new(StftConfig {
+            n_fft,
+            hop,
+            window,
+            center,
+            pad_mode,
+        })
+        .unwrap();
         // periodic windows, computed independently
         let win: Vec<f64> = (0..n_fft)
             .map(|i| {
@@ -121,19 +143,33 @@ fn stft_matches_direct_dft() {
             })
             .collect();
         let (frames, want) = direct_stft(&x, n_fft, hop, &win, center, pad_mode);
-        assert_eq!(s.num_frames(x.len()), frames, "frames n_fft {n_fft} hop {hop}");
+        assert_eq!(
+            s.num_frames(x.len()),
+            frames,
+            "frames n_fft {n_fft} hop {hop}"
+        );
         let got = s.magnitude(&x).unwrap();
         assert_eq!(got.len(), want.len());
         let peak = want.iter().cloned().fold(0.0, f64::max);
-        let err = got.iter().zip(&want).map(|(g, w)| (*g as f64 - w).abs()).fold(0.0, f64::max);
-        assert!(err < 1e-5 * peak.max(1.0) * (n_fft as f64).sqrt(), "n_fft {n_fft} hop {hop}: max err {err} (peak {peak})");
+        let err = got
+            .iter()
+            .zip(&want)
+            .map(|(g, w)| (*g as f64 - w).abs())
+            .fold(0.0, f64::max);
+        assert!(
+            err < 1e-5 * peak.max(1.0) * (n_fft as f64).sqrt(),
+            "n_fft {n_fft} hop {hop}: max err {err} (peak {peak})"
+        );
         let lg = s.log_magnitude(&x, 1e-6).unwrap();
         assert!((lg[5] - (got[5] + 1e-6).ln()).abs() < 1e-6);
     }
     // too-short signal for reflect padding is a typed error, not a panic
     let s = Stft::new(StftConfig::new(256, 64)).unwrap();
     assert!(matches!(s.magnitude(&[0.0; 100]), Err(Error::Shape { .. })));
-    assert!(matches!(Stft::new(StftConfig::new(256, 0)), Err(Error::Config { .. })));
+    assert!(matches!(
+        Stft::new(StftConfig::new(256, 0)),
+        Err(Error::Config { .. })
+    ));
 }
 
 // ---------------------------------------------------------------- WAV
@@ -167,11 +203,20 @@ fn wav_corrupt_files_are_typed_errors() {
             Err(e @ (Error::Data { .. } | Error::Io { .. })) => {
                 assert!(msg(&e).contains(&p.display().to_string()), "{e}")
             }
-            other => panic!("{}: expected a typed error, got {:?}", p.display(), other.map(|w| w.samples.len())),
+            other => panic!(
+                "{}: expected a typed error, got {:?}",
+                p.display(),
+                other.map(|w| w.samples.len())
+            ),
         }
     }
     // stereo and empty files
-    let spec = hound::WavSpec { channels: 2, sample_rate: 8000, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
+    let spec = hound::WavSpec {
+        channels: 2,
+        sample_rate: 8000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
     let st = td.0.join("stereo.wav");
     let mut w = hound::WavWriter::create(&st, spec).unwrap();
     for _ in 0..20 {
@@ -179,15 +224,43 @@ fn wav_corrupt_files_are_typed_errors() {
     }
     w.finalize().unwrap();
     let e = read_wav_mono(&st).unwrap_err();
-    assert!(msg(&e).contains("mono") && msg(&e).contains("stereo.wav"), "{e}");
+    assert!(
+        msg(&e).contains("mono") && msg(&e).contains("stereo.wav"),
+        "{e}"
+    );
     let empty = td.0.join("empty.wav");
-    hound::WavWriter::create(&empty, hound::WavSpec { channels: 1, ..spec }).unwrap().finalize().unwrap();
+    hound::WavWriter::create(
+        &empty,
+        hound::WavSpec {
+            channels: 1,
+            ..spec
+        },
+    )
+    .unwrap()
+    .finalize()
+    .unwrap();
     let e = read_wav_mono(&empty).unwrap_err();
-    assert!(msg(&e).contains("zero length") && msg(&e).contains("empty.wav"), "{e}");
+    assert!(
+        msg(&e).contains("zero length") && msg(&e).contains("empty.wav"),
+        "{e}"
+    );
     // 24-bit and float files are read too
-    for (bits, fmt) in [(24u16, hound::SampleFormat::Int), (32, hound::SampleFormat::Float), (8, hound::SampleFormat::Int)] {
+    for (bits, fmt) in [
+        (24u16, hound::SampleFormat::Int),
+        (32, hound::SampleFormat::Float),
+        (8, hound::SampleFormat::Int),
+    ] {
         let p = td.0.join(format!("f{bits}.wav"));
-        let mut w = hound::WavWriter::create(&p, hound::WavSpec { channels: 1, sample_rate: 16000, bits_per_sample: bits, sample_format: fmt }).unwrap();
+        let mut w = hound::WavWriter::create(
+            &p,
+            hound::WavSpec {
+                channels: 1,
+                sample_rate: 16000,
+                bits_per_sample: bits,
+                sample_format: fmt,
+            },
+        )
+        .unwrap();
         for i in 0..100 {
             let v = (i as f32 / 100.0) - 0.5;
             match (fmt, bits) {
@@ -199,9 +272,16 @@ fn wav_corrupt_files_are_typed_errors() {
         w.finalize().unwrap();
         let r = read_wav_mono(&p).unwrap();
         assert_eq!((r.sample_rate, r.samples.len()), (16000, 100));
-        assert!((r.samples[0] + 0.5).abs() < 0.02 && (r.samples[99] - 0.49).abs() < 0.02, "{bits}: {:?}", &r.samples[..3]);
+        assert!(
+            (r.samples[0] + 0.5).abs() < 0.02 && (r.samples[99] - 0.49).abs() < 0.02,
+            "{bits}: {:?}",
+            &r.samples[..3]
+        );
     }
-    assert!(matches!(read_wav_mono(td.0.join("missing.wav")), Err(Error::Io { .. })));
+    assert!(matches!(
+        read_wav_mono(td.0.join("missing.wav")),
+        Err(Error::Io { .. })
+    ));
 }
 
 // ---------------------------------------------------------------- IDX
@@ -226,8 +306,16 @@ fn idx_reads_mnist_and_rejects_corrupt_headers() {
     assert_eq!(read_idx(&plain).unwrap().data, raw.data);
     // corrupt magic, bad type, truncated data, truncated header
     let cases: Vec<(&str, Vec<u8>)> = vec![
-        ("magic", { let mut b = bytes.clone(); b[0] = 0x42; b }),
-        ("type", { let mut b = bytes.clone(); b[2] = 0x0D; b }),
+        ("magic", {
+            let mut b = bytes.clone();
+            b[0] = 0x42;
+            b
+        }),
+        ("type", {
+            let mut b = bytes.clone();
+            b[2] = 0x0D;
+            b
+        }),
         ("trunc", bytes[..bytes.len() - 10].to_vec()),
         ("hdr", bytes[..6].to_vec()),
     ];
@@ -235,7 +323,10 @@ fn idx_reads_mnist_and_rejects_corrupt_headers() {
         let p = td.0.join(name);
         std::fs::write(&p, b).unwrap();
         let e = read_idx(&p).unwrap_err();
-        assert!(matches!(e, Error::Data { .. }) && msg(&e).contains(&p.display().to_string()), "{name}: {e}");
+        assert!(
+            matches!(e, Error::Data { .. }) && msg(&e).contains(&p.display().to_string()),
+            "{name}: {e}"
+        );
     }
     // swapped image/label files
     let e = read_mnist(&lp, &ip).unwrap_err();
@@ -247,11 +338,20 @@ fn idx_reads_mnist_and_rejects_corrupt_headers() {
 #[test]
 fn pca_keeps_requested_energy() {
     let d = shared().join("mnist");
-    let m = read_mnist(d.join("t10k-first8000-images-idx3-ubyte.gz"), d.join("t10k-first8000-labels-idx1-ubyte.gz")).unwrap();
+    let m = read_mnist(
+        d.join("t10k-first8000-images-idx3-ubyte.gz"),
+        d.join("t10k-first8000-labels-idx1-ubyte.gz"),
+    )
+    .unwrap();
     let n = 6000;
     let t = Instant::now();
     let pca = Pca::fit(&m.images[..n * 784], n, 784, 0.25).unwrap();
-    eprintln!("PCA fit on 6000x784: {:?}, k = {}, kept {:.4}", t.elapsed(), pca.components.len(), pca.energy_kept);
+    eprintln!(
+        "PCA fit on 6000x784: {:?}, k = {}, kept {:.4}",
+        t.elapsed(),
+        pca.components.len(),
+        pca.energy_kept
+    );
     let total: f64 = pca.eigenvalues.iter().map(|v| v.max(0.0)).sum();
     let k = pca.components.len();
     assert!(pca.energy_kept >= 0.25);
@@ -262,15 +362,32 @@ fn pca_keeps_requested_energy() {
     let mut all = 0.0f64;
     for i in 0..n {
         let mut x = m.image(i).to_vec();
-        all += x.iter().zip(&pca.mean).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>();
+        all += x
+            .iter()
+            .zip(&pca.mean)
+            .map(|(a, b)| ((a - b) as f64).powi(2))
+            .sum::<f64>();
         pca.reconstruct(&mut x);
-        kept += x.iter().zip(&pca.mean).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>();
+        kept += x
+            .iter()
+            .zip(&pca.mean)
+            .map(|(a, b)| ((a - b) as f64).powi(2))
+            .sum::<f64>();
     }
-    assert!((kept / all - pca.energy_kept).abs() < 2e-3, "measured {} vs {}", kept / all, pca.energy_kept);
+    assert!(
+        (kept / all - pca.energy_kept).abs() < 2e-3,
+        "measured {} vs {}",
+        kept / all,
+        pca.energy_kept
+    );
     // components orthonormal
     for a in 0..k {
         for b in 0..k {
-            let d: f32 = pca.components[a].iter().zip(&pca.components[b]).map(|(x, y)| x * y).sum();
+            let d: f32 = pca.components[a]
+                .iter()
+                .zip(&pca.components[b])
+                .map(|(x, y)| x * y)
+                .sum();
             assert!((d - if a == b { 1.0 } else { 0.0 }).abs() < 1e-4);
         }
     }
@@ -282,7 +399,10 @@ fn pca_keeps_requested_energy() {
 fn avmnist_default() -> &'static AvmnistDataset {
     static DS: OnceLock<AvmnistDataset> = OnceLock::new();
     DS.get_or_init(|| {
-        let cfg = AvmnistConfig { root: Some(shared().display().to_string()), ..Default::default() };
+        let cfg = AvmnistConfig {
+            root: Some(shared().display().to_string()),
+            ..Default::default()
+        };
         let t = Instant::now();
         let ds = AvmnistDataset::new(&cfg).unwrap();
         eprintln!("avmnist preprocessing (2500 WAVs): {:?}", t.elapsed());
@@ -295,9 +415,22 @@ fn avmnist_protocol() {
     let ds = avmnist_default();
     assert_eq!(ds.name(), "avmnist");
     assert_eq!(ds.num_classes(), 10);
-    assert_eq!(ds.modalities()[0], ModalitySpec::new("audio", vec![1, 129, 126]));
-    assert_eq!(ds.modalities()[1], ModalitySpec::new("image", vec![1, 28, 28]));
-    assert_eq!((ds.len(Split::Train), ds.len(Split::Val), ds.len(Split::Test)), (2250, 0, 250));
+    assert_eq!(
+        ds.modalities()[0],
+        ModalitySpec::new("audio", vec![1, 129, 126])
+    );
+    assert_eq!(
+        ds.modalities()[1],
+        ModalitySpec::new("image", vec![1, 28, 28])
+    );
+    assert_eq!(
+        (
+            ds.len(Split::Train),
+            ds.len(Split::Val),
+            ds.len(Split::Test)
+        ),
+        (2250, 0, 250)
+    );
     for (split, pool) in [(Split::Train, 0..6000), (Split::Test, 6000..8000)] {
         for i in 0..ds.len(split) {
             let (clip, img, label) = ds.pair_info(split, i).unwrap();
@@ -344,12 +477,29 @@ fn avmnist_seeded_pairing_degradations_and_val() {
     };
     let t = Instant::now();
     let ds = AvmnistDataset::new(&cfg).unwrap();
-    eprintln!("avmnist build with PCA 0.25 + noise + SNR 0 dB + val: {:?}", t.elapsed());
-    assert_eq!((ds.len(Split::Train), ds.len(Split::Val), ds.len(Split::Test)), (2025, 225, 250));
+    eprintln!(
+        "avmnist build with PCA 0.25 + noise + SNR 0 dB + val: {:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        (
+            ds.len(Split::Train),
+            ds.len(Split::Val),
+            ds.len(Split::Test)
+        ),
+        (2025, 225, 250)
+    );
     assert!(ds.pca().unwrap().energy_kept >= 0.25);
     // different seed: different pairing; pools still respected
-    let differs = (0..250).filter(|&i| ds.pair_info(Split::Test, i).unwrap().1 != base.pair_info(Split::Test, i).unwrap().1).count();
-    assert!(differs > 200, "pairing should change with the seed ({differs} differ)");
+    let differs = (0..250)
+        .filter(|&i| {
+            ds.pair_info(Split::Test, i).unwrap().1 != base.pair_info(Split::Test, i).unwrap().1
+        })
+        .count();
+    assert!(
+        differs > 200,
+        "pairing should change with the seed ({differs} differ)"
+    );
     for i in 0..ds.len(Split::Val) {
         let (_, img, l) = ds.pair_info(Split::Val, i).unwrap();
         assert!(img < 6000 && ds.image_label(img) == l);
@@ -358,7 +508,10 @@ fn avmnist_seeded_pairing_degradations_and_val() {
     let ds2 = AvmnistDataset::new(&cfg).unwrap();
     for split in [Split::Train, Split::Val, Split::Test] {
         for i in (0..ds.len(split)).step_by(37) {
-            assert_eq!(ds.sample(split, i, None).unwrap(), ds2.sample(split, i, None).unwrap());
+            assert_eq!(
+                ds.sample(split, i, None).unwrap(),
+                ds2.sample(split, i, None).unwrap()
+            );
         }
     }
     // speaker split
@@ -370,17 +523,35 @@ fn avmnist_seeded_pairing_degradations_and_val() {
     })
     .unwrap();
     assert_eq!((sp.len(Split::Train), sp.len(Split::Test)), (1500, 1000));
-    assert!((0..1000).all(|i| ["george", "lucas"].contains(&sp.pair_info(Split::Test, i).unwrap().0.speaker.as_str())));
-    let e = AvmnistDataset::new(&AvmnistConfig { root, split: "speaker".into(), test_speakers: vec!["nobody".into()], ..Default::default() })
-        .err()
-        .unwrap();
-    assert!(msg(&e).contains("data.test_speakers") && msg(&e).contains("nobody"), "{e}");
+    assert!((0..1000)
+        .all(|i| ["george", "lucas"]
+            .contains(&sp.pair_info(Split::Test, i).unwrap().0.speaker.as_str())));
+    let e = AvmnistDataset::new(&AvmnistConfig {
+        root,
+        split: "speaker".into(),
+        test_speakers: vec!["nobody".into()],
+        ..Default::default()
+    })
+    .err()
+    .unwrap();
+    assert!(
+        msg(&e).contains("data.test_speakers") && msg(&e).contains("nobody"),
+        "{e}"
+    );
 }
 
 #[test]
 fn avmnist_missing_root_is_clear() {
-    let e = AvmnistDataset::new(&AvmnistConfig { root: Some("/nonexistent/equimodal".into()), ..Default::default() }).err().unwrap();
-    assert!(msg(&e).contains("/nonexistent/equimodal/fsdd/recordings"), "{e}");
+    let e = AvmnistDataset::new(&AvmnistConfig {
+        root: Some("/nonexistent/equimodal".into()),
+        ..Default::default()
+    })
+    .err()
+    .unwrap();
+    assert!(
+        msg(&e).contains("/nonexistent/equimodal/fsdd/recordings"),
+        "{e}"
+    );
 }
 
 // ---------------------------------------------------------------- CREMA-D
@@ -389,12 +560,23 @@ fn avmnist_missing_root_is_clear() {
 fn cremad_fixture_loads() {
     let td = TempDir::new("cremad");
     let fx = write_cremad_fixture(&td.0, &shared(), 8, 4, 3).unwrap();
-    let cfg = CremadConfig { root: Some(td.0.display().to_string()), image_size: 64, ..Default::default() };
+    let cfg = CremadConfig {
+        root: Some(td.0.display().to_string()),
+        image_size: 64,
+        ..Default::default()
+    };
     let ds = CremadDataset::new(&cfg).unwrap();
     assert_eq!(ds.num_classes(), 6);
     assert_eq!(ds.modalities()[0].shape, vec![1, 257, 188]);
     assert_eq!(ds.modalities()[1].shape, vec![3, 64, 64]);
-    assert_eq!((ds.len(Split::Train), ds.len(Split::Val), ds.len(Split::Test)), (8, 0, 4));
+    assert_eq!(
+        (
+            ds.len(Split::Train),
+            ds.len(Split::Val),
+            ds.len(Split::Test)
+        ),
+        (8, 0, 4)
+    );
     for (split, list) in [(Split::Train, &fx.train), (Split::Test, &fx.test)] {
         for (i, (id, label)) in list.iter().enumerate() {
             assert_eq!(ds.clip(split, i).unwrap(), (id.as_str(), *label));
@@ -411,24 +593,47 @@ fn cremad_fixture_loads() {
     assert_eq!(w.len(), 66150);
     // eval is deterministic, augmentation is seeded
     assert_eq!(ds.sample(Split::Train, 0, None).unwrap(), (x.clone(), y));
-    let a1 = ds.sample(Split::Train, 0, Some(&mut StdRng::seed_from_u64(5))).unwrap();
-    let a2 = ds.sample(Split::Train, 0, Some(&mut StdRng::seed_from_u64(5))).unwrap();
-    let a3 = ds.sample(Split::Train, 0, Some(&mut StdRng::seed_from_u64(6))).unwrap();
+    let a1 = ds
+        .sample(Split::Train, 0, Some(&mut StdRng::seed_from_u64(5)))
+        .unwrap();
+    let a2 = ds
+        .sample(Split::Train, 0, Some(&mut StdRng::seed_from_u64(5)))
+        .unwrap();
+    let a3 = ds
+        .sample(Split::Train, 0, Some(&mut StdRng::seed_from_u64(6)))
+        .unwrap();
     assert_eq!(a1, a2);
     assert_eq!(a1.0[0], x[0], "audio has no augmentation");
     assert!(a1.0[1] != x[1] || a3.0[1] != x[1]);
     // 20 s tiling (AUG) → 257×1250; full-size frames 3×224×224
-    let ds20 = CremadDataset::new(&CremadConfig { seconds: 20.0, ..cfg.clone() }).unwrap();
+    let ds20 = CremadDataset::new(&CremadConfig {
+        seconds: 20.0,
+        ..cfg.clone()
+    })
+    .unwrap();
     assert_eq!(ds20.modalities()[0].shape, vec![1, 257, 1250]);
-    let full = CremadDataset::new(&CremadConfig { image_size: 224, ..cfg.clone() }).unwrap();
-    let (x, _) = full.sample(Split::Test, 1, Some(&mut StdRng::seed_from_u64(1))).unwrap();
+    let full = CremadDataset::new(&CremadConfig {
+        image_size: 224,
+        ..cfg.clone()
+    })
+    .unwrap();
+    let (x, _) = full
+        .sample(Split::Test, 1, Some(&mut StdRng::seed_from_u64(1)))
+        .unwrap();
     assert_eq!(x[1].len(), 3 * 224 * 224);
     // through the generic builder + loader (lazy loading in workers)
     let ds: Arc<dyn Dataset> = Arc::from(build(&DatasetConfig::Cremad(cfg.clone())).unwrap());
-    let batches: Vec<_> = Loader::new(ds, Split::Train, LoaderConfig { batch_size: 3, ..LoaderConfig::train(3, 0, 0) })
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+    let batches: Vec<_> = Loader::new(
+        ds,
+        Split::Train,
+        LoaderConfig {
+            batch_size: 3,
+            ..LoaderConfig::train(3, 0, 0)
+        },
+    )
+    .unwrap()
+    .collect::<Result<_, _>>()
+    .unwrap();
     assert_eq!(batches.len(), 3);
     assert_eq!(batches[0].inputs[1].shape, vec![3, 3, 64, 64]);
 }
@@ -437,12 +642,19 @@ fn cremad_fixture_loads() {
 fn cremad_errors_name_files() {
     let td = TempDir::new("cremad-bad");
     write_cremad_fixture(&td.0, &shared(), 2, 1, 1).unwrap();
-    let cfg = CremadConfig { root: Some(td.0.display().to_string()), image_size: 32, ..Default::default() };
+    let cfg = CremadConfig {
+        root: Some(td.0.display().to_string()),
+        image_size: 32,
+        ..Default::default()
+    };
     let csv = td.0.join("annotations/test.csv");
     let good = std::fs::read_to_string(&csv).unwrap();
     std::fs::write(&csv, good.replace(",", ",XYZ")).unwrap();
     let e = CremadDataset::new(&cfg).err().unwrap();
-    assert!(msg(&e).contains("test.csv") && msg(&e).contains("XYZ"), "{e}");
+    assert!(
+        msg(&e).contains("test.csv") && msg(&e).contains("XYZ"),
+        "{e}"
+    );
     std::fs::write(&csv, "9999_NOPE_ANG_XX,ANG\r\n").unwrap();
     let e = CremadDataset::new(&cfg).err().unwrap();
     assert!(msg(&e).contains("9999_NOPE_ANG_XX.wav"), "{e}");
@@ -451,13 +663,23 @@ fn cremad_errors_name_files() {
     let ds = CremadDataset::new(&cfg).unwrap();
     let id = ds.clip(Split::Test, 0).unwrap().0.to_string();
     let fdir = td.0.join("Image-01-FPS").join(&id);
-    let frame = std::fs::read_dir(&fdir).unwrap().next().unwrap().unwrap().path();
+    let frame = std::fs::read_dir(&fdir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     std::fs::write(&frame, b"not a jpeg").unwrap();
     let e = ds.sample(Split::Test, 0, None).unwrap_err();
     assert!(msg(&e).contains(&frame.display().to_string()), "{e}");
     let e = CremadDataset::new(&CremadConfig::default()).err().unwrap();
     assert!(msg(&e).contains("data.root"), "{e}");
-    let e = CremadDataset::new(&CremadConfig { frame: "last".into(), ..cfg }).err().unwrap();
+    let e = CremadDataset::new(&CremadConfig {
+        frame: "last".into(),
+        ..cfg
+    })
+    .err()
+    .unwrap();
     assert!(msg(&e).contains("data.frame"), "{e}");
 }
 
@@ -473,16 +695,42 @@ fn tensors_round_trip() {
     let td = TempDir::new("tensors");
     let a = ht(vec![5, 2, 3], |i| i as f32);
     let v = ht(vec![5, 4], |i| -(i as f32));
-    write_tensors_split(td.0.join("train.safetensors"), &[("audio", &a), ("video", &v)], &[0, 1, 2, 1, 0]).unwrap();
+    write_tensors_split(
+        td.0.join("train.safetensors"),
+        &[("audio", &a), ("video", &v)],
+        &[0, 1, 2, 1, 0],
+    )
+    .unwrap();
     let a2 = ht(vec![2, 2, 3], |i| 100.0 + i as f32);
     let v2 = ht(vec![2, 4], |i| i as f32 * 0.5);
-    write_tensors_split(td.0.join("test.safetensors"), &[("audio", &a2), ("video", &v2)], &[2, 0]).unwrap();
-    let cfg = TensorsConfig { root: Some(td.0.display().to_string()), ..Default::default() };
+    write_tensors_split(
+        td.0.join("test.safetensors"),
+        &[("audio", &a2), ("video", &v2)],
+        &[2, 0],
+    )
+    .unwrap();
+    let cfg = TensorsConfig {
+        root: Some(td.0.display().to_string()),
+        ..Default::default()
+    };
     let ds = build(&DatasetConfig::Tensors(cfg.clone())).unwrap();
     assert_eq!(ds.name(), "tensors");
     assert_eq!(ds.num_classes(), 3);
-    assert_eq!(ds.modalities(), &[ModalitySpec::new("audio", vec![2, 3]), ModalitySpec::new("video", vec![4])]);
-    assert_eq!((ds.len(Split::Train), ds.len(Split::Val), ds.len(Split::Test)), (5, 0, 2));
+    assert_eq!(
+        ds.modalities(),
+        &[
+            ModalitySpec::new("audio", vec![2, 3]),
+            ModalitySpec::new("video", vec![4])
+        ]
+    );
+    assert_eq!(
+        (
+            ds.len(Split::Train),
+            ds.len(Split::Val),
+            ds.len(Split::Test)
+        ),
+        (5, 0, 2)
+    );
     let (x, y) = ds.sample(Split::Train, 3, None).unwrap();
     assert_eq!(y, 1);
     assert_eq!(x[0], (18..24).map(|i| i as f32).collect::<Vec<_>>());
@@ -490,7 +738,12 @@ fn tensors_round_trip() {
     let (x, y) = ds.sample(Split::Test, 1, None).unwrap();
     assert_eq!((y, x[1].clone()), (0, vec![2.0, 2.5, 3.0, 3.5]));
     // explicit modality list (order follows the config) and num_classes
-    let ds = build(&DatasetConfig::Tensors(TensorsConfig { modalities: vec!["video".into(), "audio".into()], num_classes: 7, ..cfg })).unwrap();
+    let ds = build(&DatasetConfig::Tensors(TensorsConfig {
+        modalities: vec!["video".into(), "audio".into()],
+        num_classes: 7,
+        ..cfg
+    }))
+    .unwrap();
     assert_eq!(ds.modalities()[0].name, "video");
     assert_eq!(ds.num_classes(), 7);
 }
@@ -500,81 +753,181 @@ fn tensors_validation_errors() {
     let a = ht(vec![3, 2], |i| i as f32);
     let v = ht(vec![3, 4], |i| i as f32);
     let cases: Vec<(&str, Box<dyn Fn(&Path)>, &str)> = vec![
-        ("label out of range", Box::new(|d: &Path| {
-            write_tensors_split(d.join("test.safetensors"), &[("a", &a), ("v", &v)], &[0, 9, 1]).unwrap();
-        }), "label 9"),
-        ("shape mismatch across splits", Box::new(|d: &Path| {
-            let v5 = ht(vec![3, 5], |i| i as f32);
-            write_tensors_split(d.join("test.safetensors"), &[("a", &a), ("v", &v5)], &[0, 1, 1]).unwrap();
-        }), "per-sample shape [5]"),
-        ("missing modality", Box::new(|d: &Path| {
-            let w = ht(vec![3, 4], |i| i as f32);
-            write_tensors_split(d.join("test.safetensors"), &[("a", &a), ("w", &w)], &[0, 1, 1]).unwrap();
-        }), "missing modality tensor `v`"),
-        ("N mismatch", Box::new(|d: &Path| {
-            // hand-written file: labels [2] but modalities [3, ...]
-            let lab: Vec<u8> = [0i64, 1].iter().flat_map(|l| l.to_le_bytes()).collect();
-            let ab: Vec<u8> = a.data.iter().flat_map(|x| x.to_le_bytes()).collect();
-            let vb: Vec<u8> = v.data.iter().flat_map(|x| x.to_le_bytes()).collect();
-            write_raw(&d.join("test.safetensors"), vec![
-                ("a", safetensors::Dtype::F32, vec![3, 2], ab),
-                ("v", safetensors::Dtype::F32, vec![3, 4], vb),
-                ("labels", safetensors::Dtype::I64, vec![2], lab),
-            ]);
-        }), "first dimension must equal the 2 labels"),
-        ("bad dtype", Box::new(|d: &Path| {
-            let lab: Vec<u8> = vec![0, 1, 1];
-            let ab: Vec<u8> = vec![0u8; 3 * 2 * 2];
-            let vb: Vec<u8> = v.data.iter().flat_map(|x| x.to_le_bytes()).collect();
-            write_raw(&d.join("test.safetensors"), vec![
-                ("a", safetensors::Dtype::F16, vec![3, 2], ab),
-                ("v", safetensors::Dtype::F32, vec![3, 4], vb),
-                ("labels", safetensors::Dtype::U8, vec![3], lab),
-            ]);
-        }), "tensor `a` has dtype F16"),
-        ("float labels", Box::new(|d: &Path| {
-            let lab: Vec<u8> = [0f32, 1.0, 1.0].iter().flat_map(|l| l.to_le_bytes()).collect();
-            let ab: Vec<u8> = a.data.iter().flat_map(|x| x.to_le_bytes()).collect();
-            let vb: Vec<u8> = v.data.iter().flat_map(|x| x.to_le_bytes()).collect();
-            write_raw(&d.join("test.safetensors"), vec![
-                ("a", safetensors::Dtype::F32, vec![3, 2], ab),
-                ("v", safetensors::Dtype::F32, vec![3, 4], vb),
-                ("labels", safetensors::Dtype::F32, vec![3], lab),
-            ]);
-        }), "labels must be an integer dtype"),
-        ("missing labels", Box::new(|d: &Path| {
-            let ab: Vec<u8> = a.data.iter().flat_map(|x| x.to_le_bytes()).collect();
-            let vb: Vec<u8> = v.data.iter().flat_map(|x| x.to_le_bytes()).collect();
-            write_raw(&d.join("test.safetensors"), vec![
-                ("a", safetensors::Dtype::F32, vec![3, 2], ab),
-                ("v", safetensors::Dtype::F32, vec![3, 4], vb),
-            ]);
-        }), "missing label tensor `labels`"),
-        ("corrupt file", Box::new(|d: &Path| {
-            std::fs::write(d.join("test.safetensors"), b"\x10\x00\x00\x00\x00\x00\x00\x00{not json").unwrap();
-        }), "not a valid safetensors file"),
-        ("missing test file", Box::new(|_d: &Path| {}), "test file not found"),
+        (
+            "label out of range",
+            Box::new(|d: &Path| {
+                write_tensors_split(
+                    d.join("test.safetensors"),
+                    &[("a", &a), ("v", &v)],
+                    &[0, 9, 1],
+                )
+                .unwrap();
+            }),
+            "label 9",
+        ),
+        (
+            "shape mismatch across splits",
+            Box::new(|d: &Path| {
+                let v5 = ht(vec![3, 5], |i| i as f32);
+                write_tensors_split(
+                    d.join("test.safetensors"),
+                    &[("a", &a), ("v", &v5)],
+                    &[0, 1, 1],
+                )
+                .unwrap();
+            }),
+            "per-sample shape [5]",
+        ),
+        (
+            "missing modality",
+            Box::new(|d: &Path| {
+                let w = ht(vec![3, 4], |i| i as f32);
+                write_tensors_split(
+                    d.join("test.safetensors"),
+                    &[("a", &a), ("w", &w)],
+                    &[0, 1, 1],
+                )
+                .unwrap();
+            }),
+            "missing modality tensor `v`",
+        ),
+        (
+            "N mismatch",
+            Box::new(|d: &Path| {
+                // hand-written file: labels [2] but modalities [3, ...]
+                let lab: Vec<u8> = [0i64, 1].iter().flat_map(|l| l.to_le_bytes()).collect();
+                let ab: Vec<u8> = a.data.iter().flat_map(|x| x.to_le_bytes()).collect();
+                let vb: Vec<u8> = v.data.iter().flat_map(|x| x.to_le_bytes()).collect();
+                write_raw(
+                    &d.join("test.safetensors"),
+                    vec![
+                        ("a", safetensors::Dtype::F32, vec![3, 2], ab),
+                        ("v", safetensors::Dtype::F32, vec![3, 4], vb),
+                        ("labels", safetensors::Dtype::I64, vec![2], lab),
+                    ],
+                );
+            }),
+            "first dimension must equal the 2 labels",
+        ),
+        (
+            "bad dtype",
+            Box::new(|d: &Path| {
+                let lab: Vec<u8> = vec![0, 1, 1];
+                let ab: Vec<u8> = vec![0u8; 3 * 2 * 2];
+                let vb: Vec<u8> = v.data.iter().flat_map(|x| x.to_le_bytes()).collect();
+                write_raw(
+                    &d.join("test.safetensors"),
+                    vec![
+                        ("a", safetensors::Dtype::F16, vec![3, 2], ab),
+                        ("v", safetensors::Dtype::F32, vec![3, 4], vb),
+                        ("labels", safetensors::Dtype::U8, vec![3], lab),
+                    ],
+                );
+            }),
+            "tensor `a` has dtype F16",
+        ),
+        (
+            "float labels",
+            Box::new(|d: &Path| {
+                let lab: Vec<u8> = [0f32, 1.0, 1.0]
+                    .iter()
+                    .flat_map(|l| l.to_le_bytes())
+                    .collect();
+                let ab: Vec<u8> = a.data.iter().flat_map(|x| x.to_le_bytes()).collect();
+                let vb: Vec<u8> = v.data.iter().flat_map(|x| x.to_le_bytes()).collect();
+                write_raw(
+                    &d.join("test.safetensors"),
+                    vec![
+                        ("a", safetensors::Dtype::F32, vec![3, 2], ab),
+                        ("v", safetensors::Dtype::F32, vec![3, 4], vb),
+                        ("labels", safetensors::Dtype::F32, vec![3], lab),
+                    ],
+                );
+            }),
+            "labels must be an integer dtype",
+        ),
+        (
+            "missing labels",
+            Box::new(|d: &Path| {
+                let ab: Vec<u8> = a.data.iter().flat_map(|x| x.to_le_bytes()).collect();
+                let vb: Vec<u8> = v.data.iter().flat_map(|x| x.to_le_bytes()).collect();
+                write_raw(
+                    &d.join("test.safetensors"),
+                    vec![
+                        ("a", safetensors::Dtype::F32, vec![3, 2], ab),
+                        ("v", safetensors::Dtype::F32, vec![3, 4], vb),
+                    ],
+                );
+            }),
+            "missing label tensor `labels`",
+        ),
+        (
+            "corrupt file",
+            Box::new(|d: &Path| {
+                std::fs::write(
+                    d.join("test.safetensors"),
+                    b"\x10\x00\x00\x00\x00\x00\x00\x00{not json",
+                )
+                .unwrap();
+            }),
+            "not a valid safetensors file",
+        ),
+        (
+            "missing test file",
+            Box::new(|_d: &Path| {}),
+            "test file not found",
+        ),
     ];
     for (name, make, want) in cases {
         let td = TempDir::new("tensors-bad");
-        write_tensors_split(td.0.join("train.safetensors"), &[("a", &a), ("v", &v)], &[0, 1, 2]).unwrap();
+        write_tensors_split(
+            td.0.join("train.safetensors"),
+            &[("a", &a), ("v", &v)],
+            &[0, 1, 2],
+        )
+        .unwrap();
         make(&td.0);
-        let cfg = TensorsConfig { root: Some(td.0.display().to_string()), num_classes: 3, ..Default::default() };
-        let e = build(&DatasetConfig::Tensors(cfg)).err().unwrap_or_else(|| panic!("{name}: expected an error"));
+        let cfg = TensorsConfig {
+            root: Some(td.0.display().to_string()),
+            num_classes: 3,
+            ..Default::default()
+        };
+        let e = build(&DatasetConfig::Tensors(cfg))
+            .err()
+            .unwrap_or_else(|| panic!("{name}: expected an error"));
         let m = msg(&e);
         assert!(m.contains(want), "{name}: `{m}` lacks `{want}`");
-        assert!(m.contains("test.safetensors"), "{name}: `{m}` does not name the file");
+        assert!(
+            m.contains("test.safetensors"),
+            "{name}: `{m}` does not name the file"
+        );
     }
     // writer checks shapes
-    assert!(write_tensors_split(std::env::temp_dir().join("never.safetensors"), &[("a", &a)], &[0, 1]).is_err());
-    let e = build(&DatasetConfig::Tensors(TensorsConfig { modalities: vec!["a".into()], root: Some("x".into()), ..Default::default() })).err().unwrap();
+    assert!(write_tensors_split(
+        std::env::temp_dir().join("never.safetensors"),
+        &[("a", &a)],
+        &[0, 1]
+    )
+    .is_err());
+    let e = build(&DatasetConfig::Tensors(TensorsConfig {
+        modalities: vec!["a".into()],
+        root: Some("x".into()),
+        ..Default::default()
+    }))
+    .err()
+    .unwrap();
     assert!(msg(&e).contains("data.modalities"), "{e}");
 }
 
 fn write_raw(path: &Path, tensors: Vec<(&str, safetensors::Dtype, Vec<usize>, Vec<u8>)>) {
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
         .iter()
-        .map(|(n, d, s, b)| (n.to_string(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()))
+        .map(|(n, d, s, b)| {
+            (
+                n.to_string(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+            )
+        })
         .collect();
     std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
 }
@@ -588,10 +941,23 @@ fn synthetic_default_is_deterministic_and_imbalanced() {
     assert_eq!(ds.modalities().len(), 2);
     assert_eq!(ds.modalities()[0].shape, vec![1, 32, 32]);
     assert_eq!(ds.modalities()[1].shape, vec![1, 28, 28]);
-    assert_eq!((ds.len(Split::Train), ds.len(Split::Val), ds.len(Split::Test)), (2000, 0, 500));
+    assert_eq!(
+        (
+            ds.len(Split::Train),
+            ds.len(Split::Val),
+            ds.len(Split::Test)
+        ),
+        (2000, 0, 500)
+    );
     let ds2 = build(&DatasetConfig::default()).unwrap();
-    assert_eq!(ds.sample(Split::Test, 17, None).unwrap(), ds2.sample(Split::Test, 17, None).unwrap());
-    assert_ne!(ds.sample(Split::Test, 17, None).unwrap().0, ds.sample(Split::Train, 17, None).unwrap().0);
+    assert_eq!(
+        ds.sample(Split::Test, 17, None).unwrap(),
+        ds2.sample(Split::Test, 17, None).unwrap()
+    );
+    assert_ne!(
+        ds.sample(Split::Test, 17, None).unwrap().0,
+        ds.sample(Split::Train, 17, None).unwrap().0
+    );
     // nearest-template accuracy (an oracle knowing the clean patterns, ignoring shifts):
     // the visual modality is near-perfect, audio weak but clearly above chance (10 %).
     let syn = SyntheticDataset::new(&SyntheticConfig::default()).unwrap();
@@ -611,9 +977,15 @@ fn synthetic_default_is_deterministic_and_imbalanced() {
         }
     }
     let acc = [correct[0] as f64 / n as f64, correct[1] as f64 / n as f64];
-    eprintln!("synthetic template accuracy: audio {:.3}, visual {:.3}", acc[0], acc[1]);
+    eprintln!(
+        "synthetic template accuracy: audio {:.3}, visual {:.3}",
+        acc[0], acc[1]
+    );
     assert!(acc[1] > 0.95, "visual should dominate: {acc:?}");
-    assert!(acc[0] > 0.3 && acc[0] < 0.9, "audio should be weak but informative: {acc:?}");
+    assert!(
+        acc[0] > 0.3 && acc[0] < 0.9,
+        "audio should be weak but informative: {acc:?}"
+    );
 }
 
 #[test]
@@ -668,11 +1040,16 @@ fn config_errors_name_fields() {
         ("kind = \"tensors\"", "data.root"),
     ];
     for (text, want) in cases {
-        let e = DatasetConfig::from_toml_str(text).err().unwrap_or_else(|| panic!("`{text}` should fail"));
+        let e = DatasetConfig::from_toml_str(text)
+            .err()
+            .unwrap_or_else(|| panic!("`{text}` should fail"));
         assert!(matches!(e, Error::Config { .. }), "{text}: {e}");
         assert!(msg(&e).contains(want), "`{text}`: `{e}` lacks `{want}`");
     }
-    let ok = DatasetConfig::from_toml_str("kind = \"avmnist\"\nimage_pca_energy = 0.25\naudio_snr_db = 0.0").unwrap();
+    let ok = DatasetConfig::from_toml_str(
+        "kind = \"avmnist\"\nimage_pca_energy = 0.25\naudio_snr_db = 0.0",
+    )
+    .unwrap();
     assert_eq!(ok.kind(), "avmnist");
     assert!("bogus".parse::<Split>().is_err());
     assert_eq!("val".parse::<Split>().unwrap(), Split::Val);
@@ -681,15 +1058,29 @@ fn config_errors_name_fields() {
 // ---------------------------------------------------------------- loader
 
 fn small_synthetic(n_train: usize) -> Arc<dyn Dataset> {
-    Arc::from(build(&DatasetConfig::Synthetic(SyntheticConfig { n_train, n_test: 23, ..Default::default() })).unwrap())
+    Arc::from(
+        build(&DatasetConfig::Synthetic(SyntheticConfig {
+            n_train,
+            n_test: 23,
+            ..Default::default()
+        }))
+        .unwrap(),
+    )
 }
 
 #[test]
 fn loader_covers_every_index_once_and_orders_by_seed() {
     let ds = small_synthetic(103);
     let epoch = |seed, epoch, workers| -> Vec<HostBatchLite> {
-        let cfg = LoaderConfig { batch_size: 10, workers, ..LoaderConfig::train(10, seed, epoch) };
-        Loader::new(ds.clone(), Split::Train, cfg).unwrap().map(|b| lite(b.unwrap())).collect()
+        let cfg = LoaderConfig {
+            batch_size: 10,
+            workers,
+            ..LoaderConfig::train(10, seed, epoch)
+        };
+        Loader::new(ds.clone(), Split::Train, cfg)
+            .unwrap()
+            .map(|b| lite(b.unwrap()))
+            .collect()
     };
     let e0 = epoch(1, 0, 2);
     assert_eq!(e0.len(), 11);
@@ -698,13 +1089,26 @@ fn loader_covers_every_index_once_and_orders_by_seed() {
     let order = all.clone();
     all.sort();
     assert_eq!(all, (0..103).collect::<Vec<_>>());
-    assert_ne!(order, (0..103).collect::<Vec<_>>(), "training order is shuffled");
+    assert_ne!(
+        order,
+        (0..103).collect::<Vec<_>>(),
+        "training order is shuffled"
+    );
     let e0b = epoch(1, 0, 3);
-    assert_eq!(e0, e0b, "same seed and epoch: same batches regardless of worker count");
+    assert_eq!(
+        e0, e0b,
+        "same seed and epoch: same batches regardless of worker count"
+    );
     assert_eq!(e0, epoch(1, 0, 0));
-    let e1: Vec<usize> = epoch(1, 1, 2).iter().flat_map(|b| b.indices.clone()).collect();
+    let e1: Vec<usize> = epoch(1, 1, 2)
+        .iter()
+        .flat_map(|b| b.indices.clone())
+        .collect();
     assert_ne!(order, e1, "different epochs: different order");
-    let s2: Vec<usize> = epoch(2, 0, 2).iter().flat_map(|b| b.indices.clone()).collect();
+    let s2: Vec<usize> = epoch(2, 0, 2)
+        .iter()
+        .flat_map(|b| b.indices.clone())
+        .collect();
     assert_ne!(order, s2);
     // batch contents: labels and inputs match the dataset
     let b = &e0[0];
@@ -714,14 +1118,25 @@ fn loader_covers_every_index_once_and_orders_by_seed() {
         assert_eq!(&b.first[r * 1024..(r + 1) * 1024], &x[0][..]);
     }
     // drop_last and eval order
-    let cfg = LoaderConfig { drop_last: true, ..LoaderConfig::train(10, 1, 0) };
-    assert_eq!(Loader::new(ds.clone(), Split::Train, cfg).unwrap().count(), 10);
+    let cfg = LoaderConfig {
+        drop_last: true,
+        ..LoaderConfig::train(10, 1, 0)
+    };
+    assert_eq!(
+        Loader::new(ds.clone(), Split::Train, cfg).unwrap().count(),
+        10
+    );
     let ev: Vec<usize> = Loader::new(ds.clone(), Split::Test, LoaderConfig::eval(5))
         .unwrap()
         .flat_map(|b| b.unwrap().indices)
         .collect();
     assert_eq!(ev, (0..23).collect::<Vec<_>>());
-    assert_eq!(Loader::new(ds.clone(), Split::Val, LoaderConfig::eval(5)).unwrap().count(), 0);
+    assert_eq!(
+        Loader::new(ds.clone(), Split::Val, LoaderConfig::eval(5))
+            .unwrap()
+            .count(),
+        0
+    );
     assert!(Loader::new(ds, Split::Train, LoaderConfig::eval(0)).is_err());
 }
 
@@ -734,7 +1149,11 @@ struct HostBatchLite {
 fn lite(b: equimodal::data::HostBatch) -> HostBatchLite {
     assert_eq!(b.inputs[0].shape, vec![b.labels.len(), 1, 32, 32]);
     assert_eq!(b.inputs[1].shape, vec![b.labels.len(), 1, 28, 28]);
-    HostBatchLite { indices: b.indices, labels: b.labels, first: b.inputs[0].data.clone() }
+    HostBatchLite {
+        indices: b.indices,
+        labels: b.labels,
+        first: b.inputs[0].data.clone(),
+    }
 }
 
 /// A dataset that sleeps, counts calls, fails on some indices and panics on one.
@@ -757,9 +1176,18 @@ impl Dataset for Flaky {
         &self.specs
     }
     fn len(&self, split: Split) -> usize {
-        if split == Split::Train { self.n } else { 0 }
+        if split == Split::Train {
+            self.n
+        } else {
+            0
+        }
     }
-    fn sample(&self, _s: Split, i: usize, _a: Option<&mut StdRng>) -> equimodal::error::Result<(Vec<Vec<f32>>, u32)> {
+    fn sample(
+        &self,
+        _s: Split,
+        i: usize,
+        _a: Option<&mut StdRng>,
+    ) -> equimodal::error::Result<(Vec<Vec<f32>>, u32)> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         std::thread::sleep(self.delay);
         if self.fail.contains(&i) {
@@ -771,10 +1199,18 @@ impl Dataset for Flaky {
         Ok((vec![vec![i as f32; 2], vec![0.0; 3]], (i % 2) as u32))
     }
 }
-fn flaky(n: usize, delay_ms: u64, fail: Vec<usize>, panic_on: Option<usize>) -> (Arc<dyn Dataset>, Arc<AtomicUsize>) {
+fn flaky(
+    n: usize,
+    delay_ms: u64,
+    fail: Vec<usize>,
+    panic_on: Option<usize>,
+) -> (Arc<dyn Dataset>, Arc<AtomicUsize>) {
     let calls = Arc::new(AtomicUsize::new(0));
     let ds = Flaky {
-        specs: vec![ModalitySpec::new("a", vec![2]), ModalitySpec::new("b", vec![3])],
+        specs: vec![
+            ModalitySpec::new("a", vec![2]),
+            ModalitySpec::new("b", vec![3]),
+        ],
         n,
         delay: Duration::from_millis(delay_ms),
         calls: calls.clone(),
@@ -787,7 +1223,9 @@ fn flaky(n: usize, delay_ms: u64, fail: Vec<usize>, panic_on: Option<usize>) -> 
 #[test]
 fn loader_propagates_errors_without_stopping() {
     let (ds, _) = flaky(40, 0, vec![13], Some(27));
-    let res: Vec<_> = Loader::new(ds, Split::Train, LoaderConfig::eval(10)).unwrap().collect();
+    let res: Vec<_> = Loader::new(ds, Split::Train, LoaderConfig::eval(10))
+        .unwrap()
+        .collect();
     assert_eq!(res.len(), 4);
     assert!(res[0].is_ok() && res[3].is_ok());
     assert!(msg(res[1].as_ref().unwrap_err()).contains("sample 13 is broken"));
@@ -796,10 +1234,19 @@ fn loader_propagates_errors_without_stopping() {
 
 #[test]
 fn loader_prefetches_ahead_of_a_slow_consumer() {
-    // 8 batches of 4 samples at 2 ms each (8 ms/batch, 2 workers); the consumer takes 20 ms
-    // per batch, so after the first batch it should almost never wait.
-    let (ds, _) = flaky(32, 2, vec![], None);
-    let mut l = Loader::new(ds, Split::Train, LoaderConfig { prefetch: 3, ..LoaderConfig::eval(4) }).unwrap();
+    // 8 batches of 4 samples at 5 ms each (20 ms/batch, 2 workers); the consumer takes 50 ms
+    // per batch, so after the first batch it should almost never wait (without prefetching
+    // it would wait 7 × 20 ms).
+    let (ds, _) = flaky(32, 5, vec![], None);
+    let mut l = Loader::new(
+        ds,
+        Split::Train,
+        LoaderConfig {
+            prefetch: 3,
+            ..LoaderConfig::eval(4)
+        },
+    )
+    .unwrap();
     let first = l.next().unwrap().unwrap();
     assert_eq!(first.indices, vec![0, 1, 2, 3]);
     let w0 = l.wait_time();
@@ -807,25 +1254,49 @@ fn loader_prefetches_ahead_of_a_slow_consumer() {
     for b in l.by_ref() {
         b.unwrap();
         n += 1;
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(n, 8);
     let waited = l.wait_time() - w0;
-    assert!(waited < Duration::from_millis(25), "consumer waited {waited:?} despite prefetching");
-    assert!(l.total_time() >= Duration::from_millis(140));
+    assert!(
+        waited < Duration::from_millis(70),
+        "consumer waited {waited:?} despite prefetching"
+    );
+    assert!(l.total_time() >= Duration::from_millis(350));
 }
 
 #[test]
 fn loader_drop_mid_epoch_stops_workers() {
     let (ds, calls) = flaky(10_000, 1, vec![], None);
-    let mut l = Loader::new(ds.clone(), Split::Train, LoaderConfig { workers: 2, prefetch: 2, ..LoaderConfig::train(8, 0, 0) }).unwrap();
+    let mut l = Loader::new(
+        ds.clone(),
+        Split::Train,
+        LoaderConfig {
+            workers: 2,
+            prefetch: 2,
+            ..LoaderConfig::train(8, 0, 0)
+        },
+    )
+    .unwrap();
     l.next().unwrap().unwrap();
     let t = Instant::now();
     drop(l);
-    assert!(t.elapsed() < Duration::from_secs(1), "drop took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "drop took {:?}",
+        t.elapsed()
+    );
     let after = calls.load(Ordering::SeqCst);
     std::thread::sleep(Duration::from_millis(50));
-    assert_eq!(calls.load(Ordering::SeqCst), after, "workers still running after drop");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        after,
+        "workers still running after drop"
+    );
     assert!(after < 200, "workers ran far ahead: {after} samples");
-    assert_eq!(Arc::strong_count(&ds), 1, "worker threads still hold the dataset");
+    assert_eq!(
+        Arc::strong_count(&ds),
+        1,
+        "worker threads still hold the dataset"
+    );
 }

@@ -102,63 +102,111 @@ impl Default for AvmnistConfig {
 impl AvmnistConfig {
     pub fn validate(&self) -> Result<()> {
         if !["take", "speaker"].contains(&self.split.as_str()) {
-            return Err(Error::config("data.split", format!("allowed: take, speaker; got `{}`", self.split)));
+            return Err(Error::config(
+                "data.split",
+                format!("allowed: take, speaker; got `{}`", self.split),
+            ));
         }
         if self.split == "take" && self.test_takes == 0 {
             return Err(Error::config("data.test_takes", "must be >= 1"));
         }
         if self.split == "speaker" && self.test_speakers.is_empty() {
-            return Err(Error::config("data.test_speakers", "list at least one speaker to hold out"));
+            return Err(Error::config(
+                "data.test_speakers",
+                "list at least one speaker to hold out",
+            ));
         }
         if !(0.0..1.0).contains(&self.val_fraction) {
-            return Err(Error::config("data.val_fraction", format!("must be in [0, 1), got {}", self.val_fraction)));
+            return Err(Error::config(
+                "data.val_fraction",
+                format!("must be in [0, 1), got {}", self.val_fraction),
+            ));
         }
-        for (f, p) in [("data.train_pool", self.train_pool), ("data.test_pool", self.test_pool)] {
+        for (f, p) in [
+            ("data.train_pool", self.train_pool),
+            ("data.test_pool", self.test_pool),
+        ] {
             if p[0] >= p[1] {
-                return Err(Error::config(f, format!("must be a non-empty range [start, end), got {p:?}")));
+                return Err(Error::config(
+                    f,
+                    format!("must be a non-empty range [start, end), got {p:?}"),
+                ));
             }
         }
         if self.train_pool[0] < self.test_pool[1] && self.test_pool[0] < self.train_pool[1] {
             return Err(Error::config(
                 "data.test_pool",
-                format!("overlaps data.train_pool: {:?} vs {:?}; pools must be disjoint", self.test_pool, self.train_pool),
+                format!(
+                    "overlaps data.train_pool: {:?} vs {:?}; pools must be disjoint",
+                    self.test_pool, self.train_pool
+                ),
             ));
         }
         if !(self.image_pca_energy > 0.0 && self.image_pca_energy <= 1.0) {
-            return Err(Error::config("data.image_pca_energy", format!("must be in (0, 1], got {}", self.image_pca_energy)));
+            return Err(Error::config(
+                "data.image_pca_energy",
+                format!("must be in (0, 1], got {}", self.image_pca_energy),
+            ));
         }
         if !(self.image_noise.is_finite() && self.image_noise >= 0.0) {
-            return Err(Error::config("data.image_noise", format!("must be finite and >= 0, got {}", self.image_noise)));
+            return Err(Error::config(
+                "data.image_noise",
+                format!("must be finite and >= 0, got {}", self.image_noise),
+            ));
         }
         if let Some(s) = self.audio_snr_db {
             if !s.is_finite() || !(-60.0..=120.0).contains(&s) {
-                return Err(Error::config("data.audio_snr_db", format!("must be in [-60, 120] dB, got {s}")));
+                return Err(Error::config(
+                    "data.audio_snr_db",
+                    format!("must be in [-60, 120] dB, got {s}"),
+                ));
             }
         }
         if !(1000..=192_000).contains(&self.sample_rate) {
-            return Err(Error::config("data.sample_rate", format!("must be in 1000..=192000 Hz, got {}", self.sample_rate)));
+            return Err(Error::config(
+                "data.sample_rate",
+                format!("must be in 1000..=192000 Hz, got {}", self.sample_rate),
+            ));
         }
         if !(self.duration_s > 0.0 && self.duration_s <= 60.0) {
-            return Err(Error::config("data.duration_s", format!("must be in (0, 60], got {}", self.duration_s)));
+            return Err(Error::config(
+                "data.duration_s",
+                format!("must be in (0, 60], got {}", self.duration_s),
+            ));
         }
         let samples = (self.duration_s * self.sample_rate as f64).round() as usize;
         if self.n_fft < 2 || self.n_fft / 2 >= samples {
-            return Err(Error::config("data.n_fft", format!("must be >= 2 and n_fft/2 < {samples} samples, got {}", self.n_fft)));
+            return Err(Error::config(
+                "data.n_fft",
+                format!(
+                    "must be >= 2 and n_fft/2 < {samples} samples, got {}",
+                    self.n_fft
+                ),
+            ));
         }
         if self.hop == 0 {
             return Err(Error::config("data.hop", "must be >= 1"));
         }
         if !(self.log_eps > 0.0) {
-            return Err(Error::config("data.log_eps", format!("must be > 0, got {}", self.log_eps)));
+            return Err(Error::config(
+                "data.log_eps",
+                format!("must be > 0, got {}", self.log_eps),
+            ));
         }
         if !["train", "all", "none"].contains(&self.standardize.as_str()) {
-            return Err(Error::config("data.standardize", format!("allowed: train, all, none; got `{}`", self.standardize)));
+            return Err(Error::config(
+                "data.standardize",
+                format!("allowed: train, all, none; got `{}`", self.standardize),
+            ));
         }
         Ok(())
     }
 
     pub fn root_dir(&self) -> PathBuf {
-        self.root.as_ref().map(PathBuf::from).unwrap_or_else(default_data_root)
+        self.root
+            .as_ref()
+            .map(PathBuf::from)
+            .unwrap_or_else(default_data_root)
     }
 }
 
@@ -173,7 +221,12 @@ pub struct Clip {
 
 /// Parse `{digit}_{speaker}_{take}.wav`.
 pub fn parse_fsdd_name(path: &Path) -> Result<Clip> {
-    let bad = || Error::data(path.display().to_string(), "file name must be {digit}_{speaker}_{take}.wav");
+    let bad = || {
+        Error::data(
+            path.display().to_string(),
+            "file name must be {digit}_{speaker}_{take}.wav",
+        )
+    };
     let stem = path.file_stem().and_then(|s| s.to_str()).ok_or_else(bad)?;
     let parts: Vec<&str> = stem.split('_').collect();
     if parts.len() < 3 {
@@ -184,7 +237,12 @@ pub fn parse_fsdd_name(path: &Path) -> Result<Clip> {
     if digit > 9 {
         return Err(bad());
     }
-    Ok(Clip { path: path.to_path_buf(), digit, speaker: parts[1..parts.len() - 1].join("_"), take })
+    Ok(Clip {
+        path: path.to_path_buf(),
+        digit,
+        speaker: parts[1..parts.len() - 1].join("_"),
+        take,
+    })
 }
 
 /// All `*.wav` files of `dir`, sorted by file name.
@@ -199,7 +257,10 @@ pub fn list_fsdd(dir: &Path) -> Result<Vec<Clip>> {
     }
     files.sort();
     if files.is_empty() {
-        return Err(Error::data(dir.display().to_string(), "no .wav files found"));
+        return Err(Error::data(
+            dir.display().to_string(),
+            "no .wav files found",
+        ));
     }
     files.iter().map(|p| parse_fsdd_name(p)).collect()
 }
@@ -226,7 +287,10 @@ pub struct AvmnistDataset {
 }
 
 fn par_map<T: Send, U: Send>(items: Vec<T>, f: impl Fn(T) -> U + Sync) -> Vec<U> {
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 8);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 8);
     let n = items.len();
     if threads == 1 || n < 64 {
         return items.into_iter().map(f).collect();
@@ -243,8 +307,13 @@ fn par_map<T: Send, U: Send>(items: Vec<T>, f: impl Fn(T) -> U + Sync) -> Vec<U>
     }
     let f = &f;
     std::thread::scope(|s| {
-        let hs: Vec<_> = chunks.into_iter().map(|c| s.spawn(move || c.into_iter().map(f).collect::<Vec<U>>())).collect();
-        hs.into_iter().flat_map(|h| h.join().expect("preprocessing thread panicked")).collect()
+        let hs: Vec<_> = chunks
+            .into_iter()
+            .map(|c| s.spawn(move || c.into_iter().map(f).collect::<Vec<U>>()))
+            .collect();
+        hs.into_iter()
+            .flat_map(|h| h.join().expect("preprocessing thread panicked"))
+            .collect()
     })
 }
 
@@ -254,7 +323,11 @@ impl AvmnistDataset {
         let root = cfg.root_dir();
         let resolve = |p: &str| {
             let p = Path::new(p);
-            if p.is_absolute() { p.to_path_buf() } else { root.join(p) }
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                root.join(p)
+            }
         };
         let fsdd_dir = resolve(&cfg.fsdd_dir);
         if !fsdd_dir.is_dir() {
@@ -269,9 +342,18 @@ impl AvmnistDataset {
         let clips = list_fsdd(&fsdd_dir)?;
         let mnist = read_mnist(resolve(&cfg.mnist_images), resolve(&cfg.mnist_labels))?;
         let img_name = resolve(&cfg.mnist_images).display().to_string();
-        for (f, p) in [("data.train_pool", cfg.train_pool), ("data.test_pool", cfg.test_pool)] {
+        for (f, p) in [
+            ("data.train_pool", cfg.train_pool),
+            ("data.test_pool", cfg.test_pool),
+        ] {
             if p[1] > mnist.len() {
-                return Err(Error::config(f, format!("range {p:?} exceeds the {} images of {img_name}", mnist.len())));
+                return Err(Error::config(
+                    f,
+                    format!(
+                        "range {p:?} exceeds the {} images of {img_name}",
+                        mnist.len()
+                    ),
+                ));
             }
         }
         // Split membership.
@@ -280,21 +362,32 @@ impl AvmnistDataset {
             _ => {
                 for s in &cfg.test_speakers {
                     if !clips.iter().any(|c| &c.speaker == s) {
-                        let mut known: Vec<&str> = clips.iter().map(|c| c.speaker.as_str()).collect();
+                        let mut known: Vec<&str> =
+                            clips.iter().map(|c| c.speaker.as_str()).collect();
                         known.sort();
                         known.dedup();
                         return Err(Error::config(
                             "data.test_speakers",
-                            format!("speaker `{s}` not found in {}; known: {}", fsdd_dir.display(), known.join(", ")),
+                            format!(
+                                "speaker `{s}` not found in {}; known: {}",
+                                fsdd_dir.display(),
+                                known.join(", ")
+                            ),
                         ));
                     }
                 }
-                clips.iter().map(|c| cfg.test_speakers.contains(&c.speaker)).collect()
+                clips
+                    .iter()
+                    .map(|c| cfg.test_speakers.contains(&c.speaker))
+                    .collect()
             }
         };
         let n_test = is_test.iter().filter(|&&t| t).count();
         if n_test == 0 || n_test == clips.len() {
-            return Err(Error::config("data.split", format!("split leaves {n_test} of {} clips for test", clips.len())));
+            return Err(Error::config(
+                "data.split",
+                format!("split leaves {n_test} of {} clips for test", clips.len()),
+            ));
         }
         let mut rng = StdRng::seed_from_u64(cfg.seed);
         // Images: PCA degradation then noise.
@@ -302,7 +395,12 @@ impl AvmnistDataset {
         let pix = mnist.rows * mnist.cols;
         let pca = if cfg.image_pca_energy < 1.0 {
             let [a, b] = cfg.train_pool;
-            let p = Pca::fit(&mnist.images[a * pix..b * pix], b - a, pix, cfg.image_pca_energy)?;
+            let p = Pca::fit(
+                &mnist.images[a * pix..b * pix],
+                b - a,
+                pix,
+                cfg.image_pca_energy,
+            )?;
             for img in mnist.images.chunks_exact_mut(pix) {
                 p.reconstruct(img);
             }
@@ -318,19 +416,20 @@ impl AvmnistDataset {
         // Audio.
         let n_samples = (cfg.duration_s * cfg.sample_rate as f64).round() as usize;
         let target_sr = cfg.sample_rate;
-        let mut waves: Vec<Vec<f32>> = par_map(clips.iter().collect(), |c: &Clip| -> Result<Vec<f32>> {
-            let w = read_wav_mono(&c.path)?;
-            let mut x = if w.sample_rate != target_sr {
-                super::resample::resample(&w.samples, w.sample_rate, target_sr)
-            } else {
-                w.samples
-            };
-            peak_normalize(&mut x, 1e-6 / w.full_scale);
-            x.resize(n_samples, 0.0);
-            Ok(x)
-        })
-        .into_iter()
-        .collect::<Result<_>>()?;
+        let mut waves: Vec<Vec<f32>> =
+            par_map(clips.iter().collect(), |c: &Clip| -> Result<Vec<f32>> {
+                let w = read_wav_mono(&c.path)?;
+                let mut x = if w.sample_rate != target_sr {
+                    super::resample::resample(&w.samples, w.sample_rate, target_sr)
+                } else {
+                    w.samples
+                };
+                peak_normalize(&mut x, 1e-6 / w.full_scale);
+                x.resize(n_samples, 0.0);
+                Ok(x)
+            })
+            .into_iter()
+            .collect::<Result<_>>()?;
         if let Some(snr) = cfg.audio_snr_db {
             for w in waves.iter_mut() {
                 let p = w.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>() / w.len() as f64;
@@ -340,11 +439,15 @@ impl AvmnistDataset {
                 }
             }
         }
-        let stft = Stft::new(StftConfig { window: cfg.window, ..StftConfig::new(cfg.n_fft, cfg.hop) })?;
+        let stft = Stft::new(StftConfig {
+            window: cfg.window,
+            ..StftConfig::new(cfg.n_fft, cfg.hop)
+        })?;
         let (bins, frames) = (stft.num_bins(), stft.num_frames(n_samples));
         let eps = cfg.log_eps;
-        let mut spectra: Vec<Vec<f32>> =
-            par_map(waves, |w| stft.log_magnitude(&w, eps)).into_iter().collect::<Result<_>>()?;
+        let mut spectra: Vec<Vec<f32>> = par_map(waves, |w| stft.log_magnitude(&w, eps))
+            .into_iter()
+            .collect::<Result<_>>()?;
         // Pairing (reference order: train clips then test clips, in file order).
         let mut pair = |want_test: bool, pool: [usize; 2]| -> Result<Vec<Item>> {
             let mut cands: Vec<Vec<usize>> = vec![Vec::new(); 10];
@@ -358,9 +461,16 @@ impl AvmnistDataset {
                 }
                 let cs = &cands[c.digit as usize];
                 if cs.is_empty() {
-                    return Err(Error::data(img_name.clone(), format!("no image of digit {} in pool {pool:?}", c.digit)));
+                    return Err(Error::data(
+                        img_name.clone(),
+                        format!("no image of digit {} in pool {pool:?}", c.digit),
+                    ));
                 }
-                out.push(Item { clip: ci, image: cs[rng.random_range(0..cs.len())], label: c.digit });
+                out.push(Item {
+                    clip: ci,
+                    image: cs[rng.random_range(0..cs.len())],
+                    label: c.digit,
+                });
             }
             Ok(out)
         };
@@ -409,7 +519,18 @@ impl AvmnistDataset {
             ModalitySpec::new("audio", vec![1, bins, frames]),
             ModalitySpec::new("image", vec![1, mnist.rows, mnist.cols]),
         ];
-        Ok(AvmnistDataset { cfg: cfg.clone(), specs, clips, spectra, mnist, pca, train, val, test, spec_stats })
+        Ok(AvmnistDataset {
+            cfg: cfg.clone(),
+            specs,
+            clips,
+            spectra,
+            mnist,
+            pca,
+            train,
+            val,
+            test,
+            spec_stats,
+        })
     }
 
     fn items(&self, split: Split) -> &[Item] {
@@ -422,7 +543,9 @@ impl AvmnistDataset {
 
     /// The FSDD clip, MNIST image index and label of a sample.
     pub fn pair_info(&self, split: Split, index: usize) -> Option<(&Clip, usize, u32)> {
-        self.items(split).get(index).map(|it| (&self.clips[it.clip], it.image, it.label))
+        self.items(split)
+            .get(index)
+            .map(|it| (&self.clips[it.clip], it.image, it.label))
     }
 
     /// MNIST label of image `i`.
@@ -453,9 +576,20 @@ impl Dataset for AvmnistDataset {
     fn len(&self, split: Split) -> usize {
         self.items(split).len()
     }
-    fn sample(&self, split: Split, index: usize, _aug: Option<&mut StdRng>) -> Result<(Vec<Vec<f32>>, u32)> {
+    fn sample(
+        &self,
+        split: Split,
+        index: usize,
+        _aug: Option<&mut StdRng>,
+    ) -> Result<(Vec<Vec<f32>>, u32)> {
         check_index("avmnist", split, index, self.len(split))?;
         let it = &self.items(split)[index];
-        Ok((vec![self.spectra[it.clip].clone(), self.mnist.image(it.image).to_vec()], it.label))
+        Ok((
+            vec![
+                self.spectra[it.clip].clone(),
+                self.mnist.image(it.image).to_vec(),
+            ],
+            it.label,
+        ))
     }
 }

@@ -29,7 +29,9 @@ use rand::rngs::StdRng;
 use rand::Rng;
 use serde::Deserialize;
 
-use super::image_ops::{load_rgb, random_resized_crop_flip, resize, to_chw_normalized, IMAGENET_MEAN, IMAGENET_STD};
+use super::image_ops::{
+    load_rgb, random_resized_crop_flip, resize, to_chw_normalized, IMAGENET_MEAN, IMAGENET_STD,
+};
 use super::resample::Resampler;
 use super::stft::{PadMode, Stft, StftConfig, WindowKind};
 use super::wav::read_wav_mono;
@@ -94,29 +96,50 @@ impl Default for CremadConfig {
 impl CremadConfig {
     pub fn validate(&self) -> Result<()> {
         if self.root.as_deref().unwrap_or("").is_empty() {
-            return Err(Error::config("data.root", "required: the CREMA-D directory (AudioWAV, Image-01-FPS, annotations)"));
+            return Err(Error::config(
+                "data.root",
+                "required: the CREMA-D directory (AudioWAV, Image-01-FPS, annotations)",
+            ));
         }
         if !(1000..=192_000).contains(&self.sample_rate) {
-            return Err(Error::config("data.sample_rate", format!("must be in 1000..=192000 Hz, got {}", self.sample_rate)));
+            return Err(Error::config(
+                "data.sample_rate",
+                format!("must be in 1000..=192000 Hz, got {}", self.sample_rate),
+            ));
         }
         if !(self.seconds > 0.0 && self.seconds <= 120.0) {
-            return Err(Error::config("data.seconds", format!("must be in (0, 120], got {}", self.seconds)));
+            return Err(Error::config(
+                "data.seconds",
+                format!("must be in (0, 120], got {}", self.seconds),
+            ));
         }
         let n = (self.seconds * self.sample_rate as f64).round() as usize;
         if self.n_fft < 2 || self.n_fft / 2 >= n {
-            return Err(Error::config("data.n_fft", format!("must be >= 2 and n_fft/2 < {n} samples, got {}", self.n_fft)));
+            return Err(Error::config(
+                "data.n_fft",
+                format!("must be >= 2 and n_fft/2 < {n} samples, got {}", self.n_fft),
+            ));
         }
         if self.hop == 0 {
             return Err(Error::config("data.hop", "must be >= 1"));
         }
         if !(self.log_eps > 0.0) {
-            return Err(Error::config("data.log_eps", format!("must be > 0, got {}", self.log_eps)));
+            return Err(Error::config(
+                "data.log_eps",
+                format!("must be > 0, got {}", self.log_eps),
+            ));
         }
         if !(8..=4096).contains(&self.image_size) {
-            return Err(Error::config("data.image_size", format!("must be in 8..=4096, got {}", self.image_size)));
+            return Err(Error::config(
+                "data.image_size",
+                format!("must be in 8..=4096, got {}", self.image_size),
+            ));
         }
         if !["random", "middle", "first"].contains(&self.frame.as_str()) {
-            return Err(Error::config("data.frame", format!("allowed: random, middle, first; got `{}`", self.frame)));
+            return Err(Error::config(
+                "data.frame",
+                format!("allowed: random, middle, first; got `{}`", self.frame),
+            ));
         }
         Ok(())
     }
@@ -145,19 +168,31 @@ pub fn read_annotations(path: &Path) -> Result<Vec<(String, u32)>> {
     let name = path.display().to_string();
     let mut out = Vec::new();
     for (ln, line) in text.lines().enumerate() {
-        let line = line.trim_end_matches('\r').trim().trim_start_matches('\u{feff}');
+        let line = line
+            .trim_end_matches('\r')
+            .trim()
+            .trim_start_matches('\u{feff}');
         if line.is_empty() {
             continue;
         }
         let mut parts = line.split(',');
         let (id, emo) = match (parts.next(), parts.next(), parts.next()) {
             (Some(a), Some(b), None) if !a.trim().is_empty() => (a.trim(), b.trim()),
-            _ => return Err(Error::data(name, format!("line {}: expected `clip_id,EMOTION`, got `{line}`", ln + 1))),
+            _ => {
+                return Err(Error::data(
+                    name,
+                    format!("line {}: expected `clip_id,EMOTION`, got `{line}`", ln + 1),
+                ))
+            }
         };
         let label = EMOTIONS.iter().position(|e| *e == emo).ok_or_else(|| {
             Error::data(
                 name.clone(),
-                format!("line {}: unknown emotion `{emo}`; allowed: {}", ln + 1, EMOTIONS.join(" ")),
+                format!(
+                    "line {}: unknown emotion `{emo}`; allowed: {}",
+                    ln + 1,
+                    EMOTIONS.join(" ")
+                ),
             )
         })?;
         out.push((id.to_string(), label as u32));
@@ -173,7 +208,13 @@ impl CremadDataset {
         cfg.validate()?;
         let root = PathBuf::from(cfg.root.clone().unwrap_or_default());
         if !root.is_dir() {
-            return Err(Error::io(&root, std::io::Error::new(std::io::ErrorKind::NotFound, "CREMA-D root directory not found")));
+            return Err(Error::io(
+                &root,
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "CREMA-D root directory not found",
+                ),
+            ));
         }
         let load = |csv: &str| -> Result<Vec<ClipEntry>> {
             let list = read_annotations(&root.join(csv))?;
@@ -181,21 +222,33 @@ impl CremadDataset {
                 .map(|(id, label)| {
                     let wav = root.join(&cfg.audio_dir).join(format!("{id}.wav"));
                     if !wav.is_file() {
-                        return Err(Error::io(&wav, std::io::Error::new(std::io::ErrorKind::NotFound, "audio file of listed clip not found")));
+                        return Err(Error::io(
+                            &wav,
+                            std::io::Error::new(
+                                std::io::ErrorKind::NotFound,
+                                "audio file of listed clip not found",
+                            ),
+                        ));
                     }
                     let fdir = root.join(&cfg.frames_dir).join(&id);
                     let rd = std::fs::read_dir(&fdir).map_err(|e| Error::io(&fdir, e))?;
                     let mut frames = Vec::new();
                     for e in rd {
                         let p = e.map_err(|e| Error::io(&fdir, e))?.path();
-                        let ext = p.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase());
+                        let ext = p
+                            .extension()
+                            .and_then(|e| e.to_str())
+                            .map(|e| e.to_ascii_lowercase());
                         if matches!(ext.as_deref(), Some("jpg" | "jpeg" | "png")) {
                             frames.push(p);
                         }
                     }
                     frames.sort();
                     if frames.is_empty() {
-                        return Err(Error::data(fdir.display().to_string(), "no .jpg frames for this clip"));
+                        return Err(Error::data(
+                            fdir.display().to_string(),
+                            "no .jpg frames for this clip",
+                        ));
                     }
                     Ok(ClipEntry { id, label, frames })
                 })
@@ -203,15 +256,37 @@ impl CremadDataset {
         };
         let train = load(&cfg.train_csv)?;
         let test = load(&cfg.test_csv)?;
-        let val = if cfg.val_csv.is_empty() { Vec::new() } else { load(&cfg.val_csv)? };
-        let stft = Stft::new(StftConfig { n_fft: cfg.n_fft, hop: cfg.hop, window: cfg.window, center: true, pad_mode: cfg.pad_mode })?;
+        let val = if cfg.val_csv.is_empty() {
+            Vec::new()
+        } else {
+            load(&cfg.val_csv)?
+        };
+        let stft = Stft::new(StftConfig {
+            n_fft: cfg.n_fft,
+            hop: cfg.hop,
+            window: cfg.window,
+            center: true,
+            pad_mode: cfg.pad_mode,
+        })?;
         let n_samples = (cfg.seconds * cfg.sample_rate as f64).round() as usize;
         let s = cfg.image_size;
         let specs = vec![
-            ModalitySpec::new("audio", vec![1, stft.num_bins(), stft.num_frames(n_samples)]),
+            ModalitySpec::new(
+                "audio",
+                vec![1, stft.num_bins(), stft.num_frames(n_samples)],
+            ),
             ModalitySpec::new("visual", vec![3, s, s]),
         ];
-        Ok(CremadDataset { cfg: cfg.clone(), root, specs, stft, n_samples, train, val, test })
+        Ok(CremadDataset {
+            cfg: cfg.clone(),
+            root,
+            specs,
+            stft,
+            n_samples,
+            train,
+            val,
+            test,
+        })
     }
 
     fn entries(&self, split: Split) -> &[ClipEntry] {
@@ -224,12 +299,17 @@ impl CremadDataset {
 
     /// Clip id and label of a sample.
     pub fn clip(&self, split: Split, index: usize) -> Option<(&str, u32)> {
-        self.entries(split).get(index).map(|e| (e.id.as_str(), e.label))
+        self.entries(split)
+            .get(index)
+            .map(|e| (e.id.as_str(), e.label))
     }
 
     /// Tiled, resampled waveform of a clip (before the STFT).
     pub fn waveform(&self, id: &str) -> Result<Vec<f32>> {
-        let path = self.root.join(&self.cfg.audio_dir).join(format!("{id}.wav"));
+        let path = self
+            .root
+            .join(&self.cfg.audio_dir)
+            .join(format!("{id}.wav"));
         let w = read_wav_mono(&path)?;
         let x = if w.sample_rate != self.cfg.sample_rate {
             Resampler::new(w.sample_rate, self.cfg.sample_rate).process(&w.samples)
@@ -237,7 +317,10 @@ impl CremadDataset {
             w.samples
         };
         if x.is_empty() {
-            return Err(Error::data(path.display().to_string(), "no samples after resampling"));
+            return Err(Error::data(
+                path.display().to_string(),
+                "no samples after resampling",
+            ));
         }
         let mut out: Vec<f32> = x.iter().copied().cycle().take(self.n_samples).collect();
         if self.cfg.clip_audio {
@@ -260,7 +343,12 @@ impl Dataset for CremadDataset {
     fn len(&self, split: Split) -> usize {
         self.entries(split).len()
     }
-    fn sample(&self, split: Split, index: usize, aug: Option<&mut StdRng>) -> Result<(Vec<Vec<f32>>, u32)> {
+    fn sample(
+        &self,
+        split: Split,
+        index: usize,
+        aug: Option<&mut StdRng>,
+    ) -> Result<(Vec<Vec<f32>>, u32)> {
         check_index("cremad", split, index, self.len(split))?;
         let e = &self.entries(split)[index];
         let wave = self.waveform(&e.id)?;
@@ -278,6 +366,9 @@ impl Dataset for CremadDataset {
             Some(rng) if self.cfg.augment => random_resized_crop_flip(&img, s, s, rng),
             _ => resize(&img, s, s),
         };
-        Ok((vec![spec, to_chw_normalized(&img, IMAGENET_MEAN, IMAGENET_STD)], e.label))
+        Ok((
+            vec![spec, to_chw_normalized(&img, IMAGENET_MEAN, IMAGENET_STD)],
+            e.label,
+        ))
     }
 }

@@ -38,7 +38,10 @@ pub fn write_cremad_fixture(
     )?;
     let total = n_train + n_test;
     if total == 0 || total > clips.len() || frames_per_clip == 0 {
-        return Err(Error::config("fixture", format!("need 1..={} clips and >= 1 frame", clips.len())));
+        return Err(Error::config(
+            "fixture",
+            format!("need 1..={} clips and >= 1 frame", clips.len()),
+        ));
     }
     for d in ["AudioWAV", "Image-01-FPS", "annotations"] {
         let p = out.join(d);
@@ -50,13 +53,21 @@ pub fn write_cremad_fixture(
     for k in 0..total {
         let clip = &clips[(k * stride) % clips.len()];
         let label = clip.digit % 6;
-        let id = format!("{}_FIX_{}_{:02}", 1001 + k, EMOTIONS[label as usize], clip.digit);
+        let id = format!(
+            "{}_FIX_{}_{:02}",
+            1001 + k,
+            EMOTIONS[label as usize],
+            clip.digit
+        );
         let w = read_wav_mono(&clip.path)?;
         let x = resample(&w.samples, w.sample_rate, 16000);
         write_wav_i16(out.join("AudioWAV").join(format!("{id}.wav")), 16000, &x)?;
         let fdir = out.join("Image-01-FPS").join(&id);
         std::fs::create_dir_all(&fdir).map_err(|e| Error::io(&fdir, e))?;
-        let cands: Vec<usize> = (0..mnist.len()).filter(|&i| mnist.labels[i] as u32 == clip.digit).take(frames_per_clip).collect();
+        let cands: Vec<usize> = (0..mnist.len())
+            .filter(|&i| mnist.labels[i] as u32 == clip.digit)
+            .take(frames_per_clip)
+            .collect();
         for (f, &mi) in cands.iter().enumerate() {
             let src = mnist.image(mi);
             let img = RgbImage::from_fn(48, 40, |x, y| {
@@ -65,16 +76,25 @@ pub fn write_cremad_fixture(
                 Rgb([v, v / 2 + (k as u8).wrapping_mul(20), 255 - v])
             });
             let p = fdir.join(format!("{id}_{f:03}.jpg"));
-            img.save(&p).map_err(|e| Error::data(p.display().to_string(), format!("cannot write JPEG: {e}")))?;
+            img.save(&p).map_err(|e| {
+                Error::data(p.display().to_string(), format!("cannot write JPEG: {e}"))
+            })?;
         }
         rows.push((id, label));
     }
     let test = rows.split_off(n_train);
     let train = rows;
     for (name, list) in [("train.csv", &train), ("test.csv", &test)] {
-        let text: String = list.iter().map(|(id, l)| format!("{id},{}\r\n", EMOTIONS[*l as usize])).collect();
+        let text: String = list
+            .iter()
+            .map(|(id, l)| format!("{id},{}\r\n", EMOTIONS[*l as usize]))
+            .collect();
         let p = out.join("annotations").join(name);
         std::fs::write(&p, text).map_err(|e| Error::io(&p, e))?;
     }
-    Ok(CremadFixture { root: out.to_path_buf(), train, test })
+    Ok(CremadFixture {
+        root: out.to_path_buf(),
+        train,
+        test,
+    })
 }

@@ -21,7 +21,12 @@ pub fn read_idx(path: impl AsRef<Path>) -> Result<IdxArray> {
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(&raw[..])
             .read_to_end(&mut out)
-            .map_err(|e| Error::data(path.display().to_string(), format!("corrupt gzip stream: {e}")))?;
+            .map_err(|e| {
+                Error::data(
+                    path.display().to_string(),
+                    format!("corrupt gzip stream: {e}"),
+                )
+            })?;
         out
     } else {
         raw
@@ -32,16 +37,28 @@ pub fn read_idx(path: impl AsRef<Path>) -> Result<IdxArray> {
 /// Parse IDX bytes; `name` is used in error messages.
 pub fn parse_idx(b: &[u8], name: &str) -> Result<IdxArray> {
     if b.len() < 4 {
-        return Err(Error::data(name, format!("IDX header truncated ({} bytes)", b.len())));
+        return Err(Error::data(
+            name,
+            format!("IDX header truncated ({} bytes)", b.len()),
+        ));
     }
     if b[0] != 0 || b[1] != 0 {
         return Err(Error::data(
             name,
-            format!("bad IDX magic {:02x}{:02x}{:02x}{:02x}: first two bytes must be 0", b[0], b[1], b[2], b[3]),
+            format!(
+                "bad IDX magic {:02x}{:02x}{:02x}{:02x}: first two bytes must be 0",
+                b[0], b[1], b[2], b[3]
+            ),
         ));
     }
     if b[2] != 0x08 {
-        return Err(Error::data(name, format!("unsupported IDX element type 0x{:02x} (only 0x08 = u8)", b[2])));
+        return Err(Error::data(
+            name,
+            format!(
+                "unsupported IDX element type 0x{:02x} (only 0x08 = u8)",
+                b[2]
+            ),
+        ));
     }
     let ndim = b[3] as usize;
     if ndim == 0 || ndim > 4 {
@@ -49,20 +66,34 @@ pub fn parse_idx(b: &[u8], name: &str) -> Result<IdxArray> {
     }
     let hdr = 4 + 4 * ndim;
     if b.len() < hdr {
-        return Err(Error::data(name, format!("IDX header truncated: need {hdr} bytes, file has {}", b.len())));
+        return Err(Error::data(
+            name,
+            format!(
+                "IDX header truncated: need {hdr} bytes, file has {}",
+                b.len()
+            ),
+        ));
     }
     let dims: Vec<usize> = (0..ndim)
-        .map(|i| u32::from_be_bytes([b[4 + 4 * i], b[5 + 4 * i], b[6 + 4 * i], b[7 + 4 * i]]) as usize)
+        .map(|i| {
+            u32::from_be_bytes([b[4 + 4 * i], b[5 + 4 * i], b[6 + 4 * i], b[7 + 4 * i]]) as usize
+        })
         .collect();
     let n = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
     let n = n.ok_or_else(|| Error::data(name, format!("IDX dims {dims:?} overflow")))?;
     if b.len() - hdr != n {
         return Err(Error::data(
             name,
-            format!("IDX dims {dims:?} need {n} data bytes, file has {}", b.len() - hdr),
+            format!(
+                "IDX dims {dims:?} need {n} data bytes, file has {}",
+                b.len() - hdr
+            ),
         ));
     }
-    Ok(IdxArray { dims, data: b[hdr..].to_vec() })
+    Ok(IdxArray {
+        dims,
+        data: b[hdr..].to_vec(),
+    })
 }
 
 /// MNIST images `[N, 28, 28]` as f32 in [0, 1] (pixel / 255) and labels `[N]`.
@@ -94,19 +125,37 @@ pub fn read_mnist(images: impl AsRef<Path>, labels: impl AsRef<Path>) -> Result<
     let lb = read_idx(lp)?;
     let (iname, lname) = (ip.display().to_string(), lp.display().to_string());
     if im.dims.len() != 3 {
-        return Err(Error::data(iname, format!("expected an image file (magic 0x803, rank 3), got rank {}", im.dims.len())));
+        return Err(Error::data(
+            iname,
+            format!(
+                "expected an image file (magic 0x803, rank 3), got rank {}",
+                im.dims.len()
+            ),
+        ));
     }
     if lb.dims.len() != 1 {
-        return Err(Error::data(lname, format!("expected a label file (magic 0x801, rank 1), got rank {}", lb.dims.len())));
+        return Err(Error::data(
+            lname,
+            format!(
+                "expected a label file (magic 0x801, rank 1), got rank {}",
+                lb.dims.len()
+            ),
+        ));
     }
     if im.dims[0] != lb.dims[0] {
         return Err(Error::data(
             lname,
-            format!("{} labels but {iname} holds {} images", lb.dims[0], im.dims[0]),
+            format!(
+                "{} labels but {iname} holds {} images",
+                lb.dims[0], im.dims[0]
+            ),
         ));
     }
     if let Some((i, l)) = lb.data.iter().enumerate().find(|(_, &l)| l > 9) {
-        return Err(Error::data(lname, format!("label {l} at index {i} is not a digit 0..9")));
+        return Err(Error::data(
+            lname,
+            format!("label {l} at index {i} is not a digit 0..9"),
+        ));
     }
     Ok(Mnist {
         rows: im.dims[1],

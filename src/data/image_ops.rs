@@ -15,10 +15,17 @@ pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 pub fn load_rgb(path: impl AsRef<Path>) -> Result<RgbImage> {
     let path = path.as_ref();
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let img = image::load_from_memory(&bytes)
-        .map_err(|e| Error::data(path.display().to_string(), format!("cannot decode image: {e}")))?;
+    let img = image::load_from_memory(&bytes).map_err(|e| {
+        Error::data(
+            path.display().to_string(),
+            format!("cannot decode image: {e}"),
+        )
+    })?;
     if img.width() == 0 || img.height() == 0 {
-        return Err(Error::data(path.display().to_string(), "image has zero size"));
+        return Err(Error::data(
+            path.display().to_string(),
+            "image has zero size",
+        ));
     }
     Ok(img.to_rgb8())
 }
@@ -68,9 +75,19 @@ pub fn random_resized_crop_params<R: Rng + ?Sized>(
 
 /// `RandomResizedCrop(size, scale=(0.08, 1), ratio=(3/4, 4/3))` followed by
 /// `RandomHorizontalFlip(0.5)`.
-pub fn random_resized_crop_flip<R: Rng + ?Sized>(img: &RgbImage, out_w: u32, out_h: u32, rng: &mut R) -> RgbImage {
-    let (top, left, h, w) =
-        random_resized_crop_params(img.width(), img.height(), (0.08, 1.0), (3.0 / 4.0, 4.0 / 3.0), rng);
+pub fn random_resized_crop_flip<R: Rng + ?Sized>(
+    img: &RgbImage,
+    out_w: u32,
+    out_h: u32,
+    rng: &mut R,
+) -> RgbImage {
+    let (top, left, h, w) = random_resized_crop_params(
+        img.width(),
+        img.height(),
+        (0.08, 1.0),
+        (3.0 / 4.0, 4.0 / 3.0),
+        rng,
+    );
     let crop = imageops::crop_imm(img, left, top, w, h).to_image();
     let mut out = resize(&crop, out_w, out_h);
     if rng.random::<f64>() < 0.5 {
@@ -102,7 +119,8 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         for &(w, h) in &[(224u32, 224u32), (640, 360), (10, 300), (1, 1)] {
             for _ in 0..200 {
-                let (t, l, ch, cw) = random_resized_crop_params(w, h, (0.08, 1.0), (0.75, 4.0 / 3.0), &mut rng);
+                let (t, l, ch, cw) =
+                    random_resized_crop_params(w, h, (0.08, 1.0), (0.75, 4.0 / 3.0), &mut rng);
                 assert!(ch >= 1 && cw >= 1 && t + ch <= h && l + cw <= w);
             }
         }

@@ -59,11 +59,21 @@ impl Default for LoaderConfig {
 impl LoaderConfig {
     /// Shuffled, augmented training epoch.
     pub fn train(batch_size: usize, seed: u64, epoch: u64) -> Self {
-        LoaderConfig { batch_size, shuffle: true, augment: true, seed, epoch, ..Default::default() }
+        LoaderConfig {
+            batch_size,
+            shuffle: true,
+            augment: true,
+            seed,
+            epoch,
+            ..Default::default()
+        }
     }
     /// In-order, deterministic evaluation pass.
     pub fn eval(batch_size: usize) -> Self {
-        LoaderConfig { batch_size, ..Default::default() }
+        LoaderConfig {
+            batch_size,
+            ..Default::default()
+        }
     }
 }
 
@@ -93,23 +103,35 @@ pub fn assemble_batch(
         .map(|s| {
             let mut shape = vec![b];
             shape.extend_from_slice(&s.shape);
-            HostTensor { shape, data: Vec::with_capacity(b * s.numel()) }
+            HostTensor {
+                shape,
+                data: Vec::with_capacity(b * s.numel()),
+            }
         })
         .collect();
     let mut labels = Vec::with_capacity(b);
     for &idx in indices {
-        let mut rng = augment.then(|| StdRng::seed_from_u64(derive_seed(&[seed, epoch, split.id(), idx as u64, 0xA06])));
+        let mut rng = augment.then(|| {
+            StdRng::seed_from_u64(derive_seed(&[seed, epoch, split.id(), idx as u64, 0xA06]))
+        });
         let (xs, y) = ds.sample(split, idx, rng.as_mut())?;
         if xs.len() != specs.len() {
             return Err(Error::data(
                 ds.name(),
-                format!("sample {idx} of split `{split}` has {} modalities, expected {}", xs.len(), specs.len()),
+                format!(
+                    "sample {idx} of split `{split}` has {} modalities, expected {}",
+                    xs.len(),
+                    specs.len()
+                ),
             ));
         }
         if y as usize >= ds.num_classes() {
             return Err(Error::data(
                 ds.name(),
-                format!("sample {idx} of split `{split}` has label {y}, outside 0..{}", ds.num_classes()),
+                format!(
+                    "sample {idx} of split `{split}` has label {y}, outside 0..{}",
+                    ds.num_classes()
+                ),
             ));
         }
         for ((x, spec), t) in xs.into_iter().zip(specs).zip(inputs.iter_mut()) {
@@ -129,7 +151,11 @@ pub fn assemble_batch(
         }
         labels.push(y);
     }
-    Ok(HostBatch { inputs, labels, indices: indices.to_vec() })
+    Ok(HostBatch {
+        inputs,
+        labels,
+        indices: indices.to_vec(),
+    })
 }
 
 fn assemble_catching(
@@ -150,7 +176,10 @@ fn assemble_catching(
                 .map(|s| s.to_string())
                 .or_else(|| p.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
-            Err(Error::data(ds.name(), format!("panic while loading split `{split}`: {msg}")))
+            Err(Error::data(
+                ds.name(),
+                format!("panic while loading split `{split}`: {msg}"),
+            ))
         }
     }
 }
@@ -180,11 +209,18 @@ impl Loader {
             return Err(Error::config("loader.batch_size", "must be >= 1"));
         }
         if cfg.workers > 0 && cfg.prefetch == 0 {
-            return Err(Error::config("loader.prefetch", "must be >= 1 when workers > 0"));
+            return Err(Error::config(
+                "loader.prefetch",
+                "must be >= 1 when workers > 0",
+            ));
         }
         let len = dataset.len(split);
         let order = Arc::new(epoch_order(len, cfg.shuffle, cfg.seed, cfg.epoch, split));
-        let n_batches = if cfg.drop_last { len / cfg.batch_size } else { len.div_ceil(cfg.batch_size) };
+        let n_batches = if cfg.drop_last {
+            len / cfg.batch_size
+        } else {
+            len.div_ceil(cfg.batch_size)
+        };
         let stop = Arc::new(AtomicBool::new(false));
         let mut workers = Vec::new();
         let mut rx = None;
@@ -193,8 +229,13 @@ impl Loader {
             rx = Some(r);
             let counter = Arc::new(AtomicUsize::new(0));
             for w in 0..cfg.workers.min(n_batches) {
-                let (tx, counter, stop, order, ds) =
-                    (tx.clone(), counter.clone(), stop.clone(), order.clone(), dataset.clone());
+                let (tx, counter, stop, order, ds) = (
+                    tx.clone(),
+                    counter.clone(),
+                    stop.clone(),
+                    order.clone(),
+                    dataset.clone(),
+                );
                 let c = cfg.clone();
                 let h = std::thread::Builder::new()
                     .name(format!("equimodal-loader-{w}"))
@@ -206,8 +247,10 @@ impl Loader {
                         if b >= n_batches {
                             break;
                         }
-                        let idx = &order[b * c.batch_size..((b + 1) * c.batch_size).min(order.len())];
-                        let res = assemble_catching(ds.as_ref(), split, idx, c.augment, c.seed, c.epoch);
+                        let idx =
+                            &order[b * c.batch_size..((b + 1) * c.batch_size).min(order.len())];
+                        let res =
+                            assemble_catching(ds.as_ref(), split, idx, c.augment, c.seed, c.epoch);
                         if tx.send((b, res)).is_err() {
                             break;
                         }
@@ -268,8 +311,16 @@ impl Iterator for Loader {
         self.next += 1;
         if self.rx.is_none() {
             let t = Instant::now();
-            let idx = &self.order[b * self.cfg.batch_size..((b + 1) * self.cfg.batch_size).min(self.order.len())];
-            let r = assemble_catching(self.dataset.as_ref(), self.split, idx, self.cfg.augment, self.cfg.seed, self.cfg.epoch);
+            let idx = &self.order
+                [b * self.cfg.batch_size..((b + 1) * self.cfg.batch_size).min(self.order.len())];
+            let r = assemble_catching(
+                self.dataset.as_ref(),
+                self.split,
+                idx,
+                self.cfg.augment,
+                self.cfg.seed,
+                self.cfg.epoch,
+            );
             self.wait += t.elapsed();
             return Some(r);
         }

@@ -66,7 +66,10 @@ impl std::str::FromStr for Split {
             "train" => Ok(Split::Train),
             "val" => Ok(Split::Val),
             "test" => Ok(Split::Test),
-            _ => Err(Error::config("split", format!("unknown split `{s}`; allowed: train, val, test"))),
+            _ => Err(Error::config(
+                "split",
+                format!("unknown split `{s}`; allowed: train, val, test"),
+            )),
         }
     }
 }
@@ -80,7 +83,10 @@ pub struct ModalitySpec {
 
 impl ModalitySpec {
     pub fn new(name: impl Into<String>, shape: Vec<usize>) -> Self {
-        ModalitySpec { name: name.into(), shape }
+        ModalitySpec {
+            name: name.into(),
+            shape,
+        }
     }
     /// Number of f32 values per sample.
     pub fn numel(&self) -> usize {
@@ -118,7 +124,10 @@ impl HostTensor {
         if n != data.len() {
             return Err(Error::shape(
                 "HostTensor::new",
-                format!("shape {shape:?} holds {n} values but data has {}", data.len()),
+                format!(
+                    "shape {shape:?} holds {n} values but data has {}",
+                    data.len()
+                ),
             ));
         }
         Ok(HostTensor { shape, data })
@@ -200,7 +209,10 @@ impl DatasetConfig {
             Some(other) => {
                 return Err(Error::config(
                     "data.kind",
-                    format!("unknown dataset kind {other}; allowed: {}", KINDS.join(", ")),
+                    format!(
+                        "unknown dataset kind {other}; allowed: {}",
+                        KINDS.join(", ")
+                    ),
                 ))
             }
         }
@@ -248,7 +260,9 @@ pub(crate) fn mix64(mut x: u64) -> u64 {
 
 /// Seed derived from several parts.
 pub(crate) fn derive_seed(parts: &[u64]) -> u64 {
-    parts.iter().fold(0x5EED_u64, |acc, &p| mix64(acc ^ mix64(p)))
+    parts
+        .iter()
+        .fold(0x5EED_u64, |acc, &p| mix64(acc ^ mix64(p)))
 }
 
 /// Standard normal via Box–Muller (rand 0.9 has no normal distribution without rand_distr).

@@ -22,7 +22,10 @@ impl SymEigen {
     /// Decompose the symmetric `n × n` row-major matrix `a` (only symmetric input is valid).
     pub fn new(mut a: Vec<f64>, n: usize) -> Result<Self> {
         if a.len() != n * n {
-            return Err(Error::shape("SymEigen::new", format!("{} values for a {n}x{n} matrix", a.len())));
+            return Err(Error::shape(
+                "SymEigen::new",
+                format!("{} values for a {n}x{n} matrix", a.len()),
+            ));
         }
         let anorm = a.iter().fold(0.0f64, |m, v| m.max(v.abs()));
         // 1. Householder tridiagonalisation.
@@ -36,7 +39,11 @@ impl SymEigen {
                 continue;
             }
             let x0 = x[0];
-            let alpha = if x0 >= 0.0 { -sigma.sqrt() } else { sigma.sqrt() };
+            let alpha = if x0 >= 0.0 {
+                -sigma.sqrt()
+            } else {
+                sigma.sqrt()
+            };
             let mut v = x;
             v[0] -= alpha;
             let vtv = 2.0 * (sigma - alpha * x0);
@@ -78,7 +85,9 @@ impl SymEigen {
         let mut iter = 0;
         loop {
             for i in 0..e.len() {
-                if e[i].abs() <= eps * (d[i].abs() + d[i + 1].abs()) || e[i].abs() <= eps * 1e-2 * anorm {
+                if e[i].abs() <= eps * (d[i].abs() + d[i + 1].abs())
+                    || e[i].abs() <= eps * 1e-2 * anorm
+                {
                     e[i] = 0.0;
                 }
             }
@@ -95,7 +104,9 @@ impl SymEigen {
             }
             iter += 1;
             if iter > max_iter {
-                return Err(Error::Other(format!("symmetric eigen-decomposition ({n}x{n}) did not converge")));
+                return Err(Error::Other(format!(
+                    "symmetric eigen-decomposition ({n}x{n}) did not converge"
+                )));
             }
             // Wilkinson shift from the trailing 2x2 block.
             let dd = 0.5 * (d[hi - 1] - d[hi]);
@@ -125,7 +136,13 @@ impl SymEigen {
         let mut order: Vec<usize> = (0..n).collect();
         order.sort_by(|&i, &j| d[j].partial_cmp(&d[i]).unwrap_or(std::cmp::Ordering::Equal));
         let values = order.iter().map(|&i| d[i]).collect();
-        Ok(SymEigen { n, values, order, reflectors, rotations })
+        Ok(SymEigen {
+            n,
+            values,
+            order,
+            reflectors,
+            rotations,
+        })
     }
 
     /// Unit eigenvector of the `rank`-th largest eigenvalue.
@@ -169,10 +186,16 @@ impl Pca {
     /// (numpy reference: `k = searchsorted(cumsum(S²)/sum(S²), energy) + 1`).
     pub fn fit(data: &[f32], n: usize, dim: usize, energy: f64) -> Result<Pca> {
         if data.len() != n * dim || n == 0 {
-            return Err(Error::shape("Pca::fit", format!("{} values for {n} rows of {dim}", data.len())));
+            return Err(Error::shape(
+                "Pca::fit",
+                format!("{} values for {n} rows of {dim}", data.len()),
+            ));
         }
         if !(energy > 0.0 && energy <= 1.0) {
-            return Err(Error::config("data.image_pca_energy", format!("must be in (0, 1], got {energy}")));
+            return Err(Error::config(
+                "data.image_pca_energy",
+                format!("must be in (0, 1], got {energy}"),
+            ));
         }
         let mut mean = vec![0.0f64; dim];
         for r in data.chunks_exact(dim) {
@@ -189,7 +212,12 @@ impl Pca {
         let mut nz: Vec<(usize, f64)> = Vec::with_capacity(dim);
         for r in data.chunks_exact(dim) {
             nz.clear();
-            nz.extend(r.iter().enumerate().filter(|(_, &v)| v != 0.0).map(|(i, &v)| (i, v as f64)));
+            nz.extend(
+                r.iter()
+                    .enumerate()
+                    .filter(|(_, &v)| v != 0.0)
+                    .map(|(i, &v)| (i, v as f64)),
+            );
             for (a, &(i, vi)) in nz.iter().enumerate() {
                 let row = &mut c[i * dim..(i + 1) * dim];
                 for &(j, vj) in &nz[a..] {
@@ -228,7 +256,11 @@ impl Pca {
             }
         }
         let k = k.min(m);
-        let energy_kept = if total > 0.0 { eig.values[..k].iter().map(|v| v.max(0.0)).sum::<f64>() / total } else { 1.0 };
+        let energy_kept = if total > 0.0 {
+            eig.values[..k].iter().map(|v| v.max(0.0)).sum::<f64>() / total
+        } else {
+            1.0
+        };
         let components = (0..k)
             .map(|r| {
                 let v = eig.vector(r);

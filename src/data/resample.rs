@@ -59,7 +59,13 @@ impl Resampler {
                 fc * sinc * w
             })
             .collect();
-        Resampler { sr_in, sr_out, half_width, table, per_sample }
+        Resampler {
+            sr_in,
+            sr_out,
+            half_width,
+            table,
+            per_sample,
+        }
     }
 
     fn kernel(&self, t: f64) -> f64 {
@@ -107,7 +113,9 @@ mod tests {
     use super::*;
 
     fn sine(sr: u32, f: f64, n: usize) -> Vec<f32> {
-        (0..n).map(|i| (2.0 * std::f64::consts::PI * f * i as f64 / sr as f64).sin() as f32).collect()
+        (0..n)
+            .map(|i| (2.0 * std::f64::consts::PI * f * i as f64 / sr as f64).sin() as f32)
+            .collect()
     }
 
     #[test]

@@ -65,7 +65,13 @@ pub struct StftConfig {
 
 impl StftConfig {
     pub fn new(n_fft: usize, hop: usize) -> Self {
-        StftConfig { n_fft, hop, window: WindowKind::Hann, center: true, pad_mode: PadMode::Reflect }
+        StftConfig {
+            n_fft,
+            hop,
+            window: WindowKind::Hann,
+            center: true,
+            pad_mode: PadMode::Reflect,
+        }
     }
 }
 
@@ -86,7 +92,10 @@ impl std::fmt::Debug for Stft {
 impl Stft {
     pub fn new(cfg: StftConfig) -> Result<Self> {
         if cfg.n_fft < 2 {
-            return Err(Error::config("data.n_fft", format!("must be >= 2, got {}", cfg.n_fft)));
+            return Err(Error::config(
+                "data.n_fft",
+                format!("must be >= 2, got {}", cfg.n_fft),
+            ));
         }
         if cfg.hop == 0 {
             return Err(Error::config("data.hop", "must be >= 1"));
@@ -106,7 +115,11 @@ impl Stft {
 
     /// Number of frames for a signal of `len` samples (0 if it is too short).
     pub fn num_frames(&self, len: usize) -> usize {
-        let padded = if self.cfg.center { len + 2 * (self.cfg.n_fft / 2) } else { len };
+        let padded = if self.cfg.center {
+            len + 2 * (self.cfg.n_fft / 2)
+        } else {
+            len
+        };
         if padded < self.cfg.n_fft {
             0
         } else {
@@ -153,7 +166,10 @@ impl Stft {
         if frames == 0 {
             return Err(Error::shape(
                 "stft",
-                format!("signal of {} samples is shorter than n_fft {n_fft}", x.len()),
+                format!(
+                    "signal of {} samples is shorter than n_fft {n_fft}",
+                    x.len()
+                ),
             ));
         }
         let bins = self.num_bins();
@@ -183,7 +199,11 @@ impl Stft {
 
     /// `ln(|STFT| + eps)`, `[bins, frames]` row-major.
     pub fn log_magnitude(&self, x: &[f32], eps: f32) -> Result<Vec<f32>> {
-        Ok(self.complex(x)?.iter().map(|c| (c.norm() + eps).ln()).collect())
+        Ok(self
+            .complex(x)?
+            .iter()
+            .map(|c| (c.norm() + eps).ln())
+            .collect())
     }
 }
 

@@ -105,7 +105,10 @@ impl Default for SyntheticConfig {
 impl SyntheticConfig {
     pub fn validate(&self) -> Result<()> {
         if self.num_classes < 2 || self.num_classes > 100_000 {
-            return Err(Error::config("data.num_classes", format!("must be in 2..=100000, got {}", self.num_classes)));
+            return Err(Error::config(
+                "data.num_classes",
+                format!("must be in 2..=100000, got {}", self.num_classes),
+            ));
         }
         if self.n_train == 0 {
             return Err(Error::config("data.n_train", "must be >= 1"));
@@ -118,40 +121,79 @@ impl SyntheticConfig {
         }
         let m = self.modalities.len();
         if !self.signal.is_empty() && self.signal.len() != m {
-            return Err(Error::config("data.signal", format!("needs one value per modality ({m}), got {}", self.signal.len())));
+            return Err(Error::config(
+                "data.signal",
+                format!(
+                    "needs one value per modality ({m}), got {}",
+                    self.signal.len()
+                ),
+            ));
         }
         if !self.noise.is_empty() && self.noise.len() != m {
-            return Err(Error::config("data.noise", format!("needs one value per modality ({m}), got {}", self.noise.len())));
+            return Err(Error::config(
+                "data.noise",
+                format!(
+                    "needs one value per modality ({m}), got {}",
+                    self.noise.len()
+                ),
+            ));
         }
         if let Some(v) = self.signal.iter().find(|v| !(v.is_finite() && **v >= 0.0)) {
-            return Err(Error::config("data.signal", format!("values must be finite and >= 0, got {v}")));
+            return Err(Error::config(
+                "data.signal",
+                format!("values must be finite and >= 0, got {v}"),
+            ));
         }
         if let Some(v) = self.noise.iter().find(|v| !(v.is_finite() && **v >= 0.0)) {
-            return Err(Error::config("data.noise", format!("values must be finite and >= 0, got {v}")));
+            return Err(Error::config(
+                "data.noise",
+                format!("values must be finite and >= 0, got {v}"),
+            ));
         }
         let mut names = std::collections::HashSet::new();
         for (i, md) in self.modalities.iter().enumerate() {
             let f = |k: &str| format!("data.modalities[{i}].{k}");
             if md.name.is_empty() || !names.insert(md.name.as_str()) {
-                return Err(Error::config(f("name"), format!("must be non-empty and unique, got `{}`", md.name)));
+                return Err(Error::config(
+                    f("name"),
+                    format!("must be non-empty and unique, got `{}`", md.name),
+                ));
             }
             if md.shape.is_empty() || md.shape.len() > 4 || md.shape.contains(&0) {
-                return Err(Error::config(f("shape"), format!("rank 1..=4 with all sizes >= 1, got {:?}", md.shape)));
+                return Err(Error::config(
+                    f("shape"),
+                    format!("rank 1..=4 with all sizes >= 1, got {:?}", md.shape),
+                ));
             }
             if md.shape.iter().product::<usize>() > 1 << 24 {
-                return Err(Error::config(f("shape"), format!("{:?} is too large (max 2^24 values)", md.shape)));
+                return Err(Error::config(
+                    f("shape"),
+                    format!("{:?} is too large (max 2^24 values)", md.shape),
+                ));
             }
             if !(md.signal.is_finite() && md.signal >= 0.0) {
-                return Err(Error::config(f("signal"), format!("must be finite and >= 0, got {}", md.signal)));
+                return Err(Error::config(
+                    f("signal"),
+                    format!("must be finite and >= 0, got {}", md.signal),
+                ));
             }
             if !(md.noise.is_finite() && md.noise >= 0.0) {
-                return Err(Error::config(f("noise"), format!("must be finite and >= 0, got {}", md.noise)));
+                return Err(Error::config(
+                    f("noise"),
+                    format!("must be finite and >= 0, got {}", md.noise),
+                ));
             }
             if !(0.0..=1.0).contains(&md.informative) {
-                return Err(Error::config(f("informative"), format!("must be in [0, 1], got {}", md.informative)));
+                return Err(Error::config(
+                    f("informative"),
+                    format!("must be in [0, 1], got {}", md.informative),
+                ));
             }
             if !["auto", "bands", "blobs"].contains(&md.style.as_str()) {
-                return Err(Error::config(f("style"), format!("allowed: auto, bands, blobs; got `{}`", md.style)));
+                return Err(Error::config(
+                    f("style"),
+                    format!("allowed: auto, bands, blobs; got `{}`", md.style),
+                ));
             }
         }
         Ok(())
@@ -194,9 +236,15 @@ fn make_pattern(rng: &mut StdRng, dims: (usize, usize, usize), bands: bool) -> V
             let cy = rng.random::<f32>() * h as f32;
             let cx = rng.random::<f32>() * w as f32;
             let (sy, sx) = if bands {
-                ((0.03 + 0.05 * rng.random::<f32>()) * h as f32, (0.3 + 0.5 * rng.random::<f32>()) * w as f32)
+                (
+                    (0.03 + 0.05 * rng.random::<f32>()) * h as f32,
+                    (0.3 + 0.5 * rng.random::<f32>()) * w as f32,
+                )
             } else {
-                ((0.08 + 0.12 * rng.random::<f32>()) * h as f32, (0.08 + 0.12 * rng.random::<f32>()) * w as f32)
+                (
+                    (0.08 + 0.12 * rng.random::<f32>()) * h as f32,
+                    (0.08 + 0.12 * rng.random::<f32>()) * w as f32,
+                )
             };
             let (sy, sx) = (sy.max(0.5), sx.max(0.5));
             let amp = if rng.random::<bool>() { 1.0 } else { -1.0 } * (0.5 + rng.random::<f32>());
@@ -211,7 +259,9 @@ fn make_pattern(rng: &mut StdRng, dims: (usize, usize, usize), bands: bool) -> V
     }
     let n = p.len() as f32;
     let mean = p.iter().sum::<f32>() / n;
-    let rms = (p.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n).sqrt().max(1e-12);
+    let rms = (p.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n)
+        .sqrt()
+        .max(1e-12);
     p.iter_mut().for_each(|v| *v = (*v - mean) / rms);
     p
 }
@@ -230,7 +280,9 @@ impl SyntheticDataset {
             };
             let patterns = (0..cfg.num_classes)
                 .map(|c| {
-                    let mut rng = StdRng::seed_from_u64(derive_seed(&[cfg.seed, mi as u64, c as u64, 0xBA77]));
+                    let mut rng = StdRng::seed_from_u64(derive_seed(&[
+                        cfg.seed, mi as u64, c as u64, 0xBA77,
+                    ]));
                     make_pattern(&mut rng, dims, bands)
                 })
                 .collect();
@@ -244,7 +296,11 @@ impl SyntheticDataset {
             });
             specs.push(ModalitySpec::new(md.name.clone(), md.shape.clone()));
         }
-        Ok(SyntheticDataset { cfg: cfg.clone(), specs, gens })
+        Ok(SyntheticDataset {
+            cfg: cfg.clone(),
+            specs,
+            gens,
+        })
     }
 
     /// The clean class pattern of modality `m` (unit RMS).
@@ -270,11 +326,21 @@ impl Dataset for SyntheticDataset {
             Split::Test => self.cfg.n_test,
         }
     }
-    fn sample(&self, split: Split, index: usize, _aug: Option<&mut StdRng>) -> Result<(Vec<Vec<f32>>, u32)> {
+    fn sample(
+        &self,
+        split: Split,
+        index: usize,
+        _aug: Option<&mut StdRng>,
+    ) -> Result<(Vec<Vec<f32>>, u32)> {
         check_index("synthetic", split, index, self.len(split))?;
         let k = self.cfg.num_classes;
         let label = index % k;
-        let mut rng = StdRng::seed_from_u64(derive_seed(&[self.cfg.seed, split.id(), index as u64, 0x5A]));
+        let mut rng = StdRng::seed_from_u64(derive_seed(&[
+            self.cfg.seed,
+            split.id(),
+            index as u64,
+            0x5A,
+        ]));
         let xs = self
             .gens
             .iter()

@@ -29,29 +29,52 @@ pub struct TensorsConfig {
 
 impl Default for TensorsConfig {
     fn default() -> Self {
-        TensorsConfig { root: None, modalities: vec![], num_classes: 0, labels: "labels".into() }
+        TensorsConfig {
+            root: None,
+            modalities: vec![],
+            num_classes: 0,
+            labels: "labels".into(),
+        }
     }
 }
 
 impl TensorsConfig {
     pub fn validate(&self) -> Result<()> {
         if self.root.as_deref().unwrap_or("").is_empty() {
-            return Err(Error::config("data.root", "required: directory holding train.safetensors and test.safetensors"));
+            return Err(Error::config(
+                "data.root",
+                "required: directory holding train.safetensors and test.safetensors",
+            ));
         }
         if !self.modalities.is_empty() && self.modalities.len() < 2 {
-            return Err(Error::config("data.modalities", format!("list at least 2 modalities, got {:?}", self.modalities)));
+            return Err(Error::config(
+                "data.modalities",
+                format!("list at least 2 modalities, got {:?}", self.modalities),
+            ));
         }
         let mut seen = std::collections::HashSet::new();
         for m in &self.modalities {
             if m.is_empty() || m == &self.labels || !seen.insert(m) {
-                return Err(Error::config("data.modalities", format!("names must be non-empty, unique and not the label tensor; got `{m}`")));
+                return Err(Error::config(
+                    "data.modalities",
+                    format!("names must be non-empty, unique and not the label tensor; got `{m}`"),
+                ));
             }
         }
         if self.num_classes == 1 || self.num_classes > 1_000_000 {
-            return Err(Error::config("data.num_classes", format!("must be 0 (infer) or in 2..=1000000, got {}", self.num_classes)));
+            return Err(Error::config(
+                "data.num_classes",
+                format!(
+                    "must be 0 (infer) or in 2..=1000000, got {}",
+                    self.num_classes
+                ),
+            ));
         }
         if self.labels.is_empty() {
-            return Err(Error::config("data.labels", "label tensor name must be non-empty"));
+            return Err(Error::config(
+                "data.labels",
+                "label tensor name must be non-empty",
+            ));
         }
         Ok(())
     }
@@ -73,12 +96,20 @@ pub struct TensorsDataset {
 fn read_f32(view: &TensorView<'_>, file: &str, name: &str) -> Result<Vec<f32>> {
     let b = view.data();
     Ok(match view.dtype() {
-        Dtype::F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        Dtype::F32 => b
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
         Dtype::F64 => b
             .chunks_exact(8)
             .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
             .collect(),
-        d => return Err(Error::data(file, format!("tensor `{name}` has dtype {d:?}; modalities must be F32 or F64"))),
+        d => {
+            return Err(Error::data(
+                file,
+                format!("tensor `{name}` has dtype {d:?}; modalities must be F32 or F64"),
+            ))
+        }
     })
 }
 
@@ -86,7 +117,9 @@ fn read_labels(view: &TensorView<'_>, file: &str, name: &str) -> Result<Vec<i64>
     let b = view.data();
     macro_rules! conv {
         ($t:ty, $n:expr) => {
-            b.chunks_exact($n).map(|c| <$t>::from_le_bytes(c.try_into().expect("width")) as i64).collect()
+            b.chunks_exact($n)
+                .map(|c| <$t>::from_le_bytes(c.try_into().expect("width")) as i64)
+                .collect()
         };
     }
     Ok(match view.dtype() {
@@ -121,36 +154,72 @@ impl TensorsDataset {
         for (split, path, required) in files {
             if !path.exists() {
                 if required {
-                    return Err(Error::io(&path, std::io::Error::new(std::io::ErrorKind::NotFound, format!("{split} file not found"))));
+                    return Err(Error::io(
+                        &path,
+                        std::io::Error::new(
+                            std::io::ErrorKind::NotFound,
+                            format!("{split} file not found"),
+                        ),
+                    ));
                 }
                 continue;
             }
             let fname = path.display().to_string();
             let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-            let st = SafeTensors::deserialize(&bytes)
-                .map_err(|e| Error::data(fname.clone(), format!("not a valid safetensors file: {e}")))?;
+            let st = SafeTensors::deserialize(&bytes).map_err(|e| {
+                Error::data(fname.clone(), format!("not a valid safetensors file: {e}"))
+            })?;
             if modality_names.is_empty() {
-                let mut names: Vec<String> = st.names().into_iter().filter(|n| *n != cfg.labels).map(String::from).collect();
+                let mut names: Vec<String> = st
+                    .names()
+                    .into_iter()
+                    .filter(|n| *n != cfg.labels)
+                    .map(String::from)
+                    .collect();
                 names.sort();
                 if names.len() < 2 {
-                    return Err(Error::data(fname, format!("need at least 2 modality tensors besides `{}`, found {names:?}", cfg.labels)));
+                    return Err(Error::data(
+                        fname,
+                        format!(
+                            "need at least 2 modality tensors besides `{}`, found {names:?}",
+                            cfg.labels
+                        ),
+                    ));
                 }
                 modality_names = names;
             }
-            let lv = st
-                .tensor(&cfg.labels)
-                .map_err(|_| Error::data(fname.clone(), format!("missing label tensor `{}`", cfg.labels)))?;
+            let lv = st.tensor(&cfg.labels).map_err(|_| {
+                Error::data(
+                    fname.clone(),
+                    format!("missing label tensor `{}`", cfg.labels),
+                )
+            })?;
             if lv.shape().len() != 1 {
-                return Err(Error::data(fname, format!("tensor `{}` must have shape [N], got {:?}", cfg.labels, lv.shape())));
+                return Err(Error::data(
+                    fname,
+                    format!(
+                        "tensor `{}` must have shape [N], got {:?}",
+                        cfg.labels,
+                        lv.shape()
+                    ),
+                ));
             }
             let n = lv.shape()[0];
             let labels = read_labels(&lv, &fname, &cfg.labels)?;
             if let Some((i, l)) = labels.iter().enumerate().find(|(_, l)| **l < 0) {
-                return Err(Error::data(fname, format!("tensor `{}`: label {l} at index {i} is negative", cfg.labels)));
+                return Err(Error::data(
+                    fname,
+                    format!(
+                        "tensor `{}`: label {l} at index {i} is negative",
+                        cfg.labels
+                    ),
+                ));
             }
             let mut data = Vec::new();
             for (mi, m) in modality_names.iter().enumerate() {
-                let v = st.tensor(m).map_err(|_| Error::data(fname.clone(), format!("missing modality tensor `{m}`")))?;
+                let v = st.tensor(m).map_err(|_| {
+                    Error::data(fname.clone(), format!("missing modality tensor `{m}`"))
+                })?;
                 let shape = v.shape();
                 if shape.is_empty() || shape[0] != n {
                     return Err(Error::data(
@@ -174,25 +243,52 @@ impl TensorsDataset {
                 }
                 let vals = read_f32(&v, &fname, m)?;
                 if let Some(i) = vals.iter().position(|x| !x.is_finite()) {
-                    return Err(Error::data(fname, format!("tensor `{m}` has a non-finite value at flat index {i}")));
+                    return Err(Error::data(
+                        fname,
+                        format!("tensor `{m}` has a non-finite value at flat index {i}"),
+                    ));
                 }
                 data.push(vals);
             }
             raw_labels.push((split, fname, labels));
-            splits.insert(split, SplitData { n, data, labels: vec![] });
+            splits.insert(
+                split,
+                SplitData {
+                    n,
+                    data,
+                    labels: vec![],
+                },
+            );
         }
-        let max_label = raw_labels.iter().flat_map(|(_, _, l)| l.iter().copied()).max().unwrap_or(0);
-        let num_classes = if cfg.num_classes > 0 { cfg.num_classes } else { (max_label + 1).max(2) as usize };
+        let max_label = raw_labels
+            .iter()
+            .flat_map(|(_, _, l)| l.iter().copied())
+            .max()
+            .unwrap_or(0);
+        let num_classes = if cfg.num_classes > 0 {
+            cfg.num_classes
+        } else {
+            (max_label + 1).max(2) as usize
+        };
         for (split, fname, labels) in raw_labels {
-            if let Some((i, l)) = labels.iter().enumerate().find(|(_, l)| **l as u64 >= num_classes as u64) {
+            if let Some((i, l)) = labels
+                .iter()
+                .enumerate()
+                .find(|(_, l)| **l as u64 >= num_classes as u64)
+            {
                 return Err(Error::data(
                     fname,
                     format!("tensor `{}`: label {l} at index {i} is outside 0..{num_classes} (data.num_classes)", cfg.labels),
                 ));
             }
-            splits.get_mut(&split).expect("split loaded").labels = labels.into_iter().map(|l| l as u32).collect();
+            splits.get_mut(&split).expect("split loaded").labels =
+                labels.into_iter().map(|l| l as u32).collect();
         }
-        Ok(TensorsDataset { specs, num_classes, splits })
+        Ok(TensorsDataset {
+            specs,
+            num_classes,
+            splits,
+        })
     }
 }
 
@@ -209,7 +305,12 @@ impl Dataset for TensorsDataset {
     fn len(&self, split: Split) -> usize {
         self.splits.get(&split).map_or(0, |s| s.n)
     }
-    fn sample(&self, split: Split, index: usize, _aug: Option<&mut StdRng>) -> Result<(Vec<Vec<f32>>, u32)> {
+    fn sample(
+        &self,
+        split: Split,
+        index: usize,
+        _aug: Option<&mut StdRng>,
+    ) -> Result<(Vec<Vec<f32>>, u32)> {
         check_index("tensors", split, index, self.len(split))?;
         let s = &self.splits[&split];
         let xs = self
@@ -226,7 +327,11 @@ impl Dataset for TensorsDataset {
 }
 
 /// Write one split file: each modality tensor as F32 `[N, ...]` and `labels` as I64 `[N]`.
-pub fn write_tensors_split(path: impl AsRef<Path>, modalities: &[(&str, &HostTensor)], labels: &[u32]) -> Result<()> {
+pub fn write_tensors_split(
+    path: impl AsRef<Path>,
+    modalities: &[(&str, &HostTensor)],
+    labels: &[u32],
+) -> Result<()> {
     let path = path.as_ref();
     let fname = path.display().to_string();
     let n = labels.len();
@@ -238,12 +343,29 @@ pub fn write_tensors_split(path: impl AsRef<Path>, modalities: &[(&str, &HostTen
         if t.shape.first() != Some(&n) || t.shape.iter().product::<usize>() != t.data.len() {
             return Err(Error::shape(
                 "write_tensors_split",
-                format!("{fname}: tensor `{name}` shape {:?} ({} values) does not match {n} labels", t.shape, t.data.len()),
+                format!(
+                    "{fname}: tensor `{name}` shape {:?} ({} values) does not match {n} labels",
+                    t.shape,
+                    t.data.len()
+                ),
             ));
         }
-        bufs.push((name.to_string(), Dtype::F32, t.shape.clone(), t.data.iter().flat_map(|v| v.to_le_bytes()).collect()));
+        bufs.push((
+            name.to_string(),
+            Dtype::F32,
+            t.shape.clone(),
+            t.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ));
     }
-    bufs.push(("labels".into(), Dtype::I64, vec![n], labels.iter().flat_map(|&l| (l as i64).to_le_bytes()).collect()));
+    bufs.push((
+        "labels".into(),
+        Dtype::I64,
+        vec![n],
+        labels
+            .iter()
+            .flat_map(|&l| (l as i64).to_le_bytes())
+            .collect(),
+    ));
     let views: Vec<(String, TensorView<'_>)> = bufs
         .iter()
         .map(|(name, dt, shape, b)| {
@@ -252,6 +374,7 @@ pub fn write_tensors_split(path: impl AsRef<Path>, modalities: &[(&str, &HostTen
                 .map_err(|e| Error::data(fname.clone(), format!("tensor `{name}`: {e}")))
         })
         .collect::<Result<_>>()?;
-    let bytes = safetensors::serialize(views, None).map_err(|e| Error::data(fname.clone(), format!("serialize: {e}")))?;
+    let bytes = safetensors::serialize(views, None)
+        .map_err(|e| Error::data(fname.clone(), format!("serialize: {e}")))?;
     std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
 }

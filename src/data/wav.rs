@@ -18,12 +18,18 @@ fn herr(path: &Path, e: hound::Error) -> Error {
     match e {
         hound::Error::IoError(io) => {
             if io.kind() == std::io::ErrorKind::UnexpectedEof {
-                Error::data(path.display().to_string(), format!("truncated WAV file: {io}"))
+                Error::data(
+                    path.display().to_string(),
+                    format!("truncated WAV file: {io}"),
+                )
             } else {
                 Error::io(path, io)
             }
         }
-        other => Error::data(path.display().to_string(), format!("not a readable WAV file: {other}")),
+        other => Error::data(
+            path.display().to_string(),
+            format!("not a readable WAV file: {other}"),
+        ),
     }
 }
 
@@ -31,13 +37,19 @@ fn herr(path: &Path, e: hound::Error) -> Error {
 pub fn read_wav_mono(path: impl AsRef<Path>) -> Result<WavData> {
     let path = path.as_ref();
     if !path.exists() {
-        return Err(Error::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "file not found")));
+        return Err(Error::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "file not found"),
+        ));
     }
     let reader = hound::WavReader::open(path).map_err(|e| herr(path, e))?;
     let spec = reader.spec();
     let pname = || path.display().to_string();
     if spec.channels != 1 {
-        return Err(Error::data(pname(), format!("expected mono audio, found {} channels", spec.channels)));
+        return Err(Error::data(
+            pname(),
+            format!("expected mono audio, found {} channels", spec.channels),
+        ));
     }
     if spec.sample_rate == 0 {
         return Err(Error::data(pname(), "sample rate is 0"));
@@ -45,7 +57,10 @@ pub fn read_wav_mono(path: impl AsRef<Path>) -> Result<WavData> {
     let (samples, full_scale) = match spec.sample_format {
         hound::SampleFormat::Float => {
             if spec.bits_per_sample != 32 {
-                return Err(Error::data(pname(), format!("unsupported float width {} bits", spec.bits_per_sample)));
+                return Err(Error::data(
+                    pname(),
+                    format!("unsupported float width {} bits", spec.bits_per_sample),
+                ));
             }
             let v: std::result::Result<Vec<f32>, _> = reader.into_samples::<f32>().collect();
             (v.map_err(|e| herr(path, e))?, 1.0f32)
@@ -53,7 +68,10 @@ pub fn read_wav_mono(path: impl AsRef<Path>) -> Result<WavData> {
         hound::SampleFormat::Int => {
             let bits = spec.bits_per_sample;
             if !(1..=32).contains(&bits) {
-                return Err(Error::data(pname(), format!("unsupported integer width {bits} bits")));
+                return Err(Error::data(
+                    pname(),
+                    format!("unsupported integer width {bits} bits"),
+                ));
             }
             let scale = (1u64 << (bits - 1)) as f32;
             let v: std::result::Result<Vec<i32>, _> = reader.into_samples::<i32>().collect();
@@ -62,12 +80,22 @@ pub fn read_wav_mono(path: impl AsRef<Path>) -> Result<WavData> {
         }
     };
     if samples.is_empty() {
-        return Err(Error::data(pname(), "WAV file has no samples (zero length)"));
+        return Err(Error::data(
+            pname(),
+            "WAV file has no samples (zero length)",
+        ));
     }
     if let Some(i) = samples.iter().position(|s| !s.is_finite()) {
-        return Err(Error::data(pname(), format!("non-finite sample at index {i}")));
+        return Err(Error::data(
+            pname(),
+            format!("non-finite sample at index {i}"),
+        ));
     }
-    Ok(WavData { sample_rate: spec.sample_rate, samples, full_scale })
+    Ok(WavData {
+        sample_rate: spec.sample_rate,
+        samples,
+        full_scale,
+    })
 }
 
 /// Write 16-bit mono PCM (used by fixtures and tests). Values are clipped to [-1, 1].
