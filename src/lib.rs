@@ -2,6 +2,7 @@
 //! learning. See the README for the user guide and `docs/` for design and performance notes.
 pub mod autograd;
 pub mod bench;
+pub mod data;
 pub mod error;
 pub mod gpu;
 pub mod ops;

@@ -1,0 +1,374 @@
+//! CREMA-D in the layout prepared by the OGM-GE scripts:
+//! ```text
+//! ROOT/AudioWAV/<clip_id>.wav            mono WAV (16 kHz in the original)
+//! ROOT/Image-01-FPS/<clip_id>/*.jpg      frames extracted at 1 fps
+//! ROOT/annotations/train.csv, test.csv   clip_id,EMOTION (no header; \r\n accepted)
+//! ```
+//! Emotions NEU HAP SAD FEA DIS ANG → 0..5 (OGM-GE's `class_dict`).
+//!
+//! Audio (as OGM-GE's `CramedDataset`): resampled to `sample_rate` (22,050 Hz, windowed-sinc,
+//! see [`super::resample`]), tiled (repeated) and cut to `seconds`, clipped to [-1, 1],
+//! `ln(|STFT| + 1e-7)` with n_fft 512, hop 353, periodic Hann, centred with reflect padding
+//! (librosa < 0.10's `stft` defaults) → `[1, 257, 1 + ⌊seconds·sr / 353⌋]` = 257×188 for 3 s,
+//! 257×1250 for 20 s.
+//!
+//! Visual: one frame, `[3, image_size, image_size]`, ImageNet normalisation. Training with
+//! augmentation: `RandomResizedCrop(scale 0.08–1, ratio 3/4–4/3)` + horizontal flip;
+//! evaluation: `Resize((size, size))`. Frame choice (`frame`): `random` (default) takes a
+//! uniformly random frame when augmenting and the middle frame (sorted by name) otherwise;
+//! `middle` always the middle one; `first` always the first in name order. OGM-GE itself
+//! draws random indices but then (a known quirk) opens `image_samples[i]` for `i < fps`, i.e.
+//! the first file of `os.listdir` order in both train and test; `first` is the closest
+//! deterministic equivalent.
+//!
+//! Files are read lazily in `sample` (so in the loader's worker threads).
+
+use std::path::{Path, PathBuf};
+
+use rand::rngs::StdRng;
+use rand::Rng;
+use serde::Deserialize;
+
+use super::image_ops::{
+    load_rgb, random_resized_crop_flip, resize, to_chw_normalized, IMAGENET_MEAN, IMAGENET_STD,
+};
+use super::resample::Resampler;
+use super::stft::{PadMode, Stft, StftConfig, WindowKind};
+use super::wav::read_wav_mono;
+use super::{check_index, Dataset, ModalitySpec, Split};
+use crate::error::{Error, Result};
+
+pub const EMOTIONS: [&str; 6] = ["NEU", "HAP", "SAD", "FEA", "DIS", "ANG"];
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CremadConfig {
+    /// Dataset root (required).
+    pub root: Option<String>,
+    pub sample_rate: u32,
+    /// Audio length after tiling, seconds (OGM-GE 3, AUG 20).
+    pub seconds: f64,
+    pub n_fft: usize,
+    pub hop: usize,
+    pub window: WindowKind,
+    pub pad_mode: PadMode,
+    pub log_eps: f32,
+    /// Clip the tiled waveform to [-1, 1] (OGM-GE does).
+    pub clip_audio: bool,
+    /// Output frame size (square).
+    pub image_size: usize,
+    /// `random`, `middle` or `first`.
+    pub frame: String,
+    /// RandomResizedCrop + flip when the loader augments (training).
+    pub augment: bool,
+    pub audio_dir: String,
+    pub frames_dir: String,
+    pub train_csv: String,
+    pub test_csv: String,
+    /// Optional validation list (same format); empty = no val split.
+    pub val_csv: String,
+}
+
+impl Default for CremadConfig {
+    fn default() -> Self {
+        CremadConfig {
+            root: None,
+            sample_rate: 22050,
+            seconds: 3.0,
+            n_fft: 512,
+            hop: 353,
+            window: WindowKind::Hann,
+            pad_mode: PadMode::Reflect,
+            log_eps: 1e-7,
+            clip_audio: true,
+            image_size: 224,
+            frame: "random".into(),
+            augment: true,
+            audio_dir: "AudioWAV".into(),
+            frames_dir: "Image-01-FPS".into(),
+            train_csv: "annotations/train.csv".into(),
+            test_csv: "annotations/test.csv".into(),
+            val_csv: String::new(),
+        }
+    }
+}
+
+impl CremadConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.root.as_deref().unwrap_or("").is_empty() {
+            return Err(Error::config(
+                "data.root",
+                "required: the CREMA-D directory (AudioWAV, Image-01-FPS, annotations)",
+            ));
+        }
+        if !(1000..=192_000).contains(&self.sample_rate) {
+            return Err(Error::config(
+                "data.sample_rate",
+                format!("must be in 1000..=192000 Hz, got {}", self.sample_rate),
+            ));
+        }
+        if !(self.seconds > 0.0 && self.seconds <= 120.0) {
+            return Err(Error::config(
+                "data.seconds",
+                format!("must be in (0, 120], got {}", self.seconds),
+            ));
+        }
+        let n = (self.seconds * self.sample_rate as f64).round() as usize;
+        if self.n_fft < 2 || self.n_fft / 2 >= n {
+            return Err(Error::config(
+                "data.n_fft",
+                format!("must be >= 2 and n_fft/2 < {n} samples, got {}", self.n_fft),
+            ));
+        }
+        if self.hop == 0 {
+            return Err(Error::config("data.hop", "must be >= 1"));
+        }
+        if !(self.log_eps > 0.0) {
+            return Err(Error::config(
+                "data.log_eps",
+                format!("must be > 0, got {}", self.log_eps),
+            ));
+        }
+        if !(8..=4096).contains(&self.image_size) {
+            return Err(Error::config(
+                "data.image_size",
+                format!("must be in 8..=4096, got {}", self.image_size),
+            ));
+        }
+        if !["random", "middle", "first"].contains(&self.frame.as_str()) {
+            return Err(Error::config(
+                "data.frame",
+                format!("allowed: random, middle, first; got `{}`", self.frame),
+            ));
+        }
+        Ok(())
+    }
+}
+
+struct ClipEntry {
+    id: String,
+    label: u32,
+    frames: Vec<PathBuf>,
+}
+
+pub struct CremadDataset {
+    cfg: CremadConfig,
+    root: PathBuf,
+    specs: Vec<ModalitySpec>,
+    stft: Stft,
+    n_samples: usize,
+    train: Vec<ClipEntry>,
+    val: Vec<ClipEntry>,
+    test: Vec<ClipEntry>,
+}
+
+/// Parse an annotation list `clip_id,EMOTION` (no header, `\n` or `\r\n`).
+pub fn read_annotations(path: &Path) -> Result<Vec<(String, u32)>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let name = path.display().to_string();
+    let mut out = Vec::new();
+    for (ln, line) in text.lines().enumerate() {
+        let line = line
+            .trim_end_matches('\r')
+            .trim()
+            .trim_start_matches('\u{feff}');
+        if line.is_empty() {
+            continue;
+        }
+        let mut parts = line.split(',');
+        let (id, emo) = match (parts.next(), parts.next(), parts.next()) {
+            (Some(a), Some(b), None) if !a.trim().is_empty() => (a.trim(), b.trim()),
+            _ => {
+                return Err(Error::data(
+                    name,
+                    format!("line {}: expected `clip_id,EMOTION`, got `{line}`", ln + 1),
+                ))
+            }
+        };
+        let label = EMOTIONS.iter().position(|e| *e == emo).ok_or_else(|| {
+            Error::data(
+                name.clone(),
+                format!(
+                    "line {}: unknown emotion `{emo}`; allowed: {}",
+                    ln + 1,
+                    EMOTIONS.join(" ")
+                ),
+            )
+        })?;
+        out.push((id.to_string(), label as u32));
+    }
+    if out.is_empty() {
+        return Err(Error::data(name, "annotation list is empty"));
+    }
+    Ok(out)
+}
+
+impl CremadDataset {
+    pub fn new(cfg: &CremadConfig) -> Result<Self> {
+        cfg.validate()?;
+        let root = PathBuf::from(cfg.root.clone().unwrap_or_default());
+        if !root.is_dir() {
+            return Err(Error::io(
+                &root,
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "CREMA-D root directory not found",
+                ),
+            ));
+        }
+        let load = |csv: &str| -> Result<Vec<ClipEntry>> {
+            let list = read_annotations(&root.join(csv))?;
+            list.into_iter()
+                .map(|(id, label)| {
+                    let wav = root.join(&cfg.audio_dir).join(format!("{id}.wav"));
+                    if !wav.is_file() {
+                        return Err(Error::io(
+                            &wav,
+                            std::io::Error::new(
+                                std::io::ErrorKind::NotFound,
+                                "audio file of listed clip not found",
+                            ),
+                        ));
+                    }
+                    let fdir = root.join(&cfg.frames_dir).join(&id);
+                    let rd = std::fs::read_dir(&fdir).map_err(|e| Error::io(&fdir, e))?;
+                    let mut frames = Vec::new();
+                    for e in rd {
+                        let p = e.map_err(|e| Error::io(&fdir, e))?.path();
+                        let ext = p
+                            .extension()
+                            .and_then(|e| e.to_str())
+                            .map(|e| e.to_ascii_lowercase());
+                        if matches!(ext.as_deref(), Some("jpg" | "jpeg" | "png")) {
+                            frames.push(p);
+                        }
+                    }
+                    frames.sort();
+                    if frames.is_empty() {
+                        return Err(Error::data(
+                            fdir.display().to_string(),
+                            "no .jpg frames for this clip",
+                        ));
+                    }
+                    Ok(ClipEntry { id, label, frames })
+                })
+                .collect()
+        };
+        let train = load(&cfg.train_csv)?;
+        let test = load(&cfg.test_csv)?;
+        let val = if cfg.val_csv.is_empty() {
+            Vec::new()
+        } else {
+            load(&cfg.val_csv)?
+        };
+        let stft = Stft::new(StftConfig {
+            n_fft: cfg.n_fft,
+            hop: cfg.hop,
+            window: cfg.window,
+            center: true,
+            pad_mode: cfg.pad_mode,
+        })?;
+        let n_samples = (cfg.seconds * cfg.sample_rate as f64).round() as usize;
+        let s = cfg.image_size;
+        let specs = vec![
+            ModalitySpec::new(
+                "audio",
+                vec![1, stft.num_bins(), stft.num_frames(n_samples)],
+            ),
+            ModalitySpec::new("visual", vec![3, s, s]),
+        ];
+        Ok(CremadDataset {
+            cfg: cfg.clone(),
+            root,
+            specs,
+            stft,
+            n_samples,
+            train,
+            val,
+            test,
+        })
+    }
+
+    fn entries(&self, split: Split) -> &[ClipEntry] {
+        match split {
+            Split::Train => &self.train,
+            Split::Val => &self.val,
+            Split::Test => &self.test,
+        }
+    }
+
+    /// Clip id and label of a sample.
+    pub fn clip(&self, split: Split, index: usize) -> Option<(&str, u32)> {
+        self.entries(split)
+            .get(index)
+            .map(|e| (e.id.as_str(), e.label))
+    }
+
+    /// Tiled, resampled waveform of a clip (before the STFT).
+    pub fn waveform(&self, id: &str) -> Result<Vec<f32>> {
+        let path = self
+            .root
+            .join(&self.cfg.audio_dir)
+            .join(format!("{id}.wav"));
+        let w = read_wav_mono(&path)?;
+        let x = if w.sample_rate != self.cfg.sample_rate {
+            Resampler::new(w.sample_rate, self.cfg.sample_rate).process(&w.samples)
+        } else {
+            w.samples
+        };
+        if x.is_empty() {
+            return Err(Error::data(
+                path.display().to_string(),
+                "no samples after resampling",
+            ));
+        }
+        let mut out: Vec<f32> = x.iter().copied().cycle().take(self.n_samples).collect();
+        if self.cfg.clip_audio {
+            out.iter_mut().for_each(|v| *v = v.clamp(-1.0, 1.0));
+        }
+        Ok(out)
+    }
+}
+
+impl Dataset for CremadDataset {
+    fn name(&self) -> &str {
+        "cremad"
+    }
+    fn num_classes(&self) -> usize {
+        EMOTIONS.len()
+    }
+    fn modalities(&self) -> &[ModalitySpec] {
+        &self.specs
+    }
+    fn len(&self, split: Split) -> usize {
+        self.entries(split).len()
+    }
+    fn sample(
+        &self,
+        split: Split,
+        index: usize,
+        aug: Option<&mut StdRng>,
+    ) -> Result<(Vec<Vec<f32>>, u32)> {
+        check_index("cremad", split, index, self.len(split))?;
+        let e = &self.entries(split)[index];
+        let wave = self.waveform(&e.id)?;
+        let spec = self.stft.log_magnitude(&wave, self.cfg.log_eps)?;
+        let nf = e.frames.len();
+        let mut aug = aug;
+        let fi = match (self.cfg.frame.as_str(), aug.as_deref_mut()) {
+            ("random", Some(rng)) => rng.random_range(0..nf),
+            ("first", _) => 0,
+            _ => nf / 2,
+        };
+        let img = load_rgb(&e.frames[fi])?;
+        let s = self.cfg.image_size as u32;
+        let img = match aug {
+            Some(rng) if self.cfg.augment => random_resized_crop_flip(&img, s, s, rng),
+            _ => resize(&img, s, s),
+        };
+        Ok((
+            vec![spec, to_chw_normalized(&img, IMAGENET_MEAN, IMAGENET_STD)],
+            e.label,
+        ))
+    }
+}
