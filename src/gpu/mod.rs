@@ -147,6 +147,8 @@ struct Inner {
     submits: AtomicU64,
     dispatches: AtomicU64,
     error: Arc<Mutex<Option<String>>>,
+    in_flight: Mutex<std::collections::VecDeque<wgpu::SubmissionIndex>>,
+    step_marks: Mutex<std::collections::VecDeque<wgpu::SubmissionIndex>>,
 }
 
 /// The GPU context. Cheap to clone; all clones share one device, cache and pool.
@@ -276,6 +278,8 @@ impl Gpu {
             submits: AtomicU64::new(0),
             dispatches: AtomicU64::new(0),
             error,
+            in_flight: Mutex::new(std::collections::VecDeque::new()),
+            step_marks: Mutex::new(std::collections::VecDeque::new()),
         }))
     }
 
@@ -471,10 +475,10 @@ impl Gpu {
 
     /// Encode and submit everything recorded so far (does not wait).
     pub fn flush(&self) -> Result<()> {
-        let batch = {
-            let mut b = self.0.batch.lock().map_err(|_| Error::Other("command batch poisoned".into()))?;
-            std::mem::take(&mut *b)
-        };
+        // The batch lock is held through encode and submit: two threads flushing at once
+        // must submit in recording order (pooled buffers are reused across threads).
+        let mut guard = self.0.batch.lock().map_err(|_| Error::Other("command batch poisoned".into()))?;
+        let batch = std::mem::take(&mut *guard);
         if batch.cmds.is_empty() {
             return self.check_error();
         }
@@ -587,8 +591,45 @@ impl Gpu {
                 }
             }
         }
-        self.0.queue.submit(Some(enc.finish()));
+        let index = self.0.queue.submit(Some(enc.finish()));
         self.0.submits.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut q) = self.0.in_flight.lock() {
+            q.push_back(index);
+            if q.len() > 64 {
+                q.pop_front();
+            }
+        }
+        self.check_error()
+    }
+
+    /// End of a training step: submit what was recorded, and if more than `max_in_flight`
+    /// earlier steps are still running on the GPU, wait for the oldest. This bounds the host's
+    /// lead (and the driver-side memory of queued work) without a wait inside the step.
+    pub fn step_boundary(&self, max_in_flight: usize) -> Result<()> {
+        self.flush()?;
+        let wait_for = {
+            let mut q = self.0.in_flight.lock().map_err(|_| Error::Other("in-flight queue poisoned".into()))?;
+            // keep only the newest submission per step boundary
+            let last = q.pop_back();
+            q.clear();
+            let mut steps = self.0.step_marks.lock().map_err(|_| Error::Other("in-flight queue poisoned".into()))?;
+            if let Some(l) = last {
+                steps.push_back(l);
+            }
+            if steps.len() > max_in_flight.max(1) {
+                steps.pop_front()
+            } else {
+                None
+            }
+        };
+        if let Some(idx) = wait_for {
+            self.0
+                .device
+                .poll(wgpu::PollType::Wait { submission_index: Some(idx), timeout: None })
+                .map_err(|e| Error::DeviceLost(e.to_string()))?;
+        } else {
+            let _ = self.0.device.poll(wgpu::PollType::Poll);
+        }
         self.check_error()
     }
 
