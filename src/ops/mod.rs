@@ -1,9 +1,17 @@
 //! Ops: shape checks, kernel launch and backward rule, one file per kernel family.
 //! Every op here is compared with a CPU f64 reference and finite differences in `tests/`.
 pub mod elementwise;
+pub mod embed;
+pub mod norm;
+pub mod pool;
+pub mod random;
 pub mod reduce;
 
 pub use elementwise::*;
+pub use embed::*;
+pub use norm::*;
+pub use pool::*;
+pub use random::*;
 pub use reduce::*;
 
 use crate::error::{Error, Result};
