@@ -2,10 +2,18 @@
 //! Every op here is compared with a CPU f64 reference and finite differences in `tests/`.
 pub mod boost;
 pub mod elementwise;
+pub mod embed;
+pub mod norm;
+pub mod pool;
+pub mod random;
 pub mod reduce;
 
 pub use boost::*;
 pub use elementwise::*;
+pub use embed::*;
+pub use norm::*;
+pub use pool::*;
+pub use random::*;
 pub use reduce::*;
 
 use crate::error::{Error, Result};

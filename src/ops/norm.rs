@@ -1,0 +1,271 @@
+//! Normalisation: batch norm (training with batch statistics and in-place running-stat
+//! update, eval with running statistics) and layer norm over the last dimension. All
+//! statistics and parameter-gradient reductions run on the GPU; nothing is read back.
+use super::{bytes_of, expect_f32, grid};
+use crate::autograd::BackwardOp;
+use crate::error::{Error, Result};
+use crate::gpu::{Access, Gpu, Kernel};
+use crate::tensor::{DType, Tensor};
+
+const SRC: &str = include_str!("../../shaders/norm.wgsl");
+const R: Access = Access::Read;
+const RW: Access = Access::ReadWrite;
+const K_BN_STATS: Kernel = Kernel { shader: "norm", source: SRC, entry: "bn_stats", bindings: &[R, RW, RW, RW] };
+const K_BN_EVAL: Kernel = Kernel { shader: "norm", source: SRC, entry: "bn_eval_stats", bindings: &[R, R, RW] };
+const K_BN_APPLY: Kernel = Kernel { shader: "norm", source: SRC, entry: "bn_apply", bindings: &[R, R, R, R, RW] };
+const K_BN_BWD_RED: Kernel = Kernel { shader: "norm", source: SRC, entry: "bn_bwd_reduce", bindings: &[R, R, R, RW] };
+const K_BN_BWD_DX: Kernel = Kernel { shader: "norm", source: SRC, entry: "bn_bwd_dx", bindings: &[R, R, R, R, R, RW] };
+const K_LN_FWD: Kernel = Kernel { shader: "norm", source: SRC, entry: "ln_fwd", bindings: &[R, R, R, RW, RW] };
+const K_LN_BWD_DX: Kernel = Kernel { shader: "norm", source: SRC, entry: "ln_bwd_dx", bindings: &[R, R, R, R, RW] };
+const K_LN_BWD_DW: Kernel = Kernel { shader: "norm", source: SRC, entry: "ln_bwd_dw", bindings: &[R, R, R, RW] };
+
+/// Rows per partial sum in the layer-norm weight/bias gradient (LN_CHUNK in norm.wgsl).
+const LN_CHUNK: usize = 32;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct BnParams {
+    n: u32,
+    c: u32,
+    hw: u32,
+    m: u32,
+    eps: f32,
+    momentum: f32,
+    unbias: f32,
+    training: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct LnParams {
+    rows: u32,
+    d: u32,
+    chunks: u32,
+    _p: u32,
+    eps: f32,
+    _q: [f32; 3],
+}
+
+/// Running statistics of a batch-norm layer. `batch_norm` in training mode updates
+/// `running_mean` / `running_var` in place on the GPU (PyTorch's rule:
+/// `r = (1 - momentum) * r + momentum * batch_stat`, with the unbiased batch variance).
+pub struct BatchNormState {
+    pub running_mean: Tensor,
+    pub running_var: Tensor,
+    pub momentum: f32,
+    pub eps: f32,
+}
+
+impl BatchNormState {
+    /// Fresh state for `c` channels: mean 0, variance 1 (PyTorch's defaults are
+    /// momentum 0.1, eps 1e-5).
+    pub fn new(gpu: &Gpu, c: usize, momentum: f32, eps: f32) -> Result<BatchNormState> {
+        Ok(BatchNormState { running_mean: Tensor::zeros(gpu, &[c])?, running_var: Tensor::full(gpu, &[c], 1.0)?, momentum, eps })
+    }
+}
+
+/// Batch normalisation of x [N, C, H, W] (or [N, C]) with per-channel weight / bias [C].
+/// `training = true`: normalise with the batch statistics (biased variance) and update the
+/// running statistics in place; `false`: normalise with the running statistics. Gradients
+/// flow to x, weight and bias in both modes.
+pub fn batch_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, state: &BatchNormState, training: bool) -> Result<Tensor> {
+    expect_f32("batch_norm", &[x, weight, bias, &state.running_mean, &state.running_var])?;
+    let (n, c, hw) = match *x.shape() {
+        [n, c] => (n, c, 1),
+        [n, c, h, w] => (n, c, h * w),
+        _ => return Err(Error::shape("batch_norm", format!("expects x [N, C, H, W] or [N, C], got {:?}", x.shape()))),
+    };
+    for (what, t) in [("weight", weight), ("bias", bias), ("running_mean", &state.running_mean), ("running_var", &state.running_var)] {
+        if t.shape() != [c] {
+            return Err(Error::shape("batch_norm", format!("{what} has shape {:?}, expected [{c}] for x {:?}", t.shape(), x.shape())));
+        }
+    }
+    let m = n * hw;
+    if m == 0 || c == 0 {
+        return Err(Error::shape("batch_norm", format!("empty input {:?}", x.shape())));
+    }
+    if training && m < 2 {
+        return Err(Error::shape(
+            "batch_norm",
+            format!("training needs more than one value per channel, got x {:?}", x.shape()),
+        ));
+    }
+    let gpu = x.gpu();
+    let p = BnParams {
+        n: n as u32,
+        c: c as u32,
+        hw: hw as u32,
+        m: m as u32,
+        eps: state.eps,
+        momentum: state.momentum,
+        unbias: if m > 1 { m as f32 / (m - 1) as f32 } else { 1.0 },
+        training: training as u32,
+    };
+    // stats = [mean[C], invstd[C]]: the batch's in training, the running stats' in eval
+    // (a copy, so later in-place updates of the running stats cannot change the backward).
+    let stats = Tensor::empty(gpu, &[2, c], DType::F32)?;
+    if training {
+        gpu.dispatch(
+            &K_BN_STATS,
+            &[],
+            bytes_of(&p),
+            &[x.buffer(), stats.buffer(), state.running_mean.buffer(), state.running_var.buffer()],
+            grid(gpu, c, 1),
+        )?;
+    } else {
+        gpu.dispatch(
+            &K_BN_EVAL,
+            &[],
+            bytes_of(&p),
+            &[state.running_mean.buffer(), state.running_var.buffer(), stats.buffer()],
+            grid(gpu, c, 256),
+        )?;
+    }
+    let y = Tensor::empty(gpu, x.shape(), DType::F32)?;
+    gpu.dispatch(
+        &K_BN_APPLY,
+        &[],
+        bytes_of(&p),
+        &[x.buffer(), stats.buffer(), weight.buffer(), bias.buffer(), y.buffer()],
+        grid(gpu, x.numel(), 256),
+    )?;
+    let (xs, ws) = (x.detach(), weight.detach());
+    Ok(y.with_grad_fn(&[x, weight, bias], || Box::new(BatchNormBack { p, x: xs, w: ws, stats })))
+}
+
+struct BatchNormBack {
+    p: BnParams,
+    x: Tensor,
+    w: Tensor,
+    stats: Tensor,
+}
+
+impl BackwardOp for BatchNormBack {
+    fn name(&self) -> &'static str {
+        "batch_norm"
+    }
+    fn backward(&self, g: &Tensor, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
+        let gpu = g.gpu();
+        let c = self.p.c as usize;
+        let (tx, tw, tb) = (inputs[0].is_tracked(), inputs[1].is_tracked(), inputs[2].is_tracked());
+        // sums = [sum g*xhat (dweight), sum g (dbias)] per channel
+        let need_sums = tw || tb || (tx && self.p.training != 0);
+        let sums = Tensor::empty(gpu, &[2, c], DType::F32)?;
+        if need_sums {
+            gpu.dispatch(
+                &K_BN_BWD_RED,
+                &[],
+                bytes_of(&self.p),
+                &[self.x.buffer(), g.buffer(), self.stats.buffer(), sums.buffer()],
+                grid(gpu, c, 1),
+            )?;
+        }
+        let dx = if tx {
+            let dx = Tensor::empty(gpu, self.x.shape(), DType::F32)?;
+            gpu.dispatch(
+                &K_BN_BWD_DX,
+                &[],
+                bytes_of(&self.p),
+                &[self.x.buffer(), g.buffer(), self.stats.buffer(), self.w.buffer(), sums.buffer(), dx.buffer()],
+                grid(gpu, dx.numel(), 256),
+            )?;
+            Some(dx)
+        } else {
+            None
+        };
+        let part = |k: usize| -> Result<Tensor> {
+            let t = Tensor::empty(gpu, &[c], DType::F32)?;
+            gpu.copy(sums.buffer(), (k * c * 4) as u64, t.buffer(), 0, (c * 4) as u64)?;
+            Ok(t)
+        };
+        let dw = if tw { Some(part(0)?) } else { None };
+        let db = if tb { Some(part(1)?) } else { None };
+        Ok(vec![dx, dw, db])
+    }
+}
+
+/// Layer normalisation over the last dimension D of x [..., D] with weight / bias [D]:
+/// `y = (x - mean) / sqrt(var + eps) * weight + bias` (biased variance, as PyTorch).
+pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -> Result<Tensor> {
+    expect_f32("layer_norm", &[x, weight, bias])?;
+    let d = match x.shape().last() {
+        Some(&d) if d > 0 && x.numel() > 0 => d,
+        _ => return Err(Error::shape("layer_norm", format!("expects a non-empty x [..., D], got {:?}", x.shape()))),
+    };
+    for (what, t) in [("weight", weight), ("bias", bias)] {
+        if t.shape() != [d] {
+            return Err(Error::shape("layer_norm", format!("{what} has shape {:?}, expected [{d}] for x {:?}", t.shape(), x.shape())));
+        }
+    }
+    let rows = x.numel() / d;
+    let gpu = x.gpu();
+    let chunks = rows.div_ceil(LN_CHUNK);
+    let p = LnParams { rows: rows as u32, d: d as u32, chunks: chunks as u32, _p: 0, eps, _q: [0.0; 3] };
+    let y = Tensor::empty(gpu, x.shape(), DType::F32)?;
+    let stats = Tensor::empty(gpu, &[2, rows], DType::F32)?;
+    gpu.dispatch(
+        &K_LN_FWD,
+        &[],
+        bytes_of(&p),
+        &[x.buffer(), weight.buffer(), bias.buffer(), y.buffer(), stats.buffer()],
+        grid(gpu, rows, 1),
+    )?;
+    let (xs, ws) = (x.detach(), weight.detach());
+    Ok(y.with_grad_fn(&[x, weight, bias], || Box::new(LayerNormBack { p, x: xs, w: ws, stats })))
+}
+
+struct LayerNormBack {
+    p: LnParams,
+    x: Tensor,
+    w: Tensor,
+    stats: Tensor,
+}
+
+impl BackwardOp for LayerNormBack {
+    fn name(&self) -> &'static str {
+        "layer_norm"
+    }
+    fn backward(&self, g: &Tensor, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
+        let gpu = g.gpu();
+        let (rows, d, chunks) = (self.p.rows as usize, self.p.d as usize, self.p.chunks as usize);
+        let (tx, tw, tb) = (inputs[0].is_tracked(), inputs[1].is_tracked(), inputs[2].is_tracked());
+        let dx = if tx {
+            let dx = Tensor::empty(gpu, self.x.shape(), DType::F32)?;
+            gpu.dispatch(
+                &K_LN_BWD_DX,
+                &[],
+                bytes_of(&self.p),
+                &[self.x.buffer(), g.buffer(), self.w.buffer(), self.stats.buffer(), dx.buffer()],
+                grid(gpu, rows, 1),
+            )?;
+            Some(dx)
+        } else {
+            None
+        };
+        let (mut dw, mut db) = (None, None);
+        if tw || tb {
+            // partial sums per chunk of rows, then the chunks summed by the reduction kernel
+            let part = Tensor::empty(gpu, &[2, chunks, d], DType::F32)?;
+            gpu.dispatch(
+                &K_LN_BWD_DW,
+                &[],
+                bytes_of(&self.p),
+                &[self.x.buffer(), g.buffer(), self.stats.buffer(), part.buffer()],
+                grid(gpu, chunks * d, 256),
+            )?;
+            let sums = super::reduce::sum(&part, &[1], false)?; // [2, d]
+            let take = |k: usize| -> Result<Tensor> {
+                let t = Tensor::empty(gpu, &[d], DType::F32)?;
+                gpu.copy(sums.buffer(), (k * d * 4) as u64, t.buffer(), 0, (d * 4) as u64)?;
+                Ok(t)
+            };
+            if tw {
+                dw = Some(take(0)?);
+            }
+            if tb {
+                db = Some(take(1)?);
+            }
+        }
+        Ok(vec![dx, dw, db])
+    }
+}
