@@ -2,9 +2,13 @@
 //! Every op here is compared with a CPU f64 reference and finite differences in `tests/`.
 pub mod elementwise;
 pub mod reduce;
+pub mod shape;
+pub mod softmax;
 
 pub use elementwise::*;
 pub use reduce::*;
+pub use shape::*;
+pub use softmax::*;
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
