@@ -7,6 +7,8 @@ pub mod norm;
 pub mod pool;
 pub mod random;
 pub mod reduce;
+pub mod shape;
+pub mod softmax;
 
 pub use boost::*;
 pub use elementwise::*;
@@ -15,6 +17,8 @@ pub use norm::*;
 pub use pool::*;
 pub use random::*;
 pub use reduce::*;
+pub use shape::*;
+pub use softmax::*;
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
