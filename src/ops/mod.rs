@@ -1,6 +1,7 @@
 //! Ops: shape checks, kernel launch and backward rule, one file per kernel family.
 //! Every op here is compared with a CPU f64 reference and finite differences in `tests/`.
 pub mod boost;
+pub mod attention;
 pub mod elementwise;
 pub mod embed;
 pub mod norm;
@@ -11,6 +12,7 @@ pub mod shape;
 pub mod softmax;
 
 pub use boost::*;
+pub use attention::*;
 pub use elementwise::*;
 pub use embed::*;
 pub use norm::*;

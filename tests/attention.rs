@@ -1,0 +1,191 @@
+//! Fused attention: forward against a naive f64 softmax-attention reference, gradients with
+//! respect to q, k and v against central finite differences of that reference. Shapes are
+//! chosen not to be multiples of the tile sizes (forward 32 rows × 64/32/16 keys, backward
+//! 32/16 rows and keys) and to cross several tiles in every pass.
+mod common;
+use common::*;
+use equimodal::ops;
+use equimodal::{Error, Tensor};
+use std::sync::{Mutex, MutexGuard};
+
+/// The tests of this file run one at a time. `Gpu::flush` takes the recorded batch under its
+/// lock but encodes and submits it after releasing the lock, so two test threads flushing at
+/// once can submit out of recording order (one thread's upload can land after its own
+/// kernel); seen here as sporadic wrong forwards when the tests ran in parallel.
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Naive attention in f64: o[b,h,i] = sum_j softmax_j(q_i·k_j·scale, padded keys dropped) v_j.
+/// A row with every key padded gives zeros.
+fn attention_ref(q: &[f64], k: &[f64], v: &[f64], mask: Option<&[f64]>, dims: (usize, usize, usize, usize, usize), scale: f64) -> Vec<f64> {
+    let (b, h, l, s, dh) = dims;
+    let mut o = vec![0.0; b * h * l * dh];
+    for bi in 0..b {
+        for hi in 0..h {
+            let bh = bi * h + hi;
+            for i in 0..l {
+                let qi = &q[(bh * l + i) * dh..][..dh];
+                let mut sc: Vec<Option<f64>> = Vec::with_capacity(s);
+                for j in 0..s {
+                    let padded = mask.is_some_and(|m| m[bi * s + j] > 0.5);
+                    if padded {
+                        sc.push(None);
+                    } else {
+                        let kj = &k[(bh * s + j) * dh..][..dh];
+                        sc.push(Some(qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f64>() * scale));
+                    }
+                }
+                let m = sc.iter().flatten().fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+                if m == f64::NEG_INFINITY {
+                    continue;
+                }
+                let e: Vec<f64> = sc.iter().map(|x| x.map_or(0.0, |x| (x - m).exp())).collect();
+                let z: f64 = e.iter().sum();
+                let oi = &mut o[(bh * l + i) * dh..][..dh];
+                for (j, &ej) in e.iter().enumerate() {
+                    let vj = &v[(bh * s + j) * dh..][..dh];
+                    for (od, vd) in oi.iter_mut().zip(vj) {
+                        *od += ej / z * vd;
+                    }
+                }
+            }
+        }
+    }
+    o
+}
+
+/// Check forward and the gradients of the inputs in `diff` (0 q, 1 k, 2 v) for one shape.
+fn check_attention(name: &str, dims: (usize, usize, usize, usize, usize), mask: Option<Vec<f64>>, diff: &[usize], seed: u64) {
+    let (b, h, l, s, dh) = dims;
+    let mut rng = Rng::new(seed);
+    let scale = 1.0 / (dh as f64).sqrt();
+    let mut inputs = vec![
+        (rng.normals(b * h * l * dh), vec![b, h, l, dh]),
+        (rng.normals(b * h * s * dh), vec![b, h, s, dh]),
+        (rng.normals(b * h * s * dh), vec![b, h, s, dh]),
+    ];
+    let has_mask = mask.is_some();
+    if let Some(m) = mask {
+        inputs.push((m, vec![b, s]));
+    }
+    check_op(
+        name,
+        &inputs,
+        diff,
+        &|t| ops::attention(&t[0], &t[1], &t[2], t.get(3), scale as f32),
+        &|xs| attention_ref(&xs[0], &xs[1], &xs[2], if has_mask { Some(&xs[3][..]) } else { None }, dims, scale as f32 as f64),
+        Tol { rtol: 1e-4, atol: 2e-5, grad_rtol: 2e-3, grad_atol: 2e-4 },
+    );
+}
+
+#[test]
+fn small_shapes_forward_and_gradients() {
+    let _serial = serial();
+    check_attention("attn B2 H3 L5 S7 Dh4", (2, 3, 5, 7, 4), None, &[0, 1, 2], 1);
+    check_attention("attn B1 H1 L1 S1 Dh1", (1, 1, 1, 1, 1), None, &[0, 1, 2], 2);
+    check_attention("attn B1 H1 L1 S1 Dh3", (1, 1, 1, 1, 3), None, &[0, 1, 2], 3);
+}
+
+#[test]
+fn several_tiles_forward_and_gradients() {
+    let _serial = serial();
+    // Dh 16 (Dh <= 32 kernels): 2 forward row blocks, 2 dK/dV key blocks and query tiles, 2 dQ key tiles
+    check_attention("attn L37 S37 Dh16", (1, 2, 37, 37, 16), None, &[0, 1, 2], 4);
+    // S 75 > 64: several forward key tiles too
+    check_attention("attn L37 S75 Dh16", (1, 1, 37, 75, 16), None, &[0, 1, 2], 5);
+}
+
+#[test]
+fn cross_attention_l_ne_s() {
+    let _serial = serial();
+    check_attention("attn L9 S3 Dh5", (2, 2, 9, 3, 5), None, &[0, 1, 2], 6);
+    check_attention("attn L3 S41 Dh8", (1, 2, 3, 41, 8), None, &[0, 1, 2], 7);
+    // only some inputs tracked: exercises the dq-only and dkv-only backward paths
+    check_attention("attn q only", (1, 2, 6, 11, 8), None, &[0], 8);
+    check_attention("attn k only", (1, 2, 6, 11, 8), None, &[1], 9);
+}
+
+#[test]
+fn key_padding_mask_and_fully_padded_rows() {
+    let _serial = serial();
+    let (b, s) = (2, 7);
+    let mut m = vec![0.0; b * s];
+    m[2] = 1.0;
+    m[5] = 1.0; // batch 0: keys 2 and 5 padded
+    for j in 0..s {
+        m[s + j] = 1.0; // batch 1: every key padded -> zeros, zero gradients, no NaN
+    }
+    check_attention("attn mask B2 H3 L5 S7 Dh4", (2, 3, 5, s, 4), Some(m), &[0, 1, 2], 10);
+
+    // mask over several tiles: padded tail of a 40-key sequence, per batch element
+    let (b, s) = (3, 40);
+    let mut m = vec![0.0; b * s];
+    for j in 0..s {
+        m[j] = if j >= 33 { 1.0 } else { 0.0 };
+        m[s + j] = if j % 3 == 1 { 1.0 } else { 0.0 };
+        m[2 * s + j] = if j == 39 { 0.0 } else { 1.0 }; // only the last key attends
+    }
+    check_attention("attn mask L35 S40 Dh12", (b, 1, 35, s, 12), Some(m), &[0, 1, 2], 11);
+}
+
+#[test]
+fn all_padded_gives_exact_zeros() {
+    let _serial = serial();
+    let g = gpu();
+    let (b, h, l, s, dh) = (1, 2, 3, 4, 8);
+    let mut rng = Rng::new(12);
+    let q = upload(&g, &rng.normals(b * h * l * dh), &[b, h, l, dh]).requires_grad();
+    let k = upload(&g, &rng.normals(b * h * s * dh), &[b, h, s, dh]).requires_grad();
+    let v = upload(&g, &rng.normals(b * h * s * dh), &[b, h, s, dh]).requires_grad();
+    let m = Tensor::from_slice(&g, &[1.0; 4], &[1, 4]).unwrap();
+    let o = ops::attention(&q, &k, &v, Some(&m), 0.3).unwrap();
+    assert!(o.to_vec().unwrap().iter().all(|&x| x == 0.0));
+    let mut grads = equimodal::Gradients::new();
+    let seed = upload(&g, &rng.normals(b * h * l * dh), &[b, h, l, dh]);
+    o.backward_with(seed, &mut grads).unwrap();
+    for t in [&q, &k, &v] {
+        assert!(grads.get(t).unwrap().to_vec().unwrap().iter().all(|&x| x == 0.0));
+    }
+}
+
+#[test]
+fn head_dim_64_and_128_instantiations() {
+    let _serial = serial();
+    // Dh <= 64 kernels: 40 keys cross two forward key tiles (32) and two dK/dV key blocks
+    check_attention("attn Dh64", (1, 2, 9, 40, 64), None, &[0, 1, 2], 13);
+    check_attention("attn Dh40", (1, 1, 37, 37, 40), None, &[0, 1, 2], 14);
+    // Dh <= 128 kernels (Dh 100 leaves padded columns)
+    check_attention("attn Dh100", (1, 1, 5, 19, 100), None, &[0, 1, 2], 15);
+    check_attention("attn Dh128 fwd", (2, 1, 33, 17, 128), None, &[], 16);
+}
+
+#[test]
+fn typed_shape_errors() {
+    let _serial = serial();
+    let g = gpu();
+    let z = |shape: &[usize]| Tensor::zeros(&g, shape).unwrap();
+    let expect_shape_err = |r: equimodal::Result<Tensor>, needle: &str| match r {
+        Err(e @ Error::Shape { .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains(needle), "message {msg:?} should name {needle:?}");
+        }
+        Err(e) => panic!("expected a shape error, got {e}"),
+        Ok(_) => panic!("expected a shape error naming {needle}"),
+    };
+    // Dh mismatch between q and k
+    expect_shape_err(ops::attention(&z(&[1, 2, 3, 8]), &z(&[1, 2, 5, 4]), &z(&[1, 2, 5, 4]), None, 1.0), "[1, 2, 3, 8]");
+    // k and v differ
+    expect_shape_err(ops::attention(&z(&[1, 2, 3, 4]), &z(&[1, 2, 5, 4]), &z(&[1, 2, 6, 4]), None, 1.0), "[1, 2, 6, 4]");
+    // batch / heads differ
+    expect_shape_err(ops::attention(&z(&[2, 2, 3, 4]), &z(&[1, 2, 5, 4]), &z(&[1, 2, 5, 4]), None, 1.0), "[2, 2, 3, 4]");
+    // rank
+    expect_shape_err(ops::attention(&z(&[2, 3, 4]), &z(&[2, 5, 4]), &z(&[2, 5, 4]), None, 1.0), "[2, 3, 4]");
+    // mask shape must be [B, S]
+    let m = z(&[1, 4]);
+    expect_shape_err(ops::attention(&z(&[1, 2, 3, 4]), &z(&[1, 2, 5, 4]), &z(&[1, 2, 5, 4]), Some(&m), 1.0), "[1, 4]");
+    // Dh over the supported maximum
+    expect_shape_err(ops::attention(&z(&[1, 1, 2, 129]), &z(&[1, 1, 2, 129]), &z(&[1, 1, 2, 129]), None, 1.0), "129");
+    assert_eq!(ops::ATTENTION_MAX_HEAD_DIM, 128);
+}
