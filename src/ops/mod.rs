@@ -1,8 +1,10 @@
 //! Ops: shape checks, kernel launch and backward rule, one file per kernel family.
 //! Every op here is compared with a CPU f64 reference and finite differences in `tests/`.
+pub mod conv;
 pub mod elementwise;
 pub mod reduce;
 
+pub use conv::*;
 pub use elementwise::*;
 pub use reduce::*;
 
