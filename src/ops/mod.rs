@@ -2,6 +2,7 @@
 //! Every op here is compared with a CPU f64 reference and finite differences in `tests/`.
 pub mod boost;
 pub mod attention;
+pub mod conv;
 pub mod elementwise;
 pub mod embed;
 pub mod norm;
@@ -13,6 +14,7 @@ pub mod softmax;
 
 pub use boost::*;
 pub use attention::*;
+pub use conv::*;
 pub use elementwise::*;
 pub use embed::*;
 pub use norm::*;

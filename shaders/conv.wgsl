@@ -1,0 +1,557 @@
+// 2-D convolution (PyTorch semantics, zero padding) as implicit GEMM: no im2col buffer is
+// ever materialised; the tile loaders compute input coordinates on the fly.
+//
+//   conv_fwd : y[n,o,ho,wo]      GEMM  M = N*HO*WO, N = O, K = C*KH*KW
+//   conv_dx  : dx[n,c,h,w]       GEMM  M = N*H*W (one stride phase per grid z), N = C,
+//                                      K = O*(taps of that phase)   (transposed conv)
+//   conv_dw  : dW[o,c,kh,kw]     GEMM  M = C*KH*KW, N = O, K = N*HO*WO, split-K over grid z
+//   conv_dw_reduce : sums the split-K partials (fixed order: deterministic), applies w_scale
+//   conv_dbias     : dbias[o] = sum over n, ho, wo of dy
+//
+// Tiling shared by the three GEMMs: workgroup tile BM x BN = 128 x 64, K-slices of BK = 16
+// staged in workgroup memory, 256 threads laid out 32 (along M) x 8 (along N), each thread
+// accumulating TM x TN = 4 x 8 outputs in registers (rows tx + 32*i, columns ty + 8*j).
+// Why this layout: a 32-thread subgroup shares ty and spans 32 consecutive M rows, so
+//  - reads of As are 32 consecutive words (conflict-free), reads of Bs are one broadcast;
+//  - output writes are 32 consecutive M rows: for y, dx (pixels) and dW (weight index)
+//    consecutive M rows are consecutive addresses, so stores are coalesced.
+// Per K-slice each thread does 4 + 8 workgroup loads for 32 FMAs.
+//
+// The K index is decoded (div/mod by kernel and image sizes) once per K-slice by BK
+// threads into a small double-buffered table `tbl` in workgroup memory rather than by
+// every loading thread; the per-thread M coordinates are decoded once per kernel.
+//
+// Bounds: every global load and store is explicitly guarded (M, N and K tails, padding),
+// so the kernels are correct with runtime bounds checks off. Invalid table entries use a
+// large offset (BIG) that pushes the coordinate out of range instead of a second test.
+
+struct Params {
+    n: u32, c: u32, h: u32, w: u32,
+    o: u32, kh: u32, kw: u32, ho: u32,
+    wo: u32, sh: u32, sw: u32, ph: u32,
+    pw: u32, dh: u32, dw: u32, m: u32,     // m: GEMM M of the launch (fwd: N*HO*WO; dw: C*KH*KW)
+    k: u32, chunk: u32, splits: u32, direct: u32, // k: GEMM K (fwd: C*KH*KW; dw: N*HO*WO)
+    flags: u32, // bit 0: w_scale bound (reduce pass), bit 1: bias bound (forward)
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+
+// w_scale: each GEMM has two entry points calling one body with a constant `scaled`
+// argument (`conv_fwd` / `conv_fwd_scaled`, ...), so the driver folds the scale load away
+// when there is no scale. (Override constants would do the same, but the naga SPIR-V path
+// used by the shader test does not process them.) The bias add is one uniform branch in the
+// epilogue.
+
+const BM: u32 = 128u;
+const BN: u32 = 64u;
+const BK: u32 = 16u;
+const BMP: u32 = 129u; // padded row of As: the dW loader stores with K fastest (2-way at most)
+const BNP: u32 = 65u;  // padded row of Bs: the B loaders store with K fastest
+const BIG: i32 = 536870912; // 2^29: pushes a coordinate out of range
+
+var<workgroup> As: array<f32, 2064>; // BK * BMP
+var<workgroup> Bs: array<f32, 1040>; // BK * BNP
+var<workgroup> tbl: array<vec4<i32>, 32>; // two K-slice decode tables of BK entries
+var<private> acc: array<vec4<f32>, 8>; // acc[j][i]: row tx + 32*i, column ty + 8*j
+
+fn zero_acc() {
+    for (var j = 0u; j < 8u; j = j + 1u) {
+        acc[j] = vec4<f32>(0.0);
+    }
+}
+
+// acc += As^T Bs over one staged K-slice.
+fn mma(tx: u32, ty: u32) {
+    for (var kk = 0u; kk < BK; kk = kk + 1u) {
+        let ar = kk * BMP + tx;
+        let a = vec4<f32>(As[ar], As[ar + 32u], As[ar + 64u], As[ar + 96u]);
+        let br = kk * BNP + ty;
+        for (var j = 0u; j < 8u; j = j + 1u) {
+            acc[j] = fma(a, vec4<f32>(Bs[br + 8u * j]), acc[j]);
+        }
+    }
+}
+
+// ---------------------------------------------------------------- forward ----------------
+@group(0) @binding(1) var<storage, read> fx: array<f32>;
+@group(0) @binding(2) var<storage, read> fw: array<f32>;
+@group(0) @binding(3) var<storage, read> fbias: array<f32>;
+@group(0) @binding(4) var<storage, read> fscale: array<f32>;
+@group(0) @binding(5) var<storage, read_write> fy: array<f32>;
+
+// K index -> (c*H*W, kh*dh, kw*dw); out of range -> row pushed out of the image.
+fn fwd_entry(k: u32) -> vec4<i32> {
+    if (k >= p.k) {
+        return vec4<i32>(0, BIG, 0, 0);
+    }
+    let kk = p.kh * p.kw;
+    let c = k / kk;
+    let r = k - c * kk;
+    let i = r / p.kw;
+    let j = r - i * p.kw;
+    return vec4<i32>(i32(c * p.h * p.w), i32(i * p.dh), i32(j * p.dw), 0);
+}
+
+@compute @workgroup_size(256)
+fn conv_fwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    fwd_body(wg, lid, false);
+}
+
+@compute @workgroup_size(256)
+fn conv_fwd_scaled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    fwd_body(wg, lid, true);
+}
+
+fn fwd_body(wg: vec3<u32>, lid: u32, scaled: bool) {
+    let tx = lid % 32u;
+    let ty = lid / 32u;
+    let m0 = wg.x * BM;
+    let n0 = wg.y * BN;
+    let hwo = p.ho * p.wo;
+    let ktot = p.c * p.kh * p.kw;
+
+    // A loader: this thread owns row lm of the tile, K rows ka + 2*r.
+    let lm = lid % BM;
+    let ka = lid / BM;
+    let am = m0 + lm;
+    let a_ok = am < p.m;
+    let an = am / hwo;
+    let apix = am - an * hwo;
+    let aho = apix / p.wo;
+    let awo = apix - aho * p.wo;
+    let xbase = an * p.c * p.h * p.w;
+    let hi0 = i32(aho * p.sh) - i32(p.ph);
+    let wi0 = i32(awo * p.sw) - i32(p.pw);
+    let hh = i32(p.h);
+    let ww = i32(p.w);
+    // B loader: K row kb (contiguous in w), N columns nb + 16*r.
+    let kb = lid % BK;
+    let nb = lid / BK;
+
+    zero_acc();
+    if (lid < BK) {
+        tbl[lid] = fwd_entry(lid);
+    }
+    workgroupBarrier();
+    let ntiles = (ktot + BK - 1u) / BK;
+    for (var t = 0u; t < ntiles; t = t + 1u) {
+        let k0 = t * BK;
+        let cur = (t & 1u) * BK;
+        for (var r = 0u; r < 8u; r = r + 1u) {
+            let kl = ka + 2u * r;
+            let e = tbl[cur + kl];
+            let hi = hi0 + e.y;
+            let wi = wi0 + e.z;
+            var v = 0.0;
+            if (a_ok && hi >= 0 && hi < hh && wi >= 0 && wi < ww) {
+                v = fx[xbase + u32(e.x) + u32(hi) * p.w + u32(wi)];
+            }
+            As[kl * BMP + lm] = v;
+        }
+        let kg = k0 + kb;
+        for (var r = 0u; r < 4u; r = r + 1u) {
+            let nl = nb + 16u * r;
+            let o = n0 + nl;
+            var v = 0.0;
+            if (kg < ktot && o < p.o) {
+                let wi = o * ktot + kg;
+                v = fw[wi];
+                if (scaled) {
+                    v = v * fscale[wi];
+                }
+            }
+            Bs[kb * BNP + nl] = v;
+        }
+        if (lid < BK) {
+            tbl[(BK - cur) + lid] = fwd_entry(k0 + BK + lid);
+        }
+        workgroupBarrier();
+        mma(tx, ty);
+        workgroupBarrier();
+    }
+
+    for (var i = 0u; i < 4u; i = i + 1u) {
+        let m = m0 + tx + 32u * i;
+        if (m < p.m) {
+            let n = m / hwo;
+            let pix = m - n * hwo;
+            let base = n * p.o * hwo + pix;
+            for (var j = 0u; j < 8u; j = j + 1u) {
+                let o = n0 + ty + 8u * j;
+                if (o < p.o) {
+                    var v = acc[j][i];
+                    if ((p.flags & 2u) != 0u) {
+                        v = v + fbias[o];
+                    }
+                    fy[base + o * hwo] = v;
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- dX ---------------------
+// Transposed convolution, decomposed by stride phase so that no tap is wasted: input pixel
+// h = hp*sh + ph receives from output row ho = hp + (ph + pad - kh*dil)/sh exactly for the
+// kernel rows kh with (ph + pad - kh*dil) = 0 (mod sh); those form an arithmetic progression
+// kh0, kh0 + step, ... (step = sh / gcd(sh, dil)). Grid z enumerates the sh*sw phases.
+@group(0) @binding(1) var<storage, read> bdy: array<f32>;
+@group(0) @binding(2) var<storage, read> bw: array<f32>;
+@group(0) @binding(3) var<storage, read> bscale: array<f32>;
+@group(0) @binding(4) var<storage, read_write> bdx: array<f32>;
+
+// (first tap, tap step, tap count) of phase ph for stride s, padding pad, dilation d, size kk.
+fn taps(ph: u32, s: u32, pad: u32, d: u32, kk: u32) -> vec3<u32> {
+    let target_r = (ph + pad) % s;
+    var first = kk;
+    let lim = min(kk, s);
+    for (var t = 0u; t < lim; t = t + 1u) {
+        if ((t * d) % s == target_r) {
+            first = t;
+            break;
+        }
+    }
+    var stp = s;
+    for (var j = 1u; j < s; j = j + 1u) {
+        if ((j * d) % s == 0u) {
+            stp = j;
+            break;
+        }
+    }
+    var cnt = 0u;
+    if (first < kk) {
+        cnt = (kk - first + stp - 1u) / stp;
+    }
+    return vec3<u32>(first, stp, cnt);
+}
+
+struct Phase {
+    ph: u32, pw: u32,
+    th: vec3<u32>, tw: vec3<u32>,
+    hp: u32, wp: u32,   // phase image size
+    kp: u32,            // GEMM K of the phase: O * taps
+}
+
+fn phase_of(z: u32) -> Phase {
+    var q: Phase;
+    q.ph = z / p.sw;
+    q.pw = z - q.ph * p.sw;
+    q.th = taps(q.ph, p.sh, p.ph, p.dh, p.kh);
+    q.tw = taps(q.pw, p.sw, p.pw, p.dw, p.kw);
+    q.hp = 0u;
+    if (q.ph < p.h) {
+        q.hp = (p.h - q.ph + p.sh - 1u) / p.sh;
+    }
+    q.wp = 0u;
+    if (q.pw < p.w) {
+        q.wp = (p.w - q.pw + p.sw - 1u) / p.sw;
+    }
+    q.kp = p.o * q.th.z * q.tw.z;
+    return q;
+}
+
+// K index of the phase -> (o*HO*WO, row shift, column shift, w offset without c).
+fn dx_entry(q: Phase, k: u32) -> vec4<i32> {
+    if (k >= q.kp) {
+        return vec4<i32>(0, BIG, 0, -1);
+    }
+    let nt = q.th.z * q.tw.z;
+    let o = k / nt;
+    let r = k - o * nt;
+    let jh = r / q.tw.z;
+    let jw = r - jh * q.tw.z;
+    let kh = q.th.x + jh * q.th.y;
+    let kw = q.tw.x + jw * q.tw.y;
+    // exact divisions by construction of the phase (the numerators are multiples of s)
+    let dsh = (i32(q.ph + p.ph) - i32(kh * p.dh)) / i32(p.sh);
+    let dsw = (i32(q.pw + p.pw) - i32(kw * p.dw)) / i32(p.sw);
+    let woff = o * p.c * p.kh * p.kw + kh * p.kw + kw;
+    return vec4<i32>(i32(o * p.ho * p.wo), dsh, dsw, i32(woff));
+}
+
+@compute @workgroup_size(256)
+fn conv_dx(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    dx_body(wg, lid, false);
+}
+
+@compute @workgroup_size(256)
+fn conv_dx_scaled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    dx_body(wg, lid, true);
+}
+
+fn dx_body(wg: vec3<u32>, lid: u32, scaled: bool) {
+    let q = phase_of(wg.z);
+    let mp = p.n * q.hp * q.wp;
+    let m0 = wg.x * BM;
+    // workgroup-uniform exit: this phase has fewer tiles than the largest one
+    if (m0 >= mp) {
+        return;
+    }
+    let tx = lid % 32u;
+    let ty = lid / 32u;
+    let n0 = wg.y * BN;
+    let hwo = p.ho * p.wo;
+    let hw = p.h * p.w;
+    let kkw = p.kh * p.kw;
+    let php = q.hp * q.wp;
+
+    let lm = lid % BM;
+    let ka = lid / BM;
+    let am = m0 + lm;
+    let a_ok = am < mp;
+    let an = am / max(php, 1u);
+    let ar = am - an * php;
+    let ahp = ar / max(q.wp, 1u);
+    let awp = ar - ahp * q.wp;
+    let dybase = an * p.o * hwo;
+    let hoi = i32(p.ho);
+    let woi = i32(p.wo);
+    let kb = lid % BK;
+    let nb = lid / BK;
+
+    zero_acc();
+    if (lid < BK) {
+        tbl[lid] = dx_entry(q, lid);
+    }
+    workgroupBarrier();
+    let ntiles = (q.kp + BK - 1u) / BK;
+    for (var t = 0u; t < ntiles; t = t + 1u) {
+        let k0 = t * BK;
+        let cur = (t & 1u) * BK;
+        for (var r = 0u; r < 8u; r = r + 1u) {
+            let kl = ka + 2u * r;
+            let e = tbl[cur + kl];
+            let ho = i32(ahp) + e.y;
+            let wo = i32(awp) + e.z;
+            var v = 0.0;
+            if (a_ok && ho >= 0 && ho < hoi && wo >= 0 && wo < woi) {
+                v = bdy[dybase + u32(e.x) + u32(ho) * p.wo + u32(wo)];
+            }
+            As[kl * BMP + lm] = v;
+        }
+        let eb = tbl[cur + kb];
+        for (var r = 0u; r < 4u; r = r + 1u) {
+            let nl = nb + 16u * r;
+            let c = n0 + nl;
+            var v = 0.0;
+            if (eb.w >= 0 && c < p.c) {
+                let wi = u32(eb.w) + c * kkw;
+                v = bw[wi];
+                if (scaled) {
+                    v = v * bscale[wi];
+                }
+            }
+            Bs[kb * BNP + nl] = v;
+        }
+        if (lid < BK) {
+            tbl[(BK - cur) + lid] = dx_entry(q, k0 + BK + lid);
+        }
+        workgroupBarrier();
+        mma(tx, ty);
+        workgroupBarrier();
+    }
+
+    for (var i = 0u; i < 4u; i = i + 1u) {
+        let m = m0 + tx + 32u * i;
+        if (m < mp) {
+            let n = m / php;
+            let r = m - n * php;
+            let hp = r / q.wp;
+            let wp = r - hp * q.wp;
+            let h = hp * p.sh + q.ph;
+            let w = wp * p.sw + q.pw;
+            let base = n * p.c * hw + h * p.w + w;
+            for (var j = 0u; j < 8u; j = j + 1u) {
+                let c = n0 + ty + 8u * j;
+                if (c < p.c) {
+                    bdx[base + c * hw] = acc[j][i];
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- dW ---------------------
+// dW^T as GEMM: rows = weight index (c, kh, kw), columns = o, reduction over (n, ho, wo).
+// Grid z = split: split z reduces over [z*chunk, min((z+1)*chunk, K)) and writes its
+// partial to part[z][o][row] (direct = 1: one split, written straight into dW with scale).
+@group(0) @binding(1) var<storage, read> gx: array<f32>;
+@group(0) @binding(2) var<storage, read> gdy: array<f32>;
+@group(0) @binding(3) var<storage, read> gscale: array<f32>;
+@group(0) @binding(4) var<storage, read_write> gpart: array<f32>;
+
+// reduction index (n, ho, wo) -> (n*C*H*W, ho*sh - ph, wo*sw - pw, n*O*HO*WO + pix);
+// out of range -> row +BIG (the per-thread weight rows add at most +BIG: no overflow)
+fn dw_entry(q: u32, end: u32) -> vec4<i32> {
+    if (q >= end) {
+        return vec4<i32>(0, BIG, 0, -1);
+    }
+    let hwo = p.ho * p.wo;
+    let n = q / hwo;
+    let pix = q - n * hwo;
+    let ho = pix / p.wo;
+    let wo = pix - ho * p.wo;
+    return vec4<i32>(i32(n * p.c * p.h * p.w), i32(ho * p.sh) - i32(p.ph), i32(wo * p.sw) - i32(p.pw),
+                     i32(n * p.o * hwo + pix));
+}
+
+@compute @workgroup_size(256)
+fn conv_dw(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    dw_body(wg, lid, false);
+}
+
+@compute @workgroup_size(256)
+fn conv_dw_scaled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    dw_body(wg, lid, true);
+}
+
+fn dw_body(wg: vec3<u32>, lid: u32, scaled: bool) {
+    let tx = lid % 32u;
+    let ty = lid / 32u;
+    let m0 = wg.x * BM;
+    let n0 = wg.y * BN;
+    let z = wg.z;
+    let kstart = z * p.chunk;
+    let kend = min(kstart + p.chunk, p.k);
+    let hwo = p.ho * p.wo;
+    let kkw = p.kh * p.kw;
+    let hh = i32(p.h);
+    let ww = i32(p.w);
+
+    // A loader: K (pixel) row kl = lid % 16 (consecutive threads read consecutive output
+    // pixels), tile rows lm + 16*r whose (c, kh, kw) decode is done once here.
+    let kl = lid % BK;
+    let lm = lid / BK;
+    var mi: array<vec4<i32>, 8>;
+    for (var r = 0u; r < 8u; r = r + 1u) {
+        let m = m0 + lm + 16u * r;
+        if (m < p.m) {
+            let c = m / kkw;
+            let rr = m - c * kkw;
+            let i = rr / p.kw;
+            let j = rr - i * p.kw;
+            mi[r] = vec4<i32>(i32(c * p.h * p.w), i32(i * p.dh), i32(j * p.dw), 1);
+        } else {
+            mi[r] = vec4<i32>(0, BIG, 0, 0);
+        }
+    }
+
+    zero_acc();
+    if (lid < BK) {
+        tbl[lid] = dw_entry(kstart + lid, kend);
+    }
+    workgroupBarrier();
+    let ntiles = (kend - min(kstart, kend) + BK - 1u) / BK;
+    for (var t = 0u; t < ntiles; t = t + 1u) {
+        let k0 = kstart + t * BK;
+        let cur = (t & 1u) * BK;
+        let e = tbl[cur + kl];
+        for (var r = 0u; r < 8u; r = r + 1u) {
+            let f = mi[r];
+            let hi = e.y + f.y;
+            let wi = e.z + f.z;
+            var v = 0.0;
+            if (hi >= 0 && hi < hh && wi >= 0 && wi < ww) {
+                v = gx[u32(e.x + f.x) + u32(hi) * p.w + u32(wi)];
+            }
+            As[kl * BMP + lm + 16u * r] = v;
+        }
+        for (var r = 0u; r < 4u; r = r + 1u) {
+            let nl = lm + 16u * r;
+            let o = n0 + nl;
+            var v = 0.0;
+            if (e.w >= 0 && o < p.o) {
+                v = gdy[u32(e.w) + o * hwo];
+            }
+            Bs[kl * BNP + nl] = v;
+        }
+        if (lid < BK) {
+            tbl[(BK - cur) + lid] = dw_entry(k0 + BK + lid, kend);
+        }
+        workgroupBarrier();
+        mma(tx, ty);
+        workgroupBarrier();
+    }
+
+    let per = p.o * p.m;
+    for (var i = 0u; i < 4u; i = i + 1u) {
+        let m = m0 + tx + 32u * i;
+        if (m < p.m) {
+            for (var j = 0u; j < 8u; j = j + 1u) {
+                let o = n0 + ty + 8u * j;
+                if (o < p.o) {
+                    let idx = o * p.m + m;
+                    var v = acc[j][i];
+                    if (p.direct != 0u) {
+                        if (scaled) {
+                            v = v * gscale[idx];
+                        }
+                        gpart[idx] = v;
+                    } else {
+                        gpart[z * per + idx] = v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- split-K reduction ------
+@group(0) @binding(1) var<storage, read> rpart: array<f32>;
+@group(0) @binding(2) var<storage, read> rscale: array<f32>;
+@group(0) @binding(3) var<storage, read_write> rdw: array<f32>;
+
+@compute @workgroup_size(256)
+fn conv_dw_reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) lid: u32) {
+    let i = (wg.y * nwg.x + wg.x) * 256u + lid;
+    let per = p.o * p.m;
+    if (i >= per) {
+        return;
+    }
+    var s = 0.0;
+    for (var z = 0u; z < p.splits; z = z + 1u) {
+        s = s + rpart[z * per + i];
+    }
+    if ((p.flags & 1u) != 0u) {
+        s = s * rscale[i];
+    }
+    rdw[i] = s;
+}
+
+// ---------------------------------------------------------------- dbias ------------------
+@group(0) @binding(1) var<storage, read> sdy: array<f32>;
+@group(0) @binding(2) var<storage, read_write> sdb: array<f32>;
+
+var<workgroup> red: array<f32, 256>;
+
+// One workgroup per output channel: threads stride over the contiguous HO*WO plane of each
+// image (coalesced), then a tree reduction in workgroup memory.
+@compute @workgroup_size(256)
+fn conv_dbias(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) lid: u32) {
+    let o = wg.y * nwg.x + wg.x;
+    // workgroup-uniform exit
+    if (o >= p.o) {
+        return;
+    }
+    let hwo = p.ho * p.wo;
+    var s = 0.0;
+    for (var n = 0u; n < p.n; n = n + 1u) {
+        let base = (n * p.o + o) * hwo;
+        for (var i = lid; i < hwo; i = i + 256u) {
+            s = s + sdy[base + i];
+        }
+    }
+    red[lid] = s;
+    workgroupBarrier();
+    for (var st = 128u; st > 0u; st = st / 2u) {
+        if (lid < st) {
+            red[lid] = red[lid] + red[lid + st];
+        }
+        workgroupBarrier();
+    }
+    if (lid == 0u) {
+        sdb[o] = red[0];
+    }
+}

@@ -1,0 +1,357 @@
+//! 2-D convolution (PyTorch semantics, zero padding) as implicit GEMM on the GPU.
+//!
+//! Forward, input gradient and weight gradient are each one tiled GEMM kernel whose tile
+//! loaders gather from the NCHW tensors on the fly (no im2col buffer, no host-side layout
+//! copies); see `shaders/conv.wgsl` for the tiling. Weight gradients reduce over
+//! N*HO*WO with split-K across workgroups and a second, deterministic reduction pass (no
+//! float atomics).
+use super::{bytes_of, expect_f32, expect_same_gpu, grid};
+use crate::autograd::BackwardOp;
+use crate::error::{Error, Result};
+use crate::gpu::{Access, Kernel};
+use crate::tensor::{DType, Tensor};
+
+const SRC: &str = include_str!("../../shaders/conv.wgsl");
+const R: Access = Access::Read;
+const RW: Access = Access::ReadWrite;
+const K_FWD: Kernel = Kernel { shader: "conv", source: SRC, entry: "conv_fwd", bindings: &[R, R, R, R, RW] };
+const K_FWD_S: Kernel = Kernel { shader: "conv", source: SRC, entry: "conv_fwd_scaled", bindings: &[R, R, R, R, RW] };
+const K_DX_S: Kernel = Kernel { shader: "conv", source: SRC, entry: "conv_dx_scaled", bindings: &[R, R, R, RW] };
+const K_DW_S: Kernel = Kernel { shader: "conv", source: SRC, entry: "conv_dw_scaled", bindings: &[R, R, R, RW] };
+const K_DX: Kernel = Kernel { shader: "conv", source: SRC, entry: "conv_dx", bindings: &[R, R, R, RW] };
+const K_DW: Kernel = Kernel { shader: "conv", source: SRC, entry: "conv_dw", bindings: &[R, R, R, RW] };
+const K_DW_REDUCE: Kernel = Kernel { shader: "conv", source: SRC, entry: "conv_dw_reduce", bindings: &[R, R, RW] };
+const K_DBIAS: Kernel = Kernel { shader: "conv", source: SRC, entry: "conv_dbias", bindings: &[R, RW] };
+
+/// Workgroup tile of every conv GEMM (must match `shaders/conv.wgsl`): BM rows (M), BN
+/// columns (N), K-slices of BK, 256 threads with 4 x 8 outputs each.
+pub const CONV_TILE_M: usize = 128;
+pub const CONV_TILE_N: usize = 64;
+pub const CONV_TILE_K: usize = 16;
+/// Split-K of the weight gradient: aim for at least this many workgroups in flight...
+const DW_TARGET_WORKGROUPS: usize = 1024;
+/// ...but give every split at least this many K-slices of work.
+const DW_MIN_SLICES_PER_SPLIT: usize = 8;
+/// Cap on the split-K partial buffer.
+const DW_MAX_PARTIAL_BYTES: usize = 256 << 20;
+
+#[derive(Clone, Copy, Debug)]
+pub struct Conv2dParams {
+    pub stride: (usize, usize),
+    pub padding: (usize, usize),
+    pub dilation: (usize, usize),
+}
+
+impl Default for Conv2dParams {
+    fn default() -> Self {
+        Conv2dParams { stride: (1, 1), padding: (0, 0), dilation: (1, 1) }
+    }
+}
+
+/// Output size (HO, WO) of a convolution of an `h` x `w` image with a `kh` x `kw` kernel
+/// (PyTorch's formula; 0 when the dilated kernel does not fit the padded image).
+pub fn conv2d_output_size(h: usize, w: usize, kh: usize, kw: usize, p: &Conv2dParams) -> (usize, usize) {
+    let one = |size: usize, k: usize, s: usize, pad: usize, d: usize| -> usize {
+        let ext = d.max(1) * (k.max(1) - 1) + 1;
+        let padded = size + 2 * pad;
+        if k == 0 || padded < ext {
+            0
+        } else {
+            (padded - ext) / s.max(1) + 1
+        }
+    };
+    (
+        one(h, kh, p.stride.0, p.padding.0, p.dilation.0),
+        one(w, kw, p.stride.1, p.padding.1, p.dilation.1),
+    )
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    n: u32,
+    c: u32,
+    h: u32,
+    w: u32,
+    o: u32,
+    kh: u32,
+    kw: u32,
+    ho: u32,
+    wo: u32,
+    sh: u32,
+    sw: u32,
+    ph: u32,
+    pw: u32,
+    dh: u32,
+    dw: u32,
+    m: u32,
+    k: u32,
+    chunk: u32,
+    splits: u32,
+    direct: u32,
+    flags: u32,
+}
+
+/// Validated geometry of one convolution.
+#[derive(Clone, Copy, Debug)]
+struct Geom {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    o: usize,
+    kh: usize,
+    kw: usize,
+    ho: usize,
+    wo: usize,
+    p: Conv2dParams,
+}
+
+impl Geom {
+    fn params(&self) -> Params {
+        let u = |v: usize| v as u32;
+        Params {
+            n: u(self.n),
+            c: u(self.c),
+            h: u(self.h),
+            w: u(self.w),
+            o: u(self.o),
+            kh: u(self.kh),
+            kw: u(self.kw),
+            ho: u(self.ho),
+            wo: u(self.wo),
+            sh: u(self.p.stride.0),
+            sw: u(self.p.stride.1),
+            ph: u(self.p.padding.0),
+            pw: u(self.p.padding.1),
+            dh: u(self.p.dilation.0),
+            dw: u(self.p.dilation.1),
+            m: 0,
+            k: 0,
+            chunk: 0,
+            splits: 0,
+            direct: 0,
+            flags: 0,
+        }
+    }
+    fn kernel_len(&self) -> usize {
+        self.c * self.kh * self.kw
+    }
+}
+
+fn check(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: &Conv2dParams, w_scale: Option<&Tensor>) -> Result<Geom> {
+    const OP: &str = "conv2d";
+    let mut all: Vec<&Tensor> = vec![x, w];
+    all.extend(bias);
+    all.extend(w_scale);
+    expect_f32(OP, &all)?;
+    expect_same_gpu(OP, &all)?;
+    if x.dims() != 4 {
+        return Err(Error::shape(OP, format!("input must be [N, C, H, W], got {:?}", x.shape())));
+    }
+    if w.dims() != 4 {
+        return Err(Error::shape(OP, format!("weight must be [O, C, KH, KW], got {:?}", w.shape())));
+    }
+    let (n, c, h, wd) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
+    let (o, wc, kh, kw) = (w.dim(0), w.dim(1), w.dim(2), w.dim(3));
+    if x.numel() == 0 || w.numel() == 0 {
+        return Err(Error::shape(OP, format!("empty input {:?} or weight {:?}", x.shape(), w.shape())));
+    }
+    if wc != c {
+        return Err(Error::shape(
+            OP,
+            format!("input {:?} has {c} channels but weight {:?} expects {wc}", x.shape(), w.shape()),
+        ));
+    }
+    if p.stride.0 == 0 || p.stride.1 == 0 || p.dilation.0 == 0 || p.dilation.1 == 0 {
+        return Err(Error::shape(OP, format!("stride {:?} and dilation {:?} must be >= 1", p.stride, p.dilation)));
+    }
+    if let Some(b) = bias {
+        if b.shape() != [o] {
+            return Err(Error::shape(OP, format!("bias {:?} must be [{o}] for weight {:?}", b.shape(), w.shape())));
+        }
+    }
+    if let Some(s) = w_scale {
+        if s.shape() != w.shape() {
+            return Err(Error::shape(OP, format!("w_scale {:?} must match weight {:?}", s.shape(), w.shape())));
+        }
+    }
+    let (ho, wo) = conv2d_output_size(h, wd, kh, kw, p);
+    if ho == 0 || wo == 0 {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "kernel {:?} (dilation {:?}) is larger than the padded input {:?} (padding {:?})",
+                [kh, kw],
+                p.dilation,
+                [h + 2 * p.padding.0, wd + 2 * p.padding.1],
+                p.padding
+            ),
+        ));
+    }
+    // Kernels index with 32-bit integers (coordinates as i32).
+    let lim = i32::MAX as usize / 4;
+    let big = [n * c * h * wd, n * o * ho * wo, o * c * kh * kw, h + 2 * p.padding.0, wd + 2 * p.padding.1];
+    if big.iter().any(|&v| v > lim) || p.dilation.0 * kh > lim || p.dilation.1 * kw > lim {
+        return Err(Error::shape(OP, format!("input {:?} / weight {:?} too large for 32-bit indexing", x.shape(), w.shape())));
+    }
+    Ok(Geom { n, c, h, w: wd, o, kh, kw, ho, wo, p: *p })
+}
+
+fn groups(op: &'static str, x: usize, y: usize, z: usize, max: u32) -> Result<[u32; 3]> {
+    if x > max as usize || y > max as usize || z > max as usize {
+        return Err(Error::shape(op, format!("launch of {x} x {y} x {z} workgroups exceeds {max} per dimension")));
+    }
+    Ok([x as u32, y as u32, z as u32])
+}
+
+fn forward(g: &Geom, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, scale: Option<&Tensor>) -> Result<Tensor> {
+    let gpu = x.gpu();
+    let y = Tensor::empty(gpu, &[g.n, g.o, g.ho, g.wo], DType::F32)?;
+    let mut pr = g.params();
+    let m = g.n * g.ho * g.wo;
+    pr.m = m as u32;
+    pr.k = g.kernel_len() as u32;
+    pr.flags = if bias.is_some() { 2 } else { 0 };
+    let maxg = gpu.limits().max_compute_workgroups_per_dimension;
+    let grid3 = groups("conv2d", m.div_ceil(CONV_TILE_M), g.o.div_ceil(CONV_TILE_N), 1, maxg)?;
+    // absent optional operands bind an already-bound read-only buffer (never read)
+    let b_buf = bias.unwrap_or(w).buffer();
+    let s_buf = scale.unwrap_or(w).buffer();
+    gpu.dispatch(
+        if scale.is_some() { &K_FWD_S } else { &K_FWD },
+        &[],
+        bytes_of(&pr),
+        &[x.buffer(), w.buffer(), b_buf, s_buf, y.buffer()],
+        grid3,
+    )?;
+    Ok(y)
+}
+
+/// dX = transposed convolution of dY with (w * scale), one grid z per stride phase.
+fn grad_input(g: &Geom, dy: &Tensor, w: &Tensor, scale: Option<&Tensor>) -> Result<Tensor> {
+    let gpu = dy.gpu();
+    let dx = Tensor::empty(gpu, &[g.n, g.c, g.h, g.w], DType::F32)?;
+    let pr = g.params();
+    let (sh, sw) = g.p.stride;
+    // largest phase image: ceil(H / sh) x ceil(W / sw)
+    let mp = g.n * g.h.div_ceil(sh) * g.w.div_ceil(sw);
+    let maxg = gpu.limits().max_compute_workgroups_per_dimension;
+    let grid3 = groups("conv2d backward (input)", mp.div_ceil(CONV_TILE_M), g.c.div_ceil(CONV_TILE_N), sh * sw, maxg)?;
+    let s_buf = scale.unwrap_or(w).buffer();
+    let k = if scale.is_some() { &K_DX_S } else { &K_DX };
+    gpu.dispatch(k, &[], bytes_of(&pr), &[dy.buffer(), w.buffer(), s_buf, dx.buffer()], grid3)?;
+    Ok(dx)
+}
+
+/// Number of split-K slices for the weight gradient of `g` (deterministic in the shape).
+fn dw_splits(g: &Geom) -> (usize, usize) {
+    let kred = g.n * g.ho * g.wo;
+    let slices = kred.div_ceil(CONV_TILE_K);
+    let tiles = g.kernel_len().div_ceil(CONV_TILE_M) * g.o.div_ceil(CONV_TILE_N);
+    let per_split_bytes = g.o * g.kernel_len() * 4;
+    let mut splits = (DW_TARGET_WORKGROUPS / tiles.max(1))
+        .min(slices / DW_MIN_SLICES_PER_SPLIT)
+        .min(DW_MAX_PARTIAL_BYTES / per_split_bytes.max(1))
+        .clamp(1, 65535);
+    let chunk_slices = slices.div_ceil(splits);
+    splits = slices.div_ceil(chunk_slices);
+    (splits, chunk_slices * CONV_TILE_K)
+}
+
+/// dW = (sum over n, ho, wo of dY x im2col(x)) * scale (scale applied when given).
+fn grad_weight(g: &Geom, x: &Tensor, dy: &Tensor, scale: Option<&Tensor>) -> Result<Tensor> {
+    let gpu = x.gpu();
+    let dw = Tensor::empty(gpu, &[g.o, g.c, g.kh, g.kw], DType::F32)?;
+    let kl = g.kernel_len();
+    let (splits, chunk) = dw_splits(g);
+    let mut pr = g.params();
+    pr.m = kl as u32;
+    pr.k = (g.n * g.ho * g.wo) as u32;
+    pr.chunk = chunk as u32;
+    pr.splits = splits as u32;
+    pr.direct = (splits == 1) as u32;
+    pr.flags = scale.is_some() as u32;
+    let maxg = gpu.limits().max_compute_workgroups_per_dimension;
+    let grid3 = groups("conv2d backward (weight)", kl.div_ceil(CONV_TILE_M), g.o.div_ceil(CONV_TILE_N), splits, maxg)?;
+    let s_buf = scale.unwrap_or(x).buffer();
+    let k = if scale.is_some() { &K_DW_S } else { &K_DW };
+    if splits == 1 {
+        gpu.dispatch(k, &[], bytes_of(&pr), &[x.buffer(), dy.buffer(), s_buf, dw.buffer()], grid3)?;
+    } else {
+        let part = Tensor::empty(gpu, &[splits, g.o * kl], DType::F32)?;
+        gpu.dispatch(k, &[], bytes_of(&pr), &[x.buffer(), dy.buffer(), s_buf, part.buffer()], grid3)?;
+        let s_buf = scale.unwrap_or(&part).buffer();
+        gpu.dispatch(&K_DW_REDUCE, &[], bytes_of(&pr), &[part.buffer(), s_buf, dw.buffer()], grid(gpu, g.o * kl, 256))?;
+    }
+    Ok(dw)
+}
+
+fn grad_bias(g: &Geom, dy: &Tensor) -> Result<Tensor> {
+    let gpu = dy.gpu();
+    let db = Tensor::empty(gpu, &[g.o], DType::F32)?;
+    gpu.dispatch(&K_DBIAS, &[], bytes_of(&g.params()), &[dy.buffer(), db.buffer()], grid(gpu, g.o, 1))?;
+    Ok(db)
+}
+
+struct Conv2dBack {
+    g: Geom,
+    x: Tensor,
+    w: Tensor,
+    scale: Option<Tensor>,
+    has_bias: bool,
+}
+
+impl BackwardOp for Conv2dBack {
+    fn name(&self) -> &'static str {
+        "conv2d"
+    }
+    fn backward(&self, dy: &Tensor, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
+        let g = &self.g;
+        if dy.shape() != [g.n, g.o, g.ho, g.wo] || dy.dtype() != DType::F32 {
+            return Err(Error::shape(
+                "conv2d backward",
+                format!("gradient {:?} {:?} for output [{}, {}, {}, {}]", dy.shape(), dy.dtype(), g.n, g.o, g.ho, g.wo),
+            ));
+        }
+        let mut out = Vec::with_capacity(inputs.len());
+        out.push(if inputs[0].is_tracked() { Some(grad_input(g, dy, &self.w, self.scale.as_ref())?) } else { None });
+        let scale_idx = 2 + self.has_bias as usize;
+        let scale_tracked = self.scale.is_some() && inputs.get(scale_idx).is_some_and(|t| t.is_tracked());
+        let mut dscale = None;
+        if inputs[1].is_tracked() || scale_tracked {
+            if scale_tracked {
+                // d/dscale = dW_raw * w; d/dw = dW_raw * scale
+                let raw = grad_weight(g, &self.x, dy, None)?;
+                let s = self.scale.as_ref().expect("scale present");
+                dscale = Some(super::elementwise::mul(&raw, &self.w)?);
+                out.push(if inputs[1].is_tracked() { Some(super::elementwise::mul(&raw, s)?) } else { None });
+            } else {
+                out.push(Some(grad_weight(g, &self.x, dy, self.scale.as_ref())?));
+            }
+        } else {
+            out.push(None);
+        }
+        if self.has_bias {
+            out.push(if inputs[2].is_tracked() { Some(grad_bias(g, dy)?) } else { None });
+        }
+        if self.scale.is_some() {
+            out.push(dscale);
+        }
+        Ok(out)
+    }
+}
+
+/// x [N, C, H, W], w [O, C, KH, KW], bias [O]; y [N, O, HO, WO] (PyTorch semantics, zero padding).
+/// w_scale: optional element-wise scale of w's shape applied inside the kernel when loading weights
+/// (AIM's per-parameter masks); the weight gradient is masked/scaled the same way; no cost when None.
+pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: Conv2dParams, w_scale: Option<&Tensor>) -> Result<Tensor> {
+    let g = check(x, w, bias, &p, w_scale)?;
+    let y = forward(&g, x, w, bias, w_scale)?;
+    let mut inputs: Vec<&Tensor> = vec![x, w];
+    inputs.extend(bias);
+    inputs.extend(w_scale);
+    Ok(y.with_grad_fn(&inputs, || {
+        Box::new(Conv2dBack { g, x: x.detach(), w: w.detach(), scale: w_scale.map(|s| s.detach()), has_bias: bias.is_some() })
+    }))
+}

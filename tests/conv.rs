@@ -1,0 +1,334 @@
+//! 2-D convolution against a direct f64 CPU convolution and finite differences.
+mod common;
+use common::*;
+use equimodal::ops::{self, Conv2dParams};
+use equimodal::{Error, Tensor};
+
+#[derive(Clone, Copy, Debug)]
+struct Shape {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    o: usize,
+    kh: usize,
+    kw: usize,
+}
+
+/// Direct convolution in f64. `x` [N,C,H,W], `w` [O,C,KH,KW], optional bias [O].
+fn conv_ref(s: Shape, p: Conv2dParams, x: &[f64], w: &[f64], b: Option<&[f64]>) -> Vec<f64> {
+    let (ho, wo) = ops::conv2d_output_size(s.h, s.w, s.kh, s.kw, &p);
+    let mut y = vec![0.0; s.n * s.o * ho * wo];
+    for n in 0..s.n {
+        for o in 0..s.o {
+            for i in 0..ho {
+                for j in 0..wo {
+                    let mut acc = b.map_or(0.0, |b| b[o]);
+                    for c in 0..s.c {
+                        for ki in 0..s.kh {
+                            for kj in 0..s.kw {
+                                let hi = (i * p.stride.0 + ki * p.dilation.0) as isize - p.padding.0 as isize;
+                                let wi = (j * p.stride.1 + kj * p.dilation.1) as isize - p.padding.1 as isize;
+                                if hi < 0 || wi < 0 || hi >= s.h as isize || wi >= s.w as isize {
+                                    continue;
+                                }
+                                let xv = x[((n * s.c + c) * s.h + hi as usize) * s.w + wi as usize];
+                                let wv = w[((o * s.c + c) * s.kh + ki) * s.kw + kj];
+                                acc += xv * wv;
+                            }
+                        }
+                    }
+                    y[((n * s.o + o) * ho + i) * wo + j] = acc;
+                }
+            }
+        }
+    }
+    y
+}
+
+/// Gradients of sum(g * conv(x, w) + b) in f64: (dx, dw, db).
+fn conv_ref_grads(s: Shape, p: Conv2dParams, x: &[f64], w: &[f64], g: &[f64]) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (ho, wo) = ops::conv2d_output_size(s.h, s.w, s.kh, s.kw, &p);
+    let mut dx = vec![0.0; x.len()];
+    let mut dw = vec![0.0; w.len()];
+    let mut db = vec![0.0; s.o];
+    for n in 0..s.n {
+        for o in 0..s.o {
+            for i in 0..ho {
+                for j in 0..wo {
+                    let gv = g[((n * s.o + o) * ho + i) * wo + j];
+                    db[o] += gv;
+                    for c in 0..s.c {
+                        for ki in 0..s.kh {
+                            for kj in 0..s.kw {
+                                let hi = (i * p.stride.0 + ki * p.dilation.0) as isize - p.padding.0 as isize;
+                                let wi = (j * p.stride.1 + kj * p.dilation.1) as isize - p.padding.1 as isize;
+                                if hi < 0 || wi < 0 || hi >= s.h as isize || wi >= s.w as isize {
+                                    continue;
+                                }
+                                let xi = ((n * s.c + c) * s.h + hi as usize) * s.w + wi as usize;
+                                let wi_ = ((o * s.c + c) * s.kh + ki) * s.kw + kj;
+                                dx[xi] += gv * w[wi_];
+                                dw[wi_] += gv * x[xi];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    (dx, dw, db)
+}
+
+fn params(stride: (usize, usize), padding: (usize, usize), dilation: (usize, usize)) -> Conv2dParams {
+    Conv2dParams { stride, padding, dilation }
+}
+
+fn xw_shapes(s: Shape) -> (Vec<usize>, Vec<usize>) {
+    (vec![s.n, s.c, s.h, s.w], vec![s.o, s.c, s.kh, s.kw])
+}
+
+/// Forward vs the f64 reference, gradients of x, w, bias vs finite differences.
+fn check_fd(name: &str, s: Shape, p: Conv2dParams, seed: u64) {
+    let mut rng = Rng::new(seed);
+    let (xs, ws) = xw_shapes(s);
+    let x = rng.uniforms(numel(&xs), -1.0, 1.0);
+    let w = rng.uniforms(numel(&ws), -1.0, 1.0);
+    let b = rng.uniforms(s.o, -1.0, 1.0);
+    check_op(
+        name,
+        &[(x, xs), (w, ws), (b, vec![s.o])],
+        &[0, 1, 2],
+        &|t| ops::conv2d(&t[0], &t[1], Some(&t[2]), p, None),
+        &|v| conv_ref(s, p, &v[0], &v[1], Some(&v[2])),
+        Tol { rtol: 1e-4, atol: 2e-5, grad_rtol: 2e-3, grad_atol: 5e-4 },
+    );
+}
+
+#[test]
+fn conv_3x3_stride1_pad1() {
+    check_fd("3x3 s1 p1", Shape { n: 2, c: 3, h: 9, w: 7, o: 5, kh: 3, kw: 3 }, params((1, 1), (1, 1), (1, 1)), 1);
+}
+
+#[test]
+fn conv_3x3_stride2_pad1() {
+    check_fd("3x3 s2 p1", Shape { n: 2, c: 3, h: 9, w: 7, o: 5, kh: 3, kw: 3 }, params((2, 2), (1, 1), (1, 1)), 2);
+}
+
+#[test]
+fn conv_7x7_stride2_pad3() {
+    check_fd("7x7 s2 p3 C3", Shape { n: 2, c: 3, h: 13, w: 11, o: 5, kh: 7, kw: 7 }, params((2, 2), (3, 3), (1, 1)), 3);
+    check_fd("7x7 s2 p3 C1", Shape { n: 2, c: 1, h: 13, w: 11, o: 4, kh: 7, kw: 7 }, params((2, 2), (3, 3), (1, 1)), 4);
+}
+
+#[test]
+fn conv_1x1_stride2_pad0() {
+    check_fd("1x1 s2 p0", Shape { n: 2, c: 3, h: 9, w: 7, o: 5, kh: 1, kw: 1 }, params((2, 2), (0, 0), (1, 1)), 5);
+}
+
+#[test]
+fn conv_2x3_mixed_stride_dilation() {
+    check_fd("2x3 s(2,1) p(0,1) d(2,1)", Shape { n: 2, c: 3, h: 9, w: 7, o: 5, kh: 2, kw: 3 }, params((2, 1), (0, 1), (2, 1)), 6);
+    // stride and dilation sharing a factor (phases with no taps at all), stride 3
+    check_fd("3x3 s(2,3) p(1,2) d(2,3)", Shape { n: 1, c: 2, h: 10, w: 11, o: 3, kh: 3, kw: 3 }, params((2, 3), (1, 2), (2, 3)), 7);
+}
+
+#[test]
+fn conv_degenerate_sizes() {
+    // batch 1, one channel, one output channel
+    check_fd("batch1 C1 O1", Shape { n: 1, c: 1, h: 6, w: 5, o: 1, kh: 3, kw: 3 }, params((1, 1), (1, 1), (1, 1)), 8);
+    // kernel exactly the padded image: 1x1 output
+    check_fd("full-size kernel", Shape { n: 1, c: 2, h: 3, w: 4, o: 2, kh: 5, kw: 4 }, params((1, 1), (1, 0), (1, 1)), 9);
+    // 1-pixel image
+    check_fd("1x1 image", Shape { n: 3, c: 2, h: 1, w: 1, o: 3, kh: 3, kw: 3 }, params((2, 2), (1, 1), (1, 1)), 10);
+}
+
+#[test]
+fn conv_without_bias_and_untracked_inputs() {
+    let s = Shape { n: 2, c: 3, h: 8, w: 6, o: 4, kh: 3, kw: 3 };
+    let p = params((1, 2), (1, 1), (1, 1));
+    let mut rng = Rng::new(11);
+    let (xs, ws) = xw_shapes(s);
+    let x = rng.uniforms(numel(&xs), -1.0, 1.0);
+    let w = rng.uniforms(numel(&ws), -1.0, 1.0);
+    // only w differentiated: x untracked (dX skipped)
+    check_op(
+        "no bias, dw only",
+        &[(x.clone(), xs.clone()), (w.clone(), ws.clone())],
+        &[1],
+        &|t| ops::conv2d(&t[0], &t[1], None, p, None),
+        &|v| conv_ref(s, p, &v[0], &v[1], None),
+        Tol { rtol: 1e-4, atol: 2e-5, grad_rtol: 2e-3, grad_atol: 5e-4 },
+    );
+    check_op(
+        "no bias, dx only",
+        &[(x, xs), (w, ws)],
+        &[0],
+        &|t| ops::conv2d(&t[0], &t[1], None, p, None),
+        &|v| conv_ref(s, p, &v[0], &v[1], None),
+        Tol { rtol: 1e-4, atol: 2e-5, grad_rtol: 2e-3, grad_atol: 5e-4 },
+    );
+}
+
+/// Forward and all gradients vs the f64 reference (no finite differences): for shapes larger
+/// than one 128 x 64 x 16 tile in every GEMM dimension of forward, dX and dW.
+fn check_big(name: &str, s: Shape, p: Conv2dParams, seed: u64) {
+    let g = gpu();
+    let mut rng = Rng::new(seed);
+    let (xs, ws) = xw_shapes(s);
+    let x = round_f32(&rng.uniforms(numel(&xs), -1.0, 1.0));
+    let w = round_f32(&rng.uniforms(numel(&ws), -1.0, 1.0));
+    let b = round_f32(&rng.uniforms(s.o, -1.0, 1.0));
+    let xt = upload(&g, &x, &xs).requires_grad();
+    let wt = upload(&g, &w, &ws).requires_grad();
+    let bt = upload(&g, &b, &[s.o]).requires_grad();
+    let y = ops::conv2d(&xt, &wt, Some(&bt), p, None).unwrap();
+    let want = conv_ref(s, p, &x, &w, Some(&b));
+    // K = C*KH*KW terms of magnitude <= 1: scale the tolerance with sqrt(K)
+    let k = (s.c * s.kh * s.kw) as f64;
+    assert_close(&format!("{name} forward"), &y.to_vec().unwrap(), &want, 1e-4, 2e-6 * k.sqrt() * 4.0);
+    let gy = round_f32(&rng.uniforms(want.len(), -1.0, 1.0));
+    let mut grads = equimodal::Gradients::new();
+    y.backward_with(upload(&g, &gy, y.shape()), &mut grads).unwrap();
+    let (dx, dw, db) = conv_ref_grads(s, p, &x, &w, &gy);
+    let tol = |terms: f64| 1e-5 * terms.sqrt() * 4.0;
+    assert_close(&format!("{name} dx"), &grads.get(&xt).unwrap().to_vec().unwrap(), &dx, 1e-4, tol((s.o * s.kh * s.kw) as f64));
+    let (ho, wo) = ops::conv2d_output_size(s.h, s.w, s.kh, s.kw, &p);
+    let red = (s.n * ho * wo) as f64;
+    assert_close(&format!("{name} dw"), &grads.get(&wt).unwrap().to_vec().unwrap(), &dw, 1e-4, tol(red));
+    assert_close(&format!("{name} db"), &grads.get(&bt).unwrap().to_vec().unwrap(), &db, 1e-4, tol(red));
+}
+
+#[test]
+fn conv_larger_than_one_tile_stride1() {
+    // fwd: M = 2*13*11 = 286 > 128, N = 70 > 64, K = 594 > 16
+    // dX: M = 286, N = C = 66 > 64, K = 630; dW: M = 594, N = 70, K = 286 (two split-K slices)
+    check_big("big s1", Shape { n: 2, c: 66, h: 13, w: 11, o: 70, kh: 3, kw: 3 }, params((1, 1), (1, 1), (1, 1)), 21);
+}
+
+#[test]
+fn conv_larger_than_one_tile_stride2() {
+    // dX phases of 2*9*8 = 144 > 128 rows each
+    check_big("big s2", Shape { n: 2, c: 66, h: 17, w: 15, o: 70, kh: 3, kw: 3 }, params((2, 2), (1, 1), (1, 1)), 22);
+}
+
+#[test]
+fn conv_split_k_weight_gradient() {
+    // dW reduces over N*HO*WO = 4*21*19 = 1596 = 99.75 K-slices: 10 split-K partials, the
+    // last one shorter and ending in a partial K-slice, summed by the second pass.
+    check_big("split-k", Shape { n: 4, c: 3, h: 21, w: 19, o: 6, kh: 3, kw: 3 }, params((1, 1), (1, 1), (1, 1)), 23);
+}
+
+#[test]
+fn conv_weight_scale_masks() {
+    let g = gpu();
+    let s = Shape { n: 2, c: 4, h: 9, w: 7, o: 5, kh: 3, kw: 3 };
+    let mut rng = Rng::new(31);
+    let (xs, ws) = xw_shapes(s);
+    let x = round_f32(&rng.uniforms(numel(&xs), -1.0, 1.0));
+    let w = round_f32(&rng.uniforms(numel(&ws), -1.0, 1.0));
+    let b = round_f32(&rng.uniforms(s.o, -1.0, 1.0));
+    // mask: a third zeros, the rest scales in [0.5, 1.5]
+    let sc: Vec<f64> = (0..w.len()).map(|i| if i % 3 == 1 { 0.0 } else { rng.range(0.5, 1.5) as f32 as f64 }).collect();
+    for p in [params((1, 1), (1, 1), (1, 1)), params((2, 2), (1, 1), (1, 1))] {
+        let xt = upload(&g, &x, &xs).requires_grad();
+        let wt = upload(&g, &w, &ws).requires_grad();
+        let bt = upload(&g, &b, &[s.o]).requires_grad();
+        let st = upload(&g, &sc, &ws);
+        let y = ops::conv2d(&xt, &wt, Some(&bt), p, Some(&st)).unwrap();
+        // the forward equals a convolution with w * s
+        let ws_: Vec<f64> = w.iter().zip(&sc).map(|(a, b)| ((a * b) as f32) as f64).collect();
+        let y_plain = ops::conv2d(&xt.detach(), &upload(&g, &ws_, &ws), Some(&bt.detach()), p, None).unwrap();
+        let got = y.to_vec().unwrap();
+        let want = conv_ref(s, p, &x, &ws_, Some(&b));
+        assert_close("masked forward", &got, &want, 1e-4, 2e-5);
+        assert_close("masked forward vs unmasked kernel on w*s", &got, &y_plain.to_vec().unwrap().iter().map(|&v| v as f64).collect::<Vec<_>>(), 0.0, 0.0);
+        let gy = round_f32(&rng.uniforms(want.len(), -1.0, 1.0));
+        let mut grads = equimodal::Gradients::new();
+        y.backward_with(upload(&g, &gy, y.shape()), &mut grads).unwrap();
+        let (dx, dw_raw, db) = conv_ref_grads(s, p, &x, &ws_, &gy);
+        let dw_want: Vec<f64> = dw_raw.iter().zip(&sc).map(|(a, b)| a * b).collect();
+        let dw_got = grads.get(&wt).unwrap().to_vec().unwrap();
+        for (i, v) in dw_got.iter().enumerate() {
+            if sc[i] == 0.0 {
+                assert_eq!(*v, 0.0, "masked weight gradient [{i}] must be exactly 0");
+            }
+        }
+        assert_close("masked dw", &dw_got, &dw_want, 1e-4, 1e-4);
+        assert_close("masked dx", &grads.get(&xt).unwrap().to_vec().unwrap(), &dx, 1e-4, 1e-4);
+        assert_close("masked db", &grads.get(&bt).unwrap().to_vec().unwrap(), &db, 1e-4, 1e-4);
+    }
+}
+
+#[test]
+fn conv_weight_scale_split_k() {
+    // masked weight gradient through the split-K reduction pass
+    let g = gpu();
+    let s = Shape { n: 4, c: 3, h: 20, w: 19, o: 6, kh: 3, kw: 3 };
+    let p = params((1, 1), (1, 1), (1, 1));
+    let mut rng = Rng::new(32);
+    let (xs, ws) = xw_shapes(s);
+    let x = round_f32(&rng.uniforms(numel(&xs), -1.0, 1.0));
+    let w = round_f32(&rng.uniforms(numel(&ws), -1.0, 1.0));
+    let sc: Vec<f64> = (0..w.len()).map(|i| if i % 4 == 0 { 0.0 } else { 0.75 }).collect();
+    let xt = upload(&g, &x, &xs);
+    let wt = upload(&g, &w, &ws).requires_grad();
+    let y = ops::conv2d(&xt, &wt, None, p, Some(&upload(&g, &sc, &ws))).unwrap();
+    let gy = round_f32(&rng.uniforms(y.numel(), -1.0, 1.0));
+    let mut grads = equimodal::Gradients::new();
+    y.backward_with(upload(&g, &gy, y.shape()), &mut grads).unwrap();
+    let ws_: Vec<f64> = w.iter().zip(&sc).map(|(a, b)| a * b).collect();
+    let (_, dw_raw, _) = conv_ref_grads(s, p, &x, &ws_, &gy);
+    let want: Vec<f64> = dw_raw.iter().zip(&sc).map(|(a, b)| a * b).collect();
+    let got = grads.get(&wt).unwrap().to_vec().unwrap();
+    for (i, v) in got.iter().enumerate() {
+        if sc[i] == 0.0 {
+            assert_eq!(*v, 0.0, "masked weight gradient [{i}] must be exactly 0");
+        }
+    }
+    assert_close("split-k masked dw", &got, &want, 1e-4, 2e-4);
+}
+
+fn shape_err(r: equimodal::Result<Tensor>, needles: &[&str]) {
+    match r {
+        Err(Error::Shape { op, msg }) => {
+            assert_eq!(op, "conv2d");
+            for n in needles {
+                assert!(msg.contains(n), "error {msg:?} should mention {n:?}");
+            }
+        }
+        Err(e) => panic!("expected a shape error, got {e}"),
+        Ok(t) => panic!("expected a shape error, got a tensor {:?}", t.shape()),
+    }
+}
+
+#[test]
+fn conv_shape_errors() {
+    let g = gpu();
+    let z = |s: &[usize]| Tensor::zeros(&g, s).unwrap();
+    let d = Conv2dParams::default();
+    // channel mismatch
+    shape_err(ops::conv2d(&z(&[2, 3, 8, 8]), &z(&[4, 2, 3, 3]), None, d, None), &["[2, 3, 8, 8]", "[4, 2, 3, 3]"]);
+    // kernel larger than the padded input
+    shape_err(ops::conv2d(&z(&[1, 1, 4, 4]), &z(&[1, 1, 7, 7]), None, params((1, 1), (1, 1), (1, 1)), None), &["[7, 7]", "[6, 6]"]);
+    // dilation makes the kernel too large
+    shape_err(ops::conv2d(&z(&[1, 1, 5, 5]), &z(&[1, 1, 3, 3]), None, params((1, 1), (0, 0), (3, 3)), None), &["larger"]);
+    // bias length
+    shape_err(ops::conv2d(&z(&[1, 3, 8, 8]), &z(&[4, 3, 3, 3]), Some(&z(&[5])), d, None), &["[5]", "[4]"]);
+    // scale shape
+    shape_err(ops::conv2d(&z(&[1, 3, 8, 8]), &z(&[4, 3, 3, 3]), None, d, Some(&z(&[4, 3, 3, 1]))), &["[4, 3, 3, 1]", "[4, 3, 3, 3]"]);
+    // ranks
+    shape_err(ops::conv2d(&z(&[3, 8, 8]), &z(&[4, 3, 3, 3]), None, d, None), &["[3, 8, 8]"]);
+    shape_err(ops::conv2d(&z(&[1, 3, 8, 8]), &z(&[4, 3, 3]), None, d, None), &["[4, 3, 3]"]);
+    // zero stride
+    shape_err(ops::conv2d(&z(&[1, 3, 8, 8]), &z(&[4, 3, 3, 3]), None, params((0, 1), (0, 0), (1, 1)), None), &["stride"]);
+}
+
+#[test]
+fn conv_output_size_formula() {
+    let p = params((2, 2), (3, 3), (1, 1));
+    assert_eq!(ops::conv2d_output_size(224, 224, 7, 7, &p), (112, 112));
+    assert_eq!(ops::conv2d_output_size(257, 188, 7, 7, &p), (129, 94));
+    assert_eq!(ops::conv2d_output_size(9, 7, 2, 3, &params((2, 1), (0, 1), (2, 1))), (4, 7));
+    assert_eq!(ops::conv2d_output_size(4, 4, 7, 7, &params((1, 1), (1, 1), (1, 1))), (0, 0));
+}
