@@ -1,9 +1,11 @@
 //! Ops: shape checks, kernel launch and backward rule, one file per kernel family.
 //! Every op here is compared with a CPU f64 reference and finite differences in `tests/`.
 pub mod elementwise;
+pub mod matmul;
 pub mod reduce;
 
 pub use elementwise::*;
+pub use matmul::*;
 pub use reduce::*;
 
 use crate::error::{Error, Result};
