@@ -1,0 +1,392 @@
+//! Batched matmul (transposes, broadcast batch dims, B scales) and linear against CPU f64
+//! references and finite differences; the tiled kernels against the reference kernel.
+mod common;
+use common::*;
+use equimodal::ops::{self, MatmulKernel, MatmulOpts};
+use equimodal::{Error, Tensor};
+use std::sync::{Mutex, MutexGuard};
+
+/// Tests of this file run one at a time. The engine's `Gpu::flush` takes the command batch
+/// under its lock but submits after releasing it, so two threads flushing at once can
+/// submit out of recording order while sharing pooled buffers (main's own elementwise
+/// tests fail intermittently the same way under the default parallel test runner).
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Numpy-broadcast shape of two batch shapes.
+fn bcast(a: &[usize], b: &[usize]) -> Vec<usize> {
+    let n = a.len().max(b.len());
+    (0..n)
+        .map(|i| {
+            let da = if i + a.len() >= n { a[i + a.len() - n] } else { 1 };
+            let db = if i + b.len() >= n { b[i + b.len() - n] } else { 1 };
+            da.max(db)
+        })
+        .collect()
+}
+
+/// Flat index of batch `coord` (of the output batch shape) into an operand batch shape.
+fn batch_index(shape: &[usize], coord: &[usize]) -> usize {
+    let off = coord.len() - shape.len();
+    shape.iter().enumerate().fold(0, |acc, (d, &s)| acc * s + if s == 1 { 0 } else { coord[d + off] })
+}
+
+/// CPU f64 reference of matmul_ex: op(A) · op(B ⊙ S).
+#[allow(clippy::too_many_arguments)]
+fn matmul_ref(a: &[f64], sa: &[usize], ta: bool, b: &[f64], sb: &[usize], tb: bool, s: Option<&[f64]>) -> Vec<f64> {
+    let (ar, ac) = (sa[sa.len() - 2], sa[sa.len() - 1]);
+    let (br, bc) = (sb[sb.len() - 2], sb[sb.len() - 1]);
+    let (m, k) = if ta { (ac, ar) } else { (ar, ac) };
+    let n = if tb { br } else { bc };
+    let (ab, bb) = (&sa[..sa.len() - 2], &sb[..sb.len() - 2]);
+    let ob = bcast(ab, bb);
+    let nb = numel(&ob);
+    let mut out = vec![0.0; nb * m * n];
+    for z in 0..nb {
+        let mut coord = vec![0; ob.len()];
+        let mut r = z;
+        for d in (0..ob.len()).rev() {
+            coord[d] = r % ob[d];
+            r /= ob[d];
+        }
+        let (oa, obb) = (batch_index(ab, &coord) * m * k, batch_index(bb, &coord) * k * n);
+        for i in 0..m {
+            for j in 0..n {
+                let mut acc = 0.0;
+                for l in 0..k {
+                    let av = a[oa + if ta { l * m + i } else { i * k + l }];
+                    let bi = obb + if tb { j * k + l } else { l * n + j };
+                    acc += av * b[bi] * s.map_or(1.0, |s| s[bi]);
+                }
+                out[(z * m + i) * n + j] = acc;
+            }
+        }
+    }
+    out
+}
+
+fn a_shape(batch: &[usize], m: usize, k: usize, ta: bool) -> Vec<usize> {
+    let mut s = batch.to_vec();
+    s.extend(if ta { [k, m] } else { [m, k] });
+    s
+}
+fn b_shape(batch: &[usize], k: usize, n: usize, tb: bool) -> Vec<usize> {
+    let mut s = batch.to_vec();
+    s.extend(if tb { [n, k] } else { [k, n] });
+    s
+}
+
+/// A mask with zeros, ones and a few fractional entries.
+fn mask(rng: &mut Rng, n: usize) -> Vec<f64> {
+    (0..n)
+        .map(|_| match rng.below(4) {
+            0 => 0.0,
+            1 => 0.5,
+            _ => 1.0,
+        })
+        .collect()
+}
+
+#[test]
+fn all_transpose_and_scale_combinations_forward_and_gradients() {
+    let _serial = serial();
+    let mut rng = Rng::new(7);
+    let (m, k, n) = (5, 7, 6);
+    for ta in [false, true] {
+        for tb in [false, true] {
+            for scaled in [false, true] {
+                let sa = a_shape(&[2], m, k, ta);
+                let sb = b_shape(&[2], k, n, tb);
+                let a = rng.normals(numel(&sa));
+                let b = rng.normals(numel(&sb));
+                let mut inputs = vec![(a, sa.clone()), (b, sb.clone())];
+                if scaled {
+                    inputs.push((mask(&mut rng, numel(&sb)), sb.clone()));
+                }
+                let name = format!("matmul ta={ta} tb={tb} scaled={scaled}");
+                let (sa2, sb2) = (sa.clone(), sb.clone());
+                check_op(
+                    &name,
+                    &inputs,
+                    &[0, 1],
+                    &|t| ops::matmul_ex(&t[0], &t[1], MatmulOpts { trans_a: ta, trans_b: tb, b_scale: t.get(2) }),
+                    &|x| matmul_ref(&x[0], &sa2, ta, &x[1], &sb2, tb, x.get(2).map(|v| &v[..])),
+                    Tol::default(),
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn masked_weights_get_exactly_zero_gradient() {
+    let _serial = serial();
+    let g = gpu();
+    let mut rng = Rng::new(11);
+    for tb in [false, true] {
+        // B shared by the batch (fold fast path) and batched (general path)
+        for b_batch in [vec![], vec![3]] {
+            let sa = vec![3, 4, 9];
+            let sb = b_shape(&b_batch, 9, 5, tb);
+            let a = upload(&g, &rng.normals(numel(&sa)), &sa);
+            let b = upload(&g, &rng.normals(numel(&sb)), &sb).requires_grad();
+            let mv = mask(&mut rng, numel(&sb));
+            let s = upload(&g, &mv, &sb);
+            let y = ops::matmul_ex(&a, &b, MatmulOpts { trans_a: false, trans_b: tb, b_scale: Some(&s) }).unwrap();
+            let loss = ops::sum_all(&ops::square(&y).unwrap()).unwrap();
+            let grads = loss.backward().unwrap();
+            let gb = grads.get(&b).unwrap().to_vec().unwrap();
+            let mut nonzero = 0;
+            for (i, (&gv, &mk)) in gb.iter().zip(&mv).enumerate() {
+                if mk == 0.0 {
+                    assert_eq!(gv, 0.0, "tb={tb} batch={b_batch:?}: masked gradient entry {i} is {gv}");
+                } else if gv != 0.0 {
+                    nonzero += 1;
+                }
+            }
+            assert!(nonzero > 0, "unmasked entries should get gradient");
+        }
+    }
+}
+
+#[test]
+fn batch_broadcasting_forward_and_gradients() {
+    let _serial = serial();
+    let mut rng = Rng::new(3);
+    // (A batch, B batch, trans_a, trans_b)
+    let cases: Vec<(Vec<usize>, Vec<usize>, bool, bool)> = vec![
+        (vec![2, 3], vec![], false, false), // shared 2-D B: batch folded into M
+        (vec![2, 3], vec![], false, true),  // shared, PyTorch weight layout
+        (vec![2, 3], vec![], true, false),  // shared B, transposed A: batched, B stride 0
+        (vec![2, 1], vec![3], false, false),
+        (vec![2, 1], vec![3], true, true),
+        (vec![1], vec![4], false, false), // A broadcast along the batch
+        (vec![], vec![2], false, true),    // 2-D A shared by batched B
+        (vec![1], vec![1], false, false), // batch 1
+        (vec![3], vec![1, 1], false, false), // B batch of ones: folded too
+    ];
+    for (ab, bb, ta, tb) in cases {
+        let (m, k, n) = (3, 5, 4);
+        let sa = a_shape(&ab, m, k, ta);
+        let sb = b_shape(&bb, k, n, tb);
+        let scaled = rng.below(2) == 1;
+        let mut inputs = vec![(rng.normals(numel(&sa)), sa.clone()), (rng.normals(numel(&sb)), sb.clone())];
+        if scaled {
+            inputs.push((mask(&mut rng, numel(&sb)), sb.clone()));
+        }
+        let name = format!("matmul bcast {sa:?} x {sb:?} ta={ta} tb={tb} scaled={scaled}");
+        let (sa2, sb2) = (sa.clone(), sb.clone());
+        check_op(
+            &name,
+            &inputs,
+            &[0, 1],
+            &|t| {
+                let y = ops::matmul_ex(&t[0], &t[1], MatmulOpts { trans_a: ta, trans_b: tb, b_scale: t.get(2) })?;
+                let mut want = bcast(&ab, &bb);
+                want.extend([m, n]);
+                assert_eq!(y.shape(), &want[..], "output shape");
+                Ok(y)
+            },
+            &|x| matmul_ref(&x[0], &sa2, ta, &x[1], &sb2, tb, x.get(2).map(|v| &v[..])),
+            Tol::default(),
+        );
+    }
+}
+
+#[test]
+fn edge_shapes_forward_and_gradients() {
+    let _serial = serial();
+    let mut rng = Rng::new(5);
+    // M=1, N=1, K=1 and sizes that are not tile multiples
+    let shapes = [(1, 6, 5), (4, 1, 5), (4, 6, 1), (1, 1, 1), (17, 33, 65)];
+    for (i, &(m, n, k)) in shapes.iter().enumerate() {
+        let (ta, tb) = (i % 2 == 1, i % 3 == 1);
+        let sa = a_shape(&[], m, k, ta);
+        let sb = b_shape(&[], k, n, tb);
+        let inputs = vec![(rng.normals(numel(&sa)), sa.clone()), (rng.normals(numel(&sb)), sb.clone())];
+        let (sa2, sb2) = (sa.clone(), sb.clone());
+        check_op(
+            &format!("matmul {m}x{n}x{k} ta={ta} tb={tb}"),
+            &inputs,
+            &[0, 1],
+            &|t| ops::matmul_ex(&t[0], &t[1], MatmulOpts { trans_a: ta, trans_b: tb, b_scale: None }),
+            &|x| matmul_ref(&x[0], &sa2, ta, &x[1], &sb2, tb, None),
+            Tol { rtol: 1e-4, atol: 1e-4, grad_rtol: 2e-3, grad_atol: 5e-4 },
+        );
+    }
+}
+
+/// Forward of every kernel (both tiles, forced, and the reference) vs the CPU.
+#[allow(clippy::too_many_arguments)]
+fn cross_check(rng: &mut Rng, ab: &[usize], bb: &[usize], m: usize, n: usize, k: usize, ta: bool, tb: bool, scaled: bool) {
+    let g = gpu();
+    let sa = a_shape(ab, m, k, ta);
+    let sb = b_shape(bb, k, n, tb);
+    let a = round_f32(&rng.normals(numel(&sa)));
+    let b = round_f32(&rng.normals(numel(&sb)));
+    let s = scaled.then(|| mask(rng, numel(&sb)));
+    let want = matmul_ref(&a, &sa, ta, &b, &sb, tb, s.as_deref());
+    let (at, bt) = (upload(&g, &a, &sa), upload(&g, &b, &sb));
+    let st = s.as_ref().map(|s| upload(&g, s, &sb));
+    let opts = MatmulOpts { trans_a: ta, trans_b: tb, b_scale: st.as_ref() };
+    let reference = ops::matmul_with_kernel(&at, &bt, opts, MatmulKernel::Reference).unwrap().to_vec().unwrap();
+    let what = format!("{sa:?} x {sb:?} ta={ta} tb={tb} scaled={scaled}");
+    assert_close(&format!("reference kernel {what}"), &reference, &want, 1e-4, 1e-4);
+    for kernel in [MatmulKernel::Tile64, MatmulKernel::Tile128, MatmulKernel::Auto] {
+        let got = ops::matmul_with_kernel(&at, &bt, opts, kernel).unwrap().to_vec().unwrap();
+        assert_close(&format!("{kernel:?} {what}"), &got, &want, 1e-4, 1e-4);
+        let diff = got.iter().zip(&reference).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        assert!(diff <= 1e-4 * (k as f32).sqrt(), "{kernel:?} vs reference kernel {what}: max diff {diff}");
+    }
+}
+
+#[test]
+fn larger_than_one_tile_every_kernel_matches() {
+    let _serial = serial();
+    let mut rng = Rng::new(9);
+    // 130 x 70 x 90: more than one 128 tile in M, more than one 64 tile in every dim
+    for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+        cross_check(&mut rng, &[], &[], 130, 70, 90, ta, tb, ta);
+    }
+    // batched, B shared (folded) and batched with broadcast
+    cross_check(&mut rng, &[2], &[], 130, 70, 90, false, true, true);
+    cross_check(&mut rng, &[2, 1], &[2], 66, 129, 20, true, false, false);
+}
+
+#[test]
+fn random_shapes_tiled_kernels_match_reference_kernel() {
+    let _serial = serial();
+    let mut rng = Rng::new(21);
+    for _ in 0..12 {
+        let (m, n, k) = (1 + rng.below(40), 1 + rng.below(40), 1 + rng.below(40));
+        let nb = rng.below(3);
+        let ab: Vec<usize> = (0..nb).map(|_| 1 + rng.below(3)).collect();
+        // B batch: none, matching, or broadcast-compatible
+        let bb: Vec<usize> = match rng.below(3) {
+            0 => vec![],
+            1 => ab.clone(),
+            _ => ab.iter().map(|&d| if rng.below(2) == 0 { 1 } else { d }).collect(),
+        };
+        let (ta, tb, scaled) = (rng.below(2) == 1, rng.below(2) == 1, rng.below(2) == 1);
+        cross_check(&mut rng, &ab, &bb, m, n, k, ta, tb, scaled);
+    }
+}
+
+fn linear_ref(x: &[f64], in_f: usize, w: &[f64], out_f: usize, bias: Option<&[f64]>, s: Option<&[f64]>) -> Vec<f64> {
+    let rows = x.len() / in_f;
+    let mut y = vec![0.0; rows * out_f];
+    for r in 0..rows {
+        for o in 0..out_f {
+            let mut acc = bias.map_or(0.0, |b| b[o]);
+            for i in 0..in_f {
+                acc += x[r * in_f + i] * w[o * in_f + i] * s.map_or(1.0, |s| s[o * in_f + i]);
+            }
+            y[r * out_f + o] = acc;
+        }
+    }
+    y
+}
+
+#[test]
+fn linear_with_and_without_bias_and_scale() {
+    let _serial = serial();
+    let mut rng = Rng::new(13);
+    let (in_f, out_f) = (7, 5);
+    for (xs, with_bias, scaled) in [
+        (vec![2, 3, in_f], true, false),
+        (vec![2, 3, in_f], false, true),
+        (vec![2, 3, in_f], true, true),
+        (vec![4, in_f], false, false),
+        (vec![in_f], true, false),
+    ] {
+        let ws = vec![out_f, in_f];
+        let mut inputs = vec![(rng.normals(numel(&xs)), xs.clone()), (rng.normals(numel(&ws)), ws.clone())];
+        let mut diff = vec![0, 1];
+        let bias_at = with_bias.then(|| {
+            inputs.push((rng.normals(out_f), vec![out_f]));
+            diff.push(inputs.len() - 1);
+            inputs.len() - 1
+        });
+        let scale_at = scaled.then(|| {
+            inputs.push((mask(&mut rng, numel(&ws)), ws.clone()));
+            inputs.len() - 1
+        });
+        let mut want_shape = xs[..xs.len() - 1].to_vec();
+        want_shape.push(out_f);
+        check_op(
+            &format!("linear x={xs:?} bias={with_bias} scaled={scaled}"),
+            &inputs,
+            &diff,
+            &|t| {
+                let y = ops::linear(&t[0], &t[1], bias_at.map(|i| &t[i]), scale_at.map(|i| &t[i]))?;
+                assert_eq!(y.shape(), &want_shape[..]);
+                Ok(y)
+            },
+            &|x| linear_ref(&x[0], in_f, &x[1], out_f, bias_at.map(|i| &x[i][..]), scale_at.map(|i| &x[i][..])),
+            Tol::default(),
+        );
+    }
+}
+
+#[test]
+fn plain_matmul_matches_matmul_ex_default() {
+    let _serial = serial();
+    let g = gpu();
+    let mut rng = Rng::new(17);
+    let a = upload(&g, &rng.normals(3 * 4), &[3, 4]);
+    let b = upload(&g, &rng.normals(4 * 2), &[4, 2]);
+    let y1 = ops::matmul(&a, &b).unwrap().to_vec().unwrap();
+    let y2 = ops::matmul_ex(&a, &b, MatmulOpts::default()).unwrap().to_vec().unwrap();
+    assert_eq!(y1, y2);
+}
+
+fn shape_err(r: equimodal::Result<Tensor>) -> String {
+    match r {
+        Err(e @ Error::Shape { .. }) => e.to_string(),
+        Err(e) => panic!("expected a shape error, got {e}"),
+        Ok(t) => panic!("expected a shape error, got a tensor {:?}", t.shape()),
+    }
+}
+
+#[test]
+fn typed_errors_name_the_shapes() {
+    let _serial = serial();
+    let g = gpu();
+    let a = Tensor::zeros(&g, &[2, 3, 4]).unwrap();
+    let b = Tensor::zeros(&g, &[5, 6]).unwrap();
+    let msg = shape_err(ops::matmul(&a, &b));
+    assert!(msg.contains("[2, 3, 4]") && msg.contains("[5, 6]"), "{msg}");
+    // transposes change which dim is K
+    let bt = Tensor::zeros(&g, &[6, 4]).unwrap();
+    assert!(ops::matmul_ex(&a, &bt, MatmulOpts { trans_b: true, ..Default::default() }).is_ok());
+    let msg = shape_err(ops::matmul_ex(&a, &bt, MatmulOpts { trans_a: true, trans_b: true, b_scale: None }));
+    assert!(msg.contains("[2, 3, 4]") && msg.contains("[6, 4]"), "{msg}");
+    // batch dims that do not broadcast
+    let b3 = Tensor::zeros(&g, &[3, 4, 2]).unwrap();
+    let msg = shape_err(ops::matmul(&a, &b3));
+    assert!(msg.contains("[2, 3, 4]") && msg.contains("[3, 4, 2]"), "{msg}");
+    // 1-D operand
+    let v = Tensor::zeros(&g, &[4]).unwrap();
+    shape_err(ops::matmul(&a, &v));
+    // scale of the wrong shape
+    let b2 = Tensor::zeros(&g, &[4, 6]).unwrap();
+    let s = Tensor::zeros(&g, &[6, 4]).unwrap();
+    let msg = shape_err(ops::matmul_ex(&a, &b2, MatmulOpts { b_scale: Some(&s), ..Default::default() }));
+    assert!(msg.contains("[6, 4]") && msg.contains("[4, 6]"), "{msg}");
+    // linear: feature mismatch, bad bias, bad scale
+    let x = Tensor::zeros(&g, &[2, 3, 7]).unwrap();
+    let w = Tensor::zeros(&g, &[5, 6]).unwrap();
+    let msg = shape_err(ops::linear(&x, &w, None, None));
+    assert!(msg.contains("[2, 3, 7]") && msg.contains("[5, 6]"), "{msg}");
+    let w = Tensor::zeros(&g, &[5, 7]).unwrap();
+    let bad_bias = Tensor::zeros(&g, &[6]).unwrap();
+    let msg = shape_err(ops::linear(&x, &w, Some(&bad_bias), None));
+    assert!(msg.contains("[6]"), "{msg}");
+    let bad_scale = Tensor::zeros(&g, &[7, 5]).unwrap();
+    shape_err(ops::linear(&x, &w, None, Some(&bad_scale)));
+    // dtype errors are typed too
+    let u = Tensor::from_u32(&g, &[0; 20], &[4, 5]).unwrap();
+    assert!(matches!(ops::matmul(&a, &u), Err(Error::DType { .. })));
+}
