@@ -4,6 +4,7 @@ pub mod autograd;
 pub mod error;
 pub mod gpu;
 pub mod ops;
+pub mod optim;
 pub mod report;
 pub mod tensor;
 
