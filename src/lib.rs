@@ -6,6 +6,7 @@ pub mod data;
 pub mod error;
 pub mod gpu;
 pub mod ops;
+pub mod optim;
 pub mod report;
 pub mod tensor;
 

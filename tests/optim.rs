@@ -1,0 +1,389 @@
+//! Optimizers against f64 CPU re-implementations of PyTorch's update rules, score EMA,
+//! checkpoint state round trips, typed errors and learning-rate schedules.
+mod common;
+use common::*;
+use equimodal::optim::{Adam, AdamConfig, LrSchedule, Optimizer, Param, Scheduler, Sgd, SgdConfig, StateTensor};
+use equimodal::{Error, Gradients, Tensor};
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+
+/// The tests in this file share one GPU context and take turns: `Gpu::flush` and
+/// `Gpu::read_bytes` are not yet safe against concurrent use from several threads (two
+/// flushes can submit out of order; a readback can miss a callback fired by another
+/// thread's poll), which made parallel runs flaky.
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+// ---- CPU references (f64) ------------------------------------------------------------
+
+#[derive(Default)]
+struct RefState {
+    step: u64,
+    buf: Option<Vec<f64>>,
+    m: Vec<f64>,
+    v: Vec<f64>,
+    vmax: Vec<f64>,
+    score: Option<(Vec<f64>, f64)>,
+}
+
+enum RefCfg {
+    Sgd(SgdConfig),
+    Adam(AdamConfig),
+}
+
+struct RefOpt {
+    cfg: RefCfg,
+    lr: f64,
+    state: HashMap<String, RefState>,
+}
+
+impl RefOpt {
+    fn new(cfg: RefCfg) -> RefOpt {
+        let lr = match &cfg {
+            RefCfg::Sgd(c) => c.lr,
+            RefCfg::Adam(c) => c.lr,
+        } as f64;
+        RefOpt { cfg, lr, state: HashMap::new() }
+    }
+
+    /// torch.optim.SGD / Adam / AdamW single-tensor update, in f64.
+    fn step(&mut self, name: &str, theta: &mut [f64], g: &[f64]) {
+        let n = theta.len();
+        let s = self.state.entry(name.to_string()).or_default();
+        s.step += 1;
+        if let Some((sc, m)) = &mut s.score {
+            for i in 0..n {
+                sc[i] = *m * sc[i] + (1.0 - *m) * (g[i] * theta[i]).abs();
+            }
+        }
+        match &self.cfg {
+            RefCfg::Sgd(c) => {
+                let (mom, damp, wd) = (c.momentum as f64, c.dampening as f64, c.weight_decay as f64);
+                let mut d: Vec<f64> = (0..n).map(|i| g[i] + wd * theta[i]).collect();
+                if mom != 0.0 {
+                    let buf = match s.buf.take() {
+                        None => d.clone(),
+                        Some(b) => (0..n).map(|i| mom * b[i] + (1.0 - damp) * d[i]).collect(),
+                    };
+                    if c.nesterov {
+                        d = (0..n).map(|i| d[i] + mom * buf[i]).collect();
+                    } else {
+                        d = buf.clone();
+                    }
+                    s.buf = Some(buf);
+                }
+                for i in 0..n {
+                    theta[i] -= self.lr * d[i];
+                }
+            }
+            RefCfg::Adam(c) => {
+                let (b1, b2, eps, wd) = (c.beta1 as f64, c.beta2 as f64, c.eps as f64, c.weight_decay as f64);
+                if s.m.is_empty() {
+                    s.m = vec![0.0; n];
+                    s.v = vec![0.0; n];
+                    s.vmax = vec![0.0; n];
+                }
+                let t = s.step as f64;
+                let bc1 = 1.0 - b1.powf(t);
+                let bc2 = 1.0 - b2.powf(t);
+                for i in 0..n {
+                    let mut gi = g[i];
+                    if c.decoupled {
+                        theta[i] *= 1.0 - self.lr * wd;
+                    } else {
+                        gi += wd * theta[i];
+                    }
+                    s.m[i] = b1 * s.m[i] + (1.0 - b1) * gi;
+                    s.v[i] = b2 * s.v[i] + (1.0 - b2) * gi * gi;
+                    let mut vd = s.v[i];
+                    if c.amsgrad {
+                        s.vmax[i] = s.vmax[i].max(s.v[i]);
+                        vd = s.vmax[i];
+                    }
+                    let denom = vd.sqrt() / bc2.sqrt() + eps;
+                    theta[i] -= self.lr / bc1 * s.m[i] / denom;
+                }
+            }
+        }
+    }
+}
+
+// ---- harness ---------------------------------------------------------------------------
+
+fn param(name: &str, data: &[f64], shape: &[usize]) -> Param {
+    Param::new(name, upload(&gpu(), data, shape).requires_grad())
+}
+
+/// Six steps on three parameters (shapes not multiples of 256), a fourth added after two
+/// steps, one parameter without a gradient at step 3, lr halved at step 4, scores on two
+/// parameters. Every step compares all parameters (and scores) with the f64 reference.
+fn run_against_reference(label: &str, make: &dyn Fn(&[Param]) -> Box<dyn Optimizer>, cfg: RefCfg, rtol: f64, atol: f64) {
+    let g = gpu();
+    let mut rng = Rng::new(label.len() as u64 * 7919 + 3);
+    let shapes: Vec<(&str, Vec<usize>)> = vec![("a", vec![13, 21]), ("b", vec![37]), ("c", vec![3, 5, 7]), ("one", vec![1])];
+    let mut cpu: HashMap<String, Vec<f64>> = HashMap::new();
+    let mut params = Vec::new();
+    for (name, shape) in &shapes {
+        let x = round_f32(&rng.normals(numel(shape)));
+        params.push(param(name, &x, shape));
+        cpu.insert(name.to_string(), x);
+    }
+    // a module-like holder of the same storage: must see the in-place updates
+    let holder = params[0].tensor.detach();
+    let mut opt = make(&params);
+    let mut reference = RefOpt::new(cfg);
+    opt.enable_scores(&["a"], 0.7).unwrap();
+    reference.state.entry("a".into()).or_default().score = Some((vec![0.0; 13 * 21], 0.7f32 as f64));
+    assert!(opt.scores("b").is_none());
+    let late_shape = vec![2, 150];
+    for step in 0..6 {
+        if step == 2 {
+            let x = round_f32(&rng.normals(numel(&late_shape)));
+            let p = param("late", &x, &late_shape);
+            opt.add_params(&[p.clone(), params[0].clone()]); // re-adding "a" is a no-op
+            params.push(p);
+            cpu.insert("late".into(), x);
+            opt.enable_scores(&["late"], 0.5).unwrap();
+            reference.state.entry("late".into()).or_default().score = Some((vec![0.0; 300], 0.5));
+            assert_eq!(opt.params().len(), 5, "{label}: params after add");
+        }
+        if step == 4 {
+            opt.set_lr(opt.lr() * 0.5);
+            reference.lr = opt.lr() as f64;
+        }
+        let mut grads = Gradients::new();
+        let before_b = params[1].tensor.to_vec().unwrap();
+        for p in &params {
+            if step == 3 && p.name == "b" {
+                continue; // no gradient: untouched, state unchanged
+            }
+            let gv = round_f32(&rng.normals(p.tensor.numel()));
+            grads.insert(&p.tensor, upload(&g, &gv, p.tensor.shape()));
+            reference.step(&p.name, cpu.get_mut(&p.name).unwrap(), &gv);
+        }
+        opt.step(&grads).unwrap_or_else(|e| panic!("{label} step {step}: {e}"));
+        for p in &params {
+            let got = p.tensor.to_vec().unwrap();
+            assert_close(&format!("{label} step {step} param {}", p.name), &got, &cpu[&p.name], rtol, atol);
+            if let Some((s, _)) = &reference.state.get(&p.name).and_then(|s| s.score.as_ref()) {
+                let got = opt.scores(&p.name).expect("score enabled").to_vec().unwrap();
+                assert_close(&format!("{label} step {step} score {}", p.name), &got, s, rtol, atol);
+            }
+        }
+        if step == 3 {
+            assert_eq!(params[1].tensor.to_vec().unwrap(), before_b, "{label}: b without gradient changed");
+        }
+        assert_eq!(holder.to_vec().unwrap(), params[0].tensor.to_vec().unwrap(), "{label}: holder sees update");
+    }
+}
+
+#[test]
+fn sgd_matches_pytorch_rules() {
+    let _serial = serial();
+    let cases = [
+        ("sgd plain", SgdConfig { lr: 0.1, ..Default::default() }),
+        ("sgd momentum", SgdConfig { lr: 0.05, momentum: 0.9, ..Default::default() }),
+        ("sgd dampening", SgdConfig { lr: 0.05, momentum: 0.8, dampening: 0.3, ..Default::default() }),
+        ("sgd nesterov", SgdConfig { lr: 0.05, momentum: 0.9, nesterov: true, ..Default::default() }),
+        ("sgd wd", SgdConfig { lr: 0.1, weight_decay: 0.01, ..Default::default() }),
+        ("sgd nesterov wd", SgdConfig { lr: 0.05, momentum: 0.9, weight_decay: 1e-2, nesterov: true, dampening: 0.0 }),
+        ("sgd momentum wd damp", SgdConfig { lr: 0.05, momentum: 0.5, weight_decay: 0.1, dampening: 0.5, nesterov: false }),
+    ];
+    for (label, c) in cases {
+        run_against_reference(label, &|p| Box::new(Sgd::new(p, c).unwrap()), RefCfg::Sgd(c), 2e-5, 2e-6);
+    }
+}
+
+#[test]
+fn adam_matches_pytorch_rules() {
+    let _serial = serial();
+    let base = AdamConfig { lr: 0.01, ..Default::default() };
+    let cases = [
+        ("adam", base),
+        ("adam l2", AdamConfig { weight_decay: 0.05, ..base }),
+        ("adamw", AdamConfig { weight_decay: 0.05, decoupled: true, ..base }),
+        ("adamw amsgrad", AdamConfig { weight_decay: 0.01, decoupled: true, amsgrad: true, beta1: 0.8, beta2: 0.95, eps: 1e-6, lr: 0.02 }),
+        ("adam amsgrad", AdamConfig { amsgrad: true, ..base }),
+    ];
+    for (label, c) in cases {
+        run_against_reference(label, &|p| Box::new(Adam::new(p, c).unwrap()), RefCfg::Adam(c), 2e-5, 2e-6);
+    }
+}
+
+// ---- checkpoint state ------------------------------------------------------------------
+
+fn fresh_params(rng: &mut Rng) -> Vec<(String, Vec<f64>, Vec<usize>)> {
+    [("w", vec![17, 19]), ("bias", vec![19]), ("idle", vec![5, 3])]
+        .into_iter()
+        .map(|(n, s)| (n.to_string(), round_f32(&rng.normals(numel(&s))), s))
+        .collect()
+}
+
+fn state_round_trip(label: &str, make: &dyn Fn(&[Param]) -> Box<dyn Optimizer>) {
+    let g = gpu();
+    let mut rng = Rng::new(99);
+    let init = fresh_params(&mut rng);
+    let pa: Vec<Param> = init.iter().map(|(n, d, s)| param(n, d, s)).collect();
+    let mut opt_a = make(&pa);
+    opt_a.enable_scores(&["w"], 0.9).unwrap();
+    let grads_for = |ps: &[Param], gv: &[Vec<f64>]| {
+        let mut grads = Gradients::new();
+        // "idle" never gets a gradient: its state must round-trip as "step 0"
+        for (p, v) in ps.iter().zip(gv).filter(|(p, _)| p.name != "idle") {
+            grads.insert(&p.tensor, upload(&g, v, p.tensor.shape()));
+        }
+        grads
+    };
+    for _ in 0..3 {
+        let gv: Vec<Vec<f64>> = pa.iter().map(|p| round_f32(&rng.normals(p.tensor.numel()))).collect();
+        opt_a.step(&grads_for(&pa, &gv)).unwrap();
+    }
+    let saved = opt_a.state_tensors().unwrap();
+    let names: Vec<&str> = saved.iter().map(|(n, _, _)| n.as_str()).collect();
+    assert!(names.contains(&"step.w") && names.contains(&"step.idle") && names.contains(&"score.w"), "{label}: {names:?}");
+    // a new optimizer on copies of the current parameters
+    let pb: Vec<Param> = pa.iter().map(|p| Param::new(p.name.clone(), p.tensor.deep_copy().unwrap().requires_grad())).collect();
+    let mut opt_b = make(&pb);
+    opt_b.load_state_tensors(&saved).unwrap();
+    assert_eq!(opt_b.state_tensors().unwrap(), saved, "{label}: state after load");
+    for _ in 0..2 {
+        let gv: Vec<Vec<f64>> = pa.iter().map(|p| round_f32(&rng.normals(p.tensor.numel()))).collect();
+        opt_a.step(&grads_for(&pa, &gv)).unwrap();
+        opt_b.step(&grads_for(&pb, &gv)).unwrap();
+    }
+    for (a, b) in pa.iter().zip(&pb) {
+        assert_eq!(a.tensor.to_vec().unwrap(), b.tensor.to_vec().unwrap(), "{label}: {} after resume", a.name);
+    }
+    assert_eq!(opt_a.state_tensors().unwrap(), opt_b.state_tensors().unwrap(), "{label}: state after resume");
+    assert_eq!(opt_a.scores("w").unwrap().to_vec().unwrap(), opt_b.scores("w").unwrap().to_vec().unwrap());
+}
+
+#[test]
+fn state_round_trip_resumes_exactly() {
+    let _serial = serial();
+    let sgd = SgdConfig { lr: 0.05, momentum: 0.9, weight_decay: 1e-3, nesterov: true, dampening: 0.0 };
+    state_round_trip("sgd", &|p| Box::new(Sgd::new(p, sgd).unwrap()));
+    let adam = AdamConfig { lr: 0.01, weight_decay: 0.01, decoupled: true, amsgrad: true, ..Default::default() };
+    state_round_trip("adamw", &|p| Box::new(Adam::new(p, adam).unwrap()));
+}
+
+#[test]
+fn loading_bad_state_is_a_typed_error_and_changes_nothing() {
+    let _serial = serial();
+    let mut rng = Rng::new(5);
+    let init = fresh_params(&mut rng);
+    let ps: Vec<Param> = init.iter().map(|(n, d, s)| param(n, d, s)).collect();
+    let mut opt = Adam::new(&ps, AdamConfig::default()).unwrap();
+    let mut grads = Gradients::new();
+    for p in &ps {
+        grads.insert(&p.tensor, upload(&gpu(), &rng.normals(p.tensor.numel()), p.tensor.shape()));
+    }
+    opt.step(&grads).unwrap();
+    let good = opt.state_tensors().unwrap();
+
+    let edit = |f: &dyn Fn(&mut Vec<StateTensor>)| {
+        let mut s = good.clone();
+        f(&mut s);
+        s
+    };
+    // mis-shaped entry
+    let bad_shape = edit(&|s| {
+        let e = s.iter_mut().find(|e| e.0 == "exp_avg.w").unwrap();
+        e.1 = vec![19, 17];
+    });
+    match opt.load_state_tensors(&bad_shape) {
+        Err(Error::Shape { msg, .. }) => assert!(msg.contains("exp_avg.w") && msg.contains("[19, 17]"), "{msg}"),
+        other => panic!("expected a shape error, got {other:?}"),
+    }
+    // wrong data length for the declared shape
+    let bad_len = edit(&|s| s.iter_mut().find(|e| e.0 == "exp_avg_sq.bias").unwrap().2.pop().map(|_| ()).unwrap());
+    assert!(matches!(opt.load_state_tensors(&bad_len), Err(Error::Shape { .. })));
+    // missing entry
+    let missing = edit(&|s| s.retain(|e| e.0 != "exp_avg_sq.bias"));
+    match opt.load_state_tensors(&missing) {
+        Err(Error::Config { field, .. }) => assert_eq!(field, "exp_avg_sq.bias"),
+        other => panic!("expected a missing-entry error, got {other:?}"),
+    }
+    let no_step = edit(&|s| s.retain(|e| e.0 != "step.idle"));
+    assert!(matches!(opt.load_state_tensors(&no_step), Err(Error::Config { field, .. }) if field == "step.idle"));
+    // unknown entry
+    let unknown = edit(&|s| s.push(("exp_avg.nope".into(), vec![1], vec![0.0])));
+    assert!(matches!(opt.load_state_tensors(&unknown), Err(Error::Config { field, .. }) if field == "exp_avg.nope"));
+    // SGD with momentum: momentum buffer required once a step was taken
+    let mut sgd = Sgd::new(&ps, SgdConfig { momentum: 0.9, ..Default::default() }).unwrap();
+    sgd.step(&grads).unwrap();
+    let mut s = sgd.state_tensors().unwrap();
+    s.retain(|e| e.0 != "momentum.w");
+    assert!(matches!(sgd.load_state_tensors(&s), Err(Error::Config { field, .. }) if field == "momentum.w"));
+    // nothing was changed by the failed loads
+    assert_eq!(opt.state_tensors().unwrap(), good);
+    assert_eq!(opt.step_count("w"), Some(1));
+}
+
+#[test]
+fn config_and_gradient_errors() {
+    let _serial = serial();
+    let mut rng = Rng::new(11);
+    let p = param("w", &rng.normals(10), &[10]);
+    let nest = SgdConfig { momentum: 0.9, dampening: 0.1, nesterov: true, ..Default::default() };
+    assert!(matches!(Sgd::new(std::slice::from_ref(&p), nest), Err(Error::Config { .. })));
+    assert!(matches!(Adam::new(std::slice::from_ref(&p), AdamConfig { beta2: 1.0, ..Default::default() }), Err(Error::Config { .. })));
+    let mut opt = Sgd::new(std::slice::from_ref(&p), SgdConfig::default()).unwrap();
+    // gradient of the wrong shape
+    let mut grads = Gradients::new();
+    grads.insert(&p.tensor, Tensor::zeros(&gpu(), &[11]).unwrap());
+    assert!(matches!(opt.step(&grads), Err(Error::Shape { .. })));
+    // unknown parameter for scores
+    assert!(matches!(opt.enable_scores(&["nope"], 0.5), Err(Error::Config { .. })));
+    assert!(matches!(opt.enable_scores(&["w"], 1.5), Err(Error::Config { .. })));
+    // duplicate name for another tensor: reported by the next step
+    let q = param("w", &rng.normals(4), &[4]);
+    opt.add_params(&[q]);
+    assert!(matches!(opt.step(&Gradients::new()), Err(Error::Config { .. })));
+}
+
+// ---- schedules ---------------------------------------------------------------------------
+
+fn close(a: f32, b: f64) -> bool {
+    (a as f64 - b).abs() <= 1e-7 + 1e-6 * b.abs()
+}
+
+#[test]
+fn scheduler_values() {
+    let _serial = serial();
+    // StepLR(step_size=3, gamma=0.1)
+    let s = Scheduler::new(0.1, LrSchedule::Step { step_size: 3, gamma: 0.1 }, 0);
+    let want = [0.1, 0.1, 0.1, 0.01, 0.01, 0.01, 0.001, 0.001];
+    for (e, w) in want.iter().enumerate() {
+        assert!(close(s.lr_at(e), *w), "step epoch {e}: {} vs {w}", s.lr_at(e));
+    }
+    // CosineAnnealingLR(T_max=10, eta_min=0.001): eta_min + (base - eta_min)(1 + cos(pi e / 10)) / 2
+    let s = Scheduler::new(0.1, LrSchedule::Cosine { total: 10, min_lr: 0.001 }, 0);
+    let torch = [0.1, 0.0975772976, 0.0905463412, 0.07959537, 0.0657963412, 0.0505, 0.0352036588, 0.02140463, 0.0104536588, 0.0034227024];
+    for (e, w) in torch.iter().enumerate() {
+        assert!((s.lr_at(e) as f64 - w).abs() < 1e-7, "cosine epoch {e}: {} vs {w}", s.lr_at(e));
+    }
+    assert!(close(s.lr_at(10), 0.001) && close(s.lr_at(25), 0.001));
+    // warm-up 3 then cosine over the remaining 9 of 12 epochs
+    let s = Scheduler::new(0.2, LrSchedule::Cosine { total: 12, min_lr: 0.0 }, 3);
+    for (e, w) in [0.05, 0.1, 0.15, 0.2].iter().enumerate() {
+        assert!(close(s.lr_at(e), *w), "warm-up epoch {e}: {}", s.lr_at(e));
+    }
+    let w7 = 0.2 * (1.0 + (std::f64::consts::PI * 4.0 / 9.0).cos()) / 2.0;
+    assert!(close(s.lr_at(7), w7));
+    assert!(s.lr_at(11) > 0.0 && close(s.lr_at(12), 0.0));
+    // warm-up then step decay counted from the end of the warm-up; constant
+    let s = Scheduler::new(1.0, LrSchedule::Step { step_size: 2, gamma: 0.5 }, 1);
+    let want = [0.5, 1.0, 1.0, 0.5, 0.5, 0.25];
+    for (e, w) in want.iter().enumerate() {
+        assert!(close(s.lr_at(e), *w), "warm-up step epoch {e}: {}", s.lr_at(e));
+    }
+    let s = Scheduler::new(0.3, LrSchedule::Constant, 0);
+    assert!((0..5).all(|e| close(s.lr_at(e), 0.3)));
+    let mut rng = Rng::new(1);
+    let mut opt = Sgd::new(&[param("w", &rng.normals(3), &[3])], SgdConfig::default()).unwrap();
+    let lr = Scheduler::new(0.4, LrSchedule::Constant, 1).apply(&mut opt, 0);
+    assert!(close(lr, 0.2) && close(opt.lr(), 0.2));
+}
