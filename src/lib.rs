@@ -2,13 +2,17 @@
 //! learning. See the README for the user guide and `docs/` for design and performance notes.
 pub mod autograd;
 pub mod bench;
+pub mod config;
 pub mod data;
 pub mod error;
 pub mod gpu;
+pub mod methods;
+pub mod nn;
 pub mod ops;
 pub mod optim;
 pub mod report;
 pub mod tensor;
+pub mod train;
 
 pub use autograd::Gradients;
 pub use error::{Error, Result};

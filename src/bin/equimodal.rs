@@ -18,6 +18,32 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Train a method on a dataset (config file + overrides); writes a run directory.
+    Train {
+        /// TOML config (see configs/); without it, the built-in default (synthetic data, joint training).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Override a config value, e.g. --set train.epochs=5 --set method.name=ogm_ge
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Run directory (default: runs/<method>-<dataset>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Continue from the run directory's last checkpoint.
+        #[arg(long)]
+        resume: bool,
+        /// No progress bars.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Evaluate a checkpoint (file, or run directory: best on validation, else last).
+    Eval {
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Override values of the stored config (e.g. the data root).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+    },
     /// List GPU adapters with backend, features and key limits.
     Devices,
     /// Kernel microbenchmarks (GPU timestamps; GFLOP/s, GB/s, % of the device's ceiling).
@@ -64,6 +90,31 @@ fn gpu_options(cli: &Cli) -> equimodal::GpuOptions {
 
 fn run(cli: Cli) -> equimodal::Result<()> {
     match &cli.cmd {
+        Cmd::Train { config, sets, out, resume, quiet } => {
+            let (cfg, text) = equimodal::config::load(config.as_deref(), sets)?;
+            let gpu = equimodal::Gpu::new(gpu_options(&cli))?;
+            let out = out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{}-{}", cfg.method.name.as_str(), cfg.data.kind())));
+            eprintln!("equimodal: {} on {} ({:?}), run directory {}", cfg.method.name.as_str(), gpu.info().name, gpu.info().backend, out.display());
+            let mut opts = equimodal::train::TrainOptions::new(&out);
+            opts.resume = *resume;
+            opts.progress = !*quiet;
+            let summary = equimodal::train::train(&gpu, &cfg, &text, &opts)?;
+            println!("\ntest results after {} epochs ({}):", summary.epochs_run, out.display());
+            print!("{}", summary.table());
+            match equimodal::report::render_report(&out) {
+                Ok(files) => println!("charts: {} files in {}", files.len(), out.join("charts").display()),
+                Err(e) => eprintln!("warning: charts not written: {e}"),
+            }
+        }
+        Cmd::Eval { checkpoint, sets } => {
+            let gpu = equimodal::Gpu::new(gpu_options(&cli))?;
+            let (summary, val) = equimodal::train::eval_checkpoint(&gpu, checkpoint, sets)?;
+            if let Some(v) = val {
+                println!("validation: fused acc {:.2}%", 100.0 * v.fused.acc);
+            }
+            println!("test:");
+            print!("{}", summary.table());
+        }
         Cmd::Devices => {
             let o = gpu_options(&cli);
             let list = equimodal::gpu::list_adapters(wgpu::Backends::all());

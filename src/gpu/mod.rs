@@ -669,10 +669,20 @@ impl Gpu {
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| Error::DeviceLost(e.to_string()))?;
         self.check_error()?;
-        match slot.lock().ok().and_then(|mut s| s.take()) {
-            Some(Ok(())) => {}
-            Some(Err(e)) => return Err(Error::DeviceLost(format!("readback map failed: {e}"))),
-            None => return Err(Error::DeviceLost("readback never completed".into())),
+        // Another thread's poll may be running our callback right now: wait for it (bounded).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        let result = loop {
+            if let Some(r) = slot.lock().ok().and_then(|mut s| s.take()) {
+                break r;
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(Error::DeviceLost("readback did not complete within 120 s".into()));
+            }
+            let _ = self.0.device.poll(wgpu::PollType::Poll);
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        };
+        if let Err(e) = result {
+            return Err(Error::DeviceLost(format!("readback map failed: {e}")));
         }
         let data = staging
             .slice(..)

@@ -1,0 +1,444 @@
+//! Run configuration (TOML). Every section rejects unknown fields, and every error names the
+//! field path and the allowed values. `--set key=value` overrides apply before validation.
+use crate::data::DatasetConfig;
+use crate::error::{Error, Result};
+use crate::nn::FusionKind;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Seed for initialisation, shuffling and augmentation.
+    pub seed: u64,
+    pub data: DatasetConfig,
+    pub model: ModelConfig,
+    pub method: MethodConfig,
+    pub train: TrainConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            seed: 0,
+            data: DatasetConfig::Synthetic(Default::default()),
+            model: ModelConfig::default(),
+            method: MethodConfig::default(),
+            train: TrainConfig::default(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EncoderKind {
+    SmallCnn,
+    Resnet18,
+    Transformer,
+    Mlp,
+}
+
+/// Encoder settings; `modalities.<name>` overrides any of them for one modality.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    pub encoder: EncoderKind,
+    /// small_cnn: first block's width (doubles per block); resnet18: base width (64 standard).
+    pub width: usize,
+    /// small_cnn: number of blocks.
+    pub depth: usize,
+    /// mlp: hidden widths.
+    pub hidden: Vec<usize>,
+    /// transformer
+    pub layers: usize,
+    pub heads: usize,
+    pub mlp_ratio: usize,
+    pub patch: [usize; 2],
+    /// Inner width of FiLM / gated fusion.
+    pub fusion_hidden: usize,
+    pub modalities: BTreeMap<String, ModelOverride>,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            encoder: EncoderKind::SmallCnn,
+            width: 16,
+            depth: 3,
+            hidden: vec![128, 64],
+            layers: 2,
+            heads: 4,
+            mlp_ratio: 2,
+            patch: [4, 4],
+            fusion_hidden: 64,
+            modalities: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelOverride {
+    pub encoder: Option<EncoderKind>,
+    pub width: Option<usize>,
+    pub depth: Option<usize>,
+    pub hidden: Option<Vec<usize>>,
+    pub layers: Option<usize>,
+    pub heads: Option<usize>,
+    pub mlp_ratio: Option<usize>,
+    pub patch: Option<[usize; 2]>,
+}
+
+impl ModelConfig {
+    /// The settings for one modality (overrides applied).
+    pub fn for_modality(&self, name: &str) -> ModelConfig {
+        let mut m = self.clone();
+        if let Some(o) = self.modalities.get(name) {
+            if let Some(v) = o.encoder {
+                m.encoder = v;
+            }
+            if let Some(v) = o.width {
+                m.width = v;
+            }
+            if let Some(v) = o.depth {
+                m.depth = v;
+            }
+            if let Some(v) = &o.hidden {
+                m.hidden = v.clone();
+            }
+            if let Some(v) = o.layers {
+                m.layers = v;
+            }
+            if let Some(v) = o.heads {
+                m.heads = v;
+            }
+            if let Some(v) = o.mlp_ratio {
+                m.mlp_ratio = v;
+            }
+            if let Some(v) = o.patch {
+                m.patch = v;
+            }
+        }
+        m
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MethodName {
+    Unimodal,
+    Joint,
+    Ogm,
+    OgmGe,
+    Aug,
+}
+
+impl MethodName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MethodName::Unimodal => "unimodal",
+            MethodName::Joint => "joint",
+            MethodName::Ogm => "ogm",
+            MethodName::OgmGe => "ogm_ge",
+            MethodName::Aug => "aug",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MethodConfig {
+    pub name: MethodName,
+    pub fusion: FusionKind,
+    /// unimodal: which modality to train (by name).
+    pub modality: Option<String>,
+    pub ogm: OgmConfig,
+    pub aug: AugConfig,
+}
+
+impl Default for MethodConfig {
+    fn default() -> Self {
+        MethodConfig {
+            name: MethodName::Joint,
+            fusion: FusionKind::Concat,
+            modality: None,
+            ogm: OgmConfig::default(),
+            aug: AugConfig::default(),
+        }
+    }
+}
+
+/// Adaptive classifier assignment rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AugRule {
+    /// s^a − σ·s^v against ±τ (the paper)
+    Paper,
+    /// s^a / s^v against 1 ± τ (the official code)
+    Code,
+    /// any number of modalities: ratio_m = s^m / Σ_{others} s, add where below `multi_threshold`
+    Multi,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AugConfig {
+    /// weight of the residual term (paper searched 0.1..1.0)
+    pub lambda: f32,
+    pub form: crate::ops::BoostForm,
+    /// Check every N epochs; 0 = epochs / 10 (the official code).
+    pub check_every: usize,
+    /// Also check after the first epoch (the official code does).
+    pub check_after_first: bool,
+    pub rule: AugRule,
+    pub sigma: f32,
+    pub tau: f32,
+    pub multi_threshold: f32,
+    /// Optional cap on learners per modality.
+    pub max_learners: Option<usize>,
+    /// New learners join the optimizer with fresh state; false reproduces the official code
+    /// (they stay frozen random projections).
+    pub train_new_learners: bool,
+    /// Test-time fusion weights per modality (default 0.4 / 0.6 for two, uniform otherwise).
+    pub fusion_weights: Option<Vec<f32>>,
+    /// Learner width (Linear(D→hidden) + ReLU before the shared head).
+    pub hidden: usize,
+}
+
+impl Default for AugConfig {
+    fn default() -> Self {
+        AugConfig {
+            lambda: 0.5,
+            form: crate::ops::BoostForm::Code,
+            check_every: 0,
+            check_after_first: true,
+            rule: AugRule::Code,
+            sigma: 1.0,
+            tau: 0.01,
+            multi_threshold: 0.4,
+            max_learners: None,
+            train_new_learners: true,
+            fusion_weights: None,
+            hidden: 256,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OgmFormula {
+    /// 1 − tanh(α·relu(ρ)) (the official code)
+    Code,
+    /// 1 − tanh(α·relu(ρ − 1)) (the paper)
+    Paper,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OgmConfig {
+    pub alpha: f32,
+    /// Modulation is applied for epochs in [start_epoch, end_epoch].
+    pub start_epoch: usize,
+    pub end_epoch: usize,
+    pub formula: OgmFormula,
+}
+
+impl Default for OgmConfig {
+    fn default() -> Self {
+        OgmConfig { alpha: 0.8, start_epoch: 0, end_epoch: 50, formula: OgmFormula::Code }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimizerKind {
+    Sgd,
+    Adam,
+    Adamw,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScheduleKind {
+    Constant,
+    Step,
+    Cosine,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub optimizer: OptimizerKind,
+    pub lr: f32,
+    pub momentum: f32,
+    pub nesterov: bool,
+    pub weight_decay: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub schedule: ScheduleKind,
+    /// step schedule: decay every `step_size` epochs by `gamma`
+    pub step_size: usize,
+    pub gamma: f32,
+    /// cosine schedule: final learning rate
+    pub min_lr: f32,
+    pub warmup_epochs: usize,
+    /// Evaluate every N epochs (and at the last).
+    pub eval_every: usize,
+    /// Data loading threads.
+    pub workers: usize,
+    /// Keep the newest checkpoint after each epoch (and the best one on validation).
+    pub checkpoint: bool,
+    /// Drop the last incomplete training batch.
+    pub drop_last: bool,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            epochs: 10,
+            batch_size: 64,
+            optimizer: OptimizerKind::Sgd,
+            lr: 1e-2,
+            momentum: 0.9,
+            nesterov: false,
+            weight_decay: 1e-4,
+            beta1: 0.9,
+            beta2: 0.999,
+            schedule: ScheduleKind::Constant,
+            step_size: 70,
+            gamma: 0.1,
+            min_lr: 0.0,
+            warmup_epochs: 0,
+            eval_every: 1,
+            workers: 2,
+            checkpoint: true,
+            drop_last: false,
+        }
+    }
+}
+
+/// Parse `value` of a `--set` as TOML (number, bool, array, quoted string), else a bare string.
+fn parse_value(v: &str) -> toml::Value {
+    let doc = format!("x = {v}");
+    match doc.parse::<toml::Table>() {
+        Ok(mut t) => t.remove("x").unwrap_or_else(|| toml::Value::String(v.to_string())),
+        Err(_) => toml::Value::String(v.to_string()),
+    }
+}
+
+/// Apply `key.path=value` overrides to a TOML table.
+pub fn apply_overrides(table: &mut toml::Table, sets: &[String]) -> Result<()> {
+    for s in sets {
+        let (k, v) = s
+            .split_once('=')
+            .ok_or_else(|| Error::config(s.clone(), "--set expects key=value, e.g. --set train.lr=0.01"))?;
+        let parts: Vec<&str> = k.trim().split('.').collect();
+        if parts.iter().any(|p| p.is_empty()) {
+            return Err(Error::config(k, "empty component in key path"));
+        }
+        let mut cur = &mut *table;
+        for p in &parts[..parts.len() - 1] {
+            let e = cur.entry(p.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            cur = match e {
+                toml::Value::Table(t) => t,
+                _ => return Err(Error::config(k, format!("`{p}` is a value, not a section"))),
+            };
+        }
+        cur.insert(parts[parts.len() - 1].to_string(), parse_value(v.trim()));
+    }
+    Ok(())
+}
+
+/// Deserialize a table, with errors naming the field path.
+pub fn from_table(table: &toml::Table) -> Result<Config> {
+    let value = toml::Value::Table(table.clone());
+    let cfg: Config = serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        Error::config(if path == "." { "(top level)".into() } else { path }, e.inner().to_string())
+    })?;
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// Load a config file (or the defaults when `path` is None) and apply overrides. Returns the
+/// config and the merged TOML text (saved in the run directory).
+pub fn load(path: Option<&Path>, sets: &[String]) -> Result<(Config, String)> {
+    let mut table = match path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
+            text.parse::<toml::Table>().map_err(|e| Error::config(p.display().to_string(), format!("invalid TOML: {e}")))?
+        }
+        None => toml::Table::new(),
+    };
+    apply_overrides(&mut table, sets)?;
+    let cfg = from_table(&table)?;
+    let text = toml::to_string(&table).map_err(|e| Error::Other(e.to_string()))?;
+    Ok((cfg, text))
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<()> {
+        let t = &self.train;
+        if t.epochs == 0 {
+            return Err(Error::config("train.epochs", "must be at least 1"));
+        }
+        if t.batch_size == 0 {
+            return Err(Error::config("train.batch_size", "must be at least 1"));
+        }
+        if !(t.lr.is_finite() && t.lr > 0.0) {
+            return Err(Error::config("train.lr", format!("must be a positive number, got {}", t.lr)));
+        }
+        if !(0.0..1.0).contains(&t.momentum) {
+            return Err(Error::config("train.momentum", format!("must be in [0, 1), got {}", t.momentum)));
+        }
+        if t.weight_decay < 0.0 || !t.weight_decay.is_finite() {
+            return Err(Error::config("train.weight_decay", "must be >= 0"));
+        }
+        if !(0.0..1.0).contains(&t.beta1) || !(0.0..1.0).contains(&t.beta2) {
+            return Err(Error::config("train.beta1/beta2", "must be in [0, 1)"));
+        }
+        if t.schedule == ScheduleKind::Step && t.step_size == 0 {
+            return Err(Error::config("train.step_size", "must be at least 1 for the step schedule"));
+        }
+        if t.eval_every == 0 {
+            return Err(Error::config("train.eval_every", "must be at least 1"));
+        }
+        if self.method.name == MethodName::Unimodal && self.method.modality.is_none() {
+            return Err(Error::config("method.modality", "the unimodal method needs the modality to train (e.g. \"audio\")"));
+        }
+        let a = &self.method.aug;
+        if !a.lambda.is_finite() || a.lambda < 0.0 {
+            return Err(Error::config("method.aug.lambda", format!("must be >= 0, got {}", a.lambda)));
+        }
+        if a.hidden == 0 {
+            return Err(Error::config("method.aug.hidden", "must be at least 1"));
+        }
+        if a.max_learners == Some(0) {
+            return Err(Error::config("method.aug.max_learners", "must be at least 1 (or absent for no cap)"));
+        }
+        if !(self.method.ogm.alpha.is_finite() && self.method.ogm.alpha >= 0.0) {
+            return Err(Error::config("method.ogm.alpha", "must be >= 0"));
+        }
+        let m = &self.model;
+        for (name, o) in std::iter::once(("(all)", None)).chain(m.modalities.iter().map(|(k, v)| (k.as_str(), Some(v)))) {
+            let mc = match o {
+                Some(_) => m.for_modality(name),
+                None => m.clone(),
+            };
+            let field = |f: &str| if o.is_some() { format!("model.modalities.{name}.{f}") } else { format!("model.{f}") };
+            if mc.width == 0 {
+                return Err(Error::config(field("width"), "must be at least 1"));
+            }
+            if mc.encoder == EncoderKind::SmallCnn && mc.depth == 0 {
+                return Err(Error::config(field("depth"), "must be at least 1"));
+            }
+            if mc.encoder == EncoderKind::Transformer && (mc.heads == 0 || mc.width % mc.heads != 0) {
+                return Err(Error::config(field("heads"), format!("width {} must be a multiple of heads {}", mc.width, mc.heads)));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,275 @@
+//! AUG (Jiang et al., NeurIPS 2025): sustained boosting with adaptive classifier assignment.
+//! Each modality m has learners f_t = head(relu(W_t u + b_t)) sharing one head across all
+//! learners of all modalities; its logits are F^m = Σ_t f_t. Every batch updates the
+//! modalities one after another (the head is updated in each), each with the fused boosting
+//! loss kernel (`ops::boost_loss`). Every `check_every` epochs (and after the first) the
+//! confidence scores decide which modality gets a new learner.
+use super::{build_encoders, DeviceBatch, EpochStats, Method, Prediction};
+use crate::config::{AugConfig, AugRule, Config};
+use crate::data::ModalitySpec;
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::nn::{Ctx, Encoder, Linear, Module};
+use crate::ops;
+use crate::optim::{Optimizer, Param};
+use crate::tensor::Tensor;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use serde_json::json;
+
+pub struct Aug {
+    encoders: Vec<Box<dyn Encoder>>,
+    learners: Vec<Vec<Linear>>,
+    head: Linear,
+    names: Vec<String>,
+    cfg: AugConfig,
+    alphas: Vec<f32>,
+    gpu: Gpu,
+    rng: StdRng,
+    /// per modality: [loss·N sum, confidence sum] on the GPU
+    acc: Vec<Option<Tensor>>,
+    samples: usize,
+    epochs: usize,
+    added: Vec<usize>,
+}
+
+impl Aug {
+    pub fn new(gpu: &Gpu, cfg: &Config, specs: &[ModalitySpec], classes: usize, rng: &mut StdRng) -> Result<Aug> {
+        let a = cfg.method.aug.clone();
+        let m = specs.len();
+        let encoders = build_encoders(gpu, cfg, specs, rng)?;
+        let alphas = match &a.fusion_weights {
+            Some(w) => {
+                if w.len() != m {
+                    return Err(Error::config("method.aug.fusion_weights", format!("needs {m} weights (one per modality), got {}", w.len())));
+                }
+                let s: f32 = w.iter().sum();
+                if !(s > 0.0) || w.iter().any(|v| *v < 0.0) {
+                    return Err(Error::config("method.aug.fusion_weights", "weights must be >= 0 with a positive sum"));
+                }
+                w.iter().map(|v| v / s).collect()
+            }
+            None if m == 2 => vec![0.4, 0.6],
+            None => vec![1.0 / m as f32; m],
+        };
+        let head = Linear::new(gpu, "aug.head", a.hidden, classes, true, rng)?;
+        let mut learners = Vec::new();
+        for (i, e) in encoders.iter().enumerate() {
+            learners.push(vec![Self::make_learner(gpu, &specs[i].name, 0, e.out_dim(), a.hidden, rng)?]);
+        }
+        Ok(Aug {
+            encoders,
+            learners,
+            head,
+            names: specs.iter().map(|s| s.name.clone()).collect(),
+            alphas,
+            gpu: gpu.clone(),
+            rng: StdRng::seed_from_u64(cfg.seed ^ 0xA06),
+            cfg: a,
+            acc: vec![None; m],
+            samples: 0,
+            epochs: cfg.train.epochs,
+            added: vec![0; m],
+        })
+    }
+
+    /// Linear(D→hidden) with xavier-normal weights and zero bias.
+    fn make_learner(gpu: &Gpu, modality: &str, t: usize, d: usize, hidden: usize, rng: &mut StdRng) -> Result<Linear> {
+        // Linear::new is already xavier-normal with zero bias, as AUG's code initialises learners
+        Linear::new(gpu, &format!("aug.learner.{modality}.{t}"), d, hidden, true, rng)
+    }
+
+    /// Stacked learner logits [N, T, K]: all learners in one matmul, then the shared head.
+    fn stacked_logits(&self, m: usize, u: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        let ls = &self.learners[m];
+        let n = u.dim(0);
+        let h = if ls.len() == 1 {
+            ls[0].forward(u, ctx)?
+        } else {
+            let ws: Vec<&Tensor> = ls.iter().map(|l| &l.weight.tensor).collect();
+            let bs: Vec<&Tensor> = ls.iter().map(|l| &l.bias.as_ref().expect("learner bias").tensor).collect();
+            ops::linear(u, &ops::concat(&ws, 0)?, Some(&ops::concat(&bs, 0)?), None)?
+        };
+        let h = ops::relu(&h)?.reshape(&[n, ls.len(), self.cfg.hidden])?;
+        self.head.forward(&h, ctx)
+    }
+
+    /// F^m = Σ_t f_t.
+    fn modality_logits(&self, m: usize, u: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        ops::sum(&self.stacked_logits(m, u, ctx)?, &[1], false)
+    }
+
+    fn add_learner(&mut self, m: usize, opt: &mut dyn Optimizer, register: bool) -> Result<()> {
+        let t = self.learners[m].len();
+        let d = self.encoders[m].out_dim();
+        let l = Self::make_learner(&self.gpu, &self.names[m], t, d, self.cfg.hidden, &mut self.rng)?;
+        if register {
+            opt.add_params(&l.params());
+        }
+        self.learners[m].push(l);
+        Ok(())
+    }
+
+    /// The assignment rule: which modalities get a new learner, given mean confidence scores.
+    pub fn decide(cfg: &AugConfig, scores: &[f64]) -> Vec<usize> {
+        let m = scores.len();
+        if m == 2 && cfg.rule != AugRule::Multi {
+            let (sa, sv) = (scores[0], scores[1]);
+            let weak = match cfg.rule {
+                AugRule::Paper => {
+                    let d = sa - cfg.sigma as f64 * sv;
+                    if d > cfg.tau as f64 {
+                        Some(1)
+                    } else if d < -(cfg.tau as f64) {
+                        Some(0)
+                    } else {
+                        None
+                    }
+                }
+                _ => {
+                    let r = sa / sv.max(1e-12);
+                    if r > 1.0 + cfg.tau as f64 {
+                        Some(1)
+                    } else if r < 1.0 - cfg.tau as f64 {
+                        Some(0)
+                    } else {
+                        None
+                    }
+                }
+            };
+            return weak.into_iter().collect();
+        }
+        let total: f64 = scores.iter().sum();
+        (0..m).filter(|&i| scores[i] / (total - scores[i]).max(1e-12) < cfg.multi_threshold as f64).collect()
+    }
+
+    fn check_now(&self, epoch: usize) -> bool {
+        let every = if self.cfg.check_every == 0 { (self.epochs / 10).max(1) } else { self.cfg.check_every };
+        (epoch + 1) % every == 0 || (epoch == 0 && self.cfg.check_after_first)
+    }
+}
+
+impl Method for Aug {
+    fn name(&self) -> &'static str {
+        "aug"
+    }
+    fn params(&self) -> Vec<Param> {
+        let mut v: Vec<Param> = self.encoders.iter().flat_map(|e| e.params()).collect();
+        for ls in &self.learners {
+            for l in ls {
+                v.extend(l.params());
+            }
+        }
+        v.extend(self.head.params());
+        v
+    }
+    fn trainable(&self) -> Vec<Param> {
+        let mut v: Vec<Param> = self.encoders.iter().flat_map(|e| e.params()).collect();
+        for ls in &self.learners {
+            // learners added later stay frozen in the official code's behaviour
+            let keep = if self.cfg.train_new_learners { ls.len() } else { 1 };
+            for l in &ls[..keep] {
+                v.extend(l.params());
+            }
+        }
+        v.extend(self.head.params());
+        v
+    }
+    fn buffers(&self) -> Vec<(String, Tensor)> {
+        self.encoders.iter().flat_map(|e| e.buffers()).collect()
+    }
+    fn train_step(&mut self, batch: &DeviceBatch, opt: &mut dyn Optimizer, _epoch: usize) -> Result<()> {
+        let ctx = Ctx::train();
+        for m in 0..self.encoders.len() {
+            let u = self.encoders[m].forward(&batch.inputs[m], &ctx)?;
+            let logits = self.stacked_logits(m, &u, &ctx)?;
+            let (loss, conf) = ops::boost_loss(&logits, &batch.labels, self.cfg.lambda, self.cfg.form)?;
+            let grads = loss.backward()?;
+            opt.step(&grads)?;
+            let _ng = self.gpu.no_grad();
+            let step = ops::concat(&[&ops::scale(&loss.detach(), batch.n as f32)?, &ops::sum_all(&conf)?], 0)?;
+            self.acc[m] = Some(match &self.acc[m] {
+                Some(a) => ops::add(a, &step)?,
+                None => step.deep_copy()?,
+            });
+        }
+        self.samples += batch.n;
+        Ok(())
+    }
+    fn predict(&self, inputs: &[Tensor]) -> Result<Prediction> {
+        let _ng = self.gpu.no_grad();
+        let ctx = Ctx::eval();
+        let mut per = Vec::new();
+        let mut fused: Option<Tensor> = None;
+        for m in 0..self.encoders.len() {
+            let u = self.encoders[m].forward(&inputs[m], &ctx)?;
+            let f = self.modality_logits(m, &u, &ctx)?;
+            let w = ops::scale(&f, self.alphas[m])?;
+            fused = Some(match fused {
+                Some(a) => ops::add(&a, &w)?,
+                None => w,
+            });
+            per.push(Some(f));
+        }
+        Ok(Prediction { fused: fused.expect("at least one modality"), per_modality: per })
+    }
+    fn end_epoch(&mut self, epoch: usize, opt: &mut dyn Optimizer) -> Result<EpochStats> {
+        let m = self.encoders.len();
+        let n = self.samples.max(1) as f64;
+        let mut losses = Vec::new();
+        let mut scores = Vec::new();
+        for a in self.acc.iter_mut() {
+            let v = match a.take() {
+                Some(t) => t.to_vec()?,
+                None => vec![0.0, 0.0],
+            };
+            losses.push(v[0] as f64 / n);
+            scores.push(v[1] as f64);
+        }
+        let samples = self.samples;
+        self.samples = 0;
+        let mean_scores: Vec<f64> = scores.iter().map(|s| s / n).collect();
+        // gap function: training loss of the strong modality minus the weak one's
+        let strong = (0..m).max_by(|&a, &b| mean_scores[a].total_cmp(&mean_scores[b])).unwrap_or(0);
+        let weak = (0..m).min_by(|&a, &b| mean_scores[a].total_cmp(&mean_scores[b])).unwrap_or(0);
+        let gap = losses[strong] - losses[weak];
+        let mut check = serde_json::Value::Null;
+        if self.check_now(epoch) {
+            let mut decision = Vec::new();
+            for i in Self::decide(&self.cfg, &mean_scores) {
+                if self.cfg.max_learners.is_some_and(|cap| self.learners[i].len() >= cap) {
+                    decision.push(format!("cap:{}", self.names[i]));
+                    continue;
+                }
+                self.add_learner(i, opt, self.cfg.train_new_learners)?;
+                self.added[i] += 1;
+                decision.push(format!("add:{}", self.names[i]));
+            }
+            let sc: serde_json::Map<String, serde_json::Value> = self.names.iter().zip(&mean_scores).map(|(k, v)| (k.clone(), json!(v))).collect();
+            check = json!({"scores": sc, "decision": if decision.is_empty() { "none".to_string() } else { decision.join(",") }});
+        }
+        let learners: serde_json::Map<String, serde_json::Value> =
+            self.names.iter().zip(&self.learners).map(|(k, v)| (k.clone(), json!(v.len()))).collect();
+        let total_loss: f64 = losses.iter().sum();
+        Ok(EpochStats {
+            loss: total_loss,
+            modality_loss: losses,
+            scores,
+            samples,
+            extra: vec![("aug".into(), json!({"learners": learners, "gap": gap, "check": check}))],
+        })
+    }
+    fn state(&self) -> serde_json::Value {
+        json!({"learners": self.learners.iter().map(|l| l.len()).collect::<Vec<_>>()})
+    }
+    fn restore(&mut self, state: &serde_json::Value, opt: &mut dyn Optimizer) -> Result<()> {
+        let Some(counts) = state.get("learners").and_then(|v| v.as_array()) else { return Ok(()) };
+        for (m, c) in counts.iter().enumerate().take(self.learners.len()) {
+            let want = c.as_u64().unwrap_or(1) as usize;
+            while self.learners[m].len() < want {
+                self.add_learner(m, opt, self.cfg.train_new_learners)?;
+            }
+        }
+        Ok(())
+    }
+}

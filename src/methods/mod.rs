@@ -1,0 +1,204 @@
+//! Training methods behind one trait: unimodal, joint training (sum / concat / FiLM / gated
+//! fusion), OGM and OGM-GE. Each method owns its model; the trainer owns the data, the
+//! optimizer, evaluation and logging.
+mod aug;
+mod joint;
+mod ogm_ge;
+mod unimodal;
+
+pub use aug::Aug;
+pub use joint::Joint;
+pub use ogm_ge::OgmGe;
+pub use unimodal::Unimodal;
+
+use crate::config::{Config, EncoderKind, MethodName, ModelConfig};
+use crate::data::ModalitySpec;
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::nn::{Ctx, Encoder, MlpEncoder, ResNet18, SmallCnn, TransformerConfig, TransformerEncoder};
+use crate::ops;
+use crate::optim::{Optimizer, Param};
+use crate::tensor::Tensor;
+use rand::rngs::StdRng;
+
+/// One batch on the device.
+pub struct DeviceBatch {
+    pub inputs: Vec<Tensor>,
+    /// u32 [N], validated against the number of classes
+    pub labels: Tensor,
+    pub n: usize,
+}
+
+/// What the trainer reads back once per epoch.
+#[derive(Clone, Debug, Default)]
+pub struct EpochStats {
+    /// mean training loss of the method's objective
+    pub loss: f64,
+    /// mean cross-entropy of each modality's own view (NaN where a modality has none)
+    pub modality_loss: Vec<f64>,
+    /// Σ over samples of each modality's true-class probability (confidence scores)
+    pub scores: Vec<f64>,
+    pub samples: usize,
+    /// the method's own log section, e.g. ("aug", {...})
+    pub extra: Vec<(String, serde_json::Value)>,
+}
+
+/// Model outputs for evaluation: fused logits and each modality's own logits (None where the
+/// method has no view of that modality).
+pub struct Prediction {
+    pub fused: Tensor,
+    pub per_modality: Vec<Option<Tensor>>,
+}
+
+pub trait Method: Send {
+    fn name(&self) -> &'static str;
+    /// Trainable parameters (stable names: checkpoints use them).
+    fn params(&self) -> Vec<Param>;
+    /// The parameters the optimizer updates (default: all of them).
+    fn trainable(&self) -> Vec<Param> {
+        self.params()
+    }
+    /// Non-trainable state tensors (batch-norm running statistics).
+    fn buffers(&self) -> Vec<(String, Tensor)>;
+    fn begin_epoch(&mut self, _epoch: usize) -> Result<()> {
+        Ok(())
+    }
+    /// One optimisation step. Statistics stay on the GPU (no host readback).
+    fn train_step(&mut self, batch: &DeviceBatch, opt: &mut dyn Optimizer, epoch: usize) -> Result<()>;
+    /// Eval-mode forward without gradients.
+    fn predict(&self, inputs: &[Tensor]) -> Result<Prediction>;
+    /// Read back and reset the epoch's accumulators (may change the model, e.g. AUG adds learners).
+    fn end_epoch(&mut self, epoch: usize, opt: &mut dyn Optimizer) -> Result<EpochStats>;
+    /// Method state for checkpoints (structure that must exist before parameters load).
+    fn state(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+    fn restore(&mut self, _state: &serde_json::Value, _opt: &mut dyn Optimizer) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Build one modality's encoder from the model config.
+pub fn build_encoder(gpu: &Gpu, name: &str, spec: &ModalitySpec, mc: &ModelConfig, rng: &mut StdRng) -> Result<Box<dyn Encoder>> {
+    let field = |f: &str| format!("model.modalities.{}.{f}", spec.name);
+    Ok(match mc.encoder {
+        EncoderKind::SmallCnn | EncoderKind::Resnet18 => {
+            if spec.shape.len() != 3 {
+                return Err(Error::config(
+                    field("encoder"),
+                    format!("{:?} needs [C, H, W] inputs, modality `{}` has shape {:?}; use mlp or transformer", mc.encoder, spec.name, spec.shape),
+                ));
+            }
+            if mc.encoder == EncoderKind::SmallCnn {
+                Box::new(SmallCnn::new(gpu, name, spec.shape[0], mc.width, mc.depth, rng)?)
+            } else {
+                Box::new(ResNet18::new(gpu, name, spec.shape[0], mc.width, rng)?)
+            }
+        }
+        EncoderKind::Mlp => Box::new(MlpEncoder::new(gpu, name, spec.shape.iter().product(), &mc.hidden, rng)?),
+        EncoderKind::Transformer => {
+            let cfg = TransformerConfig {
+                layers: mc.layers,
+                width: mc.width,
+                heads: mc.heads,
+                mlp_ratio: mc.mlp_ratio,
+                patch: (mc.patch[0], mc.patch[1]),
+                input_shape: spec.shape.clone(),
+            };
+            Box::new(TransformerEncoder::new(gpu, name, cfg, rng)?)
+        }
+    })
+}
+
+/// One encoder per modality, named `enc.<modality>`.
+pub fn build_encoders(gpu: &Gpu, cfg: &Config, specs: &[ModalitySpec], rng: &mut StdRng) -> Result<Vec<Box<dyn Encoder>>> {
+    for name in cfg.model.modalities.keys() {
+        if !specs.iter().any(|s| &s.name == name) {
+            let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+            return Err(Error::config(format!("model.modalities.{name}"), format!("no such modality; the data has {names:?}")));
+        }
+    }
+    specs
+        .iter()
+        .map(|s| build_encoder(gpu, &format!("enc.{}", s.name), s, &cfg.model.for_modality(&s.name), rng))
+        .collect()
+}
+
+/// Build the configured method for a dataset with these modalities and classes.
+pub fn build(gpu: &Gpu, cfg: &Config, specs: &[ModalitySpec], classes: usize, rng: &mut StdRng) -> Result<Box<dyn Method>> {
+    Ok(match cfg.method.name {
+        MethodName::Unimodal => Box::new(Unimodal::new(gpu, cfg, specs, classes, rng)?),
+        MethodName::Joint => Box::new(Joint::new(gpu, cfg, specs, classes, rng)?),
+        MethodName::Aug => Box::new(Aug::new(gpu, cfg, specs, classes, rng)?),
+        MethodName::Ogm | MethodName::OgmGe => Box::new(OgmGe::new(gpu, cfg, specs, classes, rng, cfg.method.name == MethodName::OgmGe)?),
+    })
+}
+
+/// GPU-side running sums read once per epoch: a flat vector of `k` slots.
+pub struct Accum {
+    sums: Option<Tensor>,
+    k: usize,
+    pub samples: usize,
+}
+
+impl Accum {
+    pub fn new(k: usize) -> Accum {
+        Accum { sums: None, k, samples: 0 }
+    }
+    /// Add a [k] tensor of per-step values (recorded, no readback).
+    pub fn add(&mut self, v: &Tensor) -> Result<()> {
+        let v = v.detach().reshape(&[self.k])?;
+        self.sums = Some(match &self.sums {
+            Some(s) => ops::add(s, &v)?,
+            None => v.deep_copy()?,
+        });
+        Ok(())
+    }
+    /// Read back and reset.
+    pub fn take(&mut self) -> Result<Vec<f64>> {
+        let out = match self.sums.take() {
+            Some(s) => s.to_vec()?.into_iter().map(|v| v as f64).collect(),
+            None => vec![0.0; self.k],
+        };
+        self.samples = 0;
+        Ok(out)
+    }
+}
+
+/// Per-modality statistics of one step, as a [2·M] tensor: the batch-sum of each view's CE
+/// and the batch-sum of each view's true-class probability (no gradient).
+pub fn view_stats(views: &[Tensor], labels: &Tensor) -> Result<Tensor> {
+    let gpu = labels.gpu().clone();
+    let _ng = gpu.no_grad();
+    let n = labels.numel() as f32;
+    let mut parts = Vec::new();
+    for v in views {
+        let ce = ops::scale(&ops::cross_entropy(&v.detach(), ops::Target::Hard(labels), None)?, n)?;
+        parts.push(ce.reshape(&[1])?);
+    }
+    for v in views {
+        parts.push(ops::sum_all(&ops::true_class_prob(&v.detach(), labels)?)?);
+    }
+    let refs: Vec<&Tensor> = parts.iter().collect();
+    ops::concat(&refs, 0)
+}
+
+/// Encoder features of every modality.
+pub fn encode_all(encoders: &[Box<dyn Encoder>], inputs: &[Tensor], ctx: &Ctx) -> Result<Vec<Tensor>> {
+    if inputs.len() != encoders.len() {
+        return Err(Error::shape("model", format!("{} modalities in the batch, the model has {}", inputs.len(), encoders.len())));
+    }
+    encoders.iter().zip(inputs).map(|(e, x)| e.forward(x, ctx)).collect()
+}
+
+/// Split an epoch's [loss, view CE × M, view score × M] sums into EpochStats.
+pub fn stats_from_sums(sums: &[f64], m: usize, samples: usize) -> EpochStats {
+    let n = samples.max(1) as f64;
+    EpochStats {
+        loss: sums[0] / n,
+        modality_loss: sums[1..1 + m].iter().map(|v| v / n).collect(),
+        scores: sums[1 + m..1 + 2 * m].to_vec(),
+        samples,
+        extra: Vec::new(),
+    }
+}

@@ -1,0 +1,111 @@
+//! OGM and OGM-GE (Peng et al., CVPR 2022): after the backward of the fused loss, each
+//! encoder's gradients are scaled by k_u = 1 − tanh(α·relu(ρ_u)) for the modality whose
+//! confidence ratio ρ_u exceeds 1 (the dominant one), and with GE, Gaussian noise with the
+//! gradient's own standard deviation is added. Everything stays on the GPU: the ratio, the
+//! coefficients and the noise are tensors, never read back inside the step.
+use super::{DeviceBatch, EpochStats, Joint, Method, Prediction};
+use crate::config::{Config, OgmFormula};
+use crate::data::ModalitySpec;
+use crate::error::Result;
+use crate::gpu::Gpu;
+use crate::ops;
+use crate::optim::{Optimizer, Param};
+use crate::tensor::Tensor;
+use rand::rngs::StdRng;
+
+pub struct OgmGe {
+    joint: Joint,
+    ge: bool,
+    alpha: f32,
+    start: usize,
+    end: usize,
+    formula: OgmFormula,
+    seed: u64,
+    offset: u64,
+    m: usize,
+}
+
+impl OgmGe {
+    pub fn new(gpu: &Gpu, cfg: &Config, specs: &[ModalitySpec], classes: usize, rng: &mut StdRng, ge: bool) -> Result<OgmGe> {
+        let o = &cfg.method.ogm;
+        Ok(OgmGe {
+            joint: Joint::new(gpu, cfg, specs, classes, rng)?,
+            ge,
+            alpha: o.alpha,
+            start: o.start_epoch,
+            end: o.end_epoch,
+            formula: o.formula,
+            seed: cfg.seed ^ 0x06F6_0000,
+            offset: 0,
+            m: specs.len(),
+        })
+    }
+
+    /// Modulation coefficients k [M] from the views' confidence scores: ρ_m = s_m / mean of
+    /// the others (for two modalities exactly s_v/s_a and s_a/s_v); k_m = 1 − tanh(α·relu(ρ_m
+    /// [− 1 in the paper form])) where ρ_m > 1, else 1.
+    fn coefficients(&self, views: &[Tensor], labels: &Tensor) -> Result<Tensor> {
+        let scores: Vec<Tensor> = views.iter().map(|v| ops::sum_all(&ops::true_class_prob(v, labels)?)).collect::<Result<_>>()?;
+        let refs: Vec<&Tensor> = scores.iter().collect();
+        let s = ops::concat(&refs, 0)?; // [M]
+        let total = ops::sum_all(&s)?;
+        let others = ops::scale(&ops::sub(&total, &s)?, 1.0 / (self.m - 1) as f32)?;
+        let rho = ops::div(&s, &ops::add_scalar(&others, 1e-12)?)?;
+        let dominant = ops::ge_scalar(&rho, 1.0)?;
+        let shifted = match self.formula {
+            OgmFormula::Code => rho.clone(),
+            OgmFormula::Paper => ops::add_scalar(&rho, -1.0)?,
+        };
+        let t = ops::tanh(&ops::scale(&ops::relu(&shifted)?, self.alpha)?)?;
+        // k = 1 − dominant·t
+        ops::affine(&ops::mul(&dominant, &t)?, -1.0, 1.0)
+    }
+}
+
+impl Method for OgmGe {
+    fn name(&self) -> &'static str {
+        if self.ge {
+            "ogm_ge"
+        } else {
+            "ogm"
+        }
+    }
+    fn params(&self) -> Vec<Param> {
+        self.joint.params()
+    }
+    fn buffers(&self) -> Vec<(String, Tensor)> {
+        self.joint.buffers()
+    }
+    fn train_step(&mut self, batch: &DeviceBatch, opt: &mut dyn Optimizer, epoch: usize) -> Result<()> {
+        let (mut grads, views) = self.joint.forward_backward(batch)?;
+        if epoch >= self.start && epoch <= self.end {
+            let gpu = batch.labels.gpu().clone();
+            let _ng = gpu.no_grad();
+            let k = self.coefficients(&views, &batch.labels)?;
+            for m in 0..self.m {
+                let km = ops::narrow(&k, 0, m, 1)?;
+                for p in self.joint.encoder_params(m) {
+                    let Some(g) = grads.remove(&p.tensor) else { continue };
+                    let mut g2 = ops::mul(&g, &km)?;
+                    if self.ge && g.numel() > 1 {
+                        // N(0, std(g)^2), std of the original gradient (unbiased, as torch)
+                        let mean = ops::mean_all(&g)?;
+                        let var = ops::scale(&ops::sum_all(&ops::square(&ops::sub(&g, &mean)?)?)?, 1.0 / (g.numel() - 1) as f32)?;
+                        let std = ops::add_scalar(&ops::sqrt(&ops::add_scalar(&var, 1e-30)?)?, 1e-8)?;
+                        let noise = ops::randn(&gpu, g.shape(), self.seed, self.offset)?;
+                        self.offset += g.numel() as u64;
+                        g2 = ops::add(&g2, &ops::mul(&noise, &std)?)?;
+                    }
+                    grads.insert(&p.tensor, g2);
+                }
+            }
+        }
+        opt.step(&grads)
+    }
+    fn predict(&self, inputs: &[Tensor]) -> Result<Prediction> {
+        self.joint.predict(inputs)
+    }
+    fn end_epoch(&mut self, epoch: usize, opt: &mut dyn Optimizer) -> Result<EpochStats> {
+        self.joint.end_epoch(epoch, opt)
+    }
+}

@@ -1,0 +1,251 @@
+//! Modules: parameters by name, train/eval mode through [`Ctx`], encoders that expose their
+//! per-depth features (AIM), and room for per-parameter weight scales (AIM's masks).
+mod attention;
+mod cnn;
+mod fusion;
+mod resnet;
+
+pub use attention::{MultiHeadAttention, TransformerConfig, TransformerEncoder, TransformerLayer};
+pub use cnn::{MlpEncoder, SmallCnn};
+pub use fusion::{Fusion, FusionKind};
+pub use resnet::{BasicBlock, ResNet18};
+
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::ops;
+use crate::optim::Param;
+use crate::tensor::Tensor;
+use rand::rngs::StdRng;
+use rand::Rng;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// How a forward pass runs: train or eval mode, whether batch-norm running statistics are
+/// updated, and optional element-wise weight scales by parameter name (AIM's auxiliary
+/// blocks: the same weights, scaled inside the conv/matmul kernels).
+#[derive(Clone, Default)]
+pub struct Ctx {
+    pub training: bool,
+    pub update_stats: bool,
+    pub weight_scales: Option<Arc<HashMap<String, Tensor>>>,
+    /// Seed for dropout; the offset advances per call site through `dropout_offset`.
+    pub seed: u64,
+}
+
+impl Ctx {
+    pub fn train() -> Ctx {
+        Ctx { training: true, update_stats: true, ..Default::default() }
+    }
+    pub fn eval() -> Ctx {
+        Ctx::default()
+    }
+    pub fn scale_for(&self, name: &str) -> Option<&Tensor> {
+        self.weight_scales.as_ref().and_then(|m| m.get(name))
+    }
+}
+
+/// Anything with named parameters (and non-trainable buffers such as running statistics).
+pub trait Module {
+    fn params(&self) -> Vec<Param>;
+    fn buffers(&self) -> Vec<(String, Tensor)> {
+        Vec::new()
+    }
+}
+
+/// A modality encoder: input batch -> pooled features [N, D], with per-depth outputs.
+pub trait Encoder: Module + Send + Sync {
+    fn out_dim(&self) -> usize;
+    /// Number of depths (ResNet18: stem + 4 stages = 5).
+    fn num_depths(&self) -> usize;
+    /// Pooled features and the output of every depth.
+    fn forward_depths(&self, x: &Tensor, ctx: &Ctx) -> Result<(Tensor, Vec<Tensor>)>;
+    fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        Ok(self.forward_depths(x, ctx)?.0)
+    }
+    /// Continue from depth `d`'s output to the pooled features (the "rest" of the network).
+    fn forward_from(&self, h: &Tensor, depth: usize, ctx: &Ctx) -> Result<Tensor>;
+    /// The depth a parameter belongs to (by its full name), if any.
+    fn depth_of(&self, param_name: &str) -> Option<usize>;
+}
+
+/// Normal samples with the given std (host generated, seeded).
+pub fn normal_init(rng: &mut StdRng, n: usize, std: f32) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            let u1: f32 = rng.random::<f32>().max(1e-12);
+            let u2: f32 = rng.random::<f32>();
+            std * (-2.0 * u1.ln()).sqrt() * (2.0 * std::f32::consts::PI * u2).cos()
+        })
+        .collect()
+}
+
+pub(crate) fn param(gpu: &Gpu, name: String, data: &[f32], shape: &[usize]) -> Result<Param> {
+    Ok(Param { name, tensor: Tensor::from_slice(gpu, data, shape)?.requires_grad() })
+}
+
+pub(crate) fn join(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}.{name}")
+    }
+}
+
+/// y = x·Wᵀ + b, W [out, in] (xavier-normal init, zero bias).
+pub struct Linear {
+    pub weight: Param,
+    pub bias: Option<Param>,
+    pub in_dim: usize,
+    pub out_dim: usize,
+}
+
+impl Linear {
+    pub fn new(gpu: &Gpu, name: &str, in_dim: usize, out_dim: usize, bias: bool, rng: &mut StdRng) -> Result<Linear> {
+        let std = (2.0 / (in_dim + out_dim) as f32).sqrt();
+        let w = normal_init(rng, in_dim * out_dim, std);
+        Ok(Linear {
+            weight: param(gpu, join(name, "weight"), &w, &[out_dim, in_dim])?,
+            bias: if bias { Some(param(gpu, join(name, "bias"), &vec![0.0; out_dim], &[out_dim])?) } else { None },
+            in_dim,
+            out_dim,
+        })
+    }
+    pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        let s = ctx.scale_for(&self.weight.name);
+        ops::linear(x, &self.weight.tensor, self.bias.as_ref().map(|b| &b.tensor), s)
+    }
+}
+
+impl Module for Linear {
+    fn params(&self) -> Vec<Param> {
+        let mut v = vec![self.weight.clone()];
+        v.extend(self.bias.clone());
+        v
+    }
+}
+
+/// 2-D convolution (kaiming-normal fan_out init, as torchvision's ResNet).
+pub struct Conv2d {
+    pub weight: Param,
+    pub bias: Option<Param>,
+    pub p: ops::Conv2dParams,
+}
+
+impl Conv2d {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        gpu: &Gpu,
+        name: &str,
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        padding: usize,
+        bias: bool,
+        rng: &mut StdRng,
+    ) -> Result<Conv2d> {
+        let fan_out = cout * k * k;
+        let std = (2.0 / fan_out as f32).sqrt();
+        let w = normal_init(rng, cout * cin * k * k, std);
+        Ok(Conv2d {
+            weight: param(gpu, join(name, "weight"), &w, &[cout, cin, k, k])?,
+            bias: if bias { Some(param(gpu, join(name, "bias"), &vec![0.0; cout], &[cout])?) } else { None },
+            p: ops::Conv2dParams { stride: (stride, stride), padding: (padding, padding), dilation: (1, 1) },
+        })
+    }
+    pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        let s = ctx.scale_for(&self.weight.name);
+        ops::conv2d(x, &self.weight.tensor, self.bias.as_ref().map(|b| &b.tensor), self.p, s)
+    }
+}
+
+impl Module for Conv2d {
+    fn params(&self) -> Vec<Param> {
+        let mut v = vec![self.weight.clone()];
+        v.extend(self.bias.clone());
+        v
+    }
+}
+
+/// Batch norm over channels (weight 1, bias 0; running mean 0, var 1; momentum 0.1).
+pub struct BatchNorm2d {
+    pub weight: Param,
+    pub bias: Param,
+    pub state: ops::BatchNormState,
+    name: String,
+}
+
+impl BatchNorm2d {
+    pub fn new(gpu: &Gpu, name: &str, c: usize) -> Result<BatchNorm2d> {
+        Ok(BatchNorm2d {
+            weight: param(gpu, join(name, "weight"), &vec![1.0; c], &[c])?,
+            bias: param(gpu, join(name, "bias"), &vec![0.0; c], &[c])?,
+            state: ops::BatchNormState {
+                running_mean: Tensor::zeros(gpu, &[c])?,
+                running_var: Tensor::full(gpu, &[c], 1.0)?,
+                momentum: 0.1,
+                eps: 1e-5,
+            },
+            name: name.to_string(),
+        })
+    }
+    pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        if ctx.training && !ctx.update_stats {
+            // batch statistics without touching the running ones
+            let frozen = ops::BatchNormState {
+                running_mean: self.state.running_mean.deep_copy()?,
+                running_var: self.state.running_var.deep_copy()?,
+                momentum: self.state.momentum,
+                eps: self.state.eps,
+            };
+            return ops::batch_norm(x, &self.weight.tensor, &self.bias.tensor, &frozen, true);
+        }
+        ops::batch_norm(x, &self.weight.tensor, &self.bias.tensor, &self.state, ctx.training)
+    }
+}
+
+impl Module for BatchNorm2d {
+    fn params(&self) -> Vec<Param> {
+        vec![self.weight.clone(), self.bias.clone()]
+    }
+    fn buffers(&self) -> Vec<(String, Tensor)> {
+        vec![
+            (join(&self.name, "running_mean"), self.state.running_mean.clone()),
+            (join(&self.name, "running_var"), self.state.running_var.clone()),
+        ]
+    }
+}
+
+/// Layer norm over the last dim (weight 1, bias 0).
+pub struct LayerNorm {
+    pub weight: Param,
+    pub bias: Param,
+    pub eps: f32,
+}
+
+impl LayerNorm {
+    pub fn new(gpu: &Gpu, name: &str, d: usize) -> Result<LayerNorm> {
+        Ok(LayerNorm {
+            weight: param(gpu, join(name, "weight"), &vec![1.0; d], &[d])?,
+            bias: param(gpu, join(name, "bias"), &vec![0.0; d], &[d])?,
+            eps: 1e-5,
+        })
+    }
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        ops::layer_norm(x, &self.weight.tensor, &self.bias.tensor, self.eps)
+    }
+}
+
+impl Module for LayerNorm {
+    fn params(&self) -> Vec<Param> {
+        vec![self.weight.clone(), self.bias.clone()]
+    }
+}
+
+/// Check an input's per-sample shape against what an encoder expects.
+pub(crate) fn expect_input(op: &'static str, x: &Tensor, dims: usize) -> Result<()> {
+    if x.dims() != dims {
+        return Err(Error::shape(op, format!("expects a {dims}-d batch, got shape {:?}", x.shape())));
+    }
+    Ok(())
+}

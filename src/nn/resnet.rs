@@ -1,0 +1,167 @@
+//! ResNet18 without its classifier (512-d pooled output), torchvision layout; depths are
+//! the stem (after max pool) and layer1..layer4.
+use super::{expect_input, join, BatchNorm2d, Conv2d, Ctx, Encoder, Module};
+use crate::error::Result;
+use crate::gpu::Gpu;
+use crate::ops;
+use crate::optim::Param;
+use crate::tensor::Tensor;
+use rand::rngs::StdRng;
+
+pub struct BasicBlock {
+    conv1: Conv2d,
+    bn1: BatchNorm2d,
+    conv2: Conv2d,
+    bn2: BatchNorm2d,
+    down: Option<(Conv2d, BatchNorm2d)>,
+}
+
+impl BasicBlock {
+    pub fn new(gpu: &Gpu, name: &str, cin: usize, cout: usize, stride: usize, rng: &mut StdRng) -> Result<BasicBlock> {
+        let down = if stride != 1 || cin != cout {
+            Some((
+                Conv2d::new(gpu, &join(name, "downsample.0"), cin, cout, 1, stride, 0, false, rng)?,
+                BatchNorm2d::new(gpu, &join(name, "downsample.1"), cout)?,
+            ))
+        } else {
+            None
+        };
+        Ok(BasicBlock {
+            conv1: Conv2d::new(gpu, &join(name, "conv1"), cin, cout, 3, stride, 1, false, rng)?,
+            bn1: BatchNorm2d::new(gpu, &join(name, "bn1"), cout)?,
+            conv2: Conv2d::new(gpu, &join(name, "conv2"), cout, cout, 3, 1, 1, false, rng)?,
+            bn2: BatchNorm2d::new(gpu, &join(name, "bn2"), cout)?,
+            down,
+        })
+    }
+    pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        let h = ops::relu(&self.bn1.forward(&self.conv1.forward(x, ctx)?, ctx)?)?;
+        let h = self.bn2.forward(&self.conv2.forward(&h, ctx)?, ctx)?;
+        let skip = match &self.down {
+            Some((c, b)) => b.forward(&c.forward(x, ctx)?, ctx)?,
+            None => x.clone(),
+        };
+        ops::relu(&ops::add(&h, &skip)?)
+    }
+}
+
+impl Module for BasicBlock {
+    fn params(&self) -> Vec<Param> {
+        let mut v = self.conv1.params();
+        v.extend(self.bn1.params());
+        v.extend(self.conv2.params());
+        v.extend(self.bn2.params());
+        if let Some((c, b)) = &self.down {
+            v.extend(c.params());
+            v.extend(b.params());
+        }
+        v
+    }
+    fn buffers(&self) -> Vec<(String, Tensor)> {
+        let mut v = self.bn1.buffers();
+        v.extend(self.bn2.buffers());
+        if let Some((_, b)) = &self.down {
+            v.extend(b.buffers());
+        }
+        v
+    }
+}
+
+pub struct ResNet18 {
+    name: String,
+    conv1: Conv2d,
+    bn1: BatchNorm2d,
+    layers: Vec<Vec<BasicBlock>>,
+    /// Channel widths of layer1..layer4 (64, 128, 256, 512 by default).
+    widths: [usize; 4],
+}
+
+impl ResNet18 {
+    /// `in_channels`: 1 for spectrograms, 3 for RGB frames. `base` = 64 gives the standard
+    /// network; smaller values scale every width (for tests and small machines).
+    pub fn new(gpu: &Gpu, name: &str, in_channels: usize, base: usize, rng: &mut StdRng) -> Result<ResNet18> {
+        let widths = [base, base * 2, base * 4, base * 8];
+        let conv1 = Conv2d::new(gpu, &join(name, "conv1"), in_channels, base, 7, 2, 3, false, rng)?;
+        let bn1 = BatchNorm2d::new(gpu, &join(name, "bn1"), base)?;
+        let mut layers = Vec::new();
+        let mut cin = base;
+        for (i, &w) in widths.iter().enumerate() {
+            let stride = if i == 0 { 1 } else { 2 };
+            let lname = join(name, &format!("layer{}", i + 1));
+            layers.push(vec![
+                BasicBlock::new(gpu, &join(&lname, "0"), cin, w, stride, rng)?,
+                BasicBlock::new(gpu, &join(&lname, "1"), w, w, 1, rng)?,
+            ]);
+            cin = w;
+        }
+        Ok(ResNet18 { name: name.to_string(), conv1, bn1, layers, widths })
+    }
+
+    fn stem(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        let h = ops::relu(&self.bn1.forward(&self.conv1.forward(x, ctx)?, ctx)?)?;
+        ops::max_pool2d(&h, (3, 3), (2, 2), (1, 1))
+    }
+
+    fn stage(&self, i: usize, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        let mut h = x.clone();
+        for b in &self.layers[i] {
+            h = b.forward(&h, ctx)?;
+        }
+        Ok(h)
+    }
+}
+
+impl Module for ResNet18 {
+    fn params(&self) -> Vec<Param> {
+        let mut v = self.conv1.params();
+        v.extend(self.bn1.params());
+        for l in &self.layers {
+            for b in l {
+                v.extend(b.params());
+            }
+        }
+        v
+    }
+    fn buffers(&self) -> Vec<(String, Tensor)> {
+        let mut v = self.bn1.buffers();
+        for l in &self.layers {
+            for b in l {
+                v.extend(b.buffers());
+            }
+        }
+        v
+    }
+}
+
+impl Encoder for ResNet18 {
+    fn out_dim(&self) -> usize {
+        self.widths[3]
+    }
+    fn num_depths(&self) -> usize {
+        5
+    }
+    fn forward_depths(&self, x: &Tensor, ctx: &Ctx) -> Result<(Tensor, Vec<Tensor>)> {
+        expect_input("resnet18", x, 4)?;
+        let mut outs = vec![self.stem(x, ctx)?];
+        for i in 0..4 {
+            let h = self.stage(i, outs.last().expect("stem"), ctx)?;
+            outs.push(h);
+        }
+        let pooled = ops::global_avg_pool(outs.last().expect("layer4"))?;
+        Ok((pooled, outs))
+    }
+    fn forward_from(&self, h: &Tensor, depth: usize, ctx: &Ctx) -> Result<Tensor> {
+        let mut h = h.clone();
+        for i in depth..4 {
+            h = self.stage(i, &h, ctx)?;
+        }
+        ops::global_avg_pool(&h)
+    }
+    fn depth_of(&self, param_name: &str) -> Option<usize> {
+        let rest = param_name.strip_prefix(&self.name)?.trim_start_matches('.');
+        if rest.starts_with("conv1") || rest.starts_with("bn1") {
+            return Some(0);
+        }
+        (1..=4).find(|i| rest.starts_with(&format!("layer{i}.")))
+    }
+}

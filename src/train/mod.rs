@@ -1,0 +1,441 @@
+//! The trainer: epochs over a dataset with one method, evaluation on validation and test,
+//! metrics for the fused model and every modality's own view, a JSON-lines log, atomic
+//! checkpoints with resume, best-model selection on validation, and charts at the end.
+pub mod checkpoint;
+pub mod metrics;
+
+use crate::config::{Config, OptimizerKind, ScheduleKind};
+use crate::data::{self, Dataset, HostBatch, Loader, LoaderConfig, ModalitySpec, Split};
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::methods::{self, DeviceBatch, Method};
+use crate::ops;
+use crate::optim::{Adam, AdamConfig, LrSchedule, Optimizer, Param, Scheduler, Sgd, SgdConfig};
+use crate::tensor::Tensor;
+use metrics::Metrics;
+use rand::SeedableRng;
+use serde_json::{json, Value};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Clone, Debug)]
+pub struct TrainOptions {
+    pub run_dir: PathBuf,
+    /// Continue from `run_dir/checkpoints/last.safetensors` when it exists.
+    pub resume: bool,
+    /// Progress bars (hidden automatically when stderr is not a terminal).
+    pub progress: bool,
+    /// Steps the host may run ahead of the GPU.
+    pub max_in_flight: usize,
+    /// Stop after this many epochs of this invocation (tests of resume).
+    pub stop_after: Option<usize>,
+}
+
+impl TrainOptions {
+    pub fn new(run_dir: impl Into<PathBuf>) -> Self {
+        TrainOptions { run_dir: run_dir.into(), resume: false, progress: true, max_in_flight: 2, stop_after: None }
+    }
+}
+
+/// Metrics of one evaluation pass.
+#[derive(Clone, Debug, Default)]
+pub struct EvalReport {
+    pub fused: Metrics,
+    pub per_modality: Vec<Option<Metrics>>,
+    pub samples: usize,
+}
+
+impl EvalReport {
+    fn to_json(&self, names: &[String]) -> Value {
+        let mut per = serde_json::Map::new();
+        for (n, m) in names.iter().zip(&self.per_modality) {
+            if let Some(m) = m {
+                per.insert(n.clone(), json!({"acc": m.acc, "macro_f1": m.macro_f1, "map": m.map, "loss": m.loss}));
+            }
+        }
+        json!({"loss": self.fused.loss, "acc": self.fused.acc, "macro_f1": self.fused.macro_f1, "map": self.fused.map, "per_modality": per})
+    }
+}
+
+/// What a finished run reports.
+#[derive(Clone, Debug)]
+pub struct RunSummary {
+    pub modalities: Vec<String>,
+    pub test: EvalReport,
+    pub best_val: Option<(usize, EvalReport)>,
+    pub epochs_run: usize,
+    pub run_dir: PathBuf,
+}
+
+impl RunSummary {
+    /// A short human-readable table.
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        s.push_str(&format!("{:<12} {:>8} {:>9} {:>8}\n", "view", "acc", "macro-F1", "mAP"));
+        let row = |name: &str, m: &Metrics| format!("{:<12} {:>7.2}% {:>9.4} {:>8.4}\n", name, 100.0 * m.acc, m.macro_f1, m.map);
+        s.push_str(&row("fused", &self.test.fused));
+        for (n, m) in self.modalities.iter().zip(&self.test.per_modality) {
+            match m {
+                Some(m) => s.push_str(&row(n, m)),
+                None => s.push_str(&format!("{:<12} {:>8}\n", n, "-")),
+            }
+        }
+        s
+    }
+}
+
+pub fn build_optimizer(cfg: &Config, params: Vec<Param>) -> Result<Box<dyn Optimizer>> {
+    let t = &cfg.train;
+    Ok(match t.optimizer {
+        OptimizerKind::Sgd => Box::new(Sgd::new(
+            &params,
+            SgdConfig { lr: t.lr, momentum: t.momentum, dampening: 0.0, weight_decay: t.weight_decay, nesterov: t.nesterov },
+        )?),
+        OptimizerKind::Adam | OptimizerKind::Adamw => Box::new(Adam::new(
+            &params,
+            AdamConfig {
+                lr: t.lr,
+                beta1: t.beta1,
+                beta2: t.beta2,
+                eps: 1e-8,
+                weight_decay: t.weight_decay,
+                decoupled: t.optimizer == OptimizerKind::Adamw,
+                amsgrad: false,
+            },
+        )?),
+    })
+}
+
+pub fn build_scheduler(cfg: &Config) -> Scheduler {
+    let t = &cfg.train;
+    let schedule = match t.schedule {
+        ScheduleKind::Constant => LrSchedule::Constant,
+        ScheduleKind::Step => LrSchedule::Step { step_size: t.step_size, gamma: t.gamma },
+        ScheduleKind::Cosine => LrSchedule::Cosine { total: t.epochs, min_lr: t.min_lr },
+    };
+    Scheduler::new(t.lr, schedule, t.warmup_epochs)
+}
+
+/// Upload a host batch (labels validated against the class count).
+pub fn upload_batch(gpu: &Gpu, b: &HostBatch, classes: usize) -> Result<DeviceBatch> {
+    let inputs = b.inputs.iter().map(|t| Tensor::from_slice(gpu, &t.data, &t.shape)).collect::<Result<Vec<_>>>()?;
+    let labels = ops::labels(gpu, &b.labels, classes)?;
+    Ok(DeviceBatch { inputs, labels, n: b.labels.len() })
+}
+
+/// Evaluate a method on one split (in order, no augmentation).
+pub fn evaluate(gpu: &Gpu, method: &dyn Method, ds: &Arc<dyn Dataset>, split: Split, batch_size: usize, workers: usize) -> Result<EvalReport> {
+    let k = ds.num_classes();
+    let m = ds.modalities().len();
+    let mut lc = LoaderConfig::eval(batch_size);
+    lc.workers = workers;
+    let loader = Loader::new(ds.clone(), split, lc)?;
+    let mut fused = Vec::new();
+    let mut per: Vec<Option<Vec<f32>>> = vec![Some(Vec::new()); m];
+    let mut labels = Vec::new();
+    for b in loader {
+        let b = b?;
+        let db = upload_batch(gpu, &b, k)?;
+        let p = method.predict(&db.inputs)?;
+        fused.extend(p.fused.to_vec()?);
+        for (i, v) in p.per_modality.iter().enumerate() {
+            match (v, &mut per[i]) {
+                (Some(t), Some(acc)) => acc.extend(t.to_vec()?),
+                _ => per[i] = None,
+            }
+        }
+        labels.extend(b.labels);
+    }
+    if fused.iter().any(|v| !v.is_finite()) {
+        return Err(Error::NonFinite(format!("{} logits contain NaN or Inf", split.as_str())));
+    }
+    Ok(EvalReport {
+        fused: metrics::evaluate_logits(&fused, &labels, k),
+        per_modality: per.iter().map(|p| p.as_ref().map(|v| metrics::evaluate_logits(v, &labels, k))).collect(),
+        samples: labels.len(),
+    })
+}
+
+fn progress_bar(show: bool, len: usize, prefix: String) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let pb = indicatif::ProgressBar::new(len as u64);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} batches  {msg}  eta {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb.set_prefix(prefix);
+    pb
+}
+
+fn named_state(method: &dyn Method) -> Vec<(String, Tensor)> {
+    let mut v: Vec<(String, Tensor)> = method.params().into_iter().map(|p| (p.name, p.tensor)).collect();
+    v.extend(method.buffers());
+    v
+}
+
+fn append_log(path: &Path, line: &Value) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| Error::io(path, e))?;
+    writeln!(f, "{line}").map_err(|e| Error::io(path, e))?;
+    f.sync_data().map_err(|e| Error::io(path, e))
+}
+
+/// Keep only log lines of epochs up to `last` (after a resume).
+fn truncate_log(path: &Path, last: Option<usize>) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            let e = serde_json::from_str::<Value>(l).ok().and_then(|v| v.get("epoch").and_then(|e| e.as_u64()));
+            matches!((e, last), (Some(e), Some(last)) if (e as usize) <= last)
+        })
+        .collect();
+    let mut out = kept.join("\n");
+    if !out.is_empty() {
+        out.push('\n');
+    }
+    checkpoint::write_atomic(path, out.as_bytes())
+}
+
+fn finite_or_null(v: f64) -> Value {
+    if v.is_finite() {
+        json!(v)
+    } else {
+        Value::Null
+    }
+}
+
+/// Train with `cfg`; everything goes into `opts.run_dir`.
+pub fn train(gpu: &Gpu, cfg: &Config, cfg_text: &str, opts: &TrainOptions) -> Result<RunSummary> {
+    let dir = &opts.run_dir;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let ckpt_dir = dir.join("checkpoints");
+    let last_path = ckpt_dir.join("last.safetensors");
+    let best_path = ckpt_dir.join("best.safetensors");
+    let log_path = dir.join("metrics.jsonl");
+
+    let ds: Arc<dyn Dataset> = Arc::from(data::build(&cfg.data)?);
+    let specs: Vec<ModalitySpec> = ds.modalities().to_vec();
+    let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+    let classes = ds.num_classes();
+    let has_val = ds.len(Split::Val) > 0;
+    let n_train = ds.len(Split::Train);
+    if n_train == 0 {
+        return Err(Error::config("data", "the training split is empty"));
+    }
+
+    let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
+    let mut method = methods::build(gpu, cfg, &specs, classes, &mut rng)?;
+    let mut opt = build_optimizer(cfg, method.trainable())?;
+    let sched = build_scheduler(cfg);
+
+    let mut start_epoch = 0;
+    let mut best: Option<(usize, f64)> = None;
+    if opts.resume && last_path.exists() {
+        let ck = checkpoint::load(&last_path)?;
+        let meta = &ck.meta;
+        method.restore(meta.get("method_state").unwrap_or(&Value::Null), opt.as_mut())?;
+        // parameters the method created while restoring must reach the optimizer
+        let known: std::collections::HashSet<String> = opt.params().iter().map(|p| p.name.clone()).collect();
+        let new: Vec<Param> = method.trainable().into_iter().filter(|p| !known.contains(&p.name)).collect();
+        if !new.is_empty() {
+            opt.add_params(&new);
+        }
+        checkpoint::restore_tensors(&last_path, &ck.model, &named_state(method.as_ref()))?;
+        opt.load_state_tensors(&ck.optim)?;
+        let epoch = meta.get("epoch").and_then(|e| e.as_u64()).ok_or_else(|| Error::data(last_path.display().to_string(), "metadata has no epoch"))? as usize;
+        start_epoch = epoch + 1;
+        best = meta.get("best").and_then(|b| Some((b.get("epoch")?.as_u64()? as usize, b.get("score")?.as_f64()?)));
+        truncate_log(&log_path, Some(epoch))?;
+        eprintln!("resuming from {} after epoch {}", last_path.display(), epoch + 1);
+    } else {
+        truncate_log(&log_path, None)?;
+    }
+    std::fs::write(dir.join("config.toml"), cfg_text).map_err(|e| Error::io(dir.join("config.toml"), e))?;
+
+    let bs = cfg.train.batch_size;
+    let mut last_test = EvalReport::default();
+    let mut epochs_run = 0;
+    for epoch in start_epoch..cfg.train.epochs {
+        if opts.stop_after.is_some_and(|s| epochs_run >= s) {
+            break;
+        }
+        let t0 = Instant::now();
+        let lr = sched.lr_at(epoch);
+        opt.set_lr(lr);
+        method.begin_epoch(epoch)?;
+        let mut lc = LoaderConfig::train(bs, cfg.seed, epoch as u64);
+        lc.workers = cfg.train.workers;
+        lc.drop_last = cfg.train.drop_last && n_train > bs;
+        let loader = Loader::new(ds.clone(), Split::Train, lc)?;
+        let pb = progress_bar(opts.progress, loader.num_batches(), format!("epoch {}/{}", epoch + 1, cfg.train.epochs));
+        let mut loader = loader;
+        let mut seen = 0usize;
+        for b in loader.by_ref() {
+            let b = b?;
+            let db = upload_batch(gpu, &b, classes)?;
+            method.train_step(&db, opt.as_mut(), epoch)?;
+            gpu.step_boundary(opts.max_in_flight)?;
+            seen += b.labels.len();
+            pb.inc(1);
+            let el = t0.elapsed().as_secs_f64().max(1e-9);
+            pb.set_message(format!("{:.0} samples/s", seen as f64 / el));
+        }
+        let stats = method.end_epoch(epoch, opt.as_mut())?;
+        pb.finish_and_clear();
+        let train_secs = t0.elapsed().as_secs_f64();
+        let wait_share = loader.wait_time().as_secs_f64() / train_secs.max(1e-9);
+        if !stats.loss.is_finite() {
+            return Err(Error::NonFinite(format!(
+                "training loss is {} in epoch {} (method {}, lr {lr}); the last good checkpoint is {}; try a lower train.lr",
+                stats.loss,
+                epoch + 1,
+                method.name(),
+                last_path.display()
+            )));
+        }
+
+        let do_eval = (epoch + 1) % cfg.train.eval_every == 0 || epoch + 1 == cfg.train.epochs;
+        let mut line = json!({
+            "epoch": epoch,
+            "lr": lr,
+            "method": method.name(),
+            "modalities": names,
+        });
+        let mut per_loss = serde_json::Map::new();
+        for (n, l) in names.iter().zip(&stats.modality_loss) {
+            per_loss.insert(n.clone(), finite_or_null(*l));
+        }
+        line["train"] = json!({"loss": stats.loss, "per_modality_loss": per_loss, "data_wait_share": wait_share, "seconds": train_secs, "samples": stats.samples});
+        let scores: Vec<f64> = stats.scores.iter().map(|s| s / stats.samples.max(1) as f64).collect();
+        let finite: Vec<f64> = scores.iter().copied().filter(|v| v.is_finite()).collect();
+        if finite.len() >= 2 {
+            let mx = finite.iter().cloned().fold(f64::MIN, f64::max);
+            let mn = finite.iter().cloned().fold(f64::MAX, f64::min);
+            let mut sc = serde_json::Map::new();
+            for (n, s) in names.iter().zip(&scores) {
+                sc.insert(n.clone(), finite_or_null(*s));
+            }
+            line["imbalance"] = json!({"scores": sc, "ratio": mx / mn.max(1e-12)});
+        }
+        for (k, v) in &stats.extra {
+            line[k.as_str()] = v.clone();
+        }
+        let mut val_acc = None;
+        if do_eval {
+            if has_val {
+                let v = evaluate(gpu, method.as_ref(), &ds, Split::Val, bs.max(64), cfg.train.workers)?;
+                val_acc = Some(v.fused.acc);
+                line["val"] = v.to_json(&names);
+            }
+            last_test = evaluate(gpu, method.as_ref(), &ds, Split::Test, bs.max(64), cfg.train.workers)?;
+            line["test"] = last_test.to_json(&names);
+            let mut msg = format!(
+                "epoch {:>3}/{}  loss {:.4}  test acc {:.2}%",
+                epoch + 1,
+                cfg.train.epochs,
+                stats.loss,
+                100.0 * last_test.fused.acc
+            );
+            for (n, m) in names.iter().zip(&last_test.per_modality) {
+                if let Some(m) = m {
+                    msg.push_str(&format!("  {n} {:.2}%", 100.0 * m.acc));
+                }
+            }
+            if let Some(v) = val_acc {
+                msg.push_str(&format!("  (val {:.2}%)", 100.0 * v));
+            }
+            msg.push_str(&format!("  [{train_secs:.1}s, data wait {:.0}%]", 100.0 * wait_share));
+            eprintln!("{msg}");
+        }
+        append_log(&log_path, &line)?;
+
+        if let Some(v) = val_acc {
+            if best.is_none_or(|(_, s)| v > s) {
+                best = Some((epoch, v));
+            }
+        }
+        if cfg.train.checkpoint {
+            let meta = json!({
+                "epoch": epoch,
+                "method": method.name(),
+                "method_state": method.state(),
+                "best": best.map(|(e, s)| json!({"epoch": e, "score": s})),
+                "config": cfg_text,
+            });
+            let model = checkpoint::download(&named_state(method.as_ref()))?;
+            let optim = opt.state_tensors()?;
+            checkpoint::save(&last_path, &model, &optim, &meta)?;
+            if val_acc.is_some() && best.is_some_and(|(e, _)| e == epoch) {
+                checkpoint::save(&best_path, &model, &[], &meta)?;
+            }
+        }
+        epochs_run += 1;
+    }
+    if epochs_run == 0 && start_epoch >= cfg.train.epochs {
+        last_test = evaluate(gpu, method.as_ref(), &ds, Split::Test, bs.max(64), cfg.train.workers)?;
+    }
+    let best_val = match best {
+        Some((e, _)) if has_val && best_path.exists() => {
+            // report the selected model's validation and test numbers
+            Some((e, EvalReport::default()))
+        }
+        _ => None,
+    };
+    let summary = RunSummary { modalities: names, test: last_test, best_val, epochs_run, run_dir: dir.clone() };
+    let _ = std::fs::write(
+        dir.join("summary.txt"),
+        summary.table(),
+    );
+    Ok(summary)
+}
+
+/// Evaluate a saved checkpoint (a `.safetensors` file or a run directory, which uses
+/// `checkpoints/best.safetensors` when present, else `last`) on its dataset's test split (and
+/// validation when present).
+pub fn eval_checkpoint(gpu: &Gpu, path: &Path, sets: &[String]) -> Result<(RunSummary, Option<EvalReport>)> {
+    let file = if path.is_dir() {
+        let best = path.join("checkpoints/best.safetensors");
+        if best.exists() {
+            best
+        } else {
+            path.join("checkpoints/last.safetensors")
+        }
+    } else {
+        path.to_path_buf()
+    };
+    let ck = checkpoint::load(&file)?;
+    let text = ck
+        .meta
+        .get("config")
+        .and_then(|c| c.as_str())
+        .ok_or_else(|| Error::data(file.display().to_string(), "metadata has no config"))?;
+    let mut table: toml::Table = text.parse().map_err(|e| Error::data(file.display().to_string(), format!("stored config: {e}")))?;
+    crate::config::apply_overrides(&mut table, sets)?;
+    let cfg = crate::config::from_table(&table)?;
+    let ds: Arc<dyn Dataset> = Arc::from(data::build(&cfg.data)?);
+    let specs: Vec<ModalitySpec> = ds.modalities().to_vec();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
+    let mut method = methods::build(gpu, &cfg, &specs, ds.num_classes(), &mut rng)?;
+    let mut opt = build_optimizer(&cfg, method.trainable())?;
+    method.restore(ck.meta.get("method_state").unwrap_or(&Value::Null), opt.as_mut())?;
+    checkpoint::restore_tensors(&file, &ck.model, &named_state(method.as_ref()))?;
+    let bs = cfg.train.batch_size.max(64);
+    let test = evaluate(gpu, method.as_ref(), &ds, Split::Test, bs, cfg.train.workers)?;
+    let val = if ds.len(Split::Val) > 0 { Some(evaluate(gpu, method.as_ref(), &ds, Split::Val, bs, cfg.train.workers)?) } else { None };
+    let epoch = ck.meta.get("epoch").and_then(|e| e.as_u64()).unwrap_or(0) as usize;
+    Ok((
+        RunSummary {
+            modalities: specs.iter().map(|s| s.name.clone()).collect(),
+            test,
+            best_val: None,
+            epochs_run: epoch + 1,
+            run_dir: file.parent().and_then(|p| p.parent()).unwrap_or(Path::new(".")).to_path_buf(),
+        },
+        val,
+    ))
+}
