@@ -63,9 +63,9 @@ pub struct ModelConfig {
 impl Default for ModelConfig {
     fn default() -> Self {
         ModelConfig {
-            encoder: EncoderKind::SmallCnn,
-            width: 16,
-            depth: 3,
+            encoder: EncoderKind::Mlp,
+            width: 8,
+            depth: 2,
             hidden: vec![128, 64],
             layers: 2,
             heads: 4,
@@ -160,7 +160,7 @@ pub struct MethodConfig {
 impl Default for MethodConfig {
     fn default() -> Self {
         MethodConfig {
-            name: MethodName::Joint,
+            name: MethodName::Aug,
             fusion: FusionKind::Concat,
             modality: None,
             ogm: OgmConfig::default(),
@@ -298,7 +298,7 @@ pub struct TrainConfig {
 impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
-            epochs: 10,
+            epochs: 15,
             batch_size: 64,
             optimizer: OptimizerKind::Sgd,
             lr: 1e-2,
@@ -374,6 +374,10 @@ pub fn load(path: Option<&Path>, sets: &[String]) -> Result<(Config, String)> {
         None => toml::Table::new(),
     };
     apply_overrides(&mut table, sets)?;
+    // A [data] table without `kind` amends the default dataset (synthetic).
+    if let Some(toml::Value::Table(d)) = table.get_mut("data") {
+        d.entry("kind").or_insert_with(|| toml::Value::String("synthetic".into()));
+    }
     let cfg = from_table(&table)?;
     let text = toml::to_string(&table).map_err(|e| Error::Other(e.to_string()))?;
     Ok((cfg, text))

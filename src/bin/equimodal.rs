@@ -101,6 +101,14 @@ fn run(cli: Cli) -> equimodal::Result<()> {
             let summary = equimodal::train::train(&gpu, &cfg, &text, &opts)?;
             println!("\ntest results after {} epochs ({}):", summary.epochs_run, out.display());
             print!("{}", summary.table());
+            let prof = gpu.profile_report();
+            if !prof.is_empty() {
+                let total: f64 = prof.iter().map(|p| p.2).sum();
+                println!("\nGPU time per kernel (EQUIMODAL_PROFILE=1), total {total:.1} ms:");
+                for (name, n, ms) in prof.iter().take(30) {
+                    println!("  {name:<40} {n:>8} launches {ms:>10.1} ms {:>5.1}%", 100.0 * ms / total);
+                }
+            }
             match equimodal::report::render_report(&out) {
                 Ok(files) => println!("charts: {} files in {}", files.len(), out.join("charts").display()),
                 Err(e) => eprintln!("warning: charts not written: {e}"),

@@ -73,14 +73,14 @@ impl Default for SyntheticConfig {
         SyntheticConfig {
             seed: 0,
             num_classes: 10,
-            n_train: 2000,
+            n_train: 1200,
             n_val: 0,
-            n_test: 500,
+            n_test: 400,
             modalities: vec![
                 SyntheticModality {
                     name: "audio".into(),
-                    shape: vec![1, 32, 32],
-                    signal: 0.06,
+                    shape: vec![1, 16, 16],
+                    signal: 0.35,
                     noise: 1.0,
                     max_shift: 2,
                     informative: 1.0,
@@ -88,7 +88,7 @@ impl Default for SyntheticConfig {
                 },
                 SyntheticModality {
                     name: "visual".into(),
-                    shape: vec![1, 28, 28],
+                    shape: vec![1, 16, 16],
                     signal: 0.5,
                     noise: 1.0,
                     max_shift: 2,

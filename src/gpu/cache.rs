@@ -24,6 +24,8 @@ pub struct Kernel {
 pub(crate) struct CachedPipeline {
     pub(crate) pipeline: wgpu::ComputePipeline,
     pub(crate) layout: Arc<wgpu::BindGroupLayout>,
+    /// "shader::entry", for the profiler
+    pub(crate) name: String,
 }
 
 #[derive(Default)]
@@ -120,7 +122,7 @@ impl KernelCache {
             cache: None,
         });
         self.compiled += 1;
-        let p = Arc::new(CachedPipeline { pipeline, layout });
+        let p = Arc::new(CachedPipeline { pipeline, layout, name: format!("{}::{}", k.shader, k.entry) });
         self.pipelines.insert(key, p.clone());
         p
     }

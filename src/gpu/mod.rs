@@ -32,6 +32,9 @@ pub struct GpuOptions {
     pub backends: wgpu::Backends,
     pub adapter_name: Option<String>,
     pub power: wgpu::PowerPreference,
+    /// Time every kernel launch with GPU timestamps (one pass per launch; slow). Read the
+    /// totals with [`Gpu::profile_report`]. `EQUIMODAL_PROFILE=1` turns it on.
+    pub profile: bool,
     /// Compile kernels with runtime bounds checks. Off in release builds (the checks cost up
     /// to 40x on large matmuls; the test suite proves the indexing), on in debug builds.
     pub checked_kernels: bool,
@@ -52,7 +55,8 @@ impl Default for GpuOptions {
             Ok(v) => v == "1" || v.eq_ignore_ascii_case("true"),
             Err(_) => cfg!(debug_assertions),
         };
-        GpuOptions { backends, adapter_name, power: wgpu::PowerPreference::HighPerformance, checked_kernels }
+        let profile = std::env::var("EQUIMODAL_PROFILE").is_ok_and(|v| v == "1");
+        GpuOptions { backends, adapter_name, power: wgpu::PowerPreference::HighPerformance, profile, checked_kernels }
     }
 }
 
@@ -149,6 +153,8 @@ struct Inner {
     error: Arc<Mutex<Option<String>>>,
     in_flight: Mutex<std::collections::VecDeque<wgpu::SubmissionIndex>>,
     step_marks: Mutex<std::collections::VecDeque<wgpu::SubmissionIndex>>,
+    /// kernel name -> (launches, total ns), when profiling
+    profile: Option<Mutex<std::collections::HashMap<String, (u64, f64)>>>,
 }
 
 /// The GPU context. Cheap to clone; all clones share one device, cache and pool.
@@ -225,7 +231,13 @@ impl Gpu {
             trace: wgpu::Trace::Off,
         }))
         .map_err(|e| Error::Device(e.to_string()))?;
-        Ok(Self::build(device, queue, adapter.get_info(), options.checked_kernels))
+        let mut g = Self::build(device, queue, adapter.get_info(), options.checked_kernels);
+        if options.profile && g.0.caps.timestamps {
+            if let Some(inner) = Arc::get_mut(&mut g.0) {
+                inner.profile = Some(Mutex::new(std::collections::HashMap::new()));
+            }
+        }
+        Ok(g)
     }
 
     /// Default options (environment overrides apply).
@@ -280,6 +292,7 @@ impl Gpu {
             error,
             in_flight: Mutex::new(std::collections::VecDeque::new()),
             step_marks: Mutex::new(std::collections::VecDeque::new()),
+            profile: None,
         }))
     }
 
@@ -501,6 +514,9 @@ impl Gpu {
         };
         let mut enc = dev.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("equimodal.batch") });
         let cmds = batch.cmds;
+        if self.0.profile.is_some() {
+            return self.flush_profiled(enc, cmds, uniform.as_ref(), guard);
+        }
         let mut i = 0;
         while i < cmds.len() {
             match &cmds[i] {
@@ -518,30 +534,7 @@ impl Gpu {
                     let groups_of: Vec<wgpu::BindGroup> = cmds[i..j]
                         .iter()
                         .map(|c| match c {
-                            Cmd::Dispatch { pipeline, binds, .. } => {
-                                let entries: Vec<wgpu::BindGroupEntry> = binds
-                                    .iter()
-                                    .enumerate()
-                                    .map(|(k, b)| wgpu::BindGroupEntry {
-                                        binding: k as u32,
-                                        resource: match b {
-                                            Bind::Uniform { offset, size } => {
-                                                wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                                                    buffer: uniform.as_ref().expect("params present"),
-                                                    offset: *offset,
-                                                    size: wgpu::BufferSize::new(*size),
-                                                })
-                                            }
-                                            Bind::Buffer(buf) => buf.as_entire_binding(),
-                                        },
-                                    })
-                                    .collect();
-                                dev.create_bind_group(&wgpu::BindGroupDescriptor {
-                                    label: None,
-                                    layout: &pipeline.layout,
-                                    entries: &entries,
-                                })
-                            }
+                            Cmd::Dispatch { pipeline, binds, .. } => self.bind_group(pipeline, binds, uniform.as_ref()),
                             _ => unreachable!(),
                         })
                         .collect();
@@ -631,6 +624,107 @@ impl Gpu {
             let _ = self.0.device.poll(wgpu::PollType::Poll);
         }
         self.check_error()
+    }
+
+    fn bind_group(&self, pipeline: &CachedPipeline, binds: &[Bind], uniform: Option<&wgpu::Buffer>) -> wgpu::BindGroup {
+        let entries: Vec<wgpu::BindGroupEntry> = binds
+            .iter()
+            .enumerate()
+            .map(|(k, b)| wgpu::BindGroupEntry {
+                binding: k as u32,
+                resource: match b {
+                    Bind::Uniform { offset, size } => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: uniform.expect("params present"),
+                        offset: *offset,
+                        size: wgpu::BufferSize::new(*size),
+                    }),
+                    Bind::Buffer(buf) => buf.as_entire_binding(),
+                },
+            })
+            .collect();
+        self.0.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &pipeline.layout, entries: &entries })
+    }
+
+    /// Profiling flush: every launch in its own pass between two timestamps; waits and
+    /// accumulates per-kernel GPU time.
+    fn flush_profiled(
+        &self,
+        mut enc: wgpu::CommandEncoder,
+        cmds: Vec<Cmd>,
+        uniform: Option<&wgpu::Buffer>,
+        guard: std::sync::MutexGuard<'_, Batch>,
+    ) -> Result<()> {
+        let n = cmds.iter().filter(|c| matches!(c, Cmd::Dispatch { .. })).count() as u32;
+        let set = self.0.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("equimodal.profile"),
+            ty: wgpu::QueryType::Timestamp,
+            count: (2 * n).max(2),
+        });
+        let mut names = Vec::new();
+        for c in &cmds {
+            match c {
+                Cmd::Dispatch { pipeline, binds, groups } => {
+                    let bg = self.bind_group(pipeline, binds, uniform);
+                    let i = names.len() as u32;
+                    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: None,
+                        timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                            query_set: &set,
+                            beginning_of_pass_write_index: Some(2 * i),
+                            end_of_pass_write_index: Some(2 * i + 1),
+                        }),
+                    });
+                    pass.set_pipeline(&pipeline.pipeline);
+                    pass.set_bind_group(0, &bg, &[]);
+                    pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+                    drop(pass);
+                    names.push(pipeline.name.clone());
+                }
+                Cmd::Copy { src, src_offset, dst, dst_offset, size } => enc.copy_buffer_to_buffer(src, *src_offset, dst, *dst_offset, *size),
+                Cmd::Clear { buffer, offset, size } => enc.clear_buffer(buffer, *offset, Some(*size)),
+                Cmd::Resolve { set, count, dst } => enc.resolve_query_set(set, 0..*count, dst, 0),
+                Cmd::Timestamp { .. } => {}
+            }
+        }
+        let resolve = self.0.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("equimodal.profile.resolve"),
+            size: (16 * n as u64).max(16),
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        if n > 0 {
+            enc.resolve_query_set(&set, 0..2 * n, &resolve, 0);
+        }
+        self.0.queue.submit(Some(enc.finish()));
+        self.0.submits.fetch_add(1, Ordering::Relaxed);
+        drop(guard);
+        if n == 0 {
+            return self.check_error();
+        }
+        let bytes = self.read_bytes(&resolve, 0, 16 * n as u64)?;
+        let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&bytes);
+        let period = self.0.queue.get_timestamp_period() as f64;
+        if let Some(p) = &self.0.profile {
+            if let Ok(mut map) = p.lock() {
+                for (i, name) in names.into_iter().enumerate() {
+                    let ns = ticks[2 * i + 1].saturating_sub(ticks[2 * i]) as f64 * period;
+                    let e = map.entry(name).or_insert((0, 0.0));
+                    e.0 += 1;
+                    e.1 += ns;
+                }
+            }
+        }
+        self.check_error()
+    }
+
+    /// Per-kernel GPU time collected in profiling mode, most expensive first:
+    /// (kernel, launches, total ms).
+    pub fn profile_report(&self) -> Vec<(String, u64, f64)> {
+        let Some(p) = &self.0.profile else { return Vec::new() };
+        let Ok(map) = p.lock() else { return Vec::new() };
+        let mut v: Vec<(String, u64, f64)> = map.iter().map(|(k, (c, ns))| (k.clone(), *c, ns / 1e6)).collect();
+        v.sort_by(|a, b| b.2.total_cmp(&a.2));
+        v
     }
 
     /// Flush and block until the GPU is idle.
