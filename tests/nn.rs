@@ -556,13 +556,15 @@ fn fusion_heads_match_reference_and_unimodal_views() {
     let _s = serial();
     let g = gpu();
     let classes = 4;
-    let cases: [(FusionKind, &[usize], usize); 7] = [
+    let cases: [(FusionKind, &[usize], usize); 8] = [
         (FusionKind::Sum, &[5, 7], 6),
         (FusionKind::Sum, &[5, 7, 3], 6),
         (FusionKind::Concat, &[5, 7], 6),
         (FusionKind::Concat, &[5, 7, 3], 6),
+        // FiLM's inner width is dims[1] whatever `hidden` says (it modulates y in place)
         (FusionKind::Film, &[5, 7], 7),
-        (FusionKind::Film, &[6, 6], 6),
+        (FusionKind::Film, &[5, 7], 3),
+        (FusionKind::Film, &[6, 6], 4),
         (FusionKind::Gated, &[5, 7], 6),
     ];
     for (case, &(kind, dims, hidden)) in cases.iter().enumerate() {
