@@ -119,6 +119,12 @@ impl Fusion {
 
     /// Logits of modality `m` alone (its unimodal view).
     pub fn unimodal(&self, m: usize, feat: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        if m >= self.dims.len() {
+            return Err(Error::shape("fusion", format!("unimodal view of modality {m}, the head has {}", self.dims.len())));
+        }
+        if feat.dims() != 2 || feat.dim(1) != self.dims[m] {
+            return Err(Error::shape("fusion", format!("modality {m}: expects [N, {}], got {:?}", self.dims[m], feat.shape())));
+        }
         let n = feat.dim(0);
         match self.kind {
             FusionKind::Sum => self.fcs[m].forward(feat, ctx),
