@@ -207,6 +207,9 @@ fn check_forward_from(what: &str, enc: &dyn Encoder, x: &Tensor, ctx: &Ctx) {
         let y = enc.forward_from(h, d, ctx).unwrap();
         close_t(&format!("{what}: forward_from(h_{d}, {d})"), &y, &pooled, 1e-5);
     }
+    let last = outs.last().unwrap();
+    let r = enc.forward_from(last, enc.num_depths(), ctx);
+    assert!(matches!(r, Err(Error::Shape { .. })), "{what}: forward_from past the last depth must be a shape error");
 }
 
 #[test]
@@ -595,6 +598,10 @@ fn fusion_heads_match_reference_and_unimodal_views() {
         bad[0] = wrong;
         assert!(matches!(head.forward(&bad, &Ctx::eval()), Err(Error::Shape { .. })), "{what}: wrong width");
         assert!(matches!(head.forward(&ts[..1], &Ctx::eval()), Err(Error::Shape { .. })), "{what}: one modality");
+        let r = head.unimodal(dims.len(), &ts[0], &Ctx::eval());
+        assert!(matches!(r, Err(Error::Shape { .. })), "{what}: unimodal view of a modality the head does not have");
+        let r = head.unimodal(0, &bad[0], &Ctx::eval());
+        assert!(matches!(r, Err(Error::Shape { .. })), "{what}: unimodal view with the wrong width");
     }
     // FiLM and gated are defined for exactly two modalities: a typed config error
     for kind in [FusionKind::Film, FusionKind::Gated] {
