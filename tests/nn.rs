@@ -581,8 +581,8 @@ fn fusion_heads_match_reference_and_unimodal_views() {
         let (ts, hs): (Vec<Tensor>, Vec<T>) = dims.iter().map(|&d| input(&mut rng, &[n, d])).unzip();
         let y = head.forward(&ts, &Ctx::eval()).unwrap();
         close(&format!("{what} forward"), &y, &fusion_ref(kind, &p, &hs, dims[1]), 1e-5);
-        for m in 0..dims.len() {
-            let u = head.unimodal(m, &ts[m], &Ctx::eval()).unwrap();
+        for (m, t) in ts.iter().enumerate() {
+            let u = head.unimodal(m, t, &Ctx::eval()).unwrap();
             close(&format!("{what} unimodal({m})"), &u, &unimodal_ref(kind, &p, &hs, m, dims[1]), 1e-5);
         }
         // gradients reach every parameter of the head and every modality's features

@@ -191,8 +191,8 @@ pub fn layer_norm(x: &T, w: &T, b: &T, eps: f64) -> T {
         let mean = row.iter().sum::<f64>() / d as f64;
         let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / d as f64;
         let inv = 1.0 / (var + eps).sqrt();
-        for i in 0..d {
-            y.data[r * d + i] = (row[i] - mean) * inv * w.data[i] + b.data[i];
+        for (i, v) in row.iter().enumerate() {
+            y.data[r * d + i] = (v - mean) * inv * w.data[i] + b.data[i];
         }
     }
     y
