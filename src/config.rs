@@ -55,7 +55,7 @@ pub struct ModelConfig {
     pub heads: usize,
     pub mlp_ratio: usize,
     pub patch: [usize; 2],
-    /// Inner width of FiLM / gated fusion.
+    /// Inner width of gated fusion (FiLM's is the second modality's feature width).
     pub fusion_hidden: usize,
     pub modalities: BTreeMap<String, ModelOverride>,
 }

@@ -1,6 +1,6 @@
 //! Multi-head self-attention on the fused attention kernel, and a pre-norm transformer
 //! encoder over patches (images, spectrograms) or feature sequences; depths are its blocks.
-use super::{join, normal_init, param, Ctx, Encoder, LayerNorm, Linear, Module};
+use super::{expect_depth, join, normal_init, param, Ctx, Encoder, LayerNorm, Linear, Module};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::ops;
@@ -188,6 +188,7 @@ impl Encoder for TransformerEncoder {
         Ok((self.pool(&h)?, outs))
     }
     fn forward_from(&self, h: &Tensor, depth: usize, ctx: &Ctx) -> Result<Tensor> {
+        expect_depth("transformer", depth, self.num_depths())?;
         let mut h = h.clone();
         for b in &self.blocks[depth + 1..] {
             h = b.forward(&h, None, ctx)?;

@@ -1,6 +1,6 @@
 //! Small encoders: the AV-MNIST reference CNN (4 × conv3×3 → BN → ReLU → max pool 2, widths
 //! w-2w-4w-8w, global average pool) and an MLP for flat inputs.
-use super::{expect_input, join, BatchNorm2d, Conv2d, Ctx, Encoder, Linear, Module};
+use super::{expect_depth, expect_input, join, BatchNorm2d, Conv2d, Ctx, Encoder, Linear, Module};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::ops;
@@ -72,6 +72,7 @@ impl Encoder for SmallCnn {
         Ok((ops::global_avg_pool(&h)?, outs))
     }
     fn forward_from(&self, h: &Tensor, depth: usize, ctx: &Ctx) -> Result<Tensor> {
+        expect_depth("small_cnn", depth, self.num_depths())?;
         let mut h = h.clone();
         for i in depth + 1..self.blocks.len() {
             h = self.block(i, &h, ctx)?;
@@ -134,6 +135,7 @@ impl Encoder for MlpEncoder {
         Ok((h, outs))
     }
     fn forward_from(&self, h: &Tensor, depth: usize, ctx: &Ctx) -> Result<Tensor> {
+        expect_depth("mlp_encoder", depth, self.num_depths())?;
         let mut h = h.clone();
         for l in &self.layers[depth + 1..] {
             h = ops::relu(&l.forward(&h, ctx)?)?;

@@ -41,7 +41,8 @@ pub struct Fusion {
 }
 
 impl Fusion {
-    /// `dims`: feature width of each modality; `hidden`: the FiLM / gated inner width.
+    /// `dims`: feature width of each modality; `hidden`: the gated inner width (FiLM's inner
+    /// width is always the second modality's feature width).
     pub fn new(gpu: &Gpu, name: &str, kind: FusionKind, dims: &[usize], classes: usize, hidden: usize, rng: &mut StdRng) -> Result<Fusion> {
         if dims.len() < 2 {
             return Err(Error::config("data.modalities", "fusion needs at least 2 modalities"));
@@ -59,9 +60,9 @@ impl Fusion {
             ),
             FusionKind::Concat => (Vec::new(), Some(Linear::new(gpu, &join(name, "fc_out"), dims.iter().sum(), classes, true, rng)?)),
             FusionKind::Film => {
-                if dims[0] != dims[1] && dims[1] != hidden {
-                    return Err(Error::config("method.hidden", format!("FiLM modulates the second modality's {} features: hidden must equal it", dims[1])));
-                }
+                // FiLM modulates the second modality's features in place (γ ⊙ y + β), so its
+                // inner width is dims[1] for any dims; `hidden` does not apply (as in OGM-GE,
+                // where FiLM's `dim` is the feature width).
                 (vec![Linear::new(gpu, &join(name, "fc"), dims[0], 2 * dims[1], true, rng)?], Some(Linear::new(gpu, &join(name, "fc_out"), dims[1], classes, true, rng)?))
             }
             FusionKind::Gated => (
@@ -118,6 +119,12 @@ impl Fusion {
 
     /// Logits of modality `m` alone (its unimodal view).
     pub fn unimodal(&self, m: usize, feat: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        if m >= self.dims.len() {
+            return Err(Error::shape("fusion", format!("unimodal view of modality {m}, the head has {}", self.dims.len())));
+        }
+        if feat.dims() != 2 || feat.dim(1) != self.dims[m] {
+            return Err(Error::shape("fusion", format!("modality {m}: expects [N, {}], got {:?}", self.dims[m], feat.shape())));
+        }
         let n = feat.dim(0);
         match self.kind {
             FusionKind::Sum => self.fcs[m].forward(feat, ctx),

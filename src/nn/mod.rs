@@ -242,6 +242,15 @@ impl Module for LayerNorm {
     }
 }
 
+/// Check a `forward_from` depth against an encoder's depth count (a typed error, not a
+/// slice panic).
+pub(crate) fn expect_depth(op: &'static str, depth: usize, num_depths: usize) -> Result<()> {
+    if depth >= num_depths {
+        return Err(Error::shape(op, format!("forward_from depth {depth} out of range: the encoder has depths 0..{num_depths}")));
+    }
+    Ok(())
+}
+
 /// Check an input's per-sample shape against what an encoder expects.
 pub(crate) fn expect_input(op: &'static str, x: &Tensor, dims: usize) -> Result<()> {
     if x.dims() != dims {

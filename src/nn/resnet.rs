@@ -1,6 +1,6 @@
 //! ResNet18 without its classifier (512-d pooled output), torchvision layout; depths are
 //! the stem (after max pool) and layer1..layer4.
-use super::{expect_input, join, BatchNorm2d, Conv2d, Ctx, Encoder, Module};
+use super::{expect_depth, expect_input, join, BatchNorm2d, Conv2d, Ctx, Encoder, Module};
 use crate::error::Result;
 use crate::gpu::Gpu;
 use crate::ops;
@@ -151,6 +151,7 @@ impl Encoder for ResNet18 {
         Ok((pooled, outs))
     }
     fn forward_from(&self, h: &Tensor, depth: usize, ctx: &Ctx) -> Result<Tensor> {
+        expect_depth("resnet18", depth, self.num_depths())?;
         let mut h = h.clone();
         for i in depth..4 {
             h = self.stage(i, &h, ctx)?;
