@@ -25,7 +25,7 @@ pub struct Aug {
     cfg: AugConfig,
     alphas: Vec<f32>,
     gpu: Gpu,
-    rng: StdRng,
+    seed: u64,
     /// per modality: [loss·N sum, confidence sum] on the GPU
     acc: Vec<Option<Tensor>>,
     samples: usize,
@@ -64,7 +64,7 @@ impl Aug {
             names: specs.iter().map(|s| s.name.clone()).collect(),
             alphas,
             gpu: gpu.clone(),
-            rng: StdRng::seed_from_u64(cfg.seed ^ 0xA06),
+            seed: cfg.seed,
             cfg: a,
             acc: vec![None; m],
             samples: 0,
@@ -102,7 +102,10 @@ impl Aug {
     fn add_learner(&mut self, m: usize, opt: &mut dyn Optimizer, register: bool) -> Result<()> {
         let t = self.learners[m].len();
         let d = self.encoders[m].out_dim();
-        let l = Self::make_learner(&self.gpu, &self.names[m], t, d, self.cfg.hidden, &mut self.rng)?;
+        // each learner's initialisation depends only on (seed, modality, index), so a resumed
+        // run adds exactly the learners an uninterrupted one would
+        let mut rng = StdRng::seed_from_u64(self.seed ^ 0xA06 ^ ((m as u64) << 40) ^ ((t as u64) << 20));
+        let l = Self::make_learner(&self.gpu, &self.names[m], t, d, self.cfg.hidden, &mut rng)?;
         if register {
             opt.add_params(&l.params());
         }

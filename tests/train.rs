@@ -1,0 +1,238 @@
+//! The training pipeline end to end on tiny synthetic data: every method trains and logs,
+//! checkpoints resume exactly after a kill mid-run, config errors name their fields, and
+//! AUG's adaptive assignment gives the weak modality learners.
+mod common;
+use common::*;
+use equimodal::config::{self, AugConfig, AugRule};
+use equimodal::methods::Aug;
+use equimodal::train::{self, TrainOptions};
+use std::path::{Path, PathBuf};
+
+fn tiny(extra: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = [
+        "data.n_train=160",
+        "data.n_test=64",
+        "model.encoder=mlp",
+        "model.hidden=[32]",
+        "method.aug.hidden=32",
+        "train.batch_size=32",
+        "train.workers=1",
+        "train.epochs=3",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("equimodal-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn log_lines(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn run(sets: &[String], dir: &Path) -> equimodal::train::RunSummary {
+    let (cfg, text) = config::load(None, sets).unwrap();
+    let mut o = TrainOptions::new(dir);
+    o.progress = false;
+    train::train(&gpu(), &cfg, &text, &o).unwrap()
+}
+
+#[test]
+fn every_method_trains_logs_and_checkpoints() {
+    for (name, extra) in [
+        ("joint", vec!["method.name=joint"]),
+        ("joint_sum", vec!["method.name=joint", "method.fusion=sum"]),
+        ("joint_film", vec!["method.name=joint", "method.fusion=film"]),
+        ("joint_gated", vec!["method.name=joint", "method.fusion=gated", "train.optimizer=adam", "train.lr=0.001"]),
+        ("unimodal", vec!["method.name=unimodal", "method.modality=visual"]),
+        ("ogm", vec!["method.name=ogm"]),
+        ("ogm_ge", vec!["method.name=ogm_ge", "train.schedule=cosine"]),
+        ("aug", vec!["method.name=aug", "method.aug.check_every=1"]),
+        ("aug_paper", vec!["method.name=aug", "method.aug.form=paper", "method.aug.rule=paper", "train.schedule=step", "train.step_size=1"]),
+    ] {
+        let dir = tmp(name);
+        let s = run(&tiny(&extra), &dir);
+        assert_eq!(s.epochs_run, 3, "{name}");
+        let lines = log_lines(&dir);
+        assert_eq!(lines.len(), 3, "{name}: one log line per epoch");
+        for (e, l) in lines.iter().enumerate() {
+            assert_eq!(l["epoch"], e, "{name}");
+            assert!(l["train"]["loss"].as_f64().unwrap().is_finite(), "{name}: {l}");
+            let acc = l["test"]["acc"].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&acc), "{name}: {l}");
+        }
+        let last = lines.last().unwrap();
+        if name != "unimodal" {
+            assert!(last["imbalance"]["ratio"].as_f64().unwrap() >= 1.0, "{name}: {last}");
+            for m in ["audio", "visual"] {
+                assert!(last["test"]["per_modality"][m]["acc"].is_number(), "{name}: {last}");
+            }
+        }
+        if name.starts_with("aug") {
+            assert!(last["aug"]["learners"]["audio"].as_u64().unwrap() >= 1, "{name}: {last}");
+            assert!(last["aug"]["gap"].is_number(), "{name}: {last}");
+        }
+        assert!(dir.join("checkpoints/last.safetensors").exists(), "{name}");
+        assert!(dir.join("config.toml").exists());
+        // evaluating the checkpoint reproduces the final test accuracy
+        let (ev, _) = train::eval_checkpoint(&gpu(), &dir, &[]).unwrap();
+        assert_eq!(ev.test.fused.acc, s.test.fused.acc, "{name}: eval of the checkpoint");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[test]
+fn training_learns_the_default_task() {
+    // the default synthetic task is learnable well above chance (10 classes) in a few epochs
+    let dir = tmp("learn");
+    let s = run(&tiny(&["data.n_train=600", "data.n_test=200", "train.epochs=6", "method.name=joint", "model.hidden=[64]"]), &dir);
+    assert!(s.test.fused.acc > 0.5, "fused test accuracy {}", s.test.fused.acc);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn resume_after_a_kill_mid_run_loses_only_the_current_epoch() {
+    let sets = tiny(&["method.name=aug", "method.aug.check_every=1", "train.epochs=5", "data.n_train=320"]);
+    // reference: uninterrupted
+    let ref_dir = tmp("resume-ref");
+    let reference = run(&sets, &ref_dir);
+    let ref_lines = log_lines(&ref_dir);
+
+    // the CLI, killed after its first checkpoint
+    let dir = tmp("resume-kill");
+    let mut args: Vec<String> = vec!["train".into(), "--quiet".into(), "--out".into(), dir.display().to_string()];
+    for s in &sets {
+        args.push("--set".into());
+        args.push(s.clone());
+    }
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_equimodal"))
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let ckpt = dir.join("checkpoints/last.safetensors");
+    let t0 = std::time::Instant::now();
+    while !ckpt.exists() {
+        assert!(t0.elapsed().as_secs() < 120, "no checkpoint written");
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!("training exited early: {st}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    let _ = child.wait();
+    let done_before = log_lines(&dir).len();
+    assert!(done_before < 5, "the run was not interrupted");
+
+    let (cfg, text) = config::load(None, &sets).unwrap();
+    let mut o = TrainOptions::new(&dir);
+    o.progress = false;
+    o.resume = true;
+    let resumed = train::train(&gpu(), &cfg, &text, &o).unwrap();
+    let lines = log_lines(&dir);
+    assert_eq!(lines.len(), 5, "every epoch logged once");
+    for (a, b) in lines.iter().zip(&ref_lines) {
+        assert_eq!(a["epoch"], b["epoch"]);
+        assert_eq!(a["train"]["loss"], b["train"]["loss"], "epoch {}: training loss differs from the uninterrupted run", a["epoch"]);
+        assert_eq!(a["aug"]["learners"], b["aug"]["learners"]);
+    }
+    assert_eq!(resumed.test.fused.acc, reference.test.fused.acc);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&ref_dir);
+}
+
+#[test]
+fn config_errors_name_the_field_and_allowed_values() {
+    let err = |sets: &[&str]| config::load(None, &sets.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap_err().to_string();
+    let e = err(&["train.lr=-1"]);
+    assert!(e.contains("train.lr"), "{e}");
+    let e = err(&["method.name=magic"]);
+    assert!(e.contains("method.name") && e.contains("joint") && e.contains("aug"), "{e}");
+    let e = err(&["train.bogus=1"]);
+    assert!(e.contains("bogus"), "{e}");
+    let e = err(&["method.name=unimodal"]);
+    assert!(e.contains("method.modality"), "{e}");
+    let e = err(&["data.kind=nosuch"]);
+    assert!(e.contains("data") && e.contains("nosuch"), "{e}");
+    let e = err(&["no_equals_sign"]);
+    assert!(e.contains("key=value"), "{e}");
+    let e = err(&["method.aug.lambda=-0.5"]);
+    assert!(e.contains("method.aug.lambda"), "{e}");
+    // a missing config file names the file
+    let e = config::load(Some(Path::new("/nonexistent/run.toml")), &[]).unwrap_err().to_string();
+    assert!(e.contains("/nonexistent/run.toml"), "{e}");
+}
+
+#[test]
+fn film_with_three_modalities_is_a_config_error() {
+    let sets = tiny(&[
+        "method.name=joint",
+        "method.fusion=film",
+        "data.modalities=[{name=\"a\",shape=[1,8,8],signal=0.5},{name=\"b\",shape=[1,8,8],signal=0.5},{name=\"c\",shape=[1,8,8],signal=0.5}]",
+    ]);
+    let (cfg, text) = config::load(None, &sets).unwrap();
+    let mut o = TrainOptions::new(tmp("film3"));
+    o.progress = false;
+    let e = train::train(&gpu(), &cfg, &text, &o).unwrap_err().to_string();
+    assert!(e.contains("method.fusion") && e.contains("3"), "{e}");
+}
+
+#[test]
+fn aug_assignment_rules() {
+    let mut c = AugConfig::default();
+    // code rule: ratio s_a / s_v against 1 ± τ; the weaker modality gets the learner
+    assert_eq!(Aug::decide(&c, &[0.3, 0.8]), vec![0]);
+    assert_eq!(Aug::decide(&c, &[0.8, 0.3]), vec![1]);
+    assert!(Aug::decide(&c, &[0.5, 0.5]).is_empty());
+    assert!(Aug::decide(&c, &[0.501, 0.5]).is_empty(), "within 1 ± 0.01");
+    // paper rule: s_a − σ s_v against ±τ
+    c.rule = AugRule::Paper;
+    c.sigma = 1.0;
+    c.tau = 0.05;
+    assert_eq!(Aug::decide(&c, &[0.6, 0.5]), vec![1]);
+    assert_eq!(Aug::decide(&c, &[0.4, 0.5]), vec![0]);
+    assert!(Aug::decide(&c, &[0.52, 0.5]).is_empty());
+    // several modalities: ratio_m = s_m / Σ_others below the threshold
+    c.rule = AugRule::Multi;
+    c.multi_threshold = 0.4;
+    assert_eq!(Aug::decide(&c, &[0.2, 0.8, 0.7]), vec![0]);
+    assert_eq!(Aug::decide(&[c.clone()][0], &[0.1, 0.1, 0.9]), vec![0, 1]);
+}
+
+#[test]
+fn aug_gives_the_weak_modality_learners() {
+    // default synthetic data: audio is the weak modality
+    let dir = tmp("aug-weak");
+    run(&tiny(&["method.name=aug", "method.aug.check_every=1", "train.epochs=4", "data.n_train=800"]), &dir);
+    let last = log_lines(&dir).pop().unwrap();
+    let a = last["aug"]["learners"]["audio"].as_u64().unwrap();
+    let v = last["aug"]["learners"]["visual"].as_u64().unwrap();
+    assert!(a > v, "learners audio {a} visual {v}: {last}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn labels_out_of_range_and_nan_losses_are_typed_errors() {
+    // a learning rate that blows up gives a NonFinite error naming the epoch, never a panic
+    let dir = tmp("nan");
+    let (cfg, text) = config::load(None, &tiny(&["method.name=joint", "train.lr=1e30", "train.momentum=0"])).unwrap();
+    let mut o = TrainOptions::new(&dir);
+    o.progress = false;
+    let e = train::train(&gpu(), &cfg, &text, &o).unwrap_err().to_string();
+    assert!(e.contains("non-finite") || e.contains("NaN") || e.contains("inf"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+    let g = gpu();
+    let e = equimodal::ops::labels(&g, &[0, 3, 12], 10).unwrap_err().to_string();
+    assert!(e.contains("12"), "{e}");
+}
