@@ -939,15 +939,15 @@ fn synthetic_default_is_deterministic_and_imbalanced() {
     let ds = build(&DatasetConfig::default()).unwrap();
     assert_eq!(ds.name(), "synthetic");
     assert_eq!(ds.modalities().len(), 2);
-    assert_eq!(ds.modalities()[0].shape, vec![1, 32, 32]);
-    assert_eq!(ds.modalities()[1].shape, vec![1, 28, 28]);
+    assert_eq!(ds.modalities()[0].shape, vec![1, 16, 16]);
+    assert_eq!(ds.modalities()[1].shape, vec![1, 16, 16]);
     assert_eq!(
         (
             ds.len(Split::Train),
             ds.len(Split::Val),
             ds.len(Split::Test)
         ),
-        (2000, 0, 500)
+        (1200, 0, 400)
     );
     let ds2 = build(&DatasetConfig::default()).unwrap();
     assert_eq!(
@@ -962,7 +962,7 @@ fn synthetic_default_is_deterministic_and_imbalanced() {
     // the visual modality is near-perfect, audio weak but clearly above chance (10 %).
     let syn = SyntheticDataset::new(&SyntheticConfig::default()).unwrap();
     let mut correct = [0usize; 2];
-    let n = 500;
+    let n = 400;
     for i in 0..n {
         let (x, y) = syn.sample(Split::Test, i, None).unwrap();
         for m in 0..2 {
@@ -981,7 +981,8 @@ fn synthetic_default_is_deterministic_and_imbalanced() {
         "synthetic template accuracy: audio {:.3}, visual {:.3}",
         acc[0], acc[1]
     );
-    assert!(acc[1] > 0.95, "visual should dominate: {acc:?}");
+    // (the oracle ignores the random shifts, so neither reaches 100 % on 16x16 inputs)
+    assert!(acc[1] > acc[0] + 0.25, "visual should dominate: {acc:?}");
     assert!(
         acc[0] > 0.3 && acc[0] < 0.9,
         "audio should be weak but informative: {acc:?}"
@@ -1115,7 +1116,7 @@ fn loader_covers_every_index_once_and_orders_by_seed() {
     for (r, &i) in b.indices.iter().enumerate() {
         let (x, y) = ds.sample(Split::Train, i, None).unwrap();
         assert_eq!(b.labels[r], y);
-        assert_eq!(&b.first[r * 1024..(r + 1) * 1024], &x[0][..]);
+        assert_eq!(&b.first[r * 256..(r + 1) * 256], &x[0][..]);
     }
     // drop_last and eval order
     let cfg = LoaderConfig {
@@ -1147,8 +1148,8 @@ struct HostBatchLite {
     first: Vec<f32>,
 }
 fn lite(b: equimodal::data::HostBatch) -> HostBatchLite {
-    assert_eq!(b.inputs[0].shape, vec![b.labels.len(), 1, 32, 32]);
-    assert_eq!(b.inputs[1].shape, vec![b.labels.len(), 1, 28, 28]);
+    assert_eq!(b.inputs[0].shape, vec![b.labels.len(), 1, 16, 16]);
+    assert_eq!(b.inputs[1].shape, vec![b.labels.len(), 1, 16, 16]);
     HostBatchLite {
         indices: b.indices,
         labels: b.labels,

@@ -236,3 +236,17 @@ fn labels_out_of_range_and_nan_losses_are_typed_errors() {
     let e = equimodal::ops::labels(&g, &[0, 3, 12], 10).unwrap_err().to_string();
     assert!(e.contains("12"), "{e}");
 }
+
+#[test]
+fn every_preset_parses_and_validates() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().and_then(|x| x.to_str()) == Some("toml") {
+            config::load(Some(&p), &[]).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            n += 1;
+        }
+    }
+    assert!(n >= 15, "presets in {}", dir.display());
+}
