@@ -166,3 +166,137 @@ fn prototype_scores_match_f64() {
     let b = Tensor::zeros(&gpu, &[2, 4]).unwrap();
     assert!(matches!(ops::proto_logits(&a, &b, 1.0), Err(Error::Shape { .. })));
 }
+
+// ---- integration: tiny AIM trainings through the trainer ----------------------------------
+
+const BASE: &str = r#"
+seed = 3
+[data]
+kind = "synthetic"
+num_classes = 4
+n_train = 128
+n_test = 32
+[[data.modalities]]
+name = "audio"
+shape = [1, 12, 12]
+signal = 0.1
+style = "bands"
+[[data.modalities]]
+name = "visual"
+shape = [1, 12, 12]
+signal = 0.8
+style = "blobs"
+[model]
+encoder = "small_cnn"
+width = 4
+depth = 2
+fusion_hidden = 8
+hidden = [16, 8]
+[method]
+name = "aim"
+fusion = "concat"
+[method.aim]
+prototype_steps = 4
+[train]
+epochs = 2
+batch_size = 32
+lr = 0.05
+workers = 1
+checkpoint = false
+"#;
+
+fn run(sets: &[&str], tag: &str) -> Vec<serde_json::Value> {
+    let mut table: toml::Table = BASE.parse().unwrap();
+    let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+    equimodal::config::apply_overrides(&mut table, &sets).unwrap();
+    let cfg = equimodal::config::from_table(&table).unwrap();
+    let dir = std::env::temp_dir().join(format!("equimodal-aim-test-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut opts = equimodal::train::TrainOptions::new(&dir);
+    opts.progress = false;
+    let text = toml::to_string(&table).unwrap();
+    equimodal::train::train(&gpu(), &cfg, &text, &opts).unwrap();
+    let log = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    log.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// Every epoch line has a finite loss and a well-formed `aim` section.
+fn check_log(lines: &[serde_json::Value], depths: usize, rho: f64, s_max: f64) {
+    for l in lines {
+        let loss = l["train"]["loss"].as_f64().unwrap();
+        assert!(loss.is_finite() && loss > 0.0, "loss {loss}");
+        let a = &l["aim"];
+        assert_eq!(a["depths"].as_u64().unwrap() as usize, depths, "{a}");
+        for m in ["audio", "visual"] {
+            let s = a["scores"][m].as_array().unwrap_or_else(|| panic!("scores.{m} in {a}"));
+            assert_eq!(s.len(), depths);
+            for v in s {
+                let v = v.as_f64().unwrap();
+                assert!((0.0..=1.0).contains(&v), "score {v}");
+            }
+        }
+        let r = a["ratio"].as_array().unwrap();
+        let st = a["strength"].as_array().unwrap();
+        assert_eq!(r.len(), depths);
+        assert_eq!(st.len(), depths);
+        for (r, s) in r.iter().zip(st) {
+            let (r, s) = (r.as_f64().unwrap(), s.as_f64().unwrap());
+            assert!(r.is_finite() && r > 0.0);
+            assert!((0.0..=s_max + 1e-6).contains(&s), "strength {s}");
+            let want = ((r - 1.0).tanh()).clamp(0.0, s_max);
+            assert!((s - want).abs() < 1e-5, "strength {s} vs tanh(ratio {r} - 1) = {want}");
+        }
+        let md = a["mask_density"].as_object().unwrap();
+        assert!(!md.is_empty());
+        for (k, v) in md {
+            let v = v.as_f64().unwrap();
+            // layers here have >= 36 elements: round(ρn)/n is within 1/72 of ρ
+            assert!((v - rho).abs() <= 1.0 / 72.0 + 1e-9, "density of {k}: {v}");
+        }
+    }
+}
+
+#[test]
+fn aim_trains_small_cnn_concat_sgd() {
+    let _s = serial();
+    let lines = run(&[], "cnn");
+    assert_eq!(lines.len(), 2);
+    check_log(&lines, 2, 0.5, 0.9);
+    let md = lines[1]["aim"]["mask_density"].as_object().unwrap();
+    // every conv weight of both encoders is scored and masked
+    assert_eq!(md.len(), 4, "{md:?}");
+    assert!(lines[1]["test"]["acc"].as_f64().unwrap().is_finite());
+}
+
+#[test]
+fn aim_with_sum_fusion_adam_and_rho() {
+    let _s = serial();
+    let lines = run(&["method.fusion=\"sum\"", "train.optimizer=\"adam\"", "train.lr=0.003", "train.epochs=2", "method.aim.rho=0.3", "method.aim.v3=true"], "sum");
+    check_log(&lines, 2, 0.3, 0.9);
+}
+
+#[test]
+fn aim_with_film_fusion_mlp() {
+    let _s = serial();
+    let lines = run(&["method.fusion=\"film\"", "train.epochs=1", "model.encoder=\"mlp\"", "model.hidden=[16, 8, 8]", "method.aim.s_max=0.5"], "film");
+    check_log(&lines, 3, 0.5, 0.5);
+}
+
+#[test]
+fn aim_with_transformer_encoders() {
+    let _s = serial();
+    let lines = run(
+        &["train.epochs=2", "model.encoder=\"transformer\"", "model.width=8", "model.heads=2", "model.layers=2", "model.patch=[4, 4]", "method.fusion=\"gated\"", "train.optimizer=\"adam\"", "train.lr=0.003"],
+        "vit",
+    );
+    check_log(&lines, 2, 0.5, 0.9);
+}
+
+#[test]
+fn aim_config_errors_name_the_field() {
+    for (set, field) in [("method.aim.rho=1.5", "method.aim.rho"), ("method.aim.prototype_every=0", "method.aim.prototype_every"), ("method.aim.bogus=1", "bogus")] {
+        let err = equimodal::config::load(None, &[set.to_string()]).unwrap_err().to_string();
+        assert!(err.contains(field), "{set}: {err}");
+    }
+}
