@@ -267,6 +267,13 @@ fn aim_trains_small_cnn_concat_sgd() {
     // every conv weight of both encoders is scored and masked
     assert_eq!(md.len(), 4, "{md:?}");
     assert!(lines[1]["test"]["acc"].as_f64().unwrap().is_finite());
+    // with a positive strength after epoch 1, epoch 2 trains through a real auxiliary block
+    let s0: Vec<f64> = lines[0]["aim"]["strength"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let (main, aux) = (lines[1]["aim"]["main_loss"].as_f64().unwrap(), lines[1]["aim"]["aux_loss"].as_f64().unwrap());
+    assert!(main.is_finite() && aux.is_finite());
+    if s0.iter().any(|&s| s > 1e-3) {
+        assert!(main != aux, "auxiliary loss {aux} equals the main loss although strengths are {s0:?}");
+    }
 }
 
 #[test]
@@ -287,7 +294,7 @@ fn aim_with_film_fusion_mlp() {
 fn aim_with_transformer_encoders() {
     let _s = serial();
     let lines = run(
-        &["train.epochs=2", "model.encoder=\"transformer\"", "model.width=8", "model.heads=2", "model.layers=2", "model.patch=[4, 4]", "method.fusion=\"gated\"", "train.optimizer=\"adam\"", "train.lr=0.003"],
+        &["train.epochs=2", "data.n_train=64", "data.n_test=16", "method.aim.prototype_steps=2", "model.encoder=\"transformer\"", "model.width=8", "model.heads=2", "model.layers=2", "model.patch=[4, 4]", "method.fusion=\"gated\"", "train.optimizer=\"adam\"", "train.lr=0.003"],
         "vit",
     );
     check_log(&lines, 2, 0.5, 0.9);
@@ -298,5 +305,15 @@ fn aim_config_errors_name_the_field() {
     for (set, field) in [("method.aim.rho=1.5", "method.aim.rho"), ("method.aim.prototype_every=0", "method.aim.prototype_every"), ("method.aim.bogus=1", "bogus")] {
         let err = equimodal::config::load(None, &[set.to_string()]).unwrap_err().to_string();
         assert!(err.contains(field), "{set}: {err}");
+    }
+}
+
+#[test]
+fn aim_presets_load() {
+    for f in ["aim_synthetic", "aim_avmnist", "aim_cremad"] {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs").join(format!("{f}.toml"));
+        let (cfg, _) = equimodal::config::load(Some(&p), &[]).unwrap_or_else(|e| panic!("{f}: {e}"));
+        assert_eq!(cfg.method.name.as_str(), "aim");
+        assert_eq!(cfg.method.aim.rho, 0.5);
     }
 }
