@@ -146,7 +146,7 @@ fn prototype_scores_match_f64() {
     let _s = serial();
     let gpu = gpu();
     let mut rng = Rng::new(5);
-    for &(n, k, ref per, t) in &[(5usize, 3usize, vec![4usize, 3, 3], 1.0f32), (1, 2, vec![17], 0.5), (33, 10, vec![6, 5], 0.1)] {
+    for &(n, k, ref per, t) in &[(5usize, 3usize, vec![4usize, 3, 3], 1.0f32), (1, 2, vec![17], 0.5), (33, 10, vec![6, 5], 0.1), (3, 4, vec![8, 24, 24], 2.0), (2, 3, vec![5000], 1.0)] {
         let dim: usize = per.iter().product();
         let h = rng.normals(n * dim);
         let p: Vec<f64> = rng.normals(k * dim).iter().map(|v| v * 0.7).collect();

@@ -47,7 +47,6 @@ pub struct Aim {
     gpu: Gpu,
     names: Vec<String>,
     m: usize,
-    classes: usize,
     seed: u64,
     /// depths of each encoder
     depths: Vec<usize>,
@@ -142,7 +141,6 @@ impl Aim {
             gpu: gpu.clone(),
             names: specs.iter().map(|s| s.name.clone()).collect(),
             m,
-            classes,
             seed: cfg.seed ^ 0xA1A1_0000,
             depths,
             protos,
@@ -170,8 +168,8 @@ impl Aim {
     fn init_prototypes(&mut self, inputs: &[Tensor]) -> Result<()> {
         let _ng = self.gpu.no_grad();
         let ctx = Ctx::eval();
-        for m in 0..self.m {
-            let (_, outs) = self.encoders[m].forward_depths(&inputs[m], &ctx)?;
+        for (m, (e, x)) in self.encoders.iter().zip(inputs).enumerate() {
+            let (_, outs) = e.forward_depths(x, &ctx)?;
             for (d, h) in outs.iter().enumerate() {
                 let rms = ops::sqrt(&ops::mean_all(&ops::square(h)?)?)?;
                 let p = &self.protos[m][d];
@@ -454,12 +452,12 @@ impl Method for Aim {
             self.weak = weak;
         }
         // PAM masks from the optimizer's scores
-        if (epoch + 1) % self.cfg.mask_every == 0 || self.masks.is_empty() {
+        if (epoch + 1).is_multiple_of(self.cfg.mask_every) || self.masks.is_empty() {
             self.refresh_masks(opt)?;
         }
         self.rebuild_scales()?;
         // DAP refresh for the next epoch's scoring
-        if (epoch + 1) % self.cfg.prototype_every == 0 && self.proto_ready {
+        if (epoch + 1).is_multiple_of(self.cfg.prototype_every) && self.proto_ready {
             self.refresh_prototypes()?;
         }
 
@@ -506,7 +504,6 @@ impl Method for Aim {
         self.ratio = f32s("ratio").into_iter().map(|v| v as f64).collect();
         // the masks come back from the optimizer's restored scores at the next step
         self.masks_stale = self.dom.is_some();
-        let _ = self.classes;
         Ok(())
     }
 }

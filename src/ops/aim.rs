@@ -22,6 +22,8 @@ const COUNT: usize = 260;
 /// Elements per workgroup of the histogram and mask kernels.
 const HIST_PER_GROUP: usize = 256 * 16;
 const MASK_PER_GROUP: usize = 256 * 8;
+/// Per-sample feature size above which prototype dots split the reduction.
+const SPLIT_MIN: usize = 4096;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -170,7 +172,19 @@ pub fn proto_logits(h: &Tensor, p: &Tensor, temperature: f32) -> Result<Tensor> 
     let dim = h.numel() / n.max(1);
     let hf = h.detach().reshape(&[n, dim])?;
     let pf = p.detach().reshape(&[k, dim])?;
-    let dots = super::matmul_ex(&hf, &pf, super::MatmulOpts { trans_b: true, ..Default::default() })?;
+    let tb = super::MatmulOpts { trans_b: true, ..Default::default() };
+    let lead = h.dim(1);
+    let dots = if dim > SPLIT_MIN && lead > 1 && h.dims() > 2 {
+        // Long feature maps (e.g. a ResNet stem's C·H·W) with few rows and K columns would give
+        // one output tile looping over the whole dim: split the reduction over the leading
+        // per-sample axis (channels / tokens) as a batched GEMM, then sum the partial dots.
+        let c = dim / lead;
+        let hb = super::permute(&hf.reshape(&[n, lead, c])?, &[1, 0, 2])?;
+        let pb = super::permute(&pf.reshape(&[k, lead, c])?, &[1, 0, 2])?;
+        super::sum(&super::matmul_ex(&hb, &pb, tb)?, &[0], false)?
+    } else {
+        super::matmul_ex(&hf, &pf, tb)?
+    };
     let pn = super::sum(&super::square(&pf)?, &[1], false)?.reshape(&[1, k])?;
     let c = 1.0 / (temperature * dim as f32);
     // s·a + t·b with broadcasting: 2c·dots − c·‖P‖²
