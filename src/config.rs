@@ -132,6 +132,7 @@ pub enum MethodName {
     Ogm,
     OgmGe,
     Aug,
+    Aim,
 }
 
 impl MethodName {
@@ -142,6 +143,7 @@ impl MethodName {
             MethodName::Ogm => "ogm",
             MethodName::OgmGe => "ogm_ge",
             MethodName::Aug => "aug",
+            MethodName::Aim => "aim",
         }
     }
 }
@@ -155,6 +157,7 @@ pub struct MethodConfig {
     pub modality: Option<String>,
     pub ogm: OgmConfig,
     pub aug: AugConfig,
+    pub aim: AimConfig,
 }
 
 impl Default for MethodConfig {
@@ -165,7 +168,93 @@ impl Default for MethodConfig {
             modality: None,
             ogm: OgmConfig::default(),
             aug: AugConfig::default(),
+            aim: AimConfig::default(),
         }
+    }
+}
+
+/// AIM (adaptive intra-network modulation); see docs/aim.md. Defaults are the design values
+/// of shared/spec/aim.md.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AimConfig {
+    /// DAP: refresh the prototypes every N epochs (warm-started).
+    pub prototype_every: usize,
+    /// DAP: Adam steps per refresh.
+    pub prototype_steps: usize,
+    /// DAP: Adam learning rate of the prototypes.
+    pub prototype_lr: f32,
+    /// Prototype classification temperature T in exp(−‖h − P‖² / (T·dim)).
+    pub temperature: f32,
+    /// EMA momentum of the per-depth scores within an epoch.
+    pub score_momentum: f32,
+    /// DAM: s_d = clamp(tanh(β·(r_d − 1)), 0, s_max).
+    pub beta: f32,
+    pub s_max: f32,
+    /// PAM: fraction of each layer's elements marked under-optimized.
+    pub rho: f32,
+    /// PAM: EMA momentum of the optimization-state score |g ⊙ θ|.
+    pub pam_momentum: f32,
+    /// PAM: refresh the masks every N epochs.
+    pub mask_every: usize,
+    /// Weight of the auxiliary-block loss.
+    pub gamma: f32,
+    /// Also give the weak modality an auxiliary block at depths where it leads (paper v3).
+    pub v3: bool,
+}
+
+impl Default for AimConfig {
+    fn default() -> Self {
+        AimConfig {
+            prototype_every: 1,
+            prototype_steps: 50,
+            prototype_lr: 0.05,
+            temperature: 1.0,
+            score_momentum: 0.9,
+            beta: 1.0,
+            s_max: 0.9,
+            rho: 0.5,
+            pam_momentum: 0.9,
+            mask_every: 1,
+            gamma: 1.0,
+            v3: false,
+        }
+    }
+}
+
+impl AimConfig {
+    pub fn validate(&self) -> Result<()> {
+        let f = |n: &str| format!("method.aim.{n}");
+        if self.prototype_every == 0 {
+            return Err(Error::config(f("prototype_every"), "must be at least 1"));
+        }
+        if self.mask_every == 0 {
+            return Err(Error::config(f("mask_every"), "must be at least 1"));
+        }
+        if !(self.prototype_lr.is_finite() && self.prototype_lr > 0.0) {
+            return Err(Error::config(f("prototype_lr"), format!("must be > 0, got {}", self.prototype_lr)));
+        }
+        if !(self.temperature.is_finite() && self.temperature > 0.0) {
+            return Err(Error::config(f("temperature"), format!("must be > 0, got {}", self.temperature)));
+        }
+        for (n, v) in [("score_momentum", self.score_momentum), ("pam_momentum", self.pam_momentum)] {
+            if !(0.0..1.0).contains(&v) {
+                return Err(Error::config(f(n), format!("must be in [0, 1), got {v}")));
+            }
+        }
+        if !(self.beta.is_finite() && self.beta >= 0.0) {
+            return Err(Error::config(f("beta"), format!("must be >= 0, got {}", self.beta)));
+        }
+        if !(0.0..=1.0).contains(&self.s_max) {
+            return Err(Error::config(f("s_max"), format!("must be in [0, 1], got {}", self.s_max)));
+        }
+        if !(0.0..=1.0).contains(&self.rho) {
+            return Err(Error::config(f("rho"), format!("must be in [0, 1], got {}", self.rho)));
+        }
+        if !(self.gamma.is_finite() && self.gamma >= 0.0) {
+            return Err(Error::config(f("gamma"), format!("must be >= 0, got {}", self.gamma)));
+        }
+        Ok(())
     }
 }
 
@@ -423,6 +512,7 @@ impl Config {
         if a.max_learners == Some(0) {
             return Err(Error::config("method.aug.max_learners", "must be at least 1 (or absent for no cap)"));
         }
+        self.method.aim.validate()?;
         if !(self.method.ogm.alpha.is_finite() && self.method.ogm.alpha >= 0.0) {
             return Err(Error::config("method.ogm.alpha", "must be >= 0"));
         }

@@ -1,11 +1,13 @@
 //! Training methods behind one trait: unimodal, joint training (sum / concat / FiLM / gated
 //! fusion), OGM and OGM-GE. Each method owns its model; the trainer owns the data, the
 //! optimizer, evaluation and logging.
+mod aim;
 mod aug;
 mod joint;
 mod ogm_ge;
 mod unimodal;
 
+pub use aim::Aim;
 pub use aug::Aug;
 pub use joint::Joint;
 pub use ogm_ge::OgmGe;
@@ -130,6 +132,7 @@ pub fn build(gpu: &Gpu, cfg: &Config, specs: &[ModalitySpec], classes: usize, rn
         MethodName::Unimodal => Box::new(Unimodal::new(gpu, cfg, specs, classes, rng)?),
         MethodName::Joint => Box::new(Joint::new(gpu, cfg, specs, classes, rng)?),
         MethodName::Aug => Box::new(Aug::new(gpu, cfg, specs, classes, rng)?),
+        MethodName::Aim => Box::new(Aim::new(gpu, cfg, specs, classes, rng)?),
         MethodName::Ogm | MethodName::OgmGe => Box::new(OgmGe::new(gpu, cfg, specs, classes, rng, cfg.method.name == MethodName::OgmGe)?),
     })
 }

@@ -1,5 +1,6 @@
 //! Ops: shape checks, kernel launch and backward rule, one file per kernel family.
 //! Every op here is compared with a CPU f64 reference and finite differences in `tests/`.
+pub mod aim;
 pub mod boost;
 pub mod attention;
 pub mod conv;
@@ -13,6 +14,7 @@ pub mod reduce;
 pub mod shape;
 pub mod softmax;
 
+pub use aim::*;
 pub use boost::*;
 pub use attention::*;
 pub use conv::*;

@@ -1,0 +1,319 @@
+//! AIM kernels against CPU references (GPU selection of the lowest-ρ fraction with ties and
+//! odd sizes, auxiliary-block scales, prototype scores vs f64), and tiny AIM trainings
+//! through the trainer (SmallCnn + concat + SGD for 2 epochs; sum/FiLM fusion, Adam, MLP and
+//! transformer encoders for 1 epoch each).
+mod common;
+use common::*;
+use equimodal::ops;
+use equimodal::{Error, Tensor};
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Unpack a selection mask through `mask_scale(s = 1)`, which is M itself as 0/1.
+fn mask_values(mask: &Tensor, n: usize) -> Vec<f32> {
+    ops::mask_scale(mask, &[n], 1.0).unwrap().to_vec().unwrap()
+}
+
+/// CPU reference: the k = round(ρn) smallest (value, index) pairs.
+fn select_ref(v: &[f32], rho: f32) -> Vec<bool> {
+    let n = v.len();
+    let k = ops::selected_count(n, rho);
+    let mut idx: Vec<usize> = (0..n).collect();
+    idx.sort_by(|&a, &b| v[a].total_cmp(&v[b]).then(a.cmp(&b)));
+    let mut out = vec![false; n];
+    for &i in &idx[..k] {
+        out[i] = true;
+    }
+    out
+}
+
+fn check_selection(name: &str, layers: &[Vec<f32>], rho: f32) {
+    let gpu = gpu();
+    let ts: Vec<Tensor> = layers.iter().map(|v| Tensor::from_slice(&gpu, v, &[v.len()]).unwrap()).collect();
+    let refs: Vec<&Tensor> = ts.iter().collect();
+    let sel = ops::select_lowest(&refs, rho).unwrap();
+    let dens = sel.densities().unwrap();
+    for (l, v) in layers.iter().enumerate() {
+        let n = v.len();
+        let got = mask_values(&sel.masks[l], n);
+        let want = select_ref(v, rho);
+        let k = ops::selected_count(n, rho);
+        let ones = got.iter().filter(|&&x| x == 1.0).count();
+        assert_eq!(ones, k, "{name} layer {l} (n {n}): {ones} selected, want {k}");
+        for i in 0..n {
+            assert_eq!(got[i] == 1.0, want[i], "{name} layer {l} (n {n}) element {i} (score {})", v[i]);
+            assert!(got[i] == 0.0 || got[i] == 1.0);
+        }
+        assert!((dens[l] - k as f64 / n as f64).abs() < 1e-12, "{name}: density {} vs {}", dens[l], k as f64 / n as f64);
+        if n >= 100 {
+            assert!((dens[l] - rho as f64).abs() <= 0.5 / n as f64 + 1e-9, "{name}: density {} far from rho {rho}", dens[l]);
+        }
+    }
+}
+
+#[test]
+fn selection_matches_cpu_on_random_scores_odd_sizes() {
+    let _s = serial();
+    let mut rng = Rng::new(1);
+    for &rho in &[0.5f32, 0.1, 0.9, 0.37] {
+        let layers: Vec<Vec<f32>> = [1usize, 2, 31, 255, 257, 1000, 4097, 9001]
+            .iter()
+            .map(|&n| (0..n).map(|_| rng.uniform().powi(3) as f32 * 1e-3).collect())
+            .collect();
+        check_selection(&format!("random rho {rho}"), &layers, rho);
+    }
+}
+
+#[test]
+fn selection_handles_ties_and_duplicates() {
+    let _s = serial();
+    let mut rng = Rng::new(2);
+    // all equal, many zeros (never-updated elements), few distinct values, and a mix
+    let n = 5000;
+    let layers = vec![
+        vec![0.25f32; n],
+        vec![0.0f32; 777],
+        (0..n).map(|_| (rng.below(4) as f32) * 0.5).collect::<Vec<_>>(),
+        (0..3333).map(|i| if i % 3 == 0 { 0.0 } else { rng.uniform() as f32 }).collect::<Vec<_>>(),
+        (0..1025).map(|i| if i < 600 { 1e-6 } else { 2e-6 }).collect::<Vec<_>>(),
+        // negative values and -0.0 / +0.0 are ordered correctly too
+        (0..300).map(|i| match i % 3 { 0 => -0.0, 1 => 0.0, _ => -(rng.uniform() as f32) }).collect::<Vec<_>>(),
+    ];
+    for &rho in &[0.5f32, 0.0, 1.0, 0.123] {
+        check_selection(&format!("ties rho {rho}"), &layers, rho);
+    }
+}
+
+#[test]
+fn selection_of_a_larger_layer_is_exact() {
+    let _s = serial();
+    let mut rng = Rng::new(3);
+    // several histogram workgroups and three index digits
+    let v: Vec<f32> = (0..70_001).map(|_| (rng.below(1000) as f32) * 1e-4).collect();
+    check_selection("large", &[v], 0.5);
+}
+
+#[test]
+fn mask_scale_values() {
+    let _s = serial();
+    let gpu = gpu();
+    let mut rng = Rng::new(4);
+    let shape = [7usize, 5, 3, 3];
+    let n = numel(&shape);
+    let v: Vec<f32> = (0..n).map(|_| rng.uniform() as f32).collect();
+    let t = Tensor::from_slice(&gpu, &v, &shape).unwrap();
+    let sel = ops::select_lowest(&[&t], 0.3).unwrap();
+    let m = select_ref(&v, 0.3);
+    for &s in &[0.0f32, 0.25, 0.9, 1.0] {
+        let sc = ops::mask_scale(&sel.masks[0], &shape, s).unwrap();
+        assert_eq!(sc.shape(), &shape);
+        let want: Vec<f64> = m.iter().map(|&b| 1.0 - s as f64 * (1.0 - if b { 1.0 } else { 0.0 })).collect();
+        assert_close(&format!("mask_scale s={s}"), &sc.to_vec().unwrap(), &want, 0.0, 1e-7);
+    }
+    // typed errors
+    let bad = ops::mask_scale(&sel.masks[0], &[n + 64], 0.5);
+    assert!(matches!(bad, Err(Error::Shape { .. })), "wrong mask size must be a shape error");
+    let f = Tensor::zeros(&gpu, &[4]).unwrap();
+    assert!(matches!(ops::mask_scale(&f, &[100], 0.5), Err(Error::DType { .. })));
+    assert!(ops::select_lowest(&[&t], 1.5).is_err());
+}
+
+fn proto_ref(h: &[f64], p: &[f64], labels: &[u32], n: usize, k: usize, t: f64) -> (Vec<f64>, Vec<f64>) {
+    let dim = h.len() / n;
+    let mut probs = Vec::new();
+    let mut tcp = Vec::new();
+    for i in 0..n {
+        let logits: Vec<f64> = (0..k)
+            .map(|c| {
+                let d2: f64 = (0..dim).map(|j| (h[i * dim + j] - p[c * dim + j]).powi(2)).sum();
+                -d2 / (t * dim as f64)
+            })
+            .collect();
+        let m = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let s: f64 = logits.iter().map(|l| (l - m).exp()).sum();
+        let pr: Vec<f64> = logits.iter().map(|l| (l - m).exp() / s).collect();
+        tcp.push(pr[labels[i] as usize]);
+        probs.extend(pr);
+    }
+    (probs, tcp)
+}
+
+#[test]
+fn prototype_scores_match_f64() {
+    let _s = serial();
+    let gpu = gpu();
+    let mut rng = Rng::new(5);
+    for &(n, k, ref per, t) in &[(5usize, 3usize, vec![4usize, 3, 3], 1.0f32), (1, 2, vec![17], 0.5), (33, 10, vec![6, 5], 0.1), (3, 4, vec![8, 24, 24], 2.0), (2, 3, vec![5000], 1.0)] {
+        let dim: usize = per.iter().product();
+        let h = rng.normals(n * dim);
+        let p: Vec<f64> = rng.normals(k * dim).iter().map(|v| v * 0.7).collect();
+        let labels: Vec<u32> = (0..n).map(|_| rng.below(k) as u32).collect();
+        let hs: Vec<usize> = [vec![n], per.clone()].concat();
+        let ps: Vec<usize> = [vec![k], per.clone()].concat();
+        let ht = upload(&gpu, &h, &hs);
+        let pt = upload(&gpu, &p, &ps);
+        let lt = ops::labels(&gpu, &labels, k).unwrap();
+        let (probs, tcp) = proto_ref(&round_f32(&h), &round_f32(&p), &labels, n, k, t as f64);
+        let got = ops::softmax(&ops::proto_logits(&ht, &pt, t).unwrap()).unwrap().to_vec().unwrap();
+        assert_close("proto softmax", &got, &probs, 1e-4, 1e-6);
+        let got = ops::proto_scores(&ht, &pt, &lt, t).unwrap().to_vec().unwrap();
+        assert_close("proto true-class prob", &got, &tcp, 1e-4, 1e-6);
+    }
+    let a = Tensor::zeros(&gpu, &[2, 3]).unwrap();
+    let b = Tensor::zeros(&gpu, &[2, 4]).unwrap();
+    assert!(matches!(ops::proto_logits(&a, &b, 1.0), Err(Error::Shape { .. })));
+}
+
+// ---- integration: tiny AIM trainings through the trainer ----------------------------------
+
+const BASE: &str = r#"
+seed = 3
+[data]
+kind = "synthetic"
+num_classes = 4
+n_train = 128
+n_test = 32
+[[data.modalities]]
+name = "audio"
+shape = [1, 12, 12]
+signal = 0.1
+style = "bands"
+[[data.modalities]]
+name = "visual"
+shape = [1, 12, 12]
+signal = 0.8
+style = "blobs"
+[model]
+encoder = "small_cnn"
+width = 4
+depth = 2
+fusion_hidden = 8
+hidden = [16, 8]
+[method]
+name = "aim"
+fusion = "concat"
+[method.aim]
+prototype_steps = 4
+[train]
+epochs = 2
+batch_size = 32
+lr = 0.05
+workers = 1
+checkpoint = false
+"#;
+
+fn run(sets: &[&str], tag: &str) -> Vec<serde_json::Value> {
+    let mut table: toml::Table = BASE.parse().unwrap();
+    let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+    equimodal::config::apply_overrides(&mut table, &sets).unwrap();
+    let cfg = equimodal::config::from_table(&table).unwrap();
+    let dir = std::env::temp_dir().join(format!("equimodal-aim-test-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut opts = equimodal::train::TrainOptions::new(&dir);
+    opts.progress = false;
+    let text = toml::to_string(&table).unwrap();
+    equimodal::train::train(&gpu(), &cfg, &text, &opts).unwrap();
+    let log = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    log.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// Every epoch line has a finite loss and a well-formed `aim` section.
+fn check_log(lines: &[serde_json::Value], depths: usize, rho: f64, s_max: f64) {
+    for l in lines {
+        let loss = l["train"]["loss"].as_f64().unwrap();
+        assert!(loss.is_finite() && loss > 0.0, "loss {loss}");
+        let a = &l["aim"];
+        assert_eq!(a["depths"].as_u64().unwrap() as usize, depths, "{a}");
+        for m in ["audio", "visual"] {
+            let s = a["scores"][m].as_array().unwrap_or_else(|| panic!("scores.{m} in {a}"));
+            assert_eq!(s.len(), depths);
+            for v in s {
+                let v = v.as_f64().unwrap();
+                assert!((0.0..=1.0).contains(&v), "score {v}");
+            }
+        }
+        let r = a["ratio"].as_array().unwrap();
+        let st = a["strength"].as_array().unwrap();
+        assert_eq!(r.len(), depths);
+        assert_eq!(st.len(), depths);
+        for (r, s) in r.iter().zip(st) {
+            let (r, s) = (r.as_f64().unwrap(), s.as_f64().unwrap());
+            assert!(r.is_finite() && r > 0.0);
+            assert!((0.0..=s_max + 1e-6).contains(&s), "strength {s}");
+            let want = ((r - 1.0).tanh()).clamp(0.0, s_max);
+            assert!((s - want).abs() < 1e-5, "strength {s} vs tanh(ratio {r} - 1) = {want}");
+        }
+        let md = a["mask_density"].as_object().unwrap();
+        assert!(!md.is_empty());
+        for (k, v) in md {
+            let v = v.as_f64().unwrap();
+            // layers here have >= 36 elements: round(ρn)/n is within 1/72 of ρ
+            assert!((v - rho).abs() <= 1.0 / 72.0 + 1e-9, "density of {k}: {v}");
+        }
+    }
+}
+
+#[test]
+fn aim_trains_small_cnn_concat_sgd() {
+    let _s = serial();
+    let lines = run(&[], "cnn");
+    assert_eq!(lines.len(), 2);
+    check_log(&lines, 2, 0.5, 0.9);
+    let md = lines[1]["aim"]["mask_density"].as_object().unwrap();
+    // every conv weight of both encoders is scored and masked
+    assert_eq!(md.len(), 4, "{md:?}");
+    assert!(lines[1]["test"]["acc"].as_f64().unwrap().is_finite());
+    // with a positive strength after epoch 1, epoch 2 trains through a real auxiliary block
+    let s0: Vec<f64> = lines[0]["aim"]["strength"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let (main, aux) = (lines[1]["aim"]["main_loss"].as_f64().unwrap(), lines[1]["aim"]["aux_loss"].as_f64().unwrap());
+    assert!(main.is_finite() && aux.is_finite());
+    if s0.iter().any(|&s| s > 1e-3) {
+        assert!(main != aux, "auxiliary loss {aux} equals the main loss although strengths are {s0:?}");
+    }
+}
+
+#[test]
+fn aim_with_sum_fusion_adam_and_rho() {
+    let _s = serial();
+    let lines = run(&["method.fusion=\"sum\"", "train.optimizer=\"adam\"", "train.lr=0.003", "train.epochs=2", "method.aim.rho=0.3", "method.aim.v3=true"], "sum");
+    check_log(&lines, 2, 0.3, 0.9);
+}
+
+#[test]
+fn aim_with_film_fusion_mlp() {
+    let _s = serial();
+    let lines = run(&["method.fusion=\"film\"", "train.epochs=1", "model.encoder=\"mlp\"", "model.hidden=[16, 8, 8]", "method.aim.s_max=0.5"], "film");
+    check_log(&lines, 3, 0.5, 0.5);
+}
+
+#[test]
+fn aim_with_transformer_encoders() {
+    let _s = serial();
+    let lines = run(
+        &["train.epochs=2", "data.n_train=64", "data.n_test=16", "method.aim.prototype_steps=2", "model.encoder=\"transformer\"", "model.width=8", "model.heads=2", "model.layers=2", "model.patch=[4, 4]", "method.fusion=\"gated\"", "train.optimizer=\"adam\"", "train.lr=0.003"],
+        "vit",
+    );
+    check_log(&lines, 2, 0.5, 0.9);
+}
+
+#[test]
+fn aim_config_errors_name_the_field() {
+    for (set, field) in [("method.aim.rho=1.5", "method.aim.rho"), ("method.aim.prototype_every=0", "method.aim.prototype_every"), ("method.aim.bogus=1", "bogus")] {
+        let err = equimodal::config::load(None, &[set.to_string()]).unwrap_err().to_string();
+        assert!(err.contains(field), "{set}: {err}");
+    }
+}
+
+#[test]
+fn aim_presets_load() {
+    for f in ["aim_synthetic", "aim_avmnist", "aim_cremad"] {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs").join(format!("{f}.toml"));
+        let (cfg, _) = equimodal::config::load(Some(&p), &[]).unwrap_or_else(|e| panic!("{f}: {e}"));
+        assert_eq!(cfg.method.name.as_str(), "aim");
+        assert_eq!(cfg.method.aim.rho, 0.5);
+    }
+}
