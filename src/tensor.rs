@@ -110,30 +110,27 @@ impl Tensor {
         Ok(t)
     }
 
-    /// A trainable leaf: same storage, gradients recorded for it.
-    pub fn requires_grad(&self) -> Tensor {
+    /// A new leaf sharing this tensor's storage.
+    fn leaf(&self, requires_grad: bool) -> Tensor {
         Tensor(Arc::new(TensorInner {
             id: self.0.gpu.next_id(),
             gpu: self.0.gpu.clone(),
             shape: self.0.shape.clone(),
             dtype: self.0.dtype,
             storage: self.0.storage.clone(),
-            requires_grad: true,
+            requires_grad,
             node: None,
         }))
     }
 
+    /// A trainable leaf: same storage, gradients recorded for it.
+    pub fn requires_grad(&self) -> Tensor {
+        self.leaf(true)
+    }
+
     /// Same storage, cut from the graph.
     pub fn detach(&self) -> Tensor {
-        Tensor(Arc::new(TensorInner {
-            id: self.0.gpu.next_id(),
-            gpu: self.0.gpu.clone(),
-            shape: self.0.shape.clone(),
-            dtype: self.0.dtype,
-            storage: self.0.storage.clone(),
-            requires_grad: false,
-            node: None,
-        }))
+        self.leaf(false)
     }
 
     /// Result of an op: records a graph node when gradients are on and an input needs one.
