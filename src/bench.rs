@@ -7,6 +7,14 @@ use crate::gpu::{Gpu, GpuTimer};
 use crate::ops;
 use crate::tensor::Tensor;
 
+#[path = "bench_cases.rs"]
+mod bench_cases;
+#[path = "bench_e2e.rs"]
+mod bench_e2e;
+
+pub use bench_cases::{extra_cases, resnet18_conv_shapes, ConvShape};
+pub use bench_e2e::{e2e_cases, format_e2e_table, run_e2e, E2eCase, E2eOptions, E2eRow, E2eStep};
+
 /// What to run and against which ceilings.
 #[derive(Clone, Debug)]
 pub struct BenchOptions {
@@ -53,7 +61,7 @@ pub fn known_ceilings(adapter_name: &str) -> Option<(f64, f64)> {
     }
 }
 
-type Runner = Box<dyn FnMut(usize) -> Result<()>>;
+pub type Runner = Box<dyn FnMut(usize) -> Result<()>>;
 
 /// A benchmark case: builds its inputs, then runs once per call with input set `i % sets`.
 pub struct Case {
@@ -61,6 +69,8 @@ pub struct Case {
     pub shape: String,
     pub flops: f64,
     pub bytes: f64,
+    /// Record gradients while timing (forward+backward cases); otherwise runs under no_grad.
+    pub grad: bool,
     pub setup: Box<dyn Fn(&Gpu) -> Result<Runner>>,
 }
 
@@ -93,6 +103,7 @@ pub fn cases(quick: bool) -> Vec<Case> {
         shape: format!("{n_elem}"),
         flops: 0.0,
         bytes: 8.0 * n_elem as f64,
+        grad: false,
         setup: Box::new(move |gpu| {
             let k = sets_for(8.0 * n_elem as f64);
             let xs: Vec<Tensor> = (0..k).map(|i| rand_tensor(gpu, &[n_elem], i as u64)).collect::<Result<_>>()?;
@@ -107,6 +118,7 @@ pub fn cases(quick: bool) -> Vec<Case> {
             shape: format!("{n_elem}"),
             flops: 0.0,
             bytes: 8.0 * n_elem as f64,
+            grad: false,
             setup: Box::new(move |gpu| {
                 let k = sets_for(8.0 * n_elem as f64);
                 let xs: Vec<Tensor> = (0..k).map(|i| rand_tensor(gpu, &[n_elem], i as u64)).collect::<Result<_>>()?;
@@ -119,6 +131,7 @@ pub fn cases(quick: bool) -> Vec<Case> {
         shape: format!("{n_elem}"),
         flops: n_elem as f64,
         bytes: 12.0 * n_elem as f64,
+        grad: false,
         setup: Box::new(move |gpu| {
             let k = sets_for(12.0 * n_elem as f64);
             let xs: Vec<Tensor> = (0..k).map(|i| rand_tensor(gpu, &[n_elem], i as u64)).collect::<Result<_>>()?;
@@ -133,6 +146,7 @@ pub fn cases(quick: bool) -> Vec<Case> {
         shape: format!("{rows}x{cols} + {cols}"),
         flops: n_elem as f64,
         bytes: 8.0 * n_elem as f64,
+        grad: false,
         setup: Box::new(move |gpu| {
             let k = sets_for(8.0 * n_elem as f64);
             let xs: Vec<Tensor> = (0..k).map(|i| rand_tensor(gpu, &[rows, cols], i as u64)).collect::<Result<_>>()?;
@@ -146,6 +160,7 @@ pub fn cases(quick: bool) -> Vec<Case> {
             shape: format!("{}x{} over axis {axis}", shape[0], shape[1]),
             flops: n_elem as f64,
             bytes: 4.0 * n_elem as f64,
+            grad: false,
             setup: Box::new(move |gpu| {
                 let k = sets_for(4.0 * n_elem as f64);
                 let xs: Vec<Tensor> = (0..k).map(|i| rand_tensor(gpu, &shape, i as u64)).collect::<Result<_>>()?;
@@ -171,7 +186,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// Time one case: warm-up, then `reps` runs each between two timestamps.
 pub fn time_case(gpu: &Gpu, case: &Case, opts: &BenchOptions) -> Result<f64> {
-    let _ng = gpu.no_grad();
+    let _ng = (!case.grad).then(|| gpu.no_grad());
     let mut run = (case.setup)(gpu)?;
     for i in 0..opts.warmup {
         run(i)?;
@@ -228,11 +243,11 @@ pub fn format_table(gpu: &Gpu, rows: &[BenchRow], timer_is_gpu: bool) -> String 
         gpu.info().backend,
         if timer_is_gpu { "GPU timestamps" } else { "wall clock (no timestamp queries)" }
     );
-    s.push_str(&format!("{:<26} {:<34} {:>10} {:>10} {:>10} {:>8}\n", "kernel", "shape", "ms", "GFLOP/s", "GB/s", "% ceil"));
+    s.push_str(&format!("{:<30} {:<40} {:>10} {:>10} {:>10} {:>8}\n", "kernel", "shape", "ms", "GFLOP/s", "GB/s", "% ceil"));
     for r in rows {
         let f = |x: Option<f64>| x.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into());
         s.push_str(&format!(
-            "{:<26} {:<34} {:>10.4} {:>10} {:>10} {:>8}\n",
+            "{:<30} {:<40} {:>10.4} {:>10} {:>10} {:>8}\n",
             r.name,
             r.shape,
             r.median_ms,
@@ -244,8 +259,3 @@ pub fn format_table(gpu: &Gpu, rows: &[BenchRow], timer_is_gpu: bool) -> String 
     s
 }
 
-/// Cases for the kernel families beyond element-wise and reductions (matmul, conv,
-/// attention), added as those families land.
-pub fn extra_cases(_quick: bool) -> Vec<Case> {
-    Vec::new()
-}

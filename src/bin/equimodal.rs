@@ -54,8 +54,9 @@ enum Cmd {
         /// Only kernels whose name contains this.
         #[arg(long)]
         filter: Option<String>,
-        #[arg(long, default_value_t = 10)]
-        reps: usize,
+        /// Timed runs per kernel (default 10; 3 with --quick).
+        #[arg(long)]
+        reps: Option<usize>,
         /// Memory ceiling in GB/s (default: known figure for the adapter, else measured copy).
         #[arg(long)]
         peak_gbs: Option<f64>,
@@ -65,6 +66,14 @@ enum Cmd {
         /// Also write the rows as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// End-to-end steps of the CREMA-D AUG model instead of kernels (wall clock, queue
+        /// drained at both ends; with --quick: a tiny ResNet at batch 4).
+        #[arg(long)]
+        e2e: bool,
+        /// Timed steps of each end-to-end case (median reported; default 20, as performance.md
+        /// asks; 5 with --quick).
+        #[arg(long)]
+        steps: Option<usize>,
     },
     /// Charts (PNG + SVG) of a run directory's metrics.jsonl, or a comparison of several runs.
     Report {
@@ -137,15 +146,25 @@ fn run(cli: Cli) -> equimodal::Result<()> {
                 Err(e) => println!("\nno adapter selected: {e}"),
             }
         }
-        Cmd::Bench { quick, filter, reps, peak_gbs, peak_gflops, json } => {
+        Cmd::Bench { quick, filter, reps, peak_gbs, peak_gflops, json, e2e, steps } => {
             let gpu = equimodal::Gpu::new(gpu_options(&cli))?;
+            if *e2e {
+                let opts = equimodal::bench::E2eOptions::new(*quick, filter.clone(), *steps);
+                let rows = equimodal::bench::run_e2e(&gpu, &opts, equimodal::bench::e2e_cases(*quick))?;
+                print!("{}", equimodal::bench::format_e2e_table(&gpu, &rows));
+                if let Some(p) = json {
+                    let s = serde_json::to_string_pretty(&rows).map_err(|e| equimodal::Error::Other(e.to_string()))?;
+                    std::fs::write(p, s).map_err(|e| equimodal::Error::io(p, e))?;
+                }
+                return Ok(());
+            }
             let opts = equimodal::bench::BenchOptions {
                 quick: *quick,
                 filter: filter.clone(),
                 peak_gbs: *peak_gbs,
                 peak_gflops: *peak_gflops,
-                reps: (*reps).max(1),
-                warmup: 3,
+                reps: reps.unwrap_or(if *quick { 3 } else { 10 }).max(1),
+                warmup: if *quick { 1 } else { 3 },
             };
             let rows = equimodal::bench::run(&gpu, &opts, equimodal::bench::extra_cases(*quick))?;
             print!("{}", equimodal::bench::format_table(&gpu, &rows, gpu.capabilities().timestamps));

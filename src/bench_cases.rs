@@ -1,0 +1,390 @@
+//! Benchmark cases for every kernel family beyond element-wise and reductions: matmul,
+//! conv2d (every distinct ResNet18 shape of the CREMA-D model), attention, softmax and
+//! cross-entropy, layer / batch norm, max pooling, optimizer steps, concat and permute.
+//!
+//! FLOP and byte counts are the *minimal* work of the operation (what an ideal kernel must
+//! do), not what our kernels happen to do, so the rate columns compare implementations:
+//! - GEMM-like (matmul, conv, attention): 2 flops per multiply-add. Forward+backward counts
+//!   the two backward GEMMs (dX, dW) as 2x the forward; attention's backward as 2.5x.
+//! - Bytes: every input read once and every output written once (f32, 4 bytes), intermediates
+//!   that a fused kernel keeps on chip not counted.
+use super::{sets_for, Case, Runner};
+use crate::autograd::Gradients;
+use crate::error::Result;
+use crate::gpu::Gpu;
+use crate::ops::{self, Conv2dParams, MatmulOpts};
+use crate::optim::{Adam, AdamConfig, Optimizer, Param, Sgd, SgdConfig};
+use crate::tensor::Tensor;
+
+/// Random normal data generated on the GPU (seeded; large inputs cost no host time).
+fn rnd(gpu: &Gpu, shape: &[usize], seed: u64) -> Result<Tensor> {
+    ops::randn(gpu, shape, 0xBE5C_0000 + seed, 0)
+}
+
+fn numel(shape: &[usize]) -> usize {
+    shape.iter().product()
+}
+
+fn dims(shape: &[usize]) -> String {
+    shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x")
+}
+
+fn case(name: impl Into<String>, shape: impl Into<String>, flops: f64, bytes: f64, grad: bool, setup: impl Fn(&Gpu) -> Result<Runner> + 'static) -> Case {
+    Case { name: name.into(), shape: shape.into(), flops, bytes, grad, setup: Box::new(setup) }
+}
+
+/// `k` input sets of tensors with the given shapes (`sets[i][j]` has `shapes[j]`).
+fn input_sets(gpu: &Gpu, shapes: &[Vec<usize>], k: usize, track: bool) -> Result<Vec<Vec<Tensor>>> {
+    (0..k)
+        .map(|i| {
+            shapes
+                .iter()
+                .enumerate()
+                .map(|(j, s)| {
+                    let t = rnd(gpu, s, (i * 16 + j) as u64)?;
+                    Ok(if track { t.requires_grad() } else { t })
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// One convolution of a network: input `[batch, cin, h, w]`, weight `[cout, cin, k, k]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConvShape {
+    /// Layer name in ResNet18 terms (`conv1`, `l1`, `l2.0`, `l2.down`, `l2`, ...).
+    pub layer: String,
+    pub cin: usize,
+    pub cout: usize,
+    pub k: usize,
+    pub stride: usize,
+    pub pad: usize,
+    pub h: usize,
+    pub w: usize,
+}
+
+impl ConvShape {
+    pub fn out_hw(&self) -> (usize, usize) {
+        let p = Conv2dParams { stride: (self.stride, self.stride), padding: (self.pad, self.pad), dilation: (1, 1) };
+        ops::conv2d_output_size(self.h, self.w, self.k, self.k, &p)
+    }
+    /// Forward flops at this batch: 2·M·N·K with M = batch·HO·WO, N = cout, K = cin·k·k.
+    pub fn fwd_flops(&self, batch: usize) -> f64 {
+        let (ho, wo) = self.out_hw();
+        2.0 * (batch * ho * wo) as f64 * self.cout as f64 * (self.cin * self.k * self.k) as f64
+    }
+    /// Forward bytes: x and w read, y written.
+    pub fn fwd_bytes(&self, batch: usize) -> f64 {
+        let (ho, wo) = self.out_hw();
+        4.0 * (batch * self.cin * self.h * self.w + self.cout * self.cin * self.k * self.k + batch * self.cout * ho * wo) as f64
+    }
+}
+
+/// Every distinct convolution shape of a ResNet18 (torchvision layout: 7×7/2 stem, 3×3/2
+/// max pool, four stages of two basic blocks, 1×1/2 downsample) on a `cin`×`h`×`w` input
+/// with base width `base`: stem, layer1's 3×3, and per later stage its strided 3×3
+/// (`lN.0`), its 1×1 downsample (`lN.down`) and its unstrided 3×3 (`lN`, three convs).
+pub fn resnet18_conv_shapes(cin: usize, h: usize, w: usize, base: usize) -> Vec<ConvShape> {
+    let sh = |layer: &str, cin: usize, cout: usize, k: usize, stride: usize, pad: usize, h: usize, w: usize| ConvShape {
+        layer: layer.to_string(),
+        cin,
+        cout,
+        k,
+        stride,
+        pad,
+        h,
+        w,
+    };
+    let mut v = vec![sh("conv1", cin, base, 7, 2, 3, h, w)];
+    let (h1, w1) = v[0].out_hw();
+    // max pool 3×3, stride 2, padding 1
+    let (mut hh, mut ww) = ((h1 + 2 - 3) / 2 + 1, (w1 + 2 - 3) / 2 + 1);
+    let mut c = base;
+    for i in 0..4 {
+        let cout = base << i;
+        if i == 0 {
+            v.push(sh("l1", c, cout, 3, 1, 1, hh, ww));
+        } else {
+            let strided = sh(&format!("l{}.0", i + 1), c, cout, 3, 2, 1, hh, ww);
+            let (ho, wo) = strided.out_hw();
+            v.push(strided);
+            v.push(sh(&format!("l{}.down", i + 1), c, cout, 1, 2, 0, hh, ww));
+            hh = ho;
+            ww = wo;
+            v.push(sh(&format!("l{}", i + 1), cout, cout, 3, 1, 1, hh, ww));
+        }
+        c = cout;
+    }
+    v
+}
+
+/// Forward (`fb = false`) or forward + backward to x and w (`fb = true`) of one conv.
+fn conv_case(name: String, s: &ConvShape, batch: usize, fb: bool) -> Case {
+    let (ho, wo) = s.out_hw();
+    let shape = format!("{}x{}x{}x{} *{}k{}s{}", batch, s.cin, s.h, s.w, s.cout, s.k, s.stride);
+    let (flops, bytes) = if fb {
+        // dX and dW are each a GEMM of the forward's size; traffic: x, w, y read/written
+        // three times in all (fwd: x, w -> y; dX: dy, w -> dx; dW: dy, x -> dw).
+        (3.0 * s.fwd_flops(batch), 3.0 * s.fwd_bytes(batch))
+    } else {
+        (s.fwd_flops(batch), s.fwd_bytes(batch))
+    };
+    let s = s.clone();
+    case(name, shape, flops, bytes, fb, move |gpu| {
+        let xs = vec![batch, s.cin, s.h, s.w];
+        let ws = vec![s.cout, s.cin, s.k, s.k];
+        let mut shapes = vec![xs, ws];
+        if fb {
+            shapes.push(vec![batch, s.cout, ho, wo]); // the output gradient
+        }
+        let k = sets_for(s.fwd_bytes(batch));
+        let sets = input_sets(gpu, &shapes, k, fb)?;
+        let p = Conv2dParams { stride: (s.stride, s.stride), padding: (s.pad, s.pad), dilation: (1, 1) };
+        Ok(Box::new(move |i| {
+            let set = &sets[i % k];
+            let y = ops::conv2d(&set[0], &set[1], None, p, None)?;
+            if fb {
+                let mut g = Gradients::new();
+                y.backward_with(set[2].detach(), &mut g)?;
+            }
+            Ok(())
+        }))
+    })
+}
+
+fn matmul_case(name: String, m: usize, n: usize, kdim: usize, ta: bool, tb: bool) -> Case {
+    let a_shape = if ta { vec![kdim, m] } else { vec![m, kdim] };
+    let b_shape = if tb { vec![n, kdim] } else { vec![kdim, n] };
+    let flops = 2.0 * (m * n * kdim) as f64;
+    let bytes = 4.0 * (m * kdim + kdim * n + m * n) as f64;
+    let shape = format!("{}{} . {}{}", dims(&a_shape), if ta { "^T" } else { "" }, dims(&b_shape), if tb { "^T" } else { "" });
+    case(name, shape, flops, bytes, false, move |gpu| {
+        let k = sets_for(bytes);
+        let sets = input_sets(gpu, &[a_shape.clone(), b_shape.clone()], k, false)?;
+        Ok(Box::new(move |i| {
+            let s = &sets[i % k];
+            ops::matmul_ex(&s[0], &s[1], MatmulOpts { trans_a: ta, trans_b: tb, b_scale: None }).map(|_| ())
+        }))
+    })
+}
+
+fn attention_case(b: usize, h: usize, l: usize, dh: usize, fb: bool) -> Case {
+    let q = vec![b, h, l, dh];
+    let fwd = 4.0 * (b * h * l * l * dh) as f64;
+    let t = 4.0 * (b * h * l * dh) as f64; // bytes of one [B, H, L, Dh] tensor
+    // fwd: q, k, v -> o; bwd: q, k, v, o, do -> dq, dk, dv
+    let (flops, bytes) = if fb { (3.5 * fwd, 12.0 * t) } else { (fwd, 4.0 * t) };
+    let name = format!("attn_L{l}_{}", if fb { "fb" } else { "fwd" });
+    let shape = format!("B{b} H{h} L=S{l} Dh{dh}");
+    case(name, shape, flops, bytes, fb, move |gpu| {
+        let k = sets_for(4.0 * t);
+        let sets = input_sets(gpu, &vec![q.clone(); if fb { 4 } else { 3 }], k, fb)?;
+        let scale = 1.0 / (dh as f32).sqrt();
+        Ok(Box::new(move |i| {
+            let s = &sets[i % k];
+            let o = ops::attention(&s[0], &s[1], &s[2], None, scale)?;
+            if fb {
+                let mut g = Gradients::new();
+                o.backward_with(s[3].detach(), &mut g)?;
+            }
+            Ok(())
+        }))
+    })
+}
+
+/// Matmul, conv2d, attention, softmax / cross-entropy, norms, pooling, optimizer steps,
+/// concat and permute. `quick`: small sizes that run on a software rasteriser in seconds.
+pub fn extra_cases(quick: bool) -> Vec<Case> {
+    let mut v = Vec::new();
+
+    // ---- matmul -------------------------------------------------------------------------
+    let sizes: &[usize] = if quick { &[128, 256] } else { &[1024, 2048, 4096, 8192] };
+    for &n in sizes {
+        v.push(matmul_case(format!("matmul_n{n}"), n, n, n, false, false));
+    }
+    let nt = if quick { 256 } else { 4096 };
+    // C = Aᵀ·B (the weight-gradient form dW = Xᵀ·dY) and C = A·Bᵀ (dX = dY·W)
+    v.push(matmul_case(format!("matmul_ta_n{nt}"), nt, nt, nt, true, false));
+    v.push(matmul_case(format!("matmul_tb_n{nt}"), nt, nt, nt, false, true));
+    // the AUG model's linear layers at batch 64: learner 512→256, head 256→6 (y = x·Wᵀ + b)
+    for (din, dout) in [(512usize, 256usize), (256, 6)] {
+        let b = 64;
+        let flops = 2.0 * (b * din * dout) as f64;
+        let bytes = 4.0 * (b * din + dout * din + dout + b * dout) as f64;
+        v.push(case(format!("linear_b{b}_{din}to{dout}"), format!("{b}x{din} . ({dout}x{din})^T + b"), flops, bytes, false, move |gpu| {
+            let k = sets_for(bytes);
+            let sets = input_sets(gpu, &[vec![b, din], vec![dout, din], vec![dout]], k, false)?;
+            Ok(Box::new(move |i| {
+                let s = &sets[i % k];
+                ops::linear(&s[0], &s[1], Some(&s[2]), None).map(|_| ())
+            }))
+        }));
+    }
+
+    // ---- conv2d: every distinct ResNet18 shape, both modalities --------------------------
+    let (batch, div) = if quick { (1, 4) } else { (64, 1) };
+    for (tag, cin, h, w) in [("v", 3usize, 224usize, 224usize), ("a", 1, 257, 188)] {
+        for s in resnet18_conv_shapes(cin, h / div, w / div, 64) {
+            v.push(conv_case(format!("conv_{tag}_{}_fwd", s.layer), &s, batch, false));
+            v.push(conv_case(format!("conv_{tag}_{}_fb", s.layer), &s, batch, true));
+        }
+    }
+    // performance.md's reference shape (cuDNN f32 warm: 0.84 ms fwd+bwd on the H100)
+    let r = ConvShape { layer: "ref".into(), cin: 128, cout: 128, k: 3, stride: 1, pad: 1, h: 28 / div, w: 28 / div };
+    v.push(conv_case("conv_ref_3x3_128_fb".into(), &r, batch, true));
+
+    // ---- attention ----------------------------------------------------------------------
+    let (ab, ah, lens): (usize, usize, &[usize]) = if quick { (1, 2, &[64]) } else { (64, 8, &[128, 512, 1024, 2048]) };
+    for &l in lens {
+        v.push(attention_case(ab, ah, l, 64, false));
+        v.push(attention_case(ab, ah, l, 64, true));
+    }
+
+    // ---- softmax / cross-entropy ----------------------------------------------------------
+    let big_rows = if quick { 256 } else { 4096 };
+    for (rows, cols) in [(64usize, 1000usize), (big_rows, 1024)] {
+        let n = (rows * cols) as f64;
+        v.push(case(format!("softmax_{rows}x{cols}"), format!("{rows}x{cols}"), 0.0, 8.0 * n, false, move |gpu| {
+            let k = sets_for(8.0 * n);
+            let sets = input_sets(gpu, &[vec![rows, cols]], k, false)?;
+            Ok(Box::new(move |i| ops::softmax(&sets[i % k][0]).map(|_| ())))
+        }));
+        for fb in [false, true] {
+            // fwd reads the logits (+ labels); bwd reads them again and writes dlogits
+            let bytes = if fb { 12.0 * n } else { 4.0 * n } + 4.0 * rows as f64;
+            let name = format!("xent_{}_{rows}x{cols}", if fb { "fb" } else { "fwd" });
+            v.push(case(name, format!("{rows}x{cols}, hard labels"), 0.0, bytes, fb, move |gpu| {
+                let k = sets_for(4.0 * n);
+                let sets = input_sets(gpu, &[vec![rows, cols]], k, fb)?;
+                let lab: Vec<u32> = (0..rows).map(|r| ((r * 7919) % cols) as u32).collect();
+                let labels = ops::labels(gpu, &lab, cols)?;
+                Ok(Box::new(move |i| {
+                    let loss = ops::cross_entropy(&sets[i % k][0], ops::Target::Hard(&labels), None)?;
+                    if fb {
+                        loss.backward()?;
+                    }
+                    Ok(())
+                }))
+            }));
+        }
+    }
+
+    // ---- layer norm -----------------------------------------------------------------------
+    let (rows, d) = (big_rows, 1024usize);
+    for fb in [false, true] {
+        let n = (rows * d) as f64;
+        // fwd: x -> y; bwd: x, dy -> dx (+ tiny dweight, dbias)
+        let bytes = if fb { 20.0 * n } else { 8.0 * n };
+        let name = format!("layer_norm_{}_{rows}x{d}", if fb { "fb" } else { "fwd" });
+        v.push(case(name, format!("{rows}x{d}"), 0.0, bytes, fb, move |gpu| {
+            let k = sets_for(8.0 * n);
+            let sets = input_sets(gpu, &[vec![rows, d], vec![d], vec![d], vec![rows, d]], k, fb)?;
+            Ok(Box::new(move |i| {
+                let s = &sets[i % k];
+                let y = ops::layer_norm(&s[0], &s[1], &s[2], 1e-5)?;
+                if fb {
+                    let mut g = Gradients::new();
+                    y.backward_with(s[3].detach(), &mut g)?;
+                }
+                Ok(())
+            }))
+        }));
+    }
+
+    // ---- batch norm (training: batch statistics, running-stat update) --------------------
+    let bn: [usize; 4] = if quick { [4, 32, 14, 14] } else { [64, 128, 28, 28] };
+    {
+        let n = numel(&bn) as f64;
+        v.push(case("batch_norm_train_fb", dims(&bn), 0.0, 20.0 * n, true, move |gpu| {
+            let c = bn[1];
+            let k = sets_for(8.0 * n);
+            let sets = input_sets(gpu, &[bn.to_vec(), vec![c], vec![c], bn.to_vec()], k, true)?;
+            let state = ops::BatchNormState::new(gpu, c, 0.1, 1e-5)?;
+            Ok(Box::new(move |i| {
+                let s = &sets[i % k];
+                let y = ops::batch_norm(&s[0], &s[1], &s[2], &state, true)?;
+                let mut g = Gradients::new();
+                y.backward_with(s[3].detach(), &mut g)
+            }))
+        }));
+    }
+
+    // ---- max pool 3×3 / 2, padding 1 (the ResNet stem) -----------------------------------
+    let mp: [usize; 4] = if quick { [2, 16, 56, 56] } else { [64, 64, 112, 112] };
+    for fb in [false, true] {
+        let n = numel(&mp) as f64;
+        let out = [mp[0], mp[1], (mp[2] - 1) / 2 + 1, (mp[3] - 1) / 2 + 1];
+        let no = numel(&out) as f64;
+        // fwd: x -> y (+ argmax); bwd: dy (+ argmax) -> dx
+        let bytes = if fb { 4.0 * (n + 2.0 * no) + 4.0 * (2.0 * no + n) } else { 4.0 * (n + 2.0 * no) };
+        let name = format!("max_pool_3x3s2_{}", if fb { "fb" } else { "fwd" });
+        v.push(case(name, dims(&mp), 0.0, bytes, fb, move |gpu| {
+            let k = sets_for(4.0 * n);
+            let sets = input_sets(gpu, &[mp.to_vec(), out.to_vec()], k, fb)?;
+            Ok(Box::new(move |i| {
+                let s = &sets[i % k];
+                let y = ops::max_pool2d(&s[0], (3, 3), (2, 2), (1, 1))?;
+                if fb {
+                    let mut g = Gradients::new();
+                    y.backward_with(s[1].detach(), &mut g)?;
+                }
+                Ok(())
+            }))
+        }));
+    }
+
+    // ---- optimizer steps over a ResNet18-sized parameter ---------------------------------
+    let np: usize = if quick { 1 << 18 } else { 11_176_512 }; // ResNet18 without its fc
+    for adam in [false, true] {
+        // SGD momentum + wd: θ, g, buf read; θ, buf written. Adam: θ, g, m, v read; θ, m, v written.
+        let bytes = if adam { 28.0 } else { 20.0 } * np as f64;
+        let name = if adam { "adam_step" } else { "sgd_step" };
+        let shape = format!("{np} params{}", if adam { "" } else { ", momentum 0.9, wd 1e-4" });
+        v.push(case(name, shape, 0.0, bytes, false, move |gpu| {
+            let k = sets_for(bytes);
+            let mut steps: Vec<(Box<dyn Optimizer>, Gradients)> = Vec::new();
+            for i in 0..k {
+                let p = Param::new(format!("p{i}"), rnd(gpu, &[np], 100 + i as u64)?.requires_grad());
+                let mut g = Gradients::new();
+                g.insert(&p.tensor, rnd(gpu, &[np], 200 + i as u64)?);
+                let opt: Box<dyn Optimizer> = if adam {
+                    Box::new(Adam::new(&[p], AdamConfig::default())?)
+                } else {
+                    Box::new(Sgd::new(&[p], SgdConfig { lr: 1e-3, momentum: 0.9, weight_decay: 1e-4, ..Default::default() })?)
+                };
+                steps.push((opt, g));
+            }
+            Ok(Box::new(move |i| {
+                let (opt, g) = &mut steps[i % k];
+                opt.step(g)
+            }))
+        }));
+    }
+
+    // ---- concat / permute (pure data movement) ------------------------------------------
+    let n_elem: usize = if quick { 1 << 20 } else { 1 << 26 };
+    {
+        let rows = if quick { 256 } else { 4096 };
+        let half = n_elem / rows / 2;
+        let bytes = 8.0 * n_elem as f64;
+        v.push(case("concat_axis1", format!("2 x {rows}x{half} -> {rows}x{}", 2 * half), 0.0, bytes, false, move |gpu| {
+            let k = sets_for(bytes);
+            let sets = input_sets(gpu, &[vec![rows, half], vec![rows, half]], k, false)?;
+            Ok(Box::new(move |i| {
+                let s = &sets[i % k];
+                ops::concat(&[&s[0], &s[1]], 1).map(|_| ())
+            }))
+        }));
+    }
+    let heads: Vec<usize> = if quick { vec![4, 16, 256, 64] } else { vec![64, 16, 1024, 64] };
+    let nchw: Vec<usize> = if quick { vec![4, 64, 64, 64] } else { vec![64, 256, 64, 64] };
+    for (name, shape, perm) in [("permute_bhld_blhd", heads, [0usize, 2, 1, 3]), ("permute_nchw_nhwc", nchw, [0, 2, 3, 1])] {
+        let bytes = 8.0 * numel(&shape) as f64;
+        v.push(case(name, format!("{} perm {perm:?}", dims(&shape)), 0.0, bytes, false, move |gpu| {
+            let k = sets_for(bytes);
+            let sets = input_sets(gpu, std::slice::from_ref(&shape), k, false)?;
+            Ok(Box::new(move |i| ops::permute(&sets[i % k][0], &perm).map(|_| ())))
+        }));
+    }
+    v
+}

@@ -1,0 +1,308 @@
+//! End-to-end benchmarks of the CREMA-D AUG model (performance.md's workload): two ResNet18
+//! encoders from scratch (audio 1×257×188, visual 3×224×224), Linear(512→256)+ReLU per
+//! modality, a shared head 256→6, SGD momentum 0.9, weight decay 1e-4, batch 64.
+//!
+//! Every step is timed by wall clock with the queue drained at both ends (the GPU is idle
+//! when the clock starts and when it stops), median over ≥ 20 steps after warm-up, as
+//! PyTorch's reference (`shared/bench/torch_reference.py`) times its steps. Memory is the
+//! buffer pool's footprint after the steps (`in_use + cached`: every buffer the pool ever
+//! created since the case started, i.e. its high-water mark), which is what the device holds.
+use crate::config::{Config, EncoderKind, MethodName};
+use crate::data::ModalitySpec;
+use crate::error::Result;
+use crate::gpu::Gpu;
+use crate::methods::{Aug, DeviceBatch, Method};
+use crate::nn::{Ctx, Encoder, Linear, Module, ResNet18};
+use crate::ops;
+use crate::optim::{Optimizer, Param};
+use crate::tensor::Tensor;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use std::time::Instant;
+
+/// One timed step; the argument is the step index (for rotating batches).
+pub type E2eStep = Box<dyn FnMut(usize) -> Result<()>>;
+
+/// An end-to-end case: builds its model, optimizer and batches, then runs one step per call.
+pub struct E2eCase {
+    pub name: String,
+    pub shape: String,
+    pub setup: Box<dyn Fn(&Gpu) -> Result<E2eStep>>,
+}
+
+#[derive(Clone, Debug)]
+pub struct E2eOptions {
+    pub filter: Option<String>,
+    /// Timed steps (performance.md asks for ≥ 20).
+    pub steps: usize,
+    pub warmup: usize,
+}
+
+impl Default for E2eOptions {
+    fn default() -> Self {
+        E2eOptions { filter: None, steps: 20, warmup: 3 }
+    }
+}
+
+impl E2eOptions {
+    /// Defaults: 20 timed steps after 3 warm-up steps; quick (software rasteriser smoke
+    /// runs, not figures): 5 after 1. `steps` overrides the count.
+    pub fn new(quick: bool, filter: Option<String>, steps: Option<usize>) -> E2eOptions {
+        let (d, warmup) = if quick { (5, 1) } else { (20, 3) };
+        E2eOptions { filter, steps: steps.unwrap_or(d).max(1), warmup }
+    }
+}
+
+/// One result row.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct E2eRow {
+    pub name: String,
+    pub shape: String,
+    pub steps: usize,
+    pub median_ms: f64,
+    pub min_ms: f64,
+    pub max_ms: f64,
+    /// Median host time to record a step (until the step function returns; the GPU may
+    /// already run earlier parts of it when the engine flushes mid-step).
+    pub record_ms: f64,
+    pub submits_per_step: f64,
+    pub dispatches_per_step: f64,
+    /// Buffer pool footprint after the steps (in use + cached), MiB.
+    pub pool_mib: f64,
+    /// Of which held by live tensors after the last step (parameters, optimizer state,
+    /// batches), MiB.
+    pub in_use_mib: f64,
+}
+
+/// Sizes of the model: (batch, ResNet base width, audio [C, H, W], visual [C, H, W]).
+fn model_dims(quick: bool) -> (usize, usize, Vec<usize>, Vec<usize>) {
+    if quick {
+        (4, 8, vec![1, 33, 24], vec![3, 32, 32])
+    } else {
+        (64, 64, vec![1, 257, 188], vec![3, 224, 224])
+    }
+}
+
+fn specs(quick: bool) -> Vec<ModalitySpec> {
+    let (_, _, a, v) = model_dims(quick);
+    vec![ModalitySpec::new("audio", a), ModalitySpec::new("visual", v)]
+}
+
+/// The AUG configuration of the CREMA-D model: ResNet18 encoders, learners of width 256,
+/// SGD momentum 0.9, weight decay 1e-4 (lr as in the PyTorch reference).
+fn aug_config(quick: bool) -> Config {
+    let (batch, base, _, _) = model_dims(quick);
+    let mut cfg = Config::default();
+    cfg.model.encoder = EncoderKind::Resnet18;
+    cfg.model.width = base;
+    cfg.method.name = MethodName::Aug;
+    cfg.method.aug.hidden = 256;
+    cfg.train.batch_size = batch;
+    cfg.train.lr = 1e-3;
+    cfg.train.momentum = 0.9;
+    cfg.train.weight_decay = 1e-4;
+    cfg
+}
+
+const CLASSES: usize = 6;
+
+/// Two random batches on the device (steps alternate between them).
+fn batches(gpu: &Gpu, quick: bool) -> Result<Vec<DeviceBatch>> {
+    let (n, _, a, v) = model_dims(quick);
+    (0..2u64)
+        .map(|i| {
+            let mut sa = vec![n];
+            sa.extend(&a);
+            let mut sv = vec![n];
+            sv.extend(&v);
+            let lab: Vec<u32> = (0..n).map(|j| ((j as u64 * 5 + i) % CLASSES as u64) as u32).collect();
+            Ok(DeviceBatch {
+                inputs: vec![ops::randn(gpu, &sa, 0xE2E0 + i, 0)?, ops::randn(gpu, &sv, 0xE2E0 + i, 1 << 32)?],
+                labels: ops::labels(gpu, &lab, CLASSES)?,
+                n,
+            })
+        })
+        .collect()
+}
+
+/// The same model assembled from modules, for the steps that the AUG method does not have
+/// (PyTorch reference's `joint` and `audio_only`): logits_m = fc(relu(emb_m(enc_m(x_m)))).
+struct AvModel {
+    enc: [ResNet18; 2],
+    emb: [Linear; 2],
+    fc: Linear,
+}
+
+impl AvModel {
+    fn new(gpu: &Gpu, quick: bool) -> Result<AvModel> {
+        let (_, base, a, v) = model_dims(quick);
+        let mut rng = StdRng::seed_from_u64(7);
+        Ok(AvModel {
+            enc: [ResNet18::new(gpu, "enc.audio", a[0], base, &mut rng)?, ResNet18::new(gpu, "enc.visual", v[0], base, &mut rng)?],
+            emb: [Linear::new(gpu, "emb.audio", 8 * base, 256, true, &mut rng)?, Linear::new(gpu, "emb.visual", 8 * base, 256, true, &mut rng)?],
+            fc: Linear::new(gpu, "fc", 256, CLASSES, true, &mut rng)?,
+        })
+    }
+    fn params(&self) -> Vec<Param> {
+        let mut v: Vec<Param> = self.enc.iter().flat_map(|e| e.params()).collect();
+        for l in &self.emb {
+            v.extend(l.params());
+        }
+        v.extend(self.fc.params());
+        v
+    }
+    fn logits(&self, m: usize, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        let u = self.enc[m].forward(x, ctx)?;
+        self.fc.forward(&ops::relu(&self.emb[m].forward(&u, ctx)?)?, ctx)
+    }
+}
+
+fn shape_label(quick: bool, visual: bool) -> String {
+    let (n, base, a, v) = model_dims(quick);
+    let d = |s: &[usize]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("x");
+    if visual {
+        format!("b{n} a{} v{} base{base}", d(&a), d(&v))
+    } else {
+        format!("b{n} a{} base{base}", d(&a))
+    }
+}
+
+/// The end-to-end group: AUG step (audio step + visual step, `methods::Aug`), joint step
+/// (one backward through both encoders, logits summed before the cross-entropy), eval
+/// forward (`Aug::predict`) and one audio ResNet18 step. `quick`: ResNet base width 8 at
+/// batch 4 on 1×33×24 / 3×32×32 (seconds on a software rasteriser).
+pub fn e2e_cases(quick: bool) -> Vec<E2eCase> {
+    let shape = shape_label(quick, true);
+    let mut v = Vec::new();
+    for (name, train) in [("aug_step", true), ("eval_forward", false)] {
+        v.push(E2eCase {
+            name: name.into(),
+            shape: shape.clone(),
+            setup: Box::new(move |gpu| {
+                let cfg = aug_config(quick);
+                let mut rng = StdRng::seed_from_u64(cfg.seed);
+                let mut method = Aug::new(gpu, &cfg, &specs(quick), CLASSES, &mut rng)?;
+                let mut opt = crate::train::build_optimizer(&cfg, method.trainable())?;
+                let bs = batches(gpu, quick)?;
+                Ok(Box::new(move |i| {
+                    let b = &bs[i % bs.len()];
+                    if train {
+                        method.train_step(b, opt.as_mut(), 0)
+                    } else {
+                        method.predict(&b.inputs).map(|_| ())
+                    }
+                }))
+            }),
+        });
+    }
+    for (name, joint) in [("joint_step", true), ("audio_resnet18_step", false)] {
+        v.push(E2eCase {
+            name: name.into(),
+            shape: shape_label(quick, joint),
+            setup: Box::new(move |gpu| {
+                let cfg = aug_config(quick);
+                let model = AvModel::new(gpu, quick)?;
+                let mut opt: Box<dyn Optimizer> = crate::train::build_optimizer(&cfg, model.params())?;
+                let bs = batches(gpu, quick)?;
+                Ok(Box::new(move |i| {
+                    let b = &bs[i % bs.len()];
+                    let ctx = Ctx::train();
+                    let logits = if joint {
+                        ops::add(&model.logits(0, &b.inputs[0], &ctx)?, &model.logits(1, &b.inputs[1], &ctx)?)?
+                    } else {
+                        model.logits(0, &b.inputs[0], &ctx)?
+                    };
+                    let loss = ops::cross_entropy(&logits, ops::Target::Hard(&b.labels), None)?;
+                    let grads = loss.backward()?;
+                    opt.step(&grads)
+                }))
+            }),
+        });
+    }
+    v
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => 0.5 * (v[n / 2 - 1] + v[n / 2]),
+    }
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// Run the (filtered) cases: warm-up steps, then `steps` steps each timed between two
+/// drains of the queue. The pool is trimmed before every case so its footprint is the case's own.
+pub fn run_e2e(gpu: &Gpu, opts: &E2eOptions, cases: Vec<E2eCase>) -> Result<Vec<E2eRow>> {
+    let mut rows = Vec::new();
+    for case in cases {
+        if let Some(f) = &opts.filter {
+            if !case.name.contains(f.as_str()) {
+                continue;
+            }
+        }
+        gpu.synchronize()?;
+        gpu.trim_memory();
+        let mut step = (case.setup)(gpu)?;
+        for i in 0..opts.warmup {
+            step(i)?;
+        }
+        let steps = opts.steps.max(1);
+        let (mut wall, mut rec) = (Vec::with_capacity(steps), Vec::with_capacity(steps));
+        gpu.synchronize()?;
+        let (s0, d0) = gpu.counters();
+        for i in 0..steps {
+            gpu.synchronize()?;
+            let t0 = Instant::now();
+            step(opts.warmup + i)?;
+            rec.push(t0.elapsed().as_secs_f64() * 1e3);
+            gpu.synchronize()?;
+            wall.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+        let (s1, d1) = gpu.counters();
+        let mem = gpu.memory();
+        let min = wall.iter().cloned().fold(f64::INFINITY, f64::min);
+        let max = wall.iter().cloned().fold(0.0, f64::max);
+        rows.push(E2eRow {
+            name: case.name,
+            shape: case.shape,
+            steps,
+            median_ms: median(wall),
+            min_ms: min,
+            max_ms: max,
+            record_ms: median(rec),
+            // the drain at the end of each step is a submit of its own only when work is left
+            submits_per_step: (s1 - s0) as f64 / steps as f64,
+            dispatches_per_step: (d1 - d0) as f64 / steps as f64,
+            pool_mib: (mem.in_use + mem.cached) as f64 / MIB,
+            in_use_mib: mem.in_use as f64 / MIB,
+        });
+        drop(step);
+        gpu.synchronize()?;
+        gpu.trim_memory();
+    }
+    Ok(rows)
+}
+
+/// A fixed-width table of the end-to-end rows.
+pub fn format_e2e_table(gpu: &Gpu, rows: &[E2eRow]) -> String {
+    let steps = rows.first().map(|r| r.steps).unwrap_or(0);
+    let mut s = format!(
+        "device: {} ({:?}); end-to-end steps, wall clock with the queue drained at both ends, median of {steps}\n",
+        gpu.info().name,
+        gpu.info().backend
+    );
+    s.push_str(&format!(
+        "{:<22} {:<36} {:>10} {:>10} {:>10} {:>10} {:>9} {:>11} {:>10}\n",
+        "case", "shape", "ms", "min ms", "max ms", "record ms", "submits", "dispatches", "pool MiB"
+    ));
+    for r in rows {
+        s.push_str(&format!(
+            "{:<22} {:<36} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>9.1} {:>11.0} {:>10.1}\n",
+            r.name, r.shape, r.median_ms, r.min_ms, r.max_ms, r.record_ms, r.submits_per_step, r.dispatches_per_step, r.pool_mib
+        ));
+    }
+    s
+}
