@@ -291,6 +291,14 @@ fn aim_with_film_fusion_mlp() {
 }
 
 #[test]
+fn aim_with_resnet18_encoders() {
+    let _s = serial();
+    // ResNet18 (base width 2) on 12x12 inputs: 5 depths (stem, layer1..4)
+    let lines = run(&["train.epochs=2", "data.n_train=64", "data.n_test=16", "method.aim.prototype_steps=2", "model.encoder=\"resnet18\"", "model.width=2"], "resnet");
+    check_log(&lines, 5, 0.5, 0.9);
+}
+
+#[test]
 fn aim_with_transformer_encoders() {
     let _s = serial();
     let lines = run(
