@@ -64,7 +64,9 @@ impl EvalReport {
 pub struct RunSummary {
     pub modalities: Vec<String>,
     pub test: EvalReport,
-    pub best_val: Option<(usize, EvalReport)>,
+    /// The epoch selected on validation (saved as `checkpoints/best.safetensors`) and its
+    /// validation accuracy; None without a validation split.
+    pub best_val: Option<(usize, f64)>,
     pub epochs_run: usize,
     pub run_dir: PathBuf,
 }
@@ -81,6 +83,9 @@ impl RunSummary {
                 Some(m) => s.push_str(&row(n, m)),
                 None => s.push_str(&format!("{:<12} {:>8}\n", n, "-")),
             }
+        }
+        if let Some((e, acc)) = self.best_val {
+            s.push_str(&format!("(best on validation: epoch {}, {:.2}%: checkpoints/best.safetensors)\n", e + 1, 100.0 * acc));
         }
         s
     }
@@ -379,13 +384,7 @@ pub fn train(gpu: &Gpu, cfg: &Config, cfg_text: &str, opts: &TrainOptions) -> Re
     if epochs_run == 0 && start_epoch >= cfg.train.epochs {
         last_test = evaluate(gpu, method.as_ref(), &ds, Split::Test, bs.max(64), cfg.train.workers)?;
     }
-    let best_val = match best {
-        Some((e, _)) if has_val && best_path.exists() => {
-            // report the selected model's validation and test numbers
-            Some((e, EvalReport::default()))
-        }
-        _ => None,
-    };
+    let best_val = best.filter(|_| has_val);
     let summary = RunSummary { modalities: names, test: last_test, best_val, epochs_run, run_dir: dir.clone() };
     let _ = std::fs::write(
         dir.join("summary.txt"),
