@@ -382,6 +382,8 @@ pub struct TrainConfig {
     pub checkpoint: bool,
     /// Drop the last incomplete training batch.
     pub drop_last: bool,
+    /// Clip the global L2 norm of the gradients of each optimizer step to this value.
+    pub grad_clip: Option<f32>,
 }
 
 impl Default for TrainConfig {
@@ -405,6 +407,7 @@ impl Default for TrainConfig {
             workers: 2,
             checkpoint: true,
             drop_last: false,
+            grad_clip: None,
         }
     }
 }
@@ -495,6 +498,11 @@ impl Config {
         }
         if t.schedule == ScheduleKind::Step && t.step_size == 0 {
             return Err(Error::config("train.step_size", "must be at least 1 for the step schedule"));
+        }
+        if let Some(c) = t.grad_clip {
+            if !(c.is_finite() && c > 0.0) {
+                return Err(Error::config("train.grad_clip", format!("must be a positive number (or absent), got {c}")));
+            }
         }
         if t.eval_every == 0 {
             return Err(Error::config("train.eval_every", "must be at least 1"));

@@ -387,3 +387,25 @@ fn scheduler_values() {
     let lr = Scheduler::new(0.4, LrSchedule::Constant, 1).apply(&mut opt, 0);
     assert!(close(lr, 0.2) && close(opt.lr(), 0.2));
 }
+
+#[test]
+fn clip_grad_norm_scales_to_the_global_norm() {
+    use equimodal::optim::{clip_grad_norm, Param};
+    let g = gpu();
+    let a = Tensor::from_slice(&g, &[0.0; 3], &[3]).unwrap().requires_grad();
+    let b = Tensor::from_slice(&g, &[0.0; 2], &[2]).unwrap().requires_grad();
+    let params = vec![Param::new("a", a.clone()), Param::new("b", b.clone())];
+    let mut grads = equimodal::Gradients::new();
+    grads.insert(&a, Tensor::from_slice(&g, &[3.0, 0.0, 4.0], &[3]).unwrap());
+    grads.insert(&b, Tensor::from_slice(&g, &[0.0, 12.0], &[2]).unwrap());
+    // global norm 13: clipped to 6.5 -> factor 0.5
+    let c = clip_grad_norm(&params, &grads, 6.5).unwrap();
+    let ga = c.get(&a).unwrap().to_vec().unwrap();
+    let gb = c.get(&b).unwrap().to_vec().unwrap();
+    for (x, w) in ga.iter().chain(&gb).zip([1.5, 0.0, 2.0, 0.0, 6.0]) {
+        assert!((x - w).abs() < 1e-5, "{ga:?} {gb:?}");
+    }
+    // below the limit: unchanged
+    let c = clip_grad_norm(&params, &grads, 100.0).unwrap();
+    assert_eq!(c.get(&b).unwrap().to_vec().unwrap(), vec![0.0, 12.0]);
+}

@@ -15,10 +15,12 @@
 //! `exp_avg.<param>`, `exp_avg_sq.<param>`, `max_exp_avg_sq.<param>` (Adam),
 //! `score.<param>` and `score_momentum.<param>` (when scores are enabled).
 pub mod adam;
+pub mod clip;
 pub mod schedule;
 pub mod sgd;
 
 pub use adam::{Adam, AdamConfig};
+pub use clip::{clip_grad_norm, ClipGradNorm};
 pub use schedule::{LrSchedule, Scheduler};
 pub use sgd::{Sgd, SgdConfig};
 

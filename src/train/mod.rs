@@ -93,7 +93,7 @@ impl RunSummary {
 
 pub fn build_optimizer(cfg: &Config, params: Vec<Param>) -> Result<Box<dyn Optimizer>> {
     let t = &cfg.train;
-    Ok(match t.optimizer {
+    let opt: Box<dyn Optimizer> = match t.optimizer {
         OptimizerKind::Sgd => Box::new(Sgd::new(
             &params,
             SgdConfig { lr: t.lr, momentum: t.momentum, dampening: 0.0, weight_decay: t.weight_decay, nesterov: t.nesterov },
@@ -110,6 +110,10 @@ pub fn build_optimizer(cfg: &Config, params: Vec<Param>) -> Result<Box<dyn Optim
                 amsgrad: false,
             },
         )?),
+    };
+    Ok(match t.grad_clip {
+        Some(c) => Box::new(crate::optim::ClipGradNorm::new(opt, c)?),
+        None => opt,
     })
 }
 

@@ -1,0 +1,79 @@
+//! Gradient-norm clipping as an optimizer wrapper: before each step, the gradients of the
+//! registered parameters are scaled by min(1, max_norm / ‖g‖) where ‖g‖ is their global L2
+//! norm (PyTorch's `clip_grad_norm_`). Computed on the GPU as tensors: no host readback.
+use super::{Optimizer, Param, StateTensor};
+use crate::autograd::Gradients;
+use crate::error::{Error, Result};
+use crate::ops;
+use crate::tensor::Tensor;
+
+pub struct ClipGradNorm {
+    inner: Box<dyn Optimizer>,
+    max_norm: f32,
+}
+
+impl ClipGradNorm {
+    pub fn new(inner: Box<dyn Optimizer>, max_norm: f32) -> Result<ClipGradNorm> {
+        if !(max_norm.is_finite() && max_norm > 0.0) {
+            return Err(Error::config("train.grad_clip", format!("must be a positive number, got {max_norm}")));
+        }
+        Ok(ClipGradNorm { inner, max_norm })
+    }
+}
+
+/// Scale `grads` of `params` in place so their global L2 norm is at most `max_norm`.
+pub fn clip_grad_norm(params: &[Param], grads: &Gradients, max_norm: f32) -> Result<Gradients> {
+    let present: Vec<(&Param, &Tensor)> = params.iter().filter_map(|p| grads.get(&p.tensor).map(|g| (p, g))).collect();
+    let mut out = Gradients::new();
+    if present.is_empty() {
+        return Ok(out);
+    }
+    let gpu = present[0].1.gpu().clone();
+    let _ng = gpu.no_grad();
+    let mut total: Option<Tensor> = None;
+    for (_, g) in &present {
+        let sq = ops::sum_all(&ops::square(g)?)?;
+        total = Some(match total {
+            Some(t) => ops::add(&t, &sq)?,
+            None => sq,
+        });
+    }
+    let norm = ops::sqrt(&total.expect("non-empty"))?;
+    // coefficient = min(1, max_norm / (norm + 1e-6))
+    let coef = ops::clamp(&ops::recip(&ops::scale(&ops::add_scalar(&norm, 1e-6)?, 1.0 / max_norm)?)?, 0.0, 1.0)?;
+    for (p, g) in present {
+        out.insert(&p.tensor, ops::mul(g, &coef)?);
+    }
+    Ok(out)
+}
+
+impl Optimizer for ClipGradNorm {
+    fn step(&mut self, grads: &Gradients) -> Result<()> {
+        let clipped = clip_grad_norm(self.inner.params(), grads, self.max_norm)?;
+        self.inner.step(&clipped)
+    }
+    fn add_params(&mut self, params: &[Param]) {
+        self.inner.add_params(params)
+    }
+    fn params(&self) -> &[Param] {
+        self.inner.params()
+    }
+    fn lr(&self) -> f32 {
+        self.inner.lr()
+    }
+    fn set_lr(&mut self, lr: f32) {
+        self.inner.set_lr(lr)
+    }
+    fn state_tensors(&self) -> Result<Vec<StateTensor>> {
+        self.inner.state_tensors()
+    }
+    fn load_state_tensors(&mut self, state: &[StateTensor]) -> Result<()> {
+        self.inner.load_state_tensors(state)
+    }
+    fn enable_scores(&mut self, param_names: &[&str], momentum: f32) -> Result<()> {
+        self.inner.enable_scores(param_names, momentum)
+    }
+    fn scores(&self, name: &str) -> Option<&Tensor> {
+        self.inner.scores(name)
+    }
+}
