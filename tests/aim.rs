@@ -7,11 +7,6 @@ use common::*;
 use equimodal::ops;
 use equimodal::{Error, Tensor};
 
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// Unpack a selection mask through `mask_scale(s = 1)`, which is M itself as 0/1.
 fn mask_values(mask: &Tensor, n: usize) -> Vec<f32> {
     ops::mask_scale(mask, &[n], 1.0).unwrap().to_vec().unwrap()
@@ -56,7 +51,6 @@ fn check_selection(name: &str, layers: &[Vec<f32>], rho: f32) {
 
 #[test]
 fn selection_matches_cpu_on_random_scores_odd_sizes() {
-    let _s = serial();
     let mut rng = Rng::new(1);
     for &rho in &[0.5f32, 0.1, 0.9, 0.37] {
         let layers: Vec<Vec<f32>> = [1usize, 2, 31, 255, 257, 1000, 4097, 9001]
@@ -69,7 +63,6 @@ fn selection_matches_cpu_on_random_scores_odd_sizes() {
 
 #[test]
 fn selection_handles_ties_and_duplicates() {
-    let _s = serial();
     let mut rng = Rng::new(2);
     // all equal, many zeros (never-updated elements), few distinct values, and a mix
     let n = 5000;
@@ -89,7 +82,6 @@ fn selection_handles_ties_and_duplicates() {
 
 #[test]
 fn selection_of_a_larger_layer_is_exact() {
-    let _s = serial();
     let mut rng = Rng::new(3);
     // several histogram workgroups and three index digits
     let v: Vec<f32> = (0..70_001).map(|_| (rng.below(1000) as f32) * 1e-4).collect();
@@ -98,7 +90,6 @@ fn selection_of_a_larger_layer_is_exact() {
 
 #[test]
 fn mask_scale_values() {
-    let _s = serial();
     let gpu = gpu();
     let mut rng = Rng::new(4);
     let shape = [7usize, 5, 3, 3];
@@ -143,7 +134,6 @@ fn proto_ref(h: &[f64], p: &[f64], labels: &[u32], n: usize, k: usize, t: f64) -
 
 #[test]
 fn prototype_scores_match_f64() {
-    let _s = serial();
     let gpu = gpu();
     let mut rng = Rng::new(5);
     for &(n, k, ref per, t) in &[(5usize, 3usize, vec![4usize, 3, 3], 1.0f32), (1, 2, vec![17], 0.5), (33, 10, vec![6, 5], 0.1), (3, 4, vec![8, 24, 24], 2.0), (2, 3, vec![5000], 1.0)] {
@@ -259,7 +249,6 @@ fn check_log(lines: &[serde_json::Value], depths: usize, rho: f64, s_max: f64) {
 
 #[test]
 fn aim_trains_small_cnn_concat_sgd() {
-    let _s = serial();
     let lines = run(&[], "cnn");
     assert_eq!(lines.len(), 2);
     check_log(&lines, 2, 0.5, 0.9);
@@ -278,21 +267,18 @@ fn aim_trains_small_cnn_concat_sgd() {
 
 #[test]
 fn aim_with_sum_fusion_adam_and_rho() {
-    let _s = serial();
     let lines = run(&["method.fusion=\"sum\"", "train.optimizer=\"adam\"", "train.lr=0.003", "train.epochs=2", "method.aim.rho=0.3", "method.aim.v3=true"], "sum");
     check_log(&lines, 2, 0.3, 0.9);
 }
 
 #[test]
 fn aim_with_film_fusion_mlp() {
-    let _s = serial();
     let lines = run(&["method.fusion=\"film\"", "train.epochs=1", "model.encoder=\"mlp\"", "model.hidden=[16, 8, 8]", "method.aim.s_max=0.5"], "film");
     check_log(&lines, 3, 0.5, 0.5);
 }
 
 #[test]
 fn aim_with_resnet18_encoders() {
-    let _s = serial();
     // ResNet18 (base width 2) on 12x12 inputs: 5 depths (stem, layer1..4)
     let lines = run(&["train.epochs=2", "data.n_train=64", "data.n_test=16", "method.aim.prototype_steps=2", "model.encoder=\"resnet18\"", "model.width=2"], "resnet");
     check_log(&lines, 5, 0.5, 0.9);
@@ -300,7 +286,6 @@ fn aim_with_resnet18_encoders() {
 
 #[test]
 fn aim_with_transformer_encoders() {
-    let _s = serial();
     let lines = run(
         &["train.epochs=2", "data.n_train=64", "data.n_test=16", "method.aim.prototype_steps=2", "model.encoder=\"transformer\"", "model.width=8", "model.heads=2", "model.layers=2", "model.patch=[4, 4]", "method.fusion=\"gated\"", "train.optimizer=\"adam\"", "train.lr=0.003"],
         "vit",

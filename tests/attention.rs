@@ -6,16 +6,6 @@ mod common;
 use common::*;
 use equimodal::ops;
 use equimodal::{Error, Tensor};
-use std::sync::{Mutex, MutexGuard};
-
-/// The tests of this file run one at a time. `Gpu::flush` takes the recorded batch under its
-/// lock but encodes and submits it after releasing the lock, so two test threads flushing at
-/// once can submit out of recording order (one thread's upload can land after its own
-/// kernel); seen here as sporadic wrong forwards when the tests ran in parallel.
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// Naive attention in f64: o[b,h,i] = sum_j softmax_j(q_i·k_j·scale, padded keys dropped) v_j.
 /// A row with every key padded gives zeros.
@@ -82,7 +72,6 @@ fn check_attention(name: &str, dims: (usize, usize, usize, usize, usize), mask: 
 
 #[test]
 fn small_shapes_forward_and_gradients() {
-    let _serial = serial();
     check_attention("attn B2 H3 L5 S7 Dh4", (2, 3, 5, 7, 4), None, &[0, 1, 2], 1);
     check_attention("attn B1 H1 L1 S1 Dh1", (1, 1, 1, 1, 1), None, &[0, 1, 2], 2);
     check_attention("attn B1 H1 L1 S1 Dh3", (1, 1, 1, 1, 3), None, &[0, 1, 2], 3);
@@ -90,7 +79,6 @@ fn small_shapes_forward_and_gradients() {
 
 #[test]
 fn several_tiles_forward_and_gradients() {
-    let _serial = serial();
     // Dh 16 (Dh <= 32 kernels): 2 forward row blocks, 2 dK/dV key blocks and query tiles, 2 dQ key tiles
     check_attention("attn L37 S37 Dh16", (1, 2, 37, 37, 16), None, &[0, 1, 2], 4);
     // S 75 > 64: several forward key tiles too
@@ -99,7 +87,6 @@ fn several_tiles_forward_and_gradients() {
 
 #[test]
 fn cross_attention_l_ne_s() {
-    let _serial = serial();
     check_attention("attn L9 S3 Dh5", (2, 2, 9, 3, 5), None, &[0, 1, 2], 6);
     check_attention("attn L3 S41 Dh8", (1, 2, 3, 41, 8), None, &[0, 1, 2], 7);
     // only some inputs tracked: exercises the dq-only and dkv-only backward paths
@@ -109,7 +96,6 @@ fn cross_attention_l_ne_s() {
 
 #[test]
 fn key_padding_mask_and_fully_padded_rows() {
-    let _serial = serial();
     let (b, s) = (2, 7);
     let mut m = vec![0.0; b * s];
     m[2] = 1.0;
@@ -132,7 +118,6 @@ fn key_padding_mask_and_fully_padded_rows() {
 
 #[test]
 fn all_padded_gives_exact_zeros() {
-    let _serial = serial();
     let g = gpu();
     let (b, h, l, s, dh) = (1, 2, 3, 4, 8);
     let mut rng = Rng::new(12);
@@ -152,7 +137,6 @@ fn all_padded_gives_exact_zeros() {
 
 #[test]
 fn head_dim_64_and_128_instantiations() {
-    let _serial = serial();
     // Dh <= 64 kernels: 40 keys cross two forward key tiles (32) and two dK/dV key blocks
     check_attention("attn Dh64", (1, 2, 9, 40, 64), None, &[0, 1, 2], 13);
     check_attention("attn Dh40", (1, 1, 37, 37, 40), None, &[0, 1, 2], 14);
@@ -163,7 +147,6 @@ fn head_dim_64_and_128_instantiations() {
 
 #[test]
 fn typed_shape_errors() {
-    let _serial = serial();
     let g = gpu();
     let z = |shape: &[usize]| Tensor::zeros(&g, shape).unwrap();
     let expect_shape_err = |r: equimodal::Result<Tensor>, needle: &str| match r {

@@ -4,12 +4,6 @@ use common::*;
 use equimodal::ops;
 use equimodal::Tensor;
 
-/// One test at a time (see tests/norm.rs: concurrent flushes can submit out of order).
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn embed_ref(ids: &[u32], table: &[f64], v: usize, d: usize) -> Vec<f64> {
     ids.iter()
         .flat_map(|&id| (0..d).map(move |j| if (id as usize) < v { table[id as usize * d + j] } else { 0.0 }))
@@ -18,7 +12,6 @@ fn embed_ref(ids: &[u32], table: &[f64], v: usize, d: usize) -> Vec<f64> {
 
 #[test]
 fn embedding_matches_reference_and_gradients() {
-    let _s = serial();
     let mut rng = Rng::new(31);
     // repeated ids; D = 300 spans two column chunks; 300 ids span two id tiles
     for (v, d, ids_shape) in [(5usize, 7usize, vec![3, 4]), (9, 300, vec![300]), (1, 1, vec![2]), (40, 33, vec![2, 3, 5])] {
@@ -46,7 +39,6 @@ fn embedding_matches_reference_and_gradients() {
 
 #[test]
 fn embedding_out_of_range_ids_read_zero_and_get_no_gradient() {
-    let _s = serial();
     let g = gpu();
     let table: Vec<f32> = (0..6).map(|i| i as f32 + 1.0).collect(); // [3, 2]
     let t = Tensor::from_slice(&g, &table, &[3, 2]).unwrap().requires_grad();
@@ -59,7 +51,6 @@ fn embedding_out_of_range_ids_read_zero_and_get_no_gradient() {
 
 #[test]
 fn embedding_errors_are_typed() {
-    let _s = serial();
     let g = gpu();
     let table = Tensor::zeros(&g, &[4, 3]).unwrap();
     let fids = Tensor::zeros(&g, &[2]).unwrap();
@@ -92,7 +83,6 @@ fn patchify_ref(x: &[f64], n: usize, c: usize, h: usize, w: usize, ph: usize, pw
 
 #[test]
 fn patchify_matches_reference_and_gradients() {
-    let _s = serial();
     let mut rng = Rng::new(32);
     for (n, c, h, w, ph, pw) in [(2, 3, 6, 8, 2, 4), (1, 1, 5, 7, 5, 7), (3, 2, 9, 6, 3, 1), (1, 4, 4, 4, 1, 1)] {
         let x = rng.uniforms(n * c * h * w, -1.0, 1.0);
@@ -114,7 +104,6 @@ fn patchify_matches_reference_and_gradients() {
 
 #[test]
 fn patchify_errors_are_typed() {
-    let _s = serial();
     let g = gpu();
     let x = Tensor::zeros(&g, &[1, 3, 6, 8]).unwrap();
     let e = ops::patchify(&x, (4, 4)).unwrap_err().to_string();

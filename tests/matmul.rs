@@ -4,16 +4,6 @@ mod common;
 use common::*;
 use equimodal::ops::{self, MatmulKernel, MatmulOpts};
 use equimodal::{Error, Tensor};
-use std::sync::{Mutex, MutexGuard};
-
-/// Tests of this file run one at a time. The engine's `Gpu::flush` takes the command batch
-/// under its lock but submits after releasing it, so two threads flushing at once can
-/// submit out of recording order while sharing pooled buffers (main's own elementwise
-/// tests fail intermittently the same way under the default parallel test runner).
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// Numpy-broadcast shape of two batch shapes.
 fn bcast(a: &[usize], b: &[usize]) -> Vec<usize> {
@@ -91,7 +81,6 @@ fn mask(rng: &mut Rng, n: usize) -> Vec<f64> {
 
 #[test]
 fn all_transpose_and_scale_combinations_forward_and_gradients() {
-    let _serial = serial();
     let mut rng = Rng::new(7);
     let (m, k, n) = (5, 7, 6);
     for ta in [false, true] {
@@ -122,7 +111,6 @@ fn all_transpose_and_scale_combinations_forward_and_gradients() {
 
 #[test]
 fn masked_weights_get_exactly_zero_gradient() {
-    let _serial = serial();
     let g = gpu();
     let mut rng = Rng::new(11);
     for tb in [false, true] {
@@ -153,7 +141,6 @@ fn masked_weights_get_exactly_zero_gradient() {
 
 #[test]
 fn batch_broadcasting_forward_and_gradients() {
-    let _serial = serial();
     let mut rng = Rng::new(3);
     // (A batch, B batch, trans_a, trans_b)
     let cases: Vec<(Vec<usize>, Vec<usize>, bool, bool)> = vec![
@@ -197,7 +184,6 @@ fn batch_broadcasting_forward_and_gradients() {
 
 #[test]
 fn edge_shapes_forward_and_gradients() {
-    let _serial = serial();
     let mut rng = Rng::new(5);
     // M=1, N=1, K=1 and sizes that are not tile multiples
     let shapes = [(1, 6, 5), (4, 1, 5), (4, 6, 1), (1, 1, 1), (17, 33, 65)];
@@ -244,7 +230,6 @@ fn cross_check(rng: &mut Rng, ab: &[usize], bb: &[usize], m: usize, n: usize, k:
 
 #[test]
 fn larger_than_one_tile_every_kernel_matches() {
-    let _serial = serial();
     let mut rng = Rng::new(9);
     // 130 x 70 x 90: more than one 128 tile in M, more than one 64 tile in every dim
     for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
@@ -257,7 +242,6 @@ fn larger_than_one_tile_every_kernel_matches() {
 
 #[test]
 fn random_shapes_tiled_kernels_match_reference_kernel() {
-    let _serial = serial();
     let mut rng = Rng::new(21);
     for _ in 0..12 {
         let (m, n, k) = (1 + rng.below(40), 1 + rng.below(40), 1 + rng.below(40));
@@ -291,7 +275,6 @@ fn linear_ref(x: &[f64], in_f: usize, w: &[f64], out_f: usize, bias: Option<&[f6
 
 #[test]
 fn linear_with_and_without_bias_and_scale() {
-    let _serial = serial();
     let mut rng = Rng::new(13);
     let (in_f, out_f) = (7, 5);
     for (xs, with_bias, scaled) in [
@@ -332,7 +315,6 @@ fn linear_with_and_without_bias_and_scale() {
 
 #[test]
 fn plain_matmul_matches_matmul_ex_default() {
-    let _serial = serial();
     let g = gpu();
     let mut rng = Rng::new(17);
     let a = upload(&g, &rng.normals(3 * 4), &[3, 4]);
@@ -352,7 +334,6 @@ fn shape_err(r: equimodal::Result<Tensor>) -> String {
 
 #[test]
 fn typed_errors_name_the_shapes() {
-    let _serial = serial();
     let g = gpu();
     let a = Tensor::zeros(&g, &[2, 3, 4]).unwrap();
     let b = Tensor::zeros(&g, &[5, 6]).unwrap();

@@ -19,13 +19,6 @@ use rand::SeedableRng;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-/// Tests in this file run one at a time (as tests/norm.rs: concurrent flushes from several
-/// test threads are not what the trainer does, and lavapipe has 2 cores anyway).
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn srng(seed: u64) -> StdRng {
     StdRng::seed_from_u64(seed)
 }
@@ -127,7 +120,6 @@ fn check_resnet_depth_shapes(outs: &[Tensor], n: usize, base: usize) {
 
 #[test]
 fn resnet18_eval_matches_cpu_reference() {
-    let _s = serial();
     let base = 4;
     for (case, &(in_ch, shape)) in RESNET_CASES.iter().enumerate() {
         let mut rng = Rng::new(100 + case as u64);
@@ -156,7 +148,6 @@ fn resnet18_eval_matches_cpu_reference() {
 
 #[test]
 fn resnet18_train_matches_cpu_reference_and_updates_running_stats() {
-    let _s = serial();
     let base = 4;
     for (case, &(in_ch, shape)) in RESNET_CASES.iter().enumerate() {
         let mut rng = Rng::new(200 + case as u64);
@@ -214,7 +205,6 @@ fn check_forward_from(what: &str, enc: &dyn Encoder, x: &Tensor, ctx: &Ctx) {
 
 #[test]
 fn forward_from_every_depth_equals_pooled_output() {
-    let _s = serial();
     let g = gpu();
     let mut rng = Rng::new(300);
     let frozen_train = Ctx { training: true, update_stats: false, ..Default::default() };
@@ -261,7 +251,6 @@ fn check_depths(what: &str, enc: &dyn Encoder, other_prefixes: &[&str]) {
 
 #[test]
 fn depth_of_maps_every_parameter_and_covers_all_depths() {
-    let _s = serial();
     let g = gpu();
     let net = resnet(1, 2, 41);
     check_depths("resnet18", &net, &["enc2", "encoder", "x"]);
@@ -342,7 +331,6 @@ fn check_weight_scales(what: &str, make: &dyn Fn() -> Box<dyn Encoder>, x: &Tens
 
 #[test]
 fn weight_scales_equal_host_scaled_weights_and_mask_gradients() {
-    let _s = serial();
     let g = gpu();
     let mut rng = Rng::new(400);
     let (x, _) = input(&mut rng, &[2, 1, 32, 40]);
@@ -400,7 +388,6 @@ fn check_const(what: &str, t: &Tensor, value: f32) {
 
 #[test]
 fn initialisation_statistics() {
-    let _s = serial();
     let g = gpu();
     let mut r = srng(61);
     // kaiming-normal, fan_out mode: std = sqrt(2 / (out * k * k))
@@ -455,7 +442,6 @@ fn initialisation_statistics() {
 
 #[test]
 fn transformer_matches_cpu_reference_and_gradients_flow() {
-    let _s = serial();
     let cfg = tf_cfg(&[1, 1]);
     for (case, (sample, n)) in [(vec![2usize, 4, 6], 2usize), (vec![5, 3], 3)].into_iter().enumerate() {
         let mut rng = Rng::new(600 + case as u64);
@@ -556,7 +542,6 @@ fn unimodal_ref(kind: FusionKind, p: &Named, feats: &[T], m: usize, d1: usize) -
 
 #[test]
 fn fusion_heads_match_reference_and_unimodal_views() {
-    let _s = serial();
     let g = gpu();
     let classes = 4;
     let cases: [(FusionKind, &[usize], usize); 8] = [
@@ -617,7 +602,6 @@ fn fusion_heads_match_reference_and_unimodal_views() {
 
 #[test]
 fn small_cnn_and_mlp_shapes_and_gradients() {
-    let _s = serial();
     let g = gpu();
     let mut rng = Rng::new(800);
 

@@ -4,15 +4,6 @@ use common::*;
 use equimodal::ops::{self, BatchNormState};
 use equimodal::Tensor;
 
-/// Tests in this file run one at a time: `Gpu::flush` takes the batch under its lock but
-/// encodes and submits after releasing it, so two threads flushing at once can submit
-/// out of recording order, and a pooled buffer reused across threads is then overwritten
-/// before its last reader ran (seen as sporadic wrong values with parallel test threads).
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// (mean, biased var) per channel of x [n, c, hw].
 fn channel_stats(x: &[f64], n: usize, c: usize, hw: usize) -> Vec<(f64, f64)> {
     (0..c)
@@ -49,7 +40,6 @@ fn bn_shape(n: usize, c: usize, hw: Option<(usize, usize)>) -> (Vec<usize>, usiz
 
 #[test]
 fn batch_norm_training_matches_reference_and_gradients() {
-    let _s = serial();
     let mut rng = Rng::new(21);
     let eps = 1e-5;
     for (n, c, hw) in [(3, 4, Some((5, 3))), (5, 3, None), (2, 1, Some((1, 1))), (1, 2, Some((17, 19)))] {
@@ -73,7 +63,6 @@ fn batch_norm_training_matches_reference_and_gradients() {
 
 #[test]
 fn batch_norm_eval_matches_reference_and_gradients() {
-    let _s = serial();
     let mut rng = Rng::new(22);
     let eps = 1e-3;
     for (n, c, hw) in [(3, 4, Some((5, 3))), (5, 3, None), (1, 1, Some((1, 1)))] {
@@ -109,7 +98,6 @@ fn batch_norm_eval_matches_reference_and_gradients() {
 
 #[test]
 fn batch_norm_running_stats_after_two_steps() {
-    let _s = serial();
     let g = gpu();
     let mut rng = Rng::new(23);
     for (n, c, hw) in [(3, 4, Some((5, 3))), (6, 5, None)] {
@@ -137,7 +125,6 @@ fn batch_norm_running_stats_after_two_steps() {
 
 #[test]
 fn batch_norm_large_mean_is_numerically_sound() {
-    let _s = serial();
     // values 1000 + small noise: E[x^2] - E[x]^2 would cancel catastrophically in f32
     let g = gpu();
     let mut rng = Rng::new(24);
@@ -153,7 +140,6 @@ fn batch_norm_large_mean_is_numerically_sound() {
 
 #[test]
 fn batch_norm_shape_errors_are_typed() {
-    let _s = serial();
     let g = gpu();
     let st = BatchNormState::new(&g, 3, 0.1, 1e-5).unwrap();
     let w = Tensor::full(&g, &[3], 1.0).unwrap();
@@ -185,7 +171,6 @@ fn ln_ref(x: &[f64], w: &[f64], b: &[f64], d: usize, eps: f64) -> Vec<f64> {
 
 #[test]
 fn layer_norm_matches_reference_and_gradients() {
-    let _s = serial();
     let mut rng = Rng::new(25);
     let eps = 1e-5;
     for shape in [vec![3, 1], vec![2, 2, 7], vec![3, 300], vec![1, 7], vec![70, 7]] {
@@ -206,7 +191,6 @@ fn layer_norm_matches_reference_and_gradients() {
 
 #[test]
 fn layer_norm_shape_errors_are_typed() {
-    let _s = serial();
     let g = gpu();
     let x = Tensor::zeros(&g, &[2, 5]).unwrap();
     let w = Tensor::full(&g, &[4], 1.0).unwrap();

@@ -5,16 +5,6 @@ use common::*;
 use equimodal::optim::{Adam, AdamConfig, LrSchedule, Optimizer, Param, Scheduler, Sgd, SgdConfig, StateTensor};
 use equimodal::{Error, Gradients, Tensor};
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
-
-/// The tests in this file share one GPU context and take turns: `Gpu::flush` and
-/// `Gpu::read_bytes` are not yet safe against concurrent use from several threads (two
-/// flushes can submit out of order; a readback can miss a callback fired by another
-/// thread's poll), which made parallel runs flaky.
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 // ---- CPU references (f64) ------------------------------------------------------------
 
@@ -181,7 +171,6 @@ fn run_against_reference(label: &str, make: &dyn Fn(&[Param]) -> Box<dyn Optimiz
 
 #[test]
 fn sgd_matches_pytorch_rules() {
-    let _serial = serial();
     let cases = [
         ("sgd plain", SgdConfig { lr: 0.1, ..Default::default() }),
         ("sgd momentum", SgdConfig { lr: 0.05, momentum: 0.9, ..Default::default() }),
@@ -198,7 +187,6 @@ fn sgd_matches_pytorch_rules() {
 
 #[test]
 fn adam_matches_pytorch_rules() {
-    let _serial = serial();
     let base = AdamConfig { lr: 0.01, ..Default::default() };
     let cases = [
         ("adam", base),
@@ -262,7 +250,6 @@ fn state_round_trip(label: &str, make: &dyn Fn(&[Param]) -> Box<dyn Optimizer>) 
 
 #[test]
 fn state_round_trip_resumes_exactly() {
-    let _serial = serial();
     let sgd = SgdConfig { lr: 0.05, momentum: 0.9, weight_decay: 1e-3, nesterov: true, dampening: 0.0 };
     state_round_trip("sgd", &|p| Box::new(Sgd::new(p, sgd).unwrap()));
     let adam = AdamConfig { lr: 0.01, weight_decay: 0.01, decoupled: true, amsgrad: true, ..Default::default() };
@@ -271,7 +258,6 @@ fn state_round_trip_resumes_exactly() {
 
 #[test]
 fn loading_bad_state_is_a_typed_error_and_changes_nothing() {
-    let _serial = serial();
     let mut rng = Rng::new(5);
     let init = fresh_params(&mut rng);
     let ps: Vec<Param> = init.iter().map(|(n, d, s)| param(n, d, s)).collect();
@@ -324,7 +310,6 @@ fn loading_bad_state_is_a_typed_error_and_changes_nothing() {
 
 #[test]
 fn config_and_gradient_errors() {
-    let _serial = serial();
     let mut rng = Rng::new(11);
     let p = param("w", &rng.normals(10), &[10]);
     let nest = SgdConfig { momentum: 0.9, dampening: 0.1, nesterov: true, ..Default::default() };
@@ -352,7 +337,6 @@ fn close(a: f32, b: f64) -> bool {
 
 #[test]
 fn scheduler_values() {
-    let _serial = serial();
     // StepLR(step_size=3, gamma=0.1)
     let s = Scheduler::new(0.1, LrSchedule::Step { step_size: 3, gamma: 0.1 }, 0);
     let want = [0.1, 0.1, 0.1, 0.01, 0.01, 0.01, 0.001, 0.001];

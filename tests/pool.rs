@@ -4,15 +4,6 @@ use common::*;
 use equimodal::ops;
 use equimodal::Tensor;
 
-/// Tests in this file run one at a time: `Gpu::flush` takes the batch under its lock but
-/// encodes and submits after releasing it, so two threads flushing at once can submit
-/// out of recording order, and a pooled buffer reused across threads is then overwritten
-/// before its last reader ran (seen as sporadic wrong values with parallel test threads).
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// Distinct values (spaced 0.01 apart, shuffled): no ties, and finite differences cannot
 /// move the argmax.
 fn distinct(rng: &mut Rng, n: usize) -> Vec<f64> {
@@ -51,7 +42,6 @@ fn max_pool_ref(x: &[f64], nc: usize, h: usize, w: usize, k: (usize, usize), s: 
 
 #[test]
 fn max_pool_matches_reference_and_gradients() {
-    let _s = serial();
     let mut rng = Rng::new(11);
     let cases = [
         // (n, c, h, w, kernel, stride, padding)
@@ -78,7 +68,6 @@ fn max_pool_matches_reference_and_gradients() {
 
 #[test]
 fn max_pool_ties_route_to_first_maximum() {
-    let _s = serial();
     let g = gpu();
     // one 2x2 window, all equal: the gradient goes to the first element only
     let x = Tensor::from_slice(&g, &[1.0, 1.0, 1.0, 1.0], &[1, 1, 2, 2]).unwrap().requires_grad();
@@ -109,7 +98,6 @@ fn adaptive_ref(x: &[f64], nc: usize, h: usize, w: usize, oh: usize, ow: usize) 
 
 #[test]
 fn adaptive_avg_pool_matches_reference_and_gradients() {
-    let _s = serial();
     let mut rng = Rng::new(12);
     for (n, c, h, w, oh, ow) in [(2, 3, 7, 5, 1, 1), (2, 3, 7, 5, 3, 2), (1, 2, 7, 5, 4, 3), (1, 2, 3, 2, 5, 4), (1, 1, 4, 4, 2, 2)] {
         let x = rng.uniforms(n * c * h * w, -1.0, 1.0);
@@ -126,7 +114,6 @@ fn adaptive_avg_pool_matches_reference_and_gradients() {
 
 #[test]
 fn global_avg_pool_matches_reference_and_gradients() {
-    let _s = serial();
     let mut rng = Rng::new(13);
     for (n, c, h, w) in [(2, 3, 7, 5), (1, 4, 1, 1), (3, 2, 9, 11)] {
         let x = rng.uniforms(n * c * h * w, -1.0, 1.0);
@@ -147,7 +134,6 @@ fn global_avg_pool_matches_reference_and_gradients() {
 
 #[test]
 fn pooling_shape_errors_are_typed() {
-    let _s = serial();
     let g = gpu();
     let x3 = Tensor::zeros(&g, &[2, 3, 4]).unwrap();
     let x4 = Tensor::zeros(&g, &[1, 1, 4, 4]).unwrap();

@@ -5,12 +5,6 @@ use common::*;
 use equimodal::ops;
 use equimodal::Tensor;
 
-/// One test at a time (see tests/norm.rs: concurrent flushes can submit out of order).
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn moments(v: &[f32]) -> (f64, f64) {
     let n = v.len() as f64;
     let m = v.iter().map(|&x| x as f64).sum::<f64>() / n;
@@ -31,7 +25,6 @@ fn philox_known_answers() {
 
 #[test]
 fn uniform_is_bit_exact_with_the_host_reference() {
-    let _s = serial();
     let g = gpu();
     let (seed, offset) = (0x1234_5678_9ABC_DEF0u64, (7u64 << 32) | 3);
     let n = 1003; // not a multiple of 4 or of the workgroup
@@ -45,7 +38,6 @@ fn uniform_is_bit_exact_with_the_host_reference() {
 
 #[test]
 fn same_seed_offset_same_numbers_different_offset_different() {
-    let _s = serial();
     let g = gpu();
     let a = ops::rand_uniform(&g, &[1000], 42, 5).unwrap().to_vec().unwrap();
     let b = ops::rand_uniform(&g, &[1000], 42, 5).unwrap().to_vec().unwrap();
@@ -66,7 +58,6 @@ fn same_seed_offset_same_numbers_different_offset_different() {
 
 #[test]
 fn uniform_moments() {
-    let _s = serial();
     let g = gpu();
     let n = 100_000;
     let v = ops::rand_uniform(&g, &[n], 7, 0).unwrap().to_vec().unwrap();
@@ -82,7 +73,6 @@ fn uniform_moments() {
 
 #[test]
 fn normal_moments() {
-    let _s = serial();
     let g = gpu();
     let n = 100_001;
     let v = ops::randn(&g, &[n], 9, 1).unwrap().to_vec().unwrap();
@@ -96,7 +86,6 @@ fn normal_moments() {
 
 #[test]
 fn dropout_keeps_and_scales_and_backward_uses_the_same_mask() {
-    let _s = serial();
     let g = gpu();
     let n = 100_003;
     let p = 0.3f32;
@@ -132,7 +121,6 @@ fn dropout_keeps_and_scales_and_backward_uses_the_same_mask() {
 
 #[test]
 fn dropout_eval_identity_and_edge_probabilities() {
-    let _s = serial();
     let g = gpu();
     let data: Vec<f32> = (0..37).map(|i| i as f32 - 18.0).collect();
     let x = Tensor::from_slice(&g, &data, &[37]).unwrap();

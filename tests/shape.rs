@@ -5,16 +5,6 @@ use common::*;
 use equimodal::ops;
 use equimodal::{Error, Tensor};
 
-/// `Gpu::flush` (src/gpu/mod.rs) releases the batch lock before it submits, so two threads
-/// flushing at once can submit their batches out of order and a pooled buffer can be
-/// overwritten before an earlier reader ran (seen as flaky wrong values in parallel test
-/// runs, tests/elementwise.rs included). Until that is fixed, this file's tests run one at
-/// a time.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// Views `shape` as [outer, shape[axis], inner].
 fn oti(shape: &[usize], axis: usize) -> (usize, usize, usize) {
     (shape[..axis].iter().product(), shape[axis], shape[axis + 1..].iter().product())
@@ -65,7 +55,6 @@ const TOL: Tol = Tol { rtol: 0.0, atol: 0.0, grad_rtol: 1e-4, grad_atol: 1e-5 };
 
 #[test]
 fn concat_three_tensors_along_each_axis() {
-    let _serial = serial();
     let mut rng = Rng::new(3);
     // (shapes, axis as passed, normalised axis)
     let cases: Vec<(Vec<Vec<usize>>, isize, usize)> = vec![
@@ -95,7 +84,6 @@ fn concat_three_tensors_along_each_axis() {
 
 #[test]
 fn split_pieces_and_their_gradients() {
-    let _serial = serial();
     let mut rng = Rng::new(5);
     let cases: Vec<(Vec<usize>, Vec<usize>, isize, usize)> = vec![
         (vec![6, 3], vec![1, 3, 2], 0, 0),
@@ -157,7 +145,6 @@ fn split_pieces_and_their_gradients() {
 
 #[test]
 fn narrow_along_each_axis() {
-    let _serial = serial();
     let mut rng = Rng::new(9);
     let shape = vec![3, 5, 6];
     let x = rng.normals(numel(&shape));
@@ -176,7 +163,6 @@ fn narrow_along_each_axis() {
 
 #[test]
 fn permute_and_transpose_3d_4d() {
-    let _serial = serial();
     let mut rng = Rng::new(21);
     let cases: Vec<(Vec<usize>, Vec<usize>)> = vec![
         (vec![2, 3, 4], vec![0, 2, 1]),     // batched transpose (tiled kernel)
@@ -224,7 +210,6 @@ fn permute_and_transpose_3d_4d() {
 
 #[test]
 fn index_select0_with_repeated_ids() {
-    let _serial = serial();
     let g = gpu();
     let mut rng = Rng::new(33);
     for (shape, ids) in [
@@ -256,7 +241,6 @@ fn index_select0_with_repeated_ids() {
 
 #[test]
 fn u32_tensors_move_bit_exactly() {
-    let _serial = serial();
     let g = gpu();
     let a = Tensor::from_u32(&g, &[1, 2, 3, 4, 5, 6], &[2, 3]).unwrap();
     let b = Tensor::from_u32(&g, &[7, 8], &[2, 1]).unwrap();
@@ -270,7 +254,6 @@ fn u32_tensors_move_bit_exactly() {
 
 #[test]
 fn typed_errors_name_shapes_and_axes() {
-    let _serial = serial();
     let g = gpu();
     let a = Tensor::zeros(&g, &[2, 3]).unwrap();
     let b = Tensor::zeros(&g, &[2, 4]).unwrap();

@@ -5,16 +5,6 @@ use common::*;
 use equimodal::ops::{self, Target};
 use equimodal::{Error, Tensor};
 
-/// `Gpu::flush` (src/gpu/mod.rs) releases the batch lock before it submits, so two threads
-/// flushing at once can submit their batches out of order and a pooled buffer can be
-/// overwritten before an earlier reader ran (seen as flaky wrong values in parallel test
-/// runs, tests/elementwise.rs included). Until that is fixed, this file's tests run one at
-/// a time.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn softmax_ref(x: &[f64], cols: usize, log: bool) -> Vec<f64> {
     let mut out = Vec::with_capacity(x.len());
     for row in x.chunks(cols) {
@@ -51,7 +41,6 @@ fn mean(v: Vec<f64>) -> Vec<f64> {
 
 #[test]
 fn softmax_and_log_softmax_match_reference_and_gradients() {
-    let _serial = serial();
     let mut rng = Rng::new(7);
     // rows of length 1, 7 (short rows packed 32 to a workgroup; 33 rows need a second one),
     // 300 and 1000 (longer than the 256-thread workgroup: threads loop)
@@ -76,7 +65,6 @@ fn softmax_and_log_softmax_match_reference_and_gradients() {
 
 #[test]
 fn softmax_is_stable_for_large_logits() {
-    let _serial = serial();
     let g = gpu();
     let x = Tensor::from_slice(&g, &[1000.0, -1000.0, 999.0, 0.0, -1000.0, -1000.0], &[2, 3]).unwrap();
     let y = ops::softmax(&x).unwrap().to_vec().unwrap();
@@ -89,7 +77,6 @@ fn softmax_is_stable_for_large_logits() {
 
 #[test]
 fn cross_entropy_hard_labels_match_reference_and_gradients() {
-    let _serial = serial();
     let g = gpu();
     let mut rng = Rng::new(11);
     for &(n, k) in &[(5usize, 2usize), (9, 6), (40, 6), (4, 10), (3, 1000), (1, 6)] {
@@ -131,7 +118,6 @@ fn cross_entropy_hard_labels_match_reference_and_gradients() {
 
 #[test]
 fn cross_entropy_soft_targets_match_reference_and_gradients() {
-    let _serial = serial();
     let mut rng = Rng::new(13);
     for &(n, k) in &[(5usize, 2usize), (9, 6), (4, 10), (2, 1000)] {
         let x = rng.uniforms(n * k, -4.0, 4.0);
@@ -172,7 +158,6 @@ fn cross_entropy_soft_targets_match_reference_and_gradients() {
 
 #[test]
 fn cross_entropy_is_stable_for_large_logits() {
-    let _serial = serial();
     let g = gpu();
     // logits +-1000: naive exp overflows; the loss must be finite and exact
     let x = [1000.0f32, -1000.0, 0.0, -1000.0, 1000.0, 1000.0];
@@ -201,7 +186,6 @@ fn cross_entropy_is_stable_for_large_logits() {
 
 #[test]
 fn cross_entropy_guards_out_of_range_labels_in_the_kernel() {
-    let _serial = serial();
     let g = gpu();
     let x = Tensor::from_slice(&g, &[0.1, 0.2, 0.3, 0.4, 0.5, 0.6], &[2, 3]).unwrap();
     // bypass `labels` validation: label 7 for 3 classes
@@ -215,7 +199,6 @@ fn cross_entropy_guards_out_of_range_labels_in_the_kernel() {
 
 #[test]
 fn cross_entropy_under_no_grad_and_untracked_logits() {
-    let _serial = serial();
     let g = gpu();
     let x = Tensor::from_slice(&g, &[0.1, 0.2, 0.3, 0.4, 0.5, 0.6], &[2, 3]).unwrap();
     let y = ops::labels(&g, &[2, 0], 3).unwrap();
@@ -231,7 +214,6 @@ fn cross_entropy_under_no_grad_and_untracked_logits() {
 
 #[test]
 fn true_class_prob_and_argmax() {
-    let _serial = serial();
     let g = gpu();
     let mut rng = Rng::new(17);
     for &(n, k) in &[(1usize, 1usize), (5, 6), (40, 7), (3, 300), (2, 1000)] {
@@ -265,7 +247,6 @@ fn true_class_prob_and_argmax() {
 
 #[test]
 fn typed_errors_name_shapes_and_labels() {
-    let _serial = serial();
     let g = gpu();
     // labels out of range: index and value named
     let e = ops::labels(&g, &[0, 1, 9, 2, 11], 6).unwrap_err();
