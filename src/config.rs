@@ -201,6 +201,10 @@ pub struct AimConfig {
     pub gamma: f32,
     /// Also give the weak modality an auxiliary block at depths where it leads (paper v3).
     pub v3: bool,
+    /// The auxiliary loss also trains the fusion head (the spec's plain sum of losses). With
+    /// `false` the head is frozen inside the auxiliary term: it trains the encoders only, so
+    /// the head is not taught to expect a damped dominant modality that test time never shows.
+    pub aux_trains_head: bool,
 }
 
 impl Default for AimConfig {
@@ -218,6 +222,7 @@ impl Default for AimConfig {
             mask_every: 1,
             gamma: 1.0,
             v3: false,
+            aux_trains_head: true,
         }
     }
 }

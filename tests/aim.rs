@@ -273,7 +273,7 @@ fn aim_with_sum_fusion_adam_and_rho() {
 
 #[test]
 fn aim_with_film_fusion_mlp() {
-    let lines = run(&["method.fusion=\"film\"", "train.epochs=1", "model.encoder=\"mlp\"", "model.hidden=[16, 8, 8]", "method.aim.s_max=0.5"], "film");
+    let lines = run(&["method.fusion=\"film\"", "train.epochs=1", "model.encoder=\"mlp\"", "model.hidden=[16, 8, 8]", "method.aim.s_max=0.5", "method.aim.aux_trains_head=false"], "film");
     check_log(&lines, 3, 0.5, 0.5);
 }
 
@@ -308,5 +308,65 @@ fn aim_presets_load() {
         let (cfg, _) = equimodal::config::load(Some(&p), &[]).unwrap_or_else(|e| panic!("{f}: {e}"));
         assert_eq!(cfg.method.name.as_str(), "aim");
         assert_eq!(cfg.method.aim.rho, 0.5);
+    }
+}
+
+/// DAP: after fitting, the frozen rest of the network (+ the head's unimodal view) classifies
+/// every prototype as its own class, the CE went down, and no network parameter moved.
+#[test]
+fn prototypes_fit_to_their_classes_with_the_network_frozen() {
+    use equimodal::nn::{Encoder, Fusion, FusionKind, MlpEncoder, Module};
+    use rand::SeedableRng;
+    let g = gpu();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let k = 5;
+    let enc = MlpEncoder::new(&g, "enc.a", 12, &[16, 9], &mut rng).unwrap();
+    let other = MlpEncoder::new(&g, "enc.b", 7, &[6], &mut rng).unwrap();
+    let fusion = Fusion::new(&g, "fusion", FusionKind::Concat, &[enc.out_dim(), other.out_dim()], k, 8, &mut rng).unwrap();
+    let labels = equimodal::ops::labels(&g, &(0..k as u32).collect::<Vec<_>>(), k).unwrap();
+    let before: Vec<Vec<f32>> = enc.params().iter().chain(fusion.params().iter()).map(|p| p.tensor.to_vec().unwrap()).collect();
+    let mut r = Rng::new(5);
+    for (depth, width) in [(0usize, 16usize), (1, 9)] {
+        let protos = Tensor::from_slice(&g, &r.normals(k * width).iter().map(|v| (0.5 * v) as f32).collect::<Vec<_>>(), &[k, width]).unwrap().requires_grad();
+        let (first, last) = equimodal::methods::aim::fit_prototypes(&enc, &fusion, 0, depth, &protos, &labels, 150, 0.05).unwrap();
+        assert!(last < first && last < 0.5, "depth {depth}: CE {first} -> {last}");
+        let _ng = g.no_grad();
+        let logits = fusion.unimodal(0, &enc.forward_from(&protos, depth, &equimodal::nn::Ctx::eval()).unwrap(), &equimodal::nn::Ctx::eval()).unwrap();
+        let l = logits.to_vec().unwrap();
+        for c in 0..k {
+            let row = &l[c * k..(c + 1) * k];
+            let arg = (0..k).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap();
+            assert_eq!(arg, c, "depth {depth}: prototype {c} classified as {arg} ({row:?})");
+        }
+    }
+    let after: Vec<Vec<f32>> = enc.params().iter().chain(fusion.params().iter()).map(|p| p.tensor.to_vec().unwrap()).collect();
+    assert_eq!(before, after, "the network must stay frozen while prototypes are fitted");
+}
+
+/// `Fusion::frozen` (used when `method.aim.aux_trains_head = false`): same logits, gradients
+/// reach the features but no head parameter.
+#[test]
+fn frozen_head_passes_gradients_to_features_only() {
+    use equimodal::nn::{Ctx, Fusion, FusionKind, Module};
+    use rand::SeedableRng;
+    let g = gpu();
+    let mut r = Rng::new(8);
+    for kind in [FusionKind::Sum, FusionKind::Concat, FusionKind::Film, FusionKind::Gated] {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let fusion = Fusion::new(&g, "fusion", kind, &[5, 6], 4, 7, &mut rng).unwrap();
+        let fa = Tensor::from_slice(&g, &r.normals(15).iter().map(|&v| v as f32).collect::<Vec<_>>(), &[3, 5]).unwrap().requires_grad();
+        let fb = Tensor::from_slice(&g, &r.normals(18).iter().map(|&v| v as f32).collect::<Vec<_>>(), &[3, 6]).unwrap().requires_grad();
+        let feats = [fa.clone(), fb.clone()];
+        let frozen = fusion.frozen();
+        let a = fusion.forward(&feats, &Ctx::train()).unwrap();
+        let b = frozen.forward(&feats, &Ctx::train()).unwrap();
+        assert_eq!(a.to_vec().unwrap(), b.to_vec().unwrap(), "{kind:?}");
+        let grads = ops::sum_all(&b).unwrap().backward().unwrap();
+        assert!(grads.get(&fa).is_some() && grads.get(&fb).is_some(), "{kind:?}: features get a gradient");
+        for p in fusion.params() {
+            assert!(grads.get(&p.tensor).is_none(), "{kind:?}: frozen head parameter {} got a gradient", p.name);
+        }
+        let grads = ops::sum_all(&a).unwrap().backward().unwrap();
+        assert!(fusion.params().iter().all(|p| grads.get(&p.tensor).is_some()), "{kind:?}: the live head does get gradients");
     }
 }

@@ -74,6 +74,8 @@ pub struct Aim {
     ratio: Vec<f64>,
     scales_dom: Option<Arc<HashMap<String, Tensor>>>,
     scales_weak: Option<Arc<HashMap<String, Tensor>>>,
+    /// DAP cross-entropy after the latest refresh, per modality and depth
+    proto_ce: Vec<Vec<f32>>,
 }
 
 /// Depth of `from`'s depth `d` (of `n_from`) on an encoder with `n_to` depths (proportional).
@@ -95,6 +97,45 @@ pub fn strength(r: f64, beta: f32, s_max: f32) -> f32 {
     } else {
         0.0
     }
+}
+
+/// DAP for one (modality, depth): `steps` Adam steps (learning rate `lr`) on the prototypes
+/// `protos` `[K, depth-d sample shape]` (a leaf that requires a gradient), minimising
+/// mean_k CE(unimodal view of `fusion`(rest of `encoder` from depth `depth`(P_k)), `labels`_k)
+/// with the network frozen and batch norm in eval mode. Only `protos` is updated; the network
+/// parameters receive gradients in the backward but are never stepped. Returns the CE before
+/// the first step and after the last (one readback each).
+#[allow(clippy::too_many_arguments)]
+pub fn fit_prototypes(
+    encoder: &dyn Encoder,
+    fusion: &Fusion,
+    modality: usize,
+    depth: usize,
+    protos: &Tensor,
+    labels: &Tensor,
+    steps: usize,
+    lr: f32,
+) -> Result<(f32, f32)> {
+    let ctx = Ctx::eval();
+    let ce = |p: &Tensor| -> Result<Tensor> {
+        let f = encoder.forward_from(p, depth, &ctx)?;
+        let logits = fusion.unimodal(modality, &f, &ctx)?;
+        ops::cross_entropy(&logits, ops::Target::Hard(labels), None)
+    };
+    let first = {
+        let _ng = protos.gpu().no_grad();
+        ce(protos)?.to_vec()?[0]
+    };
+    let mut adam = Adam::new(&[Param::new(format!("aim.proto.{modality}.{depth}"), protos.clone())], AdamConfig { lr, ..Default::default() })?;
+    for _ in 0..steps {
+        let grads = ce(protos)?.backward()?;
+        adam.step(&grads)?;
+    }
+    let last = {
+        let _ng = protos.gpu().no_grad();
+        ce(protos)?.to_vec()?[0]
+    };
+    Ok((first, last))
 }
 
 impl Aim {
@@ -160,6 +201,7 @@ impl Aim {
             ratio: Vec::new(),
             scales_dom: None,
             scales_weak: None,
+            proto_ce: Vec::new(),
             cfg: a,
         })
     }
@@ -181,27 +223,28 @@ impl Aim {
         Ok(())
     }
 
-    /// DAP: `prototype_steps` Adam steps per (modality, depth) on the CE of the unimodal view
-    /// of the frozen rest of the network (eval mode), warm-started from the current values.
+    /// DAP: `prototype_steps` Adam steps per (modality, depth), warm-started from the
+    /// current values (see [`fit_prototypes`]).
     fn refresh_prototypes(&mut self) -> Result<()> {
-        let ctx = Ctx::eval();
+        let mut all = Vec::with_capacity(self.m);
         for m in 0..self.m {
+            let mut ces = Vec::with_capacity(self.depths[m]);
             for d in 0..self.depths[m] {
-                let p = self.protos[m][d].clone();
-                let mut adam = Adam::new(
-                    &[Param::new(format!("aim.proto.{m}.{d}"), p.clone())],
-                    AdamConfig { lr: self.cfg.prototype_lr, ..Default::default() },
+                let (_, last) = fit_prototypes(
+                    self.encoders[m].as_ref(),
+                    &self.fusion,
+                    m,
+                    d,
+                    &self.protos[m][d],
+                    &self.proto_labels,
+                    self.cfg.prototype_steps,
+                    self.cfg.prototype_lr,
                 )?;
-                for _ in 0..self.cfg.prototype_steps {
-                    let f = self.encoders[m].forward_from(&p, d, &ctx)?;
-                    let logits = self.fusion.unimodal(m, &f, &ctx)?;
-                    let loss = ops::cross_entropy(&logits, ops::Target::Hard(&self.proto_labels), None)?;
-                    // network parameters get gradients here too; only the prototype is stepped
-                    let grads = loss.backward()?;
-                    adam.step(&grads)?;
-                }
+                ces.push(last);
             }
+            all.push(ces);
         }
+        self.proto_ce = all;
         Ok(())
     }
 
@@ -282,11 +325,12 @@ impl Aim {
         ops::concat(&refs, 0)
     }
 
-    /// Fused CE with modality `i`'s features replaced by `f`.
-    fn ce_with(&self, feats: &[Tensor], i: usize, f: Tensor, labels: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+    /// Fused CE with modality `i`'s features replaced by `f`, through `head` (the fusion
+    /// itself, or its frozen copy when `aux_trains_head` is off).
+    fn ce_with(&self, head: &Fusion, feats: &[Tensor], i: usize, f: Tensor, labels: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         let mut fs = feats.to_vec();
         fs[i] = f;
-        let logits = self.fusion.forward(&fs, ctx)?;
+        let logits = head.forward(&fs, ctx)?;
         ops::cross_entropy(&logits, ops::Target::Hard(labels), None)
     }
 }
@@ -345,31 +389,48 @@ impl Method for Aim {
             // the auxiliary forwards reuse the step's batch statistics without updating the
             // running ones a second time
             let aux_ctx = |scales: &Arc<HashMap<String, Tensor>>| Ctx { training: true, update_stats: false, weight_scales: Some(scales.clone()), seed: ctx.seed };
+            let frozen;
+            let head = if self.cfg.aux_trains_head {
+                &self.fusion
+            } else {
+                frozen = self.fusion.frozen();
+                &frozen
+            };
+            // an auxiliary block equal to its full encoder (strength 0 everywhere): the term is
+            // the main CE itself, or with a frozen head the same logits without head gradient
+            let plain = || -> Result<Tensor> {
+                if self.cfg.aux_trains_head {
+                    Ok(ce.clone())
+                } else {
+                    let logits = head.forward(&feats, &ctx)?;
+                    ops::cross_entropy(&logits, ops::Target::Hard(&batch.labels), None)
+                }
+            };
             let mut terms = Vec::new();
             if let Some(dom) = self.dom {
                 match &self.scales_dom {
                     Some(sc) => {
                         let f = self.encoders[dom].forward(&batch.inputs[dom], &aux_ctx(sc))?;
-                        terms.push(self.ce_with(&feats, dom, f, &batch.labels, &ctx)?);
+                        terms.push(self.ce_with(head, &feats, dom, f, &batch.labels, &ctx)?);
                     }
-                    // all strengths 0: AB_dom is E_dom, the term equals the main CE
-                    None => terms.push(ce.clone()),
+                    // all strengths 0: AB_dom is E_dom
+                    None => terms.push(plain()?),
                 }
                 if self.cfg.v3 {
                     match &self.scales_weak {
                         Some(sc) => {
                             let w = self.weak;
                             let f = self.encoders[w].forward(&batch.inputs[w], &aux_ctx(sc))?;
-                            terms.push(self.ce_with(&feats, w, f, &batch.labels, &ctx)?);
+                            terms.push(self.ce_with(head, &feats, w, f, &batch.labels, &ctx)?);
                         }
-                        None => terms.push(ce.clone()),
+                        None => terms.push(plain()?),
                     }
                 }
             } else {
                 // no measurement yet (first epoch): every auxiliary block is the full encoder
-                terms.push(ce.clone());
+                terms.push(plain()?);
                 if self.cfg.v3 {
-                    terms.push(ce.clone());
+                    terms.push(plain()?);
                 }
             }
             for t in terms {
@@ -474,6 +535,7 @@ impl Method for Aim {
             "weak": self.dom.map(|_| self.names[self.weak].clone()),
             "main_loss": main_ce,
             "aux_loss": aux_ce,
+            "prototype_ce": self.names.iter().zip(&self.proto_ce).map(|(n, v)| (n.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
         });
         if self.cfg.v3 {
             section["strength_weak"] = json!(self.strength_weak);

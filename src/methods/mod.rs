@@ -1,7 +1,7 @@
 //! Training methods behind one trait: unimodal, joint training (sum / concat / FiLM / gated
 //! fusion), OGM and OGM-GE. Each method owns its model; the trainer owns the data, the
 //! optimizer, evaluation and logging.
-mod aim;
+pub mod aim;
 mod aug;
 mod joint;
 mod ogm_ge;

@@ -76,6 +76,18 @@ impl Fusion {
         Ok(Fusion { kind, dims: dims.to_vec(), fcs, out, film_dim: dims[1] })
     }
 
+    /// The same head with every parameter detached ([`Linear::frozen`]): gradients still reach
+    /// the features, never the head.
+    pub fn frozen(&self) -> Fusion {
+        Fusion {
+            kind: self.kind,
+            dims: self.dims.clone(),
+            fcs: self.fcs.iter().map(Linear::frozen).collect(),
+            out: self.out.as_ref().map(Linear::frozen),
+            film_dim: self.film_dim,
+        }
+    }
+
     fn check(&self, feats: &[Tensor]) -> Result<()> {
         if feats.len() != self.dims.len() {
             return Err(Error::shape("fusion", format!("expects {} modalities, got {}", self.dims.len(), feats.len())));

@@ -100,6 +100,12 @@ pub struct Linear {
 }
 
 impl Linear {
+    /// The same layer with its parameters detached: shares the weights, records no gradient
+    /// for them (the input still gets one).
+    pub fn frozen(&self) -> Linear {
+        let f = |p: &Param| Param { name: p.name.clone(), tensor: p.tensor.detach() };
+        Linear { weight: f(&self.weight), bias: self.bias.as_ref().map(f), in_dim: self.in_dim, out_dim: self.out_dim }
+    }
     pub fn new(gpu: &Gpu, name: &str, in_dim: usize, out_dim: usize, bias: bool, rng: &mut StdRng) -> Result<Linear> {
         let std = (2.0 / (in_dim + out_dim) as f32).sqrt();
         let w = normal_init(rng, in_dim * out_dim, std);
