@@ -215,10 +215,15 @@ fn aug_gives_the_weak_modality_learners() {
     // default synthetic data: audio is the weak modality
     let dir = tmp("aug-weak");
     run(&tiny(&["method.name=aug", "method.aug.check_every=1", "train.epochs=4", "data.n_train=800"]), &dir);
-    let last = log_lines(&dir).pop().unwrap();
+    let mut lines = log_lines(&dir);
+    let last = lines.pop().unwrap();
     let a = last["aug"]["learners"]["audio"].as_u64().unwrap();
     let v = last["aug"]["learners"]["visual"].as_u64().unwrap();
     assert!(a > v, "learners audio {a} visual {v}: {last}");
+    // a check every epoch, except after the last one (its learner could not be trained)
+    assert!(lines.iter().all(|l| !l["aug"]["check"].is_null()), "{lines:?}");
+    assert!(last["aug"]["check"].is_null(), "no check after the final epoch: {last}");
+    assert_eq!(last["aug"]["learners"], lines.last().unwrap()["aug"]["learners"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -146,7 +146,12 @@ impl Aug {
         (0..m).filter(|&i| scores[i] / (total - scores[i]).max(1e-12) < cfg.multi_threshold as f64).collect()
     }
 
+    /// Whether the assignment check runs at the end of `epoch`. Never after the final epoch:
+    /// a learner added then would reach the test untrained, its random logits in the sum.
     fn check_now(&self, epoch: usize) -> bool {
+        if epoch + 1 >= self.epochs {
+            return false;
+        }
         let every = if self.cfg.check_every == 0 { (self.epochs / 10).max(1) } else { self.cfg.check_every };
         (epoch + 1) % every == 0 || (epoch == 0 && self.cfg.check_after_first)
     }
