@@ -328,7 +328,9 @@ fn prototypes_fit_to_their_classes_with_the_network_frozen() {
     let mut r = Rng::new(5);
     for (depth, width) in [(0usize, 16usize), (1, 9)] {
         let protos = Tensor::from_slice(&g, &r.normals(k * width).iter().map(|v| (0.5 * v) as f32).collect::<Vec<_>>(), &[k, width]).unwrap().requires_grad();
-        let (first, last) = equimodal::methods::aim::fit_prototypes(&enc, &fusion, 0, depth, &protos, &labels, 150, 0.05).unwrap();
+        let fit = |steps| equimodal::methods::aim::fit_prototypes(&enc, &fusion, 0, depth, &protos, &labels, steps, 0.05).unwrap();
+        let first = fit(0);
+        let last = fit(150);
         assert!(last < first && last < 0.5, "depth {depth}: CE {first} -> {last}");
         let _ng = g.no_grad();
         let logits = fusion.unimodal(0, &enc.forward_from(&protos, depth, &equimodal::nn::Ctx::eval()).unwrap(), &equimodal::nn::Ctx::eval()).unwrap();

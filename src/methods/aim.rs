@@ -103,8 +103,8 @@ pub fn strength(r: f64, beta: f32, s_max: f32) -> f32 {
 /// `protos` `[K, depth-d sample shape]` (a leaf that requires a gradient), minimising
 /// mean_k CE(unimodal view of `fusion`(rest of `encoder` from depth `depth`(P_k)), `labels`_k)
 /// with the network frozen and batch norm in eval mode. Only `protos` is updated; the network
-/// parameters receive gradients in the backward but are never stepped. Returns the CE before
-/// the first step and after the last (one readback each).
+/// parameters receive gradients in the backward but are never stepped. Returns the CE after
+/// the last step (one readback; with `steps = 0`, the CE of `protos` as they are).
 #[allow(clippy::too_many_arguments)]
 pub fn fit_prototypes(
     encoder: &dyn Encoder,
@@ -115,27 +115,20 @@ pub fn fit_prototypes(
     labels: &Tensor,
     steps: usize,
     lr: f32,
-) -> Result<(f32, f32)> {
+) -> Result<f32> {
     let ctx = Ctx::eval();
     let ce = |p: &Tensor| -> Result<Tensor> {
         let f = encoder.forward_from(p, depth, &ctx)?;
         let logits = fusion.unimodal(modality, &f, &ctx)?;
         ops::cross_entropy(&logits, ops::Target::Hard(labels), None)
     };
-    let first = {
-        let _ng = protos.gpu().no_grad();
-        ce(protos)?.to_vec()?[0]
-    };
     let mut adam = Adam::new(&[Param::new(format!("aim.proto.{modality}.{depth}"), protos.clone())], AdamConfig { lr, ..Default::default() })?;
     for _ in 0..steps {
         let grads = ce(protos)?.backward()?;
         adam.step(&grads)?;
     }
-    let last = {
-        let _ng = protos.gpu().no_grad();
-        ce(protos)?.to_vec()?[0]
-    };
-    Ok((first, last))
+    let _ng = protos.gpu().no_grad();
+    Ok(ce(protos)?.to_vec()?[0])
 }
 
 impl Aim {
@@ -230,7 +223,7 @@ impl Aim {
         for m in 0..self.m {
             let mut ces = Vec::with_capacity(self.depths[m]);
             for d in 0..self.depths[m] {
-                let (_, last) = fit_prototypes(
+                let last = fit_prototypes(
                     self.encoders[m].as_ref(),
                     &self.fusion,
                     m,

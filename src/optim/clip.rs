@@ -21,7 +21,7 @@ impl ClipGradNorm {
     }
 }
 
-/// Scale `grads` of `params` in place so their global L2 norm is at most `max_norm`.
+/// The gradients of `params` in `grads`, scaled so their global L2 norm is at most `max_norm`.
 pub fn clip_grad_norm(params: &[Param], grads: &Gradients, max_norm: f32) -> Result<Gradients> {
     let present: Vec<(&Param, &Tensor)> = params.iter().filter_map(|p| grads.get(&p.tensor).map(|g| (p, g))).collect();
     let mut out = Gradients::new();
