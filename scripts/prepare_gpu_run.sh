@@ -6,6 +6,10 @@
 #
 #   scripts/prepare_gpu_run.sh
 #   then, on the device machine (carry .gpu):  bash scripts/gpu_bench.sh
+#
+#   WITH_DATA=1 scripts/prepare_gpu_run.sh
+#   also packs the AV-MNIST sources (FSDD + MNIST, xz, ~13 MiB) into .gpu-data/ for
+#   scripts/gpu_avmnist.sh (carry .gpu and .gpu-data)
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 SHARED=${SHARED:-$(cd .. && pwd)/shared}
@@ -46,11 +50,17 @@ strip .gpu/equimodal .gpu/tests/* 2>/dev/null || true
 # the carried tree is limited to 64 MiB: pack the tests
 tar -C .gpu -czf .gpu/tests.tar.gz tests && rm -rf .gpu/tests
 
+if [ "${WITH_DATA:-0}" = 1 ]; then
+    for d in fsdd mnist; do [ -d "$SHARED/data/$d" ] || { echo "missing $SHARED/data/$d" >&2; exit 1; }; done
+    rm -rf .gpu-data && mkdir -p .gpu-data
+    tar -C "$SHARED/data" -cJf .gpu-data/avmnist.tar.xz fsdd mnist
+fi
+
 EXCLUDE=$(git rev-parse --git-path info/exclude)
 mkdir -p "$(dirname "$EXCLUDE")"
-grep -qxF '/.gpu/' "$EXCLUDE" 2>/dev/null || echo '/.gpu/' >>"$EXCLUDE"
+for d in /.gpu/ /.gpu-data/; do grep -qxF "$d" "$EXCLUDE" 2>/dev/null || echo "$d" >>"$EXCLUDE"; done
 
-size=$(du -sm .gpu | cut -f1)
-echo "prepared .gpu/ (${size} MiB): $(ls .gpu | tr '\n' ' ')"
+size=$(du -smc .gpu .gpu-data 2>/dev/null | tail -1 | cut -f1)
+echo "prepared .gpu/ $( [ -d .gpu-data ] && echo "and .gpu-data/ ")(${size} MiB): $(ls .gpu .gpu-data 2>/dev/null | tr '\n' ' ')"
 [ "$size" -lt 60 ] || echo "warning: .gpu/ is ${size} MiB; the device run carries at most 64 MiB in all (drop tests via GPU_TESTS=...)" >&2
 echo "next: on the device machine, carry .gpu and run: bash scripts/gpu_bench.sh"

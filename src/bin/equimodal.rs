@@ -97,6 +97,18 @@ fn gpu_options(cli: &Cli) -> equimodal::GpuOptions {
     o
 }
 
+/// With `EQUIMODAL_PROFILE=1`: GPU time per kernel, summed over everything the process ran.
+fn print_profile(gpu: &equimodal::Gpu) {
+    let prof = gpu.profile_report();
+    if !prof.is_empty() {
+        let total: f64 = prof.iter().map(|p| p.2).sum();
+        println!("\nGPU time per kernel (EQUIMODAL_PROFILE=1), total {total:.1} ms:");
+        for (name, n, ms) in prof.iter().take(40) {
+            println!("  {name:<52} {n:>8} launches {ms:>10.1} ms {:>5.1}%", 100.0 * ms / total);
+        }
+    }
+}
+
 fn run(cli: Cli) -> equimodal::Result<()> {
     match &cli.cmd {
         Cmd::Train { config, sets, out, resume, quiet } => {
@@ -110,14 +122,7 @@ fn run(cli: Cli) -> equimodal::Result<()> {
             let summary = equimodal::train::train(&gpu, &cfg, &text, &opts)?;
             println!("\ntest results after {} epochs ({}):", summary.epochs_run, out.display());
             print!("{}", summary.table());
-            let prof = gpu.profile_report();
-            if !prof.is_empty() {
-                let total: f64 = prof.iter().map(|p| p.2).sum();
-                println!("\nGPU time per kernel (EQUIMODAL_PROFILE=1), total {total:.1} ms:");
-                for (name, n, ms) in prof.iter().take(30) {
-                    println!("  {name:<40} {n:>8} launches {ms:>10.1} ms {:>5.1}%", 100.0 * ms / total);
-                }
-            }
+            print_profile(&gpu);
             match equimodal::report::render_report(&out) {
                 Ok(files) => println!("charts: {} files in {}", files.len(), out.join("charts").display()),
                 Err(e) => eprintln!("warning: charts not written: {e}"),
@@ -152,6 +157,7 @@ fn run(cli: Cli) -> equimodal::Result<()> {
                 let opts = equimodal::bench::E2eOptions::new(*quick, filter.clone(), *steps);
                 let rows = equimodal::bench::run_e2e(&gpu, &opts, equimodal::bench::e2e_cases(*quick))?;
                 print!("{}", equimodal::bench::format_e2e_table(&gpu, &rows));
+                print_profile(&gpu);
                 if let Some(p) = json {
                     let s = serde_json::to_string_pretty(&rows).map_err(|e| equimodal::Error::Other(e.to_string()))?;
                     std::fs::write(p, s).map_err(|e| equimodal::Error::io(p, e))?;

@@ -33,7 +33,9 @@ pub struct GpuOptions {
     pub adapter_name: Option<String>,
     pub power: wgpu::PowerPreference,
     /// Time every kernel launch with GPU timestamps (one pass per launch; slow). Read the
-    /// totals with [`Gpu::profile_report`]. `EQUIMODAL_PROFILE=1` turns it on.
+    /// totals with [`Gpu::profile_report`]. `EQUIMODAL_PROFILE=1` turns it on;
+    /// `EQUIMODAL_PROFILE=2` also keys each entry by its workgroup grid, which tells apart
+    /// the layers that share a kernel (e.g. the stem's conv from the later ones).
     pub profile: bool,
     /// Compile kernels with runtime bounds checks. Off in release builds (the checks cost up
     /// to 40x on large matmuls; the test suite proves the indexing), on in debug builds.
@@ -55,7 +57,7 @@ impl Default for GpuOptions {
             Ok(v) => v == "1" || v.eq_ignore_ascii_case("true"),
             Err(_) => cfg!(debug_assertions),
         };
-        let profile = std::env::var("EQUIMODAL_PROFILE").is_ok_and(|v| v == "1");
+        let profile = std::env::var("EQUIMODAL_PROFILE").is_ok_and(|v| v == "1" || v == "2");
         GpuOptions { backends, adapter_name, power: wgpu::PowerPreference::HighPerformance, profile, checked_kernels }
     }
 }
@@ -155,6 +157,8 @@ struct Inner {
     step_marks: Mutex<std::collections::VecDeque<wgpu::SubmissionIndex>>,
     /// kernel name -> (launches, total ns), when profiling
     profile: Option<Mutex<std::collections::HashMap<String, (u64, f64)>>>,
+    /// profile entries keyed by kernel and workgroup grid (`EQUIMODAL_PROFILE=2`)
+    profile_grid: bool,
 }
 
 /// The GPU context. Cheap to clone; all clones share one device, cache and pool.
@@ -235,6 +239,7 @@ impl Gpu {
         if options.profile && g.0.caps.timestamps {
             if let Some(inner) = Arc::get_mut(&mut g.0) {
                 inner.profile = Some(Mutex::new(std::collections::HashMap::new()));
+                inner.profile_grid = std::env::var("EQUIMODAL_PROFILE").is_ok_and(|v| v == "2");
             }
         }
         Ok(g)
@@ -293,6 +298,7 @@ impl Gpu {
             in_flight: Mutex::new(std::collections::VecDeque::new()),
             step_marks: Mutex::new(std::collections::VecDeque::new()),
             profile: None,
+            profile_grid: false,
         }))
     }
 
@@ -678,7 +684,11 @@ impl Gpu {
                     pass.set_bind_group(0, &bg, &[]);
                     pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
                     drop(pass);
-                    names.push(pipeline.name.clone());
+                    if self.0.profile_grid {
+                        names.push(format!("{} [{}x{}x{}]", pipeline.name, groups[0], groups[1], groups[2]));
+                    } else {
+                        names.push(pipeline.name.clone());
+                    }
                 }
                 Cmd::Copy { src, src_offset, dst, dst_offset, size } => enc.copy_buffer_to_buffer(src, *src_offset, dst, *dst_offset, *size),
                 Cmd::Clear { buffer, offset, size } => enc.clear_buffer(buffer, *offset, Some(*size)),
