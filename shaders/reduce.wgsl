@@ -1,14 +1,30 @@
-// Reductions over the middle axis of a tensor viewed as [outer, r, inner]:
-// y[o, i] = reduce_k x[o, k, i]. op: 0 sum, 1 mean, 2 max, 3 min.
-// `reduce_tree`: one workgroup per output element, threads stride over r and combine in
-// workgroup memory (best when inner == 1: contiguous rows).
-// `reduce_loop`: one thread per output element looping over r (coalesced when inner > 1).
+// Reductions over the middle axis of a tensor viewed as [outer, r, inner], optionally split
+// into chunks of `chunk` consecutive k (nchunk = ceil(r / chunk) of them, none empty):
+// y[(o * nchunk + s) * inner + i] = reduce_{k in [s*chunk, min(r, (s+1)*chunk))} x[o, k, i].
+// With nchunk == 1 (chunk >= r) that is y[o, i] = reduce_k x[o, k, i]; a split reduction is
+// two (or more) launches, partials [outer, nchunk, inner] then a reduction of those over
+// nchunk (see src/ops/reduce.rs). op: 0 sum, 1 mean, 2 max, 3 min; mean divides by `count`
+// (the length of the whole reduced axis, not of a chunk), so the host launches the partial
+// passes of a mean as sums and only the last pass as a mean. Deterministic: no atomics, the
+// combination order depends on the shape alone.
+// `reduce_tree`: one workgroup per output element, threads stride over the chunk (four
+// independent accumulators per thread, for loads in flight) and combine in workgroup memory
+// (best when inner == 1: contiguous rows).
+// `reduce_loop`: one thread per output element looping over the chunk, four rows per
+// iteration (coalesced when inner > 1: neighbouring threads read neighbouring columns).
+// Guards: every output index is checked against outer * nchunk * inner, and every load index
+// is (o * r + k) * inner + i with o < outer, k < min(r, (s+1)*chunk), i < inner, i.e. inside
+// the outer * r * inner elements of x.
 
 struct Params {
     outer: u32,
     r: u32,
     inner: u32,
     op: u32,
+    chunk: u32,
+    nchunk: u32,
+    count: u32,
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -32,7 +48,7 @@ fn combine(op: u32, a: f32, b: f32) -> f32 {
 }
 
 fn finish(op: u32, v: f32) -> f32 {
-    if (op == 1u) { return v / f32(p.r); }
+    if (op == 1u) { return v / f32(p.count); }
     return v;
 }
 
@@ -42,26 +58,44 @@ var<workgroup> partial: array<f32, 256>;
 fn reduce_tree(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
     let out = wg.y * nwg.x + wg.x;
-    let total = p.outer * p.inner;
+    let total = p.outer * p.nchunk * p.inner;
     // uniform control flow: every thread of the workgroup takes the same branch
     if (out >= total) { return; }
-    let o = out / p.inner;
     let i = out % p.inner;
+    let t = out / p.inner;
+    let s = t % p.nchunk;
+    let o = t / p.nchunk;
+    let k0 = s * p.chunk;
+    let k1 = min(p.r, k0 + p.chunk);
     let base = o * p.r * p.inner + i;
-    var acc = identity(p.op);
-    for (var k = lid; k < p.r; k = k + WG) {
-        acc = combine(p.op, acc, x[base + k * p.inner]);
+    let op = p.op;
+    var a0 = identity(op);
+    var a1 = a0;
+    var a2 = a0;
+    var a3 = a0;
+    var k = k0 + lid;
+    // four independent loads per iteration: k, k + WG, k + 2 WG, k + 3 WG (all < k1)
+    while (k + 3u * WG < k1) {
+        a0 = combine(op, a0, x[base + k * p.inner]);
+        a1 = combine(op, a1, x[base + (k + WG) * p.inner]);
+        a2 = combine(op, a2, x[base + (k + 2u * WG) * p.inner]);
+        a3 = combine(op, a3, x[base + (k + 3u * WG) * p.inner]);
+        k = k + 4u * WG;
     }
-    partial[lid] = acc;
+    while (k < k1) {
+        a0 = combine(op, a0, x[base + k * p.inner]);
+        k = k + WG;
+    }
+    partial[lid] = combine(op, combine(op, a0, a1), combine(op, a2, a3));
     workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s / 2u) {
-        if (lid < s) {
-            partial[lid] = combine(p.op, partial[lid], partial[lid + s]);
+    for (var h = WG / 2u; h > 0u; h = h / 2u) {
+        if (lid < h) {
+            partial[lid] = combine(op, partial[lid], partial[lid + h]);
         }
         workgroupBarrier();
     }
     if (lid == 0u) {
-        y[out] = finish(p.op, partial[0]);
+        y[out] = finish(op, partial[0]);
     }
 }
 
@@ -69,13 +103,34 @@ fn reduce_tree(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
 fn reduce_loop(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
     let out = (wg.y * nwg.x + wg.x) * WG + lid;
-    if (out >= p.outer * p.inner) { return; }
-    let o = out / p.inner;
+    if (out >= p.outer * p.nchunk * p.inner) { return; }
     let i = out % p.inner;
-    let base = o * p.r * p.inner + i;
-    var acc = identity(p.op);
-    for (var k = 0u; k < p.r; k = k + 1u) {
-        acc = combine(p.op, acc, x[base + k * p.inner]);
+    let t = out / p.inner;
+    let s = t % p.nchunk;
+    let o = t / p.nchunk;
+    let k0 = s * p.chunk;
+    let k1 = min(p.r, k0 + p.chunk);
+    let step = p.inner;
+    let op = p.op;
+    var idx = (o * p.r + k0) * step + i;
+    var a0 = identity(op);
+    var a1 = a0;
+    var a2 = a0;
+    var a3 = a0;
+    var k = k0;
+    // four independent loads per iteration: rows k .. k + 3 (all < k1)
+    while (k + 4u <= k1) {
+        a0 = combine(op, a0, x[idx]);
+        a1 = combine(op, a1, x[idx + step]);
+        a2 = combine(op, a2, x[idx + 2u * step]);
+        a3 = combine(op, a3, x[idx + 3u * step]);
+        idx = idx + 4u * step;
+        k = k + 4u;
     }
-    y[out] = finish(p.op, acc);
+    while (k < k1) {
+        a0 = combine(op, a0, x[idx]);
+        idx = idx + step;
+        k = k + 1u;
+    }
+    y[out] = finish(op, combine(op, combine(op, a0, a1), combine(op, a2, a3)));
 }

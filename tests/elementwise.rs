@@ -193,6 +193,49 @@ fn reductions_match_reference_and_gradients() {
     }
 }
 
+/// Reductions over long axes with few outputs run split into chunks (partials, then a
+/// reduction of the partials; src/ops/reduce.rs); long axes with many outputs run in one pass
+/// with four accumulators per thread. Shapes not multiples of the chunk, the workgroup or the
+/// four-way unroll; forward against the f64 reference (the backward does not depend on how
+/// the forward was launched and is checked above).
+#[test]
+fn split_reductions_match_reference() {
+    let mut rng = Rng::new(31);
+    let cases: Vec<(Vec<usize>, Vec<usize>)> = vec![
+        (vec![1000, 37], vec![0]),    // 59 chunks of 17 rows (the last 14)
+        (vec![75, 7], vec![0]),       // 4 chunks of 19 rows (the last 18): 19 = 4 * 4 + 3
+        (vec![3, 777, 5], vec![1]),   // 46 chunks of 17 rows (the last 12), outer > 1
+        (vec![4096, 3], vec![0]),     // three passes: 4096 -> 256 -> 16 -> 1
+        (vec![2, 20001], vec![1]),    // contiguous rows: 4 workgroups per row (the last short)
+        (vec![70001], vec![0]),       // everything into one: 17 workgroups, then one
+        (vec![300, 4, 50], vec![0, 2]), // two runs, the leading one split (mean scaled once)
+        (vec![300, 5001], vec![1]),   // 300 workgroups of long rows: no split, unrolled
+        (vec![101, 66000], vec![0]),  // 66000 outputs fill the GPU: no split, unrolled loop
+    ];
+    for (shape, axes) in &cases {
+        let r: usize = axes.iter().map(|&a| shape[a]).product();
+        for op in [ReduceOp::Sum, ReduceOp::Mean, ReduceOp::Max, ReduceOp::Min] {
+            let x = rng.uniforms(numel(shape), -3.0, 3.0);
+            let ax: Vec<isize> = axes.iter().map(|&a| a as isize).collect();
+            let (s2, a2) = (shape.clone(), axes.clone());
+            // f32 accumulation error of a sum grows like sqrt(r) (values of size ~1.7)
+            let atol = match op {
+                ReduceOp::Sum => 2e-6 * (r as f64).sqrt() * 3.0,
+                ReduceOp::Mean => 2e-6 * 3.0 / (r as f64).sqrt(),
+                _ => 0.0,
+            };
+            check_op(
+                &format!("split {op:?} {shape:?} over {axes:?}"),
+                &[(x, shape.clone())],
+                &[],
+                &|t| ops::reduce(&t[0], &ax, op, false),
+                &move |xs| reduce_ref(&xs[0], &s2, &a2, op),
+                Tol { rtol: 1e-5, atol, ..Tol::default() },
+            );
+        }
+    }
+}
+
 #[test]
 fn keepdim_and_negative_axes() {
     let g = gpu();
