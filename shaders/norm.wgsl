@@ -1,16 +1,31 @@
 // Normalisation kernels.
 //
 // Batch norm, x [N, C, HW] (HW = H*W, or 1 for [N, C]), m = N*HW values per channel.
-//   bn_stats:      one workgroup per channel. Two passes over the channel (mean, then
-//                  sum of squared deviations) with per-thread partials combined in
-//                  workgroup memory: numerically sound for large N*H*W (no E[x^2]-E[x]^2
-//                  cancellation). Writes stats = [mean[C], invstd[C]] (biased variance) and
-//                  updates the running stats IN PLACE (unbiased variance m/(m-1)).
-//   bn_eval_stats: one thread per channel: stats from the running stats.
-//   bn_apply:      one thread per element: y = (x - mean) * invstd * w + b.
-//   bn_bwd_reduce: one workgroup per channel: sums = [sum g*xhat (= dweight), sum g (= dbias)].
-//   bn_bwd_dx:     one thread per element. training: dx = w*invstd/m * (m*g - sum g - xhat*sum g*xhat);
-//                  eval: dx = g * w * invstd.
+// The per-channel reductions split each channel's m values (flat index j = nn*HW + s) into
+// `chunks` contiguous ranges of `cs` values (the last may be shorter, none is empty), one
+// workgroup per (chunk, channel), then merge the chunks in a second small kernel: many
+// workgroups fill a large GPU even for few channels. Each thread walks j in steps of WG with
+// a running (s, element offset) pair: no integer division per element. Everything is summed
+// in a fixed order (no float atomics): results are deterministic.
+//   bn_stats:       one workgroup per (chunk, channel), one pass over x: per-thread Welford
+//                   (count, mean, M2) over batches of 4 values of x - shift (shift = the
+//                   chunk's first value), then the chunk's mean and M2 = sum (x - mean_chunk)^2
+//                   from the threads' with Chan's rule (wg_chan): no E[x^2]-E[x]^2
+//                   cancellation, and no large common offset in the sums.
+//                   Writes part = [mean [C, chunks], M2 [C, chunks]].
+//   bn_stats_merge: one workgroup per channel, one thread per chunk (chunks <= 256): Chan's
+//                   merge mean = sum n_i mean_i / m, M2 = sum M2_i + sum n_i (mean_i - mean)^2
+//                   (n_i from the chunk layout, means shifted by chunk 0's). Writes
+//                   stats = [mean[C], invstd[C]] (biased variance) and updates the running
+//                   stats IN PLACE (unbiased variance m/(m-1)).
+//   bn_eval_stats:  one thread per channel: stats from the running stats.
+//   bn_apply:       one thread per element: y = (x - mean) * invstd * w + b.
+//   bn_bwd_reduce:  one workgroup per (chunk, channel): part = [sum g*xhat [C, chunks],
+//                   sum g [C, chunks]] over the chunk.
+//   bn_bwd_merge:   one workgroup per channel, one thread per chunk: sums = [sum g*xhat
+//                   (= dweight) [C], sum g (= dbias) [C]].
+//   bn_bwd_dx:      one thread per element. training: dx = w*invstd/m * (m*g - sum g - xhat*sum g*xhat);
+//                   eval: dx = g * w * invstd.
 // Layer norm, x [rows, D]:
 //   ln_fwd:    one workgroup per row (two-pass mean / variance), writes y and
 //              stats = [mean[rows], rstd[rows]].
@@ -28,6 +43,10 @@ struct BnParams {
     momentum: f32,
     unbias: f32,     // m / (m - 1)
     training: u32,
+    chunks: u32,     // chunks per channel in bn_stats / bn_bwd_reduce, 1..=256
+    cs: u32,         // values per chunk (the last chunk holds m - (chunks - 1) * cs)
+    _p0: u32,
+    _p1: u32,
 }
 
 struct LnParams {
@@ -70,42 +89,162 @@ fn flat_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wg.y * nwg.x + wg.x) * WG + lid;
 }
 
-// element j of channel c (j in [0, m))
-fn bn_index(c: u32, j: u32) -> u32 {
+// ---- batch-norm chunk walk ---------------------------------------------------------------
+// A thread of the workgroup for (chunk, channel c) visits j = j0 + lid, j0 + lid + WG, ...
+// while j < j1, j in [0, m) a channel-local index; element offset k = (nn*C + c)*HW + s with
+// j = nn*HW + s. Stepping j by WG = q*HW + r (r < HW) adds q*C*HW + r to k, plus
+// (C - 1)*HW when s wraps past HW: one compare per step instead of a division.
+struct BnWalk {
+    j: u32,      // channel-local index of the current value
+    j1: u32,     // end of the chunk (exclusive)
+    s: u32,      // j % HW
+    k: u32,      // offset of value j in x
+    r: u32,      // WG % HW
+    kstep: u32,  // q*C*HW + r
+    kwrap: u32,  // (C - 1)*HW
+}
+
+// Offset in x of value j of channel c (divides: used once per thread, not per value).
+fn bn_offset(c: u32, j: u32) -> u32 {
     let nn = j / bp.hw;
-    let s = j - nn * bp.hw;
-    return (nn * bp.c + c) * bp.hw + s;
+    return (nn * bp.c + c) * bp.hw + (j - nn * bp.hw);
+}
+
+// The walk of thread lid over chunk `chunk` of channel c (requires chunk < chunks, c < C).
+fn bn_walk(c: u32, chunk: u32, lid: u32) -> BnWalk {
+    let j0 = chunk * bp.cs;
+    let j1 = min(j0 + bp.cs, bp.m);
+    let j = j0 + lid;
+    let q = WG / bp.hw;
+    let r = WG - q * bp.hw;
+    return BnWalk(j, j1, j % bp.hw, bn_offset(c, j), r, q * bp.c * bp.hw + r, (bp.c - 1u) * bp.hw);
+}
+
+// Advance a walk by WG values (j and k may then be past the chunk: callers test j < j1
+// before every load).
+fn bn_step(w: ptr<function, BnWalk>) {
+    (*w).j = (*w).j + WG;
+    (*w).k = (*w).k + (*w).kstep;
+    (*w).s = (*w).s + (*w).r;
+    if ((*w).s >= bp.hw) {
+        (*w).s = (*w).s - bp.hw;
+        (*w).k = (*w).k + (*w).kwrap;
+    }
+}
+
+// (chunk, channel) of a bn_stats / bn_bwd_reduce workgroup, on a grid of chunks*C
+// workgroups folded into 2-D (see ops::grid); chunk == chunks marks a padding workgroup.
+fn bn_chunk_id(wg: vec3<u32>, nwg: vec3<u32>) -> vec2<u32> {
+    let w = wg.y * nwg.x + wg.x;
+    if (w >= bp.chunks * bp.c) { return vec2<u32>(bp.chunks, 0u); }
+    let c = w / bp.chunks;
+    return vec2<u32>(w - c * bp.chunks, c);
+}
+
+// Number of values in chunk i of a channel.
+fn bn_chunk_len(i: u32) -> u32 {
+    let j0 = i * bp.cs;
+    return min(j0 + bp.cs, bp.m) - j0;
+}
+
+// Chan's merge of the workgroup's (count, mean, M2) triples (count n = 0, mean = 0 for none):
+// mean = sum n_t mean_t / n_tot, M2 = sum M2_t + sum n_t (mean_t - mean)^2. The means are
+// relative to a common shift (a value of the data: the sum then carries no large common
+// offset, and the caller adds the shift back once). Broadcast to every thread as
+// (shifted mean, M2). Must be called in uniform control flow. n_tot > 0 required.
+fn wg_chan(lid: u32, n: f32, mean: f32, m2: f32, ntot: f32) -> vec2<f32> {
+    let s1 = wg_sum2(lid, vec2<f32>(n * mean, m2), WG);
+    let mu = s1.x / ntot;
+    let d = mean - mu;
+    let s2 = wg_sum2(lid, vec2<f32>(n * d * d, 0.0), WG);
+    return vec2<f32>(mu, s1.y + s2.x);
 }
 
 // ---- bn_stats ----------------------------------------------------------------------------
 @group(0) @binding(1) var<storage, read> bs_x: array<f32>;
-@group(0) @binding(2) var<storage, read_write> bs_stats: array<f32>;
-@group(0) @binding(3) var<storage, read_write> bs_rmean: array<f32>;
-@group(0) @binding(4) var<storage, read_write> bs_rvar: array<f32>;
+@group(0) @binding(2) var<storage, read_write> bs_part: array<f32>; // [2, C, chunks]
+
+// Fold a batch of b values (batch mean bm, batch M2 bq) into a running (n, mean, M2).
+fn welford_add(acc: vec3<f32>, b: f32, bm: f32, bq: f32) -> vec3<f32> {
+    let n = acc.x + b;
+    let d = bm - acc.y;
+    let f = b / n;
+    return vec3<f32>(n, acc.y + d * f, acc.z + bq + d * d * acc.x * f);
+}
 
 @compute @workgroup_size(256)
 fn bn_stats(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) lid: u32) {
+    let id = bn_chunk_id(wg, nwg);
+    let chunk = id.x;
+    let c = id.y;
+    if (chunk >= bp.chunks) { return; } // uniform: whole workgroup
+    var w = bn_walk(c, chunk, lid);
+    // shift: the chunk's first value (chunks are never empty); accumulate x - shift
+    let shift = bs_x[bn_offset(c, chunk * bp.cs)];
+    var acc = vec3<f32>(0.0, 0.0, 0.0); // this thread's (count, mean, M2) of x - shift
+    // batches of 4 values (4 independent loads in flight), then the tail one at a time
+    loop {
+        if (w.j + 3u * WG >= w.j1) { break; }
+        let x0 = bs_x[w.k] - shift;
+        bn_step(&w);
+        let x1 = bs_x[w.k] - shift;
+        bn_step(&w);
+        let x2 = bs_x[w.k] - shift;
+        bn_step(&w);
+        let x3 = bs_x[w.k] - shift;
+        bn_step(&w);
+        let bm = ((x0 + x1) + (x2 + x3)) * 0.25;
+        let d0 = x0 - bm;
+        let d1 = x1 - bm;
+        let d2 = x2 - bm;
+        let d3 = x3 - bm;
+        acc = welford_add(acc, 4.0, bm, (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3));
+    }
+    loop {
+        if (w.j >= w.j1) { break; }
+        acc = welford_add(acc, 1.0, bs_x[w.k] - shift, 0.0);
+        bn_step(&w);
+    }
+    let r = wg_chan(lid, acc.x, acc.y, acc.z, f32(bn_chunk_len(chunk)));
+    if (lid == 0u) {
+        let i = c * bp.chunks + chunk;
+        bs_part[i] = shift + r.x;
+        bs_part[bp.c * bp.chunks + i] = r.y;
+    }
+}
+
+// ---- bn_stats_merge ----------------------------------------------------------------------
+@group(0) @binding(1) var<storage, read> bm_part: array<f32>; // [2, C, chunks]
+@group(0) @binding(2) var<storage, read_write> bm_stats: array<f32>;
+@group(0) @binding(3) var<storage, read_write> bm_rmean: array<f32>;
+@group(0) @binding(4) var<storage, read_write> bm_rvar: array<f32>;
+
+@compute @workgroup_size(256)
+fn bn_stats_merge(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) lid: u32) {
     let c = wg.y * nwg.x + wg.x;
     if (c >= bp.c) { return; } // uniform: whole workgroup
-    var acc = 0.0;
-    for (var j = lid; j < bp.m; j = j + WG) {
-        acc = acc + bs_x[bn_index(c, j)];
+    let shift = bm_part[c * bp.chunks]; // chunk 0's mean (chunks >= 1)
+    var n = 0.0;
+    var mean = 0.0; // relative to shift
+    var m2 = 0.0;
+    if (lid < bp.chunks) {
+        let i = c * bp.chunks + lid;
+        n = f32(bn_chunk_len(lid));
+        mean = bm_part[i] - shift;
+        m2 = bm_part[bp.c * bp.chunks + i];
     }
-    let mean = wg_sum2(lid, vec2<f32>(acc, 0.0), WG).x / f32(bp.m);
-    var sq = 0.0;
-    for (var j = lid; j < bp.m; j = j + WG) {
-        let d = bs_x[bn_index(c, j)] - mean;
-        sq = sq + d * d;
-    }
-    let var_b = wg_sum2(lid, vec2<f32>(sq, 0.0), WG).x / f32(bp.m);
+    let r = wg_chan(lid, n, mean, m2, f32(bp.m));
     if (lid == 0u) {
-        bs_stats[c] = mean;
-        bs_stats[bp.c + c] = 1.0 / sqrt(var_b + bp.eps);
+        let mu = shift + r.x;
+        let var_b = r.y / f32(bp.m);
+        bm_stats[c] = mu;
+        bm_stats[bp.c + c] = 1.0 / sqrt(var_b + bp.eps);
         if (bp.training != 0u) {
             let mo = bp.momentum;
-            bs_rmean[c] = (1.0 - mo) * bs_rmean[c] + mo * mean;
-            bs_rvar[c] = (1.0 - mo) * bs_rvar[c] + mo * var_b * bp.unbias;
+            bm_rmean[c] = (1.0 - mo) * bm_rmean[c] + mo * mu;
+            bm_rvar[c] = (1.0 - mo) * bm_rvar[c] + mo * var_b * bp.unbias;
         }
     }
 }
@@ -145,25 +284,72 @@ fn bn_apply(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
 @group(0) @binding(1) var<storage, read> br_x: array<f32>;
 @group(0) @binding(2) var<storage, read> br_g: array<f32>;
 @group(0) @binding(3) var<storage, read> br_stats: array<f32>;
-@group(0) @binding(4) var<storage, read_write> br_sums: array<f32>;
+@group(0) @binding(4) var<storage, read_write> br_part: array<f32>; // [2, C, chunks]
 
 @compute @workgroup_size(256)
 fn bn_bwd_reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                  @builtin(local_invocation_index) lid: u32) {
-    let c = wg.y * nwg.x + wg.x;
-    if (c >= bp.c) { return; }
+    let id = bn_chunk_id(wg, nwg);
+    let chunk = id.x;
+    let c = id.y;
+    if (chunk >= bp.chunks) { return; } // uniform: whole workgroup
     let mean = br_stats[c];
     let inv = br_stats[bp.c + c];
-    var acc = vec2<f32>(0.0, 0.0);
-    for (var j = lid; j < bp.m; j = j + WG) {
-        let k = bn_index(c, j);
-        let g = br_g[k];
-        acc = acc + vec2<f32>(g * (br_x[k] - mean) * inv, g);
+    var w = bn_walk(c, chunk, lid);
+    var acc = vec2<f32>(0.0, 0.0); // (sum g*(x - mean), sum g)
+    loop {
+        if (w.j + 3u * WG >= w.j1) { break; }
+        let k0 = w.k;
+        bn_step(&w);
+        let k1 = w.k;
+        bn_step(&w);
+        let k2 = w.k;
+        bn_step(&w);
+        let k3 = w.k;
+        bn_step(&w);
+        let g0 = br_g[k0];
+        let g1 = br_g[k1];
+        let g2 = br_g[k2];
+        let g3 = br_g[k3];
+        let x0 = br_x[k0];
+        let x1 = br_x[k1];
+        let x2 = br_x[k2];
+        let x3 = br_x[k3];
+        acc = acc + vec2<f32>((g0 * (x0 - mean) + g1 * (x1 - mean)) + (g2 * (x2 - mean) + g3 * (x3 - mean)),
+                              (g0 + g1) + (g2 + g3));
+    }
+    loop {
+        if (w.j >= w.j1) { break; }
+        let g = br_g[w.k];
+        acc = acc + vec2<f32>(g * (br_x[w.k] - mean), g);
+        bn_step(&w);
     }
     let s = wg_sum2(lid, acc, WG);
     if (lid == 0u) {
-        br_sums[c] = s.x;
-        br_sums[bp.c + c] = s.y;
+        let i = c * bp.chunks + chunk;
+        br_part[i] = s.x * inv;
+        br_part[bp.c * bp.chunks + i] = s.y;
+    }
+}
+
+// ---- bn_bwd_merge ------------------------------------------------------------------------
+@group(0) @binding(1) var<storage, read> bg_part: array<f32>; // [2, C, chunks]
+@group(0) @binding(2) var<storage, read_write> bg_sums: array<f32>;
+
+@compute @workgroup_size(256)
+fn bn_bwd_merge(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    let c = wg.y * nwg.x + wg.x;
+    if (c >= bp.c) { return; } // uniform: whole workgroup
+    var v = vec2<f32>(0.0, 0.0);
+    if (lid < bp.chunks) {
+        let i = c * bp.chunks + lid;
+        v = vec2<f32>(bg_part[i], bg_part[bp.c * bp.chunks + i]);
+    }
+    let s = wg_sum2(lid, v, WG);
+    if (lid == 0u) {
+        bg_sums[c] = s.x;
+        bg_sums[bp.c + c] = s.y;
     }
 }
 

@@ -201,3 +201,133 @@ fn layer_norm_shape_errors_are_typed() {
     let b3 = Tensor::zeros(&g, &[3]).unwrap();
     assert!(ops::layer_norm(&x, &w5, &b3, 1e-5).is_err());
 }
+
+/// (N, C, Some((H, W)) or None for x [N, C]).
+type BnCase = (usize, usize, Option<(usize, usize)>);
+
+/// Shapes whose channels split into several chunks in the batch-norm reductions (one
+/// workgroup per (chunk, channel), see `bn_chunks` in src/ops/norm.rs): m = N*HW not a
+/// multiple of the chunk, chunks starting inside a sample, HW above and below the
+/// workgroup size (256), HW = 1 ([N, C] input), the 256-chunk cap (2x742x742 = 1.1M values),
+/// and many channels with a single chunk each.
+const CHUNKED: [BnCase; 6] = [
+    (37, 3, Some((29, 29))),   // m = 31,117: 8 chunks of 3,890, the last 3,887
+    (64, 2, Some((40, 40))),   // m = 102,400: 25 chunks of 4,096
+    (300, 5, Some((7, 7))),    // m = 14,700: 4 chunks of 3,675, HW = 49 < 256
+    (9000, 3, None),           // m = 9,000: 3 chunks of 3,000, HW = 1
+    (2, 1, Some((742, 742))),  // m = 1,101,128: 256 chunks of 4,302, the last 4,118
+    (3, 1000, None),           // m = 3: 1 chunk per channel, 1,000 channels
+];
+
+/// f64 batch-norm backward (training) from upstream g: (dx, dweight = sum g*xhat, dbias = sum g).
+#[allow(clippy::too_many_arguments)]
+fn bn_backward_ref(
+    x: &[f64],
+    g: &[f64],
+    w: &[f64],
+    stats: &[(f64, f64)],
+    n: usize,
+    c: usize,
+    hw: usize,
+    eps: f64,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let m = (n * hw) as f64;
+    let (mut dw, mut db) = (vec![0.0; c], vec![0.0; c]);
+    for i in 0..n {
+        for ch in 0..c {
+            let (mu, v) = stats[ch];
+            let inv = 1.0 / (v + eps).sqrt();
+            for s in 0..hw {
+                let k = (i * c + ch) * hw + s;
+                dw[ch] += g[k] * (x[k] - mu) * inv;
+                db[ch] += g[k];
+            }
+        }
+    }
+    let mut dx = vec![0.0; x.len()];
+    for i in 0..n {
+        for ch in 0..c {
+            let (mu, v) = stats[ch];
+            let inv = 1.0 / (v + eps).sqrt();
+            for s in 0..hw {
+                let k = (i * c + ch) * hw + s;
+                let xhat = (x[k] - mu) * inv;
+                dx[k] = w[ch] * inv / m * (m * g[k] - db[ch] - xhat * dw[ch]);
+            }
+        }
+    }
+    (dx, dw, db)
+}
+
+/// Per-channel sum of |g * xhat|: the scale of the rounding error of sum g*xhat.
+fn abs_scale(x: &[f64], g: &[f64], stats: &[(f64, f64)], n: usize, c: usize, hw: usize) -> f64 {
+    let mut s = vec![0.0f64; c];
+    for i in 0..n {
+        for (ch, &(mu, v)) in stats.iter().enumerate() {
+            for t in 0..hw {
+                let k = (i * c + ch) * hw + t;
+                s[ch] += (g[k] * (x[k] - mu) / v.sqrt()).abs();
+            }
+        }
+    }
+    s.into_iter().fold(0.0, f64::max)
+}
+
+/// Batch statistics (read through the running stats with momentum 1: running_mean = mean,
+/// running_var = unbiased variance), y, and the backward's dx / dweight / dbias of a
+/// training-mode batch norm against f64, for x = offset + 0.1 * (channel % 8) + scale * N(0, 1).
+fn check_chunked(rng: &mut Rng, n: usize, c: usize, hw: Option<(usize, usize)>, offset: f64, scale: f64, y_tol: f64) {
+    let g = gpu();
+    let eps = 1e-5;
+    let (shape, hws) = bn_shape(n, c, hw);
+    let what = format!("batch_norm {shape:?} offset {offset}");
+    let z = rng.normals(n * c * hws);
+    let x: Vec<f64> = round_f32(&z.iter().enumerate().map(|(k, z)| offset + 0.1 * ((k / hws) % c % 8) as f64 + scale * z).collect::<Vec<_>>());
+    let w = round_f32(&rng.uniforms(c, 0.5, 1.5));
+    let b = round_f32(&rng.uniforms(c, -0.5, 0.5));
+    let gy = round_f32(&rng.uniforms(x.len(), -1.0, 1.0));
+    let stats = channel_stats(&x, n, c, hws);
+    let m = (n * hws) as f64;
+
+    let st = BatchNormState::new(&g, c, 1.0, eps as f32).unwrap();
+    let xt = upload(&g, &x, &shape).requires_grad();
+    let (wt, bt) = (upload(&g, &w, &[c]).requires_grad(), upload(&g, &b, &[c]).requires_grad());
+    let y = ops::batch_norm(&xt, &wt, &bt, &st, true).unwrap();
+    let means: Vec<f64> = stats.iter().map(|s| s.0).collect();
+    let uvars: Vec<f64> = stats.iter().map(|s| s.1 * m / (m - 1.0)).collect();
+    assert_close(&format!("{what} mean"), &st.running_mean.to_vec().unwrap(), &means, 1e-6, 1e-6 * scale);
+    assert_close(&format!("{what} var"), &st.running_var.to_vec().unwrap(), &uvars, 2e-5, 0.0);
+    assert_close(&format!("{what} y"), &y.to_vec().unwrap(), &bn_ref(&x, &w, &b, &stats, n, c, hws, eps), y_tol, y_tol);
+
+    // The backward against the f64 formula at the forward's own f32 mean: x - mean is what
+    // any f32 kernel computes, and at offset 1000 half an ulp of the mean (3e-5) times sum g
+    // would otherwise dominate the comparison.
+    let gpu_means = st.running_mean.to_vec().unwrap();
+    let bstats: Vec<(f64, f64)> = stats.iter().zip(&gpu_means).map(|(s, &mu)| (mu as f64, s.1)).collect();
+    let mut grads = equimodal::Gradients::new();
+    y.backward_with(upload(&g, &gy, &shape), &mut grads).unwrap();
+    let (dx, dw, db) = bn_backward_ref(&x, &gy, &w, &bstats, n, c, hws, eps);
+    let sx = abs_scale(&x, &gy, &stats, n, c, hws);
+    assert_close(&format!("{what} dweight"), &grads.get(&wt).unwrap().to_vec().unwrap(), &dw, 1e-5, 1e-6 * sx);
+    assert_close(&format!("{what} dbias"), &grads.get(&bt).unwrap().to_vec().unwrap(), &db, 1e-5, 1e-6 * sx);
+    let dx_max = dx.iter().fold(0.0f64, |a, v| a.max(v.abs()));
+    assert_close(&format!("{what} dx"), &grads.get(&xt).unwrap().to_vec().unwrap(), &dx, 1e-4, 1e-5 * dx_max);
+}
+
+#[test]
+fn batch_norm_chunked_reductions_match_reference() {
+    let mut rng = Rng::new(26);
+    for (n, c, hw) in CHUNKED {
+        check_chunked(&mut rng, n, c, hw, 0.5, 1.5, 1e-4);
+    }
+}
+
+#[test]
+fn batch_norm_chunked_large_offset_keeps_variance() {
+    // x = 1000 + N(0, 1): in f32, E[x^2] - E[x]^2 loses ~eps_f32 * 1000^2 / 1 ~ 6e-2 of the
+    // variance; the chunked Welford / Chan merge keeps it to ~1e-6 relative.
+    let mut rng = Rng::new(27);
+    for (n, c, hw) in [(37, 3, Some((29, 29))), (64, 2, Some((40, 40))), (9000, 3, None)] {
+        check_chunked(&mut rng, n, c, hw, 1000.0, 1.0, 1e-3);
+    }
+}

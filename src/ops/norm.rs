@@ -10,10 +10,12 @@ use crate::tensor::{DType, Tensor};
 const SRC: &str = include_str!("../../shaders/norm.wgsl");
 const R: Access = Access::Read;
 const RW: Access = Access::ReadWrite;
-const K_BN_STATS: Kernel = Kernel { shader: "norm", source: SRC, entry: "bn_stats", bindings: &[R, RW, RW, RW] };
+const K_BN_STATS: Kernel = Kernel { shader: "norm", source: SRC, entry: "bn_stats", bindings: &[R, RW] };
+const K_BN_STATS_MERGE: Kernel = Kernel { shader: "norm", source: SRC, entry: "bn_stats_merge", bindings: &[R, RW, RW, RW] };
 const K_BN_EVAL: Kernel = Kernel { shader: "norm", source: SRC, entry: "bn_eval_stats", bindings: &[R, R, RW] };
 const K_BN_APPLY: Kernel = Kernel { shader: "norm", source: SRC, entry: "bn_apply", bindings: &[R, R, R, R, RW] };
 const K_BN_BWD_RED: Kernel = Kernel { shader: "norm", source: SRC, entry: "bn_bwd_reduce", bindings: &[R, R, R, RW] };
+const K_BN_BWD_MERGE: Kernel = Kernel { shader: "norm", source: SRC, entry: "bn_bwd_merge", bindings: &[R, RW] };
 const K_BN_BWD_DX: Kernel = Kernel { shader: "norm", source: SRC, entry: "bn_bwd_dx", bindings: &[R, R, R, R, R, RW] };
 const K_LN_FWD: Kernel = Kernel { shader: "norm", source: SRC, entry: "ln_fwd", bindings: &[R, R, R, RW, RW] };
 const K_LN_BWD_DX: Kernel = Kernel { shader: "norm", source: SRC, entry: "ln_bwd_dx", bindings: &[R, R, R, R, RW] };
@@ -21,6 +23,25 @@ const K_LN_BWD_DW: Kernel = Kernel { shader: "norm", source: SRC, entry: "ln_bwd
 
 /// Rows per partial sum in the layer-norm weight/bias gradient (LN_CHUNK in norm.wgsl).
 const LN_CHUNK: usize = 32;
+
+/// Batch-norm reductions (`bn_stats`, `bn_bwd_reduce`) split each channel's m values into
+/// chunks, one workgroup per (chunk, channel), merged per channel by a second small kernel.
+/// Aim for about this many workgroups (~2 waves on a 132-SM H100 holding 8 resident
+/// 256-thread workgroups per SM, 1,056 at a time; C = 64: 32 chunks per channel) ...
+const BN_TARGET_GROUPS: usize = 2048;
+/// ... with at least this many values per chunk (16 per thread: 4 batches of 4 loads) ...
+const BN_MIN_CHUNK: usize = 4096;
+/// ... and at most this many chunks per channel (the merge kernels give one thread to each
+/// chunk of a 256-thread workgroup; this also bounds the scratch buffer to 2 * 256 * C floats).
+const BN_MAX_CHUNKS: usize = 256;
+
+/// (chunks, values per chunk) for the batch-norm reductions of C channels of m values each.
+/// Every chunk is non-empty: the last holds m - (chunks - 1) * cs >= 1 values.
+fn bn_chunks(m: usize, c: usize) -> (usize, usize) {
+    let want = BN_TARGET_GROUPS.div_ceil(c.max(1)).min(BN_MAX_CHUNKS).min(m.div_ceil(BN_MIN_CHUNK)).max(1);
+    let cs = m.div_ceil(want).max(1);
+    (m.div_ceil(cs).max(1), cs)
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -33,6 +54,11 @@ struct BnParams {
     momentum: f32,
     unbias: f32,
     training: u32,
+    /// chunks per channel of the batch-norm reductions (see `bn_chunks`)
+    chunks: u32,
+    /// values per chunk
+    cs: u32,
+    _p: [u32; 2],
 }
 
 #[repr(C)]
@@ -91,6 +117,7 @@ pub fn batch_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, state: &BatchNormS
         ));
     }
     let gpu = x.gpu();
+    let (chunks, cs) = bn_chunks(m, c);
     let p = BnParams {
         n: n as u32,
         c: c as u32,
@@ -100,16 +127,23 @@ pub fn batch_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, state: &BatchNormS
         momentum: state.momentum,
         unbias: if m > 1 { m as f32 / (m - 1) as f32 } else { 1.0 },
         training: training as u32,
+        chunks: chunks as u32,
+        cs: cs as u32,
+        _p: [0; 2],
     };
     // stats = [mean[C], invstd[C]]: the batch's in training, the running stats' in eval
     // (a copy, so later in-place updates of the running stats cannot change the backward).
     let stats = Tensor::empty(gpu, &[2, c], DType::F32)?;
     if training {
+        // per-(chunk, channel) mean and M2, then merged per channel into stats and the
+        // running statistics
+        let part = Tensor::empty(gpu, &[2, c, chunks], DType::F32)?;
+        gpu.dispatch(&K_BN_STATS, &[], bytes_of(&p), &[x.buffer(), part.buffer()], grid(gpu, chunks * c, 1))?;
         gpu.dispatch(
-            &K_BN_STATS,
+            &K_BN_STATS_MERGE,
             &[],
             bytes_of(&p),
-            &[x.buffer(), stats.buffer(), state.running_mean.buffer(), state.running_var.buffer()],
+            &[part.buffer(), stats.buffer(), state.running_mean.buffer(), state.running_var.buffer()],
             grid(gpu, c, 1),
         )?;
     } else {
@@ -152,13 +186,17 @@ impl BackwardOp for BatchNormBack {
         let need_sums = tw || tb || (tx && self.p.training != 0);
         let sums = Tensor::empty(gpu, &[2, c], DType::F32)?;
         if need_sums {
+            // per-(chunk, channel) partial sums, then summed per channel
+            let chunks = self.p.chunks as usize;
+            let part = Tensor::empty(gpu, &[2, c, chunks], DType::F32)?;
             gpu.dispatch(
                 &K_BN_BWD_RED,
                 &[],
                 bytes_of(&self.p),
-                &[self.x.buffer(), g.buffer(), self.stats.buffer(), sums.buffer()],
-                grid(gpu, c, 1),
+                &[self.x.buffer(), g.buffer(), self.stats.buffer(), part.buffer()],
+                grid(gpu, chunks * c, 1),
             )?;
+            gpu.dispatch(&K_BN_BWD_MERGE, &[], bytes_of(&self.p), &[part.buffer(), sums.buffer()], grid(gpu, c, 1))?;
         }
         let dx = if tx {
             let dx = Tensor::empty(gpu, self.x.shape(), DType::F32)?;
