@@ -7,7 +7,8 @@
 #
 # Installs the Vulkan loader from .gpu/*.deb, then: nvidia-smi and the adapter list, the
 # kernel tests on the GPU (unchecked kernels, as in release), the kernel benchmarks (full
-# sizes), the end-to-end steps, and the PyTorch reference in the same session (the machines
+# sizes), the end-to-end steps, and the PyTorch references (shared/bench/torch_reference.py and
+# scripts/sdpa_reference.py) in the same session (the machines
 # drift: compare only figures from one run). Everything goes to $OUT (default ./gpu-out);
 # a short summary is printed at the end.
 set -uo pipefail
@@ -50,12 +51,16 @@ if has tests && [ -f "$G/tests.tar.gz" ]; then
 fi
 
 has kernels && step kernels "${KERNELS_LIMIT:-200}" "$EQ" bench --json "$OUT/kernels.json"
-has e2e && step e2e "${E2E_LIMIT:-120}" "$EQ" bench --e2e --json "$OUT/e2e.json"
-has torch && step torch "${TORCH_LIMIT:-140}" env PYTHONUNBUFFERED=1 python3 "$G/torch_reference.py"
+# end to end, then where the AUG step's GPU time goes (one pass per kernel launch, by grid)
+has e2e && step e2e "${E2E_LIMIT:-150}" bash -c \
+    '"$1" bench --e2e --json "$2"; echo; EQUIMODAL_PROFILE=2 "$1" bench --e2e --filter aug_step --steps 5' _ "$EQ" "$OUT/e2e.json"
+# both PyTorch references into torch.txt ($OUT returns at most 8 files)
+has torch && step torch "${TORCH_LIMIT:-200}" env PYTHONUNBUFFERED=1 bash -c \
+    'python3 "$1/torch_reference.py"; echo; python3 "$2/sdpa_reference.py"' _ "$G" "$(cd "$(dirname "$0")" && pwd)"
 
 {
     has kernels && { echo; echo "==== kernels (GPU timestamps) ===="; cat "$OUT/kernels.txt"; }
-    has e2e && { echo; echo "==== end-to-end (wall clock) ===="; cat "$OUT/e2e.txt"; }
-    has torch && { echo; echo "==== PyTorch reference, same session ===="; tail -n 40 "$OUT/torch.txt"; }
+    has e2e && { echo; echo "==== end-to-end (wall clock), then the AUG step's profile ===="; head -n 60 "$OUT/e2e.txt"; }
+    has torch && { echo; echo "==== PyTorch references, same session ===="; tail -n 50 "$OUT/torch.txt"; }
 } >>"$SUM"
 cat "$SUM"

@@ -174,7 +174,8 @@ fn attention_case(b: usize, h: usize, l: usize, dh: usize, fb: bool) -> Case {
     let t = 4.0 * (b * h * l * dh) as f64; // bytes of one [B, H, L, Dh] tensor
     // fwd: q, k, v -> o; bwd: q, k, v, o, do -> dq, dk, dv
     let (flops, bytes) = if fb { (3.5 * fwd, 12.0 * t) } else { (fwd, 4.0 * t) };
-    let name = format!("attn_L{l}_{}", if fb { "fb" } else { "fwd" });
+    let dtag = if dh == 64 { String::new() } else { format!("d{dh}_") };
+    let name = format!("attn_L{l}_{dtag}{}", if fb { "fb" } else { "fwd" });
     let shape = format!("B{b} H{h} L=S{l} Dh{dh}");
     case(name, shape, flops, bytes, fb, move |gpu| {
         let k = sets_for(4.0 * t);
@@ -238,6 +239,12 @@ pub fn extra_cases(quick: bool) -> Vec<Case> {
     for &l in lens {
         v.push(attention_case(ab, ah, l, 64, false));
         v.push(attention_case(ab, ah, l, 64, true));
+    }
+    // other head sizes (the kernel takes Dh up to 128) at one length
+    let (lh, dhs): (usize, &[usize]) = if quick { (64, &[32]) } else { (1024, &[32, 128]) };
+    for &dh in dhs {
+        v.push(attention_case(ab, ah, lh, dh, false));
+        v.push(attention_case(ab, ah, lh, dh, true));
     }
 
     // ---- softmax / cross-entropy ----------------------------------------------------------
