@@ -161,8 +161,8 @@ fn binary(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
 }
 
 // ---- unary backward: dx = g * f'(saved) ------------------------------------------------
-// saved is x for: 3 log, 5 relu, 6 gelu, 9 abs, 10 square, 13 reciprocal, 14 pow
-// saved is y for: 2 exp, 4 sqrt, 7 sigmoid, 8 tanh
+// saved is x for: 3 log, 6 gelu, 9 abs, 10 square, 13 reciprocal, 14 pow
+// saved is y for: 2 exp, 4 sqrt, 5 relu (y > 0 exactly where x > 0), 7 sigmoid, 8 tanh
 fn unary_grad(op: u32, s: f32) -> f32 {
     switch op {
         case 2u: { return s; }

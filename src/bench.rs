@@ -13,7 +13,7 @@ mod bench_cases;
 mod bench_e2e;
 
 pub use bench_cases::{extra_cases, resnet18_conv_shapes, ConvShape};
-pub use bench_e2e::{e2e_cases, format_e2e_table, run_e2e, E2eCase, E2eOptions, E2eRow, E2eStep};
+pub use bench_e2e::{e2e_cases, e2e_cases_sized, format_e2e_table, run_e2e, E2eCase, E2eOptions, E2eRow, E2eSize, E2eStep};
 
 /// What to run and against which ceilings.
 #[derive(Clone, Debug)]

@@ -74,23 +74,47 @@ pub struct E2eRow {
     pub in_use_mib: f64,
 }
 
-/// Sizes of the model: (batch, ResNet base width, audio [C, H, W], visual [C, H, W]).
-fn model_dims(quick: bool) -> (usize, usize, Vec<usize>, Vec<usize>) {
-    if quick {
-        (4, 8, vec![1, 33, 24], vec![3, 32, 32])
-    } else {
-        (64, 64, vec![1, 257, 188], vec![3, 224, 224])
+/// Sizes of the end-to-end model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct E2eSize {
+    pub batch: usize,
+    /// ResNet base width (64 in ResNet18)
+    pub base: usize,
+    /// audio input [C, H, W]
+    pub audio: Vec<usize>,
+    /// visual input [C, H, W]
+    pub visual: Vec<usize>,
+}
+
+impl E2eSize {
+    /// The CREMA-D model at batch 64 (1×257×188 audio, 3×224×224 frames, base 64), or with
+    /// `quick` a tiny one (base 8, batch 4, 1×33×24 / 3×32×32).
+    pub fn new(quick: bool) -> E2eSize {
+        if quick {
+            E2eSize { batch: 4, base: 8, audio: vec![1, 33, 24], visual: vec![3, 32, 32] }
+        } else {
+            E2eSize { batch: 64, base: 64, audio: vec![1, 257, 188], visual: vec![3, 224, 224] }
+        }
+    }
+    /// The same model at another batch size (e.g. to fit a device's buffer limits).
+    pub fn with_batch(mut self, batch: usize) -> E2eSize {
+        self.batch = batch.max(1);
+        self
     }
 }
 
-fn specs(quick: bool) -> Vec<ModalitySpec> {
+fn model_dims(z: &E2eSize) -> (usize, usize, Vec<usize>, Vec<usize>) {
+    (z.batch, z.base, z.audio.clone(), z.visual.clone())
+}
+
+fn specs(quick: &E2eSize) -> Vec<ModalitySpec> {
     let (_, _, a, v) = model_dims(quick);
     vec![ModalitySpec::new("audio", a), ModalitySpec::new("visual", v)]
 }
 
 /// The AUG configuration of the CREMA-D model: ResNet18 encoders, learners of width 256,
 /// SGD momentum 0.9, weight decay 1e-4 (lr as in the PyTorch reference).
-fn aug_config(quick: bool) -> Config {
+fn aug_config(quick: &E2eSize) -> Config {
     let (batch, base, _, _) = model_dims(quick);
     let mut cfg = Config::default();
     cfg.model.encoder = EncoderKind::Resnet18;
@@ -107,7 +131,7 @@ fn aug_config(quick: bool) -> Config {
 const CLASSES: usize = 6;
 
 /// Two random batches on the device (steps alternate between them).
-fn batches(gpu: &Gpu, quick: bool) -> Result<Vec<DeviceBatch>> {
+fn batches(gpu: &Gpu, quick: &E2eSize) -> Result<Vec<DeviceBatch>> {
     let (n, _, a, v) = model_dims(quick);
     (0..2u64)
         .map(|i| {
@@ -134,7 +158,7 @@ struct AvModel {
 }
 
 impl AvModel {
-    fn new(gpu: &Gpu, quick: bool) -> Result<AvModel> {
+    fn new(gpu: &Gpu, quick: &E2eSize) -> Result<AvModel> {
         let (_, base, a, v) = model_dims(quick);
         let mut rng = StdRng::seed_from_u64(7);
         Ok(AvModel {
@@ -157,7 +181,7 @@ impl AvModel {
     }
 }
 
-fn shape_label(quick: bool, visual: bool) -> String {
+fn shape_label(quick: &E2eSize, visual: bool) -> String {
     let (n, base, a, v) = model_dims(quick);
     let d = |s: &[usize]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("x");
     if visual {
@@ -172,13 +196,20 @@ fn shape_label(quick: bool, visual: bool) -> String {
 /// forward (`Aug::predict`) and one audio ResNet18 step. `quick`: ResNet base width 8 at
 /// batch 4 on 1×33×24 / 3×32×32 (seconds on a software rasteriser).
 pub fn e2e_cases(quick: bool) -> Vec<E2eCase> {
-    let shape = shape_label(quick, true);
+    e2e_cases_sized(&E2eSize::new(quick))
+}
+
+/// [`e2e_cases`] for a model of the given size.
+pub fn e2e_cases_sized(size: &E2eSize) -> Vec<E2eCase> {
+    let shape = shape_label(size, true);
     let mut v = Vec::new();
     for (name, train) in [("aug_step", true), ("eval_forward", false)] {
+        let quick = size.clone();
         v.push(E2eCase {
             name: name.into(),
             shape: shape.clone(),
             setup: Box::new(move |gpu| {
+                let quick = &quick;
                 let cfg = aug_config(quick);
                 let mut rng = StdRng::seed_from_u64(cfg.seed);
                 let mut method = Aug::new(gpu, &cfg, &specs(quick), CLASSES, &mut rng)?;
@@ -196,10 +227,12 @@ pub fn e2e_cases(quick: bool) -> Vec<E2eCase> {
         });
     }
     for (name, joint) in [("joint_step", true), ("audio_resnet18_step", false)] {
+        let quick = size.clone();
         v.push(E2eCase {
             name: name.into(),
-            shape: shape_label(quick, joint),
+            shape: shape_label(&quick, joint),
             setup: Box::new(move |gpu| {
+                let quick = &quick;
                 let cfg = aug_config(quick);
                 let model = AvModel::new(gpu, quick)?;
                 let mut opt: Box<dyn Optimizer> = crate::train::build_optimizer(&cfg, model.params())?;
@@ -263,6 +296,12 @@ pub fn run_e2e(gpu: &Gpu, opts: &E2eOptions, cases: Vec<E2eCase>) -> Result<Vec<
         }
         let (s1, d1) = gpu.counters();
         let mem = gpu.memory();
+        if std::env::var("EQUIMODAL_POOL_REPORT").is_ok_and(|v| v == "1") {
+            eprintln!("{}: in use {:.1} MiB, cached {:.1} MiB; largest cached sizes:", case.name, mem.in_use as f64 / MIB, mem.cached as f64 / MIB);
+            for (size, n) in gpu.memory_cached_by_size().into_iter().take(25) {
+                eprintln!("  {:>10.2} MiB x {n:>3} = {:>8.1} MiB", size as f64 / MIB, (size * n as u64) as f64 / MIB);
+            }
+        }
         let min = wall.iter().cloned().fold(f64::INFINITY, f64::min);
         let max = wall.iter().cloned().fold(0.0, f64::max);
         rows.push(E2eRow {

@@ -128,6 +128,24 @@ impl Tensor {
         self.leaf(true)
     }
 
+    /// The same tensor for the graph (id, shape, dtype, grad flag, producing node) without
+    /// its data: what a graph node keeps of its inputs. Backward rules read only this
+    /// metadata of their inputs (data they need they save themselves), so an intermediate's
+    /// buffer goes back to the pool as soon as nothing but the graph refers to it, as in
+    /// PyTorch, instead of living until the backward. Reading its data panics.
+    pub(crate) fn graph_handle(&self) -> Tensor {
+        let pool = self.0.storage.pool.clone();
+        Tensor(Arc::new(TensorInner {
+            id: self.0.id,
+            gpu: self.0.gpu.clone(),
+            shape: self.0.shape.clone(),
+            dtype: self.0.dtype,
+            storage: Arc::new(Storage { buffer: None, size: 0, pool }),
+            requires_grad: self.0.requires_grad,
+            node: self.0.node.clone(),
+        }))
+    }
+
     /// Same storage, cut from the graph.
     pub fn detach(&self) -> Tensor {
         self.leaf(false)
@@ -143,7 +161,7 @@ impl Tensor {
         op: impl FnOnce() -> Box<dyn BackwardOp>,
     ) -> Tensor {
         let track = gpu.grad_enabled() && inputs.iter().any(|t| t.0.requires_grad);
-        let node = track.then(|| Arc::new(Node::new(inputs.iter().map(|t| (*t).clone()).collect(), op())));
+        let node = track.then(|| Arc::new(Node::new(inputs.iter().map(|t| t.graph_handle()).collect(), op())));
         Self::wrap(gpu, shape, dtype, storage, track, node)
     }
 

@@ -8,7 +8,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 /// The backward rule of one op: given the gradient of the output, return one optional
-/// gradient per input (same shapes as the inputs). Runs with recording off.
+/// gradient per input (same shapes as the inputs). Runs with recording off. `inputs` are
+/// graph handles: shape, dtype, `is_tracked`, but no data (see `Tensor::graph_handle`); a
+/// rule that needs an input's values saves the tensor in its own fields.
 pub trait BackwardOp: Send + Sync {
     fn name(&self) -> &'static str;
     fn backward(&self, grad: &Tensor, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>>;

@@ -74,6 +74,10 @@ enum Cmd {
         /// asks; 5 with --quick).
         #[arg(long)]
         steps: Option<usize>,
+        /// Batch size of the end-to-end model (default 64; 4 with --quick). Memory figures
+        /// at a smaller batch fit devices with small buffer limits (lavapipe: 128 MiB).
+        #[arg(long)]
+        batch: Option<usize>,
     },
     /// Charts (PNG + SVG) of a run directory's metrics.jsonl, or a comparison of several runs.
     Report {
@@ -151,11 +155,15 @@ fn run(cli: Cli) -> equimodal::Result<()> {
                 Err(e) => println!("\nno adapter selected: {e}"),
             }
         }
-        Cmd::Bench { quick, filter, reps, peak_gbs, peak_gflops, json, e2e, steps } => {
+        Cmd::Bench { quick, filter, reps, peak_gbs, peak_gflops, json, e2e, steps, batch } => {
             let gpu = equimodal::Gpu::new(gpu_options(&cli))?;
             if *e2e {
                 let opts = equimodal::bench::E2eOptions::new(*quick, filter.clone(), *steps);
-                let rows = equimodal::bench::run_e2e(&gpu, &opts, equimodal::bench::e2e_cases(*quick))?;
+                let mut size = equimodal::bench::E2eSize::new(*quick);
+                if let Some(b) = batch {
+                    size = size.with_batch(*b);
+                }
+                let rows = equimodal::bench::run_e2e(&gpu, &opts, equimodal::bench::e2e_cases_sized(&size))?;
                 print!("{}", equimodal::bench::format_e2e_table(&gpu, &rows));
                 print_profile(&gpu);
                 if let Some(p) = json {

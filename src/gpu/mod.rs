@@ -339,6 +339,11 @@ impl Gpu {
         NO_GRAD.with(|c| c.get() == 0)
     }
 
+    /// Cached (free) pool buffers per bucket size, (bytes, count), largest total first: where
+    /// the pool's footprint beyond live tensors sits.
+    pub fn memory_cached_by_size(&self) -> Vec<(u64, usize)> {
+        self.0.pool.lock().map(|p| p.cached_by_size()).unwrap_or_default()
+    }
     /// Buffer pool statistics (bytes in use and cached).
     pub fn memory(&self) -> PoolStats {
         self.0.pool.lock().map(|p| p.stats).unwrap_or_default()

@@ -58,6 +58,12 @@ impl BufferPool {
         self.stats.cached += size;
         self.free.entry(size).or_default().push(buffer);
     }
+    /// Cached buffers per bucket size: (size, count), largest total first.
+    pub(crate) fn cached_by_size(&self) -> Vec<(u64, usize)> {
+        let mut v: Vec<(u64, usize)> = self.free.iter().filter(|(_, l)| !l.is_empty()).map(|(k, l)| (*k, l.len())).collect();
+        v.sort_by(|a, b| (b.0 * b.1 as u64).cmp(&(a.0 * a.1 as u64)));
+        v
+    }
     /// Drop every cached buffer (memory goes back to the driver).
     pub(crate) fn trim(&mut self) {
         self.free.clear();

@@ -61,8 +61,11 @@ pub enum Unary {
 
 impl Unary {
     /// Whether the backward rule reads the output (true) or the input (false).
+    /// Backward from the output instead of the input. For ReLU this is a memory choice: in
+    /// conv -> BN -> ReLU the output is what the next conv saves anyway, so the BN output
+    /// (ReLU's input) is freed after the forward instead of living until the backward.
     fn grad_from_output(self) -> bool {
-        matches!(self, Unary::Exp | Unary::Sqrt | Unary::Sigmoid | Unary::Tanh)
+        matches!(self, Unary::Exp | Unary::Sqrt | Unary::Relu | Unary::Sigmoid | Unary::Tanh)
     }
 }
 
