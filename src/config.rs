@@ -57,6 +57,8 @@ pub struct ModelConfig {
     pub patch: [usize; 2],
     /// Inner width of gated fusion (FiLM's is the second modality's feature width).
     pub fusion_hidden: usize,
+    /// Initialisation of conv and linear layers: `official` (the AUG code's) or `torch`.
+    pub init: crate::nn::Init,
     pub modalities: BTreeMap<String, ModelOverride>,
 }
 
@@ -72,6 +74,7 @@ impl Default for ModelConfig {
             mlp_ratio: 2,
             patch: [4, 4],
             fusion_hidden: 64,
+            init: crate::nn::Init::Official,
             modalities: BTreeMap::new(),
         }
     }
@@ -205,6 +208,22 @@ pub struct AimConfig {
     /// `false` the head is frozen inside the auxiliary term: it trains the encoders only, so
     /// the head is not taught to expect a damped dominant modality that test time never shows.
     pub aux_trains_head: bool,
+    /// Which statistics the auxiliary forward's batch norm uses (docs/aim.md#batch-norm).
+    pub aux_bn: AuxBn,
+}
+
+/// Batch-norm statistics of AIM's auxiliary forward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuxBn {
+    /// The main forward's batch statistics of the same step, as constants: the damping of the
+    /// weights reaches the auxiliary block's output instead of being normalised away.
+    Main,
+    /// The running statistics (eval-mode normalisation), as constants.
+    Running,
+    /// The auxiliary forward's own batch statistics (normalises most of the per-channel
+    /// damping away; the behaviour before this option existed).
+    Own,
 }
 
 impl Default for AimConfig {
@@ -223,6 +242,7 @@ impl Default for AimConfig {
             gamma: 1.0,
             v3: false,
             aux_trains_head: true,
+            aux_bn: AuxBn::Main,
         }
     }
 }

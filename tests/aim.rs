@@ -372,3 +372,60 @@ fn frozen_head_passes_gradients_to_features_only() {
         assert!(fusion.params().iter().all(|p| grads.get(&p.tensor).is_some()), "{kind:?}: the live head does get gradients");
     }
 }
+
+/// Depth outputs of a small CNN under `ctx`.
+fn cnn_depths(net: &equimodal::nn::SmallCnn, x: &Tensor, ctx: &equimodal::nn::Ctx) -> Vec<Vec<f32>> {
+    use equimodal::nn::Encoder;
+    net.forward_depths(x, ctx).unwrap().1.iter().map(|h| h.to_vec().unwrap()).collect()
+}
+
+#[test]
+fn auxiliary_batch_norm_modes() {
+    // The auxiliary block damps each weight by 1 − s(1 − M). With its own batch statistics
+    // (`aux_bn = "own"`), batch norm divides a uniform damping of a layer's weights right
+    // back out; with the main forward's statistics (`"main"`) or the running ones the damping
+    // reaches the block's output.
+    use equimodal::nn::{BnStats, Ctx, Encoder, Module, SmallCnn};
+    use rand::SeedableRng;
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+    let g = gpu();
+    let net = SmallCnn::new(&g, "enc", 1, 4, 2, &mut rand::rngs::StdRng::seed_from_u64(5)).unwrap();
+    let mut rng = Rng::new(71);
+    let x = Tensor::from_slice(&g, &to_f32(&rng.normals(6 * 12 * 12)), &[6, 1, 12, 12]).unwrap();
+    let rec = Arc::new(Mutex::new(HashMap::new()));
+    let main_ctx = Ctx { training: true, update_stats: false, bn_record: Some(rec.clone()), ..Default::default() };
+    let full = cnn_depths(&net, &x, &main_ctx);
+    let recorded = Arc::new(rec.lock().unwrap().clone());
+    assert_eq!(recorded.len(), 2, "one record per batch norm");
+    let conv0 = net.params().into_iter().find(|p| p.name == "enc.block0.conv.weight").unwrap();
+    let aux = |s: f32, bn: BnStats| {
+        let scales = HashMap::from([(conv0.name.clone(), Tensor::full(&g, conv0.tensor.shape(), s).unwrap())]);
+        let ctx = Ctx { training: true, update_stats: false, weight_scales: Some(Arc::new(scales)), bn, ..Default::default() };
+        cnn_depths(&net, &x, &ctx)
+    };
+    let max_diff = |a: &[f32], b: &[f32]| a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    let rms = (full[0].iter().map(|v| v * v).sum::<f32>() / full[0].len() as f32).sqrt();
+    // no damping: the main statistics reproduce the main forward bit for bit
+    assert_eq!(aux(1.0, BnStats::Given(recorded.clone())), full, "scale 1 through the main statistics");
+    // damping 0.5: own statistics normalise it away (only eps tells them apart) ...
+    let own = aux(0.5, BnStats::Mode);
+    assert!(max_diff(&own[0], &full[0]) < 1e-3 * rms, "own: {} vs rms {rms}", max_diff(&own[0], &full[0]));
+    // ... the main and the running statistics do not
+    for (what, bn) in [("main", BnStats::Given(recorded.clone())), ("running", BnStats::Running)] {
+        let d = aux(0.5, bn);
+        assert!(max_diff(&d[0], &full[0]) > 0.1 * rms, "{what}: the damping vanished ({} vs rms {rms})", max_diff(&d[0], &full[0]));
+    }
+    // a layer the recording forward never reached is an error, not a silent fallback
+    let e = net.forward_depths(&x, &Ctx { training: true, bn: BnStats::Given(Arc::new(HashMap::new())), ..Default::default() });
+    assert!(e.is_err_and(|e| e.to_string().contains("enc.block0.bn")));
+}
+
+#[test]
+fn aim_trains_with_every_aux_bn_mode() {
+    for mode in ["main", "running", "own"] {
+        let lines = run(&[&format!("method.aim.aux_bn=\"{mode}\"")], &format!("auxbn-{mode}"));
+        assert_eq!(lines.len(), 2, "{mode}");
+        check_log(&lines, 2, 0.5, 0.9);
+    }
+}

@@ -643,3 +643,66 @@ fn small_cnn_and_mlp_shapes_and_gradients() {
     // the generic constructors are reachable through the module's public paths
     let _ = nn::normal_init(&mut srng(1), 4, 1.0);
 }
+
+/// U(−bound, bound): every value inside, variance bound²/3, half of the values within bound/2.
+fn check_uniform(what: &str, t: &Tensor, bound: f64) {
+    let v = t.to_vec().unwrap();
+    let n = v.len() as f64;
+    assert!(v.iter().all(|&x| (x as f64).abs() <= bound), "{what}: a value outside ±{bound}");
+    let var = v.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>() / n;
+    // the sample variance of U(−b, b) has relative standard error 2/sqrt(5n)
+    let rse = 2.0 / (5.0 * n).sqrt();
+    assert!((var / (bound * bound / 3.0) - 1.0).abs() < 5.0 * rse, "{what}: variance {var} vs {} (n {n})", bound * bound / 3.0);
+    let half = v.iter().filter(|&&x| (x as f64).abs() < bound / 2.0).count() as f64 / n;
+    assert!((half - 0.5).abs() < 5.0 * (0.25 / n).sqrt(), "{what}: {half} of the values within half the bound");
+}
+
+#[test]
+fn torch_initialisation_statistics() {
+    use equimodal::nn::{init, Init};
+    let g = gpu();
+    let mut r = srng(62);
+    let c = Conv2d::new(&g, "c", 48, 96, 3, 1, 1, true, &mut r).unwrap();
+    let l = Linear::new(&g, "l", 300, 200, true, &mut r).unwrap();
+    let bn = BatchNorm2d::new(&g, "bn", 37).unwrap();
+    let mut ps = c.params();
+    ps.extend(l.params());
+    ps.extend(bn.params());
+    let before: Vec<Vec<f32>> = ps.iter().map(|p| p.tensor.to_vec().unwrap()).collect();
+    init::reinit(Init::Official, &ps, &mut r).unwrap();
+    for (p, b) in ps.iter().zip(&before) {
+        assert_eq!(&p.tensor.to_vec().unwrap(), b, "official leaves {} as built", p.name);
+    }
+    init::reinit(Init::Torch, &ps, &mut r).unwrap();
+    // PyTorch: weight and bias U(−1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = C_in·k·k or in
+    check_uniform("conv weight", &c.weight.tensor, 1.0 / (48.0 * 9.0f64).sqrt());
+    check_uniform("conv bias", &c.bias.as_ref().unwrap().tensor, 1.0 / (48.0 * 9.0f64).sqrt());
+    check_uniform("linear weight", &l.weight.tensor, 1.0 / 300.0f64.sqrt());
+    check_uniform("linear bias", &l.bias.as_ref().unwrap().tensor, 1.0 / 300.0f64.sqrt());
+    check_const("bn weight", &bn.weight.tensor, 1.0);
+    check_const("bn bias", &bn.bias.tensor, 0.0);
+}
+
+#[test]
+fn model_init_reaches_every_layer_of_a_method() {
+    // `model.init = "torch"` redraws every conv and linear weight of the built method (the
+    // encoders, AUG's learners and head), each inside its own ±1/sqrt(fan_in)
+    let sets: Vec<String> = ["model.init=torch", "model.encoder=small_cnn", "method.name=aug", "method.aug.hidden=16"].iter().map(|s| s.to_string()).collect();
+    let (cfg, _) = equimodal::config::load(None, &sets).unwrap();
+    let specs = vec![equimodal::data::ModalitySpec::new("audio", vec![1, 8, 8]), equimodal::data::ModalitySpec::new("visual", vec![1, 8, 8])];
+    let m = equimodal::methods::build(&gpu(), &cfg, &specs, 10, &mut srng(63)).unwrap();
+    let mut layers = 0;
+    for p in m.params() {
+        let shape = p.tensor.shape().to_vec();
+        if p.name.ends_with(".weight") && shape.len() >= 2 {
+            let bound = 1.0 / (shape[1..].iter().product::<usize>() as f64).sqrt();
+            let v = p.tensor.to_vec().unwrap();
+            assert!(v.iter().all(|&x| (x as f64).abs() <= bound), "{}: outside ±{bound}", p.name);
+            // and spread up to it, as a uniform draw is
+            let max = v.iter().fold(0f64, |a, &x| a.max((x as f64).abs()));
+            assert!(max > 0.8 * bound, "{}: max |w| {max} for bound {bound}", p.name);
+            layers += 1;
+        }
+    }
+    assert!(layers >= 5, "{layers} layers");
+}

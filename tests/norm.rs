@@ -318,3 +318,42 @@ fn batch_norm_chunked_large_offset_keeps_variance() {
         check_chunked(&mut rng, n, c, hw, 1000.0, 1.0, 1e-3);
     }
 }
+
+#[test]
+fn batch_norm_given_reuses_recorded_statistics() {
+    // statistics recorded from one batch (x1) normalise another (x2) as constants: AIM's
+    // auxiliary forward with `aux_bn = "main"`
+    let g = gpu();
+    let mut rng = Rng::new(24);
+    let eps = 1e-5;
+    for (n, c, hw) in [(3, 4, Some((5, 3))), (5, 3, None), (2, 7, Some((9, 11)))] {
+        let (shape, hws) = bn_shape(n, c, hw);
+        let x1 = round_f32(&rng.uniforms(n * c * hws, -2.0, 3.0));
+        let st = BatchNormState::new(&g, c, 0.1, eps as f32).unwrap();
+        let (w1, b1) = (Tensor::full(&g, &[c], 1.0).unwrap(), Tensor::zeros(&g, &[c]).unwrap());
+        let (y1, stats) = ops::batch_norm_with_stats(&upload(&g, &x1, &shape), &w1, &b1, &st, true).unwrap();
+        let ref_stats = channel_stats(&x1, n, c, hws);
+        // the recorded statistics are [mean, 1/sqrt(var + eps)] of x1
+        let want: Vec<f64> = ref_stats.iter().map(|s| s.0).chain(ref_stats.iter().map(|s| 1.0 / (s.1 + eps).sqrt())).collect();
+        assert_close("recorded stats", &stats.to_vec().unwrap(), &want, 1e-5, 1e-6);
+        // the same batch through the recorded statistics gives the training output exactly
+        let again = ops::batch_norm_given(&upload(&g, &x1, &shape), &w1, &b1, &stats).unwrap();
+        assert_eq!(again.to_vec().unwrap(), y1.to_vec().unwrap(), "{shape:?}: x1 through its own statistics");
+        let x2 = rng.uniforms(n * c * hws, -1.0, 4.0);
+        let w = rng.uniforms(c, 0.5, 1.5);
+        let b = rng.uniforms(c, -0.5, 0.5);
+        check_op(
+            &format!("batch_norm_given {shape:?}"),
+            &[(x2, shape.clone()), (w, vec![c]), (b, vec![c])],
+            &[0, 1, 2],
+            &|t| ops::batch_norm_given(&t[0], &t[1], &t[2], &stats),
+            &|xs| bn_ref(&xs[0], &xs[1], &xs[2], &ref_stats, n, c, hws, eps),
+            Tol::default(),
+        );
+    }
+    // shapes are checked
+    let x = Tensor::zeros(&g, &[2, 3, 4, 4]).unwrap();
+    let w = Tensor::zeros(&g, &[3]).unwrap();
+    let e = ops::batch_norm_given(&x, &w, &w, &Tensor::zeros(&g, &[2, 4]).unwrap()).unwrap_err().to_string();
+    assert!(e.contains("stats") && e.contains("[2, 3]"), "{e}");
+}

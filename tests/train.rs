@@ -223,7 +223,13 @@ fn aug_gives_the_weak_modality_learners() {
     // a check every epoch, except after the last one (its learner could not be trained)
     assert!(lines.iter().all(|l| !l["aug"]["check"].is_null()), "{lines:?}");
     assert!(last["aug"]["check"].is_null(), "no check after the final epoch: {last}");
-    assert_eq!(last["aug"]["learners"], lines.last().unwrap()["aug"]["learners"]);
+    // each line counts the learners trained in its epoch: the previous epoch's count plus the
+    // learners its check added after its evaluation
+    let prev = lines.last().unwrap();
+    for m in ["audio", "visual"] {
+        let added = prev["aug"]["check"]["decision"].as_str().unwrap().split(',').filter(|d| *d == format!("add:{m}")).count() as u64;
+        assert_eq!(last["aug"]["learners"][m].as_u64().unwrap(), prev["aug"]["learners"][m].as_u64().unwrap() + added, "{m}: {prev} -> {last}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -254,4 +260,42 @@ fn every_preset_parses_and_validates() {
         }
     }
     assert!(n >= 15, "presets in {}", dir.display());
+}
+
+#[test]
+fn aug_evaluates_the_trained_ensemble_before_a_check_adds_a_learner() {
+    // The check after epoch 0 adds a learner to the weak modality. The test accuracy logged
+    // for epoch 0 must be that of the ensemble trained in epoch 0, not of the one with the new,
+    // untrained learner. Run B is run A with a cap of one learner: its check adds nothing, so
+    // its model after epoch 0 is A's pre-check ensemble, bit for bit (training is
+    // deterministic).
+    let base = tiny(&["method.name=aug", "method.aug.check_every=100", "method.aug.tau=0.0", "train.epochs=3"]);
+    let one_epoch = |extra: &[&str], name: &str| {
+        let mut sets = base.clone();
+        sets.extend(extra.iter().map(|s| s.to_string()));
+        let dir = tmp(name);
+        let (cfg, text) = config::load(None, &sets).unwrap();
+        let mut o = TrainOptions::new(&dir);
+        o.progress = false;
+        o.stop_after = Some(1);
+        train::train(&gpu(), &cfg, &text, &o).unwrap();
+        let line = log_lines(&dir).remove(0);
+        (dir, line)
+    };
+    let (dir_a, a) = one_epoch(&[], "aug-order-add");
+    let (dir_b, b) = one_epoch(&["method.aug.max_learners=1"], "aug-order-cap");
+    let decision = a["aug"]["check"]["decision"].as_str().unwrap();
+    assert!(decision.starts_with("add:"), "run A's check must add a learner: {a}");
+    assert!(b["aug"]["check"]["decision"].as_str().unwrap().starts_with("cap:"), "{b}");
+    assert_eq!(a["train"]["loss"], b["train"]["loss"], "the two runs must train identically");
+    assert_eq!(a["test"], b["test"], "epoch 0's test metrics must be those of the pre-check ensemble");
+    assert_eq!(a["aug"]["learners"], b["aug"]["learners"], "the log counts the learners that were evaluated");
+    // the learner did join after the evaluation: A's checkpoint holds it, and with its random
+    // logits in the sum the test loss is no longer the logged one
+    let (ev_a, _) = train::eval_checkpoint(&gpu(), &dir_a, &[]).unwrap();
+    let (ev_b, _) = train::eval_checkpoint(&gpu(), &dir_b, &[]).unwrap();
+    assert_eq!(ev_b.test.fused.loss, b["test"]["loss"].as_f64().unwrap(), "the capped checkpoint is the evaluated model");
+    assert_ne!(ev_a.test.fused.loss, a["test"]["loss"].as_f64().unwrap(), "run A's checkpoint must hold the new learner");
+    let _ = std::fs::remove_dir_all(&dir_a);
+    let _ = std::fs::remove_dir_all(&dir_b);
 }

@@ -19,18 +19,18 @@
 //!   Loss L = CE(fuse(E_dom, E_weak)) + γ·CE(fuse(AB_dom, E_weak)), one backward.
 //!   `v3`: also an auxiliary block of the weak encoder at the depths where it leads.
 use super::{build_encoders, stats_from_sums, view_stats, Accum, DeviceBatch, EpochStats, Method, Prediction};
-use crate::config::{AimConfig, Config};
+use crate::config::{AimConfig, AuxBn, Config};
 use crate::data::ModalitySpec;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::nn::{Ctx, Encoder, Fusion, Module};
+use crate::nn::{BnStats, Ctx, Encoder, Fusion, Module};
 use crate::ops;
 use crate::optim::{Adam, AdamConfig, Optimizer, Param};
 use crate::tensor::Tensor;
 use rand::rngs::StdRng;
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// A conv/linear weight that PAM scores and masks.
 struct Layer {
@@ -365,7 +365,12 @@ impl Method for Aim {
             self.init_prototypes(&batch.inputs)?;
             self.refresh_prototypes()?;
         }
-        let ctx = Ctx::train();
+        let mut ctx = Ctx::train();
+        // the auxiliary forward may normalise with the statistics this forward records
+        let recorded = Arc::new(Mutex::new(HashMap::new()));
+        if self.cfg.aux_bn == AuxBn::Main {
+            ctx.bn_record = Some(recorded.clone());
+        }
         let mut feats = Vec::with_capacity(self.m);
         let mut outs = Vec::with_capacity(self.m);
         for (e, x) in self.encoders.iter().zip(&batch.inputs) {
@@ -379,9 +384,21 @@ impl Method for Aim {
         let mut loss = ce.clone();
         let mut aux_total: Option<Tensor> = None;
         if gamma > 0.0 {
-            // the auxiliary forwards reuse the step's batch statistics without updating the
-            // running ones a second time
-            let aux_ctx = |scales: &Arc<HashMap<String, Tensor>>| Ctx { training: true, update_stats: false, weight_scales: Some(scales.clone()), seed: ctx.seed };
+            // the auxiliary forwards never update the running statistics a second time; their
+            // batch norm normalises with the statistics `aux_bn` names
+            let bn = match self.cfg.aux_bn {
+                AuxBn::Main => BnStats::Given(Arc::new(std::mem::take(&mut *recorded.lock().map_err(|_| Error::Other("aim: batch-norm record lock poisoned".into()))?))),
+                AuxBn::Running => BnStats::Running,
+                AuxBn::Own => BnStats::Mode,
+            };
+            let aux_ctx = |scales: &Arc<HashMap<String, Tensor>>| Ctx {
+                training: true,
+                update_stats: false,
+                weight_scales: Some(scales.clone()),
+                seed: ctx.seed,
+                bn: bn.clone(),
+                bn_record: None,
+            };
             let frozen;
             let head = if self.cfg.aux_trains_head {
                 &self.fusion

@@ -30,7 +30,10 @@ pub struct Aug {
     acc: Vec<Option<Tensor>>,
     samples: usize,
     epochs: usize,
-    added: Vec<usize>,
+    init: crate::nn::Init,
+    /// modalities that get a learner once this epoch has been evaluated (the official code
+    /// evaluates before it adds the layer)
+    pending: Vec<usize>,
 }
 
 impl Aug {
@@ -69,7 +72,8 @@ impl Aug {
             acc: vec![None; m],
             samples: 0,
             epochs: cfg.train.epochs,
-            added: vec![0; m],
+            init: cfg.model.init,
+            pending: Vec::new(),
         })
     }
 
@@ -106,6 +110,7 @@ impl Aug {
         // run adds exactly the learners an uninterrupted one would
         let mut rng = StdRng::seed_from_u64(self.seed ^ 0xA06 ^ ((m as u64) << 40) ^ ((t as u64) << 20));
         let l = Self::make_learner(&self.gpu, &self.names[m], t, d, self.cfg.hidden, &mut rng)?;
+        crate::nn::init::reinit(self.init, &l.params(), &mut rng)?;
         if register {
             opt.add_params(&l.params());
         }
@@ -147,7 +152,8 @@ impl Aug {
     }
 
     /// Whether the assignment check runs at the end of `epoch`. Never after the final epoch:
-    /// a learner added then would reach the test untrained, its random logits in the sum.
+    /// a learner added then could never be trained, yet the final checkpoint (and `eval` of
+    /// it) would sum its random logits.
     fn check_now(&self, epoch: usize) -> bool {
         if epoch + 1 >= self.epochs {
             return false;
@@ -221,7 +227,7 @@ impl Method for Aug {
         }
         Ok(Prediction { fused: fused.expect("at least one modality"), per_modality: per })
     }
-    fn end_epoch(&mut self, epoch: usize, opt: &mut dyn Optimizer) -> Result<EpochStats> {
+    fn end_epoch(&mut self, epoch: usize, _opt: &mut dyn Optimizer) -> Result<EpochStats> {
         let m = self.encoders.len();
         let n = self.samples.max(1) as f64;
         let mut losses = Vec::new();
@@ -249,13 +255,13 @@ impl Method for Aug {
                     decision.push(format!("cap:{}", self.names[i]));
                     continue;
                 }
-                self.add_learner(i, opt, self.cfg.train_new_learners)?;
-                self.added[i] += 1;
+                self.pending.push(i);
                 decision.push(format!("add:{}", self.names[i]));
             }
             let sc: serde_json::Map<String, serde_json::Value> = self.names.iter().zip(&mean_scores).map(|(k, v)| (k.clone(), json!(v))).collect();
             check = json!({"scores": sc, "decision": if decision.is_empty() { "none".to_string() } else { decision.join(",") }});
         }
+        // the learner counts of the ensemble that was trained (and is evaluated) this epoch
         let learners: serde_json::Map<String, serde_json::Value> =
             self.names.iter().zip(&self.learners).map(|(k, v)| (k.clone(), json!(v.len()))).collect();
         let total_loss: f64 = losses.iter().sum();
@@ -266,6 +272,12 @@ impl Method for Aug {
             samples,
             extra: vec![("aug".into(), json!({"learners": learners, "gap": gap, "check": check}))],
         })
+    }
+    fn after_eval(&mut self, _epoch: usize, opt: &mut dyn Optimizer) -> Result<()> {
+        for i in std::mem::take(&mut self.pending) {
+            self.add_learner(i, opt, self.cfg.train_new_learners)?;
+        }
+        Ok(())
     }
     fn state(&self) -> serde_json::Value {
         json!({"learners": self.learners.iter().map(|l| l.len()).collect::<Vec<_>>()})

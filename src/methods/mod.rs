@@ -69,8 +69,15 @@ pub trait Method: Send {
     fn train_step(&mut self, batch: &DeviceBatch, opt: &mut dyn Optimizer, epoch: usize) -> Result<()>;
     /// Eval-mode forward without gradients.
     fn predict(&self, inputs: &[Tensor]) -> Result<Prediction>;
-    /// Read back and reset the epoch's accumulators (may change the model, e.g. AUG adds learners).
+    /// Read back and reset the epoch's accumulators and decide what changes for the next
+    /// epoch. The model evaluated for this epoch must stay the one that was trained: changes
+    /// that add untrained parts (AUG's new learner) wait for [`Method::after_eval`].
     fn end_epoch(&mut self, epoch: usize, opt: &mut dyn Optimizer) -> Result<EpochStats>;
+    /// Apply the model changes decided in `end_epoch`; the trainer calls it after the
+    /// epoch's evaluation and before its checkpoint (so a resumed run has them).
+    fn after_eval(&mut self, _epoch: usize, _opt: &mut dyn Optimizer) -> Result<()> {
+        Ok(())
+    }
     /// Method state for checkpoints (structure that must exist before parameters load).
     fn state(&self) -> serde_json::Value {
         serde_json::Value::Null
@@ -128,13 +135,15 @@ pub fn build_encoders(gpu: &Gpu, cfg: &Config, specs: &[ModalitySpec], rng: &mut
 
 /// Build the configured method for a dataset with these modalities and classes.
 pub fn build(gpu: &Gpu, cfg: &Config, specs: &[ModalitySpec], classes: usize, rng: &mut StdRng) -> Result<Box<dyn Method>> {
-    Ok(match cfg.method.name {
+    let method: Box<dyn Method> = match cfg.method.name {
         MethodName::Unimodal => Box::new(Unimodal::new(gpu, cfg, specs, classes, rng)?),
         MethodName::Joint => Box::new(Joint::new(gpu, cfg, specs, classes, rng)?),
         MethodName::Aug => Box::new(Aug::new(gpu, cfg, specs, classes, rng)?),
         MethodName::Aim => Box::new(Aim::new(gpu, cfg, specs, classes, rng)?),
         MethodName::Ogm | MethodName::OgmGe => Box::new(OgmGe::new(gpu, cfg, specs, classes, rng, cfg.method.name == MethodName::OgmGe)?),
-    })
+    };
+    crate::nn::init::reinit(cfg.model.init, &method.params(), rng)?;
+    Ok(method)
 }
 
 /// GPU-side running sums read once per epoch: a flat vector of `k` slots.

@@ -3,11 +3,13 @@
 mod attention;
 mod cnn;
 mod fusion;
+pub mod init;
 mod resnet;
 
 pub use attention::{MultiHeadAttention, TransformerConfig, TransformerEncoder, TransformerLayer};
 pub use cnn::{MlpEncoder, SmallCnn};
 pub use fusion::{Fusion, FusionKind};
+pub use init::Init;
 pub use resnet::{BasicBlock, ResNet18};
 
 use crate::error::{Error, Result};
@@ -18,11 +20,12 @@ use crate::tensor::Tensor;
 use rand::rngs::StdRng;
 use rand::Rng;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// How a forward pass runs: train or eval mode, whether batch-norm running statistics are
-/// updated, and optional element-wise weight scales by parameter name (AIM's auxiliary
-/// blocks: the same weights, scaled inside the conv/matmul kernels).
+/// updated, which statistics batch norm uses, and optional element-wise weight scales by
+/// parameter name (AIM's auxiliary blocks: the same weights, scaled inside the conv/matmul
+/// kernels).
 #[derive(Clone, Default)]
 pub struct Ctx {
     pub training: bool,
@@ -30,6 +33,24 @@ pub struct Ctx {
     pub weight_scales: Option<Arc<HashMap<String, Tensor>>>,
     /// Seed for dropout; the offset advances per call site through `dropout_offset`.
     pub seed: u64,
+    pub bn: BnStats,
+    /// When set, every batch-norm layer stores the statistics it normalised with here, by
+    /// layer name (for a later forward of the same step with [`BnStats::Given`]).
+    pub bn_record: Option<Arc<Mutex<HashMap<String, Tensor>>>>,
+}
+
+/// The statistics batch norm normalises with.
+#[derive(Clone, Default)]
+pub enum BnStats {
+    /// By mode: the batch's own in training (updating the running ones when
+    /// `update_stats`), the running ones in eval.
+    #[default]
+    Mode,
+    /// The running statistics in either mode, left unchanged.
+    Running,
+    /// Statistics recorded by an earlier forward (`Ctx::bn_record`), by layer name:
+    /// `[2, C]` mean and 1/sqrt(var + eps), used as constants.
+    Given(Arc<HashMap<String, Tensor>>),
 }
 
 impl Ctx {
@@ -196,17 +217,32 @@ impl BatchNorm2d {
         })
     }
     pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
-        if ctx.training && !ctx.update_stats {
-            // batch statistics without touching the running ones
-            let frozen = ops::BatchNormState {
+        match &ctx.bn {
+            BnStats::Mode => {}
+            BnStats::Running => return ops::batch_norm(x, &self.weight.tensor, &self.bias.tensor, &self.state, false),
+            BnStats::Given(map) => {
+                let stats = map.get(&self.name).ok_or_else(|| Error::Other(format!("batch norm `{}`: no recorded statistics (the recording forward did not reach this layer)", self.name)))?;
+                return ops::batch_norm_given(x, &self.weight.tensor, &self.bias.tensor, stats);
+            }
+        }
+        // batch statistics without touching the running ones: normalise against a copy
+        let frozen;
+        let state = if ctx.training && !ctx.update_stats {
+            frozen = ops::BatchNormState {
                 running_mean: self.state.running_mean.deep_copy()?,
                 running_var: self.state.running_var.deep_copy()?,
                 momentum: self.state.momentum,
                 eps: self.state.eps,
             };
-            return ops::batch_norm(x, &self.weight.tensor, &self.bias.tensor, &frozen, true);
+            &frozen
+        } else {
+            &self.state
+        };
+        let (y, stats) = ops::batch_norm_with_stats(x, &self.weight.tensor, &self.bias.tensor, state, ctx.training)?;
+        if let Some(rec) = &ctx.bn_record {
+            rec.lock().map_err(|_| Error::Other("batch-norm record lock poisoned".into()))?.insert(self.name.clone(), stats);
         }
-        ops::batch_norm(x, &self.weight.tensor, &self.bias.tensor, &self.state, ctx.training)
+        Ok(y)
     }
 }
 

@@ -95,6 +95,13 @@ impl BatchNormState {
 /// running statistics in place; `false`: normalise with the running statistics. Gradients
 /// flow to x, weight and bias in both modes.
 pub fn batch_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, state: &BatchNormState, training: bool) -> Result<Tensor> {
+    Ok(batch_norm_with_stats(x, weight, bias, state, training)?.0)
+}
+
+/// [`batch_norm`] that also returns the statistics it normalised with, `[2, C]`: the
+/// per-channel mean and 1/sqrt(var + eps) (the batch's in training, the running ones in
+/// eval), for [`batch_norm_given`] to reuse in another forward of the same step.
+pub fn batch_norm_with_stats(x: &Tensor, weight: &Tensor, bias: &Tensor, state: &BatchNormState, training: bool) -> Result<(Tensor, Tensor)> {
     expect_f32("batch_norm", &[x, weight, bias, &state.running_mean, &state.running_var])?;
     let (n, c, hw) = match *x.shape() {
         [n, c] => (n, c, 1),
@@ -163,8 +170,39 @@ pub fn batch_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, state: &BatchNormS
         &[x.buffer(), stats.buffer(), weight.buffer(), bias.buffer(), y.buffer()],
         grid(gpu, x.numel(), 256),
     )?;
-    let (xs, ws) = (x.detach(), weight.detach());
-    Ok(y.with_grad_fn(&[x, weight, bias], || Box::new(BatchNormBack { p, x: xs, w: ws, stats })))
+    let (xs, ws, st) = (x.detach(), weight.detach(), stats.clone());
+    Ok((y.with_grad_fn(&[x, weight, bias], || Box::new(BatchNormBack { p, x: xs, w: ws, stats: st })), stats))
+}
+
+/// Batch normalisation with fixed statistics `stats` `[2, C]` (mean, 1/sqrt(var + eps)), as
+/// returned by [`batch_norm_with_stats`]: `y = (x - mean) * invstd * weight + bias`. The
+/// statistics are constants (no gradient reaches them), as the running ones are in eval
+/// mode; gradients flow to x, weight and bias.
+pub fn batch_norm_given(x: &Tensor, weight: &Tensor, bias: &Tensor, stats: &Tensor) -> Result<Tensor> {
+    expect_f32("batch_norm_given", &[x, weight, bias, stats])?;
+    let (n, c, hw) = match *x.shape() {
+        [n, c] => (n, c, 1),
+        [n, c, h, w] => (n, c, h * w),
+        _ => return Err(Error::shape("batch_norm_given", format!("expects x [N, C, H, W] or [N, C], got {:?}", x.shape()))),
+    };
+    for (what, t, want) in [("weight", weight, vec![c]), ("bias", bias, vec![c]), ("stats", stats, vec![2, c])] {
+        if t.shape() != want.as_slice() {
+            return Err(Error::shape("batch_norm_given", format!("{what} has shape {:?}, expected {want:?} for x {:?}", t.shape(), x.shape())));
+        }
+    }
+    let m = n * hw;
+    if m == 0 || c == 0 {
+        return Err(Error::shape("batch_norm_given", format!("empty input {:?}", x.shape())));
+    }
+    let gpu = x.gpu();
+    let (chunks, cs) = bn_chunks(m, c);
+    // eps is already inside invstd; `training = 0` makes the backward treat the statistics
+    // as constants
+    let p = BnParams { n: n as u32, c: c as u32, hw: hw as u32, m: m as u32, eps: 0.0, momentum: 0.0, unbias: 1.0, training: 0, chunks: chunks as u32, cs: cs as u32, _p: [0; 2] };
+    let y = Tensor::empty(gpu, x.shape(), DType::F32)?;
+    gpu.dispatch(&K_BN_APPLY, &[], bytes_of(&p), &[x.buffer(), stats.buffer(), weight.buffer(), bias.buffer(), y.buffer()], grid(gpu, x.numel(), 256))?;
+    let (xs, ws, st) = (x.detach(), weight.detach(), stats.detach());
+    Ok(y.with_grad_fn(&[x, weight, bias], || Box::new(BatchNormBack { p, x: xs, w: ws, stats: st })))
 }
 
 struct BatchNormBack {

@@ -368,20 +368,26 @@ pub fn train(gpu: &Gpu, cfg: &Config, cfg_text: &str, opts: &TrainOptions) -> Re
                 best = Some((epoch, v));
             }
         }
-        if cfg.train.checkpoint {
-            let meta = json!({
+        let meta = |method: &dyn Method| {
+            json!({
                 "epoch": epoch,
                 "method": method.name(),
                 "method_state": method.state(),
                 "best": best.map(|(e, s)| json!({"epoch": e, "score": s})),
                 "config": cfg_text,
-            });
+            })
+        };
+        // the best checkpoint is the model that was evaluated, before `after_eval` changes it
+        if cfg.train.checkpoint && val_acc.is_some() && best.is_some_and(|(e, _)| e == epoch) {
+            let model = checkpoint::download(&named_state(method.as_ref()))?;
+            checkpoint::save(&best_path, &model, &[], &meta(method.as_ref()))?;
+        }
+        // model changes decided at the end of the epoch join only now, after it was evaluated
+        method.after_eval(epoch, opt.as_mut())?;
+        if cfg.train.checkpoint {
             let model = checkpoint::download(&named_state(method.as_ref()))?;
             let optim = opt.state_tensors()?;
-            checkpoint::save(&last_path, &model, &optim, &meta)?;
-            if val_acc.is_some() && best.is_some_and(|(e, _)| e == epoch) {
-                checkpoint::save(&best_path, &model, &[], &meta)?;
-            }
+            checkpoint::save(&last_path, &model, &optim, &meta(method.as_ref()))?;
         }
         epochs_run += 1;
     }
