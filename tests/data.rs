@@ -1038,6 +1038,9 @@ fn config_errors_name_fields() {
         ("kind = \"synthetic\"\n[[modalities]]\nname = \"x\"\n[[modalities]]\nname = \"x\"", "data.modalities[1].name"),
         ("kind = \"cremad\"\nroot = \"/x\"\nimage_size = 2", "data.image_size"),
         ("kind = \"cremad\"\nroot = \"/x\"\nwindow = \"kaiser\"", "kaiser"),
+        ("kind = \"cremad\"\nroot = \"/x\"\nsplit = \"actor\"\ntest_fraction = 1.5", "data.test_fraction"),
+        ("kind = \"cremad\"\nroot = \"/x\"\ntest_fraction = 0.6\nval_fraction = 0.5", "data.val_fraction"),
+        ("kind = \"cremad\"\nroot = \"/x\"\nsplit = \"speaker\"", "speaker"),
         ("kind = \"tensors\"", "data.root"),
     ];
     for (text, want) in cases {
@@ -1300,4 +1303,54 @@ fn loader_drop_mid_epoch_stops_workers() {
         1,
         "worker threads still hold the dataset"
     );
+}
+
+#[test]
+fn cremad_actor_split_holds_every_actor_out_of_training() {
+    use equimodal::data::cremad::{actor_of, actor_split, read_annotations};
+    // the OGM-GE lists themselves share all 91 actors between train and test (the leak this
+    // split removes)
+    let dir = shared().join("cremad_meta/ogm_ge_splits");
+    let train = read_annotations(&dir.join("train.csv")).unwrap();
+    let test = read_annotations(&dir.join("test.csv")).unwrap();
+    let actors = |l: &[(String, u32)]| l.iter().map(|c| actor_of(&c.0).unwrap()).collect::<std::collections::BTreeSet<u32>>();
+    assert_eq!(actors(&train).intersection(&actors(&test)).count(), 91);
+    let all: Vec<(String, u32)> = train.iter().chain(&test).cloned().collect();
+    let (tr, va, te) = actor_split(&all, 0.1, 0.1, 7).unwrap();
+    let (a_tr, a_va, a_te) = (actors(&tr), actors(&va), actors(&te));
+    assert_eq!((a_tr.len(), a_va.len(), a_te.len()), (91 - 18, 9, 9), "round(0.1 · 91) = 9 actors each");
+    assert!(a_tr.is_disjoint(&a_te) && a_tr.is_disjoint(&a_va) && a_va.is_disjoint(&a_te));
+    assert_eq!(tr.len() + va.len() + te.len(), all.len(), "every clip in exactly one split");
+    // seeded: the same seed gives the same split, another seed another one
+    assert_eq!(actor_split(&all, 0.1, 0.1, 7).unwrap().2, te);
+    assert_ne!(actors(&actor_split(&all, 0.1, 0.1, 8).unwrap().2), a_te);
+    // labels travel with their clips
+    let label: std::collections::HashMap<&str, u32> = all.iter().map(|(i, l)| (i.as_str(), *l)).collect();
+    assert!(te.iter().all(|(i, l)| label[i.as_str()] == *l));
+    // errors name the clip or the field
+    let e = actor_split(&[("x_DFA_ANG".into(), 0)], 0.1, 0.0, 0).unwrap_err().to_string();
+    assert!(e.contains("x_DFA_ANG"), "{e}");
+    let two = vec![("1001_A".to_string(), 0), ("1002_A".to_string(), 1)];
+    let e = actor_split(&two, 0.5, 0.5, 0).unwrap_err().to_string();
+    assert!(e.contains("data.test_fraction") && e.contains("2 actors"), "{e}");
+}
+
+#[test]
+fn cremad_actor_split_through_the_dataset() {
+    use equimodal::data::cremad::{actor_of, CremadSplit};
+    let td = TempDir::new("cremad-actor");
+    // 12 clips, one actor each (the fixture numbers actors 1001..)
+    write_cremad_fixture(&td.0, &shared(), 8, 4, 1).unwrap();
+    let cfg = CremadConfig {
+        root: Some(td.0.display().to_string()),
+        image_size: 16,
+        split: CremadSplit::Actor,
+        test_fraction: 0.25,
+        val_fraction: 0.25,
+        ..Default::default()
+    };
+    let ds = CremadDataset::new(&cfg).unwrap();
+    assert_eq!((ds.len(Split::Train), ds.len(Split::Val), ds.len(Split::Test)), (6, 3, 3));
+    let ids = |s: Split| (0..ds.len(s)).map(|i| actor_of(ds.clip(s, i).unwrap().0).unwrap()).collect::<std::collections::BTreeSet<u32>>();
+    assert!(ids(Split::Train).is_disjoint(&ids(Split::Test)) && ids(Split::Val).is_disjoint(&ids(Split::Test)));
 }

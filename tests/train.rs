@@ -255,7 +255,11 @@ fn every_preset_parses_and_validates() {
     for e in std::fs::read_dir(&dir).unwrap() {
         let p = e.unwrap().path();
         if p.extension().and_then(|x| x.to_str()) == Some("toml") {
-            config::load(Some(&p), &[]).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            let (cfg, text) = config::load(Some(&p), &[]).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            // every preset says which initialisation it uses (the default would hide it)
+            let table: toml::Table = text.parse().unwrap();
+            assert!(table["model"].get("init").is_some(), "{}: no model.init", p.display());
+            let _ = cfg;
             n += 1;
         }
     }

@@ -67,6 +67,25 @@ pub struct CremadConfig {
     pub test_csv: String,
     /// Optional validation list (same format); empty = no val split.
     pub val_csv: String,
+    /// `ogm_ge`: the splits are the lists above as they are (OGM-GE's lists share all 91
+    /// actors between train and test); `actor`: every listed clip, re-split by actor so no
+    /// speaker is in two splits (see [`actor_split`]).
+    pub split: CremadSplit,
+    /// `actor` split: fraction of the actors held out for test ...
+    pub test_fraction: f64,
+    /// ... and for validation (0: no validation split) ...
+    pub val_fraction: f64,
+    /// ... chosen by this seed (independent of the training seed, so runs with different
+    /// seeds share one split).
+    pub split_seed: u64,
+}
+
+/// How CREMA-D's clips are split (`data.split`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CremadSplit {
+    OgmGe,
+    Actor,
 }
 
 impl Default for CremadConfig {
@@ -89,6 +108,10 @@ impl Default for CremadConfig {
             train_csv: "annotations/train.csv".into(),
             test_csv: "annotations/test.csv".into(),
             val_csv: String::new(),
+            split: CremadSplit::OgmGe,
+            test_fraction: 0.1,
+            val_fraction: 0.0,
+            split_seed: 0,
         }
     }
 }
@@ -134,6 +157,14 @@ impl CremadConfig {
                 "data.image_size",
                 format!("must be in 8..=4096, got {}", self.image_size),
             ));
+        }
+        for (field, v) in [("data.test_fraction", self.test_fraction), ("data.val_fraction", self.val_fraction)] {
+            if !(0.0..1.0).contains(&v) {
+                return Err(Error::config(field, format!("must be in [0, 1), got {v}")));
+            }
+        }
+        if !(self.test_fraction + self.val_fraction < 1.0) {
+            return Err(Error::config("data.val_fraction", "test_fraction + val_fraction must leave actors for training"));
         }
         if !["random", "middle", "first"].contains(&self.frame.as_str()) {
             return Err(Error::config(
@@ -203,6 +234,57 @@ pub fn read_annotations(path: &Path) -> Result<Vec<(String, u32)>> {
     Ok(out)
 }
 
+/// The actor of a CREMA-D clip: the number before the first `_` (`1001_DFA_ANG_XX` → 1001).
+pub fn actor_of(clip: &str) -> Result<u32> {
+    clip.split('_')
+        .next()
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| Error::data(clip, "clip id does not start with a numeric actor id (`1001_DFA_ANG_XX`)"))
+}
+
+type Clips = Vec<(String, u32)>;
+
+/// An actor-disjoint split of `clips` (duplicates dropped, first occurrence kept): the
+/// actors, sorted and shuffled by `seed`, give round(`test_fraction`·A) (at least one) to
+/// test, then round(`val_fraction`·A) (at least one when the fraction is positive) to
+/// validation, the rest to training. Returns (train, val, test), each in `clips` order.
+pub fn actor_split(clips: &[(String, u32)], test_fraction: f64, val_fraction: f64, seed: u64) -> Result<(Clips, Clips, Clips)> {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    let mut seen = std::collections::HashSet::new();
+    let mut unique = Vec::new();
+    for (id, label) in clips {
+        if seen.insert(id.clone()) {
+            unique.push((id.clone(), *label, actor_of(id)?));
+        }
+    }
+    let mut actors: Vec<u32> = unique.iter().map(|c| c.2).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    actors.shuffle(&mut StdRng::seed_from_u64(seed));
+    let a = actors.len();
+    let share = |f: f64| if f > 0.0 { ((f * a as f64).round() as usize).max(1) } else { 0 };
+    let (n_test, n_val) = (share(test_fraction).max(1), share(val_fraction));
+    if n_test + n_val >= a {
+        return Err(Error::config(
+            "data.test_fraction",
+            format!("{a} actors cannot give {n_test} to test and {n_val} to validation and keep one for training"),
+        ));
+    }
+    let test: std::collections::HashSet<u32> = actors[..n_test].iter().copied().collect();
+    let val: std::collections::HashSet<u32> = actors[n_test..n_test + n_val].iter().copied().collect();
+    let (mut tr, mut va, mut te) = (Vec::new(), Vec::new(), Vec::new());
+    for (id, label, actor) in unique {
+        let dst = if test.contains(&actor) {
+            &mut te
+        } else if val.contains(&actor) {
+            &mut va
+        } else {
+            &mut tr
+        };
+        dst.push((id, label));
+    }
+    Ok((tr, va, te))
+}
+
 impl CremadDataset {
     pub fn new(cfg: &CremadConfig) -> Result<Self> {
         cfg.validate()?;
@@ -216,51 +298,59 @@ impl CremadDataset {
                 ),
             ));
         }
-        let load = |csv: &str| -> Result<Vec<ClipEntry>> {
-            let list = read_annotations(&root.join(csv))?;
-            list.into_iter()
-                .map(|(id, label)| {
-                    let wav = root.join(&cfg.audio_dir).join(format!("{id}.wav"));
-                    if !wav.is_file() {
-                        return Err(Error::io(
-                            &wav,
-                            std::io::Error::new(
-                                std::io::ErrorKind::NotFound,
-                                "audio file of listed clip not found",
-                            ),
-                        ));
-                    }
-                    let fdir = root.join(&cfg.frames_dir).join(&id);
-                    let rd = std::fs::read_dir(&fdir).map_err(|e| Error::io(&fdir, e))?;
-                    let mut frames = Vec::new();
-                    for e in rd {
-                        let p = e.map_err(|e| Error::io(&fdir, e))?.path();
-                        let ext = p
-                            .extension()
-                            .and_then(|e| e.to_str())
-                            .map(|e| e.to_ascii_lowercase());
-                        if matches!(ext.as_deref(), Some("jpg" | "jpeg" | "png")) {
-                            frames.push(p);
-                        }
-                    }
-                    frames.sort();
-                    if frames.is_empty() {
-                        return Err(Error::data(
-                            fdir.display().to_string(),
-                            "no .jpg frames for this clip",
-                        ));
-                    }
-                    Ok(ClipEntry { id, label, frames })
-                })
-                .collect()
+        let entry = |id: String, label: u32| -> Result<ClipEntry> {
+            let wav = root.join(&cfg.audio_dir).join(format!("{id}.wav"));
+            if !wav.is_file() {
+                return Err(Error::io(
+                    &wav,
+                    std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "audio file of listed clip not found",
+                    ),
+                ));
+            }
+            let fdir = root.join(&cfg.frames_dir).join(&id);
+            let rd = std::fs::read_dir(&fdir).map_err(|e| Error::io(&fdir, e))?;
+            let mut frames = Vec::new();
+            for e in rd {
+                let p = e.map_err(|e| Error::io(&fdir, e))?.path();
+                let ext = p
+                    .extension()
+                    .and_then(|e| e.to_str())
+                    .map(|e| e.to_ascii_lowercase());
+                if matches!(ext.as_deref(), Some("jpg" | "jpeg" | "png")) {
+                    frames.push(p);
+                }
+            }
+            frames.sort();
+            if frames.is_empty() {
+                return Err(Error::data(
+                    fdir.display().to_string(),
+                    "no .jpg frames for this clip",
+                ));
+            }
+            Ok(ClipEntry { id, label, frames })
         };
-        let train = load(&cfg.train_csv)?;
-        let test = load(&cfg.test_csv)?;
-        let val = if cfg.val_csv.is_empty() {
-            Vec::new()
-        } else {
-            load(&cfg.val_csv)?
-        };
+        let mut lists = vec![
+            read_annotations(&root.join(&cfg.train_csv))?,
+            read_annotations(&root.join(&cfg.test_csv))?,
+        ];
+        if !cfg.val_csv.is_empty() {
+            lists.push(read_annotations(&root.join(&cfg.val_csv))?);
+        }
+        if cfg.split == CremadSplit::Actor {
+            let all: Vec<(String, u32)> = lists.concat();
+            let (train, val, test) = actor_split(&all, cfg.test_fraction, cfg.val_fraction, cfg.split_seed)?;
+            lists = vec![train, test, val];
+        }
+        let mut resolved = lists
+            .into_iter()
+            .map(|l| l.into_iter().map(|(id, label)| entry(id, label)).collect::<Result<Vec<_>>>())
+            .collect::<Result<Vec<_>>>()?
+            .into_iter();
+        let train = resolved.next().unwrap_or_default();
+        let test = resolved.next().unwrap_or_default();
+        let val = resolved.next().unwrap_or_default();
         let stft = Stft::new(StftConfig {
             n_fft: cfg.n_fft,
             hop: cfg.hop,
