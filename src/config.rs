@@ -356,12 +356,24 @@ pub struct OgmConfig {
     pub start_epoch: usize,
     pub end_epoch: usize,
     pub formula: OgmFormula,
+    pub modulate: OgmScope,
 }
 
 impl Default for OgmConfig {
     fn default() -> Self {
-        OgmConfig { alpha: 0.8, start_epoch: 0, end_epoch: 50, formula: OgmFormula::Code }
+        OgmConfig { alpha: 0.8, start_epoch: 0, end_epoch: 50, formula: OgmFormula::Code, modulate: OgmScope::All }
     }
+}
+
+/// Which encoder gradients OGM modulates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OgmScope {
+    /// Every parameter of the encoder (works for any encoder, MLPs included).
+    All,
+    /// Only 4-D (convolution) weights, as the official code (`len(parms.grad.size()) == 4`):
+    /// batch-norm parameters and linear layers keep their plain gradients.
+    ConvWeights,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]

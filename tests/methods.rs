@@ -146,6 +146,36 @@ fn ogm_scales_the_dominant_encoder_gradient_by_its_coefficient() {
 }
 
 #[test]
+fn ogm_with_the_official_scope_modulates_conv_weights_only() {
+    let cnn = ["model.encoder=small_cnn", "model.width=4", "model.depth=2"];
+    let (mut joint, b, _) = method_and_batch(&cfg(&with(&[&["method.name=joint"][..], &cnn].concat())));
+    let (mut ogm, _, _) = method_and_batch(&cfg(&with(&[&["method.name=ogm", "method.ogm.modulate=conv_weights"][..], &cnn].concat())));
+    // (the coefficients' values are pinned above; here, which gradients they reach)
+    let (gj, go) = (step_grads(joint.as_mut(), &b, 0), step_grads(ogm.as_mut(), &b, 0));
+    let mut ks = Vec::new();
+    for ((name, a), (_, o)) in gj.iter().zip(&go) {
+        let conv = name.contains(".conv.weight");
+        if !conv {
+            assert_eq!(a, o, "{name}: only conv weights are modulated");
+            continue;
+        }
+        // a single factor k per modality: o = k·a elementwise
+        let i = a.iter().enumerate().max_by(|x, y| x.1.abs().total_cmp(&y.1.abs())).unwrap().0;
+        let k = o[i] as f64 / a[i] as f64;
+        assert_close(name, o, &a.iter().map(|&g| g as f64 * k).collect::<Vec<_>>(), 1e-5, 1e-9);
+        ks.push((name.starts_with("enc.audio."), k));
+    }
+    assert_eq!(ks.len(), 4, "two conv layers per encoder");
+    // one modality is modulated (k < 1), the other is not (k = 1)
+    let modulated: Vec<bool> = ks.iter().map(|&(_, k)| k < 1.0 - 1e-6).collect();
+    assert!(modulated.iter().any(|&m| m) && modulated.iter().any(|&m| !m), "{ks:?}");
+    for (audio, k) in &ks {
+        let same_modality: Vec<f64> = ks.iter().filter(|(a, _)| a == audio).map(|x| x.1).collect();
+        assert!(same_modality.iter().all(|v| (v - k).abs() < 1e-5), "{ks:?}");
+    }
+}
+
+#[test]
 fn ogm_outside_its_epochs_is_joint_training() {
     let (mut joint, b, _) = method_and_batch(&cfg(&with(&["method.name=joint"])));
     let (mut ogm, _, _) = method_and_batch(&cfg(&with(&["method.name=ogm_ge", "method.ogm.start_epoch=2", "method.ogm.end_epoch=3"])));

@@ -3,8 +3,15 @@
 //! confidence ratio ρ_u exceeds 1 (the dominant one), and with GE, Gaussian noise with the
 //! gradient's own standard deviation is added. Everything stays on the GPU: the ratio, the
 //! coefficients and the noise are tensors, never read back inside the step.
+//!
+//! Follows the official `main.py` (GeWu-Lab/OGM-GE_CVPR2022, `train_epoch`, the block after
+//! "Modulation starts here"). Departures: the official code modulates only 4-D (conv)
+//! weight gradients, here `method.ogm.modulate = "all"` (default) modulates every encoder
+//! parameter so that MLP and transformer encoders are modulated too (`"conv_weights"` is the
+//! official scope); at a ratio of exactly 1 the official code modulates audio, here both
+//! (ρ = 1 counts as dominant for each; a measure-zero case).
 use super::{DeviceBatch, EpochStats, Joint, Method, Prediction};
-use crate::config::{Config, OgmFormula};
+use crate::config::{Config, OgmFormula, OgmScope};
 use crate::data::ModalitySpec;
 use crate::error::Result;
 use crate::gpu::Gpu;
@@ -20,6 +27,7 @@ pub struct OgmGe {
     start: usize,
     end: usize,
     formula: OgmFormula,
+    scope: OgmScope,
     seed: u64,
     offset: u64,
     m: usize,
@@ -35,6 +43,7 @@ impl OgmGe {
             start: o.start_epoch,
             end: o.end_epoch,
             formula: o.formula,
+            scope: o.modulate,
             seed: cfg.seed ^ 0x06F6_0000,
             offset: 0,
             m: specs.len(),
@@ -85,6 +94,9 @@ impl Method for OgmGe {
             for m in 0..self.m {
                 let km = ops::narrow(&k, 0, m, 1)?;
                 for p in self.joint.encoder_params(m) {
+                    if self.scope == OgmScope::ConvWeights && p.tensor.dims() != 4 {
+                        continue;
+                    }
                     let Some(g) = grads.remove(&p.tensor) else { continue };
                     let mut g2 = ops::mul(&g, &km)?;
                     if self.ge && g.numel() > 1 {
