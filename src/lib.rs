@@ -5,6 +5,7 @@ pub mod bench;
 pub mod config;
 pub mod data;
 pub mod error;
+pub mod experiments;
 pub mod gpu;
 pub mod methods;
 pub mod nn;

@@ -159,6 +159,51 @@ pub fn render_comparison_with(runs: &[&Path], out: &Path, opts: &ReportOptions) 
     Ok(report)
 }
 
+/// Per setting (label, its runs' directories): the mean over seeds of the fused test
+/// accuracy and of the imbalance ratio per epoch, with a band of ± one standard deviation,
+/// in `out/compare_accuracy.{png,svg}` and `out/compare_imbalance.{png,svg}`.
+pub fn render_seed_bands(groups: &[(String, Vec<PathBuf>)], out: &Path) -> Result<Vec<PathBuf>> {
+    let mut report = Report::default();
+    let mut figs = Vec::new();
+    for (stem, title, path) in [
+        ("compare_accuracy", "Fused test accuracy: mean and ± 1 std over seeds", &["test", "acc"][..]),
+        ("compare_imbalance", "Imbalance ratio of confidence scores: mean and ± 1 std over seeds", &["imbalance", "ratio"][..]),
+    ] {
+        let mut panel = Panel::new("epoch", if stem == "compare_accuracy" { "fused accuracy" } else { "max / min modality score" });
+        for (i, (label, dirs)) in groups.iter().enumerate() {
+            let logs = dirs.iter().map(|d| RunLog::load(&d.join(METRICS_FILE))).collect::<Result<Vec<_>>>()?;
+            let mut by_epoch: BTreeMap<i64, Vec<f64>> = BTreeMap::new();
+            for log in &logs {
+                for (x, y) in log.field(path) {
+                    if let Some(y) = y.filter(|y| y.is_finite()) {
+                        by_epoch.entry(x.round() as i64).or_default().push(y);
+                    }
+                }
+            }
+            let color = PALETTE[i % PALETTE.len()];
+            let stats: Vec<(f64, f64, f64)> = by_epoch
+                .iter()
+                .map(|(x, ys)| {
+                    let n = ys.len() as f64;
+                    let m = ys.iter().sum::<f64>() / n;
+                    let sd = if ys.len() > 1 { (ys.iter().map(|y| (y - m).powi(2)).sum::<f64>() / (n - 1.0)).sqrt() } else { 0.0 };
+                    (*x as f64, m, sd)
+                })
+                .collect();
+            panel.bands.push((color, stats.iter().map(|&(x, m, sd)| (x, m - sd, m + sd)).collect()));
+            panel.push(Line::new(format!("{label} ({} seeds)", dirs.len()), color, stats.iter().map(|&(x, m, _)| (x, Some(m))).collect()));
+        }
+        if panel.has_data() {
+            figs.push(Figure { stem: stem.into(), title: title.into(), panels: vec![panel] });
+        } else {
+            report.warnings.push(format!("{stem}: no run logged {}", path.join(".")));
+        }
+    }
+    create_dir(out)?;
+    write_figures(&figs, out, &ReportOptions::default(), &mut report)?;
+    finish(report, out)
+}
+
 fn finish(mut report: Report, out: &Path) -> Result<Vec<PathBuf>> {
     let path = out.join(WARNINGS_FILE);
     if report.warnings.is_empty() {
@@ -467,6 +512,8 @@ struct Panel {
     /// Legend entries not tied to one line (e.g. colour = depth, dash = modality).
     extra_legend: Vec<LegendItem>,
     integer_y: bool,
+    /// Shaded bands drawn under the lines: colour and (x, low, high) points.
+    bands: Vec<(RGBColor, Vec<(f64, f64, f64)>)>,
 }
 
 impl Panel {
@@ -479,6 +526,7 @@ impl Panel {
             refs: Vec::new(),
             extra_legend: Vec::new(),
             integer_y: false,
+            bands: Vec::new(),
         }
     }
     fn titled(mut self, title: impl Into<String>) -> Panel {
@@ -946,6 +994,13 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &Panel, lw: 
     for (y, _) in &p.refs {
         chart.draw_series(DashedLineSeries::new(vec![(x0, *y), (x1, *y)], 10, 6, REF.stroke_width(2)))?;
     }
+    for (color, pts) in &p.bands {
+        // the band's outline: the high side forwards, the low side back
+        let poly: Vec<(f64, f64)> = pts.iter().map(|q| (q.0, q.2)).chain(pts.iter().rev().map(|q| (q.0, q.1))).collect();
+        if poly.len() >= 4 {
+            chart.draw_series(std::iter::once(Polygon::new(poly, color.mix(0.18).filled())))?;
+        }
+    }
     let markers = p.markers();
     for line in &p.lines {
         // Wide strokes through hundreds of points come out jagged; thin them on long runs.
@@ -1057,7 +1112,8 @@ fn y_range(p: &Panel) -> (f64, f64) {
         .lines
         .iter()
         .flat_map(|l| l.pts.iter().filter_map(|q| q.1))
-        .chain(p.refs.iter().map(|r| r.0));
+        .chain(p.refs.iter().map(|r| r.0))
+        .chain(p.bands.iter().flat_map(|b| b.1.iter().flat_map(|q| [q.1, q.2])).filter(|y| y.is_finite()));
     let (lo, hi) = ys.fold((f64::MAX, f64::MIN), |(a, b), y| (a.min(y), b.max(y)));
     if lo > hi {
         (0.0, 1.0)

@@ -79,6 +79,49 @@ enum Cmd {
         #[arg(long)]
         batch: Option<usize>,
     },
+    /// Run a sweep file: a base config and a grid (methods, seeds, any --set path) expanded
+    /// into named runs, `parallel` at once; finished runs are skipped, interrupted ones resumed.
+    Sweep {
+        /// The sweep file (see sweeps/ and the README).
+        file: PathBuf,
+        /// Output folder (default: the file's `out`, else runs/sweeps/<name>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Runs at once (default: the file's `parallel`, else 1).
+        #[arg(long)]
+        parallel: Option<usize>,
+        /// Run only this run (0-based; a Slurm array task).
+        #[arg(long)]
+        task: Option<usize>,
+        /// Write a Slurm job array (one run per task) into the output folder instead of running.
+        #[arg(long)]
+        slurm: bool,
+        /// With --slurm: submit it with sbatch.
+        #[arg(long, requires = "slurm")]
+        submit: bool,
+        /// List the runs and check every configuration, run nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Seed statistics and paired tests over runs: mean ± std and 95 % CI per setting, paired
+    /// differences between settings (t and Wilcoxon), as Markdown, CSV, LaTeX and charts.
+    Compare {
+        /// Run directories, or folders of runs (a sweep's output).
+        #[arg(required = true)]
+        runs: Vec<PathBuf>,
+        /// Figure per run: best_val (default when every run has validation), last, last_k.
+        #[arg(long)]
+        select: Option<String>,
+        /// k of last_k.
+        #[arg(long, default_value_t = 5)]
+        k: usize,
+        /// Where to write compare.{md,csv,tex} and the charts (default: the first argument).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Charts (PNG + SVG) of a run directory's metrics.jsonl, or a comparison of several runs.
     Report {
         /// Run directories; with more than one, also writes a comparison into --out.
@@ -113,8 +156,91 @@ fn print_profile(gpu: &equimodal::Gpu) {
     }
 }
 
+/// The global options a sweep passes on to each of its runs.
+fn child_args(cli: &Cli) -> equimodal::experiments::ChildArgs {
+    let mut v = Vec::new();
+    if let Some(a) = &cli.adapter {
+        v.extend(["--adapter".to_string(), a.clone()]);
+    }
+    if let Some(b) = &cli.backend {
+        v.extend(["--backend".to_string(), b.clone()]);
+    }
+    equimodal::experiments::ChildArgs(v)
+}
+
+/// compare over `dirs`, written next to them; prints the Markdown.
+fn compare_runs(dirs: &[PathBuf], select: Option<equimodal::experiments::Selection>, out: &std::path::Path) -> equimodal::Result<()> {
+    use equimodal::experiments as ex;
+    let runs = ex::find_runs(dirs)?.iter().map(|d| ex::read_run(d)).collect::<equimodal::Result<Vec<_>>>()?;
+    let c = ex::compare(&runs, select)?;
+    let (md, files) = ex::compare::write_all(&c, out)?;
+    println!("{md}");
+    println!("{} files in {}", files.len(), out.display());
+    Ok(())
+}
+
+fn sweep(cli: &Cli, file: &std::path::Path, out: Option<&std::path::Path>, parallel: Option<usize>, task: Option<usize>, slurm: bool, submit: bool, dry_run: bool, quiet: bool) -> equimodal::Result<()> {
+    use equimodal::experiments as ex;
+    let mut sw = ex::Sweep::load(file, out)?;
+    if let Some(p) = parallel {
+        if p == 0 {
+            return Err(equimodal::Error::config("--parallel", "must be at least 1"));
+        }
+        sw.parallel = p;
+    }
+    let runs = sw.expand()?;
+    if dry_run {
+        for r in &runs {
+            println!("{:>4}  {}  {}", r.index, r.name, r.sets.join(" "));
+        }
+        println!("{} runs, all configurations valid; output {}", runs.len(), sw.out.display());
+        return Ok(());
+    }
+    if slurm {
+        let (path, answer) = ex::write_slurm(&sw, runs.len(), &child_args(cli), submit)?;
+        println!("Slurm job array of {} runs: {}", runs.len(), path.display());
+        if let Some(a) = answer {
+            println!("{a}");
+        }
+        println!("afterwards: equimodal compare {}", sw.out.display());
+        return Ok(());
+    }
+    if let Some(t) = task {
+        let run = runs.get(t).ok_or_else(|| equimodal::Error::config("--task", format!("{t} is out of range: the sweep has runs 0..{}", runs.len())))?;
+        ex::run::claim(&sw)?;
+        return match ex::run_one(&sw, run, &child_args(cli))? {
+            ex::Outcome::Failed(why) => Err(equimodal::Error::Other(format!("run {} failed: {why}", run.name))),
+            o => {
+                println!("run {}: {o:?}", run.name);
+                Ok(())
+            }
+        };
+    }
+    let results = ex::run_all(&sw, &runs, &child_args(cli), !quiet)?;
+    let failed: Vec<&(String, ex::Outcome)> = results.iter().filter(|r| matches!(r.1, ex::Outcome::Failed(_))).collect();
+    let skipped = results.iter().filter(|r| r.1 == ex::Outcome::Skipped).count();
+    println!("sweep {}: {} runs, {} finished now, {skipped} finished before, {} failed", sw.name, results.len(), results.len() - skipped - failed.len(), failed.len());
+    let done: Vec<PathBuf> = runs.iter().map(|r| ex::run::run_dir(&sw, r)).filter(|d| d.join("summary.txt").exists()).collect();
+    if !done.is_empty() {
+        compare_runs(&done, sw.select, &sw.out)?;
+    }
+    if !failed.is_empty() {
+        let list: Vec<String> = failed.iter().map(|(n, o)| format!("{n} ({o:?})")).collect();
+        return Err(equimodal::Error::Other(format!("{} of {} runs failed: {}", failed.len(), results.len(), list.join("; "))));
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> equimodal::Result<()> {
     match &cli.cmd {
+        Cmd::Sweep { file, out, parallel, task, slurm, submit, dry_run, quiet } => {
+            sweep(&cli, file, out.as_deref(), *parallel, *task, *slurm, *submit, *dry_run, *quiet)?;
+        }
+        Cmd::Compare { runs, select, k, out } => {
+            let select = select.as_deref().map(|s| equimodal::experiments::Selection::parse(s, *k, "--select")).transpose()?;
+            let out = out.clone().unwrap_or_else(|| runs[0].clone());
+            compare_runs(runs, select, &out)?;
+        }
         Cmd::Train { config, sets, out, resume, quiet } => {
             let (cfg, text) = equimodal::config::load(config.as_deref(), sets)?;
             let gpu = equimodal::Gpu::new(gpu_options(&cli))?;

@@ -1,0 +1,423 @@
+//! `compare`: runs grouped into settings (same configuration but for the seed), one figure per
+//! run chosen by a stated selection rule, mean ± std and a 95 % interval over seeds, and
+//! paired differences between settings over their shared seeds. Markdown, CSV and LaTeX.
+use super::stats::{paired, summarize, Paired, Summary};
+use super::sweep::Selection;
+use crate::error::{Error, Result};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// One run as `compare` sees it.
+#[derive(Clone, Debug)]
+pub struct RunRecord {
+    pub dir: PathBuf,
+    pub seed: i64,
+    /// the run's configuration without its seed, flattened to `path = value`
+    pub setting: BTreeMap<String, String>,
+    pub method: String,
+    pub lines: Vec<Value>,
+}
+
+/// The figures of one run under a selection rule.
+#[derive(Clone, Debug, Default)]
+pub struct Picked {
+    pub fused: f64,
+    pub macro_f1: f64,
+    pub per_modality: BTreeMap<String, f64>,
+    pub imbalance: f64,
+}
+
+/// A setting: its label, its runs' seeds and picked figures.
+#[derive(Clone, Debug)]
+pub struct Group {
+    pub label: String,
+    pub runs: Vec<(i64, Picked)>,
+    pub dirs: Vec<PathBuf>,
+}
+
+pub struct Comparison {
+    pub select: Selection,
+    pub groups: Vec<Group>,
+    pub modalities: Vec<String>,
+}
+
+fn flatten(prefix: &str, v: &toml::Value, out: &mut BTreeMap<String, String>) {
+    match v {
+        toml::Value::Table(t) => {
+            for (k, x) in t {
+                let p = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                flatten(&p, x, out);
+            }
+        }
+        other => {
+            out.insert(prefix.to_string(), other.to_string());
+        }
+    }
+}
+
+/// A run directory: `config.toml` and a complete `metrics.jsonl` (every line valid JSON).
+pub fn read_run(dir: &Path) -> Result<RunRecord> {
+    let cfg_path = dir.join("config.toml");
+    let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+    let table: toml::Table = text.parse().map_err(|e| Error::data(cfg_path.display().to_string(), format!("invalid TOML: {e}")))?;
+    let cfg = crate::config::from_table(&table).map_err(|e| Error::data(cfg_path.display().to_string(), e.to_string()))?;
+    let mut setting = BTreeMap::new();
+    flatten("", &toml::Value::Table(table), &mut setting);
+    setting.remove("seed");
+    // how many loader threads ran the run does not change what it computes
+    setting.remove("train.workers");
+    let log = dir.join("metrics.jsonl");
+    let text = std::fs::read_to_string(&log).map_err(|e| Error::io(&log, e))?;
+    let lines = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| serde_json::from_str(l).map_err(|e| Error::data(log.display().to_string(), format!("line {}: {e}", i + 1))))
+        .collect::<Result<Vec<Value>>>()?;
+    if lines.is_empty() {
+        return Err(Error::data(log.display().to_string(), "no epochs logged"));
+    }
+    Ok(RunRecord { dir: dir.to_path_buf(), seed: cfg.seed as i64, setting, method: cfg.method.name.as_str().to_string(), lines })
+}
+
+/// The run directories under the arguments: each argument is a run (it has `metrics.jsonl`)
+/// or a folder of runs (a sweep's output); sorted, duplicates removed.
+pub fn find_runs(args: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut dirs = Vec::new();
+    for a in args {
+        if a.join("metrics.jsonl").is_file() {
+            dirs.push(a.clone());
+            continue;
+        }
+        let rd = std::fs::read_dir(a).map_err(|e| Error::io(a, e))?;
+        let mut found = 0;
+        for e in rd {
+            let p = e.map_err(|e| Error::io(a, e))?.path();
+            if p.join("metrics.jsonl").is_file() {
+                dirs.push(p);
+                found += 1;
+            }
+        }
+        if found == 0 {
+            return Err(Error::data(a.display().to_string(), "neither a run directory (metrics.jsonl) nor a folder of runs"));
+        }
+    }
+    dirs.sort();
+    dirs.dedup();
+    Ok(dirs)
+}
+
+fn num(v: &Value, path: &[&str]) -> Option<f64> {
+    let mut cur = v;
+    for p in path {
+        cur = cur.get(*p)?;
+    }
+    cur.as_f64()
+}
+
+/// The figures of `run` under `select`.
+pub fn pick(run: &RunRecord, select: Selection) -> Result<Picked> {
+    let evaluated: Vec<&Value> = run.lines.iter().filter(|l| num(l, &["test", "acc"]).is_some()).collect();
+    if evaluated.is_empty() {
+        return Err(Error::data(run.dir.display().to_string(), "no epoch with test metrics"));
+    }
+    let chosen: Vec<&Value> = match select {
+        Selection::Last => vec![*evaluated.last().unwrap_or(&evaluated[0])],
+        Selection::LastK(k) => evaluated[evaluated.len().saturating_sub(k)..].to_vec(),
+        Selection::BestVal => {
+            let mut best: Option<(&Value, f64)> = None;
+            for l in &evaluated {
+                let v = num(l, &["val", "acc"]).ok_or_else(|| Error::data(run.dir.display().to_string(), "best_val selection, but the run has no validation accuracy"))?;
+                if best.is_none_or(|(_, b)| v > b) {
+                    best = Some((l, v));
+                }
+            }
+            vec![best.map(|b| b.0).unwrap_or(evaluated[0])]
+        }
+    };
+    let mean = |f: &dyn Fn(&Value) -> Option<f64>| {
+        let xs: Vec<f64> = chosen.iter().filter_map(|l| f(l)).collect();
+        if xs.is_empty() { f64::NAN } else { xs.iter().sum::<f64>() / xs.len() as f64 }
+    };
+    let mut per = BTreeMap::new();
+    if let Some(pm) = chosen[0].get("test").and_then(|t| t.get("per_modality")).and_then(|p| p.as_object()) {
+        for m in pm.keys() {
+            per.insert(m.clone(), mean(&|l| num(l, &["test", "per_modality", m, "acc"])));
+        }
+    }
+    Ok(Picked {
+        fused: mean(&|l| num(l, &["test", "acc"])),
+        macro_f1: mean(&|l| num(l, &["test", "macro_f1"])),
+        per_modality: per,
+        imbalance: mean(&|l| num(l, &["imbalance", "ratio"])),
+    })
+}
+
+/// Group runs by setting and pick each run's figures. `select` None: best_val when every run
+/// has a validation accuracy, else last.
+pub fn compare(runs: &[RunRecord], select: Option<Selection>) -> Result<Comparison> {
+    if runs.is_empty() {
+        return Err(Error::config("runs", "nothing to compare"));
+    }
+    let select = select.unwrap_or_else(|| {
+        let all_val = runs.iter().all(|r| r.lines.iter().any(|l| num(l, &["val", "acc"]).is_some()));
+        if all_val { Selection::BestVal } else { Selection::Last }
+    });
+    let mut by_setting: Vec<(BTreeMap<String, String>, Vec<&RunRecord>)> = Vec::new();
+    for r in runs {
+        match by_setting.iter_mut().find(|(s, _)| *s == r.setting) {
+            Some((_, v)) => v.push(r),
+            None => by_setting.push((r.setting.clone(), vec![r])),
+        }
+    }
+    let labels = labels(&by_setting.iter().map(|(s, v)| (s, v[0].method.as_str())).collect::<Vec<_>>());
+    let mut groups = Vec::new();
+    for ((_, rs), label) in by_setting.iter().zip(labels) {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut g = Group { label, runs: Vec::new(), dirs: Vec::new() };
+        for r in rs {
+            if !seen.insert(r.seed) {
+                return Err(Error::data(r.dir.display().to_string(), format!("a second run of setting `{}` with seed {}", g.label, r.seed)));
+            }
+            g.runs.push((r.seed, pick(r, select)?));
+            g.dirs.push(r.dir.clone());
+        }
+        g.runs.sort_by_key(|r| r.0);
+        groups.push(g);
+    }
+    let modalities: Vec<String> = groups
+        .iter()
+        .flat_map(|g| g.runs.iter().flat_map(|r| r.1.per_modality.keys().cloned()))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    Ok(Comparison { select, groups, modalities })
+}
+
+/// A label per setting: its method, and where several settings share a method, the
+/// configuration values in which those settings differ.
+fn labels(settings: &[(&BTreeMap<String, String>, &str)]) -> Vec<String> {
+    settings
+        .iter()
+        .map(|(s, method)| {
+            let same: Vec<&BTreeMap<String, String>> = settings.iter().filter(|(_, m)| m == method).map(|(o, _)| *o).collect();
+            let keys: std::collections::BTreeSet<&String> = same.iter().flat_map(|o| o.keys()).collect();
+            let mut parts = vec![method.to_string()];
+            for k in keys {
+                if same.iter().map(|o| o.get(k)).collect::<std::collections::BTreeSet<_>>().len() > 1 {
+                    parts.push(format!("{k}={}", s.get(k).map(|v| v.trim_matches('"').to_string()).unwrap_or_else(|| "(default)".into())));
+                }
+            }
+            parts.join(" ")
+        })
+        .collect()
+}
+
+impl Group {
+    pub fn metric(&self, f: impl Fn(&Picked) -> f64) -> Vec<(i64, f64)> {
+        self.runs.iter().map(|(s, p)| (*s, f(p))).filter(|(_, v)| v.is_finite()).collect()
+    }
+    pub fn summary(&self, f: impl Fn(&Picked) -> f64) -> Summary {
+        summarize(&self.metric(f).into_iter().map(|x| x.1).collect::<Vec<_>>())
+    }
+}
+
+/// The paired comparison of group a against b on fused accuracy over their shared seeds.
+pub fn pair(a: &Group, b: &Group) -> Paired {
+    let (ma, mb): (BTreeMap<i64, f64>, BTreeMap<i64, f64>) = (a.metric(|p| p.fused).into_iter().collect(), b.metric(|p| p.fused).into_iter().collect());
+    let shared: Vec<i64> = ma.keys().filter(|s| mb.contains_key(s)).copied().collect();
+    paired(&shared.iter().map(|s| ma[s]).collect::<Vec<_>>(), &shared.iter().map(|s| mb[s]).collect::<Vec<_>>())
+}
+
+/// The metrics of the tables: (column title, accessor, shown as a percentage).
+pub fn columns(c: &Comparison) -> Vec<(String, Box<dyn Fn(&Picked) -> f64>, bool)> {
+    let mut cols: Vec<(String, Box<dyn Fn(&Picked) -> f64>, bool)> = vec![("fused".into(), Box::new(|p: &Picked| p.fused), true)];
+    for m in &c.modalities {
+        let m2 = m.clone();
+        cols.push((m.clone(), Box::new(move |p: &Picked| p.per_modality.get(&m2).copied().unwrap_or(f64::NAN)), true));
+    }
+    cols.push(("macro-F1".into(), Box::new(|p: &Picked| p.macro_f1), false));
+    cols.push(("imbalance".into(), Box::new(|p: &Picked| p.imbalance), false));
+    cols
+}
+
+fn fmt(s: &Summary, pct: bool) -> String {
+    let k = if pct { 100.0 } else { 1.0 };
+    let d = if pct { 1 } else { 3 };
+    if s.n == 0 {
+        "–".into()
+    } else if s.n == 1 {
+        format!("{:.d$}", k * s.mean)
+    } else {
+        format!("{:.d$} ± {:.d$} [{:.d$}, {:.d$}]", k * s.mean, k * s.std, k * (s.mean - s.ci95), k * (s.mean + s.ci95))
+    }
+}
+
+fn p_fmt(p: f64) -> String {
+    if p.is_nan() {
+        "–".into()
+    } else if p < 0.001 {
+        "<0.001".into()
+    } else {
+        format!("{p:.3}")
+    }
+}
+
+/// The Markdown report: the selection rule, the settings table, the paired table.
+pub fn markdown(c: &Comparison) -> String {
+    let cols = columns(c);
+    let mut s = format!(
+        "Figures per run: {}. Cells: mean ± std [95 % CI of the mean] over seeds; accuracies in %.\n\n",
+        c.select.describe()
+    );
+    s.push_str("| setting | seeds |");
+    for (t, _, _) in &cols {
+        s.push_str(&format!(" {t} |"));
+    }
+    s.push_str("\n|---|---|");
+    s.push_str(&"---|".repeat(cols.len()));
+    s.push('\n');
+    for g in &c.groups {
+        s.push_str(&format!("| {} | {} |", g.label, g.runs.len()));
+        for (_, f, pct) in &cols {
+            s.push_str(&format!(" {} |", fmt(&g.summary(f), *pct)));
+        }
+        s.push('\n');
+    }
+    if c.groups.len() > 1 {
+        s.push_str("\nPaired differences in fused accuracy over shared seeds (A − B, points; SE: standard error; p: two-sided):\n\n");
+        s.push_str("| A | B | seeds | A − B | SE | t | p (t) | p (Wilcoxon) | A wins / ties / B wins |\n|---|---|---|---|---|---|---|---|---|\n");
+        for (i, a) in c.groups.iter().enumerate() {
+            for b in &c.groups[i + 1..] {
+                let p = pair(a, b);
+                if p.n == 0 {
+                    continue;
+                }
+                s.push_str(&format!(
+                    "| {} | {} | {} | {:+.2} | {:.2} | {:.2} | {} | {} | {} / {} / {} |\n",
+                    a.label,
+                    b.label,
+                    p.n,
+                    100.0 * p.mean,
+                    100.0 * p.se,
+                    p.t,
+                    p_fmt(p.p_t),
+                    p_fmt(p.p_wilcoxon),
+                    p.wins,
+                    p.ties,
+                    p.losses
+                ));
+            }
+        }
+    }
+    s
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// One CSV row per (setting, metric): n, mean, std, CI bounds; then the paired rows.
+pub fn csv(c: &Comparison) -> (String, String) {
+    let mut s = String::from("setting,metric,n,mean,std,ci95_low,ci95_high,selection\n");
+    for g in &c.groups {
+        for (t, f, _) in columns(c) {
+            let m = g.summary(f);
+            s.push_str(&format!(
+                "{},{},{},{},{},{},{},{}\n",
+                csv_field(&g.label),
+                csv_field(&t),
+                m.n,
+                m.mean,
+                m.std,
+                m.mean - m.ci95,
+                m.mean + m.ci95,
+                csv_field(&c.select.describe())
+            ));
+        }
+    }
+    let mut p = String::from("a,b,n,mean_diff,se,t,p_t,p_wilcoxon,a_wins,ties,b_wins\n");
+    for (i, a) in c.groups.iter().enumerate() {
+        for b in &c.groups[i + 1..] {
+            let r = pair(a, b);
+            p.push_str(&format!(
+                "{},{},{},{},{},{},{},{},{},{},{}\n",
+                csv_field(&a.label),
+                csv_field(&b.label),
+                r.n,
+                r.mean,
+                r.se,
+                r.t,
+                r.p_t,
+                r.p_wilcoxon,
+                r.wins,
+                r.ties,
+                r.losses
+            ));
+        }
+    }
+    (s, p)
+}
+
+fn tex_escape(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '_' | '%' | '&' | '#' | '$' | '{' | '}' => format!("\\{c}"),
+            '~' => "\\textasciitilde{}".into(),
+            '^' => "\\textasciicircum{}".into(),
+            '\\' => "\\textbackslash{}".into(),
+            c => c.to_string(),
+        })
+        .collect()
+}
+
+/// The settings table as a LaTeX `tabular` (booktabs rules), mean ± std.
+pub fn latex(c: &Comparison) -> String {
+    let cols = columns(c);
+    let mut s = format!("% figures per run: {}; mean $\\pm$ std over seeds\n\\begin{{tabular}}{{l r {}}}\n\\toprule\n", c.select.describe(), "r ".repeat(cols.len()));
+    s.push_str("setting & seeds");
+    for (t, _, _) in &cols {
+        s.push_str(&format!(" & {}", tex_escape(t)));
+    }
+    s.push_str(" \\\\\n\\midrule\n");
+    for g in &c.groups {
+        s.push_str(&format!("{} & {}", tex_escape(&g.label), g.runs.len()));
+        for (_, f, pct) in &cols {
+            let m = g.summary(f);
+            let k = if *pct { 100.0 } else { 1.0 };
+            let d = if *pct { 1 } else { 3 };
+            if m.n >= 2 {
+                s.push_str(&format!(" & ${:.d$} \\pm {:.d$}$", k * m.mean, k * m.std));
+            } else if m.n == 1 {
+                s.push_str(&format!(" & ${:.d$}$", k * m.mean));
+            } else {
+                s.push_str(" & --");
+            }
+        }
+        s.push_str(" \\\\\n");
+    }
+    s.push_str("\\bottomrule\n\\end{tabular}\n");
+    s
+}
+
+/// Write compare.md, compare.csv, compare_pairs.csv, compare.tex and the seed-band charts
+/// into `out`; returns the Markdown.
+pub fn write_all(c: &Comparison, out: &Path) -> Result<(String, Vec<PathBuf>)> {
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let md = markdown(c);
+    let (groups_csv, pairs_csv) = csv(c);
+    let mut files = Vec::new();
+    for (name, text) in [("compare.md", md.as_str()), ("compare.csv", groups_csv.as_str()), ("compare_pairs.csv", pairs_csv.as_str()), ("compare.tex", latex(c).as_str())] {
+        let p = out.join(name);
+        std::fs::write(&p, text).map_err(|e| Error::io(&p, e))?;
+        files.push(p);
+    }
+    let bands: Vec<(String, Vec<PathBuf>)> = c.groups.iter().map(|g| (g.label.clone(), g.dirs.clone())).collect();
+    files.extend(crate::report::render_seed_bands(&bands, out)?);
+    Ok((md, files))
+}
