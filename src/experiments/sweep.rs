@@ -316,6 +316,8 @@ fn value_label(v: &toml::Value) -> String {
     match v {
         toml::Value::String(s) => s.clone(),
         toml::Value::Array(a) => a.iter().map(value_label).collect::<Vec<_>>().join("-"),
+        // shortest round-trip form: 0.01, 1e30 (TOML's own would spell out 31 digits)
+        toml::Value::Float(f) => format!("{f:?}"),
         other => other.to_string(),
     }
 }

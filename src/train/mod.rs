@@ -2,6 +2,7 @@
 //! metrics for the fused model and every modality's own view, a JSON-lines log, atomic
 //! checkpoints with resume, best-model selection on validation, and charts at the end.
 pub mod checkpoint;
+pub mod logs;
 pub mod metrics;
 
 use crate::config::{Config, OptimizerKind, ScheduleKind};
@@ -210,6 +211,31 @@ fn truncate_log(path: &Path, last: Option<usize>) -> Result<()> {
     checkpoint::write_atomic(path, out.as_bytes())
 }
 
+/// Every line of `metrics.jsonl` (an unreadable line is an error naming it).
+fn read_log(path: &Path) -> Result<Vec<Value>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| serde_json::from_str(l).map_err(|e| Error::data(path.display().to_string(), format!("line {}: {e}", i + 1))))
+        .collect()
+}
+
+/// Bring `metrics.csv` and the TensorBoard events in line with `metrics.jsonl`: `appended`
+/// is the line just added to it; None means the log was rewritten (a new run or a resume).
+fn sync_logs(dir: &Path, log_path: &Path, appended: Option<&Value>) -> Result<()> {
+    let lines = read_log(log_path)?;
+    logs::write_csv(&dir.join("metrics.csv"), &lines)?;
+    match appended {
+        Some(l) => logs::append_tensorboard(dir, l),
+        None => logs::write_tensorboard(dir, &lines),
+    }
+}
+
 fn finite_or_null(v: f64) -> Value {
     if v.is_finite() {
         json!(v)
@@ -260,9 +286,11 @@ pub fn train(gpu: &Gpu, cfg: &Config, cfg_text: &str, opts: &TrainOptions) -> Re
         start_epoch = epoch + 1;
         best = meta.get("best").and_then(|b| Some((b.get("epoch")?.as_u64()? as usize, b.get("score")?.as_f64()?)));
         truncate_log(&log_path, Some(epoch))?;
+        sync_logs(dir, &log_path, None)?;
         eprintln!("resuming from {} after epoch {}", last_path.display(), epoch + 1);
     } else {
         truncate_log(&log_path, None)?;
+        sync_logs(dir, &log_path, None)?;
     }
     std::fs::write(dir.join("config.toml"), cfg_text).map_err(|e| Error::io(dir.join("config.toml"), e))?;
 
@@ -362,6 +390,7 @@ pub fn train(gpu: &Gpu, cfg: &Config, cfg_text: &str, opts: &TrainOptions) -> Re
             eprintln!("{msg}");
         }
         append_log(&log_path, &line)?;
+        sync_logs(dir, &log_path, Some(&line))?;
 
         if let Some(v) = val_acc {
             if best.is_none_or(|(_, s)| v > s) {
