@@ -29,9 +29,16 @@ enum Cmd {
         /// Run directory (default: runs/<method>-<dataset>).
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Continue from the run directory's last checkpoint.
-        #[arg(long)]
+        /// Continue from the run directory's last checkpoint (the config must be the one it was
+        /// trained with, except train.epochs).
+        #[arg(long, conflicts_with = "force")]
         resume: bool,
+        /// Replace the run already in --out (its metrics, config, summary and checkpoints).
+        #[arg(long)]
+        force: bool,
+        /// With --resume: continue although the config changed (the changes are logged).
+        #[arg(long, requires = "resume")]
+        allow_config_change: bool,
         /// No progress bars.
         #[arg(long)]
         quiet: bool,
@@ -90,15 +97,15 @@ enum Cmd {
     },
 }
 
-fn gpu_options(cli: &Cli) -> equimodal::GpuOptions {
-    let mut o = equimodal::GpuOptions::default();
+fn gpu_options(cli: &Cli) -> equimodal::Result<equimodal::GpuOptions> {
+    let mut o = equimodal::GpuOptions::from_env()?;
     if let Some(a) = &cli.adapter {
         o.adapter_name = Some(a.clone());
     }
     if let Some(b) = &cli.backend {
-        o.backends = wgpu::Backends::from_comma_list(b);
+        o.backends = equimodal::gpu::parse_backends("--backend", b)?;
     }
-    o
+    Ok(o)
 }
 
 /// With `EQUIMODAL_PROFILE=1`: GPU time per kernel, summed over everything the process ran.
@@ -115,13 +122,15 @@ fn print_profile(gpu: &equimodal::Gpu) {
 
 fn run(cli: Cli) -> equimodal::Result<()> {
     match &cli.cmd {
-        Cmd::Train { config, sets, out, resume, quiet } => {
+        Cmd::Train { config, sets, out, resume, force, allow_config_change, quiet } => {
             let (cfg, text) = equimodal::config::load(config.as_deref(), sets)?;
-            let gpu = equimodal::Gpu::new(gpu_options(&cli))?;
+            let gpu = equimodal::Gpu::new(gpu_options(&cli)?)?;
             let out = out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{}-{}", cfg.method.name.as_str(), cfg.data.kind())));
             eprintln!("equimodal: {} on {} ({:?}), run directory {}", cfg.method.name.as_str(), gpu.info().name, gpu.info().backend, out.display());
             let mut opts = equimodal::train::TrainOptions::new(&out);
             opts.resume = *resume;
+            opts.force = *force;
+            opts.allow_config_change = *allow_config_change;
             opts.progress = !*quiet;
             let summary = equimodal::train::train(&gpu, &cfg, &text, &opts)?;
             println!("\ntest results after {} epochs ({}):", summary.epochs_run, out.display());
@@ -133,7 +142,7 @@ fn run(cli: Cli) -> equimodal::Result<()> {
             }
         }
         Cmd::Eval { checkpoint, sets } => {
-            let gpu = equimodal::Gpu::new(gpu_options(&cli))?;
+            let gpu = equimodal::Gpu::new(gpu_options(&cli)?)?;
             let (summary, val) = equimodal::train::eval_checkpoint(&gpu, checkpoint, sets)?;
             if let Some(v) = val {
                 println!("validation: fused acc {:.2}%", 100.0 * v.fused.acc);
@@ -142,7 +151,7 @@ fn run(cli: Cli) -> equimodal::Result<()> {
             print!("{}", summary.table());
         }
         Cmd::Devices => {
-            let o = gpu_options(&cli);
+            let o = gpu_options(&cli)?;
             let list = equimodal::gpu::list_adapters(wgpu::Backends::all());
             if list.is_empty() {
                 println!("no adapters found (install a Vulkan driver; without a GPU: apt-get install mesa-vulkan-drivers)");
@@ -156,7 +165,7 @@ fn run(cli: Cli) -> equimodal::Result<()> {
             }
         }
         Cmd::Bench { quick, filter, reps, peak_gbs, peak_gflops, json, e2e, steps, batch } => {
-            let gpu = equimodal::Gpu::new(gpu_options(&cli))?;
+            let gpu = equimodal::Gpu::new(gpu_options(&cli)?)?;
             if *e2e {
                 let opts = equimodal::bench::E2eOptions::new(*quick, filter.clone(), *steps);
                 let mut size = equimodal::bench::E2eSize::new(*quick);
