@@ -6,6 +6,7 @@ pub mod config;
 pub mod data;
 pub mod error;
 pub mod gpu;
+pub mod limits;
 pub mod methods;
 pub mod nn;
 pub mod ops;

@@ -165,7 +165,8 @@ impl SyntheticConfig {
                     format!("rank 1..=4 with all sizes >= 1, got {:?}", md.shape),
                 ));
             }
-            if md.shape.iter().product::<usize>() > 1 << 24 {
+            // checked: a wrapped product (e.g. 2^32 x 2^32 = 0) must not pass as small
+            if crate::limits::checked_numel(&md.shape, "shape").map_or(true, |n| n > 1 << 24) {
                 return Err(Error::config(
                     f("shape"),
                     format!("{:?} is too large (max 2^24 values)", md.shape),

@@ -260,6 +260,17 @@ fn finite_or_null(v: f64) -> Value {
     }
 }
 
+/// Training needs samples to train on and to test on (an empty test split would report
+/// NaN% accuracy after a full run).
+fn check_splits(ds: &dyn Dataset) -> Result<()> {
+    for split in [Split::Train, Split::Test] {
+        if ds.len(split) == 0 {
+            return Err(Error::config("data", format!("the {split} split of the {} dataset is empty", ds.name())));
+        }
+    }
+    Ok(())
+}
+
 /// Train with `cfg`; everything goes into `opts.run_dir`.
 pub fn train(gpu: &Gpu, cfg: &Config, cfg_text: &str, opts: &TrainOptions) -> Result<RunSummary> {
     let dir = &opts.run_dir;
@@ -275,9 +286,8 @@ pub fn train(gpu: &Gpu, cfg: &Config, cfg_text: &str, opts: &TrainOptions) -> Re
     let classes = ds.num_classes();
     let has_val = ds.len(Split::Val) > 0;
     let n_train = ds.len(Split::Train);
-    if n_train == 0 {
-        return Err(Error::config("data", "the training split is empty"));
-    }
+    check_splits(ds.as_ref())?;
+    crate::limits::check_model_fits(gpu.limits(), cfg, &specs, classes)?;
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
     let mut method = methods::build(gpu, cfg, &specs, classes, &mut rng)?;
@@ -463,6 +473,7 @@ pub fn eval_checkpoint(gpu: &Gpu, path: &Path, sets: &[String]) -> Result<(RunSu
     let cfg = crate::config::from_table(&table)?;
     let ds: Arc<dyn Dataset> = Arc::from(data::build(&cfg.data)?);
     let specs: Vec<ModalitySpec> = ds.modalities().to_vec();
+    crate::limits::check_model_fits(gpu.limits(), &cfg, &specs, ds.num_classes())?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
     let mut method = methods::build(gpu, &cfg, &specs, ds.num_classes(), &mut rng)?;
     let mut opt = build_optimizer(&cfg, method.trainable())?;
