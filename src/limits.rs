@@ -179,7 +179,7 @@ pub fn host_available_bytes() -> Option<u64> {
 /// software adapters, and every parameter is initialised on the host first).
 pub fn check_model_fits(limits: &wgpu::Limits, cfg: &Config, specs: &[ModalitySpec], classes: usize) -> Result<Estimate> {
     let est = estimate(cfg, specs, classes)?;
-    let max_buffer = limits.max_buffer_size.min(limits.max_storage_buffer_binding_size as u64);
+    let max_buffer = limits.max_buffer_size.min(limits.max_storage_buffer_binding_size);
     let (what, field, n) = &est.largest;
     let bytes = n.saturating_mul(4);
     if bytes > max_buffer {

@@ -59,10 +59,11 @@ fn write_synced(tmp: &Path, bytes: &[u8], target: &Path) -> Result<()> {
     f.sync_all().map_err(|e| Error::io(tmp, e))
 }
 
-/// Remove temporary files of [`write_atomic`] in `dir` (not recursive). Only safe while the
-/// caller holds the run directory's lock (no other writer can be mid-write). Returns the
-/// files removed and their total size.
-pub fn remove_stale_temps(dir: &Path) -> Result<(Vec<std::path::PathBuf>, u64)> {
+/// Remove temporary files of [`write_atomic`] in `dir` (not recursive), except those whose
+/// writer's pid (the name's suffix) `keep` accepts. Removing a live writer's file is only
+/// safe while the caller holds the run directory's lock. Returns the files removed and
+/// their total size.
+pub fn remove_stale_temps(dir: &Path, keep: impl Fn(u32) -> bool) -> Result<(Vec<std::path::PathBuf>, u64)> {
     let mut removed = (Vec::new(), 0);
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
@@ -72,7 +73,8 @@ pub fn remove_stale_temps(dir: &Path) -> Result<(Vec<std::path::PathBuf>, u64)> 
     for entry in entries {
         let entry = entry.map_err(|e| Error::io(dir, e))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if !(name.starts_with('.') && name.contains(TMP_MARK)) {
+        let Some((_, pid)) = name.rsplit_once(TMP_MARK).filter(|_| name.starts_with('.')) else { continue };
+        if pid.parse::<u32>().is_ok_and(&keep) {
             continue;
         }
         let path = entry.path();

@@ -46,8 +46,11 @@ impl Drop for RunLock {
 /// removed (and listed on stderr).
 pub fn claim(dir: &Path, claim: Claim) -> Result<RunLock> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    // leftovers of dead writers first: on a full disk they are what keeps the lock from
+    // being written; with the lock held, any remaining temporary file is stale too
+    clean_temps(dir, pid_alive)?;
     let lock = acquire_lock(dir)?;
-    clean_temps(dir)?;
+    clean_temps(dir, |_| false)?;
     let existing = existing_run_files(dir);
     if claim.resume {
         let last = dir.join(CHECKPOINT_DIR).join("last.safetensors");
@@ -90,9 +93,14 @@ fn existing_run_files(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
-fn clean_temps(dir: &Path) -> Result<()> {
+/// Whether a process with this pid runs (Linux: /proc; elsewhere assumed, to stay safe).
+fn pid_alive(pid: u32) -> bool {
+    !Path::new("/proc/self").exists() || Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn clean_temps(dir: &Path, keep: impl Fn(u32) -> bool + Copy) -> Result<()> {
     for d in [dir.to_path_buf(), dir.join(CHECKPOINT_DIR)] {
-        let (files, bytes) = checkpoint::remove_stale_temps(&d)?;
+        let (files, bytes) = checkpoint::remove_stale_temps(&d, keep)?;
         if !files.is_empty() {
             eprintln!(
                 "removed {} stale temporary file(s) ({:.1} MB) left by an interrupted write in {}",
