@@ -544,3 +544,16 @@ fn a_nan_loss_names_the_epoch_and_lr_and_only_an_existing_checkpoint() {
     assert!(line.contains("no checkpoint was written") && !line.contains("last.safetensors"), "{line}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn device_allocation_failures_name_the_tensor() {
+    let g = common::gpu();
+    // more than the device's largest binding: a typed error naming the shape
+    let e = equimodal::Tensor::zeros(&g, &[1 << 20, 1 << 20]).unwrap_err().to_string();
+    assert!(e.contains("[1048576, 1048576]"), "{e}");
+    // a product that wraps around: an error, not a small buffer
+    let e = equimodal::Tensor::zeros(&g, &[1 << 40, 1 << 40]).unwrap_err().to_string();
+    assert!(e.contains("1099511627776"), "{e}");
+    let e = equimodal::Error::DeviceLost("map failed".into()).during("reading back a tensor of shape [3]").to_string();
+    assert!(e.contains("reading back a tensor of shape [3]") && e.contains("map failed"), "{e}");
+}

@@ -88,7 +88,7 @@ pub fn remove_stale_temps(dir: &Path, keep: impl Fn(u32) -> bool) -> Result<(Vec
 
 /// Download named tensors to the host.
 pub fn download(named: &[(String, Tensor)]) -> Result<Vec<HostTensor>> {
-    named.iter().map(|(n, t)| Ok((n.clone(), t.shape().to_vec(), t.to_vec()?))).collect()
+    named.iter().map(|(n, t)| Ok((n.clone(), t.shape().to_vec(), t.to_vec().map_err(|e| e.during(format_args!("checkpoint: tensor `{n}`")))?))).collect()
 }
 
 /// Metadata key of the checksum (lowercase hex CRC-32, see the module docs).
@@ -195,7 +195,7 @@ pub fn restore_tensors(file: &Path, saved: &[HostTensor], into: &[(String, Tenso
                 format!("tensor `{name}` has shape {:?} in the checkpoint, the model expects {:?}", s.1, t.shape()),
             ));
         }
-        t.write(&s.2)?;
+        t.write(&s.2).map_err(|e| e.during(format_args!("restoring tensor `{name}` from {}", file.display())))?;
     }
     Ok(())
 }

@@ -341,7 +341,7 @@ pub fn train(gpu: &Gpu, cfg: &Config, cfg_text: &str, opts: &TrainOptions) -> Re
         for b in loader.by_ref() {
             let b = b?;
             let db = upload_batch(gpu, &b, classes)?;
-            method.train_step(&db, opt.as_mut(), epoch)?;
+            method.train_step(&db, opt.as_mut(), epoch).map_err(|e| e.during(format_args!("training step of epoch {} ({})", epoch + 1, method.name())))?;
             gpu.step_boundary(opts.max_in_flight)?;
             seen += b.labels.len();
             pb.inc(1);
