@@ -77,7 +77,8 @@ impl Estimate {
 
 /// Estimate the configured model's sizes for these modalities and classes.
 pub fn estimate(cfg: &Config, specs: &[ModalitySpec], classes: usize) -> Result<Estimate> {
-    let batch = cfg.train.batch_size.max(64) as u64;
+    // training batches hold activations for the backward; evaluation (no graph) needs less
+    let batch = cfg.train.batch_size as u64;
     let mut est = Estimate::default();
     let mut dims = Vec::new();
     for s in specs {
@@ -141,9 +142,11 @@ fn encoder(est: &mut Estimate, name: &str, spec: &ModalitySpec, mc: &ModelConfig
                     est.tensor(format!("`{name}` stage x{k} conv {j} [{c}, {c}, 3, 3]"), &field("width"), conv)?;
                 }
             }
-            // stem output at half resolution, ~20 activation maps of that size over the net
+            // the stem's maps at half resolution; the whole net keeps about 12 times that
+            // (a deliberate underestimate: refusing a run that fits is worse than letting
+            // the allocator report one that does not)
             let maps = mul(mul(batch, base, "resnet activations")?, (h / 2).max(1).saturating_mul((w / 2).max(1)), "resnet activations")?;
-            est.acts(maps.saturating_mul(20));
+            est.acts(maps.saturating_mul(12));
             mul(base, 8, "resnet width")
         }
         EncoderKind::Transformer => {
@@ -198,7 +201,7 @@ pub fn check_model_fits(limits: &wgpu::Limits, cfg: &Config, specs: &[ModalitySp
                     human(total),
                     est.params,
                     est.activations,
-                    cfg.train.batch_size.max(64),
+                    cfg.train.batch_size,
                     human(avail)
                 ),
             ));
