@@ -191,6 +191,9 @@ fn config_changes_ignore_epochs_and_defaults() {
 #[test]
 fn resume_without_a_checkpoint_is_an_error() {
     let dir = tmp("resume-none");
+    fails_naming(&run(train_cmd(&dir, &["--resume"])), &[&dir.display().to_string(), "no such run folder"]);
+    assert!(!dir.exists(), "a refused --resume created the folder");
+    std::fs::create_dir_all(&dir).unwrap();
     fails_naming(&run(train_cmd(&dir, &["--resume"])), &["last.safetensors", "--resume"]);
     succeeds(&run(train_cmd(&dir, &["--set", "train.checkpoint=false"])));
     fails_naming(&run(train_cmd(&dir, &["--resume", "--set", "train.checkpoint=false"])), &["last.safetensors"]);
@@ -457,6 +460,11 @@ fn unknown_backends_adapters_and_filters_are_errors() {
     c.env_remove("EQUIMODAL_ADAPTER").env_remove("WGPU_ADAPTER_NAME").args(["--adapter", "no-such-adapter", "bench", "--quick"]);
     let line = fails_naming(&run(c), &["no-such-adapter", "available"]);
     assert!(line.contains(&first), "the available list lacks `{first}` that devices lists: {line}");
+    // a backend without that adapter still names where it is
+    let mut c = bin();
+    c.env_remove("EQUIMODAL_ADAPTER").args(["--backend", "dx12", "--adapter", "no-such-adapter", "bench", "--quick"]);
+    let line = fails_naming(&run(c), &["no-such-adapter", "DX12", "every backend"]);
+    assert!(line.contains(&first), "{line}");
     // a name from that list selects it
     let mut c = bin();
     let want = first.split_whitespace().next().unwrap_or("").to_lowercase();

@@ -169,17 +169,19 @@ fn find_adapter_by_name(name: &str, backends: wgpu::Backends, widen: bool) -> Re
     if widen && backends != wgpu::Backends::all() {
         tried.push(wgpu::Backends::all());
     }
-    let mut seen = Vec::new();
     for b in tried {
         let all = pollster::block_on(instance(b).enumerate_adapters(b));
-        seen = all.iter().map(|a| format!("{} ({:?})", a.get_info().name, a.get_info().backend)).collect();
         if let Some(a) = all.into_iter().find(|a| a.get_info().name.to_lowercase().contains(&want)) {
             return Ok(a);
         }
     }
+    // name every adapter `devices` would list, so the message never says "available: []"
+    // while another backend has the one asked for
+    let listed = |b: wgpu::Backends| list_adapters(b).iter().map(|a| format!("{} ({:?})", a.info.name, a.info.backend)).collect::<Vec<_>>().join(", ");
     Err(Error::NoAdapter(format!(
-        "no adapter name contains {name:?} (backends {backends:?}); available: [{}]; `equimodal devices` lists every adapter",
-        seen.join(", ")
+        "no adapter name contains {name:?} on backends {backends:?}; available there: [{}]; on every backend (as `equimodal devices` lists): [{}]",
+        listed(backends),
+        listed(wgpu::Backends::all())
     )))
 }
 

@@ -441,10 +441,10 @@ pub fn train(gpu: &Gpu, cfg: &Config, cfg_text: &str, opts: &TrainOptions) -> Re
     }
     let best_val = best.filter(|_| has_val);
     let summary = RunSummary { modalities: names, test: last_test, best_val, epochs_run, run_dir: dir.clone() };
-    let _ = std::fs::write(
-        dir.join("summary.txt"),
-        summary.table(),
-    );
+    let summary_path = dir.join("summary.txt");
+    if let Err(e) = checkpoint::write_atomic(&summary_path, summary.table().as_bytes()) {
+        eprintln!("warning: {e}");
+    }
     Ok(summary)
 }
 

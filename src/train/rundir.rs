@@ -45,6 +45,9 @@ impl Drop for RunLock {
 /// that what is in it may be reused as `claim` asks. With `force`, the old run's files are
 /// removed (and listed on stderr).
 pub fn claim(dir: &Path, claim: Claim) -> Result<RunLock> {
+    if claim.resume && !dir.is_dir() {
+        return Err(Error::io(dir, std::io::Error::new(std::io::ErrorKind::NotFound, "--resume: no such run folder")));
+    }
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     // leftovers of dead writers first: on a full disk they are what keeps the lock from
     // being written; with the lock held, any remaining temporary file is stale too
