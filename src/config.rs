@@ -567,6 +567,13 @@ impl Config {
     /// kept apart from `validate` so each section's rules read in one place.
     fn validate_values(&self) -> Result<()> {
         let t = &self.train;
+        // typo guards: values this large are never meant and would run for ages or spawn
+        // threads without bound
+        for (f, v, max) in [("train.epochs", t.epochs, 1_000_000), ("train.workers", t.workers, 256), ("method.aim.prototype_steps", self.method.aim.prototype_steps, 1_000_000)] {
+            if v > max {
+                return Err(Error::config(f, format!("must be at most {max}, got {v}")));
+            }
+        }
         check_f32("train.gamma", t.gamma, t.gamma > 0.0, "a positive number")?;
         check_f32("train.min_lr", t.min_lr, t.min_lr >= 0.0 && t.min_lr <= t.lr, &format!("in [0, train.lr = {}]", t.lr))?;
         if t.warmup_epochs >= t.epochs {
@@ -666,5 +673,23 @@ pub fn unused_options(table: &toml::Table, cfg: &Config) -> Vec<String> {
         note(t.schedule != ScheduleKind::Step, &["train", k], "it applies to train.schedule = \"step\"".into());
     }
     note(t.schedule != ScheduleKind::Cosine, &["train", "min_lr"], "it applies to train.schedule = \"cosine\"".into());
+    unused.extend(never_acts(cfg));
     unused
+}
+
+/// Settings of the chosen method that can never take effect within `train.epochs`.
+fn never_acts(cfg: &Config) -> Vec<String> {
+    let e = cfg.train.epochs;
+    let m = &cfg.method;
+    let mut v = Vec::new();
+    // AUG checks after epochs k·check_every (and the first, with check_after_first), never
+    // after the last one
+    let aug_checks = m.aug.check_every == 0 || m.aug.check_every < e || (m.aug.check_after_first && e >= 2);
+    if m.name == MethodName::Aug && !aug_checks {
+        v.push(format!("method.aug.check_every = {} never acts: no check falls before the last of train.epochs = {e}", m.aug.check_every));
+    }
+    if matches!(m.name, MethodName::Ogm | MethodName::OgmGe) && m.ogm.start_epoch >= e {
+        v.push(format!("method.ogm.start_epoch = {} never acts: train.epochs is {e} (epochs count from 0)", m.ogm.start_epoch));
+    }
+    v
 }

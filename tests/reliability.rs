@@ -420,10 +420,21 @@ fn hostile_config_values_are_errors_naming_the_field() {
         ("method.aim.rho=nan", &["method.aim.rho"]),
         ("data.n_test=0", &["data", "test split"]),
         ("data.num_classes=1000000000", &["data.num_classes"]),
+        ("data.n_train=100000000000", &["data.n_train", "100000000000"]),
+        // with the [4096, 4096] modality below: 100 class patterns of 2^24 values each
+        ("data.num_classes=100", &["data.modalities[0].shape", "100 classes"]),
+        ("train.workers=100000", &["train.workers"]),
+        ("train.epochs=1000000000000000", &["train.epochs"]),
+        ("train.batch_size=1000000000000", &["model", "train.batch_size"]),
     ];
     let wide = "data.modalities=[{name=\"a\",shape=[65536]},{name=\"b\",shape=[4]}]";
     for (set, names) in cases {
-        let shape = if set.starts_with("model.hidden=[1048576]") { wide } else { "seed=0" };
+        let big = "data.modalities=[{name=\"a\",shape=[4096,4096]},{name=\"b\",shape=[4]}]";
+        let shape = match *set {
+            "model.hidden=[1048576]" => wide,
+            "data.num_classes=100" => big,
+            _ => "seed=0",
+        };
         let extra = ["--set", "method.ogm.end_epoch=3", "--set", shape, "--set", set];
         let r = run(train_cmd(&dir, &extra));
         fails_naming(&r, names);
@@ -437,6 +448,15 @@ fn options_that_do_not_apply_warn() {
     let r = run(train_cmd(&dir, &["--set", "method.aug.lambda=0.3", "--set", "train.beta1=0.8"]));
     succeeds(&r);
     assert!(r.err.contains("warning: method.aug is ignored") && r.err.contains("warning: train.beta1 is ignored"), "{}", r.err);
+    let _ = std::fs::remove_dir_all(&dir);
+    // settings that can never act within the run's epochs
+    let r = run(train_cmd(&dir, &["--set", "method.name=ogm_ge", "--set", "train.epochs=2", "--set", "method.ogm.start_epoch=2"]));
+    succeeds(&r);
+    assert!(r.err.contains("warning: method.ogm.start_epoch = 2 never acts"), "{}", r.err);
+    let _ = std::fs::remove_dir_all(&dir);
+    let r = run(train_cmd(&dir, &["--set", "method.name=aug", "--set", "method.aug.check_every=5", "--set", "method.aug.check_after_first=false"]));
+    succeeds(&r);
+    assert!(r.err.contains("warning: method.aug.check_every = 5 never acts"), "{}", r.err);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
