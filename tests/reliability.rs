@@ -134,6 +134,15 @@ fn a_second_trainer_on_the_same_folder_is_locked_out() {
 }
 
 #[test]
+fn an_out_path_that_is_a_file_is_an_error() {
+    let dir = tmp("out-file");
+    std::fs::write(&dir, "not a folder").unwrap();
+    fails_naming(&run(train_cmd(&dir, &[])), &["--out", &dir.display().to_string(), "not a folder"]);
+    assert_eq!(std::fs::read_to_string(&dir).unwrap(), "not a folder");
+    let _ = std::fs::remove_file(&dir);
+}
+
+#[test]
 fn a_stale_lock_is_taken_over() {
     let dir = tmp("stale-lock");
     std::fs::create_dir_all(&dir).unwrap();
@@ -494,6 +503,11 @@ fn unknown_backends_adapters_and_filters_are_errors() {
     let mut c = bin();
     c.args(["bench", "--quick", "--filter", "nothing-matches-this"]);
     fails_naming(&run(c), &["--filter", "nothing-matches-this", "matmul"]);
+    for (flag, v) in [("--reps", "0"), ("--steps", "0"), ("--batch", "0"), ("--peak-gbs", "NaN"), ("--peak-gflops", "-1")] {
+        let mut c = bin();
+        c.args(["bench", "--quick", &format!("{flag}={v}")]);
+        fails_naming(&run(c), &[flag]);
+    }
     let mut c = bin();
     c.args(["bench", "--e2e", "--quick", "--filter", "nothing-matches-this"]);
     fails_naming(&run(c), &["--filter", "nothing-matches-this"]);

@@ -120,6 +120,22 @@ fn print_profile(gpu: &equimodal::Gpu) {
     }
 }
 
+/// Counts must be at least 1 and ceilings positive: a zero or NaN would be clamped or
+/// divide into nonsense percentages rather than report the mistake.
+fn check_bench_args(reps: Option<usize>, steps: Option<usize>, batch: Option<usize>, gbs: Option<f64>, gflops: Option<f64>) -> equimodal::Result<()> {
+    for (flag, v) in [("--reps", reps), ("--steps", steps), ("--batch", batch)] {
+        if v == Some(0) {
+            return Err(equimodal::Error::config(flag, "must be at least 1"));
+        }
+    }
+    for (flag, v) in [("--peak-gbs", gbs), ("--peak-gflops", gflops)] {
+        if let Some(v) = v.filter(|v| !(v.is_finite() && *v > 0.0)) {
+            return Err(equimodal::Error::config(flag, format!("must be a positive number, got {v}")));
+        }
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> equimodal::Result<()> {
     match &cli.cmd {
         Cmd::Train { config, sets, out, resume, force, allow_config_change, quiet } => {
@@ -165,6 +181,7 @@ fn run(cli: Cli) -> equimodal::Result<()> {
             }
         }
         Cmd::Bench { quick, filter, reps, peak_gbs, peak_gflops, json, e2e, steps, batch } => {
+            check_bench_args(*reps, *steps, *batch, *peak_gbs, *peak_gflops)?;
             let gpu = equimodal::Gpu::new(gpu_options(&cli)?)?;
             if *e2e {
                 let opts = equimodal::bench::E2eOptions::new(*quick, filter.clone(), *steps);

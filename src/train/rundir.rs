@@ -45,6 +45,9 @@ impl Drop for RunLock {
 /// that what is in it may be reused as `claim` asks. With `force`, the old run's files are
 /// removed (and listed on stderr).
 pub fn claim(dir: &Path, claim: Claim) -> Result<RunLock> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(Error::config("--out", format!("{} exists and is not a folder", dir.display())));
+    }
     if claim.resume && !dir.is_dir() {
         return Err(Error::io(dir, std::io::Error::new(std::io::ErrorKind::NotFound, "--resume: no such run folder")));
     }
