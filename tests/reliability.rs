@@ -101,6 +101,9 @@ fn reusing_a_run_folder_needs_resume_or_force() {
     fails_naming(&r, &["--out", &dir.display().to_string(), "--resume", "--force"]);
     assert_eq!(std::fs::read(dir.join("metrics.jsonl")).unwrap(), metrics, "the refused run touched metrics.jsonl");
     assert_eq!(std::fs::read(last(&dir)).unwrap(), ckpt, "the refused run touched the checkpoint");
+    // --force with a broken config leaves the old run alone
+    fails_naming(&run(train_cmd(&dir, &["--force", "--set", "data.n_test=0"])), &["test split"]);
+    assert_eq!(std::fs::read(dir.join("metrics.jsonl")).unwrap(), metrics, "a failed --force removed the old run");
     // --force says what it replaces, then starts over
     let r = run(train_cmd(&dir, &["--force", "--set", "train.lr=0.05"]));
     succeeds(&r);

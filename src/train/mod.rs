@@ -274,7 +274,7 @@ fn check_splits(ds: &dyn Dataset) -> Result<()> {
 /// Train with `cfg`; everything goes into `opts.run_dir`.
 pub fn train(gpu: &Gpu, cfg: &Config, cfg_text: &str, opts: &TrainOptions) -> Result<RunSummary> {
     let dir = &opts.run_dir;
-    let _lock = rundir::claim(dir, rundir::Claim { resume: opts.resume, force: opts.force })?;
+    let mut lock = rundir::claim(dir, rundir::Claim { resume: opts.resume, force: opts.force })?;
     let ckpt_dir = dir.join("checkpoints");
     let last_path = ckpt_dir.join("last.safetensors");
     let best_path = ckpt_dir.join("best.safetensors");
@@ -293,6 +293,7 @@ pub fn train(gpu: &Gpu, cfg: &Config, cfg_text: &str, opts: &TrainOptions) -> Re
     let mut method = methods::build(gpu, cfg, &specs, classes, &mut rng)?;
     let mut opt = build_optimizer(cfg, method.trainable())?;
     let sched = build_scheduler(cfg);
+    lock.replace_old_run()?;
 
     let mut start_epoch = 0;
     let mut best: Option<(usize, f64)> = None;

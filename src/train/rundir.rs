@@ -30,6 +30,24 @@ pub struct Claim {
 pub struct RunLock {
     path: PathBuf,
     token: String,
+    /// With `--force`: the old run's files, removed by [`RunLock::replace_old_run`].
+    old_run: Vec<PathBuf>,
+}
+
+impl RunLock {
+    /// Remove the run `--force` replaces. Called once the new run has been built, so a
+    /// config or data error leaves the old run intact.
+    pub fn replace_old_run(&mut self) -> Result<()> {
+        if self.old_run.is_empty() {
+            return Ok(());
+        }
+        eprintln!("--force: replacing the run in {}: removing {}", self.path.parent().unwrap_or(Path::new(".")).display(), names(&self.old_run));
+        for p in std::mem::take(&mut self.old_run) {
+            let r = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+            r.map_err(|e| Error::io(&p, e))?;
+        }
+        Ok(())
+    }
 }
 
 impl Drop for RunLock {
@@ -43,7 +61,7 @@ impl Drop for RunLock {
 
 /// Take the folder for one run: create it, lock it, clear stale temporaries, and check
 /// that what is in it may be reused as `claim` asks. With `force`, the old run's files are
-/// removed (and listed on stderr).
+/// noted for [`RunLock::replace_old_run`].
 pub fn claim(dir: &Path, claim: Claim) -> Result<RunLock> {
     if dir.exists() && !dir.is_dir() {
         return Err(Error::config("--out", format!("{} exists and is not a folder", dir.display())));
@@ -55,7 +73,7 @@ pub fn claim(dir: &Path, claim: Claim) -> Result<RunLock> {
     // leftovers of dead writers first: on a full disk they are what keeps the lock from
     // being written; with the lock held, any remaining temporary file is stale too
     clean_temps(dir, pid_alive)?;
-    let lock = acquire_lock(dir)?;
+    let mut lock = acquire_lock(dir)?;
     clean_temps(dir, |_| false)?;
     let existing = existing_run_files(dir);
     if claim.resume {
@@ -77,11 +95,7 @@ pub fn claim(dir: &Path, claim: Claim) -> Result<RunLock> {
                 ),
             ));
         }
-        eprintln!("--force: replacing the run in {}: removing {}", dir.display(), names(&existing));
-        for p in &existing {
-            let r = if p.is_dir() { std::fs::remove_dir_all(p) } else { std::fs::remove_file(p) };
-            r.map_err(|e| Error::io(p, e))?;
-        }
+        lock.old_run = existing;
     }
     Ok(lock)
 }
@@ -158,7 +172,7 @@ fn acquire_lock(dir: &Path) -> Result<RunLock> {
         match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
             Ok(mut f) => {
                 f.write_all(token.as_bytes()).and_then(|()| f.sync_all()).map_err(|e| Error::io(&path, e))?;
-                return Ok(RunLock { path, token });
+                return Ok(RunLock { path, token, old_run: Vec::new() });
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => take_over_if_stale(&path)?,
             Err(e) => return Err(Error::io(&path, e)),
