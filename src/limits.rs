@@ -59,7 +59,8 @@ pub struct Estimate {
 
 impl Estimate {
     fn tensor(&mut self, what: String, field: &str, elements: u64) -> Result<()> {
-        self.params = self.params.checked_add(elements).ok_or_else(|| Error::shape("size check", format!("{what}: parameter count overflows")))?;
+        self.params =
+            self.params.checked_add(elements).ok_or_else(|| Error::shape("size check", format!("{what}: parameter count overflows")))?;
         if elements > self.largest.2 {
             self.largest = (what, field.to_string(), elements);
         }
@@ -124,7 +125,10 @@ fn encoder(est: &mut Estimate, name: &str, spec: &ModalitySpec, mc: &ModelConfig
             let (mut c, mut hh, mut ww) = (cin, h, w);
             for i in 0..mc.depth {
                 let out = (mc.width as u64).checked_shl(i as u32).filter(|v| *v <= MAX_WIDTH as u64).ok_or_else(|| {
-                    Error::config(field("depth"), format!("width {} doubled over {} blocks exceeds {MAX_WIDTH} channels", mc.width, mc.depth))
+                    Error::config(
+                        field("depth"),
+                        format!("width {} doubled over {} blocks exceeds {MAX_WIDTH} channels", mc.width, mc.depth),
+                    )
                 })?;
                 est.tensor(format!("`{name}` block {i} conv [{out}, {c}, 3, 3]"), &field("width"), mul(mul(out, c, "conv")?, 9, "conv")?)?;
                 est.acts(mul(mul(batch, out, "conv activations")?, hh.saturating_mul(ww), "conv activations")?.saturating_mul(3));
@@ -152,7 +156,8 @@ fn encoder(est: &mut Estimate, name: &str, spec: &ModalitySpec, mc: &ModelConfig
         EncoderKind::Transformer => {
             let d = mc.width as u64;
             let patch = (mc.patch[0] as u64).saturating_mul(mc.patch[1] as u64).max(1);
-            let tokens = if spec.shape.len() == 3 { (h / (mc.patch[0] as u64).max(1)).saturating_mul(w / (mc.patch[1] as u64).max(1)) } else { cin };
+            let tokens =
+                if spec.shape.len() == 3 { (h / (mc.patch[0] as u64).max(1)).saturating_mul(w / (mc.patch[1] as u64).max(1)) } else { cin };
             let feat = if spec.shape.len() == 3 { cin.saturating_mul(patch) } else { input / cin.max(1) };
             est.tensor(format!("`{name}` patch embedding [{d}, {feat}]"), &field("width"), mul(feat, d, "embedding")?)?;
             est.tensor(format!("`{name}` positions [{tokens}, {d}]"), &field("patch"), mul(tokens, d, "positions")?)?;

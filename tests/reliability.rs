@@ -175,7 +175,10 @@ fn own_start() -> String {
 fn resume_refuses_a_changed_config_naming_the_fields() {
     let dir = tmp("resume-cfg");
     succeeds(&run(train_cmd(&dir, &[])));
-    let r = run(train_cmd(&dir, &["--resume", "--set", "train.epochs=2", "--set", "train.lr=0.05", "--set", "seed=7", "--set", "train.optimizer=adam"]));
+    let r = run(train_cmd(
+        &dir,
+        &["--resume", "--set", "train.epochs=2", "--set", "train.lr=0.05", "--set", "seed=7", "--set", "train.optimizer=adam"],
+    ));
     fails_naming(&r, &["--resume", "train.lr", "seed", "train.optimizer", "last.safetensors", "--allow-config-change"]);
     assert_eq!(log_epochs(&dir), vec![0], "a refused resume leaves the log alone");
     // the epoch count alone may change; setting a value to its default is no change
@@ -354,7 +357,10 @@ fn mount_tmpfs(at: &Path, size: &str) -> Option<()> {
     match Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(at).output() {
         Ok(o) if o.status.success() => Some(()),
         Ok(o) => {
-            eprintln!("skipping the tmpfs part: mount failed ({}); the EQUIMODAL_FAULT injection test covers the error path", String::from_utf8_lossy(&o.stderr).trim());
+            eprintln!(
+                "skipping the tmpfs part: mount failed ({}); the EQUIMODAL_FAULT injection test covers the error path",
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
             None
         }
         Err(e) => {
@@ -414,7 +420,10 @@ fn fill(path: &Path) -> u64 {
 fn hostile_config_values_are_errors_naming_the_field() {
     let dir = tmp("hostile");
     let cases: &[(&str, &[&str])] = &[
-        ("data.modalities=[{name=\"a\",shape=[4294967296,4294967296]},{name=\"b\",shape=[4]}]", &["data.modalities[0].shape", "4294967296"]),
+        (
+            "data.modalities=[{name=\"a\",shape=[4294967296,4294967296]},{name=\"b\",shape=[4]}]",
+            &["data.modalities[0].shape", "4294967296"],
+        ),
         ("model.hidden=[0]", &["model.hidden", "got 0"]),
         ("model.hidden=[100000000]", &["model.hidden", "100000000"]),
         // a 2^16 x 2^20 layer (256 GB): beyond every device's largest buffer or the host
@@ -466,7 +475,10 @@ fn options_that_do_not_apply_warn() {
     succeeds(&r);
     assert!(r.err.contains("warning: method.ogm.start_epoch = 2 never acts"), "{}", r.err);
     let _ = std::fs::remove_dir_all(&dir);
-    let r = run(train_cmd(&dir, &["--set", "method.name=aug", "--set", "method.aug.check_every=5", "--set", "method.aug.check_after_first=false"]));
+    let r = run(train_cmd(
+        &dir,
+        &["--set", "method.name=aug", "--set", "method.aug.check_every=5", "--set", "method.aug.check_after_first=false"],
+    ));
     succeeds(&r);
     assert!(r.err.contains("warning: method.aug.check_every = 5 never acts"), "{}", r.err);
     let _ = std::fs::remove_dir_all(&dir);

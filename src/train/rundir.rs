@@ -41,7 +41,11 @@ impl RunLock {
         if self.old_run.is_empty() {
             return Ok(());
         }
-        eprintln!("--force: replacing the run in {}: removing {}", self.path.parent().unwrap_or(Path::new(".")).display(), names(&self.old_run));
+        eprintln!(
+            "--force: replacing the run in {}: removing {}",
+            self.path.parent().unwrap_or(Path::new(".")).display(),
+            names(&self.old_run)
+        );
         for p in std::mem::take(&mut self.old_run) {
             let r = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
             r.map_err(|e| Error::io(&p, e))?;
@@ -192,7 +196,7 @@ fn take_over_if_stale(path: &Path) -> Result<()> {
         return Err(Error::data(
             path.display().to_string(),
             format!(
-                "the run folder is in use by another trainer ({}); wait for it to finish, or use another --out",
+                "the run folder is in use by another trainer ({}); wait for it to finish, or use another --out (if no trainer runs, delete this lock file)",
                 held.trim()
             ),
         ));
@@ -250,7 +254,10 @@ pub fn checkpoint_epoch(file: &Path, meta: &serde_json::Value, cfg: &crate::conf
     if epoch >= epochs {
         return Err(Error::data(
             &f,
-            format!("the checkpoint is after epoch {}, but train.epochs is {epochs}; raise train.epochs to continue the run", epoch.saturating_add(1)),
+            format!(
+                "the checkpoint is after epoch {}, but train.epochs is {epochs}; raise train.epochs to continue the run",
+                epoch.saturating_add(1)
+            ),
         ));
     }
     Ok(epoch as usize)
