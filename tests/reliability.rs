@@ -244,7 +244,7 @@ fn edit_header(file: &[u8], from: &str, to: &str) -> Vec<u8> {
     let header = std::str::from_utf8(&file[8..8 + len]).unwrap();
     assert!(header.contains(from), "{header}");
     let mut new = header.replacen(from, to, 1);
-    while (8 + new.len()) % 8 != 0 {
+    while !(8 + new.len()).is_multiple_of(8) {
         new.push(' ');
     }
     let mut out = (new.len() as u64).to_le_bytes().to_vec();
