@@ -14,8 +14,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 pub const LOCK_FILE: &str = ".lock";
-/// Files that mark a folder as holding a run (the checkpoint folder counts too).
-const RUN_FILES: [&str; 3] = ["metrics.jsonl", "config.toml", "summary.txt"];
+/// Files that mark a folder as holding a run (the checkpoint folder counts too). Logs a
+/// caller writes before starting the trainer (a sweep's `train.log`) do not.
+const RUN_FILES: [&str; 4] = ["metrics.jsonl", "metrics.csv", "config.toml", "summary.txt"];
 const CHECKPOINT_DIR: &str = "checkpoints";
 
 /// How the caller wants to treat an existing run in the folder.
