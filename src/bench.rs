@@ -202,11 +202,23 @@ pub fn time_case(gpu: &Gpu, case: &Case, opts: &BenchOptions) -> Result<f64> {
     Ok(median(ns) / 1e6)
 }
 
+/// A `--filter` that selects nothing is an error listing the names it was matched against
+/// (an empty table with exit code 0 reads as success).
+pub fn check_filter<'a>(filter: Option<&str>, names: impl Iterator<Item = &'a str>, what: &str) -> Result<()> {
+    let Some(f) = filter else { return Ok(()) };
+    let names: Vec<&str> = names.collect();
+    if names.iter().any(|n| n.contains(f)) {
+        return Ok(());
+    }
+    Err(crate::error::Error::config("--filter", format!("no {what} name contains `{f}`; the names are: {}", names.join(", "))))
+}
+
 /// Run every case (filtered), returning rows with rates and ceilings filled in.
 pub fn run(gpu: &Gpu, opts: &BenchOptions, extra: Vec<Case>) -> Result<Vec<BenchRow>> {
     let known = known_ceilings(&gpu.info().name);
     let mut all = cases(opts.quick);
     all.extend(extra);
+    check_filter(opts.filter.as_deref(), all.iter().map(|c| c.name.as_str()), "kernel")?;
     let mut rows = Vec::new();
     let mut copy_gbs = None;
     for case in all {

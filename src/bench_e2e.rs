@@ -269,6 +269,7 @@ const MIB: f64 = 1024.0 * 1024.0;
 /// Run the (filtered) cases: warm-up steps, then `steps` steps each timed between two
 /// drains of the queue. The pool is trimmed before every case so its footprint is the case's own.
 pub fn run_e2e(gpu: &Gpu, opts: &E2eOptions, cases: Vec<E2eCase>) -> Result<Vec<E2eRow>> {
+    crate::bench::check_filter(opts.filter.as_deref(), cases.iter().map(|c| c.name.as_str()), "end-to-end case")?;
     let mut rows = Vec::new();
     for case in cases {
         if let Some(f) = &opts.filter {

@@ -508,6 +508,9 @@ pub fn load(path: Option<&Path>, sets: &[String]) -> Result<(Config, String)> {
         d.entry("kind").or_insert_with(|| toml::Value::String("synthetic".into()));
     }
     let cfg = from_table(&table)?;
+    for w in unused_options(&table, &cfg) {
+        eprintln!("warning: {w}");
+    }
     let text = toml::to_string(&table).map_err(|e| Error::Other(e.to_string()))?;
     Ok((cfg, text))
 }
@@ -578,6 +581,147 @@ impl Config {
                 return Err(Error::config(field("heads"), format!("width {} must be a multiple of heads {}", mc.width, mc.heads)));
             }
         }
+        self.validate_values()
+    }
+}
+
+/// `value` must be finite and inside `ok` (a description for the message).
+fn check_f32(field: &str, v: f32, ok: bool, want: &str) -> Result<()> {
+    if v.is_finite() && ok {
+        Ok(())
+    } else {
+        Err(Error::config(field, format!("must be {want}, got {v}")))
+    }
+}
+
+impl Config {
+    /// Value checks added with the reliability work (NaN/inf, signs, orderings, widths);
+    /// kept apart from `validate` so each section's rules read in one place.
+    fn validate_values(&self) -> Result<()> {
+        let t = &self.train;
+        // typo guards: values this large are never meant and would run for ages or spawn
+        // threads without bound
+        for (f, v, max) in [("train.epochs", t.epochs, 1_000_000), ("train.workers", t.workers, 256), ("method.aim.prototype_steps", self.method.aim.prototype_steps, 1_000_000)] {
+            if v > max {
+                return Err(Error::config(f, format!("must be at most {max}, got {v}")));
+            }
+        }
+        check_f32("train.gamma", t.gamma, t.gamma > 0.0, "a positive number")?;
+        check_f32("train.min_lr", t.min_lr, t.min_lr >= 0.0 && t.min_lr <= t.lr, &format!("in [0, train.lr = {}]", t.lr))?;
+        if t.warmup_epochs >= t.epochs {
+            return Err(Error::config("train.warmup_epochs", format!("must be less than train.epochs ({}), got {}", t.epochs, t.warmup_epochs)));
+        }
+        let a = &self.method.aug;
+        check_f32("method.aug.tau", a.tau, a.tau >= 0.0, ">= 0")?;
+        check_f32("method.aug.sigma", a.sigma, a.sigma > 0.0, "> 0")?;
+        check_f32("method.aug.multi_threshold", a.multi_threshold, a.multi_threshold > 0.0, "> 0")?;
+        if let Some(w) = &a.fusion_weights {
+            if let Some(v) = w.iter().find(|v| !(v.is_finite() && **v >= 0.0)) {
+                return Err(Error::config("method.aug.fusion_weights", format!("values must be finite and >= 0, got {v}")));
+            }
+            if w.iter().sum::<f32>() <= 0.0 {
+                return Err(Error::config("method.aug.fusion_weights", "at least one weight must be > 0"));
+            }
+        }
+        if a.hidden > crate::limits::MAX_WIDTH {
+            return Err(Error::config("method.aug.hidden", format!("must be at most {}, got {}", crate::limits::MAX_WIDTH, a.hidden)));
+        }
+        let o = &self.method.ogm;
+        if o.start_epoch > o.end_epoch {
+            return Err(Error::config("method.ogm.start_epoch", format!("must be <= method.ogm.end_epoch ({}), got {}", o.end_epoch, o.start_epoch)));
+        }
+        self.validate_model_sizes()
+    }
+
+    /// Every layer width >= 1 (a zero width trains a constant model) and at most
+    /// [`crate::limits::MAX_WIDTH`].
+    fn validate_model_sizes(&self) -> Result<()> {
+        let m = &self.model;
+        let max = crate::limits::MAX_WIDTH;
+        let in_range = |v: usize| (1..=max).contains(&v);
+        for (name, o) in std::iter::once(("", None)).chain(m.modalities.iter().map(|(k, v)| (k.as_str(), Some(v)))) {
+            let mc = if o.is_some() { m.for_modality(name) } else { m.clone() };
+            let field = |f: &str| if o.is_some() { format!("model.modalities.{name}.{f}") } else { format!("model.{f}") };
+            if mc.encoder == EncoderKind::Mlp && mc.hidden.is_empty() {
+                return Err(Error::config(field("hidden"), "needs at least one hidden width"));
+            }
+            if let Some(h) = mc.hidden.iter().find(|h| !in_range(**h)) {
+                return Err(Error::config(field("hidden"), format!("widths must be in 1..={max}, got {h}")));
+            }
+            for (f, v) in [("width", mc.width), ("mlp_ratio", mc.mlp_ratio), ("patch", mc.patch[0]), ("patch", mc.patch[1])] {
+                if !in_range(v) {
+                    return Err(Error::config(field(f), format!("must be in 1..={max}, got {v}")));
+                }
+            }
+            if mc.encoder == EncoderKind::Transformer && mc.layers == 0 {
+                return Err(Error::config(field("layers"), "must be at least 1"));
+            }
+            if mc.depth > 16 {
+                return Err(Error::config(field("depth"), format!("must be at most 16 (the width doubles per block), got {}", mc.depth)));
+            }
+        }
+        if !in_range(m.fusion_hidden) {
+            return Err(Error::config("model.fusion_hidden", format!("must be in 1..={max}, got {}", m.fusion_hidden)));
+        }
         Ok(())
     }
+}
+
+/// Options set in `table` that the chosen method, optimizer or schedule never reads. They
+/// are warnings, not errors: presets share sections across methods.
+pub fn unused_options(table: &toml::Table, cfg: &Config) -> Vec<String> {
+    let has = |path: &[&str]| {
+        let mut cur = table;
+        for (i, p) in path.iter().enumerate() {
+            match cur.get(*p) {
+                Some(toml::Value::Table(t)) if i + 1 < path.len() => cur = t,
+                Some(_) if i + 1 == path.len() => return true,
+                _ => return false,
+            }
+        }
+        false
+    };
+    let name = cfg.method.name;
+    let t = &cfg.train;
+    let mut unused = Vec::new();
+    let mut note = |cond: bool, path: &[&str], why: String| {
+        if cond && has(path) {
+            unused.push(format!("{} is ignored: {why}", path.join(".")));
+        }
+    };
+    let method = format!("method.name is {}", name.as_str());
+    note(name != MethodName::Aug, &["method", "aug"], method.clone());
+    note(name != MethodName::Aim, &["method", "aim"], method.clone());
+    note(!matches!(name, MethodName::Ogm | MethodName::OgmGe), &["method", "ogm"], method.clone());
+    note(name != MethodName::Unimodal, &["method", "modality"], method);
+    let sgd = t.optimizer == OptimizerKind::Sgd;
+    for k in ["momentum", "nesterov"] {
+        note(!sgd, &["train", k], "it applies to train.optimizer = \"sgd\"".into());
+    }
+    for k in ["beta1", "beta2"] {
+        note(sgd, &["train", k], "it applies to adam and adamw".into());
+    }
+    for k in ["step_size", "gamma"] {
+        note(t.schedule != ScheduleKind::Step, &["train", k], "it applies to train.schedule = \"step\"".into());
+    }
+    note(t.schedule != ScheduleKind::Cosine, &["train", "min_lr"], "it applies to train.schedule = \"cosine\"".into());
+    unused.extend(never_acts(cfg));
+    unused
+}
+
+/// Settings of the chosen method that can never take effect within `train.epochs`.
+fn never_acts(cfg: &Config) -> Vec<String> {
+    let e = cfg.train.epochs;
+    let m = &cfg.method;
+    let mut v = Vec::new();
+    // AUG checks after epochs k·check_every (and the first, with check_after_first), never
+    // after the last one
+    let aug_checks = m.aug.check_every == 0 || m.aug.check_every < e || (m.aug.check_after_first && e >= 2);
+    if m.name == MethodName::Aug && !aug_checks {
+        v.push(format!("method.aug.check_every = {} never acts: no check falls before the last of train.epochs = {e}", m.aug.check_every));
+    }
+    if matches!(m.name, MethodName::Ogm | MethodName::OgmGe) && m.ogm.start_epoch >= e {
+        v.push(format!("method.ogm.start_epoch = {} never acts: train.epochs is {e} (epochs count from 0)", m.ogm.start_epoch));
+    }
+    v
 }

@@ -42,4 +42,13 @@ impl Error {
     pub fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
         Error::Io { path: path.as_ref().display().to_string(), source }
     }
+    /// Prefix a device failure with the operation and tensor it hit (the driver's message
+    /// alone names neither). Other errors already name their cause and pass unchanged.
+    pub fn during(self, what: impl std::fmt::Display) -> Self {
+        match self {
+            Error::DeviceLost(m) => Error::DeviceLost(format!("{what}: {m}")),
+            Error::Device(m) => Error::Device(format!("{what}: {m}")),
+            other => other,
+        }
+    }
 }

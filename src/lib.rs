@@ -7,6 +7,7 @@ pub mod data;
 pub mod error;
 pub mod experiments;
 pub mod gpu;
+pub mod limits;
 pub mod methods;
 pub mod nn;
 pub mod ops;

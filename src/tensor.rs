@@ -54,8 +54,15 @@ impl Tensor {
 
     /// Uninitialised tensor (contents are whatever the pooled buffer held).
     pub fn empty(gpu: &Gpu, shape: &[usize], dtype: DType) -> Result<Tensor> {
-        let bytes = (numel(shape) * dtype.size_bytes()).div_ceil(4) * 4;
-        let storage = gpu.alloc(bytes as u64)?;
+        let bytes = crate::limits::checked_numel(shape, "tensor shape")?
+            .checked_mul(dtype.size_bytes())
+            .ok_or_else(|| Error::shape("Tensor::empty", format!("shape {shape:?} of {dtype:?} overflows the byte count")))?
+            .div_ceil(4)
+            * 4;
+        let storage = gpu.alloc(bytes as u64).map_err(|e| match e {
+            Error::Other(m) => Error::shape("Tensor::empty", format!("shape {shape:?} of {dtype:?}: {m}")),
+            e => e.during(format_args!("allocating a tensor of shape {shape:?}")),
+        })?;
         Ok(Self::wrap(gpu, shape.to_vec(), dtype, storage, false, None))
     }
 
@@ -223,7 +230,7 @@ impl Tensor {
 
     /// Download as f32 (f16 storage is widened).
     pub fn to_vec(&self) -> Result<Vec<f32>> {
-        let bytes = self.0.gpu.read_bytes(self.buffer(), 0, self.byte_len())?;
+        let bytes = self.0.gpu.read_bytes(self.buffer(), 0, self.byte_len()).map_err(|e| e.during(format_args!("reading back a tensor of shape {:?}", self.shape())))?;
         Ok(match self.0.dtype {
             DType::F32 => bytemuck::pod_collect_to_vec(&bytes),
             DType::F16 => {
@@ -298,7 +305,7 @@ impl Tensor {
             return Err(Error::DType { op: "write", msg: format!("tensor holds {:?}", self.dtype()) });
         }
         Self::check_len("write", self.shape(), data.len())?;
-        self.0.gpu.upload(self.buffer(), 0, bytemuck::cast_slice(data))
+        self.0.gpu.upload(self.buffer(), 0, bytemuck::cast_slice(data)).map_err(|e| e.during(format_args!("writing a tensor of shape {:?}", self.shape())))
     }
 }
 

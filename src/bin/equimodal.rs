@@ -29,9 +29,16 @@ enum Cmd {
         /// Run directory (default: runs/<method>-<dataset>).
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Continue from the run directory's last checkpoint.
-        #[arg(long)]
+        /// Continue from the run directory's last checkpoint (the config must be the one it was
+        /// trained with, except train.epochs).
+        #[arg(long, conflicts_with = "force")]
         resume: bool,
+        /// Replace the run already in --out (its metrics, config, summary and checkpoints).
+        #[arg(long)]
+        force: bool,
+        /// With --resume: continue although the config changed (the changes are logged).
+        #[arg(long, requires = "resume")]
+        allow_config_change: bool,
         /// No progress bars.
         #[arg(long)]
         quiet: bool,
@@ -133,15 +140,15 @@ enum Cmd {
     },
 }
 
-fn gpu_options(cli: &Cli) -> equimodal::GpuOptions {
-    let mut o = equimodal::GpuOptions::default();
+fn gpu_options(cli: &Cli) -> equimodal::Result<equimodal::GpuOptions> {
+    let mut o = equimodal::GpuOptions::from_env()?;
     if let Some(a) = &cli.adapter {
         o.adapter_name = Some(a.clone());
     }
     if let Some(b) = &cli.backend {
-        o.backends = wgpu::Backends::from_comma_list(b);
+        o.backends = equimodal::gpu::parse_backends("--backend", b)?;
     }
-    o
+    Ok(o)
 }
 
 /// With `EQUIMODAL_PROFILE=1`: GPU time per kernel, summed over everything the process ran.
@@ -231,6 +238,22 @@ fn sweep(cli: &Cli, file: &std::path::Path, out: Option<&std::path::Path>, paral
     Ok(())
 }
 
+/// Counts must be at least 1 and ceilings positive: a zero or NaN would be clamped or
+/// divide into nonsense percentages rather than report the mistake.
+fn check_bench_args(reps: Option<usize>, steps: Option<usize>, batch: Option<usize>, gbs: Option<f64>, gflops: Option<f64>) -> equimodal::Result<()> {
+    for (flag, v) in [("--reps", reps), ("--steps", steps), ("--batch", batch)] {
+        if v == Some(0) {
+            return Err(equimodal::Error::config(flag, "must be at least 1"));
+        }
+    }
+    for (flag, v) in [("--peak-gbs", gbs), ("--peak-gflops", gflops)] {
+        if let Some(v) = v.filter(|v| !(v.is_finite() && *v > 0.0)) {
+            return Err(equimodal::Error::config(flag, format!("must be a positive number, got {v}")));
+        }
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> equimodal::Result<()> {
     match &cli.cmd {
         Cmd::Sweep { file, out, parallel, task, slurm, submit, dry_run, quiet } => {
@@ -241,13 +264,15 @@ fn run(cli: Cli) -> equimodal::Result<()> {
             let out = out.clone().unwrap_or_else(|| runs[0].clone());
             compare_runs(runs, select, &out)?;
         }
-        Cmd::Train { config, sets, out, resume, quiet } => {
+        Cmd::Train { config, sets, out, resume, force, allow_config_change, quiet } => {
             let (cfg, text) = equimodal::config::load(config.as_deref(), sets)?;
-            let gpu = equimodal::Gpu::new(gpu_options(&cli))?;
+            let gpu = equimodal::Gpu::new(gpu_options(&cli)?)?;
             let out = out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{}-{}", cfg.method.name.as_str(), cfg.data.kind())));
             eprintln!("equimodal: {} on {} ({:?}), run directory {}", cfg.method.name.as_str(), gpu.info().name, gpu.info().backend, out.display());
             let mut opts = equimodal::train::TrainOptions::new(&out);
             opts.resume = *resume;
+            opts.force = *force;
+            opts.allow_config_change = *allow_config_change;
             opts.progress = !*quiet;
             let summary = equimodal::train::train(&gpu, &cfg, &text, &opts)?;
             println!("\ntest results after {} epochs ({}):", summary.epochs_run, out.display());
@@ -259,7 +284,7 @@ fn run(cli: Cli) -> equimodal::Result<()> {
             }
         }
         Cmd::Eval { checkpoint, sets } => {
-            let gpu = equimodal::Gpu::new(gpu_options(&cli))?;
+            let gpu = equimodal::Gpu::new(gpu_options(&cli)?)?;
             let (summary, val) = equimodal::train::eval_checkpoint(&gpu, checkpoint, sets)?;
             if let Some(v) = val {
                 println!("validation: fused acc {:.2}%", 100.0 * v.fused.acc);
@@ -268,7 +293,7 @@ fn run(cli: Cli) -> equimodal::Result<()> {
             print!("{}", summary.table());
         }
         Cmd::Devices => {
-            let o = gpu_options(&cli);
+            let o = gpu_options(&cli)?;
             let list = equimodal::gpu::list_adapters(wgpu::Backends::all());
             if list.is_empty() {
                 println!("no adapters found (install a Vulkan driver; without a GPU: apt-get install mesa-vulkan-drivers)");
@@ -282,7 +307,8 @@ fn run(cli: Cli) -> equimodal::Result<()> {
             }
         }
         Cmd::Bench { quick, filter, reps, peak_gbs, peak_gflops, json, e2e, steps, batch } => {
-            let gpu = equimodal::Gpu::new(gpu_options(&cli))?;
+            check_bench_args(*reps, *steps, *batch, *peak_gbs, *peak_gflops)?;
+            let gpu = equimodal::Gpu::new(gpu_options(&cli)?)?;
             if *e2e {
                 let opts = equimodal::bench::E2eOptions::new(*quick, filter.clone(), *steps);
                 let mut size = equimodal::bench::E2eSize::new(*quick);

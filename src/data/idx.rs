@@ -151,6 +151,12 @@ pub fn read_mnist(images: impl AsRef<Path>, labels: impl AsRef<Path>) -> Result<
             ),
         ));
     }
+    if im.dims[0] == 0 || im.dims[1] == 0 || im.dims[2] == 0 {
+        return Err(Error::data(
+            iname,
+            format!("holds {} images of {}x{} pixels; need at least one image of at least 1x1", im.dims[0], im.dims[1], im.dims[2]),
+        ));
+    }
     if let Some((i, l)) = lb.data.iter().enumerate().find(|(_, &l)| l > 9) {
         return Err(Error::data(
             lname,

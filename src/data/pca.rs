@@ -185,7 +185,7 @@ impl Pca {
     /// components whose eigenvalues hold at least `energy` of the total variance
     /// (numpy reference: `k = searchsorted(cumsum(S²)/sum(S²), energy) + 1`).
     pub fn fit(data: &[f32], n: usize, dim: usize, energy: f64) -> Result<Pca> {
-        if data.len() != n * dim || n == 0 {
+        if n == 0 || dim == 0 || n.checked_mul(dim) != Some(data.len()) {
             return Err(Error::shape(
                 "Pca::fit",
                 format!("{} values for {n} rows of {dim}", data.len()),

@@ -102,6 +102,11 @@ impl Default for SyntheticConfig {
     }
 }
 
+/// Most samples per split of a synthetic dataset.
+const MAX_SAMPLES: usize = 100_000_000;
+/// Most values of the class patterns of one modality (1 GiB of f32).
+const MAX_PATTERN_VALUES: usize = 1 << 28;
+
 impl SyntheticConfig {
     pub fn validate(&self) -> Result<()> {
         if self.num_classes < 2 || self.num_classes > 100_000 {
@@ -112,6 +117,13 @@ impl SyntheticConfig {
         }
         if self.n_train == 0 {
             return Err(Error::config("data.n_train", "must be >= 1"));
+        }
+        // the loader keeps a shuffled index per sample: cap the counts before anything
+        // allocates them
+        for (f, n) in [("data.n_train", self.n_train), ("data.n_val", self.n_val), ("data.n_test", self.n_test)] {
+            if n > MAX_SAMPLES {
+                return Err(Error::config(f, format!("must be at most {MAX_SAMPLES}, got {n}")));
+            }
         }
         if self.modalities.len() < 2 {
             return Err(Error::config(
@@ -165,10 +177,19 @@ impl SyntheticConfig {
                     format!("rank 1..=4 with all sizes >= 1, got {:?}", md.shape),
                 ));
             }
-            if md.shape.iter().product::<usize>() > 1 << 24 {
+            // checked: a wrapped product (e.g. 2^32 x 2^32 = 0) must not pass as small
+            if crate::limits::checked_numel(&md.shape, "shape").map_or(true, |n| n > 1 << 24) {
                 return Err(Error::config(
                     f("shape"),
                     format!("{:?} is too large (max 2^24 values)", md.shape),
+                ));
+            }
+            // one pattern per class is kept in memory
+            let patterns = crate::limits::checked_numel(&md.shape, "shape").ok().and_then(|n| n.checked_mul(self.num_classes));
+            if patterns.is_none_or(|p| p > MAX_PATTERN_VALUES) {
+                return Err(Error::config(
+                    f("shape"),
+                    format!("{:?} x {} classes of class patterns is more than {MAX_PATTERN_VALUES} values", md.shape, self.num_classes),
                 ));
             }
             if !(md.signal.is_finite() && md.signal >= 0.0) {

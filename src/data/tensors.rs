@@ -260,16 +260,13 @@ impl TensorsDataset {
                 },
             );
         }
-        let max_label = raw_labels
+        // the largest label, with its file and index (an inferred class count names them)
+        let (max_label, max_index, max_file) = raw_labels
             .iter()
-            .flat_map(|(_, _, l)| l.iter().copied())
-            .max()
-            .unwrap_or(0);
-        let num_classes = if cfg.num_classes > 0 {
-            cfg.num_classes
-        } else {
-            (max_label + 1).max(2) as usize
-        };
+            .flat_map(|(_, f, l)| l.iter().enumerate().map(move |(i, v)| (*v, i, f.as_str())))
+            .max_by_key(|(v, _, _)| *v)
+            .unwrap_or((0, 0, ""));
+        let num_classes = crate::limits::class_count(cfg.num_classes, max_label, max_index, max_file)?;
         for (split, fname, labels) in raw_labels {
             if let Some((i, l)) = labels
                 .iter()

@@ -51,8 +51,11 @@ pub fn read_wav_mono(path: impl AsRef<Path>) -> Result<WavData> {
             format!("expected mono audio, found {} channels", spec.channels),
         ));
     }
-    if spec.sample_rate == 0 {
-        return Err(Error::data(pname(), "sample rate is 0"));
+    if spec.sample_rate == 0 || spec.sample_rate > crate::limits::MAX_SAMPLE_RATE {
+        return Err(Error::data(
+            pname(),
+            format!("header claims a sample rate of {} Hz; allowed 1..={} Hz", spec.sample_rate, crate::limits::MAX_SAMPLE_RATE),
+        ));
     }
     let (samples, full_scale) = match spec.sample_format {
         hound::SampleFormat::Float => {

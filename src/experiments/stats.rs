@@ -247,8 +247,15 @@ mod tests {
         assert_eq!((p.wins, p.ties, p.losses), (5, 0, 0));
         // Wilcoxon, n = 5 all positive: 2 of 32 sign patterns are as extreme
         assert!((p.p_wilcoxon - 0.0625).abs() < 1e-12);
-        // scipy.stats.wilcoxon([1, -2, 3, 4, 5, 6]) -> p = 0.15625 (exact)
-        assert!((wilcoxon_signed_rank_p(&[1.0, -2.0, 3.0, 4.0, 5.0, 6.0]) - 0.156_25).abs() < 1e-12);
+        // [1, -2, 3, 4, 5, 6]: W- = 2; sign patterns with W- <= 2 are {}, {1}, {2}, so
+        // p = 2 * 3/64 (scipy.stats.wilcoxon, exact: 0.09375)
+        assert!((wilcoxon_signed_rank_p(&[1.0, -2.0, 3.0, 4.0, 5.0, 6.0]) - 0.093_75).abs() < 1e-12);
+        // ties share their average rank: |1|, |-1| get 1.5 each; W+ = 1.5 + 3 + 4 = 8.5 of 10
+        let p = wilcoxon_signed_rank_p(&[1.0, -1.0, 3.0, 4.0]);
+        assert!(p > 0.1 && p <= 1.0, "{p}");
+        // above 30 pairs the normal approximation: 40 positive differences give p ~ 3.6e-8
+        let big: Vec<f64> = (1..=40).map(|i| i as f64).collect();
+        assert!(wilcoxon_signed_rank_p(&big) < 1e-6);
         let s = summarize(&[1.0, 2.0, 3.0, 4.0]);
         assert!((s.std - 1.290_994).abs() < 1e-6 && (s.ci95 - 3.182_446 * 1.290_994 / 2.0).abs() < 1e-5);
     }

@@ -42,12 +42,52 @@ pub struct GpuOptions {
     pub checked_kernels: bool,
 }
 
+/// Parse a comma-separated backend list (`vulkan,gl`); an unknown name is an error naming
+/// `field` (wgpu's own parser ignores unknown names, which would select nothing).
+pub fn parse_backends(field: &str, list: &str) -> Result<wgpu::Backends> {
+    let mut b = wgpu::Backends::empty();
+    for part in list.split(',').map(|p| p.trim().to_lowercase()).filter(|p| !p.is_empty()) {
+        b |= match part.as_str() {
+            "vulkan" | "vk" => wgpu::Backends::VULKAN,
+            "metal" | "mtl" => wgpu::Backends::METAL,
+            "dx12" | "d3d12" => wgpu::Backends::DX12,
+            "gl" | "gles" | "opengl" => wgpu::Backends::GL,
+            "primary" => wgpu::Backends::PRIMARY,
+            "all" => wgpu::Backends::all(),
+            other => {
+                return Err(Error::config(field, format!("unknown backend `{other}`; allowed: vulkan, metal, dx12, gl, primary, all (comma-separated)")))
+            }
+        };
+    }
+    if b.is_empty() {
+        return Err(Error::config(field, "no backend given; allowed: vulkan, metal, dx12, gl, primary, all (comma-separated)"));
+    }
+    Ok(b)
+}
+
+impl GpuOptions {
+    /// The defaults with the environment applied; an unknown backend name in
+    /// `EQUIMODAL_BACKEND` or `WGPU_BACKEND` is an error naming the variable.
+    pub fn from_env() -> Result<GpuOptions> {
+        let mut o = GpuOptions::default();
+        for var in ["EQUIMODAL_BACKEND", "WGPU_BACKEND"] {
+            if let Ok(v) = std::env::var(var) {
+                o.backends = parse_backends(var, &v)?;
+                break;
+            }
+        }
+        Ok(o)
+    }
+}
+
 impl Default for GpuOptions {
+    /// Lenient: an unparsable backend list falls back to the primary backends (use
+    /// [`GpuOptions::from_env`] to report it instead).
     fn default() -> Self {
-        let backends = std::env::var("EQUIMODAL_BACKEND")
-            .ok()
-            .map(|s| wgpu::Backends::from_comma_list(&s))
-            .or_else(wgpu::Backends::from_env)
+        let backends = ["EQUIMODAL_BACKEND", "WGPU_BACKEND"]
+            .iter()
+            .find_map(|v| std::env::var(v).ok())
+            .and_then(|s| parse_backends("backend", &s).ok())
             .unwrap_or(wgpu::Backends::PRIMARY);
         let adapter_name = std::env::var("EQUIMODAL_ADAPTER")
             .ok()
@@ -120,6 +160,31 @@ pub fn list_adapters(backends: wgpu::Backends) -> Vec<AdapterReport> {
         .collect()
 }
 
+/// The first adapter whose name contains `name` (case-insensitive) on `backends`; with
+/// `widen` (no backend was asked for) also on every other backend, as `devices` lists them.
+/// The error lists what was available, with backends.
+fn find_adapter_by_name(name: &str, backends: wgpu::Backends, widen: bool) -> Result<wgpu::Adapter> {
+    let want = name.to_lowercase();
+    let mut tried = vec![backends];
+    if widen && backends != wgpu::Backends::all() {
+        tried.push(wgpu::Backends::all());
+    }
+    for b in tried {
+        let all = pollster::block_on(instance(b).enumerate_adapters(b));
+        if let Some(a) = all.into_iter().find(|a| a.get_info().name.to_lowercase().contains(&want)) {
+            return Ok(a);
+        }
+    }
+    // name every adapter `devices` would list, so the message never says "available: []"
+    // while another backend has the one asked for
+    let listed = |b: wgpu::Backends| list_adapters(b).iter().map(|a| format!("{} ({:?})", a.info.name, a.info.backend)).collect::<Vec<_>>().join(", ");
+    Err(Error::NoAdapter(format!(
+        "no adapter name contains {name:?} on backends {backends:?}; available there: [{}]; on every backend (as `equimodal devices` lists): [{}]",
+        listed(backends),
+        listed(wgpu::Backends::all())
+    )))
+}
+
 pub(crate) enum Bind {
     Uniform { offset: u64, size: u64 },
     Buffer(wgpu::Buffer),
@@ -189,24 +254,14 @@ impl Gpu {
     /// Pick an adapter (environment overrides, see [`GpuOptions`]), request a device with
     /// the adapter's own limits and the optional features it has.
     pub fn new(options: GpuOptions) -> Result<Gpu> {
-        let inst = instance(options.backends);
         // GL is a last resort: only when the primary backends have no adapter.
-        let inst = if options.backends == wgpu::Backends::PRIMARY
-            && pollster::block_on(inst.enumerate_adapters(options.backends)).is_empty()
-        {
-            instance(wgpu::Backends::all())
-        } else {
-            inst
-        };
+        let mut backends = options.backends;
+        if backends == wgpu::Backends::PRIMARY && pollster::block_on(instance(backends).enumerate_adapters(backends)).is_empty() {
+            backends = wgpu::Backends::all();
+        }
+        let inst = instance(backends);
         let adapter = if let Some(name) = &options.adapter_name {
-            let want = name.to_lowercase();
-            let all = pollster::block_on(inst.enumerate_adapters(options.backends));
-            let names: Vec<String> = all.iter().map(|a| a.get_info().name).collect();
-            all.into_iter()
-                .find(|a| a.get_info().name.to_lowercase().contains(&want))
-                .ok_or_else(|| {
-                    Error::NoAdapter(format!("no adapter name contains {name:?}; available: {names:?}"))
-                })?
+            find_adapter_by_name(name, backends, options.backends == wgpu::Backends::PRIMARY)?
         } else {
             pollster::block_on(inst.request_adapter(&wgpu::RequestAdapterOptions {
                 power_preference: options.power,

@@ -2,8 +2,10 @@
 //! metrics for the fused model and every modality's own view, a JSON-lines log, atomic
 //! checkpoints with resume, best-model selection on validation, and charts at the end.
 pub mod checkpoint;
+pub mod fault;
 pub mod logs;
 pub mod metrics;
+pub mod rundir;
 
 use crate::config::{Config, OptimizerKind, ScheduleKind};
 use crate::data::{self, Dataset, HostBatch, Loader, LoaderConfig, ModalitySpec, Split};
@@ -24,8 +26,12 @@ use std::time::Instant;
 #[derive(Clone, Debug)]
 pub struct TrainOptions {
     pub run_dir: PathBuf,
-    /// Continue from `run_dir/checkpoints/last.safetensors` when it exists.
+    /// Continue from `run_dir/checkpoints/last.safetensors` (an error when it is missing).
     pub resume: bool,
+    /// Replace a run already in `run_dir` (without it, reusing a run folder is an error).
+    pub force: bool,
+    /// Resume although the stored config differs (the differences are logged).
+    pub allow_config_change: bool,
     /// Progress bars (hidden automatically when stderr is not a terminal).
     pub progress: bool,
     /// Steps the host may run ahead of the GPU.
@@ -36,7 +42,15 @@ pub struct TrainOptions {
 
 impl TrainOptions {
     pub fn new(run_dir: impl Into<PathBuf>) -> Self {
-        TrainOptions { run_dir: run_dir.into(), resume: false, progress: true, max_in_flight: 2, stop_after: None }
+        TrainOptions {
+            run_dir: run_dir.into(),
+            resume: false,
+            force: false,
+            allow_config_change: false,
+            progress: true,
+            max_in_flight: 2,
+            stop_after: None,
+        }
     }
 }
 
@@ -194,16 +208,33 @@ fn append_log(path: &Path, line: &Value) -> Result<()> {
     f.sync_data().map_err(|e| Error::io(path, e))
 }
 
-/// Keep only log lines of epochs up to `last` (after a resume).
+/// Keep only log lines of epochs up to `last` (after a resume); `None` starts an empty log.
+/// A line that does not parse is an error naming the file and line, except a final line
+/// without its newline: that is an append a kill interrupted, dropped with a warning.
 fn truncate_log(path: &Path, last: Option<usize>) -> Result<()> {
-    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
-    let kept: Vec<&str> = text
-        .lines()
-        .filter(|l| {
-            let e = serde_json::from_str::<Value>(l).ok().and_then(|v| v.get("epoch").and_then(|e| e.as_u64()));
-            matches!((e, last), (Some(e), Some(last)) if (e as usize) <= last)
-        })
-        .collect();
+    let Some(last) = last else { return checkpoint::write_atomic(path, b"") };
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    let complete = text.ends_with('\n');
+    let lines: Vec<&str> = text.lines().collect();
+    let mut kept = Vec::new();
+    for (i, l) in lines.iter().enumerate() {
+        let epoch = match serde_json::from_str::<Value>(l) {
+            Ok(v) => v.get("epoch").and_then(|e| e.as_u64()),
+            Err(_) if i + 1 == lines.len() && !complete => {
+                eprintln!("warning: {}: dropping the unfinished last line {} (an interrupted write)", path.display(), i + 1);
+                continue;
+            }
+            Err(e) => return Err(Error::data(path.display().to_string(), format!("line {}: not JSON ({e})", i + 1))),
+        };
+        let epoch = epoch.ok_or_else(|| Error::data(path.display().to_string(), format!("line {}: no `epoch` field", i + 1)))?;
+        if epoch as usize <= last {
+            kept.push(*l);
+        }
+    }
     let mut out = kept.join("\n");
     if !out.is_empty() {
         out.push('\n');
@@ -236,6 +267,17 @@ fn sync_logs(dir: &Path, log_path: &Path, appended: Option<&Value>) -> Result<()
     }
 }
 
+/// The error for a non-finite training loss: names the epoch and learning rate, and the
+/// checkpoint to resume from only when one exists.
+fn nan_loss_error(loss: f64, epoch: usize, method: &str, lr: f32, last: &Path) -> Error {
+    let resume = if last.is_file() {
+        format!("the last good checkpoint is {} (continue with --resume after lowering train.lr and passing --allow-config-change)", last.display())
+    } else {
+        "no checkpoint was written before it".to_string()
+    };
+    Error::NonFinite(format!("training loss is {loss} in epoch {} (method {method}, lr {lr}); {resume}; try a lower train.lr", epoch + 1))
+}
+
 fn finite_or_null(v: f64) -> Value {
     if v.is_finite() {
         json!(v)
@@ -244,10 +286,21 @@ fn finite_or_null(v: f64) -> Value {
     }
 }
 
+/// Training needs samples to train on and to test on (an empty test split would report
+/// NaN% accuracy after a full run).
+fn check_splits(ds: &dyn Dataset) -> Result<()> {
+    for split in [Split::Train, Split::Test] {
+        if ds.len(split) == 0 {
+            return Err(Error::config("data", format!("the {split} split of the {} dataset is empty", ds.name())));
+        }
+    }
+    Ok(())
+}
+
 /// Train with `cfg`; everything goes into `opts.run_dir`.
 pub fn train(gpu: &Gpu, cfg: &Config, cfg_text: &str, opts: &TrainOptions) -> Result<RunSummary> {
     let dir = &opts.run_dir;
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let mut lock = rundir::claim(dir, rundir::Claim { resume: opts.resume, force: opts.force })?;
     let ckpt_dir = dir.join("checkpoints");
     let last_path = ckpt_dir.join("last.safetensors");
     let best_path = ckpt_dir.join("best.safetensors");
@@ -259,20 +312,22 @@ pub fn train(gpu: &Gpu, cfg: &Config, cfg_text: &str, opts: &TrainOptions) -> Re
     let classes = ds.num_classes();
     let has_val = ds.len(Split::Val) > 0;
     let n_train = ds.len(Split::Train);
-    if n_train == 0 {
-        return Err(Error::config("data", "the training split is empty"));
-    }
+    check_splits(ds.as_ref())?;
+    crate::limits::check_model_fits(gpu.limits(), cfg, &specs, classes)?;
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
     let mut method = methods::build(gpu, cfg, &specs, classes, &mut rng)?;
     let mut opt = build_optimizer(cfg, method.trainable())?;
     let sched = build_scheduler(cfg);
+    lock.replace_old_run()?;
 
     let mut start_epoch = 0;
     let mut best: Option<(usize, f64)> = None;
-    if opts.resume && last_path.exists() {
+    let mut resume_note: Option<Value> = None;
+    if opts.resume {
         let ck = checkpoint::load(&last_path)?;
         let meta = &ck.meta;
+        resume_note = rundir::check_resume(&last_path, meta, cfg, cfg_text, opts.allow_config_change)?;
         method.restore(meta.get("method_state").unwrap_or(&Value::Null), opt.as_mut())?;
         // parameters the method created while restoring must reach the optimizer
         let known: std::collections::HashSet<String> = opt.params().iter().map(|p| p.name.clone()).collect();
@@ -282,7 +337,7 @@ pub fn train(gpu: &Gpu, cfg: &Config, cfg_text: &str, opts: &TrainOptions) -> Re
         }
         checkpoint::restore_tensors(&last_path, &ck.model, &named_state(method.as_ref()))?;
         opt.load_state_tensors(&ck.optim)?;
-        let epoch = meta.get("epoch").and_then(|e| e.as_u64()).ok_or_else(|| Error::data(last_path.display().to_string(), "metadata has no epoch"))? as usize;
+        let epoch = rundir::checkpoint_epoch(&last_path, meta, cfg)?;
         start_epoch = epoch + 1;
         best = meta.get("best").and_then(|b| Some((b.get("epoch")?.as_u64()? as usize, b.get("score")?.as_f64()?)));
         truncate_log(&log_path, Some(epoch))?;
@@ -315,7 +370,7 @@ pub fn train(gpu: &Gpu, cfg: &Config, cfg_text: &str, opts: &TrainOptions) -> Re
         for b in loader.by_ref() {
             let b = b?;
             let db = upload_batch(gpu, &b, classes)?;
-            method.train_step(&db, opt.as_mut(), epoch)?;
+            method.train_step(&db, opt.as_mut(), epoch).map_err(|e| e.during(format_args!("training step of epoch {} ({})", epoch + 1, method.name())))?;
             gpu.step_boundary(opts.max_in_flight)?;
             seen += b.labels.len();
             pb.inc(1);
@@ -327,13 +382,7 @@ pub fn train(gpu: &Gpu, cfg: &Config, cfg_text: &str, opts: &TrainOptions) -> Re
         let train_secs = t0.elapsed().as_secs_f64();
         let wait_share = loader.wait_time().as_secs_f64() / train_secs.max(1e-9);
         if !stats.loss.is_finite() {
-            return Err(Error::NonFinite(format!(
-                "training loss is {} in epoch {} (method {}, lr {lr}); the last good checkpoint is {}; try a lower train.lr",
-                stats.loss,
-                epoch + 1,
-                method.name(),
-                last_path.display()
-            )));
+            return Err(nan_loss_error(stats.loss, epoch, method.name(), lr, &last_path));
         }
 
         let do_eval = (epoch + 1) % cfg.train.eval_every == 0 || epoch + 1 == cfg.train.epochs;
@@ -361,6 +410,9 @@ pub fn train(gpu: &Gpu, cfg: &Config, cfg_text: &str, opts: &TrainOptions) -> Re
         }
         for (k, v) in &stats.extra {
             line[k.as_str()] = v.clone();
+        }
+        if let Some(note) = resume_note.take() {
+            line["resume"] = note;
         }
         let mut val_acc = None;
         if do_eval {
@@ -425,10 +477,10 @@ pub fn train(gpu: &Gpu, cfg: &Config, cfg_text: &str, opts: &TrainOptions) -> Re
     }
     let best_val = best.filter(|_| has_val);
     let summary = RunSummary { modalities: names, test: last_test, best_val, epochs_run, run_dir: dir.clone() };
-    let _ = std::fs::write(
-        dir.join("summary.txt"),
-        summary.table(),
-    );
+    let summary_path = dir.join("summary.txt");
+    if let Err(e) = checkpoint::write_atomic(&summary_path, summary.table().as_bytes()) {
+        eprintln!("warning: {e}");
+    }
     Ok(summary)
 }
 
@@ -457,6 +509,7 @@ pub fn eval_checkpoint(gpu: &Gpu, path: &Path, sets: &[String]) -> Result<(RunSu
     let cfg = crate::config::from_table(&table)?;
     let ds: Arc<dyn Dataset> = Arc::from(data::build(&cfg.data)?);
     let specs: Vec<ModalitySpec> = ds.modalities().to_vec();
+    crate::limits::check_model_fits(gpu.limits(), &cfg, &specs, ds.num_classes())?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
     let mut method = methods::build(gpu, &cfg, &specs, ds.num_classes(), &mut rng)?;
     let mut opt = build_optimizer(&cfg, method.trainable())?;
