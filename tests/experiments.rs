@@ -85,9 +85,9 @@ fn bad_sweep_files_are_errors_naming_the_field_before_anything_runs() {
     assert!(e.contains("grid.seed") && e.contains("empty"), "{e}");
     let e = err("duplicate", "[grid]\nseed = [1, 2, 1]\n");
     assert!(e.contains("grid.seed") && e.contains("twice"), "{e}");
-    // a list and a string that print the same would give two runs one folder
-    let e = err("same_names", "[grid]\n\"model.hidden\" = [[8, 16], \"8-16\"]\n");
-    assert!(e.contains("both named `hidden8-16`"), "{e}");
+    // values that differ only in characters a folder name cannot hold would share a folder
+    let e = err("same_names", "[grid]\n\"method.modality\" = [\"a b\", \"a/b\"]\n");
+    assert!(e.contains("both named `modality-a-b`"), "{e}");
     let e = err("bad_select", "[grid]\nseed = [1]\n[compare]\nselect = \"median\"\n");
     assert!(e.contains("compare.select") && e.contains("best_val"), "{e}");
     let e = err("bad_parallel", "parallel = 0\n[grid]\nseed = [1]\n");

@@ -258,9 +258,10 @@ impl Sweep {
                     config = Some(p);
                 } else {
                     sets.push(format!("{k}={v}"));
-                    // the method's name stands alone ("aug"), other values after their key
-                    // ("seed3", "lr0.02")
-                    parts.push(if k == "method.name" { value_label(v) } else { format!("{}{}", short[i], value_label(v)) });
+                    // the method's name stands alone ("aug"), numbers follow their key
+                    // ("seed3", "lr0.02"), words after a dash ("aux_bn-own")
+                    let sep = if v.is_str() { "-" } else { "" };
+                    parts.push(if k == "method.name" { value_label(v) } else { format!("{}{sep}{}", short[i], value_label(v)) });
                 }
             }
             let name = sanitize(&parts.join("_"));
