@@ -33,11 +33,14 @@ use crate::gpu::Gpu;
 use crate::tensor::{DType, Tensor};
 
 /// Workgroups for `n` independent items at `per_group` items per workgroup, folded over
-/// x and y so neither exceeds the device's per-dimension limit. Kernels recover the item
-/// index as `(wg.y * num_workgroups.x + wg.x) * per_group + local_index`.
+/// x and y so neither exceeds the device's per-dimension limit
+/// ([`Gpu::max_workgroups_per_dim`]: the adapter's, or the test cap). Kernels recover the
+/// item index as `(wg.y * num_workgroups.x + wg.x) * per_group + local_index`; the folded
+/// grid may hold up to `gy - 1` more workgroups than needed, so every kernel launched on it
+/// guards its index.
 pub fn grid(gpu: &Gpu, n: usize, per_group: usize) -> [u32; 3] {
     let groups = n.div_ceil(per_group).max(1);
-    let maxd = gpu.limits().max_compute_workgroups_per_dimension.max(1) as usize;
+    let maxd = gpu.max_workgroups_per_dim().max(1) as usize;
     if groups <= maxd {
         [groups as u32, 1, 1]
     } else {
@@ -45,6 +48,26 @@ pub fn grid(gpu: &Gpu, n: usize, per_group: usize) -> [u32; 3] {
         let gx = groups.div_ceil(gy);
         [gx as u32, gy as u32, 1]
     }
+}
+
+/// Launches covering a 3-D grid of `groups` workgroups with at most
+/// [`Gpu::max_workgroups_per_dim`] per dimension: (first workgroup, workgroups) per
+/// launch. Tiled kernels (conv, matmul) add the first workgroup, passed in their parameters,
+/// to their workgroup id. One launch unless a dimension exceeds the limit.
+pub fn split_grid(gpu: &Gpu, groups: [usize; 3]) -> Vec<([u32; 3], [u32; 3])> {
+    let maxd = gpu.max_workgroups_per_dim().max(1) as usize;
+    let chunks = |total: usize| -> Vec<(u32, u32)> {
+        (0..total.max(1)).step_by(maxd).map(|s| (s as u32, (total - s).min(maxd) as u32)).collect()
+    };
+    let mut v = Vec::new();
+    for &(z0, gz) in &chunks(groups[2]) {
+        for &(y0, gy) in &chunks(groups[1]) {
+            for &(x0, gx) in &chunks(groups[0]) {
+                v.push(([x0, y0, z0], [gx, gy, gz]));
+            }
+        }
+    }
+    v
 }
 
 /// Fail unless every tensor is f32.
