@@ -25,7 +25,7 @@ const WG: u32 = 256u;
 @compute @workgroup_size(256)
 fn canary_fill(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
-    let i = p.start + (wg.y * nwg.x + wg.x) * WG + lid;
+    let i = p.start + ((wg.z * nwg.y + wg.y) * nwg.x + wg.x) * WG + lid;
     if (i < p.end) {
         buf[i] = SENTINEL;
     }
@@ -34,7 +34,7 @@ fn canary_fill(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
 @compute @workgroup_size(256)
 fn canary_check(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
-    let i = p.start + (wg.y * nwg.x + wg.x) * WG + lid;
+    let i = p.start + ((wg.z * nwg.y + wg.y) * nwg.x + wg.x) * WG + lid;
     if (i < p.end) {
         let v = buf[i];
         if (v != SENTINEL) {

@@ -172,3 +172,15 @@ fn typed_shape_errors() {
     expect_shape_err(ops::attention(&z(&[1, 1, 2, 129]), &z(&[1, 1, 2, 129]), &z(&[1, 1, 2, 129]), None, 1.0), "129");
     assert_eq!(ops::ATTENTION_MAX_HEAD_DIM, 128);
 }
+
+/// Attention with at most 3 workgroups per grid dimension (`with_workgroup_cap`): one
+/// workgroup per (batch, head, query block) on folded grids with spare workgroups.
+#[test]
+fn attention_under_workgroup_cap() {
+    with_workgroup_cap(3, || {
+        small_shapes_forward_and_gradients();
+        several_tiles_forward_and_gradients();
+        cross_attention_l_ne_s();
+        key_padding_mask_and_fully_padded_rows();
+    });
+}

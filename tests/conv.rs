@@ -173,6 +173,11 @@ fn conv_without_bias_and_untracked_inputs() {
 /// Forward and all gradients vs the f64 reference (no finite differences): for shapes larger
 /// than one 128 x 64 x 16 tile in every GEMM dimension of forward, dX and dW.
 fn check_big(name: &str, s: Shape, p: Conv2dParams, seed: u64) {
+    check_big_opt(name, s, p, seed, true)
+}
+
+/// [`check_big`] with or without a bias.
+fn check_big_opt(name: &str, s: Shape, p: Conv2dParams, seed: u64, with_bias: bool) {
     let g = gpu();
     let mut rng = Rng::new(seed);
     let (xs, ws) = xw_shapes(s);
@@ -182,8 +187,8 @@ fn check_big(name: &str, s: Shape, p: Conv2dParams, seed: u64) {
     let xt = upload(&g, &x, &xs).requires_grad();
     let wt = upload(&g, &w, &ws).requires_grad();
     let bt = upload(&g, &b, &[s.o]).requires_grad();
-    let y = ops::conv2d(&xt, &wt, Some(&bt), p, None).unwrap();
-    let want = conv_ref(s, p, &x, &w, Some(&b));
+    let y = ops::conv2d(&xt, &wt, with_bias.then_some(&bt), p, None).unwrap();
+    let want = conv_ref(s, p, &x, &w, with_bias.then_some(&b[..]));
     // K = C*KH*KW terms of magnitude <= 1: scale the tolerance with sqrt(K)
     let k = (s.c * s.kh * s.kw) as f64;
     assert_close(&format!("{name} forward"), &y.to_vec().unwrap(), &want, 1e-4, 2e-6 * k.sqrt() * 4.0);
@@ -196,7 +201,11 @@ fn check_big(name: &str, s: Shape, p: Conv2dParams, seed: u64) {
     let (ho, wo) = ops::conv2d_output_size(s.h, s.w, s.kh, s.kw, &p);
     let red = (s.n * ho * wo) as f64;
     assert_close(&format!("{name} dw"), &grads.get(&wt).unwrap().to_vec().unwrap(), &dw, 1e-4, tol(red));
-    assert_close(&format!("{name} db"), &grads.get(&bt).unwrap().to_vec().unwrap(), &db, 1e-4, tol(red));
+    if with_bias {
+        assert_close(&format!("{name} db"), &grads.get(&bt).unwrap().to_vec().unwrap(), &db, 1e-4, tol(red));
+    }
+    // no kernel of the forward or backward wrote past the end of a tensor
+    assert_canaries(name);
 }
 
 #[test]
@@ -331,4 +340,25 @@ fn conv_output_size_formula() {
     assert_eq!(ops::conv2d_output_size(257, 188, 7, 7, &p), (129, 94));
     assert_eq!(ops::conv2d_output_size(9, 7, 2, 3, &params((2, 1), (0, 1), (2, 1))), (4, 7));
     assert_eq!(ops::conv2d_output_size(4, 4, 7, 7, &params((1, 1), (1, 1), (1, 1))), (0, 0));
+}
+
+/// The tiled conv GEMMs with at most 3 workgroups per grid dimension (`with_workgroup_cap`):
+/// every launch is split (`ops::split_grid`) and the kernels add the launch's first
+/// workgroup to their id. Without a bias: the bias gradient takes one workgroup per output
+/// channel, more than 3^3.
+#[test]
+fn conv_under_workgroup_cap() {
+    with_workgroup_cap(3, || {
+        // fwd: M = 5*11*10 = 550 (5 tiles: launches of 3 + 2), O = 200 (4 tiles: 3 + 1);
+        // dX: 4 stride phases (3 + 1) of 550 rows; dW: N = 200 (3 + 1), 4 split-K slices (3 + 1)
+        let s = Shape { n: 5, c: 2, h: 21, w: 19, o: 200, kh: 3, kw: 3 };
+        check_big_opt("capped s2", s, params((2, 2), (1, 1), (1, 1)), 24, false);
+        // stride 1: fwd and dX of M = 5*21*19 = 1995 rows (16 tiles: 3 + 3 + ... + 1)
+        let s = Shape { n: 5, c: 2, h: 21, w: 19, o: 70, kh: 3, kw: 3 };
+        check_big_opt("capped s1", s, params((1, 1), (1, 1), (1, 1)), 25, false);
+        // the small finite-difference checks (bias included: few output channels)
+        conv_3x3_stride2_pad1();
+        conv_7x7_stride2_pad3();
+        conv_2x3_mixed_stride_dilation();
+    });
 }

@@ -11,9 +11,12 @@ fn gelu(x: f64) -> f64 {
 
 #[test]
 fn unary_ops_match_reference_and_gradients() {
-    let mut rng = Rng::new(1);
     // 1000 elements: not a multiple of the 256-thread workgroup
-    let shape = vec![10, 100];
+    check_unary(vec![10, 100], 1);
+}
+
+fn check_unary(shape: Vec<usize>, seed: u64) {
+    let mut rng = Rng::new(seed);
     let n = numel(&shape);
     type F = fn(f64) -> f64;
     let cases: Vec<(&str, Unary, f32, f32, F, (f64, f64))> = vec![
@@ -82,14 +85,20 @@ fn bcast_ref(a: &[f64], sa: &[usize], b: &[f64], sb: &[usize], f: impl Fn(f64, f
 
 #[test]
 fn binary_ops_broadcast_and_gradients() {
-    let mut rng = Rng::new(2);
-    let shapes: Vec<(Vec<usize>, Vec<usize>)> = vec![
-        (vec![7, 33], vec![7, 33]),
-        (vec![5, 1, 9], vec![4, 1]),
-        (vec![3, 17], vec![17]),
-        (vec![1], vec![2, 3, 5]),
-        (vec![2, 3, 1, 5], vec![1, 3, 4, 1]),
-    ];
+    check_binary(
+        &[
+            (vec![7, 33], vec![7, 33]),
+            (vec![5, 1, 9], vec![4, 1]),
+            (vec![3, 17], vec![17]),
+            (vec![1], vec![2, 3, 5]),
+            (vec![2, 3, 1, 5], vec![1, 3, 4, 1]),
+        ],
+        2,
+    );
+}
+
+fn check_binary(shapes: &[(Vec<usize>, Vec<usize>)], seed: u64) {
+    let mut rng = Rng::new(seed);
     type F = fn(f64, f64) -> f64;
     let ops_list: Vec<(&str, Binary, F)> = vec![
         ("add", Binary::Add, |a, b| a + b),
@@ -99,7 +108,7 @@ fn binary_ops_broadcast_and_gradients() {
         ("max", Binary::Max, |a, b| a.max(b)),
         ("min", Binary::Min, |a, b| a.min(b)),
     ];
-    for (sa, sb) in &shapes {
+    for (sa, sb) in shapes {
         for (name, op, f) in &ops_list {
             let a = rng.uniforms(numel(sa), -2.0, 2.0);
             // b away from zero (div) and from a (max/min ties)
@@ -331,4 +340,27 @@ fn reshape_is_a_view_with_gradient() {
     let gr = l.backward().unwrap();
     assert_eq!(gr.get(&x).unwrap().to_vec().unwrap(), vec![1., 0., 0., 0., 0., 2.]);
     assert!(x.reshape(&[4, 2]).is_err());
+}
+
+/// The element-wise and reduction checks with at most 3 workgroups per grid dimension
+/// (`with_workgroup_cap`), the path the adapter's 65,535 leaves to tensors of over 16M
+/// elements: grids fold over x, y and z and launch more workgroups than there are items, so
+/// a kernel that does not guard its index writes into the slack of its output (the pool
+/// canary, checked by `check_op`) or reads NaN from its input's slack.
+#[test]
+fn elementwise_under_workgroup_cap() {
+    with_workgroup_cap(3, || {
+        // 1700 = 7 workgroups of 256: a 3 x 3 grid, 2 workgroups past the end
+        check_unary(vec![17, 100], 41);
+        // 2777 = 11 workgroups: a 3 x 2 x 2 grid (z used), 1 past the end
+        check_unary(vec![2777], 42);
+        // 2747 and 3600 outputs: 11 and 15 workgroups (3-D grids with spare workgroups)
+        check_binary(&[(vec![41, 67], vec![41, 67]), (vec![3, 1, 300], vec![4, 1])], 43);
+        binary_ops_broadcast_and_gradients();
+        // row reductions over 6 outputs, tree reductions of up to 1000 rows
+        reductions_match_reference_and_gradients();
+        expand_and_sum_to_shape_are_adjoint();
+    });
+    // split reductions of up to 300 outputs need more than 27 workgroups
+    with_workgroup_cap(7, split_reductions_match_reference);
 }

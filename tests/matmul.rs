@@ -371,3 +371,47 @@ fn typed_errors_name_the_shapes() {
     let u = Tensor::from_u32(&g, &[0; 20], &[4, 5]).unwrap();
     assert!(matches!(ops::matmul(&a, &u), Err(Error::DType { .. })));
 }
+
+/// The tiled matmul kernels with few workgroups per grid dimension (`with_workgroup_cap`):
+/// column tiles, row tiles and batches are each split into several launches
+/// (`ops::split_grid`, offsets x0 / y0 / z0 in the kernel's parameters).
+#[test]
+fn matmul_under_workgroup_cap() {
+    with_workgroup_cap(3, || {
+        let g = gpu();
+        let mut rng = Rng::new(33);
+        // Tile64: 3 column tiles, 4 row tiles (launches of 3 + 1), batch 5 (3 + 2);
+        // Tile128: 2 x 2 tiles, batch 5 (3 + 2). K = 37 and no size a tile multiple.
+        let (m, n, k) = (200, 150, 37);
+        for (ta, tb) in [(false, false), (true, true)] {
+            let sa = a_shape(&[5], m, k, ta);
+            let sb = b_shape(&[5], k, n, tb);
+            let a = round_f32(&rng.normals(numel(&sa)));
+            let b = round_f32(&rng.normals(numel(&sb)));
+            let want = matmul_ref(&a, &sa, ta, &b, &sb, tb, None);
+            let (at, bt) = (upload(&g, &a, &sa), upload(&g, &b, &sb));
+            let opts = MatmulOpts { trans_a: ta, trans_b: tb, b_scale: None };
+            for kernel in [MatmulKernel::Tile64, MatmulKernel::Tile128] {
+                let got = ops::matmul_with_kernel(&at, &bt, opts, kernel).unwrap().to_vec().unwrap();
+                // K = 37 products of N(0,1) values: f32 error ~ sqrt(K) * 2^-24 * |a||b|
+                assert_close(&format!("capped {kernel:?} ta={ta} tb={tb}"), &got, &want, 1e-5, 1e-5 * (k as f64).sqrt());
+            }
+            assert_canaries("capped matmul");
+        }
+    });
+    // forward and both gradients (finite differences): 140 x 70 x 9 with Tile64 is 2 x 3
+    // tiles, launched as 2 x 2 and 2 x 1 with a cap of 2
+    with_workgroup_cap(2, || {
+        let mut rng = Rng::new(34);
+        let (sa, sb) = (vec![140, 9], vec![9, 70]);
+        let inputs = vec![(rng.normals(numel(&sa)), sa.clone()), (rng.normals(numel(&sb)), sb.clone())];
+        check_op(
+            "capped matmul 140x70x9",
+            &inputs,
+            &[0, 1],
+            &|t| ops::matmul(&t[0], &t[1]),
+            &|x| matmul_ref(&x[0], &sa, false, &x[1], &sb, false, None),
+            Tol { rtol: 1e-5, atol: 1e-5, grad_rtol: 1e-4, grad_atol: 1e-4 },
+        );
+    });
+}

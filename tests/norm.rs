@@ -357,3 +357,23 @@ fn batch_norm_given_reuses_recorded_statistics() {
     let e = ops::batch_norm_given(&x, &w, &w, &Tensor::zeros(&g, &[2, 4]).unwrap()).unwrap_err().to_string();
     assert!(e.contains("stats") && e.contains("[2, 3]"), "{e}");
 }
+
+/// Batch norm and layer norm with few workgroups per grid dimension (`with_workgroup_cap`):
+/// per-channel and per-row kernels (one workgroup each) and the element-wise apply run on
+/// folded 3-D grids with spare workgroups, as on the adapter's limit only for huge tensors.
+#[test]
+fn norms_under_workgroup_cap() {
+    with_workgroup_cap(3, || {
+        batch_norm_training_matches_reference_and_gradients();
+        batch_norm_eval_matches_reference_and_gradients();
+        batch_norm_given_reuses_recorded_statistics();
+    });
+    // 70 rows of layer norm: one workgroup per row needs more than 27
+    with_workgroup_cap(5, layer_norm_matches_reference_and_gradients);
+    // the chunked statistics over tensors of up to 210k elements (820 workgroups)
+    with_workgroup_cap(10, || {
+        batch_norm_chunked_reductions_match_reference();
+        batch_norm_chunked_large_offset_keeps_variance();
+        assert_canaries("chunked batch norm");
+    });
+}

@@ -282,3 +282,16 @@ fn typed_errors_name_shapes_and_axes() {
     let h = Tensor::from_slice_f16(&g, &[1.0, 2.0], &[2]).unwrap();
     assert!(matches!(ops::narrow(&h, 0, 0, 1), Err(Error::DType { .. })));
 }
+
+/// Shape ops with at most 3 workgroups per grid dimension (`with_workgroup_cap`): the
+/// transpose falls back to the general permute kernel when its tile grid does not fit.
+#[test]
+fn shape_ops_under_workgroup_cap() {
+    with_workgroup_cap(3, || {
+        concat_three_tensors_along_each_axis();
+        split_pieces_and_their_gradients();
+        narrow_along_each_axis();
+        permute_and_transpose_3d_4d();
+        index_select0_with_repeated_ids();
+    });
+}

@@ -280,3 +280,16 @@ fn typed_errors_name_shapes_and_labels() {
     assert!(matches!(ops::softmax(&s), Err(Error::Shape { .. })));
     assert!(matches!(ops::labels(&g, &[0], 0), Err(Error::Data { .. })));
 }
+
+/// Softmax and cross-entropy with at most 3 workgroups per grid dimension
+/// (`with_workgroup_cap`): row kernels on folded grids with spare workgroups.
+#[test]
+fn softmax_and_cross_entropy_under_workgroup_cap() {
+    with_workgroup_cap(3, || {
+        softmax_and_log_softmax_match_reference_and_gradients();
+        cross_entropy_hard_labels_match_reference_and_gradients();
+        cross_entropy_soft_targets_match_reference_and_gradients();
+        true_class_prob_and_argmax();
+        assert_canaries("true_class_prob / argmax");
+    });
+}

@@ -465,8 +465,9 @@ impl Gpu {
     fn canary_launch(&self, k: &Kernel, buffer: &wgpu::Buffer, bytes: u64, size: u64, serial: u64) -> Result<()> {
         let Some(report) = &self.0.canary else { return Ok(()) };
         let (mut start, end) = ((bytes / 4) as usize, (size / 4) as usize);
-        // one launch covers at most max_groups^2 workgroups of 256 words (the folded grid)
-        let per_launch = (self.0.max_groups as usize).saturating_mul(self.0.max_groups as usize).saturating_mul(256);
+        // one launch covers at most max_groups^3 workgroups of 256 words (the folded grid)
+        let m = self.0.max_groups as usize;
+        let per_launch = m.saturating_mul(m).saturating_mul(m).saturating_mul(256);
         while start < end {
             let stop = end.min(start.saturating_add(per_launch));
             let p: [u32; 4] = [start as u32, stop as u32, serial as u32, 0];
