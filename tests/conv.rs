@@ -88,6 +88,15 @@ fn xw_shapes(s: Shape) -> (Vec<usize>, Vec<usize>) {
     (vec![s.n, s.c, s.h, s.w], vec![s.o, s.c, s.kh, s.kw])
 }
 
+/// Tolerance of a convolution of unit-size values: the forward sums K = C*KH*KW products,
+/// dX sums O*KH*KW, dW and dbias sum N*HO*WO (scale: sqrt of the terms).
+fn conv_tol(s: Shape, p: Conv2dParams) -> Tol {
+    let (ho, wo) = ops::conv2d_output_size(s.h, s.w, s.kh, s.kw, &p);
+    let k = s.c * s.kh * s.kw;
+    let kg = (s.o * s.kh * s.kw).max(s.n * ho * wo);
+    Tol::sums(k, (k as f64).sqrt(), kg, (kg as f64).sqrt())
+}
+
 /// Forward vs the f64 reference, gradients of x, w, bias vs finite differences.
 fn check_fd(name: &str, s: Shape, p: Conv2dParams, seed: u64) {
     let mut rng = Rng::new(seed);
@@ -101,7 +110,7 @@ fn check_fd(name: &str, s: Shape, p: Conv2dParams, seed: u64) {
         &[0, 1, 2],
         &|t| ops::conv2d(&t[0], &t[1], Some(&t[2]), p, None),
         &|v| conv_ref(s, p, &v[0], &v[1], Some(&v[2])),
-        Tol { rtol: 1e-4, atol: 2e-5, grad_rtol: 2e-3, grad_atol: 5e-4 },
+        conv_tol(s, p),
     );
 }
 
@@ -158,7 +167,7 @@ fn conv_without_bias_and_untracked_inputs() {
         &[1],
         &|t| ops::conv2d(&t[0], &t[1], None, p, None),
         &|v| conv_ref(s, p, &v[0], &v[1], None),
-        Tol { rtol: 1e-4, atol: 2e-5, grad_rtol: 2e-3, grad_atol: 5e-4 },
+        conv_tol(s, p),
     );
     check_op(
         "no bias, dx only",
@@ -166,7 +175,7 @@ fn conv_without_bias_and_untracked_inputs() {
         &[0],
         &|t| ops::conv2d(&t[0], &t[1], None, p, None),
         &|v| conv_ref(s, p, &v[0], &v[1], None),
-        Tol { rtol: 1e-4, atol: 2e-5, grad_rtol: 2e-3, grad_atol: 5e-4 },
+        conv_tol(s, p),
     );
 }
 

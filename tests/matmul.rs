@@ -102,7 +102,9 @@ fn all_transpose_and_scale_combinations_forward_and_gradients() {
                     &[0, 1],
                     &|t| ops::matmul_ex(&t[0], &t[1], MatmulOpts { trans_a: ta, trans_b: tb, b_scale: t.get(2) }),
                     &|x| matmul_ref(&x[0], &sa2, ta, &x[1], &sb2, tb, x.get(2).map(|v| &v[..])),
-                    Tol::default(),
+                    // K = 7 products of N(0,1) values; gradients sum N = 6 (dA) or M = 5
+                    // times the batch of 2 (dB) products
+                    Tol::sums(k, (k as f64).sqrt(), 2 * m.max(n), (2.0 * m.max(n) as f64).sqrt()),
                 );
             }
         }
@@ -156,6 +158,8 @@ fn batch_broadcasting_forward_and_gradients() {
     ];
     for (ab, bb, ta, tb) in cases {
         let (m, k, n) = (3, 5, 4);
+        // gradient terms: N or M products per batch, times the batch a broadcast operand sums
+        let kg = m.max(n) * numel(&bcast(&ab, &bb));
         let sa = a_shape(&ab, m, k, ta);
         let sb = b_shape(&bb, k, n, tb);
         let scaled = rng.below(2) == 1;
@@ -177,7 +181,8 @@ fn batch_broadcasting_forward_and_gradients() {
                 Ok(y)
             },
             &|x| matmul_ref(&x[0], &sa2, ta, &x[1], &sb2, tb, x.get(2).map(|v| &v[..])),
-            Tol::default(),
+            // K products per output; a broadcast operand's gradient sums over the batch too
+            Tol::sums(k, (k as f64).sqrt(), kg, (kg as f64).sqrt()),
         );
     }
 }
@@ -199,7 +204,7 @@ fn edge_shapes_forward_and_gradients() {
             &[0, 1],
             &|t| ops::matmul_ex(&t[0], &t[1], MatmulOpts { trans_a: ta, trans_b: tb, b_scale: None }),
             &|x| matmul_ref(&x[0], &sa2, ta, &x[1], &sb2, tb, None),
-            Tol { rtol: 1e-4, atol: 1e-4, grad_rtol: 2e-3, grad_atol: 5e-4 },
+            Tol::sums(k, (k as f64).sqrt(), m.max(n), (m.max(n) as f64).sqrt()),
         );
     }
 }
@@ -411,7 +416,7 @@ fn matmul_under_workgroup_cap() {
             &[0, 1],
             &|t| ops::matmul(&t[0], &t[1]),
             &|x| matmul_ref(&x[0], &sa, false, &x[1], &sb, false, None),
-            Tol { rtol: 1e-5, atol: 1e-5, grad_rtol: 1e-4, grad_atol: 1e-4 },
+            Tol::sums(9, 3.0, 140, 140f64.sqrt()),
         );
     });
 }

@@ -51,7 +51,8 @@ fn permute_ref(x: &[f64], shape: &[usize], perm: &[usize]) -> Vec<f64> {
         .collect()
 }
 
-const TOL: Tol = Tol { rtol: 0.0, atol: 0.0, grad_rtol: 1e-4, grad_atol: 1e-5 };
+/// Data movement is exact; gradients are copies of the seed or sums of a few (repeated ids).
+const TOL: Tol = Tol { rtol: 0.0, atol: 0.0, grad_rtol: 1e-5, grad_atol: 1e-6 };
 
 #[test]
 fn concat_three_tensors_along_each_axis() {

@@ -164,7 +164,20 @@ pub fn fd_grad(f: &dyn Fn(&[Vec<f64>]) -> Vec<f64>, inputs: &[Vec<f64>], w: &[f6
     g
 }
 
-/// Tolerances of an op check.
+/// Tolerances of an op check: |got - want| <= atol + rtol |want| per element, forward and
+/// gradients (vs f64 central differences, eps 1e-6: accurate to ~1e-10 of the gradient's
+/// scale, so the tolerance is all f32 arithmetic).
+///
+/// Derived from the arithmetic (f32 unit roundoff u = 2^-24 ~ 6e-8):
+/// - `Tol::default()`, element-wise ops and short reductions: each output is a handful of
+///   f32 operations (GPU transcendentals: a few ulp), i.e. ~1e-6 relative at worst; 1e-5
+///   leaves a 10x margin, and atol 1e-6 covers values that cancel to near zero. A gradient
+///   rounded through f16 (4.9e-4 relative) fails it; the old 2e-3 let it pass.
+/// - [`Tol::sums`], outputs that are sums of K terms: rounding errors of a sum add up like a
+///   random walk, ~u sqrt(K) relative to the sum's own scale, so atol = 1e-6 sqrt(K) times
+///   that scale (u sqrt(K) with a 16x margin).
+///
+/// Any looser tolerance at a call site says why beside it.
 #[derive(Clone, Copy)]
 pub struct Tol {
     pub rtol: f64,
@@ -174,7 +187,16 @@ pub struct Tol {
 }
 impl Default for Tol {
     fn default() -> Self {
-        Tol { rtol: 1e-4, atol: 1e-5, grad_rtol: 2e-3, grad_atol: 2e-4 }
+        Tol { rtol: 1e-5, atol: 1e-6, grad_rtol: 1e-5, grad_atol: 1e-6 }
+    }
+}
+impl Tol {
+    /// Forward outputs summing `k_fwd` terms at output scale `fwd_scale`, gradients summing
+    /// `k_grad` terms at gradient scale `grad_scale` (scales: typical magnitude of the
+    /// result, e.g. sqrt(K) for K products of unit-size values).
+    pub fn sums(k_fwd: usize, fwd_scale: f64, k_grad: usize, grad_scale: f64) -> Tol {
+        let a = |k: usize, scale: f64| 1e-6 * (k.max(1) as f64).sqrt() * scale;
+        Tol { rtol: 1e-5, atol: a(k_fwd, fwd_scale), grad_rtol: 1e-5, grad_atol: a(k_grad, grad_scale) }
     }
 }
 
