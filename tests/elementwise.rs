@@ -127,6 +127,45 @@ fn check_binary(shapes: &[(Vec<usize>, Vec<usize>)], seed: u64) {
     }
 }
 
+/// lerp(a, b, s, t) = s*a + t*b with broadcasting: forward and both gradients (s*g and t*g,
+/// summed over broadcast dims) vs finite differences.
+fn check_lerp(shapes: &[(Vec<usize>, Vec<usize>)], seed: u64) {
+    let mut rng = Rng::new(seed);
+    let (s, t) = (0.7f32, -1.3f32);
+    for (sa, sb) in shapes {
+        let a = rng.uniforms(numel(sa), -2.0, 2.0);
+        let b = rng.uniforms(numel(sb), -2.0, 2.0);
+        let (sa2, sb2) = (sa.clone(), sb.clone());
+        // a broadcast operand's gradient sums over the dims it was broadcast along
+        let k = numel(&bcast_shape(sa, sb)) / numel(sa).min(numel(sb));
+        check_op(
+            &format!("lerp {sa:?} {sb:?}"),
+            &[(a, sa.clone()), (b, sb.clone())],
+            &[0, 1],
+            &|x| ops::lerp(&x[0], &x[1], s, t),
+            &move |xs| bcast_ref(&xs[0], &sa2, &xs[1], &sb2, |x, y| s as f64 * x + t as f64 * y),
+            Tol::sums(1, 1.0, k, (k as f64).sqrt()),
+        );
+    }
+}
+
+/// Broadcast output shape (numpy rules) of two shapes.
+fn bcast_shape(a: &[usize], b: &[usize]) -> Vec<usize> {
+    let n = a.len().max(b.len());
+    (0..n)
+        .map(|i| {
+            let da = if i + a.len() >= n { a[i + a.len() - n] } else { 1 };
+            let db = if i + b.len() >= n { b[i + b.len() - n] } else { 1 };
+            da.max(db)
+        })
+        .collect()
+}
+
+#[test]
+fn lerp_matches_reference_and_gradients() {
+    check_lerp(&[(vec![7, 33], vec![7, 33]), (vec![5, 1, 9], vec![4, 1]), (vec![3, 17], vec![17]), (vec![1], vec![2, 3, 5])], 44);
+}
+
 #[test]
 fn broadcast_mismatch_is_a_typed_error() {
     let g = gpu();
@@ -359,6 +398,7 @@ fn elementwise_under_workgroup_cap() {
         check_unary(vec![2777], 42);
         // 2747 and 3600 outputs: 11 and 15 workgroups (3-D grids with spare workgroups)
         check_binary(&[(vec![41, 67], vec![41, 67]), (vec![3, 1, 300], vec![4, 1])], 43);
+        check_lerp(&[(vec![41, 67], vec![41, 67]), (vec![3, 1, 300], vec![4, 1])], 45);
         binary_ops_broadcast_and_gradients();
         // row reductions over 6 outputs, tree reductions of up to 1000 rows
         reductions_match_reference_and_gradients();

@@ -318,15 +318,32 @@ fn linear_with_and_without_bias_and_scale() {
     }
 }
 
+/// `ops::matmul` (the plain entry point every module uses) against the f64 reference, forward
+/// and gradients: 2-D, batched with a shared B (folded into M) and broadcast batches, sizes
+/// not multiples of any tile (64, 128, K-slices of 8 / 16).
 #[test]
-fn plain_matmul_matches_matmul_ex_default() {
-    let g = gpu();
+fn plain_matmul_matches_reference_and_gradients() {
     let mut rng = Rng::new(17);
-    let a = upload(&g, &rng.normals(3 * 4), &[3, 4]);
-    let b = upload(&g, &rng.normals(4 * 2), &[4, 2]);
-    let y1 = ops::matmul(&a, &b).unwrap().to_vec().unwrap();
-    let y2 = ops::matmul_ex(&a, &b, MatmulOpts::default()).unwrap().to_vec().unwrap();
-    assert_eq!(y1, y2);
+    for (ab, bb, m, k, n) in [
+        (vec![], vec![], 67usize, 33usize, 45usize),
+        (vec![3], vec![], 19, 21, 70),
+        (vec![2, 1], vec![3], 5, 9, 130),
+    ] {
+        let sa = a_shape(&ab, m, k, false);
+        let sb = b_shape(&bb, k, n, false);
+        let inputs = vec![(rng.normals(numel(&sa)), sa.clone()), (rng.normals(numel(&sb)), sb.clone())];
+        // dB of a broadcast B sums over the batch as well as M
+        let kg = m.max(n) * numel(&bcast(&ab, &bb));
+        let (sa2, sb2) = (sa.clone(), sb.clone());
+        check_op(
+            &format!("plain matmul {sa:?} x {sb:?}"),
+            &inputs,
+            &[0, 1],
+            &|t| ops::matmul(&t[0], &t[1]),
+            &|x| matmul_ref(&x[0], &sa2, false, &x[1], &sb2, false, None),
+            Tol::sums(k, (k as f64).sqrt(), kg, (kg as f64).sqrt()),
+        );
+    }
 }
 
 fn shape_err(r: equimodal::Result<Tensor>) -> String {
