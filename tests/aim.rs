@@ -429,3 +429,21 @@ fn aim_trains_with_every_aux_bn_mode() {
         check_log(&lines, 2, 0.5, 0.9);
     }
 }
+
+/// AIM's selection, mask and prototype kernels with few workgroups per grid dimension
+/// (`with_workgroup_cap`): folded 3-D grids with spare workgroups; the pool canary must hold.
+#[test]
+fn aim_kernels_under_workgroup_cap() {
+    with_workgroup_cap(5, || {
+        selection_matches_cpu_on_random_scores_odd_sizes();
+        selection_handles_ties_and_duplicates();
+        mask_scale_values();
+        prototype_scores_match_f64();
+        assert_canaries("AIM selection / mask / prototypes");
+    });
+    // 70,001 scores: more than 5^3 workgroups of 256
+    with_workgroup_cap(7, || {
+        selection_of_a_larger_layer_is_exact();
+        assert_canaries("AIM selection of 70,001 scores");
+    });
+}
