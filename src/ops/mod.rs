@@ -35,8 +35,9 @@ use crate::tensor::{DType, Tensor};
 /// Workgroups for `n` independent items at `per_group` items per workgroup, folded over
 /// x, y and z so none exceeds the device's per-dimension limit
 /// ([`Gpu::max_workgroups_per_dim`]: the adapter's, or the test cap). Kernels recover the
-/// item index as `((wg.z * num_workgroups.y + wg.y) * num_workgroups.x + wg.x) * per_group
-/// + local_index`. A folded grid may hold more workgroups than needed (up to gy - 1 extra
+/// item index as
+/// `((wg.z * num_workgroups.y + wg.y) * num_workgroups.x + wg.x) * per_group + local_index`.
+/// A folded grid may hold more workgroups than needed (up to gy - 1 extra
 /// per z slice, plus a partial last z slice), so every kernel launched on it guards its
 /// index. With the adapter's limit z is only used past 2^32 workgroups (never); with a test
 /// cap of 3 it is used past 9.
