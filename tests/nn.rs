@@ -818,3 +818,16 @@ fn mlp_forward_and_backward_match_cpu_reference() {
     let cpu = |p: &Named| cpu_nn::mlp(p, "mlp", &xh, 3).0;
     check_module_grads_fd("mlp", &mlp, &out, &cpu, 1e-5, 6, 921);
 }
+
+#[test]
+fn transformer_backward_matches_finite_differences_of_cpu_reference() {
+    // patches of a [2, 4, 6] sample (6 tokens of 8 features), 2 blocks, 2 heads
+    let cfg = tf_cfg(&[1, 1]);
+    let mut rng = Rng::new(930);
+    let tf = transformer(&[2, 4, 6], 94);
+    randomize_affine(&tf, &mut rng);
+    let (x, xh) = input(&mut rng, &[3, 2, 4, 6]);
+    let (pooled, _) = tf.forward_depths(&x, &Ctx::train()).unwrap();
+    let cpu = |p: &Named| cpu_nn::transformer(p, "tf", &xh, cfg.layers, cfg.heads, cfg.patch).0;
+    check_module_grads_fd("transformer", &tf, &pooled, &cpu, 1e-4, 2, 931);
+}
