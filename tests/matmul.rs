@@ -231,6 +231,8 @@ fn cross_check(rng: &mut Rng, ab: &[usize], bb: &[usize], m: usize, n: usize, k:
         let diff = got.iter().zip(&reference).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
         assert!(diff <= 1e-4 * (k as f32).sqrt(), "{kernel:?} vs reference kernel {what}: max diff {diff}");
     }
+    // no kernel wrote past the end of its output (M and N tails of the tiles)
+    assert_canaries(&what);
 }
 
 #[test]

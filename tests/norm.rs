@@ -302,6 +302,8 @@ fn check_chunked(rng: &mut Rng, n: usize, c: usize, hw: Option<(usize, usize)>, 
     assert_close(&format!("{what} dbias"), &grads.get(&bt).unwrap().to_vec().unwrap(), &db, 1e-5, 1e-6 * sx);
     let dx_max = dx.iter().fold(0.0f64, |a, v| a.max(v.abs()));
     assert_close(&format!("{what} dx"), &grads.get(&xt).unwrap().to_vec().unwrap(), &dx, 1e-4, 1e-5 * dx_max);
+    // the chunked statistics' partials and the backward's partial sums stayed in bounds
+    assert_canaries(&what);
 }
 
 #[test]
