@@ -53,8 +53,10 @@ pub struct GpuOptions {
     /// Test mode: use at most this many workgroups per grid dimension instead of the
     /// adapter's limit (65,535 on most GPUs). Every grid computation (`ops::grid`, the tiled
     /// conv and matmul launches) reads [`Gpu::max_workgroups_per_dim`], so a cap of 3 makes
-    /// tensors of a few thousand elements take the folded 2-D grids and split launches that
-    /// otherwise only tensors of millions of elements reach. `EQUIMODAL_MAX_WORKGROUPS_PER_DIM`.
+    /// tensors of a few thousand elements take the folded grids (with spare workgroups) and
+    /// split launches that otherwise only tensors of millions of elements reach; a launch the
+    /// grid logic cannot fit (more than cap^3 workgroups) is an error, never silently run.
+    /// `EQUIMODAL_MAX_WORKGROUPS_PER_DIM`.
     pub max_workgroups_per_dim: Option<u32>,
     /// Test mode: every pooled buffer gets at least 16 bytes of slack beyond its tensor,
     /// filled with a NaN sentinel; [`Gpu::check_canaries`] reports any sentinel a kernel
