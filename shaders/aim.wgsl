@@ -58,7 +58,7 @@ fn ordered(v: f32) -> u32 {
 }
 
 fn flat_group(wg: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return wg.y * nwg.x + wg.x;
+    return (wg.z * nwg.y + wg.y) * nwg.x + wg.x;
 }
 
 // ---- init: one thread per layer slot ---------------------------------------------------

@@ -32,6 +32,13 @@ struct Params {
     pw: u32, dh: u32, dw: u32, m: u32,     // m: GEMM M of the launch (fwd: N*HO*WO; dw: C*KH*KW)
     k: u32, chunk: u32, splits: u32, direct: u32, // k: GEMM K (fwd: C*KH*KW; dw: N*HO*WO)
     flags: u32, // bit 0: w_scale bound (reduce pass), bit 1: bias bound (forward)
+    x0: u32, y0: u32, z0: u32, // first workgroup of this launch (ops::split_grid: launches
+                               // are split per dimension at the device's workgroup limit)
+}
+
+// Workgroup id within the whole (split) grid.
+fn tile_id(wg: vec3<u32>) -> vec3<u32> {
+    return wg + vec3<u32>(p.x0, p.y0, p.z0);
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -94,12 +101,12 @@ fn fwd_entry(k: u32) -> vec4<i32> {
 
 @compute @workgroup_size(256)
 fn conv_fwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    fwd_body(wg, lid, false);
+    fwd_body(tile_id(wg), lid, false);
 }
 
 @compute @workgroup_size(256)
 fn conv_fwd_scaled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    fwd_body(wg, lid, true);
+    fwd_body(tile_id(wg), lid, true);
 }
 
 fn fwd_body(wg: vec3<u32>, lid: u32, scaled: bool) {
@@ -271,12 +278,12 @@ fn dx_entry(q: Phase, k: u32) -> vec4<i32> {
 
 @compute @workgroup_size(256)
 fn conv_dx(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    dx_body(wg, lid, false);
+    dx_body(tile_id(wg), lid, false);
 }
 
 @compute @workgroup_size(256)
 fn conv_dx_scaled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    dx_body(wg, lid, true);
+    dx_body(tile_id(wg), lid, true);
 }
 
 fn dx_body(wg: vec3<u32>, lid: u32, scaled: bool) {
@@ -397,12 +404,12 @@ fn dw_entry(q: u32, end: u32) -> vec4<i32> {
 
 @compute @workgroup_size(256)
 fn conv_dw(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    dw_body(wg, lid, false);
+    dw_body(tile_id(wg), lid, false);
 }
 
 @compute @workgroup_size(256)
 fn conv_dw_scaled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    dw_body(wg, lid, true);
+    dw_body(tile_id(wg), lid, true);
 }
 
 fn dw_body(wg: vec3<u32>, lid: u32, scaled: bool) {
@@ -504,7 +511,7 @@ fn dw_body(wg: vec3<u32>, lid: u32, scaled: bool) {
 @compute @workgroup_size(256)
 fn conv_dw_reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                   @builtin(local_invocation_index) lid: u32) {
-    let i = (wg.y * nwg.x + wg.x) * 256u + lid;
+    let i = ((wg.z * nwg.y + wg.y) * nwg.x + wg.x) * 256u + lid;
     let per = p.o * p.m;
     if (i >= per) {
         return;
@@ -530,7 +537,7 @@ var<workgroup> red: array<f32, 256>;
 @compute @workgroup_size(256)
 fn conv_dbias(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
               @builtin(local_invocation_index) lid: u32) {
-    let o = wg.y * nwg.x + wg.x;
+    let o = (wg.z * nwg.y + wg.y) * nwg.x + wg.x;
     // workgroup-uniform exit
     if (o >= p.o) {
         return;

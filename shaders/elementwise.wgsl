@@ -21,7 +21,7 @@ struct Params {
 const WG: u32 = 256u;
 
 fn flat_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return (wg.y * nwg.x + wg.x) * WG + lid;
+    return ((wg.z * nwg.y + wg.y) * nwg.x + wg.x) * WG + lid;
 }
 
 const SQRT_2_OVER_PI: f32 = 0.7978845608028654;

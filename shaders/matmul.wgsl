@@ -14,7 +14,8 @@
 // - gemm_ref: one thread per output, no tiling. Only used by the tests to cross-check.
 //
 // Tiled kernels, common structure:
-// - Workgroup (x, y, z) = (column tile, row tile, batch - z0).
+// - Workgroup (x, y, z) + (x0, y0, z0) = (column tile, row tile, batch): launches are
+//   split per dimension at the device's workgroup limit (ops::split_grid).
 // - Both operand tiles are stored k-major in workgroup memory (tile[k][m], tile[k][n]), so
 //   the inner product step reads one vec4 of A and one of B per 4 (or 8) outputs.
 // - Rows of the tiles are padded from 128 (64) to 132 (68) floats: the scalar stores of a
@@ -41,8 +42,8 @@ struct Params {
     flags: u32,    // bit 0: SA present, bit 1: SB present, bit 2: bias present
     nbd: u32,      // batch dims in bshape/bsa/bsb
     z0: u32,       // batch index of workgroup z = 0 (launches split over z chunks)
-    _p0: u32,
-    _p1: u32,
+    x0: u32,       // column tile of workgroup x = 0 (launches split over x chunks)
+    y0: u32,       // row tile of workgroup y = 0 (launches split over y chunks)
     _p2: u32,
     bshape: array<vec4<u32>, 2>, // output batch shape (dims of size 1 dropped)
     bsa: array<vec4<u32>, 2>,    // A element stride per batch dim (0: broadcast)
@@ -174,8 +175,8 @@ fn put128(s: Staged, buf: u32, lid: u32) {
 fn gemm_tile128(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let z = wg.z + p.z0;
     let offs = batch_offsets(z);
-    let m0 = wg.y * 128u;
-    let n0 = wg.x * 128u;
+    let m0 = (wg.y + p.y0) * 128u;
+    let n0 = (wg.x + p.x0) * 128u;
     let tx = lid % 16u;
     let ty = lid / 16u;
     // accumulators: c<i><h> = row (i < 4: 4ty+i, else 64+4ty+i-4), columns half h (4tx.. / 64+4tx..)
@@ -275,8 +276,8 @@ fn put64(s: Staged, buf: u32, lid: u32) {
 fn gemm_tile64(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let z = wg.z + p.z0;
     let offs = batch_offsets(z);
-    let m0 = wg.y * 64u;
-    let n0 = wg.x * 64u;
+    let m0 = (wg.y + p.y0) * 64u;
+    let n0 = (wg.x + p.x0) * 64u;
     let tx = lid % 16u;
     let ty = lid / 16u;
     var c0 = vec4<f32>(0.0);
@@ -323,7 +324,7 @@ fn gemm_tile64(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
 @compute @workgroup_size(64)
 fn gemm_ref(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) lid: u32) {
-    let idx = (wg.y * nwg.x + wg.x) * 64u + lid;
+    let idx = ((wg.z * nwg.y + wg.y) * nwg.x + wg.x) * 64u + lid;
     let mn = p.m * p.n;
     if (idx >= mn * p.batch) {
         return;

@@ -86,7 +86,7 @@ fn wg_sum2(lid: u32, v: vec2<f32>, n: u32) -> vec2<f32> {
 }
 
 fn flat_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return (wg.y * nwg.x + wg.x) * WG + lid;
+    return ((wg.z * nwg.y + wg.y) * nwg.x + wg.x) * WG + lid;
 }
 
 // ---- batch-norm chunk walk ---------------------------------------------------------------
@@ -135,7 +135,7 @@ fn bn_step(w: ptr<function, BnWalk>) {
 // (chunk, channel) of a bn_stats / bn_bwd_reduce workgroup, on a grid of chunks*C
 // workgroups folded into 2-D (see ops::grid); chunk == chunks marks a padding workgroup.
 fn bn_chunk_id(wg: vec3<u32>, nwg: vec3<u32>) -> vec2<u32> {
-    let w = wg.y * nwg.x + wg.x;
+    let w = (wg.z * nwg.y + wg.y) * nwg.x + wg.x;
     if (w >= bp.chunks * bp.c) { return vec2<u32>(bp.chunks, 0u); }
     let c = w / bp.chunks;
     return vec2<u32>(w - c * bp.chunks, c);
@@ -223,7 +223,7 @@ fn bn_stats(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
 @compute @workgroup_size(256)
 fn bn_stats_merge(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                   @builtin(local_invocation_index) lid: u32) {
-    let c = wg.y * nwg.x + wg.x;
+    let c = (wg.z * nwg.y + wg.y) * nwg.x + wg.x;
     if (c >= bp.c) { return; } // uniform: whole workgroup
     let shift = bm_part[c * bp.chunks]; // chunk 0's mean (chunks >= 1)
     var n = 0.0;
@@ -339,7 +339,7 @@ fn bn_bwd_reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
 @compute @workgroup_size(256)
 fn bn_bwd_merge(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
-    let c = wg.y * nwg.x + wg.x;
+    let c = (wg.z * nwg.y + wg.y) * nwg.x + wg.x;
     if (c >= bp.c) { return; } // uniform: whole workgroup
     var v = vec2<f32>(0.0, 0.0);
     if (lid < bp.chunks) {
@@ -388,7 +388,7 @@ fn bn_bwd_dx(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg:
 @compute @workgroup_size(128)
 fn ln_fwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
           @builtin(local_invocation_index) lid: u32) {
-    let r = wg.y * nwg.x + wg.x;
+    let r = (wg.z * nwg.y + wg.y) * nwg.x + wg.x;
     if (r >= lp.rows) { return; } // uniform
     let base = r * lp.d;
     var acc = 0.0;
@@ -420,7 +420,7 @@ fn ln_fwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
 @compute @workgroup_size(128)
 fn ln_bwd_dx(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
              @builtin(local_invocation_index) lid: u32) {
-    let r = wg.y * nwg.x + wg.x;
+    let r = (wg.z * nwg.y + wg.y) * nwg.x + wg.x;
     if (r >= lp.rows) { return; }
     let base = r * lp.d;
     let mean = lb_stats[r];

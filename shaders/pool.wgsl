@@ -1,6 +1,6 @@
 // Pooling kernels over x [N, C, H, W] viewed as N*C planes of H*W.
-// All launches are 1-D (one thread per output or per input element, folded over x/y:
-// index = (wg.y * nwg.x + wg.x) * WG + lid). Every kernel guards its own bounds.
+// All launches are 1-D (one thread per output or per input element, folded over x, y, z:
+// index = ((wg.z * nwg.y + wg.y) * nwg.x + wg.x) * WG + lid). Every kernel guards its own bounds.
 //
 // max_pool_fwd:  one thread per output; PyTorch semantics (padding acts as -inf, the first
 //                maximum in row-major window order wins ties); writes the argmax as the
@@ -32,7 +32,7 @@ const WG: u32 = 256u;
 const NEG_BIG: f32 = -3.402823466e+38;
 
 fn flat_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return (wg.y * nwg.x + wg.x) * WG + lid;
+    return ((wg.z * nwg.y + wg.y) * nwg.x + wg.x) * WG + lid;
 }
 
 // forward bindings (also used by adaptive_fwd / adaptive_bwd: read input, write output)

@@ -79,7 +79,7 @@ fn to_unit(w: u32) -> f32 {
 }
 
 fn block_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return (wg.y * nwg.x + wg.x) * WG + lid;
+    return ((wg.z * nwg.y + wg.y) * nwg.x + wg.x) * WG + lid;
 }
 
 @group(0) @binding(1) var<storage, read_write> out: array<f32>;

@@ -57,7 +57,7 @@ var<workgroup> partial: array<f32, 256>;
 @compute @workgroup_size(256)
 fn reduce_tree(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
-    let out = wg.y * nwg.x + wg.x;
+    let out = (wg.z * nwg.y + wg.y) * nwg.x + wg.x;
     let total = p.outer * p.nchunk * p.inner;
     // uniform control flow: every thread of the workgroup takes the same branch
     if (out >= total) { return; }
@@ -102,7 +102,7 @@ fn reduce_tree(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
 @compute @workgroup_size(256)
 fn reduce_loop(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
-    let out = (wg.y * nwg.x + wg.x) * WG + lid;
+    let out = ((wg.z * nwg.y + wg.y) * nwg.x + wg.x) * WG + lid;
     if (out >= p.outer * p.nchunk * p.inner) { return; }
     let i = out % p.inner;
     let t = out / p.inner;

@@ -24,7 +24,7 @@ const WG: u32 = 256u;
 const NAN_BITS: u32 = 0x7fc00000u;
 
 fn flat_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return (wg.y * nwg.x + wg.x) * WG + lid;
+    return ((wg.z * nwg.y + wg.y) * nwg.x + wg.x) * WG + lid;
 }
 
 // ---- slab copy -------------------------------------------------------------------------

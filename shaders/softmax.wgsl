@@ -34,7 +34,7 @@ var<workgroup> sh_b: array<f32, 256>;
 var<workgroup> sh_i: array<u32, 256>;
 
 fn row_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return (wg.y * nwg.x + wg.x) * (WG / p.seg) + lid / p.seg;
+    return ((wg.z * nwg.y + wg.y) * nwg.x + wg.x) * (WG / p.seg) + lid / p.seg;
 }
 
 // Columns this thread visits: 0 for rows past the end (they still reach every barrier).
@@ -269,7 +269,7 @@ fn ce_mean(@builtin(local_invocation_index) lid: u32) {
 @compute @workgroup_size(256)
 fn ce_bwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
           @builtin(local_invocation_index) lid: u32) {
-    let i = (wg.y * nwg.x + wg.x) * WG + lid;
+    let i = ((wg.z * nwg.y + wg.y) * nwg.x + wg.x) * WG + lid;
     if (i >= p.rows * p.cols) { return; }
     var scale = 0.0;
     if (p.mode == 0u) {

@@ -147,7 +147,7 @@ impl Tensor {
             gpu: self.0.gpu.clone(),
             shape: self.0.shape.clone(),
             dtype: self.0.dtype,
-            storage: Arc::new(Storage { buffer: None, size: 0, pool }),
+            storage: Arc::new(Storage { buffer: None, size: 0, bytes: 0, serial: 0, pool }),
             requires_grad: self.0.requires_grad,
             node: self.0.node.clone(),
         }))

@@ -113,3 +113,15 @@ fn patchify_errors_are_typed() {
     let e = ops::patchify(&x3, (2, 2)).unwrap_err().to_string();
     assert!(e.contains("[3, 6, 8]"), "{e}");
 }
+
+/// Embedding and patchify with few workgroups per grid dimension (`with_workgroup_cap`):
+/// the 90,000-element lookup on a folded 3-D grid of 8 x 8 x 6 workgroups.
+#[test]
+fn embedding_under_workgroup_cap() {
+    with_workgroup_cap(3, patchify_matches_reference_and_gradients);
+    with_workgroup_cap(8, || {
+        embedding_matches_reference_and_gradients();
+        embedding_out_of_range_ids_read_zero_and_get_no_gradient();
+        assert_canaries("embedding with out-of-range ids");
+    });
+}

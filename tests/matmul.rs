@@ -102,7 +102,9 @@ fn all_transpose_and_scale_combinations_forward_and_gradients() {
                     &[0, 1],
                     &|t| ops::matmul_ex(&t[0], &t[1], MatmulOpts { trans_a: ta, trans_b: tb, b_scale: t.get(2) }),
                     &|x| matmul_ref(&x[0], &sa2, ta, &x[1], &sb2, tb, x.get(2).map(|v| &v[..])),
-                    Tol::default(),
+                    // K = 7 products of N(0,1) values; gradients sum N = 6 (dA) or M = 5
+                    // times the batch of 2 (dB) products
+                    Tol::sums(k, (k as f64).sqrt(), 2 * m.max(n), (2.0 * m.max(n) as f64).sqrt()),
                 );
             }
         }
@@ -156,6 +158,8 @@ fn batch_broadcasting_forward_and_gradients() {
     ];
     for (ab, bb, ta, tb) in cases {
         let (m, k, n) = (3, 5, 4);
+        // gradient terms: N or M products per batch, times the batch a broadcast operand sums
+        let kg = m.max(n) * numel(&bcast(&ab, &bb));
         let sa = a_shape(&ab, m, k, ta);
         let sb = b_shape(&bb, k, n, tb);
         let scaled = rng.below(2) == 1;
@@ -177,7 +181,8 @@ fn batch_broadcasting_forward_and_gradients() {
                 Ok(y)
             },
             &|x| matmul_ref(&x[0], &sa2, ta, &x[1], &sb2, tb, x.get(2).map(|v| &v[..])),
-            Tol::default(),
+            // K products per output; a broadcast operand's gradient sums over the batch too
+            Tol::sums(k, (k as f64).sqrt(), kg, (kg as f64).sqrt()),
         );
     }
 }
@@ -199,7 +204,7 @@ fn edge_shapes_forward_and_gradients() {
             &[0, 1],
             &|t| ops::matmul_ex(&t[0], &t[1], MatmulOpts { trans_a: ta, trans_b: tb, b_scale: None }),
             &|x| matmul_ref(&x[0], &sa2, ta, &x[1], &sb2, tb, None),
-            Tol { rtol: 1e-4, atol: 1e-4, grad_rtol: 2e-3, grad_atol: 5e-4 },
+            Tol::sums(k, (k as f64).sqrt(), m.max(n), (m.max(n) as f64).sqrt()),
         );
     }
 }
@@ -219,13 +224,17 @@ fn cross_check(rng: &mut Rng, ab: &[usize], bb: &[usize], m: usize, n: usize, k:
     let opts = MatmulOpts { trans_a: ta, trans_b: tb, b_scale: st.as_ref() };
     let reference = ops::matmul_with_kernel(&at, &bt, opts, MatmulKernel::Reference).unwrap().to_vec().unwrap();
     let what = format!("{sa:?} x {sb:?} ta={ta} tb={tb} scaled={scaled}");
-    assert_close(&format!("reference kernel {what}"), &reference, &want, 1e-4, 1e-4);
+    // K products of N(0,1) values: scale sqrt(K), f32 error ~ u sqrt(K) of that (Tol::sums)
+    let atol = 1e-6 * k as f64;
+    assert_close(&format!("reference kernel {what}"), &reference, &want, 1e-5, atol);
     for kernel in [MatmulKernel::Tile64, MatmulKernel::Tile128, MatmulKernel::Auto] {
         let got = ops::matmul_with_kernel(&at, &bt, opts, kernel).unwrap().to_vec().unwrap();
-        assert_close(&format!("{kernel:?} {what}"), &got, &want, 1e-4, 1e-4);
+        assert_close(&format!("{kernel:?} {what}"), &got, &want, 1e-5, atol);
         let diff = got.iter().zip(&reference).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
         assert!(diff <= 1e-4 * (k as f32).sqrt(), "{kernel:?} vs reference kernel {what}: max diff {diff}");
     }
+    // no kernel wrote past the end of its output (M and N tails of the tiles)
+    assert_canaries(&what);
 }
 
 #[test]
@@ -313,15 +322,32 @@ fn linear_with_and_without_bias_and_scale() {
     }
 }
 
+/// `ops::matmul` (the plain entry point every module uses) against the f64 reference, forward
+/// and gradients: 2-D, batched with a shared B (folded into M) and broadcast batches, sizes
+/// not multiples of any tile (64, 128, K-slices of 8 / 16).
 #[test]
-fn plain_matmul_matches_matmul_ex_default() {
-    let g = gpu();
+fn plain_matmul_matches_reference_and_gradients() {
     let mut rng = Rng::new(17);
-    let a = upload(&g, &rng.normals(3 * 4), &[3, 4]);
-    let b = upload(&g, &rng.normals(4 * 2), &[4, 2]);
-    let y1 = ops::matmul(&a, &b).unwrap().to_vec().unwrap();
-    let y2 = ops::matmul_ex(&a, &b, MatmulOpts::default()).unwrap().to_vec().unwrap();
-    assert_eq!(y1, y2);
+    for (ab, bb, m, k, n) in [
+        (vec![], vec![], 67usize, 33usize, 45usize),
+        (vec![3], vec![], 19, 21, 70),
+        (vec![2, 1], vec![3], 5, 9, 130),
+    ] {
+        let sa = a_shape(&ab, m, k, false);
+        let sb = b_shape(&bb, k, n, false);
+        let inputs = vec![(rng.normals(numel(&sa)), sa.clone()), (rng.normals(numel(&sb)), sb.clone())];
+        // dB of a broadcast B sums over the batch as well as M
+        let kg = m.max(n) * numel(&bcast(&ab, &bb));
+        let (sa2, sb2) = (sa.clone(), sb.clone());
+        check_op(
+            &format!("plain matmul {sa:?} x {sb:?}"),
+            &inputs,
+            &[0, 1],
+            &|t| ops::matmul(&t[0], &t[1]),
+            &|x| matmul_ref(&x[0], &sa2, false, &x[1], &sb2, false, None),
+            Tol::sums(k, (k as f64).sqrt(), kg, (kg as f64).sqrt()),
+        );
+    }
 }
 
 fn shape_err(r: equimodal::Result<Tensor>) -> String {
@@ -370,4 +396,48 @@ fn typed_errors_name_the_shapes() {
     // dtype errors are typed too
     let u = Tensor::from_u32(&g, &[0; 20], &[4, 5]).unwrap();
     assert!(matches!(ops::matmul(&a, &u), Err(Error::DType { .. })));
+}
+
+/// The tiled matmul kernels with few workgroups per grid dimension (`with_workgroup_cap`):
+/// column tiles, row tiles and batches are each split into several launches
+/// (`ops::split_grid`, offsets x0 / y0 / z0 in the kernel's parameters).
+#[test]
+fn matmul_under_workgroup_cap() {
+    with_workgroup_cap(3, || {
+        let g = gpu();
+        let mut rng = Rng::new(33);
+        // Tile64: 3 column tiles, 4 row tiles (launches of 3 + 1), batch 5 (3 + 2);
+        // Tile128: 2 x 2 tiles, batch 5 (3 + 2). K = 37 and no size a tile multiple.
+        let (m, n, k) = (200, 150, 37);
+        for (ta, tb) in [(false, false), (true, true)] {
+            let sa = a_shape(&[5], m, k, ta);
+            let sb = b_shape(&[5], k, n, tb);
+            let a = round_f32(&rng.normals(numel(&sa)));
+            let b = round_f32(&rng.normals(numel(&sb)));
+            let want = matmul_ref(&a, &sa, ta, &b, &sb, tb, None);
+            let (at, bt) = (upload(&g, &a, &sa), upload(&g, &b, &sb));
+            let opts = MatmulOpts { trans_a: ta, trans_b: tb, b_scale: None };
+            for kernel in [MatmulKernel::Tile64, MatmulKernel::Tile128] {
+                let got = ops::matmul_with_kernel(&at, &bt, opts, kernel).unwrap().to_vec().unwrap();
+                // K = 37 products of N(0,1) values: f32 error ~ sqrt(K) * 2^-24 * |a||b|
+                assert_close(&format!("capped {kernel:?} ta={ta} tb={tb}"), &got, &want, 1e-5, 1e-5 * (k as f64).sqrt());
+            }
+            assert_canaries("capped matmul");
+        }
+    });
+    // forward and both gradients (finite differences): 140 x 70 x 9 with Tile64 is 2 x 3
+    // tiles, launched as 2 x 2 and 2 x 1 with a cap of 2
+    with_workgroup_cap(2, || {
+        let mut rng = Rng::new(34);
+        let (sa, sb) = (vec![140, 9], vec![9, 70]);
+        let inputs = vec![(rng.normals(numel(&sa)), sa.clone()), (rng.normals(numel(&sb)), sb.clone())];
+        check_op(
+            "capped matmul 140x70x9",
+            &inputs,
+            &[0, 1],
+            &|t| ops::matmul(&t[0], &t[1]),
+            &|x| matmul_ref(&x[0], &sa, false, &x[1], &sb, false, None),
+            Tol::sums(9, 3.0, 140, 140f64.sqrt()),
+        );
+    });
 }

@@ -136,6 +136,7 @@ fn resnet18_eval_matches_cpu_reference() {
         assert_eq!(net.out_dim(), 8 * base);
         check_resnet_depth_shapes(&outs, shape[0], base);
         for (d, (o, w)) in outs.iter().zip(&want_outs).enumerate() {
+            // 17 conv layers deep (sums of up to 1,152 products each): 1e-4 of the tensor's scale
             close(&format!("resnet eval {shape:?} depth {d}"), o, w, 1e-4);
         }
         close(&format!("resnet eval {shape:?} pooled"), &pooled, &want_pooled, 1e-4);
@@ -170,6 +171,8 @@ fn resnet18_train_matches_cpu_reference_and_updates_running_stats() {
         let (want_pooled, want_outs) = cpu_nn::resnet18(&p, &mut bufs, "enc", &xh, true);
         check_resnet_depth_shapes(&outs, shape[0], base);
         for (d, (o, w)) in outs.iter().zip(&want_outs).enumerate() {
+            // training-mode batch norms over as few as 4 values (layer4: 2 samples at 1x2 or
+            // 2x1) divide by small batch deviations, which amplifies f32 errors ~10x over eval
             close(&format!("resnet train {shape:?} depth {d}"), o, w, 1e-3);
             close_t(&format!("resnet train (frozen stats) {shape:?} depth {d}"), &outs_f[d], o, 1e-6);
         }
@@ -455,6 +458,7 @@ fn transformer_matches_cpu_reference_and_gradients_flow() {
         let (want, want_outs) = cpu_nn::transformer(&p, "tf", &xh, cfg.layers, cfg.heads, cfg.patch);
         assert_eq!(outs.len(), 2);
         for (d, (o, w)) in outs.iter().zip(&want_outs).enumerate() {
+            // attention, layer norms and GELU MLPs twice over: 1e-4 of the tensor's scale
             close(&format!("transformer {shape:?} block {d}"), o, w, 1e-4);
         }
         close(&format!("transformer {shape:?} pooled"), &pooled, &want, 1e-4);
@@ -705,4 +709,129 @@ fn model_init_reaches_every_layer_of_a_method() {
         }
     }
     assert!(layers >= 5, "{layers} layers");
+}
+
+// ---- 9. module backward against finite differences of the CPU reference ----------------------
+
+/// GPU gradients of L = sum(w ⊙ f(x; θ)) (w fixed, random) for a few random entries of every
+/// parameter tensor of `m`, against central differences of the f64 CPU reference `cpu`
+/// (which gets the parameters by name, one entry moved by ±eps). Training mode: batch norms
+/// use batch statistics, as in a training step.
+///
+/// Tolerance: |gpu - fd| <= 2e-5 |fd| + 2e-5 max|gpu grad of that tensor| (see below). The
+/// worst entry of these seeds sits at 0.56 of it (a ResNet batch-norm bias); a gradient
+/// rounded through f16 (relative error up to 4.9e-4) or scaled wrongly fails it, where the
+/// older "finite and not all zero" checks pass both.
+fn check_module_grads_fd(what: &str, m: &dyn Module, y: &Tensor, cpu: &dyn Fn(&Named) -> T, fwd_rel: f64, per_tensor: usize, seed: u64) {
+    let mut rng = Rng::new(seed);
+    let w = round_f32(&rng.uniforms(y.numel(), -1.0, 1.0));
+    let mut grads = Gradients::new();
+    y.backward_with(upload(&gpu(), &w, y.shape()), &mut grads).unwrap();
+    assert_canaries(&format!("{what} backward"));
+    let base = params_of(m);
+    let loss = |p: &Named| cpu(p).data.iter().zip(&w).map(|(a, b)| a * b).sum::<f64>();
+    // the CPU forward at the unperturbed parameters is the GPU forward (checked elsewhere):
+    // a mismatch here would make the comparison below meaningless
+    let want_y = cpu(&base);
+    close(&format!("{what} forward"), y, &want_y, fwd_rel);
+    let eps = 1e-6;
+    let mut checked = 0;
+    for p in m.params() {
+        let g = grads.get(&p.tensor).unwrap_or_else(|| panic!("{what}: no gradient for {}", p.name)).to_vec().unwrap();
+        assert_eq!(g.len(), p.tensor.numel(), "{what}: gradient size of {}", p.name);
+        let scale = g.iter().fold(0.0f64, |a, v| a.max(v.abs() as f64));
+        let mut picks: Vec<usize> = (0..per_tensor).map(|_| rng.below(g.len())).collect();
+        // always include the entry with the largest gradient: it cannot hide under atol
+        picks.push(g.iter().enumerate().fold(0, |b, (i, v)| if v.abs() > g[b].abs() { i } else { b }));
+        for i in picks {
+            let mut pp = base.clone();
+            let t = pp.get_mut(&p.name).unwrap();
+            let x0 = t.data[i];
+            t.data[i] = x0 + eps;
+            let lp = loss(&pp);
+            pp.get_mut(&p.name).unwrap().data[i] = x0 - eps;
+            let lm = loss(&pp);
+            let fd = (lp - lm) / (2.0 * eps);
+            let err = (g[i] as f64 - fd).abs();
+            // 2e-5: f32 sums of up to a few thousand terms in the convs and batch-norm
+            // reductions (sqrt(K) * 6e-8 ~ 4e-6) plus the batch norm's cancellation
+            // (its input gradient is a difference of sums); FD error ~1e-10.
+            let tol = 2e-5 * fd.abs() + 2e-5 * scale;
+            assert!(err <= tol, "{what}: d/d{}[{i}]: gpu {} vs finite difference {fd} (err {err:.3e} > tol {tol:.3e}, tensor scale {scale:.3e})", p.name, g[i]);
+            checked += 1;
+        }
+    }
+    assert!(checked > 0, "{what}: no parameters checked");
+}
+
+#[test]
+fn resnet18_backward_matches_finite_differences_of_cpu_reference() {
+    // tiny width (base 2), odd image: every stage, both stride-2 shortcuts, the 7x7/2 stem
+    let mut rng = Rng::new(900);
+    let net = resnet(3, 2, 91);
+    randomize_affine(&net, &mut rng);
+    let bufs = buffers_of(&net);
+    // 45 x 41: layer4 still has 2 x 2 positions, so its batch norms see 12 values each
+    let shape = [3, 3, 45, 41];
+    let (x, xh) = input(&mut rng, &shape);
+    let (pooled, _) = net.forward_depths(&x, &Ctx::train()).unwrap();
+    let cpu = |p: &Named| cpu_nn::resnet18(p, &mut bufs.clone(), "enc", &xh, true).0;
+    check_module_grads_fd("resnet18", &net, &pooled, &cpu, 1e-4, 2, 901);
+}
+
+#[test]
+fn small_cnn_forward_and_backward_match_cpu_reference() {
+    let g = gpu();
+    let mut rng = Rng::new(910);
+    let cnn = SmallCnn::new(&g, "cnn", 2, 3, 4, &mut srng(92)).unwrap();
+    randomize_affine(&cnn, &mut rng);
+    randomize_running_stats(&cnn, &mut rng);
+    let (x, xh) = input(&mut rng, &[3, 2, 19, 17]);
+    // eval forward per depth (running statistics)
+    let mut bufs = buffers_of(&cnn);
+    let (pooled, outs) = cnn.forward_depths(&x, &Ctx::eval()).unwrap();
+    let (want, want_outs) = cpu_nn::small_cnn(&params_of(&cnn), &mut bufs, "cnn", &xh, 4, false);
+    for (d, (o, w)) in outs.iter().zip(&want_outs).enumerate() {
+        close(&format!("small_cnn eval depth {d}"), o, w, 1e-5);
+    }
+    close("small_cnn eval pooled", &pooled, &want, 1e-5);
+    // training forward and backward
+    let bufs = buffers_of(&cnn);
+    let (pooled, outs) = cnn.forward_depths(&x, &Ctx::train()).unwrap();
+    let (_, want_outs) = cpu_nn::small_cnn(&params_of(&cnn), &mut bufs.clone(), "cnn", &xh, 4, true);
+    for (d, (o, w)) in outs.iter().zip(&want_outs).enumerate() {
+        close(&format!("small_cnn train depth {d}"), o, w, 1e-4);
+    }
+    let cpu = |p: &Named| cpu_nn::small_cnn(p, &mut bufs.clone(), "cnn", &xh, 4, true).0;
+    check_module_grads_fd("small_cnn", &cnn, &pooled, &cpu, 1e-4, 4, 911);
+}
+
+#[test]
+fn mlp_forward_and_backward_match_cpu_reference() {
+    let g = gpu();
+    let mut rng = Rng::new(920);
+    let mlp = MlpEncoder::new(&g, "mlp", 35, &[19, 11, 6], &mut srng(93)).unwrap();
+    randomize_affine(&mlp, &mut rng);
+    let (x, xh) = input(&mut rng, &[7, 5, 7]);
+    let (out, outs) = mlp.forward_depths(&x, &Ctx::train()).unwrap();
+    let (want, want_outs) = cpu_nn::mlp(&params_of(&mlp), "mlp", &xh, 3);
+    for (d, (o, w)) in outs.iter().zip(&want_outs).enumerate() {
+        close(&format!("mlp depth {d}"), o, w, 1e-5);
+    }
+    close("mlp output", &out, &want, 1e-5);
+    let cpu = |p: &Named| cpu_nn::mlp(p, "mlp", &xh, 3).0;
+    check_module_grads_fd("mlp", &mlp, &out, &cpu, 1e-5, 6, 921);
+}
+
+#[test]
+fn transformer_backward_matches_finite_differences_of_cpu_reference() {
+    // patches of a [2, 4, 6] sample (6 tokens of 8 features), 2 blocks, 2 heads
+    let cfg = tf_cfg(&[1, 1]);
+    let mut rng = Rng::new(930);
+    let tf = transformer(&[2, 4, 6], 94);
+    randomize_affine(&tf, &mut rng);
+    let (x, xh) = input(&mut rng, &[3, 2, 4, 6]);
+    let (pooled, _) = tf.forward_depths(&x, &Ctx::train()).unwrap();
+    let cpu = |p: &Named| cpu_nn::transformer(p, "tf", &xh, cfg.layers, cfg.heads, cfg.patch).0;
+    check_module_grads_fd("transformer", &tf, &pooled, &cpu, 1e-4, 2, 931);
 }

@@ -112,7 +112,7 @@ fn param(name: &str, data: &[f64], shape: &[usize]) -> Param {
 fn run_against_reference(label: &str, make: &dyn Fn(&[Param]) -> Box<dyn Optimizer>, cfg: RefCfg, rtol: f64, atol: f64) {
     let g = gpu();
     let mut rng = Rng::new(label.len() as u64 * 7919 + 3);
-    let shapes: Vec<(&str, Vec<usize>)> = vec![("a", vec![13, 21]), ("b", vec![37]), ("c", vec![3, 5, 7]), ("one", vec![1])];
+    let shapes: Vec<(&str, Vec<usize>)> = vec![("a", vec![13, 21]), ("b", vec![37]), ("c", vec![3, 5, 71]), ("one", vec![1])];
     let mut cpu: HashMap<String, Vec<f64>> = HashMap::new();
     let mut params = Vec::new();
     for (name, shape) in &shapes {
@@ -392,4 +392,16 @@ fn clip_grad_norm_scales_to_the_global_norm() {
     // below the limit: unchanged
     let c = clip_grad_norm(&params, &grads, 100.0).unwrap();
     assert_eq!(c.get(&b).unwrap().to_vec().unwrap(), vec![0.0, 12.0]);
+}
+
+/// SGD and Adam (one thread per parameter element) with at most 2 workgroups per grid
+/// dimension (`with_workgroup_cap`): parameter "c" of 1,065 elements takes 5 workgroups,
+/// a 2 x 2 x 2 grid with 3 spare; the pool canary must hold.
+#[test]
+fn optimizers_under_workgroup_cap() {
+    with_workgroup_cap(2, || {
+        sgd_matches_pytorch_rules();
+        adam_matches_pytorch_rules();
+        assert_canaries("optimizer steps");
+    });
 }

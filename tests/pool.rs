@@ -149,3 +149,13 @@ fn pooling_shape_errors_are_typed() {
     let e = ops::global_avg_pool(&x3).unwrap_err().to_string();
     assert!(e.contains("[2, 3, 4]"), "{e}");
 }
+
+/// Pooling with at most 3 workgroups per grid dimension (`with_workgroup_cap`).
+#[test]
+fn pooling_under_workgroup_cap() {
+    with_workgroup_cap(3, || {
+        max_pool_matches_reference_and_gradients();
+        adaptive_avg_pool_matches_reference_and_gradients();
+        global_avg_pool_matches_reference_and_gradients();
+    });
+}

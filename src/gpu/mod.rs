@@ -20,13 +20,23 @@ use pool::BufferPool;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+/// Canary mode (`shaders/canary.wgsl`): fill and check the slack of pooled buffers.
+const CANARY_SRC: &str = include_str!("../../shaders/canary.wgsl");
+const K_CANARY_FILL: Kernel =
+    Kernel { shader: "canary", source: CANARY_SRC, entry: "canary_fill", bindings: &[Access::ReadWrite, Access::ReadWrite] };
+const K_CANARY_CHECK: Kernel =
+    Kernel { shader: "canary", source: CANARY_SRC, entry: "canary_check", bindings: &[Access::ReadWrite, Access::ReadWrite] };
+/// count, serial, word, value, first slack word (u32 each), padded
+const CANARY_REPORT_BYTES: u64 = 32;
+
 /// Commands recorded before this many are flushed automatically.
 const AUTO_FLUSH: usize = 2048;
 
 /// How to pick and configure the adapter. `Default` reads the environment:
 /// `EQUIMODAL_BACKEND` (or wgpu's `WGPU_BACKEND`: vulkan, metal, dx12, gl, comma-separated),
 /// `EQUIMODAL_ADAPTER` (or `WGPU_ADAPTER_NAME`: case-insensitive substring of the adapter
-/// name, e.g. "llvmpipe" for Mesa's software Vulkan), `EQUIMODAL_CHECKED_KERNELS=1`.
+/// name, e.g. "llvmpipe" for Mesa's software Vulkan), `EQUIMODAL_CHECKED_KERNELS=1`, and the
+/// two test modes `EQUIMODAL_MAX_WORKGROUPS_PER_DIM=<n>` and `EQUIMODAL_POOL_CANARY=1`.
 #[derive(Clone, Debug)]
 pub struct GpuOptions {
     pub backends: wgpu::Backends,
@@ -40,6 +50,18 @@ pub struct GpuOptions {
     /// Compile kernels with runtime bounds checks. Off in release builds (the checks cost up
     /// to 40x on large matmuls; the test suite proves the indexing), on in debug builds.
     pub checked_kernels: bool,
+    /// Test mode: use at most this many workgroups per grid dimension instead of the
+    /// adapter's limit (65,535 on most GPUs). Every grid computation (`ops::grid`, the tiled
+    /// conv and matmul launches) reads [`Gpu::max_workgroups_per_dim`], so a cap of 3 makes
+    /// tensors of a few thousand elements take the folded grids (with spare workgroups) and
+    /// split launches that otherwise only tensors of millions of elements reach; a launch the
+    /// grid logic cannot fit (more than cap^3 workgroups) is an error, never silently run.
+    /// `EQUIMODAL_MAX_WORKGROUPS_PER_DIM`.
+    pub max_workgroups_per_dim: Option<u32>,
+    /// Test mode: every pooled buffer gets at least 16 bytes of slack beyond its tensor,
+    /// filled with a NaN sentinel; [`Gpu::check_canaries`] reports any sentinel a kernel
+    /// overwrote (writes past the end of a tensor). `EQUIMODAL_POOL_CANARY=1`.
+    pub pool_canary: bool,
 }
 
 /// Parse a comma-separated backend list (`vulkan,gl`); an unknown name is an error naming
@@ -98,7 +120,18 @@ impl Default for GpuOptions {
             Err(_) => cfg!(debug_assertions),
         };
         let profile = std::env::var("EQUIMODAL_PROFILE").is_ok_and(|v| v == "1" || v == "2");
-        GpuOptions { backends, adapter_name, power: wgpu::PowerPreference::HighPerformance, profile, checked_kernels }
+        let max_workgroups_per_dim =
+            std::env::var("EQUIMODAL_MAX_WORKGROUPS_PER_DIM").ok().and_then(|v| v.trim().parse::<u32>().ok()).filter(|&v| v > 0);
+        let pool_canary = std::env::var("EQUIMODAL_POOL_CANARY").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
+        GpuOptions {
+            backends,
+            adapter_name,
+            power: wgpu::PowerPreference::HighPerformance,
+            profile,
+            checked_kernels,
+            max_workgroups_per_dim,
+            pool_canary,
+        }
     }
 }
 
@@ -211,6 +244,14 @@ struct Inner {
     caps: Capabilities,
     limits: wgpu::Limits,
     checked: bool,
+    /// Workgroups per grid dimension the ops may use (the adapter's limit, or the test cap).
+    max_groups: u32,
+    /// Canary mode: the report buffer of `shaders/canary.wgsl`.
+    canary: Option<wgpu::Buffer>,
+    /// Canary mode: held from taking a buffer to recording its fill, and while a check
+    /// records its scans, so a check on one thread never scans a buffer another thread has
+    /// taken but not yet filled.
+    canary_lock: Mutex<()>,
     cache: Mutex<KernelCache>,
     pool: Arc<Mutex<BufferPool>>,
     batch: Mutex<Batch>,
@@ -290,7 +331,7 @@ impl Gpu {
             trace: wgpu::Trace::Off,
         }))
         .map_err(|e| Error::Device(e.to_string()))?;
-        let mut g = Self::build(device, queue, adapter.get_info(), options.checked_kernels);
+        let mut g = Self::build(device, queue, adapter.get_info(), &options);
         if options.profile && g.0.caps.timestamps {
             if let Some(inner) = Arc::get_mut(&mut g.0) {
                 inner.profile = Some(Mutex::new(std::collections::HashMap::new()));
@@ -308,11 +349,10 @@ impl Gpu {
     /// Run on a device a host program already owns (the embedding case). The engine records
     /// into its own encoders and submits to `queue`; it never touches the host's resources.
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue, info: wgpu::AdapterInfo) -> Gpu {
-        let checked = GpuOptions::default().checked_kernels;
-        Self::build(device, queue, info, checked)
+        Self::build(device, queue, info, &GpuOptions::default())
     }
 
-    fn build(device: wgpu::Device, queue: wgpu::Queue, info: wgpu::AdapterInfo, checked: bool) -> Gpu {
+    fn build(device: wgpu::Device, queue: wgpu::Queue, info: wgpu::AdapterInfo, options: &GpuOptions) -> Gpu {
         let f = device.features();
         let caps = Capabilities {
             timestamps: f.contains(wgpu::Features::TIMESTAMP_QUERY),
@@ -336,15 +376,28 @@ impl Gpu {
             }
         });
         let limits = device.limits();
+        let adapter_max = limits.max_compute_workgroups_per_dimension.max(1);
+        let max_groups = options.max_workgroups_per_dim.map_or(adapter_max, |c| c.clamp(1, adapter_max));
+        let canary = options.pool_canary.then(|| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("equimodal.canary.report"),
+                size: CANARY_REPORT_BYTES,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        });
         Gpu(Arc::new(Inner {
             device,
             queue,
             info,
             caps,
             limits,
-            checked,
+            checked: options.checked_kernels,
+            max_groups,
+            canary,
+            canary_lock: Mutex::new(()),
             cache: Mutex::new(KernelCache::default()),
-            pool: Arc::new(Mutex::new(BufferPool::new())),
+            pool: Arc::new(Mutex::new(BufferPool::new(options.pool_canary))),
             batch: Mutex::new(Batch::default()),
             next_id: AtomicU64::new(1),
             submits: AtomicU64::new(0),
@@ -371,6 +424,16 @@ impl Gpu {
     }
     pub fn limits(&self) -> &wgpu::Limits {
         &self.0.limits
+    }
+    /// Workgroups per grid dimension that launches may use: the adapter's limit, or the
+    /// test cap [`GpuOptions::max_workgroups_per_dim`]. Every grid computation reads this,
+    /// never the adapter limit directly.
+    pub fn max_workgroups_per_dim(&self) -> u32 {
+        self.0.max_groups
+    }
+    /// True in the canary test mode ([`GpuOptions::pool_canary`]).
+    pub fn pool_canary(&self) -> bool {
+        self.0.canary.is_some()
     }
     /// True when kernels are compiled with runtime bounds checks.
     pub fn checked_kernels(&self) -> bool {
@@ -426,9 +489,80 @@ impl Gpu {
                 "tensor of {bytes} bytes exceeds the device's max storage binding ({max} bytes)"
             )));
         }
-        let mut pool = self.0.pool.lock().map_err(|_| Error::Other("buffer pool poisoned".into()))?;
-        let (buffer, size) = pool.take(&self.0.device, bytes);
-        Ok(Arc::new(Storage { buffer: Some(buffer), size, pool: self.0.pool.clone() }))
+        let bytes = bytes.div_ceil(4) * 4;
+        // Canary mode: at least 16 bytes of slack, so that even a write the runtime bounds
+        // checks clamp to the buffer's last word lands on the sentinel.
+        let size = if self.0.canary.is_some() { bucket_size(bytes + 16) } else { bucket_size(bytes) };
+        let _canary = match self.0.canary {
+            Some(_) => Some(self.0.canary_lock.lock().map_err(|_| Error::Other("canary lock poisoned".into()))?),
+            None => None,
+        };
+        let taken = {
+            let mut pool = self.0.pool.lock().map_err(|_| Error::Other("buffer pool poisoned".into()))?;
+            pool.take(&self.0.device, bytes, size)
+        };
+        if self.0.canary.is_some() {
+            // In recording order: the previous owner's slack is checked before this owner's
+            // sentinel is written, so nothing a kernel wrote there goes unseen.
+            if let Some((prev_bytes, prev_serial)) = taken.prev {
+                self.canary_launch(&K_CANARY_CHECK, &taken.buffer, prev_bytes, taken.size, prev_serial)?;
+            }
+            self.canary_launch(&K_CANARY_FILL, &taken.buffer, bytes, taken.size, taken.serial)?;
+        }
+        Ok(Arc::new(Storage {
+            buffer: Some(taken.buffer),
+            size: taken.size,
+            bytes,
+            serial: taken.serial,
+            pool: self.0.pool.clone(),
+        }))
+    }
+
+    /// Fill or check the words `bytes/4 .. size/4` of `buffer` (canary mode).
+    fn canary_launch(&self, k: &Kernel, buffer: &wgpu::Buffer, bytes: u64, size: u64, serial: u64) -> Result<()> {
+        let Some(report) = &self.0.canary else { return Ok(()) };
+        let (mut start, end) = ((bytes / 4) as usize, (size / 4) as usize);
+        // one launch covers at most max_groups^3 workgroups of 256 words (the folded grid)
+        let m = self.0.max_groups as usize;
+        let per_launch = m.saturating_mul(m).saturating_mul(m).saturating_mul(256);
+        while start < end {
+            let stop = end.min(start.saturating_add(per_launch));
+            let p: [u32; 4] = [start as u32, stop as u32, serial as u32, 0];
+            let groups = crate::ops::grid(self, stop - start, 256);
+            self.dispatch(k, &[], bytemuck::cast_slice(&p), &[buffer, report], groups)?;
+            start = stop;
+        }
+        Ok(())
+    }
+
+    /// Canary mode ([`GpuOptions::pool_canary`]): check the slack of every pooled buffer
+    /// (live tensors, cached buffers, and buffers reused since the last check, which were
+    /// checked when they were handed out again) and fail if a kernel wrote into any of it.
+    /// Resets the report. A no-op returning `Ok` outside canary mode.
+    pub fn check_canaries(&self) -> Result<()> {
+        let Some(report) = &self.0.canary else { return Ok(()) };
+        {
+            let _canary = self.0.canary_lock.lock().map_err(|_| Error::Other("canary lock poisoned".into()))?;
+            let slots = self.0.pool.lock().map_err(|_| Error::Other("buffer pool poisoned".into()))?.all_slots();
+            for (buffer, bytes, size, serial) in &slots {
+                self.canary_launch(&K_CANARY_CHECK, buffer, *bytes, *size, *serial)?;
+            }
+        }
+        let words: Vec<u32> = bytemuck::pod_collect_to_vec(&self.read_bytes(report, 0, CANARY_REPORT_BYTES)?);
+        self.clear(report, 0, CANARY_REPORT_BYTES)?;
+        if words[0] > 0 {
+            return Err(Error::Other(format!(
+                "pool canary: {} word(s) of slack beyond a tensor were overwritten (a kernel wrote past the end \
+                 of its output); first: allocation #{}, word {} (byte {}; the tensor ends at byte {}) holds 0x{:08x}",
+                words[0],
+                words[1],
+                words[2],
+                words[2] as u64 * 4,
+                words[4] as u64 * 4,
+                words[3]
+            )));
+        }
+        Ok(())
     }
 
     fn check_error(&self) -> Result<()> {
@@ -469,7 +603,9 @@ impl Gpu {
                 buffers.len()
             )));
         }
-        let maxg = self.0.limits.max_compute_workgroups_per_dimension;
+        // the test cap, when set, is enforced like the adapter's limit: a launch that does not
+        // go through the grid logic fails loudly instead of passing unexercised
+        let maxg = self.0.max_groups;
         if groups.iter().any(|&g| g > maxg) {
             return Err(Error::Other(format!(
                 "kernel {}::{} launch {:?} exceeds {} workgroups per dimension",

@@ -25,38 +25,85 @@ pub struct PoolStats {
     pub reuses: u64,
 }
 
+/// A pooled buffer and the tensor bytes its last owner used (what the canary check of the
+/// slack beyond them needs).
+pub(crate) struct Slot {
+    pub(crate) buffer: wgpu::Buffer,
+    /// Bytes of the tensor that owned the buffer (rounded up to 4).
+    pub(crate) bytes: u64,
+    /// Allocation number of that owner (for canary reports).
+    pub(crate) serial: u64,
+}
+
 pub(crate) struct BufferPool {
-    free: HashMap<u64, Vec<wgpu::Buffer>>,
+    free: HashMap<u64, Vec<Slot>>,
     pub(crate) stats: PoolStats,
+    /// Canary mode: every live buffer by allocation serial (buffer, tensor bytes, size), so
+    /// a check can scan the slack of live tensors too.
+    pub(crate) live: Option<HashMap<u64, (wgpu::Buffer, u64, u64)>>,
+    next_serial: u64,
+}
+
+/// What [`BufferPool::take`] hands out.
+pub(crate) struct Taken {
+    pub(crate) buffer: wgpu::Buffer,
+    pub(crate) size: u64,
+    pub(crate) serial: u64,
+    /// The previous owner of a reused buffer: (tensor bytes, serial).
+    pub(crate) prev: Option<(u64, u64)>,
 }
 
 impl BufferPool {
-    pub(crate) fn new() -> Self {
-        BufferPool { free: HashMap::new(), stats: PoolStats::default() }
+    pub(crate) fn new(canary: bool) -> Self {
+        BufferPool { free: HashMap::new(), stats: PoolStats::default(), live: canary.then(HashMap::new), next_serial: 1 }
     }
-    pub(crate) fn take(&mut self, device: &wgpu::Device, bytes: u64) -> (wgpu::Buffer, u64) {
-        let size = bucket_size(bytes);
+    /// A buffer of at least `bytes`; `bytes` is recorded as the tensor length (canary mode).
+    pub(crate) fn take(&mut self, device: &wgpu::Device, bytes: u64, size: u64) -> Taken {
+        let serial = self.next_serial;
+        self.next_serial += 1;
         self.stats.in_use += size;
-        if let Some(b) = self.free.get_mut(&size).and_then(|v| v.pop()) {
+        let reused = self.free.get_mut(&size).and_then(|v| v.pop());
+        let (buffer, prev) = if let Some(s) = reused {
             self.stats.cached -= size;
             self.stats.reuses += 1;
-            return (b, size);
+            (s.buffer, Some((s.bytes, s.serial)))
+        } else {
+            (self.create(device, size), None)
+        };
+        if let Some(live) = &mut self.live {
+            live.insert(serial, (buffer.clone(), bytes, size));
         }
+        Taken { buffer, size, serial, prev }
+    }
+    fn create(&mut self, device: &wgpu::Device, size: u64) -> wgpu::Buffer {
         self.stats.allocations += 1;
-        let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+        device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("equimodal.storage"),
             size,
             usage: wgpu::BufferUsages::STORAGE
                 | wgpu::BufferUsages::COPY_SRC
                 | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
-        });
-        (buffer, size)
+        })
     }
-    pub(crate) fn give(&mut self, buffer: wgpu::Buffer, size: u64) {
+    pub(crate) fn give(&mut self, buffer: wgpu::Buffer, size: u64, bytes: u64, serial: u64) {
         self.stats.in_use -= size;
         self.stats.cached += size;
-        self.free.entry(size).or_default().push(buffer);
+        if let Some(live) = &mut self.live {
+            live.remove(&serial);
+        }
+        self.free.entry(size).or_default().push(Slot { buffer, bytes, serial });
+    }
+    /// Canary mode: every pooled buffer, live or free, as (buffer, tensor bytes, size, serial).
+    pub(crate) fn all_slots(&self) -> Vec<(wgpu::Buffer, u64, u64, u64)> {
+        let mut v: Vec<(wgpu::Buffer, u64, u64, u64)> = Vec::new();
+        if let Some(live) = &self.live {
+            v.extend(live.iter().map(|(&serial, (b, bytes, size))| (b.clone(), *bytes, *size, serial)));
+        }
+        for (&size, slots) in &self.free {
+            v.extend(slots.iter().map(|s| (s.buffer.clone(), s.bytes, size, s.serial)));
+        }
+        v
     }
     /// Cached buffers per bucket size: (size, count), largest total first.
     pub(crate) fn cached_by_size(&self) -> Vec<(u64, usize)> {
@@ -75,6 +122,10 @@ impl BufferPool {
 pub struct Storage {
     pub(crate) buffer: Option<wgpu::Buffer>,
     pub(crate) size: u64,
+    /// Bytes the tensor uses (rounded up to 4); the rest up to `size` is slack.
+    pub(crate) bytes: u64,
+    /// Allocation number (canary reports name the buffer by it).
+    pub(crate) serial: u64,
     pub(crate) pool: Arc<Mutex<BufferPool>>,
 }
 
@@ -91,7 +142,7 @@ impl Drop for Storage {
     fn drop(&mut self) {
         if let Some(b) = self.buffer.take() {
             if let Ok(mut p) = self.pool.lock() {
-                p.give(b, self.size);
+                p.give(b, self.size, self.bytes, self.serial);
             }
         }
     }

@@ -5,7 +5,7 @@
 //! copies); see `shaders/conv.wgsl` for the tiling. Weight gradients reduce over
 //! N*HO*WO with split-K across workgroups and a second, deterministic reduction pass (no
 //! float atomics).
-use super::{bytes_of, expect_f32, expect_same_gpu, grid};
+use super::{bytes_of, expect_f32, expect_same_gpu, grid, split_grid};
 use crate::autograd::BackwardOp;
 use crate::error::{Error, Result};
 use crate::gpu::{Access, Kernel};
@@ -90,6 +90,9 @@ struct Params {
     splits: u32,
     direct: u32,
     flags: u32,
+    x0: u32,
+    y0: u32,
+    z0: u32,
 }
 
 /// Validated geometry of one convolution.
@@ -132,6 +135,9 @@ impl Geom {
             splits: 0,
             direct: 0,
             flags: 0,
+            x0: 0,
+            y0: 0,
+            z0: 0,
         }
     }
     fn kernel_len(&self) -> usize {
@@ -198,11 +204,14 @@ fn check(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: &Conv2dParams, w_scal
     Ok(Geom { n, c, h, w: wd, o, kh, kw, ho, wo, p: *p })
 }
 
-fn groups(op: &'static str, x: usize, y: usize, z: usize, max: u32) -> Result<[u32; 3]> {
-    if x > max as usize || y > max as usize || z > max as usize {
-        return Err(Error::shape(op, format!("launch of {x} x {y} x {z} workgroups exceeds {max} per dimension")));
+/// Launch a tiled conv kernel over `groups` workgroups, split at the per-dimension limit
+/// (the kernels add the launch's first workgroup, `x0, y0, z0`, to their workgroup id).
+fn launch(k: &Kernel, pr: &mut Params, buffers: &[&wgpu::Buffer], groups: [usize; 3], gpu: &crate::Gpu) -> Result<()> {
+    for (first, n) in split_grid(gpu, groups) {
+        [pr.x0, pr.y0, pr.z0] = first;
+        gpu.dispatch(k, &[], bytes_of(pr), buffers, n)?;
     }
-    Ok([x as u32, y as u32, z as u32])
+    Ok(())
 }
 
 fn forward(g: &Geom, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, scale: Option<&Tensor>) -> Result<Tensor> {
@@ -213,17 +222,15 @@ fn forward(g: &Geom, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, scale: Optio
     pr.m = m as u32;
     pr.k = g.kernel_len() as u32;
     pr.flags = if bias.is_some() { 2 } else { 0 };
-    let maxg = gpu.limits().max_compute_workgroups_per_dimension;
-    let grid3 = groups("conv2d", m.div_ceil(CONV_TILE_M), g.o.div_ceil(CONV_TILE_N), 1, maxg)?;
     // absent optional operands bind an already-bound read-only buffer (never read)
     let b_buf = bias.unwrap_or(w).buffer();
     let s_buf = scale.unwrap_or(w).buffer();
-    gpu.dispatch(
+    launch(
         if scale.is_some() { &K_FWD_S } else { &K_FWD },
-        &[],
-        bytes_of(&pr),
+        &mut pr,
         &[x.buffer(), w.buffer(), b_buf, s_buf, y.buffer()],
-        grid3,
+        [m.div_ceil(CONV_TILE_M), g.o.div_ceil(CONV_TILE_N), 1],
+        gpu,
     )?;
     Ok(y)
 }
@@ -232,15 +239,14 @@ fn forward(g: &Geom, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, scale: Optio
 fn grad_input(g: &Geom, dy: &Tensor, w: &Tensor, scale: Option<&Tensor>) -> Result<Tensor> {
     let gpu = dy.gpu();
     let dx = Tensor::empty(gpu, &[g.n, g.c, g.h, g.w], DType::F32)?;
-    let pr = g.params();
+    let mut pr = g.params();
     let (sh, sw) = g.p.stride;
     // largest phase image: ceil(H / sh) x ceil(W / sw)
     let mp = g.n * g.h.div_ceil(sh) * g.w.div_ceil(sw);
-    let maxg = gpu.limits().max_compute_workgroups_per_dimension;
-    let grid3 = groups("conv2d backward (input)", mp.div_ceil(CONV_TILE_M), g.c.div_ceil(CONV_TILE_N), sh * sw, maxg)?;
     let s_buf = scale.unwrap_or(w).buffer();
     let k = if scale.is_some() { &K_DX_S } else { &K_DX };
-    gpu.dispatch(k, &[], bytes_of(&pr), &[dy.buffer(), w.buffer(), s_buf, dx.buffer()], grid3)?;
+    let groups = [mp.div_ceil(CONV_TILE_M), g.c.div_ceil(CONV_TILE_N), sh * sw];
+    launch(k, &mut pr, &[dy.buffer(), w.buffer(), s_buf, dx.buffer()], groups, gpu)?;
     Ok(dx)
 }
 
@@ -272,15 +278,14 @@ fn grad_weight(g: &Geom, x: &Tensor, dy: &Tensor, scale: Option<&Tensor>) -> Res
     pr.splits = splits as u32;
     pr.direct = (splits == 1) as u32;
     pr.flags = scale.is_some() as u32;
-    let maxg = gpu.limits().max_compute_workgroups_per_dimension;
-    let grid3 = groups("conv2d backward (weight)", kl.div_ceil(CONV_TILE_M), g.o.div_ceil(CONV_TILE_N), splits, maxg)?;
+    let groups = [kl.div_ceil(CONV_TILE_M), g.o.div_ceil(CONV_TILE_N), splits];
     let s_buf = scale.unwrap_or(x).buffer();
     let k = if scale.is_some() { &K_DW_S } else { &K_DW };
     if splits == 1 {
-        gpu.dispatch(k, &[], bytes_of(&pr), &[x.buffer(), dy.buffer(), s_buf, dw.buffer()], grid3)?;
+        launch(k, &mut pr, &[x.buffer(), dy.buffer(), s_buf, dw.buffer()], groups, gpu)?;
     } else {
         let part = Tensor::empty(gpu, &[splits, g.o * kl], DType::F32)?;
-        gpu.dispatch(k, &[], bytes_of(&pr), &[x.buffer(), dy.buffer(), s_buf, part.buffer()], grid3)?;
+        launch(k, &mut pr, &[x.buffer(), dy.buffer(), s_buf, part.buffer()], groups, gpu)?;
         let s_buf = scale.unwrap_or(&part).buffer();
         gpu.dispatch(&K_DW_REDUCE, &[], bytes_of(&pr), &[part.buffer(), s_buf, dw.buffer()], grid(gpu, g.o * kl, 256))?;
     }

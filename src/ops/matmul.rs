@@ -7,7 +7,7 @@
 //! scales are handled inside the kernel's loads, so the backward pass never materialises a
 //! transposed or masked copy.
 use super::elementwise::broadcast_shape;
-use super::{bytes_of, expect_f32, expect_same_gpu, grid};
+use super::{bytes_of, expect_f32, expect_same_gpu, grid, split_grid};
 use crate::autograd::BackwardOp;
 use crate::error::{Error, Result};
 use crate::gpu::{Access, Kernel};
@@ -46,7 +46,9 @@ struct Params {
     flags: u32,
     nbd: u32,
     z0: u32,
-    _p: [u32; 3],
+    x0: u32,
+    y0: u32,
+    _p: u32,
     bshape: [u32; MAX_BATCH_DIMS],
     bsa: [u32; MAX_BATCH_DIMS],
     bsb: [u32; MAX_BATCH_DIMS],
@@ -203,7 +205,9 @@ fn launch(
         flags,
         nbd: p.nbd as u32,
         z0: 0,
-        _p: [0; 3],
+        x0: 0,
+        y0: 0,
+        _p: 0,
         bshape: p.bshape,
         bsa: p.bsa,
         bsb: p.bsb,
@@ -237,15 +241,10 @@ fn launch(
         MatmulKernel::Tile128 => (&K_TILE128, 128),
         _ => (&K_TILE64, 64),
     };
-    let gx = p.n.div_ceil(tile);
-    let gy = p.m.div_ceil(tile);
-    let maxz = gpu.limits().max_compute_workgroups_per_dimension.max(1) as usize;
-    let mut z0 = 0;
-    while z0 < p.batch {
-        let gz = (p.batch - z0).min(maxz);
-        params.z0 = z0 as u32;
-        gpu.dispatch(k, &[], bytes_of(&params), &buffers, [gx as u32, gy as u32, gz as u32])?;
-        z0 += gz;
+    // (column tiles, row tiles, batch), split at the per-dimension workgroup limit
+    for (first, groups) in split_grid(gpu, [p.n.div_ceil(tile), p.m.div_ceil(tile), p.batch]) {
+        [params.x0, params.y0, params.z0] = first;
+        gpu.dispatch(k, &[], bytes_of(&params), &buffers, groups)?;
     }
     Ok(c)
 }

@@ -276,7 +276,7 @@ fn raw_permute(x: &Tensor, perm: &[usize]) -> Result<Tensor> {
         return Ok(y);
     }
     // batched 2-D transpose: tiled kernel (coalesced reads and writes)
-    let maxg = gpu.limits().max_compute_workgroups_per_dimension as usize;
+    let maxg = gpu.max_workgroups_per_dim() as usize;
     let bt = match (cs.as_slice(), cp.as_slice()) {
         ([r, c], [1, 0]) => Some((1, *r, *c)),
         ([b, r, c], [0, 2, 1]) => Some((*b, *r, *c)),

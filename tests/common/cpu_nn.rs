@@ -348,3 +348,35 @@ pub fn transformer(p: &Named, name: &str, x: &T, layers: usize, heads: usize, pa
     }
     (mean_tokens(&layer_norm(&h, g("ln.weight"), g("ln.bias"), 1e-5)), outs)
 }
+
+/// `nn::SmallCnn`: per block conv3×3 (stride 1, pad 1, no bias) → batch norm → ReLU →
+/// 2×2 max pool (stride 2) while the map is at least 2×2; pooled = global average.
+/// Returns (pooled, [output of each block]).
+pub fn small_cnn(p: &Named, bufs: &mut Named, name: &str, x: &T, depth: usize, training: bool) -> (T, Vec<T>) {
+    let mut h = x.clone();
+    let mut outs = Vec::new();
+    for i in 0..depth {
+        let b = join(name, &format!("block{i}"));
+        h = conv2d(&h, get(p, &join(&b, "conv.weight")), 1, 1);
+        h = relu(&bn_layer(p, bufs, &join(&b, "bn"), &h, training));
+        if h.dim(2) >= 2 && h.dim(3) >= 2 {
+            h = max_pool2d(&h, 2, 2, 0);
+        }
+        outs.push(h.clone());
+    }
+    (global_avg_pool(&h), outs)
+}
+
+/// `nn::MlpEncoder`: flatten per sample, then Linear → ReLU per layer (the last included).
+/// Returns (output, [output of each layer]).
+pub fn mlp(p: &Named, name: &str, x: &T, layers: usize) -> (T, Vec<T>) {
+    let n = x.dim(0);
+    let mut h = T::new(&[n, x.data.len() / n], x.data.clone());
+    let mut outs = Vec::new();
+    for i in 0..layers {
+        let l = join(name, &format!("fc{i}"));
+        h = relu(&linear(&h, get(p, &join(&l, "weight")), Some(get(p, &join(&l, "bias")))));
+        outs.push(h.clone());
+    }
+    (h.clone(), outs)
+}

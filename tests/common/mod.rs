@@ -4,17 +4,76 @@
 use equimodal::{Gpu, GpuOptions, Tensor};
 use std::sync::OnceLock;
 
+/// Options of every test GPU context: runtime bounds checks on, and the pool canary on
+/// (every pooled buffer's slack beyond its tensor holds a NaN sentinel that `check_op`
+/// verifies after each op), unless the environment says otherwise.
+pub fn test_options() -> GpuOptions {
+    let mut o = GpuOptions::default();
+    if std::env::var("EQUIMODAL_CHECKED_KERNELS").is_err() {
+        o.checked_kernels = true;
+    }
+    if std::env::var("EQUIMODAL_POOL_CANARY").is_err() {
+        o.pool_canary = true;
+    }
+    o
+}
+
+fn new_gpu(o: GpuOptions) -> Gpu {
+    Gpu::new(o).expect("a GPU adapter (on CI: Mesa lavapipe, apt-get install mesa-vulkan-drivers)")
+}
+
+thread_local! {
+    // A test thread inside `with_workgroup_cap` gets the capped context from `gpu()`.
+    static OVERRIDE: std::cell::RefCell<Option<Gpu>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The test binary's GPU context (or the capped one inside [`with_workgroup_cap`]).
 pub fn gpu() -> Gpu {
+    if let Some(g) = OVERRIDE.with(|o| o.borrow().clone()) {
+        return g;
+    }
     static GPU: OnceLock<Gpu> = OnceLock::new();
-    GPU.get_or_init(|| {
-        let mut o = GpuOptions::default();
-        // Tests always run kernels with runtime bounds checks too, unless asked otherwise.
-        if std::env::var("EQUIMODAL_CHECKED_KERNELS").is_err() {
-            o.checked_kernels = true;
+    GPU.get_or_init(|| new_gpu(test_options())).clone()
+}
+
+/// Run `f` with `gpu()` returning a context whose grids use at most `cap` workgroups per
+/// dimension (`GpuOptions::max_workgroups_per_dim`), so small tensors take the folded 2-D
+/// grids and split launches that the adapter's limit (65,535) leaves to huge tensors.
+/// One context per cap and test binary.
+pub fn with_workgroup_cap<R>(cap: u32, f: impl FnOnce() -> R) -> R {
+    static CAPPED: OnceLock<std::sync::Mutex<Vec<(u32, Gpu)>>> = OnceLock::new();
+    let g = {
+        let mut v = CAPPED.get_or_init(Default::default).lock().unwrap();
+        match v.iter().find(|(c, _)| *c == cap) {
+            Some((_, g)) => g.clone(),
+            None => {
+                let mut o = test_options();
+                o.max_workgroups_per_dim = Some(cap);
+                let g = new_gpu(o);
+                v.push((cap, g.clone()));
+                g
+            }
         }
-        Gpu::new(o).expect("a GPU adapter (on CI: Mesa lavapipe, apt-get install mesa-vulkan-drivers)")
-    })
-    .clone()
+    };
+    assert_eq!(g.max_workgroups_per_dim(), cap, "the adapter allows fewer workgroups than the cap");
+    struct Reset(Option<Gpu>);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            let prev = self.0.take();
+            OVERRIDE.with(|o| *o.borrow_mut() = prev);
+        }
+    }
+    let _reset = Reset(OVERRIDE.with(|o| o.borrow_mut().replace(g)));
+    f()
+}
+
+/// Fail (naming `what`) if a kernel wrote into the slack beyond any pooled tensor since
+/// the last check (canary mode, on in tests unless `EQUIMODAL_POOL_CANARY=0`).
+pub fn assert_canaries(what: &str) {
+    let g = gpu();
+    if let Err(e) = g.check_canaries() {
+        panic!("{what}: {e}");
+    }
 }
 
 /// Small seeded generator (SplitMix64), independent of any crate's stream.
@@ -105,7 +164,20 @@ pub fn fd_grad(f: &dyn Fn(&[Vec<f64>]) -> Vec<f64>, inputs: &[Vec<f64>], w: &[f6
     g
 }
 
-/// Tolerances of an op check.
+/// Tolerances of an op check: |got - want| <= atol + rtol |want| per element, forward and
+/// gradients (vs f64 central differences, eps 1e-6: accurate to ~1e-10 of the gradient's
+/// scale, so the tolerance is all f32 arithmetic).
+///
+/// Derived from the arithmetic (f32 unit roundoff u = 2^-24 ~ 6e-8):
+/// - `Tol::default()`, element-wise ops and short reductions: each output is a handful of
+///   f32 operations (GPU transcendentals: a few ulp), i.e. ~1e-6 relative at worst; 1e-5
+///   leaves a 10x margin, and atol 1e-6 covers values that cancel to near zero. A gradient
+///   rounded through f16 (4.9e-4 relative) fails it; the old 2e-3 let it pass.
+/// - [`Tol::sums`], outputs that are sums of K terms: rounding errors of a sum add up like a
+///   random walk, ~u sqrt(K) relative to the sum's own scale, so atol = 1e-6 sqrt(K) times
+///   that scale (u sqrt(K) with a 16x margin).
+///
+/// Any looser tolerance at a call site says why beside it.
 #[derive(Clone, Copy)]
 pub struct Tol {
     pub rtol: f64,
@@ -115,7 +187,16 @@ pub struct Tol {
 }
 impl Default for Tol {
     fn default() -> Self {
-        Tol { rtol: 1e-4, atol: 1e-5, grad_rtol: 2e-3, grad_atol: 2e-4 }
+        Tol { rtol: 1e-5, atol: 1e-6, grad_rtol: 1e-5, grad_atol: 1e-6 }
+    }
+}
+impl Tol {
+    /// Forward outputs summing `k_fwd` terms at output scale `fwd_scale`, gradients summing
+    /// `k_grad` terms at gradient scale `grad_scale` (scales: typical magnitude of the
+    /// result, e.g. sqrt(K) for K products of unit-size values).
+    pub fn sums(k_fwd: usize, fwd_scale: f64, k_grad: usize, grad_scale: f64) -> Tol {
+        let a = |k: usize, scale: f64| 1e-6 * (k.max(1) as f64).sqrt() * scale;
+        Tol { rtol: 1e-5, atol: a(k_fwd, fwd_scale), grad_rtol: 1e-5, grad_atol: a(k_grad, grad_scale) }
     }
 }
 
@@ -145,7 +226,11 @@ pub fn check_op(
             }
         })
         .collect();
+    // Slack written by earlier work of this thread's context is not this op's fault.
+    g.check_canaries().unwrap_or_else(|e| panic!("{name}: before the op: {e}"));
     let out = gpu_f(&ts).unwrap_or_else(|e| panic!("{name}: {e}"));
+    // the forward (and every kernel it launched, intermediates included) left every slack alone
+    assert_canaries(&format!("{name} forward"));
     let want = cpu_f(&xs);
     let got = out.to_vec().unwrap();
     assert_close(&format!("{name} forward"), &got, &want, tol.rtol, tol.atol);
@@ -157,6 +242,7 @@ pub fn check_op(
     let seed = upload(&g, &w, out.shape());
     let mut grads = equimodal::Gradients::new();
     out.backward_with(seed, &mut grads).unwrap_or_else(|e| panic!("{name} backward: {e}"));
+    assert_canaries(&format!("{name} backward"));
     for &i in diff {
         let gt = grads.get(&ts[i]).unwrap_or_else(|| panic!("{name}: no gradient for input {i}"));
         assert_eq!(gt.shape(), ts[i].shape(), "{name}: gradient shape of input {i}");
