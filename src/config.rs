@@ -242,7 +242,8 @@ impl Default for AimConfig {
             gamma: 1.0,
             v3: false,
             aux_trains_head: true,
-            aux_bn: AuxBn::Main,
+            // measured: docs/aim.md#batch-norm-of-the-auxiliary-block
+            aux_bn: AuxBn::Own,
         }
     }
 }
@@ -724,4 +725,28 @@ fn never_acts(cfg: &Config) -> Vec<String> {
         v.push(format!("method.ogm.start_epoch = {} never acts: train.epochs is {e} (epochs count from 0)", m.ogm.start_epoch));
     }
     v
+}
+
+/// Whether setting `key = value` in `table` leaves the parsed config unchanged.
+pub fn sets_default(table: &toml::Table, key: &str, value: &str) -> bool {
+    let parse = |t: &toml::Table| from_table(t).ok().map(|c| format!("{c:?}"));
+    let mut with = table.clone();
+    let set = format!("{key}={value}");
+    if apply_overrides(&mut with, &[set]).is_err() {
+        return false;
+    }
+    matches!((parse(table), parse(&with)), (Some(x), Some(y)) if x == y)
+}
+
+/// A TOML value's leaves as (`a.b.c`, value) pairs.
+pub fn flatten(prefix: &str, v: &toml::Value, out: &mut Vec<(String, String)>) {
+    match v {
+        toml::Value::Table(t) => {
+            for (k, v) in t {
+                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                flatten(&key, v, out);
+            }
+        }
+        other => out.push((prefix.to_string(), other.to_string())),
+    }
 }

@@ -13,8 +13,11 @@ use std::path::{Path, PathBuf};
 pub struct RunRecord {
     pub dir: PathBuf,
     pub seed: i64,
-    /// the run's configuration without its seed, flattened to `path = value`
-    pub setting: BTreeMap<String, String>,
+    /// the run's configuration as written, without its seed and loader threads
+    pub table: toml::Table,
+    /// the effective configuration (defaults filled in) without them: runs with equal
+    /// settings are seeds of one setting, whether or not they spell out a default
+    pub setting: String,
     pub method: String,
     pub lines: Vec<Value>,
 }
@@ -42,31 +45,20 @@ pub struct Comparison {
     pub modalities: Vec<String>,
 }
 
-fn flatten(prefix: &str, v: &toml::Value, out: &mut BTreeMap<String, String>) {
-    match v {
-        toml::Value::Table(t) => {
-            for (k, x) in t {
-                let p = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
-                flatten(&p, x, out);
-            }
-        }
-        other => {
-            out.insert(prefix.to_string(), other.to_string());
-        }
-    }
-}
-
 /// A run directory: `config.toml` and a complete `metrics.jsonl` (every line valid JSON).
 pub fn read_run(dir: &Path) -> Result<RunRecord> {
     let cfg_path = dir.join("config.toml");
     let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
     let table: toml::Table = text.parse().map_err(|e| Error::data(cfg_path.display().to_string(), format!("invalid TOML: {e}")))?;
-    let cfg = crate::config::from_table(&table).map_err(|e| Error::data(cfg_path.display().to_string(), e.to_string()))?;
-    let mut setting = BTreeMap::new();
-    flatten("", &toml::Value::Table(table), &mut setting);
-    setting.remove("seed");
+    let mut table: toml::Table = table;
+    let seed = crate::config::from_table(&table).map_err(|e| Error::data(cfg_path.display().to_string(), e.to_string()))?.seed;
+    table.remove("seed");
     // how many loader threads ran the run does not change what it computes
-    setting.remove("train.workers");
+    if let Some(toml::Value::Table(t)) = table.get_mut("train") {
+        t.remove("workers");
+    }
+    let cfg = crate::config::from_table(&table).map_err(|e| Error::data(cfg_path.display().to_string(), e.to_string()))?;
+    let setting = format!("{cfg:?}");
     let log = dir.join("metrics.jsonl");
     let text = std::fs::read_to_string(&log).map_err(|e| Error::io(&log, e))?;
     let lines = text
@@ -78,7 +70,7 @@ pub fn read_run(dir: &Path) -> Result<RunRecord> {
     if lines.is_empty() {
         return Err(Error::data(log.display().to_string(), "no epochs logged"));
     }
-    Ok(RunRecord { dir: dir.to_path_buf(), seed: cfg.seed as i64, setting, method: cfg.method.name.as_str().to_string(), lines })
+    Ok(RunRecord { dir: dir.to_path_buf(), seed: seed as i64, table, setting, method: cfg.method.name.as_str().to_string(), lines })
 }
 
 /// The run directories under the arguments: each argument is a run (it has `metrics.jsonl`)
@@ -164,14 +156,14 @@ pub fn compare(runs: &[RunRecord], select: Option<Selection>) -> Result<Comparis
         let all_val = runs.iter().all(|r| r.lines.iter().any(|l| num(l, &["val", "acc"]).is_some()));
         if all_val { Selection::BestVal } else { Selection::Last }
     });
-    let mut by_setting: Vec<(BTreeMap<String, String>, Vec<&RunRecord>)> = Vec::new();
+    let mut by_setting: Vec<(&str, Vec<&RunRecord>)> = Vec::new();
     for r in runs {
         match by_setting.iter_mut().find(|(s, _)| *s == r.setting) {
             Some((_, v)) => v.push(r),
-            None => by_setting.push((r.setting.clone(), vec![r])),
+            None => by_setting.push((&r.setting, vec![r])),
         }
     }
-    let labels = labels(&by_setting.iter().map(|(s, v)| (s, v[0].method.as_str())).collect::<Vec<_>>());
+    let labels = labels(&by_setting.iter().map(|(_, v)| v[0]).collect::<Vec<_>>());
     let mut groups = Vec::new();
     for ((_, rs), label) in by_setting.iter().zip(labels) {
         let mut seen = std::collections::BTreeSet::new();
@@ -195,18 +187,32 @@ pub fn compare(runs: &[RunRecord], select: Option<Selection>) -> Result<Comparis
     Ok(Comparison { select, groups, modalities })
 }
 
-/// A label per setting: its method, and where several settings share a method, the
-/// configuration values in which those settings differ.
-fn labels(settings: &[(&BTreeMap<String, String>, &str)]) -> Vec<String> {
+/// A label per setting (given by one of its runs): its method, and where several settings
+/// share a method, the configuration values in which they differ (a value spelled out on
+/// one side and left to its default on the other is no difference).
+fn labels(settings: &[&RunRecord]) -> Vec<String> {
+    let flat = |r: &RunRecord| {
+        let mut v = Vec::new();
+        crate::config::flatten("", &toml::Value::Table(r.table.clone()), &mut v);
+        v.into_iter().collect::<BTreeMap<String, String>>()
+    };
+    let flats: Vec<BTreeMap<String, String>> = settings.iter().map(|r| flat(r)).collect();
     settings
         .iter()
-        .map(|(s, method)| {
-            let same: Vec<&BTreeMap<String, String>> = settings.iter().filter(|(_, m)| m == method).map(|(o, _)| *o).collect();
-            let keys: std::collections::BTreeSet<&String> = same.iter().flat_map(|o| o.keys()).collect();
-            let mut parts = vec![method.to_string()];
+        .enumerate()
+        .map(|(i, r)| {
+            let same: Vec<usize> = (0..settings.len()).filter(|&j| settings[j].method == r.method).collect();
+            let keys: std::collections::BTreeSet<&String> = same.iter().flat_map(|&j| flats[j].keys()).collect();
+            let mut parts = vec![r.method.clone()];
             for k in keys {
-                if same.iter().map(|o| o.get(k)).collect::<std::collections::BTreeSet<_>>().len() > 1 {
-                    parts.push(format!("{k}={}", s.get(k).map(|v| v.trim_matches('"').to_string()).unwrap_or_else(|| "(default)".into())));
+                let differs = same.iter().any(|&j| match (flats[i].get(k), flats[j].get(k)) {
+                    (Some(a), Some(b)) => a != b,
+                    (None, Some(b)) => !crate::config::sets_default(&settings[i].table, k, b),
+                    (Some(a), None) => !crate::config::sets_default(&settings[j].table, k, a),
+                    (None, None) => false,
+                });
+                if differs {
+                    parts.push(format!("{k}={}", flats[i].get(k).map(|v| v.trim_matches('"').to_string()).unwrap_or_else(|| "(default)".into())));
                 }
             }
             parts.join(" ")

@@ -272,8 +272,8 @@ pub fn config_changes(stored: &str, new: &str) -> std::result::Result<Vec<String
     let a: toml::Table = stored.parse().map_err(|e| format!("stored config: {e}"))?;
     let b: toml::Table = new.parse().map_err(|e| format!("new config: {e}"))?;
     let (mut fa, mut fb) = (Vec::new(), Vec::new());
-    flatten("", &toml::Value::Table(a.clone()), &mut fa);
-    flatten("", &toml::Value::Table(b.clone()), &mut fb);
+    crate::config::flatten("", &toml::Value::Table(a.clone()), &mut fa);
+    crate::config::flatten("", &toml::Value::Table(b.clone()), &mut fb);
     let ma: std::collections::BTreeMap<_, _> = fa.into_iter().collect();
     let mb: std::collections::BTreeMap<_, _> = fb.into_iter().collect();
     let keys: std::collections::BTreeSet<&String> = ma.keys().chain(mb.keys()).collect();
@@ -282,33 +282,11 @@ pub fn config_changes(stored: &str, new: &str) -> std::result::Result<Vec<String
         .into_iter()
         .filter(|k| k.as_str() != "train.epochs" && ma.get(*k) != mb.get(*k))
         .filter(|k| match (ma.get(*k), mb.get(*k)) {
-            (None, Some(v)) => !sets_default(&a, k, v),
-            (Some(v), None) => !sets_default(&b, k, v),
+            (None, Some(v)) => !crate::config::sets_default(&a, k, v),
+            (Some(v), None) => !crate::config::sets_default(&b, k, v),
             _ => true,
         })
         .map(|k| format!("{k}: {} -> {}", show(ma.get(k)), show(mb.get(k))))
         .collect())
 }
 
-/// Whether setting `key = value` in `table` leaves the parsed config unchanged.
-fn sets_default(table: &toml::Table, key: &str, value: &str) -> bool {
-    let parse = |t: &toml::Table| crate::config::from_table(t).ok().map(|c| format!("{c:?}"));
-    let mut with = table.clone();
-    let set = format!("{key}={value}");
-    if crate::config::apply_overrides(&mut with, &[set]).is_err() {
-        return false;
-    }
-    matches!((parse(table), parse(&with)), (Some(x), Some(y)) if x == y)
-}
-
-fn flatten(prefix: &str, v: &toml::Value, out: &mut Vec<(String, String)>) {
-    match v {
-        toml::Value::Table(t) => {
-            for (k, v) in t {
-                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
-                flatten(&key, v, out);
-            }
-        }
-        other => out.push((prefix.to_string(), other.to_string())),
-    }
-}
