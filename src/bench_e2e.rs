@@ -72,6 +72,11 @@ pub struct E2eRow {
     /// Of which held by live tensors after the last step (parameters, optimizer state,
     /// batches), MiB.
     pub in_use_mib: f64,
+    /// High-water marks over the case (setup, warm-up and timed steps), MiB: the bytes live
+    /// tensors asked for and the bytes held from the driver, as PyTorch's
+    /// `max_memory_allocated` / `max_memory_reserved`.
+    pub peak_allocated_mib: f64,
+    pub peak_reserved_mib: f64,
 }
 
 /// Sizes of the end-to-end model.
@@ -279,6 +284,7 @@ pub fn run_e2e(gpu: &Gpu, opts: &E2eOptions, cases: Vec<E2eCase>) -> Result<Vec<
         }
         gpu.synchronize()?;
         gpu.trim_memory();
+        gpu.reset_peak_memory();
         let mut step = (case.setup)(gpu)?;
         for i in 0..opts.warmup {
             step(i)?;
@@ -318,6 +324,8 @@ pub fn run_e2e(gpu: &Gpu, opts: &E2eOptions, cases: Vec<E2eCase>) -> Result<Vec<
             dispatches_per_step: (d1 - d0) as f64 / steps as f64,
             pool_mib: (mem.in_use + mem.cached) as f64 / MIB,
             in_use_mib: mem.in_use as f64 / MIB,
+            peak_allocated_mib: mem.peak_allocated as f64 / MIB,
+            peak_reserved_mib: mem.peak_reserved as f64 / MIB,
         });
         drop(step);
         gpu.synchronize()?;
@@ -335,13 +343,13 @@ pub fn format_e2e_table(gpu: &Gpu, rows: &[E2eRow]) -> String {
         gpu.info().backend
     );
     s.push_str(&format!(
-        "{:<22} {:<36} {:>10} {:>10} {:>10} {:>10} {:>9} {:>11} {:>10}\n",
-        "case", "shape", "ms", "min ms", "max ms", "record ms", "submits", "dispatches", "pool MiB"
+        "{:<22} {:<36} {:>10} {:>10} {:>10} {:>10} {:>9} {:>11} {:>10} {:>12} {:>12}\n",
+        "case", "shape", "ms", "min ms", "max ms", "record ms", "submits", "dispatches", "pool MiB", "alloc peak", "reserv peak"
     ));
     for r in rows {
         s.push_str(&format!(
-            "{:<22} {:<36} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>9.1} {:>11.0} {:>10.1}\n",
-            r.name, r.shape, r.median_ms, r.min_ms, r.max_ms, r.record_ms, r.submits_per_step, r.dispatches_per_step, r.pool_mib
+            "{:<22} {:<36} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>9.1} {:>11.0} {:>10.1} {:>12.1} {:>12.1}\n",
+            r.name, r.shape, r.median_ms, r.min_ms, r.max_ms, r.record_ms, r.submits_per_step, r.dispatches_per_step, r.pool_mib, r.peak_allocated_mib, r.peak_reserved_mib
         ));
     }
     s

@@ -74,3 +74,38 @@ fn mlp_learns_with_one_submit_per_step_and_flat_memory() {
     let acc = pred.iter().zip(&ys).filter(|(a, b)| a == b).count() as f64 / n as f64;
     assert!(acc > 0.93, "training accuracy {acc}");
 }
+
+#[test]
+fn memory_accounting_like_pytorch() {
+    // a context of its own: other tests of this binary allocate concurrently on the shared one
+    let g = equimodal::Gpu::new(equimodal::GpuOptions::default()).unwrap();
+    let base = g.memory();
+    assert_eq!((base.allocated, base.reserved), (0, 0));
+    // exact sizes (rounded up to 4 bytes) for allocated; pool buckets for reserved
+    let a = Tensor::zeros(&g, &[1000]).unwrap(); // 4000 bytes -> bucket 4096
+    let b = Tensor::zeros(&g, &[3, 7]).unwrap(); // 84 bytes -> bucket 256
+    let m = g.memory();
+    assert_eq!(m.allocated, 4000 + 84);
+    assert_eq!(m.reserved, equimodal::gpu::bucket_size(4000) + equimodal::gpu::bucket_size(84));
+    assert_eq!(m.reserved, m.in_use + m.cached);
+    assert_eq!((m.peak_allocated, m.peak_reserved), (m.allocated, m.reserved));
+    // freeing keeps the buffers reserved (cached) and the peaks where they were
+    drop(a);
+    let m2 = g.memory();
+    assert_eq!(m2.allocated, 84);
+    assert_eq!(m2.reserved, m.reserved, "a freed buffer stays reserved in the cache");
+    assert_eq!(m2.peak_allocated, 4084);
+    // a new high-water mark starts from the current figures
+    g.reset_peak_memory();
+    let m3 = g.memory();
+    assert_eq!((m3.peak_allocated, m3.peak_reserved), (84, m2.reserved));
+    // a reused bucket does not reserve more
+    let c = Tensor::zeros(&g, &[900]).unwrap(); // 3600 bytes -> bucket 4096 (the cached one)
+    let m4 = g.memory();
+    assert_eq!((m4.allocated, m4.reserved, m4.peak_allocated), (3684, m2.reserved, 3684));
+    drop((b, c));
+    g.synchronize().unwrap();
+    g.trim_memory();
+    let m5 = g.memory();
+    assert_eq!((m5.allocated, m5.reserved), (0, 0), "trim returns the cache to the driver");
+}

@@ -466,6 +466,13 @@ impl Gpu {
     pub fn memory(&self) -> PoolStats {
         self.0.pool.lock().map(|p| p.stats).unwrap_or_default()
     }
+    /// Start new high-water marks (`peak_allocated`, `peak_reserved`) from the current
+    /// figures (PyTorch's `reset_peak_memory_stats`).
+    pub fn reset_peak_memory(&self) {
+        if let Ok(mut p) = self.0.pool.lock() {
+            p.stats.reset_peaks();
+        }
+    }
     /// Release cached buffers back to the driver.
     pub fn trim_memory(&self) {
         if let Ok(mut p) = self.0.pool.lock() {

@@ -13,7 +13,11 @@ pub fn bucket_size(bytes: u64) -> u64 {
     b.div_ceil(quarter) * quarter
 }
 
-#[derive(Default, Debug, Clone, Copy)]
+/// Memory accounting of the pool. `allocated` and `reserved` (with their high-water marks)
+/// are the figures PyTorch reports as `memory_allocated` / `memory_reserved` and
+/// `max_memory_allocated` / `max_memory_reserved`: the bytes live tensors asked for, and
+/// the bytes held from the driver.
+#[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolStats {
     /// Bytes held by live tensors (bucket sizes).
     pub in_use: u64,
@@ -23,6 +27,27 @@ pub struct PoolStats {
     pub allocations: u64,
     /// Requests served from the cache.
     pub reuses: u64,
+    /// Bytes of live tensors, their exact sizes (rounded up to 4).
+    pub allocated: u64,
+    /// Bytes of buffers held from the driver (`in_use + cached`).
+    pub reserved: u64,
+    /// High-water marks of `allocated` and `reserved` since the last
+    /// [`crate::Gpu::reset_peak_memory`].
+    pub peak_allocated: u64,
+    pub peak_reserved: u64,
+}
+
+impl PoolStats {
+    fn note_peaks(&mut self) {
+        self.reserved = self.in_use + self.cached;
+        self.peak_allocated = self.peak_allocated.max(self.allocated);
+        self.peak_reserved = self.peak_reserved.max(self.reserved);
+    }
+    /// Start new high-water marks from the current figures.
+    pub(crate) fn reset_peaks(&mut self) {
+        self.peak_allocated = self.allocated;
+        self.peak_reserved = self.reserved;
+    }
 }
 
 /// A pooled buffer and the tensor bytes its last owner used (what the canary check of the
@@ -62,6 +87,7 @@ impl BufferPool {
         let serial = self.next_serial;
         self.next_serial += 1;
         self.stats.in_use += size;
+        self.stats.allocated += bytes;
         let reused = self.free.get_mut(&size).and_then(|v| v.pop());
         let (buffer, prev) = if let Some(s) = reused {
             self.stats.cached -= size;
@@ -73,6 +99,7 @@ impl BufferPool {
         if let Some(live) = &mut self.live {
             live.insert(serial, (buffer.clone(), bytes, size));
         }
+        self.stats.note_peaks();
         Taken { buffer, size, serial, prev }
     }
     fn create(&mut self, device: &wgpu::Device, size: u64) -> wgpu::Buffer {
@@ -89,6 +116,7 @@ impl BufferPool {
     pub(crate) fn give(&mut self, buffer: wgpu::Buffer, size: u64, bytes: u64, serial: u64) {
         self.stats.in_use -= size;
         self.stats.cached += size;
+        self.stats.allocated -= bytes;
         if let Some(live) = &mut self.live {
             live.remove(&serial);
         }
@@ -115,6 +143,7 @@ impl BufferPool {
     pub(crate) fn trim(&mut self) {
         self.free.clear();
         self.stats.cached = 0;
+        self.stats.note_peaks();
     }
 }
 

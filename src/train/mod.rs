@@ -357,6 +357,7 @@ pub fn train(gpu: &Gpu, cfg: &Config, cfg_text: &str, opts: &TrainOptions) -> Re
             break;
         }
         let t0 = Instant::now();
+        gpu.reset_peak_memory();
         let lr = sched.lr_at(epoch);
         opt.set_lr(lr);
         method.begin_epoch(epoch)?;
@@ -411,6 +412,9 @@ pub fn train(gpu: &Gpu, cfg: &Config, cfg_text: &str, opts: &TrainOptions) -> Re
         for (k, v) in &stats.extra {
             line[k.as_str()] = v.clone();
         }
+        // this epoch's training high-water marks (PyTorch's max_memory_allocated / _reserved)
+        let mem = gpu.memory();
+        line["memory"] = json!({"peak_allocated_mib": mem.peak_allocated as f64 / 1048576.0, "peak_reserved_mib": mem.peak_reserved as f64 / 1048576.0});
         if let Some(note) = resume_note.take() {
             line["resume"] = note;
         }
