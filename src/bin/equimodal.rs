@@ -94,7 +94,7 @@ enum Cmd {
         /// Output folder (default: the file's `out`, else runs/sweeps/<name>).
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Runs at once (default: the file's `parallel`, else 1).
+        /// Runs at once (default: the file's `parallel`, else 2).
         #[arg(long)]
         parallel: Option<usize>,
         /// Run only this run (0-based; a Slurm array task).
