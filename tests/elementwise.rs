@@ -137,7 +137,7 @@ fn check_lerp(shapes: &[(Vec<usize>, Vec<usize>)], seed: u64) {
         let b = rng.uniforms(numel(sb), -2.0, 2.0);
         let (sa2, sb2) = (sa.clone(), sb.clone());
         // a broadcast operand's gradient sums over the dims it was broadcast along
-        let k = numel(&bcast_shape(sa, sb)) / numel(sa).min(numel(sb));
+        let k = numel(&broadcast_shape(sa, sb)) / numel(sa).min(numel(sb));
         check_op(
             &format!("lerp {sa:?} {sb:?}"),
             &[(a, sa.clone()), (b, sb.clone())],
@@ -149,17 +149,6 @@ fn check_lerp(shapes: &[(Vec<usize>, Vec<usize>)], seed: u64) {
     }
 }
 
-/// Broadcast output shape (numpy rules) of two shapes.
-fn bcast_shape(a: &[usize], b: &[usize]) -> Vec<usize> {
-    let n = a.len().max(b.len());
-    (0..n)
-        .map(|i| {
-            let da = if i + a.len() >= n { a[i + a.len() - n] } else { 1 };
-            let db = if i + b.len() >= n { b[i + b.len() - n] } else { 1 };
-            da.max(db)
-        })
-        .collect()
-}
 
 #[test]
 fn lerp_matches_reference_and_gradients() {

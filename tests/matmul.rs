@@ -5,17 +5,6 @@ use common::*;
 use equimodal::ops::{self, MatmulKernel, MatmulOpts};
 use equimodal::{Error, Tensor};
 
-/// Numpy-broadcast shape of two batch shapes.
-fn bcast(a: &[usize], b: &[usize]) -> Vec<usize> {
-    let n = a.len().max(b.len());
-    (0..n)
-        .map(|i| {
-            let da = if i + a.len() >= n { a[i + a.len() - n] } else { 1 };
-            let db = if i + b.len() >= n { b[i + b.len() - n] } else { 1 };
-            da.max(db)
-        })
-        .collect()
-}
 
 /// Flat index of batch `coord` (of the output batch shape) into an operand batch shape.
 fn batch_index(shape: &[usize], coord: &[usize]) -> usize {
@@ -31,7 +20,7 @@ fn matmul_ref(a: &[f64], sa: &[usize], ta: bool, b: &[f64], sb: &[usize], tb: bo
     let (m, k) = if ta { (ac, ar) } else { (ar, ac) };
     let n = if tb { br } else { bc };
     let (ab, bb) = (&sa[..sa.len() - 2], &sb[..sb.len() - 2]);
-    let ob = bcast(ab, bb);
+    let ob = broadcast_shape(ab, bb);
     let nb = numel(&ob);
     let mut out = vec![0.0; nb * m * n];
     for z in 0..nb {
@@ -159,7 +148,7 @@ fn batch_broadcasting_forward_and_gradients() {
     for (ab, bb, ta, tb) in cases {
         let (m, k, n) = (3, 5, 4);
         // gradient terms: N or M products per batch, times the batch a broadcast operand sums
-        let kg = m.max(n) * numel(&bcast(&ab, &bb));
+        let kg = m.max(n) * numel(&broadcast_shape(&ab, &bb));
         let sa = a_shape(&ab, m, k, ta);
         let sb = b_shape(&bb, k, n, tb);
         let scaled = rng.below(2) == 1;
@@ -175,7 +164,7 @@ fn batch_broadcasting_forward_and_gradients() {
             &[0, 1],
             &|t| {
                 let y = ops::matmul_ex(&t[0], &t[1], MatmulOpts { trans_a: ta, trans_b: tb, b_scale: t.get(2) })?;
-                let mut want = bcast(&ab, &bb);
+                let mut want = broadcast_shape(&ab, &bb);
                 want.extend([m, n]);
                 assert_eq!(y.shape(), &want[..], "output shape");
                 Ok(y)
@@ -337,7 +326,7 @@ fn plain_matmul_matches_reference_and_gradients() {
         let sb = b_shape(&bb, k, n, false);
         let inputs = vec![(rng.normals(numel(&sa)), sa.clone()), (rng.normals(numel(&sb)), sb.clone())];
         // dB of a broadcast B sums over the batch as well as M
-        let kg = m.max(n) * numel(&bcast(&ab, &bb));
+        let kg = m.max(n) * numel(&broadcast_shape(&ab, &bb));
         let (sa2, sb2) = (sa.clone(), sb.clone());
         check_op(
             &format!("plain matmul {sa:?} x {sb:?}"),

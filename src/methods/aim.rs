@@ -7,9 +7,9 @@
 //!   k as class k. Initialised once (random, scaled to the features' RMS), refreshed every
 //!   `prototype_every` epochs, warm-started.
 //! - **Per-depth scores**: each batch's depth-d features are classified by distance to the
-//!   prototypes (`ops::proto_scores`); S[m][d] = EMA over the epoch of the mean true-class
+//!   prototypes (`ops::proto_scores`); `S[m][d]` = EMA over the epoch of the mean true-class
 //!   probability, kept on the GPU and read back once in `end_epoch`.
-//! - **DAM**: dominant = highest final-depth score, weak = lowest; r_d = S[dom][d] / S[weak][d],
+//! - **DAM**: dominant = highest final-depth score, weak = lowest; r_d = `S[dom][d] / S[weak][d]`,
 //!   s_d = clamp(tanh(β(r_d − 1)), 0, s_max), used during the next epoch.
 //! - **PAM**: the optimizer keeps u = EMA(|g ⊙ θ|) per weight element (fused in its update
 //!   kernel); every `mask_every` epochs the lowest fraction ρ of each conv/linear weight

@@ -26,7 +26,7 @@ use rand::rngs::StdRng;
 /// One batch on the device.
 pub struct DeviceBatch {
     pub inputs: Vec<Tensor>,
-    /// u32 [N], validated against the number of classes
+    /// u32 `[N]`, validated against the number of classes
     pub labels: Tensor,
     pub n: usize,
 }
@@ -157,7 +157,7 @@ impl Accum {
     pub fn new(k: usize) -> Accum {
         Accum { sums: None, k, samples: 0 }
     }
-    /// Add a [k] tensor of per-step values (recorded, no readback).
+    /// Add a `[k]` tensor of per-step values (recorded, no readback).
     pub fn add(&mut self, v: &Tensor) -> Result<()> {
         let v = v.detach().reshape(&[self.k])?;
         self.sums = Some(match &self.sums {

@@ -50,8 +50,8 @@ impl BackwardOp for BoostBack {
 }
 
 /// The per-modality AUG loss from the stacked learner logits `logits` [N, T, K] (learner t's
-/// logits at [:, t, :], the newest last) and labels (u32 [N]). Returns the batch-mean loss
-/// [1] (differentiable w.r.t. `logits`) and each sample's confidence softmax(Σ_t f_t)[y] [N]
+/// logits at `[:, t, :]`, the newest last) and labels (u32 `[N]`). Returns the batch-mean loss
+/// `[1]` (differentiable w.r.t. `logits`) and each sample's confidence `softmax(Σ_t f_t)[y]` `[N]`
 /// (not differentiable), all computed in one kernel launch.
 pub fn boost_loss(logits: &Tensor, labels: &Tensor, lambda: f32, form: BoostForm) -> Result<(Tensor, Tensor)> {
     expect_f32("boost_loss", &[logits])?;

@@ -347,7 +347,7 @@ impl BackwardOp for Conv2dBack {
     }
 }
 
-/// x [N, C, H, W], w [O, C, KH, KW], bias [O]; y [N, O, HO, WO] (PyTorch semantics, zero padding).
+/// x `[N, C, H, W]`, w `[O, C, KH, KW]`, bias `[O]`; y `[N, O, HO, WO]` (PyTorch semantics, zero padding).
 /// w_scale: optional element-wise scale of w's shape applied inside the kernel when loading weights
 /// (AIM's per-parameter masks); the weight gradient is masked/scaled the same way; no cost when None.
 pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: Conv2dParams, w_scale: Option<&Tensor>) -> Result<Tensor> {

@@ -424,7 +424,7 @@ impl BackwardOp for LinearBack {
     }
 }
 
-/// PyTorch-layout linear layer: x [..., in], w [out, in], bias [out]; y = x · (w ⊙ w_scale)ᵀ + bias.
+/// PyTorch-layout linear layer: x `[..., in]`, w `[out, in]`, bias `[out]`; y = x · (w ⊙ w_scale)ᵀ + bias.
 ///
 /// One GEMM with the bias added in its epilogue; the weight is read transposed in place and
 /// the scale (a mask) applied while loading it. Gradients: x, w (dw ⊙ w_scale) and bias

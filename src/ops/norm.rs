@@ -90,7 +90,7 @@ impl BatchNormState {
     }
 }
 
-/// Batch normalisation of x [N, C, H, W] (or [N, C]) with per-channel weight / bias [C].
+/// Batch normalisation of x `[N, C, H, W]` (or `[N, C]`) with per-channel weight / bias `[C]`.
 /// `training = true`: normalise with the batch statistics (biased variance) and update the
 /// running statistics in place; `false`: normalise with the running statistics. Gradients
 /// flow to x, weight and bias in both modes.
@@ -260,7 +260,7 @@ impl BackwardOp for BatchNormBack {
     }
 }
 
-/// Layer normalisation over the last dimension D of x [..., D] with weight / bias [D]:
+/// Layer normalisation over the last dimension D of x `[..., D]` with weight / bias `[D]`:
 /// `y = (x - mean) / sqrt(var + eps) * weight + bias` (biased variance, as PyTorch).
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -> Result<Tensor> {
     expect_f32("layer_norm", &[x, weight, bias])?;

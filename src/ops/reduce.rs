@@ -222,12 +222,12 @@ pub fn max(x: &Tensor, axes: &[isize], keepdim: bool) -> Result<Tensor> {
 pub fn min(x: &Tensor, axes: &[isize], keepdim: bool) -> Result<Tensor> {
     reduce(x, axes, ReduceOp::Min, keepdim)
 }
-/// Sum of all elements, shape [1].
+/// Sum of all elements, shape `[1]`.
 pub fn sum_all(x: &Tensor) -> Result<Tensor> {
     let all: Vec<isize> = (0..x.dims() as isize).collect();
     sum(x, &all, false)?.reshape(&[1])
 }
-/// Mean of all elements, shape [1].
+/// Mean of all elements, shape `[1]`.
 pub fn mean_all(x: &Tensor) -> Result<Tensor> {
     let all: Vec<isize> = (0..x.dims() as isize).collect();
     mean(x, &all, false)?.reshape(&[1])

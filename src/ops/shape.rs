@@ -369,8 +369,8 @@ impl BackwardOp for IndexSelectBack {
     }
 }
 
-/// Rows of `x` along axis 0 picked by `ids` (u32 [n], repeats allowed): shape
-/// [n, x.shape[1..]]. An id >= x.shape[0] yields a NaN row (no out-of-bounds read). The
+/// Rows of `x` along axis 0 picked by `ids` (u32 `[n]`, repeats allowed): shape
+/// `[n, x.shape[1..]]`. An id >= `x.shape[0]` yields a NaN row (no out-of-bounds read). The
 /// backward scatter-adds the gradient rows into the picked rows.
 pub fn index_select0(x: &Tensor, ids: &Tensor) -> Result<Tensor> {
     expect_words("index_select0", &[x])?;

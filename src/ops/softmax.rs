@@ -124,7 +124,7 @@ pub fn log_softmax(x: &Tensor) -> Result<Tensor> {
 // ---- labels ------------------------------------------------------------------------------------
 
 /// Validated class labels: every value must be `< num_classes`, else `Error::Data` naming
-/// the first bad index and value. Returns a u32 tensor of shape [N].
+/// the first bad index and value. Returns a u32 tensor of shape `[N]`.
 pub fn labels(gpu: &Gpu, data: &[u32], num_classes: usize) -> Result<Tensor> {
     if num_classes == 0 {
         return Err(Error::data("labels", "num_classes is 0: there must be at least one class"));
@@ -143,7 +143,7 @@ pub fn labels(gpu: &Gpu, data: &[u32], num_classes: usize) -> Result<Tensor> {
 /// Target of a cross-entropy: class indices or per-class probabilities.
 #[derive(Clone, Copy, Debug)]
 pub enum Target<'a> {
-    /// u32 labels [N]; values must be < K (see [`labels`]). An out-of-range label inside the
+    /// u32 labels `[N]`; values must be < K (see [`labels`]). An out-of-range label inside the
     /// kernel gives a NaN loss (and NaN gradient row), never an out-of-bounds read.
     Hard(&'a Tensor),
     /// f32 targets [N, K] (usually rows summing to 1; any non-negative weights work:
@@ -351,8 +351,8 @@ fn ce_node(
 }
 
 /// Mean over the N rows of `-sum_k t_k log softmax(logits)_k` (logits [N, K]), each row's
-/// loss multiplied by its weight when `row_weights` [N] is given (the mean still divides by
-/// N). Shape [1]. Differentiable in the logits, soft targets and row weights.
+/// loss multiplied by its weight when `row_weights` `[N]` is given (the mean still divides by
+/// N). Shape `[1]`. Differentiable in the logits, soft targets and row weights.
 pub fn cross_entropy(logits: &Tensor, target: Target, row_weights: Option<&Tensor>) -> Result<Tensor> {
     let (out, n, k) = launch_ce("cross_entropy", logits, target, row_weights)?;
     let gpu = logits.gpu();
@@ -370,7 +370,7 @@ pub fn cross_entropy(logits: &Tensor, target: Target, row_weights: Option<&Tenso
     Ok(y.with_grad_fn(&inputs, || ce_node(true, n, k, grad, raw, logits, target, row_weights)))
 }
 
-/// Per-row losses [N] (no reduction), same semantics as [`cross_entropy`].
+/// Per-row losses `[N]` (no reduction), same semantics as [`cross_entropy`].
 pub fn cross_entropy_rows(logits: &Tensor, target: Target, row_weights: Option<&Tensor>) -> Result<Tensor> {
     let (out, n, k) = launch_ce("cross_entropy_rows", logits, target, row_weights)?;
     let CeOut { loss, raw, grad } = out;
@@ -380,7 +380,7 @@ pub fn cross_entropy_rows(logits: &Tensor, target: Target, row_weights: Option<&
 
 // ---- true-class probability, argmax --------------------------------------------------------------
 
-/// Per-row probability of the true class, softmax(logits)[i, y_i], shape [N] (no gradient).
+/// Per-row probability of the true class, `softmax(logits)[i, y_i]`, shape `[N]` (no gradient).
 /// A label >= K gives NaN for that row.
 pub fn true_class_prob(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     let (n, k) = check_ce("true_class_prob", logits, Target::Hard(labels), None)?;
@@ -393,7 +393,7 @@ pub fn true_class_prob(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     Ok(y)
 }
 
-/// Index of the largest element along the last axis (first one on ties), u32 [rows]
+/// Index of the largest element along the last axis (first one on ties), u32 `[rows]`
 /// (rows = numel / last dim). No gradient.
 pub fn argmax(x: &Tensor) -> Result<Tensor> {
     expect_f32("argmax", &[x])?;

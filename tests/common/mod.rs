@@ -112,6 +112,18 @@ impl Rng {
     }
 }
 
+/// Broadcast shape (numpy rules) of two shapes.
+pub fn broadcast_shape(a: &[usize], b: &[usize]) -> Vec<usize> {
+    let n = a.len().max(b.len());
+    (0..n)
+        .map(|i| {
+            let da = if i + a.len() >= n { a[i + a.len() - n] } else { 1 };
+            let db = if i + b.len() >= n { b[i + b.len() - n] } else { 1 };
+            da.max(db)
+        })
+        .collect()
+}
+
 pub fn numel(shape: &[usize]) -> usize {
     shape.iter().product()
 }
