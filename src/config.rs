@@ -422,6 +422,9 @@ pub struct TrainConfig {
     pub drop_last: bool,
     /// Clip the global L2 norm of the gradients of each optimizer step to this value.
     pub grad_clip: Option<f32>,
+    /// After the last epoch, fit a linear probe on each modality's frozen encoder features
+    /// (`train::probe`) and report its test accuracy in `summary.txt` and `probe.json`.
+    pub probe: bool,
 }
 
 impl Default for TrainConfig {
@@ -446,6 +449,7 @@ impl Default for TrainConfig {
             checkpoint: true,
             drop_last: false,
             grad_clip: None,
+            probe: false,
         }
     }
 }

@@ -352,3 +352,73 @@ fn fused_models_beat_their_best_single_modality() {
         assert!(weak_view[name] > weak_view["joint"] + 0.02, "{name}: audio view {} vs joint {}", weak_view[name], weak_view["joint"]);
     }
 }
+
+#[test]
+fn linear_probe_fits_informative_features_and_not_noise() {
+    use equimodal::train::probe::{fit_and_predict, ProbeConfig};
+    let g = gpu();
+    let mut rng = Rng::new(91);
+    let (n, d, k) = (300usize, 12usize, 4usize);
+    // class c sits at 3·e_c (plus unit noise): separable by a linear map
+    let make = |rng: &mut Rng, informative: bool| {
+        let mut x = Vec::new();
+        let mut y = Vec::new();
+        for i in 0..n {
+            let c = i % k;
+            for j in 0..d {
+                let centre = if informative && j == c { 3.0 } else { 0.0 };
+                x.push((centre + rng.normal()) as f32);
+            }
+            y.push(c as u32);
+        }
+        (x, y)
+    };
+    let acc = |logits: &[f32], y: &[u32]| equimodal::train::metrics::evaluate_logits(logits, y, k).acc;
+    let (x, y) = make(&mut rng, true);
+    let (xt, yt) = make(&mut rng, true);
+    let a = acc(&fit_and_predict(&g, &x, &y, &xt, d, k, &ProbeConfig::default()).unwrap(), &yt);
+    // Bayes accuracy here is about 0.93 (centres 3·sqrt(2) apart, unit noise)
+    assert!(a > 0.85, "probe on separable features: {a}");
+    let (x, y) = make(&mut rng, false);
+    let (xt, yt) = make(&mut rng, false);
+    let a = acc(&fit_and_predict(&g, &x, &y, &xt, d, k, &ProbeConfig::default()).unwrap(), &yt);
+    assert!(a < 0.4, "probe on pure noise must stay near chance (0.25): {a}");
+    let e = fit_and_predict(&g, &x[..10], &y, &xt, d, k, &ProbeConfig::default()).unwrap_err().to_string();
+    assert!(e.contains("linear_probe"), "{e}");
+}
+
+#[test]
+fn every_method_exposes_its_encoder_features_for_the_probe() {
+    for (name, extra) in [("joint", vec![]), ("ogm_ge", vec![]), ("aug", vec!["method.aug.hidden=16"]), ("aim", vec![]), ("unimodal", vec!["method.modality=visual"])] {
+        let mut list = vec![format!("method.name={name}")];
+        list.extend(extra.iter().map(|s| s.to_string()));
+        let (m, b, _) = method_and_batch(&cfg(&with(&list.iter().map(|s| s.as_str()).collect::<Vec<_>>())));
+        let f = m.features(&b.inputs).unwrap();
+        assert_eq!(f.len(), 2, "{name}");
+        for (i, t) in f.iter().enumerate() {
+            match t {
+                Some(t) => {
+                    assert_eq!(t.shape(), &[b.n, 24], "{name}: modality {i} features [N, hidden]");
+                    assert!(!t.is_tracked(), "{name}: features carry no gradient");
+                }
+                None => assert!(name == "unimodal" && i == 0, "{name}: modality {i} has an encoder"),
+            }
+        }
+    }
+}
+
+#[test]
+fn training_with_probe_reports_it() {
+    let dir = tmp("probe-run");
+    let (c, text) = config::load(None, &with(&["method.name=joint", "train.epochs=2", "train.probe=true"])).unwrap();
+    let mut o = TrainOptions::new(&dir);
+    o.progress = false;
+    train::train(&gpu(), &c, &text, &o).unwrap();
+    let probe: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("probe.json")).unwrap()).unwrap();
+    for m in ["audio", "visual"] {
+        let a = probe[m]["acc"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&a), "{probe}");
+    }
+    assert!(std::fs::read_to_string(dir.join("summary.txt")).unwrap().contains("linear probe"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -50,6 +50,10 @@ enum Cmd {
         /// Override values of the stored config (e.g. the data root).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
+        /// Also the linear probe: a logistic regression on each modality's frozen encoder
+        /// features (training split), its test accuracy (the field's unimodal metric).
+        #[arg(long)]
+        probe: bool,
     },
     /// List GPU adapters with backend, features and key limits.
     Devices,
@@ -283,7 +287,7 @@ fn run(cli: Cli) -> equimodal::Result<()> {
                 Err(e) => eprintln!("warning: charts not written: {e}"),
             }
         }
-        Cmd::Eval { checkpoint, sets } => {
+        Cmd::Eval { checkpoint, sets, probe } => {
             let gpu = equimodal::Gpu::new(gpu_options(&cli)?)?;
             let (summary, val) = equimodal::train::eval_checkpoint(&gpu, checkpoint, sets)?;
             if let Some(v) = val {
@@ -291,6 +295,17 @@ fn run(cli: Cli) -> equimodal::Result<()> {
             }
             println!("test:");
             print!("{}", summary.table());
+            if *probe {
+                let cfg = equimodal::train::probe::ProbeConfig::default();
+                let (names, res) = equimodal::train::probe_checkpoint(&gpu, checkpoint, sets, &cfg)?;
+                println!("linear probe of the frozen encoders (logistic regression on the training split's features, {} Adam steps; test):", cfg.steps);
+                for (n, m) in names.iter().zip(&res) {
+                    match m {
+                        Some(m) => println!("  {n:<10} acc {:>6.2}%  macro-F1 {:.4}", 100.0 * m.acc, m.macro_f1),
+                        None => println!("  {n:<10} -  (no encoder of this modality)"),
+                    }
+                }
+            }
         }
         Cmd::Devices => {
             let o = gpu_options(&cli)?;

@@ -210,6 +210,9 @@ impl Method for Aug {
         self.samples += batch.n;
         Ok(())
     }
+    fn features(&self, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
+        super::eval_features(&self.encoders, inputs)
+    }
     fn predict(&self, inputs: &[Tensor]) -> Result<Prediction> {
         let _ng = self.gpu.no_grad();
         let ctx = Ctx::eval();

@@ -68,6 +68,9 @@ impl Method for Joint {
         let (grads, _) = self.forward_backward(batch)?;
         opt.step(&grads)
     }
+    fn features(&self, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
+        super::eval_features(&self.encoders, inputs)
+    }
     fn predict(&self, inputs: &[Tensor]) -> Result<Prediction> {
         let gpu = inputs[0].gpu().clone();
         let _ng = gpu.no_grad();

@@ -69,6 +69,12 @@ pub trait Method: Send {
     fn train_step(&mut self, batch: &DeviceBatch, opt: &mut dyn Optimizer, epoch: usize) -> Result<()>;
     /// Eval-mode forward without gradients.
     fn predict(&self, inputs: &[Tensor]) -> Result<Prediction>;
+    /// Each modality's encoder features `[N, D]` in eval mode, without gradients (None where
+    /// the method has no encoder of that modality): what the linear probe
+    /// (`train::probe`) fits on.
+    fn features(&self, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
+        Ok(vec![None; inputs.len()])
+    }
     /// Read back and reset the epoch's accumulators and decide what changes for the next
     /// epoch. The model evaluated for this epoch must stay the one that was trained: changes
     /// that add untrained parts (AUG's new learner) wait for [`Method::after_eval`].
@@ -201,6 +207,14 @@ pub fn encode_all(encoders: &[Box<dyn Encoder>], inputs: &[Tensor], ctx: &Ctx) -
         return Err(Error::shape("model", format!("{} modalities in the batch, the model has {}", inputs.len(), encoders.len())));
     }
     encoders.iter().zip(inputs).map(|(e, x)| e.forward(x, ctx)).collect()
+}
+
+/// Eval-mode features of every encoder, no gradients ([`Method::features`] of methods
+/// with one encoder per modality).
+pub fn eval_features(encoders: &[Box<dyn Encoder>], inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
+    let Some(first) = inputs.first() else { return Ok(Vec::new()) };
+    let _ng = first.gpu().no_grad();
+    Ok(encode_all(encoders, inputs, &Ctx::eval())?.into_iter().map(Some).collect())
 }
 
 /// Split an epoch's [loss, view CE × M, view score × M] sums into EpochStats.

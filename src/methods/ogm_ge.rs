@@ -117,6 +117,9 @@ impl Method for OgmGe {
     fn predict(&self, inputs: &[Tensor]) -> Result<Prediction> {
         self.joint.predict(inputs)
     }
+    fn features(&self, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
+        self.joint.features(inputs)
+    }
     fn end_epoch(&mut self, epoch: usize, opt: &mut dyn Optimizer) -> Result<EpochStats> {
         self.joint.end_epoch(epoch, opt)
     }

@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod fault;
 pub mod logs;
 pub mod metrics;
+pub mod probe;
 pub mod rundir;
 
 use crate::config::{Config, OptimizerKind, ScheduleKind};
@@ -481,8 +482,12 @@ pub fn train(gpu: &Gpu, cfg: &Config, cfg_text: &str, opts: &TrainOptions) -> Re
     }
     let best_val = best.filter(|_| has_val);
     let summary = RunSummary { modalities: names, test: last_test, best_val, epochs_run, run_dir: dir.clone() };
+    let mut table = summary.table();
+    if cfg.train.probe {
+        table.push_str(&write_probe(gpu, method.as_ref(), &ds, &summary.modalities, bs.max(64), dir)?);
+    }
     let summary_path = dir.join("summary.txt");
-    if let Err(e) = checkpoint::write_atomic(&summary_path, summary.table().as_bytes()) {
+    if let Err(e) = checkpoint::write_atomic(&summary_path, table.as_bytes()) {
         eprintln!("warning: {e}");
     }
     Ok(summary)
@@ -492,6 +497,50 @@ pub fn train(gpu: &Gpu, cfg: &Config, cfg_text: &str, opts: &TrainOptions) -> Re
 /// `checkpoints/best.safetensors` when present, else `last`) on its dataset's test split (and
 /// validation when present).
 pub fn eval_checkpoint(gpu: &Gpu, path: &Path, sets: &[String]) -> Result<(RunSummary, Option<EvalReport>)> {
+    let Restored { file, cfg, ds, method, epoch } = restore_checkpoint(gpu, path, sets)?;
+    let specs = ds.modalities().to_vec();
+    let bs = cfg.train.batch_size.max(64);
+    let test = evaluate(gpu, method.as_ref(), &ds, Split::Test, bs, cfg.train.workers)?;
+    let val = if ds.len(Split::Val) > 0 { Some(evaluate(gpu, method.as_ref(), &ds, Split::Val, bs, cfg.train.workers)?) } else { None };
+    Ok((
+        RunSummary {
+            modalities: specs.iter().map(|s| s.name.clone()).collect(),
+            test,
+            best_val: None,
+            epochs_run: epoch + 1,
+            run_dir: file.parent().and_then(|p| p.parent()).unwrap_or(Path::new(".")).to_path_buf(),
+        },
+        val,
+    ))
+}
+
+/// The linear probe of the trained encoders into `dir/probe.json`; returns its table rows.
+fn write_probe(gpu: &Gpu, method: &dyn Method, ds: &Arc<dyn Dataset>, names: &[String], batch: usize, dir: &Path) -> Result<String> {
+    let res = probe::linear_probe(gpu, method, ds, batch, &probe::ProbeConfig::default())?;
+    let mut rows = String::from("linear probe of the frozen encoders (test):\n");
+    let mut per = serde_json::Map::new();
+    for (n, m) in names.iter().zip(&res) {
+        if let Some(m) = m {
+            rows.push_str(&format!("{:<12} {:>7.2}% {:>9.4}\n", n, 100.0 * m.acc, m.macro_f1));
+            per.insert(n.clone(), json!({"acc": m.acc, "macro_f1": m.macro_f1}));
+        }
+    }
+    checkpoint::write_atomic(&dir.join("probe.json"), format!("{}\n", Value::Object(per)).as_bytes())?;
+    Ok(rows)
+}
+
+/// A checkpoint's model, rebuilt from its stored config (with `sets` applied) on its data.
+struct Restored {
+    file: PathBuf,
+    cfg: Config,
+    ds: Arc<dyn Dataset>,
+    method: Box<dyn Method>,
+    /// the checkpoint's epoch (0-based)
+    epoch: usize,
+}
+
+/// Load `path` (a checkpoint, or a run directory: its best checkpoint, else its last).
+fn restore_checkpoint(gpu: &Gpu, path: &Path, sets: &[String]) -> Result<Restored> {
     let file = if path.is_dir() {
         let best = path.join("checkpoints/best.safetensors");
         if best.exists() {
@@ -519,18 +568,14 @@ pub fn eval_checkpoint(gpu: &Gpu, path: &Path, sets: &[String]) -> Result<(RunSu
     let mut opt = build_optimizer(&cfg, method.trainable())?;
     method.restore(ck.meta.get("method_state").unwrap_or(&Value::Null), opt.as_mut())?;
     checkpoint::restore_tensors(&file, &ck.model, &named_state(method.as_ref()))?;
-    let bs = cfg.train.batch_size.max(64);
-    let test = evaluate(gpu, method.as_ref(), &ds, Split::Test, bs, cfg.train.workers)?;
-    let val = if ds.len(Split::Val) > 0 { Some(evaluate(gpu, method.as_ref(), &ds, Split::Val, bs, cfg.train.workers)?) } else { None };
     let epoch = ck.meta.get("epoch").and_then(|e| e.as_u64()).unwrap_or(0) as usize;
-    Ok((
-        RunSummary {
-            modalities: specs.iter().map(|s| s.name.clone()).collect(),
-            test,
-            best_val: None,
-            epochs_run: epoch + 1,
-            run_dir: file.parent().and_then(|p| p.parent()).unwrap_or(Path::new(".")).to_path_buf(),
-        },
-        val,
-    ))
+    Ok(Restored { file, cfg, ds, method, epoch })
+}
+
+/// The linear probe (`probe::linear_probe`) of a checkpoint's encoders: each modality's
+/// test accuracy of a logistic regression fit on its frozen features.
+pub fn probe_checkpoint(gpu: &Gpu, path: &Path, sets: &[String], probe: &probe::ProbeConfig) -> Result<(Vec<String>, Vec<Option<Metrics>>)> {
+    let Restored { cfg, ds, method, .. } = restore_checkpoint(gpu, path, sets)?;
+    let names = ds.modalities().iter().map(|s| s.name.clone()).collect();
+    Ok((names, probe::linear_probe(gpu, method.as_ref(), &ds, cfg.train.batch_size.max(64), probe)?))
 }
