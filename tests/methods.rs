@@ -414,11 +414,40 @@ fn training_with_probe_reports_it() {
     let mut o = TrainOptions::new(&dir);
     o.progress = false;
     train::train(&gpu(), &c, &text, &o).unwrap();
-    let probe: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("probe.json")).unwrap()).unwrap();
+    let rec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("probe.json")).unwrap()).unwrap();
+    let fused = log_last_test_acc(&dir);
+    let mut phi_sum = 0.0;
     for m in ["audio", "visual"] {
-        let a = probe[m]["acc"].as_f64().unwrap();
-        assert!((0.0..=1.0).contains(&a), "{probe}");
+        let a = rec["probe"][m]["acc"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&a), "{rec}");
+        phi_sum += rec["shapley"][m].as_f64().unwrap();
     }
+    // efficiency: the contributions add up to v(all) − v(none)
+    let none = rec["accuracy_without_inputs"].as_f64().unwrap();
+    assert!((phi_sum - (fused - none)).abs() < 1e-9, "{rec} fused {fused}");
     assert!(std::fs::read_to_string(dir.join("summary.txt")).unwrap().contains("linear probe"));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn log_last_test_acc(dir: &Path) -> f64 {
+    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    let l: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    l["test"]["acc"].as_f64().unwrap()
+}
+
+#[test]
+fn shapley_values_of_known_games() {
+    use equimodal::train::shapley::shapley;
+    // additive game: each player's value is its own worth
+    let v = [0.0, 0.3, 0.5, 0.8];
+    let phi = shapley(&v, 2);
+    assert!((phi[0] - 0.3).abs() < 1e-12 && (phi[1] - 0.5).abs() < 1e-12, "{phi:?}");
+    // pure complementarity: only together they score; the gain is split evenly
+    let phi = shapley(&[0.1, 0.1, 0.1, 0.9], 2);
+    assert!((phi[0] - 0.4).abs() < 1e-12 && (phi[1] - 0.4).abs() < 1e-12, "{phi:?}");
+    // three players, majority game (any two win): 1/3 each
+    let v: Vec<f64> = (0..8u32).map(|s| if s.count_ones() >= 2 { 1.0 } else { 0.0 }).collect();
+    for p in shapley(&v, 3) {
+        assert!((p - 1.0 / 3.0).abs() < 1e-12);
+    }
 }

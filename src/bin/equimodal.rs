@@ -297,13 +297,17 @@ fn run(cli: Cli) -> equimodal::Result<()> {
             print!("{}", summary.table());
             if *probe {
                 let cfg = equimodal::train::probe::ProbeConfig::default();
-                let (names, res) = equimodal::train::probe_checkpoint(&gpu, checkpoint, sets, &cfg)?;
+                let u = equimodal::train::probe_checkpoint(&gpu, checkpoint, sets, &cfg)?;
                 println!("linear probe of the frozen encoders (logistic regression on the training split's features, {} Adam steps; test):", cfg.steps);
-                for (n, m) in names.iter().zip(&res) {
+                for (n, m) in u.modalities.iter().zip(&u.probe) {
                     match m {
                         Some(m) => println!("  {n:<10} acc {:>6.2}%  macro-F1 {:.4}", 100.0 * m.acc, m.macro_f1),
                         None => println!("  {n:<10} -  (no encoder of this modality)"),
                     }
+                }
+                println!("Shapley contribution to the fused test accuracy (absent modalities' inputs zeroed):");
+                for (n, p) in u.modalities.iter().zip(&u.shapley) {
+                    println!("  {n:<10} {:>+7.2} points", 100.0 * p);
                 }
             }
         }

@@ -6,6 +6,7 @@ pub mod fault;
 pub mod logs;
 pub mod metrics;
 pub mod probe;
+pub mod shapley;
 pub mod rundir;
 
 use crate::config::{Config, OptimizerKind, ScheduleKind};
@@ -514,7 +515,8 @@ pub fn eval_checkpoint(gpu: &Gpu, path: &Path, sets: &[String]) -> Result<(RunSu
     ))
 }
 
-/// The linear probe of the trained encoders into `dir/probe.json`; returns its table rows.
+/// The linear probe of the trained encoders and the modalities' Shapley contributions into
+/// `dir/probe.json`; returns their table rows.
 fn write_probe(gpu: &Gpu, method: &dyn Method, ds: &Arc<dyn Dataset>, names: &[String], batch: usize, dir: &Path) -> Result<String> {
     let res = probe::linear_probe(gpu, method, ds, batch, &probe::ProbeConfig::default())?;
     let mut rows = String::from("linear probe of the frozen encoders (test):\n");
@@ -525,7 +527,17 @@ fn write_probe(gpu: &Gpu, method: &dyn Method, ds: &Arc<dyn Dataset>, names: &[S
             per.insert(n.clone(), json!({"acc": m.acc, "macro_f1": m.macro_f1}));
         }
     }
-    checkpoint::write_atomic(&dir.join("probe.json"), format!("{}\n", Value::Object(per)).as_bytes())?;
+    // and each modality's Shapley contribution to the fused accuracy
+    let v = shapley::subset_accuracies(gpu, method, ds, batch)?;
+    let phi = shapley::shapley(&v, names.len());
+    rows.push_str("Shapley contribution to fused test accuracy (absent modalities' inputs zeroed):\n");
+    let mut sh = serde_json::Map::new();
+    for (n, p) in names.iter().zip(&phi) {
+        rows.push_str(&format!("{:<12} {:>+7.2} points\n", n, 100.0 * p));
+        sh.insert(n.clone(), json!(p));
+    }
+    let record = json!({"probe": per, "shapley": sh, "accuracy_without_inputs": v[0]});
+    checkpoint::write_atomic(&dir.join("probe.json"), format!("{record}\n").as_bytes())?;
     Ok(rows)
 }
 
@@ -574,8 +586,21 @@ fn restore_checkpoint(gpu: &Gpu, path: &Path, sets: &[String]) -> Result<Restore
 
 /// The linear probe (`probe::linear_probe`) of a checkpoint's encoders: each modality's
 /// test accuracy of a logistic regression fit on its frozen features.
-pub fn probe_checkpoint(gpu: &Gpu, path: &Path, sets: &[String], probe: &probe::ProbeConfig) -> Result<(Vec<String>, Vec<Option<Metrics>>)> {
+pub fn probe_checkpoint(gpu: &Gpu, path: &Path, sets: &[String], probe: &probe::ProbeConfig) -> Result<UnimodalMetrics> {
     let Restored { cfg, ds, method, .. } = restore_checkpoint(gpu, path, sets)?;
-    let names = ds.modalities().iter().map(|s| s.name.clone()).collect();
-    Ok((names, probe::linear_probe(gpu, method.as_ref(), &ds, cfg.train.batch_size.max(64), probe)?))
+    let batch = cfg.train.batch_size.max(64);
+    let v = shapley::subset_accuracies(gpu, method.as_ref(), &ds, batch)?;
+    Ok(UnimodalMetrics {
+        modalities: ds.modalities().iter().map(|s| s.name.clone()).collect(),
+        probe: probe::linear_probe(gpu, method.as_ref(), &ds, batch, probe)?,
+        shapley: shapley::shapley(&v, ds.modalities().len()),
+    })
+}
+
+/// A checkpoint's linear-probe accuracies and Shapley contributions, per modality.
+pub struct UnimodalMetrics {
+    pub modalities: Vec<String>,
+    pub probe: Vec<Option<Metrics>>,
+    /// share of the fused test accuracy, as a fraction
+    pub shapley: Vec<f64>,
 }
