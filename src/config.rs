@@ -176,8 +176,8 @@ impl Default for MethodConfig {
     }
 }
 
-/// AIM (adaptive intra-network modulation); see docs/aim.md. Defaults are the design values
-/// of shared/spec/aim.md.
+/// AIM (adaptive intra-network modulation); see docs/aim.md, whose design values are the
+/// defaults (except where it says a measurement chose otherwise).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AimConfig {

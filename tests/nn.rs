@@ -522,7 +522,7 @@ fn fusion_ref(kind: FusionKind, p: &Named, feats: &[T], d1: usize) -> T {
     }
 }
 
-/// The spec's unimodal view of modality m (shared/spec/baselines.md).
+/// The spec's unimodal view of modality m (README, Methods: joint).
 fn unimodal_ref(kind: FusionKind, p: &Named, feats: &[T], m: usize, d1: usize) -> T {
     let g = |s: &str| cpu_nn::get(p, &format!("head.{s}"));
     match kind {

@@ -1,5 +1,5 @@
 //! AIM (Shen, Chen, Zhang, arXiv 2508.19769): adaptive intra-network modulation, as
-//! designed in shared/spec/aim.md (see docs/aim.md for what is the paper's and what is ours).
+//! designed in docs/aim.md (which says what is the paper's and what is ours).
 //!
 //! - **DAP**: per modality m and depth d, K prototypes (one per class) with the shape of one
 //!   sample's depth-d feature map, optimised (Adam, network frozen, batch norm in eval mode)

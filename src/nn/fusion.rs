@@ -1,5 +1,5 @@
 //! Fusion heads of the OGM-GE code base (sum, concat, FiLM, gated), with the unimodal views
-//! used for confidence scores and per-modality reporting (see shared/spec/baselines.md).
+//! used for confidence scores and per-modality reporting (README, Methods: joint).
 use super::{join, Ctx, Linear, Module};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
