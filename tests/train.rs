@@ -60,6 +60,10 @@ fn every_method_trains_logs_and_checkpoints() {
         ("ogm_ge", vec!["method.name=ogm_ge", "train.schedule=cosine"]),
         ("aug", vec!["method.name=aug", "method.aug.check_every=1"]),
         ("aug_paper", vec!["method.name=aug", "method.aug.form=paper", "method.aug.rule=paper", "train.schedule=step", "train.step_size=1"]),
+        ("pmr", vec!["method.name=pmr", "method.fusion=sum"]),
+        ("pmr_film", vec!["method.name=pmr", "method.fusion=film", "method.pmr.coefficient=ratio", "method.pmr.mu=0.01", "method.pmr.entropy_epochs=1"]),
+        ("mmpareto", vec!["method.name=mmpareto"]),
+        ("mmpareto_gated", vec!["method.name=mmpareto", "method.fusion=gated", "train.optimizer=adam", "train.lr=0.001"]),
     ] {
         let dir = tmp(name);
         let s = run(&tiny(&extra), &dir);
