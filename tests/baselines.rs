@@ -4,7 +4,7 @@
 //! conflicting and agreeing gradients), end-to-end training on synthetic data, exact resume
 //! through the CLI after a kill, three modalities, and config errors that name the field.
 mod common;
-use common::resume::resume_through_the_cli_is_exact;
+use common::resume::{resume_through_the_cli_is_exact, resume_through_the_cli_is_exact_killed_after};
 use common::*;
 use equimodal::config::{self, Config, PmrCoefficient, PmrConfig};
 use equimodal::data::{self, Loader, LoaderConfig, Split};
@@ -355,7 +355,12 @@ fn mmpareto_combines_conflicting_and_agreeing_gradients_like_the_official_code()
     // min-norm weight lands far from ½; and a zero unimodal gradient (cos = 0: the min-norm
     // edge case v1v2 >= v2v2, k = 0.001)
     let mix = |a: f64, b: f64| -> Vec<Vec<f64>> { gm.iter().zip(&noise).map(|(x, n)| x.iter().zip(n).map(|(p, q)| a * p + b * q).collect()).collect() };
-    let cases = [("conflict", mix(-0.4, 0.3)), ("agree", mix(0.6, 0.3)), ("conflict-lopsided", mix(-3.0, 0.5)), ("zero-unimodal", mix(0.0, 0.0))];
+    // mixed: the group conflicts (‖g_uni‖ > ‖g_mm‖, so k > ½) while tensor 1 agrees with
+    // g_mm,1 = 3·g_uni,1: there ‖new‖ > ‖g_mm + g_uni‖ and the official `diff > 1` is false,
+    // the only way the rescale's floor of 1 shows (over a whole group the min-norm
+    // combination is never longer than the sum)
+    let mixed: Vec<Vec<f64>> = gm.iter().enumerate().map(|(t, x)| x.iter().map(|v| v * [-2.0, 1.0 / 3.0, -1.0][t]).collect()).collect();
+    let cases = [("conflict", mix(-0.4, 0.3)), ("agree", mix(0.6, 0.3)), ("conflict-lopsided", mix(-3.0, 0.5)), ("zero-unimodal", mix(0.0, 0.0)), ("mixed", mixed)];
     for (what, gu) in cases {
         for gamma in [1.5f32, 1.0] {
             let (want, cos, k, conflict) = ref_pareto(&gm, &gu, gamma as f64);
@@ -368,6 +373,10 @@ fn mmpareto_combines_conflicting_and_agreeing_gradients_like_the_official_code()
             }
             let info = c.info.to_vec().unwrap();
             assert_close(&format!("{what}: cos, k, conflict"), &info, &[cos, k, if conflict { 1.0 } else { 0.0 }], 1e-5, 1e-6);
+            let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+            let new1: Vec<f64> = gm[1].iter().zip(&gu[1]).map(|(a, b)| 2.0 * k * a + 2.0 * (1.0 - k) * b).collect();
+            let sum1: Vec<f64> = gm[1].iter().zip(&gu[1]).map(|(a, b)| a + b).collect();
+            assert_eq!(norm(&new1) > norm(&sum1) * 1.01, what == "mixed", "{what}: only the mixed case keeps a tensor unstretched");
             match what {
                 "agree" => assert!(!conflict && k == 0.5, "{what}: {cos} {k}"),
                 "zero-unimodal" => assert!(conflict && k == 0.001, "{what}: {cos} {k}"),
@@ -513,8 +522,8 @@ fn pmr_and_mmpareto_handle_three_modalities() {
 
 #[test]
 fn resume_after_a_kill_pmr_cnn() {
-    // prototypes (with the momentum from epoch 2 on) are checkpointed state; the observation
-    // pass runs batch norm in eval mode
+    // prototypes are checkpointed state: the momentum (from epoch 2 on) mixes in the previous
+    // epoch's, so the run is killed only after its third epoch is logged (checkpoint >= 2)
     let sets = tiny(&[
         "method.name=pmr",
         "method.pmr.coefficient=ratio",
@@ -523,10 +532,10 @@ fn resume_after_a_kill_pmr_cnn() {
         "model.encoder=small_cnn",
         "model.width=4",
         "model.depth=2",
-        "train.epochs=5",
+        "train.epochs=7",
         "data.n_train=480",
     ]);
-    resume_through_the_cli_is_exact("pmr", &sets, 5);
+    resume_through_the_cli_is_exact_killed_after("pmr", &sets, 7, 3);
 }
 
 #[test]

@@ -43,6 +43,13 @@ pub fn untimed(line: &serde_json::Value) -> serde_json::Value {
 /// of the epochs its checkpoint holds byte for byte, run only the remaining epochs, and end
 /// with the uninterrupted run's log (up to timings) and its final checkpoint, byte for byte.
 pub fn resume_through_the_cli_is_exact(name: &str, sets: &[String], epochs: usize) {
+    resume_through_the_cli_is_exact_killed_after(name, sets, epochs, 0)
+}
+
+/// As [`resume_through_the_cli_is_exact`], killing the run only once `logged` epochs are in
+/// its log (so that its checkpoint holds at least `logged − 1` epochs: state that only
+/// matters from a later epoch on, e.g. PMR's prototype momentum, is then exercised).
+pub fn resume_through_the_cli_is_exact_killed_after(name: &str, sets: &[String], epochs: usize, logged: usize) {
     let ref_dir = tmp(&format!("resume-ref-{name}"));
     let out = cli(sets, &ref_dir, &[]).output().unwrap();
     assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
@@ -53,7 +60,8 @@ pub fn resume_through_the_cli_is_exact(name: &str, sets: &[String], epochs: usiz
     let mut child = cli(sets, &dir, &[]).stderr(std::process::Stdio::null()).spawn().unwrap();
     let ckpt = dir.join("checkpoints/last.safetensors");
     let t0 = std::time::Instant::now();
-    while !ckpt.exists() {
+    let logged_lines = || std::fs::read_to_string(dir.join("metrics.jsonl")).map(|t| t.lines().count()).unwrap_or(0);
+    while !ckpt.exists() || logged_lines() < logged {
         assert!(t0.elapsed().as_secs() < 300, "{name}: no checkpoint written");
         if let Ok(Some(st)) = child.try_wait() {
             panic!("{name}: training exited before it could be killed: {st}");
@@ -75,7 +83,7 @@ pub fn resume_through_the_cli_is_exact(name: &str, sets: &[String], epochs: usiz
         .and_then(|r| r.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("{name}: the resumed run did not say where it resumed: {err}"));
-    assert!(k >= 1 && k < epochs, "{name}: resumed after epoch {k}");
+    assert!(k >= 1 && k >= logged.saturating_sub(1) && k < epochs, "{name}: resumed after epoch {k}");
     let after = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
     let kept: Vec<&str> = before.lines().take(k).collect();
     assert_eq!(after.lines().take(k).collect::<Vec<_>>(), kept, "{name}: lines of the checkpointed epochs were rewritten");
