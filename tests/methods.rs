@@ -314,7 +314,7 @@ fn fused_models_beat_their_best_single_modality() {
     // both modalities informative, neither enough alone: a fused model that ignores one
     // (a dead branch, a method that silences a modality) falls to the single-modality level.
     // Measured (lavapipe): audio alone 52.2 %, visual alone 73.5 %; joint 83.0, OGM-GE 77.2,
-    // AUG 88.8, AIM 88.0; 400 test samples, so a 2-point margin is ~1 standard error.
+    // AUG 88.8, AIM 88.0, PMR 86.8, MMPareto 90.0; 400 test samples, so a 2-point margin is ~1 standard error.
     let run = |extra: &[&str], tag: &str| {
         let list = sets(&[
             "data.n_train=600",
@@ -337,7 +337,7 @@ fn fused_models_beat_their_best_single_modality() {
     let visual = run(&["method.name=unimodal", "method.modality=visual"], "uni-v")["acc"].as_f64().unwrap();
     let best = audio.max(visual);
     let mut weak_view = std::collections::HashMap::new();
-    for name in ["joint", "ogm_ge", "aug", "aim"] {
+    for name in ["joint", "ogm_ge", "aug", "aim", "pmr", "mmpareto"] {
         let t = run(&[&format!("method.name={name}")], name);
         let fused = t["acc"].as_f64().unwrap();
         assert!(fused > best + 0.02, "{name}: fused {fused} vs best single modality {best}");
