@@ -136,6 +136,8 @@ pub enum MethodName {
     OgmGe,
     Aug,
     Aim,
+    Pmr,
+    Mmpareto,
 }
 
 impl MethodName {
@@ -147,6 +149,8 @@ impl MethodName {
             MethodName::OgmGe => "ogm_ge",
             MethodName::Aug => "aug",
             MethodName::Aim => "aim",
+            MethodName::Pmr => "pmr",
+            MethodName::Mmpareto => "mmpareto",
         }
     }
 }
@@ -161,6 +165,8 @@ pub struct MethodConfig {
     pub ogm: OgmConfig,
     pub aug: AugConfig,
     pub aim: AimConfig,
+    pub pmr: PmrConfig,
+    pub mmpareto: MmparetoConfig,
 }
 
 impl Default for MethodConfig {
@@ -172,7 +178,106 @@ impl Default for MethodConfig {
             ogm: OgmConfig::default(),
             aug: AugConfig::default(),
             aim: AimConfig::default(),
+            pmr: PmrConfig::default(),
+            mmpareto: MmparetoConfig::default(),
         }
+    }
+}
+
+/// How PMR weights the prototypical CE of a slower modality (docs/methods/pmr.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PmrCoefficient {
+    /// α for every modality whose prototype score is below the best one, 0 otherwise (the
+    /// official `main_Prototype_grad.py`).
+    Code,
+    /// α·clip(s_max/s_m − 1, 0, 1): grows with the imbalance (the paper's ratio-dependent form,
+    /// as re-implemented in GeWu-Lab/BalanceBenchmark).
+    Ratio,
+}
+
+/// PMR (Fan et al., CVPR 2023); see docs/methods/pmr.md. Defaults are the official code's.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PmrConfig {
+    /// Weight of the prototypical CE of the slower modality (`--alpha`, 1.0).
+    pub alpha: f32,
+    /// Prototypes are recomputed at the start of every epoch as
+    /// (1 − momentum)·new + momentum·old (`--momentum_coef`, 0.2).
+    pub momentum: f32,
+    /// Share of the training batches the prototypes are averaged over (the official code stops
+    /// after `len(loader) // 10` batches: 0.1).
+    pub proto_fraction: f64,
+    /// The rebalancing terms act for epochs in [start_epoch, end_epoch]
+    /// (`--modulation_starts` 0, `--modulation_ends` 100).
+    pub start_epoch: usize,
+    pub end_epoch: usize,
+    pub coefficient: PmrCoefficient,
+    /// Weight μ of the prototype entropy regularisation of the dominant modality (0: off, as
+    /// the official code, which has none).
+    pub mu: f32,
+    /// The entropy term acts for epochs in [start_epoch, start_epoch + entropy_epochs).
+    pub entropy_epochs: usize,
+}
+
+impl Default for PmrConfig {
+    fn default() -> Self {
+        PmrConfig {
+            alpha: 1.0,
+            momentum: 0.2,
+            proto_fraction: 0.1,
+            start_epoch: 0,
+            end_epoch: 100,
+            coefficient: PmrCoefficient::Code,
+            mu: 0.0,
+            entropy_epochs: 0,
+        }
+    }
+}
+
+impl PmrConfig {
+    pub fn validate(&self) -> Result<()> {
+        let f = |n: &str| format!("method.pmr.{n}");
+        if !(self.alpha.is_finite() && self.alpha >= 0.0) {
+            return Err(Error::config(f("alpha"), format!("must be >= 0, got {}", self.alpha)));
+        }
+        if !(self.momentum.is_finite() && (0.0..1.0).contains(&self.momentum)) {
+            return Err(Error::config(f("momentum"), format!("must be in [0, 1), got {}", self.momentum)));
+        }
+        if !(self.proto_fraction.is_finite() && self.proto_fraction > 0.0 && self.proto_fraction <= 1.0) {
+            return Err(Error::config(f("proto_fraction"), format!("must be in (0, 1], got {}", self.proto_fraction)));
+        }
+        if self.start_epoch > self.end_epoch {
+            return Err(Error::config(f("start_epoch"), format!("must be <= method.pmr.end_epoch ({}), got {}", self.end_epoch, self.start_epoch)));
+        }
+        if !(self.mu.is_finite() && self.mu >= 0.0) {
+            return Err(Error::config(f("mu"), format!("must be >= 0, got {}", self.mu)));
+        }
+        Ok(())
+    }
+}
+
+/// MMPareto (Wei & Hu, ICML 2024); see docs/methods/mmpareto.md. Defaults are the official
+/// code's.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MmparetoConfig {
+    /// Final scale of the combined encoder gradient (`gamma = 1.5`, hard-coded in MMPareto.py).
+    pub gamma: f32,
+}
+
+impl Default for MmparetoConfig {
+    fn default() -> Self {
+        MmparetoConfig { gamma: 1.5 }
+    }
+}
+
+impl MmparetoConfig {
+    pub fn validate(&self) -> Result<()> {
+        if !(self.gamma.is_finite() && self.gamma > 0.0) {
+            return Err(Error::config("method.mmpareto.gamma", format!("must be > 0, got {}", self.gamma)));
+        }
+        Ok(())
     }
 }
 
@@ -566,6 +671,8 @@ impl Config {
             return Err(Error::config("method.aug.max_learners", "must be at least 1 (or absent for no cap)"));
         }
         self.method.aim.validate()?;
+        self.method.pmr.validate()?;
+        self.method.mmpareto.validate()?;
         if !(self.method.ogm.alpha.is_finite() && self.method.ogm.alpha >= 0.0) {
             return Err(Error::config("method.ogm.alpha", "must be >= 0"));
         }
@@ -727,6 +834,9 @@ fn never_acts(cfg: &Config) -> Vec<String> {
     }
     if matches!(m.name, MethodName::Ogm | MethodName::OgmGe) && m.ogm.start_epoch >= e {
         v.push(format!("method.ogm.start_epoch = {} never acts: train.epochs is {e} (epochs count from 0)", m.ogm.start_epoch));
+    }
+    if m.name == MethodName::Pmr && m.pmr.start_epoch >= e {
+        v.push(format!("method.pmr.start_epoch = {} never acts: train.epochs is {e} (epochs count from 0)", m.pmr.start_epoch));
     }
     v
 }

@@ -290,7 +290,7 @@ fn aug_checks_on_schedule_and_logs_its_gap() {
 fn every_method_updates_all_of_its_parameters() {
     // one real optimizer step moves every trainable parameter (a method that handed the
     // optimizer nothing, or dropped an encoder's gradients, would leave some where they were)
-    for name in ["joint", "ogm", "ogm_ge", "aug", "aim"] {
+    for name in ["joint", "ogm", "ogm_ge", "aug", "aim", "pmr", "mmpareto"] {
         let c = cfg(&with(&[&format!("method.name={name}"), "method.aug.hidden=16"]));
         let (mut m, b, _) = method_and_batch(&c);
         let before: Vec<(String, Vec<f32>)> = m.params().iter().map(|p| (p.name.clone(), p.tensor.to_vec().unwrap())).collect();
@@ -314,7 +314,7 @@ fn fused_models_beat_their_best_single_modality() {
     // both modalities informative, neither enough alone: a fused model that ignores one
     // (a dead branch, a method that silences a modality) falls to the single-modality level.
     // Measured (lavapipe): audio alone 52.2 %, visual alone 73.5 %; joint 83.0, OGM-GE 77.2,
-    // AUG 88.8, AIM 88.0; 400 test samples, so a 2-point margin is ~1 standard error.
+    // AUG 88.8, AIM 88.0, PMR 86.8, MMPareto 90.0; 400 test samples, so a 2-point margin is ~1 standard error.
     let run = |extra: &[&str], tag: &str| {
         let list = sets(&[
             "data.n_train=600",
@@ -337,7 +337,7 @@ fn fused_models_beat_their_best_single_modality() {
     let visual = run(&["method.name=unimodal", "method.modality=visual"], "uni-v")["acc"].as_f64().unwrap();
     let best = audio.max(visual);
     let mut weak_view = std::collections::HashMap::new();
-    for name in ["joint", "ogm_ge", "aug", "aim"] {
+    for name in ["joint", "ogm_ge", "aug", "aim", "pmr", "mmpareto"] {
         let t = run(&[&format!("method.name={name}")], name);
         let fused = t["acc"].as_f64().unwrap();
         assert!(fused > best + 0.02, "{name}: fused {fused} vs best single modality {best}");
@@ -389,7 +389,15 @@ fn linear_probe_fits_informative_features_and_not_noise() {
 
 #[test]
 fn every_method_exposes_its_encoder_features_for_the_probe() {
-    for (name, extra) in [("joint", vec![]), ("ogm_ge", vec![]), ("aug", vec!["method.aug.hidden=16"]), ("aim", vec![]), ("unimodal", vec!["method.modality=visual"])] {
+    for (name, extra) in [
+        ("joint", vec![]),
+        ("ogm_ge", vec![]),
+        ("aug", vec!["method.aug.hidden=16"]),
+        ("aim", vec![]),
+        ("pmr", vec![]),
+        ("mmpareto", vec![]),
+        ("unimodal", vec!["method.modality=visual"]),
+    ] {
         let mut list = vec![format!("method.name={name}")];
         list.extend(extra.iter().map(|s| s.to_string()));
         let (m, b, _) = method_and_batch(&cfg(&with(&list.iter().map(|s| s.as_str()).collect::<Vec<_>>())));

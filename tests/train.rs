@@ -2,6 +2,7 @@
 //! checkpoints resume exactly after a kill mid-run, config errors name their fields, and
 //! AUG's adaptive assignment gives the weak modality learners.
 mod common;
+use common::resume::resume_through_the_cli_is_exact;
 use common::*;
 use equimodal::config::{self, AugConfig, AugRule};
 use equimodal::methods::Aug;
@@ -59,6 +60,10 @@ fn every_method_trains_logs_and_checkpoints() {
         ("ogm_ge", vec!["method.name=ogm_ge", "train.schedule=cosine"]),
         ("aug", vec!["method.name=aug", "method.aug.check_every=1"]),
         ("aug_paper", vec!["method.name=aug", "method.aug.form=paper", "method.aug.rule=paper", "train.schedule=step", "train.step_size=1"]),
+        ("pmr", vec!["method.name=pmr", "method.fusion=sum"]),
+        ("pmr_film", vec!["method.name=pmr", "method.fusion=film", "method.pmr.coefficient=ratio", "method.pmr.mu=0.01", "method.pmr.entropy_epochs=1"]),
+        ("mmpareto", vec!["method.name=mmpareto"]),
+        ("mmpareto_gated", vec!["method.name=mmpareto", "method.fusion=gated", "train.optimizer=adam", "train.lr=0.001"]),
     ] {
         let dir = tmp(name);
         let s = run(&tiny(&extra), &dir);
@@ -98,81 +103,6 @@ fn training_learns_the_default_task() {
     let s = run(&tiny(&["data.n_train=600", "data.n_test=200", "train.epochs=6", "method.name=joint", "model.hidden=[64]"]), &dir);
     assert!(s.test.fused.acc > 0.5, "fused test accuracy {}", s.test.fused.acc);
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// `equimodal train --quiet --out DIR --set ...` (plus `extra` flags) as a child process.
-fn cli(sets: &[String], dir: &Path, extra: &[&str]) -> std::process::Command {
-    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_equimodal"));
-    c.args(["train", "--quiet", "--out"]).arg(dir).args(extra);
-    for s in sets {
-        c.args(["--set", s]);
-    }
-    c.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
-    c
-}
-
-/// A log line without the fields that measure time (they differ between any two runs).
-fn untimed(line: &serde_json::Value) -> serde_json::Value {
-    let mut l = line.clone();
-    if let Some(t) = l["train"].as_object_mut() {
-        t.remove("seconds");
-        t.remove("data_wait_share");
-    }
-    l
-}
-
-/// Run `sets` uninterrupted through the CLI; run it again, kill it (SIGKILL) once its first
-/// checkpoint exists, and resume it with `--resume`. The resumed run must keep the log lines
-/// of the epochs its checkpoint holds byte for byte, run only the remaining epochs, and end
-/// with the uninterrupted run's log (up to timings) and its final checkpoint, byte for byte.
-fn resume_through_the_cli_is_exact(name: &str, sets: &[String], epochs: usize) {
-    let ref_dir = tmp(&format!("resume-ref-{name}"));
-    let out = cli(sets, &ref_dir, &[]).output().unwrap();
-    assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
-    let ref_lines = log_lines(&ref_dir);
-    assert_eq!(ref_lines.len(), epochs);
-
-    let dir = tmp(&format!("resume-kill-{name}"));
-    let mut child = cli(sets, &dir, &[]).stderr(std::process::Stdio::null()).spawn().unwrap();
-    let ckpt = dir.join("checkpoints/last.safetensors");
-    let t0 = std::time::Instant::now();
-    while !ckpt.exists() {
-        assert!(t0.elapsed().as_secs() < 300, "{name}: no checkpoint written");
-        if let Ok(Some(st)) = child.try_wait() {
-            panic!("{name}: training exited before it could be killed: {st}");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    child.kill().unwrap();
-    let _ = child.wait();
-    let before = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
-    assert!(before.lines().count() < epochs, "{name}: the run finished before the kill; make it longer");
-
-    let out = cli(sets, &dir, &["--resume"]).output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{name}: {err}");
-    // "resuming from ... after epoch K" (1-based): the checkpoint holds epochs 1..=K
-    let k: usize = err
-        .split("after epoch ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("{name}: the resumed run did not say where it resumed: {err}"));
-    assert!(k >= 1 && k < epochs, "{name}: resumed after epoch {k}");
-    let after = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
-    let kept: Vec<&str> = before.lines().take(k).collect();
-    assert_eq!(after.lines().take(k).collect::<Vec<_>>(), kept, "{name}: lines of the checkpointed epochs were rewritten");
-    let ran = err.lines().filter(|l| l.trim_start().starts_with("epoch ")).count();
-    assert_eq!(ran, epochs - k, "{name}: the resumed run must train only epochs {}..={epochs}: {err}", k + 1);
-    let lines = log_lines(&dir);
-    assert_eq!(lines.len(), epochs, "{name}: every epoch logged once");
-    for (a, b) in lines.iter().zip(&ref_lines) {
-        assert_eq!(untimed(a), untimed(b), "{name}: epoch {} differs from the uninterrupted run", a["epoch"]);
-    }
-    let final_bytes = |d: &Path| std::fs::read(d.join("checkpoints/last.safetensors")).unwrap();
-    assert!(final_bytes(&dir) == final_bytes(&ref_dir), "{name}: the final checkpoints differ");
-    let _ = std::fs::remove_dir_all(&dir);
-    let _ = std::fs::remove_dir_all(&ref_dir);
 }
 
 #[test]

@@ -1,15 +1,19 @@
 //! Training methods behind one trait: unimodal, joint training (sum / concat / FiLM / gated
-//! fusion), OGM and OGM-GE. Each method owns its model; the trainer owns the data, the
+//! fusion), OGM and OGM-GE, AUG, AIM, PMR and MMPareto. Each method owns its model; the trainer owns the data, the
 //! optimizer, evaluation and logging.
 pub mod aim;
 mod aug;
 mod joint;
+pub mod mmpareto;
 mod ogm_ge;
+pub mod pmr;
 mod unimodal;
 
 pub use aim::Aim;
 pub use aug::Aug;
 pub use joint::Joint;
+pub use mmpareto::MmPareto;
+pub use pmr::Pmr;
 pub use ogm_ge::OgmGe;
 pub use unimodal::Unimodal;
 
@@ -63,6 +67,22 @@ pub trait Method: Send {
     /// Non-trainable state tensors (batch-norm running statistics).
     fn buffers(&self) -> Vec<(String, Tensor)>;
     fn begin_epoch(&mut self, _epoch: usize) -> Result<()> {
+        Ok(())
+    }
+    /// Share of the training split, in (0, 1], the method wants to see without training
+    /// after `begin_epoch` and before the epoch's first step (PMR's prototypes); `None`: no
+    /// such pass. The trainer then shows it the first `max(1, ⌊share · batches⌋)` batches of
+    /// a separately shuffled pass over the training split ([`Method::observe`]) and calls
+    /// [`Method::end_observe`].
+    fn observe_fraction(&self, _epoch: usize) -> Option<f64> {
+        None
+    }
+    /// One batch of that pass (a forward without gradients; statistics stay on the GPU).
+    fn observe(&mut self, _batch: &DeviceBatch, _epoch: usize) -> Result<()> {
+        Ok(())
+    }
+    /// The pass of `epoch` is over.
+    fn end_observe(&mut self, _epoch: usize) -> Result<()> {
         Ok(())
     }
     /// One optimisation step. Statistics stay on the GPU (no host readback).
@@ -146,6 +166,8 @@ pub fn build(gpu: &Gpu, cfg: &Config, specs: &[ModalitySpec], classes: usize, rn
         MethodName::Joint => Box::new(Joint::new(gpu, cfg, specs, classes, rng)?),
         MethodName::Aug => Box::new(Aug::new(gpu, cfg, specs, classes, rng)?),
         MethodName::Aim => Box::new(Aim::new(gpu, cfg, specs, classes, rng)?),
+        MethodName::Pmr => Box::new(Pmr::new(gpu, cfg, specs, classes, rng)?),
+        MethodName::Mmpareto => Box::new(MmPareto::new(gpu, cfg, specs, classes, rng)?),
         MethodName::Ogm | MethodName::OgmGe => Box::new(OgmGe::new(gpu, cfg, specs, classes, rng, cfg.method.name == MethodName::OgmGe)?),
     };
     crate::nn::init::reinit(cfg.model.init, &method.params(), rng)?;

@@ -300,6 +300,9 @@ fn check_splits(ds: &dyn Dataset) -> Result<()> {
 }
 
 /// Train with `cfg`; everything goes into `opts.run_dir`.
+/// Seed offset of the observation pass's shuffle ([`Method::observe_fraction`]).
+const OBSERVE_SEED: u64 = 0x5052_4f54_4f00;
+
 pub fn train(gpu: &Gpu, cfg: &Config, cfg_text: &str, opts: &TrainOptions) -> Result<RunSummary> {
     let dir = &opts.run_dir;
     let mut lock = rundir::claim(dir, rundir::Claim { resume: opts.resume, force: opts.force })?;
@@ -363,6 +366,20 @@ pub fn train(gpu: &Gpu, cfg: &Config, cfg_text: &str, opts: &TrainOptions) -> Re
         let lr = sched.lr_at(epoch);
         opt.set_lr(lr);
         method.begin_epoch(epoch)?;
+        if let Some(share) = method.observe_fraction(epoch) {
+            // a pass of its own shuffle (the official PMR code draws its prototype batches from
+            // a fresh iteration of the shuffled training loader)
+            let mut lc = LoaderConfig::train(bs, cfg.seed ^ OBSERVE_SEED, epoch as u64);
+            lc.workers = cfg.train.workers;
+            let loader = Loader::new(ds.clone(), Split::Train, lc)?;
+            let take = ((loader.num_batches() as f64 * share).floor() as usize).clamp(1, loader.num_batches().max(1));
+            for b in loader.take(take) {
+                let db = upload_batch(gpu, &b?, classes)?;
+                method.observe(&db, epoch).map_err(|e| e.during(format_args!("observation pass of epoch {} ({})", epoch + 1, method.name())))?;
+                gpu.step_boundary(opts.max_in_flight)?;
+            }
+            method.end_observe(epoch)?;
+        }
         let mut lc = LoaderConfig::train(bs, cfg.seed, epoch as u64);
         lc.workers = cfg.train.workers;
         lc.drop_last = cfg.train.drop_last && n_train > bs;
