@@ -28,12 +28,18 @@ pub fn cli(sets: &[String], dir: &Path, extra: &[&str]) -> std::process::Command
     c
 }
 
-/// A log line without the fields that measure time (they differ between any two runs).
+/// A log line without the fields that measure the process rather than the computation
+/// (timings, memory high-water marks): they differ between any two runs.
 pub fn untimed(line: &serde_json::Value) -> serde_json::Value {
     let mut l = line.clone();
     if let Some(t) = l["train"].as_object_mut() {
         t.remove("seconds");
         t.remove("data_wait_share");
+    }
+    // memory high-water marks measure the process (what its pool had cached before the
+    // epoch), not the computation: a resumed process starts with an empty pool
+    if let Some(o) = l.as_object_mut() {
+        o.remove("memory");
     }
     l
 }
