@@ -190,25 +190,28 @@ fn compare_runs(dirs: &[PathBuf], select: Option<equimodal::experiments::Selecti
     Ok(())
 }
 
-fn sweep(cli: &Cli, file: &std::path::Path, out: Option<&std::path::Path>, parallel: Option<usize>, task: Option<usize>, slurm: bool, submit: bool, dry_run: bool, quiet: bool) -> equimodal::Result<()> {
+/// `equimodal sweep`: expand, then list (--dry-run), write a Slurm array (--slurm), run one
+/// task (--task), or run every run and compare.
+fn sweep(cli: &Cli) -> equimodal::Result<()> {
     use equimodal::experiments as ex;
-    let mut sw = ex::Sweep::load(file, out)?;
-    if let Some(p) = parallel {
+    let Cmd::Sweep { file, out, parallel, task, slurm, submit, dry_run, quiet } = &cli.cmd else { unreachable!("sweep() is called for the sweep command") };
+    let mut sw = ex::Sweep::load(file, out.as_deref())?;
+    if let Some(p) = *parallel {
         if p == 0 {
             return Err(equimodal::Error::config("--parallel", "must be at least 1"));
         }
         sw.parallel = p;
     }
     let runs = sw.expand()?;
-    if dry_run {
+    if *dry_run {
         for r in &runs {
             println!("{:>4}  {}  {}", r.index, r.name, r.sets.join(" "));
         }
         println!("{} runs, all configurations valid; output {}", runs.len(), sw.out.display());
         return Ok(());
     }
-    if slurm {
-        let (path, answer) = ex::write_slurm(&sw, runs.len(), &child_args(cli), submit)?;
+    if *slurm {
+        let (path, answer) = ex::write_slurm(&sw, runs.len(), &child_args(cli), *submit)?;
         println!("Slurm job array of {} runs: {}", runs.len(), path.display());
         if let Some(a) = answer {
             println!("{a}");
@@ -216,7 +219,7 @@ fn sweep(cli: &Cli, file: &std::path::Path, out: Option<&std::path::Path>, paral
         println!("afterwards: equimodal compare {}", sw.out.display());
         return Ok(());
     }
-    if let Some(t) = task {
+    if let Some(t) = *task {
         let run = runs.get(t).ok_or_else(|| equimodal::Error::config("--task", format!("{t} is out of range: the sweep has runs 0..{}", runs.len())))?;
         ex::run::claim(&sw)?;
         return match ex::run_one(&sw, run, &child_args(cli))? {
@@ -227,7 +230,7 @@ fn sweep(cli: &Cli, file: &std::path::Path, out: Option<&std::path::Path>, paral
             }
         };
     }
-    let results = ex::run_all(&sw, &runs, &child_args(cli), !quiet)?;
+    let results = ex::run_all(&sw, &runs, &child_args(cli), !*quiet)?;
     let failed: Vec<&(String, ex::Outcome)> = results.iter().filter(|r| matches!(r.1, ex::Outcome::Failed(_))).collect();
     let skipped = results.iter().filter(|r| r.1 == ex::Outcome::Skipped).count();
     println!("sweep {}: {} runs, {} finished now, {skipped} finished before, {} failed", sw.name, results.len(), results.len() - skipped - failed.len(), failed.len());
@@ -260,9 +263,7 @@ fn check_bench_args(reps: Option<usize>, steps: Option<usize>, batch: Option<usi
 
 fn run(cli: Cli) -> equimodal::Result<()> {
     match &cli.cmd {
-        Cmd::Sweep { file, out, parallel, task, slurm, submit, dry_run, quiet } => {
-            sweep(&cli, file, out.as_deref(), *parallel, *task, *slurm, *submit, *dry_run, *quiet)?;
-        }
+        Cmd::Sweep { .. } => sweep(&cli)?,
         Cmd::Compare { runs, select, k, out } => {
             let select = select.as_deref().map(|s| equimodal::experiments::Selection::parse(s, *k, "--select")).transpose()?;
             let out = out.clone().unwrap_or_else(|| runs[0].clone());
