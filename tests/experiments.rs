@@ -206,7 +206,7 @@ fn compare_statistics_on_hand_made_runs() {
         fake_run(&dir.join(format!("joint{s}")), s as u64, "joint", &[(0.9, *j, 0.3), (0.1, 0.0, 0.0)]);
         fake_run(&dir.join(format!("aug{s}")), s as u64, "aug", &[(0.2, 0.0, 0.0), (0.8, *a, 0.5)]);
     }
-    let runs: Vec<_> = ex::find_runs(&[dir.clone()]).unwrap().iter().map(|d| ex::read_run(d).unwrap()).collect();
+    let runs: Vec<_> = ex::find_runs(std::slice::from_ref(&dir)).unwrap().iter().map(|d| ex::read_run(d).unwrap()).collect();
     assert_eq!(runs.len(), 6);
     let c = ex::compare(&runs, None).unwrap();
     assert_eq!(c.select, Selection::BestVal, "every run has validation accuracy");
@@ -239,7 +239,7 @@ fn compare_statistics_on_hand_made_runs() {
     assert!(std::fs::read_to_string(dir.join("compare.tex")).unwrap().contains("joint & 3 & $60.0 \\pm 10.0$"));
     // a second run of one setting with the same seed is an error naming it
     fake_run(&dir.join("joint0-again"), 0, "joint", &[(0.9, 0.5, 0.3)]);
-    let runs: Vec<_> = ex::find_runs(&[dir.clone()]).unwrap().iter().map(|d| ex::read_run(d).unwrap()).collect();
+    let runs: Vec<_> = ex::find_runs(std::slice::from_ref(&dir)).unwrap().iter().map(|d| ex::read_run(d).unwrap()).collect();
     let e = ex::compare(&runs, None).err().unwrap().to_string();
     assert!(e.contains("seed 0") && e.contains("joint0"), "{e}");
     // bad input names the file

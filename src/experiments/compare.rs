@@ -236,9 +236,12 @@ pub fn pair(a: &Group, b: &Group) -> Paired {
     paired(&shared.iter().map(|s| ma[s]).collect::<Vec<_>>(), &shared.iter().map(|s| mb[s]).collect::<Vec<_>>())
 }
 
-/// The metrics of the tables: (column title, accessor, shown as a percentage).
-pub fn columns(c: &Comparison) -> Vec<(String, Box<dyn Fn(&Picked) -> f64>, bool)> {
-    let mut cols: Vec<(String, Box<dyn Fn(&Picked) -> f64>, bool)> = vec![("fused".into(), Box::new(|p: &Picked| p.fused), true)];
+/// A column of the tables: title, accessor, shown as a percentage.
+pub type Column = (String, Box<dyn Fn(&Picked) -> f64>, bool);
+
+/// The metrics of the tables.
+pub fn columns(c: &Comparison) -> Vec<Column> {
+    let mut cols: Vec<Column> = vec![("fused".into(), Box::new(|p: &Picked| p.fused), true)];
     for m in &c.modalities {
         let m2 = m.clone();
         cols.push((m.clone(), Box::new(move |p: &Picked| p.per_modality.get(&m2).copied().unwrap_or(f64::NAN)), true));

@@ -108,24 +108,25 @@ pub fn run_all(sweep: &Sweep, runs: &[RunSpec], child: &ChildArgs, progress: boo
     std::thread::scope(|s| {
         for _ in 0..sweep.parallel.min(runs.len()).max(1) {
             let (queue, results, running, pb) = (queue.clone(), results.clone(), running.clone(), pb.clone());
-            s.spawn(move || loop {
-                let Some(run) = queue.lock().ok().and_then(|mut q| q.pop_front()) else { break };
-                let show = |r: &std::collections::BTreeSet<String>| r.iter().cloned().collect::<Vec<_>>().join(", ");
-                if let Ok(mut r) = running.lock() {
-                    r.insert(run.name.clone());
-                    pb.set_message(show(&r));
-                }
-                let outcome = run_one(sweep, &run, child).unwrap_or_else(|e| Outcome::Failed(e.to_string()));
-                if let Outcome::Failed(why) = &outcome {
-                    pb.println(format!("run {} failed: {why}", run.name));
-                }
-                if let Ok(mut r) = running.lock() {
-                    r.remove(&run.name);
-                    pb.set_message(show(&r));
-                }
-                pb.inc(1);
-                if let Ok(mut res) = results.lock() {
-                    res.push((run.index, run.name.clone(), outcome));
+            s.spawn(move || {
+                while let Some(run) = queue.lock().ok().and_then(|mut q| q.pop_front()) {
+                    let show = |r: &std::collections::BTreeSet<String>| r.iter().cloned().collect::<Vec<_>>().join(", ");
+                    if let Ok(mut r) = running.lock() {
+                        r.insert(run.name.clone());
+                        pb.set_message(show(&r));
+                    }
+                    let outcome = run_one(sweep, &run, child).unwrap_or_else(|e| Outcome::Failed(e.to_string()));
+                    if let Outcome::Failed(why) = &outcome {
+                        pb.println(format!("run {} failed: {why}", run.name));
+                    }
+                    if let Ok(mut r) = running.lock() {
+                        r.remove(&run.name);
+                        pb.set_message(show(&r));
+                    }
+                    pb.inc(1);
+                    if let Ok(mut res) = results.lock() {
+                        res.push((run.index, run.name.clone(), outcome));
+                    }
                 }
             });
         }

@@ -70,7 +70,7 @@ fn crc32c(data: &[u8]) -> u32 {
 /// TFRecord's masked CRC: rotate right by 15 and add a constant.
 fn masked_crc(data: &[u8]) -> u32 {
     let c = crc32c(data);
-    ((c >> 15) | (c << 17)).wrapping_add(0xA282_EAD8)
+    c.rotate_right(15).wrapping_add(0xA282_EAD8)
 }
 
 fn varint(mut v: u64, out: &mut Vec<u8>) {
@@ -200,8 +200,11 @@ fn read_varint(b: &[u8], i: &mut usize) -> Option<u64> {
     None
 }
 
-/// Protobuf fields of a message: (field number, wire type, varint value or byte range).
-fn fields(b: &[u8]) -> Option<Vec<(u32, u8, u64, &[u8])>> {
+/// A protobuf field: number, wire type, varint value, bytes (length-delimited and fixed).
+type Field<'a> = (u32, u8, u64, &'a [u8]);
+
+/// The protobuf fields of a message.
+fn fields(b: &[u8]) -> Option<Vec<Field<'_>>> {
     let mut i = 0;
     let mut out = Vec::new();
     while i < b.len() {

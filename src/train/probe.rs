@@ -32,10 +32,13 @@ impl Default for ProbeConfig {
     }
 }
 
+/// One modality's features of a split: row-major values and the width.
+type Features = Option<(Vec<f32>, usize)>;
+
 /// Every sample's encoder features per modality on one split, and the labels.
-fn features(gpu: &Gpu, method: &dyn Method, ds: &Arc<dyn Dataset>, split: Split, batch: usize) -> Result<(Vec<Option<(Vec<f32>, usize)>>, Vec<u32>)> {
+fn features(gpu: &Gpu, method: &dyn Method, ds: &Arc<dyn Dataset>, split: Split, batch: usize) -> Result<(Vec<Features>, Vec<u32>)> {
     let m = ds.modalities().len();
-    let mut out: Vec<Option<(Vec<f32>, usize)>> = vec![Some((Vec::new(), 0)); m];
+    let mut out: Vec<Features> = vec![Some((Vec::new(), 0)); m];
     let mut labels = Vec::new();
     let mut lc = LoaderConfig::eval(batch);
     lc.workers = 1;
@@ -93,7 +96,7 @@ fn standardise(x: &mut [f32], d: usize, mean: &[f32], std: &[f32]) {
 /// return the test logits of `x_test`.
 pub fn fit_and_predict(gpu: &Gpu, x: &[f32], y: &[u32], x_test: &[f32], d: usize, k: usize, cfg: &ProbeConfig) -> Result<Vec<f32>> {
     let n = y.len();
-    if n == 0 || d == 0 || x.len() != n * d || x_test.len() % d != 0 {
+    if n == 0 || d == 0 || x.len() != n * d || !x_test.len().is_multiple_of(d) {
         return Err(Error::shape("linear_probe", format!("features {} values for {n} samples of width {d}, test {} values", x.len(), x_test.len())));
     }
     let xt = Tensor::from_slice(gpu, x, &[n, d])?;
