@@ -5,13 +5,14 @@
 //! through the CLI after a kill, three modalities, and config errors that name the field.
 mod common;
 use common::resume::{resume_through_the_cli_is_exact, resume_through_the_cli_is_exact_killed_after};
+use common::recorder::Recorder;
 use common::*;
 use equimodal::config::{self, Config, PmrCoefficient, PmrConfig};
 use equimodal::data::{self, Loader, LoaderConfig, Split};
 use equimodal::methods::{mmpareto, pmr, Method, Pmr};
-use equimodal::optim::{Optimizer, Param, StateTensor};
+use equimodal::optim::Optimizer;
 use equimodal::train::{self, TrainOptions};
-use equimodal::{Gradients, Result, Tensor};
+use equimodal::Tensor;
 use rand::SeedableRng;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -393,36 +394,6 @@ fn mmpareto_combines_conflicting_and_agreeing_gradients_like_the_official_code()
     assert_close("agree = γ·sum", &c.grads[0].to_vec().unwrap(), &want, 1e-5, 1e-6);
 }
 
-/// An optimizer that changes nothing and keeps host copies of each step's gradients.
-#[derive(Default)]
-struct Recorder {
-    params: Vec<Param>,
-    steps: Vec<Vec<(String, Vec<f32>)>>,
-}
-
-impl Optimizer for Recorder {
-    fn step(&mut self, grads: &Gradients) -> Result<()> {
-        let step = self.params.iter().filter_map(|p| grads.get(&p.tensor).map(|g| (p.name.clone(), g.to_vec().unwrap()))).collect();
-        self.steps.push(step);
-        Ok(())
-    }
-    fn add_params(&mut self, params: &[Param]) {
-        self.params.extend(params.iter().cloned());
-    }
-    fn params(&self) -> &[Param] {
-        &self.params
-    }
-    fn lr(&self) -> f32 {
-        0.0
-    }
-    fn set_lr(&mut self, _lr: f32) {}
-    fn state_tensors(&self) -> Result<Vec<StateTensor>> {
-        Ok(Vec::new())
-    }
-    fn load_state_tensors(&mut self, _state: &[StateTensor]) -> Result<()> {
-        Ok(())
-    }
-}
 
 #[test]
 fn mmpareto_step_hands_every_parameter_a_gradient_and_scales_the_encoders() {

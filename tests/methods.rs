@@ -3,52 +3,17 @@
 //! and strengths on data built to make one modality dominant, AUG's check schedule, gap and
 //! trainable set; and end-to-end thresholds that a broken method would miss.
 mod common;
+use common::recorder::Recorder;
 use common::*;
 use equimodal::config::{self, Config};
 use equimodal::data::{self, HostBatch, Loader, LoaderConfig, Split};
 use equimodal::methods::{self, DeviceBatch, Method};
-use equimodal::optim::{Optimizer, Param, StateTensor};
+use equimodal::optim::Optimizer;
 use equimodal::train::{self, TrainOptions};
-use equimodal::{Gradients, Result};
 use rand::SeedableRng;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// An optimizer that changes nothing and keeps a host copy of the gradients of each step.
-#[derive(Default)]
-struct Recorder {
-    params: Vec<Param>,
-    steps: Vec<Vec<(String, Vec<f32>)>>,
-}
-
-impl Optimizer for Recorder {
-    fn step(&mut self, grads: &Gradients) -> Result<()> {
-        let mut step = Vec::new();
-        for p in &self.params {
-            if let Some(g) = grads.get(&p.tensor) {
-                step.push((p.name.clone(), g.to_vec()?));
-            }
-        }
-        self.steps.push(step);
-        Ok(())
-    }
-    fn add_params(&mut self, params: &[Param]) {
-        self.params.extend(params.iter().cloned());
-    }
-    fn params(&self) -> &[Param] {
-        &self.params
-    }
-    fn lr(&self) -> f32 {
-        0.0
-    }
-    fn set_lr(&mut self, _lr: f32) {}
-    fn state_tensors(&self) -> Result<Vec<StateTensor>> {
-        Ok(Vec::new())
-    }
-    fn load_state_tensors(&mut self, _state: &[StateTensor]) -> Result<()> {
-        Ok(())
-    }
-}
 
 fn sets(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()

@@ -2,12 +2,12 @@
 //! checkpoints resume exactly after a kill mid-run, config errors name their fields, and
 //! AUG's adaptive assignment gives the weak modality learners.
 mod common;
-use common::resume::resume_through_the_cli_is_exact;
+use common::resume::{log_lines, resume_through_the_cli_is_exact, tmp};
 use common::*;
 use equimodal::config::{self, AugConfig, AugRule};
 use equimodal::methods::Aug;
 use equimodal::train::{self, TrainOptions};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 fn tiny(extra: &[&str]) -> Vec<String> {
     let mut v: Vec<String> = [
@@ -27,19 +27,6 @@ fn tiny(extra: &[&str]) -> Vec<String> {
     v
 }
 
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("equimodal-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
-
-fn log_lines(dir: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
 
 fn run(sets: &[String], dir: &Path) -> equimodal::train::RunSummary {
     let (cfg, text) = config::load(None, sets).unwrap();

@@ -1,6 +1,7 @@
 //! Shared test harness: one GPU context per test binary (lavapipe on CI), seeded inputs,
 //! CPU f64 references and finite-difference gradient checks.
 #![allow(dead_code)]
+pub mod recorder;
 pub mod resume;
 use equimodal::{Gpu, GpuOptions, Tensor};
 use std::sync::OnceLock;

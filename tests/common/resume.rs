@@ -3,13 +3,15 @@
 //! tests/baselines.rs).
 use std::path::{Path, PathBuf};
 
-fn tmp(name: &str) -> PathBuf {
+/// A fresh temporary folder name for this test process.
+pub fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("equimodal-test-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     d
 }
 
-fn log_lines(dir: &Path) -> Vec<serde_json::Value> {
+/// The run's `metrics.jsonl`, one value per line.
+pub fn log_lines(dir: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(dir.join("metrics.jsonl"))
         .unwrap()
         .lines()
