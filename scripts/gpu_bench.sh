@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# ONE command on the GPU machine (see docs/performance.md and shared/gpu/README.md), from the
+# ONE command on the GPU machine (see docs/performance.md and docs/gpu.md), from the
 # checkout root, after scripts/prepare_gpu_run.sh filled .gpu/ here:
 #
 #   bash scripts/gpu_bench.sh          (device run: carry [".gpu"])
@@ -7,7 +7,7 @@
 #
 # Installs the Vulkan loader from .gpu/*.deb, then: nvidia-smi and the adapter list, the
 # kernel tests on the GPU (unchecked kernels, as in release), the kernel benchmarks (full
-# sizes), the end-to-end steps, and the PyTorch references (shared/bench/torch_reference.py and
+# sizes), the end-to-end steps, and the PyTorch references (the timing script of docs/gpu.md, copied into .gpu/, and
 # scripts/sdpa_reference.py) in the same session (the machines
 # drift: compare only figures from one run). Everything goes to $OUT (default ./gpu-out);
 # a short summary is printed at the end.

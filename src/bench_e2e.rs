@@ -4,7 +4,7 @@
 //!
 //! Every step is timed by wall clock with the queue drained at both ends (the GPU is idle
 //! when the clock starts and when it stops), median over ≥ 20 steps after warm-up, as
-//! PyTorch's reference (`shared/bench/torch_reference.py`) times its steps. Memory is the
+//! PyTorch's timing reference (docs/gpu.md) times its steps. Memory is the
 //! buffer pool's footprint after the steps (`in_use + cached`: every buffer the pool ever
 //! created since the case started, i.e. its high-water mark), which is what the device holds.
 use crate::config::{Config, EncoderKind, MethodName};
