@@ -186,7 +186,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// Time one case: warm-up, then `reps` runs each between two timestamps.
 pub fn time_case(gpu: &Gpu, case: &Case, opts: &BenchOptions) -> Result<f64> {
-    let _ng = (!case.grad).then(|| gpu.no_grad());
+    let _ng = (!case.grad).then(|| crate::autograd::no_grad());
     let mut run = (case.setup)(gpu)?;
     for i in 0..opts.warmup {
         run(i)?;

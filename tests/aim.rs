@@ -333,7 +333,7 @@ fn prototypes_fit_to_their_classes_with_the_network_frozen() {
         let first = fit(0);
         let last = fit(150);
         assert!(last < first && last < 0.5, "depth {depth}: CE {first} -> {last}");
-        let _ng = g.no_grad();
+        let _ng = equimodal::autograd::no_grad();
         let logits = fusion.unimodal(0, &enc.forward_from(&protos, depth, &equimodal::nn::Ctx::eval()).unwrap(), &equimodal::nn::Ctx::eval()).unwrap();
         let l = logits.to_vec().unwrap();
         for c in 0..k {

@@ -127,7 +127,7 @@ pub fn fit_prototypes(
         let grads = ce(protos)?.backward()?;
         adam.step(&grads)?;
     }
-    let _ng = protos.gpu().no_grad();
+    let _ng = crate::autograd::no_grad();
     Ok(ce(protos)?.to_vec()?[0])
 }
 
@@ -143,7 +143,7 @@ impl Aim {
         let mut depths = Vec::new();
         let mut protos = Vec::new();
         {
-            let _ng = gpu.no_grad();
+            let _ng = crate::autograd::no_grad();
             for (i, e) in encoders.iter().enumerate() {
                 let x = Tensor::zeros(gpu, &[&[1usize][..], &specs[i].shape[..]].concat())?;
                 let (_, outs) = e.forward_depths(&x, &Ctx::eval())?;
@@ -201,7 +201,7 @@ impl Aim {
 
     /// Random prototypes scaled to the RMS of each depth's features on `inputs`.
     fn init_prototypes(&mut self, inputs: &[Tensor]) -> Result<()> {
-        let _ng = self.gpu.no_grad();
+        let _ng = crate::autograd::no_grad();
         let ctx = Ctx::eval();
         for (m, (e, x)) in self.encoders.iter().zip(inputs).enumerate() {
             let (_, outs) = e.forward_depths(x, &ctx)?;
@@ -306,7 +306,7 @@ impl Aim {
 
     /// Per-depth prototype scores of one batch, [Σ depths] (no gradient).
     fn depth_scores(&self, outs: &[Vec<Tensor>], labels: &Tensor) -> Result<Tensor> {
-        let _ng = self.gpu.no_grad();
+        let _ng = crate::autograd::no_grad();
         let mut parts = Vec::new();
         for (m, o) in outs.iter().enumerate() {
             for (d, h) in o.iter().enumerate() {
@@ -457,7 +457,7 @@ impl Method for Aim {
         opt.step(&grads)?;
 
         // statistics (no readback)
-        let _ng = self.gpu.no_grad();
+        let _ng = crate::autograd::no_grad();
         let views = (0..self.m).map(|i| self.fusion.unimodal(i, &feats[i].detach(), &ctx)).collect::<Result<Vec<_>>>()?;
         let vs = view_stats(&views, &batch.labels)?;
         let n = batch.n as f32;
@@ -483,7 +483,7 @@ impl Method for Aim {
         super::eval_features(&self.encoders, inputs)
     }
     fn predict(&self, inputs: &[Tensor]) -> Result<Prediction> {
-        let _ng = self.gpu.no_grad();
+        let _ng = crate::autograd::no_grad();
         let ctx = Ctx::eval();
         let feats = super::encode_all(&self.encoders, inputs, &ctx)?;
         let fused = self.fusion.forward(&feats, &ctx)?;

@@ -200,7 +200,7 @@ impl Method for Aug {
             let (loss, conf) = ops::boost_loss(&logits, &batch.labels, self.cfg.lambda, self.cfg.form)?;
             let grads = loss.backward()?;
             opt.step(&grads)?;
-            let _ng = self.gpu.no_grad();
+            let _ng = crate::autograd::no_grad();
             let step = ops::concat(&[&ops::scale(&loss.detach(), batch.n as f32)?, &ops::sum_all(&conf)?], 0)?;
             self.acc[m] = Some(match &self.acc[m] {
                 Some(a) => ops::add(a, &step)?,
@@ -214,7 +214,7 @@ impl Method for Aug {
         super::eval_features(&self.encoders, inputs)
     }
     fn predict(&self, inputs: &[Tensor]) -> Result<Prediction> {
-        let _ng = self.gpu.no_grad();
+        let _ng = crate::autograd::no_grad();
         let ctx = Ctx::eval();
         let mut per = Vec::new();
         let mut fused: Option<Tensor> = None;

@@ -37,7 +37,7 @@ impl Joint {
         let loss = ops::cross_entropy(&logits, ops::Target::Hard(&batch.labels), None)?;
         let grads = loss.backward()?;
         let views = {
-            let _ng = batch.labels.gpu().no_grad();
+            let _ng = crate::autograd::no_grad();
             (0..self.m).map(|i| self.fusion.unimodal(i, &feats[i].detach(), &ctx)).collect::<Result<Vec<_>>>()?
         };
         let vs = view_stats(&views, &batch.labels)?;
@@ -72,8 +72,7 @@ impl Method for Joint {
         super::eval_features(&self.encoders, inputs)
     }
     fn predict(&self, inputs: &[Tensor]) -> Result<Prediction> {
-        let gpu = inputs[0].gpu().clone();
-        let _ng = gpu.no_grad();
+        let _ng = crate::autograd::no_grad();
         let ctx = Ctx::eval();
         let feats = encode_all(&self.encoders, inputs, &ctx)?;
         let fused = self.fusion.forward(&feats, &ctx)?;

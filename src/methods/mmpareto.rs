@@ -51,7 +51,7 @@ pub fn combine(g_mm: &[Tensor], g_uni: &[Tensor], gamma: f32) -> Result<Combined
         return Err(Error::shape("mmpareto.combine", "the two gradient lists must hold tensors of the same shapes"));
     }
     let gpu = g_mm.first().ok_or_else(|| Error::Other("mmpareto: empty parameter group".into()))?.gpu().clone();
-    let _ng = gpu.no_grad();
+    let _ng = crate::autograd::no_grad();
     let a = dot_all(g_mm, g_mm)?; // v1v1
     let b = dot_all(g_mm, g_uni)?; // v1v2
     let c = dot_all(g_uni, g_uni)?; // v2v2
@@ -163,7 +163,7 @@ impl Method for MmPareto {
             let l = ops::cross_entropy(&logits, ops::Target::Hard(&batch.labels), None)?;
             let g_uni = l.backward()?;
             let enc = self.encoders[i].params();
-            let _ng = gpu.no_grad();
+            let _ng = crate::autograd::no_grad();
             let mut a = Vec::with_capacity(enc.len());
             let mut b = Vec::with_capacity(enc.len());
             let mut used = Vec::with_capacity(enc.len());
@@ -205,7 +205,7 @@ impl Method for MmPareto {
         }
         opt.step(&grads)?;
         drop::<Gradients>(grads);
-        let _ng = gpu.no_grad();
+        let _ng = crate::autograd::no_grad();
         let n = batch.n as f32;
         let mut total = loss_mm.detach().reshape(&[1])?;
         for l in &uni_losses {
@@ -229,8 +229,7 @@ impl Method for MmPareto {
         super::eval_features(&self.encoders, inputs)
     }
     fn predict(&self, inputs: &[Tensor]) -> Result<Prediction> {
-        let gpu = inputs[0].gpu().clone();
-        let _ng = gpu.no_grad();
+        let _ng = crate::autograd::no_grad();
         let ctx = Ctx::eval();
         let feats = super::encode_all(&self.encoders, inputs, &ctx)?;
         let fused = self.fusion.forward(&feats, &ctx)?;

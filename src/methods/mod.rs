@@ -208,8 +208,7 @@ impl Accum {
 /// Per-modality statistics of one step, as a [2·M] tensor: the batch-sum of each view's CE
 /// and the batch-sum of each view's true-class probability (no gradient).
 pub fn view_stats(views: &[Tensor], labels: &Tensor) -> Result<Tensor> {
-    let gpu = labels.gpu().clone();
-    let _ng = gpu.no_grad();
+    let _ng = crate::autograd::no_grad();
     let n = labels.numel() as f32;
     let mut parts = Vec::new();
     for v in views {
@@ -234,8 +233,10 @@ pub fn encode_all(encoders: &[Box<dyn Encoder>], inputs: &[Tensor], ctx: &Ctx) -
 /// Eval-mode features of every encoder, no gradients ([`Method::features`] of methods
 /// with one encoder per modality).
 pub fn eval_features(encoders: &[Box<dyn Encoder>], inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
-    let Some(first) = inputs.first() else { return Ok(Vec::new()) };
-    let _ng = first.gpu().no_grad();
+    if inputs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let _ng = crate::autograd::no_grad();
     Ok(encode_all(encoders, inputs, &Ctx::eval())?.into_iter().map(Some).collect())
 }
 

@@ -89,7 +89,7 @@ impl Method for OgmGe {
         let (mut grads, views) = self.joint.forward_backward(batch)?;
         if epoch >= self.start && epoch <= self.end {
             let gpu = batch.labels.gpu().clone();
-            let _ng = gpu.no_grad();
+            let _ng = crate::autograd::no_grad();
             let k = self.coefficients(&views, &batch.labels)?;
             for m in 0..self.m {
                 let km = ops::narrow(&k, 0, m, 1)?;

@@ -44,7 +44,7 @@ pub fn distances(feats: &Tensor, protos: &Tensor) -> Result<Tensor> {
 /// (Code: 1 where s_m < max s, else 0; Ratio: clip(max s / s_m − 1, 0, 1)), `coef = α·weight`
 /// multiplies the prototypical CE, `dominant` is 1 where s_m = max s.
 pub fn coefficients(scores: &Tensor, alpha: f32, kind: PmrCoefficient) -> Result<(Tensor, Tensor, Tensor)> {
-    let _ng = scores.gpu().no_grad();
+    let _ng = crate::autograd::no_grad();
     let smax = ops::max(scores, &[0], true)?; // [1]
     let dominant = ops::ge_scalar(&ops::sub(scores, &smax)?, 0.0)?;
     let weight = match kind {
@@ -85,13 +85,13 @@ pub fn pmr_terms(fused: &Tensor, feats: &[Tensor], protos: &[Tensor], labels: &T
     for (f, p) in feats.iter().zip(protos) {
         let sim = ops::neg(&distances(f, p)?)?;
         pces.push(ops::cross_entropy(&sim, ops::Target::Hard(labels), None)?);
-        let _ng = gpu.no_grad();
+        let _ng = crate::autograd::no_grad();
         scores.push(ops::sum_all(&ops::true_class_prob(&sim.detach(), labels)?)?.reshape(&[1])?);
         drop(_ng);
         sims.push(sim);
     }
     let (s, pce_d) = {
-        let _ng = gpu.no_grad();
+        let _ng = crate::autograd::no_grad();
         let sr: Vec<&Tensor> = scores.iter().collect();
         let pd: Vec<Tensor> = pces.iter().map(|t| t.detach().reshape(&[1])).collect::<Result<_>>()?;
         let pr: Vec<&Tensor> = pd.iter().collect();
@@ -138,7 +138,7 @@ pub fn pmr_terms(fused: &Tensor, feats: &[Tensor], protos: &[Tensor], labels: &T
 /// a class absent from the pass keeping `prev`; then, with `ema`,
 /// (1 − momentum)·mean + momentum·prev.
 pub fn update_prototypes(sums: &Tensor, counts: &Tensor, prev: &Tensor, momentum: f32, ema: bool) -> Result<Tensor> {
-    let _ng = sums.gpu().no_grad();
+    let _ng = crate::autograd::no_grad();
     let k = counts.numel();
     let c = counts.reshape(&[k, 1])?;
     let mean = ops::div(sums, &ops::maximum(&c, &Tensor::full(sums.gpu(), &[1], 1.0)?)?)?;
@@ -209,8 +209,7 @@ impl Method for Pmr {
         Some(self.cfg.proto_fraction)
     }
     fn observe(&mut self, batch: &DeviceBatch, _epoch: usize) -> Result<()> {
-        let gpu = batch.labels.gpu().clone();
-        let _ng = gpu.no_grad();
+        let _ng = crate::autograd::no_grad();
         // the official calculate_prototype runs the model in eval mode
         let feats = encode_all(&self.joint.encoders, &batch.inputs, &Ctx::eval())?;
         let onehot = ops::embedding(&batch.labels, &self.eye)?; // [N, K]
@@ -250,8 +249,7 @@ impl Method for Pmr {
         let t = pmr_terms(&fused, &feats, &self.protos, &batch.labels, &self.cfg, active, entropy)?;
         let grads = t.loss.backward()?;
         opt.step(&grads)?;
-        let gpu = batch.labels.gpu().clone();
-        let _ng = gpu.no_grad();
+        let _ng = crate::autograd::no_grad();
         let views = (0..self.m).map(|i| self.joint.fusion.unimodal(i, &feats[i].detach(), &ctx)).collect::<Result<Vec<_>>>()?;
         let vs = view_stats(&views, &batch.labels)?;
         let n = batch.n as f32;
@@ -309,7 +307,7 @@ impl Pmr {
     }
     /// The encoder features the prototypes are built from (eval mode, no gradient).
     pub fn features(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
-        let _ng = inputs[0].gpu().no_grad();
+        let _ng = crate::autograd::no_grad();
         encode_all(&self.joint.encoders, inputs, &Ctx::eval())
     }
 }

@@ -59,12 +59,12 @@ impl Method for Unimodal {
         Ok(())
     }
     fn features(&self, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
-        let _ng = inputs[self.index].gpu().no_grad();
+        let _ng = crate::autograd::no_grad();
         let f = self.encoder.forward(&inputs[self.index], &Ctx::eval())?;
         Ok((0..self.m).map(|i| if i == self.index { Some(f.clone()) } else { None }).collect())
     }
     fn predict(&self, inputs: &[Tensor]) -> Result<Prediction> {
-        let _ng = inputs[0].gpu().no_grad();
+        let _ng = crate::autograd::no_grad();
         let ctx = Ctx::eval();
         let logits = self.head.forward(&self.encoder.forward(&inputs[self.index], &ctx)?, &ctx)?;
         let per_modality = (0..self.m).map(|i| if i == self.index { Some(logits.clone()) } else { None }).collect();

@@ -29,7 +29,7 @@ pub use shape::*;
 pub use softmax::*;
 
 use crate::error::{Error, Result};
-use crate::gpu::Gpu;
+use crate::gpu::{Gpu, Kernel};
 use crate::tensor::{DType, Tensor};
 
 /// Workgroups for `n` independent items at `per_group` items per workgroup, folded over
@@ -96,6 +96,28 @@ pub fn expect_same_gpu(op: &'static str, ts: &[&Tensor]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Every kernel the ops launch, attention's instantiations included: what the interface
+/// test (`tests/kernels.rs`) checks against the WGSL modules.
+pub fn kernels() -> Vec<Kernel> {
+    let files = [
+        aim::KERNELS,
+        boost::KERNELS,
+        conv::KERNELS,
+        elementwise::KERNELS,
+        embed::KERNELS,
+        matmul::KERNELS,
+        norm::KERNELS,
+        pool::KERNELS,
+        random::KERNELS,
+        reduce::KERNELS,
+        shape::KERNELS,
+        softmax::KERNELS,
+    ];
+    let mut all = files.concat();
+    all.extend(attention::kernels());
+    all
 }
 
 /// Bytes of a plain-old-data parameter block.

@@ -24,6 +24,11 @@ pub use clip::{clip_grad_norm, ClipGradNorm};
 pub use schedule::{LrSchedule, Scheduler};
 pub use sgd::{Sgd, SgdConfig};
 
+/// Every kernel the optimizers launch (for the interface test, `tests/kernels.rs`).
+pub fn kernels() -> Vec<crate::gpu::Kernel> {
+    [adam::KERNELS, sgd::KERNELS].concat()
+}
+
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
 use std::collections::{HashMap, HashSet};
