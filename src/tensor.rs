@@ -76,15 +76,6 @@ impl Tensor {
         Ok(t)
     }
 
-    pub fn full(gpu: &Gpu, shape: &[usize], value: f32) -> Result<Tensor> {
-        if value == 0.0 {
-            return Self::zeros(gpu, shape);
-        }
-        let t = Self::empty(gpu, shape, DType::F32)?;
-        crate::ops::elementwise::fill(&t, value)?;
-        Ok(t)
-    }
-
     fn check_len(op: &'static str, shape: &[usize], len: usize) -> Result<()> {
         if numel(shape) != len {
             return Err(Error::shape(op, format!("shape {shape:?} holds {} elements, data has {len}", numel(shape))));

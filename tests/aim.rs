@@ -401,7 +401,7 @@ fn auxiliary_batch_norm_modes() {
     assert_eq!(recorded.len(), 2, "one record per batch norm");
     let conv0 = net.params().into_iter().find(|p| p.name == "enc.block0.conv.weight").unwrap();
     let aux = |s: f32, bn: BnStats| {
-        let scales = HashMap::from([(conv0.name.clone(), Tensor::full(&g, conv0.tensor.shape(), s).unwrap())]);
+        let scales = HashMap::from([(conv0.name.clone(), equimodal::ops::full(&g, conv0.tensor.shape(), s).unwrap())]);
         let ctx = Ctx { training: true, update_stats: false, weight_scales: Some(Arc::new(scales)), bn, ..Default::default() };
         cnn_depths(&net, &x, &ctx)
     };

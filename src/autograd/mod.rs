@@ -148,7 +148,7 @@ impl Tensor {
                 self.shape()
             )));
         }
-        let seed = Tensor::full(self.gpu(), self.shape(), 1.0)?;
+        let seed = crate::ops::full(self.gpu(), self.shape(), 1.0)?;
         self.backward_with(seed, grads)
     }
 

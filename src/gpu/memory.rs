@@ -94,7 +94,7 @@ impl Gpu {
         while start < end {
             let stop = end.min(start.saturating_add(per_launch));
             let p: [u32; 4] = [start as u32, stop as u32, serial as u32, 0];
-            let groups = crate::ops::grid(self, stop - start, 256);
+            let groups = super::grid(self, stop - start, 256);
             self.dispatch(k, &[], bytemuck::cast_slice(&p), &[buffer, report], groups)?;
             start = stop;
         }

@@ -6,6 +6,7 @@
 //! `memory` (tensor storage and its accounting), `record` (the command batch, flush,
 //! step boundaries), `readback`, `profile`, `timer`. This file holds the context itself.
 mod device;
+mod grid;
 mod kernel;
 mod memory;
 mod pool;
@@ -15,6 +16,7 @@ mod record;
 mod shaders;
 mod timer;
 
+pub use grid::{grid, split_grid};
 pub use device::{list_adapters, parse_backends, AdapterReport, Capabilities, GpuOptions};
 pub(crate) use kernel::gpu_params;
 pub use kernel::{Access, Kernel, ParamsField, ParamsLayout};

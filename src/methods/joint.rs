@@ -2,7 +2,7 @@
 //! cross-entropy loss (the "naive" baseline that modality imbalance hurts).
 use super::{build_encoders, encode_all, stats_from_sums, view_stats, Accum, DeviceBatch, EpochStats, Method, Prediction};
 use crate::autograd::Gradients;
-use crate::config::Config;
+use super::config::MethodSetup;
 use crate::data::ModalitySpec;
 use crate::error::Result;
 use crate::gpu::Gpu;
@@ -20,7 +20,7 @@ pub struct Joint {
 }
 
 impl Joint {
-    pub fn new(gpu: &Gpu, cfg: &Config, specs: &[ModalitySpec], classes: usize, rng: &mut StdRng) -> Result<Joint> {
+    pub fn new(gpu: &Gpu, cfg: &MethodSetup, specs: &[ModalitySpec], classes: usize, rng: &mut StdRng) -> Result<Joint> {
         let encoders = build_encoders(gpu, cfg, specs, rng)?;
         let dims: Vec<usize> = encoders.iter().map(|e| e.out_dim()).collect();
         let fusion = Fusion::new(gpu, "fusion", cfg.method.fusion, &dims, classes, cfg.model.fusion_hidden, rng)?;

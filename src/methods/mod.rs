@@ -3,21 +3,25 @@
 //! optimizer, evaluation and logging.
 pub mod aim;
 mod aug;
+pub mod config;
 mod joint;
 pub mod mmpareto;
+pub mod model;
 mod ogm_ge;
 pub mod pmr;
 mod unimodal;
 
-pub use aim::Aim;
-pub use aug::Aug;
+pub use aim::{Aim, AimConfig, AuxBn};
+pub use aug::{Aug, AugConfig, AugRule};
+pub use config::{MethodConfig, MethodName, MethodSetup};
 pub use joint::Joint;
-pub use mmpareto::MmPareto;
-pub use pmr::Pmr;
-pub use ogm_ge::OgmGe;
+pub use mmpareto::{MmPareto, MmparetoConfig};
+pub use model::{EncoderKind, ModelConfig, ModelOverride};
+pub use ogm_ge::{OgmConfig, OgmFormula, OgmGe, OgmScope};
+pub use pmr::{Pmr, PmrCoefficient, PmrConfig};
 pub use unimodal::Unimodal;
 
-use crate::config::{Config, EncoderKind, MethodName, ModelConfig};
+
 use crate::data::ModalitySpec;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
@@ -146,7 +150,7 @@ pub fn build_encoder(gpu: &Gpu, name: &str, spec: &ModalitySpec, mc: &ModelConfi
 }
 
 /// One encoder per modality, named `enc.<modality>`.
-pub fn build_encoders(gpu: &Gpu, cfg: &Config, specs: &[ModalitySpec], rng: &mut StdRng) -> Result<Vec<Box<dyn Encoder>>> {
+pub fn build_encoders(gpu: &Gpu, cfg: &MethodSetup, specs: &[ModalitySpec], rng: &mut StdRng) -> Result<Vec<Box<dyn Encoder>>> {
     for name in cfg.model.modalities.keys() {
         if !specs.iter().any(|s| &s.name == name) {
             let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
@@ -160,7 +164,7 @@ pub fn build_encoders(gpu: &Gpu, cfg: &Config, specs: &[ModalitySpec], rng: &mut
 }
 
 /// Build the configured method for a dataset with these modalities and classes.
-pub fn build(gpu: &Gpu, cfg: &Config, specs: &[ModalitySpec], classes: usize, rng: &mut StdRng) -> Result<Box<dyn Method>> {
+pub fn build(gpu: &Gpu, cfg: &MethodSetup, specs: &[ModalitySpec], classes: usize, rng: &mut StdRng) -> Result<Box<dyn Method>> {
     let method: Box<dyn Method> = match cfg.method.name {
         MethodName::Unimodal => Box::new(Unimodal::new(gpu, cfg, specs, classes, rng)?),
         MethodName::Joint => Box::new(Joint::new(gpu, cfg, specs, classes, rng)?),

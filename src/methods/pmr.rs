@@ -13,7 +13,7 @@
 //! Everything stays on the GPU: prototypes, class sums, scores and coefficients are tensors;
 //! the epoch's statistics are read back once in `end_epoch`.
 use super::{encode_all, stats_from_sums, view_stats, Accum, DeviceBatch, EpochStats, Joint, Method, Prediction};
-use crate::config::{Config, PmrCoefficient, PmrConfig};
+use super::config::MethodSetup;
 use crate::data::ModalitySpec;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
@@ -22,6 +22,81 @@ use crate::ops;
 use crate::optim::{Optimizer, Param};
 use crate::tensor::Tensor;
 use rand::rngs::StdRng;
+
+// ---- configuration (`[method.pmr]`) ----
+
+/// How PMR weights the prototypical CE of a slower modality (docs/methods/pmr.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PmrCoefficient {
+    /// α for every modality whose prototype score is below the best one, 0 otherwise (the
+    /// official `main_Prototype_grad.py`).
+    Code,
+    /// α·clip(s_max/s_m − 1, 0, 1): grows with the imbalance (the paper's ratio-dependent form,
+    /// as re-implemented in GeWu-Lab/BalanceBenchmark).
+    Ratio,
+}
+
+/// PMR (Fan et al., CVPR 2023); see docs/methods/pmr.md. Defaults are the official code's.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PmrConfig {
+    /// Weight of the prototypical CE of the slower modality (`--alpha`, 1.0).
+    pub alpha: f32,
+    /// Prototypes are recomputed at the start of every epoch as
+    /// (1 − momentum)·new + momentum·old (`--momentum_coef`, 0.2).
+    pub momentum: f32,
+    /// Share of the training batches the prototypes are averaged over (the official code stops
+    /// after `len(loader) // 10` batches: 0.1).
+    pub proto_fraction: f64,
+    /// The rebalancing terms act for epochs in [start_epoch, end_epoch]
+    /// (`--modulation_starts` 0, `--modulation_ends` 100).
+    pub start_epoch: usize,
+    pub end_epoch: usize,
+    pub coefficient: PmrCoefficient,
+    /// Weight μ of the prototype entropy regularisation of the dominant modality (0: off, as
+    /// the official code, which has none).
+    pub mu: f32,
+    /// The entropy term acts for epochs in [start_epoch, start_epoch + entropy_epochs).
+    pub entropy_epochs: usize,
+}
+
+impl Default for PmrConfig {
+    fn default() -> Self {
+        PmrConfig {
+            alpha: 1.0,
+            momentum: 0.2,
+            proto_fraction: 0.1,
+            start_epoch: 0,
+            end_epoch: 100,
+            coefficient: PmrCoefficient::Code,
+            mu: 0.0,
+            entropy_epochs: 0,
+        }
+    }
+}
+
+impl PmrConfig {
+    pub fn validate(&self) -> Result<()> {
+        let f = |n: &str| format!("method.pmr.{n}");
+        if !(self.alpha.is_finite() && self.alpha >= 0.0) {
+            return Err(Error::config(f("alpha"), format!("must be >= 0, got {}", self.alpha)));
+        }
+        if !(self.momentum.is_finite() && (0.0..1.0).contains(&self.momentum)) {
+            return Err(Error::config(f("momentum"), format!("must be in [0, 1), got {}", self.momentum)));
+        }
+        if !(self.proto_fraction.is_finite() && self.proto_fraction > 0.0 && self.proto_fraction <= 1.0) {
+            return Err(Error::config(f("proto_fraction"), format!("must be in (0, 1], got {}", self.proto_fraction)));
+        }
+        if self.start_epoch > self.end_epoch {
+            return Err(Error::config(f("start_epoch"), format!("must be <= method.pmr.end_epoch ({}), got {}", self.end_epoch, self.start_epoch)));
+        }
+        if !(self.mu.is_finite() && self.mu >= 0.0) {
+            return Err(Error::config(f("mu"), format!("must be >= 0, got {}", self.mu)));
+        }
+        Ok(())
+    }
+}
 
 /// Added to squared distances before the square root, so that a feature equal to its
 /// prototype has a finite gradient (the official code gets NaN there).
@@ -141,7 +216,7 @@ pub fn update_prototypes(sums: &Tensor, counts: &Tensor, prev: &Tensor, momentum
     let _ng = crate::autograd::no_grad();
     let k = counts.numel();
     let c = counts.reshape(&[k, 1])?;
-    let mean = ops::div(sums, &ops::maximum(&c, &Tensor::full(sums.gpu(), &[1], 1.0)?)?)?;
+    let mean = ops::div(sums, &ops::maximum(&c, &crate::ops::full(sums.gpu(), &[1], 1.0)?)?)?;
     let has = ops::ge_scalar(&c, 0.5)?;
     let kept = ops::add(&ops::mul(&has, &mean)?, &ops::mul(&ops::affine(&has, -1.0, 1.0)?, prev)?)?;
     if ema {
@@ -165,7 +240,7 @@ pub struct Pmr {
 }
 
 impl Pmr {
-    pub fn new(gpu: &Gpu, cfg: &Config, specs: &[ModalitySpec], classes: usize, rng: &mut StdRng) -> Result<Pmr> {
+    pub fn new(gpu: &Gpu, cfg: &MethodSetup, specs: &[ModalitySpec], classes: usize, rng: &mut StdRng) -> Result<Pmr> {
         let joint = Joint::new(gpu, cfg, specs, classes, rng)?;
         let m = specs.len();
         let protos = joint.encoders.iter().map(|e| Tensor::zeros(gpu, &[classes, e.out_dim()])).collect::<Result<Vec<_>>>()?;

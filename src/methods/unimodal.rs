@@ -1,7 +1,7 @@
 //! Unimodal baseline: one encoder and a linear head, trained alone on one modality — the
 //! ceiling that modality can reach by itself.
 use super::{build_encoder, stats_from_sums, view_stats, Accum, DeviceBatch, EpochStats, Method, Prediction};
-use crate::config::Config;
+use super::config::MethodSetup;
 use crate::data::ModalitySpec;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
@@ -20,7 +20,7 @@ pub struct Unimodal {
 }
 
 impl Unimodal {
-    pub fn new(gpu: &Gpu, cfg: &Config, specs: &[ModalitySpec], classes: usize, rng: &mut StdRng) -> Result<Unimodal> {
+    pub fn new(gpu: &Gpu, cfg: &MethodSetup, specs: &[ModalitySpec], classes: usize, rng: &mut StdRng) -> Result<Unimodal> {
         let want = cfg.method.modality.clone().unwrap_or_default();
         let index = specs.iter().position(|s| s.name == want).ok_or_else(|| {
             let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();

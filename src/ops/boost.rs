@@ -22,13 +22,32 @@ crate::gpu::gpu_params! {
 }
 
 /// Which loss AUG trains with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BoostForm {
     /// ε + ε_all + ε_pre, the residual target y − λ·y⊙p_pre differentiated through p_pre.
     Paper,
     /// CE(F_t) + CE(F_{t−1}) + CE(f_t) − λ·CE(f_t, y⊙stopgrad(p_{t−1})) (the official code).
     Code,
+}
+
+impl std::str::FromStr for BoostForm {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "paper" => Ok(BoostForm::Paper),
+            "code" => Ok(BoostForm::Code),
+            _ => Err(format!("unknown boosting loss form {s:?}; allowed: paper, code")),
+        }
+    }
+}
+
+impl std::fmt::Display for BoostForm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BoostForm::Paper => "paper",
+            BoostForm::Code => "code",
+        })
+    }
 }
 
 struct BoostBack {

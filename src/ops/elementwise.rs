@@ -203,8 +203,19 @@ pub fn add_scalar(x: &Tensor, b: f32) -> Result<Tensor> {
 /// 1.0 where x >= s, else 0.0 (not differentiable).
 pub fn ge_scalar(x: &Tensor, s: f32) -> Result<Tensor> {
     let _ng = crate::autograd::no_grad();
-    let st = Tensor::full(x.gpu(), &[1], s)?;
+    let st = full(x.gpu(), &[1], s)?;
     binary(x, &st, Binary::Ge, 0.0, 0.0)
+}
+
+/// A new f32 tensor of `shape` with every element `value` (a fill kernel; a zero fill is
+/// a buffer clear).
+pub fn full(gpu: &crate::gpu::Gpu, shape: &[usize], value: f32) -> Result<Tensor> {
+    if value == 0.0 {
+        return Tensor::zeros(gpu, shape);
+    }
+    let t = Tensor::empty(gpu, shape, DType::F32)?;
+    fill(&t, value)?;
+    Ok(t)
 }
 
 /// Fill a tensor in place (not recorded).

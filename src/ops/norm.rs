@@ -87,7 +87,7 @@ impl BatchNormState {
     /// Fresh state for `c` channels: mean 0, variance 1 (PyTorch's defaults are
     /// momentum 0.1, eps 1e-5).
     pub fn new(gpu: &Gpu, c: usize, momentum: f32, eps: f32) -> Result<BatchNormState> {
-        Ok(BatchNormState { running_mean: Tensor::zeros(gpu, &[c])?, running_var: Tensor::full(gpu, &[c], 1.0)?, momentum, eps })
+        Ok(BatchNormState { running_mean: Tensor::zeros(gpu, &[c])?, running_var: super::full(gpu, &[c], 1.0)?, momentum, eps })
     }
 }
 
