@@ -32,7 +32,7 @@ fn real_data(need: &[&str]) -> Option<PathBuf> {
     }
     eprintln!(
         "skipped: the data root {} lacks {missing:?} (set EQUIMODAL_DATA to a data root that has \
-         them, or run `equimodal data fetch avmnist`)",
+         them; `equimodal data list` says how to get each dataset)",
         root.display()
     );
     None
