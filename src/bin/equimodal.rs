@@ -172,7 +172,7 @@ enum DataCmd {
         #[arg(long)]
         mirror: Option<String>,
         /// Downloads at once.
-        #[arg(long, default_value_t = 4)]
+        #[arg(long, default_value_t = equimodal::data::fetch::DEFAULT_PARALLEL)]
         parallel: usize,
         /// No progress bar.
         #[arg(long)]
@@ -437,7 +437,14 @@ fn data(cmd: &DataCmd) -> equimodal::Result<()> {
     let root_of = |r: &Option<PathBuf>| r.clone().unwrap_or_else(catalog::default_data_root);
     match cmd {
         DataCmd::List { root } => {
-            print!("{}", data_list(&root_of(root))?);
+            let from = if root.is_some() {
+                "--root"
+            } else if std::env::var_os("EQUIMODAL_DATA").is_some_and(|v| !v.is_empty()) {
+                "$EQUIMODAL_DATA"
+            } else {
+                "the per-user default"
+            };
+            print!("{}", data_list(&root_of(root), from)?);
             Ok(())
         }
         DataCmd::Fetch { dataset, root, mirror, parallel, quiet } => {
@@ -469,11 +476,10 @@ fn mib(bytes: u64) -> String {
 
 /// The `data list` table: each dataset, its source, size, presence under `root`, and how to
 /// obtain it.
-fn data_list(root: &std::path::Path) -> equimodal::Result<String> {
+fn data_list(root: &std::path::Path, from: &str) -> equimodal::Result<String> {
     use equimodal::data::catalog::{self, Fetch};
     use std::fmt::Write;
     let mut s = String::new();
-    let from = if std::env::var_os("EQUIMODAL_DATA").is_some_and(|v| !v.is_empty()) { "$EQUIMODAL_DATA" } else { "per-user default" };
     let _ = writeln!(s, "data root: {} ({from})\n", root.display());
     for d in catalog::catalogue() {
         let _ = writeln!(s, "{}\n  what:    {}\n  source:  {}", d.name, d.what, d.source);

@@ -29,9 +29,12 @@ pub struct FetchOptions {
     pub parallel: usize,
 }
 
+/// Downloads at once unless told otherwise.
+pub const DEFAULT_PARALLEL: usize = 4;
+
 impl Default for FetchOptions {
     fn default() -> Self {
-        FetchOptions { progress: true, parallel: 4 }
+        FetchOptions { progress: true, parallel: DEFAULT_PARALLEL }
     }
 }
 
