@@ -326,13 +326,13 @@ impl AvmnistDataset {
         let resolve = |p: &str| catalog::resolve(&root, p);
         let fsdd_dir = resolve(&cfg.fsdd_dir);
         if !fsdd_dir.is_dir() {
-            return Err(catalog::missing("the FSDD recordings folder", &fsdd_dir, &root, "avmnist"));
+            return Err(catalog::missing("FSDD recordings folder", &fsdd_dir, &root, "avmnist"));
         }
         let clips = list_fsdd(&fsdd_dir)?;
         let (img_path, lab_path) = (resolve(&cfg.mnist_images), resolve(&cfg.mnist_labels));
         for p in [&img_path, &lab_path] {
             if !p.exists() {
-                return Err(catalog::missing("an MNIST file", p, &root, "avmnist"));
+                return Err(catalog::missing("MNIST file", p, &root, "avmnist"));
             }
         }
         let mut mnist = read_mnist(&img_path, &lab_path)?;
