@@ -266,6 +266,13 @@ fn the_next_address_is_tried_when_one_fails() {
     let td = TempDir::new("mirror");
     assert_eq!(fetch(&m2, &td.0, &quiet()).unwrap().downloaded, 3);
     assert_eq!(std::fs::read(td.0.join("set/abc.txt")).unwrap(), files["set/abc.txt"]);
+    // every address serving wrong bytes: still the typed checksum error
+    let mut wrong = files["set/abc.txt"].clone();
+    wrong[0] = b'x';
+    server.set("set/abc.txt", Reply::Body(wrong.clone()));
+    server.set("gone/set/abc.txt", Reply::Body(wrong));
+    let td = TempDir::new("mirror-wrong");
+    assert!(matches!(fetch(&m2, &td.0, &quiet()), Err(Error::Checksum { .. })));
     // when every address fails, the error names them all
     server.files.lock().unwrap().clear();
     let td = TempDir::new("mirror-all");

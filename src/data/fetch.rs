@@ -149,9 +149,11 @@ fn download_verified(agent: &ureq::Agent, f: &RemoteFile, dest: &Path, bar: &ind
             Err(e) => errors.push(e),
         }
     }
+    // every address served wrong bytes: the typed checksum error of the first says it best
+    let all_checksum = errors.iter().all(|e| matches!(e, Error::Checksum { .. }));
     match errors.len() {
         0 => Err(Error::Download { url: f.path.clone(), msg: "the manifest lists no address for it".into() }),
-        1 => Err(errors.remove(0)),
+        _ if errors.len() == 1 || all_checksum => Err(errors.remove(0)),
         _ => Err(Error::Download {
             url: f.urls.join(", "),
             msg: errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "),
