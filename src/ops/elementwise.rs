@@ -14,7 +14,7 @@ const K_BINARY: Kernel = Kernel::new(Shader::Elementwise, "binary", &[R, R, RW],
 const K_UNARY_BW: Kernel = Kernel::new(Shader::Elementwise, "unary_backward", &[R, R, RW], &Params::LAYOUT);
 const K_TO_F16: Kernel = Kernel::new(Shader::Elementwise, "to_f16", &[R, RW], &Params::LAYOUT);
 const K_FROM_F16: Kernel = Kernel::new(Shader::Elementwise, "from_f16", &[R, RW], &Params::LAYOUT);
-/// Every kernel of this file (for the interface test, `tests/kernels.rs`).
+/// Every kernel of this file (for the interface test, `tests/gpu/kernels.rs`).
 pub(crate) const KERNELS: &[Kernel] = &[K_UNARY, K_EXPAND, K_FILL, K_BINARY, K_UNARY_BW, K_TO_F16, K_FROM_F16];
 
 pub const MAX_DIMS: usize = 8;
@@ -62,7 +62,7 @@ pub enum Unary {
 
 impl Unary {
     /// Every op: the codes `shaders/elementwise.wgsl` names `UNARY_<NAME>` (the interface
-    /// test, `tests/kernels.rs`, checks each name and value).
+    /// test, `tests/gpu/kernels.rs`, checks each name and value).
     pub const ALL: [Unary; 15] = [
         Unary::Neg,
         Unary::Exp,
@@ -245,7 +245,7 @@ pub enum Binary {
 
 impl Binary {
     /// Every op: the codes `shaders/elementwise.wgsl` names `BINARY_<NAME>` (checked by
-    /// `tests/kernels.rs`).
+    /// `tests/gpu/kernels.rs`).
     pub const ALL: [Binary; 9] =
         [Binary::Add, Binary::Sub, Binary::Mul, Binary::Div, Binary::Max, Binary::Min, Binary::Lerp, Binary::Eq, Binary::Ge];
 }
