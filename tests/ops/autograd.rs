@@ -44,3 +44,29 @@ fn reshape_is_a_view_with_gradient() {
     assert_eq!(gr.get(&x).unwrap().to_vec().unwrap(), vec![1., 0., 0., 0., 0., 2.]);
     assert!(x.reshape(&[4, 2]).is_err());
 }
+
+/// A gradient sum nothing else holds is accumulated in its own buffer (no new allocation);
+/// one that a caller still holds is left untouched and the sum goes to a new tensor.
+#[test]
+fn gradients_accumulate_in_place_only_when_unshared() {
+    let g = gpu();
+    let x = Tensor::from_slice(&g, &[1.0, -2.0, 3.0, 0.5], &[4]).unwrap().requires_grad();
+    let mut grads = equimodal::Gradients::new();
+    ops::sum_all(&ops::scale(&x, 2.0).unwrap()).unwrap().backward_into(&mut grads).unwrap();
+    let first = std::sync::Arc::as_ptr(grads.get(&x).unwrap().storage()) as usize;
+    ops::sum_all(&ops::mul(&x, &x).unwrap()).unwrap().backward_into(&mut grads).unwrap();
+    let sum = grads.get(&x).unwrap();
+    assert_eq!(sum.to_vec().unwrap(), vec![4.0, -2.0, 8.0, 3.0]); // 2 + 2x
+    assert_eq!(std::sync::Arc::as_ptr(sum.storage()) as usize, first, "the unshared sum kept its buffer");
+    // held by the caller: the sum must not change under them
+    let held = grads.get(&x).unwrap().clone();
+    ops::sum_all(&x).unwrap().backward_into(&mut grads).unwrap();
+    assert_eq!(held.to_vec().unwrap(), vec![4.0, -2.0, 8.0, 3.0]);
+    assert_eq!(grads.get(&x).unwrap().to_vec().unwrap(), vec![5.0, -1.0, 9.0, 4.0]);
+    assert!(!std::sync::Arc::ptr_eq(grads.get(&x).unwrap().storage(), held.storage()));
+    // a broadcast-shaped or non-f32 operand falls back to the out-of-place add
+    let acc = Tensor::from_slice(&g, &[1.0, 2.0], &[2]).unwrap();
+    let row = Tensor::from_slice(&g, &[10.0, 20.0], &[1, 2]).unwrap();
+    assert_eq!(ops::add_into(acc, &row).unwrap().to_vec().unwrap(), vec![11.0, 22.0]);
+    assert_canaries("add_into");
+}
