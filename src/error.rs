@@ -31,6 +31,11 @@ pub enum Error {
     /// A downloaded file whose size or SHA-256 is not the manifest's; it was discarded.
     #[error("checksum mismatch for {path} (from {url}): expected SHA-256 {expected}, got {got}; the download was discarded")]
     Checksum { path: String, url: String, expected: String, got: String },
+    /// The device (or the configured memory limit) could not hold a new buffer of `bytes`,
+    /// even after the pool released its cache. A run that hits it ends with its last
+    /// checkpoint intact.
+    #[error("out of GPU memory allocating {bytes} bytes: {msg}")]
+    OutOfMemory { bytes: u64, msg: String },
     #[error("non-finite value: {0}")]
     NonFinite(String),
     #[error("{0}")]
@@ -58,6 +63,7 @@ impl Error {
         match self {
             Error::DeviceLost(m) => Error::DeviceLost(format!("{what}: {m}")),
             Error::Device(m) => Error::Device(format!("{what}: {m}")),
+            Error::OutOfMemory { bytes, msg } => Error::OutOfMemory { bytes, msg: format!("{what}: {msg}") },
             other => other,
         }
     }

@@ -32,6 +32,31 @@ pub struct GpuOptions {
     /// filled with a NaN sentinel; [`Gpu::check_canaries`] reports any sentinel a kernel
     /// overwrote (writes past the end of a tensor). `EQUIMODAL_POOL_CANARY=1`.
     pub pool_canary: bool,
+    /// Most bytes the buffer pool may hold from the driver (live tensors and cache): a new
+    /// buffer beyond it first releases the cache, then fails with
+    /// [`Error::OutOfMemory`](crate::Error::OutOfMemory), as a full device would. For
+    /// sharing a GPU between processes (PyTorch's `set_per_process_memory_fraction`), and
+    /// for testing what a run does when memory runs out. `EQUIMODAL_MEMORY_LIMIT` (bytes, or
+    /// with a `KiB`/`MiB`/`GiB` suffix).
+    pub memory_limit: Option<u64>,
+}
+
+/// Parse a byte count with an optional binary suffix (`512MiB`, `2GiB`, `4096`).
+pub fn parse_bytes(field: &str, text: &str) -> Result<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        other => return Err(Error::config(field, format!("unknown unit `{other}` in {text:?}; use bytes or KiB, MiB, GiB"))),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| Error::config(field, format!("expected a byte count like 512MiB, got {text:?}")))
 }
 
 /// Parse a comma-separated backend list (`vulkan,gl`); an unknown name is an error naming
@@ -68,6 +93,9 @@ impl GpuOptions {
                 break;
             }
         }
+        if let Ok(v) = std::env::var("EQUIMODAL_MEMORY_LIMIT") {
+            o.memory_limit = Some(parse_bytes("EQUIMODAL_MEMORY_LIMIT", &v)?);
+        }
         Ok(o)
     }
 }
@@ -93,6 +121,7 @@ impl Default for GpuOptions {
         let max_workgroups_per_dim =
             std::env::var("EQUIMODAL_MAX_WORKGROUPS_PER_DIM").ok().and_then(|v| v.trim().parse::<u32>().ok()).filter(|&v| v > 0);
         let pool_canary = std::env::var("EQUIMODAL_POOL_CANARY").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
+        let memory_limit = std::env::var("EQUIMODAL_MEMORY_LIMIT").ok().and_then(|v| parse_bytes("EQUIMODAL_MEMORY_LIMIT", &v).ok());
         GpuOptions {
             backends,
             adapter_name,
@@ -101,6 +130,7 @@ impl Default for GpuOptions {
             checked_kernels,
             max_workgroups_per_dim,
             pool_canary,
+            memory_limit,
         }
     }
 }

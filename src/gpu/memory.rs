@@ -43,6 +43,15 @@ impl Gpu {
             p.stats.reset_peaks();
         }
     }
+    /// The most bytes the pool may hold from the driver ([`GpuOptions::memory_limit`](super::GpuOptions)).
+    pub fn memory_limit(&self) -> Option<u64> {
+        Some(self.0.memory_limit.load(std::sync::atomic::Ordering::Relaxed)).filter(|&l| l != u64::MAX)
+    }
+    /// Change the memory limit (`None`: the device's own). Buffers already held stay; the
+    /// limit applies to the next new buffer.
+    pub fn set_memory_limit(&self, limit: Option<u64>) {
+        self.0.memory_limit.store(limit.unwrap_or(u64::MAX), std::sync::atomic::Ordering::Relaxed);
+    }
     /// Release cached buffers back to the driver.
     pub fn trim_memory(&self) {
         if let Ok(mut p) = self.0.pool.lock() {
@@ -68,7 +77,7 @@ impl Gpu {
         };
         let taken = {
             let mut pool = self.0.pool.lock().map_err(|_| Error::Other("buffer pool poisoned".into()))?;
-            pool.take(&self.0.device, bytes, size)
+            pool.take(&self.0.device, bytes, size, self.memory_limit())?
         };
         if self.0.canary.is_some() {
             // In recording order: the previous owner's slack is checked before this owner's

@@ -17,7 +17,7 @@ mod shaders;
 mod timer;
 
 pub use grid::{grid, split_grid};
-pub use device::{list_adapters, parse_backends, AdapterReport, Capabilities, GpuOptions};
+pub use device::{list_adapters, parse_backends, parse_bytes, AdapterReport, Capabilities, GpuOptions};
 pub(crate) use kernel::gpu_params;
 pub use kernel::{Access, Kernel, ParamsField, ParamsLayout};
 pub use pool::{bucket_size, PoolStats, Storage};
@@ -45,6 +45,8 @@ struct Inner {
     checked: bool,
     /// Workgroups per grid dimension the ops may use (the adapter's limit, or the test cap).
     max_groups: u32,
+    /// [`GpuOptions::memory_limit`] (bytes), changeable at run time; `u64::MAX`: none.
+    memory_limit: AtomicU64,
     /// Canary mode: the report buffer of `shaders/canary.wgsl`.
     canary: Option<wgpu::Buffer>,
     /// Canary mode: held from taking a buffer to recording its fill, and while a check
@@ -137,6 +139,7 @@ impl Gpu {
             limits,
             checked: options.checked_kernels,
             max_groups,
+            memory_limit: AtomicU64::new(options.memory_limit.unwrap_or(u64::MAX)),
             canary,
             canary_lock: Mutex::new(()),
             cache: Mutex::new(KernelCache::default()),

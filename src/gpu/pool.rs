@@ -1,5 +1,6 @@
 //! Size-bucketed buffer pool. Tensor storage comes from here and goes back on drop, so
 //! memory in use stays flat across training steps.
+use crate::error::{Error, Result};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -82,36 +83,75 @@ impl BufferPool {
     pub(crate) fn new(canary: bool) -> Self {
         BufferPool { free: HashMap::new(), stats: PoolStats::default(), live: canary.then(HashMap::new), next_serial: 1 }
     }
-    /// A buffer of at least `bytes`; `bytes` is recorded as the tensor length (canary mode).
-    pub(crate) fn take(&mut self, device: &wgpu::Device, bytes: u64, size: u64) -> Taken {
+    /// A buffer of at least `bytes` (`size`, its bucket); `bytes` is recorded as the tensor
+    /// length (canary mode). A new buffer that would take the bytes held from the driver past
+    /// `limit`, or that the driver refuses for lack of memory, first releases every cached
+    /// buffer and tries again (PyTorch's caching allocator does the same); if it still does
+    /// not fit, the error says how much was asked for, held and live.
+    pub(crate) fn take(&mut self, device: &wgpu::Device, bytes: u64, size: u64, limit: Option<u64>) -> Result<Taken> {
+        let reused = self.free.get_mut(&size).and_then(|v| v.pop());
+        let (buffer, prev) = match reused {
+            Some(s) => {
+                self.stats.cached -= size;
+                self.stats.reuses += 1;
+                (s.buffer, Some((s.bytes, s.serial)))
+            }
+            None => (self.create_or_trim(device, size, limit)?, None),
+        };
         let serial = self.next_serial;
         self.next_serial += 1;
         self.stats.in_use += size;
         self.stats.allocated += bytes;
-        let reused = self.free.get_mut(&size).and_then(|v| v.pop());
-        let (buffer, prev) = if let Some(s) = reused {
-            self.stats.cached -= size;
-            self.stats.reuses += 1;
-            (s.buffer, Some((s.bytes, s.serial)))
-        } else {
-            (self.create(device, size), None)
-        };
         if let Some(live) = &mut self.live {
             live.insert(serial, (buffer.clone(), bytes, size));
         }
         self.stats.note_peaks();
-        Taken { buffer, size, serial, prev }
+        Ok(Taken { buffer, size, serial, prev })
     }
+
+    /// A new buffer of `size` bytes, releasing the cache once if the limit or the driver says
+    /// no.
+    fn create_or_trim(&mut self, device: &wgpu::Device, size: u64, limit: Option<u64>) -> Result<wgpu::Buffer> {
+        for attempt in 0..2 {
+            let held = self.stats.in_use + self.stats.cached;
+            let within = limit.is_none_or(|l| held + size <= l);
+            if within {
+                let scope = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+                let buffer = self.create(device, size);
+                match pollster::block_on(scope.pop()) {
+                    None => return Ok(buffer),
+                    Some(e) if attempt == 1 => return Err(self.out_of_memory(size, limit, &e.to_string())),
+                    Some(_) => {}
+                }
+            } else if attempt == 1 {
+                return Err(self.out_of_memory(size, limit, "the memory limit (GpuOptions::memory_limit) would be exceeded"));
+            }
+            self.trim();
+        }
+        unreachable!("the second attempt returns")
+    }
+
     fn create(&mut self, device: &wgpu::Device, size: u64) -> wgpu::Buffer {
         self.stats.allocations += 1;
         device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("equimodal.storage"),
             size,
-            usage: wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_SRC
-                | wgpu::BufferUsages::COPY_DST,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         })
+    }
+
+    fn out_of_memory(&self, size: u64, limit: Option<u64>, why: &str) -> Error {
+        let s = &self.stats;
+        Error::OutOfMemory {
+            bytes: size,
+            msg: format!(
+                "{why}; held from the driver: {} bytes ({} in live tensors' buffers, cache released), limit: {}",
+                s.in_use + s.cached,
+                s.in_use,
+                limit.map_or("the device's".to_string(), |l| format!("{l} bytes"))
+            ),
+        }
     }
     pub(crate) fn give(&mut self, buffer: wgpu::Buffer, size: u64, bytes: u64, serial: u64) {
         self.stats.in_use -= size;

@@ -4,4 +4,5 @@
 mod common;
 
 mod kernels;
+mod memory;
 mod test_modes;
