@@ -93,7 +93,7 @@ impl GpuOptions {
                 break;
             }
         }
-        if let Ok(v) = std::env::var("EQUIMODAL_MEMORY_LIMIT") {
+        if let Some(v) = std::env::var("EQUIMODAL_MEMORY_LIMIT").ok().filter(|v| !v.trim().is_empty()) {
             o.memory_limit = Some(parse_bytes("EQUIMODAL_MEMORY_LIMIT", &v)?);
         }
         Ok(o)

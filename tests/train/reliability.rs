@@ -614,3 +614,50 @@ fn device_allocation_failures_name_the_tensor() {
     let e = equimodal::Error::DeviceLost("map failed".into()).during("reading back a tensor of shape [3]").to_string();
     assert!(e.contains("reading back a tensor of shape [3]") && e.contains("map failed"), "{e}");
 }
+
+/// Memory that runs out mid-run (AUG grows a learner per check, so each epoch needs more;
+/// `EQUIMODAL_MEMORY_LIMIT` stands in for a smaller device) ends the run with a typed
+/// error naming the tensor, no panic, and the last checkpoint intact: `--resume` on a
+/// device with room finishes with the uninterrupted run's checkpoint, byte for byte.
+#[test]
+fn out_of_memory_mid_run_keeps_the_last_checkpoint_and_resume_finishes_it() {
+    use crate::common::resume::{cli, log_lines, tmp, untimed};
+    let sets: Vec<String> = [
+        "method.name=aug",
+        "train.epochs=4",
+        "method.aug.check_every=1",
+        "data.n_train=256",
+        "data.n_test=64",
+        "model.hidden=[64, 32]",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let full = tmp("oom-full");
+    assert!(cli(&sets, &full, &[]).status().unwrap().success());
+    let lines = log_lines(&full);
+    let peak = |e: usize| lines[e]["memory"]["peak_allocated_mib"].as_f64().unwrap() * (1u64 << 20) as f64;
+    assert!(peak(2) > peak(1) * 1.1, "the learners must make epoch 3 need more memory: {} vs {}", peak(2), peak(1));
+    let limit = ((peak(1) + peak(2)) / 2.0) as u64;
+
+    let dir = tmp("oom-limited");
+    let out = cli(&sets, &dir, &[]).env("EQUIMODAL_MEMORY_LIMIT", limit.to_string()).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.contains("out of GPU memory") && err.contains("allocating a tensor of shape"), "{err}");
+    let kept = log_lines(&dir);
+    assert!(!kept.is_empty() && kept.len() < 4, "the run must stop mid-way: {} epochs logged\n{err}", kept.len());
+    for (a, b) in kept.iter().zip(&lines) {
+        assert_eq!(untimed(a), untimed(b));
+    }
+    assert!(dir.join("checkpoints/last.safetensors").exists());
+
+    let resumed = cli(&sets, &dir, &["--resume"]).output().unwrap();
+    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    let a = std::fs::read(full.join("checkpoints/last.safetensors")).unwrap();
+    let b = std::fs::read(dir.join("checkpoints/last.safetensors")).unwrap();
+    assert!(a == b, "the resumed run's final checkpoint differs from the uninterrupted run's");
+    let _ = std::fs::remove_dir_all(&full);
+    let _ = std::fs::remove_dir_all(&dir);
+}
