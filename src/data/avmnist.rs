@@ -103,6 +103,13 @@ impl Default for AvmnistConfig {
 
 impl AvmnistConfig {
     pub fn validate(&self) -> Result<()> {
+        self.validate_split()?;
+        self.validate_images()?;
+        self.validate_audio()
+    }
+
+    /// The split (by take or speaker), the validation share and the image pools.
+    fn validate_split(&self) -> Result<()> {
         if !["take", "speaker"].contains(&self.split.as_str()) {
             return Err(Error::config(
                 "data.split",
@@ -144,6 +151,11 @@ impl AvmnistConfig {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// The image degradations (PCA energy kept, noise).
+    fn validate_images(&self) -> Result<()> {
         if !(self.image_pca_energy > 0.0 && self.image_pca_energy <= 1.0) {
             return Err(Error::config(
                 "data.image_pca_energy",
@@ -156,6 +168,11 @@ impl AvmnistConfig {
                 format!("must be finite and >= 0, got {}", self.image_noise),
             ));
         }
+        Ok(())
+    }
+
+    /// Audio noise, resampling, the STFT and the standardisation of the spectrograms.
+    fn validate_audio(&self) -> Result<()> {
         if let Some(s) = self.audio_snr_db {
             if !s.is_finite() || !(-60.0..=120.0).contains(&s) {
                 return Err(Error::config(
