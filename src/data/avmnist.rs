@@ -103,6 +103,13 @@ impl Default for AvmnistConfig {
 
 impl AvmnistConfig {
     pub fn validate(&self) -> Result<()> {
+        self.validate_split()?;
+        self.validate_images()?;
+        self.validate_audio()
+    }
+
+    /// The split (by take or speaker), the validation share and the image pools.
+    fn validate_split(&self) -> Result<()> {
         if !["take", "speaker"].contains(&self.split.as_str()) {
             return Err(Error::config(
                 "data.split",
@@ -144,6 +151,11 @@ impl AvmnistConfig {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// The image degradations (PCA energy kept, noise).
+    fn validate_images(&self) -> Result<()> {
         if !(self.image_pca_energy > 0.0 && self.image_pca_energy <= 1.0) {
             return Err(Error::config(
                 "data.image_pca_energy",
@@ -156,6 +168,11 @@ impl AvmnistConfig {
                 format!("must be finite and >= 0, got {}", self.image_noise),
             ));
         }
+        Ok(())
+    }
+
+    /// Audio noise, resampling, the STFT and the standardisation of the spectrograms.
+    fn validate_audio(&self) -> Result<()> {
         if let Some(s) = self.audio_snr_db {
             if !s.is_finite() || !(-60.0..=120.0).contains(&s) {
                 return Err(Error::config(
@@ -319,6 +336,218 @@ fn par_map<T: Send, U: Send>(items: Vec<T>, f: impl Fn(T) -> U + Sync) -> Vec<U>
     })
 }
 
+/// The image pools must lie inside the MNIST file (`img_name`).
+fn check_pools(cfg: &AvmnistConfig, mnist: &Mnist, img_name: &str) -> Result<()> {
+    for (f, p) in [
+        ("data.train_pool", cfg.train_pool),
+        ("data.test_pool", cfg.test_pool),
+    ] {
+        if p[1] > mnist.len() {
+            return Err(Error::config(
+                f,
+                format!(
+                    "range {p:?} exceeds the {} images of {img_name}",
+                    mnist.len()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Per clip, whether it is a test clip (by take or by held-out speaker); both sides of the
+/// split must keep at least one clip.
+fn test_membership(cfg: &AvmnistConfig, clips: &[Clip], fsdd_dir: &Path) -> Result<Vec<bool>> {
+    let is_test: Vec<bool> = match cfg.split.as_str() {
+        "take" => clips.iter().map(|c| c.take < cfg.test_takes).collect(),
+        _ => {
+            for s in &cfg.test_speakers {
+                if !clips.iter().any(|c| &c.speaker == s) {
+                    let mut known: Vec<&str> =
+                        clips.iter().map(|c| c.speaker.as_str()).collect();
+                    known.sort();
+                    known.dedup();
+                    return Err(Error::config(
+                        "data.test_speakers",
+                        format!(
+                            "speaker `{s}` not found in {}; known: {}",
+                            fsdd_dir.display(),
+                            known.join(", ")
+                        ),
+                    ));
+                }
+            }
+            clips
+                .iter()
+                .map(|c| cfg.test_speakers.contains(&c.speaker))
+                .collect()
+        }
+    };
+    let n_test = is_test.iter().filter(|&&t| t).count();
+    if n_test == 0 || n_test == clips.len() {
+        return Err(Error::config(
+            "data.split",
+            format!("split leaves {n_test} of {} clips for test", clips.len()),
+        ));
+    }
+    Ok(is_test)
+}
+
+/// PCA degradation (fit on the training pool) then Gaussian noise, in place; returns the
+/// fitted PCA when `image_pca_energy < 1`. Draws the image noise from `rng`.
+fn degrade_images(cfg: &AvmnistConfig, mnist: &mut Mnist, rng: &mut StdRng) -> Result<Option<Pca>> {
+    let pix = mnist.rows * mnist.cols;
+    let pca = if cfg.image_pca_energy < 1.0 {
+        let [a, b] = cfg.train_pool;
+        let p = Pca::fit(
+            &mnist.images[a * pix..b * pix],
+            b - a,
+            pix,
+            cfg.image_pca_energy,
+        )?;
+        for img in mnist.images.chunks_exact_mut(pix) {
+            p.reconstruct(img);
+        }
+        Some(p)
+    } else {
+        None
+    };
+    if cfg.image_noise > 0.0 {
+        for v in mnist.images.iter_mut() {
+            *v += cfg.image_noise * gauss(rng);
+        }
+    }
+    Ok(pca)
+}
+
+/// Every clip read, resampled to `sample_rate`, peak-normalised and padded or cropped to
+/// `n_samples`, then with white noise at `audio_snr_db` (drawn from `rng`, clip by clip).
+fn load_waves(cfg: &AvmnistConfig, clips: &[Clip], n_samples: usize, rng: &mut StdRng) -> Result<Vec<Vec<f32>>> {
+    let target_sr = cfg.sample_rate;
+    let mut waves: Vec<Vec<f32>> =
+        par_map(clips.iter().collect(), |c: &Clip| -> Result<Vec<f32>> {
+            let w = read_wav_mono(&c.path)?;
+            let mut x = if w.sample_rate != target_sr {
+                super::resample::resample(&w.samples, w.sample_rate, target_sr)
+            } else {
+                w.samples
+            };
+            peak_normalize(&mut x, 1e-6 / w.full_scale);
+            x.resize(n_samples, 0.0);
+            Ok(x)
+        })
+        .into_iter()
+        .collect::<Result<_>>()?;
+    if let Some(snr) = cfg.audio_snr_db {
+        for w in waves.iter_mut() {
+            let p = w.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>() / w.len() as f64;
+            let sd = (p / 10f64.powf(snr as f64 / 10.0)).sqrt() as f32;
+            for v in w.iter_mut() {
+                *v += sd * gauss(rng);
+            }
+        }
+    }
+    Ok(waves)
+}
+
+/// Log-magnitude spectrograms of the waves; returns them and their (bins, frames).
+fn spectrograms(cfg: &AvmnistConfig, waves: Vec<Vec<f32>>, n_samples: usize) -> Result<(Vec<Vec<f32>>, usize, usize)> {
+    let stft = Stft::new(StftConfig {
+        window: cfg.window,
+        ..StftConfig::new(cfg.n_fft, cfg.hop)
+    })?;
+    let (bins, frames) = (stft.num_bins(), stft.num_frames(n_samples));
+    let eps = cfg.log_eps;
+    let spectra: Vec<Vec<f32>> = par_map(waves, |w| stft.log_magnitude(&w, eps))
+        .into_iter()
+        .collect::<Result<_>>()?;
+    Ok((spectra, bins, frames))
+}
+
+/// Pairs each clip on one side of the split (`want_test`) with a uniformly drawn image of
+/// its digit from `pool`, in file order.
+fn pair_images(
+    mnist: &Mnist,
+    clips: &[Clip],
+    is_test: &[bool],
+    want_test: bool,
+    pool: [usize; 2],
+    img_name: &str,
+    rng: &mut StdRng,
+) -> Result<Vec<Item>> {
+    let mut cands: Vec<Vec<usize>> = vec![Vec::new(); 10];
+    for i in pool[0]..pool[1] {
+        cands[mnist.labels[i] as usize].push(i);
+    }
+    let mut out = Vec::new();
+    for (ci, c) in clips.iter().enumerate() {
+        if is_test[ci] != want_test {
+            continue;
+        }
+        let cs = &cands[c.digit as usize];
+        if cs.is_empty() {
+            return Err(Error::data(
+                img_name.to_string(),
+                format!("no image of digit {} in pool {pool:?}", c.digit),
+            ));
+        }
+        out.push(Item {
+            clip: ci,
+            image: cs[rng.random_range(0..cs.len())],
+            label: c.digit,
+        });
+    }
+    Ok(out)
+}
+
+/// Moves a seeded `val_fraction` of the training items to the validation split; returns
+/// (train, val).
+fn split_val(cfg: &AvmnistConfig, train: Vec<Item>) -> (Vec<Item>, Vec<Item>) {
+    if !(cfg.val_fraction > 0.0) {
+        return (train, Vec::new());
+    }
+    let n_val = ((train.len() as f64) * cfg.val_fraction).round() as usize;
+    let mut perm: Vec<usize> = (0..train.len()).collect();
+    perm.shuffle(&mut StdRng::seed_from_u64(derive_seed(&[cfg.seed, 0x7A1])));
+    let mut is_val = vec![false; train.len()];
+    for &i in &perm[..n_val] {
+        is_val[i] = true;
+    }
+    let (v, t): (Vec<(usize, Item)>, Vec<(usize, Item)>) =
+        train.into_iter().enumerate().partition(|(i, _)| is_val[*i]);
+    (t.into_iter().map(|x| x.1).collect(), v.into_iter().map(|x| x.1).collect())
+}
+
+/// Standardises every spectrogram in place with one scalar mean and (unbiased) std over the
+/// clips `standardize` names (the training clips, or all); returns (mean, std), (0, 1) for
+/// `none`.
+fn standardize(cfg: &AvmnistConfig, train: &[Item], n_clips: usize, spectra: &mut [Vec<f32>]) -> (f64, f64) {
+    let stats_clips: Vec<usize> = match cfg.standardize.as_str() {
+        "train" => train.iter().map(|it| it.clip).collect(),
+        "all" => (0..n_clips).collect(),
+        _ => vec![],
+    };
+    if stats_clips.is_empty() {
+        (0.0, 1.0)
+    } else {
+        let (mut s, mut s2, mut n) = (0.0f64, 0.0f64, 0usize);
+        for &c in &stats_clips {
+            for &v in &spectra[c] {
+                s += v as f64;
+                s2 += (v as f64) * (v as f64);
+            }
+            n += spectra[c].len();
+        }
+        let mean = s / n as f64;
+        let var = ((s2 - n as f64 * mean * mean) / (n as f64 - 1.0)).max(1e-24);
+        let (m, sd) = (mean as f32, var.sqrt() as f32);
+        for sp in spectra.iter_mut() {
+            sp.iter_mut().for_each(|v| *v = (*v - m) / sd);
+        }
+        (mean, var.sqrt())
+    }
+}
+
 impl AvmnistDataset {
     pub fn new(cfg: &AvmnistConfig) -> Result<Self> {
         cfg.validate()?;
@@ -338,179 +567,18 @@ impl AvmnistDataset {
         let mut mnist = read_mnist(&img_path, &lab_path)?;
         mnist.truncate(catalog::MNIST_PROTOCOL_IMAGES);
         let img_name = img_path.display().to_string();
-        for (f, p) in [
-            ("data.train_pool", cfg.train_pool),
-            ("data.test_pool", cfg.test_pool),
-        ] {
-            if p[1] > mnist.len() {
-                return Err(Error::config(
-                    f,
-                    format!(
-                        "range {p:?} exceeds the {} images of {img_name}",
-                        mnist.len()
-                    ),
-                ));
-            }
-        }
-        // Split membership.
-        let is_test: Vec<bool> = match cfg.split.as_str() {
-            "take" => clips.iter().map(|c| c.take < cfg.test_takes).collect(),
-            _ => {
-                for s in &cfg.test_speakers {
-                    if !clips.iter().any(|c| &c.speaker == s) {
-                        let mut known: Vec<&str> =
-                            clips.iter().map(|c| c.speaker.as_str()).collect();
-                        known.sort();
-                        known.dedup();
-                        return Err(Error::config(
-                            "data.test_speakers",
-                            format!(
-                                "speaker `{s}` not found in {}; known: {}",
-                                fsdd_dir.display(),
-                                known.join(", ")
-                            ),
-                        ));
-                    }
-                }
-                clips
-                    .iter()
-                    .map(|c| cfg.test_speakers.contains(&c.speaker))
-                    .collect()
-            }
-        };
-        let n_test = is_test.iter().filter(|&&t| t).count();
-        if n_test == 0 || n_test == clips.len() {
-            return Err(Error::config(
-                "data.split",
-                format!("split leaves {n_test} of {} clips for test", clips.len()),
-            ));
-        }
+        check_pools(cfg, &mnist, &img_name)?;
+        let is_test = test_membership(cfg, &clips, &fsdd_dir)?;
         let mut rng = StdRng::seed_from_u64(cfg.seed);
-        // Images: PCA degradation then noise.
-        let mut mnist = mnist;
-        let pix = mnist.rows * mnist.cols;
-        let pca = if cfg.image_pca_energy < 1.0 {
-            let [a, b] = cfg.train_pool;
-            let p = Pca::fit(
-                &mnist.images[a * pix..b * pix],
-                b - a,
-                pix,
-                cfg.image_pca_energy,
-            )?;
-            for img in mnist.images.chunks_exact_mut(pix) {
-                p.reconstruct(img);
-            }
-            Some(p)
-        } else {
-            None
-        };
-        if cfg.image_noise > 0.0 {
-            for v in mnist.images.iter_mut() {
-                *v += cfg.image_noise * gauss(&mut rng);
-            }
-        }
-        // Audio.
+        let pca = degrade_images(cfg, &mut mnist, &mut rng)?;
         let n_samples = (cfg.duration_s * cfg.sample_rate as f64).round() as usize;
-        let target_sr = cfg.sample_rate;
-        let mut waves: Vec<Vec<f32>> =
-            par_map(clips.iter().collect(), |c: &Clip| -> Result<Vec<f32>> {
-                let w = read_wav_mono(&c.path)?;
-                let mut x = if w.sample_rate != target_sr {
-                    super::resample::resample(&w.samples, w.sample_rate, target_sr)
-                } else {
-                    w.samples
-                };
-                peak_normalize(&mut x, 1e-6 / w.full_scale);
-                x.resize(n_samples, 0.0);
-                Ok(x)
-            })
-            .into_iter()
-            .collect::<Result<_>>()?;
-        if let Some(snr) = cfg.audio_snr_db {
-            for w in waves.iter_mut() {
-                let p = w.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>() / w.len() as f64;
-                let sd = (p / 10f64.powf(snr as f64 / 10.0)).sqrt() as f32;
-                for v in w.iter_mut() {
-                    *v += sd * gauss(&mut rng);
-                }
-            }
-        }
-        let stft = Stft::new(StftConfig {
-            window: cfg.window,
-            ..StftConfig::new(cfg.n_fft, cfg.hop)
-        })?;
-        let (bins, frames) = (stft.num_bins(), stft.num_frames(n_samples));
-        let eps = cfg.log_eps;
-        let mut spectra: Vec<Vec<f32>> = par_map(waves, |w| stft.log_magnitude(&w, eps))
-            .into_iter()
-            .collect::<Result<_>>()?;
+        let waves = load_waves(cfg, &clips, n_samples, &mut rng)?;
+        let (mut spectra, bins, frames) = spectrograms(cfg, waves, n_samples)?;
         // Pairing (reference order: train clips then test clips, in file order).
-        let mut pair = |want_test: bool, pool: [usize; 2]| -> Result<Vec<Item>> {
-            let mut cands: Vec<Vec<usize>> = vec![Vec::new(); 10];
-            for i in pool[0]..pool[1] {
-                cands[mnist.labels[i] as usize].push(i);
-            }
-            let mut out = Vec::new();
-            for (ci, c) in clips.iter().enumerate() {
-                if is_test[ci] != want_test {
-                    continue;
-                }
-                let cs = &cands[c.digit as usize];
-                if cs.is_empty() {
-                    return Err(Error::data(
-                        img_name.clone(),
-                        format!("no image of digit {} in pool {pool:?}", c.digit),
-                    ));
-                }
-                out.push(Item {
-                    clip: ci,
-                    image: cs[rng.random_range(0..cs.len())],
-                    label: c.digit,
-                });
-            }
-            Ok(out)
-        };
-        let mut train = pair(false, cfg.train_pool)?;
-        let test = pair(true, cfg.test_pool)?;
-        let mut val = Vec::new();
-        if cfg.val_fraction > 0.0 {
-            let n_val = ((train.len() as f64) * cfg.val_fraction).round() as usize;
-            let mut perm: Vec<usize> = (0..train.len()).collect();
-            perm.shuffle(&mut StdRng::seed_from_u64(derive_seed(&[cfg.seed, 0x7A1])));
-            let mut is_val = vec![false; train.len()];
-            for &i in &perm[..n_val] {
-                is_val[i] = true;
-            }
-            let (v, t): (Vec<(usize, Item)>, Vec<(usize, Item)>) =
-                train.into_iter().enumerate().partition(|(i, _)| is_val[*i]);
-            val = v.into_iter().map(|x| x.1).collect();
-            train = t.into_iter().map(|x| x.1).collect();
-        }
-        // Standardisation.
-        let stats_clips: Vec<usize> = match cfg.standardize.as_str() {
-            "train" => train.iter().map(|it| it.clip).collect(),
-            "all" => (0..clips.len()).collect(),
-            _ => vec![],
-        };
-        let spec_stats = if stats_clips.is_empty() {
-            (0.0, 1.0)
-        } else {
-            let (mut s, mut s2, mut n) = (0.0f64, 0.0f64, 0usize);
-            for &c in &stats_clips {
-                for &v in &spectra[c] {
-                    s += v as f64;
-                    s2 += (v as f64) * (v as f64);
-                }
-                n += spectra[c].len();
-            }
-            let mean = s / n as f64;
-            let var = ((s2 - n as f64 * mean * mean) / (n as f64 - 1.0)).max(1e-24);
-            let (m, sd) = (mean as f32, var.sqrt() as f32);
-            for sp in spectra.iter_mut() {
-                sp.iter_mut().for_each(|v| *v = (*v - m) / sd);
-            }
-            (mean, var.sqrt())
-        };
+        let train = pair_images(&mnist, &clips, &is_test, false, cfg.train_pool, &img_name, &mut rng)?;
+        let test = pair_images(&mnist, &clips, &is_test, true, cfg.test_pool, &img_name, &mut rng)?;
+        let (train, val) = split_val(cfg, train);
+        let spec_stats = standardize(cfg, &train, clips.len(), &mut spectra);
         let specs = vec![
             ModalitySpec::new("audio", vec![1, bins, frames]),
             ModalitySpec::new("image", vec![1, mnist.rows, mnist.cols]),

@@ -285,6 +285,64 @@ pub fn actor_split(clips: &[(String, u32)], test_fraction: f64, val_fraction: f6
     Ok((tr, va, te))
 }
 
+/// The (clip id, label) lists in the order train, test, val: the annotation files as
+/// given, or with `split = "actor"` all of them pooled and split by actor.
+fn split_lists(cfg: &CremadConfig, root: &Path) -> Result<Vec<Vec<(String, u32)>>> {
+    let mut lists = vec![
+        read_annotations(&root.join(&cfg.train_csv))?,
+        read_annotations(&root.join(&cfg.test_csv))?,
+    ];
+    if !cfg.val_csv.is_empty() {
+        lists.push(read_annotations(&root.join(&cfg.val_csv))?);
+    }
+    if cfg.split == CremadSplit::Actor {
+        let all: Vec<(String, u32)> = lists.concat();
+        let (train, val, test) = actor_split(&all, cfg.test_fraction, cfg.val_fraction, cfg.split_seed)?;
+        lists = vec![train, test, val];
+    }
+    Ok(lists)
+}
+
+/// A listed clip with its audio file checked and its frames found.
+fn clip_entry(cfg: &CremadConfig, root: &Path, id: String, label: u32) -> Result<ClipEntry> {
+    let wav = root.join(&cfg.audio_dir).join(format!("{id}.wav"));
+    if !wav.is_file() {
+        return Err(Error::io(
+            &wav,
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "audio file of listed clip not found",
+            ),
+        ));
+    }
+    let frames = list_frames(&root.join(&cfg.frames_dir).join(&id))?;
+    Ok(ClipEntry { id, label, frames })
+}
+
+/// The image files (`.jpg`, `.jpeg`, `.png`) of a clip's frame folder, sorted; at least one.
+fn list_frames(fdir: &Path) -> Result<Vec<PathBuf>> {
+    let rd = std::fs::read_dir(fdir).map_err(|e| Error::io(fdir, e))?;
+    let mut frames = Vec::new();
+    for e in rd {
+        let p = e.map_err(|e| Error::io(fdir, e))?.path();
+        let ext = p
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(|e| e.to_ascii_lowercase());
+        if matches!(ext.as_deref(), Some("jpg" | "jpeg" | "png")) {
+            frames.push(p);
+        }
+    }
+    frames.sort();
+    if frames.is_empty() {
+        return Err(Error::data(
+            fdir.display().to_string(),
+            "no .jpg frames for this clip",
+        ));
+    }
+    Ok(frames)
+}
+
 impl CremadDataset {
     pub fn new(cfg: &CremadConfig) -> Result<Self> {
         cfg.validate()?;
@@ -298,54 +356,10 @@ impl CremadDataset {
                 ),
             ));
         }
-        let entry = |id: String, label: u32| -> Result<ClipEntry> {
-            let wav = root.join(&cfg.audio_dir).join(format!("{id}.wav"));
-            if !wav.is_file() {
-                return Err(Error::io(
-                    &wav,
-                    std::io::Error::new(
-                        std::io::ErrorKind::NotFound,
-                        "audio file of listed clip not found",
-                    ),
-                ));
-            }
-            let fdir = root.join(&cfg.frames_dir).join(&id);
-            let rd = std::fs::read_dir(&fdir).map_err(|e| Error::io(&fdir, e))?;
-            let mut frames = Vec::new();
-            for e in rd {
-                let p = e.map_err(|e| Error::io(&fdir, e))?.path();
-                let ext = p
-                    .extension()
-                    .and_then(|e| e.to_str())
-                    .map(|e| e.to_ascii_lowercase());
-                if matches!(ext.as_deref(), Some("jpg" | "jpeg" | "png")) {
-                    frames.push(p);
-                }
-            }
-            frames.sort();
-            if frames.is_empty() {
-                return Err(Error::data(
-                    fdir.display().to_string(),
-                    "no .jpg frames for this clip",
-                ));
-            }
-            Ok(ClipEntry { id, label, frames })
-        };
-        let mut lists = vec![
-            read_annotations(&root.join(&cfg.train_csv))?,
-            read_annotations(&root.join(&cfg.test_csv))?,
-        ];
-        if !cfg.val_csv.is_empty() {
-            lists.push(read_annotations(&root.join(&cfg.val_csv))?);
-        }
-        if cfg.split == CremadSplit::Actor {
-            let all: Vec<(String, u32)> = lists.concat();
-            let (train, val, test) = actor_split(&all, cfg.test_fraction, cfg.val_fraction, cfg.split_seed)?;
-            lists = vec![train, test, val];
-        }
+        let lists = split_lists(cfg, &root)?;
         let mut resolved = lists
             .into_iter()
-            .map(|l| l.into_iter().map(|(id, label)| entry(id, label)).collect::<Result<Vec<_>>>())
+            .map(|l| l.into_iter().map(|(id, label)| clip_entry(cfg, &root, id, label)).collect::<Result<Vec<_>>>())
             .collect::<Result<Vec<_>>>()?
             .into_iter();
         let train = resolved.next().unwrap_or_default();

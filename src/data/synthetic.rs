@@ -109,6 +109,24 @@ const MAX_PATTERN_VALUES: usize = 1 << 28;
 
 impl SyntheticConfig {
     pub fn validate(&self) -> Result<()> {
+        self.validate_sizes()?;
+        self.validate_gains()?;
+        let mut names = std::collections::HashSet::new();
+        for (i, md) in self.modalities.iter().enumerate() {
+            let f = |k: &str| format!("data.modalities[{i}].{k}");
+            if md.name.is_empty() || !names.insert(md.name.as_str()) {
+                return Err(Error::config(
+                    f("name"),
+                    format!("must be non-empty and unique, got `{}`", md.name),
+                ));
+            }
+            md.validate(i, self.num_classes)?;
+        }
+        Ok(())
+    }
+
+    /// Class, sample and modality counts.
+    fn validate_sizes(&self) -> Result<()> {
         if self.num_classes < 2 || self.num_classes > 100_000 {
             return Err(Error::config(
                 "data.num_classes",
@@ -131,6 +149,12 @@ impl SyntheticConfig {
                 format!("need at least 2 modalities, got {}", self.modalities.len()),
             ));
         }
+        Ok(())
+    }
+
+    /// The per-modality `signal` and `noise` lists: one finite, non-negative value per
+    /// modality, or empty.
+    fn validate_gains(&self) -> Result<()> {
         let m = self.modalities.len();
         if !self.signal.is_empty() && self.signal.len() != m {
             return Err(Error::config(
@@ -162,60 +186,59 @@ impl SyntheticConfig {
                 format!("values must be finite and >= 0, got {v}"),
             ));
         }
-        let mut names = std::collections::HashSet::new();
-        for (i, md) in self.modalities.iter().enumerate() {
-            let f = |k: &str| format!("data.modalities[{i}].{k}");
-            if md.name.is_empty() || !names.insert(md.name.as_str()) {
-                return Err(Error::config(
-                    f("name"),
-                    format!("must be non-empty and unique, got `{}`", md.name),
-                ));
-            }
-            if md.shape.is_empty() || md.shape.len() > 4 || md.shape.contains(&0) {
-                return Err(Error::config(
-                    f("shape"),
-                    format!("rank 1..=4 with all sizes >= 1, got {:?}", md.shape),
-                ));
-            }
-            // checked: a wrapped product (e.g. 2^32 x 2^32 = 0) must not pass as small
-            if crate::limits::checked_numel(&md.shape, "shape").map_or(true, |n| n > 1 << 24) {
-                return Err(Error::config(
-                    f("shape"),
-                    format!("{:?} is too large (max 2^24 values)", md.shape),
-                ));
-            }
-            // one pattern per class is kept in memory
-            let patterns = crate::limits::checked_numel(&md.shape, "shape").ok().and_then(|n| n.checked_mul(self.num_classes));
-            if patterns.is_none_or(|p| p > MAX_PATTERN_VALUES) {
-                return Err(Error::config(
-                    f("shape"),
-                    format!("{:?} x {} classes of class patterns is more than {MAX_PATTERN_VALUES} values", md.shape, self.num_classes),
-                ));
-            }
-            if !(md.signal.is_finite() && md.signal >= 0.0) {
-                return Err(Error::config(
-                    f("signal"),
-                    format!("must be finite and >= 0, got {}", md.signal),
-                ));
-            }
-            if !(md.noise.is_finite() && md.noise >= 0.0) {
-                return Err(Error::config(
-                    f("noise"),
-                    format!("must be finite and >= 0, got {}", md.noise),
-                ));
-            }
-            if !(0.0..=1.0).contains(&md.informative) {
-                return Err(Error::config(
-                    f("informative"),
-                    format!("must be in [0, 1], got {}", md.informative),
-                ));
-            }
-            if !["auto", "bands", "blobs"].contains(&md.style.as_str()) {
-                return Err(Error::config(
-                    f("style"),
-                    format!("allowed: auto, bands, blobs; got `{}`", md.style),
-                ));
-            }
+        Ok(())
+    }
+}
+
+impl SyntheticModality {
+    /// Checks the `i`-th `[[data.modalities]]` entry (all but its name, whose uniqueness
+    /// [`SyntheticConfig::validate`] checks).
+    fn validate(&self, i: usize, num_classes: usize) -> Result<()> {
+        let f = |k: &str| format!("data.modalities[{i}].{k}");
+        if self.shape.is_empty() || self.shape.len() > 4 || self.shape.contains(&0) {
+            return Err(Error::config(
+                f("shape"),
+                format!("rank 1..=4 with all sizes >= 1, got {:?}", self.shape),
+            ));
+        }
+        // checked: a wrapped product (e.g. 2^32 x 2^32 = 0) must not pass as small
+        if crate::limits::checked_numel(&self.shape, "shape").map_or(true, |n| n > 1 << 24) {
+            return Err(Error::config(
+                f("shape"),
+                format!("{:?} is too large (max 2^24 values)", self.shape),
+            ));
+        }
+        // one pattern per class is kept in memory
+        let patterns = crate::limits::checked_numel(&self.shape, "shape").ok().and_then(|n| n.checked_mul(num_classes));
+        if patterns.is_none_or(|p| p > MAX_PATTERN_VALUES) {
+            return Err(Error::config(
+                f("shape"),
+                format!("{:?} x {} classes of class patterns is more than {MAX_PATTERN_VALUES} values", self.shape, num_classes),
+            ));
+        }
+        if !(self.signal.is_finite() && self.signal >= 0.0) {
+            return Err(Error::config(
+                f("signal"),
+                format!("must be finite and >= 0, got {}", self.signal),
+            ));
+        }
+        if !(self.noise.is_finite() && self.noise >= 0.0) {
+            return Err(Error::config(
+                f("noise"),
+                format!("must be finite and >= 0, got {}", self.noise),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.informative) {
+            return Err(Error::config(
+                f("informative"),
+                format!("must be in [0, 1], got {}", self.informative),
+            ));
+        }
+        if !["auto", "bands", "blobs"].contains(&self.style.as_str()) {
+            return Err(Error::config(
+                f("style"),
+                format!("allowed: auto, bands, blobs; got `{}`", self.style),
+            ));
         }
         Ok(())
     }

@@ -164,129 +164,174 @@ impl TensorsDataset {
                 }
                 continue;
             }
-            let fname = path.display().to_string();
-            let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-            let st = SafeTensors::deserialize(&bytes).map_err(|e| {
-                Error::data(fname.clone(), format!("not a valid safetensors file: {e}"))
-            })?;
-            if modality_names.is_empty() {
-                let mut names: Vec<String> = st
-                    .names()
-                    .into_iter()
-                    .filter(|n| *n != cfg.labels)
-                    .map(String::from)
-                    .collect();
-                names.sort();
-                if names.len() < 2 {
-                    return Err(Error::data(
-                        fname,
-                        format!(
-                            "need at least 2 modality tensors besides `{}`, found {names:?}",
-                            cfg.labels
-                        ),
-                    ));
-                }
-                modality_names = names;
-            }
-            let lv = st.tensor(&cfg.labels).map_err(|_| {
-                Error::data(
-                    fname.clone(),
-                    format!("missing label tensor `{}`", cfg.labels),
-                )
-            })?;
-            if lv.shape().len() != 1 {
-                return Err(Error::data(
-                    fname,
-                    format!(
-                        "tensor `{}` must have shape [N], got {:?}",
-                        cfg.labels,
-                        lv.shape()
-                    ),
-                ));
-            }
-            let n = lv.shape()[0];
-            let labels = read_labels(&lv, &fname, &cfg.labels)?;
-            if let Some((i, l)) = labels.iter().enumerate().find(|(_, l)| **l < 0) {
-                return Err(Error::data(
-                    fname,
-                    format!(
-                        "tensor `{}`: label {l} at index {i} is negative",
-                        cfg.labels
-                    ),
-                ));
-            }
-            let mut data = Vec::new();
-            for (mi, m) in modality_names.iter().enumerate() {
-                let v = st.tensor(m).map_err(|_| {
-                    Error::data(fname.clone(), format!("missing modality tensor `{m}`"))
-                })?;
-                let shape = v.shape();
-                if shape.is_empty() || shape[0] != n {
-                    return Err(Error::data(
-                        fname,
-                        format!("tensor `{m}` has shape {shape:?}; its first dimension must equal the {n} labels of `{}`", cfg.labels),
-                    ));
-                }
-                let per: Vec<usize> = shape[1..].to_vec();
-                if per.is_empty() || per.contains(&0) {
-                    return Err(Error::data(fname, format!("tensor `{m}` has shape {shape:?}; per-sample shape must be non-empty with sizes >= 1")));
-                }
-                if let Some(s) = specs.get(mi) {
-                    if s.shape != per {
-                        return Err(Error::data(
-                            fname,
-                            format!("tensor `{m}` has per-sample shape {per:?} but the train split has {:?}", s.shape),
-                        ));
-                    }
-                } else {
-                    specs.push(ModalitySpec::new(m.clone(), per));
-                }
-                let vals = read_f32(&v, &fname, m)?;
-                if let Some(i) = vals.iter().position(|x| !x.is_finite()) {
-                    return Err(Error::data(
-                        fname,
-                        format!("tensor `{m}` has a non-finite value at flat index {i}"),
-                    ));
-                }
-                data.push(vals);
-            }
-            raw_labels.push((split, fname, labels));
-            splits.insert(
-                split,
-                SplitData {
-                    n,
-                    data,
-                    labels: vec![],
-                },
-            );
+            let (data, labels) = read_split(cfg, &path, &mut modality_names, &mut specs)?;
+            raw_labels.push((split, path.display().to_string(), labels));
+            splits.insert(split, data);
         }
-        // the largest label, with its file and index (an inferred class count names them)
-        let (max_label, max_index, max_file) = raw_labels
-            .iter()
-            .flat_map(|(_, f, l)| l.iter().enumerate().map(move |(i, v)| (*v, i, f.as_str())))
-            .max_by_key(|(v, _, _)| *v)
-            .unwrap_or((0, 0, ""));
-        let num_classes = crate::limits::class_count(cfg.num_classes, max_label, max_index, max_file)?;
-        for (split, fname, labels) in raw_labels {
-            if let Some((i, l)) = labels
-                .iter()
-                .enumerate()
-                .find(|(_, l)| **l as u64 >= num_classes as u64)
-            {
-                return Err(Error::data(
-                    fname,
-                    format!("tensor `{}`: label {l} at index {i} is outside 0..{num_classes} (data.num_classes)", cfg.labels),
-                ));
-            }
-            splits.get_mut(&split).expect("split loaded").labels =
-                labels.into_iter().map(|l| l as u32).collect();
-        }
+        let num_classes = set_labels(cfg, raw_labels, &mut splits)?;
         Ok(TensorsDataset {
             specs,
             num_classes,
             splits,
         })
     }
+}
+
+/// One split's file: its labels (returned raw, checked against the class count later) and
+/// its modality tensors. The first file read names the modalities when the config does not
+/// and sets each modality's per-sample shape in `specs`; later files must match it.
+fn read_split(
+    cfg: &TensorsConfig,
+    path: &Path,
+    modality_names: &mut Vec<String>,
+    specs: &mut Vec<ModalitySpec>,
+) -> Result<(SplitData, Vec<i64>)> {
+    let fname = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| {
+        Error::data(fname.clone(), format!("not a valid safetensors file: {e}"))
+    })?;
+    if modality_names.is_empty() {
+        *modality_names = modality_tensor_names(cfg, &st, &fname)?;
+    }
+    let (n, labels) = read_label_tensor(cfg, &st, &fname)?;
+    let mut data = Vec::new();
+    for (mi, m) in modality_names.iter().enumerate() {
+        data.push(read_modality(cfg, &st, &fname, m, n, mi, specs)?);
+    }
+    Ok((
+        SplitData {
+            n,
+            data,
+            labels: vec![],
+        },
+        labels,
+    ))
+}
+
+/// Every tensor but the labels, sorted: the modalities when the config lists none.
+fn modality_tensor_names(cfg: &TensorsConfig, st: &SafeTensors<'_>, fname: &str) -> Result<Vec<String>> {
+    let mut names: Vec<String> = st
+        .names()
+        .into_iter()
+        .filter(|n| *n != cfg.labels)
+        .map(String::from)
+        .collect();
+    names.sort();
+    if names.len() < 2 {
+        return Err(Error::data(
+            fname,
+            format!(
+                "need at least 2 modality tensors besides `{}`, found {names:?}",
+                cfg.labels
+            ),
+        ));
+    }
+    Ok(names)
+}
+
+/// The label tensor: shape `[N]`, integers, none negative; returns N and the labels.
+fn read_label_tensor(cfg: &TensorsConfig, st: &SafeTensors<'_>, fname: &str) -> Result<(usize, Vec<i64>)> {
+    let lv = st.tensor(&cfg.labels).map_err(|_| {
+        Error::data(
+            fname,
+            format!("missing label tensor `{}`", cfg.labels),
+        )
+    })?;
+    if lv.shape().len() != 1 {
+        return Err(Error::data(
+            fname,
+            format!(
+                "tensor `{}` must have shape [N], got {:?}",
+                cfg.labels,
+                lv.shape()
+            ),
+        ));
+    }
+    let n = lv.shape()[0];
+    let labels = read_labels(&lv, fname, &cfg.labels)?;
+    if let Some((i, l)) = labels.iter().enumerate().find(|(_, l)| **l < 0) {
+        return Err(Error::data(
+            fname,
+            format!(
+                "tensor `{}`: label {l} at index {i} is negative",
+                cfg.labels
+            ),
+        ));
+    }
+    Ok((n, labels))
+}
+
+/// Modality `m` (the `mi`-th): `n` samples of one per-sample shape (recorded in `specs`
+/// from the first file, checked against it in the others), every value finite.
+fn read_modality(
+    cfg: &TensorsConfig,
+    st: &SafeTensors<'_>,
+    fname: &str,
+    m: &str,
+    n: usize,
+    mi: usize,
+    specs: &mut Vec<ModalitySpec>,
+) -> Result<Vec<f32>> {
+    let v = st.tensor(m).map_err(|_| {
+        Error::data(fname, format!("missing modality tensor `{m}`"))
+    })?;
+    let shape = v.shape();
+    if shape.is_empty() || shape[0] != n {
+        return Err(Error::data(
+            fname,
+            format!("tensor `{m}` has shape {shape:?}; its first dimension must equal the {n} labels of `{}`", cfg.labels),
+        ));
+    }
+    let per: Vec<usize> = shape[1..].to_vec();
+    if per.is_empty() || per.contains(&0) {
+        return Err(Error::data(fname, format!("tensor `{m}` has shape {shape:?}; per-sample shape must be non-empty with sizes >= 1")));
+    }
+    if let Some(s) = specs.get(mi) {
+        if s.shape != per {
+            return Err(Error::data(
+                fname,
+                format!("tensor `{m}` has per-sample shape {per:?} but the train split has {:?}", s.shape),
+            ));
+        }
+    } else {
+        specs.push(ModalitySpec::new(m, per));
+    }
+    let vals = read_f32(&v, fname, m)?;
+    if let Some(i) = vals.iter().position(|x| !x.is_finite()) {
+        return Err(Error::data(
+            fname,
+            format!("tensor `{m}` has a non-finite value at flat index {i}"),
+        ));
+    }
+    Ok(vals)
+}
+
+/// The class count (configured, or the largest label + 1) and every split's labels checked
+/// against it and stored in `splits`.
+fn set_labels(cfg: &TensorsConfig, raw_labels: Vec<(Split, String, Vec<i64>)>, splits: &mut HashMap<Split, SplitData>) -> Result<usize> {
+    // the largest label, with its file and index (an inferred class count names them)
+    let (max_label, max_index, max_file) = raw_labels
+        .iter()
+        .flat_map(|(_, f, l)| l.iter().enumerate().map(move |(i, v)| (*v, i, f.as_str())))
+        .max_by_key(|(v, _, _)| *v)
+        .unwrap_or((0, 0, ""));
+    let num_classes = crate::limits::class_count(cfg.num_classes, max_label, max_index, max_file)?;
+    for (split, fname, labels) in raw_labels {
+        if let Some((i, l)) = labels
+            .iter()
+            .enumerate()
+            .find(|(_, l)| **l as u64 >= num_classes as u64)
+        {
+            return Err(Error::data(
+                fname,
+                format!("tensor `{}`: label {l} at index {i} is outside 0..{num_classes} (data.num_classes)", cfg.labels),
+            ));
+        }
+        splits.get_mut(&split).expect("split loaded").labels =
+            labels.into_iter().map(|l| l as u32).collect();
+    }
+    Ok(num_classes)
 }
 
 impl Dataset for TensorsDataset {

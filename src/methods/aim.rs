@@ -440,6 +440,127 @@ impl Aim {
         let logits = head.forward(&fs, ctx)?;
         ops::cross_entropy(&logits, ops::Target::Hard(labels), None)
     }
+
+    /// Work a step needs done first, once or after the epoch decided it: PAM scores
+    /// switched on in the optimizer, masks and weight scales refreshed, prototypes made.
+    fn prepare_step(&mut self, batch: &DeviceBatch, opt: &mut dyn Optimizer) -> Result<()> {
+        if !self.scores_enabled {
+            let names = self.layer_names();
+            if !names.is_empty() {
+                opt.enable_scores(&names, self.cfg.pam_momentum)?;
+            }
+            self.scores_enabled = true;
+        }
+        if self.masks_stale {
+            self.refresh_masks(opt)?;
+            self.rebuild_scales()?;
+        }
+        if !self.proto_ready {
+            self.init_prototypes(&batch.inputs)?;
+            self.refresh_prototypes()?;
+        }
+        Ok(())
+    }
+
+    /// The auxiliary term (with `gamma > 0`): the fused CE with the dominant modality's
+    /// features from its auxiliary block (and with `v3` the weak one's too), summed.
+    /// `recorded` holds the batch-norm statistics of the main forward (`aux_bn = "main"`).
+    fn aux_loss(&self, batch: &DeviceBatch, feats: &[Tensor], ce: &Tensor, ctx: &Ctx, recorded: &Mutex<HashMap<String, Tensor>>) -> Result<Option<Tensor>> {
+        let mut aux_total: Option<Tensor> = None;
+        // the auxiliary forwards never update the running statistics a second time; their
+        // batch norm normalises with the statistics `aux_bn` names
+        let bn = match self.cfg.aux_bn {
+            AuxBn::Main => BnStats::Given(Arc::new(std::mem::take(&mut *recorded.lock().map_err(|_| Error::Other("aim: batch-norm record lock poisoned".into()))?))),
+            AuxBn::Running => BnStats::Running,
+            AuxBn::Own => BnStats::Mode,
+        };
+        let aux_ctx = |scales: &Arc<HashMap<String, Tensor>>| Ctx {
+            training: true,
+            update_stats: false,
+            weight_scales: Some(scales.clone()),
+            seed: ctx.seed,
+            bn: bn.clone(),
+            bn_record: None,
+        };
+        let frozen;
+        let head = if self.cfg.aux_trains_head {
+            &self.fusion
+        } else {
+            frozen = self.fusion.frozen();
+            &frozen
+        };
+        // an auxiliary block equal to its full encoder (strength 0 everywhere): the term is
+        // the main CE itself, or with a frozen head the same logits without head gradient
+        let plain = || -> Result<Tensor> {
+            if self.cfg.aux_trains_head {
+                Ok(ce.clone())
+            } else {
+                let logits = head.forward(feats, ctx)?;
+                ops::cross_entropy(&logits, ops::Target::Hard(&batch.labels), None)
+            }
+        };
+        let mut terms = Vec::new();
+        if let Some(dom) = self.dom {
+            match &self.scales_dom {
+                Some(sc) => {
+                    let f = self.encoders[dom].forward(&batch.inputs[dom], &aux_ctx(sc))?;
+                    terms.push(self.ce_with(head, feats, dom, f, &batch.labels, ctx)?);
+                }
+                // all strengths 0: AB_dom is E_dom
+                None => terms.push(plain()?),
+            }
+            if self.cfg.v3 {
+                match &self.scales_weak {
+                    Some(sc) => {
+                        let w = self.weak;
+                        let f = self.encoders[w].forward(&batch.inputs[w], &aux_ctx(sc))?;
+                        terms.push(self.ce_with(head, feats, w, f, &batch.labels, ctx)?);
+                    }
+                    None => terms.push(plain()?),
+                }
+            }
+        } else {
+            // no measurement yet (first epoch): every auxiliary block is the full encoder
+            terms.push(plain()?);
+            if self.cfg.v3 {
+                terms.push(plain()?);
+            }
+        }
+        for t in terms {
+            aux_total = Some(match aux_total {
+                Some(a) => ops::add(&a, &t)?,
+                None => t,
+            });
+        }
+        Ok(aux_total)
+    }
+
+    /// The step's statistics, kept on the GPU (no readback): loss sums for the epoch's means
+    /// and the moving average of the per-depth prototype scores.
+    #[allow(clippy::too_many_arguments)]
+    fn record_step(&mut self, batch: &DeviceBatch, feats: &[Tensor], outs: &[Vec<Tensor>], loss: &Tensor, ce: &Tensor, aux_total: Option<&Tensor>, ctx: &Ctx) -> Result<()> {
+        let _ng = crate::autograd::no_grad();
+        let views = (0..self.m).map(|i| self.fusion.unimodal(i, &feats[i].detach(), ctx)).collect::<Result<Vec<_>>>()?;
+        let vs = view_stats(&views, &batch.labels)?;
+        let n = batch.n as f32;
+        let aux = match aux_total {
+            Some(a) => ops::scale(&a.detach(), n)?,
+            None => Tensor::zeros(&self.gpu, &[1])?,
+        };
+        let step = ops::concat(
+            &[&ops::scale(&loss.detach(), n)?.reshape(&[1])?, &vs, &ops::scale(&ce.detach(), n)?.reshape(&[1])?, &aux.reshape(&[1])?],
+            0,
+        )?;
+        self.acc.add(&step)?;
+        self.acc.samples += batch.n;
+        let v = self.depth_scores(outs, &batch.labels)?;
+        let mo = self.cfg.score_momentum;
+        self.score_ema = Some(match &self.score_ema {
+            Some(s) => ops::lerp(s, &v, mo, 1.0 - mo)?,
+            None => v,
+        });
+        Ok(())
+    }
 }
 
 impl Method for Aim {
@@ -464,21 +585,7 @@ impl Method for Aim {
         if batch.inputs.len() != self.m {
             return Err(Error::shape("aim", format!("{} modalities in the batch, the model has {}", batch.inputs.len(), self.m)));
         }
-        if !self.scores_enabled {
-            let names = self.layer_names();
-            if !names.is_empty() {
-                opt.enable_scores(&names, self.cfg.pam_momentum)?;
-            }
-            self.scores_enabled = true;
-        }
-        if self.masks_stale {
-            self.refresh_masks(opt)?;
-            self.rebuild_scales()?;
-        }
-        if !self.proto_ready {
-            self.init_prototypes(&batch.inputs)?;
-            self.refresh_prototypes()?;
-        }
+        self.prepare_step(batch, opt)?;
         let mut ctx = Ctx::train();
         // the auxiliary forward may normalise with the statistics this forward records
         let recorded = Arc::new(Mutex::new(HashMap::new()));
@@ -495,103 +602,14 @@ impl Method for Aim {
         let logits = self.fusion.forward(&feats, &ctx)?;
         let ce = ops::cross_entropy(&logits, ops::Target::Hard(&batch.labels), None)?;
         let gamma = self.cfg.gamma;
-        let mut loss = ce.clone();
-        let mut aux_total: Option<Tensor> = None;
-        if gamma > 0.0 {
-            // the auxiliary forwards never update the running statistics a second time; their
-            // batch norm normalises with the statistics `aux_bn` names
-            let bn = match self.cfg.aux_bn {
-                AuxBn::Main => BnStats::Given(Arc::new(std::mem::take(&mut *recorded.lock().map_err(|_| Error::Other("aim: batch-norm record lock poisoned".into()))?))),
-                AuxBn::Running => BnStats::Running,
-                AuxBn::Own => BnStats::Mode,
-            };
-            let aux_ctx = |scales: &Arc<HashMap<String, Tensor>>| Ctx {
-                training: true,
-                update_stats: false,
-                weight_scales: Some(scales.clone()),
-                seed: ctx.seed,
-                bn: bn.clone(),
-                bn_record: None,
-            };
-            let frozen;
-            let head = if self.cfg.aux_trains_head {
-                &self.fusion
-            } else {
-                frozen = self.fusion.frozen();
-                &frozen
-            };
-            // an auxiliary block equal to its full encoder (strength 0 everywhere): the term is
-            // the main CE itself, or with a frozen head the same logits without head gradient
-            let plain = || -> Result<Tensor> {
-                if self.cfg.aux_trains_head {
-                    Ok(ce.clone())
-                } else {
-                    let logits = head.forward(&feats, &ctx)?;
-                    ops::cross_entropy(&logits, ops::Target::Hard(&batch.labels), None)
-                }
-            };
-            let mut terms = Vec::new();
-            if let Some(dom) = self.dom {
-                match &self.scales_dom {
-                    Some(sc) => {
-                        let f = self.encoders[dom].forward(&batch.inputs[dom], &aux_ctx(sc))?;
-                        terms.push(self.ce_with(head, &feats, dom, f, &batch.labels, &ctx)?);
-                    }
-                    // all strengths 0: AB_dom is E_dom
-                    None => terms.push(plain()?),
-                }
-                if self.cfg.v3 {
-                    match &self.scales_weak {
-                        Some(sc) => {
-                            let w = self.weak;
-                            let f = self.encoders[w].forward(&batch.inputs[w], &aux_ctx(sc))?;
-                            terms.push(self.ce_with(head, &feats, w, f, &batch.labels, &ctx)?);
-                        }
-                        None => terms.push(plain()?),
-                    }
-                }
-            } else {
-                // no measurement yet (first epoch): every auxiliary block is the full encoder
-                terms.push(plain()?);
-                if self.cfg.v3 {
-                    terms.push(plain()?);
-                }
-            }
-            for t in terms {
-                aux_total = Some(match aux_total {
-                    Some(a) => ops::add(&a, &t)?,
-                    None => t,
-                });
-            }
-            if let Some(a) = &aux_total {
-                loss = ops::lerp(&ce, a, 1.0, gamma)?;
-            }
-        }
+        let aux_total = if gamma > 0.0 { self.aux_loss(batch, &feats, &ce, &ctx, &recorded)? } else { None };
+        let loss = match &aux_total {
+            Some(a) => ops::lerp(&ce, a, 1.0, gamma)?,
+            None => ce.clone(),
+        };
         let grads = loss.backward()?;
         opt.step(&grads)?;
-
-        // statistics (no readback)
-        let _ng = crate::autograd::no_grad();
-        let views = (0..self.m).map(|i| self.fusion.unimodal(i, &feats[i].detach(), &ctx)).collect::<Result<Vec<_>>>()?;
-        let vs = view_stats(&views, &batch.labels)?;
-        let n = batch.n as f32;
-        let aux = match &aux_total {
-            Some(a) => ops::scale(&a.detach(), n)?,
-            None => Tensor::zeros(&self.gpu, &[1])?,
-        };
-        let step = ops::concat(
-            &[&ops::scale(&loss.detach(), n)?.reshape(&[1])?, &vs, &ops::scale(&ce.detach(), n)?.reshape(&[1])?, &aux.reshape(&[1])?],
-            0,
-        )?;
-        self.acc.add(&step)?;
-        self.acc.samples += batch.n;
-        let v = self.depth_scores(&outs, &batch.labels)?;
-        let mo = self.cfg.score_momentum;
-        self.score_ema = Some(match &self.score_ema {
-            Some(s) => ops::lerp(s, &v, mo, 1.0 - mo)?,
-            None => v,
-        });
-        Ok(())
+        self.record_step(batch, &feats, &outs, &loss, &ce, aux_total.as_ref(), &ctx)
     }
     fn features(&self, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
         super::eval_features(&self.encoders, inputs)

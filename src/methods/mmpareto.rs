@@ -148,6 +148,68 @@ impl MmPareto {
             m,
         })
     }
+
+    /// Replaces the multimodal gradients of encoder `i`'s parameters in `grads` by their
+    /// MMPareto combination with the unimodal ones (`g_uni`; a parameter missing from one
+    /// side counts as zero there); returns the combination's `[cos, k, conflict]` (zeros
+    /// when the encoder has no gradient). Called under `no_grad`.
+    fn pareto_grads(&self, i: usize, grads: &mut Gradients, g_uni: &Gradients, gpu: &Gpu) -> Result<Tensor> {
+        let enc = self.encoders[i].params();
+        let mut a = Vec::with_capacity(enc.len());
+        let mut b = Vec::with_capacity(enc.len());
+        let mut used = Vec::with_capacity(enc.len());
+        for p in &enc {
+            let gm = grads.get(&p.tensor).cloned();
+            let gu = g_uni.get(&p.tensor).cloned();
+            match (gm, gu) {
+                (None, None) => continue,
+                (gm, gu) => {
+                    let z = || Tensor::zeros(gpu, p.tensor.shape());
+                    a.push(match gm {
+                        Some(g) => g,
+                        None => z()?,
+                    });
+                    b.push(match gu {
+                        Some(g) => g,
+                        None => z()?,
+                    });
+                    used.push(p.tensor.clone());
+                }
+            }
+        }
+        if used.is_empty() {
+            return Tensor::zeros(gpu, &[3]);
+        }
+        let comb = combine(&a, &b, self.gamma)?;
+        for (t, g) in used.iter().zip(comb.grads) {
+            grads.insert(t, g);
+        }
+        Ok(comb.info)
+    }
+
+    /// The step's statistics, kept on the GPU: the summed losses, the unimodal views and
+    /// per modality the combination's cos, k and conflict.
+    fn record_step(&mut self, batch: &DeviceBatch, loss_mm: &Tensor, uni_losses: &[Tensor], uni_logits: &[Tensor], infos: &[Tensor]) -> Result<()> {
+        let _ng = crate::autograd::no_grad();
+        let n = batch.n as f32;
+        let mut total = loss_mm.detach().reshape(&[1])?;
+        for l in uni_losses {
+            total = ops::add(&total, &l.reshape(&[1])?)?;
+        }
+        let vs = super::view_stats(uni_logits, &batch.labels)?;
+        let mut parts = vec![ops::scale(&total, n)?, vs];
+        // per modality: cos, k, conflict (counts per step)
+        for j in 0..3 {
+            let col: Vec<Tensor> = infos.iter().map(|t| ops::narrow(t, 0, j, 1)).collect::<Result<_>>()?;
+            let r: Vec<&Tensor> = col.iter().collect();
+            parts.push(ops::concat(&r, 0)?);
+        }
+        let refs: Vec<&Tensor> = parts.iter().collect();
+        self.acc.add(&ops::concat(&refs, 0)?)?;
+        self.acc.samples += batch.n;
+        self.acc_steps += 1;
+        Ok(())
+    }
 }
 
 impl Method for MmPareto {
@@ -188,39 +250,8 @@ impl Method for MmPareto {
             let logits = self.heads[i].forward(&f, &ctx2)?;
             let l = ops::cross_entropy(&logits, ops::Target::Hard(&batch.labels), None)?;
             let g_uni = l.backward()?;
-            let enc = self.encoders[i].params();
             let _ng = crate::autograd::no_grad();
-            let mut a = Vec::with_capacity(enc.len());
-            let mut b = Vec::with_capacity(enc.len());
-            let mut used = Vec::with_capacity(enc.len());
-            for p in &enc {
-                let gm = grads.get(&p.tensor).cloned();
-                let gu = g_uni.get(&p.tensor).cloned();
-                match (gm, gu) {
-                    (None, None) => continue,
-                    (gm, gu) => {
-                        let z = || Tensor::zeros(&gpu, p.tensor.shape());
-                        a.push(match gm {
-                            Some(g) => g,
-                            None => z()?,
-                        });
-                        b.push(match gu {
-                            Some(g) => g,
-                            None => z()?,
-                        });
-                        used.push(p.tensor.clone());
-                    }
-                }
-            }
-            if !used.is_empty() {
-                let comb = combine(&a, &b, self.gamma)?;
-                for (t, g) in used.iter().zip(comb.grads) {
-                    grads.insert(t, g);
-                }
-                infos.push(comb.info);
-            } else {
-                infos.push(Tensor::zeros(&gpu, &[3])?);
-            }
+            infos.push(self.pareto_grads(i, &mut grads, &g_uni, &gpu)?);
             for p in self.heads[i].params() {
                 if let Some(g) = g_uni.get(&p.tensor) {
                     grads.insert(&p.tensor, g.clone());
@@ -231,25 +262,7 @@ impl Method for MmPareto {
         }
         opt.step(&grads)?;
         drop::<Gradients>(grads);
-        let _ng = crate::autograd::no_grad();
-        let n = batch.n as f32;
-        let mut total = loss_mm.detach().reshape(&[1])?;
-        for l in &uni_losses {
-            total = ops::add(&total, &l.reshape(&[1])?)?;
-        }
-        let vs = super::view_stats(&uni_logits, &batch.labels)?;
-        let mut parts = vec![ops::scale(&total, n)?, vs];
-        // per modality: cos, k, conflict (counts per step)
-        for j in 0..3 {
-            let col: Vec<Tensor> = infos.iter().map(|t| ops::narrow(t, 0, j, 1)).collect::<Result<_>>()?;
-            let r: Vec<&Tensor> = col.iter().collect();
-            parts.push(ops::concat(&r, 0)?);
-        }
-        let refs: Vec<&Tensor> = parts.iter().collect();
-        self.acc.add(&ops::concat(&refs, 0)?)?;
-        self.acc.samples += batch.n;
-        self.acc_steps += 1;
-        Ok(())
+        self.record_step(batch, &loss_mm, &uni_losses, &uni_logits, &infos)
     }
     fn features(&self, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
         super::eval_features(&self.encoders, inputs)

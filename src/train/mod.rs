@@ -14,7 +14,7 @@ use crate::config::{Config, OptimizerKind, ScheduleKind};
 use crate::data::{self, Dataset, HostBatch, Loader, LoaderConfig, ModalitySpec, Split};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::methods::{self, DeviceBatch, Method};
+use crate::methods::{self, DeviceBatch, EpochStats, Method};
 use crate::ops;
 use crate::optim::{Adam, AdamConfig, LrSchedule, Optimizer, Param, Scheduler, Sgd, SgdConfig};
 use crate::tensor::Tensor;
@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 #[derive(Clone, Debug)]
 pub struct TrainOptions {
@@ -300,117 +300,213 @@ fn check_splits(ds: &dyn Dataset) -> Result<()> {
     Ok(())
 }
 
-/// Train with `cfg`; everything goes into `opts.run_dir`.
 /// Seed offset of the observation pass's shuffle ([`Method::observe_fraction`]).
 const OBSERVE_SEED: u64 = 0x5052_4f54_4f00;
 
+/// Train with `cfg`; everything goes into `opts.run_dir`.
 pub fn train(gpu: &Gpu, cfg: &Config, cfg_text: &str, opts: &TrainOptions) -> Result<RunSummary> {
     let dir = &opts.run_dir;
     let mut lock = rundir::claim(dir, rundir::Claim { resume: opts.resume, force: opts.force })?;
-    let ckpt_dir = dir.join("checkpoints");
-    let last_path = ckpt_dir.join("last.safetensors");
-    let best_path = ckpt_dir.join("best.safetensors");
-    let log_path = dir.join("metrics.jsonl");
-
     let ds: Arc<dyn Dataset> = Arc::from(data::build(&cfg.data)?);
     let specs: Vec<ModalitySpec> = ds.modalities().to_vec();
-    let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
-    let classes = ds.num_classes();
-    let has_val = ds.len(Split::Val) > 0;
-    let n_train = ds.len(Split::Train);
-    check_splits(ds.as_ref())?;
-    estimate::check_model_fits(gpu.limits(), cfg, &specs, classes)?;
+    let run = Run::new(gpu, cfg, cfg_text, opts, ds);
+    check_splits(run.ds.as_ref())?;
+    estimate::check_model_fits(gpu.limits(), cfg, &specs, run.classes)?;
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
-    let mut method = methods::build(gpu, &cfg.method_setup(), &specs, classes, &mut rng)?;
+    let mut method = methods::build(gpu, &cfg.method_setup(), &specs, run.classes, &mut rng)?;
     let mut opt = build_optimizer(cfg, method.trainable())?;
     let sched = build_scheduler(cfg);
     lock.replace_old_run()?;
 
-    let mut start_epoch = 0;
-    let mut best: Option<(usize, f64)> = None;
-    let mut resume_note: Option<Value> = None;
-    if opts.resume {
-        let ck = checkpoint::load(&last_path)?;
+    let mut progress = Progress::default();
+    let start_epoch = if opts.resume {
+        run.resume(method.as_mut(), opt.as_mut(), &mut progress)?
+    } else {
+        truncate_log(&run.log_path, None)?;
+        sync_logs(dir, &run.log_path, None)?;
+        0
+    };
+    std::fs::write(dir.join("config.toml"), cfg_text).map_err(|e| Error::io(dir.join("config.toml"), e))?;
+
+    for epoch in start_epoch..cfg.train.epochs {
+        if opts.stop_after.is_some_and(|s| progress.epochs_run >= s) {
+            break;
+        }
+        run.epoch(epoch, &sched, method.as_mut(), opt.as_mut(), &mut progress)?;
+    }
+    if progress.epochs_run == 0 && start_epoch >= cfg.train.epochs {
+        progress.last_test = run.evaluate(method.as_ref(), Split::Test)?;
+    }
+    run.finish(method.as_ref(), progress)
+}
+
+/// What every epoch of a training run reads: the device, the settings, the data and where
+/// the run's files go.
+struct Run<'a> {
+    gpu: &'a Gpu,
+    cfg: &'a Config,
+    cfg_text: &'a str,
+    opts: &'a TrainOptions,
+    ds: Arc<dyn Dataset>,
+    names: Vec<String>,
+    classes: usize,
+    has_val: bool,
+    n_train: usize,
+    last_path: PathBuf,
+    best_path: PathBuf,
+    log_path: PathBuf,
+}
+
+/// What the epochs of a run carry from one to the next.
+#[derive(Default)]
+struct Progress {
+    /// Epoch and validation accuracy of the best epoch so far.
+    best: Option<(usize, f64)>,
+    /// What a resumed run changed, logged once with its first epoch.
+    resume_note: Option<Value>,
+    last_test: EvalReport,
+    epochs_run: usize,
+}
+
+impl<'a> Run<'a> {
+    fn new(gpu: &'a Gpu, cfg: &'a Config, cfg_text: &'a str, opts: &'a TrainOptions, ds: Arc<dyn Dataset>) -> Self {
+        let dir = &opts.run_dir;
+        let ckpt_dir = dir.join("checkpoints");
+        Run {
+            gpu,
+            cfg,
+            cfg_text,
+            opts,
+            names: ds.modalities().iter().map(|s| s.name.clone()).collect(),
+            classes: ds.num_classes(),
+            has_val: ds.len(Split::Val) > 0,
+            n_train: ds.len(Split::Train),
+            ds,
+            last_path: ckpt_dir.join("last.safetensors"),
+            best_path: ckpt_dir.join("best.safetensors"),
+            log_path: dir.join("metrics.jsonl"),
+        }
+    }
+
+    /// Restores the method, the optimizer and `progress` (best epoch, resume note) from the
+    /// last checkpoint and cuts the logs back to its epoch; returns the first epoch to run.
+    fn resume(&self, method: &mut dyn Method, opt: &mut dyn Optimizer, progress: &mut Progress) -> Result<usize> {
+        let (cfg, last_path) = (self.cfg, &self.last_path);
+        let ck = checkpoint::load(last_path)?;
         let meta = &ck.meta;
-        resume_note = rundir::check_resume(&last_path, meta, cfg, cfg_text, opts.allow_config_change)?;
-        method.restore(meta.get("method_state").unwrap_or(&Value::Null), opt.as_mut())?;
+        progress.resume_note = rundir::check_resume(last_path, meta, cfg, self.cfg_text, self.opts.allow_config_change)?;
+        method.restore(meta.get("method_state").unwrap_or(&Value::Null), opt)?;
         // parameters the method created while restoring must reach the optimizer
         let known: std::collections::HashSet<String> = opt.params().iter().map(|p| p.name.clone()).collect();
         let new: Vec<Param> = method.trainable().into_iter().filter(|p| !known.contains(&p.name)).collect();
         if !new.is_empty() {
             opt.add_params(&new);
         }
-        checkpoint::restore_tensors(&last_path, &ck.model, &named_state(method.as_ref()))?;
+        checkpoint::restore_tensors(last_path, &ck.model, &named_state(method))?;
         opt.load_state_tensors(&ck.optim)?;
-        let epoch = rundir::checkpoint_epoch(&last_path, meta, cfg)?;
-        start_epoch = epoch + 1;
-        best = meta.get("best").and_then(|b| Some((b.get("epoch")?.as_u64()? as usize, b.get("score")?.as_f64()?)));
-        truncate_log(&log_path, Some(epoch))?;
-        sync_logs(dir, &log_path, None)?;
+        let epoch = rundir::checkpoint_epoch(last_path, meta, cfg)?;
+        progress.best = meta.get("best").and_then(|b| Some((b.get("epoch")?.as_u64()? as usize, b.get("score")?.as_f64()?)));
+        truncate_log(&self.log_path, Some(epoch))?;
+        sync_logs(&self.opts.run_dir, &self.log_path, None)?;
         eprintln!("resuming from {} after epoch {}", last_path.display(), epoch + 1);
-    } else {
-        truncate_log(&log_path, None)?;
-        sync_logs(dir, &log_path, None)?;
+        Ok(epoch + 1)
     }
-    std::fs::write(dir.join("config.toml"), cfg_text).map_err(|e| Error::io(dir.join("config.toml"), e))?;
 
-    let bs = cfg.train.batch_size;
-    let mut last_test = EvalReport::default();
-    let mut epochs_run = 0;
-    for epoch in start_epoch..cfg.train.epochs {
-        if opts.stop_after.is_some_and(|s| epochs_run >= s) {
-            break;
-        }
+    /// One epoch: the method's observation pass if it has one, the training pass, the
+    /// evaluation (every `eval_every` epochs and the last), the log record, the checkpoints.
+    fn epoch(&self, epoch: usize, sched: &Scheduler, method: &mut dyn Method, opt: &mut dyn Optimizer, progress: &mut Progress) -> Result<()> {
+        let (gpu, cfg) = (self.gpu, self.cfg);
         let t0 = Instant::now();
         gpu.reset_peak_memory();
         let lr = sched.lr_at(epoch);
         opt.set_lr(lr);
         method.begin_epoch(epoch)?;
         if let Some(share) = method.observe_fraction(epoch) {
-            // a pass of its own shuffle (the official PMR code draws its prototype batches from
-            // a fresh iteration of the shuffled training loader)
-            let mut lc = LoaderConfig::train(bs, cfg.seed ^ OBSERVE_SEED, epoch as u64);
-            lc.workers = cfg.train.workers;
-            let loader = Loader::new(ds.clone(), Split::Train, lc)?;
-            let take = ((loader.num_batches() as f64 * share).floor() as usize).clamp(1, loader.num_batches().max(1));
-            for b in loader.take(take) {
-                let db = upload_batch(gpu, &b?, classes)?;
-                method.observe(&db, epoch).map_err(|e| e.during(format_args!("observation pass of epoch {} ({})", epoch + 1, method.name())))?;
-                gpu.step_boundary(opts.max_in_flight)?;
-            }
-            method.end_observe(epoch)?;
+            self.observation_pass(method, epoch, share)?;
         }
+        let (stats, wait) = self.training_pass(method, opt, epoch, t0)?;
+        let train_secs = t0.elapsed().as_secs_f64();
+        let wait_share = wait.as_secs_f64() / train_secs.max(1e-9);
+        if !stats.loss.is_finite() {
+            return Err(nan_loss_error(stats.loss, epoch, method.name(), lr, &self.last_path));
+        }
+
+        let do_eval = (epoch + 1) % cfg.train.eval_every == 0 || epoch + 1 == cfg.train.epochs;
+        let mut line = self.epoch_record(epoch, lr, method.name(), &stats, wait_share, train_secs);
+        if let Some(note) = progress.resume_note.take() {
+            line["resume"] = note;
+        }
+        let mut val_acc = None;
+        if do_eval {
+            val_acc = self.evaluate_epoch(method, &mut line, &mut progress.last_test)?;
+            self.print_epoch(epoch, &stats, &progress.last_test, val_acc, train_secs, wait_share);
+        }
+        append_log(&self.log_path, &line)?;
+        sync_logs(&self.opts.run_dir, &self.log_path, Some(&line))?;
+
+        if let Some(v) = val_acc {
+            if progress.best.is_none_or(|(_, s)| v > s) {
+                progress.best = Some((epoch, v));
+            }
+        }
+        self.save_checkpoints(epoch, method, opt, progress.best, val_acc)?;
+        progress.epochs_run += 1;
+        Ok(())
+    }
+
+    /// A pass of its own shuffle over a share of the training data, for methods that look
+    /// at the data before training on it (the official PMR code draws its prototype batches
+    /// from a fresh iteration of the shuffled training loader).
+    fn observation_pass(&self, method: &mut dyn Method, epoch: usize, share: f64) -> Result<()> {
+        let (gpu, cfg) = (self.gpu, self.cfg);
+        let mut lc = LoaderConfig::train(cfg.train.batch_size, cfg.seed ^ OBSERVE_SEED, epoch as u64);
+        lc.workers = cfg.train.workers;
+        let loader = Loader::new(self.ds.clone(), Split::Train, lc)?;
+        let take = ((loader.num_batches() as f64 * share).floor() as usize).clamp(1, loader.num_batches().max(1));
+        for b in loader.take(take) {
+            let db = upload_batch(gpu, &b?, self.classes)?;
+            method.observe(&db, epoch).map_err(|e| e.during(format_args!("observation pass of epoch {} ({})", epoch + 1, method.name())))?;
+            gpu.step_boundary(self.opts.max_in_flight)?;
+        }
+        method.end_observe(epoch)
+    }
+
+    /// The training steps over the shuffled training split and the method's end of epoch;
+    /// returns its statistics and the time spent waiting for data.
+    fn training_pass(&self, method: &mut dyn Method, opt: &mut dyn Optimizer, epoch: usize, t0: Instant) -> Result<(EpochStats, Duration)> {
+        let (gpu, cfg) = (self.gpu, self.cfg);
+        let bs = cfg.train.batch_size;
         let mut lc = LoaderConfig::train(bs, cfg.seed, epoch as u64);
         lc.workers = cfg.train.workers;
-        lc.drop_last = cfg.train.drop_last && n_train > bs;
-        let loader = Loader::new(ds.clone(), Split::Train, lc)?;
-        let pb = progress_bar(opts.progress, loader.num_batches(), format!("epoch {}/{}", epoch + 1, cfg.train.epochs));
+        lc.drop_last = cfg.train.drop_last && self.n_train > bs;
+        let loader = Loader::new(self.ds.clone(), Split::Train, lc)?;
+        let pb = progress_bar(self.opts.progress, loader.num_batches(), format!("epoch {}/{}", epoch + 1, cfg.train.epochs));
         let mut loader = loader;
         let mut seen = 0usize;
         for b in loader.by_ref() {
             let b = b?;
-            let db = upload_batch(gpu, &b, classes)?;
-            method.train_step(&db, opt.as_mut(), epoch).map_err(|e| e.during(format_args!("training step of epoch {} ({})", epoch + 1, method.name())))?;
-            gpu.step_boundary(opts.max_in_flight)?;
+            let db = upload_batch(gpu, &b, self.classes)?;
+            method.train_step(&db, opt, epoch).map_err(|e| e.during(format_args!("training step of epoch {} ({})", epoch + 1, method.name())))?;
+            gpu.step_boundary(self.opts.max_in_flight)?;
             seen += b.labels.len();
             pb.inc(1);
             let el = t0.elapsed().as_secs_f64().max(1e-9);
             pb.set_message(format!("{:.0} samples/s", seen as f64 / el));
         }
-        let stats = method.end_epoch(epoch, opt.as_mut())?;
+        let stats = method.end_epoch(epoch, opt)?;
         pb.finish_and_clear();
-        let train_secs = t0.elapsed().as_secs_f64();
-        let wait_share = loader.wait_time().as_secs_f64() / train_secs.max(1e-9);
-        if !stats.loss.is_finite() {
-            return Err(nan_loss_error(stats.loss, epoch, method.name(), lr, &last_path));
-        }
+        Ok((stats, loader.wait_time()))
+    }
 
-        let do_eval = (epoch + 1) % cfg.train.eval_every == 0 || epoch + 1 == cfg.train.epochs;
+    /// The epoch's log record without its evaluation: learning rate, training losses,
+    /// imbalance of the modality scores, the method's own statistics, memory high-water marks.
+    fn epoch_record(&self, epoch: usize, lr: f32, method: &str, stats: &EpochStats, wait_share: f64, train_secs: f64) -> Value {
+        let names = &self.names;
         let mut line = json!({
             "epoch": epoch,
             "lr": lr,
-            "method": method.name(),
+            "method": method,
             "modalities": names,
         });
         let mut per_loss = serde_json::Map::new();
@@ -433,83 +529,93 @@ pub fn train(gpu: &Gpu, cfg: &Config, cfg_text: &str, opts: &TrainOptions) -> Re
             line[k.as_str()] = v.clone();
         }
         // this epoch's training high-water marks (PyTorch's max_memory_allocated / _reserved)
-        let mem = gpu.memory();
+        let mem = self.gpu.memory();
         line["memory"] = json!({"peak_allocated_mib": mem.peak_allocated as f64 / 1048576.0, "peak_reserved_mib": mem.peak_reserved as f64 / 1048576.0});
-        if let Some(note) = resume_note.take() {
-            line["resume"] = note;
-        }
-        let mut val_acc = None;
-        if do_eval {
-            if has_val {
-                let v = evaluate(gpu, method.as_ref(), &ds, Split::Val, bs.max(64), cfg.train.workers)?;
-                val_acc = Some(v.fused.acc);
-                line["val"] = v.to_json(&names);
-            }
-            last_test = evaluate(gpu, method.as_ref(), &ds, Split::Test, bs.max(64), cfg.train.workers)?;
-            line["test"] = last_test.to_json(&names);
-            let mut msg = format!(
-                "epoch {:>3}/{}  loss {:.4}  test acc {:.2}%",
-                epoch + 1,
-                cfg.train.epochs,
-                stats.loss,
-                100.0 * last_test.fused.acc
-            );
-            for (n, m) in names.iter().zip(&last_test.per_modality) {
-                if let Some(m) = m {
-                    msg.push_str(&format!("  {n} {:.2}%", 100.0 * m.acc));
-                }
-            }
-            if let Some(v) = val_acc {
-                msg.push_str(&format!("  (val {:.2}%)", 100.0 * v));
-            }
-            msg.push_str(&format!("  [{train_secs:.1}s, data wait {:.0}%]", 100.0 * wait_share));
-            eprintln!("{msg}");
-        }
-        append_log(&log_path, &line)?;
-        sync_logs(dir, &log_path, Some(&line))?;
+        line
+    }
 
-        if let Some(v) = val_acc {
-            if best.is_none_or(|(_, s)| v > s) {
-                best = Some((epoch, v));
+    fn evaluate(&self, method: &dyn Method, split: Split) -> Result<EvalReport> {
+        evaluate(self.gpu, method, &self.ds, split, self.cfg.train.batch_size.max(64), self.cfg.train.workers)
+    }
+
+    /// Validation (when the data has a validation split) and test of the epoch's model,
+    /// added to the record; returns the validation accuracy.
+    fn evaluate_epoch(&self, method: &dyn Method, line: &mut Value, last_test: &mut EvalReport) -> Result<Option<f64>> {
+        let mut val_acc = None;
+        if self.has_val {
+            let v = self.evaluate(method, Split::Val)?;
+            val_acc = Some(v.fused.acc);
+            line["val"] = v.to_json(&self.names);
+        }
+        *last_test = self.evaluate(method, Split::Test)?;
+        line["test"] = last_test.to_json(&self.names);
+        Ok(val_acc)
+    }
+
+    /// The epoch's line on stderr.
+    fn print_epoch(&self, epoch: usize, stats: &EpochStats, test: &EvalReport, val_acc: Option<f64>, train_secs: f64, wait_share: f64) {
+        let mut msg = format!(
+            "epoch {:>3}/{}  loss {:.4}  test acc {:.2}%",
+            epoch + 1,
+            self.cfg.train.epochs,
+            stats.loss,
+            100.0 * test.fused.acc
+        );
+        for (n, m) in self.names.iter().zip(&test.per_modality) {
+            if let Some(m) = m {
+                msg.push_str(&format!("  {n} {:.2}%", 100.0 * m.acc));
             }
         }
+        if let Some(v) = val_acc {
+            msg.push_str(&format!("  (val {:.2}%)", 100.0 * v));
+        }
+        msg.push_str(&format!("  [{train_secs:.1}s, data wait {:.0}%]", 100.0 * wait_share));
+        eprintln!("{msg}");
+    }
+
+    /// `best` when this epoch's validation accuracy is the best so far, then the method's
+    /// `after_eval`, then `last` (model and optimizer state, to resume from).
+    fn save_checkpoints(&self, epoch: usize, method: &mut dyn Method, opt: &mut dyn Optimizer, best: Option<(usize, f64)>, val_acc: Option<f64>) -> Result<()> {
+        let cfg = self.cfg;
         let meta = |method: &dyn Method| {
             json!({
                 "epoch": epoch,
                 "method": method.name(),
                 "method_state": method.state(),
                 "best": best.map(|(e, s)| json!({"epoch": e, "score": s})),
-                "config": cfg_text,
+                "config": self.cfg_text,
             })
         };
         // the best checkpoint is the model that was evaluated, before `after_eval` changes it
         if cfg.train.checkpoint && val_acc.is_some() && best.is_some_and(|(e, _)| e == epoch) {
-            let model = checkpoint::download(&named_state(method.as_ref()))?;
-            checkpoint::save(&best_path, &model, &[], &meta(method.as_ref()))?;
+            let model = checkpoint::download(&named_state(method))?;
+            checkpoint::save(&self.best_path, &model, &[], &meta(method))?;
         }
         // model changes decided at the end of the epoch join only now, after it was evaluated
-        method.after_eval(epoch, opt.as_mut())?;
+        method.after_eval(epoch, opt)?;
         if cfg.train.checkpoint {
-            let model = checkpoint::download(&named_state(method.as_ref()))?;
+            let model = checkpoint::download(&named_state(method))?;
             let optim = opt.state_tensors()?;
-            checkpoint::save(&last_path, &model, &optim, &meta(method.as_ref()))?;
+            checkpoint::save(&self.last_path, &model, &optim, &meta(method))?;
         }
-        epochs_run += 1;
+        Ok(())
     }
-    if epochs_run == 0 && start_epoch >= cfg.train.epochs {
-        last_test = evaluate(gpu, method.as_ref(), &ds, Split::Test, bs.max(64), cfg.train.workers)?;
+
+    /// The run's summary, the linear probe when asked for, and `summary.txt`.
+    fn finish(self, method: &dyn Method, progress: Progress) -> Result<RunSummary> {
+        let dir = &self.opts.run_dir;
+        let best_val = progress.best.filter(|_| self.has_val);
+        let summary = RunSummary { modalities: self.names, test: progress.last_test, best_val, epochs_run: progress.epochs_run, run_dir: dir.clone() };
+        let mut table = summary.table();
+        if self.cfg.train.probe {
+            table.push_str(&write_probe(self.gpu, method, &self.ds, &summary.modalities, self.cfg.train.batch_size.max(64), dir)?);
+        }
+        let summary_path = dir.join("summary.txt");
+        if let Err(e) = checkpoint::write_atomic(&summary_path, table.as_bytes()) {
+            eprintln!("warning: {e}");
+        }
+        Ok(summary)
     }
-    let best_val = best.filter(|_| has_val);
-    let summary = RunSummary { modalities: names, test: last_test, best_val, epochs_run, run_dir: dir.clone() };
-    let mut table = summary.table();
-    if cfg.train.probe {
-        table.push_str(&write_probe(gpu, method.as_ref(), &ds, &summary.modalities, bs.max(64), dir)?);
-    }
-    let summary_path = dir.join("summary.txt");
-    if let Err(e) = checkpoint::write_atomic(&summary_path, table.as_bytes()) {
-        eprintln!("warning: {e}");
-    }
-    Ok(summary)
 }
 
 /// Evaluate a saved checkpoint (a `.safetensors` file or a run directory, which uses

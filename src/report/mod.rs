@@ -1,0 +1,158 @@
+//! Training-run report: turns a run's `metrics.jsonl` into charts (PNG and SVG).
+//!
+//! # Log format
+//! One JSON object per line, one line per epoch. Every key is optional and unknown keys
+//! are ignored, so older and newer logs both render. Values that are missing, `null`,
+//! `NaN` or infinite (`NaN`/`Infinity` literals as written by Python are accepted too)
+//! leave a gap in the curve. Keys read:
+//!
+//! ```text
+//! epoch, method, modalities
+//! train.{loss, acc, per_modality_loss.<m>}
+//! val.{loss, acc, per_modality.<m>.acc}       test.{loss, acc, per_modality.<m>.acc}
+//! imbalance.{ratio, scores.<m>}
+//! aug.{learners.<m>, gap}
+//! aim.{depths, scores.<m>[d], ratio[d], strength[d], mask_density.<layer>}
+//! ```
+//!
+//! # Charts (written to `<run_dir>/charts/`, each as `.png` and `.svg`)
+//! - `loss`: fused and per-modality training loss, val/test loss.
+//! - `accuracy`: fused and per-modality test accuracy (val dashed, train dotted).
+//! - `imbalance`: imbalance ratio (reference line at 1) and per-modality confidence scores.
+//! - `aug_learners`, `aug_gap` when the log has an `aug` section.
+//! - `aim_depth_scores`, `aim_strength`, `aim_ratio`, `aim_mask_density` (plus the text
+//!   summary `aim_mask_density.txt`) when the log has an `aim` section.
+//!
+//! PNG text needs a TrueType font: `EQUIMODAL_FONT` (a `.ttf` path, or `none` to turn PNG
+//! output off), then common system locations. Without one only the SVGs are written and
+//! a warning is recorded in `charts/warnings.txt` (listed among the returned files).
+//!
+//! # Code
+//! `log` reads a metric log into series; `figures` decides which charts are made from which
+//! runs, out of the primitives in `chart` (figures, panels, lines, colours); `draw` puts
+//! them on a canvas and writes the PNG and SVG files; `font` finds the font for PNG text.
+
+mod chart;
+mod draw;
+mod figures;
+mod font;
+mod log;
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use draw::write_figures;
+use figures::{comparison_figure, mask_density_summary, report_figures, seed_band_figures};
+use log::RunLog;
+
+/// Name of the metric log inside a run directory.
+pub const METRICS_FILE: &str = "metrics.jsonl";
+/// Sub-directory of a run directory that receives the charts.
+pub const CHARTS_DIR: &str = "charts";
+/// Written next to the charts when something was skipped.
+pub const WARNINGS_FILE: &str = "warnings.txt";
+/// Environment variable naming the TrueType font used for PNG text (`none`: no PNGs).
+pub const FONT_ENV: &str = "EQUIMODAL_FONT";
+/// Default chart size in pixels.
+pub const DEFAULT_SIZE: (u32, u32) = (1000, 600);
+
+/// What to render.
+#[derive(Debug, Clone)]
+pub struct ReportOptions {
+    /// Chart size in pixels (both formats).
+    pub size: (u32, u32),
+    /// Write PNGs (needs a font; skipped with a warning if none is found).
+    pub png: bool,
+    /// Write SVGs.
+    pub svg: bool,
+}
+
+impl Default for ReportOptions {
+    fn default() -> Self {
+        ReportOptions { size: DEFAULT_SIZE, png: true, svg: true }
+    }
+}
+
+/// Files written and things skipped.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub files: Vec<PathBuf>,
+    pub warnings: Vec<String>,
+}
+
+/// Reads `run_dir/metrics.jsonl`, writes the charts into `run_dir/charts/` and returns the
+/// written files. Warnings (skipped charts, no font for PNGs) go to
+/// `charts/warnings.txt`, which is then part of the returned list.
+pub fn render_report(run_dir: &Path) -> Result<Vec<PathBuf>> {
+    let out = run_dir.join(CHARTS_DIR);
+    let report = render_report_with(run_dir, &out, &ReportOptions::default())?;
+    finish(report, &out)
+}
+
+/// Like [`render_report`], with the output directory and options chosen by the caller;
+/// warnings are returned instead of written.
+pub fn render_report_with(run_dir: &Path, out_dir: &Path, opts: &ReportOptions) -> Result<Report> {
+    let log = RunLog::load(&run_dir.join(METRICS_FILE))?;
+    let mut report = Report::default();
+    let figures = report_figures(&log, &mut report.warnings);
+    create_dir(out_dir)?;
+    write_figures(&figures, out_dir, opts, &mut report)?;
+    if let Some(text) = mask_density_summary(&log) {
+        let path = out_dir.join("aim_mask_density.txt");
+        std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
+        report.files.push(path);
+    }
+    Ok(report)
+}
+
+/// Overlays the fused test accuracy of several runs (legend: run directory name and
+/// method) in `out/comparison_accuracy.{png,svg}`. A run without test accuracy falls back
+/// to its validation accuracy (with a warning); a run with neither is skipped (warning).
+pub fn render_comparison(runs: &[&Path], out: &Path) -> Result<Vec<PathBuf>> {
+    let report = render_comparison_with(runs, out, &ReportOptions::default())?;
+    finish(report, out)
+}
+
+/// [`render_comparison`] with options; warnings are returned instead of written.
+pub fn render_comparison_with(runs: &[&Path], out: &Path, opts: &ReportOptions) -> Result<Report> {
+    if runs.is_empty() {
+        return Err(Error::config("runs", "render_comparison needs at least one run directory"));
+    }
+    let mut report = Report::default();
+    let fig = comparison_figure(runs, out, &mut report.warnings)?;
+    create_dir(out)?;
+    write_figures(&[fig], out, opts, &mut report)?;
+    Ok(report)
+}
+
+/// Per setting (label, its runs' directories): the mean over seeds of the fused test
+/// accuracy and of the imbalance ratio per epoch, with a band of ± one standard deviation,
+/// in `out/compare_accuracy.{png,svg}` and `out/compare_imbalance.{png,svg}`.
+pub fn render_seed_bands(groups: &[(String, Vec<PathBuf>)], out: &Path) -> Result<Vec<PathBuf>> {
+    let mut report = Report::default();
+    let figs = seed_band_figures(groups, &mut report.warnings)?;
+    create_dir(out)?;
+    write_figures(&figs, out, &ReportOptions::default(), &mut report)?;
+    finish(report, out)
+}
+
+fn finish(mut report: Report, out: &Path) -> Result<Vec<PathBuf>> {
+    let path = out.join(WARNINGS_FILE);
+    if report.warnings.is_empty() {
+        // A warnings file left by an earlier render would now be stale.
+        let _ = std::fs::remove_file(&path);
+    } else {
+        for w in &report.warnings {
+            tracing::warn!("report: {w}");
+        }
+        let mut text = report.warnings.join("\n");
+        text.push('\n');
+        std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
+        report.files.push(path);
+    }
+    Ok(report.files)
+}
+
+fn create_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))
+}
