@@ -9,11 +9,16 @@ use crate::error::{Error, Result};
 /// two test modes `EQUIMODAL_MAX_WORKGROUPS_PER_DIM=<n>` and `EQUIMODAL_POOL_CANARY=1`.
 #[derive(Clone, Debug)]
 pub struct GpuOptions {
+    /// Backends to look for adapters on (`EQUIMODAL_BACKEND` or `WGPU_BACKEND`; the primary ones by
+    /// default, all of them when none of those has an adapter).
     pub backends: wgpu::Backends,
+    /// Case-insensitive substring of the adapter's name to pick (`EQUIMODAL_ADAPTER` or
+    /// `WGPU_ADAPTER_NAME`); `None` lets wgpu choose by `power`.
     pub adapter_name: Option<String>,
+    /// Which adapter wgpu prefers when no name is given (high performance by default).
     pub power: wgpu::PowerPreference,
     /// Time every kernel launch with GPU timestamps (one pass per launch; slow). Read the
-    /// totals with [`Gpu::profile_report`]. `EQUIMODAL_PROFILE=1` turns it on;
+    /// totals with [`Gpu::profile_report`](super::Gpu::profile_report). `EQUIMODAL_PROFILE=1` turns it on;
     /// `EQUIMODAL_PROFILE=2` also keys each entry by its workgroup grid, which tells apart
     /// the layers that share a kernel (e.g. the stem's conv from the later ones).
     pub profile: bool,
@@ -22,14 +27,14 @@ pub struct GpuOptions {
     pub checked_kernels: bool,
     /// Test mode: use at most this many workgroups per grid dimension instead of the
     /// adapter's limit (65,535 on most GPUs). Every grid computation (`ops::grid`, the tiled
-    /// conv and matmul launches) reads [`Gpu::max_workgroups_per_dim`], so a cap of 3 makes
+    /// conv and matmul launches) reads [`Gpu::max_workgroups_per_dim`](super::Gpu::max_workgroups_per_dim), so a cap of 3 makes
     /// tensors of a few thousand elements take the folded grids (with spare workgroups) and
     /// split launches that otherwise only tensors of millions of elements reach; a launch the
     /// grid logic cannot fit (more than cap^3 workgroups) is an error, never silently run.
     /// `EQUIMODAL_MAX_WORKGROUPS_PER_DIM`.
     pub max_workgroups_per_dim: Option<u32>,
     /// Test mode: every pooled buffer gets at least 16 bytes of slack beyond its tensor,
-    /// filled with a NaN sentinel; [`Gpu::check_canaries`] reports any sentinel a kernel
+    /// filled with a NaN sentinel; [`Gpu::check_canaries`](super::Gpu::check_canaries) reports any sentinel a kernel
     /// overwrote (writes past the end of a tensor). `EQUIMODAL_POOL_CANARY=1`.
     pub pool_canary: bool,
 }
@@ -108,17 +113,24 @@ impl Default for GpuOptions {
 /// Optional capabilities the engine uses when present.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Capabilities {
+    /// Timestamp queries between passes (`GpuTimer`, the profiler).
     pub timestamps: bool,
+    /// Timestamp queries inside encoders.
     pub timestamps_in_encoders: bool,
+    /// `f16` in shaders (requested when present; no kernel uses it yet).
     pub f16: bool,
+    /// Subgroup operations in shaders (requested when present; no kernel uses them yet).
     pub subgroups: bool,
 }
 
 /// One adapter as seen by [`list_adapters`].
 #[derive(Clone, Debug)]
 pub struct AdapterReport {
+    /// Name, vendor, backend, device type and driver.
     pub info: wgpu::AdapterInfo,
+    /// The adapter's optional features.
     pub features: wgpu::Features,
+    /// The adapter's limits (a device is opened with these, not wgpu's defaults).
     pub limits: wgpu::Limits,
 }
 

@@ -104,7 +104,7 @@ impl Gpu {
         Ok(())
     }
 
-    /// Canary mode ([`GpuOptions::pool_canary`]): check the slack of every pooled buffer
+    /// Canary mode ([`GpuOptions::pool_canary`](super::GpuOptions::pool_canary)): check the slack of every pooled buffer
     /// (live tensors, cached buffers, and buffers reused since the last check, which were
     /// checked when they were handed out again) and fail if a kernel wrote into any of it.
     /// Resets the report. A no-op returning `Ok` outside canary mode.
