@@ -18,24 +18,30 @@ pub struct GpuOptions {
     /// Which adapter wgpu prefers when no name is given (high performance by default).
     pub power: wgpu::PowerPreference,
     /// Time every kernel launch with GPU timestamps (one pass per launch; slow). Read the
-    /// totals with [`Gpu::profile_report`](super::Gpu::profile_report). `EQUIMODAL_PROFILE=1` turns it on;
+    /// totals with [`Gpu::profile_report`]. `EQUIMODAL_PROFILE=1` turns it on;
     /// `EQUIMODAL_PROFILE=2` also keys each entry by its workgroup grid, which tells apart
     /// the layers that share a kernel (e.g. the stem's conv from the later ones).
+    ///
+    /// [`Gpu::profile_report`]: super::Gpu::profile_report
     pub profile: bool,
     /// Compile kernels with runtime bounds checks. Off in release builds (the checks cost up
     /// to 40x on large matmuls; the test suite proves the indexing), on in debug builds.
     pub checked_kernels: bool,
     /// Test mode: use at most this many workgroups per grid dimension instead of the
     /// adapter's limit (65,535 on most GPUs). Every grid computation (`ops::grid`, the tiled
-    /// conv and matmul launches) reads [`Gpu::max_workgroups_per_dim`](super::Gpu::max_workgroups_per_dim), so a cap of 3 makes
+    /// conv and matmul launches) reads [`Gpu::max_workgroups_per_dim`], so a cap of 3 makes
     /// tensors of a few thousand elements take the folded grids (with spare workgroups) and
     /// split launches that otherwise only tensors of millions of elements reach; a launch the
     /// grid logic cannot fit (more than cap^3 workgroups) is an error, never silently run.
     /// `EQUIMODAL_MAX_WORKGROUPS_PER_DIM`.
+    ///
+    /// [`Gpu::max_workgroups_per_dim`]: super::Gpu::max_workgroups_per_dim
     pub max_workgroups_per_dim: Option<u32>,
     /// Test mode: every pooled buffer gets at least 16 bytes of slack beyond its tensor,
-    /// filled with a NaN sentinel; [`Gpu::check_canaries`](super::Gpu::check_canaries) reports any sentinel a kernel
+    /// filled with a NaN sentinel; [`Gpu::check_canaries`] reports any sentinel a kernel
     /// overwrote (writes past the end of a tensor). `EQUIMODAL_POOL_CANARY=1`.
+    ///
+    /// [`Gpu::check_canaries`]: super::Gpu::check_canaries
     pub pool_canary: bool,
 }
 

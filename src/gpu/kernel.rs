@@ -34,8 +34,8 @@ pub struct ParamsField {
 
 /// The layout of a uniform parameter block as Rust lays it out (`#[repr(C)]`), recorded by
 /// `gpu_params!` (a crate-private macro in this file) and compared with the WGSL struct of
-/// the same name. Fields whose name starts with `_` are padding: only their effect on the offsets of
-/// the others and on the total size is compared.
+/// the same name. Fields whose name starts with `_` are padding: only their effect on the
+/// offsets of the others and on the total size is compared.
 #[derive(Clone, Copy, Debug)]
 pub struct ParamsLayout {
     /// Name of the WGSL struct bound at group 0, binding 0.

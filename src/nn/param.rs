@@ -4,8 +4,8 @@ use crate::tensor::Tensor;
 /// A trainable parameter: a leaf tensor created with `.requires_grad()`, plus a stable name.
 #[derive(Clone)]
 pub struct Param {
-    /// Full dotted name (e.g. `enc.audio.layer1.0.conv1.weight`): the key in checkpoints, optimizer state
-    /// and weight scales.
+    /// Full dotted name (e.g. `enc.audio.layer1.0.conv1.weight`): the key in checkpoints,
+    /// optimizer state and weight scales.
     pub name: String,
     /// The trainable leaf tensor.
     pub tensor: Tensor,
