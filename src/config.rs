@@ -8,12 +8,18 @@ use std::path::Path;
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+/// A run file: the seed and the `[data]`, `[model]`, `[method]` and `[train]` sections. Every field
+/// has a default, so an empty file is a valid (synthetic) run.
 pub struct Config {
     /// Seed for initialisation, shuffling and augmentation.
     pub seed: u64,
+    /// `[data]`: the dataset and its options.
     pub data: DatasetConfig,
+    /// `[model]`: encoders and fusion width.
     pub model: ModelConfig,
+    /// `[method]`: which method trains, its fusion and its settings.
     pub method: MethodConfig,
+    /// `[train]`: epochs, batches, optimizer, schedule, evaluation.
     pub train: TrainConfig,
 }
 
@@ -31,38 +37,61 @@ impl Default for Config {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
+/// `train.optimizer`.
 pub enum OptimizerKind {
+    /// SGD with `momentum`, `nesterov`, `weight_decay` (L2) (`sgd`).
     Sgd,
+    /// Adam with `beta1`, `beta2`, `weight_decay` as an L2 penalty (`adam`).
     Adam,
+    /// AdamW: Adam with decoupled weight decay (`adamw`).
     Adamw,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
+/// `train.schedule`: the learning rate per epoch after the warm-up ([`crate::optim::LrSchedule`]).
 pub enum ScheduleKind {
+    /// `lr` throughout (`constant`).
     Constant,
+    /// Multiply by `gamma` every `step_size` epochs (`step`).
     Step,
+    /// Cosine annealing from `lr` to `min_lr` over the run (`cosine`).
     Cosine,
 }
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+/// The `[train]` section. Defaults: 15 epochs, batch 64, SGD lr 0.01 with momentum 0.9 and weight
+/// decay 1e-4, constant schedule.
 pub struct TrainConfig {
+    /// Epochs to train, 1..=1,000,000.
     pub epochs: usize,
+    /// Training batch size, >= 1.
     pub batch_size: usize,
+    /// Which optimizer (`sgd` by default).
     pub optimizer: OptimizerKind,
+    /// Base learning rate, > 0.
     pub lr: f32,
+    /// SGD momentum, in [0, 1).
     pub momentum: f32,
+    /// SGD Nesterov momentum.
     pub nesterov: bool,
+    /// Weight decay, >= 0: an L2 penalty for `sgd` and `adam`, decoupled for `adamw`.
     pub weight_decay: f32,
+    /// Adam's first-moment decay, in [0, 1).
     pub beta1: f32,
+    /// Adam's second-moment decay, in [0, 1).
     pub beta2: f32,
+    /// Learning-rate schedule after the warm-up (`constant` by default).
     pub schedule: ScheduleKind,
     /// step schedule: decay every `step_size` epochs by `gamma`
     pub step_size: usize,
+    /// Step schedule: decay factor, > 0.
     pub gamma: f32,
     /// cosine schedule: final learning rate
     pub min_lr: f32,
+    /// Epochs of linear warm-up before the schedule (fewer than `epochs`); see
+    /// [`crate::optim::Scheduler::warmup_epochs`].
     pub warmup_epochs: usize,
     /// Evaluate every N epochs (and at the last).
     pub eval_every: usize,
@@ -197,6 +226,7 @@ fn check_f32(field: &str, v: f32, ok: bool, want: &str) -> Result<()> {
 }
 
 impl TrainConfig {
+    /// Ranges and combinations of the `[train]` settings; each error names its `train.*` field.
     pub fn validate(&self) -> Result<()> {
         let t = self;
         if t.epochs == 0 {

@@ -5,7 +5,7 @@
 //! `docs/contributing.md` has the map and checklists for adding an op or a method):
 //! [`error`] and [`limits`] (below everything) → [`gpu`] → [`tensor`] / [`autograd`] /
 //! [`ops`] → [`nn`] → [`optim`] → [`data`] → [`methods`] (each method's settings next to
-//! it) → [`config`] (the run file) → [`train`] → [`experiments`] / [`report`] → [`bench`]
+//! it) → [`config`] (the run file) → [`train`] → [`experiments`] / [`report`] → [`bench`](mod@bench)
 //! and the CLI.
 pub mod autograd;
 pub mod bench;

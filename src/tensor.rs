@@ -9,12 +9,16 @@ use std::sync::Arc;
 /// so it works on every device; kernels unpack with `unpack2x16float`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DType {
+    /// 32-bit float, the dtype of every computation.
     F32,
+    /// 16-bit IEEE half, two per 32-bit word (storage only: kernels compute in f32).
     F16,
+    /// 32-bit unsigned integer: labels, indices, bit masks.
     U32,
 }
 
 impl DType {
+    /// Bytes per element (2 for `F16`; buffers round the total up to 4).
     pub fn size_bytes(self) -> usize {
         match self {
             DType::F32 | DType::U32 => 4,
@@ -43,6 +47,8 @@ impl std::fmt::Debug for Tensor {
     }
 }
 
+/// Number of elements of `shape` (1 for `[]`). Does not check for overflow; see
+/// `limits::checked_numel`.
 pub fn numel(shape: &[usize]) -> usize {
     shape.iter().product()
 }
@@ -66,10 +72,12 @@ impl Tensor {
         Ok(Self::wrap(gpu, shape.to_vec(), dtype, storage, false, None))
     }
 
+    /// An f32 tensor of zeros (a buffer clear, no kernel).
     pub fn zeros(gpu: &Gpu, shape: &[usize]) -> Result<Tensor> {
         Self::zeros_dtype(gpu, shape, DType::F32)
     }
 
+    /// A tensor of zeros of any dtype.
     pub fn zeros_dtype(gpu: &Gpu, shape: &[usize], dtype: DType) -> Result<Tensor> {
         let t = Self::empty(gpu, shape, dtype)?;
         gpu.clear(t.buffer(), 0, t.byte_len())?;
@@ -178,36 +186,51 @@ impl Tensor {
         Self::from_op(&gpu, inner.shape, inner.dtype, inner.storage, inputs, op)
     }
 
+    /// Identity in the graph and in [`crate::Gradients`]: clones share it, `detach` and
+    /// `requires_grad` make a new one.
     pub fn id(&self) -> u64 {
         self.0.id
     }
+    /// The context the tensor lives on.
     pub fn gpu(&self) -> &Gpu {
         &self.0.gpu
     }
+    /// Size of each dimension.
     pub fn shape(&self) -> &[usize] {
         &self.0.shape
     }
+    /// Number of dimensions.
     pub fn dims(&self) -> usize {
         self.0.shape.len()
     }
+    /// Size of dimension `i`; panics when `i >= dims()`.
     pub fn dim(&self, i: usize) -> usize {
         self.0.shape[i]
     }
+    /// Number of elements.
     pub fn numel(&self) -> usize {
         numel(&self.0.shape)
     }
+    /// Element type of the storage.
     pub fn dtype(&self) -> DType {
         self.0.dtype
     }
+    /// True when gradients flow to this tensor: a leaf from [`Tensor::requires_grad`], or an op's
+    /// result recorded while one of its inputs was tracked.
     pub fn is_tracked(&self) -> bool {
         self.0.requires_grad
     }
+    /// True when no op node produced this tensor: uploads, `requires_grad`, `detach`, and op
+    /// results that recorded none (gradients off, or no tracked input).
     pub fn is_leaf(&self) -> bool {
         self.0.node.is_none()
     }
+    /// The pooled buffer holding the data (may be larger than [`Tensor::byte_len`]). Panics on a
+    /// graph handle, which has no data.
     pub fn buffer(&self) -> &wgpu::Buffer {
         self.0.storage.buffer()
     }
+    /// The pooled storage, shared by clones and by `detach`/`requires_grad` views.
     pub fn storage(&self) -> &Arc<Storage> {
         &self.0.storage
     }
@@ -234,6 +257,7 @@ impl Tensor {
         })
     }
 
+    /// Download u32 data; a `DType` error for other dtypes.
     pub fn to_vec_u32(&self) -> Result<Vec<u32>> {
         if self.0.dtype != DType::U32 {
             return Err(Error::DType { op: "to_vec_u32", msg: format!("tensor holds {:?}", self.0.dtype) });

@@ -38,10 +38,14 @@ pub fn grad_enabled() -> bool {
 /// graph handles: shape, dtype, `is_tracked`, but no data (see `Tensor::graph_handle`); a
 /// rule that needs an input's values saves the tensor in its own fields.
 pub trait BackwardOp: Send + Sync {
+    /// Op name, for error messages.
     fn name(&self) -> &'static str;
+    /// One gradient per input, `None` for an input that needs none.
     fn backward(&self, grad: &Tensor, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>>;
 }
 
+/// A recorded op: its inputs (graph handles) and its backward rule, kept alive by the tensors it
+/// produced. Public only because [`Tensor`] refers to it; it has no public API.
 pub struct Node {
     pub(crate) inputs: Vec<Tensor>,
     op: Mutex<Option<Box<dyn BackwardOp>>>,
@@ -62,27 +66,35 @@ pub struct Gradients {
 }
 
 impl Gradients {
+    /// No gradients.
     pub fn new() -> Self {
         Self::default()
     }
+    /// The gradient of `t`, if one was recorded.
     pub fn get(&self, t: &Tensor) -> Option<&Tensor> {
         self.map.get(&t.id())
     }
+    /// The gradient of the tensor whose [`Tensor::id`] is `id`.
     pub fn get_id(&self, id: u64) -> Option<&Tensor> {
         self.map.get(&id)
     }
+    /// Take the gradient of `t` out.
     pub fn remove(&mut self, t: &Tensor) -> Option<Tensor> {
         self.map.remove(&t.id())
     }
+    /// Set the gradient of `t`, replacing any previous one.
     pub fn insert(&mut self, t: &Tensor, g: Tensor) {
         self.map.insert(t.id(), g);
     }
+    /// Number of tensors with a gradient.
     pub fn len(&self) -> usize {
         self.map.len()
     }
+    /// True when no tensor has a gradient.
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
+    /// Drop every gradient (their buffers return to the pool).
     pub fn clear(&mut self) {
         self.map.clear();
     }

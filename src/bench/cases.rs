@@ -54,16 +54,24 @@ fn input_sets(gpu: &Gpu, shapes: &[Vec<usize>], k: usize, track: bool) -> Result
 pub struct ConvShape {
     /// Layer name in ResNet18 terms (`conv1`, `l1`, `l2.0`, `l2.down`, `l2`, ...).
     pub layer: String,
+    /// Input channels.
     pub cin: usize,
+    /// Output channels.
     pub cout: usize,
+    /// Kernel size (square).
     pub k: usize,
+    /// Stride (both dims).
     pub stride: usize,
+    /// Zero padding (each side).
     pub pad: usize,
+    /// Input height.
     pub h: usize,
+    /// Input width.
     pub w: usize,
 }
 
 impl ConvShape {
+    /// Output size (HO, WO), by [`ops::conv2d_output_size`].
     pub fn out_hw(&self) -> (usize, usize) {
         let p = Conv2dParams { stride: (self.stride, self.stride), padding: (self.pad, self.pad), dilation: (1, 1) };
         ops::conv2d_output_size(self.h, self.w, self.k, self.k, &p)

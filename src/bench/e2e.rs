@@ -26,16 +26,22 @@ pub type E2eStep = Box<dyn FnMut(usize) -> Result<()>>;
 
 /// An end-to-end case: builds its model, optimizer and batches, then runs one step per call.
 pub struct E2eCase {
+    /// Case name, matched by `--filter`.
     pub name: String,
+    /// The sizes, for the report.
     pub shape: String,
+    /// Builds everything outside the timed region and returns the step function.
     pub setup: Box<dyn Fn(&Gpu) -> Result<E2eStep>>,
 }
 
 #[derive(Clone, Debug)]
+/// Options of [`run_e2e`]. `Default`: every case, 20 timed steps after 3 warm-up steps.
 pub struct E2eOptions {
+    /// Only cases whose name contains this (one that matches nothing is an error).
     pub filter: Option<String>,
     /// Timed steps (performance.md asks for ≥ 20).
     pub steps: usize,
+    /// Untimed steps before the timed ones (pipelines compiled, pool warmed).
     pub warmup: usize,
 }
 
@@ -57,32 +63,42 @@ impl E2eOptions {
 /// One result row.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct E2eRow {
+    /// Case name.
     pub name: String,
+    /// The sizes.
     pub shape: String,
+    /// Timed steps.
     pub steps: usize,
+    /// Median wall time of a step, from a drained queue to a drained queue, ms.
     pub median_ms: f64,
+    /// Fastest step, ms.
     pub min_ms: f64,
+    /// Slowest step, ms.
     pub max_ms: f64,
     /// Median host time to record a step (until the step function returns; the GPU may
     /// already run earlier parts of it when the engine flushes mid-step).
     pub record_ms: f64,
+    /// Queue submissions per timed step.
     pub submits_per_step: f64,
+    /// Kernel launches per timed step.
     pub dispatches_per_step: f64,
     /// Buffer pool footprint after the steps (in use + cached), MiB.
     pub pool_mib: f64,
     /// Of which held by live tensors after the last step (parameters, optimizer state,
     /// batches), MiB.
     pub in_use_mib: f64,
-    /// High-water marks over the case (setup, warm-up and timed steps), MiB: the bytes live
-    /// tensors asked for and the bytes held from the driver, as PyTorch's
-    /// `max_memory_allocated` / `max_memory_reserved`.
+    /// High-water mark over the case (setup, warm-up and timed steps) of the bytes live
+    /// tensors asked for, MiB (as PyTorch's `max_memory_allocated`).
     pub peak_allocated_mib: f64,
+    /// High-water mark over the case of the bytes held from the driver, MiB (as PyTorch's
+    /// `max_memory_reserved`).
     pub peak_reserved_mib: f64,
 }
 
 /// Sizes of the end-to-end model.
 #[derive(Clone, Debug, PartialEq)]
 pub struct E2eSize {
+    /// Samples per step.
     pub batch: usize,
     /// ResNet base width (64 in ResNet18)
     pub base: usize,

@@ -27,7 +27,9 @@ pub struct BenchOptions {
     pub peak_gbs: Option<f64>,
     /// Arithmetic ceiling in GFLOP/s (f32); default: the known figure for the adapter.
     pub peak_gflops: Option<f64>,
+    /// Timed runs per case (the row reports their median).
     pub reps: usize,
+    /// Untimed runs per case before the timed ones.
     pub warmup: usize,
 }
 
@@ -40,10 +42,15 @@ impl Default for BenchOptions {
 /// One result row.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct BenchRow {
+    /// Case name.
     pub name: String,
+    /// The sizes.
     pub shape: String,
+    /// Median GPU time of one run, ms (timestamps, or the host clock without them).
     pub median_ms: f64,
+    /// Achieved GFLOP/s, for cases that count FLOPs.
     pub gflops: Option<f64>,
+    /// Achieved GB/s, for cases that count bytes.
     pub gbs: Option<f64>,
     /// Percent of the ceiling (memory for bandwidth-bound rows, arithmetic for GEMM-like rows).
     pub pct: Option<f64>,
@@ -61,16 +68,22 @@ pub fn known_ceilings(adapter_name: &str) -> Option<(f64, f64)> {
     }
 }
 
+/// One run of a benchmark case; the argument is the run index (cases rotate input sets by it).
 pub type Runner = Box<dyn FnMut(usize) -> Result<()>>;
 
 /// A benchmark case: builds its inputs, then runs once per call with input set `i % sets`.
 pub struct Case {
+    /// Case name, matched by `--filter`.
     pub name: String,
+    /// The sizes, for the report.
     pub shape: String,
+    /// Floating-point operations of one run (0: not reported).
     pub flops: f64,
+    /// Bytes of one run's minimal memory traffic (0: not reported).
     pub bytes: f64,
     /// Record gradients while timing (forward+backward cases); otherwise runs under no_grad.
     pub grad: bool,
+    /// Builds the inputs outside the timed region and returns the run function.
     pub setup: Box<dyn Fn(&Gpu) -> Result<Runner>>,
 }
 

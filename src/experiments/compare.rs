@@ -11,37 +11,54 @@ use std::path::{Path, PathBuf};
 /// One run as `compare` sees it.
 #[derive(Clone, Debug)]
 pub struct RunRecord {
+    /// The run's folder.
     pub dir: PathBuf,
+    /// The run's seed (from its configuration).
     pub seed: i64,
     /// the run's configuration as written, without its seed and loader threads
     pub table: toml::Table,
     /// the effective configuration (defaults filled in) without them: runs with equal
     /// settings are seeds of one setting, whether or not they spell out a default
     pub setting: String,
+    /// The method's name.
     pub method: String,
+    /// The lines of `metrics.jsonl`, one per epoch.
     pub lines: Vec<Value>,
 }
 
 /// The figures of one run under a selection rule.
 #[derive(Clone, Debug, Default)]
 pub struct Picked {
+    /// Fused test accuracy.
     pub fused: f64,
+    /// Test macro-F1.
     pub macro_f1: f64,
+    /// Test accuracy of each modality's unimodal view, by modality name.
     pub per_modality: BTreeMap<String, f64>,
+    /// The imbalance ratio logged for the chosen epochs.
     pub imbalance: f64,
 }
 
 /// A setting: its label, its runs' seeds and picked figures.
 #[derive(Clone, Debug)]
 pub struct Group {
+    /// Its method and, where several settings share the method, the configuration values in
+    /// which they differ.
     pub label: String,
+    /// (seed, figures) of each run.
     pub runs: Vec<(i64, Picked)>,
+    /// The runs' folders (in the order they were read; `runs` is sorted by seed).
     pub dirs: Vec<PathBuf>,
 }
 
+/// Everything `compare` reports: the selection rule, the settings with their runs' figures, and the
+/// modalities seen in any run.
 pub struct Comparison {
+    /// How each run's figures were picked.
     pub select: Selection,
+    /// One group per setting.
     pub groups: Vec<Group>,
+    /// Every modality name with a per-modality accuracy in some run (the table's columns).
     pub modalities: Vec<String>,
 }
 
@@ -221,9 +238,11 @@ fn labels(settings: &[&RunRecord]) -> Vec<String> {
 }
 
 impl Group {
+    /// (seed, value) of `f` for each run, without runs whose value is not finite.
     pub fn metric(&self, f: impl Fn(&Picked) -> f64) -> Vec<(i64, f64)> {
         self.runs.iter().map(|(s, p)| (*s, f(p))).filter(|(_, v)| v.is_finite()).collect()
     }
+    /// Mean, std and 95 % interval of `f` over the runs (non-finite values left out).
     pub fn summary(&self, f: impl Fn(&Picked) -> f64) -> Summary {
         summarize(&self.metric(f).into_iter().map(|x| x.1).collect::<Vec<_>>())
     }

@@ -15,6 +15,7 @@ pub const MARKER: &str = "sweep.json";
 pub enum Outcome {
     /// finished earlier (its `summary.txt` exists): not run again
     Skipped,
+    /// ran to its end (exit status 0)
     Finished,
     /// exit status and the tail of its log
     Failed(String),
@@ -48,6 +49,7 @@ pub fn claim(sweep: &Sweep) -> Result<()> {
     std::fs::write(&marker, format!("{want}\n")).map_err(|e| Error::io(&marker, e))
 }
 
+/// The run's output folder: `<sweep.out>/<run.name>`.
 pub fn run_dir(sweep: &Sweep, run: &RunSpec) -> PathBuf {
     sweep.out.join(&run.name)
 }

@@ -7,7 +7,9 @@
 /// Mean, sample standard deviation (n − 1) and the half-width of the 95 % t interval.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Summary {
+    /// Number of values.
     pub n: usize,
+    /// Their mean (NaN for n = 0).
     pub mean: f64,
     /// NaN for n < 2
     pub std: f64,
@@ -15,6 +17,7 @@ pub struct Summary {
     pub ci95: f64,
 }
 
+/// Mean, sample std and 95 % t interval of `xs`.
 pub fn summarize(xs: &[f64]) -> Summary {
     let n = xs.len();
     if n == 0 {
@@ -31,21 +34,27 @@ pub fn summarize(xs: &[f64]) -> Summary {
 /// A paired comparison of a against b over shared seeds.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Paired {
+    /// Number of pairs.
     pub n: usize,
     /// mean of a − b
     pub mean: f64,
     /// standard error of that mean
     pub se: f64,
+    /// t statistic, mean / se.
     pub t: f64,
     /// two-sided p of the paired t-test (NaN for n < 2 or zero spread)
     pub p_t: f64,
     /// two-sided p of the Wilcoxon signed-rank test (NaN without a non-zero difference)
     pub p_wilcoxon: f64,
+    /// Pairs with a > b.
     pub wins: usize,
+    /// Pairs with a == b.
     pub ties: usize,
+    /// Pairs with a < b.
     pub losses: usize,
 }
 
+/// Paired comparison of `a[i]` against `b[i]` (extra elements of the longer slice are ignored).
 pub fn paired(a: &[f64], b: &[f64]) -> Paired {
     let d: Vec<f64> = a.iter().zip(b).map(|(x, y)| x - y).collect();
     let s = summarize(&d);

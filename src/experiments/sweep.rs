@@ -29,11 +29,18 @@ use std::path::{Path, PathBuf};
 pub const CONFIG_KEY: &str = "config";
 
 #[derive(Clone, Debug, Default, PartialEq)]
+/// The `[slurm]` section of a sweep file: the `#SBATCH` options of
+/// [`crate::experiments::run::sbatch_script`].
 pub struct SlurmOptions {
+    /// `--partition`.
     pub partition: Option<String>,
+    /// `--time`, in Slurm's format (e.g. 01:30:00 or 1-00:00:00).
     pub time: Option<String>,
+    /// GPUs per array task (`--gres=gpu:N`, left out when 0); 1 when a `[slurm]` section omits it.
     pub gpus_per_task: usize,
+    /// `--cpus-per-task`.
     pub cpus_per_task: Option<usize>,
+    /// `--mem`.
     pub mem: Option<String>,
     /// array tasks running at once (`--array=0-N%max`)
     pub max_parallel: Option<usize>,
@@ -53,6 +60,8 @@ pub enum Selection {
 }
 
 impl Selection {
+    /// Parse the `[compare]` names `best_val`, `last`, `last_k` (with `k >= 1`); errors name
+    /// `field`.
     pub fn parse(name: &str, k: usize, field: &str) -> Result<Selection> {
         match name {
             "best_val" => Ok(Selection::BestVal),
@@ -62,6 +71,7 @@ impl Selection {
             other => Err(Error::config(field, format!("unknown selection `{other}`; allowed: best_val, last, last_k"))),
         }
     }
+    /// The rule in words, for the report.
     pub fn describe(&self) -> String {
         match self {
             Selection::BestVal => "the epoch with the best validation accuracy".into(),
@@ -72,25 +82,36 @@ impl Selection {
 }
 
 #[derive(Clone, Debug)]
+/// A loaded sweep file (see the module docs for its format).
 pub struct Sweep {
     /// the sweep file, absolute
     pub file: PathBuf,
+    /// The sweep's name (default: the file's stem); also the Slurm job name.
     pub name: String,
+    /// Base configuration every run starts from, resolved against the sweep file's folder.
     pub base: Option<PathBuf>,
+    /// Output folder, one subfolder per run (default `runs/sweeps/<name>`; `--out` overrides).
     pub out: PathBuf,
+    /// Runs at once on one device (default 2).
     pub parallel: usize,
+    /// `[set]`: overrides applied to every run, by dotted key.
     pub set: Vec<(String, toml::Value)>,
+    /// `[grid]`: dotted key and its values; one run per combination.
     pub grid: Vec<(String, Vec<toml::Value>)>,
     /// None: best_val when every run has a validation split, else last
     pub select: Option<Selection>,
+    /// `[slurm]`: options of the job-array script.
     pub slurm: SlurmOptions,
 }
 
 /// One expanded run.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RunSpec {
+    /// Position in the expansion (the Slurm array task index).
     pub index: usize,
+    /// Folder name, built from the run's grid values.
     pub name: String,
+    /// The config file the grid's `config` key picked, else the sweep's `base`.
     pub config: Option<PathBuf>,
     /// `key=value` overrides, values in TOML syntax
     pub sets: Vec<String>,

@@ -9,13 +9,20 @@ use crate::error::{Error, Result};
 /// two test modes `EQUIMODAL_MAX_WORKGROUPS_PER_DIM=<n>` and `EQUIMODAL_POOL_CANARY=1`.
 #[derive(Clone, Debug)]
 pub struct GpuOptions {
+    /// Backends to look for adapters on (`EQUIMODAL_BACKEND` or `WGPU_BACKEND`; the primary ones by
+    /// default, all of them when none of those has an adapter).
     pub backends: wgpu::Backends,
+    /// Case-insensitive substring of the adapter's name to pick (`EQUIMODAL_ADAPTER` or
+    /// `WGPU_ADAPTER_NAME`); `None` lets wgpu choose by `power`.
     pub adapter_name: Option<String>,
+    /// Which adapter wgpu prefers when no name is given (high performance by default).
     pub power: wgpu::PowerPreference,
     /// Time every kernel launch with GPU timestamps (one pass per launch; slow). Read the
     /// totals with [`Gpu::profile_report`]. `EQUIMODAL_PROFILE=1` turns it on;
     /// `EQUIMODAL_PROFILE=2` also keys each entry by its workgroup grid, which tells apart
     /// the layers that share a kernel (e.g. the stem's conv from the later ones).
+    ///
+    /// [`Gpu::profile_report`]: super::Gpu::profile_report
     pub profile: bool,
     /// Compile kernels with runtime bounds checks. Off in release builds (the checks cost up
     /// to 40x on large matmuls; the test suite proves the indexing), on in debug builds.
@@ -27,10 +34,14 @@ pub struct GpuOptions {
     /// split launches that otherwise only tensors of millions of elements reach; a launch the
     /// grid logic cannot fit (more than cap^3 workgroups) is an error, never silently run.
     /// `EQUIMODAL_MAX_WORKGROUPS_PER_DIM`.
+    ///
+    /// [`Gpu::max_workgroups_per_dim`]: super::Gpu::max_workgroups_per_dim
     pub max_workgroups_per_dim: Option<u32>,
     /// Test mode: every pooled buffer gets at least 16 bytes of slack beyond its tensor,
     /// filled with a NaN sentinel; [`Gpu::check_canaries`] reports any sentinel a kernel
     /// overwrote (writes past the end of a tensor). `EQUIMODAL_POOL_CANARY=1`.
+    ///
+    /// [`Gpu::check_canaries`]: super::Gpu::check_canaries
     pub pool_canary: bool,
     /// Most bytes the buffer pool may hold from the driver (live tensors and cache): a new
     /// buffer beyond it first releases the cache, then fails with
@@ -138,17 +149,24 @@ impl Default for GpuOptions {
 /// Optional capabilities the engine uses when present.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Capabilities {
+    /// Timestamp queries between passes (`GpuTimer`, the profiler).
     pub timestamps: bool,
+    /// Timestamp queries inside encoders.
     pub timestamps_in_encoders: bool,
+    /// `f16` in shaders (requested when present; no kernel uses it yet).
     pub f16: bool,
+    /// Subgroup operations in shaders (requested when present; no kernel uses them yet).
     pub subgroups: bool,
 }
 
 /// One adapter as seen by [`list_adapters`].
 #[derive(Clone, Debug)]
 pub struct AdapterReport {
+    /// Name, vendor, backend, device type and driver.
     pub info: wgpu::AdapterInfo,
+    /// The adapter's optional features.
     pub features: wgpu::Features,
+    /// The adapter's limits (a device is opened with these, not wgpu's defaults).
     pub limits: wgpu::Limits,
 }
 

@@ -3,8 +3,8 @@
 //! cache builds each module, bind group layout and pipeline once and looks them up by
 //! (shader, entry point, override constants).
 //!
-//! Each kernel's interface is written in Rust once, with [`gpu_params!`](crate::gpu::gpu_params):
-//! the struct's layout is recorded beside it ([`ParamsLayout`]), and a test
+//! Each kernel's interface is written in Rust once, with `gpu_params!` (a crate-private
+//! macro in this file): the struct's layout is recorded beside it ([`ParamsLayout`]), and a test
 //! (`tests/gpu/kernels.rs`) checks every kernel against naga's reflection of its WGSL module
 //! (the parameter struct's field names, offsets and sizes, the storage bindings and their
 //! access), so the two sides cannot drift apart unnoticed.
@@ -15,27 +15,34 @@ use std::sync::Arc;
 /// How a storage binding is accessed by a kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Access {
+    /// Read only (`var<storage, read>`).
     Read,
+    /// Read and written (`var<storage, read_write>`).
     ReadWrite,
 }
 
 /// One field of a parameter block as Rust lays it out.
 #[derive(Clone, Copy, Debug)]
 pub struct ParamsField {
+    /// The field's name, as in the WGSL struct.
     pub name: &'static str,
+    /// Byte offset from the start of the block.
     pub offset: usize,
+    /// Size in bytes.
     pub size: usize,
 }
 
 /// The layout of a uniform parameter block as Rust lays it out (`#[repr(C)]`), recorded by
-/// [`gpu_params!`](crate::gpu::gpu_params) and compared with the WGSL struct of the same
-/// name. Fields whose name starts with `_` are padding: only their effect on the offsets of
-/// the others and on the total size is compared.
+/// `gpu_params!` (a crate-private macro in this file) and compared with the WGSL struct of
+/// the same name. Fields whose name starts with `_` are padding: only their effect on the
+/// offsets of the others and on the total size is compared.
 #[derive(Clone, Copy, Debug)]
 pub struct ParamsLayout {
     /// Name of the WGSL struct bound at group 0, binding 0.
     pub wgsl_struct: &'static str,
+    /// Total size in bytes (`size_of` of the Rust struct).
     pub size: usize,
+    /// The fields in declaration order, padding included.
     pub fields: &'static [ParamsField],
 }
 
@@ -79,13 +86,18 @@ pub(crate) use gpu_params;
 /// access.
 #[derive(Clone, Copy, Debug)]
 pub struct Kernel {
+    /// The WGSL module.
     pub shader: Shader,
+    /// The entry point's name in the module.
     pub entry: &'static str,
+    /// Access of storage bindings 1..=n, in binding order.
     pub bindings: &'static [Access],
+    /// Layout of the uniform parameter block at binding 0.
     pub params: &'static ParamsLayout,
 }
 
 impl Kernel {
+    /// A `const` so each op file can list its kernels in a static `KERNELS` table.
     pub const fn new(shader: Shader, entry: &'static str, bindings: &'static [Access], params: &'static ParamsLayout) -> Kernel {
         Kernel { shader, entry, bindings, params }
     }

@@ -117,6 +117,8 @@ impl Gpu {
     /// (live tensors, cached buffers, and buffers reused since the last check, which were
     /// checked when they were handed out again) and fail if a kernel wrote into any of it.
     /// Resets the report. A no-op returning `Ok` outside canary mode.
+    ///
+    /// [`GpuOptions::pool_canary`]: super::GpuOptions::pool_canary
     pub fn check_canaries(&self) -> Result<()> {
         let Some(report) = &self.0.canary else { return Ok(()) };
         {

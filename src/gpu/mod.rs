@@ -156,18 +156,23 @@ impl Gpu {
         }))
     }
 
+    /// The wgpu device.
     pub fn device(&self) -> &wgpu::Device {
         &self.0.device
     }
+    /// The device's queue.
     pub fn queue(&self) -> &wgpu::Queue {
         &self.0.queue
     }
+    /// The adapter the device was opened on.
     pub fn info(&self) -> &wgpu::AdapterInfo {
         &self.0.info
     }
+    /// The optional features the device was opened with.
     pub fn capabilities(&self) -> Capabilities {
         self.0.caps
     }
+    /// The device's limits (the adapter's own, see [`GpuOptions`]).
     pub fn limits(&self) -> &wgpu::Limits {
         &self.0.limits
     }
@@ -185,6 +190,8 @@ impl Gpu {
     pub fn checked_kernels(&self) -> bool {
         self.0.checked
     }
+    /// True when both handles share one context (clones of the same `Gpu`); tensors of different
+    /// contexts cannot meet in an op.
     pub fn same_device(&self, other: &Gpu) -> bool {
         Arc::ptr_eq(&self.0, &other.0)
     }

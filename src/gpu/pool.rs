@@ -32,9 +32,9 @@ pub struct PoolStats {
     pub allocated: u64,
     /// Bytes of buffers held from the driver (`in_use + cached`).
     pub reserved: u64,
-    /// High-water marks of `allocated` and `reserved` since the last
-    /// [`crate::Gpu::reset_peak_memory`].
+    /// High-water mark of `allocated` since the last [`crate::Gpu::reset_peak_memory`].
     pub peak_allocated: u64,
+    /// High-water mark of `reserved` since the last [`crate::Gpu::reset_peak_memory`].
     pub peak_reserved: u64,
 }
 
@@ -199,9 +199,11 @@ pub struct Storage {
 }
 
 impl Storage {
+    /// The underlying wgpu buffer.
     pub fn buffer(&self) -> &wgpu::Buffer {
         self.buffer.as_ref().expect("storage buffer present until drop")
     }
+    /// Size of the buffer in bytes: its pool bucket, at least the tensor's bytes.
     pub fn size(&self) -> u64 {
         self.size
     }

@@ -25,28 +25,50 @@ macro_rules! with_common {
 /// Padded head dim of an attention instantiation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum HeadDim {
+    /// Head dim up to 32.
     D32,
+    /// Head dim 33 to 64.
     D64,
+    /// Head dim 65 to 128.
     D128,
 }
 
 /// A WGSL module: one kernel family (`shaders/<name>.wgsl`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Shader {
+    /// `aim.wgsl`: AIM/PAM's selection of the lowest-scored elements (GPU radix select) and the
+    /// auxiliary blocks' weight scales.
     Aim,
+    /// `attention.wgsl`, instantiated per padded head dim.
     Attention(HeadDim),
+    /// `boost.wgsl`: AUG's fused residual-boosting loss and its gradient.
     Boost,
+    /// `canary.wgsl`: checks pool slack in the canary test mode.
     Canary,
+    /// `conv.wgsl`: 2-D convolution as implicit GEMM, and its gradients.
     Conv,
+    /// `elementwise.wgsl`: unary maps, broadcasting binary ops, their backward rules, f32/f16
+    /// casts.
     Elementwise,
+    /// `embed.wgsl`: embedding lookup, patchify, and their gradients.
     Embed,
+    /// `matmul.wgsl`: batched, tiled matrix products (optional transposes, scales, bias).
     Matmul,
+    /// `norm.wgsl`: batch and layer normalisation, and their gradients.
     Norm,
+    /// `optim.wgsl`: fused SGD and Adam updates (and the AIM/PAM optimisation-state score).
     Optim,
+    /// `pool.wgsl`: max pooling and adaptive average pooling, and their gradients.
     Pool,
+    /// `random.wgsl`: counter-based random numbers (Philox): uniform, normal, dropout.
     Random,
+    /// `reduce.wgsl`: reductions over the middle axis of `[outer, r, inner]`.
     Reduce,
+    /// `shape.wgsl`: slab copies (concat, split, narrow), permute, transpose, row gather and its
+    /// scatter-add.
     Shape,
+    /// `softmax.wgsl`: row-wise softmax, log-softmax, fused cross-entropy, true-class probability,
+    /// argmax.
     Softmax,
 }
 
@@ -121,16 +143,21 @@ impl Shader {
 /// entry point needs at most ~29 KiB of workgroup memory (fits the common 32 KiB limit).
 #[derive(Clone, Copy, Debug)]
 pub struct AttentionTiles {
+    /// Which instantiation these tiles belong to.
     pub head_dim: HeadDim,
+    /// The padded head dim as a number (32, 64 or 128).
     pub dh: u32,
-    /// forward: query rows per workgroup, keys per tile
+    /// Forward pass: query rows per workgroup.
     pub f_bq: u32,
+    /// Forward pass: keys per tile.
     pub f_bk: u32,
-    /// dq pass: query rows per workgroup, keys per tile
+    /// dq pass: query rows per workgroup.
     pub q_bq: u32,
+    /// dq pass: keys per tile.
     pub q_bk: u32,
-    /// dk/dv pass: keys per workgroup, query rows per tile
+    /// dk/dv pass: keys per workgroup.
     pub kv_bk: u32,
+    /// dk/dv pass: query rows per tile.
     pub kv_bq: u32,
 }
 

@@ -4,6 +4,8 @@ use super::Gpu;
 use crate::error::{Error, Result};
 use std::sync::Arc;
 
+/// Marks in the command stream whose elapsed times are read back after the work has run (GPU
+/// timestamps when the device has them, else the host clock).
 pub struct GpuTimer {
     set: Option<Arc<wgpu::QuerySet>>,
     capacity: u32,

@@ -13,18 +13,28 @@ use crate::nn::FusionKind;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
+/// `method.name`: which method trains.
 pub enum MethodName {
+    /// One encoder and a linear head on one modality (`method.modality`).
     Unimodal,
+    /// Joint training through one fusion head, no balancing.
     Joint,
+    /// OGM: gradient modulation of the dominant modality (`[method.ogm]`).
     Ogm,
+    /// OGM-GE: OGM plus Gaussian noise of the gradient's own scale (`[method.ogm]`).
     OgmGe,
+    /// AUG: sustained boosting with adaptive classifier assignment (`[method.aug]`).
     Aug,
+    /// AIM: adaptive intra-network modulation (`[method.aim]`).
     Aim,
+    /// PMR: prototypical modal rebalance (`[method.pmr]`).
     Pmr,
+    /// MMPareto: Pareto integration of the multimodal and unimodal gradients (`[method.mmpareto]`).
     Mmpareto,
 }
 
 impl MethodName {
+    /// The run-file name (`ogm_ge`, `mmpareto`, ...).
     pub fn as_str(self) -> &'static str {
         match self {
             MethodName::Unimodal => "unimodal",
@@ -41,16 +51,25 @@ impl MethodName {
 
 #[derive(Clone, Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
+/// The `[method]` section. Every method's settings are validated; only the chosen method's are
+/// read.
 pub struct MethodConfig {
+    /// Which method trains (`aug` by default).
     pub name: MethodName,
     #[serde(deserialize_with = "by_name::deserialize")]
+    /// The fusion head of methods that fuse (`concat` by default).
     pub fusion: FusionKind,
     /// unimodal: which modality to train (by name).
     pub modality: Option<String>,
+    /// `[method.ogm]`, read by `ogm` and `ogm_ge`.
     pub ogm: OgmConfig,
+    /// `[method.aug]`.
     pub aug: AugConfig,
+    /// `[method.aim]`.
     pub aim: AimConfig,
+    /// `[method.pmr]`.
     pub pmr: PmrConfig,
+    /// `[method.mmpareto]`.
     pub mmpareto: MmparetoConfig,
 }
 
@@ -108,9 +127,13 @@ impl MethodConfig {
 /// number of epochs it will train (AUG spaces its checks by it).
 #[derive(Clone, Debug)]
 pub struct MethodSetup {
+    /// The run's seed (initialisation and the method's own randomness).
     pub seed: u64,
+    /// The `[model]` section.
     pub model: ModelConfig,
+    /// The `[method]` section.
     pub method: MethodConfig,
+    /// `train.epochs`.
     pub epochs: usize,
 }
 

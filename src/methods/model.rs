@@ -5,10 +5,16 @@ use std::collections::BTreeMap;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
+/// `model.encoder`: the encoder family (run-file names `small_cnn`, `resnet18`, `transformer`,
+/// `mlp`).
 pub enum EncoderKind {
+    /// [`crate::nn::SmallCnn`]; needs `[C, H, W]` inputs.
     SmallCnn,
+    /// [`crate::nn::ResNet18`]; needs `[C, H, W]` inputs.
     Resnet18,
+    /// [`crate::nn::TransformerEncoder`] over patches of `[C, H, W]` or rows of `[L, F]`.
     Transformer,
+    /// [`crate::nn::MlpEncoder`] on the flattened input.
     Mlp,
 }
 
@@ -16,23 +22,30 @@ pub enum EncoderKind {
 #[derive(Clone, Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
+    /// Encoder family (`mlp` by default).
     pub encoder: EncoderKind,
-    /// small_cnn: first block's width (doubles per block); resnet18: base width (64 standard).
+    /// small_cnn: first block's width (doubles per block); resnet18: base width (64 standard);
+    /// transformer: token width.
     pub width: usize,
     /// small_cnn: number of blocks.
     pub depth: usize,
     /// mlp: hidden widths.
     pub hidden: Vec<usize>,
-    /// transformer
+    /// transformer: number of blocks.
     pub layers: usize,
+    /// transformer: attention heads (must divide `width`).
     pub heads: usize,
+    /// transformer: MLP hidden width as a multiple of `width`.
     pub mlp_ratio: usize,
+    /// transformer: patch size [height, width] for `[C, H, W]` inputs (must divide the image).
     pub patch: [usize; 2],
     /// Inner width of gated fusion (FiLM's is the second modality's feature width).
     pub fusion_hidden: usize,
     /// Initialisation of conv and linear layers: `official` (the AUG code's) or `torch`.
     #[serde(deserialize_with = "super::config::by_name::deserialize")]
     pub init: crate::nn::Init,
+    /// Per-modality overrides, by modality name (`[model.modalities.audio]`); a name the data lacks
+    /// is an error.
     pub modalities: BTreeMap<String, ModelOverride>,
 }
 
@@ -56,14 +69,24 @@ impl Default for ModelConfig {
 
 #[derive(Clone, Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
+/// One modality's overrides of [`ModelConfig`] (`[model.modalities.<name>]`); each field set
+/// replaces the shared one.
 pub struct ModelOverride {
+    /// Overrides `encoder`.
     pub encoder: Option<EncoderKind>,
+    /// Overrides `width`.
     pub width: Option<usize>,
+    /// Overrides `depth`.
     pub depth: Option<usize>,
+    /// Overrides `hidden`.
     pub hidden: Option<Vec<usize>>,
+    /// Overrides `layers`.
     pub layers: Option<usize>,
+    /// Overrides `heads`.
     pub heads: Option<usize>,
+    /// Overrides `mlp_ratio`.
     pub mlp_ratio: Option<usize>,
+    /// Overrides `patch`.
     pub patch: Option<[usize; 2]>,
 }
 

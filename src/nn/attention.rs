@@ -8,6 +8,8 @@ use super::Param;
 use crate::tensor::Tensor;
 use rand::rngs::StdRng;
 
+/// Multi-head self-attention: one fused QKV projection, the fused attention kernel with scale
+/// 1/√Dh, an output projection. Parameters `<name>.qkv.*`, `<name>.out.*`.
 pub struct MultiHeadAttention {
     qkv: Linear,
     out: Linear,
@@ -16,6 +18,8 @@ pub struct MultiHeadAttention {
 }
 
 impl MultiHeadAttention {
+    /// `width` must be a multiple of `heads` (a config error naming `model.heads` otherwise); Dh =
+    /// width / heads.
     pub fn new(gpu: &Gpu, name: &str, width: usize, heads: usize, rng: &mut StdRng) -> Result<MultiHeadAttention> {
         if heads == 0 || width % heads != 0 {
             return Err(Error::config("model.heads", format!("width {width} must be a multiple of heads {heads}")));
@@ -65,6 +69,7 @@ pub struct TransformerLayer {
 }
 
 impl TransformerLayer {
+    /// `mlp_ratio`: the MLP's hidden width as a multiple of `width`.
     pub fn new(gpu: &Gpu, name: &str, width: usize, heads: usize, mlp_ratio: usize, rng: &mut StdRng) -> Result<TransformerLayer> {
         Ok(TransformerLayer {
             ln1: LayerNorm::new(gpu, &join(name, "ln1"), width)?,
@@ -74,6 +79,7 @@ impl TransformerLayer {
             fc2: Linear::new(gpu, &join(name, "fc2"), width * mlp_ratio, width, true, rng)?,
         })
     }
+    /// x `[N, L, width]` → `[N, L, width]`; `mask` as in [`MultiHeadAttention::forward`].
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>, ctx: &Ctx) -> Result<Tensor> {
         let x = ops::add(x, &self.attn.forward(&self.ln1.forward(x)?, mask, ctx)?)?;
         let m = self.fc2.forward(&ops::gelu(&self.fc1.forward(&self.ln2.forward(&x)?, ctx)?)?, ctx)?;
@@ -93,10 +99,15 @@ impl Module for TransformerLayer {
 }
 
 #[derive(Clone, Debug)]
+/// Shape of a [`TransformerEncoder`] (the `[model]` section's transformer settings).
 pub struct TransformerConfig {
+    /// Number of blocks (the encoder's depths), >= 1.
     pub layers: usize,
+    /// Token width D (also the encoder's output width).
     pub width: usize,
+    /// Attention heads; must divide `width`.
     pub heads: usize,
+    /// MLP hidden width as a multiple of `width`.
     pub mlp_ratio: usize,
     /// Patch size for [N, C, H, W] inputs.
     pub patch: (usize, usize),
@@ -104,6 +115,9 @@ pub struct TransformerConfig {
     pub input_shape: Vec<usize>,
 }
 
+/// Transformer encoder: tokens (patches of `[N, C, H, W]` or the rows of `[N, L, F]`) are embedded
+/// linearly, a learned position embedding is added, pre-norm blocks follow, and the final layer
+/// norm's output is mean-pooled over tokens to `[N, width]`. Depths are the blocks.
 pub struct TransformerEncoder {
     name: String,
     cfg: TransformerConfig,
@@ -115,6 +129,8 @@ pub struct TransformerEncoder {
 }
 
 impl TransformerEncoder {
+    /// Errors name the `model.*` field: a patch that does not divide the image, an input shape that
+    /// is neither `[C, H, W]` nor `[L, F]`, zero layers, a width not divisible by the heads.
     pub fn new(gpu: &Gpu, name: &str, cfg: TransformerConfig, rng: &mut StdRng) -> Result<TransformerEncoder> {
         let (tokens, feat) = match cfg.input_shape.as_slice() {
             [c, h, w] => {

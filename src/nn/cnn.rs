@@ -8,6 +8,8 @@ use super::Param;
 use crate::tensor::Tensor;
 use rand::rngs::StdRng;
 
+/// The AV-MNIST reference CNN (see the module docs); depths are its conv blocks, output width
+/// `width · 2^(depth−1)`.
 pub struct SmallCnn {
     name: String,
     blocks: Vec<(Conv2d, BatchNorm2d)>,
@@ -94,6 +96,8 @@ pub struct MlpEncoder {
 }
 
 impl MlpEncoder {
+    /// `hidden`: the width of each Linear → ReLU layer (at least one, a config error naming
+    /// `model.hidden` otherwise); the last is the output width.
     pub fn new(gpu: &Gpu, name: &str, in_dim: usize, hidden: &[usize], rng: &mut StdRng) -> Result<MlpEncoder> {
         if hidden.is_empty() {
             return Err(Error::config("model.hidden", "needs at least one hidden width"));

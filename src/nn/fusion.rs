@@ -9,10 +9,17 @@ use crate::tensor::Tensor;
 use rand::rngs::StdRng;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How a [`Fusion`] head combines the modalities' features (run-file names `sum`, `concat`, `film`,
+/// `gated`).
 pub enum FusionKind {
+    /// One classifier per modality; the logits are summed. Any number of modalities.
     Sum,
+    /// One classifier over the concatenated features. Any number of modalities.
     Concat,
+    /// FiLM: the first modality's features give γ and β that modulate the second's (γ ⊙ y + β)
+    /// before the classifier. Two modalities.
     Film,
+    /// Gated: sigmoid(fc_x(x)) ⊙ fc_y(y) before the classifier. Two modalities.
     Gated,
 }
 
@@ -29,7 +36,10 @@ impl std::str::FromStr for FusionKind {
     }
 }
 
+/// A fusion head: the modalities' pooled features `[N, D_m]` to logits `[N, K]`, with per-modality
+/// unimodal views.
 pub struct Fusion {
+    /// Which combination this head computes.
     pub kind: FusionKind,
     dims: Vec<usize>,
     /// sum: one classifier per modality; film: [fc]; gated: [fc_x, fc_y]

@@ -29,11 +29,17 @@ use std::sync::{Arc, Mutex};
 /// kernels).
 #[derive(Clone, Default)]
 pub struct Ctx {
+    /// Training mode: batch norm normalises with the batch's statistics (see [`BnStats::Mode`]).
     pub training: bool,
+    /// In training mode, update batch norm's running statistics (off for forwards that must not
+    /// disturb them, e.g. extra passes of a step).
     pub update_stats: bool,
+    /// Element-wise weight scales by full parameter name, applied inside the conv/matmul kernels
+    /// (AIM's masks); `None`: no scaling.
     pub weight_scales: Option<Arc<HashMap<String, Tensor>>>,
     /// Seed for dropout; the offset advances per call site through `dropout_offset`.
     pub seed: u64,
+    /// Which statistics batch norm uses.
     pub bn: BnStats,
     /// When set, every batch-norm layer stores the statistics it normalised with here, by
     /// layer name (for a later forward of the same step with [`BnStats::Given`]).
@@ -55,12 +61,15 @@ pub enum BnStats {
 }
 
 impl Ctx {
+    /// Training mode, updating running statistics.
     pub fn train() -> Ctx {
         Ctx { training: true, update_stats: true, ..Default::default() }
     }
+    /// Eval mode: running statistics, no weight scales.
     pub fn eval() -> Ctx {
         Ctx::default()
     }
+    /// The weight scale of the parameter named `name`, if any.
     pub fn scale_for(&self, name: &str) -> Option<&Tensor> {
         self.weight_scales.as_ref().and_then(|m| m.get(name))
     }
@@ -68,7 +77,10 @@ impl Ctx {
 
 /// Anything with named parameters (and non-trainable buffers such as running statistics).
 pub trait Module {
+    /// Every trainable parameter, with its full name.
     fn params(&self) -> Vec<Param>;
+    /// Non-trainable state saved in checkpoints (batch norm's running statistics), by full name.
+    /// None by default.
     fn buffers(&self) -> Vec<(String, Tensor)> {
         Vec::new()
     }
@@ -76,11 +88,13 @@ pub trait Module {
 
 /// A modality encoder: input batch -> pooled features [N, D], with per-depth outputs.
 pub trait Encoder: Module + Send + Sync {
+    /// Width D of the pooled features.
     fn out_dim(&self) -> usize;
     /// Number of depths (ResNet18: stem + 4 stages = 5).
     fn num_depths(&self) -> usize;
     /// Pooled features and the output of every depth.
     fn forward_depths(&self, x: &Tensor, ctx: &Ctx) -> Result<(Tensor, Vec<Tensor>)>;
+    /// Pooled features `[N, D]`.
     fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         Ok(self.forward_depths(x, ctx)?.0)
     }
@@ -115,9 +129,13 @@ pub(crate) fn join(prefix: &str, name: &str) -> String {
 
 /// y = x·Wᵀ + b, W [out, in] (xavier-normal init, zero bias).
 pub struct Linear {
+    /// Weight `[out_dim, in_dim]`, named `<name>.weight`.
     pub weight: Param,
+    /// Bias `[out_dim]`, named `<name>.bias`, when the layer has one.
     pub bias: Option<Param>,
+    /// Input features.
     pub in_dim: usize,
+    /// Output features.
     pub out_dim: usize,
 }
 
@@ -128,6 +146,7 @@ impl Linear {
         let f = |p: &Param| Param { name: p.name.clone(), tensor: p.tensor.detach() };
         Linear { weight: f(&self.weight), bias: self.bias.as_ref().map(f), in_dim: self.in_dim, out_dim: self.out_dim }
     }
+    /// Xavier-normal weight (std √(2 / (in + out))) from `rng`; zero bias when `bias`.
     pub fn new(gpu: &Gpu, name: &str, in_dim: usize, out_dim: usize, bias: bool, rng: &mut StdRng) -> Result<Linear> {
         let std = (2.0 / (in_dim + out_dim) as f32).sqrt();
         let w = normal_init(rng, in_dim * out_dim, std);
@@ -138,6 +157,8 @@ impl Linear {
             out_dim,
         })
     }
+    /// x `[..., in_dim]` → `[..., out_dim]`, with the weight scaled by `ctx`'s scale for it, if
+    /// any.
     pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         let s = ctx.scale_for(&self.weight.name);
         ops::linear(x, &self.weight.tensor, self.bias.as_ref().map(|b| &b.tensor), s)
@@ -154,13 +175,18 @@ impl Module for Linear {
 
 /// 2-D convolution (kaiming-normal fan_out init, as torchvision's ResNet).
 pub struct Conv2d {
+    /// Weight `[cout, cin, k, k]`, named `<name>.weight`.
     pub weight: Param,
+    /// Bias `[cout]`, when the layer has one.
     pub bias: Option<Param>,
+    /// Stride and padding (square), dilation 1.
     pub p: ops::Conv2dParams,
 }
 
 impl Conv2d {
     #[allow(clippy::too_many_arguments)]
+    /// A `k`×`k` convolution, square `stride` and `padding`; weights drawn from `rng` with std √(2
+    /// / (cout·k²)).
     pub fn new(
         gpu: &Gpu,
         name: &str,
@@ -181,6 +207,8 @@ impl Conv2d {
             p: ops::Conv2dParams { stride: (stride, stride), padding: (padding, padding), dilation: (1, 1) },
         })
     }
+    /// x `[N, cin, H, W]` → `[N, cout, HO, WO]`, with the weight scaled by `ctx`'s scale for it, if
+    /// any.
     pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         let s = ctx.scale_for(&self.weight.name);
         ops::conv2d(x, &self.weight.tensor, self.bias.as_ref().map(|b| &b.tensor), self.p, s)
@@ -197,13 +225,18 @@ impl Module for Conv2d {
 
 /// Batch norm over channels (weight 1, bias 0; running mean 0, var 1; momentum 0.1).
 pub struct BatchNorm2d {
+    /// Scale γ `[C]`.
     pub weight: Param,
+    /// Shift β `[C]`.
     pub bias: Param,
+    /// Running statistics (eps 1e-5, momentum 0.1), checkpointed as buffers.
     pub state: ops::BatchNormState,
     name: String,
 }
 
 impl BatchNorm2d {
+    /// Batch norm over `c` channels; parameters `<name>.weight`, `<name>.bias`, buffers
+    /// `<name>.running_mean`, `<name>.running_var`.
     pub fn new(gpu: &Gpu, name: &str, c: usize) -> Result<BatchNorm2d> {
         Ok(BatchNorm2d {
             weight: param(gpu, join(name, "weight"), &vec![1.0; c], &[c])?,
@@ -217,6 +250,8 @@ impl BatchNorm2d {
             name: name.to_string(),
         })
     }
+    /// x `[N, C, H, W]` or `[N, C]`, normalised with the statistics `ctx.bn` selects; records them
+    /// in `ctx.bn_record` when set. Errors: [`BnStats::Given`] without this layer's statistics.
     pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         match &ctx.bn {
             BnStats::Mode => {}
@@ -261,12 +296,16 @@ impl Module for BatchNorm2d {
 
 /// Layer norm over the last dim (weight 1, bias 0).
 pub struct LayerNorm {
+    /// Scale `[d]`.
     pub weight: Param,
+    /// Shift `[d]`.
     pub bias: Param,
+    /// Added to the variance (1e-5).
     pub eps: f32,
 }
 
 impl LayerNorm {
+    /// Layer norm over a last dim of size `d`; parameters `<name>.weight`, `<name>.bias`.
     pub fn new(gpu: &Gpu, name: &str, d: usize) -> Result<LayerNorm> {
         Ok(LayerNorm {
             weight: param(gpu, join(name, "weight"), &vec![1.0; d], &[d])?,
@@ -274,6 +313,7 @@ impl LayerNorm {
             eps: 1e-5,
         })
     }
+    /// Normalise over the last dim (no train/eval difference).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         ops::layer_norm(x, &self.weight.tensor, &self.bias.tensor, self.eps)
     }

@@ -8,6 +8,8 @@ use super::Param;
 use crate::tensor::Tensor;
 use rand::rngs::StdRng;
 
+/// ResNet's basic block: two 3×3 conv–BN pairs with a residual connection (a 1×1 conv–BN projection
+/// when the stride or width changes), ReLU after the sum.
 pub struct BasicBlock {
     conv1: Conv2d,
     bn1: BatchNorm2d,
@@ -17,6 +19,7 @@ pub struct BasicBlock {
 }
 
 impl BasicBlock {
+    /// `cin` → `cout` channels, downsampling by `stride` in the first conv.
     pub fn new(gpu: &Gpu, name: &str, cin: usize, cout: usize, stride: usize, rng: &mut StdRng) -> Result<BasicBlock> {
         let down = if stride != 1 || cin != cout {
             Some((
@@ -34,6 +37,7 @@ impl BasicBlock {
             down,
         })
     }
+    /// x `[N, cin, H, W]` → `[N, cout, ⌈H/stride⌉, ⌈W/stride⌉]`.
     pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         let h = ops::relu(&self.bn1.forward(&self.conv1.forward(x, ctx)?, ctx)?)?;
         let h = self.bn2.forward(&self.conv2.forward(&h, ctx)?, ctx)?;
@@ -67,6 +71,8 @@ impl Module for BasicBlock {
     }
 }
 
+/// ResNet18 encoder (see the module docs): pooled features `[N, 8·base]`, depths stem and
+/// layer1..layer4.
 pub struct ResNet18 {
     name: String,
     conv1: Conv2d,

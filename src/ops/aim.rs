@@ -49,6 +49,7 @@ impl Params {
 /// word i/32 set where element i is among the lowest), and the selection state holding each
 /// layer's count of selected elements (read with [`Selection::counts`]).
 pub struct Selection {
+    /// One mask per layer, in the order of the scores passed in.
     pub masks: Vec<Tensor>,
     /// element count of each layer
     pub sizes: Vec<usize>,

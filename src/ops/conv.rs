@@ -27,7 +27,9 @@ pub(crate) const KERNELS: &[Kernel] = &[K_FWD, K_FWD_S, K_DX_S, K_DW_S, K_DX, K_
 /// Workgroup tile of every conv GEMM (must match `shaders/conv.wgsl`): BM rows (M), BN
 /// columns (N), K-slices of BK, 256 threads with 4 x 8 outputs each.
 pub const CONV_TILE_M: usize = 128;
+/// Columns (N) per workgroup tile; see [`CONV_TILE_M`].
 pub const CONV_TILE_N: usize = 64;
+/// Depth (K) of one K-slice; see [`CONV_TILE_M`].
 pub const CONV_TILE_K: usize = 16;
 /// Split-K of the weight gradient: aim for at least this many workgroups in flight...
 const DW_TARGET_WORKGROUPS: usize = 1024;
@@ -37,9 +39,14 @@ const DW_MIN_SLICES_PER_SPLIT: usize = 8;
 const DW_MAX_PARTIAL_BYTES: usize = 256 << 20;
 
 #[derive(Clone, Copy, Debug)]
+/// Stride, padding and dilation of a 2-D convolution, each (height, width). `Default`: stride 1, no
+/// padding, dilation 1.
 pub struct Conv2dParams {
+    /// Step between output positions, >= 1.
     pub stride: (usize, usize),
+    /// Zeros added on each side of the input.
     pub padding: (usize, usize),
+    /// Spacing between kernel taps, >= 1 (1 = dense).
     pub dilation: (usize, usize),
 }
 

@@ -18,6 +18,8 @@ const K_FROM_F16: Kernel = Kernel::new(Shader::Elementwise, "from_f16", &[R, RW]
 /// Every kernel of this file (for the interface test, `tests/gpu/kernels.rs`).
 pub(crate) const KERNELS: &[Kernel] = &[K_UNARY, K_EXPAND, K_FILL, K_BINARY, K_UNARY_BW, K_TO_F16, K_FROM_F16, K_ADD_INTO];
 
+/// Most dims a broadcasting op takes (the kernel's parameter block holds this many shape and stride
+/// entries).
 pub const MAX_DIMS: usize = 8;
 
 crate::gpu::gpu_params! {
@@ -43,21 +45,38 @@ impl Params {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
+/// A unary map, by its code in `shaders/elementwise.wgsl`. Gradients follow the formula's
+/// derivative, with the conventions noted per variant.
 pub enum Unary {
+    /// -x.
     Neg = 1,
+    /// e^x.
     Exp = 2,
+    /// ln x, for x > 0.
     Log = 3,
+    /// √x.
     Sqrt = 4,
+    /// max(x, 0); gradient 0 at 0.
     Relu = 5,
+    /// GELU, tanh approximation.
     Gelu = 6,
+    /// 1 / (1 + e^-x).
     Sigmoid = 7,
+    /// tanh x.
     Tanh = 8,
+    /// |x|; gradient sign(x) (0 at 0).
     Abs = 9,
+    /// x².
     Square = 10,
+    /// a·x + b.
     Affine = 11,
+    /// 1 / x.
     Recip = 13,
+    /// x^a, for x > 0.
     Pow = 14,
+    /// x clamped to [a, b]; the gradient passes where a <= x <= b.
     Clamp = 15,
+    /// -1, 0 or 1; gradient 0.
     Sign = 16,
 }
 
@@ -147,18 +166,23 @@ pub fn unary(x: &Tensor, op: Unary, a: f32, b: f32) -> Result<Tensor> {
     Ok(y.with_grad_fn(&[x], || Box::new(UnaryBack { op, a, b, saved })))
 }
 
+/// -x.
 pub fn neg(x: &Tensor) -> Result<Tensor> {
     unary(x, Unary::Neg, 0.0, 0.0)
 }
+/// e^x.
 pub fn exp(x: &Tensor) -> Result<Tensor> {
     unary(x, Unary::Exp, 0.0, 0.0)
 }
+/// ln x.
 pub fn log(x: &Tensor) -> Result<Tensor> {
     unary(x, Unary::Log, 0.0, 0.0)
 }
+/// √x.
 pub fn sqrt(x: &Tensor) -> Result<Tensor> {
     unary(x, Unary::Sqrt, 0.0, 0.0)
 }
+/// max(x, 0).
 pub fn relu(x: &Tensor) -> Result<Tensor> {
     unary(x, Unary::Relu, 0.0, 0.0)
 }
@@ -166,18 +190,23 @@ pub fn relu(x: &Tensor) -> Result<Tensor> {
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
     unary(x, Unary::Gelu, 0.0, 0.0)
 }
+/// 1 / (1 + e^-x).
 pub fn sigmoid(x: &Tensor) -> Result<Tensor> {
     unary(x, Unary::Sigmoid, 0.0, 0.0)
 }
+/// tanh x.
 pub fn tanh(x: &Tensor) -> Result<Tensor> {
     unary(x, Unary::Tanh, 0.0, 0.0)
 }
+/// |x|.
 pub fn abs(x: &Tensor) -> Result<Tensor> {
     unary(x, Unary::Abs, 0.0, 0.0)
 }
+/// x².
 pub fn square(x: &Tensor) -> Result<Tensor> {
     unary(x, Unary::Square, 0.0, 0.0)
 }
+/// 1 / x.
 pub fn recip(x: &Tensor) -> Result<Tensor> {
     unary(x, Unary::Recip, 0.0, 0.0)
 }
@@ -185,9 +214,11 @@ pub fn recip(x: &Tensor) -> Result<Tensor> {
 pub fn pow_scalar(x: &Tensor, e: f32) -> Result<Tensor> {
     unary(x, Unary::Pow, e, 0.0)
 }
+/// x clamped to [lo, hi]; the gradient passes where lo <= x <= hi.
 pub fn clamp(x: &Tensor, lo: f32, hi: f32) -> Result<Tensor> {
     unary(x, Unary::Clamp, lo, hi)
 }
+/// -1, 0 or 1 (gradient 0).
 pub fn sign(x: &Tensor) -> Result<Tensor> {
     unary(x, Unary::Sign, 0.0, 0.0)
 }
@@ -195,9 +226,11 @@ pub fn sign(x: &Tensor) -> Result<Tensor> {
 pub fn affine(x: &Tensor, s: f32, b: f32) -> Result<Tensor> {
     unary(x, Unary::Affine, s, b)
 }
+/// s * x.
 pub fn scale(x: &Tensor, s: f32) -> Result<Tensor> {
     affine(x, s, 0.0)
 }
+/// x + b.
 pub fn add_scalar(x: &Tensor, b: f32) -> Result<Tensor> {
     affine(x, 1.0, b)
 }
@@ -247,16 +280,25 @@ pub fn add_into(acc: Tensor, x: &Tensor) -> Result<Tensor> {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
+/// A broadcasting binary op, by its code in `shaders/elementwise.wgsl`.
 pub enum Binary {
+    /// a + b.
     Add = 0,
+    /// a - b.
     Sub = 1,
+    /// a * b.
     Mul = 2,
+    /// a / b.
     Div = 3,
+    /// max(a, b); the gradient goes to `a` on ties.
     Max = 4,
+    /// min(a, b); the gradient goes to `a` on ties.
     Min = 5,
     /// s*a + t*b
     Lerp = 6,
+    /// 1.0 where a == b, else 0.0 (no gradient).
     Eq = 7,
+    /// 1.0 where a >= b, else 0.0 (no gradient).
     Ge = 8,
 }
 
@@ -381,21 +423,27 @@ pub fn binary(a: &Tensor, b: &Tensor, op: Binary, s: f32, t: f32) -> Result<Tens
     Ok(y.with_grad_fn(&[a, b], || Box::new(BinaryBack { op, s, t, a: a.detach(), b: b.detach() })))
 }
 
+/// a + b, broadcasting.
 pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     binary(a, b, Binary::Add, 0.0, 0.0)
 }
+/// a - b, broadcasting.
 pub fn sub(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     binary(a, b, Binary::Sub, 0.0, 0.0)
 }
+/// a * b, broadcasting.
 pub fn mul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     binary(a, b, Binary::Mul, 0.0, 0.0)
 }
+/// a / b, broadcasting.
 pub fn div(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     binary(a, b, Binary::Div, 0.0, 0.0)
 }
+/// Element-wise max(a, b), broadcasting; the gradient goes to `a` on ties.
 pub fn maximum(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     binary(a, b, Binary::Max, 0.0, 0.0)
 }
+/// Element-wise min(a, b), broadcasting; the gradient goes to `a` on ties.
 pub fn minimum(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     binary(a, b, Binary::Min, 0.0, 0.0)
 }

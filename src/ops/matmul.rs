@@ -58,8 +58,12 @@ crate::gpu::gpu_params! {
 /// Options of [`matmul_ex`]. `Default`: no transposes, no scale.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct MatmulOpts<'a> {
+    /// Transpose A's last two dims (in the load indexing; no copy).
     pub trans_a: bool,
+    /// Transpose B's last two dims.
     pub trans_b: bool,
+    /// Element-wise scale of B's own shape applied when loading B (AIM's masks); a constant for the
+    /// gradient.
     pub b_scale: Option<&'a Tensor>,
 }
 

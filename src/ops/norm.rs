@@ -77,9 +77,13 @@ crate::gpu::gpu_params! {
 /// `running_mean` / `running_var` in place on the GPU (PyTorch's rule:
 /// `r = (1 - momentum) * r + momentum * batch_stat`, with the unbiased batch variance).
 pub struct BatchNormState {
+    /// Per-channel running mean, f32 `[C]`.
     pub running_mean: Tensor,
+    /// Per-channel running (unbiased) variance, f32 `[C]`.
     pub running_var: Tensor,
+    /// Weight of the batch statistic in the running update.
     pub momentum: f32,
+    /// Added to the variance before the square root.
     pub eps: f32,
 }
 

@@ -28,10 +28,15 @@ crate::gpu::gpu_params! {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
+/// A reduction, by its code in `shaders/reduce.wgsl`.
 pub enum ReduceOp {
+    /// Sum.
     Sum = 0,
+    /// Arithmetic mean.
     Mean = 1,
+    /// Maximum; the gradient is split evenly among the elements equal to it.
     Max = 2,
+    /// Minimum; the gradient is split evenly among the elements equal to it.
     Min = 3,
 }
 
@@ -217,15 +222,19 @@ pub fn reduce(x: &Tensor, axes: &[isize], op: ReduceOp, keepdim: bool) -> Result
     Ok(y.with_grad_fn(&[x], || Box::new(ReduceBack { op, axes, keep_shape, x: sx, y: sy })))
 }
 
+/// Sum over `axes` (see [`reduce`]).
 pub fn sum(x: &Tensor, axes: &[isize], keepdim: bool) -> Result<Tensor> {
     reduce(x, axes, ReduceOp::Sum, keepdim)
 }
+/// Mean over `axes`.
 pub fn mean(x: &Tensor, axes: &[isize], keepdim: bool) -> Result<Tensor> {
     reduce(x, axes, ReduceOp::Mean, keepdim)
 }
+/// Maximum over `axes`; ties share the gradient evenly.
 pub fn max(x: &Tensor, axes: &[isize], keepdim: bool) -> Result<Tensor> {
     reduce(x, axes, ReduceOp::Max, keepdim)
 }
+/// Minimum over `axes`; ties share the gradient evenly.
 pub fn min(x: &Tensor, axes: &[isize], keepdim: bool) -> Result<Tensor> {
     reduce(x, axes, ReduceOp::Min, keepdim)
 }

@@ -14,12 +14,19 @@ pub(crate) const KERNELS: &[Kernel] = &[K_ADAM];
 /// update); `false` is Adam's L2 penalty (g ← g + wd·θ).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdamConfig {
+    /// Learning rate, >= 0.
     pub lr: f32,
+    /// Decay of the first moment, in [0, 1).
     pub beta1: f32,
+    /// Decay of the second moment, in [0, 1).
     pub beta2: f32,
+    /// Added to the denominator, >= 0.
     pub eps: f32,
+    /// Weight decay, >= 0 (see `decoupled`).
     pub weight_decay: f32,
+    /// AdamW's decoupled decay instead of an L2 penalty.
     pub decoupled: bool,
+    /// AMSGrad: normalise by the running maximum of the second moment.
     pub amsgrad: bool,
 }
 
@@ -89,6 +96,7 @@ impl Adam {
         Ok(a)
     }
 
+    /// The hyper-parameters (`lr` as last set).
     pub fn config(&self) -> &AdamConfig {
         &self.cfg
     }

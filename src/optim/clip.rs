@@ -7,12 +7,15 @@ use crate::error::{Error, Result};
 use crate::ops;
 use crate::tensor::Tensor;
 
+/// An optimizer that clips the global gradient norm of its parameters to `max_norm` before
+/// delegating the step to `inner`; everything else (state, learning rate) is the inner optimizer's.
 pub struct ClipGradNorm {
     inner: Box<dyn Optimizer>,
     max_norm: f32,
 }
 
 impl ClipGradNorm {
+    /// `max_norm` must be finite and > 0 (a config error naming `train.grad_clip`).
     pub fn new(inner: Box<dyn Optimizer>, max_norm: f32) -> Result<ClipGradNorm> {
         if !(max_norm.is_finite() && max_norm > 0.0) {
             return Err(Error::config("train.grad_clip", format!("must be a positive number, got {max_norm}")));

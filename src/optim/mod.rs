@@ -38,6 +38,8 @@ use std::collections::{HashMap, HashSet};
 /// One named optimizer-state array: (name, shape, host data).
 pub type StateTensor = (String, Vec<usize>, Vec<f32>);
 
+/// A parameter update rule running on the GPU, with its state (momentum, moments, step counts) per
+/// registered parameter.
 pub trait Optimizer: Send {
     /// Update every registered parameter that has a gradient in `grads` (by tensor id);
     /// others untouched (their state too).
@@ -46,8 +48,11 @@ pub trait Optimizer: Send {
     /// count 0). A tensor that is already registered is skipped; a name that is already
     /// taken by another tensor makes the next `step` / `state_tensors` fail (typed error).
     fn add_params(&mut self, params: &[Param]);
+    /// The registered parameters, in registration order.
     fn params(&self) -> &[Param];
+    /// The current learning rate.
     fn lr(&self) -> f32;
+    /// Set the learning rate for the next steps (schedules call this every epoch).
     fn set_lr(&mut self, lr: f32);
     /// Optimizer state for checkpoints: name -> host f32 data (see the module docs).
     fn state_tensors(&self) -> Result<Vec<StateTensor>>;

@@ -9,19 +9,31 @@ pub enum LrSchedule {
     /// `base_lr` throughout.
     Constant,
     /// `base_lr · gamma^⌊e / step_size⌋` (StepLR; `step_size` 0 is treated as 1).
-    Step { step_size: usize, gamma: f32 },
+    Step {
+        /// Epochs between decays.
+        step_size: usize,
+        /// Factor applied at each decay.
+        gamma: f32,
+    },
     /// `min_lr + (base_lr − min_lr)·(1 + cos(π·e / T))/2` with `T = total − warmup_epochs`
     /// (CosineAnnealingLR with `T_max = T`, `eta_min = min_lr`). `total` is the epoch
     /// count of the whole run, warm-up included, so the last epoch (`total − 1`) runs just
     /// above `min_lr`, exactly as with PyTorch. Past `T` the rate stays at `min_lr`
     /// (PyTorch's closed form would rise again).
-    Cosine { total: usize, min_lr: f32 },
+    Cosine {
+        /// Epochs of the whole run, warm-up included.
+        total: usize,
+        /// The rate the annealing ends at.
+        min_lr: f32,
+    },
 }
 
 /// Learning rate per epoch (epochs count from 0).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Scheduler {
+    /// The rate the warm-up rises to and the schedule starts from.
     pub base_lr: f32,
+    /// What follows the warm-up.
     pub schedule: LrSchedule,
     /// Linear warm-up: epoch `k < warmup_epochs` runs at `base_lr · (k + 1) / (warmup_epochs + 1)`
     /// (never zero, strictly rising), and the schedule starts at `base_lr` right after.
@@ -29,6 +41,7 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
+    /// A scheduler; rates are computed on demand by [`Scheduler::lr_at`].
     pub fn new(base_lr: f32, schedule: LrSchedule, warmup_epochs: usize) -> Scheduler {
         Scheduler { base_lr, schedule, warmup_epochs }
     }

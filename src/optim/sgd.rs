@@ -12,10 +12,15 @@ pub(crate) const KERNELS: &[Kernel] = &[K_SGD];
 /// SGD hyper-parameters (PyTorch names and meaning).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SgdConfig {
+    /// Learning rate, >= 0.
     pub lr: f32,
+    /// Momentum factor, >= 0 (0: no momentum buffer).
     pub momentum: f32,
+    /// Dampening of the momentum update (PyTorch's `dampening`).
     pub dampening: f32,
+    /// L2 penalty added to the gradient (g ← g + wd·θ), >= 0.
     pub weight_decay: f32,
+    /// Nesterov momentum (needs momentum > 0 and zero dampening).
     pub nesterov: bool,
 }
 
@@ -79,6 +84,7 @@ impl Sgd {
         Ok(s)
     }
 
+    /// The hyper-parameters (`lr` as last set).
     pub fn config(&self) -> &SgdConfig {
         &self.cfg
     }
