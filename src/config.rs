@@ -138,6 +138,7 @@ pub enum MethodName {
     Aim,
     Pmr,
     Mmpareto,
+    Agm,
 }
 
 impl MethodName {
@@ -151,6 +152,7 @@ impl MethodName {
             MethodName::Aim => "aim",
             MethodName::Pmr => "pmr",
             MethodName::Mmpareto => "mmpareto",
+            MethodName::Agm => "agm",
         }
     }
 }
@@ -167,6 +169,7 @@ pub struct MethodConfig {
     pub aim: AimConfig,
     pub pmr: PmrConfig,
     pub mmpareto: MmparetoConfig,
+    pub agm: crate::methods::agm::AgmConfig,
 }
 
 impl Default for MethodConfig {
@@ -180,6 +183,7 @@ impl Default for MethodConfig {
             aim: AimConfig::default(),
             pmr: PmrConfig::default(),
             mmpareto: MmparetoConfig::default(),
+            agm: Default::default(),
         }
     }
 }
@@ -673,6 +677,7 @@ impl Config {
         self.method.aim.validate()?;
         self.method.pmr.validate()?;
         self.method.mmpareto.validate()?;
+        self.method.agm.validate()?;
         if !(self.method.ogm.alpha.is_finite() && self.method.ogm.alpha >= 0.0) {
             return Err(Error::config("method.ogm.alpha", "must be >= 0"));
         }
@@ -804,6 +809,7 @@ pub fn unused_options(table: &toml::Table, cfg: &Config) -> Vec<String> {
     let method = format!("method.name is {}", name.as_str());
     note(name != MethodName::Aug, &["method", "aug"], method.clone());
     note(name != MethodName::Aim, &["method", "aim"], method.clone());
+    note(name != MethodName::Agm, &["method", "agm"], method.clone());
     note(!matches!(name, MethodName::Ogm | MethodName::OgmGe), &["method", "ogm"], method.clone());
     note(name != MethodName::Unimodal, &["method", "modality"], method);
     let sgd = t.optimizer == OptimizerKind::Sgd;
@@ -837,6 +843,9 @@ fn never_acts(cfg: &Config) -> Vec<String> {
     }
     if m.name == MethodName::Pmr && m.pmr.start_epoch >= e {
         v.push(format!("method.pmr.start_epoch = {} never acts: train.epochs is {e} (epochs count from 0)", m.pmr.start_epoch));
+    }
+    if m.name == MethodName::Agm && m.agm.start_epoch >= e {
+        v.push(format!("method.agm.start_epoch = {} never acts: train.epochs is {e} (epochs count from 0)", m.agm.start_epoch));
     }
     v
 }

@@ -1,6 +1,7 @@
 //! Training methods behind one trait: unimodal, joint training (sum / concat / FiLM / gated
-//! fusion), OGM and OGM-GE, AUG, AIM, PMR and MMPareto. Each method owns its model; the trainer owns the data, the
+//! fusion), OGM and OGM-GE, AUG, AIM, PMR, MMPareto and AGM. Each method owns its model; the trainer owns the data, the
 //! optimizer, evaluation and logging.
+pub mod agm;
 pub mod aim;
 mod aug;
 mod joint;
@@ -9,6 +10,7 @@ mod ogm_ge;
 pub mod pmr;
 mod unimodal;
 
+pub use agm::Agm;
 pub use aim::Aim;
 pub use aug::Aug;
 pub use joint::Joint;
@@ -168,6 +170,7 @@ pub fn build(gpu: &Gpu, cfg: &Config, specs: &[ModalitySpec], classes: usize, rn
         MethodName::Aim => Box::new(Aim::new(gpu, cfg, specs, classes, rng)?),
         MethodName::Pmr => Box::new(Pmr::new(gpu, cfg, specs, classes, rng)?),
         MethodName::Mmpareto => Box::new(MmPareto::new(gpu, cfg, specs, classes, rng)?),
+        MethodName::Agm => Box::new(Agm::new(gpu, cfg, specs, classes, rng)?),
         MethodName::Ogm | MethodName::OgmGe => Box::new(OgmGe::new(gpu, cfg, specs, classes, rng, cfg.method.name == MethodName::OgmGe)?),
     };
     crate::nn::init::reinit(cfg.model.init, &method.params(), rng)?;
