@@ -1,6 +1,6 @@
 //! More baselines of issue 14 (AGM): the distinguishing computation against a CPU f64
-//! reference written out from the official code (AGM's Shapley outputs, scores, running mean
-//! and coefficients, and the gradients of a step), end-to-end training on synthetic data,
+//! reference written out from the official code (AGM's Shapley outputs, scores, running mean,
+//! coefficients, and a step's gradients through the official backward hooks), end-to-end training on synthetic data,
 //! three modalities, exact resume through the CLI after a kill, and config errors that name
 //! the field.
 mod common;
@@ -14,6 +14,7 @@ use equimodal::optim::Optimizer;
 use equimodal::train::{self, TrainOptions};
 use equimodal::Tensor;
 use rand::SeedableRng;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -183,8 +184,124 @@ fn record(m: &mut dyn Method, db: &DeviceBatch, epoch: usize) -> Vec<(String, Ve
     rec.steps.pop().unwrap()
 }
 
+/// The official gradient of a step for MLP encoders (one hidden layer) and a concat head,
+/// by hand in f64: CE on the fused logits, whose gradient G = (softmax − onehot)/N reaches
+/// each Shapley output φ_m as k_m·G (the backward hooks), hence each subset's logits v(S) as
+/// c_S·G with c_S = Σ_{m∈S} w(|S|−1)·k_m − Σ_{m∉S} w(|S|)·k_m; every v(S) is then
+/// back-propagated through the head and both encoders (absent inputs are zeros).
+fn ref_agm_grads(p: &HashMap<String, Vec<f64>>, xs: &[Vec<f64>], y: &[u32], k: &[f64], names: &[&str]) -> HashMap<String, Vec<f64>> {
+    let n = y.len();
+    let wo = &p["fusion.fc_out.weight"];
+    let classes = p["fusion.fc_out.bias"].len();
+    let hid: Vec<usize> = names.iter().map(|m| p[&format!("enc.{m}.fc0.bias")].len()).collect();
+    let dims: Vec<usize> = xs.iter().map(|x| x.len() / n).collect();
+    let width: usize = hid.iter().sum();
+    let m = names.len();
+    // forward of subset s: (pre-activations, hidden, logits)
+    let forward = |s: usize| {
+        let mut pre = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            let (w, b) = (&p[&format!("enc.{name}.fc0.weight")], &p[&format!("enc.{name}.fc0.bias")]);
+            let mut z = vec![0.0; n * hid[i]];
+            for r in 0..n {
+                for o in 0..hid[i] {
+                    let x = |j: usize| if s >> i & 1 == 1 { xs[i][r * dims[i] + j] } else { 0.0 };
+                    z[r * hid[i] + o] = b[o] + (0..dims[i]).map(|j| w[o * dims[i] + j] * x(j)).sum::<f64>();
+                }
+            }
+            pre.push(z);
+        }
+        let h: Vec<Vec<f64>> = pre.iter().map(|z| z.iter().map(|v| v.max(0.0)).collect()).collect();
+        let mut logits = vec![0.0; n * classes];
+        for r in 0..n {
+            let row: Vec<f64> = (0..m).flat_map(|i| h[i][r * hid[i]..(r + 1) * hid[i]].to_vec()).collect();
+            for c in 0..classes {
+                logits[r * classes + c] = p["fusion.fc_out.bias"][c] + (0..width).map(|j| wo[c * width + j] * row[j]).sum::<f64>();
+            }
+        }
+        (pre, h, logits)
+    };
+    let full = (1 << m) - 1;
+    let (_, _, fused) = forward(full);
+    let mut g = vec![0.0; n * classes];
+    for r in 0..n {
+        let row = &fused[r * classes..(r + 1) * classes];
+        let mx = row.iter().cloned().fold(f64::MIN, f64::max);
+        let z: f64 = row.iter().map(|v| (v - mx).exp()).sum();
+        for c in 0..classes {
+            g[r * classes + c] = ((row[c] - mx).exp() / z - if c as u32 == y[r] { 1.0 } else { 0.0 }) / n as f64;
+        }
+    }
+    let mut out: HashMap<String, Vec<f64>> = p.iter().map(|(k, v)| (k.clone(), vec![0.0; v.len()])).collect();
+    for s in 1..=full {
+        let size = s.count_ones() as usize;
+        let c: f64 = (0..m).map(|i| if s >> i & 1 == 1 { agm_w(size - 1, m) * k[i] } else { -agm_w(size, m) * k[i] }).sum();
+        let (pre, h, _) = forward(s);
+        let mut off = 0;
+        for (i, name) in names.iter().enumerate() {
+            let mut dpre = vec![0.0; n * hid[i]];
+            for r in 0..n {
+                for cl in 0..classes {
+                    let sd = c * g[r * classes + cl];
+                    for j in 0..hid[i] {
+                        out.get_mut("fusion.fc_out.weight").unwrap()[cl * width + off + j] += sd * h[i][r * hid[i] + j];
+                        dpre[r * hid[i] + j] += sd * wo[cl * width + off + j];
+                    }
+                }
+            }
+            for r in 0..n {
+                for o in 0..hid[i] {
+                    let d = if pre[i][r * hid[i] + o] > 0.0 { dpre[r * hid[i] + o] } else { 0.0 };
+                    out.get_mut(&format!("enc.{name}.fc0.bias")).unwrap()[o] += d;
+                    if s >> i & 1 == 1 {
+                        let w = out.get_mut(&format!("enc.{name}.fc0.weight")).unwrap();
+                        for j in 0..dims[i] {
+                            w[o * dims[i] + j] += d * xs[i][r * dims[i] + j];
+                        }
+                    }
+                }
+            }
+            off += hid[i];
+        }
+        for r in 0..n {
+            for cl in 0..classes {
+                out.get_mut("fusion.fc_out.bias").unwrap()[cl] += c * g[r * classes + cl];
+            }
+        }
+    }
+    out
+}
+
+/// Shapley weight |S|!(M−|S|−1)!/M!, written out again for the reference.
+fn agm_w(size: usize, m: usize) -> f64 {
+    fact(size) * fact(m - size - 1) / fact(m)
+}
+
 #[test]
-fn agm_step_scales_each_encoders_weight_gradients_by_its_coefficient() {
+fn agm_subset_seeds_are_the_official_hook_shares() {
+    let a = agm::subset_seeds(2);
+    // rows: ∅, {a} (pad_visual_out), {v} (pad_audio_out), {a, v} (total_out)
+    assert_eq!(a, vec![0.0, 0.0, 0.5, -0.5, -0.5, 0.5, 0.5, 0.5]);
+    let a = agm::subset_seeds(3);
+    let want: Vec<[f64; 3]> = vec![
+        [0.0, 0.0, 0.0],
+        [1.0 / 3.0, -1.0 / 6.0, -1.0 / 6.0],
+        [-1.0 / 6.0, 1.0 / 3.0, -1.0 / 6.0],
+        [1.0 / 6.0, 1.0 / 6.0, -1.0 / 3.0],
+        [-1.0 / 6.0, -1.0 / 6.0, 1.0 / 3.0],
+        [1.0 / 6.0, -1.0 / 3.0, 1.0 / 6.0],
+        [-1.0 / 3.0, 1.0 / 6.0, 1.0 / 6.0],
+        [1.0 / 3.0, 1.0 / 3.0, 1.0 / 3.0],
+    ];
+    for (s, row) in want.iter().enumerate() {
+        for i in 0..3 {
+            assert!((a[s * 3 + i] - row[i]).abs() < 1e-15, "subset {s} modality {i}: {} vs {}", a[s * 3 + i], row[i]);
+        }
+    }
+}
+
+#[test]
+fn agm_step_gradients_match_the_official_hooked_backward() {
     let (mut joint, db, _) = method_and_batch(&["method.name=joint"]);
     let want_plain = record(joint.as_mut(), &db, 0);
     let agm_sets = ["method.name=agm", "method.agm.clip=0", "method.agm.end_epoch=5"];
@@ -195,32 +312,40 @@ fn agm_step_scales_each_encoders_weight_gradients_by_its_coefficient() {
     // a running mean far from the batch's scores gives coefficients far from 1 (the first
     // step's i = 1 then replaces it by the scores)
     let t0 = [2.0, 0.5];
-    let running = || m.buffers().into_iter().find(|(n, _)| n == "agm.running_score").unwrap().1;
-    running().assign(&upload(&gpu(), &t0, &[2])).unwrap();
+    let running = |m: &dyn Method| m.buffers().into_iter().find(|(n, _)| n == "agm.running_score").unwrap().1;
+    running(m.as_ref()).assign(&upload(&gpu(), &t0, &[2])).unwrap();
     let (coef, t1) = ref_coefficients(&s, &t0, a.alpha as f64, a.cap as f64, 1.0);
     assert!(coef.iter().all(|c| (c - 1.0).abs() > 0.3), "the test needs coefficients away from 1: {coef:?}");
+    let params: HashMap<String, Vec<f64>> = m.params().iter().map(|p| (p.name.clone(), f64s(&p.tensor))).collect();
+    let xs: Vec<Vec<f64>> = db.inputs.iter().map(f64s).collect();
     let names = ["audio", "visual"];
-    let check = |got: &[(String, Vec<f32>)], coef: &[f64], what: &str| {
-        assert_eq!(got.len(), want_plain.len(), "{what}: every parameter gets a gradient");
-        for ((name, g), (_, w)) in got.iter().zip(&want_plain) {
-            let scale = names.iter().position(|n| name.starts_with(&format!("enc.{n}.")) && name.ends_with("weight")).map_or(1.0, |i| coef[i]);
-            let want: Vec<f64> = w.iter().map(|&v| scale * v as f64).collect();
-            assert_close(&format!("{what}: {name}"), g, &want, 1e-4, 1e-7);
-        }
-    };
-    check(&record(m.as_mut(), &db, 0), &coef, "step 1");
+    let want = ref_agm_grads(&params, &xs, &labels, &coef, &names);
+    let got = record(m.as_mut(), &db, 0);
+    assert_eq!(got.len(), params.len(), "every parameter gets a gradient");
+    for (name, g) in &got {
+        // four subsets' gradients of either sign cancel in the sum: an element's f32 error
+        // scales with the tensor's largest entry (≈ 1e-5 of it over ~10² f32 terms), not its own size
+        let peak = want[name].iter().fold(0.0f64, |a, v| a.max(v.abs()));
+        assert_close(&format!("step 1: {name}"), g, &want[name], 1e-4, 1e-5 * peak);
+    }
+    // the encoders' weights really are modulated: k_audio·(plain) is far from plain
+    let enc = |v: &[(String, Vec<f32>)]| v.iter().find(|(n, _)| n == "enc.audio.fc0.weight").unwrap().1.clone();
+    let (ga, gp) = (enc(&got), enc(&want_plain));
+    let ratio = ga.iter().zip(&gp).map(|(a, b)| (*a as f64) * (*b as f64)).sum::<f64>() / gp.iter().map(|b| (*b as f64).powi(2)).sum::<f64>();
+    assert!((ratio - 1.0).abs() > 0.2, "audio encoder gradient / joint's = {ratio}, k = {coef:?}");
     // the Recorder changed nothing: the same batch gives the same scores, now equal to the
-    // running mean, so η = r and every coefficient is exp(0) = 1
+    // running mean, so η = r, every coefficient is exp(0) = 1 and the gradient is joint training's
     let (coef2, _) = ref_coefficients(&s, &t1, a.alpha as f64, a.cap as f64, 2.0);
     assert_close("k at step 2", &coef2.iter().map(|v| *v as f32).collect::<Vec<_>>(), &[1.0, 1.0], 1e-12, 0.0);
-    check(&record(m.as_mut(), &db, 0), &coef2, "step 2");
-    let running = m.buffers().into_iter().find(|(n, _)| n == "agm.running_score").unwrap().1;
-    assert_close("running mean", &running.to_vec().unwrap(), &s, 1e-5, 1e-6);
+    for ((name, g), (_, w)) in record(m.as_mut(), &db, 0).iter().zip(&want_plain) {
+        assert_close(&format!("step 2: {name}"), g, &w.iter().map(|v| *v as f64).collect::<Vec<_>>(), 1e-4, 1e-7);
+    }
+    assert_close("running mean", &running(m.as_ref()).to_vec().unwrap(), &s, 1e-5, 1e-6);
     assert_eq!(m.state()["steps"], 2);
-    // outside [start_epoch, end_epoch] the gradients are joint training's
+    // outside [start_epoch, end_epoch] the gradients are joint training's, bit for bit
     let (mut late, _, _) = method_and_batch(&agm_sets);
-    late.buffers().into_iter().find(|(n, _)| n == "agm.running_score").unwrap().1.assign(&upload(&gpu(), &t0, &[2])).unwrap();
-    check(&record(late.as_mut(), &db, 6), &[1.0, 1.0], "epoch 6");
+    running(late.as_ref()).assign(&upload(&gpu(), &t0, &[2])).unwrap();
+    assert_eq!(record(late.as_mut(), &db, 6), want_plain, "epoch 6");
 }
 
 #[test]

@@ -8,9 +8,13 @@
 //! s_m = mean_n −log(max(softmax(φ_m)_y, 1e-8)), and from the scores the coefficient
 //!   r_m = exp(M/(M−1)·(s̄ − s_m)),  η_m = exp(M/(M−1)·(T̄ − T_m)),
 //!   k_m = exp(α·min(η_m − r_m, cap))
-//! where T is the running mean of s over every step so far. Inside the modulation window
-//! each encoder's gradients are multiplied by k_m; then, when a fusion-head weight gradient
-//! leaves [−clip, clip], all gradients are clipped to a global norm of `clip`.
+//! where T is the running mean of s over every step so far. Inside the modulation window the
+//! loss is taken on Σ_m φ_m (= the fused logits) and the gradient reaching φ_m is multiplied
+//! by k_m, as the official backward hooks do: the subset logits v(S) are computed with
+//! gradient and each receives its share of the scaled gradients ([`subset_seeds`]), so every
+//! parameter (encoders and fusion head, any fusion) is modulated through the outputs it
+//! produces. Then, when a fusion-head weight gradient leaves [−clip, clip], all gradients
+//! are clipped to a global norm of `clip`.
 //!
 //! Everything stays on the GPU: the subset logits, scores, coefficients, the running mean
 //! (a checkpointed buffer) and the clipping decision are tensors; `end_epoch` reads back once.
@@ -135,6 +139,29 @@ pub fn coefficients(scores: &Tensor, running: &Tensor, alpha: f32, cap: f32) -> 
     ops::exp(&ops::scale(&ops::clamp(&d, f32::MIN, cap)?, alpha)?)
 }
 
+/// The seed matrix `[2^M, M]` (row s: subset s, bit i = modality i present): the gradient
+/// g reaching φ_m as k_m·g reaches v(S) as Σ_m A[S][m]·k_m·g, with A[S][m] = w(|S| − 1) for
+/// m ∈ S and −w(|S|) otherwise (w = [`shapley_weight`]); row 0 (v(∅) = 0) is unused. With
+/// every k_m = 1 the full set gets 1 and every other subset 0: joint training's gradient.
+pub fn subset_seeds(m: usize) -> Vec<f64> {
+    let mut a = vec![0.0; (1 << m) * m];
+    for s in 1..1usize << m {
+        let size = s.count_ones() as usize;
+        for i in 0..m {
+            a[s * m + i] = if s >> i & 1 == 1 { shapley_weight(size - 1, m) } else { -shapley_weight(size, m) };
+        }
+    }
+    a
+}
+
+fn identity(k: usize) -> Vec<f32> {
+    let mut eye = vec![0.0f32; k * k];
+    for i in 0..k {
+        eye[i * k + i] = 1.0;
+    }
+    eye
+}
+
 pub struct Agm {
     joint: Joint,
     cfg: AgmConfig,
@@ -170,38 +197,53 @@ impl Agm {
     }
 
     /// Fused logits of every input subset (bit i: modality i present, absent ones' inputs
-    /// zeroed), eval mode without gradients; the full set is the training forward's `fused`.
-    fn subset_logits(&self, inputs: &[Tensor], fused: &Tensor) -> Result<Vec<Tensor>> {
-        let real = encode_all(&self.joint.encoders, inputs, &Ctx::eval())?;
+    /// zeroed; `[0]` is unused), the proper subsets in eval mode as the official padded
+    /// forwards, the full set the training forward's `fused`. With `grad` the subsets keep
+    /// their graphs (the official computes them with gradient).
+    fn subset_logits(&self, inputs: &[Tensor], fused: &Tensor, grad: bool) -> Result<Vec<Tensor>> {
+        let gpu = fused.gpu().clone();
+        let _ng = (!grad).then(|| gpu.no_grad());
         let zeros = inputs.iter().map(|x| Tensor::zeros(x.gpu(), x.shape())).collect::<Result<Vec<_>>>()?;
-        let blank = encode_all(&self.joint.encoders, &zeros, &Ctx::eval())?;
         let full = (1usize << self.m) - 1;
         (0..=full)
-            .map(|s| {
-                if s == full {
-                    return Ok(fused.detach());
+            .map(|s| match s {
+                0 => Tensor::zeros(&gpu, fused.shape()),
+                _ if s == full => Ok(fused.clone()),
+                _ => {
+                    let x: Vec<Tensor> = (0..self.m).map(|i| if s >> i & 1 == 1 { inputs[i].clone() } else { zeros[i].clone() }).collect();
+                    self.joint.fusion.forward(&encode_all(&self.joint.encoders, &x, &Ctx::eval())?, &Ctx::eval())
                 }
-                let feats: Vec<Tensor> = (0..self.m).map(|i| if s >> i & 1 == 1 { real[i].clone() } else { blank[i].clone() }).collect();
-                self.joint.fusion.forward(&feats, &Ctx::eval())
             })
             .collect()
     }
 
-    /// Scale each encoder's gradients (all but the 1-D ones: biases and norm parameters, as
-    /// the official `len(parms.grad.size()) != 1`) by its coefficient.
-    fn modulate(&self, grads: &mut Gradients, k: &Tensor) -> Result<()> {
-        for i in 0..self.m {
-            let ki = ops::narrow(k, 0, i, 1)?;
-            for p in self.joint.encoder_params(i) {
-                if p.tensor.dims() == 1 {
-                    continue;
-                }
-                if let Some(g) = grads.remove(&p.tensor) {
-                    grads.insert(&p.tensor, ops::mul(&g, &ki)?);
-                }
-            }
+    /// The official backward: the gradient g = ∂CE/∂logits reaches each φ_m scaled by k_m
+    /// (`hooka`/`hookv`), so each subset's logits v(S) receive c_S·g with
+    /// c = [`subset_seeds`]·k; `values` are [`Agm::subset_logits`] with graphs.
+    fn modulated_backward(&self, values: &[Tensor], fused: &Tensor, labels: &Tensor, k: &Tensor) -> Result<Gradients> {
+        let gpu = labels.gpu().clone();
+        let (n, classes) = (fused.dim(0), fused.dim(1));
+        let g = {
+            let _ng = gpu.no_grad();
+            let eye = Tensor::from_slice(&gpu, &identity(classes), &[classes, classes])?;
+            let diff = ops::sub(&ops::softmax(&fused.detach())?, &ops::embedding(labels, &eye)?)?;
+            ops::scale(&diff, 1.0 / n as f32)?
+        };
+        let seeds = {
+            let _ng = gpu.no_grad();
+            let a = subset_seeds(self.m);
+            let a = Tensor::from_slice(&gpu, &a.iter().map(|v| *v as f32).collect::<Vec<_>>(), &[1 << self.m, self.m])?;
+            ops::matmul(&a, &k.reshape(&[self.m, 1])?)?.reshape(&[1 << self.m])?
+        };
+        let mut grads = Gradients::new();
+        for (s, v) in values.iter().enumerate().skip(1) {
+            let seed = {
+                let _ng = gpu.no_grad();
+                ops::mul(&g, &ops::narrow(&seeds, 0, s, 1)?)?
+            };
+            v.backward_with(seed, &mut grads)?;
         }
-        Ok(())
+        Ok(grads)
     }
 
     /// The official conditional clipping: when max |g| over the fusion head's weights
@@ -251,20 +293,22 @@ impl Method for Agm {
         let feats = encode_all(&self.joint.encoders, &batch.inputs, &ctx)?;
         let fused = self.joint.fusion.forward(&feats, &ctx)?;
         let loss = ops::cross_entropy(&fused, ops::Target::Hard(&batch.labels), None)?;
-        let mut grads = loss.backward()?;
         let gpu = batch.labels.gpu().clone();
+        let active = self.active(epoch);
+        let values = self.subset_logits(&batch.inputs, &fused, active)?;
+        let (s, k) = {
+            let _ng = gpu.no_grad();
+            let detached: Vec<Tensor> = values.iter().map(Tensor::detach).collect();
+            let s = scores(&shapley_outputs(&detached, self.m)?, &batch.labels)?;
+            (s.clone(), coefficients(&s, &self.running, self.cfg.alpha, self.cfg.cap)?)
+        };
+        let grads = if active { self.modulated_backward(&values, &fused, &batch.labels, &k)? } else { loss.backward()? };
+        drop(values);
         let _ng = gpu.no_grad();
-        let values = self.subset_logits(&batch.inputs, &fused)?;
-        let s = scores(&shapley_outputs(&values, self.m)?, &batch.labels)?;
-        let k = coefficients(&s, &self.running, self.cfg.alpha, self.cfg.cap)?;
         // T ← T·(i − 1)/i + s/i with i the official 1-based iteration
         let i = (self.steps + 1) as f64;
         self.running.assign(&ops::lerp(&self.running, &s, ((i - 1.0) / i) as f32, (1.0 / i) as f32)?)?;
         self.steps += 1;
-        let active = self.active(epoch);
-        if active {
-            self.modulate(&mut grads, &k)?;
-        }
         let grads = self.clip(grads)?;
         opt.step(&grads)?;
         let views = (0..self.m).map(|i| self.joint.fusion.unimodal(i, &feats[i].detach(), &ctx)).collect::<Result<Vec<_>>>()?;
