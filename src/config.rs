@@ -139,6 +139,7 @@ pub enum MethodName {
     Pmr,
     Mmpareto,
     Agm,
+    GBlending,
 }
 
 impl MethodName {
@@ -153,6 +154,7 @@ impl MethodName {
             MethodName::Pmr => "pmr",
             MethodName::Mmpareto => "mmpareto",
             MethodName::Agm => "agm",
+            MethodName::GBlending => "g_blending",
         }
     }
 }
@@ -170,6 +172,7 @@ pub struct MethodConfig {
     pub pmr: PmrConfig,
     pub mmpareto: MmparetoConfig,
     pub agm: crate::methods::agm::AgmConfig,
+    pub g_blending: crate::methods::g_blending::GBlendingConfig,
 }
 
 impl Default for MethodConfig {
@@ -184,6 +187,7 @@ impl Default for MethodConfig {
             pmr: PmrConfig::default(),
             mmpareto: MmparetoConfig::default(),
             agm: Default::default(),
+            g_blending: Default::default(),
         }
     }
 }
@@ -678,6 +682,7 @@ impl Config {
         self.method.pmr.validate()?;
         self.method.mmpareto.validate()?;
         self.method.agm.validate()?;
+        self.method.g_blending.validate()?;
         if !(self.method.ogm.alpha.is_finite() && self.method.ogm.alpha >= 0.0) {
             return Err(Error::config("method.ogm.alpha", "must be >= 0"));
         }
@@ -810,6 +815,7 @@ pub fn unused_options(table: &toml::Table, cfg: &Config) -> Vec<String> {
     note(name != MethodName::Aug, &["method", "aug"], method.clone());
     note(name != MethodName::Aim, &["method", "aim"], method.clone());
     note(name != MethodName::Agm, &["method", "agm"], method.clone());
+    note(name != MethodName::GBlending, &["method", "g_blending"], method.clone());
     note(!matches!(name, MethodName::Ogm | MethodName::OgmGe), &["method", "ogm"], method.clone());
     note(name != MethodName::Unimodal, &["method", "modality"], method);
     let sgd = t.optimizer == OptimizerKind::Sgd;

@@ -9,7 +9,7 @@ use common::resume::resume_through_the_cli_is_exact;
 use common::*;
 use equimodal::config::{self, Config};
 use equimodal::data::{self, Loader, LoaderConfig, Split};
-use equimodal::methods::{agm, DeviceBatch, Method};
+use equimodal::methods::{agm, g_blending, DeviceBatch, Method};
 use equimodal::optim::Optimizer;
 use equimodal::train::{self, TrainOptions};
 use equimodal::Tensor;
@@ -441,4 +441,128 @@ fn agm_config_errors_name_the_field_and_defaults_are_the_official() {
     let c = config::load(None, &sets(&["method.name=agm"])).unwrap().0;
     let a = &c.method.agm;
     assert_eq!((a.alpha, a.start_epoch, a.end_epoch, a.cap, a.clip), (1.0, 0, 19, 10.0, 1.0));
+}
+
+// ---------------------------------------------------------------------------------------
+// G-Blending
+// ---------------------------------------------------------------------------------------
+
+fn run_losses(tf: f64, vf: f64, tl: f64, vl: f64) -> g_blending::RunLosses {
+    g_blending::RunLosses { train_first: tf, val_first: vf, train_last: tl, val_last: vl }
+}
+
+#[test]
+fn g_blending_weights_follow_the_overfitting_to_generalisation_ratio() {
+    // G = val_last − val_first, O = (val − train)_last − (val − train)_first, w ∝ |G|/O²
+    let runs = [
+        run_losses(2.0, 2.25, 1.0, 1.75),  // G = −0.5, O = 0.75 − 0.25 = 0.5: 2
+        run_losses(2.0, 2.0, 0.5, 1.5),    // G = −0.5, O = 1 − 0 = 1: 0.5
+        run_losses(2.0, 2.0, 0.75, 1.0),   // G = −1, O = 0.25: 16
+    ];
+    let w = g_blending::blend_weights(&runs).unwrap();
+    assert_eq!(w, vec![2.0 / 18.5, 0.5 / 18.5, 16.0 / 18.5]);
+    // a rising validation loss counts by its size (|G|), as BalanceBenchmark's abs(g)
+    // (G = 0.5, O = 1: 0.5; G = −0.25, O = 0.25: 4)
+    let w = g_blending::blend_weights(&[run_losses(1.0, 1.0, 0.5, 1.5), run_losses(1.0, 1.0, 0.5, 0.75)]).unwrap();
+    assert_eq!(w, vec![0.5 / 4.5, 4.0 / 4.5]);
+    // degenerate estimates: an unchanged overfitting (O = 0), no generalisation change at all
+    assert_eq!(g_blending::blend_weights(&[run_losses(2.0, 2.0, 1.0, 1.0), run_losses(2.0, 2.5, 1.0, 1.5)]), None);
+    assert_eq!(g_blending::blend_weights(&[run_losses(2.0, 2.0, 1.0, 2.0), run_losses(2.0, 2.5, 1.0, 2.5)]), None);
+    assert_eq!(g_blending::blend_weights(&[run_losses(2.0, f64::NAN, 1.0, 2.0), run_losses(2.0, 2.5, 1.0, 2.0)]), None);
+}
+
+#[test]
+fn g_blending_step_is_the_weighted_sum_of_the_view_and_fused_gradients() {
+    let base = ["method.name=g_blending"];
+    let with_weights = |w: [f64; 3]| {
+        let (mut m, db, _) = method_and_batch(&base);
+        m.restore(&serde_json::json!({ "weights": w }), &mut Recorder::default()).unwrap();
+        record(m.as_mut(), &db, 0)
+    };
+    // weight on the fused CE alone: joint training's gradient
+    let (mut joint, db, _) = method_and_batch(&["method.name=joint"]);
+    let plain = record(joint.as_mut(), &db, 0);
+    let fused_only = with_weights([0.0, 0.0, 1.0]);
+    for ((name, g), (_, w)) in fused_only.iter().zip(&plain) {
+        assert_close(&format!("fused only: {name}"), g, &w.iter().map(|v| *v as f64).collect::<Vec<_>>(), 1e-5, 1e-8);
+    }
+    // linear in the weights: each one-hot weight gives one loss's gradient
+    let parts = [with_weights([1.0, 0.0, 0.0]), with_weights([0.0, 1.0, 0.0]), fused_only];
+    let w = [0.2, 0.3, 0.5];
+    let got = with_weights(w);
+    for (j, (name, g)) in got.iter().enumerate() {
+        let want: Vec<f64> = (0..g.len()).map(|i| (0..3).map(|k| w[k] * parts[k][j].1[i] as f64).sum()).collect();
+        assert_close(&format!("blend: {name}"), g, &want, 1e-4, 1e-7);
+    }
+    // the audio view's CE does not reach the visual encoder
+    assert!(parts[0].iter().filter(|(n, _)| n.starts_with("enc.visual.")).all(|(_, g)| g.iter().all(|v| *v == 0.0)));
+}
+
+#[test]
+fn g_blending_trains_on_synthetic_data_and_estimates_every_super_epoch() {
+    let lines = train_log(&tiny(&["method.name=g_blending", "method.g_blending.super_epoch=2", "train.epochs=4", "data.n_train=480", "data.n_val=96", "data.n_test=200"]), &tmp("e2e-gb"));
+    assert_eq!(lines.len(), 4);
+    let last = lines.last().unwrap();
+    assert!(last["test"]["acc"].as_f64().unwrap() > 0.5, "{last}");
+    let mut current: Option<Vec<f64>> = None;
+    for (e, l) in lines.iter().enumerate() {
+        let gb = &l["g_blending"];
+        let names = ["audio", "visual", "fused"];
+        let w: Vec<f64> = names.iter().map(|n| gb["weights"][n].as_f64().unwrap()).collect();
+        assert!((w.iter().sum::<f64>() - 1.0).abs() < 1e-12, "{gb}");
+        if e % 2 == 0 {
+            // the logged weights are the blend of the logged losses, exactly
+            let runs: Vec<_> = names
+                .iter()
+                .map(|n| {
+                    let r = &gb["estimate"]["runs"][n];
+                    let f = |k: &str| r[k].as_f64().unwrap();
+                    run_losses(f("train_first"), f("val_first"), f("train_last"), f("val_last"))
+                })
+                .collect();
+            assert_eq!(gb["estimate"]["degenerate"], false, "{gb}");
+            assert_eq!(g_blending::blend_weights(&runs).unwrap(), w, "{gb}");
+            // the copies learn: their training loss falls over the super-epoch
+            assert!(runs.iter().all(|r| r.train_last < r.train_first), "{gb}");
+            // the weak audio alone (visual zeroed) generalises worse than both together
+            assert!(runs[0].val_last > runs[2].val_last, "{gb}");
+            current = Some(w);
+        } else {
+            assert!(gb.get("estimate").is_none(), "no estimate between super-epochs: {gb}");
+            assert_eq!(current.as_ref(), Some(&w), "the weights hold until the next estimate");
+        }
+    }
+}
+
+#[test]
+fn g_blending_needs_a_validation_split_and_handles_three_modalities() {
+    let (cfg, text) = config::load(None, &tiny(&["method.name=g_blending"])).unwrap();
+    let dir = tmp("gb-noval");
+    let mut o = TrainOptions::new(&dir);
+    o.progress = false;
+    let e = train::train(&gpu(), &cfg, &text, &o).err().expect("no validation split must be refused").to_string();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(e.contains("validation") && e.contains("data.n_val"), "{e}");
+    let three = "data.modalities=[{name=\"a\",shape=[1,8,8],signal=0.1},{name=\"b\",shape=[1,8,8],signal=0.6},{name=\"c\",shape=[1,8,8],signal=0.3}]";
+    let lines = train_log(&tiny(&["method.name=g_blending", three, "data.n_val=64", "method.g_blending.super_epoch=2", "train.epochs=2"]), &tmp("three-gb"));
+    let w = lines[0]["g_blending"]["weights"].as_object().unwrap().clone();
+    assert_eq!(w.len(), 4, "{w:?}");
+    assert!(lines.last().unwrap()["train"]["loss"].as_f64().unwrap().is_finite());
+}
+
+#[test]
+fn resume_after_a_kill_g_blending_cnn() {
+    // the weights are method state: a run resumed between estimates must use the stored ones
+    let sets = tiny(&["method.name=g_blending", "method.g_blending.super_epoch=2", "model.encoder=small_cnn", "model.width=4", "model.depth=2", "train.epochs=5", "data.n_train=320", "data.n_val=64"]);
+    resume_through_the_cli_is_exact("g_blending", &sets, 5);
+}
+
+#[test]
+fn g_blending_config_errors_name_the_field() {
+    let err = |s: &[&str]| config::load(None, &sets(s)).unwrap_err().to_string();
+    let e = err(&["method.name=g_blending", "method.g_blending.super_epoch=1"]);
+    assert!(e.contains("method.g_blending.super_epoch"), "{e}");
+    let e = err(&["method.g_blending.bogus=1"]);
+    assert!(e.contains("bogus"), "{e}");
+    assert_eq!(config::load(None, &sets(&["method.name=g_blending"])).unwrap().0.method.g_blending.super_epoch, 10);
 }
