@@ -32,7 +32,6 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 
-const WG: u32 = 256u;
 // elements per thread in `select_hist` (a workgroup covers WG * PER consecutive elements)
 const PER: u32 = 16u;
 // elements per thread in `select_mask` (a workgroup covers WG * MPER = 2048 elements = 64 words)
@@ -55,10 +54,6 @@ fn ordered(v: f32) -> u32 {
         return ~b;
     }
     return b | 0x80000000u;
-}
-
-fn flat_group(wg: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return (wg.z * nwg.y + wg.y) * nwg.x + wg.x;
 }
 
 // ---- init: one thread per layer slot ---------------------------------------------------

@@ -87,7 +87,7 @@ var<workgroup> f_s: array<f32, F_BQ * (F_BK + 1u)>; // score tile
 @compute @workgroup_size(F_WG)
 fn attn_fwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) t: u32) {
-    let blk_id = (wg.z * nwg.y + wg.y) * nwg.x + wg.x;
+    let blk_id = flat_group(wg, nwg);
     if (blk_id >= p.bh * p.nblk) { return; } // uniform per workgroup
     let bh = blk_id / p.nblk;
     let q0 = (blk_id % p.nblk) * F_BQ;
@@ -191,7 +191,7 @@ fn attn_fwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
 @compute @workgroup_size(256)
 fn attn_bwd_delta(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                   @builtin(local_invocation_index) t: u32) {
-    let i = ((wg.z * nwg.y + wg.y) * nwg.x + wg.x) * 256u + t;
+    let i = flat_group(wg, nwg) * 256u + t;
     if (i >= p.bh * p.l) { return; }
     let base = i * p.dh;
     var acc = 0.0;
@@ -217,7 +217,7 @@ var<workgroup> bq_ds: array<f32, Q_BQ * (Q_BK + 1u)>; // dS tile
 @compute @workgroup_size(Q_WG)
 fn attn_bwd_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) t: u32) {
-    let blk_id = (wg.z * nwg.y + wg.y) * nwg.x + wg.x;
+    let blk_id = flat_group(wg, nwg);
     if (blk_id >= p.bh * p.nblk) { return; }
     let bh = blk_id / p.nblk;
     let q0 = (blk_id % p.nblk) * Q_BQ;
@@ -326,7 +326,7 @@ var<workgroup> bk_ld: array<f32, KV_BQ * 2u>;         // lse, D of the tile's ro
 @compute @workgroup_size(KV_WG)
 fn attn_bwd_dkv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) t: u32) {
-    let blk_id = (wg.z * nwg.y + wg.y) * nwg.x + wg.x;
+    let blk_id = flat_group(wg, nwg);
     if (blk_id >= p.bh * p.nblk) { return; }
     let bh = blk_id / p.nblk;
     let k0 = (blk_id % p.nblk) * KV_BK;

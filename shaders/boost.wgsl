@@ -62,7 +62,7 @@ fn lse(base: u32, which: u32) -> f32 {
 @compute @workgroup_size(64)
 fn boost_loss(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
               @builtin(local_invocation_index) lid: u32) {
-    let n = ((wg.z * nwg.y + wg.y) * nwg.x + wg.x) * 64u + lid;
+    let n = flat_group(wg, nwg) * 64u + lid;
     if (n >= p.n) { return; }
     let base = n * p.t * p.k;
     let y = labels[n];

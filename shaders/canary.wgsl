@@ -25,7 +25,6 @@ struct Params {
 // of the first one found (racing writers may mix entries of two findings; the count is exact)
 @group(0) @binding(2) var<storage, read_write> report: array<atomic<u32>>;
 
-const WG: u32 = 256u;
 
 // Signaling NaN (exponent all ones, quiet bit 22 clear, payload non-zero) for an allocation;
 // its high half is a NaN as f16 too.
@@ -36,7 +35,7 @@ fn sentinel(serial: u32) -> u32 {
 @compute @workgroup_size(256)
 fn canary_fill(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
-    let i = p.start + ((wg.z * nwg.y + wg.y) * nwg.x + wg.x) * WG + lid;
+    let i = p.start + flat_index(wg, nwg, lid);
     if (i < p.end) {
         buf[i] = sentinel(p.serial);
     }
@@ -45,7 +44,7 @@ fn canary_fill(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
 @compute @workgroup_size(256)
 fn canary_check(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
-    let i = p.start + ((wg.z * nwg.y + wg.y) * nwg.x + wg.x) * WG + lid;
+    let i = p.start + flat_index(wg, nwg, lid);
     if (i < p.end) {
         let v = buf[i];
         if (v != sentinel(p.serial)) {

@@ -511,7 +511,7 @@ fn dw_body(wg: vec3<u32>, lid: u32, scaled: bool) {
 @compute @workgroup_size(256)
 fn conv_dw_reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                   @builtin(local_invocation_index) lid: u32) {
-    let i = ((wg.z * nwg.y + wg.y) * nwg.x + wg.x) * 256u + lid;
+    let i = flat_group(wg, nwg) * 256u + lid;
     let per = p.o * p.m;
     if (i >= per) {
         return;
@@ -537,7 +537,7 @@ var<workgroup> red: array<f32, 256>;
 @compute @workgroup_size(256)
 fn conv_dbias(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
               @builtin(local_invocation_index) lid: u32) {
-    let o = (wg.z * nwg.y + wg.y) * nwg.x + wg.x;
+    let o = flat_group(wg, nwg);
     // workgroup-uniform exit
     if (o >= p.o) {
         return;

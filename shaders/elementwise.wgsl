@@ -18,11 +18,7 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 
-const WG: u32 = 256u;
 
-fn flat_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return ((wg.z * nwg.y + wg.y) * nwg.x + wg.x) * WG + lid;
-}
 
 const SQRT_2_OVER_PI: f32 = 0.7978845608028654;
 const GELU_C: f32 = 0.044715;
@@ -50,28 +46,41 @@ fn sigmoid(x: f32) -> f32 {
 }
 
 // ---- unary: y = f(x) ----------------------------------------------------------------
-// 0 copy, 1 neg, 2 exp, 3 log, 4 sqrt, 5 relu, 6 gelu, 7 sigmoid, 8 tanh, 9 abs,
-// 10 square, 11 affine a*x+b, 12 fill a, 13 reciprocal, 14 pow(x, a) (x > 0),
-// 15 clamp(x, a, b), 16 sign
+// Unary op codes (ops::Unary; tests/kernels.rs checks that the two agree).
+const UNARY_NEG: u32 = 1u;
+const UNARY_EXP: u32 = 2u;
+const UNARY_LOG: u32 = 3u;
+const UNARY_SQRT: u32 = 4u;
+const UNARY_RELU: u32 = 5u;
+const UNARY_GELU: u32 = 6u;
+const UNARY_SIGMOID: u32 = 7u;
+const UNARY_TANH: u32 = 8u;
+const UNARY_ABS: u32 = 9u;
+const UNARY_SQUARE: u32 = 10u;
+const UNARY_AFFINE: u32 = 11u;
+const UNARY_RECIP: u32 = 13u;
+const UNARY_POW: u32 = 14u;
+const UNARY_CLAMP: u32 = 15u;
+const UNARY_SIGN: u32 = 16u;
+
+// affine: a*x + b; pow: x^a (x > 0); clamp: clamp(x, a, b)
 fn unary_op(op: u32, x: f32) -> f32 {
     switch op {
-        case 0u: { return x; }
-        case 1u: { return -x; }
-        case 2u: { return exp(x); }
-        case 3u: { return log(x); }
-        case 4u: { return sqrt(x); }
-        case 5u: { return max(x, 0.0); }
-        case 6u: { return gelu(x); }
-        case 7u: { return sigmoid(x); }
-        case 8u: { return tanh(x); }
-        case 9u: { return abs(x); }
-        case 10u: { return x * x; }
-        case 11u: { return p.a * x + p.b; }
-        case 12u: { return p.a; }
-        case 13u: { return 1.0 / x; }
-        case 14u: { return pow(x, p.a); }
-        case 15u: { return clamp(x, p.a, p.b); }
-        case 16u: { return sign(x); }
+        case UNARY_NEG: { return -x; }
+        case UNARY_EXP: { return exp(x); }
+        case UNARY_LOG: { return log(x); }
+        case UNARY_SQRT: { return sqrt(x); }
+        case UNARY_RELU: { return max(x, 0.0); }
+        case UNARY_GELU: { return gelu(x); }
+        case UNARY_SIGMOID: { return sigmoid(x); }
+        case UNARY_TANH: { return tanh(x); }
+        case UNARY_ABS: { return abs(x); }
+        case UNARY_SQUARE: { return x * x; }
+        case UNARY_AFFINE: { return p.a * x + p.b; }
+        case UNARY_RECIP: { return 1.0 / x; }
+        case UNARY_POW: { return pow(x, p.a); }
+        case UNARY_CLAMP: { return clamp(x, p.a, p.b); }
+        case UNARY_SIGN: { return sign(x); }
         default: { return x; }
     }
 }
@@ -116,19 +125,28 @@ fn fill(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
 }
 
 // ---- binary with broadcasting: y = a (op) b ------------------------------------------
-// 0 add, 1 sub, 2 mul, 3 div, 4 max, 5 min, 6 a*s + b*t (p.a = s, p.b = t)
-// 7 equal (1.0 / 0.0), 8 greater-equal
+// Binary op codes (ops::Binary; tests/kernels.rs checks that the two agree).
+const BINARY_ADD: u32 = 0u;
+const BINARY_SUB: u32 = 1u;
+const BINARY_MUL: u32 = 2u;
+const BINARY_DIV: u32 = 3u;
+const BINARY_MAX: u32 = 4u;
+const BINARY_MIN: u32 = 5u;
+const BINARY_LERP: u32 = 6u;
+const BINARY_EQ: u32 = 7u;
+const BINARY_GE: u32 = 8u;
+// lerp: a*s + b*t (p.a = s, p.b = t); eq, ge: 1.0 or 0.0
 fn binary_op(op: u32, x: f32, y: f32) -> f32 {
     switch op {
-        case 0u: { return x + y; }
-        case 1u: { return x - y; }
-        case 2u: { return x * y; }
-        case 3u: { return x / y; }
-        case 4u: { return max(x, y); }
-        case 5u: { return min(x, y); }
-        case 6u: { return p.a * x + p.b * y; }
-        case 7u: { return select(0.0, 1.0, x == y); }
-        case 8u: { return select(0.0, 1.0, x >= y); }
+        case BINARY_ADD: { return x + y; }
+        case BINARY_SUB: { return x - y; }
+        case BINARY_MUL: { return x * y; }
+        case BINARY_DIV: { return x / y; }
+        case BINARY_MAX: { return max(x, y); }
+        case BINARY_MIN: { return min(x, y); }
+        case BINARY_LERP: { return p.a * x + p.b * y; }
+        case BINARY_EQ: { return select(0.0, 1.0, x == y); }
+        case BINARY_GE: { return select(0.0, 1.0, x >= y); }
         default: { return x; }
     }
 }
@@ -161,21 +179,21 @@ fn binary(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
 }
 
 // ---- unary backward: dx = g * f'(saved) ------------------------------------------------
-// saved is x for: 3 log, 6 gelu, 9 abs, 10 square, 13 reciprocal, 14 pow
-// saved is y for: 2 exp, 4 sqrt, 5 relu (y > 0 exactly where x > 0), 7 sigmoid, 8 tanh
+// saved is x for: log, gelu, abs, square, reciprocal, pow
+// saved is y for: exp, sqrt, relu (y > 0 exactly where x > 0), sigmoid, tanh
 fn unary_grad(op: u32, s: f32) -> f32 {
     switch op {
-        case 2u: { return s; }
-        case 3u: { return 1.0 / s; }
-        case 4u: { return 0.5 / s; }
-        case 5u: { return select(0.0, 1.0, s > 0.0); }
-        case 6u: { return gelu_grad(s); }
-        case 7u: { return s * (1.0 - s); }
-        case 8u: { return 1.0 - s * s; }
-        case 9u: { return sign(s); }
-        case 10u: { return 2.0 * s; }
-        case 13u: { return -1.0 / (s * s); }
-        case 14u: { return p.a * pow(s, p.a - 1.0); }
+        case UNARY_EXP: { return s; }
+        case UNARY_LOG: { return 1.0 / s; }
+        case UNARY_SQRT: { return 0.5 / s; }
+        case UNARY_RELU: { return select(0.0, 1.0, s > 0.0); }
+        case UNARY_GELU: { return gelu_grad(s); }
+        case UNARY_SIGMOID: { return s * (1.0 - s); }
+        case UNARY_TANH: { return 1.0 - s * s; }
+        case UNARY_ABS: { return sign(s); }
+        case UNARY_SQUARE: { return 2.0 * s; }
+        case UNARY_RECIP: { return -1.0 / (s * s); }
+        case UNARY_POW: { return p.a * pow(s, p.a - 1.0); }
         default: { return 1.0; }
     }
 }

@@ -32,12 +32,8 @@ struct PatchParams {
 @group(0) @binding(0) var<uniform> ep: EmbParams;
 @group(0) @binding(0) var<uniform> pp: PatchParams;
 
-const WG: u32 = 256u;
 const NO_ID: u32 = 0xFFFFFFFFu;
 
-fn flat_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return ((wg.z * nwg.y + wg.y) * nwg.x + wg.x) * WG + lid;
-}
 
 @group(0) @binding(1) var<storage, read> ids: array<u32>;
 @group(0) @binding(2) var<storage, read> table: array<f32>;
@@ -66,7 +62,7 @@ var<workgroup> tile_ids: array<u32, 256>;
 @compute @workgroup_size(256)
 fn embed_bwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
              @builtin(local_invocation_index) lid: u32) {
-    let item = (wg.z * nwg.y + wg.y) * nwg.x + wg.x;
+    let item = flat_group(wg, nwg);
     if (item >= ep.v * ep.dchunks) { return; } // uniform: whole workgroup
     let row = item / ep.dchunks;
     let col = (item - row * ep.dchunks) * WG + lid;

@@ -324,7 +324,7 @@ fn gemm_tile64(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
 @compute @workgroup_size(64)
 fn gemm_ref(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) lid: u32) {
-    let idx = ((wg.z * nwg.y + wg.y) * nwg.x + wg.x) * 64u + lid;
+    let idx = flat_group(wg, nwg) * 64u + lid;
     let mn = p.m * p.n;
     if (idx >= mn * p.batch) {
         return;

@@ -63,7 +63,6 @@ struct LnParams {
 @group(0) @binding(0) var<uniform> bp: BnParams;
 @group(0) @binding(0) var<uniform> lp: LnParams;
 
-const WG: u32 = 256u;
 const LN_WG: u32 = 128u;
 const LN_CHUNK: u32 = 32u;
 
@@ -85,9 +84,6 @@ fn wg_sum2(lid: u32, v: vec2<f32>, n: u32) -> vec2<f32> {
     return r;
 }
 
-fn flat_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return ((wg.z * nwg.y + wg.y) * nwg.x + wg.x) * WG + lid;
-}
 
 // ---- batch-norm chunk walk ---------------------------------------------------------------
 // A thread of the workgroup for (chunk, channel c) visits j = j0 + lid, j0 + lid + WG, ...
@@ -135,7 +131,7 @@ fn bn_step(w: ptr<function, BnWalk>) {
 // (chunk, channel) of a bn_stats / bn_bwd_reduce workgroup, on a grid of chunks*C
 // workgroups folded into 2-D (see ops::grid); chunk == chunks marks a padding workgroup.
 fn bn_chunk_id(wg: vec3<u32>, nwg: vec3<u32>) -> vec2<u32> {
-    let w = (wg.z * nwg.y + wg.y) * nwg.x + wg.x;
+    let w = flat_group(wg, nwg);
     if (w >= bp.chunks * bp.c) { return vec2<u32>(bp.chunks, 0u); }
     let c = w / bp.chunks;
     return vec2<u32>(w - c * bp.chunks, c);
@@ -223,7 +219,7 @@ fn bn_stats(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
 @compute @workgroup_size(256)
 fn bn_stats_merge(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                   @builtin(local_invocation_index) lid: u32) {
-    let c = (wg.z * nwg.y + wg.y) * nwg.x + wg.x;
+    let c = flat_group(wg, nwg);
     if (c >= bp.c) { return; } // uniform: whole workgroup
     let shift = bm_part[c * bp.chunks]; // chunk 0's mean (chunks >= 1)
     var n = 0.0;
@@ -339,7 +335,7 @@ fn bn_bwd_reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
 @compute @workgroup_size(256)
 fn bn_bwd_merge(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
-    let c = (wg.z * nwg.y + wg.y) * nwg.x + wg.x;
+    let c = flat_group(wg, nwg);
     if (c >= bp.c) { return; } // uniform: whole workgroup
     var v = vec2<f32>(0.0, 0.0);
     if (lid < bp.chunks) {
@@ -388,7 +384,7 @@ fn bn_bwd_dx(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg:
 @compute @workgroup_size(128)
 fn ln_fwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
           @builtin(local_invocation_index) lid: u32) {
-    let r = (wg.z * nwg.y + wg.y) * nwg.x + wg.x;
+    let r = flat_group(wg, nwg);
     if (r >= lp.rows) { return; } // uniform
     let base = r * lp.d;
     var acc = 0.0;
@@ -420,7 +416,7 @@ fn ln_fwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
 @compute @workgroup_size(128)
 fn ln_bwd_dx(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
              @builtin(local_invocation_index) lid: u32) {
-    let r = (wg.z * nwg.y + wg.y) * nwg.x + wg.x;
+    let r = flat_group(wg, nwg);
     if (r >= lp.rows) { return; }
     let base = r * lp.d;
     let mean = lb_stats[r];

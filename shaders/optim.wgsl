@@ -18,11 +18,7 @@
 // Buffers may be longer than the tensor (pooled storage): the element count is p.n and
 // every access is guarded by `i < p.n` (no arrayLength, no reliance on runtime checks).
 
-const WG: u32 = 256u;
 
-fn flat_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return ((wg.z * nwg.y + wg.y) * nwg.x + wg.x) * WG + lid;
-}
 
 // flag bits
 const SGD_MOMENTUM: u32 = 1u;    // momentum != 0

@@ -28,12 +28,8 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 
-const WG: u32 = 256u;
 const NEG_BIG: f32 = -3.402823466e+38;
 
-fn flat_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return ((wg.z * nwg.y + wg.y) * nwg.x + wg.x) * WG + lid;
-}
 
 // forward bindings (also used by adaptive_fwd / adaptive_bwd: read input, write output)
 @group(0) @binding(1) var<storage, read> src: array<f32>;

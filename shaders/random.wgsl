@@ -33,7 +33,6 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 
-const WG: u32 = 256u;
 const M0: u32 = 0xD2511F53u;
 const M1: u32 = 0xCD9E8D57u;
 const W0: u32 = 0x9E3779B9u;
@@ -78,16 +77,12 @@ fn to_unit(w: u32) -> f32 {
     return f32(w >> 8u) * TWO_NEG24;
 }
 
-fn block_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return ((wg.z * nwg.y + wg.y) * nwg.x + wg.x) * WG + lid;
-}
-
 @group(0) @binding(1) var<storage, read_write> out: array<f32>;
 
 @compute @workgroup_size(256)
 fn rand_uniform(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
-    let b = block_index(wg, nwg, lid);
+    let b = flat_index(wg, nwg, lid);
     let e0 = b * 4u;
     if (e0 >= p.n) { return; }
     let w = block_words(b);
@@ -110,7 +105,7 @@ fn box_muller(a: u32, b: u32) -> vec2<f32> {
 @compute @workgroup_size(256)
 fn rand_normal(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
-    let b = block_index(wg, nwg, lid);
+    let b = flat_index(wg, nwg, lid);
     let e0 = b * 4u;
     if (e0 >= p.n) { return; }
     let w = block_words(b);
@@ -132,7 +127,7 @@ fn rand_normal(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
 @compute @workgroup_size(256)
 fn dropout(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) lid: u32) {
-    let b = block_index(wg, nwg, lid);
+    let b = flat_index(wg, nwg, lid);
     let e0 = b * 4u;
     if (e0 >= p.n) { return; }
     let w = block_words(b);

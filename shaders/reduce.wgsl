@@ -31,24 +31,29 @@ struct Params {
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
 
-const WG: u32 = 256u;
+// Reduction op codes (ops::ReduceOp; tests/kernels.rs checks that the two agree).
+const REDUCE_SUM: u32 = 0u;
+const REDUCE_MEAN: u32 = 1u;
+const REDUCE_MAX: u32 = 2u;
+const REDUCE_MIN: u32 = 3u;
+
 const NEG_INF: f32 = -3.402823466e+38;
 const POS_INF: f32 = 3.402823466e+38;
 
 fn identity(op: u32) -> f32 {
-    if (op == 2u) { return NEG_INF; }
-    if (op == 3u) { return POS_INF; }
+    if (op == REDUCE_MAX) { return NEG_INF; }
+    if (op == REDUCE_MIN) { return POS_INF; }
     return 0.0;
 }
 
 fn combine(op: u32, a: f32, b: f32) -> f32 {
-    if (op == 2u) { return max(a, b); }
-    if (op == 3u) { return min(a, b); }
+    if (op == REDUCE_MAX) { return max(a, b); }
+    if (op == REDUCE_MIN) { return min(a, b); }
     return a + b;
 }
 
 fn finish(op: u32, v: f32) -> f32 {
-    if (op == 1u) { return v / f32(p.count); }
+    if (op == REDUCE_MEAN) { return v / f32(p.count); }
     return v;
 }
 
@@ -57,7 +62,7 @@ var<workgroup> partial: array<f32, 256>;
 @compute @workgroup_size(256)
 fn reduce_tree(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
-    let out = (wg.z * nwg.y + wg.y) * nwg.x + wg.x;
+    let out = flat_group(wg, nwg);
     let total = p.outer * p.nchunk * p.inner;
     // uniform control flow: every thread of the workgroup takes the same branch
     if (out >= total) { return; }
@@ -102,7 +107,7 @@ fn reduce_tree(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
 @compute @workgroup_size(256)
 fn reduce_loop(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
-    let out = ((wg.z * nwg.y + wg.y) * nwg.x + wg.x) * WG + lid;
+    let out = flat_index(wg, nwg, lid);
     if (out >= p.outer * p.nchunk * p.inner) { return; }
     let i = out % p.inner;
     let t = out / p.inner;

@@ -20,12 +20,8 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 
-const WG: u32 = 256u;
 const NAN_BITS: u32 = 0x7fc00000u;
 
-fn flat_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return ((wg.z * nwg.y + wg.y) * nwg.x + wg.x) * WG + lid;
-}
 
 // ---- slab copy -------------------------------------------------------------------------
 // Copy a [outer, len, inner] slab between two tensors viewed as [outer, total, inner]:

@@ -25,7 +25,6 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 
-const WG: u32 = 256u;
 const NEG_INF: f32 = -3.402823466e+38;
 const NAN_BITS: u32 = 0x7fc00000u;
 
@@ -34,7 +33,7 @@ var<workgroup> sh_b: array<f32, 256>;
 var<workgroup> sh_i: array<u32, 256>;
 
 fn row_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return ((wg.z * nwg.y + wg.y) * nwg.x + wg.x) * (WG / p.seg) + lid / p.seg;
+    return flat_group(wg, nwg) * (WG / p.seg) + lid / p.seg;
 }
 
 // Columns this thread visits: 0 for rows past the end (they still reach every barrier).
@@ -269,7 +268,7 @@ fn ce_mean(@builtin(local_invocation_index) lid: u32) {
 @compute @workgroup_size(256)
 fn ce_bwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
           @builtin(local_invocation_index) lid: u32) {
-    let i = ((wg.z * nwg.y + wg.y) * nwg.x + wg.x) * WG + lid;
+    let i = flat_index(wg, nwg, lid);
     if (i >= p.rows * p.cols) { return; }
     var scale = 0.0;
     if (p.mode == 0u) {

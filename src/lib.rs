@@ -1,10 +1,12 @@
 //! equimodal: a hand-written GPU compute engine (wgpu + WGSL) for balanced multimodal
 //! learning. See the README for the user guide and `docs/` for design and performance notes.
 //!
-//! Layers, from the device up (imports point downwards; `docs/contributing.md` has the
-//! map, its known exceptions, and checklists for adding an op or a method):
-//! [`gpu`] → [`tensor`] → [`autograd`] / [`ops`] → [`nn`] → [`optim`] → [`methods`] →
-//! [`train`] → [`experiments`] → the CLI; [`config`], [`data`] and [`report`] beside them.
+//! Layers, from the device up (imports point downwards, checked by `tests/layers.rs`;
+//! `docs/contributing.md` has the map and checklists for adding an op or a method):
+//! [`error`] and [`limits`] (below everything) → [`gpu`] → [`tensor`] / [`autograd`] /
+//! [`ops`] → [`nn`] → [`optim`] → [`data`] → [`methods`] (each method's settings next to
+//! it) → [`config`] (the run file) → [`train`] → [`experiments`] / [`report`] → [`bench`]
+//! and the CLI.
 pub mod autograd;
 pub mod bench;
 pub mod config;

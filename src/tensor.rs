@@ -76,15 +76,6 @@ impl Tensor {
         Ok(t)
     }
 
-    pub fn full(gpu: &Gpu, shape: &[usize], value: f32) -> Result<Tensor> {
-        if value == 0.0 {
-            return Self::zeros(gpu, shape);
-        }
-        let t = Self::empty(gpu, shape, DType::F32)?;
-        crate::ops::elementwise::fill(&t, value)?;
-        Ok(t)
-    }
-
     fn check_len(op: &'static str, shape: &[usize], len: usize) -> Result<()> {
         if numel(shape) != len {
             return Err(Error::shape(op, format!("shape {shape:?} holds {} elements, data has {len}", numel(shape))));
@@ -167,7 +158,7 @@ impl Tensor {
         inputs: &[&Tensor],
         op: impl FnOnce() -> Box<dyn BackwardOp>,
     ) -> Tensor {
-        let track = gpu.grad_enabled() && inputs.iter().any(|t| t.0.requires_grad);
+        let track = crate::autograd::grad_enabled() && inputs.iter().any(|t| t.0.requires_grad);
         let node = track.then(|| Arc::new(Node::new(inputs.iter().map(|t| t.graph_handle()).collect(), op())));
         Self::wrap(gpu, shape, dtype, storage, track, node)
     }

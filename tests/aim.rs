@@ -333,7 +333,7 @@ fn prototypes_fit_to_their_classes_with_the_network_frozen() {
         let first = fit(0);
         let last = fit(150);
         assert!(last < first && last < 0.5, "depth {depth}: CE {first} -> {last}");
-        let _ng = g.no_grad();
+        let _ng = equimodal::autograd::no_grad();
         let logits = fusion.unimodal(0, &enc.forward_from(&protos, depth, &equimodal::nn::Ctx::eval()).unwrap(), &equimodal::nn::Ctx::eval()).unwrap();
         let l = logits.to_vec().unwrap();
         for c in 0..k {
@@ -401,7 +401,7 @@ fn auxiliary_batch_norm_modes() {
     assert_eq!(recorded.len(), 2, "one record per batch norm");
     let conv0 = net.params().into_iter().find(|p| p.name == "enc.block0.conv.weight").unwrap();
     let aux = |s: f32, bn: BnStats| {
-        let scales = HashMap::from([(conv0.name.clone(), Tensor::full(&g, conv0.tensor.shape(), s).unwrap())]);
+        let scales = HashMap::from([(conv0.name.clone(), equimodal::ops::full(&g, conv0.tensor.shape(), s).unwrap())]);
         let ctx = Ctx { training: true, update_stats: false, weight_scales: Some(Arc::new(scales)), bn, ..Default::default() };
         cnn_depths(&net, &x, &ctx)
     };

@@ -7,7 +7,8 @@ mod common;
 use common::resume::{resume_through_the_cli_is_exact, resume_through_the_cli_is_exact_killed_after};
 use common::recorder::Recorder;
 use common::*;
-use equimodal::config::{self, Config, PmrCoefficient, PmrConfig};
+use equimodal::config::{self, Config};
+use equimodal::methods::{PmrCoefficient, PmrConfig};
 use equimodal::data::{self, Loader, LoaderConfig, Split};
 use equimodal::methods::{mmpareto, pmr, Method, Pmr};
 use equimodal::optim::Optimizer;
@@ -260,7 +261,7 @@ fn pmr_prototypes_are_class_means_with_the_official_momentum_schedule() {
     let ds: Arc<dyn data::Dataset> = Arc::from(data::build(&c.data).unwrap());
     let classes = ds.num_classes();
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-    let mut m = Pmr::new(&g, &c, ds.modalities(), classes, &mut rng).unwrap();
+    let mut m = Pmr::new(&g, &c.method_setup(), ds.modalities(), classes, &mut rng).unwrap();
     let mut lc = LoaderConfig::eval(40);
     lc.workers = 1;
     let batches: Vec<_> = Loader::new(ds.clone(), Split::Train, lc).unwrap().take(2).map(|b| b.unwrap()).collect();
@@ -404,7 +405,7 @@ fn mmpareto_step_hands_every_parameter_a_gradient_and_scales_the_encoders() {
         let c: Config = config::load(None, &tiny(&["method.name=mmpareto", "model.encoder=small_cnn", "model.width=4", "model.depth=2", gamma])).unwrap().0;
         let ds: Arc<dyn data::Dataset> = Arc::from(data::build(&c.data).unwrap());
         let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-        let mut m = equimodal::methods::build(&gpu(), &c, ds.modalities(), ds.num_classes(), &mut rng).unwrap();
+        let mut m = equimodal::methods::build(&gpu(), &c.method_setup(), ds.modalities(), ds.num_classes(), &mut rng).unwrap();
         let mut lc = LoaderConfig::eval(32);
         lc.workers = 1;
         let hb = Loader::new(ds.clone(), Split::Train, lc).unwrap().next().unwrap().unwrap();

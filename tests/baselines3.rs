@@ -154,7 +154,7 @@ fn method_and_batch(extra: &[&str]) -> (Box<dyn Method>, DeviceBatch, Config) {
     let c: Config = config::load(None, &tiny(extra)).unwrap().0;
     let ds: Arc<dyn data::Dataset> = Arc::from(data::build(&c.data).unwrap());
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-    let m = equimodal::methods::build(&gpu(), &c, ds.modalities(), ds.num_classes(), &mut rng).unwrap();
+    let m = equimodal::methods::build(&gpu(), &c.method_setup(), ds.modalities(), ds.num_classes(), &mut rng).unwrap();
     let mut lc = LoaderConfig::eval(32);
     lc.workers = 1;
     let hb = Loader::new(ds.clone(), Split::Train, lc).unwrap().next().unwrap().unwrap();

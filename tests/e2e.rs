@@ -68,7 +68,7 @@ fn mlp_learns_with_one_submit_per_step_and_flat_memory() {
     let final_loss = last.unwrap().item().unwrap();
     assert!(first > 1.0, "initial loss {first}");
     assert!(final_loss < 0.25, "final loss {final_loss} (from {first})");
-    let _ng = gpu.no_grad();
+    let _ng = equimodal::autograd::no_grad();
     let logits = l2.forward(&ops::relu(&l1.forward(&x, &Ctx::eval()).unwrap()).unwrap(), &Ctx::eval()).unwrap();
     let pred = ops::argmax(&logits).unwrap().to_vec_u32().unwrap();
     let acc = pred.iter().zip(&ys).filter(|(a, b)| a == b).count() as f64 / n as f64;

@@ -27,7 +27,7 @@ fn cfg(list: &[String]) -> Config {
 fn method_and_batch(c: &Config) -> (Box<dyn Method>, DeviceBatch, HostBatch) {
     let ds: Arc<dyn data::Dataset> = Arc::from(data::build(&c.data).unwrap());
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-    let m = methods::build(&gpu(), c, ds.modalities(), ds.num_classes(), &mut rng).unwrap();
+    let m = methods::build(&gpu(), &c.method_setup(), ds.modalities(), ds.num_classes(), &mut rng).unwrap();
     let mut lc = LoaderConfig::eval(32);
     lc.workers = 1;
     let hb = Loader::new(ds.clone(), Split::Train, lc).unwrap().next().unwrap().unwrap();

@@ -694,7 +694,7 @@ fn model_init_reaches_every_layer_of_a_method() {
     let sets: Vec<String> = ["model.init=torch", "model.encoder=small_cnn", "method.name=aug", "method.aug.hidden=16"].iter().map(|s| s.to_string()).collect();
     let (cfg, _) = equimodal::config::load(None, &sets).unwrap();
     let specs = vec![equimodal::data::ModalitySpec::new("audio", vec![1, 8, 8]), equimodal::data::ModalitySpec::new("visual", vec![1, 8, 8])];
-    let m = equimodal::methods::build(&gpu(), &cfg, &specs, 10, &mut srng(63)).unwrap();
+    let m = equimodal::methods::build(&gpu(), &cfg.method_setup(), &specs, 10, &mut srng(63)).unwrap();
     let mut layers = 0;
     for p in m.params() {
         let shape = p.tensor.shape().to_vec();

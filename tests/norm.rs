@@ -106,7 +106,7 @@ fn batch_norm_running_stats_after_two_steps() {
         let (shape, hws) = bn_shape(n, c, hw);
         let momentum = 0.3;
         let st = BatchNormState::new(&g, c, momentum as f32, 1e-5).unwrap();
-        let w = Tensor::full(&g, &[c], 1.0).unwrap();
+        let w = equimodal::ops::full(&g, &[c], 1.0).unwrap();
         let b = Tensor::zeros(&g, &[c]).unwrap();
         let mut rm = vec![0.0; c];
         let mut rv = vec![1.0; c];
@@ -133,7 +133,7 @@ fn batch_norm_large_mean_is_numerically_sound() {
     let (n, c, hws) = (4, 2, 600);
     let x = round_f32(&rng.uniforms(n * c * hws, 999.0, 1001.0));
     let st = BatchNormState::new(&g, c, 0.1, 1e-5).unwrap();
-    let w = Tensor::full(&g, &[c], 1.0).unwrap();
+    let w = equimodal::ops::full(&g, &[c], 1.0).unwrap();
     let b = Tensor::zeros(&g, &[c]).unwrap();
     let y = ops::batch_norm(&upload(&g, &x, &[n, c, 20, 30]), &w, &b, &st, true).unwrap();
     let want = bn_ref(&x, &[1.0; 2], &[0.0; 2], &channel_stats(&x, n, c, hws), n, c, hws, 1e-5);
@@ -147,9 +147,9 @@ fn batch_norm_large_mean_is_numerically_sound() {
 fn batch_norm_shape_errors_are_typed() {
     let g = gpu();
     let st = BatchNormState::new(&g, 3, 0.1, 1e-5).unwrap();
-    let w = Tensor::full(&g, &[3], 1.0).unwrap();
+    let w = equimodal::ops::full(&g, &[3], 1.0).unwrap();
     let b = Tensor::zeros(&g, &[3]).unwrap();
-    let w4 = Tensor::full(&g, &[4], 1.0).unwrap();
+    let w4 = equimodal::ops::full(&g, &[4], 1.0).unwrap();
     let x = Tensor::zeros(&g, &[2, 3, 2, 2]).unwrap();
     let e = ops::batch_norm(&x, &w4, &b, &st, true).unwrap_err().to_string();
     assert!(e.contains("weight") && e.contains("[4]") && e.contains("[2, 3, 2, 2]"), "{e}");
@@ -199,11 +199,11 @@ fn layer_norm_matches_reference_and_gradients() {
 fn layer_norm_shape_errors_are_typed() {
     let g = gpu();
     let x = Tensor::zeros(&g, &[2, 5]).unwrap();
-    let w = Tensor::full(&g, &[4], 1.0).unwrap();
+    let w = equimodal::ops::full(&g, &[4], 1.0).unwrap();
     let b = Tensor::zeros(&g, &[5]).unwrap();
     let e = ops::layer_norm(&x, &w, &b, 1e-5).unwrap_err().to_string();
     assert!(e.contains("layer_norm") && e.contains("[4]") && e.contains("[2, 5]"), "{e}");
-    let w5 = Tensor::full(&g, &[5], 1.0).unwrap();
+    let w5 = equimodal::ops::full(&g, &[5], 1.0).unwrap();
     let b3 = Tensor::zeros(&g, &[3]).unwrap();
     assert!(ops::layer_norm(&x, &w5, &b3, 1e-5).is_err());
 }
@@ -340,7 +340,7 @@ fn batch_norm_given_reuses_recorded_statistics() {
         let (shape, hws) = bn_shape(n, c, hw);
         let x1 = round_f32(&rng.uniforms(n * c * hws, -2.0, 3.0));
         let st = BatchNormState::new(&g, c, 0.1, eps as f32).unwrap();
-        let (w1, b1) = (Tensor::full(&g, &[c], 1.0).unwrap(), Tensor::zeros(&g, &[c]).unwrap());
+        let (w1, b1) = (equimodal::ops::full(&g, &[c], 1.0).unwrap(), Tensor::zeros(&g, &[c]).unwrap());
         let (y1, stats) = ops::batch_norm_with_stats(&upload(&g, &x1, &shape), &w1, &b1, &st, true).unwrap();
         let ref_stats = channel_stats(&x1, n, c, hws);
         // the recorded statistics are [mean, 1/sqrt(var + eps)] of x1

@@ -585,9 +585,9 @@ fn the_memory_estimate_refuses_models_beyond_the_host() {
     limits.max_buffer_size = u64::MAX;
     limits.max_storage_buffer_binding_size = u64::MAX;
     // 2 x 2^40 parameters: beyond any host, refused before anything is allocated
-    let e = equimodal::limits::check_model_fits(&limits, &cfg, &specs, 10).unwrap_err().to_string();
+    let e = equimodal::train::estimate::check_model_fits(&limits, &cfg, &specs, 10).unwrap_err().to_string();
     assert!(e.contains("model") && e.contains("available"), "{e}");
-    let est = equimodal::limits::estimate(&cfg, &specs, 10).unwrap();
+    let est = equimodal::train::estimate::estimate(&cfg, &specs, 10).unwrap();
     assert!(est.params > 2 * (1u64 << 40), "{est:?}");
     assert!(equimodal::limits::checked_numel(&[1 << 33, 1 << 33], "x").is_err());
     assert!(equimodal::limits::class_count(0, 1_000_000_000, 5, "f.safetensors").unwrap_err().to_string().contains("f.safetensors"));

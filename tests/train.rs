@@ -4,7 +4,8 @@
 mod common;
 use common::resume::{log_lines, resume_through_the_cli_is_exact, tmp};
 use common::*;
-use equimodal::config::{self, AugConfig, AugRule};
+use equimodal::config;
+use equimodal::methods::{AugConfig, AugRule};
 use equimodal::methods::Aug;
 use equimodal::train::{self, TrainOptions};
 use std::path::Path;

@@ -7,6 +7,32 @@ use crate::tensor::Tensor;
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
+thread_local! {
+    // Gradient recording mode is per thread (as in PyTorch): one thread evaluating under
+    // no_grad does not stop another from recording.
+    static NO_GRAD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Guard returned by [`no_grad`]; gradient recording resumes when it drops.
+pub struct NoGradGuard(());
+
+impl Drop for NoGradGuard {
+    fn drop(&mut self) {
+        NO_GRAD.with(|c| c.set(c.get().saturating_sub(1)));
+    }
+}
+
+/// Stop recording gradients on this thread until the guard drops (nests).
+pub fn no_grad() -> NoGradGuard {
+    NO_GRAD.with(|c| c.set(c.get() + 1));
+    NoGradGuard(())
+}
+
+/// Whether ops on this thread record gradients.
+pub fn grad_enabled() -> bool {
+    NO_GRAD.with(|c| c.get() == 0)
+}
+
 /// The backward rule of one op: given the gradient of the output, return one optional
 /// gradient per input (same shapes as the inputs). Runs with recording off. `inputs` are
 /// graph handles: shape, dtype, `is_tracked`, but no data (see `Tensor::graph_handle`); a
@@ -122,7 +148,7 @@ impl Tensor {
                 self.shape()
             )));
         }
-        let seed = Tensor::full(self.gpu(), self.shape(), 1.0)?;
+        let seed = crate::ops::full(self.gpu(), self.shape(), 1.0)?;
         self.backward_with(seed, grads)
     }
 
@@ -140,7 +166,7 @@ impl Tensor {
                 "backward() on a tensor that does not require grad (no parameter reaches it, or it was built under no_grad)".into(),
             ));
         }
-        let _ng = self.gpu().no_grad();
+        let _ng = no_grad();
         if self.is_leaf() {
             return grads.accumulate(self.id(), seed);
         }

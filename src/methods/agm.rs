@@ -20,7 +20,7 @@
 //! (a checkpointed buffer) and the clipping decision are tensors; `end_epoch` reads back once.
 use super::{encode_all, stats_from_sums, view_stats, Accum, DeviceBatch, EpochStats, Joint, Method, Prediction};
 use crate::autograd::Gradients;
-use crate::config::Config;
+use super::config::MethodSetup;
 use crate::data::ModalitySpec;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
@@ -175,7 +175,7 @@ pub struct Agm {
 }
 
 impl Agm {
-    pub fn new(gpu: &Gpu, cfg: &Config, specs: &[ModalitySpec], classes: usize, rng: &mut StdRng) -> Result<Agm> {
+    pub fn new(gpu: &Gpu, cfg: &MethodSetup, specs: &[ModalitySpec], classes: usize, rng: &mut StdRng) -> Result<Agm> {
         let m = specs.len();
         if m > MAX_MODALITIES {
             return Err(Error::config("data.modalities", format!("AGM evaluates all 2^M input subsets every step; at most {MAX_MODALITIES} modalities, the data has {m}")));
@@ -202,7 +202,7 @@ impl Agm {
     /// their graphs (the official computes them with gradient).
     fn subset_logits(&self, inputs: &[Tensor], fused: &Tensor, grad: bool) -> Result<Vec<Tensor>> {
         let gpu = fused.gpu().clone();
-        let _ng = (!grad).then(|| gpu.no_grad());
+        let _ng = (!grad).then(crate::autograd::no_grad);
         let zeros = inputs.iter().map(|x| Tensor::zeros(x.gpu(), x.shape())).collect::<Result<Vec<_>>>()?;
         let full = (1usize << self.m) - 1;
         (0..=full)
@@ -224,13 +224,13 @@ impl Agm {
         let gpu = labels.gpu().clone();
         let (n, classes) = (fused.dim(0), fused.dim(1));
         let g = {
-            let _ng = gpu.no_grad();
+            let _ng = crate::autograd::no_grad();
             let eye = Tensor::from_slice(&gpu, &identity(classes), &[classes, classes])?;
             let diff = ops::sub(&ops::softmax(&fused.detach())?, &ops::embedding(labels, &eye)?)?;
             ops::scale(&diff, 1.0 / n as f32)?
         };
         let seeds = {
-            let _ng = gpu.no_grad();
+            let _ng = crate::autograd::no_grad();
             let a = subset_seeds(self.m);
             let a = Tensor::from_slice(&gpu, &a.iter().map(|v| *v as f32).collect::<Vec<_>>(), &[1 << self.m, self.m])?;
             ops::matmul(&a, &k.reshape(&[self.m, 1])?)?.reshape(&[1 << self.m])?
@@ -238,7 +238,7 @@ impl Agm {
         let mut grads = Gradients::new();
         for (s, v) in values.iter().enumerate().skip(1) {
             let seed = {
-                let _ng = gpu.no_grad();
+                let _ng = crate::autograd::no_grad();
                 ops::mul(&g, &ops::narrow(&seeds, 0, s, 1)?)?
             };
             v.backward_with(seed, &mut grads)?;
@@ -265,7 +265,7 @@ impl Agm {
         }
         let Some(peak) = peak else { return Ok(grads) };
         // 1 where peak > clip (the official strict `grad_max > 1 or grad_min < -1`)
-        let over = ops::affine(&ops::ge_scalar(&ops::sub(&Tensor::full(peak.gpu(), &[1], c)?, &peak)?, 0.0)?, -1.0, 1.0)?;
+        let over = ops::affine(&ops::ge_scalar(&ops::sub(&ops::full(peak.gpu(), &[1], c)?, &peak)?, 0.0)?, -1.0, 1.0)?;
         let clipped = crate::optim::clip_grad_norm(&params, &grads, c)?;
         let mut out = grads;
         for p in &params {
@@ -297,14 +297,14 @@ impl Method for Agm {
         let active = self.active(epoch);
         let values = self.subset_logits(&batch.inputs, &fused, active)?;
         let (s, k) = {
-            let _ng = gpu.no_grad();
+            let _ng = crate::autograd::no_grad();
             let detached: Vec<Tensor> = values.iter().map(Tensor::detach).collect();
             let s = scores(&shapley_outputs(&detached, self.m)?, &batch.labels)?;
             (s.clone(), coefficients(&s, &self.running, self.cfg.alpha, self.cfg.cap)?)
         };
         let grads = if active { self.modulated_backward(&values, &fused, &batch.labels, &k)? } else { loss.backward()? };
         drop(values);
-        let _ng = gpu.no_grad();
+        let _ng = crate::autograd::no_grad();
         // T ← T·(i − 1)/i + s/i with i the official 1-based iteration
         let i = (self.steps + 1) as f64;
         self.running.assign(&ops::lerp(&self.running, &s, ((i - 1.0) / i) as f32, (1.0 / i) as f32)?)?;
@@ -313,7 +313,7 @@ impl Method for Agm {
         opt.step(&grads)?;
         let views = (0..self.m).map(|i| self.joint.fusion.unimodal(i, &feats[i].detach(), &ctx)).collect::<Result<Vec<_>>>()?;
         let n = batch.n as f32;
-        let applied = if active { k } else { Tensor::full(&gpu, &[self.m], 1.0)? };
+        let applied = if active { k } else { ops::full(&gpu, &[self.m], 1.0)? };
         let parts = [ops::scale(&loss.detach(), n)?.reshape(&[1])?, view_stats(&views, &batch.labels)?, ops::scale(&s, n)?, ops::scale(&applied, n)?];
         let refs: Vec<&Tensor> = parts.iter().collect();
         self.acc.add(&ops::concat(&refs, 0)?)?;

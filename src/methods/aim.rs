@@ -19,7 +19,7 @@
 //!   Loss L = CE(fuse(E_dom, E_weak)) + γ·CE(fuse(AB_dom, E_weak)), one backward.
 //!   `v3`: also an auxiliary block of the weak encoder at the depths where it leads.
 use super::{build_encoders, stats_from_sums, view_stats, Accum, DeviceBatch, EpochStats, Method, Prediction};
-use crate::config::{AimConfig, AuxBn, Config};
+use super::config::MethodSetup;
 use crate::data::ModalitySpec;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
@@ -31,6 +31,120 @@ use rand::rngs::StdRng;
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
+
+// ---- configuration (`[method.aim]`) ----
+
+/// AIM (adaptive intra-network modulation); see docs/aim.md, whose design values are the
+/// defaults (except where it says a measurement chose otherwise).
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AimConfig {
+    /// DAP: refresh the prototypes every N epochs (warm-started).
+    pub prototype_every: usize,
+    /// DAP: Adam steps per refresh.
+    pub prototype_steps: usize,
+    /// DAP: Adam learning rate of the prototypes.
+    pub prototype_lr: f32,
+    /// Prototype classification temperature T in exp(−‖h − P‖² / (T·dim)).
+    pub temperature: f32,
+    /// EMA momentum of the per-depth scores within an epoch.
+    pub score_momentum: f32,
+    /// DAM: s_d = clamp(tanh(β·(r_d − 1)), 0, s_max).
+    pub beta: f32,
+    pub s_max: f32,
+    /// PAM: fraction of each layer's elements marked under-optimized.
+    pub rho: f32,
+    /// PAM: EMA momentum of the optimization-state score |g ⊙ θ|.
+    pub pam_momentum: f32,
+    /// PAM: refresh the masks every N epochs.
+    pub mask_every: usize,
+    /// Weight of the auxiliary-block loss.
+    pub gamma: f32,
+    /// Also give the weak modality an auxiliary block at depths where it leads (paper v3).
+    pub v3: bool,
+    /// The auxiliary loss also trains the fusion head (the spec's plain sum of losses). With
+    /// `false` the head is frozen inside the auxiliary term: it trains the encoders only, so
+    /// the head is not taught to expect a damped dominant modality that test time never shows.
+    pub aux_trains_head: bool,
+    /// Which statistics the auxiliary forward's batch norm uses (docs/aim.md#batch-norm).
+    pub aux_bn: AuxBn,
+}
+
+/// Batch-norm statistics of AIM's auxiliary forward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuxBn {
+    /// The main forward's batch statistics of the same step, as constants: the damping of the
+    /// weights reaches the auxiliary block's output instead of being normalised away.
+    Main,
+    /// The running statistics (eval-mode normalisation), as constants.
+    Running,
+    /// The auxiliary forward's own batch statistics (normalises most of the per-channel
+    /// damping away; the behaviour before this option existed).
+    Own,
+}
+
+impl Default for AimConfig {
+    fn default() -> Self {
+        AimConfig {
+            prototype_every: 1,
+            prototype_steps: 50,
+            prototype_lr: 0.05,
+            temperature: 1.0,
+            score_momentum: 0.9,
+            beta: 1.0,
+            s_max: 0.9,
+            rho: 0.5,
+            pam_momentum: 0.9,
+            mask_every: 1,
+            gamma: 1.0,
+            v3: false,
+            aux_trains_head: true,
+            // measured: docs/aim.md#batch-norm-of-the-auxiliary-block
+            aux_bn: AuxBn::Own,
+        }
+    }
+}
+
+impl AimConfig {
+    pub fn validate(&self) -> Result<()> {
+        let f = |n: &str| format!("method.aim.{n}");
+        if self.prototype_every == 0 {
+            return Err(Error::config(f("prototype_every"), "must be at least 1"));
+        }
+        if self.prototype_steps > 1_000_000 {
+            // a typo guard: a value this large is never meant and would run for ages
+            return Err(Error::config(f("prototype_steps"), format!("must be at most 1000000, got {}", self.prototype_steps)));
+        }
+        if self.mask_every == 0 {
+            return Err(Error::config(f("mask_every"), "must be at least 1"));
+        }
+        if !(self.prototype_lr.is_finite() && self.prototype_lr > 0.0) {
+            return Err(Error::config(f("prototype_lr"), format!("must be > 0, got {}", self.prototype_lr)));
+        }
+        if !(self.temperature.is_finite() && self.temperature > 0.0) {
+            return Err(Error::config(f("temperature"), format!("must be > 0, got {}", self.temperature)));
+        }
+        for (n, v) in [("score_momentum", self.score_momentum), ("pam_momentum", self.pam_momentum)] {
+            if !(0.0..1.0).contains(&v) {
+                return Err(Error::config(f(n), format!("must be in [0, 1), got {v}")));
+            }
+        }
+        if !(self.beta.is_finite() && self.beta >= 0.0) {
+            return Err(Error::config(f("beta"), format!("must be >= 0, got {}", self.beta)));
+        }
+        if !(0.0..=1.0).contains(&self.s_max) {
+            return Err(Error::config(f("s_max"), format!("must be in [0, 1], got {}", self.s_max)));
+        }
+        if !(0.0..=1.0).contains(&self.rho) {
+            return Err(Error::config(f("rho"), format!("must be in [0, 1], got {}", self.rho)));
+        }
+        if !(self.gamma.is_finite() && self.gamma >= 0.0) {
+            return Err(Error::config(f("gamma"), format!("must be >= 0, got {}", self.gamma)));
+        }
+        Ok(())
+    }
+}
 
 /// A conv/linear weight that PAM scores and masks.
 struct Layer {
@@ -127,12 +241,12 @@ pub fn fit_prototypes(
         let grads = ce(protos)?.backward()?;
         adam.step(&grads)?;
     }
-    let _ng = protos.gpu().no_grad();
+    let _ng = crate::autograd::no_grad();
     Ok(ce(protos)?.to_vec()?[0])
 }
 
 impl Aim {
-    pub fn new(gpu: &Gpu, cfg: &Config, specs: &[ModalitySpec], classes: usize, rng: &mut StdRng) -> Result<Aim> {
+    pub fn new(gpu: &Gpu, cfg: &MethodSetup, specs: &[ModalitySpec], classes: usize, rng: &mut StdRng) -> Result<Aim> {
         let a = cfg.method.aim.clone();
         a.validate()?;
         let encoders = build_encoders(gpu, cfg, specs, rng)?;
@@ -143,7 +257,7 @@ impl Aim {
         let mut depths = Vec::new();
         let mut protos = Vec::new();
         {
-            let _ng = gpu.no_grad();
+            let _ng = crate::autograd::no_grad();
             for (i, e) in encoders.iter().enumerate() {
                 let x = Tensor::zeros(gpu, &[&[1usize][..], &specs[i].shape[..]].concat())?;
                 let (_, outs) = e.forward_depths(&x, &Ctx::eval())?;
@@ -201,7 +315,7 @@ impl Aim {
 
     /// Random prototypes scaled to the RMS of each depth's features on `inputs`.
     fn init_prototypes(&mut self, inputs: &[Tensor]) -> Result<()> {
-        let _ng = self.gpu.no_grad();
+        let _ng = crate::autograd::no_grad();
         let ctx = Ctx::eval();
         for (m, (e, x)) in self.encoders.iter().zip(inputs).enumerate() {
             let (_, outs) = e.forward_depths(x, &ctx)?;
@@ -306,7 +420,7 @@ impl Aim {
 
     /// Per-depth prototype scores of one batch, [Σ depths] (no gradient).
     fn depth_scores(&self, outs: &[Vec<Tensor>], labels: &Tensor) -> Result<Tensor> {
-        let _ng = self.gpu.no_grad();
+        let _ng = crate::autograd::no_grad();
         let mut parts = Vec::new();
         for (m, o) in outs.iter().enumerate() {
             for (d, h) in o.iter().enumerate() {
@@ -457,7 +571,7 @@ impl Method for Aim {
         opt.step(&grads)?;
 
         // statistics (no readback)
-        let _ng = self.gpu.no_grad();
+        let _ng = crate::autograd::no_grad();
         let views = (0..self.m).map(|i| self.fusion.unimodal(i, &feats[i].detach(), &ctx)).collect::<Result<Vec<_>>>()?;
         let vs = view_stats(&views, &batch.labels)?;
         let n = batch.n as f32;
@@ -483,7 +597,7 @@ impl Method for Aim {
         super::eval_features(&self.encoders, inputs)
     }
     fn predict(&self, inputs: &[Tensor]) -> Result<Prediction> {
-        let _ng = self.gpu.no_grad();
+        let _ng = crate::autograd::no_grad();
         let ctx = Ctx::eval();
         let feats = super::encode_all(&self.encoders, inputs, &ctx)?;
         let fused = self.fusion.forward(&feats, &ctx)?;

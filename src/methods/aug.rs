@@ -5,7 +5,7 @@
 //! loss kernel (`ops::boost_loss`). Every `check_every` epochs (and after the first) the
 //! confidence scores decide which modality gets a new learner.
 use super::{build_encoders, DeviceBatch, EpochStats, Method, Prediction};
-use crate::config::{AugConfig, AugRule, Config};
+use super::config::MethodSetup;
 use crate::data::ModalitySpec;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
@@ -16,6 +16,102 @@ use crate::tensor::Tensor;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde_json::json;
+
+// ---- configuration (`[method.aug]`) ----
+
+/// Adaptive classifier assignment rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AugRule {
+    /// s^a − σ·s^v against ±τ (the paper)
+    Paper,
+    /// s^a / s^v against 1 ± τ (the official code)
+    Code,
+    /// any number of modalities: ratio_m = s^m / Σ_{others} s, add where below `multi_threshold`
+    Multi,
+}
+
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AugConfig {
+    /// weight of the residual term (paper searched 0.1..1.0)
+    pub lambda: f32,
+    #[serde(deserialize_with = "super::config::by_name::deserialize")]
+    pub form: crate::ops::BoostForm,
+    /// Check every N epochs; 0 = epochs / 10 (the official code).
+    pub check_every: usize,
+    /// Also check after the first epoch (the official code does).
+    pub check_after_first: bool,
+    pub rule: AugRule,
+    pub sigma: f32,
+    pub tau: f32,
+    pub multi_threshold: f32,
+    /// Optional cap on learners per modality.
+    pub max_learners: Option<usize>,
+    /// New learners join the optimizer with fresh state; false reproduces the official code
+    /// (they stay frozen random projections).
+    pub train_new_learners: bool,
+    /// Test-time fusion weights per modality (default 0.4 / 0.6 for two, uniform otherwise).
+    pub fusion_weights: Option<Vec<f32>>,
+    /// Learner width (Linear(D→hidden) + ReLU before the shared head).
+    pub hidden: usize,
+}
+
+impl Default for AugConfig {
+    fn default() -> Self {
+        AugConfig {
+            lambda: 0.5,
+            form: crate::ops::BoostForm::Code,
+            check_every: 0,
+            check_after_first: true,
+            rule: AugRule::Code,
+            sigma: 1.0,
+            tau: 0.01,
+            multi_threshold: 0.4,
+            max_learners: None,
+            train_new_learners: true,
+            fusion_weights: None,
+            hidden: 256,
+        }
+    }
+}
+
+
+impl AugConfig {
+    pub fn validate(&self) -> Result<()> {
+        let f = |n: &str| format!("method.aug.{n}");
+        if !self.lambda.is_finite() || self.lambda < 0.0 {
+            return Err(Error::config(f("lambda"), format!("must be >= 0, got {}", self.lambda)));
+        }
+        if self.hidden == 0 {
+            return Err(Error::config(f("hidden"), "must be at least 1"));
+        }
+        if self.max_learners == Some(0) {
+            return Err(Error::config(f("max_learners"), "must be at least 1 (or absent for no cap)"));
+        }
+        for (n, v, ok, want) in [
+            ("tau", self.tau, self.tau >= 0.0, ">= 0"),
+            ("sigma", self.sigma, self.sigma > 0.0, "> 0"),
+            ("multi_threshold", self.multi_threshold, self.multi_threshold > 0.0, "> 0"),
+        ] {
+            if !(v.is_finite() && ok) {
+                return Err(Error::config(f(n), format!("must be {want}, got {v}")));
+            }
+        }
+        if let Some(w) = &self.fusion_weights {
+            if let Some(v) = w.iter().find(|v| !(v.is_finite() && **v >= 0.0)) {
+                return Err(Error::config(f("fusion_weights"), format!("values must be finite and >= 0, got {v}")));
+            }
+            if w.iter().sum::<f32>() <= 0.0 {
+                return Err(Error::config(f("fusion_weights"), "at least one weight must be > 0"));
+            }
+        }
+        if self.hidden > crate::limits::MAX_WIDTH {
+            return Err(Error::config(f("hidden"), format!("must be at most {}, got {}", crate::limits::MAX_WIDTH, self.hidden)));
+        }
+        Ok(())
+    }
+}
 
 pub struct Aug {
     encoders: Vec<Box<dyn Encoder>>,
@@ -37,7 +133,7 @@ pub struct Aug {
 }
 
 impl Aug {
-    pub fn new(gpu: &Gpu, cfg: &Config, specs: &[ModalitySpec], classes: usize, rng: &mut StdRng) -> Result<Aug> {
+    pub fn new(gpu: &Gpu, cfg: &MethodSetup, specs: &[ModalitySpec], classes: usize, rng: &mut StdRng) -> Result<Aug> {
         let a = cfg.method.aug.clone();
         let m = specs.len();
         let encoders = build_encoders(gpu, cfg, specs, rng)?;
@@ -71,7 +167,7 @@ impl Aug {
             cfg: a,
             acc: vec![None; m],
             samples: 0,
-            epochs: cfg.train.epochs,
+            epochs: cfg.epochs,
             init: cfg.model.init,
             pending: Vec::new(),
         })
@@ -200,7 +296,7 @@ impl Method for Aug {
             let (loss, conf) = ops::boost_loss(&logits, &batch.labels, self.cfg.lambda, self.cfg.form)?;
             let grads = loss.backward()?;
             opt.step(&grads)?;
-            let _ng = self.gpu.no_grad();
+            let _ng = crate::autograd::no_grad();
             let step = ops::concat(&[&ops::scale(&loss.detach(), batch.n as f32)?, &ops::sum_all(&conf)?], 0)?;
             self.acc[m] = Some(match &self.acc[m] {
                 Some(a) => ops::add(a, &step)?,
@@ -214,7 +310,7 @@ impl Method for Aug {
         super::eval_features(&self.encoders, inputs)
     }
     fn predict(&self, inputs: &[Tensor]) -> Result<Prediction> {
-        let _ng = self.gpu.no_grad();
+        let _ng = crate::autograd::no_grad();
         let ctx = Ctx::eval();
         let mut per = Vec::new();
         let mut fused: Option<Tensor> = None;

@@ -14,7 +14,7 @@
 //! normalised to sum 1. The estimation reads back one loss per pass (never inside a step);
 //! the weights are host numbers for `super_epoch` epochs, uploaded once, and method state.
 use super::{encode_all, stats_from_sums, view_stats, Accum, DeviceBatch, EpochData, EpochStats, Joint, Method, Prediction};
-use crate::config::Config;
+use super::config::MethodSetup;
 use crate::data::ModalitySpec;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
@@ -91,7 +91,7 @@ pub struct GBlending {
 }
 
 impl GBlending {
-    pub fn new(gpu: &Gpu, cfg: &Config, specs: &[ModalitySpec], classes: usize, rng: &mut StdRng) -> Result<GBlending> {
+    pub fn new(gpu: &Gpu, cfg: &MethodSetup, specs: &[ModalitySpec], classes: usize, rng: &mut StdRng) -> Result<GBlending> {
         let joint = Joint::new(gpu, cfg, specs, classes, rng)?;
         // its own generator: the main model's initialisation stays joint training's; the
         // copy's values are overwritten before every use
@@ -161,7 +161,7 @@ impl GBlending {
         let mut acc = Accum::new(1);
         let (shadow, m) = (&self.shadow, self.m);
         data.val_pass(&mut |b| {
-            let _ng = b.labels.gpu().no_grad();
+            let _ng = crate::autograd::no_grad();
             let inputs = masked(&b.inputs, run, m)?;
             let fused = shadow.fusion.forward(&encode_all(&shadow.encoders, &inputs, &Ctx::eval())?, &Ctx::eval())?;
             acc.add(&ops::scale(&ops::cross_entropy(&fused, ops::Target::Hard(&b.labels), None)?, b.n as f32)?)?;
@@ -227,8 +227,7 @@ impl Method for GBlending {
         let refs: Vec<&Tensor> = ces.iter().collect();
         let loss = ops::sum_all(&ops::mul(&ops::concat(&refs, 0)?, &self.weights_dev)?)?;
         opt.step(&loss.backward()?)?;
-        let gpu = batch.labels.gpu().clone();
-        let _ng = gpu.no_grad();
+        let _ng = crate::autograd::no_grad();
         let detached: Vec<Tensor> = views.iter().map(Tensor::detach).collect();
         let total = ops::scale(&loss.detach(), batch.n as f32)?;
         self.acc.add(&ops::concat(&[&total, &view_stats(&detached, &batch.labels)?], 0)?)?;

@@ -2,7 +2,7 @@
 //! cross-entropy loss (the "naive" baseline that modality imbalance hurts).
 use super::{build_encoders, encode_all, stats_from_sums, view_stats, Accum, DeviceBatch, EpochStats, Method, Prediction};
 use crate::autograd::Gradients;
-use crate::config::Config;
+use super::config::MethodSetup;
 use crate::data::ModalitySpec;
 use crate::error::Result;
 use crate::gpu::Gpu;
@@ -20,7 +20,7 @@ pub struct Joint {
 }
 
 impl Joint {
-    pub fn new(gpu: &Gpu, cfg: &Config, specs: &[ModalitySpec], classes: usize, rng: &mut StdRng) -> Result<Joint> {
+    pub fn new(gpu: &Gpu, cfg: &MethodSetup, specs: &[ModalitySpec], classes: usize, rng: &mut StdRng) -> Result<Joint> {
         let encoders = build_encoders(gpu, cfg, specs, rng)?;
         let dims: Vec<usize> = encoders.iter().map(|e| e.out_dim()).collect();
         let fusion = Fusion::new(gpu, "fusion", cfg.method.fusion, &dims, classes, cfg.model.fusion_hidden, rng)?;
@@ -37,7 +37,7 @@ impl Joint {
         let loss = ops::cross_entropy(&logits, ops::Target::Hard(&batch.labels), None)?;
         let grads = loss.backward()?;
         let views = {
-            let _ng = batch.labels.gpu().no_grad();
+            let _ng = crate::autograd::no_grad();
             (0..self.m).map(|i| self.fusion.unimodal(i, &feats[i].detach(), &ctx)).collect::<Result<Vec<_>>>()?
         };
         let vs = view_stats(&views, &batch.labels)?;
@@ -72,8 +72,7 @@ impl Method for Joint {
         super::eval_features(&self.encoders, inputs)
     }
     fn predict(&self, inputs: &[Tensor]) -> Result<Prediction> {
-        let gpu = inputs[0].gpu().clone();
-        let _ng = gpu.no_grad();
+        let _ng = crate::autograd::no_grad();
         let ctx = Ctx::eval();
         let feats = encode_all(&self.encoders, inputs, &ctx)?;
         let fused = self.fusion.forward(&feats, &ctx)?;

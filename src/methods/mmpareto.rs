@@ -13,7 +13,7 @@
 //! All of it runs on the GPU: the dot products, the weights and the scales are tensors.
 use super::{build_encoders, stats_from_sums, Accum, DeviceBatch, EpochStats, Method, Prediction};
 use crate::autograd::Gradients;
-use crate::config::Config;
+use super::config::MethodSetup;
 use crate::data::ModalitySpec;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
@@ -22,6 +22,32 @@ use crate::ops;
 use crate::optim::{Optimizer, Param};
 use crate::tensor::Tensor;
 use rand::rngs::StdRng;
+
+// ---- configuration (`[method.mmpareto]`) ----
+
+/// MMPareto (Wei & Hu, ICML 2024); see docs/methods/mmpareto.md. Defaults are the official
+/// code's.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MmparetoConfig {
+    /// Final scale of the combined encoder gradient (`gamma = 1.5`, hard-coded in MMPareto.py).
+    pub gamma: f32,
+}
+
+impl Default for MmparetoConfig {
+    fn default() -> Self {
+        MmparetoConfig { gamma: 1.5 }
+    }
+}
+
+impl MmparetoConfig {
+    pub fn validate(&self) -> Result<()> {
+        if !(self.gamma.is_finite() && self.gamma > 0.0) {
+            return Err(Error::config("method.mmpareto.gamma", format!("must be > 0, got {}", self.gamma)));
+        }
+        Ok(())
+    }
+}
 
 /// The combined gradient of one parameter group.
 pub struct Combined {
@@ -51,7 +77,7 @@ pub fn combine(g_mm: &[Tensor], g_uni: &[Tensor], gamma: f32) -> Result<Combined
         return Err(Error::shape("mmpareto.combine", "the two gradient lists must hold tensors of the same shapes"));
     }
     let gpu = g_mm.first().ok_or_else(|| Error::Other("mmpareto: empty parameter group".into()))?.gpu().clone();
-    let _ng = gpu.no_grad();
+    let _ng = crate::autograd::no_grad();
     let a = dot_all(g_mm, g_mm)?; // v1v1
     let b = dot_all(g_mm, g_uni)?; // v1v2
     let c = dot_all(g_uni, g_uni)?; // v2v2
@@ -63,7 +89,7 @@ pub fn combine(g_mm: &[Tensor], g_uni: &[Tensor], gamma: f32) -> Result<Combined
     let case2 = ops::mul(&not1, &ops::ge_scalar(&ops::sub(&b, &c)?, 0.0)?)?; // v1v2 >= v2v2: 0.001
     let interior_mask = ops::affine(&ops::add(&case1, &case2)?, -1.0, 1.0)?;
     let den = ops::sub(&ops::add(&a, &c)?, &ops::scale(&b, 2.0)?)?;
-    let den = ops::maximum(&den, &Tensor::full(&gpu, &[1], 1e-30)?)?;
+    let den = ops::maximum(&den, &crate::ops::full(&gpu, &[1], 1e-30)?)?;
     // interior solution (v2v2 − v1v2)/(v1v1 + v2v2 − 2·v1v2) lies in (0, 1); the clamp only
     // keeps the masked-out branches finite
     let interior = ops::clamp(&ops::div(&ops::sub(&c, &b)?, &den)?, 0.0, 1.0)?;
@@ -72,7 +98,7 @@ pub fn combine(g_mm: &[Tensor], g_uni: &[Tensor], gamma: f32) -> Result<Combined
     let k = ops::add(&ops::mul(&conflict, &mgda)?, &ops::scale(&ops::affine(&conflict, -1.0, 1.0)?, 0.5)?)?;
     let k2 = ops::scale(&k, 2.0)?; // 2k
     let u2 = ops::affine(&k, -2.0, 2.0)?; // 2(1 − k)
-    let tiny = Tensor::full(&gpu, &[1], 1e-30)?;
+    let tiny = crate::ops::full(&gpu, &[1], 1e-30)?;
     let mut grads = Vec::with_capacity(g_mm.len());
     for (gm, gu) in g_mm.iter().zip(g_uni) {
         let new = ops::add(&ops::mul(gm, &k2)?, &ops::mul(gu, &u2)?)?;
@@ -83,7 +109,7 @@ pub fn combine(g_mm: &[Tensor], g_uni: &[Tensor], gamma: f32) -> Result<Combined
         let s = ops::clamp(&ops::div(&tn, &ops::maximum(&nn, &tiny)?)?, 1.0, 1e30)?;
         grads.push(ops::mul(&new, &ops::scale(&s, gamma)?)?);
     }
-    let denom = ops::maximum(&ops::sqrt(&ops::mul(&a, &c)?)?, &Tensor::full(&gpu, &[1], 1e-8)?)?;
+    let denom = ops::maximum(&ops::sqrt(&ops::mul(&a, &c)?)?, &crate::ops::full(&gpu, &[1], 1e-8)?)?;
     let cos = ops::div(&b, &denom)?;
     let info = ops::concat(&[&cos, &k, &conflict], 0)?;
     Ok(Combined { grads, info })
@@ -101,7 +127,7 @@ pub struct MmPareto {
 }
 
 impl MmPareto {
-    pub fn new(gpu: &Gpu, cfg: &Config, specs: &[ModalitySpec], classes: usize, rng: &mut StdRng) -> Result<MmPareto> {
+    pub fn new(gpu: &Gpu, cfg: &MethodSetup, specs: &[ModalitySpec], classes: usize, rng: &mut StdRng) -> Result<MmPareto> {
         let encoders = build_encoders(gpu, cfg, specs, rng)?;
         let dims: Vec<usize> = encoders.iter().map(|e| e.out_dim()).collect();
         let fusion = Fusion::new(gpu, "fusion", cfg.method.fusion, &dims, classes, cfg.model.fusion_hidden, rng)?;
@@ -163,7 +189,7 @@ impl Method for MmPareto {
             let l = ops::cross_entropy(&logits, ops::Target::Hard(&batch.labels), None)?;
             let g_uni = l.backward()?;
             let enc = self.encoders[i].params();
-            let _ng = gpu.no_grad();
+            let _ng = crate::autograd::no_grad();
             let mut a = Vec::with_capacity(enc.len());
             let mut b = Vec::with_capacity(enc.len());
             let mut used = Vec::with_capacity(enc.len());
@@ -205,7 +231,7 @@ impl Method for MmPareto {
         }
         opt.step(&grads)?;
         drop::<Gradients>(grads);
-        let _ng = gpu.no_grad();
+        let _ng = crate::autograd::no_grad();
         let n = batch.n as f32;
         let mut total = loss_mm.detach().reshape(&[1])?;
         for l in &uni_losses {
@@ -229,8 +255,7 @@ impl Method for MmPareto {
         super::eval_features(&self.encoders, inputs)
     }
     fn predict(&self, inputs: &[Tensor]) -> Result<Prediction> {
-        let gpu = inputs[0].gpu().clone();
-        let _ng = gpu.no_grad();
+        let _ng = crate::autograd::no_grad();
         let ctx = Ctx::eval();
         let feats = super::encode_all(&self.encoders, inputs, &ctx)?;
         let fused = self.fusion.forward(&feats, &ctx)?;

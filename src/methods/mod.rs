@@ -4,24 +4,28 @@
 pub mod agm;
 pub mod aim;
 mod aug;
+pub mod config;
 pub mod g_blending;
 mod joint;
 pub mod mmpareto;
+pub mod model;
 mod ogm_ge;
 pub mod pmr;
 mod unimodal;
 
-pub use agm::Agm;
-pub use aim::Aim;
-pub use aug::Aug;
-pub use g_blending::GBlending;
+pub use agm::{Agm, AgmConfig};
+pub use aim::{Aim, AimConfig, AuxBn};
+pub use aug::{Aug, AugConfig, AugRule};
+pub use config::{MethodConfig, MethodName, MethodSetup};
+pub use g_blending::{GBlending, GBlendingConfig};
 pub use joint::Joint;
-pub use mmpareto::MmPareto;
-pub use pmr::Pmr;
-pub use ogm_ge::OgmGe;
+pub use mmpareto::{MmPareto, MmparetoConfig};
+pub use model::{EncoderKind, ModelConfig, ModelOverride};
+pub use ogm_ge::{OgmConfig, OgmFormula, OgmGe, OgmScope};
+pub use pmr::{Pmr, PmrCoefficient, PmrConfig};
 pub use unimodal::Unimodal;
 
-use crate::config::{Config, EncoderKind, MethodName, ModelConfig};
+
 use crate::data::ModalitySpec;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
@@ -170,7 +174,7 @@ pub fn build_encoder(gpu: &Gpu, name: &str, spec: &ModalitySpec, mc: &ModelConfi
 }
 
 /// One encoder per modality, named `enc.<modality>`.
-pub fn build_encoders(gpu: &Gpu, cfg: &Config, specs: &[ModalitySpec], rng: &mut StdRng) -> Result<Vec<Box<dyn Encoder>>> {
+pub fn build_encoders(gpu: &Gpu, cfg: &MethodSetup, specs: &[ModalitySpec], rng: &mut StdRng) -> Result<Vec<Box<dyn Encoder>>> {
     for name in cfg.model.modalities.keys() {
         if !specs.iter().any(|s| &s.name == name) {
             let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
@@ -184,7 +188,7 @@ pub fn build_encoders(gpu: &Gpu, cfg: &Config, specs: &[ModalitySpec], rng: &mut
 }
 
 /// Build the configured method for a dataset with these modalities and classes.
-pub fn build(gpu: &Gpu, cfg: &Config, specs: &[ModalitySpec], classes: usize, rng: &mut StdRng) -> Result<Box<dyn Method>> {
+pub fn build(gpu: &Gpu, cfg: &MethodSetup, specs: &[ModalitySpec], classes: usize, rng: &mut StdRng) -> Result<Box<dyn Method>> {
     let method: Box<dyn Method> = match cfg.method.name {
         MethodName::Unimodal => Box::new(Unimodal::new(gpu, cfg, specs, classes, rng)?),
         MethodName::Joint => Box::new(Joint::new(gpu, cfg, specs, classes, rng)?),
@@ -234,8 +238,7 @@ impl Accum {
 /// Per-modality statistics of one step, as a [2·M] tensor: the batch-sum of each view's CE
 /// and the batch-sum of each view's true-class probability (no gradient).
 pub fn view_stats(views: &[Tensor], labels: &Tensor) -> Result<Tensor> {
-    let gpu = labels.gpu().clone();
-    let _ng = gpu.no_grad();
+    let _ng = crate::autograd::no_grad();
     let n = labels.numel() as f32;
     let mut parts = Vec::new();
     for v in views {
@@ -260,8 +263,10 @@ pub fn encode_all(encoders: &[Box<dyn Encoder>], inputs: &[Tensor], ctx: &Ctx) -
 /// Eval-mode features of every encoder, no gradients ([`Method::features`] of methods
 /// with one encoder per modality).
 pub fn eval_features(encoders: &[Box<dyn Encoder>], inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
-    let Some(first) = inputs.first() else { return Ok(Vec::new()) };
-    let _ng = first.gpu().no_grad();
+    if inputs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let _ng = crate::autograd::no_grad();
     Ok(encode_all(encoders, inputs, &Ctx::eval())?.into_iter().map(Some).collect())
 }
 

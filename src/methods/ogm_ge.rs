@@ -11,14 +11,69 @@
 //! official scope); at a ratio of exactly 1 the official code modulates audio, here both
 //! (ρ = 1 counts as dominant for each; a measure-zero case).
 use super::{DeviceBatch, EpochStats, Joint, Method, Prediction};
-use crate::config::{Config, OgmFormula, OgmScope};
+use super::config::MethodSetup;
 use crate::data::ModalitySpec;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::ops;
 use crate::optim::{Optimizer, Param};
 use crate::tensor::Tensor;
 use rand::rngs::StdRng;
+
+// ---- configuration (`[method.ogm]`) ----
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OgmFormula {
+    /// 1 − tanh(α·relu(ρ)) (the official code)
+    Code,
+    /// 1 − tanh(α·relu(ρ − 1)) (the paper)
+    Paper,
+}
+
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OgmConfig {
+    pub alpha: f32,
+    /// Modulation is applied for epochs in [start_epoch, end_epoch].
+    pub start_epoch: usize,
+    pub end_epoch: usize,
+    pub formula: OgmFormula,
+    pub modulate: OgmScope,
+}
+
+impl Default for OgmConfig {
+    fn default() -> Self {
+        OgmConfig { alpha: 0.8, start_epoch: 0, end_epoch: 50, formula: OgmFormula::Code, modulate: OgmScope::All }
+    }
+}
+
+/// Which encoder gradients OGM modulates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OgmScope {
+    /// Every parameter of the encoder (works for any encoder, MLPs included).
+    All,
+    /// Only 4-D (convolution) weights, as the official code (`len(parms.grad.size()) == 4`):
+    /// batch-norm parameters and linear layers keep their plain gradients.
+    ConvWeights,
+}
+
+
+impl OgmConfig {
+    pub fn validate(&self) -> Result<()> {
+        if !(self.alpha.is_finite() && self.alpha >= 0.0) {
+            return Err(Error::config("method.ogm.alpha", "must be >= 0"));
+        }
+        if self.start_epoch > self.end_epoch {
+            return Err(Error::config(
+                "method.ogm.start_epoch",
+                format!("must be <= method.ogm.end_epoch ({}), got {}", self.end_epoch, self.start_epoch),
+            ));
+        }
+        Ok(())
+    }
+}
 
 pub struct OgmGe {
     joint: Joint,
@@ -34,7 +89,7 @@ pub struct OgmGe {
 }
 
 impl OgmGe {
-    pub fn new(gpu: &Gpu, cfg: &Config, specs: &[ModalitySpec], classes: usize, rng: &mut StdRng, ge: bool) -> Result<OgmGe> {
+    pub fn new(gpu: &Gpu, cfg: &MethodSetup, specs: &[ModalitySpec], classes: usize, rng: &mut StdRng, ge: bool) -> Result<OgmGe> {
         let o = &cfg.method.ogm;
         Ok(OgmGe {
             joint: Joint::new(gpu, cfg, specs, classes, rng)?,
@@ -89,7 +144,7 @@ impl Method for OgmGe {
         let (mut grads, views) = self.joint.forward_backward(batch)?;
         if epoch >= self.start && epoch <= self.end {
             let gpu = batch.labels.gpu().clone();
-            let _ng = gpu.no_grad();
+            let _ng = crate::autograd::no_grad();
             let k = self.coefficients(&views, &batch.labels)?;
             for m in 0..self.m {
                 let km = ops::narrow(&k, 0, m, 1)?;

@@ -13,7 +13,7 @@
 //! Everything stays on the GPU: prototypes, class sums, scores and coefficients are tensors;
 //! the epoch's statistics are read back once in `end_epoch`.
 use super::{encode_all, stats_from_sums, view_stats, Accum, DeviceBatch, EpochStats, Joint, Method, Prediction};
-use crate::config::{Config, PmrCoefficient, PmrConfig};
+use super::config::MethodSetup;
 use crate::data::ModalitySpec;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
@@ -22,6 +22,81 @@ use crate::ops;
 use crate::optim::{Optimizer, Param};
 use crate::tensor::Tensor;
 use rand::rngs::StdRng;
+
+// ---- configuration (`[method.pmr]`) ----
+
+/// How PMR weights the prototypical CE of a slower modality (docs/methods/pmr.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PmrCoefficient {
+    /// α for every modality whose prototype score is below the best one, 0 otherwise (the
+    /// official `main_Prototype_grad.py`).
+    Code,
+    /// α·clip(s_max/s_m − 1, 0, 1): grows with the imbalance (the paper's ratio-dependent form,
+    /// as re-implemented in GeWu-Lab/BalanceBenchmark).
+    Ratio,
+}
+
+/// PMR (Fan et al., CVPR 2023); see docs/methods/pmr.md. Defaults are the official code's.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PmrConfig {
+    /// Weight of the prototypical CE of the slower modality (`--alpha`, 1.0).
+    pub alpha: f32,
+    /// Prototypes are recomputed at the start of every epoch as
+    /// (1 − momentum)·new + momentum·old (`--momentum_coef`, 0.2).
+    pub momentum: f32,
+    /// Share of the training batches the prototypes are averaged over (the official code stops
+    /// after `len(loader) // 10` batches: 0.1).
+    pub proto_fraction: f64,
+    /// The rebalancing terms act for epochs in [start_epoch, end_epoch]
+    /// (`--modulation_starts` 0, `--modulation_ends` 100).
+    pub start_epoch: usize,
+    pub end_epoch: usize,
+    pub coefficient: PmrCoefficient,
+    /// Weight μ of the prototype entropy regularisation of the dominant modality (0: off, as
+    /// the official code, which has none).
+    pub mu: f32,
+    /// The entropy term acts for epochs in [start_epoch, start_epoch + entropy_epochs).
+    pub entropy_epochs: usize,
+}
+
+impl Default for PmrConfig {
+    fn default() -> Self {
+        PmrConfig {
+            alpha: 1.0,
+            momentum: 0.2,
+            proto_fraction: 0.1,
+            start_epoch: 0,
+            end_epoch: 100,
+            coefficient: PmrCoefficient::Code,
+            mu: 0.0,
+            entropy_epochs: 0,
+        }
+    }
+}
+
+impl PmrConfig {
+    pub fn validate(&self) -> Result<()> {
+        let f = |n: &str| format!("method.pmr.{n}");
+        if !(self.alpha.is_finite() && self.alpha >= 0.0) {
+            return Err(Error::config(f("alpha"), format!("must be >= 0, got {}", self.alpha)));
+        }
+        if !(self.momentum.is_finite() && (0.0..1.0).contains(&self.momentum)) {
+            return Err(Error::config(f("momentum"), format!("must be in [0, 1), got {}", self.momentum)));
+        }
+        if !(self.proto_fraction.is_finite() && self.proto_fraction > 0.0 && self.proto_fraction <= 1.0) {
+            return Err(Error::config(f("proto_fraction"), format!("must be in (0, 1], got {}", self.proto_fraction)));
+        }
+        if self.start_epoch > self.end_epoch {
+            return Err(Error::config(f("start_epoch"), format!("must be <= method.pmr.end_epoch ({}), got {}", self.end_epoch, self.start_epoch)));
+        }
+        if !(self.mu.is_finite() && self.mu >= 0.0) {
+            return Err(Error::config(f("mu"), format!("must be >= 0, got {}", self.mu)));
+        }
+        Ok(())
+    }
+}
 
 /// Added to squared distances before the square root, so that a feature equal to its
 /// prototype has a finite gradient (the official code gets NaN there).
@@ -44,7 +119,7 @@ pub fn distances(feats: &Tensor, protos: &Tensor) -> Result<Tensor> {
 /// (Code: 1 where s_m < max s, else 0; Ratio: clip(max s / s_m − 1, 0, 1)), `coef = α·weight`
 /// multiplies the prototypical CE, `dominant` is 1 where s_m = max s.
 pub fn coefficients(scores: &Tensor, alpha: f32, kind: PmrCoefficient) -> Result<(Tensor, Tensor, Tensor)> {
-    let _ng = scores.gpu().no_grad();
+    let _ng = crate::autograd::no_grad();
     let smax = ops::max(scores, &[0], true)?; // [1]
     let dominant = ops::ge_scalar(&ops::sub(scores, &smax)?, 0.0)?;
     let weight = match kind {
@@ -85,13 +160,13 @@ pub fn pmr_terms(fused: &Tensor, feats: &[Tensor], protos: &[Tensor], labels: &T
     for (f, p) in feats.iter().zip(protos) {
         let sim = ops::neg(&distances(f, p)?)?;
         pces.push(ops::cross_entropy(&sim, ops::Target::Hard(labels), None)?);
-        let _ng = gpu.no_grad();
+        let _ng = crate::autograd::no_grad();
         scores.push(ops::sum_all(&ops::true_class_prob(&sim.detach(), labels)?)?.reshape(&[1])?);
         drop(_ng);
         sims.push(sim);
     }
     let (s, pce_d) = {
-        let _ng = gpu.no_grad();
+        let _ng = crate::autograd::no_grad();
         let sr: Vec<&Tensor> = scores.iter().collect();
         let pd: Vec<Tensor> = pces.iter().map(|t| t.detach().reshape(&[1])).collect::<Result<_>>()?;
         let pr: Vec<&Tensor> = pd.iter().collect();
@@ -138,10 +213,10 @@ pub fn pmr_terms(fused: &Tensor, feats: &[Tensor], protos: &[Tensor], labels: &T
 /// a class absent from the pass keeping `prev`; then, with `ema`,
 /// (1 − momentum)·mean + momentum·prev.
 pub fn update_prototypes(sums: &Tensor, counts: &Tensor, prev: &Tensor, momentum: f32, ema: bool) -> Result<Tensor> {
-    let _ng = sums.gpu().no_grad();
+    let _ng = crate::autograd::no_grad();
     let k = counts.numel();
     let c = counts.reshape(&[k, 1])?;
-    let mean = ops::div(sums, &ops::maximum(&c, &Tensor::full(sums.gpu(), &[1], 1.0)?)?)?;
+    let mean = ops::div(sums, &ops::maximum(&c, &crate::ops::full(sums.gpu(), &[1], 1.0)?)?)?;
     let has = ops::ge_scalar(&c, 0.5)?;
     let kept = ops::add(&ops::mul(&has, &mean)?, &ops::mul(&ops::affine(&has, -1.0, 1.0)?, prev)?)?;
     if ema {
@@ -165,7 +240,7 @@ pub struct Pmr {
 }
 
 impl Pmr {
-    pub fn new(gpu: &Gpu, cfg: &Config, specs: &[ModalitySpec], classes: usize, rng: &mut StdRng) -> Result<Pmr> {
+    pub fn new(gpu: &Gpu, cfg: &MethodSetup, specs: &[ModalitySpec], classes: usize, rng: &mut StdRng) -> Result<Pmr> {
         let joint = Joint::new(gpu, cfg, specs, classes, rng)?;
         let m = specs.len();
         let protos = joint.encoders.iter().map(|e| Tensor::zeros(gpu, &[classes, e.out_dim()])).collect::<Result<Vec<_>>>()?;
@@ -209,8 +284,7 @@ impl Method for Pmr {
         Some(self.cfg.proto_fraction)
     }
     fn observe(&mut self, batch: &DeviceBatch, _epoch: usize) -> Result<()> {
-        let gpu = batch.labels.gpu().clone();
-        let _ng = gpu.no_grad();
+        let _ng = crate::autograd::no_grad();
         // the official calculate_prototype runs the model in eval mode
         let feats = encode_all(&self.joint.encoders, &batch.inputs, &Ctx::eval())?;
         let onehot = ops::embedding(&batch.labels, &self.eye)?; // [N, K]
@@ -250,8 +324,7 @@ impl Method for Pmr {
         let t = pmr_terms(&fused, &feats, &self.protos, &batch.labels, &self.cfg, active, entropy)?;
         let grads = t.loss.backward()?;
         opt.step(&grads)?;
-        let gpu = batch.labels.gpu().clone();
-        let _ng = gpu.no_grad();
+        let _ng = crate::autograd::no_grad();
         let views = (0..self.m).map(|i| self.joint.fusion.unimodal(i, &feats[i].detach(), &ctx)).collect::<Result<Vec<_>>>()?;
         let vs = view_stats(&views, &batch.labels)?;
         let n = batch.n as f32;
@@ -309,7 +382,7 @@ impl Pmr {
     }
     /// The encoder features the prototypes are built from (eval mode, no gradient).
     pub fn features(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
-        let _ng = inputs[0].gpu().no_grad();
+        let _ng = crate::autograd::no_grad();
         encode_all(&self.joint.encoders, inputs, &Ctx::eval())
     }
 }

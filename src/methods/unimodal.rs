@@ -1,7 +1,7 @@
 //! Unimodal baseline: one encoder and a linear head, trained alone on one modality — the
 //! ceiling that modality can reach by itself.
 use super::{build_encoder, stats_from_sums, view_stats, Accum, DeviceBatch, EpochStats, Method, Prediction};
-use crate::config::Config;
+use super::config::MethodSetup;
 use crate::data::ModalitySpec;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
@@ -20,7 +20,7 @@ pub struct Unimodal {
 }
 
 impl Unimodal {
-    pub fn new(gpu: &Gpu, cfg: &Config, specs: &[ModalitySpec], classes: usize, rng: &mut StdRng) -> Result<Unimodal> {
+    pub fn new(gpu: &Gpu, cfg: &MethodSetup, specs: &[ModalitySpec], classes: usize, rng: &mut StdRng) -> Result<Unimodal> {
         let want = cfg.method.modality.clone().unwrap_or_default();
         let index = specs.iter().position(|s| s.name == want).ok_or_else(|| {
             let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
@@ -59,12 +59,12 @@ impl Method for Unimodal {
         Ok(())
     }
     fn features(&self, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
-        let _ng = inputs[self.index].gpu().no_grad();
+        let _ng = crate::autograd::no_grad();
         let f = self.encoder.forward(&inputs[self.index], &Ctx::eval())?;
         Ok((0..self.m).map(|i| if i == self.index { Some(f.clone()) } else { None }).collect())
     }
     fn predict(&self, inputs: &[Tensor]) -> Result<Prediction> {
-        let _ng = inputs[0].gpu().no_grad();
+        let _ng = crate::autograd::no_grad();
         let ctx = Ctx::eval();
         let logits = self.head.forward(&self.encoder.forward(&inputs[self.index], &ctx)?, &ctx)?;
         let per_modality = (0..self.m).map(|i| if i == self.index { Some(logits.clone()) } else { None }).collect();

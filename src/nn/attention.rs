@@ -4,7 +4,7 @@ use super::{expect_depth, join, normal_init, param, Ctx, Encoder, LayerNorm, Lin
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::ops;
-use crate::optim::Param;
+use super::Param;
 use crate::tensor::Tensor;
 use rand::rngs::StdRng;
 

@@ -4,7 +4,7 @@ use super::{expect_depth, expect_input, join, BatchNorm2d, Conv2d, Ctx, Encoder,
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::ops;
-use crate::optim::Param;
+use super::Param;
 use crate::tensor::Tensor;
 use rand::rngs::StdRng;
 

@@ -4,12 +4,11 @@ use super::{join, Ctx, Linear, Module};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::ops;
-use crate::optim::Param;
+use super::Param;
 use crate::tensor::Tensor;
 use rand::rngs::StdRng;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FusionKind {
     Sum,
     Concat,

@@ -3,14 +3,12 @@
 //! layer norm 1 / 0); [`reinit`] redraws the convolution and linear parameters of a finished
 //! model under another scheme.
 use crate::error::Result;
-use crate::optim::Param;
+use super::Param;
 use rand::rngs::StdRng;
 use rand::Rng;
-use serde::Deserialize;
 
 /// `model.init`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Init {
     /// The official AUG code's: conv weights N(0, 2 / (C_out·k·k)), linear weights
     /// N(0, 2 / (in + out)), biases 0.
@@ -21,6 +19,26 @@ pub enum Init {
     /// U(−1/√fan_in, 1/√fan_in), and bias U(−1/√fan_in, 1/√fan_in), with fan_in = in_features
     /// or C_in·kH·kW.
     Torch,
+}
+
+impl std::str::FromStr for Init {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "official" => Ok(Init::Official),
+            "torch" => Ok(Init::Torch),
+            _ => Err(format!("unknown initialisation {s:?}; allowed: official, torch")),
+        }
+    }
+}
+
+impl std::fmt::Display for Init {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Init::Official => "official",
+            Init::Torch => "torch",
+        })
+    }
 }
 
 /// Redraw the linear and convolution parameters among `params` under `scheme` (a no-op for

@@ -4,18 +4,19 @@ mod attention;
 mod cnn;
 mod fusion;
 pub mod init;
+mod param;
 mod resnet;
 
 pub use attention::{MultiHeadAttention, TransformerConfig, TransformerEncoder, TransformerLayer};
 pub use cnn::{MlpEncoder, SmallCnn};
 pub use fusion::{Fusion, FusionKind};
 pub use init::Init;
+pub use param::Param;
 pub use resnet::{BasicBlock, ResNet18};
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::ops;
-use crate::optim::Param;
 use crate::tensor::Tensor;
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -209,7 +210,7 @@ impl BatchNorm2d {
             bias: param(gpu, join(name, "bias"), &vec![0.0; c], &[c])?,
             state: ops::BatchNormState {
                 running_mean: Tensor::zeros(gpu, &[c])?,
-                running_var: Tensor::full(gpu, &[c], 1.0)?,
+                running_var: crate::ops::full(gpu, &[c], 1.0)?,
                 momentum: 0.1,
                 eps: 1e-5,
             },

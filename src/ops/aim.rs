@@ -4,17 +4,18 @@
 //! masks, and prototype-classification scores (DAP).
 use super::{bytes_of, expect_f32, expect_same_gpu, grid};
 use crate::error::{Error, Result};
-use crate::gpu::{Access, Kernel};
+use crate::gpu::{Access, Kernel, Shader};
 use crate::tensor::{DType, Tensor};
 
-const SRC: &str = include_str!("../../shaders/aim.wgsl");
 const R: Access = Access::Read;
 const RW: Access = Access::ReadWrite;
-const K_INIT: Kernel = Kernel { shader: "aim", source: SRC, entry: "select_init", bindings: &[RW] };
-const K_HIST: Kernel = Kernel { shader: "aim", source: SRC, entry: "select_hist", bindings: &[R, RW] };
-const K_SCAN: Kernel = Kernel { shader: "aim", source: SRC, entry: "select_scan", bindings: &[RW] };
-const K_MASK: Kernel = Kernel { shader: "aim", source: SRC, entry: "select_mask", bindings: &[R, RW, RW] };
-const K_SCALE: Kernel = Kernel { shader: "aim", source: SRC, entry: "mask_scale", bindings: &[R, RW] };
+const K_INIT: Kernel = Kernel::new(Shader::Aim, "select_init", &[RW], &Params::LAYOUT);
+const K_HIST: Kernel = Kernel::new(Shader::Aim, "select_hist", &[R, RW], &Params::LAYOUT);
+const K_SCAN: Kernel = Kernel::new(Shader::Aim, "select_scan", &[RW], &Params::LAYOUT);
+const K_MASK: Kernel = Kernel::new(Shader::Aim, "select_mask", &[R, RW, RW], &Params::LAYOUT);
+const K_SCALE: Kernel = Kernel::new(Shader::Aim, "mask_scale", &[R, RW], &Params::LAYOUT);
+/// Every kernel of this file (for the interface test, `tests/kernels.rs`).
+pub(crate) const KERNELS: &[Kernel] = &[K_INIT, K_HIST, K_SCAN, K_MASK, K_SCALE];
 
 /// u32 words of per-layer selection state (see the shader's header).
 const STRIDE: usize = 264;
@@ -25,17 +26,17 @@ const MASK_PER_GROUP: usize = 256 * 8;
 /// Per-sample feature size above which prototype dots split the reduction.
 const SPLIT_MIN: usize = 4096;
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    n: u32,
-    base: u32,
-    shift: u32,
-    word: u32,
-    k: u32,
-    s: f32,
-    _p0: u32,
-    _p1: u32,
+crate::gpu::gpu_params! {
+    struct Params as "Params" {
+        n: u32,
+        base: u32,
+        shift: u32,
+        word: u32,
+        k: u32,
+        s: f32,
+        _p0: u32,
+        _p1: u32,
+    }
 }
 
 impl Params {
@@ -167,7 +168,7 @@ pub fn proto_logits(h: &Tensor, p: &Tensor, temperature: f32) -> Result<Tensor> 
     if !(temperature.is_finite() && temperature > 0.0) {
         return Err(Error::Other(format!("{OP}: temperature must be > 0, got {temperature}")));
     }
-    let _ng = h.gpu().no_grad();
+    let _ng = crate::autograd::no_grad();
     let (n, k) = (h.dim(0), p.dim(0));
     let dim = h.numel() / n.max(1);
     let hf = h.detach().reshape(&[n, dim])?;

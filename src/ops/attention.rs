@@ -18,98 +18,52 @@
 use super::{bytes_of, expect_f32, expect_same_gpu, grid};
 use crate::autograd::BackwardOp;
 use crate::error::{Error, Result};
-use crate::gpu::{Access, Gpu, Kernel};
+use crate::gpu::{Access, AttentionTiles, Gpu, Kernel, ATTENTION_TILES};
 use crate::tensor::{DType, Tensor};
-use std::sync::OnceLock;
 
-const TEMPLATE: &str = include_str!("../../shaders/attention.wgsl");
 const R: Access = Access::Read;
 const RW: Access = Access::ReadWrite;
 
 /// Largest head dim the kernels support.
 pub const ATTENTION_MAX_HEAD_DIM: usize = 128;
 
-/// Tile sizes of one instantiation (mirrors the WGSL `@variant` block). Chosen so every
-/// entry point needs at most ~29 KiB of workgroup memory (fits the common 32 KiB limit).
-#[derive(Clone, Copy, Debug)]
-struct Variant {
-    name: &'static str,
-    dh: u32,
-    f_bq: u32,
-    f_bk: u32,
-    q_bq: u32,
-    q_bk: u32,
-    kv_bk: u32,
-    kv_bq: u32,
+/// The entry points (name, storage bindings), each instantiated per head dim.
+type Entry = (&'static str, &'static [Access]);
+const FWD: Entry = ("attn_fwd", &[R, R, R, R, RW, RW]);
+const BWD_DELTA: Entry = ("attn_bwd_delta", &[R, R, R, RW]);
+const BWD_DQ: Entry = ("attn_bwd_dq", &[R, R, R, R, R, R, RW]);
+const BWD_DKV: Entry = ("attn_bwd_dkv", &[R, R, R, R, R, R, RW, RW]);
+
+fn kernel(t: &AttentionTiles, (entry, bindings): Entry) -> Kernel {
+    Kernel::new(t.shader(), entry, bindings, &Params::LAYOUT)
 }
 
-const VARIANTS: [Variant; 3] = [
-    Variant { name: "attention_d32", dh: 32, f_bq: 32, f_bk: 64, q_bq: 32, q_bk: 32, kv_bk: 32, kv_bq: 32 },
-    Variant { name: "attention_d64", dh: 64, f_bq: 32, f_bk: 32, q_bq: 32, q_bk: 32, kv_bk: 32, kv_bq: 16 },
-    Variant { name: "attention_d128", dh: 128, f_bq: 32, f_bk: 16, q_bq: 16, q_bk: 16, kv_bk: 16, kv_bq: 8 },
-];
+/// Every attention kernel of every instantiation (for the interface test).
+pub(crate) fn kernels() -> Vec<Kernel> {
+    ATTENTION_TILES
+        .iter()
+        .flat_map(|t| [FWD, BWD_DELTA, BWD_DQ, BWD_DKV].map(|e| kernel(t, e)))
+        .collect()
+}
 
-impl Variant {
-    fn for_head_dim(dh: usize) -> Option<(usize, Variant)> {
-        VARIANTS.iter().enumerate().find(|(_, v)| dh <= v.dh as usize).map(|(i, v)| (i, *v))
+crate::gpu::gpu_params! {
+    struct Params as "Params" {
+        bh: u32,
+        heads: u32,
+        l: u32,
+        s: u32,
+        dh: u32,
+        has_mask: u32,
+        nblk: u32,
+        scale: f32,
     }
-
-    /// The const block substituted into the template.
-    fn header(&self) -> String {
-        format!(
-            "const DH: u32 = {}u;\nconst F_BQ: u32 = {}u;\nconst F_BK: u32 = {}u;\nconst Q_BQ: u32 = {}u;\n\
-             const Q_BK: u32 = {}u;\nconst KV_BK: u32 = {}u;\nconst KV_BQ: u32 = {}u;\n",
-            self.dh, self.f_bq, self.f_bk, self.q_bq, self.q_bk, self.kv_bk, self.kv_bq
-        )
-    }
-
-    /// Workgroup memory (bytes) of each tiled entry point: fwd, dq, dkv.
-    fn workgroup_bytes(&self) -> [u32; 3] {
-        let ds = self.dh + 1;
-        let fwd = self.f_bq * ds + self.f_bk * ds + self.f_bq * (self.f_bk + 1);
-        let dq = 2 * self.q_bq * ds + self.q_bk * ds + self.q_bq * (self.q_bk + 1);
-        let dkv = 2 * self.kv_bk * ds + 2 * self.kv_bq * ds + 2 * self.kv_bk * (self.kv_bq + 1) + 2 * self.kv_bq;
-        [fwd * 4, dq * 4, dkv * 4]
-    }
-}
-
-/// WGSL source of instantiation `i` (built once; `'static` for the kernel cache).
-fn variant_source(i: usize) -> Result<&'static str> {
-    static SOURCES: [OnceLock<std::result::Result<String, String>>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
-    let src = SOURCES[i].get_or_init(|| {
-        let begin = "// @variant-begin";
-        let end = "// @variant-end";
-        let (a, b) = match (TEMPLATE.find(begin), TEMPLATE.find(end)) {
-            (Some(a), Some(b)) if a < b => (a, b),
-            _ => return Err("shaders/attention.wgsl lacks its @variant-begin/@variant-end block".to_string()),
-        };
-        Ok(format!("{}{}\n{}{}", &TEMPLATE[..a], begin, VARIANTS[i].header(), &TEMPLATE[b..]))
-    });
-    src.as_deref().map_err(|e| Error::Other(e.clone()))
-}
-
-fn kernel(i: usize, entry: &'static str, bindings: &'static [Access]) -> Result<Kernel> {
-    Ok(Kernel { shader: VARIANTS[i].name, source: variant_source(i)?, entry, bindings })
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    bh: u32,
-    heads: u32,
-    l: u32,
-    s: u32,
-    dh: u32,
-    has_mask: u32,
-    nblk: u32,
-    scale: f32,
 }
 
 fn check_u32(what: &str, n: usize) -> Result<u32> {
     u32::try_from(n).map_err(|_| Error::shape("attention", format!("{what} = {n} exceeds u32 indexing")))
 }
 
-fn check_workgroup_memory(gpu: &Gpu, v: &Variant) -> Result<()> {
+fn check_workgroup_memory(gpu: &Gpu, v: &AttentionTiles) -> Result<()> {
     let have = gpu.limits().max_compute_workgroup_storage_size;
     let need = v.workgroup_bytes().into_iter().max().unwrap_or(0);
     if need > have {
@@ -185,7 +139,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, key_padding_mask: Option<&T
     expect_f32("attention", &all)?;
     expect_same_gpu("attention", &all)?;
     let d = check_shapes(q, k, v, key_padding_mask)?;
-    let (vi, var) = Variant::for_head_dim(d.dh).expect("head dim checked");
+    let var = AttentionTiles::for_head_dim(d.dh).expect("head dim checked");
     let gpu = q.gpu();
     check_workgroup_memory(gpu, &var)?;
 
@@ -206,7 +160,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, key_padding_mask: Option<&T
     if bh * d.l > 0 {
         let mask_buf = key_padding_mask.map(|m| m.buffer()).unwrap_or(q.buffer());
         gpu.dispatch(
-            &kernel(vi, "attn_fwd", &[R, R, R, R, RW, RW])?,
+            &kernel(&var, FWD),
             &[],
             bytes_of(&p),
             &[q.buffer(), k.buffer(), v.buffer(), mask_buf, o.buffer(), lse.buffer()],
@@ -254,7 +208,7 @@ impl BackwardOp for AttentionBack {
         let want_q = inputs[0].is_tracked();
         let want_kv = inputs[1].is_tracked() || inputs[2].is_tracked();
         let gpu = self.q.gpu();
-        let (vi, var) = Variant::for_head_dim(d.dh).expect("head dim checked");
+        let var = AttentionTiles::for_head_dim(d.dh).expect("head dim checked");
         let bh = d.b * d.h;
         let q_shape = [d.b, d.h, d.l, d.dh];
         let k_shape = [d.b, d.h, d.s, d.dh];
@@ -274,7 +228,7 @@ impl BackwardOp for AttentionBack {
         let ld = Tensor::empty(gpu, &[bh * d.l.max(1), 2], DType::F32)?;
         if bh * d.l > 0 {
             gpu.dispatch(
-                &kernel(vi, "attn_bwd_delta", &[R, R, R, RW])?,
+                &kernel(&var, BWD_DELTA),
                 &[],
                 bytes_of(&base),
                 &[self.o.buffer(), grad.buffer(), self.lse.buffer(), ld.buffer()],
@@ -289,7 +243,7 @@ impl BackwardOp for AttentionBack {
             base.nblk = nblk as u32;
             if bh * d.l > 0 {
                 gpu.dispatch(
-                    &kernel(vi, "attn_bwd_dq", &[R, R, R, R, R, R, RW])?,
+                    &kernel(&var, BWD_DQ),
                     &[],
                     bytes_of(&base),
                     &[self.q.buffer(), self.k.buffer(), self.v.buffer(), mask_buf, grad.buffer(), ld.buffer(), g.buffer()],
@@ -306,7 +260,7 @@ impl BackwardOp for AttentionBack {
             base.nblk = nblk as u32;
             if bh * d.s > 0 {
                 gpu.dispatch(
-                    &kernel(vi, "attn_bwd_dkv", &[R, R, R, R, R, R, RW, RW])?,
+                    &kernel(&var, BWD_DKV),
                     &[],
                     bytes_of(&base),
                     &[
@@ -329,26 +283,3 @@ impl BackwardOp for AttentionBack {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The template's own block must be the DH = 128 instantiation, and every substituted
-    /// source must keep the same structure.
-    #[test]
-    fn template_is_the_128_variant() {
-        let a = TEMPLATE.find("// @variant-begin").unwrap();
-        let b = TEMPLATE.find("// @variant-end").unwrap();
-        let block: String = TEMPLATE[a..b]
-            .lines()
-            .filter(|l| l.starts_with("const "))
-            .map(|l| l.split("//").next().unwrap().trim().to_string() + "\n")
-            .collect();
-        assert_eq!(block, VARIANTS[2].header());
-        for i in 0..3 {
-            let s = variant_source(i).unwrap();
-            assert!(s.contains(&format!("const DH: u32 = {}u;", VARIANTS[i].dh)));
-            assert!(VARIANTS[i].workgroup_bytes().iter().all(|&b| b <= 32 * 1024), "{:?}", VARIANTS[i]);
-        }
-    }
-}

@@ -2,37 +2,52 @@
 use super::{bytes_of, expect_f32, grid};
 use crate::autograd::BackwardOp;
 use crate::error::{Error, Result};
-use crate::gpu::{Access, Kernel};
+use crate::gpu::{Access, Kernel, Shader};
 use crate::tensor::{DType, Tensor};
 
-const SRC: &str = include_str!("../../shaders/boost.wgsl");
-const K_BOOST: Kernel = Kernel {
-    shader: "boost",
-    source: SRC,
-    entry: "boost_loss",
-    bindings: &[Access::Read, Access::Read, Access::ReadWrite, Access::ReadWrite, Access::ReadWrite],
-};
+const K_BOOST: Kernel = Kernel::new(Shader::Boost, "boost_loss", &[Access::Read, Access::Read, Access::ReadWrite, Access::ReadWrite, Access::ReadWrite], &Params::LAYOUT);
+/// Every kernel of this file (for the interface test, `tests/kernels.rs`).
+pub(crate) const KERNELS: &[Kernel] = &[K_BOOST];
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    n: u32,
-    t: u32,
-    k: u32,
-    paper: u32,
-    lambda: f32,
-    inv_n: f32,
-    _p: [u32; 2],
+crate::gpu::gpu_params! {
+    struct Params as "Params" {
+        n: u32,
+        t: u32,
+        k: u32,
+        paper: u32,
+        lambda: f32,
+        inv_n: f32,
+        _p: [u32; 2],
+    }
 }
 
 /// Which loss AUG trains with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BoostForm {
     /// ε + ε_all + ε_pre, the residual target y − λ·y⊙p_pre differentiated through p_pre.
     Paper,
     /// CE(F_t) + CE(F_{t−1}) + CE(f_t) − λ·CE(f_t, y⊙stopgrad(p_{t−1})) (the official code).
     Code,
+}
+
+impl std::str::FromStr for BoostForm {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "paper" => Ok(BoostForm::Paper),
+            "code" => Ok(BoostForm::Code),
+            _ => Err(format!("unknown boosting loss form {s:?}; allowed: paper, code")),
+        }
+    }
+}
+
+impl std::fmt::Display for BoostForm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BoostForm::Paper => "paper",
+            BoostForm::Code => "code",
+        })
+    }
 }
 
 struct BoostBack {
@@ -89,7 +104,7 @@ pub fn boost_loss(logits: &Tensor, labels: &Tensor, lambda: f32, form: BoostForm
         grid(gpu, n, 64),
     )?;
     let loss = {
-        let _ng = gpu.no_grad();
+        let _ng = crate::autograd::no_grad();
         super::reduce::mean_all(&per)?
     };
     let loss = loss.with_grad_fn(&[logits, labels], || Box::new(BoostBack { grad }));

@@ -8,20 +8,21 @@
 use super::{bytes_of, expect_f32, expect_same_gpu, grid, split_grid};
 use crate::autograd::BackwardOp;
 use crate::error::{Error, Result};
-use crate::gpu::{Access, Kernel};
+use crate::gpu::{Access, Kernel, Shader};
 use crate::tensor::{DType, Tensor};
 
-const SRC: &str = include_str!("../../shaders/conv.wgsl");
 const R: Access = Access::Read;
 const RW: Access = Access::ReadWrite;
-const K_FWD: Kernel = Kernel { shader: "conv", source: SRC, entry: "conv_fwd", bindings: &[R, R, R, R, RW] };
-const K_FWD_S: Kernel = Kernel { shader: "conv", source: SRC, entry: "conv_fwd_scaled", bindings: &[R, R, R, R, RW] };
-const K_DX_S: Kernel = Kernel { shader: "conv", source: SRC, entry: "conv_dx_scaled", bindings: &[R, R, R, RW] };
-const K_DW_S: Kernel = Kernel { shader: "conv", source: SRC, entry: "conv_dw_scaled", bindings: &[R, R, R, RW] };
-const K_DX: Kernel = Kernel { shader: "conv", source: SRC, entry: "conv_dx", bindings: &[R, R, R, RW] };
-const K_DW: Kernel = Kernel { shader: "conv", source: SRC, entry: "conv_dw", bindings: &[R, R, R, RW] };
-const K_DW_REDUCE: Kernel = Kernel { shader: "conv", source: SRC, entry: "conv_dw_reduce", bindings: &[R, R, RW] };
-const K_DBIAS: Kernel = Kernel { shader: "conv", source: SRC, entry: "conv_dbias", bindings: &[R, RW] };
+const K_FWD: Kernel = Kernel::new(Shader::Conv, "conv_fwd", &[R, R, R, R, RW], &Params::LAYOUT);
+const K_FWD_S: Kernel = Kernel::new(Shader::Conv, "conv_fwd_scaled", &[R, R, R, R, RW], &Params::LAYOUT);
+const K_DX_S: Kernel = Kernel::new(Shader::Conv, "conv_dx_scaled", &[R, R, R, RW], &Params::LAYOUT);
+const K_DW_S: Kernel = Kernel::new(Shader::Conv, "conv_dw_scaled", &[R, R, R, RW], &Params::LAYOUT);
+const K_DX: Kernel = Kernel::new(Shader::Conv, "conv_dx", &[R, R, R, RW], &Params::LAYOUT);
+const K_DW: Kernel = Kernel::new(Shader::Conv, "conv_dw", &[R, R, R, RW], &Params::LAYOUT);
+const K_DW_REDUCE: Kernel = Kernel::new(Shader::Conv, "conv_dw_reduce", &[R, R, RW], &Params::LAYOUT);
+const K_DBIAS: Kernel = Kernel::new(Shader::Conv, "conv_dbias", &[R, RW], &Params::LAYOUT);
+/// Every kernel of this file (for the interface test, `tests/kernels.rs`).
+pub(crate) const KERNELS: &[Kernel] = &[K_FWD, K_FWD_S, K_DX_S, K_DW_S, K_DX, K_DW, K_DW_REDUCE, K_DBIAS];
 
 /// Workgroup tile of every conv GEMM (must match `shaders/conv.wgsl`): BM rows (M), BN
 /// columns (N), K-slices of BK, 256 threads with 4 x 8 outputs each.
@@ -66,33 +67,33 @@ pub fn conv2d_output_size(h: usize, w: usize, kh: usize, kw: usize, p: &Conv2dPa
     )
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    n: u32,
-    c: u32,
-    h: u32,
-    w: u32,
-    o: u32,
-    kh: u32,
-    kw: u32,
-    ho: u32,
-    wo: u32,
-    sh: u32,
-    sw: u32,
-    ph: u32,
-    pw: u32,
-    dh: u32,
-    dw: u32,
-    m: u32,
-    k: u32,
-    chunk: u32,
-    splits: u32,
-    direct: u32,
-    flags: u32,
-    x0: u32,
-    y0: u32,
-    z0: u32,
+crate::gpu::gpu_params! {
+    struct Params as "Params" {
+        n: u32,
+        c: u32,
+        h: u32,
+        w: u32,
+        o: u32,
+        kh: u32,
+        kw: u32,
+        ho: u32,
+        wo: u32,
+        sh: u32,
+        sw: u32,
+        ph: u32,
+        pw: u32,
+        dh: u32,
+        dw: u32,
+        m: u32,
+        k: u32,
+        chunk: u32,
+        splits: u32,
+        direct: u32,
+        flags: u32,
+        x0: u32,
+        y0: u32,
+        z0: u32,
+    }
 }
 
 /// Validated geometry of one convolution.

@@ -2,35 +2,36 @@
 use super::{bytes_of, expect_f32, expect_same_gpu, grid};
 use crate::autograd::BackwardOp;
 use crate::error::{Error, Result};
-use crate::gpu::{Access, Kernel};
+use crate::gpu::{Access, Kernel, Shader};
 use crate::tensor::{DType, Tensor};
 
-const SRC: &str = include_str!("../../shaders/elementwise.wgsl");
 const R: Access = Access::Read;
 const RW: Access = Access::ReadWrite;
-const K_UNARY: Kernel = Kernel { shader: "elementwise", source: SRC, entry: "unary", bindings: &[R, RW] };
-const K_EXPAND: Kernel = Kernel { shader: "elementwise", source: SRC, entry: "expand", bindings: &[R, RW] };
-const K_FILL: Kernel = Kernel { shader: "elementwise", source: SRC, entry: "fill", bindings: &[RW] };
-const K_BINARY: Kernel = Kernel { shader: "elementwise", source: SRC, entry: "binary", bindings: &[R, R, RW] };
-const K_UNARY_BW: Kernel = Kernel { shader: "elementwise", source: SRC, entry: "unary_backward", bindings: &[R, R, RW] };
-const K_TO_F16: Kernel = Kernel { shader: "elementwise", source: SRC, entry: "to_f16", bindings: &[R, RW] };
-const K_FROM_F16: Kernel = Kernel { shader: "elementwise", source: SRC, entry: "from_f16", bindings: &[R, RW] };
+const K_UNARY: Kernel = Kernel::new(Shader::Elementwise, "unary", &[R, RW], &Params::LAYOUT);
+const K_EXPAND: Kernel = Kernel::new(Shader::Elementwise, "expand", &[R, RW], &Params::LAYOUT);
+const K_FILL: Kernel = Kernel::new(Shader::Elementwise, "fill", &[RW], &Params::LAYOUT);
+const K_BINARY: Kernel = Kernel::new(Shader::Elementwise, "binary", &[R, R, RW], &Params::LAYOUT);
+const K_UNARY_BW: Kernel = Kernel::new(Shader::Elementwise, "unary_backward", &[R, R, RW], &Params::LAYOUT);
+const K_TO_F16: Kernel = Kernel::new(Shader::Elementwise, "to_f16", &[R, RW], &Params::LAYOUT);
+const K_FROM_F16: Kernel = Kernel::new(Shader::Elementwise, "from_f16", &[R, RW], &Params::LAYOUT);
+/// Every kernel of this file (for the interface test, `tests/kernels.rs`).
+pub(crate) const KERNELS: &[Kernel] = &[K_UNARY, K_EXPAND, K_FILL, K_BINARY, K_UNARY_BW, K_TO_F16, K_FROM_F16];
 
 pub const MAX_DIMS: usize = 8;
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    n: u32,
-    op: u32,
-    ndim: u32,
-    bcast: u32,
-    a: f32,
-    b: f32,
-    _p: [u32; 2],
-    shape: [u32; MAX_DIMS],
-    sa: [u32; MAX_DIMS],
-    sb: [u32; MAX_DIMS],
+crate::gpu::gpu_params! {
+    struct Params as "Params" {
+        n: u32,
+        op: u32,
+        ndim: u32,
+        bcast: u32,
+        a: f32,
+        b: f32,
+        _p: [u32; 2],
+        shape: [u32; MAX_DIMS],
+        sa: [u32; MAX_DIMS],
+        sb: [u32; MAX_DIMS],
+    }
 }
 
 impl Params {
@@ -60,6 +61,26 @@ pub enum Unary {
 }
 
 impl Unary {
+    /// Every op: the codes `shaders/elementwise.wgsl` names `UNARY_<NAME>` (the interface
+    /// test, `tests/kernels.rs`, checks each name and value).
+    pub const ALL: [Unary; 15] = [
+        Unary::Neg,
+        Unary::Exp,
+        Unary::Log,
+        Unary::Sqrt,
+        Unary::Relu,
+        Unary::Gelu,
+        Unary::Sigmoid,
+        Unary::Tanh,
+        Unary::Abs,
+        Unary::Square,
+        Unary::Affine,
+        Unary::Recip,
+        Unary::Pow,
+        Unary::Clamp,
+        Unary::Sign,
+    ];
+
     /// Whether the backward rule reads the output (true) or the input (false).
     /// Backward from the output instead of the input. For ReLU this is a memory choice: in
     /// conv -> BN -> ReLU the output is what the next conv saves anyway, so the BN output
@@ -181,9 +202,20 @@ pub fn add_scalar(x: &Tensor, b: f32) -> Result<Tensor> {
 }
 /// 1.0 where x >= s, else 0.0 (not differentiable).
 pub fn ge_scalar(x: &Tensor, s: f32) -> Result<Tensor> {
-    let _ng = x.gpu().no_grad();
-    let st = Tensor::full(x.gpu(), &[1], s)?;
+    let _ng = crate::autograd::no_grad();
+    let st = full(x.gpu(), &[1], s)?;
     binary(x, &st, Binary::Ge, 0.0, 0.0)
+}
+
+/// A new f32 tensor of `shape` with every element `value` (a fill kernel; a zero fill is
+/// a buffer clear).
+pub fn full(gpu: &crate::gpu::Gpu, shape: &[usize], value: f32) -> Result<Tensor> {
+    if value == 0.0 {
+        return Tensor::zeros(gpu, shape);
+    }
+    let t = Tensor::empty(gpu, shape, DType::F32)?;
+    fill(&t, value)?;
+    Ok(t)
 }
 
 /// Fill a tensor in place (not recorded).
@@ -191,7 +223,7 @@ pub fn fill(t: &Tensor, value: f32) -> Result<()> {
     expect_f32("fill", &[t])?;
     let gpu = t.gpu();
     let n = t.numel();
-    gpu.dispatch(&K_FILL, &[], bytes_of(&Params::new(n, 12, value, 0.0)), &[t.buffer()], grid(gpu, n, 256))
+    gpu.dispatch(&K_FILL, &[], bytes_of(&Params::new(n, 0, value, 0.0)), &[t.buffer()], grid(gpu, n, 256))
 }
 
 // ---- binary ------------------------------------------------------------------------------
@@ -209,6 +241,13 @@ pub enum Binary {
     Lerp = 6,
     Eq = 7,
     Ge = 8,
+}
+
+impl Binary {
+    /// Every op: the codes `shaders/elementwise.wgsl` names `BINARY_<NAME>` (checked by
+    /// `tests/kernels.rs`).
+    pub const ALL: [Binary; 9] =
+        [Binary::Add, Binary::Sub, Binary::Mul, Binary::Div, Binary::Max, Binary::Min, Binary::Lerp, Binary::Eq, Binary::Ge];
 }
 
 /// Numpy broadcasting of two shapes.

@@ -2,40 +2,41 @@
 use super::{bytes_of, expect_f32, grid};
 use crate::autograd::BackwardOp;
 use crate::error::{Error, Result};
-use crate::gpu::{Access, Kernel};
+use crate::gpu::{Access, Kernel, Shader};
 use crate::tensor::{DType, Tensor};
 
-const SRC: &str = include_str!("../../shaders/embed.wgsl");
 const R: Access = Access::Read;
 const RW: Access = Access::ReadWrite;
-const K_EMB_FWD: Kernel = Kernel { shader: "embed", source: SRC, entry: "embed_fwd", bindings: &[R, R, RW] };
-const K_EMB_BWD: Kernel = Kernel { shader: "embed", source: SRC, entry: "embed_bwd", bindings: &[R, R, RW] };
-const K_PATCH_FWD: Kernel = Kernel { shader: "embed", source: SRC, entry: "patchify_fwd", bindings: &[R, RW] };
-const K_PATCH_BWD: Kernel = Kernel { shader: "embed", source: SRC, entry: "patchify_bwd", bindings: &[R, RW] };
+const K_EMB_FWD: Kernel = Kernel::new(Shader::Embed, "embed_fwd", &[R, R, RW], &EmbParams::LAYOUT);
+const K_EMB_BWD: Kernel = Kernel::new(Shader::Embed, "embed_bwd", &[R, R, RW], &EmbParams::LAYOUT);
+const K_PATCH_FWD: Kernel = Kernel::new(Shader::Embed, "patchify_fwd", &[R, RW], &PatchParams::LAYOUT);
+const K_PATCH_BWD: Kernel = Kernel::new(Shader::Embed, "patchify_bwd", &[R, RW], &PatchParams::LAYOUT);
+/// Every kernel of this file (for the interface test, `tests/kernels.rs`).
+pub(crate) const KERNELS: &[Kernel] = &[K_EMB_FWD, K_EMB_BWD, K_PATCH_FWD, K_PATCH_BWD];
 
 /// Columns per workgroup in the embedding backward (WG in embed.wgsl).
 const EMB_COLS: usize = 256;
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct EmbParams {
-    n: u32,
-    v: u32,
-    d: u32,
-    dchunks: u32,
+crate::gpu::gpu_params! {
+    struct EmbParams as "EmbParams" {
+        n: u32,
+        v: u32,
+        d: u32,
+        dchunks: u32,
+    }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct PatchParams {
-    n: u32,
-    c: u32,
-    h: u32,
-    w: u32,
-    ph: u32,
-    pw: u32,
-    gh: u32,
-    gw: u32,
+crate::gpu::gpu_params! {
+    struct PatchParams as "PatchParams" {
+        n: u32,
+        c: u32,
+        h: u32,
+        w: u32,
+        ph: u32,
+        pw: u32,
+        gh: u32,
+        gw: u32,
+    }
 }
 
 /// Rows of `table` [V, D] picked by `ids` (u32, any shape): output [..ids.shape, D].

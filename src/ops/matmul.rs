@@ -10,17 +10,18 @@ use super::elementwise::broadcast_shape;
 use super::{bytes_of, expect_f32, expect_same_gpu, grid, split_grid};
 use crate::autograd::BackwardOp;
 use crate::error::{Error, Result};
-use crate::gpu::{Access, Kernel};
+use crate::gpu::{Access, Kernel, Shader};
 use crate::tensor::{numel, DType, Tensor};
 
-const SRC: &str = include_str!("../../shaders/matmul.wgsl");
 const R: Access = Access::Read;
 const RW: Access = Access::ReadWrite;
 /// A, SA, B, SB, bias, C.
 const BINDINGS: &[Access] = &[R, R, R, R, R, RW];
-const K_TILE128: Kernel = Kernel { shader: "matmul", source: SRC, entry: "gemm_tile128", bindings: BINDINGS };
-const K_TILE64: Kernel = Kernel { shader: "matmul", source: SRC, entry: "gemm_tile64", bindings: BINDINGS };
-const K_REF: Kernel = Kernel { shader: "matmul", source: SRC, entry: "gemm_ref", bindings: BINDINGS };
+const K_TILE128: Kernel = Kernel::new(Shader::Matmul, "gemm_tile128", BINDINGS, &Params::LAYOUT);
+const K_TILE64: Kernel = Kernel::new(Shader::Matmul, "gemm_tile64", BINDINGS, &Params::LAYOUT);
+const K_REF: Kernel = Kernel::new(Shader::Matmul, "gemm_ref", BINDINGS, &Params::LAYOUT);
+/// Every kernel of this file (for the interface test, `tests/kernels.rs`).
+pub(crate) const KERNELS: &[Kernel] = &[K_TILE128, K_TILE64, K_REF];
 
 /// Most broadcast batch dims a matmul takes (after dropping dims of size 1).
 pub const MAX_BATCH_DIMS: usize = 8;
@@ -34,24 +35,24 @@ const HAS_BIAS: u32 = 4;
 /// the machine idle, and the small tile gives 4x as many workgroups.
 const TILE128_MIN_TILES: usize = 132;
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    batch: u32,
-    trans_a: u32,
-    trans_b: u32,
-    flags: u32,
-    nbd: u32,
-    z0: u32,
-    x0: u32,
-    y0: u32,
-    _p: u32,
-    bshape: [u32; MAX_BATCH_DIMS],
-    bsa: [u32; MAX_BATCH_DIMS],
-    bsb: [u32; MAX_BATCH_DIMS],
+crate::gpu::gpu_params! {
+    struct Params as "Params" {
+        m: u32,
+        n: u32,
+        k: u32,
+        batch: u32,
+        trans_a: u32,
+        trans_b: u32,
+        flags: u32,
+        nbd: u32,
+        z0: u32,
+        x0: u32,
+        y0: u32,
+        _p: u32,
+        bshape: [u32; MAX_BATCH_DIMS],
+        bsa: [u32; MAX_BATCH_DIMS],
+        bsb: [u32; MAX_BATCH_DIMS],
+    }
 }
 
 /// Options of [`matmul_ex`]. `Default`: no transposes, no scale.
@@ -183,7 +184,7 @@ fn launch(
     let gpu = a.gpu();
     if p.k == 0 {
         // empty inner product: zeros (+ bias)
-        let _ng = gpu.no_grad();
+        let _ng = crate::autograd::no_grad();
         let z = Tensor::zeros(gpu, &p.out_shape)?;
         return match bias {
             Some(bias) => super::elementwise::add(&z, bias),

@@ -4,22 +4,23 @@
 use super::{bytes_of, expect_f32, grid};
 use crate::autograd::BackwardOp;
 use crate::error::{Error, Result};
-use crate::gpu::{Access, Gpu, Kernel};
+use crate::gpu::{Access, Gpu, Kernel, Shader};
 use crate::tensor::{DType, Tensor};
 
-const SRC: &str = include_str!("../../shaders/norm.wgsl");
 const R: Access = Access::Read;
 const RW: Access = Access::ReadWrite;
-const K_BN_STATS: Kernel = Kernel { shader: "norm", source: SRC, entry: "bn_stats", bindings: &[R, RW] };
-const K_BN_STATS_MERGE: Kernel = Kernel { shader: "norm", source: SRC, entry: "bn_stats_merge", bindings: &[R, RW, RW, RW] };
-const K_BN_EVAL: Kernel = Kernel { shader: "norm", source: SRC, entry: "bn_eval_stats", bindings: &[R, R, RW] };
-const K_BN_APPLY: Kernel = Kernel { shader: "norm", source: SRC, entry: "bn_apply", bindings: &[R, R, R, R, RW] };
-const K_BN_BWD_RED: Kernel = Kernel { shader: "norm", source: SRC, entry: "bn_bwd_reduce", bindings: &[R, R, R, RW] };
-const K_BN_BWD_MERGE: Kernel = Kernel { shader: "norm", source: SRC, entry: "bn_bwd_merge", bindings: &[R, RW] };
-const K_BN_BWD_DX: Kernel = Kernel { shader: "norm", source: SRC, entry: "bn_bwd_dx", bindings: &[R, R, R, R, R, RW] };
-const K_LN_FWD: Kernel = Kernel { shader: "norm", source: SRC, entry: "ln_fwd", bindings: &[R, R, R, RW, RW] };
-const K_LN_BWD_DX: Kernel = Kernel { shader: "norm", source: SRC, entry: "ln_bwd_dx", bindings: &[R, R, R, R, RW] };
-const K_LN_BWD_DW: Kernel = Kernel { shader: "norm", source: SRC, entry: "ln_bwd_dw", bindings: &[R, R, R, RW] };
+const K_BN_STATS: Kernel = Kernel::new(Shader::Norm, "bn_stats", &[R, RW], &BnParams::LAYOUT);
+const K_BN_STATS_MERGE: Kernel = Kernel::new(Shader::Norm, "bn_stats_merge", &[R, RW, RW, RW], &BnParams::LAYOUT);
+const K_BN_EVAL: Kernel = Kernel::new(Shader::Norm, "bn_eval_stats", &[R, R, RW], &BnParams::LAYOUT);
+const K_BN_APPLY: Kernel = Kernel::new(Shader::Norm, "bn_apply", &[R, R, R, R, RW], &BnParams::LAYOUT);
+const K_BN_BWD_RED: Kernel = Kernel::new(Shader::Norm, "bn_bwd_reduce", &[R, R, R, RW], &BnParams::LAYOUT);
+const K_BN_BWD_MERGE: Kernel = Kernel::new(Shader::Norm, "bn_bwd_merge", &[R, RW], &BnParams::LAYOUT);
+const K_BN_BWD_DX: Kernel = Kernel::new(Shader::Norm, "bn_bwd_dx", &[R, R, R, R, R, RW], &BnParams::LAYOUT);
+const K_LN_FWD: Kernel = Kernel::new(Shader::Norm, "ln_fwd", &[R, R, R, RW, RW], &LnParams::LAYOUT);
+const K_LN_BWD_DX: Kernel = Kernel::new(Shader::Norm, "ln_bwd_dx", &[R, R, R, R, RW], &LnParams::LAYOUT);
+const K_LN_BWD_DW: Kernel = Kernel::new(Shader::Norm, "ln_bwd_dw", &[R, R, R, RW], &LnParams::LAYOUT);
+/// Every kernel of this file (for the interface test, `tests/kernels.rs`).
+pub(crate) const KERNELS: &[Kernel] = &[K_BN_STATS, K_BN_STATS_MERGE, K_BN_EVAL, K_BN_APPLY, K_BN_BWD_RED, K_BN_BWD_MERGE, K_BN_BWD_DX, K_LN_FWD, K_LN_BWD_DX, K_LN_BWD_DW];
 
 /// Rows per partial sum in the layer-norm weight/bias gradient (LN_CHUNK in norm.wgsl).
 const LN_CHUNK: usize = 32;
@@ -43,33 +44,33 @@ fn bn_chunks(m: usize, c: usize) -> (usize, usize) {
     (m.div_ceil(cs).max(1), cs)
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct BnParams {
-    n: u32,
-    c: u32,
-    hw: u32,
-    m: u32,
-    eps: f32,
-    momentum: f32,
-    unbias: f32,
-    training: u32,
-    /// chunks per channel of the batch-norm reductions (see `bn_chunks`)
-    chunks: u32,
-    /// values per chunk
-    cs: u32,
-    _p: [u32; 2],
+crate::gpu::gpu_params! {
+    struct BnParams as "BnParams" {
+        n: u32,
+        c: u32,
+        hw: u32,
+        m: u32,
+        eps: f32,
+        momentum: f32,
+        unbias: f32,
+        training: u32,
+        /// chunks per channel of the batch-norm reductions (see `bn_chunks`)
+        chunks: u32,
+        /// values per chunk
+        cs: u32,
+        _p: [u32; 2],
+    }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct LnParams {
-    rows: u32,
-    d: u32,
-    chunks: u32,
-    _p: u32,
-    eps: f32,
-    _q: [f32; 3],
+crate::gpu::gpu_params! {
+    struct LnParams as "LnParams" {
+        rows: u32,
+        d: u32,
+        chunks: u32,
+        _p: u32,
+        eps: f32,
+        _q: [f32; 3],
+    }
 }
 
 /// Running statistics of a batch-norm layer. `batch_norm` in training mode updates
@@ -86,7 +87,7 @@ impl BatchNormState {
     /// Fresh state for `c` channels: mean 0, variance 1 (PyTorch's defaults are
     /// momentum 0.1, eps 1e-5).
     pub fn new(gpu: &Gpu, c: usize, momentum: f32, eps: f32) -> Result<BatchNormState> {
-        Ok(BatchNormState { running_mean: Tensor::zeros(gpu, &[c])?, running_var: Tensor::full(gpu, &[c], 1.0)?, momentum, eps })
+        Ok(BatchNormState { running_mean: Tensor::zeros(gpu, &[c])?, running_var: super::full(gpu, &[c], 1.0)?, momentum, eps })
     }
 }
 

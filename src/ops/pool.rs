@@ -3,32 +3,33 @@
 use super::{bytes_of, expect_f32, grid};
 use crate::autograd::BackwardOp;
 use crate::error::{Error, Result};
-use crate::gpu::{Access, Kernel};
+use crate::gpu::{Access, Kernel, Shader};
 use crate::tensor::{DType, Tensor};
 
-const SRC: &str = include_str!("../../shaders/pool.wgsl");
 const R: Access = Access::Read;
 const RW: Access = Access::ReadWrite;
-const K_MP_FWD: Kernel = Kernel { shader: "pool", source: SRC, entry: "max_pool_fwd", bindings: &[R, RW, RW] };
-const K_MP_BWD: Kernel = Kernel { shader: "pool", source: SRC, entry: "max_pool_bwd", bindings: &[R, R, RW] };
-const K_AD_FWD: Kernel = Kernel { shader: "pool", source: SRC, entry: "adaptive_fwd", bindings: &[R, RW] };
-const K_AD_BWD: Kernel = Kernel { shader: "pool", source: SRC, entry: "adaptive_bwd", bindings: &[R, RW] };
+const K_MP_FWD: Kernel = Kernel::new(Shader::Pool, "max_pool_fwd", &[R, RW, RW], &Params::LAYOUT);
+const K_MP_BWD: Kernel = Kernel::new(Shader::Pool, "max_pool_bwd", &[R, R, RW], &Params::LAYOUT);
+const K_AD_FWD: Kernel = Kernel::new(Shader::Pool, "adaptive_fwd", &[R, RW], &Params::LAYOUT);
+const K_AD_BWD: Kernel = Kernel::new(Shader::Pool, "adaptive_bwd", &[R, RW], &Params::LAYOUT);
+/// Every kernel of this file (for the interface test, `tests/kernels.rs`).
+pub(crate) const KERNELS: &[Kernel] = &[K_MP_FWD, K_MP_BWD, K_AD_FWD, K_AD_BWD];
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    nc: u32,
-    h: u32,
-    w: u32,
-    oh: u32,
-    ow: u32,
-    kh: u32,
-    kw: u32,
-    sh: u32,
-    sw: u32,
-    ph: u32,
-    pw: u32,
-    _p: u32,
+crate::gpu::gpu_params! {
+    struct Params as "Params" {
+        nc: u32,
+        h: u32,
+        w: u32,
+        oh: u32,
+        ow: u32,
+        kh: u32,
+        kw: u32,
+        sh: u32,
+        sw: u32,
+        ph: u32,
+        pw: u32,
+        _p: u32,
+    }
 }
 
 fn dims4(op: &'static str, x: &Tensor) -> Result<(usize, usize, usize, usize)> {

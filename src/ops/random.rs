@@ -6,26 +6,27 @@
 use super::{bytes_of, expect_f32, grid};
 use crate::autograd::BackwardOp;
 use crate::error::{Error, Result};
-use crate::gpu::{Access, Gpu, Kernel};
+use crate::gpu::{Access, Gpu, Kernel, Shader};
 use crate::tensor::{numel, DType, Tensor};
 
-const SRC: &str = include_str!("../../shaders/random.wgsl");
-const K_UNIFORM: Kernel = Kernel { shader: "random", source: SRC, entry: "rand_uniform", bindings: &[Access::ReadWrite] };
-const K_NORMAL: Kernel = Kernel { shader: "random", source: SRC, entry: "rand_normal", bindings: &[Access::ReadWrite] };
+const K_UNIFORM: Kernel = Kernel::new(Shader::Random, "rand_uniform", &[Access::ReadWrite], &Params::LAYOUT);
+const K_NORMAL: Kernel = Kernel::new(Shader::Random, "rand_normal", &[Access::ReadWrite], &Params::LAYOUT);
 const K_DROPOUT: Kernel =
-    Kernel { shader: "random", source: SRC, entry: "dropout", bindings: &[Access::Read, Access::ReadWrite] };
+    Kernel::new(Shader::Random, "dropout", &[Access::Read, Access::ReadWrite], &Params::LAYOUT);
+/// Every kernel of this file (for the interface test, `tests/kernels.rs`).
+pub(crate) const KERNELS: &[Kernel] = &[K_UNIFORM, K_NORMAL, K_DROPOUT];
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    n: u32,
-    seed_lo: u32,
-    seed_hi: u32,
-    off_lo: u32,
-    off_hi: u32,
-    _p: u32,
-    prob: f32,
-    scale: f32,
+crate::gpu::gpu_params! {
+    struct Params as "Params" {
+        n: u32,
+        seed_lo: u32,
+        seed_hi: u32,
+        off_lo: u32,
+        off_hi: u32,
+        _p: u32,
+        prob: f32,
+        scale: f32,
+    }
 }
 
 impl Params {

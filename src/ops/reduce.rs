@@ -2,27 +2,28 @@
 use super::{bytes_of, expect_f32, grid};
 use crate::autograd::BackwardOp;
 use crate::error::{Error, Result};
-use crate::gpu::{Access, Kernel};
+use crate::gpu::{Access, Kernel, Shader};
 use crate::tensor::{DType, Tensor};
 
-const SRC: &str = include_str!("../../shaders/reduce.wgsl");
-const K_TREE: Kernel = Kernel { shader: "reduce", source: SRC, entry: "reduce_tree", bindings: &[Access::Read, Access::ReadWrite] };
-const K_LOOP: Kernel = Kernel { shader: "reduce", source: SRC, entry: "reduce_loop", bindings: &[Access::Read, Access::ReadWrite] };
+const K_TREE: Kernel = Kernel::new(Shader::Reduce, "reduce_tree", &[Access::Read, Access::ReadWrite], &Params::LAYOUT);
+const K_LOOP: Kernel = Kernel::new(Shader::Reduce, "reduce_loop", &[Access::Read, Access::ReadWrite], &Params::LAYOUT);
+/// Every kernel of this file (for the interface test, `tests/kernels.rs`).
+pub(crate) const KERNELS: &[Kernel] = &[K_TREE, K_LOOP];
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    outer: u32,
-    r: u32,
-    inner: u32,
-    op: u32,
-    /// Rows (values of k) per chunk; >= r when the reduction is not split.
-    chunk: u32,
-    /// ceil(r / chunk): the partials per output of this launch.
-    nchunk: u32,
-    /// Divisor of a mean: the length of the whole reduced axis (a split's last pass too).
-    count: u32,
-    _pad: u32,
+crate::gpu::gpu_params! {
+    struct Params as "Params" {
+        outer: u32,
+        r: u32,
+        inner: u32,
+        op: u32,
+        /// Rows (values of k) per chunk; >= r when the reduction is not split.
+        chunk: u32,
+        /// ceil(r / chunk): the partials per output of this launch.
+        nchunk: u32,
+        /// Divisor of a mean: the length of the whole reduced axis (a split's last pass too).
+        count: u32,
+        _pad: u32,
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,6 +33,12 @@ pub enum ReduceOp {
     Mean = 1,
     Max = 2,
     Min = 3,
+}
+
+impl ReduceOp {
+    /// Every op: the codes `shaders/reduce.wgsl` names `REDUCE_<NAME>` (checked by
+    /// `tests/kernels.rs`).
+    pub const ALL: [ReduceOp; 4] = [ReduceOp::Sum, ReduceOp::Mean, ReduceOp::Max, ReduceOp::Min];
 }
 
 /// Below this many threads in flight a launch cannot fill a large GPU (an H100 holds about

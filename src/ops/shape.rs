@@ -9,35 +9,37 @@
 use super::{bytes_of, expect_same_gpu, grid};
 use crate::autograd::BackwardOp;
 use crate::error::{Error, Result};
-use crate::gpu::{Access, Kernel};
+use crate::gpu::{Access, Kernel, Shader};
 use crate::tensor::{DType, Tensor};
 
-const SRC: &str = include_str!("../../shaders/shape.wgsl");
 const R: Access = Access::Read;
 const RW: Access = Access::ReadWrite;
-const K_SLAB: Kernel = Kernel { shader: "shape", source: SRC, entry: "slab_copy", bindings: &[R, RW] };
-const K_SLAB4: Kernel = Kernel { shader: "shape", source: SRC, entry: "slab_copy4", bindings: &[R, RW] };
-const K_PERMUTE: Kernel = Kernel { shader: "shape", source: SRC, entry: "permute", bindings: &[R, RW] };
-const K_TRANSPOSE: Kernel = Kernel { shader: "shape", source: SRC, entry: "transpose2d", bindings: &[R, RW] };
-const K_GATHER: Kernel = Kernel { shader: "shape", source: SRC, entry: "gather_rows", bindings: &[R, R, RW] };
-const K_SCATTER: Kernel = Kernel { shader: "shape", source: SRC, entry: "scatter_add_rows", bindings: &[R, R, RW] };
+const K_SLAB: Kernel = Kernel::new(Shader::Shape, "slab_copy", &[R, RW], &Params::LAYOUT);
+const K_SLAB4: Kernel = Kernel::new(Shader::Shape, "slab_copy4", &[R, RW], &Params::LAYOUT);
+const K_PERMUTE: Kernel = Kernel::new(Shader::Shape, "permute", &[R, RW], &Params::LAYOUT);
+const K_TRANSPOSE: Kernel = Kernel::new(Shader::Shape, "transpose2d", &[R, RW], &Params::LAYOUT);
+const K_GATHER: Kernel = Kernel::new(Shader::Shape, "gather_rows", &[R, R, RW], &Params::LAYOUT);
+const K_SCATTER: Kernel = Kernel::new(Shader::Shape, "scatter_add_rows", &[R, R, RW], &Params::LAYOUT);
+/// Every kernel of this file (for the interface test, `tests/kernels.rs`).
+pub(crate) const KERNELS: &[Kernel] = &[K_SLAB, K_SLAB4, K_PERMUTE, K_TRANSPOSE, K_GATHER, K_SCATTER];
 
 /// Most dims permute handles.
 pub const MAX_PERMUTE_DIMS: usize = 8;
 
-#[repr(C)]
-#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    n: u32,
-    ndim: u32,
-    a: u32,
-    b: u32,
-    c: u32,
-    d: u32,
-    e: u32,
-    f: u32,
-    shape: [u32; 8],
-    strides: [u32; 8],
+crate::gpu::gpu_params! {
+    #[derive(Default)]
+    struct Params as "Params" {
+        n: u32,
+        ndim: u32,
+        a: u32,
+        b: u32,
+        c: u32,
+        d: u32,
+        e: u32,
+        f: u32,
+        shape: [u32; 8],
+        strides: [u32; 8],
+    }
 }
 
 fn expect_words(op: &'static str, ts: &[&Tensor]) -> Result<()> {

@@ -13,32 +13,33 @@
 use super::{bytes_of, expect_f32, expect_same_gpu, grid};
 use crate::autograd::BackwardOp;
 use crate::error::{Error, Result};
-use crate::gpu::{Access, Gpu, Kernel};
+use crate::gpu::{Access, Gpu, Kernel, Shader};
 use crate::tensor::{DType, Tensor};
 
-const SRC: &str = include_str!("../../shaders/softmax.wgsl");
 const R: Access = Access::Read;
 const RW: Access = Access::ReadWrite;
-const K_FWD: Kernel = Kernel { shader: "softmax", source: SRC, entry: "softmax_fwd", bindings: &[R, RW] };
-const K_BWD: Kernel = Kernel { shader: "softmax", source: SRC, entry: "softmax_bwd", bindings: &[R, R, RW] };
-const K_CE: Kernel = Kernel { shader: "softmax", source: SRC, entry: "cross_entropy", bindings: &[R, R, R, RW, RW, RW] };
-const K_CE_MEAN: Kernel = Kernel { shader: "softmax", source: SRC, entry: "ce_mean", bindings: &[R, RW] };
-const K_CE_BWD: Kernel = Kernel { shader: "softmax", source: SRC, entry: "ce_bwd", bindings: &[R, RW] };
-const K_TRUE_PROB: Kernel = Kernel { shader: "softmax", source: SRC, entry: "true_prob", bindings: &[R, R, RW] };
-const K_ARGMAX: Kernel = Kernel { shader: "softmax", source: SRC, entry: "argmax", bindings: &[R, RW] };
+const K_FWD: Kernel = Kernel::new(Shader::Softmax, "softmax_fwd", &[R, RW], &Params::LAYOUT);
+const K_BWD: Kernel = Kernel::new(Shader::Softmax, "softmax_bwd", &[R, R, RW], &Params::LAYOUT);
+const K_CE: Kernel = Kernel::new(Shader::Softmax, "cross_entropy", &[R, R, R, RW, RW, RW], &Params::LAYOUT);
+const K_CE_MEAN: Kernel = Kernel::new(Shader::Softmax, "ce_mean", &[R, RW], &Params::LAYOUT);
+const K_CE_BWD: Kernel = Kernel::new(Shader::Softmax, "ce_bwd", &[R, RW], &Params::LAYOUT);
+const K_TRUE_PROB: Kernel = Kernel::new(Shader::Softmax, "true_prob", &[R, R, RW], &Params::LAYOUT);
+const K_ARGMAX: Kernel = Kernel::new(Shader::Softmax, "argmax", &[R, RW], &Params::LAYOUT);
+/// Every kernel of this file (for the interface test, `tests/kernels.rs`).
+pub(crate) const KERNELS: &[Kernel] = &[K_FWD, K_BWD, K_CE, K_CE_MEAN, K_CE_BWD, K_TRUE_PROB, K_ARGMAX];
 
 const WG: usize = 256;
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    rows: u32,
-    cols: u32,
-    seg: u32,
-    mode: u32,
-    inv_n: f32,
-    flags: u32,
-    _p: [u32; 2],
+crate::gpu::gpu_params! {
+    struct Params as "Params" {
+        rows: u32,
+        cols: u32,
+        seg: u32,
+        mode: u32,
+        inv_n: f32,
+        flags: u32,
+        _p: [u32; 2],
+    }
 }
 
 /// Threads per row: the next power of two of the row length, at most one workgroup.
@@ -206,7 +207,7 @@ fn launch_ce(op: &'static str, logits: &Tensor, target: Target, w: Option<&Tenso
     let gpu = logits.gpu();
     let loss = Tensor::empty(gpu, &[n], DType::F32)?;
     let raw = Tensor::empty(gpu, &[n], DType::F32)?;
-    let want_grad = gpu.grad_enabled() && logits.is_tracked();
+    let want_grad = crate::autograd::grad_enabled() && logits.is_tracked();
     let grad = if want_grad { Some(Tensor::empty(gpu, &[n, k], DType::F32)?) } else { None };
     if n > 0 {
         // Unused bindings get stand-ins: the logits (read-only) for absent weights, a

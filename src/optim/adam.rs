@@ -1,17 +1,14 @@
 //! Adam and AdamW with PyTorch's `torch.optim.Adam` / `AdamW` semantics (optional AMSGrad).
 use super::{apply_common, Optimizer, Param, Registry, StateReader, StateTensor};
 use crate::error::{Error, Result};
-use crate::gpu::{Access, Kernel};
+use crate::gpu::{Access, Kernel, Shader};
 use crate::ops::{bytes_of, grid};
 use crate::tensor::Tensor;
 
 const RW: Access = Access::ReadWrite;
-const K_ADAM: Kernel = Kernel {
-    shader: "optim",
-    source: include_str!("../../shaders/optim.wgsl"),
-    entry: "adam_step",
-    bindings: &[RW, Access::Read, RW, RW, RW, RW],
-};
+const K_ADAM: Kernel = Kernel::new(Shader::Optim, "adam_step", &[RW, Access::Read, RW, RW, RW, RW], &AdamParams::LAYOUT);
+/// Every kernel of this file (for the interface test, `tests/kernels.rs`).
+pub(crate) const KERNELS: &[Kernel] = &[K_ADAM];
 
 /// Adam hyper-parameters. `decoupled: true` is AdamW (θ ← θ·(1 − lr·wd) before the
 /// update); `false` is Adam's L2 penalty (g ← g + wd·θ).
@@ -32,21 +29,21 @@ impl Default for AdamConfig {
     }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct AdamParams {
-    n: u32,
-    flags: u32,
-    beta1: f32,
-    beta2: f32,
-    eps: f32,
-    weight_decay: f32,
-    decay: f32,
-    step_size: f32,
-    inv_bc2_sqrt: f32,
-    score_m: f32,
-    _pad1: u32,
-    _pad2: u32,
+crate::gpu::gpu_params! {
+    struct AdamParams as "AdamParams" {
+        n: u32,
+        flags: u32,
+        beta1: f32,
+        beta2: f32,
+        eps: f32,
+        weight_decay: f32,
+        decay: f32,
+        step_size: f32,
+        inv_bc2_sqrt: f32,
+        score_m: f32,
+        _pad1: u32,
+        _pad2: u32,
+    }
 }
 
 // flag bits, as in shaders/optim.wgsl

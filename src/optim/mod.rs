@@ -23,29 +23,17 @@ pub use adam::{Adam, AdamConfig};
 pub use clip::{clip_grad_norm, ClipGradNorm};
 pub use schedule::{LrSchedule, Scheduler};
 pub use sgd::{Sgd, SgdConfig};
+/// What optimizers update: the parameters `nn` modules define.
+pub use crate::nn::Param;
+
+/// Every kernel the optimizers launch (for the interface test, `tests/kernels.rs`).
+pub fn kernels() -> Vec<crate::gpu::Kernel> {
+    [adam::KERNELS, sgd::KERNELS].concat()
+}
 
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
 use std::collections::{HashMap, HashSet};
-
-/// A trainable parameter: a leaf tensor created with `.requires_grad()`, plus a stable name.
-#[derive(Clone)]
-pub struct Param {
-    pub name: String,
-    pub tensor: Tensor,
-}
-
-impl Param {
-    pub fn new(name: impl Into<String>, tensor: Tensor) -> Param {
-        Param { name: name.into(), tensor }
-    }
-}
-
-impl std::fmt::Debug for Param {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Param({:?}, {:?})", self.name, self.tensor)
-    }
-}
 
 /// One named optimizer-state array: (name, shape, host data).
 pub type StateTensor = (String, Vec<usize>, Vec<f32>);

@@ -1,16 +1,13 @@
 //! Stochastic gradient descent with PyTorch's `torch.optim.SGD` semantics.
 use super::{apply_common, Optimizer, Param, Registry, StateReader, StateTensor};
 use crate::error::{Error, Result};
-use crate::gpu::{Access, Kernel};
+use crate::gpu::{Access, Kernel, Shader};
 use crate::ops::{bytes_of, grid};
 use crate::tensor::{DType, Tensor};
 
-const K_SGD: Kernel = Kernel {
-    shader: "optim",
-    source: include_str!("../../shaders/optim.wgsl"),
-    entry: "sgd_step",
-    bindings: &[Access::ReadWrite, Access::Read, Access::ReadWrite, Access::ReadWrite],
-};
+const K_SGD: Kernel = Kernel::new(Shader::Optim, "sgd_step", &[Access::ReadWrite, Access::Read, Access::ReadWrite, Access::ReadWrite], &SgdParams::LAYOUT);
+/// Every kernel of this file (for the interface test, `tests/kernels.rs`).
+pub(crate) const KERNELS: &[Kernel] = &[K_SGD];
 
 /// SGD hyper-parameters (PyTorch names and meaning).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -28,17 +25,17 @@ impl Default for SgdConfig {
     }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct SgdParams {
-    n: u32,
-    first: u32,
-    flags: u32,
-    lr: f32,
-    momentum: f32,
-    one_minus_dampening: f32,
-    weight_decay: f32,
-    score_m: f32,
+crate::gpu::gpu_params! {
+    struct SgdParams as "SgdParams" {
+        n: u32,
+        first: u32,
+        flags: u32,
+        lr: f32,
+        momentum: f32,
+        one_minus_dampening: f32,
+        weight_decay: f32,
+        score_m: f32,
+    }
 }
 
 // flag bits, as in shaders/optim.wgsl

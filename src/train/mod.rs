@@ -2,6 +2,7 @@
 //! metrics for the fused model and every modality's own view, a JSON-lines log, atomic
 //! checkpoints with resume, best-model selection on validation, and charts at the end.
 pub mod checkpoint;
+pub mod estimate;
 pub mod fault;
 pub mod logs;
 pub mod metrics;
@@ -361,10 +362,10 @@ pub fn train(gpu: &Gpu, cfg: &Config, cfg_text: &str, opts: &TrainOptions) -> Re
     let has_val = ds.len(Split::Val) > 0;
     let n_train = ds.len(Split::Train);
     check_splits(ds.as_ref())?;
-    crate::limits::check_model_fits(gpu.limits(), cfg, &specs, classes)?;
+    estimate::check_model_fits(gpu.limits(), cfg, &specs, classes)?;
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
-    let mut method = methods::build(gpu, cfg, &specs, classes, &mut rng)?;
+    let mut method = methods::build(gpu, &cfg.method_setup(), &specs, classes, &mut rng)?;
     let mut opt = build_optimizer(cfg, method.trainable())?;
     let sched = build_scheduler(cfg);
     lock.replace_old_run()?;
@@ -636,9 +637,9 @@ fn restore_checkpoint(gpu: &Gpu, path: &Path, sets: &[String]) -> Result<Restore
     let cfg = crate::config::from_table(&table)?;
     let ds: Arc<dyn Dataset> = Arc::from(data::build(&cfg.data)?);
     let specs: Vec<ModalitySpec> = ds.modalities().to_vec();
-    crate::limits::check_model_fits(gpu.limits(), &cfg, &specs, ds.num_classes())?;
+    estimate::check_model_fits(gpu.limits(), &cfg, &specs, ds.num_classes())?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
-    let mut method = methods::build(gpu, &cfg, &specs, ds.num_classes(), &mut rng)?;
+    let mut method = methods::build(gpu, &cfg.method_setup(), &specs, ds.num_classes(), &mut rng)?;
     let mut opt = build_optimizer(&cfg, method.trainable())?;
     method.restore(ck.meta.get("method_state").unwrap_or(&Value::Null), opt.as_mut())?;
     checkpoint::restore_tensors(&file, &ck.model, &named_state(method.as_ref()))?;

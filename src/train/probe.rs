@@ -109,7 +109,7 @@ pub fn fit_and_predict(gpu: &Gpu, x: &[f32], y: &[u32], x_test: &[f32], d: usize
         let loss = ops::cross_entropy(&ops::linear(&xt, &w, Some(&b), None)?, ops::Target::Hard(&labels), None)?;
         adam.step(&loss.backward()?)?;
     }
-    let _ng = gpu.no_grad();
+    let _ng = crate::autograd::no_grad();
     let test = Tensor::from_slice(gpu, x_test, &[x_test.len() / d, d])?;
     ops::linear(&test, &w.detach(), Some(&b.detach()), None)?.to_vec()
 }

@@ -1,19 +1,19 @@
 //! Kernel microbenchmarks: GPU-timestamped, median of repeated runs after warm-up, inputs
 //! rotated between sets so they do not sit in cache, random data. Reports GFLOP/s or GB/s
 //! and the percentage of the device's ceiling. Used by `cargo bench --bench kernels` and
-//! `equimodal bench`.
+//! `equimodal bench`. It sits at the top of the layer map, beside the CLI: the end-to-end
+//! cases time whole training steps (methods, optimizers, the trainer's builders), and
+//! nothing in the library imports it.
 use crate::error::Result;
 use crate::gpu::{Gpu, GpuTimer};
 use crate::ops;
 use crate::tensor::Tensor;
 
-#[path = "bench_cases.rs"]
-mod bench_cases;
-#[path = "bench_e2e.rs"]
-mod bench_e2e;
+mod cases;
+mod e2e;
 
-pub use bench_cases::{extra_cases, resnet18_conv_shapes, ConvShape};
-pub use bench_e2e::{e2e_cases, e2e_cases_sized, format_e2e_table, run_e2e, E2eCase, E2eOptions, E2eRow, E2eSize, E2eStep};
+pub use cases::{extra_cases, resnet18_conv_shapes, ConvShape};
+pub use e2e::{e2e_cases, e2e_cases_sized, format_e2e_table, run_e2e, E2eCase, E2eOptions, E2eRow, E2eSize, E2eStep};
 
 /// What to run and against which ceilings.
 #[derive(Clone, Debug)]
@@ -186,7 +186,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// Time one case: warm-up, then `reps` runs each between two timestamps.
 pub fn time_case(gpu: &Gpu, case: &Case, opts: &BenchOptions) -> Result<f64> {
-    let _ng = (!case.grad).then(|| gpu.no_grad());
+    let _ng = (!case.grad).then(|| crate::autograd::no_grad());
     let mut run = (case.setup)(gpu)?;
     for i in 0..opts.warmup {
         run(i)?;

@@ -7,7 +7,8 @@
 //! PyTorch's timing reference (docs/gpu.md) times its steps. Memory is the
 //! buffer pool's footprint after the steps (`in_use + cached`: every buffer the pool ever
 //! created since the case started, i.e. its high-water mark), which is what the device holds.
-use crate::config::{Config, EncoderKind, MethodName};
+use crate::config::Config;
+use crate::methods::{EncoderKind, MethodName};
 use crate::data::ModalitySpec;
 use crate::error::Result;
 use crate::gpu::Gpu;
@@ -217,7 +218,7 @@ pub fn e2e_cases_sized(size: &E2eSize) -> Vec<E2eCase> {
                 let quick = &quick;
                 let cfg = aug_config(quick);
                 let mut rng = StdRng::seed_from_u64(cfg.seed);
-                let mut method = Aug::new(gpu, &cfg, &specs(quick), CLASSES, &mut rng)?;
+                let mut method = Aug::new(gpu, &cfg.method_setup(), &specs(quick), CLASSES, &mut rng)?;
                 let mut opt = crate::train::build_optimizer(&cfg, method.trainable())?;
                 let bs = batches(gpu, quick)?;
                 Ok(Box::new(move |i| {

@@ -1,0 +1,134 @@
+//! Device memory: tensor storage from the pool, its accounting, and the canary test mode
+//! that checks the slack beyond every tensor for out-of-range writes.
+use super::kernel::{Access, Kernel};
+use super::shaders::Shader;
+use super::pool::{bucket_size, PoolStats, Storage};
+use super::Gpu;
+use crate::error::{Error, Result};
+use std::sync::Arc;
+
+/// Canary mode (`shaders/canary.wgsl`): fill and check the slack of pooled buffers.
+const K_CANARY_FILL: Kernel = Kernel::new(Shader::Canary, "canary_fill", &[Access::ReadWrite, Access::ReadWrite], &CanaryParams::LAYOUT);
+const K_CANARY_CHECK: Kernel = Kernel::new(Shader::Canary, "canary_check", &[Access::ReadWrite, Access::ReadWrite], &CanaryParams::LAYOUT);
+/// count, serial, word, value, first slack word (u32 each), padded
+pub(super) const CANARY_REPORT_BYTES: u64 = 32;
+
+super::gpu_params! {
+    /// The word range a canary launch fills or checks, and the owner's allocation number.
+    struct CanaryParams as "Params" {
+        start: u32,
+        end: u32,
+        serial: u32,
+        _p0: u32,
+    }
+}
+
+/// Every kernel this module launches (for the interface test).
+pub(crate) const KERNELS: &[Kernel] = &[K_CANARY_FILL, K_CANARY_CHECK];
+
+impl Gpu {
+    pub fn memory_cached_by_size(&self) -> Vec<(u64, usize)> {
+        self.0.pool.lock().map(|p| p.cached_by_size()).unwrap_or_default()
+    }
+    /// Buffer pool statistics (bytes in use and cached).
+    pub fn memory(&self) -> PoolStats {
+        self.0.pool.lock().map(|p| p.stats).unwrap_or_default()
+    }
+    /// Start new high-water marks (`peak_allocated`, `peak_reserved`) from the current
+    /// figures (PyTorch's `reset_peak_memory_stats`).
+    pub fn reset_peak_memory(&self) {
+        if let Ok(mut p) = self.0.pool.lock() {
+            p.stats.reset_peaks();
+        }
+    }
+    /// Release cached buffers back to the driver.
+    pub fn trim_memory(&self) {
+        if let Ok(mut p) = self.0.pool.lock() {
+            p.trim();
+        }
+    }
+    /// Number of submits and dispatches so far (host-overhead accounting).
+    pub fn alloc(&self, bytes: u64) -> Result<Arc<Storage>> {
+        let max = self.0.limits.max_storage_buffer_binding_size as u64;
+        if bytes > max {
+            return Err(Error::Other(format!(
+                "tensor of {bytes} bytes exceeds the device's max storage binding ({max} bytes)"
+            )));
+        }
+        let bytes = bytes.div_ceil(4) * 4;
+        // Canary mode: at least 16 bytes of slack, so that even a write the runtime bounds
+        // checks clamp to the buffer's last word lands on the sentinel.
+        let size = if self.0.canary.is_some() { bucket_size(bytes + 16) } else { bucket_size(bytes) };
+        let _canary = match self.0.canary {
+            Some(_) => Some(self.0.canary_lock.lock().map_err(|_| Error::Other("canary lock poisoned".into()))?),
+            None => None,
+        };
+        let taken = {
+            let mut pool = self.0.pool.lock().map_err(|_| Error::Other("buffer pool poisoned".into()))?;
+            pool.take(&self.0.device, bytes, size)
+        };
+        if self.0.canary.is_some() {
+            // In recording order: the previous owner's slack is checked before this owner's
+            // sentinel is written, so nothing a kernel wrote there goes unseen.
+            if let Some((prev_bytes, prev_serial)) = taken.prev {
+                self.canary_launch(&K_CANARY_CHECK, &taken.buffer, prev_bytes, taken.size, prev_serial)?;
+            }
+            self.canary_launch(&K_CANARY_FILL, &taken.buffer, bytes, taken.size, taken.serial)?;
+        }
+        Ok(Arc::new(Storage {
+            buffer: Some(taken.buffer),
+            size: taken.size,
+            bytes,
+            serial: taken.serial,
+            pool: self.0.pool.clone(),
+        }))
+    }
+
+    /// Fill or check the words `bytes/4 .. size/4` of `buffer` (canary mode).
+    fn canary_launch(&self, k: &Kernel, buffer: &wgpu::Buffer, bytes: u64, size: u64, serial: u64) -> Result<()> {
+        let Some(report) = &self.0.canary else { return Ok(()) };
+        let (mut start, end) = ((bytes / 4) as usize, (size / 4) as usize);
+        // one launch covers at most max_groups^3 workgroups of 256 words (the folded grid)
+        let m = self.0.max_groups as usize;
+        let per_launch = m.saturating_mul(m).saturating_mul(m).saturating_mul(256);
+        while start < end {
+            let stop = end.min(start.saturating_add(per_launch));
+            let p: [u32; 4] = [start as u32, stop as u32, serial as u32, 0];
+            let groups = super::grid(self, stop - start, 256);
+            self.dispatch(k, &[], bytemuck::cast_slice(&p), &[buffer, report], groups)?;
+            start = stop;
+        }
+        Ok(())
+    }
+
+    /// Canary mode ([`GpuOptions::pool_canary`]): check the slack of every pooled buffer
+    /// (live tensors, cached buffers, and buffers reused since the last check, which were
+    /// checked when they were handed out again) and fail if a kernel wrote into any of it.
+    /// Resets the report. A no-op returning `Ok` outside canary mode.
+    pub fn check_canaries(&self) -> Result<()> {
+        let Some(report) = &self.0.canary else { return Ok(()) };
+        {
+            let _canary = self.0.canary_lock.lock().map_err(|_| Error::Other("canary lock poisoned".into()))?;
+            let slots = self.0.pool.lock().map_err(|_| Error::Other("buffer pool poisoned".into()))?.all_slots();
+            for (buffer, bytes, size, serial) in &slots {
+                self.canary_launch(&K_CANARY_CHECK, buffer, *bytes, *size, *serial)?;
+            }
+        }
+        let words: Vec<u32> = bytemuck::pod_collect_to_vec(&self.read_bytes(report, 0, CANARY_REPORT_BYTES)?);
+        self.clear(report, 0, CANARY_REPORT_BYTES)?;
+        if words[0] > 0 {
+            return Err(Error::Other(format!(
+                "pool canary: {} word(s) of slack beyond a tensor were overwritten (a kernel wrote past the end \
+                 of its output); first: allocation #{}, word {} (byte {}; the tensor ends at byte {}) holds 0x{:08x}",
+                words[0],
+                words[1],
+                words[2],
+                words[2] as u64 * 4,
+                words[4] as u64 * 4,
+                words[3]
+            )));
+        }
+        Ok(())
+    }
+
+}

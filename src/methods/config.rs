@@ -1,0 +1,147 @@
+//! The `[method]` section: which method trains, its fusion, and each method's own settings
+//! (defined next to the method, in its file), plus what a method is built from
+//! ([`MethodSetup`]). The run configuration holds one of these; methods never see the rest
+//! of it.
+use super::agm::AgmConfig;
+use super::aim::AimConfig;
+use super::aug::AugConfig;
+use super::g_blending::GBlendingConfig;
+use super::mmpareto::MmparetoConfig;
+use super::model::ModelConfig;
+use super::ogm_ge::OgmConfig;
+use super::pmr::PmrConfig;
+use crate::error::{Error, Result};
+use crate::nn::FusionKind;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MethodName {
+    Unimodal,
+    Joint,
+    Ogm,
+    OgmGe,
+    Aug,
+    Aim,
+    Pmr,
+    Mmpareto,
+    Agm,
+    GBlending,
+}
+
+impl MethodName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MethodName::Unimodal => "unimodal",
+            MethodName::Joint => "joint",
+            MethodName::Ogm => "ogm",
+            MethodName::OgmGe => "ogm_ge",
+            MethodName::Aug => "aug",
+            MethodName::Aim => "aim",
+            MethodName::Pmr => "pmr",
+            MethodName::Mmpareto => "mmpareto",
+            MethodName::Agm => "agm",
+            MethodName::GBlending => "g_blending",
+        }
+    }
+}
+
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MethodConfig {
+    pub name: MethodName,
+    #[serde(deserialize_with = "by_name::deserialize")]
+    pub fusion: FusionKind,
+    /// unimodal: which modality to train (by name).
+    pub modality: Option<String>,
+    pub ogm: OgmConfig,
+    pub aug: AugConfig,
+    pub aim: AimConfig,
+    pub pmr: PmrConfig,
+    pub mmpareto: MmparetoConfig,
+    pub agm: AgmConfig,
+    pub g_blending: GBlendingConfig,
+}
+
+impl Default for MethodConfig {
+    fn default() -> Self {
+        MethodConfig {
+            name: MethodName::Aug,
+            fusion: FusionKind::Concat,
+            modality: None,
+            ogm: OgmConfig::default(),
+            aug: AugConfig::default(),
+            aim: AimConfig::default(),
+            pmr: PmrConfig::default(),
+            mmpareto: MmparetoConfig::default(),
+            agm: AgmConfig::default(),
+            g_blending: GBlendingConfig::default(),
+        }
+    }
+}
+
+impl MethodConfig {
+    /// Every method's settings (each names its fields in its errors), and the unimodal
+    /// method's modality.
+    pub fn validate(&self) -> Result<()> {
+        if self.name == MethodName::Unimodal && self.modality.is_none() {
+            return Err(Error::config("method.modality", "the unimodal method needs the modality to train (e.g. \"audio\")"));
+        }
+        self.aug.validate()?;
+        self.aim.validate()?;
+        self.pmr.validate()?;
+        self.mmpareto.validate()?;
+        self.agm.validate()?;
+        self.g_blending.validate()?;
+        self.ogm.validate()
+    }
+
+    /// Settings of the chosen method that can never take effect within `epochs` (warnings).
+    pub fn never_acts(&self, epochs: usize) -> Vec<String> {
+        let e = epochs;
+        let mut v = Vec::new();
+        // AUG checks after epochs k·check_every (and the first, with check_after_first), never
+        // after the last one
+        let a = &self.aug;
+        let aug_checks = a.check_every == 0 || a.check_every < e || (a.check_after_first && e >= 2);
+        if self.name == MethodName::Aug && !aug_checks {
+            v.push(format!("method.aug.check_every = {} never acts: no check falls before the last of train.epochs = {e}", a.check_every));
+        }
+        if matches!(self.name, MethodName::Ogm | MethodName::OgmGe) && self.ogm.start_epoch >= e {
+            v.push(format!("method.ogm.start_epoch = {} never acts: train.epochs is {e} (epochs count from 0)", self.ogm.start_epoch));
+        }
+        if self.name == MethodName::Pmr && self.pmr.start_epoch >= e {
+            v.push(format!("method.pmr.start_epoch = {} never acts: train.epochs is {e} (epochs count from 0)", self.pmr.start_epoch));
+        }
+        if self.name == MethodName::Agm && self.agm.start_epoch >= e {
+            v.push(format!("method.agm.start_epoch = {} never acts: train.epochs is {e} (epochs count from 0)", self.agm.start_epoch));
+        }
+        v
+    }
+}
+
+/// What a method is built from: the run's seed, the model, the method settings, and the
+/// number of epochs it will train (AUG spaces its checks by it).
+#[derive(Clone, Debug)]
+pub struct MethodSetup {
+    pub seed: u64,
+    pub model: ModelConfig,
+    pub method: MethodConfig,
+    pub epochs: usize,
+}
+
+/// Enums of lower layers (`ops`, `nn`) read from the configuration by name, so that those
+/// layers carry no serde: each has `FromStr` (its names, errors listing them) and `Display`.
+pub(crate) mod by_name {
+    use serde::{Deserialize, Deserializer};
+    use std::fmt::Display;
+    use std::str::FromStr;
+
+    pub fn deserialize<'de, T, D>(d: D) -> std::result::Result<T, D::Error>
+    where
+        T: FromStr,
+        T::Err: Display,
+        D: Deserializer<'de>,
+    {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}

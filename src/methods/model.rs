@@ -1,0 +1,151 @@
+//! The model every method builds: an encoder per modality (kind and sizes, with
+//! per-modality overrides) and the fusion head's width. Read from the `[model]` section.
+use crate::error::{Error, Result};
+use std::collections::BTreeMap;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EncoderKind {
+    SmallCnn,
+    Resnet18,
+    Transformer,
+    Mlp,
+}
+
+/// Encoder settings; `modalities.<name>` overrides any of them for one modality.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    pub encoder: EncoderKind,
+    /// small_cnn: first block's width (doubles per block); resnet18: base width (64 standard).
+    pub width: usize,
+    /// small_cnn: number of blocks.
+    pub depth: usize,
+    /// mlp: hidden widths.
+    pub hidden: Vec<usize>,
+    /// transformer
+    pub layers: usize,
+    pub heads: usize,
+    pub mlp_ratio: usize,
+    pub patch: [usize; 2],
+    /// Inner width of gated fusion (FiLM's is the second modality's feature width).
+    pub fusion_hidden: usize,
+    /// Initialisation of conv and linear layers: `official` (the AUG code's) or `torch`.
+    #[serde(deserialize_with = "super::config::by_name::deserialize")]
+    pub init: crate::nn::Init,
+    pub modalities: BTreeMap<String, ModelOverride>,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            encoder: EncoderKind::Mlp,
+            width: 8,
+            depth: 2,
+            hidden: vec![128, 64],
+            layers: 2,
+            heads: 4,
+            mlp_ratio: 2,
+            patch: [4, 4],
+            fusion_hidden: 64,
+            init: crate::nn::Init::Official,
+            modalities: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelOverride {
+    pub encoder: Option<EncoderKind>,
+    pub width: Option<usize>,
+    pub depth: Option<usize>,
+    pub hidden: Option<Vec<usize>>,
+    pub layers: Option<usize>,
+    pub heads: Option<usize>,
+    pub mlp_ratio: Option<usize>,
+    pub patch: Option<[usize; 2]>,
+}
+
+impl ModelConfig {
+    /// The settings for one modality (overrides applied).
+    pub fn for_modality(&self, name: &str) -> ModelConfig {
+        let mut m = self.clone();
+        if let Some(o) = self.modalities.get(name) {
+            if let Some(v) = o.encoder {
+                m.encoder = v;
+            }
+            if let Some(v) = o.width {
+                m.width = v;
+            }
+            if let Some(v) = o.depth {
+                m.depth = v;
+            }
+            if let Some(v) = &o.hidden {
+                m.hidden = v.clone();
+            }
+            if let Some(v) = o.layers {
+                m.layers = v;
+            }
+            if let Some(v) = o.heads {
+                m.heads = v;
+            }
+            if let Some(v) = o.mlp_ratio {
+                m.mlp_ratio = v;
+            }
+            if let Some(v) = o.patch {
+                m.patch = v;
+            }
+        }
+        m
+    }
+}
+
+impl ModelConfig {
+    /// Every width >= 1 (a zero width trains a constant model) and at most
+    /// [`crate::limits::MAX_WIDTH`], for the shared settings and each modality's overrides.
+    pub fn validate(&self) -> Result<()> {
+        let max = crate::limits::MAX_WIDTH;
+        let in_range = |v: usize| (1..=max).contains(&v);
+        for (name, o) in std::iter::once(("", None)).chain(self.modalities.iter().map(|(k, v)| (k.as_str(), Some(v)))) {
+            let mc = if o.is_some() { self.for_modality(name) } else { self.clone() };
+            let field = |f: &str| if o.is_some() { format!("model.modalities.{name}.{f}") } else { format!("model.{f}") };
+            mc.validate_one(&field, &in_range, max)?;
+        }
+        if !in_range(self.fusion_hidden) {
+            return Err(Error::config("model.fusion_hidden", format!("must be in 1..={max}, got {}", self.fusion_hidden)));
+        }
+        Ok(())
+    }
+
+    /// The checks of one modality's settings; `field` names a field in the messages.
+    fn validate_one(&self, field: &dyn Fn(&str) -> String, in_range: &dyn Fn(usize) -> bool, max: usize) -> Result<()> {
+        if self.width == 0 {
+            return Err(Error::config(field("width"), "must be at least 1"));
+        }
+        if self.encoder == EncoderKind::SmallCnn && self.depth == 0 {
+            return Err(Error::config(field("depth"), "must be at least 1"));
+        }
+        if self.encoder == EncoderKind::Transformer && (self.heads == 0 || self.width % self.heads != 0) {
+            return Err(Error::config(field("heads"), format!("width {} must be a multiple of heads {}", self.width, self.heads)));
+        }
+        if self.encoder == EncoderKind::Mlp && self.hidden.is_empty() {
+            return Err(Error::config(field("hidden"), "needs at least one hidden width"));
+        }
+        if let Some(h) = self.hidden.iter().find(|h| !in_range(**h)) {
+            return Err(Error::config(field("hidden"), format!("widths must be in 1..={max}, got {h}")));
+        }
+        for (f, v) in [("width", self.width), ("mlp_ratio", self.mlp_ratio), ("patch", self.patch[0]), ("patch", self.patch[1])] {
+            if !in_range(v) {
+                return Err(Error::config(field(f), format!("must be in 1..={max}, got {v}")));
+            }
+        }
+        if self.encoder == EncoderKind::Transformer && self.layers == 0 {
+            return Err(Error::config(field("layers"), "must be at least 1"));
+        }
+        if self.depth > 16 {
+            return Err(Error::config(field("depth"), format!("must be at most 16 (the width doubles per block), got {}", self.depth)));
+        }
+        Ok(())
+    }
+}

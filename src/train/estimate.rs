@@ -1,0 +1,185 @@
+//! The memory estimate checked before the first tensor is built: the model's parameters,
+//! optimizer state and activations against the device's buffer limits and the host's
+//! available memory.
+use crate::config::Config;
+use crate::data::ModalitySpec;
+use crate::error::{Error, Result};
+use crate::limits::{checked_numel, mul, MAX_WIDTH};
+use crate::methods::{EncoderKind, MethodName, ModelConfig};
+
+/// Parameter and activation sizes of a model, in f32 elements.
+#[derive(Clone, Debug, Default)]
+pub struct Estimate {
+    pub params: u64,
+    /// Activations of one training step (forward values; the backward doubles them).
+    pub activations: u64,
+    /// The largest single parameter tensor: description, config field, elements.
+    pub largest: (String, String, u64),
+}
+
+impl Estimate {
+    fn tensor(&mut self, what: String, field: &str, elements: u64) -> Result<()> {
+        self.params =
+            self.params.checked_add(elements).ok_or_else(|| Error::shape("size check", format!("{what}: parameter count overflows")))?;
+        if elements > self.largest.2 {
+            self.largest = (what, field.to_string(), elements);
+        }
+        Ok(())
+    }
+    fn acts(&mut self, elements: u64) {
+        self.activations = self.activations.saturating_add(elements);
+    }
+    /// Bytes of one training step: weights, gradients and two optimizer moments per
+    /// parameter, activations and their gradients.
+    pub fn training_bytes(&self) -> u64 {
+        self.params.saturating_mul(4 * 4).saturating_add(self.activations.saturating_mul(4 * 2))
+    }
+}
+
+/// Estimate the configured model's sizes for these modalities and classes.
+pub fn estimate(cfg: &Config, specs: &[ModalitySpec], classes: usize) -> Result<Estimate> {
+    // training batches hold activations for the backward; evaluation (no graph) needs less
+    let batch = cfg.train.batch_size as u64;
+    let mut est = Estimate::default();
+    let mut dims = Vec::new();
+    for s in specs {
+        let mc = cfg.model.for_modality(&s.name);
+        dims.push(encoder(&mut est, &s.name, s, &mc, batch)?);
+    }
+    let c = classes as u64;
+    let feat: u64 = dims.iter().sum();
+    est.tensor(format!("fusion head [{c}, {feat}]"), "data.num_classes", mul(feat, c, "fusion head")?)?;
+    if cfg.method.name == MethodName::Aug {
+        let h = cfg.method.aug.hidden as u64;
+        for (s, d) in specs.iter().zip(&dims) {
+            est.tensor(format!("aug learner of `{}` [{h}, {d}]", s.name), "method.aug.hidden", mul(*d, h, "aug learner")?)?;
+        }
+        est.tensor(format!("aug head [{c}, {h}]"), "method.aug.hidden", mul(h, c, "aug head")?)?;
+    }
+    est.acts(mul(batch, c, "logits")?);
+    Ok(est)
+}
+
+/// Add one encoder's sizes; returns its output width.
+fn encoder(est: &mut Estimate, name: &str, spec: &ModalitySpec, mc: &ModelConfig, batch: u64) -> Result<u64> {
+    let field = |f: &str| format!("model.{f} (modality `{name}`)");
+    let input = checked_numel(&spec.shape, &format!("modality `{name}` shape"))? as u64;
+    est.acts(mul(batch, input, "input batch")?);
+    let (h, w) = match spec.shape.as_slice() {
+        [_, h, w] => (*h as u64, *w as u64),
+        _ => (1, 1),
+    };
+    let cin = spec.shape.first().copied().unwrap_or(1) as u64;
+    match mc.encoder {
+        EncoderKind::Mlp => {
+            let mut d = input;
+            for (i, &hw) in mc.hidden.iter().enumerate() {
+                let hw = hw as u64;
+                est.tensor(format!("`{name}` layer {i} [{hw}, {d}]"), &field("hidden"), mul(d, hw, "mlp layer")?)?;
+                est.acts(mul(batch, hw, "mlp activations")?.saturating_mul(2));
+                d = hw;
+            }
+            Ok(d)
+        }
+        EncoderKind::SmallCnn => {
+            let (mut c, mut hh, mut ww) = (cin, h, w);
+            for i in 0..mc.depth {
+                let out = (mc.width as u64).checked_shl(i as u32).filter(|v| *v <= MAX_WIDTH as u64).ok_or_else(|| {
+                    Error::config(
+                        field("depth"),
+                        format!("width {} doubled over {} blocks exceeds {MAX_WIDTH} channels", mc.width, mc.depth),
+                    )
+                })?;
+                est.tensor(format!("`{name}` block {i} conv [{out}, {c}, 3, 3]"), &field("width"), mul(mul(out, c, "conv")?, 9, "conv")?)?;
+                est.acts(mul(mul(batch, out, "conv activations")?, hh.saturating_mul(ww), "conv activations")?.saturating_mul(3));
+                (c, hh, ww) = (out, (hh / 2).max(1), (ww / 2).max(1));
+            }
+            Ok(c)
+        }
+        EncoderKind::Resnet18 => {
+            let base = mc.width as u64;
+            est.tensor(format!("`{name}` stem conv [{base}, {cin}, 7, 7]"), &field("width"), mul(mul(base, cin, "stem")?, 49, "stem")?)?;
+            for k in [1u64, 2, 4, 8] {
+                let c = mul(base, k, "resnet width")?;
+                let conv = mul(mul(c, c, "resnet conv")?, 9, "resnet conv")?;
+                for j in 0..4 {
+                    est.tensor(format!("`{name}` stage x{k} conv {j} [{c}, {c}, 3, 3]"), &field("width"), conv)?;
+                }
+            }
+            // the stem's maps at half resolution; the whole net keeps about 12 times that
+            // (a deliberate underestimate: refusing a run that fits is worse than letting
+            // the allocator report one that does not)
+            let maps = mul(mul(batch, base, "resnet activations")?, (h / 2).max(1).saturating_mul((w / 2).max(1)), "resnet activations")?;
+            est.acts(maps.saturating_mul(12));
+            mul(base, 8, "resnet width")
+        }
+        EncoderKind::Transformer => {
+            let d = mc.width as u64;
+            let patch = (mc.patch[0] as u64).saturating_mul(mc.patch[1] as u64).max(1);
+            let tokens =
+                if spec.shape.len() == 3 { (h / (mc.patch[0] as u64).max(1)).saturating_mul(w / (mc.patch[1] as u64).max(1)) } else { cin };
+            let feat = if spec.shape.len() == 3 { cin.saturating_mul(patch) } else { input / cin.max(1) };
+            est.tensor(format!("`{name}` patch embedding [{d}, {feat}]"), &field("width"), mul(feat, d, "embedding")?)?;
+            est.tensor(format!("`{name}` positions [{tokens}, {d}]"), &field("patch"), mul(tokens, d, "positions")?)?;
+            let ratio = mc.mlp_ratio as u64;
+            let block = mul(mul(d, d, "attention")?, 4 + 2 * ratio, "transformer block")?;
+            for l in 0..mc.layers {
+                est.tensor(format!("`{name}` block {l} [{d}x{d} x{}]", 4 + 2 * ratio), &field("width"), block)?;
+            }
+            let per_layer = mul(mul(batch, tokens, "tokens")?, d, "tokens")?.saturating_mul(6 + ratio);
+            let attn = mul(mul(batch, mc.heads as u64, "attention")?, tokens.saturating_mul(tokens), "attention scores")?;
+            est.acts(per_layer.saturating_add(attn).saturating_mul(mc.layers as u64));
+            Ok(d)
+        }
+    }
+}
+
+/// Available host memory in bytes (Linux `MemAvailable`); None where unknown.
+pub fn host_available_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb.saturating_mul(1024))
+}
+
+/// Refuse a model whose largest tensor exceeds the device's buffer limits, or whose
+/// estimated training footprint exceeds the host's available memory (host memory bounds
+/// software adapters, and every parameter is initialised on the host first).
+pub fn check_model_fits(limits: &wgpu::Limits, cfg: &Config, specs: &[ModalitySpec], classes: usize) -> Result<Estimate> {
+    let est = estimate(cfg, specs, classes)?;
+    let max_buffer = limits.max_buffer_size.min(limits.max_storage_buffer_binding_size);
+    let (what, field, n) = &est.largest;
+    let bytes = n.saturating_mul(4);
+    if bytes > max_buffer {
+        return Err(Error::config(
+            field.clone(),
+            format!("{what} needs {} but the device's largest buffer is {}", human(bytes), human(max_buffer)),
+        ));
+    }
+    let total = est.training_bytes();
+    if let Some(avail) = host_available_bytes() {
+        if total > avail {
+            return Err(Error::config(
+                "model",
+                format!(
+                    "the model needs about {} to train ({} parameters, {} activation values at batch {}), but the host has {} available; use a smaller model or train.batch_size",
+                    human(total),
+                    est.params,
+                    est.activations,
+                    cfg.train.batch_size,
+                    human(avail)
+                ),
+            ));
+        }
+    }
+    Ok(est)
+}
+
+fn human(bytes: u64) -> String {
+    let b = bytes as f64;
+    if b >= 1e9 {
+        format!("{:.1} GB", b / 1e9)
+    } else {
+        format!("{:.1} MB", b / 1e6)
+    }
+}
