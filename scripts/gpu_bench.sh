@@ -7,8 +7,8 @@
 #
 # Installs the Vulkan loader from .gpu/*.deb, then: nvidia-smi and the adapter list, the
 # kernel tests on the GPU (unchecked kernels, as in release), the kernel benchmarks (full
-# sizes), the end-to-end steps, and the PyTorch references (the timing script of docs/gpu.md, copied into .gpu/, and
-# scripts/sdpa_reference.py) in the same session (the machines
+# sizes), the end-to-end steps, and the PyTorch references (bench/torch/step_reference.py
+# and scripts/sdpa_reference.py) in the same session (the machines
 # drift: compare only figures from one run). Everything goes to $OUT (default ./gpu-out);
 # a short summary is printed at the end.
 set -uo pipefail
@@ -56,7 +56,7 @@ has e2e && step e2e "${E2E_LIMIT:-150}" bash -c \
     '"$1" bench --e2e --json "$2"; echo; EQUIMODAL_PROFILE=2 "$1" bench --e2e --filter aug_step --steps 5' _ "$EQ" "$OUT/e2e.json"
 # both PyTorch references into torch.txt ($OUT returns at most 8 files)
 has torch && step torch "${TORCH_LIMIT:-200}" env PYTHONUNBUFFERED=1 bash -c \
-    'python3 "$1/torch_reference.py"; echo; python3 "$2/sdpa_reference.py"' _ "$G" "$(cd "$(dirname "$0")" && pwd)"
+    'python3 "$1/bench/torch/step_reference.py"; echo; python3 "$1/scripts/sdpa_reference.py"' _ "$(cd "$(dirname "$0")/.." && pwd)"
 
 {
     has kernels && { echo; echo "==== kernels (GPU timestamps) ===="; cat "$OUT/kernels.txt"; }

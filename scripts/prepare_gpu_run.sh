@@ -1,25 +1,35 @@
 #!/usr/bin/env bash
 # Run HERE (the development machine) before the GPU run: builds the release binary and the
 # kernel test binaries, and puts into .gpu/ (ignored by git, carried to the GPU machine)
-# everything scripts/gpu_bench.sh needs there: the binary, the Vulkan loader debs, the
-# PyTorch reference script and the tests. Only the checkout travels; ../shared does not.
+# everything scripts/gpu_bench.sh needs there that the checkout does not hold: the binary,
+# the Vulkan loader debs (Debian's, fetched with apt-get download) and the test binaries.
+# The PyTorch scripts (bench/torch/) travel with the checkout.
 #
 #   scripts/prepare_gpu_run.sh
 #   then, on the device machine (carry .gpu):  bash scripts/gpu_bench.sh
 #
 #   WITH_DATA=1 scripts/prepare_gpu_run.sh
-#   also packs the AV-MNIST sources (FSDD + MNIST, xz, ~13 MiB) into .gpu-data/ for
-#   scripts/gpu_avmnist.sh (carry .gpu and .gpu-data)
+#   also packs the AV-MNIST files of the data root (FSDD + MNIST, xz, ~13 MiB; the data root is
+#   $EQUIMODAL_DATA, else the per-user directory: `equimodal data fetch avmnist` fills it)
+#   into .gpu-data/ for scripts/gpu_avmnist.sh (carry .gpu and .gpu-data)
+#
+#   VULKAN_DEBS=/some/dir scripts/prepare_gpu_run.sh
+#   takes the loader packages from that folder instead of apt-get download
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
-SHARED=${SHARED:-$(cd .. && pwd)/shared}
 TARGET=${CARGO_TARGET_DIR:-$PWD/target}
 # kernel families whose tests run on the GPU (unchecked kernels, as in release builds)
 TESTS=${GPU_TESTS:-"elementwise matmul conv attention softmax norm pool shape optim boost bench"}
 
-for f in "$SHARED/gpu/vulkan-debs" "$SHARED/bench/torch_reference.py"; do
-    [ -e "$f" ] || { echo "missing $f (set SHARED=/path/to/shared)" >&2; exit 1; }
-done
+# the Vulkan loader and the GL/EGL/GLX libraries it pulls in: unpacking libvulkan1 alone
+# left wgpu without a backend on the GPU machine
+DEBS="libvulkan1 libglvnd0 libgl1 libglx0 libegl1 libgles2 libopengl0"
+if [ -z "${VULKAN_DEBS:-}" ]; then
+    VULKAN_DEBS=$(mktemp -d)
+    (cd "$VULKAN_DEBS" && apt-get download $DEBS) || {
+        echo "apt-get download $DEBS failed (run apt-get update first, or set VULKAN_DEBS=dir)" >&2; exit 1; }
+fi
+ls "$VULKAN_DEBS"/*.deb >/dev/null || { echo "no .deb files in $VULKAN_DEBS" >&2; exit 1; }
 
 cargo build --release --bins
 args=()
@@ -41,8 +51,7 @@ PY
 rm -rf .gpu
 mkdir -p .gpu/tests
 cp "$TARGET/release/equimodal" .gpu/
-cp "$SHARED"/gpu/vulkan-debs/*.deb .gpu/
-cp "$SHARED/bench/torch_reference.py" .gpu/
+cp "$VULKAN_DEBS"/*.deb .gpu/
 for e in "${exes[@]}"; do
     n=$(basename "$e"); cp "$e" ".gpu/tests/${n%-*}"   # strip cargo's hash suffix
 done
@@ -51,9 +60,15 @@ strip .gpu/equimodal .gpu/tests/* 2>/dev/null || true
 tar -C .gpu -czf .gpu/tests.tar.gz tests && rm -rf .gpu/tests
 
 if [ "${WITH_DATA:-0}" = 1 ]; then
-    for d in fsdd mnist; do [ -d "$SHARED/data/$d" ] || { echo "missing $SHARED/data/$d" >&2; exit 1; }; done
+    DATA=${EQUIMODAL_DATA:-}
+    if [ -z "$DATA" ]; then
+        case "${XDG_DATA_HOME:-}" in /*) DATA=$XDG_DATA_HOME/equimodal ;; *) DATA=$HOME/.local/share/equimodal ;; esac
+    fi
+    for d in fsdd/recordings mnist; do
+        [ -d "$DATA/$d" ] || { echo "missing $DATA/$d: run \`equimodal data fetch avmnist\` (or set EQUIMODAL_DATA)" >&2; exit 1; }
+    done
     rm -rf .gpu-data && mkdir -p .gpu-data
-    tar -C "$SHARED/data" -cJf .gpu-data/avmnist.tar.xz fsdd mnist
+    tar -C "$DATA" -cJf .gpu-data/avmnist.tar.xz fsdd/recordings mnist
 fi
 
 EXCLUDE=$(git rev-parse --git-path info/exclude)

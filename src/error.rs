@@ -21,6 +21,16 @@ pub enum Error {
     Io { path: String, #[source] source: std::io::Error },
     #[error("bad data in {path}: {msg}")]
     Data { path: String, msg: String },
+    /// A dataset file or folder that is not where it was looked for; `hint` says where the
+    /// data root came from and how to obtain the data.
+    #[error("{what} not found at {path}: {hint}")]
+    MissingData { what: String, path: String, hint: String },
+    /// A download that did not complete (network, HTTP status, timeout).
+    #[error("download failed: {url}: {msg}")]
+    Download { url: String, msg: String },
+    /// A downloaded file whose size or SHA-256 is not the manifest's; it was discarded.
+    #[error("checksum mismatch for {path} (from {url}): expected SHA-256 {expected}, got {got}; the download was discarded")]
+    Checksum { path: String, url: String, expected: String, got: String },
     #[error("non-finite value: {0}")]
     NonFinite(String),
     #[error("{0}")]

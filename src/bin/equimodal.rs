@@ -1,4 +1,4 @@
-//! The equimodal command line: train, eval, report, bench, devices.
+//! The equimodal command line: train, eval, report, bench, devices, sweep, compare, data.
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -133,6 +133,11 @@ enum Cmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Datasets: list what the loaders read and whether it is present; download the public ones.
+    Data {
+        #[command(subcommand)]
+        cmd: DataCmd,
+    },
     /// Charts (PNG + SVG) of a run directory's metrics.jsonl, or a comparison of several runs.
     Report {
         /// Run directories; with more than one, also writes a comparison into --out.
@@ -141,6 +146,37 @@ enum Cmd {
         /// Where to write the comparison (default: the first run's charts/ folder).
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DataCmd {
+    /// Every dataset kind: what it is, where it comes from, its size, whether it is present
+    /// in the data root, and what to do by hand for those that cannot be downloaded.
+    List {
+        /// Data root (default: $EQUIMODAL_DATA, else the per-user data directory).
+        #[arg(long)]
+        root: Option<PathBuf>,
+    },
+    /// Download a dataset's public files into the data root, each verified by SHA-256;
+    /// files already present and intact are kept.
+    Fetch {
+        /// The dataset (`equimodal data list` says which can be downloaded).
+        dataset: String,
+        /// Data root (default: $EQUIMODAL_DATA, else the per-user data directory).
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// Download from this address instead of the public sources, laid out like the
+        /// data root (<mirror>/fsdd/recordings/..., <mirror>/mnist/...); overrides
+        /// EQUIMODAL_DATA_MIRROR. The checksums are still the built-in ones.
+        #[arg(long)]
+        mirror: Option<String>,
+        /// Downloads at once.
+        #[arg(long, default_value_t = equimodal::data::fetch::DEFAULT_PARALLEL)]
+        parallel: usize,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
     },
 }
 
@@ -263,116 +299,207 @@ fn check_bench_args(reps: Option<usize>, steps: Option<usize>, batch: Option<usi
 
 fn run(cli: Cli) -> equimodal::Result<()> {
     match &cli.cmd {
-        Cmd::Sweep { .. } => sweep(&cli)?,
+        Cmd::Sweep { .. } => sweep(&cli),
         Cmd::Compare { runs, select, k, out } => {
             let select = select.as_deref().map(|s| equimodal::experiments::Selection::parse(s, *k, "--select")).transpose()?;
             let out = out.clone().unwrap_or_else(|| runs[0].clone());
-            compare_runs(runs, select, &out)?;
+            compare_runs(runs, select, &out)
         }
-        Cmd::Train { config, sets, out, resume, force, allow_config_change, quiet } => {
-            let (cfg, text) = equimodal::config::load(config.as_deref(), sets)?;
-            let gpu = equimodal::Gpu::new(gpu_options(&cli)?)?;
-            let out = out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{}-{}", cfg.method.name.as_str(), cfg.data.kind())));
-            eprintln!("equimodal: {} on {} ({:?}), run directory {}", cfg.method.name.as_str(), gpu.info().name, gpu.info().backend, out.display());
-            let mut opts = equimodal::train::TrainOptions::new(&out);
-            opts.resume = *resume;
-            opts.force = *force;
-            opts.allow_config_change = *allow_config_change;
-            opts.progress = !*quiet;
-            let summary = equimodal::train::train(&gpu, &cfg, &text, &opts)?;
-            println!("\ntest results after {} epochs ({}):", summary.epochs_run, out.display());
-            print!("{}", summary.table());
-            print_profile(&gpu);
-            match equimodal::report::render_report(&out) {
-                Ok(files) => println!("charts: {} files in {}", files.len(), out.join("charts").display()),
-                Err(e) => eprintln!("warning: charts not written: {e}"),
-            }
-        }
-        Cmd::Eval { checkpoint, sets, probe } => {
-            let gpu = equimodal::Gpu::new(gpu_options(&cli)?)?;
-            let (summary, val) = equimodal::train::eval_checkpoint(&gpu, checkpoint, sets)?;
-            if let Some(v) = val {
-                println!("validation: fused acc {:.2}%", 100.0 * v.fused.acc);
-            }
-            println!("test:");
-            print!("{}", summary.table());
-            if *probe {
-                let cfg = equimodal::train::probe::ProbeConfig::default();
-                let u = equimodal::train::probe_checkpoint(&gpu, checkpoint, sets, &cfg)?;
-                println!("linear probe of the frozen encoders (logistic regression on the training split's features, {} Adam steps; test):", cfg.steps);
-                for (n, m) in u.modalities.iter().zip(&u.probe) {
-                    match m {
-                        Some(m) => println!("  {n:<10} acc {:>6.2}%  macro-F1 {:.4}", 100.0 * m.acc, m.macro_f1),
-                        None => println!("  {n:<10} -  (no encoder of this modality)"),
-                    }
-                }
-                println!("Shapley contribution to the fused test accuracy (absent modalities' inputs zeroed):");
-                for (n, p) in u.modalities.iter().zip(&u.shapley) {
-                    println!("  {n:<10} {:>+7.2} points", 100.0 * p);
-                }
-            }
-        }
-        Cmd::Devices => {
-            let o = gpu_options(&cli)?;
-            let list = equimodal::gpu::list_adapters(wgpu::Backends::all());
-            if list.is_empty() {
-                println!("no adapters found (install a Vulkan driver; without a GPU: apt-get install mesa-vulkan-drivers)");
-            }
-            for a in &list {
-                println!("{a}");
-            }
-            match equimodal::Gpu::new(o) {
-                Ok(g) => println!("\nselected: {} ({:?})", g.info().name, g.info().backend),
-                Err(e) => println!("\nno adapter selected: {e}"),
-            }
-        }
-        Cmd::Bench { quick, filter, reps, peak_gbs, peak_gflops, json, e2e, steps, batch } => {
-            check_bench_args(*reps, *steps, *batch, *peak_gbs, *peak_gflops)?;
-            let gpu = equimodal::Gpu::new(gpu_options(&cli)?)?;
-            if *e2e {
-                let opts = equimodal::bench::E2eOptions::new(*quick, filter.clone(), *steps);
-                let mut size = equimodal::bench::E2eSize::new(*quick);
-                if let Some(b) = batch {
-                    size = size.with_batch(*b);
-                }
-                let rows = equimodal::bench::run_e2e(&gpu, &opts, equimodal::bench::e2e_cases_sized(&size))?;
-                print!("{}", equimodal::bench::format_e2e_table(&gpu, &rows));
-                print_profile(&gpu);
-                if let Some(p) = json {
-                    let s = serde_json::to_string_pretty(&rows).map_err(|e| equimodal::Error::Other(e.to_string()))?;
-                    std::fs::write(p, s).map_err(|e| equimodal::Error::io(p, e))?;
-                }
-                return Ok(());
-            }
-            let opts = equimodal::bench::BenchOptions {
-                quick: *quick,
-                filter: filter.clone(),
-                peak_gbs: *peak_gbs,
-                peak_gflops: *peak_gflops,
-                reps: reps.unwrap_or(if *quick { 3 } else { 10 }).max(1),
-                warmup: if *quick { 1 } else { 3 },
-            };
-            let rows = equimodal::bench::run(&gpu, &opts, equimodal::bench::extra_cases(*quick))?;
-            print!("{}", equimodal::bench::format_table(&gpu, &rows, gpu.capabilities().timestamps));
-            if let Some(p) = json {
-                let s = serde_json::to_string_pretty(&rows).map_err(|e| equimodal::Error::Other(e.to_string()))?;
-                std::fs::write(p, s).map_err(|e| equimodal::Error::io(p, e))?;
-            }
-        }
-        Cmd::Report { runs, out } => {
-            for r in runs {
-                let files = equimodal::report::render_report(r)?;
-                println!("{}: {} files in {}", r.display(), files.len(), r.join("charts").display());
-            }
-            if runs.len() > 1 {
-                let out = out.clone().unwrap_or_else(|| runs[0].join("charts"));
-                let refs: Vec<&std::path::Path> = runs.iter().map(|p| p.as_path()).collect();
-                let files = equimodal::report::render_comparison(&refs, &out)?;
-                println!("comparison: {} files in {}", files.len(), out.display());
-            }
-        }
+        Cmd::Train { .. } => train(&cli),
+        Cmd::Eval { checkpoint, sets, probe } => eval(&cli, checkpoint, sets, *probe),
+        Cmd::Devices => devices(&cli),
+        Cmd::Bench { .. } => bench(&cli),
+        Cmd::Report { runs, out } => report(runs, out.as_deref()),
+        Cmd::Data { cmd } => data(cmd),
+    }
+}
+
+/// `equimodal train`: one run, then its test table and charts.
+fn train(cli: &Cli) -> equimodal::Result<()> {
+    let Cmd::Train { config, sets, out, resume, force, allow_config_change, quiet } = &cli.cmd else { unreachable!("train() is called for the train command") };
+    let (cfg, text) = equimodal::config::load(config.as_deref(), sets)?;
+    let gpu = equimodal::Gpu::new(gpu_options(cli)?)?;
+    let out = out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{}-{}", cfg.method.name.as_str(), cfg.data.kind())));
+    eprintln!("equimodal: {} on {} ({:?}), run directory {}", cfg.method.name.as_str(), gpu.info().name, gpu.info().backend, out.display());
+    let mut opts = equimodal::train::TrainOptions::new(&out);
+    opts.resume = *resume;
+    opts.force = *force;
+    opts.allow_config_change = *allow_config_change;
+    opts.progress = !*quiet;
+    let summary = equimodal::train::train(&gpu, &cfg, &text, &opts)?;
+    println!("\ntest results after {} epochs ({}):", summary.epochs_run, out.display());
+    print!("{}", summary.table());
+    print_profile(&gpu);
+    match equimodal::report::render_report(&out) {
+        Ok(files) => println!("charts: {} files in {}", files.len(), out.join("charts").display()),
+        Err(e) => eprintln!("warning: charts not written: {e}"),
     }
     Ok(())
+}
+
+/// `equimodal eval`: a checkpoint's test table; with `probe`, linear probes and Shapley shares.
+fn eval(cli: &Cli, checkpoint: &std::path::Path, sets: &[String], probe: bool) -> equimodal::Result<()> {
+    let gpu = equimodal::Gpu::new(gpu_options(cli)?)?;
+    let (summary, val) = equimodal::train::eval_checkpoint(&gpu, checkpoint, sets)?;
+    if let Some(v) = val {
+        println!("validation: fused acc {:.2}%", 100.0 * v.fused.acc);
+    }
+    println!("test:");
+    print!("{}", summary.table());
+    if !probe {
+        return Ok(());
+    }
+    let cfg = equimodal::train::probe::ProbeConfig::default();
+    let u = equimodal::train::probe_checkpoint(&gpu, checkpoint, sets, &cfg)?;
+    println!("linear probe of the frozen encoders (logistic regression on the training split's features, {} Adam steps; test):", cfg.steps);
+    for (n, m) in u.modalities.iter().zip(&u.probe) {
+        match m {
+            Some(m) => println!("  {n:<10} acc {:>6.2}%  macro-F1 {:.4}", 100.0 * m.acc, m.macro_f1),
+            None => println!("  {n:<10} -  (no encoder of this modality)"),
+        }
+    }
+    println!("Shapley contribution to the fused test accuracy (absent modalities' inputs zeroed):");
+    for (n, p) in u.modalities.iter().zip(&u.shapley) {
+        println!("  {n:<10} {:>+7.2} points", 100.0 * p);
+    }
+    Ok(())
+}
+
+/// `equimodal devices`: every adapter, then the one the options select.
+fn devices(cli: &Cli) -> equimodal::Result<()> {
+    let o = gpu_options(cli)?;
+    let list = equimodal::gpu::list_adapters(wgpu::Backends::all());
+    if list.is_empty() {
+        println!("no adapters found (install a Vulkan driver; without a GPU: apt-get install mesa-vulkan-drivers)");
+    }
+    for a in &list {
+        println!("{a}");
+    }
+    match equimodal::Gpu::new(o) {
+        Ok(g) => println!("\nselected: {} ({:?})", g.info().name, g.info().backend),
+        Err(e) => println!("\nno adapter selected: {e}"),
+    }
+    Ok(())
+}
+
+fn write_json<T: serde::Serialize>(path: &std::path::Path, rows: &T) -> equimodal::Result<()> {
+    let s = serde_json::to_string_pretty(rows).map_err(|e| equimodal::Error::Other(e.to_string()))?;
+    std::fs::write(path, s).map_err(|e| equimodal::Error::io(path, e))
+}
+
+/// `equimodal bench`: kernel microbenchmarks, or end-to-end steps with `--e2e`.
+fn bench(cli: &Cli) -> equimodal::Result<()> {
+    let Cmd::Bench { quick, filter, reps, peak_gbs, peak_gflops, json, e2e, steps, batch } = &cli.cmd else { unreachable!("bench() is called for the bench command") };
+    check_bench_args(*reps, *steps, *batch, *peak_gbs, *peak_gflops)?;
+    let gpu = equimodal::Gpu::new(gpu_options(cli)?)?;
+    if *e2e {
+        let opts = equimodal::bench::E2eOptions::new(*quick, filter.clone(), *steps);
+        let mut size = equimodal::bench::E2eSize::new(*quick);
+        if let Some(b) = batch {
+            size = size.with_batch(*b);
+        }
+        let rows = equimodal::bench::run_e2e(&gpu, &opts, equimodal::bench::e2e_cases_sized(&size))?;
+        print!("{}", equimodal::bench::format_e2e_table(&gpu, &rows));
+        print_profile(&gpu);
+        return json.as_deref().map_or(Ok(()), |p| write_json(p, &rows));
+    }
+    let opts = equimodal::bench::BenchOptions {
+        quick: *quick,
+        filter: filter.clone(),
+        peak_gbs: *peak_gbs,
+        peak_gflops: *peak_gflops,
+        reps: reps.unwrap_or(if *quick { 3 } else { 10 }).max(1),
+        warmup: if *quick { 1 } else { 3 },
+    };
+    let rows = equimodal::bench::run(&gpu, &opts, equimodal::bench::extra_cases(*quick))?;
+    print!("{}", equimodal::bench::format_table(&gpu, &rows, gpu.capabilities().timestamps));
+    json.as_deref().map_or(Ok(()), |p| write_json(p, &rows))
+}
+
+/// `equimodal report`: charts of each run, and a comparison when there are several.
+fn report(runs: &[PathBuf], out: Option<&std::path::Path>) -> equimodal::Result<()> {
+    for r in runs {
+        let files = equimodal::report::render_report(r)?;
+        println!("{}: {} files in {}", r.display(), files.len(), r.join("charts").display());
+    }
+    if runs.len() > 1 {
+        let out = out.map(PathBuf::from).unwrap_or_else(|| runs[0].join("charts"));
+        let refs: Vec<&std::path::Path> = runs.iter().map(|p| p.as_path()).collect();
+        let files = equimodal::report::render_comparison(&refs, &out)?;
+        println!("comparison: {} files in {}", files.len(), out.display());
+    }
+    Ok(())
+}
+
+/// `equimodal data list` and `equimodal data fetch`.
+fn data(cmd: &DataCmd) -> equimodal::Result<()> {
+    use equimodal::data::catalog;
+    let root_of = |r: &Option<PathBuf>| r.clone().unwrap_or_else(catalog::default_data_root);
+    match cmd {
+        DataCmd::List { root } => {
+            let from = if root.is_some() {
+                "--root"
+            } else if std::env::var_os("EQUIMODAL_DATA").is_some_and(|v| !v.is_empty()) {
+                "$EQUIMODAL_DATA"
+            } else {
+                "the per-user default"
+            };
+            print!("{}", data_list(&root_of(root), from)?);
+            Ok(())
+        }
+        DataCmd::Fetch { dataset, root, mirror, parallel, quiet } => {
+            if *parallel == 0 {
+                return Err(equimodal::Error::config("--parallel", "must be at least 1"));
+            }
+            let mirror = mirror.clone().or_else(|| std::env::var("EQUIMODAL_DATA_MIRROR").ok().filter(|m| !m.is_empty()));
+            let manifest = catalog::manifest(dataset, mirror.as_deref())?;
+            let root = root_of(root);
+            eprintln!("equimodal: fetching {dataset} ({} files, {}) into {}", manifest.files.len(), mib(manifest.total_bytes()), root.display());
+            let opts = equimodal::data::fetch::FetchOptions { progress: !*quiet, parallel: *parallel };
+            let r = equimodal::data::fetch::fetch(&manifest, &root, &opts)?;
+            println!(
+                "{dataset}: {} files downloaded ({}), {} replaced, {} already present and verified; data root {}",
+                r.downloaded,
+                mib(r.bytes),
+                r.replaced,
+                r.present,
+                root.display()
+            );
+            Ok(())
+        }
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// The `data list` table: each dataset, its source, size, presence under `root`, and how to
+/// obtain it.
+fn data_list(root: &std::path::Path, from: &str) -> equimodal::Result<String> {
+    use equimodal::data::catalog::{self, Fetch};
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(s, "data root: {} ({from})\n", root.display());
+    for d in catalog::catalogue() {
+        let _ = writeln!(s, "{}\n  what:    {}\n  source:  {}", d.name, d.what, d.source);
+        match &d.fetch {
+            Fetch::Download => {
+                let m = catalog::manifest(d.name, None)?;
+                let (have, n) = (m.present(root), m.files.len());
+                let state = if have == n { "present".to_string() } else if have == 0 { "absent".to_string() } else { format!("incomplete: {have} of {n} files") };
+                let _ = writeln!(s, "  size:    {} in {n} files\n  status:  {state}\n  get it:  equimodal data fetch {}", mib(m.total_bytes()), d.name);
+            }
+            Fetch::ByHand(how) => {
+                let _ = writeln!(s, "  status:  not downloadable automatically\n  get it:  {how}");
+            }
+            Fetch::Nothing(why) => {
+                let _ = writeln!(s, "  get it:  {why}");
+            }
+        }
+        s.push('\n');
+    }
+    Ok(s)
 }
 
 fn main() -> ExitCode {

@@ -1,5 +1,6 @@
-//! AV-MNIST-style benchmark from FSDD spoken digits and MNIST images, following
-//! `shared/bench/avmnist_reference.py` (see `shared/data/README.md`):
+//! AV-MNIST-style benchmark from FSDD spoken digits and MNIST images, the protocol of
+//! `bench/torch/avmnist_protocol.py` (the files: `equimodal data list`; the protocol and
+//! its PyTorch figures: docs/gpu.md):
 //!
 //! 1. WAVs `fsdd/recordings/{digit}_{speaker}_{take}.wav` in sorted file-name order; split
 //!    `take` (takes `< test_takes` = test, others train) or `speaker` (held-out speakers).
@@ -30,13 +31,14 @@ use super::idx::{read_mnist, Mnist};
 use super::pca::Pca;
 use super::stft::{Stft, StftConfig, WindowKind};
 use super::wav::{peak_normalize, read_wav_mono};
-use super::{check_index, default_data_root, derive_seed, gauss, Dataset, ModalitySpec, Split};
+use super::{catalog, check_index, default_data_root, derive_seed, gauss, Dataset, ModalitySpec, Split};
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AvmnistConfig {
-    /// Data root holding `fsdd/recordings` and `mnist/`; default `$EQUIMODAL_DATA` or `../shared/data`.
+    /// Data root holding `fsdd/recordings` and `mnist/`; default `$EQUIMODAL_DATA`, else the
+    /// per-user data directory (`data::catalog::default_data_root`).
     pub root: Option<String>,
     pub seed: u64,
     /// `take` or `speaker`.
@@ -92,9 +94,9 @@ impl Default for AvmnistConfig {
             window: WindowKind::Hann,
             log_eps: 1e-6,
             standardize: "train".into(),
-            fsdd_dir: "fsdd/recordings".into(),
-            mnist_images: "mnist/t10k-first8000-images-idx3-ubyte.gz".into(),
-            mnist_labels: "mnist/t10k-first8000-labels-idx1-ubyte.gz".into(),
+            fsdd_dir: catalog::FSDD_RECORDINGS.into(),
+            mnist_images: catalog::MNIST_IMAGES.into(),
+            mnist_labels: catalog::MNIST_LABELS.into(),
         }
     }
 }
@@ -321,27 +323,21 @@ impl AvmnistDataset {
     pub fn new(cfg: &AvmnistConfig) -> Result<Self> {
         cfg.validate()?;
         let root = cfg.root_dir();
-        let resolve = |p: &str| {
-            let p = Path::new(p);
-            if p.is_absolute() {
-                p.to_path_buf()
-            } else {
-                root.join(p)
-            }
-        };
+        let resolve = |p: &str| catalog::resolve(&root, p);
         let fsdd_dir = resolve(&cfg.fsdd_dir);
         if !fsdd_dir.is_dir() {
-            return Err(Error::io(
-                &fsdd_dir,
-                std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    "FSDD recordings directory not found (set data.root or EQUIMODAL_DATA)",
-                ),
-            ));
+            return Err(catalog::missing("FSDD recordings folder", &fsdd_dir, &root, "avmnist"));
         }
         let clips = list_fsdd(&fsdd_dir)?;
-        let mnist = read_mnist(resolve(&cfg.mnist_images), resolve(&cfg.mnist_labels))?;
-        let img_name = resolve(&cfg.mnist_images).display().to_string();
+        let (img_path, lab_path) = (resolve(&cfg.mnist_images), resolve(&cfg.mnist_labels));
+        for p in [&img_path, &lab_path] {
+            if !p.exists() {
+                return Err(catalog::missing("MNIST file", p, &root, "avmnist"));
+            }
+        }
+        let mut mnist = read_mnist(&img_path, &lab_path)?;
+        mnist.truncate(catalog::MNIST_PROTOCOL_IMAGES);
+        let img_name = img_path.display().to_string();
         for (f, p) in [
             ("data.train_pool", cfg.train_pool),
             ("data.test_pool", cfg.test_pool),

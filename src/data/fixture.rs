@@ -20,7 +20,7 @@ pub struct CremadFixture {
     pub test: Vec<(String, u32)>,
 }
 
-/// Build `out/{AudioWAV, Image-01-FPS, annotations}` from `data_root` (the shared data dir):
+/// Build `out/{AudioWAV, Image-01-FPS, annotations}` from `data_root` (a data root holding AV-MNIST's files):
 /// `n_train + n_test` FSDD clips (spread over the digits) resampled to 16 kHz, each with
 /// `frames_per_clip` JPEG frames (48×40, an MNIST image of the clip's digit, tinted);
 /// emotion = digit mod 6; annotation lists use `\r\n` line ends.
@@ -31,11 +31,9 @@ pub fn write_cremad_fixture(
     n_test: usize,
     frames_per_clip: usize,
 ) -> Result<CremadFixture> {
-    let clips = list_fsdd(&data_root.join("fsdd/recordings"))?;
-    let mnist = read_mnist(
-        data_root.join("mnist/t10k-first8000-images-idx3-ubyte.gz"),
-        data_root.join("mnist/t10k-first8000-labels-idx1-ubyte.gz"),
-    )?;
+    use super::catalog::{resolve, FSDD_RECORDINGS, MNIST_IMAGES, MNIST_LABELS};
+    let clips = list_fsdd(&data_root.join(FSDD_RECORDINGS))?;
+    let mnist = read_mnist(resolve(data_root, MNIST_IMAGES), resolve(data_root, MNIST_LABELS))?;
     let total = n_train + n_test;
     if total == 0 || total > clips.len() || frames_per_clip == 0 {
         return Err(Error::config(

@@ -112,6 +112,11 @@ impl Mnist {
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }
+    /// Keep the first `n` images and labels (all of them when there are fewer).
+    pub fn truncate(&mut self, n: usize) {
+        self.labels.truncate(n);
+        self.images.truncate(n * self.rows * self.cols);
+    }
     pub fn image(&self, i: usize) -> &[f32] {
         let p = self.rows * self.cols;
         &self.images[i * p..(i + 1) * p]

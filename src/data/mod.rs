@@ -9,7 +9,9 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 
 pub mod avmnist;
+pub mod catalog;
 pub mod cremad;
+pub mod fetch;
 pub mod fixture;
 pub mod idx;
 pub mod image_ops;
@@ -242,13 +244,7 @@ pub fn build(cfg: &DatasetConfig) -> Result<Box<dyn Dataset>> {
     })
 }
 
-/// Default data root: `$EQUIMODAL_DATA`, else `../shared/data`.
-pub fn default_data_root() -> std::path::PathBuf {
-    match std::env::var_os("EQUIMODAL_DATA") {
-        Some(p) if !p.is_empty() => std::path::PathBuf::from(p),
-        _ => std::path::PathBuf::from("../shared/data"),
-    }
-}
+pub use catalog::default_data_root;
 
 /// Deterministic 64-bit mixing (SplitMix64 finaliser) used to derive per-sample seeds.
 pub(crate) fn mix64(mut x: u64) -> u64 {
