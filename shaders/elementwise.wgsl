@@ -124,6 +124,18 @@ fn fill(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     fy[i] = p.a;
 }
 
+// ---- in-place accumulate: y = y + x (gradient accumulation into a uniquely owned sum) ---
+@group(0) @binding(1) var<storage, read> acc_x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> acc_y: array<f32>;
+
+@compute @workgroup_size(256)
+fn add_into(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) lid: u32) {
+    let i = flat_index(wg, nwg, lid);
+    if (i >= p.n) { return; }
+    acc_y[i] = acc_y[i] + acc_x[i];
+}
+
 // ---- binary with broadcasting: y = a (op) b ------------------------------------------
 // Binary op codes (ops::Binary; tests/kernels.rs checks that the two agree).
 const BINARY_ADD: u32 = 0u;

@@ -3,8 +3,6 @@
 //! continuation (`forward_from`), depth bookkeeping (`depth_of`), AIM weight scales,
 //! initialisation statistics, fusion heads and their unimodal views, gradient flow.
 mod common;
-#[path = "common/cpu_nn.rs"]
-mod cpu_nn;
 
 use common::*;
 use cpu_nn::{Named, T};

@@ -95,7 +95,8 @@ impl Gradients {
 fn accumulate(map: &mut HashMap<u64, Tensor>, id: u64, g: Tensor) -> Result<()> {
     match map.remove(&id) {
         Some(prev) => {
-            let sum = crate::ops::elementwise::add(&prev, &g)?;
+            // in place when `prev` is ours alone (it was just taken out of the map)
+            let sum = crate::ops::elementwise::add_into(prev, &g)?;
             map.insert(id, sum);
         }
         None => {

@@ -196,9 +196,13 @@ fn attention_case(b: usize, h: usize, l: usize, dh: usize, fb: bool) -> Case {
 /// Matmul, conv2d, attention, softmax / cross-entropy, norms, pooling, optimizer steps,
 /// concat and permute. `quick`: small sizes that run on a software rasteriser in seconds.
 pub fn extra_cases(quick: bool) -> Vec<Case> {
-    let mut v = Vec::new();
+    let families: [fn(bool) -> Vec<Case>; 9] = [matmul_cases, conv_cases, attention_cases, softmax_cases, layer_norm_cases, batch_norm_cases, max_pool_cases, optimizer_cases, movement_cases];
+    families.iter().flat_map(|f| f(quick)).collect()
+}
 
-    // ---- matmul -------------------------------------------------------------------------
+/// Benchmark cases: matmul.
+fn matmul_cases(quick: bool) -> Vec<Case> {
+    let mut v = Vec::new();
     let sizes: &[usize] = if quick { &[128, 256] } else { &[1024, 2048, 4096, 8192] };
     for &n in sizes {
         v.push(matmul_case(format!("matmul_n{n}"), n, n, n, false, false));
@@ -222,7 +226,12 @@ pub fn extra_cases(quick: bool) -> Vec<Case> {
         }));
     }
 
-    // ---- conv2d: every distinct ResNet18 shape, both modalities --------------------------
+    v
+}
+
+/// Benchmark cases: conv2d: every distinct ResNet18 shape, both modalities.
+fn conv_cases(quick: bool) -> Vec<Case> {
+    let mut v = Vec::new();
     let (batch, div) = if quick { (1, 4) } else { (64, 1) };
     for (tag, cin, h, w) in [("v", 3usize, 224usize, 224usize), ("a", 1, 257, 188)] {
         for s in resnet18_conv_shapes(cin, h / div, w / div, 64) {
@@ -234,7 +243,12 @@ pub fn extra_cases(quick: bool) -> Vec<Case> {
     let r = ConvShape { layer: "ref".into(), cin: 128, cout: 128, k: 3, stride: 1, pad: 1, h: 28 / div, w: 28 / div };
     v.push(conv_case("conv_ref_3x3_128_fb".into(), &r, batch, true));
 
-    // ---- attention ----------------------------------------------------------------------
+    v
+}
+
+/// Benchmark cases: attention.
+fn attention_cases(quick: bool) -> Vec<Case> {
+    let mut v = Vec::new();
     let (ab, ah, lens): (usize, usize, &[usize]) = if quick { (1, 2, &[64]) } else { (64, 8, &[128, 512, 1024, 2048]) };
     for &l in lens {
         v.push(attention_case(ab, ah, l, 64, false));
@@ -247,7 +261,12 @@ pub fn extra_cases(quick: bool) -> Vec<Case> {
         v.push(attention_case(ab, ah, lh, dh, true));
     }
 
-    // ---- softmax / cross-entropy ----------------------------------------------------------
+    v
+}
+
+/// Benchmark cases: softmax / cross-entropy.
+fn softmax_cases(quick: bool) -> Vec<Case> {
+    let mut v = Vec::new();
     let big_rows = if quick { 256 } else { 4096 };
     for (rows, cols) in [(64usize, 1000usize), (big_rows, 1024)] {
         let n = (rows * cols) as f64;
@@ -276,7 +295,13 @@ pub fn extra_cases(quick: bool) -> Vec<Case> {
         }
     }
 
-    // ---- layer norm -----------------------------------------------------------------------
+    v
+}
+
+/// Benchmark cases: layer norm.
+fn layer_norm_cases(quick: bool) -> Vec<Case> {
+    let mut v = Vec::new();
+    let big_rows = if quick { 256 } else { 4096 };
     let (rows, d) = (big_rows, 1024usize);
     for fb in [false, true] {
         let n = (rows * d) as f64;
@@ -298,7 +323,12 @@ pub fn extra_cases(quick: bool) -> Vec<Case> {
         }));
     }
 
-    // ---- batch norm (training: batch statistics, running-stat update) --------------------
+    v
+}
+
+/// Benchmark cases: batch norm (training: batch statistics, running-stat update).
+fn batch_norm_cases(quick: bool) -> Vec<Case> {
+    let mut v = Vec::new();
     let bn: [usize; 4] = if quick { [4, 32, 14, 14] } else { [64, 128, 28, 28] };
     {
         let n = numel(&bn) as f64;
@@ -316,7 +346,12 @@ pub fn extra_cases(quick: bool) -> Vec<Case> {
         }));
     }
 
-    // ---- max pool 3×3 / 2, padding 1 (the ResNet stem) -----------------------------------
+    v
+}
+
+/// Benchmark cases: max pool 3×3 / 2, padding 1 (the ResNet stem).
+fn max_pool_cases(quick: bool) -> Vec<Case> {
+    let mut v = Vec::new();
     let mp: [usize; 4] = if quick { [2, 16, 56, 56] } else { [64, 64, 112, 112] };
     for fb in [false, true] {
         let n = numel(&mp) as f64;
@@ -340,7 +375,12 @@ pub fn extra_cases(quick: bool) -> Vec<Case> {
         }));
     }
 
-    // ---- optimizer steps over a ResNet18-sized parameter ---------------------------------
+    v
+}
+
+/// Benchmark cases: optimizer steps over a ResNet18-sized parameter.
+fn optimizer_cases(quick: bool) -> Vec<Case> {
+    let mut v = Vec::new();
     let np: usize = if quick { 1 << 18 } else { 11_176_512 }; // ResNet18 without its fc
     for adam in [false, true] {
         // SGD momentum + wd: θ, g, buf read; θ, buf written. Adam: θ, g, m, v read; θ, m, v written.
@@ -368,7 +408,12 @@ pub fn extra_cases(quick: bool) -> Vec<Case> {
         }));
     }
 
-    // ---- concat / permute (pure data movement) ------------------------------------------
+    v
+}
+
+/// Benchmark cases: concat / permute (pure data movement).
+fn movement_cases(quick: bool) -> Vec<Case> {
+    let mut v = Vec::new();
     let n_elem: usize = if quick { 1 << 20 } else { 1 << 26 };
     {
         let rows = if quick { 256 } else { 4096 };

@@ -5,7 +5,7 @@
 //!
 //! Each kernel's interface is written in Rust once, with [`gpu_params!`](crate::gpu::gpu_params):
 //! the struct's layout is recorded beside it ([`ParamsLayout`]), and a test
-//! (`tests/kernels.rs`) checks every kernel against naga's reflection of its WGSL module
+//! (`tests/gpu/kernels.rs`) checks every kernel against naga's reflection of its WGSL module
 //! (the parameter struct's field names, offsets and sizes, the storage bindings and their
 //! access), so the two sides cannot drift apart unnoticed.
 use super::shaders::Shader;

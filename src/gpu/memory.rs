@@ -27,6 +27,8 @@ super::gpu_params! {
 pub(crate) const KERNELS: &[Kernel] = &[K_CANARY_FILL, K_CANARY_CHECK];
 
 impl Gpu {
+    /// Cached (free) pool buffers per bucket size, (bytes, count), largest total first: where
+    /// the pool's footprint beyond live tensors sits.
     pub fn memory_cached_by_size(&self) -> Vec<(u64, usize)> {
         self.0.pool.lock().map(|p| p.cached_by_size()).unwrap_or_default()
     }
@@ -47,7 +49,8 @@ impl Gpu {
             p.trim();
         }
     }
-    /// Number of submits and dispatches so far (host-overhead accounting).
+
+    /// Take a storage buffer of at least `bytes` from the pool.
     pub fn alloc(&self, bytes: u64) -> Result<Arc<Storage>> {
         let max = self.0.limits.max_storage_buffer_binding_size as u64;
         if bytes > max {

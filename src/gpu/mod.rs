@@ -190,6 +190,7 @@ impl Gpu {
         self.0.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// Number of submits and dispatches so far (host-overhead accounting).
     pub fn counters(&self) -> (u64, u64) {
         (self.0.submits.load(Ordering::Relaxed), self.0.dispatches.load(Ordering::Relaxed))
     }

@@ -4,6 +4,7 @@ use crate::error::{Error, Result};
 use std::sync::{Arc, Mutex};
 
 impl Gpu {
+    /// Flush and block until the GPU is idle.
     pub fn synchronize(&self) -> Result<()> {
         self.flush()?;
         self.0

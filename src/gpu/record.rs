@@ -66,7 +66,7 @@ impl Gpu {
             return Err(Error::Other(format!("kernel {} takes {} buffers, got {}", kernel.name(), kernel.bindings.len(), buffers.len())));
         }
         // the block must be the struct the kernel declares (the WGSL side is checked against
-        // that declaration by tests/kernels.rs)
+        // that declaration by tests/gpu/kernels.rs)
         if params.len() != kernel.params.size {
             return Err(Error::Other(format!(
                 "kernel {} takes a {}-byte `{}` parameter block, got {} bytes",

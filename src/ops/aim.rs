@@ -14,7 +14,7 @@ const K_HIST: Kernel = Kernel::new(Shader::Aim, "select_hist", &[R, RW], &Params
 const K_SCAN: Kernel = Kernel::new(Shader::Aim, "select_scan", &[RW], &Params::LAYOUT);
 const K_MASK: Kernel = Kernel::new(Shader::Aim, "select_mask", &[R, RW, RW], &Params::LAYOUT);
 const K_SCALE: Kernel = Kernel::new(Shader::Aim, "mask_scale", &[R, RW], &Params::LAYOUT);
-/// Every kernel of this file (for the interface test, `tests/kernels.rs`).
+/// Every kernel of this file (for the interface test, `tests/gpu/kernels.rs`).
 pub(crate) const KERNELS: &[Kernel] = &[K_INIT, K_HIST, K_SCAN, K_MASK, K_SCALE];
 
 /// u32 words of per-layer selection state (see the shader's header).

@@ -205,15 +205,9 @@ impl BackwardOp for AttentionBack {
             ));
         }
         expect_f32("attention backward", &[grad])?;
-        let want_q = inputs[0].is_tracked();
-        let want_kv = inputs[1].is_tracked() || inputs[2].is_tracked();
-        let gpu = self.q.gpu();
         let var = AttentionTiles::for_head_dim(d.dh).expect("head dim checked");
-        let bh = d.b * d.h;
-        let q_shape = [d.b, d.h, d.l, d.dh];
-        let k_shape = [d.b, d.h, d.s, d.dh];
-        let mut base = Params {
-            bh: bh as u32,
+        let base = Params {
+            bh: (d.b * d.h) as u32,
             heads: d.h as u32,
             l: d.l as u32,
             s: d.s as u32,
@@ -222,64 +216,70 @@ impl BackwardOp for AttentionBack {
             nblk: 0,
             scale: self.scale,
         };
-        let mask_buf = self.mask.as_ref().map(|m| m.buffer()).unwrap_or(self.q.buffer());
-
-        // lse and D_i interleaved: [BH*L, 2]
-        let ld = Tensor::empty(gpu, &[bh * d.l.max(1), 2], DType::F32)?;
-        if bh * d.l > 0 {
-            gpu.dispatch(
-                &kernel(&var, BWD_DELTA),
-                &[],
-                bytes_of(&base),
-                &[self.o.buffer(), grad.buffer(), self.lse.buffer(), ld.buffer()],
-                grid(gpu, bh * d.l, 256),
-            )?;
-        }
-
-        let mut dq = None;
-        if want_q {
-            let g = Tensor::empty(gpu, &q_shape, DType::F32)?;
-            let nblk = d.l.div_ceil(var.q_bq as usize);
-            base.nblk = nblk as u32;
-            if bh * d.l > 0 {
-                gpu.dispatch(
-                    &kernel(&var, BWD_DQ),
-                    &[],
-                    bytes_of(&base),
-                    &[self.q.buffer(), self.k.buffer(), self.v.buffer(), mask_buf, grad.buffer(), ld.buffer(), g.buffer()],
-                    grid(gpu, bh * nblk, 1),
-                )?;
-            }
-            dq = Some(g);
-        }
+        let ld = self.lse_and_delta(grad, &var, &base)?;
+        let dq = if inputs[0].is_tracked() { Some(self.grad_q(grad, &ld, &var, base)?) } else { None };
         let (mut dk, mut dv) = (None, None);
-        if want_kv {
-            let gk = Tensor::empty(gpu, &k_shape, DType::F32)?;
-            let gv = Tensor::empty(gpu, &k_shape, DType::F32)?;
-            let nblk = d.s.div_ceil(var.kv_bk as usize);
-            base.nblk = nblk as u32;
-            if bh * d.s > 0 {
-                gpu.dispatch(
-                    &kernel(&var, BWD_DKV),
-                    &[],
-                    bytes_of(&base),
-                    &[
-                        self.q.buffer(),
-                        self.k.buffer(),
-                        self.v.buffer(),
-                        mask_buf,
-                        grad.buffer(),
-                        ld.buffer(),
-                        gk.buffer(),
-                        gv.buffer(),
-                    ],
-                    grid(gpu, bh * nblk, 1),
-                )?;
-            }
+        if inputs[1].is_tracked() || inputs[2].is_tracked() {
+            let (gk, gv) = self.grad_kv(grad, &ld, &var, base)?;
             dk = inputs[1].is_tracked().then_some(gk);
             dv = inputs[2].is_tracked().then_some(gv);
         }
         Ok(vec![dq, dk, dv])
+    }
+}
+
+impl AttentionBack {
+    /// The mask binding (the query buffer stands in when there is no mask; unread then).
+    fn mask_buffer(&self) -> &wgpu::Buffer {
+        self.mask.as_ref().map(|m| m.buffer()).unwrap_or(self.q.buffer())
+    }
+
+    /// The pre-pass: each row's logsumexp and D_i = rowsum(dO ⊙ O), interleaved as [BH*L, 2].
+    fn lse_and_delta(&self, grad: &Tensor, var: &AttentionTiles, base: &Params) -> Result<Tensor> {
+        let (gpu, d) = (self.q.gpu(), self.dims);
+        let rows = d.b * d.h * d.l;
+        let ld = Tensor::empty(gpu, &[rows.max(1), 2], DType::F32)?;
+        if rows > 0 {
+            let bufs = [self.o.buffer(), grad.buffer(), self.lse.buffer(), ld.buffer()];
+            gpu.dispatch(&kernel(var, BWD_DELTA), &[], bytes_of(base), &bufs, grid(gpu, rows, 256))?;
+        }
+        Ok(ld)
+    }
+
+    /// dQ: one workgroup per block of query rows, looping over key tiles.
+    fn grad_q(&self, grad: &Tensor, ld: &Tensor, var: &AttentionTiles, mut p: Params) -> Result<Tensor> {
+        let (gpu, d) = (self.q.gpu(), self.dims);
+        let g = Tensor::empty(gpu, &[d.b, d.h, d.l, d.dh], DType::F32)?;
+        let nblk = d.l.div_ceil(var.q_bq as usize);
+        p.nblk = nblk as u32;
+        if d.b * d.h * d.l > 0 {
+            let bufs = [self.q.buffer(), self.k.buffer(), self.v.buffer(), self.mask_buffer(), grad.buffer(), ld.buffer(), g.buffer()];
+            gpu.dispatch(&kernel(var, BWD_DQ), &[], bytes_of(&p), &bufs, grid(gpu, d.b * d.h * nblk, 1))?;
+        }
+        Ok(g)
+    }
+
+    /// dK and dV: one workgroup per block of keys, looping over query tiles.
+    fn grad_kv(&self, grad: &Tensor, ld: &Tensor, var: &AttentionTiles, mut p: Params) -> Result<(Tensor, Tensor)> {
+        let (gpu, d) = (self.q.gpu(), self.dims);
+        let gk = Tensor::empty(gpu, &[d.b, d.h, d.s, d.dh], DType::F32)?;
+        let gv = Tensor::empty(gpu, &[d.b, d.h, d.s, d.dh], DType::F32)?;
+        let nblk = d.s.div_ceil(var.kv_bk as usize);
+        p.nblk = nblk as u32;
+        if d.b * d.h * d.s > 0 {
+            let bufs = [
+                self.q.buffer(),
+                self.k.buffer(),
+                self.v.buffer(),
+                self.mask_buffer(),
+                grad.buffer(),
+                ld.buffer(),
+                gk.buffer(),
+                gv.buffer(),
+            ];
+            gpu.dispatch(&kernel(var, BWD_DKV), &[], bytes_of(&p), &bufs, grid(gpu, d.b * d.h * nblk, 1))?;
+        }
+        Ok((gk, gv))
     }
 }
 

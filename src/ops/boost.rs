@@ -6,7 +6,7 @@ use crate::gpu::{Access, Kernel, Shader};
 use crate::tensor::{DType, Tensor};
 
 const K_BOOST: Kernel = Kernel::new(Shader::Boost, "boost_loss", &[Access::Read, Access::Read, Access::ReadWrite, Access::ReadWrite, Access::ReadWrite], &Params::LAYOUT);
-/// Every kernel of this file (for the interface test, `tests/kernels.rs`).
+/// Every kernel of this file (for the interface test, `tests/gpu/kernels.rs`).
 pub(crate) const KERNELS: &[Kernel] = &[K_BOOST];
 
 crate::gpu::gpu_params! {

@@ -21,7 +21,7 @@ const K_DX: Kernel = Kernel::new(Shader::Conv, "conv_dx", &[R, R, R, RW], &Param
 const K_DW: Kernel = Kernel::new(Shader::Conv, "conv_dw", &[R, R, R, RW], &Params::LAYOUT);
 const K_DW_REDUCE: Kernel = Kernel::new(Shader::Conv, "conv_dw_reduce", &[R, R, RW], &Params::LAYOUT);
 const K_DBIAS: Kernel = Kernel::new(Shader::Conv, "conv_dbias", &[R, RW], &Params::LAYOUT);
-/// Every kernel of this file (for the interface test, `tests/kernels.rs`).
+/// Every kernel of this file (for the interface test, `tests/gpu/kernels.rs`).
 pub(crate) const KERNELS: &[Kernel] = &[K_FWD, K_FWD_S, K_DX_S, K_DW_S, K_DX, K_DW, K_DW_REDUCE, K_DBIAS];
 
 /// Workgroup tile of every conv GEMM (must match `shaders/conv.wgsl`): BM rows (M), BN

@@ -13,9 +13,10 @@ const K_FILL: Kernel = Kernel::new(Shader::Elementwise, "fill", &[RW], &Params::
 const K_BINARY: Kernel = Kernel::new(Shader::Elementwise, "binary", &[R, R, RW], &Params::LAYOUT);
 const K_UNARY_BW: Kernel = Kernel::new(Shader::Elementwise, "unary_backward", &[R, R, RW], &Params::LAYOUT);
 const K_TO_F16: Kernel = Kernel::new(Shader::Elementwise, "to_f16", &[R, RW], &Params::LAYOUT);
+const K_ADD_INTO: Kernel = Kernel::new(Shader::Elementwise, "add_into", &[R, RW], &Params::LAYOUT);
 const K_FROM_F16: Kernel = Kernel::new(Shader::Elementwise, "from_f16", &[R, RW], &Params::LAYOUT);
-/// Every kernel of this file (for the interface test, `tests/kernels.rs`).
-pub(crate) const KERNELS: &[Kernel] = &[K_UNARY, K_EXPAND, K_FILL, K_BINARY, K_UNARY_BW, K_TO_F16, K_FROM_F16];
+/// Every kernel of this file (for the interface test, `tests/gpu/kernels.rs`).
+pub(crate) const KERNELS: &[Kernel] = &[K_UNARY, K_EXPAND, K_FILL, K_BINARY, K_UNARY_BW, K_TO_F16, K_FROM_F16, K_ADD_INTO];
 
 pub const MAX_DIMS: usize = 8;
 
@@ -62,7 +63,7 @@ pub enum Unary {
 
 impl Unary {
     /// Every op: the codes `shaders/elementwise.wgsl` names `UNARY_<NAME>` (the interface
-    /// test, `tests/kernels.rs`, checks each name and value).
+    /// test, `tests/gpu/kernels.rs`, checks each name and value).
     pub const ALL: [Unary; 15] = [
         Unary::Neg,
         Unary::Exp,
@@ -226,6 +227,22 @@ pub fn fill(t: &Tensor, value: f32) -> Result<()> {
     gpu.dispatch(&K_FILL, &[], bytes_of(&Params::new(n, 0, value, 0.0)), &[t.buffer()], grid(gpu, n, 256))
 }
 
+/// `acc + x`, written into `acc`'s own storage when nothing else can see it (this handle is
+/// the only one to the tensor and to its storage, no graph node, same shape, f32), else a
+/// new tensor. Gradient accumulation uses it so a sum of gradients holds one buffer, not
+/// two; the result is bit-identical either way (f32 addition commutes exactly).
+pub fn add_into(acc: Tensor, x: &Tensor) -> Result<Tensor> {
+    let unique = std::sync::Arc::strong_count(&acc.0) == 1 && std::sync::Arc::strong_count(acc.storage()) == 1;
+    let same = acc.shape() == x.shape() && acc.dtype() == DType::F32 && x.dtype() == DType::F32;
+    if !(unique && same && acc.node().is_none() && acc.gpu().same_device(x.gpu())) {
+        return add(&acc, x);
+    }
+    let gpu = acc.gpu();
+    let n = acc.numel();
+    gpu.dispatch(&K_ADD_INTO, &[], bytes_of(&Params::new(n, 0, 0.0, 0.0)), &[x.buffer(), acc.buffer()], grid(gpu, n, 256))?;
+    Ok(acc)
+}
+
 // ---- binary ------------------------------------------------------------------------------
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -245,7 +262,7 @@ pub enum Binary {
 
 impl Binary {
     /// Every op: the codes `shaders/elementwise.wgsl` names `BINARY_<NAME>` (checked by
-    /// `tests/kernels.rs`).
+    /// `tests/gpu/kernels.rs`).
     pub const ALL: [Binary; 9] =
         [Binary::Add, Binary::Sub, Binary::Mul, Binary::Div, Binary::Max, Binary::Min, Binary::Lerp, Binary::Eq, Binary::Ge];
 }

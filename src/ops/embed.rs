@@ -11,7 +11,7 @@ const K_EMB_FWD: Kernel = Kernel::new(Shader::Embed, "embed_fwd", &[R, R, RW], &
 const K_EMB_BWD: Kernel = Kernel::new(Shader::Embed, "embed_bwd", &[R, R, RW], &EmbParams::LAYOUT);
 const K_PATCH_FWD: Kernel = Kernel::new(Shader::Embed, "patchify_fwd", &[R, RW], &PatchParams::LAYOUT);
 const K_PATCH_BWD: Kernel = Kernel::new(Shader::Embed, "patchify_bwd", &[R, RW], &PatchParams::LAYOUT);
-/// Every kernel of this file (for the interface test, `tests/kernels.rs`).
+/// Every kernel of this file (for the interface test, `tests/gpu/kernels.rs`).
 pub(crate) const KERNELS: &[Kernel] = &[K_EMB_FWD, K_EMB_BWD, K_PATCH_FWD, K_PATCH_BWD];
 
 /// Columns per workgroup in the embedding backward (WG in embed.wgsl).

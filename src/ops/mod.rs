@@ -57,7 +57,7 @@ pub fn expect_same_gpu(op: &'static str, ts: &[&Tensor]) -> Result<()> {
 }
 
 /// Every kernel the ops launch, attention's instantiations included: what the interface
-/// test (`tests/kernels.rs`) checks against the WGSL modules.
+/// test (`tests/gpu/kernels.rs`) checks against the WGSL modules.
 pub fn kernels() -> Vec<Kernel> {
     let files = [
         aim::KERNELS,

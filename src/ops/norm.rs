@@ -19,7 +19,7 @@ const K_BN_BWD_DX: Kernel = Kernel::new(Shader::Norm, "bn_bwd_dx", &[R, R, R, R,
 const K_LN_FWD: Kernel = Kernel::new(Shader::Norm, "ln_fwd", &[R, R, R, RW, RW], &LnParams::LAYOUT);
 const K_LN_BWD_DX: Kernel = Kernel::new(Shader::Norm, "ln_bwd_dx", &[R, R, R, R, RW], &LnParams::LAYOUT);
 const K_LN_BWD_DW: Kernel = Kernel::new(Shader::Norm, "ln_bwd_dw", &[R, R, R, RW], &LnParams::LAYOUT);
-/// Every kernel of this file (for the interface test, `tests/kernels.rs`).
+/// Every kernel of this file (for the interface test, `tests/gpu/kernels.rs`).
 pub(crate) const KERNELS: &[Kernel] = &[K_BN_STATS, K_BN_STATS_MERGE, K_BN_EVAL, K_BN_APPLY, K_BN_BWD_RED, K_BN_BWD_MERGE, K_BN_BWD_DX, K_LN_FWD, K_LN_BWD_DX, K_LN_BWD_DW];
 
 /// Rows per partial sum in the layer-norm weight/bias gradient (LN_CHUNK in norm.wgsl).

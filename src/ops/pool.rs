@@ -12,7 +12,7 @@ const K_MP_FWD: Kernel = Kernel::new(Shader::Pool, "max_pool_fwd", &[R, RW, RW],
 const K_MP_BWD: Kernel = Kernel::new(Shader::Pool, "max_pool_bwd", &[R, R, RW], &Params::LAYOUT);
 const K_AD_FWD: Kernel = Kernel::new(Shader::Pool, "adaptive_fwd", &[R, RW], &Params::LAYOUT);
 const K_AD_BWD: Kernel = Kernel::new(Shader::Pool, "adaptive_bwd", &[R, RW], &Params::LAYOUT);
-/// Every kernel of this file (for the interface test, `tests/kernels.rs`).
+/// Every kernel of this file (for the interface test, `tests/gpu/kernels.rs`).
 pub(crate) const KERNELS: &[Kernel] = &[K_MP_FWD, K_MP_BWD, K_AD_FWD, K_AD_BWD];
 
 crate::gpu::gpu_params! {

@@ -13,7 +13,7 @@ const K_UNIFORM: Kernel = Kernel::new(Shader::Random, "rand_uniform", &[Access::
 const K_NORMAL: Kernel = Kernel::new(Shader::Random, "rand_normal", &[Access::ReadWrite], &Params::LAYOUT);
 const K_DROPOUT: Kernel =
     Kernel::new(Shader::Random, "dropout", &[Access::Read, Access::ReadWrite], &Params::LAYOUT);
-/// Every kernel of this file (for the interface test, `tests/kernels.rs`).
+/// Every kernel of this file (for the interface test, `tests/gpu/kernels.rs`).
 pub(crate) const KERNELS: &[Kernel] = &[K_UNIFORM, K_NORMAL, K_DROPOUT];
 
 crate::gpu::gpu_params! {

@@ -7,7 +7,7 @@ use crate::tensor::{DType, Tensor};
 
 const K_TREE: Kernel = Kernel::new(Shader::Reduce, "reduce_tree", &[Access::Read, Access::ReadWrite], &Params::LAYOUT);
 const K_LOOP: Kernel = Kernel::new(Shader::Reduce, "reduce_loop", &[Access::Read, Access::ReadWrite], &Params::LAYOUT);
-/// Every kernel of this file (for the interface test, `tests/kernels.rs`).
+/// Every kernel of this file (for the interface test, `tests/gpu/kernels.rs`).
 pub(crate) const KERNELS: &[Kernel] = &[K_TREE, K_LOOP];
 
 crate::gpu::gpu_params! {
@@ -37,7 +37,7 @@ pub enum ReduceOp {
 
 impl ReduceOp {
     /// Every op: the codes `shaders/reduce.wgsl` names `REDUCE_<NAME>` (checked by
-    /// `tests/kernels.rs`).
+    /// `tests/gpu/kernels.rs`).
     pub const ALL: [ReduceOp; 4] = [ReduceOp::Sum, ReduceOp::Mean, ReduceOp::Max, ReduceOp::Min];
 }
 

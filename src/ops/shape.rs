@@ -20,7 +20,7 @@ const K_PERMUTE: Kernel = Kernel::new(Shader::Shape, "permute", &[R, RW], &Param
 const K_TRANSPOSE: Kernel = Kernel::new(Shader::Shape, "transpose2d", &[R, RW], &Params::LAYOUT);
 const K_GATHER: Kernel = Kernel::new(Shader::Shape, "gather_rows", &[R, R, RW], &Params::LAYOUT);
 const K_SCATTER: Kernel = Kernel::new(Shader::Shape, "scatter_add_rows", &[R, R, RW], &Params::LAYOUT);
-/// Every kernel of this file (for the interface test, `tests/kernels.rs`).
+/// Every kernel of this file (for the interface test, `tests/gpu/kernels.rs`).
 pub(crate) const KERNELS: &[Kernel] = &[K_SLAB, K_SLAB4, K_PERMUTE, K_TRANSPOSE, K_GATHER, K_SCATTER];
 
 /// Most dims permute handles.

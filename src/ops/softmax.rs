@@ -25,7 +25,7 @@ const K_CE_MEAN: Kernel = Kernel::new(Shader::Softmax, "ce_mean", &[R, RW], &Par
 const K_CE_BWD: Kernel = Kernel::new(Shader::Softmax, "ce_bwd", &[R, RW], &Params::LAYOUT);
 const K_TRUE_PROB: Kernel = Kernel::new(Shader::Softmax, "true_prob", &[R, R, RW], &Params::LAYOUT);
 const K_ARGMAX: Kernel = Kernel::new(Shader::Softmax, "argmax", &[R, RW], &Params::LAYOUT);
-/// Every kernel of this file (for the interface test, `tests/kernels.rs`).
+/// Every kernel of this file (for the interface test, `tests/gpu/kernels.rs`).
 pub(crate) const KERNELS: &[Kernel] = &[K_FWD, K_BWD, K_CE, K_CE_MEAN, K_CE_BWD, K_TRUE_PROB, K_ARGMAX];
 
 const WG: usize = 256;

@@ -7,7 +7,7 @@ use crate::tensor::Tensor;
 
 const RW: Access = Access::ReadWrite;
 const K_ADAM: Kernel = Kernel::new(Shader::Optim, "adam_step", &[RW, Access::Read, RW, RW, RW, RW], &AdamParams::LAYOUT);
-/// Every kernel of this file (for the interface test, `tests/kernels.rs`).
+/// Every kernel of this file (for the interface test, `tests/gpu/kernels.rs`).
 pub(crate) const KERNELS: &[Kernel] = &[K_ADAM];
 
 /// Adam hyper-parameters. `decoupled: true` is AdamW (θ ← θ·(1 − lr·wd) before the

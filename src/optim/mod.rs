@@ -26,7 +26,7 @@ pub use sgd::{Sgd, SgdConfig};
 /// What optimizers update: the parameters `nn` modules define.
 pub use crate::nn::Param;
 
-/// Every kernel the optimizers launch (for the interface test, `tests/kernels.rs`).
+/// Every kernel the optimizers launch (for the interface test, `tests/gpu/kernels.rs`).
 pub fn kernels() -> Vec<crate::gpu::Kernel> {
     [adam::KERNELS, sgd::KERNELS].concat()
 }

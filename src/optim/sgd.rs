@@ -6,7 +6,7 @@ use crate::ops::{bytes_of, grid};
 use crate::tensor::{DType, Tensor};
 
 const K_SGD: Kernel = Kernel::new(Shader::Optim, "sgd_step", &[Access::ReadWrite, Access::Read, Access::ReadWrite, Access::ReadWrite], &SgdParams::LAYOUT);
-/// Every kernel of this file (for the interface test, `tests/kernels.rs`).
+/// Every kernel of this file (for the interface test, `tests/gpu/kernels.rs`).
 pub(crate) const KERNELS: &[Kernel] = &[K_SGD];
 
 /// SGD hyper-parameters (PyTorch names and meaning).

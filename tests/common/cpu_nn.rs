@@ -38,34 +38,40 @@ pub fn get<'a>(p: &'a Named, name: &str) -> &'a T {
 
 /// x [N, C, H, W], w [O, C, K, K]; zero padding, no bias.
 pub fn conv2d(x: &T, w: &T, stride: usize, pad: usize) -> T {
+    conv2d_ex(x, w, None, (stride, stride), (pad, pad), (1, 1))
+}
+
+/// The direct convolution every conv test compares with: x [N, C, H, W], w [O, C, KH, KW],
+/// optional bias [O], per-axis stride, zero padding and dilation.
+pub fn conv2d_ex(x: &T, w: &T, b: Option<&T>, stride: (usize, usize), pad: (usize, usize), dil: (usize, usize)) -> T {
     let (n, c, h, wd) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
     let (o, wc, kh, kw) = (w.dim(0), w.dim(1), w.dim(2), w.dim(3));
     assert_eq!(c, wc, "conv2d reference: channels");
-    let ho = (h + 2 * pad - kh) / stride + 1;
-    let wo = (wd + 2 * pad - kw) / stride + 1;
+    let ho = (h + 2 * pad.0 - dil.0 * (kh - 1) - 1) / stride.0 + 1;
+    let wo = (wd + 2 * pad.1 - dil.1 * (kw - 1) - 1) / stride.1 + 1;
     let mut y = T::zeros(&[n, o, ho, wo]);
-    for b in 0..n {
+    for bi in 0..n {
         for oc in 0..o {
             for oy in 0..ho {
                 for ox in 0..wo {
-                    let mut acc = 0.0;
+                    let mut acc = b.map_or(0.0, |b| b.data[oc]);
                     for ic in 0..c {
                         for ky in 0..kh {
-                            let iy = (oy * stride + ky) as isize - pad as isize;
+                            let iy = (oy * stride.0 + ky * dil.0) as isize - pad.0 as isize;
                             if iy < 0 || iy >= h as isize {
                                 continue;
                             }
                             for kx in 0..kw {
-                                let ix = (ox * stride + kx) as isize - pad as isize;
+                                let ix = (ox * stride.1 + kx * dil.1) as isize - pad.1 as isize;
                                 if ix < 0 || ix >= wd as isize {
                                     continue;
                                 }
-                                acc += x.data[((b * c + ic) * h + iy as usize) * wd + ix as usize]
+                                acc += x.data[((bi * c + ic) * h + iy as usize) * wd + ix as usize]
                                     * w.data[((oc * c + ic) * kh + ky) * kw + kx];
                             }
                         }
                     }
-                    y.data[((b * o + oc) * ho + oy) * wo + ox] = acc;
+                    y.data[((bi * o + oc) * ho + oy) * wo + ox] = acc;
                 }
             }
         }
@@ -200,8 +206,13 @@ pub fn layer_norm(x: &T, w: &T, b: &T, eps: f64) -> T {
 
 /// GELU, tanh approximation.
 pub fn gelu(x: &T) -> T {
+    x.map(gelu_scalar)
+}
+
+/// GELU, tanh approximation (PyTorch's `approximate="tanh"`).
+pub fn gelu_scalar(v: f64) -> f64 {
     let c = (2.0 / std::f64::consts::PI).sqrt();
-    x.map(|v| 0.5 * v * (1.0 + (c * (v + 0.044715 * v * v * v)).tanh()))
+    0.5 * v * (1.0 + (c * (v + 0.044715 * v * v * v)).tanh())
 }
 
 pub fn sigmoid(x: &T) -> T {

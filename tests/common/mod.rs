@@ -1,6 +1,8 @@
 //! Shared test harness: one GPU context per test binary (lavapipe on CI), seeded inputs,
-//! CPU f64 references and finite-difference gradient checks.
+//! CPU f64 references (`cpu_nn`: the ones several files share) and finite-difference
+//! gradient checks.
 #![allow(dead_code)]
+pub mod cpu_nn;
 pub mod recorder;
 pub mod resume;
 use equimodal::{Gpu, GpuOptions, Tensor};

@@ -1,6 +1,6 @@
 //! Exact resume through the CLI: a run killed after its first checkpoint and resumed with
-//! `--resume` must reproduce the uninterrupted run (shared by tests/train.rs and
-//! tests/baselines.rs).
+//! `--resume` must reproduce the uninterrupted run (shared by tests/train/trainer.rs and
+//! tests/methods/baselines.rs).
 use std::path::{Path, PathBuf};
 
 /// A fresh temporary folder name for this test process.

@@ -316,7 +316,7 @@ fn svg_only_option() {
 fn no_font_writes_svg_and_warns() {
     let exe = std::env::current_exe().unwrap();
     let out = std::process::Command::new(exe)
-        .args(["no_font_child", "--exact", "--nocapture", "--test-threads=1"])
+        .args(["report::no_font_child", "--exact", "--nocapture", "--test-threads=1"])
         .env("EQUIMODAL_FONT", "none")
         .env("EQUIMODAL_REPORT_NO_FONT_CHILD", "1")
         .output()

@@ -1,6 +1,6 @@
 //! Batched matmul (transposes, broadcast batch dims, B scales) and linear against CPU f64
 //! references and finite differences; the tiled kernels against the reference kernel.
-mod common;
+use crate::common;
 use common::*;
 use equimodal::ops::{self, MatmulKernel, MatmulOpts};
 use equimodal::{Error, Tensor};

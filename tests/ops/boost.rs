@@ -1,6 +1,6 @@
 //! AUG's fused boosting loss against a CPU f64 reference and finite differences, for 1, 2
 //! and many learners, in both the paper and the code form.
-mod common;
+use crate::common;
 use common::*;
 use equimodal::ops::{self, BoostForm};
 use equimodal::Tensor;

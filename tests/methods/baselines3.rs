@@ -1,9 +1,10 @@
-//! More baselines of issue 14 (AGM): the distinguishing computation against a CPU f64
-//! reference written out from the official code (AGM's Shapley outputs, scores, running mean,
-//! coefficients, and a step's gradients through the official backward hooks), end-to-end training on synthetic data,
-//! three modalities, exact resume through the CLI after a kill, and config errors that name
-//! the field.
-mod common;
+//! Two more baselines of issue 14, AGM and G-Blending: each one's distinguishing computation
+//! against exact expected values or a CPU f64 reference written out from the official code
+//! (AGM's Shapley outputs, scores, running mean, coefficients and a step's gradients through
+//! the official backward hooks; G-Blending's weights from the losses and its blended step),
+//! end-to-end training on synthetic data, three modalities, exact resume through the CLI
+//! after a kill, and config errors that name the field.
+use crate::common;
 use common::recorder::Recorder;
 use common::resume::resume_through_the_cli_is_exact;
 use common::*;

@@ -3,7 +3,7 @@
 //! distances, coefficients, loss and its gradient; MMPareto's combined gradient for
 //! conflicting and agreeing gradients), end-to-end training on synthetic data, exact resume
 //! through the CLI after a kill, three modalities, and config errors that name the field.
-mod common;
+use crate::common;
 use common::resume::{resume_through_the_cli_is_exact, resume_through_the_cli_is_exact_killed_after};
 use common::recorder::Recorder;
 use common::*;

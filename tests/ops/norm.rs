@@ -1,5 +1,5 @@
 //! Batch norm and layer norm against CPU f64 references and finite differences.
-mod common;
+use crate::common;
 use common::*;
 use equimodal::ops::{self, BatchNormState};
 use equimodal::Tensor;

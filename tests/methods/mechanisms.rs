@@ -2,7 +2,7 @@
 //! and gradients against joint training's on the same batch, AIM's dominant modality, ratios
 //! and strengths on data built to make one modality dominant, AUG's check schedule, gap and
 //! trainable set; and end-to-end thresholds that a broken method would miss.
-mod common;
+use crate::common;
 use common::recorder::Recorder;
 use common::*;
 use equimodal::config::{self, Config};

@@ -1,7 +1,7 @@
 //! The test modes themselves (docs/design.md, "Tests as the proof of correctness"): the
 //! workgroup cap folds and splits every grid within the cap and over every item, and the
 //! pool canary reports a write past the end of a tensor and nothing else.
-mod common;
+use crate::common;
 use common::*;
 use equimodal::{ops, Tensor};
 

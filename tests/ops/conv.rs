@@ -1,5 +1,5 @@
 //! 2-D convolution against a direct f64 CPU convolution and finite differences.
-mod common;
+use crate::common;
 use common::*;
 use equimodal::ops::{self, Conv2dParams};
 use equimodal::{Error, Tensor};
@@ -15,35 +15,14 @@ struct Shape {
     kw: usize,
 }
 
-/// Direct convolution in f64. `x` [N,C,H,W], `w` [O,C,KH,KW], optional bias [O].
+/// Direct convolution in f64 (the shared reference, `cpu_nn::conv2d_ex`). `x` [N,C,H,W],
+/// `w` [O,C,KH,KW], optional bias [O].
 fn conv_ref(s: Shape, p: Conv2dParams, x: &[f64], w: &[f64], b: Option<&[f64]>) -> Vec<f64> {
-    let (ho, wo) = ops::conv2d_output_size(s.h, s.w, s.kh, s.kw, &p);
-    let mut y = vec![0.0; s.n * s.o * ho * wo];
-    for n in 0..s.n {
-        for o in 0..s.o {
-            for i in 0..ho {
-                for j in 0..wo {
-                    let mut acc = b.map_or(0.0, |b| b[o]);
-                    for c in 0..s.c {
-                        for ki in 0..s.kh {
-                            for kj in 0..s.kw {
-                                let hi = (i * p.stride.0 + ki * p.dilation.0) as isize - p.padding.0 as isize;
-                                let wi = (j * p.stride.1 + kj * p.dilation.1) as isize - p.padding.1 as isize;
-                                if hi < 0 || wi < 0 || hi >= s.h as isize || wi >= s.w as isize {
-                                    continue;
-                                }
-                                let xv = x[((n * s.c + c) * s.h + hi as usize) * s.w + wi as usize];
-                                let wv = w[((o * s.c + c) * s.kh + ki) * s.kw + kj];
-                                acc += xv * wv;
-                            }
-                        }
-                    }
-                    y[((n * s.o + o) * ho + i) * wo + j] = acc;
-                }
-            }
-        }
-    }
-    y
+    use common::cpu_nn::{conv2d_ex, T};
+    let x = T::new(&[s.n, s.c, s.h, s.w], x.to_vec());
+    let w = T::new(&[s.o, s.c, s.kh, s.kw], w.to_vec());
+    let b = b.map(|b| T::new(&[s.o], b.to_vec()));
+    conv2d_ex(&x, &w, b.as_ref(), p.stride, p.padding, p.dilation).data
 }
 
 /// Gradients of sum(g * conv(x, w) + b) in f64: (dx, dw, db).

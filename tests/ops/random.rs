@@ -1,6 +1,6 @@
 //! Counter-based random numbers and dropout: bit-exact host reference, determinism,
 //! moments within 5 standard errors, dropout mask reuse in the backward.
-mod common;
+use crate::common;
 use common::*;
 use equimodal::ops;
 use equimodal::Tensor;

@@ -2,7 +2,7 @@
 //! respect to q, k and v against central finite differences of that reference. Shapes are
 //! chosen not to be multiples of the tile sizes (forward 32 rows × 64/32/16 keys, backward
 //! 32/16 rows and keys) and to cross several tiles in every pass.
-mod common;
+use crate::common;
 use common::*;
 use equimodal::ops;
 use equimodal::{Error, Tensor};

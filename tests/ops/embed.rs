@@ -1,5 +1,5 @@
 //! Embedding and patchify against CPU f64 references and finite differences.
-mod common;
+use crate::common;
 use common::*;
 use equimodal::ops;
 use equimodal::Tensor;

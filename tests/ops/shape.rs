@@ -1,6 +1,6 @@
 //! concat, split, narrow, permute, transpose and index_select0 against CPU references and
 //! finite differences.
-mod common;
+use crate::common;
 use common::*;
 use equimodal::ops;
 use equimodal::{Error, Tensor};

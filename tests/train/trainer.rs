@@ -1,7 +1,7 @@
 //! The training pipeline end to end on tiny synthetic data: every method trains and logs,
 //! checkpoints resume exactly after a kill mid-run, config errors name their fields, and
 //! AUG's adaptive assignment gives the weak modality learners.
-mod common;
+use crate::common;
 use common::resume::{log_lines, resume_through_the_cli_is_exact, tmp};
 use common::*;
 use equimodal::config;

@@ -1,6 +1,6 @@
 //! Softmax, log-softmax, cross-entropy, true-class probability and argmax against CPU f64
 //! references and finite differences.
-mod common;
+use crate::common;
 use common::*;
 use equimodal::ops::{self, Target};
 use equimodal::{Error, Tensor};

@@ -5,7 +5,7 @@
 //! kill-during-checkpoint loop, a full disk (a real tmpfs when this runs as root, else
 //! skipped with a reason; the `EQUIMODAL_FAULT` injection always runs), size checks and
 //! config validation.
-mod common;
+use crate::common;
 use equimodal::data::HostTensor;
 use equimodal::train::{checkpoint, rundir};
 use std::path::{Path, PathBuf};

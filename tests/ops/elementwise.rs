@@ -1,0 +1,201 @@
+//! Element-wise ops (unary, broadcasting binary, lerp, casts) against CPU f64 references
+//! and finite differences.
+use crate::common;
+use common::*;
+use equimodal::ops::{self, Binary, Unary};
+use equimodal::Tensor;
+
+use common::cpu_nn::gelu_scalar as gelu;
+
+#[test]
+fn unary_ops_match_reference_and_gradients() {
+    // 1000 elements: not a multiple of the 256-thread workgroup
+    check_unary(vec![10, 100], 1);
+}
+
+fn check_unary(shape: Vec<usize>, seed: u64) {
+    let mut rng = Rng::new(seed);
+    let n = numel(&shape);
+    type F = fn(f64) -> f64;
+    let cases: Vec<(&str, Unary, f32, f32, F, (f64, f64))> = vec![
+        ("neg", Unary::Neg, 0.0, 0.0, |x| -x, (-2.0, 2.0)),
+        ("exp", Unary::Exp, 0.0, 0.0, |x| x.exp(), (-2.0, 2.0)),
+        ("log", Unary::Log, 0.0, 0.0, |x| x.ln(), (0.2, 3.0)),
+        ("sqrt", Unary::Sqrt, 0.0, 0.0, |x| x.sqrt(), (0.2, 3.0)),
+        ("relu", Unary::Relu, 0.0, 0.0, |x| x.max(0.0), (-2.0, 2.0)),
+        ("gelu", Unary::Gelu, 0.0, 0.0, gelu, (-3.0, 3.0)),
+        ("sigmoid", Unary::Sigmoid, 0.0, 0.0, |x| 1.0 / (1.0 + (-x).exp()), (-6.0, 6.0)),
+        ("tanh", Unary::Tanh, 0.0, 0.0, |x| x.tanh(), (-3.0, 3.0)),
+        ("abs", Unary::Abs, 0.0, 0.0, |x| x.abs(), (-2.0, 2.0)),
+        ("square", Unary::Square, 0.0, 0.0, |x| x * x, (-2.0, 2.0)),
+        ("affine", Unary::Affine, 1.5, -0.25, |x| 1.5 * x - 0.25, (-2.0, 2.0)),
+        ("recip", Unary::Recip, 0.0, 0.0, |x| 1.0 / x, (0.5, 3.0)),
+        ("pow", Unary::Pow, 1.7, 0.0, |x| x.powf(1.7), (0.3, 3.0)),
+        ("clamp", Unary::Clamp, -0.5, 0.7, |x| x.clamp(-0.5, 0.7), (-2.0, 2.0)),
+    ];
+    for (name, op, a, b, f, (lo, hi)) in cases {
+        let mut x = rng.uniforms(n, lo, hi);
+        // keep finite differences away from kinks
+        if matches!(op, Unary::Relu | Unary::Abs | Unary::Clamp) {
+            for v in x.iter_mut() {
+                for k in [0.0, -0.5, 0.7] {
+                    if (*v - k).abs() < 1e-3 {
+                        *v += 3e-3;
+                    }
+                }
+            }
+        }
+        check_op(
+            name,
+            &[(x, shape.clone())],
+            &[0],
+            &|t| ops::unary(&t[0], op, a, b),
+            &|xs| xs[0].iter().map(|&v| f(v)).collect(),
+            Tol::default(),
+        );
+    }
+}
+
+fn bcast_ref(a: &[f64], sa: &[usize], b: &[f64], sb: &[usize], f: impl Fn(f64, f64) -> f64) -> Vec<f64> {
+    let out = ops::broadcast_shape("ref", sa, sb).unwrap();
+    let n = numel(&out);
+    let idx = |shape: &[usize], coord: &[usize]| -> usize {
+        let off = out.len() - shape.len();
+        let mut i = 0;
+        for (d, &s) in shape.iter().enumerate() {
+            let c = if s == 1 { 0 } else { coord[d + off] };
+            i = i * s + c;
+        }
+        i
+    };
+    (0..n)
+        .map(|flat| {
+            let mut coord = vec![0; out.len()];
+            let mut r = flat;
+            for d in (0..out.len()).rev() {
+                coord[d] = r % out[d];
+                r /= out[d];
+            }
+            f(a[idx(sa, &coord)], b[idx(sb, &coord)])
+        })
+        .collect()
+}
+
+#[test]
+fn binary_ops_broadcast_and_gradients() {
+    check_binary(
+        &[
+            (vec![7, 33], vec![7, 33]),
+            (vec![5, 1, 9], vec![4, 1]),
+            (vec![3, 17], vec![17]),
+            (vec![1], vec![2, 3, 5]),
+            (vec![2, 3, 1, 5], vec![1, 3, 4, 1]),
+        ],
+        2,
+    );
+}
+
+fn check_binary(shapes: &[(Vec<usize>, Vec<usize>)], seed: u64) {
+    let mut rng = Rng::new(seed);
+    type F = fn(f64, f64) -> f64;
+    let ops_list: Vec<(&str, Binary, F)> = vec![
+        ("add", Binary::Add, |a, b| a + b),
+        ("sub", Binary::Sub, |a, b| a - b),
+        ("mul", Binary::Mul, |a, b| a * b),
+        ("div", Binary::Div, |a, b| a / b),
+        ("max", Binary::Max, |a, b| a.max(b)),
+        ("min", Binary::Min, |a, b| a.min(b)),
+    ];
+    for (sa, sb) in shapes {
+        for (name, op, f) in &ops_list {
+            let a = rng.uniforms(numel(sa), -2.0, 2.0);
+            // b away from zero (div) and from a (max/min ties)
+            let b: Vec<f64> = rng.uniforms(numel(sb), 0.5, 2.0).iter().map(|v| if rng.uniform() < 0.5 { -v } else { *v }).collect();
+            let (op, f) = (*op, *f);
+            let (sa2, sb2) = (sa.clone(), sb.clone());
+            check_op(
+                &format!("{name} {sa:?} {sb:?}"),
+                &[(a, sa.clone()), (b, sb.clone())],
+                &[0, 1],
+                &|t| ops::binary(&t[0], &t[1], op, 0.0, 0.0),
+                &move |xs| bcast_ref(&xs[0], &sa2, &xs[1], &sb2, f),
+                Tol::default(),
+            );
+        }
+    }
+}
+
+/// lerp(a, b, s, t) = s*a + t*b with broadcasting: forward and both gradients (s*g and t*g,
+/// summed over broadcast dims) vs finite differences.
+fn check_lerp(shapes: &[(Vec<usize>, Vec<usize>)], seed: u64) {
+    let mut rng = Rng::new(seed);
+    let (s, t) = (0.7f32, -1.3f32);
+    for (sa, sb) in shapes {
+        let a = rng.uniforms(numel(sa), -2.0, 2.0);
+        let b = rng.uniforms(numel(sb), -2.0, 2.0);
+        let (sa2, sb2) = (sa.clone(), sb.clone());
+        // a broadcast operand's gradient sums over the dims it was broadcast along
+        let k = numel(&broadcast_shape(sa, sb)) / numel(sa).min(numel(sb));
+        check_op(
+            &format!("lerp {sa:?} {sb:?}"),
+            &[(a, sa.clone()), (b, sb.clone())],
+            &[0, 1],
+            &|x| ops::lerp(&x[0], &x[1], s, t),
+            &move |xs| bcast_ref(&xs[0], &sa2, &xs[1], &sb2, |x, y| s as f64 * x + t as f64 * y),
+            Tol::sums(1, 1.0, k, (k as f64).sqrt()),
+        );
+    }
+}
+
+
+#[test]
+fn lerp_matches_reference_and_gradients() {
+    check_lerp(&[(vec![7, 33], vec![7, 33]), (vec![5, 1, 9], vec![4, 1]), (vec![3, 17], vec![17]), (vec![1], vec![2, 3, 5])], 44);
+}
+
+#[test]
+fn broadcast_mismatch_is_a_typed_error() {
+    let g = gpu();
+    let a = Tensor::zeros(&g, &[3, 4]).unwrap();
+    let b = Tensor::zeros(&g, &[5]).unwrap();
+    let e = ops::add(&a, &b).unwrap_err().to_string();
+    assert!(e.contains("[3, 4]") && e.contains("[5]"), "{e}");
+}
+
+#[test]
+fn f16_storage_round_trips() {
+    let g = gpu();
+    let mut rng = Rng::new(5);
+    let x: Vec<f32> = rng.normals(1001).iter().map(|&v| v as f32).collect();
+    let t = Tensor::from_slice(&g, &x, &[1001]).unwrap();
+    let h = ops::cast(&t, equimodal::DType::F16).unwrap();
+    assert_eq!(h.dtype(), equimodal::DType::F16);
+    let back = ops::cast(&h, equimodal::DType::F32).unwrap().to_vec().unwrap();
+    let host_h = h.to_vec().unwrap();
+    for i in 0..x.len() {
+        let want = half::f16::from_f32(x[i]).to_f32();
+        assert_eq!(back[i], want, "gpu f16 rounding at {i}");
+        assert_eq!(host_h[i], want);
+    }
+    let up = Tensor::from_slice_f16(&g, &x, &[1001]).unwrap();
+    assert_eq!(up.to_vec().unwrap(), host_h);
+}
+
+/// The element-wise and reduction checks with at most 3 workgroups per grid dimension
+/// (`with_workgroup_cap`), the path the adapter's 65,535 leaves to tensors of over 16M
+/// elements: grids fold over x, y and z and launch more workgroups than there are items, so
+/// a kernel that does not guard its index writes into the slack of its output (the pool
+/// canary, checked by `check_op`) or reads NaN from its input's slack.
+#[test]
+fn elementwise_under_workgroup_cap() {
+    with_workgroup_cap(3, || {
+        // 1700 = 7 workgroups of 256: a 3 x 3 grid, 2 workgroups past the end
+        check_unary(vec![17, 100], 41);
+        // 2777 = 11 workgroups: a 3 x 2 x 2 grid (z used), 1 past the end
+        check_unary(vec![2777], 42);
+        // 2747 and 3600 outputs: 11 and 15 workgroups (3-D grids with spare workgroups)
+        check_binary(&[(vec![41, 67], vec![41, 67]), (vec![3, 1, 300], vec![4, 1])], 43);
+        check_lerp(&[(vec![41, 67], vec![41, 67]), (vec![3, 1, 300], vec![4, 1])], 45);
+        binary_ops_broadcast_and_gradients();
+    });
+}
