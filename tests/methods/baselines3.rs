@@ -4,6 +4,7 @@
 //! the official backward hooks; G-Blending's weights from the losses and its blended step),
 //! end-to-end training on synthetic data, three modalities, exact resume through the CLI
 //! after a kill, and config errors that name the field.
+use super::baselines::{f64s_of as f64s, sets, tiny, tmp, train_log};
 use crate::common;
 use common::recorder::Recorder;
 use common::resume::resume_through_the_cli_is_exact;
@@ -16,38 +17,7 @@ use equimodal::train::{self, TrainOptions};
 use equimodal::Tensor;
 use rand::SeedableRng;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-fn sets(list: &[&str]) -> Vec<String> {
-    list.iter().map(|s| s.to_string()).collect()
-}
-
-fn tiny(extra: &[&str]) -> Vec<String> {
-    let mut v = sets(&["data.n_train=160", "data.n_test=64", "model.encoder=mlp", "model.hidden=[32]", "train.batch_size=32", "train.workers=1", "train.epochs=3"]);
-    v.extend(sets(extra));
-    v
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("equimodal-baselines3-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
-
-fn train_log(list: &[String], dir: &Path) -> Vec<serde_json::Value> {
-    let (cfg, text) = config::load(None, list).unwrap();
-    let mut o = TrainOptions::new(dir);
-    o.progress = false;
-    train::train(&gpu(), &cfg, &text, &o).unwrap();
-    let lines = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let _ = std::fs::remove_dir_all(dir);
-    lines
-}
-
-fn f64s(t: &Tensor) -> Vec<f64> {
-    t.to_vec().unwrap().into_iter().map(|v| v as f64).collect()
-}
 
 // ---------------------------------------------------------------------------------------
 // AGM reference (f64), written out from run/CREMAD_main.py and model/CREMAD_net.py
