@@ -304,6 +304,8 @@ pub fn unused_options(table: &toml::Table, cfg: &Config) -> Vec<String> {
     let method = format!("method.name is {}", name.as_str());
     note(name != MethodName::Aug, &["method", "aug"], method.clone());
     note(name != MethodName::Aim, &["method", "aim"], method.clone());
+    note(name != MethodName::Agm, &["method", "agm"], method.clone());
+    note(name != MethodName::GBlending, &["method", "g_blending"], method.clone());
     note(!matches!(name, MethodName::Ogm | MethodName::OgmGe), &["method", "ogm"], method.clone());
     note(name != MethodName::Unimodal, &["method", "modality"], method);
     let sgd = t.optimizer == OptimizerKind::Sgd;

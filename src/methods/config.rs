@@ -2,8 +2,10 @@
 //! (defined next to the method, in its file), plus what a method is built from
 //! ([`MethodSetup`]). The run configuration holds one of these; methods never see the rest
 //! of it.
+use super::agm::AgmConfig;
 use super::aim::AimConfig;
 use super::aug::AugConfig;
+use super::g_blending::GBlendingConfig;
 use super::mmpareto::MmparetoConfig;
 use super::model::ModelConfig;
 use super::ogm_ge::OgmConfig;
@@ -31,6 +33,8 @@ pub enum MethodName {
     Pmr,
     /// MMPareto: Pareto integration of the multimodal and unimodal gradients (`[method.mmpareto]`).
     Mmpareto,
+    Agm,
+    GBlending,
 }
 
 impl MethodName {
@@ -45,6 +49,8 @@ impl MethodName {
             MethodName::Aim => "aim",
             MethodName::Pmr => "pmr",
             MethodName::Mmpareto => "mmpareto",
+            MethodName::Agm => "agm",
+            MethodName::GBlending => "g_blending",
         }
     }
 }
@@ -71,6 +77,8 @@ pub struct MethodConfig {
     pub pmr: PmrConfig,
     /// `[method.mmpareto]`.
     pub mmpareto: MmparetoConfig,
+    pub agm: AgmConfig,
+    pub g_blending: GBlendingConfig,
 }
 
 impl Default for MethodConfig {
@@ -84,6 +92,8 @@ impl Default for MethodConfig {
             aim: AimConfig::default(),
             pmr: PmrConfig::default(),
             mmpareto: MmparetoConfig::default(),
+            agm: AgmConfig::default(),
+            g_blending: GBlendingConfig::default(),
         }
     }
 }
@@ -99,6 +109,8 @@ impl MethodConfig {
         self.aim.validate()?;
         self.pmr.validate()?;
         self.mmpareto.validate()?;
+        self.agm.validate()?;
+        self.g_blending.validate()?;
         self.ogm.validate()
     }
 
@@ -118,6 +130,9 @@ impl MethodConfig {
         }
         if self.name == MethodName::Pmr && self.pmr.start_epoch >= e {
             v.push(format!("method.pmr.start_epoch = {} never acts: train.epochs is {e} (epochs count from 0)", self.pmr.start_epoch));
+        }
+        if self.name == MethodName::Agm && self.agm.start_epoch >= e {
+            v.push(format!("method.agm.start_epoch = {} never acts: train.epochs is {e} (epochs count from 0)", self.agm.start_epoch));
         }
         v
     }

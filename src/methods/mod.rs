@@ -1,9 +1,11 @@
 //! Training methods behind one trait: unimodal, joint training (sum / concat / FiLM / gated
-//! fusion), OGM and OGM-GE, AUG, AIM, PMR and MMPareto. Each method owns its model; the trainer owns the data, the
+//! fusion), OGM and OGM-GE, AUG, AIM, PMR, MMPareto, AGM and G-Blending. Each method owns its model; the trainer owns the data, the
 //! optimizer, evaluation and logging.
+pub mod agm;
 pub mod aim;
 mod aug;
 pub mod config;
+pub mod g_blending;
 mod joint;
 pub mod mmpareto;
 pub mod model;
@@ -11,9 +13,11 @@ mod ogm_ge;
 pub mod pmr;
 mod unimodal;
 
+pub use agm::{Agm, AgmConfig};
 pub use aim::{Aim, AimConfig, AuxBn};
 pub use aug::{Aug, AugConfig, AugRule};
 pub use config::{MethodConfig, MethodName, MethodSetup};
+pub use g_blending::{GBlending, GBlendingConfig};
 pub use joint::Joint;
 pub use mmpareto::{MmPareto, MmparetoConfig};
 pub use model::{EncoderKind, ModelConfig, ModelOverride};
@@ -89,6 +93,12 @@ pub trait Method: Send {
     fn end_observe(&mut self, _epoch: usize) -> Result<()> {
         Ok(())
     }
+    /// Work before `epoch`'s observation pass and training that needs the data itself
+    /// (G-Blending trains copies of its model to estimate its loss weights); see
+    /// [`EpochData`].
+    fn before_epoch(&mut self, _epoch: usize, _data: &mut dyn EpochData) -> Result<()> {
+        Ok(())
+    }
     /// One optimisation step. Statistics stay on the GPU (no host readback).
     fn train_step(&mut self, batch: &DeviceBatch, opt: &mut dyn Optimizer, epoch: usize) -> Result<()>;
     /// Eval-mode forward without gradients.
@@ -115,6 +125,20 @@ pub trait Method: Send {
     fn restore(&mut self, _state: &serde_json::Value, _opt: &mut dyn Optimizer) -> Result<()> {
         Ok(())
     }
+}
+
+/// The data and optimizer settings a method may use in [`Method::before_epoch`], provided
+/// by the trainer.
+pub trait EpochData {
+    /// One pass over the training split in the trainer's batch size, shuffled by the run's
+    /// seed and `pass` (so reruns and resumed runs see the same batches).
+    fn train_pass(&mut self, pass: u64, f: &mut dyn FnMut(&DeviceBatch) -> Result<()>) -> Result<()>;
+    /// One pass over the validation split, in order; an error naming the data config when
+    /// the dataset has no validation samples.
+    fn val_pass(&mut self, f: &mut dyn FnMut(&DeviceBatch) -> Result<()>) -> Result<()>;
+    /// A fresh optimizer of the run's kind and settings (`[train]`, base learning rate)
+    /// over `params`.
+    fn optimizer(&self, params: Vec<Param>) -> Result<Box<dyn Optimizer>>;
 }
 
 /// Build one modality's encoder from the model config.
@@ -172,6 +196,8 @@ pub fn build(gpu: &Gpu, cfg: &MethodSetup, specs: &[ModalitySpec], classes: usiz
         MethodName::Aim => Box::new(Aim::new(gpu, cfg, specs, classes, rng)?),
         MethodName::Pmr => Box::new(Pmr::new(gpu, cfg, specs, classes, rng)?),
         MethodName::Mmpareto => Box::new(MmPareto::new(gpu, cfg, specs, classes, rng)?),
+        MethodName::Agm => Box::new(Agm::new(gpu, cfg, specs, classes, rng)?),
+        MethodName::GBlending => Box::new(GBlending::new(gpu, cfg, specs, classes, rng)?),
         MethodName::Ogm | MethodName::OgmGe => Box::new(OgmGe::new(gpu, cfg, specs, classes, rng, cfg.method.name == MethodName::OgmGe)?),
     };
     crate::nn::init::reinit(cfg.model.init, &method.params(), rng)?;

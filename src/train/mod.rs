@@ -302,6 +302,49 @@ fn check_splits(ds: &dyn Dataset) -> Result<()> {
 
 /// Seed offset of the observation pass's shuffle ([`Method::observe_fraction`]).
 const OBSERVE_SEED: u64 = 0x5052_4f54_4f00;
+/// Seed offset of the shuffles of [`methods::EpochData::train_pass`].
+const SIDE_SEED: u64 = 0x5349_4445_0000;
+
+/// The trainer's side of [`methods::EpochData`].
+struct SideData<'a> {
+    gpu: &'a Gpu,
+    cfg: &'a Config,
+    ds: &'a Arc<dyn Dataset>,
+    classes: usize,
+    max_in_flight: usize,
+}
+
+impl SideData<'_> {
+    fn pass(&self, loader: Loader, f: &mut dyn FnMut(&DeviceBatch) -> Result<()>) -> Result<()> {
+        for b in loader {
+            f(&upload_batch(self.gpu, &b?, self.classes)?)?;
+            self.gpu.step_boundary(self.max_in_flight)?;
+        }
+        Ok(())
+    }
+}
+
+impl methods::EpochData for SideData<'_> {
+    fn train_pass(&mut self, pass: u64, f: &mut dyn FnMut(&DeviceBatch) -> Result<()>) -> Result<()> {
+        let mut lc = LoaderConfig::train(self.cfg.train.batch_size, self.cfg.seed ^ SIDE_SEED, pass);
+        lc.workers = self.cfg.train.workers;
+        self.pass(Loader::new(self.ds.clone(), Split::Train, lc)?, f)
+    }
+    fn val_pass(&mut self, f: &mut dyn FnMut(&DeviceBatch) -> Result<()>) -> Result<()> {
+        if self.ds.len(Split::Val) == 0 {
+            return Err(Error::config("data", format!(
+                "the {} dataset has no validation split, which this method estimates on; hold some training samples out (synthetic: data.n_val; avmnist, cremad: data.val_fraction)",
+                self.ds.name()
+            )));
+        }
+        let mut lc = LoaderConfig::eval(self.cfg.train.batch_size.max(64));
+        lc.workers = self.cfg.train.workers;
+        self.pass(Loader::new(self.ds.clone(), Split::Val, lc)?, f)
+    }
+    fn optimizer(&self, params: Vec<Param>) -> Result<Box<dyn Optimizer>> {
+        build_optimizer(self.cfg, params)
+    }
+}
 
 /// Train with `cfg`; everything goes into `opts.run_dir`.
 pub fn train(gpu: &Gpu, cfg: &Config, cfg_text: &str, opts: &TrainOptions) -> Result<RunSummary> {
@@ -422,6 +465,8 @@ impl<'a> Run<'a> {
         let lr = sched.lr_at(epoch);
         opt.set_lr(lr);
         method.begin_epoch(epoch)?;
+        let mut side = SideData { gpu, cfg, ds: &ds, classes, max_in_flight: opts.max_in_flight };
+        method.before_epoch(epoch, &mut side).map_err(|e| e.during(format_args!("the work before epoch {} ({})", epoch + 1, method.name())))?;
         if let Some(share) = method.observe_fraction(epoch) {
             self.observation_pass(method, epoch, share)?;
         }

@@ -18,23 +18,23 @@ use rand::SeedableRng;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-fn sets(list: &[&str]) -> Vec<String> {
+pub(crate) fn sets(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
 
-fn tiny(extra: &[&str]) -> Vec<String> {
+pub(crate) fn tiny(extra: &[&str]) -> Vec<String> {
     let mut v = sets(&["data.n_train=160", "data.n_test=64", "model.encoder=mlp", "model.hidden=[32]", "train.batch_size=32", "train.workers=1", "train.epochs=3"]);
     v.extend(sets(extra));
     v
 }
 
-fn tmp(name: &str) -> PathBuf {
+pub(crate) fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("equimodal-baselines-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     d
 }
 
-fn train_log(list: &[String], dir: &Path) -> Vec<serde_json::Value> {
+pub(crate) fn train_log(list: &[String], dir: &Path) -> Vec<serde_json::Value> {
     let (cfg, text) = config::load(None, list).unwrap();
     let mut o = TrainOptions::new(dir);
     o.progress = false;
@@ -146,7 +146,7 @@ fn ref_pmr(fused: &[f64], feats: &[Vec<f64>], protos: &[Vec<f64>], y: &[u32], k:
     RefTerms { loss, pce, scores, coef, dist }
 }
 
-fn f64s_of(t: &Tensor) -> Vec<f64> {
+pub(crate) fn f64s_of(t: &Tensor) -> Vec<f64> {
     t.to_vec().unwrap().into_iter().map(|v| v as f64).collect()
 }
 

@@ -5,4 +5,5 @@ mod common;
 
 mod aim;
 mod baselines;
+mod baselines3;
 mod mechanisms;

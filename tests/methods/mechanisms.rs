@@ -255,7 +255,7 @@ fn aug_checks_on_schedule_and_logs_its_gap() {
 fn every_method_updates_all_of_its_parameters() {
     // one real optimizer step moves every trainable parameter (a method that handed the
     // optimizer nothing, or dropped an encoder's gradients, would leave some where they were)
-    for name in ["joint", "ogm", "ogm_ge", "aug", "aim", "pmr", "mmpareto"] {
+    for name in ["joint", "ogm", "ogm_ge", "aug", "aim", "pmr", "mmpareto", "agm", "g_blending"] {
         let c = cfg(&with(&[&format!("method.name={name}"), "method.aug.hidden=16"]));
         let (mut m, b, _) = method_and_batch(&c);
         let before: Vec<(String, Vec<f32>)> = m.params().iter().map(|p| (p.name.clone(), p.tensor.to_vec().unwrap())).collect();
@@ -361,6 +361,8 @@ fn every_method_exposes_its_encoder_features_for_the_probe() {
         ("aim", vec![]),
         ("pmr", vec![]),
         ("mmpareto", vec![]),
+        ("agm", vec![]),
+        ("g_blending", vec![]),
         ("unimodal", vec!["method.modality=visual"]),
     ] {
         let mut list = vec![format!("method.name={name}")];

@@ -52,6 +52,9 @@ fn every_method_trains_logs_and_checkpoints() {
         ("pmr_film", vec!["method.name=pmr", "method.fusion=film", "method.pmr.coefficient=ratio", "method.pmr.mu=0.01", "method.pmr.entropy_epochs=1"]),
         ("mmpareto", vec!["method.name=mmpareto"]),
         ("mmpareto_gated", vec!["method.name=mmpareto", "method.fusion=gated", "train.optimizer=adam", "train.lr=0.001"]),
+        // AGM's hooked backward works for any fusion; G-Blending needs validation data
+        ("agm_film", vec!["method.name=agm", "method.fusion=film"]),
+        ("g_blending", vec!["method.name=g_blending", "method.g_blending.super_epoch=2", "data.n_val=64"]),
     ] {
         let dir = tmp(name);
         let s = run(&tiny(&extra), &dir);
