@@ -4,6 +4,8 @@
 //! of it.
 use super::aim::AimConfig;
 use super::aug::AugConfig;
+use super::inforeg::InforegConfig;
+use super::mla::MlaConfig;
 use super::mmpareto::MmparetoConfig;
 use super::model::ModelConfig;
 use super::ogm_ge::OgmConfig;
@@ -22,6 +24,8 @@ pub enum MethodName {
     Aim,
     Pmr,
     Mmpareto,
+    Mla,
+    Inforeg,
 }
 
 impl MethodName {
@@ -35,6 +39,8 @@ impl MethodName {
             MethodName::Aim => "aim",
             MethodName::Pmr => "pmr",
             MethodName::Mmpareto => "mmpareto",
+            MethodName::Mla => "mla",
+            MethodName::Inforeg => "inforeg",
         }
     }
 }
@@ -52,6 +58,8 @@ pub struct MethodConfig {
     pub aim: AimConfig,
     pub pmr: PmrConfig,
     pub mmpareto: MmparetoConfig,
+    pub mla: MlaConfig,
+    pub inforeg: InforegConfig,
 }
 
 impl Default for MethodConfig {
@@ -65,6 +73,8 @@ impl Default for MethodConfig {
             aim: AimConfig::default(),
             pmr: PmrConfig::default(),
             mmpareto: MmparetoConfig::default(),
+            mla: MlaConfig::default(),
+            inforeg: InforegConfig::default(),
         }
     }
 }
@@ -80,6 +90,8 @@ impl MethodConfig {
         self.aim.validate()?;
         self.pmr.validate()?;
         self.mmpareto.validate()?;
+        self.mla.validate()?;
+        self.inforeg.validate()?;
         self.ogm.validate()
     }
 

@@ -1,10 +1,12 @@
 //! Training methods behind one trait: unimodal, joint training (sum / concat / FiLM / gated
-//! fusion), OGM and OGM-GE, AUG, AIM, PMR and MMPareto. Each method owns its model; the trainer owns the data, the
+//! fusion), OGM and OGM-GE, AUG, AIM, PMR, MMPareto, MLA and InfoReg. Each method owns its model; the trainer owns the data, the
 //! optimizer, evaluation and logging.
 pub mod aim;
 mod aug;
 pub mod config;
+pub mod inforeg;
 mod joint;
+pub mod mla;
 pub mod mmpareto;
 pub mod model;
 mod ogm_ge;
@@ -14,7 +16,9 @@ mod unimodal;
 pub use aim::{Aim, AimConfig, AuxBn};
 pub use aug::{Aug, AugConfig, AugRule};
 pub use config::{MethodConfig, MethodName, MethodSetup};
+pub use inforeg::{InfoReg, InforegConfig};
 pub use joint::Joint;
+pub use mla::{Mla, MlaConfig, MlaDenominator, MlaFusion, MlaProjection};
 pub use mmpareto::{MmPareto, MmparetoConfig};
 pub use model::{EncoderKind, ModelConfig, ModelOverride};
 pub use ogm_ge::{OgmConfig, OgmFormula, OgmGe, OgmScope};
@@ -89,6 +93,9 @@ pub trait Method: Send {
     fn end_observe(&mut self, _epoch: usize) -> Result<()> {
         Ok(())
     }
+    /// The number of training batches of the epoch that is starting (the trainer calls it
+    /// after `begin_epoch` and any observation pass; MLA's projection schedule uses it).
+    fn set_epoch_batches(&mut self, _batches: usize) {}
     /// One optimisation step. Statistics stay on the GPU (no host readback).
     fn train_step(&mut self, batch: &DeviceBatch, opt: &mut dyn Optimizer, epoch: usize) -> Result<()>;
     /// Eval-mode forward without gradients.
@@ -172,6 +179,8 @@ pub fn build(gpu: &Gpu, cfg: &MethodSetup, specs: &[ModalitySpec], classes: usiz
         MethodName::Aim => Box::new(Aim::new(gpu, cfg, specs, classes, rng)?),
         MethodName::Pmr => Box::new(Pmr::new(gpu, cfg, specs, classes, rng)?),
         MethodName::Mmpareto => Box::new(MmPareto::new(gpu, cfg, specs, classes, rng)?),
+        MethodName::Mla => Box::new(Mla::new(gpu, cfg, specs, classes, rng)?),
+        MethodName::Inforeg => Box::new(InfoReg::new(gpu, cfg, specs, classes, rng)?),
         MethodName::Ogm | MethodName::OgmGe => Box::new(OgmGe::new(gpu, cfg, specs, classes, rng, cfg.method.name == MethodName::OgmGe)?),
     };
     crate::nn::init::reinit(cfg.model.init, &method.params(), rng)?;

@@ -385,6 +385,7 @@ pub fn train(gpu: &Gpu, cfg: &Config, cfg_text: &str, opts: &TrainOptions) -> Re
         lc.workers = cfg.train.workers;
         lc.drop_last = cfg.train.drop_last && n_train > bs;
         let loader = Loader::new(ds.clone(), Split::Train, lc)?;
+        method.set_epoch_batches(loader.num_batches());
         let pb = progress_bar(opts.progress, loader.num_batches(), format!("epoch {}/{}", epoch + 1, cfg.train.epochs));
         let mut loader = loader;
         let mut seen = 0usize;
