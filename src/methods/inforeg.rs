@@ -276,9 +276,7 @@ impl Method for InfoReg {
         let mut st = stats_from_sums(&sums, m, samples);
         let base = 1 + 2 * m;
         self.traces.push(sums[base..base + m].to_vec());
-        let per = |vals: &[f64]| -> serde_json::Value {
-            serde_json::Value::Object(self.names.iter().zip(vals).map(|(n, v)| (n.clone(), serde_json::json!(v))).collect())
-        };
+        let per = |vals: &[f64]| super::per_modality_json(&self.names, vals);
         let beta: Vec<f64> = sums[base + m..base + 2 * m].iter().map(|v| v / steps).collect();
         st.extra.push((
             "inforeg".into(),

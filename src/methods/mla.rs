@@ -342,7 +342,8 @@ impl Method for Mla {
         let m = self.m;
         let mut st = stats_from_sums(&sums, m, samples);
         let base = 1 + 2 * m;
-        let ratio: serde_json::Map<String, serde_json::Value> = self.names.iter().enumerate().map(|(i, n)| (n.clone(), serde_json::json!(sums[base + i] / steps))).collect();
+        let ratio: Vec<f64> = sums[base..base + m].iter().map(|v| v / steps).collect();
+        let ratio = super::per_modality_json(&self.names, &ratio);
         st.extra.push(("mla".into(), serde_json::json!({ "updates": self.updates, "head_grad_ratio": ratio })));
         Ok(st)
     }

@@ -253,6 +253,11 @@ pub fn eval_features(encoders: &[Box<dyn Encoder>], inputs: &[Tensor]) -> Result
     Ok(encode_all(encoders, inputs, &Ctx::eval())?.into_iter().map(Some).collect())
 }
 
+/// A log object with one value per modality, `{name: value}` (the methods' own log sections).
+pub fn per_modality_json(names: &[String], values: &[f64]) -> serde_json::Value {
+    serde_json::Value::Object(names.iter().zip(values).map(|(n, v)| (n.clone(), serde_json::json!(v))).collect())
+}
+
 /// Split an epoch's [loss, view CE × M, view score × M] sums into EpochStats.
 pub fn stats_from_sums(sums: &[f64], m: usize, samples: usize) -> EpochStats {
     let n = samples.max(1) as f64;
