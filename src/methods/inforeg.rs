@@ -185,12 +185,13 @@ impl InfoReg {
         let mut traces = Vec::with_capacity(self.m);
         for i in 0..self.m {
             let params = self.joint.encoder_params(i);
+            let b_i = beta.map(|b| ops::narrow(b, 0, i, 1)).transpose()?;
             let mut tr = Tensor::zeros(gpu, &[1])?;
             for (j, p) in params.iter().enumerate() {
                 let Some(g) = grads.get(&p.tensor).cloned() else { continue };
-                let g = match beta {
+                let g = match &b_i {
                     Some(b) => {
-                        let pull = ops::mul(&ops::sub(&p.tensor.detach(), &self.anchor[i][j])?, &ops::narrow(b, 0, i, 1)?)?;
+                        let pull = ops::mul(&ops::sub(&p.tensor.detach(), &self.anchor[i][j])?, b)?;
                         let g2 = ops::add(&g, &pull)?;
                         grads.insert(&p.tensor, g2.clone());
                         g2
