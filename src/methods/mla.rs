@@ -31,7 +31,7 @@ use rand::rngs::StdRng;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MlaProjection {
-    /// G ← G·Pᵀ (the paper, and the official `GSPlugin.before_update`, utils.py l. 41).
+    /// G ← G·Pᵀ (the official `GSPlugin.before_update`, utils.py l. 41).
     Replace,
     /// G ← G + G·Pᵀ (GeWu-Lab/BalanceBenchmark's `MLA_trainer.py` l. 53).
     Add,
@@ -59,8 +59,8 @@ pub enum MlaFusion {
     /// One weight per modality and evaluation batch from the entropy of the logits softmaxed
     /// over the batch axis (the official `calculate_entropy`, `F.softmax(output, dim=0)`).
     EntropyBatch,
-    /// One weight per sample and modality from the entropy of its class distribution (the
-    /// paper; BalanceBenchmark's `dim=1`).
+    /// One weight per sample and modality from the entropy of its class distribution
+    /// (BalanceBenchmark's `dim=1`, and the official code's commented-out alternative).
     EntropySample,
     /// Fixed weights `method.mla.weights` (the official run without `--dynamic`).
     Fixed,
