@@ -6,6 +6,8 @@ use super::agm::AgmConfig;
 use super::aim::AimConfig;
 use super::aug::AugConfig;
 use super::g_blending::GBlendingConfig;
+use super::inforeg::InforegConfig;
+use super::mla::MlaConfig;
 use super::mmpareto::MmparetoConfig;
 use super::model::ModelConfig;
 use super::ogm_ge::OgmConfig;
@@ -35,6 +37,8 @@ pub enum MethodName {
     Mmpareto,
     Agm,
     GBlending,
+    Mla,
+    Inforeg,
 }
 
 impl MethodName {
@@ -51,6 +55,8 @@ impl MethodName {
             MethodName::Mmpareto => "mmpareto",
             MethodName::Agm => "agm",
             MethodName::GBlending => "g_blending",
+            MethodName::Mla => "mla",
+            MethodName::Inforeg => "inforeg",
         }
     }
 }
@@ -79,6 +85,8 @@ pub struct MethodConfig {
     pub mmpareto: MmparetoConfig,
     pub agm: AgmConfig,
     pub g_blending: GBlendingConfig,
+    pub mla: MlaConfig,
+    pub inforeg: InforegConfig,
 }
 
 impl Default for MethodConfig {
@@ -94,6 +102,8 @@ impl Default for MethodConfig {
             mmpareto: MmparetoConfig::default(),
             agm: AgmConfig::default(),
             g_blending: GBlendingConfig::default(),
+            mla: MlaConfig::default(),
+            inforeg: InforegConfig::default(),
         }
     }
 }
@@ -111,6 +121,8 @@ impl MethodConfig {
         self.mmpareto.validate()?;
         self.agm.validate()?;
         self.g_blending.validate()?;
+        self.mla.validate()?;
+        self.inforeg.validate()?;
         self.ogm.validate()
     }
 

@@ -1,12 +1,15 @@
 //! Training methods behind one trait: unimodal, joint training (sum / concat / FiLM / gated
 //! fusion), OGM and OGM-GE, AUG, AIM, PMR, MMPareto, AGM and G-Blending. Each method owns its model; the trainer owns the data, the
+//! fusion), OGM and OGM-GE, AUG, AIM, PMR, MMPareto, MLA and InfoReg. Each method owns its model; the trainer owns the data, the
 //! optimizer, evaluation and logging.
 pub mod agm;
 pub mod aim;
 mod aug;
 pub mod config;
 pub mod g_blending;
+pub mod inforeg;
 mod joint;
+pub mod mla;
 pub mod mmpareto;
 pub mod model;
 mod ogm_ge;
@@ -18,7 +21,9 @@ pub use aim::{Aim, AimConfig, AuxBn};
 pub use aug::{Aug, AugConfig, AugRule};
 pub use config::{MethodConfig, MethodName, MethodSetup};
 pub use g_blending::{GBlending, GBlendingConfig};
+pub use inforeg::{InfoReg, InforegConfig};
 pub use joint::Joint;
+pub use mla::{Mla, MlaConfig, MlaDenominator, MlaFusion, MlaProjection};
 pub use mmpareto::{MmPareto, MmparetoConfig};
 pub use model::{EncoderKind, ModelConfig, ModelOverride};
 pub use ogm_ge::{OgmConfig, OgmFormula, OgmGe, OgmScope};
@@ -99,6 +104,9 @@ pub trait Method: Send {
     fn before_epoch(&mut self, _epoch: usize, _data: &mut dyn EpochData) -> Result<()> {
         Ok(())
     }
+    /// The number of training batches of the epoch that is starting (the trainer calls it
+    /// after `begin_epoch` and any observation pass; MLA's projection schedule uses it).
+    fn set_epoch_batches(&mut self, _batches: usize) {}
     /// One optimisation step. Statistics stay on the GPU (no host readback).
     fn train_step(&mut self, batch: &DeviceBatch, opt: &mut dyn Optimizer, epoch: usize) -> Result<()>;
     /// Eval-mode forward without gradients.
@@ -198,6 +206,8 @@ pub fn build(gpu: &Gpu, cfg: &MethodSetup, specs: &[ModalitySpec], classes: usiz
         MethodName::Mmpareto => Box::new(MmPareto::new(gpu, cfg, specs, classes, rng)?),
         MethodName::Agm => Box::new(Agm::new(gpu, cfg, specs, classes, rng)?),
         MethodName::GBlending => Box::new(GBlending::new(gpu, cfg, specs, classes, rng)?),
+        MethodName::Mla => Box::new(Mla::new(gpu, cfg, specs, classes, rng)?),
+        MethodName::Inforeg => Box::new(InfoReg::new(gpu, cfg, specs, classes, rng)?),
         MethodName::Ogm | MethodName::OgmGe => Box::new(OgmGe::new(gpu, cfg, specs, classes, rng, cfg.method.name == MethodName::OgmGe)?),
     };
     crate::nn::init::reinit(cfg.model.init, &method.params(), rng)?;
@@ -268,6 +278,11 @@ pub fn eval_features(encoders: &[Box<dyn Encoder>], inputs: &[Tensor]) -> Result
     }
     let _ng = crate::autograd::no_grad();
     Ok(encode_all(encoders, inputs, &Ctx::eval())?.into_iter().map(Some).collect())
+}
+
+/// A log object with one value per modality, `{name: value}` (the methods' own log sections).
+pub fn per_modality_json(names: &[String], values: &[f64]) -> serde_json::Value {
+    serde_json::Value::Object(names.iter().zip(values).map(|(n, v)| (n.clone(), serde_json::json!(v))).collect())
 }
 
 /// Split an epoch's [loss, view CE × M, view score × M] sums into EpochStats.

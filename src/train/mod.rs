@@ -465,7 +465,7 @@ impl<'a> Run<'a> {
         let lr = sched.lr_at(epoch);
         opt.set_lr(lr);
         method.begin_epoch(epoch)?;
-        let mut side = SideData { gpu, cfg, ds: &ds, classes, max_in_flight: opts.max_in_flight };
+        let mut side = SideData { gpu, cfg, ds: &self.ds, classes: self.classes, max_in_flight: self.opts.max_in_flight };
         method.before_epoch(epoch, &mut side).map_err(|e| e.during(format_args!("the work before epoch {} ({})", epoch + 1, method.name())))?;
         if let Some(share) = method.observe_fraction(epoch) {
             self.observation_pass(method, epoch, share)?;
@@ -526,6 +526,7 @@ impl<'a> Run<'a> {
         lc.workers = cfg.train.workers;
         lc.drop_last = cfg.train.drop_last && self.n_train > bs;
         let loader = Loader::new(self.ds.clone(), Split::Train, lc)?;
+        method.set_epoch_batches(loader.num_batches());
         let pb = progress_bar(self.opts.progress, loader.num_batches(), format!("epoch {}/{}", epoch + 1, cfg.train.epochs));
         let mut loader = loader;
         let mut seen = 0usize;

@@ -3,7 +3,8 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod agm_g_blending;
 mod aim;
 mod baselines;
-mod baselines3;
 mod mechanisms;
+mod mla_inforeg;
