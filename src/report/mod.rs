@@ -143,7 +143,7 @@ fn finish(mut report: Report, out: &Path) -> Result<Vec<PathBuf>> {
         let _ = std::fs::remove_file(&path);
     } else {
         for w in &report.warnings {
-            tracing::warn!("report: {w}");
+            eprintln!("warning: report: {w}");
         }
         let mut text = report.warnings.join("\n");
         text.push('\n');
