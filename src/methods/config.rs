@@ -8,6 +8,7 @@ use super::mmpareto::MmparetoConfig;
 use super::model::ModelConfig;
 use super::ogm_ge::OgmConfig;
 use super::pmr::PmrConfig;
+use super::relearn::RelearnConfig;
 use crate::error::{Error, Result};
 use crate::nn::FusionKind;
 
@@ -22,6 +23,7 @@ pub enum MethodName {
     Aim,
     Pmr,
     Mmpareto,
+    Relearn,
 }
 
 impl MethodName {
@@ -35,6 +37,7 @@ impl MethodName {
             MethodName::Aim => "aim",
             MethodName::Pmr => "pmr",
             MethodName::Mmpareto => "mmpareto",
+            MethodName::Relearn => "relearn",
         }
     }
 }
@@ -52,6 +55,7 @@ pub struct MethodConfig {
     pub aim: AimConfig,
     pub pmr: PmrConfig,
     pub mmpareto: MmparetoConfig,
+    pub relearn: RelearnConfig,
 }
 
 impl Default for MethodConfig {
@@ -65,6 +69,7 @@ impl Default for MethodConfig {
             aim: AimConfig::default(),
             pmr: PmrConfig::default(),
             mmpareto: MmparetoConfig::default(),
+            relearn: RelearnConfig::default(),
         }
     }
 }
@@ -80,6 +85,7 @@ impl MethodConfig {
         self.aim.validate()?;
         self.pmr.validate()?;
         self.mmpareto.validate()?;
+        self.relearn.validate()?;
         self.ogm.validate()
     }
 
@@ -99,6 +105,10 @@ impl MethodConfig {
         }
         if self.name == MethodName::Pmr && self.pmr.start_epoch >= e {
             v.push(format!("method.pmr.start_epoch = {} never acts: train.epochs is {e} (epochs count from 0)", self.pmr.start_epoch));
+        }
+        let r = &self.relearn;
+        if self.name == MethodName::Relearn && !(0..e).any(|t| r.reinit_before(t)) {
+            v.push(format!("method.relearn.reinit_epoch = {} never acts: the first re-initialisation would follow epoch {} of train.epochs = {e} (reinit_num = {})", r.reinit_epoch, r.reinit_epoch, r.reinit_num));
         }
         v
     }

@@ -1,5 +1,6 @@
 //! Training methods behind one trait: unimodal, joint training (sum / concat / FiLM / gated
-//! fusion), OGM and OGM-GE, AUG, AIM, PMR and MMPareto. Each method owns its model; the trainer owns the data, the
+//! fusion), OGM and OGM-GE, AUG, AIM, PMR, MMPareto and
+//! Diagnosing & Re-learning. Each method owns its model; the trainer owns the data, the
 //! optimizer, evaluation and logging.
 pub mod aim;
 mod aug;
@@ -9,6 +10,7 @@ pub mod mmpareto;
 pub mod model;
 mod ogm_ge;
 pub mod pmr;
+pub mod relearn;
 mod unimodal;
 
 pub use aim::{Aim, AimConfig, AuxBn};
@@ -19,6 +21,7 @@ pub use mmpareto::{MmPareto, MmparetoConfig};
 pub use model::{EncoderKind, ModelConfig, ModelOverride};
 pub use ogm_ge::{OgmConfig, OgmFormula, OgmGe, OgmScope};
 pub use pmr::{Pmr, PmrCoefficient, PmrConfig};
+pub use relearn::{Relearn, RelearnConfig};
 pub use unimodal::Unimodal;
 
 
@@ -83,6 +86,16 @@ pub trait Method: Send {
     }
     /// One batch of that pass (a forward without gradients; statistics stay on the GPU).
     fn observe(&mut self, _batch: &DeviceBatch, _epoch: usize) -> Result<()> {
+        Ok(())
+    }
+    /// Whether the observation pass of `epoch` also covers the whole validation split, after
+    /// the training share ([`Method::observe_val`]; Re-learning's held-out purity). The
+    /// trainer refuses to start a run that asks for it without a validation split.
+    fn observe_val_split(&self, _epoch: usize) -> bool {
+        false
+    }
+    /// One validation batch of that pass (a forward without gradients).
+    fn observe_val(&mut self, _batch: &DeviceBatch, _epoch: usize) -> Result<()> {
         Ok(())
     }
     /// The pass of `epoch` is over.
@@ -172,6 +185,7 @@ pub fn build(gpu: &Gpu, cfg: &MethodSetup, specs: &[ModalitySpec], classes: usiz
         MethodName::Aim => Box::new(Aim::new(gpu, cfg, specs, classes, rng)?),
         MethodName::Pmr => Box::new(Pmr::new(gpu, cfg, specs, classes, rng)?),
         MethodName::Mmpareto => Box::new(MmPareto::new(gpu, cfg, specs, classes, rng)?),
+        MethodName::Relearn => Box::new(Relearn::new(gpu, cfg, specs, classes, rng)?),
         MethodName::Ogm | MethodName::OgmGe => Box::new(OgmGe::new(gpu, cfg, specs, classes, rng, cfg.method.name == MethodName::OgmGe)?),
     };
     crate::nn::init::reinit(cfg.model.init, &method.params(), rng)?;

@@ -323,6 +323,9 @@ pub fn train(gpu: &Gpu, cfg: &Config, cfg_text: &str, opts: &TrainOptions) -> Re
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
     let mut method = methods::build(gpu, &cfg.method_setup(), &specs, classes, &mut rng)?;
+    if !has_val && (0..cfg.train.epochs).any(|e| method.observe_val_split(e)) {
+        return Err(Error::config("data", format!("method {} observes a validation split and the {} dataset has none (set data.n_val or data.val_fraction)", method.name(), ds.name())));
+    }
     let mut opt = build_optimizer(cfg, method.trainable())?;
     let sched = build_scheduler(cfg);
     lock.replace_old_run()?;
@@ -378,6 +381,15 @@ pub fn train(gpu: &Gpu, cfg: &Config, cfg_text: &str, opts: &TrainOptions) -> Re
                 let db = upload_batch(gpu, &b?, classes)?;
                 method.observe(&db, epoch).map_err(|e| e.during(format_args!("observation pass of epoch {} ({})", epoch + 1, method.name())))?;
                 gpu.step_boundary(opts.max_in_flight)?;
+            }
+            if method.observe_val_split(epoch) {
+                let mut lc = LoaderConfig::eval(bs);
+                lc.workers = cfg.train.workers;
+                for b in Loader::new(ds.clone(), Split::Val, lc)? {
+                    let db = upload_batch(gpu, &b?, classes)?;
+                    method.observe_val(&db, epoch).map_err(|e| e.during(format_args!("validation observation pass of epoch {} ({})", epoch + 1, method.name())))?;
+                    gpu.step_boundary(opts.max_in_flight)?;
+                }
             }
             method.end_observe(epoch)?;
         }

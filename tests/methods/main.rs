@@ -6,3 +6,4 @@ mod common;
 mod aim;
 mod baselines;
 mod mechanisms;
+mod relearn;
