@@ -18,7 +18,7 @@ use rand::SeedableRng;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-fn sets(list: &[&str]) -> Vec<String> {
+pub(crate) fn sets(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
 
@@ -28,13 +28,13 @@ fn tiny(extra: &[&str]) -> Vec<String> {
     v
 }
 
-fn tmp(name: &str) -> PathBuf {
+pub(crate) fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("equimodal-baselines-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     d
 }
 
-fn train_log(list: &[String], dir: &Path) -> Vec<serde_json::Value> {
+pub(crate) fn train_log(list: &[String], dir: &Path) -> Vec<serde_json::Value> {
     let (cfg, text) = config::load(None, list).unwrap();
     let mut o = TrainOptions::new(dir);
     o.progress = false;

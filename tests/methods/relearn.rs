@@ -3,6 +3,7 @@
 //! check of the clustering, the soft re-initialisation against an f64 reference, the
 //! diagnosis inside the method, end-to-end training, exact resume, three modalities and
 //! config errors.
+use crate::baselines::{sets, tmp, train_log};
 use crate::common;
 use common::resume::resume_through_the_cli_is_exact_killed_after;
 use common::*;
@@ -12,12 +13,7 @@ use equimodal::methods::relearn::{self, Relearn, RelearnConfig};
 use equimodal::methods::Method;
 use equimodal::train::{self, TrainOptions};
 use rand::SeedableRng;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-fn sets(list: &[&str]) -> Vec<String> {
-    list.iter().map(|s| s.to_string()).collect()
-}
 
 fn tiny(extra: &[&str]) -> Vec<String> {
     let mut v = sets(&[
@@ -33,22 +29,6 @@ fn tiny(extra: &[&str]) -> Vec<String> {
     ]);
     v.extend(sets(extra));
     v
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("equimodal-relearn-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
-
-fn train_log(list: &[String], dir: &Path) -> Vec<serde_json::Value> {
-    let (cfg, text) = config::load(None, list).unwrap();
-    let mut o = TrainOptions::new(dir);
-    o.progress = false;
-    train::train(&gpu(), &cfg, &text, &o).unwrap();
-    let lines = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let _ = std::fs::remove_dir_all(dir);
-    lines
 }
 
 #[test]
