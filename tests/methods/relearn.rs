@@ -311,6 +311,11 @@ fn relearn_config_errors_name_the_field() {
     let c = config::load(None, &sets(&["method.name=relearn"])).unwrap().0;
     let r = &c.method.relearn;
     assert_eq!((r.move_lambda, r.reinit_epoch, r.reinit_num, r.kmeans_inits, r.kmeans_iters), (3.0, 20, 3, 10, 300));
+    // a schedule that never acts within train.epochs is reported (the first diagnosis
+    // follows epoch 20, so it needs epoch 21 to exist)
+    let w = c.method.never_acts(21);
+    assert!(w.iter().any(|w| w.contains("method.relearn.reinit_epoch = 20 never acts")), "{w:?}");
+    assert!(c.method.never_acts(22).is_empty(), "{:?}", c.method.never_acts(22));
     // without a validation split the run does not start, and says what to set
     let list: Vec<String> = tiny(&["method.relearn.reinit_epoch=1"]).into_iter().filter(|s| !s.starts_with("data.n_val")).collect();
     let (cfg, text) = config::load(None, &list).unwrap();
