@@ -8,6 +8,7 @@ use super::mmpareto::MmparetoConfig;
 use super::model::ModelConfig;
 use super::ogm_ge::OgmConfig;
 use super::pmr::PmrConfig;
+use super::reconboost::ReconboostConfig;
 use super::relearn::RelearnConfig;
 use crate::error::{Error, Result};
 use crate::nn::FusionKind;
@@ -24,6 +25,7 @@ pub enum MethodName {
     Pmr,
     Mmpareto,
     Relearn,
+    Reconboost,
 }
 
 impl MethodName {
@@ -38,6 +40,7 @@ impl MethodName {
             MethodName::Pmr => "pmr",
             MethodName::Mmpareto => "mmpareto",
             MethodName::Relearn => "relearn",
+            MethodName::Reconboost => "reconboost",
         }
     }
 }
@@ -56,6 +59,7 @@ pub struct MethodConfig {
     pub pmr: PmrConfig,
     pub mmpareto: MmparetoConfig,
     pub relearn: RelearnConfig,
+    pub reconboost: ReconboostConfig,
 }
 
 impl Default for MethodConfig {
@@ -70,6 +74,7 @@ impl Default for MethodConfig {
             pmr: PmrConfig::default(),
             mmpareto: MmparetoConfig::default(),
             relearn: RelearnConfig::default(),
+            reconboost: ReconboostConfig::default(),
         }
     }
 }
@@ -86,6 +91,7 @@ impl MethodConfig {
         self.pmr.validate()?;
         self.mmpareto.validate()?;
         self.relearn.validate()?;
+        self.reconboost.validate()?;
         self.ogm.validate()
     }
 

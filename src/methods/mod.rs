@@ -1,6 +1,6 @@
 //! Training methods behind one trait: unimodal, joint training (sum / concat / FiLM / gated
-//! fusion), OGM and OGM-GE, AUG, AIM, PMR, MMPareto and
-//! Diagnosing & Re-learning. Each method owns its model; the trainer owns the data, the
+//! fusion), OGM and OGM-GE, AUG, AIM, PMR, MMPareto,
+//! Diagnosing & Re-learning and ReconBoost. Each method owns its model; the trainer owns the data, the
 //! optimizer, evaluation and logging.
 pub mod aim;
 mod aug;
@@ -10,6 +10,7 @@ pub mod mmpareto;
 pub mod model;
 mod ogm_ge;
 pub mod pmr;
+pub mod reconboost;
 pub mod relearn;
 mod unimodal;
 
@@ -21,6 +22,7 @@ pub use mmpareto::{MmPareto, MmparetoConfig};
 pub use model::{EncoderKind, ModelConfig, ModelOverride};
 pub use ogm_ge::{OgmConfig, OgmFormula, OgmGe, OgmScope};
 pub use pmr::{Pmr, PmrCoefficient, PmrConfig};
+pub use reconboost::{ReconBoost, ReconboostConfig};
 pub use relearn::{Relearn, RelearnConfig};
 pub use unimodal::Unimodal;
 
@@ -186,6 +188,7 @@ pub fn build(gpu: &Gpu, cfg: &MethodSetup, specs: &[ModalitySpec], classes: usiz
         MethodName::Pmr => Box::new(Pmr::new(gpu, cfg, specs, classes, rng)?),
         MethodName::Mmpareto => Box::new(MmPareto::new(gpu, cfg, specs, classes, rng)?),
         MethodName::Relearn => Box::new(Relearn::new(gpu, cfg, specs, classes, rng)?),
+        MethodName::Reconboost => Box::new(ReconBoost::new(gpu, cfg, specs, classes, rng)?),
         MethodName::Ogm | MethodName::OgmGe => Box::new(OgmGe::new(gpu, cfg, specs, classes, rng, cfg.method.name == MethodName::OgmGe)?),
     };
     crate::nn::init::reinit(cfg.model.init, &method.params(), rng)?;

@@ -6,4 +6,5 @@ mod common;
 mod aim;
 mod baselines;
 mod mechanisms;
+mod reconboost;
 mod relearn;
