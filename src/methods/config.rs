@@ -12,6 +12,8 @@ use super::mmpareto::MmparetoConfig;
 use super::model::ModelConfig;
 use super::ogm_ge::OgmConfig;
 use super::pmr::PmrConfig;
+use super::reconboost::ReconboostConfig;
+use super::relearn::RelearnConfig;
 use crate::error::{Error, Result};
 use crate::nn::FusionKind;
 
@@ -39,6 +41,8 @@ pub enum MethodName {
     GBlending,
     Mla,
     Inforeg,
+    Relearn,
+    Reconboost,
 }
 
 impl MethodName {
@@ -57,6 +61,8 @@ impl MethodName {
             MethodName::GBlending => "g_blending",
             MethodName::Mla => "mla",
             MethodName::Inforeg => "inforeg",
+            MethodName::Relearn => "relearn",
+            MethodName::Reconboost => "reconboost",
         }
     }
 }
@@ -87,6 +93,8 @@ pub struct MethodConfig {
     pub g_blending: GBlendingConfig,
     pub mla: MlaConfig,
     pub inforeg: InforegConfig,
+    pub relearn: RelearnConfig,
+    pub reconboost: ReconboostConfig,
 }
 
 impl Default for MethodConfig {
@@ -104,6 +112,8 @@ impl Default for MethodConfig {
             g_blending: GBlendingConfig::default(),
             mla: MlaConfig::default(),
             inforeg: InforegConfig::default(),
+            relearn: RelearnConfig::default(),
+            reconboost: ReconboostConfig::default(),
         }
     }
 }
@@ -123,6 +133,8 @@ impl MethodConfig {
         self.g_blending.validate()?;
         self.mla.validate()?;
         self.inforeg.validate()?;
+        self.relearn.validate()?;
+        self.reconboost.validate()?;
         self.ogm.validate()
     }
 
@@ -145,6 +157,10 @@ impl MethodConfig {
         }
         if self.name == MethodName::Agm && self.agm.start_epoch >= e {
             v.push(format!("method.agm.start_epoch = {} never acts: train.epochs is {e} (epochs count from 0)", self.agm.start_epoch));
+        }
+        let r = &self.relearn;
+        if self.name == MethodName::Relearn && !(0..e).any(|t| r.reinit_before(t)) {
+            v.push(format!("method.relearn.reinit_epoch = {} never acts: the first re-initialisation would follow epoch {} of train.epochs = {e} (reinit_num = {})", r.reinit_epoch, r.reinit_epoch, r.reinit_num));
         }
         v
     }

@@ -1,6 +1,8 @@
 //! Training methods behind one trait: unimodal, joint training (sum / concat / FiLM / gated
 //! fusion), OGM and OGM-GE, AUG, AIM, PMR, MMPareto, AGM and G-Blending. Each method owns its model; the trainer owns the data, the
 //! fusion), OGM and OGM-GE, AUG, AIM, PMR, MMPareto, MLA and InfoReg. Each method owns its model; the trainer owns the data, the
+//! fusion), OGM and OGM-GE, AUG, AIM, PMR, MMPareto,
+//! Diagnosing & Re-learning and ReconBoost. Each method owns its model; the trainer owns the data, the
 //! optimizer, evaluation and logging.
 pub mod agm;
 pub mod aim;
@@ -14,6 +16,8 @@ pub mod mmpareto;
 pub mod model;
 mod ogm_ge;
 pub mod pmr;
+pub mod reconboost;
+pub mod relearn;
 mod unimodal;
 
 pub use agm::{Agm, AgmConfig};
@@ -28,6 +32,8 @@ pub use mmpareto::{MmPareto, MmparetoConfig};
 pub use model::{EncoderKind, ModelConfig, ModelOverride};
 pub use ogm_ge::{OgmConfig, OgmFormula, OgmGe, OgmScope};
 pub use pmr::{Pmr, PmrCoefficient, PmrConfig};
+pub use reconboost::{ReconBoost, ReconboostConfig};
+pub use relearn::{Relearn, RelearnConfig};
 pub use unimodal::Unimodal;
 
 
@@ -92,6 +98,16 @@ pub trait Method: Send {
     }
     /// One batch of that pass (a forward without gradients; statistics stay on the GPU).
     fn observe(&mut self, _batch: &DeviceBatch, _epoch: usize) -> Result<()> {
+        Ok(())
+    }
+    /// Whether the observation pass of `epoch` also covers the whole validation split, after
+    /// the training share ([`Method::observe_val`]; Re-learning's held-out purity). The
+    /// trainer refuses to start a run that asks for it without a validation split.
+    fn observe_val_split(&self, _epoch: usize) -> bool {
+        false
+    }
+    /// One validation batch of that pass (a forward without gradients).
+    fn observe_val(&mut self, _batch: &DeviceBatch, _epoch: usize) -> Result<()> {
         Ok(())
     }
     /// The pass of `epoch` is over.
@@ -208,6 +224,8 @@ pub fn build(gpu: &Gpu, cfg: &MethodSetup, specs: &[ModalitySpec], classes: usiz
         MethodName::GBlending => Box::new(GBlending::new(gpu, cfg, specs, classes, rng)?),
         MethodName::Mla => Box::new(Mla::new(gpu, cfg, specs, classes, rng)?),
         MethodName::Inforeg => Box::new(InfoReg::new(gpu, cfg, specs, classes, rng)?),
+        MethodName::Relearn => Box::new(Relearn::new(gpu, cfg, specs, classes, rng)?),
+        MethodName::Reconboost => Box::new(ReconBoost::new(gpu, cfg, specs, classes, rng)?),
         MethodName::Ogm | MethodName::OgmGe => Box::new(OgmGe::new(gpu, cfg, specs, classes, rng, cfg.method.name == MethodName::OgmGe)?),
     };
     crate::nn::init::reinit(cfg.model.init, &method.params(), rng)?;

@@ -358,6 +358,12 @@ pub fn train(gpu: &Gpu, cfg: &Config, cfg_text: &str, opts: &TrainOptions) -> Re
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
     let mut method = methods::build(gpu, &cfg.method_setup(), &specs, run.classes, &mut rng)?;
+    if run.ds.len(Split::Val) == 0 && (0..cfg.train.epochs).any(|e| method.observe_val_split(e)) {
+        return Err(Error::config(
+            "data",
+            format!("method {} observes a validation split and the {} dataset has none (set data.n_val or data.val_fraction)", method.name(), run.ds.name()),
+        ));
+    }
     let mut opt = build_optimizer(cfg, method.trainable())?;
     let sched = build_scheduler(cfg);
     lock.replace_old_run()?;
@@ -514,7 +520,24 @@ impl<'a> Run<'a> {
             method.observe(&db, epoch).map_err(|e| e.during(format_args!("observation pass of epoch {} ({})", epoch + 1, method.name())))?;
             gpu.step_boundary(self.opts.max_in_flight)?;
         }
+        if method.observe_val_split(epoch) {
+            self.validation_observation_pass(method, epoch)?;
+        }
         method.end_observe(epoch)
+    }
+
+    /// The whole validation split, in order, for methods that compare what they see there
+    /// with the training split (Re-learning's diagnosis).
+    fn validation_observation_pass(&self, method: &mut dyn Method, epoch: usize) -> Result<()> {
+        let (gpu, cfg) = (self.gpu, self.cfg);
+        let mut lc = LoaderConfig::eval(cfg.train.batch_size);
+        lc.workers = cfg.train.workers;
+        for b in Loader::new(self.ds.clone(), Split::Val, lc)? {
+            let db = upload_batch(gpu, &b?, self.classes)?;
+            method.observe_val(&db, epoch).map_err(|e| e.during(format_args!("validation observation pass of epoch {} ({})", epoch + 1, method.name())))?;
+            gpu.step_boundary(self.opts.max_in_flight)?;
+        }
+        Ok(())
     }
 
     /// The training steps over the shuffled training split and the method's end of epoch;

@@ -8,3 +8,5 @@ mod aim;
 mod baselines;
 mod mechanisms;
 mod mla_inforeg;
+mod reconboost;
+mod relearn;
