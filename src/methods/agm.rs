@@ -316,8 +316,7 @@ impl Method for Agm {
         let applied = if active { k } else { ops::full(&gpu, &[self.m], 1.0)? };
         let parts = [ops::scale(&loss.detach(), n)?.reshape(&[1])?, view_stats(&views, &batch.labels)?, ops::scale(&s, n)?, ops::scale(&applied, n)?];
         let refs: Vec<&Tensor> = parts.iter().collect();
-        self.acc.add(&ops::concat(&refs, 0)?)?;
-        self.acc.samples += batch.n;
+        self.acc.record(&refs, batch.n)?;
         Ok(())
     }
     fn predict(&self, inputs: &[Tensor]) -> Result<Prediction> {

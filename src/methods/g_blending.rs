@@ -230,8 +230,7 @@ impl Method for GBlending {
         let _ng = crate::autograd::no_grad();
         let detached: Vec<Tensor> = views.iter().map(Tensor::detach).collect();
         let total = ops::scale(&loss.detach(), batch.n as f32)?;
-        self.acc.add(&ops::concat(&[&total, &view_stats(&detached, &batch.labels)?], 0)?)?;
-        self.acc.samples += batch.n;
+        self.acc.record(&[&total, &view_stats(&detached, &batch.labels)?], batch.n)?;
         Ok(())
     }
     fn predict(&self, inputs: &[Tensor]) -> Result<Prediction> {

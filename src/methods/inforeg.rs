@@ -257,8 +257,7 @@ impl Method for InfoReg {
             None => Tensor::zeros(&gpu, &[self.m])?,
         };
         let total = ops::scale(&loss.detach(), batch.n as f32)?.reshape(&[1])?;
-        self.acc.add(&ops::concat(&[&total, &vs, &traces, &beta], 0)?)?;
-        self.acc.samples += batch.n;
+        self.acc.record(&[&total, &vs, &traces, &beta], batch.n)?;
         self.steps += 1;
         Ok(())
     }

@@ -42,8 +42,7 @@ impl Joint {
         };
         let vs = view_stats(&views, &batch.labels)?;
         let total = ops::scale(&loss.detach(), batch.n as f32)?;
-        self.acc.add(&ops::concat(&[&total.reshape(&[1])?, &vs], 0)?)?;
-        self.acc.samples += batch.n;
+        self.acc.record(&[&total.reshape(&[1])?, &vs], batch.n)?;
         Ok((grads, views))
     }
 

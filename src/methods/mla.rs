@@ -318,8 +318,7 @@ impl Method for Mla {
             parts.push(ops::concat(&r, 0)?);
         }
         let refs: Vec<&Tensor> = parts.iter().collect();
-        self.acc.add(&ops::concat(&refs, 0)?)?;
-        self.acc.samples += batch.n;
+        self.acc.record(&refs, batch.n)?;
         self.steps += 1;
         Ok(())
     }

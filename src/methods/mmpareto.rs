@@ -205,8 +205,7 @@ impl MmPareto {
             parts.push(ops::concat(&r, 0)?);
         }
         let refs: Vec<&Tensor> = parts.iter().collect();
-        self.acc.add(&ops::concat(&refs, 0)?)?;
-        self.acc.samples += batch.n;
+        self.acc.record(&refs, batch.n)?;
         self.acc_steps += 1;
         Ok(())
     }

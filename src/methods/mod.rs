@@ -252,6 +252,13 @@ impl Accum {
         });
         Ok(())
     }
+    /// Record one step: `parts` (together the `k` slots, in order) concatenated and added,
+    /// and `n` samples counted.
+    pub fn record(&mut self, parts: &[&Tensor], n: usize) -> Result<()> {
+        self.add(&ops::concat(parts, 0)?)?;
+        self.samples += n;
+        Ok(())
+    }
     /// Read back and reset.
     pub fn take(&mut self) -> Result<Vec<f64>> {
         let out = match self.sums.take() {

@@ -337,8 +337,7 @@ impl Method for Pmr {
             ops::scale(&t.entropy, n)?,
         ];
         let refs: Vec<&Tensor> = parts.iter().collect();
-        self.acc.add(&ops::concat(&refs, 0)?)?;
-        self.acc.samples += batch.n;
+        self.acc.record(&refs, batch.n)?;
         Ok(())
     }
     fn predict(&self, inputs: &[Tensor]) -> Result<Prediction> {

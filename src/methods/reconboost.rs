@@ -157,8 +157,7 @@ impl ReconBoost {
         };
         let vs = view_stats(views, &batch.labels)?;
         let parts = [ops::scale(&loss.detach(), n)?.reshape(&[1])?, ga, vs];
-        self.acc.add(&ops::concat(&parts.iter().collect::<Vec<_>>(), 0)?)?;
-        self.acc.samples += batch.n;
+        self.acc.record(&parts.iter().collect::<Vec<_>>(), batch.n)?;
         Ok(())
     }
 }

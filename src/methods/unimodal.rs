@@ -54,8 +54,7 @@ impl Method for Unimodal {
         opt.step(&grads)?;
         let vs = view_stats(&[logits.detach()], &batch.labels)?;
         let total = ops::scale(&loss.detach(), batch.n as f32)?;
-        self.acc.add(&ops::concat(&[&total.reshape(&[1])?, &vs], 0)?)?;
-        self.acc.samples += batch.n;
+        self.acc.record(&[&total.reshape(&[1])?, &vs], batch.n)?;
         Ok(())
     }
     fn features(&self, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
