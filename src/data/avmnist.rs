@@ -34,12 +34,14 @@ use super::wav::{peak_normalize, read_wav_mono};
 use super::{catalog, check_index, default_data_root, derive_seed, gauss, Dataset, ModalitySpec, Split};
 use crate::error::{Error, Result};
 
+/// The `[data]` table for `kind = "avmnist"`; defaults follow the protocol above.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AvmnistConfig {
     /// Data root holding `fsdd/recordings` and `mnist/`; default `$EQUIMODAL_DATA`, else the
     /// per-user data directory (`data::catalog::default_data_root`).
     pub root: Option<String>,
+    /// Seed of the image noise, audio noise, pairing and val draws.
     pub seed: u64,
     /// `take` or `speaker`.
     pub split: String,
@@ -59,17 +61,25 @@ pub struct AvmnistConfig {
     pub image_noise: f32,
     /// SNR in dB of white noise added to the audio; absent = none.
     pub audio_snr_db: Option<f32>,
+    /// Rate the clips are resampled to, Hz (1000..=192000; FSDD is 8000).
     pub sample_rate: u32,
+    /// Clip length after padding or cropping, seconds.
     pub duration_s: f64,
+    /// STFT frame length in samples (bins = `n_fft / 2 + 1`).
     pub n_fft: usize,
+    /// STFT hop in samples.
     pub hop: usize,
+    /// STFT analysis window.
     pub window: WindowKind,
+    /// `ε` in `ln(|STFT| + ε)`, > 0.
     pub log_eps: f32,
     /// `train`, `all` or `none`.
     pub standardize: String,
     /// Paths relative to `root` (or absolute).
     pub fsdd_dir: String,
+    /// MNIST images file (IDX, gzipped or plain).
     pub mnist_images: String,
+    /// MNIST labels file (IDX, gzipped or plain).
     pub mnist_labels: String,
 }
 
@@ -102,6 +112,7 @@ impl Default for AvmnistConfig {
 }
 
 impl AvmnistConfig {
+    /// Check every value; errors name the field (`data.<field>`).
     pub fn validate(&self) -> Result<()> {
         self.validate_split()?;
         self.validate_images()?;
@@ -221,6 +232,7 @@ impl AvmnistConfig {
         Ok(())
     }
 
+    /// `root`, else the default data root.
     pub fn root_dir(&self) -> PathBuf {
         self.root
             .as_ref()
@@ -232,9 +244,13 @@ impl AvmnistConfig {
 /// One FSDD clip's identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Clip {
+    /// The WAV file.
     pub path: PathBuf,
+    /// Spoken digit, 0..=9 (the label).
     pub digit: u32,
+    /// Speaker name from the file name.
     pub speaker: String,
+    /// Take number from the file name.
     pub take: u32,
 }
 
@@ -290,6 +306,7 @@ struct Item {
     label: u32,
 }
 
+/// AV-MNIST with every split preprocessed in memory: `audio` `[1, bins, frames]` and `image` `[1, 28, 28]`.
 pub struct AvmnistDataset {
     cfg: AvmnistConfig,
     specs: Vec<ModalitySpec>,
@@ -549,6 +566,7 @@ fn standardize(cfg: &AvmnistConfig, train: &[Item], n_clips: usize, spectra: &mu
 }
 
 impl AvmnistDataset {
+    /// Read, preprocess and pair everything; errors name a missing file, a bad WAV or IDX, or a bad config field.
     pub fn new(cfg: &AvmnistConfig) -> Result<Self> {
         cfg.validate()?;
         let root = cfg.root_dir();
@@ -622,6 +640,7 @@ impl AvmnistDataset {
         self.pca.as_ref()
     }
 
+    /// The configuration it was built from.
     pub fn config(&self) -> &AvmnistConfig {
         &self.cfg
     }

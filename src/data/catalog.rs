@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 
 /// The AV-MNIST loader's MNIST files, as published (paths under the data root).
 pub const MNIST_IMAGES: &str = "mnist/t10k-images-idx3-ubyte.gz";
+/// The AV-MNIST loader's MNIST labels file (path under the data root).
 pub const MNIST_LABELS: &str = "mnist/t10k-labels-idx1-ubyte.gz";
 /// The FSDD recordings folder under the data root.
 pub const FSDD_RECORDINGS: &str = "fsdd/recordings";
@@ -64,7 +65,7 @@ pub fn user_data_dir_from(env: impl Fn(&str) -> Option<OsString>) -> PathBuf {
 }
 
 /// `rel` under `root` (`rel` itself when absolute); when that does not exist but a
-/// file accepted in its place ([`ALIASES`]) does, that file.
+/// file accepted in its place (`ALIASES`: the protocol-sized MNIST copies) does, that file.
 pub fn resolve(root: &Path, rel: &str) -> PathBuf {
     let p = Path::new(rel);
     if p.is_absolute() {
@@ -106,7 +107,9 @@ pub fn missing(what: &str, path: &Path, root: &Path, dataset: &str) -> Error {
 pub struct RemoteFile {
     /// Path under the data root, `/`-separated.
     pub path: String,
+    /// Size in bytes.
     pub size: u64,
+    /// SHA-256 of the contents.
     pub sha256: [u8; 32],
     /// Where it is published, tried in order.
     pub urls: Vec<String>,
@@ -115,7 +118,9 @@ pub struct RemoteFile {
 /// The files of one dataset with their checksums.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Manifest {
+    /// The `data.kind` it belongs to.
     pub dataset: String,
+    /// Its files, in manifest order.
     pub files: Vec<RemoteFile>,
 }
 
@@ -168,6 +173,7 @@ impl Manifest {
         Ok(Manifest { dataset: dataset.to_string(), files })
     }
 
+    /// Sum of the files' sizes, bytes.
     pub fn total_bytes(&self) -> u64 {
         self.files.iter().map(|f| f.size).sum()
     }
@@ -236,8 +242,11 @@ pub enum Fetch {
 pub struct DatasetEntry {
     /// The `data.kind` of a run configuration.
     pub name: &'static str,
+    /// What the data is, one line.
     pub what: &'static str,
+    /// Where it comes from and its licence.
     pub source: &'static str,
+    /// How to obtain it.
     pub fetch: Fetch,
 }
 

@@ -38,20 +38,28 @@ use super::wav::read_wav_mono;
 use super::{check_index, Dataset, ModalitySpec, Split};
 use crate::error::{Error, Result};
 
+/// Emotion codes in label order (0..5), as in OGM-GE's `class_dict`.
 pub const EMOTIONS: [&str; 6] = ["NEU", "HAP", "SAD", "FEA", "DIS", "ANG"];
 
+/// The `[data]` table for `kind = "cremad"`; defaults follow OGM-GE (see the module docs).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CremadConfig {
     /// Dataset root (required).
     pub root: Option<String>,
+    /// Rate the audio is resampled to, Hz (1000..=192000).
     pub sample_rate: u32,
     /// Audio length after tiling, seconds (OGM-GE 3, AUG 20).
     pub seconds: f64,
+    /// STFT frame length in samples (bins = `n_fft / 2 + 1`).
     pub n_fft: usize,
+    /// STFT hop in samples.
     pub hop: usize,
+    /// STFT analysis window.
     pub window: WindowKind,
+    /// STFT padding at both ends.
     pub pad_mode: PadMode,
+    /// `ε` in `ln(|STFT| + ε)`, > 0.
     pub log_eps: f32,
     /// Clip the tiled waveform to [-1, 1] (OGM-GE does).
     pub clip_audio: bool,
@@ -61,9 +69,13 @@ pub struct CremadConfig {
     pub frame: String,
     /// RandomResizedCrop + flip when the loader augments (training).
     pub augment: bool,
+    /// WAV folder, relative to `root` (or absolute).
     pub audio_dir: String,
+    /// Frame folders (one per clip), relative to `root` (or absolute).
     pub frames_dir: String,
+    /// Training list `clip_id,EMOTION`, relative to `root` (or absolute).
     pub train_csv: String,
+    /// Test list, same format.
     pub test_csv: String,
     /// Optional validation list (same format); empty = no val split.
     pub val_csv: String,
@@ -84,7 +96,9 @@ pub struct CremadConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CremadSplit {
+    /// The lists as they are (`ogm_ge`).
     OgmGe,
+    /// Every listed clip re-split by actor (`actor`).
     Actor,
 }
 
@@ -117,6 +131,7 @@ impl Default for CremadConfig {
 }
 
 impl CremadConfig {
+    /// Check every value; errors name the field (`data.<field>`).
     pub fn validate(&self) -> Result<()> {
         if self.root.as_deref().unwrap_or("").is_empty() {
             return Err(Error::config(
@@ -182,6 +197,8 @@ struct ClipEntry {
     frames: Vec<PathBuf>,
 }
 
+/// CREMA-D: `new` reads the lists and finds each clip's frames; `sample` reads the WAV and
+/// a frame, giving `audio` `[1, bins, frames]` and `visual` `[3, image_size, image_size]`.
 pub struct CremadDataset {
     cfg: CremadConfig,
     root: PathBuf,
@@ -344,6 +361,8 @@ fn list_frames(fdir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 impl CremadDataset {
+    /// Read the lists and find each clip's frames; errors name a missing file or folder, a bad
+/// line or a bad config field.
     pub fn new(cfg: &CremadConfig) -> Result<Self> {
         cfg.validate()?;
         let root = PathBuf::from(cfg.root.clone().unwrap_or_default());

@@ -12,11 +12,14 @@ use super::resample::resample;
 use super::wav::{read_wav_mono, write_wav_i16};
 use crate::error::{Error, Result};
 
+/// A tiny CREMA-D-layout dataset written for tests, and the clips it holds.
 #[derive(Debug, Clone)]
 pub struct CremadFixture {
+    /// The dataset root (`data.root`).
     pub root: PathBuf,
     /// (clip id, label) per split, in file order.
     pub train: Vec<(String, u32)>,
+    /// (clip id, label) of the test split, in file order.
     pub test: Vec<(String, u32)>,
 }
 

@@ -7,9 +7,12 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 
+/// A decoded IDX array of unsigned bytes.
 #[derive(Debug, Clone)]
 pub struct IdxArray {
+    /// Sizes from the header, outermost first.
     pub dims: Vec<usize>,
+    /// The values, row-major (`dims` product of them).
     pub data: Vec<u8>,
 }
 
@@ -99,16 +102,22 @@ pub fn parse_idx(b: &[u8], name: &str) -> Result<IdxArray> {
 /// MNIST images `[N, 28, 28]` as f32 in [0, 1] (pixel / 255) and labels `[N]`.
 #[derive(Debug, Clone)]
 pub struct Mnist {
+    /// Image height, pixels.
     pub rows: usize,
+    /// Image width, pixels.
     pub cols: usize,
+    /// `[N, rows, cols]` row-major, pixel / 255.
     pub images: Vec<f32>,
+    /// Digit per image, 0..=9 (checked on read).
     pub labels: Vec<u8>,
 }
 
 impl Mnist {
+    /// Number of images.
     pub fn len(&self) -> usize {
         self.labels.len()
     }
+    /// No images.
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }
@@ -117,6 +126,7 @@ impl Mnist {
         self.labels.truncate(n);
         self.images.truncate(n * self.rows * self.cols);
     }
+    /// Image `i` as `rows · cols` values; panics when `i >= len()`.
     pub fn image(&self, i: usize) -> &[f32] {
         let p = self.rows * self.cols;
         &self.images[i * p..(i + 1) * p]

@@ -8,7 +8,9 @@ use rand::Rng;
 
 use crate::error::{Error, Result};
 
+/// Per-channel (RGB) mean of ImageNet, subtracted when normalising frames.
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+/// Per-channel (RGB) standard deviation of ImageNet, divided by after the mean.
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
 /// Decode an image file (JPEG or PNG) to 8-bit RGB.

@@ -24,8 +24,10 @@ use rand::SeedableRng;
 use super::{derive_seed, Dataset, HostBatch, HostTensor, Split};
 use crate::error::{Error, Result};
 
+/// How a [`Loader`] batches one split.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoaderConfig {
+    /// Samples per batch, ≥ 1.
     pub batch_size: usize,
     /// Shuffle with a `(seed, epoch)` permutation (training).
     pub shuffle: bool,
@@ -35,7 +37,9 @@ pub struct LoaderConfig {
     pub workers: usize,
     /// Finished batches that may wait in the channel.
     pub prefetch: usize,
+    /// Seed of the shuffle and of the per-sample augmentation RNGs.
     pub seed: u64,
+    /// Epoch number, mixed into the seed so each epoch has its own order.
     pub epoch: u64,
     /// Pass a per-sample RNG to `Dataset::sample` (training augmentation).
     pub augment: bool,
@@ -204,6 +208,7 @@ pub struct Loader {
 }
 
 impl Loader {
+    /// Plan one epoch of `split`; errors on `batch_size = 0` or `prefetch = 0` with workers.
     pub fn new(dataset: Arc<dyn Dataset>, split: Split, cfg: LoaderConfig) -> Result<Self> {
         if cfg.batch_size == 0 {
             return Err(Error::config("loader.batch_size", "must be >= 1"));
@@ -276,6 +281,7 @@ impl Loader {
         })
     }
 
+    /// Batches in this epoch (the last one short unless `drop_last`).
     pub fn num_batches(&self) -> usize {
         self.n_batches
     }
@@ -283,6 +289,7 @@ impl Loader {
     pub fn order(&self) -> &[usize] {
         &self.order
     }
+    /// The configuration it was built with.
     pub fn config(&self) -> &LoaderConfig {
         &self.cfg
     }

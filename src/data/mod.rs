@@ -33,12 +33,16 @@ pub use tensors::{write_tensors_split, TensorsConfig, TensorsDataset};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Split {
+    /// Training samples.
     Train,
+    /// Validation samples (model selection).
     Val,
+    /// Test samples (reported).
     Test,
 }
 
 impl Split {
+    /// `train`, `val` or `test`.
     pub fn as_str(self) -> &'static str {
         match self {
             Split::Train => "train",
@@ -79,11 +83,14 @@ impl std::str::FromStr for Split {
 /// Name and per-sample shape of one modality, e.g. `audio` `[1, 129, 126]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModalitySpec {
+    /// Modality name, e.g. `audio`.
     pub name: String,
+    /// Per-sample shape, without the batch axis.
     pub shape: Vec<usize>,
 }
 
 impl ModalitySpec {
+    /// Spec from a name and a per-sample shape.
     pub fn new(name: impl Into<String>, shape: Vec<usize>) -> Self {
         ModalitySpec {
             name: name.into(),
@@ -98,8 +105,11 @@ impl ModalitySpec {
 
 /// A multimodal classification dataset.
 pub trait Dataset: Send + Sync {
+    /// Dataset name, for logs and reports.
     fn name(&self) -> &str;
+    /// Number of classes; labels are `0..num_classes`.
     fn num_classes(&self) -> usize;
+    /// The modalities, in the order `sample` returns them.
     fn modalities(&self) -> &[ModalitySpec];
     /// Number of samples in `split`; 0 when the split does not exist.
     fn len(&self, split: Split) -> usize;
@@ -116,11 +126,14 @@ pub trait Dataset: Send + Sync {
 /// A dense f32 host tensor, row-major.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HostTensor {
+    /// Dimensions, outermost first.
     pub shape: Vec<usize>,
+    /// Values, row-major; `shape` product of them.
     pub data: Vec<f32>,
 }
 
 impl HostTensor {
+    /// Tensor from shape and data; a shape error when their sizes differ.
     pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Result<Self> {
         let n: usize = shape.iter().product();
         if n != data.len() {
@@ -134,6 +147,7 @@ impl HostTensor {
         }
         Ok(HostTensor { shape, data })
     }
+    /// Number of values.
     pub fn numel(&self) -> usize {
         self.data.len()
     }
@@ -143,15 +157,20 @@ impl HostTensor {
 /// labels, and the dataset indices the rows came from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HostBatch {
+    /// One tensor per modality, `[batch, ...sample shape]`.
     pub inputs: Vec<HostTensor>,
+    /// Label per row.
     pub labels: Vec<u32>,
+    /// Dataset index of each row within its split.
     pub indices: Vec<usize>,
 }
 
 impl HostBatch {
+    /// Rows in the batch.
     pub fn len(&self) -> usize {
         self.labels.len()
     }
+    /// No rows.
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }
@@ -161,9 +180,13 @@ impl HostBatch {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum DatasetConfig {
+    /// Generated in memory (`kind = "synthetic"`).
     Synthetic(SyntheticConfig),
+    /// FSDD spoken digits with MNIST images (`kind = "avmnist"`).
     Avmnist(AvmnistConfig),
+    /// CREMA-D audio and frames (`kind = "cremad"`).
     Cremad(CremadConfig),
+    /// The user's own safetensors files (`kind = "tensors"`).
     Tensors(TensorsConfig),
 }
 
@@ -186,6 +209,7 @@ impl DatasetConfig {
         }
     }
 
+    /// The `data.kind` name.
     pub fn kind(&self) -> &'static str {
         match self {
             DatasetConfig::Synthetic(_) => "synthetic",

@@ -190,7 +190,9 @@ fn qr_sweep(d: &mut [f64], e: &mut [f64], lo: usize, hi: usize, rotations: &mut 
 /// PCA projection onto the leading components.
 #[derive(Debug, Clone)]
 pub struct Pca {
+    /// Length of the vectors it projects.
     pub dim: usize,
+    /// Mean of the fitted data, subtracted before projecting.
     pub mean: Vec<f32>,
     /// `k` unit components, each of length `dim`.
     pub components: Vec<Vec<f32>>,

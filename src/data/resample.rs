@@ -11,6 +11,7 @@
 //! (32 zero crossings, roll-off 0.945) are close to resampy's `kaiser_best` used by
 //! `librosa.load` in the OGM-GE preprocessing.
 
+/// A resampler from `sr_in` to `sr_out` Hz with its kernel tabulated once.
 #[derive(Debug, Clone)]
 pub struct Resampler {
     sr_in: u32,
@@ -35,10 +36,12 @@ fn bessel_i0(x: f64) -> f64 {
 }
 
 impl Resampler {
+    /// The defaults above: 32 zero crossings, roll-off 0.945, Kaiser β = 9.
     pub fn new(sr_in: u32, sr_out: u32) -> Self {
         Self::with_params(sr_in, sr_out, 32, 0.945, 9.0)
     }
 
+    /// `zeros` zero crossings per side, cutoff `rolloff` of the lower Nyquist rate, Kaiser `beta`.
     pub fn with_params(sr_in: u32, sr_out: u32, zeros: usize, rolloff: f64, beta: f64) -> Self {
         let ratio = sr_out as f64 / sr_in as f64;
         let fc = rolloff * ratio.min(1.0);
@@ -78,10 +81,12 @@ impl Resampler {
         self.table[i] * (1.0 - f) + self.table[i + 1] * f
     }
 
+    /// Output length for `len` input samples, `ceil(len · sr_out / sr_in)`.
     pub fn output_len(&self, len: usize) -> usize {
         ((len as u128 * self.sr_out as u128).div_ceil(self.sr_in as u128)) as usize
     }
 
+    /// Resample `x`; a copy when the rates are equal.
     pub fn process(&self, x: &[f32]) -> Vec<f32> {
         if self.sr_in == self.sr_out {
             return x.to_vec();

@@ -22,9 +22,12 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum WindowKind {
+    /// `0.5 − 0.5 cos(2πi/n)`.
     #[default]
     Hann,
+    /// `0.54 − 0.46 cos(2πi/n)`.
     Hamming,
+    /// All ones.
     Rectangular,
 }
 
@@ -49,21 +52,30 @@ impl WindowKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum PadMode {
+    /// Mirror the signal without repeating the edge sample (torch/librosa `reflect`).
     #[default]
     Reflect,
+    /// Zeros.
     Constant,
 }
 
+/// STFT parameters.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StftConfig {
+    /// Frame length in samples, ≥ 2.
     pub n_fft: usize,
+    /// Hop between frames in samples, ≥ 1.
     pub hop: usize,
+    /// Analysis window.
     pub window: WindowKind,
+    /// Pad `n_fft / 2` samples at both ends so frame `t` is centred on sample `t · hop`.
     pub center: bool,
+    /// How `center` pads.
     pub pad_mode: PadMode,
 }
 
 impl StftConfig {
+    /// Hann window, centred, reflect padding (torch.stft defaults).
     pub fn new(n_fft: usize, hop: usize) -> Self {
         StftConfig {
             n_fft,
@@ -90,6 +102,7 @@ impl std::fmt::Debug for Stft {
 }
 
 impl Stft {
+    /// Plan the FFT; config errors for `n_fft < 2` or `hop = 0`.
     pub fn new(cfg: StftConfig) -> Result<Self> {
         if cfg.n_fft < 2 {
             return Err(Error::config(
@@ -105,10 +118,12 @@ impl Stft {
         Ok(Stft { cfg, window, plan })
     }
 
+    /// Its parameters.
     pub fn config(&self) -> &StftConfig {
         &self.cfg
     }
 
+    /// Frequency bins per frame, `n_fft / 2 + 1`.
     pub fn num_bins(&self) -> usize {
         self.cfg.n_fft / 2 + 1
     }

@@ -20,9 +20,11 @@ use serde::Deserialize;
 use super::{check_index, derive_seed, gauss, Dataset, ModalitySpec, Split};
 use crate::error::{Error, Result};
 
+/// One generated modality: class patterns plus noise, shifted at random.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SyntheticModality {
+    /// Modality name.
     pub name: String,
     /// Per-sample shape, rank 1 to 4 (e.g. `[1, 32, 32]`).
     pub shape: Vec<usize>,
@@ -52,13 +54,19 @@ impl Default for SyntheticModality {
     }
 }
 
+/// The `[data]` table for `kind = "synthetic"`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SyntheticConfig {
+    /// Seed of the patterns and of every sample.
     pub seed: u64,
+    /// Number of classes.
     pub num_classes: usize,
+    /// Training samples.
     pub n_train: usize,
+    /// Validation samples (0: no val split).
     pub n_val: usize,
+    /// Test samples.
     pub n_test: usize,
     /// Two or more modalities.
     pub modalities: Vec<SyntheticModality>,
@@ -108,6 +116,7 @@ const MAX_SAMPLES: usize = 100_000_000;
 const MAX_PATTERN_VALUES: usize = 1 << 28;
 
 impl SyntheticConfig {
+    /// Check every value; errors name the field (`data.<field>`).
     pub fn validate(&self) -> Result<()> {
         self.validate_sizes()?;
         self.validate_gains()?;
@@ -255,6 +264,7 @@ struct ModalityGen {
     patterns: Vec<Vec<f32>>,
 }
 
+/// A synthetic dataset; samples are generated on demand from `(seed, split, index)`.
 pub struct SyntheticDataset {
     cfg: SyntheticConfig,
     specs: Vec<ModalitySpec>,
@@ -311,6 +321,7 @@ fn make_pattern(rng: &mut StdRng, dims: (usize, usize, usize), bands: bool) -> V
 }
 
 impl SyntheticDataset {
+    /// Build the class patterns; errors name a bad config field.
     pub fn new(cfg: &SyntheticConfig) -> Result<Self> {
         cfg.validate()?;
         let mut specs = Vec::new();

@@ -14,6 +14,7 @@ use serde::Deserialize;
 use super::{check_index, Dataset, HostTensor, ModalitySpec, Split};
 use crate::error::{Error, Result};
 
+/// The `[data]` table for `kind = "tensors"`: one safetensors file per split.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TensorsConfig {
@@ -39,6 +40,7 @@ impl Default for TensorsConfig {
 }
 
 impl TensorsConfig {
+    /// Check every value; errors name the field (`data.<field>`).
     pub fn validate(&self) -> Result<()> {
         if self.root.as_deref().unwrap_or("").is_empty() {
             return Err(Error::config(
@@ -87,6 +89,7 @@ struct SplitData {
     labels: Vec<u32>,
 }
 
+/// The user's tensors, all splits loaded into memory.
 pub struct TensorsDataset {
     specs: Vec<ModalitySpec>,
     num_classes: usize,
@@ -139,6 +142,7 @@ fn read_labels(view: &TensorView<'_>, file: &str, name: &str) -> Result<Vec<i64>
 }
 
 impl TensorsDataset {
+    /// Read and check the split files; errors name the file and tensor.
     pub fn new(cfg: &TensorsConfig) -> Result<Self> {
         cfg.validate()?;
         let dir = PathBuf::from(cfg.root.clone().unwrap_or_default());

@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 /// Decoded mono audio.
 #[derive(Debug, Clone)]
 pub struct WavData {
+    /// Samples per second, Hz.
     pub sample_rate: u32,
     /// Samples scaled to [-1, 1] (integer PCM divided by 2^(bits-1)).
     pub samples: Vec<f32>,
