@@ -18,11 +18,16 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 
+/// One tensor on the host: name (without the `model.`/`optim.` prefix), shape, values row-major.
 pub type HostTensor = (String, Vec<usize>, Vec<f32>);
 
+/// A checkpoint as read by [`load`], checksum verified.
 pub struct Checkpoint {
+    /// Model parameters and buffers.
     pub model: Vec<HostTensor>,
+    /// Optimizer state.
     pub optim: Vec<HostTensor>,
+    /// The metadata record (epoch, method state, best score, config), without `crc32`.
     pub meta: serde_json::Value,
 }
 
@@ -115,6 +120,8 @@ fn checksum(meta: &str, tensors: &mut [(&str, &[usize], &[u8])]) -> String {
     format!("{:08x}", crc.sum())
 }
 
+/// Write a checkpoint atomically to `path`, adding the checksum to `meta` (which must be a
+/// JSON object); errors name the file.
 pub fn save(path: &Path, model: &[HostTensor], optim: &[HostTensor], meta: &serde_json::Value) -> Result<()> {
     let mut views = Vec::new();
     let mut parts: Vec<(String, &[usize], &[u8])> = Vec::new();
@@ -138,6 +145,8 @@ pub fn save(path: &Path, model: &[HostTensor], optim: &[HostTensor], meta: &serd
     write_atomic(path, &bytes)
 }
 
+/// Read and verify a checkpoint; a data error naming the file when it is not an equimodal
+/// checkpoint, is corrupt or fails its checksum, or holds a non-F32 tensor.
 pub fn load(path: &Path) -> Result<Checkpoint> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let p = path.display().to_string();

@@ -10,6 +10,7 @@ use crate::methods::{EncoderKind, MethodName, ModelConfig};
 /// Parameter and activation sizes of a model, in f32 elements.
 #[derive(Clone, Debug, Default)]
 pub struct Estimate {
+    /// Parameter elements, summed over the weight tensors this estimate counts.
     pub params: u64,
     /// Activations of one training step (forward values; the backward doubles them).
     pub activations: u64,

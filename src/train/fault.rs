@@ -8,11 +8,15 @@
 //! Unset (the normal case) it costs one environment lookup per file written.
 use std::path::Path;
 
+/// The environment variable that selects a fault, `<kind>:<path substring>`.
 pub const FAULT_ENV: &str = "EQUIMODAL_FAULT";
 
+/// A fault injected into an atomic write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fault {
+    /// `enospc`: the write fails as on a full disk.
     NoSpace,
+    /// `kill`: the process exits with code 137 mid-write.
     Kill,
 }
 

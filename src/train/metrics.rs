@@ -9,6 +9,7 @@ pub fn argmax_rows(logits: &[f32], k: usize) -> Vec<usize> {
         .collect()
 }
 
+/// Softmax of each row of `logits` (`[n, k]` row-major) in f64, max-subtracted; `[n, k]`.
 pub fn softmax_rows(logits: &[f32], k: usize) -> Vec<f64> {
     let mut out = Vec::with_capacity(logits.len());
     for r in logits.chunks(k) {
@@ -20,6 +21,7 @@ pub fn softmax_rows(logits: &[f32], k: usize) -> Vec<f64> {
     out
 }
 
+/// Fraction of `pred` equal to `labels`, in [0, 1]; NaN for no labels.
 pub fn accuracy(pred: &[usize], labels: &[u32]) -> f64 {
     if labels.is_empty() {
         return f64::NAN;
@@ -102,8 +104,11 @@ pub fn mean_average_precision(probs: &[f64], labels: &[u32], k: usize) -> f64 {
 /// All metrics of one set of logits.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct Metrics {
+    /// Accuracy, a fraction in [0, 1].
     pub acc: f64,
+    /// Macro-F1, see [`macro_f1`].
     pub macro_f1: f64,
+    /// Mean average precision over classes.
     pub map: f64,
     /// mean cross-entropy
     pub loss: f64,
@@ -111,6 +116,7 @@ pub struct Metrics {
     pub confidence: f64,
 }
 
+/// Every metric of `logits` (`[n, k]` row-major) against `labels` (`n`, each `< k`).
 pub fn evaluate_logits(logits: &[f32], labels: &[u32], k: usize) -> Metrics {
     let pred = argmax_rows(logits, k);
     let probs = softmax_rows(logits, k);

@@ -26,8 +26,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// How [`train`] runs: where, and what to do with an existing run there.
 #[derive(Clone, Debug)]
 pub struct TrainOptions {
+    /// Run folder: config, metrics, checkpoints, summary.
     pub run_dir: PathBuf,
     /// Continue from `run_dir/checkpoints/last.safetensors` (an error when it is missing).
     pub resume: bool,
@@ -44,6 +46,7 @@ pub struct TrainOptions {
 }
 
 impl TrainOptions {
+    /// Defaults: a new run in `run_dir`, progress bars on, 2 steps in flight.
     pub fn new(run_dir: impl Into<PathBuf>) -> Self {
         TrainOptions {
             run_dir: run_dir.into(),
@@ -60,8 +63,12 @@ impl TrainOptions {
 /// Metrics of one evaluation pass.
 #[derive(Clone, Debug, Default)]
 pub struct EvalReport {
+    /// Metrics of the fused prediction.
     pub fused: Metrics,
+    /// Metrics of each modality's own logits, in dataset order (None where the method has no
+    /// view of that modality).
     pub per_modality: Vec<Option<Metrics>>,
+    /// Samples evaluated.
     pub samples: usize,
 }
 
@@ -80,12 +87,16 @@ impl EvalReport {
 /// What a finished run reports.
 #[derive(Clone, Debug)]
 pub struct RunSummary {
+    /// Modality names, in dataset order.
     pub modalities: Vec<String>,
+    /// Test metrics of the final model.
     pub test: EvalReport,
     /// The epoch selected on validation (saved as `checkpoints/best.safetensors`) and its
     /// validation accuracy; None without a validation split.
     pub best_val: Option<(usize, f64)>,
+    /// Epochs this invocation trained (for `eval_checkpoint`: the checkpoint's epoch count).
     pub epochs_run: usize,
+    /// The run folder.
     pub run_dir: PathBuf,
 }
 
@@ -109,6 +120,8 @@ impl RunSummary {
     }
 }
 
+/// The optimizer `cfg.train` selects over `params`, wrapped in gradient-norm clipping when
+/// `train.grad_clip` is set; errors name a bad optimizer setting.
 pub fn build_optimizer(cfg: &Config, params: Vec<Param>) -> Result<Box<dyn Optimizer>> {
     let t = &cfg.train;
     let opt: Box<dyn Optimizer> = match t.optimizer {
@@ -135,6 +148,7 @@ pub fn build_optimizer(cfg: &Config, params: Vec<Param>) -> Result<Box<dyn Optim
     })
 }
 
+/// The learning-rate schedule `cfg.train` selects (with its warm-up).
 pub fn build_scheduler(cfg: &Config) -> Scheduler {
     let t = &cfg.train;
     let schedule = match t.schedule {
@@ -792,7 +806,9 @@ pub fn probe_checkpoint(gpu: &Gpu, path: &Path, sets: &[String], probe: &probe::
 
 /// A checkpoint's linear-probe accuracies and Shapley contributions, per modality.
 pub struct UnimodalMetrics {
+    /// Modality names, in dataset order.
     pub modalities: Vec<String>,
+    /// Linear-probe test metrics per modality (None where the method has no encoder for it).
     pub probe: Vec<Option<Metrics>>,
     /// share of the fused test accuracy, as a fraction
     pub shapley: Vec<f64>,

@@ -21,6 +21,7 @@ use std::sync::Arc;
 pub struct ProbeConfig {
     /// full-batch Adam steps
     pub steps: usize,
+    /// Adam learning rate.
     pub lr: f32,
     /// L2 penalty on the weights (coupled, as `weight_decay` in torch's Adam)
     pub weight_decay: f32,

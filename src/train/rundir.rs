@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+/// Name of the lock file in the run folder.
 pub const LOCK_FILE: &str = ".lock";
 /// Files that mark a folder as holding a run (the checkpoint folder counts too). Logs a
 /// caller writes before starting the trainer (a sweep's `train.log`) do not.
@@ -22,7 +23,9 @@ const CHECKPOINT_DIR: &str = "checkpoints";
 /// How the caller wants to treat an existing run in the folder.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Claim {
+    /// Continue the run in the folder (`--resume`).
     pub resume: bool,
+    /// Replace the run in the folder (`--force`).
     pub force: bool,
 }
 
