@@ -76,7 +76,10 @@ impl Default for ReportOptions {
 /// Files written and things skipped.
 #[derive(Debug, Clone, Default)]
 pub struct Report {
+    /// Files written, in order.
     pub files: Vec<PathBuf>,
+    /// What was skipped or substituted and why, one line each (a chart with no data, a run
+    /// without test accuracy, PNG output unavailable).
     pub warnings: Vec<String>,
 }
 
