@@ -306,7 +306,8 @@ struct Item {
     label: u32,
 }
 
-/// AV-MNIST with every split preprocessed in memory: `audio` `[1, bins, frames]` and `image` `[1, 28, 28]`.
+/// AV-MNIST with every split preprocessed in memory: `audio` `[1, bins, frames]` and
+/// `image` `[1, 28, 28]`.
 pub struct AvmnistDataset {
     cfg: AvmnistConfig,
     specs: Vec<ModalitySpec>,
@@ -566,7 +567,8 @@ fn standardize(cfg: &AvmnistConfig, train: &[Item], n_clips: usize, spectra: &mu
 }
 
 impl AvmnistDataset {
-    /// Read, preprocess and pair everything; errors name a missing file, a bad WAV or IDX, or a bad config field.
+    /// Read, preprocess and pair everything; errors name a missing file, a bad WAV or IDX,
+    /// or a bad config field.
     pub fn new(cfg: &AvmnistConfig) -> Result<Self> {
         cfg.validate()?;
         let root = cfg.root_dir();
