@@ -48,6 +48,7 @@ pub struct AgmConfig {
     /// window `--modulation_starts 0 --modulation_ends 20` over epochs counted from 1 covers
     /// its first 20 epochs: 0..=19 here.
     pub start_epoch: usize,
+    /// Last modulated epoch, inclusive.
     pub end_epoch: usize,
     /// Upper bound of η − r inside the exponential (`min(..., 10)` in CREMAD_main.py).
     pub cap: f32,
@@ -63,6 +64,7 @@ impl Default for AgmConfig {
 }
 
 impl AgmConfig {
+    /// Check every value; errors name the field (`method.agm.<field>`).
     pub fn validate(&self) -> Result<()> {
         let f = |n: &str| format!("method.agm.{n}");
         for (n, v) in [("alpha", self.alpha), ("clip", self.clip)] {
@@ -140,7 +142,7 @@ pub fn coefficients(scores: &Tensor, running: &Tensor, alpha: f32, cap: f32) -> 
 }
 
 /// The seed matrix `[2^M, M]` (row s: subset s, bit i = modality i present): the gradient
-/// g reaching φ_m as k_m·g reaches v(S) as Σ_m A[S][m]·k_m·g, with A[S][m] = w(|S| − 1) for
+/// g reaching φ_m as k_m·g reaches v(S) as Σ_m A\[S\]\[m\]·k_m·g, with A\[S\]\[m\] = w(|S| − 1) for
 /// m ∈ S and −w(|S|) otherwise (w = [`shapley_weight`]); row 0 (v(∅) = 0) is unused. With
 /// every k_m = 1 the full set gets 1 and every other subset 0: joint training's gradient.
 pub fn subset_seeds(m: usize) -> Vec<f64> {
@@ -162,6 +164,8 @@ fn identity(k: usize) -> Vec<f32> {
     eye
 }
 
+/// AGM: joint training in which the gradient reaching each modality's Shapley-style output
+/// is scaled by its score-based coefficient k_m.
 pub struct Agm {
     joint: Joint,
     cfg: AgmConfig,
@@ -175,6 +179,9 @@ pub struct Agm {
 }
 
 impl Agm {
+    /// Build the model for these modalities and `classes` outputs from `cfg`, drawing the initial
+    /// weights from `rng`; errors name a bad config field. At most `MAX_MODALITIES`
+    /// modalities (every subset is evaluated each step).
     pub fn new(gpu: &Gpu, cfg: &MethodSetup, specs: &[ModalitySpec], classes: usize, rng: &mut StdRng) -> Result<Agm> {
         let m = specs.len();
         if m > MAX_MODALITIES {

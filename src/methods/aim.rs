@@ -51,6 +51,7 @@ pub struct AimConfig {
     pub score_momentum: f32,
     /// DAM: s_d = clamp(tanh(β·(r_d − 1)), 0, s_max).
     pub beta: f32,
+    /// DAM: upper bound of the per-depth modulation strength s_d.
     pub s_max: f32,
     /// PAM: fraction of each layer's elements marked under-optimized.
     pub rho: f32,
@@ -107,6 +108,7 @@ impl Default for AimConfig {
 }
 
 impl AimConfig {
+    /// Check every value; errors name the field (`method.aim.<field>`).
     pub fn validate(&self) -> Result<()> {
         let f = |n: &str| format!("method.aim.{n}");
         if self.prototype_every == 0 {
@@ -154,6 +156,8 @@ struct Layer {
     shape: Vec<usize>,
 }
 
+/// AIM: encoders and fusion head with depth-wise prototypes (DAP) and intra-network
+/// modulation (DAM, PAM).
 pub struct Aim {
     encoders: Vec<Box<dyn Encoder>>,
     fusion: Fusion,
@@ -246,6 +250,8 @@ pub fn fit_prototypes(
 }
 
 impl Aim {
+    /// Build the model for these modalities and `classes` outputs from `cfg`, drawing the initial
+    /// weights from `rng`; errors name a bad config field.
     pub fn new(gpu: &Gpu, cfg: &MethodSetup, specs: &[ModalitySpec], classes: usize, rng: &mut StdRng) -> Result<Aim> {
         let a = cfg.method.aim.clone();
         a.validate()?;

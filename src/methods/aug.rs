@@ -31,20 +31,26 @@ pub enum AugRule {
     Multi,
 }
 
+/// `[method.aug]`; the defaults are the official code's.
 #[derive(Clone, Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AugConfig {
     /// weight of the residual term (paper searched 0.1..1.0)
     pub lambda: f32,
+    /// Which boosting loss the learners are trained with.
     #[serde(deserialize_with = "super::config::by_name::deserialize")]
     pub form: crate::ops::BoostForm,
     /// Check every N epochs; 0 = epochs / 10 (the official code).
     pub check_every: usize,
     /// Also check after the first epoch (the official code does).
     pub check_after_first: bool,
+    /// Rule that decides when a modality gets a new learner.
     pub rule: AugRule,
+    /// σ of the `paper` rule (weight of the other modality's score).
     pub sigma: f32,
+    /// Threshold τ: ±τ for `paper`, 1 ± τ for `code`.
     pub tau: f32,
+    /// `multi` rule: a modality whose score ratio is below this gets a learner.
     pub multi_threshold: f32,
     /// Optional cap on learners per modality.
     pub max_learners: Option<usize>,
@@ -78,6 +84,7 @@ impl Default for AugConfig {
 
 
 impl AugConfig {
+    /// Check every value; errors name the field (`method.aug.<field>`).
     pub fn validate(&self) -> Result<()> {
         let f = |n: &str| format!("method.aug.{n}");
         if !self.lambda.is_finite() || self.lambda < 0.0 {
@@ -113,6 +120,8 @@ impl AugConfig {
     }
 }
 
+/// AUG: per-modality boosted learners over the encoders sharing one head, learners added
+/// by the assignment rule.
 pub struct Aug {
     encoders: Vec<Box<dyn Encoder>>,
     learners: Vec<Vec<Linear>>,
@@ -133,6 +142,8 @@ pub struct Aug {
 }
 
 impl Aug {
+    /// Build the model for these modalities and `classes` outputs from `cfg`, drawing the initial
+    /// weights from `rng`; errors name a bad config field.
     pub fn new(gpu: &Gpu, cfg: &MethodSetup, specs: &[ModalitySpec], classes: usize, rng: &mut StdRng) -> Result<Aug> {
         let a = cfg.method.aug.clone();
         let m = specs.len();

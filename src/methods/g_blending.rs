@@ -42,6 +42,7 @@ impl Default for GBlendingConfig {
 }
 
 impl GBlendingConfig {
+    /// Check every value; errors name the field (`method.g_blending.<field>`).
     pub fn validate(&self) -> Result<()> {
         if self.super_epoch < 2 {
             return Err(Error::config("method.g_blending.super_epoch", format!("must be at least 2 (the estimate compares a copy's first and last epoch), got {}", self.super_epoch)));
@@ -54,9 +55,13 @@ impl GBlendingConfig {
 /// validation loss after each.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 pub struct RunLosses {
+    /// Mean training loss in the first epoch.
     pub train_first: f64,
+    /// Validation loss after the first epoch.
     pub val_first: f64,
+    /// Mean training loss in the last epoch.
     pub train_last: f64,
+    /// Validation loss after the last epoch.
     pub val_last: f64,
 }
 
@@ -75,6 +80,8 @@ pub fn blend_weights(runs: &[RunLosses]) -> Option<Vec<f64>> {
     (sum.is_finite() && sum > 0.0).then(|| raw.iter().map(|w| w / sum).collect())
 }
 
+/// G-Blending: joint training on the fused and unimodal losses, blended with weights
+/// w ∝ |G| / O² re-estimated every `super_epoch` epochs.
 pub struct GBlending {
     joint: Joint,
     /// the model each estimation run trains, a copy of `joint` at its start
@@ -91,6 +98,8 @@ pub struct GBlending {
 }
 
 impl GBlending {
+    /// Build the model for these modalities and `classes` outputs from `cfg`, drawing the initial
+    /// weights from `rng`; errors name a bad config field.
     pub fn new(gpu: &Gpu, cfg: &MethodSetup, specs: &[ModalitySpec], classes: usize, rng: &mut StdRng) -> Result<GBlending> {
         let joint = Joint::new(gpu, cfg, specs, classes, rng)?;
         // its own generator: the main model's initialisation stays joint training's; the

@@ -51,6 +51,7 @@ impl Default for InforegConfig {
 }
 
 impl InforegConfig {
+    /// Check every value; errors name the field (`method.inforeg.<field>`).
     pub fn validate(&self) -> Result<()> {
         let f = |n: &str| format!("method.inforeg.{n}");
         for (name, v) in [("beta_sufficient", self.beta_sufficient), ("beta_other", self.beta_other)] {
@@ -120,6 +121,8 @@ pub fn traced(p: &Param) -> bool {
     p.name.ends_with(".weight") && p.tensor.dims() >= 2
 }
 
+/// InfoReg: joint training with unimodal losses; inside the prime learning window the most
+/// confident modality is pulled towards its parameters at the start of the epoch.
 pub struct InfoReg {
     joint: Joint,
     cfg: InforegConfig,
@@ -141,6 +144,8 @@ pub struct InfoReg {
 }
 
 impl InfoReg {
+    /// Build the model for these modalities and `classes` outputs from `cfg`, drawing the initial
+    /// weights from `rng`; errors name a bad config field.
     pub fn new(gpu: &Gpu, cfg: &MethodSetup, specs: &[ModalitySpec], classes: usize, rng: &mut StdRng) -> Result<InfoReg> {
         let joint = Joint::new(gpu, cfg, specs, classes, rng)?;
         let ic = cfg.method.inforeg.clone();

@@ -12,6 +12,7 @@ use crate::optim::{Optimizer, Param};
 use crate::tensor::Tensor;
 use rand::rngs::StdRng;
 
+/// Joint training: the encoders and one fusion head, fused cross-entropy only.
 pub struct Joint {
     pub(crate) encoders: Vec<Box<dyn Encoder>>,
     pub(crate) fusion: Fusion,
@@ -20,6 +21,8 @@ pub struct Joint {
 }
 
 impl Joint {
+    /// Build the model for these modalities and `classes` outputs from `cfg`, drawing the initial
+    /// weights from `rng`; errors name a bad config field.
     pub fn new(gpu: &Gpu, cfg: &MethodSetup, specs: &[ModalitySpec], classes: usize, rng: &mut StdRng) -> Result<Joint> {
         let encoders = build_encoders(gpu, cfg, specs, rng)?;
         let dims: Vec<usize> = encoders.iter().map(|e| e.out_dim()).collect();

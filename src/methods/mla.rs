@@ -70,8 +70,11 @@ pub enum MlaFusion {
 #[derive(Clone, Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MlaConfig {
+    /// How the head's weight gradient is projected.
     pub projection: MlaProjection,
+    /// Denominator of the projection update.
     pub denominator: MlaDenominator,
+    /// How the modalities' logits are fused at test time.
     pub test_fusion: MlaFusion,
     /// Fixed fusion weights, one per modality in data order (empty: equal weights; the
     /// official two-modality run uses 0.55 / 0.45 for audio / visual).
@@ -85,6 +88,7 @@ impl Default for MlaConfig {
 }
 
 impl MlaConfig {
+    /// Check every value; errors name the field (`method.mla.<field>`).
     pub fn validate(&self) -> Result<()> {
         if let Some(w) = self.weights.iter().find(|w| !(w.is_finite() && **w >= 0.0)) {
             return Err(Error::config("method.mla.weights", format!("must be finite and >= 0, got {w}")));
@@ -190,6 +194,8 @@ pub fn fuse(logits: &[Tensor], rule: MlaFusion, weights: &[f32]) -> Result<Tenso
     Ok(out.expect("at least one modality"))
 }
 
+/// MLA: one encoder per modality and one shared linear head, the modalities trained in turn
+/// with the head's weight gradient projected.
 pub struct Mla {
     encoders: Vec<Box<dyn Encoder>>,
     head: Linear,
@@ -208,6 +214,9 @@ pub struct Mla {
 }
 
 impl Mla {
+    /// Build the model for these modalities and `classes` outputs from `cfg`, drawing the initial
+    /// weights from `rng`; errors name a bad config field. Every encoder must output
+    /// the same width (the head is shared).
     pub fn new(gpu: &Gpu, cfg: &MethodSetup, specs: &[ModalitySpec], classes: usize, rng: &mut StdRng) -> Result<Mla> {
         let encoders = build_encoders(gpu, cfg, specs, rng)?;
         let dims: Vec<usize> = encoders.iter().map(|e| e.out_dim()).collect();

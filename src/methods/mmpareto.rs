@@ -41,6 +41,7 @@ impl Default for MmparetoConfig {
 }
 
 impl MmparetoConfig {
+    /// Check every value; errors name the field (`method.mmpareto.<field>`).
     pub fn validate(&self) -> Result<()> {
         if !(self.gamma.is_finite() && self.gamma > 0.0) {
             return Err(Error::config("method.mmpareto.gamma", format!("must be > 0, got {}", self.gamma)));
@@ -115,6 +116,8 @@ pub fn combine(g_mm: &[Tensor], g_uni: &[Tensor], gamma: f32) -> Result<Combined
     Ok(Combined { grads, info })
 }
 
+/// MMPareto: the joint model plus unimodal heads; each encoder takes the MGDA-weighted,
+/// rescaled combination of its multimodal and unimodal gradients.
 pub struct MmPareto {
     encoders: Vec<Box<dyn Encoder>>,
     fusion: Fusion,
@@ -127,6 +130,8 @@ pub struct MmPareto {
 }
 
 impl MmPareto {
+    /// Build the model for these modalities and `classes` outputs from `cfg`, drawing the initial
+    /// weights from `rng`; errors name a bad config field.
     pub fn new(gpu: &Gpu, cfg: &MethodSetup, specs: &[ModalitySpec], classes: usize, rng: &mut StdRng) -> Result<MmPareto> {
         let encoders = build_encoders(gpu, cfg, specs, rng)?;
         let dims: Vec<usize> = encoders.iter().map(|e| e.out_dim()).collect();

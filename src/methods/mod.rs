@@ -48,9 +48,11 @@ use rand::rngs::StdRng;
 
 /// One batch on the device.
 pub struct DeviceBatch {
+    /// One tensor per modality, `[N, ...sample shape]`.
     pub inputs: Vec<Tensor>,
     /// u32 `[N]`, validated against the number of classes
     pub labels: Tensor,
+    /// Batch size N.
     pub n: usize,
 }
 
@@ -63,6 +65,7 @@ pub struct EpochStats {
     pub modality_loss: Vec<f64>,
     /// Σ over samples of each modality's true-class probability (confidence scores)
     pub scores: Vec<f64>,
+    /// Training samples seen in the epoch.
     pub samples: usize,
     /// the method's own log section, e.g. ("aug", {...})
     pub extra: Vec<(String, serde_json::Value)>,
@@ -71,11 +74,16 @@ pub struct EpochStats {
 /// Model outputs for evaluation: fused logits and each modality's own logits (None where the
 /// method has no view of that modality).
 pub struct Prediction {
+    /// Fused logits `[N, classes]`.
     pub fused: Tensor,
+    /// Each modality's own logits `[N, classes]`, in data order.
     pub per_modality: Vec<Option<Tensor>>,
 }
 
+/// A balanced-multimodal training method: the model, its training step and its
+/// per-epoch hooks; the trainer drives it (see docs/contributing.md).
 pub trait Method: Send {
+    /// Method name, as in `method.name`.
     fn name(&self) -> &'static str;
     /// Trainable parameters (stable names: checkpoints use them).
     fn params(&self) -> Vec<Param>;
@@ -85,6 +93,7 @@ pub trait Method: Send {
     }
     /// Non-trainable state tensors (batch-norm running statistics).
     fn buffers(&self) -> Vec<(String, Tensor)>;
+    /// Called at the start of every epoch, before any other hook of that epoch.
     fn begin_epoch(&mut self, _epoch: usize) -> Result<()> {
         Ok(())
     }
@@ -146,6 +155,8 @@ pub trait Method: Send {
     fn state(&self) -> serde_json::Value {
         serde_json::Value::Null
     }
+    /// Rebuild the structure saved by [`Method::state`] (e.g. AUG's extra learners) before the
+    /// parameters load; new trainable parameters reach `opt` through the trainer.
     fn restore(&mut self, _state: &serde_json::Value, _opt: &mut dyn Optimizer) -> Result<()> {
         Ok(())
     }
@@ -236,10 +247,12 @@ pub fn build(gpu: &Gpu, cfg: &MethodSetup, specs: &[ModalitySpec], classes: usiz
 pub struct Accum {
     sums: Option<Tensor>,
     k: usize,
+    /// Samples recorded so far.
     pub samples: usize,
 }
 
 impl Accum {
+    /// Accumulator with `k` slots, empty until the first [`Accum::add`].
     pub fn new(k: usize) -> Accum {
         Accum { sums: None, k, samples: 0 }
     }

@@ -22,6 +22,7 @@ use rand::rngs::StdRng;
 
 // ---- configuration (`[method.ogm]`) ----
 
+/// Which form of the modulation coefficient.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OgmFormula {
@@ -31,14 +32,19 @@ pub enum OgmFormula {
     Paper,
 }
 
+/// `[method.ogm]`, shared by `ogm` and `ogm_ge`.
 #[derive(Clone, Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OgmConfig {
+    /// Modulation strength α, ≥ 0.
     pub alpha: f32,
     /// Modulation is applied for epochs in [start_epoch, end_epoch].
     pub start_epoch: usize,
+    /// Last modulated epoch, inclusive.
     pub end_epoch: usize,
+    /// Form of the coefficient k_u.
     pub formula: OgmFormula,
+    /// Which encoder parameters are modulated.
     pub modulate: OgmScope,
 }
 
@@ -61,6 +67,7 @@ pub enum OgmScope {
 
 
 impl OgmConfig {
+    /// Check every value; errors name the field (`method.ogm.<field>`).
     pub fn validate(&self) -> Result<()> {
         if !(self.alpha.is_finite() && self.alpha >= 0.0) {
             return Err(Error::config("method.ogm.alpha", "must be >= 0"));
@@ -75,6 +82,8 @@ impl OgmConfig {
     }
 }
 
+/// OGM (`ge = false`) or OGM-GE (`ge = true`, with the Gaussian noise) over joint
+/// training.
 pub struct OgmGe {
     joint: Joint,
     ge: bool,
@@ -89,6 +98,8 @@ pub struct OgmGe {
 }
 
 impl OgmGe {
+    /// Build the model for these modalities and `classes` outputs from `cfg`, drawing the initial
+    /// weights from `rng`; errors name a bad config field. `ge`: add the noise (OGM-GE).
     pub fn new(gpu: &Gpu, cfg: &MethodSetup, specs: &[ModalitySpec], classes: usize, rng: &mut StdRng, ge: bool) -> Result<OgmGe> {
         let o = &cfg.method.ogm;
         Ok(OgmGe {

@@ -52,7 +52,9 @@ pub struct PmrConfig {
     /// The rebalancing terms act for epochs in [start_epoch, end_epoch]
     /// (`--modulation_starts` 0, `--modulation_ends` 100).
     pub start_epoch: usize,
+    /// Last epoch of the rebalancing terms, inclusive.
     pub end_epoch: usize,
+    /// How the prototypical CE of a slower modality is weighted.
     pub coefficient: PmrCoefficient,
     /// Weight μ of the prototype entropy regularisation of the dominant modality (0: off, as
     /// the official code, which has none).
@@ -77,6 +79,7 @@ impl Default for PmrConfig {
 }
 
 impl PmrConfig {
+    /// Check every value; errors name the field (`method.pmr.<field>`).
     pub fn validate(&self) -> Result<()> {
         let f = |n: &str| format!("method.pmr.{n}");
         if !(self.alpha.is_finite() && self.alpha >= 0.0) {
@@ -137,18 +140,18 @@ pub fn coefficients(scores: &Tensor, alpha: f32, kind: PmrCoefficient) -> Result
 pub struct PmrTerms {
     /// the objective (with gradient)
     pub loss: Tensor,
-    /// prototypical CE of each modality (batch mean), [M], detached
+    /// prototypical CE of each modality (batch mean), `[M]`, detached
     pub proto_ce: Tensor,
-    /// prototype scores s_m (batch sums of the true-class probability), [M]
+    /// prototype scores s_m (batch sums of the true-class probability), `[M]`
     pub scores: Tensor,
-    /// coefficients applied to the prototypical CE, [M] (zero outside the active epochs)
+    /// coefficients applied to the prototypical CE, `[M]` (zero outside the active epochs)
     pub coef: Tensor,
-    /// the entropy term's value μ·(Σ weight)·H_dominant that was subtracted, [1]
+    /// the entropy term's value μ·(Σ weight)·H_dominant that was subtracted, `[1]`
     pub entropy: Tensor,
 }
 
 /// PMR's objective for a batch: CE(fused) + Σ_m coef_m·CE(−d(z^m, c^m), y)
-/// − [entropy] μ·(Σ_m weight_m)·Σ_m dominant_m·H_m, with H_m = Σ_n entropy of
+/// − \[entropy\] μ·(Σ_m weight_m)·Σ_m dominant_m·H_m, with H_m = Σ_n entropy of
 /// softmax(−d(z^m_n, c^m)). With `active = false` the loss is the fused CE alone (the
 /// other terms are still computed for logging).
 pub fn pmr_terms(fused: &Tensor, feats: &[Tensor], protos: &[Tensor], labels: &Tensor, cfg: &PmrConfig, active: bool, entropy: bool) -> Result<PmrTerms> {
@@ -226,6 +229,7 @@ pub fn update_prototypes(sums: &Tensor, counts: &Tensor, prev: &Tensor, momentum
     }
 }
 
+/// PMR: joint training plus prototypical cross-entropy for the slower modalities.
 pub struct Pmr {
     joint: Joint,
     cfg: PmrConfig,
@@ -240,6 +244,8 @@ pub struct Pmr {
 }
 
 impl Pmr {
+    /// Build the model for these modalities and `classes` outputs from `cfg`, drawing the initial
+    /// weights from `rng`; errors name a bad config field.
     pub fn new(gpu: &Gpu, cfg: &MethodSetup, specs: &[ModalitySpec], classes: usize, rng: &mut StdRng) -> Result<Pmr> {
         let joint = Joint::new(gpu, cfg, specs, classes, rng)?;
         let m = specs.len();

@@ -11,6 +11,7 @@ use crate::optim::{Optimizer, Param};
 use crate::tensor::Tensor;
 use rand::rngs::StdRng;
 
+/// Unimodal baseline: one encoder and a linear head on `method.modality`.
 pub struct Unimodal {
     encoder: Box<dyn Encoder>,
     head: Linear,
@@ -20,6 +21,9 @@ pub struct Unimodal {
 }
 
 impl Unimodal {
+    /// Build the model for these modalities and `classes` outputs from `cfg`, drawing the initial
+    /// weights from `rng`; errors name a bad config field. An error when
+    /// `method.modality` names no modality of the data.
     pub fn new(gpu: &Gpu, cfg: &MethodSetup, specs: &[ModalitySpec], classes: usize, rng: &mut StdRng) -> Result<Unimodal> {
         let want = cfg.method.modality.clone().unwrap_or_default();
         let index = specs.iter().position(|s| s.name == want).ok_or_else(|| {
