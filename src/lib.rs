@@ -7,6 +7,7 @@
 //! [`ops`] → [`nn`] → [`optim`] → [`data`] → [`methods`] (each method's settings next to
 //! it) → [`config`] (the run file) → [`train`] → [`experiments`] / [`report`] → [`bench`](mod@bench)
 //! and the CLI.
+#![warn(missing_docs)]
 pub mod autograd;
 pub mod bench;
 pub mod config;

@@ -37,11 +37,22 @@ pub enum MethodName {
     Pmr,
     /// MMPareto: Pareto integration of the multimodal and unimodal gradients (`[method.mmpareto]`).
     Mmpareto,
+    /// AGM: Shapley-based mono-modal scores and adaptive gradient coefficients (`[method.agm]`).
     Agm,
+    /// G-Blending: losses blended by weights from the overfitting-to-generalisation ratio,
+    /// re-estimated on the validation split (`[method.g_blending]`).
     GBlending,
+    /// MLA: alternating unimodal updates through a shared head with gradient projection and
+    /// entropy-weighted test-time fusion (`[method.mla]`).
     Mla,
+    /// InfoReg: regulation of the leading modality's information acquisition in its prime
+    /// learning window (`[method.inforeg]`).
     Inforeg,
+    /// Diagnosing & Re-learning: soft re-initialisation of each encoder by its learning
+    /// state, diagnosed from cluster purity on train and validation (`[method.relearn]`).
     Relearn,
+    /// ReconBoost: alternating boosting of one modality against the others' ensemble with
+    /// the reconcilement term (`[method.reconboost]`).
     Reconboost,
 }
 
@@ -89,11 +100,17 @@ pub struct MethodConfig {
     pub pmr: PmrConfig,
     /// `[method.mmpareto]`.
     pub mmpareto: MmparetoConfig,
+    /// `[method.agm]`.
     pub agm: AgmConfig,
+    /// `[method.g_blending]`.
     pub g_blending: GBlendingConfig,
+    /// `[method.mla]`.
     pub mla: MlaConfig,
+    /// `[method.inforeg]`.
     pub inforeg: InforegConfig,
+    /// `[method.relearn]`.
     pub relearn: RelearnConfig,
+    /// `[method.reconboost]`.
     pub reconboost: ReconboostConfig,
 }
 

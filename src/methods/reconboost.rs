@@ -41,6 +41,7 @@ impl Default for ReconboostConfig {
 }
 
 impl ReconboostConfig {
+    /// Range checks; errors name the `method.reconboost.*` field.
     pub fn validate(&self) -> Result<()> {
         let f = |n: &str| format!("method.reconboost.{n}");
         for (name, v) in [("epochs_per_stage", self.epochs_per_stage), ("head_hidden", self.head_hidden)] {
@@ -95,6 +96,8 @@ pub fn boosting_loss(learner: &Tensor, ensemble: Option<&Tensor>, labels: &Tenso
     ops::cross_entropy(learner, ops::Target::Hard(labels), Some(&w))
 }
 
+/// ReconBoost: one learner per modality on a shared two-layer head, boosted in turn
+/// (docs/methods/reconboost.md).
 pub struct ReconBoost {
     encoders: Vec<Box<dyn Encoder>>,
     fc1: Linear,
@@ -107,6 +110,8 @@ pub struct ReconBoost {
 }
 
 impl ReconBoost {
+    /// Encoders for `specs`, the shared head and the boost rate β, from `cfg`'s model and
+    /// `[method.reconboost]` (every encoder must give the same feature width).
     pub fn new(gpu: &Gpu, cfg: &MethodSetup, specs: &[ModalitySpec], classes: usize, rng: &mut StdRng) -> Result<ReconBoost> {
         let encoders = build_encoders(gpu, cfg, specs, rng)?;
         let d = encoders[0].out_dim();

@@ -40,6 +40,7 @@ impl Default for RelearnConfig {
 }
 
 impl RelearnConfig {
+    /// Range checks; errors name the `method.relearn.*` field.
     pub fn validate(&self) -> Result<()> {
         let f = |n: &str| format!("method.relearn.{n}");
         if !(self.move_lambda.is_finite() && self.move_lambda >= 0.0) {
@@ -222,8 +223,11 @@ pub fn soft_reinit(params: &[Param], init: &[Tensor], w: f64) -> Result<()> {
 /// One modality's diagnosis: the purities and the strength applied.
 #[derive(Clone, Debug)]
 pub struct Diagnosis {
+    /// k-means cluster purity of the modality's features on the training split, in [0, 1].
     pub train_purity: f64,
+    /// The same on the validation split.
     pub val_purity: f64,
+    /// The re-initialisation strength w = tanh(λ·|train − val|) that was applied.
     pub weight: f64,
 }
 
@@ -256,6 +260,8 @@ impl Pass {
     }
 }
 
+/// Diagnosing & Re-learning: joint training whose encoders are pulled back toward their
+/// initial parameters by their diagnosed learning state (docs/methods/relearn.md).
 pub struct Relearn {
     joint: Joint,
     cfg: RelearnConfig,
@@ -270,6 +276,8 @@ pub struct Relearn {
 }
 
 impl Relearn {
+    /// The joint model of `cfg` with `[method.relearn]`, remembering each encoder's initial
+    /// parameters θ₀.
     pub fn new(gpu: &Gpu, cfg: &MethodSetup, specs: &[ModalitySpec], classes: usize, rng: &mut StdRng) -> Result<Relearn> {
         let joint = Joint::new(gpu, cfg, specs, classes, rng)?;
         let init = (0..specs.len())
