@@ -323,13 +323,13 @@ pub fn markdown(c: &Comparison) -> String {
                     continue;
                 }
                 s.push_str(&format!(
-                    "| {} | {} | {} | {:+.2} | {:.2} | {:.2} | {} | {} | {} / {} / {} |\n",
+                    "| {} | {} | {} | {:+.2} | {:.2} | {} | {} | {} | {} / {} / {} |\n",
                     a.label,
                     b.label,
                     p.n,
                     100.0 * p.mean,
                     100.0 * p.se,
-                    p.t,
+                    if p.t.is_nan() { "–".to_string() } else { format!("{:.2}", p.t) },
                     p_fmt(p.p_t),
                     p_fmt(p.p_wilcoxon),
                     p.wins,

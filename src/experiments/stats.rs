@@ -40,7 +40,7 @@ pub struct Paired {
     pub mean: f64,
     /// standard error of that mean
     pub se: f64,
-    /// t statistic, mean / se.
+    /// t statistic, mean / se (NaN where the test is undefined: n < 2 or no spread).
     pub t: f64,
     /// two-sided p of the paired t-test (NaN for n < 2 or zero spread)
     pub p_t: f64,
@@ -58,9 +58,17 @@ pub struct Paired {
 pub fn paired(a: &[f64], b: &[f64]) -> Paired {
     let d: Vec<f64> = a.iter().zip(b).map(|(x, y)| x - y).collect();
     let s = summarize(&d);
-    let se = s.std / (s.n as f64).sqrt();
-    let t = s.mean / se;
-    let p_t = if s.n >= 2 && se > 0.0 { t_two_sided_p(t, (s.n - 1) as f64) } else { f64::NAN };
+    // Differences equal up to rounding (a constant shift of accuracies computed in floating
+    // point) have no spread: the t statistic is undefined, not 10^13.
+    let scale = d.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    let spread = if s.std <= 1e-12 * scale { 0.0 } else { s.std };
+    let se = spread / (s.n as f64).sqrt();
+    let (t, p_t) = if s.n >= 2 && se > 0.0 {
+        let t = s.mean / se;
+        (t, t_two_sided_p(t, (s.n - 1) as f64))
+    } else {
+        (f64::NAN, f64::NAN)
+    };
     Paired {
         n: s.n,
         mean: s.mean,
@@ -254,6 +262,11 @@ mod tests {
         let p = paired(&[2.0, 4.0, 6.0, 8.0, 10.0], &[1.0, 2.0, 3.0, 4.0, 5.0]);
         assert!((p.t - 4.242_641).abs() < 1e-5 && (p.p_t - 0.013_236).abs() < 1e-5, "{p:?}");
         assert_eq!((p.wins, p.ties, p.losses), (5, 0, 0));
+        // a constant shift that floating point does not represent exactly: no spread, so no
+        // t-test (it once printed t = -6.8e13, p < 0.001); the Wilcoxon test still applies
+        let c = paired(&[0.8575, 0.865, 0.8425], &[0.86, 0.8675, 0.845]);
+        assert!(c.t.is_nan() && c.p_t.is_nan() && c.se == 0.0, "{c:?}");
+        assert!((c.mean + 0.0025).abs() < 1e-12 && (c.p_wilcoxon - 0.25).abs() < 1e-12, "{c:?}");
         // Wilcoxon, n = 5 all positive: 2 of 32 sign patterns are as extreme
         assert!((p.p_wilcoxon - 0.0625).abs() < 1e-12);
         // [1, -2, 3, 4, 5, 6]: W- = 2; sign patterns with W- <= 2 are {}, {1}, {2}, so
