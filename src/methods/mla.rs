@@ -219,12 +219,7 @@ impl Mla {
     /// the same width (the head is shared).
     pub fn new(gpu: &Gpu, cfg: &MethodSetup, specs: &[ModalitySpec], classes: usize, rng: &mut StdRng) -> Result<Mla> {
         let encoders = build_encoders(gpu, cfg, specs, rng)?;
-        let dims: Vec<usize> = encoders.iter().map(|e| e.out_dim()).collect();
-        if dims.windows(2).any(|w| w[0] != w[1]) {
-            let list: Vec<String> = specs.iter().zip(&dims).map(|(s, d)| format!("{}: {d}", s.name)).collect();
-            return Err(Error::config("model", format!("MLA shares one head across modalities, so every encoder must output the same width; got {}", list.join(", "))));
-        }
-        let d = dims[0];
+        let d = super::shared_width("MLA", specs, &encoders)?;
         let head = Linear::new(gpu, "head", d, classes, true, rng)?;
         let mut eye = vec![0.0f32; d * d];
         for i in 0..d {

@@ -208,6 +208,21 @@ pub fn build_encoder(gpu: &Gpu, name: &str, spec: &ModalitySpec, mc: &ModelConfi
     })
 }
 
+/// The feature width every encoder gives, for methods with one head across modalities
+/// (MLA, ReconBoost); otherwise an error naming the method and each modality's width.
+pub fn shared_width(method: &str, specs: &[ModalitySpec], encoders: &[Box<dyn Encoder>]) -> Result<usize> {
+    let dims: Vec<usize> = encoders.iter().map(|e| e.out_dim()).collect();
+    let Some(&first) = dims.first() else { return Err(Error::config("data.modalities", format!("{method} needs at least one modality"))) };
+    if let Some(odd) = dims.iter().position(|&d| d != first) {
+        let list: Vec<String> = specs.iter().zip(&dims).map(|(s, d)| format!("{}: {d}", s.name)).collect();
+        return Err(Error::config(
+            format!("model.modalities.{}", specs[odd].name),
+            format!("{method} shares one head across modalities, so every encoder must output the same width; got {}", list.join(", ")),
+        ));
+    }
+    Ok(first)
+}
+
 /// One encoder per modality, named `enc.<modality>`.
 pub fn build_encoders(gpu: &Gpu, cfg: &MethodSetup, specs: &[ModalitySpec], rng: &mut StdRng) -> Result<Vec<Box<dyn Encoder>>> {
     for name in cfg.model.modalities.keys() {

@@ -114,13 +114,7 @@ impl ReconBoost {
     /// `[method.reconboost]` (every encoder must give the same feature width).
     pub fn new(gpu: &Gpu, cfg: &MethodSetup, specs: &[ModalitySpec], classes: usize, rng: &mut StdRng) -> Result<ReconBoost> {
         let encoders = build_encoders(gpu, cfg, specs, rng)?;
-        let d = encoders[0].out_dim();
-        if let Some(e) = encoders.iter().position(|e| e.out_dim() != d) {
-            return Err(Error::config(
-                format!("model.modalities.{}", specs[e].name),
-                format!("reconboost shares one head: every encoder must give {d} features (as `{}`), this one gives {}", specs[0].name, encoders[e].out_dim()),
-            ));
-        }
+        let d = super::shared_width("ReconBoost", specs, &encoders)?;
         let rc = cfg.method.reconboost.clone();
         let m = specs.len();
         Ok(ReconBoost {
