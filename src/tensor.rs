@@ -146,7 +146,7 @@ impl Tensor {
             gpu: self.0.gpu.clone(),
             shape: self.0.shape.clone(),
             dtype: self.0.dtype,
-            storage: Arc::new(Storage { buffer: None, size: 0, bytes: 0, serial: 0, pool }),
+            storage: Arc::new(Storage { range: None, id: None, bytes: 0, serial: 0, pool }),
             requires_grad: self.0.requires_grad,
             node: self.0.node.clone(),
         }))
@@ -225,9 +225,9 @@ impl Tensor {
     pub fn is_leaf(&self) -> bool {
         self.0.node.is_none()
     }
-    /// The pooled buffer holding the data (may be larger than [`Tensor::byte_len`]). Panics on a
-    /// graph handle, which has no data.
-    pub fn buffer(&self) -> &wgpu::Buffer {
+    /// The device range holding the data (a block of a pooled segment; what launches bind).
+    /// Panics on a graph handle, which has no data.
+    pub fn buffer(&self) -> &crate::gpu::BufferRange {
         self.0.storage.buffer()
     }
     /// The pooled storage, shared by clones and by `detach`/`requires_grad` views.

@@ -118,7 +118,8 @@ pub(crate) struct CachedPipeline {
 #[derive(Default)]
 pub(crate) struct KernelCache {
     modules: HashMap<Shader, wgpu::ShaderModule>,
-    layouts: HashMap<Vec<Access>, Arc<wgpu::BindGroupLayout>>,
+    /// by storage binding count: every storage binding is read_write (see [`compiled_source`])
+    layouts: HashMap<usize, Arc<wgpu::BindGroupLayout>>,
     pipelines: HashMap<(Shader, &'static str, String), Arc<CachedPipeline>>,
     pub(crate) compiled: u64,
 }
@@ -153,7 +154,7 @@ impl KernelCache {
         let module = &self.modules[&k.shader];
         let layout = self
             .layouts
-            .entry(k.bindings.to_vec())
+            .entry(k.bindings.len())
             .or_insert_with(|| {
                 let mut entries = vec![wgpu::BindGroupLayoutEntry {
                     binding: 0,
@@ -165,12 +166,14 @@ impl KernelCache {
                     },
                     count: None,
                 }];
-                for (i, a) in k.bindings.iter().enumerate() {
+                for i in 0..k.bindings.len() {
                     entries.push(wgpu::BindGroupLayoutEntry {
                         binding: i as u32 + 1,
                         visibility: wgpu::ShaderStages::COMPUTE,
                         ty: wgpu::BindingType::Buffer {
-                            ty: wgpu::BufferBindingType::Storage { read_only: *a == Access::Read },
+                            // every storage binding is read_write in the compiled module
+                            // (see `compiled_source`)
+                            ty: wgpu::BufferBindingType::Storage { read_only: false },
                             has_dynamic_offset: false,
                             min_binding_size: None,
                         },
@@ -206,8 +209,17 @@ impl KernelCache {
     }
 }
 
+/// The text the device compiles: the module with every `var<storage, read>` declared
+/// `read_write`. Tensors are ranges of shared segments (`pool.rs`), and wgpu tracks usage
+/// per buffer: one launch binding a segment read-only for an input and read-write for an
+/// output would be a usage conflict. The WGSL files keep `read` where a kernel only reads
+/// (what the interface test checks against [`Kernel::bindings`]).
+pub fn compiled_source(shader: Shader) -> crate::error::Result<String> {
+    Ok(shader.source()?.replace("var<storage, read>", "var<storage, read_write>"))
+}
+
 fn create_module(device: &wgpu::Device, checked: bool, shader: Shader) -> crate::error::Result<wgpu::ShaderModule> {
-    let desc = wgpu::ShaderModuleDescriptor { label: Some(shader.name()), source: wgpu::ShaderSource::Wgsl(shader.source()?.into()) };
+    let desc = wgpu::ShaderModuleDescriptor { label: Some(shader.name()), source: wgpu::ShaderSource::Wgsl(compiled_source(shader)?.into()) };
     if checked {
         Ok(device.create_shader_module(desc))
     } else {

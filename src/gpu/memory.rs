@@ -2,7 +2,7 @@
 //! that checks the slack beyond every tensor for out-of-range writes.
 use super::kernel::{Access, Kernel};
 use super::shaders::Shader;
-use super::pool::{bucket_size, PoolStats, Storage};
+use super::pool::{BufferRange, PoolStats, Storage};
 use super::Gpu;
 use crate::error::{Error, Result};
 use std::sync::Arc;
@@ -27,8 +27,8 @@ super::gpu_params! {
 pub(crate) const KERNELS: &[Kernel] = &[K_CANARY_FILL, K_CANARY_CHECK];
 
 impl Gpu {
-    /// Cached (free) pool buffers per bucket size, (bytes, count), largest total first: where
-    /// the pool's footprint beyond live tensors sits.
+    /// Free blocks per size, (bytes, count), largest total first: where the pool's
+    /// footprint beyond live tensors sits.
     pub fn memory_cached_by_size(&self) -> Vec<(u64, usize)> {
         self.0.pool.lock().map(|p| p.cached_by_size()).unwrap_or_default()
     }
@@ -52,14 +52,15 @@ impl Gpu {
     pub fn set_memory_limit(&self, limit: Option<u64>) {
         self.0.memory_limit.store(limit.unwrap_or(u64::MAX), std::sync::atomic::Ordering::Relaxed);
     }
-    /// Release cached buffers back to the driver.
+    /// Release wholly free segments back to the driver (phase ends: after evaluation, after
+    /// AIM's prototype fitting, between AUG's modality steps when asked).
     pub fn trim_memory(&self) {
         if let Ok(mut p) = self.0.pool.lock() {
             p.trim();
         }
     }
 
-    /// Take a storage buffer of at least `bytes` from the pool.
+    /// Take a block of at least `bytes` from the pool.
     pub fn alloc(&self, bytes: u64) -> Result<Arc<Storage>> {
         let max = self.0.limits.max_storage_buffer_binding_size as u64;
         if bytes > max {
@@ -68,46 +69,43 @@ impl Gpu {
             )));
         }
         let bytes = bytes.div_ceil(4) * 4;
-        // Canary mode: at least 16 bytes of slack, so that even a write the runtime bounds
-        // checks clamp to the buffer's last word lands on the sentinel.
-        let size = if self.0.canary.is_some() { bucket_size(bytes + 16) } else { bucket_size(bytes) };
         let _canary = match self.0.canary {
             Some(_) => Some(self.0.canary_lock.lock().map_err(|_| Error::Other("canary lock poisoned".into()))?),
             None => None,
         };
         let taken = {
             let mut pool = self.0.pool.lock().map_err(|_| Error::Other("buffer pool poisoned".into()))?;
-            pool.take(&self.0.device, bytes, size, self.memory_limit())?
+            // Canary mode: at least 16 bytes of slack, so that even a write the runtime bounds
+            // checks clamp to the binding's last word lands on the sentinel.
+            let slack = if self.0.canary.is_some() { 16 } else { 0 };
+            let binding = (bytes + slack).clamp(4, max.max(4));
+            pool.take(&self.0.device, bytes, binding, self.memory_limit())?
         };
         if self.0.canary.is_some() {
-            // In recording order: the previous owner's slack is checked before this owner's
-            // sentinel is written, so nothing a kernel wrote there goes unseen.
-            if let Some((prev_bytes, prev_serial)) = taken.prev {
-                self.canary_launch(&K_CANARY_CHECK, &taken.buffer, prev_bytes, taken.size, prev_serial)?;
+            // In recording order: the slack of blocks freed since the last take is checked
+            // before any of their memory gets a new owner, so nothing a kernel wrote there
+            // goes unseen.
+            for f in &taken.to_check {
+                self.canary_launch(&K_CANARY_CHECK, &f.range, f.bytes, f.serial)?;
             }
-            self.canary_launch(&K_CANARY_FILL, &taken.buffer, bytes, taken.size, taken.serial)?;
+            self.canary_launch(&K_CANARY_FILL, &taken.range, bytes, taken.serial)?;
         }
-        Ok(Arc::new(Storage {
-            buffer: Some(taken.buffer),
-            size: taken.size,
-            bytes,
-            serial: taken.serial,
-            pool: self.0.pool.clone(),
-        }))
+        Ok(Arc::new(Storage { range: Some(taken.range), id: Some(taken.id), bytes, serial: taken.serial, pool: self.0.pool.clone() }))
     }
 
-    /// Fill or check the words `bytes/4 .. size/4` of `buffer` (canary mode).
-    fn canary_launch(&self, k: &Kernel, buffer: &wgpu::Buffer, bytes: u64, size: u64, serial: u64) -> Result<()> {
+    /// Fill or check the words `bytes/4 ..` to the end of `range` (canary mode).
+    fn canary_launch(&self, k: &Kernel, range: &BufferRange, bytes: u64, serial: u64) -> Result<()> {
         let Some(report) = &self.0.canary else { return Ok(()) };
-        let (mut start, end) = ((bytes / 4) as usize, (size / 4) as usize);
+        let (mut start, end) = ((bytes / 4) as usize, (range.size() / 4) as usize);
         // one launch covers at most max_groups^3 workgroups of 256 words (the folded grid)
         let m = self.0.max_groups as usize;
         let per_launch = m.saturating_mul(m).saturating_mul(m).saturating_mul(256);
+        let report = BufferRange::whole(report);
         while start < end {
             let stop = end.min(start.saturating_add(per_launch));
             let p: [u32; 4] = [start as u32, stop as u32, serial as u32, 0];
             let groups = super::grid(self, stop - start, 256);
-            self.dispatch(k, &[], bytemuck::cast_slice(&p), &[buffer, report], groups)?;
+            self.dispatch(k, &[], bytemuck::cast_slice(&p), &[range, &report], groups)?;
             start = stop;
         }
         Ok(())
@@ -124,12 +122,13 @@ impl Gpu {
         {
             let _canary = self.0.canary_lock.lock().map_err(|_| Error::Other("canary lock poisoned".into()))?;
             let slots = self.0.pool.lock().map_err(|_| Error::Other("buffer pool poisoned".into()))?.all_slots();
-            for (buffer, bytes, size, serial) in &slots {
-                self.canary_launch(&K_CANARY_CHECK, buffer, *bytes, *size, *serial)?;
+            for (range, bytes, serial) in &slots {
+                self.canary_launch(&K_CANARY_CHECK, range, *bytes, *serial)?;
             }
         }
-        let words: Vec<u32> = bytemuck::pod_collect_to_vec(&self.read_bytes(report, 0, CANARY_REPORT_BYTES)?);
-        self.clear(report, 0, CANARY_REPORT_BYTES)?;
+        let report = BufferRange::whole(report);
+        let words: Vec<u32> = bytemuck::pod_collect_to_vec(&self.read_bytes(&report, 0, CANARY_REPORT_BYTES)?);
+        self.clear(&report, 0, CANARY_REPORT_BYTES)?;
         if words[0] > 0 {
             return Err(Error::Other(format!(
                 "pool canary: {} word(s) of slack beyond a tensor were overwritten (a kernel wrote past the end \

@@ -19,8 +19,8 @@ mod timer;
 pub use grid::{grid, split_grid};
 pub use device::{list_adapters, parse_backends, parse_bytes, AdapterReport, Capabilities, GpuOptions};
 pub(crate) use kernel::gpu_params;
-pub use kernel::{Access, Kernel, ParamsField, ParamsLayout};
-pub use pool::{bucket_size, PoolStats, Storage};
+pub use kernel::{compiled_source, Access, Kernel, ParamsField, ParamsLayout};
+pub use pool::{BufferRange, PoolStats, Storage, BLOCK_ALIGN, SMALL_ALIGN, SMALL_BLOCK, SMALL_SEGMENT_MIN};
 pub use shaders::{AttentionTiles, HeadDim, Shader, ATTENTION_TILES, WG};
 pub use timer::GpuTimer;
 
@@ -31,9 +31,10 @@ use record::Batch;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// Every kernel the gpu layer itself launches (the canary checks), for the interface test.
+/// Every kernel the gpu layer itself launches (the canary checks, copies within a
+/// segment), for the interface test.
 pub fn kernels() -> Vec<Kernel> {
-    memory::KERNELS.to_vec()
+    [memory::KERNELS, record::KERNELS].concat()
 }
 
 struct Inner {
@@ -121,6 +122,7 @@ impl Gpu {
             }
         });
         let limits = device.limits();
+        let offset_align = limits.min_storage_buffer_offset_alignment as u64;
         let adapter_max = limits.max_compute_workgroups_per_dimension.max(1);
         let max_groups = options.max_workgroups_per_dim.map_or(adapter_max, |c| c.clamp(1, adapter_max));
         let canary = options.pool_canary.then(|| {
@@ -143,7 +145,7 @@ impl Gpu {
             canary,
             canary_lock: Mutex::new(()),
             cache: Mutex::new(KernelCache::default()),
-            pool: Arc::new(Mutex::new(BufferPool::new(options.pool_canary))),
+            pool: Arc::new(Mutex::new(BufferPool::new(options.pool_canary, offset_align))),
             batch: Mutex::new(Batch::default()),
             next_id: AtomicU64::new(1),
             submits: AtomicU64::new(0),

@@ -63,7 +63,7 @@ impl Gpu {
         if n == 0 {
             return self.check_error();
         }
-        let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&self.read_bytes(&resolve, 0, 16 * n as u64)?);
+        let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&self.read_bytes(&super::BufferRange::whole(&resolve), 0, 16 * n as u64)?);
         self.add_to_profile(names, &ticks);
         self.check_error()
     }

@@ -1,4 +1,5 @@
 //! Reading results back to the host, and waiting for the GPU.
+use super::pool::BufferRange;
 use super::Gpu;
 use crate::error::{Error, Result};
 use std::sync::{Arc, Mutex};
@@ -14,8 +15,9 @@ impl Gpu {
         self.check_error()
     }
 
-    /// Read `size` bytes of `src` from `offset` back to the host (flushes and waits).
-    pub fn read_bytes(&self, src: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
+    /// Read `size` bytes of `src` from `offset` (relative to the range) back to the host
+    /// (flushes and waits).
+    pub fn read_bytes(&self, src: &BufferRange, offset: u64, size: u64) -> Result<Vec<u8>> {
         if size == 0 {
             return Ok(Vec::new());
         }
@@ -26,7 +28,7 @@ impl Gpu {
             usage: wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::MAP_READ,
             mapped_at_creation: false,
         });
-        self.copy(src, offset, &staging, 0, padded)?;
+        self.copy(src, offset, &BufferRange::whole(&staging), 0, padded)?;
         self.flush()?;
         let slot: Arc<Mutex<Option<std::result::Result<(), wgpu::BufferAsyncError>>>> = Arc::new(Mutex::new(None));
         let s2 = slot.clone();

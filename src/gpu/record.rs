@@ -3,7 +3,9 @@
 //! go when the host needs a value (a readback), when [`Gpu::flush`] is called, or when the
 //! batch grows long. Commands keep their recording order, so buffers can be reused from the
 //! pool as soon as the tensor that owned them is dropped.
-use super::kernel::{CachedPipeline, Kernel};
+use super::kernel::{Access, CachedPipeline, Kernel};
+use super::pool::BufferRange;
+use super::shaders::Shader;
 use super::Gpu;
 use crate::error::{Error, Result};
 use std::sync::atomic::Ordering;
@@ -14,8 +16,25 @@ const AUTO_FLUSH: usize = 2048;
 
 pub(crate) enum Bind {
     Uniform { offset: u64, size: u64 },
-    Buffer(wgpu::Buffer),
+    Buffer(BufferRange),
 }
+
+/// Word copy within one buffer (`shaders/copy.wgsl`), where a buffer-to-buffer copy is not
+/// allowed.
+const K_COPY: Kernel = Kernel::new(Shader::Copy, "copy_words", &[Access::Read, Access::ReadWrite], &CopyParams::LAYOUT);
+
+super::gpu_params! {
+    /// First source and destination words (relative to their bindings) and the word count.
+    struct CopyParams as "Params" {
+        src: u32,
+        dst: u32,
+        n: u32,
+        _p0: u32,
+    }
+}
+
+/// The kernels this module launches (for the interface test).
+pub(crate) const KERNELS: &[Kernel] = &[K_COPY];
 
 pub(crate) enum Cmd {
     Dispatch { pipeline: Arc<CachedPipeline>, binds: Vec<Bind>, groups: [u32; 3] },
@@ -53,13 +72,13 @@ impl Gpu {
     }
 
     /// Record one kernel launch. `params` is the uniform block (binding 0), padded here to
-    /// a multiple of 16 bytes; `buffers` bind to 1..=n in order.
+    /// a multiple of 16 bytes; `buffers` (tensor ranges) bind to 1..=n in order.
     pub fn dispatch(
         &self,
         kernel: &Kernel,
         constants: &[(&str, f64)],
         params: &[u8],
-        buffers: &[&wgpu::Buffer],
+        buffers: &[&BufferRange],
         groups: [u32; 3],
     ) -> Result<()> {
         if buffers.len() != kernel.bindings.len() {
@@ -109,25 +128,59 @@ impl Gpu {
         Ok(())
     }
 
-    /// Record a buffer-to-buffer copy (in order with kernel launches).
-    pub fn copy(&self, src: &wgpu::Buffer, src_offset: u64, dst: &wgpu::Buffer, dst_offset: u64, size: u64) -> Result<()> {
+    /// Record a copy of `size` bytes (a multiple of 4) from `src` at `src_offset` to `dst` at
+    /// `dst_offset`, offsets relative to the ranges (in order with kernel launches). Ranges of
+    /// one segment are copied by a kernel: WebGPU has no buffer-to-buffer copy within one
+    /// buffer.
+    pub fn copy(&self, src: &BufferRange, src_offset: u64, dst: &BufferRange, dst_offset: u64, size: u64) -> Result<()> {
         if size == 0 {
             return Ok(());
         }
-        self.push(Cmd::Copy { src: src.clone(), src_offset, dst: dst.clone(), dst_offset, size })
+        if src_offset + size > src.size() || dst_offset + size > dst.size() || (src_offset | dst_offset | size) % 4 != 0 {
+            return Err(Error::Other(format!(
+                "copy of {size} bytes from offset {src_offset} of a {}-byte range to offset {dst_offset} of a {}-byte range \
+                 is out of range or not word-aligned",
+                src.size(),
+                dst.size()
+            )));
+        }
+        if !src.same_buffer(dst) {
+            return self.push(Cmd::Copy {
+                src: src.buffer().clone(),
+                src_offset: src.offset() + src_offset,
+                dst: dst.buffer().clone(),
+                dst_offset: dst.offset() + dst_offset,
+                size,
+            });
+        }
+        let (mut done, words) = (0u64, size / 4);
+        // one launch covers at most max_groups^3 workgroups of WG words (the folded grid)
+        let m = self.0.max_groups as u64;
+        let per_launch = m.saturating_mul(m).saturating_mul(m).saturating_mul(super::WG as u64);
+        while done < words {
+            let n = (words - done).min(per_launch);
+            let p = CopyParams { src: (src_offset / 4 + done) as u32, dst: (dst_offset / 4 + done) as u32, n: n as u32, _p0: 0 };
+            self.dispatch(&K_COPY, &[], bytemuck::bytes_of(&p), &[src, dst], super::grid(self, n as usize, super::WG as usize))?;
+            done += n;
+        }
+        Ok(())
     }
 
-    /// Record a zero fill of `size` bytes (multiple of 4).
-    pub fn clear(&self, buffer: &wgpu::Buffer, offset: u64, size: u64) -> Result<()> {
+    /// Record a zero fill of `size` bytes (rounded up to 4) of `range` from `offset`.
+    pub fn clear(&self, range: &BufferRange, offset: u64, size: u64) -> Result<()> {
         if size == 0 {
             return Ok(());
         }
-        self.push(Cmd::Clear { buffer: buffer.clone(), offset, size: size.div_ceil(4) * 4 })
+        let size = size.div_ceil(4) * 4;
+        if offset + size > range.size() || offset % 4 != 0 {
+            return Err(Error::Other(format!("clear of {size} bytes at offset {offset} of a {}-byte range", range.size())));
+        }
+        self.push(Cmd::Clear { buffer: range.buffer().clone(), offset: range.offset() + offset, size })
     }
 
     /// Upload bytes into `dst` at `offset`, in order with recorded work (through a staging
     /// buffer, so it cannot overtake earlier launches that still use `dst`).
-    pub fn upload(&self, dst: &wgpu::Buffer, offset: u64, bytes: &[u8]) -> Result<()> {
+    pub fn upload(&self, dst: &BufferRange, offset: u64, bytes: &[u8]) -> Result<()> {
         if bytes.is_empty() {
             return Ok(());
         }
@@ -148,7 +201,7 @@ impl Gpu {
                 .copy_from_slice(&padded);
         }
         staging.unmap();
-        self.copy(&staging, 0, dst, offset, size)
+        self.copy(&BufferRange::whole(&staging), 0, dst, offset, size)
     }
 
     pub(crate) fn push_timestamp(&self, set: Arc<wgpu::QuerySet>, index: u32) -> Result<()> {
@@ -302,7 +355,7 @@ impl Gpu {
                         offset: *offset,
                         size: wgpu::BufferSize::new(*size),
                     }),
-                    Bind::Buffer(buf) => buf.as_entire_binding(),
+                    Bind::Buffer(range) => wgpu::BindingResource::Buffer(range.binding()),
                 },
             })
             .collect();

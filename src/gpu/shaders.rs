@@ -45,6 +45,9 @@ pub enum Shader {
     Boost,
     /// `canary.wgsl`: checks pool slack in the canary test mode.
     Canary,
+    /// `copy.wgsl`: word copies between two ranges of one segment (where a buffer-to-buffer
+    /// copy is not allowed).
+    Copy,
     /// `conv.wgsl`: 2-D convolution as implicit GEMM, and its gradients.
     Conv,
     /// `elementwise.wgsl`: unary maps, broadcasting binary ops, their backward rules, f32/f16
@@ -74,13 +77,14 @@ pub enum Shader {
 
 impl Shader {
     /// Every module, every attention instantiation included.
-    pub const ALL: [Shader; 17] = [
+    pub const ALL: [Shader; 18] = [
         Shader::Aim,
         Shader::Attention(HeadDim::D32),
         Shader::Attention(HeadDim::D64),
         Shader::Attention(HeadDim::D128),
         Shader::Boost,
         Shader::Canary,
+        Shader::Copy,
         Shader::Conv,
         Shader::Elementwise,
         Shader::Embed,
@@ -104,6 +108,7 @@ impl Shader {
             Shader::Boost => "boost",
             Shader::Canary => "canary",
             Shader::Conv => "conv",
+            Shader::Copy => "copy",
             Shader::Elementwise => "elementwise",
             Shader::Embed => "embed",
             Shader::Matmul => "matmul",
@@ -125,6 +130,7 @@ impl Shader {
             Shader::Boost => with_common!("boost.wgsl"),
             Shader::Canary => with_common!("canary.wgsl"),
             Shader::Conv => with_common!("conv.wgsl"),
+            Shader::Copy => with_common!("copy.wgsl"),
             Shader::Elementwise => with_common!("elementwise.wgsl"),
             Shader::Embed => with_common!("embed.wgsl"),
             Shader::Matmul => with_common!("matmul.wgsl"),

@@ -65,7 +65,7 @@ impl GpuTimer {
                     mapped_at_creation: false,
                 });
                 gpu.push_resolve(set.clone(), n, &buf)?;
-                let bytes = gpu.read_bytes(&buf, 0, n as u64 * 8)?;
+                let bytes = gpu.read_bytes(&super::BufferRange::whole(&buf), 0, n as u64 * 8)?;
                 let period = gpu.queue().get_timestamp_period() as f64;
                 bytemuck::pod_collect_to_vec::<u8, u64>(&bytes).iter().map(|&t| t as f64 * period).collect()
             }

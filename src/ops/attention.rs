@@ -230,7 +230,7 @@ impl BackwardOp for AttentionBack {
 
 impl AttentionBack {
     /// The mask binding (the query buffer stands in when there is no mask; unread then).
-    fn mask_buffer(&self) -> &wgpu::Buffer {
+    fn mask_buffer(&self) -> &crate::gpu::BufferRange {
         self.mask.as_ref().map(|m| m.buffer()).unwrap_or(self.q.buffer())
     }
 

@@ -214,7 +214,7 @@ fn check(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: &Conv2dParams, w_scal
 
 /// Launch a tiled conv kernel over `groups` workgroups, split at the per-dimension limit
 /// (the kernels add the launch's first workgroup, `x0, y0, z0`, to their workgroup id).
-fn launch(k: &Kernel, pr: &mut Params, buffers: &[&wgpu::Buffer], groups: [usize; 3], gpu: &crate::Gpu) -> Result<()> {
+fn launch(k: &Kernel, pr: &mut Params, buffers: &[&crate::gpu::BufferRange], groups: [usize; 3], gpu: &crate::Gpu) -> Result<()> {
     for (first, n) in split_grid(gpu, groups) {
         [pr.x0, pr.y0, pr.z0] = first;
         gpu.dispatch(k, &[], bytes_of(pr), buffers, n)?;

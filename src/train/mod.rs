@@ -481,6 +481,10 @@ impl<'a> Run<'a> {
     fn epoch(&self, epoch: usize, sched: &Scheduler, method: &mut dyn Method, opt: &mut dyn Optimizer, progress: &mut Progress) -> Result<()> {
         let (gpu, cfg) = (self.gpu, self.cfg);
         let t0 = Instant::now();
+        // Phase ends give wholly free segments back to the driver: the last evaluation (and
+        // below, the work before the epoch, such as AIM's prototype fitting) ran on shapes
+        // the training steps do not use, so their free blocks would only sit beside them.
+        gpu.trim_memory();
         gpu.reset_peak_memory();
         let lr = sched.lr_at(epoch);
         opt.set_lr(lr);
@@ -490,6 +494,7 @@ impl<'a> Run<'a> {
         if let Some(share) = method.observe_fraction(epoch) {
             self.observation_pass(method, epoch, share)?;
         }
+        gpu.trim_memory();
         let (stats, wait) = self.training_pass(method, opt, epoch, t0)?;
         let train_secs = t0.elapsed().as_secs_f64();
         let wait_share = wait.as_secs_f64() / train_secs.max(1e-9);
