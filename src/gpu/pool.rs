@@ -5,9 +5,9 @@
 //! Segments are only created when no free block fits and only released by [`BufferPool::trim`]
 //! (wholly free segments), so memory held stays flat across training steps.
 //!
-//! Two pools, as in PyTorch: blocks up to [`SMALL_BLOCK`] are carved from shared segments
-//! that grow with the pool, larger ones from segments of their own exact size, which later
-//! requests may split. Keeping the two apart stops small, long-lived tensors (biases,
+//! Two pools, as in PyTorch: blocks up to [`SMALL_BLOCK`] and larger ones are carved from
+//! segments of their own pool, each new segment a share of what its pool holds (or the
+//! request's size, if larger). Keeping the two apart stops small, long-lived tensors (biases,
 //! optimizer scalars) from pinning the middle of large free ranges. Why this design and not
 //! the alternatives (size buckets, a plan from the first step's trace): `docs/design.md`.
 use crate::error::{Error, Result};
@@ -25,6 +25,13 @@ const SMALL_SEGMENT_SHARE: u64 = 32;
 /// The small pool's first segment.
 pub const SMALL_SEGMENT_MIN: u64 = 16 << 10;
 const SMALL_SEGMENT_MAX: u64 = 2 << 20;
+/// Large-pool segments are shared the same way, 1/16 of what the large pool holds within
+/// [2 MiB, 128 MiB], or the request's own size if larger: freed neighbours in one segment merge,
+/// where tensors in segments of their own could not (a free 4 MiB and a free 5 MiB segment
+/// never serve a 9 MiB request).
+const LARGE_SEGMENT_SHARE: u64 = 16;
+const LARGE_SEGMENT_MIN: u64 = 2 << 20;
+const LARGE_SEGMENT_MAX: u64 = 128 << 20;
 /// Block granularity of the large pool: offsets and sizes are multiples of this (and of the
 /// device's storage offset alignment), so a large tensor starts on a 256-byte boundary as a
 /// whole buffer would. Small blocks are multiples of [`SMALL_ALIGN`] (or of the device's
@@ -220,15 +227,17 @@ impl BufferPool {
         Ok(Taken { range, id: BlockId { segment, offset }, serial, to_check })
     }
 
-    /// Create a segment for a block of `size`: its own exact size in the large pool; in the
-    /// small pool a share of what the pool holds, so segments grow with the model. Returns
-    /// (segment id, segment size).
+    /// Create a segment for a block of `size`: a share of what its pool holds, so segments
+    /// grow with the model, or the block's own size if larger. Returns (segment id, segment
+    /// size).
     fn new_segment(&mut self, device: &wgpu::Device, size: u64, small: bool, limit: Option<u64>) -> Result<(u64, u64)> {
-        let preferred = if small {
-            round_up((self.small_reserved / SMALL_SEGMENT_SHARE).clamp(SMALL_SEGMENT_MIN, SMALL_SEGMENT_MAX), self.align[0]).max(size)
+        let large_reserved = self.stats.reserved - self.small_reserved;
+        let share = if small {
+            (self.small_reserved / SMALL_SEGMENT_SHARE).clamp(SMALL_SEGMENT_MIN, SMALL_SEGMENT_MAX)
         } else {
-            size
+            (large_reserved / LARGE_SEGMENT_SHARE).clamp(LARGE_SEGMENT_MIN, LARGE_SEGMENT_MAX)
         };
+        let preferred = round_up(share, self.align[0]).min(device.limits().max_buffer_size).max(size);
         let buffer = self.create_or_trim(device, preferred, size, limit)?;
         let seg_size = buffer.size();
         let id = self.next_segment;
