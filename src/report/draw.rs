@@ -119,6 +119,9 @@ fn truncate(s: &str, max_chars: usize) -> String {
 const PLOT_TOP: u32 = 10;
 
 fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &Panel, lw: u32) -> DrawResult<DB> {
+    if !p.categories.is_empty() {
+        return draw_bar_panel(area, p, lw);
+    }
     let (w, _) = area.dim_in_pixel();
     let legend = p.legend();
     let (plot, legend_area) = area.split_horizontally(w - lw);
@@ -137,6 +140,78 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &Panel, lw: 
     draw_mesh(&mut chart, p, (x0, x1), (y0, y1))?;
     draw_refs_and_bands(&mut chart, p, (x0, x1))?;
     draw_lines(&mut chart, p)?;
+    draw_legend(&legend_area, &legend, legend_top)
+}
+
+/// A bar panel: categories at x = 0, 1, … named on the axis, the bars from zero with their
+/// error bars and value labels, the reference lines, the legend.
+fn draw_bar_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &Panel, lw: u32) -> DrawResult<DB> {
+    let (w, _) = area.dim_in_pixel();
+    let legend = p.legend();
+    let (plot, legend_area) = area.split_horizontally(w - lw);
+    let (plot, legend_top) = draw_panel_title(plot, p)?;
+    let n = p.categories.len();
+    let (x0, x1) = (-0.5, n as f64 - 0.5);
+    let (y0, y1) = y_range(p);
+    let mut chart = ChartBuilder::on(&plot)
+        .margin_top(PLOT_TOP)
+        .margin_right(20)
+        .margin_left(8)
+        .margin_bottom(6)
+        .x_label_area_size(30)
+        .y_label_area_size(80)
+        .build_cartesian_2d(x0..x1, y0..y1)?;
+    let prec = label_precision(y1 - y0);
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .y_desc(p.y_desc.as_str())
+        .x_labels(0)
+        .y_labels(8)
+        .y_label_formatter(&|v: &f64| format!("{v:.prec$}"))
+        .label_style(text_style(15, FUSED))
+        .axis_desc_style(text_style(17, FUSED))
+        .bold_line_style(RGBColor(222, 222, 222))
+        .light_line_style(RGBColor(244, 244, 244))
+        .draw()?;
+    // The categories' names under the axis, in the plot area's pixels (the mesh's own
+    // labels sit at the axis' round numbers, not at the categories).
+    let max_chars = ((w - lw) as usize / n.max(1)).saturating_sub(8) * 10 / (15 * 56 / 10);
+    let (bx, by) = plot.get_base_pixel();
+    for (c, name) in p.categories.iter().enumerate() {
+        let (x, y) = chart.backend_coord(&(c as f64, y0));
+        let style = text_style(15, FUSED).pos(Pos::new(HPos::Center, VPos::Top));
+        plot.draw(&Text::new(truncate(name, max_chars), (x - bx, y - by + 8), style))?;
+    }
+    chart.draw_series(std::iter::once(PathElement::new(vec![(x0, 0.0), (x1, 0.0)], FUSED.stroke_width(1))))?;
+    for (y, _) in &p.refs {
+        chart.draw_series(DashedLineSeries::new(vec![(x0, *y), (x1, *y)], 10, 6, REF.stroke_width(2)))?;
+    }
+    // value labels only while they fit above their bars
+    let labels = p.bars.len() <= 40;
+    for b in &p.bars {
+        let (l, r) = (b.x - b.width / 2.0, b.x + b.width / 2.0);
+        chart.draw_series(std::iter::once(Rectangle::new([(l, 0.0), (r, b.value)], b.color.filled())))?;
+        let e = b.err.unwrap_or(0.0).abs();
+        if e > 0.0 {
+            let (lo, hi, cap) = (b.value - e, b.value + e, b.width / 4.0);
+            let style = FUSED.stroke_width(2);
+            chart.draw_series(std::iter::once(PathElement::new(vec![(b.x, lo), (b.x, hi)], style)))?;
+            for y in [lo, hi] {
+                chart.draw_series(std::iter::once(PathElement::new(vec![(b.x - cap, y), (b.x + cap, y)], style)))?;
+            }
+        }
+        if labels {
+            let text = match b.err {
+                Some(e) => format!("{:.1} ± {:.1}", b.value, e),
+                None => format!("{:.1}", b.value),
+            };
+            // above a bar that rises, below one that falls, clear of its error bar
+            let (y, v, dy) = if b.value >= 0.0 { (b.value + e, VPos::Bottom, -4) } else { (b.value - e, VPos::Top, 4) };
+            let style = text_style(13, FUSED).pos(Pos::new(HPos::Center, v));
+            chart.draw_series(std::iter::once(EmptyElement::at((b.x, y)) + Text::new(text, (0, dy), style)))?;
+        }
+    }
     draw_legend(&legend_area, &legend, legend_top)
 }
 
@@ -319,10 +394,16 @@ fn x_range(p: &Panel) -> (f64, f64) {
 }
 
 fn y_range(p: &Panel) -> (f64, f64) {
+    // bars rise from zero, and their error bars count
+    let bars = p.bars.iter().flat_map(|b| {
+        let e = b.err.unwrap_or(0.0).abs();
+        [0.0, b.value - e, b.value + e]
+    });
     let ys = p
         .lines
         .iter()
         .flat_map(|l| l.pts.iter().filter_map(|q| q.1))
+        .chain(bars)
         .chain(p.refs.iter().map(|r| r.0))
         .chain(p.bands.iter().flat_map(|b| b.1.iter().flat_map(|q| [q.1, q.2])).filter(|y| y.is_finite()));
     let (lo, hi) = ys.fold((f64::MAX, f64::MIN), |(a, b), y| (a.min(y), b.max(y)));
@@ -332,8 +413,14 @@ fn y_range(p: &Panel) -> (f64, f64) {
         let pad = if lo == 0.0 { 1.0 } else { lo.abs() * 0.1 };
         (lo - pad, hi + pad)
     } else {
-        let pad = (hi - lo) * 0.07;
-        (lo - pad, hi + pad)
+        if p.bars.is_empty() {
+            let pad = (hi - lo) * 0.07;
+            (lo - pad, hi + pad)
+        } else {
+            // room for the value labels above and below the bars; none under a zero base
+            let pad = (hi - lo) * 0.12;
+            (if lo == 0.0 { 0.0 } else { lo - pad }, if hi == 0.0 { 0.0 } else { hi + pad })
+        }
     }
 }
 
