@@ -146,6 +146,15 @@ pub fn render_report_with(run_dir: &Path, out_dir: &Path, opts: &ReportOptions) 
     Ok(report)
 }
 
+/// A probe record charted alone as `out/probe.{png,svg}` under `title` (`equimodal eval
+/// --probe --out`: a checkpoint's probe has no metric log beside it); warnings are returned.
+pub fn render_probe_with(rec: &ProbeRecord, title: &str, out: &Path, opts: &ReportOptions) -> Result<Report> {
+    let mut report = Report::default();
+    create_dir(out)?;
+    write_figures(&[probe_figure(rec, title.to_string())], out, opts, &mut report)?;
+    Ok(report)
+}
+
 /// Overlays the fused test accuracy of several runs (legend: run directory name and
 /// method) in `out/comparison_accuracy.{png,svg}`. A run without test accuracy falls back
 /// to its validation accuracy (with a warning); a run with neither is skipped (warning).

@@ -742,8 +742,7 @@ fn write_probe(gpu: &Gpu, method: &dyn Method, ds: &Arc<dyn Dataset>, names: &[S
     for n in names {
         rows.push_str(&format!("{:<12} {:>+7.2} points\n", n, 100.0 * record.shapley[n]));
     }
-    let text = serde_json::to_string(&record).map_err(|e| Error::Other(format!("probe.json: {e}")))?;
-    checkpoint::write_atomic(&dir.join(probe::PROBE_FILE), format!("{text}\n").as_bytes())?;
+    record.write(&dir.join(probe::PROBE_FILE))?;
     let last_epoch = read_log(log_path)?.iter().rev().find_map(|l| l.get("epoch")?.as_i64()).unwrap_or(-1);
     logs::append_tensorboard(dir, &json!({"epoch": last_epoch, "probe": record.probe, "shapley": record.shapley}))?;
     Ok(rows)

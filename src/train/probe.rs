@@ -197,6 +197,12 @@ impl ProbeRecord {
         serde_path_to_error::deserialize(de).map_err(|e| Error::data(path.display().to_string(), format!("field `{}`: {}", e.path(), e.inner())))
     }
 
+    /// Writes the record to `path` as one line of JSON (atomically: a reader never sees half).
+    pub fn write(&self, path: &std::path::Path) -> Result<()> {
+        let text = serde_json::to_string(self).map_err(|e| Error::data(path.display().to_string(), e.to_string()))?;
+        super::checkpoint::write_atomic(path, format!("{text}\n").as_bytes())
+    }
+
     /// The modalities in display order: `modalities` when the file has it, else every name
     /// the probe or the Shapley values mention, in name order.
     pub fn modality_order(&self) -> Vec<String> {

@@ -3,7 +3,7 @@
 //! checked against figures computed here from the runs' `probe.json` files; sweeps without
 //! `probe.json` get no probe table; a trained run with `train.probe = true` charts the
 //! figures it wrote and logs them to TensorBoard, and its `metrics.jsonl` is the one the
-//! same run writes without the probe.
+//! same run writes without the probe; `eval --probe --out` writes and charts a checkpoint's.
 use equimodal::report::{render_report_with, ReportOptions};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -276,5 +276,20 @@ fn training_with_the_probe_charts_and_logs_it_and_leaves_the_metrics_alone() {
     assert!(!plain_events.iter().any(|e| e.1.starts_with("probe/") || e.1.starts_with("shapley/")));
     // metrics.csv keeps one row per epoch
     assert_eq!(std::fs::read_to_string(probed.join("metrics.csv")).unwrap().lines().count(), 3);
+    // eval --probe --out: the checkpoint's figures as probe.json and their chart
+    let ev = dir.join("eval");
+    let out = cli(&["eval", "--checkpoint", &plain.display().to_string(), "--probe", "--out", &ev.display().to_string()]);
+    assert!(out.status.success(), "{out:?}");
+    let rec: Value = serde_json::from_str(&std::fs::read_to_string(ev.join("probe.json")).unwrap()).unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    let texts = svg_texts(&std::fs::read_to_string(ev.join("charts/probe.svg")).unwrap());
+    for m in ["audio", "visual"] {
+        let (acc, phi) = (rec["probe"][m]["acc"].as_f64().unwrap(), rec["shapley"][m].as_f64().unwrap());
+        assert!(printed.contains(&format!("acc {:>6.2}%", 100.0 * acc)) && printed.contains(&format!("{:>+7.2} points", 100.0 * phi)), "{printed} vs {rec}");
+        for v in [acc, phi] {
+            assert!(texts.contains(&format!("{:.1}", 100.0 * v)), "{v} not in {texts:?}");
+        }
+    }
+    assert!(!cli(&["eval", "--checkpoint", &plain.display().to_string(), "--out", &ev.display().to_string()]).status.success(), "--out needs --probe");
     let _ = std::fs::remove_dir_all(&dir);
 }
