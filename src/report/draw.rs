@@ -12,7 +12,7 @@ use plotters::drawing::DrawingAreaErrorKind;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use super::chart::{Dash, Figure, LegendItem, Panel, FUSED, REF, TRAIN};
+use super::chart::{Bar, Dash, Figure, LegendItem, Panel, FUSED, REF, TRAIN};
 use super::font::{ensure_font, FONT};
 use super::log::Pts;
 use super::{Report, ReportOptions};
@@ -187,8 +187,13 @@ fn draw_bar_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &Panel, 
     for (y, _) in &p.refs {
         chart.draw_series(DashedLineSeries::new(vec![(x0, *y), (x1, *y)], 10, 6, REF.stroke_width(2)))?;
     }
-    // value labels only while they fit above their bars
-    let labels = p.bars.len() <= 40;
+    draw_bars(&mut chart, p)?;
+    draw_bar_labels(&mut chart, p)?;
+    draw_legend(&legend_area, &legend, legend_top)
+}
+
+/// Each bar from zero, and its error bar (with caps) where it has one.
+fn draw_bars<DB: DrawingBackend>(chart: &mut Chart<'_, DB>, p: &Panel) -> DrawResult<DB> {
     for b in &p.bars {
         let (l, r) = (b.x - b.width / 2.0, b.x + b.width / 2.0);
         chart.draw_series(std::iter::once(Rectangle::new([(l, 0.0), (r, b.value)], b.color.filled())))?;
@@ -201,18 +206,41 @@ fn draw_bar_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &Panel, 
                 chart.draw_series(std::iter::once(PathElement::new(vec![(b.x - cap, y), (b.x + cap, y)], style)))?;
             }
         }
-        if labels {
-            let text = match b.err {
-                Some(e) => format!("{:.1} ± {:.1}", b.value, e),
-                None => format!("{:.1}", b.value),
-            };
-            // above a bar that rises, below one that falls, clear of its error bar
-            let (y, v, dy) = if b.value >= 0.0 { (b.value + e, VPos::Bottom, -4) } else { (b.value - e, VPos::Top, 4) };
-            let style = text_style(13, FUSED).pos(Pos::new(HPos::Center, v));
-            chart.draw_series(std::iter::once(EmptyElement::at((b.x, y)) + Text::new(text, (0, dy), style)))?;
-        }
     }
-    draw_legend(&legend_area, &legend, legend_top)
+    Ok(())
+}
+
+const BAR_LABEL_FONT: u32 = 13;
+
+/// Every bar's value over it (under one that falls), clear of its error bar, drawn after
+/// all bars so that no neighbour covers a label: `value ± err` where that fits the bar's
+/// share of the width for every bar of the panel, else the value alone, else no labels.
+fn draw_bar_labels<DB: DrawingBackend>(chart: &mut Chart<'_, DB>, p: &Panel) -> DrawResult<DB> {
+    // a bar's share of the width: the bar and its gap (bars take 0.9 of their slot)
+    let fits = |b: &Bar, with_err: bool| {
+        let px = |x: f64| chart.backend_coord(&(x, 0.0)).0 as f64;
+        let slot = (px(b.x + b.width / 2.0) - px(b.x - b.width / 2.0)) / 0.9;
+        bar_label(b, with_err).chars().count() as f64 * BAR_LABEL_FONT as f64 * 0.56 <= slot
+    };
+    let with_err = p.bars.iter().all(|b| fits(b, true));
+    if !with_err && !p.bars.iter().all(|b| fits(b, false)) {
+        return Ok(());
+    }
+    for b in &p.bars {
+        let e = b.err.unwrap_or(0.0).abs();
+        let (y, v, dy) = if b.value >= 0.0 { (b.value + e, VPos::Bottom, -4) } else { (b.value - e, VPos::Top, 4) };
+        let style = text_style(BAR_LABEL_FONT, FUSED).pos(Pos::new(HPos::Center, v));
+        chart.draw_series(std::iter::once(EmptyElement::at((b.x, y)) + Text::new(bar_label(b, with_err), (0, dy), style)))?;
+    }
+    Ok(())
+}
+
+/// A bar's value with one decimal, and `± err` when asked for and it has an error bar.
+fn bar_label(b: &Bar, with_err: bool) -> String {
+    match b.err.filter(|_| with_err) {
+        Some(e) => format!("{:.1} ± {:.1}", b.value, e),
+        None => format!("{:.1}", b.value),
+    }
 }
 
 /// The panel's own title, if it has one, above its plot; returns the plot's area and the
