@@ -119,48 +119,45 @@ fn truncate(s: &str, max_chars: usize) -> String {
 const PLOT_TOP: u32 = 10;
 
 fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &Panel, lw: u32) -> DrawResult<DB> {
-    if !p.categories.is_empty() {
-        return draw_bar_panel(area, p, lw);
-    }
     let (w, _) = area.dim_in_pixel();
     let legend = p.legend();
     let (plot, legend_area) = area.split_horizontally(w - lw);
     let (plot, legend_top) = draw_panel_title(plot, p)?;
 
-    let (x0, x1) = x_range(p);
+    // a bar panel: categories at x = 0, 1, …, named under the axis
+    let bars = !p.categories.is_empty();
+    let (x0, x1) = if bars { (-0.5, p.categories.len() as f64 - 0.5) } else { x_range(p) };
     let (y0, y1) = y_range(p);
     let mut chart = ChartBuilder::on(&plot)
         .margin_top(PLOT_TOP)
         .margin_right(20)
         .margin_left(8)
         .margin_bottom(6)
-        .x_label_area_size(50)
+        .x_label_area_size(if bars { 30 } else { 50 })
         .y_label_area_size(80)
         .build_cartesian_2d(x0..x1, y0..y1)?;
-    draw_mesh(&mut chart, p, (x0, x1), (y0, y1))?;
-    draw_refs_and_bands(&mut chart, p, (x0, x1))?;
-    draw_lines(&mut chart, p)?;
+    if bars {
+        draw_bar_mesh(&mut chart, &plot, p, (x0, x1), (y0, y1))?;
+        draw_refs_and_bands(&mut chart, p, (x0, x1))?;
+        draw_bars(&mut chart, p)?;
+        draw_bar_labels(&mut chart, p)?;
+    } else {
+        draw_mesh(&mut chart, p, (x0, x1), (y0, y1))?;
+        draw_refs_and_bands(&mut chart, p, (x0, x1))?;
+        draw_lines(&mut chart, p)?;
+    }
     draw_legend(&legend_area, &legend, legend_top)
 }
 
-/// A bar panel: categories at x = 0, 1, … named on the axis, the bars from zero with their
-/// error bars and value labels, the reference lines, the legend.
-fn draw_bar_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &Panel, lw: u32) -> DrawResult<DB> {
-    let (w, _) = area.dim_in_pixel();
-    let legend = p.legend();
-    let (plot, legend_area) = area.split_horizontally(w - lw);
-    let (plot, legend_top) = draw_panel_title(plot, p)?;
-    let n = p.categories.len();
-    let (x0, x1) = (-0.5, n as f64 - 0.5);
-    let (y0, y1) = y_range(p);
-    let mut chart = ChartBuilder::on(&plot)
-        .margin_top(PLOT_TOP)
-        .margin_right(20)
-        .margin_left(8)
-        .margin_bottom(6)
-        .x_label_area_size(30)
-        .y_label_area_size(80)
-        .build_cartesian_2d(x0..x1, y0..y1)?;
+/// A bar panel's grid (no vertical lines), its y labels, the categories' names under the
+/// axis and the zero line the bars rise from.
+fn draw_bar_mesh<DB: DrawingBackend>(
+    chart: &mut Chart<'_, DB>,
+    plot: &DrawingArea<DB, Shift>,
+    p: &Panel,
+    (x0, x1): (f64, f64),
+    (y0, y1): (f64, f64),
+) -> DrawResult<DB> {
     let prec = label_precision(y1 - y0);
     chart
         .configure_mesh()
@@ -174,9 +171,11 @@ fn draw_bar_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &Panel, 
         .bold_line_style(RGBColor(222, 222, 222))
         .light_line_style(RGBColor(244, 244, 244))
         .draw()?;
-    // The categories' names under the axis, in the plot area's pixels (the mesh's own
-    // labels sit at the axis' round numbers, not at the categories).
-    let max_chars = ((w - lw) as usize / n.max(1)).saturating_sub(8) * 10 / (15 * 56 / 10);
+    // The names in the plot area's pixels (the mesh's own labels sit at the axis' round
+    // numbers, not at the categories), each in its share of the width (0.56 em a character).
+    let (w, _) = plot.dim_in_pixel();
+    let n = p.categories.len();
+    let max_chars = (w as usize / n.max(1)).saturating_sub(8) * 10 / (15 * 56 / 10);
     let (bx, by) = plot.get_base_pixel();
     for (c, name) in p.categories.iter().enumerate() {
         let (x, y) = chart.backend_coord(&(c as f64, y0));
@@ -184,12 +183,7 @@ fn draw_bar_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &Panel, 
         plot.draw(&Text::new(truncate(name, max_chars), (x - bx, y - by + 8), style))?;
     }
     chart.draw_series(std::iter::once(PathElement::new(vec![(x0, 0.0), (x1, 0.0)], FUSED.stroke_width(1))))?;
-    for (y, _) in &p.refs {
-        chart.draw_series(DashedLineSeries::new(vec![(x0, *y), (x1, *y)], 10, 6, REF.stroke_width(2)))?;
-    }
-    draw_bars(&mut chart, p)?;
-    draw_bar_labels(&mut chart, p)?;
-    draw_legend(&legend_area, &legend, legend_top)
+    Ok(())
 }
 
 /// Each bar from zero, and its error bar (with caps) where it has one.

@@ -69,6 +69,10 @@ pub const PROBE_CHART: &str = "probe";
 /// File stem of `compare`'s grouped bar chart of the probe (`compare_probe.{png,svg}`).
 pub const COMPARE_PROBE_CHART: &str = "compare_probe";
 
+/// One bar of a [`BarPanel`] series: its height and the half-width of its error bar (None:
+/// no error bar); None for the whole value: no bar there.
+pub type BarValue = Option<(f64, Option<f64>)>;
+
 /// One panel of a grouped bar chart: per category on the x axis, one bar per series, each
 /// labelled with its value (one decimal, and `± err` where it has an error bar).
 #[derive(Debug, Clone, Default)]
@@ -79,9 +83,8 @@ pub struct BarPanel {
     pub y_desc: String,
     /// The x axis' categories, left to right.
     pub categories: Vec<String>,
-    /// Legend label and, per category, the bar's height and the half-width of its error
-    /// bar (None: no error bar; None for the whole entry: no bar there).
-    pub series: Vec<(String, Vec<Option<(f64, Option<f64>)>>)>,
+    /// Legend label and, per category, its bar.
+    pub series: Vec<(String, Vec<BarValue>)>,
     /// Horizontal reference lines: value and legend label.
     pub refs: Vec<(f64, String)>,
 }
