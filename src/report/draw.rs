@@ -177,13 +177,30 @@ fn draw_bar_mesh<DB: DrawingBackend>(
     let n = p.categories.len();
     let max_chars = (w as usize / n.max(1)).saturating_sub(8) * 10 / (15 * 56 / 10);
     let (bx, by) = plot.get_base_pixel();
-    for (c, name) in p.categories.iter().enumerate() {
+    for (c, name) in category_names(&p.categories, max_chars).into_iter().enumerate() {
         let (x, y) = chart.backend_coord(&(c as f64, y0));
         let style = text_style(15, FUSED).pos(Pos::new(HPos::Center, VPos::Top));
-        plot.draw(&Text::new(truncate(name, max_chars), (x - bx, y - by + 8), style))?;
+        plot.draw(&Text::new(name, (x - bx, y - by + 8), style))?;
     }
     chart.draw_series(std::iter::once(PathElement::new(vec![(x0, 0.0), (x1, 0.0)], FUSED.stroke_width(1))))?;
     Ok(())
+}
+
+/// Category names of at most `max_chars` characters: as they are when they fit, else cut at
+/// their start: settings labels begin with what they share (the method) and end with the
+/// values in which they differ (`joint train.lr=0.01` shows as `…lr=0.01`).
+fn category_names(names: &[String], max_chars: usize) -> Vec<String> {
+    names
+        .iter()
+        .map(|s| {
+            let n = s.chars().count();
+            if n <= max_chars {
+                s.clone()
+            } else {
+                std::iter::once('…').chain(s.chars().skip(n + 1 - max_chars.max(1))).collect()
+            }
+        })
+        .collect()
 }
 
 /// Each bar from zero, and its error bar (with caps) where it has one.

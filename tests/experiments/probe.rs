@@ -3,7 +3,8 @@
 //! checked against figures computed here from the runs' `probe.json` files; sweeps without
 //! `probe.json` get no probe table; a trained run with `train.probe = true` charts the
 //! figures it wrote and logs them to TensorBoard, and its `metrics.jsonl` is the one the
-//! same run writes without the probe; `eval --probe --out` writes and charts a checkpoint's.
+//! same run writes without the probe; `eval --probe --out` writes and charts a checkpoint's;
+//! a crowded chart labels the means alone and keeps the settings' names apart.
 use equimodal::report::{render_report_with, ReportOptions};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -291,5 +292,40 @@ fn training_with_the_probe_charts_and_logs_it_and_leaves_the_metrics_alone() {
         }
     }
     assert!(!cli(&["eval", "--checkpoint", &plain.display().to_string(), "--out", &ev.display().to_string()]).status.success(), "--out needs --probe");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn crowded_bar_charts_label_the_means_alone() {
+    // eight settings (joint at eight learning rates), two seeds each: sixteen bars a panel,
+    // too narrow for "mean ± std" but not for the mean
+    let dir = tmp("crowded");
+    let lrs = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2];
+    for (i, lr) in lrs.iter().enumerate() {
+        for s in 0..2u64 {
+            let run = dir.join(format!("lr{i}-s{s}"));
+            let k = (i * 2 + s as usize) as f64;
+            one_run(&run, s, "joint", Some(&probe_json((0.3 + 0.01 * k, 0.6 - 0.005 * k), (0.1 + 0.002 * k, 0.2))));
+            std::fs::write(run.join("config.toml"), format!("seed = {s}\n[method]\nname = \"joint\"\n[train]\nlr = {lr}\n")).unwrap();
+        }
+    }
+    let out = cli(&["compare", &dir.display().to_string()]);
+    assert!(out.status.success(), "{out:?}");
+    let texts = svg_texts(&std::fs::read_to_string(dir.join("compare_probe.svg")).unwrap());
+    // no "mean ± std" label (the title's "± 1 std" is not one)
+    assert!(!texts.iter().any(|t| t.split(" ± ").count() == 2 && t.split(" ± ").all(|x| x.parse::<f64>().is_ok())), "{texts:?}");
+    // the names, too long for their share of the width, keep what tells them apart
+    // (the setting `joint train.lr=0.001` cut at its start)
+    for lr in lrs {
+        let full = format!("train.lr={lr}");
+        let shown = texts.iter().filter(|t| t.strip_prefix('…').is_some_and(|tail| full.ends_with(tail) && tail.ends_with(&lr.to_string()))).count();
+        assert_eq!(shown, 2, "{full} once a panel: {texts:?}");
+    }
+    // the mean of each setting's audio probe: seeds k = 2i and 2i + 1
+    for i in 0..lrs.len() {
+        let k = (2 * i) as f64 + 0.5;
+        let label = format!("{:.1}", 100.0 * (0.3 + 0.01 * k));
+        assert!(texts.contains(&label), "{label} not in {texts:?}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
