@@ -54,6 +54,10 @@ enum Cmd {
         /// features (training split), its test accuracy (the field's unimodal metric).
         #[arg(long)]
         probe: bool,
+        /// With --probe: also write the figures as DIR/probe.json and chart them in
+        /// DIR/charts/probe.{png,svg}.
+        #[arg(long, value_name = "DIR", requires = "probe")]
+        out: Option<PathBuf>,
     },
     /// List GPU adapters with backend, features and key limits.
     Devices,
@@ -306,7 +310,7 @@ fn run(cli: Cli) -> equimodal::Result<()> {
             compare_runs(runs, select, &out)
         }
         Cmd::Train { .. } => train(&cli),
-        Cmd::Eval { checkpoint, sets, probe } => eval(&cli, checkpoint, sets, *probe),
+        Cmd::Eval { checkpoint, sets, probe, out } => eval(&cli, checkpoint, sets, *probe, out.as_deref()),
         Cmd::Devices => devices(&cli),
         Cmd::Bench { .. } => bench(&cli),
         Cmd::Report { runs, out } => report(runs, out.as_deref()),
@@ -337,8 +341,9 @@ fn train(cli: &Cli) -> equimodal::Result<()> {
     Ok(())
 }
 
-/// `equimodal eval`: a checkpoint's test table; with `probe`, linear probes and Shapley shares.
-fn eval(cli: &Cli, checkpoint: &std::path::Path, sets: &[String], probe: bool) -> equimodal::Result<()> {
+/// `equimodal eval`: a checkpoint's test table; with `probe`, linear probes and Shapley shares
+/// (into `out/probe.json` and its chart when `out` is given).
+fn eval(cli: &Cli, checkpoint: &std::path::Path, sets: &[String], probe: bool, out: Option<&std::path::Path>) -> equimodal::Result<()> {
     let gpu = equimodal::Gpu::new(gpu_options(cli)?)?;
     let (summary, val) = equimodal::train::eval_checkpoint(&gpu, checkpoint, sets)?;
     if let Some(v) = val {
@@ -361,6 +366,18 @@ fn eval(cli: &Cli, checkpoint: &std::path::Path, sets: &[String], probe: bool) -
     println!("Shapley contribution to the fused test accuracy (absent modalities' inputs zeroed):");
     for (n, p) in u.modalities.iter().zip(&u.shapley) {
         println!("  {n:<10} {:>+7.2} points", 100.0 * p);
+    }
+    if let Some(dir) = out {
+        let rec = u.record();
+        std::fs::create_dir_all(dir).map_err(|e| equimodal::Error::io(dir, e))?;
+        rec.write(&dir.join(equimodal::train::probe::PROBE_FILE))?;
+        let title = format!("Unimodal metrics (test) - {}", checkpoint.display());
+        let charts = dir.join(equimodal::report::CHARTS_DIR);
+        let r = equimodal::report::render_probe_with(&rec, &title, &charts, &equimodal::report::ReportOptions::default())?;
+        for w in &r.warnings {
+            eprintln!("warning: report: {w}");
+        }
+        println!("{} and {} chart files in {}", equimodal::train::probe::PROBE_FILE, r.files.len(), charts.display());
     }
     Ok(())
 }

@@ -1,9 +1,14 @@
 //! `compare`: runs grouped into settings (same configuration but for the seed), one figure per
 //! run chosen by a stated selection rule, mean ± std and a 95 % interval over seeds, and
 //! paired differences between settings over their shared seeds. Markdown, CSV and LaTeX.
+//! Runs trained with `train.probe = true` add a second table: each modality's linear-probe
+//! accuracy and Shapley contribution (from `probe.json`, of the final model), mean ± std
+//! over seeds, and a grouped bar chart of them.
 use super::stats::{paired, summarize, Paired, Summary};
 use super::sweep::Selection;
 use crate::error::{Error, Result};
+use crate::report::BarPanel;
+use crate::train::probe::{ProbeRecord, PROBE_FILE};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -24,6 +29,8 @@ pub struct RunRecord {
     pub method: String,
     /// The lines of `metrics.jsonl`, one per epoch.
     pub lines: Vec<Value>,
+    /// The run's `probe.json`, when it has one (`train.probe = true`).
+    pub probe: Option<ProbeRecord>,
 }
 
 /// The figures of one run under a selection rule.
@@ -37,6 +44,11 @@ pub struct Picked {
     pub per_modality: BTreeMap<String, f64>,
     /// The imbalance ratio logged for the chosen epochs.
     pub imbalance: f64,
+    /// Linear-probe test accuracy by modality, from `probe.json` (the final model, whatever
+    /// the selection rule); empty without one.
+    pub probe: BTreeMap<String, f64>,
+    /// Shapley contribution to the fused test accuracy by modality, from `probe.json`.
+    pub shapley: BTreeMap<String, f64>,
 }
 
 /// A setting: its label, its runs' seeds and picked figures.
@@ -60,6 +72,9 @@ pub struct Comparison {
     pub groups: Vec<Group>,
     /// Every modality name with a per-modality accuracy in some run (the table's columns).
     pub modalities: Vec<String>,
+    /// Every modality named in some run's `probe.json`, in the order the files give them
+    /// (the probe table's columns); empty when no run has one, and then there is no table.
+    pub probe_modalities: Vec<String>,
 }
 
 /// A run directory: `config.toml` and a complete `metrics.jsonl` (every line valid JSON).
@@ -87,7 +102,9 @@ pub fn read_run(dir: &Path) -> Result<RunRecord> {
     if lines.is_empty() {
         return Err(Error::data(log.display().to_string(), "no epochs logged"));
     }
-    Ok(RunRecord { dir: dir.to_path_buf(), seed: seed as i64, table, setting, method: cfg.method.name.as_str().to_string(), lines })
+    let probe_path = dir.join(PROBE_FILE);
+    let probe = if probe_path.is_file() { Some(ProbeRecord::read(&probe_path)?) } else { None };
+    Ok(RunRecord { dir: dir.to_path_buf(), seed: seed as i64, table, setting, method: cfg.method.name.as_str().to_string(), lines, probe })
 }
 
 /// The run directories under the arguments: each argument is a run (it has `metrics.jsonl`)
@@ -160,6 +177,8 @@ pub fn pick(run: &RunRecord, select: Selection) -> Result<Picked> {
         macro_f1: mean(&|l| num(l, &["test", "macro_f1"])),
         per_modality: per,
         imbalance: mean(&|l| num(l, &["imbalance", "ratio"])),
+        probe: run.probe.iter().flat_map(|r| r.probe.iter().map(|(m, s)| (m.clone(), s.acc))).collect(),
+        shapley: run.probe.iter().flat_map(|r| r.shapley.clone()).collect(),
     })
 }
 
@@ -201,7 +220,13 @@ pub fn compare(runs: &[RunRecord], select: Option<Selection>) -> Result<Comparis
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
-    Ok(Comparison { select, groups, modalities })
+    let mut probe_modalities: Vec<String> = Vec::new();
+    for m in runs.iter().filter_map(|r| r.probe.as_ref()).flat_map(|p| p.modality_order()) {
+        if !probe_modalities.contains(&m) {
+            probe_modalities.push(m);
+        }
+    }
+    Ok(Comparison { select, groups, modalities, probe_modalities })
 }
 
 /// A label per setting (given by one of its runs): its method, and where several settings
@@ -270,6 +295,29 @@ pub fn columns(c: &Comparison) -> Vec<Column> {
     cols
 }
 
+/// The probe table's metrics: each modality's linear-probe accuracy (`probe.<m>`), then its
+/// Shapley contribution (`shapley.<m>`); none when no run has `probe.json`.
+pub fn probe_columns(c: &Comparison) -> Vec<Column> {
+    let mut cols: Vec<Column> = Vec::new();
+    for m in &c.probe_modalities {
+        let m2 = m.clone();
+        cols.push((format!("probe.{m}"), Box::new(move |p: &Picked| p.probe.get(&m2).copied().unwrap_or(f64::NAN)), true));
+    }
+    for m in &c.probe_modalities {
+        let m2 = m.clone();
+        cols.push((format!("shapley.{m}"), Box::new(move |p: &Picked| p.shapley.get(&m2).copied().unwrap_or(f64::NAN)), true));
+    }
+    cols
+}
+
+/// What the probe table's figures are, for the three formats.
+const PROBE_SOURCE: &str = "final model (probe.json)";
+
+/// Runs of the group that have `probe.json`.
+fn probe_runs(g: &Group) -> usize {
+    g.runs.iter().filter(|r| !r.1.probe.is_empty() || !r.1.shapley.is_empty()).count()
+}
+
 fn fmt(s: &Summary, pct: bool) -> String {
     let k = if pct { 100.0 } else { 1.0 };
     let d = if pct { 1 } else { 3 };
@@ -299,19 +347,13 @@ pub fn markdown(c: &Comparison) -> String {
         "Figures per run: {}. Cells: mean ± std [95 % CI of the mean] over seeds; accuracies in %.\n\n",
         c.select.describe()
     );
-    s.push_str("| setting | seeds |");
-    for (t, _, _) in &cols {
-        s.push_str(&format!(" {t} |"));
-    }
-    s.push_str("\n|---|---|");
-    s.push_str(&"---|".repeat(cols.len()));
-    s.push('\n');
-    for g in &c.groups {
-        s.push_str(&format!("| {} | {} |", g.label, g.runs.len()));
-        for (_, f, pct) in &cols {
-            s.push_str(&format!(" {} |", fmt(&g.summary(f), *pct)));
-        }
-        s.push('\n');
+    s.push_str(&markdown_table(c, &cols, "seeds", |g| g.runs.len()));
+    let probe = probe_columns(c);
+    if !probe.is_empty() {
+        s.push_str(&format!(
+            "\nUnimodal metrics of each run's {PROBE_SOURCE}: `probe.<m>` the linear-probe test accuracy of modality m's frozen encoder (%), `shapley.<m>` its Shapley contribution to the fused test accuracy (points); mean ± std [95 % CI of the mean] over the runs that have it:\n\n"
+        ));
+        s.push_str(&markdown_table(c, &probe, "runs", probe_runs));
     }
     if c.groups.len() > 1 {
         s.push_str("\nPaired differences in fused accuracy over shared seeds (A − B, points; SE: standard error; p: two-sided):\n\n");
@@ -342,6 +384,25 @@ pub fn markdown(c: &Comparison) -> String {
     s
 }
 
+/// A Markdown table: one row per setting, its run count (`count`) and a cell per column.
+fn markdown_table(c: &Comparison, cols: &[Column], count_title: &str, count: impl Fn(&Group) -> usize) -> String {
+    let mut s = format!("| setting | {count_title} |");
+    for (t, _, _) in cols {
+        s.push_str(&format!(" {t} |"));
+    }
+    s.push_str("\n|---|---|");
+    s.push_str(&"---|".repeat(cols.len()));
+    s.push('\n');
+    for g in &c.groups {
+        s.push_str(&format!("| {} | {} |", g.label, count(g)));
+        for (_, f, pct) in cols {
+            s.push_str(&format!(" {} |", fmt(&g.summary(f), *pct)));
+        }
+        s.push('\n');
+    }
+    s
+}
+
 fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n']) {
         format!("\"{}\"", s.replace('"', "\"\""))
@@ -353,20 +414,24 @@ fn csv_field(s: &str) -> String {
 /// One CSV row per (setting, metric): n, mean, std, CI bounds; then the paired rows.
 pub fn csv(c: &Comparison) -> (String, String) {
     let mut s = String::from("setting,metric,n,mean,std,ci95_low,ci95_high,selection\n");
+    let select = c.select.describe();
     for g in &c.groups {
-        for (t, f, _) in columns(c) {
-            let m = g.summary(f);
-            s.push_str(&format!(
-                "{},{},{},{},{},{},{},{}\n",
-                csv_field(&g.label),
-                csv_field(&t),
-                m.n,
-                m.mean,
-                m.std,
-                m.mean - m.ci95,
-                m.mean + m.ci95,
-                csv_field(&c.select.describe())
-            ));
+        let tables = [(columns(c), select.as_str()), (probe_columns(c), PROBE_SOURCE)];
+        for (cols, source) in &tables {
+            for (t, f, _) in cols {
+                let m = g.summary(f);
+                s.push_str(&format!(
+                    "{},{},{},{},{},{},{},{}\n",
+                    csv_field(&g.label),
+                    csv_field(t),
+                    m.n,
+                    m.mean,
+                    m.std,
+                    m.mean - m.ci95,
+                    m.mean + m.ci95,
+                    csv_field(source)
+                ));
+            }
         }
     }
     let mut p = String::from("a,b,n,mean_diff,se,t,p_t,p_wilcoxon,a_wins,ties,b_wins\n");
@@ -404,18 +469,29 @@ fn tex_escape(s: &str) -> String {
         .collect()
 }
 
-/// The settings table as a LaTeX `tabular` (booktabs rules), mean ± std.
+/// The settings table as a LaTeX `tabular` (booktabs rules), mean ± std; then, when runs
+/// have `probe.json`, the probe table as a second `tabular`.
 pub fn latex(c: &Comparison) -> String {
-    let cols = columns(c);
-    let mut s = format!("% figures per run: {}; mean $\\pm$ std over seeds\n\\begin{{tabular}}{{l r {}}}\n\\toprule\n", c.select.describe(), "r ".repeat(cols.len()));
-    s.push_str("setting & seeds");
-    for (t, _, _) in &cols {
+    let mut s = latex_table(c, &columns(c), &format!("figures per run: {}", c.select.describe()), "seeds", |g| g.runs.len());
+    let probe = probe_columns(c);
+    if !probe.is_empty() {
+        s.push('\n');
+        s.push_str(&latex_table(c, &probe, &format!("unimodal metrics of the {PROBE_SOURCE}, in %"), "runs", probe_runs));
+    }
+    s
+}
+
+/// One LaTeX `tabular`: a row per setting, its run count (`count`) and a cell per column.
+fn latex_table(c: &Comparison, cols: &[Column], what: &str, count_title: &str, count: impl Fn(&Group) -> usize) -> String {
+    let mut s = format!("% {what}; mean $\\pm$ std over seeds\n\\begin{{tabular}}{{l r {}}}\n\\toprule\n", "r ".repeat(cols.len()));
+    s.push_str(&format!("setting & {count_title}"));
+    for (t, _, _) in cols {
         s.push_str(&format!(" & {}", tex_escape(t)));
     }
     s.push_str(" \\\\\n\\midrule\n");
     for g in &c.groups {
-        s.push_str(&format!("{} & {}", tex_escape(&g.label), g.runs.len()));
-        for (_, f, pct) in &cols {
+        s.push_str(&format!("{} & {}", tex_escape(&g.label), count(g)));
+        for (_, f, pct) in cols {
             let m = g.summary(f);
             let k = if *pct { 100.0 } else { 1.0 };
             let d = if *pct { 1 } else { 3 };
@@ -433,8 +509,38 @@ pub fn latex(c: &Comparison) -> String {
     s
 }
 
-/// Write compare.md, compare.csv, compare_pairs.csv, compare.tex and the seed-band charts
-/// into `out`; returns the Markdown.
+/// The grouped bar chart of the probe table: per setting, a bar per modality (mean, ± one
+/// std over seeds) of the probe accuracy, then of the Shapley contribution; no panels
+/// when no run has `probe.json`.
+pub fn probe_panels(c: &Comparison) -> Vec<BarPanel> {
+    if c.probe_modalities.is_empty() {
+        return Vec::new();
+    }
+    let panel = |title: &str, y_desc: &str, f: fn(&Picked) -> &BTreeMap<String, f64>| BarPanel {
+        title: Some(title.into()),
+        y_desc: y_desc.into(),
+        categories: c.groups.iter().map(|g| g.label.clone()).collect(),
+        series: c
+            .probe_modalities
+            .iter()
+            .map(|m| {
+                let bars = c.groups.iter().map(|g| {
+                    let s = g.summary(|p| f(p).get(m).copied().unwrap_or(f64::NAN));
+                    (s.n > 0).then(|| (100.0 * s.mean, s.std.is_finite().then_some(100.0 * s.std)))
+                });
+                (m.clone(), bars.collect())
+            })
+            .collect(),
+        refs: Vec::new(),
+    };
+    vec![
+        panel("Linear-probe test accuracy per modality", "accuracy (%)", |p| &p.probe),
+        panel("Shapley contribution to the fused test accuracy", "points", |p| &p.shapley),
+    ]
+}
+
+/// Write compare.md, compare.csv, compare_pairs.csv, compare.tex and the charts (seed bands;
+/// the probe's bars when runs have `probe.json`) into `out`; returns the Markdown.
 pub fn write_all(c: &Comparison, out: &Path) -> Result<(String, Vec<PathBuf>)> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let md = markdown(c);
@@ -446,6 +552,6 @@ pub fn write_all(c: &Comparison, out: &Path) -> Result<(String, Vec<PathBuf>)> {
         files.push(p);
     }
     let bands: Vec<(String, Vec<PathBuf>)> = c.groups.iter().map(|g| (g.label.clone(), g.dirs.clone())).collect();
-    files.extend(crate::report::render_seed_bands(&bands, out)?);
+    files.extend(crate::report::render_compare(&bands, &probe_panels(c), out)?);
     Ok((md, files))
 }

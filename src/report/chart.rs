@@ -89,7 +89,18 @@ pub(super) struct LegendItem {
     pub(super) marker: bool,
 }
 
-/// One pair of axes with its curves, reference lines, bands and legend.
+/// One bar of a bar panel: its centre and width on the x axis, its height from zero, and
+/// the half-width of its error bar (± one standard deviation over seeds).
+pub(super) struct Bar {
+    pub(super) x: f64,
+    pub(super) width: f64,
+    pub(super) value: f64,
+    pub(super) err: Option<f64>,
+    pub(super) color: RGBColor,
+}
+
+/// One pair of axes with its curves, reference lines, bands and legend; or, when it has
+/// categories, a bar panel: category `i` at x = i, its bars grouped around it.
 pub(super) struct Panel {
     pub(super) title: Option<String>,
     pub(super) x_desc: String,
@@ -102,6 +113,10 @@ pub(super) struct Panel {
     pub(super) integer_y: bool,
     /// Shaded bands drawn under the lines: colour and (x, low, high) points.
     pub(super) bands: Vec<(RGBColor, Vec<(f64, f64, f64)>)>,
+    /// The x axis' category names (a bar panel); empty for curves over epochs.
+    pub(super) categories: Vec<String>,
+    /// The bars of a bar panel, each labelled with its value.
+    pub(super) bars: Vec<Bar>,
 }
 
 impl Panel {
@@ -115,6 +130,8 @@ impl Panel {
             extra_legend: Vec::new(),
             integer_y: false,
             bands: Vec::new(),
+            categories: Vec::new(),
+            bars: Vec::new(),
         }
     }
     pub(super) fn titled(mut self, title: impl Into<String>) -> Panel {
@@ -128,7 +145,7 @@ impl Panel {
         }
     }
     pub(super) fn has_data(&self) -> bool {
-        !self.lines.is_empty()
+        !self.lines.is_empty() || !self.bars.is_empty()
     }
     /// Whether curves get point markers: short runs only, else they clutter.
     pub(super) fn markers(&self) -> bool {

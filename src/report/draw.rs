@@ -12,7 +12,7 @@ use plotters::drawing::DrawingAreaErrorKind;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use super::chart::{Dash, Figure, LegendItem, Panel, FUSED, REF, TRAIN};
+use super::chart::{Bar, Dash, Figure, LegendItem, Panel, FUSED, REF, TRAIN};
 use super::font::{ensure_font, FONT};
 use super::log::Pts;
 use super::{Report, ReportOptions};
@@ -124,20 +124,134 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &Panel, lw: 
     let (plot, legend_area) = area.split_horizontally(w - lw);
     let (plot, legend_top) = draw_panel_title(plot, p)?;
 
-    let (x0, x1) = x_range(p);
+    // a bar panel: categories at x = 0, 1, …, named under the axis
+    let bars = !p.categories.is_empty();
+    let (x0, x1) = if bars { (-0.5, p.categories.len() as f64 - 0.5) } else { x_range(p) };
     let (y0, y1) = y_range(p);
     let mut chart = ChartBuilder::on(&plot)
         .margin_top(PLOT_TOP)
         .margin_right(20)
         .margin_left(8)
         .margin_bottom(6)
-        .x_label_area_size(50)
+        .x_label_area_size(if bars { 30 } else { 50 })
         .y_label_area_size(80)
         .build_cartesian_2d(x0..x1, y0..y1)?;
-    draw_mesh(&mut chart, p, (x0, x1), (y0, y1))?;
-    draw_refs_and_bands(&mut chart, p, (x0, x1))?;
-    draw_lines(&mut chart, p)?;
+    if bars {
+        draw_bar_mesh(&mut chart, &plot, p, (x0, x1), (y0, y1))?;
+        draw_refs_and_bands(&mut chart, p, (x0, x1))?;
+        draw_bars(&mut chart, p)?;
+        draw_bar_labels(&mut chart, p)?;
+    } else {
+        draw_mesh(&mut chart, p, (x0, x1), (y0, y1))?;
+        draw_refs_and_bands(&mut chart, p, (x0, x1))?;
+        draw_lines(&mut chart, p)?;
+    }
     draw_legend(&legend_area, &legend, legend_top)
+}
+
+/// A bar panel's grid (no vertical lines), its y labels, the categories' names under the
+/// axis and the zero line the bars rise from.
+fn draw_bar_mesh<DB: DrawingBackend>(
+    chart: &mut Chart<'_, DB>,
+    plot: &DrawingArea<DB, Shift>,
+    p: &Panel,
+    (x0, x1): (f64, f64),
+    (y0, y1): (f64, f64),
+) -> DrawResult<DB> {
+    let prec = label_precision(y1 - y0);
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .y_desc(p.y_desc.as_str())
+        .x_labels(0)
+        .y_labels(8)
+        .y_label_formatter(&|v: &f64| format!("{v:.prec$}"))
+        .label_style(text_style(15, FUSED))
+        .axis_desc_style(text_style(17, FUSED))
+        .bold_line_style(RGBColor(222, 222, 222))
+        .light_line_style(RGBColor(244, 244, 244))
+        .draw()?;
+    // The names in the plot area's pixels (the mesh's own labels sit at the axis' round
+    // numbers, not at the categories), each in its share of the width (0.56 em a character).
+    let (w, _) = plot.dim_in_pixel();
+    let n = p.categories.len();
+    let max_chars = (w as usize / n.max(1)).saturating_sub(8) * 10 / (15 * 56 / 10);
+    let (bx, by) = plot.get_base_pixel();
+    for (c, name) in category_names(&p.categories, max_chars).into_iter().enumerate() {
+        let (x, y) = chart.backend_coord(&(c as f64, y0));
+        let style = text_style(15, FUSED).pos(Pos::new(HPos::Center, VPos::Top));
+        plot.draw(&Text::new(name, (x - bx, y - by + 8), style))?;
+    }
+    chart.draw_series(std::iter::once(PathElement::new(vec![(x0, 0.0), (x1, 0.0)], FUSED.stroke_width(1))))?;
+    Ok(())
+}
+
+/// Category names of at most `max_chars` characters: as they are when they fit, else cut at
+/// their start: settings labels begin with what they share (the method) and end with the
+/// values in which they differ (`joint train.lr=0.01` shows as `…lr=0.01`).
+fn category_names(names: &[String], max_chars: usize) -> Vec<String> {
+    names
+        .iter()
+        .map(|s| {
+            let n = s.chars().count();
+            if n <= max_chars {
+                s.clone()
+            } else {
+                std::iter::once('…').chain(s.chars().skip(n + 1 - max_chars.max(1))).collect()
+            }
+        })
+        .collect()
+}
+
+/// Each bar from zero, and its error bar (with caps) where it has one.
+fn draw_bars<DB: DrawingBackend>(chart: &mut Chart<'_, DB>, p: &Panel) -> DrawResult<DB> {
+    for b in &p.bars {
+        let (l, r) = (b.x - b.width / 2.0, b.x + b.width / 2.0);
+        chart.draw_series(std::iter::once(Rectangle::new([(l, 0.0), (r, b.value)], b.color.filled())))?;
+        let e = b.err.unwrap_or(0.0).abs();
+        if e > 0.0 {
+            let (lo, hi, cap) = (b.value - e, b.value + e, b.width / 4.0);
+            let style = FUSED.stroke_width(2);
+            chart.draw_series(std::iter::once(PathElement::new(vec![(b.x, lo), (b.x, hi)], style)))?;
+            for y in [lo, hi] {
+                chart.draw_series(std::iter::once(PathElement::new(vec![(b.x - cap, y), (b.x + cap, y)], style)))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+const BAR_LABEL_FONT: u32 = 13;
+
+/// Every bar's value over it (under one that falls), clear of its error bar, drawn after
+/// all bars so that no neighbour covers a label: `value ± err` where that fits the bar's
+/// share of the width for every bar of the panel, else the value alone, else no labels.
+fn draw_bar_labels<DB: DrawingBackend>(chart: &mut Chart<'_, DB>, p: &Panel) -> DrawResult<DB> {
+    // a bar's share of the width: the bar and its gap (bars take 0.9 of their slot)
+    let fits = |b: &Bar, with_err: bool| {
+        let px = |x: f64| chart.backend_coord(&(x, 0.0)).0 as f64;
+        let slot = (px(b.x + b.width / 2.0) - px(b.x - b.width / 2.0)) / 0.9;
+        bar_label(b, with_err).chars().count() as f64 * BAR_LABEL_FONT as f64 * 0.56 <= slot
+    };
+    let with_err = p.bars.iter().all(|b| fits(b, true));
+    if !with_err && !p.bars.iter().all(|b| fits(b, false)) {
+        return Ok(());
+    }
+    for b in &p.bars {
+        let e = b.err.unwrap_or(0.0).abs();
+        let (y, v, dy) = if b.value >= 0.0 { (b.value + e, VPos::Bottom, -4) } else { (b.value - e, VPos::Top, 4) };
+        let style = text_style(BAR_LABEL_FONT, FUSED).pos(Pos::new(HPos::Center, v));
+        chart.draw_series(std::iter::once(EmptyElement::at((b.x, y)) + Text::new(bar_label(b, with_err), (0, dy), style)))?;
+    }
+    Ok(())
+}
+
+/// A bar's value with one decimal, and `± err` when asked for and it has an error bar.
+fn bar_label(b: &Bar, with_err: bool) -> String {
+    match b.err.filter(|_| with_err) {
+        Some(e) => format!("{:.1} ± {:.1}", b.value, e),
+        None => format!("{:.1}", b.value),
+    }
 }
 
 /// The panel's own title, if it has one, above its plot; returns the plot's area and the
@@ -319,10 +433,16 @@ fn x_range(p: &Panel) -> (f64, f64) {
 }
 
 fn y_range(p: &Panel) -> (f64, f64) {
+    // bars rise from zero, and their error bars count
+    let bars = p.bars.iter().flat_map(|b| {
+        let e = b.err.unwrap_or(0.0).abs();
+        [0.0, b.value - e, b.value + e]
+    });
     let ys = p
         .lines
         .iter()
         .flat_map(|l| l.pts.iter().filter_map(|q| q.1))
+        .chain(bars)
         .chain(p.refs.iter().map(|r| r.0))
         .chain(p.bands.iter().flat_map(|b| b.1.iter().flat_map(|q| [q.1, q.2])).filter(|y| y.is_finite()));
     let (lo, hi) = ys.fold((f64::MAX, f64::MIN), |(a, b), y| (a.min(y), b.max(y)));
@@ -332,8 +452,14 @@ fn y_range(p: &Panel) -> (f64, f64) {
         let pad = if lo == 0.0 { 1.0 } else { lo.abs() * 0.1 };
         (lo - pad, hi + pad)
     } else {
-        let pad = (hi - lo) * 0.07;
-        (lo - pad, hi + pad)
+        if p.bars.is_empty() {
+            let pad = (hi - lo) * 0.07;
+            (lo - pad, hi + pad)
+        } else {
+            // room for the value labels above and below the bars; none under a zero base
+            let pad = (hi - lo) * 0.12;
+            (if lo == 0.0 { 0.0 } else { lo - pad }, if hi == 0.0 { 0.0 } else { hi + pad })
+        }
     }
 }
 

@@ -6,10 +6,11 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::chart::{depth_color, modality_color, Dash, Figure, LegendItem, Line, Panel, FUSED, PALETTE, TEST, TRAIN};
+use super::chart::{depth_color, modality_color, Bar, Dash, Figure, LegendItem, Line, Panel, FUSED, PALETTE, TEST, TRAIN};
 use super::log::{at, has_data, num, run_name, Pts, RunLog};
-use super::METRICS_FILE;
+use super::{BarPanel, METRICS_FILE};
 use crate::error::{Error, Result};
+use crate::train::probe::ProbeRecord;
 
 /// Keeps the figure if it has something to show, else records why it was left out.
 fn keep(figs: &mut Vec<Figure>, warnings: &mut Vec<String>, mut fig: Figure) {
@@ -385,4 +386,50 @@ fn mean_sd_per_epoch(logs: &[RunLog], path: &[&str]) -> Vec<(f64, f64, f64)> {
             (*x as f64, m, sd)
         })
         .collect()
+}
+
+/// Share of a category's width that its group of bars takes (the rest separates groups).
+const BAR_GROUP: f64 = 0.8;
+
+/// A bar panel: category `c` at x = c, series `s` its `s`-th bar there (colour: the
+/// palette's `s`-th), with its error bar where given; one legend swatch per series. A
+/// missing or non-finite value leaves its bar out.
+pub(super) fn bar_panel(spec: &BarPanel) -> Panel {
+    let mut p = Panel::new("", &spec.y_desc);
+    p.title = spec.title.clone();
+    p.categories = spec.categories.clone();
+    p.refs = spec.refs.clone();
+    let k = spec.series.len().max(1) as f64;
+    let width = BAR_GROUP / k;
+    for (s, (label, values)) in spec.series.iter().enumerate() {
+        let color = PALETTE[s % PALETTE.len()];
+        for (c, v) in values.iter().enumerate().take(spec.categories.len()) {
+            if let Some((value, err)) = v.filter(|v| v.0.is_finite()) {
+                let x = c as f64 - BAR_GROUP / 2.0 + (s as f64 + 0.5) * width;
+                let err = err.filter(|e| e.is_finite());
+                p.bars.push(Bar { x, width: 0.9 * width, value, err, color });
+            }
+        }
+        // a wide solid stroke: the legend's swatch of a bar
+        p.extra_legend.push(LegendItem { label: label.clone(), color, dash: Dash::Solid, width: 10, marker: false });
+    }
+    p
+}
+
+/// A run's unimodal metrics from its `probe.json`: per modality its linear-probe test
+/// accuracy and its Shapley contribution (both in %), the fused test accuracy as a
+/// reference line.
+pub(super) fn probe_figure(rec: &ProbeRecord, title: String) -> Figure {
+    let mods = rec.modality_order();
+    let probe = mods.iter().map(|m| rec.probe.get(m).map(|s| (100.0 * s.acc, None))).collect();
+    let shapley = mods.iter().map(|m| rec.shapley.get(m).map(|v| (100.0 * v, None))).collect();
+    let refs = rec.accuracy.map(|a| (100.0 * a, format!("fused test acc {:.1}", 100.0 * a))).into_iter().collect();
+    let spec = BarPanel {
+        title: None,
+        y_desc: "% (accuracy; contribution in points)".into(),
+        categories: mods,
+        series: vec![("linear probe: test acc".into(), probe), ("Shapley contribution".into(), shapley)],
+        refs,
+    };
+    Figure { stem: super::PROBE_CHART.into(), title, panels: vec![bar_panel(&spec)] }
 }

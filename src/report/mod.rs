@@ -22,6 +22,14 @@
 //! - `aug_learners`, `aug_gap` when the log has an `aug` section.
 //! - `aim_depth_scores`, `aim_strength`, `aim_ratio`, `aim_mask_density` (plus the text
 //!   summary `aim_mask_density.txt`) when the log has an `aim` section.
+//! - `probe` when the run has a `probe.json` (`train.probe = true`): per modality, bars of
+//!   its linear-probe test accuracy and its Shapley contribution to the fused test accuracy
+//!   (in %), the fused test accuracy as a reference line; each bar is labelled with its
+//!   value.
+//!
+//! `compare` adds `compare_accuracy` and `compare_imbalance` (seed bands) and, when its runs
+//! have `probe.json`, `compare_probe`: per setting, bars per modality of the probe accuracy
+//! and of the Shapley contribution, mean with ± one standard deviation over seeds.
 //!
 //! PNG text needs a TrueType font: `EQUIMODAL_FONT` (a `.ttf` path, or `none` to turn PNG
 //! output off), then common system locations. Without one only the SVGs are written and
@@ -41,8 +49,9 @@ mod log;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::train::probe::{ProbeRecord, PROBE_FILE};
 use draw::write_figures;
-use figures::{comparison_figure, mask_density_summary, report_figures, seed_band_figures};
+use figures::{bar_panel, comparison_figure, mask_density_summary, probe_figure, report_figures, seed_band_figures};
 use log::RunLog;
 
 /// Name of the metric log inside a run directory.
@@ -55,6 +64,30 @@ pub const WARNINGS_FILE: &str = "warnings.txt";
 pub const FONT_ENV: &str = "EQUIMODAL_FONT";
 /// Default chart size in pixels.
 pub const DEFAULT_SIZE: (u32, u32) = (1000, 600);
+/// File stem of a run's probe chart (`charts/probe.{png,svg}`).
+pub const PROBE_CHART: &str = "probe";
+/// File stem of `compare`'s grouped bar chart of the probe (`compare_probe.{png,svg}`).
+pub const COMPARE_PROBE_CHART: &str = "compare_probe";
+
+/// One bar of a [`BarPanel`] series: its height and the half-width of its error bar (None:
+/// no error bar); None for the whole value: no bar there.
+pub type BarValue = Option<(f64, Option<f64>)>;
+
+/// One panel of a grouped bar chart: per category on the x axis, one bar per series, each
+/// labelled with its value (one decimal, and `± err` where it has an error bar).
+#[derive(Debug, Clone, Default)]
+pub struct BarPanel {
+    /// Title above the panel.
+    pub title: Option<String>,
+    /// The y axis' description (units).
+    pub y_desc: String,
+    /// The x axis' categories, left to right.
+    pub categories: Vec<String>,
+    /// Legend label and, per category, its bar.
+    pub series: Vec<(String, Vec<BarValue>)>,
+    /// Horizontal reference lines: value and legend label.
+    pub refs: Vec<(f64, String)>,
+}
 
 /// What to render.
 #[derive(Debug, Clone)]
@@ -97,14 +130,31 @@ pub fn render_report(run_dir: &Path) -> Result<Vec<PathBuf>> {
 pub fn render_report_with(run_dir: &Path, out_dir: &Path, opts: &ReportOptions) -> Result<Report> {
     let log = RunLog::load(&run_dir.join(METRICS_FILE))?;
     let mut report = Report::default();
-    let figures = report_figures(&log, &mut report.warnings);
+    let mut figures = report_figures(&log, &mut report.warnings);
     create_dir(out_dir)?;
+    let probe_path = run_dir.join(PROBE_FILE);
+    if probe_path.is_file() {
+        // a broken probe.json costs its chart, not the run's other charts
+        match ProbeRecord::read(&probe_path) {
+            Ok(rec) => figures.push(probe_figure(&rec, log.title("Unimodal metrics (test)"))),
+            Err(e) => report.warnings.push(format!("{PROBE_CHART}: chart skipped: {e}")),
+        }
+    }
     write_figures(&figures, out_dir, opts, &mut report)?;
     if let Some(text) = mask_density_summary(&log) {
         let path = out_dir.join("aim_mask_density.txt");
         std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
         report.files.push(path);
     }
+    Ok(report)
+}
+
+/// A probe record charted alone as `out/probe.{png,svg}` under `title` (`equimodal eval
+/// --probe --out`: a checkpoint's probe has no metric log beside it); warnings are returned.
+pub fn render_probe_with(rec: &ProbeRecord, title: &str, out: &Path, opts: &ReportOptions) -> Result<Report> {
+    let mut report = Report::default();
+    create_dir(out)?;
+    write_figures(&[probe_figure(rec, title.to_string())], out, opts, &mut report)?;
     Ok(report)
 }
 
@@ -132,8 +182,22 @@ pub fn render_comparison_with(runs: &[&Path], out: &Path, opts: &ReportOptions) 
 /// accuracy and of the imbalance ratio per epoch, with a band of ± one standard deviation,
 /// in `out/compare_accuracy.{png,svg}` and `out/compare_imbalance.{png,svg}`.
 pub fn render_seed_bands(groups: &[(String, Vec<PathBuf>)], out: &Path) -> Result<Vec<PathBuf>> {
+    render_compare(groups, &[], out)
+}
+
+/// `compare`'s charts: the seed bands of [`render_seed_bands`] and, when `probe` has
+/// panels, the grouped bar chart `out/compare_probe.{png,svg}` (panels stacked top to
+/// bottom). One warnings file for all of them.
+pub fn render_compare(groups: &[(String, Vec<PathBuf>)], probe: &[BarPanel], out: &Path) -> Result<Vec<PathBuf>> {
     let mut report = Report::default();
-    let figs = seed_band_figures(groups, &mut report.warnings)?;
+    let mut figs = seed_band_figures(groups, &mut report.warnings)?;
+    if !probe.is_empty() {
+        figs.push(chart::Figure {
+            stem: COMPARE_PROBE_CHART.into(),
+            title: "Unimodal metrics of the final models: mean and ± 1 std over seeds".into(),
+            panels: probe.iter().map(bar_panel).collect(),
+        });
+    }
     create_dir(out)?;
     write_figures(&figs, out, &ReportOptions::default(), &mut report)?;
     finish(report, out)

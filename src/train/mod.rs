@@ -696,7 +696,7 @@ impl<'a> Run<'a> {
         let summary = RunSummary { modalities: self.names, test: progress.last_test, best_val, epochs_run: progress.epochs_run, run_dir: dir.clone() };
         let mut table = summary.table();
         if self.cfg.train.probe {
-            table.push_str(&write_probe(self.gpu, method, &self.ds, &summary.modalities, self.cfg.train.batch_size.max(64), dir)?);
+            table.push_str(&write_probe(self.gpu, method, &self.ds, &summary.modalities, self.cfg.train.batch_size.max(64), dir, &self.log_path)?);
         }
         let summary_path = dir.join("summary.txt");
         if let Err(e) = checkpoint::write_atomic(&summary_path, table.as_bytes()) {
@@ -728,28 +728,28 @@ pub fn eval_checkpoint(gpu: &Gpu, path: &Path, sets: &[String]) -> Result<(RunSu
 }
 
 /// The linear probe of the trained encoders and the modalities' Shapley contributions into
-/// `dir/probe.json`; returns their table rows.
-fn write_probe(gpu: &Gpu, method: &dyn Method, ds: &Arc<dyn Dataset>, names: &[String], batch: usize, dir: &Path) -> Result<String> {
+/// `dir/probe.json` and, as scalars `probe/<m>/acc`, `probe/<m>/macro_f1` and
+/// `shapley/<m>` at the step of the last logged epoch, into the TensorBoard events (not
+/// into `metrics.jsonl` and `metrics.csv`: those hold one record per epoch, which resume
+/// and `compare` rely on); returns their table rows.
+fn write_probe(gpu: &Gpu, method: &dyn Method, ds: &Arc<dyn Dataset>, names: &[String], batch: usize, dir: &Path, log_path: &Path) -> Result<String> {
     let res = probe::linear_probe(gpu, method, ds, batch, &probe::ProbeConfig::default())?;
     let mut rows = String::from("linear probe of the frozen encoders (test):\n");
-    let mut per = serde_json::Map::new();
     for (n, m) in names.iter().zip(&res) {
         if let Some(m) = m {
             rows.push_str(&format!("{:<12} {:>7.2}% {:>9.4}\n", n, 100.0 * m.acc, m.macro_f1));
-            per.insert(n.clone(), json!({"acc": m.acc, "macro_f1": m.macro_f1}));
         }
     }
     // and each modality's Shapley contribution to the fused accuracy
     let v = shapley::subset_accuracies(gpu, method, ds, batch)?;
-    let phi = shapley::shapley(&v, names.len());
+    let record = probe::ProbeRecord::new(names, &res, &v);
     rows.push_str("Shapley contribution to fused test accuracy (absent modalities' inputs zeroed):\n");
-    let mut sh = serde_json::Map::new();
-    for (n, p) in names.iter().zip(&phi) {
-        rows.push_str(&format!("{:<12} {:>+7.2} points\n", n, 100.0 * p));
-        sh.insert(n.clone(), json!(p));
+    for n in names {
+        rows.push_str(&format!("{:<12} {:>+7.2} points\n", n, 100.0 * record.shapley[n]));
     }
-    let record = json!({"probe": per, "shapley": sh, "accuracy_without_inputs": v[0]});
-    checkpoint::write_atomic(&dir.join("probe.json"), format!("{record}\n").as_bytes())?;
+    record.write(&dir.join(probe::PROBE_FILE))?;
+    let last_epoch = read_log(log_path)?.iter().rev().find_map(|l| l.get("epoch")?.as_i64()).unwrap_or(-1);
+    logs::append_tensorboard(dir, &json!({"epoch": last_epoch, "probe": record.probe, "shapley": record.shapley}))?;
     Ok(rows)
 }
 
@@ -806,6 +806,7 @@ pub fn probe_checkpoint(gpu: &Gpu, path: &Path, sets: &[String], probe: &probe::
         modalities: ds.modalities().iter().map(|s| s.name.clone()).collect(),
         probe: probe::linear_probe(gpu, method.as_ref(), &ds, batch, probe)?,
         shapley: shapley::shapley(&v, ds.modalities().len()),
+        subsets: v,
     })
 }
 
@@ -817,4 +818,14 @@ pub struct UnimodalMetrics {
     pub probe: Vec<Option<Metrics>>,
     /// share of the fused test accuracy, as a fraction
     pub shapley: Vec<f64>,
+    /// Fused test accuracy v(S) of every subset S of the modalities (bit i: modality i
+    /// present), from which `shapley` is computed.
+    pub subsets: Vec<f64>,
+}
+
+impl UnimodalMetrics {
+    /// The same figures as `probe.json` holds them.
+    pub fn record(&self) -> probe::ProbeRecord {
+        probe::ProbeRecord::new(&self.modalities, &self.probe, &self.subsets)
+    }
 }

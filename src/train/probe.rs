@@ -136,3 +136,80 @@ pub fn linear_probe(gpu: &Gpu, method: &dyn Method, ds: &Arc<dyn Dataset>, batch
         })
         .collect()
 }
+
+/// Name of the probe's record inside a run directory (written when `train.probe = true`).
+pub const PROBE_FILE: &str = "probe.json";
+
+/// One modality's linear-probe test figures in [`ProbeRecord`].
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ProbeScore {
+    /// Test accuracy, as a fraction.
+    pub acc: f64,
+    /// Test macro-F1.
+    pub macro_f1: f64,
+}
+
+/// The content of `probe.json`: the linear probe of every modality's frozen encoder and
+/// each modality's Shapley contribution to the fused test accuracy. Written by the trainer,
+/// read by the charts (`report`) and by `compare`: the one definition of the file's format.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ProbeRecord {
+    /// Modality names in dataset order (the charts' order); files written before this field
+    /// existed lack it, and their modalities are then taken in name order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub modalities: Vec<String>,
+    /// Probe test figures by modality; a modality the method has no encoder for is absent.
+    pub probe: std::collections::BTreeMap<String, ProbeScore>,
+    /// Shapley contribution to the fused test accuracy by modality, as a fraction (0.1: ten
+    /// points); they add up to `accuracy − accuracy_without_inputs`.
+    pub shapley: std::collections::BTreeMap<String, f64>,
+    /// Fused test accuracy of the probed model with every modality present, v(all); absent
+    /// from files written before this field existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<f64>,
+    /// Fused test accuracy with every input zeroed, v(∅).
+    pub accuracy_without_inputs: f64,
+}
+
+impl ProbeRecord {
+    /// The record of probe results (`linear_probe`, per modality in `names` order) and subset
+    /// accuracies (`shapley::subset_accuracies`: v(S) by bit mask over `names`).
+    pub fn new(names: &[String], probe: &[Option<Metrics>], subsets: &[f64]) -> ProbeRecord {
+        let phi = super::shapley::shapley(subsets, names.len());
+        ProbeRecord {
+            modalities: names.to_vec(),
+            probe: names
+                .iter()
+                .zip(probe)
+                .filter_map(|(n, m)| Some((n.clone(), ProbeScore { acc: m.as_ref()?.acc, macro_f1: m.as_ref()?.macro_f1 })))
+                .collect(),
+            shapley: names.iter().cloned().zip(phi).collect(),
+            accuracy: subsets.last().copied(),
+            accuracy_without_inputs: subsets.first().copied().unwrap_or(f64::NAN),
+        }
+    }
+
+    /// Reads `path` (a `probe.json`); an unreadable or malformed file is an error naming it
+    /// and the field that is wrong.
+    pub fn read(path: &std::path::Path) -> Result<ProbeRecord> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let de = &mut serde_json::Deserializer::from_str(&text);
+        serde_path_to_error::deserialize(de).map_err(|e| Error::data(path.display().to_string(), format!("field `{}`: {}", e.path(), e.inner())))
+    }
+
+    /// Writes the record to `path` as one line of JSON (atomically: a reader never sees half).
+    pub fn write(&self, path: &std::path::Path) -> Result<()> {
+        let text = serde_json::to_string(self).map_err(|e| Error::data(path.display().to_string(), e.to_string()))?;
+        super::checkpoint::write_atomic(path, format!("{text}\n").as_bytes())
+    }
+
+    /// The modalities in display order: `modalities` when the file has it, else every name
+    /// the probe or the Shapley values mention, in name order.
+    pub fn modality_order(&self) -> Vec<String> {
+        if !self.modalities.is_empty() {
+            return self.modalities.clone();
+        }
+        let names: std::collections::BTreeSet<&String> = self.probe.keys().chain(self.shapley.keys()).collect();
+        names.into_iter().cloned().collect()
+    }
+}
