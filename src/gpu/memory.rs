@@ -52,8 +52,8 @@ impl Gpu {
     pub fn set_memory_limit(&self, limit: Option<u64>) {
         self.0.memory_limit.store(limit.unwrap_or(u64::MAX), std::sync::atomic::Ordering::Relaxed);
     }
-    /// Release wholly free segments back to the driver (phase ends: after evaluation, after
-    /// AIM's prototype fitting, between AUG's modality steps when asked).
+    /// Release wholly free segments back to the driver (the trainer calls this where a phase
+    /// ends: after evaluation, after the work before an epoch such as AIM's prototype fitting).
     pub fn trim_memory(&self) {
         if let Ok(mut p) = self.0.pool.lock() {
             p.trim();
