@@ -77,31 +77,56 @@ pub fn mmtm_depths(depths: usize) -> Vec<usize> {
     (depths.saturating_sub(3).max(1)..depths).collect()
 }
 
-/// The re-balancing state, all on the GPU and saved with the checkpoints.
-struct State {
+/// The re-balancing state of `Bias_Mitigation_Strong`, all on the GPU and saved with the
+/// checkpoints (0/1 values as f32).
+pub struct RebalanceState {
     /// 1 while in re-balancing steps (the official `curation_mode`), `[1]`.
-    curation: Tensor,
+    pub curation: Tensor,
     /// Re-balancing steps taken in the current window (`curation_step`), `[1]`.
-    step: Tensor,
+    pub step: Tensor,
     /// 1 for the modality being re-balanced (`caring_modality`), `[M]`.
-    caring: Tensor,
+    pub caring: Tensor,
     /// Σ over steps of each modality's bypass speed (`M_bypass_modal_m`), `[M]`.
-    bypass: Tensor,
+    pub bypass: Tensor,
     /// Σ over steps of each modality's main speed (`M_main_modal_m`), `[M]`.
-    main: Tensor,
+    pub main: Tensor,
 }
 
-/// The official decision, one step, on 0/1 tensors: from the state before the step and
-/// this step's speeds `rb`, `rm` `[M]`, the state after it. `unlocked`: the epoch is at or
-/// past `start_epoch`.
-fn advance(s: &State, rb: &Tensor, rm: &Tensor, unlocked: bool, eps: f32, window: usize) -> Result<State> {
+impl RebalanceState {
+    /// The state at the start of training: no window, no speeds, for `m` modalities.
+    pub fn zeros(gpu: &Gpu, m: usize) -> Result<RebalanceState> {
+        Ok(RebalanceState {
+            curation: Tensor::zeros(gpu, &[1])?,
+            step: Tensor::zeros(gpu, &[1])?,
+            caring: Tensor::zeros(gpu, &[m])?,
+            bypass: Tensor::zeros(gpu, &[m])?,
+            main: Tensor::zeros(gpu, &[m])?,
+        })
+    }
+
+    /// Each tensor with its buffer name (`greedy.<name>` in checkpoints).
+    pub fn tensors(&self) -> [(&'static str, &Tensor); 5] {
+        [("curation", &self.curation), ("curation_step", &self.step), ("caring", &self.caring), ("bypass_speed", &self.bypass), ("main_speed", &self.main)]
+    }
+
+    /// The official `on_backward_end`, one step: from this state and the step's speeds `rb`,
+    /// `rm` `[M]`, the state for the next step. `unlocked`: the epoch is at or past
+    /// `start_epoch`.
+    pub fn advance(&self, rb: &Tensor, rm: &Tensor, unlocked: bool, eps: f32, window: usize) -> Result<RebalanceState> {
+        advance(self, rb, rm, unlocked, eps, window)
+    }
+}
+
+/// [`RebalanceState::advance`] with 0/1 tensors selecting between the two branches of each
+/// official `if` (no readback).
+fn advance(s: &RebalanceState, rb: &Tensor, rm: &Tensor, unlocked: bool, eps: f32, window: usize) -> Result<RebalanceState> {
     let _ng = crate::autograd::no_grad();
     let not_cur = ops::affine(&s.curation, -1.0, 1.0)?;
     // the speeds count only outside re-balancing steps (compute_BDR is not called then)
     let bypass = ops::add(&s.bypass, &ops::mul(rb, &not_cur)?)?;
     let main = ops::add(&s.main, &ops::mul(rm, &not_cur)?)?;
     if !unlocked {
-        return Ok(State { curation: s.curation.clone(), step: s.step.clone(), caring: s.caring.clone(), bypass, main });
+        return Ok(RebalanceState { curation: s.curation.clone(), step: s.step.clone(), caring: s.caring.clone(), bypass, main });
     }
     let m = rb.numel();
     let bdr = ops::scale(&ops::log(&ops::div(&bypass, &main)?)?, std::f32::consts::LOG10_E)?;
@@ -118,7 +143,7 @@ fn advance(s: &State, rb: &Tensor, rm: &Tensor, unlocked: bool, eps: f32, window
     let step = ops::mul(&next, &s.curation)?;
     let chosen = ops::mul(&top, &trigger)?;
     let caring = select(&ops::expand(&s.curation, &[m])?, &s.caring, &chosen)?;
-    Ok(State { curation, step, caring, bypass, main })
+    Ok(RebalanceState { curation, step, caring, bypass, main })
 }
 
 /// Greedy: MMTM-connected encoders, per-modality heads, and re-balancing steps chosen by the
@@ -132,7 +157,7 @@ pub struct Greedy {
     running: Vec<Vec<Tensor>>,
     /// Training forwards so far (the official `MMTM_mitigate.step`).
     steps: u64,
-    state: State,
+    state: RebalanceState,
     cfg: GreedyConfig,
     names: Vec<String>,
     acc: Accum,
@@ -187,13 +212,7 @@ impl Greedy {
             .zip(&encoders)
             .map(|(s, e)| Linear::new(gpu, &format!("head.{}", s.name), e.out_dim(), classes, true, rng))
             .collect::<Result<Vec<_>>>()?;
-        let state = State {
-            curation: Tensor::zeros(gpu, &[1])?,
-            step: Tensor::zeros(gpu, &[1])?,
-            caring: Tensor::zeros(gpu, &[m])?,
-            bypass: Tensor::zeros(gpu, &[m])?,
-            main: Tensor::zeros(gpu, &[m])?,
-        };
+        let state = RebalanceState::zeros(gpu, m)?;
         Ok(Greedy { encoders, heads, mmtms, running, steps: 0, state, cfg: cfg.method.greedy.clone(), names, acc: Accum::new(1 + 3 * m), m })
     }
 
@@ -283,8 +302,7 @@ impl Greedy {
     }
 
     fn state_tensors(&self) -> [(&'static str, &Tensor); 5] {
-        let s = &self.state;
-        [("curation", &s.curation), ("curation_step", &s.step), ("caring", &s.caring), ("bypass_speed", &s.bypass), ("main_speed", &s.main)]
+        self.state.tensors()
     }
 }
 
@@ -326,7 +344,13 @@ impl Method for Greedy {
         let loss = loss.expect("at least two modalities");
         let grads = loss.backward()?;
         let (rb, rm) = self.speeds(&grads)?;
-        self.state = advance(&self.state, &rb, &rm, epoch >= self.cfg.start_epoch, self.cfg.epsilon, self.cfg.window)?;
+        let next = self.state.advance(&rb, &rm, epoch >= self.cfg.start_epoch, self.cfg.epsilon, self.cfg.window)?;
+        // in place, so that the buffers keep their identity (checkpoints write into them)
+        for ((_, t), (_, n)) in self.state_tensors().iter().zip(next.tensors()) {
+            if !std::sync::Arc::ptr_eq(t.storage(), n.storage()) {
+                t.assign(n)?;
+            }
+        }
         opt.step(&grads)?;
         let _ng = crate::autograd::no_grad();
         let detached: Vec<Tensor> = views.iter().map(Tensor::detach).collect();

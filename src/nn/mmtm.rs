@@ -17,9 +17,9 @@ use rand::rngs::StdRng;
 pub struct Mmtm {
     /// The shared layer on the concatenated squeezes, `ΣC_m → bottleneck`.
     pub squeeze: Linear,
-    /// One layer per modality, `bottleneck → C_m`.
+    /// One layer per modality, `bottleneck → C_m` (its output width is modality m's
+    /// channel count).
     pub excite: Vec<Linear>,
-    channels: Vec<usize>,
 }
 
 impl Mmtm {
@@ -38,18 +38,19 @@ impl Mmtm {
             .zip(names)
             .map(|(&c, n)| Linear::new(gpu, &join(name, &format!("excite.{n}")), hidden, c, true, rng))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Mmtm { squeeze, excite, channels: channels.to_vec() })
+        Ok(Mmtm { squeeze, excite })
     }
 
     /// Each modality's squeeze `[N, C_m]`: the mean of its feature map over every axis after
     /// the channel axis.
     pub fn squeezes(&self, maps: &[Tensor]) -> Result<Vec<Tensor>> {
-        if maps.len() != self.channels.len() {
-            return Err(Error::shape("mmtm", format!("{} feature maps for a module of {} modalities", maps.len(), self.channels.len())));
+        if maps.len() != self.excite.len() {
+            return Err(Error::shape("mmtm", format!("{} feature maps for a module of {} modalities", maps.len(), self.excite.len())));
         }
         maps.iter()
-            .zip(&self.channels)
-            .map(|(x, &c)| {
+            .zip(&self.excite)
+            .map(|(x, l)| {
+                let c = l.out_dim;
                 if x.dims() < 2 || x.dim(1) != c || x.dim(0) != maps[0].dim(0) {
                     return Err(Error::shape("mmtm", format!("feature map {:?}, expected [N, {c}, ...] with N = {}", x.shape(), maps[0].dim(0))));
                 }
