@@ -10,7 +10,7 @@ use common::recorder::Recorder;
 use common::resume::resume_through_the_cli_is_exact_killed_after;
 use common::*;
 use equimodal::config::{self, Config};
-use equimodal::data::{self, Loader, LoaderConfig, Split};
+use equimodal::data;
 use equimodal::methods::greedy::{mmtm_depths, RebalanceState};
 use equimodal::methods::{DeviceBatch, Method};
 use equimodal::nn::{Ctx, Linear, Mmtm};
@@ -31,15 +31,9 @@ fn greedy(extra: &[&str]) -> Vec<String> {
 }
 
 fn method_and_batch(extra: &[&str]) -> (Box<dyn Method>, DeviceBatch, Config) {
-    let c: Config = config::load(None, &greedy(extra)).unwrap().0;
-    let ds: Arc<dyn data::Dataset> = Arc::from(data::build(&c.data).unwrap());
-    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-    let m = equimodal::methods::build(&gpu(), &c.method_setup(), ds.modalities(), ds.num_classes(), &mut rng).unwrap();
-    let mut lc = LoaderConfig::eval(32);
-    lc.workers = 1;
-    let hb = Loader::new(ds.clone(), Split::Train, lc).unwrap().next().unwrap().unwrap();
-    let db = train::upload_batch(&gpu(), &hb, ds.num_classes()).unwrap();
-    (m, db, c)
+    let mut v: Vec<&str> = CNN.to_vec();
+    v.extend_from_slice(extra);
+    super::agm_g_blending::method_and_batch(&v)
 }
 
 fn buffer(m: &dyn Method, name: &str) -> Tensor {
