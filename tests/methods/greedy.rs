@@ -15,7 +15,6 @@ use equimodal::methods::greedy::{mmtm_depths, RebalanceState};
 use equimodal::methods::{DeviceBatch, Method};
 use equimodal::nn::{Ctx, Linear, Mmtm};
 use equimodal::optim::{Optimizer, Param};
-use equimodal::train;
 use equimodal::Tensor;
 use rand::SeedableRng;
 use std::collections::HashMap;
