@@ -204,6 +204,18 @@ fn check_forward_from(what: &str, enc: &dyn Encoder, x: &Tensor, ctx: &Ctx) {
     assert!(matches!(r, Err(Error::Shape { .. })), "{what}: forward_from past the last depth must be a shape error");
 }
 
+/// forward_depth(·, d) chained from the input gives every depth's output of forward_depths.
+fn check_forward_depth(what: &str, enc: &dyn Encoder, x: &Tensor, ctx: &Ctx) {
+    let (_, outs) = enc.forward_depths(x, ctx).unwrap();
+    let mut h = x.clone();
+    for (d, want) in outs.iter().enumerate() {
+        h = enc.forward_depth(&h, d, ctx).unwrap();
+        close_t(&format!("{what}: forward_depth {d}"), &h, want, 1e-6);
+    }
+    let r = enc.forward_depth(&h, enc.num_depths(), ctx);
+    assert!(matches!(r, Err(Error::Shape { .. })), "{what}: forward_depth past the last depth must be a shape error");
+}
+
 #[test]
 fn forward_from_every_depth_equals_pooled_output() {
     let g = gpu();
@@ -215,16 +227,21 @@ fn forward_from_every_depth_equals_pooled_output() {
     let (x, _) = input(&mut rng, &[2, 3, 33, 29]);
     check_forward_from("resnet18 eval", &net, &x, &Ctx::eval());
     check_forward_from("resnet18 train", &net, &x, &frozen_train);
+    check_forward_depth("resnet18 train", &net, &x, &frozen_train);
 
     let cnn = SmallCnn::new(&g, "cnn", 1, 3, 4, &mut srng(32)).unwrap();
     let (x, _) = input(&mut rng, &[2, 1, 20, 18]);
     check_forward_from("small_cnn eval", &cnn, &x, &Ctx::eval());
     check_forward_from("small_cnn train", &cnn, &x, &frozen_train);
+    check_forward_depth("small_cnn eval", &cnn, &x, &Ctx::eval());
 
     let mlp = MlpEncoder::new(&g, "mlp", 12, &[7, 9, 5], &mut srng(33)).unwrap();
     randomize_affine(&mlp, &mut rng);
     let (x, _) = input(&mut rng, &[3, 3, 4]);
     check_forward_from("mlp", &mlp, &x, &Ctx::eval());
+    // only the convolutional encoders run one depth at a time (Greedy's MMTMs need it)
+    let e = mlp.forward_depth(&x, 0, &Ctx::eval()).unwrap_err().to_string();
+    assert!(e.contains("model.encoder"), "{e}");
 
     let tf = transformer(&[2, 4, 6], 34);
     randomize_affine(&tf, &mut rng);

@@ -6,6 +6,7 @@ use super::agm::AgmConfig;
 use super::aim::AimConfig;
 use super::aug::AugConfig;
 use super::g_blending::GBlendingConfig;
+use super::greedy::GreedyConfig;
 use super::inforeg::InforegConfig;
 use super::mla::MlaConfig;
 use super::mmpareto::MmparetoConfig;
@@ -54,6 +55,9 @@ pub enum MethodName {
     /// ReconBoost: alternating boosting of one modality against the others' ensemble with
     /// the reconcilement term (`[method.reconboost]`).
     Reconboost,
+    /// Greedy: MMTM-connected encoders with re-balancing steps chosen by the conditional
+    /// learning speeds (`[method.greedy]`).
+    Greedy,
 }
 
 impl MethodName {
@@ -74,6 +78,7 @@ impl MethodName {
             MethodName::Inforeg => "inforeg",
             MethodName::Relearn => "relearn",
             MethodName::Reconboost => "reconboost",
+            MethodName::Greedy => "greedy",
         }
     }
 }
@@ -112,6 +117,8 @@ pub struct MethodConfig {
     pub relearn: RelearnConfig,
     /// `[method.reconboost]`.
     pub reconboost: ReconboostConfig,
+    /// `[method.greedy]`.
+    pub greedy: GreedyConfig,
 }
 
 impl Default for MethodConfig {
@@ -131,6 +138,7 @@ impl Default for MethodConfig {
             inforeg: InforegConfig::default(),
             relearn: RelearnConfig::default(),
             reconboost: ReconboostConfig::default(),
+            greedy: GreedyConfig::default(),
         }
     }
 }
@@ -152,6 +160,7 @@ impl MethodConfig {
         self.inforeg.validate()?;
         self.relearn.validate()?;
         self.reconboost.validate()?;
+        self.greedy.validate()?;
         self.ogm.validate()
     }
 
@@ -174,6 +183,9 @@ impl MethodConfig {
         }
         if self.name == MethodName::Agm && self.agm.start_epoch >= e {
             v.push(format!("method.agm.start_epoch = {} never acts: train.epochs is {e} (epochs count from 0)", self.agm.start_epoch));
+        }
+        if self.name == MethodName::Greedy && self.greedy.start_epoch >= e {
+            v.push(format!("method.greedy.start_epoch = {} never acts: train.epochs is {e} (epochs count from 0)", self.greedy.start_epoch));
         }
         let r = &self.relearn;
         if self.name == MethodName::Relearn && !(0..e).any(|t| r.reinit_before(t)) {

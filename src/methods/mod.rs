@@ -2,13 +2,14 @@
 //! fusion), OGM and OGM-GE, AUG, AIM, PMR, MMPareto, AGM and G-Blending. Each method owns its model; the trainer owns the data, the
 //! fusion), OGM and OGM-GE, AUG, AIM, PMR, MMPareto, MLA and InfoReg. Each method owns its model; the trainer owns the data, the
 //! fusion), OGM and OGM-GE, AUG, AIM, PMR, MMPareto,
-//! Diagnosing & Re-learning and ReconBoost. Each method owns its model; the trainer owns the data, the
+//! Diagnosing & Re-learning, ReconBoost and Greedy. Each method owns its model; the trainer owns the data, the
 //! optimizer, evaluation and logging.
 pub mod agm;
 pub mod aim;
 mod aug;
 pub mod config;
 pub mod g_blending;
+pub mod greedy;
 pub mod inforeg;
 mod joint;
 pub mod mla;
@@ -25,6 +26,7 @@ pub use aim::{Aim, AimConfig, AuxBn};
 pub use aug::{Aug, AugConfig, AugRule};
 pub use config::{MethodConfig, MethodName, MethodSetup};
 pub use g_blending::{GBlending, GBlendingConfig};
+pub use greedy::{Greedy, GreedyConfig};
 pub use inforeg::{InfoReg, InforegConfig};
 pub use joint::Joint;
 pub use mla::{Mla, MlaConfig, MlaDenominator, MlaFusion, MlaProjection};
@@ -252,6 +254,7 @@ pub fn build(gpu: &Gpu, cfg: &MethodSetup, specs: &[ModalitySpec], classes: usiz
         MethodName::Inforeg => Box::new(InfoReg::new(gpu, cfg, specs, classes, rng)?),
         MethodName::Relearn => Box::new(Relearn::new(gpu, cfg, specs, classes, rng)?),
         MethodName::Reconboost => Box::new(ReconBoost::new(gpu, cfg, specs, classes, rng)?),
+        MethodName::Greedy => Box::new(Greedy::new(gpu, cfg, specs, classes, rng)?),
         MethodName::Ogm | MethodName::OgmGe => Box::new(OgmGe::new(gpu, cfg, specs, classes, rng, cfg.method.name == MethodName::OgmGe)?),
     };
     crate::nn::init::reinit(cfg.model.init, &method.params(), rng)?;

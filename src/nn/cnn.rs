@@ -81,6 +81,13 @@ impl Encoder for SmallCnn {
         }
         ops::global_avg_pool(&h)
     }
+    fn forward_depth(&self, h: &Tensor, depth: usize, ctx: &Ctx) -> Result<Tensor> {
+        expect_depth("small_cnn", depth, self.num_depths())?;
+        if depth == 0 {
+            expect_input("small_cnn", h, 4)?;
+        }
+        self.block(depth, h, ctx)
+    }
     fn depth_of(&self, param_name: &str) -> Option<usize> {
         let rest = param_name.strip_prefix(&self.name)?.trim_start_matches('.');
         let rest = rest.strip_prefix("block")?;

@@ -4,6 +4,7 @@ mod attention;
 mod cnn;
 mod fusion;
 pub mod init;
+mod mmtm;
 mod param;
 mod resnet;
 
@@ -11,6 +12,7 @@ pub use attention::{MultiHeadAttention, TransformerConfig, TransformerEncoder, T
 pub use cnn::{MlpEncoder, SmallCnn};
 pub use fusion::{Fusion, FusionKind};
 pub use init::Init;
+pub use mmtm::Mmtm;
 pub use param::Param;
 pub use resnet::{BasicBlock, ResNet18};
 
@@ -102,6 +104,14 @@ pub trait Encoder: Module + Send + Sync {
     fn forward_from(&self, h: &Tensor, depth: usize, ctx: &Ctx) -> Result<Tensor>;
     /// The depth a parameter belongs to (by its full name), if any.
     fn depth_of(&self, param_name: &str) -> Option<usize>;
+    /// Depth `depth` alone: from the input (depth 0) or depth `depth − 1`'s output to depth
+    /// `depth`'s output, so that a method can act between depths (Greedy's MMTM modules).
+    /// Implemented by the convolutional encoders (whose pooled features are the global
+    /// average of the last depth's output); the others answer with an error naming
+    /// `model.encoder`.
+    fn forward_depth(&self, _h: &Tensor, _depth: usize, _ctx: &Ctx) -> Result<Tensor> {
+        Err(Error::config("model.encoder", "this encoder does not run one depth at a time; use small_cnn or resnet18"))
+    }
 }
 
 /// Normal samples with the given std (host generated, seeded).

@@ -164,6 +164,14 @@ impl Encoder for ResNet18 {
         }
         ops::global_avg_pool(&h)
     }
+    fn forward_depth(&self, h: &Tensor, depth: usize, ctx: &Ctx) -> Result<Tensor> {
+        expect_depth("resnet18", depth, self.num_depths())?;
+        if depth == 0 {
+            expect_input("resnet18", h, 4)?;
+            return self.stem(h, ctx);
+        }
+        self.stage(depth - 1, h, ctx)
+    }
     fn depth_of(&self, param_name: &str) -> Option<usize> {
         let rest = param_name.strip_prefix(&self.name)?.trim_start_matches('.');
         if rest.starts_with("conv1") || rest.starts_with("bn1") {

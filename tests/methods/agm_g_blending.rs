@@ -121,7 +121,8 @@ fn agm_shapley_outputs_scores_and_coefficients_match_the_f64_reference() {
 
 /// A method built from `extra` (same seed: the same initial parameters for every method
 /// built on the same model), and the first training batch.
-fn method_and_batch(extra: &[&str]) -> (Box<dyn Method>, DeviceBatch, Config) {
+/// The method `tiny(extra)` builds with seed 0, its first training batch of 32, the config.
+pub(crate) fn method_and_batch(extra: &[&str]) -> (Box<dyn Method>, DeviceBatch, Config) {
     let c: Config = config::load(None, &tiny(extra)).unwrap().0;
     let ds: Arc<dyn data::Dataset> = Arc::from(data::build(&c.data).unwrap());
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);

@@ -6,6 +6,7 @@ mod common;
 mod agm_g_blending;
 mod aim;
 mod baselines;
+mod greedy;
 mod mechanisms;
 mod mla_inforeg;
 mod reconboost;

@@ -255,8 +255,14 @@ fn aug_checks_on_schedule_and_logs_its_gap() {
 fn every_method_updates_all_of_its_parameters() {
     // one real optimizer step moves every trainable parameter (a method that handed the
     // optimizer nothing, or dropped an encoder's gradients, would leave some where they were)
-    for name in ["joint", "ogm", "ogm_ge", "aug", "aim", "pmr", "mmpareto", "agm", "g_blending"] {
-        let c = cfg(&with(&[&format!("method.name={name}"), "method.aug.hidden=16"]));
+    // greedy needs convolutional encoders (its MMTMs act between their depths)
+    let cnn = ["model.encoder=small_cnn", "model.width=3", "model.depth=2"];
+    for name in ["joint", "ogm", "ogm_ge", "aug", "aim", "pmr", "mmpareto", "agm", "g_blending", "greedy"] {
+        let mut list = vec![format!("method.name={name}"), "method.aug.hidden=16".to_string()];
+        if name == "greedy" {
+            list.extend(cnn.iter().map(|s| s.to_string()));
+        }
+        let c = cfg(&with(&list.iter().map(|s| s.as_str()).collect::<Vec<_>>()));
         let (mut m, b, _) = method_and_batch(&c);
         let before: Vec<(String, Vec<f32>)> = m.params().iter().map(|p| (p.name.clone(), p.tensor.to_vec().unwrap())).collect();
         for part in ["enc.audio.", "enc.visual.", ""] {
@@ -364,6 +370,8 @@ fn every_method_exposes_its_encoder_features_for_the_probe() {
         ("agm", vec![]),
         ("g_blending", vec![]),
         ("unimodal", vec!["method.modality=visual"]),
+        // small CNN of widths 12, 24: features [N, 24] like the MLPs'
+        ("greedy", vec!["model.encoder=small_cnn", "model.width=12", "model.depth=2"]),
     ] {
         let mut list = vec![format!("method.name={name}")];
         list.extend(extra.iter().map(|s| s.to_string()));
