@@ -133,6 +133,10 @@ enum Cmd {
         /// k of last_k.
         #[arg(long, default_value_t = 5)]
         k: usize,
+        /// Pair runs by this configuration value as well as the seed (cross-validation folds,
+        /// e.g. `data.test_speakers`): runs differing only in it are one setting.
+        #[arg(long)]
+        pair_by: Option<String>,
         /// Where to write compare.{md,csv,tex} and the charts (default: the first argument).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -220,10 +224,10 @@ fn child_args(cli: &Cli) -> equimodal::experiments::ChildArgs {
 }
 
 /// compare over `dirs`, written next to them; prints the Markdown.
-fn compare_runs(dirs: &[PathBuf], select: Option<equimodal::experiments::Selection>, out: &std::path::Path) -> equimodal::Result<()> {
+fn compare_runs(dirs: &[PathBuf], select: Option<equimodal::experiments::Selection>, pair_by: Option<&str>, out: &std::path::Path) -> equimodal::Result<()> {
     use equimodal::experiments as ex;
     let runs = ex::find_runs(dirs)?.iter().map(|d| ex::read_run(d)).collect::<equimodal::Result<Vec<_>>>()?;
-    let c = ex::compare(&runs, select)?;
+    let c = ex::compare::compare_by(&runs, select, pair_by)?;
     let (md, files) = ex::compare::write_all(&c, out)?;
     println!("{md}");
     println!("{} files in {}", files.len(), out.display());
@@ -276,7 +280,7 @@ fn sweep(cli: &Cli) -> equimodal::Result<()> {
     println!("sweep {}: {} runs, {} finished now, {skipped} finished before, {} failed", sw.name, results.len(), results.len() - skipped - failed.len(), failed.len());
     let done: Vec<PathBuf> = runs.iter().map(|r| ex::run::run_dir(&sw, r)).filter(|d| d.join("summary.txt").exists()).collect();
     if !done.is_empty() {
-        compare_runs(&done, sw.select, &sw.out)?;
+        compare_runs(&done, sw.select, sw.pair_by.as_deref(), &sw.out)?;
     }
     if !failed.is_empty() {
         let list: Vec<String> = failed.iter().map(|(n, o)| format!("{n} ({o:?})")).collect();
@@ -304,10 +308,10 @@ fn check_bench_args(reps: Option<usize>, steps: Option<usize>, batch: Option<usi
 fn run(cli: Cli) -> equimodal::Result<()> {
     match &cli.cmd {
         Cmd::Sweep { .. } => sweep(&cli),
-        Cmd::Compare { runs, select, k, out } => {
+        Cmd::Compare { runs, select, k, pair_by, out } => {
             let select = select.as_deref().map(|s| equimodal::experiments::Selection::parse(s, *k, "--select")).transpose()?;
             let out = out.clone().unwrap_or_else(|| runs[0].clone());
-            compare_runs(runs, select, &out)
+            compare_runs(runs, select, pair_by.as_deref(), &out)
         }
         Cmd::Train { .. } => train(&cli),
         Cmd::Eval { checkpoint, sets, probe, out } => eval(&cli, checkpoint, sets, *probe, out.as_deref()),

@@ -57,7 +57,8 @@ pub struct Group {
     /// Its method and, where several settings share the method, the configuration values in
     /// which they differ.
     pub label: String,
-    /// (seed, figures) of each run.
+    /// (unit, figures) of each run: the unit is the seed, or with a pairing key
+    /// ([`compare_by`]) the index of the run's (key value, seed) among all runs'.
     pub runs: Vec<(i64, Picked)>,
     /// The runs' folders (in the order they were read; `runs` is sorted by seed).
     pub dirs: Vec<PathBuf>,
@@ -75,6 +76,8 @@ pub struct Comparison {
     /// Every modality named in some run's `probe.json`, in the order the files give them
     /// (the probe table's columns); empty when no run has one, and then there is no table.
     pub probe_modalities: Vec<String>,
+    /// The configuration path runs are paired by besides the seed ([`compare_by`]), if any.
+    pub pair_by: Option<String>,
 }
 
 /// A run directory: `config.toml` and a complete `metrics.jsonl` (every line valid JSON).
@@ -185,6 +188,14 @@ pub fn pick(run: &RunRecord, select: Selection) -> Result<Picked> {
 /// Group runs by setting and pick each run's figures. `select` None: best_val when every run
 /// has a validation accuracy, else last.
 pub fn compare(runs: &[RunRecord], select: Option<Selection>) -> Result<Comparison> {
+    compare_by(runs, select, None)
+}
+
+/// [`compare`], with runs paired over `pair_by` (a configuration path such as
+/// `data.test_speakers`) as well as the seed: runs that differ only in its value are one
+/// setting, and two settings are compared on the (value, seed) units they share. This is
+/// cross-validation: each held-out speaker (fold) is a unit, as a seed is.
+pub fn compare_by(runs: &[RunRecord], select: Option<Selection>, pair_by: Option<&str>) -> Result<Comparison> {
     if runs.is_empty() {
         return Err(Error::config("runs", "nothing to compare"));
     }
@@ -192,23 +203,25 @@ pub fn compare(runs: &[RunRecord], select: Option<Selection>) -> Result<Comparis
         let all_val = runs.iter().all(|r| r.lines.iter().any(|l| num(l, &["val", "acc"]).is_some()));
         if all_val { Selection::BestVal } else { Selection::Last }
     });
-    let mut by_setting: Vec<(&str, Vec<&RunRecord>)> = Vec::new();
-    for r in runs {
-        match by_setting.iter_mut().find(|(s, _)| *s == r.setting) {
-            Some((_, v)) => v.push(r),
-            None => by_setting.push((&r.setting, vec![r])),
+    let keyed = units(runs, pair_by)?;
+    let mut by_setting: Vec<(&str, Vec<(i64, &RunRecord)>)> = Vec::new();
+    for (r, (setting, unit)) in runs.iter().zip(&keyed) {
+        match by_setting.iter_mut().find(|(s, _)| *s == setting.as_str()) {
+            Some((_, v)) => v.push((*unit, r)),
+            None => by_setting.push((setting, vec![(*unit, r)])),
         }
     }
-    let labels = labels(&by_setting.iter().map(|(_, v)| v[0]).collect::<Vec<_>>());
+    let labels = labels(&by_setting.iter().map(|(_, v)| v[0].1).collect::<Vec<_>>(), pair_by);
     let mut groups = Vec::new();
     for ((_, rs), label) in by_setting.iter().zip(labels) {
         let mut seen = std::collections::BTreeSet::new();
         let mut g = Group { label, runs: Vec::new(), dirs: Vec::new() };
-        for r in rs {
-            if !seen.insert(r.seed) {
-                return Err(Error::data(r.dir.display().to_string(), format!("a second run of setting `{}` with seed {}", g.label, r.seed)));
+        for (unit, r) in rs {
+            if !seen.insert(*unit) {
+                let what = pair_by.map_or(String::new(), |k| format!(" and `{k}`"));
+                return Err(Error::data(r.dir.display().to_string(), format!("a second run of setting `{}` with seed {}{what}", g.label, r.seed)));
             }
-            g.runs.push((r.seed, pick(r, select)?));
+            g.runs.push((*unit, pick(r, select)?));
             g.dirs.push(r.dir.clone());
         }
         g.runs.sort_by_key(|r| r.0);
@@ -226,13 +239,56 @@ pub fn compare(runs: &[RunRecord], select: Option<Selection>) -> Result<Comparis
             probe_modalities.push(m);
         }
     }
-    Ok(Comparison { select, groups, modalities, probe_modalities })
+    Ok(Comparison { select, groups, modalities, probe_modalities, pair_by: pair_by.map(str::to_string) })
+}
+
+impl Comparison {
+    /// The title of the run-count columns: `seeds`, or `runs` when runs are paired by a key
+    /// as well.
+    pub fn count_title(&self) -> &'static str {
+        if self.pair_by.is_none() { "seeds" } else { "runs" }
+    }
+    /// What a setting's runs are replicates over (Markdown): `seeds`, or `` `KEY` × seeds ``.
+    pub fn unit(&self) -> String {
+        self.pair_by.as_ref().map_or("seeds".to_string(), |k| format!("`{k}` × seeds"))
+    }
+}
+
+/// Each run's setting and pairing unit: its setting string and seed, or with `pair_by` the
+/// setting without that value and the index of its (value, seed) among all runs'. A run
+/// whose configuration does not spell the key out is an error naming the run and the key.
+fn units(runs: &[RunRecord], pair_by: Option<&str>) -> Result<Vec<(String, i64)>> {
+    let Some(key) = pair_by else {
+        return Ok(runs.iter().map(|r| (r.setting.clone(), r.seed)).collect());
+    };
+    let mut keyed = Vec::new();
+    for r in runs {
+        let mut table = r.table.clone();
+        let value = take_path(&mut table, key)
+            .ok_or_else(|| Error::data(r.dir.join("config.toml").display().to_string(), format!("no `{key}` to pair the runs by")))?;
+        let cfg = crate::config::from_table(&table).map_err(|e| Error::data(r.dir.display().to_string(), e.to_string()))?;
+        keyed.push((format!("{cfg:?}"), (value.to_string(), r.seed)));
+    }
+    let ids: BTreeMap<(String, i64), i64> =
+        keyed.iter().map(|(_, u)| u.clone()).collect::<std::collections::BTreeSet<_>>().into_iter().zip(0..).collect();
+    Ok(keyed.into_iter().map(|(s, u)| (s, ids[&u])).collect())
+}
+
+/// Remove the value at a dotted path (`data.test_speakers`) from a configuration table.
+fn take_path(table: &mut toml::Table, path: &str) -> Option<toml::Value> {
+    match path.split_once('.') {
+        None => table.remove(path),
+        Some((head, rest)) => match table.get_mut(head) {
+            Some(toml::Value::Table(t)) => take_path(t, rest),
+            _ => None,
+        },
+    }
 }
 
 /// A label per setting (given by one of its runs): its method, and where several settings
 /// share a method, the configuration values in which they differ (a value spelled out on
 /// one side and left to its default on the other is no difference).
-fn labels(settings: &[&RunRecord]) -> Vec<String> {
+fn labels(settings: &[&RunRecord], pair_by: Option<&str>) -> Vec<String> {
     let flat = |r: &RunRecord| {
         let mut v = Vec::new();
         crate::config::flatten("", &toml::Value::Table(r.table.clone()), &mut v);
@@ -246,7 +302,7 @@ fn labels(settings: &[&RunRecord]) -> Vec<String> {
             let same: Vec<usize> = (0..settings.len()).filter(|&j| settings[j].method == r.method).collect();
             let keys: std::collections::BTreeSet<&String> = same.iter().flat_map(|&j| flats[j].keys()).collect();
             let mut parts = vec![r.method.clone()];
-            for k in keys {
+            for k in keys.into_iter().filter(|k| Some(k.as_str()) != pair_by) {
                 let differs = same.iter().any(|&j| match (flats[i].get(k), flats[j].get(k)) {
                     (Some(a), Some(b)) => a != b,
                     (None, Some(b)) => !crate::config::sets_default(&settings[i].table, k, b),
@@ -344,10 +400,11 @@ fn p_fmt(p: f64) -> String {
 pub fn markdown(c: &Comparison) -> String {
     let cols = columns(c);
     let mut s = format!(
-        "Figures per run: {}. Cells: mean ± std [95 % CI of the mean] over seeds; accuracies in %.\n\n",
-        c.select.describe()
+        "Figures per run: {}. Cells: mean ± std [95 % CI of the mean] over {}; accuracies in %.\n\n",
+        c.select.describe(),
+        c.unit()
     );
-    s.push_str(&markdown_table(c, &cols, "seeds", |g| g.runs.len()));
+    s.push_str(&markdown_table(c, &cols, c.count_title(), |g| g.runs.len()));
     let probe = probe_columns(c);
     if !probe.is_empty() {
         s.push_str(&format!(
@@ -356,8 +413,8 @@ pub fn markdown(c: &Comparison) -> String {
         s.push_str(&markdown_table(c, &probe, "runs", probe_runs));
     }
     if c.groups.len() > 1 {
-        s.push_str("\nPaired differences in fused accuracy over shared seeds (A − B, points; SE: standard error; p: two-sided):\n\n");
-        s.push_str("| A | B | seeds | A − B | SE | t | p (t) | p (Wilcoxon) | A wins / ties / B wins |\n|---|---|---|---|---|---|---|---|---|\n");
+        s.push_str(&format!("\nPaired differences in fused accuracy over shared {} (A − B, points; SE: standard error; p: two-sided):\n\n", c.unit()));
+        s.push_str(&format!("| A | B | {} | A − B | SE | t | p (t) | p (Wilcoxon) | A wins / ties / B wins |\n|---|---|---|---|---|---|---|---|---|\n", c.count_title()));
         for (i, a) in c.groups.iter().enumerate() {
             for b in &c.groups[i + 1..] {
                 let p = pair(a, b);
@@ -472,18 +529,18 @@ fn tex_escape(s: &str) -> String {
 /// The settings table as a LaTeX `tabular` (booktabs rules), mean ± std; then, when runs
 /// have `probe.json`, the probe table as a second `tabular`.
 pub fn latex(c: &Comparison) -> String {
-    let mut s = latex_table(c, &columns(c), &format!("figures per run: {}", c.select.describe()), "seeds", |g| g.runs.len());
+    let mut s = latex_table(c, &columns(c), &format!("figures per run: {}; mean $\\pm$ std over {}", c.select.describe(), c.pair_by.as_ref().map_or("seeds".to_string(), |k| format!("{} $\\times$ seeds", tex_escape(k)))), c.count_title(), |g| g.runs.len());
     let probe = probe_columns(c);
     if !probe.is_empty() {
         s.push('\n');
-        s.push_str(&latex_table(c, &probe, &format!("unimodal metrics of the {PROBE_SOURCE}, in %"), "runs", probe_runs));
+        s.push_str(&latex_table(c, &probe, &format!("unimodal metrics of the {PROBE_SOURCE}, in %; mean $\\pm$ std over the runs that have them"), "runs", probe_runs));
     }
     s
 }
 
 /// One LaTeX `tabular`: a row per setting, its run count (`count`) and a cell per column.
 fn latex_table(c: &Comparison, cols: &[Column], what: &str, count_title: &str, count: impl Fn(&Group) -> usize) -> String {
-    let mut s = format!("% {what}; mean $\\pm$ std over seeds\n\\begin{{tabular}}{{l r {}}}\n\\toprule\n", "r ".repeat(cols.len()));
+    let mut s = format!("% {what}\n\\begin{{tabular}}{{l r {}}}\n\\toprule\n", "r ".repeat(cols.len()));
     s.push_str(&format!("setting & {count_title}"));
     for (t, _, _) in cols {
         s.push_str(&format!(" & {}", tex_escape(t)));

@@ -13,6 +13,7 @@
 //! [compare]
 //! select = "best_val"                 # best_val | last | last_k (default best_val when
 //! k = 5                               # every run has a validation split, else last)
+//! pair_by = "data.test_speakers"      # optional: a grid key that pairs runs like the seed
 //! [slurm]
 //! partition = "gpu"
 //! time = "01:00:00"
@@ -100,6 +101,9 @@ pub struct Sweep {
     pub grid: Vec<(String, Vec<toml::Value>)>,
     /// None: best_val when every run has a validation split, else last
     pub select: Option<Selection>,
+    /// `[compare] pair_by`: a grid key whose values pair runs as seeds do (cross-validation
+    /// folds, e.g. `data.test_speakers`), see `compare::compare_by`.
+    pub pair_by: Option<String>,
     /// `[slurm]`: options of the job-array script.
     pub slurm: SlurmOptions,
 }
@@ -180,22 +184,29 @@ impl Sweep {
         }
         let set = table(&t, "set", &file)?.map(|s| s.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default();
         let grid = Self::read_grid(table(&t, "grid", &file)?, &file, &dir)?;
-        let select = match table(&t, "compare", &file)? {
-            None => None,
+        let (select, pair_by) = match table(&t, "compare", &file)? {
+            None => (None, None),
             Some(c) => {
-                check_keys(c, &["select", "k"], &file, "compare")?;
+                check_keys(c, &["select", "k", "pair_by"], &file, "compare")?;
                 let k = take_usize(c, "k", &file, "compare.k")?.unwrap_or(5);
-                match take_str(c, "select", &file)? {
+                let select = match take_str(c, "select", &file)? {
                     Some(s) => Some(Selection::parse(&s, k, &field(&file, "compare.select"))?),
                     None => None,
+                };
+                let pair_by = take_str(c, "pair_by", &file)?;
+                if let Some(key) = &pair_by {
+                    if !grid.iter().any(|(k, _)| k == key) {
+                        return Err(Error::config(field(&file, "compare.pair_by"), format!("`{key}` is not a [grid] key; runs can only be paired by a value the grid varies")));
+                    }
                 }
+                (select, pair_by)
             }
         };
         let slurm = match table(&t, "slurm", &file)? {
             None => SlurmOptions::default(),
             Some(s) => Self::read_slurm(s, &file)?,
         };
-        Ok(Sweep { file, name, base, out, parallel, set, grid, select, slurm })
+        Ok(Sweep { file, name, base, out, parallel, set, grid, select, pair_by, slurm })
     }
 
     fn read_grid(g: Option<&toml::Table>, file: &Path, dir: &Path) -> Result<Vec<(String, Vec<toml::Value>)>> {

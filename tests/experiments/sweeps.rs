@@ -90,6 +90,8 @@ fn bad_sweep_files_are_errors_naming_the_field_before_anything_runs() {
     assert!(e.contains("both named `modality-a-b`"), "{e}");
     let e = err("bad_select", "[grid]\nseed = [1]\n[compare]\nselect = \"median\"\n");
     assert!(e.contains("compare.select") && e.contains("best_val"), "{e}");
+    let e = err("bad_pair_by", "[grid]\nseed = [1]\n[compare]\npair_by = \"data.test_speakers\"\n");
+    assert!(e.contains("compare.pair_by") && e.contains("not a [grid] key"), "{e}");
     let e = err("bad_parallel", "parallel = 0\n[grid]\nseed = [1]\n");
     assert!(e.contains("parallel"), "{e}");
     let e = err("bad_time", "[grid]\nseed = [1]\n[slurm]\ntime = \"an hour\"\n");
@@ -248,6 +250,51 @@ fn compare_statistics_on_hand_made_runs() {
     assert!(e.contains("metrics.jsonl") && e.contains("line 1"), "{e}");
     let e = ex::find_runs(&[dir.join("nothing-here")]).err().unwrap().to_string();
     assert!(e.contains("nothing-here"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A hand-made AV-MNIST run holding out `speaker`, whose last epoch's test accuracy is `acc`.
+fn fold_run(dir: &Path, seed: u64, method: &str, speaker: Option<&str>, acc: f64) {
+    std::fs::create_dir_all(dir).unwrap();
+    let held = speaker.map_or(String::new(), |s| format!("split = \"speaker\"\ntest_speakers = [\"{s}\"]\n"));
+    std::fs::write(dir.join("config.toml"), format!("seed = {seed}\n[data]\nkind = \"avmnist\"\n{held}[method]\nname = \"{method}\"\n")).unwrap();
+    let line = serde_json::json!({"epoch": 0, "test": {"acc": acc, "macro_f1": acc, "per_modality": {}}, "imbalance": {"ratio": 1.0}});
+    std::fs::write(dir.join("metrics.jsonl"), format!("{line}\n")).unwrap();
+}
+
+#[test]
+fn compare_pairs_cross_validation_folds_like_seeds() {
+    let dir = tmp("folds");
+    // joint and aug, each speaker held out in turn, seeds 0 and 1: aug - joint per unit is
+    // +0.02, +0.04, -0.01, +0.03 (mean +0.02)
+    let acc = [("george", 0, 0.50, 0.52), ("george", 1, 0.60, 0.64), ("lucas", 0, 0.70, 0.69), ("lucas", 1, 0.40, 0.43)];
+    for (sp, seed, j, a) in acc {
+        fold_run(&dir.join(format!("joint-{sp}-{seed}")), seed, "joint", Some(sp), j);
+        fold_run(&dir.join(format!("aug-{sp}-{seed}")), seed, "aug", Some(sp), a);
+    }
+    let runs: Vec<_> = ex::find_runs(std::slice::from_ref(&dir)).unwrap().iter().map(|d| ex::read_run(d).unwrap()).collect();
+    // without the key every fold is a setting of its own, labelled by its speaker
+    let c = ex::compare(&runs, None).unwrap();
+    assert_eq!(c.groups.len(), 4);
+    assert!(c.groups.iter().all(|g| g.label.contains("data.test_speakers=")), "{:?}", c.groups.iter().map(|g| &g.label).collect::<Vec<_>>());
+    // with it: one setting per method, four units each, paired over all four
+    let c = ex::compare::compare_by(&runs, None, Some("data.test_speakers")).unwrap();
+    let labels: Vec<&str> = c.groups.iter().map(|g| g.label.as_str()).collect();
+    assert_eq!(labels.len(), 2, "{labels:?}");
+    assert!(labels.contains(&"joint") && labels.contains(&"aug"), "{labels:?}");
+    let g = |name: &str| c.groups.iter().find(|g| g.label == name).unwrap();
+    assert_eq!(g("aug").runs.len(), 4);
+    let p = ex::compare::pair(g("aug"), g("joint"));
+    assert_eq!(p.n, 4);
+    assert!((p.mean - 0.02).abs() < 1e-12, "mean difference: {}", p.mean);
+    assert_eq!((p.wins, p.ties, p.losses), (3, 0, 1));
+    let md = ex::compare::markdown(&c);
+    assert!(md.contains("over `data.test_speakers` × seeds") && md.contains("| A | B | runs |"), "{md}");
+    // a run that does not name the key cannot be paired by it
+    fold_run(&dir.join("joint-take-0"), 0, "joint", None, 0.5);
+    let runs: Vec<_> = ex::find_runs(std::slice::from_ref(&dir)).unwrap().iter().map(|d| ex::read_run(d).unwrap()).collect();
+    let e = ex::compare::compare_by(&runs, None, Some("data.test_speakers")).err().unwrap().to_string();
+    assert!(e.contains("joint-take-0") && e.contains("data.test_speakers"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
