@@ -15,9 +15,11 @@
 # runs every test that exercises it.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-# cargo test arguments per file: the test binaries, then (after --) name filters that keep
-# every test reaching the file (a filter applies to every listed binary; a test runs if
-# its path contains any of them). Order: smallest and most important first.
+# Per file: "test binaries | name filters". Only the listed binaries are built per mutant
+# (passed to every cargo invocation with -C, so the build step does not relink all dozen
+# test binaries); the filters keep every test that reaches the file (a filter applies to
+# every listed binary; a test runs if its path contains any of them; none: all tests of
+# the binaries). Order: smallest and most important first.
 order=(
   src/methods/ogm_ge.rs src/methods/joint.rs src/ops/boost.rs src/optim/clip.rs
   src/train/checkpoint.rs src/optim/sgd.rs src/optim/adam.rs src/methods/aug.rs src/methods/aim.rs
@@ -25,15 +27,15 @@ order=(
 declare -A tests=(
   # OGM's mechanisms (coefficients, scope, epochs, noise), every method's step, training
   # and the exact resume of GE's noise stream, the config checks through the CLI
-  [src/methods/ogm_ge.rs]="--test methods --test train -- ogm every_method hostile_config options_that_do_not_apply"
-  [src/methods/joint.rs]="--test methods --test train -- ogm every_method hostile_config options_that_do_not_apply"
-  [src/methods/aug.rs]="--test methods --test train"
-  [src/methods/aim.rs]="--test methods --test ops"
-  [src/ops/boost.rs]="--test ops -- boost::"
-  [src/optim/sgd.rs]="--test optim"
-  [src/optim/adam.rs]="--test optim"
-  [src/optim/clip.rs]="--test optim"
-  [src/train/checkpoint.rs]="--test train"
+  [src/methods/ogm_ge.rs]="methods train | ogm every_method hostile_config options_that_do_not_apply"
+  [src/methods/joint.rs]="methods train | ogm every_method hostile_config options_that_do_not_apply"
+  [src/methods/aug.rs]="methods train | aug every_method"
+  [src/methods/aim.rs]="methods ops train | aim every_method"
+  [src/ops/boost.rs]="ops methods train | boost aug"
+  [src/optim/sgd.rs]="optim |"
+  [src/optim/adam.rs]="optim |"
+  [src/optim/clip.rs]="optim |"
+  [src/train/checkpoint.rs]="train | checkpoint resume"
 )
 files=("$@")
 [ ${#files[@]} -gt 0 ] || files=("${order[@]}")
@@ -46,12 +48,14 @@ export WGPU_BACKEND=${WGPU_BACKEND:-vulkan} EQUIMODAL_ADAPTER=${EQUIMODAL_ADAPTE
 for f in "${files[@]}"; do
   t=${tests[$f]:-}
   [ -n "$t" ] || { echo "no test list for $f (add it to scripts/mutants.sh)" >&2; exit 2; }
+  bins=() && for b in ${t%%|*}; do bins+=(-C "--test=$b"); done
+  filters=${t#*|}
   out="$root/mutants.out/${f//\//_}"
   mkdir -p "$out"
   # a hung mutant (an endless loop) is cut after --timeout seconds of tests
   # shellcheck disable=SC2086
   (cd "$scratch" && eval cargo mutants --in-place --profile release --file "$f" --output "$out" \
-    --timeout "${MUTANTS_TIMEOUT:-300}" ${MUTANTS_ARGS:-} -- $t) || true
+    --timeout "${MUTANTS_TIMEOUT:-300}" "${bins[@]}" ${MUTANTS_ARGS:-} -- -- $filters) || true
   o="$out/mutants.out"
   echo "$f: $(wc -l <"$o/caught.txt") caught, $(wc -l <"$o/missed.txt") missed, $(wc -l <"$o/timeout.txt") timeouts, $(wc -l <"$o/unviable.txt") unviable"
 done
