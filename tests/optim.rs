@@ -394,6 +394,32 @@ fn clip_grad_norm_scales_to_the_global_norm() {
     assert_eq!(c.get(&b).unwrap().to_vec().unwrap(), vec![0.0, 12.0]);
 }
 
+#[test]
+fn the_clipping_wrapper_is_its_inner_optimizer_fed_clipped_gradients() {
+    use equimodal::optim::ClipGradNorm;
+    // under a limit no gradient reaches, the wrapper is exactly SGD / Adam: parameters added
+    // late, the learning rate, scores and the checkpoint state all go to the inner optimizer
+    let sgd = SgdConfig { lr: 0.05, momentum: 0.9, ..Default::default() };
+    let clipped_sgd = |p: &[Param]| -> Box<dyn Optimizer> { Box::new(ClipGradNorm::new(Box::new(Sgd::new(p, sgd).unwrap()), 1e30).unwrap()) };
+    run_against_reference("clip(sgd)", &clipped_sgd, RefCfg::Sgd(sgd), 2e-5, 2e-6);
+    state_round_trip("clip(sgd)", &clipped_sgd);
+    let adam = AdamConfig { lr: 0.01, ..Default::default() };
+    let clipped_adam = |p: &[Param]| -> Box<dyn Optimizer> { Box::new(ClipGradNorm::new(Box::new(Adam::new(p, adam).unwrap()), 1e30).unwrap()) };
+    run_against_reference("clip(adam)", &clipped_adam, RefCfg::Adam(adam), 2e-5, 2e-6);
+    // the learning rate read and set through the wrapper
+    let w = param("w", &[1.0, 2.0], &[2]);
+    let mut opt = ClipGradNorm::new(Box::new(Sgd::new(&[w.clone()], sgd).unwrap()), 2.5).unwrap();
+    assert_eq!(opt.lr(), 0.05);
+    opt.set_lr(0.02);
+    assert_eq!(opt.lr(), 0.02);
+    // above the limit: gradient (3, 4), norm 5, scaled to norm 2.5 -> (1.5, 2); SGD's first
+    // step with momentum moves by lr times it
+    let mut grads = Gradients::new();
+    grads.insert(&w.tensor, upload(&gpu(), &[3.0, 4.0], &[2]));
+    opt.step(&grads).unwrap();
+    assert_close("clipped step", &w.tensor.to_vec().unwrap(), &[1.0 - 0.02 * 1.5, 2.0 - 0.02 * 2.0], 1e-6, 1e-7);
+}
+
 /// SGD and Adam (one thread per parameter element) with at most 2 workgroups per grid
 /// dimension (`with_workgroup_cap`): parameter "c" of 1,065 elements takes 5 workgroups,
 /// a 2 x 2 x 2 grid with 3 spare; the pool canary must hold.
