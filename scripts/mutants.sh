@@ -35,7 +35,7 @@ declare -A tests=(
   [src/optim/sgd.rs]="optim |"
   [src/optim/adam.rs]="optim |"
   [src/optim/clip.rs]="optim |"
-  [src/train/checkpoint.rs]="train | checkpoint resume"
+  [src/train/checkpoint.rs]="train | checkpoint:: killed_during a_corrupt_checkpoint a_failed_checkpoint_write a_full_disk resume_after_a_kill_aug"
 )
 files=("$@")
 [ ${#files[@]} -gt 0 ] || files=("${order[@]}")
