@@ -124,6 +124,7 @@ fn run_against_reference(label: &str, make: &dyn Fn(&[Param]) -> Box<dyn Optimiz
     let holder = params[0].tensor.detach();
     let mut opt = make(&params);
     let mut reference = RefOpt::new(cfg);
+    assert_eq!(opt.lr() as f64, reference.lr, "{label}: the configured learning rate");
     opt.enable_scores(&["a"], 0.7).unwrap();
     reference.state.entry("a".into()).or_default().score = Some((vec![0.0; 13 * 21], 0.7f32 as f64));
     assert!(opt.scores("b").is_none());
@@ -254,6 +255,55 @@ fn state_round_trip_resumes_exactly() {
     state_round_trip("sgd", &|p| Box::new(Sgd::new(p, sgd).unwrap()));
     let adam = AdamConfig { lr: 0.01, weight_decay: 0.01, decoupled: true, amsgrad: true, ..Default::default() };
     state_round_trip("adamw", &|p| Box::new(Adam::new(p, adam).unwrap()));
+}
+
+#[test]
+fn state_holds_moments_only_for_stepped_parameters_and_round_trips_without_momentum() {
+    // "w" stepped twice, "idle" never: a moment of "idle" would be memory never written
+    let sgd_m = SgdConfig { lr: 0.05, momentum: 0.9, ..Default::default() };
+    let sgd = SgdConfig { lr: 0.1, ..Default::default() };
+    let adam = AdamConfig { lr: 0.01, beta1: 0.8, ..Default::default() };
+    let ams = AdamConfig { amsgrad: true, ..adam };
+    let cases: [(&str, Box<dyn Fn(&[Param]) -> Box<dyn Optimizer>>, &[&str]); 4] = [
+        ("sgd momentum", Box::new(move |p| Box::new(Sgd::new(p, sgd_m).unwrap())), &["momentum.w", "step.idle", "step.w"]),
+        ("sgd", Box::new(move |p| Box::new(Sgd::new(p, sgd).unwrap())), &["step.idle", "step.w"]),
+        ("adam", Box::new(move |p| Box::new(Adam::new(p, adam).unwrap())), &["exp_avg.w", "exp_avg_sq.w", "step.idle", "step.w"]),
+        ("amsgrad", Box::new(move |p| Box::new(Adam::new(p, ams).unwrap())), &["exp_avg.w", "exp_avg_sq.w", "max_exp_avg_sq.w", "step.idle", "step.w"]),
+    ];
+    for (label, make, want) in &cases {
+        let ps = [param("w", &[1.0, -2.0, 0.5], &[3]), param("idle", &[0.0, 1.0], &[2])];
+        let mut opt = make(&ps);
+        let mut grads = Gradients::new();
+        grads.insert(&ps[0].tensor, upload(&gpu(), &[0.3, 0.1, -0.2], &[3]));
+        opt.step(&grads).unwrap();
+        opt.step(&grads).unwrap();
+        let mut names: Vec<String> = opt.state_tensors().unwrap().into_iter().map(|e| e.0).collect();
+        names.sort();
+        assert_eq!(names, *want, "{label}");
+        // and without momentum / AMSGrad the state still resumes exactly
+        state_round_trip(label, make.as_ref());
+    }
+}
+
+#[test]
+fn step_counts_and_the_config_as_last_set() {
+    let ps = [param("w", &[1.0, -2.0], &[2]), param("idle", &[0.0], &[1])];
+    let mut grads = Gradients::new();
+    grads.insert(&ps[0].tensor, upload(&gpu(), &[0.3, 0.1], &[2]));
+    let sgd_cfg = SgdConfig { lr: 0.05, momentum: 0.5, weight_decay: 0.01, ..Default::default() };
+    let mut sgd = Sgd::new(&ps, sgd_cfg).unwrap();
+    let adam_cfg = AdamConfig { lr: 0.02, beta1: 0.7, amsgrad: true, ..Default::default() };
+    let mut adam = Adam::new(&ps, adam_cfg).unwrap();
+    for _ in 0..2 {
+        sgd.step(&grads).unwrap();
+        adam.step(&grads).unwrap();
+    }
+    assert_eq!([sgd.step_count("w"), sgd.step_count("idle"), sgd.step_count("nope")], [Some(2), Some(0), None]);
+    assert_eq!([adam.step_count("w"), adam.step_count("idle"), adam.step_count("nope")], [Some(2), Some(0), None]);
+    sgd.set_lr(0.025);
+    adam.set_lr(0.01);
+    assert_eq!(*sgd.config(), SgdConfig { lr: 0.025, ..sgd_cfg });
+    assert_eq!(*adam.config(), AdamConfig { lr: 0.01, ..adam_cfg });
 }
 
 #[test]
