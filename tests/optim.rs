@@ -307,6 +307,25 @@ fn step_counts_and_the_config_as_last_set() {
 }
 
 #[test]
+fn adam_allocates_at_the_first_step_the_moments_a_full_device_refused_earlier() {
+    // a device with no room when the parameter is added: its moments are allocated at the
+    // first step, which fails cleanly while there is still no room and works once there is
+    let g = equimodal::Gpu::new(test_options()).unwrap();
+    let w = Param::new("w", upload(&g, &[1.0, -2.0, 0.5, 4.0], &[4]).requires_grad());
+    let mut grads = Gradients::new();
+    grads.insert(&w.tensor, upload(&g, &[0.5, -0.5, 1.0, 0.0], &[4]));
+    g.trim_memory();
+    g.set_memory_limit(Some(g.memory().reserved));
+    let mut adam = Adam::new(std::slice::from_ref(&w), AdamConfig { lr: 0.1, ..Default::default() }).unwrap();
+    assert!(adam.step(&grads).is_err(), "a step with no room for the moments");
+    assert_eq!((w.tensor.to_vec().unwrap(), adam.step_count("w")), (vec![1.0, -2.0, 0.5, 4.0], Some(0)));
+    g.set_memory_limit(None);
+    adam.step(&grads).unwrap();
+    // Adam's first step moves by lr·g / (|g| + eps): lr·sign(g), nothing where g = 0
+    assert_close("first step", &w.tensor.to_vec().unwrap(), &[0.9, -1.9, 0.4, 4.0], 1e-6, 1e-6);
+}
+
+#[test]
 fn loading_bad_state_is_a_typed_error_and_changes_nothing() {
     let mut rng = Rng::new(5);
     let init = fresh_params(&mut rng);
