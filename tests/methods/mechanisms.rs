@@ -189,6 +189,32 @@ fn ogm_settings_are_checked_naming_the_field() {
 }
 
 #[test]
+fn aug_settings_are_checked_naming_the_field() {
+    let max = equimodal::limits::MAX_WIDTH;
+    let too_wide = format!("method.aug.hidden={}", max + 1);
+    for (set, field) in [
+        ("method.aug.lambda=-0.5", "method.aug.lambda"),
+        ("method.aug.lambda=inf", "method.aug.lambda"),
+        ("method.aug.lambda=nan", "method.aug.lambda"),
+        ("method.aug.tau=inf", "method.aug.tau"),
+        ("method.aug.sigma=0", "method.aug.sigma"),
+        ("method.aug.multi_threshold=0", "method.aug.multi_threshold"),
+        ("method.aug.fusion_weights=[0.5,-1.0]", "method.aug.fusion_weights"),
+        ("method.aug.fusion_weights=[0.5,inf]", "method.aug.fusion_weights"),
+        ("method.aug.fusion_weights=[0.0,0.0]", "method.aug.fusion_weights"),
+        (too_wide.as_str(), "method.aug.hidden"),
+    ] {
+        let e = config::load(None, &with(&["method.name=aug", set])).unwrap_err().to_string();
+        assert!(e.contains(field), "{set}: {e}");
+    }
+    // the bounds themselves are allowed
+    let widest = format!("method.aug.hidden={max}");
+    for set in ["method.aug.lambda=0", "method.aug.tau=0", "method.aug.sigma=0.001", "method.aug.multi_threshold=0.001", "method.aug.fusion_weights=[0.0,1.0]", &widest] {
+        config::load(None, &with(&["method.name=aug", set])).unwrap_or_else(|e| panic!("{set}: {e}"));
+    }
+}
+
+#[test]
 fn ogm_with_three_modalities_divides_by_the_mean_of_the_other_scores() {
     // ρ_m = s_m / mean of the other two scores; every modality with ρ_m ≥ 1 is damped
     let three = "data.modalities=[{name=\"a\",shape=[12],signal=0.8},{name=\"b\",shape=[12],signal=0.4},{name=\"c\",shape=[12],signal=0.1}]";
