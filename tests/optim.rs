@@ -124,6 +124,7 @@ fn run_against_reference(label: &str, make: &dyn Fn(&[Param]) -> Box<dyn Optimiz
     let holder = params[0].tensor.detach();
     let mut opt = make(&params);
     let mut reference = RefOpt::new(cfg);
+    assert_eq!(opt.lr() as f64, reference.lr, "{label}: the configured learning rate");
     opt.enable_scores(&["a"], 0.7).unwrap();
     reference.state.entry("a".into()).or_default().score = Some((vec![0.0; 13 * 21], 0.7f32 as f64));
     assert!(opt.scores("b").is_none());
@@ -254,6 +255,74 @@ fn state_round_trip_resumes_exactly() {
     state_round_trip("sgd", &|p| Box::new(Sgd::new(p, sgd).unwrap()));
     let adam = AdamConfig { lr: 0.01, weight_decay: 0.01, decoupled: true, amsgrad: true, ..Default::default() };
     state_round_trip("adamw", &|p| Box::new(Adam::new(p, adam).unwrap()));
+}
+
+#[test]
+fn state_holds_moments_only_for_stepped_parameters_and_round_trips_without_momentum() {
+    // "w" stepped twice, "idle" never: a moment of "idle" would be memory never written
+    let sgd_m = SgdConfig { lr: 0.05, momentum: 0.9, ..Default::default() };
+    let sgd = SgdConfig { lr: 0.1, ..Default::default() };
+    let adam = AdamConfig { lr: 0.01, beta1: 0.8, ..Default::default() };
+    let ams = AdamConfig { amsgrad: true, ..adam };
+    let cases: [(&str, Box<dyn Fn(&[Param]) -> Box<dyn Optimizer>>, &[&str]); 4] = [
+        ("sgd momentum", Box::new(move |p| Box::new(Sgd::new(p, sgd_m).unwrap())), &["momentum.w", "step.idle", "step.w"]),
+        ("sgd", Box::new(move |p| Box::new(Sgd::new(p, sgd).unwrap())), &["step.idle", "step.w"]),
+        ("adam", Box::new(move |p| Box::new(Adam::new(p, adam).unwrap())), &["exp_avg.w", "exp_avg_sq.w", "step.idle", "step.w"]),
+        ("amsgrad", Box::new(move |p| Box::new(Adam::new(p, ams).unwrap())), &["exp_avg.w", "exp_avg_sq.w", "max_exp_avg_sq.w", "step.idle", "step.w"]),
+    ];
+    for (label, make, want) in &cases {
+        let ps = [param("w", &[1.0, -2.0, 0.5], &[3]), param("idle", &[0.0, 1.0], &[2])];
+        let mut opt = make(&ps);
+        let mut grads = Gradients::new();
+        grads.insert(&ps[0].tensor, upload(&gpu(), &[0.3, 0.1, -0.2], &[3]));
+        opt.step(&grads).unwrap();
+        opt.step(&grads).unwrap();
+        let mut names: Vec<String> = opt.state_tensors().unwrap().into_iter().map(|e| e.0).collect();
+        names.sort();
+        assert_eq!(names, *want, "{label}");
+        // and without momentum / AMSGrad the state still resumes exactly
+        state_round_trip(label, make.as_ref());
+    }
+}
+
+#[test]
+fn step_counts_and_the_config_as_last_set() {
+    let ps = [param("w", &[1.0, -2.0], &[2]), param("idle", &[0.0], &[1])];
+    let mut grads = Gradients::new();
+    grads.insert(&ps[0].tensor, upload(&gpu(), &[0.3, 0.1], &[2]));
+    let sgd_cfg = SgdConfig { lr: 0.05, momentum: 0.5, weight_decay: 0.01, ..Default::default() };
+    let mut sgd = Sgd::new(&ps, sgd_cfg).unwrap();
+    let adam_cfg = AdamConfig { lr: 0.02, beta1: 0.7, amsgrad: true, ..Default::default() };
+    let mut adam = Adam::new(&ps, adam_cfg).unwrap();
+    for _ in 0..2 {
+        sgd.step(&grads).unwrap();
+        adam.step(&grads).unwrap();
+    }
+    assert_eq!([sgd.step_count("w"), sgd.step_count("idle"), sgd.step_count("nope")], [Some(2), Some(0), None]);
+    assert_eq!([adam.step_count("w"), adam.step_count("idle"), adam.step_count("nope")], [Some(2), Some(0), None]);
+    sgd.set_lr(0.025);
+    adam.set_lr(0.01);
+    assert_eq!(*sgd.config(), SgdConfig { lr: 0.025, ..sgd_cfg });
+    assert_eq!(*adam.config(), AdamConfig { lr: 0.01, ..adam_cfg });
+}
+
+#[test]
+fn adam_allocates_at_the_first_step_the_moments_a_full_device_refused_earlier() {
+    // a device with no room when the parameter is added: its moments are allocated at the
+    // first step, which fails cleanly while there is still no room and works once there is
+    let g = equimodal::Gpu::new(test_options()).unwrap();
+    let w = Param::new("w", upload(&g, &[1.0, -2.0, 0.5, 4.0], &[4]).requires_grad());
+    let mut grads = Gradients::new();
+    grads.insert(&w.tensor, upload(&g, &[0.5, -0.5, 1.0, 0.0], &[4]));
+    g.trim_memory();
+    g.set_memory_limit(Some(g.memory().reserved));
+    let mut adam = Adam::new(std::slice::from_ref(&w), AdamConfig { lr: 0.1, ..Default::default() }).unwrap();
+    assert!(adam.step(&grads).is_err(), "a step with no room for the moments");
+    assert_eq!((w.tensor.to_vec().unwrap(), adam.step_count("w")), (vec![1.0, -2.0, 0.5, 4.0], Some(0)));
+    g.set_memory_limit(None);
+    adam.step(&grads).unwrap();
+    // Adam's first step moves by lr·g / (|g| + eps): lr·sign(g), nothing where g = 0
+    assert_close("first step", &w.tensor.to_vec().unwrap(), &[0.9, -1.9, 0.4, 4.0], 1e-6, 1e-6);
 }
 
 #[test]
@@ -392,6 +461,32 @@ fn clip_grad_norm_scales_to_the_global_norm() {
     // below the limit: unchanged
     let c = clip_grad_norm(&params, &grads, 100.0).unwrap();
     assert_eq!(c.get(&b).unwrap().to_vec().unwrap(), vec![0.0, 12.0]);
+}
+
+#[test]
+fn the_clipping_wrapper_is_its_inner_optimizer_fed_clipped_gradients() {
+    use equimodal::optim::ClipGradNorm;
+    // under a limit no gradient reaches, the wrapper is exactly SGD / Adam: parameters added
+    // late, the learning rate, scores and the checkpoint state all go to the inner optimizer
+    let sgd = SgdConfig { lr: 0.05, momentum: 0.9, ..Default::default() };
+    let clipped_sgd = |p: &[Param]| -> Box<dyn Optimizer> { Box::new(ClipGradNorm::new(Box::new(Sgd::new(p, sgd).unwrap()), 1e30).unwrap()) };
+    run_against_reference("clip(sgd)", &clipped_sgd, RefCfg::Sgd(sgd), 2e-5, 2e-6);
+    state_round_trip("clip(sgd)", &clipped_sgd);
+    let adam = AdamConfig { lr: 0.01, ..Default::default() };
+    let clipped_adam = |p: &[Param]| -> Box<dyn Optimizer> { Box::new(ClipGradNorm::new(Box::new(Adam::new(p, adam).unwrap()), 1e30).unwrap()) };
+    run_against_reference("clip(adam)", &clipped_adam, RefCfg::Adam(adam), 2e-5, 2e-6);
+    // the learning rate read and set through the wrapper
+    let w = param("w", &[1.0, 2.0], &[2]);
+    let mut opt = ClipGradNorm::new(Box::new(Sgd::new(&[w.clone()], sgd).unwrap()), 2.5).unwrap();
+    assert_eq!(opt.lr(), 0.05);
+    opt.set_lr(0.02);
+    assert_eq!(opt.lr(), 0.02);
+    // above the limit: gradient (3, 4), norm 5, scaled to norm 2.5 -> (1.5, 2); SGD's first
+    // step with momentum moves by lr times it
+    let mut grads = Gradients::new();
+    grads.insert(&w.tensor, upload(&gpu(), &[3.0, 4.0], &[2]));
+    opt.step(&grads).unwrap();
+    assert_close("clipped step", &w.tensor.to_vec().unwrap(), &[1.0 - 0.02 * 1.5, 2.0 - 0.02 * 2.0], 1e-6, 1e-7);
 }
 
 /// SGD and Adam (one thread per parameter element) with at most 2 workgroups per grid

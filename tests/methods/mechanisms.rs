@@ -173,6 +173,137 @@ fn ogm_ge_adds_noise_with_the_gradient_std() {
     }
 }
 
+#[test]
+fn ogm_settings_are_checked_naming_the_field() {
+    for (set, field) in [
+        ("method.ogm.alpha=-0.5", "method.ogm.alpha"),
+        ("method.ogm.alpha=inf", "method.ogm.alpha"),
+        ("method.ogm.alpha=nan", "method.ogm.alpha"),
+        ("method.ogm.start_epoch=4", "method.ogm.start_epoch"),
+    ] {
+        let e = config::load(None, &with(&["method.name=ogm", "method.ogm.end_epoch=3", set])).unwrap_err().to_string();
+        assert!(e.contains(field), "{set}: {e}");
+    }
+    // the bounds themselves are allowed: no modulation (α = 0), a window of one epoch
+    config::load(None, &with(&["method.name=ogm", "method.ogm.alpha=0", "method.ogm.start_epoch=3", "method.ogm.end_epoch=3"])).unwrap();
+}
+
+#[test]
+fn aug_settings_are_checked_naming_the_field() {
+    let max = equimodal::limits::MAX_WIDTH;
+    let too_wide = format!("method.aug.hidden={}", max + 1);
+    for (set, field) in [
+        ("method.aug.lambda=-0.5", "method.aug.lambda"),
+        ("method.aug.lambda=inf", "method.aug.lambda"),
+        ("method.aug.lambda=nan", "method.aug.lambda"),
+        ("method.aug.tau=inf", "method.aug.tau"),
+        ("method.aug.sigma=0", "method.aug.sigma"),
+        ("method.aug.multi_threshold=0", "method.aug.multi_threshold"),
+        ("method.aug.fusion_weights=[0.5,-1.0]", "method.aug.fusion_weights"),
+        ("method.aug.fusion_weights=[0.5,inf]", "method.aug.fusion_weights"),
+        ("method.aug.fusion_weights=[0.0,0.0]", "method.aug.fusion_weights"),
+        (too_wide.as_str(), "method.aug.hidden"),
+    ] {
+        let e = config::load(None, &with(&["method.name=aug", set])).unwrap_err().to_string();
+        assert!(e.contains(field), "{set}: {e}");
+    }
+    // the bounds themselves are allowed
+    let widest = format!("method.aug.hidden={max}");
+    for set in ["method.aug.lambda=0", "method.aug.tau=0", "method.aug.sigma=0.001", "method.aug.multi_threshold=0.001", "method.aug.fusion_weights=[0.0,1.0]", &widest] {
+        config::load(None, &with(&["method.name=aug", set])).unwrap_or_else(|e| panic!("{set}: {e}"));
+    }
+}
+
+#[test]
+fn ogm_with_three_modalities_divides_by_the_mean_of_the_other_scores() {
+    // ρ_m = s_m / mean of the other two scores; every modality with ρ_m ≥ 1 is damped
+    let three = "data.modalities=[{name=\"a\",shape=[12],signal=0.8},{name=\"b\",shape=[12],signal=0.4},{name=\"c\",shape=[12],signal=0.1}]";
+    let (mut joint, b, hb) = method_and_batch(&cfg(&with(&["method.name=joint", three])));
+    let (mut ogm, _, _) = method_and_batch(&cfg(&with(&["method.name=ogm", three])));
+    let pred = joint.predict(&b.inputs).unwrap();
+    let s: Vec<f64> = pred.per_modality.iter().map(|v| score(&v.as_ref().unwrap().to_vec().unwrap(), &hb.labels, 10)).collect();
+    let total: f64 = s.iter().sum();
+    let k: Vec<f64> = s
+        .iter()
+        .map(|&sm| {
+            let rho = sm / ((total - sm) / 2.0);
+            if rho >= 1.0 {
+                1.0 - (0.8 * rho).tanh()
+            } else {
+                1.0
+            }
+        })
+        .collect();
+    assert!(k.iter().any(|&k| k < 0.9), "no modulation at scores {s:?}");
+    let (gj, go) = (step_grads(joint.as_mut(), &b, 0), step_grads(ogm.as_mut(), &b, 0));
+    assert_eq!(gj.len(), go.len());
+    for ((name, a), (_, o)) in gj.iter().zip(&go) {
+        let km = ["a", "b", "c"].iter().position(|m| name.starts_with(&format!("enc.{m}."))).map_or(1.0, |i| k[i]);
+        let want: Vec<f64> = a.iter().map(|&g| g as f64 * km).collect();
+        assert_close(&format!("{name} (k {km}, scores {s:?})"), o, &want, 1e-5, 1e-9);
+    }
+}
+
+/// OGM, OGM-GE and joint models with the same weights, with these extra settings, and the
+/// first batch.
+fn ogm_ge_and_joint(extra: &[&str]) -> [(Box<dyn Method>, DeviceBatch); 3] {
+    ["ogm", "ogm_ge", "joint"].map(|name| {
+        let (m, b, _) = method_and_batch(&cfg(&[with(extra), sets(&[&format!("method.name={name}")])].concat()));
+        (m, b)
+    })
+}
+
+#[test]
+fn ogm_ge_noise_of_small_gradients_has_their_unbiased_std() {
+    // a hidden layer of 2: bias gradients of 2 values, whose unbiased std is |g0 − g1| / √2
+    let [(mut ogm, b), (mut ge, _), (mut joint, _)] = ogm_ge_and_joint(&["model.hidden=[2]"]);
+    let (go, gj) = (step_grads(ogm.as_mut(), &b, 0), step_grads(joint.as_mut(), &b, 0));
+    let mut z = Vec::new(); // noise / std over the 2-value gradients of every step
+    let mut drawn = 0u64;
+    for step in 0..150 {
+        let gg = step_grads(ge.as_mut(), &b, 0);
+        for ((name, o), ((_, g), (_, j))) in go.iter().zip(gg.iter().zip(&gj)) {
+            if !name.starts_with("enc.") {
+                assert_eq!(o, g, "{name}: the head gets no noise");
+                continue;
+            }
+            drawn += o.len() as u64;
+            if o.len() == 2 {
+                // the noise's std is that of the unmodulated (joint training's) gradient
+                let std = (j[0] as f64 - j[1] as f64).abs() / 2f64.sqrt();
+                if std > 1e-5 {
+                    z.extend(o.iter().zip(g).map(|(&o, &g)| (g as f64 - o as f64) / std));
+                }
+            }
+        }
+        // the noise stream advances by one draw per noised value: no draw is used twice
+        assert_eq!(ge.state()["noise_offset"], drawn, "step {step}");
+    }
+    let n = z.len() as f64;
+    assert!(n >= 300.0, "{n} noised values of 2-value gradients");
+    let rms = (z.iter().map(|v| v * v).sum::<f64>() / n).sqrt();
+    // the biased std (÷ n) or ÷ (n + 1) would give 0.71 or 0.58
+    assert!((rms - 1.0).abs() < 5.0 / (2.0 * n).sqrt(), "noise / unbiased std: rms {rms} over {n} values");
+}
+
+#[test]
+fn ogm_ge_leaves_single_value_gradients_without_noise() {
+    // a hidden layer of 1: its bias gradient is a single value, whose std is undefined
+    let [(mut ogm, b), (mut ge, _), _] = ogm_ge_and_joint(&["model.hidden=[1]"]);
+    let (go, gg) = (step_grads(ogm.as_mut(), &b, 0), step_grads(ge.as_mut(), &b, 0));
+    let mut drawn = 0;
+    for ((name, o), (_, g)) in go.iter().zip(&gg) {
+        if name.starts_with("enc.") && o.len() == 1 {
+            assert_eq!(o, g, "{name}: OGM-GE's gradient is OGM's");
+        } else if name.starts_with("enc.") {
+            assert_ne!(o, g, "{name}: noised");
+            drawn += o.len() as u64;
+        }
+    }
+    assert!(go.iter().any(|(n, o)| n.starts_with("enc.") && o.len() == 1));
+    assert_eq!(ge.state()["noise_offset"], drawn);
+}
+
 fn train_log(list: &[String], dir: &Path) -> Vec<serde_json::Value> {
     let (c, text) = config::load(None, list).unwrap();
     let mut o = TrainOptions::new(dir);

@@ -115,3 +115,36 @@ fn bad_shapes_are_typed_errors() {
     let e = ops::boost_loss(&x, &y3, 0.5, BoostForm::Code).unwrap_err().to_string();
     assert!(e.contains("[3]"), "{e}");
 }
+
+#[test]
+fn empty_logits_are_typed_errors() {
+    let g = gpu();
+    for shape in [[0, 2, 3], [2, 0, 3], [2, 2, 0]] {
+        let x = Tensor::zeros(&g, &shape).unwrap();
+        let y = Tensor::from_u32(&g, &vec![0; shape[0]], &[shape[0]]).unwrap();
+        let e = ops::boost_loss(&x, &y, 0.5, BoostForm::Code).unwrap_err().to_string();
+        assert!(e.contains("empty") && e.contains(&format!("{shape:?}")), "{shape:?}: {e}");
+    }
+}
+
+#[test]
+fn forms_parse_and_print_by_name() {
+    for (s, f) in [("paper", BoostForm::Paper), ("code", BoostForm::Code)] {
+        assert_eq!(s.parse::<BoostForm>().unwrap(), f);
+        assert_eq!(f.to_string(), s);
+    }
+    let e = "residual".parse::<BoostForm>().unwrap_err();
+    assert!(e.contains("residual") && e.contains("paper, code"), "{e}");
+}
+
+#[test]
+fn a_second_backward_names_the_boosting_loss() {
+    let g = gpu();
+    let x = Tensor::zeros(&g, &[2, 1, 3]).unwrap().requires_grad();
+    let y = Tensor::from_u32(&g, &[0, 2], &[2]).unwrap();
+    let (loss, _) = ops::boost_loss(&x, &y, 0.5, BoostForm::Code).unwrap();
+    loss.backward().unwrap();
+    let Err(e) = loss.backward() else { panic!("a second backward succeeded") };
+    let e = e.to_string();
+    assert!(e.contains("`boost_loss`"), "{e}");
+}

@@ -61,8 +61,10 @@ fn every_method_trains_logs_and_checkpoints() {
         assert_eq!(s.epochs_run, 3, "{name}");
         let lines = log_lines(&dir);
         assert_eq!(lines.len(), 3, "{name}: one log line per epoch");
+        let method = extra[0].strip_prefix("method.name=").unwrap();
         for (e, l) in lines.iter().enumerate() {
             assert_eq!(l["epoch"], e, "{name}");
+            assert_eq!(l["method"], method, "{name}: the method's name in its log");
             assert!(l["train"]["loss"].as_f64().unwrap().is_finite(), "{name}: {l}");
             let acc = l["test"]["acc"].as_f64().unwrap();
             assert!((0.0..=1.0).contains(&acc), "{name}: {l}");
