@@ -76,7 +76,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         mapped_at_creation: false,
     });
     let mut enc = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("host encoder") });
-    enc.copy_buffer_to_buffer(w.tensor.buffer(), 0, &mine, 0, bytes);
+    // a tensor is a range of one of the engine's buffers: (buffer, offset, size)
+    let range = w.tensor.buffer();
+    enc.copy_buffer_to_buffer(range.buffer(), range.offset(), &mine, 0, bytes);
     queue.submit(Some(enc.finish()));
     mine.slice(..).map_async(wgpu::MapMode::Read, |r| r.expect("map"));
     device.poll(wgpu::PollType::wait_indefinitely())?;
