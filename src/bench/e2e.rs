@@ -5,8 +5,9 @@
 //! Every step is timed by wall clock with the queue drained at both ends (the GPU is idle
 //! when the clock starts and when it stops), median over ≥ 20 steps after warm-up, as
 //! PyTorch's timing reference (docs/gpu.md) times its steps. Memory is the
-//! buffer pool's footprint after the steps (`in_use + cached`: every buffer the pool ever
-//! created since the case started, i.e. its high-water mark), which is what the device holds.
+//! pool's footprint after the steps (`in_use + cached`: every segment the pool holds, which
+//! after a case's steps is its high-water mark), what the device holds; and the allocated and
+//! reserved peaks as PyTorch reports them.
 use crate::config::Config;
 use crate::methods::{EncoderKind, MethodName};
 use crate::data::ModalitySpec;
@@ -321,7 +322,7 @@ pub fn run_e2e(gpu: &Gpu, opts: &E2eOptions, cases: Vec<E2eCase>) -> Result<Vec<
         let (s1, d1) = gpu.counters();
         let mem = gpu.memory();
         if std::env::var("EQUIMODAL_POOL_REPORT").is_ok_and(|v| v == "1") {
-            eprintln!("{}: in use {:.1} MiB, cached {:.1} MiB; largest cached sizes:", case.name, mem.in_use as f64 / MIB, mem.cached as f64 / MIB);
+            eprintln!("{}: in use {:.1} MiB, cached {:.1} MiB; largest free blocks:", case.name, mem.in_use as f64 / MIB, mem.cached as f64 / MIB);
             for (size, n) in gpu.memory_cached_by_size().into_iter().take(25) {
                 eprintln!("  {:>10.2} MiB x {n:>3} = {:>8.1} MiB", size as f64 / MIB, (size * n as u64) as f64 / MIB);
             }
