@@ -315,6 +315,16 @@ fn adam_allocates_at_the_first_step_the_moments_a_full_device_refused_earlier() 
     let mut grads = Gradients::new();
     grads.insert(&w.tensor, upload(&g, &[0.5, -0.5, 1.0, 0.0], &[4]));
     g.trim_memory();
+    // fill every free block of the segments held (tensors share segments), then allow
+    // nothing more to be reserved: the moments find no room
+    let _filler: Vec<equimodal::Tensor> = g
+        .memory_cached_by_size()
+        .into_iter()
+        .flat_map(|(size, n)| (0..n).map(move |_| size))
+        // the canary test mode adds 16 bytes of slack to every block
+        .map(|size| equimodal::Tensor::zeros(&g, &[(size as usize - if g.pool_canary() { 16 } else { 0 }) / 4]).unwrap())
+        .collect();
+    assert_eq!(g.memory().cached, 0, "the filler took every free block");
     g.set_memory_limit(Some(g.memory().reserved));
     let mut adam = Adam::new(std::slice::from_ref(&w), AdamConfig { lr: 0.1, ..Default::default() }).unwrap();
     assert!(adam.step(&grads).is_err(), "a step with no room for the moments");
