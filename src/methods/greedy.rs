@@ -392,12 +392,10 @@ impl Method for Greedy {
         Ok(st)
     }
     fn state(&self) -> serde_json::Value {
-        serde_json::json!({ "steps": self.steps })
+        super::counter_state("steps", self.steps)
     }
     fn restore(&mut self, state: &serde_json::Value, _opt: &mut dyn Optimizer) -> Result<()> {
-        if let Some(s) = state.get("steps").and_then(|v| v.as_u64()) {
-            self.steps = s;
-        }
+        super::restore_counter(state, "steps", &mut self.steps);
         Ok(())
     }
 }

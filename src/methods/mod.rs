@@ -352,3 +352,17 @@ pub fn stats_from_sums(sums: &[f64], m: usize, samples: usize) -> EpochStats {
         extra: Vec::new(),
     }
 }
+
+/// A method's only resumable state, one counter (steps taken, noise drawn), as its
+/// checkpoint record `{key: value}`.
+pub(crate) fn counter_state(key: &str, value: u64) -> serde_json::Value {
+    serde_json::json!({ key: value })
+}
+
+/// Restore the counter [`counter_state`] wrote; an older checkpoint without it leaves
+/// `value` as it is.
+pub(crate) fn restore_counter(state: &serde_json::Value, key: &str, value: &mut u64) {
+    if let Some(v) = state.get(key).and_then(|v| v.as_u64()) {
+        *value = v;
+    }
+}

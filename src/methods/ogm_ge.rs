@@ -190,12 +190,10 @@ impl Method for OgmGe {
         self.joint.end_epoch(epoch, opt)
     }
     fn state(&self) -> serde_json::Value {
-        serde_json::json!({ "noise_offset": self.offset })
+        super::counter_state("noise_offset", self.offset)
     }
     fn restore(&mut self, state: &serde_json::Value, _opt: &mut dyn Optimizer) -> Result<()> {
-        if let Some(o) = state.get("noise_offset").and_then(|v| v.as_u64()) {
-            self.offset = o;
-        }
+        super::restore_counter(state, "noise_offset", &mut self.offset);
         Ok(())
     }
 }
