@@ -11,7 +11,14 @@
 //   K-slices of 8 staged in workgroup memory. For large problems.
 // - gemm_tile64: 64x64 tile, 256 threads, 4x4 per thread, K-slices of 16. More workgroups
 //   for small/medium problems.
-// - gemm_ref: one thread per output, no tiling. Only used by the tests to cross-check.
+// - gemm_ref: one thread per output, no tiling. The tests' cross-check and the tuner's
+//   correctness probe.
+// - gemm_splitk_reduce: sums split-K partials in split order (deterministic), adds the bias.
+//
+// Split-K (k_chunk > 0, batch 1 only): workgroup z computes K-slices [z*k_chunk,
+// (z+1)*k_chunk) of the product into slice z of a partial buffer bound as C; the reduce
+// entry then sums the slices. For products whose M x N tiles cannot fill the GPU but whose
+// K is long (weight gradients of linear layers). The tuner decides when it pays.
 //
 // Tiled kernels, common structure:
 // - Workgroup (x, y, z) + (x0, y0, z0) = (column tile, row tile, batch): launches are
@@ -44,7 +51,7 @@ struct Params {
     z0: u32,       // batch index of workgroup z = 0 (launches split over z chunks)
     x0: u32,       // column tile of workgroup x = 0 (launches split over x chunks)
     y0: u32,       // row tile of workgroup y = 0 (launches split over y chunks)
-    _p2: u32,
+    k_chunk: u32,  // split-K: K-slices per split, grid z = split, C = partials [splits, M, N]; 0: off
     bshape: array<vec4<u32>, 2>, // output batch shape (dims of size 1 dropped)
     bsa: array<vec4<u32>, 2>,    // A element stride per batch dim (0: broadcast)
     bsb: array<vec4<u32>, 2>,    // B element stride per batch dim (0: broadcast)
@@ -76,6 +83,16 @@ fn batch_offsets(z: u32) -> vec2<u32> {
         ob = ob + ci * p.bsb[d / 4u][d % 4u];
     }
     return vec2<u32>(oa, ob);
+}
+
+// K-slices [first, end) of workgroup z for slices of `bk`: all of K, or z's split.
+fn k_range(z: u32, bk: u32) -> vec2<u32> {
+    let nt = (p.k + bk - 1u) / bk;
+    if (p.k_chunk == 0u) {
+        return vec2<u32>(0u, nt);
+    }
+    let t0 = z * p.k_chunk;
+    return vec2<u32>(t0, min(nt, t0 + p.k_chunk));
 }
 
 // op(A ⊙ SA)[m, k], zero outside the matrix.
@@ -189,12 +206,12 @@ fn gemm_tile128(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
     var c60 = vec4<f32>(0.0); var c61 = vec4<f32>(0.0);
     var c70 = vec4<f32>(0.0); var c71 = vec4<f32>(0.0);
 
-    let nt = (p.k + BK1 - 1u) / BK1;
-    put128(fetch128(offs, m0, n0, 0u, lid), 0u, lid);
+    let kr = k_range(z, BK1);
+    put128(fetch128(offs, m0, n0, kr.x * BK1, lid), 0u, lid);
     workgroupBarrier();
-    for (var t = 0u; t < nt; t = t + 1u) {
-        let cur = t & 1u;
-        let more = t + 1u < nt;
+    for (var t = kr.x; t < kr.y; t = t + 1u) {
+        let cur = (t - kr.x) & 1u;
+        let more = t + 1u < kr.y;
         var next: Staged;
         if (more) {
             next = fetch128(offs, m0, n0, (t + 1u) * BK1, lid);
@@ -285,12 +302,12 @@ fn gemm_tile64(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
     var c2 = vec4<f32>(0.0);
     var c3 = vec4<f32>(0.0);
 
-    let nt = (p.k + BK2 - 1u) / BK2;
-    put64(fetch64(offs, m0, n0, 0u, lid), 0u, lid);
+    let kr = k_range(z, BK2);
+    put64(fetch64(offs, m0, n0, kr.x * BK2, lid), 0u, lid);
     workgroupBarrier();
-    for (var t = 0u; t < nt; t = t + 1u) {
-        let cur = t & 1u;
-        let more = t + 1u < nt;
+    for (var t = kr.x; t < kr.y; t = t + 1u) {
+        let cur = (t - kr.x) & 1u;
+        let more = t + 1u < kr.y;
         var next: Staged;
         if (more) {
             next = fetch64(offs, m0, n0, (t + 1u) * BK2, lid);
@@ -319,7 +336,28 @@ fn gemm_tile64(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
     store4(coff, r0 + 3u, q0, c3);
 }
 
-// ---- reference: one thread per output (tests only) -------------------------------------
+// ---- split-K reduction: C[i] = sum over splits s of partial[s][i] (+ bias) ----------------
+// a = partials [batch = splits, M, N]; one thread per output.
+
+@compute @workgroup_size(64)
+fn gemm_splitk_reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                      @builtin(local_invocation_index) lid: u32) {
+    let idx = flat_group(wg, nwg) * 64u + lid;
+    let mn = p.m * p.n;
+    if (idx >= mn) {
+        return;
+    }
+    var acc = 0.0;
+    for (var s = 0u; s < p.batch; s = s + 1u) {
+        acc = acc + a[s * mn + idx];
+    }
+    if ((p.flags & HAS_BIAS) != 0u) {
+        acc = acc + bias[idx % p.n];
+    }
+    c[idx] = acc;
+}
+
+// ---- reference: one thread per output (tests and the tuner's probe) ----------------------
 
 @compute @workgroup_size(64)
 fn gemm_ref(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,

@@ -26,5 +26,5 @@ pub mod train;
 
 pub use autograd::Gradients;
 pub use error::{Error, Result};
-pub use gpu::{Gpu, GpuOptions};
+pub use gpu::{Gpu, GpuOptions, TuneMode, TuneStore};
 pub use tensor::{DType, Tensor};

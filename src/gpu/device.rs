@@ -1,12 +1,14 @@
 //! Adapter selection: which backend and adapter to run on (environment overrides), what
 //! they offer, and opening a device with the adapter's own limits.
+use super::tune::{TuneMode, TuneStore};
 use crate::error::{Error, Result};
 
 /// How to pick and configure the adapter. `Default` reads the environment:
 /// `EQUIMODAL_BACKEND` (or wgpu's `WGPU_BACKEND`: vulkan, metal, dx12, gl, comma-separated),
 /// `EQUIMODAL_ADAPTER` (or `WGPU_ADAPTER_NAME`: case-insensitive substring of the adapter
 /// name, e.g. "llvmpipe" for Mesa's software Vulkan), `EQUIMODAL_CHECKED_KERNELS=1`, and the
-/// two test modes `EQUIMODAL_MAX_WORKGROUPS_PER_DIM=<n>` and `EQUIMODAL_POOL_CANARY=1`.
+/// two test modes `EQUIMODAL_MAX_WORKGROUPS_PER_DIM=<n>` and `EQUIMODAL_POOL_CANARY=1`,
+/// `EQUIMODAL_MEMORY_LIMIT`, `EQUIMODAL_TUNE` and `EQUIMODAL_TUNE_CACHE`.
 #[derive(Clone, Debug)]
 pub struct GpuOptions {
     /// Backends to look for adapters on (`EQUIMODAL_BACKEND` or `WGPU_BACKEND`; the primary ones by
@@ -50,6 +52,12 @@ pub struct GpuOptions {
     /// for testing what a run does when memory runs out. `EQUIMODAL_MEMORY_LIMIT` (bytes, or
     /// with a `KiB`/`MiB`/`GiB` suffix).
     pub memory_limit: Option<u64>,
+    /// When kernel families time their variants on this device (`EQUIMODAL_TUNE=off|quick|full`;
+    /// quick by default). See [`TuneMode`].
+    pub tune: TuneMode,
+    /// Where tuned choices are kept between runs (`EQUIMODAL_TUNE_CACHE`, else the XDG cache
+    /// dir). Embedding programs pass their own file or [`TuneStore::Memory`].
+    pub tune_cache: TuneStore,
 }
 
 /// Parse a byte count with an optional binary suffix (`512MiB`, `2GiB`, `4096`).
@@ -107,6 +115,9 @@ impl GpuOptions {
         if let Some(v) = std::env::var("EQUIMODAL_MEMORY_LIMIT").ok().filter(|v| !v.trim().is_empty()) {
             o.memory_limit = Some(parse_bytes("EQUIMODAL_MEMORY_LIMIT", &v)?);
         }
+        if let Some(v) = std::env::var("EQUIMODAL_TUNE").ok().filter(|v| !v.trim().is_empty()) {
+            o.tune = TuneMode::parse("EQUIMODAL_TUNE", &v)?;
+        }
         Ok(o)
     }
 }
@@ -133,6 +144,7 @@ impl Default for GpuOptions {
             std::env::var("EQUIMODAL_MAX_WORKGROUPS_PER_DIM").ok().and_then(|v| v.trim().parse::<u32>().ok()).filter(|&v| v > 0);
         let pool_canary = std::env::var("EQUIMODAL_POOL_CANARY").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
         let memory_limit = std::env::var("EQUIMODAL_MEMORY_LIMIT").ok().and_then(|v| parse_bytes("EQUIMODAL_MEMORY_LIMIT", &v).ok());
+        let tune = std::env::var("EQUIMODAL_TUNE").ok().and_then(|v| TuneMode::parse("EQUIMODAL_TUNE", &v).ok()).unwrap_or(TuneMode::Quick);
         GpuOptions {
             backends,
             adapter_name,
@@ -142,6 +154,8 @@ impl Default for GpuOptions {
             max_workgroups_per_dim,
             pool_canary,
             memory_limit,
+            tune,
+            tune_cache: TuneStore::Default,
         }
     }
 }

@@ -15,6 +15,7 @@ mod readback;
 mod record;
 mod shaders;
 mod timer;
+mod tune;
 
 pub use grid::{grid, split_grid};
 pub use device::{list_adapters, parse_backends, parse_bytes, AdapterReport, Capabilities, GpuOptions};
@@ -23,6 +24,7 @@ pub use kernel::{compiled_source, Access, Kernel, ParamsField, ParamsLayout};
 pub use pool::{BufferRange, PoolStats, Storage, BLOCK_ALIGN, SMALL_ALIGN, SMALL_BLOCK, SMALL_SEGMENT_MIN};
 pub use shaders::{AttentionTiles, HeadDim, Shader, ATTENTION_TILES, WG};
 pub use timer::GpuTimer;
+pub use tune::{TuneEntry, TuneMode, TuneStore};
 
 use crate::error::Result;
 use kernel::KernelCache;
@@ -63,6 +65,8 @@ struct Inner {
     error: Arc<Mutex<Option<String>>>,
     in_flight: Mutex<std::collections::VecDeque<wgpu::SubmissionIndex>>,
     step_marks: Mutex<std::collections::VecDeque<wgpu::SubmissionIndex>>,
+    /// tuned kernel variants of this device (`tune.rs`)
+    tuner: Mutex<tune::Tuner>,
     /// kernel name -> (launches, total ns), when profiling
     profile: Option<Mutex<std::collections::HashMap<String, (u64, f64)>>>,
     /// profile entries keyed by kernel and workgroup grid (`EQUIMODAL_PROFILE=2`)
@@ -104,6 +108,13 @@ impl Gpu {
         Self::build(device, queue, info, &GpuOptions::default())
     }
 
+    /// [`Gpu::from_device`] with options: of them, an embedding program sets what applies to
+    /// a device it opened itself (tuning and its cache file, memory limit, checked kernels,
+    /// the test modes); adapter selection and profiling are ignored.
+    pub fn from_device_with(device: wgpu::Device, queue: wgpu::Queue, info: wgpu::AdapterInfo, options: &GpuOptions) -> Gpu {
+        Self::build(device, queue, info, options)
+    }
+
     fn build(device: wgpu::Device, queue: wgpu::Queue, info: wgpu::AdapterInfo, options: &GpuOptions) -> Gpu {
         let caps = Capabilities::of(&device);
         let error: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
@@ -133,7 +144,9 @@ impl Gpu {
                 mapped_at_creation: false,
             })
         });
+        let tuner = Mutex::new(tune::Tuner::new(options.tune, &options.tune_cache, &info));
         Gpu(Arc::new(Inner {
+            tuner,
             device,
             queue,
             info,

@@ -2,10 +2,15 @@
 //! scales (AIM's per-parameter weight masks), plus the PyTorch-layout linear layer.
 //!
 //! One kernel family (`shaders/matmul.wgsl`): a tiled, register-blocked GEMM in two tile
-//! sizes (128x128 with 8x8 outputs per thread for large problems, 64x64 with 4x4 otherwise)
-//! and a one-thread-per-output reference entry that only the tests use. Transposes and
-//! scales are handled inside the kernel's loads, so the backward pass never materialises a
-//! transposed or masked copy.
+//! sizes (128x128 with 8x8 outputs per thread, 64x64 with 4x4), split-K on the 64x64 tile
+//! (partials summed by a second, deterministic pass), and a one-thread-per-output reference
+//! entry (the tests' cross-check and the tuner's probe). Transposes and scales are handled
+//! inside the kernel's loads, so the backward pass never materialises a transposed or
+//! masked copy.
+//!
+//! Which variant runs a product is the tuner's choice (`ops::tune`, `gpu::tune`): per shape
+//! bucket it times the applicable variants once on this device and remembers the fastest
+//! correct one. With tuning off, a size rule picks between the two tiles (no split-K).
 use super::elementwise::broadcast_shape;
 use super::{bytes_of, expect_f32, expect_same_gpu, grid, split_grid};
 use crate::autograd::BackwardOp;
@@ -20,8 +25,9 @@ const BINDINGS: &[Access] = &[R, R, R, R, R, RW];
 const K_TILE128: Kernel = Kernel::new(Shader::Matmul, "gemm_tile128", BINDINGS, &Params::LAYOUT);
 const K_TILE64: Kernel = Kernel::new(Shader::Matmul, "gemm_tile64", BINDINGS, &Params::LAYOUT);
 const K_REF: Kernel = Kernel::new(Shader::Matmul, "gemm_ref", BINDINGS, &Params::LAYOUT);
+const K_SPLITK_REDUCE: Kernel = Kernel::new(Shader::Matmul, "gemm_splitk_reduce", BINDINGS, &Params::LAYOUT);
 /// Every kernel of this file (for the interface test, `tests/gpu/kernels.rs`).
-pub(crate) const KERNELS: &[Kernel] = &[K_TILE128, K_TILE64, K_REF];
+pub(crate) const KERNELS: &[Kernel] = &[K_TILE128, K_TILE64, K_REF, K_SPLITK_REDUCE];
 
 /// Most broadcast batch dims a matmul takes (after dropping dims of size 1).
 pub const MAX_BATCH_DIMS: usize = 8;
@@ -34,6 +40,14 @@ const HAS_BIAS: u32 = 4;
 /// streaming multiprocessors on a large GPU (132 on the H100) the big tile leaves most of
 /// the machine idle, and the small tile gives 4x as many workgroups.
 const TILE128_MIN_TILES: usize = 132;
+
+/// Split-K factors the tuner may try (on the 64x64 tile, batch 1 only).
+pub const MATMUL_SPLITS: [u32; 2] = [4, 16];
+/// K-slice depth of the 64x64 tile (`BK2` in `shaders/matmul.wgsl`): split-K cuts K in
+/// whole slices.
+const TILE64_BK: usize = 16;
+/// Most bytes of split-K partials (a variant needing more is not a candidate).
+const SPLIT_MAX_PARTIAL_BYTES: usize = 256 << 20;
 
 crate::gpu::gpu_params! {
     struct Params as "Params" {
@@ -48,7 +62,7 @@ crate::gpu::gpu_params! {
         z0: u32,
         x0: u32,
         y0: u32,
-        _p: u32,
+        k_chunk: u32,
         bshape: [u32; MAX_BATCH_DIMS],
         bsa: [u32; MAX_BATCH_DIMS],
         bsb: [u32; MAX_BATCH_DIMS],
@@ -67,15 +81,44 @@ pub struct MatmulOpts<'a> {
     pub b_scale: Option<&'a Tensor>,
 }
 
-/// Which kernel runs a matmul. Only for tests and benchmarks: [`matmul_ex`] always picks
-/// by size (`Auto`).
-#[doc(hidden)]
+/// Which kernel runs a matmul. [`matmul_ex`] always uses `Auto` (the tuner's choice, or the
+/// size rule with tuning off); the others are for tests and benchmarks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MatmulKernel {
+    /// The tuned choice for this shape bucket (tuning it now if it is new).
     Auto,
+    /// 64x64 tiles, 4x4 outputs per thread.
     Tile64,
+    /// 128x128 tiles, 8x8 outputs per thread.
     Tile128,
+    /// 64x64 tiles with K cut into this many splits (batch 1 only; see [`MATMUL_SPLITS`]).
+    SplitK(u32),
+    /// One thread per output, no tiling (slow; the cross-check).
     Reference,
+}
+
+impl MatmulKernel {
+    /// Every variant the tuner may pick, in the order it tries them.
+    pub const TUNED: [MatmulKernel; 4] =
+        [MatmulKernel::Tile128, MatmulKernel::Tile64, MatmulKernel::SplitK(MATMUL_SPLITS[0]), MatmulKernel::SplitK(MATMUL_SPLITS[1])];
+
+    /// The name the tuning cache and the benchmark rows use.
+    pub fn name(self) -> &'static str {
+        match self {
+            MatmulKernel::Auto => "auto",
+            MatmulKernel::Tile64 => "tile64",
+            MatmulKernel::Tile128 => "tile128",
+            MatmulKernel::SplitK(4) => "splitk4",
+            MatmulKernel::SplitK(16) => "splitk16",
+            MatmulKernel::SplitK(_) => "splitk",
+            MatmulKernel::Reference => "reference",
+        }
+    }
+
+    /// The tuned variant of this name.
+    pub fn from_name(name: &str) -> Option<MatmulKernel> {
+        MatmulKernel::TUNED.into_iter().find(|k| k.name() == name)
+    }
 }
 
 /// Launch geometry of one GEMM, derived from the operand shapes.
@@ -212,7 +255,7 @@ fn launch(
         z0: 0,
         x0: 0,
         y0: 0,
-        _p: 0,
+        k_chunk: 0,
         bshape: p.bshape,
         bsa: p.bsa,
         bsb: p.bsb,
@@ -228,19 +271,16 @@ fn launch(
         c.buffer(),
     ];
     let kernel = match kernel {
-        MatmulKernel::Auto => {
-            let tiles = p.m.div_ceil(128) * p.n.div_ceil(128) * p.batch;
-            if tiles >= TILE128_MIN_TILES {
-                MatmulKernel::Tile128
-            } else {
-                MatmulKernel::Tile64
-            }
-        }
+        MatmulKernel::Auto => choose(p, a, sa, b, sb, bias)?,
         k => k,
     };
     let (k, tile) = match kernel {
         MatmulKernel::Reference => {
             gpu.dispatch(&K_REF, &[], bytes_of(&params), &buffers, grid(gpu, p.batch * p.m * p.n, 64))?;
+            return Ok(c);
+        }
+        MatmulKernel::SplitK(splits) => {
+            launch_split(p, params, buffers, &c, splits as usize)?;
             return Ok(c);
         }
         MatmulKernel::Tile128 => (&K_TILE128, 128),
@@ -252,6 +292,106 @@ fn launch(
         gpu.dispatch(k, &[], bytes_of(&params), &buffers, groups)?;
     }
     Ok(c)
+}
+
+/// The size rule used with tuning off: the 64x64 tile until the 128x128 one has enough
+/// tiles to fill a large GPU.
+fn heuristic(p: &Plan) -> MatmulKernel {
+    let tiles = p.m.div_ceil(128) * p.n.div_ceil(128) * p.batch;
+    if tiles >= TILE128_MIN_TILES {
+        MatmulKernel::Tile128
+    } else {
+        MatmulKernel::Tile64
+    }
+}
+
+/// The variants that can run `p`: both tiles always; split-K for one matrix whose K holds
+/// at least two slices per split and whose partials fit [`SPLIT_MAX_PARTIAL_BYTES`].
+fn candidates(p: &Plan) -> Vec<MatmulKernel> {
+    MatmulKernel::TUNED
+        .into_iter()
+        .filter(|k| match *k {
+            MatmulKernel::SplitK(s) => {
+                let (chunk, used) = split_shape(p.k, s as usize);
+                p.batch == 1 && chunk >= 2 && used == s as usize && used * p.m * p.n * 4 <= SPLIT_MAX_PARTIAL_BYTES
+            }
+            _ => true,
+        })
+        .collect()
+}
+
+/// The tuning bucket of `p`: transposes, scales, bias, and the power-of-two class of each
+/// size (a bucket's variants are timed on its first problem).
+fn bucket(p: &Plan, sa: bool, sb: bool, bias: bool) -> String {
+    use super::tune::size_class as c;
+    let flag = |on: bool, ch: char| if on { ch } else { '-' };
+    let f: String = [flag(p.ta, 'A'), flag(p.tb, 'B'), flag(sa || sb, 's'), flag(bias, 'b')].iter().collect();
+    format!("{f} batch{} m{} n{} k{}", c(p.batch), c(p.m), c(p.n), c(p.k))
+}
+
+/// The variant that runs `p`: the tuned choice of its bucket (timing the candidates now,
+/// on seeded random operands of the same shapes, if the bucket is new), or [`heuristic`]
+/// with tuning off or only one candidate.
+fn choose(p: &Plan, a: &Tensor, sa: Option<&Tensor>, b: &Tensor, sb: Option<&Tensor>, bias: Option<&Tensor>) -> Result<MatmulKernel> {
+    let gpu = a.gpu();
+    let cands = candidates(p);
+    // the probe's reference is one thread per output: under a test cap on workgroups per
+    // dimension a large product cannot launch it (on a real adapter the cap is 65,535^3)
+    let reference_fits = (p.batch * p.m * p.n).div_ceil(64) as u64 <= (gpu.max_workgroups_per_dim() as u64).pow(3);
+    if gpu.tune_mode() == crate::gpu::TuneMode::Off || cands.len() < 2 || !reference_fits {
+        return Ok(heuristic(p));
+    }
+    let bucket = bucket(p, sa.is_some(), sb.is_some(), bias.is_some());
+    if let Some(e) = gpu.tune_lookup("matmul", &bucket) {
+        match MatmulKernel::from_name(&e.variant) {
+            // a bucket's problems differ in K: split-K may not apply to this one
+            Some(k) => return Ok(if cands.contains(&k) { k } else { heuristic(p) }),
+            None => eprintln!("warning: tuning cache: matmul {bucket}: unknown variant `{}`; tuning again", e.variant),
+        }
+    }
+    let _ng = crate::autograd::no_grad();
+    let seed = 0x7475_6e65; // "tune"
+    let rnd = |t: &Tensor, i: u64| super::random::randn(gpu, t.shape(), seed, i << 40);
+    let (ra, rb) = (rnd(a, 0)?, rnd(b, 1)?);
+    let rsa = sa.map(|s| rnd(s, 2)).transpose()?;
+    let rsb = sb.map(|s| rnd(s, 3)).transpose()?;
+    let rbias = bias.map(|s| rnd(s, 4)).transpose()?;
+    let run = |k: MatmulKernel| launch(p, &ra, rsa.as_ref(), &rb, rsb.as_ref(), rbias.as_ref(), k);
+    let reference = run(MatmulKernel::Reference)?;
+    let list: Vec<super::tune::Candidate> = cands.iter().map(|&k| (k.name(), Box::new(move || run(k)) as Box<dyn Fn() -> Result<Tensor>>)).collect();
+    let problem = format!("{} x {} x {} (batch {})", p.m, p.n, p.k, p.batch);
+    let name = super::tune::tune(gpu, "matmul", &bucket, problem, &list, &reference)?;
+    Ok(MatmulKernel::from_name(name).unwrap_or_else(|| heuristic(p)))
+}
+
+/// (K-slices per split, splits actually used) for `splits` requested: every split non-empty.
+fn split_shape(k: usize, splits: usize) -> (usize, usize) {
+    let slices = k.div_ceil(TILE64_BK);
+    let chunk = slices.div_ceil(splits.max(1));
+    (chunk, slices.div_ceil(chunk))
+}
+
+/// Split-K on the 64x64 tile: partial products of K-ranges into `[splits, M, N]`, then the
+/// fixed-order reduction (+ bias) into `c`.
+fn launch_split(p: &Plan, mut params: Params, buffers: [&crate::gpu::BufferRange; 6], c: &Tensor, splits: usize) -> Result<()> {
+    let gpu = c.gpu();
+    if p.batch != 1 {
+        return Err(Error::Other(format!("matmul: split-K runs batch 1 only, this product has {} matrices", p.batch)));
+    }
+    let (chunk, used) = split_shape(p.k, splits);
+    let part = Tensor::empty(gpu, &[used, p.m, p.n], DType::F32)?;
+    let bias_flag = params.flags & HAS_BIAS;
+    params.k_chunk = chunk as u32;
+    params.flags &= !HAS_BIAS;
+    let mut pb = buffers;
+    pb[5] = part.buffer();
+    for (first, groups) in split_grid(gpu, [p.n.div_ceil(64), p.m.div_ceil(64), used]) {
+        [params.x0, params.y0, params.z0] = first;
+        gpu.dispatch(&K_TILE64, &[], bytes_of(&params), &pb, groups)?;
+    }
+    let reduce = Params { batch: used as u32, k_chunk: 0, flags: bias_flag, ..params };
+    let rb = [part.buffer(), part.buffer(), part.buffer(), part.buffer(), buffers[4], c.buffer()];
+    gpu.dispatch(&K_SPLITK_REDUCE, &[], bytes_of(&reduce), &rb, grid(gpu, p.m * p.n, 64))
 }
 
 /// Plan + launch without autograd: op(A ⊙ sa) · op(B ⊙ sb).
@@ -381,9 +521,21 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// tiled kernels against the one-thread-per-output reference) and benchmarks.
 #[doc(hidden)]
 pub fn matmul_with_kernel(a: &Tensor, b: &Tensor, opts: MatmulOpts, kernel: MatmulKernel) -> Result<Tensor> {
+    matmul_bias_with_kernel(a, b, opts, None, kernel)
+}
+
+/// [`matmul_with_kernel`] plus a bias `[N]` added to every row (the linear layer's epilogue).
+#[doc(hidden)]
+pub fn matmul_bias_with_kernel(a: &Tensor, b: &Tensor, opts: MatmulOpts, bias: Option<&Tensor>, kernel: MatmulKernel) -> Result<Tensor> {
     check_operands("matmul", a, b, opts.b_scale, "B")?;
     let p = plan("matmul", a.shape(), opts.trans_a, b.shape(), opts.trans_b)?;
-    launch(&p, a, None, b, opts.b_scale, None, kernel)
+    if let Some(bias) = bias {
+        expect_f32("matmul", &[bias])?;
+        if bias.shape() != [p.n] {
+            return Err(Error::shape("matmul", format!("bias {:?} must be [{}]", bias.shape(), p.n)));
+        }
+    }
+    launch(&p, a, None, b, opts.b_scale, bias, kernel)
 }
 
 struct LinearBack {

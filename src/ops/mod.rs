@@ -13,6 +13,7 @@ pub mod matmul;
 pub mod reduce;
 pub mod shape;
 pub mod softmax;
+pub mod tune;
 
 pub use aim::*;
 pub use boost::*;

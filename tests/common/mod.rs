@@ -8,9 +8,10 @@ pub mod resume;
 use equimodal::{Gpu, GpuOptions, Tensor};
 use std::sync::OnceLock;
 
-/// Options of every test GPU context: runtime bounds checks on, and the pool canary on
+/// Options of every test GPU context: runtime bounds checks on, the pool canary on
 /// (every pooled buffer's slack beyond its tensor holds a NaN sentinel that `check_op`
-/// verifies after each op), unless the environment says otherwise.
+/// verifies after each op), and tuned choices kept in memory, unless the environment says
+/// otherwise.
 pub fn test_options() -> GpuOptions {
     let mut o = GpuOptions::default();
     if std::env::var("EQUIMODAL_CHECKED_KERNELS").is_err() {
@@ -18,6 +19,11 @@ pub fn test_options() -> GpuOptions {
     }
     if std::env::var("EQUIMODAL_POOL_CANARY").is_err() {
         o.pool_canary = true;
+    }
+    // Tuning stays on (its default, so the suite runs what users run), its choices in this
+    // process only: a test never reads or writes the user's cache file.
+    if std::env::var("EQUIMODAL_TUNE_CACHE").is_err() {
+        o.tune_cache = equimodal::TuneStore::Memory;
     }
     o
 }

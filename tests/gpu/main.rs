@@ -6,3 +6,4 @@ mod common;
 mod kernels;
 mod memory;
 mod test_modes;
+mod tune;

@@ -430,3 +430,59 @@ fn matmul_under_workgroup_cap() {
         );
     });
 }
+
+/// Split-K (both factors the tuner may try, and factors that leave fewer non-empty splits)
+/// against the CPU f64 reference: every transposition, with and without B scale and bias,
+/// K not a multiple of the 16-deep slice, M and N not multiples of the 64 tile.
+#[test]
+fn split_k_matches_the_cpu_with_every_transposition_scale_and_bias() {
+    let g = gpu();
+    let mut rng = Rng::new(41);
+    for (m, n, k) in [(70, 33, 200), (5, 130, 1000), (64, 64, 512), (1, 1, 17)] {
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            let scaled = ta != tb;
+            let (sa, sb) = (a_shape(&[], m, k, ta), b_shape(&[], k, n, tb));
+            let a = round_f32(&rng.normals(numel(&sa)));
+            let b = round_f32(&rng.normals(numel(&sb)));
+            let s = scaled.then(|| mask(&mut rng, numel(&sb)));
+            let bias = round_f32(&rng.normals(n));
+            let mut want = matmul_ref(&a, &sa, ta, &b, &sb, tb, s.as_deref());
+            for (i, w) in want.iter_mut().enumerate() {
+                *w += bias[i % n];
+            }
+            let (at, bt, biast) = (upload(&g, &a, &sa), upload(&g, &b, &sb), upload(&g, &bias, &[n]));
+            let st = s.as_ref().map(|s| upload(&g, s, &sb));
+            let opts = MatmulOpts { trans_a: ta, trans_b: tb, b_scale: st.as_ref() };
+            for splits in [4, 16, 3, 1000] {
+                let got = ops::matmul_bias_with_kernel(&at, &bt, opts, Some(&biast), MatmulKernel::SplitK(splits)).unwrap().to_vec().unwrap();
+                let what = format!("split-K {splits}: {sa:?} x {sb:?} ta={ta} tb={tb} scaled={scaled}");
+                assert_close(&what, &got, &want, 1e-5, 1e-6 * k as f64);
+                assert_canaries(&what);
+            }
+        }
+    }
+}
+
+/// Split-K launches split over grid z at the workgroup cap, and its reduction takes the
+/// folded grid; a batched product is an error, never a wrong answer.
+#[test]
+fn split_k_under_workgroup_cap_and_batched_products() {
+    with_workgroup_cap(3, || {
+        let g = gpu();
+        let mut rng = Rng::new(42);
+        // K = 700 is 44 slices: 16 splits of 3 slices leave 15 non-empty ones, launched over
+        // z as 5 launches of 3; the 600 outputs are reduced on a folded grid of 10 workgroups
+        let (m, n, k) = (20, 30, 700);
+        let a = round_f32(&rng.normals(m * k));
+        let b = round_f32(&rng.normals(k * n));
+        let want = matmul_ref(&a, &[m, k], false, &b, &[k, n], false, None);
+        let (at, bt) = (upload(&g, &a, &[m, k]), upload(&g, &b, &[k, n]));
+        let got = ops::matmul_with_kernel(&at, &bt, MatmulOpts::default(), MatmulKernel::SplitK(16)).unwrap().to_vec().unwrap();
+        assert_close("capped split-K", &got, &want, 1e-5, 1e-6 * k as f64);
+        assert_canaries("capped split-K");
+    });
+    let g = gpu();
+    let (a, b) = (Tensor::zeros(&g, &[2, 3, 40]).unwrap(), Tensor::zeros(&g, &[2, 40, 5]).unwrap());
+    let e = ops::matmul_with_kernel(&a, &b, MatmulOpts::default(), MatmulKernel::SplitK(4)).unwrap_err();
+    assert!(e.to_string().contains("batch 1 only"), "{e}");
+}

@@ -1,0 +1,159 @@
+//! The kernel tuner (`gpu::tune`, `ops::tune`): it picks a variant that is correct and was
+//! timed fastest, remembers it in its cache file across contexts, and never trusts a cache
+//! that is corrupt, stale or names a variant that no longer exists.
+use crate::common::*;
+use equimodal::ops::{self, MatmulKernel};
+use equimodal::{Gpu, Tensor, TuneMode, TuneStore};
+use std::path::{Path, PathBuf};
+
+fn context(mode: TuneMode, file: &Path) -> Gpu {
+    let mut o = test_options();
+    o.tune = mode;
+    o.tune_cache = TuneStore::File(file.to_path_buf());
+    Gpu::new(o).unwrap()
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("equimodal-tune-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join("cache").join("tune.json")
+}
+
+/// 30 x 200 · 200 x 20: K = 200 is 13 slices, so split-K 4 is a candidate beside both tiles.
+const M: usize = 30;
+const K: usize = 200;
+const N: usize = 20;
+const BUCKET: &str = "matmul/---- batch1 m32 n32 k256";
+
+/// One product on `g`, checked against the CPU.
+fn product_is_right(g: &Gpu) {
+    let mut rng = Rng::new(7);
+    let a = round_f32(&rng.normals(M * K));
+    let b = round_f32(&rng.normals(K * N));
+    let c = ops::matmul(&upload(g, &a, &[M, K]), &upload(g, &b, &[K, N])).unwrap().to_vec().unwrap();
+    let mut want = vec![0.0; M * N];
+    for i in 0..M {
+        for j in 0..N {
+            want[i * N + j] = (0..K).map(|l| a[i * K + l] * b[l * N + j]).sum();
+        }
+    }
+    assert_close("tuned matmul", &c, &want, 1e-5, 1e-6 * K as f64);
+}
+
+fn edit(file: &Path, f: impl FnOnce(&mut serde_json::Value)) {
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+    f(&mut v);
+    std::fs::write(file, v.to_string()).unwrap();
+}
+
+fn tuned_variant(g: &Gpu) -> Option<String> {
+    g.tune_table().get(BUCKET).map(|e| e.variant.clone())
+}
+
+#[test]
+fn tuning_picks_the_fastest_correct_variant_and_the_cache_file_remembers_it() {
+    let file = scratch("remember");
+    let g = context(TuneMode::Full, &file);
+    assert_eq!(g.tune_cache_path().as_deref(), Some(file.as_path()));
+    assert!(g.tune_table().is_empty());
+    product_is_right(&g);
+    let table = g.tune_table();
+    let e = &table[BUCKET];
+    let names: Vec<&str> = e.us.keys().map(|s| s.as_str()).collect();
+    assert_eq!(names, ["splitk4", "tile128", "tile64"], "the candidates of {BUCKET}");
+    let fastest = e.us.iter().filter_map(|(k, v)| v.map(|v| (k, v))).min_by(|a, b| a.1.total_cmp(&b.1)).unwrap().0;
+    assert_eq!(&e.variant, fastest, "{e:?}");
+    assert!(MatmulKernel::from_name(&e.variant).is_some());
+    assert_eq!(e.problem, "30 x 20 x 200 (batch 1)");
+    // a second context on the same file starts with the choice and does not time again
+    let g2 = context(TuneMode::Quick, &file);
+    assert_eq!(g2.tune_table().get(BUCKET), Some(e));
+    product_is_right(&g2);
+    assert_eq!(g2.tune_table().get(BUCKET), Some(e));
+}
+
+#[test]
+fn a_corrupt_or_stale_cache_is_ignored_and_then_replaced() {
+    let file = scratch("corrupt");
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(&file, "{ not json").unwrap();
+    let g = context(TuneMode::Quick, &file);
+    assert!(g.tune_table().is_empty());
+    product_is_right(&g);
+    let good = tuned_variant(&g).expect("tuned");
+    assert_eq!(tuned_variant(&context(TuneMode::Quick, &file)), Some(good.clone()), "the file was rewritten whole");
+    // written with other kernel sources: stale, so not one entry of it is used
+    edit(&file, |v| v["sources"] = "0000000000000000".into());
+    assert!(context(TuneMode::Quick, &file).tune_table().is_empty());
+    // the same for another engine version
+    product_is_right(&g); // rewrites the file with this build's sources
+    edit(&file, |v| v["engine"] = "equimodal 0.0.1".into());
+    assert!(context(TuneMode::Quick, &file).tune_table().is_empty());
+}
+
+#[test]
+fn a_variant_the_family_no_longer_offers_is_tuned_again() {
+    let file = scratch("unknown");
+    product_is_right(&context(TuneMode::Quick, &file));
+    edit(&file, |v| {
+        for (_, dev) in v["devices"].as_object_mut().unwrap() {
+            dev[BUCKET]["variant"] = "tile256".into();
+        }
+    });
+    let g = context(TuneMode::Quick, &file);
+    assert_eq!(tuned_variant(&g).as_deref(), Some("tile256"));
+    product_is_right(&g);
+    let v = tuned_variant(&g).unwrap();
+    assert!(MatmulKernel::from_name(&v).is_some(), "re-tuned to {v}");
+}
+
+#[test]
+fn tuning_off_reads_and_writes_nothing() {
+    let file = scratch("off");
+    let g = context(TuneMode::Off, &file);
+    assert_eq!(g.tune_cache_path(), None);
+    product_is_right(&g);
+    assert!(g.tune_table().is_empty());
+    assert!(!file.exists());
+    // and in memory only: tuned, but no file
+    let mut o = test_options();
+    o.tune_cache = TuneStore::Memory;
+    let g = Gpu::new(o).unwrap();
+    product_is_right(&g);
+    assert!(tuned_variant(&g).is_some());
+    assert!(!file.exists());
+}
+
+#[test]
+fn the_tuning_mode_names_its_variable_when_unknown() {
+    assert_eq!(TuneMode::parse("EQUIMODAL_TUNE", " Full ").unwrap(), TuneMode::Full);
+    assert_eq!(TuneMode::parse("EQUIMODAL_TUNE", "off").unwrap(), TuneMode::Off);
+    let e = TuneMode::parse("EQUIMODAL_TUNE", "fast").unwrap_err().to_string();
+    assert!(e.contains("EQUIMODAL_TUNE") && e.contains("off, quick, full"), "{e}");
+    // an unwritable cache path is a warning: the product still runs and the choice holds
+    let file = PathBuf::from("/proc/equimodal-no-such-dir/tune.json");
+    let g = context(TuneMode::Quick, &file);
+    product_is_right(&g);
+    assert!(tuned_variant(&g).is_some());
+}
+
+#[test]
+fn a_variant_that_fails_the_probe_is_never_chosen() {
+    let mut o = test_options();
+    o.tune_cache = TuneStore::Memory;
+    let g = Gpu::new(o).unwrap();
+    let reference = Tensor::from_slice(&g, &[1.0, -2.0, 3.0], &[3]).unwrap();
+    let zeros: ops::tune::Candidate = ("zeros", Box::new(|| Tensor::zeros(&g, &[3])));
+    let nan: ops::tune::Candidate = ("nan", Box::new(|| Tensor::from_slice(&g, &[1.0, f32::NAN, 3.0], &[3])));
+    let right: ops::tune::Candidate = ("right", Box::new(|| Tensor::from_slice(&g, &[1.0, -2.0, 3.00001], &[3])));
+    let pick = ops::tune::tune(&g, "test", "probe", "3 values".into(), &[zeros, nan, right], &reference).unwrap();
+    assert_eq!(pick, "right");
+    let e = &g.tune_table()["test/probe"];
+    assert_eq!((e.us["zeros"], e.us["nan"]), (None, None));
+    assert!(e.us["right"].is_some());
+    // no correct candidate: an error naming the family and bucket, not a pick
+    let zeros: ops::tune::Candidate = ("zeros", Box::new(|| Tensor::zeros(&g, &[3])));
+    let err = ops::tune::tune(&g, "test", "none", "3 values".into(), &[zeros], &reference).unwrap_err().to_string();
+    assert!(err.contains("test none") && err.contains("no variant passed"), "{err}");
+}
