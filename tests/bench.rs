@@ -30,6 +30,13 @@ fn every_quick_kernel_case_runs() {
     ] {
         assert!(all.iter().any(|c| c.name.starts_with(prefix)), "no case named {prefix}*");
     }
+    // every matmul variant the tuner may pick has its own rows (square and split-K shapes)
+    for k in equimodal::ops::MatmulKernel::TUNED {
+        for base in ["matmul_n128", "matmul_dw_64x64_k2048"] {
+            let name = format!("{base}:{}", k.name());
+            assert!(names.contains(&name), "no case {name}");
+        }
+    }
     // and the rows come out of `run` with rates
     let rows = bench::run(&gpu, &BenchOptions { filter: Some("matmul_n128".into()), ..opts.clone() }, bench::extra_cases(true)).unwrap();
     let mm = rows.iter().find(|r| r.name == "matmul_n128").expect("matmul_n128 row");

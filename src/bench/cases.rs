@@ -12,7 +12,7 @@ use super::{sets_for, Case, Runner};
 use crate::autograd::Gradients;
 use crate::error::Result;
 use crate::gpu::Gpu;
-use crate::ops::{self, Conv2dParams, MatmulOpts};
+use crate::ops::{self, Conv2dParams, MatmulKernel, MatmulOpts};
 use crate::optim::{Adam, AdamConfig, Optimizer, Param, Sgd, SgdConfig};
 use crate::tensor::Tensor;
 
@@ -160,18 +160,22 @@ fn conv_case(name: String, s: &ConvShape, batch: usize, fb: bool) -> Case {
     })
 }
 
-fn matmul_case(name: String, m: usize, n: usize, kdim: usize, ta: bool, tb: bool) -> Case {
+/// One matmul row: `kernel` Auto is what `matmul_ex` runs (the tuner's choice); the others
+/// force a variant, so every variant the tuner may pick has its own row (`name:variant`).
+fn matmul_case(name: String, m: usize, n: usize, kdim: usize, ta: bool, tb: bool, kernel: MatmulKernel) -> Case {
     let a_shape = if ta { vec![kdim, m] } else { vec![m, kdim] };
     let b_shape = if tb { vec![n, kdim] } else { vec![kdim, n] };
     let flops = 2.0 * (m * n * kdim) as f64;
     let bytes = 4.0 * (m * kdim + kdim * n + m * n) as f64;
     let shape = format!("{}{} . {}{}", dims(&a_shape), if ta { "^T" } else { "" }, dims(&b_shape), if tb { "^T" } else { "" });
+    let name = if kernel == MatmulKernel::Auto { name } else { format!("{name}:{}", kernel.name()) };
     case(name, shape, flops, bytes, false, move |gpu| {
         let k = sets_for(bytes);
         let sets = input_sets(gpu, &[a_shape.clone(), b_shape.clone()], k, false)?;
         Ok(Box::new(move |i| {
             let s = &sets[i % k];
-            ops::matmul_ex(&s[0], &s[1], MatmulOpts { trans_a: ta, trans_b: tb, b_scale: None }).map(|_| ())
+            let opts = MatmulOpts { trans_a: ta, trans_b: tb, b_scale: None };
+            ops::matmul_with_kernel(&s[0], &s[1], opts, kernel).map(|_| ())
         }))
     })
 }
@@ -212,13 +216,23 @@ pub fn extra_cases(quick: bool) -> Vec<Case> {
 fn matmul_cases(quick: bool) -> Vec<Case> {
     let mut v = Vec::new();
     let sizes: &[usize] = if quick { &[128, 256] } else { &[1024, 2048, 4096, 8192] };
+    // each size as `matmul_ex` runs it (tuned) and on every variant the tuner may pick
+    let kernels = std::iter::once(MatmulKernel::Auto).chain(MatmulKernel::TUNED);
     for &n in sizes {
-        v.push(matmul_case(format!("matmul_n{n}"), n, n, n, false, false));
+        for kernel in kernels.clone() {
+            v.push(matmul_case(format!("matmul_n{n}"), n, n, n, false, false, kernel));
+        }
     }
     let nt = if quick { 256 } else { 4096 };
     // C = Aᵀ·B (the weight-gradient form dW = Xᵀ·dY) and C = A·Bᵀ (dX = dY·W)
-    v.push(matmul_case(format!("matmul_ta_n{nt}"), nt, nt, nt, true, false));
-    v.push(matmul_case(format!("matmul_tb_n{nt}"), nt, nt, nt, false, true));
+    v.push(matmul_case(format!("matmul_ta_n{nt}"), nt, nt, nt, true, false, MatmulKernel::Auto));
+    v.push(matmul_case(format!("matmul_tb_n{nt}"), nt, nt, nt, false, true, MatmulKernel::Auto));
+    // a weight gradient whose 256 x 256 output cannot fill a large GPU but whose K (batch x
+    // positions) is long: where split-K pays
+    let (sq, kk) = if quick { (64, 2048) } else { (256, 65536) };
+    for kernel in kernels {
+        v.push(matmul_case(format!("matmul_dw_{sq}x{sq}_k{kk}"), sq, sq, kk, true, false, kernel));
+    }
     // the AUG model's linear layers at batch 64: learner 512→256, head 256→6 (y = x·Wᵀ + b)
     for (din, dout) in [(512usize, 256usize), (256, 6)] {
         let b = 64;

@@ -61,6 +61,22 @@ enum Cmd {
     },
     /// List GPU adapters with backend, features and key limits.
     Devices,
+    /// Tune the kernels a configuration runs on this device (each candidate variant timed,
+    /// the fastest correct one kept in the tuning cache) and print the table of choices.
+    Tune {
+        /// TOML config; without it, the built-in default (as `train`).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Override a config value (as `train`).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Time each candidate a few times (`EQUIMODAL_TUNE=quick`) instead of the full count.
+        #[arg(long)]
+        quick: bool,
+        /// Print what the cache already holds for this device; tune nothing.
+        #[arg(long, conflicts_with_all = ["config", "sets", "quick"])]
+        list: bool,
+    },
     /// Kernel microbenchmarks (GPU timestamps; GFLOP/s, GB/s, % of the device's ceiling).
     Bench {
         /// Small sizes (software Vulkan, smoke runs).
@@ -316,6 +332,7 @@ fn run(cli: Cli) -> equimodal::Result<()> {
         Cmd::Train { .. } => train(&cli),
         Cmd::Eval { checkpoint, sets, probe, out } => eval(&cli, checkpoint, sets, *probe, out.as_deref()),
         Cmd::Devices => devices(&cli),
+        Cmd::Tune { config, sets, quick, list } => tune(&cli, config.as_deref(), sets, *quick, *list),
         Cmd::Bench { .. } => bench(&cli),
         Cmd::Report { runs, out } => report(runs, out.as_deref()),
         Cmd::Data { cmd } => data(cmd),
@@ -342,6 +359,26 @@ fn train(cli: &Cli) -> equimodal::Result<()> {
         Ok(files) => println!("charts: {} files in {}", files.len(), out.join("charts").display()),
         Err(e) => eprintln!("warning: charts not written: {e}"),
     }
+    Ok(())
+}
+
+/// `equimodal tune`: run a configuration's passes with tuning on (full unless --quick), or
+/// with --list only show the cached choices; prints the table.
+fn tune(cli: &Cli, config: Option<&std::path::Path>, sets: &[String], quick: bool, list: bool) -> equimodal::Result<()> {
+    let mut o = gpu_options(cli)?;
+    if o.tune == equimodal::TuneMode::Off {
+        return Err(equimodal::Error::config("EQUIMODAL_TUNE", "tuning is off; unset EQUIMODAL_TUNE (or set quick or full) to tune"));
+    }
+    o.tune = if quick { equimodal::TuneMode::Quick } else { equimodal::TuneMode::Full };
+    let gpu = equimodal::Gpu::new(o)?;
+    let table = if list {
+        gpu.tune_table()
+    } else {
+        let (cfg, _) = equimodal::config::load(config, sets)?;
+        eprintln!("equimodal: tuning {} on {} ({:?})", cfg.method.name.as_str(), gpu.info().name, gpu.info().backend);
+        equimodal::train::pretune(&gpu, &cfg)?
+    };
+    print!("{}", equimodal::train::format_tune_table(&gpu, &table));
     Ok(())
 }
 

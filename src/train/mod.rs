@@ -9,6 +9,8 @@ pub mod metrics;
 pub mod probe;
 pub mod shapley;
 pub mod rundir;
+pub mod tune;
+pub use tune::{format_tune_table, pretune};
 
 use crate::config::{Config, OptimizerKind, ScheduleKind};
 use crate::data::{self, Dataset, HostBatch, Loader, LoaderConfig, ModalitySpec, Split};
