@@ -50,7 +50,11 @@ if has tests && [ -f "$G/tests.tar.gz" ]; then
     done
 fi
 
-has kernels && step kernels "${KERNELS_LIMIT:-200}" "$EQ" bench --json "$OUT/kernels.json"
+# one tuning cache for every step (the kernel rows, the end-to-end steps); the choices are
+# printed after the kernel rows ($OUT returns at most 8 files, so no file of its own)
+export EQUIMODAL_TUNE_CACHE=/tmp/equimodal-tune.json
+has kernels && step kernels "${KERNELS_LIMIT:-200}" bash -c \
+    '"$1" bench --json "$2"; echo; "$1" tune --quick; echo; "$1" tune --list' _ "$EQ" "$OUT/kernels.json"
 # end to end, then where the AUG step's GPU time goes (one pass per kernel launch, by grid)
 has e2e && step e2e "${E2E_LIMIT:-150}" bash -c \
     '"$1" bench --e2e --json "$2"; echo; EQUIMODAL_PROFILE=2 "$1" bench --e2e --filter aug_step --steps 5' _ "$EQ" "$OUT/e2e.json"

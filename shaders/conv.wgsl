@@ -45,8 +45,8 @@ fn tile_id(wg: vec3<u32>) -> vec3<u32> {
 
 // w_scale: each GEMM has two entry points calling one body with a constant `scaled`
 // argument (`conv_fwd` / `conv_fwd_scaled`, ...), so the driver folds the scale load away
-// when there is no scale. (Override constants would do the same, but the naga SPIR-V path
-// used by the shader test does not process them.) The bias add is one uniform branch in the
+// when there is no scale. (Override constants would do the same, as in matmul.wgsl; the
+// shader test translates every form of those.) The bias add is one uniform branch in the
 // epilogue.
 
 const BM: u32 = 128u;

@@ -1,6 +1,6 @@
 // Batched GEMM: C[z] = op(A[z] ⊙ SA) · op(B[z] ⊙ SB) (+ bias per column).
 //
-// op() transposes the last two dims when trans_a / trans_b is set; the transpose lives in
+// op() transposes the last two dims when TRANS_A / TRANS_B is set; the transpose lives in
 // the load indexing only (no transposed copies). SA / SB are optional element-wise scales
 // with their operand's own layout (AIM's per-parameter masks), applied while loading, so a
 // masked weight never needs to be materialised. Batch z is decomposed over up to 8
@@ -44,9 +44,9 @@ struct Params {
     n: u32,        // columns of op(B) and C
     k: u32,        // inner dimension
     batch: u32,    // number of output matrices
-    trans_a: u32,  // 1: A is stored [K, M]
-    trans_b: u32,  // 1: B is stored [N, K]
-    flags: u32,    // bit 0: SA present, bit 1: SB present, bit 2: bias present
+    _p0: u32,
+    _p1: u32,
+    _p2: u32,
     nbd: u32,      // batch dims in bshape/bsa/bsb
     z0: u32,       // batch index of workgroup z = 0 (launches split over z chunks)
     x0: u32,       // column tile of workgroup x = 0 (launches split over x chunks)
@@ -65,9 +65,14 @@ struct Params {
 @group(0) @binding(5) var<storage, read> bias: array<f32>;
 @group(0) @binding(6) var<storage, read_write> c: array<f32>;
 
-const HAS_SA: u32 = 1u;
-const HAS_SB: u32 = 2u;
-const HAS_BIAS: u32 = 4u;
+// The product's form, fixed per pipeline (override constants, set by ops/matmul.rs): the
+// driver folds every test on them away, so the loaders and the epilogue carry no runtime
+// branch on the form, and an absent scale or bias costs nothing.
+override TRANS_A: bool = false; // A is stored [K, M]
+override TRANS_B: bool = false; // B is stored [N, K]
+override SCALE_A: bool = false; // SA present
+override SCALE_B: bool = false; // SB present
+override BIAS: bool = false;    // bias present
 
 // Element offsets of batch z's A and B matrices.
 fn batch_offsets(z: u32) -> vec2<u32> {
@@ -101,11 +106,11 @@ fn load_a(off: u32, m: u32, k: u32) -> f32 {
         return 0.0;
     }
     var i = off + m * p.k + k;
-    if (p.trans_a != 0u) {
+    if (TRANS_A) {
         i = off + k * p.m + m;
     }
     var v = a[i];
-    if ((p.flags & HAS_SA) != 0u) {
+    if (SCALE_A) {
         v = v * sa[i];
     }
     return v;
@@ -117,11 +122,11 @@ fn load_b(off: u32, k: u32, n: u32) -> f32 {
         return 0.0;
     }
     var i = off + k * p.n + n;
-    if (p.trans_b != 0u) {
+    if (TRANS_B) {
         i = off + n * p.k + k;
     }
     var v = b[i];
-    if ((p.flags & HAS_SB) != 0u) {
+    if (SCALE_B) {
         v = v * sb[i];
     }
     return v;
@@ -132,13 +137,12 @@ fn store4(coff: u32, m: u32, n: u32, v: vec4<f32>) {
     if (m >= p.m) {
         return;
     }
-    let has_bias = (p.flags & HAS_BIAS) != 0u;
     let row = coff + m * p.n;
     for (var j = 0u; j < 4u; j = j + 1u) {
         let nn = n + j;
         if (nn < p.n) {
             var o = v[j];
-            if (has_bias) {
+            if (BIAS) {
                 o = o + bias[nn];
             }
             c[row + nn] = o;
@@ -169,9 +173,9 @@ struct Staged {
 fn fetch128(offs: vec2<u32>, m0: u32, n0: u32, k0: u32, lid: u32) -> Staged {
     var s: Staged;
     for (var r = 0u; r < 4u; r = r + 1u) {
-        let ca = coord128(p.trans_a == 0u, r, lid);
+        let ca = coord128(!TRANS_A, r, lid);
         s.a[r] = load_a(offs.x, m0 + ca.x, k0 + ca.y);
-        let cb = coord128(p.trans_b != 0u, r, lid);
+        let cb = coord128(TRANS_B, r, lid);
         s.b[r] = load_b(offs.y, k0 + cb.y, n0 + cb.x);
     }
     return s;
@@ -179,10 +183,10 @@ fn fetch128(offs: vec2<u32>, m0: u32, n0: u32, k0: u32, lid: u32) -> Staged {
 
 fn put128(s: Staged, buf: u32, lid: u32) {
     for (var r = 0u; r < 4u; r = r + 1u) {
-        let ca = coord128(p.trans_a == 0u, r, lid);
+        let ca = coord128(!TRANS_A, r, lid);
         let ia = (buf * BK1 + ca.y) * (ROW1 * 4u) + ca.x;
         ta1[ia / 4u][ia % 4u] = s.a[r];
-        let cb = coord128(p.trans_b != 0u, r, lid);
+        let cb = coord128(TRANS_B, r, lid);
         let ib = (buf * BK1 + cb.y) * (ROW1 * 4u) + cb.x;
         tb1[ib / 4u][ib % 4u] = s.b[r];
     }
@@ -270,9 +274,9 @@ fn coord64(k_contig: bool, r: u32, lid: u32) -> vec2<u32> {
 fn fetch64(offs: vec2<u32>, m0: u32, n0: u32, k0: u32, lid: u32) -> Staged {
     var s: Staged;
     for (var r = 0u; r < 4u; r = r + 1u) {
-        let ca = coord64(p.trans_a == 0u, r, lid);
+        let ca = coord64(!TRANS_A, r, lid);
         s.a[r] = load_a(offs.x, m0 + ca.x, k0 + ca.y);
-        let cb = coord64(p.trans_b != 0u, r, lid);
+        let cb = coord64(TRANS_B, r, lid);
         s.b[r] = load_b(offs.y, k0 + cb.y, n0 + cb.x);
     }
     return s;
@@ -280,10 +284,10 @@ fn fetch64(offs: vec2<u32>, m0: u32, n0: u32, k0: u32, lid: u32) -> Staged {
 
 fn put64(s: Staged, buf: u32, lid: u32) {
     for (var r = 0u; r < 4u; r = r + 1u) {
-        let ca = coord64(p.trans_a == 0u, r, lid);
+        let ca = coord64(!TRANS_A, r, lid);
         let ia = (buf * BK2 + ca.y) * (ROW2 * 4u) + ca.x;
         ta2[ia / 4u][ia % 4u] = s.a[r];
-        let cb = coord64(p.trans_b != 0u, r, lid);
+        let cb = coord64(TRANS_B, r, lid);
         let ib = (buf * BK2 + cb.y) * (ROW2 * 4u) + cb.x;
         tb2[ib / 4u][ib % 4u] = s.b[r];
     }
@@ -351,7 +355,7 @@ fn gemm_splitk_reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgro
     for (var s = 0u; s < p.batch; s = s + 1u) {
         acc = acc + a[s * mn + idx];
     }
-    if ((p.flags & HAS_BIAS) != 0u) {
+    if (BIAS) {
         acc = acc + bias[idx % p.n];
     }
     c[idx] = acc;
@@ -376,7 +380,7 @@ fn gemm_ref(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
     for (var k = 0u; k < p.k; k = k + 1u) {
         acc = acc + load_a(offs.x, m, k) * load_b(offs.y, k, n);
     }
-    if ((p.flags & HAS_BIAS) != 0u) {
+    if (BIAS) {
         acc = acc + bias[n];
     }
     c[idx] = acc;

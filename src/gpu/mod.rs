@@ -67,6 +67,8 @@ struct Inner {
     step_marks: Mutex<std::collections::VecDeque<wgpu::SubmissionIndex>>,
     /// tuned kernel variants of this device (`tune.rs`)
     tuner: Mutex<tune::Tuner>,
+    /// held while a kernel family tunes a bucket (`Gpu::tuning_guard`)
+    tuning: Mutex<()>,
     /// kernel name -> (launches, total ns), when profiling
     profile: Option<Mutex<std::collections::HashMap<String, (u64, f64)>>>,
     /// profile entries keyed by kernel and workgroup grid (`EQUIMODAL_PROFILE=2`)
@@ -147,6 +149,7 @@ impl Gpu {
         let tuner = Mutex::new(tune::Tuner::new(options.tune, &options.tune_cache, &info));
         Gpu(Arc::new(Inner {
             tuner,
+            tuning: Mutex::new(()),
             device,
             queue,
             info,

@@ -216,7 +216,7 @@ impl Gpu {
     }
 
     /// The tuned choice for `family/bucket`, if one is known (always `None` with tuning off).
-    pub fn tune_lookup(&self, family: &str, bucket: &str) -> Option<TuneEntry> {
+    pub(crate) fn tune_lookup(&self, family: &str, bucket: &str) -> Option<TuneEntry> {
         let t = self.tuner();
         if t.mode == TuneMode::Off {
             return None;
@@ -226,7 +226,7 @@ impl Gpu {
 
     /// Remember a tuned choice and write the cache file. A file that cannot be written is a
     /// warning, not an error: the choice still holds for this process.
-    pub fn tune_record(&self, family: &str, bucket: &str, entry: TuneEntry) {
+    pub(crate) fn tune_record(&self, family: &str, bucket: &str, entry: TuneEntry) {
         let mut t = self.tuner();
         t.entries.insert(format!("{family}/{bucket}"), entry);
         if let Err(why) = t.save() {
@@ -238,6 +238,13 @@ impl Gpu {
     /// Every choice known for this device (`family/bucket` -> entry), loaded or tuned.
     pub fn tune_table(&self) -> BTreeMap<String, TuneEntry> {
         self.tuner().entries.clone()
+    }
+
+    /// Held while a family tunes a bucket (look up again after taking it: another thread
+    /// may have tuned the bucket meanwhile). Tuning launches only fixed variants, so a
+    /// holder never needs it twice.
+    pub(crate) fn tuning_guard(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.0.tuning.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn tuner(&self) -> std::sync::MutexGuard<'_, Tuner> {

@@ -32,9 +32,28 @@ pub(crate) const KERNELS: &[Kernel] = &[K_TILE128, K_TILE64, K_REF, K_SPLITK_RED
 /// Most broadcast batch dims a matmul takes (after dropping dims of size 1).
 pub const MAX_BATCH_DIMS: usize = 8;
 
-const HAS_SA: u32 = 1;
-const HAS_SB: u32 = 2;
-const HAS_BIAS: u32 = 4;
+/// The override constants of `shaders/matmul.wgsl`: the product's form is fixed per
+/// pipeline, so its kernels carry no runtime branch on it (checked against the module by
+/// `tests/gpu/kernels.rs`).
+pub const MATMUL_OVERRIDES: [&str; 5] = ["TRANS_A", "TRANS_B", "SCALE_A", "SCALE_B", "BIAS"];
+
+/// A product's form: transposes, which scales, bias. Each form is its own pipeline.
+#[derive(Clone, Copy, Debug)]
+struct Form {
+    ta: bool,
+    tb: bool,
+    sa: bool,
+    sb: bool,
+    bias: bool,
+}
+
+impl Form {
+    /// The pipeline constants, in [`MATMUL_OVERRIDES`] order.
+    fn constants(self) -> [(&'static str, f64); 5] {
+        let v = [self.ta, self.tb, self.sa, self.sb, self.bias];
+        std::array::from_fn(|i| (MATMUL_OVERRIDES[i], v[i] as u32 as f64))
+    }
+}
 
 /// Below this many 128x128 output tiles the 64x64 kernel is used: with fewer tiles than
 /// streaming multiprocessors on a large GPU (132 on the H100) the big tile leaves most of
@@ -55,9 +74,9 @@ crate::gpu::gpu_params! {
         n: u32,
         k: u32,
         batch: u32,
-        trans_a: u32,
-        trans_b: u32,
-        flags: u32,
+        _p0: u32,
+        _p1: u32,
+        _p2: u32,
         nbd: u32,
         z0: u32,
         x0: u32,
@@ -242,15 +261,16 @@ fn launch(
     if c.numel() == 0 {
         return Ok(c);
     }
-    let flags = sa.map_or(0, |_| HAS_SA) | sb.map_or(0, |_| HAS_SB) | bias.map_or(0, |_| HAS_BIAS);
+    let form = Form { ta: p.ta, tb: p.tb, sa: sa.is_some(), sb: sb.is_some(), bias: bias.is_some() };
+    let consts = form.constants();
     let mut params = Params {
         m: p.m as u32,
         n: p.n as u32,
         k: p.k as u32,
         batch: p.batch as u32,
-        trans_a: p.ta as u32,
-        trans_b: p.tb as u32,
-        flags,
+        _p0: 0,
+        _p1: 0,
+        _p2: 0,
         nbd: p.nbd as u32,
         z0: 0,
         x0: 0,
@@ -261,7 +281,7 @@ fn launch(
         bsb: p.bsb,
     };
     // Absent optional operands bind a buffer that is already bound read-only; the kernel
-    // never reads them (flags).
+    // never reads them (the form's constants).
     let buffers = [
         a.buffer(),
         sa.unwrap_or(a).buffer(),
@@ -276,11 +296,11 @@ fn launch(
     };
     let (k, tile) = match kernel {
         MatmulKernel::Reference => {
-            gpu.dispatch(&K_REF, &[], bytes_of(&params), &buffers, grid(gpu, p.batch * p.m * p.n, 64))?;
+            gpu.dispatch(&K_REF, &consts, bytes_of(&params), &buffers, grid(gpu, p.batch * p.m * p.n, 64))?;
             return Ok(c);
         }
         MatmulKernel::SplitK(splits) => {
-            launch_split(p, params, buffers, &c, splits as usize)?;
+            launch_split(p, form, params, buffers, &c, splits as usize)?;
             return Ok(c);
         }
         MatmulKernel::Tile128 => (&K_TILE128, 128),
@@ -289,7 +309,7 @@ fn launch(
     // (column tiles, row tiles, batch), split at the per-dimension workgroup limit
     for (first, groups) in split_grid(gpu, [p.n.div_ceil(tile), p.m.div_ceil(tile), p.batch]) {
         [params.x0, params.y0, params.z0] = first;
-        gpu.dispatch(k, &[], bytes_of(&params), &buffers, groups)?;
+        gpu.dispatch(k, &consts, bytes_of(&params), &buffers, groups)?;
     }
     Ok(c)
 }
@@ -342,26 +362,44 @@ fn choose(p: &Plan, a: &Tensor, sa: Option<&Tensor>, b: &Tensor, sb: Option<&Ten
         return Ok(heuristic(p));
     }
     let bucket = bucket(p, sa.is_some(), sb.is_some(), bias.is_some());
-    if let Some(e) = gpu.tune_lookup("matmul", &bucket) {
-        match MatmulKernel::from_name(&e.variant) {
-            // a bucket's problems differ in K: split-K may not apply to this one
-            Some(k) => return Ok(if cands.contains(&k) { k } else { heuristic(p) }),
-            None => eprintln!("warning: tuning cache: matmul {bucket}: unknown variant `{}`; tuning again", e.variant),
-        }
+    let known = || gpu.tune_lookup("matmul", &bucket).and_then(|e| MatmulKernel::from_name(&e.variant));
+    // a bucket's problems differ in K: split-K may not apply to this one
+    let applicable = |k: MatmulKernel| if cands.contains(&k) { k } else { heuristic(p) };
+    if let Some(k) = known() {
+        return Ok(applicable(k));
     }
-    let _ng = crate::autograd::no_grad();
-    let seed = 0x7475_6e65; // "tune"
-    let rnd = |t: &Tensor, i: u64| super::random::randn(gpu, t.shape(), seed, i << 40);
-    let (ra, rb) = (rnd(a, 0)?, rnd(b, 1)?);
-    let rsa = sa.map(|s| rnd(s, 2)).transpose()?;
-    let rsb = sb.map(|s| rnd(s, 3)).transpose()?;
-    let rbias = bias.map(|s| rnd(s, 4)).transpose()?;
-    let run = |k: MatmulKernel| launch(p, &ra, rsa.as_ref(), &rb, rsb.as_ref(), rbias.as_ref(), k);
-    let reference = run(MatmulKernel::Reference)?;
-    let list: Vec<super::tune::Candidate> = cands.iter().map(|&k| (k.name(), Box::new(move || run(k)) as Box<dyn Fn() -> Result<Tensor>>)).collect();
-    let problem = format!("{} x {} x {} (batch {})", p.m, p.n, p.k, p.batch);
-    let name = super::tune::tune(gpu, "matmul", &bucket, problem, &list, &reference)?;
-    Ok(MatmulKernel::from_name(name).unwrap_or_else(|| heuristic(p)))
+    // one tuning at a time per device: a bucket two threads meet at once is tuned once, so
+    // every product of a process runs the same variant
+    let _one = gpu.tuning_guard();
+    if let Some(k) = known() {
+        return Ok(applicable(k));
+    }
+    if let Some(e) = gpu.tune_lookup("matmul", &bucket) {
+        eprintln!("warning: tuning cache: matmul {bucket}: unknown variant `{}`; tuning again", e.variant);
+    }
+    let tuned = (|| {
+        let _ng = crate::autograd::no_grad();
+        let seed = 0x7475_6e65; // "tune"
+        let rnd = |t: &Tensor, i: u64| super::random::randn(gpu, t.shape(), seed, i << 40);
+        let (ra, rb) = (rnd(a, 0)?, rnd(b, 1)?);
+        let rsa = sa.map(|s| rnd(s, 2)).transpose()?;
+        let rsb = sb.map(|s| rnd(s, 3)).transpose()?;
+        let rbias = bias.map(|s| rnd(s, 4)).transpose()?;
+        let run = |k: MatmulKernel| launch(p, &ra, rsa.as_ref(), &rb, rsb.as_ref(), rbias.as_ref(), k);
+        let reference = run(MatmulKernel::Reference)?;
+        let list: Vec<super::tune::Candidate> = cands.iter().map(|&k| (k.name(), Box::new(move || run(k)) as Box<dyn Fn() -> Result<Tensor>>)).collect();
+        let problem = format!("{} x {} x {} (batch {})", p.m, p.n, p.k, p.batch);
+        super::tune::tune(gpu, "matmul", &bucket, problem, &list, &reference)
+    })();
+    match tuned {
+        Ok(name) => Ok(MatmulKernel::from_name(name).unwrap_or_else(|| heuristic(p))),
+        // the tuning operands did not fit beside the run's tensors: run untuned, tune later
+        Err(Error::OutOfMemory { .. }) => {
+            eprintln!("warning: tuning matmul {bucket}: no memory for the tuning operands; the size rule picks this time");
+            Ok(heuristic(p))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// (K-slices per split, splits actually used) for `splits` requested: every split non-empty.
@@ -373,25 +411,26 @@ fn split_shape(k: usize, splits: usize) -> (usize, usize) {
 
 /// Split-K on the 64x64 tile: partial products of K-ranges into `[splits, M, N]`, then the
 /// fixed-order reduction (+ bias) into `c`.
-fn launch_split(p: &Plan, mut params: Params, buffers: [&crate::gpu::BufferRange; 6], c: &Tensor, splits: usize) -> Result<()> {
+fn launch_split(p: &Plan, form: Form, mut params: Params, buffers: [&crate::gpu::BufferRange; 6], c: &Tensor, splits: usize) -> Result<()> {
     let gpu = c.gpu();
     if p.batch != 1 {
         return Err(Error::Other(format!("matmul: split-K runs batch 1 only, this product has {} matrices", p.batch)));
     }
     let (chunk, used) = split_shape(p.k, splits);
     let part = Tensor::empty(gpu, &[used, p.m, p.n], DType::F32)?;
-    let bias_flag = params.flags & HAS_BIAS;
     params.k_chunk = chunk as u32;
-    params.flags &= !HAS_BIAS;
+    // the partials take no bias: the reduction adds it once
+    let partial = Form { bias: false, ..form }.constants();
     let mut pb = buffers;
     pb[5] = part.buffer();
     for (first, groups) in split_grid(gpu, [p.n.div_ceil(64), p.m.div_ceil(64), used]) {
         [params.x0, params.y0, params.z0] = first;
-        gpu.dispatch(&K_TILE64, &[], bytes_of(&params), &pb, groups)?;
+        gpu.dispatch(&K_TILE64, &partial, bytes_of(&params), &pb, groups)?;
     }
-    let reduce = Params { batch: used as u32, k_chunk: 0, flags: bias_flag, ..params };
+    let reduce = Params { batch: used as u32, k_chunk: 0, ..params };
+    let reduce_consts = [("BIAS", form.bias as u32 as f64)];
     let rb = [part.buffer(), part.buffer(), part.buffer(), part.buffer(), buffers[4], c.buffer()];
-    gpu.dispatch(&K_SPLITK_REDUCE, &[], bytes_of(&reduce), &rb, grid(gpu, p.m * p.n, 64))
+    gpu.dispatch(&K_SPLITK_REDUCE, &reduce_consts, bytes_of(&reduce), &rb, grid(gpu, p.m * p.n, 64))
 }
 
 /// Plan + launch without autograd: op(A ⊙ sa) · op(B ⊙ sb).

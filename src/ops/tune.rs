@@ -91,6 +91,9 @@ pub fn tune(gpu: &Gpu, family: &str, bucket: &str, problem: String, candidates: 
 
 /// Power-of-two size class of one dimension for shape buckets (0 stays 0).
 pub(crate) fn size_class(n: usize) -> usize {
+    if n == 0 {
+        return 0;
+    }
     n.checked_next_power_of_two().unwrap_or(n)
 }
 

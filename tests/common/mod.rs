@@ -28,6 +28,16 @@ pub fn test_options() -> GpuOptions {
     o
 }
 
+/// The `equimodal` binary as a child process, its tuning cache in a file of this test
+/// process (never the user's cache; shared by the children, so they choose alike).
+pub fn equimodal_bin() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_equimodal"));
+    if std::env::var_os("EQUIMODAL_TUNE_CACHE").is_none() {
+        c.env("EQUIMODAL_TUNE_CACHE", std::env::temp_dir().join(format!("equimodal-test-tune-{}.json", std::process::id())));
+    }
+    c
+}
+
 fn new_gpu(o: GpuOptions) -> Gpu {
     Gpu::new(o).expect("a GPU adapter (on CI: Mesa lavapipe, apt-get install mesa-vulkan-drivers)")
 }

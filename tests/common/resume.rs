@@ -21,7 +21,7 @@ pub fn log_lines(dir: &Path) -> Vec<serde_json::Value> {
 
 /// `equimodal train --quiet --out DIR --set ...` (plus `extra` flags) as a child process.
 pub fn cli(sets: &[String], dir: &Path, extra: &[&str]) -> std::process::Command {
-    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_equimodal"));
+    let mut c = super::equimodal_bin();
     c.args(["train", "--quiet", "--out"]).arg(dir).args(extra);
     for s in sets {
         c.args(["--set", s]);

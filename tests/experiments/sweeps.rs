@@ -6,7 +6,6 @@
 //! logs of a run.
 use equimodal::experiments::{self as ex, Selection, Sweep};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("equimodal-exp-{name}-{}", std::process::id()));
@@ -34,7 +33,7 @@ fn sweep_file(dir: &Path, name: &str, extra: &str) -> PathBuf {
 const TINY_SET: &str = "[set]\n\"train.epochs\" = 2\n\"data.n_train\" = 96\n\"data.n_test\" = 64\n\"model.hidden\" = [16]\n\"train.workers\" = 1\n\"train.batch_size\" = 32\n";
 
 fn cli(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_equimodal")).args(args).output().unwrap()
+    crate::common::equimodal_bin().args(args).output().unwrap()
 }
 
 #[test]

@@ -19,8 +19,34 @@ fn parse(shader: Shader) -> Result<(naga::Module, ModuleInfo), String> {
     let src = shader.source().map_err(|e| e.to_string())?;
     let module = naga::front::wgsl::parse_str(src).map_err(|e| e.emit_to_string(src))?;
     let info = Validator::new(ValidationFlags::all(), Capabilities::all()).validate(&module).map_err(|e| format!("{e:?}"))?;
-    naga::back::spv::write_vec(&module, &info, &naga::back::spv::Options::default(), None).map_err(|e| format!("spir-v: {e}"))?;
+    to_spirv(&module, &info, &[])?;
     Ok((module, info))
+}
+
+/// SPIR-V of `module` with its override constants set as a pipeline would set them (the
+/// others at their defaults), as the driver receives it.
+fn to_spirv(module: &naga::Module, info: &ModuleInfo, constants: &[(&str, f64)]) -> Result<(), String> {
+    let mut pc = naga::back::PipelineConstants::default();
+    for (k, v) in constants {
+        pc.insert(k.to_string(), *v);
+    }
+    let (m, i) = naga::back::pipeline_constants::process_overrides(module, info, None, &pc).map_err(|e| format!("overrides {constants:?}: {e}"))?;
+    naga::back::spv::write_vec(&m, &i, &naga::back::spv::Options::default(), None).map_err(|e| format!("spir-v {constants:?}: {e}"))?;
+    Ok(())
+}
+
+/// The matmul module's override constants are exactly the ones its launches set, and every
+/// form (each transposition, scale and bias combination) translates.
+#[test]
+fn every_matmul_form_translates() {
+    let (module, info) = parse(Shader::Matmul).unwrap();
+    let declared: BTreeSet<&str> = module.overrides.iter().filter_map(|(_, o)| o.name.as_deref()).collect();
+    let launched: BTreeSet<&str> = equimodal::ops::MATMUL_OVERRIDES.into_iter().collect();
+    assert_eq!(declared, launched);
+    for form in 0..32u32 {
+        let constants: Vec<(&str, f64)> = equimodal::ops::MATMUL_OVERRIDES.iter().enumerate().map(|(i, k)| (*k, ((form >> i) & 1) as f64)).collect();
+        to_spirv(&module, &info, &constants).unwrap();
+    }
 }
 
 /// (name, offset, size) of the named (non-padding) fields, and the total size, of a WGSL struct.

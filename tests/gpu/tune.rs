@@ -157,3 +157,56 @@ fn a_variant_that_fails_the_probe_is_never_chosen() {
     let err = ops::tune::tune(&g, "test", "none", "3 values".into(), &[zeros], &reference).unwrap_err().to_string();
     assert!(err.contains("test none") && err.contains("no variant passed"), "{err}");
 }
+
+/// Tuning operands that do not fit beside the run's tensors are no error: the product runs
+/// on the size rule's variant, right, and the bucket is tuned at a later product.
+#[test]
+fn no_memory_for_the_tuning_operands_runs_the_product_untuned() {
+    let mut o = test_options();
+    o.tune_cache = TuneStore::Memory;
+    let g = Gpu::new(o).unwrap();
+    let (m, k, n) = (2000, 200, 20); // A is 1.6 MB: its tuning copy needs a segment of its own
+    let mut rng = Rng::new(8);
+    let a = round_f32(&rng.normals(m * k));
+    let b = round_f32(&rng.normals(k * n));
+    let (at, bt) = (upload(&g, &a, &[m, k]), upload(&g, &b, &[k, n]));
+    g.trim_memory();
+    g.set_memory_limit(Some(g.memory().reserved + (1 << 20)));
+    let c = ops::matmul(&at, &bt).unwrap().to_vec().unwrap();
+    g.set_memory_limit(None);
+    let want: Vec<f64> = (0..m * n).map(|i| (0..k).map(|l| a[(i / n) * k + l] * b[l * n + i % n]).sum()).collect();
+    assert_close("untuned matmul", &c, &want, 1e-5, 1e-6 * k as f64);
+    assert!(g.tune_table().is_empty(), "{:?}", g.tune_table());
+    // with room again, the next product of the bucket tunes it
+    ops::matmul(&at, &bt).unwrap();
+    assert_eq!(g.tune_table().len(), 1);
+}
+
+/// `equimodal tune` runs a configuration's passes, prints the table and fills the cache;
+/// `--list` prints what the cache holds; with tuning off it refuses, naming the variable.
+#[test]
+fn the_tune_command_fills_the_cache_and_lists_it() {
+    let file = scratch("cli");
+    let run = |args: &[&str], off: bool| {
+        let mut c = equimodal_bin();
+        c.env("EQUIMODAL_TUNE_CACHE", &file).args(args);
+        if off {
+            c.env("EQUIMODAL_TUNE", "off");
+        }
+        let out = c.output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let (ok, table, err) = run(&["tune", "--quick", "--set", "train.epochs=1", "--set", "data.n_train=100", "--set", "train.batch_size=32"], false);
+    assert!(ok, "{err}");
+    assert!(table.contains("mode Quick") && table.contains(&file.display().to_string()), "{table}");
+    let rows: Vec<&str> = table.lines().filter(|l| l.starts_with("matmul/")).collect();
+    assert!(rows.len() >= 4, "{table}");
+    // the last batch (100 = 3 x 32 + 4) has its own buckets beside the full batch's
+    assert!(table.contains("(batch 1)") && rows.iter().any(|r| r.contains(" 4 x ")), "{table}");
+    let (ok, listed, err) = run(&["tune", "--list"], false);
+    assert!(ok, "{err}");
+    let listed_rows: Vec<&str> = listed.lines().filter(|l| l.starts_with("matmul/")).collect();
+    assert_eq!(listed_rows, rows);
+    let (ok, _, err) = run(&["tune", "--quick"], true);
+    assert!(!ok && err.contains("EQUIMODAL_TUNE"), "{err}");
+}

@@ -28,7 +28,7 @@ fn tmp(name: &str) -> PathBuf {
 }
 
 fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_equimodal"));
+    let mut c = crate::common::equimodal_bin();
     c.env_remove("EQUIMODAL_FAULT").stdin(Stdio::null());
     c
 }
