@@ -15,8 +15,34 @@ const K_UNARY_BW: Kernel = Kernel::new(Shader::Elementwise, "unary_backward", &[
 const K_TO_F16: Kernel = Kernel::new(Shader::Elementwise, "to_f16", &[R, RW], &Params::LAYOUT);
 const K_ADD_INTO: Kernel = Kernel::new(Shader::Elementwise, "add_into", &[R, RW], &Params::LAYOUT);
 const K_FROM_F16: Kernel = Kernel::new(Shader::Elementwise, "from_f16", &[R, RW], &Params::LAYOUT);
+const K_UNARY4: Kernel = Kernel::new(Shader::Elementwise, "unary_vec4", &[R, RW], &Params::LAYOUT);
+const K_BINARY4: Kernel = Kernel::new(Shader::Elementwise, "binary_vec4", &[R, R, RW], &Params::LAYOUT);
+const K_UNARY_BW4: Kernel = Kernel::new(Shader::Elementwise, "unary_backward_vec4", &[R, R, RW], &Params::LAYOUT);
+const K_ADD_INTO4: Kernel = Kernel::new(Shader::Elementwise, "add_into_vec4", &[R, RW], &Params::LAYOUT);
+const K_FILL4: Kernel = Kernel::new(Shader::Elementwise, "fill_vec4", &[RW], &Params::LAYOUT);
 /// Every kernel of this file (for the interface test, `tests/gpu/kernels.rs`).
-pub(crate) const KERNELS: &[Kernel] = &[K_UNARY, K_EXPAND, K_FILL, K_BINARY, K_UNARY_BW, K_TO_F16, K_FROM_F16, K_ADD_INTO];
+pub(crate) const KERNELS: &[Kernel] = &[
+    K_UNARY, K_EXPAND, K_FILL, K_BINARY, K_UNARY_BW, K_TO_F16, K_FROM_F16, K_ADD_INTO, K_UNARY4, K_BINARY4, K_UNARY_BW4, K_ADD_INTO4, K_FILL4,
+];
+
+/// vec4s per workgroup of the vec4 forms: 256 threads x `VEC` (4) each
+/// (`shaders/elementwise.wgsl`).
+const VEC4_PER_GROUP: usize = 256 * 4;
+
+/// Run a map on `tensors` (inputs then output, all of `p.n` elements, contiguous): the vec4
+/// form when the length is a multiple of 4 and every binding starts on 16 bytes, else the
+/// scalar form. `op` is the pipeline's `OP` constant.
+fn dispatch_map(scalar: &Kernel, vector: &Kernel, op: u32, p: &Params, tensors: &[&Tensor]) -> Result<()> {
+    let gpu = tensors[0].gpu();
+    let n = p.n as usize;
+    let consts = [("OP", op as f64)];
+    let buffers: Vec<&crate::gpu::BufferRange> = tensors.iter().map(|t| t.buffer()).collect();
+    if n % 4 == 0 && buffers.iter().all(|b| b.offset() % 16 == 0) {
+        gpu.dispatch(vector, &consts, bytes_of(p), &buffers, grid(gpu, n / 4, VEC4_PER_GROUP))
+    } else {
+        gpu.dispatch(scalar, &consts, bytes_of(p), &buffers, grid(gpu, n, 256))
+    }
+}
 
 /// Most dims a broadcasting op takes (the kernel's parameter block holds this many shape and stride
 /// entries).
@@ -25,7 +51,7 @@ pub const MAX_DIMS: usize = 8;
 crate::gpu::gpu_params! {
     struct Params as "Params" {
         n: u32,
-        op: u32,
+        _op: u32,
         ndim: u32,
         bcast: u32,
         a: f32,
@@ -38,8 +64,8 @@ crate::gpu::gpu_params! {
 }
 
 impl Params {
-    fn new(n: usize, op: u32, a: f32, b: f32) -> Self {
-        Params { n: n as u32, op, ndim: 0, bcast: 0, a, b, _p: [0; 2], shape: [0; MAX_DIMS], sa: [0; MAX_DIMS], sb: [0; MAX_DIMS] }
+    fn new(n: usize, a: f32, b: f32) -> Self {
+        Params { n: n as u32, _op: 0, ndim: 0, bcast: 0, a, b, _p: [0; 2], shape: [0; MAX_DIMS], sa: [0; MAX_DIMS], sb: [0; MAX_DIMS] }
     }
 }
 
@@ -115,7 +141,9 @@ fn launch_unary(x: &Tensor, op: u32, a: f32, b: f32) -> Result<Tensor> {
     let gpu = x.gpu();
     let y = Tensor::empty(gpu, x.shape(), DType::F32)?;
     let n = x.numel();
-    gpu.dispatch(&K_UNARY, &[], bytes_of(&Params::new(n, op, a, b)), &[x.buffer(), y.buffer()], grid(gpu, n, 256))?;
+    if n > 0 {
+        dispatch_map(&K_UNARY, &K_UNARY4, op, &Params::new(n, a, b), &[x, &y])?;
+    }
     Ok(y)
 }
 
@@ -145,13 +173,9 @@ impl BackwardOp for UnaryBack {
                 let gpu = g.gpu();
                 let dx = Tensor::empty(gpu, g.shape(), DType::F32)?;
                 let n = g.numel();
-                gpu.dispatch(
-                    &K_UNARY_BW,
-                    &[],
-                    bytes_of(&Params::new(n, op as u32, self.a, self.b)),
-                    &[self.saved.buffer(), g.buffer(), dx.buffer()],
-                    grid(gpu, n, 256),
-                )?;
+                if n > 0 {
+                    dispatch_map(&K_UNARY_BW, &K_UNARY_BW4, op as u32, &Params::new(n, self.a, self.b), &[&self.saved, g, &dx])?;
+                }
                 dx
             }
         };
@@ -255,9 +279,11 @@ pub fn full(gpu: &crate::gpu::Gpu, shape: &[usize], value: f32) -> Result<Tensor
 /// Fill a tensor in place (not recorded).
 pub fn fill(t: &Tensor, value: f32) -> Result<()> {
     expect_f32("fill", &[t])?;
-    let gpu = t.gpu();
     let n = t.numel();
-    gpu.dispatch(&K_FILL, &[], bytes_of(&Params::new(n, 0, value, 0.0)), &[t.buffer()], grid(gpu, n, 256))
+    if n == 0 {
+        return Ok(());
+    }
+    dispatch_map(&K_FILL, &K_FILL4, 0, &Params::new(n, value, 0.0), &[t])
 }
 
 /// `acc + x`, written into `acc`'s own storage when nothing else can see it (this handle is
@@ -270,9 +296,10 @@ pub fn add_into(acc: Tensor, x: &Tensor) -> Result<Tensor> {
     if !(unique && same && acc.node().is_none() && acc.gpu().same_device(x.gpu())) {
         return add(&acc, x);
     }
-    let gpu = acc.gpu();
     let n = acc.numel();
-    gpu.dispatch(&K_ADD_INTO, &[], bytes_of(&Params::new(n, 0, 0.0, 0.0)), &[x.buffer(), acc.buffer()], grid(gpu, n, 256))?;
+    if n > 0 {
+        dispatch_map(&K_ADD_INTO, &K_ADD_INTO4, 0, &Params::new(n, 0.0, 0.0), &[x, &acc])?;
+    }
     Ok(acc)
 }
 
@@ -349,8 +376,15 @@ fn launch_binary(a: &Tensor, b: &Tensor, op: Binary, s: f32, t: f32) -> Result<T
     let gpu = a.gpu();
     let y = Tensor::empty(gpu, &out, DType::F32)?;
     let n = y.numel();
-    let mut p = Params::new(n, op as u32, s, t);
-    if a.shape() != out.as_slice() || b.shape() != out.as_slice() {
+    let mut p = Params::new(n, s, t);
+    if n == 0 {
+        return Ok(y);
+    }
+    if a.shape() == out.as_slice() && b.shape() == out.as_slice() {
+        dispatch_map(&K_BINARY, &K_BINARY4, op as u32, &p, &[a, b, &y])?;
+        return Ok(y);
+    }
+    {
         p.bcast = 1;
         p.ndim = out.len() as u32;
         for (i, &d) in out.iter().enumerate() {
@@ -359,7 +393,7 @@ fn launch_binary(a: &Tensor, b: &Tensor, op: Binary, s: f32, t: f32) -> Result<T
         p.sa = bcast_strides(a.shape(), &out);
         p.sb = bcast_strides(b.shape(), &out);
     }
-    gpu.dispatch(&K_BINARY, &[], bytes_of(&p), &[a.buffer(), b.buffer(), y.buffer()], grid(gpu, n, 256))?;
+    gpu.dispatch(&K_BINARY, &[("OP", op as u32 as f64)], bytes_of(&p), &[a.buffer(), b.buffer(), y.buffer()], grid(gpu, n, 256))?;
     Ok(y)
 }
 
@@ -480,7 +514,7 @@ pub fn expand(x: &Tensor, shape: &[usize]) -> Result<Tensor> {
     let gpu = x.gpu();
     let y = Tensor::empty(gpu, shape, DType::F32)?;
     let n = y.numel();
-    let mut p = Params::new(n, 0, 0.0, 0.0);
+    let mut p = Params::new(n, 0.0, 0.0);
     p.ndim = out.len() as u32;
     for (i, &d) in out.iter().enumerate() {
         p.shape[i] = d as u32;
@@ -510,12 +544,12 @@ pub fn cast(x: &Tensor, to: DType) -> Result<Tensor> {
         (a, b) if a == b => return Ok(x.clone()),
         (DType::F32, DType::F16) => {
             let y = Tensor::empty(gpu, x.shape(), DType::F16)?;
-            gpu.dispatch(&K_TO_F16, &[], bytes_of(&Params::new(n, 0, 0.0, 0.0)), &[x.buffer(), y.buffer()], grid(gpu, n.div_ceil(2), 256))?;
+            gpu.dispatch(&K_TO_F16, &[], bytes_of(&Params::new(n, 0.0, 0.0)), &[x.buffer(), y.buffer()], grid(gpu, n.div_ceil(2), 256))?;
             y
         }
         (DType::F16, DType::F32) => {
             let y = Tensor::empty(gpu, x.shape(), DType::F32)?;
-            gpu.dispatch(&K_FROM_F16, &[], bytes_of(&Params::new(n, 0, 0.0, 0.0)), &[x.buffer(), y.buffer()], grid(gpu, n, 256))?;
+            gpu.dispatch(&K_FROM_F16, &[], bytes_of(&Params::new(n, 0.0, 0.0)), &[x.buffer(), y.buffer()], grid(gpu, n, 256))?;
             y
         }
         (a, b) => return Err(Error::DType { op: "cast", msg: format!("no cast from {a:?} to {b:?}") }),

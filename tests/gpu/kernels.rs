@@ -191,7 +191,7 @@ fn a_drifted_parameter_block_is_reported() {
     let (module, info) = parse(Shader::Elementwise).unwrap();
     assert!(check_kernel(&k, &module, &info).is_empty());
     let mut fields = k.params.fields.to_vec();
-    fields.swap(0, 1);
+    fields.swap(0, 2); // n and ndim (field 1 is padding, which only counts through offsets)
     let drifted = ParamsLayout { fields: Box::leak(fields.into_boxed_slice()), ..*k.params };
     let bad = Kernel { params: Box::leak(Box::new(drifted)), ..k };
     let found = check_kernel(&bad, &module, &info);

@@ -186,6 +186,25 @@ fn f16_storage_round_trips() {
 /// elements: grids fold over x, y and z and launch more workgroups than there are items, so
 /// a kernel that does not guard its index writes into the slack of its output (the pool
 /// canary, checked by `check_op`) or reads NaN from its input's slack.
+/// The vec4 form (contiguous, length a multiple of 4: each thread moves 4 vec4s) and the
+/// scalar form (any length) against the references: 4100 elements are 1025 vec4s, two
+/// workgroups of the vec4 form, the second holding one; 77 take the scalar form.
+#[test]
+fn vec4_and_scalar_forms_match_the_reference() {
+    check_unary(vec![2, 2050], 3);
+    check_unary(vec![7, 11], 4);
+    check_binary(&[(vec![2, 2050], vec![2, 2050]), (vec![8, 33], vec![8, 33]), (vec![7, 11], vec![7, 11])], 5);
+    let g = gpu();
+    for (shape, v) in [(vec![2, 2050], 1.5f32), (vec![7, 11], -2.0)] {
+        let n = numel(&shape);
+        assert_eq!(ops::full(&g, &shape, v).unwrap().to_vec().unwrap(), vec![v; n], "fill {shape:?}");
+        let acc = ops::full(&g, &shape, 1.0).unwrap();
+        let x = ops::full(&g, &shape, v).unwrap();
+        assert_eq!(ops::add_into(acc, &x).unwrap().to_vec().unwrap(), vec![1.0 + v; n], "add_into {shape:?}");
+    }
+    assert_canaries("vec4 forms");
+}
+
 #[test]
 fn elementwise_under_workgroup_cap() {
     with_workgroup_cap(3, || {
@@ -196,6 +215,23 @@ fn elementwise_under_workgroup_cap() {
         // 2747 and 3600 outputs: 11 and 15 workgroups (3-D grids with spare workgroups)
         check_binary(&[(vec![41, 67], vec![41, 67]), (vec![3, 1, 300], vec![4, 1])], 43);
         check_lerp(&[(vec![41, 67], vec![41, 67]), (vec![3, 1, 300], vec![4, 1])], 45);
+        // the vec4 form: 10,000 = 2,500 vec4s = 3 workgroups of 1,024 (a 3 x 1 grid), and
+        // 40,000 = 10 workgroups (a 3 x 2 x 2 grid with spares); forward only (finite
+        // differences over 40,000 inputs would take minutes)
+        let g = gpu();
+        let mut rng = Rng::new(46);
+        for n in [10_000, 40_000] {
+            let a = round_f32(&rng.uniforms(n, -2.0, 2.0));
+            let b = round_f32(&rng.uniforms(n, 0.5, 2.0));
+            let (at, bt) = (upload(&g, &a, &[n]), upload(&g, &b, &[n]));
+            let got = ops::binary(&at, &bt, Binary::Div, 0.0, 0.0).unwrap().to_vec().unwrap();
+            let want: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x / y).collect();
+            assert_close(&format!("capped vec4 div, {n}"), &got, &want, 1e-6, 1e-7);
+            let got = ops::unary(&at, Unary::Exp, 0.0, 0.0).unwrap().to_vec().unwrap();
+            let want: Vec<f64> = a.iter().map(|x| x.exp()).collect();
+            assert_close(&format!("capped vec4 exp, {n}"), &got, &want, 1e-6, 1e-7);
+        }
+        assert_canaries("capped vec4 forms");
         binary_ops_broadcast_and_gradients();
     });
 }
