@@ -73,6 +73,7 @@ override TRANS_B: bool = false; // B is stored [N, K]
 override SCALE_A: bool = false; // SA present
 override SCALE_B: bool = false; // SB present
 override BIAS: bool = false;    // bias present
+override RELU: bool = false;    // epilogue: max(., 0) after the bias (linear_relu)
 
 // Element offsets of batch z's A and B matrices.
 fn batch_offsets(z: u32) -> vec2<u32> {
@@ -132,7 +133,7 @@ fn load_b(off: u32, k: u32, n: u32) -> f32 {
     return v;
 }
 
-// Write 4 consecutive columns of row m (guarded), adding the bias.
+// Write 4 consecutive columns of row m (guarded): the epilogue adds the bias, applies ReLU.
 fn store4(coff: u32, m: u32, n: u32, v: vec4<f32>) {
     if (m >= p.m) {
         return;
@@ -144,6 +145,9 @@ fn store4(coff: u32, m: u32, n: u32, v: vec4<f32>) {
             var o = v[j];
             if (BIAS) {
                 o = o + bias[nn];
+            }
+            if (RELU) {
+                o = max(o, 0.0);
             }
             c[row + nn] = o;
         }
@@ -340,7 +344,7 @@ fn gemm_tile64(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
     store4(coff, r0 + 3u, q0, c3);
 }
 
-// ---- split-K reduction: C[i] = sum over splits s of partial[s][i] (+ bias) ----------------
+// ---- split-K reduction: C[i] = sum over splits s of partial[s][i] (+ bias, ReLU) ---------
 // a = partials [batch = splits, M, N]; one thread per output.
 
 @compute @workgroup_size(64)
@@ -357,6 +361,9 @@ fn gemm_splitk_reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgro
     }
     if (BIAS) {
         acc = acc + bias[idx % p.n];
+    }
+    if (RELU) {
+        acc = max(acc, 0.0);
     }
     c[idx] = acc;
 }
@@ -382,6 +389,9 @@ fn gemm_ref(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
     }
     if (BIAS) {
         acc = acc + bias[n];
+    }
+    if (RELU) {
+        acc = max(acc, 0.0);
     }
     c[idx] = acc;
 }

@@ -131,7 +131,7 @@ impl ReconBoost {
 
     /// A learner's logits: the shared head on its encoder's features.
     fn head(&self, feats: &Tensor, ctx: &Ctx) -> Result<Tensor> {
-        self.fc2.forward(&ops::relu(&self.fc1.forward(feats, ctx)?)?, ctx)
+        self.fc2.forward(&self.fc1.forward_relu(feats, ctx)?, ctx)
     }
 
     /// boost_rate · Σ of the learners' logits where `mask` holds (None if none).

@@ -140,7 +140,7 @@ impl Encoder for MlpEncoder {
         }
         let mut outs = Vec::new();
         for l in &self.layers {
-            h = ops::relu(&l.forward(&h, ctx)?)?;
+            h = l.forward_relu(&h, ctx)?;
             outs.push(h.clone());
         }
         Ok((h, outs))
@@ -149,7 +149,7 @@ impl Encoder for MlpEncoder {
         expect_depth("mlp_encoder", depth, self.num_depths())?;
         let mut h = h.clone();
         for l in &self.layers[depth + 1..] {
-            h = ops::relu(&l.forward(&h, ctx)?)?;
+            h = l.forward_relu(&h, ctx)?;
         }
         Ok(h)
     }

@@ -67,7 +67,7 @@ impl Mmtm {
     pub fn gates(&self, maps: &[Tensor], ctx: &Ctx) -> Result<Vec<Tensor>> {
         let s = self.squeezes(maps)?;
         let refs: Vec<&Tensor> = s.iter().collect();
-        let z = ops::relu(&self.squeeze.forward(&ops::concat(&refs, 1)?, ctx)?)?;
+        let z = self.squeeze.forward_relu(&ops::concat(&refs, 1)?, ctx)?;
         self.excite.iter().map(|l| ops::sigmoid(&l.forward(&z, ctx)?)).collect()
     }
 

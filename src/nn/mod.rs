@@ -173,6 +173,11 @@ impl Linear {
         let s = ctx.scale_for(&self.weight.name);
         ops::linear(x, &self.weight.tensor, self.bias.as_ref().map(|b| &b.tensor), s)
     }
+    /// `relu(forward(x))` as one kernel ([`ops::linear_relu`]): the same values, one pass fewer.
+    pub fn forward_relu(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        let s = ctx.scale_for(&self.weight.name);
+        ops::linear_relu(x, &self.weight.tensor, self.bias.as_ref().map(|b| &b.tensor), s)
+    }
 }
 
 impl Module for Linear {

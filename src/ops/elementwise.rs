@@ -183,6 +183,17 @@ impl BackwardOp for UnaryBack {
     }
 }
 
+/// `g ⊙ (y > 0)`: ReLU's backward from its output `y` (no autograd). For ops that fuse a
+/// ReLU into their own kernel ([`linear_relu`](super::linear_relu)).
+pub(crate) fn relu_backward_from_output(y: &Tensor, g: &Tensor) -> Result<Tensor> {
+    let dx = Tensor::empty(g.gpu(), g.shape(), DType::F32)?;
+    let n = g.numel();
+    if n > 0 {
+        dispatch_map(&K_UNARY_BW, &K_UNARY_BW4, Unary::Relu as u32, &Params::new(n, 0.0, 0.0), &[y, g, &dx])?;
+    }
+    Ok(dx)
+}
+
 /// y = f(x) for one of the [`Unary`] maps; `a`, `b` are its scalar operands.
 pub fn unary(x: &Tensor, op: Unary, a: f32, b: f32) -> Result<Tensor> {
     let y = launch_unary(x, op as u32, a, b)?;

@@ -35,9 +35,9 @@ pub const MAX_BATCH_DIMS: usize = 8;
 /// The override constants of `shaders/matmul.wgsl`: the product's form is fixed per
 /// pipeline, so its kernels carry no runtime branch on it (checked against the module by
 /// `tests/gpu/kernels.rs`).
-pub const MATMUL_OVERRIDES: [&str; 5] = ["TRANS_A", "TRANS_B", "SCALE_A", "SCALE_B", "BIAS"];
+pub const MATMUL_OVERRIDES: [&str; 6] = ["TRANS_A", "TRANS_B", "SCALE_A", "SCALE_B", "BIAS", "RELU"];
 
-/// A product's form: transposes, which scales, bias. Each form is its own pipeline.
+/// A product's form: transposes, which scales, bias, ReLU. Each form is its own pipeline.
 #[derive(Clone, Copy, Debug)]
 struct Form {
     ta: bool,
@@ -45,12 +45,13 @@ struct Form {
     sa: bool,
     sb: bool,
     bias: bool,
+    relu: bool,
 }
 
 impl Form {
     /// The pipeline constants, in [`MATMUL_OVERRIDES`] order.
-    fn constants(self) -> [(&'static str, f64); 5] {
-        let v = [self.ta, self.tb, self.sa, self.sb, self.bias];
+    fn constants(self) -> [(&'static str, f64); 6] {
+        let v = [self.ta, self.tb, self.sa, self.sb, self.bias, self.relu];
         std::array::from_fn(|i| (MATMUL_OVERRIDES[i], v[i] as u32 as f64))
     }
 }
@@ -237,7 +238,9 @@ fn plan(op: &'static str, a: &[usize], ta: bool, b: &[usize], tb: bool) -> Resul
     Ok(p)
 }
 
-/// Run the GEMM described by `p` (no autograd). `sa`/`sb` have their operand's shape.
+/// Run the GEMM described by `p` (no autograd). `sa`/`sb` have their operand's shape;
+/// `relu` applies max(., 0) in the epilogue, after the bias.
+#[allow(clippy::too_many_arguments)]
 fn launch(
     p: &Plan,
     a: &Tensor,
@@ -245,23 +248,25 @@ fn launch(
     b: &Tensor,
     sb: Option<&Tensor>,
     bias: Option<&Tensor>,
+    relu: bool,
     kernel: MatmulKernel,
 ) -> Result<Tensor> {
     let gpu = a.gpu();
     if p.k == 0 {
-        // empty inner product: zeros (+ bias)
+        // empty inner product: zeros (+ bias, ReLU)
         let _ng = crate::autograd::no_grad();
         let z = Tensor::zeros(gpu, &p.out_shape)?;
-        return match bias {
-            Some(bias) => super::elementwise::add(&z, bias),
-            None => Ok(z),
+        let z = match bias {
+            Some(bias) => super::elementwise::add(&z, bias)?,
+            None => z,
         };
+        return if relu { super::elementwise::relu(&z) } else { Ok(z) };
     }
     let c = Tensor::empty(gpu, &p.out_shape, DType::F32)?;
     if c.numel() == 0 {
         return Ok(c);
     }
-    let form = Form { ta: p.ta, tb: p.tb, sa: sa.is_some(), sb: sb.is_some(), bias: bias.is_some() };
+    let form = Form { ta: p.ta, tb: p.tb, sa: sa.is_some(), sb: sb.is_some(), bias: bias.is_some(), relu };
     let consts = form.constants();
     let mut params = Params {
         m: p.m as u32,
@@ -291,7 +296,7 @@ fn launch(
         c.buffer(),
     ];
     let kernel = match kernel {
-        MatmulKernel::Auto => choose(p, a, sa, b, sb, bias)?,
+        MatmulKernel::Auto => choose(p, a, sa, b, sb, bias, relu)?,
         k => k,
     };
     let (k, tile) = match kernel {
@@ -342,17 +347,17 @@ fn candidates(p: &Plan) -> Vec<MatmulKernel> {
 
 /// The tuning bucket of `p`: transposes, scales, bias, and the power-of-two class of each
 /// size (a bucket's variants are timed on its first problem).
-fn bucket(p: &Plan, sa: bool, sb: bool, bias: bool) -> String {
+fn bucket(p: &Plan, sa: bool, sb: bool, bias: bool, relu: bool) -> String {
     use super::tune::size_class as c;
     let flag = |on: bool, ch: char| if on { ch } else { '-' };
-    let f: String = [flag(p.ta, 'A'), flag(p.tb, 'B'), flag(sa || sb, 's'), flag(bias, 'b')].iter().collect();
+    let f: String = [flag(p.ta, 'A'), flag(p.tb, 'B'), flag(sa || sb, 's'), flag(bias, 'b'), flag(relu, 'r')].iter().collect();
     format!("{f} batch{} m{} n{} k{}", c(p.batch), c(p.m), c(p.n), c(p.k))
 }
 
 /// The variant that runs `p`: the tuned choice of its bucket (timing the candidates now,
 /// on seeded random operands of the same shapes, if the bucket is new), or [`heuristic`]
 /// with tuning off or only one candidate.
-fn choose(p: &Plan, a: &Tensor, sa: Option<&Tensor>, b: &Tensor, sb: Option<&Tensor>, bias: Option<&Tensor>) -> Result<MatmulKernel> {
+fn choose(p: &Plan, a: &Tensor, sa: Option<&Tensor>, b: &Tensor, sb: Option<&Tensor>, bias: Option<&Tensor>, relu: bool) -> Result<MatmulKernel> {
     let gpu = a.gpu();
     let cands = candidates(p);
     // the probe's reference is one thread per output: under a test cap on workgroups per
@@ -361,7 +366,7 @@ fn choose(p: &Plan, a: &Tensor, sa: Option<&Tensor>, b: &Tensor, sb: Option<&Ten
     if gpu.tune_mode() == crate::gpu::TuneMode::Off || cands.len() < 2 || !reference_fits {
         return Ok(heuristic(p));
     }
-    let bucket = bucket(p, sa.is_some(), sb.is_some(), bias.is_some());
+    let bucket = bucket(p, sa.is_some(), sb.is_some(), bias.is_some(), relu);
     let known = || gpu.tune_lookup("matmul", &bucket).and_then(|e| MatmulKernel::from_name(&e.variant));
     // a bucket's problems differ in K: split-K may not apply to this one
     let applicable = |k: MatmulKernel| if cands.contains(&k) { k } else { heuristic(p) };
@@ -385,7 +390,7 @@ fn choose(p: &Plan, a: &Tensor, sa: Option<&Tensor>, b: &Tensor, sb: Option<&Ten
         let rsa = sa.map(|s| rnd(s, 2)).transpose()?;
         let rsb = sb.map(|s| rnd(s, 3)).transpose()?;
         let rbias = bias.map(|s| rnd(s, 4)).transpose()?;
-        let run = |k: MatmulKernel| launch(p, &ra, rsa.as_ref(), &rb, rsb.as_ref(), rbias.as_ref(), k);
+        let run = |k: MatmulKernel| launch(p, &ra, rsa.as_ref(), &rb, rsb.as_ref(), rbias.as_ref(), relu, k);
         let reference = run(MatmulKernel::Reference)?;
         let list: Vec<super::tune::Candidate> = cands.iter().map(|&k| (k.name(), Box::new(move || run(k)) as Box<dyn Fn() -> Result<Tensor>>)).collect();
         let problem = format!("{} x {} x {} (batch {})", p.m, p.n, p.k, p.batch);
@@ -419,8 +424,8 @@ fn launch_split(p: &Plan, form: Form, mut params: Params, buffers: [&crate::gpu:
     let (chunk, used) = split_shape(p.k, splits);
     let part = Tensor::empty(gpu, &[used, p.m, p.n], DType::F32)?;
     params.k_chunk = chunk as u32;
-    // the partials take no bias: the reduction adds it once
-    let partial = Form { bias: false, ..form }.constants();
+    // the partials take no epilogue: the reduction adds the bias once, then the ReLU
+    let partial = Form { bias: false, relu: false, ..form }.constants();
     let mut pb = buffers;
     pb[5] = part.buffer();
     for (first, groups) in split_grid(gpu, [p.n.div_ceil(64), p.m.div_ceil(64), used]) {
@@ -428,7 +433,7 @@ fn launch_split(p: &Plan, form: Form, mut params: Params, buffers: [&crate::gpu:
         gpu.dispatch(&K_TILE64, &partial, bytes_of(&params), &pb, groups)?;
     }
     let reduce = Params { batch: used as u32, k_chunk: 0, ..params };
-    let reduce_consts = [("BIAS", form.bias as u32 as f64)];
+    let reduce_consts = [("BIAS", form.bias as u32 as f64), ("RELU", form.relu as u32 as f64)];
     let rb = [part.buffer(), part.buffer(), part.buffer(), part.buffer(), buffers[4], c.buffer()];
     gpu.dispatch(&K_SPLITK_REDUCE, &reduce_consts, bytes_of(&reduce), &rb, grid(gpu, p.m * p.n, 64))
 }
@@ -436,7 +441,7 @@ fn launch_split(p: &Plan, form: Form, mut params: Params, buffers: [&crate::gpu:
 /// Plan + launch without autograd: op(A ⊙ sa) · op(B ⊙ sb).
 fn gemm(a: &Tensor, ta: bool, sa: Option<&Tensor>, b: &Tensor, tb: bool, sb: Option<&Tensor>) -> Result<Tensor> {
     let p = plan("matmul", a.shape(), ta, b.shape(), tb)?;
-    launch(&p, a, sa, b, sb, None, MatmulKernel::Auto)
+    launch(&p, a, sa, b, sb, None, false, MatmulKernel::Auto)
 }
 
 /// Gradient of a broadcast operand: sum over the batch dims it was broadcast along.
@@ -539,7 +544,7 @@ pub fn matmul_ex(a: &Tensor, b: &Tensor, opts: MatmulOpts) -> Result<Tensor> {
     check_operands("matmul", a, b, opts.b_scale, "B")?;
     let (ta, tb) = (opts.trans_a, opts.trans_b);
     let p = plan("matmul", a.shape(), ta, b.shape(), tb)?;
-    let y = launch(&p, a, None, b, opts.b_scale, None, MatmulKernel::Auto)?;
+    let y = launch(&p, a, None, b, opts.b_scale, None, false, MatmulKernel::Auto)?;
     Ok(y.with_grad_fn(&[a, b], || {
         Box::new(MatmulBack {
             a: b.is_tracked().then(|| a.detach()),
@@ -560,12 +565,13 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// tiled kernels against the one-thread-per-output reference) and benchmarks.
 #[doc(hidden)]
 pub fn matmul_with_kernel(a: &Tensor, b: &Tensor, opts: MatmulOpts, kernel: MatmulKernel) -> Result<Tensor> {
-    matmul_bias_with_kernel(a, b, opts, None, kernel)
+    matmul_bias_with_kernel(a, b, opts, None, false, kernel)
 }
 
-/// [`matmul_with_kernel`] plus a bias `[N]` added to every row (the linear layer's epilogue).
+/// [`matmul_with_kernel`] plus the linear layer's epilogue: a bias `[N]` added to every row,
+/// then ReLU if `relu`.
 #[doc(hidden)]
-pub fn matmul_bias_with_kernel(a: &Tensor, b: &Tensor, opts: MatmulOpts, bias: Option<&Tensor>, kernel: MatmulKernel) -> Result<Tensor> {
+pub fn matmul_bias_with_kernel(a: &Tensor, b: &Tensor, opts: MatmulOpts, bias: Option<&Tensor>, relu: bool, kernel: MatmulKernel) -> Result<Tensor> {
     check_operands("matmul", a, b, opts.b_scale, "B")?;
     let p = plan("matmul", a.shape(), opts.trans_a, b.shape(), opts.trans_b)?;
     if let Some(bias) = bias {
@@ -574,7 +580,7 @@ pub fn matmul_bias_with_kernel(a: &Tensor, b: &Tensor, opts: MatmulOpts, bias: O
             return Err(Error::shape("matmul", format!("bias {:?} must be [{}]", bias.shape(), p.n)));
         }
     }
-    launch(&p, a, None, b, opts.b_scale, bias, kernel)
+    launch(&p, a, None, b, opts.b_scale, bias, relu, kernel)
 }
 
 struct LinearBack {
@@ -583,6 +589,8 @@ struct LinearBack {
     /// Saved only when x needs a gradient.
     w: Option<Tensor>,
     scale: Option<Tensor>,
+    /// [`linear_relu`]: its output, which masks the incoming gradient.
+    relu_out: Option<Tensor>,
     rows: usize,
     in_f: usize,
     out_f: usize,
@@ -590,9 +598,21 @@ struct LinearBack {
 
 impl BackwardOp for LinearBack {
     fn name(&self) -> &'static str {
-        "linear"
+        if self.relu_out.is_some() {
+            "linear_relu"
+        } else {
+            "linear"
+        }
     }
     fn backward(&self, g: &Tensor, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
+        let masked;
+        let g = match &self.relu_out {
+            Some(y) => {
+                masked = super::elementwise::relu_backward_from_output(y, g)?;
+                &masked
+            }
+            None => g,
+        };
         let gf = g.reshape(&[self.rows, self.out_f])?;
         let s = self.scale.as_ref();
         let dx = match (&self.w, inputs[0].is_tracked()) {
@@ -626,36 +646,50 @@ impl BackwardOp for LinearBack {
 /// the scale (a mask) applied while loading it. Gradients: x, w (dw ⊙ w_scale) and bias
 /// (sum over all leading dims); w_scale is a constant.
 pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, w_scale: Option<&Tensor>) -> Result<Tensor> {
-    check_operands("linear", x, w, w_scale, "w")?;
+    linear_impl("linear", x, w, bias, w_scale, false)
+}
+
+/// `relu(linear(x, w, bias, w_scale))` in one GEMM: the ReLU is applied in the epilogue, so
+/// the pre-activation never reaches memory and no separate pass reads it. Bit-identical to
+/// the two ops. The backward masks the gradient with the output (y > 0 exactly where the
+/// pre-activation is), then runs the linear layer's.
+pub fn linear_relu(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, w_scale: Option<&Tensor>) -> Result<Tensor> {
+    linear_impl("linear_relu", x, w, bias, w_scale, true)
+}
+
+fn linear_impl(op: &'static str, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, w_scale: Option<&Tensor>, relu: bool) -> Result<Tensor> {
+    check_operands(op, x, w, w_scale, "w")?;
     if w.dims() != 2 || x.dims() == 0 {
-        return Err(Error::shape("linear", format!("needs x [..., in] and w [out, in], got x {:?} and w {:?}", x.shape(), w.shape())));
+        return Err(Error::shape(op, format!("needs x [..., in] and w [out, in], got x {:?} and w {:?}", x.shape(), w.shape())));
     }
     let (out_f, in_f) = (w.dim(0), w.dim(1));
     if x.dim(x.dims() - 1) != in_f {
         return Err(Error::shape(
-            "linear",
+            op,
             format!("x {:?} has {} input features, w {:?} expects {in_f}", x.shape(), x.dim(x.dims() - 1), w.shape()),
         ));
     }
     if let Some(bias) = bias {
-        expect_f32("linear", &[bias])?;
-        expect_same_gpu("linear", &[x, bias])?;
+        expect_f32(op, &[bias])?;
+        expect_same_gpu(op, &[x, bias])?;
         if bias.shape() != [out_f] {
-            return Err(Error::shape("linear", format!("bias {:?} must be [{out_f}] for w {:?}", bias.shape(), w.shape())));
+            return Err(Error::shape(op, format!("bias {:?} must be [{out_f}] for w {:?}", bias.shape(), w.shape())));
         }
     }
     let rows = numel(&x.shape()[..x.dims() - 1]);
-    let p = plan("linear", &[rows, in_f], false, w.shape(), true)?;
+    let p = plan(op, &[rows, in_f], false, w.shape(), true)?;
     let mut out_shape = x.shape()[..x.dims() - 1].to_vec();
     out_shape.push(out_f);
-    let y = launch(&p, x, None, w, w_scale, bias, MatmulKernel::Auto)?.detach().reshape(&out_shape)?;
+    let y = launch(&p, x, None, w, w_scale, bias, relu, MatmulKernel::Auto)?.detach().reshape(&out_shape)?;
     let mut inputs = vec![x, w];
     inputs.extend(bias);
+    let y_saved = relu.then(|| y.detach());
     Ok(y.with_grad_fn(&inputs, || {
         Box::new(LinearBack {
             x: w.is_tracked().then(|| x.detach()),
             w: x.is_tracked().then(|| w.detach()),
             scale: w_scale.map(|s| s.detach()),
+            relu_out: y_saved,
             rows,
             in_f,
             out_f,

@@ -311,6 +311,60 @@ fn linear_with_and_without_bias_and_scale() {
     }
 }
 
+/// `linear_relu` (ReLU in the GEMM's epilogue) against the f64 reference, forward and
+/// gradients (masked by the output), with and without bias and scale.
+#[test]
+fn linear_relu_matches_reference_and_gradients() {
+    let mut rng = Rng::new(14);
+    let (in_f, out_f) = (7, 5);
+    for (xs, with_bias, scaled) in [(vec![2, 3, in_f], true, false), (vec![4, in_f], false, true), (vec![6, in_f], true, true)] {
+        let ws = vec![out_f, in_f];
+        let mut inputs = vec![(rng.normals(numel(&xs)), xs.clone()), (rng.normals(numel(&ws)), ws.clone())];
+        let mut diff = vec![0, 1];
+        let bias_at = with_bias.then(|| {
+            inputs.push((rng.normals(out_f), vec![out_f]));
+            diff.push(inputs.len() - 1);
+            inputs.len() - 1
+        });
+        let scale_at = scaled.then(|| {
+            inputs.push((mask(&mut rng, numel(&ws)), ws.clone()));
+            inputs.len() - 1
+        });
+        check_op(
+            &format!("linear_relu x={xs:?} bias={with_bias} scaled={scaled}"),
+            &inputs,
+            &diff,
+            &|t| ops::linear_relu(&t[0], &t[1], bias_at.map(|i| &t[i]), scale_at.map(|i| &t[i])),
+            &|x| linear_ref(&x[0], in_f, &x[1], out_f, bias_at.map(|i| &x[i][..]), scale_at.map(|i| &x[i][..])).into_iter().map(|v| v.max(0.0)).collect(),
+            Tol::default(),
+        );
+    }
+}
+
+/// The fused epilogue is bit-identical to the two ops, on every variant the tuner may pick
+/// and the reference kernel: 150 x 90 outputs (edge tiles in both dims), K = 300 (long
+/// enough for both split-K factors).
+#[test]
+fn fused_relu_epilogue_is_bit_identical_on_every_kernel() {
+    let g = gpu();
+    let mut rng = Rng::new(15);
+    let (m, k, n) = (150, 300, 90);
+    let x = upload(&g, &round_f32(&rng.normals(m * k)), &[m, k]);
+    let w = upload(&g, &round_f32(&rng.normals(n * k)), &[n, k]);
+    let b = upload(&g, &round_f32(&rng.normals(n)), &[n]);
+    let opts = MatmulOpts { trans_a: false, trans_b: true, b_scale: None };
+    let two_ops = ops::relu(&ops::linear(&x, &w, Some(&b), None).unwrap()).unwrap().to_vec().unwrap();
+    assert_eq!(ops::linear_relu(&x, &w, Some(&b), None).unwrap().to_vec().unwrap(), two_ops, "linear_relu (tuned)");
+    assert!(two_ops.iter().any(|&v| v == 0.0) && two_ops.iter().any(|&v| v > 0.0));
+    for kernel in MatmulKernel::TUNED.into_iter().chain([MatmulKernel::Reference]) {
+        let plain = ops::matmul_bias_with_kernel(&x, &w, opts, Some(&b), false, kernel).unwrap().to_vec().unwrap();
+        let fused = ops::matmul_bias_with_kernel(&x, &w, opts, Some(&b), true, kernel).unwrap().to_vec().unwrap();
+        let want: Vec<f32> = plain.iter().map(|v| v.max(0.0)).collect();
+        assert_eq!(fused, want, "{kernel:?}");
+    }
+    assert_canaries("fused relu");
+}
+
 /// `ops::matmul` (the plain entry point every module uses) against the f64 reference, forward
 /// and gradients: 2-D, batched with a shared B (folded into M) and broadcast batches, sizes
 /// not multiples of any tile (64, 128, K-slices of 8 / 16).
@@ -432,7 +486,8 @@ fn matmul_under_workgroup_cap() {
 }
 
 /// Split-K (both factors the tuner may try, and factors that leave fewer non-empty splits)
-/// against the CPU f64 reference: every transposition, with and without B scale and bias,
+/// against the CPU f64 reference: every transposition, with and without B scale, with bias
+/// (and the fused ReLU after it in the reduction),
 /// K not a multiple of the 16-deep slice, M and N not multiples of the 64 tile.
 #[test]
 fn split_k_matches_the_cpu_with_every_transposition_scale_and_bias() {
@@ -454,8 +509,10 @@ fn split_k_matches_the_cpu_with_every_transposition_scale_and_bias() {
             let st = s.as_ref().map(|s| upload(&g, s, &sb));
             let opts = MatmulOpts { trans_a: ta, trans_b: tb, b_scale: st.as_ref() };
             for splits in [4, 16, 3, 1000] {
-                let got = ops::matmul_bias_with_kernel(&at, &bt, opts, Some(&biast), MatmulKernel::SplitK(splits)).unwrap().to_vec().unwrap();
-                let what = format!("split-K {splits}: {sa:?} x {sb:?} ta={ta} tb={tb} scaled={scaled}");
+                let relu = splits == 3;
+                let got = ops::matmul_bias_with_kernel(&at, &bt, opts, Some(&biast), relu, MatmulKernel::SplitK(splits)).unwrap().to_vec().unwrap();
+                let what = format!("split-K {splits}: {sa:?} x {sb:?} ta={ta} tb={tb} scaled={scaled} relu={relu}");
+                let want: Vec<f64> = want.iter().map(|&v| if relu { v.max(0.0) } else { v }).collect();
                 assert_close(&what, &got, &want, 1e-5, 1e-6 * k as f64);
                 assert_canaries(&what);
             }
