@@ -20,8 +20,8 @@ use crate::tensor::{numel, DType, Tensor};
 
 const R: Access = Access::Read;
 const RW: Access = Access::ReadWrite;
-/// A, SA, B, SB, bias, C.
-const BINDINGS: &[Access] = &[R, R, R, R, R, RW];
+/// A, SA, B, SB, bias, C, and A and B again as vec4s (the 128x128 tile's VEC4 form).
+const BINDINGS: &[Access] = &[R, R, R, R, R, RW, R, R];
 const K_TILE128: Kernel = Kernel::new(Shader::Matmul, "gemm_tile128", BINDINGS, &Params::LAYOUT);
 const K_TILE64: Kernel = Kernel::new(Shader::Matmul, "gemm_tile64", BINDINGS, &Params::LAYOUT);
 const K_REF: Kernel = Kernel::new(Shader::Matmul, "gemm_ref", BINDINGS, &Params::LAYOUT);
@@ -35,7 +35,7 @@ pub const MAX_BATCH_DIMS: usize = 8;
 /// The override constants of `shaders/matmul.wgsl`: the product's form is fixed per
 /// pipeline, so its kernels carry no runtime branch on it (checked against the module by
 /// `tests/gpu/kernels.rs`).
-pub const MATMUL_OVERRIDES: [&str; 6] = ["TRANS_A", "TRANS_B", "SCALE_A", "SCALE_B", "BIAS", "RELU"];
+pub const MATMUL_OVERRIDES: [&str; 7] = ["TRANS_A", "TRANS_B", "SCALE_A", "SCALE_B", "BIAS", "RELU", "VEC4"];
 
 /// A product's form: transposes, which scales, bias, ReLU. Each form is its own pipeline.
 #[derive(Clone, Copy, Debug)]
@@ -49,7 +49,8 @@ struct Form {
 }
 
 impl Form {
-    /// The pipeline constants, in [`MATMUL_OVERRIDES`] order.
+    /// The pipeline constants, in [`MATMUL_OVERRIDES`] order (all but `VEC4`, which only
+    /// [`launch_vec4`] sets).
     fn constants(self) -> [(&'static str, f64); 6] {
         let v = [self.ta, self.tb, self.sa, self.sb, self.bias, self.relu];
         std::array::from_fn(|i| (MATMUL_OVERRIDES[i], v[i] as u32 as f64))
@@ -111,6 +112,9 @@ pub enum MatmulKernel {
     Tile64,
     /// 128x128 tiles, 8x8 outputs per thread.
     Tile128,
+    /// 128x128 tiles with unguarded vec4 global loads on the interior tiles, the guarded
+    /// form on the edge strips (unscaled operands with 16-byte rows and K a multiple of 8).
+    Tile128Vec4,
     /// 64x64 tiles with K cut into this many splits (batch 1 only; see [`MATMUL_SPLITS`]).
     SplitK(u32),
     /// One thread per output, no tiling (slow; the cross-check).
@@ -119,8 +123,13 @@ pub enum MatmulKernel {
 
 impl MatmulKernel {
     /// Every variant the tuner may pick, in the order it tries them.
-    pub const TUNED: [MatmulKernel; 4] =
-        [MatmulKernel::Tile128, MatmulKernel::Tile64, MatmulKernel::SplitK(MATMUL_SPLITS[0]), MatmulKernel::SplitK(MATMUL_SPLITS[1])];
+    pub const TUNED: [MatmulKernel; 5] = [
+        MatmulKernel::Tile128,
+        MatmulKernel::Tile128Vec4,
+        MatmulKernel::Tile64,
+        MatmulKernel::SplitK(MATMUL_SPLITS[0]),
+        MatmulKernel::SplitK(MATMUL_SPLITS[1]),
+    ];
 
     /// The name the tuning cache and the benchmark rows use.
     pub fn name(self) -> &'static str {
@@ -128,6 +137,7 @@ impl MatmulKernel {
             MatmulKernel::Auto => "auto",
             MatmulKernel::Tile64 => "tile64",
             MatmulKernel::Tile128 => "tile128",
+            MatmulKernel::Tile128Vec4 => "tile128v4",
             MatmulKernel::SplitK(4) => "splitk4",
             MatmulKernel::SplitK(16) => "splitk16",
             MatmulKernel::SplitK(_) => "splitk",
@@ -294,6 +304,8 @@ fn launch(
         sb.unwrap_or(b).buffer(),
         bias.unwrap_or(a).buffer(),
         c.buffer(),
+        a.buffer(),
+        b.buffer(),
     ];
     let kernel = match kernel {
         MatmulKernel::Auto => choose(p, a, sa, b, sb, bias, relu)?,
@@ -306,6 +318,13 @@ fn launch(
         }
         MatmulKernel::SplitK(splits) => {
             launch_split(p, form, params, buffers, &c, splits as usize)?;
+            return Ok(c);
+        }
+        MatmulKernel::Tile128Vec4 => {
+            if !vec4_applies(p, &form, &[a, b]) {
+                return Err(Error::Other(format!("matmul: the vec4 form needs unscaled, 16-byte aligned operands with K a multiple of 8 ({} x {} x {})", p.m, p.n, p.k)));
+            }
+            launch_vec4(gpu, p, form, params, &buffers)?;
             return Ok(c);
         }
         MatmulKernel::Tile128 => (&K_TILE128, 128),
@@ -330,12 +349,15 @@ fn heuristic(p: &Plan) -> MatmulKernel {
     }
 }
 
-/// The variants that can run `p`: both tiles always; split-K for one matrix whose K holds
-/// at least two slices per split and whose partials fit [`SPLIT_MAX_PARTIAL_BYTES`].
-fn candidates(p: &Plan) -> Vec<MatmulKernel> {
+/// The variants that can run `p`: both tiles always; the VEC4 form where it applies and
+/// there is an interior tile; split-K for one matrix whose K holds at least two slices per
+/// split and whose partials fit [`SPLIT_MAX_PARTIAL_BYTES`].
+fn candidates(p: &Plan, form: &Form, operands: &[&Tensor]) -> Vec<MatmulKernel> {
     MatmulKernel::TUNED
         .into_iter()
         .filter(|k| match *k {
+            // worth a launch only with interior tiles
+            MatmulKernel::Tile128Vec4 => p.m >= 128 && p.n >= 128 && vec4_applies(p, form, operands),
             MatmulKernel::SplitK(s) => {
                 let (chunk, used) = split_shape(p.k, s as usize);
                 p.batch == 1 && chunk >= 2 && used == s as usize && used * p.m * p.n * 4 <= SPLIT_MAX_PARTIAL_BYTES
@@ -359,7 +381,8 @@ fn bucket(p: &Plan, sa: bool, sb: bool, bias: bool, relu: bool) -> String {
 /// with tuning off or only one candidate.
 fn choose(p: &Plan, a: &Tensor, sa: Option<&Tensor>, b: &Tensor, sb: Option<&Tensor>, bias: Option<&Tensor>, relu: bool) -> Result<MatmulKernel> {
     let gpu = a.gpu();
-    let cands = candidates(p);
+    let form = Form { ta: p.ta, tb: p.tb, sa: sa.is_some(), sb: sb.is_some(), bias: bias.is_some(), relu };
+    let cands = candidates(p, &form, &[a, b]);
     // the probe's reference is one thread per output: under a test cap on workgroups per
     // dimension a large product cannot launch it (on a real adapter the cap is 65,535^3)
     let reference_fits = (p.batch * p.m * p.n).div_ceil(64) as u64 <= (gpu.max_workgroups_per_dim() as u64).pow(3);
@@ -407,6 +430,43 @@ fn choose(p: &Plan, a: &Tensor, sa: Option<&Tensor>, b: &Tensor, sb: Option<&Ten
     }
 }
 
+/// Whether the 128x128 tile's VEC4 form can run `p`: unscaled operands, K a multiple of
+/// the 8-deep slice, every operand row (and so every batch matrix) a multiple of 4 floats
+/// along its contiguous dim, bindings on 16 bytes.
+fn vec4_applies(p: &Plan, form: &Form, operands: &[&Tensor]) -> bool {
+    let rows_a = if p.ta { p.m } else { p.k };
+    let rows_b = if p.tb { p.k } else { p.n };
+    !form.sa && !form.sb && p.k % 8 == 0 && rows_a % 4 == 0 && rows_b % 4 == 0 && operands.iter().all(|t| t.buffer().offset() % 16 == 0)
+}
+
+/// The 128x128 tile with the VEC4 form over the interior tiles (inside M and N) and the
+/// guarded form over the right column strip and the bottom row strip.
+fn launch_vec4(gpu: &crate::gpu::Gpu, p: &Plan, form: Form, mut params: Params, buffers: &[&crate::gpu::BufferRange; 8]) -> Result<()> {
+    let (tiles_x, tiles_y) = (p.n.div_ceil(128), p.m.div_ceil(128));
+    let (full_x, full_y) = (p.n / 128, p.m / 128);
+    let guarded: Vec<(&str, f64)> = form.constants().to_vec();
+    let mut vector = guarded.clone();
+    vector.push((MATMUL_OVERRIDES[6], 1.0));
+    // (constants, first column tile, first row tile, columns, rows) of each region
+    let regions = [
+        (&vector, 0, 0, full_x, full_y),
+        (&guarded, full_x, 0, tiles_x - full_x, tiles_y), // right strip, every row
+        (&guarded, 0, full_y, full_x, tiles_y - full_y),  // bottom strip, left of it
+    ];
+    for (consts, x, y, w, h) in regions {
+        if w == 0 || h == 0 {
+            continue;
+        }
+        for (first, groups) in split_grid(gpu, [w, h, p.batch]) {
+            params.x0 = x as u32 + first[0];
+            params.y0 = y as u32 + first[1];
+            params.z0 = first[2];
+            gpu.dispatch(&K_TILE128, consts, bytes_of(&params), buffers, groups)?;
+        }
+    }
+    Ok(())
+}
+
 /// (K-slices per split, splits actually used) for `splits` requested: every split non-empty.
 fn split_shape(k: usize, splits: usize) -> (usize, usize) {
     let slices = k.div_ceil(TILE64_BK);
@@ -416,7 +476,7 @@ fn split_shape(k: usize, splits: usize) -> (usize, usize) {
 
 /// Split-K on the 64x64 tile: partial products of K-ranges into `[splits, M, N]`, then the
 /// fixed-order reduction (+ bias) into `c`.
-fn launch_split(p: &Plan, form: Form, mut params: Params, buffers: [&crate::gpu::BufferRange; 6], c: &Tensor, splits: usize) -> Result<()> {
+fn launch_split(p: &Plan, form: Form, mut params: Params, buffers: [&crate::gpu::BufferRange; 8], c: &Tensor, splits: usize) -> Result<()> {
     let gpu = c.gpu();
     if p.batch != 1 {
         return Err(Error::Other(format!("matmul: split-K runs batch 1 only, this product has {} matrices", p.batch)));
@@ -434,7 +494,8 @@ fn launch_split(p: &Plan, form: Form, mut params: Params, buffers: [&crate::gpu:
     }
     let reduce = Params { batch: used as u32, k_chunk: 0, ..params };
     let reduce_consts = [("BIAS", form.bias as u32 as f64), ("RELU", form.relu as u32 as f64)];
-    let rb = [part.buffer(), part.buffer(), part.buffer(), part.buffer(), buffers[4], c.buffer()];
+    let pr = part.buffer();
+    let rb = [pr, pr, pr, pr, buffers[4], c.buffer(), pr, pr];
     gpu.dispatch(&K_SPLITK_REDUCE, &reduce_consts, bytes_of(&reduce), &rb, grid(gpu, p.m * p.n, 64))
 }
 

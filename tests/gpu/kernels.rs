@@ -43,7 +43,7 @@ fn every_matmul_form_translates() {
     let declared: BTreeSet<&str> = module.overrides.iter().filter_map(|(_, o)| o.name.as_deref()).collect();
     let launched: BTreeSet<&str> = equimodal::ops::MATMUL_OVERRIDES.into_iter().collect();
     assert_eq!(declared, launched);
-    for form in 0..32u32 {
+    for form in 0..1u32 << equimodal::ops::MATMUL_OVERRIDES.len() {
         let constants: Vec<(&str, f64)> = equimodal::ops::MATMUL_OVERRIDES.iter().enumerate().map(|(i, k)| (*k, ((form >> i) & 1) as f64)).collect();
         to_spirv(&module, &info, &constants).unwrap();
     }

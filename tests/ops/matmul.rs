@@ -342,13 +342,14 @@ fn linear_relu_matches_reference_and_gradients() {
 }
 
 /// The fused epilogue is bit-identical to the two ops, on every variant the tuner may pick
-/// and the reference kernel: 150 x 90 outputs (edge tiles in both dims), K = 300 (long
-/// enough for both split-K factors).
+/// and the reference kernel: 150 x 140 outputs (one interior 128x128 tile, edge tiles in
+/// both dims), K = 296 (long enough for both split-K factors, a multiple of 8 for the VEC4
+/// form).
 #[test]
 fn fused_relu_epilogue_is_bit_identical_on_every_kernel() {
     let g = gpu();
     let mut rng = Rng::new(15);
-    let (m, k, n) = (150, 300, 90);
+    let (m, k, n) = (150, 296, 140);
     let x = upload(&g, &round_f32(&rng.normals(m * k)), &[m, k]);
     let w = upload(&g, &round_f32(&rng.normals(n * k)), &[n, k]);
     let b = upload(&g, &round_f32(&rng.normals(n)), &[n]);
@@ -542,4 +543,61 @@ fn split_k_under_workgroup_cap_and_batched_products() {
     let (a, b) = (Tensor::zeros(&g, &[2, 3, 40]).unwrap(), Tensor::zeros(&g, &[2, 40, 5]).unwrap());
     let e = ops::matmul_with_kernel(&a, &b, MatmulOpts::default(), MatmulKernel::SplitK(4)).unwrap_err();
     assert!(e.to_string().contains("batch 1 only"), "{e}");
+}
+
+/// The 128x128 tile's VEC4 form (unguarded vec4 loads on interior tiles, the guarded form
+/// on the edge strips) against the CPU for every transposition, with bias and ReLU, batched
+/// and folded; bit-identical to the guarded tile (same order of accumulation); shapes with
+/// and without edges; under the workgroup cap; an error where it does not apply.
+#[test]
+fn vec4_interior_form_matches_the_cpu_and_the_guarded_tile() {
+    let g = gpu();
+    let mut rng = Rng::new(51);
+    // (A batch, B batch, M, N, K): edges in both dims; no edges; batched; B shared (folded)
+    let cases: [(&[usize], &[usize], usize, usize, usize); 4] =
+        [(&[], &[], 300, 260, 40), (&[], &[], 256, 128, 16), (&[2], &[2], 136, 132, 24), (&[3], &[], 100, 140, 8)];
+    for (ab, bb, m, n, k) in cases {
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            if !bb.is_empty() && ta {
+                continue; // a batched A stored transposed is not folded; covered by the first cases
+            }
+            let (sa, sb) = (a_shape(ab, m, k, ta), b_shape(bb, k, n, tb));
+            let a = round_f32(&rng.normals(numel(&sa)));
+            let b = round_f32(&rng.normals(numel(&sb)));
+            let bias = round_f32(&rng.normals(n));
+            let (at, bt, biast) = (upload(&g, &a, &sa), upload(&g, &b, &sb), upload(&g, &bias, &[n]));
+            let opts = MatmulOpts { trans_a: ta, trans_b: tb, b_scale: None };
+            let relu = ta;
+            let want: Vec<f64> = matmul_ref(&a, &sa, ta, &b, &sb, tb, None)
+                .iter()
+                .enumerate()
+                .map(|(i, v)| v + bias[i % n])
+                .map(|v| if relu { v.max(0.0) } else { v })
+                .collect();
+            let what = format!("vec4 {sa:?} x {sb:?} ta={ta} tb={tb} relu={relu}");
+            let got = ops::matmul_bias_with_kernel(&at, &bt, opts, Some(&biast), relu, MatmulKernel::Tile128Vec4).unwrap().to_vec().unwrap();
+            assert_close(&what, &got, &want, 1e-5, 1e-6 * k as f64);
+            let guarded = ops::matmul_bias_with_kernel(&at, &bt, opts, Some(&biast), relu, MatmulKernel::Tile128).unwrap().to_vec().unwrap();
+            assert_eq!(got, guarded, "{what}: vs the guarded tile");
+            assert_canaries(&what);
+        }
+    }
+    // at a cap of 3 workgroups per dimension: 4 x 4 tiles, the 3 x 3 interior in one launch,
+    // the strips (1 x 4 and 3 x 1) beside it, batch 5 split over z as 3 + 2
+    with_workgroup_cap(3, || {
+        let g = gpu();
+        let (m, n, k) = (400, 392, 16);
+        let (sa, sb) = (vec![5, m, k], vec![5, k, n]);
+        let a = round_f32(&rng.normals(numel(&sa)));
+        let b = round_f32(&rng.normals(numel(&sb)));
+        let want = matmul_ref(&a, &sa, false, &b, &sb, false, None);
+        let (at, bt) = (upload(&g, &a, &sa), upload(&g, &b, &sb));
+        let got = ops::matmul_with_kernel(&at, &bt, MatmulOpts::default(), MatmulKernel::Tile128Vec4).unwrap().to_vec().unwrap();
+        assert_close("capped vec4", &got, &want, 1e-5, 1e-6 * k as f64);
+        assert_canaries("capped vec4");
+    });
+    // K not a multiple of 8, or a scaled operand: not this form's job
+    let (a, b) = (Tensor::zeros(&g, &[130, 42]).unwrap(), Tensor::zeros(&g, &[42, 130]).unwrap());
+    let e = ops::matmul_with_kernel(&a, &b, MatmulOpts::default(), MatmulKernel::Tile128Vec4).unwrap_err();
+    assert!(e.to_string().contains("vec4 form"), "{e}");
 }
