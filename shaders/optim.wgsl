@@ -1,4 +1,5 @@
-// Fused optimizer updates, one pass over each parameter tensor: weight decay, momentum /
+// Fused optimizer updates, one pass over each parameter tensor: the gradient's clipping
+// scale (a one-element tensor computed on the GPU: no readback), weight decay, momentum /
 // Nesterov (SGD) or Adam moments with bias correction (AMSGrad optional), the parameter
 // update itself, and the optional AIM/PAM optimisation-state score
 //     score = m * score + (1 - m) * |g * theta|      (theta before the update, raw g)
@@ -26,6 +27,7 @@ const SGD_NESTEROV: u32 = 2u;    // Nesterov momentum
 const ADAM_DECOUPLED: u32 = 1u;  // AdamW-style decoupled weight decay
 const ADAM_AMSGRAD: u32 = 2u;    // keep the running max of exp_avg_sq
 const SCORE: u32 = 4u;           // maintain the |g * theta| EMA score
+const GRAD_SCALE: u32 = 8u;      // g = g * gscale[0] first (gradient-norm clipping's coefficient)
 
 // ---- SGD (PyTorch semantics) ---------------------------------------------------------
 //   d = g + wd * theta                        (if wd != 0)
@@ -48,6 +50,7 @@ struct SgdParams {
 @group(0) @binding(2) var<storage, read> s_grad: array<f32>;
 @group(0) @binding(3) var<storage, read_write> s_buf: array<f32>;
 @group(0) @binding(4) var<storage, read_write> s_score: array<f32>;
+@group(0) @binding(5) var<storage, read> s_gscale: array<f32>;
 
 @compute @workgroup_size(256)
 fn sgd_step(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -55,7 +58,10 @@ fn sgd_step(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
     let i = flat_index(wg, nwg, lid);
     if (i >= sp.n) { return; }
     let theta = s_param[i];
-    let g = s_grad[i];
+    var g = s_grad[i];
+    if ((sp.flags & GRAD_SCALE) != 0u) {
+        g = g * s_gscale[0];
+    }
     var d = g;
     if (sp.weight_decay != 0.0) {
         d = d + sp.weight_decay * theta;
@@ -107,6 +113,7 @@ struct AdamParams {
 @group(0) @binding(4) var<storage, read_write> a_v: array<f32>;
 @group(0) @binding(5) var<storage, read_write> a_vmax: array<f32>;
 @group(0) @binding(6) var<storage, read_write> a_score: array<f32>;
+@group(0) @binding(7) var<storage, read> a_gscale: array<f32>;
 
 @compute @workgroup_size(256)
 fn adam_step(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -114,7 +121,10 @@ fn adam_step(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg:
     let i = flat_index(wg, nwg, lid);
     if (i >= ap.n) { return; }
     let theta = a_param[i];
-    let g0 = a_grad[i];
+    var g0 = a_grad[i];
+    if ((ap.flags & GRAD_SCALE) != 0u) {
+        g0 = g0 * a_gscale[0];
+    }
     var g = g0;
     var t = theta;
     if (ap.weight_decay != 0.0) {

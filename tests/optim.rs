@@ -510,3 +510,45 @@ fn optimizers_under_workgroup_cap() {
         assert_canaries("optimizer steps");
     });
 }
+
+/// `step_scaled` (the clip coefficient applied inside the update kernel) is bit-identical to
+/// stepping on gradients scaled first, for SGD (momentum, Nesterov, weight decay, scores)
+/// and Adam (AdamW, AMSGrad, scores), over three steps; a scale of the wrong size is a
+/// typed error that changes nothing.
+#[test]
+fn a_fused_gradient_scale_equals_scaling_first() {
+    let g = gpu();
+    let mut rng = Rng::new(77);
+    let sgd = SgdConfig { lr: 0.05, momentum: 0.9, weight_decay: 0.01, nesterov: true, ..Default::default() };
+    let adam = AdamConfig { lr: 0.01, weight_decay: 0.02, decoupled: true, amsgrad: true, ..Default::default() };
+    type Make = Box<dyn Fn(&[Param]) -> Box<dyn Optimizer>>;
+    let makers: [(&str, Make); 2] = [
+        ("sgd", Box::new(move |p: &[Param]| -> Box<dyn Optimizer> { Box::new(Sgd::new(p, sgd).unwrap()) })),
+        ("adam", Box::new(move |p: &[Param]| -> Box<dyn Optimizer> { Box::new(Adam::new(p, adam).unwrap()) })),
+    ];
+    for (label, make) in &makers {
+        let data = rng.normals(1030);
+        let (fused_p, first_p) = (param("w", &data, &[1030]), param("w", &data, &[1030]));
+        let (mut fused, mut first) = (make(&[fused_p.clone()]), make(&[first_p.clone()]));
+        fused.enable_scores(&["w"], 0.9).unwrap();
+        first.enable_scores(&["w"], 0.9).unwrap();
+        for step in 0..3 {
+            let grad = upload(&g, &rng.normals(1030), &[1030]);
+            let scale = upload(&g, &[0.37 + 0.1 * step as f64], &[1]);
+            let mut a = Gradients::new();
+            a.insert(&fused_p.tensor, grad.clone());
+            fused.step_scaled(&a, &scale).unwrap();
+            let mut b = Gradients::new();
+            b.insert(&first_p.tensor, equimodal::ops::mul(&grad, &scale).unwrap());
+            first.step(&b).unwrap();
+            assert_eq!(fused_p.tensor.to_vec().unwrap(), first_p.tensor.to_vec().unwrap(), "{label} step {step}: parameters");
+            assert_eq!(fused.scores("w").unwrap().to_vec().unwrap(), first.scores("w").unwrap().to_vec().unwrap(), "{label} step {step}: scores");
+        }
+        let before = fused_p.tensor.to_vec().unwrap();
+        let mut a = Gradients::new();
+        a.insert(&fused_p.tensor, upload(&g, &rng.normals(1030), &[1030]));
+        let e = fused.step_scaled(&a, &upload(&g, &[1.0, 2.0], &[2])).unwrap_err().to_string();
+        assert!(e.contains("one f32 element"), "{label}: {e}");
+        assert_eq!(fused_p.tensor.to_vec().unwrap(), before, "{label}: a bad scale changed the parameters");
+    }
+}

@@ -130,6 +130,18 @@ pub(crate) struct Tuner {
     entries: BTreeMap<String, TuneEntry>,
 }
 
+/// An exclusive lock on `<cache>.lock` beside the cache file, held until dropped; `None`
+/// where the lock cannot be taken (the write is still atomic, only the first-writer rule
+/// may then race).
+fn lock_file(path: &Path) -> Option<std::fs::File> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).ok()?;
+    }
+    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path.with_extension("json.lock")).ok()?;
+    f.lock().ok()?;
+    Some(f)
+}
+
 /// FNV-1a over every kernel source: changes whenever any WGSL file does.
 fn sources_hash() -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -182,6 +194,17 @@ impl Tuner {
         t
     }
 
+    /// Take this device's entries from the file that this process does not have yet (an
+    /// unreadable or stale file adds nothing; the warning was given at start).
+    fn adopt_from_file(&mut self) {
+        let Some(path) = &self.path else { return };
+        if let Ok(Some(mut f)) = read_file(path) {
+            for (k, v) in f.devices.remove(&self.device).unwrap_or_default() {
+                self.entries.entry(k).or_insert(v);
+            }
+        }
+    }
+
     /// Merge this device's entries into the file (re-read first: another process may have
     /// written since) and replace it atomically.
     fn save(&self) -> std::result::Result<(), String> {
@@ -216,23 +239,40 @@ impl Gpu {
     }
 
     /// The tuned choice for `family/bucket`, if one is known (always `None` with tuning off).
+    /// A bucket this process has not seen is looked up in the cache file again first: another
+    /// process (a run of the same sweep) may have tuned it since this one started.
     pub(crate) fn tune_lookup(&self, family: &str, bucket: &str) -> Option<TuneEntry> {
-        let t = self.tuner();
+        let mut t = self.tuner();
         if t.mode == TuneMode::Off {
             return None;
         }
-        t.entries.get(&format!("{family}/{bucket}")).cloned()
+        let key = format!("{family}/{bucket}");
+        if !t.entries.contains_key(&key) {
+            t.adopt_from_file();
+        }
+        t.entries.get(&key).cloned()
     }
 
-    /// Remember a tuned choice and write the cache file. A file that cannot be written is a
-    /// warning, not an error: the choice still holds for this process.
-    pub(crate) fn tune_record(&self, family: &str, bucket: &str, entry: TuneEntry) {
+    /// Remember a tuned choice and write the cache file; returns the choice in force. The
+    /// first valid choice written for a bucket wins: if another process wrote one of the
+    /// `valid` variants while this one was timing, that one is adopted, so every run sharing
+    /// the file runs the same variant (the file is locked from that check to the write); an
+    /// entry naming anything else is replaced. A file that cannot be written is a warning,
+    /// not an error: the choice still holds for this process.
+    pub(crate) fn tune_record(&self, family: &str, bucket: &str, entry: TuneEntry, valid: &[&str]) -> TuneEntry {
         let mut t = self.tuner();
-        t.entries.insert(format!("{family}/{bucket}"), entry);
+        let key = format!("{family}/{bucket}");
+        let _lock = t.path.as_deref().and_then(lock_file);
+        t.adopt_from_file();
+        if let Some(theirs) = t.entries.get(&key).filter(|e| valid.contains(&e.variant.as_str())) {
+            return theirs.clone();
+        }
+        t.entries.insert(key, entry.clone());
         if let Err(why) = t.save() {
             let p = t.path.as_deref().map(|p| p.display().to_string()).unwrap_or_default();
             eprintln!("warning: tuning cache {p}: {why}; the choice holds for this process only");
         }
+        entry
     }
 
     /// Every choice known for this device (`family/bucket` -> entry), loaded or tuned.

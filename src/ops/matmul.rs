@@ -420,7 +420,7 @@ fn choose(p: &Plan, a: &Tensor, sa: Option<&Tensor>, b: &Tensor, sb: Option<&Ten
         super::tune::tune(gpu, "matmul", &bucket, problem, &list, &reference)
     })();
     match tuned {
-        Ok(name) => Ok(MatmulKernel::from_name(name).unwrap_or_else(|| heuristic(p))),
+        Ok(name) => Ok(MatmulKernel::from_name(&name).filter(|k| cands.contains(k)).unwrap_or_else(|| heuristic(p))),
         // the tuning operands did not fit beside the run's tensors: run untuned, tune later
         Err(Error::OutOfMemory { .. }) => {
             eprintln!("warning: tuning matmul {bucket}: no memory for the tuning operands; the size rule picks this time");

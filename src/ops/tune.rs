@@ -38,11 +38,12 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Time `candidates` (after probing each against `reference`), record the fastest correct
-/// one for `family/bucket` in the device's tuning table and return its name. An error when
+/// one for `family/bucket` in the device's tuning table and return the name of the variant
+/// in force (another process's earlier choice for the bucket wins over this one). An error when
 /// none passes the probe (a kernel bug the test suite must catch, never a silent pick).
 /// Public for the tests, which hand it a deliberately wrong candidate.
 #[doc(hidden)]
-pub fn tune(gpu: &Gpu, family: &str, bucket: &str, problem: String, candidates: &[Candidate], reference: &Tensor) -> Result<&'static str> {
+pub fn tune(gpu: &Gpu, family: &str, bucket: &str, problem: String, candidates: &[Candidate], reference: &Tensor) -> Result<String> {
     let mode = gpu.tune_mode();
     let reference = reference.to_vec()?;
     let mut passed = Vec::new();
@@ -85,8 +86,9 @@ pub fn tune(gpu: &Gpu, family: &str, bucket: &str, problem: String, candidates: 
         us.insert(candidates[i].0.to_string(), Some(median(times[i].clone()) / 1e3));
     }
     let name = candidates[best].0;
-    gpu.tune_record(family, bucket, TuneEntry { variant: name.to_string(), us, problem });
-    Ok(name)
+    // the choice in force: ours, or one another process sharing the cache file wrote first
+    let valid: Vec<&str> = candidates.iter().map(|c| c.0).collect();
+    Ok(gpu.tune_record(family, bucket, TuneEntry { variant: name.to_string(), us, problem }, &valid).variant)
 }
 
 /// Power-of-two size class of one dimension for shape buckets (0 stays 0).

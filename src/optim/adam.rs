@@ -6,7 +6,7 @@ use crate::ops::{bytes_of, grid};
 use crate::tensor::Tensor;
 
 const RW: Access = Access::ReadWrite;
-const K_ADAM: Kernel = Kernel::new(Shader::Optim, "adam_step", &[RW, Access::Read, RW, RW, RW, RW], &AdamParams::LAYOUT);
+const K_ADAM: Kernel = Kernel::new(Shader::Optim, "adam_step", &[RW, Access::Read, RW, RW, RW, RW, Access::Read], &AdamParams::LAYOUT);
 /// Every kernel of this file (for the interface test, `tests/gpu/kernels.rs`).
 pub(crate) const KERNELS: &[Kernel] = &[K_ADAM];
 
@@ -121,16 +121,18 @@ impl Adam {
         }
         Ok(())
     }
-}
 
-impl Optimizer for Adam {
-    fn step(&mut self, grads: &crate::Gradients) -> Result<()> {
+    /// One step; `scale` multiplies every gradient inside the kernel.
+    fn update(&mut self, grads: &crate::Gradients, scale: Option<&Tensor>) -> Result<()> {
         self.reg.check()?;
         let mut todo = Vec::new();
         for i in 0..self.reg.params.len() {
             if let Some(g) = self.reg.grad(i, grads, "adam.step")? {
                 todo.push((i, g.clone()));
             }
+        }
+        if let (Some(s), Some((i, _))) = (scale, todo.first()) {
+            super::check_scale("adam.step", s, &self.reg.params[*i].tensor)?;
         }
         let c = self.cfg;
         for (i, g) in todo {
@@ -152,7 +154,8 @@ impl Optimizer for Adam {
                 n: n as u32,
                 flags: if c.decoupled { DECOUPLED } else { 0 }
                     | if c.amsgrad { AMSGRAD } else { 0 }
-                    | if score.is_some() { SCORE } else { 0 },
+                    | if score.is_some() { SCORE } else { 0 }
+                    | if scale.is_some() { super::GRAD_SCALE } else { 0 },
                 beta1: c.beta1,
                 beta2: c.beta2,
                 eps: c.eps,
@@ -177,11 +180,22 @@ impl Optimizer for Adam {
                     m.exp_avg_sq.buffer(),
                     m.max_exp_avg_sq.as_ref().map(|t| t.buffer()).unwrap_or(d0.buffer()),
                     score.as_ref().map(|t| t.buffer()).unwrap_or(d1.buffer()),
+                    scale.unwrap_or(&d1).buffer(),
                 ],
                 grid(gpu, n, 256),
             )?;
         }
         Ok(())
+    }
+}
+
+impl Optimizer for Adam {
+    fn step(&mut self, grads: &crate::Gradients) -> Result<()> {
+        self.update(grads, None)
+    }
+
+    fn step_scaled(&mut self, grads: &crate::Gradients, scale: &Tensor) -> Result<()> {
+        self.update(grads, Some(scale))
     }
 
     fn add_params(&mut self, params: &[Param]) {

@@ -24,35 +24,44 @@ impl ClipGradNorm {
     }
 }
 
-/// The gradients of `params` in `grads`, scaled so their global L2 norm is at most `max_norm`.
-pub fn clip_grad_norm(params: &[Param], grads: &Gradients, max_norm: f32) -> Result<Gradients> {
-    let present: Vec<(&Param, &Tensor)> = params.iter().filter_map(|p| grads.get(&p.tensor).map(|g| (p, g))).collect();
-    let mut out = Gradients::new();
-    if present.is_empty() {
-        return Ok(out);
-    }
+/// The coefficient `min(1, max_norm / (‖g‖ + 1e-6))` over the gradients of `params` in
+/// `grads` (one element, on the GPU); `None` when none of them has a gradient.
+pub fn clip_coefficient(params: &[Param], grads: &Gradients, max_norm: f32) -> Result<Option<Tensor>> {
     let _ng = crate::autograd::no_grad();
     let mut total: Option<Tensor> = None;
-    for (_, g) in &present {
+    for g in params.iter().filter_map(|p| grads.get(&p.tensor)) {
         let sq = ops::sum_all(&ops::square(g)?)?;
         total = Some(match total {
             Some(t) => ops::add(&t, &sq)?,
             None => sq,
         });
     }
-    let norm = ops::sqrt(&total.expect("non-empty"))?;
-    // coefficient = min(1, max_norm / (norm + 1e-6))
-    let coef = ops::clamp(&ops::recip(&ops::scale(&ops::add_scalar(&norm, 1e-6)?, 1.0 / max_norm)?)?, 0.0, 1.0)?;
-    for (p, g) in present {
-        out.insert(&p.tensor, ops::mul(g, &coef)?);
+    let Some(total) = total else { return Ok(None) };
+    let norm = ops::sqrt(&total)?;
+    Ok(Some(ops::clamp(&ops::recip(&ops::scale(&ops::add_scalar(&norm, 1e-6)?, 1.0 / max_norm)?)?, 0.0, 1.0)?))
+}
+
+/// The gradients of `params` in `grads`, scaled so their global L2 norm is at most `max_norm`.
+pub fn clip_grad_norm(params: &[Param], grads: &Gradients, max_norm: f32) -> Result<Gradients> {
+    let mut out = Gradients::new();
+    let Some(coef) = clip_coefficient(params, grads, max_norm)? else { return Ok(out) };
+    let _ng = crate::autograd::no_grad();
+    for p in params {
+        if let Some(g) = grads.get(&p.tensor) {
+            out.insert(&p.tensor, ops::mul(g, &coef)?);
+        }
     }
     Ok(out)
 }
 
 impl Optimizer for ClipGradNorm {
+    /// The coefficient is applied inside the inner optimizer's update kernel (one pass over
+    /// each gradient fewer than scaling them first; the same bits).
     fn step(&mut self, grads: &Gradients) -> Result<()> {
-        let clipped = clip_grad_norm(self.inner.params(), grads, self.max_norm)?;
-        self.inner.step(&clipped)
+        match clip_coefficient(self.inner.params(), grads, self.max_norm)? {
+            Some(coef) => self.inner.step_scaled(grads, &coef),
+            None => self.inner.step(grads),
+        }
     }
     fn add_params(&mut self, params: &[Param]) {
         self.inner.add_params(params)

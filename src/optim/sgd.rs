@@ -5,7 +5,8 @@ use crate::gpu::{Access, Kernel, Shader};
 use crate::ops::{bytes_of, grid};
 use crate::tensor::{DType, Tensor};
 
-const K_SGD: Kernel = Kernel::new(Shader::Optim, "sgd_step", &[Access::ReadWrite, Access::Read, Access::ReadWrite, Access::ReadWrite], &SgdParams::LAYOUT);
+const K_SGD: Kernel =
+    Kernel::new(Shader::Optim, "sgd_step", &[Access::ReadWrite, Access::Read, Access::ReadWrite, Access::ReadWrite, Access::Read], &SgdParams::LAYOUT);
 /// Every kernel of this file (for the interface test, `tests/gpu/kernels.rs`).
 pub(crate) const KERNELS: &[Kernel] = &[K_SGD];
 
@@ -97,17 +98,19 @@ impl Sgd {
     fn has_momentum(&self) -> bool {
         self.cfg.momentum != 0.0
     }
-}
 
-impl Optimizer for Sgd {
-    fn step(&mut self, grads: &crate::Gradients) -> Result<()> {
+    /// One step; `scale` multiplies every gradient inside the kernel.
+    fn update(&mut self, grads: &crate::Gradients, scale: Option<&Tensor>) -> Result<()> {
         self.reg.check()?;
-        // Check every gradient first, so a bad one leaves all parameters untouched.
+        // Check every gradient (and the scale) first, so a bad one leaves all parameters untouched.
         let mut todo = Vec::new();
         for i in 0..self.reg.params.len() {
             if let Some(g) = self.reg.grad(i, grads, "sgd.step")? {
                 todo.push((i, g.clone()));
             }
+        }
+        if let (Some(s), Some((i, _))) = (scale, todo.first()) {
+            super::check_scale("sgd.step", s, &self.reg.params[*i].tensor)?;
         }
         let momentum = self.has_momentum();
         for (i, g) in todo {
@@ -130,7 +133,8 @@ impl Optimizer for Sgd {
                 first: first as u32,
                 flags: if momentum { MOMENTUM } else { 0 }
                     | if self.cfg.nesterov { NESTEROV } else { 0 }
-                    | if score.is_some() { SCORE } else { 0 },
+                    | if score.is_some() { SCORE } else { 0 }
+                    | if scale.is_some() { super::GRAD_SCALE } else { 0 },
                 lr: self.cfg.lr,
                 momentum: self.cfg.momentum,
                 one_minus_dampening: 1.0 - self.cfg.dampening,
@@ -147,11 +151,22 @@ impl Optimizer for Sgd {
                     g.buffer(),
                     buf.as_ref().map(|t| t.buffer()).unwrap_or(d0.buffer()),
                     score.as_ref().map(|t| t.buffer()).unwrap_or(d1.buffer()),
+                    scale.unwrap_or(&d1).buffer(),
                 ],
                 grid(gpu, n, 256),
             )?;
         }
         Ok(())
+    }
+}
+
+impl Optimizer for Sgd {
+    fn step(&mut self, grads: &crate::Gradients) -> Result<()> {
+        self.update(grads, None)
+    }
+
+    fn step_scaled(&mut self, grads: &crate::Gradients, scale: &Tensor) -> Result<()> {
+        self.update(grads, Some(scale))
     }
 
     fn add_params(&mut self, params: &[Param]) {

@@ -210,3 +210,29 @@ fn the_tune_command_fills_the_cache_and_lists_it() {
     let (ok, _, err) = run(&["tune", "--quick"], true);
     assert!(!ok && err.contains("EQUIMODAL_TUNE"), "{err}");
 }
+
+/// Two contexts on one cache file stand for two processes of a sweep: a bucket the first
+/// tuned is adopted by the second from the file, without timing; and when both time the
+/// same bucket, the choice written first wins for both, so runs sharing the file run the
+/// same variant (split-K and the tiles differ in the last bits).
+#[test]
+fn runs_sharing_a_cache_file_run_the_same_variant() {
+    let file = scratch("shared");
+    let (a, b) = (context(TuneMode::Quick, &file), context(TuneMode::Quick, &file));
+    product_is_right(&a);
+    assert!(b.tune_table().is_empty());
+    product_is_right(&b);
+    assert_eq!(b.tune_table().get(BUCKET), a.tune_table().get(BUCKET), "adopted from the file, not timed again");
+    // both time one bucket: the first to write wins
+    let reference = Tensor::from_slice(&a, &[1.0, 2.0], &[2]).unwrap();
+    assert_eq!(ops::tune::tune(&a, "test", "race", "2 values".into(), &[constant("right", &a)], &reference).unwrap(), "right");
+    let reference_b = Tensor::from_slice(&b, &[1.0, 2.0], &[2]).unwrap();
+    let kept = ops::tune::tune(&b, "test", "race", "2 values".into(), &[constant("other", &b), constant("right", &b)], &reference_b).unwrap();
+    assert_eq!(kept, "right", "the second context keeps the first one's choice");
+    assert_eq!(b.tune_table()["test/race"], a.tune_table()["test/race"]);
+}
+
+/// A candidate that returns (1, 2).
+fn constant<'a>(name: &'static str, g: &'a Gpu) -> ops::tune::Candidate<'a> {
+    (name, Box::new(move || Tensor::from_slice(g, &[1.0, 2.0], &[2])))
+}
