@@ -297,15 +297,19 @@ fn launch(
     };
     // Absent optional operands bind a buffer that is already bound read-only; the kernel
     // never reads them (the form's constants).
-    let buffers = [
+    // Bindings 7 and 8 (A and B as vec4s) are read only by the VEC4 form, which binds A and
+    // B there; every other launch binds a 16-byte placeholder (a vec4 array binding must
+    // hold one vec4, and A or B may be a single float).
+    let placeholder = Tensor::empty(gpu, &[4], DType::F32)?;
+    let mut buffers = [
         a.buffer(),
         sa.unwrap_or(a).buffer(),
         b.buffer(),
         sb.unwrap_or(b).buffer(),
         bias.unwrap_or(a).buffer(),
         c.buffer(),
-        a.buffer(),
-        b.buffer(),
+        placeholder.buffer(),
+        placeholder.buffer(),
     ];
     let kernel = match kernel {
         MatmulKernel::Auto => choose(p, a, sa, b, sb, bias, relu)?,
@@ -324,6 +328,7 @@ fn launch(
             if !vec4_applies(p, &form, &[a, b]) {
                 return Err(Error::Other(format!("matmul: the vec4 form needs unscaled, 16-byte aligned operands with K a multiple of 8 ({} x {} x {})", p.m, p.n, p.k)));
             }
+            [buffers[6], buffers[7]] = [a.buffer(), b.buffer()];
             launch_vec4(gpu, p, form, params, &buffers)?;
             return Ok(c);
         }

@@ -601,3 +601,26 @@ fn vec4_interior_form_matches_the_cpu_and_the_guarded_tile() {
     let e = ops::matmul_with_kernel(&a, &b, MatmulOpts::default(), MatmulKernel::Tile128Vec4).unwrap_err();
     assert!(e.to_string().contains("vec4 form"), "{e}");
 }
+
+/// Operands of one or two floats on every kernel (the 128x128 tile declares its operands as
+/// vec4 arrays too, for its VEC4 form: a launch must still bind them validly), against the
+/// CPU, on a context as release runs open it: without the test canary, whose slack beyond
+/// each tensor lengthened the bindings enough to hide a short one from the whole suite.
+#[test]
+fn tiny_operands_on_every_kernel() {
+    let mut o = test_options();
+    o.checked_kernels = false;
+    o.pool_canary = false; // the canary's slack would lengthen the bindings
+    let g = equimodal::Gpu::new(o).unwrap();
+    let mut rng = Rng::new(61);
+    for (m, k, n) in [(1, 1, 1), (1, 2, 1), (2, 1, 3), (4, 1, 1)] {
+        let a = round_f32(&rng.normals(m * k));
+        let b = round_f32(&rng.normals(k * n));
+        let want = matmul_ref(&a, &[m, k], false, &b, &[k, n], false, None);
+        let (at, bt) = (upload(&g, &a, &[m, k]), upload(&g, &b, &[k, n]));
+        for kernel in [MatmulKernel::Auto, MatmulKernel::Tile128, MatmulKernel::Tile64, MatmulKernel::SplitK(4), MatmulKernel::Reference] {
+            let got = ops::matmul_with_kernel(&at, &bt, MatmulOpts::default(), kernel).unwrap().to_vec().unwrap();
+            assert_close(&format!("{kernel:?} {m}x{k}x{n}"), &got, &want, 1e-6, 1e-7);
+        }
+    }
+}
