@@ -271,6 +271,31 @@ fn linear_ref(x: &[f64], in_f: usize, w: &[f64], out_f: usize, bias: Option<&[f6
     y
 }
 
+/// A linear layer's test inputs: x, w `[out_f, in]`, then the bias and the scale if asked
+/// (with their indices); `diff` lists the ones with a gradient (all but the scale).
+struct LinearInputs {
+    inputs: Vec<(Vec<f64>, Vec<usize>)>,
+    diff: Vec<usize>,
+    bias_at: Option<usize>,
+    scale_at: Option<usize>,
+}
+
+fn linear_inputs(rng: &mut Rng, xs: &[usize], out_f: usize, with_bias: bool, scaled: bool) -> LinearInputs {
+    let ws = vec![out_f, xs[xs.len() - 1]];
+    let mut inputs = vec![(rng.normals(numel(xs)), xs.to_vec()), (rng.normals(numel(&ws)), ws.clone())];
+    let mut diff = vec![0, 1];
+    let bias_at = with_bias.then(|| {
+        inputs.push((rng.normals(out_f), vec![out_f]));
+        diff.push(inputs.len() - 1);
+        inputs.len() - 1
+    });
+    let scale_at = scaled.then(|| {
+        inputs.push((mask(rng, numel(&ws)), ws.clone()));
+        inputs.len() - 1
+    });
+    LinearInputs { inputs, diff, bias_at, scale_at }
+}
+
 #[test]
 fn linear_with_and_without_bias_and_scale() {
     let mut rng = Rng::new(13);
@@ -282,18 +307,7 @@ fn linear_with_and_without_bias_and_scale() {
         (vec![4, in_f], false, false),
         (vec![in_f], true, false),
     ] {
-        let ws = vec![out_f, in_f];
-        let mut inputs = vec![(rng.normals(numel(&xs)), xs.clone()), (rng.normals(numel(&ws)), ws.clone())];
-        let mut diff = vec![0, 1];
-        let bias_at = with_bias.then(|| {
-            inputs.push((rng.normals(out_f), vec![out_f]));
-            diff.push(inputs.len() - 1);
-            inputs.len() - 1
-        });
-        let scale_at = scaled.then(|| {
-            inputs.push((mask(&mut rng, numel(&ws)), ws.clone()));
-            inputs.len() - 1
-        });
+        let LinearInputs { inputs, diff, bias_at, scale_at } = linear_inputs(&mut rng, &xs, out_f, with_bias, scaled);
         let mut want_shape = xs[..xs.len() - 1].to_vec();
         want_shape.push(out_f);
         check_op(
@@ -318,18 +332,7 @@ fn linear_relu_matches_reference_and_gradients() {
     let mut rng = Rng::new(14);
     let (in_f, out_f) = (7, 5);
     for (xs, with_bias, scaled) in [(vec![2, 3, in_f], true, false), (vec![4, in_f], false, true), (vec![6, in_f], true, true)] {
-        let ws = vec![out_f, in_f];
-        let mut inputs = vec![(rng.normals(numel(&xs)), xs.clone()), (rng.normals(numel(&ws)), ws.clone())];
-        let mut diff = vec![0, 1];
-        let bias_at = with_bias.then(|| {
-            inputs.push((rng.normals(out_f), vec![out_f]));
-            diff.push(inputs.len() - 1);
-            inputs.len() - 1
-        });
-        let scale_at = scaled.then(|| {
-            inputs.push((mask(&mut rng, numel(&ws)), ws.clone()));
-            inputs.len() - 1
-        });
+        let LinearInputs { inputs, diff, bias_at, scale_at } = linear_inputs(&mut rng, &xs, out_f, with_bias, scaled);
         check_op(
             &format!("linear_relu x={xs:?} bias={with_bias} scaled={scaled}"),
             &inputs,
