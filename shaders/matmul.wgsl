@@ -69,7 +69,7 @@ struct Params {
 @group(0) @binding(7) var<storage, read> a4: array<vec4<f32>>;
 @group(0) @binding(8) var<storage, read> b4: array<vec4<f32>>;
 
-// The product's form, fixed per pipeline (override constants, set by ops/matmul.rs): the
+// The product's form, fixed per pipeline (override constants, set by ops/matmul/launch.rs): the
 // driver folds every test on them away, so the loaders and the epilogue carry no runtime
 // branch on the form, and an absent scale or bias costs nothing.
 override TRANS_A: bool = false; // A is stored [K, M]

@@ -37,7 +37,7 @@ fn dispatch_map(scalar: &Kernel, vector: &Kernel, op: u32, p: &Params, tensors: 
     let n = p.n as usize;
     let consts = [("OP", op as f64)];
     let buffers: Vec<&crate::gpu::BufferRange> = tensors.iter().map(|t| t.buffer()).collect();
-    if n % 4 == 0 && buffers.iter().all(|b| b.offset() % 16 == 0) {
+    if n.is_multiple_of(4) && buffers.iter().all(|b| b.offset() % 16 == 0) {
         gpu.dispatch(vector, &consts, bytes_of(p), &buffers, grid(gpu, n / 4, VEC4_PER_GROUP))
     } else {
         gpu.dispatch(scalar, &consts, bytes_of(p), &buffers, grid(gpu, n, 256))

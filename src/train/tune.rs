@@ -35,7 +35,7 @@ pub fn pretune(gpu: &Gpu, cfg: &Config) -> Result<BTreeMap<String, TuneEntry>> {
     let bs = cfg.train.batch_size.max(1);
     // a full batch, and the partial last one when the split leaves one
     let mut sizes = vec![bs.min(n_train)];
-    if n_train > bs && n_train % bs != 0 {
+    if n_train > bs && !n_train.is_multiple_of(bs) {
         sizes.push(n_train % bs);
     }
     for n in sizes.into_iter().filter(|&n| n > 0) {

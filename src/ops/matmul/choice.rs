@@ -1,0 +1,103 @@
+//! Which variant runs a product: the tuned choice of its shape bucket (timed now if the
+//! bucket is new; `ops::tune`, `gpu::tune`), or a size rule with tuning off.
+use super::launch::{launch, split_shape, vec4_applies, Form, MatmulKernel, SPLIT_MAX_PARTIAL_BYTES};
+use super::Plan;
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+/// Below this many 128x128 output tiles the 64x64 kernel is used: with fewer tiles than
+/// streaming multiprocessors on a large GPU (132 on the H100) the big tile leaves most of
+/// the machine idle, and the small tile gives 4x as many workgroups.
+const TILE128_MIN_TILES: usize = 132;
+
+/// The size rule used with tuning off: the 64x64 tile until the 128x128 one has enough
+/// tiles to fill a large GPU.
+pub(super) fn heuristic(p: &Plan) -> MatmulKernel {
+    let tiles = p.m.div_ceil(128) * p.n.div_ceil(128) * p.batch;
+    if tiles >= TILE128_MIN_TILES {
+        MatmulKernel::Tile128
+    } else {
+        MatmulKernel::Tile64
+    }
+}
+
+/// The variants that can run `p`: both tiles always; the VEC4 form where it applies and
+/// there is an interior tile; split-K for one matrix whose K holds at least two slices per
+/// split and whose partials fit [`SPLIT_MAX_PARTIAL_BYTES`].
+fn candidates(p: &Plan, form: &Form, operands: &[&Tensor]) -> Vec<MatmulKernel> {
+    MatmulKernel::TUNED
+        .into_iter()
+        .filter(|k| match *k {
+            // worth a launch only with interior tiles
+            MatmulKernel::Tile128Vec4 => p.m >= 128 && p.n >= 128 && vec4_applies(p, form, operands),
+            MatmulKernel::SplitK(s) => {
+                let (chunk, used) = split_shape(p.k, s as usize);
+                p.batch == 1 && chunk >= 2 && used == s as usize && used * p.m * p.n * 4 <= SPLIT_MAX_PARTIAL_BYTES
+            }
+            _ => true,
+        })
+        .collect()
+}
+
+/// The tuning bucket of `p`: transposes, scales, bias, and the power-of-two class of each
+/// size (a bucket's variants are timed on its first problem).
+fn bucket(p: &Plan, sa: bool, sb: bool, bias: bool, relu: bool) -> String {
+    use crate::ops::tune::size_class as c;
+    let flag = |on: bool, ch: char| if on { ch } else { '-' };
+    let f: String = [flag(p.ta, 'A'), flag(p.tb, 'B'), flag(sa || sb, 's'), flag(bias, 'b'), flag(relu, 'r')].iter().collect();
+    format!("{f} batch{} m{} n{} k{}", c(p.batch), c(p.m), c(p.n), c(p.k))
+}
+
+/// The variant that runs `p`: the tuned choice of its bucket (timing the candidates now,
+/// on seeded random operands of the same shapes, if the bucket is new), or [`heuristic`]
+/// with tuning off or only one candidate.
+pub(super) fn choose(p: &Plan, a: &Tensor, sa: Option<&Tensor>, b: &Tensor, sb: Option<&Tensor>, bias: Option<&Tensor>, relu: bool) -> Result<MatmulKernel> {
+    let gpu = a.gpu();
+    let form = Form { ta: p.ta, tb: p.tb, sa: sa.is_some(), sb: sb.is_some(), bias: bias.is_some(), relu };
+    let cands = candidates(p, &form, &[a, b]);
+    // the probe's reference is one thread per output: under a test cap on workgroups per
+    // dimension a large product cannot launch it (on a real adapter the cap is 65,535^3)
+    let reference_fits = (p.batch * p.m * p.n).div_ceil(64) as u64 <= (gpu.max_workgroups_per_dim() as u64).pow(3);
+    if gpu.tune_mode() == crate::gpu::TuneMode::Off || cands.len() < 2 || !reference_fits {
+        return Ok(heuristic(p));
+    }
+    let bucket = bucket(p, sa.is_some(), sb.is_some(), bias.is_some(), relu);
+    let known = || gpu.tune_lookup("matmul", &bucket).and_then(|e| MatmulKernel::from_name(&e.variant));
+    // a bucket's problems differ in K: split-K may not apply to this one
+    let applicable = |k: MatmulKernel| if cands.contains(&k) { k } else { heuristic(p) };
+    if let Some(k) = known() {
+        return Ok(applicable(k));
+    }
+    // one tuning at a time per device: a bucket two threads meet at once is tuned once, so
+    // every product of a process runs the same variant
+    let _one = gpu.tuning_guard();
+    if let Some(k) = known() {
+        return Ok(applicable(k));
+    }
+    if let Some(e) = gpu.tune_lookup("matmul", &bucket) {
+        eprintln!("warning: tuning cache: matmul {bucket}: unknown variant `{}`; tuning again", e.variant);
+    }
+    let tuned = (|| {
+        let _ng = crate::autograd::no_grad();
+        let seed = 0x7475_6e65; // "tune"
+        let rnd = |t: &Tensor, i: u64| crate::ops::random::randn(gpu, t.shape(), seed, i << 40);
+        let (ra, rb) = (rnd(a, 0)?, rnd(b, 1)?);
+        let rsa = sa.map(|s| rnd(s, 2)).transpose()?;
+        let rsb = sb.map(|s| rnd(s, 3)).transpose()?;
+        let rbias = bias.map(|s| rnd(s, 4)).transpose()?;
+        let run = |k: MatmulKernel| launch(p, &ra, rsa.as_ref(), &rb, rsb.as_ref(), rbias.as_ref(), relu, k);
+        let reference = run(MatmulKernel::Reference)?;
+        let list: Vec<crate::ops::tune::Candidate> = cands.iter().map(|&k| (k.name(), Box::new(move || run(k)) as Box<dyn Fn() -> Result<Tensor>>)).collect();
+        let problem = format!("{} x {} x {} (batch {})", p.m, p.n, p.k, p.batch);
+        crate::ops::tune::tune(gpu, "matmul", &bucket, problem, &list, &reference)
+    })();
+    match tuned {
+        Ok(name) => Ok(MatmulKernel::from_name(&name).filter(|k| cands.contains(k)).unwrap_or_else(|| heuristic(p))),
+        // the tuning operands did not fit beside the run's tensors: run untuned, tune later
+        Err(Error::OutOfMemory { .. }) => {
+            eprintln!("warning: tuning matmul {bucket}: no memory for the tuning operands; the size rule picks this time");
+            Ok(heuristic(p))
+        }
+        Err(e) => Err(e),
+    }
+}

@@ -1,0 +1,287 @@
+//! The matmul kernels and their launches: the parameter block, the product's form as
+//! override constants, the variants ([`MatmulKernel`]) and how each is dispatched (the
+//! tiles over their grid, the VEC4 form over interior tiles plus edge strips, split-K with
+//! its reduction). Which variant runs a product is `choice.rs`'s business.
+use super::Plan;
+use super::MAX_BATCH_DIMS;
+use crate::error::{Error, Result};
+use crate::gpu::{Access, BufferRange, Gpu, Kernel, Shader};
+use crate::ops::{bytes_of, grid, split_grid};
+use crate::tensor::{DType, Tensor};
+
+const R: Access = Access::Read;
+const RW: Access = Access::ReadWrite;
+/// A, SA, B, SB, bias, C, and A and B again as vec4s (the 128x128 tile's VEC4 form).
+const BINDINGS: &[Access] = &[R, R, R, R, R, RW, R, R];
+const K_TILE128: Kernel = Kernel::new(Shader::Matmul, "gemm_tile128", BINDINGS, &Params::LAYOUT);
+const K_TILE64: Kernel = Kernel::new(Shader::Matmul, "gemm_tile64", BINDINGS, &Params::LAYOUT);
+const K_REF: Kernel = Kernel::new(Shader::Matmul, "gemm_ref", BINDINGS, &Params::LAYOUT);
+const K_SPLITK_REDUCE: Kernel = Kernel::new(Shader::Matmul, "gemm_splitk_reduce", BINDINGS, &Params::LAYOUT);
+/// Every kernel of this file (for the interface test, `tests/gpu/kernels.rs`).
+pub(crate) const KERNELS: &[Kernel] = &[K_TILE128, K_TILE64, K_REF, K_SPLITK_REDUCE];
+
+/// The override constants of `shaders/matmul.wgsl`: the product's form is fixed per
+/// pipeline, so its kernels carry no runtime branch on it (checked against the module by
+/// `tests/gpu/kernels.rs`).
+pub const MATMUL_OVERRIDES: [&str; 7] = ["TRANS_A", "TRANS_B", "SCALE_A", "SCALE_B", "BIAS", "RELU", "VEC4"];
+
+/// A product's form: transposes, which scales, bias, ReLU. Each form is its own pipeline.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Form {
+    pub(super) ta: bool,
+    pub(super) tb: bool,
+    pub(super) sa: bool,
+    pub(super) sb: bool,
+    pub(super) bias: bool,
+    pub(super) relu: bool,
+}
+
+impl Form {
+    /// The pipeline constants, in [`MATMUL_OVERRIDES`] order (all but `VEC4`, which only
+    /// [`launch_vec4`] sets).
+    fn constants(self) -> [(&'static str, f64); 6] {
+        let v = [self.ta, self.tb, self.sa, self.sb, self.bias, self.relu];
+        std::array::from_fn(|i| (MATMUL_OVERRIDES[i], v[i] as u32 as f64))
+    }
+}
+
+/// Split-K factors the tuner may try (on the 64x64 tile, batch 1 only).
+pub const MATMUL_SPLITS: [u32; 2] = [4, 16];
+/// K-slice depth of the 64x64 tile (`BK2` in `shaders/matmul.wgsl`): split-K cuts K in
+/// whole slices.
+const TILE64_BK: usize = 16;
+/// Most bytes of split-K partials (a variant needing more is not a candidate).
+pub(super) const SPLIT_MAX_PARTIAL_BYTES: usize = 256 << 20;
+
+crate::gpu::gpu_params! {
+    struct Params as "Params" {
+        m: u32,
+        n: u32,
+        k: u32,
+        batch: u32,
+        _p0: u32,
+        _p1: u32,
+        _p2: u32,
+        nbd: u32,
+        z0: u32,
+        x0: u32,
+        y0: u32,
+        k_chunk: u32,
+        bshape: [u32; MAX_BATCH_DIMS],
+        bsa: [u32; MAX_BATCH_DIMS],
+        bsb: [u32; MAX_BATCH_DIMS],
+    }
+}
+
+/// Which kernel runs a matmul. [`matmul_ex`] always uses `Auto` (the tuner's choice, or the
+/// size rule with tuning off); the others are for tests and benchmarks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatmulKernel {
+    /// The tuned choice for this shape bucket (tuning it now if it is new).
+    Auto,
+    /// 64x64 tiles, 4x4 outputs per thread.
+    Tile64,
+    /// 128x128 tiles, 8x8 outputs per thread.
+    Tile128,
+    /// 128x128 tiles with unguarded vec4 global loads on the interior tiles, the guarded
+    /// form on the edge strips (unscaled operands with 16-byte rows and K a multiple of 8).
+    Tile128Vec4,
+    /// 64x64 tiles with K cut into this many splits (batch 1 only; see [`MATMUL_SPLITS`]).
+    SplitK(u32),
+    /// One thread per output, no tiling (slow; the cross-check).
+    Reference,
+}
+
+impl MatmulKernel {
+    /// Every variant the tuner may pick, in the order it tries them.
+    pub const TUNED: [MatmulKernel; 5] = [
+        MatmulKernel::Tile128,
+        MatmulKernel::Tile128Vec4,
+        MatmulKernel::Tile64,
+        MatmulKernel::SplitK(MATMUL_SPLITS[0]),
+        MatmulKernel::SplitK(MATMUL_SPLITS[1]),
+    ];
+
+    /// The name the tuning cache and the benchmark rows use.
+    pub fn name(self) -> &'static str {
+        match self {
+            MatmulKernel::Auto => "auto",
+            MatmulKernel::Tile64 => "tile64",
+            MatmulKernel::Tile128 => "tile128",
+            MatmulKernel::Tile128Vec4 => "tile128v4",
+            MatmulKernel::SplitK(4) => "splitk4",
+            MatmulKernel::SplitK(16) => "splitk16",
+            MatmulKernel::SplitK(_) => "splitk",
+            MatmulKernel::Reference => "reference",
+        }
+    }
+
+    /// The tuned variant of this name.
+    pub fn from_name(name: &str) -> Option<MatmulKernel> {
+        MatmulKernel::TUNED.into_iter().find(|k| k.name() == name)
+    }
+}
+
+/// Run the GEMM described by `p` (no autograd). `sa`/`sb` have their operand's shape;
+/// `relu` applies max(., 0) in the epilogue, after the bias.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn launch(
+    p: &Plan,
+    a: &Tensor,
+    sa: Option<&Tensor>,
+    b: &Tensor,
+    sb: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    relu: bool,
+    kernel: MatmulKernel,
+) -> Result<Tensor> {
+    let gpu = a.gpu();
+    if p.k == 0 {
+        // empty inner product: zeros (+ bias, ReLU)
+        let _ng = crate::autograd::no_grad();
+        let z = Tensor::zeros(gpu, &p.out_shape)?;
+        let z = match bias {
+            Some(bias) => crate::ops::elementwise::add(&z, bias)?,
+            None => z,
+        };
+        return if relu { crate::ops::elementwise::relu(&z) } else { Ok(z) };
+    }
+    let c = Tensor::empty(gpu, &p.out_shape, DType::F32)?;
+    if c.numel() == 0 {
+        return Ok(c);
+    }
+    let form = Form { ta: p.ta, tb: p.tb, sa: sa.is_some(), sb: sb.is_some(), bias: bias.is_some(), relu };
+    let consts = form.constants();
+    let mut params = Params {
+        m: p.m as u32,
+        n: p.n as u32,
+        k: p.k as u32,
+        batch: p.batch as u32,
+        _p0: 0,
+        _p1: 0,
+        _p2: 0,
+        nbd: p.nbd as u32,
+        z0: 0,
+        x0: 0,
+        y0: 0,
+        k_chunk: 0,
+        bshape: p.bshape,
+        bsa: p.bsa,
+        bsb: p.bsb,
+    };
+    // Absent optional operands bind a buffer that is already bound read-only; the kernel
+    // never reads them (the form's constants).
+    // Bindings 7 and 8 (A and B as vec4s) are read only by the VEC4 form, which binds A and
+    // B there; every other launch binds a 16-byte placeholder (a vec4 array binding must
+    // hold one vec4, and A or B may be a single float).
+    let placeholder = Tensor::empty(gpu, &[4], DType::F32)?;
+    let mut buffers = [
+        a.buffer(),
+        sa.unwrap_or(a).buffer(),
+        b.buffer(),
+        sb.unwrap_or(b).buffer(),
+        bias.unwrap_or(a).buffer(),
+        c.buffer(),
+        placeholder.buffer(),
+        placeholder.buffer(),
+    ];
+    let kernel = match kernel {
+        MatmulKernel::Auto => super::choice::choose(p, a, sa, b, sb, bias, relu)?,
+        k => k,
+    };
+    let (k, tile) = match kernel {
+        MatmulKernel::Reference => {
+            gpu.dispatch(&K_REF, &consts, bytes_of(&params), &buffers, grid(gpu, p.batch * p.m * p.n, 64))?;
+            return Ok(c);
+        }
+        MatmulKernel::SplitK(splits) => {
+            launch_split(p, form, params, buffers, &c, splits as usize)?;
+            return Ok(c);
+        }
+        MatmulKernel::Tile128Vec4 => {
+            if !vec4_applies(p, &form, &[a, b]) {
+                return Err(Error::Other(format!("matmul: the vec4 form needs unscaled, 16-byte aligned operands with K a multiple of 8 ({} x {} x {})", p.m, p.n, p.k)));
+            }
+            [buffers[6], buffers[7]] = [a.buffer(), b.buffer()];
+            launch_vec4(gpu, p, form, params, &buffers)?;
+            return Ok(c);
+        }
+        MatmulKernel::Tile128 => (&K_TILE128, 128),
+        _ => (&K_TILE64, 64),
+    };
+    // (column tiles, row tiles, batch), split at the per-dimension workgroup limit
+    for (first, groups) in split_grid(gpu, [p.n.div_ceil(tile), p.m.div_ceil(tile), p.batch]) {
+        [params.x0, params.y0, params.z0] = first;
+        gpu.dispatch(k, &consts, bytes_of(&params), &buffers, groups)?;
+    }
+    Ok(c)
+}
+
+/// Whether the 128x128 tile's VEC4 form can run `p`: unscaled operands, K a multiple of
+/// the 8-deep slice, every operand row (and so every batch matrix) a multiple of 4 floats
+/// along its contiguous dim, bindings on 16 bytes.
+pub(super) fn vec4_applies(p: &Plan, form: &Form, operands: &[&Tensor]) -> bool {
+    let rows_a = if p.ta { p.m } else { p.k };
+    let rows_b = if p.tb { p.k } else { p.n };
+    !form.sa && !form.sb && p.k % 8 == 0 && rows_a % 4 == 0 && rows_b % 4 == 0 && operands.iter().all(|t| t.buffer().offset() % 16 == 0)
+}
+
+/// The 128x128 tile with the VEC4 form over the interior tiles (inside M and N) and the
+/// guarded form over the right column strip and the bottom row strip.
+fn launch_vec4(gpu: &Gpu, p: &Plan, form: Form, mut params: Params, buffers: &[&BufferRange; 8]) -> Result<()> {
+    let (tiles_x, tiles_y) = (p.n.div_ceil(128), p.m.div_ceil(128));
+    let (full_x, full_y) = (p.n / 128, p.m / 128);
+    let guarded: Vec<(&str, f64)> = form.constants().to_vec();
+    let mut vector = guarded.clone();
+    vector.push((MATMUL_OVERRIDES[6], 1.0));
+    // (constants, first column tile, first row tile, columns, rows) of each region
+    let regions = [
+        (&vector, 0, 0, full_x, full_y),
+        (&guarded, full_x, 0, tiles_x - full_x, tiles_y), // right strip, every row
+        (&guarded, 0, full_y, full_x, tiles_y - full_y),  // bottom strip, left of it
+    ];
+    for (consts, x, y, w, h) in regions {
+        if w == 0 || h == 0 {
+            continue;
+        }
+        for (first, groups) in split_grid(gpu, [w, h, p.batch]) {
+            params.x0 = x as u32 + first[0];
+            params.y0 = y as u32 + first[1];
+            params.z0 = first[2];
+            gpu.dispatch(&K_TILE128, consts, bytes_of(&params), buffers, groups)?;
+        }
+    }
+    Ok(())
+}
+
+/// (K-slices per split, splits actually used) for `splits` requested: every split non-empty.
+pub(super) fn split_shape(k: usize, splits: usize) -> (usize, usize) {
+    let slices = k.div_ceil(TILE64_BK);
+    let chunk = slices.div_ceil(splits.max(1));
+    (chunk, slices.div_ceil(chunk))
+}
+
+/// Split-K on the 64x64 tile: partial products of K-ranges into `[splits, M, N]`, then the
+/// fixed-order reduction (+ bias) into `c`.
+fn launch_split(p: &Plan, form: Form, mut params: Params, buffers: [&BufferRange; 8], c: &Tensor, splits: usize) -> Result<()> {
+    let gpu = c.gpu();
+    if p.batch != 1 {
+        return Err(Error::Other(format!("matmul: split-K runs batch 1 only, this product has {} matrices", p.batch)));
+    }
+    let (chunk, used) = split_shape(p.k, splits);
+    let part = Tensor::empty(gpu, &[used, p.m, p.n], DType::F32)?;
+    params.k_chunk = chunk as u32;
+    // the partials take no epilogue: the reduction adds the bias once, then the ReLU
+    let partial = Form { bias: false, relu: false, ..form }.constants();
+    let mut pb = buffers;
+    pb[5] = part.buffer();
+    for (first, groups) in split_grid(gpu, [p.n.div_ceil(64), p.m.div_ceil(64), used]) {
+        [params.x0, params.y0, params.z0] = first;
+        gpu.dispatch(&K_TILE64, &partial, bytes_of(&params), &pb, groups)?;
+    }
+    let reduce = Params { batch: used as u32, k_chunk: 0, ..params };
+    let reduce_consts = [("BIAS", form.bias as u32 as f64), ("RELU", form.relu as u32 as f64)];
+    let pr = part.buffer();
+    let rb = [pr, pr, pr, pr, buffers[4], c.buffer(), pr, pr];
+    gpu.dispatch(&K_SPLITK_REDUCE, &reduce_consts, bytes_of(&reduce), &rb, grid(gpu, p.m * p.n, 64))
+}
