@@ -24,7 +24,7 @@ fn scratch(name: &str) -> PathBuf {
 const M: usize = 30;
 const K: usize = 200;
 const N: usize = 20;
-const BUCKET: &str = "matmul/----- batch1 m32 n32 k256";
+const BUCKET: &str = "matmul/---- batch1 m32 n32 k256";
 
 /// One product on `g`, checked against the CPU.
 fn product_is_right(g: &Gpu) {

@@ -40,11 +40,12 @@ fn candidates(p: &Plan, form: &Form, operands: &[&Tensor]) -> Vec<MatmulKernel> 
 }
 
 /// The tuning bucket of `p`: transposes, scales, bias, and the power-of-two class of each
-/// size (a bucket's variants are timed on its first problem).
-fn bucket(p: &Plan, sa: bool, sb: bool, bias: bool, relu: bool) -> String {
+/// size (a bucket's variants are timed on its first problem). A fused ReLU is not part of
+/// it: `linear_relu` then runs the variant `linear` runs, and gives its bits exactly.
+fn bucket(p: &Plan, sa: bool, sb: bool, bias: bool) -> String {
     use crate::ops::tune::size_class as c;
     let flag = |on: bool, ch: char| if on { ch } else { '-' };
-    let f: String = [flag(p.ta, 'A'), flag(p.tb, 'B'), flag(sa || sb, 's'), flag(bias, 'b'), flag(relu, 'r')].iter().collect();
+    let f: String = [flag(p.ta, 'A'), flag(p.tb, 'B'), flag(sa || sb, 's'), flag(bias, 'b')].iter().collect();
     format!("{f} batch{} m{} n{} k{}", c(p.batch), c(p.m), c(p.n), c(p.k))
 }
 
@@ -61,7 +62,7 @@ pub(super) fn choose(p: &Plan, a: &Tensor, sa: Option<&Tensor>, b: &Tensor, sb: 
     if gpu.tune_mode() == crate::gpu::TuneMode::Off || cands.len() < 2 || !reference_fits {
         return Ok(heuristic(p));
     }
-    let bucket = bucket(p, sa.is_some(), sb.is_some(), bias.is_some(), relu);
+    let bucket = bucket(p, sa.is_some(), sb.is_some(), bias.is_some());
     let known = || gpu.tune_lookup("matmul", &bucket).and_then(|e| MatmulKernel::from_name(&e.variant));
     // a bucket's problems differ in K: split-K may not apply to this one
     let applicable = |k: MatmulKernel| if cands.contains(&k) { k } else { heuristic(p) };
