@@ -6,7 +6,7 @@
 //! confidence scores decide which modality gets a new learner.
 use super::{build_encoders, DeviceBatch, EpochStats, Method, Prediction};
 use super::config::MethodSetup;
-use crate::data::ModalitySpec;
+use crate::data::{derive_seed, ModalitySpec};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::nn::{Ctx, Encoder, Linear, Module};
@@ -16,6 +16,9 @@ use crate::tensor::Tensor;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde_json::json;
+
+/// Tag of the random stream new learners are initialised from (see `Aug::add_learner`).
+const LEARNER_STREAM: u64 = 0xA06_1EA2;
 
 // ---- configuration (`[method.aug]`) ----
 
@@ -214,8 +217,10 @@ impl Aug {
         let t = self.learners[m].len();
         let d = self.encoders[m].out_dim();
         // each learner's initialisation depends only on (seed, modality, index), so a resumed
-        // run adds exactly the learners an uninterrupted one would
-        let mut rng = StdRng::seed_from_u64(self.seed ^ 0xA06 ^ ((m as u64) << 40) ^ ((t as u64) << 20));
+        // run adds exactly the learners an uninterrupted one would; hashed, not xor-ed, so no
+        // two (seed, modality, index) share a stream (xor let seed 2^40 at modality 1 equal
+        // seed 0 at modality 0)
+        let mut rng = StdRng::seed_from_u64(derive_seed(&[self.seed, LEARNER_STREAM, m as u64, t as u64]));
         let l = Self::make_learner(&self.gpu, &self.names[m], t, d, self.cfg.hidden, &mut rng)?;
         crate::nn::init::reinit(self.init, &l.params(), &mut rng)?;
         if register {

@@ -7,7 +7,7 @@
 use super::config::MethodSetup;
 use super::joint::Joint;
 use super::{encode_all, DeviceBatch, EpochStats, Method, Prediction};
-use crate::data::ModalitySpec;
+use crate::data::{derive_seed, ModalitySpec};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::nn::Ctx;
@@ -202,7 +202,7 @@ pub fn cluster_purity(feats: &[f32], labels: &[u32], d: usize, classes: usize, c
 /// The k-means stream of one diagnosis: one per (run seed, epoch, modality, split 0 = train /
 /// 1 = val), so a resumed run clusters exactly as the uninterrupted one.
 pub fn kmeans_rng(seed: u64, epoch: usize, modality: usize, split: u64) -> StdRng {
-    StdRng::seed_from_u64(seed ^ 0x5245_4c45_4152_4e00 ^ ((epoch as u64) << 16) ^ ((modality as u64) << 4) ^ split)
+    StdRng::seed_from_u64(derive_seed(&[seed, 0x5245_4c45_4152_4e00, epoch as u64, modality as u64, split]))
 }
 
 /// The re-initialisation strength from the two purities: tanh(λ·|train − val|).

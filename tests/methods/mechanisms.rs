@@ -383,6 +383,46 @@ fn aug_checks_on_schedule_and_logs_its_gap() {
 }
 
 #[test]
+fn aug_learners_start_from_their_own_weights() {
+    // the learners a check adds (what `restore` re-adds on resume) are drawn from a stream of
+    // (run seed, modality, index) alone: the same in every build of the run, different for
+    // every modality, index and run seed (a stream shared by two learners would start them
+    // as copies of each other, which boosting cannot tell apart)
+    let added = |seed: u64| -> Vec<(String, Vec<f32>)> {
+        let c = cfg(&with(&["method.name=aug", "method.aug.hidden=16", &format!("seed={seed}")]));
+        let (mut m, _, _) = method_and_batch(&c);
+        let mut opt = train::build_optimizer(&c, m.trainable()).unwrap();
+        m.restore(&serde_json::json!({"learners": [3, 3]}), opt.as_mut()).unwrap();
+        let mut w: Vec<(String, Vec<f32>)> = m
+            .params()
+            .iter()
+            .filter(|p| p.name.starts_with("aug.learner.") && p.name.ends_with(".weight") && !p.name.ends_with(".0.weight"))
+            .map(|p| (p.name.clone(), p.tensor.to_vec().unwrap()))
+            .collect();
+        w.sort_by(|a, b| a.0.cmp(&b.0));
+        w
+    };
+    let s0 = added(0);
+    let names: Vec<&str> = s0.iter().map(|p| p.0.as_str()).collect();
+    assert_eq!(names, ["aug.learner.audio.1.weight", "aug.learner.audio.2.weight", "aug.learner.visual.1.weight", "aug.learner.visual.2.weight"]);
+    // same shapes for both modalities (model.hidden=[24]): a shared stream would show
+    assert!(s0.iter().all(|p| p.1.len() == 24 * 16));
+    for i in 0..s0.len() {
+        for j in i + 1..s0.len() {
+            assert_ne!(s0[i].1, s0[j].1, "{} and {} start from the same weights", s0[i].0, s0[j].0);
+        }
+    }
+    assert_eq!(added(0), s0, "the same run seed adds the same learners");
+    // seeds 1 and 2 differ from 0 in one bit each (a seed or-ed / and-ed with a tag instead
+    // of hashed would map them onto seed 0's stream)
+    for seed in [1, 2] {
+        for (a, b) in added(seed).iter().zip(&s0) {
+            assert_ne!(a.1, b.1, "seed {seed}: {} equals seed 0's", a.0);
+        }
+    }
+}
+
+#[test]
 fn every_method_updates_all_of_its_parameters() {
     // one real optimizer step moves every trainable parameter (a method that handed the
     // optimizer nothing, or dropped an encoder's gradients, would leave some where they were)

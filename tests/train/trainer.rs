@@ -194,7 +194,16 @@ fn aug_assignment_rules() {
     c.rule = AugRule::Multi;
     c.multi_threshold = 0.4;
     assert_eq!(Aug::decide(&c, &[0.2, 0.8, 0.7]), vec![0]);
-    assert_eq!(Aug::decide(&[c.clone()][0], &[0.1, 0.1, 0.9]), vec![0, 1]);
+    assert_eq!(Aug::decide(&c, &[0.1, 0.1, 0.9]), vec![0, 1]);
+    // the multi rule also decides for two modalities: 0.3 / 0.7 = 0.43 is above 0.4, where the
+    // code rule would add a learner to modality 0
+    assert!(Aug::decide(&c, &[0.3, 0.7]).is_empty());
+    // and the two-modality rules fall back to it for three: 0.05 / 1.0 is below 0.4, where the
+    // code rule on the first two scores (a ratio of 1) would add none
+    for rule in [AugRule::Code, AugRule::Paper] {
+        c.rule = rule;
+        assert_eq!(Aug::decide(&c, &[0.5, 0.5, 0.05]), vec![2], "{rule:?}");
+    }
 }
 
 #[test]
