@@ -190,6 +190,8 @@ pub struct Aim {
     strength: Vec<f32>,
     strength_weak: Vec<f32>,
     ratio: Vec<f64>,
+    /// v3: r_d of the weak encoder's depths (S_weak[d] / S_dom at the mapped depth)
+    ratio_weak: Vec<f64>,
     scales_dom: Option<Arc<HashMap<String, Tensor>>>,
     scales_weak: Option<Arc<HashMap<String, Tensor>>>,
     /// DAP cross-entropy after the latest refresh, per modality and depth
@@ -312,6 +314,7 @@ impl Aim {
             strength: Vec::new(),
             strength_weak: Vec::new(),
             ratio: Vec::new(),
+            ratio_weak: Vec::new(),
             scales_dom: None,
             scales_weak: None,
             proto_ce: Vec::new(),
@@ -655,16 +658,14 @@ impl Method for Aim {
             let (dd, dw) = (self.depths[dom], self.depths[weak]);
             self.ratio = (0..dd).map(|d| s[dom][d] / s[weak][map_depth(d, dd, dw)].max(1e-12)).collect();
             self.strength = self.ratio.iter().map(|&r| strength(r, self.cfg.beta, self.cfg.s_max)).collect();
-            self.strength_weak = if self.cfg.v3 {
-                (0..dw).map(|d| strength(s[weak][d] / s[dom][map_depth(d, dw, dd)].max(1e-12), self.cfg.beta, self.cfg.s_max)).collect()
-            } else {
-                Vec::new()
-            };
+            self.ratio_weak = if self.cfg.v3 { (0..dw).map(|d| s[weak][d] / s[dom][map_depth(d, dw, dd)].max(1e-12)).collect() } else { Vec::new() };
+            self.strength_weak = self.ratio_weak.iter().map(|&r| strength(r, self.cfg.beta, self.cfg.s_max)).collect();
             self.dom = Some(dom);
             self.weak = weak;
         }
         // PAM masks from the optimizer's scores
-        if (epoch + 1).is_multiple_of(self.cfg.mask_every) || self.masks.is_empty() {
+        let masks_refreshed = (epoch + 1).is_multiple_of(self.cfg.mask_every) || self.masks.is_empty();
+        if masks_refreshed {
             self.refresh_masks(opt)?;
         }
         self.rebuild_scales()?;
@@ -682,6 +683,7 @@ impl Method for Aim {
             "ratio": self.ratio,
             "strength": self.strength,
             "mask_density": self.densities,
+            "masks_refreshed": masks_refreshed,
             "dominant": self.dom.map(|d| self.names[d].clone()),
             "weak": self.dom.map(|_| self.names[self.weak].clone()),
             "main_loss": main_ce,
@@ -689,6 +691,7 @@ impl Method for Aim {
             "prototype_ce": self.names.iter().zip(&self.proto_ce).map(|(n, v)| (n.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
         });
         if self.cfg.v3 {
+            section["ratio_weak"] = json!(self.ratio_weak);
             section["strength_weak"] = json!(self.strength_weak);
         }
         stats.extra.push(("aim".into(), section));
@@ -702,6 +705,7 @@ impl Method for Aim {
             "strength": self.strength,
             "strength_weak": self.strength_weak,
             "ratio": self.ratio,
+            "ratio_weak": self.ratio_weak,
         })
     }
     fn restore(&mut self, state: &serde_json::Value, _opt: &mut dyn Optimizer) -> Result<()> {
@@ -715,6 +719,7 @@ impl Method for Aim {
         self.strength = f32s("strength");
         self.strength_weak = f32s("strength_weak");
         self.ratio = f32s("ratio").into_iter().map(|v| v as f64).collect();
+        self.ratio_weak = f32s("ratio_weak").into_iter().map(|v| v as f64).collect();
         // the masks come back from the optimizer's restored scores at the next step
         self.masks_stale = self.dom.is_some();
         Ok(())

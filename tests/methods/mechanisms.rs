@@ -362,6 +362,90 @@ fn aim_finds_the_dominant_modality_and_derives_its_strengths() {
     }
 }
 
+/// The depth of an encoder with `to` depths that depth `d` of one with `from` depths maps to:
+/// proportional, rounded to the nearest (written out independently of src/methods/aim.rs).
+fn mapped_depth(d: usize, from: usize, to: usize) -> usize {
+    if from == 1 {
+        return to - 1;
+    }
+    let x = d as f64 * (to - 1) as f64 / (from - 1) as f64;
+    (x + 0.5).floor() as usize
+}
+
+#[test]
+fn aim_v3_compares_depths_of_encoders_of_different_depth() {
+    // audio (weak, 4 depths) against visual (dominant, 2 depths): each dominant depth is
+    // compared with the proportional weak depth (0 -> 0, 1 -> 3) and, with v3, each weak
+    // depth with the proportional dominant one (0, 1 -> 0; 2, 3 -> 1: rounded, not floored)
+    assert_eq!((0..4).map(|d| mapped_depth(d, 4, 2)).collect::<Vec<_>>(), [0, 0, 1, 1]);
+    let lines = train_log(
+        &with(&[
+            "method.name=aim",
+            "method.aim.v3=true",
+            "method.aim.beta=5.0",
+            "model.hidden=[32,32]",
+            "model.modalities.audio.hidden=[32,32,32,32]",
+            "data.n_train=320",
+            "data.signal=[0.05,0.8]",
+            "train.epochs=3",
+            "train.lr=0.05",
+        ]),
+        &tmp("aim-v3-depths"),
+    );
+    let strength = |r: f64| (5.0 * (r - 1.0)).tanh().clamp(0.0, 0.9);
+    for (e, l) in lines.iter().enumerate() {
+        let a = &l["aim"];
+        assert_eq!((a["dominant"].as_str(), a["weak"].as_str()), (Some("visual"), Some("audio")), "epoch {e}: {a}");
+        assert_eq!(a["depths"], 2, "epoch {e}: the dominant encoder's depths");
+        let (sd, sw) = (f64s(&a["scores"]["visual"]), f64s(&a["scores"]["audio"]));
+        assert_eq!((sd.len(), sw.len()), (2, 4));
+        let (r, s) = (f64s(&a["ratio"]), f64s(&a["strength"]));
+        let (rw, sv) = (f64s(&a["ratio_weak"]), f64s(&a["strength_weak"]));
+        assert_eq!((r.len(), s.len(), rw.len(), sv.len()), (2, 2, 4, 4), "epoch {e}: {a}");
+        for d in 0..2 {
+            let want = sd[d] / sw[mapped_depth(d, 2, 4)];
+            assert!((r[d] - want).abs() < 1e-6 * want, "epoch {e} depth {d}: ratio {} vs {want}", r[d]);
+            assert!((s[d] - strength(r[d])).abs() < 1e-5, "epoch {e} depth {d}: strength {}", s[d]);
+        }
+        for d in 0..4 {
+            let want = sw[d] / sd[mapped_depth(d, 4, 2)];
+            assert!((rw[d] - want).abs() < 1e-6 * want, "epoch {e} weak depth {d}: ratio {} vs {want}", rw[d]);
+            assert!((sv[d] - strength(rw[d])).abs() < 1e-5, "epoch {e} weak depth {d}: strength {}", sv[d]);
+        }
+    }
+    // before the first measurement both auxiliary blocks are the full encoders: the auxiliary
+    // term is the main CE twice (doubling is exact in floating point)
+    let a0 = &lines[0]["aim"];
+    assert_eq!(a0["aux_loss"].as_f64().unwrap(), 2.0 * a0["main_loss"].as_f64().unwrap(), "{a0}");
+}
+
+#[test]
+fn aim_refreshes_masks_and_prototypes_on_their_schedules() {
+    let lines = train_log(
+        &with(&["method.name=aim", "model.hidden=[32,32]", "method.aim.mask_every=2", "method.aim.prototype_every=3", "train.epochs=5"]),
+        &tmp("aim-schedules"),
+    );
+    // masks: at the end of epochs 1 and 3 ((e + 1) divisible by 2), and at epoch 0 because
+    // none exist yet
+    let refreshed: Vec<bool> = lines.iter().map(|l| l["aim"]["masks_refreshed"].as_bool().unwrap()).collect();
+    assert_eq!(refreshed, [true, true, false, true, false]);
+    // prototypes: fitted before the first step, refreshed at the end of epoch 2 only; the
+    // logged DAP cross-entropy is the latest refresh's, so it changes exactly there
+    let ce: Vec<String> = lines.iter().map(|l| l["aim"]["prototype_ce"].to_string()).collect();
+    assert_eq!(ce[0], ce[1]);
+    assert_ne!(ce[1], ce[2], "refreshed at the end of epoch 2");
+    assert_eq!(ce[2], ce[3]);
+    assert_eq!(ce[3], ce[4]);
+    for l in &lines {
+        let a = &l["aim"];
+        assert!(a.get("ratio_weak").is_none() && a.get("strength_weak").is_none(), "v3 keys without v3: {a}");
+        // one auxiliary term without v3: at epoch 0 it is the main CE itself
+        if l["epoch"] == 0 {
+            assert_eq!(a["aux_loss"], a["main_loss"], "{a}");
+        }
+    }
+}
+
 #[test]
 fn aug_checks_on_schedule_and_logs_its_gap() {
     let lines = train_log(
