@@ -8,14 +8,18 @@
 //   conv_dw_reduce : sums the split-K partials (fixed order: deterministic), applies w_scale
 //   conv_dbias     : dbias[o] = sum over n, ho, wo of dy
 //
-// Tiling shared by the three GEMMs: workgroup tile BM x BN = 128 x 64, K-slices of BK = 16
-// staged in workgroup memory, 256 threads laid out 32 (along M) x 8 (along N), each thread
-// accumulating TM x TN = 4 x 8 outputs in registers (rows tx + 32*i, columns ty + 8*j).
-// Why this layout: a 32-thread subgroup shares ty and spans 32 consecutive M rows, so
+// Tiling shared by the three GEMMs: workgroup tile BM x BN, K-slices of BK = 16 staged in
+// workgroup memory, TX x TY threads (TX along M, TY along N), each thread accumulating 4 x TN
+// outputs in registers (rows tx + TX*i, columns ty + TY*j). The tile is the variant block
+// below, which src/gpu/shaders.rs replaces per instantiation (`ConvTile`); this file itself is
+// the 128 x 64 one: 256 threads as 32 x 8, 4 x 8 outputs each. The narrower instantiations
+// (128 x 32, 128 x 16, 32 x 16) serve GEMMs whose N (output or input channels) or whose M
+// (the weight gradient's C*KH*KW) is small, where the wide tile would compute mostly padding.
+// Why this layout (TX = 32): a 32-thread subgroup shares ty and spans 32 consecutive M rows, so
 //  - reads of As are 32 consecutive words (conflict-free), reads of Bs are one broadcast;
 //  - output writes are 32 consecutive M rows: for y, dx (pixels) and dW (weight index)
 //    consecutive M rows are consecutive addresses, so stores are coalesced.
-// Per K-slice each thread does 4 + 8 workgroup loads for 32 FMAs.
+// Per K-slice each thread does 4 + TN workgroup loads for 4*TN FMAs.
 //
 // The K index is decoded (div/mod by kernel and image sizes) once per K-slice by BK
 // threads into a small double-buffered table `tbl` in workgroup memory rather than by
@@ -49,20 +53,36 @@ fn tile_id(wg: vec3<u32>) -> vec3<u32> {
 // shader test translates every form of those.) The bias add is one uniform branch in the
 // epilogue.
 
-const BM: u32 = 128u;
-const BN: u32 = 64u;
+// @variant-begin
+const TX: u32 = 32u; // threads along M; a thread's rows are tx + TX*i, i < 4
+const TY: u32 = 8u;  // threads along N; a thread's columns are ty + TY*j, j < TN
+const TN: u32 = 8u;  // outputs per thread along N
+// @variant-end
+// (src/gpu/shaders.rs checks every instantiation against the constraints: TY a multiple of
+// 4, NT a multiple of BK, BK*BN a multiple of NT)
+const NT: u32 = TX * TY;  // threads per workgroup
+const BM: u32 = 4u * TX;
+const BN: u32 = TY * TN;
 const BK: u32 = 16u;
-const BMP: u32 = 129u; // padded row of As: the dW loader stores with K fastest (2-way at most)
-const BNP: u32 = 65u;  // padded row of Bs: the B loaders store with K fastest
+const BMP: u32 = BM + 1u; // padded row of As: the dW loader stores with K fastest (2-way at most)
+const BNP: u32 = BN + 1u; // padded row of Bs: the B loaders store with K fastest
+// Staging of a K-slice by the NT threads: a thread stages A_PER values of the A tile and
+// B_PER of the B tile. Where M is the fast index of a loader (forward and dX A tiles) its
+// values lie M_STEP K rows apart; where K is (B tiles, dW's A tile), K_STEP tile rows or
+// columns apart.
+const M_STEP: u32 = NT / BM;
+const K_STEP: u32 = NT / BK;
+const A_PER: u32 = BK * BM / NT;
+const B_PER: u32 = BK * BN / NT;
 const BIG: i32 = 536870912; // 2^29: pushes a coordinate out of range
 
-var<workgroup> As: array<f32, 2064>; // BK * BMP
-var<workgroup> Bs: array<f32, 1040>; // BK * BNP
+var<workgroup> As: array<f32, BK * BMP>;
+var<workgroup> Bs: array<f32, BK * BNP>;
 var<workgroup> tbl: array<vec4<i32>, 32>; // two K-slice decode tables of BK entries
-var<private> acc: array<vec4<f32>, 8>; // acc[j][i]: row tx + 32*i, column ty + 8*j
+var<private> acc: array<vec4<f32>, TN>; // acc[j][i]: row tx + TX*i, column ty + TY*j
 
 fn zero_acc() {
-    for (var j = 0u; j < 8u; j = j + 1u) {
+    for (var j = 0u; j < TN; j = j + 1u) {
         acc[j] = vec4<f32>(0.0);
     }
 }
@@ -71,10 +91,10 @@ fn zero_acc() {
 fn mma(tx: u32, ty: u32) {
     for (var kk = 0u; kk < BK; kk = kk + 1u) {
         let ar = kk * BMP + tx;
-        let a = vec4<f32>(As[ar], As[ar + 32u], As[ar + 64u], As[ar + 96u]);
+        let a = vec4<f32>(As[ar], As[ar + TX], As[ar + 2u * TX], As[ar + 3u * TX]);
         let br = kk * BNP + ty;
-        for (var j = 0u; j < 8u; j = j + 1u) {
-            acc[j] = fma(a, vec4<f32>(Bs[br + 8u * j]), acc[j]);
+        for (var j = 0u; j < TN; j = j + 1u) {
+            acc[j] = fma(a, vec4<f32>(Bs[br + TY * j]), acc[j]);
         }
     }
 }
@@ -99,19 +119,19 @@ fn fwd_entry(k: u32) -> vec4<i32> {
     return vec4<i32>(i32(c * p.h * p.w), i32(i * p.dh), i32(j * p.dw), 0);
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(NT)
 fn conv_fwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     fwd_body(tile_id(wg), lid, false);
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(NT)
 fn conv_fwd_scaled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     fwd_body(tile_id(wg), lid, true);
 }
 
 fn fwd_body(wg: vec3<u32>, lid: u32, scaled: bool) {
-    let tx = lid % 32u;
-    let ty = lid / 32u;
+    let tx = lid % TX;
+    let ty = lid / TX;
     let m0 = wg.x * BM;
     let n0 = wg.y * BN;
     let hwo = p.ho * p.wo;
@@ -144,8 +164,8 @@ fn fwd_body(wg: vec3<u32>, lid: u32, scaled: bool) {
     for (var t = 0u; t < ntiles; t = t + 1u) {
         let k0 = t * BK;
         let cur = (t & 1u) * BK;
-        for (var r = 0u; r < 8u; r = r + 1u) {
-            let kl = ka + 2u * r;
+        for (var r = 0u; r < A_PER; r = r + 1u) {
+            let kl = ka + M_STEP * r;
             let e = tbl[cur + kl];
             let hi = hi0 + e.y;
             let wi = wi0 + e.z;
@@ -156,8 +176,8 @@ fn fwd_body(wg: vec3<u32>, lid: u32, scaled: bool) {
             As[kl * BMP + lm] = v;
         }
         let kg = k0 + kb;
-        for (var r = 0u; r < 4u; r = r + 1u) {
-            let nl = nb + 16u * r;
+        for (var r = 0u; r < B_PER; r = r + 1u) {
+            let nl = nb + K_STEP * r;
             let o = n0 + nl;
             var v = 0.0;
             if (kg < ktot && o < p.o) {
@@ -178,13 +198,13 @@ fn fwd_body(wg: vec3<u32>, lid: u32, scaled: bool) {
     }
 
     for (var i = 0u; i < 4u; i = i + 1u) {
-        let m = m0 + tx + 32u * i;
+        let m = m0 + tx + TX * i;
         if (m < p.m) {
             let n = m / hwo;
             let pix = m - n * hwo;
             let base = n * p.o * hwo + pix;
-            for (var j = 0u; j < 8u; j = j + 1u) {
-                let o = n0 + ty + 8u * j;
+            for (var j = 0u; j < TN; j = j + 1u) {
+                let o = n0 + ty + TY * j;
                 if (o < p.o) {
                     var v = acc[j][i];
                     if ((p.flags & 2u) != 0u) {
@@ -276,12 +296,12 @@ fn dx_entry(q: Phase, k: u32) -> vec4<i32> {
     return vec4<i32>(i32(o * p.ho * p.wo), dsh, dsw, i32(woff));
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(NT)
 fn conv_dx(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     dx_body(tile_id(wg), lid, false);
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(NT)
 fn conv_dx_scaled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     dx_body(tile_id(wg), lid, true);
 }
@@ -294,8 +314,8 @@ fn dx_body(wg: vec3<u32>, lid: u32, scaled: bool) {
     if (m0 >= mp) {
         return;
     }
-    let tx = lid % 32u;
-    let ty = lid / 32u;
+    let tx = lid % TX;
+    let ty = lid / TX;
     let n0 = wg.y * BN;
     let hwo = p.ho * p.wo;
     let hw = p.h * p.w;
@@ -325,8 +345,8 @@ fn dx_body(wg: vec3<u32>, lid: u32, scaled: bool) {
     for (var t = 0u; t < ntiles; t = t + 1u) {
         let k0 = t * BK;
         let cur = (t & 1u) * BK;
-        for (var r = 0u; r < 8u; r = r + 1u) {
-            let kl = ka + 2u * r;
+        for (var r = 0u; r < A_PER; r = r + 1u) {
+            let kl = ka + M_STEP * r;
             let e = tbl[cur + kl];
             let ho = i32(ahp) + e.y;
             let wo = i32(awp) + e.z;
@@ -337,8 +357,8 @@ fn dx_body(wg: vec3<u32>, lid: u32, scaled: bool) {
             As[kl * BMP + lm] = v;
         }
         let eb = tbl[cur + kb];
-        for (var r = 0u; r < 4u; r = r + 1u) {
-            let nl = nb + 16u * r;
+        for (var r = 0u; r < B_PER; r = r + 1u) {
+            let nl = nb + K_STEP * r;
             let c = n0 + nl;
             var v = 0.0;
             if (eb.w >= 0 && c < p.c) {
@@ -359,7 +379,7 @@ fn dx_body(wg: vec3<u32>, lid: u32, scaled: bool) {
     }
 
     for (var i = 0u; i < 4u; i = i + 1u) {
-        let m = m0 + tx + 32u * i;
+        let m = m0 + tx + TX * i;
         if (m < mp) {
             let n = m / php;
             let r = m - n * php;
@@ -368,8 +388,8 @@ fn dx_body(wg: vec3<u32>, lid: u32, scaled: bool) {
             let h = hp * p.sh + q.ph;
             let w = wp * p.sw + q.pw;
             let base = n * p.c * hw + h * p.w + w;
-            for (var j = 0u; j < 8u; j = j + 1u) {
-                let c = n0 + ty + 8u * j;
+            for (var j = 0u; j < TN; j = j + 1u) {
+                let c = n0 + ty + TY * j;
                 if (c < p.c) {
                     bdx[base + c * hw] = acc[j][i];
                 }
@@ -402,19 +422,19 @@ fn dw_entry(q: u32, end: u32) -> vec4<i32> {
                      i32(n * p.o * hwo + pix));
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(NT)
 fn conv_dw(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     dw_body(tile_id(wg), lid, false);
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(NT)
 fn conv_dw_scaled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     dw_body(tile_id(wg), lid, true);
 }
 
 fn dw_body(wg: vec3<u32>, lid: u32, scaled: bool) {
-    let tx = lid % 32u;
-    let ty = lid / 32u;
+    let tx = lid % TX;
+    let ty = lid / TX;
     let m0 = wg.x * BM;
     let n0 = wg.y * BN;
     let z = wg.z;
@@ -425,13 +445,13 @@ fn dw_body(wg: vec3<u32>, lid: u32, scaled: bool) {
     let hh = i32(p.h);
     let ww = i32(p.w);
 
-    // A loader: K (pixel) row kl = lid % 16 (consecutive threads read consecutive output
-    // pixels), tile rows lm + 16*r whose (c, kh, kw) decode is done once here.
+    // A loader: K (pixel) row kl = lid % BK (consecutive threads read consecutive output
+    // pixels), tile rows lm + K_STEP*r whose (c, kh, kw) decode is done once here.
     let kl = lid % BK;
     let lm = lid / BK;
-    var mi: array<vec4<i32>, 8>;
-    for (var r = 0u; r < 8u; r = r + 1u) {
-        let m = m0 + lm + 16u * r;
+    var mi: array<vec4<i32>, A_PER>;
+    for (var r = 0u; r < A_PER; r = r + 1u) {
+        let m = m0 + lm + K_STEP * r;
         if (m < p.m) {
             let c = m / kkw;
             let rr = m - c * kkw;
@@ -453,7 +473,7 @@ fn dw_body(wg: vec3<u32>, lid: u32, scaled: bool) {
         let k0 = kstart + t * BK;
         let cur = (t & 1u) * BK;
         let e = tbl[cur + kl];
-        for (var r = 0u; r < 8u; r = r + 1u) {
+        for (var r = 0u; r < A_PER; r = r + 1u) {
             let f = mi[r];
             let hi = e.y + f.y;
             let wi = e.z + f.z;
@@ -461,10 +481,10 @@ fn dw_body(wg: vec3<u32>, lid: u32, scaled: bool) {
             if (hi >= 0 && hi < hh && wi >= 0 && wi < ww) {
                 v = gx[u32(e.x + f.x) + u32(hi) * p.w + u32(wi)];
             }
-            As[kl * BMP + lm + 16u * r] = v;
+            As[kl * BMP + lm + K_STEP * r] = v;
         }
-        for (var r = 0u; r < 4u; r = r + 1u) {
-            let nl = lm + 16u * r;
+        for (var r = 0u; r < B_PER; r = r + 1u) {
+            let nl = lm + K_STEP * r;
             let o = n0 + nl;
             var v = 0.0;
             if (e.w >= 0 && o < p.o) {
@@ -482,10 +502,10 @@ fn dw_body(wg: vec3<u32>, lid: u32, scaled: bool) {
 
     let per = p.o * p.m;
     for (var i = 0u; i < 4u; i = i + 1u) {
-        let m = m0 + tx + 32u * i;
+        let m = m0 + tx + TX * i;
         if (m < p.m) {
-            for (var j = 0u; j < 8u; j = j + 1u) {
-                let o = n0 + ty + 8u * j;
+            for (var j = 0u; j < TN; j = j + 1u) {
+                let o = n0 + ty + TY * j;
                 if (o < p.o) {
                     let idx = o * p.m + m;
                     var v = acc[j][i];

@@ -11,7 +11,7 @@
 use super::{sets_for, Case, Runner};
 use crate::autograd::Gradients;
 use crate::error::Result;
-use crate::gpu::Gpu;
+use crate::gpu::{ConvTile, Gpu};
 use crate::ops::{self, Conv2dParams, MatmulKernel, MatmulOpts};
 use crate::optim::{Adam, AdamConfig, Optimizer, Param, Sgd, SgdConfig};
 use crate::tensor::Tensor;
@@ -126,8 +126,13 @@ pub fn resnet18_conv_shapes(cin: usize, h: usize, w: usize, base: usize) -> Vec<
     v
 }
 
-/// Forward (`fb = false`) or forward + backward to x and w (`fb = true`) of one conv.
-fn conv_case(name: String, s: &ConvShape, batch: usize, fb: bool) -> Case {
+/// Forward (`fb = false`) or forward + backward to x and w (`fb = true`) of one conv, its
+/// GEMMs on `tile` (`name:tile`), or each on the size rule's tile (None).
+fn conv_case(name: String, s: &ConvShape, batch: usize, fb: bool, tile: Option<ConvTile>) -> Case {
+    let name = match tile {
+        Some(t) => format!("{name}:{}", t.name()),
+        None => name,
+    };
     let (ho, wo) = s.out_hw();
     let shape = format!("{}x{}x{}x{} *{}k{}s{}", batch, s.cin, s.h, s.w, s.cout, s.k, s.stride);
     let (flops, bytes) = if fb {
@@ -150,7 +155,7 @@ fn conv_case(name: String, s: &ConvShape, batch: usize, fb: bool) -> Case {
         let p = Conv2dParams { stride: (s.stride, s.stride), padding: (s.pad, s.pad), dilation: (1, 1) };
         Ok(Box::new(move |i| {
             let set = &sets[i % k];
-            let y = ops::conv2d(&set[0], &set[1], None, p, None)?;
+            let y = ops::conv2d_on_tile(&set[0], &set[1], None, p, None, tile)?;
             if fb {
                 let mut g = Gradients::new();
                 y.backward_with(set[2].detach(), &mut g)?;
@@ -257,13 +262,21 @@ fn conv_cases(quick: bool) -> Vec<Case> {
     let (batch, div) = if quick { (1, 4) } else { (64, 1) };
     for (tag, cin, h, w) in [("v", 3usize, 224usize, 224usize), ("a", 1, 257, 188)] {
         for s in resnet18_conv_shapes(cin, h / div, w / div, 64) {
-            v.push(conv_case(format!("conv_{tag}_{}_fwd", s.layer), &s, batch, false));
-            v.push(conv_case(format!("conv_{tag}_{}_fb", s.layer), &s, batch, true));
+            v.push(conv_case(format!("conv_{tag}_{}_fwd", s.layer), &s, batch, false, None));
+            v.push(conv_case(format!("conv_{tag}_{}_fb", s.layer), &s, batch, true, None));
         }
     }
-    // performance.md's reference shape (cuDNN f32 warm: 0.84 ms fwd+bwd on the H100)
+    // performance.md's reference shape (cuDNN f32 warm: 0.84 ms fwd+bwd on the H100), and
+    // the first two layers of the small CNN on AV-MNIST's 65x63 spectrograms (few channels:
+    // what the narrow tiles are for); each also on every tile
     let r = ConvShape { layer: "ref".into(), cin: 128, cout: 128, k: 3, stride: 1, pad: 1, h: 28 / div, w: 28 / div };
-    v.push(conv_case("conv_ref_3x3_128_fb".into(), &r, batch, true));
+    let c1 = ConvShape { layer: "c1".into(), cin: 1, cout: 8, k: 3, stride: 1, pad: 1, h: 65 / div, w: 63 / div };
+    let c2 = ConvShape { layer: "c2".into(), cin: 8, cout: 16, k: 3, stride: 1, pad: 1, h: 32 / div, w: 31 / div };
+    for (name, s) in [("conv_ref_3x3_128_fb", &r), ("conv_narrow_1to8_fb", &c1), ("conv_narrow_8to16_fb", &c2)] {
+        for tile in std::iter::once(None).chain(ConvTile::ALL.into_iter().map(Some)) {
+            v.push(conv_case(name.into(), s, batch, true, tile));
+        }
+    }
 
     v
 }

@@ -4,9 +4,11 @@
 //!
 //! Each module is `shaders/common.wgsl` (helpers every kernel family shares: the
 //! one-thread-per-element workgroup size and the folded-grid index) followed by the
-//! family's own file. The attention family is instantiated per padded head dim: the `const`
-//! block between `@variant-begin` and `@variant-end` in `shaders/attention.wgsl` is replaced
-//! by the tile sizes of [`AttentionTiles`] (the file itself is the 128 instantiation).
+//! family's own file. Two families are instantiated several times: the `const` block between
+//! `@variant-begin` and `@variant-end` is replaced per instantiation, in
+//! `shaders/attention.wgsl` by the tile sizes of [`AttentionTiles`] per padded head dim (the
+//! file itself is the 128 instantiation), in `shaders/conv.wgsl` by the workgroup tile of a
+//! [`ConvTile`] (the file itself is the 128 x 64 one).
 use crate::error::{Error, Result};
 use std::sync::OnceLock;
 
@@ -48,8 +50,9 @@ pub enum Shader {
     /// `copy.wgsl`: word copies between two ranges of one segment (where a buffer-to-buffer
     /// copy is not allowed).
     Copy,
-    /// `conv.wgsl`: 2-D convolution as implicit GEMM, and its gradients.
-    Conv,
+    /// `conv.wgsl`: 2-D convolution as implicit GEMM, and its gradients, instantiated per
+    /// workgroup tile.
+    Conv(ConvTile),
     /// `elementwise.wgsl`: unary maps, broadcasting binary ops, their backward rules, f32/f16
     /// casts.
     Elementwise,
@@ -77,7 +80,7 @@ pub enum Shader {
 
 impl Shader {
     /// Every module, every attention instantiation included.
-    pub const ALL: [Shader; 18] = [
+    pub const ALL: [Shader; 21] = [
         Shader::Aim,
         Shader::Attention(HeadDim::D32),
         Shader::Attention(HeadDim::D64),
@@ -85,7 +88,10 @@ impl Shader {
         Shader::Boost,
         Shader::Canary,
         Shader::Copy,
-        Shader::Conv,
+        Shader::Conv(ConvTile::T128x64),
+        Shader::Conv(ConvTile::T128x32),
+        Shader::Conv(ConvTile::T128x16),
+        Shader::Conv(ConvTile::T32x16),
         Shader::Elementwise,
         Shader::Embed,
         Shader::Matmul,
@@ -107,7 +113,7 @@ impl Shader {
             Shader::Attention(HeadDim::D128) => "attention_d128",
             Shader::Boost => "boost",
             Shader::Canary => "canary",
-            Shader::Conv => "conv",
+            Shader::Conv(t) => t.module_name(),
             Shader::Copy => "copy",
             Shader::Elementwise => "elementwise",
             Shader::Embed => "embed",
@@ -129,7 +135,7 @@ impl Shader {
             Shader::Attention(d) => return attention_source(d),
             Shader::Boost => with_common!("boost.wgsl"),
             Shader::Canary => with_common!("canary.wgsl"),
-            Shader::Conv => with_common!("conv.wgsl"),
+            Shader::Conv(t) => return conv_source(t),
             Shader::Copy => with_common!("copy.wgsl"),
             Shader::Elementwise => with_common!("elementwise.wgsl"),
             Shader::Embed => with_common!("embed.wgsl"),
@@ -204,19 +210,111 @@ impl AttentionTiles {
     }
 }
 
+/// Workgroup tile of a convolution GEMM: one instantiation of `shaders/conv.wgsl`. TX x TY
+/// threads, each with 4 rows and TN columns of the output tile, so the tile is (4·TX) x
+/// (TY·TN). The wide tile suits large problems; the narrower ones GEMMs with few output (or
+/// input) channels, or the weight gradient of a layer with a small C·KH·KW, where the wide
+/// tile would mostly compute padding (`ops::conv` chooses per GEMM).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ConvTile {
+    /// 128 x 64: 256 threads (32 x 8), 4 x 8 outputs each.
+    T128x64,
+    /// 128 x 32: 256 threads (32 x 8), 4 x 4 outputs each.
+    T128x32,
+    /// 128 x 16: 128 threads (32 x 4), 4 x 4 outputs each.
+    T128x16,
+    /// 32 x 16: 32 threads (8 x 4), 4 x 4 outputs each.
+    T32x16,
+}
+
+impl ConvTile {
+    /// Every instantiation, widest first.
+    pub const ALL: [ConvTile; 4] = [ConvTile::T128x64, ConvTile::T128x32, ConvTile::T128x16, ConvTile::T32x16];
+
+    /// (TX, TY, TN): threads along M, threads along N, outputs per thread along N.
+    pub const fn threads(self) -> (u32, u32, u32) {
+        match self {
+            ConvTile::T128x64 => (32, 8, 8),
+            ConvTile::T128x32 => (32, 8, 4),
+            ConvTile::T128x16 => (32, 4, 4),
+            ConvTile::T32x16 => (8, 4, 4),
+        }
+    }
+
+    /// Rows (M) of the tile.
+    pub const fn rows(self) -> usize {
+        4 * self.threads().0 as usize
+    }
+
+    /// Columns (N) of the tile.
+    pub const fn cols(self) -> usize {
+        let (_, ty, tn) = self.threads();
+        (ty * tn) as usize
+    }
+
+    /// The tile as `ROWSxCOLS` (benchmark rows, the tuning cache).
+    pub fn name(self) -> &'static str {
+        match self {
+            ConvTile::T128x64 => "128x64",
+            ConvTile::T128x32 => "128x32",
+            ConvTile::T128x16 => "128x16",
+            ConvTile::T32x16 => "32x16",
+        }
+    }
+
+    /// The tile named `name` ([`ConvTile::name`]).
+    pub fn from_name(name: &str) -> Option<ConvTile> {
+        ConvTile::ALL.into_iter().find(|t| t.name() == name)
+    }
+
+    fn module_name(self) -> &'static str {
+        match self {
+            ConvTile::T128x64 => "conv_128x64",
+            ConvTile::T128x32 => "conv_128x32",
+            ConvTile::T128x16 => "conv_128x16",
+            ConvTile::T32x16 => "conv_32x16",
+        }
+    }
+
+    /// The const block substituted into the template.
+    pub fn header(self) -> String {
+        let (tx, ty, tn) = self.threads();
+        format!("const TX: u32 = {tx}u;\nconst TY: u32 = {ty}u;\nconst TN: u32 = {tn}u;\n")
+    }
+
+    /// Whether the kernels' staging works out for this tile: TY a multiple of 4 (a whole
+    /// number of K rows per pass of the M-fast loaders), a multiple of the 16-deep K-slice of
+    /// threads, and each thread staging a whole number of B values.
+    pub fn is_consistent(self) -> bool {
+        let (tx, ty, tn) = self.threads();
+        let nt = tx * ty;
+        ty % 4 == 0 && nt % 16 == 0 && (16 * ty * tn) % nt == 0 && nt <= 256
+    }
+}
+
+/// `template` with its `@variant-begin` / `@variant-end` block replaced by `header`, after
+/// the common helpers.
+fn instantiate(template: &str, file: &str, header: &str) -> std::result::Result<String, String> {
+    let (begin, end) = ("// @variant-begin", "// @variant-end");
+    match (template.find(begin), template.find(end)) {
+        (Some(a), Some(b)) if a < b => Ok(format!("{COMMON}{}{}\n{}{}", &template[..a], begin, header, &template[b..])),
+        _ => Err(format!("shaders/{file} lacks its @variant-begin/@variant-end block")),
+    }
+}
+
 /// WGSL of an attention instantiation (built once; `'static` for the kernel cache).
 fn attention_source(d: HeadDim) -> Result<&'static str> {
     static SOURCES: [OnceLock<std::result::Result<String, String>>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
     let i = ATTENTION_TILES.iter().position(|t| t.head_dim == d).unwrap_or(0);
-    let src = SOURCES[i].get_or_init(|| {
-        let template = include_str!("../../shaders/attention.wgsl");
-        let (begin, end) = ("// @variant-begin", "// @variant-end");
-        let (a, b) = match (template.find(begin), template.find(end)) {
-            (Some(a), Some(b)) if a < b => (a, b),
-            _ => return Err("shaders/attention.wgsl lacks its @variant-begin/@variant-end block".to_string()),
-        };
-        Ok(format!("{COMMON}{}{}\n{}{}", &template[..a], begin, ATTENTION_TILES[i].header(), &template[b..]))
-    });
+    let src = SOURCES[i].get_or_init(|| instantiate(include_str!("../../shaders/attention.wgsl"), "attention.wgsl", &ATTENTION_TILES[i].header()));
+    src.as_deref().map_err(|e| Error::Other(e.clone()))
+}
+
+/// WGSL of a convolution instantiation (built once; `'static` for the kernel cache).
+fn conv_source(t: ConvTile) -> Result<&'static str> {
+    static SOURCES: [OnceLock<std::result::Result<String, String>>; 4] = [OnceLock::new(), OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    let i = ConvTile::ALL.iter().position(|&x| x == t).unwrap_or(0);
+    let src = SOURCES[i].get_or_init(|| instantiate(include_str!("../../shaders/conv.wgsl"), "conv.wgsl", &t.header()));
     src.as_deref().map_err(|e| Error::Other(e.clone()))
 }
 
@@ -242,6 +340,30 @@ mod tests {
             assert!(s.starts_with(COMMON));
             assert!(s.contains(&format!("const DH: u32 = {}u;", t.dh)));
             assert!(t.workgroup_bytes().iter().all(|&b| b <= 32 * 1024), "{t:?}");
+        }
+    }
+
+    /// The conv template's own block must be the 128 x 64 instantiation, and every tile must
+    /// satisfy the staging constraints the kernels rely on.
+    #[test]
+    fn conv_template_is_the_128x64_instantiation() {
+        let template = include_str!("../../shaders/conv.wgsl");
+        let a = template.find("// @variant-begin").unwrap();
+        let b = template.find("// @variant-end").unwrap();
+        let block: String = template[a..b]
+            .lines()
+            .filter(|l| l.starts_with("const "))
+            .map(|l| l.split("//").next().unwrap().trim().to_string() + "\n")
+            .collect();
+        assert_eq!(block, ConvTile::T128x64.header());
+        for t in ConvTile::ALL {
+            assert!(t.is_consistent(), "{t:?}");
+            assert_eq!(ConvTile::from_name(t.name()), Some(t));
+            assert_eq!(t.name(), format!("{}x{}", t.rows(), t.cols()));
+            let s = Shader::Conv(t).source().unwrap();
+            assert!(s.starts_with(COMMON));
+            let (tx, ty, tn) = t.threads();
+            assert!(s.contains(&format!("const TX: u32 = {tx}u;\nconst TY: u32 = {ty}u;\nconst TN: u32 = {tn}u;")));
         }
     }
 }

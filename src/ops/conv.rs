@@ -2,37 +2,78 @@
 //!
 //! Forward, input gradient and weight gradient are each one tiled GEMM kernel whose tile
 //! loaders gather from the NCHW tensors on the fly (no im2col buffer, no host-side layout
-//! copies); see `shaders/conv.wgsl` for the tiling. Weight gradients reduce over
+//! copies); see `shaders/conv.wgsl` for the tiling. Each GEMM runs on the workgroup tile
+//! ([`ConvTile`]) that fits its M x N: the wide 128 x 64 tile where most of it is useful, a
+//! narrower one for few channels or a small weight gradient. Weight gradients reduce over
 //! N*HO*WO with split-K across workgroups and a second, deterministic reduction pass (no
 //! float atomics).
 use super::{bytes_of, expect_f32, expect_same_gpu, grid, split_grid};
 use crate::autograd::BackwardOp;
 use crate::error::{Error, Result};
-use crate::gpu::{Access, Kernel, Shader};
+use crate::gpu::{Access, ConvTile, Kernel, Shader};
 use crate::tensor::{DType, Tensor};
 
 const R: Access = Access::Read;
 const RW: Access = Access::ReadWrite;
-const K_FWD: Kernel = Kernel::new(Shader::Conv, "conv_fwd", &[R, R, R, R, RW], &Params::LAYOUT);
-const K_FWD_S: Kernel = Kernel::new(Shader::Conv, "conv_fwd_scaled", &[R, R, R, R, RW], &Params::LAYOUT);
-const K_DX_S: Kernel = Kernel::new(Shader::Conv, "conv_dx_scaled", &[R, R, R, RW], &Params::LAYOUT);
-const K_DW_S: Kernel = Kernel::new(Shader::Conv, "conv_dw_scaled", &[R, R, R, RW], &Params::LAYOUT);
-const K_DX: Kernel = Kernel::new(Shader::Conv, "conv_dx", &[R, R, R, RW], &Params::LAYOUT);
-const K_DW: Kernel = Kernel::new(Shader::Conv, "conv_dw", &[R, R, R, RW], &Params::LAYOUT);
-const K_DW_REDUCE: Kernel = Kernel::new(Shader::Conv, "conv_dw_reduce", &[R, R, RW], &Params::LAYOUT);
-const K_DBIAS: Kernel = Kernel::new(Shader::Conv, "conv_dbias", &[R, RW], &Params::LAYOUT);
-/// Every kernel of this file (for the interface test, `tests/gpu/kernels.rs`).
-pub(crate) const KERNELS: &[Kernel] = &[K_FWD, K_FWD_S, K_DX_S, K_DW_S, K_DX, K_DW, K_DW_REDUCE, K_DBIAS];
+/// The entry points of one tile's instantiation (the split-K reduction and the bias
+/// gradient do not depend on the tile, but each instantiation has them).
+#[derive(Clone, Copy)]
+struct Tiled {
+    fwd: Kernel,
+    fwd_scaled: Kernel,
+    dx: Kernel,
+    dx_scaled: Kernel,
+    dw: Kernel,
+    dw_scaled: Kernel,
+    dw_reduce: Kernel,
+    dbias: Kernel,
+}
 
-/// Workgroup tile of every conv GEMM (must match `shaders/conv.wgsl`): BM rows (M), BN
-/// columns (N), K-slices of BK, 256 threads with 4 x 8 outputs each.
-pub const CONV_TILE_M: usize = 128;
-/// Columns (N) per workgroup tile; see [`CONV_TILE_M`].
-pub const CONV_TILE_N: usize = 64;
-/// Depth (K) of one K-slice; see [`CONV_TILE_M`].
+const fn tiled(t: ConvTile) -> Tiled {
+    let s = Shader::Conv(t);
+    Tiled {
+        fwd: Kernel::new(s, "conv_fwd", &[R, R, R, R, RW], &Params::LAYOUT),
+        fwd_scaled: Kernel::new(s, "conv_fwd_scaled", &[R, R, R, R, RW], &Params::LAYOUT),
+        dx: Kernel::new(s, "conv_dx", &[R, R, R, RW], &Params::LAYOUT),
+        dx_scaled: Kernel::new(s, "conv_dx_scaled", &[R, R, R, RW], &Params::LAYOUT),
+        dw: Kernel::new(s, "conv_dw", &[R, R, R, RW], &Params::LAYOUT),
+        dw_scaled: Kernel::new(s, "conv_dw_scaled", &[R, R, R, RW], &Params::LAYOUT),
+        dw_reduce: Kernel::new(s, "conv_dw_reduce", &[R, R, RW], &Params::LAYOUT),
+        dbias: Kernel::new(s, "conv_dbias", &[R, RW], &Params::LAYOUT),
+    }
+}
+
+/// Per tile, in [`ConvTile::ALL`]'s order.
+const TILED: [Tiled; 4] = [tiled(ConvTile::T128x64), tiled(ConvTile::T128x32), tiled(ConvTile::T128x16), tiled(ConvTile::T32x16)];
+
+fn kernels(t: ConvTile) -> &'static Tiled {
+    &TILED[t as usize]
+}
+
+const fn all_kernels() -> [Kernel; 32] {
+    let mut out = [TILED[0].fwd; 32];
+    let mut i = 0;
+    while i < TILED.len() {
+        let t = TILED[i];
+        let k = [t.fwd, t.fwd_scaled, t.dx, t.dx_scaled, t.dw, t.dw_scaled, t.dw_reduce, t.dbias];
+        let mut j = 0;
+        while j < k.len() {
+            out[8 * i + j] = k[j];
+            j += 1;
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Every kernel of this file, every tile's (for the interface test, `tests/gpu/kernels.rs`).
+pub(crate) const KERNELS: &[Kernel] = &all_kernels();
+
+/// Depth (K) of one K-slice of every conv GEMM (`BK` in `shaders/conv.wgsl`).
 pub const CONV_TILE_K: usize = 16;
-/// Split-K of the weight gradient: aim for at least this many workgroups in flight...
-const DW_TARGET_WORKGROUPS: usize = 1024;
+/// Split-K of the weight gradient: aim for at least this many threads in flight (1024
+/// workgroups of the wide tile)...
+const DW_TARGET_THREADS: usize = 1024 * 256;
 /// ...but give every split at least this many K-slices of work.
 const DW_MIN_SLICES_PER_SPLIT: usize = 8;
 /// Cap on the split-K partial buffer.
@@ -116,6 +157,9 @@ struct Geom {
     ho: usize,
     wo: usize,
     p: Conv2dParams,
+    /// the tile every GEMM of this convolution runs on (tests, benchmarks); None: [`tile_for`]
+    /// each GEMM's shape
+    tile: Option<ConvTile>,
 }
 
 impl Geom {
@@ -209,7 +253,30 @@ fn check(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: &Conv2dParams, w_scal
     if big.iter().any(|&v| v > lim) || p.dilation.0 * kh > lim || p.dilation.1 * kw > lim {
         return Err(Error::shape(OP, format!("input {:?} / weight {:?} too large for 32-bit indexing", x.shape(), w.shape())));
     }
-    Ok(Geom { n, c, h, w: wd, o, kh, kw, ho, wo, p: *p })
+    Ok(Geom { n, c, h, w: wd, o, kh, kw, ho, wo, p: *p, tile: None })
+}
+
+/// Cost of staging one operand value relative to one multiply-add, in the size rule: each
+/// K-slice a tile stages BM + BN values for BM·BN multiply-adds.
+const STAGE_COST: f64 = 8.0;
+
+/// The tile of a GEMM with `m` x `n` outputs (the size rule; tuning does not cover conv
+/// yet): the least estimated work, counting every output a tile computes, padding included,
+/// at 1 + STAGE_COST·(1/BM + 1/BN) each; the widest of equals. Wide tiles stage less per
+/// output, narrow ones waste less on padding: a layer with 8 output channels on the 128 x 64
+/// tile would compute 8 times its outputs.
+pub fn tile_for(m: usize, n: usize) -> ConvTile {
+    let cost = |t: ConvTile| {
+        let (bm, bn) = (t.rows(), t.cols());
+        (m.next_multiple_of(bm) * n.next_multiple_of(bn)) as f64 * (1.0 + STAGE_COST * (1.0 / bm as f64 + 1.0 / bn as f64))
+    };
+    ConvTile::ALL.into_iter().fold(ConvTile::T128x64, |best, t| if cost(t) < cost(best) { t } else { best })
+}
+
+impl Geom {
+    fn tile(&self, m: usize, n: usize) -> ConvTile {
+        self.tile.unwrap_or_else(|| tile_for(m, n))
+    }
 }
 
 /// Launch a tiled conv kernel over `groups` workgroups, split at the per-dimension limit
@@ -233,11 +300,12 @@ fn forward(g: &Geom, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, scale: Optio
     // absent optional operands bind an already-bound read-only buffer (never read)
     let b_buf = bias.unwrap_or(w).buffer();
     let s_buf = scale.unwrap_or(w).buffer();
+    let t = g.tile(m, g.o);
     launch(
-        if scale.is_some() { &K_FWD_S } else { &K_FWD },
+        if scale.is_some() { &kernels(t).fwd_scaled } else { &kernels(t).fwd },
         &mut pr,
         &[x.buffer(), w.buffer(), b_buf, s_buf, y.buffer()],
-        [m.div_ceil(CONV_TILE_M), g.o.div_ceil(CONV_TILE_N), 1],
+        [m.div_ceil(t.rows()), g.o.div_ceil(t.cols()), 1],
         gpu,
     )?;
     Ok(y)
@@ -252,19 +320,22 @@ fn grad_input(g: &Geom, dy: &Tensor, w: &Tensor, scale: Option<&Tensor>) -> Resu
     // largest phase image: ceil(H / sh) x ceil(W / sw)
     let mp = g.n * g.h.div_ceil(sh) * g.w.div_ceil(sw);
     let s_buf = scale.unwrap_or(w).buffer();
-    let k = if scale.is_some() { &K_DX_S } else { &K_DX };
-    let groups = [mp.div_ceil(CONV_TILE_M), g.c.div_ceil(CONV_TILE_N), sh * sw];
+    let t = g.tile(mp, g.c);
+    let k = if scale.is_some() { &kernels(t).dx_scaled } else { &kernels(t).dx };
+    let groups = [mp.div_ceil(t.rows()), g.c.div_ceil(t.cols()), sh * sw];
     launch(k, &mut pr, &[dy.buffer(), w.buffer(), s_buf, dx.buffer()], groups, gpu)?;
     Ok(dx)
 }
 
-/// Number of split-K slices for the weight gradient of `g` (deterministic in the shape).
-fn dw_splits(g: &Geom) -> (usize, usize) {
+/// Number of split-K slices for the weight gradient of `g` on tile `t` (deterministic in
+/// the shape).
+fn dw_splits(g: &Geom, t: ConvTile) -> (usize, usize) {
     let kred = g.n * g.ho * g.wo;
     let slices = kred.div_ceil(CONV_TILE_K);
-    let tiles = g.kernel_len().div_ceil(CONV_TILE_M) * g.o.div_ceil(CONV_TILE_N);
+    let (tx, ty, _) = t.threads();
+    let tiles = g.kernel_len().div_ceil(t.rows()) * g.o.div_ceil(t.cols());
     let per_split_bytes = g.o * g.kernel_len() * 4;
-    let mut splits = (DW_TARGET_WORKGROUPS / tiles.max(1))
+    let mut splits = (DW_TARGET_THREADS / (tiles * (tx * ty) as usize).max(1))
         .min(slices / DW_MIN_SLICES_PER_SPLIT)
         .min(DW_MAX_PARTIAL_BYTES / per_split_bytes.max(1))
         .clamp(1, 65535);
@@ -278,7 +349,8 @@ fn grad_weight(g: &Geom, x: &Tensor, dy: &Tensor, scale: Option<&Tensor>) -> Res
     let gpu = x.gpu();
     let dw = Tensor::empty(gpu, &[g.o, g.c, g.kh, g.kw], DType::F32)?;
     let kl = g.kernel_len();
-    let (splits, chunk) = dw_splits(g);
+    let t = g.tile(kl, g.o);
+    let (splits, chunk) = dw_splits(g, t);
     let mut pr = g.params();
     pr.m = kl as u32;
     pr.k = (g.n * g.ho * g.wo) as u32;
@@ -286,16 +358,16 @@ fn grad_weight(g: &Geom, x: &Tensor, dy: &Tensor, scale: Option<&Tensor>) -> Res
     pr.splits = splits as u32;
     pr.direct = (splits == 1) as u32;
     pr.flags = scale.is_some() as u32;
-    let groups = [kl.div_ceil(CONV_TILE_M), g.o.div_ceil(CONV_TILE_N), splits];
+    let groups = [kl.div_ceil(t.rows()), g.o.div_ceil(t.cols()), splits];
     let s_buf = scale.unwrap_or(x).buffer();
-    let k = if scale.is_some() { &K_DW_S } else { &K_DW };
+    let k = if scale.is_some() { &kernels(t).dw_scaled } else { &kernels(t).dw };
     if splits == 1 {
         launch(k, &mut pr, &[x.buffer(), dy.buffer(), s_buf, dw.buffer()], groups, gpu)?;
     } else {
         let part = Tensor::empty(gpu, &[splits, g.o * kl], DType::F32)?;
         launch(k, &mut pr, &[x.buffer(), dy.buffer(), s_buf, part.buffer()], groups, gpu)?;
         let s_buf = scale.unwrap_or(&part).buffer();
-        gpu.dispatch(&K_DW_REDUCE, &[], bytes_of(&pr), &[part.buffer(), s_buf, dw.buffer()], grid(gpu, g.o * kl, 256))?;
+        gpu.dispatch(&kernels(t).dw_reduce, &[], bytes_of(&pr), &[part.buffer(), s_buf, dw.buffer()], grid(gpu, g.o * kl, 256))?;
     }
     Ok(dw)
 }
@@ -303,7 +375,8 @@ fn grad_weight(g: &Geom, x: &Tensor, dy: &Tensor, scale: Option<&Tensor>) -> Res
 fn grad_bias(g: &Geom, dy: &Tensor) -> Result<Tensor> {
     let gpu = dy.gpu();
     let db = Tensor::empty(gpu, &[g.o], DType::F32)?;
-    gpu.dispatch(&K_DBIAS, &[], bytes_of(&g.params()), &[dy.buffer(), db.buffer()], grid(gpu, g.o, 1))?;
+    // one workgroup per channel, no GEMM tile: any instantiation's
+    gpu.dispatch(&kernels(ConvTile::T128x64).dbias, &[], bytes_of(&g.params()), &[dy.buffer(), db.buffer()], grid(gpu, g.o, 1))?;
     Ok(db)
 }
 
@@ -359,7 +432,15 @@ impl BackwardOp for Conv2dBack {
 /// w_scale: optional element-wise scale of w's shape applied inside the kernel when loading weights
 /// (AIM's per-parameter masks); the weight gradient is masked/scaled the same way; no cost when None.
 pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: Conv2dParams, w_scale: Option<&Tensor>) -> Result<Tensor> {
-    let g = check(x, w, bias, &p, w_scale)?;
+    conv2d_on_tile(x, w, bias, p, w_scale, None)
+}
+
+/// [`conv2d`] with every GEMM of the forward and backward on tile `tile` (None: each on
+/// [`tile_for`] its shape). For the tests and benchmarks of each tile.
+#[doc(hidden)]
+pub fn conv2d_on_tile(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: Conv2dParams, w_scale: Option<&Tensor>, tile: Option<ConvTile>) -> Result<Tensor> {
+    let mut g = check(x, w, bias, &p, w_scale)?;
+    g.tile = tile;
     let y = forward(&g, x, w, bias, w_scale)?;
     let mut inputs: Vec<&Tensor> = vec![x, w];
     inputs.extend(bias);

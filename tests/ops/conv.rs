@@ -1,8 +1,19 @@
 //! 2-D convolution against a direct f64 CPU convolution and finite differences.
 use crate::common;
 use common::*;
+use equimodal::gpu::ConvTile;
 use equimodal::ops::{self, Conv2dParams};
 use equimodal::{Error, Tensor};
+
+/// Every way a convolution's GEMMs can run: each tile forced on all three, and the size
+/// rule's choice per GEMM (None).
+fn tiles() -> impl Iterator<Item = Option<ConvTile>> {
+    std::iter::once(None).chain(ConvTile::ALL.into_iter().map(Some))
+}
+
+fn tile_name(t: Option<ConvTile>) -> &'static str {
+    t.map_or("rule", |t| t.name())
+}
 
 #[derive(Clone, Copy, Debug)]
 struct Shape {
@@ -76,21 +87,23 @@ fn conv_tol(s: Shape, p: Conv2dParams) -> Tol {
     Tol::sums(k, (k as f64).sqrt(), kg, (kg as f64).sqrt())
 }
 
-/// Forward vs the f64 reference, gradients of x, w, bias vs finite differences.
+/// Forward vs the f64 reference, gradients of x, w, bias vs finite differences, on every tile.
 fn check_fd(name: &str, s: Shape, p: Conv2dParams, seed: u64) {
     let mut rng = Rng::new(seed);
     let (xs, ws) = xw_shapes(s);
     let x = rng.uniforms(numel(&xs), -1.0, 1.0);
     let w = rng.uniforms(numel(&ws), -1.0, 1.0);
     let b = rng.uniforms(s.o, -1.0, 1.0);
-    check_op(
-        name,
-        &[(x, xs), (w, ws), (b, vec![s.o])],
-        &[0, 1, 2],
-        &|t| ops::conv2d(&t[0], &t[1], Some(&t[2]), p, None),
-        &|v| conv_ref(s, p, &v[0], &v[1], Some(&v[2])),
-        conv_tol(s, p),
-    );
+    for tile in tiles() {
+        check_op(
+            &format!("{name} tile {}", tile_name(tile)),
+            &[(x.clone(), xs.clone()), (w.clone(), ws.clone()), (b.clone(), vec![s.o])],
+            &[0, 1, 2],
+            &|t| ops::conv2d_on_tile(&t[0], &t[1], Some(&t[2]), p, None, tile),
+            &|v| conv_ref(s, p, &v[0], &v[1], Some(&v[2])),
+            conv_tol(s, p),
+        );
+    }
 }
 
 #[test]
@@ -164,8 +177,14 @@ fn check_big(name: &str, s: Shape, p: Conv2dParams, seed: u64) {
     check_big_opt(name, s, p, seed, true)
 }
 
-/// [`check_big`] with or without a bias.
+/// [`check_big`] with or without a bias, on every tile.
 fn check_big_opt(name: &str, s: Shape, p: Conv2dParams, seed: u64, with_bias: bool) {
+    for tile in tiles() {
+        check_big_on(&format!("{name} tile {}", tile_name(tile)), s, p, seed, with_bias, tile);
+    }
+}
+
+fn check_big_on(name: &str, s: Shape, p: Conv2dParams, seed: u64, with_bias: bool, tile: Option<ConvTile>) {
     let g = gpu();
     let mut rng = Rng::new(seed);
     let (xs, ws) = xw_shapes(s);
@@ -175,7 +194,7 @@ fn check_big_opt(name: &str, s: Shape, p: Conv2dParams, seed: u64, with_bias: bo
     let xt = upload(&g, &x, &xs).requires_grad();
     let wt = upload(&g, &w, &ws).requires_grad();
     let bt = upload(&g, &b, &[s.o]).requires_grad();
-    let y = ops::conv2d(&xt, &wt, with_bias.then_some(&bt), p, None).unwrap();
+    let y = ops::conv2d_on_tile(&xt, &wt, with_bias.then_some(&bt), p, None, tile).unwrap();
     let want = conv_ref(s, p, &x, &w, with_bias.then_some(&b[..]));
     // K = C*KH*KW terms of magnitude <= 1: scale the tolerance with sqrt(K)
     let k = (s.c * s.kh * s.kw) as f64;
@@ -369,4 +388,29 @@ fn conv_under_workgroup_cap() {
         conv_7x7_stride2_pad3();
         conv_2x3_mixed_stride_dilation();
     });
+}
+
+/// The size rule: the least work counting padding, at 1 + 8·(1/BM + 1/BN) per computed
+/// output (128x64: 1.1875, 128x32: 1.3125, 128x16: 1.5625, 32x16: 1.75).
+#[test]
+fn conv_tile_rule_avoids_mostly_padded_tiles() {
+    use ConvTile::*;
+    // a ResNet layer: M = 64*28*28, N = 128: the wide tile, fully used
+    assert_eq!(ops::tile_for(64 * 28 * 28, 128), T128x64);
+    // 70 channels: 70 of 80 columns on 128x16 (4096·80·1.5625 < 4096·96·1.3125 on 128x32 <
+    // 4096·128·1.1875 on the wide tile)
+    assert_eq!(ops::tile_for(4096, 70), T128x16);
+    // 8 output channels of a 65x63 map at batch 64 (M = 262080, not a multiple of 128): 8 of
+    // 16 columns on 128x16 (262144·16·1.5625 < 262080·16·1.75 on 32x16)
+    assert_eq!(ops::tile_for(64 * 65 * 63, 8), T128x16);
+    // 24 channels: 24 of 32 on 128x32
+    assert_eq!(ops::tile_for(4096, 24), T128x32);
+    // the weight gradient of a 3x3 layer on one input channel (M = 9), 8 outputs: 32x16
+    assert_eq!(ops::tile_for(9, 8), T32x16);
+    // a 7x7 stem on 3 channels (M = 147), 64 outputs: 160·64·1.75 < 256·64·1.1875
+    assert_eq!(ops::tile_for(147, 64), T32x16);
+    // M = 288 (32 channels, 3x3), 64 outputs: 384·64·1.1875 < 288·64·1.75
+    assert_eq!(ops::tile_for(288, 64), T128x64);
+    // M and N multiples of every tile: no padding anywhere, the wide tile
+    assert_eq!(ops::tile_for(128 * 64, 64 * 7), T128x64);
 }
