@@ -400,8 +400,10 @@ impl Method for Aug {
     fn restore(&mut self, state: &serde_json::Value, opt: &mut dyn Optimizer) -> Result<()> {
         let Some(counts) = state.get("learners").and_then(|v| v.as_array()) else { return Ok(()) };
         for (m, c) in counts.iter().enumerate().take(self.learners.len()) {
-            let want = c.as_u64().unwrap_or(1) as usize;
-            while self.learners[m].len() < want {
+            // at most one learner per epoch's check: a larger count is a damaged checkpoint, not
+            // a reason to allocate without bound
+            let want = c.as_u64().filter(|&n| n as usize <= self.epochs + 1).ok_or_else(|| Error::config("checkpoint method_state.learners", format!("{c} learners for `{}`: at most {} in a run of {} epochs", self.names[m], self.epochs + 1, self.epochs)))? as usize;
+            for _ in self.learners[m].len()..want {
                 self.add_learner(m, opt, self.cfg.train_new_learners)?;
             }
         }

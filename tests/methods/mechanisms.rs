@@ -497,6 +497,17 @@ fn aug_learners_start_from_their_own_weights() {
         }
     }
     assert_eq!(added(0), s0, "the same run seed adds the same learners");
+    // a damaged checkpoint asking for more learners than checks could add is refused, not
+    // allocated (6 epochs: at most 7 learners per modality)
+    let c = cfg(&with(&["method.name=aug", "method.aug.hidden=16", "train.epochs=6"]));
+    let (mut m, _, _) = method_and_batch(&c);
+    let mut opt = train::build_optimizer(&c, m.trainable()).unwrap();
+    for bad in [serde_json::json!([1, 1_000_000_000u64]), serde_json::json!([8, 1]), serde_json::json!(["3", 1])] {
+        let e = m.restore(&serde_json::json!({ "learners": bad }), opt.as_mut()).unwrap_err().to_string();
+        assert!(e.contains("method_state.learners"), "{e}");
+    }
+    m.restore(&serde_json::json!({"learners": [7, 7]}), opt.as_mut()).unwrap();
+    assert_eq!(m.state()["learners"], serde_json::json!([7, 7]));
     // seeds 1 and 2 differ from 0 in one bit each (a seed or-ed / and-ed with a tag instead
     // of hashed would map them onto seed 0's stream)
     for seed in [1, 2] {

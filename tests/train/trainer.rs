@@ -190,6 +190,12 @@ fn aug_assignment_rules() {
     assert_eq!(Aug::decide(&c, &[0.6, 0.5]), vec![1]);
     assert_eq!(Aug::decide(&c, &[0.4, 0.5]), vec![0]);
     assert!(Aug::decide(&c, &[0.52, 0.5]).is_empty());
+    // where the two rules disagree: τ is absolute in the paper rule (0.06 − 0.05 is within
+    // 0.05; the ratio 1.2 is not within 1 ± 0.05), and σ weighs the other score (0.6 − 2·0.5
+    // favours visual; the ratio favours audio)
+    assert!(Aug::decide(&c, &[0.06, 0.05]).is_empty());
+    c.sigma = 2.0;
+    assert_eq!(Aug::decide(&c, &[0.6, 0.5]), vec![0]);
     // several modalities: ratio_m = s_m / Σ_others below the threshold
     c.rule = AugRule::Multi;
     c.multi_threshold = 0.4;
