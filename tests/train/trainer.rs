@@ -196,6 +196,8 @@ fn aug_assignment_rules() {
     assert!(Aug::decide(&c, &[0.06, 0.05]).is_empty());
     c.sigma = 2.0;
     assert_eq!(Aug::decide(&c, &[0.6, 0.5]), vec![0]);
+    // σ multiplies the other score: 0.6 − 2·0.2 = 0.2 > τ (0.6 − 2 + 0.2 would be below −τ)
+    assert_eq!(Aug::decide(&c, &[0.6, 0.2]), vec![1]);
     // several modalities: ratio_m = s_m / Σ_others below the threshold
     c.rule = AugRule::Multi;
     c.multi_threshold = 0.4;
