@@ -62,6 +62,17 @@ pub fn philox4x32_10(counter: [u32; 4], key: [u32; 2]) -> [u32; 4] {
     c
 }
 
+/// Workgroups of one launch drawing `n` numbers (4 per thread, 256 threads per workgroup).
+fn groups(n: usize) -> usize {
+    n.div_ceil(4).div_ceil(256)
+}
+
+/// Whether `n` numbers can be drawn in one launch on `gpu` (always on a real adapter, whose
+/// limit is 65,535 workgroups per dimension; not always under a test's cap).
+pub(crate) fn launchable(gpu: &Gpu, n: usize) -> bool {
+    groups(n) as u64 <= (gpu.max_workgroups_per_dim() as u64).pow(3)
+}
+
 fn launch(gpu: &Gpu, k: &Kernel, shape: &[usize], seed: u64, offset: u64) -> Result<Tensor> {
     let n = numel(shape);
     if n > u32::MAX as usize - 3 {
@@ -69,7 +80,7 @@ fn launch(gpu: &Gpu, k: &Kernel, shape: &[usize], seed: u64, offset: u64) -> Res
     }
     let y = Tensor::empty(gpu, shape, DType::F32)?;
     let p = Params::new(n, seed, offset, 0.0, 1.0);
-    gpu.dispatch(k, &[], bytes_of(&p), &[y.buffer()], grid(gpu, n.div_ceil(4), 256))?;
+    gpu.dispatch(k, &[], bytes_of(&p), &[y.buffer()], grid(gpu, groups(n), 1))?;
     Ok(y)
 }
 
@@ -90,7 +101,7 @@ fn dropout_raw(x: &Tensor, p: f32, seed: u64, offset: u64) -> Result<Tensor> {
     // p == 1 drops everything (scale unused: select picks 0 for every element)
     let scale = if p < 1.0 { 1.0 / (1.0 - p) } else { 0.0 };
     let prm = Params::new(n, seed, offset, p, scale);
-    gpu.dispatch(&K_DROPOUT, &[], bytes_of(&prm), &[x.buffer(), y.buffer()], grid(gpu, n.div_ceil(4), 256))?;
+    gpu.dispatch(&K_DROPOUT, &[], bytes_of(&prm), &[x.buffer(), y.buffer()], grid(gpu, groups(n), 1))?;
     Ok(y)
 }
 

@@ -236,3 +236,46 @@ fn runs_sharing_a_cache_file_run_the_same_variant() {
 fn constant<'a>(name: &'static str, g: &'a Gpu) -> ops::tune::Candidate<'a> {
     (name, Box::new(move || Tensor::from_slice(g, &[1.0, 2.0], &[2])))
 }
+
+/// The three GEMMs of a convolution are tuned apart (each its own bucket, every tile a
+/// candidate, the 128x64 tile the probe's reference), the file remembers the tiles, and the
+/// results are those of the chosen tile.
+#[test]
+fn convolutions_are_tuned_per_gemm_and_the_cache_file_remembers_the_tiles() {
+    use equimodal::gpu::ConvTile;
+    let file = scratch("conv");
+    let p = ops::Conv2dParams { stride: (1, 1), padding: (1, 1), dilation: (1, 1) };
+    let mut rng = Rng::new(5);
+    // 8 output channels of a one-channel 20 x 19 image, batch 4
+    let (x, w, gy) = (round_f32(&rng.normals(4 * 20 * 19)), round_f32(&rng.normals(8 * 9)), round_f32(&rng.normals(4 * 8 * 20 * 19)));
+    let run = |g: &Gpu, tile: Option<ConvTile>| -> [Vec<f32>; 3] {
+        let xt = upload(g, &x, &[4, 1, 20, 19]).requires_grad();
+        let wt = upload(g, &w, &[8, 1, 3, 3]).requires_grad();
+        let y = ops::conv2d_on_tile(&xt, &wt, None, p, None, tile).unwrap();
+        let mut grads = equimodal::Gradients::new();
+        y.backward_with(upload(g, &gy, y.shape()), &mut grads).unwrap();
+        [y.to_vec().unwrap(), grads.get(&xt).unwrap().to_vec().unwrap(), grads.get(&wt).unwrap().to_vec().unwrap()]
+    };
+    let g = context(TuneMode::Quick, &file);
+    let tuned = run(&g, None);
+    let table = g.tune_table();
+    let mut chosen = Vec::new();
+    for gemm in ["fwd", "dx", "dw"] {
+        let (key, e) = table.iter().find(|(k, _)| k.starts_with(&format!("conv/{gemm} "))).unwrap_or_else(|| panic!("no conv/{gemm} bucket in {table:?}"));
+        let tile = ConvTile::from_name(&e.variant).unwrap_or_else(|| panic!("{key}: {}", e.variant));
+        let names: Vec<&str> = e.us.keys().map(|s| s.as_str()).collect();
+        assert_eq!(names, ["128x16", "128x32", "128x64", "32x16"], "{key}: every tile is a candidate");
+        assert!(e.us.values().all(|v| v.is_some()), "{key}: every tile passes the probe: {e:?}");
+        chosen.push(tile);
+    }
+    // the forward and dX of every tile add in the same order: the tuned results are the
+    // chosen tiles' bit for bit; dW (split-K per tile) too when its tile is forced
+    assert_eq!(tuned[0], run(&g, Some(chosen[0]))[0]);
+    assert_eq!(tuned[1], run(&g, Some(chosen[1]))[1]);
+    assert_eq!(tuned[2], run(&g, Some(chosen[2]))[2]);
+    // a second context on the same file starts with the choices and times nothing
+    let g2 = context(TuneMode::Quick, &file);
+    assert_eq!(g2.tune_table(), table);
+    assert_eq!(run(&g2, None), tuned);
+    assert_eq!(g2.tune_table(), table);
+}

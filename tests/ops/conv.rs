@@ -5,14 +5,14 @@ use equimodal::gpu::ConvTile;
 use equimodal::ops::{self, Conv2dParams};
 use equimodal::{Error, Tensor};
 
-/// Every way a convolution's GEMMs can run: each tile forced on all three, and the size
-/// rule's choice per GEMM (None).
+/// Every way a convolution's GEMMs can run: each tile forced on all three, and the choice
+/// per GEMM (None: tuned on this device, or the size rule with tuning off).
 fn tiles() -> impl Iterator<Item = Option<ConvTile>> {
     std::iter::once(None).chain(ConvTile::ALL.into_iter().map(Some))
 }
 
 fn tile_name(t: Option<ConvTile>) -> &'static str {
-    t.map_or("rule", |t| t.name())
+    t.map_or("chosen", |t| t.name())
 }
 
 #[derive(Clone, Copy, Debug)]

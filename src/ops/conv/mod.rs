@@ -2,11 +2,15 @@
 //!
 //! Forward, input gradient and weight gradient are each one tiled GEMM kernel whose tile
 //! loaders gather from the NCHW tensors on the fly (no im2col buffer, no host-side layout
-//! copies); see `shaders/conv.wgsl` for the tiling. Each GEMM runs on the workgroup tile
-//! ([`ConvTile`]) that fits its M x N: the wide 128 x 64 tile where most of it is useful, a
-//! narrower one for few channels or a small weight gradient. Weight gradients reduce over
+//! copies); see `shaders/conv.wgsl` for the tiling. Each GEMM runs on a workgroup tile
+//! ([`ConvTile`]): the wide 128 x 64 one, or a narrower one for few channels or a small
+//! weight gradient, timed on the device per shape bucket (`choice`). Weight gradients reduce over
 //! N*HO*WO with split-K across workgroups and a second, deterministic reduction pass (no
 //! float atomics).
+mod choice;
+
+pub use choice::tile_for;
+use choice::Gemm;
 use super::{bytes_of, expect_f32, expect_same_gpu, grid, split_grid};
 use crate::autograd::BackwardOp;
 use crate::error::{Error, Result};
@@ -157,8 +161,8 @@ struct Geom {
     ho: usize,
     wo: usize,
     p: Conv2dParams,
-    /// the tile every GEMM of this convolution runs on (tests, benchmarks); None: [`tile_for`]
-    /// each GEMM's shape
+    /// the tile every GEMM of this convolution runs on (tests, benchmarks, tuning); None:
+    /// each GEMM's own (`choice`)
     tile: Option<ConvTile>,
 }
 
@@ -256,26 +260,14 @@ fn check(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: &Conv2dParams, w_scal
     Ok(Geom { n, c, h, w: wd, o, kh, kw, ho, wo, p: *p, tile: None })
 }
 
-/// Cost of staging one operand value relative to one multiply-add, in the size rule: each
-/// K-slice a tile stages BM + BN values for BM·BN multiply-adds.
-const STAGE_COST: f64 = 8.0;
-
-/// The tile of a GEMM with `m` x `n` outputs (the size rule; tuning does not cover conv
-/// yet): the least estimated work, counting every output a tile computes, padding included,
-/// at 1 + STAGE_COST·(1/BM + 1/BN) each; the widest of equals. Wide tiles stage less per
-/// output, narrow ones waste less on padding: a layer with 8 output channels on the 128 x 64
-/// tile would compute 8 times its outputs.
-pub fn tile_for(m: usize, n: usize) -> ConvTile {
-    let cost = |t: ConvTile| {
-        let (bm, bn) = (t.rows(), t.cols());
-        (m.next_multiple_of(bm) * n.next_multiple_of(bn)) as f64 * (1.0 + STAGE_COST * (1.0 / bm as f64 + 1.0 / bn as f64))
-    };
-    ConvTile::ALL.into_iter().fold(ConvTile::T128x64, |best, t| if cost(t) < cost(best) { t } else { best })
-}
-
 impl Geom {
-    fn tile(&self, m: usize, n: usize) -> ConvTile {
-        self.tile.unwrap_or_else(|| tile_for(m, n))
+    /// The tile GEMM `which` (`m` x `n` outputs) runs on: the forced one, else the choice
+    /// for its shape on this device (`choice`).
+    fn tile(&self, which: Gemm, m: usize, n: usize, gpu: &crate::Gpu) -> Result<ConvTile> {
+        match self.tile {
+            Some(t) => Ok(t),
+            None => choice::choose(self, which, m, n, gpu),
+        }
     }
 }
 
@@ -300,7 +292,7 @@ fn forward(g: &Geom, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, scale: Optio
     // absent optional operands bind an already-bound read-only buffer (never read)
     let b_buf = bias.unwrap_or(w).buffer();
     let s_buf = scale.unwrap_or(w).buffer();
-    let t = g.tile(m, g.o);
+    let t = g.tile(Gemm::Fwd, m, g.o, gpu)?;
     launch(
         if scale.is_some() { &kernels(t).fwd_scaled } else { &kernels(t).fwd },
         &mut pr,
@@ -320,7 +312,7 @@ fn grad_input(g: &Geom, dy: &Tensor, w: &Tensor, scale: Option<&Tensor>) -> Resu
     // largest phase image: ceil(H / sh) x ceil(W / sw)
     let mp = g.n * g.h.div_ceil(sh) * g.w.div_ceil(sw);
     let s_buf = scale.unwrap_or(w).buffer();
-    let t = g.tile(mp, g.c);
+    let t = g.tile(Gemm::Dx, mp, g.c, gpu)?;
     let k = if scale.is_some() { &kernels(t).dx_scaled } else { &kernels(t).dx };
     let groups = [mp.div_ceil(t.rows()), g.c.div_ceil(t.cols()), sh * sw];
     launch(k, &mut pr, &[dy.buffer(), w.buffer(), s_buf, dx.buffer()], groups, gpu)?;
@@ -349,7 +341,7 @@ fn grad_weight(g: &Geom, x: &Tensor, dy: &Tensor, scale: Option<&Tensor>) -> Res
     let gpu = x.gpu();
     let dw = Tensor::empty(gpu, &[g.o, g.c, g.kh, g.kw], DType::F32)?;
     let kl = g.kernel_len();
-    let t = g.tile(kl, g.o);
+    let t = g.tile(Gemm::Dw, kl, g.o, gpu)?;
     let (splits, chunk) = dw_splits(g, t);
     let mut pr = g.params();
     pr.m = kl as u32;

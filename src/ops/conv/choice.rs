@@ -1,0 +1,104 @@
+//! Which tile runs a convolution GEMM: the tuned choice of its shape bucket (timed now if the
+//! bucket is new; `ops::tune`, `gpu::tune`), or the size rule [`tile_for`] with tuning off.
+use super::{forward, grad_input, grad_weight, Geom};
+use crate::error::{Error, Result};
+use crate::gpu::{ConvTile, Gpu, TuneMode};
+use crate::tensor::Tensor;
+
+/// Cost of staging one operand value relative to one multiply-add, in the size rule: each
+/// K-slice a tile stages BM + BN values for BM·BN multiply-adds.
+const STAGE_COST: f64 = 8.0;
+
+/// The size rule (tuning off): the tile of least estimated work for a GEMM with `m` x `n`
+/// outputs, counting every output a tile computes, padding included, at
+/// 1 + STAGE_COST·(1/BM + 1/BN) each; the widest of equals. Wide tiles stage less per
+/// output, narrow ones waste less on padding: a layer with 8 output channels on the 128 x 64
+/// tile would compute 8 times its outputs.
+pub fn tile_for(m: usize, n: usize) -> ConvTile {
+    let cost = |t: ConvTile| {
+        let (bm, bn) = (t.rows(), t.cols());
+        (m.next_multiple_of(bm) * n.next_multiple_of(bn)) as f64 * (1.0 + STAGE_COST * (1.0 / bm as f64 + 1.0 / bn as f64))
+    };
+    ConvTile::ALL.into_iter().fold(ConvTile::T128x64, |best, t| if cost(t) < cost(best) { t } else { best })
+}
+
+/// The three GEMMs of a convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Gemm {
+    /// y from x and w: M = N·HO·WO, N = O, K = C·KH·KW
+    Fwd,
+    /// dx from dy and w: M = a stride phase's pixels, N = C, K = O·taps
+    Dx,
+    /// dw from x and dy: M = C·KH·KW, N = O, K = N·HO·WO
+    Dw,
+}
+
+/// The tuning bucket: the GEMM, the power-of-two class of its M, N and K, and the number of
+/// stride phases (dX runs one grid slice per phase).
+fn bucket(g: &Geom, which: Gemm, m: usize, n: usize) -> String {
+    use crate::ops::tune::size_class as c;
+    let (name, k) = match which {
+        Gemm::Fwd => ("fwd", g.kernel_len()),
+        Gemm::Dx => ("dx", g.o * g.kh * g.kw),
+        Gemm::Dw => ("dw", g.n * g.ho * g.wo),
+    };
+    format!("{name} m{} n{} k{} phases{}", c(m), c(n), c(k), g.p.stride.0 * g.p.stride.1)
+}
+
+/// The tile GEMM `which` of `g` runs on: the tuned choice of its bucket (timing every tile
+/// now, on seeded random operands of the same shapes, if the bucket is new), or [`tile_for`]
+/// with tuning off. The probe's reference is the 128 x 64 tile (the forward and dX of every
+/// tile add in the same order and agree bit for bit; dW's split-K differs in the last bits).
+pub(super) fn choose(g: &Geom, which: Gemm, m: usize, n: usize, gpu: &Gpu) -> Result<ConvTile> {
+    let rule = tile_for(m, n);
+    // the tuning operands are drawn in one launch each: under a test's cap on workgroups
+    // per dimension a large one cannot be (a real adapter's cap is 65,535^3)
+    let largest = (g.n * g.c * g.h * g.w).max(g.n * g.o * g.ho * g.wo).max(g.o * g.kernel_len());
+    if gpu.tune_mode() == TuneMode::Off || !crate::ops::random::launchable(gpu, largest) {
+        return Ok(rule);
+    }
+    let bucket = bucket(g, which, m, n);
+    let known = || gpu.tune_lookup("conv", &bucket).and_then(|e| ConvTile::from_name(&e.variant));
+    if let Some(t) = known() {
+        return Ok(t);
+    }
+    // one tuning at a time per device (see ops::matmul's choice)
+    let _one = gpu.tuning_guard();
+    if let Some(t) = known() {
+        return Ok(t);
+    }
+    if let Some(e) = gpu.tune_lookup("conv", &bucket) {
+        eprintln!("warning: tuning cache: conv {bucket}: unknown variant `{}`; tuning again", e.variant);
+    }
+    let tuned = (|| {
+        let _ng = crate::autograd::no_grad();
+        let seed = 0x636f_6e76; // "conv"
+        let rnd = |shape: &[usize], i: u64| crate::ops::random::randn(gpu, shape, seed, i << 40);
+        let w = rnd(&[g.o, g.c, g.kh, g.kw], 0)?;
+        let x = if which == Gemm::Dx { None } else { Some(rnd(&[g.n, g.c, g.h, g.w], 1)?) };
+        let dy = if which == Gemm::Fwd { None } else { Some(rnd(&[g.n, g.o, g.ho, g.wo], 2)?) };
+        let run = |t: ConvTile| -> Result<Tensor> {
+            let on = Geom { tile: Some(t), ..*g };
+            let (x, dy) = (x.as_ref(), dy.as_ref());
+            match which {
+                Gemm::Fwd => forward(&on, x.expect("x"), &w, None, None),
+                Gemm::Dx => grad_input(&on, dy.expect("dy"), &w, None),
+                Gemm::Dw => grad_weight(&on, x.expect("x"), dy.expect("dy"), None),
+            }
+        };
+        let reference = run(ConvTile::T128x64)?;
+        let list: Vec<crate::ops::tune::Candidate> =
+            ConvTile::ALL.iter().map(|&t| (t.name(), Box::new(move || run(t)) as Box<dyn Fn() -> Result<Tensor>>)).collect();
+        let problem = format!("[{}, {}, {}, {}] * [{}, {}, {}, {}] stride {:?}: M {m}, N {n}", g.n, g.c, g.h, g.w, g.o, g.c, g.kh, g.kw, g.p.stride);
+        crate::ops::tune::tune(gpu, "conv", &bucket, problem, &list, &reference)
+    })();
+    match tuned {
+        Ok(name) => Ok(ConvTile::from_name(&name).unwrap_or(rule)),
+        // the tuning operands did not fit beside the run's tensors: run untuned, tune later
+        Err(Error::OutOfMemory { .. }) => {
+            eprintln!("warning: tuning conv {bucket}: no memory for the tuning operands; the size rule picks this time");
+            Ok(rule)
+        }
+        Err(e) => Err(e),
+    }
+}
