@@ -198,6 +198,14 @@ fn aug_assignment_rules() {
     assert_eq!(Aug::decide(&c, &[0.6, 0.5]), vec![0]);
     // σ multiplies the other score: 0.6 − 2·0.2 = 0.2 > τ (0.6 − 2 + 0.2 would be below −τ)
     assert_eq!(Aug::decide(&c, &[0.6, 0.2]), vec![1]);
+    // the bounds themselves are inside the band (no learner): differences and ratios of
+    // exactly ±τ (0.25, exact in binary)
+    for (rule, inside) in [(AugRule::Paper, [[0.75, 0.5], [0.25, 0.5]]), (AugRule::Code, [[1.25, 1.0], [0.75, 1.0]])] {
+        let c = AugConfig { rule, sigma: 1.0, tau: 0.25, ..AugConfig::default() };
+        for s in inside {
+            assert!(Aug::decide(&c, &s).is_empty(), "{rule:?} {s:?}");
+        }
+    }
     // several modalities: ratio_m = s_m / Σ_others below the threshold
     c.rule = AugRule::Multi;
     c.multi_threshold = 0.4;
