@@ -22,8 +22,14 @@
 // Per K-slice each thread does 4 + TN workgroup loads for 4*TN FMAs.
 //
 // The K index is decoded (div/mod by kernel and image sizes) once per K-slice by BK
-// threads into a small double-buffered table `tbl` in workgroup memory rather than by
-// every loading thread; the per-thread M coordinates are decoded once per kernel.
+// threads into a small table `tbl` in workgroup memory (three slots, two slices ahead)
+// rather than by every loading thread; the per-thread M coordinates are decoded once per
+// kernel.
+//
+// Pipelining: step i of the K loop fetches slice i from global memory into registers, then
+// multiplies slice i - 1 (already in workgroup memory), then stores slice i into the other
+// buffer, decodes slice i + 2 and meets the one barrier of the step; the global loads of a
+// slice are in flight while the previous one is multiplied.
 //
 // Bounds: every global load and store is explicitly guarded (M, N and K tails, padding),
 // so the kernels are correct with runtime bounds checks off. Invalid table entries use a
@@ -76,10 +82,15 @@ const A_PER: u32 = BK * BM / NT;
 const B_PER: u32 = BK * BN / NT;
 const BIG: i32 = 536870912; // 2^29: pushes a coordinate out of range
 
-var<workgroup> As: array<f32, BK * BMP>;
-var<workgroup> Bs: array<f32, BK * BNP>;
-var<workgroup> tbl: array<vec4<i32>, 32>; // two K-slice decode tables of BK entries
+// Two buffers of each tile: slice i is staged into buffer i % 2 while the other holds slice
+// i - 1 for the multiply-adds.
+var<workgroup> As: array<f32, 2u * BK * BMP>;
+var<workgroup> Bs: array<f32, 2u * BK * BNP>;
+var<workgroup> tbl: array<vec4<i32>, 3u * BK>; // three K-slice decode tables: slot i % 3 is slice i
 var<private> acc: array<vec4<f32>, TN>; // acc[j][i]: row tx + TX*i, column ty + TY*j
+// the slice this thread fetched from global memory, on its way to workgroup memory
+var<private> ra: array<f32, A_PER>;
+var<private> rb: array<f32, B_PER>;
 
 fn zero_acc() {
     for (var j = 0u; j < TN; j = j + 1u) {
@@ -87,12 +98,12 @@ fn zero_acc() {
     }
 }
 
-// acc += As^T Bs over one staged K-slice.
-fn mma(tx: u32, ty: u32) {
+// acc += As^T Bs over the K-slice staged in buffer `buf`.
+fn mma(tx: u32, ty: u32, buf: u32) {
     for (var kk = 0u; kk < BK; kk = kk + 1u) {
-        let ar = kk * BMP + tx;
+        let ar = (buf * BK + kk) * BMP + tx;
         let a = vec4<f32>(As[ar], As[ar + TX], As[ar + 2u * TX], As[ar + 3u * TX]);
-        let br = kk * BNP + ty;
+        let br = (buf * BK + kk) * BNP + ty;
         for (var j = 0u; j < TN; j = j + 1u) {
             acc[j] = fma(a, vec4<f32>(Bs[br + TY * j]), acc[j]);
         }
@@ -137,7 +148,7 @@ fn fwd_body(wg: vec3<u32>, lid: u32, scaled: bool) {
     let hwo = p.ho * p.wo;
     let ktot = p.c * p.kh * p.kw;
 
-    // A loader: this thread owns row lm of the tile, K rows ka + 2*r.
+    // A loader: this thread owns row lm of the tile, K rows ka + M_STEP*r.
     let lm = lid % BM;
     let ka = lid / BM;
     let am = m0 + lm;
@@ -151,49 +162,60 @@ fn fwd_body(wg: vec3<u32>, lid: u32, scaled: bool) {
     let wi0 = i32(awo * p.sw) - i32(p.pw);
     let hh = i32(p.h);
     let ww = i32(p.w);
-    // B loader: K row kb (contiguous in w), N columns nb + 16*r.
+    // B loader: K row kb (contiguous in w), N columns nb + K_STEP*r.
     let kb = lid % BK;
     let nb = lid / BK;
 
     zero_acc();
     if (lid < BK) {
         tbl[lid] = fwd_entry(lid);
+        tbl[BK + lid] = fwd_entry(BK + lid);
     }
     workgroupBarrier();
     let ntiles = (ktot + BK - 1u) / BK;
-    for (var t = 0u; t < ntiles; t = t + 1u) {
-        let k0 = t * BK;
-        let cur = (t & 1u) * BK;
-        for (var r = 0u; r < A_PER; r = r + 1u) {
-            let kl = ka + M_STEP * r;
-            let e = tbl[cur + kl];
-            let hi = hi0 + e.y;
-            let wi = wi0 + e.z;
-            var v = 0.0;
-            if (a_ok && hi >= 0 && hi < hh && wi >= 0 && wi < ww) {
-                v = fx[xbase + u32(e.x) + u32(hi) * p.w + u32(wi)];
-            }
-            As[kl * BMP + lm] = v;
-        }
-        let kg = k0 + kb;
-        for (var r = 0u; r < B_PER; r = r + 1u) {
-            let nl = nb + K_STEP * r;
-            let o = n0 + nl;
-            var v = 0.0;
-            if (kg < ktot && o < p.o) {
-                let wi = o * ktot + kg;
-                v = fw[wi];
-                if (scaled) {
-                    v = v * fscale[wi];
+    for (var t = 0u; t <= ntiles; t = t + 1u) {
+        let fetch = t < ntiles;
+        if (fetch) {
+            let slot = (t % 3u) * BK;
+            for (var r = 0u; r < A_PER; r = r + 1u) {
+                let e = tbl[slot + ka + M_STEP * r];
+                let hi = hi0 + e.y;
+                let wi = wi0 + e.z;
+                var v = 0.0;
+                if (a_ok && hi >= 0 && hi < hh && wi >= 0 && wi < ww) {
+                    v = fx[xbase + u32(e.x) + u32(hi) * p.w + u32(wi)];
                 }
+                ra[r] = v;
             }
-            Bs[kb * BNP + nl] = v;
+            let kg = t * BK + kb;
+            for (var r = 0u; r < B_PER; r = r + 1u) {
+                let o = n0 + nb + K_STEP * r;
+                var v = 0.0;
+                if (kg < ktot && o < p.o) {
+                    let wi = o * ktot + kg;
+                    v = fw[wi];
+                    if (scaled) {
+                        v = v * fscale[wi];
+                    }
+                }
+                rb[r] = v;
+            }
+        }
+        if (t > 0u) {
+            mma(tx, ty, (t - 1u) % 2u);
+        }
+        if (fetch) {
+            let buf = t % 2u;
+            for (var r = 0u; r < A_PER; r = r + 1u) {
+                As[(buf * BK + ka + M_STEP * r) * BMP + lm] = ra[r];
+            }
+            for (var r = 0u; r < B_PER; r = r + 1u) {
+                Bs[(buf * BK + kb) * BNP + nb + K_STEP * r] = rb[r];
+            }
         }
         if (lid < BK) {
-            tbl[(BK - cur) + lid] = fwd_entry(k0 + BK + lid);
+            tbl[((t + 2u) % 3u) * BK + lid] = fwd_entry((t + 2u) * BK + lid);
         }
-        workgroupBarrier();
-        mma(tx, ty);
         workgroupBarrier();
     }
 
@@ -339,42 +361,53 @@ fn dx_body(wg: vec3<u32>, lid: u32, scaled: bool) {
     zero_acc();
     if (lid < BK) {
         tbl[lid] = dx_entry(q, lid);
+        tbl[BK + lid] = dx_entry(q, BK + lid);
     }
     workgroupBarrier();
     let ntiles = (q.kp + BK - 1u) / BK;
-    for (var t = 0u; t < ntiles; t = t + 1u) {
-        let k0 = t * BK;
-        let cur = (t & 1u) * BK;
-        for (var r = 0u; r < A_PER; r = r + 1u) {
-            let kl = ka + M_STEP * r;
-            let e = tbl[cur + kl];
-            let ho = i32(ahp) + e.y;
-            let wo = i32(awp) + e.z;
-            var v = 0.0;
-            if (a_ok && ho >= 0 && ho < hoi && wo >= 0 && wo < woi) {
-                v = bdy[dybase + u32(e.x) + u32(ho) * p.wo + u32(wo)];
-            }
-            As[kl * BMP + lm] = v;
-        }
-        let eb = tbl[cur + kb];
-        for (var r = 0u; r < B_PER; r = r + 1u) {
-            let nl = nb + K_STEP * r;
-            let c = n0 + nl;
-            var v = 0.0;
-            if (eb.w >= 0 && c < p.c) {
-                let wi = u32(eb.w) + c * kkw;
-                v = bw[wi];
-                if (scaled) {
-                    v = v * bscale[wi];
+    for (var t = 0u; t <= ntiles; t = t + 1u) {
+        let fetch = t < ntiles;
+        if (fetch) {
+            let slot = (t % 3u) * BK;
+            for (var r = 0u; r < A_PER; r = r + 1u) {
+                let e = tbl[slot + ka + M_STEP * r];
+                let ho = i32(ahp) + e.y;
+                let wo = i32(awp) + e.z;
+                var v = 0.0;
+                if (a_ok && ho >= 0 && ho < hoi && wo >= 0 && wo < woi) {
+                    v = bdy[dybase + u32(e.x) + u32(ho) * p.wo + u32(wo)];
                 }
+                ra[r] = v;
             }
-            Bs[kb * BNP + nl] = v;
+            let eb = tbl[slot + kb];
+            for (var r = 0u; r < B_PER; r = r + 1u) {
+                let c = n0 + nb + K_STEP * r;
+                var v = 0.0;
+                if (eb.w >= 0 && c < p.c) {
+                    let wi = u32(eb.w) + c * kkw;
+                    v = bw[wi];
+                    if (scaled) {
+                        v = v * bscale[wi];
+                    }
+                }
+                rb[r] = v;
+            }
+        }
+        if (t > 0u) {
+            mma(tx, ty, (t - 1u) % 2u);
+        }
+        if (fetch) {
+            let buf = t % 2u;
+            for (var r = 0u; r < A_PER; r = r + 1u) {
+                As[(buf * BK + ka + M_STEP * r) * BMP + lm] = ra[r];
+            }
+            for (var r = 0u; r < B_PER; r = r + 1u) {
+                Bs[(buf * BK + kb) * BNP + nb + K_STEP * r] = rb[r];
+            }
         }
         if (lid < BK) {
-            tbl[(BK - cur) + lid] = dx_entry(q, k0 + BK + lid);
+            tbl[((t + 2u) % 3u) * BK + lid] = dx_entry(q, (t + 2u) * BK + lid);
         }
-        workgroupBarrier();
-        mma(tx, ty);
         workgroupBarrier();
     }
 
@@ -466,37 +499,48 @@ fn dw_body(wg: vec3<u32>, lid: u32, scaled: bool) {
     zero_acc();
     if (lid < BK) {
         tbl[lid] = dw_entry(kstart + lid, kend);
+        tbl[BK + lid] = dw_entry(kstart + BK + lid, kend);
     }
     workgroupBarrier();
     let ntiles = (kend - min(kstart, kend) + BK - 1u) / BK;
-    for (var t = 0u; t < ntiles; t = t + 1u) {
-        let k0 = kstart + t * BK;
-        let cur = (t & 1u) * BK;
-        let e = tbl[cur + kl];
-        for (var r = 0u; r < A_PER; r = r + 1u) {
-            let f = mi[r];
-            let hi = e.y + f.y;
-            let wi = e.z + f.z;
-            var v = 0.0;
-            if (hi >= 0 && hi < hh && wi >= 0 && wi < ww) {
-                v = gx[u32(e.x + f.x) + u32(hi) * p.w + u32(wi)];
+    for (var t = 0u; t <= ntiles; t = t + 1u) {
+        let fetch = t < ntiles;
+        if (fetch) {
+            let e = tbl[(t % 3u) * BK + kl];
+            for (var r = 0u; r < A_PER; r = r + 1u) {
+                let f = mi[r];
+                let hi = e.y + f.y;
+                let wi = e.z + f.z;
+                var v = 0.0;
+                if (hi >= 0 && hi < hh && wi >= 0 && wi < ww) {
+                    v = gx[u32(e.x + f.x) + u32(hi) * p.w + u32(wi)];
+                }
+                ra[r] = v;
             }
-            As[kl * BMP + lm + K_STEP * r] = v;
+            for (var r = 0u; r < B_PER; r = r + 1u) {
+                let o = n0 + lm + K_STEP * r;
+                var v = 0.0;
+                if (e.w >= 0 && o < p.o) {
+                    v = gdy[u32(e.w) + o * hwo];
+                }
+                rb[r] = v;
+            }
         }
-        for (var r = 0u; r < B_PER; r = r + 1u) {
-            let nl = lm + K_STEP * r;
-            let o = n0 + nl;
-            var v = 0.0;
-            if (e.w >= 0 && o < p.o) {
-                v = gdy[u32(e.w) + o * hwo];
+        if (t > 0u) {
+            mma(tx, ty, (t - 1u) % 2u);
+        }
+        if (fetch) {
+            let buf = t % 2u;
+            for (var r = 0u; r < A_PER; r = r + 1u) {
+                As[(buf * BK + kl) * BMP + lm + K_STEP * r] = ra[r];
             }
-            Bs[kl * BNP + nl] = v;
+            for (var r = 0u; r < B_PER; r = r + 1u) {
+                Bs[(buf * BK + kl) * BNP + lm + K_STEP * r] = rb[r];
+            }
         }
         if (lid < BK) {
-            tbl[(BK - cur) + lid] = dw_entry(k0 + BK + lid, kend);
+            tbl[((t + 2u) % 3u) * BK + lid] = dw_entry(kstart + (t + 2u) * BK + lid, kend);
         }
-        workgroupBarrier();
-        mma(tx, ty);
         workgroupBarrier();
     }
 
