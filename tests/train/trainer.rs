@@ -211,6 +211,9 @@ fn aug_assignment_rules() {
     c.multi_threshold = 0.4;
     assert_eq!(Aug::decide(&c, &[0.2, 0.8, 0.7]), vec![0]);
     assert_eq!(Aug::decide(&c, &[0.1, 0.1, 0.9]), vec![0, 1]);
+    // a ratio of exactly the threshold is not below it: 1 / (1 + 1) = 0.5
+    let even = AugConfig { rule: AugRule::Multi, multi_threshold: 0.5, ..AugConfig::default() };
+    assert!(Aug::decide(&even, &[1.0, 1.0, 1.0]).is_empty());
     // the multi rule also decides for two modalities: 0.3 / 0.7 = 0.43 is above 0.4, where the
     // code rule would add a learner to modality 0
     assert!(Aug::decide(&c, &[0.3, 0.7]).is_empty());
