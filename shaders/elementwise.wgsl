@@ -11,6 +11,11 @@
 //   bindings start on 16 bytes (the host checks both): each thread moves VEC vec4s, strided
 //   by the workgroup size so a warp's loads are consecutive 16-byte words. Four times fewer
 //   threads, 16-byte memory transactions: the bandwidth-bound form.
+// - broadcast vec4 (`binary_bcast_vec4`): a broadcasting binary op whose output's last dim
+//   is a multiple of 4 (the output binding on 16 bytes): four consecutive outputs share every
+//   coordinate but the last, so each thread decodes the broadcast index once per vec4 of
+//   output (the div/mod loop is the scalar form's cost), reads its operands as scalars at
+//   their last-dim stride (0 or 1) and stores one vec4.
 
 struct Params {
     n: u32,        // output elements
@@ -191,22 +196,27 @@ fn binary(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
           @builtin(local_invocation_index) lid: u32) {
     let i = flat_index(wg, nwg, lid);
     if (i >= p.n) { return; }
-    var ia = i;
-    var ib = i;
+    var o = vec2<u32>(i, i);
     if (p.bcast != 0u) {
-        ia = 0u;
-        ib = 0u;
-        var rem = i;
-        for (var d: i32 = i32(p.ndim) - 1; d >= 0; d = d - 1) {
-            let du = u32(d);
-            let extent = p.shape[du / 4u][du % 4u];
-            let c = rem % extent;
-            rem = rem / extent;
-            ia = ia + c * p.sa[du / 4u][du % 4u];
-            ib = ib + c * p.sb[du / 4u][du % 4u];
-        }
+        o = bcast_offsets(i);
     }
-    by[i] = binary_op(ba[ia], bb[ib]);
+    by[i] = binary_op(ba[o.x], bb[o.y]);
+}
+
+// Element offsets in a and b of output element i (broadcasting: p.bcast is 1).
+fn bcast_offsets(i: u32) -> vec2<u32> {
+    var ia = 0u;
+    var ib = 0u;
+    var rem = i;
+    for (var d: i32 = i32(p.ndim) - 1; d >= 0; d = d - 1) {
+        let du = u32(d);
+        let extent = p.shape[du / 4u][du % 4u];
+        let c = rem % extent;
+        rem = rem / extent;
+        ia = ia + c * p.sa[du / 4u][du % 4u];
+        ib = ib + c * p.sb[du / 4u][du % 4u];
+    }
+    return vec2<u32>(ia, ib);
 }
 
 // ---- unary backward: dx = g * f'(saved) ------------------------------------------------
@@ -271,6 +281,26 @@ fn binary_vec4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
             let x = ba4[i];
             let y = bb4[i];
             by4[i] = vec4<f32>(binary_op(x.x, y.x), binary_op(x.y, y.y), binary_op(x.z, y.z), binary_op(x.w, y.w));
+        }
+    }
+}
+
+// a and b as scalars (bindings 1 and 2 of `binary`), the output as vec4s
+@compute @workgroup_size(256)
+fn binary_bcast_vec4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_index) lid: u32) {
+    let last = p.ndim - 1u;
+    let sa = p.sa[last / 4u][last % 4u];
+    let sb = p.sb[last / 4u][last % 4u];
+    for (var j = 0u; j < VEC; j = j + 1u) {
+        let i = vec4_index(wg, nwg, lid, j);
+        if (i < p.n / 4u) {
+            let o = bcast_offsets(4u * i);
+            var r: vec4<f32>;
+            for (var k = 0u; k < 4u; k = k + 1u) {
+                r[k] = binary_op(ba[o.x + k * sa], bb[o.y + k * sb]);
+            }
+            by4[i] = r;
         }
     }
 }

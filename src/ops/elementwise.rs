@@ -17,12 +17,13 @@ const K_ADD_INTO: Kernel = Kernel::new(Shader::Elementwise, "add_into", &[R, RW]
 const K_FROM_F16: Kernel = Kernel::new(Shader::Elementwise, "from_f16", &[R, RW], &Params::LAYOUT);
 const K_UNARY4: Kernel = Kernel::new(Shader::Elementwise, "unary_vec4", &[R, RW], &Params::LAYOUT);
 const K_BINARY4: Kernel = Kernel::new(Shader::Elementwise, "binary_vec4", &[R, R, RW], &Params::LAYOUT);
+const K_BINARY_BCAST4: Kernel = Kernel::new(Shader::Elementwise, "binary_bcast_vec4", &[R, R, RW], &Params::LAYOUT);
 const K_UNARY_BW4: Kernel = Kernel::new(Shader::Elementwise, "unary_backward_vec4", &[R, R, RW], &Params::LAYOUT);
 const K_ADD_INTO4: Kernel = Kernel::new(Shader::Elementwise, "add_into_vec4", &[R, RW], &Params::LAYOUT);
 const K_FILL4: Kernel = Kernel::new(Shader::Elementwise, "fill_vec4", &[RW], &Params::LAYOUT);
 /// Every kernel of this file (for the interface test, `tests/gpu/kernels.rs`).
 pub(crate) const KERNELS: &[Kernel] = &[
-    K_UNARY, K_EXPAND, K_FILL, K_BINARY, K_UNARY_BW, K_TO_F16, K_FROM_F16, K_ADD_INTO, K_UNARY4, K_BINARY4, K_UNARY_BW4, K_ADD_INTO4, K_FILL4,
+    K_UNARY, K_EXPAND, K_FILL, K_BINARY, K_UNARY_BW, K_TO_F16, K_FROM_F16, K_ADD_INTO, K_UNARY4, K_BINARY4, K_BINARY_BCAST4, K_UNARY_BW4, K_ADD_INTO4, K_FILL4,
 ];
 
 /// vec4s per workgroup of the vec4 forms: 256 threads x `VEC` (4) each
@@ -404,7 +405,14 @@ fn launch_binary(a: &Tensor, b: &Tensor, op: Binary, s: f32, t: f32) -> Result<T
         p.sa = bcast_strides(a.shape(), &out);
         p.sb = bcast_strides(b.shape(), &out);
     }
-    gpu.dispatch(&K_BINARY, &[("OP", op as u32 as f64)], bytes_of(&p), &[a.buffer(), b.buffer(), y.buffer()], grid(gpu, n, 256))?;
+    let consts = [("OP", op as u32 as f64)];
+    let buffers = [a.buffer(), b.buffer(), y.buffer()];
+    // four outputs along the last dim share the broadcast index: the vec4 form decodes it once
+    if out.last().is_some_and(|d| d % 4 == 0) && y.buffer().offset() % 16 == 0 {
+        gpu.dispatch(&K_BINARY_BCAST4, &consts, bytes_of(&p), &buffers, grid(gpu, n / 4, VEC4_PER_GROUP))?;
+    } else {
+        gpu.dispatch(&K_BINARY, &consts, bytes_of(&p), &buffers, grid(gpu, n, 256))?;
+    }
     Ok(y)
 }
 

@@ -95,6 +95,22 @@ fn binary_ops_broadcast_and_gradients() {
     );
 }
 
+/// Broadcasts whose output's last dim is a multiple of 4: the broadcast vec4 form (one
+/// index decode per four outputs; each operand's last-dim stride 1 or 0).
+#[test]
+fn binary_ops_broadcast_in_vec4_form() {
+    check_binary(
+        &[
+            (vec![3, 8], vec![8]),             // a bias row
+            (vec![6, 1], vec![6, 12]),         // a column of a, stride 0 along the last dim
+            (vec![4], vec![3, 1]),             // both broadcast, output [3, 4]
+            (vec![1], vec![2, 4]),             // one value against all
+            (vec![2, 3, 1, 4], vec![1, 3, 5, 4]),
+        ],
+        3,
+    );
+}
+
 fn check_binary(shapes: &[(Vec<usize>, Vec<usize>)], seed: u64) {
     let mut rng = Rng::new(seed);
     type F = fn(f64, f64) -> f64;
