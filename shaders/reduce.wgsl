@@ -12,6 +12,13 @@
 // (best when inner == 1: contiguous rows).
 // `reduce_loop`: one thread per output element looping over the chunk, four rows per
 // iteration (coalesced when inner > 1: neighbouring threads read neighbouring columns).
+// `reduce_loop_vec4`: the same for four neighbouring columns per thread, read and written as
+// vec4s (inner a multiple of 4, bindings on 16 bytes); each output adds in the same order as
+// in `reduce_loop`, so the two agree bit for bit.
+// The op: an override constant (OP, set by ops/reduce.rs) in the loop forms, one pipeline per
+// op with the tests on it folded away; `reduce_tree` reads it from the parameter block
+// instead (p.op, the same code), because on lavapipe its OP-specialised pipeline ran 15-25 %
+// slower (docs/performance.md); the branch is uniform.
 // Guards: every output index is checked against outer * nchunk * inner, and every load index
 // is (o * r + k) * inner + i with o < outer, k < min(r, (s+1)*chunk), i < inner, i.e. inside
 // the outer * r * inner elements of x.
@@ -20,7 +27,7 @@ struct Params {
     outer: u32,
     r: u32,
     inner: u32,
-    op: u32,
+    op: u32,       // reduce_tree's op (the loop forms use OP)
     chunk: u32,
     nchunk: u32,
     count: u32,
@@ -30,6 +37,9 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
+// the same bindings as vec4s (reduce_loop_vec4)
+@group(0) @binding(1) var<storage, read> x4: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> y4: array<vec4<f32>>;
 
 // Reduction op codes (ops::ReduceOp; tests/kernels.rs checks that the two agree).
 const REDUCE_SUM: u32 = 0u;
@@ -40,20 +50,51 @@ const REDUCE_MIN: u32 = 3u;
 const NEG_INF: f32 = -3.402823466e+38;
 const POS_INF: f32 = 3.402823466e+38;
 
-fn identity(op: u32) -> f32 {
+override OP: u32 = REDUCE_SUM;
+
+fn identity() -> f32 {
+    if (OP == REDUCE_MAX) { return NEG_INF; }
+    if (OP == REDUCE_MIN) { return POS_INF; }
+    return 0.0;
+}
+
+fn combine(a: f32, b: f32) -> f32 {
+    if (OP == REDUCE_MAX) { return max(a, b); }
+    if (OP == REDUCE_MIN) { return min(a, b); }
+    return a + b;
+}
+
+fn finish(v: f32) -> f32 {
+    if (OP == REDUCE_MEAN) { return v / f32(p.count); }
+    return v;
+}
+
+// the same three with the op at run time (reduce_tree)
+fn identity_rt(op: u32) -> f32 {
     if (op == REDUCE_MAX) { return NEG_INF; }
     if (op == REDUCE_MIN) { return POS_INF; }
     return 0.0;
 }
 
-fn combine(op: u32, a: f32, b: f32) -> f32 {
+fn combine_rt(op: u32, a: f32, b: f32) -> f32 {
     if (op == REDUCE_MAX) { return max(a, b); }
     if (op == REDUCE_MIN) { return min(a, b); }
     return a + b;
 }
 
-fn finish(op: u32, v: f32) -> f32 {
+fn finish_rt(op: u32, v: f32) -> f32 {
     if (op == REDUCE_MEAN) { return v / f32(p.count); }
+    return v;
+}
+
+fn combine4(a: vec4<f32>, b: vec4<f32>) -> vec4<f32> {
+    if (OP == REDUCE_MAX) { return max(a, b); }
+    if (OP == REDUCE_MIN) { return min(a, b); }
+    return a + b;
+}
+
+fn finish4(v: vec4<f32>) -> vec4<f32> {
+    if (OP == REDUCE_MEAN) { return v / f32(p.count); }
     return v;
 }
 
@@ -73,34 +114,33 @@ fn reduce_tree(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     let k0 = s * p.chunk;
     let k1 = min(p.r, k0 + p.chunk);
     let base = o * p.r * p.inner + i;
-    let op = p.op;
-    var a0 = identity(op);
+    var a0 = identity_rt(p.op);
     var a1 = a0;
     var a2 = a0;
     var a3 = a0;
     var k = k0 + lid;
     // four independent loads per iteration: k, k + WG, k + 2 WG, k + 3 WG (all < k1)
     while (k + 3u * WG < k1) {
-        a0 = combine(op, a0, x[base + k * p.inner]);
-        a1 = combine(op, a1, x[base + (k + WG) * p.inner]);
-        a2 = combine(op, a2, x[base + (k + 2u * WG) * p.inner]);
-        a3 = combine(op, a3, x[base + (k + 3u * WG) * p.inner]);
+        a0 = combine_rt(p.op, a0, x[base + k * p.inner]);
+        a1 = combine_rt(p.op, a1, x[base + (k + WG) * p.inner]);
+        a2 = combine_rt(p.op, a2, x[base + (k + 2u * WG) * p.inner]);
+        a3 = combine_rt(p.op, a3, x[base + (k + 3u * WG) * p.inner]);
         k = k + 4u * WG;
     }
     while (k < k1) {
-        a0 = combine(op, a0, x[base + k * p.inner]);
+        a0 = combine_rt(p.op, a0, x[base + k * p.inner]);
         k = k + WG;
     }
-    partial[lid] = combine(op, combine(op, a0, a1), combine(op, a2, a3));
+    partial[lid] = combine_rt(p.op, combine_rt(p.op, a0, a1), combine_rt(p.op, a2, a3));
     workgroupBarrier();
     for (var h = WG / 2u; h > 0u; h = h / 2u) {
         if (lid < h) {
-            partial[lid] = combine(op, partial[lid], partial[lid + h]);
+            partial[lid] = combine_rt(p.op, partial[lid], partial[lid + h]);
         }
         workgroupBarrier();
     }
     if (lid == 0u) {
-        y[out] = finish(op, partial[0]);
+        y[out] = finish_rt(p.op, partial[0]);
     }
 }
 
@@ -116,26 +156,61 @@ fn reduce_loop(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     let k0 = s * p.chunk;
     let k1 = min(p.r, k0 + p.chunk);
     let step = p.inner;
-    let op = p.op;
     var idx = (o * p.r + k0) * step + i;
-    var a0 = identity(op);
+    var a0 = identity();
     var a1 = a0;
     var a2 = a0;
     var a3 = a0;
     var k = k0;
     // four independent loads per iteration: rows k .. k + 3 (all < k1)
     while (k + 4u <= k1) {
-        a0 = combine(op, a0, x[idx]);
-        a1 = combine(op, a1, x[idx + step]);
-        a2 = combine(op, a2, x[idx + 2u * step]);
-        a3 = combine(op, a3, x[idx + 3u * step]);
+        a0 = combine(a0, x[idx]);
+        a1 = combine(a1, x[idx + step]);
+        a2 = combine(a2, x[idx + 2u * step]);
+        a3 = combine(a3, x[idx + 3u * step]);
         idx = idx + 4u * step;
         k = k + 4u;
     }
     while (k < k1) {
-        a0 = combine(op, a0, x[idx]);
+        a0 = combine(a0, x[idx]);
         idx = idx + step;
         k = k + 1u;
     }
-    y[out] = finish(op, combine(op, combine(op, a0, a1), combine(op, a2, a3)));
+    y[out] = finish(combine(combine(a0, a1), combine(a2, a3)));
+}
+
+@compute @workgroup_size(256)
+fn reduce_loop_vec4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_index) lid: u32) {
+    // output vec4 `q`: outputs 4q .. 4q + 3, which share (o, s) since inner is a multiple of 4
+    let q = flat_index(wg, nwg, lid);
+    let inner4 = p.inner / 4u;
+    if (q >= p.outer * p.nchunk * inner4) { return; }
+    let i4 = q % inner4;
+    let t = q / inner4;
+    let s = t % p.nchunk;
+    let o = t / p.nchunk;
+    let k0 = s * p.chunk;
+    let k1 = min(p.r, k0 + p.chunk);
+    let step = inner4;
+    var idx = (o * p.r + k0) * step + i4;
+    var a0 = vec4<f32>(identity());
+    var a1 = a0;
+    var a2 = a0;
+    var a3 = a0;
+    var k = k0;
+    while (k + 4u <= k1) {
+        a0 = combine4(a0, x4[idx]);
+        a1 = combine4(a1, x4[idx + step]);
+        a2 = combine4(a2, x4[idx + 2u * step]);
+        a3 = combine4(a3, x4[idx + 3u * step]);
+        idx = idx + 4u * step;
+        k = k + 4u;
+    }
+    while (k < k1) {
+        a0 = combine4(a0, x4[idx]);
+        idx = idx + step;
+        k = k + 1u;
+    }
+    y4[q] = finish4(combine4(combine4(a0, a1), combine4(a2, a3)));
 }

@@ -7,8 +7,9 @@ use crate::tensor::{DType, Tensor};
 
 const K_TREE: Kernel = Kernel::new(Shader::Reduce, "reduce_tree", &[Access::Read, Access::ReadWrite], &Params::LAYOUT);
 const K_LOOP: Kernel = Kernel::new(Shader::Reduce, "reduce_loop", &[Access::Read, Access::ReadWrite], &Params::LAYOUT);
+const K_LOOP4: Kernel = Kernel::new(Shader::Reduce, "reduce_loop_vec4", &[Access::Read, Access::ReadWrite], &Params::LAYOUT);
 /// Every kernel of this file (for the interface test, `tests/gpu/kernels.rs`).
-pub(crate) const KERNELS: &[Kernel] = &[K_TREE, K_LOOP];
+pub(crate) const KERNELS: &[Kernel] = &[K_TREE, K_LOOP, K_LOOP4];
 
 crate::gpu::gpu_params! {
     struct Params as "Params" {
@@ -112,10 +113,15 @@ fn launch_pass(x: &Tensor, outer: usize, r: usize, inner: usize, op: ReduceOp, c
         _pad: 0,
     };
     let m = outer * nchunk * inner;
+    let consts = [("OP", pass_op as u32 as f64)];
+    let buffers = [x.buffer(), y.buffer()];
     if tree {
-        gpu.dispatch(&K_TREE, &[], bytes_of(&p), &[x.buffer(), y.buffer()], grid(gpu, m, 1))?;
+        gpu.dispatch(&K_TREE, &consts, bytes_of(&p), &buffers, grid(gpu, m, 1))?;
+    } else if inner.is_multiple_of(4) && buffers.iter().all(|b| b.offset() % 16 == 0) {
+        // four neighbouring columns per thread, as vec4s (the same bits as the scalar form)
+        gpu.dispatch(&K_LOOP4, &consts, bytes_of(&p), &buffers, grid(gpu, m / 4, 256))?;
     } else {
-        gpu.dispatch(&K_LOOP, &[], bytes_of(&p), &[x.buffer(), y.buffer()], grid(gpu, m, 256))?;
+        gpu.dispatch(&K_LOOP, &consts, bytes_of(&p), &buffers, grid(gpu, m, 256))?;
     }
     if nchunk > 1 {
         launch_pass(&y, outer, nchunk, inner, op, count)

@@ -52,6 +52,9 @@ fn reductions_match_reference_and_gradients() {
         (vec![3, 5, 7], vec![1, 2]),
         (vec![2, 3, 4, 5], vec![0, 1, 3]),
         (vec![1000, 3], vec![0]),
+        // inner a multiple of 4: the vec4 form of the loop (four columns per thread)
+        (vec![5, 9, 8], vec![1]),
+        (vec![64, 36], vec![0]),
     ];
     for (shape, axes) in &cases {
         for op in [ReduceOp::Sum, ReduceOp::Mean, ReduceOp::Max, ReduceOp::Min] {
@@ -85,6 +88,7 @@ fn split_reductions_match_reference() {
     let cases: Vec<(Vec<usize>, Vec<usize>)> = vec![
         (vec![1000, 37], vec![0]),    // 59 chunks of 17 rows (the last 14)
         (vec![75, 7], vec![0]),       // 4 chunks of 19 rows (the last 18): 19 = 4 * 4 + 3
+        (vec![1000, 12], vec![0]),    // the vec4 form split: 12 columns as 3 vec4s per row
         (vec![3, 777, 5], vec![1]),   // 46 chunks of 17 rows (the last 12), outer > 1
         (vec![4096, 3], vec![0]),     // three passes: 4096 -> 256 -> 16 -> 1
         (vec![2, 20001], vec![1]),    // contiguous rows: 4 workgroups per row (the last short)
