@@ -455,6 +455,17 @@ fn aug_checks_on_schedule_and_logs_its_gap() {
     // checks after epoch 0 (check_after_first), then every 2 epochs, never after the last
     let checked: Vec<usize> = (0..lines.len()).filter(|&e| !lines[e]["aug"]["check"].is_null()).collect();
     assert_eq!(checked, vec![0, 1, 3]);
+    // other periods: every 3 epochs (not after the last); without the check after the first;
+    // and the official default, check_every = 0: every epochs / 10 (30 epochs: every 3)
+    let checks = |extra: &[&str], tag: &str| -> Vec<usize> {
+        let mut list = vec!["method.name=aug", "method.aug.hidden=16", "method.aug.tau=0.0", "data.n_train=32", "data.n_test=8"];
+        list.extend_from_slice(extra);
+        let lines = train_log(&with(&list), &tmp(tag));
+        (0..lines.len()).filter(|&e| !lines[e]["aug"]["check"].is_null()).collect()
+    };
+    assert_eq!(checks(&["method.aug.check_every=3", "train.epochs=7"], "aug-every3"), [0, 2, 5]);
+    assert_eq!(checks(&["method.aug.check_every=3", "method.aug.check_after_first=false", "train.epochs=7"], "aug-every3-nofirst"), [2, 5]);
+    assert_eq!(checks(&["train.epochs=30"], "aug-every-default"), [0, 2, 5, 8, 11, 14, 17, 20, 23, 26]);
     for l in &lines {
         // G = L_strong − L_weak, strong / weak by confidence score
         let sc = &l["imbalance"]["scores"];
