@@ -5,6 +5,10 @@
 #   nice -n 5 scripts/mutants.sh [FILE...]    # default: every scoped file, in the order below
 #   MUTANTS_ARGS="--re 'coefficients'" scripts/mutants.sh src/methods/ogm_ge.rs   # some mutants
 #   MUTANTS_ARGS="--iterate" ...              # only the mutants not caught last time
+#   MUTANTS_TESTS="methods | aim::aim_config" ...   # another "binaries | filters" than the file's
+# Two passes save hours on a slow file: a first run with a narrow, fast filter, then
+# MUTANTS_ARGS="--iterate" with the file's own list re-tests only what the first missed (a
+# mutant a subset of the tests caught, the whole list catches too).
 # Runs in a scratch copy of the working tree (a detached git worktree at HEAD,
 # $MUTANTS_SCRATCH, target/ copied so builds are incremental; after new commits move it with
 # `git -C $MUTANTS_SCRATCH checkout --detach <commit>`), one mutant at a time, release
@@ -46,7 +50,7 @@ if [ ! -d "$scratch" ]; then
 fi
 export WGPU_BACKEND=${WGPU_BACKEND:-vulkan} EQUIMODAL_ADAPTER=${EQUIMODAL_ADAPTER:-llvmpipe} XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp}
 for f in "${files[@]}"; do
-  t=${tests[$f]:-}
+  t=${MUTANTS_TESTS:-${tests[$f]:-}}
   [ -n "$t" ] || { echo "no test list for $f (add it to scripts/mutants.sh)" >&2; exit 2; }
   bins=() && for b in ${t%%|*}; do bins+=(-C "--test=$b"); done
   filters=${t#*|}
