@@ -474,6 +474,10 @@ fn aug_checks_on_schedule_and_logs_its_gap() {
         let pl = &l["train"]["per_modality_loss"];
         let want = pl[strong].as_f64().unwrap() - pl[weak].as_f64().unwrap();
         assert!((l["aug"]["gap"].as_f64().unwrap() - want).abs() < 1e-9, "{l}");
+        // per-sample means: a confidence score is a probability, a loss per sample is far
+        // below the sum over the epoch's 64 samples
+        assert!((0.0..=1.0).contains(&a) && (0.0..=1.0).contains(&v), "scores {sc}");
+        assert!(pl[strong].as_f64().unwrap() < 10.0 && pl[weak].as_f64().unwrap() < 10.0, "losses {pl}");
     }
 }
 
@@ -633,6 +637,25 @@ fn linear_probe_fits_informative_features_and_not_noise() {
     assert!(a < 0.4, "probe on pure noise must stay near chance (0.25): {a}");
     let e = fit_and_predict(&g, &x[..10], &y, &xt, d, k, &ProbeConfig::default()).unwrap_err().to_string();
     assert!(e.contains("linear_probe"), "{e}");
+}
+
+#[test]
+fn every_method_exposes_its_batch_norm_statistics() {
+    // the running statistics of every encoder's batch norm are buffers: checkpoints save
+    // them, evaluation uses them (a method that listed none would resume and evaluate with
+    // fresh statistics)
+    let cnn = ["model.encoder=small_cnn", "model.width=3", "model.depth=2", "method.aug.hidden=16"];
+    for name in ["joint", "ogm_ge", "aug", "aim", "pmr", "mmpareto", "agm", "g_blending", "mla", "inforeg", "relearn", "reconboost", "greedy"] {
+        let mut list = vec![format!("method.name={name}")];
+        list.extend(cnn.iter().map(|s| s.to_string()));
+        let (m, _, _) = method_and_batch(&cfg(&with(&list.iter().map(|s| s.as_str()).collect::<Vec<_>>())));
+        let names: Vec<String> = m.buffers().into_iter().map(|(n, _)| n).collect();
+        for enc in ["enc.audio.", "enc.visual."] {
+            for stat in ["running_mean", "running_var"] {
+                assert!(names.iter().any(|n| n.starts_with(enc) && n.ends_with(stat)), "{name}: no {enc}*{stat} in {names:?}");
+            }
+        }
+    }
 }
 
 #[test]
