@@ -477,8 +477,37 @@ fn aug_checks_on_schedule_and_logs_its_gap() {
         // per-sample means: a confidence score is a probability, a loss per sample is far
         // below the sum over the epoch's 64 samples
         assert!((0.0..=1.0).contains(&a) && (0.0..=1.0).contains(&v), "scores {sc}");
+        // the scores a check decides on are those per-sample means
+        if !l["aug"]["check"].is_null() {
+            let cs = &l["aug"]["check"]["scores"];
+            for (m, want) in [("audio", a), ("visual", v)] {
+                assert!((cs[m].as_f64().unwrap() - want).abs() < 1e-9, "check scores {cs} vs {sc}");
+            }
+        }
         assert!(pl[strong].as_f64().unwrap() < 10.0 && pl[weak].as_f64().unwrap() < 10.0, "losses {pl}");
     }
+}
+
+#[test]
+fn aug_epoch_statistics_are_per_sample_means() {
+    // one epoch of one batch, then one of the same batch twice, with an optimizer that
+    // changes nothing: the per-sample losses are the same, the score sums double
+    let c = cfg(&with(&["method.name=aug", "method.aug.hidden=16", "train.epochs=10"]));
+    let (mut m, b, _) = method_and_batch(&c);
+    let mut rec = Recorder::default();
+    rec.add_params(&m.trainable());
+    m.train_step(&b, &mut rec, 0).unwrap();
+    let one = m.end_epoch(0, &mut rec).unwrap();
+    m.train_step(&b, &mut rec, 1).unwrap();
+    m.train_step(&b, &mut rec, 1).unwrap();
+    let two = m.end_epoch(1, &mut rec).unwrap();
+    assert_eq!((one.samples, two.samples), (32, 64));
+    for i in 0..2 {
+        let (l1, l2) = (one.modality_loss[i], two.modality_loss[i]);
+        assert!(l1 > 0.5 && l1 < 10.0 && (l1 - l2).abs() < 1e-5 * l1, "modality {i}: loss per sample {l1} then {l2}");
+        assert!((two.scores[i] - 2.0 * one.scores[i]).abs() < 1e-4 * one.scores[i], "modality {i}: score sums {} then {}", one.scores[i], two.scores[i]);
+    }
+    assert!((one.loss - one.modality_loss.iter().sum::<f64>()).abs() < 1e-12, "the objective is the two modalities' losses");
 }
 
 #[test]
