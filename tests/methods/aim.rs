@@ -143,10 +143,32 @@ fn aim_with_transformer_encoders() {
 
 #[test]
 fn aim_config_errors_name_the_field() {
-    for (set, field) in [("method.aim.rho=1.5", "method.aim.rho"), ("method.aim.prototype_every=0", "method.aim.prototype_every"), ("method.aim.bogus=1", "bogus")] {
-        let err = equimodal::config::load(None, &[set.to_string()]).unwrap_err().to_string();
-        assert!(err.contains(field), "{set}: {err}");
+    // every bound, from both sides: the values just outside are errors naming the field,
+    // the bounds themselves are allowed
+    let bad = [
+        ("rho", "1.5"), ("rho", "-0.1"), ("s_max", "1.01"), ("s_max", "-0.1"),
+        ("prototype_every", "0"), ("mask_every", "0"), ("prototype_steps", "1000001"),
+        ("prototype_lr", "0"), ("prototype_lr", "inf"), ("prototype_lr", "nan"),
+        ("temperature", "0"), ("temperature", "inf"), ("temperature", "-1"),
+        ("score_momentum", "1"), ("score_momentum", "-0.1"), ("pam_momentum", "1"), ("pam_momentum", "-0.1"),
+        ("beta", "-1"), ("beta", "inf"), ("beta", "nan"), ("gamma", "-1"), ("gamma", "inf"), ("gamma", "nan"),
+    ];
+    for (field, value) in bad {
+        let set = format!("method.aim.{field}={value}");
+        let err = equimodal::config::load(None, &["method.name=aim".to_string(), set.clone()]).unwrap_err().to_string();
+        assert!(err.contains(&format!("method.aim.{field}")), "{set}: {err}");
     }
+    let good = [
+        ("rho", "0"), ("rho", "1"), ("s_max", "0"), ("s_max", "1"), ("prototype_every", "1"), ("mask_every", "1"),
+        ("prototype_steps", "1000000"), ("prototype_steps", "0"), ("score_momentum", "0"), ("pam_momentum", "0"),
+        ("beta", "0"), ("gamma", "0"),
+    ];
+    for (field, value) in good {
+        let set = format!("method.aim.{field}={value}");
+        equimodal::config::load(None, &["method.name=aim".to_string(), set.clone()]).unwrap_or_else(|e| panic!("{set}: {e}"));
+    }
+    let err = equimodal::config::load(None, &["method.aim.bogus=1".to_string()]).unwrap_err().to_string();
+    assert!(err.contains("bogus"), "{err}");
 }
 
 #[test]
