@@ -374,49 +374,54 @@ fn mapped_depth(d: usize, from: usize, to: usize) -> usize {
 
 #[test]
 fn aim_v3_compares_depths_of_encoders_of_different_depth() {
-    // audio (weak, 4 depths) against visual (dominant, 2 depths): each dominant depth is
-    // compared with the proportional weak depth (0 -> 0, 1 -> 3) and, with v3, each weak
-    // depth with the proportional dominant one (0, 1 -> 0; 2, 3 -> 1: rounded, not floored)
+    // audio (weak) against visual (dominant, 2 depths). With 4 audio depths each dominant
+    // depth is compared with the proportional weak depth (0 -> 0, 1 -> 3) and, with v3, each
+    // weak depth with the proportional dominant one (0, 1 -> 0; 2, 3 -> 1: rounded, not
+    // floored); with 1 audio depth, the dominant depths both meet it and it meets the
+    // dominant encoder's last depth
     assert_eq!((0..4).map(|d| mapped_depth(d, 4, 2)).collect::<Vec<_>>(), [0, 0, 1, 1]);
-    let lines = train_log(
-        &with(&[
-            "method.name=aim",
-            "method.aim.v3=true",
-            "method.aim.beta=5.0",
-            "model.hidden=[32,32]",
-            "model.modalities.audio.hidden=[32,32,32,32]",
-            "data.n_train=320",
-            "data.signal=[0.05,0.8]",
-            "train.epochs=3",
-            "train.lr=0.05",
-        ]),
-        &tmp("aim-v3-depths"),
-    );
-    let strength = |r: f64| (5.0 * (r - 1.0)).tanh().clamp(0.0, 0.9);
-    for (e, l) in lines.iter().enumerate() {
-        let a = &l["aim"];
-        assert_eq!((a["dominant"].as_str(), a["weak"].as_str()), (Some("visual"), Some("audio")), "epoch {e}: {a}");
-        assert_eq!(a["depths"], 2, "epoch {e}: the dominant encoder's depths");
-        let (sd, sw) = (f64s(&a["scores"]["visual"]), f64s(&a["scores"]["audio"]));
-        assert_eq!((sd.len(), sw.len()), (2, 4));
-        let (r, s) = (f64s(&a["ratio"]), f64s(&a["strength"]));
-        let (rw, sv) = (f64s(&a["ratio_weak"]), f64s(&a["strength_weak"]));
-        assert_eq!((r.len(), s.len(), rw.len(), sv.len()), (2, 2, 4, 4), "epoch {e}: {a}");
-        for d in 0..2 {
-            let want = sd[d] / sw[mapped_depth(d, 2, 4)];
-            assert!((r[d] - want).abs() < 1e-6 * want, "epoch {e} depth {d}: ratio {} vs {want}", r[d]);
-            assert!((s[d] - strength(r[d])).abs() < 1e-5, "epoch {e} depth {d}: strength {}", s[d]);
+    for audio in ["[32,32,32,32]", "[32]"] {
+        let dw = audio.matches("32").count();
+        let lines = train_log(
+            &with(&[
+                "method.name=aim",
+                "method.aim.v3=true",
+                "method.aim.beta=5.0",
+                "model.hidden=[32,32]",
+                &format!("model.modalities.audio.hidden={audio}"),
+                "data.n_train=320",
+                "data.signal=[0.05,0.8]",
+                "train.epochs=3",
+                "train.lr=0.05",
+            ]),
+            &tmp(&format!("aim-v3-depths-{dw}")),
+        );
+        let strength = |r: f64| (5.0 * (r - 1.0)).tanh().clamp(0.0, 0.9);
+        for (e, l) in lines.iter().enumerate() {
+            let a = &l["aim"];
+            assert_eq!((a["dominant"].as_str(), a["weak"].as_str()), (Some("visual"), Some("audio")), "epoch {e}: {a}");
+            assert_eq!(a["depths"], 2, "epoch {e}: the dominant encoder's depths");
+            let (sd, sw) = (f64s(&a["scores"]["visual"]), f64s(&a["scores"]["audio"]));
+            assert_eq!((sd.len(), sw.len()), (2, dw));
+            let (r, s) = (f64s(&a["ratio"]), f64s(&a["strength"]));
+            let (rw, sv) = (f64s(&a["ratio_weak"]), f64s(&a["strength_weak"]));
+            assert_eq!((r.len(), s.len(), rw.len(), sv.len()), (2, 2, dw, dw), "epoch {e}: {a}");
+            for d in 0..2 {
+                let want = sd[d] / sw[mapped_depth(d, 2, dw)];
+                assert!((r[d] - want).abs() < 1e-6 * want, "epoch {e} depth {d}: ratio {} vs {want}", r[d]);
+                assert!((s[d] - strength(r[d])).abs() < 1e-5, "epoch {e} depth {d}: strength {}", s[d]);
+            }
+            for d in 0..dw {
+                let want = sw[d] / sd[mapped_depth(d, dw, 2)];
+                assert!((rw[d] - want).abs() < 1e-6 * want, "epoch {e} weak depth {d}: ratio {} vs {want}", rw[d]);
+                assert!((sv[d] - strength(rw[d])).abs() < 1e-5, "epoch {e} weak depth {d}: strength {}", sv[d]);
+            }
         }
-        for d in 0..4 {
-            let want = sw[d] / sd[mapped_depth(d, 4, 2)];
-            assert!((rw[d] - want).abs() < 1e-6 * want, "epoch {e} weak depth {d}: ratio {} vs {want}", rw[d]);
-            assert!((sv[d] - strength(rw[d])).abs() < 1e-5, "epoch {e} weak depth {d}: strength {}", sv[d]);
-        }
+        // before the first measurement both auxiliary blocks are the full encoders: the
+        // auxiliary term is the main CE twice (doubling is exact in floating point)
+        let a0 = &lines[0]["aim"];
+        assert_eq!(a0["aux_loss"].as_f64().unwrap(), 2.0 * a0["main_loss"].as_f64().unwrap(), "{a0}");
     }
-    // before the first measurement both auxiliary blocks are the full encoders: the auxiliary
-    // term is the main CE twice (doubling is exact in floating point)
-    let a0 = &lines[0]["aim"];
-    assert_eq!(a0["aux_loss"].as_f64().unwrap(), 2.0 * a0["main_loss"].as_f64().unwrap(), "{a0}");
 }
 
 #[test]
