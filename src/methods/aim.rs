@@ -198,7 +198,9 @@ pub struct Aim {
     proto_ce: Vec<Vec<f32>>,
 }
 
-/// Depth of `from`'s depth `d` (of `n_from`) on an encoder with `n_to` depths (proportional).
+/// Depth of `from`'s depth `d` (of `n_from`) on an encoder with `n_to` depths (proportional,
+/// rounded to the nearest). With d < n_from the quotient is at most n_to − 1, exactly (small
+/// integers), so no clamp is needed.
 fn map_depth(d: usize, n_from: usize, n_to: usize) -> usize {
     if n_from == n_to {
         return d;
@@ -206,7 +208,7 @@ fn map_depth(d: usize, n_from: usize, n_to: usize) -> usize {
     if n_from <= 1 {
         return n_to - 1;
     }
-    ((d as f64 * (n_to - 1) as f64 / (n_from - 1) as f64).round() as usize).min(n_to - 1)
+    (d as f64 * (n_to - 1) as f64 / (n_from - 1) as f64).round() as usize
 }
 
 /// s = clamp(tanh(β(r − 1)), 0, s_max).
