@@ -198,9 +198,7 @@ pub struct Aim {
     proto_ce: Vec<Vec<f32>>,
 }
 
-/// Depth of `from`'s depth `d` (of `n_from`) on an encoder with `n_to` depths (proportional,
-/// rounded to the nearest). With d < n_from the quotient is at most n_to − 1, exactly (small
-/// integers), so no clamp is needed.
+/// Depth of `from`'s depth `d` (of `n_from`) on an encoder with `n_to` depths (proportional, rounded; d < n_from keeps it ≤ n_to − 1).
 fn map_depth(d: usize, n_from: usize, n_to: usize) -> usize {
     if n_from == n_to {
         return d;
