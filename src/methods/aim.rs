@@ -20,7 +20,7 @@
 //!   `v3`: also an auxiliary block of the weak encoder at the depths where it leads.
 use super::{build_encoders, stats_from_sums, view_stats, Accum, DeviceBatch, EpochStats, Method, Prediction};
 use super::config::MethodSetup;
-use crate::data::ModalitySpec;
+use crate::data::{derive_seed, ModalitySpec};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::nn::{BnStats, Ctx, Encoder, Fusion, Module};
@@ -297,7 +297,7 @@ impl Aim {
             gpu: gpu.clone(),
             names: specs.iter().map(|s| s.name.clone()).collect(),
             m,
-            seed: cfg.seed ^ 0xA1A1_0000,
+            seed: cfg.seed,
             depths,
             protos,
             proto_ready: false,
@@ -331,7 +331,7 @@ impl Aim {
             for (d, h) in outs.iter().enumerate() {
                 let rms = ops::sqrt(&ops::mean_all(&ops::square(h)?)?)?;
                 let p = &self.protos[m][d];
-                let z = ops::randn(&self.gpu, p.shape(), self.seed, ((m * 64 + d) as u64) << 32)?;
+                let z = ops::randn(&self.gpu, p.shape(), derive_seed(&[self.seed, 0xA1A1, m as u64, d as u64]), 0)?; // own stream per (m, d)
                 p.assign(&ops::mul(&z, &ops::add_scalar(&rms, 1e-6)?)?)?;
             }
         }

@@ -425,6 +425,44 @@ fn aim_v3_compares_depths_of_encoders_of_different_depth() {
 }
 
 #[test]
+fn aim_prototypes_start_from_their_own_draws() {
+    // with no fitting steps the prototypes stay as drawn: each (modality, depth) from its own
+    // random stream (not one draw scaled per depth), each run seed its own
+    let protos = |seed: u64| -> Vec<(String, Vec<f32>)> {
+        let c = cfg(&with(&["method.name=aim", "model.hidden=[32,32]", "method.aim.prototype_steps=0", &format!("seed={seed}")]));
+        let (mut m, b, _) = method_and_batch(&c);
+        let mut opt = train::build_optimizer(&c, m.trainable()).unwrap();
+        m.train_step(&b, opt.as_mut(), 0).unwrap();
+        let mut v: Vec<(String, Vec<f32>)> =
+            m.buffers().into_iter().filter(|(n, _)| n.starts_with("aim.proto.")).map(|(n, t)| (n, t.to_vec().unwrap())).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    let cos = |a: &[f32], b: &[f32]| {
+        let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+        let n = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        dot / (n(a) * n(b))
+    };
+    let p0 = protos(0);
+    let names: Vec<&str> = p0.iter().map(|p| p.0.as_str()).collect();
+    assert_eq!(names, ["aim.proto.audio.0", "aim.proto.audio.1", "aim.proto.visual.0", "aim.proto.visual.1"]);
+    for (n, v) in &p0 {
+        // 10 classes x 32 features, drawn (not the zeros they are built with)
+        assert_eq!(v.len(), 320, "{n}");
+        assert!(v.iter().all(|x| x.is_finite()) && v.iter().any(|x| *x != 0.0), "{n}");
+    }
+    // independent draws of 320 normals: |cos| ~ 0.06; one draw rescaled: cos = 1
+    for i in 0..p0.len() {
+        for j in i + 1..p0.len() {
+            assert!(cos(&p0[i].1, &p0[j].1).abs() < 0.5, "{} and {} are one draw", p0[i].0, p0[j].0);
+        }
+    }
+    for (a, b) in protos(1).iter().zip(&p0) {
+        assert!(cos(&a.1, &b.1).abs() < 0.5, "{}: seed 1 drew seed 0's prototypes", a.0);
+    }
+}
+
+#[test]
 fn aim_refreshes_masks_and_prototypes_on_their_schedules() {
     let lines = train_log(
         &with(&["method.name=aim", "model.hidden=[32,32]", "method.aim.mask_every=2", "method.aim.prototype_every=3", "train.epochs=5"]),
