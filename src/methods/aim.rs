@@ -684,6 +684,8 @@ impl Method for Aim {
             "strength": self.strength,
             "mask_density": self.densities,
             "masks_refreshed": masks_refreshed,
+            // whether next epoch's auxiliary blocks differ from the full encoders (some layer scaled)
+            "damped": {"dominant": self.scales_dom.is_some(), "weak": self.scales_weak.is_some()},
             "dominant": self.dom.map(|d| self.names[d].clone()),
             "weak": self.dom.map(|_| self.names[self.weak].clone()),
             "main_loss": main_ce,

@@ -416,6 +416,10 @@ fn aim_v3_compares_depths_of_encoders_of_different_depth() {
                 assert!((rw[d] - want).abs() < 1e-6 * want, "epoch {e} weak depth {d}: ratio {} vs {want}", rw[d]);
                 assert!((sv[d] - strength(rw[d])).abs() < 1e-5, "epoch {e} weak depth {d}: strength {}", sv[d]);
             }
+            // an auxiliary block is damped exactly where a strength is positive (every layer has
+            // a mask from the first epoch on)
+            assert_eq!(a["damped"]["dominant"], s.iter().any(|&v| v > 0.0), "epoch {e}: {a}");
+            assert_eq!(a["damped"]["weak"], sv.iter().any(|&v| v > 0.0), "epoch {e}: {a}");
         }
         // before the first measurement both auxiliary blocks are the full encoders: the
         // auxiliary term is the main CE twice (doubling is exact in floating point)
