@@ -429,6 +429,27 @@ fn aim_v3_compares_depths_of_encoders_of_different_depth() {
 }
 
 #[test]
+fn aim_v3_damps_the_weak_block_by_its_strengths() {
+    // the same model and batch, restored with the weak modality's strengths positive or zero
+    // (the dominant one's zero): one step then trains the weak encoder differently exactly
+    // when v3 damps its auxiliary block
+    let step = |v3: bool, weak_strength: f64| -> Vec<(String, Vec<f32>)> {
+        let c = cfg(&with(&["method.name=aim", "model.hidden=[32,32]", &format!("method.aim.v3={v3}")]));
+        let (mut m, b, _) = method_and_batch(&c);
+        let mut opt = train::build_optimizer(&c, m.trainable()).unwrap();
+        let state = serde_json::json!({
+            "proto_ready": false, "dominant": 1, "weak": 0, "strength": [0.0, 0.0],
+            "strength_weak": [weak_strength, weak_strength], "ratio": [1.0, 1.0], "ratio_weak": [1.0, 1.0],
+        });
+        m.restore(&state, opt.as_mut()).unwrap();
+        m.train_step(&b, opt.as_mut(), 0).unwrap();
+        m.params().iter().filter(|p| p.name.starts_with("enc.audio.")).map(|p| (p.name.clone(), p.tensor.to_vec().unwrap())).collect()
+    };
+    assert_ne!(step(true, 0.9), step(true, 0.0), "v3: a damped weak block changes the weak encoder's step");
+    assert_eq!(step(false, 0.9), step(false, 0.0), "without v3 the weak strengths are not used");
+}
+
+#[test]
 fn aim_prototypes_start_from_their_own_draws() {
     // with no fitting steps the prototypes stay as drawn: each (modality, depth) from its own
     // random stream (not one draw scaled per depth), each run seed its own
