@@ -104,5 +104,10 @@ fn flop_and_byte_counts() {
     assert_eq!(find(&full, "attn_L1024_fwd").0, fwd);
     assert_eq!(find(&full, "attn_L1024_fb").0, 3.5 * fwd);
     assert_eq!(find(&full, "sgd_step").1, 20.0 * 11_176_512.0);
-    assert!(full.iter().filter(|c| c.name.starts_with("conv_")).count() == 2 * 2 * 11 + 1);
+    // ResNet18's 11 distinct shapes, forward and fwd+bwd, both modalities; then three
+    // fwd+bwd shapes (the reference and the small CNN's first two layers), each on the
+    // chosen tiles and on each of the four tiles
+    assert_eq!(full.iter().filter(|c| c.name.starts_with("conv_")).count(), 2 * 2 * 11 + 3 * 5);
+    let (fn8, _) = find(&full, "conv_narrow_1to8_fb:32x16");
+    assert_eq!(fn8, find(&full, "conv_narrow_1to8_fb").0, "a tile's row counts the same work");
 }
