@@ -450,6 +450,33 @@ fn aim_v3_damps_the_weak_block_by_its_strengths() {
 }
 
 #[test]
+fn aim_epoch_statistics_are_per_sample_means_and_scores_an_ema() {
+    // the same batch with weights that do not move (learning rate 0): one step with score
+    // momentum 0, two steps with momentum 0.9. Losses per sample are equal; the moving
+    // average of a constant per-depth score is that score
+    let run = |momentum: f32, steps: usize| {
+        let c = cfg(&with(&["method.name=aim", "model.hidden=[32,32]", &format!("method.aim.score_momentum={momentum}")]));
+        let (mut m, b, _) = method_and_batch(&c);
+        let mut opt = train::build_optimizer(&c, m.trainable()).unwrap();
+        opt.set_lr(0.0);
+        for _ in 0..steps {
+            m.train_step(&b, opt.as_mut(), 0).unwrap();
+        }
+        m.end_epoch(0, opt.as_mut()).unwrap()
+    };
+    let (one, two) = (run(0.0, 1), run(0.9, 2));
+    assert_eq!((one.samples, two.samples), (32, 64));
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-5 * a.abs().max(b.abs());
+    assert!(one.loss > 0.5 && one.loss < 10.0 && close(one.loss, two.loss), "loss per sample {} then {}", one.loss, two.loss);
+    let section = |s: &equimodal::methods::EpochStats| s.extra.iter().find(|(k, _)| k == "aim").unwrap().1.clone();
+    let (a1, a2) = (section(&one), section(&two));
+    for m in ["audio", "visual"] {
+        let (s1, s2) = (f64s(&a1["scores"][m]), f64s(&a2["scores"][m]));
+        assert!(s1.iter().zip(&s2).all(|(x, y)| close(*x, *y)), "{m}: per-depth scores {s1:?} vs {s2:?}");
+    }
+}
+
+#[test]
 fn aim_prototypes_start_from_their_own_draws() {
     // with no fitting steps the prototypes stay as drawn: each (modality, depth) from its own
     // random stream (not one draw scaled per depth), each run seed its own
