@@ -454,8 +454,8 @@ fn aim_epoch_statistics_are_per_sample_means_and_scores_an_ema() {
     // the same batch with weights that do not move (learning rate 0): one step with score
     // momentum 0, two steps with momentum 0.9. Losses per sample are equal; the moving
     // average of a constant per-depth score is that score
-    let run = |momentum: f32, steps: usize| {
-        let c = cfg(&with(&["method.name=aim", "model.hidden=[32,32]", &format!("method.aim.score_momentum={momentum}")]));
+    let run_with = |momentum: f32, steps: usize, gamma: f32| {
+        let c = cfg(&with(&["method.name=aim", "model.hidden=[32,32]", &format!("method.aim.score_momentum={momentum}"), &format!("method.aim.gamma={gamma}")]));
         let (mut m, b, _) = method_and_batch(&c);
         let mut opt = train::build_optimizer(&c, m.trainable()).unwrap();
         opt.set_lr(0.0);
@@ -464,6 +464,7 @@ fn aim_epoch_statistics_are_per_sample_means_and_scores_an_ema() {
         }
         m.end_epoch(0, opt.as_mut()).unwrap()
     };
+    let run = |momentum: f32, steps: usize| run_with(momentum, steps, 1.0);
     let (one, two) = (run(0.0, 1), run(0.9, 2));
     assert_eq!((one.samples, two.samples), (32, 64));
     let close = |a: f64, b: f64| (a - b).abs() <= 1e-5 * a.abs().max(b.abs());
@@ -474,6 +475,10 @@ fn aim_epoch_statistics_are_per_sample_means_and_scores_an_ema() {
         let (s1, s2) = (f64s(&a1["scores"][m]), f64s(&a2["scores"][m]));
         assert!(s1.iter().zip(&s2).all(|(x, y)| close(*x, *y)), "{m}: per-depth scores {s1:?} vs {s2:?}");
     }
+    // γ = 0: no auxiliary term is computed at all (its logged loss is 0, not the main CE)
+    assert!(a1["aux_loss"].as_f64().unwrap() > 0.5, "γ = 1: {a1}");
+    let g0 = section(&run_with(0.0, 1, 0.0));
+    assert_eq!(g0["aux_loss"].as_f64(), Some(0.0), "γ = 0: {g0}");
 }
 
 #[test]
