@@ -479,6 +479,16 @@ fn aim_epoch_statistics_are_per_sample_means_and_scores_an_ema() {
     assert!(a1["aux_loss"].as_f64().unwrap() > 0.5, "γ = 1: {a1}");
     let g0 = section(&run_with(0.0, 1, 0.0));
     assert_eq!(g0["aux_loss"].as_f64(), Some(0.0), "γ = 0: {g0}");
+    // three modalities (where the sums' layout is not symmetric in M): with γ = 0 the
+    // objective is the main CE, so the two logged means agree
+    let three = "data.modalities=[{name=\"a\",shape=[12],signal=0.8},{name=\"b\",shape=[12],signal=0.4},{name=\"c\",shape=[12],signal=0.1}]";
+    let c = cfg(&with(&["method.name=aim", "method.aim.gamma=0", three]));
+    let (mut m, b, _) = method_and_batch(&c);
+    let mut opt = train::build_optimizer(&c, m.trainable()).unwrap();
+    m.train_step(&b, opt.as_mut(), 0).unwrap();
+    let st = m.end_epoch(0, opt.as_mut()).unwrap();
+    let a3 = section(&st);
+    assert!(close(a3["main_loss"].as_f64().unwrap(), st.loss), "three modalities: main CE {} vs objective {}", a3["main_loss"], st.loss);
 }
 
 #[test]
