@@ -489,6 +489,7 @@ fn aim_epoch_statistics_are_per_sample_means_and_scores_an_ema() {
     let st = m.end_epoch(0, opt.as_mut()).unwrap();
     let a3 = section(&st);
     assert!(close(a3["main_loss"].as_f64().unwrap(), st.loss), "three modalities: main CE {} vs objective {}", a3["main_loss"], st.loss);
+    assert_eq!(a3["aux_loss"].as_f64(), Some(0.0), "three modalities, γ = 0: {a3}");
 }
 
 #[test]
