@@ -98,6 +98,18 @@ fn zero_acc() {
     }
 }
 
+// Store the fetched slice (ra, rb) into buffer `buf`, for the loaders whose A values run
+// along M (forward and dX: K rows ka + M_STEP*r of tile row lm; B: K row kb, columns
+// nb + K_STEP*r).
+fn store_slice(buf: u32, ka: u32, lm: u32, kb: u32, nb: u32) {
+    for (var r = 0u; r < A_PER; r = r + 1u) {
+        As[(buf * BK + ka + M_STEP * r) * BMP + lm] = ra[r];
+    }
+    for (var r = 0u; r < B_PER; r = r + 1u) {
+        Bs[(buf * BK + kb) * BNP + nb + K_STEP * r] = rb[r];
+    }
+}
+
 // acc += As^T Bs over the K-slice staged in buffer `buf`.
 fn mma(tx: u32, ty: u32, buf: u32) {
     for (var kk = 0u; kk < BK; kk = kk + 1u) {
@@ -205,13 +217,7 @@ fn fwd_body(wg: vec3<u32>, lid: u32, scaled: bool) {
             mma(tx, ty, (t - 1u) % 2u);
         }
         if (fetch) {
-            let buf = t % 2u;
-            for (var r = 0u; r < A_PER; r = r + 1u) {
-                As[(buf * BK + ka + M_STEP * r) * BMP + lm] = ra[r];
-            }
-            for (var r = 0u; r < B_PER; r = r + 1u) {
-                Bs[(buf * BK + kb) * BNP + nb + K_STEP * r] = rb[r];
-            }
+            store_slice(t % 2u, ka, lm, kb, nb);
         }
         if (lid < BK) {
             tbl[((t + 2u) % 3u) * BK + lid] = fwd_entry((t + 2u) * BK + lid);
@@ -397,13 +403,7 @@ fn dx_body(wg: vec3<u32>, lid: u32, scaled: bool) {
             mma(tx, ty, (t - 1u) % 2u);
         }
         if (fetch) {
-            let buf = t % 2u;
-            for (var r = 0u; r < A_PER; r = r + 1u) {
-                As[(buf * BK + ka + M_STEP * r) * BMP + lm] = ra[r];
-            }
-            for (var r = 0u; r < B_PER; r = r + 1u) {
-                Bs[(buf * BK + kb) * BNP + nb + K_STEP * r] = rb[r];
-            }
+            store_slice(t % 2u, ka, lm, kb, nb);
         }
         if (lid < BK) {
             tbl[((t + 2u) % 3u) * BK + lid] = dx_entry(q, (t + 2u) * BK + lid);
