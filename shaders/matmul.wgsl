@@ -84,6 +84,30 @@ override RELU: bool = false;    // epilogue: max(., 0) after the bias (linear_re
 // Global loads are then unguarded vec4s: one per operand per thread and K-slice instead of
 // four guarded scalars.
 override VEC4: bool = false;
+// The order in which the tiled kernels visit their launch's output tiles. 0: row by row
+// (workgroup x = column tile, the fastest-changing index of the dispatch order). G > 0:
+// bands of G tile rows, column by column inside a band, so the workgroups resident at one
+// time (about one per compute unit) share G row tiles of A and a few column tiles of B,
+// which stay in L2 while they are read again; row by row, a wave spans every column tile of
+// B. A bijection on the launch's grid, and a tile's arithmetic does not depend on it: the
+// result is bit-identical either way. Only products with more than G row tiles differ.
+override GROUP_M: u32 = 0u;
+
+// (column tile, row tile) of workgroup wg in the whole (split) grid, in GROUP_M's order.
+fn tile_of(wg: vec3<u32>, nwg: vec3<u32>) -> vec2<u32> {
+    var col = wg.x;
+    var row = wg.y;
+    if (GROUP_M > 0u) {
+        let id = wg.y * nwg.x + wg.x;
+        let band = GROUP_M * nwg.x; // workgroups per full band
+        let first = (id / band) * GROUP_M;
+        let rows = min(GROUP_M, nwg.y - first); // the last band may be shorter
+        let r = id % band;
+        col = r / rows;
+        row = first + r % rows;
+    }
+    return vec2<u32>(col + p.x0, row + p.y0);
+}
 
 // Element offsets of batch z's A and B matrices.
 fn batch_offsets(z: u32) -> vec2<u32> {
@@ -252,11 +276,13 @@ fn put128_vec4(s: Staged, buf: u32, lid: u32) {
 }
 
 @compute @workgroup_size(256)
-fn gemm_tile128(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn gemm_tile128(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
     let z = wg.z + p.z0;
     let offs = batch_offsets(z);
-    let m0 = (wg.y + p.y0) * 128u;
-    let n0 = (wg.x + p.x0) * 128u;
+    let tile = tile_of(wg, nwg);
+    let m0 = tile.y * 128u;
+    let n0 = tile.x * 128u;
     let tx = lid % 16u;
     let ty = lid / 16u;
     // accumulators: c<i><h> = row (i < 4: 4ty+i, else 64+4ty+i-4), columns half h (4tx.. / 64+4tx..)

@@ -73,6 +73,26 @@ fn tuning_picks_the_fastest_correct_variant_and_the_cache_file_remembers_it() {
     assert_eq!(g2.tune_table().get(BUCKET), Some(e));
 }
 
+/// A product with more than one band of 128-row tiles (and vec4-aligned operands) has the
+/// grouped tile order among its candidates, in both forms; the small one above has not
+/// (there the order is the same as row by row, and timing it twice would waste the budget).
+#[test]
+fn the_grouped_tile_order_is_a_candidate_only_where_it_changes_the_order() {
+    let file = scratch("grouped");
+    let g = context(TuneMode::Full, &file);
+    let (m, k, n) = (128 * ops::MATMUL_GROUP_M as usize + 8, 8, 136);
+    let mut rng = Rng::new(8);
+    let a = round_f32(&rng.normals(m * k));
+    let b = round_f32(&rng.normals(k * n));
+    let c = ops::matmul(&upload(&g, &a, &[m, k]), &upload(&g, &b, &[k, n])).unwrap().to_vec().unwrap();
+    let want: Vec<f64> = (0..m * n).map(|i| (0..k).map(|l| a[i / n * k + l] * b[l * n + i % n]).sum()).collect();
+    assert_close("grouped candidate product", &c, &want, 1e-5, 1e-6 * k as f64);
+    let table = g.tune_table();
+    let (bucket, e) = table.iter().find(|(b, _)| b.starts_with("matmul/")).unwrap();
+    let names: Vec<&str> = e.us.keys().map(|s| s.as_str()).collect();
+    assert_eq!(names, ["tile128", "tile128g8", "tile128v4", "tile128v4g8", "tile64"], "the candidates of {bucket}");
+}
+
 #[test]
 fn a_corrupt_or_stale_cache_is_ignored_and_then_replaced() {
     let file = scratch("corrupt");

@@ -605,6 +605,42 @@ fn vec4_interior_form_matches_the_cpu_and_the_guarded_tile() {
     assert!(e.to_string().contains("vec4 form"), "{e}");
 }
 
+/// The grouped tile order (bands of `MATMUL_GROUP_M` tile rows) on grids with a short last
+/// band: bit-identical to row by row (a tile's arithmetic does not depend on when it runs),
+/// right against the CPU, no write outside the output; also inside launches cut at a cap
+/// of 3 workgroups per dimension, where each launch has its own bands.
+#[test]
+fn grouped_tile_order_gives_the_same_bits_on_every_tile() {
+    let mut rng = Rng::new(71);
+    let bands = equimodal::ops::MATMUL_GROUP_M as usize;
+    // row tiles: one full band and a band of 2 rows; 3 column tiles (the last one partial)
+    let (m, n) = (128 * (bands + 1) + 72, 300); // rows of 4-float multiples: the vec4 form applies
+    let run = |k: usize, ta: bool, tb: bool, rng: &mut Rng, pairs: &[(MatmulKernel, MatmulKernel)]| {
+        let g = gpu(); // the capped context inside with_workgroup_cap
+        let (sa, sb) = (a_shape(&[], m, k, ta), b_shape(&[], k, n, tb));
+        let a = round_f32(&rng.normals(numel(&sa)));
+        let b = round_f32(&rng.normals(numel(&sb)));
+        let want = matmul_ref(&a, &sa, ta, &b, &sb, tb, None);
+        let (at, bt) = (upload(&g, &a, &sa), upload(&g, &b, &sb));
+        let opts = MatmulOpts { trans_a: ta, trans_b: tb, b_scale: None };
+        for &(grouped, plain) in pairs {
+            let what = format!("{grouped:?} {sa:?} x {sb:?} ta={ta} tb={tb}");
+            let got = ops::matmul_with_kernel(&at, &bt, opts, grouped).unwrap().to_vec().unwrap();
+            assert_close(&what, &got, &want, 1e-5, 1e-6 * k as f64);
+            let rows = ops::matmul_with_kernel(&at, &bt, opts, plain).unwrap().to_vec().unwrap();
+            assert_eq!(got, rows, "{what}: vs {plain:?}");
+            assert_canaries(&what);
+        }
+    };
+    let guarded = (MatmulKernel::Tile128Grouped, MatmulKernel::Tile128);
+    let vector = (MatmulKernel::Tile128Vec4Grouped, MatmulKernel::Tile128Vec4);
+    for (ta, tb) in [(false, false), (true, true)] {
+        run(12, ta, tb, &mut rng, &[guarded]); // K not a multiple of the slice: guarded only
+        run(16, ta, tb, &mut rng, &[guarded, vector]);
+    }
+    with_workgroup_cap(3, || run(16, false, true, &mut Rng::new(72), &[guarded, vector]));
+}
+
 /// Operands of one or two floats on every kernel (the 128x128 tile declares its operands as
 /// vec4 arrays too, for its VEC4 form: a launch must still bind them validly), against the
 /// CPU, on a context as release runs open it: without the test canary, whose slack beyond

@@ -1,6 +1,6 @@
 //! Which variant runs a product: the tuned choice of its shape bucket (timed now if the
 //! bucket is new; `ops::tune`, `gpu::tune`), or a size rule with tuning off.
-use super::launch::{launch, split_shape, vec4_applies, Form, MatmulKernel, SPLIT_MAX_PARTIAL_BYTES};
+use super::launch::{launch, split_shape, vec4_applies, Form, MatmulKernel, MATMUL_GROUP_M, SPLIT_MAX_PARTIAL_BYTES};
 use super::Plan;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -22,7 +22,7 @@ pub(super) fn heuristic(p: &Plan) -> MatmulKernel {
 }
 
 /// The variants that can run `p`: both tiles always; the VEC4 form where it applies and
-/// there is an interior tile; split-K for one matrix whose K holds at least two slices per
+/// there is an interior tile; the grouped tile order where it changes the order; split-K for one matrix whose K holds at least two slices per
 /// split and whose partials fit [`SPLIT_MAX_PARTIAL_BYTES`].
 fn candidates(p: &Plan, form: &Form, operands: &[&Tensor]) -> Vec<MatmulKernel> {
     MatmulKernel::TUNED
@@ -30,6 +30,9 @@ fn candidates(p: &Plan, form: &Form, operands: &[&Tensor]) -> Vec<MatmulKernel> 
         .filter(|k| match *k {
             // worth a launch only with interior tiles
             MatmulKernel::Tile128Vec4 => p.m >= 128 && p.n >= 128 && vec4_applies(p, form, operands),
+            // the grouped order differs from row by row only beyond one band of rows
+            MatmulKernel::Tile128Grouped => grouping_differs(p),
+            MatmulKernel::Tile128Vec4Grouped => grouping_differs(p) && vec4_applies(p, form, operands),
             MatmulKernel::SplitK(s) => {
                 let (chunk, used) = split_shape(p.k, s as usize);
                 p.batch == 1 && chunk >= 2 && used == s as usize && used * p.m * p.n * 4 <= SPLIT_MAX_PARTIAL_BYTES
@@ -37,6 +40,12 @@ fn candidates(p: &Plan, form: &Form, operands: &[&Tensor]) -> Vec<MatmulKernel> 
             _ => true,
         })
         .collect()
+}
+
+/// Whether the grouped tile order visits `p`'s 128x128 tiles in another order than row by
+/// row: more than one column tile and more than one band of row tiles.
+fn grouping_differs(p: &Plan) -> bool {
+    p.n > 128 && p.m.div_ceil(128) > MATMUL_GROUP_M as usize
 }
 
 /// The tuning bucket of `p`: transposes, scales, bias, and the power-of-two class of each

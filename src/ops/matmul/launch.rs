@@ -23,7 +23,7 @@ pub(crate) const KERNELS: &[Kernel] = &[K_TILE128, K_TILE64, K_REF, K_SPLITK_RED
 /// The override constants of `shaders/matmul.wgsl`: the product's form is fixed per
 /// pipeline, so its kernels carry no runtime branch on it (checked against the module by
 /// `tests/gpu/kernels.rs`).
-pub const MATMUL_OVERRIDES: [&str; 7] = ["TRANS_A", "TRANS_B", "SCALE_A", "SCALE_B", "BIAS", "RELU", "VEC4"];
+pub const MATMUL_OVERRIDES: [&str; 8] = ["TRANS_A", "TRANS_B", "SCALE_A", "SCALE_B", "BIAS", "RELU", "VEC4", "GROUP_M"];
 
 /// A product's form: transposes, which scales, bias, ReLU. Each form is its own pipeline.
 #[derive(Clone, Copy, Debug)]
@@ -38,13 +38,18 @@ pub(super) struct Form {
 
 impl Form {
     /// The pipeline constants, in [`MATMUL_OVERRIDES`] order (all but `VEC4`, which only
-    /// [`launch_vec4`] sets).
+    /// [`launch_vec4`] sets, and `GROUP_M`, which only the grouped variants set).
     fn constants(self) -> [(&'static str, f64); 6] {
         let v = [self.ta, self.tb, self.sa, self.sb, self.bias, self.relu];
         std::array::from_fn(|i| (MATMUL_OVERRIDES[i], v[i] as u32 as f64))
     }
 }
 
+/// Tile rows per band of the grouped tile order (`GROUP_M` in `shaders/matmul.wgsl`). At
+/// N = 4096 (32 column tiles), a wave of 132 resident 128x128 workgroups (one per SM of an
+/// H100, say) reads 5 row tiles of A and all 32 column tiles of B row by row, 37 operand
+/// tiles; in bands of 8 rows it reads 8 and 17, 25.
+pub const MATMUL_GROUP_M: u32 = 8;
 /// Split-K factors the tuner may try (on the 64x64 tile, batch 1 only).
 pub const MATMUL_SPLITS: [u32; 2] = [4, 16];
 /// K-slice depth of the 64x64 tile (`BK2` in `shaders/matmul.wgsl`): split-K cuts K in
@@ -86,6 +91,11 @@ pub enum MatmulKernel {
     /// 128x128 tiles with unguarded vec4 global loads on the interior tiles, the guarded
     /// form on the edge strips (unscaled operands with 16-byte rows and K a multiple of 8).
     Tile128Vec4,
+    /// [`MatmulKernel::Tile128`] visiting its tiles in bands of [`MATMUL_GROUP_M`] tile rows
+    /// (operands kept in L2); the same bits.
+    Tile128Grouped,
+    /// [`MatmulKernel::Tile128Vec4`] in the grouped tile order; the same bits.
+    Tile128Vec4Grouped,
     /// 64x64 tiles with K cut into this many splits (batch 1 only; see [`MATMUL_SPLITS`]).
     SplitK(u32),
     /// One thread per output, no tiling (slow; the cross-check).
@@ -94,9 +104,11 @@ pub enum MatmulKernel {
 
 impl MatmulKernel {
     /// Every variant the tuner may pick, in the order it tries them.
-    pub const TUNED: [MatmulKernel; 5] = [
+    pub const TUNED: [MatmulKernel; 7] = [
         MatmulKernel::Tile128,
         MatmulKernel::Tile128Vec4,
+        MatmulKernel::Tile128Grouped,
+        MatmulKernel::Tile128Vec4Grouped,
         MatmulKernel::Tile64,
         MatmulKernel::SplitK(MATMUL_SPLITS[0]),
         MatmulKernel::SplitK(MATMUL_SPLITS[1]),
@@ -109,11 +121,18 @@ impl MatmulKernel {
             MatmulKernel::Tile64 => "tile64",
             MatmulKernel::Tile128 => "tile128",
             MatmulKernel::Tile128Vec4 => "tile128v4",
+            MatmulKernel::Tile128Grouped => "tile128g8",
+            MatmulKernel::Tile128Vec4Grouped => "tile128v4g8",
             MatmulKernel::SplitK(4) => "splitk4",
             MatmulKernel::SplitK(16) => "splitk16",
             MatmulKernel::SplitK(_) => "splitk",
             MatmulKernel::Reference => "reference",
         }
+    }
+
+    /// Whether this variant visits its tiles in the grouped order.
+    pub fn grouped(self) -> bool {
+        matches!(self, MatmulKernel::Tile128Grouped | MatmulKernel::Tile128Vec4Grouped)
     }
 
     /// The tuned variant of this name.
@@ -189,6 +208,7 @@ pub(super) fn launch(
         MatmulKernel::Auto => super::choice::choose(p, a, sa, b, sb, bias, relu)?,
         k => k,
     };
+    let consts = consts.into_iter().chain(kernel.grouped().then_some((MATMUL_OVERRIDES[7], MATMUL_GROUP_M as f64))).collect::<Vec<_>>();
     let (k, tile) = match kernel {
         MatmulKernel::Reference => {
             gpu.dispatch(&K_REF, &consts, bytes_of(&params), &buffers, grid(gpu, p.batch * p.m * p.n, 64))?;
@@ -198,15 +218,15 @@ pub(super) fn launch(
             launch_split(p, form, params, buffers, &c, splits as usize)?;
             return Ok(c);
         }
-        MatmulKernel::Tile128Vec4 => {
+        MatmulKernel::Tile128Vec4 | MatmulKernel::Tile128Vec4Grouped => {
             if !vec4_applies(p, &form, &[a, b]) {
                 return Err(Error::Other(format!("matmul: the vec4 form needs unscaled, 16-byte aligned operands with K a multiple of 8 ({} x {} x {})", p.m, p.n, p.k)));
             }
             [buffers[6], buffers[7]] = [a.buffer(), b.buffer()];
-            launch_vec4(gpu, p, form, params, &buffers)?;
+            launch_vec4(gpu, p, &consts, params, &buffers)?;
             return Ok(c);
         }
-        MatmulKernel::Tile128 => (&K_TILE128, 128),
+        MatmulKernel::Tile128 | MatmulKernel::Tile128Grouped => (&K_TILE128, 128),
         _ => (&K_TILE64, 64),
     };
     // (column tiles, row tiles, batch), split at the per-dimension workgroup limit
@@ -227,18 +247,18 @@ pub(super) fn vec4_applies(p: &Plan, form: &Form, operands: &[&Tensor]) -> bool 
 }
 
 /// The 128x128 tile with the VEC4 form over the interior tiles (inside M and N) and the
-/// guarded form over the right column strip and the bottom row strip.
-fn launch_vec4(gpu: &Gpu, p: &Plan, form: Form, mut params: Params, buffers: &[&BufferRange; 8]) -> Result<()> {
+/// guarded form over the right column strip and the bottom row strip; `guarded` are the
+/// pipeline constants of the guarded form.
+fn launch_vec4(gpu: &Gpu, p: &Plan, guarded: &[(&str, f64)], mut params: Params, buffers: &[&BufferRange; 8]) -> Result<()> {
     let (tiles_x, tiles_y) = (p.n.div_ceil(128), p.m.div_ceil(128));
     let (full_x, full_y) = (p.n / 128, p.m / 128);
-    let guarded: Vec<(&str, f64)> = form.constants().to_vec();
-    let mut vector = guarded.clone();
+    let mut vector = guarded.to_vec();
     vector.push((MATMUL_OVERRIDES[6], 1.0));
     // (constants, first column tile, first row tile, columns, rows) of each region
     let regions = [
-        (&vector, 0, 0, full_x, full_y),
-        (&guarded, full_x, 0, tiles_x - full_x, tiles_y), // right strip, every row
-        (&guarded, 0, full_y, full_x, tiles_y - full_y),  // bottom strip, left of it
+        (&vector[..], 0, 0, full_x, full_y),
+        (guarded, full_x, 0, tiles_x - full_x, tiles_y), // right strip, every row
+        (guarded, 0, full_y, full_x, tiles_y - full_y),  // bottom strip, left of it
     ];
     for (consts, x, y, w, h) in regions {
         if w == 0 || h == 0 {
