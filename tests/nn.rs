@@ -850,3 +850,42 @@ fn transformer_backward_matches_finite_differences_of_cpu_reference() {
     let cpu = |p: &Named| cpu_nn::transformer(p, "tf", &xh, cfg.layers, cfg.heads, cfg.patch).0;
     check_module_grads_fd("transformer", &tf, &pooled, &cpu, 1e-4, 2, 931);
 }
+
+// ---- recomputation (model.recompute) ------------------------------------------------------
+
+/// ResNet18 with its blocks' inner batch norm + ReLU recomputed in the backward: the same
+/// outputs, parameter gradients and running statistics, bit for bit, as without; and between
+/// the forward and the backward it holds exactly one activation fewer per basic block (the
+/// second convolution's input, of the block's output shape: two blocks per stage). On a
+/// context of its own, so no other test's tensors enter the byte counts.
+#[test]
+fn resnet18_recompute_gives_the_same_bits_and_holds_one_activation_less_per_block() {
+    let g = equimodal::Gpu::new(test_options()).unwrap();
+    let shape = [2, 3, 33, 29];
+    let x = upload(&g, &Rng::new(301).normals(numel(&shape)), &shape);
+    let run = |recompute: bool| {
+        let net = ResNet18::new(&g, "enc", 3, 4, &mut srng(302)).unwrap().with_recompute(recompute);
+        let before = g.memory().allocated;
+        let (pooled, outs) = net.forward_depths(&x, &Ctx::train()).unwrap();
+        let held = g.memory().allocated - before;
+        let stage_bytes: u64 = outs[1..].iter().map(|o| 2 * 4 * o.numel() as u64).sum();
+        let seed = upload(&g, &Rng::new(303).uniforms(pooled.numel(), -1.0, 1.0), pooled.shape());
+        let mut grads = Gradients::new();
+        pooled.backward_with(seed, &mut grads).unwrap();
+        let mut bits = vec![("pooled".to_string(), pooled.to_vec().unwrap())];
+        for p in net.params() {
+            bits.push((p.name.clone(), grads.get(&p.tensor).unwrap_or_else(|| panic!("no gradient for {}", p.name)).to_vec().unwrap()));
+        }
+        for (name, t) in net.buffers() {
+            bits.push((name, t.to_vec().unwrap()));
+        }
+        (bits, held, stage_bytes)
+    };
+    let (plain, held_plain, stage_bytes) = run(false);
+    let (recomputed, held_recomputed, _) = run(true);
+    assert_eq!(plain.len(), recomputed.len());
+    for ((name, a), (_, b)) in plain.iter().zip(&recomputed) {
+        assert_eq!(a, b, "{name} differs with recompute");
+    }
+    assert_eq!(held_plain - held_recomputed, stage_bytes, "bytes held after the forward: {held_plain} without, {held_recomputed} with recompute");
+}

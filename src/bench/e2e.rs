@@ -214,7 +214,8 @@ fn shape_label(quick: &E2eSize, visual: bool) -> String {
     }
 }
 
-/// The end-to-end group: AUG step (audio step + visual step, `methods::Aug`), joint step
+/// The end-to-end group: AUG step (audio step + visual step, `methods::Aug`; also with
+/// `model.recompute`), joint step
 /// (one backward through both encoders, logits summed before the cross-entropy), eval
 /// forward (`Aug::predict`) and one audio ResNet18 step. `quick`: ResNet base width 8 at
 /// batch 4 on 1×33×24 / 3×32×32 (seconds on a software rasteriser).
@@ -226,14 +227,17 @@ pub fn e2e_cases(quick: bool) -> Vec<E2eCase> {
 pub fn e2e_cases_sized(size: &E2eSize) -> Vec<E2eCase> {
     let shape = shape_label(size, true);
     let mut v = Vec::new();
-    for (name, train) in [("aug_step", true), ("eval_forward", false)] {
+    // aug_step_recompute: the same step with model.recompute (its memory and time beside
+    // aug_step's are the switch's measured cost)
+    for (name, train, recompute) in [("aug_step", true, false), ("aug_step_recompute", true, true), ("eval_forward", false, false)] {
         let quick = size.clone();
         v.push(E2eCase {
             name: name.into(),
             shape: shape.clone(),
             setup: Box::new(move |gpu| {
                 let quick = &quick;
-                let cfg = aug_config(quick);
+                let mut cfg = aug_config(quick);
+                cfg.model.recompute = recompute;
                 let mut rng = StdRng::seed_from_u64(cfg.seed);
                 let mut method = Aug::new(gpu, &cfg.method_setup(), &specs(quick), CLASSES, &mut rng)?;
                 let mut opt = crate::train::build_optimizer(&cfg, method.trainable())?;

@@ -192,7 +192,7 @@ pub fn build_encoder(gpu: &Gpu, name: &str, spec: &ModalitySpec, mc: &ModelConfi
             if mc.encoder == EncoderKind::SmallCnn {
                 Box::new(SmallCnn::new(gpu, name, spec.shape[0], mc.width, mc.depth, rng)?)
             } else {
-                Box::new(ResNet18::new(gpu, name, spec.shape[0], mc.width, rng)?)
+                Box::new(ResNet18::new(gpu, name, spec.shape[0], mc.width, rng)?.with_recompute(mc.recompute))
             }
         }
         EncoderKind::Mlp => Box::new(MlpEncoder::new(gpu, name, spec.shape.iter().product(), &mc.hidden, rng)?),

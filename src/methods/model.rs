@@ -44,6 +44,10 @@ pub struct ModelConfig {
     /// Initialisation of conv and linear layers: `official` (the AUG code's) or `torch`.
     #[serde(deserialize_with = "super::config::by_name::deserialize")]
     pub init: crate::nn::Init,
+    /// resnet18: recompute each basic block's inner batch norm + ReLU in the backward instead
+    /// of holding the second convolution's input from the forward (less memory, the same
+    /// values and gradients, two element-wise passes more per block).
+    pub recompute: bool,
     /// Per-modality overrides, by modality name (`[model.modalities.audio]`); a name the data lacks
     /// is an error.
     pub modalities: BTreeMap<String, ModelOverride>,
@@ -62,6 +66,7 @@ impl Default for ModelConfig {
             patch: [4, 4],
             fusion_hidden: 64,
             init: crate::nn::Init::Official,
+            recompute: false,
             modalities: BTreeMap::new(),
         }
     }
@@ -134,6 +139,10 @@ impl ModelConfig {
             let mc = if o.is_some() { self.for_modality(name) } else { self.clone() };
             let field = |f: &str| if o.is_some() { format!("model.modalities.{name}.{f}") } else { format!("model.{f}") };
             mc.validate_one(&field, &in_range, max)?;
+        }
+        let resnet = std::iter::once(Some(self.encoder)).chain(self.modalities.values().map(|o| o.encoder)).any(|e| e == Some(EncoderKind::Resnet18));
+        if self.recompute && !resnet {
+            return Err(Error::config("model.recompute", format!("recomputes resnet18's blocks, and no modality has a resnet18 encoder (model.encoder = {:?})", self.encoder)));
         }
         if !in_range(self.fusion_hidden) {
             return Err(Error::config("model.fusion_hidden", format!("must be in 1..={max}, got {}", self.fusion_hidden)));

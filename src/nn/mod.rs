@@ -228,6 +228,15 @@ impl Conv2d {
         let s = ctx.scale_for(&self.weight.name);
         ops::conv2d(x, &self.weight.tensor, self.bias.as_ref().map(|b| &b.tensor), self.p, s)
     }
+    /// `self.forward(relu(bn.forward(y)))`, the same values and gradients, holding only y
+    /// (not the convolution's input) until the backward: batch norm and ReLU run again there
+    /// ([`ops::conv2d_after_bn_relu`]).
+    pub fn forward_after_bn_relu(&self, y: &Tensor, bn: &BatchNorm2d, ctx: &Ctx) -> Result<Tensor> {
+        let (stats, batch_stats) = bn.stats(y, ctx)?;
+        let pre = ops::BnRelu { weight: &bn.weight.tensor, bias: &bn.bias.tensor, stats: &stats, batch_stats };
+        let s = ctx.scale_for(&self.weight.name);
+        ops::conv2d_after_bn_relu(y, pre, &self.weight.tensor, self.bias.as_ref().map(|b| &b.tensor), self.p, s)
+    }
 }
 
 impl Module for Conv2d {
@@ -268,15 +277,23 @@ impl BatchNorm2d {
     /// x `[N, C, H, W]` or `[N, C]`, normalised with the statistics `ctx.bn` selects; records them
     /// in `ctx.bn_record` when set. Errors: [`BnStats::Given`] without this layer's statistics.
     pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        let (stats, batch) = self.stats(x, ctx)?;
+        ops::batch_norm_apply(x, &self.weight.tensor, &self.bias.tensor, &stats, batch)
+    }
+
+    /// The statistics `[2, C]` (mean, 1/sqrt(var + eps)) [`forward`](Self::forward) normalises
+    /// x with under `ctx`, and whether they are x's batch statistics; computing them updates
+    /// the running statistics and records them exactly as the forward does.
+    pub fn stats(&self, x: &Tensor, ctx: &Ctx) -> Result<(Tensor, bool)> {
         match &ctx.bn {
             BnStats::Mode => {}
-            BnStats::Running => return ops::batch_norm(x, &self.weight.tensor, &self.bias.tensor, &self.state, false),
+            BnStats::Running => return Ok((ops::batch_norm_stats(x, &self.state, false)?, false)),
             BnStats::Given(map) => {
                 let stats = map.get(&self.name).ok_or_else(|| Error::Other(format!("batch norm `{}`: no recorded statistics (the recording forward did not reach this layer)", self.name)))?;
-                return ops::batch_norm_given(x, &self.weight.tensor, &self.bias.tensor, stats);
+                return Ok((stats.clone(), false));
             }
         }
-        // batch statistics without touching the running ones: normalise against a copy
+        // batch statistics without touching the running ones: computed against a copy
         let frozen;
         let state = if ctx.training && !ctx.update_stats {
             frozen = ops::BatchNormState {
@@ -289,11 +306,11 @@ impl BatchNorm2d {
         } else {
             &self.state
         };
-        let (y, stats) = ops::batch_norm_with_stats(x, &self.weight.tensor, &self.bias.tensor, state, ctx.training)?;
+        let stats = ops::batch_norm_stats(x, state, ctx.training)?;
         if let Some(rec) = &ctx.bn_record {
-            rec.lock().map_err(|_| Error::Other("batch-norm record lock poisoned".into()))?.insert(self.name.clone(), stats);
+            rec.lock().map_err(|_| Error::Other("batch-norm record lock poisoned".into()))?.insert(self.name.clone(), stats.clone());
         }
-        Ok(y)
+        Ok((stats, ctx.training))
     }
 }
 

@@ -16,6 +16,8 @@ pub struct BasicBlock {
     conv2: Conv2d,
     bn2: BatchNorm2d,
     down: Option<(Conv2d, BatchNorm2d)>,
+    /// rebuild conv2's input from conv1's output in the backward instead of saving it
+    recompute: bool,
 }
 
 impl BasicBlock {
@@ -35,12 +37,18 @@ impl BasicBlock {
             conv2: Conv2d::new(gpu, &join(name, "conv2"), cout, cout, 3, 1, 1, false, rng)?,
             bn2: BatchNorm2d::new(gpu, &join(name, "bn2"), cout)?,
             down,
+            recompute: false,
         })
     }
     /// x `[N, cin, H, W]` → `[N, cout, ⌈H/stride⌉, ⌈W/stride⌉]`.
     pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
-        let h = ops::relu(&self.bn1.forward(&self.conv1.forward(x, ctx)?, ctx)?)?;
-        let h = self.bn2.forward(&self.conv2.forward(&h, ctx)?, ctx)?;
+        let y = self.conv1.forward(x, ctx)?;
+        let h = if self.recompute {
+            self.conv2.forward_after_bn_relu(&y, &self.bn1, ctx)?
+        } else {
+            self.conv2.forward(&ops::relu(&self.bn1.forward(&y, ctx)?)?, ctx)?
+        };
+        let h = self.bn2.forward(&h, ctx)?;
         let skip = match &self.down {
             Some((c, b)) => b.forward(&c.forward(x, ctx)?, ctx)?,
             None => x.clone(),
@@ -101,6 +109,16 @@ impl ResNet18 {
             cin = w;
         }
         Ok(ResNet18 { name: name.to_string(), conv1, bn1, layers, widths })
+    }
+
+    /// With `on`, every basic block recomputes its inner batch norm + ReLU in the backward
+    /// instead of holding the second convolution's input (`model.recompute`): one activation
+    /// fewer per block between forward and backward, the same values and gradients.
+    pub fn with_recompute(mut self, on: bool) -> ResNet18 {
+        for b in self.layers.iter_mut().flatten() {
+            b.recompute = on;
+        }
+        self
     }
 
     fn stem(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {

@@ -107,21 +107,41 @@ pub fn batch_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, state: &BatchNormS
 /// per-channel mean and 1/sqrt(var + eps) (the batch's in training, the running ones in
 /// eval), for [`batch_norm_given`] to reuse in another forward of the same step.
 pub fn batch_norm_with_stats(x: &Tensor, weight: &Tensor, bias: &Tensor, state: &BatchNormState, training: bool) -> Result<(Tensor, Tensor)> {
-    expect_f32("batch_norm", &[x, weight, bias, &state.running_mean, &state.running_var])?;
+    // every shape and dtype checked before the running statistics change
+    expect_f32("batch_norm", &[x, weight, bias])?;
+    bn_geometry("batch_norm", x, &[("weight", weight), ("bias", bias)])?;
+    let stats = batch_norm_stats(x, state, training)?;
+    Ok((batch_norm_apply(x, weight, bias, &stats, training)?, stats))
+}
+
+/// (N, C, H·W) of a batch-norm input `[N, C, H, W]` or `[N, C]`, every `[C]` tensor of
+/// `per_channel` checked against it; a typed error naming `op` otherwise.
+fn bn_geometry(op: &'static str, x: &Tensor, per_channel: &[(&str, &Tensor)]) -> Result<(usize, usize, usize)> {
     let (n, c, hw) = match *x.shape() {
         [n, c] => (n, c, 1),
         [n, c, h, w] => (n, c, h * w),
-        _ => return Err(Error::shape("batch_norm", format!("expects x [N, C, H, W] or [N, C], got {:?}", x.shape()))),
+        _ => return Err(Error::shape(op, format!("expects x [N, C, H, W] or [N, C], got {:?}", x.shape()))),
     };
-    for (what, t) in [("weight", weight), ("bias", bias), ("running_mean", &state.running_mean), ("running_var", &state.running_var)] {
+    for (what, t) in per_channel {
         if t.shape() != [c] {
-            return Err(Error::shape("batch_norm", format!("{what} has shape {:?}, expected [{c}] for x {:?}", t.shape(), x.shape())));
+            return Err(Error::shape(op, format!("{what} has shape {:?}, expected [{c}] for x {:?}", t.shape(), x.shape())));
         }
     }
-    let m = n * hw;
-    if m == 0 || c == 0 {
-        return Err(Error::shape("batch_norm", format!("empty input {:?}", x.shape())));
+    if n * hw == 0 || c == 0 {
+        return Err(Error::shape(op, format!("empty input {:?}", x.shape())));
     }
+    Ok((n, c, hw))
+}
+
+/// The statistics batch norm of x normalises with, `[2, C]` (mean, 1/sqrt(var + eps)), without
+/// normalising: `training = true`: the batch's (biased variance), with the running statistics
+/// updated in place; `false`: the running ones (a copy, so later in-place updates of the
+/// running statistics cannot change a backward that uses it). No gradient flows through it;
+/// [`batch_norm_apply`] with `batch_stats = training` is the normalisation that goes with it.
+pub fn batch_norm_stats(x: &Tensor, state: &BatchNormState, training: bool) -> Result<Tensor> {
+    expect_f32("batch_norm", &[x, &state.running_mean, &state.running_var])?;
+    let (n, c, hw) = bn_geometry("batch_norm", x, &[("running_mean", &state.running_mean), ("running_var", &state.running_var)])?;
+    let m = n * hw;
     if training && m < 2 {
         return Err(Error::shape(
             "batch_norm",
@@ -143,8 +163,6 @@ pub fn batch_norm_with_stats(x: &Tensor, weight: &Tensor, bias: &Tensor, state: 
         cs: cs as u32,
         _p: [0; 2],
     };
-    // stats = [mean[C], invstd[C]]: the batch's in training, the running stats' in eval
-    // (a copy, so later in-place updates of the running stats cannot change the backward).
     let stats = Tensor::empty(gpu, &[2, c], DType::F32)?;
     if training {
         // per-(chunk, channel) mean and M2, then merged per channel into stats and the
@@ -167,16 +185,7 @@ pub fn batch_norm_with_stats(x: &Tensor, weight: &Tensor, bias: &Tensor, state: 
             grid(gpu, c, 256),
         )?;
     }
-    let y = Tensor::empty(gpu, x.shape(), DType::F32)?;
-    gpu.dispatch(
-        &K_BN_APPLY,
-        &[],
-        bytes_of(&p),
-        &[x.buffer(), stats.buffer(), weight.buffer(), bias.buffer(), y.buffer()],
-        grid(gpu, x.numel(), 256),
-    )?;
-    let (xs, ws, st) = (x.detach(), weight.detach(), stats.clone());
-    Ok((y.with_grad_fn(&[x, weight, bias], || Box::new(BatchNormBack { p, x: xs, w: ws, stats: st })), stats))
+    Ok(stats)
 }
 
 /// Batch normalisation with fixed statistics `stats` `[2, C]` (mean, 1/sqrt(var + eps)), as
@@ -184,37 +193,54 @@ pub fn batch_norm_with_stats(x: &Tensor, weight: &Tensor, bias: &Tensor, state: 
 /// statistics are constants (no gradient reaches them), as the running ones are in eval
 /// mode; gradients flow to x, weight and bias.
 pub fn batch_norm_given(x: &Tensor, weight: &Tensor, bias: &Tensor, stats: &Tensor) -> Result<Tensor> {
-    expect_f32("batch_norm_given", &[x, weight, bias, stats])?;
-    let (n, c, hw) = match *x.shape() {
-        [n, c] => (n, c, 1),
-        [n, c, h, w] => (n, c, h * w),
-        _ => return Err(Error::shape("batch_norm_given", format!("expects x [N, C, H, W] or [N, C], got {:?}", x.shape()))),
-    };
-    for (what, t, want) in [("weight", weight, vec![c]), ("bias", bias, vec![c]), ("stats", stats, vec![2, c])] {
-        if t.shape() != want.as_slice() {
-            return Err(Error::shape("batch_norm_given", format!("{what} has shape {:?}, expected {want:?} for x {:?}", t.shape(), x.shape())));
-        }
-    }
-    let m = n * hw;
-    if m == 0 || c == 0 {
-        return Err(Error::shape("batch_norm_given", format!("empty input {:?}", x.shape())));
-    }
-    let gpu = x.gpu();
-    let (chunks, cs) = bn_chunks(m, c);
-    // eps is already inside invstd; `training = 0` makes the backward treat the statistics
-    // as constants
-    let p = BnParams { n: n as u32, c: c as u32, hw: hw as u32, m: m as u32, eps: 0.0, momentum: 0.0, unbias: 1.0, training: 0, chunks: chunks as u32, cs: cs as u32, _p: [0; 2] };
-    let y = Tensor::empty(gpu, x.shape(), DType::F32)?;
-    gpu.dispatch(&K_BN_APPLY, &[], bytes_of(&p), &[x.buffer(), stats.buffer(), weight.buffer(), bias.buffer(), y.buffer()], grid(gpu, x.numel(), 256))?;
-    let (xs, ws, st) = (x.detach(), weight.detach(), stats.detach());
-    Ok(y.with_grad_fn(&[x, weight, bias], || Box::new(BatchNormBack { p, x: xs, w: ws, stats: st })))
+    batch_norm_apply(x, weight, bias, stats, false)
 }
 
-struct BatchNormBack {
+/// `y = (x - mean) * invstd * weight + bias` with `stats` `[2, C]` (mean, invstd).
+/// `batch_stats`: the statistics are x's own batch statistics ([`batch_norm_stats`] in
+/// training), so x's gradient includes their dependence on x; otherwise they are constants
+/// ([`batch_norm_given`]).
+pub fn batch_norm_apply(x: &Tensor, weight: &Tensor, bias: &Tensor, stats: &Tensor, batch_stats: bool) -> Result<Tensor> {
+    let back = batch_norm_rule(x, weight, bias, stats, batch_stats)?;
+    let y = Tensor::empty(x.gpu(), x.shape(), DType::F32)?;
+    x.gpu().dispatch(
+        &K_BN_APPLY,
+        &[],
+        bytes_of(&back.p),
+        &[x.buffer(), stats.buffer(), weight.buffer(), bias.buffer(), y.buffer()],
+        grid(x.gpu(), x.numel(), 256),
+    )?;
+    Ok(y.with_grad_fn(&[x, weight, bias], || Box::new(back)))
+}
+
+/// The backward rule of [`batch_norm_apply`] (inputs x, weight, bias), checked; for ops that
+/// normalise inside a fused forward (`conv2d_after_bn_relu`).
+pub(crate) fn batch_norm_rule(x: &Tensor, weight: &Tensor, bias: &Tensor, stats: &Tensor, batch_stats: bool) -> Result<BatchNormBack> {
+    expect_f32("batch_norm", &[x, weight, bias, stats])?;
+    let (n, c, hw) = bn_geometry("batch_norm", x, &[("weight", weight), ("bias", bias)])?;
+    if stats.shape() != [2, c] {
+        return Err(Error::shape("batch_norm", format!("stats has shape {:?}, expected [2, {c}] for x {:?}", stats.shape(), x.shape())));
+    }
+    let m = n * hw;
+    let (chunks, cs) = bn_chunks(m, c);
+    // eps is already inside invstd; `training` tells the backward whether the statistics
+    // depend on x
+    let p = BnParams { n: n as u32, c: c as u32, hw: hw as u32, m: m as u32, eps: 0.0, momentum: 0.0, unbias: 1.0, training: batch_stats as u32, chunks: chunks as u32, cs: cs as u32, _p: [0; 2] };
+    Ok(BatchNormBack { p, x: x.detach(), w: weight.detach(), stats: stats.detach() })
+}
+
+pub(crate) struct BatchNormBack {
     p: BnParams,
     x: Tensor,
     w: Tensor,
     stats: Tensor,
+}
+
+impl BatchNormBack {
+    /// (x, weight, stats) as saved for the backward.
+    pub(crate) fn saved(&self) -> (&Tensor, &Tensor, &Tensor) {
+        (&self.x, &self.w, &self.stats)
+    }
 }
 
 impl BackwardOp for BatchNormBack {

@@ -414,3 +414,85 @@ fn conv_tile_rule_avoids_mostly_padded_tiles() {
     // M and N multiples of every tile: no padding anywhere, the wide tile
     assert_eq!(ops::tile_for(128 * 64, 64 * 7), T128x64);
 }
+
+/// conv2d(relu(batch_norm(y))) with y's batch statistics, in f64: y [N, C, H, W].
+fn bn_relu_conv_ref(s: Shape, p: Conv2dParams, y: &[f64], gamma: &[f64], beta: &[f64], w: &[f64], b: &[f64]) -> Vec<f64> {
+    let hw = s.h * s.w;
+    let m = (s.n * hw) as f64;
+    let mut h = vec![0.0; y.len()];
+    for ch in 0..s.c {
+        let at = |i: usize, q: usize| (i * s.c + ch) * hw + q;
+        let vals = || (0..s.n).flat_map(move |i| (0..hw).map(move |q| at(i, q)));
+        let mean = vals().map(|j| y[j]).sum::<f64>() / m;
+        let var = vals().map(|j| (y[j] - mean).powi(2)).sum::<f64>() / m;
+        let inv = 1.0 / (var + 1e-5).sqrt();
+        for j in vals() {
+            h[j] = ((y[j] - mean) * inv * gamma[ch] + beta[ch]).max(0.0);
+        }
+    }
+    conv_ref(s, p, &h, w, Some(b))
+}
+
+/// The convolution that rebuilds its input relu(batch_norm(y)) in the backward
+/// (`model.recompute`): against the f64 reference with finite differences of y, γ, β, the
+/// weight and the bias (batch statistics, so y's gradient goes through them too), and bit
+/// for bit the unfused ops' output and gradients, with batch or given statistics and with a
+/// weight scale (AIM's masks).
+#[test]
+fn conv_after_bn_relu_recomputes_the_unfused_ops_bit_for_bit() {
+    let s = Shape { n: 2, c: 3, h: 7, w: 6, o: 5, kh: 3, kw: 3 };
+    let p = params((2, 2), (1, 1), (1, 1));
+    let mut rng = Rng::new(91);
+    let (ys, ws) = xw_shapes(s);
+    let y = rng.normals(numel(&ys));
+    let gamma = rng.uniforms(s.c, 0.5, 1.5);
+    let beta = rng.uniforms(s.c, -0.5, 0.5);
+    let w = rng.uniforms(numel(&ws), -1.0, 1.0);
+    let b = rng.uniforms(s.o, -1.0, 1.0);
+    let fused = |t: &[Tensor]| {
+        let state = ops::BatchNormState::new(t[0].gpu(), s.c, 0.1, 1e-5)?;
+        let stats = ops::batch_norm_stats(&t[0], &state, true)?;
+        let bn = ops::BnRelu { weight: &t[1], bias: &t[2], stats: &stats, batch_stats: true };
+        ops::conv2d_after_bn_relu(&t[0], bn, &t[3], Some(&t[4]), p, None)
+    };
+    let inputs = [(y.clone(), ys.clone()), (gamma.clone(), vec![s.c]), (beta.clone(), vec![s.c]), (w.clone(), ws.clone()), (b.clone(), vec![s.o])];
+    check_op(
+        "conv_after_bn_relu",
+        &inputs,
+        &[0, 1, 2, 3, 4],
+        &fused,
+        &|v| bn_relu_conv_ref(s, p, &v[0], &v[1], &v[2], &v[3], &v[4]),
+        // normalised values of unit size: the convolution's sums, with batch norm's division
+        // by small deviations (12 values per channel) amplifying f32 error a few times
+        Tol::sums(s.c * 9 * 10, (s.c as f64 * 9.0).sqrt(), 10 * s.n * 16, (s.n as f64 * 16.0).sqrt()),
+    );
+
+    let g = gpu();
+    let mask = upload(&g, &rng.uniforms(numel(&ws), 0.0, 1.0), &ws);
+    for (batch_stats, scale) in [(true, None), (false, None), (true, Some(&mask)), (false, Some(&mask))] {
+        let run = |recompute: bool| {
+            let t: Vec<Tensor> = inputs.iter().map(|(v, sh)| upload(&g, v, sh).requires_grad()).collect();
+            let state = ops::BatchNormState::new(&g, s.c, 0.1, 1e-5).unwrap();
+            let stats = ops::batch_norm_stats(&t[0], &state, batch_stats).unwrap();
+            let out = if recompute {
+                let bn = ops::BnRelu { weight: &t[1], bias: &t[2], stats: &stats, batch_stats };
+                ops::conv2d_after_bn_relu(&t[0], bn, &t[3], Some(&t[4]), p, scale)
+            } else {
+                let h = ops::relu(&ops::batch_norm_apply(&t[0], &t[1], &t[2], &stats, batch_stats).unwrap()).unwrap();
+                ops::conv2d(&h, &t[3], Some(&t[4]), p, scale)
+            }
+            .unwrap();
+            let seed = upload(&g, &Rng::new(92).uniforms(out.numel(), -1.0, 1.0), out.shape());
+            let mut grads = equimodal::Gradients::new();
+            out.backward_with(seed, &mut grads).unwrap();
+            let mut all = vec![out.to_vec().unwrap()];
+            all.extend(t.iter().map(|x| grads.get(x).expect("a gradient for every input").to_vec().unwrap()));
+            all
+        };
+        let (plain, fused) = (run(false), run(true));
+        for (i, (a, f)) in plain.iter().zip(&fused).enumerate() {
+            assert_eq!(a, f, "batch_stats={batch_stats} scaled={}: {} differs", scale.is_some(), ["output", "dy", "dgamma", "dbeta", "dw", "dbias"][i]);
+        }
+    }
+    assert_canaries("conv_after_bn_relu");
+}

@@ -433,6 +433,8 @@ fn hostile_config_values_are_errors_naming_the_field() {
         // a 2^16 x 2^20 layer (256 GB): beyond every device's largest buffer or the host
         ("model.hidden=[1048576]", &["model", "needs", "GB"]),
         ("model.hidden=[]", &["model.hidden"]),
+        // recomputation is resnet18's; this run's encoders are MLPs
+        ("model.recompute=true", &["model.recompute", "resnet18"]),
         ("train.gamma=nan", &["train.gamma", "NaN"]),
         ("train.min_lr=-1", &["train.min_lr"]),
         ("train.lr=nan", &["train.lr"]),

@@ -8,8 +8,10 @@
 //! N*HO*WO with split-K across workgroups and a second, deterministic reduction pass (no
 //! float atomics).
 mod choice;
+mod fused;
 
 pub use choice::tile_for;
+pub use fused::{conv2d_after_bn_relu, BnRelu};
 use choice::Gemm;
 use super::{bytes_of, expect_f32, expect_same_gpu, grid, split_grid};
 use crate::autograd::BackwardOp;

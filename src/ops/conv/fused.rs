@@ -1,0 +1,96 @@
+//! A convolution whose input is `relu(batch_norm(y))`, recomputed in the backward instead of
+//! saved (`model.recompute`).
+//!
+//! In conv → BN → ReLU → conv the second convolution saves its input h = relu(bn(y)) for its
+//! weight gradient, and batch norm saves y: two activations of the same size live from the
+//! forward to the backward. This op saves only y (and the per-channel statistics): the
+//! backward normalises y again (one element-wise pass, then ReLU) to rebuild h, runs the
+//! convolution's backward with it, drops it, and goes on through ReLU and batch norm. The
+//! rebuilt h has the bits of the forward's (the same kernels on the same values), so every
+//! gradient is bit-identical to the unfused ops'; the price is two element-wise passes per
+//! step over h.
+use super::{check, forward, Conv2dBack, Conv2dParams, Geom};
+use crate::autograd::BackwardOp;
+use crate::error::Result;
+use crate::ops::elementwise::{relu, relu_backward_from_output};
+use crate::ops::norm::{batch_norm_given, batch_norm_rule, BatchNormBack};
+use crate::tensor::Tensor;
+
+/// The batch norm + ReLU in front of [`conv2d_after_bn_relu`]'s convolution.
+#[derive(Clone, Copy)]
+pub struct BnRelu<'a> {
+    /// Scale γ `[C]`.
+    pub weight: &'a Tensor,
+    /// Shift β `[C]`.
+    pub bias: &'a Tensor,
+    /// `[2, C]`: mean and 1/sqrt(var + eps), as [`batch_norm_stats`](crate::ops::batch_norm_stats) gives.
+    pub stats: &'a Tensor,
+    /// The statistics are y's own batch statistics (training), so y's gradient includes
+    /// their dependence on y; otherwise they are constants (running or given statistics).
+    pub batch_stats: bool,
+}
+
+/// `conv2d(relu(batch_norm_apply(y, bn)), w, bias, p, w_scale)` with the same values and
+/// gradients as those ops one after another (inputs y, bn's weight and bias, w, bias and
+/// w_scale), holding only y until the backward instead of y and the convolution's input.
+pub fn conv2d_after_bn_relu(y: &Tensor, bn: BnRelu, w: &Tensor, bias: Option<&Tensor>, p: Conv2dParams, w_scale: Option<&Tensor>) -> Result<Tensor> {
+    let rule = batch_norm_rule(y, bn.weight, bn.bias, bn.stats, bn.batch_stats)?;
+    let h = {
+        let _ng = crate::autograd::no_grad();
+        relu(&batch_norm_given(y, bn.weight, bn.bias, bn.stats)?)?
+    };
+    let g = check(&h, w, bias, &p, w_scale)?;
+    let out = forward(&g, &h, w, bias, w_scale)?;
+    let mut inputs: Vec<&Tensor> = vec![y, bn.weight, bn.bias, w];
+    inputs.extend(bias);
+    inputs.extend(w_scale);
+    Ok(out.with_grad_fn(&inputs, || {
+        Box::new(BnReluConvBack {
+            bn: rule,
+            bn_bias: bn.bias.detach(),
+            g,
+            w: w.detach(),
+            scale: w_scale.map(|s| s.detach()),
+            has_bias: bias.is_some(),
+        })
+    }))
+}
+
+struct BnReluConvBack {
+    /// batch norm's rule: holds y, γ and the statistics
+    bn: BatchNormBack,
+    bn_bias: Tensor,
+    g: Geom,
+    w: Tensor,
+    scale: Option<Tensor>,
+    has_bias: bool,
+}
+
+impl BackwardOp for BnReluConvBack {
+    fn name(&self) -> &'static str {
+        "conv2d_after_bn_relu"
+    }
+    fn backward(&self, dout: &Tensor, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
+        let (bn_inputs, conv_rest) = inputs.split_at(3);
+        // h again, from the saved y (the forward's kernels on the forward's values)
+        let (y, gamma, stats) = self.bn.saved();
+        let h = relu(&batch_norm_given(y, gamma, &self.bn_bias, stats)?)?;
+        // the convolution's backward sees h as an input that needs a gradient exactly when
+        // something in front of it does (a handle of one of y, γ, β)
+        let h_handle = bn_inputs.iter().find(|t| t.is_tracked()).unwrap_or(&bn_inputs[0]).clone();
+        let conv_inputs: Vec<Tensor> = std::iter::once(h_handle).chain(conv_rest.iter().cloned()).collect();
+        let conv = Conv2dBack { g: self.g, x: h, w: self.w.clone(), scale: self.scale.clone(), has_bias: self.has_bias };
+        let mut conv_grads = conv.backward(dout, &conv_inputs)?;
+        let dh = conv_grads.remove(0);
+        let mut out = match dh {
+            Some(dh) => {
+                let dz = relu_backward_from_output(&conv.x, &dh)?;
+                drop(conv); // h is not needed past this point
+                self.bn.backward(&dz, bn_inputs)?
+            }
+            None => vec![None, None, None],
+        };
+        out.extend(conv_grads);
+        Ok(out)
+    }
+}
