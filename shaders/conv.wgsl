@@ -41,7 +41,8 @@ struct Params {
     wo: u32, sh: u32, sw: u32, ph: u32,
     pw: u32, dh: u32, dw: u32, m: u32,     // m: GEMM M of the launch (fwd: N*HO*WO; dw: C*KH*KW)
     k: u32, chunk: u32, splits: u32, direct: u32, // k: GEMM K (fwd: C*KH*KW; dw: N*HO*WO)
-    flags: u32, // bit 0: w_scale bound (reduce pass), bit 1: bias bound (forward)
+    flags: u32, // bit 0: w_scale bound (reduce pass); forward epilogue: bit 1 bias, bit 2
+                // batch norm with fixed statistics, bit 3 residual add, bit 4 ReLU (in that order)
     x0: u32, y0: u32, z0: u32, // first workgroup of this launch (ops::split_grid: launches
                                // are split per dimension at the device's workgroup limit)
 }
@@ -128,6 +129,34 @@ fn mma(tx: u32, ty: u32, buf: u32) {
 @group(0) @binding(3) var<storage, read> fbias: array<f32>;
 @group(0) @binding(4) var<storage, read> fscale: array<f32>;
 @group(0) @binding(5) var<storage, read_write> fy: array<f32>;
+// The inference epilogue's operands (flags bits 2 and 3; placeholders otherwise): batch
+// norm's statistics [2, O] (mean, 1/sqrt(var + eps)), weight and bias [O], and a residual of
+// y's shape. Batch norm is applied as its own kernel does, (v - mean) * (invstd * weight) +
+// bias, so a folded layer gives what conv then batch_norm would.
+@group(0) @binding(6) var<storage, read> fbn_stats: array<f32>;
+@group(0) @binding(7) var<storage, read> fbn_w: array<f32>;
+@group(0) @binding(8) var<storage, read> fbn_b: array<f32>;
+@group(0) @binding(9) var<storage, read> fres: array<f32>;
+
+// The forward's epilogue on output (channel o, element i of y): bias, batch norm, residual,
+// ReLU, each a uniform branch on the flags (outside the K loop, once per output).
+fn epilogue(v0: f32, o: u32, i: u32) -> f32 {
+    var v = v0;
+    if ((p.flags & 2u) != 0u) {
+        v = v + fbias[o];
+    }
+    if ((p.flags & 4u) != 0u) {
+        let scale = fbn_stats[p.o + o] * fbn_w[o]; // as norm.wgsl's bn_apply groups it
+        v = (v - fbn_stats[o]) * scale + fbn_b[o];
+    }
+    if ((p.flags & 8u) != 0u) {
+        v = v + fres[i];
+    }
+    if ((p.flags & 16u) != 0u) {
+        v = max(v, 0.0);
+    }
+    return v;
+}
 
 // K index -> (c*H*W, kh*dh, kw*dw); out of range -> row pushed out of the image.
 fn fwd_entry(k: u32) -> vec4<i32> {
@@ -234,11 +263,8 @@ fn fwd_body(wg: vec3<u32>, lid: u32, scaled: bool) {
             for (var j = 0u; j < TN; j = j + 1u) {
                 let o = n0 + ty + TY * j;
                 if (o < p.o) {
-                    var v = acc[j][i];
-                    if ((p.flags & 2u) != 0u) {
-                        v = v + fbias[o];
-                    }
-                    fy[base + o * hwo] = v;
+                    let at = base + o * hwo;
+                    fy[at] = epilogue(acc[j][i], o, at);
                 }
             }
         }

@@ -228,6 +228,28 @@ impl Conv2d {
         let s = ctx.scale_for(&self.weight.name);
         ops::conv2d(x, &self.weight.tensor, self.bias.as_ref().map(|b| &b.tensor), self.p, s)
     }
+    /// `bn.forward(self.forward(x))`, then `+ residual`, then ReLU if `relu`. Where no
+    /// gradient is recorded and batch norm's statistics do not depend on the input
+    /// (evaluation), all of it runs in the convolution's epilogue
+    /// ([`ops::conv2d_inference`]); otherwise as the separate ops.
+    pub fn forward_bn(&self, x: &Tensor, bn: &BatchNorm2d, residual: Option<&Tensor>, relu: bool, ctx: &Ctx) -> Result<Tensor> {
+        let s = ctx.scale_for(&self.weight.name);
+        let bias = self.bias.as_ref().map(|b| &b.tensor);
+        if !crate::autograd::grad_enabled() {
+            if let Some(stats) = bn.fixed_stats(ctx)? {
+                let epi = ops::ConvEpilogue { batch_norm: Some((&stats, &bn.weight.tensor, &bn.bias.tensor)), residual, relu };
+                return ops::conv2d_inference(x, &self.weight.tensor, bias, self.p, s, epi);
+            }
+        }
+        let mut y = bn.forward(&self.forward(x, ctx)?, ctx)?;
+        if let Some(r) = residual {
+            y = ops::add(&y, r)?;
+        }
+        if relu {
+            y = ops::relu(&y)?;
+        }
+        Ok(y)
+    }
     /// `self.forward(relu(bn.forward(y)))`, the same values and gradients, holding only y
     /// (not the convolution's input) until the backward: batch norm and ReLU run again there
     /// ([`ops::conv2d_after_bn_relu`]).
@@ -281,6 +303,24 @@ impl BatchNorm2d {
         ops::batch_norm_apply(x, &self.weight.tensor, &self.bias.tensor, &stats, batch)
     }
 
+    /// The statistics [`forward`](Self::forward) would normalise with under `ctx` when they do
+    /// not depend on the input (running or given ones), else `None` (batch statistics).
+    /// Computing them changes nothing.
+    pub fn fixed_stats(&self, ctx: &Ctx) -> Result<Option<Tensor>> {
+        match &ctx.bn {
+            BnStats::Mode if ctx.training => Ok(None),
+            BnStats::Mode | BnStats::Running => Ok(Some(ops::batch_norm_running_stats(&self.state)?)),
+            BnStats::Given(_) => Ok(Some(self.given(ctx)?.clone())),
+        }
+    }
+
+    fn given<'a>(&self, ctx: &'a Ctx) -> Result<&'a Tensor> {
+        match &ctx.bn {
+            BnStats::Given(map) => map.get(&self.name).ok_or_else(|| Error::Other(format!("batch norm `{}`: no recorded statistics (the recording forward did not reach this layer)", self.name))),
+            _ => Err(Error::Other(format!("batch norm `{}`: no given statistics in this context", self.name))),
+        }
+    }
+
     /// The statistics `[2, C]` (mean, 1/sqrt(var + eps)) [`forward`](Self::forward) normalises
     /// x with under `ctx`, and whether they are x's batch statistics; computing them updates
     /// the running statistics and records them exactly as the forward does.
@@ -288,10 +328,7 @@ impl BatchNorm2d {
         match &ctx.bn {
             BnStats::Mode => {}
             BnStats::Running => return Ok((ops::batch_norm_stats(x, &self.state, false)?, false)),
-            BnStats::Given(map) => {
-                let stats = map.get(&self.name).ok_or_else(|| Error::Other(format!("batch norm `{}`: no recorded statistics (the recording forward did not reach this layer)", self.name)))?;
-                return Ok((stats.clone(), false));
-            }
+            BnStats::Given(_) => return Ok((self.given(ctx)?.clone(), false)),
         }
         // batch statistics without touching the running ones: computed against a copy
         let frozen;

@@ -42,18 +42,17 @@ impl BasicBlock {
     }
     /// x `[N, cin, H, W]` → `[N, cout, ⌈H/stride⌉, ⌈W/stride⌉]`.
     pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
-        let y = self.conv1.forward(x, ctx)?;
-        let h = if self.recompute {
-            self.conv2.forward_after_bn_relu(&y, &self.bn1, ctx)?
-        } else {
-            self.conv2.forward(&ops::relu(&self.bn1.forward(&y, ctx)?)?, ctx)?
-        };
-        let h = self.bn2.forward(&h, ctx)?;
         let skip = match &self.down {
-            Some((c, b)) => b.forward(&c.forward(x, ctx)?, ctx)?,
+            Some((c, b)) => c.forward_bn(x, b, None, false, ctx)?,
             None => x.clone(),
         };
-        ops::relu(&ops::add(&h, &skip)?)
+        if self.recompute && crate::autograd::grad_enabled() {
+            let y = self.conv1.forward(x, ctx)?;
+            let h = self.conv2.forward_after_bn_relu(&y, &self.bn1, ctx)?;
+            return ops::relu(&ops::add(&self.bn2.forward(&h, ctx)?, &skip)?);
+        }
+        let h = self.conv1.forward_bn(x, &self.bn1, None, true, ctx)?;
+        self.conv2.forward_bn(&h, &self.bn2, Some(&skip), true, ctx)
     }
 }
 
@@ -122,7 +121,7 @@ impl ResNet18 {
     }
 
     fn stem(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
-        let h = ops::relu(&self.bn1.forward(&self.conv1.forward(x, ctx)?, ctx)?)?;
+        let h = self.conv1.forward_bn(x, &self.bn1, None, true, ctx)?;
         ops::max_pool2d(&h, (3, 3), (2, 2), (1, 1))
     }
 

@@ -177,15 +177,35 @@ pub fn batch_norm_stats(x: &Tensor, state: &BatchNormState, training: bool) -> R
             grid(gpu, c, 1),
         )?;
     } else {
-        gpu.dispatch(
-            &K_BN_EVAL,
-            &[],
-            bytes_of(&p),
-            &[state.running_mean.buffer(), state.running_var.buffer(), stats.buffer()],
-            grid(gpu, c, 256),
-        )?;
+        eval_stats(&p, state, &stats)?;
     }
     Ok(stats)
+}
+
+/// The running statistics as batch norm normalises with them in eval, `[2, C]` (mean,
+/// 1/sqrt(running_var + eps)): [`batch_norm_stats`] with `training = false`, without an input.
+pub fn batch_norm_running_stats(state: &BatchNormState) -> Result<Tensor> {
+    expect_f32("batch_norm", &[&state.running_mean, &state.running_var])?;
+    let c = state.running_mean.numel();
+    if state.running_mean.shape() != [c] || state.running_var.shape() != [c] || c == 0 {
+        return Err(Error::shape("batch_norm", format!("running statistics of shapes {:?} and {:?}", state.running_mean.shape(), state.running_var.shape())));
+    }
+    // the eval kernel reads c and eps only
+    let p = BnParams { n: 1, c: c as u32, hw: 1, m: 1, eps: state.eps, momentum: 0.0, unbias: 1.0, training: 0, chunks: 1, cs: 1, _p: [0; 2] };
+    let stats = Tensor::empty(state.running_mean.gpu(), &[2, c], DType::F32)?;
+    eval_stats(&p, state, &stats)?;
+    Ok(stats)
+}
+
+fn eval_stats(p: &BnParams, state: &BatchNormState, stats: &Tensor) -> Result<()> {
+    let gpu = stats.gpu();
+    gpu.dispatch(
+        &K_BN_EVAL,
+        &[],
+        bytes_of(p),
+        &[state.running_mean.buffer(), state.running_var.buffer(), stats.buffer()],
+        grid(gpu, p.c as usize, 256),
+    )
 }
 
 /// Batch normalisation with fixed statistics `stats` `[2, C]` (mean, 1/sqrt(var + eps)), as

@@ -496,3 +496,68 @@ fn conv_after_bn_relu_recomputes_the_unfused_ops_bit_for_bit() {
     }
     assert_canaries("conv_after_bn_relu");
 }
+
+/// The inference epilogue (bias, batch norm with fixed statistics, residual, ReLU in the
+/// convolution's store) on every tile, against the separate ops (bit for bit: batch norm is
+/// computed as its own kernel does) and the f64 reference; it refuses to run where a gradient
+/// would be recorded, and names a misshapen operand.
+#[test]
+fn conv_inference_epilogue_equals_the_separate_ops() {
+    let g = gpu();
+    let s = Shape { n: 2, c: 5, h: 9, w: 7, o: 19, kh: 3, kw: 3 };
+    let p = params((2, 2), (1, 1), (1, 1));
+    let (ho, wo) = ops::conv2d_output_size(s.h, s.w, s.kh, s.kw, &p);
+    let ys = [s.n, s.o, ho, wo];
+    let mut rng = Rng::new(95);
+    let (xs, ws) = xw_shapes(s);
+    let x = round_f32(&rng.normals(numel(&xs)));
+    let w = round_f32(&rng.uniforms(numel(&ws), -1.0, 1.0));
+    let b = round_f32(&rng.uniforms(s.o, -1.0, 1.0));
+    let mean = round_f32(&rng.uniforms(s.o, -0.5, 0.5));
+    let var = round_f32(&rng.uniforms(s.o, 0.5, 2.0));
+    let gamma = round_f32(&rng.uniforms(s.o, 0.5, 1.5));
+    let beta = round_f32(&rng.uniforms(s.o, -0.5, 0.5));
+    let res = round_f32(&rng.normals(numel(&ys)));
+    let [xt, wt, bt, gt, bet, rt] = [(&x, &xs[..]), (&w, &ws[..]), (&b, &[s.o][..]), (&gamma, &[s.o][..]), (&beta, &[s.o][..]), (&res, &ys[..])].map(|(v, sh)| upload(&g, v, sh));
+    let state = ops::BatchNormState { running_mean: upload(&g, &mean, &[s.o]), running_var: upload(&g, &var, &[s.o]), momentum: 0.1, eps: 1e-5 };
+    let stats = ops::batch_norm_running_stats(&state).unwrap();
+    let _ng = equimodal::autograd::no_grad();
+    for tile in tiles() {
+        for (bias, bn, residual, relu) in [(true, false, false, false), (false, true, false, true), (true, true, true, true), (false, true, true, false), (false, false, true, true)] {
+            let what = format!("tile {} bias={bias} bn={bn} residual={residual} relu={relu}", tile_name(tile));
+            let bias_t = bias.then_some(&bt);
+            let mut want = ops::conv2d_on_tile(&xt, &wt, bias_t, p, None, tile).unwrap();
+            let mut cpu = conv_ref(s, p, &x, &w, bias.then_some(&b[..]));
+            if bn {
+                want = ops::batch_norm_given(&want, &gt, &bet, &stats).unwrap();
+                let hw = ho * wo;
+                for (i, v) in cpu.iter_mut().enumerate() {
+                    let o = i / hw % s.o;
+                    *v = (*v - mean[o]) / (var[o] + 1e-5).sqrt() * gamma[o] + beta[o];
+                }
+            }
+            if residual {
+                want = ops::add(&want, &rt).unwrap();
+                cpu.iter_mut().zip(&res).for_each(|(v, r)| *v += r);
+            }
+            if relu {
+                want = ops::relu(&want).unwrap();
+                cpu.iter_mut().for_each(|v| *v = v.max(0.0));
+            }
+            let epi = ops::ConvEpilogue { batch_norm: bn.then_some((&stats, &gt, &bet)), residual: residual.then_some(&rt), relu };
+            let got = ops::conv2d_inference_on_tile(&xt, &wt, bias_t, p, None, epi, tile).unwrap().to_vec().unwrap();
+            assert_eq!(got, want.to_vec().unwrap(), "{what}: vs the separate ops");
+            // K = 45 products of unit-size values, then an affine map of gain up to ~2
+            assert_close(&what, &got, &cpu, 1e-5, 2e-6 * 45f64.sqrt() * 2.0);
+            assert_canaries(&what);
+        }
+    }
+    drop(_ng);
+    // recording with a tracked input: refused
+    let wq = wt.requires_grad();
+    let e = ops::conv2d_inference(&xt, &wq, None, p, None, ops::ConvEpilogue { relu: true, ..Default::default() }).unwrap_err();
+    assert!(e.to_string().contains("no backward"), "{e}");
+    // a residual of another shape: a shape error naming it
+    let e = ops::conv2d_inference(&xt, &wt, None, p, None, ops::ConvEpilogue { residual: Some(&xt), ..Default::default() }).unwrap_err();
+    assert!(matches!(e, Error::Shape { .. }) && e.to_string().contains("residual"), "{e}");
+}

@@ -81,7 +81,7 @@ pub(super) fn choose(g: &Geom, which: Gemm, m: usize, n: usize, gpu: &Gpu) -> Re
             let on = Geom { tile: Some(t), ..*g };
             let (x, dy) = (x.as_ref(), dy.as_ref());
             match which {
-                Gemm::Fwd => forward(&on, x.expect("x"), &w, None, None),
+                Gemm::Fwd => forward(&on, x.expect("x"), &w, None, None, &Default::default()),
                 Gemm::Dx => grad_input(&on, dy.expect("dy"), &w, None),
                 Gemm::Dw => grad_weight(&on, x.expect("x"), dy.expect("dy"), None),
             }

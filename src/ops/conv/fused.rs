@@ -1,5 +1,9 @@
-//! A convolution whose input is `relu(batch_norm(y))`, recomputed in the backward instead of
-//! saved (`model.recompute`).
+//! Convolutions fused with the batch norm, residual and ReLU around them:
+//! - [`conv2d_inference`]: conv → bias → batch norm with fixed statistics → + residual →
+//!   ReLU in the GEMM's epilogue, for forwards that record no gradient (evaluation): no
+//!   pass over the activation after the convolution's own store;
+//! - [`conv2d_after_bn_relu`]: a convolution whose input is `relu(batch_norm(y))`,
+//!   recomputed in the backward instead of saved (`model.recompute`).
 //!
 //! In conv → BN → ReLU → conv the second convolution saves its input h = relu(bn(y)) for its
 //! weight gradient, and batch norm saves y: two activations of the same size live from the
@@ -11,10 +15,58 @@
 //! step over h.
 use super::{check, forward, Conv2dBack, Conv2dParams, Geom};
 use crate::autograd::BackwardOp;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ops::elementwise::{relu, relu_backward_from_output};
 use crate::ops::norm::{batch_norm_given, batch_norm_rule, BatchNormBack};
 use crate::tensor::Tensor;
+
+/// What [`conv2d_inference`]'s epilogue applies after the bias, in this order.
+#[derive(Clone, Copy, Default)]
+pub struct ConvEpilogue<'a> {
+    /// Batch norm with fixed statistics: (stats `[2, O]` (mean, 1/sqrt(var + eps)), weight
+    /// `[O]`, bias `[O]`), computed as [`batch_norm_apply`](crate::ops::batch_norm_apply) does.
+    pub batch_norm: Option<(&'a Tensor, &'a Tensor, &'a Tensor)>,
+    /// Added next: a tensor of the output's shape.
+    pub residual: Option<&'a Tensor>,
+    /// max(·, 0) last.
+    pub relu: bool,
+}
+
+/// `conv2d(x, w, bias, p, w_scale)`, then `epi`, all in the convolution's epilogue: the
+/// values of the separate ops (batch norm as its kernel computes it), for forwards that
+/// need no gradient. Recording is refused: an error if gradients are being recorded and any
+/// input requires one (the epilogue has no backward).
+pub fn conv2d_inference(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: Conv2dParams, w_scale: Option<&Tensor>, epi: ConvEpilogue) -> Result<Tensor> {
+    conv2d_inference_on_tile(x, w, bias, p, w_scale, epi, None)
+}
+
+/// [`conv2d_inference`] on tile `tile` (None: the chosen one). For the tests of each tile.
+#[doc(hidden)]
+pub fn conv2d_inference_on_tile(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: Conv2dParams, w_scale: Option<&Tensor>, epi: ConvEpilogue, tile: Option<crate::gpu::ConvTile>) -> Result<Tensor> {
+    const OP: &str = "conv2d_inference";
+    let mut g = check(x, w, bias, &p, w_scale)?;
+    g.tile = tile;
+    let mut extra: Vec<(&str, &Tensor, Vec<usize>)> = Vec::new();
+    if let Some((stats, gw, gb)) = epi.batch_norm {
+        extra.extend([("batch-norm stats", stats, vec![2, g.o]), ("batch-norm weight", gw, vec![g.o]), ("batch-norm bias", gb, vec![g.o])]);
+    }
+    if let Some(r) = epi.residual {
+        extra.push(("residual", r, vec![g.n, g.o, g.ho, g.wo]));
+    }
+    for (what, t, want) in &extra {
+        crate::ops::expect_f32(OP, &[t])?;
+        crate::ops::expect_same_gpu(OP, &[x, t])?;
+        if t.shape() != want.as_slice() {
+            return Err(Error::shape(OP, format!("{what} has shape {:?}, expected {want:?} for x {:?} and w {:?}", t.shape(), x.shape(), w.shape())));
+        }
+    }
+    let recording = crate::autograd::grad_enabled();
+    let tracked = [Some(x), Some(w), bias, w_scale].into_iter().flatten().chain(extra.iter().map(|e| e.1)).any(|t| t.is_tracked());
+    if recording && tracked {
+        return Err(Error::Other(format!("{OP}: an input requires a gradient while gradients are recorded; the fused epilogue has no backward (use conv2d and the separate ops)")));
+    }
+    forward(&g, x, w, bias, w_scale, &epi)
+}
 
 /// The batch norm + ReLU in front of [`conv2d_after_bn_relu`]'s convolution.
 #[derive(Clone, Copy)]
@@ -40,7 +92,7 @@ pub fn conv2d_after_bn_relu(y: &Tensor, bn: BnRelu, w: &Tensor, bias: Option<&Te
         relu(&batch_norm_given(y, bn.weight, bn.bias, bn.stats)?)?
     };
     let g = check(&h, w, bias, &p, w_scale)?;
-    let out = forward(&g, &h, w, bias, w_scale)?;
+    let out = forward(&g, &h, w, bias, w_scale, &ConvEpilogue::default())?;
     let mut inputs: Vec<&Tensor> = vec![y, bn.weight, bn.bias, w];
     inputs.extend(bias);
     inputs.extend(w_scale);

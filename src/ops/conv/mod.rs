@@ -11,7 +11,7 @@ mod choice;
 mod fused;
 
 pub use choice::tile_for;
-pub use fused::{conv2d_after_bn_relu, BnRelu};
+pub use fused::{conv2d_after_bn_relu, conv2d_inference, conv2d_inference_on_tile, BnRelu, ConvEpilogue};
 use choice::Gemm;
 use super::{bytes_of, expect_f32, expect_same_gpu, grid, split_grid};
 use crate::autograd::BackwardOp;
@@ -35,11 +35,15 @@ struct Tiled {
     dbias: Kernel,
 }
 
+/// The forward's: x, w, bias, w_scale, y, then the epilogue's batch-norm statistics, weight
+/// and bias and the residual ([`ConvEpilogue`]).
+const FWD_BINDINGS: &[Access] = &[R, R, R, R, RW, R, R, R, R];
+
 const fn tiled(t: ConvTile) -> Tiled {
     let s = Shader::Conv(t);
     Tiled {
-        fwd: Kernel::new(s, "conv_fwd", &[R, R, R, R, RW], &Params::LAYOUT),
-        fwd_scaled: Kernel::new(s, "conv_fwd_scaled", &[R, R, R, R, RW], &Params::LAYOUT),
+        fwd: Kernel::new(s, "conv_fwd", FWD_BINDINGS, &Params::LAYOUT),
+        fwd_scaled: Kernel::new(s, "conv_fwd_scaled", FWD_BINDINGS, &Params::LAYOUT),
         dx: Kernel::new(s, "conv_dx", &[R, R, R, RW], &Params::LAYOUT),
         dx_scaled: Kernel::new(s, "conv_dx_scaled", &[R, R, R, RW], &Params::LAYOUT),
         dw: Kernel::new(s, "conv_dw", &[R, R, R, RW], &Params::LAYOUT),
@@ -283,22 +287,26 @@ fn launch(k: &Kernel, pr: &mut Params, buffers: &[&crate::gpu::BufferRange], gro
     Ok(())
 }
 
-fn forward(g: &Geom, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, scale: Option<&Tensor>) -> Result<Tensor> {
+/// The forward GEMM, its epilogue applying `bias` then `epi` (checked by the caller).
+fn forward(g: &Geom, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, scale: Option<&Tensor>, epi: &ConvEpilogue) -> Result<Tensor> {
     let gpu = x.gpu();
     let y = Tensor::empty(gpu, &[g.n, g.o, g.ho, g.wo], DType::F32)?;
     let mut pr = g.params();
     let m = g.n * g.ho * g.wo;
     pr.m = m as u32;
     pr.k = g.kernel_len() as u32;
-    pr.flags = if bias.is_some() { 2 } else { 0 };
+    let bit = |on: bool, b: u32| if on { b } else { 0 };
+    pr.flags = bit(bias.is_some(), 2) | bit(epi.batch_norm.is_some(), 4) | bit(epi.residual.is_some(), 8) | bit(epi.relu, 16);
     // absent optional operands bind an already-bound read-only buffer (never read)
     let b_buf = bias.unwrap_or(w).buffer();
     let s_buf = scale.unwrap_or(w).buffer();
+    let [bn_stats, bn_w, bn_b] = epi.batch_norm.map_or([w; 3], |(s, gw, gb)| [s, gw, gb]).map(|t| t.buffer());
+    let res = epi.residual.unwrap_or(w).buffer();
     let t = g.tile(Gemm::Fwd, m, g.o, gpu)?;
     launch(
         if scale.is_some() { &kernels(t).fwd_scaled } else { &kernels(t).fwd },
         &mut pr,
-        &[x.buffer(), w.buffer(), b_buf, s_buf, y.buffer()],
+        &[x.buffer(), w.buffer(), b_buf, s_buf, y.buffer(), bn_stats, bn_w, bn_b, res],
         [m.div_ceil(t.rows()), g.o.div_ceil(t.cols()), 1],
         gpu,
     )?;
@@ -435,7 +443,7 @@ pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: Conv2dParams, w_
 pub fn conv2d_on_tile(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: Conv2dParams, w_scale: Option<&Tensor>, tile: Option<ConvTile>) -> Result<Tensor> {
     let mut g = check(x, w, bias, &p, w_scale)?;
     g.tile = tile;
-    let y = forward(&g, x, w, bias, w_scale)?;
+    let y = forward(&g, x, w, bias, w_scale, &ConvEpilogue::default())?;
     let mut inputs: Vec<&Tensor> = vec![x, w];
     inputs.extend(bias);
     inputs.extend(w_scale);
