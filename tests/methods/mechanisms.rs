@@ -428,6 +428,28 @@ fn aim_v3_compares_depths_of_encoders_of_different_depth() {
     }
 }
 
+/// A restored AIM state names its dominant and weak modalities by index: each index of a
+/// modality the model has comes back as it was, one it does not have (a state from a model
+/// with more modalities, or a damaged one) is dropped (no dominant; weak 0), and the model
+/// still trains.
+#[test]
+fn aim_restore_keeps_valid_modalities_and_drops_others() {
+    let c = cfg(&with(&["method.name=aim", "model.hidden=[32,32]"]));
+    let restored = |dominant: u64, weak: u64| {
+        let (mut m, b, _) = method_and_batch(&c);
+        let mut opt = train::build_optimizer(&c, m.trainable()).unwrap();
+        let state = serde_json::json!({"proto_ready": true, "dominant": dominant, "weak": weak, "strength": [0.0, 0.0], "ratio": [1.0, 1.0]});
+        m.restore(&state, opt.as_mut()).unwrap();
+        let got = m.state();
+        m.train_step(&b, opt.as_mut(), 0).unwrap();
+        (got["dominant"].as_u64(), got["weak"].as_u64())
+    };
+    assert_eq!(restored(1, 0), (Some(1), Some(0)));
+    assert_eq!(restored(0, 1), (Some(0), Some(1)));
+    // two modalities: index 2 is none of them
+    assert_eq!(restored(2, 2), (None, Some(0)));
+}
+
 #[test]
 fn aim_v3_damps_the_weak_block_by_its_strengths() {
     // the same model and batch, restored with the weak modality's strengths positive or zero
@@ -533,19 +555,21 @@ fn aim_prototypes_start_from_their_own_draws() {
 #[test]
 fn aim_refreshes_masks_and_prototypes_on_their_schedules() {
     let lines = train_log(
-        &with(&["method.name=aim", "model.hidden=[32,32]", "method.aim.mask_every=2", "method.aim.prototype_every=3", "train.epochs=5"]),
+        &with(&["method.name=aim", "model.hidden=[32,32]", "method.aim.mask_every=3", "method.aim.prototype_every=4", "train.epochs=5"]),
         &tmp("aim-schedules"),
     );
-    // masks: at the end of epochs 1 and 3 ((e + 1) divisible by 2), and at epoch 0 because
-    // none exist yet
+    // periods 3 and 4 (not 2: e + 1 and e − 1 have the same parity, so a schedule counted
+    // from the wrong end would pass with period 2)
+    // masks: at the end of epoch 2 ((e + 1) divisible by 3), and at epoch 0 because none
+    // exist yet
     let refreshed: Vec<bool> = lines.iter().map(|l| l["aim"]["masks_refreshed"].as_bool().unwrap()).collect();
-    assert_eq!(refreshed, [true, true, false, true, false]);
-    // prototypes: fitted before the first step, refreshed at the end of epoch 2 only; the
+    assert_eq!(refreshed, [true, false, true, false, false]);
+    // prototypes: fitted before the first step, refreshed at the end of epoch 3 only; the
     // logged DAP cross-entropy is the latest refresh's, so it changes exactly there
     let ce: Vec<String> = lines.iter().map(|l| l["aim"]["prototype_ce"].to_string()).collect();
     assert_eq!(ce[0], ce[1]);
-    assert_ne!(ce[1], ce[2], "refreshed at the end of epoch 2");
-    assert_eq!(ce[2], ce[3]);
+    assert_eq!(ce[1], ce[2]);
+    assert_ne!(ce[2], ce[3], "refreshed at the end of epoch 3");
     assert_eq!(ce[3], ce[4]);
     for l in &lines {
         let a = &l["aim"];
