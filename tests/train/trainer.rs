@@ -55,6 +55,7 @@ fn every_method_trains_logs_and_checkpoints() {
         // AGM's hooked backward works for any fusion; G-Blending needs validation data
         ("agm_film", vec!["method.name=agm", "method.fusion=film"]),
         ("g_blending", vec!["method.name=g_blending", "method.g_blending.super_epoch=2", "data.n_val=64"]),
+        ("aim", vec!["method.name=aim"]),
     ] {
         let dir = tmp(name);
         let s = run(&tiny(&extra), &dir);
