@@ -7,7 +7,7 @@
 //!
 //! In conv → BN → ReLU → conv the second convolution saves its input h = relu(bn(y)) for its
 //! weight gradient, and batch norm saves y: two activations of the same size live from the
-//! forward to the backward. This op saves only y (and the per-channel statistics): the
+//! forward to the backward. [`conv2d_after_bn_relu`] saves only y (and the per-channel statistics): the
 //! backward normalises y again (one element-wise pass, then ReLU) to rebuild h, runs the
 //! convolution's backward with it, drops it, and goes on through ReLU and batch norm. The
 //! rebuilt h has the bits of the forward's (the same kernels on the same values), so every
