@@ -223,10 +223,10 @@ fn matmul_cases(quick: bool) -> Vec<Case> {
     let sizes: &[usize] = if quick { &[128, 256] } else { &[1024, 2048, 4096, 8192] };
     // each size as `matmul_ex` runs it (tuned) and on every variant the tuner may pick
     let kernels = std::iter::once(MatmulKernel::Auto).chain(MatmulKernel::TUNED);
-    // (the grouped tile order only where it changes the order: more than one band of rows)
-    let differs = |k: &MatmulKernel, m: usize| !k.grouped() || m.div_ceil(128) > ops::MATMUL_GROUP_M as usize;
+    // (the grouped tile order is the row-by-row one up to 8 row tiles: its rows at n <= 1024
+    // and on the weight gradient time the same launch twice)
     for &n in sizes {
-        for kernel in kernels.clone().filter(|k| differs(k, n)) {
+        for kernel in kernels.clone() {
             v.push(matmul_case(format!("matmul_n{n}"), n, n, n, false, false, kernel));
         }
     }
@@ -237,7 +237,7 @@ fn matmul_cases(quick: bool) -> Vec<Case> {
     // a weight gradient whose 256 x 256 output cannot fill a large GPU but whose K (batch x
     // positions) is long: where split-K pays
     let (sq, kk) = if quick { (64, 2048) } else { (256, 65536) };
-    for kernel in kernels.filter(|k| differs(k, sq)) {
+    for kernel in kernels {
         v.push(matmul_case(format!("matmul_dw_{sq}x{sq}_k{kk}"), sq, sq, kk, true, false, kernel));
     }
     // the AUG model's linear layers at batch 64: learner 512→256, head 256→6 (y = x·Wᵀ + b)
