@@ -8,7 +8,7 @@
 //
 // Entry points (same bindings, same params):
 // - gemm_tile128: 128x128 output tile per workgroup, 256 threads, 8x8 outputs per thread,
-//   K-slices of 8 staged in workgroup memory. For large problems.
+//   K-slices of 8 (or 16: override BK1) staged in workgroup memory. For large problems.
 // - gemm_tile64: 64x64 tile, 256 threads, 4x4 per thread, K-slices of 16. More workgroups
 //   for small/medium problems.
 // - gemm_ref: one thread per output, no tiling. The tests' cross-check and the tuner's
@@ -25,9 +25,10 @@
 //   split per dimension at the device's workgroup limit (ops::split_grid).
 // - Both operand tiles are stored k-major in workgroup memory (tile[k][m], tile[k][n]), so
 //   the inner product step reads one vec4 of A and one of B per 4 (or 8) outputs.
-// - Rows of the tiles are padded from 128 (64) to 132 (68) floats: the scalar stores of a
-//   k-contiguous operand (A untransposed, B transposed) then hit 32 (16) different banks
-//   instead of 4, while vec4 reads stay 16-byte aligned.
+// - The scalar stores of a k-contiguous operand (A untransposed, B transposed) must not
+//   meet in a few banks: the 64x64 tile pads its rows from 64 to 68 floats, the 128x128
+//   tile swizzles its columns (`at1`); either way they reach 32 (16) banks instead of 4,
+//   while vec4 reads stay 16-byte aligned.
 // - Global -> workgroup staging is chosen per operand so that consecutive threads read
 //   consecutive addresses: along k when the operand is k-contiguous, along m/n otherwise.
 // - Double buffering: the next K-slice is fetched into registers while the current one is
@@ -190,12 +191,26 @@ fn store4(coff: u32, m: u32, n: u32, v: vec4<f32>) {
 
 // ---- 128x128 tile, 8x8 per thread ------------------------------------------------------
 
-const BK1: u32 = 8u;
-const ROW1: u32 = 33u; // padded tile row, in vec4 (132 floats)
-var<workgroup> ta1: array<vec4<f32>, 528>; // [2 buffers][BK1][ROW1]
-var<workgroup> tb1: array<vec4<f32>, 528>;
+// K-slice depth: 8, or 16 for the `k16` variants (half the barriers and loop trips per k,
+// twice the staging registers and workgroup memory). Double-buffered, 8 takes 16 KiB, the
+// least every Vulkan device (and wgpu's default limits) allow; 16 takes 32 KiB, so the host
+// offers it only where the device allows that much. A multiple of 8: a slice is staged in
+// halves of 8.
+override BK1: u32 = 8u;
+const ROW1: u32 = 32u; // tile row, in vec4 (128 floats)
+var<workgroup> ta1: array<vec4<f32>, 2u * BK1 * ROW1>; // [2 buffers][BK1][ROW1], swizzled
+var<workgroup> tb1: array<vec4<f32>, 2u * BK1 * ROW1>;
 
-// Local (m or n, k) of staging element r (0..4) of thread lid for a 128 x 8 slice.
+// The vec4 index of column `col` (m / 4 or n / 4) of row k of buffer `buf`. Columns are
+// swizzled: XOR (k % 8) permutes each aligned group of 8 vec4s, so the rows need no padding.
+// The scalar stores of a k-contiguous operand (8 k rows x 4 consecutive m per warp) then
+// reach 32 different banks, not 4 (a padded row of 132 floats did the same at 3 % more
+// memory); the vec4 stores and reads of a warp stay whole permuted groups, conflict-free.
+fn at1(buf: u32, k: u32, col: u32) -> u32 {
+    return (buf * BK1 + k) * ROW1 + (col ^ (k & 7u));
+}
+
+// Local (m or n, k) of staging element r (0..4) of thread lid for a 128 x 8 half-slice.
 fn coord128(k_contig: bool, r: u32, lid: u32) -> vec2<u32> {
     if (k_contig) {
         return vec2<u32>(lid / 8u + 32u * r, lid % 8u); // 4 rows x 8 k per warp
@@ -208,6 +223,7 @@ struct Staged {
     b: vec4<f32>,
 }
 
+// The 128 x 8 half-slice of k [k0, k0 + 8) into registers (4 elements per operand).
 fn fetch128(offs: vec2<u32>, m0: u32, n0: u32, k0: u32, lid: u32) -> Staged {
     if (VEC4) {
         return fetch128_vec4(offs, m0, n0, k0, lid);
@@ -222,18 +238,17 @@ fn fetch128(offs: vec2<u32>, m0: u32, n0: u32, k0: u32, lid: u32) -> Staged {
     return s;
 }
 
-fn put128(s: Staged, buf: u32, lid: u32) {
+// A fetched half-slice into rows [kh, kh + 8) of buffer `buf`.
+fn put128(s: Staged, buf: u32, kh: u32, lid: u32) {
     if (VEC4) {
-        put128_vec4(s, buf, lid);
+        put128_vec4(s, buf, kh, lid);
         return;
     }
     for (var r = 0u; r < 4u; r = r + 1u) {
         let ca = coord128(!TRANS_A, r, lid);
-        let ia = (buf * BK1 + ca.y) * (ROW1 * 4u) + ca.x;
-        ta1[ia / 4u][ia % 4u] = s.a[r];
+        ta1[at1(buf, kh + ca.y, ca.x / 4u)][ca.x % 4u] = s.a[r];
         let cb = coord128(TRANS_B, r, lid);
-        let ib = (buf * BK1 + cb.y) * (ROW1 * 4u) + cb.x;
-        tb1[ib / 4u][ib % 4u] = s.b[r];
+        tb1[at1(buf, kh + cb.y, cb.x / 4u)][cb.x % 4u] = s.b[r];
     }
 }
 
@@ -256,22 +271,42 @@ fn fetch128_vec4(offs: vec2<u32>, m0: u32, n0: u32, k0: u32, lid: u32) -> Staged
     return s;
 }
 
-fn put128_vec4(s: Staged, buf: u32, lid: u32) {
+fn put128_vec4(s: Staged, buf: u32, kh: u32, lid: u32) {
+    let row = lid / 2u; // k-contiguous: this thread's m (or n), and its 4 k
+    let k4 = kh + (lid % 2u) * 4u;
     if (TRANS_A) {
-        ta1[(buf * BK1 + lid / 32u) * ROW1 + lid % 32u] = s.a;
+        ta1[at1(buf, kh + lid / 32u, lid % 32u)] = s.a;
     } else {
         for (var j = 0u; j < 4u; j = j + 1u) {
-            let i = (buf * BK1 + (lid % 2u) * 4u + j) * (ROW1 * 4u) + lid / 2u;
-            ta1[i / 4u][i % 4u] = s.a[j];
+            ta1[at1(buf, k4 + j, row / 4u)][row % 4u] = s.a[j];
         }
     }
     if (TRANS_B) {
         for (var j = 0u; j < 4u; j = j + 1u) {
-            let i = (buf * BK1 + (lid % 2u) * 4u + j) * (ROW1 * 4u) + lid / 2u;
-            tb1[i / 4u][i % 4u] = s.b[j];
+            tb1[at1(buf, k4 + j, row / 4u)][row % 4u] = s.b[j];
         }
     } else {
-        tb1[(buf * BK1 + lid / 32u) * ROW1 + lid % 32u] = s.b;
+        tb1[at1(buf, kh + lid / 32u, lid % 32u)] = s.b;
+    }
+}
+
+// The K-slice in registers: BK1 / 8 half-slices (the second unused at BK1 = 8; the constant
+// trip counts below unroll, so the array lives in registers).
+struct Slice128 {
+    h: array<Staged, 2>,
+}
+
+fn fetch_slice128(offs: vec2<u32>, m0: u32, n0: u32, k0: u32, lid: u32) -> Slice128 {
+    var s: Slice128;
+    for (var h = 0u; h < BK1 / 8u; h = h + 1u) {
+        s.h[h] = fetch128(offs, m0, n0, k0 + 8u * h, lid);
+    }
+    return s;
+}
+
+fn put_slice128(s: Slice128, buf: u32, lid: u32) {
+    for (var h = 0u; h < BK1 / 8u; h = h + 1u) {
+        put128(s.h[h], buf, 8u * h, lid);
     }
 }
 
@@ -296,21 +331,20 @@ fn gemm_tile128(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
     var c70 = vec4<f32>(0.0); var c71 = vec4<f32>(0.0);
 
     let kr = k_range(z, BK1);
-    put128(fetch128(offs, m0, n0, kr.x * BK1, lid), 0u, lid);
+    put_slice128(fetch_slice128(offs, m0, n0, kr.x * BK1, lid), 0u, lid);
     workgroupBarrier();
     for (var t = kr.x; t < kr.y; t = t + 1u) {
         let cur = (t - kr.x) & 1u;
         let more = t + 1u < kr.y;
-        var next: Staged;
+        var next: Slice128;
         if (more) {
-            next = fetch128(offs, m0, n0, (t + 1u) * BK1, lid);
+            next = fetch_slice128(offs, m0, n0, (t + 1u) * BK1, lid);
         }
         for (var kk = 0u; kk < BK1; kk = kk + 1u) {
-            let row = (cur * BK1 + kk) * ROW1;
-            let a0 = ta1[row + ty];
-            let a1 = ta1[row + 16u + ty];
-            let b0 = tb1[row + tx];
-            let b1 = tb1[row + 16u + tx];
+            let a0 = ta1[at1(cur, kk, ty)];
+            let a1 = ta1[at1(cur, kk, 16u + ty)];
+            let b0 = tb1[at1(cur, kk, tx)];
+            let b1 = tb1[at1(cur, kk, 16u + tx)];
             c00 = fma(vec4<f32>(a0.x), b0, c00); c01 = fma(vec4<f32>(a0.x), b1, c01);
             c10 = fma(vec4<f32>(a0.y), b0, c10); c11 = fma(vec4<f32>(a0.y), b1, c11);
             c20 = fma(vec4<f32>(a0.z), b0, c20); c21 = fma(vec4<f32>(a0.z), b1, c21);
@@ -321,7 +355,7 @@ fn gemm_tile128(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
             c70 = fma(vec4<f32>(a1.w), b0, c70); c71 = fma(vec4<f32>(a1.w), b1, c71);
         }
         if (more) {
-            put128(next, 1u - cur, lid);
+            put_slice128(next, 1u - cur, lid);
         }
         workgroupBarrier();
     }

@@ -30,7 +30,7 @@ fn dims(shape: &[usize]) -> String {
 }
 
 fn case(name: impl Into<String>, shape: impl Into<String>, flops: f64, bytes: f64, grad: bool, setup: impl Fn(&Gpu) -> Result<Runner> + 'static) -> Case {
-    Case { name: name.into(), shape: shape.into(), flops, bytes, grad, setup: Box::new(setup) }
+    Case { name: name.into(), shape: shape.into(), flops, bytes, grad, runs_on: Box::new(|_| true), setup: Box::new(setup) }
 }
 
 /// `k` input sets of tensors with the given shapes (`sets[i][j]` has `shapes[j]`).
@@ -174,7 +174,7 @@ fn matmul_case(name: String, m: usize, n: usize, kdim: usize, ta: bool, tb: bool
     let bytes = 4.0 * (m * kdim + kdim * n + m * n) as f64;
     let shape = format!("{}{} . {}{}", dims(&a_shape), if ta { "^T" } else { "" }, dims(&b_shape), if tb { "^T" } else { "" });
     let name = if kernel == MatmulKernel::Auto { name } else { format!("{name}:{}", kernel.name()) };
-    case(name, shape, flops, bytes, false, move |gpu| {
+    let mut c = case(name, shape, flops, bytes, false, move |gpu| {
         let k = sets_for(bytes);
         let sets = input_sets(gpu, &[a_shape.clone(), b_shape.clone()], k, false)?;
         Ok(Box::new(move |i| {
@@ -182,7 +182,9 @@ fn matmul_case(name: String, m: usize, n: usize, kdim: usize, ta: bool, tb: bool
             let opts = MatmulOpts { trans_a: ta, trans_b: tb, b_scale: None };
             ops::matmul_with_kernel(&s[0], &s[1], opts, kernel).map(|_| ())
         }))
-    })
+    });
+    c.runs_on = Box::new(move |gpu| kernel.runs_on(gpu));
+    c
 }
 
 fn attention_case(b: usize, h: usize, l: usize, dh: usize, fb: bool) -> Case {

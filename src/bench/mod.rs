@@ -83,6 +83,9 @@ pub struct Case {
     pub bytes: f64,
     /// Record gradients while timing (forward+backward cases); otherwise runs under no_grad.
     pub grad: bool,
+    /// Whether the device can run it (a variant needing more workgroup memory than the
+    /// device allows is skipped with a note, not an error).
+    pub runs_on: Box<dyn Fn(&Gpu) -> bool>,
     /// Builds the inputs outside the timed region and returns the run function.
     pub setup: Box<dyn Fn(&Gpu) -> Result<Runner>>,
 }
@@ -117,6 +120,7 @@ pub fn cases(quick: bool) -> Vec<Case> {
         flops: 0.0,
         bytes: 8.0 * n_elem as f64,
         grad: false,
+        runs_on: Box::new(|_| true),
         setup: Box::new(move |gpu| {
             let k = sets_for(8.0 * n_elem as f64);
             let xs: Vec<Tensor> = (0..k).map(|i| rand_tensor(gpu, &[n_elem], i as u64)).collect::<Result<_>>()?;
@@ -132,6 +136,7 @@ pub fn cases(quick: bool) -> Vec<Case> {
             flops: 0.0,
             bytes: 8.0 * n_elem as f64,
             grad: false,
+            runs_on: Box::new(|_| true),
             setup: Box::new(move |gpu| {
                 let k = sets_for(8.0 * n_elem as f64);
                 let xs: Vec<Tensor> = (0..k).map(|i| rand_tensor(gpu, &[n_elem], i as u64)).collect::<Result<_>>()?;
@@ -145,6 +150,7 @@ pub fn cases(quick: bool) -> Vec<Case> {
         flops: n_elem as f64,
         bytes: 12.0 * n_elem as f64,
         grad: false,
+        runs_on: Box::new(|_| true),
         setup: Box::new(move |gpu| {
             let k = sets_for(12.0 * n_elem as f64);
             let xs: Vec<Tensor> = (0..k).map(|i| rand_tensor(gpu, &[n_elem], i as u64)).collect::<Result<_>>()?;
@@ -160,6 +166,7 @@ pub fn cases(quick: bool) -> Vec<Case> {
         flops: n_elem as f64,
         bytes: 8.0 * n_elem as f64,
         grad: false,
+        runs_on: Box::new(|_| true),
         setup: Box::new(move |gpu| {
             let k = sets_for(8.0 * n_elem as f64);
             let xs: Vec<Tensor> = (0..k).map(|i| rand_tensor(gpu, &[rows, cols], i as u64)).collect::<Result<_>>()?;
@@ -174,6 +181,7 @@ pub fn cases(quick: bool) -> Vec<Case> {
             flops: n_elem as f64,
             bytes: 4.0 * n_elem as f64,
             grad: false,
+            runs_on: Box::new(|_| true),
             setup: Box::new(move |gpu| {
                 let k = sets_for(4.0 * n_elem as f64);
                 let xs: Vec<Tensor> = (0..k).map(|i| rand_tensor(gpu, &shape, i as u64)).collect::<Result<_>>()?;
@@ -239,6 +247,10 @@ pub fn run(gpu: &Gpu, opts: &BenchOptions, extra: Vec<Case>) -> Result<Vec<Bench
             if !case.name.contains(f.as_str()) && case.name != "copy_buffer" {
                 continue;
             }
+        }
+        if !(case.runs_on)(gpu) {
+            eprintln!("note: {} does not run on this device (not enough workgroup memory); skipped", case.name);
+            continue;
         }
         let ms = time_case(gpu, &case, opts)?;
         let gbs = (case.bytes > 0.0).then(|| case.bytes / (ms * 1e-3) / 1e9);

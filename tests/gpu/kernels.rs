@@ -36,15 +36,21 @@ fn to_spirv(module: &naga::Module, info: &ModuleInfo, constants: &[(&str, f64)])
 }
 
 /// The matmul module's override constants are exactly the ones its launches set, and every
-/// form (each transposition, scale and bias combination) translates.
+/// form (each transposition, scale and bias combination, each K-slice depth of the 128x128
+/// tile) translates.
 #[test]
 fn every_matmul_form_translates() {
     let (module, info) = parse(Shader::Matmul).unwrap();
     let declared: BTreeSet<&str> = module.overrides.iter().filter_map(|(_, o)| o.name.as_deref()).collect();
     let launched: BTreeSet<&str> = equimodal::ops::MATMUL_OVERRIDES.into_iter().collect();
     assert_eq!(declared, launched);
+    // the flags are 0 or 1; the slice depth (which sizes the workgroup tiles) 8 or 16
+    let value = |name: &str, bit: u32| match name {
+        "BK1" => [8.0, equimodal::ops::TILE128_DEEP_BK as f64][bit as usize],
+        _ => bit as f64,
+    };
     for form in 0..1u32 << equimodal::ops::MATMUL_OVERRIDES.len() {
-        let constants: Vec<(&str, f64)> = equimodal::ops::MATMUL_OVERRIDES.iter().enumerate().map(|(i, k)| (*k, ((form >> i) & 1) as f64)).collect();
+        let constants: Vec<(&str, f64)> = equimodal::ops::MATMUL_OVERRIDES.iter().enumerate().map(|(i, k)| (*k, value(k, (form >> i) & 1))).collect();
         to_spirv(&module, &info, &constants).unwrap();
     }
 }

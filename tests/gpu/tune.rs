@@ -61,7 +61,7 @@ fn tuning_picks_the_fastest_correct_variant_and_the_cache_file_remembers_it() {
     let table = g.tune_table();
     let e = &table[BUCKET];
     let names: Vec<&str> = e.us.keys().map(|s| s.as_str()).collect();
-    assert_eq!(names, ["splitk4", "tile128", "tile64"], "the candidates of {BUCKET}");
+    assert_eq!(names, ["splitk4", "tile128", "tile128k16", "tile64"], "the candidates of {BUCKET}");
     let fastest = e.us.iter().filter_map(|(k, v)| v.map(|v| (k, v))).min_by(|a, b| a.1.total_cmp(&b.1)).unwrap().0;
     assert_eq!(&e.variant, fastest, "{e:?}");
     assert!(MatmulKernel::from_name(&e.variant).is_some());
@@ -76,21 +76,29 @@ fn tuning_picks_the_fastest_correct_variant_and_the_cache_file_remembers_it() {
 /// A product with more than one band of 128-row tiles (and vec4-aligned operands) has the
 /// grouped tile order among its candidates, in both forms; the small one above has not
 /// (there the order is the same as row by row, and timing it twice would waste the budget).
+/// K-slices of 16 are candidates only where K is longer than one slice of 8 (the device
+/// here has the 32 KiB they need), with the VEC4 form where K is a multiple of 16.
 #[test]
-fn the_grouped_tile_order_is_a_candidate_only_where_it_changes_the_order() {
-    let file = scratch("grouped");
-    let g = context(TuneMode::Full, &file);
-    let (m, k, n) = (128 * ops::MATMUL_GROUP_M as usize + 8, 8, 136);
-    let mut rng = Rng::new(8);
-    let a = round_f32(&rng.normals(m * k));
-    let b = round_f32(&rng.normals(k * n));
-    let c = ops::matmul(&upload(&g, &a, &[m, k]), &upload(&g, &b, &[k, n])).unwrap().to_vec().unwrap();
-    let want: Vec<f64> = (0..m * n).map(|i| (0..k).map(|l| a[i / n * k + l] * b[l * n + i % n]).sum()).collect();
-    assert_close("grouped candidate product", &c, &want, 1e-5, 1e-6 * k as f64);
-    let table = g.tune_table();
-    let (bucket, e) = table.iter().find(|(b, _)| b.starts_with("matmul/")).unwrap();
-    let names: Vec<&str> = e.us.keys().map(|s| s.as_str()).collect();
-    assert_eq!(names, ["tile128", "tile128g8", "tile128v4", "tile128v4g8", "tile64"], "the candidates of {bucket}");
+fn the_grouped_order_and_deep_slices_are_candidates_only_where_they_change_something() {
+    let candidates = |k: usize, seed: u64| {
+        let file = scratch(&format!("grouped_k{k}"));
+        let g = context(TuneMode::Full, &file);
+        let (m, n) = (128 * ops::MATMUL_GROUP_M as usize + 8, 136);
+        let mut rng = Rng::new(seed);
+        let a = round_f32(&rng.normals(m * k));
+        let b = round_f32(&rng.normals(k * n));
+        let c = ops::matmul(&upload(&g, &a, &[m, k]), &upload(&g, &b, &[k, n])).unwrap().to_vec().unwrap();
+        let want: Vec<f64> = (0..m * n).map(|i| (0..k).map(|l| a[i / n * k + l] * b[l * n + i % n]).sum()).collect();
+        assert_close(&format!("K = {k}: tuned product"), &c, &want, 1e-5, 1e-6 * k as f64);
+        let table = g.tune_table();
+        let e = table.iter().find(|(b, _)| b.starts_with("matmul/")).unwrap().1;
+        e.us.keys().cloned().collect::<Vec<String>>()
+    };
+    assert_eq!(candidates(8, 8), ["tile128", "tile128g8", "tile128v4", "tile128v4g8", "tile64"], "K = 8: one slice either way");
+    let deep = ["tile128", "tile128g8", "tile128k16", "tile128k16g8", "tile128v4", "tile128v4g8", "tile64"];
+    assert_eq!(candidates(24, 9), deep, "K = 24: no VEC4 form at slices of 16");
+    let all = ["tile128", "tile128g8", "tile128k16", "tile128k16g8", "tile128v4", "tile128v4g8", "tile128v4k16", "tile128v4k16g8", "tile64"];
+    assert_eq!(candidates(32, 10), all, "K = 32: every form of both tiles");
 }
 
 #[test]

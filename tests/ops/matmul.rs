@@ -2,7 +2,13 @@
 //! references and finite differences; the tiled kernels against the reference kernel.
 use crate::common;
 use common::*;
-use equimodal::ops::{self, MatmulKernel, MatmulOpts};
+use equimodal::ops::{self, MatmulKernel, MatmulOpts, Tile128};
+
+/// The 128x128 tile's forms the tests name.
+const TILE128: MatmulKernel = MatmulKernel::TILE128;
+const VEC4: MatmulKernel = MatmulKernel::Tile128(Tile128 { vec4: true, ..Tile128::PLAIN });
+const DEEP: MatmulKernel = MatmulKernel::Tile128(Tile128 { k16: true, ..Tile128::PLAIN });
+const VEC4_DEEP: MatmulKernel = MatmulKernel::Tile128(Tile128 { vec4: true, k16: true, ..Tile128::PLAIN });
 use equimodal::{Error, Tensor};
 
 
@@ -216,7 +222,7 @@ fn cross_check(rng: &mut Rng, ab: &[usize], bb: &[usize], m: usize, n: usize, k:
     // K products of N(0,1) values: scale sqrt(K), f32 error ~ u sqrt(K) of that (Tol::sums)
     let atol = 1e-6 * k as f64;
     assert_close(&format!("reference kernel {what}"), &reference, &want, 1e-5, atol);
-    for kernel in [MatmulKernel::Tile64, MatmulKernel::Tile128, MatmulKernel::Auto] {
+    for kernel in [MatmulKernel::Tile64, TILE128, DEEP, MatmulKernel::Auto] {
         let got = ops::matmul_with_kernel(&at, &bt, opts, kernel).unwrap().to_vec().unwrap();
         assert_close(&format!("{kernel:?} {what}"), &got, &want, 1e-5, atol);
         let diff = got.iter().zip(&reference).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
@@ -346,13 +352,13 @@ fn linear_relu_matches_reference_and_gradients() {
 
 /// The fused epilogue is bit-identical to the two ops, on every variant the tuner may pick
 /// and the reference kernel: 150 x 140 outputs (one interior 128x128 tile, edge tiles in
-/// both dims), K = 296 (long enough for both split-K factors, a multiple of 8 for the VEC4
-/// form).
+/// both dims), K = 304 (long enough for both split-K factors, a multiple of 16 for the VEC4
+/// forms at both slice depths).
 #[test]
 fn fused_relu_epilogue_is_bit_identical_on_every_kernel() {
     let g = gpu();
     let mut rng = Rng::new(15);
-    let (m, k, n) = (150, 296, 140);
+    let (m, k, n) = (150, 304, 140);
     let x = upload(&g, &round_f32(&rng.normals(m * k)), &[m, k]);
     let w = upload(&g, &round_f32(&rng.normals(n * k)), &[n, k]);
     let b = upload(&g, &round_f32(&rng.normals(n)), &[n]);
@@ -464,7 +470,7 @@ fn matmul_under_workgroup_cap() {
             let want = matmul_ref(&a, &sa, ta, &b, &sb, tb, None);
             let (at, bt) = (upload(&g, &a, &sa), upload(&g, &b, &sb));
             let opts = MatmulOpts { trans_a: ta, trans_b: tb, b_scale: None };
-            for kernel in [MatmulKernel::Tile64, MatmulKernel::Tile128] {
+            for kernel in [MatmulKernel::Tile64, TILE128, DEEP] {
                 let got = ops::matmul_with_kernel(&at, &bt, opts, kernel).unwrap().to_vec().unwrap();
                 // K = 37 products of N(0,1) values: f32 error ~ sqrt(K) * 2^-24 * |a||b|
                 assert_close(&format!("capped {kernel:?} ta={ta} tb={tb}"), &got, &want, 1e-5, 1e-5 * (k as f64).sqrt());
@@ -578,9 +584,9 @@ fn vec4_interior_form_matches_the_cpu_and_the_guarded_tile() {
                 .map(|v| if relu { v.max(0.0) } else { v })
                 .collect();
             let what = format!("vec4 {sa:?} x {sb:?} ta={ta} tb={tb} relu={relu}");
-            let got = ops::matmul_bias_with_kernel(&at, &bt, opts, Some(&biast), relu, MatmulKernel::Tile128Vec4).unwrap().to_vec().unwrap();
+            let got = ops::matmul_bias_with_kernel(&at, &bt, opts, Some(&biast), relu, VEC4).unwrap().to_vec().unwrap();
             assert_close(&what, &got, &want, 1e-5, 1e-6 * k as f64);
-            let guarded = ops::matmul_bias_with_kernel(&at, &bt, opts, Some(&biast), relu, MatmulKernel::Tile128).unwrap().to_vec().unwrap();
+            let guarded = ops::matmul_bias_with_kernel(&at, &bt, opts, Some(&biast), relu, TILE128).unwrap().to_vec().unwrap();
             assert_eq!(got, guarded, "{what}: vs the guarded tile");
             assert_canaries(&what);
         }
@@ -595,14 +601,87 @@ fn vec4_interior_form_matches_the_cpu_and_the_guarded_tile() {
         let b = round_f32(&rng.normals(numel(&sb)));
         let want = matmul_ref(&a, &sa, false, &b, &sb, false, None);
         let (at, bt) = (upload(&g, &a, &sa), upload(&g, &b, &sb));
-        let got = ops::matmul_with_kernel(&at, &bt, MatmulOpts::default(), MatmulKernel::Tile128Vec4).unwrap().to_vec().unwrap();
+        let got = ops::matmul_with_kernel(&at, &bt, MatmulOpts::default(), VEC4).unwrap().to_vec().unwrap();
         assert_close("capped vec4", &got, &want, 1e-5, 1e-6 * k as f64);
         assert_canaries("capped vec4");
     });
     // K not a multiple of 8, or a scaled operand: not this form's job
     let (a, b) = (Tensor::zeros(&g, &[130, 42]).unwrap(), Tensor::zeros(&g, &[42, 130]).unwrap());
-    let e = ops::matmul_with_kernel(&a, &b, MatmulOpts::default(), MatmulKernel::Tile128Vec4).unwrap_err();
+    let e = ops::matmul_with_kernel(&a, &b, MatmulOpts::default(), VEC4).unwrap_err();
     assert!(e.to_string().contains("vec4 form"), "{e}");
+}
+
+/// K-slices of 16 on the 128x128 tile (`k16`, guarded and VEC4) against the CPU for every
+/// transposition, with bias and ReLU and a scaled B, K shorter than a slice, one slice, one
+/// and a half, several; bit-identical to slices of 8 (every output sums its K products in the
+/// same order: the slice depth only moves the barriers); batched under the workgroup cap; an
+/// error where the VEC4 form does not apply.
+#[test]
+fn deep_k_slices_give_the_bits_of_slices_of_8() {
+    let g = gpu();
+    let mut rng = Rng::new(81);
+    let (m, n) = (136, 260); // an interior tile and edges in both dims; rows of 4-float multiples
+    for k in [5, 16, 24, 48] {
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            let (sa, sb) = (a_shape(&[], m, k, ta), b_shape(&[], k, n, tb));
+            let a = round_f32(&rng.normals(numel(&sa)));
+            let b = round_f32(&rng.normals(numel(&sb)));
+            let bias = round_f32(&rng.normals(n));
+            let scale = (k == 24).then(|| mask(&mut rng, numel(&sb)));
+            let (at, bt, biast) = (upload(&g, &a, &sa), upload(&g, &b, &sb), upload(&g, &bias, &[n]));
+            let st = scale.as_ref().map(|s| upload(&g, s, &sb));
+            let opts = MatmulOpts { trans_a: ta, trans_b: tb, b_scale: st.as_ref() };
+            let relu = tb;
+            let want: Vec<f64> = matmul_ref(&a, &sa, ta, &b, &sb, tb, scale.as_deref())
+                .iter()
+                .enumerate()
+                .map(|(i, v)| v + bias[i % n])
+                .map(|v| if relu { v.max(0.0) } else { v })
+                .collect();
+            let run = |kernel| ops::matmul_bias_with_kernel(&at, &bt, opts, Some(&biast), relu, kernel).unwrap().to_vec().unwrap();
+            let what = format!("k16 {sa:?} x {sb:?} ta={ta} tb={tb} relu={relu} scaled={}", scale.is_some());
+            let deep = run(DEEP);
+            assert_close(&what, &deep, &want, 1e-5, 1e-6 * k as f64);
+            assert_eq!(deep, run(TILE128), "{what}: vs slices of 8");
+            if k % 16 == 0 && scale.is_none() {
+                assert_eq!(run(VEC4_DEEP), deep, "{what}: the vec4 form");
+            }
+            assert_canaries(&what);
+        }
+    }
+    // batch 5 of 2 x 2 tiles, launched over x, y and z in pieces of at most 3
+    with_workgroup_cap(3, || {
+        let g = gpu();
+        let (m, n, k) = (200, 264, 32);
+        let (sa, sb) = (vec![5, m, k], vec![5, k, n]);
+        let a = round_f32(&rng.normals(numel(&sa)));
+        let b = round_f32(&rng.normals(numel(&sb)));
+        let want = matmul_ref(&a, &sa, false, &b, &sb, false, None);
+        let (at, bt) = (upload(&g, &a, &sa), upload(&g, &b, &sb));
+        let run = |kernel| ops::matmul_with_kernel(&at, &bt, MatmulOpts::default(), kernel).unwrap().to_vec().unwrap();
+        let deep = run(VEC4_DEEP);
+        assert_close("capped k16", &deep, &want, 1e-5, 1e-6 * k as f64);
+        assert_eq!(deep, run(TILE128), "capped k16 vs slices of 8");
+        assert_canaries("capped k16");
+    });
+    // the VEC4 form at slices of 16 needs K a multiple of 16
+    let (a, b) = (Tensor::zeros(&g, &[132, 40]).unwrap(), Tensor::zeros(&g, &[40, 132]).unwrap());
+    let e = ops::matmul_with_kernel(&a, &b, MatmulOpts::default(), VEC4_DEEP).unwrap_err();
+    assert!(e.to_string().contains("K a multiple of 16"), "{e}");
+    assert!(ops::matmul_with_kernel(&a, &b, MatmulOpts::default(), VEC4).is_ok());
+    // the depth is a constant of the pipeline (were it dropped, the bit-identity above would
+    // hold trivially): slices of 16 compile a pipeline of their own (on a context of this
+    // test alone, so no other test's pipelines are counted)
+    let g = equimodal::Gpu::new(test_options()).unwrap();
+    let (a, b) = (Tensor::zeros(&g, &[132, 40]).unwrap(), Tensor::zeros(&g, &[40, 132]).unwrap());
+    let run = |kernel| ops::matmul_with_kernel(&a, &b, MatmulOpts::default(), kernel).unwrap().to_vec().unwrap();
+    run(TILE128);
+    run(TILE128); // (the second run may still compile the buffer pool's own kernels)
+    let before = g.pipelines_compiled();
+    run(TILE128);
+    assert_eq!(g.pipelines_compiled(), before, "a second run compiles nothing");
+    run(DEEP);
+    assert_eq!(g.pipelines_compiled(), before + 1, "slices of 16 run their own pipeline");
 }
 
 /// The grouped tile order (bands of `MATMUL_GROUP_M` tile rows) on grids with a short last
@@ -632,13 +711,17 @@ fn grouped_tile_order_gives_the_same_bits_on_every_tile() {
             assert_canaries(&what);
         }
     };
-    let guarded = (MatmulKernel::Tile128Grouped, MatmulKernel::Tile128);
-    let vector = (MatmulKernel::Tile128Vec4Grouped, MatmulKernel::Tile128Vec4);
+    let grouped = |t: MatmulKernel| match t {
+        MatmulKernel::Tile128(t) => MatmulKernel::Tile128(Tile128 { grouped: true, ..t }),
+        _ => unreachable!(),
+    };
+    let forms = [TILE128, VEC4, DEEP, VEC4_DEEP].map(|t| (grouped(t), t));
+    let guarded = [forms[0], forms[2]];
     for (ta, tb) in [(false, false), (true, true)] {
-        run(12, ta, tb, &mut rng, &[guarded]); // K not a multiple of the slice: guarded only
-        run(16, ta, tb, &mut rng, &[guarded, vector]);
+        run(12, ta, tb, &mut rng, &guarded); // K not a multiple of the slice: guarded only
+        run(16, ta, tb, &mut rng, &forms);
     }
-    with_workgroup_cap(3, || run(16, false, true, &mut Rng::new(72), &[guarded, vector]));
+    with_workgroup_cap(3, || run(16, false, true, &mut Rng::new(72), &forms));
 }
 
 /// Operands of one or two floats on every kernel (the 128x128 tile declares its operands as
@@ -657,7 +740,7 @@ fn tiny_operands_on_every_kernel() {
         let b = round_f32(&rng.normals(k * n));
         let want = matmul_ref(&a, &[m, k], false, &b, &[k, n], false, None);
         let (at, bt) = (upload(&g, &a, &[m, k]), upload(&g, &b, &[k, n]));
-        for kernel in [MatmulKernel::Auto, MatmulKernel::Tile128, MatmulKernel::Tile64, MatmulKernel::SplitK(4), MatmulKernel::Reference] {
+        for kernel in [MatmulKernel::Auto, TILE128, DEEP, MatmulKernel::Tile64, MatmulKernel::SplitK(4), MatmulKernel::Reference] {
             let got = ops::matmul_with_kernel(&at, &bt, MatmulOpts::default(), kernel).unwrap().to_vec().unwrap();
             assert_close(&format!("{kernel:?} {m}x{k}x{n}"), &got, &want, 1e-6, 1e-7);
         }

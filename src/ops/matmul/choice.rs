@@ -1,6 +1,6 @@
 //! Which variant runs a product: the tuned choice of its shape bucket (timed now if the
 //! bucket is new; `ops::tune`, `gpu::tune`), or a size rule with tuning off.
-use super::launch::{launch, split_shape, vec4_applies, Form, MatmulKernel, MATMUL_GROUP_M, SPLIT_MAX_PARTIAL_BYTES};
+use super::launch::{launch, split_shape, tile128_workgroup_bytes, vec4_applies, Form, MatmulKernel, MATMUL_GROUP_M, SPLIT_MAX_PARTIAL_BYTES, TILE128_DEEP_BK};
 use super::Plan;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -15,24 +15,29 @@ const TILE128_MIN_TILES: usize = 132;
 pub(super) fn heuristic(p: &Plan) -> MatmulKernel {
     let tiles = p.m.div_ceil(128) * p.n.div_ceil(128) * p.batch;
     if tiles >= TILE128_MIN_TILES {
-        MatmulKernel::Tile128
+        MatmulKernel::TILE128
     } else {
         MatmulKernel::Tile64
     }
 }
 
-/// The variants that can run `p`: both tiles always; the VEC4 form where it applies and
-/// there is an interior tile; the grouped tile order where it changes the order; split-K for one matrix whose K holds at least two slices per
-/// split and whose partials fit [`SPLIT_MAX_PARTIAL_BYTES`].
-fn candidates(p: &Plan, form: &Form, operands: &[&Tensor]) -> Vec<MatmulKernel> {
+/// The variants that can run `p` on a device with `workgroup_bytes` of workgroup memory:
+/// the 64x64 and plain 128x128 tiles always; the VEC4 form where it applies and there is an
+/// interior tile; the grouped tile order where it changes the order; K-slices of 16 where K
+/// is longer than one slice of 8 and the device has the memory; split-K for one matrix
+/// whose K holds at least two slices per split and whose partials fit
+/// [`SPLIT_MAX_PARTIAL_BYTES`].
+fn candidates(p: &Plan, form: &Form, operands: &[&Tensor], workgroup_bytes: usize) -> Vec<MatmulKernel> {
     MatmulKernel::TUNED
         .into_iter()
         .filter(|k| match *k {
-            // worth a launch only with interior tiles
-            MatmulKernel::Tile128Vec4 => p.m >= 128 && p.n >= 128 && vec4_applies(p, form, operands),
-            // the grouped order differs from row by row only beyond one band of rows
-            MatmulKernel::Tile128Grouped => grouping_differs(p),
-            MatmulKernel::Tile128Vec4Grouped => grouping_differs(p) && vec4_applies(p, form, operands),
+            MatmulKernel::Tile128(t) => {
+                // worth a launch only with interior tiles
+                let vec4 = !t.vec4 || (p.m >= 128 && p.n >= 128 && vec4_applies(p, form, operands, t.bk()));
+                // the grouped order differs from row by row only beyond one band of rows
+                let grouped = !t.grouped || grouping_differs(p);
+                vec4 && grouped && (!t.k16 || deep_slices_pay(p.k, workgroup_bytes))
+            }
             MatmulKernel::SplitK(s) => {
                 let (chunk, used) = split_shape(p.k, s as usize);
                 p.batch == 1 && chunk >= 2 && used == s as usize && used * p.m * p.n * 4 <= SPLIT_MAX_PARTIAL_BYTES
@@ -40,6 +45,13 @@ fn candidates(p: &Plan, form: &Form, operands: &[&Tensor]) -> Vec<MatmulKernel> 
             _ => true,
         })
         .collect()
+}
+
+/// Whether K-slices of 16 are worth timing for an inner dimension `k` on a device with
+/// `workgroup_bytes` of workgroup memory: K longer than one slice of 8 (else both depths
+/// run one slice), and room for the deeper tiles.
+fn deep_slices_pay(k: usize, workgroup_bytes: usize) -> bool {
+    k > 8 && tile128_workgroup_bytes(TILE128_DEEP_BK) <= workgroup_bytes
 }
 
 /// Whether the grouped tile order visits `p`'s 128x128 tiles in another order than row by
@@ -64,7 +76,7 @@ fn bucket(p: &Plan, sa: bool, sb: bool, bias: bool) -> String {
 pub(super) fn choose(p: &Plan, a: &Tensor, sa: Option<&Tensor>, b: &Tensor, sb: Option<&Tensor>, bias: Option<&Tensor>, relu: bool) -> Result<MatmulKernel> {
     let gpu = a.gpu();
     let form = Form { ta: p.ta, tb: p.tb, sa: sa.is_some(), sb: sb.is_some(), bias: bias.is_some(), relu };
-    let cands = candidates(p, &form, &[a, b]);
+    let cands = candidates(p, &form, &[a, b], gpu.limits().max_compute_workgroup_storage_size as usize);
     // the probe's reference is one thread per output: under a test cap on workgroups per
     // dimension a large product cannot launch it (on a real adapter the cap is 65,535^3)
     let reference_fits = (p.batch * p.m * p.n).div_ceil(64) as u64 <= (gpu.max_workgroups_per_dim() as u64).pow(3);
@@ -109,5 +121,22 @@ pub(super) fn choose(p: &Plan, a: &Tensor, sa: Option<&Tensor>, b: &Tensor, sb: 
             Ok(heuristic(p))
         }
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::deep_slices_pay;
+
+    /// Slices of 16 need 32 KiB of workgroup memory: a device with the 16 KiB every
+    /// Vulkan device has (wgpu's default limit) never times them; lavapipe (32 KiB) and
+    /// large GPUs (48 KiB and more) do, once K is longer than one slice of 8.
+    #[test]
+    fn deep_slices_are_timed_only_where_they_fit_and_differ() {
+        assert!(!deep_slices_pay(1024, 16 << 10));
+        assert!(!deep_slices_pay(1024, (32 << 10) - 4));
+        assert!(deep_slices_pay(1024, 32 << 10));
+        assert!(deep_slices_pay(9, 48 << 10));
+        assert!(!deep_slices_pay(8, 48 << 10));
     }
 }

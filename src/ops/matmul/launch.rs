@@ -23,7 +23,7 @@ pub(crate) const KERNELS: &[Kernel] = &[K_TILE128, K_TILE64, K_REF, K_SPLITK_RED
 /// The override constants of `shaders/matmul.wgsl`: the product's form is fixed per
 /// pipeline, so its kernels carry no runtime branch on it (checked against the module by
 /// `tests/gpu/kernels.rs`).
-pub const MATMUL_OVERRIDES: [&str; 8] = ["TRANS_A", "TRANS_B", "SCALE_A", "SCALE_B", "BIAS", "RELU", "VEC4", "GROUP_M"];
+pub const MATMUL_OVERRIDES: [&str; 9] = ["TRANS_A", "TRANS_B", "SCALE_A", "SCALE_B", "BIAS", "RELU", "VEC4", "GROUP_M", "BK1"];
 
 /// A product's form: transposes, which scales, bias, ReLU. Each form is its own pipeline.
 #[derive(Clone, Copy, Debug)]
@@ -37,8 +37,8 @@ pub(super) struct Form {
 }
 
 impl Form {
-    /// The pipeline constants, in [`MATMUL_OVERRIDES`] order (all but `VEC4`, which only
-    /// [`launch_vec4`] sets, and `GROUP_M`, which only the grouped variants set).
+    /// The pipeline constants, in [`MATMUL_OVERRIDES`] order (all but the 128x128 tile's
+    /// own: `VEC4`, which only [`launch_vec4`] sets, and those of [`Tile128::constants`]).
     fn constants(self) -> [(&'static str, f64); 6] {
         let v = [self.ta, self.tb, self.sa, self.sb, self.bias, self.relu];
         std::array::from_fn(|i| (MATMUL_OVERRIDES[i], v[i] as u32 as f64))
@@ -50,6 +50,14 @@ impl Form {
 /// H100, say) reads 5 row tiles of A and all 32 column tiles of B row by row, 37 operand
 /// tiles; in bands of 8 rows it reads 8 and 17, 25.
 pub const MATMUL_GROUP_M: u32 = 8;
+/// K-slice depth of the 128x128 tile's `k16` variants (`BK1` in `shaders/matmul.wgsl`; 8
+/// otherwise).
+pub const TILE128_DEEP_BK: usize = 16;
+/// Workgroup memory of the 128x128 tile at K-slices of `bk`: two buffers of `bk` rows of
+/// 128 floats for each operand (16 KiB at 8, 32 KiB at 16).
+pub(super) const fn tile128_workgroup_bytes(bk: usize) -> usize {
+    2 * 2 * bk * 128 * 4
+}
 /// Split-K factors the tuner may try (on the 64x64 tile, batch 1 only).
 pub const MATMUL_SPLITS: [u32; 2] = [4, 16];
 /// K-slice depth of the 64x64 tile (`BK2` in `shaders/matmul.wgsl`): split-K cuts K in
@@ -86,43 +94,89 @@ pub enum MatmulKernel {
     Auto,
     /// 64x64 tiles, 4x4 outputs per thread.
     Tile64,
-    /// 128x128 tiles, 8x8 outputs per thread.
-    Tile128,
-    /// 128x128 tiles with unguarded vec4 global loads on the interior tiles, the guarded
-    /// form on the edge strips (unscaled operands with 16-byte rows and K a multiple of 8).
-    Tile128Vec4,
-    /// [`MatmulKernel::Tile128`] visiting its tiles in bands of [`MATMUL_GROUP_M`] tile rows
-    /// (operands kept in L2); the same bits.
-    Tile128Grouped,
-    /// [`MatmulKernel::Tile128Vec4`] in the grouped tile order; the same bits.
-    Tile128Vec4Grouped,
+    /// 128x128 tiles, 8x8 outputs per thread, in one of its compile-time forms.
+    Tile128(Tile128),
     /// 64x64 tiles with K cut into this many splits (batch 1 only; see [`MATMUL_SPLITS`]).
     SplitK(u32),
     /// One thread per output, no tiling (slow; the cross-check).
     Reference,
 }
 
+/// The 128x128 tile's variants: each option is an override constant of its pipeline, and
+/// none changes a tile's arithmetic or its order, so all of them give the same bits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tile128 {
+    /// Unguarded vec4 global loads on the interior tiles, the guarded form on the edge
+    /// strips (unscaled operands with 16-byte rows and K a multiple of the K-slice).
+    pub vec4: bool,
+    /// K-slices of [`TILE128_DEEP_BK`] instead of 8 (32 KiB of workgroup memory).
+    pub k16: bool,
+    /// Tiles visited in bands of [`MATMUL_GROUP_M`] tile rows (operands kept in L2).
+    pub grouped: bool,
+}
+
+impl Tile128 {
+    /// The plain form: guarded loads, K-slices of 8, row by row.
+    pub const PLAIN: Tile128 = Tile128 { vec4: false, k16: false, grouped: false };
+
+    /// Its K-slice depth.
+    pub fn bk(self) -> usize {
+        if self.k16 {
+            TILE128_DEEP_BK
+        } else {
+            8
+        }
+    }
+
+    /// Its pipeline constants beside the product's form (`VEC4` aside: the launch sets it
+    /// on the interior tiles only).
+    fn constants(self) -> impl Iterator<Item = (&'static str, f64)> {
+        let group = self.grouped.then_some((MATMUL_OVERRIDES[7], MATMUL_GROUP_M as f64));
+        let depth = self.k16.then_some((MATMUL_OVERRIDES[8], TILE128_DEEP_BK as f64));
+        group.into_iter().chain(depth)
+    }
+}
+
+/// The 128x128 tile's form for the [`MatmulKernel::TUNED`] table.
+const fn t128(vec4: bool, k16: bool, grouped: bool) -> MatmulKernel {
+    MatmulKernel::Tile128(Tile128 { vec4, k16, grouped })
+}
+
 impl MatmulKernel {
+    /// The plain 128x128 tile ([`Tile128::PLAIN`]).
+    pub const TILE128: MatmulKernel = MatmulKernel::Tile128(Tile128::PLAIN);
+
     /// Every variant the tuner may pick, in the order it tries them.
-    pub const TUNED: [MatmulKernel; 7] = [
-        MatmulKernel::Tile128,
-        MatmulKernel::Tile128Vec4,
-        MatmulKernel::Tile128Grouped,
-        MatmulKernel::Tile128Vec4Grouped,
+    pub const TUNED: [MatmulKernel; 11] = [
+        t128(false, false, false),
+        t128(true, false, false),
+        t128(false, false, true),
+        t128(true, false, true),
+        t128(false, true, false),
+        t128(true, true, false),
+        t128(false, true, true),
+        t128(true, true, true),
         MatmulKernel::Tile64,
         MatmulKernel::SplitK(MATMUL_SPLITS[0]),
         MatmulKernel::SplitK(MATMUL_SPLITS[1]),
     ];
 
-    /// The name the tuning cache and the benchmark rows use.
+    /// The name the tuning cache and the benchmark rows use: `tile128`, then `v4`, `k16`
+    /// and `g8` for the options that are on.
     pub fn name(self) -> &'static str {
         match self {
             MatmulKernel::Auto => "auto",
             MatmulKernel::Tile64 => "tile64",
-            MatmulKernel::Tile128 => "tile128",
-            MatmulKernel::Tile128Vec4 => "tile128v4",
-            MatmulKernel::Tile128Grouped => "tile128g8",
-            MatmulKernel::Tile128Vec4Grouped => "tile128v4g8",
+            MatmulKernel::Tile128(t) => match (t.vec4, t.k16, t.grouped) {
+                (false, false, false) => "tile128",
+                (true, false, false) => "tile128v4",
+                (false, false, true) => "tile128g8",
+                (true, false, true) => "tile128v4g8",
+                (false, true, false) => "tile128k16",
+                (true, true, false) => "tile128v4k16",
+                (false, true, true) => "tile128k16g8",
+                (true, true, true) => "tile128v4k16g8",
+            },
             MatmulKernel::SplitK(4) => "splitk4",
             MatmulKernel::SplitK(16) => "splitk16",
             MatmulKernel::SplitK(_) => "splitk",
@@ -130,14 +184,18 @@ impl MatmulKernel {
         }
     }
 
-    /// Whether this variant visits its tiles in the grouped order.
-    pub fn grouped(self) -> bool {
-        matches!(self, MatmulKernel::Tile128Grouped | MatmulKernel::Tile128Vec4Grouped)
-    }
-
     /// The tuned variant of this name.
     pub fn from_name(name: &str) -> Option<MatmulKernel> {
         MatmulKernel::TUNED.into_iter().find(|k| k.name() == name)
+    }
+
+    /// Whether `gpu` allows the workgroup memory this variant declares (the 128x128 tile's
+    /// slices of 16 need 32 KiB; every other variant fits any device the engine opens).
+    pub fn runs_on(self, gpu: &Gpu) -> bool {
+        match self {
+            MatmulKernel::Tile128(t) => tile128_workgroup_bytes(t.bk()) <= gpu.limits().max_compute_workgroup_storage_size as usize,
+            _ => true,
+        }
     }
 }
 
@@ -208,7 +266,15 @@ pub(super) fn launch(
         MatmulKernel::Auto => super::choice::choose(p, a, sa, b, sb, bias, relu)?,
         k => k,
     };
-    let consts = consts.into_iter().chain(kernel.grouped().then_some((MATMUL_OVERRIDES[7], MATMUL_GROUP_M as f64))).collect::<Vec<_>>();
+    let tile128 = match kernel {
+        MatmulKernel::Tile128(t) => t,
+        _ => Tile128::PLAIN,
+    };
+    let consts = consts.into_iter().chain(tile128.constants()).collect::<Vec<_>>();
+    if !kernel.runs_on(gpu) {
+        let have = gpu.limits().max_compute_workgroup_storage_size;
+        return Err(Error::Other(format!("matmul: {} needs more workgroup memory than this device allows ({have} bytes)", kernel.name())));
+    }
     let (k, tile) = match kernel {
         MatmulKernel::Reference => {
             gpu.dispatch(&K_REF, &consts, bytes_of(&params), &buffers, grid(gpu, p.batch * p.m * p.n, 64))?;
@@ -218,15 +284,16 @@ pub(super) fn launch(
             launch_split(p, form, params, buffers, &c, splits as usize)?;
             return Ok(c);
         }
-        MatmulKernel::Tile128Vec4 | MatmulKernel::Tile128Vec4Grouped => {
-            if !vec4_applies(p, &form, &[a, b]) {
-                return Err(Error::Other(format!("matmul: the vec4 form needs unscaled, 16-byte aligned operands with K a multiple of 8 ({} x {} x {})", p.m, p.n, p.k)));
+        MatmulKernel::Tile128(t) if t.vec4 => {
+            if !vec4_applies(p, &form, &[a, b], t.bk()) {
+                let bk = t.bk();
+                return Err(Error::Other(format!("matmul: the vec4 form needs unscaled, 16-byte aligned operands with K a multiple of {bk} ({} x {} x {})", p.m, p.n, p.k)));
             }
             [buffers[6], buffers[7]] = [a.buffer(), b.buffer()];
             launch_vec4(gpu, p, &consts, params, &buffers)?;
             return Ok(c);
         }
-        MatmulKernel::Tile128 | MatmulKernel::Tile128Grouped => (&K_TILE128, 128),
+        MatmulKernel::Tile128(_) => (&K_TILE128, 128),
         _ => (&K_TILE64, 64),
     };
     // (column tiles, row tiles, batch), split at the per-dimension workgroup limit
@@ -237,13 +304,13 @@ pub(super) fn launch(
     Ok(c)
 }
 
-/// Whether the 128x128 tile's VEC4 form can run `p`: unscaled operands, K a multiple of
-/// the 8-deep slice, every operand row (and so every batch matrix) a multiple of 4 floats
-/// along its contiguous dim, bindings on 16 bytes.
-pub(super) fn vec4_applies(p: &Plan, form: &Form, operands: &[&Tensor]) -> bool {
+/// Whether the 128x128 tile's VEC4 form at K-slices of `bk` can run `p`: unscaled
+/// operands, K a multiple of the slice, every operand row (and so every batch matrix) a
+/// multiple of 4 floats along its contiguous dim, bindings on 16 bytes.
+pub(super) fn vec4_applies(p: &Plan, form: &Form, operands: &[&Tensor], bk: usize) -> bool {
     let rows_a = if p.ta { p.m } else { p.k };
     let rows_b = if p.tb { p.k } else { p.n };
-    !form.sa && !form.sb && p.k % 8 == 0 && rows_a % 4 == 0 && rows_b % 4 == 0 && operands.iter().all(|t| t.buffer().offset() % 16 == 0)
+    !form.sa && !form.sb && p.k % bk == 0 && rows_a % 4 == 0 && rows_b % 4 == 0 && operands.iter().all(|t| t.buffer().offset() % 16 == 0)
 }
 
 /// The 128x128 tile with the VEC4 form over the interior tiles (inside M and N) and the

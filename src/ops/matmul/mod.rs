@@ -24,7 +24,7 @@ use crate::error::{Error, Result};
 use crate::tensor::{numel, Tensor};
 use launch::launch;
 pub(crate) use launch::KERNELS;
-pub use launch::{MatmulKernel, MATMUL_GROUP_M, MATMUL_OVERRIDES, MATMUL_SPLITS};
+pub use launch::{MatmulKernel, Tile128, MATMUL_GROUP_M, MATMUL_OVERRIDES, MATMUL_SPLITS, TILE128_DEEP_BK};
 
 /// Most broadcast batch dims a matmul takes (after dropping dims of size 1).
 pub const MAX_BATCH_DIMS: usize = 8;
