@@ -42,7 +42,8 @@ struct Params {
     pw: u32, dh: u32, dw: u32, m: u32,     // m: GEMM M of the launch (fwd: N*HO*WO; dw: C*KH*KW)
     k: u32, chunk: u32, splits: u32, direct: u32, // k: GEMM K (fwd: C*KH*KW; dw: N*HO*WO)
     flags: u32, // bit 0: w_scale bound (reduce pass); forward epilogue: bit 1 bias, bit 2
-                // batch norm with fixed statistics, bit 3 residual add, bit 4 ReLU (in that order)
+                // batch norm with fixed statistics, bit 3 residual add, bit 4 ReLU (in that
+                // order); bit 5: batch norm's partial statistics of y (bias alone before it)
     x0: u32, y0: u32, z0: u32, // first workgroup of this launch (ops::split_grid: launches
                                // are split per dimension at the device's workgroup limit)
 }
@@ -137,6 +138,10 @@ fn mma(tx: u32, ty: u32, buf: u32) {
 @group(0) @binding(7) var<storage, read> fbn_w: array<f32>;
 @group(0) @binding(8) var<storage, read> fbn_b: array<f32>;
 @group(0) @binding(9) var<storage, read> fres: array<f32>;
+// Batch norm's partial statistics of y (flags bit 5; a placeholder otherwise):
+// [2, O, row tiles], the mean and M2 of each channel over each row tile's pixels, the layout
+// of norm.wgsl's bn_stats chunks (chunk = row tile), which bn_stats_merge completes.
+@group(0) @binding(10) var<storage, read_write> fpart: array<f32>;
 
 // The forward's epilogue on output (channel o, element i of y): bias, batch norm, residual,
 // ReLU, each a uniform branch on the flags (outside the K loop, once per output).
@@ -156,6 +161,68 @@ fn epilogue(v0: f32, o: u32, i: u32) -> f32 {
         v = max(v, 0.0);
     }
     return v;
+}
+
+// y's value at accumulator v of channel o < O when only the bias follows the GEMM (the
+// epilogue's first step, the same operation, so the same bits as the stored value).
+fn biased(v: f32, o: u32) -> f32 {
+    if ((p.flags & 2u) != 0u) {
+        return v + fbias[o];
+    }
+    return v;
+}
+
+// Batch norm's partial statistics of this tile's outputs, into fpart: per channel, the mean
+// of the tile's valid rows, then the sum of squared deviations from it (two passes over the
+// registers: no cancellation); each reduced over a column's TX threads in workgroup memory
+// (As and Bs are free once the K loop's last barrier has passed), in a fixed order. Every
+// thread must call it (barriers).
+fn tile_stats(tx: u32, ty: u32, lid: u32, m0: u32, n0: u32, tile: u32) {
+    let rows = min(BM, p.m - m0);
+    for (var j = 0u; j < TN; j = j + 1u) {
+        let o = n0 + ty + TY * j;
+        var s = 0.0;
+        for (var i = 0u; i < 4u; i = i + 1u) {
+            if (o < p.o && tx + TX * i < rows) {
+                s = s + biased(acc[j][i], o);
+            }
+        }
+        As[(ty + TY * j) * TX + tx] = s;
+    }
+    workgroupBarrier();
+    if (lid < BN) {
+        var s = 0.0;
+        for (var t = 0u; t < TX; t = t + 1u) {
+            s = s + As[lid * TX + t];
+        }
+        Bs[lid] = s / f32(rows);
+    }
+    workgroupBarrier();
+    for (var j = 0u; j < TN; j = j + 1u) {
+        let col = ty + TY * j;
+        let o = n0 + col;
+        let mean = Bs[col];
+        var q = 0.0;
+        for (var i = 0u; i < 4u; i = i + 1u) {
+            if (o < p.o && tx + TX * i < rows) {
+                let d = biased(acc[j][i], o) - mean;
+                q = q + d * d;
+            }
+        }
+        As[col * TX + tx] = q;
+    }
+    workgroupBarrier();
+    let o = n0 + lid;
+    if (lid < BN && o < p.o) {
+        var q = 0.0;
+        for (var t = 0u; t < TX; t = t + 1u) {
+            q = q + As[lid * TX + t];
+        }
+        let tiles = (p.m + BM - 1u) / BM;
+        let at = o * tiles + tile;
+        fpart[at] = Bs[lid];
+        fpart[p.o * tiles + at] = q;
+    }
 }
 
 // K index -> (c*H*W, kh*dh, kw*dw); out of range -> row pushed out of the image.
@@ -254,6 +321,9 @@ fn fwd_body(wg: vec3<u32>, lid: u32, scaled: bool) {
         workgroupBarrier();
     }
 
+    if ((p.flags & 32u) != 0u) {
+        tile_stats(tx, ty, lid, m0, n0, wg.x);
+    }
     for (var i = 0u; i < 4u; i = i + 1u) {
         let m = m0 + tx + TX * i;
         if (m < p.m) {

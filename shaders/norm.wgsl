@@ -43,7 +43,8 @@ struct BnParams {
     momentum: f32,
     unbias: f32,     // m / (m - 1)
     training: u32,
-    chunks: u32,     // chunks per channel in bn_stats / bn_bwd_reduce, 1..=256
+    chunks: u32,     // chunks per channel: 1..=256 in bn_stats / bn_bwd_reduce; any number in
+                     // bn_stats_merge (a convolution's row tiles, `conv2d_bn_partials`)
     cs: u32,         // values per chunk (the last chunk holds m - (chunks - 1) * cs)
     _p0: u32,
     _p1: u32,
@@ -222,16 +223,14 @@ fn bn_stats_merge(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
     let c = flat_group(wg, nwg);
     if (c >= bp.c) { return; } // uniform: whole workgroup
     let shift = bm_part[c * bp.chunks]; // chunk 0's mean (chunks >= 1)
-    var n = 0.0;
-    var mean = 0.0; // relative to shift
-    var m2 = 0.0;
-    if (lid < bp.chunks) {
-        let i = c * bp.chunks + lid;
-        n = f32(bn_chunk_len(lid));
-        mean = bm_part[i] - shift;
-        m2 = bm_part[bp.c * bp.chunks + i];
+    // this thread's chunks lid, lid + WG, ... folded in order (with 256 chunks or fewer, one
+    // each: the fold of one chunk into nothing is that chunk's triple, bit for bit)
+    var acc = vec3<f32>(0.0, 0.0, 0.0); // (count, mean relative to shift, M2)
+    for (var i = lid; i < bp.chunks; i = i + WG) {
+        let at = c * bp.chunks + i;
+        acc = welford_add(acc, f32(bn_chunk_len(i)), bm_part[at] - shift, bm_part[bp.c * bp.chunks + at]);
     }
-    let r = wg_chan(lid, n, mean, m2, f32(bp.m));
+    let r = wg_chan(lid, acc.x, acc.y, acc.z, f32(bp.m));
     if (lid == 0u) {
         let mu = shift + r.x;
         let var_b = r.y / f32(bp.m);

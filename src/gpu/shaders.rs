@@ -284,11 +284,12 @@ impl ConvTile {
 
     /// Whether the kernels' staging works out for this tile: TY a multiple of 4 (a whole
     /// number of K rows per pass of the M-fast loaders), a multiple of the 16-deep K-slice of
-    /// threads, and each thread staging a whole number of B values.
+    /// threads, each thread staging a whole number of B values, and a thread for every
+    /// column (TX >= TN: the batch-norm statistics reduce a column per thread).
     pub fn is_consistent(self) -> bool {
         let (tx, ty, tn) = self.threads();
         let nt = tx * ty;
-        ty % 4 == 0 && nt % 16 == 0 && (16 * ty * tn) % nt == 0 && nt <= 256
+        ty % 4 == 0 && nt % 16 == 0 && (16 * ty * tn) % nt == 0 && nt <= 256 && tx >= tn
     }
 }
 

@@ -228,10 +228,23 @@ impl Conv2d {
         let s = ctx.scale_for(&self.weight.name);
         ops::conv2d(x, &self.weight.tensor, self.bias.as_ref().map(|b| &b.tensor), self.p, s)
     }
+    /// [`forward`](Self::forward), and where `bn` will normalise the output with its batch
+    /// statistics under `ctx`, their partial sums from the convolution's epilogue
+    /// ([`ops::conv2d_bn_partials`]).
+    pub fn forward_partials(&self, x: &Tensor, bn: &BatchNorm2d, ctx: &Ctx) -> Result<(Tensor, Option<ops::BatchNormPartials>)> {
+        if !bn.batch_stats_wanted(ctx) {
+            return Ok((self.forward(x, ctx)?, None));
+        }
+        let s = ctx.scale_for(&self.weight.name);
+        let (y, partials) = ops::conv2d_bn_partials(x, &self.weight.tensor, self.bias.as_ref().map(|b| &b.tensor), self.p, s)?;
+        Ok((y, Some(partials)))
+    }
     /// `bn.forward(self.forward(x))`, then `+ residual`, then ReLU if `relu`. Where no
     /// gradient is recorded and batch norm's statistics do not depend on the input
     /// (evaluation), all of it runs in the convolution's epilogue
-    /// ([`ops::conv2d_inference`]); otherwise as the separate ops.
+    /// ([`ops::conv2d_inference`]); otherwise as the separate ops, with batch statistics
+    /// (training) completed from the partial sums the convolution's epilogue leaves
+    /// ([`ops::conv2d_bn_partials`]) instead of a pass of their own over its output.
     pub fn forward_bn(&self, x: &Tensor, bn: &BatchNorm2d, residual: Option<&Tensor>, relu: bool, ctx: &Ctx) -> Result<Tensor> {
         let s = ctx.scale_for(&self.weight.name);
         let bias = self.bias.as_ref().map(|b| &b.tensor);
@@ -241,7 +254,8 @@ impl Conv2d {
                 return ops::conv2d_inference(x, &self.weight.tensor, bias, self.p, s, epi);
             }
         }
-        let mut y = bn.forward(&self.forward(x, ctx)?, ctx)?;
+        let (y, partials) = self.forward_partials(x, bn, ctx)?;
+        let mut y = bn.forward_from(&y, partials.as_ref(), ctx)?;
         if let Some(r) = residual {
             y = ops::add(&y, r)?;
         }
@@ -252,12 +266,15 @@ impl Conv2d {
     }
     /// `self.forward(relu(bn.forward(y)))`, the same values and gradients, holding only y
     /// (not the convolution's input) until the backward: batch norm and ReLU run again there
-    /// ([`ops::conv2d_after_bn_relu`]).
-    pub fn forward_after_bn_relu(&self, y: &Tensor, bn: &BatchNorm2d, ctx: &Ctx) -> Result<Tensor> {
-        let (stats, batch_stats) = bn.stats(y, ctx)?;
+    /// ([`ops::conv2d_after_bn_relu`]). `partials`: y's batch-norm partial statistics, if
+    /// the layer that produced y left them ([`Conv2d::forward_partials`]); the output's, for
+    /// `next` (the batch norm after this convolution), come back where it will want them.
+    pub fn forward_after_bn_relu(&self, y: &Tensor, partials: Option<&ops::BatchNormPartials>, bn: &BatchNorm2d, next: &BatchNorm2d, ctx: &Ctx) -> Result<(Tensor, Option<ops::BatchNormPartials>)> {
+        let (stats, batch_stats) = bn.stats_from(y, partials, ctx)?;
         let pre = ops::BnRelu { weight: &bn.weight.tensor, bias: &bn.bias.tensor, stats: &stats, batch_stats };
         let s = ctx.scale_for(&self.weight.name);
-        ops::conv2d_after_bn_relu(y, pre, &self.weight.tensor, self.bias.as_ref().map(|b| &b.tensor), self.p, s)
+        let bias = self.bias.as_ref().map(|b| &b.tensor);
+        ops::conv2d_after_bn_relu_ex(y, pre, &self.weight.tensor, bias, self.p, s, next.batch_stats_wanted(ctx))
     }
 }
 
@@ -299,8 +316,20 @@ impl BatchNorm2d {
     /// x `[N, C, H, W]` or `[N, C]`, normalised with the statistics `ctx.bn` selects; records them
     /// in `ctx.bn_record` when set. Errors: [`BnStats::Given`] without this layer's statistics.
     pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
-        let (stats, batch) = self.stats(x, ctx)?;
+        self.forward_from(x, None, ctx)
+    }
+
+    /// [`forward`](Self::forward), with x's batch statistics (where `ctx` asks for them)
+    /// completed from `partials` of x (computed where x was produced) instead of a pass over x.
+    pub fn forward_from(&self, x: &Tensor, partials: Option<&ops::BatchNormPartials>, ctx: &Ctx) -> Result<Tensor> {
+        let (stats, batch) = self.stats_from(x, partials, ctx)?;
         ops::batch_norm_apply(x, &self.weight.tensor, &self.bias.tensor, &stats, batch)
+    }
+
+    /// Whether [`forward`](Self::forward) under `ctx` normalises with the input's batch
+    /// statistics (training in [`BnStats::Mode`]).
+    pub fn batch_stats_wanted(&self, ctx: &Ctx) -> bool {
+        matches!(ctx.bn, BnStats::Mode) && ctx.training
     }
 
     /// The statistics [`forward`](Self::forward) would normalise with under `ctx` when they do
@@ -325,6 +354,12 @@ impl BatchNorm2d {
     /// x with under `ctx`, and whether they are x's batch statistics; computing them updates
     /// the running statistics and records them exactly as the forward does.
     pub fn stats(&self, x: &Tensor, ctx: &Ctx) -> Result<(Tensor, bool)> {
+        self.stats_from(x, None, ctx)
+    }
+
+    /// [`stats`](Self::stats), with batch statistics completed from `partials` of x when
+    /// given ([`ops::batch_norm_stats_from_partials`]).
+    pub fn stats_from(&self, x: &Tensor, partials: Option<&ops::BatchNormPartials>, ctx: &Ctx) -> Result<(Tensor, bool)> {
         match &ctx.bn {
             BnStats::Mode => {}
             BnStats::Running => return Ok((ops::batch_norm_stats(x, &self.state, false)?, false)),
@@ -343,7 +378,10 @@ impl BatchNorm2d {
         } else {
             &self.state
         };
-        let stats = ops::batch_norm_stats(x, state, ctx.training)?;
+        let stats = match partials {
+            Some(p) if ctx.training => ops::batch_norm_stats_from_partials(x, p, state)?,
+            _ => ops::batch_norm_stats(x, state, ctx.training)?,
+        };
         if let Some(rec) = &ctx.bn_record {
             rec.lock().map_err(|_| Error::Other("batch-norm record lock poisoned".into()))?.insert(self.name.clone(), stats.clone());
         }

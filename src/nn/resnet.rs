@@ -47,9 +47,9 @@ impl BasicBlock {
             None => x.clone(),
         };
         if self.recompute && crate::autograd::grad_enabled() {
-            let y = self.conv1.forward(x, ctx)?;
-            let h = self.conv2.forward_after_bn_relu(&y, &self.bn1, ctx)?;
-            return ops::relu(&ops::add(&self.bn2.forward(&h, ctx)?, &skip)?);
+            let (y, partials) = self.conv1.forward_partials(x, &self.bn1, ctx)?;
+            let (h, partials) = self.conv2.forward_after_bn_relu(&y, partials.as_ref(), &self.bn1, &self.bn2, ctx)?;
+            return ops::relu(&ops::add(&self.bn2.forward_from(&h, partials.as_ref(), ctx)?, &skip)?);
         }
         let h = self.conv1.forward_bn(x, &self.bn1, None, true, ctx)?;
         self.conv2.forward_bn(&h, &self.bn2, Some(&skip), true, ctx)

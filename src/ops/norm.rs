@@ -32,8 +32,9 @@ const LN_CHUNK: usize = 32;
 const BN_TARGET_GROUPS: usize = 2048;
 /// ... with at least this many values per chunk (16 per thread: 4 batches of 4 loads) ...
 const BN_MIN_CHUNK: usize = 4096;
-/// ... and at most this many chunks per channel (the merge kernels give one thread to each
-/// chunk of a 256-thread workgroup; this also bounds the scratch buffer to 2 * 256 * C floats).
+/// ... and at most this many chunks per channel (`bn_bwd_merge` gives one thread to each
+/// chunk of a 256-thread workgroup; this also bounds the scratch buffer to 2 * 256 * C floats;
+/// `bn_stats_merge` takes any number, for [`BatchNormPartials`]).
 const BN_MAX_CHUNKS: usize = 256;
 
 /// (chunks, values per chunk) for the batch-norm reductions of C channels of m values each.
@@ -169,13 +170,7 @@ pub fn batch_norm_stats(x: &Tensor, state: &BatchNormState, training: bool) -> R
         // running statistics
         let part = Tensor::empty(gpu, &[2, c, chunks], DType::F32)?;
         gpu.dispatch(&K_BN_STATS, &[], bytes_of(&p), &[x.buffer(), part.buffer()], grid(gpu, chunks * c, 1))?;
-        gpu.dispatch(
-            &K_BN_STATS_MERGE,
-            &[],
-            bytes_of(&p),
-            &[part.buffer(), stats.buffer(), state.running_mean.buffer(), state.running_var.buffer()],
-            grid(gpu, c, 1),
-        )?;
+        merge_stats(&p, &part, state, &stats)?;
     } else {
         eval_stats(&p, state, &stats)?;
     }
@@ -195,6 +190,62 @@ pub fn batch_norm_running_stats(state: &BatchNormState) -> Result<Tensor> {
     let stats = Tensor::empty(state.running_mean.gpu(), &[2, c], DType::F32)?;
     eval_stats(&p, state, &stats)?;
     Ok(stats)
+}
+
+/// Batch norm's partial statistics of an activation, computed where it was produced (a
+/// convolution's epilogue: [`conv2d_bn_partials`](crate::ops::conv2d_bn_partials)) so that
+/// the statistics need no pass of their own over it: `[2, C, chunks]`, the mean and M2 of
+/// each channel over each chunk of `rows` consecutive values in (n, h, w) order, the layout
+/// of `bn_stats`' chunks. [`batch_norm_stats_from_partials`] completes them.
+pub struct BatchNormPartials {
+    pub(crate) part: Tensor,
+    pub(crate) rows: usize,
+}
+
+/// [`batch_norm_stats`] in training (x's batch statistics, the running ones updated in
+/// place) from `partials` of x instead of a pass over x: the same merge, within f32
+/// rounding of it (the chunks differ). Errors: partials of another shape than x's.
+pub fn batch_norm_stats_from_partials(x: &Tensor, partials: &BatchNormPartials, state: &BatchNormState) -> Result<Tensor> {
+    expect_f32("batch_norm", &[x, &partials.part, &state.running_mean, &state.running_var])?;
+    let (n, c, hw) = bn_geometry("batch_norm", x, &[("running_mean", &state.running_mean), ("running_var", &state.running_var)])?;
+    let m = n * hw;
+    let chunks = m.div_ceil(partials.rows.max(1));
+    if partials.rows == 0 || partials.part.shape() != [2, c, chunks] {
+        let (got, rows) = (partials.part.shape(), partials.rows);
+        return Err(Error::shape("batch_norm", format!("partial statistics {got:?} of {rows} rows each do not cover x {:?} (expected [2, {c}, {chunks}])", x.shape())));
+    }
+    if m < 2 {
+        return Err(Error::shape("batch_norm", format!("training needs more than one value per channel, got x {:?}", x.shape())));
+    }
+    let p = BnParams {
+        n: n as u32,
+        c: c as u32,
+        hw: hw as u32,
+        m: m as u32,
+        eps: state.eps,
+        momentum: state.momentum,
+        unbias: m as f32 / (m - 1) as f32,
+        training: 1,
+        chunks: chunks as u32,
+        cs: partials.rows as u32,
+        _p: [0; 2],
+    };
+    let stats = Tensor::empty(x.gpu(), &[2, c], DType::F32)?;
+    merge_stats(&p, &partials.part, state, &stats)?;
+    Ok(stats)
+}
+
+/// Per channel, Chan's merge of the chunks' (mean, M2) in `part` into `stats` (mean,
+/// 1/sqrt(var + eps)), and the running statistics' update.
+fn merge_stats(p: &BnParams, part: &Tensor, state: &BatchNormState, stats: &Tensor) -> Result<()> {
+    let gpu = stats.gpu();
+    gpu.dispatch(
+        &K_BN_STATS_MERGE,
+        &[],
+        bytes_of(p),
+        &[part.buffer(), stats.buffer(), state.running_mean.buffer(), state.running_var.buffer()],
+        grid(gpu, p.c as usize, 1),
+    )
 }
 
 fn eval_stats(p: &BnParams, state: &BatchNormState, stats: &Tensor) -> Result<()> {

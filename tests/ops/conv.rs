@@ -560,3 +560,71 @@ fn conv_inference_epilogue_equals_the_separate_ops() {
     let e = ops::conv2d_inference(&xt, &wt, None, p, None, ops::ConvEpilogue { residual: Some(&xt), ..Default::default() }).unwrap_err();
     assert!(matches!(e, Error::Shape { .. }) && e.to_string().contains("residual"), "{e}");
 }
+
+/// Batch norm's statistics from the convolution's epilogue (`conv2d_bn_partials`, then
+/// `batch_norm_stats_from_partials`) on every tile: the output bit for bit `conv2d`'s, with
+/// its gradients; the statistics and the running statistics' update within f32 rounding of
+/// the f64 reference and of the separate pass (`batch_norm_stats`); a channel count and a
+/// pixel count that fill no tile; more row tiles than the merge kernel has threads (324 of
+/// the 32-row tile: the merge loops); partials that do not cover the input refused.
+#[test]
+fn conv_bn_partials_give_the_batch_statistics_on_every_tile() {
+    let g = gpu();
+    let cases = [
+        (Shape { n: 2, c: 5, h: 9, w: 7, o: 19, kh: 3, kw: 3 }, params((2, 2), (1, 1), (1, 1)), true),
+        (Shape { n: 2, c: 1, h: 72, w: 72, o: 3, kh: 3, kw: 3 }, params((1, 1), (1, 1), (1, 1)), false),
+    ];
+    let mut rng = Rng::new(97);
+    for (s, p, with_bias) in cases {
+        let (ho, wo) = ops::conv2d_output_size(s.h, s.w, s.kh, s.kw, &p);
+        let (xs, ws) = xw_shapes(s);
+        let x = round_f32(&rng.normals(numel(&xs)));
+        let w = round_f32(&rng.uniforms(numel(&ws), -1.0, 1.0));
+        let b = round_f32(&rng.uniforms(s.o, -1.0, 1.0));
+        let bias = with_bias.then_some(&b[..]);
+        // the statistics in f64: batch mean, 1/sqrt(biased var + eps), and the running update
+        let y = conv_ref(s, p, &x, &w, bias);
+        let (hw, m) = (ho * wo, s.n * ho * wo);
+        let chan = |o: usize| (0..s.n).flat_map(move |i| (0..hw).map(move |q| (i * s.o + o) * hw + q));
+        let mean: Vec<f64> = (0..s.o).map(|o| chan(o).map(|j| y[j]).sum::<f64>() / m as f64).collect();
+        let var: Vec<f64> = (0..s.o).map(|o| chan(o).map(|j| (y[j] - mean[o]).powi(2)).sum::<f64>() / m as f64).collect();
+        let mut want = mean.clone();
+        want.extend(var.iter().map(|v| 1.0 / (v + 1e-5).sqrt()));
+        let running: Vec<f64> = mean.iter().map(|u| 0.1 * u).chain(var.iter().map(|v| 0.9 + 0.1 * v * m as f64 / (m - 1) as f64)).collect();
+        for tile in tiles() {
+            let what = format!("{s:?} tile {} bias={with_bias}", tile_name(tile));
+            let [xt, wt] = [(&x, &xs), (&w, &ws)].map(|(v, sh)| upload(&g, v, sh).requires_grad());
+            let bt = upload(&g, &b, &[s.o]).requires_grad();
+            let (yt, partials) = ops::conv2d_bn_partials_on_tile(&xt, &wt, with_bias.then_some(&bt), p, None, tile).unwrap();
+            let plain = ops::conv2d_on_tile(&xt, &wt, with_bias.then_some(&bt), p, None, tile).unwrap();
+            assert_eq!(yt.to_vec().unwrap(), plain.to_vec().unwrap(), "{what}: y vs conv2d");
+            let state = ops::BatchNormState::new(&g, s.o, 0.1, 1e-5).unwrap();
+            let stats = ops::batch_norm_stats_from_partials(&yt, &partials, &state).unwrap().to_vec().unwrap();
+            assert_close(&format!("{what}: stats"), &stats, &want, 1e-5, 1e-6);
+            let rs: Vec<f32> = [&state.running_mean, &state.running_var].iter().flat_map(|t| t.to_vec().unwrap()).collect();
+            assert_close(&format!("{what}: running statistics"), &rs, &running, 1e-5, 1e-6);
+            // the separate pass over y agrees to rounding
+            let again = ops::batch_norm_stats(&plain, &ops::BatchNormState::new(&g, s.o, 0.1, 1e-5).unwrap(), true).unwrap().to_vec().unwrap();
+            let again: Vec<f64> = again.iter().map(|&v| v as f64).collect();
+            assert_close(&format!("{what}: vs batch_norm_stats"), &stats, &again, 1e-5, 1e-6);
+            // the same op for autograd: the same gradients
+            let seed = Rng::new(98).uniforms(yt.numel(), -1.0, 1.0);
+            let grads = |out: &Tensor| {
+                let mut gr = equimodal::Gradients::new();
+                out.backward_with(upload(&g, &seed, out.shape()), &mut gr).unwrap();
+                [&xt, &wt].iter().map(|t| gr.get(t).unwrap().to_vec().unwrap()).collect::<Vec<_>>()
+            };
+            assert_eq!(grads(&yt), grads(&plain), "{what}: gradients");
+            assert_canaries(&what);
+        }
+    }
+    // partials of another convolution's output: refused, naming them
+    let s = cases[0].0;
+    let (xs, ws) = xw_shapes(s);
+    let (xt, wt) = (upload(&g, &rng.normals(numel(&xs)), &xs), upload(&g, &rng.normals(numel(&ws)), &ws));
+    let (_, partials) = ops::conv2d_bn_partials(&xt, &wt, None, cases[0].1, None).unwrap();
+    let other = Tensor::zeros(&g, &[2, s.o, 3, 3]).unwrap();
+    let state = ops::BatchNormState::new(&g, s.o, 0.1, 1e-5).unwrap();
+    let e = ops::batch_norm_stats_from_partials(&other, &partials, &state).unwrap_err();
+    assert!(matches!(e, Error::Shape { .. }) && e.to_string().contains("partial statistics"), "{e}");
+}

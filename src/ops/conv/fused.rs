@@ -3,7 +3,9 @@
 //!   ReLU in the GEMM's epilogue, for forwards that record no gradient (evaluation): no
 //!   pass over the activation after the convolution's own store;
 //! - [`conv2d_after_bn_relu`]: a convolution whose input is `relu(batch_norm(y))`,
-//!   recomputed in the backward instead of saved (`model.recompute`).
+//!   recomputed in the backward instead of saved (`model.recompute`);
+//! - [`conv2d_bn_partials`]: a training forward that also gives the batch norm after it its
+//!   partial statistics, from the epilogue, so the statistics take no pass over y.
 //!
 //! In conv → BN → ReLU → conv the second convolution saves its input h = relu(bn(y)) for its
 //! weight gradient, and batch norm saves y: two activations of the same size live from the
@@ -13,11 +15,11 @@
 //! rebuilt h has the bits of the forward's (the same kernels on the same values), so every
 //! gradient is bit-identical to the unfused ops'; the price is two element-wise passes per
 //! step over h.
-use super::{check, forward, Conv2dBack, Conv2dParams, Geom};
+use super::{check, conv2d_recorded, forward, forward_ex, Conv2dBack, Conv2dParams, Geom};
 use crate::autograd::BackwardOp;
 use crate::error::{Error, Result};
 use crate::ops::elementwise::{relu, relu_backward_from_output};
-use crate::ops::norm::{batch_norm_given, batch_norm_rule, BatchNormBack};
+use crate::ops::norm::{batch_norm_given, batch_norm_rule, BatchNormBack, BatchNormPartials};
 use crate::tensor::Tensor;
 
 /// What [`conv2d_inference`]'s epilogue applies after the bias, in this order.
@@ -68,6 +70,23 @@ pub fn conv2d_inference_on_tile(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p
     forward(&g, x, w, bias, w_scale, &epi)
 }
 
+/// [`conv2d`](crate::ops::conv2d) (the same op: its values, its gradients), and the partial
+/// statistics a batch norm with batch statistics after it needs
+/// ([`batch_norm_stats_from_partials`](crate::ops::batch_norm_stats_from_partials)): each
+/// workgroup reduces its output tile per channel (mean, then M2 about it) from its registers
+/// before the store, so the statistics cost no pass over y.
+pub fn conv2d_bn_partials(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: Conv2dParams, w_scale: Option<&Tensor>) -> Result<(Tensor, BatchNormPartials)> {
+    conv2d_bn_partials_on_tile(x, w, bias, p, w_scale, None)
+}
+
+/// [`conv2d_bn_partials`] on tile `tile` (None: the chosen one). For the tests of each tile.
+#[doc(hidden)]
+pub fn conv2d_bn_partials_on_tile(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: Conv2dParams, w_scale: Option<&Tensor>, tile: Option<crate::gpu::ConvTile>) -> Result<(Tensor, BatchNormPartials)> {
+    let (y, part) = conv2d_recorded(x, w, bias, p, w_scale, tile, true)?;
+    let (part, rows) = part.ok_or_else(|| Error::Other("conv2d: no partial statistics".into()))?;
+    Ok((y, BatchNormPartials { part, rows }))
+}
+
 /// The batch norm + ReLU in front of [`conv2d_after_bn_relu`]'s convolution.
 #[derive(Clone, Copy)]
 pub struct BnRelu<'a> {
@@ -86,17 +105,25 @@ pub struct BnRelu<'a> {
 /// gradients as those ops one after another (inputs y, bn's weight and bias, w, bias and
 /// w_scale), holding only y until the backward instead of y and the convolution's input.
 pub fn conv2d_after_bn_relu(y: &Tensor, bn: BnRelu, w: &Tensor, bias: Option<&Tensor>, p: Conv2dParams, w_scale: Option<&Tensor>) -> Result<Tensor> {
+    Ok(conv2d_after_bn_relu_ex(y, bn, w, bias, p, w_scale, false)?.0)
+}
+
+/// [`conv2d_after_bn_relu`], and with `partials` the batch-norm partial statistics of its
+/// output from the epilogue (as [`conv2d_bn_partials`] gives them), for a batch norm with
+/// batch statistics after it.
+pub fn conv2d_after_bn_relu_ex(y: &Tensor, bn: BnRelu, w: &Tensor, bias: Option<&Tensor>, p: Conv2dParams, w_scale: Option<&Tensor>, partials: bool) -> Result<(Tensor, Option<BatchNormPartials>)> {
     let rule = batch_norm_rule(y, bn.weight, bn.bias, bn.stats, bn.batch_stats)?;
     let h = {
         let _ng = crate::autograd::no_grad();
         relu(&batch_norm_given(y, bn.weight, bn.bias, bn.stats)?)?
     };
     let g = check(&h, w, bias, &p, w_scale)?;
-    let out = forward(&g, &h, w, bias, w_scale, &ConvEpilogue::default())?;
+    let (out, part) = forward_ex(&g, &h, w, bias, w_scale, &ConvEpilogue::default(), partials)?;
+    let part = part.map(|(part, rows)| BatchNormPartials { part, rows });
     let mut inputs: Vec<&Tensor> = vec![y, bn.weight, bn.bias, w];
     inputs.extend(bias);
     inputs.extend(w_scale);
-    Ok(out.with_grad_fn(&inputs, || {
+    let out = out.with_grad_fn(&inputs, || {
         Box::new(BnReluConvBack {
             bn: rule,
             bn_bias: bn.bias.detach(),
@@ -105,7 +132,8 @@ pub fn conv2d_after_bn_relu(y: &Tensor, bn: BnRelu, w: &Tensor, bias: Option<&Te
             scale: w_scale.map(|s| s.detach()),
             has_bias: bias.is_some(),
         })
-    }))
+    });
+    Ok((out, part))
 }
 
 struct BnReluConvBack {

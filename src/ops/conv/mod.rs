@@ -11,7 +11,7 @@ mod choice;
 mod fused;
 
 pub use choice::tile_for;
-pub use fused::{conv2d_after_bn_relu, conv2d_inference, conv2d_inference_on_tile, BnRelu, ConvEpilogue};
+pub use fused::{conv2d_after_bn_relu, conv2d_after_bn_relu_ex, conv2d_bn_partials, conv2d_bn_partials_on_tile, conv2d_inference, conv2d_inference_on_tile, BnRelu, ConvEpilogue};
 use choice::Gemm;
 use super::{bytes_of, expect_f32, expect_same_gpu, grid, split_grid};
 use crate::autograd::BackwardOp;
@@ -36,8 +36,9 @@ struct Tiled {
 }
 
 /// The forward's: x, w, bias, w_scale, y, then the epilogue's batch-norm statistics, weight
-/// and bias and the residual ([`ConvEpilogue`]).
-const FWD_BINDINGS: &[Access] = &[R, R, R, R, RW, R, R, R, R];
+/// and bias and the residual ([`ConvEpilogue`]), and batch norm's partial statistics of y
+/// ([`conv2d_bn_partials`]).
+const FWD_BINDINGS: &[Access] = &[R, R, R, R, RW, R, R, R, R, RW];
 
 const fn tiled(t: ConvTile) -> Tiled {
     let s = Shader::Conv(t);
@@ -289,28 +290,41 @@ fn launch(k: &Kernel, pr: &mut Params, buffers: &[&crate::gpu::BufferRange], gro
 
 /// The forward GEMM, its epilogue applying `bias` then `epi` (checked by the caller).
 fn forward(g: &Geom, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, scale: Option<&Tensor>, epi: &ConvEpilogue) -> Result<Tensor> {
+    Ok(forward_ex(g, x, w, bias, scale, epi, false)?.0)
+}
+
+/// [`forward`], and with `partials` batch norm's partial statistics of y from the epilogue:
+/// `[2, O, row tiles]` (the mean and M2 of each channel over each row tile's pixels, the
+/// tile's row count beside it). Partials only with a plain epilogue (the bias alone).
+fn forward_ex(g: &Geom, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, scale: Option<&Tensor>, epi: &ConvEpilogue, partials: bool) -> Result<(Tensor, Option<(Tensor, usize)>)> {
     let gpu = x.gpu();
+    let plain = epi.batch_norm.is_none() && epi.residual.is_none() && !epi.relu;
+    if partials && !plain {
+        return Err(Error::Other("conv2d: batch-norm partial statistics of y need an epilogue of the bias alone".into()));
+    }
     let y = Tensor::empty(gpu, &[g.n, g.o, g.ho, g.wo], DType::F32)?;
     let mut pr = g.params();
     let m = g.n * g.ho * g.wo;
     pr.m = m as u32;
     pr.k = g.kernel_len() as u32;
+    let t = g.tile(Gemm::Fwd, m, g.o, gpu)?;
+    let part = if partials { Some(Tensor::empty(gpu, &[2, g.o, m.div_ceil(t.rows())], DType::F32)?) } else { None };
     let bit = |on: bool, b: u32| if on { b } else { 0 };
-    pr.flags = bit(bias.is_some(), 2) | bit(epi.batch_norm.is_some(), 4) | bit(epi.residual.is_some(), 8) | bit(epi.relu, 16);
-    // absent optional operands bind an already-bound read-only buffer (never read)
+    pr.flags = bit(bias.is_some(), 2) | bit(epi.batch_norm.is_some(), 4) | bit(epi.residual.is_some(), 8) | bit(epi.relu, 16) | bit(partials, 32);
+    // absent optional operands bind an already-bound buffer (never read or written)
     let b_buf = bias.unwrap_or(w).buffer();
     let s_buf = scale.unwrap_or(w).buffer();
     let [bn_stats, bn_w, bn_b] = epi.batch_norm.map_or([w; 3], |(s, gw, gb)| [s, gw, gb]).map(|t| t.buffer());
     let res = epi.residual.unwrap_or(w).buffer();
-    let t = g.tile(Gemm::Fwd, m, g.o, gpu)?;
+    let part_buf = part.as_ref().unwrap_or(w).buffer();
     launch(
         if scale.is_some() { &kernels(t).fwd_scaled } else { &kernels(t).fwd },
         &mut pr,
-        &[x.buffer(), w.buffer(), b_buf, s_buf, y.buffer(), bn_stats, bn_w, bn_b, res],
+        &[x.buffer(), w.buffer(), b_buf, s_buf, y.buffer(), bn_stats, bn_w, bn_b, res, part_buf],
         [m.div_ceil(t.rows()), g.o.div_ceil(t.cols()), 1],
         gpu,
     )?;
-    Ok(y)
+    Ok((y, part.map(|p| (p, t.rows()))))
 }
 
 /// dX = transposed convolution of dY with (w * scale), one grid z per stride phase.
@@ -441,13 +455,20 @@ pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: Conv2dParams, w_
 /// [`tile_for`] its shape). For the tests and benchmarks of each tile.
 #[doc(hidden)]
 pub fn conv2d_on_tile(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: Conv2dParams, w_scale: Option<&Tensor>, tile: Option<ConvTile>) -> Result<Tensor> {
+    Ok(conv2d_recorded(x, w, bias, p, w_scale, tile, false)?.0)
+}
+
+/// The convolution as an autograd op, with batch norm's partial statistics of y when
+/// `partials` ([`forward_ex`]).
+fn conv2d_recorded(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: Conv2dParams, w_scale: Option<&Tensor>, tile: Option<ConvTile>, partials: bool) -> Result<(Tensor, Option<(Tensor, usize)>)> {
     let mut g = check(x, w, bias, &p, w_scale)?;
     g.tile = tile;
-    let y = forward(&g, x, w, bias, w_scale, &ConvEpilogue::default())?;
+    let (y, part) = forward_ex(&g, x, w, bias, w_scale, &ConvEpilogue::default(), partials)?;
     let mut inputs: Vec<&Tensor> = vec![x, w];
     inputs.extend(bias);
     inputs.extend(w_scale);
-    Ok(y.with_grad_fn(&inputs, || {
+    let y = y.with_grad_fn(&inputs, || {
         Box::new(Conv2dBack { g, x: x.detach(), w: w.detach(), scale: w_scale.map(|s| s.detach()), has_bias: bias.is_some() })
-    }))
+    });
+    Ok((y, part))
 }
