@@ -199,7 +199,10 @@ pub fn batch_norm_running_stats(state: &BatchNormState) -> Result<Tensor> {
 /// of `bn_stats`' chunks. [`batch_norm_stats_from_partials`] completes them.
 pub struct BatchNormPartials {
     pub(crate) part: Tensor,
+    /// values per chunk (the last chunk may hold fewer)
     pub(crate) rows: usize,
+    /// values per channel (N·H·W of the activation)
+    pub(crate) values: usize,
 }
 
 /// [`batch_norm_stats`] in training (x's batch statistics, the running ones updated in
@@ -210,9 +213,9 @@ pub fn batch_norm_stats_from_partials(x: &Tensor, partials: &BatchNormPartials, 
     let (n, c, hw) = bn_geometry("batch_norm", x, &[("running_mean", &state.running_mean), ("running_var", &state.running_var)])?;
     let m = n * hw;
     let chunks = m.div_ceil(partials.rows.max(1));
-    if partials.rows == 0 || partials.part.shape() != [2, c, chunks] {
-        let (got, rows) = (partials.part.shape(), partials.rows);
-        return Err(Error::shape("batch_norm", format!("partial statistics {got:?} of {rows} rows each do not cover x {:?} (expected [2, {c}, {chunks}])", x.shape())));
+    if partials.rows == 0 || partials.values != m || partials.part.shape() != [2, c, chunks] {
+        let (got, rows, values) = (partials.part.shape(), partials.rows, partials.values);
+        return Err(Error::shape("batch_norm", format!("partial statistics {got:?} of {values} values per channel in chunks of {rows} do not cover x {:?} ({c} channels of {m} values)", x.shape())));
     }
     if m < 2 {
         return Err(Error::shape("batch_norm", format!("training needs more than one value per channel, got x {:?}", x.shape())));

@@ -84,7 +84,8 @@ pub fn conv2d_bn_partials(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: Conv
 pub fn conv2d_bn_partials_on_tile(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: Conv2dParams, w_scale: Option<&Tensor>, tile: Option<crate::gpu::ConvTile>) -> Result<(Tensor, BatchNormPartials)> {
     let (y, part) = conv2d_recorded(x, w, bias, p, w_scale, tile, true)?;
     let (part, rows) = part.ok_or_else(|| Error::Other("conv2d: no partial statistics".into()))?;
-    Ok((y, BatchNormPartials { part, rows }))
+    let values = y.dim(0) * y.dim(2) * y.dim(3);
+    Ok((y, BatchNormPartials { part, rows, values }))
 }
 
 /// The batch norm + ReLU in front of [`conv2d_after_bn_relu`]'s convolution.
@@ -119,7 +120,8 @@ pub fn conv2d_after_bn_relu_ex(y: &Tensor, bn: BnRelu, w: &Tensor, bias: Option<
     };
     let g = check(&h, w, bias, &p, w_scale)?;
     let (out, part) = forward_ex(&g, &h, w, bias, w_scale, &ConvEpilogue::default(), partials)?;
-    let part = part.map(|(part, rows)| BatchNormPartials { part, rows });
+    let values = out.dim(0) * out.dim(2) * out.dim(3);
+    let part = part.map(|(part, rows)| BatchNormPartials { part, rows, values });
     let mut inputs: Vec<&Tensor> = vec![y, bn.weight, bn.bias, w];
     inputs.extend(bias);
     inputs.extend(w_scale);
