@@ -69,6 +69,11 @@ struct Params {
 // ranges as bindings 1 and 3)
 @group(0) @binding(7) var<storage, read> a4: array<vec4<f32>>;
 @group(0) @binding(8) var<storage, read> b4: array<vec4<f32>>;
+// A and B again, as f16 packed two per word (HALF_A / HALF_B: mixed precision's f16
+// operands, widened to f32 as they are loaded; the host binds the same ranges as bindings 1
+// and 3). Plain u32 words and unpack2x16float: no shader-f16 feature needed.
+@group(0) @binding(9) var<storage, read> ah: array<u32>;
+@group(0) @binding(10) var<storage, read> bh: array<u32>;
 
 // The product's form, fixed per pipeline (override constants, set by ops/matmul/launch.rs): the
 // driver folds every test on them away, so the loaders and the epilogue carry no runtime
@@ -79,6 +84,8 @@ override SCALE_A: bool = false; // SA present
 override SCALE_B: bool = false; // SB present
 override BIAS: bool = false;    // bias present
 override RELU: bool = false;    // epilogue: max(., 0) after the bias (linear_relu)
+override HALF_A: bool = false;  // A is f16 (bindings 9 instead of 1); the products stay f32
+override HALF_B: bool = false;  // B is f16 (binding 10 instead of 3)
 // The 128x128 tile's interior form: every tile of the launch lies inside M and N, K is a
 // multiple of the K-slice, the operands are unscaled and their rows start on 16 bytes (the
 // host launches it over the interior tiles only, the guarded form over the edge strips).
@@ -136,6 +143,21 @@ fn k_range(z: u32, bk: u32) -> vec2<u32> {
     return vec2<u32>(t0, min(nt, t0 + p.k_chunk));
 }
 
+// Element i of A's (B's) storage as f32: f16 words are widened exactly.
+fn elem_a(i: u32) -> f32 {
+    if (HALF_A) {
+        return unpack2x16float(ah[i >> 1u])[i & 1u];
+    }
+    return a[i];
+}
+
+fn elem_b(i: u32) -> f32 {
+    if (HALF_B) {
+        return unpack2x16float(bh[i >> 1u])[i & 1u];
+    }
+    return b[i];
+}
+
 // op(A ⊙ SA)[m, k], zero outside the matrix.
 fn load_a(off: u32, m: u32, k: u32) -> f32 {
     if (m >= p.m || k >= p.k) {
@@ -145,7 +167,7 @@ fn load_a(off: u32, m: u32, k: u32) -> f32 {
     if (TRANS_A) {
         i = off + k * p.m + m;
     }
-    var v = a[i];
+    var v = elem_a(i);
     if (SCALE_A) {
         v = v * sa[i];
     }
@@ -161,7 +183,7 @@ fn load_b(off: u32, k: u32, n: u32) -> f32 {
     if (TRANS_B) {
         i = off + n * p.k + k;
     }
-    var v = b[i];
+    var v = elem_b(i);
     if (SCALE_B) {
         v = v * sb[i];
     }

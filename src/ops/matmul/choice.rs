@@ -61,13 +61,20 @@ fn grouping_differs(p: &Plan) -> bool {
 }
 
 /// The tuning bucket of `p`: transposes, scales, bias, and the power-of-two class of each
-/// size (a bucket's variants are timed on its first problem). A fused ReLU is not part of
-/// it: `linear_relu` then runs the variant `linear` runs, and gives its bits exactly.
-fn bucket(p: &Plan, sa: bool, sb: bool, bias: bool) -> String {
+/// size (a bucket's variants are timed on its first problem), and which operands are f16
+/// (` half=A`, `=B`, `=AB`; absent for f32). A fused ReLU is not part of it: `linear_relu`
+/// then runs the variant `linear` runs, and gives its bits exactly.
+fn bucket(p: &Plan, form: &Form) -> String {
     use crate::ops::tune::size_class as c;
     let flag = |on: bool, ch: char| if on { ch } else { '-' };
-    let f: String = [flag(p.ta, 'A'), flag(p.tb, 'B'), flag(sa || sb, 's'), flag(bias, 'b')].iter().collect();
-    format!("{f} batch{} m{} n{} k{}", c(p.batch), c(p.m), c(p.n), c(p.k))
+    let f: String = [flag(p.ta, 'A'), flag(p.tb, 'B'), flag(form.sa || form.sb, 's'), flag(form.bias, 'b')].iter().collect();
+    let half = match (form.half_a, form.half_b) {
+        (false, false) => "",
+        (true, false) => " half=A",
+        (false, true) => " half=B",
+        (true, true) => " half=AB",
+    };
+    format!("{f} batch{} m{} n{} k{}{half}", c(p.batch), c(p.m), c(p.n), c(p.k))
 }
 
 /// The variant that runs `p`: the tuned choice of its bucket (timing the candidates now,
@@ -75,7 +82,7 @@ fn bucket(p: &Plan, sa: bool, sb: bool, bias: bool) -> String {
 /// with tuning off or only one candidate.
 pub(super) fn choose(p: &Plan, a: &Tensor, sa: Option<&Tensor>, b: &Tensor, sb: Option<&Tensor>, bias: Option<&Tensor>, relu: bool) -> Result<MatmulKernel> {
     let gpu = a.gpu();
-    let form = Form { ta: p.ta, tb: p.tb, sa: sa.is_some(), sb: sb.is_some(), bias: bias.is_some(), relu };
+    let form = Form::of(p, a, sa.is_some(), b, sb.is_some(), bias.is_some(), relu);
     let cands = candidates(p, &form, &[a, b], gpu.limits().max_compute_workgroup_storage_size as usize);
     // the probe's reference is one thread per output: under a test cap on workgroups per
     // dimension a large product cannot launch it (on a real adapter the cap is 65,535^3)
@@ -83,7 +90,7 @@ pub(super) fn choose(p: &Plan, a: &Tensor, sa: Option<&Tensor>, b: &Tensor, sb: 
     if gpu.tune_mode() == crate::gpu::TuneMode::Off || cands.len() < 2 || !reference_fits {
         return Ok(heuristic(p));
     }
-    let bucket = bucket(p, sa.is_some(), sb.is_some(), bias.is_some());
+    let bucket = bucket(p, &form);
     let known = || gpu.tune_lookup("matmul", &bucket).and_then(|e| MatmulKernel::from_name(&e.variant));
     // a bucket's problems differ in K: split-K may not apply to this one
     let applicable = |k: MatmulKernel| if cands.contains(&k) { k } else { heuristic(p) };
@@ -102,7 +109,8 @@ pub(super) fn choose(p: &Plan, a: &Tensor, sa: Option<&Tensor>, b: &Tensor, sb: 
     let tuned = (|| {
         let _ng = crate::autograd::no_grad();
         let seed = 0x7475_6e65; // "tune"
-        let rnd = |t: &Tensor, i: u64| crate::ops::random::randn(gpu, t.shape(), seed, i << 40);
+        // operands of the run's shapes and dtypes (f16 ones rounded from f32 draws)
+        let rnd = |t: &Tensor, i: u64| crate::ops::random::randn(gpu, t.shape(), seed, i << 40).and_then(|r| crate::ops::cast(&r, t.dtype()));
         let (ra, rb) = (rnd(a, 0)?, rnd(b, 1)?);
         let rsa = sa.map(|s| rnd(s, 2)).transpose()?;
         let rsb = sb.map(|s| rnd(s, 3)).transpose()?;

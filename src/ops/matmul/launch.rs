@@ -11,8 +11,9 @@ use crate::tensor::{DType, Tensor};
 
 const R: Access = Access::Read;
 const RW: Access = Access::ReadWrite;
-/// A, SA, B, SB, bias, C, and A and B again as vec4s (the 128x128 tile's VEC4 form).
-const BINDINGS: &[Access] = &[R, R, R, R, R, RW, R, R];
+/// A, SA, B, SB, bias, C, A and B again as vec4s (the 128x128 tile's VEC4 form), and as
+/// packed f16 words (f16 operands).
+const BINDINGS: &[Access] = &[R, R, R, R, R, RW, R, R, R, R];
 const K_TILE128: Kernel = Kernel::new(Shader::Matmul, "gemm_tile128", BINDINGS, &Params::LAYOUT);
 const K_TILE64: Kernel = Kernel::new(Shader::Matmul, "gemm_tile64", BINDINGS, &Params::LAYOUT);
 const K_REF: Kernel = Kernel::new(Shader::Matmul, "gemm_ref", BINDINGS, &Params::LAYOUT);
@@ -23,9 +24,10 @@ pub(crate) const KERNELS: &[Kernel] = &[K_TILE128, K_TILE64, K_REF, K_SPLITK_RED
 /// The override constants of `shaders/matmul.wgsl`: the product's form is fixed per
 /// pipeline, so its kernels carry no runtime branch on it (checked against the module by
 /// `tests/gpu/kernels.rs`).
-pub const MATMUL_OVERRIDES: [&str; 9] = ["TRANS_A", "TRANS_B", "SCALE_A", "SCALE_B", "BIAS", "RELU", "VEC4", "GROUP_M", "BK1"];
+pub const MATMUL_OVERRIDES: [&str; 11] = ["TRANS_A", "TRANS_B", "SCALE_A", "SCALE_B", "BIAS", "RELU", "VEC4", "GROUP_M", "BK1", "HALF_A", "HALF_B"];
 
-/// A product's form: transposes, which scales, bias, ReLU. Each form is its own pipeline.
+/// A product's form: transposes, which scales, bias, ReLU, which operands are f16. Each
+/// form is its own pipeline.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Form {
     pub(super) ta: bool,
@@ -34,14 +36,22 @@ pub(super) struct Form {
     pub(super) sb: bool,
     pub(super) bias: bool,
     pub(super) relu: bool,
+    pub(super) half_a: bool,
+    pub(super) half_b: bool,
 }
 
 impl Form {
-    /// The pipeline constants, in [`MATMUL_OVERRIDES`] order (all but the 128x128 tile's
-    /// own: `VEC4`, which only [`launch_vec4`] sets, and those of [`Tile128::constants`]).
-    fn constants(self) -> [(&'static str, f64); 6] {
-        let v = [self.ta, self.tb, self.sa, self.sb, self.bias, self.relu];
-        std::array::from_fn(|i| (MATMUL_OVERRIDES[i], v[i] as u32 as f64))
+    /// The form of `p` with these operands and epilogue.
+    pub(super) fn of(p: &Plan, a: &Tensor, sa: bool, b: &Tensor, sb: bool, bias: bool, relu: bool) -> Form {
+        let half = |t: &Tensor| t.dtype() == DType::F16;
+        Form { ta: p.ta, tb: p.tb, sa, sb, bias, relu, half_a: half(a), half_b: half(b) }
+    }
+
+    /// The pipeline constants of the form (the 128x128 tile's own aside: `VEC4`, which only
+    /// [`launch_vec4`] sets, and those of [`Tile128::constants`]).
+    fn constants(self) -> Vec<(&'static str, f64)> {
+        let flags = [(0, self.ta), (1, self.tb), (2, self.sa), (3, self.sb), (4, self.bias), (5, self.relu), (9, self.half_a), (10, self.half_b)];
+        flags.iter().map(|&(i, on)| (MATMUL_OVERRIDES[i], on as u32 as f64)).collect()
     }
 }
 
@@ -227,7 +237,7 @@ pub(super) fn launch(
     if c.numel() == 0 {
         return Ok(c);
     }
-    let form = Form { ta: p.ta, tb: p.tb, sa: sa.is_some(), sb: sb.is_some(), bias: bias.is_some(), relu };
+    let form = Form::of(p, a, sa.is_some(), b, sb.is_some(), bias.is_some(), relu);
     let consts = form.constants();
     let mut params = Params {
         m: p.m as u32,
@@ -251,7 +261,10 @@ pub(super) fn launch(
     // Bindings 7 and 8 (A and B as vec4s) are read only by the VEC4 form, which binds A and
     // B there; every other launch binds a 16-byte placeholder (a vec4 array binding must
     // hold one vec4, and A or B may be a single float).
+    // Bindings 9 and 10 (f16 words) likewise hold A and B where they are f16.
     let placeholder = Tensor::empty(gpu, &[4], DType::F32)?;
+    let half_a = if a.dtype() == DType::F16 { a } else { &placeholder };
+    let half_b = if b.dtype() == DType::F16 { b } else { &placeholder };
     let mut buffers = [
         a.buffer(),
         sa.unwrap_or(a).buffer(),
@@ -261,6 +274,8 @@ pub(super) fn launch(
         c.buffer(),
         placeholder.buffer(),
         placeholder.buffer(),
+        half_a.buffer(),
+        half_b.buffer(),
     ];
     let kernel = match kernel {
         MatmulKernel::Auto => super::choice::choose(p, a, sa, b, sb, bias, relu)?,
@@ -287,7 +302,7 @@ pub(super) fn launch(
         MatmulKernel::Tile128(t) if t.vec4 => {
             if !vec4_applies(p, &form, &[a, b], t.bk()) {
                 let bk = t.bk();
-                return Err(Error::Other(format!("matmul: the vec4 form needs unscaled, 16-byte aligned operands with K a multiple of {bk} ({} x {} x {})", p.m, p.n, p.k)));
+                return Err(Error::Other(format!("matmul: the vec4 form needs unscaled f32, 16-byte aligned operands with K a multiple of {bk} ({} x {} x {})", p.m, p.n, p.k)));
             }
             [buffers[6], buffers[7]] = [a.buffer(), b.buffer()];
             launch_vec4(gpu, p, &consts, params, &buffers)?;
@@ -304,19 +319,19 @@ pub(super) fn launch(
     Ok(c)
 }
 
-/// Whether the 128x128 tile's VEC4 form at K-slices of `bk` can run `p`: unscaled
+/// Whether the 128x128 tile's VEC4 form at K-slices of `bk` can run `p`: unscaled f32
 /// operands, K a multiple of the slice, every operand row (and so every batch matrix) a
 /// multiple of 4 floats along its contiguous dim, bindings on 16 bytes.
 pub(super) fn vec4_applies(p: &Plan, form: &Form, operands: &[&Tensor], bk: usize) -> bool {
     let rows_a = if p.ta { p.m } else { p.k };
     let rows_b = if p.tb { p.k } else { p.n };
-    !form.sa && !form.sb && p.k % bk == 0 && rows_a % 4 == 0 && rows_b % 4 == 0 && operands.iter().all(|t| t.buffer().offset() % 16 == 0)
+    !form.sa && !form.sb && !form.half_a && !form.half_b && p.k % bk == 0 && rows_a % 4 == 0 && rows_b % 4 == 0 && operands.iter().all(|t| t.buffer().offset() % 16 == 0)
 }
 
 /// The 128x128 tile with the VEC4 form over the interior tiles (inside M and N) and the
 /// guarded form over the right column strip and the bottom row strip; `guarded` are the
 /// pipeline constants of the guarded form.
-fn launch_vec4(gpu: &Gpu, p: &Plan, guarded: &[(&str, f64)], mut params: Params, buffers: &[&BufferRange; 8]) -> Result<()> {
+fn launch_vec4(gpu: &Gpu, p: &Plan, guarded: &[(&str, f64)], mut params: Params, buffers: &[&BufferRange; 10]) -> Result<()> {
     let (tiles_x, tiles_y) = (p.n.div_ceil(128), p.m.div_ceil(128));
     let (full_x, full_y) = (p.n / 128, p.m / 128);
     let mut vector = guarded.to_vec();
@@ -350,7 +365,7 @@ pub(super) fn split_shape(k: usize, splits: usize) -> (usize, usize) {
 
 /// Split-K on the 64x64 tile: partial products of K-ranges into `[splits, M, N]`, then the
 /// fixed-order reduction (+ bias) into `c`.
-fn launch_split(p: &Plan, form: Form, mut params: Params, buffers: [&BufferRange; 8], c: &Tensor, splits: usize) -> Result<()> {
+fn launch_split(p: &Plan, form: Form, mut params: Params, buffers: [&BufferRange; 10], c: &Tensor, splits: usize) -> Result<()> {
     let gpu = c.gpu();
     if p.batch != 1 {
         return Err(Error::Other(format!("matmul: split-K runs batch 1 only, this product has {} matrices", p.batch)));
@@ -369,6 +384,6 @@ fn launch_split(p: &Plan, form: Form, mut params: Params, buffers: [&BufferRange
     let reduce = Params { batch: used as u32, k_chunk: 0, ..params };
     let reduce_consts = [("BIAS", form.bias as u32 as f64), ("RELU", form.relu as u32 as f64)];
     let pr = part.buffer();
-    let rb = [pr, pr, pr, pr, buffers[4], c.buffer(), pr, pr];
+    let rb = [pr, pr, pr, pr, buffers[4], c.buffer(), pr, pr, pr, pr];
     gpu.dispatch(&K_SPLITK_REDUCE, &reduce_consts, bytes_of(&reduce), &rb, grid(gpu, p.m * p.n, 64))
 }

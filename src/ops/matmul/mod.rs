@@ -21,7 +21,7 @@ use super::elementwise::broadcast_shape;
 use super::{expect_f32, expect_same_gpu};
 use crate::autograd::BackwardOp;
 use crate::error::{Error, Result};
-use crate::tensor::{numel, Tensor};
+use crate::tensor::{numel, DType, Tensor};
 use launch::launch;
 pub(crate) use launch::KERNELS;
 pub use launch::{MatmulKernel, Tile128, MATMUL_GROUP_M, MATMUL_OVERRIDES, MATMUL_SPLITS, TILE128_DEEP_BK};
@@ -155,8 +155,14 @@ fn reduce_to(g: Tensor, shape: &[usize]) -> Result<Tensor> {
     }
 }
 
+/// The operands of a product: f32, or f16 (mixed precision: widened as they are loaded, the
+/// products and the result f32); a scale f32 of its operand's shape.
 fn check_operands(op: &'static str, a: &Tensor, b: &Tensor, b_scale: Option<&Tensor>, bname: &str) -> Result<()> {
-    expect_f32(op, &[a, b])?;
+    for t in [a, b] {
+        if !matches!(t.dtype(), DType::F32 | DType::F16) {
+            return Err(Error::DType { op, msg: format!("operands must be f32 or f16, got {:?} (shape {:?})", t.dtype(), t.shape()) });
+        }
+    }
     expect_same_gpu(op, &[a, b])?;
     if let Some(s) = b_scale {
         expect_f32(op, &[s])?;
