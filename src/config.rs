@@ -59,6 +59,18 @@ pub enum ScheduleKind {
     Cosine,
 }
 
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+/// `train.precision`: the operands of the layers' GEMMs.
+pub enum Precision {
+    /// f32 throughout (`f32`, the default).
+    #[default]
+    F32,
+    /// f16 operands for the linear layers' GEMMs, f32 products, outputs, gradients, weights
+    /// and optimizer state (`mixed`; [`crate::autograd::autocast`]).
+    Mixed,
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 /// The `[train]` section. Defaults: 15 epochs, batch 64, SGD lr 0.01 with momentum 0.9 and weight
@@ -106,6 +118,8 @@ pub struct TrainConfig {
     /// After the last epoch, fit a linear probe on each modality's frozen encoder features
     /// (`train::probe`) and report its test accuracy in `summary.txt` and `probe.json`.
     pub probe: bool,
+    /// `f32` (default) or `mixed`: see [`Precision`].
+    pub precision: Precision,
 }
 
 impl Default for TrainConfig {
@@ -131,6 +145,7 @@ impl Default for TrainConfig {
             drop_last: false,
             grad_clip: None,
             probe: false,
+            precision: Precision::F32,
         }
     }
 }

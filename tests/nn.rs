@@ -889,3 +889,41 @@ fn resnet18_recompute_gives_the_same_bits_and_holds_one_activation_less_per_bloc
     }
     assert_eq!(held_plain - held_recomputed, stage_bytes, "bytes held after the forward: {held_plain} without, {held_recomputed} with recompute");
 }
+
+// ---- mixed precision (train.precision = "mixed") -------------------------------------------
+
+/// Under `autocast` a linear layer gives its GEMM f16 copies of x and W: its output is, bit
+/// for bit, the f32 layer's on the f16-rounded values (the kernels widen f16 exactly and
+/// multiply in f32), for `forward` and `forward_relu`; the gradients reach the f32 input and
+/// weight as f32 tensors, equal to the f32 layer's at the rounded values; without the guard
+/// (or after it drops) the layer is the f32 one.
+#[test]
+fn linear_under_autocast_multiplies_f16_operands_and_returns_f32_gradients() {
+    let g = gpu();
+    let mut rng = Rng::new(501);
+    let layer = Linear::new(&g, "lin", 37, 21, true, &mut srng(502)).unwrap();
+    let x = upload(&g, &rng.normals(6 * 37), &[6, 37]);
+    let round = |t: &Tensor| ops::cast(&ops::cast(t, equimodal::DType::F16).unwrap(), equimodal::DType::F32).unwrap();
+    // the f32 layer on rounded operands
+    let rounded = Linear { weight: nn::Param { name: "lin.weight".into(), tensor: round(&layer.weight.tensor) }, bias: layer.bias.clone(), in_dim: 37, out_dim: 21 };
+    let run = |l: &Linear, x: &Tensor, mixed: bool, relu: bool| {
+        let _ac = equimodal::autograd::autocast(mixed);
+        let (x, w) = (x.detach().requires_grad(), l.weight.tensor.detach().requires_grad());
+        let l = Linear { weight: nn::Param { name: l.weight.name.clone(), tensor: w.clone() }, ..l.frozen() };
+        let y = if relu { l.forward_relu(&x, &Ctx::train()) } else { l.forward(&x, &Ctx::train()) }.unwrap();
+        assert_eq!(y.dtype(), equimodal::DType::F32);
+        let grads = backward_weighted(&y, 503);
+        let (dx, dw) = (grads.get(&x).expect("dx"), grads.get(&w).expect("dW"));
+        assert_eq!((dx.dtype(), dw.dtype()), (equimodal::DType::F32, equimodal::DType::F32));
+        [y.to_vec().unwrap(), dx.to_vec().unwrap(), dw.to_vec().unwrap()]
+    };
+    for relu in [false, true] {
+        let mixed = run(&layer, &x, true, relu);
+        let want = run(&rounded, &round(&x), false, relu);
+        for (i, what) in ["output", "dx", "dW"].iter().enumerate() {
+            assert_eq!(mixed[i], want[i], "relu={relu}: {what}");
+        }
+        assert_ne!(mixed[0], run(&layer, &x, false, relu)[0], "relu={relu}: rounding changed nothing: not f16");
+    }
+    assert!(!equimodal::autograd::autocast_enabled(), "the guard restores the mode");
+}

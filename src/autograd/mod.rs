@@ -33,6 +33,34 @@ pub fn grad_enabled() -> bool {
     NO_GRAD.with(|c| c.get() == 0)
 }
 
+thread_local! {
+    // Mixed precision is per thread, as recording is: while a guard is on, the layers of this
+    // thread give their GEMMs f16 operands (PyTorch's autocast).
+    static AUTOCAST: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Guard returned by [`autocast`]; the previous mode returns when it drops.
+pub struct AutocastGuard(bool);
+
+impl Drop for AutocastGuard {
+    fn drop(&mut self) {
+        AUTOCAST.with(|c| c.set(self.0));
+    }
+}
+
+/// Mixed precision on this thread (`on`) or off until the guard drops (`train.precision =
+/// "mixed"`): the layers (`nn::Linear`) cast the operands of their GEMMs to f16, so the
+/// tensors they save for the backward are f16; the products, the outputs, the gradients and
+/// the weights stay f32.
+pub fn autocast(on: bool) -> AutocastGuard {
+    AutocastGuard(AUTOCAST.with(|c| c.replace(on)))
+}
+
+/// Whether layers on this thread give their GEMMs f16 operands ([`autocast`]).
+pub fn autocast_enabled() -> bool {
+    AUTOCAST.with(|c| c.get())
+}
+
 /// The backward rule of one op: given the gradient of the output, return one optional
 /// gradient per input (same shapes as the inputs). Runs with recording off. `inputs` are
 /// graph handles: shape, dtype, `is_tracked`, but no data (see `Tensor::graph_handle`); a

@@ -171,12 +171,25 @@ impl Linear {
     /// any.
     pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         let s = ctx.scale_for(&self.weight.name);
-        ops::linear(x, &self.weight.tensor, self.bias.as_ref().map(|b| &b.tensor), s)
+        let (x, w) = (gemm_operand(x)?, gemm_operand(&self.weight.tensor)?);
+        ops::linear(&x, &w, self.bias.as_ref().map(|b| &b.tensor), s)
     }
     /// `relu(forward(x))` as one kernel ([`ops::linear_relu`]): the same values, one pass fewer.
     pub fn forward_relu(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         let s = ctx.scale_for(&self.weight.name);
-        ops::linear_relu(x, &self.weight.tensor, self.bias.as_ref().map(|b| &b.tensor), s)
+        let (x, w) = (gemm_operand(x)?, gemm_operand(&self.weight.tensor)?);
+        ops::linear_relu(&x, &w, self.bias.as_ref().map(|b| &b.tensor), s)
+    }
+}
+
+/// An operand of a layer's GEMM: an f16 copy under mixed precision
+/// ([`crate::autograd::autocast`]; the cast passes gradients back to the f32 tensor), else
+/// the tensor itself.
+fn gemm_operand(t: &Tensor) -> Result<Tensor> {
+    if crate::autograd::autocast_enabled() && t.dtype() == crate::DType::F32 {
+        ops::cast(t, crate::DType::F16)
+    } else {
+        Ok(t.clone())
     }
 }
 

@@ -364,6 +364,7 @@ impl methods::EpochData for SideData<'_> {
 
 /// Train with `cfg`; everything goes into `opts.run_dir`.
 pub fn train(gpu: &Gpu, cfg: &Config, cfg_text: &str, opts: &TrainOptions) -> Result<RunSummary> {
+    let _precision = crate::autograd::autocast(cfg.train.precision == crate::config::Precision::Mixed);
     let dir = &opts.run_dir;
     let mut lock = rundir::claim(dir, rundir::Claim { resume: opts.resume, force: opts.force })?;
     let ds: Arc<dyn Dataset> = Arc::from(data::build(&cfg.data)?);
@@ -713,6 +714,7 @@ impl<'a> Run<'a> {
 /// validation when present).
 pub fn eval_checkpoint(gpu: &Gpu, path: &Path, sets: &[String]) -> Result<(RunSummary, Option<EvalReport>)> {
     let Restored { file, cfg, ds, method, epoch } = restore_checkpoint(gpu, path, sets)?;
+    let _precision = crate::autograd::autocast(cfg.train.precision == crate::config::Precision::Mixed);
     let specs = ds.modalities().to_vec();
     let bs = cfg.train.batch_size.max(64);
     let test = evaluate(gpu, method.as_ref(), &ds, Split::Test, bs, cfg.train.workers)?;
