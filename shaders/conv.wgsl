@@ -61,6 +61,13 @@ fn tile_id(wg: vec3<u32>) -> vec3<u32> {
 // shader test translates every form of those.) The bias add is one uniform branch in the
 // epilogue.
 
+// Mixed precision's f16 operands (packed two per word, widened exactly as they are loaded;
+// the products stay f32): x (forward, dW) and w (forward, dX). Each GEMM binds the f16 view
+// of such an operand a second time, as array<u32> (forward: bindings 11 and 12, dX and dW:
+// binding 5). The gradient dy is always f32.
+override HALF_X: bool = false;
+override HALF_W: bool = false;
+
 // @variant-begin
 const TX: u32 = 32u; // threads along M; a thread's rows are tx + TX*i, i < 4
 const TY: u32 = 8u;  // threads along N; a thread's columns are ty + TY*j, j < TN
@@ -142,6 +149,23 @@ fn mma(tx: u32, ty: u32, buf: u32) {
 // [2, O, row tiles], the mean and M2 of each channel over each row tile's pixels, the layout
 // of norm.wgsl's bn_stats chunks (chunk = row tile), which bn_stats_merge completes.
 @group(0) @binding(10) var<storage, read_write> fpart: array<f32>;
+@group(0) @binding(11) var<storage, read> fxh: array<u32>;
+@group(0) @binding(12) var<storage, read> fwh: array<u32>;
+
+// x[i] and w[i] of the forward as f32.
+fn fwd_x(i: u32) -> f32 {
+    if (HALF_X) {
+        return unpack2x16float(fxh[i >> 1u])[i & 1u];
+    }
+    return fx[i];
+}
+
+fn fwd_w(i: u32) -> f32 {
+    if (HALF_W) {
+        return unpack2x16float(fwh[i >> 1u])[i & 1u];
+    }
+    return fw[i];
+}
 
 // The forward's epilogue on output (channel o, element i of y): bias, batch norm, residual,
 // ReLU, each a uniform branch on the flags (outside the K loop, once per output).
@@ -291,7 +315,7 @@ fn fwd_body(wg: vec3<u32>, lid: u32, scaled: bool) {
                 let wi = wi0 + e.z;
                 var v = 0.0;
                 if (a_ok && hi >= 0 && hi < hh && wi >= 0 && wi < ww) {
-                    v = fx[xbase + u32(e.x) + u32(hi) * p.w + u32(wi)];
+                    v = fwd_x(xbase + u32(e.x) + u32(hi) * p.w + u32(wi));
                 }
                 ra[r] = v;
             }
@@ -301,7 +325,7 @@ fn fwd_body(wg: vec3<u32>, lid: u32, scaled: bool) {
                 var v = 0.0;
                 if (kg < ktot && o < p.o) {
                     let wi = o * ktot + kg;
-                    v = fw[wi];
+                    v = fwd_w(wi);
                     if (scaled) {
                         v = v * fscale[wi];
                     }
@@ -350,6 +374,15 @@ fn fwd_body(wg: vec3<u32>, lid: u32, scaled: bool) {
 @group(0) @binding(2) var<storage, read> bw: array<f32>;
 @group(0) @binding(3) var<storage, read> bscale: array<f32>;
 @group(0) @binding(4) var<storage, read_write> bdx: array<f32>;
+@group(0) @binding(5) var<storage, read> bwh: array<u32>;
+
+// w[i] of dX as f32.
+fn dx_w(i: u32) -> f32 {
+    if (HALF_W) {
+        return unpack2x16float(bwh[i >> 1u])[i & 1u];
+    }
+    return bw[i];
+}
 
 // (first tap, tap step, tap count) of phase ph for stride s, padding pad, dilation d, size kk.
 fn taps(ph: u32, s: u32, pad: u32, d: u32, kk: u32) -> vec3<u32> {
@@ -487,7 +520,7 @@ fn dx_body(wg: vec3<u32>, lid: u32, scaled: bool) {
                 var v = 0.0;
                 if (eb.w >= 0 && c < p.c) {
                     let wi = u32(eb.w) + c * kkw;
-                    v = bw[wi];
+                    v = dx_w(wi);
                     if (scaled) {
                         v = v * bscale[wi];
                     }
@@ -535,6 +568,15 @@ fn dx_body(wg: vec3<u32>, lid: u32, scaled: bool) {
 @group(0) @binding(2) var<storage, read> gdy: array<f32>;
 @group(0) @binding(3) var<storage, read> gscale: array<f32>;
 @group(0) @binding(4) var<storage, read_write> gpart: array<f32>;
+@group(0) @binding(5) var<storage, read> gxh: array<u32>;
+
+// x[i] of dW as f32.
+fn dw_x(i: u32) -> f32 {
+    if (HALF_X) {
+        return unpack2x16float(gxh[i >> 1u])[i & 1u];
+    }
+    return gx[i];
+}
 
 // reduction index (n, ho, wo) -> (n*C*H*W, ho*sh - ph, wo*sw - pw, n*O*HO*WO + pix);
 // out of range -> row +BIG (the per-thread weight rows add at most +BIG: no overflow)
@@ -609,7 +651,7 @@ fn dw_body(wg: vec3<u32>, lid: u32, scaled: bool) {
                 let wi = e.z + f.z;
                 var v = 0.0;
                 if (hi >= 0 && hi < hh && wi >= 0 && wi < ww) {
-                    v = gx[u32(e.x + f.x) + u32(hi) * p.w + u32(wi)];
+                    v = dw_x(u32(e.x + f.x) + u32(hi) * p.w + u32(wi));
                 }
                 ra[r] = v;
             }

@@ -182,7 +182,7 @@ impl Linear {
     }
 }
 
-/// An operand of a layer's GEMM: an f16 copy under mixed precision
+/// An operand of a layer's GEMM (linear or convolution): an f16 copy under mixed precision
 /// ([`crate::autograd::autocast`]; the cast passes gradients back to the f32 tensor), else
 /// the tensor itself.
 fn gemm_operand(t: &Tensor) -> Result<Tensor> {
@@ -239,7 +239,8 @@ impl Conv2d {
     /// any.
     pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         let s = ctx.scale_for(&self.weight.name);
-        ops::conv2d(x, &self.weight.tensor, self.bias.as_ref().map(|b| &b.tensor), self.p, s)
+        let (x, w) = (gemm_operand(x)?, gemm_operand(&self.weight.tensor)?);
+        ops::conv2d(&x, &w, self.bias.as_ref().map(|b| &b.tensor), self.p, s)
     }
     /// [`forward`](Self::forward), and where `bn` will normalise the output with its batch
     /// statistics under `ctx`, their partial sums from the convolution's epilogue
@@ -249,7 +250,8 @@ impl Conv2d {
             return Ok((self.forward(x, ctx)?, None));
         }
         let s = ctx.scale_for(&self.weight.name);
-        let (y, partials) = ops::conv2d_bn_partials(x, &self.weight.tensor, self.bias.as_ref().map(|b| &b.tensor), self.p, s)?;
+        let (x, w) = (gemm_operand(x)?, gemm_operand(&self.weight.tensor)?);
+        let (y, partials) = ops::conv2d_bn_partials(&x, &w, self.bias.as_ref().map(|b| &b.tensor), self.p, s)?;
         Ok((y, Some(partials)))
     }
     /// `bn.forward(self.forward(x))`, then `+ residual`, then ReLU if `relu`. Where no
@@ -264,7 +266,8 @@ impl Conv2d {
         if !crate::autograd::grad_enabled() {
             if let Some(stats) = bn.fixed_stats(ctx)? {
                 let epi = ops::ConvEpilogue { batch_norm: Some((&stats, &bn.weight.tensor, &bn.bias.tensor)), residual, relu };
-                return ops::conv2d_inference(x, &self.weight.tensor, bias, self.p, s, epi);
+                let (x, w) = (gemm_operand(x)?, gemm_operand(&self.weight.tensor)?);
+                return ops::conv2d_inference(&x, &w, bias, self.p, s, epi);
             }
         }
         let (y, partials) = self.forward_partials(x, bn, ctx)?;
@@ -287,7 +290,8 @@ impl Conv2d {
         let pre = ops::BnRelu { weight: &bn.weight.tensor, bias: &bn.bias.tensor, stats: &stats, batch_stats };
         let s = ctx.scale_for(&self.weight.name);
         let bias = self.bias.as_ref().map(|b| &b.tensor);
-        ops::conv2d_after_bn_relu_ex(y, pre, &self.weight.tensor, bias, self.p, s, next.batch_stats_wanted(ctx))
+        // y stays f32: the rebuilt input relu(bn(y)) is made inside, and never saved
+        ops::conv2d_after_bn_relu_ex(y, pre, &gemm_operand(&self.weight.tensor)?, bias, self.p, s, next.batch_stats_wanted(ctx))
     }
 }
 

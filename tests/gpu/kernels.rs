@@ -55,6 +55,20 @@ fn every_matmul_form_translates() {
     }
 }
 
+/// Every convolution instantiation translates with each combination of its f16-operand
+/// constants (`HALF_X`, `HALF_W`), the only override constants its launches set.
+#[test]
+fn every_conv_form_translates() {
+    for tile in equimodal::gpu::ConvTile::ALL {
+        let (module, info) = parse(Shader::Conv(tile)).unwrap();
+        let declared: BTreeSet<&str> = module.overrides.iter().filter_map(|(_, o)| o.name.as_deref()).collect();
+        assert_eq!(declared, BTreeSet::from(["HALF_X", "HALF_W"]), "{tile:?}");
+        for form in 0..4u32 {
+            to_spirv(&module, &info, &[("HALF_X", (form & 1) as f64), ("HALF_W", (form >> 1) as f64)]).unwrap();
+        }
+    }
+}
+
 /// (name, offset, size) of the named (non-padding) fields, and the total size, of a WGSL struct.
 fn wgsl_layout(module: &naga::Module, ty: naga::Handle<naga::Type>) -> Result<(String, Vec<(String, u32, u32)>, u32), String> {
     let mut layouter = naga::proc::Layouter::default();

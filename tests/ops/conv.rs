@@ -628,3 +628,51 @@ fn conv_bn_partials_give_the_batch_statistics_on_every_tile() {
     let e = ops::batch_norm_stats_from_partials(&other, &partials, &state).unwrap_err();
     assert!(matches!(e, Error::Shape { .. }) && e.to_string().contains("partial statistics"), "{e}");
 }
+
+/// f16 operands (mixed precision): x, w or both stored as f16 and widened as they are
+/// loaded, on every tile, stride 2 with padding, with bias: the output and the gradients of
+/// x and w (dX reads the f16 w, dW the f16 x, dy stays f32) are bit for bit those of the f32
+/// convolution on the f16-rounded values, and those agree with the f64 reference; the
+/// gradients reach the f32 tensors through the casts.
+#[test]
+fn conv_with_f16_operands_equals_f32_on_the_rounded_values() {
+    use equimodal::DType;
+    let g = gpu();
+    let s = Shape { n: 2, c: 5, h: 9, w: 7, o: 19, kh: 3, kw: 3 };
+    let p = params((2, 2), (1, 1), (1, 1));
+    let mut rng = Rng::new(131);
+    let (xs, ws) = xw_shapes(s);
+    let (x32, w32) = (upload(&g, &rng.normals(numel(&xs)), &xs), upload(&g, &rng.uniforms(numel(&ws), -1.0, 1.0), &ws));
+    let b = upload(&g, &round_f32(&rng.uniforms(s.o, -1.0, 1.0)), &[s.o]);
+    let round = |t: &Tensor| ops::cast(&ops::cast(t, DType::F16).unwrap(), DType::F32).unwrap();
+    let (xr, wr) = (round(&x32), round(&w32));
+    let (ho, wo) = ops::conv2d_output_size(s.h, s.w, s.kh, s.kw, &p);
+    let seed = upload(&g, &rng.uniforms(s.n * s.o * ho * wo, -1.0, 1.0), &[s.n, s.o, ho, wo]);
+    let host = |t: &Tensor| t.to_vec().unwrap().iter().map(|&v| v as f64).collect::<Vec<f64>>();
+    let want = conv_ref(s, p, &host(&xr), &host(&wr), Some(&host(&b)));
+    for tile in tiles() {
+        // (x, w) as the run gives them: f32 tensors, cast to f16 where `half`
+        let run = |x: &Tensor, w: &Tensor, half_x: bool, half_w: bool| {
+            let (x, w) = (x.detach().requires_grad(), w.detach().requires_grad());
+            let xi = if half_x { ops::cast(&x, DType::F16).unwrap() } else { x.clone() };
+            let wi = if half_w { ops::cast(&w, DType::F16).unwrap() } else { w.clone() };
+            let y = ops::conv2d_on_tile(&xi, &wi, Some(&b), p, None, tile).unwrap();
+            let mut gr = equimodal::Gradients::new();
+            y.backward_with(seed.clone(), &mut gr).unwrap();
+            let (dx, dw) = (gr.get(&x).expect("dx"), gr.get(&w).expect("dw"));
+            assert_eq!((dx.dtype(), dw.dtype()), (DType::F32, DType::F32));
+            [y.to_vec().unwrap(), dx.to_vec().unwrap(), dw.to_vec().unwrap()]
+        };
+        let plain = run(&xr, &wr, false, false);
+        assert_close(&format!("tile {} f32 on rounded values", tile_name(tile)), &plain[0], &want, 1e-5, 2e-6 * 45f64.sqrt());
+        for (hx, hw) in [(true, false), (false, true), (true, true)] {
+            let got = run(&x32, &w32, hx, hw);
+            // the f32 convolution of the operands this run rounded (the others as they are)
+            let same = run(if hx { &xr } else { &x32 }, if hw { &wr } else { &w32 }, false, false);
+            for (i, what) in ["y", "dx", "dw"].iter().enumerate() {
+                assert_eq!(got[i], same[i], "tile {} half x={hx} w={hw}: {what}", tile_name(tile));
+            }
+        }
+        assert_canaries("conv f16");
+    }
+}

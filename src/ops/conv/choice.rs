@@ -3,7 +3,7 @@
 use super::{forward, grad_input, grad_weight, Geom};
 use crate::error::{Error, Result};
 use crate::gpu::{ConvTile, Gpu, TuneMode};
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 
 /// Cost of staging one operand value relative to one multiply-add, in the size rule: each
 /// K-slice a tile stages BM + BN values for BM·BN multiply-adds.
@@ -33,8 +33,9 @@ pub(super) enum Gemm {
     Dw,
 }
 
-/// The tuning bucket: the GEMM, the power-of-two class of its M, N and K, and the number of
-/// stride phases (dX runs one grid slice per phase).
+/// The tuning bucket: the GEMM, the power-of-two class of its M, N and K, the number of
+/// stride phases (dX runs one grid slice per phase), and which operands are f16 (` half=x`,
+/// `=w`, `=xw`; absent for f32).
 fn bucket(g: &Geom, which: Gemm, m: usize, n: usize) -> String {
     use crate::ops::tune::size_class as c;
     let (name, k) = match which {
@@ -42,7 +43,13 @@ fn bucket(g: &Geom, which: Gemm, m: usize, n: usize) -> String {
         Gemm::Dx => ("dx", g.o * g.kh * g.kw),
         Gemm::Dw => ("dw", g.n * g.ho * g.wo),
     };
-    format!("{name} m{} n{} k{} phases{}", c(m), c(n), c(k), g.p.stride.0 * g.p.stride.1)
+    let half = match (g.half_x, g.half_w) {
+        (false, false) => "",
+        (true, false) => " half=x",
+        (false, true) => " half=w",
+        (true, true) => " half=xw",
+    };
+    format!("{name} m{} n{} k{} phases{}{half}", c(m), c(n), c(k), g.p.stride.0 * g.p.stride.1)
 }
 
 /// The tile GEMM `which` of `g` runs on: the tuned choice of its bucket (timing every tile
@@ -73,10 +80,13 @@ pub(super) fn choose(g: &Geom, which: Gemm, m: usize, n: usize, gpu: &Gpu) -> Re
     let tuned = (|| {
         let _ng = crate::autograd::no_grad();
         let seed = 0x636f_6e76; // "conv"
-        let rnd = |shape: &[usize], i: u64| crate::ops::random::randn(gpu, shape, seed, i << 40);
-        let w = rnd(&[g.o, g.c, g.kh, g.kw], 0)?;
-        let x = if which == Gemm::Dx { None } else { Some(rnd(&[g.n, g.c, g.h, g.w], 1)?) };
-        let dy = if which == Gemm::Fwd { None } else { Some(rnd(&[g.n, g.o, g.ho, g.wo], 2)?) };
+        let rnd = |shape: &[usize], i: u64, half: bool| {
+            let r = crate::ops::random::randn(gpu, shape, seed, i << 40)?;
+            crate::ops::cast(&r, if half { DType::F16 } else { DType::F32 })
+        };
+        let w = rnd(&[g.o, g.c, g.kh, g.kw], 0, g.half_w)?;
+        let x = if which == Gemm::Dx { None } else { Some(rnd(&[g.n, g.c, g.h, g.w], 1, g.half_x)?) };
+        let dy = if which == Gemm::Fwd { None } else { Some(rnd(&[g.n, g.o, g.ho, g.wo], 2, false)?) };
         let run = |t: ConvTile| -> Result<Tensor> {
             let on = Geom { tile: Some(t), ..*g };
             let (x, dy) = (x.as_ref(), dy.as_ref());

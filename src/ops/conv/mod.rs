@@ -37,18 +37,21 @@ struct Tiled {
 
 /// The forward's: x, w, bias, w_scale, y, then the epilogue's batch-norm statistics, weight
 /// and bias and the residual ([`ConvEpilogue`]), and batch norm's partial statistics of y
-/// ([`conv2d_bn_partials`]).
-const FWD_BINDINGS: &[Access] = &[R, R, R, R, RW, R, R, R, R, RW];
+/// ([`conv2d_bn_partials`]), then x and w again as packed f16 words (f16 operands).
+const FWD_BINDINGS: &[Access] = &[R, R, R, R, RW, R, R, R, R, RW, R, R];
+/// dX's: dy, w, w_scale, dx, and w again as f16 words; dW's: x, dy, w_scale, the partials
+/// (or dW), and x again as f16 words.
+const GRAD_BINDINGS: &[Access] = &[R, R, R, RW, R];
 
 const fn tiled(t: ConvTile) -> Tiled {
     let s = Shader::Conv(t);
     Tiled {
         fwd: Kernel::new(s, "conv_fwd", FWD_BINDINGS, &Params::LAYOUT),
         fwd_scaled: Kernel::new(s, "conv_fwd_scaled", FWD_BINDINGS, &Params::LAYOUT),
-        dx: Kernel::new(s, "conv_dx", &[R, R, R, RW], &Params::LAYOUT),
-        dx_scaled: Kernel::new(s, "conv_dx_scaled", &[R, R, R, RW], &Params::LAYOUT),
-        dw: Kernel::new(s, "conv_dw", &[R, R, R, RW], &Params::LAYOUT),
-        dw_scaled: Kernel::new(s, "conv_dw_scaled", &[R, R, R, RW], &Params::LAYOUT),
+        dx: Kernel::new(s, "conv_dx", GRAD_BINDINGS, &Params::LAYOUT),
+        dx_scaled: Kernel::new(s, "conv_dx_scaled", GRAD_BINDINGS, &Params::LAYOUT),
+        dw: Kernel::new(s, "conv_dw", GRAD_BINDINGS, &Params::LAYOUT),
+        dw_scaled: Kernel::new(s, "conv_dw_scaled", GRAD_BINDINGS, &Params::LAYOUT),
         dw_reduce: Kernel::new(s, "conv_dw_reduce", &[R, R, RW], &Params::LAYOUT),
         dbias: Kernel::new(s, "conv_dbias", &[R, RW], &Params::LAYOUT),
     }
@@ -171,6 +174,9 @@ struct Geom {
     /// the tile every GEMM of this convolution runs on (tests, benchmarks, tuning); None:
     /// each GEMM's own (`choice`)
     tile: Option<ConvTile>,
+    /// x (w) is f16 (mixed precision's operands; widened as loaded)
+    half_x: bool,
+    half_w: bool,
 }
 
 impl Geom {
@@ -206,6 +212,10 @@ impl Geom {
     fn kernel_len(&self) -> usize {
         self.c * self.kh * self.kw
     }
+    /// The pipeline constants of the operands' precision (`HALF_X`, `HALF_W`).
+    fn constants(&self) -> [(&'static str, f64); 2] {
+        [("HALF_X", self.half_x as u32 as f64), ("HALF_W", self.half_w as u32 as f64)]
+    }
 }
 
 fn check(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: &Conv2dParams, w_scale: Option<&Tensor>) -> Result<Geom> {
@@ -213,7 +223,13 @@ fn check(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: &Conv2dParams, w_scal
     let mut all: Vec<&Tensor> = vec![x, w];
     all.extend(bias);
     all.extend(w_scale);
-    expect_f32(OP, &all)?;
+    // x and w f32 or f16 (mixed precision), the rest f32
+    for t in [x, w] {
+        if !matches!(t.dtype(), DType::F32 | DType::F16) {
+            return Err(Error::DType { op: OP, msg: format!("x and w must be f32 or f16, got {:?} (shape {:?})", t.dtype(), t.shape()) });
+        }
+    }
+    expect_f32(OP, &all[2..])?;
     expect_same_gpu(OP, &all)?;
     if x.dims() != 4 {
         return Err(Error::shape(OP, format!("input must be [N, C, H, W], got {:?}", x.shape())));
@@ -264,7 +280,8 @@ fn check(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: &Conv2dParams, w_scal
     if big.iter().any(|&v| v > lim) || p.dilation.0 * kh > lim || p.dilation.1 * kw > lim {
         return Err(Error::shape(OP, format!("input {:?} / weight {:?} too large for 32-bit indexing", x.shape(), w.shape())));
     }
-    Ok(Geom { n, c, h, w: wd, o, kh, kw, ho, wo, p: *p, tile: None })
+    let (half_x, half_w) = (x.dtype() == DType::F16, w.dtype() == DType::F16);
+    Ok(Geom { n, c, h, w: wd, o, kh, kw, ho, wo, p: *p, tile: None, half_x, half_w })
 }
 
 impl Geom {
@@ -280,10 +297,10 @@ impl Geom {
 
 /// Launch a tiled conv kernel over `groups` workgroups, split at the per-dimension limit
 /// (the kernels add the launch's first workgroup, `x0, y0, z0`, to their workgroup id).
-fn launch(k: &Kernel, pr: &mut Params, buffers: &[&crate::gpu::BufferRange], groups: [usize; 3], gpu: &crate::Gpu) -> Result<()> {
+fn launch(k: &Kernel, g: &Geom, pr: &mut Params, buffers: &[&crate::gpu::BufferRange], groups: [usize; 3], gpu: &crate::Gpu) -> Result<()> {
     for (first, n) in split_grid(gpu, groups) {
         [pr.x0, pr.y0, pr.z0] = first;
-        gpu.dispatch(k, &[], bytes_of(pr), buffers, n)?;
+        gpu.dispatch(k, &g.constants(), bytes_of(pr), buffers, n)?;
     }
     Ok(())
 }
@@ -319,8 +336,9 @@ fn forward_ex(g: &Geom, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, scale: Op
     let part_buf = part.as_ref().unwrap_or(w).buffer();
     launch(
         if scale.is_some() { &kernels(t).fwd_scaled } else { &kernels(t).fwd },
+        g,
         &mut pr,
-        &[x.buffer(), w.buffer(), b_buf, s_buf, y.buffer(), bn_stats, bn_w, bn_b, res, part_buf],
+        &[x.buffer(), w.buffer(), b_buf, s_buf, y.buffer(), bn_stats, bn_w, bn_b, res, part_buf, x.buffer(), w.buffer()],
         [m.div_ceil(t.rows()), g.o.div_ceil(t.cols()), 1],
         gpu,
     )?;
@@ -339,7 +357,7 @@ fn grad_input(g: &Geom, dy: &Tensor, w: &Tensor, scale: Option<&Tensor>) -> Resu
     let t = g.tile(Gemm::Dx, mp, g.c, gpu)?;
     let k = if scale.is_some() { &kernels(t).dx_scaled } else { &kernels(t).dx };
     let groups = [mp.div_ceil(t.rows()), g.c.div_ceil(t.cols()), sh * sw];
-    launch(k, &mut pr, &[dy.buffer(), w.buffer(), s_buf, dx.buffer()], groups, gpu)?;
+    launch(k, g, &mut pr, &[dy.buffer(), w.buffer(), s_buf, dx.buffer(), w.buffer()], groups, gpu)?;
     Ok(dx)
 }
 
@@ -378,10 +396,10 @@ fn grad_weight(g: &Geom, x: &Tensor, dy: &Tensor, scale: Option<&Tensor>) -> Res
     let s_buf = scale.unwrap_or(x).buffer();
     let k = if scale.is_some() { &kernels(t).dw_scaled } else { &kernels(t).dw };
     if splits == 1 {
-        launch(k, &mut pr, &[x.buffer(), dy.buffer(), s_buf, dw.buffer()], groups, gpu)?;
+        launch(k, g, &mut pr, &[x.buffer(), dy.buffer(), s_buf, dw.buffer(), x.buffer()], groups, gpu)?;
     } else {
         let part = Tensor::empty(gpu, &[splits, g.o * kl], DType::F32)?;
-        launch(k, &mut pr, &[x.buffer(), dy.buffer(), s_buf, part.buffer()], groups, gpu)?;
+        launch(k, g, &mut pr, &[x.buffer(), dy.buffer(), s_buf, part.buffer(), x.buffer()], groups, gpu)?;
         let s_buf = scale.unwrap_or(&part).buffer();
         gpu.dispatch(&kernels(t).dw_reduce, &[], bytes_of(&pr), &[part.buffer(), s_buf, dw.buffer()], grid(gpu, g.o * kl, 256))?;
     }
@@ -426,7 +444,8 @@ impl BackwardOp for Conv2dBack {
                 // d/dscale = dW_raw * w; d/dw = dW_raw * scale
                 let raw = grad_weight(g, &self.x, dy, None)?;
                 let s = self.scale.as_ref().expect("scale present");
-                dscale = Some(super::elementwise::mul(&raw, &self.w)?);
+                let w = super::elementwise::cast(&self.w, DType::F32)?; // f16 under mixed precision
+                dscale = Some(super::elementwise::mul(&raw, &w)?);
                 out.push(if inputs[1].is_tracked() { Some(super::elementwise::mul(&raw, s)?) } else { None });
             } else {
                 out.push(Some(grad_weight(g, &self.x, dy, self.scale.as_ref())?));
