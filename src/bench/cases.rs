@@ -177,6 +177,9 @@ fn matmul_case(name: String, m: usize, n: usize, kdim: usize, ta: bool, tb: bool
     let mut c = case(name, shape, flops, bytes, false, move |gpu| {
         let k = sets_for(bytes);
         let sets = input_sets(gpu, &[a_shape.clone(), b_shape.clone()], k, false)?;
+        // the cooperative-matrix kernel multiplies f16 matrices
+        let dtype = if kernel == MatmulKernel::Coop { crate::DType::F16 } else { crate::DType::F32 };
+        let sets = sets.iter().map(|s| s.iter().map(|t| ops::cast(t, dtype)).collect::<Result<Vec<_>>>()).collect::<Result<Vec<_>>>()?;
         Ok(Box::new(move |i| {
             let s = &sets[i % k];
             let opts = MatmulOpts { trans_a: ta, trans_b: tb, b_scale: None };

@@ -167,10 +167,14 @@ pub struct Capabilities {
     pub timestamps: bool,
     /// Timestamp queries inside encoders.
     pub timestamps_in_encoders: bool,
-    /// `f16` in shaders (requested when present; no kernel uses it yet).
+    /// `f16` in shaders (requested when present; the cooperative-matrix kernel uses it).
     pub f16: bool,
-    /// Subgroup operations in shaders (requested when present; no kernel uses them yet).
+    /// Subgroup operations in shaders (requested when present).
     pub subgroups: bool,
+    /// Cooperative matrices (tensor cores; wgpu's experimental feature, requested when the
+    /// adapter has it), with f16 and subgroups of exactly 32: the matmul family's `coop`
+    /// kernel can run.
+    pub cooperative_matrix: bool,
 }
 
 /// One adapter as seen by [`list_adapters`].
@@ -276,14 +280,22 @@ pub(super) fn open(options: &GpuOptions) -> Result<(wgpu::Device, wgpu::Queue, w
     let want = wgpu::Features::TIMESTAMP_QUERY
         | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
         | wgpu::Features::SHADER_F16
-        | wgpu::Features::SUBGROUP;
+        | wgpu::Features::SUBGROUP
+        | wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
     let features = adapter.features() & want;
     let limits = adapter.limits();
     let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
         label: Some("equimodal"),
         required_features: features,
         required_limits: limits,
-        experimental_features: wgpu::ExperimentalFeatures::disabled(),
+        // SAFETY: the only experimental feature requested is cooperative matrices, used by one
+        // kernel that the tuner runs only after it passed a correctness probe against the
+        // reference kernel (wgpu's caveat: its implementation may still have bugs).
+        experimental_features: if features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX) {
+            unsafe { wgpu::ExperimentalFeatures::enabled() }
+        } else {
+            wgpu::ExperimentalFeatures::disabled()
+        },
         memory_hints: wgpu::MemoryHints::Performance,
         trace: wgpu::Trace::Off,
     }))
@@ -292,14 +304,17 @@ pub(super) fn open(options: &GpuOptions) -> Result<(wgpu::Device, wgpu::Queue, w
 }
 
 impl Capabilities {
-    /// What `device` was opened with.
-    pub(super) fn of(device: &wgpu::Device) -> Capabilities {
+    /// What `device` (of the adapter described by `info`) was opened with.
+    pub(super) fn of(device: &wgpu::Device, info: &wgpu::AdapterInfo) -> Capabilities {
         let f = device.features();
         Capabilities {
             timestamps: f.contains(wgpu::Features::TIMESTAMP_QUERY),
             timestamps_in_encoders: f.contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS),
             f16: f.contains(wgpu::Features::SHADER_F16),
             subgroups: f.contains(wgpu::Features::SUBGROUP),
+            cooperative_matrix: f.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX | wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP)
+                && info.subgroup_min_size == 32
+                && info.subgroup_max_size == 32,
         }
     }
 }

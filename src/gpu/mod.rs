@@ -118,7 +118,7 @@ impl Gpu {
     }
 
     fn build(device: wgpu::Device, queue: wgpu::Queue, info: wgpu::AdapterInfo, options: &GpuOptions) -> Gpu {
-        let caps = Capabilities::of(&device);
+        let caps = Capabilities::of(&device, &info);
         let error: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
         let e2 = error.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {

@@ -60,6 +60,9 @@ pub enum Shader {
     Embed,
     /// `matmul.wgsl`: batched, tiled matrix products (optional transposes, scales, bias).
     Matmul,
+    /// `matmul_coop.wgsl`: the product of f16 matrices on cooperative matrices (tensor
+    /// cores); compiled only where the adapter has them (`enable` directives in front).
+    MatmulCoop,
     /// `norm.wgsl`: batch and layer normalisation, and their gradients.
     Norm,
     /// `optim.wgsl`: fused SGD and Adam updates (and the AIM/PAM optimisation-state score).
@@ -80,7 +83,7 @@ pub enum Shader {
 
 impl Shader {
     /// Every module, every attention instantiation included.
-    pub const ALL: [Shader; 21] = [
+    pub const ALL: [Shader; 22] = [
         Shader::Aim,
         Shader::Attention(HeadDim::D32),
         Shader::Attention(HeadDim::D64),
@@ -95,6 +98,7 @@ impl Shader {
         Shader::Elementwise,
         Shader::Embed,
         Shader::Matmul,
+        Shader::MatmulCoop,
         Shader::Norm,
         Shader::Optim,
         Shader::Pool,
@@ -118,6 +122,7 @@ impl Shader {
             Shader::Elementwise => "elementwise",
             Shader::Embed => "embed",
             Shader::Matmul => "matmul",
+            Shader::MatmulCoop => "matmul_coop",
             Shader::Norm => "norm",
             Shader::Optim => "optim",
             Shader::Pool => "pool",
@@ -140,6 +145,8 @@ impl Shader {
             Shader::Elementwise => with_common!("elementwise.wgsl"),
             Shader::Embed => with_common!("embed.wgsl"),
             Shader::Matmul => with_common!("matmul.wgsl"),
+            // `enable` directives must open the module, before common.wgsl's declarations
+            Shader::MatmulCoop => concat!("enable f16;\nenable wgpu_cooperative_matrix;\n", with_common!("matmul_coop.wgsl")),
             Shader::Norm => with_common!("norm.wgsl"),
             Shader::Optim => with_common!("optim.wgsl"),
             Shader::Pool => with_common!("pool.wgsl"),

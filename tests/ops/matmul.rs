@@ -366,7 +366,8 @@ fn fused_relu_epilogue_is_bit_identical_on_every_kernel() {
     let two_ops = ops::relu(&ops::linear(&x, &w, Some(&b), None).unwrap()).unwrap().to_vec().unwrap();
     assert_eq!(ops::linear_relu(&x, &w, Some(&b), None).unwrap().to_vec().unwrap(), two_ops, "linear_relu (tuned)");
     assert!(two_ops.iter().any(|&v| v == 0.0) && two_ops.iter().any(|&v| v > 0.0));
-    for kernel in MatmulKernel::TUNED.into_iter().chain([MatmulKernel::Reference]) {
+    // (the cooperative-matrix kernel multiplies f16 operands: its own test below)
+    for kernel in MatmulKernel::TUNED.into_iter().filter(|&k| k != MatmulKernel::Coop).chain([MatmulKernel::Reference]) {
         let plain = ops::matmul_bias_with_kernel(&x, &w, opts, Some(&b), false, kernel).unwrap().to_vec().unwrap();
         let fused = ops::matmul_bias_with_kernel(&x, &w, opts, Some(&b), true, kernel).unwrap().to_vec().unwrap();
         let want: Vec<f32> = plain.iter().map(|v| v.max(0.0)).collect();
@@ -810,4 +811,37 @@ fn f16_operands_give_the_f32_product_of_their_values() {
     let b16 = cast(&upload(&g, &rng.normals(n), &[n]), DType::F16);
     let e = ops::linear(&a32, &cast(&b32, DType::F16).reshape(&[n, k]).unwrap(), Some(&b16), None).unwrap_err();
     assert!(matches!(e, Error::DType { .. }), "{e}");
+}
+
+/// The cooperative-matrix kernel (tensor cores) against the f64 reference on f16 values, for
+/// each transposition, with bias and ReLU, on shapes that fill no 64x64 tile, batched; and
+/// refused on f32 operands. Skipped, with the reason printed, on adapters without
+/// cooperative matrices (every lavapipe): it runs on the GPU machine (`scripts/gpu_bench.sh`).
+#[test]
+fn coop_matmul_matches_the_reference_where_the_adapter_has_cooperative_matrices() {
+    use equimodal::DType;
+    let g = gpu();
+    if !MatmulKernel::Coop.runs_on(&g) {
+        println!("skipped: {} has no cooperative matrices with subgroups of 32", g.info().name);
+        return;
+    }
+    let mut rng = Rng::new(121);
+    let half = |t: &Tensor| ops::cast(t, DType::F16).unwrap();
+    for (ab, m, n, k) in [(vec![], 130usize, 70usize, 45usize), (vec![3], 64, 64, 96)] {
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            let (sa, sb) = (a_shape(&ab, m, k, ta), b_shape(&ab, k, n, tb));
+            let (a, b) = (half(&upload(&g, &rng.normals(numel(&sa)), &sa)), half(&upload(&g, &rng.normals(numel(&sb)), &sb)));
+            let bias = upload(&g, &round_f32(&rng.normals(n)), &[n]);
+            let host = |t: &Tensor| t.to_vec().unwrap().iter().map(|&v| v as f64).collect::<Vec<f64>>();
+            let (av, bv, biasv) = (host(&a), host(&b), host(&bias));
+            let want: Vec<f64> = matmul_ref(&av, &sa, ta, &bv, &sb, tb, None).iter().enumerate().map(|(i, v)| (v + biasv[i % n]).max(0.0)).collect();
+            let opts = MatmulOpts { trans_a: ta, trans_b: tb, b_scale: None };
+            let got = ops::matmul_bias_with_kernel(&a, &b, opts, Some(&bias), true, MatmulKernel::Coop).unwrap().to_vec().unwrap();
+            // f16 values multiplied exactly, summed in f32 in the hardware's order
+            assert_close(&format!("coop {sa:?} x {sb:?} ta={ta} tb={tb}"), &got, &want, 1e-5, 1e-6 * k as f64);
+            assert_canaries("coop");
+        }
+    }
+    let f = upload(&g, &rng.normals(64 * 64), &[64, 64]);
+    assert!(ops::matmul_with_kernel(&f, &f, MatmulOpts::default(), MatmulKernel::Coop).is_err());
 }

@@ -1,6 +1,6 @@
 //! Which variant runs a product: the tuned choice of its shape bucket (timed now if the
 //! bucket is new; `ops::tune`, `gpu::tune`), or a size rule with tuning off.
-use super::launch::{launch, split_shape, tile128_workgroup_bytes, vec4_applies, Form, MatmulKernel, MATMUL_GROUP_M, SPLIT_MAX_PARTIAL_BYTES, TILE128_DEEP_BK};
+use super::launch::{coop_applies, launch, split_shape, tile128_workgroup_bytes, vec4_applies, Form, MatmulKernel, MATMUL_GROUP_M, SPLIT_MAX_PARTIAL_BYTES, TILE128_DEEP_BK};
 use super::Plan;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -26,8 +26,9 @@ pub(super) fn heuristic(p: &Plan) -> MatmulKernel {
 /// interior tile; the grouped tile order where it changes the order; K-slices of 16 where K
 /// is longer than one slice of 8 and the device has the memory; split-K for one matrix
 /// whose K holds at least two slices per split and whose partials fit
-/// [`SPLIT_MAX_PARTIAL_BYTES`].
-fn candidates(p: &Plan, form: &Form, operands: &[&Tensor], workgroup_bytes: usize) -> Vec<MatmulKernel> {
+/// [`SPLIT_MAX_PARTIAL_BYTES`]; cooperative matrices for f16 operands where the device has
+/// them (`coop`).
+fn candidates(p: &Plan, form: &Form, operands: &[&Tensor], workgroup_bytes: usize, coop: bool) -> Vec<MatmulKernel> {
     MatmulKernel::TUNED
         .into_iter()
         .filter(|k| match *k {
@@ -38,6 +39,7 @@ fn candidates(p: &Plan, form: &Form, operands: &[&Tensor], workgroup_bytes: usiz
                 let grouped = !t.grouped || grouping_differs(p);
                 vec4 && grouped && (!t.k16 || deep_slices_pay(p.k, workgroup_bytes))
             }
+            MatmulKernel::Coop => coop && coop_applies(form),
             MatmulKernel::SplitK(s) => {
                 let (chunk, used) = split_shape(p.k, s as usize);
                 p.batch == 1 && chunk >= 2 && used == s as usize && used * p.m * p.n * 4 <= SPLIT_MAX_PARTIAL_BYTES
@@ -83,7 +85,7 @@ fn bucket(p: &Plan, form: &Form) -> String {
 pub(super) fn choose(p: &Plan, a: &Tensor, sa: Option<&Tensor>, b: &Tensor, sb: Option<&Tensor>, bias: Option<&Tensor>, relu: bool) -> Result<MatmulKernel> {
     let gpu = a.gpu();
     let form = Form::of(p, a, sa.is_some(), b, sb.is_some(), bias.is_some(), relu);
-    let cands = candidates(p, &form, &[a, b], gpu.limits().max_compute_workgroup_storage_size as usize);
+    let cands = candidates(p, &form, &[a, b], gpu.limits().max_compute_workgroup_storage_size as usize, gpu.capabilities().cooperative_matrix);
     // the probe's reference is one thread per output: under a test cap on workgroups per
     // dimension a large product cannot launch it (on a real adapter the cap is 65,535^3)
     let reference_fits = (p.batch * p.m * p.n).div_ceil(64) as u64 <= (gpu.max_workgroups_per_dim() as u64).pow(3);

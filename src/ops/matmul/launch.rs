@@ -18,8 +18,10 @@ const K_TILE128: Kernel = Kernel::new(Shader::Matmul, "gemm_tile128", BINDINGS, 
 const K_TILE64: Kernel = Kernel::new(Shader::Matmul, "gemm_tile64", BINDINGS, &Params::LAYOUT);
 const K_REF: Kernel = Kernel::new(Shader::Matmul, "gemm_ref", BINDINGS, &Params::LAYOUT);
 const K_SPLITK_REDUCE: Kernel = Kernel::new(Shader::Matmul, "gemm_splitk_reduce", BINDINGS, &Params::LAYOUT);
+/// The cooperative-matrix kernel: A, (unused), B, (unused), bias, C.
+const K_COOP: Kernel = Kernel::new(Shader::MatmulCoop, "gemm_coop", &[R, R, R, R, R, RW], &Params::LAYOUT);
 /// Every kernel of this file (for the interface test, `tests/gpu/kernels.rs`).
-pub(crate) const KERNELS: &[Kernel] = &[K_TILE128, K_TILE64, K_REF, K_SPLITK_REDUCE];
+pub(crate) const KERNELS: &[Kernel] = &[K_TILE128, K_TILE64, K_REF, K_SPLITK_REDUCE, K_COOP];
 
 /// The override constants of `shaders/matmul.wgsl`: the product's form is fixed per
 /// pipeline, so its kernels carry no runtime branch on it (checked against the module by
@@ -108,6 +110,9 @@ pub enum MatmulKernel {
     Tile128(Tile128),
     /// 64x64 tiles with K cut into this many splits (batch 1 only; see [`MATMUL_SPLITS`]).
     SplitK(u32),
+    /// Cooperative matrices (tensor cores), 64x64 tiles, for f16 A and B without scales,
+    /// where the device has them ([`Capabilities::cooperative_matrix`](crate::gpu::Capabilities)).
+    Coop,
     /// One thread per output, no tiling (slow; the cross-check).
     Reference,
 }
@@ -157,7 +162,7 @@ impl MatmulKernel {
     pub const TILE128: MatmulKernel = MatmulKernel::Tile128(Tile128::PLAIN);
 
     /// Every variant the tuner may pick, in the order it tries them.
-    pub const TUNED: [MatmulKernel; 11] = [
+    pub const TUNED: [MatmulKernel; 12] = [
         t128(false, false, false),
         t128(true, false, false),
         t128(false, false, true),
@@ -169,6 +174,7 @@ impl MatmulKernel {
         MatmulKernel::Tile64,
         MatmulKernel::SplitK(MATMUL_SPLITS[0]),
         MatmulKernel::SplitK(MATMUL_SPLITS[1]),
+        MatmulKernel::Coop,
     ];
 
     /// The name the tuning cache and the benchmark rows use: `tile128`, then `v4`, `k16`
@@ -190,6 +196,7 @@ impl MatmulKernel {
             MatmulKernel::SplitK(4) => "splitk4",
             MatmulKernel::SplitK(16) => "splitk16",
             MatmulKernel::SplitK(_) => "splitk",
+            MatmulKernel::Coop => "coop",
             MatmulKernel::Reference => "reference",
         }
     }
@@ -199,11 +206,12 @@ impl MatmulKernel {
         MatmulKernel::TUNED.into_iter().find(|k| k.name() == name)
     }
 
-    /// Whether `gpu` allows the workgroup memory this variant declares (the 128x128 tile's
-    /// slices of 16 need 32 KiB; every other variant fits any device the engine opens).
+    /// Whether `gpu` can run this variant: the workgroup memory it declares (the 128x128
+    /// tile's slices of 16 need 32 KiB) and, for [`MatmulKernel::Coop`], cooperative matrices.
     pub fn runs_on(self, gpu: &Gpu) -> bool {
         match self {
             MatmulKernel::Tile128(t) => tile128_workgroup_bytes(t.bk()) <= gpu.limits().max_compute_workgroup_storage_size as usize,
+            MatmulKernel::Coop => gpu.capabilities().cooperative_matrix,
             _ => true,
         }
     }
@@ -288,7 +296,7 @@ pub(super) fn launch(
     let consts = consts.into_iter().chain(tile128.constants()).collect::<Vec<_>>();
     if !kernel.runs_on(gpu) {
         let have = gpu.limits().max_compute_workgroup_storage_size;
-        return Err(Error::Other(format!("matmul: {} needs more workgroup memory than this device allows ({have} bytes)", kernel.name())));
+        return Err(Error::Other(format!("matmul: {} does not run on this device (cooperative matrices, or workgroup memory beyond its {have} bytes)", kernel.name())));
     }
     let (k, tile) = match kernel {
         MatmulKernel::Reference => {
@@ -297,6 +305,18 @@ pub(super) fn launch(
         }
         MatmulKernel::SplitK(splits) => {
             launch_split(p, form, params, buffers, &c, splits as usize)?;
+            return Ok(c);
+        }
+        MatmulKernel::Coop => {
+            if !coop_applies(&form) {
+                return Err(Error::Other("matmul: the cooperative-matrix kernel needs f16 A and B without scales".into()));
+            }
+            let consts = [("TRANS_A", p.ta), ("TRANS_B", p.tb), ("BIAS", form.bias), ("RELU", form.relu)].map(|(k, v)| (k, v as u32 as f64));
+            let cb = [buffers[0], buffers[0], buffers[2], buffers[2], buffers[4], buffers[5]];
+            for (first, groups) in split_grid(gpu, [p.n.div_ceil(64), p.m.div_ceil(64), p.batch]) {
+                [params.x0, params.y0, params.z0] = first;
+                gpu.dispatch(&K_COOP, &consts, bytes_of(&params), &cb, groups)?;
+            }
             return Ok(c);
         }
         MatmulKernel::Tile128(t) if t.vec4 => {
@@ -317,6 +337,12 @@ pub(super) fn launch(
         gpu.dispatch(k, &consts, bytes_of(&params), &buffers, groups)?;
     }
     Ok(c)
+}
+
+/// Whether the cooperative-matrix kernel can run a product of this form: f16 A and B, no
+/// scales (bias and ReLU are its epilogue's).
+pub(super) fn coop_applies(form: &Form) -> bool {
+    form.half_a && form.half_b && !form.sa && !form.sb
 }
 
 /// Whether the 128x128 tile's VEC4 form at K-slices of `bk` can run `p`: unscaled f32

@@ -1,0 +1,173 @@
+// Batched GEMM on cooperative matrices (tensor cores): C[z] = op(A[z]) · op(B[z]) (+ bias
+// per column, then ReLU), A and B f16, products accumulated in f32, C f32. The same
+// parameter block and batch decomposition as matmul.wgsl (the host shares its Params); the
+// module is compiled only on adapters with cooperative matrices (16x16x16, f16 inputs, f32
+// accumulators) and shader f16 (src/gpu/shaders.rs puts the `enable` directives in front of
+// common.wgsl), on adapters whose subgroups are all 32 wide (the host checks: the quarters
+// below are per subgroup of 32).
+//
+// gemm_coop: a 64x64 output tile per workgroup of 128 threads, that is 4 subgroups of 32 in a
+// 2 x 2 grid, each owning a 32x32 quarter as 2 x 2 accumulator matrices of 16x16. Per
+// K-slice of 32 the workgroup stages op(A)'s 64 x 32 and op(B)'s 32 x 64 f16 values in
+// workgroup memory (zero outside the matrices; the transposes live in the staging index, so
+// the fragments are always loaded row-major), then each subgroup runs 2 x 2 x 2
+// multiply-adds of 16x16x16. The accumulators go through workgroup memory to a guarded store
+// that adds the bias and applies ReLU, so edge tiles need no special case.
+//
+// naga 30's SPIR-V writer panics when the pointer index of coopLoadT / coopStoreT is computed
+// inside the call; every index is bound with `let` first (tests/gpu/kernels.rs translates
+// the module to guard this).
+//
+// Not yet: double-buffered staging, vector loads, split-K; operand scales (AIM's masks run
+// the f32-arithmetic kernels).
+
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    batch: u32,
+    _p0: u32,
+    _p1: u32,
+    _p2: u32,
+    nbd: u32,
+    z0: u32,
+    x0: u32,
+    y0: u32,
+    k_chunk: u32,
+    bshape: array<vec4<u32>, 2>,
+    bsa: array<vec4<u32>, 2>,
+    bsb: array<vec4<u32>, 2>,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> a: array<f16>;
+@group(0) @binding(3) var<storage, read> b: array<f16>;
+@group(0) @binding(5) var<storage, read> bias: array<f32>;
+@group(0) @binding(6) var<storage, read_write> c: array<f32>;
+
+override TRANS_A: bool = false; // A is stored [K, M]
+override TRANS_B: bool = false; // B is stored [N, K]
+override BIAS: bool = false;
+override RELU: bool = false;
+
+const TM: u32 = 64u; // output rows per workgroup
+const TN: u32 = 64u; // output columns per workgroup
+const KS: u32 = 32u; // K-slice
+const AS_STRIDE: u32 = KS + 8u; // padded rows (f16): 40 halves, 80 bytes, a multiple of 16
+const BS_STRIDE: u32 = TN + 8u;
+const CS_STRIDE: u32 = TN + 4u;
+var<workgroup> As: array<f16, 2560>; // [TM][AS_STRIDE]
+var<workgroup> Bs: array<f16, 2304>; // [KS][BS_STRIDE]
+var<workgroup> Cs: array<f32, 4352>; // [TM][CS_STRIDE]
+
+// Element offsets of batch z's A and B matrices (as matmul.wgsl's).
+fn batch_offsets(z: u32) -> vec2<u32> {
+    var r = z;
+    var oa = 0u;
+    var ob = 0u;
+    for (var i = 0u; i < p.nbd; i = i + 1u) {
+        let d = p.nbd - 1u - i;
+        let s = p.bshape[d / 4u][d % 4u];
+        let ci = r % s;
+        r = r / s;
+        oa = oa + ci * p.bsa[d / 4u][d % 4u];
+        ob = ob + ci * p.bsb[d / 4u][d % 4u];
+    }
+    return vec2<u32>(oa, ob);
+}
+
+// op(A)[m, k] and op(B)[k, n], zero outside the matrices.
+fn load_a(off: u32, m: u32, k: u32) -> f16 {
+    if (m >= p.m || k >= p.k) {
+        return f16(0.0);
+    }
+    if (TRANS_A) {
+        return a[off + k * p.m + m];
+    }
+    return a[off + m * p.k + k];
+}
+
+fn load_b(off: u32, k: u32, n: u32) -> f16 {
+    if (k >= p.k || n >= p.n) {
+        return f16(0.0);
+    }
+    if (TRANS_B) {
+        return b[off + n * p.k + k];
+    }
+    return b[off + k * p.n + n];
+}
+
+@compute @workgroup_size(128)
+fn gemm_coop(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let z = wg.z + p.z0;
+    let offs = batch_offsets(z);
+    let m0 = (wg.y + p.y0) * TM;
+    let n0 = (wg.x + p.x0) * TN;
+    let coff = z * p.m * p.n;
+    let sg = lid / 32u; // this thread's subgroup (the adapter's subgroups are 32 wide)
+    let qm = (sg / 2u) * 32u; // the subgroup's quarter of the tile
+    let qn = (sg % 2u) * 32u;
+    var c00 = coop_mat16x16<f32, C>();
+    var c01 = coop_mat16x16<f32, C>();
+    var c10 = coop_mat16x16<f32, C>();
+    var c11 = coop_mat16x16<f32, C>();
+    let slices = (p.k + KS - 1u) / KS;
+    for (var t = 0u; t < slices; t = t + 1u) {
+        let k0 = t * KS;
+        // stage: 2048 values of each operand, 16 per thread; consecutive threads take
+        // consecutive k of A's rows (contiguous when A is [M, K]) and consecutive n of B
+        for (var r = 0u; r < 16u; r = r + 1u) {
+            let e = r * 128u + lid;
+            let am = e / KS;
+            let ak = e % KS;
+            As[am * AS_STRIDE + ak] = load_a(offs.x, m0 + am, k0 + ak);
+            let bk = e / TN;
+            let bn = e % TN;
+            Bs[bk * BS_STRIDE + bn] = load_b(offs.y, k0 + bk, n0 + bn);
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < KS; kk = kk + 16u) {
+            let ia0 = qm * AS_STRIDE + kk;
+            let ia1 = (qm + 16u) * AS_STRIDE + kk;
+            let ib0 = kk * BS_STRIDE + qn;
+            let ib1 = kk * BS_STRIDE + qn + 16u;
+            let a0 = coopLoadT<coop_mat16x16<f16, A>>(&As[ia0], AS_STRIDE);
+            let a1 = coopLoadT<coop_mat16x16<f16, A>>(&As[ia1], AS_STRIDE);
+            let b0 = coopLoadT<coop_mat16x16<f16, B>>(&Bs[ib0], BS_STRIDE);
+            let b1 = coopLoadT<coop_mat16x16<f16, B>>(&Bs[ib1], BS_STRIDE);
+            c00 = coopMultiplyAdd(a0, b0, c00);
+            c01 = coopMultiplyAdd(a0, b1, c01);
+            c10 = coopMultiplyAdd(a1, b0, c10);
+            c11 = coopMultiplyAdd(a1, b1, c11);
+        }
+        workgroupBarrier();
+    }
+    let i00 = qm * CS_STRIDE + qn;
+    let i01 = qm * CS_STRIDE + qn + 16u;
+    let i10 = (qm + 16u) * CS_STRIDE + qn;
+    let i11 = (qm + 16u) * CS_STRIDE + qn + 16u;
+    coopStoreT(c00, &Cs[i00], CS_STRIDE);
+    coopStoreT(c01, &Cs[i01], CS_STRIDE);
+    coopStoreT(c10, &Cs[i10], CS_STRIDE);
+    coopStoreT(c11, &Cs[i11], CS_STRIDE);
+    workgroupBarrier();
+    // guarded store of the 64x64 tile: 32 values per thread, consecutive threads on
+    // consecutive columns
+    for (var r = 0u; r < 32u; r = r + 1u) {
+        let e = r * 128u + lid;
+        let lm = e / TN;
+        let ln = e % TN;
+        let m = m0 + lm;
+        let n = n0 + ln;
+        if (m < p.m && n < p.n) {
+            var v = Cs[lm * CS_STRIDE + ln];
+            if (BIAS) {
+                v = v + bias[n];
+            }
+            if (RELU) {
+                v = max(v, 0.0);
+            }
+            c[coff + m * p.n + n] = v;
+        }
+    }
+}
