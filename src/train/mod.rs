@@ -364,7 +364,11 @@ impl methods::EpochData for SideData<'_> {
 
 /// Train with `cfg`; everything goes into `opts.run_dir`.
 pub fn train(gpu: &Gpu, cfg: &Config, cfg_text: &str, opts: &TrainOptions) -> Result<RunSummary> {
-    let _precision = crate::autograd::autocast(cfg.train.precision == crate::config::Precision::Mixed);
+    let mixed = cfg.train.precision == crate::config::Precision::Mixed;
+    let _precision = crate::autograd::autocast(mixed);
+    if mixed && !gpu.capabilities().cooperative_matrix {
+        eprintln!("note: mixed precision on {}: no cooperative matrices, so f16 operands with f32 arithmetic", gpu.info().name);
+    }
     let dir = &opts.run_dir;
     let mut lock = rundir::claim(dir, rundir::Claim { resume: opts.resume, force: opts.force })?;
     let ds: Arc<dyn Dataset> = Arc::from(data::build(&cfg.data)?);
