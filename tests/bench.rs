@@ -56,7 +56,7 @@ fn quick_e2e_cases_run() {
     let opts = E2eOptions { filter: None, steps: 1, warmup: 0 };
     let rows = bench::run_e2e(&gpu, &opts, bench::e2e_cases(true)).unwrap();
     let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
-    assert_eq!(names, ["aug_step", "aug_step_recompute", "eval_forward", "joint_step", "audio_resnet18_step"]);
+    assert_eq!(names, ["aug_step", "aug_step_recompute", "aug_step_mixed", "eval_forward", "joint_step", "audio_resnet18_step"]);
     for r in &rows {
         assert!(r.median_ms > 0.0 && r.pool_mib > 0.0 && r.dispatches_per_step > 0.0, "{r:?}");
     }

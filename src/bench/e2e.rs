@@ -228,8 +228,10 @@ pub fn e2e_cases_sized(size: &E2eSize) -> Vec<E2eCase> {
     let shape = shape_label(size, true);
     let mut v = Vec::new();
     // aug_step_recompute: the same step with model.recompute (its memory and time beside
-    // aug_step's are the switch's measured cost)
-    for (name, train, recompute) in [("aug_step", true, false), ("aug_step_recompute", true, true), ("eval_forward", false, false)] {
+    // aug_step's are the switch's measured cost); aug_step_mixed: with train.precision =
+    // "mixed" (f16 operands for the GEMMs, under the autocast guard while it runs)
+    let rows = [("aug_step", true, false, false), ("aug_step_recompute", true, true, false), ("aug_step_mixed", true, false, true), ("eval_forward", false, false, false)];
+    for (name, train, recompute, mixed) in rows {
         let quick = size.clone();
         v.push(E2eCase {
             name: name.into(),
@@ -244,6 +246,7 @@ pub fn e2e_cases_sized(size: &E2eSize) -> Vec<E2eCase> {
                 let bs = batches(gpu, quick)?;
                 Ok(Box::new(move |i| {
                     let b = &bs[i % bs.len()];
+                    let _precision = crate::autograd::autocast(mixed);
                     if train {
                         method.train_step(b, opt.as_mut(), 0)
                     } else {
