@@ -1,6 +1,6 @@
 // Batched GEMM on cooperative matrices (tensor cores): C[z] = op(A[z]) · op(B[z]) (+ bias
-// per column, then ReLU), A and B f16, products accumulated in f32, C f32. The same
-// parameter block and batch decomposition as matmul.wgsl (the host shares its Params); the
+// per column, then ReLU), A and B f16, products accumulated in f32, C f32. The parameter
+// block and batch decomposition are matmul.wgsl's (matmul_params.wgsl, in front); the
 // module is compiled only on adapters with cooperative matrices (16x16x16, f16 inputs, f32
 // accumulators) and shader f16 (src/gpu/shaders.rs puts the `enable` directives in front of
 // common.wgsl), on adapters whose subgroups are all 32 wide (the host checks: the quarters
@@ -21,25 +21,6 @@
 // Not yet: double-buffered staging, vector loads, split-K; operand scales (AIM's masks run
 // the f32-arithmetic kernels).
 
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    batch: u32,
-    _p0: u32,
-    _p1: u32,
-    _p2: u32,
-    nbd: u32,
-    z0: u32,
-    x0: u32,
-    y0: u32,
-    k_chunk: u32,
-    bshape: array<vec4<u32>, 2>,
-    bsa: array<vec4<u32>, 2>,
-    bsb: array<vec4<u32>, 2>,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<f16>;
 @group(0) @binding(3) var<storage, read> b: array<f16>;
 @group(0) @binding(5) var<storage, read> bias: array<f32>;
@@ -59,22 +40,6 @@ const CS_STRIDE: u32 = TN + 4u;
 var<workgroup> As: array<f16, 2560>; // [TM][AS_STRIDE]
 var<workgroup> Bs: array<f16, 2304>; // [KS][BS_STRIDE]
 var<workgroup> Cs: array<f32, 4352>; // [TM][CS_STRIDE]
-
-// Element offsets of batch z's A and B matrices (as matmul.wgsl's).
-fn batch_offsets(z: u32) -> vec2<u32> {
-    var r = z;
-    var oa = 0u;
-    var ob = 0u;
-    for (var i = 0u; i < p.nbd; i = i + 1u) {
-        let d = p.nbd - 1u - i;
-        let s = p.bshape[d / 4u][d % 4u];
-        let ci = r % s;
-        r = r / s;
-        oa = oa + ci * p.bsa[d / 4u][d % 4u];
-        ob = ob + ci * p.bsb[d / 4u][d % 4u];
-    }
-    return vec2<u32>(oa, ob);
-}
 
 // op(A)[m, k] and op(B)[k, n], zero outside the matrices.
 fn load_a(off: u32, m: u32, k: u32) -> f16 {

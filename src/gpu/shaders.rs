@@ -4,13 +4,18 @@
 //!
 //! Each module is `shaders/common.wgsl` (helpers every kernel family shares: the
 //! one-thread-per-element workgroup size and the folded-grid index) followed by the
-//! family's own file. Two families are instantiated several times: the `const` block between
+//! family's own file (the two GEMM modules share `matmul_params.wgsl` in between). Two families are instantiated several times: the `const` block between
 //! `@variant-begin` and `@variant-end` is replaced per instantiation, in
 //! `shaders/attention.wgsl` by the tile sizes of [`AttentionTiles`] per padded head dim (the
 //! file itself is the 128 instantiation), in `shaders/conv.wgsl` by the workgroup tile of a
 //! [`ConvTile`] (the file itself is the 128 x 64 one).
 use crate::error::{Error, Result};
 use std::sync::OnceLock;
+
+/// Files of `shaders/` that are fragments of modules rather than modules: `common.wgsl`
+/// (every module starts with it) and `matmul_params.wgsl` (the GEMM modules' parameter
+/// block and batch decomposition).
+pub const FRAGMENTS: [&str; 2] = ["common", "matmul_params"];
 
 /// Threads per workgroup of the one-thread-per-element kernels (`WG` in
 /// `shaders/common.wgsl`; the interface test checks that the two agree).
@@ -144,9 +149,13 @@ impl Shader {
             Shader::Copy => with_common!("copy.wgsl"),
             Shader::Elementwise => with_common!("elementwise.wgsl"),
             Shader::Embed => with_common!("embed.wgsl"),
-            Shader::Matmul => with_common!("matmul.wgsl"),
+            Shader::Matmul => concat!(with_common!("matmul_params.wgsl"), include_str!("../../shaders/matmul.wgsl")),
             // `enable` directives must open the module, before common.wgsl's declarations
-            Shader::MatmulCoop => concat!("enable f16;\nenable wgpu_cooperative_matrix;\n", with_common!("matmul_coop.wgsl")),
+            Shader::MatmulCoop => concat!(
+                "enable f16;\nenable wgpu_cooperative_matrix;\n",
+                with_common!("matmul_params.wgsl"),
+                include_str!("../../shaders/matmul_coop.wgsl")
+            ),
             Shader::Norm => with_common!("norm.wgsl"),
             Shader::Optim => with_common!("optim.wgsl"),
             Shader::Pool => with_common!("pool.wgsl"),

@@ -151,19 +151,7 @@ pub fn batch_norm_stats(x: &Tensor, state: &BatchNormState, training: bool) -> R
     }
     let gpu = x.gpu();
     let (chunks, cs) = bn_chunks(m, c);
-    let p = BnParams {
-        n: n as u32,
-        c: c as u32,
-        hw: hw as u32,
-        m: m as u32,
-        eps: state.eps,
-        momentum: state.momentum,
-        unbias: if m > 1 { m as f32 / (m - 1) as f32 } else { 1.0 },
-        training: training as u32,
-        chunks: chunks as u32,
-        cs: cs as u32,
-        _p: [0; 2],
-    };
+    let p = stats_params((n, c, hw), state, training, (chunks, cs));
     let stats = Tensor::empty(gpu, &[2, c], DType::F32)?;
     if training {
         // per-(chunk, channel) mean and M2, then merged per channel into stats and the
@@ -220,22 +208,30 @@ pub fn batch_norm_stats_from_partials(x: &Tensor, partials: &BatchNormPartials, 
     if m < 2 {
         return Err(Error::shape("batch_norm", format!("training needs more than one value per channel, got x {:?}", x.shape())));
     }
-    let p = BnParams {
+    let p = stats_params((n, c, hw), state, true, (chunks, partials.rows));
+    let stats = Tensor::empty(x.gpu(), &[2, c], DType::F32)?;
+    merge_stats(&p, &partials.part, state, &stats)?;
+    Ok(stats)
+}
+
+/// The statistics kernels' parameters for x of (N, C, H·W) `geometry` in (chunks, values
+/// per chunk) `chunking`.
+fn stats_params(geometry: (usize, usize, usize), state: &BatchNormState, training: bool, chunking: (usize, usize)) -> BnParams {
+    let (n, c, hw) = geometry;
+    let m = n * hw;
+    BnParams {
         n: n as u32,
         c: c as u32,
         hw: hw as u32,
         m: m as u32,
         eps: state.eps,
         momentum: state.momentum,
-        unbias: m as f32 / (m - 1) as f32,
-        training: 1,
-        chunks: chunks as u32,
-        cs: partials.rows as u32,
+        unbias: if m > 1 { m as f32 / (m - 1) as f32 } else { 1.0 },
+        training: training as u32,
+        chunks: chunking.0 as u32,
+        cs: chunking.1 as u32,
         _p: [0; 2],
-    };
-    let stats = Tensor::empty(x.gpu(), &[2, c], DType::F32)?;
-    merge_stats(&p, &partials.part, state, &stats)?;
-    Ok(stats)
+    }
 }
 
 /// Per channel, Chan's merge of the chunks' (mean, M2) in `part` into `stats` (mean,

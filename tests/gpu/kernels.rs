@@ -249,7 +249,7 @@ fn every_wgsl_file_is_a_registered_module() {
         let Some(stem) = p.file_stem().and_then(|s| s.to_str()).filter(|_| p.extension().is_some_and(|e| e == "wgsl")) else { continue };
         files += 1;
         // a family instantiated several times registers `<file>_<variant>` modules
-        let registered = stem == "common" || names.contains(stem) || names.iter().any(|n| n.starts_with(&format!("{stem}_")));
+        let registered = equimodal::gpu::FRAGMENTS.contains(&stem) || names.contains(stem) || names.iter().any(|n| n.starts_with(&format!("{stem}_")));
         assert!(registered, "{} is not a module of gpu::Shader", p.display());
     }
     assert!(files >= 15, "expected the shader files in {}", dir.display());
