@@ -80,6 +80,35 @@ fn key_on(b: u32, key: u32) -> bool {
 @group(0) @binding(5) var<storage, read_write> o: array<f32>;
 @group(0) @binding(6) var<storage, read_write> lse: array<f32>;
 
+// Mixed precision: q, k and v as f16 (HALF; packed two per word and widened as they are
+// loaded; the host binds them a second time at bindings 9-11, in the forward and both
+// gradient passes). o, lse and every gradient stay f32.
+override HALF: bool = false;
+@group(0) @binding(9) var<storage, read> qh: array<u32>;
+@group(0) @binding(10) var<storage, read> kh: array<u32>;
+@group(0) @binding(11) var<storage, read> vh: array<u32>;
+
+fn ld_q(i: u32) -> f32 {
+    if (HALF) {
+        return unpack2x16float(qh[i >> 1u])[i & 1u];
+    }
+    return q[i];
+}
+
+fn ld_k(i: u32) -> f32 {
+    if (HALF) {
+        return unpack2x16float(kh[i >> 1u])[i & 1u];
+    }
+    return k[i];
+}
+
+fn ld_v(i: u32) -> f32 {
+    if (HALF) {
+        return unpack2x16float(vh[i >> 1u])[i & 1u];
+    }
+    return v[i];
+}
+
 var<workgroup> f_q: array<f32, F_BQ * DS>;        // q block, pre-scaled, resident
 var<workgroup> f_kv: array<f32, F_BK * DS>;       // k tile, then v tile (shared: saves DH*F_BK floats)
 var<workgroup> f_s: array<f32, F_BQ * (F_BK + 1u)>; // score tile
@@ -104,7 +133,7 @@ fn attn_fwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
         let col = e % DH;
         let gr = q0 + row;
         var x = 0.0;
-        if (gr < p.l && col < dh) { x = q[qbase + gr * dh + col] * p.scale; }
+        if (gr < p.l && col < dh) { x = ld_q(qbase + gr * dh + col) * p.scale; }
         f_q[row * DS + col] = x;
     }
 
@@ -120,7 +149,7 @@ fn attn_fwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
             let col = e % DH;
             let gk = k0 + row;
             var x = 0.0;
-            if (gk < p.s && col < dh) { x = k[kbase + gk * dh + col]; }
+            if (gk < p.s && col < dh) { x = ld_k(kbase + gk * dh + col); }
             f_kv[row * DS + col] = x;
         }
         workgroupBarrier();
@@ -140,7 +169,7 @@ fn attn_fwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
             let col = e % DH;
             let gk = k0 + row;
             var x = 0.0;
-            if (gk < p.s && col < dh) { x = v[kbase + gk * dh + col]; }
+            if (gk < p.s && col < dh) { x = ld_v(kbase + gk * dh + col); }
             f_kv[row * DS + col] = x;
         }
         workgroupBarrier();
@@ -235,7 +264,7 @@ fn attn_bwd_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
         var x = 0.0;
         var y = 0.0;
         if (gr < p.l && col < dh) {
-            x = q[qbase + gr * dh + col] * p.scale;
+            x = ld_q(qbase + gr * dh + col) * p.scale;
             y = go[qbase + gr * dh + col];
         }
         bq_q[row * DS + col] = x;
@@ -261,7 +290,7 @@ fn attn_bwd_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
             let col = e % DH;
             let gk = k0 + row;
             var x = 0.0;
-            if (gk < p.s && col < dh) { x = v[kbase + gk * dh + col]; }
+            if (gk < p.s && col < dh) { x = ld_v(kbase + gk * dh + col); }
             bq_kv[row * DS + col] = x;
         }
         workgroupBarrier();
@@ -280,7 +309,7 @@ fn attn_bwd_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
             let col = e % DH;
             let gk = k0 + row;
             var x = 0.0;
-            if (gk < p.s && col < dh) { x = k[kbase + gk * dh + col]; }
+            if (gk < p.s && col < dh) { x = ld_k(kbase + gk * dh + col); }
             bq_kv[row * DS + col] = x;
         }
         workgroupBarrier();
@@ -344,8 +373,8 @@ fn attn_bwd_dkv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
         var x = 0.0;
         var y = 0.0;
         if (gk < p.s && col < dh) {
-            x = k[kbase + gk * dh + col];
-            y = v[kbase + gk * dh + col];
+            x = ld_k(kbase + gk * dh + col);
+            y = ld_v(kbase + gk * dh + col);
         }
         bk_k[row * DS + col] = x;
         bk_v[row * DS + col] = y;
@@ -368,7 +397,7 @@ fn attn_bwd_dkv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
             var x = 0.0;
             var y = 0.0;
             if (gr < p.l && col < dh) {
-                x = q[qbase + gr * dh + col] * p.scale;
+                x = ld_q(qbase + gr * dh + col) * p.scale;
                 y = go[qbase + gr * dh + col];
             }
             bk_q[row * DS + col] = x;

@@ -45,6 +45,8 @@ impl MultiHeadAttention {
         let q = parts[0].reshape(&[n, h, l, dh])?;
         let k = parts[1].reshape(&[n, h, l, dh])?;
         let v = parts[2].reshape(&[n, h, l, dh])?;
+        // under mixed precision the products take f16 copies (as the linear layers' do)
+        let (q, k, v) = (super::gemm_operand(&q)?, super::gemm_operand(&k)?, super::gemm_operand(&v)?);
         let o = ops::attention(&q, &k, &v, key_padding_mask, 1.0 / (dh as f32).sqrt())?;
         let o = ops::permute(&o, &[0, 2, 1, 3])?.reshape(&[n, l, self.width])?;
         self.out.forward(&o, ctx)

@@ -27,12 +27,19 @@ const RW: Access = Access::ReadWrite;
 /// Largest head dim the kernels support.
 pub const ATTENTION_MAX_HEAD_DIM: usize = 128;
 
-/// The entry points (name, storage bindings), each instantiated per head dim.
+/// The entry points (name, storage bindings), each instantiated per head dim. The forward and
+/// gradient passes end with q, k and v again at bindings 9-11 (as f16 words where they are
+/// f16; the forward's 7-8 and dQ's 8 are unused slots in front of them).
 type Entry = (&'static str, &'static [Access]);
-const FWD: Entry = ("attn_fwd", &[R, R, R, R, RW, RW]);
+const FWD: Entry = ("attn_fwd", &[R, R, R, R, RW, RW, R, R, R, R, R]);
 const BWD_DELTA: Entry = ("attn_bwd_delta", &[R, R, R, RW]);
-const BWD_DQ: Entry = ("attn_bwd_dq", &[R, R, R, R, R, R, RW]);
-const BWD_DKV: Entry = ("attn_bwd_dkv", &[R, R, R, R, R, R, RW, RW]);
+const BWD_DQ: Entry = ("attn_bwd_dq", &[R, R, R, R, R, R, RW, R, R, R, R]);
+const BWD_DKV: Entry = ("attn_bwd_dkv", &[R, R, R, R, R, R, RW, RW, R, R, R]);
+
+/// The pipeline constant of q, k and v's precision.
+fn half_constant(half: bool) -> [(&'static str, f64); 1] {
+    [("HALF", half as u32 as f64)]
+}
 
 fn kernel(t: &AttentionTiles, (entry, bindings): Entry) -> Kernel {
     Kernel::new(t.shader(), entry, bindings, &Params::LAYOUT)
@@ -133,10 +140,16 @@ fn check_shapes(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Re
 /// ignored; 0.0 = attend; values > 0.5 count as padded).
 /// A row whose keys are all padded outputs zeros (and zero gradients), never NaN.
 /// Dh must be 1..=128 ([`ATTENTION_MAX_HEAD_DIM`]). Gradients flow to q, k and v (not to the mask).
+/// q, k and v are all f32, or all f16 (mixed precision: widened as they are loaded; the
+/// output, the statistics and the gradients are f32).
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, key_padding_mask: Option<&Tensor>, scale: f32) -> Result<Tensor> {
     let mut all = vec![q, k, v];
     all.extend(key_padding_mask);
-    expect_f32("attention", &all)?;
+    let half = q.dtype() == DType::F16;
+    if half && (k.dtype() != DType::F16 || v.dtype() != DType::F16) {
+        return Err(Error::DType { op: "attention", msg: format!("q is f16: k and v must be too, got {:?} and {:?}", k.dtype(), v.dtype()) });
+    }
+    expect_f32("attention", if half { &all[3..] } else { &all[..] })?;
     expect_same_gpu("attention", &all)?;
     let d = check_shapes(q, k, v, key_padding_mask)?;
     let var = AttentionTiles::for_head_dim(d.dh).expect("head dim checked");
@@ -159,11 +172,12 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, key_padding_mask: Option<&T
     };
     if bh * d.l > 0 {
         let mask_buf = key_padding_mask.map(|m| m.buffer()).unwrap_or(q.buffer());
+        let (qb, kb, vb) = (q.buffer(), k.buffer(), v.buffer());
         gpu.dispatch(
             &kernel(&var, FWD),
-            &[],
+            &half_constant(half),
             bytes_of(&p),
-            &[q.buffer(), k.buffer(), v.buffer(), mask_buf, o.buffer(), lse.buffer()],
+            &[qb, kb, vb, mask_buf, o.buffer(), lse.buffer(), qb, qb, qb, kb, vb],
             grid(gpu, bh * nblk, 1),
         )?;
     }
@@ -230,6 +244,10 @@ impl BackwardOp for AttentionBack {
 
 impl AttentionBack {
     /// The mask binding (the query buffer stands in when there is no mask; unread then).
+    fn half(&self) -> [(&'static str, f64); 1] {
+        half_constant(self.q.dtype() == DType::F16)
+    }
+
     fn mask_buffer(&self) -> &crate::gpu::BufferRange {
         self.mask.as_ref().map(|m| m.buffer()).unwrap_or(self.q.buffer())
     }
@@ -253,8 +271,9 @@ impl AttentionBack {
         let nblk = d.l.div_ceil(var.q_bq as usize);
         p.nblk = nblk as u32;
         if d.b * d.h * d.l > 0 {
-            let bufs = [self.q.buffer(), self.k.buffer(), self.v.buffer(), self.mask_buffer(), grad.buffer(), ld.buffer(), g.buffer()];
-            gpu.dispatch(&kernel(var, BWD_DQ), &[], bytes_of(&p), &bufs, grid(gpu, d.b * d.h * nblk, 1))?;
+            let (qb, kb, vb) = (self.q.buffer(), self.k.buffer(), self.v.buffer());
+            let bufs = [qb, kb, vb, self.mask_buffer(), grad.buffer(), ld.buffer(), g.buffer(), qb, qb, kb, vb];
+            gpu.dispatch(&kernel(var, BWD_DQ), &self.half(), bytes_of(&p), &bufs, grid(gpu, d.b * d.h * nblk, 1))?;
         }
         Ok(g)
     }
@@ -276,8 +295,11 @@ impl AttentionBack {
                 ld.buffer(),
                 gk.buffer(),
                 gv.buffer(),
+                self.q.buffer(),
+                self.k.buffer(),
+                self.v.buffer(),
             ];
-            gpu.dispatch(&kernel(var, BWD_DKV), &[], bytes_of(&p), &bufs, grid(gpu, d.b * d.h * nblk, 1))?;
+            gpu.dispatch(&kernel(var, BWD_DKV), &self.half(), bytes_of(&p), &bufs, grid(gpu, d.b * d.h * nblk, 1))?;
         }
         Ok((gk, gv))
     }

@@ -72,6 +72,20 @@ fn every_coop_matmul_form_translates() {
     }
 }
 
+/// Every attention instantiation translates with f32 and with f16 q, k and v (`HALF`, the
+/// only override constant its launches set).
+#[test]
+fn every_attention_form_translates() {
+    for t in equimodal::gpu::ATTENTION_TILES {
+        let (module, info) = parse(t.shader()).unwrap();
+        let declared: BTreeSet<&str> = module.overrides.iter().filter_map(|(_, o)| o.name.as_deref()).collect();
+        assert_eq!(declared, BTreeSet::from(["HALF"]), "{:?}", t.shader());
+        for half in [0.0, 1.0] {
+            to_spirv(&module, &info, &[("HALF", half)]).unwrap();
+        }
+    }
+}
+
 /// Every convolution instantiation translates with each combination of its f16-operand
 /// constants (`HALF_X`, `HALF_W`), the only override constants its launches set.
 #[test]

@@ -194,3 +194,42 @@ fn attention_under_workgroup_cap() {
         key_padding_mask_and_fully_padded_rows();
     });
 }
+
+/// f16 q, k and v (mixed precision), each head-dim instantiation, with a key-padding mask:
+/// the output and the gradients of q, k and v (through the casts, as f32) are bit for bit
+/// those of the f32 kernel on the f16-rounded values; mixed dtypes are refused.
+#[test]
+fn f16_operands_give_the_f32_attention_of_their_values() {
+    use equimodal::DType;
+    let g = gpu();
+    let mut rng = Rng::new(141);
+    for (b, h, l, s, dh) in [(2usize, 2usize, 19usize, 23usize, 24usize), (1, 1, 9, 9, 64), (1, 2, 5, 7, 100)] {
+        let shape_q = [b, h, l, dh];
+        let shape_kv = [b, h, s, dh];
+        let (q, k, v) = (upload(&g, &rng.normals(b * h * l * dh), &shape_q), upload(&g, &rng.normals(b * h * s * dh), &shape_kv), upload(&g, &rng.normals(b * h * s * dh), &shape_kv));
+        let mask: Vec<f64> = (0..b * s).map(|i| if i % 5 == 3 { 1.0 } else { 0.0 }).collect();
+        let mask = upload(&g, &mask, &[b, s]);
+        let seed = upload(&g, &rng.uniforms(b * h * l * dh, -1.0, 1.0), &shape_q);
+        let round = |t: &Tensor| ops::cast(&ops::cast(t, DType::F16).unwrap(), DType::F32).unwrap();
+        let run = |q: &Tensor, k: &Tensor, v: &Tensor, half: bool| {
+            let [q, k, v] = [q, k, v].map(|t| t.detach().requires_grad());
+            let cast = |t: &Tensor| if half { ops::cast(t, DType::F16).unwrap() } else { t.clone() };
+            let o = ops::attention(&cast(&q), &cast(&k), &cast(&v), Some(&mask), 0.3).unwrap();
+            assert_eq!(o.dtype(), DType::F32);
+            let mut gr = equimodal::Gradients::new();
+            o.backward_with(seed.clone(), &mut gr).unwrap();
+            let mut out = vec![o.to_vec().unwrap()];
+            out.extend([&q, &k, &v].map(|t| gr.get(t).expect("a gradient").to_vec().unwrap()));
+            out
+        };
+        let mixed = run(&q, &k, &v, true);
+        let want = run(&round(&q), &round(&k), &round(&v), false);
+        for (i, what) in ["o", "dq", "dk", "dv"].iter().enumerate() {
+            assert_eq!(mixed[i], want[i], "dh {dh}: {what}");
+        }
+        assert_canaries("attention f16");
+    }
+    let x = upload(&g, &rng.normals(2 * 4 * 8), &[1, 2, 4, 8]);
+    let e = ops::attention(&ops::cast(&x, DType::F16).unwrap(), &x, &x, None, 1.0).unwrap_err();
+    assert!(matches!(e, equimodal::Error::DType { .. }), "{e}");
+}
