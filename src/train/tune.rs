@@ -24,6 +24,8 @@ pub fn pretune(gpu: &Gpu, cfg: &Config) -> Result<BTreeMap<String, TuneEntry>> {
     if gpu.tune_mode() == TuneMode::Off {
         return Err(Error::config("EQUIMODAL_TUNE", "tuning is off; `equimodal tune` needs it on (quick or full)"));
     }
+    // the products a mixed-precision run launches take f16 operands: tune those buckets
+    let _precision = crate::autograd::autocast(cfg.train.precision == crate::config::Precision::Mixed);
     let ds: Box<dyn Dataset> = data::build(&cfg.data)?;
     let specs = ds.modalities().to_vec();
     let classes = ds.num_classes();

@@ -237,6 +237,10 @@ fn the_tune_command_fills_the_cache_and_lists_it() {
     assert_eq!(listed_rows, rows);
     let (ok, _, err) = run(&["tune", "--quick"], true);
     assert!(!ok && err.contains("EQUIMODAL_TUNE"), "{err}");
+    // a mixed-precision configuration tunes the f16 buckets its products use
+    let (ok, mixed, err) = run(&["tune", "--quick", "--set", "train.epochs=1", "--set", "data.n_train=100", "--set", "train.batch_size=32", "--set", "train.precision=mixed"], false);
+    assert!(ok, "{err}");
+    assert!(mixed.lines().any(|l| l.starts_with("matmul/") && l.contains("half=AB")), "{mixed}");
 }
 
 /// Two contexts on one cache file stand for two processes of a sweep: a bucket the first
