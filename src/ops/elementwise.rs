@@ -170,6 +170,7 @@ impl BackwardOp for UnaryBack {
                 mul(&mul(g, &lo)?, &hi)?
             }
             Unary::Sign => Tensor::zeros(g.gpu(), g.shape())?,
+            Unary::Relu => relu_backward_from_output(&self.saved, g)?,
             op => {
                 let gpu = g.gpu();
                 let dx = Tensor::empty(gpu, g.shape(), DType::F32)?;
@@ -187,18 +188,37 @@ impl BackwardOp for UnaryBack {
 /// `g ⊙ (y > 0)`: ReLU's backward from its output `y` (no autograd). For ops that fuse a
 /// ReLU into their own kernel ([`linear_relu`](super::linear_relu)).
 pub(crate) fn relu_backward_from_output(y: &Tensor, g: &Tensor) -> Result<Tensor> {
+    let y = cast(y, DType::F32)?; // a mask kept as f16 (relu_output_kept)
     let dx = Tensor::empty(g.gpu(), g.shape(), DType::F32)?;
     let n = g.numel();
     if n > 0 {
-        dispatch_map(&K_UNARY_BW, &K_UNARY_BW4, Unary::Relu as u32, &Params::new(n, 0.0, 0.0), &[y, g, &dx])?;
+        dispatch_map(&K_UNARY_BW, &K_UNARY_BW4, Unary::Relu as u32, &Params::new(n, 0.0, 0.0), &[&y, g, &dx])?;
     }
     Ok(dx)
+}
+
+/// A ReLU's output as its backward keeps it to mask the gradient: the output itself, or under
+/// mixed precision ([`crate::autograd::autocast`]) an f16 copy, half the bytes. The sign,
+/// which is all the mask reads, survives the rounding except for outputs below 2^-25, which
+/// round to zero and drop their gradient. (The f32 output itself then lives only until the
+/// layers after it have used it; the next GEMM keeps its own f16 copy.)
+pub(crate) fn relu_output_kept(y: &Tensor) -> Result<Tensor> {
+    if crate::autograd::autocast_enabled() && y.dtype() == DType::F32 {
+        let _ng = crate::autograd::no_grad();
+        cast(y, DType::F16)
+    } else {
+        Ok(y.detach())
+    }
 }
 
 /// y = f(x) for one of the [`Unary`] maps; `a`, `b` are its scalar operands.
 pub fn unary(x: &Tensor, op: Unary, a: f32, b: f32) -> Result<Tensor> {
     let y = launch_unary(x, op as u32, a, b)?;
-    let saved = if op.grad_from_output() { y.detach() } else { x.detach() };
+    let saved = match op {
+        Unary::Relu => relu_output_kept(&y)?,
+        op if op.grad_from_output() => y.detach(),
+        _ => x.detach(),
+    };
     Ok(y.with_grad_fn(&[x], || Box::new(UnaryBack { op, a, b, saved })))
 }
 

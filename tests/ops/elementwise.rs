@@ -251,3 +251,25 @@ fn elementwise_under_workgroup_cap() {
         binary_ops_broadcast_and_gradients();
     });
 }
+
+/// Under mixed precision a ReLU keeps an f16 copy of its output for its backward's mask:
+/// half the bytes held between the forward and the backward (counted on a context of this
+/// test alone), the same gradient (the signs survive the rounding).
+#[test]
+fn relu_under_autocast_keeps_its_mask_in_half_the_bytes() {
+    let g = equimodal::Gpu::new(test_options()).unwrap();
+    let n = 4096;
+    let x = upload(&g, &Rng::new(151).normals(n), &[n]).requires_grad();
+    let run = |mixed: bool| {
+        let _ac = equimodal::autograd::autocast(mixed);
+        let before = g.memory().allocated;
+        let loss = ops::sum(&ops::relu(&x).unwrap(), &[0], false).unwrap();
+        let held = g.memory().allocated - before;
+        let grads = loss.backward().unwrap();
+        (held, grads.get(&x).unwrap().to_vec().unwrap())
+    };
+    let (held32, dx32) = run(false);
+    let (held16, dx16) = run(true);
+    assert_eq!(dx16, dx32);
+    assert_eq!(held32 - held16, 2 * n as u64, "f32 keeps {held32} bytes, mixed {held16}");
+}
