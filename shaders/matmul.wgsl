@@ -55,6 +55,9 @@
 // and 3). Plain u32 words and unpack2x16float: no shader-f16 feature needed.
 @group(0) @binding(9) var<storage, read> ah: array<u32>;
 @group(0) @binding(10) var<storage, read> bh: array<u32>;
+// C again, written as vec4s by the VEC4 form's interior tiles when N is a multiple of 4
+// (STORE4; the host binds the same range as binding 6)
+@group(0) @binding(11) var<storage, read_write> c4: array<vec4<f32>>;
 
 // The product's form, fixed per pipeline (override constants, set by ops/matmul/launch.rs): the
 // driver folds every test on them away, so the loaders and the epilogue carry no runtime
@@ -73,6 +76,9 @@ override HALF_B: bool = false;  // B is f16 (binding 10 instead of 3)
 // Global loads are then unguarded vec4s: one per operand per thread and K-slice instead of
 // four guarded scalars.
 override VEC4: bool = false;
+// With VEC4, on tiles inside M and N: N a multiple of 4 and C on 16 bytes, so each thread's 4
+// consecutive outputs of a row are one aligned vec4 store.
+override STORE4: bool = false;
 // The order in which the tiled kernels visit their launch's output tiles. 0: row by row
 // (workgroup x = column tile, the fastest-changing index of the dispatch order). G > 0:
 // bands of G tile rows, column by column inside a band, so the workgroups resident at one
@@ -161,6 +167,17 @@ fn store4(coff: u32, m: u32, n: u32, v: vec4<f32>) {
         return;
     }
     let row = coff + m * p.n;
+    if (STORE4) {
+        var o = v;
+        if (BIAS) {
+            o = o + vec4<f32>(bias[n], bias[n + 1u], bias[n + 2u], bias[n + 3u]);
+        }
+        if (RELU) {
+            o = max(o, vec4<f32>(0.0));
+        }
+        c4[(row + n) / 4u] = o;
+        return;
+    }
     for (var j = 0u; j < 4u; j = j + 1u) {
         let nn = n + j;
         if (nn < p.n) {

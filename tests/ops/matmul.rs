@@ -555,8 +555,8 @@ fn split_k_under_workgroup_cap_and_batched_products() {
     assert!(e.to_string().contains("batch 1 only"), "{e}");
 }
 
-/// The 128x128 tile's VEC4 form (unguarded vec4 loads on interior tiles, the guarded form
-/// on the edge strips) against the CPU for every transposition, with bias and ReLU, batched
+/// The 128x128 tile's VEC4 form (unguarded vec4 loads, and vec4 stores where N is a multiple
+/// of 4, on interior tiles; the guarded form on the edge strips) against the CPU for every transposition, with bias and ReLU, batched
 /// and folded; bit-identical to the guarded tile (same order of accumulation); shapes with
 /// and without edges; under the workgroup cap; an error where it does not apply.
 #[test]
@@ -606,6 +606,19 @@ fn vec4_interior_form_matches_the_cpu_and_the_guarded_tile() {
         assert_close("capped vec4", &got, &want, 1e-5, 1e-6 * k as f64);
         assert_canaries("capped vec4");
     });
+    // N not a multiple of 4 (B transposed, so its rows are K long): scalar stores, the same
+    // bits; every case above has N a multiple of 4, where the interior tiles store vec4s
+    let (m, n, k) = (260, 130, 24);
+    let a = round_f32(&rng.normals(m * k));
+    let b = round_f32(&rng.normals(n * k));
+    let bias = round_f32(&rng.normals(n));
+    let (at, bt, biast) = (upload(&g, &a, &[m, k]), upload(&g, &b, &[n, k]), upload(&g, &bias, &[n]));
+    let opts = MatmulOpts { trans_a: false, trans_b: true, b_scale: None };
+    let want: Vec<f64> = matmul_ref(&a, &[m, k], false, &b, &[n, k], true, None).iter().enumerate().map(|(i, v)| (v + bias[i % n]).max(0.0)).collect();
+    let got = ops::matmul_bias_with_kernel(&at, &bt, opts, Some(&biast), true, VEC4).unwrap().to_vec().unwrap();
+    assert_close("vec4, N = 130", &got, &want, 1e-5, 1e-6 * k as f64);
+    assert_eq!(got, ops::matmul_bias_with_kernel(&at, &bt, opts, Some(&biast), true, TILE128).unwrap().to_vec().unwrap(), "vec4, N = 130: vs the guarded tile");
+    assert_canaries("vec4, N = 130");
     // K not a multiple of 8, or a scaled operand: not this form's job
     let (a, b) = (Tensor::zeros(&g, &[130, 42]).unwrap(), Tensor::zeros(&g, &[42, 130]).unwrap());
     let e = ops::matmul_with_kernel(&a, &b, MatmulOpts::default(), VEC4).unwrap_err();

@@ -12,8 +12,8 @@ use crate::tensor::{DType, Tensor};
 const R: Access = Access::Read;
 const RW: Access = Access::ReadWrite;
 /// A, SA, B, SB, bias, C, A and B again as vec4s (the 128x128 tile's VEC4 form), and as
-/// packed f16 words (f16 operands).
-const BINDINGS: &[Access] = &[R, R, R, R, R, RW, R, R, R, R];
+/// packed f16 words (f16 operands), and C again as vec4s (the VEC4 form's vector stores).
+const BINDINGS: &[Access] = &[R, R, R, R, R, RW, R, R, R, R, RW];
 const K_TILE128: Kernel = Kernel::new(Shader::Matmul, "gemm_tile128", BINDINGS, &Params::LAYOUT);
 const K_TILE64: Kernel = Kernel::new(Shader::Matmul, "gemm_tile64", BINDINGS, &Params::LAYOUT);
 const K_REF: Kernel = Kernel::new(Shader::Matmul, "gemm_ref", BINDINGS, &Params::LAYOUT);
@@ -26,7 +26,7 @@ pub(crate) const KERNELS: &[Kernel] = &[K_TILE128, K_TILE64, K_REF, K_SPLITK_RED
 /// The override constants of `shaders/matmul.wgsl`: the product's form is fixed per
 /// pipeline, so its kernels carry no runtime branch on it (checked against the module by
 /// `tests/gpu/kernels.rs`).
-pub const MATMUL_OVERRIDES: [&str; 11] = ["TRANS_A", "TRANS_B", "SCALE_A", "SCALE_B", "BIAS", "RELU", "VEC4", "GROUP_M", "BK1", "HALF_A", "HALF_B"];
+pub const MATMUL_OVERRIDES: [&str; 12] = ["TRANS_A", "TRANS_B", "SCALE_A", "SCALE_B", "BIAS", "RELU", "VEC4", "GROUP_M", "BK1", "HALF_A", "HALF_B", "STORE4"];
 
 /// A product's form: transposes, which scales, bias, ReLU, which operands are f16. Each
 /// form is its own pipeline.
@@ -269,7 +269,8 @@ pub(super) fn launch(
     // Bindings 7 and 8 (A and B as vec4s) are read only by the VEC4 form, which binds A and
     // B there; every other launch binds a 16-byte placeholder (a vec4 array binding must
     // hold one vec4, and A or B may be a single float).
-    // Bindings 9 and 10 (f16 words) likewise hold A and B where they are f16.
+    // Bindings 9 and 10 (f16 words) likewise hold A and B where they are f16, and binding 11
+    // (C as vec4s) holds C in the VEC4 form.
     let placeholder = Tensor::empty(gpu, &[4], DType::F32)?;
     let half_a = if a.dtype() == DType::F16 { a } else { &placeholder };
     let half_b = if b.dtype() == DType::F16 { b } else { &placeholder };
@@ -284,6 +285,7 @@ pub(super) fn launch(
         placeholder.buffer(),
         half_a.buffer(),
         half_b.buffer(),
+        placeholder.buffer(),
     ];
     let kernel = match kernel {
         MatmulKernel::Auto => super::choice::choose(p, a, sa, b, sb, bias, relu)?,
@@ -324,7 +326,7 @@ pub(super) fn launch(
                 let bk = t.bk();
                 return Err(Error::Other(format!("matmul: the vec4 form needs unscaled f32, 16-byte aligned operands with K a multiple of {bk} ({} x {} x {})", p.m, p.n, p.k)));
             }
-            [buffers[6], buffers[7]] = [a.buffer(), b.buffer()];
+            [buffers[6], buffers[7], buffers[10]] = [a.buffer(), b.buffer(), c.buffer()];
             launch_vec4(gpu, p, &consts, params, &buffers)?;
             return Ok(c);
         }
@@ -357,11 +359,14 @@ pub(super) fn vec4_applies(p: &Plan, form: &Form, operands: &[&Tensor], bk: usiz
 /// The 128x128 tile with the VEC4 form over the interior tiles (inside M and N) and the
 /// guarded form over the right column strip and the bottom row strip; `guarded` are the
 /// pipeline constants of the guarded form.
-fn launch_vec4(gpu: &Gpu, p: &Plan, guarded: &[(&str, f64)], mut params: Params, buffers: &[&BufferRange; 10]) -> Result<()> {
+fn launch_vec4(gpu: &Gpu, p: &Plan, guarded: &[(&str, f64)], mut params: Params, buffers: &[&BufferRange; 11]) -> Result<()> {
     let (tiles_x, tiles_y) = (p.n.div_ceil(128), p.m.div_ceil(128));
     let (full_x, full_y) = (p.n / 128, p.m / 128);
     let mut vector = guarded.to_vec();
     vector.push((MATMUL_OVERRIDES[6], 1.0));
+    // vector stores where every row of C starts on 16 bytes
+    let store4 = p.n % 4 == 0 && buffers[5].offset() % 16 == 0;
+    vector.push((MATMUL_OVERRIDES[11], store4 as u32 as f64));
     // (constants, first column tile, first row tile, columns, rows) of each region
     let regions = [
         (&vector[..], 0, 0, full_x, full_y),
@@ -391,7 +396,7 @@ pub(super) fn split_shape(k: usize, splits: usize) -> (usize, usize) {
 
 /// Split-K on the 64x64 tile: partial products of K-ranges into `[splits, M, N]`, then the
 /// fixed-order reduction (+ bias) into `c`.
-fn launch_split(p: &Plan, form: Form, mut params: Params, buffers: [&BufferRange; 10], c: &Tensor, splits: usize) -> Result<()> {
+fn launch_split(p: &Plan, form: Form, mut params: Params, buffers: [&BufferRange; 11], c: &Tensor, splits: usize) -> Result<()> {
     let gpu = c.gpu();
     if p.batch != 1 {
         return Err(Error::Other(format!("matmul: split-K runs batch 1 only, this product has {} matrices", p.batch)));
@@ -410,6 +415,6 @@ fn launch_split(p: &Plan, form: Form, mut params: Params, buffers: [&BufferRange
     let reduce = Params { batch: used as u32, k_chunk: 0, ..params };
     let reduce_consts = [("BIAS", form.bias as u32 as f64), ("RELU", form.relu as u32 as f64)];
     let pr = part.buffer();
-    let rb = [pr, pr, pr, pr, buffers[4], c.buffer(), pr, pr, pr, pr];
+    let rb = [pr, pr, pr, pr, buffers[4], c.buffer(), pr, pr, pr, pr, buffers[10]];
     gpu.dispatch(&K_SPLITK_REDUCE, &reduce_consts, bytes_of(&reduce), &rb, grid(gpu, p.m * p.n, 64))
 }
