@@ -4,7 +4,8 @@
 // the load indexing only (no transposed copies). SA / SB are optional element-wise scales
 // with their operand's own layout (AIM's per-parameter masks), applied while loading, so a
 // masked weight never needs to be materialised. Batch z is decomposed over up to 8
-// broadcast batch dims (per-operand strides, 0 on broadcast dims); C is contiguous.
+// broadcast batch dims (per-operand strides, 0 on broadcast dims); C is contiguous. The
+// parameter block and that decomposition are in matmul_params.wgsl, in front of this file.
 //
 // Entry points (same bindings, same params):
 // - gemm_tile128: 128x128 output tile per workgroup, 256 threads, 8x8 outputs per thread,

@@ -66,8 +66,8 @@ pub enum Precision {
     /// f32 throughout (`f32`, the default).
     #[default]
     F32,
-    /// f16 operands for the linear layers' GEMMs, f32 products, outputs, gradients, weights
-    /// and optimizer state (`mixed`; [`crate::autograd::autocast`]).
+    /// f16 operands for the linear, convolution and attention products; f32 arithmetic,
+    /// outputs, gradients, weights and optimizer state (`mixed`; [`crate::autograd::autocast`]).
     Mixed,
 }
 

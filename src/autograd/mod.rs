@@ -49,9 +49,9 @@ impl Drop for AutocastGuard {
 }
 
 /// Mixed precision on this thread (`on`) or off until the guard drops (`train.precision =
-/// "mixed"`): the layers (`nn::Linear`) cast the operands of their GEMMs to f16, so the
-/// tensors they save for the backward are f16; the products, the outputs, the gradients and
-/// the weights stay f32.
+/// "mixed"`): the layers (`nn::Linear`, `nn::Conv2d`, `nn::MultiHeadAttention`) cast the
+/// operands of their products to f16, and a ReLU keeps its mask as f16, so those saved
+/// tensors are f16; the products, the outputs, the gradients and the weights stay f32.
 pub fn autocast(on: bool) -> AutocastGuard {
     AutocastGuard(AUTOCAST.with(|c| c.replace(on)))
 }

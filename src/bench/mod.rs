@@ -83,8 +83,8 @@ pub struct Case {
     pub bytes: f64,
     /// Record gradients while timing (forward+backward cases); otherwise runs under no_grad.
     pub grad: bool,
-    /// Whether the device can run it (a variant needing more workgroup memory than the
-    /// device allows is skipped with a note, not an error).
+    /// Whether the device can run it (a matmul variant needing cooperative matrices or more
+    /// workgroup memory than the device has is skipped with a note, not an error).
     pub runs_on: Box<dyn Fn(&Gpu) -> bool>,
     /// Builds the inputs outside the timed region and returns the run function.
     pub setup: Box<dyn Fn(&Gpu) -> Result<Runner>>,
@@ -249,7 +249,7 @@ pub fn run(gpu: &Gpu, opts: &BenchOptions, extra: Vec<Case>) -> Result<Vec<Bench
             }
         }
         if !(case.runs_on)(gpu) {
-            eprintln!("note: {} does not run on this device (not enough workgroup memory); skipped", case.name);
+            eprintln!("note: {} does not run on this device (no cooperative matrices, or not enough workgroup memory); skipped", case.name);
             continue;
         }
         let ms = time_case(gpu, &case, opts)?;
