@@ -67,6 +67,26 @@ fn tile_id(wg: vec3<u32>) -> vec3<u32> {
 // binding 5). The gradient dy is always f32.
 override HALF_X: bool = false;
 override HALF_W: bool = false;
+// The forward rounds y to f16 values (stored as f32, so a cast to f16 afterwards keeps them
+// exactly): mixed precision stores a convolution's output f16 until its batch norm, and the
+// batch norm's partial statistics from the epilogue (`tile_stats`) are then those of the
+// very values it will normalise.
+override HALF_Y: bool = false;
+
+// v rounded to the nearest f16 value (ties to even; beyond the largest, 65504, to infinity),
+// as f32. Written out in f32 arithmetic: compilers fold the round trip
+// unpack2x16float(pack2x16float(v)) to v itself (lavapipe does), which rounds nothing. The
+// f16 spacing below a = |v| < 2^e is 2^(e - 11), and 2^-24 among the subnormals; scaling by
+// a power of two is exact, and round() breaks ties to even.
+fn f16_round(v: f32) -> f32 {
+    let a = abs(v);
+    var r = bitcast<f32>(0x7f800000u); // +inf
+    if (a < 65520.0) { // the midpoint between 65504 and 2^16 rounds (to even) up, to infinity
+        let q = max(frexp(a).exp - 11, -24);
+        r = ldexp(round(ldexp(a, -q)), q);
+    }
+    return bitcast<f32>(bitcast<u32>(r) | (bitcast<u32>(v) & 0x80000000u));
+}
 
 // @variant-begin
 const TX: u32 = 32u; // threads along M; a thread's rows are tx + TX*i, i < 4
@@ -184,14 +204,22 @@ fn epilogue(v0: f32, o: u32, i: u32) -> f32 {
     if ((p.flags & 16u) != 0u) {
         v = max(v, 0.0);
     }
+    if (HALF_Y) {
+        v = f16_round(v);
+    }
     return v;
 }
 
 // y's value at accumulator v of channel o < O when only the bias follows the GEMM (the
-// epilogue's first step, the same operation, so the same bits as the stored value).
-fn biased(v: f32, o: u32) -> f32 {
+// epilogue's first step and its rounding, the same operations, so the same bits as the
+// stored value).
+fn biased(v0: f32, o: u32) -> f32 {
+    var v = v0;
     if ((p.flags & 2u) != 0u) {
-        return v + fbias[o];
+        v = v + fbias[o];
+    }
+    if (HALF_Y) {
+        v = f16_round(v);
     }
     return v;
 }

@@ -376,3 +376,36 @@ fn from_f16(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
     let v = unpack2x16float(hh[i / 2u]);
     hf[i] = select(v.x, v.y, (i & 1u) == 1u);
 }
+
+// ReLU's mask as mixed precision keeps it for the backward: bit i of word i / 32 is y[i] > 0
+// (1/32 of the output's bytes; the gradient needs nothing else). One thread per word.
+@group(0) @binding(1) var<storage, read> mk_y: array<f32>;
+@group(0) @binding(2) var<storage, read_write> mk_bits: array<u32>;
+
+@compute @workgroup_size(256)
+fn relu_mask(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_index) lid: u32) {
+    let w = flat_index(wg, nwg, lid);
+    let i0 = 32u * w;
+    if (i0 >= p.n) { return; }
+    let end = min(32u, p.n - i0);
+    var bits = 0u;
+    for (var b = 0u; b < end; b = b + 1u) {
+        bits = bits | (select(0u, 1u, mk_y[i0 + b] > 0.0) << b);
+    }
+    mk_bits[w] = bits;
+}
+
+// dx = g where the mask's bit is set, else 0 (the values of unary_backward's ReLU).
+@group(0) @binding(1) var<storage, read> mb_bits: array<u32>;
+@group(0) @binding(2) var<storage, read> mb_g: array<f32>;
+@group(0) @binding(3) var<storage, read_write> mb_dx: array<f32>;
+
+@compute @workgroup_size(256)
+fn relu_backward_mask(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                      @builtin(local_invocation_index) lid: u32) {
+    let i = flat_index(wg, nwg, lid);
+    if (i >= p.n) { return; }
+    let on = ((mb_bits[i >> 5u] >> (i & 31u)) & 1u) != 0u;
+    mb_dx[i] = mb_g[i] * select(0.0, 1.0, on); // g * 0 as unary_backward: -0 and NaN alike
+}

@@ -62,6 +62,23 @@ struct LnParams {
 }
 
 @group(0) @binding(0) var<uniform> bp: BnParams;
+
+// Batch norm's input x as mixed precision stores it between a convolution and its batch
+// norm: f16, two per word (HALF_X), widened exactly as it is read; otherwise f32. The kernels
+// that read x (bn_stats, bn_apply, bn_bwd_reduce, bn_bwd_dx) bind it as words either way and
+// read value i through xval(word xword(i), i); statistics, outputs and gradients are f32.
+override HALF_X: bool = false;
+
+fn xword(i: u32) -> u32 {
+    return select(i, i >> 1u, HALF_X);
+}
+
+fn xval(word: u32, i: u32) -> f32 {
+    if (HALF_X) {
+        return unpack2x16float(word)[i & 1u];
+    }
+    return bitcast<f32>(word);
+}
 @group(0) @binding(0) var<uniform> lp: LnParams;
 
 const LN_WG: u32 = 128u;
@@ -158,7 +175,7 @@ fn wg_chan(lid: u32, n: f32, mean: f32, m2: f32, ntot: f32) -> vec2<f32> {
 }
 
 // ---- bn_stats ----------------------------------------------------------------------------
-@group(0) @binding(1) var<storage, read> bs_x: array<f32>;
+@group(0) @binding(1) var<storage, read> bs_x: array<u32>;
 @group(0) @binding(2) var<storage, read_write> bs_part: array<f32>; // [2, C, chunks]
 
 // Fold a batch of b values (batch mean bm, batch M2 bq) into a running (n, mean, M2).
@@ -167,6 +184,10 @@ fn welford_add(acc: vec3<f32>, b: f32, bm: f32, bq: f32) -> vec3<f32> {
     let d = bm - acc.y;
     let f = b / n;
     return vec3<f32>(n, acc.y + d * f, acc.z + bq + d * d * acc.x * f);
+}
+
+fn bs_at(i: u32) -> f32 {
+    return xval(bs_x[xword(i)], i);
 }
 
 @compute @workgroup_size(256)
@@ -178,18 +199,18 @@ fn bn_stats(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
     if (chunk >= bp.chunks) { return; } // uniform: whole workgroup
     var w = bn_walk(c, chunk, lid);
     // shift: the chunk's first value (chunks are never empty); accumulate x - shift
-    let shift = bs_x[bn_offset(c, chunk * bp.cs)];
+    let shift = bs_at(bn_offset(c, chunk * bp.cs));
     var acc = vec3<f32>(0.0, 0.0, 0.0); // this thread's (count, mean, M2) of x - shift
     // batches of 4 values (4 independent loads in flight), then the tail one at a time
     loop {
         if (w.j + 3u * WG >= w.j1) { break; }
-        let x0 = bs_x[w.k] - shift;
+        let x0 = bs_at(w.k) - shift;
         bn_step(&w);
-        let x1 = bs_x[w.k] - shift;
+        let x1 = bs_at(w.k) - shift;
         bn_step(&w);
-        let x2 = bs_x[w.k] - shift;
+        let x2 = bs_at(w.k) - shift;
         bn_step(&w);
-        let x3 = bs_x[w.k] - shift;
+        let x3 = bs_at(w.k) - shift;
         bn_step(&w);
         let bm = ((x0 + x1) + (x2 + x3)) * 0.25;
         let d0 = x0 - bm;
@@ -200,7 +221,7 @@ fn bn_stats(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
     }
     loop {
         if (w.j >= w.j1) { break; }
-        acc = welford_add(acc, 1.0, bs_x[w.k] - shift, 0.0);
+        acc = welford_add(acc, 1.0, bs_at(w.k) - shift, 0.0);
         bn_step(&w);
     }
     let r = wg_chan(lid, acc.x, acc.y, acc.z, f32(bn_chunk_len(chunk)));
@@ -259,11 +280,15 @@ fn bn_eval_stats(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
 }
 
 // ---- bn_apply ----------------------------------------------------------------------------
-@group(0) @binding(1) var<storage, read> ba_x: array<f32>;
+@group(0) @binding(1) var<storage, read> ba_x: array<u32>;
 @group(0) @binding(2) var<storage, read> ba_stats: array<f32>;
 @group(0) @binding(3) var<storage, read> ba_w: array<f32>;
 @group(0) @binding(4) var<storage, read> ba_b: array<f32>;
 @group(0) @binding(5) var<storage, read_write> ba_y: array<f32>;
+
+fn ba_at(i: u32) -> f32 {
+    return xval(ba_x[xword(i)], i);
+}
 
 @compute @workgroup_size(256)
 fn bn_apply(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -272,14 +297,18 @@ fn bn_apply(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
     if (i >= bp.n * bp.c * bp.hw) { return; }
     let c = (i / bp.hw) % bp.c;
     let scale = ba_stats[bp.c + c] * ba_w[c];
-    ba_y[i] = (ba_x[i] - ba_stats[c]) * scale + ba_b[c];
+    ba_y[i] = (ba_at(i) - ba_stats[c]) * scale + ba_b[c];
 }
 
 // ---- bn_bwd_reduce -----------------------------------------------------------------------
-@group(0) @binding(1) var<storage, read> br_x: array<f32>;
+@group(0) @binding(1) var<storage, read> br_x: array<u32>;
 @group(0) @binding(2) var<storage, read> br_g: array<f32>;
 @group(0) @binding(3) var<storage, read> br_stats: array<f32>;
 @group(0) @binding(4) var<storage, read_write> br_part: array<f32>; // [2, C, chunks]
+
+fn br_at(i: u32) -> f32 {
+    return xval(br_x[xword(i)], i);
+}
 
 @compute @workgroup_size(256)
 fn bn_bwd_reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -306,17 +335,17 @@ fn bn_bwd_reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
         let g1 = br_g[k1];
         let g2 = br_g[k2];
         let g3 = br_g[k3];
-        let x0 = br_x[k0];
-        let x1 = br_x[k1];
-        let x2 = br_x[k2];
-        let x3 = br_x[k3];
+        let x0 = br_at(k0);
+        let x1 = br_at(k1);
+        let x2 = br_at(k2);
+        let x3 = br_at(k3);
         acc = acc + vec2<f32>((g0 * (x0 - mean) + g1 * (x1 - mean)) + (g2 * (x2 - mean) + g3 * (x3 - mean)),
                               (g0 + g1) + (g2 + g3));
     }
     loop {
         if (w.j >= w.j1) { break; }
         let g = br_g[w.k];
-        acc = acc + vec2<f32>(g * (br_x[w.k] - mean), g);
+        acc = acc + vec2<f32>(g * (br_at(w.k) - mean), g);
         bn_step(&w);
     }
     let s = wg_sum2(lid, acc, WG);
@@ -349,12 +378,16 @@ fn bn_bwd_merge(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
 }
 
 // ---- bn_bwd_dx ---------------------------------------------------------------------------
-@group(0) @binding(1) var<storage, read> bd_x: array<f32>;
+@group(0) @binding(1) var<storage, read> bd_x: array<u32>;
 @group(0) @binding(2) var<storage, read> bd_g: array<f32>;
 @group(0) @binding(3) var<storage, read> bd_stats: array<f32>;
 @group(0) @binding(4) var<storage, read> bd_w: array<f32>;
 @group(0) @binding(5) var<storage, read> bd_sums: array<f32>;
 @group(0) @binding(6) var<storage, read_write> bd_dx: array<f32>;
+
+fn bd_at(i: u32) -> f32 {
+    return xval(bd_x[xword(i)], i);
+}
 
 @compute @workgroup_size(256)
 fn bn_bwd_dx(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -366,7 +399,7 @@ fn bn_bwd_dx(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg:
     let g = bd_g[i];
     if (bp.training != 0u) {
         let m = f32(bp.m);
-        let xhat = (bd_x[i] - bd_stats[c]) * inv;
+        let xhat = (bd_at(i) - bd_stats[c]) * inv;
         bd_dx[i] = bd_w[c] * inv / m * (m * g - bd_sums[bp.c + c] - xhat * bd_sums[c]);
     } else {
         bd_dx[i] = g * bd_w[c] * inv;

@@ -166,7 +166,7 @@ impl Tensor {
         inputs: &[&Tensor],
         op: impl FnOnce() -> Box<dyn BackwardOp>,
     ) -> Tensor {
-        let track = crate::autograd::grad_enabled() && inputs.iter().any(|t| t.0.requires_grad);
+        let track = crate::autograd::records(inputs);
         let node = track.then(|| Arc::new(Node::new(inputs.iter().map(|t| t.graph_handle()).collect(), op())));
         Self::wrap(gpu, shape, dtype, storage, track, node)
     }

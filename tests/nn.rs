@@ -88,7 +88,7 @@ fn backward_weighted(y: &Tensor, seed: u64) -> Gradients {
     let mut rng = Rng::new(seed);
     let w = rng.uniforms(y.numel(), -1.0, 1.0);
     let mut g = Gradients::new();
-    y.backward_with(upload(&gpu(), &w, y.shape()), &mut g).unwrap();
+    y.backward_with(upload(y.gpu(), &w, y.shape()), &mut g).unwrap();
     g
 }
 
@@ -950,5 +950,38 @@ fn resnet18_trains_under_autocast() {
         assert!(worst <= 0.02 * scale, "recompute={recompute}: worst difference {worst} at scale {scale}");
         assert!(got != f32_pooled, "recompute={recompute}: no f16 rounding seen");
         assert_grads_flow(&format!("autocast recompute={recompute}"), &net, &backward_weighted(&pooled, 513));
+    }
+}
+
+/// What ResNet18 keeps for its backward, mixed against f32 (bytes allocated on a context of
+/// this test alone, between before the forward and after it, the pooled output aside). Per
+/// convolution → batch norm → ReLU → convolution, f32 keeps the convolution's output y (4
+/// bytes a value, for batch norm) and the ReLU's output (4, for the ReLU and the next
+/// convolution's weight gradient); mixed keeps y as f16 (2), the ReLU's bit mask (1/8) and
+/// the next convolution's f16 operand (2): 4.125 of 8, 52 %, and 55 % allows for the small
+/// f32 tensors (statistics, partial sums, max pooling's indices) that do not shrink. Mixed
+/// also keeps what f32 does not allocate at all: the f16 copy of the network's input for the
+/// stem's weight gradient (f32 keeps the input itself, which the caller holds anyway), 2 bytes
+/// a value, and the f16 copies of the weights for the input gradients, half their bytes.
+#[test]
+fn resnet18_under_autocast_keeps_about_half_the_bytes_for_its_backward() {
+    let g = equimodal::Gpu::new(test_options()).unwrap();
+    let shape = [4, 3, 96, 80];
+    let x = upload(&g, &Rng::new(515).normals(numel(&shape)), &shape);
+    for recompute in [false, true] {
+        let net = ResNet18::new(&g, "enc", 3, 4, &mut srng(516)).unwrap().with_recompute(recompute);
+        let weights: u64 = net.params().iter().map(|p| 4 * p.tensor.numel() as u64).sum();
+        let held = |mixed: bool| {
+            let _ac = equimodal::autograd::autocast(mixed);
+            let before = g.memory().allocated;
+            let pooled = net.forward(&x, &Ctx { update_stats: false, ..Ctx::train() }).unwrap();
+            let held = g.memory().allocated - before - 4 * pooled.numel() as u64;
+            drop(backward_weighted(&pooled, 517));
+            held
+        };
+        let (f32_held, mixed_held) = (held(false), held(true));
+        eprintln!("recompute={recompute}: f32 {f32_held} mixed {mixed_held} ({:.3}), weights {weights}", mixed_held as f64 / f32_held as f64);
+        let bound = 0.55 * f32_held as f64 + 0.5 * weights as f64 + 2.0 * x.numel() as f64;
+        assert!((mixed_held as f64) <= bound, "recompute={recompute}: mixed keeps {mixed_held} bytes, f32 {f32_held} (bound {bound})");
     }
 }

@@ -33,6 +33,12 @@ pub fn grad_enabled() -> bool {
     NO_GRAD.with(|c| c.get() == 0)
 }
 
+/// Whether an op on `inputs` records a node now (recording is on and an input requires a
+/// gradient): what it saves for a backward is needed only then.
+pub fn records(inputs: &[&Tensor]) -> bool {
+    grad_enabled() && inputs.iter().any(|t| t.is_tracked())
+}
+
 thread_local! {
     // Mixed precision is per thread, as recording is: while a guard is on, the layers of this
     // thread give their GEMMs f16 operands (PyTorch's autocast).
@@ -201,6 +207,9 @@ impl Tensor {
                 seed.shape(),
                 self.shape()
             )));
+        }
+        if !seed.gpu().same_device(self.gpu()) {
+            return Err(Error::Autograd("backward seed lives on another GPU context than the output".into()));
         }
         if !self.is_tracked() {
             return Err(Error::Autograd(

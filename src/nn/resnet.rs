@@ -42,10 +42,18 @@ impl BasicBlock {
     }
     /// x `[N, cin, H, W]` → `[N, cout, ⌈H/stride⌉, ⌈W/stride⌉]`.
     pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
-        let skip = match &self.down {
-            Some((c, b)) => c.forward_bn(x, b, None, false, ctx)?,
-            None => x.clone(),
+        let Some((c, b)) = &self.down else {
+            return self.body(x, x.clone(), ctx);
         };
+        // both convolutions read x: under mixed precision one f16 copy serves both (and is
+        // what both keep for their weight gradients)
+        let x = super::gemm_operand(x)?;
+        let skip = c.forward_bn(&x, b, None, false, ctx)?;
+        self.body(&x, skip, ctx)
+    }
+
+    /// The two convolutions on x, plus `skip`, then ReLU.
+    fn body(&self, x: &Tensor, skip: Tensor, ctx: &Ctx) -> Result<Tensor> {
         if self.recompute && crate::autograd::grad_enabled() {
             let (y, partials) = self.conv1.forward_partials(x, &self.bn1, ctx)?;
             let (h, partials) = self.conv2.forward_after_bn_relu(&y, partials.as_ref(), &self.bn1, &self.bn2, ctx)?;

@@ -21,9 +21,12 @@ const K_BINARY_BCAST4: Kernel = Kernel::new(Shader::Elementwise, "binary_bcast_v
 const K_UNARY_BW4: Kernel = Kernel::new(Shader::Elementwise, "unary_backward_vec4", &[R, R, RW], &Params::LAYOUT);
 const K_ADD_INTO4: Kernel = Kernel::new(Shader::Elementwise, "add_into_vec4", &[R, RW], &Params::LAYOUT);
 const K_FILL4: Kernel = Kernel::new(Shader::Elementwise, "fill_vec4", &[RW], &Params::LAYOUT);
+const K_RELU_MASK: Kernel = Kernel::new(Shader::Elementwise, "relu_mask", &[R, RW], &Params::LAYOUT);
+const K_RELU_BW_MASK: Kernel = Kernel::new(Shader::Elementwise, "relu_backward_mask", &[R, R, RW], &Params::LAYOUT);
 /// Every kernel of this file (for the interface test, `tests/gpu/kernels.rs`).
 pub(crate) const KERNELS: &[Kernel] = &[
     K_UNARY, K_EXPAND, K_FILL, K_BINARY, K_UNARY_BW, K_TO_F16, K_FROM_F16, K_ADD_INTO, K_UNARY4, K_BINARY4, K_BINARY_BCAST4, K_UNARY_BW4, K_ADD_INTO4, K_FILL4,
+    K_RELU_MASK, K_RELU_BW_MASK,
 ];
 
 /// vec4s per workgroup of the vec4 forms: 256 threads x `VEC` (4) each
@@ -185,37 +188,50 @@ impl BackwardOp for UnaryBack {
     }
 }
 
-/// `g ⊙ (y > 0)`: ReLU's backward from its output `y` (no autograd). For ops that fuse a
-/// ReLU into their own kernel ([`linear_relu`](super::linear_relu)).
+/// `g ⊙ (y > 0)`: ReLU's backward from what it kept of its output ([`relu_output_kept`]:
+/// the output `y` itself, or its bit mask), no autograd. For ops that fuse a ReLU into their
+/// own kernel ([`linear_relu`](super::linear_relu)).
 pub(crate) fn relu_backward_from_output(y: &Tensor, g: &Tensor) -> Result<Tensor> {
-    let y = cast(y, DType::F32)?; // a mask kept as f16 (relu_output_kept)
     let dx = Tensor::empty(g.gpu(), g.shape(), DType::F32)?;
     let n = g.numel();
-    if n > 0 {
-        dispatch_map(&K_UNARY_BW, &K_UNARY_BW4, Unary::Relu as u32, &Params::new(n, 0.0, 0.0), &[&y, g, &dx])?;
+    if n == 0 {
+        return Ok(dx);
+    }
+    if y.dtype() == DType::U32 {
+        let gpu = g.gpu();
+        gpu.dispatch(&K_RELU_BW_MASK, &[], bytes_of(&Params::new(n, 0.0, 0.0)), &[y.buffer(), g.buffer(), dx.buffer()], grid(gpu, n, 256))?;
+    } else {
+        dispatch_map(&K_UNARY_BW, &K_UNARY_BW4, Unary::Relu as u32, &Params::new(n, 0.0, 0.0), &[y, g, &dx])?;
     }
     Ok(dx)
 }
 
-/// A ReLU's output as its backward keeps it to mask the gradient: the output itself, or under
-/// mixed precision ([`crate::autograd::autocast`]) an f16 copy, half the bytes. The sign,
-/// which is all the mask reads, survives the rounding except for outputs below 2^-25, which
-/// round to zero and drop their gradient. (The f32 output itself then lives only until the
-/// layers after it have used it; the next GEMM keeps its own f16 copy.)
-pub(crate) fn relu_output_kept(y: &Tensor) -> Result<Tensor> {
-    if crate::autograd::autocast_enabled() && y.dtype() == DType::F32 {
-        let _ng = crate::autograd::no_grad();
-        cast(y, DType::F16)
-    } else {
-        Ok(y.detach())
+/// What a ReLU keeps of its output `y` to mask the gradient, when `recording` (its output
+/// will have a backward; otherwise nothing is computed and `y` is returned): the output
+/// itself, or under mixed precision ([`crate::autograd::autocast`]) its bit mask, u32
+/// `[ceil(n / 32)]` with bit i of word i / 32 set where y > 0: 1/32 of the bytes, and the
+/// same gradient bit for bit. (The f32 output then lives only until the layers after it have
+/// used it; a GEMM after it keeps its own f16 copy.) In f32 the output is kept itself, since
+/// the layer after a ReLU usually keeps the same tensor anyway.
+pub(crate) fn relu_output_kept(y: &Tensor, recording: bool) -> Result<Tensor> {
+    if !(recording && crate::autograd::autocast_enabled() && y.dtype() == DType::F32) {
+        return Ok(y.detach());
     }
+    let gpu = y.gpu();
+    let n = y.numel();
+    let words = n.div_ceil(32);
+    let bits = Tensor::empty(gpu, &[words], DType::U32)?;
+    if n > 0 {
+        gpu.dispatch(&K_RELU_MASK, &[], bytes_of(&Params::new(n, 0.0, 0.0)), &[y.buffer(), bits.buffer()], grid(gpu, words, 256))?;
+    }
+    Ok(bits)
 }
 
 /// y = f(x) for one of the [`Unary`] maps; `a`, `b` are its scalar operands.
 pub fn unary(x: &Tensor, op: Unary, a: f32, b: f32) -> Result<Tensor> {
     let y = launch_unary(x, op as u32, a, b)?;
     let saved = match op {
-        Unary::Relu => relu_output_kept(&y)?,
+        Unary::Relu => relu_output_kept(&y, crate::autograd::records(&[x]))?,
         op if op.grad_from_output() => y.detach(),
         _ => x.detach(),
     };
@@ -440,8 +456,23 @@ struct BinaryBack {
     op: Binary,
     s: f32,
     t: f32,
-    a: Tensor,
-    b: Tensor,
+    /// the operands, each only where the backward reads it ([`BinaryBack::keeps`])
+    a: Option<Tensor>,
+    b: Option<Tensor>,
+}
+
+impl BinaryBack {
+    /// Which operands (a, b) the backward of `op` reads, given which ones need a gradient
+    /// (`ta`, `tb`): a sum or a blend reads neither, so a residual connection keeps nothing
+    /// alive; a product reads each factor for the other's gradient.
+    fn keeps(op: Binary, ta: bool, tb: bool) -> (bool, bool) {
+        match op {
+            Binary::Add | Binary::Sub | Binary::Lerp | Binary::Eq | Binary::Ge => (false, false),
+            Binary::Mul => (tb, ta),
+            Binary::Div => (tb, ta || tb),
+            Binary::Max | Binary::Min => (true, true),
+        }
+    }
 }
 
 impl BackwardOp for BinaryBack {
@@ -450,19 +481,20 @@ impl BackwardOp for BinaryBack {
     }
     fn backward(&self, g: &Tensor, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
         let (ta, tb) = (inputs[0].is_tracked(), inputs[1].is_tracked());
-        let (a, b) = (&self.a, &self.b);
+        let (a, b) = (|| operand(&self.a), || operand(&self.b));
         let (ga, gb) = match self.op {
             Binary::Add => (ta.then(|| g.clone()), tb.then(|| g.clone())),
             Binary::Sub => (ta.then(|| g.clone()), if tb { Some(neg(g)?) } else { None }),
-            Binary::Mul => (if ta { Some(mul(g, b)?) } else { None }, if tb { Some(mul(g, a)?) } else { None }),
+            Binary::Mul => (if ta { Some(mul(g, b()?)?) } else { None }, if tb { Some(mul(g, a()?)?) } else { None }),
             Binary::Div => {
-                let ga = if ta { Some(div(g, b)?) } else { None };
+                let ga = if ta { Some(div(g, b()?)?) } else { None };
                 // d(a/b)/db = -a/b^2
-                let gb = if tb { Some(neg(&div(&mul(g, a)?, &square(b)?)?)?) } else { None };
+                let gb = if tb { Some(neg(&div(&mul(g, a()?)?, &square(b()?)?)?)?) } else { None };
                 (ga, gb)
             }
             Binary::Max | Binary::Min => {
                 // the gradient goes to the operand that was selected (a on ties)
+                let (a, b) = (a()?, b()?);
                 let pick_a = if self.op == Binary::Max {
                     binary(a, b, Binary::Ge, 0.0, 0.0)?
                 } else {
@@ -487,13 +519,21 @@ impl BackwardOp for BinaryBack {
     }
 }
 
+/// An operand [`BinaryBack`] saved; an error if it was not (a bug in [`BinaryBack::keeps`]).
+fn operand(t: &Option<Tensor>) -> Result<&Tensor> {
+    t.as_ref().ok_or_else(|| Error::Autograd("binary: an operand its backward reads was not saved".into()))
+}
+
 /// y = a (op) b with numpy broadcasting.
 pub fn binary(a: &Tensor, b: &Tensor, op: Binary, s: f32, t: f32) -> Result<Tensor> {
     let y = launch_binary(a, b, op, s, t)?;
     if matches!(op, Binary::Eq | Binary::Ge) {
         return Ok(y);
     }
-    Ok(y.with_grad_fn(&[a, b], || Box::new(BinaryBack { op, s, t, a: a.detach(), b: b.detach() })))
+    Ok(y.with_grad_fn(&[a, b], || {
+        let (keep_a, keep_b) = BinaryBack::keeps(op, a.is_tracked(), b.is_tracked());
+        Box::new(BinaryBack { op, s, t, a: keep_a.then(|| a.detach()), b: keep_b.then(|| b.detach()) })
+    }))
 }
 
 /// a + b, broadcasting.

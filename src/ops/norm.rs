@@ -109,7 +109,8 @@ pub fn batch_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, state: &BatchNormS
 /// eval), for [`batch_norm_given`] to reuse in another forward of the same step.
 pub fn batch_norm_with_stats(x: &Tensor, weight: &Tensor, bias: &Tensor, state: &BatchNormState, training: bool) -> Result<(Tensor, Tensor)> {
     // every shape and dtype checked before the running statistics change
-    expect_f32("batch_norm", &[x, weight, bias])?;
+    expect_bn_input("batch_norm", x)?;
+    expect_f32("batch_norm", &[weight, bias])?;
     bn_geometry("batch_norm", x, &[("weight", weight), ("bias", bias)])?;
     let stats = batch_norm_stats(x, state, training)?;
     Ok((batch_norm_apply(x, weight, bias, &stats, training)?, stats))
@@ -134,13 +135,28 @@ fn bn_geometry(op: &'static str, x: &Tensor, per_channel: &[(&str, &Tensor)]) ->
     Ok((n, c, hw))
 }
 
+/// Batch norm's input x may be f16 (mixed precision stores a convolution's output so
+/// between it and its batch norm); every other operand is f32. Errors name `op`.
+fn expect_bn_input(op: &'static str, x: &Tensor) -> Result<()> {
+    if !matches!(x.dtype(), DType::F32 | DType::F16) {
+        return Err(Error::DType { op, msg: format!("x must be f32 or f16, got {:?} (shape {:?})", x.dtype(), x.shape()) });
+    }
+    Ok(())
+}
+
+/// The `HALF_X` override of the kernels that read batch norm's input x (norm.wgsl).
+fn half_x(x: &Tensor) -> [(&'static str, f64); 1] {
+    [("HALF_X", (x.dtype() == DType::F16) as u32 as f64)]
+}
+
 /// The statistics batch norm of x normalises with, `[2, C]` (mean, 1/sqrt(var + eps)), without
 /// normalising: `training = true`: the batch's (biased variance), with the running statistics
 /// updated in place; `false`: the running ones (a copy, so later in-place updates of the
 /// running statistics cannot change a backward that uses it). No gradient flows through it;
 /// [`batch_norm_apply`] with `batch_stats = training` is the normalisation that goes with it.
 pub fn batch_norm_stats(x: &Tensor, state: &BatchNormState, training: bool) -> Result<Tensor> {
-    expect_f32("batch_norm", &[x, &state.running_mean, &state.running_var])?;
+    expect_bn_input("batch_norm", x)?;
+    expect_f32("batch_norm", &[&state.running_mean, &state.running_var])?;
     let (n, c, hw) = bn_geometry("batch_norm", x, &[("running_mean", &state.running_mean), ("running_var", &state.running_var)])?;
     let m = n * hw;
     if training && m < 2 {
@@ -157,7 +173,7 @@ pub fn batch_norm_stats(x: &Tensor, state: &BatchNormState, training: bool) -> R
         // per-(chunk, channel) mean and M2, then merged per channel into stats and the
         // running statistics
         let part = Tensor::empty(gpu, &[2, c, chunks], DType::F32)?;
-        gpu.dispatch(&K_BN_STATS, &[], bytes_of(&p), &[x.buffer(), part.buffer()], grid(gpu, chunks * c, 1))?;
+        gpu.dispatch(&K_BN_STATS, &half_x(x), bytes_of(&p), &[x.buffer(), part.buffer()], grid(gpu, chunks * c, 1))?;
         merge_stats(&p, &part, state, &stats)?;
     } else {
         eval_stats(&p, state, &stats)?;
@@ -197,7 +213,8 @@ pub struct BatchNormPartials {
 /// place) from `partials` of x instead of a pass over x: the same merge, within f32
 /// rounding of it (the chunks differ). Errors: partials of another shape than x's.
 pub fn batch_norm_stats_from_partials(x: &Tensor, partials: &BatchNormPartials, state: &BatchNormState) -> Result<Tensor> {
-    expect_f32("batch_norm", &[x, &partials.part, &state.running_mean, &state.running_var])?;
+    expect_bn_input("batch_norm", x)?;
+    expect_f32("batch_norm", &[&partials.part, &state.running_mean, &state.running_var])?;
     let (n, c, hw) = bn_geometry("batch_norm", x, &[("running_mean", &state.running_mean), ("running_var", &state.running_var)])?;
     let m = n * hw;
     let chunks = m.div_ceil(partials.rows.max(1));
@@ -266,7 +283,8 @@ pub fn batch_norm_given(x: &Tensor, weight: &Tensor, bias: &Tensor, stats: &Tens
     batch_norm_apply(x, weight, bias, stats, false)
 }
 
-/// `y = (x - mean) * invstd * weight + bias` with `stats` `[2, C]` (mean, invstd).
+/// `y = (x - mean) * invstd * weight + bias` with `stats` `[2, C]` (mean, invstd). x may be
+/// f16 (a convolution's output under mixed precision); y and every gradient are f32.
 /// `batch_stats`: the statistics are x's own batch statistics ([`batch_norm_stats`] in
 /// training), so x's gradient includes their dependence on x; otherwise they are constants
 /// ([`batch_norm_given`]).
@@ -275,7 +293,7 @@ pub fn batch_norm_apply(x: &Tensor, weight: &Tensor, bias: &Tensor, stats: &Tens
     let y = Tensor::empty(x.gpu(), x.shape(), DType::F32)?;
     x.gpu().dispatch(
         &K_BN_APPLY,
-        &[],
+        &half_x(x),
         bytes_of(&back.p),
         &[x.buffer(), stats.buffer(), weight.buffer(), bias.buffer(), y.buffer()],
         grid(x.gpu(), x.numel(), 256),
@@ -286,7 +304,8 @@ pub fn batch_norm_apply(x: &Tensor, weight: &Tensor, bias: &Tensor, stats: &Tens
 /// The backward rule of [`batch_norm_apply`] (inputs x, weight, bias), checked; for ops that
 /// normalise inside a fused forward (`conv2d_after_bn_relu`).
 pub(crate) fn batch_norm_rule(x: &Tensor, weight: &Tensor, bias: &Tensor, stats: &Tensor, batch_stats: bool) -> Result<BatchNormBack> {
-    expect_f32("batch_norm", &[x, weight, bias, stats])?;
+    expect_bn_input("batch_norm", x)?;
+    expect_f32("batch_norm", &[weight, bias, stats])?;
     let (n, c, hw) = bn_geometry("batch_norm", x, &[("weight", weight), ("bias", bias)])?;
     if stats.shape() != [2, c] {
         return Err(Error::shape("batch_norm", format!("stats has shape {:?}, expected [2, {c}] for x {:?}", stats.shape(), x.shape())));
@@ -330,7 +349,7 @@ impl BackwardOp for BatchNormBack {
             let part = Tensor::empty(gpu, &[2, c, chunks], DType::F32)?;
             gpu.dispatch(
                 &K_BN_BWD_RED,
-                &[],
+                &half_x(&self.x),
                 bytes_of(&self.p),
                 &[self.x.buffer(), g.buffer(), self.stats.buffer(), part.buffer()],
                 grid(gpu, chunks * c, 1),
@@ -341,7 +360,7 @@ impl BackwardOp for BatchNormBack {
             let dx = Tensor::empty(gpu, self.x.shape(), DType::F32)?;
             gpu.dispatch(
                 &K_BN_BWD_DX,
-                &[],
+                &half_x(&self.x),
                 bytes_of(&self.p),
                 &[self.x.buffer(), g.buffer(), self.stats.buffer(), self.w.buffer(), sums.buffer(), dx.buffer()],
                 grid(gpu, dx.numel(), 256),

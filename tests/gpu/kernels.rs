@@ -86,17 +86,32 @@ fn every_attention_form_translates() {
     }
 }
 
-/// Every convolution instantiation translates with each combination of its f16-operand
-/// constants (`HALF_X`, `HALF_W`), the only override constants its launches set.
+/// Every convolution instantiation translates with each combination of its f16 constants
+/// (`HALF_X`, `HALF_W` for the operands, `HALF_Y` for the output's rounding), the only
+/// override constants its launches set.
 #[test]
 fn every_conv_form_translates() {
+    let names = ["HALF_X", "HALF_W", "HALF_Y"];
     for tile in equimodal::gpu::ConvTile::ALL {
         let (module, info) = parse(Shader::Conv(tile)).unwrap();
         let declared: BTreeSet<&str> = module.overrides.iter().filter_map(|(_, o)| o.name.as_deref()).collect();
-        assert_eq!(declared, BTreeSet::from(["HALF_X", "HALF_W"]), "{tile:?}");
-        for form in 0..4u32 {
-            to_spirv(&module, &info, &[("HALF_X", (form & 1) as f64), ("HALF_W", (form >> 1) as f64)]).unwrap();
+        assert_eq!(declared, BTreeSet::from(names), "{tile:?}");
+        for form in 0..8u32 {
+            let constants: Vec<(&str, f64)> = names.iter().enumerate().map(|(i, k)| (*k, ((form >> i) & 1) as f64)).collect();
+            to_spirv(&module, &info, &constants).unwrap();
         }
+    }
+}
+
+/// The normalisation module translates with batch norm's input f32 and f16 (`HALF_X`, the
+/// only override constant its launches set).
+#[test]
+fn every_norm_form_translates() {
+    let (module, info) = parse(Shader::Norm).unwrap();
+    let declared: BTreeSet<&str> = module.overrides.iter().filter_map(|(_, o)| o.name.as_deref()).collect();
+    assert_eq!(declared, BTreeSet::from(["HALF_X"]));
+    for half in [0.0, 1.0] {
+        to_spirv(&module, &info, &[("HALF_X", half)]).unwrap();
     }
 }
 

@@ -70,3 +70,19 @@ fn gradients_accumulate_in_place_only_when_unshared() {
     assert_eq!(ops::add_into(acc, &row).unwrap().to_vec().unwrap(), vec![11.0, 22.0]);
     assert_canaries("add_into");
 }
+
+/// A backward seed that cannot be the output's gradient is refused with a typed error, not a
+/// GPU validation panic: another shape, or a tensor of another GPU context.
+#[test]
+fn a_foreign_or_misshapen_backward_seed_is_refused() {
+    let g = gpu();
+    let x = upload(&g, &[1.0, -2.0, 3.0], &[3]).requires_grad();
+    let y = ops::relu(&x).unwrap();
+    let mut grads = equimodal::Gradients::new();
+    let e = y.backward_with(upload(&g, &[1.0, 1.0], &[2]), &mut grads).unwrap_err();
+    assert!(matches!(e, equimodal::Error::Autograd(_)) && e.to_string().contains("shape"), "{e}");
+    let other = equimodal::Gpu::new(test_options()).unwrap();
+    let e = y.backward_with(upload(&other, &[1.0, 1.0, 1.0], &[3]), &mut grads).unwrap_err();
+    assert!(matches!(e, equimodal::Error::Autograd(_)) && e.to_string().contains("another GPU context"), "{e}");
+    assert!(grads.is_empty());
+}

@@ -676,3 +676,106 @@ fn conv_with_f16_operands_equals_f32_on_the_rounded_values() {
         assert_canaries("conv f16");
     }
 }
+
+/// Under mixed precision a convolution whose output goes to a batch norm with batch
+/// statistics stores that output f16 (`conv2d_bn_partials`, and `conv2d_after_bn_relu_ex`
+/// with partials), on every tile: its values are the f32 convolution's rounded to f16 (bit for
+/// bit a cast of them), the partial statistics are those of the stored values (within f32
+/// rounding of a separate pass over them), and the gradients are bit for bit those of the f32
+/// op (the cast passes the f32 gradient through). Without partials the output stays f32.
+#[test]
+fn conv_output_before_batch_norm_is_f16_under_autocast() {
+    use equimodal::DType;
+    let g = gpu();
+    let s = Shape { n: 2, c: 5, h: 9, w: 7, o: 19, kh: 3, kw: 3 };
+    let p = params((2, 2), (1, 1), (1, 1));
+    let mut rng = Rng::new(133);
+    let (xs, ws) = xw_shapes(s);
+    let (xv, wv, bv) = (rng.normals(numel(&xs)), rng.uniforms(numel(&ws), -1.0, 1.0), rng.uniforms(s.o, -1.0, 1.0));
+    let (ho, wo) = ops::conv2d_output_size(s.h, s.w, s.kh, s.kw, &p);
+    let seed = upload(&g, &rng.uniforms(s.n * s.o * ho * wo, -1.0, 1.0), &[s.n, s.o, ho, wo]);
+    let rounded = |t: &Tensor| ops::cast(&ops::cast(t, DType::F16).unwrap(), DType::F32).unwrap().to_vec().unwrap();
+    for tile in tiles() {
+        let what = format!("tile {}", tile_name(tile));
+        // (y, stats from the partials, y's batch_norm_stats, dx, dw, db)
+        let run = |mixed: bool| {
+            let _ac = equimodal::autograd::autocast(mixed);
+            let [xt, wt, bt] = [(&xv, &xs[..]), (&wv, &ws[..]), (&bv, &[s.o][..])].map(|(v, sh)| upload(&g, v, sh).requires_grad());
+            let (y, partials) = ops::conv2d_bn_partials_on_tile(&xt, &wt, Some(&bt), p, None, tile).unwrap();
+            assert_eq!(y.dtype(), if mixed { DType::F16 } else { DType::F32 }, "{what} mixed={mixed}");
+            let state = || ops::BatchNormState::new(&g, s.o, 0.1, 1e-5).unwrap();
+            let stats = ops::batch_norm_stats_from_partials(&y, &partials, &state()).unwrap().to_vec().unwrap();
+            let pass = ops::batch_norm_stats(&y, &state(), true).unwrap().to_vec().unwrap();
+            let mut grads = equimodal::Gradients::new();
+            y.backward_with(seed.clone(), &mut grads).unwrap();
+            let mut all = vec![ops::cast(&y, DType::F32).unwrap().to_vec().unwrap(), stats, pass];
+            all.extend([&xt, &wt, &bt].map(|t| grads.get(t).unwrap().to_vec().unwrap()));
+            all
+        };
+        let (plain, mixed) = (run(false), run(true));
+        let plain_y = upload(&g, &plain[0].iter().map(|&v| v as f64).collect::<Vec<_>>(), &[s.n, s.o, ho, wo]);
+        assert_eq!(mixed[0], rounded(&plain_y), "{what}: y is the f32 output rounded to f16");
+        assert_ne!(mixed[0], plain[0], "{what}: no rounding seen");
+        let pass: Vec<f64> = mixed[2].iter().map(|&v| v as f64).collect();
+        assert_close(&format!("{what}: partial statistics of the stored values"), &mixed[1], &pass, 1e-5, 1e-6);
+        for (i, d) in ["dx", "dw", "dbias"].iter().enumerate() {
+            assert_eq!(mixed[3 + i], plain[3 + i], "{what}: {d}");
+        }
+        assert_canaries(&what);
+    }
+    // the fused convolution after batch norm + ReLU: f16 output with partials, f32 without
+    let (cs, cw) = xw_shapes(Shape { c: s.o, o: 7, ..s });
+    let cwt = upload(&g, &rng.uniforms(numel(&cw), -1.0, 1.0), &cw);
+    let yin = upload(&g, &rng.normals(numel(&cs)), &cs);
+    let (gamma, beta) = (upload(&g, &vec![1.0; s.o], &[s.o]), upload(&g, &vec![0.0; s.o], &[s.o]));
+    let after = |mixed: bool, partials: bool| {
+        let _ac = equimodal::autograd::autocast(mixed);
+        let stats = ops::batch_norm_stats(&yin, &ops::BatchNormState::new(&g, s.o, 0.1, 1e-5).unwrap(), true).unwrap();
+        let bn = ops::BnRelu { weight: &gamma, bias: &beta, stats: &stats, batch_stats: true };
+        ops::conv2d_after_bn_relu_ex(&yin, bn, &cwt, None, p, None, partials).unwrap().0
+    };
+    let out = after(true, true);
+    assert_eq!(out.dtype(), DType::F16);
+    assert_eq!(ops::cast(&out, DType::F32).unwrap().to_vec().unwrap(), rounded(&after(false, true)));
+    assert_eq!(after(true, false).dtype(), DType::F32);
+}
+
+/// The forward's rounding to f16 values (`HALF_Y`, written out in f32 arithmetic) is the cast's
+/// on the cases where rounding is delicate: ties to even, subnormal f16 values and the ties
+/// between them, the largest f16 value, overflow to infinity, negative values. A 1×1 convolution
+/// with weight 1 passes each value through exactly; the stored f16 value is then the cast's
+/// (on an adapter whose conversion rounds to nearest even, as lavapipe's and NVIDIA's do) and
+/// the expected one.
+#[test]
+fn conv_rounds_its_output_to_f16_as_a_cast_does() {
+    use equimodal::DType;
+    let g = gpu();
+    let t = |e: i32| 2f64.powi(e);
+    let cases: Vec<(f64, f64)> = vec![
+        (1.0 + t(-11), 1.0),                     // tie: to the even mantissa
+        (1.0 + 3.0 * t(-11), 1.0 + t(-9)),       // tie: up, to the even one
+        (-(1.0 + t(-11)), -1.0),
+        (2.5 * t(-24), 2.0 * t(-24)),            // subnormal ties
+        (3.5 * t(-24), 4.0 * t(-24)),
+        (t(-25), 0.0),                           // half the smallest subnormal: to zero
+        (1.5 * t(-25), t(-24)),
+        (t(-14) - t(-26), t(-14)),               // up to the smallest normal
+        (65504.0, 65504.0),
+        (65519.0, 65504.0),
+        (65520.0, f64::INFINITY),                // the tie above the largest: to infinity
+        (-1.0e6, f64::NEG_INFINITY),
+        (-2.5 * t(-24), -2.0 * t(-24)),
+        (0.1, 0.0999755859375),
+    ];
+    let n = cases.len();
+    let x = upload(&g, &cases.iter().map(|c| c.0).collect::<Vec<_>>(), &[1, 1, 1, n]).requires_grad();
+    let w = upload(&g, &[1.0], &[1, 1, 1, 1]).requires_grad();
+    let _ac = equimodal::autograd::autocast(true);
+    let (y, _) = ops::conv2d_bn_partials(&x, &w, None, params((1, 1), (0, 0), (1, 1)), None).unwrap();
+    let got = ops::cast(&y, DType::F32).unwrap().to_vec().unwrap();
+    let cast = ops::cast(&ops::cast(&x, DType::F16).unwrap(), DType::F32).unwrap().to_vec().unwrap();
+    for (i, (v, want)) in cases.iter().enumerate() {
+        assert_eq!(got[i].to_bits(), (*want as f32).to_bits(), "{v:e}: got {:e}, want {want:e}", got[i]);
+        assert_eq!(got[i].to_bits(), cast[i].to_bits(), "{v:e}: the cast gives {:e}", cast[i]);
+    }
+}

@@ -252,24 +252,67 @@ fn elementwise_under_workgroup_cap() {
     });
 }
 
-/// Under mixed precision a ReLU keeps an f16 copy of its output for its backward's mask:
-/// half the bytes held between the forward and the backward (counted on a context of this
-/// test alone), the same gradient (the signs survive the rounding).
+/// Under mixed precision a ReLU keeps a bit mask of its output for its backward: 1/32 of the
+/// f32 output's bytes held between the forward and the backward (counted on a context of this
+/// test alone; n not a multiple of 32, so the last word is partial), and the same gradient
+/// bit for bit, zeros of either sign included (the input has exact zeros, and the seed
+/// negative values, so g * 0 gives -0 where the mask is off).
 #[test]
-fn relu_under_autocast_keeps_its_mask_in_half_the_bytes() {
+fn relu_under_autocast_keeps_a_bit_mask_of_its_output() {
     let g = equimodal::Gpu::new(test_options()).unwrap();
-    let n = 4096;
-    let x = upload(&g, &Rng::new(151).normals(n), &[n]).requires_grad();
+    let n = 4096 + 19;
+    let mut rng = Rng::new(151);
+    let mut xv = rng.normals(n);
+    for v in xv.iter_mut().step_by(7) {
+        *v = 0.0;
+    }
+    let x = upload(&g, &xv, &[n]).requires_grad();
+    let seed = upload(&g, &rng.uniforms(n, -1.0, 1.0), &[n]);
     let run = |mixed: bool| {
         let _ac = equimodal::autograd::autocast(mixed);
+        // held once the output itself is gone: what the backward keeps, and the loss
         let before = g.memory().allocated;
         let loss = ops::sum(&ops::relu(&x).unwrap(), &[0], false).unwrap();
         let held = g.memory().allocated - before;
-        let grads = loss.backward().unwrap();
+        drop(loss.backward().unwrap());
+        let y = ops::relu(&x).unwrap();
+        let mut grads = equimodal::Gradients::new();
+        y.backward_with(seed.clone(), &mut grads).unwrap();
         (held, grads.get(&x).unwrap().to_vec().unwrap())
     };
     let (held32, dx32) = run(false);
     let (held16, dx16) = run(true);
-    assert_eq!(dx16, dx32);
-    assert_eq!(held32 - held16, 2 * n as u64, "f32 keeps {held32} bytes, mixed {held16}");
+    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<u32>>();
+    assert_eq!(bits(&dx16), bits(&dx32));
+    assert!(dx32.iter().any(|v| v.to_bits() == (-0.0f32).to_bits()), "no -0 in the gradient: the sign case is untested");
+    assert_eq!(held32, 4 * n as u64 + 4, "f32 keeps the output itself (and the loss)");
+    assert_eq!(held16, 4 * n.div_ceil(32) as u64 + 4, "mixed keeps the mask's words (and the loss)");
+}
+
+/// A sum or a difference keeps neither operand for its backward (a residual connection then
+/// keeps nothing alive), and a product keeps exactly the factors the other factor's gradient
+/// reads: bytes held after the forward (its intermediates dropped), on a context of this
+/// test alone.
+#[test]
+fn binary_ops_keep_only_the_operands_their_backward_reads() {
+    let g = equimodal::Gpu::new(test_options()).unwrap();
+    let n = 1000;
+    let mut rng = Rng::new(152);
+    let a = upload(&g, &rng.normals(n), &[n]).requires_grad();
+    let b = upload(&g, &rng.normals(n), &[n]).requires_grad();
+    let c = upload(&g, &rng.normals(n), &[n]);
+    // op(2a, rhs): 2a is a fresh intermediate, kept only if op's backward reads it
+    let held = |op: &dyn Fn(&Tensor) -> Tensor| {
+        let before = g.memory().allocated;
+        let loss = ops::sum(&op(&ops::scale(&a, 2.0).unwrap()), &[0], false).unwrap();
+        let held = g.memory().allocated - before - 4;
+        drop(loss.backward().unwrap());
+        held
+    };
+    let bytes = 4 * n as u64;
+    assert_eq!(held(&|u| ops::add(u, &b).unwrap()), 0, "add");
+    assert_eq!(held(&|u| ops::sub(u, &b).unwrap()), 0, "sub");
+    assert_eq!(held(&|u| ops::mul(u, &b).unwrap()), bytes, "mul keeps 2a for b's gradient");
+    assert_eq!(held(&|u| ops::mul(u, &c).unwrap()), 0, "mul by a constant keeps only the constant");
+    assert_eq!(held(&|u| ops::div(&c, u).unwrap()), bytes, "c / 2a keeps 2a");
 }

@@ -387,3 +387,48 @@ fn norms_under_workgroup_cap() {
         assert_canaries("chunked batch norm");
     });
 }
+
+/// Batch norm reading an f16 input (mixed precision stores a convolution's output so before
+/// its batch norm): in training (batch statistics, running update) and with fixed statistics,
+/// on [N, C, H, W] and [N, C] with an odd element count (a half-filled last word), the
+/// statistics, the running statistics, the output and the f32 gradients of x, weight and bias
+/// are bit for bit those of the f32 kernels on the widened values (the same arithmetic on the
+/// same numbers), and the output agrees with the f64 reference.
+#[test]
+fn batch_norm_reads_f16_input_as_its_widened_values() {
+    use equimodal::DType;
+    let g = gpu();
+    let mut rng = Rng::new(23);
+    let eps = 1e-5;
+    for (n, c, hw) in [(3, 4, Some((5, 3))), (5, 3, None), (1, 3, Some((17, 19)))] {
+        let (shape, hws) = bn_shape(n, c, hw);
+        let x32 = upload(&g, &rng.uniforms(n * c * hws, -2.0, 3.0), &shape);
+        let x16 = ops::cast(&x32, DType::F16).unwrap();
+        let widened = ops::cast(&x16, DType::F32).unwrap();
+        let (w, b) = (rng.uniforms(c, 0.5, 1.5), rng.uniforms(c, -0.5, 0.5));
+        let seed = upload(&g, &rng.uniforms(n * c * hws, -1.0, 1.0), &shape);
+        for training in [true, false] {
+            let run = |x: &Tensor| {
+                let x = x.detach().requires_grad();
+                let (wt, bt) = (upload(&g, &w, &[c]).requires_grad(), upload(&g, &b, &[c]).requires_grad());
+                let st = BatchNormState::new(&g, c, 0.1, eps as f32).unwrap();
+                let (y, stats) = ops::batch_norm_with_stats(&x, &wt, &bt, &st, training).unwrap();
+                let mut grads = equimodal::Gradients::new();
+                y.backward_with(seed.clone(), &mut grads).unwrap();
+                let dx = grads.get(&x).unwrap();
+                assert_eq!((y.dtype(), dx.dtype(), dx.shape()), (DType::F32, DType::F32, x.shape()));
+                let mut all = vec![y.to_vec().unwrap(), stats.to_vec().unwrap(), st.running_mean.to_vec().unwrap(), st.running_var.to_vec().unwrap()];
+                all.extend([dx, grads.get(&wt).unwrap(), grads.get(&bt).unwrap()].map(|t| t.to_vec().unwrap()));
+                all
+            };
+            let (half, plain) = (run(&x16), run(&widened));
+            for (i, what) in ["y", "stats", "running mean", "running var", "dx", "dweight", "dbias"].iter().enumerate() {
+                assert_eq!(half[i], plain[i], "{shape:?} training={training}: {what}");
+            }
+            let xs: Vec<f64> = widened.to_vec().unwrap().iter().map(|&v| v as f64).collect();
+            let stats = if training { channel_stats(&xs, n, c, hws) } else { vec![(0.0, 1.0); c] };
+            let want = bn_ref(&xs, &w, &b, &stats, n, c, hws, eps);
+            assert_close(&format!("{shape:?} training={training}: y vs f64"), &half[0], &want, 1e-5, 1e-5);
+        }
+    }
+}

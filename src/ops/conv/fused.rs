@@ -15,7 +15,7 @@
 //! rebuilt h has the bits of the forward's (the same kernels on the same values), so every
 //! gradient is bit-identical to the unfused ops'; the price is two element-wise passes per
 //! step over h.
-use super::{check, conv2d_recorded, forward, forward_ex, Conv2dBack, Conv2dParams, Geom};
+use super::{check, conv2d_recorded, forward, forward_ex, half_output, Conv2dBack, Conv2dParams, Geom};
 use crate::autograd::BackwardOp;
 use crate::error::{Error, Result};
 use crate::ops::elementwise::{relu, relu_backward_from_output};
@@ -74,7 +74,10 @@ pub fn conv2d_inference_on_tile(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p
 /// statistics a batch norm with batch statistics after it needs
 /// ([`batch_norm_stats_from_partials`](crate::ops::batch_norm_stats_from_partials)): each
 /// workgroup reduces its output tile per channel (mean, then M2 about it) from its registers
-/// before the store, so the statistics cost no pass over y.
+/// before the store, so the statistics cost no pass over y. Under mixed precision
+/// ([`crate::autograd::autocast`]) y comes back f16, the largest tensor a training step
+/// keeps for its backward at half the bytes; the epilogue rounds it to f16 values before the
+/// statistics, which are therefore those of the stored values.
 pub fn conv2d_bn_partials(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: Conv2dParams, w_scale: Option<&Tensor>) -> Result<(Tensor, BatchNormPartials)> {
     conv2d_bn_partials_on_tile(x, w, bias, p, w_scale, None)
 }
@@ -110,8 +113,8 @@ pub fn conv2d_after_bn_relu(y: &Tensor, bn: BnRelu, w: &Tensor, bias: Option<&Te
 }
 
 /// [`conv2d_after_bn_relu`], and with `partials` the batch-norm partial statistics of its
-/// output from the epilogue (as [`conv2d_bn_partials`] gives them), for a batch norm with
-/// batch statistics after it.
+/// output from the epilogue (as [`conv2d_bn_partials`] gives them, f16 output under mixed
+/// precision included), for a batch norm with batch statistics after it. y may be f16.
 pub fn conv2d_after_bn_relu_ex(y: &Tensor, bn: BnRelu, w: &Tensor, bias: Option<&Tensor>, p: Conv2dParams, w_scale: Option<&Tensor>, partials: bool) -> Result<(Tensor, Option<BatchNormPartials>)> {
     let rule = batch_norm_rule(y, bn.weight, bn.bias, bn.stats, bn.batch_stats)?;
     let h = {
@@ -119,7 +122,8 @@ pub fn conv2d_after_bn_relu_ex(y: &Tensor, bn: BnRelu, w: &Tensor, bias: Option<
         relu(&batch_norm_given(y, bn.weight, bn.bias, bn.stats)?)?
     };
     let g = check(&h, w, bias, &p, w_scale)?;
-    let (out, part) = forward_ex(&g, &h, w, bias, w_scale, &ConvEpilogue::default(), partials)?;
+    let half = half_output(partials);
+    let (out, part) = forward_ex(&Geom { round_y: half, ..g }, &h, w, bias, w_scale, &ConvEpilogue::default(), partials)?;
     let values = out.dim(0) * out.dim(2) * out.dim(3);
     let part = part.map(|(part, rows)| BatchNormPartials { part, rows, values });
     let mut inputs: Vec<&Tensor> = vec![y, bn.weight, bn.bias, w];
@@ -135,7 +139,7 @@ pub fn conv2d_after_bn_relu_ex(y: &Tensor, bn: BnRelu, w: &Tensor, bias: Option<
             has_bias: bias.is_some(),
         })
     });
-    Ok((out, part))
+    Ok((if half { crate::ops::cast(&out, crate::DType::F16)? } else { out }, part))
 }
 
 struct BnReluConvBack {

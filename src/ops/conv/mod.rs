@@ -177,6 +177,8 @@ struct Geom {
     /// x (w) is f16 (mixed precision's operands; widened as loaded)
     half_x: bool,
     half_w: bool,
+    /// the forward rounds y to f16 values (`HALF_Y`), for a y stored f16 ([`half_output`])
+    round_y: bool,
 }
 
 impl Geom {
@@ -212,9 +214,11 @@ impl Geom {
     fn kernel_len(&self) -> usize {
         self.c * self.kh * self.kw
     }
-    /// The pipeline constants of the operands' precision (`HALF_X`, `HALF_W`).
-    fn constants(&self) -> [(&'static str, f64); 2] {
-        [("HALF_X", self.half_x as u32 as f64), ("HALF_W", self.half_w as u32 as f64)]
+    /// The pipeline constants of the operands' and the output's precision (`HALF_X`,
+    /// `HALF_W`, `HALF_Y`).
+    fn constants(&self) -> [(&'static str, f64); 3] {
+        let f = |b: bool| b as u32 as f64;
+        [("HALF_X", f(self.half_x)), ("HALF_W", f(self.half_w)), ("HALF_Y", f(self.round_y))]
     }
 }
 
@@ -281,7 +285,7 @@ fn check(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: &Conv2dParams, w_scal
         return Err(Error::shape(OP, format!("input {:?} / weight {:?} too large for 32-bit indexing", x.shape(), w.shape())));
     }
     let (half_x, half_w) = (x.dtype() == DType::F16, w.dtype() == DType::F16);
-    Ok(Geom { n, c, h, w: wd, o, kh, kw, ho, wo, p: *p, tile: None, half_x, half_w })
+    Ok(Geom { n, c, h, w: wd, o, kh, kw, ho, wo, p: *p, tile: None, half_x, half_w, round_y: false })
 }
 
 impl Geom {
@@ -477,17 +481,26 @@ pub fn conv2d_on_tile(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: Conv2dPa
     Ok(conv2d_recorded(x, w, bias, p, w_scale, tile, false)?.0)
 }
 
+/// Whether a convolution's output that goes to a batch norm with batch statistics (`partials`)
+/// is stored f16: under mixed precision ([`crate::autograd::autocast`]), where it is the
+/// largest tensor a training step keeps for its backward. The forward then rounds y to f16
+/// values before the partial statistics (`HALF_Y`), and a cast stores them.
+fn half_output(partials: bool) -> bool {
+    partials && crate::autograd::autocast_enabled()
+}
+
 /// The convolution as an autograd op, with batch norm's partial statistics of y when
-/// `partials` ([`forward_ex`]).
+/// `partials` ([`forward_ex`]); y is f16 where [`half_output`].
 fn conv2d_recorded(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: Conv2dParams, w_scale: Option<&Tensor>, tile: Option<ConvTile>, partials: bool) -> Result<(Tensor, Option<(Tensor, usize)>)> {
     let mut g = check(x, w, bias, &p, w_scale)?;
     g.tile = tile;
-    let (y, part) = forward_ex(&g, x, w, bias, w_scale, &ConvEpilogue::default(), partials)?;
+    let half = half_output(partials);
+    let (y, part) = forward_ex(&Geom { round_y: half, ..g }, x, w, bias, w_scale, &ConvEpilogue::default(), partials)?;
     let mut inputs: Vec<&Tensor> = vec![x, w];
     inputs.extend(bias);
     inputs.extend(w_scale);
     let y = y.with_grad_fn(&inputs, || {
         Box::new(Conv2dBack { g, x: x.detach(), w: w.detach(), scale: w_scale.map(|s| s.detach()), has_bias: bias.is_some() })
     });
-    Ok((y, part))
+    Ok((if half { super::elementwise::cast(&y, DType::F16)? } else { y }, part))
 }

@@ -389,7 +389,7 @@ fn linear_impl(op: &'static str, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, 
     let y = launch(&p, x, None, w, w_scale, bias, relu, MatmulKernel::Auto)?.detach().reshape(&out_shape)?;
     let mut inputs = vec![x, w];
     inputs.extend(bias);
-    let y_saved = if relu { Some(super::elementwise::relu_output_kept(&y)?) } else { None };
+    let y_saved = if relu { Some(super::elementwise::relu_output_kept(&y, crate::autograd::records(&inputs))?) } else { None };
     Ok(y.with_grad_fn(&inputs, || {
         Box::new(LinearBack {
             x: w.is_tracked().then(|| x.detach()),
