@@ -35,25 +35,7 @@
 // so the kernels are correct with runtime bounds checks off. Invalid table entries use a
 // large offset (BIG) that pushes the coordinate out of range instead of a second test.
 
-struct Params {
-    n: u32, c: u32, h: u32, w: u32,
-    o: u32, kh: u32, kw: u32, ho: u32,
-    wo: u32, sh: u32, sw: u32, ph: u32,
-    pw: u32, dh: u32, dw: u32, m: u32,     // m: GEMM M of the launch (fwd: N*HO*WO; dw: C*KH*KW)
-    k: u32, chunk: u32, splits: u32, direct: u32, // k: GEMM K (fwd: C*KH*KW; dw: N*HO*WO)
-    flags: u32, // bit 0: w_scale bound (reduce pass); forward epilogue: bit 1 bias, bit 2
-                // batch norm with fixed statistics, bit 3 residual add, bit 4 ReLU (in that
-                // order); bit 5: batch norm's partial statistics of y (bias alone before it)
-    x0: u32, y0: u32, z0: u32, // first workgroup of this launch (ops::split_grid: launches
-                               // are split per dimension at the device's workgroup limit)
-}
-
-// Workgroup id within the whole (split) grid.
-fn tile_id(wg: vec3<u32>) -> vec3<u32> {
-    return wg + vec3<u32>(p.x0, p.y0, p.z0);
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
+// The parameter block, the forward's epilogue and its operands: conv_params.wgsl, in front.
 
 // w_scale: each GEMM has two entry points calling one body with a constant `scaled`
 // argument (`conv_fwd` / `conv_fwd_scaled`, ...), so the driver folds the scale load away
@@ -67,27 +49,6 @@ fn tile_id(wg: vec3<u32>) -> vec3<u32> {
 // binding 5). The gradient dy is always f32.
 override HALF_X: bool = false;
 override HALF_W: bool = false;
-// The forward rounds y to f16 values (stored as f32, so a cast to f16 afterwards keeps them
-// exactly): mixed precision stores a convolution's output f16 until its batch norm, and the
-// batch norm's partial statistics from the epilogue (`tile_stats`) are then those of the
-// very values it will normalise.
-override HALF_Y: bool = false;
-
-// v rounded to the nearest f16 value (ties to even; beyond the largest, 65504, to infinity),
-// as f32. Written out in f32 arithmetic: compilers fold the round trip
-// unpack2x16float(pack2x16float(v)) to v itself (lavapipe does), which rounds nothing. The
-// f16 spacing below a = |v| < 2^e is 2^(e - 11), and 2^-24 among the subnormals; scaling by
-// a power of two is exact, and round() breaks ties to even.
-fn f16_round(v: f32) -> f32 {
-    let a = abs(v);
-    var r = bitcast<f32>(0x7f800000u); // +inf
-    if (a < 65520.0) { // the midpoint between 65504 and 2^16 rounds (to even) up, to infinity
-        let q = max(frexp(a).exp - 11, -24);
-        r = ldexp(round(ldexp(a, -q)), q);
-    }
-    return bitcast<f32>(bitcast<u32>(r) | (bitcast<u32>(v) & 0x80000000u));
-}
-
 // @variant-begin
 const TX: u32 = 32u; // threads along M; a thread's rows are tx + TX*i, i < 4
 const TY: u32 = 8u;  // threads along N; a thread's columns are ty + TY*j, j < TN
@@ -154,21 +115,7 @@ fn mma(tx: u32, ty: u32, buf: u32) {
 // ---------------------------------------------------------------- forward ----------------
 @group(0) @binding(1) var<storage, read> fx: array<f32>;
 @group(0) @binding(2) var<storage, read> fw: array<f32>;
-@group(0) @binding(3) var<storage, read> fbias: array<f32>;
 @group(0) @binding(4) var<storage, read> fscale: array<f32>;
-@group(0) @binding(5) var<storage, read_write> fy: array<f32>;
-// The inference epilogue's operands (flags bits 2 and 3; placeholders otherwise): batch
-// norm's statistics [2, O] (mean, 1/sqrt(var + eps)), weight and bias [O], and a residual of
-// y's shape. Batch norm is applied as its own kernel does, (v - mean) * (invstd * weight) +
-// bias, so a folded layer gives what conv then batch_norm would.
-@group(0) @binding(6) var<storage, read> fbn_stats: array<f32>;
-@group(0) @binding(7) var<storage, read> fbn_w: array<f32>;
-@group(0) @binding(8) var<storage, read> fbn_b: array<f32>;
-@group(0) @binding(9) var<storage, read> fres: array<f32>;
-// Batch norm's partial statistics of y (flags bit 5; a placeholder otherwise):
-// [2, O, row tiles], the mean and M2 of each channel over each row tile's pixels, the layout
-// of norm.wgsl's bn_stats chunks (chunk = row tile), which bn_stats_merge completes.
-@group(0) @binding(10) var<storage, read_write> fpart: array<f32>;
 @group(0) @binding(11) var<storage, read> fxh: array<u32>;
 @group(0) @binding(12) var<storage, read> fwh: array<u32>;
 
@@ -185,43 +132,6 @@ fn fwd_w(i: u32) -> f32 {
         return unpack2x16float(fwh[i >> 1u])[i & 1u];
     }
     return fw[i];
-}
-
-// The forward's epilogue on output (channel o, element i of y): bias, batch norm, residual,
-// ReLU, each a uniform branch on the flags (outside the K loop, once per output).
-fn epilogue(v0: f32, o: u32, i: u32) -> f32 {
-    var v = v0;
-    if ((p.flags & 2u) != 0u) {
-        v = v + fbias[o];
-    }
-    if ((p.flags & 4u) != 0u) {
-        let scale = fbn_stats[p.o + o] * fbn_w[o]; // as norm.wgsl's bn_apply groups it
-        v = (v - fbn_stats[o]) * scale + fbn_b[o];
-    }
-    if ((p.flags & 8u) != 0u) {
-        v = v + fres[i];
-    }
-    if ((p.flags & 16u) != 0u) {
-        v = max(v, 0.0);
-    }
-    if (HALF_Y) {
-        v = f16_round(v);
-    }
-    return v;
-}
-
-// y's value at accumulator v of channel o < O when only the bias follows the GEMM (the
-// epilogue's first step and its rounding, the same operations, so the same bits as the
-// stored value).
-fn biased(v0: f32, o: u32) -> f32 {
-    var v = v0;
-    if ((p.flags & 2u) != 0u) {
-        v = v + fbias[o];
-    }
-    if (HALF_Y) {
-        v = f16_round(v);
-    }
-    return v;
 }
 
 // Batch norm's partial statistics of this tile's outputs, into fpart: per channel, the mean

@@ -6,17 +6,11 @@
 // common.wgsl), on adapters whose subgroups are all 32 wide (the host checks: the quarters
 // below are per subgroup of 32).
 //
-// gemm_coop: a 64x64 output tile per workgroup of 128 threads, that is 4 subgroups of 32 in a
-// 2 x 2 grid, each owning a 32x32 quarter as 2 x 2 accumulator matrices of 16x16. Per
-// K-slice of 32 the workgroup stages op(A)'s 64 x 32 and op(B)'s 32 x 64 f16 values in
-// workgroup memory (zero outside the matrices; the transposes live in the staging index, so
-// the fragments are always loaded row-major), then each subgroup runs 2 x 2 x 2
-// multiply-adds of 16x16x16. The accumulators go through workgroup memory to a guarded store
-// that adds the bias and applies ReLU, so edge tiles need no special case.
-//
-// naga 30's SPIR-V writer panics when the pointer index of coopLoadT / coopStoreT is computed
-// inside the call; every index is bound with `let` first (tests/gpu/kernels.rs translates
-// the module to guard this).
+// gemm_coop: coop_tile.wgsl's 64 x 64 tile. Per K-slice of 32 the workgroup stages op(A)'s
+// 64 x 32 and op(B)'s 32 x 64 f16 values in workgroup memory (zero outside the matrices; the
+// transposes live in the staging index, so the fragments are always loaded row-major), then
+// runs coop_slice. The accumulators go through workgroup memory to a guarded store that adds
+// the bias and applies ReLU, so edge tiles need no special case.
 //
 // Not yet: double-buffered staging, vector loads, split-K; operand scales (AIM's masks run
 // the f32-arithmetic kernels).
@@ -31,15 +25,6 @@ override TRANS_B: bool = false; // B is stored [N, K]
 override BIAS: bool = false;
 override RELU: bool = false;
 
-const TM: u32 = 64u; // output rows per workgroup
-const TN: u32 = 64u; // output columns per workgroup
-const KS: u32 = 32u; // K-slice
-const AS_STRIDE: u32 = KS + 8u; // padded rows (f16): 40 halves, 80 bytes, a multiple of 16
-const BS_STRIDE: u32 = TN + 8u;
-const CS_STRIDE: u32 = TN + 4u;
-var<workgroup> As: array<f16, 2560>; // [TM][AS_STRIDE]
-var<workgroup> Bs: array<f16, 2304>; // [KS][BS_STRIDE]
-var<workgroup> Cs: array<f32, 4352>; // [TM][CS_STRIDE]
 
 // op(A)[m, k] and op(B)[k, n], zero outside the matrices.
 fn load_a(off: u32, m: u32, k: u32) -> f16 {
@@ -69,9 +54,7 @@ fn gemm_coop(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
     let m0 = (wg.y + p.y0) * TM;
     let n0 = (wg.x + p.x0) * TN;
     let coff = z * p.m * p.n;
-    let sg = lid / 32u; // this thread's subgroup (the adapter's subgroups are 32 wide)
-    let qm = (sg / 2u) * 32u; // the subgroup's quarter of the tile
-    let qn = (sg % 2u) * 32u;
+    let q = coop_quarter(lid);
     var c00 = coop_mat16x16<f32, C>();
     var c01 = coop_mat16x16<f32, C>();
     var c10 = coop_mat16x16<f32, C>();
@@ -91,30 +74,10 @@ fn gemm_coop(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
             Bs[bk * BS_STRIDE + bn] = load_b(offs.y, k0 + bk, n0 + bn);
         }
         workgroupBarrier();
-        for (var kk = 0u; kk < KS; kk = kk + 16u) {
-            let ia0 = qm * AS_STRIDE + kk;
-            let ia1 = (qm + 16u) * AS_STRIDE + kk;
-            let ib0 = kk * BS_STRIDE + qn;
-            let ib1 = kk * BS_STRIDE + qn + 16u;
-            let a0 = coopLoadT<coop_mat16x16<f16, A>>(&As[ia0], AS_STRIDE);
-            let a1 = coopLoadT<coop_mat16x16<f16, A>>(&As[ia1], AS_STRIDE);
-            let b0 = coopLoadT<coop_mat16x16<f16, B>>(&Bs[ib0], BS_STRIDE);
-            let b1 = coopLoadT<coop_mat16x16<f16, B>>(&Bs[ib1], BS_STRIDE);
-            c00 = coopMultiplyAdd(a0, b0, c00);
-            c01 = coopMultiplyAdd(a0, b1, c01);
-            c10 = coopMultiplyAdd(a1, b0, c10);
-            c11 = coopMultiplyAdd(a1, b1, c11);
-        }
+        coop_slice(q, &c00, &c01, &c10, &c11);
         workgroupBarrier();
     }
-    let i00 = qm * CS_STRIDE + qn;
-    let i01 = qm * CS_STRIDE + qn + 16u;
-    let i10 = (qm + 16u) * CS_STRIDE + qn;
-    let i11 = (qm + 16u) * CS_STRIDE + qn + 16u;
-    coopStoreT(c00, &Cs[i00], CS_STRIDE);
-    coopStoreT(c01, &Cs[i01], CS_STRIDE);
-    coopStoreT(c10, &Cs[i10], CS_STRIDE);
-    coopStoreT(c11, &Cs[i11], CS_STRIDE);
+    coop_store(q, c00, c01, c10, c11);
     workgroupBarrier();
     // guarded store of the 64x64 tile: 32 values per thread, consecutive threads on
     // consecutive columns

@@ -12,7 +12,7 @@ use super::{sets_for, Case, Runner};
 use crate::autograd::Gradients;
 use crate::error::Result;
 use crate::gpu::{ConvTile, Gpu};
-use crate::ops::{self, Conv2dParams, MatmulKernel, MatmulOpts};
+use crate::ops::{self, Conv2dParams, ConvKernel, MatmulKernel, MatmulOpts};
 use crate::optim::{Adam, AdamConfig, Optimizer, Param, Sgd, SgdConfig};
 use crate::tensor::Tensor;
 
@@ -165,6 +165,30 @@ fn conv_case(name: String, s: &ConvShape, batch: usize, fb: bool, tile: Option<C
     })
 }
 
+/// The forward of one conv on f16 x and w (mixed precision's operands), on `kernel`
+/// (`name:kernel`): the cooperative-matrix kernel's rows beside the 128 x 64 tile's on the
+/// same operands; a row runs only where its kernel does.
+fn conv_half_fwd_case(name: String, s: &ConvShape, batch: usize, kernel: ConvKernel) -> Case {
+    let name = format!("{name}:{}", kernel.name());
+    let shape = format!("{}x{}x{}x{} *{}k{}s{} f16", batch, s.cin, s.h, s.w, s.cout, s.k, s.stride);
+    // the operands' traffic at 2 bytes a value, y's at 4
+    let (ho, wo) = s.out_hw();
+    let bytes = 2.0 * (batch * s.cin * s.h * s.w + s.cout * s.cin * s.k * s.k) as f64 + 4.0 * (batch * s.cout * ho * wo) as f64;
+    let s = s.clone();
+    let mut c = case(name, shape, s.fwd_flops(batch), bytes, false, move |gpu| {
+        let k = sets_for(bytes);
+        let sets = input_sets(gpu, &[vec![batch, s.cin, s.h, s.w], vec![s.cout, s.cin, s.k, s.k]], k, false)?;
+        let sets = sets.iter().map(|set| set.iter().map(|t| ops::cast(t, crate::DType::F16)).collect::<Result<Vec<_>>>()).collect::<Result<Vec<_>>>()?;
+        let p = Conv2dParams { stride: (s.stride, s.stride), padding: (s.pad, s.pad), dilation: (1, 1) };
+        Ok(Box::new(move |i| {
+            let set = &sets[i % k];
+            ops::conv2d_forward_on(&set[0], &set[1], None, p, Default::default(), false, kernel).map(|_| ())
+        }))
+    });
+    c.runs_on = Box::new(move |gpu| kernel != ConvKernel::Coop || gpu.capabilities().cooperative_matrix);
+    c
+}
+
 /// One matmul row: `kernel` Auto is what `matmul_ex` runs (the tuner's choice); the others
 /// force a variant, so every variant the tuner may pick has its own row (`name:variant`).
 fn matmul_case(name: String, m: usize, n: usize, kdim: usize, ta: bool, tb: bool, kernel: MatmulKernel) -> Case {
@@ -282,6 +306,15 @@ fn conv_cases(quick: bool) -> Vec<Case> {
     for (name, s) in [("conv_ref_3x3_128_fb", &r), ("conv_narrow_1to8_fb", &c1), ("conv_narrow_8to16_fb", &c2)] {
         for tile in std::iter::once(None).chain(ConvTile::ALL.into_iter().map(Some)) {
             v.push(conv_case(name.into(), s, batch, true, tile));
+        }
+    }
+    // mixed precision's forward on f16 operands: tensor cores against the 128 x 64 tile, on
+    // the reference shape and the visual ResNet18's first and last stages
+    let visual = resnet18_conv_shapes(3, 224 / div, 224 / div, 64);
+    let stages = visual.iter().filter(|s| s.layer == "l1" || s.layer == "l4");
+    for (name, s) in std::iter::once(("conv_ref_3x3_128_fwd_f16".to_string(), &r)).chain(stages.map(|s| (format!("conv_v_{}_fwd_f16", s.layer), s))) {
+        for kernel in [ConvKernel::Tile(ConvTile::T128x64), ConvKernel::Coop] {
+            v.push(conv_half_fwd_case(name.clone(), s, batch, kernel));
         }
     }
 

@@ -13,9 +13,10 @@ use crate::error::{Error, Result};
 use std::sync::OnceLock;
 
 /// Files of `shaders/` that are fragments of modules rather than modules: `common.wgsl`
-/// (every module starts with it) and `matmul_params.wgsl` (the GEMM modules' parameter
-/// block and batch decomposition).
-pub const FRAGMENTS: [&str; 2] = ["common", "matmul_params"];
+/// (every module starts with it), `matmul_params.wgsl` (the matmul modules' parameter block
+/// and batch decomposition) and `conv_params.wgsl` (the convolution modules' parameter block
+/// and the forward's epilogue) and `coop_tile.wgsl` (the tensor-core modules' tile).
+pub const FRAGMENTS: [&str; 4] = ["common", "matmul_params", "conv_params", "coop_tile"];
 
 /// Threads per workgroup of the one-thread-per-element kernels (`WG` in
 /// `shaders/common.wgsl`; the interface test checks that the two agree).
@@ -58,6 +59,9 @@ pub enum Shader {
     /// `conv.wgsl`: 2-D convolution as implicit GEMM, and its gradients, instantiated per
     /// workgroup tile.
     Conv(ConvTile),
+    /// `conv_coop.wgsl`: the convolution's forward on cooperative matrices (tensor cores) for
+    /// f16 x and w; compiled only where the adapter has them (`enable` directives in front).
+    ConvCoop,
     /// `elementwise.wgsl`: unary maps, broadcasting binary ops, their backward rules, f32/f16
     /// casts.
     Elementwise,
@@ -88,7 +92,7 @@ pub enum Shader {
 
 impl Shader {
     /// Every module, every attention instantiation included.
-    pub const ALL: [Shader; 22] = [
+    pub const ALL: [Shader; 23] = [
         Shader::Aim,
         Shader::Attention(HeadDim::D32),
         Shader::Attention(HeadDim::D64),
@@ -100,6 +104,7 @@ impl Shader {
         Shader::Conv(ConvTile::T128x32),
         Shader::Conv(ConvTile::T128x16),
         Shader::Conv(ConvTile::T32x16),
+        Shader::ConvCoop,
         Shader::Elementwise,
         Shader::Embed,
         Shader::Matmul,
@@ -123,6 +128,7 @@ impl Shader {
             Shader::Boost => "boost",
             Shader::Canary => "canary",
             Shader::Conv(t) => t.module_name(),
+            Shader::ConvCoop => "conv_coop",
             Shader::Copy => "copy",
             Shader::Elementwise => "elementwise",
             Shader::Embed => "embed",
@@ -146,6 +152,12 @@ impl Shader {
             Shader::Boost => with_common!("boost.wgsl"),
             Shader::Canary => with_common!("canary.wgsl"),
             Shader::Conv(t) => return conv_source(t),
+            Shader::ConvCoop => concat!(
+                "enable f16;\nenable wgpu_cooperative_matrix;\n",
+                with_common!("conv_params.wgsl"),
+                include_str!("../../shaders/coop_tile.wgsl"),
+                include_str!("../../shaders/conv_coop.wgsl")
+            ),
             Shader::Copy => with_common!("copy.wgsl"),
             Shader::Elementwise => with_common!("elementwise.wgsl"),
             Shader::Embed => with_common!("embed.wgsl"),
@@ -154,6 +166,7 @@ impl Shader {
             Shader::MatmulCoop => concat!(
                 "enable f16;\nenable wgpu_cooperative_matrix;\n",
                 with_common!("matmul_params.wgsl"),
+                include_str!("../../shaders/coop_tile.wgsl"),
                 include_str!("../../shaders/matmul_coop.wgsl")
             ),
             Shader::Norm => with_common!("norm.wgsl"),
@@ -331,7 +344,8 @@ fn attention_source(d: HeadDim) -> Result<&'static str> {
 fn conv_source(t: ConvTile) -> Result<&'static str> {
     static SOURCES: [OnceLock<std::result::Result<String, String>>; 4] = [OnceLock::new(), OnceLock::new(), OnceLock::new(), OnceLock::new()];
     let i = ConvTile::ALL.iter().position(|&x| x == t).unwrap_or(0);
-    let src = SOURCES[i].get_or_init(|| instantiate(include_str!("../../shaders/conv.wgsl"), "conv.wgsl", &t.header()));
+    let template = concat!(include_str!("../../shaders/conv_params.wgsl"), include_str!("../../shaders/conv.wgsl"));
+    let src = SOURCES[i].get_or_init(|| instantiate(template, "conv.wgsl", &t.header()));
     src.as_deref().map_err(|e| Error::Other(e.clone()))
 }
 

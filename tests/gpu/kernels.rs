@@ -103,6 +103,19 @@ fn every_conv_form_translates() {
     }
 }
 
+/// The cooperative-matrix convolution forward translates to SPIR-V with and without the
+/// f16 rounding of its output (`HALF_Y`, the only override constant its launches set): the
+/// guard for naga's cooperative-load panic, and the part of the kernel CI can check.
+#[test]
+fn every_coop_conv_form_translates() {
+    let (module, info) = parse(Shader::ConvCoop).unwrap();
+    let declared: BTreeSet<&str> = module.overrides.iter().filter_map(|(_, o)| o.name.as_deref()).collect();
+    assert_eq!(declared, BTreeSet::from(["HALF_Y"]));
+    for half in [0.0, 1.0] {
+        to_spirv(&module, &info, &[("HALF_Y", half)]).unwrap();
+    }
+}
+
 /// The normalisation module translates with batch norm's input f32 and f16 (`HALF_X`, the
 /// only override constant its launches set).
 #[test]

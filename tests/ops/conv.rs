@@ -779,3 +779,77 @@ fn conv_rounds_its_output_to_f16_as_a_cast_does() {
         assert_eq!(got[i].to_bits(), cast[i].to_bits(), "{v:e}: the cast gives {:e}", cast[i]);
     }
 }
+
+/// The cooperative-matrix forward (tensor cores) against the f64 reference on f16 values:
+/// stride 2 with padding and channels that fill no 64 x 64 tile, K in several slices with a
+/// tail, and an exact tile; with bias; the inference epilogue (batch norm, residual, ReLU)
+/// against the 128 x 64 tile's; batch norm's partial statistics against a separate pass over
+/// its output; f32 operands refused. Skipped, with the reason printed, on adapters without
+/// cooperative matrices (every lavapipe): it runs on the GPU machine (`scripts/gpu_bench.sh`).
+#[test]
+fn coop_conv_forward_matches_the_reference_where_the_adapter_has_cooperative_matrices() {
+    use equimodal::DType;
+    let g = gpu();
+    if !g.capabilities().cooperative_matrix {
+        println!("skipped: {} has no cooperative matrices with subgroups of 32", g.info().name);
+        return;
+    }
+    let mut rng = Rng::new(141);
+    let cases = [
+        (Shape { n: 2, c: 5, h: 9, w: 7, o: 19, kh: 3, kw: 3 }, params((2, 2), (1, 1), (1, 1))),
+        (Shape { n: 1, c: 70, h: 10, w: 13, o: 130, kh: 3, kw: 3 }, params((1, 1), (1, 1), (1, 1))),
+        (Shape { n: 1, c: 64, h: 8, w: 8, o: 64, kh: 1, kw: 1 }, params((1, 1), (0, 0), (1, 1))),
+    ];
+    for (s, p) in cases {
+        let what = format!("coop {s:?}");
+        let (xs, ws) = xw_shapes(s);
+        let half = |v: Vec<f64>, sh: &[usize]| ops::cast(&upload(&g, &v, sh), DType::F16).unwrap();
+        let (x, w) = (half(rng.normals(numel(&xs)), &xs), half(rng.uniforms(numel(&ws), -1.0, 1.0), &ws));
+        let bias = upload(&g, &round_f32(&rng.uniforms(s.o, -1.0, 1.0)), &[s.o]);
+        let host = |t: &Tensor| ops::cast(t, DType::F32).unwrap().to_vec().unwrap().iter().map(|&v| v as f64).collect::<Vec<f64>>();
+        let want = conv_ref(s, p, &host(&x), &host(&w), Some(&host(&bias)));
+        let k = s.c * s.kh * s.kw;
+        let coop = |epi: ops::ConvEpilogue, partials: bool| ops::conv2d_forward_on(&x, &w, Some(&bias), p, epi, partials, ops::ConvKernel::Coop).unwrap();
+        // f16 values multiply exactly; the sums are f32 in the hardware's order
+        let (y, partials) = coop(Default::default(), true);
+        assert_close(&format!("{what}: y"), &y.to_vec().unwrap(), &want, 1e-5, 1e-6 * k as f64);
+        let state = || ops::BatchNormState::new(&g, s.o, 0.1, 1e-5).unwrap();
+        let stats = ops::batch_norm_stats_from_partials(&y, &partials.unwrap(), &state()).unwrap().to_vec().unwrap();
+        let pass: Vec<f64> = ops::batch_norm_stats(&y, &state(), true).unwrap().to_vec().unwrap().iter().map(|&v| v as f64).collect();
+        assert_close(&format!("{what}: partial statistics"), &stats, &pass, 1e-5, 1e-6);
+        // the inference epilogue, against the 128 x 64 tile's
+        let (ho, wo) = ops::conv2d_output_size(s.h, s.w, s.kh, s.kw, &p);
+        let res = upload(&g, &rng.normals(s.n * s.o * ho * wo), &[s.n, s.o, ho, wo]);
+        let stats = upload(&g, &[rng.normals(s.o), rng.uniforms(s.o, 0.5, 2.0)].concat(), &[2, s.o]);
+        let (gw, gb) = (upload(&g, &rng.uniforms(s.o, 0.5, 1.5), &[s.o]), upload(&g, &rng.uniforms(s.o, -0.5, 0.5), &[s.o]));
+        let epi = ops::ConvEpilogue { batch_norm: Some((&stats, &gw, &gb)), residual: Some(&res), relu: true };
+        let tile = ops::conv2d_forward_on(&x, &w, Some(&bias), p, epi, false, ops::ConvKernel::Tile(ConvTile::T128x64)).unwrap().0.to_vec().unwrap();
+        let tile: Vec<f64> = tile.iter().map(|&v| v as f64).collect();
+        assert_close(&format!("{what}: epilogue"), &coop(epi, false).0.to_vec().unwrap(), &tile, 1e-4, 1e-5 * k as f64);
+        assert_canaries(&what);
+    }
+    let (xs, ws) = xw_shapes(cases[0].0);
+    let (x, w) = (upload(&g, &rng.normals(numel(&xs)), &xs), upload(&g, &rng.normals(numel(&ws)), &ws));
+    assert!(ops::conv2d_forward_on(&x, &w, None, cases[0].1, Default::default(), false, ops::ConvKernel::Coop).is_err(), "f32 operands refused");
+}
+
+/// Without cooperative matrices the cooperative-matrix forward is refused with an error
+/// naming what it needs, and the choice never offers it (every lavapipe).
+#[test]
+fn coop_conv_forward_is_refused_where_the_adapter_lacks_cooperative_matrices() {
+    use equimodal::DType;
+    let g = gpu();
+    if g.capabilities().cooperative_matrix {
+        println!("skipped: {} has cooperative matrices", g.info().name);
+        return;
+    }
+    let s = Shape { n: 1, c: 3, h: 5, w: 5, o: 4, kh: 3, kw: 3 };
+    let (xs, ws) = xw_shapes(s);
+    let mut rng = Rng::new(142);
+    let half = |v: Vec<f64>, sh: &[usize]| ops::cast(&upload(&g, &v, sh), DType::F16).unwrap();
+    let (x, w) = (half(rng.normals(numel(&xs)), &xs), half(rng.normals(numel(&ws)), &ws));
+    let Err(e) = ops::conv2d_forward_on(&x, &w, None, params((1, 1), (1, 1), (1, 1)), Default::default(), false, ops::ConvKernel::Coop) else {
+        panic!("the cooperative-matrix forward ran without cooperative matrices");
+    };
+    assert!(e.to_string().contains("cooperative matrices"), "{e}");
+}

@@ -1,6 +1,6 @@
 //! Which tile runs a convolution GEMM: the tuned choice of its shape bucket (timed now if the
 //! bucket is new; `ops::tune`, `gpu::tune`), or the size rule [`tile_for`] with tuning off.
-use super::{forward, grad_input, grad_weight, Geom};
+use super::{forward, grad_input, grad_weight, ConvKernel, Geom};
 use crate::error::{Error, Result};
 use crate::gpu::{ConvTile, Gpu, TuneMode};
 use crate::tensor::{DType, Tensor};
@@ -34,8 +34,9 @@ pub(super) enum Gemm {
 }
 
 /// The tuning bucket: the GEMM, the power-of-two class of its M, N and K, the number of
-/// stride phases (dX runs one grid slice per phase), and which operands are f16 (` half=x`,
-/// `=w`, `=xw`; absent for f32).
+/// stride phases (dX runs one grid slice per phase), which operands are f16 (` half=x`,
+/// `=w`, `=xw`; absent for f32), and ` scaled` where the weights are (other kernels, and
+/// no cooperative-matrix forward).
 fn bucket(g: &Geom, which: Gemm, m: usize, n: usize) -> String {
     use crate::ops::tune::size_class as c;
     let (name, k) = match which {
@@ -49,15 +50,18 @@ fn bucket(g: &Geom, which: Gemm, m: usize, n: usize) -> String {
         (false, true) => " half=w",
         (true, true) => " half=xw",
     };
-    format!("{name} m{} n{} k{} phases{}{half}", c(m), c(n), c(k), g.p.stride.0 * g.p.stride.1)
+    let scaled = if g.scaled { " scaled" } else { "" };
+    format!("{name} m{} n{} k{} phases{}{half}{scaled}", c(m), c(n), c(k), g.p.stride.0 * g.p.stride.1)
 }
 
-/// The tile GEMM `which` of `g` runs on: the tuned choice of its bucket (timing every tile
-/// now, on seeded random operands of the same shapes, if the bucket is new), or [`tile_for`]
-/// with tuning off. The probe's reference is the 128 x 64 tile (the forward and dX of every
-/// tile add in the same order and agree bit for bit; dW's split-K differs in the last bits).
-pub(super) fn choose(g: &Geom, which: Gemm, m: usize, n: usize, gpu: &Gpu) -> Result<ConvTile> {
-    let rule = tile_for(m, n);
+/// The kernel GEMM `which` of `g` runs on: the tuned choice of its bucket (timing every tile
+/// now, on seeded random operands of the same shapes, if the bucket is new; for a forward of
+/// f16 x and w without a weight scale on an adapter with cooperative matrices, the
+/// cooperative-matrix kernel too), or [`tile_for`] with tuning off. The probe's reference is
+/// the 128 x 64 tile (the forward and dX of every tile add in the same order and agree bit for
+/// bit; dW's split-K differs in the last bits, the tensor cores' sums in their order).
+pub(super) fn choose(g: &Geom, which: Gemm, m: usize, n: usize, gpu: &Gpu) -> Result<ConvKernel> {
+    let rule = ConvKernel::Tile(tile_for(m, n));
     // the tuning operands are drawn in one launch each: under a test's cap on workgroups
     // per dimension a large one cannot be (a real adapter's cap is 65,535^3)
     let largest = (g.n * g.c * g.h * g.w).max(g.n * g.o * g.ho * g.wo).max(g.o * g.kernel_len());
@@ -65,7 +69,8 @@ pub(super) fn choose(g: &Geom, which: Gemm, m: usize, n: usize, gpu: &Gpu) -> Re
         return Ok(rule);
     }
     let bucket = bucket(g, which, m, n);
-    let known = || gpu.tune_lookup("conv", &bucket).and_then(|e| ConvTile::from_name(&e.variant));
+    let coop = which == Gemm::Fwd && g.coop_applies() && gpu.capabilities().cooperative_matrix;
+    let known = || gpu.tune_lookup("conv", &bucket).and_then(|e| ConvKernel::from_name(&e.variant)).filter(|&k| coop || k != ConvKernel::Coop);
     if let Some(t) = known() {
         return Ok(t);
     }
@@ -87,8 +92,11 @@ pub(super) fn choose(g: &Geom, which: Gemm, m: usize, n: usize, gpu: &Gpu) -> Re
         let w = rnd(&[g.o, g.c, g.kh, g.kw], 0, g.half_w)?;
         let x = if which == Gemm::Dx { None } else { Some(rnd(&[g.n, g.c, g.h, g.w], 1, g.half_x)?) };
         let dy = if which == Gemm::Fwd { None } else { Some(rnd(&[g.n, g.o, g.ho, g.wo], 2, false)?) };
-        let run = |t: ConvTile| -> Result<Tensor> {
-            let on = Geom { tile: Some(t), ..*g };
+        let run = |k: ConvKernel| -> Result<Tensor> {
+            let on = match k {
+                ConvKernel::Tile(t) => Geom { tile: Some(t), ..*g },
+                ConvKernel::Coop => Geom { forward: Some(k), ..*g },
+            };
             let (x, dy) = (x.as_ref(), dy.as_ref());
             match which {
                 Gemm::Fwd => forward(&on, x.expect("x"), &w, None, None, &Default::default()),
@@ -96,14 +104,14 @@ pub(super) fn choose(g: &Geom, which: Gemm, m: usize, n: usize, gpu: &Gpu) -> Re
                 Gemm::Dw => grad_weight(&on, x.expect("x"), dy.expect("dy"), None),
             }
         };
-        let reference = run(ConvTile::T128x64)?;
-        let list: Vec<crate::ops::tune::Candidate> =
-            ConvTile::ALL.iter().map(|&t| (t.name(), Box::new(move || run(t)) as Box<dyn Fn() -> Result<Tensor>>)).collect();
+        let reference = run(ConvKernel::Tile(ConvTile::T128x64))?;
+        let kernels = ConvTile::ALL.iter().map(|&t| ConvKernel::Tile(t)).chain(coop.then_some(ConvKernel::Coop));
+        let list: Vec<crate::ops::tune::Candidate> = kernels.map(|k| (k.name(), Box::new(move || run(k)) as Box<dyn Fn() -> Result<Tensor>>)).collect();
         let problem = format!("[{}, {}, {}, {}] * [{}, {}, {}, {}] stride {:?}: M {m}, N {n}", g.n, g.c, g.h, g.w, g.o, g.c, g.kh, g.kw, g.p.stride);
         crate::ops::tune::tune(gpu, "conv", &bucket, problem, &list, &reference)
     })();
     match tuned {
-        Ok(name) => Ok(ConvTile::from_name(&name).unwrap_or(rule)),
+        Ok(name) => Ok(ConvKernel::from_name(&name).unwrap_or(rule)),
         // the tuning operands did not fit beside the run's tensors: run untuned, tune later
         Err(Error::OutOfMemory { .. }) => {
             eprintln!("warning: tuning conv {bucket}: no memory for the tuning operands; the size rule picks this time");

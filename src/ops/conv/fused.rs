@@ -15,7 +15,7 @@
 //! rebuilt h has the bits of the forward's (the same kernels on the same values), so every
 //! gradient is bit-identical to the unfused ops'; the price is two element-wise passes per
 //! step over h.
-use super::{check, conv2d_recorded, forward, forward_ex, half_output, Conv2dBack, Conv2dParams, Geom};
+use super::{check, conv2d_recorded, forward, forward_ex, half_output, Conv2dBack, Conv2dParams, ConvKernel, Geom};
 use crate::autograd::BackwardOp;
 use crate::error::{Error, Result};
 use crate::ops::elementwise::{relu, relu_backward_from_output};
@@ -68,6 +68,19 @@ pub fn conv2d_inference_on_tile(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p
         return Err(Error::Other(format!("{OP}: an input requires a gradient while gradients are recorded; the fused epilogue has no backward (use conv2d and the separate ops)")));
     }
     forward(&g, x, w, bias, w_scale, &epi)
+}
+
+/// The forward alone on kernel `kernel` (no gradient is recorded): `conv2d(x, w, bias, p)`
+/// then `epi`, and with `partials` (only with an epilogue of the bias alone) batch norm's
+/// partial statistics of y. For the tests of each kernel, the cooperative-matrix one above
+/// all, which runs nothing else.
+#[doc(hidden)]
+pub fn conv2d_forward_on(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: Conv2dParams, epi: ConvEpilogue, partials: bool, kernel: ConvKernel) -> Result<(Tensor, Option<BatchNormPartials>)> {
+    let g = Geom { forward: Some(kernel), ..check(x, w, bias, &p, None)? };
+    let _ng = crate::autograd::no_grad();
+    let (y, part) = forward_ex(&g, x, w, bias, None, &epi, partials)?;
+    let values = y.dim(0) * y.dim(2) * y.dim(3);
+    Ok((y, part.map(|(part, rows)| BatchNormPartials { part, rows, values })))
 }
 
 /// [`conv2d`](crate::ops::conv2d) (the same op: its values, its gradients), and the partial

@@ -11,7 +11,7 @@ mod choice;
 mod fused;
 
 pub use choice::tile_for;
-pub use fused::{conv2d_after_bn_relu, conv2d_after_bn_relu_ex, conv2d_bn_partials, conv2d_bn_partials_on_tile, conv2d_inference, conv2d_inference_on_tile, BnRelu, ConvEpilogue};
+pub use fused::{conv2d_after_bn_relu, conv2d_after_bn_relu_ex, conv2d_bn_partials, conv2d_forward_on, conv2d_bn_partials_on_tile, conv2d_inference, conv2d_inference_on_tile, BnRelu, ConvEpilogue};
 use choice::Gemm;
 use super::{bytes_of, expect_f32, expect_same_gpu, grid, split_grid};
 use crate::autograd::BackwardOp;
@@ -57,6 +57,51 @@ const fn tiled(t: ConvTile) -> Tiled {
     }
 }
 
+/// The forward on cooperative matrices (`shaders/conv_coop.wgsl`), the forward's bindings.
+const K_FWD_COOP: Kernel = Kernel::new(Shader::ConvCoop, "conv_fwd_coop", FWD_BINDINGS, &Params::LAYOUT);
+
+/// The kernel a convolution's forward runs on: a workgroup tile of the f32-arithmetic
+/// kernels (which also run its gradients), or cooperative matrices (tensor cores: 64 x 64
+/// tiles, for f16 x and w without a weight scale, on an adapter that has them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvKernel {
+    /// `shaders/conv.wgsl` on this tile.
+    Tile(ConvTile),
+    /// `shaders/conv_coop.wgsl`.
+    Coop,
+}
+
+impl ConvKernel {
+    /// Output rows (pixels) per workgroup: the row tiles of batch norm's partial statistics.
+    pub fn rows(self) -> usize {
+        match self {
+            ConvKernel::Tile(t) => t.rows(),
+            ConvKernel::Coop => 64,
+        }
+    }
+    /// Output columns (channels) per workgroup.
+    pub fn cols(self) -> usize {
+        match self {
+            ConvKernel::Tile(t) => t.cols(),
+            ConvKernel::Coop => 64,
+        }
+    }
+    /// The name the tuner records (the tile's, or `coop`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ConvKernel::Tile(t) => t.name(),
+            ConvKernel::Coop => "coop",
+        }
+    }
+    /// The kernel named `name` ([`ConvKernel::name`]).
+    pub fn from_name(name: &str) -> Option<ConvKernel> {
+        if name == "coop" {
+            return Some(ConvKernel::Coop);
+        }
+        ConvTile::from_name(name).map(ConvKernel::Tile)
+    }
+}
+
 /// Per tile, in [`ConvTile::ALL`]'s order.
 const TILED: [Tiled; 4] = [tiled(ConvTile::T128x64), tiled(ConvTile::T128x32), tiled(ConvTile::T128x16), tiled(ConvTile::T32x16)];
 
@@ -64,8 +109,8 @@ fn kernels(t: ConvTile) -> &'static Tiled {
     &TILED[t as usize]
 }
 
-const fn all_kernels() -> [Kernel; 32] {
-    let mut out = [TILED[0].fwd; 32];
+const fn all_kernels() -> [Kernel; 33] {
+    let mut out = [K_FWD_COOP; 33];
     let mut i = 0;
     while i < TILED.len() {
         let t = TILED[i];
@@ -80,7 +125,8 @@ const fn all_kernels() -> [Kernel; 32] {
     out
 }
 
-/// Every kernel of this file, every tile's (for the interface test, `tests/gpu/kernels.rs`).
+/// Every kernel of this file, every tile's and the cooperative-matrix forward (for the
+/// interface test, `tests/gpu/kernels.rs`).
 pub(crate) const KERNELS: &[Kernel] = &all_kernels();
 
 /// Depth (K) of one K-slice of every conv GEMM (`BK` in `shaders/conv.wgsl`).
@@ -179,6 +225,11 @@ struct Geom {
     half_w: bool,
     /// the forward rounds y to f16 values (`HALF_Y`), for a y stored f16 ([`half_output`])
     round_y: bool,
+    /// the weights are scaled (`w_scale`: AIM's masks), which the cooperative-matrix forward
+    /// does not do
+    scaled: bool,
+    /// the forward's kernel, forced (tests); None: [`Geom::tile`]'s, else the choice
+    forward: Option<ConvKernel>,
 }
 
 impl Geom {
@@ -285,17 +336,34 @@ fn check(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: &Conv2dParams, w_scal
         return Err(Error::shape(OP, format!("input {:?} / weight {:?} too large for 32-bit indexing", x.shape(), w.shape())));
     }
     let (half_x, half_w) = (x.dtype() == DType::F16, w.dtype() == DType::F16);
-    Ok(Geom { n, c, h, w: wd, o, kh, kw, ho, wo, p: *p, tile: None, half_x, half_w, round_y: false })
+    Ok(Geom { n, c, h, w: wd, o, kh, kw, ho, wo, p: *p, tile: None, half_x, half_w, round_y: false, scaled: w_scale.is_some(), forward: None })
 }
 
 impl Geom {
-    /// The tile GEMM `which` (`m` x `n` outputs) runs on: the forced one, else the choice
-    /// for its shape on this device (`choice`).
+    /// The tile gradient GEMM `which` (`m` x `n` outputs) runs on: the forced one, else the
+    /// choice for its shape on this device (`choice`).
     fn tile(&self, which: Gemm, m: usize, n: usize, gpu: &crate::Gpu) -> Result<ConvTile> {
         match self.tile {
             Some(t) => Ok(t),
-            None => choice::choose(self, which, m, n, gpu),
+            None => match choice::choose(self, which, m, n, gpu)? {
+                ConvKernel::Tile(t) => Ok(t),
+                ConvKernel::Coop => Err(Error::Other(format!("conv2d: {which:?} has no cooperative-matrix kernel"))),
+            },
         }
+    }
+    /// The kernel the forward (`m` pixels) runs on: the forced one, else the forced tile,
+    /// else the choice for its shape on this device (`choice`).
+    fn forward_kernel(&self, m: usize, gpu: &crate::Gpu) -> Result<ConvKernel> {
+        match (self.forward, self.tile) {
+            (Some(k), _) => Ok(k),
+            (None, Some(t)) => Ok(ConvKernel::Tile(t)),
+            (None, None) => choice::choose(self, Gemm::Fwd, m, self.o, gpu),
+        }
+    }
+    /// Whether the cooperative-matrix forward computes this convolution: f16 x and w, no
+    /// weight scale.
+    fn coop_applies(&self) -> bool {
+        self.half_x && self.half_w && !self.scaled
     }
 }
 
@@ -328,7 +396,7 @@ fn forward_ex(g: &Geom, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, scale: Op
     let m = g.n * g.ho * g.wo;
     pr.m = m as u32;
     pr.k = g.kernel_len() as u32;
-    let t = g.tile(Gemm::Fwd, m, g.o, gpu)?;
+    let t = g.forward_kernel(m, gpu)?;
     let part = if partials { Some(Tensor::empty(gpu, &[2, g.o, m.div_ceil(t.rows())], DType::F32)?) } else { None };
     let bit = |on: bool, b: u32| if on { b } else { 0 };
     pr.flags = bit(bias.is_some(), 2) | bit(epi.batch_norm.is_some(), 4) | bit(epi.residual.is_some(), 8) | bit(epi.relu, 16) | bit(partials, 32);
@@ -338,14 +406,22 @@ fn forward_ex(g: &Geom, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, scale: Op
     let [bn_stats, bn_w, bn_b] = epi.batch_norm.map_or([w; 3], |(s, gw, gb)| [s, gw, gb]).map(|t| t.buffer());
     let res = epi.residual.unwrap_or(w).buffer();
     let part_buf = part.as_ref().unwrap_or(w).buffer();
-    launch(
-        if scale.is_some() { &kernels(t).fwd_scaled } else { &kernels(t).fwd },
-        g,
-        &mut pr,
-        &[x.buffer(), w.buffer(), b_buf, s_buf, y.buffer(), bn_stats, bn_w, bn_b, res, part_buf, x.buffer(), w.buffer()],
-        [m.div_ceil(t.rows()), g.o.div_ceil(t.cols()), 1],
-        gpu,
-    )?;
+    let buffers = [x.buffer(), w.buffer(), b_buf, s_buf, y.buffer(), bn_stats, bn_w, bn_b, res, part_buf, x.buffer(), w.buffer()];
+    let groups = [m.div_ceil(t.rows()), g.o.div_ceil(t.cols()), 1];
+    match t {
+        ConvKernel::Tile(t) => launch(if scale.is_some() { &kernels(t).fwd_scaled } else { &kernels(t).fwd }, g, &mut pr, &buffers, groups, gpu)?,
+        ConvKernel::Coop => {
+            if !(g.coop_applies() && gpu.capabilities().cooperative_matrix) {
+                return Err(Error::Other("conv2d: the cooperative-matrix forward needs f16 x and w, no weight scale, and an adapter with cooperative matrices".into()));
+            }
+            // the module declares HALF_Y alone (its operands are always f16)
+            let constants = [("HALF_Y", g.round_y as u32 as f64)];
+            for (first, n) in split_grid(gpu, groups) {
+                [pr.x0, pr.y0, pr.z0] = first;
+                gpu.dispatch(&K_FWD_COOP, &constants, bytes_of(&pr), &buffers, n)?;
+            }
+        }
+    }
     Ok((y, part.map(|p| (p, t.rows()))))
 }
 
