@@ -187,6 +187,25 @@ fn tile_stats(tx: u32, ty: u32, lid: u32, m0: u32, n0: u32, tile: u32) {
     }
 }
 
+// y as f16 words (flags bit 6): a thread's rows tx + TX*i are not neighbours, so the tile
+// goes through workgroup memory one slab at a time (output column j of every thread: TY
+// columns x BM rows, at most 4*NT values, within As), and each thread then packs pairs of
+// neighbouring rows. Every thread must call it (barriers).
+fn half_store(tx: u32, ty: u32, lid: u32, m0: u32, n0: u32) {
+    for (var j = 0u; j < TN; j = j + 1u) {
+        workgroupBarrier(); // As is free: the K loop's, tile_stats' and the last slab's reads are done
+        for (var i = 0u; i < 4u; i = i + 1u) {
+            As[ty * BM + tx + TX * i] = acc[j][i];
+        }
+        workgroupBarrier();
+        for (var w = lid; w < TY * BM / 2u; w = w + NT) {
+            let col = w / (BM / 2u);
+            let r = 2u * (w - col * (BM / 2u));
+            store_pair(m0 + r, n0 + col + TY * j, As[col * BM + r], As[col * BM + r + 1u]);
+        }
+    }
+}
+
 // K index -> (c*H*W, kh*dh, kw*dw); out of range -> row pushed out of the image.
 fn fwd_entry(k: u32) -> vec4<i32> {
     if (k >= p.k) {
@@ -285,6 +304,10 @@ fn fwd_body(wg: vec3<u32>, lid: u32, scaled: bool) {
 
     if ((p.flags & 32u) != 0u) {
         tile_stats(tx, ty, lid, m0, n0, wg.x);
+    }
+    if ((p.flags & 64u) != 0u) {
+        half_store(tx, ty, lid, m0, n0);
+        return;
     }
     for (var i = 0u; i < 4u; i = i + 1u) {
         let m = m0 + tx + TX * i;

@@ -14,7 +14,8 @@
 // image) and stages 16 of the slice's taps; a tap's (channel, kernel row, kernel column) is
 // decoded once per slice into a table by 32 threads, as conv.wgsl does. The accumulators go
 // through workgroup memory to the epilogue and a guarded store, consecutive threads on
-// consecutive pixels (coalesced: pixels of a channel are contiguous in y).
+// consecutive pixels (coalesced: pixels of a channel are contiguous in y), or pairs of them as
+// f16 words.
 //
 // Not yet: double-buffered staging, the backward's GEMMs (their dy operand would be f16:
 // that needs loss scaling), weight scales (AIM's masks run the f32-arithmetic tiles).
@@ -128,6 +129,16 @@ fn conv_fwd_coop(@builtin(workgroup_id) wg_in: vec3<u32>, @builtin(local_invocat
     workgroupBarrier();
     if ((p.flags & 32u) != 0u) {
         coop_stats(lid, m0, n0, wg.x);
+    }
+    if ((p.flags & 64u) != 0u) {
+        // y as f16 words: pairs of neighbouring pixels, consecutive threads on consecutive pairs
+        for (var r = 0u; r < 16u; r = r + 1u) {
+            let f = r * 128u + lid;
+            let lo = f / (TM / 2u);
+            let lp = 2u * (f - lo * (TM / 2u));
+            store_pair(m0 + lp, n0 + lo, Cs[lp * CS_STRIDE + lo], Cs[(lp + 1u) * CS_STRIDE + lo]);
+        }
+        return;
     }
     // the epilogue and the guarded store: 32 values per thread, consecutive threads on
     // consecutive pixels of one channel

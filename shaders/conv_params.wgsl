@@ -9,7 +9,8 @@ struct Params {
     k: u32, chunk: u32, splits: u32, direct: u32, // k: GEMM K (fwd: C*KH*KW; dw: N*HO*WO)
     flags: u32, // bit 0: w_scale bound (reduce pass); forward epilogue: bit 1 bias, bit 2
                 // batch norm with fixed statistics, bit 3 residual add, bit 4 ReLU (in that
-                // order); bit 5: batch norm's partial statistics of y (bias alone before it)
+                // order); bit 5: batch norm's partial statistics of y (bias alone before it);
+                // bit 6: y stored as f16 words (fyh)
     x0: u32, y0: u32, z0: u32, // first workgroup of this launch (ops::split_grid: launches
                                // are split per dimension at the device's workgroup limit)
 }
@@ -36,6 +37,12 @@ fn tile_id(wg: vec3<u32>) -> vec3<u32> {
 // [2, O, row tiles], the mean and M2 of each channel over each row tile's pixels, the layout
 // of norm.wgsl's bn_stats chunks (chunk = row tile), which bn_stats_merge completes.
 @group(0) @binding(10) var<storage, read_write> fpart: array<f32>;
+
+// y as f16 words (flags bit 6, with HALF_Y; a placeholder otherwise). Where H*W of y is
+// even, a word's two values are neighbouring pixels of one image and channel, rows m and
+// m + 1 (m even) of the GEMM, and every tile's first row is even: each word has one writer,
+// so the forward stores y as f16 itself rather than leave it to a cast.
+@group(0) @binding(13) var<storage, read_write> fyh: array<u32>;
 
 // The forward rounds y to f16 values (stored as f32, so a cast to f16 afterwards keeps them
 // exactly): mixed precision stores a convolution's output f16 until its batch norm, and the
@@ -95,3 +102,13 @@ fn biased(v0: f32, o: u32) -> f32 {
     return v;
 }
 
+// y at rows m and m + 1 (m even) of channel o, after the epilogue, as one f16 word (flags
+// bit 6); nothing outside y (m + 1 < M whenever m < M, as M = N*H*W is even).
+fn store_pair(m: u32, o: u32, v0: f32, v1: f32) {
+    if (m < p.m && o < p.o) {
+        let hwo = p.ho * p.wo;
+        let n = m / hwo;
+        let at = n * p.o * hwo + o * hwo + (m - n * hwo);
+        fyh[at >> 1u] = pack2x16float(vec2<f32>(epilogue(v0, o, at), epilogue(v1, o, at + 1u)));
+    }
+}

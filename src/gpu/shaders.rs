@@ -313,12 +313,14 @@ impl ConvTile {
 
     /// Whether the kernels' staging works out for this tile: TY a multiple of 4 (a whole
     /// number of K rows per pass of the M-fast loaders), a multiple of the 16-deep K-slice of
-    /// threads, each thread staging a whole number of B values, and a thread for every
-    /// column (TX >= TN: the batch-norm statistics reduce a column per thread).
+    /// threads, each thread staging a whole number of B values, a thread for every
+    /// column (TX >= TN: the batch-norm statistics reduce a column per thread), and a slab of
+    /// TY columns within the A buffers (TY·BM <= 2·16·(BM + 1): the f16 store of y).
     pub fn is_consistent(self) -> bool {
         let (tx, ty, tn) = self.threads();
         let nt = tx * ty;
-        ty % 4 == 0 && nt % 16 == 0 && (16 * ty * tn) % nt == 0 && nt <= 256 && tx >= tn
+        let bm = 4 * tx;
+        ty % 4 == 0 && nt % 16 == 0 && (16 * ty * tn) % nt == 0 && nt <= 256 && tx >= tn && ty * bm <= 32 * (bm + 1)
     }
 }
 

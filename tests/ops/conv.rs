@@ -679,7 +679,8 @@ fn conv_with_f16_operands_equals_f32_on_the_rounded_values() {
 
 /// Under mixed precision a convolution whose output goes to a batch norm with batch
 /// statistics stores that output f16 (`conv2d_bn_partials`, and `conv2d_after_bn_relu_ex`
-/// with partials), on every tile: its values are the f32 convolution's rounded to f16 (bit for
+/// with partials), on every tile, from the kernel (an even pixel count) and through a cast
+/// (odd): its values are the f32 convolution's rounded to f16 (bit for
 /// bit a cast of them), the partial statistics are those of the stored values (within f32
 /// rounding of a separate pass over them), and the gradients are bit for bit those of the f32
 /// op (the cast passes the f32 gradient through). Without partials the output stays f32.
@@ -688,15 +689,15 @@ fn conv_output_before_batch_norm_is_f16_under_autocast() {
     use equimodal::DType;
     let g = gpu();
     let s = Shape { n: 2, c: 5, h: 9, w: 7, o: 19, kh: 3, kw: 3 };
-    let p = params((2, 2), (1, 1), (1, 1));
     let mut rng = Rng::new(133);
     let (xs, ws) = xw_shapes(s);
     let (xv, wv, bv) = (rng.normals(numel(&xs)), rng.uniforms(numel(&ws), -1.0, 1.0), rng.uniforms(s.o, -1.0, 1.0));
-    let (ho, wo) = ops::conv2d_output_size(s.h, s.w, s.kh, s.kw, &p);
-    let seed = upload(&g, &rng.uniforms(s.n * s.o * ho * wo, -1.0, 1.0), &[s.n, s.o, ho, wo]);
     let rounded = |t: &Tensor| ops::cast(&ops::cast(t, DType::F16).unwrap(), DType::F32).unwrap().to_vec().unwrap();
-    for tile in tiles() {
-        let what = format!("tile {}", tile_name(tile));
+    // y of 5 x 4 pixels (even: the kernel stores f16 words) and of 9 x 7 (odd: a cast does)
+    for (p, tile) in [params((2, 2), (1, 1), (1, 1)), params((1, 1), (1, 1), (1, 1))].into_iter().flat_map(|p| tiles().map(move |t| (p, t))) {
+        let (ho, wo) = ops::conv2d_output_size(s.h, s.w, s.kh, s.kw, &p);
+        let seed = upload(&g, &rng.uniforms(s.n * s.o * ho * wo, -1.0, 1.0), &[s.n, s.o, ho, wo]);
+        let what = format!("y {ho}x{wo} tile {}", tile_name(tile));
         // (y, stats from the partials, y's batch_norm_stats, dx, dw, db)
         let run = |mixed: bool| {
             let _ac = equimodal::autograd::autocast(mixed);
@@ -724,6 +725,7 @@ fn conv_output_before_batch_norm_is_f16_under_autocast() {
         assert_canaries(&what);
     }
     // the fused convolution after batch norm + ReLU: f16 output with partials, f32 without
+    let p = params((2, 2), (1, 1), (1, 1));
     let (cs, cw) = xw_shapes(Shape { c: s.o, o: 7, ..s });
     let cwt = upload(&g, &rng.uniforms(numel(&cw), -1.0, 1.0), &cw);
     let yin = upload(&g, &rng.normals(numel(&cs)), &cs);

@@ -37,8 +37,9 @@ struct Tiled {
 
 /// The forward's: x, w, bias, w_scale, y, then the epilogue's batch-norm statistics, weight
 /// and bias and the residual ([`ConvEpilogue`]), and batch norm's partial statistics of y
-/// ([`conv2d_bn_partials`]), then x and w again as packed f16 words (f16 operands).
-const FWD_BINDINGS: &[Access] = &[R, R, R, R, RW, R, R, R, R, RW, R, R];
+/// ([`conv2d_bn_partials`]), then x and w again as packed f16 words (f16 operands), and y
+/// as f16 words (an f16 output).
+const FWD_BINDINGS: &[Access] = &[R, R, R, R, RW, R, R, R, R, RW, R, R, RW];
 /// dX's: dy, w, w_scale, dx, and w again as f16 words; dW's: x, dy, w_scale, the partials
 /// (or dW), and x again as f16 words.
 const GRAD_BINDINGS: &[Access] = &[R, R, R, RW, R];
@@ -391,7 +392,10 @@ fn forward_ex(g: &Geom, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, scale: Op
     if partials && !plain {
         return Err(Error::Other("conv2d: batch-norm partial statistics of y need an epilogue of the bias alone".into()));
     }
-    let y = Tensor::empty(gpu, &[g.n, g.o, g.ho, g.wo], DType::F32)?;
+    // an output rounded to f16 is stored as f16 by the kernel itself where H*W is even (each
+    // f16 word then has one writer; conv_params.wgsl), else as f32 for the caller's cast
+    let half_y = g.round_y && (g.ho * g.wo) % 2 == 0;
+    let y = Tensor::empty(gpu, &[g.n, g.o, g.ho, g.wo], if half_y { DType::F16 } else { DType::F32 })?;
     let mut pr = g.params();
     let m = g.n * g.ho * g.wo;
     pr.m = m as u32;
@@ -399,14 +403,15 @@ fn forward_ex(g: &Geom, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, scale: Op
     let t = g.forward_kernel(m, gpu)?;
     let part = if partials { Some(Tensor::empty(gpu, &[2, g.o, m.div_ceil(t.rows())], DType::F32)?) } else { None };
     let bit = |on: bool, b: u32| if on { b } else { 0 };
-    pr.flags = bit(bias.is_some(), 2) | bit(epi.batch_norm.is_some(), 4) | bit(epi.residual.is_some(), 8) | bit(epi.relu, 16) | bit(partials, 32);
+    pr.flags = bit(bias.is_some(), 2) | bit(epi.batch_norm.is_some(), 4) | bit(epi.residual.is_some(), 8) | bit(epi.relu, 16) | bit(partials, 32) | bit(half_y, 64);
     // absent optional operands bind an already-bound buffer (never read or written)
     let b_buf = bias.unwrap_or(w).buffer();
     let s_buf = scale.unwrap_or(w).buffer();
     let [bn_stats, bn_w, bn_b] = epi.batch_norm.map_or([w; 3], |(s, gw, gb)| [s, gw, gb]).map(|t| t.buffer());
     let res = epi.residual.unwrap_or(w).buffer();
     let part_buf = part.as_ref().unwrap_or(w).buffer();
-    let buffers = [x.buffer(), w.buffer(), b_buf, s_buf, y.buffer(), bn_stats, bn_w, bn_b, res, part_buf, x.buffer(), w.buffer()];
+    // y is bound twice, as f32 and as f16 words: the kernel writes the view of its dtype
+    let buffers = [x.buffer(), w.buffer(), b_buf, s_buf, y.buffer(), bn_stats, bn_w, bn_b, res, part_buf, x.buffer(), w.buffer(), y.buffer()];
     let groups = [m.div_ceil(t.rows()), g.o.div_ceil(t.cols()), 1];
     match t {
         ConvKernel::Tile(t) => launch(if scale.is_some() { &kernels(t).fwd_scaled } else { &kernels(t).fwd }, g, &mut pr, &buffers, groups, gpu)?,
@@ -560,7 +565,8 @@ pub fn conv2d_on_tile(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: Conv2dPa
 /// Whether a convolution's output that goes to a batch norm with batch statistics (`partials`)
 /// is stored f16: under mixed precision ([`crate::autograd::autocast`]), where it is the
 /// largest tensor a training step keeps for its backward. The forward then rounds y to f16
-/// values before the partial statistics (`HALF_Y`), and a cast stores them.
+/// values before the partial statistics (`HALF_Y`) and stores them as f16 where H*W is even
+/// ([`forward_ex`]); a cast stores them where it is odd.
 fn half_output(partials: bool) -> bool {
     partials && crate::autograd::autocast_enabled()
 }
