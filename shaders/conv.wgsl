@@ -70,7 +70,6 @@ const M_STEP: u32 = NT / BM;
 const K_STEP: u32 = NT / BK;
 const A_PER: u32 = BK * BM / NT;
 const B_PER: u32 = BK * BN / NT;
-const BIG: i32 = 536870912; // 2^29: pushes a coordinate out of range
 
 // Two buffers of each tile: slice i is staged into buffer i % 2 while the other holds slice
 // i - 1 for the multiply-adds.
@@ -206,19 +205,6 @@ fn half_store(tx: u32, ty: u32, lid: u32, m0: u32, n0: u32) {
     }
 }
 
-// K index -> (c*H*W, kh*dh, kw*dw); out of range -> row pushed out of the image.
-fn fwd_entry(k: u32) -> vec4<i32> {
-    if (k >= p.k) {
-        return vec4<i32>(0, BIG, 0, 0);
-    }
-    let kk = p.kh * p.kw;
-    let c = k / kk;
-    let r = k - c * kk;
-    let i = r / p.kw;
-    let j = r - i * p.kw;
-    return vec4<i32>(i32(c * p.h * p.w), i32(i * p.dh), i32(j * p.dw), 0);
-}
-
 @compute @workgroup_size(NT)
 fn conv_fwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     fwd_body(tile_id(wg), lid, false);
@@ -345,75 +331,6 @@ fn dx_w(i: u32) -> f32 {
     return bw[i];
 }
 
-// (first tap, tap step, tap count) of phase ph for stride s, padding pad, dilation d, size kk.
-fn taps(ph: u32, s: u32, pad: u32, d: u32, kk: u32) -> vec3<u32> {
-    let target_r = (ph + pad) % s;
-    var first = kk;
-    let lim = min(kk, s);
-    for (var t = 0u; t < lim; t = t + 1u) {
-        if ((t * d) % s == target_r) {
-            first = t;
-            break;
-        }
-    }
-    var stp = s;
-    for (var j = 1u; j < s; j = j + 1u) {
-        if ((j * d) % s == 0u) {
-            stp = j;
-            break;
-        }
-    }
-    var cnt = 0u;
-    if (first < kk) {
-        cnt = (kk - first + stp - 1u) / stp;
-    }
-    return vec3<u32>(first, stp, cnt);
-}
-
-struct Phase {
-    ph: u32, pw: u32,
-    th: vec3<u32>, tw: vec3<u32>,
-    hp: u32, wp: u32,   // phase image size
-    kp: u32,            // GEMM K of the phase: O * taps
-}
-
-fn phase_of(z: u32) -> Phase {
-    var q: Phase;
-    q.ph = z / p.sw;
-    q.pw = z - q.ph * p.sw;
-    q.th = taps(q.ph, p.sh, p.ph, p.dh, p.kh);
-    q.tw = taps(q.pw, p.sw, p.pw, p.dw, p.kw);
-    q.hp = 0u;
-    if (q.ph < p.h) {
-        q.hp = (p.h - q.ph + p.sh - 1u) / p.sh;
-    }
-    q.wp = 0u;
-    if (q.pw < p.w) {
-        q.wp = (p.w - q.pw + p.sw - 1u) / p.sw;
-    }
-    q.kp = p.o * q.th.z * q.tw.z;
-    return q;
-}
-
-// K index of the phase -> (o*HO*WO, row shift, column shift, w offset without c).
-fn dx_entry(q: Phase, k: u32) -> vec4<i32> {
-    if (k >= q.kp) {
-        return vec4<i32>(0, BIG, 0, -1);
-    }
-    let nt = q.th.z * q.tw.z;
-    let o = k / nt;
-    let r = k - o * nt;
-    let jh = r / q.tw.z;
-    let jw = r - jh * q.tw.z;
-    let kh = q.th.x + jh * q.th.y;
-    let kw = q.tw.x + jw * q.tw.y;
-    // exact divisions by construction of the phase (the numerators are multiples of s)
-    let dsh = (i32(q.ph + p.ph) - i32(kh * p.dh)) / i32(p.sh);
-    let dsw = (i32(q.pw + p.pw) - i32(kw * p.dw)) / i32(p.sw);
-    let woff = o * p.c * p.kh * p.kw + kh * p.kw + kw;
-    return vec4<i32>(i32(o * p.ho * p.wo), dsh, dsw, i32(woff));
-}
-
 @compute @workgroup_size(NT)
 fn conv_dx(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     dx_body(tile_id(wg), lid, false);
@@ -537,21 +454,6 @@ fn dw_x(i: u32) -> f32 {
         return unpack2x16float(gxh[i >> 1u])[i & 1u];
     }
     return gx[i];
-}
-
-// reduction index (n, ho, wo) -> (n*C*H*W, ho*sh - ph, wo*sw - pw, n*O*HO*WO + pix);
-// out of range -> row +BIG (the per-thread weight rows add at most +BIG: no overflow)
-fn dw_entry(q: u32, end: u32) -> vec4<i32> {
-    if (q >= end) {
-        return vec4<i32>(0, BIG, 0, -1);
-    }
-    let hwo = p.ho * p.wo;
-    let n = q / hwo;
-    let pix = q - n * hwo;
-    let ho = pix / p.wo;
-    let wo = pix - ho * p.wo;
-    return vec4<i32>(i32(n * p.c * p.h * p.w), i32(ho * p.sh) - i32(p.ph), i32(wo * p.sw) - i32(p.pw),
-                     i32(n * p.o * hwo + pix));
 }
 
 @compute @workgroup_size(NT)

@@ -1,4 +1,4 @@
-// The convolution's forward on cooperative matrices (tensor cores): y = conv(x, w) as the
+// The convolution on cooperative matrices (tensor cores): the forward y = conv(x, w) as the
 // implicit GEMM of conv.wgsl (M = N*HO*WO pixels, N = O channels, K = C*KH*KW), x and w f16,
 // products accumulated in f32, the forward's epilogue (conv_params.wgsl: bias, batch norm with
 // fixed statistics, residual, ReLU, f16 rounding) and batch norm's partial statistics of y as
@@ -9,36 +9,24 @@
 //
 // conv_fwd_coop: coop_tile.wgsl's 64 x 64 tile (pixels x channels). Per K-slice of 32 the
 // workgroup stages the im2col tile of x (64 pixels x 32 taps, zero in the padding and past
-// the edges) and w's 32 x 64 in workgroup memory as f16, then runs coop_slice. Staging: a thread keeps one pixel
-// (lid % 64: consecutive threads read consecutive pixels, coalesced along a row of the
-// image) and stages 16 of the slice's taps; a tap's (channel, kernel row, kernel column) is
+// the edges) and w's 32 x 64 in workgroup memory as f16, then runs coop_slice. Staging: a
+// thread keeps one pixel (lid % 64: consecutive threads read consecutive pixels, coalesced
+// along a row of the image) and stages 16 of the slice's taps; a tap's (channel, kernel row, kernel column) is
 // decoded once per slice into a table by 32 threads, as conv.wgsl does. The accumulators go
 // through workgroup memory to the epilogue and a guarded store, consecutive threads on
 // consecutive pixels (coalesced: pixels of a channel are contiguous in y), or pairs of them as
 // f16 words.
 //
-// Not yet: double-buffered staging, the backward's GEMMs (their dy operand would be f16:
-// that needs loss scaling), weight scales (AIM's masks run the f32-arithmetic tiles).
+// The gradients' GEMMs (conv_dx_coop, conv_dw_coop) follow at the end, with dy scaled per
+// tensor into f16's range.
+//
+// Not yet: double-buffered staging, weight scales (AIM's masks run the f32-arithmetic tiles).
 
 @group(0) @binding(11) var<storage, read> xh: array<f16>;
 @group(0) @binding(12) var<storage, read> wh: array<f16>;
 
-const BIG: i32 = 536870912; // 2^29: pushes a coordinate out of range
-var<workgroup> taps: array<vec4<i32>, KS>; // the slice's taps: (c*H*W, kh*dh, kw*dw)
+var<workgroup> ktab: array<vec4<i32>, KS>; // the K-slice's decoded indices (conv_params.wgsl)
 var<workgroup> stat: array<f32, TN>; // a column's mean, between the two passes of coop_stats
-
-// Tap k -> (c*H*W, kh*dh, kw*dw); past K -> a row pushed out of the image.
-fn tap(k: u32) -> vec4<i32> {
-    if (k >= p.k) {
-        return vec4<i32>(0, BIG, 0, 0);
-    }
-    let kk = p.kh * p.kw;
-    let c = k / kk;
-    let r = k - c * kk;
-    let i = r / p.kw;
-    let j = r - i * p.kw;
-    return vec4<i32>(i32(c * p.h * p.w), i32(i * p.dh), i32(j * p.dw), 0);
-}
 
 // Batch norm's partial statistics of the tile (flags bit 5), from Cs: per channel, the mean of
 // the tile's valid pixels, then the sum of squared deviations from it (no cancellation), in
@@ -88,21 +76,18 @@ fn conv_fwd_coop(@builtin(workgroup_id) wg_in: vec3<u32>, @builtin(local_invocat
     let hi0 = i32(aho * p.sh) - i32(p.ph);
     let wi0 = i32((apix - aho * p.wo) * p.sw) - i32(p.pw);
     let q = coop_quarter(lid);
-    var c00 = coop_mat16x16<f32, C>();
-    var c01 = coop_mat16x16<f32, C>();
-    var c10 = coop_mat16x16<f32, C>();
-    var c11 = coop_mat16x16<f32, C>();
+    coop_zero();
     let slices = (p.k + KS - 1u) / KS;
     for (var t = 0u; t < slices; t = t + 1u) {
         let k0 = t * KS;
         if (lid < KS) {
-            taps[lid] = tap(k0 + lid);
+            ktab[lid] = fwd_entry(k0 + lid);
         }
         workgroupBarrier();
         for (var r = 0u; r < 16u; r = r + 1u) {
             // x: pixel lm, tap kq + 2 r
             let ak = kq + 2u * r;
-            let e = taps[ak];
+            let e = ktab[ak];
             let hi = hi0 + e.y;
             let wi = wi0 + e.z;
             var v = f16(0.0);
@@ -122,10 +107,10 @@ fn conv_fwd_coop(@builtin(workgroup_id) wg_in: vec3<u32>, @builtin(local_invocat
             Bs[bk * BS_STRIDE + bn] = u;
         }
         workgroupBarrier();
-        coop_slice(q, &c00, &c01, &c10, &c11);
+        coop_slice(q);
         workgroupBarrier();
     }
-    coop_store(q, c00, c01, c10, c11);
+    coop_store(q);
     workgroupBarrier();
     if ((p.flags & 32u) != 0u) {
         coop_stats(lid, m0, n0, wg.x);
@@ -152,6 +137,229 @@ fn conv_fwd_coop(@builtin(workgroup_id) wg_in: vec3<u32>, @builtin(local_invocat
             let n = m / hwo;
             let at = n * p.o * hwo + o * hwo + (m - n * hwo);
             fy[at] = epilogue(Cs[lp * CS_STRIDE + lo], o, at);
+        }
+    }
+}
+
+// ---------------------------------------------------------------- the gradients ----------
+// dy enters the tensor cores as f16 after a per-tensor scale s = 2^(15 - e), where
+// max|dy| < 2^e (conv_dy_absmax): the largest |dy| * s lies in [2^14, 2^15), below f16's
+// 65504, and the small values keep their precision instead of falling into f16's subnormal
+// range (a gradient of 1e-6 would keep 4 bits). The products' sums are multiplied by 1/s
+// (exact: a power of two). Zero, infinite or NaN maxima leave s = 1 (NaN and infinity
+// propagate). This is loss scaling per tensor, where the data are: no global scale to grow
+// and back off, and no skipped steps.
+
+// conv_dy_absmax: max |dy| into amax[0] as f32 bits (non-negative floats order as their bit
+// patterns, so an integer atomicMax is the float max, in any order: deterministic). amax
+// starts at 0. A workgroup reduces its 256 values per pass in workgroup memory first.
+@group(0) @binding(1) var<storage, read> mx_dy: array<f32>;
+@group(0) @binding(2) var<storage, read_write> mx_out: array<atomic<u32>>;
+var<workgroup> mx_red: array<u32, 256>;
+
+@compute @workgroup_size(256)
+fn conv_dy_absmax(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) lid: u32) {
+    let total = p.n * p.o * p.ho * p.wo;
+    let stride = 256u * nwg.x * nwg.y;
+    var m = 0u;
+    for (var i = flat_index(wg, nwg, lid); i < total; i = i + stride) {
+        m = max(m, bitcast<u32>(abs(mx_dy[i])));
+    }
+    mx_red[lid] = m;
+    workgroupBarrier();
+    for (var h = 128u; h > 0u; h = h >> 1u) {
+        if (lid < h) {
+            mx_red[lid] = max(mx_red[lid], mx_red[lid + h]);
+        }
+        workgroupBarrier();
+    }
+    if (lid == 0u) {
+        atomicMax(&mx_out[0], mx_red[0]);
+    }
+}
+
+// The scale s of dy from its maximum's bits (see above).
+fn dy_scale(bits: u32) -> f32 {
+    let mx = bitcast<f32>(bits);
+    if (!(mx > 0.0) || bits >= 0x7f800000u) {
+        return 1.0;
+    }
+    // clamped so that s stays finite for the tiniest maxima (an f32 subnormal has e near -149)
+    return ldexp(1.0, clamp(15 - frexp(mx).exp, -126, 126));
+}
+
+// conv_dx_coop: dX as conv.wgsl's conv_dx decomposes it (one grid z per stride phase: the
+// phase's pixels x C, K = O * the phase's taps), on coop_tile.wgsl's 64 x 64 tile: A is dy
+// scaled to f16 (a thread keeps one pixel of the phase image and stages 16 of the slice's K
+// entries, decoded once per slice into ktab), B is w (f16). dX is f32.
+@group(0) @binding(1) var<storage, read> dx_dy: array<f32>;
+@group(0) @binding(2) var<storage, read> dx_w: array<f16>;
+@group(0) @binding(3) var<storage, read> dx_max: array<u32>;
+@group(0) @binding(4) var<storage, read_write> dx_out: array<f32>;
+
+@compute @workgroup_size(128)
+fn conv_dx_coop(@builtin(workgroup_id) wg_in: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let wg = tile_id(wg_in);
+    let q = phase_of(wg.z);
+    let php = q.hp * q.wp;
+    let mp = p.n * php;
+    let m0 = wg.x * TM;
+    if (m0 >= mp) {
+        return; // workgroup-uniform: this phase has fewer tiles than the largest
+    }
+    let n0 = wg.y * TN;
+    let s = dy_scale(dx_max[0]);
+    let hwo = p.ho * p.wo;
+    let kkw = p.kh * p.kw;
+    // this thread's pixel of the phase image (staging)
+    let lm = lid % TM;
+    let kq = lid / TM;
+    let am = m0 + lm;
+    let a_ok = am < mp;
+    let an = am / max(php, 1u);
+    let ar = am - an * php;
+    let ahp = i32(ar / max(q.wp, 1u));
+    let awp = i32(ar % max(q.wp, 1u));
+    let dybase = an * p.o * hwo;
+    let quarter = coop_quarter(lid);
+    coop_zero();
+    let slices = (q.kp + KS - 1u) / KS;
+    for (var t = 0u; t < slices; t = t + 1u) {
+        let k0 = t * KS;
+        if (lid < KS) {
+            ktab[lid] = dx_entry(q, k0 + lid);
+        }
+        workgroupBarrier();
+        for (var r = 0u; r < 16u; r = r + 1u) {
+            let ak = kq + 2u * r;
+            let e = ktab[ak];
+            let ho = ahp + e.y;
+            let wo = awp + e.z;
+            var v = 0.0;
+            if (a_ok && ho >= 0 && ho < i32(p.ho) && wo >= 0 && wo < i32(p.wo)) {
+                v = dx_dy[dybase + u32(e.x) + u32(ho) * p.wo + u32(wo)] * s;
+            }
+            As[lm * AS_STRIDE + ak] = f16(v);
+            // w: K entry bk (o, tap), channel c; consecutive threads on consecutive channels
+            let f = r * 128u + lid;
+            let bn = f % TN;
+            let bk = f / TN;
+            let eb = ktab[bk];
+            let c = n0 + bn;
+            var u = f16(0.0);
+            if (eb.w >= 0 && c < p.c) {
+                u = dx_w[u32(eb.w) + c * kkw];
+            }
+            Bs[bk * BS_STRIDE + bn] = u;
+        }
+        workgroupBarrier();
+        coop_slice(quarter);
+        workgroupBarrier();
+    }
+    coop_store(quarter);
+    workgroupBarrier();
+    // dx[n, c, h, w], h = hp*sh + ph, w = wp*sw + pw: consecutive threads on consecutive pixels
+    let inv = 1.0 / s;
+    let hw = p.h * p.w;
+    for (var r = 0u; r < 32u; r = r + 1u) {
+        let f = r * 128u + lid;
+        let lp = f % TM;
+        let lc = f / TM;
+        let m = m0 + lp;
+        let c = n0 + lc;
+        if (m < mp && c < p.c) {
+            let n = m / php;
+            let rr = m - n * php;
+            let hp = rr / q.wp;
+            let h = hp * p.sh + q.ph;
+            let w = (rr - hp * q.wp) * p.sw + q.pw;
+            dx_out[n * p.c * hw + c * hw + h * p.w + w] = Cs[lp * CS_STRIDE + lc] * inv;
+        }
+    }
+}
+
+// conv_dw_coop: dW as conv.wgsl's conv_dw sets it (rows m = (c, kh, kw), columns o, K the
+// N*HO*WO pixels, split-K over grid z into part[z][o][m], or straight into dW when there is
+// one split), on coop_tile.wgsl's tile: A is x's im2col (f16; a thread keeps one weight row,
+// decoded once, and stages 16 of the slice's pixels, decoded once per slice into ktab), B is
+// dy scaled to f16 (consecutive threads on consecutive pixels: coalesced).
+@group(0) @binding(1) var<storage, read> dw_x: array<f16>;
+@group(0) @binding(2) var<storage, read> dw_dy: array<f32>;
+@group(0) @binding(3) var<storage, read> dw_max: array<u32>;
+@group(0) @binding(4) var<storage, read_write> dw_out: array<f32>;
+
+@compute @workgroup_size(128)
+fn conv_dw_coop(@builtin(workgroup_id) wg_in: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let wg = tile_id(wg_in);
+    let m0 = wg.x * TM;
+    let n0 = wg.y * TN;
+    let kstart = wg.z * p.chunk;
+    let kend = min(kstart + p.chunk, p.k);
+    let s = dy_scale(dw_max[0]);
+    let hwo = p.ho * p.wo;
+    let kkw = p.kh * p.kw;
+    // this thread's weight row (staging): (c*H*W, kh*dh, kw*dw), or pushed out of the image
+    let lm = lid % TM;
+    let kq = lid / TM;
+    let am = m0 + lm;
+    var mi = vec3<i32>(0, BIG, 0);
+    if (am < p.m) {
+        let c = am / kkw;
+        let rr = am - c * kkw;
+        let i = rr / p.kw;
+        mi = vec3<i32>(i32(c * p.h * p.w), i32(i * p.dh), i32((rr - i * p.kw) * p.dw));
+    }
+    let quarter = coop_quarter(lid);
+    coop_zero();
+    let slices = (kend - min(kstart, kend) + KS - 1u) / KS;
+    for (var t = 0u; t < slices; t = t + 1u) {
+        let k0 = kstart + t * KS;
+        if (lid < KS) {
+            ktab[lid] = dw_entry(k0 + lid, kend);
+        }
+        workgroupBarrier();
+        for (var r = 0u; r < 16u; r = r + 1u) {
+            let ak = kq + 2u * r;
+            let e = ktab[ak];
+            let hi = e.y + mi.y;
+            let wi = e.z + mi.z;
+            var v = f16(0.0);
+            if (hi >= 0 && hi < i32(p.h) && wi >= 0 && wi < i32(p.w)) {
+                v = dw_x[u32(e.x + mi.x) + u32(hi) * p.w + u32(wi)];
+            }
+            As[lm * AS_STRIDE + ak] = v;
+            let f = r * 128u + lid;
+            let bk = f % KS;
+            let bn = f / KS;
+            let eb = ktab[bk];
+            let o = n0 + bn;
+            var u = 0.0;
+            if (eb.w >= 0 && o < p.o) {
+                u = dw_dy[u32(eb.w) + o * hwo] * s;
+            }
+            Bs[bk * BS_STRIDE + bn] = f16(u);
+        }
+        workgroupBarrier();
+        coop_slice(quarter);
+        workgroupBarrier();
+    }
+    coop_store(quarter);
+    workgroupBarrier();
+    // part[z][o][m] (or dW[o][m]): consecutive threads on consecutive weight rows
+    let inv = 1.0 / s;
+    var base = wg.z * p.o * p.m;
+    if (p.direct != 0u) {
+        base = 0u;
+    }
+    for (var r = 0u; r < 32u; r = r + 1u) {
+        let f = r * 128u + lid;
+        let lr = f % TM;
+        let lo = f / TM;
+        let m = m0 + lr;
+        let o = n0 + lo;
+        if (m < p.m && o < p.o) {
+            dw_out[base + o * p.m + m] = Cs[lr * CS_STRIDE + lo] * inv;
         }
     }
 }

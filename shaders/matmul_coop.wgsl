@@ -55,10 +55,7 @@ fn gemm_coop(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
     let n0 = (wg.x + p.x0) * TN;
     let coff = z * p.m * p.n;
     let q = coop_quarter(lid);
-    var c00 = coop_mat16x16<f32, C>();
-    var c01 = coop_mat16x16<f32, C>();
-    var c10 = coop_mat16x16<f32, C>();
-    var c11 = coop_mat16x16<f32, C>();
+    coop_zero();
     let slices = (p.k + KS - 1u) / KS;
     for (var t = 0u; t < slices; t = t + 1u) {
         let k0 = t * KS;
@@ -74,10 +71,10 @@ fn gemm_coop(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
             Bs[bk * BS_STRIDE + bn] = load_b(offs.y, k0 + bk, n0 + bn);
         }
         workgroupBarrier();
-        coop_slice(q, &c00, &c01, &c10, &c11);
+        coop_slice(q);
         workgroupBarrier();
     }
-    coop_store(q, c00, c01, c10, c11);
+    coop_store(q);
     workgroupBarrier();
     // guarded store of the 64x64 tile: 32 values per thread, consecutive threads on
     // consecutive columns

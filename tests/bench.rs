@@ -21,8 +21,9 @@ fn every_quick_kernel_case_runs() {
         assert!(names.insert(case.name.clone()), "duplicate case name {}", case.name);
         assert!(case.bytes > 0.0, "{}: no byte count", case.name);
         if !(case.runs_on)(&gpu) {
-            // only matmul variants depend on the device (cooperative matrices, workgroup memory)
-            assert!(case.name.starts_with("matmul_"), "{} does not run on {}", case.name, gpu.info().name);
+            // only matmul variants (cooperative matrices, workgroup memory) and the
+            // cooperative-matrix convolution rows depend on the device
+            assert!(case.name.starts_with("matmul_") || case.name.ends_with(":coop"), "{} does not run on {}", case.name, gpu.info().name);
             continue;
         }
         let ms = bench::time_case(&gpu, case, &opts).unwrap_or_else(|e| panic!("case {} failed: {e}", case.name));
@@ -114,8 +115,12 @@ fn flop_and_byte_counts() {
     assert_eq!(find(&full, "sgd_step").1, 20.0 * 11_176_512.0);
     // ResNet18's 11 distinct shapes, forward and fwd+bwd, both modalities; then three
     // fwd+bwd shapes (the reference and the small CNN's first two layers), each on the
-    // chosen tiles and on each of the four tiles
-    assert_eq!(full.iter().filter(|c| c.name.starts_with("conv_")).count(), 2 * 2 * 11 + 3 * 5);
+    // chosen tiles and on each of the four tiles; then three shapes on f16 operands, on
+    // the 128 x 64 tile and on cooperative matrices, forward and forward + backward
+    assert_eq!(full.iter().filter(|c| c.name.starts_with("conv_")).count(), 2 * 2 * 11 + 3 * 5 + 3 * 2 * 2);
+    let (fh, _) = find(&full, "conv_ref_3x3_128_fwd_f16:coop");
+    assert_eq!((fh, find(&full, "conv_ref_3x3_128_fwd_f16:128x64").0), (f / 3.0, f / 3.0));
+    assert_eq!(find(&full, "conv_ref_3x3_128_fb_f16:coop").0, f);
     let (fn8, _) = find(&full, "conv_narrow_1to8_fb:32x16");
     assert_eq!(fn8, find(&full, "conv_narrow_1to8_fb").0, "a tile's row counts the same work");
 }

@@ -165,24 +165,37 @@ fn conv_case(name: String, s: &ConvShape, batch: usize, fb: bool, tile: Option<C
     })
 }
 
-/// The forward of one conv on f16 x and w (mixed precision's operands), on `kernel`
-/// (`name:kernel`): the cooperative-matrix kernel's rows beside the 128 x 64 tile's on the
-/// same operands; a row runs only where its kernel does.
-fn conv_half_fwd_case(name: String, s: &ConvShape, batch: usize, kernel: ConvKernel) -> Case {
+/// The forward (`fb = false`) or forward + backward to x and w of one conv on f16 x and w
+/// (mixed precision's operands; dy f32), every GEMM on `kernel` (`name:kernel`): the
+/// cooperative-matrix kernels' rows beside the 128 x 64 tile's on the same operands; a row
+/// runs only where its kernel does (tensor cores, not their emulation).
+fn conv_half_case(name: String, s: &ConvShape, batch: usize, fb: bool, kernel: ConvKernel) -> Case {
     let name = format!("{name}:{}", kernel.name());
     let shape = format!("{}x{}x{}x{} *{}k{}s{} f16", batch, s.cin, s.h, s.w, s.cout, s.k, s.stride);
-    // the operands' traffic at 2 bytes a value, y's at 4
+    // the operands' traffic at 2 bytes a value, y's (and dy's, dx's) at 4
     let (ho, wo) = s.out_hw();
-    let bytes = 2.0 * (batch * s.cin * s.h * s.w + s.cout * s.cin * s.k * s.k) as f64 + 4.0 * (batch * s.cout * ho * wo) as f64;
+    let (xb, wb, yb) = ((batch * s.cin * s.h * s.w) as f64, (s.cout * s.cin * s.k * s.k) as f64, (batch * s.cout * ho * wo) as f64);
+    let fwd_bytes = 2.0 * (xb + wb) + 4.0 * yb;
+    let (flops, bytes) = if fb { (3.0 * s.fwd_flops(batch), fwd_bytes + (4.0 * yb + 2.0 * wb + 4.0 * xb) + (4.0 * yb + 2.0 * xb + 4.0 * wb)) } else { (s.fwd_flops(batch), fwd_bytes) };
     let s = s.clone();
-    let mut c = case(name, shape, s.fwd_flops(batch), bytes, false, move |gpu| {
-        let k = sets_for(bytes);
-        let sets = input_sets(gpu, &[vec![batch, s.cin, s.h, s.w], vec![s.cout, s.cin, s.k, s.k]], k, false)?;
-        let sets = sets.iter().map(|set| set.iter().map(|t| ops::cast(t, crate::DType::F16)).collect::<Result<Vec<_>>>()).collect::<Result<Vec<_>>>()?;
+    let mut c = case(name, shape, flops, bytes, fb, move |gpu| {
+        let k = sets_for(fwd_bytes);
+        let mut shapes = vec![vec![batch, s.cin, s.h, s.w], vec![s.cout, s.cin, s.k, s.k]];
+        if fb {
+            shapes.push(vec![batch, s.cout, ho, wo]); // the output gradient
+        }
+        let sets = input_sets(gpu, &shapes, k, fb)?;
         let p = Conv2dParams { stride: (s.stride, s.stride), padding: (s.pad, s.pad), dilation: (1, 1) };
         Ok(Box::new(move |i| {
             let set = &sets[i % k];
-            ops::conv2d_forward_on(&set[0], &set[1], None, p, Default::default(), false, kernel).map(|_| ())
+            // the casts are part of mixed precision's step, as here
+            let (x, w) = (ops::cast(&set[0], crate::DType::F16)?, ops::cast(&set[1], crate::DType::F16)?);
+            let y = ops::conv2d_on_kernel(&x, &w, None, p, None, kernel)?;
+            if fb {
+                let mut g = Gradients::new();
+                y.backward_with(set[2].detach(), &mut g)?;
+            }
+            Ok(())
         }))
     });
     c.runs_on = Box::new(move |gpu| kernel != ConvKernel::Coop || gpu.capabilities().cooperative_matrix);
@@ -210,7 +223,8 @@ fn matmul_case(name: String, m: usize, n: usize, kdim: usize, ta: bool, tb: bool
             ops::matmul_with_kernel(&s[0], &s[1], opts, kernel).map(|_| ())
         }))
     });
-    c.runs_on = Box::new(move |gpu| kernel.runs_on(gpu));
+    // the cooperative-matrix rows on tensor cores only (not their emulation, a test vehicle)
+    c.runs_on = Box::new(move |gpu| kernel.runs_on(gpu) && (kernel != MatmulKernel::Coop || gpu.capabilities().cooperative_matrix));
     c
 }
 
@@ -308,13 +322,16 @@ fn conv_cases(quick: bool) -> Vec<Case> {
             v.push(conv_case(name.into(), s, batch, true, tile));
         }
     }
-    // mixed precision's forward on f16 operands: tensor cores against the 128 x 64 tile, on
-    // the reference shape and the visual ResNet18's first and last stages
+    // mixed precision's convolutions on f16 operands, forward and forward + backward:
+    // tensor cores against the 128 x 64 tile, on the reference shape and the visual
+    // ResNet18's first and last stages
     let visual = resnet18_conv_shapes(3, 224 / div, 224 / div, 64);
     let stages = visual.iter().filter(|s| s.layer == "l1" || s.layer == "l4");
-    for (name, s) in std::iter::once(("conv_ref_3x3_128_fwd_f16".to_string(), &r)).chain(stages.map(|s| (format!("conv_v_{}_fwd_f16", s.layer), s))) {
-        for kernel in [ConvKernel::Tile(ConvTile::T128x64), ConvKernel::Coop] {
-            v.push(conv_half_fwd_case(name.clone(), s, batch, kernel));
+    for (name, s) in std::iter::once(("conv_ref_3x3_128".to_string(), &r)).chain(stages.map(|s| (format!("conv_v_{}", s.layer), s))) {
+        for (fb, pass) in [(false, "fwd"), (true, "fb")] {
+            for kernel in [ConvKernel::Tile(ConvTile::T128x64), ConvKernel::Coop] {
+                v.push(conv_half_case(format!("{name}_{pass}_f16"), s, batch, fb, kernel));
+            }
         }
     }
 

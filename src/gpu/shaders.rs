@@ -15,8 +15,35 @@ use std::sync::OnceLock;
 /// Files of `shaders/` that are fragments of modules rather than modules: `common.wgsl`
 /// (every module starts with it), `matmul_params.wgsl` (the matmul modules' parameter block
 /// and batch decomposition) and `conv_params.wgsl` (the convolution modules' parameter block
-/// and the forward's epilogue) and `coop_tile.wgsl` (the tensor-core modules' tile).
-pub const FRAGMENTS: [&str; 4] = ["common", "matmul_params", "conv_params", "coop_tile"];
+/// and the forward's epilogue), `coop_tile.wgsl` (the tensor-core modules' tile) and its two
+/// accumulators, `coop_mma.wgsl` (cooperative matrices) and `coop_mma_emulated.wgsl`.
+pub const FRAGMENTS: [&str; 6] = ["common", "matmul_params", "conv_params", "coop_tile", "coop_mma", "coop_mma_emulated"];
+
+/// How a tensor-core module multiplies: on cooperative matrices, or in plain f32 arithmetic
+/// with the same staging, indexing and epilogue (for adapters with shader f16 but no
+/// cooperative matrices: slow, never offered to the tuner, there so that the tensor-core
+/// kernels run, and are tested, on lavapipe).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Coop {
+    /// `coop_mma.wgsl`: cooperative matrices.
+    Hardware,
+    /// `coop_mma_emulated.wgsl`: f32 arithmetic.
+    Emulated,
+}
+
+impl Coop {
+    /// The form a device runs: cooperative matrices where it has them (with f16 and
+    /// subgroups of 32), else the emulation where it has shader f16, else none.
+    pub fn on(caps: &crate::gpu::Capabilities) -> Option<Coop> {
+        if caps.cooperative_matrix {
+            Some(Coop::Hardware)
+        } else if caps.f16 {
+            Some(Coop::Emulated)
+        } else {
+            None
+        }
+    }
+}
 
 /// Threads per workgroup of the one-thread-per-element kernels (`WG` in
 /// `shaders/common.wgsl`; the interface test checks that the two agree).
@@ -60,8 +87,9 @@ pub enum Shader {
     /// workgroup tile.
     Conv(ConvTile),
     /// `conv_coop.wgsl`: the convolution's forward on cooperative matrices (tensor cores) for
-    /// f16 x and w; compiled only where the adapter has them (`enable` directives in front).
-    ConvCoop,
+    /// f16 x and w, or its emulation; compiled only where the adapter has them (`enable`
+    /// directives in front).
+    ConvCoop(Coop),
     /// `elementwise.wgsl`: unary maps, broadcasting binary ops, their backward rules, f32/f16
     /// casts.
     Elementwise,
@@ -70,8 +98,9 @@ pub enum Shader {
     /// `matmul.wgsl`: batched, tiled matrix products (optional transposes, scales, bias).
     Matmul,
     /// `matmul_coop.wgsl`: the product of f16 matrices on cooperative matrices (tensor
-    /// cores); compiled only where the adapter has them (`enable` directives in front).
-    MatmulCoop,
+    /// cores), or its emulation; compiled only where the adapter has them (`enable`
+    /// directives in front).
+    MatmulCoop(Coop),
     /// `norm.wgsl`: batch and layer normalisation, and their gradients.
     Norm,
     /// `optim.wgsl`: fused SGD and Adam updates (and the AIM/PAM optimisation-state score).
@@ -92,7 +121,7 @@ pub enum Shader {
 
 impl Shader {
     /// Every module, every attention instantiation included.
-    pub const ALL: [Shader; 23] = [
+    pub const ALL: [Shader; 25] = [
         Shader::Aim,
         Shader::Attention(HeadDim::D32),
         Shader::Attention(HeadDim::D64),
@@ -104,11 +133,13 @@ impl Shader {
         Shader::Conv(ConvTile::T128x32),
         Shader::Conv(ConvTile::T128x16),
         Shader::Conv(ConvTile::T32x16),
-        Shader::ConvCoop,
+        Shader::ConvCoop(Coop::Hardware),
+        Shader::ConvCoop(Coop::Emulated),
         Shader::Elementwise,
         Shader::Embed,
         Shader::Matmul,
-        Shader::MatmulCoop,
+        Shader::MatmulCoop(Coop::Hardware),
+        Shader::MatmulCoop(Coop::Emulated),
         Shader::Norm,
         Shader::Optim,
         Shader::Pool,
@@ -128,12 +159,14 @@ impl Shader {
             Shader::Boost => "boost",
             Shader::Canary => "canary",
             Shader::Conv(t) => t.module_name(),
-            Shader::ConvCoop => "conv_coop",
+            Shader::ConvCoop(Coop::Hardware) => "conv_coop",
+            Shader::ConvCoop(Coop::Emulated) => "conv_coop_emulated",
             Shader::Copy => "copy",
             Shader::Elementwise => "elementwise",
             Shader::Embed => "embed",
             Shader::Matmul => "matmul",
-            Shader::MatmulCoop => "matmul_coop",
+            Shader::MatmulCoop(Coop::Hardware) => "matmul_coop",
+            Shader::MatmulCoop(Coop::Emulated) => "matmul_coop_emulated",
             Shader::Norm => "norm",
             Shader::Optim => "optim",
             Shader::Pool => "pool",
@@ -152,23 +185,12 @@ impl Shader {
             Shader::Boost => with_common!("boost.wgsl"),
             Shader::Canary => with_common!("canary.wgsl"),
             Shader::Conv(t) => return conv_source(t),
-            Shader::ConvCoop => concat!(
-                "enable f16;\nenable wgpu_cooperative_matrix;\n",
-                with_common!("conv_params.wgsl"),
-                include_str!("../../shaders/coop_tile.wgsl"),
-                include_str!("../../shaders/conv_coop.wgsl")
-            ),
+            Shader::ConvCoop(c) => coop_source(c, true),
             Shader::Copy => with_common!("copy.wgsl"),
             Shader::Elementwise => with_common!("elementwise.wgsl"),
             Shader::Embed => with_common!("embed.wgsl"),
             Shader::Matmul => concat!(with_common!("matmul_params.wgsl"), include_str!("../../shaders/matmul.wgsl")),
-            // `enable` directives must open the module, before common.wgsl's declarations
-            Shader::MatmulCoop => concat!(
-                "enable f16;\nenable wgpu_cooperative_matrix;\n",
-                with_common!("matmul_params.wgsl"),
-                include_str!("../../shaders/coop_tile.wgsl"),
-                include_str!("../../shaders/matmul_coop.wgsl")
-            ),
+            Shader::MatmulCoop(c) => coop_source(c, false),
             Shader::Norm => with_common!("norm.wgsl"),
             Shader::Optim => with_common!("optim.wgsl"),
             Shader::Pool => with_common!("pool.wgsl"),
@@ -178,6 +200,26 @@ impl Shader {
             Shader::Softmax => with_common!("softmax.wgsl"),
         })
     }
+}
+
+/// A tensor-core module in form `c` (the convolution's with `conv`, else the matmul's): the
+/// `enable` directives (which must open the module, before common.wgsl's declarations),
+/// common.wgsl, the accumulators of `c`, the module's parameter fragment, the shared tile,
+/// and the module's own file.
+fn coop_source(c: Coop, conv: bool) -> &'static str {
+    // four fixed texts, each built once ('static for the kernel cache)
+    static SOURCES: [OnceLock<String>; 4] = [OnceLock::new(), OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    let (enable, mma) = match c {
+        Coop::Hardware => ("enable f16;\nenable wgpu_cooperative_matrix;\n", include_str!("../../shaders/coop_mma.wgsl")),
+        Coop::Emulated => ("enable f16;\n", include_str!("../../shaders/coop_mma_emulated.wgsl")),
+    };
+    let (params, body) = if conv {
+        (include_str!("../../shaders/conv_params.wgsl"), include_str!("../../shaders/conv_coop.wgsl"))
+    } else {
+        (include_str!("../../shaders/matmul_params.wgsl"), include_str!("../../shaders/matmul_coop.wgsl"))
+    };
+    let tile = include_str!("../../shaders/coop_tile.wgsl");
+    SOURCES[2 * conv as usize + (c == Coop::Emulated) as usize].get_or_init(|| format!("{enable}{COMMON}{mma}{params}{tile}{body}"))
 }
 
 /// Tile sizes of one attention instantiation (the WGSL `@variant` block). Chosen so every

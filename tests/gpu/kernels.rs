@@ -4,7 +4,7 @@
 //! offsets and size of the Rust parameter block; the storage buffers it uses are among the
 //! bindings Rust declares, with the same access; every entry point of every module has a
 //! kernel; and the op codes and shared constants agree.
-use equimodal::gpu::{Access, Kernel, ParamsLayout, Shader};
+use equimodal::gpu::{Access, Coop, Kernel, ParamsLayout, Shader};
 use naga::valid::{Capabilities, ModuleInfo, ValidationFlags, Validator};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -56,19 +56,22 @@ fn every_matmul_form_translates() {
 }
 
 /// The cooperative-matrix matmul translates to SPIR-V in every form its launches set
-/// (transposes, bias, ReLU). naga 30's SPIR-V writer panics on a `coopLoadT` / `coopStoreT`
-/// whose pointer index is computed inside the call; this is the guard that the kernel keeps
-/// binding its indices with `let` first (no lavapipe has cooperative matrices, so this is
-/// the part of the kernel CI can check).
+/// (transposes, bias, ReLU), on tensor cores and emulated. naga 30's SPIR-V writer panics on
+/// a `coopLoadT` / `coopStoreT` whose pointer index is computed inside the call; this is the
+/// guard that the kernel keeps binding its indices with `let` first (no lavapipe has
+/// cooperative matrices, so translation is what CI can check of the hardware form; the
+/// emulated form runs in the op tests).
 #[test]
 fn every_coop_matmul_form_translates() {
-    let (module, info) = parse(Shader::MatmulCoop).unwrap();
     let names = ["TRANS_A", "TRANS_B", "BIAS", "RELU"];
-    let declared: BTreeSet<&str> = module.overrides.iter().filter_map(|(_, o)| o.name.as_deref()).collect();
-    assert_eq!(declared, BTreeSet::from(names));
-    for form in 0..16u32 {
-        let constants: Vec<(&str, f64)> = names.iter().enumerate().map(|(i, k)| (*k, ((form >> i) & 1) as f64)).collect();
-        to_spirv(&module, &info, &constants).unwrap();
+    for coop in [Coop::Hardware, Coop::Emulated] {
+        let (module, info) = parse(Shader::MatmulCoop(coop)).unwrap();
+        let declared: BTreeSet<&str> = module.overrides.iter().filter_map(|(_, o)| o.name.as_deref()).collect();
+        assert_eq!(declared, BTreeSet::from(names));
+        for form in 0..16u32 {
+            let constants: Vec<(&str, f64)> = names.iter().enumerate().map(|(i, k)| (*k, ((form >> i) & 1) as f64)).collect();
+            to_spirv(&module, &info, &constants).unwrap();
+        }
     }
 }
 
@@ -104,15 +107,17 @@ fn every_conv_form_translates() {
 }
 
 /// The cooperative-matrix convolution forward translates to SPIR-V with and without the
-/// f16 rounding of its output (`HALF_Y`, the only override constant its launches set): the
-/// guard for naga's cooperative-load panic, and the part of the kernel CI can check.
+/// f16 rounding of its output (`HALF_Y`, the only override constant its launches set), on
+/// tensor cores and emulated: the guard for naga's cooperative-load panic.
 #[test]
 fn every_coop_conv_form_translates() {
-    let (module, info) = parse(Shader::ConvCoop).unwrap();
-    let declared: BTreeSet<&str> = module.overrides.iter().filter_map(|(_, o)| o.name.as_deref()).collect();
-    assert_eq!(declared, BTreeSet::from(["HALF_Y"]));
-    for half in [0.0, 1.0] {
-        to_spirv(&module, &info, &[("HALF_Y", half)]).unwrap();
+    for coop in [Coop::Hardware, Coop::Emulated] {
+        let (module, info) = parse(Shader::ConvCoop(coop)).unwrap();
+        let declared: BTreeSet<&str> = module.overrides.iter().filter_map(|(_, o)| o.name.as_deref()).collect();
+        assert_eq!(declared, BTreeSet::from(["HALF_Y"]));
+        for half in [0.0, 1.0] {
+            to_spirv(&module, &info, &[("HALF_Y", half)]).unwrap();
+        }
     }
 }
 

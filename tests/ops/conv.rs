@@ -784,22 +784,25 @@ fn conv_rounds_its_output_to_f16_as_a_cast_does() {
 
 /// The cooperative-matrix forward (tensor cores) against the f64 reference on f16 values:
 /// stride 2 with padding and channels that fill no 64 x 64 tile, K in several slices with a
-/// tail, and an exact tile; with bias; the inference epilogue (batch norm, residual, ReLU)
+/// tail and an odd pixel count, and an exact tile; with bias; the inference epilogue (batch norm, residual, ReLU)
 /// against the 128 x 64 tile's; batch norm's partial statistics against a separate pass over
-/// its output; f32 operands refused. Skipped, with the reason printed, on adapters without
-/// cooperative matrices (every lavapipe): it runs on the GPU machine (`scripts/gpu_bench.sh`).
+/// its output, as f32 and as f16 words (`HALF_Y`: the direct f16 store); f32 operands
+/// refused. On tensor cores where the adapter has them (the GPU machine,
+/// `scripts/gpu_bench.sh`), else emulated where it has shader f16 (lavapipe 25: the staging,
+/// indexing and epilogue); skipped, with the reason printed, where it has neither.
 #[test]
-fn coop_conv_forward_matches_the_reference_where_the_adapter_has_cooperative_matrices() {
+fn coop_conv_forward_matches_the_reference() {
     use equimodal::DType;
     let g = gpu();
-    if !g.capabilities().cooperative_matrix {
-        println!("skipped: {} has no cooperative matrices with subgroups of 32", g.info().name);
+    let Some(form) = equimodal::gpu::Coop::on(&g.capabilities()) else {
+        println!("skipped: {} has neither cooperative matrices nor shader f16", g.info().name);
         return;
-    }
+    };
+    println!("cooperative-matrix forward: {form:?}");
     let mut rng = Rng::new(141);
     let cases = [
         (Shape { n: 2, c: 5, h: 9, w: 7, o: 19, kh: 3, kw: 3 }, params((2, 2), (1, 1), (1, 1))),
-        (Shape { n: 1, c: 70, h: 10, w: 13, o: 130, kh: 3, kw: 3 }, params((1, 1), (1, 1), (1, 1))),
+        (Shape { n: 1, c: 70, h: 9, w: 13, o: 130, kh: 3, kw: 3 }, params((1, 1), (1, 1), (1, 1))),
         (Shape { n: 1, c: 64, h: 8, w: 8, o: 64, kh: 1, kw: 1 }, params((1, 1), (0, 0), (1, 1))),
     ];
     for (s, p) in cases {
@@ -819,6 +822,14 @@ fn coop_conv_forward_matches_the_reference_where_the_adapter_has_cooperative_mat
         let stats = ops::batch_norm_stats_from_partials(&y, &partials.unwrap(), &state()).unwrap().to_vec().unwrap();
         let pass: Vec<f64> = ops::batch_norm_stats(&y, &state(), true).unwrap().to_vec().unwrap().iter().map(|&v| v as f64).collect();
         assert_close(&format!("{what}: partial statistics"), &stats, &pass, 1e-5, 1e-6);
+        // under mixed precision: y rounded to f16 (stored by the kernel where H*W is even)
+        let y16 = {
+            let _ac = equimodal::autograd::autocast(true);
+            coop(Default::default(), true).0
+        };
+        assert_eq!(y16.dtype(), DType::F16, "{what}");
+        let rounded = ops::cast(&ops::cast(&y, DType::F16).unwrap(), DType::F32).unwrap().to_vec().unwrap();
+        assert_eq!(ops::cast(&y16, DType::F32).unwrap().to_vec().unwrap(), rounded, "{what}: f16 y");
         // the inference epilogue, against the 128 x 64 tile's
         let (ho, wo) = ops::conv2d_output_size(s.h, s.w, s.kh, s.kw, &p);
         let res = upload(&g, &rng.normals(s.n * s.o * ho * wo), &[s.n, s.o, ho, wo]);
@@ -835,14 +846,14 @@ fn coop_conv_forward_matches_the_reference_where_the_adapter_has_cooperative_mat
     assert!(ops::conv2d_forward_on(&x, &w, None, cases[0].1, Default::default(), false, ops::ConvKernel::Coop).is_err(), "f32 operands refused");
 }
 
-/// Without cooperative matrices the cooperative-matrix forward is refused with an error
-/// naming what it needs, and the choice never offers it (every lavapipe).
+/// Without cooperative matrices or shader f16 the cooperative-matrix forward is refused with
+/// an error naming what it needs (stock Mesa 22's lavapipe; skipped where either exists).
 #[test]
-fn coop_conv_forward_is_refused_where_the_adapter_lacks_cooperative_matrices() {
+fn coop_conv_forward_is_refused_where_the_adapter_lacks_f16() {
     use equimodal::DType;
     let g = gpu();
-    if g.capabilities().cooperative_matrix {
-        println!("skipped: {} has cooperative matrices", g.info().name);
+    if equimodal::gpu::Coop::on(&g.capabilities()).is_some() {
+        println!("skipped: {} runs the cooperative-matrix forward", g.info().name);
         return;
     }
     let s = Shape { n: 1, c: 3, h: 5, w: 5, o: 4, kh: 3, kw: 3 };
@@ -854,4 +865,67 @@ fn coop_conv_forward_is_refused_where_the_adapter_lacks_cooperative_matrices() {
         panic!("the cooperative-matrix forward ran without cooperative matrices");
     };
     assert!(e.to_string().contains("cooperative matrices"), "{e}");
+}
+
+/// The cooperative-matrix gradients (dX per stride phase, dW with split-K) against the f64
+/// reference on the f16 values of x and w and the f32 dy, through autograd with every GEMM on
+/// the cooperative-matrix kernels: stride 2 with padding and dilation (phases with different
+/// tap counts), channels and pixel counts that fill no 64 x 64 tile, and a long reduction for
+/// dW (several splits). dy enters the tensor cores as f16 after a per-tensor power-of-two
+/// scale, so each term of a sum carries at most f16's half-ulp, 2^-12 relative: the bound is
+/// 2^-11 of the sum of the terms' magnitudes (the reference on |dy|, |x|, |w|), whatever dy's
+/// magnitude: the same bound holds for a dy a million times smaller, whose values unscaled
+/// would be f16 subnormals with a few bits. A weight scale is refused.
+#[test]
+fn coop_conv_gradients_match_the_reference() {
+    use equimodal::DType;
+    let g = gpu();
+    let Some(form) = equimodal::gpu::Coop::on(&g.capabilities()) else {
+        println!("skipped: {} has neither cooperative matrices nor shader f16", g.info().name);
+        return;
+    };
+    println!("cooperative-matrix gradients: {form:?}");
+    let mut rng = Rng::new(143);
+    let cases = [
+        (Shape { n: 2, c: 5, h: 11, w: 9, o: 19, kh: 3, kw: 3 }, params((2, 2), (1, 1), (2, 1))),
+        (Shape { n: 3, c: 70, h: 12, w: 13, o: 67, kh: 3, kw: 3 }, params((1, 1), (1, 1), (1, 1))),
+    ];
+    for (s, p) in cases {
+        let (xs, ws) = xw_shapes(s);
+        let (ho, wo) = ops::conv2d_output_size(s.h, s.w, s.kh, s.kw, &p);
+        // f16 values (rounded by the GPU's cast), as f64
+        let half = |v: Vec<f64>, sh: &[usize]| -> Vec<f64> {
+            let t = ops::cast(&ops::cast(&upload(&g, &v, sh), DType::F16).unwrap(), DType::F32).unwrap();
+            t.to_vec().unwrap().iter().map(|&a| a as f64).collect()
+        };
+        let (xv, wv) = (half(rng.normals(numel(&xs)), &xs), half(rng.uniforms(numel(&ws), -1.0, 1.0), &ws));
+        let gv = round_f32(&rng.uniforms(s.n * s.o * ho * wo, -1.0, 1.0));
+        let abs = |v: &[f64]| v.iter().map(|a| a.abs()).collect::<Vec<f64>>();
+        for tiny in [1.0, 1e-6] {
+            let what = format!("coop {s:?} dy x{tiny:e}");
+            let gs: Vec<f64> = gv.iter().map(|v| v * tiny).collect();
+            let (want_dx, want_dw, _) = conv_ref_grads(s, p, &xv, &wv, &gs);
+            let (mag_dx, mag_dw, _) = conv_ref_grads(s, p, &abs(&xv), &abs(&wv), &abs(&gs));
+            let x = upload(&g, &xv, &xs).requires_grad();
+            let w = upload(&g, &wv, &ws).requires_grad();
+            let (x16, w16) = (ops::cast(&x, DType::F16).unwrap(), ops::cast(&w, DType::F16).unwrap());
+            let y = ops::conv2d_on_kernel(&x16, &w16, None, p, None, ops::ConvKernel::Coop).unwrap();
+            let mut grads = equimodal::Gradients::new();
+            y.backward_with(upload(&g, &gs, &[s.n, s.o, ho, wo]), &mut grads).unwrap();
+            for (name, got, want, mag) in [("dx", grads.get(&x).unwrap(), &want_dx, &mag_dx), ("dw", grads.get(&w).unwrap(), &want_dw, &mag_dw)] {
+                let got = got.to_vec().unwrap();
+                for i in 0..want.len() {
+                    let err = (got[i] as f64 - want[i]).abs();
+                    assert!(err <= mag[i] * 2f64.powi(-11) + 1e-30, "{what}: {name}[{i}]: got {}, want {}, err {err:e} > {:e}", got[i], want[i], mag[i] * 2f64.powi(-11));
+                }
+            }
+            assert_canaries(&what);
+        }
+    }
+    // AIM's weight scales run the f32-arithmetic kernels only
+    let (xs, ws) = xw_shapes(cases[0].0);
+    let x16 = ops::cast(&upload(&g, &rng.normals(numel(&xs)), &xs), DType::F16).unwrap();
+    let w16 = ops::cast(&upload(&g, &rng.normals(numel(&ws)), &ws), DType::F16).unwrap();
+    let scale = upload(&g, &vec![1.0; numel(&ws)], &ws);
+    assert!(ops::conv2d_on_kernel(&x16, &w16, None, cases[0].1, Some(&scale), ops::ConvKernel::Coop).is_err());
 }

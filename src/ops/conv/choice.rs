@@ -55,9 +55,9 @@ fn bucket(g: &Geom, which: Gemm, m: usize, n: usize) -> String {
 }
 
 /// The kernel GEMM `which` of `g` runs on: the tuned choice of its bucket (timing every tile
-/// now, on seeded random operands of the same shapes, if the bucket is new; for a forward of
-/// f16 x and w without a weight scale on an adapter with cooperative matrices, the
-/// cooperative-matrix kernel too), or [`tile_for`] with tuning off. The probe's reference is
+/// now, on seeded random operands of the same shapes, if the bucket is new; where the
+/// operands other than dy are f16 and the weights unscaled, on an adapter with cooperative
+/// matrices, the cooperative-matrix kernel too), or [`tile_for`] with tuning off. The probe's reference is
 /// the 128 x 64 tile (the forward and dX of every tile add in the same order and agree bit for
 /// bit; dW's split-K differs in the last bits, the tensor cores' sums in their order).
 pub(super) fn choose(g: &Geom, which: Gemm, m: usize, n: usize, gpu: &Gpu) -> Result<ConvKernel> {
@@ -69,7 +69,8 @@ pub(super) fn choose(g: &Geom, which: Gemm, m: usize, n: usize, gpu: &Gpu) -> Re
         return Ok(rule);
     }
     let bucket = bucket(g, which, m, n);
-    let coop = which == Gemm::Fwd && g.coop_applies() && gpu.capabilities().cooperative_matrix;
+    // tensor cores only: their emulation is a test vehicle, not a candidate
+    let coop = g.coop_applies(which) && gpu.capabilities().cooperative_matrix;
     let known = || gpu.tune_lookup("conv", &bucket).and_then(|e| ConvKernel::from_name(&e.variant)).filter(|&k| coop || k != ConvKernel::Coop);
     if let Some(t) = known() {
         return Ok(t);
@@ -91,12 +92,12 @@ pub(super) fn choose(g: &Geom, which: Gemm, m: usize, n: usize, gpu: &Gpu) -> Re
         };
         let w = rnd(&[g.o, g.c, g.kh, g.kw], 0, g.half_w)?;
         let x = if which == Gemm::Dx { None } else { Some(rnd(&[g.n, g.c, g.h, g.w], 1, g.half_x)?) };
-        let dy = if which == Gemm::Fwd { None } else { Some(rnd(&[g.n, g.o, g.ho, g.wo], 2, false)?) };
+        // dy is f32; where the cooperative-matrix kernel is a candidate it holds f16 values
+        // (which its per-tensor power-of-two scale keeps exact), so that its probe sees the
+        // GEMM and not the f16 staging of dy, a precision mixed training chose
+        let dy = if which == Gemm::Fwd { None } else { Some(crate::ops::cast(&rnd(&[g.n, g.o, g.ho, g.wo], 2, coop)?, DType::F32)?) };
         let run = |k: ConvKernel| -> Result<Tensor> {
-            let on = match k {
-                ConvKernel::Tile(t) => Geom { tile: Some(t), ..*g },
-                ConvKernel::Coop => Geom { forward: Some(k), ..*g },
-            };
+            let on = Geom { kernel: Some(k), ..*g };
             let (x, dy) = (x.as_ref(), dy.as_ref());
             match which {
                 Gemm::Fwd => forward(&on, x.expect("x"), &w, None, None, &Default::default()),

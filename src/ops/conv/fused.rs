@@ -47,7 +47,7 @@ pub fn conv2d_inference(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: Conv2d
 pub fn conv2d_inference_on_tile(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: Conv2dParams, w_scale: Option<&Tensor>, epi: ConvEpilogue, tile: Option<crate::gpu::ConvTile>) -> Result<Tensor> {
     const OP: &str = "conv2d_inference";
     let mut g = check(x, w, bias, &p, w_scale)?;
-    g.tile = tile;
+    g.kernel = tile.map(ConvKernel::Tile);
     let mut extra: Vec<(&str, &Tensor, Vec<usize>)> = Vec::new();
     if let Some((stats, gw, gb)) = epi.batch_norm {
         extra.extend([("batch-norm stats", stats, vec![2, g.o]), ("batch-norm weight", gw, vec![g.o]), ("batch-norm bias", gb, vec![g.o])]);
@@ -72,13 +72,15 @@ pub fn conv2d_inference_on_tile(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p
 
 /// The forward alone on kernel `kernel` (no gradient is recorded): `conv2d(x, w, bias, p)`
 /// then `epi`, and with `partials` (only with an epilogue of the bias alone) batch norm's
-/// partial statistics of y. For the tests of each kernel, the cooperative-matrix one above
-/// all, which runs nothing else.
+/// partial statistics of y, y then f16 under mixed precision as [`conv2d_bn_partials`] gives
+/// it. For the tests of each kernel, the cooperative-matrix one above all, which runs
+/// nothing else.
 #[doc(hidden)]
 pub fn conv2d_forward_on(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: Conv2dParams, epi: ConvEpilogue, partials: bool, kernel: ConvKernel) -> Result<(Tensor, Option<BatchNormPartials>)> {
-    let g = Geom { forward: Some(kernel), ..check(x, w, bias, &p, None)? };
+    let g = Geom { kernel: Some(kernel), round_y: half_output(partials), ..check(x, w, bias, &p, None)? };
     let _ng = crate::autograd::no_grad();
     let (y, part) = forward_ex(&g, x, w, bias, None, &epi, partials)?;
+    let y = if g.round_y { crate::ops::cast(&y, crate::DType::F16)? } else { y }; // odd H*W: f32 so far
     let values = y.dim(0) * y.dim(2) * y.dim(3);
     Ok((y, part.map(|(part, rows)| BatchNormPartials { part, rows, values })))
 }
@@ -98,7 +100,7 @@ pub fn conv2d_bn_partials(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: Conv
 /// [`conv2d_bn_partials`] on tile `tile` (None: the chosen one). For the tests of each tile.
 #[doc(hidden)]
 pub fn conv2d_bn_partials_on_tile(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: Conv2dParams, w_scale: Option<&Tensor>, tile: Option<crate::gpu::ConvTile>) -> Result<(Tensor, BatchNormPartials)> {
-    let (y, part) = conv2d_recorded(x, w, bias, p, w_scale, tile, true)?;
+    let (y, part) = conv2d_recorded(x, w, bias, p, w_scale, tile.map(ConvKernel::Tile), true)?;
     let (part, rows) = part.ok_or_else(|| Error::Other("conv2d: no partial statistics".into()))?;
     let values = y.dim(0) * y.dim(2) * y.dim(3);
     Ok((y, BatchNormPartials { part, rows, values }))

@@ -16,7 +16,7 @@ use choice::Gemm;
 use super::{bytes_of, expect_f32, expect_same_gpu, grid, split_grid};
 use crate::autograd::BackwardOp;
 use crate::error::{Error, Result};
-use crate::gpu::{Access, ConvTile, Kernel, Shader};
+use crate::gpu::{Access, ConvTile, Coop, Kernel, Shader};
 use crate::tensor::{DType, Tensor};
 
 const R: Access = Access::Read;
@@ -58,12 +58,41 @@ const fn tiled(t: ConvTile) -> Tiled {
     }
 }
 
-/// The forward on cooperative matrices (`shaders/conv_coop.wgsl`), the forward's bindings.
-const K_FWD_COOP: Kernel = Kernel::new(Shader::ConvCoop, "conv_fwd_coop", FWD_BINDINGS, &Params::LAYOUT);
+/// The kernels on cooperative matrices (`shaders/conv_coop.wgsl`), in one form.
+#[derive(Clone, Copy)]
+struct CoopKernels {
+    /// the forward's bindings
+    fwd: Kernel,
+    /// dy, w (f16), max |dy|, dx
+    dx: Kernel,
+    /// x (f16), dy, max |dy|, the partials (or dW)
+    dw: Kernel,
+    /// dy, max |dy| (atomic)
+    absmax: Kernel,
+}
 
-/// The kernel a convolution's forward runs on: a workgroup tile of the f32-arithmetic
-/// kernels (which also run its gradients), or cooperative matrices (tensor cores: 64 x 64
-/// tiles, for f16 x and w without a weight scale, on an adapter that has them).
+const fn coop_kernels(c: Coop) -> CoopKernels {
+    let s = Shader::ConvCoop(c);
+    CoopKernels {
+        fwd: Kernel::new(s, "conv_fwd_coop", FWD_BINDINGS, &Params::LAYOUT),
+        dx: Kernel::new(s, "conv_dx_coop", &[R, R, R, RW], &Params::LAYOUT),
+        dw: Kernel::new(s, "conv_dw_coop", &[R, R, R, RW], &Params::LAYOUT),
+        absmax: Kernel::new(s, "conv_dy_absmax", &[R, RW], &Params::LAYOUT),
+    }
+}
+
+/// On tensor cores, and emulated (`gpu::Coop`).
+const COOP: [CoopKernels; 2] = [coop_kernels(Coop::Hardware), coop_kernels(Coop::Emulated)];
+
+/// The cooperative-matrix kernels `gpu` runs (tensor cores, or their emulation), if any.
+fn coop_on(gpu: &crate::Gpu) -> Option<&'static CoopKernels> {
+    Coop::on(&gpu.capabilities()).map(|c| &COOP[(c == Coop::Emulated) as usize])
+}
+
+/// The kernel a convolution GEMM runs on: a workgroup tile of the f32-arithmetic kernels, or
+/// cooperative matrices (tensor cores: 64 x 64 tiles, on an adapter that has them; for the
+/// forward f16 x and w, for dX f16 w, for dW f16 x, without a weight scale; dy enters them
+/// as f16 after a per-tensor power-of-two scale).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConvKernel {
     /// `shaders/conv.wgsl` on this tile.
@@ -110,8 +139,17 @@ fn kernels(t: ConvTile) -> &'static Tiled {
     &TILED[t as usize]
 }
 
-const fn all_kernels() -> [Kernel; 33] {
-    let mut out = [K_FWD_COOP; 33];
+const fn all_kernels() -> [Kernel; 40] {
+    let mut out = [COOP[0].fwd; 40];
+    let mut c = 0;
+    while c < 2 {
+        let k = COOP[c];
+        out[32 + 4 * c] = k.fwd;
+        out[33 + 4 * c] = k.dx;
+        out[34 + 4 * c] = k.dw;
+        out[35 + 4 * c] = k.absmax;
+        c += 1;
+    }
     let mut i = 0;
     while i < TILED.len() {
         let t = TILED[i];
@@ -126,7 +164,7 @@ const fn all_kernels() -> [Kernel; 33] {
     out
 }
 
-/// Every kernel of this file, every tile's and the cooperative-matrix forward (for the
+/// Every kernel of this file, every tile's and the cooperative-matrix ones (for the
 /// interface test, `tests/gpu/kernels.rs`).
 pub(crate) const KERNELS: &[Kernel] = &all_kernels();
 
@@ -218,19 +256,17 @@ struct Geom {
     ho: usize,
     wo: usize,
     p: Conv2dParams,
-    /// the tile every GEMM of this convolution runs on (tests, benchmarks, tuning); None:
+    /// the kernel every GEMM of this convolution runs on (tests, benchmarks, tuning); None:
     /// each GEMM's own (`choice`)
-    tile: Option<ConvTile>,
+    kernel: Option<ConvKernel>,
     /// x (w) is f16 (mixed precision's operands; widened as loaded)
     half_x: bool,
     half_w: bool,
     /// the forward rounds y to f16 values (`HALF_Y`), for a y stored f16 ([`half_output`])
     round_y: bool,
-    /// the weights are scaled (`w_scale`: AIM's masks), which the cooperative-matrix forward
-    /// does not do
+    /// the weights are scaled (`w_scale`: AIM's masks), which the cooperative-matrix kernels
+    /// do not do
     scaled: bool,
-    /// the forward's kernel, forced (tests); None: [`Geom::tile`]'s, else the choice
-    forward: Option<ConvKernel>,
 }
 
 impl Geom {
@@ -337,34 +373,36 @@ fn check(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: &Conv2dParams, w_scal
         return Err(Error::shape(OP, format!("input {:?} / weight {:?} too large for 32-bit indexing", x.shape(), w.shape())));
     }
     let (half_x, half_w) = (x.dtype() == DType::F16, w.dtype() == DType::F16);
-    Ok(Geom { n, c, h, w: wd, o, kh, kw, ho, wo, p: *p, tile: None, half_x, half_w, round_y: false, scaled: w_scale.is_some(), forward: None })
+    Ok(Geom { n, c, h, w: wd, o, kh, kw, ho, wo, p: *p, kernel: None, half_x, half_w, round_y: false, scaled: w_scale.is_some() })
 }
 
 impl Geom {
-    /// The tile gradient GEMM `which` (`m` x `n` outputs) runs on: the forced one, else the
-    /// choice for its shape on this device (`choice`).
-    fn tile(&self, which: Gemm, m: usize, n: usize, gpu: &crate::Gpu) -> Result<ConvTile> {
-        match self.tile {
-            Some(t) => Ok(t),
-            None => match choice::choose(self, which, m, n, gpu)? {
-                ConvKernel::Tile(t) => Ok(t),
-                ConvKernel::Coop => Err(Error::Other(format!("conv2d: {which:?} has no cooperative-matrix kernel"))),
-            },
+    /// The kernel GEMM `which` (`m` x `n` outputs) runs on: the forced one, else the choice
+    /// for its shape on this device (`choice`).
+    fn kernel(&self, which: Gemm, m: usize, n: usize, gpu: &crate::Gpu) -> Result<ConvKernel> {
+        match self.kernel {
+            Some(k) => Ok(k),
+            None => choice::choose(self, which, m, n, gpu),
         }
     }
-    /// The kernel the forward (`m` pixels) runs on: the forced one, else the forced tile,
-    /// else the choice for its shape on this device (`choice`).
-    fn forward_kernel(&self, m: usize, gpu: &crate::Gpu) -> Result<ConvKernel> {
-        match (self.forward, self.tile) {
-            (Some(k), _) => Ok(k),
-            (None, Some(t)) => Ok(ConvKernel::Tile(t)),
-            (None, None) => choice::choose(self, Gemm::Fwd, m, self.o, gpu),
-        }
+    /// Whether the cooperative-matrix kernel computes GEMM `which`: its operands other than dy
+    /// f16 (the forward's x and w, dX's w, dW's x), no weight scale.
+    fn coop_applies(&self, which: Gemm) -> bool {
+        let half = match which {
+            Gemm::Fwd => self.half_x && self.half_w,
+            Gemm::Dx => self.half_w,
+            Gemm::Dw => self.half_x,
+        };
+        half && !self.scaled
     }
-    /// Whether the cooperative-matrix forward computes this convolution: f16 x and w, no
-    /// weight scale.
-    fn coop_applies(&self) -> bool {
-        self.half_x && self.half_w && !self.scaled
+    /// The cooperative-matrix kernels for GEMM `which`, or the error naming what they need.
+    fn coop(&self, which: Gemm, gpu: &crate::Gpu) -> Result<&'static CoopKernels> {
+        match coop_on(gpu) {
+            Some(k) if self.coop_applies(which) => Ok(k),
+            _ => Err(Error::Other(format!(
+                "conv2d: the cooperative-matrix {which:?} needs f16 operands (x and w forward, w for dX, x for dW), no weight scale, and an adapter with cooperative matrices (or shader f16, emulated)"
+            ))),
+        }
     }
 }
 
@@ -400,7 +438,7 @@ fn forward_ex(g: &Geom, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, scale: Op
     let m = g.n * g.ho * g.wo;
     pr.m = m as u32;
     pr.k = g.kernel_len() as u32;
-    let t = g.forward_kernel(m, gpu)?;
+    let t = g.kernel(Gemm::Fwd, m, g.o, gpu)?;
     let part = if partials { Some(Tensor::empty(gpu, &[2, g.o, m.div_ceil(t.rows())], DType::F32)?) } else { None };
     let bit = |on: bool, b: u32| if on { b } else { 0 };
     pr.flags = bit(bias.is_some(), 2) | bit(epi.batch_norm.is_some(), 4) | bit(epi.residual.is_some(), 8) | bit(epi.relu, 16) | bit(partials, 32) | bit(half_y, 64);
@@ -416,14 +454,12 @@ fn forward_ex(g: &Geom, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, scale: Op
     match t {
         ConvKernel::Tile(t) => launch(if scale.is_some() { &kernels(t).fwd_scaled } else { &kernels(t).fwd }, g, &mut pr, &buffers, groups, gpu)?,
         ConvKernel::Coop => {
-            if !(g.coop_applies() && gpu.capabilities().cooperative_matrix) {
-                return Err(Error::Other("conv2d: the cooperative-matrix forward needs f16 x and w, no weight scale, and an adapter with cooperative matrices".into()));
-            }
+            let k = g.coop(Gemm::Fwd, gpu)?;
             // the module declares HALF_Y alone (its operands are always f16)
             let constants = [("HALF_Y", g.round_y as u32 as f64)];
             for (first, n) in split_grid(gpu, groups) {
                 [pr.x0, pr.y0, pr.z0] = first;
-                gpu.dispatch(&K_FWD_COOP, &constants, bytes_of(&pr), &buffers, n)?;
+                gpu.dispatch(&k.fwd, &constants, bytes_of(&pr), &buffers, n)?;
             }
         }
     }
@@ -439,22 +475,56 @@ fn grad_input(g: &Geom, dy: &Tensor, w: &Tensor, scale: Option<&Tensor>) -> Resu
     // largest phase image: ceil(H / sh) x ceil(W / sw)
     let mp = g.n * g.h.div_ceil(sh) * g.w.div_ceil(sw);
     let s_buf = scale.unwrap_or(w).buffer();
-    let t = g.tile(Gemm::Dx, mp, g.c, gpu)?;
-    let k = if scale.is_some() { &kernels(t).dx_scaled } else { &kernels(t).dx };
+    let t = g.kernel(Gemm::Dx, mp, g.c, gpu)?;
     let groups = [mp.div_ceil(t.rows()), g.c.div_ceil(t.cols()), sh * sw];
-    launch(k, g, &mut pr, &[dy.buffer(), w.buffer(), s_buf, dx.buffer(), w.buffer()], groups, gpu)?;
+    match t {
+        ConvKernel::Tile(t) => {
+            let k = if scale.is_some() { &kernels(t).dx_scaled } else { &kernels(t).dx };
+            launch(k, g, &mut pr, &[dy.buffer(), w.buffer(), s_buf, dx.buffer(), w.buffer()], groups, gpu)?;
+        }
+        ConvKernel::Coop => {
+            let k = g.coop(Gemm::Dx, gpu)?;
+            let amax = dy_absmax(g, dy, k)?;
+            launch_coop(&k.dx, &mut pr, &[dy.buffer(), w.buffer(), amax.buffer(), dx.buffer()], groups, gpu)?;
+        }
+    }
     Ok(dx)
+}
+
+/// max |dy| as f32 bits in a one-word tensor, the per-tensor scale of dy's f16 staging in the
+/// cooperative-matrix gradients (`conv_dy_absmax`: an atomic max of the bit patterns, so the
+/// result does not depend on the order).
+fn dy_absmax(g: &Geom, dy: &Tensor, k: &CoopKernels) -> Result<Tensor> {
+    let gpu = dy.gpu();
+    let amax = Tensor::zeros(gpu, &[1])?;
+    let n = dy.numel();
+    // a grid-stride loop: at most 1024 workgroups of 256
+    gpu.dispatch(&k.absmax, &[("HALF_Y", 0.0)], bytes_of(&g.params()), &[dy.buffer(), amax.buffer()], grid(gpu, n.min(1024 * 256), 256))?;
+    Ok(amax)
+}
+
+/// Launch a cooperative-matrix gradient kernel over `groups` workgroups, split at the
+/// per-dimension limit (its module declares `HALF_Y` alone).
+fn launch_coop(k: &Kernel, pr: &mut Params, buffers: &[&crate::gpu::BufferRange], groups: [usize; 3], gpu: &crate::Gpu) -> Result<()> {
+    for (first, n) in split_grid(gpu, groups) {
+        [pr.x0, pr.y0, pr.z0] = first;
+        gpu.dispatch(k, &[("HALF_Y", 0.0)], bytes_of(pr), buffers, n)?;
+    }
+    Ok(())
 }
 
 /// Number of split-K slices for the weight gradient of `g` on tile `t` (deterministic in
 /// the shape).
-fn dw_splits(g: &Geom, t: ConvTile) -> (usize, usize) {
+fn dw_splits(g: &Geom, t: ConvKernel) -> (usize, usize) {
     let kred = g.n * g.ho * g.wo;
     let slices = kred.div_ceil(CONV_TILE_K);
-    let (tx, ty, _) = t.threads();
+    let threads = match t {
+        ConvKernel::Tile(t) => t.threads().0 * t.threads().1,
+        ConvKernel::Coop => 128,
+    };
     let tiles = g.kernel_len().div_ceil(t.rows()) * g.o.div_ceil(t.cols());
     let per_split_bytes = g.o * g.kernel_len() * 4;
-    let mut splits = (DW_TARGET_THREADS / (tiles * (tx * ty) as usize).max(1))
+    let mut splits = (DW_TARGET_THREADS / (tiles * threads as usize).max(1))
         .min(slices / DW_MIN_SLICES_PER_SPLIT)
         .min(DW_MAX_PARTIAL_BYTES / per_split_bytes.max(1))
         .clamp(1, 65535);
@@ -468,7 +538,7 @@ fn grad_weight(g: &Geom, x: &Tensor, dy: &Tensor, scale: Option<&Tensor>) -> Res
     let gpu = x.gpu();
     let dw = Tensor::empty(gpu, &[g.o, g.c, g.kh, g.kw], DType::F32)?;
     let kl = g.kernel_len();
-    let t = g.tile(Gemm::Dw, kl, g.o, gpu)?;
+    let t = g.kernel(Gemm::Dw, kl, g.o, gpu)?;
     let (splits, chunk) = dw_splits(g, t);
     let mut pr = g.params();
     pr.m = kl as u32;
@@ -478,15 +548,24 @@ fn grad_weight(g: &Geom, x: &Tensor, dy: &Tensor, scale: Option<&Tensor>) -> Res
     pr.direct = (splits == 1) as u32;
     pr.flags = scale.is_some() as u32;
     let groups = [kl.div_ceil(t.rows()), g.o.div_ceil(t.cols()), splits];
-    let s_buf = scale.unwrap_or(x).buffer();
-    let k = if scale.is_some() { &kernels(t).dw_scaled } else { &kernels(t).dw };
-    if splits == 1 {
-        launch(k, g, &mut pr, &[x.buffer(), dy.buffer(), s_buf, dw.buffer(), x.buffer()], groups, gpu)?;
-    } else {
-        let part = Tensor::empty(gpu, &[splits, g.o * kl], DType::F32)?;
-        launch(k, g, &mut pr, &[x.buffer(), dy.buffer(), s_buf, part.buffer(), x.buffer()], groups, gpu)?;
-        let s_buf = scale.unwrap_or(&part).buffer();
-        gpu.dispatch(&kernels(t).dw_reduce, &[], bytes_of(&pr), &[part.buffer(), s_buf, dw.buffer()], grid(gpu, g.o * kl, 256))?;
+    let part = if splits == 1 { None } else { Some(Tensor::empty(gpu, &[splits, g.o * kl], DType::F32)?) };
+    let out = part.as_ref().unwrap_or(&dw).buffer();
+    match t {
+        ConvKernel::Tile(t) => {
+            let s_buf = scale.unwrap_or(x).buffer();
+            let k = if scale.is_some() { &kernels(t).dw_scaled } else { &kernels(t).dw };
+            launch(k, g, &mut pr, &[x.buffer(), dy.buffer(), s_buf, out, x.buffer()], groups, gpu)?;
+        }
+        ConvKernel::Coop => {
+            let k = g.coop(Gemm::Dw, gpu)?;
+            let amax = dy_absmax(g, dy, k)?;
+            launch_coop(&k.dw, &mut pr, &[x.buffer(), dy.buffer(), amax.buffer(), out], groups, gpu)?;
+        }
+    }
+    if let Some(part) = &part {
+        // the split-K partials' sum in a fixed order (any instantiation's reduction kernel)
+        let s_buf = scale.unwrap_or(part).buffer();
+        gpu.dispatch(&kernels(ConvTile::T128x64).dw_reduce, &[], bytes_of(&pr), &[part.buffer(), s_buf, dw.buffer()], grid(gpu, g.o * kl, 256))?;
     }
     Ok(dw)
 }
@@ -559,7 +638,14 @@ pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: Conv2dParams, w_
 /// [`tile_for`] its shape). For the tests and benchmarks of each tile.
 #[doc(hidden)]
 pub fn conv2d_on_tile(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: Conv2dParams, w_scale: Option<&Tensor>, tile: Option<ConvTile>) -> Result<Tensor> {
-    Ok(conv2d_recorded(x, w, bias, p, w_scale, tile, false)?.0)
+    Ok(conv2d_recorded(x, w, bias, p, w_scale, tile.map(ConvKernel::Tile), false)?.0)
+}
+
+/// [`conv2d`] with every GEMM of the forward and backward on `kernel`. For the tests of the
+/// cooperative-matrix kernels.
+#[doc(hidden)]
+pub fn conv2d_on_kernel(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: Conv2dParams, w_scale: Option<&Tensor>, kernel: ConvKernel) -> Result<Tensor> {
+    Ok(conv2d_recorded(x, w, bias, p, w_scale, Some(kernel), false)?.0)
 }
 
 /// Whether a convolution's output that goes to a batch norm with batch statistics (`partials`)
@@ -573,9 +659,9 @@ fn half_output(partials: bool) -> bool {
 
 /// The convolution as an autograd op, with batch norm's partial statistics of y when
 /// `partials` ([`forward_ex`]); y is f16 where [`half_output`].
-fn conv2d_recorded(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: Conv2dParams, w_scale: Option<&Tensor>, tile: Option<ConvTile>, partials: bool) -> Result<(Tensor, Option<(Tensor, usize)>)> {
+fn conv2d_recorded(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: Conv2dParams, w_scale: Option<&Tensor>, kernel: Option<ConvKernel>, partials: bool) -> Result<(Tensor, Option<(Tensor, usize)>)> {
     let mut g = check(x, w, bias, &p, w_scale)?;
-    g.tile = tile;
+    g.kernel = kernel;
     let half = half_output(partials);
     let (y, part) = forward_ex(&Geom { round_y: half, ..g }, x, w, bias, w_scale, &ConvEpilogue::default(), partials)?;
     let mut inputs: Vec<&Tensor> = vec![x, w];

@@ -5,7 +5,7 @@
 use super::Plan;
 use super::MAX_BATCH_DIMS;
 use crate::error::{Error, Result};
-use crate::gpu::{Access, BufferRange, Gpu, Kernel, Shader};
+use crate::gpu::{Access, BufferRange, Coop, Gpu, Kernel, Shader};
 use crate::ops::{bytes_of, grid, split_grid};
 use crate::tensor::{DType, Tensor};
 
@@ -18,10 +18,14 @@ const K_TILE128: Kernel = Kernel::new(Shader::Matmul, "gemm_tile128", BINDINGS, 
 const K_TILE64: Kernel = Kernel::new(Shader::Matmul, "gemm_tile64", BINDINGS, &Params::LAYOUT);
 const K_REF: Kernel = Kernel::new(Shader::Matmul, "gemm_ref", BINDINGS, &Params::LAYOUT);
 const K_SPLITK_REDUCE: Kernel = Kernel::new(Shader::Matmul, "gemm_splitk_reduce", BINDINGS, &Params::LAYOUT);
-/// The cooperative-matrix kernel: A, (unused), B, (unused), bias, C.
-const K_COOP: Kernel = Kernel::new(Shader::MatmulCoop, "gemm_coop", &[R, R, R, R, R, RW], &Params::LAYOUT);
+/// The cooperative-matrix kernel, on tensor cores and emulated: A, (unused), B, (unused),
+/// bias, C.
+const K_COOP: [Kernel; 2] = [
+    Kernel::new(Shader::MatmulCoop(Coop::Hardware), "gemm_coop", &[R, R, R, R, R, RW], &Params::LAYOUT),
+    Kernel::new(Shader::MatmulCoop(Coop::Emulated), "gemm_coop", &[R, R, R, R, R, RW], &Params::LAYOUT),
+];
 /// Every kernel of this file (for the interface test, `tests/gpu/kernels.rs`).
-pub(crate) const KERNELS: &[Kernel] = &[K_TILE128, K_TILE64, K_REF, K_SPLITK_REDUCE, K_COOP];
+pub(crate) const KERNELS: &[Kernel] = &[K_TILE128, K_TILE64, K_REF, K_SPLITK_REDUCE, K_COOP[0], K_COOP[1]];
 
 /// The override constants of `shaders/matmul.wgsl`: the product's form is fixed per
 /// pipeline, so its kernels carry no runtime branch on it (checked against the module by
@@ -207,11 +211,12 @@ impl MatmulKernel {
     }
 
     /// Whether `gpu` can run this variant: the workgroup memory it declares (the 128x128
-    /// tile's slices of 16 need 32 KiB) and, for [`MatmulKernel::Coop`], cooperative matrices.
+    /// tile's slices of 16 need 32 KiB) and, for [`MatmulKernel::Coop`], cooperative matrices
+    /// or, emulated, shader f16 ([`Coop::on`]).
     pub fn runs_on(self, gpu: &Gpu) -> bool {
         match self {
             MatmulKernel::Tile128(t) => tile128_workgroup_bytes(t.bk()) <= gpu.limits().max_compute_workgroup_storage_size as usize,
-            MatmulKernel::Coop => gpu.capabilities().cooperative_matrix,
+            MatmulKernel::Coop => Coop::on(&gpu.capabilities()).is_some(),
             _ => true,
         }
     }
@@ -315,9 +320,11 @@ pub(super) fn launch(
             }
             let consts = [("TRANS_A", p.ta), ("TRANS_B", p.tb), ("BIAS", form.bias), ("RELU", form.relu)].map(|(k, v)| (k, v as u32 as f64));
             let cb = [buffers[0], buffers[0], buffers[2], buffers[2], buffers[4], buffers[5]];
+            // runs_on held: tensor cores, or their emulation
+            let k = &K_COOP[(Coop::on(&gpu.capabilities()) == Some(Coop::Emulated)) as usize];
             for (first, groups) in split_grid(gpu, [p.n.div_ceil(64), p.m.div_ceil(64), p.batch]) {
                 [params.x0, params.y0, params.z0] = first;
-                gpu.dispatch(&K_COOP, &consts, bytes_of(&params), &cb, groups)?;
+                gpu.dispatch(k, &consts, bytes_of(&params), &cb, groups)?;
             }
             return Ok(c);
         }
