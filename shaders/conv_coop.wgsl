@@ -142,52 +142,9 @@ fn conv_fwd_coop(@builtin(workgroup_id) wg_in: vec3<u32>, @builtin(local_invocat
 }
 
 // ---------------------------------------------------------------- the gradients ----------
-// dy enters the tensor cores as f16 after a per-tensor scale s = 2^(15 - e), where
-// max|dy| < 2^e (conv_dy_absmax): the largest |dy| * s lies in [2^14, 2^15), below f16's
-// 65504, and the small values keep their precision instead of falling into f16's subnormal
-// range (a gradient of 1e-6 would keep 4 bits). The products' sums are multiplied by 1/s
-// (exact: a power of two). Zero, infinite or NaN maxima leave s = 1 (NaN and infinity
-// propagate). This is loss scaling per tensor, where the data are: no global scale to grow
-// and back off, and no skipped steps.
-
-// conv_dy_absmax: max |dy| into amax[0] as f32 bits (non-negative floats order as their bit
-// patterns, so an integer atomicMax is the float max, in any order: deterministic). amax
-// starts at 0. A workgroup reduces its 256 values per pass in workgroup memory first.
-@group(0) @binding(1) var<storage, read> mx_dy: array<f32>;
-@group(0) @binding(2) var<storage, read_write> mx_out: array<atomic<u32>>;
-var<workgroup> mx_red: array<u32, 256>;
-
-@compute @workgroup_size(256)
-fn conv_dy_absmax(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                  @builtin(local_invocation_index) lid: u32) {
-    let total = p.n * p.o * p.ho * p.wo;
-    let stride = 256u * nwg.x * nwg.y;
-    var m = 0u;
-    for (var i = flat_index(wg, nwg, lid); i < total; i = i + stride) {
-        m = max(m, bitcast<u32>(abs(mx_dy[i])));
-    }
-    mx_red[lid] = m;
-    workgroupBarrier();
-    for (var h = 128u; h > 0u; h = h >> 1u) {
-        if (lid < h) {
-            mx_red[lid] = max(mx_red[lid], mx_red[lid + h]);
-        }
-        workgroupBarrier();
-    }
-    if (lid == 0u) {
-        atomicMax(&mx_out[0], mx_red[0]);
-    }
-}
-
-// The scale s of dy from its maximum's bits (see above).
-fn dy_scale(bits: u32) -> f32 {
-    let mx = bitcast<f32>(bits);
-    if (!(mx > 0.0) || bits >= 0x7f800000u) {
-        return 1.0;
-    }
-    // clamped so that s stays finite for the tiniest maxima (an f32 subnormal has e near -149)
-    return ldexp(1.0, clamp(15 - frexp(mx).exp, -126, 126));
-}
+// dy enters the tensor cores as f16 after coop_tile.wgsl's per-tensor scale (coop_scale, from
+// max |dy|, which the host computes with elementwise.wgsl's abs_max_bits); the sums are
+// multiplied back by 1/s in the store.
 
 // conv_dx_coop: dX as conv.wgsl's conv_dx decomposes it (one grid z per stride phase: the
 // phase's pixels x C, K = O * the phase's taps), on coop_tile.wgsl's 64 x 64 tile: A is dy
@@ -209,7 +166,7 @@ fn conv_dx_coop(@builtin(workgroup_id) wg_in: vec3<u32>, @builtin(local_invocati
         return; // workgroup-uniform: this phase has fewer tiles than the largest
     }
     let n0 = wg.y * TN;
-    let s = dy_scale(dx_max[0]);
+    let s = coop_scale(dx_max[0]);
     let hwo = p.ho * p.wo;
     let kkw = p.kh * p.kw;
     // this thread's pixel of the phase image (staging)
@@ -296,7 +253,7 @@ fn conv_dw_coop(@builtin(workgroup_id) wg_in: vec3<u32>, @builtin(local_invocati
     let n0 = wg.y * TN;
     let kstart = wg.z * p.chunk;
     let kend = min(kstart + p.chunk, p.k);
-    let s = dy_scale(dw_max[0]);
+    let s = coop_scale(dw_max[0]);
     let hwo = p.ho * p.wo;
     let kkw = p.kh * p.kw;
     // this thread's weight row (staging): (c*H*W, kh*dh, kw*dw), or pushed out of the image

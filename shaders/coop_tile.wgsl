@@ -23,3 +23,20 @@ fn coop_quarter(lid: u32) -> vec3<u32> {
     let sg = lid / 32u;
     return vec3<u32>((sg / 2u) * 32u, (sg % 2u) * 32u, lid % 32u);
 }
+
+// The scale s of an f32 operand (a gradient) staged as f16, from the bits of its max |value|
+// (elementwise.wgsl's abs_max_bits): s = 2^(15 - e) where max < 2^e, so the largest scaled
+// value lies in [2^14, 2^15), below f16's 65504, and the small ones keep f16's precision
+// instead of falling into its subnormal range (a gradient of 1e-6 would keep 4 bits). The
+// sums are multiplied by 1/s afterwards (exact: a power of two). A zero, infinite or NaN
+// maximum leaves s = 1 (infinity and NaN propagate as in f32). Loss scaling per tensor,
+// where the data are: no global scale to grow and back off, no skipped steps.
+fn coop_scale(bits: u32) -> f32 {
+    let mx = bitcast<f32>(bits);
+    if (!(mx > 0.0) || bits >= 0x7f800000u) {
+        return 1.0;
+    }
+    // clamped so that s stays finite for the tiniest maxima (an f32 subnormal has e near -149)
+    return ldexp(1.0, clamp(15 - frexp(mx).exp, -126, 126));
+}
+

@@ -409,3 +409,34 @@ fn relu_backward_mask(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgro
     let on = ((mb_bits[i >> 5u] >> (i & 31u)) & 1u) != 0u;
     mb_dx[i] = mb_g[i] * select(0.0, 1.0, on); // g * 0 as unary_backward: -0 and NaN alike
 }
+
+// max |x| as f32 bits, into amax[0] (which starts at 0): non-negative floats order as their bit
+// patterns, so an integer atomicMax is the float max, in any order (deterministic); NaN's
+// bits exceed infinity's, so a NaN wins. A workgroup reduces its values in workgroup memory
+// first, then one atomic; a grid-stride loop covers any n. For the per-tensor scale of an
+// f32 operand the tensor-core kernels stage as f16 (coop_tile.wgsl's coop_scale).
+@group(0) @binding(1) var<storage, read> am_x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> am_out: array<atomic<u32>>;
+var<workgroup> am_red: array<u32, 256>;
+
+@compute @workgroup_size(256)
+fn abs_max_bits(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    let stride = 256u * nwg.x * nwg.y;
+    var m = 0u;
+    for (var i = flat_index(wg, nwg, lid); i < p.n; i = i + stride) {
+        m = max(m, bitcast<u32>(abs(am_x[i])));
+    }
+    am_red[lid] = m;
+    workgroupBarrier();
+    for (var h = 128u; h > 0u; h = h >> 1u) {
+        if (lid < h) {
+            am_red[lid] = max(am_red[lid], am_red[lid + h]);
+        }
+        workgroupBarrier();
+    }
+    if (lid == 0u) {
+        atomicMax(&am_out[0], am_red[0]);
+    }
+}
+

@@ -1,5 +1,7 @@
 // Batched GEMM on cooperative matrices (tensor cores): C[z] = op(A[z]) · op(B[z]) (+ bias
-// per column, then ReLU), A and B f16, products accumulated in f32, C f32. The parameter
+// per column, then ReLU), A and B f16, or one of them f32 (a gradient: the backward of a
+// linear layer under mixed precision), staged as f16 after coop_tile.wgsl's per-tensor scale
+// and the sums scaled back; products accumulated in f32, C f32. The parameter
 // block and batch decomposition are matmul.wgsl's (matmul_params.wgsl, in front); the
 // module is compiled only on adapters with cooperative matrices (16x16x16, f16 inputs, f32
 // accumulators) and shader f16 (src/gpu/shaders.rs puts the `enable` directives in front of
@@ -13,17 +15,26 @@
 // the bias and applies ReLU, so edge tiles need no special case.
 //
 // Not yet: double-buffered staging, vector loads, split-K; operand scales (AIM's masks run
-// the f32-arithmetic kernels).
+// the f32-arithmetic kernels); two f32 operands.
 
+// Each operand is bound as f16 and as f32 (the same buffer; the view of its dtype is read),
+// with the bits of the f32 operand's max |value| (binding 7; a placeholder otherwise).
 @group(0) @binding(1) var<storage, read> a: array<f16>;
+@group(0) @binding(2) var<storage, read> a32: array<f32>;
 @group(0) @binding(3) var<storage, read> b: array<f16>;
+@group(0) @binding(4) var<storage, read> b32: array<f32>;
 @group(0) @binding(5) var<storage, read> bias: array<f32>;
 @group(0) @binding(6) var<storage, read_write> c: array<f32>;
+@group(0) @binding(7) var<storage, read> amax: array<u32>;
 
 override TRANS_A: bool = false; // A is stored [K, M]
 override TRANS_B: bool = false; // B is stored [N, K]
 override BIAS: bool = false;
 override RELU: bool = false;
+override F32_A: bool = false; // A is f32, staged scaled (at most one of F32_A, F32_B)
+override F32_B: bool = false;
+
+var<private> scale: f32; // the f32 operand's per-tensor scale (1 without one)
 
 
 // op(A)[m, k] and op(B)[k, n], zero outside the matrices.
@@ -31,20 +42,28 @@ fn load_a(off: u32, m: u32, k: u32) -> f16 {
     if (m >= p.m || k >= p.k) {
         return f16(0.0);
     }
+    var i = off + m * p.k + k;
     if (TRANS_A) {
-        return a[off + k * p.m + m];
+        i = off + k * p.m + m;
     }
-    return a[off + m * p.k + k];
+    if (F32_A) {
+        return f16(a32[i] * scale);
+    }
+    return a[i];
 }
 
 fn load_b(off: u32, k: u32, n: u32) -> f16 {
     if (k >= p.k || n >= p.n) {
         return f16(0.0);
     }
+    var i = off + k * p.n + n;
     if (TRANS_B) {
-        return b[off + n * p.k + k];
+        i = off + n * p.k + k;
     }
-    return b[off + k * p.n + n];
+    if (F32_B) {
+        return f16(b32[i] * scale);
+    }
+    return b[i];
 }
 
 @compute @workgroup_size(128)
@@ -54,6 +73,10 @@ fn gemm_coop(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
     let m0 = (wg.y + p.y0) * TM;
     let n0 = (wg.x + p.x0) * TN;
     let coff = z * p.m * p.n;
+    scale = 1.0;
+    if (F32_A || F32_B) {
+        scale = coop_scale(amax[0]);
+    }
     let q = coop_quarter(lid);
     coop_zero();
     let slices = (p.k + KS - 1u) / KS;
@@ -85,7 +108,7 @@ fn gemm_coop(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
         let m = m0 + lm;
         let n = n0 + ln;
         if (m < p.m && n < p.n) {
-            var v = Cs[lm * CS_STRIDE + ln];
+            var v = Cs[lm * CS_STRIDE + ln] / scale; // exact: a power of two
             if (BIAS) {
                 v = v + bias[n];
             }

@@ -23,10 +23,11 @@ const K_ADD_INTO4: Kernel = Kernel::new(Shader::Elementwise, "add_into_vec4", &[
 const K_FILL4: Kernel = Kernel::new(Shader::Elementwise, "fill_vec4", &[RW], &Params::LAYOUT);
 const K_RELU_MASK: Kernel = Kernel::new(Shader::Elementwise, "relu_mask", &[R, RW], &Params::LAYOUT);
 const K_RELU_BW_MASK: Kernel = Kernel::new(Shader::Elementwise, "relu_backward_mask", &[R, R, RW], &Params::LAYOUT);
+const K_ABS_MAX_BITS: Kernel = Kernel::new(Shader::Elementwise, "abs_max_bits", &[R, RW], &Params::LAYOUT);
 /// Every kernel of this file (for the interface test, `tests/gpu/kernels.rs`).
 pub(crate) const KERNELS: &[Kernel] = &[
     K_UNARY, K_EXPAND, K_FILL, K_BINARY, K_UNARY_BW, K_TO_F16, K_FROM_F16, K_ADD_INTO, K_UNARY4, K_BINARY4, K_BINARY_BCAST4, K_UNARY_BW4, K_ADD_INTO4, K_FILL4,
-    K_RELU_MASK, K_RELU_BW_MASK,
+    K_RELU_MASK, K_RELU_BW_MASK, K_ABS_MAX_BITS,
 ];
 
 /// vec4s per workgroup of the vec4 forms: 256 threads x `VEC` (4) each
@@ -613,6 +614,21 @@ impl BackwardOp for CastBack {
     fn backward(&self, g: &Tensor, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
         Ok(vec![Some(cast(g, inputs[0].dtype())?)])
     }
+}
+
+/// max |x| over an f32 tensor, as the bits of an f32 in a one-word tensor (no autograd):
+/// the per-tensor scale of an f32 operand that a tensor-core kernel stages as f16 (an atomic
+/// max of bit patterns: the same result in any order; a NaN anywhere gives a NaN). Public
+/// for its test.
+#[doc(hidden)]
+pub fn abs_max_bits(x: &Tensor) -> Result<Tensor> {
+    expect_f32("abs_max_bits", &[x])?;
+    let gpu = x.gpu();
+    let out = Tensor::zeros(gpu, &[1])?;
+    let n = x.numel();
+    // a grid-stride loop: at most 1024 workgroups of 256
+    gpu.dispatch(&K_ABS_MAX_BITS, &[], bytes_of(&Params::new(n, 0.0, 0.0)), &[x.buffer(), out.buffer()], grid(gpu, n.clamp(1, 1024 * 256), 256))?;
+    Ok(out)
 }
 
 /// Convert between f32 and f16 storage.

@@ -316,3 +316,26 @@ fn binary_ops_keep_only_the_operands_their_backward_reads() {
     assert_eq!(held(&|u| ops::mul(u, &c).unwrap()), 0, "mul by a constant keeps only the constant");
     assert_eq!(held(&|u| ops::div(&c, u).unwrap()), bytes, "c / 2a keeps 2a");
 }
+
+/// `abs_max_bits` (the per-tensor scale of an f32 operand the tensor-core kernels stage as
+/// f16) is max |x| exactly, as f32 bits: a negative extreme, the extreme in the last element
+/// of a tensor longer than its grid (the grid-stride loop), one element, and a NaN anywhere.
+#[test]
+fn abs_max_bits_is_the_exact_maximum_magnitude() {
+    let g = gpu();
+    let mut rng = Rng::new(153);
+    let bits = |v: &[f64]| -> f32 {
+        let t = ops::abs_max_bits(&upload(&g, v, &[v.len()])).unwrap();
+        f32::from_bits(t.to_vec().unwrap()[0].to_bits())
+    };
+    for n in [1usize, 1000, 300_000] {
+        let mut v = rng.uniforms(n, -1.0, 1.0);
+        v[n - 1] = -3.25;
+        assert_eq!(bits(&v), 3.25, "n = {n}");
+    }
+    let mut v = rng.uniforms(5000, -1e-7, 1e-7);
+    v[17] = 2.5e-7;
+    assert_eq!(bits(&v), 2.5e-7f64 as f32);
+    v[4000] = f64::NAN;
+    assert!(bits(&v).is_nan());
+}

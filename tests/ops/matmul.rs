@@ -827,8 +827,9 @@ fn f16_operands_give_the_f32_product_of_their_values() {
 }
 
 /// The cooperative-matrix kernel (tensor cores) against the f64 reference on f16 values, for
-/// each transposition, with bias and ReLU, on shapes that fill no 64x64 tile, batched; and
-/// refused on f32 operands. On tensor cores where the adapter has them (the GPU machine,
+/// each transposition, with bias and ReLU, on shapes that fill no 64x64 tile, batched; one
+/// operand f32 and scaled per tensor (the backward's form); refused on two f32 operands. On
+/// tensor cores where the adapter has them (the GPU machine,
 /// `scripts/gpu_bench.sh`), else emulated where it has shader f16 (lavapipe 25: the staging,
 /// indexing and store); skipped, with the reason printed, where it has neither.
 #[test]
@@ -859,4 +860,29 @@ fn coop_matmul_matches_the_reference() {
     }
     let f = upload(&g, &rng.normals(64 * 64), &[64, 64]);
     assert!(ops::matmul_with_kernel(&f, &f, MatmulOpts::default(), MatmulKernel::Coop).is_err());
+    // one operand f32 (a gradient in a linear layer's backward), staged as f16 after its
+    // per-tensor scale: each term carries at most f16's half-ulp on that operand, 2^-12
+    // relative, so the bound is 2^-11 of the sum of the terms' magnitudes, at the gradient's
+    // scale and a million times smaller (f16 subnormals, unscaled)
+    let (m, n, k) = (70usize, 130usize, 45usize);
+    for (f32_a, ta, tb) in [(true, false, true), (false, true, false)] {
+        for tiny in [1.0, 1e-6] {
+            let (sa, sb) = (a_shape(&[], m, k, ta), b_shape(&[], k, n, tb));
+            let av: Vec<f64> = rng.normals(numel(&sa)).iter().map(|v| v * if f32_a { tiny } else { 1.0 }).collect();
+            let bv: Vec<f64> = rng.normals(numel(&sb)).iter().map(|v| v * if f32_a { 1.0 } else { tiny }).collect();
+            let (a32, b32) = (upload(&g, &av, &sa), upload(&g, &bv, &sb));
+            let (a, b) = if f32_a { (a32, half(&b32)) } else { (half(&a32), b32) };
+            let host = |t: &Tensor| ops::cast(t, DType::F32).unwrap().to_vec().unwrap().iter().map(|&v| v as f64).collect::<Vec<f64>>();
+            let (ah, bh) = (host(&a), host(&b));
+            let want = matmul_ref(&ah, &sa, ta, &bh, &sb, tb, None);
+            let abs = |v: &[f64]| v.iter().map(|x| x.abs()).collect::<Vec<f64>>();
+            let mag = matmul_ref(&abs(&ah), &sa, ta, &abs(&bh), &sb, tb, None);
+            let opts = MatmulOpts { trans_a: ta, trans_b: tb, b_scale: None };
+            let got = ops::matmul_with_kernel(&a, &b, opts, MatmulKernel::Coop).unwrap().to_vec().unwrap();
+            for i in 0..want.len() {
+                let err = (got[i] as f64 - want[i]).abs();
+                assert!(err <= mag[i] * 2f64.powi(-11), "coop f32 {} x{tiny:e}: [{i}] got {}, want {}, err {err:e}", if f32_a { "A" } else { "B" }, got[i], want[i]);
+            }
+        }
+    }
 }

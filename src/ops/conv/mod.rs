@@ -67,8 +67,6 @@ struct CoopKernels {
     dx: Kernel,
     /// x (f16), dy, max |dy|, the partials (or dW)
     dw: Kernel,
-    /// dy, max |dy| (atomic)
-    absmax: Kernel,
 }
 
 const fn coop_kernels(c: Coop) -> CoopKernels {
@@ -77,7 +75,6 @@ const fn coop_kernels(c: Coop) -> CoopKernels {
         fwd: Kernel::new(s, "conv_fwd_coop", FWD_BINDINGS, &Params::LAYOUT),
         dx: Kernel::new(s, "conv_dx_coop", &[R, R, R, RW], &Params::LAYOUT),
         dw: Kernel::new(s, "conv_dw_coop", &[R, R, R, RW], &Params::LAYOUT),
-        absmax: Kernel::new(s, "conv_dy_absmax", &[R, RW], &Params::LAYOUT),
     }
 }
 
@@ -139,15 +136,14 @@ fn kernels(t: ConvTile) -> &'static Tiled {
     &TILED[t as usize]
 }
 
-const fn all_kernels() -> [Kernel; 40] {
-    let mut out = [COOP[0].fwd; 40];
+const fn all_kernels() -> [Kernel; 38] {
+    let mut out = [COOP[0].fwd; 38];
     let mut c = 0;
     while c < 2 {
         let k = COOP[c];
-        out[32 + 4 * c] = k.fwd;
-        out[33 + 4 * c] = k.dx;
-        out[34 + 4 * c] = k.dw;
-        out[35 + 4 * c] = k.absmax;
+        out[32 + 3 * c] = k.fwd;
+        out[33 + 3 * c] = k.dx;
+        out[34 + 3 * c] = k.dw;
         c += 1;
     }
     let mut i = 0;
@@ -484,23 +480,11 @@ fn grad_input(g: &Geom, dy: &Tensor, w: &Tensor, scale: Option<&Tensor>) -> Resu
         }
         ConvKernel::Coop => {
             let k = g.coop(Gemm::Dx, gpu)?;
-            let amax = dy_absmax(g, dy, k)?;
+            let amax = super::elementwise::abs_max_bits(dy)?; // dy's per-tensor scale
             launch_coop(&k.dx, &mut pr, &[dy.buffer(), w.buffer(), amax.buffer(), dx.buffer()], groups, gpu)?;
         }
     }
     Ok(dx)
-}
-
-/// max |dy| as f32 bits in a one-word tensor, the per-tensor scale of dy's f16 staging in the
-/// cooperative-matrix gradients (`conv_dy_absmax`: an atomic max of the bit patterns, so the
-/// result does not depend on the order).
-fn dy_absmax(g: &Geom, dy: &Tensor, k: &CoopKernels) -> Result<Tensor> {
-    let gpu = dy.gpu();
-    let amax = Tensor::zeros(gpu, &[1])?;
-    let n = dy.numel();
-    // a grid-stride loop: at most 1024 workgroups of 256
-    gpu.dispatch(&k.absmax, &[("HALF_Y", 0.0)], bytes_of(&g.params()), &[dy.buffer(), amax.buffer()], grid(gpu, n.min(1024 * 256), 256))?;
-    Ok(amax)
 }
 
 /// Launch a cooperative-matrix gradient kernel over `groups` workgroups, split at the
@@ -558,7 +542,7 @@ fn grad_weight(g: &Geom, x: &Tensor, dy: &Tensor, scale: Option<&Tensor>) -> Res
         }
         ConvKernel::Coop => {
             let k = g.coop(Gemm::Dw, gpu)?;
-            let amax = dy_absmax(g, dy, k)?;
+            let amax = super::elementwise::abs_max_bits(dy)?; // dy's per-tensor scale
             launch_coop(&k.dw, &mut pr, &[x.buffer(), dy.buffer(), amax.buffer(), out], groups, gpu)?;
         }
     }

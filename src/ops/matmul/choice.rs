@@ -113,7 +113,11 @@ pub(super) fn choose(p: &Plan, a: &Tensor, sa: Option<&Tensor>, b: &Tensor, sb: 
         let seed = 0x7475_6e65; // "tune"
         // operands of the run's shapes and dtypes (f16 ones rounded from f32 draws)
         let rnd = |t: &Tensor, i: u64| crate::ops::random::randn(gpu, t.shape(), seed, i << 40).and_then(|r| crate::ops::cast(&r, t.dtype()));
-        let (ra, rb) = (rnd(a, 0)?, rnd(b, 1)?);
+        // where the cooperative-matrix kernel is a candidate, an f32 operand (a gradient)
+        // holds f16 values, which its per-tensor power-of-two scale keeps exact: its probe
+        // then sees the product, not the f16 staging mixed precision chose
+        let f16_valued = |t: Tensor| if cands.contains(&MatmulKernel::Coop) { crate::ops::cast(&crate::ops::cast(&t, crate::DType::F16)?, t.dtype()) } else { Ok(t) };
+        let (ra, rb) = (f16_valued(rnd(a, 0)?)?, f16_valued(rnd(b, 1)?)?);
         let rsa = sa.map(|s| rnd(s, 2)).transpose()?;
         let rsb = sb.map(|s| rnd(s, 3)).transpose()?;
         let rbias = bias.map(|s| rnd(s, 4)).transpose()?;

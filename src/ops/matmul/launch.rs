@@ -18,11 +18,12 @@ const K_TILE128: Kernel = Kernel::new(Shader::Matmul, "gemm_tile128", BINDINGS, 
 const K_TILE64: Kernel = Kernel::new(Shader::Matmul, "gemm_tile64", BINDINGS, &Params::LAYOUT);
 const K_REF: Kernel = Kernel::new(Shader::Matmul, "gemm_ref", BINDINGS, &Params::LAYOUT);
 const K_SPLITK_REDUCE: Kernel = Kernel::new(Shader::Matmul, "gemm_splitk_reduce", BINDINGS, &Params::LAYOUT);
-/// The cooperative-matrix kernel, on tensor cores and emulated: A, (unused), B, (unused),
-/// bias, C.
+/// The cooperative-matrix kernel, on tensor cores and emulated: A (as f16 and as f32), B
+/// (likewise), bias, C, the f32 operand's max |value| bits.
+const COOP_BINDINGS: &[Access] = &[R, R, R, R, R, RW, R];
 const K_COOP: [Kernel; 2] = [
-    Kernel::new(Shader::MatmulCoop(Coop::Hardware), "gemm_coop", &[R, R, R, R, R, RW], &Params::LAYOUT),
-    Kernel::new(Shader::MatmulCoop(Coop::Emulated), "gemm_coop", &[R, R, R, R, R, RW], &Params::LAYOUT),
+    Kernel::new(Shader::MatmulCoop(Coop::Hardware), "gemm_coop", COOP_BINDINGS, &Params::LAYOUT),
+    Kernel::new(Shader::MatmulCoop(Coop::Emulated), "gemm_coop", COOP_BINDINGS, &Params::LAYOUT),
 ];
 /// Every kernel of this file (for the interface test, `tests/gpu/kernels.rs`).
 pub(crate) const KERNELS: &[Kernel] = &[K_TILE128, K_TILE64, K_REF, K_SPLITK_REDUCE, K_COOP[0], K_COOP[1]];
@@ -114,7 +115,8 @@ pub enum MatmulKernel {
     Tile128(Tile128),
     /// 64x64 tiles with K cut into this many splits (batch 1 only; see [`MATMUL_SPLITS`]).
     SplitK(u32),
-    /// Cooperative matrices (tensor cores), 64x64 tiles, for f16 A and B without scales,
+    /// Cooperative matrices (tensor cores), 64x64 tiles, for f16 A and B (or one of them
+    /// f32, scaled per tensor into f16) without scales,
     /// where the device has them ([`Capabilities::cooperative_matrix`](crate::gpu::Capabilities)).
     Coop,
     /// One thread per output, no tiling (slow; the cross-check).
@@ -316,10 +318,19 @@ pub(super) fn launch(
         }
         MatmulKernel::Coop => {
             if !coop_applies(&form) {
-                return Err(Error::Other("matmul: the cooperative-matrix kernel needs f16 A and B without scales".into()));
+                return Err(Error::Other("matmul: the cooperative-matrix kernel needs f16 A and B, or one of them f32, without scales".into()));
             }
-            let consts = [("TRANS_A", p.ta), ("TRANS_B", p.tb), ("BIAS", form.bias), ("RELU", form.relu)].map(|(k, v)| (k, v as u32 as f64));
-            let cb = [buffers[0], buffers[0], buffers[2], buffers[2], buffers[4], buffers[5]];
+            let f32_a = a.dtype() == DType::F32;
+            let f32_b = b.dtype() == DType::F32;
+            let consts = [("TRANS_A", p.ta), ("TRANS_B", p.tb), ("BIAS", form.bias), ("RELU", form.relu), ("F32_A", f32_a), ("F32_B", f32_b)].map(|(k, v)| (k, v as u32 as f64));
+            // the f32 operand's per-tensor scale for its f16 staging (coop_tile.wgsl)
+            let amax = match (f32_a, f32_b) {
+                (true, _) => Some(crate::ops::elementwise::abs_max_bits(a)?),
+                (_, true) => Some(crate::ops::elementwise::abs_max_bits(b)?),
+                _ => None,
+            };
+            let amax_buf = amax.as_ref().map_or(buffers[5], |t| t.buffer());
+            let cb = [buffers[0], buffers[0], buffers[2], buffers[2], buffers[4], buffers[5], amax_buf];
             // runs_on held: tensor cores, or their emulation
             let k = &K_COOP[(Coop::on(&gpu.capabilities()) == Some(Coop::Emulated)) as usize];
             for (first, groups) in split_grid(gpu, [p.n.div_ceil(64), p.m.div_ceil(64), p.batch]) {
@@ -348,10 +359,11 @@ pub(super) fn launch(
     Ok(c)
 }
 
-/// Whether the cooperative-matrix kernel can run a product of this form: f16 A and B, no
-/// scales (bias and ReLU are its epilogue's).
+/// Whether the cooperative-matrix kernel can run a product of this form: f16 A and B, or one
+/// of them f32 (staged as f16 after a per-tensor scale: a gradient in a linear layer's
+/// backward), no scales (bias and ReLU are its epilogue's).
 pub(super) fn coop_applies(form: &Form) -> bool {
-    form.half_a && form.half_b && !form.sa && !form.sb
+    (form.half_a || form.half_b) && !form.sa && !form.sb
 }
 
 /// Whether the 128x128 tile's VEC4 form at K-slices of `bk` can run `p`: unscaled f32
