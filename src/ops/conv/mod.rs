@@ -372,12 +372,39 @@ fn check(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: &Conv2dParams, w_scal
     Ok(Geom { n, c, h, w: wd, o, kh, kw, ho, wo, p: *p, kernel: None, half_x, half_w, round_y: false, scaled: w_scale.is_some() })
 }
 
+thread_local! {
+    // Tests only (`prefer_coop`): run the cooperative-matrix kernels wherever they apply on
+    // this thread, emulated where the adapter has no tensor cores.
+    static PREFER_COOP: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Guard returned by [`prefer_coop`]; the previous mode returns when it drops.
+#[doc(hidden)]
+pub struct PreferCoopGuard(bool);
+
+impl Drop for PreferCoopGuard {
+    fn drop(&mut self) {
+        PREFER_COOP.with(|c| c.set(self.0));
+    }
+}
+
+/// While the guard lives, every convolution GEMM on this thread that the cooperative-matrix
+/// kernels can run (f16 operands, no weight scale; tensor cores or their emulation) runs on
+/// them instead of the tuner's choice. For tests that run whole networks on them where no
+/// adapter has tensor cores (lavapipe): the emulation is never chosen otherwise.
+#[doc(hidden)]
+pub fn prefer_coop(on: bool) -> PreferCoopGuard {
+    PreferCoopGuard(PREFER_COOP.with(|c| c.replace(on)))
+}
+
 impl Geom {
-    /// The kernel GEMM `which` (`m` x `n` outputs) runs on: the forced one, else the choice
-    /// for its shape on this device (`choice`).
+    /// The kernel GEMM `which` (`m` x `n` outputs) runs on: the forced one, else (under
+    /// [`prefer_coop`]) the cooperative-matrix kernel where it applies, else the choice for
+    /// its shape on this device (`choice`).
     fn kernel(&self, which: Gemm, m: usize, n: usize, gpu: &crate::Gpu) -> Result<ConvKernel> {
         match self.kernel {
             Some(k) => Ok(k),
+            None if PREFER_COOP.with(|c| c.get()) && self.coop_applies(which) && coop_on(gpu).is_some() => Ok(ConvKernel::Coop),
             None => choice::choose(self, which, m, n, gpu),
         }
     }
