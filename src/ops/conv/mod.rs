@@ -4,165 +4,25 @@
 //! loaders gather from the NCHW tensors on the fly (no im2col buffer, no host-side layout
 //! copies); see `shaders/conv.wgsl` for the tiling. Each GEMM runs on a workgroup tile
 //! ([`ConvTile`]): the wide 128 x 64 one, or a narrower one for few channels or a small
-//! weight gradient, timed on the device per shape bucket (`choice`). Weight gradients reduce over
+//! weight gradient, or under mixed precision on cooperative matrices ([`ConvKernel::Coop`],
+//! `shaders/conv_coop.wgsl`), timed on the device per shape bucket (`choice`). Weight gradients reduce over
 //! N*HO*WO with split-K across workgroups and a second, deterministic reduction pass (no
 //! float atomics).
 mod choice;
 mod fused;
+mod kernels;
 
 pub use choice::tile_for;
+pub use kernels::{prefer_coop, ConvKernel, PreferCoopGuard};
+pub(crate) use kernels::KERNELS;
+use kernels::{coop_on, kernels, CoopKernels, PREFER_COOP};
 pub use fused::{conv2d_after_bn_relu, conv2d_after_bn_relu_ex, conv2d_bn_partials, conv2d_forward_on, conv2d_bn_partials_on_tile, conv2d_inference, conv2d_inference_on_tile, BnRelu, ConvEpilogue};
 use choice::Gemm;
 use super::{bytes_of, expect_f32, expect_same_gpu, grid, split_grid};
 use crate::autograd::BackwardOp;
 use crate::error::{Error, Result};
-use crate::gpu::{Access, ConvTile, Coop, Kernel, Shader};
+use crate::gpu::{ConvTile, Kernel};
 use crate::tensor::{DType, Tensor};
-
-const R: Access = Access::Read;
-const RW: Access = Access::ReadWrite;
-/// The entry points of one tile's instantiation (the split-K reduction and the bias
-/// gradient do not depend on the tile, but each instantiation has them).
-#[derive(Clone, Copy)]
-struct Tiled {
-    fwd: Kernel,
-    fwd_scaled: Kernel,
-    dx: Kernel,
-    dx_scaled: Kernel,
-    dw: Kernel,
-    dw_scaled: Kernel,
-    dw_reduce: Kernel,
-    dbias: Kernel,
-}
-
-/// The forward's: x, w, bias, w_scale, y, then the epilogue's batch-norm statistics, weight
-/// and bias and the residual ([`ConvEpilogue`]), and batch norm's partial statistics of y
-/// ([`conv2d_bn_partials`]), then x and w again as packed f16 words (f16 operands), and y
-/// as f16 words (an f16 output).
-const FWD_BINDINGS: &[Access] = &[R, R, R, R, RW, R, R, R, R, RW, R, R, RW];
-/// dX's: dy, w, w_scale, dx, and w again as f16 words; dW's: x, dy, w_scale, the partials
-/// (or dW), and x again as f16 words.
-const GRAD_BINDINGS: &[Access] = &[R, R, R, RW, R];
-
-const fn tiled(t: ConvTile) -> Tiled {
-    let s = Shader::Conv(t);
-    Tiled {
-        fwd: Kernel::new(s, "conv_fwd", FWD_BINDINGS, &Params::LAYOUT),
-        fwd_scaled: Kernel::new(s, "conv_fwd_scaled", FWD_BINDINGS, &Params::LAYOUT),
-        dx: Kernel::new(s, "conv_dx", GRAD_BINDINGS, &Params::LAYOUT),
-        dx_scaled: Kernel::new(s, "conv_dx_scaled", GRAD_BINDINGS, &Params::LAYOUT),
-        dw: Kernel::new(s, "conv_dw", GRAD_BINDINGS, &Params::LAYOUT),
-        dw_scaled: Kernel::new(s, "conv_dw_scaled", GRAD_BINDINGS, &Params::LAYOUT),
-        dw_reduce: Kernel::new(s, "conv_dw_reduce", &[R, R, RW], &Params::LAYOUT),
-        dbias: Kernel::new(s, "conv_dbias", &[R, RW], &Params::LAYOUT),
-    }
-}
-
-/// The kernels on cooperative matrices (`shaders/conv_coop.wgsl`), in one form.
-#[derive(Clone, Copy)]
-struct CoopKernels {
-    /// the forward's bindings
-    fwd: Kernel,
-    /// dy, w (f16), max |dy|, dx
-    dx: Kernel,
-    /// x (f16), dy, max |dy|, the partials (or dW)
-    dw: Kernel,
-}
-
-const fn coop_kernels(c: Coop) -> CoopKernels {
-    let s = Shader::ConvCoop(c);
-    CoopKernels {
-        fwd: Kernel::new(s, "conv_fwd_coop", FWD_BINDINGS, &Params::LAYOUT),
-        dx: Kernel::new(s, "conv_dx_coop", &[R, R, R, RW], &Params::LAYOUT),
-        dw: Kernel::new(s, "conv_dw_coop", &[R, R, R, RW], &Params::LAYOUT),
-    }
-}
-
-/// On tensor cores, and emulated (`gpu::Coop`).
-const COOP: [CoopKernels; 2] = [coop_kernels(Coop::Hardware), coop_kernels(Coop::Emulated)];
-
-/// The cooperative-matrix kernels `gpu` runs (tensor cores, or their emulation), if any.
-fn coop_on(gpu: &crate::Gpu) -> Option<&'static CoopKernels> {
-    Coop::on(&gpu.capabilities()).map(|c| &COOP[(c == Coop::Emulated) as usize])
-}
-
-/// The kernel a convolution GEMM runs on: a workgroup tile of the f32-arithmetic kernels, or
-/// cooperative matrices (tensor cores: 64 x 64 tiles, on an adapter that has them; for the
-/// forward f16 x and w, for dX f16 w, for dW f16 x, without a weight scale; dy enters them
-/// as f16 after a per-tensor power-of-two scale).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ConvKernel {
-    /// `shaders/conv.wgsl` on this tile.
-    Tile(ConvTile),
-    /// `shaders/conv_coop.wgsl`.
-    Coop,
-}
-
-impl ConvKernel {
-    /// Output rows (pixels) per workgroup: the row tiles of batch norm's partial statistics.
-    pub fn rows(self) -> usize {
-        match self {
-            ConvKernel::Tile(t) => t.rows(),
-            ConvKernel::Coop => 64,
-        }
-    }
-    /// Output columns (channels) per workgroup.
-    pub fn cols(self) -> usize {
-        match self {
-            ConvKernel::Tile(t) => t.cols(),
-            ConvKernel::Coop => 64,
-        }
-    }
-    /// The name the tuner records (the tile's, or `coop`).
-    pub fn name(self) -> &'static str {
-        match self {
-            ConvKernel::Tile(t) => t.name(),
-            ConvKernel::Coop => "coop",
-        }
-    }
-    /// The kernel named `name` ([`ConvKernel::name`]).
-    pub fn from_name(name: &str) -> Option<ConvKernel> {
-        if name == "coop" {
-            return Some(ConvKernel::Coop);
-        }
-        ConvTile::from_name(name).map(ConvKernel::Tile)
-    }
-}
-
-/// Per tile, in [`ConvTile::ALL`]'s order.
-const TILED: [Tiled; 4] = [tiled(ConvTile::T128x64), tiled(ConvTile::T128x32), tiled(ConvTile::T128x16), tiled(ConvTile::T32x16)];
-
-fn kernels(t: ConvTile) -> &'static Tiled {
-    &TILED[t as usize]
-}
-
-const fn all_kernels() -> [Kernel; 38] {
-    let mut out = [COOP[0].fwd; 38];
-    let mut c = 0;
-    while c < 2 {
-        let k = COOP[c];
-        out[32 + 3 * c] = k.fwd;
-        out[33 + 3 * c] = k.dx;
-        out[34 + 3 * c] = k.dw;
-        c += 1;
-    }
-    let mut i = 0;
-    while i < TILED.len() {
-        let t = TILED[i];
-        let k = [t.fwd, t.fwd_scaled, t.dx, t.dx_scaled, t.dw, t.dw_scaled, t.dw_reduce, t.dbias];
-        let mut j = 0;
-        while j < k.len() {
-            out[8 * i + j] = k[j];
-            j += 1;
-        }
-        i += 1;
-    }
-    out
-}
-
-/// Every kernel of this file, every tile's and the cooperative-matrix ones (for the
-/// interface test, `tests/gpu/kernels.rs`).
-pub(crate) const KERNELS: &[Kernel] = &all_kernels();
 
 /// Depth (K) of one K-slice of every conv GEMM (`BK` in `shaders/conv.wgsl`).
 pub const CONV_TILE_K: usize = 16;
@@ -372,31 +232,6 @@ fn check(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: &Conv2dParams, w_scal
     Ok(Geom { n, c, h, w: wd, o, kh, kw, ho, wo, p: *p, kernel: None, half_x, half_w, round_y: false, scaled: w_scale.is_some() })
 }
 
-thread_local! {
-    // Tests only (`prefer_coop`): run the cooperative-matrix kernels wherever they apply on
-    // this thread, emulated where the adapter has no tensor cores.
-    static PREFER_COOP: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Guard returned by [`prefer_coop`]; the previous mode returns when it drops.
-#[doc(hidden)]
-pub struct PreferCoopGuard(bool);
-
-impl Drop for PreferCoopGuard {
-    fn drop(&mut self) {
-        PREFER_COOP.with(|c| c.set(self.0));
-    }
-}
-
-/// While the guard lives, every convolution GEMM on this thread that the cooperative-matrix
-/// kernels can run (f16 operands, no weight scale; tensor cores or their emulation) runs on
-/// them instead of the tuner's choice. For tests that run whole networks on them where no
-/// adapter has tensor cores (lavapipe): the emulation is never chosen otherwise.
-#[doc(hidden)]
-pub fn prefer_coop(on: bool) -> PreferCoopGuard {
-    PreferCoopGuard(PREFER_COOP.with(|c| c.replace(on)))
-}
-
 impl Geom {
     /// The kernel GEMM `which` (`m` x `n` outputs) runs on: the forced one, else (under
     /// [`prefer_coop`]) the cooperative-matrix kernel where it applies, else the choice for
@@ -455,7 +290,7 @@ fn forward_ex(g: &Geom, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, scale: Op
     }
     // an output rounded to f16 is stored as f16 by the kernel itself where H*W is even (each
     // f16 word then has one writer; conv_params.wgsl), else as f32 for the caller's cast
-    let half_y = g.round_y && (g.ho * g.wo) % 2 == 0;
+    let half_y = g.round_y && (g.ho * g.wo).is_multiple_of(2);
     let y = Tensor::empty(gpu, &[g.n, g.o, g.ho, g.wo], if half_y { DType::F16 } else { DType::F32 })?;
     let mut pr = g.params();
     let m = g.n * g.ho * g.wo;
