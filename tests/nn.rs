@@ -986,15 +986,19 @@ fn resnet18_under_autocast_keeps_about_half_the_bytes_for_its_backward() {
     }
 }
 
-/// ResNet18 under `autocast` with every convolution GEMM that can on the cooperative-matrix
-/// kernels (`ops::prefer_coop`; emulated where the adapter has no tensor cores): forward,
-/// evaluation (the fused epilogue) and backward (dy scaled per tensor into f16) through the
-/// whole network, with and without recomputation, agree with the same network on the
-/// f32-arithmetic tiles. The forward differs in the order of f32 additions, which can tip a
-/// convolution output's rounding to f16 (kept for batch norm) by one f16 ulp, 2^-11
-/// relative, and such flips add along the ~21 convolutions: 21 · 2^-11 ≈ 1 % of the
-/// features' scale. Each gradient product also rounds dy to f16 (2^-12 relative per term),
-/// adding along the backward's products: 2 · 21 · 2^-11 ≈ 2 % of each gradient's scale.
+/// ResNet18 under `autocast` on the cooperative-matrix convolutions (`ops::prefer_coop`;
+/// emulated where the adapter has no tensor cores), with and without recomputation, against
+/// the same network on the f32-arithmetic tiles:
+/// - forwards on them (training, and evaluation's fused epilogue) give the same features to
+///   f16 precision: they differ in the order of f32 additions, which can tip a convolution
+///   output's rounding to f16 (kept for batch norm) by one f16 ulp, 2^-11 relative, and such
+///   flips add along the ~21 convolutions: 21 · 2^-11 ≈ 1 % of the features' scale;
+/// - gradients on them, after the same forward on the tiles, agree to the f16 rounding of
+///   dy (2^-12 relative per term) added along the backward's ~21 products: 2 · 21 · 2^-11
+///   ≈ 2 % of each gradient's scale. (Gradients after different forwards are not comparable
+///   this way: a flip of a ReLU mask or a max-pool tie between the two forwards moves a
+///   gradient by a whole term.)
+/// - everything on them at once runs, and every gradient is finite.
 #[test]
 fn resnet18_runs_on_the_cooperative_matrix_convolutions() {
     let g = gpu();
@@ -1002,13 +1006,13 @@ fn resnet18_runs_on_the_cooperative_matrix_convolutions() {
         println!("skipped: {} has neither cooperative matrices nor shader f16", g.info().name);
         return;
     }
-    let shape = [2, 3, 33, 29];
+    let shape = [4, 3, 64, 56];
     let x = upload(&g, &Rng::new(518).normals(numel(&shape)), &shape);
     for recompute in [false, true] {
         let net = ResNet18::new(&g, "enc", 3, 4, &mut srng(519)).unwrap().with_recompute(recompute);
         let _ac = equimodal::autograd::autocast(true);
-        let run = |coop: bool| {
-            let _c = ops::prefer_coop(coop);
+        let run = |forward: bool, gradients: bool| {
+            let _c = ops::prefer_coop(forward, gradients);
             let pooled = net.forward(&x, &Ctx { update_stats: false, ..Ctx::train() }).unwrap();
             let grads = backward_weighted(&pooled, 520);
             let eval = {
@@ -1018,17 +1022,22 @@ fn resnet18_runs_on_the_cooperative_matrix_convolutions() {
             let gs: Vec<Vec<f32>> = net.params().iter().map(|p| grads.get(&p.tensor).expect("a gradient").to_vec().unwrap()).collect();
             (pooled.to_vec().unwrap(), eval, gs)
         };
-        let (tiles, coop) = (run(false), run(true));
         let close = |what: &str, a: &[f32], b: &[f32], rel: f32| {
             let scale = a.iter().fold(0.0f32, |m, v| m.max(v.abs()));
             let worst = a.iter().zip(b).map(|(u, v)| (u - v).abs()).fold(0.0f32, f32::max);
             assert!(worst <= rel * scale, "recompute={recompute}: {what}: worst difference {worst} at scale {scale}");
         };
-        close("training forward", &tiles.0, &coop.0, 0.01);
-        close("evaluation forward", &tiles.1, &coop.1, 0.01);
-        for (i, (a, b)) in tiles.2.iter().zip(&coop.2).enumerate() {
+        let tiles = run(false, false);
+        let forward = run(true, false);
+        close("training forward", &tiles.0, &forward.0, 0.01);
+        close("evaluation forward", &tiles.1, &forward.1, 0.01);
+        let gradients = run(false, true);
+        assert_eq!(tiles.0, gradients.0, "recompute={recompute}: the forward moved");
+        for (i, (a, b)) in tiles.2.iter().zip(&gradients.2).enumerate() {
             close(&format!("gradient of {}", net.params()[i].name), a, b, 0.02);
         }
-        assert_ne!(tiles.2, coop.2, "recompute={recompute}: the gradients took no f16 staging: coop did not run");
+        assert_ne!(tiles.2, gradients.2, "recompute={recompute}: the gradients took no f16 staging: coop did not run");
+        let all = run(true, true);
+        assert!(all.2.iter().flatten().all(|v| v.is_finite()), "recompute={recompute}: a non-finite gradient");
     }
 }

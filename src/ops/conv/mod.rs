@@ -239,9 +239,14 @@ impl Geom {
     fn kernel(&self, which: Gemm, m: usize, n: usize, gpu: &crate::Gpu) -> Result<ConvKernel> {
         match self.kernel {
             Some(k) => Ok(k),
-            None if PREFER_COOP.with(|c| c.get()) && self.coop_applies(which) && coop_on(gpu).is_some() => Ok(ConvKernel::Coop),
+            None if self.coop_preferred(which) && coop_on(gpu).is_some() => Ok(ConvKernel::Coop),
             None => choice::choose(self, which, m, n, gpu),
         }
+    }
+    /// Whether [`prefer_coop`] puts GEMM `which` on the cooperative-matrix kernel.
+    fn coop_preferred(&self, which: Gemm) -> bool {
+        let (forward, gradients) = PREFER_COOP.with(|c| c.get());
+        (if which == Gemm::Fwd { forward } else { gradients }) && self.coop_applies(which)
     }
     /// Whether the cooperative-matrix kernel computes GEMM `which`: its operands other than dy
     /// f16 (the forward's x and w, dX's w, dW's x), no weight scale.
