@@ -9,7 +9,8 @@
 //
 // conv_fwd_coop: coop_tile.wgsl's 64 x 64 tile (pixels x channels). Per K-slice of 32 the
 // workgroup stages the im2col tile of x (64 pixels x 32 taps, zero in the padding and past
-// the edges) and w's 32 x 64 in workgroup memory as f16, then runs coop_slice. Staging: a
+// the edges) and w's 32 x 64 in workgroup memory as f16, fetched into registers one slice
+// ahead (while the previous slice is multiplied), then runs coop_slice. Staging: a
 // thread keeps one pixel (lid % 64: consecutive threads read consecutive pixels, coalesced
 // along a row of the image) and stages 16 of the slice's taps; a tap's (channel, kernel row, kernel column) is
 // decoded once per slice into a table by 32 threads, as conv.wgsl does. The accumulators go
@@ -20,7 +21,7 @@
 // The gradients' GEMMs (conv_dx_coop, conv_dw_coop) follow at the end, with dy scaled per
 // tensor into f16's range.
 //
-// Not yet: double-buffered staging, weight scales (AIM's masks run the f32-arithmetic tiles).
+// Not yet: vector loads, weight scales (AIM's masks run the f32-arithmetic tiles).
 
 @group(0) @binding(11) var<storage, read> xh: array<f16>;
 @group(0) @binding(12) var<storage, read> wh: array<f16>;
@@ -78,36 +79,54 @@ fn conv_fwd_coop(@builtin(workgroup_id) wg_in: vec3<u32>, @builtin(local_invocat
     let q = coop_quarter(lid);
     coop_zero();
     let slices = (p.k + KS - 1u) / KS;
-    for (var t = 0u; t < slices; t = t + 1u) {
-        let k0 = t * KS;
-        if (lid < KS) {
-            ktab[lid] = fwd_entry(k0 + lid);
-        }
-        workgroupBarrier();
-        for (var r = 0u; r < 16u; r = r + 1u) {
-            // x: pixel lm, tap kq + 2 r
-            let ak = kq + 2u * r;
-            let e = ktab[ak];
-            let hi = hi0 + e.y;
-            let wi = wi0 + e.z;
-            var v = f16(0.0);
-            if (a_ok && hi >= 0 && hi < i32(p.h) && wi >= 0 && wi < i32(p.w)) {
-                v = xh[xbase + u32(e.x) + u32(hi) * p.w + u32(wi)];
+    // slice t's K entries are in ktab while slice t is fetched (into coop_tile.wgsl's ra, rb)
+    if (lid < KS) {
+        ktab[lid] = fwd_entry(lid);
+    }
+    workgroupBarrier();
+    for (var t = 0u; t <= slices; t = t + 1u) {
+        // fetch slice t: its loads are in flight while slice t - 1 is multiplied
+        if (t < slices) {
+            let k0 = t * KS;
+            for (var r = 0u; r < 16u; r = r + 1u) {
+                // x: pixel lm, tap kq + 2 r
+                let ak = kq + 2u * r;
+                let e = ktab[ak];
+                let hi = hi0 + e.y;
+                let wi = wi0 + e.z;
+                var v = f16(0.0);
+                if (a_ok && hi >= 0 && hi < i32(p.h) && wi >= 0 && wi < i32(p.w)) {
+                    v = xh[xbase + u32(e.x) + u32(hi) * p.w + u32(wi)];
+                }
+                ra[r] = v;
+                // w [O, K]: consecutive threads on consecutive taps of one channel
+                let f = r * 128u + lid;
+                let bk = f % KS;
+                let bn = f / KS;
+                let o = n0 + bn;
+                var u = f16(0.0);
+                if (k0 + bk < p.k && o < p.o) {
+                    u = wh[o * p.k + k0 + bk];
+                }
+                rb[r] = u;
             }
-            As[lm * AS_STRIDE + ak] = v;
-            // w [O, K]: consecutive threads on consecutive taps of one channel
-            let f = r * 128u + lid;
-            let bk = f % KS;
-            let bn = f / KS;
-            let o = n0 + bn;
-            var u = f16(0.0);
-            if (k0 + bk < p.k && o < p.o) {
-                u = wh[o * p.k + k0 + bk];
-            }
-            Bs[bk * BS_STRIDE + bn] = u;
         }
-        workgroupBarrier();
-        coop_slice(q);
+        if (t > 0u) {
+            coop_slice(q);
+        }
+        workgroupBarrier(); // the multiply is done with As and Bs, the fetch with ktab
+        if (t < slices) {
+            for (var r = 0u; r < 16u; r = r + 1u) {
+                let f = r * 128u + lid;
+                let bk = f % KS;
+                let bn = f / KS;
+                As[lm * AS_STRIDE + kq + 2u * r] = ra[r];
+                Bs[bk * BS_STRIDE + bn] = rb[r];
+            }
+            if (lid < KS) {
+                ktab[lid] = fwd_entry((t + 1u) * KS + lid);
+            }
+        }
         workgroupBarrier();
     }
     coop_store(q);
@@ -182,36 +201,54 @@ fn conv_dx_coop(@builtin(workgroup_id) wg_in: vec3<u32>, @builtin(local_invocati
     let quarter = coop_quarter(lid);
     coop_zero();
     let slices = (q.kp + KS - 1u) / KS;
-    for (var t = 0u; t < slices; t = t + 1u) {
-        let k0 = t * KS;
-        if (lid < KS) {
-            ktab[lid] = dx_entry(q, k0 + lid);
-        }
-        workgroupBarrier();
-        for (var r = 0u; r < 16u; r = r + 1u) {
-            let ak = kq + 2u * r;
-            let e = ktab[ak];
-            let ho = ahp + e.y;
-            let wo = awp + e.z;
-            var v = 0.0;
-            if (a_ok && ho >= 0 && ho < i32(p.ho) && wo >= 0 && wo < i32(p.wo)) {
-                v = dx_dy[dybase + u32(e.x) + u32(ho) * p.wo + u32(wo)] * s;
+    // slice t's K entries are in ktab while slice t is fetched (into coop_tile.wgsl's ra, rb)
+    if (lid < KS) {
+        ktab[lid] = dx_entry(q, lid);
+    }
+    workgroupBarrier();
+    for (var t = 0u; t <= slices; t = t + 1u) {
+        // fetch slice t: its loads are in flight while slice t - 1 is multiplied
+        if (t < slices) {
+            let k0 = t * KS;
+            for (var r = 0u; r < 16u; r = r + 1u) {
+                let ak = kq + 2u * r;
+                let e = ktab[ak];
+                let ho = ahp + e.y;
+                let wo = awp + e.z;
+                var v = 0.0;
+                if (a_ok && ho >= 0 && ho < i32(p.ho) && wo >= 0 && wo < i32(p.wo)) {
+                    v = dx_dy[dybase + u32(e.x) + u32(ho) * p.wo + u32(wo)] * s;
+                }
+                ra[r] = f16(v);
+                // w: K entry bk (o, tap), channel c; consecutive threads on consecutive channels
+                let f = r * 128u + lid;
+                let bn = f % TN;
+                let bk = f / TN;
+                let eb = ktab[bk];
+                let c = n0 + bn;
+                var u = f16(0.0);
+                if (eb.w >= 0 && c < p.c) {
+                    u = dx_w[u32(eb.w) + c * kkw];
+                }
+                rb[r] = u;
             }
-            As[lm * AS_STRIDE + ak] = f16(v);
-            // w: K entry bk (o, tap), channel c; consecutive threads on consecutive channels
-            let f = r * 128u + lid;
-            let bn = f % TN;
-            let bk = f / TN;
-            let eb = ktab[bk];
-            let c = n0 + bn;
-            var u = f16(0.0);
-            if (eb.w >= 0 && c < p.c) {
-                u = dx_w[u32(eb.w) + c * kkw];
-            }
-            Bs[bk * BS_STRIDE + bn] = u;
         }
-        workgroupBarrier();
-        coop_slice(quarter);
+        if (t > 0u) {
+            coop_slice(quarter);
+        }
+        workgroupBarrier(); // the multiply is done with As and Bs, the fetch with ktab
+        if (t < slices) {
+            for (var r = 0u; r < 16u; r = r + 1u) {
+                let f = r * 128u + lid;
+                let bn = f % TN;
+                let bk = f / TN;
+                As[lm * AS_STRIDE + kq + 2u * r] = ra[r];
+                Bs[bk * BS_STRIDE + bn] = rb[r];
+            }
+            if (lid < KS) {
+                ktab[lid] = dx_entry(q, (t + 1u) * KS + lid);
+            }
+        }
         workgroupBarrier();
     }
     coop_store(quarter);
@@ -270,35 +307,53 @@ fn conv_dw_coop(@builtin(workgroup_id) wg_in: vec3<u32>, @builtin(local_invocati
     let quarter = coop_quarter(lid);
     coop_zero();
     let slices = (kend - min(kstart, kend) + KS - 1u) / KS;
-    for (var t = 0u; t < slices; t = t + 1u) {
-        let k0 = kstart + t * KS;
-        if (lid < KS) {
-            ktab[lid] = dw_entry(k0 + lid, kend);
-        }
-        workgroupBarrier();
-        for (var r = 0u; r < 16u; r = r + 1u) {
-            let ak = kq + 2u * r;
-            let e = ktab[ak];
-            let hi = e.y + mi.y;
-            let wi = e.z + mi.z;
-            var v = f16(0.0);
-            if (hi >= 0 && hi < i32(p.h) && wi >= 0 && wi < i32(p.w)) {
-                v = dw_x[u32(e.x + mi.x) + u32(hi) * p.w + u32(wi)];
+    // slice t's K entries are in ktab while slice t is fetched (into coop_tile.wgsl's ra, rb)
+    if (lid < KS) {
+        ktab[lid] = dw_entry(kstart + lid, kend);
+    }
+    workgroupBarrier();
+    for (var t = 0u; t <= slices; t = t + 1u) {
+        // fetch slice t: its loads are in flight while slice t - 1 is multiplied
+        if (t < slices) {
+            let k0 = kstart + t * KS;
+            for (var r = 0u; r < 16u; r = r + 1u) {
+                let ak = kq + 2u * r;
+                let e = ktab[ak];
+                let hi = e.y + mi.y;
+                let wi = e.z + mi.z;
+                var v = f16(0.0);
+                if (hi >= 0 && hi < i32(p.h) && wi >= 0 && wi < i32(p.w)) {
+                    v = dw_x[u32(e.x + mi.x) + u32(hi) * p.w + u32(wi)];
+                }
+                ra[r] = v;
+                let f = r * 128u + lid;
+                let bk = f % KS;
+                let bn = f / KS;
+                let eb = ktab[bk];
+                let o = n0 + bn;
+                var u = 0.0;
+                if (eb.w >= 0 && o < p.o) {
+                    u = dw_dy[u32(eb.w) + o * hwo] * s;
+                }
+                rb[r] = f16(u);
             }
-            As[lm * AS_STRIDE + ak] = v;
-            let f = r * 128u + lid;
-            let bk = f % KS;
-            let bn = f / KS;
-            let eb = ktab[bk];
-            let o = n0 + bn;
-            var u = 0.0;
-            if (eb.w >= 0 && o < p.o) {
-                u = dw_dy[u32(eb.w) + o * hwo] * s;
-            }
-            Bs[bk * BS_STRIDE + bn] = f16(u);
         }
-        workgroupBarrier();
-        coop_slice(quarter);
+        if (t > 0u) {
+            coop_slice(quarter);
+        }
+        workgroupBarrier(); // the multiply is done with As and Bs, the fetch with ktab
+        if (t < slices) {
+            for (var r = 0u; r < 16u; r = r + 1u) {
+                let f = r * 128u + lid;
+                let bk = f % KS;
+                let bn = f / KS;
+                As[lm * AS_STRIDE + kq + 2u * r] = ra[r];
+                Bs[bk * BS_STRIDE + bn] = rb[r];
+            }
+            if (lid < KS) {
+                ktab[lid] = dw_entry(kstart + (t + 1u) * KS + lid, kend);
+            }
+        }
         workgroupBarrier();
     }
     coop_store(quarter);

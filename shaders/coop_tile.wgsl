@@ -2,7 +2,7 @@
 // output tile per workgroup of 128 threads, 4 subgroups of 32 in a 2 x 2 grid, each owning a
 // 32 x 32 quarter (rows q.x.., columns q.y..; `coop_quarter`). Each module calls coop_zero, then per K-slice
 // stages its operands as f16 in As (64 rows x 32) and Bs (32 x 64 columns), zero outside the
-// matrices, and calls coop_slice; after the last slice coop_store puts the accumulators in
+// matrices (through the registers ra, rb: below), and calls coop_slice; after the last slice coop_store puts the accumulators in
 // Cs for its own guarded store. Those three come from coop_mma.wgsl (cooperative matrices)
 // or coop_mma_emulated.wgsl (plain f32 arithmetic, the same sums: the kernels' staging and
 // epilogues then run, and are tested, on adapters without cooperative matrices).
@@ -16,6 +16,12 @@ const CS_STRIDE: u32 = TN + 4u;
 var<workgroup> As: array<f16, 2560>; // [TM][AS_STRIDE]
 var<workgroup> Bs: array<f16, 2304>; // [KS][BS_STRIDE]
 var<workgroup> Cs: array<f32, 4352>; // [TM][CS_STRIDE]
+// A thread's 16 values of each operand for a slice, fetched from global memory one slice
+// ahead (register prefetch): each module fetches slice t + 1 into these between staging
+// slice t into As / Bs and multiplying it, so the loads are in flight during the multiply;
+// two barriers per slice keep the single As / Bs (and a module's K-index table) consistent.
+var<private> ra: array<f16, 16>;
+var<private> rb: array<f16, 16>;
 
 // The quarter of this thread's subgroup (the adapter's subgroups are 32 wide): its first row
 // and column in the tile, and the thread's lane in the subgroup.

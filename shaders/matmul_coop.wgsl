@@ -9,12 +9,12 @@
 // below are per subgroup of 32).
 //
 // gemm_coop: coop_tile.wgsl's 64 x 64 tile. Per K-slice of 32 the workgroup stages op(A)'s
-// 64 x 32 and op(B)'s 32 x 64 f16 values in workgroup memory (zero outside the matrices; the
+// 64 x 32 and op(B)'s 32 x 64 f16 values in workgroup memory, fetched a slice ahead (zero outside the matrices; the
 // transposes live in the staging index, so the fragments are always loaded row-major), then
 // runs coop_slice. The accumulators go through workgroup memory to a guarded store that adds
 // the bias and applies ReLU, so edge tiles need no special case.
 //
-// Not yet: double-buffered staging, vector loads, split-K; operand scales (AIM's masks run
+// Not yet: vector loads, split-K; operand scales (AIM's masks run
 // the f32-arithmetic kernels); two f32 operands.
 
 // Each operand is bound as f16 and as f32 (the same buffer; the view of its dtype is read),
@@ -66,6 +66,26 @@ fn load_b(off: u32, k: u32, n: u32) -> f16 {
     return b[i];
 }
 
+// A slice's 2048 values of each operand, 16 per thread, into the registers; consecutive
+// threads take consecutive k of A's rows (contiguous when A is [M, K]) and consecutive n of B.
+// Value r of a thread is element e = 128 r + lid of the slice's tiles.
+fn fetch(offs: vec2<u32>, m0: u32, n0: u32, k0: u32, lid: u32) {
+    for (var r = 0u; r < 16u; r = r + 1u) {
+        let e = r * 128u + lid;
+        ra[r] = load_a(offs.x, m0 + e / KS, k0 + e % KS);
+        rb[r] = load_b(offs.y, k0 + e / TN, n0 + e % TN);
+    }
+}
+
+// The fetched registers into As and Bs.
+fn stage(lid: u32) {
+    for (var r = 0u; r < 16u; r = r + 1u) {
+        let e = r * 128u + lid;
+        As[(e / KS) * AS_STRIDE + e % KS] = ra[r];
+        Bs[(e / TN) * BS_STRIDE + e % TN] = rb[r];
+    }
+}
+
 @compute @workgroup_size(128)
 fn gemm_coop(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let z = wg.z + p.z0;
@@ -80,20 +100,13 @@ fn gemm_coop(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
     let q = coop_quarter(lid);
     coop_zero();
     let slices = (p.k + KS - 1u) / KS;
+    fetch(offs, m0, n0, 0u, lid);
     for (var t = 0u; t < slices; t = t + 1u) {
-        let k0 = t * KS;
-        // stage: 2048 values of each operand, 16 per thread; consecutive threads take
-        // consecutive k of A's rows (contiguous when A is [M, K]) and consecutive n of B
-        for (var r = 0u; r < 16u; r = r + 1u) {
-            let e = r * 128u + lid;
-            let am = e / KS;
-            let ak = e % KS;
-            As[am * AS_STRIDE + ak] = load_a(offs.x, m0 + am, k0 + ak);
-            let bk = e / TN;
-            let bn = e % TN;
-            Bs[bk * BS_STRIDE + bn] = load_b(offs.y, k0 + bk, n0 + bn);
-        }
+        stage(lid);
         workgroupBarrier();
+        if (t + 1u < slices) {
+            fetch(offs, m0, n0, (t + 1u) * KS, lid);
+        }
         coop_slice(q);
         workgroupBarrier();
     }
