@@ -59,6 +59,26 @@ fn coop_stats(lid: u32, m0: u32, n0: u32, tile: u32) {
     }
 }
 
+// A slice's registers into As and Bs: A's row lid % 64, K columns lid / 64 + 2 r (each
+// kernel's A loader keeps one row per thread); B's element f = 128 r + lid, with K fastest
+// (`k_fast`: the forward's w, dW's dy: consecutive threads on consecutive K) or N fastest
+// (dX's w: consecutive threads on consecutive channels).
+fn stage(lid: u32, k_fast: bool) {
+    let lm = lid % TM;
+    let kq = lid / TM;
+    for (var r = 0u; r < 16u; r = r + 1u) {
+        let f = r * 128u + lid;
+        var bk = f / TN;
+        var bn = f % TN;
+        if (k_fast) {
+            bk = f % KS;
+            bn = f / KS;
+        }
+        As[lm * AS_STRIDE + kq + 2u * r] = ra[r];
+        Bs[bk * BS_STRIDE + bn] = rb[r];
+    }
+}
+
 @compute @workgroup_size(128)
 fn conv_fwd_coop(@builtin(workgroup_id) wg_in: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let wg = tile_id(wg_in);
@@ -116,13 +136,7 @@ fn conv_fwd_coop(@builtin(workgroup_id) wg_in: vec3<u32>, @builtin(local_invocat
         }
         workgroupBarrier(); // the multiply is done with As and Bs, the fetch with ktab
         if (t < slices) {
-            for (var r = 0u; r < 16u; r = r + 1u) {
-                let f = r * 128u + lid;
-                let bk = f % KS;
-                let bn = f / KS;
-                As[lm * AS_STRIDE + kq + 2u * r] = ra[r];
-                Bs[bk * BS_STRIDE + bn] = rb[r];
-            }
+            stage(lid, true);
             if (lid < KS) {
                 ktab[lid] = fwd_entry((t + 1u) * KS + lid);
             }
@@ -238,13 +252,7 @@ fn conv_dx_coop(@builtin(workgroup_id) wg_in: vec3<u32>, @builtin(local_invocati
         }
         workgroupBarrier(); // the multiply is done with As and Bs, the fetch with ktab
         if (t < slices) {
-            for (var r = 0u; r < 16u; r = r + 1u) {
-                let f = r * 128u + lid;
-                let bn = f % TN;
-                let bk = f / TN;
-                As[lm * AS_STRIDE + kq + 2u * r] = ra[r];
-                Bs[bk * BS_STRIDE + bn] = rb[r];
-            }
+            stage(lid, false);
             if (lid < KS) {
                 ktab[lid] = dx_entry(q, (t + 1u) * KS + lid);
             }
@@ -343,13 +351,7 @@ fn conv_dw_coop(@builtin(workgroup_id) wg_in: vec3<u32>, @builtin(local_invocati
         }
         workgroupBarrier(); // the multiply is done with As and Bs, the fetch with ktab
         if (t < slices) {
-            for (var r = 0u; r < 16u; r = r + 1u) {
-                let f = r * 128u + lid;
-                let bk = f % KS;
-                let bn = f / KS;
-                As[lm * AS_STRIDE + kq + 2u * r] = ra[r];
-                Bs[bk * BS_STRIDE + bn] = rb[r];
-            }
+            stage(lid, true);
             if (lid < KS) {
                 ktab[lid] = dw_entry(kstart + (t + 1u) * KS + lid, kend);
             }
