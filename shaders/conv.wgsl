@@ -355,17 +355,15 @@ fn dx_body(wg: vec3<u32>, lid: u32, scaled: bool) {
     let hwo = p.ho * p.wo;
     let hw = p.h * p.w;
     let kkw = p.kh * p.kw;
-    let php = q.hp * q.wp;
 
     let lm = lid % BM;
     let ka = lid / BM;
     let am = m0 + lm;
     let a_ok = am < mp;
-    let an = am / max(php, 1u);
-    let ar = am - an * php;
-    let ahp = ar / max(q.wp, 1u);
-    let awp = ar - ahp * q.wp;
-    let dybase = an * p.o * hwo;
+    let apx = phase_pixel(q, am);
+    let ahp = apx.y;
+    let awp = apx.z;
+    let dybase = apx.x * p.o * hwo;
     let hoi = i32(p.ho);
     let woi = i32(p.wo);
     let kb = lid % BK;
@@ -421,13 +419,7 @@ fn dx_body(wg: vec3<u32>, lid: u32, scaled: bool) {
     for (var i = 0u; i < 4u; i = i + 1u) {
         let m = m0 + tx + TX * i;
         if (m < mp) {
-            let n = m / php;
-            let r = m - n * php;
-            let hp = r / q.wp;
-            let wp = r - hp * q.wp;
-            let h = hp * p.sh + q.ph;
-            let w = wp * p.sw + q.pw;
-            let base = n * p.c * hw + h * p.w + w;
+            let base = dx_base(q, m);
             for (var j = 0u; j < TN; j = j + 1u) {
                 let c = n0 + ty + TY * j;
                 if (c < p.c) {

@@ -207,11 +207,10 @@ fn conv_dx_coop(@builtin(workgroup_id) wg_in: vec3<u32>, @builtin(local_invocati
     let kq = lid / TM;
     let am = m0 + lm;
     let a_ok = am < mp;
-    let an = am / max(php, 1u);
-    let ar = am - an * php;
-    let ahp = i32(ar / max(q.wp, 1u));
-    let awp = i32(ar % max(q.wp, 1u));
-    let dybase = an * p.o * hwo;
+    let apx = phase_pixel(q, am);
+    let ahp = i32(apx.y);
+    let awp = i32(apx.z);
+    let dybase = apx.x * p.o * hwo;
     let quarter = coop_quarter(lid);
     coop_zero();
     let slices = (q.kp + KS - 1u) / KS;
@@ -271,12 +270,7 @@ fn conv_dx_coop(@builtin(workgroup_id) wg_in: vec3<u32>, @builtin(local_invocati
         let m = m0 + lp;
         let c = n0 + lc;
         if (m < mp && c < p.c) {
-            let n = m / php;
-            let rr = m - n * php;
-            let hp = rr / q.wp;
-            let h = hp * p.sh + q.ph;
-            let w = (rr - hp * q.wp) * p.sw + q.pw;
-            dx_out[n * p.c * hw + c * hw + h * p.w + w] = Cs[lp * CS_STRIDE + lc] * inv;
+            dx_out[dx_base(q, m) + c * hw] = Cs[lp * CS_STRIDE + lc] * inv;
         }
     }
 }

@@ -179,6 +179,21 @@ fn phase_of(z: u32) -> Phase {
     return q;
 }
 
+// Pixel m of phase q's image (all N images) -> (image n, row hp, column wp) in it.
+fn phase_pixel(q: Phase, m: u32) -> vec3<u32> {
+    let php = max(q.hp * q.wp, 1u);
+    let n = m / php;
+    let r = m - n * php;
+    let hp = r / max(q.wp, 1u);
+    return vec3<u32>(n, hp, r - hp * q.wp);
+}
+
+// Offset in dx of channel 0 at pixel m of phase q's image (channel c adds c*H*W).
+fn dx_base(q: Phase, m: u32) -> u32 {
+    let v = phase_pixel(q, m);
+    return v.x * p.c * p.h * p.w + (v.y * p.sh + q.ph) * p.w + v.z * p.sw + q.pw;
+}
+
 // K index of the phase -> (o*HO*WO, row shift, column shift, w offset without c).
 fn dx_entry(q: Phase, k: u32) -> vec4<i32> {
     if (k >= q.kp) {

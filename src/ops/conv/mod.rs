@@ -329,8 +329,31 @@ fn forward_ex(g: &Geom, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, scale: Op
     Ok((y, part.map(|p| (p, t.rows()))))
 }
 
+/// The gradient dy of a convolution's output, as its two gradient GEMMs read it: with its
+/// max |dy|, the per-tensor scale of the cooperative-matrix kernels' f16 staging, computed
+/// at most once for both ([`Dy::amax`]).
+struct Dy<'a> {
+    t: &'a Tensor,
+    amax: std::cell::OnceCell<Tensor>,
+}
+
+impl<'a> Dy<'a> {
+    fn new(t: &'a Tensor) -> Dy<'a> {
+        Dy { t, amax: std::cell::OnceCell::new() }
+    }
+    /// max |dy| as f32 bits ([`super::elementwise::abs_max_bits`]), the first call computing it.
+    fn amax(&self) -> Result<&Tensor> {
+        if let Some(a) = self.amax.get() {
+            return Ok(a);
+        }
+        let a = super::elementwise::abs_max_bits(self.t)?;
+        Ok(self.amax.get_or_init(|| a))
+    }
+}
+
 /// dX = transposed convolution of dY with (w * scale), one grid z per stride phase.
-fn grad_input(g: &Geom, dy: &Tensor, w: &Tensor, scale: Option<&Tensor>) -> Result<Tensor> {
+fn grad_input(g: &Geom, dy_in: &Dy, w: &Tensor, scale: Option<&Tensor>) -> Result<Tensor> {
+    let dy = dy_in.t;
     let gpu = dy.gpu();
     let dx = Tensor::empty(gpu, &[g.n, g.c, g.h, g.w], DType::F32)?;
     let mut pr = g.params();
@@ -347,7 +370,7 @@ fn grad_input(g: &Geom, dy: &Tensor, w: &Tensor, scale: Option<&Tensor>) -> Resu
         }
         ConvKernel::Coop => {
             let k = g.coop(Gemm::Dx, gpu)?;
-            let amax = super::elementwise::abs_max_bits(dy)?; // dy's per-tensor scale
+            let amax = dy_in.amax()?; // dy's per-tensor scale, shared by dX and dW
             launch_coop(&k.dx, &mut pr, &[dy.buffer(), w.buffer(), amax.buffer(), dx.buffer()], groups, gpu)?;
         }
     }
@@ -385,7 +408,8 @@ fn dw_splits(g: &Geom, t: ConvKernel) -> (usize, usize) {
 }
 
 /// dW = (sum over n, ho, wo of dY x im2col(x)) * scale (scale applied when given).
-fn grad_weight(g: &Geom, x: &Tensor, dy: &Tensor, scale: Option<&Tensor>) -> Result<Tensor> {
+fn grad_weight(g: &Geom, x: &Tensor, dy_in: &Dy, scale: Option<&Tensor>) -> Result<Tensor> {
+    let dy = dy_in.t;
     let gpu = x.gpu();
     let dw = Tensor::empty(gpu, &[g.o, g.c, g.kh, g.kw], DType::F32)?;
     let kl = g.kernel_len();
@@ -409,7 +433,7 @@ fn grad_weight(g: &Geom, x: &Tensor, dy: &Tensor, scale: Option<&Tensor>) -> Res
         }
         ConvKernel::Coop => {
             let k = g.coop(Gemm::Dw, gpu)?;
-            let amax = super::elementwise::abs_max_bits(dy)?; // dy's per-tensor scale
+            let amax = dy_in.amax()?; // dy's per-tensor scale, shared by dX and dW
             launch_coop(&k.dw, &mut pr, &[x.buffer(), dy.buffer(), amax.buffer(), out], groups, gpu)?;
         }
     }
@@ -449,21 +473,22 @@ impl BackwardOp for Conv2dBack {
                 format!("gradient {:?} {:?} for output [{}, {}, {}, {}]", dy.shape(), dy.dtype(), g.n, g.o, g.ho, g.wo),
             ));
         }
+        let dy_in = Dy::new(dy);
         let mut out = Vec::with_capacity(inputs.len());
-        out.push(if inputs[0].is_tracked() { Some(grad_input(g, dy, &self.w, self.scale.as_ref())?) } else { None });
+        out.push(if inputs[0].is_tracked() { Some(grad_input(g, &dy_in, &self.w, self.scale.as_ref())?) } else { None });
         let scale_idx = 2 + self.has_bias as usize;
         let scale_tracked = self.scale.is_some() && inputs.get(scale_idx).is_some_and(|t| t.is_tracked());
         let mut dscale = None;
         if inputs[1].is_tracked() || scale_tracked {
             if scale_tracked {
                 // d/dscale = dW_raw * w; d/dw = dW_raw * scale
-                let raw = grad_weight(g, &self.x, dy, None)?;
+                let raw = grad_weight(g, &self.x, &dy_in, None)?;
                 let s = self.scale.as_ref().expect("scale present");
                 let w = super::elementwise::cast(&self.w, DType::F32)?; // f16 under mixed precision
                 dscale = Some(super::elementwise::mul(&raw, &w)?);
                 out.push(if inputs[1].is_tracked() { Some(super::elementwise::mul(&raw, s)?) } else { None });
             } else {
-                out.push(Some(grad_weight(g, &self.x, dy, self.scale.as_ref())?));
+                out.push(Some(grad_weight(g, &self.x, &dy_in, self.scale.as_ref())?));
             }
         } else {
             out.push(None);
