@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 /// `EQUIMODAL_ADAPTER` (or `WGPU_ADAPTER_NAME`: case-insensitive substring of the adapter
 /// name, e.g. "llvmpipe" for Mesa's software Vulkan), `EQUIMODAL_CHECKED_KERNELS=1`, and the
 /// two test modes `EQUIMODAL_MAX_WORKGROUPS_PER_DIM=<n>` and `EQUIMODAL_POOL_CANARY=1`,
-/// `EQUIMODAL_MEMORY_LIMIT`, `EQUIMODAL_TUNE` and `EQUIMODAL_TUNE_CACHE`.
+/// `EQUIMODAL_MEMORY_LIMIT`, `EQUIMODAL_POOL_TRACE`, `EQUIMODAL_TUNE` and `EQUIMODAL_TUNE_CACHE`.
 #[derive(Clone, Debug)]
 pub struct GpuOptions {
     /// Backends to look for adapters on (`EQUIMODAL_BACKEND` or `WGPU_BACKEND`; the primary ones by
@@ -55,6 +55,10 @@ pub struct GpuOptions {
     /// When kernel families time their variants on this device (`EQUIMODAL_TUNE=off|quick|full`;
     /// quick by default). See [`TuneMode`].
     pub tune: TuneMode,
+    /// Append every allocation and release of the buffer pool to this file
+    /// (`EQUIMODAL_POOL_TRACE`): the trace a placement policy is judged on (format: the
+    /// pool's `Trace`; replayed by `tests/gpu/memory.rs`).
+    pub pool_trace: Option<std::path::PathBuf>,
     /// Where tuned choices are kept between runs (`EQUIMODAL_TUNE_CACHE`, else the XDG cache
     /// dir). Embedding programs pass their own file or [`TuneStore::Memory`].
     pub tune_cache: TuneStore,
@@ -144,6 +148,7 @@ impl Default for GpuOptions {
             std::env::var("EQUIMODAL_MAX_WORKGROUPS_PER_DIM").ok().and_then(|v| v.trim().parse::<u32>().ok()).filter(|&v| v > 0);
         let pool_canary = std::env::var("EQUIMODAL_POOL_CANARY").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
         let memory_limit = std::env::var("EQUIMODAL_MEMORY_LIMIT").ok().and_then(|v| parse_bytes("EQUIMODAL_MEMORY_LIMIT", &v).ok());
+        let pool_trace = std::env::var_os("EQUIMODAL_POOL_TRACE").filter(|v| !v.is_empty()).map(std::path::PathBuf::from);
         let tune = std::env::var("EQUIMODAL_TUNE").ok().and_then(|v| TuneMode::parse("EQUIMODAL_TUNE", &v).ok()).unwrap_or(TuneMode::Quick);
         GpuOptions {
             backends,
@@ -154,6 +159,7 @@ impl Default for GpuOptions {
             max_workgroups_per_dim,
             pool_canary,
             memory_limit,
+            pool_trace,
             tune,
             tune_cache: TuneStore::Default,
         }

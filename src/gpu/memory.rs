@@ -2,7 +2,7 @@
 //! that checks the slack beyond every tensor for out-of-range writes.
 use super::kernel::{Access, Kernel};
 use super::shaders::Shader;
-use super::pool::{BufferRange, PoolStats, Storage};
+use super::pool::{BufferRange, PoolStats, Storage, Take};
 use super::Gpu;
 use crate::error::{Error, Result};
 use std::sync::Arc;
@@ -73,13 +73,23 @@ impl Gpu {
             Some(_) => Some(self.0.canary_lock.lock().map_err(|_| Error::Other("canary lock poisoned".into()))?),
             None => None,
         };
-        let taken = {
+        // Canary mode: at least 16 bytes of slack, so that even a write the runtime bounds
+        // checks clamp to the binding's last word lands on the sentinel.
+        let slack = if self.0.canary.is_some() { 16 } else { 0 };
+        let binding = (bytes + slack).clamp(4, max.max(4));
+        let mut settled = false;
+        let taken = loop {
             let mut pool = self.0.pool.lock().map_err(|_| Error::Other("buffer pool poisoned".into()))?;
-            // Canary mode: at least 16 bytes of slack, so that even a write the runtime bounds
-            // checks clamp to the binding's last word lands on the sentinel.
-            let slack = if self.0.canary.is_some() { 16 } else { 0 };
-            let binding = (bytes + slack).clamp(4, max.max(4));
-            pool.take(&self.0.device, bytes, binding, self.memory_limit())?
+            match pool.take(&self.0.device, bytes, binding, self.memory_limit(), settled)? {
+                Take::Block(taken) => break taken,
+                Take::Settle => {
+                    // Free segments are folded into a new one: wait until no work uses them.
+                    // This happens while the pool grows (the first steps), not once it is flat.
+                    drop(pool);
+                    self.synchronize()?;
+                    settled = true;
+                }
+            }
         };
         if self.0.canary.is_some() {
             // In recording order: the slack of blocks freed since the last take is checked

@@ -26,7 +26,7 @@ pub use shaders::{AttentionTiles, ConvTile, Coop, HeadDim, Shader, ATTENTION_TIL
 pub use timer::GpuTimer;
 pub use tune::{TuneEntry, TuneMode, TuneStore};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use kernel::KernelCache;
 use pool::BufferPool;
 use record::Batch;
@@ -90,7 +90,11 @@ impl Gpu {
     /// the adapter's own limits and the optional features it has.
     pub fn new(options: GpuOptions) -> Result<Gpu> {
         let (device, queue, info) = device::open(&options)?;
-        let mut g = Self::build(device, queue, info, &options);
+        let trace = match &options.pool_trace {
+            Some(path) => Some(pool::Trace::append(path).map_err(|e| Error::io(path, e))?),
+            None => None,
+        };
+        let mut g = Self::build(device, queue, info, &options, trace);
         if options.profile && g.0.caps.timestamps {
             if let Some(inner) = Arc::get_mut(&mut g.0) {
                 inner.profile = Some(Mutex::new(std::collections::HashMap::new()));
@@ -107,17 +111,26 @@ impl Gpu {
     /// Run on a device a host program already owns (the embedding case). The engine records
     /// into its own encoders and submits to `queue`; it never touches the host's resources.
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue, info: wgpu::AdapterInfo) -> Gpu {
-        Self::build(device, queue, info, &GpuOptions::default())
+        Self::from_device_with(device, queue, info, &GpuOptions::default())
     }
 
     /// [`Gpu::from_device`] with options: of them, an embedding program sets what applies to
     /// a device it opened itself (tuning and its cache file, memory limit, checked kernels,
-    /// the test modes); adapter selection and profiling are ignored.
+    /// the test modes, the pool trace); adapter selection and profiling are ignored. A pool
+    /// trace file that cannot be opened is reported on stderr and skipped (this constructor
+    /// cannot fail; [`Gpu::new`] returns the error).
     pub fn from_device_with(device: wgpu::Device, queue: wgpu::Queue, info: wgpu::AdapterInfo, options: &GpuOptions) -> Gpu {
-        Self::build(device, queue, info, options)
+        let trace = options.pool_trace.as_ref().and_then(|path| match pool::Trace::append(path) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!("equimodal: no pool trace: {}", Error::io(path, e));
+                None
+            }
+        });
+        Self::build(device, queue, info, options, trace)
     }
 
-    fn build(device: wgpu::Device, queue: wgpu::Queue, info: wgpu::AdapterInfo, options: &GpuOptions) -> Gpu {
+    fn build(device: wgpu::Device, queue: wgpu::Queue, info: wgpu::AdapterInfo, options: &GpuOptions, trace: Option<pool::Trace>) -> Gpu {
         let caps = Capabilities::of(&device, &info);
         let error: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
         let e2 = error.clone();
@@ -161,7 +174,7 @@ impl Gpu {
             canary,
             canary_lock: Mutex::new(()),
             cache: Mutex::new(KernelCache::default()),
-            pool: Arc::new(Mutex::new(BufferPool::new(options.pool_canary, offset_align))),
+            pool: Arc::new(Mutex::new(BufferPool::new(options.pool_canary, offset_align, trace))),
             batch: Mutex::new(Batch::default()),
             next_id: AtomicU64::new(1),
             submits: AtomicU64::new(0),

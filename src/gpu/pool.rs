@@ -2,14 +2,16 @@
 //! PyTorch's caching allocator in miniature: a request takes the smallest free block that
 //! fits (best fit), splits off what it does not need, and on release merges with free
 //! neighbours, so memory a tensor of one size gave back serves tensors of any other size.
-//! Segments are only created when no free block fits and only released by [`BufferPool::trim`]
-//! (wholly free segments), so memory held stays flat across training steps.
+//! Segments are only created when no free block fits, and then absorb the pool's wholly free
+//! segments ([`Take::Settle`]); otherwise they are released only by [`BufferPool::trim`]. So
+//! memory held stays flat across training steps once the first steps have found their blocks.
 //!
 //! Two pools, as in PyTorch: blocks up to [`SMALL_BLOCK`] and larger ones are carved from
 //! segments of their own pool, each new segment a share of what its pool holds (or the
 //! request's size, if larger). Keeping the two apart stops small, long-lived tensors (biases,
 //! optimizer scalars) from pinning the middle of large free ranges. Why this design and not
-//! the alternatives (size buckets, a plan from the first step's trace): `docs/design.md`.
+//! the alternatives (size buckets, no folding, a plan from the first step's trace):
+//! `docs/design.md`.
 use crate::error::{Error, Result};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -25,12 +27,14 @@ const SMALL_SEGMENT_SHARE: u64 = 32;
 /// The small pool's first segment.
 pub const SMALL_SEGMENT_MIN: u64 = 16 << 10;
 const SMALL_SEGMENT_MAX: u64 = 2 << 20;
-/// Large-pool segments are shared the same way, 1/16 of what the large pool holds within
-/// [2 MiB, 128 MiB], or the request's own size if larger: freed neighbours in one segment merge,
-/// where tensors in segments of their own could not (a free 4 MiB and a free 5 MiB segment
-/// never serve a 9 MiB request).
-const LARGE_SEGMENT_SHARE: u64 = 16;
-const LARGE_SEGMENT_MIN: u64 = 2 << 20;
+/// A new large-pool segment is 1/128 of what the large pool holds, at least 1 MiB, at most
+/// 128 MiB, or the request's own size if larger, or the wholly free segments it absorbs if
+/// larger still ([`Take::Settle`]). So most large tensors start in a segment of their own
+/// size, and their segments merge once free: replaying the allocation traces of the CREMA-D
+/// steps (docs/performance.md), 1/16 without absorbing held 1.10-1.59 x the allocated peak,
+/// 1/16 absorbing 1.10-1.33 x, 1/128 absorbing 1.04-1.19 x.
+const LARGE_SEGMENT_SHARE: u64 = 128;
+const LARGE_SEGMENT_MIN: u64 = 1 << 20;
 const LARGE_SEGMENT_MAX: u64 = 128 << 20;
 /// Block granularity of the large pool: offsets and sizes are multiples of this (and of the
 /// device's storage offset alignment), so a large tensor starts on a 256-byte boundary as a
@@ -157,9 +161,21 @@ pub(crate) struct BufferPool {
     /// again (in recording order, before the next owner's kernels).
     pub(crate) freed: Vec<Freed>,
     next_serial: u64,
+    trace: Option<Trace>,
 }
 
-/// What [`BufferPool::take`] hands out.
+/// What [`BufferPool::take`] answers.
+pub(crate) enum Take {
+    Block(Taken),
+    /// No free block fits, and the new segment is to absorb the request's pool's wholly free
+    /// segments: their memory goes back to the driver only once no work submitted or recorded
+    /// uses them, so the caller waits for the device and takes again, `settled`. This keeps
+    /// `reserved` honest (a buffer dropped with work pending is still held) and merges free
+    /// memory that lay in separate segments, which best fit alone never does.
+    Settle,
+}
+
+/// A block [`BufferPool::take`] hands out.
 pub(crate) struct Taken {
     pub(crate) range: BufferRange,
     pub(crate) id: BlockId,
@@ -174,7 +190,8 @@ fn round_up(x: u64, to: u64) -> u64 {
 
 impl BufferPool {
     /// `offset_align`: the device's `min_storage_buffer_offset_alignment`.
-    pub(crate) fn new(canary: bool, offset_align: u64) -> Self {
+    /// `trace`: where to log every take and give ([`Trace`]).
+    pub(crate) fn new(canary: bool, offset_align: u64, trace: Option<Trace>) -> Self {
         BufferPool {
             segments: HashMap::new(),
             free: [BTreeSet::new(), BTreeSet::new()],
@@ -185,19 +202,23 @@ impl BufferPool {
             live: canary.then(HashMap::new),
             freed: Vec::new(),
             next_serial: 1,
+            trace,
         }
     }
 
     /// A block for a tensor of `bytes`, bound as its first `binding` bytes (`bytes` plus any
-    /// slack the canary mode wants). A new
-    /// segment that would take the bytes held past `limit`, or that the driver refuses for
-    /// lack of memory, first releases every wholly free segment and tries again (PyTorch's
-    /// caching allocator does the same); if it still does not fit, the error says how much
-    /// was asked for, held and live.
-    pub(crate) fn take(&mut self, device: &wgpu::Device, bytes: u64, binding: u64, limit: Option<u64>) -> Result<Taken> {
+    /// slack the canary mode wants). When no free block fits, the new segment absorbs the
+    /// pool's wholly free segments (see [`Take::Settle`]); `settled` says the caller has
+    /// waited for the device since they were last in use. A new segment that would take the
+    /// bytes held past `limit`, or that the driver refuses for lack of memory, first releases
+    /// every wholly free segment and tries again (PyTorch's caching allocator does the same);
+    /// if it still does not fit, the error says how much was asked for, held and live.
+    pub(crate) fn take(&mut self, device: &wgpu::Device, bytes: u64, binding: u64, limit: Option<u64>, settled: bool) -> Result<Take> {
         let small = binding <= SMALL_BLOCK;
         let size = round_up(binding.max(1), self.align[small as usize]);
-        let to_check = std::mem::take(&mut self.freed);
+        if let (Some(t), false) = (&mut self.trace, settled) {
+            t.line(format_args!("t {} {bytes} {binding}", self.next_serial));
+        }
         let (segment, offset, piece) = match self.free[small as usize].range((size, 0, 0)..).next().copied() {
             Some((piece, segment, offset)) => {
                 self.free[small as usize].remove(&(piece, segment, offset));
@@ -205,10 +226,16 @@ impl BufferPool {
                 (segment, offset, piece)
             }
             None => {
-                let (segment, seg_size) = self.new_segment(device, size, small, limit)?;
+                let idle = self.idle_segments(Some(small));
+                if !idle.is_empty() && !settled {
+                    return Ok(Take::Settle);
+                }
+                let folded = self.release(&idle);
+                let (segment, seg_size) = self.new_segment(device, size, small, folded, limit)?;
                 (segment, 0, seg_size)
             }
         };
+        let to_check = std::mem::take(&mut self.freed);
         let seg = self.segments.get_mut(&segment).expect("free blocks name live segments");
         seg.blocks.insert(offset, (size, false));
         if piece > size {
@@ -224,20 +251,21 @@ impl BufferPool {
             live.insert(serial, (range.clone(), bytes));
         }
         self.stats.note_peaks();
-        Ok(Taken { range, id: BlockId { segment, offset }, serial, to_check })
+        Ok(Take::Block(Taken { range, id: BlockId { segment, offset }, serial, to_check }))
     }
 
     /// Create a segment for a block of `size`: a share of what its pool holds, so segments
-    /// grow with the model, or the block's own size if larger. Returns (segment id, segment
-    /// size).
-    fn new_segment(&mut self, device: &wgpu::Device, size: u64, small: bool, limit: Option<u64>) -> Result<(u64, u64)> {
+    /// grow with the model, or the block's own size if larger, or the `folded` bytes of the
+    /// wholly free segments just released for it if larger still. Returns (segment id,
+    /// segment size).
+    fn new_segment(&mut self, device: &wgpu::Device, size: u64, small: bool, folded: u64, limit: Option<u64>) -> Result<(u64, u64)> {
         let large_reserved = self.stats.reserved - self.small_reserved;
         let share = if small {
             (self.small_reserved / SMALL_SEGMENT_SHARE).clamp(SMALL_SEGMENT_MIN, SMALL_SEGMENT_MAX)
         } else {
             (large_reserved / LARGE_SEGMENT_SHARE).clamp(LARGE_SEGMENT_MIN, LARGE_SEGMENT_MAX)
         };
-        let preferred = round_up(share, self.align[0]).min(device.limits().max_buffer_size).max(size);
+        let preferred = round_up(share, self.align[0]).max(folded).min(device.limits().max_buffer_size).max(size);
         let buffer = self.create_or_trim(device, preferred, size, limit)?;
         let seg_size = buffer.size();
         let id = self.next_segment;
@@ -302,6 +330,9 @@ impl BufferPool {
         let Some(seg) = self.segments.get_mut(&id.segment) else { return };
         let Some((size, _)) = seg.blocks.get(&id.offset).copied() else { return };
         let pool = seg.small as usize;
+        if let Some(t) = &mut self.trace {
+            t.line(format_args!("g {serial}"));
+        }
         self.stats.in_use -= size;
         self.stats.allocated -= bytes;
         if let Some(live) = &mut self.live {
@@ -355,23 +386,61 @@ impl BufferPool {
 
     /// Release every wholly free segment to the driver; segments with a live block stay.
     pub(crate) fn trim(&mut self) {
-        let idle: Vec<u64> = self
-            .segments
-            .iter()
-            .filter(|(_, s)| s.blocks.len() == 1 && s.blocks.values().all(|&(_, free)| free))
-            .map(|(&id, _)| id)
-            .collect();
-        for id in idle {
-            let seg = self.segments.remove(&id).expect("listed above");
+        if let Some(t) = &mut self.trace {
+            t.line(format_args!("r"));
+            t.flush();
+        }
+        let idle = self.idle_segments(None);
+        self.release(&idle);
+        self.stats.note_peaks();
+    }
+
+    /// Segments holding no live block (of the small or large pool only, if given).
+    fn idle_segments(&self, small: Option<bool>) -> Vec<u64> {
+        let idle = |s: &Segment| s.blocks.len() == 1 && s.blocks.values().all(|&(_, free)| free);
+        self.segments.iter().filter(|(_, s)| idle(s) && small.is_none_or(|p| s.small == p)).map(|(&id, _)| id).collect()
+    }
+
+    /// Drop the given wholly free segments; returns the bytes they held.
+    fn release(&mut self, ids: &[u64]) -> u64 {
+        let mut bytes = 0;
+        for id in ids {
+            let seg = self.segments.remove(id).expect("idle segments are held");
             let size = seg.buffer.size();
-            self.free[seg.small as usize].remove(&(size, id, 0));
+            self.free[seg.small as usize].remove(&(size, *id, 0));
             self.stats.reserved -= size;
             self.stats.segments -= 1;
             if seg.small {
                 self.small_reserved -= size;
             }
+            bytes += size;
         }
-        self.stats.note_peaks();
+        bytes
+    }
+}
+
+/// The allocation trace ([`GpuOptions::pool_trace`](super::GpuOptions::pool_trace)): one
+/// line per event, appended to a file, to replay a run's allocations through the pool (or
+/// through another placement policy) without running its kernels:
+/// `n` a new pool (a `Gpu` was created), `t <serial> <bytes> <binding>` a block taken for a
+/// tensor of `bytes` bound as `binding` bytes, `g <serial>` that block given back, `r` the
+/// wholly free segments released (`Gpu::trim_memory`, or a new segment the driver refused).
+pub(crate) struct Trace(std::io::BufWriter<std::fs::File>);
+
+impl Trace {
+    pub(crate) fn append(path: &std::path::Path) -> std::io::Result<Trace> {
+        let mut t = Trace(std::io::BufWriter::new(std::fs::File::options().append(true).create(true).open(path)?));
+        t.line(format_args!("n"));
+        Ok(t)
+    }
+    fn line(&mut self, event: std::fmt::Arguments) {
+        use std::io::Write;
+        // a trace that cannot be written loses lines, never the run
+        let _ = writeln!(self.0, "{event}");
+    }
+    fn flush(&mut self) {
+        use std::io::Write;
+        let _ = self.0.flush();
     }
 }
 
