@@ -16,3 +16,17 @@ fn flat_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return flat_group(wg, nwg) * WG + lid;
 }
 
+// v rounded to the nearest f16 value (ties to even; beyond the largest, 65504, to infinity),
+// as f32. Written out in f32 arithmetic: compilers fold the round trip
+// unpack2x16float(pack2x16float(v)) to v itself (lavapipe does), which rounds nothing. The
+// f16 spacing below a = |v| < 2^e is 2^(e - 11), and 2^-24 among the subnormals; scaling by
+// a power of two is exact, and round() breaks ties to even.
+fn f16_round(v: f32) -> f32 {
+    let a = abs(v);
+    var r = bitcast<f32>(0x7f800000u); // +inf
+    if (a < 65520.0) { // the midpoint between 65504 and 2^16 rounds (to even) up, to infinity
+        let q = max(frexp(a).exp - 11, -24);
+        r = ldexp(round(ldexp(a, -q)), q);
+    }
+    return bitcast<f32>(bitcast<u32>(r) | (bitcast<u32>(v) & 0x80000000u));
+}

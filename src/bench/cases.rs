@@ -12,7 +12,7 @@ use super::{sets_for, Case, Runner};
 use crate::autograd::Gradients;
 use crate::error::Result;
 use crate::gpu::{ConvTile, Gpu};
-use crate::ops::{self, Conv2dParams, ConvKernel, MatmulKernel, MatmulOpts};
+use crate::ops::{self, AttentionKernel, Conv2dParams, ConvKernel, MatmulKernel, MatmulOpts};
 use crate::optim::{Adam, AdamConfig, Optimizer, Param, Sgd, SgdConfig};
 use crate::tensor::Tensor;
 
@@ -228,6 +228,29 @@ fn matmul_case(name: String, m: usize, n: usize, kdim: usize, ta: bool, tb: bool
     c
 }
 
+/// The forward of attention on f16 q, k and v (mixed precision's operands) on `kernel`
+/// (`name:kernel`): the cooperative-matrix row beside the tiles' on the same operands, where
+/// the adapter has tensor cores.
+fn attention_half_case(b: usize, h: usize, l: usize, dh: usize, kernel: AttentionKernel) -> Case {
+    let q = vec![b, h, l, dh];
+    let flops = 4.0 * (b * h * l * l * dh) as f64;
+    let t = (b * h * l * dh) as f64; // values of one [B, H, L, Dh] tensor
+    let bytes = 3.0 * 2.0 * t + 4.0 * t;
+    let name = format!("attn_L{l}_d{dh}_fwd_f16:{}", kernel.name());
+    let mut c = case(name, format!("B{b} H{h} L=S{l} Dh{dh} f16"), flops, bytes, false, move |gpu| {
+        let k = sets_for(bytes);
+        let sets = input_sets(gpu, &vec![q.clone(); 3], k, false)?;
+        let sets = sets.iter().map(|s| s.iter().map(|t| ops::cast(t, crate::DType::F16)).collect::<Result<Vec<_>>>()).collect::<Result<Vec<_>>>()?;
+        let scale = 1.0 / (dh as f32).sqrt();
+        Ok(Box::new(move |i| {
+            let s = &sets[i % k];
+            ops::attention_on_kernel(&s[0], &s[1], &s[2], None, scale, kernel).map(|_| ())
+        }))
+    });
+    c.runs_on = Box::new(move |gpu| kernel == AttentionKernel::Tile || gpu.capabilities().cooperative_matrix);
+    c
+}
+
 fn attention_case(b: usize, h: usize, l: usize, dh: usize, fb: bool) -> Case {
     let q = vec![b, h, l, dh];
     let fwd = 4.0 * (b * h * l * l * dh) as f64;
@@ -351,6 +374,14 @@ fn attention_cases(quick: bool) -> Vec<Case> {
     for &dh in dhs {
         v.push(attention_case(ab, ah, lh, dh, false));
         v.push(attention_case(ab, ah, lh, dh, true));
+    }
+    // f16 operands: the tiles and the tensor cores on the same forward
+    if !quick {
+        for dh in [64, 128] {
+            for kernel in [AttentionKernel::Tile, AttentionKernel::Coop] {
+                v.push(attention_half_case(ab, ah, lh, dh, kernel));
+            }
+        }
     }
 
     v

@@ -76,6 +76,9 @@ pub enum Shader {
     Aim,
     /// `attention.wgsl`, instantiated per padded head dim.
     Attention(HeadDim),
+    /// `attention_coop.wgsl`: attention's forward on cooperative matrices (tensor cores) for
+    /// f16 q, k and v, or its emulation; compiled only where the adapter has them.
+    AttentionCoop(Coop),
     /// `boost.wgsl`: AUG's fused residual-boosting loss and its gradient.
     Boost,
     /// `canary.wgsl`: checks pool slack in the canary test mode.
@@ -121,11 +124,13 @@ pub enum Shader {
 
 impl Shader {
     /// Every module, every attention instantiation included.
-    pub const ALL: [Shader; 25] = [
+    pub const ALL: [Shader; 27] = [
         Shader::Aim,
         Shader::Attention(HeadDim::D32),
         Shader::Attention(HeadDim::D64),
         Shader::Attention(HeadDim::D128),
+        Shader::AttentionCoop(Coop::Hardware),
+        Shader::AttentionCoop(Coop::Emulated),
         Shader::Boost,
         Shader::Canary,
         Shader::Copy,
@@ -156,6 +161,8 @@ impl Shader {
             Shader::Attention(HeadDim::D32) => "attention_d32",
             Shader::Attention(HeadDim::D64) => "attention_d64",
             Shader::Attention(HeadDim::D128) => "attention_d128",
+            Shader::AttentionCoop(Coop::Hardware) => "attention_coop",
+            Shader::AttentionCoop(Coop::Emulated) => "attention_coop_emulated",
             Shader::Boost => "boost",
             Shader::Canary => "canary",
             Shader::Conv(t) => t.module_name(),
@@ -185,12 +192,11 @@ impl Shader {
             Shader::Boost => with_common!("boost.wgsl"),
             Shader::Canary => with_common!("canary.wgsl"),
             Shader::Conv(t) => return conv_source(t),
-            Shader::ConvCoop(c) => coop_source(c, true),
+            Shader::AttentionCoop(_) | Shader::ConvCoop(_) | Shader::MatmulCoop(_) => coop_source(self),
             Shader::Copy => with_common!("copy.wgsl"),
             Shader::Elementwise => with_common!("elementwise.wgsl"),
             Shader::Embed => with_common!("embed.wgsl"),
             Shader::Matmul => concat!(with_common!("matmul_params.wgsl"), include_str!("../../shaders/matmul.wgsl")),
-            Shader::MatmulCoop(c) => coop_source(c, false),
             Shader::Norm => with_common!("norm.wgsl"),
             Shader::Optim => with_common!("optim.wgsl"),
             Shader::Pool => with_common!("pool.wgsl"),
@@ -202,24 +208,25 @@ impl Shader {
     }
 }
 
-/// A tensor-core module in form `c` (the convolution's with `conv`, else the matmul's): the
-/// `enable` directives (which must open the module, before common.wgsl's declarations),
-/// common.wgsl, the accumulators of `c`, the module's parameter fragment, the shared tile,
-/// and the module's own file.
-fn coop_source(c: Coop, conv: bool) -> &'static str {
-    // four fixed texts, each built once ('static for the kernel cache)
-    static SOURCES: [OnceLock<String>; 4] = [OnceLock::new(), OnceLock::new(), OnceLock::new(), OnceLock::new()];
+/// A tensor-core module: the `enable` directives (which must open the module, before
+/// common.wgsl's declarations), common.wgsl, the accumulators of its form, the module's
+/// parameter fragment (attention's parameters are in its own file), the shared tile, and the
+/// module's own file.
+fn coop_source(s: Shader) -> &'static str {
+    // six fixed texts, each built once ('static for the kernel cache)
+    static SOURCES: [OnceLock<String>; 6] = [const { OnceLock::new() }; 6];
+    let (family, c, params, body) = match s {
+        Shader::ConvCoop(c) => (0, c, include_str!("../../shaders/conv_params.wgsl"), include_str!("../../shaders/conv_coop.wgsl")),
+        Shader::MatmulCoop(c) => (1, c, include_str!("../../shaders/matmul_params.wgsl"), include_str!("../../shaders/matmul_coop.wgsl")),
+        Shader::AttentionCoop(c) => (2, c, "", include_str!("../../shaders/attention_coop.wgsl")),
+        _ => unreachable!("not a tensor-core module: {s:?}"),
+    };
     let (enable, mma) = match c {
         Coop::Hardware => ("enable f16;\nenable wgpu_cooperative_matrix;\n", include_str!("../../shaders/coop_mma.wgsl")),
         Coop::Emulated => ("enable f16;\n", include_str!("../../shaders/coop_mma_emulated.wgsl")),
     };
-    let (params, body) = if conv {
-        (include_str!("../../shaders/conv_params.wgsl"), include_str!("../../shaders/conv_coop.wgsl"))
-    } else {
-        (include_str!("../../shaders/matmul_params.wgsl"), include_str!("../../shaders/matmul_coop.wgsl"))
-    };
     let tile = include_str!("../../shaders/coop_tile.wgsl");
-    SOURCES[2 * conv as usize + (c == Coop::Emulated) as usize].get_or_init(|| format!("{enable}{COMMON}{mma}{params}{tile}{body}"))
+    SOURCES[2 * family + (c == Coop::Emulated) as usize].get_or_init(|| format!("{enable}{COMMON}{mma}{params}{tile}{body}"))
 }
 
 /// Tile sizes of one attention instantiation (the WGSL `@variant` block). Chosen so every

@@ -18,7 +18,7 @@
 use super::{bytes_of, expect_f32, expect_same_gpu, grid};
 use crate::autograd::BackwardOp;
 use crate::error::{Error, Result};
-use crate::gpu::{Access, AttentionTiles, Gpu, Kernel, ATTENTION_TILES};
+use crate::gpu::{Access, AttentionTiles, Coop, Gpu, Kernel, Shader, TuneMode, ATTENTION_TILES};
 use crate::tensor::{DType, Tensor};
 
 const R: Access = Access::Read;
@@ -36,12 +36,44 @@ const BWD_DELTA: Entry = ("attn_bwd_delta", &[R, R, R, RW]);
 const BWD_DQ: Entry = ("attn_bwd_dq", &[R, R, R, R, R, R, RW, R, R, R, R]);
 const BWD_DKV: Entry = ("attn_bwd_dkv", &[R, R, R, R, R, R, RW, RW, R, R, R]);
 
+/// The forward on cooperative matrices (`attention_coop.wgsl`): q, k, v as f16, the mask, o,
+/// lse; on tensor cores and emulated.
+const FWD_COOP: Entry = ("attn_fwd_coop", &[R, R, R, R, RW, RW]);
+const K_FWD_COOP: [Kernel; 2] = [
+    Kernel::new(Shader::AttentionCoop(Coop::Hardware), FWD_COOP.0, FWD_COOP.1, &Params::LAYOUT),
+    Kernel::new(Shader::AttentionCoop(Coop::Emulated), FWD_COOP.0, FWD_COOP.1, &Params::LAYOUT),
+];
+/// Query rows (and keys per tile, and output columns) of the cooperative-matrix forward's
+/// workgroup: coop_tile.wgsl's 64 x 64 tile.
+const COOP_TILE: usize = 64;
+/// Its workgroup memory: coop_tile.wgsl's As, Bs (f16) and Cs (f32), and 128 floats of its own.
+const COOP_WORKGROUP_BYTES: u32 = 2 * (2560 + 2304) + 4 * (4352 + 128);
+
+/// The kernel attention's forward runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionKernel {
+    /// `attention.wgsl`'s tiles (f32 arithmetic; every precision).
+    Tile,
+    /// The two products on cooperative matrices (f16 q, k and v only).
+    Coop,
+}
+
+impl AttentionKernel {
+    /// The name in the tuning cache.
+    pub fn name(self) -> &'static str {
+        match self {
+            AttentionKernel::Tile => "tile",
+            AttentionKernel::Coop => "coop",
+        }
+    }
+}
+
 /// The pipeline constant of q, k and v's precision.
 fn half_constant(half: bool) -> [(&'static str, f64); 1] {
     [("HALF", half as u32 as f64)]
 }
 
-fn kernel(t: &AttentionTiles, (entry, bindings): Entry) -> Kernel {
+fn kernel_of(t: &AttentionTiles, (entry, bindings): Entry) -> Kernel {
     Kernel::new(t.shader(), entry, bindings, &Params::LAYOUT)
 }
 
@@ -49,7 +81,8 @@ fn kernel(t: &AttentionTiles, (entry, bindings): Entry) -> Kernel {
 pub(crate) fn kernels() -> Vec<Kernel> {
     ATTENTION_TILES
         .iter()
-        .flat_map(|t| [FWD, BWD_DELTA, BWD_DQ, BWD_DKV].map(|e| kernel(t, e)))
+        .flat_map(|t| [FWD, BWD_DELTA, BWD_DQ, BWD_DKV].map(|e| kernel_of(t, e)))
+        .chain(K_FWD_COOP)
         .collect()
 }
 
@@ -143,6 +176,18 @@ fn check_shapes(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Re
 /// q, k and v are all f32, or all f16 (mixed precision: widened as they are loaded; the
 /// output, the statistics and the gradients are f32).
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, key_padding_mask: Option<&Tensor>, scale: f32) -> Result<Tensor> {
+    attention_on(q, k, v, key_padding_mask, scale, None)
+}
+
+/// [`attention`] with its forward on `kernel` (benchmarks: each kernel's own row). The
+/// cooperative-matrix kernel takes f16 q, k and v, and runs on tensor cores or their
+/// emulation; elsewhere it is an error.
+#[doc(hidden)]
+pub fn attention_on_kernel(q: &Tensor, k: &Tensor, v: &Tensor, key_padding_mask: Option<&Tensor>, scale: f32, kernel: AttentionKernel) -> Result<Tensor> {
+    attention_on(q, k, v, key_padding_mask, scale, Some(kernel))
+}
+
+fn attention_on(q: &Tensor, k: &Tensor, v: &Tensor, key_padding_mask: Option<&Tensor>, scale: f32, kernel: Option<AttentionKernel>) -> Result<Tensor> {
     let mut all = vec![q, k, v];
     all.extend(key_padding_mask);
     let half = q.dtype() == DType::F16;
@@ -156,31 +201,12 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, key_padding_mask: Option<&T
     let gpu = q.gpu();
     check_workgroup_memory(gpu, &var)?;
 
-    let o = Tensor::empty(gpu, &[d.b, d.h, d.l, d.dh], DType::F32)?;
-    let lse = Tensor::empty(gpu, &[d.b, d.h, d.l], DType::F32)?;
-    let bh = d.b * d.h;
-    let nblk = d.l.div_ceil(var.f_bq as usize);
-    let p = Params {
-        bh: check_u32("B*H", bh)?,
-        heads: d.h as u32,
-        l: d.l as u32,
-        s: d.s as u32,
-        dh: d.dh as u32,
-        has_mask: key_padding_mask.is_some() as u32,
-        nblk: nblk as u32,
-        scale,
+    let fwd = match kernel {
+        Some(k) => k,
+        None if half => forward_kernel(gpu, &d, scale)?,
+        None => AttentionKernel::Tile,
     };
-    if bh * d.l > 0 {
-        let mask_buf = key_padding_mask.map(|m| m.buffer()).unwrap_or(q.buffer());
-        let (qb, kb, vb) = (q.buffer(), k.buffer(), v.buffer());
-        gpu.dispatch(
-            &kernel(&var, FWD),
-            &half_constant(half),
-            bytes_of(&p),
-            &[qb, kb, vb, mask_buf, o.buffer(), lse.buffer(), qb, qb, qb, kb, vb],
-            grid(gpu, bh * nblk, 1),
-        )?;
-    }
+    let (o, lse) = forward(gpu, fwd, q, k, v, key_padding_mask, &d, scale)?;
     let saved = AttentionBack {
         q: q.detach(),
         k: k.detach(),
@@ -192,6 +218,103 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, key_padding_mask: Option<&T
         dims: d,
     };
     Ok(o.with_grad_fn(&[q, k, v], || Box::new(saved)))
+}
+
+/// o and lse of attention's forward on `kernel`.
+#[allow(clippy::too_many_arguments)]
+fn forward(gpu: &Gpu, kernel: AttentionKernel, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, d: &Dims, scale: f32) -> Result<(Tensor, Tensor)> {
+    let o = Tensor::empty(gpu, &[d.b, d.h, d.l, d.dh], DType::F32)?;
+    let lse = Tensor::empty(gpu, &[d.b, d.h, d.l], DType::F32)?;
+    let bh = d.b * d.h;
+    let var = AttentionTiles::for_head_dim(d.dh).expect("head dim checked");
+    let rows = if kernel == AttentionKernel::Coop { COOP_TILE } else { var.f_bq as usize };
+    let nblk = d.l.div_ceil(rows);
+    let p = Params {
+        bh: check_u32("B*H", bh)?,
+        heads: d.h as u32,
+        l: d.l as u32,
+        s: d.s as u32,
+        dh: d.dh as u32,
+        has_mask: mask.is_some() as u32,
+        nblk: nblk as u32,
+        scale,
+    };
+    if bh * d.l == 0 {
+        return Ok((o, lse));
+    }
+    let mask_buf = mask.map(|m| m.buffer()).unwrap_or(q.buffer());
+    let (qb, kb, vb) = (q.buffer(), k.buffer(), v.buffer());
+    match kernel {
+        AttentionKernel::Tile => {
+            let half = q.dtype() == DType::F16;
+            let buffers = [qb, kb, vb, mask_buf, o.buffer(), lse.buffer(), qb, qb, qb, kb, vb];
+            gpu.dispatch(&kernel_of(&var, FWD), &half_constant(half), bytes_of(&p), &buffers, grid(gpu, bh * nblk, 1))?;
+        }
+        AttentionKernel::Coop => {
+            let form = Coop::on(&gpu.capabilities()).ok_or_else(|| Error::Other("attention: the cooperative-matrix forward needs shader f16 (tensor cores, or their emulation)".into()))?;
+            if q.dtype() != DType::F16 {
+                return Err(Error::DType { op: "attention", msg: "the cooperative-matrix forward takes f16 q, k and v".into() });
+            }
+            let have = gpu.limits().max_compute_workgroup_storage_size;
+            if have < COOP_WORKGROUP_BYTES {
+                return Err(Error::Other(format!("attention: the cooperative-matrix forward needs {COOP_WORKGROUP_BYTES} bytes of workgroup memory, the device allows {have}")));
+            }
+            let groups = bh * nblk * d.dh.div_ceil(COOP_TILE);
+            let k = &K_FWD_COOP[(form == Coop::Emulated) as usize];
+            gpu.dispatch(k, &[], bytes_of(&p), &[qb, kb, vb, mask_buf, o.buffer(), lse.buffer()], grid(gpu, groups, 1))?;
+        }
+    }
+    Ok((o, lse))
+}
+
+/// The kernel the forward of f16 q, k and v runs on: the cooperative-matrix one under
+/// [`prefer_coop`](crate::ops::prefer_coop) (tensor cores or their emulation), else the tuned
+/// choice of its shape bucket where the adapter has tensor cores (timing both kernels now, on
+/// seeded random operands of the same shapes, if the bucket is new), else the tiles.
+fn forward_kernel(gpu: &Gpu, d: &Dims, scale: f32) -> Result<AttentionKernel> {
+    if crate::ops::tune::coop_preferred().0 && Coop::on(&gpu.capabilities()).is_some() && gpu.limits().max_compute_workgroup_storage_size >= COOP_WORKGROUP_BYTES {
+        return Ok(AttentionKernel::Coop);
+    }
+    // tensor cores only: their emulation is a test vehicle, not a candidate
+    // the tuning operands are drawn in one launch each (see ops::conv's choice)
+    let largest = d.b * d.h * d.l.max(d.s) * d.dh;
+    let roomy = gpu.limits().max_compute_workgroup_storage_size >= COOP_WORKGROUP_BYTES;
+    if !gpu.capabilities().cooperative_matrix || !roomy || gpu.tune_mode() == TuneMode::Off || !crate::ops::random::launchable(gpu, largest) {
+        return Ok(AttentionKernel::Tile);
+    }
+    let c = crate::ops::tune::size_class;
+    let bucket = format!("bh{} l{} s{} dh{}", c(d.b * d.h), c(d.l), c(d.s), c(d.dh));
+    let from_name = |n: &str| [AttentionKernel::Tile, AttentionKernel::Coop].into_iter().find(|k| k.name() == n);
+    let known = || gpu.tune_lookup("attention", &bucket).and_then(|e| from_name(&e.variant));
+    if let Some(k) = known() {
+        return Ok(k);
+    }
+    let _one = gpu.tuning_guard();
+    if let Some(k) = known() {
+        return Ok(k);
+    }
+    let tuned = (|| {
+        let _ng = crate::autograd::no_grad();
+        let seed = 0x6174_746e; // "attn"
+        let rnd = |len: usize, i: u64| crate::ops::cast(&crate::ops::random::randn(gpu, &[d.b, d.h, len, d.dh], seed, i << 40)?, DType::F16);
+        let (q, k, v) = (rnd(d.l, 0)?, rnd(d.s, 1)?, rnd(d.s, 2)?);
+        let run = |kernel| forward(gpu, kernel, &q, &k, &v, None, d, scale).map(|(o, _)| o);
+        let reference = run(AttentionKernel::Tile)?;
+        let list: Vec<crate::ops::tune::Candidate> = [AttentionKernel::Tile, AttentionKernel::Coop]
+            .into_iter()
+            .map(|k| (k.name(), Box::new(move || run(k)) as Box<dyn Fn() -> Result<Tensor>>))
+            .collect();
+        let problem = format!("q [{}, {}, {}, {}], k and v [{}, {}, {}, {}]", d.b, d.h, d.l, d.dh, d.b, d.h, d.s, d.dh);
+        crate::ops::tune::tune(gpu, "attention", &bucket, problem, &list, &reference)
+    })();
+    match tuned {
+        Ok(name) => Ok(from_name(&name).unwrap_or(AttentionKernel::Tile)),
+        Err(Error::OutOfMemory { .. }) => {
+            eprintln!("warning: tuning attention {bucket}: no memory for the tuning operands; the tiles run this time");
+            Ok(AttentionKernel::Tile)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 struct AttentionBack {
@@ -259,7 +382,7 @@ impl AttentionBack {
         let ld = Tensor::empty(gpu, &[rows.max(1), 2], DType::F32)?;
         if rows > 0 {
             let bufs = [self.o.buffer(), grad.buffer(), self.lse.buffer(), ld.buffer()];
-            gpu.dispatch(&kernel(var, BWD_DELTA), &[], bytes_of(base), &bufs, grid(gpu, rows, 256))?;
+            gpu.dispatch(&kernel_of(var, BWD_DELTA), &[], bytes_of(base), &bufs, grid(gpu, rows, 256))?;
         }
         Ok(ld)
     }
@@ -273,7 +396,7 @@ impl AttentionBack {
         if d.b * d.h * d.l > 0 {
             let (qb, kb, vb) = (self.q.buffer(), self.k.buffer(), self.v.buffer());
             let bufs = [qb, kb, vb, self.mask_buffer(), grad.buffer(), ld.buffer(), g.buffer(), qb, qb, kb, vb];
-            gpu.dispatch(&kernel(var, BWD_DQ), &self.half(), bytes_of(&p), &bufs, grid(gpu, d.b * d.h * nblk, 1))?;
+            gpu.dispatch(&kernel_of(var, BWD_DQ), &self.half(), bytes_of(&p), &bufs, grid(gpu, d.b * d.h * nblk, 1))?;
         }
         Ok(g)
     }
@@ -299,7 +422,7 @@ impl AttentionBack {
                 self.k.buffer(),
                 self.v.buffer(),
             ];
-            gpu.dispatch(&kernel(var, BWD_DKV), &self.half(), bytes_of(&p), &bufs, grid(gpu, d.b * d.h * nblk, 1))?;
+            gpu.dispatch(&kernel_of(var, BWD_DKV), &self.half(), bytes_of(&p), &bufs, grid(gpu, d.b * d.h * nblk, 1))?;
         }
         Ok((gk, gv))
     }

@@ -28,6 +28,7 @@ pub use matmul::*;
 pub use reduce::*;
 pub use shape::*;
 pub use softmax::*;
+pub use tune::{prefer_coop, PreferCoopGuard};
 
 use crate::error::{Error, Result};
 use crate::gpu::Kernel;

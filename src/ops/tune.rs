@@ -91,6 +91,39 @@ pub fn tune(gpu: &Gpu, family: &str, bucket: &str, problem: String, candidates: 
     Ok(gpu.tune_record(family, bucket, TuneEntry { variant: name.to_string(), us, problem }, &valid).variant)
 }
 
+thread_local! {
+    // Tests only (`prefer_coop`): run the cooperative-matrix kernels wherever they apply on
+    // this thread (the forward, the gradients), emulated where the adapter has no tensor
+    // cores.
+    static PREFER_COOP: std::cell::Cell<(bool, bool)> = const { std::cell::Cell::new((false, false)) };
+}
+
+/// Guard returned by [`prefer_coop`]; the previous mode returns when it drops.
+#[doc(hidden)]
+pub struct PreferCoopGuard((bool, bool));
+
+impl Drop for PreferCoopGuard {
+    fn drop(&mut self) {
+        PREFER_COOP.with(|c| c.set(self.0));
+    }
+}
+
+/// While the guard lives, the forward products (with `forward`: the convolutions' forward
+/// GEMMs, attention's forward) and the convolutions' gradient GEMMs (with `gradients`) on this
+/// thread that the cooperative-matrix kernels can run (f16 operands, no weight scale; tensor
+/// cores or their emulation) run on them instead of the tuner's choice. For tests that run
+/// whole networks on them where no adapter has tensor cores (lavapipe): the emulation is
+/// never chosen otherwise.
+#[doc(hidden)]
+pub fn prefer_coop(forward: bool, gradients: bool) -> PreferCoopGuard {
+    PreferCoopGuard(PREFER_COOP.with(|c| c.replace((forward, gradients))))
+}
+
+/// The (forward, gradients) of the [`prefer_coop`] guard in force on this thread.
+pub(crate) fn coop_preferred() -> (bool, bool) {
+    PREFER_COOP.with(|c| c.get())
+}
+
 /// Power-of-two size class of one dimension for shape buckets (0 stays 0).
 pub(crate) fn size_class(n: usize) -> usize {
     if n == 0 {

@@ -122,6 +122,17 @@ fn every_coop_conv_form_translates() {
     }
 }
 
+/// The cooperative-matrix attention forward translates to SPIR-V, on tensor cores and
+/// emulated (it sets no override constants): the guard for naga's cooperative-load panic.
+#[test]
+fn the_coop_attention_translates() {
+    for coop in [Coop::Hardware, Coop::Emulated] {
+        let (module, info) = parse(Shader::AttentionCoop(coop)).unwrap();
+        assert!(module.overrides.is_empty());
+        to_spirv(&module, &info, &[]).unwrap();
+    }
+}
+
 /// The normalisation module translates with batch norm's input f32 and f16 (`HALF_X`, the
 /// only override constant its launches set).
 #[test]

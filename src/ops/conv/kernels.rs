@@ -149,30 +149,3 @@ const fn all_kernels() -> [Kernel; 38] {
 /// Every kernel of this file, every tile's and the cooperative-matrix ones (for the
 /// interface test, `tests/gpu/kernels.rs`).
 pub(crate) const KERNELS: &[Kernel] = &all_kernels();
-
-thread_local! {
-    // Tests only (`prefer_coop`): run the cooperative-matrix kernels wherever they apply on
-    // this thread (the forward, the gradients), emulated where the adapter has no tensor
-    // cores.
-    pub(super) static PREFER_COOP: std::cell::Cell<(bool, bool)> = const { std::cell::Cell::new((false, false)) };
-}
-
-/// Guard returned by [`prefer_coop`]; the previous mode returns when it drops.
-#[doc(hidden)]
-pub struct PreferCoopGuard((bool, bool));
-
-impl Drop for PreferCoopGuard {
-    fn drop(&mut self) {
-        PREFER_COOP.with(|c| c.set(self.0));
-    }
-}
-
-/// While the guard lives, the convolutions' forward GEMMs (with `forward`) and gradient GEMMs
-/// (with `gradients`) on this thread that the cooperative-matrix kernels can run (f16
-/// operands, no weight scale; tensor cores or their emulation) run on them instead of the
-/// tuner's choice. For tests that run whole networks on them where no adapter has tensor
-/// cores (lavapipe): the emulation is never chosen otherwise.
-#[doc(hidden)]
-pub fn prefer_coop(forward: bool, gradients: bool) -> PreferCoopGuard {
-    PreferCoopGuard(PREFER_COOP.with(|c| c.replace((forward, gradients))))
-}

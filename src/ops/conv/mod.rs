@@ -13,9 +13,9 @@ mod fused;
 mod kernels;
 
 pub use choice::tile_for;
-pub use kernels::{prefer_coop, ConvKernel, PreferCoopGuard};
+pub use kernels::ConvKernel;
 pub(crate) use kernels::KERNELS;
-use kernels::{coop_on, kernels, CoopKernels, PREFER_COOP};
+use kernels::{coop_on, kernels, CoopKernels};
 pub use fused::{conv2d_after_bn_relu, conv2d_after_bn_relu_ex, conv2d_bn_partials, conv2d_forward_on, conv2d_bn_partials_on_tile, conv2d_inference, conv2d_inference_on_tile, BnRelu, ConvEpilogue};
 use choice::Gemm;
 use super::{bytes_of, expect_f32, expect_same_gpu, grid, split_grid};
@@ -234,7 +234,7 @@ fn check(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: &Conv2dParams, w_scal
 
 impl Geom {
     /// The kernel GEMM `which` (`m` x `n` outputs) runs on: the forced one, else (under
-    /// [`prefer_coop`]) the cooperative-matrix kernel where it applies, else the choice for
+    /// [`prefer_coop`](crate::ops::prefer_coop)) the cooperative-matrix kernel where it applies, else the choice for
     /// its shape on this device (`choice`).
     fn kernel(&self, which: Gemm, m: usize, n: usize, gpu: &crate::Gpu) -> Result<ConvKernel> {
         match self.kernel {
@@ -243,9 +243,9 @@ impl Geom {
             None => choice::choose(self, which, m, n, gpu),
         }
     }
-    /// Whether [`prefer_coop`] puts GEMM `which` on the cooperative-matrix kernel.
+    /// Whether [`prefer_coop`](crate::ops::prefer_coop) puts GEMM `which` on the cooperative-matrix kernel.
     fn coop_preferred(&self, which: Gemm) -> bool {
-        let (forward, gradients) = PREFER_COOP.with(|c| c.get());
+        let (forward, gradients) = crate::ops::tune::coop_preferred();
         (if which == Gemm::Fwd { forward } else { gradients }) && self.coop_applies(which)
     }
     /// Whether the cooperative-matrix kernel computes GEMM `which`: its operands other than dy
