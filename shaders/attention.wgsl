@@ -46,37 +46,12 @@ const DS: u32 = DH + 1u;         // workgroup-memory row stride (odd: no bank co
 const F_WG: u32 = F_BQ * 4u;
 const Q_WG: u32 = Q_BQ * 4u;
 const KV_WG: u32 = KV_BK * 4u;
-const MASKED: f32 = -3.0e38;     // score of a masked / padded key
-const MASKED_CUT: f32 = -1.0e38; // scores at or below this are masked
-
-struct Params {
-    bh: u32,       // batch * heads
-    heads: u32,
-    l: u32,        // query rows
-    s: u32,        // keys
-    dh: u32,       // true head dim (<= DH)
-    has_mask: u32, // 1: binding 4 is the [B, S] key-padding mask
-    nblk: u32,     // row (or key) blocks per bh
-    scale: f32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-
-// Whether key `key` (< p.s) of batch element b takes part.
-fn key_on(b: u32, key: u32) -> bool {
-    if (key >= p.s) { return false; }
-    if (p.has_mask != 0u) {
-        return mask[b * p.s + key] <= 0.5;
-    }
-    return true;
-}
 
 // ------------------------------------------------------------------------------------
 // forward
 @group(0) @binding(1) var<storage, read> q: array<f32>;
 @group(0) @binding(2) var<storage, read> k: array<f32>;
 @group(0) @binding(3) var<storage, read> v: array<f32>;
-@group(0) @binding(4) var<storage, read> mask: array<f32>;
 @group(0) @binding(5) var<storage, read_write> o: array<f32>;
 @group(0) @binding(6) var<storage, read_write> lse: array<f32>;
 
@@ -196,17 +171,12 @@ fn attn_fwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
 
     let gr = q0 + r;
     if (gr < p.l) {
-        var inv = 0.0;
-        var ls = 0.0;
-        if (l > 0.0) {
-            inv = 1.0 / l;
-            ls = m + log(l);
-        }
+        let end = row_end(m, l);
         for (var jj = 0u; jj < NC; jj = jj + 1u) {
             let col = c + 4u * jj;
-            if (col < dh) { o[qbase + gr * dh + col] = acc[jj] * inv; }
+            if (col < dh) { o[qbase + gr * dh + col] = acc[jj] * end.x; }
         }
-        if (c == 0u) { lse[bh * p.l + gr] = ls; }
+        if (c == 0u) { lse[bh * p.l + gr] = end.y; }
     }
 }
 

@@ -24,38 +24,11 @@
 @group(0) @binding(1) var<storage, read> qh: array<f16>;
 @group(0) @binding(2) var<storage, read> kh: array<f16>;
 @group(0) @binding(3) var<storage, read> vh: array<f16>;
-@group(0) @binding(4) var<storage, read> mask: array<f32>;
 @group(0) @binding(5) var<storage, read_write> o: array<f32>;
 @group(0) @binding(6) var<storage, read_write> lse: array<f32>;
 
-// The layout of attention.wgsl's Params (src/ops/attention.rs); nblk counts blocks of TM rows.
-struct Params {
-    bh: u32,
-    heads: u32,
-    l: u32,
-    s: u32,
-    dh: u32,
-    has_mask: u32,
-    nblk: u32,
-    scale: f32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-
-const MASKED: f32 = -3.0e38;     // score of a masked / padded key
-const MASKED_CUT: f32 = -1.0e38; // scores at or below this are masked
-
 // Per thread, one value the two threads of a row combine (the row's max, then its sum).
 var<workgroup> red: array<f32, 128>;
-
-// Whether key `key` of batch element b takes part.
-fn key_on(b: u32, key: u32) -> bool {
-    if (key >= p.s) { return false; }
-    if (p.has_mask != 0u) {
-        return mask[b * p.s + key] <= 0.5;
-    }
-    return true;
-}
 
 @compute @workgroup_size(128)
 fn attn_fwd_coop(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -167,16 +140,11 @@ fn attn_fwd_coop(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
 
     let gr = q0 + r;
     if (gr < p.l) {
-        var inv = 0.0;
-        var ls = 0.0;
-        if (l > 0.0) {
-            inv = 1.0 / l;
-            ls = m + log(l);
-        }
+        let end = row_end(m, l);
         for (var j = 0u; j < 32u; j = j + 1u) {
             let col = c0 + cc + j;
-            if (col < dh) { o[qbase + gr * dh + col] = acc[j] * inv; }
+            if (col < dh) { o[qbase + gr * dh + col] = acc[j] * end.x; }
         }
-        if (lid % 2u == 0u && c0 == 0u) { lse[bh * p.l + gr] = ls; }
+        if (lid % 2u == 0u && c0 == 0u) { lse[bh * p.l + gr] = end.y; }
     }
 }

@@ -4,7 +4,9 @@
 //!
 //! Each module is `shaders/common.wgsl` (helpers every kernel family shares: the
 //! one-thread-per-element workgroup size and the folded-grid index) followed by the
-//! family's own file (the two GEMM modules share `matmul_params.wgsl` in between). Two families are instantiated several times: the `const` block between
+//! family's own file, with the family's parameter fragment in between where it has one
+//! (`matmul_params.wgsl`, `conv_params.wgsl`, `attention_params.wgsl`; the tensor-core modules
+//! also take `coop_tile.wgsl` and their accumulators). Two families are instantiated several times: the `const` block between
 //! `@variant-begin` and `@variant-end` is replaced per instantiation, in
 //! `shaders/attention.wgsl` by the tile sizes of [`AttentionTiles`] per padded head dim (the
 //! file itself is the 128 instantiation), in `shaders/conv.wgsl` by the workgroup tile of a
@@ -14,10 +16,11 @@ use std::sync::OnceLock;
 
 /// Files of `shaders/` that are fragments of modules rather than modules: `common.wgsl`
 /// (every module starts with it), `matmul_params.wgsl` (the matmul modules' parameter block
-/// and batch decomposition) and `conv_params.wgsl` (the convolution modules' parameter block
-/// and the forward's epilogue), `coop_tile.wgsl` (the tensor-core modules' tile) and its two
+/// and batch decomposition), `conv_params.wgsl` (the convolution modules' parameter block
+/// and the forward's epilogue) and `attention_params.wgsl` (the attention modules' parameters,
+/// mask and row statistics), `coop_tile.wgsl` (the tensor-core modules' tile) and its two
 /// accumulators, `coop_mma.wgsl` (cooperative matrices) and `coop_mma_emulated.wgsl`.
-pub const FRAGMENTS: [&str; 6] = ["common", "matmul_params", "conv_params", "coop_tile", "coop_mma", "coop_mma_emulated"];
+pub const FRAGMENTS: [&str; 7] = ["common", "matmul_params", "conv_params", "attention_params", "coop_tile", "coop_mma", "coop_mma_emulated"];
 
 /// How a tensor-core module multiplies: on cooperative matrices, or in plain f32 arithmetic
 /// with the same staging, indexing and epilogue (for adapters with shader f16 but no
@@ -210,15 +213,14 @@ impl Shader {
 
 /// A tensor-core module: the `enable` directives (which must open the module, before
 /// common.wgsl's declarations), common.wgsl, the accumulators of its form, the module's
-/// parameter fragment (attention's parameters are in its own file), the shared tile, and the
-/// module's own file.
+/// parameter fragment, the shared tile, and the module's own file.
 fn coop_source(s: Shader) -> &'static str {
     // six fixed texts, each built once ('static for the kernel cache)
     static SOURCES: [OnceLock<String>; 6] = [const { OnceLock::new() }; 6];
     let (family, c, params, body) = match s {
         Shader::ConvCoop(c) => (0, c, include_str!("../../shaders/conv_params.wgsl"), include_str!("../../shaders/conv_coop.wgsl")),
         Shader::MatmulCoop(c) => (1, c, include_str!("../../shaders/matmul_params.wgsl"), include_str!("../../shaders/matmul_coop.wgsl")),
-        Shader::AttentionCoop(c) => (2, c, "", include_str!("../../shaders/attention_coop.wgsl")),
+        Shader::AttentionCoop(c) => (2, c, include_str!("../../shaders/attention_params.wgsl"), include_str!("../../shaders/attention_coop.wgsl")),
         _ => unreachable!("not a tensor-core module: {s:?}"),
     };
     let (enable, mma) = match c {
@@ -387,7 +389,8 @@ fn instantiate(template: &str, file: &str, header: &str) -> std::result::Result<
 fn attention_source(d: HeadDim) -> Result<&'static str> {
     static SOURCES: [OnceLock<std::result::Result<String, String>>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
     let i = ATTENTION_TILES.iter().position(|t| t.head_dim == d).unwrap_or(0);
-    let src = SOURCES[i].get_or_init(|| instantiate(include_str!("../../shaders/attention.wgsl"), "attention.wgsl", &ATTENTION_TILES[i].header()));
+    let template = concat!(include_str!("../../shaders/attention_params.wgsl"), include_str!("../../shaders/attention.wgsl"));
+    let src = SOURCES[i].get_or_init(|| instantiate(template, "attention.wgsl", &ATTENTION_TILES[i].header()));
     src.as_deref().map_err(|e| Error::Other(e.clone()))
 }
 
