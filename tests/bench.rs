@@ -112,6 +112,11 @@ fn flop_and_byte_counts() {
     let fwd = 4.0 * 64.0 * 8.0 * 1024.0 * 1024.0 * 64.0;
     assert_eq!(find(&full, "attn_L1024_fwd").0, fwd);
     assert_eq!(find(&full, "attn_L1024_fb").0, 3.5 * fwd);
+    // f16 operands on the tiles and on cooperative matrices count the same work
+    for kernel in ["tile", "coop"] {
+        assert_eq!(find(&full, &format!("attn_L1024_d64_fwd_f16:{kernel}")).0, fwd);
+        assert_eq!(find(&full, &format!("attn_L1024_d64_fb_f16:{kernel}")).0, 3.5 * fwd);
+    }
     assert_eq!(find(&full, "sgd_step").1, 20.0 * 11_176_512.0);
     // ResNet18's 11 distinct shapes, forward and fwd+bwd, both modalities; then three
     // fwd+bwd shapes (the reference and the small CNN's first two layers), each on the

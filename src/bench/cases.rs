@@ -228,23 +228,31 @@ fn matmul_case(name: String, m: usize, n: usize, kdim: usize, ta: bool, tb: bool
     c
 }
 
-/// The forward of attention on f16 q, k and v (mixed precision's operands) on `kernel`
-/// (`name:kernel`): the cooperative-matrix row beside the tiles' on the same operands, where
-/// the adapter has tensor cores.
-fn attention_half_case(b: usize, h: usize, l: usize, dh: usize, kernel: AttentionKernel) -> Case {
+/// The forward (`fb = false`) or forward + backward of attention on f16 q, k and v (mixed
+/// precision's operands; dO f32) on `kernel` (`name:kernel`): the cooperative-matrix rows
+/// beside the tiles' on the same operands, where the adapter has tensor cores.
+fn attention_half_case(b: usize, h: usize, l: usize, dh: usize, fb: bool, kernel: AttentionKernel) -> Case {
     let q = vec![b, h, l, dh];
-    let flops = 4.0 * (b * h * l * l * dh) as f64;
+    let fwd = 4.0 * (b * h * l * l * dh) as f64;
     let t = (b * h * l * dh) as f64; // values of one [B, H, L, Dh] tensor
-    let bytes = 3.0 * 2.0 * t + 4.0 * t;
-    let name = format!("attn_L{l}_d{dh}_fwd_f16:{}", kernel.name());
-    let mut c = case(name, format!("B{b} H{h} L=S{l} Dh{dh} f16"), flops, bytes, false, move |gpu| {
+    // fwd: q, k, v (f16) -> o; bwd: q, k, v, o, dO -> dq, dk, dv
+    let (flops, bytes) = if fb { (3.5 * fwd, 6.0 * t + 4.0 * 6.0 * t) } else { (fwd, 6.0 * t + 4.0 * t) };
+    let name = format!("attn_L{l}_d{dh}_{}_f16:{}", if fb { "fb" } else { "fwd" }, kernel.name());
+    let mut c = case(name, format!("B{b} H{h} L=S{l} Dh{dh} f16"), flops, bytes, fb, move |gpu| {
         let k = sets_for(bytes);
-        let sets = input_sets(gpu, &vec![q.clone(); 3], k, false)?;
-        let sets = sets.iter().map(|s| s.iter().map(|t| ops::cast(t, crate::DType::F16)).collect::<Result<Vec<_>>>()).collect::<Result<Vec<_>>>()?;
+        // q, k, v as f16 leaves (tracked for fb), then dO
+        let sets = input_sets(gpu, &vec![q.clone(); if fb { 4 } else { 3 }], k, false)?;
+        let leaf = |t: &Tensor| ops::cast(t, crate::DType::F16).map(|h| if fb { h.requires_grad() } else { h });
+        let sets = sets.iter().map(|s| s.iter().enumerate().map(|(j, t)| if j < 3 { leaf(t) } else { Ok(t.clone()) }).collect::<Result<Vec<_>>>()).collect::<Result<Vec<_>>>()?;
         let scale = 1.0 / (dh as f32).sqrt();
         Ok(Box::new(move |i| {
             let s = &sets[i % k];
-            ops::attention_on_kernel(&s[0], &s[1], &s[2], None, scale, kernel).map(|_| ())
+            let o = ops::attention_on_kernel(&s[0], &s[1], &s[2], None, scale, kernel)?;
+            if fb {
+                let mut g = Gradients::new();
+                o.backward_with(s[3].detach(), &mut g)?;
+            }
+            Ok(())
         }))
     });
     c.runs_on = Box::new(move |gpu| kernel == AttentionKernel::Tile || gpu.capabilities().cooperative_matrix);
@@ -378,8 +386,10 @@ fn attention_cases(quick: bool) -> Vec<Case> {
     // f16 operands: the tiles and the tensor cores on the same forward
     if !quick {
         for dh in [64, 128] {
-            for kernel in [AttentionKernel::Tile, AttentionKernel::Coop] {
-                v.push(attention_half_case(ab, ah, lh, dh, kernel));
+            for fb in [false, true] {
+                for kernel in [AttentionKernel::Tile, AttentionKernel::Coop] {
+                    v.push(attention_half_case(ab, ah, lh, dh, fb, kernel));
+                }
             }
         }
     }

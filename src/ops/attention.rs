@@ -3,7 +3,9 @@
 //! `o = softmax(q kᵀ · scale + mask) v` without ever materialising the L×S score matrix in
 //! device memory: the forward streams key/value tiles through workgroup memory with an
 //! online softmax and saves only the per-row logsumexp; the backward recomputes the
-//! probabilities from q, k and that logsumexp. Kernels: `shaders/attention.wgsl`.
+//! probabilities from q, k and that logsumexp. Kernels: `shaders/attention.wgsl`, and for
+//! f16 q, k and v the forward's and the backward's products on tensor cores
+//! (`shaders/attention_coop.wgsl`, where the tuner finds them faster).
 //!
 //! Head dims: the shader is instantiated for padded head dims 32, 64 and 128 (the `const`
 //! block between `@variant-begin` and `@variant-end` is substituted; the file itself is the
@@ -39,22 +41,33 @@ const BWD_DKV: Entry = ("attn_bwd_dkv", &[R, R, R, R, R, R, RW, RW, R, R, R]);
 /// The forward on cooperative matrices (`attention_coop.wgsl`): q, k, v as f16, the mask, o,
 /// lse; on tensor cores and emulated.
 const FWD_COOP: Entry = ("attn_fwd_coop", &[R, R, R, R, RW, RW]);
-const K_FWD_COOP: [Kernel; 2] = [
-    Kernel::new(Shader::AttentionCoop(Coop::Hardware), FWD_COOP.0, FWD_COOP.1, &Params::LAYOUT),
-    Kernel::new(Shader::AttentionCoop(Coop::Emulated), FWD_COOP.0, FWD_COOP.1, &Params::LAYOUT),
-];
+/// The gradient passes on cooperative matrices: q, k, v (f16), the mask, dO, ld, then dq, or
+/// dk and dv.
+const BWD_DQ_COOP: Entry = ("attn_bwd_dq_coop", &[R, R, R, R, R, R, RW]);
+const BWD_DKV_COOP: Entry = ("attn_bwd_dkv_coop", &[R, R, R, R, R, R, RW, RW]);
+/// A cooperative-matrix entry on tensor cores ([0]) and emulated ([1]).
+const fn coop_pair((entry, bindings): Entry) -> [Kernel; 2] {
+    [
+        Kernel::new(Shader::AttentionCoop(Coop::Hardware), entry, bindings, &Params::LAYOUT),
+        Kernel::new(Shader::AttentionCoop(Coop::Emulated), entry, bindings, &Params::LAYOUT),
+    ]
+}
+const K_FWD_COOP: [Kernel; 2] = coop_pair(FWD_COOP);
+const K_BWD_DQ_COOP: [Kernel; 2] = coop_pair(BWD_DQ_COOP);
+const K_BWD_DKV_COOP: [Kernel; 2] = coop_pair(BWD_DKV_COOP);
 /// Query rows (and keys per tile, and output columns) of the cooperative-matrix forward's
 /// workgroup: coop_tile.wgsl's 64 x 64 tile.
 const COOP_TILE: usize = 64;
 /// Its workgroup memory: coop_tile.wgsl's As, Bs (f16) and Cs (f32), and 128 floats of its own.
 const COOP_WORKGROUP_BYTES: u32 = 2 * (2560 + 2304) + 4 * (4352 + 128);
 
-/// The kernel attention's forward runs on.
+/// The kernels attention runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttentionKernel {
     /// `attention.wgsl`'s tiles (f32 arithmetic; every precision).
     Tile,
-    /// The two products on cooperative matrices (f16 q, k and v only).
+    /// The products on cooperative matrices (f16 q, k and v only): the forward's two, the
+    /// backward's five.
     Coop,
 }
 
@@ -83,6 +96,8 @@ pub(crate) fn kernels() -> Vec<Kernel> {
         .iter()
         .flat_map(|t| [FWD, BWD_DELTA, BWD_DQ, BWD_DKV].map(|e| kernel_of(t, e)))
         .chain(K_FWD_COOP)
+        .chain(K_BWD_DQ_COOP)
+        .chain(K_BWD_DKV_COOP)
         .collect()
 }
 
@@ -201,10 +216,10 @@ fn attention_on(q: &Tensor, k: &Tensor, v: &Tensor, key_padding_mask: Option<&Te
     let gpu = q.gpu();
     check_workgroup_memory(gpu, &var)?;
 
-    let fwd = match kernel {
-        Some(k) => k,
-        None if half => forward_kernel(gpu, &d, scale)?,
-        None => AttentionKernel::Tile,
+    let (fwd, bwd) = match kernel {
+        Some(k) => (k, k),
+        None if half => kernels_for(gpu, &d, scale)?,
+        None => (AttentionKernel::Tile, AttentionKernel::Tile),
     };
     let (o, lse) = forward(gpu, fwd, q, k, v, key_padding_mask, &d, scale)?;
     let saved = AttentionBack {
@@ -216,6 +231,7 @@ fn attention_on(q: &Tensor, k: &Tensor, v: &Tensor, key_padding_mask: Option<&Te
         lse,
         scale,
         dims: d,
+        kernel: bwd,
     };
     Ok(o.with_grad_fn(&[q, k, v], || Box::new(saved)))
 }
@@ -251,30 +267,48 @@ fn forward(gpu: &Gpu, kernel: AttentionKernel, q: &Tensor, k: &Tensor, v: &Tenso
             gpu.dispatch(&kernel_of(&var, FWD), &half_constant(half), bytes_of(&p), &buffers, grid(gpu, bh * nblk, 1))?;
         }
         AttentionKernel::Coop => {
-            let form = Coop::on(&gpu.capabilities()).ok_or_else(|| Error::Other("attention: the cooperative-matrix forward needs shader f16 (tensor cores, or their emulation)".into()))?;
-            if q.dtype() != DType::F16 {
-                return Err(Error::DType { op: "attention", msg: "the cooperative-matrix forward takes f16 q, k and v".into() });
-            }
-            let have = gpu.limits().max_compute_workgroup_storage_size;
-            if have < COOP_WORKGROUP_BYTES {
-                return Err(Error::Other(format!("attention: the cooperative-matrix forward needs {COOP_WORKGROUP_BYTES} bytes of workgroup memory, the device allows {have}")));
-            }
+            let k = &K_FWD_COOP[coop_form(gpu, q)?];
             let groups = bh * nblk * d.dh.div_ceil(COOP_TILE);
-            let k = &K_FWD_COOP[(form == Coop::Emulated) as usize];
             gpu.dispatch(k, &[], bytes_of(&p), &[qb, kb, vb, mask_buf, o.buffer(), lse.buffer()], grid(gpu, groups, 1))?;
         }
     }
     Ok((o, lse))
 }
 
-/// The kernel the forward of f16 q, k and v runs on: the cooperative-matrix one under
-/// [`prefer_coop`](crate::ops::prefer_coop) (tensor cores or their emulation), else the tuned
-/// choice of its shape bucket where the adapter has tensor cores (timing both kernels now, on
-/// seeded random operands of the same shapes, if the bucket is new), else the tiles.
-fn forward_kernel(gpu: &Gpu, d: &Dims, scale: f32) -> Result<AttentionKernel> {
-    if crate::ops::tune::coop_preferred().0 && Coop::on(&gpu.capabilities()).is_some() && gpu.limits().max_compute_workgroup_storage_size >= COOP_WORKGROUP_BYTES {
-        return Ok(AttentionKernel::Coop);
+/// Which form of the cooperative-matrix kernels runs here (the index into a `coop_pair`), or
+/// why none does: they take f16 q (and k and v), shader f16 (tensor cores or their emulation)
+/// and their workgroup memory.
+fn coop_form(gpu: &Gpu, q: &Tensor) -> Result<usize> {
+    let form = Coop::on(&gpu.capabilities()).ok_or_else(|| Error::Other("attention: the cooperative-matrix kernels need shader f16 (tensor cores, or their emulation)".into()))?;
+    if q.dtype() != DType::F16 {
+        return Err(Error::DType { op: "attention", msg: "the cooperative-matrix kernels take f16 q, k and v".into() });
     }
+    let have = gpu.limits().max_compute_workgroup_storage_size;
+    if have < COOP_WORKGROUP_BYTES {
+        return Err(Error::Other(format!("attention: the cooperative-matrix kernels need {COOP_WORKGROUP_BYTES} bytes of workgroup memory, the device allows {have}")));
+    }
+    Ok((form == Coop::Emulated) as usize)
+}
+
+/// The kernels the forward and the backward of f16 q, k and v run on: under
+/// [`prefer_coop`](crate::ops::prefer_coop), the cooperative-matrix ones as it says (tensor
+/// cores or their emulation); else the tuned choice of the shape bucket for both, where the
+/// adapter has tensor cores (timing the forward on both kernels now, on seeded random operands
+/// of the same shapes, if the bucket is new; the backward's products are the forward's kind,
+/// more of them), else the tiles.
+fn kernels_for(gpu: &Gpu, d: &Dims, scale: f32) -> Result<(AttentionKernel, AttentionKernel)> {
+    let (forward, gradients) = crate::ops::tune::coop_preferred();
+    let emulated_or_not = Coop::on(&gpu.capabilities()).is_some() && gpu.limits().max_compute_workgroup_storage_size >= COOP_WORKGROUP_BYTES;
+    if (forward || gradients) && emulated_or_not {
+        let pick = |on: bool| if on { AttentionKernel::Coop } else { AttentionKernel::Tile };
+        return Ok((pick(forward), pick(gradients)));
+    }
+    let k = tuned_kernel(gpu, d, scale)?;
+    Ok((k, k))
+}
+
+/// The tuned kernel of the shape bucket (see [`kernels_for`]).
+fn tuned_kernel(gpu: &Gpu, d: &Dims, scale: f32) -> Result<AttentionKernel> {
     // tensor cores only: their emulation is a test vehicle, not a candidate
     // the tuning operands are drawn in one launch each (see ops::conv's choice)
     let largest = d.b * d.h * d.l.max(d.s) * d.dh;
@@ -326,6 +360,8 @@ struct AttentionBack {
     lse: Tensor,
     scale: f32,
     dims: Dims,
+    /// The kernels of the gradient passes.
+    kernel: AttentionKernel,
 }
 
 impl BackwardOp for AttentionBack {
@@ -391,13 +427,22 @@ impl AttentionBack {
     fn grad_q(&self, grad: &Tensor, ld: &Tensor, var: &AttentionTiles, mut p: Params) -> Result<Tensor> {
         let (gpu, d) = (self.q.gpu(), self.dims);
         let g = Tensor::empty(gpu, &[d.b, d.h, d.l, d.dh], DType::F32)?;
+        if d.b * d.h * d.l == 0 {
+            return Ok(g);
+        }
+        let (qb, kb, vb) = (self.q.buffer(), self.k.buffer(), self.v.buffer());
+        let front = [qb, kb, vb, self.mask_buffer(), grad.buffer(), ld.buffer(), g.buffer()];
+        if self.kernel == AttentionKernel::Coop {
+            let nblk = d.l.div_ceil(COOP_TILE);
+            p.nblk = nblk as u32;
+            let groups = d.b * d.h * nblk * d.dh.div_ceil(COOP_TILE);
+            return gpu.dispatch(&K_BWD_DQ_COOP[coop_form(gpu, &self.q)?], &[], bytes_of(&p), &front, grid(gpu, groups, 1)).map(|_| g);
+        }
         let nblk = d.l.div_ceil(var.q_bq as usize);
         p.nblk = nblk as u32;
-        if d.b * d.h * d.l > 0 {
-            let (qb, kb, vb) = (self.q.buffer(), self.k.buffer(), self.v.buffer());
-            let bufs = [qb, kb, vb, self.mask_buffer(), grad.buffer(), ld.buffer(), g.buffer(), qb, qb, kb, vb];
-            gpu.dispatch(&kernel_of(var, BWD_DQ), &self.half(), bytes_of(&p), &bufs, grid(gpu, d.b * d.h * nblk, 1))?;
-        }
+        // binding 8 (dv in the dkv pass) is unused here: q stands in
+        let bufs = [&front[..], &[qb, qb, kb, vb][..]].concat();
+        gpu.dispatch(&kernel_of(var, BWD_DQ), &self.half(), bytes_of(&p), &bufs, grid(gpu, d.b * d.h * nblk, 1))?;
         Ok(g)
     }
 
@@ -406,24 +451,22 @@ impl AttentionBack {
         let (gpu, d) = (self.q.gpu(), self.dims);
         let gk = Tensor::empty(gpu, &[d.b, d.h, d.s, d.dh], DType::F32)?;
         let gv = Tensor::empty(gpu, &[d.b, d.h, d.s, d.dh], DType::F32)?;
+        if d.b * d.h * d.s == 0 {
+            return Ok((gk, gv));
+        }
+        let (qb, kb, vb) = (self.q.buffer(), self.k.buffer(), self.v.buffer());
+        let front = [qb, kb, vb, self.mask_buffer(), grad.buffer(), ld.buffer(), gk.buffer(), gv.buffer()];
+        if self.kernel == AttentionKernel::Coop {
+            let nblk = d.s.div_ceil(COOP_TILE);
+            p.nblk = nblk as u32;
+            let groups = d.b * d.h * nblk * d.dh.div_ceil(COOP_TILE);
+            gpu.dispatch(&K_BWD_DKV_COOP[coop_form(gpu, &self.q)?], &[], bytes_of(&p), &front, grid(gpu, groups, 1))?;
+            return Ok((gk, gv));
+        }
         let nblk = d.s.div_ceil(var.kv_bk as usize);
         p.nblk = nblk as u32;
-        if d.b * d.h * d.s > 0 {
-            let bufs = [
-                self.q.buffer(),
-                self.k.buffer(),
-                self.v.buffer(),
-                self.mask_buffer(),
-                grad.buffer(),
-                ld.buffer(),
-                gk.buffer(),
-                gv.buffer(),
-                self.q.buffer(),
-                self.k.buffer(),
-                self.v.buffer(),
-            ];
-            gpu.dispatch(&kernel_of(var, BWD_DKV), &self.half(), bytes_of(&p), &bufs, grid(gpu, d.b * d.h * nblk, 1))?;
-        }
+        let bufs = [&front[..], &[qb, kb, vb][..]].concat();
+        gpu.dispatch(&kernel_of(var, BWD_DKV), &self.half(), bytes_of(&p), &bufs, grid(gpu, d.b * d.h * nblk, 1))?;
         Ok((gk, gv))
     }
 }

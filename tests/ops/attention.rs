@@ -234,16 +234,19 @@ fn f16_operands_give_the_f32_attention_of_their_values() {
     assert!(matches!(e, equimodal::Error::DType { .. }), "{e}");
 }
 
-/// The forward on cooperative matrices (`ops::prefer_coop`; emulated on lavapipe, on tensor
+/// Attention on cooperative matrices (`ops::prefer_coop`; emulated on lavapipe, on tensor
 /// cores on the GPU machine) for f16 q, k and v, on shapes that fill no tile of 64 query rows,
 /// 64 keys or 64 output columns (head dims 24, 64 and 100: one partial column half, one whole,
-/// two with a partial one), with padded keys and one batch element wholly padded: o is the f64
-/// attention of the f16 values within the f32 kernels' tolerance (P staged as hi + lo; f16
-/// weights alone are ~2^-12 off and fail it), wholly padded rows are exact zeros, and the
-/// gradients, which the backward computes from the forward's lse, are the tile forward's
-/// within the same tolerance.
+/// two with a partial one), with padded keys and one batch element wholly padded:
+/// - the forward's o is the f64 attention of the f16 values within the f32 kernels' tolerance
+///   (P staged as hi + lo; f16 weights alone are ~2^-12 off and fail it), and wholly padded
+///   rows are exact zeros;
+/// - the gradients from the forward's lse (tile backward) and those of the backward's own
+///   products (dO, P and dS staged as hi + lo with per-tile scales) are the tiles' within the
+///   same tolerance, at dO's natural size and at 1e-6 and 1e5 times it (a dO staged as f16
+///   without its scale would underflow or overflow).
 #[test]
-fn coop_attention_forward_matches_the_reference() {
+fn coop_attention_matches_the_reference() {
     use equimodal::DType;
     let g = gpu();
     if equimodal::gpu::Coop::on(&g.capabilities()).is_none() {
@@ -258,30 +261,37 @@ fn coop_attention_forward_matches_the_reference() {
         // batch element 1 wholly padded; in element 0 every third key
         let mask: Vec<f64> = (0..b * s).map(|i| if i >= s || i % 3 == 1 { 1.0 } else { 0.0 }).collect();
         let mask_t = upload(&g, &mask, &[b, s]);
-        let seed = upload(&g, &rng.uniforms(b * h * l * dh, -1.0, 1.0), &[b, h, l, dh]);
-        let run = |coop: bool| {
-            let _c = ops::prefer_coop(coop, false);
+        let seed = rng.uniforms(b * h * l * dh, -1.0, 1.0);
+        let run = |forward: bool, gradients: bool, size: f64| {
+            let _c = ops::prefer_coop(forward, gradients);
             let [q, k, v] = [&q, &k, &v].map(|t| t.detach().requires_grad());
             let o = ops::attention(&q, &k, &v, Some(&mask_t), scale).unwrap();
             let mut gr = equimodal::Gradients::new();
-            o.backward_with(seed.clone(), &mut gr).unwrap();
+            let dy: Vec<f64> = seed.iter().map(|x| x * size).collect();
+            o.backward_with(upload(&g, &dy, &[b, h, l, dh]), &mut gr).unwrap();
             let mut out = vec![o.to_vec().unwrap()];
             out.extend([&q, &k, &v].map(|t| gr.get(t).expect("a gradient").to_vec().unwrap()));
             out
         };
-        let (coop, tile) = (run(true), run(false));
         let values = |t: &Tensor| -> Vec<f64> { ops::cast(t, DType::F32).unwrap().to_vec().unwrap().into_iter().map(f64::from).collect() };
         let want = attention_ref(&values(&q), &values(&k), &values(&v), Some(&mask), (b, h, l, s, dh), scale as f64);
-        // the f32 kernels' tolerances (check_attention): what remains of P's f16 staging is
-        // ~2^-21 of each weight, below f32's rounding of the sums
+        // the f32 kernels' tolerances (check_attention): what remains of the f16 staging is
+        // ~2^-21 of each term, below f32's rounding of the sums
         let tol = Tol::sums(s.max(dh), 1.0, s.max(l) * dh, 1.0);
-        assert_close(&format!("coop attention o, dh {dh}"), &coop[0], &want, tol.rtol, tol.atol);
-        if b == 2 {
-            assert!(coop[0][h * l * dh..].iter().all(|&x| x == 0.0), "dh {dh}: a wholly padded row is not zero");
-        }
-        for (i, what) in ["dq", "dk", "dv"].iter().enumerate() {
-            let want: Vec<f64> = tile[i + 1].iter().map(|&x| x as f64).collect();
-            assert_close(&format!("coop attention {what}, dh {dh}"), &coop[i + 1], &want, tol.grad_rtol, tol.grad_atol);
+        for size in [1.0, 1e-6, 1e5] {
+            let tile = run(false, false, size);
+            for (forward, gradients) in [(true, false), (false, true), (true, true)] {
+                let coop = run(forward, gradients, size);
+                let how = format!("dh {dh}, coop forward {forward}, gradients {gradients}, dO x{size:e}");
+                assert_close(&format!("o, {how}"), &coop[0], &want, tol.rtol, tol.atol);
+                if b == 2 {
+                    assert!(coop[0][h * l * dh..].iter().all(|&x| x == 0.0), "{how}: a wholly padded row is not zero");
+                }
+                for (i, what) in ["dq", "dk", "dv"].iter().enumerate() {
+                    let want: Vec<f64> = tile[i + 1].iter().map(|&x| x as f64).collect();
+                    assert_close(&format!("{what}, {how}"), &coop[i + 1], &want, tol.grad_rtol, tol.grad_atol * size);
+                }
+            }
         }
         assert_canaries("attention coop");
     }
