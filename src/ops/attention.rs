@@ -298,8 +298,8 @@ fn coop_form(gpu: &Gpu, q: &Tensor) -> Result<usize> {
 /// more of them), else the tiles.
 fn kernels_for(gpu: &Gpu, d: &Dims, scale: f32) -> Result<(AttentionKernel, AttentionKernel)> {
     let (forward, gradients) = crate::ops::tune::coop_preferred();
-    let emulated_or_not = Coop::on(&gpu.capabilities()).is_some() && gpu.limits().max_compute_workgroup_storage_size >= COOP_WORKGROUP_BYTES;
-    if (forward || gradients) && emulated_or_not {
+    let coop_runs = Coop::on(&gpu.capabilities()).is_some() && gpu.limits().max_compute_workgroup_storage_size >= COOP_WORKGROUP_BYTES;
+    if (forward || gradients) && coop_runs {
         let pick = |on: bool| if on { AttentionKernel::Coop } else { AttentionKernel::Tile };
         return Ok((pick(forward), pick(gradients)));
     }
@@ -309,8 +309,8 @@ fn kernels_for(gpu: &Gpu, d: &Dims, scale: f32) -> Result<(AttentionKernel, Atte
 
 /// The tuned kernel of the shape bucket (see [`kernels_for`]).
 fn tuned_kernel(gpu: &Gpu, d: &Dims, scale: f32) -> Result<AttentionKernel> {
-    // tensor cores only: their emulation is a test vehicle, not a candidate
-    // the tuning operands are drawn in one launch each (see ops::conv's choice)
+    // tensor cores only (their emulation is a test vehicle, not a candidate); the tuning
+    // operands are drawn in one launch each (see ops::conv's choice)
     let largest = d.b * d.h * d.l.max(d.s) * d.dh;
     let roomy = gpu.limits().max_compute_workgroup_storage_size >= COOP_WORKGROUP_BYTES;
     if !gpu.capabilities().cooperative_matrix || !roomy || gpu.tune_mode() == TuneMode::Off || !crate::ops::random::launchable(gpu, largest) {
@@ -436,7 +436,8 @@ impl AttentionBack {
             let nblk = d.l.div_ceil(COOP_TILE);
             p.nblk = nblk as u32;
             let groups = d.b * d.h * nblk * d.dh.div_ceil(COOP_TILE);
-            return gpu.dispatch(&K_BWD_DQ_COOP[coop_form(gpu, &self.q)?], &[], bytes_of(&p), &front, grid(gpu, groups, 1)).map(|_| g);
+            gpu.dispatch(&K_BWD_DQ_COOP[coop_form(gpu, &self.q)?], &[], bytes_of(&p), &front, grid(gpu, groups, 1))?;
+            return Ok(g);
         }
         let nblk = d.l.div_ceil(var.q_bq as usize);
         p.nblk = nblk as u32;
