@@ -132,6 +132,27 @@ fn free_segments_fold_into_the_segment_a_request_needs() {
     assert_eq!(total.to_vec().unwrap(), vec![1.5 * (mib / 2) as f32]);
 }
 
+/// Released segments leave the small pool's accounting with them: a new small segment is
+/// 1/32 of what the pool still holds (here 32 full 64 KiB segments), and after a full trim the
+/// pool starts over from its smallest segment, as a fresh one does.
+#[test]
+fn a_new_small_segment_is_a_share_of_what_the_small_pool_still_holds() {
+    let g = plain();
+    let mut blocks: Vec<_> = (0..64).map(|_| g.alloc(64 << 10).unwrap()).collect(); // one per segment
+    let rest = blocks.split_off(32);
+    drop(rest);
+    g.trim_memory();
+    assert_eq!(g.memory().reserved, 2 << 20, "the first 32 segments are 64 KiB each");
+    // 20 KiB fits nowhere: a new segment of 2 MiB / 32
+    let probe = g.alloc(20 << 10).unwrap();
+    assert_eq!(g.memory().reserved - (2 << 20), 64 << 10);
+    drop((blocks, probe));
+    g.trim_memory();
+    let fresh = g.alloc(20 << 10).unwrap();
+    assert_eq!(g.memory().reserved, 20 << 10, "a pool that holds nothing gives the request its own size");
+    drop(fresh);
+}
+
 /// The CREMA-D AUG step replayed: `aug_step_b4.trace` is the pool trace
 /// (`EQUIMODAL_POOL_TRACE`) of `bench --e2e --batch 4 --steps 1 --filter aug_step` in f32,
 /// the model's setup and four steps of ResNet18 on 1x257x188 spectrograms and 3x224x224
