@@ -32,20 +32,39 @@
 // Per thread, one value the two threads of a row combine (the row's max, then its sum).
 var<workgroup> red: array<f32, 128>;
 
+// A workgroup's place in the grid: its bh (and batch element b), its first row (query rows;
+// keys in the dkv pass), its first output column (its 64-column half of the head dim), and
+// where bh's queries and keys start; `on` is false for the spare workgroups past the grid.
+struct Place {
+    on: bool,
+    bh: u32,
+    b: u32,
+    r0: u32,
+    c0: u32,
+    qbase: u32,
+    kbase: u32,
+}
+
+fn place(wg: vec3<u32>, nwg: vec3<u32>) -> Place {
+    let halves = (p.dh + TN - 1u) / TN;
+    let id = flat_group(wg, nwg);
+    let blk = id / halves;
+    let bh = blk / p.nblk;
+    return Place(id < p.bh * p.nblk * halves, bh, bh / p.heads, (blk % p.nblk) * TM, (id % halves) * TN, bh * p.l * p.dh, bh * p.s * p.dh);
+}
+
 @compute @workgroup_size(128)
 fn attn_fwd_coop(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                  @builtin(local_invocation_index) lid: u32) {
-    let halves = (p.dh + TN - 1u) / TN;
-    let id = flat_group(wg, nwg);
-    if (id >= p.bh * p.nblk * halves) { return; } // uniform per workgroup
-    let c0 = (id % halves) * TN;
-    let blk = id / halves;
-    let bh = blk / p.nblk;
-    let q0 = (blk % p.nblk) * TM;
-    let b = bh / p.heads;
+    let pl = place(wg, nwg);
+    if (!pl.on) { return; } // uniform per workgroup
+    let bh = pl.bh;
+    let q0 = pl.r0;
+    let c0 = pl.c0;
+    let b = pl.b;
     let dh = p.dh;
-    let qbase = bh * p.l * dh;
-    let kbase = bh * p.s * dh;
+    let qbase = pl.qbase;
+    let kbase = pl.kbase;
     let quarter = coop_quarter(lid);
     let r = lid / 2u;          // the row this thread keeps
     let cc = (lid % 2u) * 32u; // its 32 scores of a tile, then its 32 output columns
@@ -57,25 +76,8 @@ fn attn_fwd_coop(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
     for (var j = 0u; j < 32u; j = j + 1u) { acc[j] = 0.0; }
 
     for (var k0 = 0u; k0 < p.s; k0 = k0 + TN) {
-        // 1. S = q kᵀ: a thread stages 16 of each slice's 64 x 32 values of q and of k,
-        // consecutive threads along the head dim (coalesced)
-        coop_zero();
-        for (var d0 = 0u; d0 < dh; d0 = d0 + KS) {
-            for (var i = 0u; i < 16u; i = i + 1u) {
-                let e = lid + 128u * i;
-                let row = e / KS;
-                let d = d0 + e % KS;
-                var x = f16(0.0);
-                var y = f16(0.0);
-                if (d < dh && q0 + row < p.l) { x = qh[qbase + (q0 + row) * dh + d]; }
-                if (d < dh && k0 + row < p.s) { y = kh[kbase + (k0 + row) * dh + d]; }
-                As[row * AS_STRIDE + e % KS] = x;
-                Bs[(e % KS) * BS_STRIDE + row] = y; // kᵀ: a key is a column
-            }
-            workgroupBarrier();
-            coop_slice(quarter);
-            workgroupBarrier();
-        }
+        // 1. S = q kᵀ (K = the head dim)
+        product_f16(0u, q0, p.l, qbase, 1u, k0, p.s, kbase, lid);
         coop_store(quarter);
         workgroupBarrier();
 
@@ -270,17 +272,32 @@ fn stage_rows(src: u32, base: u32, r0: u32, n: u32, c0: u32, s: f32, part: u32, 
     }
 }
 
-// One product over K = the head dim into the accumulators: A from `a` (an f16 matrix, rows
-// r0..), B the transpose of `b` (rows c0..); or with dO (source 3) on one side, its hi and lo
-// terms (times s) in turn. The caller stores the accumulators.
-fn product_over_dh(a: u32, ar0: u32, an: u32, abase: u32, b: u32, br0: u32, bn: u32, bbase: u32, s: f32, lid: u32) {
+// A product over K = the head dim into the accumulators: rows ar0.. of the f16 matrix `a`
+// times the transpose of rows br0.. of the f16 matrix `b` (sources 0: q, 1: k, 2: v; rows
+// below an and bn). The caller stores the accumulators. Every thread must call it (barriers).
+fn product_f16(a: u32, ar0: u32, an: u32, abase: u32, b: u32, br0: u32, bn: u32, bbase: u32, lid: u32) {
     let quarter = coop_quarter(lid);
     coop_zero();
     for (var d0 = 0u; d0 < p.dh; d0 = d0 + KS) {
+        stage_f16(a, abase, ar0, an, d0, lid, false);
+        stage_f16(b, bbase, br0, bn, d0, lid, true);
+        workgroupBarrier();
+        coop_slice(quarter);
+        workgroupBarrier();
+    }
+}
+
+// The same with dO on one side, times s, as its hi and then its lo term: rows gr0.. of dO
+// times the f16 matrix's rows fr0.. transposed (go_first), or the f16 matrix's rows times
+// dO's transposed. (Separate from product_f16: the forward, which binds o where the
+// backward binds dO, must not reach dO.)
+fn product_go(f: u32, fr0: u32, fnum: u32, fbase: u32, gbase: u32, gr0: u32, s: f32, go_first: bool, lid: u32) {
+    let quarter = coop_quarter(lid);
+    coop_zero();
+    for (var d0 = 0u; d0 < p.dh; d0 = d0 + KS) {
+        stage_f16(f, fbase, fr0, fnum, d0, lid, go_first);
         for (var part = 0u; part < 2u; part = part + 1u) {
-            if (part == 1u && a != 3u && b != 3u) { break; } // uniform: one term without dO
-            if (a == 3u) { stage_go(abase, ar0, d0, s, part, lid, false); } else if (part == 0u) { stage_f16(a, abase, ar0, an, d0, lid, false); }
-            if (b == 3u) { stage_go(bbase, br0, d0, s, part, lid, true); } else if (part == 0u) { stage_f16(b, bbase, br0, bn, d0, lid, true); }
+            stage_go(gbase, gr0, d0, s, part, lid, !go_first);
             workgroupBarrier();
             coop_slice(quarter);
             workgroupBarrier();
@@ -288,19 +305,36 @@ fn product_over_dh(a: u32, ar0: u32, an: u32, abase: u32, b: u32, br0: u32, bn: 
     }
 }
 
+// The 64 x 64 f32 matrix in Cs times t (staged as hi + lo) times rows r0.. r0 + 63 of an f16
+// matrix (src 0: q, 1: k; rows below n) at columns c0.. c0 + 63, into Cs. Every thread must
+// call it (barriers).
+fn cs_times_rows(src: u32, base: u32, r0: u32, n: u32, c0: u32, t: f32, lid: u32) {
+    let quarter = coop_quarter(lid);
+    coop_zero();
+    for (var ks = 0u; ks < TN; ks = ks + KS) {
+        stage_rows(src, base, r0 + ks, n, c0, 1.0, 0u, lid);
+        for (var part = 0u; part < 2u; part = part + 1u) {
+            stage_cs(ks, t, part, lid);
+            workgroupBarrier();
+            coop_slice(quarter);
+            workgroupBarrier();
+        }
+    }
+    coop_store(quarter); // every slice is read: Cs takes the product
+    workgroupBarrier();
+}
+
 @compute @workgroup_size(128)
 fn attn_bwd_dq_coop(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                     @builtin(local_invocation_index) lid: u32) {
-    let halves = (p.dh + TN - 1u) / TN;
-    let id = flat_group(wg, nwg);
-    if (id >= p.bh * p.nblk * halves) { return; }
-    let c0 = (id % halves) * TN;
-    let blk = id / halves;
-    let bh = blk / p.nblk;
-    let q0 = (blk % p.nblk) * TM;
-    let b = bh / p.heads;
-    let qbase = bh * p.l * p.dh;
-    let kbase = bh * p.s * p.dh;
+    let pl = place(wg, nwg);
+    if (!pl.on) { return; } // uniform per workgroup
+    let bh = pl.bh;
+    let q0 = pl.r0;
+    let c0 = pl.c0;
+    let b = pl.b;
+    let qbase = pl.qbase;
+    let kbase = pl.kbase;
     let quarter = coop_quarter(lid);
     let r = lid / 2u;
     let cc = (lid % 2u) * 32u;
@@ -321,7 +355,7 @@ fn attn_bwd_dq_coop(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroup
 
     for (var k0 = 0u; k0 < p.s; k0 = k0 + TN) {
         // P = exp(q kᵀ · scale - lse), kept in registers
-        product_over_dh(0u, q0, p.l, qbase, 1u, k0, p.s, kbase, 1.0, lid);
+        product_f16(0u, q0, p.l, qbase, 1u, k0, p.s, kbase, lid);
         coop_store(quarter);
         workgroupBarrier();
         for (var j = 0u; j < 32u; j = j + 1u) {
@@ -330,7 +364,7 @@ fn attn_bwd_dq_coop(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroup
         }
         workgroupBarrier();
         // dS·so = P (dP·so - D·so), into Cs, and its scale for staging
-        product_over_dh(3u, q0, p.l, qbase, 2u, k0, p.s, kbase, so, lid);
+        product_go(2u, k0, p.s, kbase, qbase, q0, so, true, lid);
         coop_store(quarter);
         workgroupBarrier();
         var mx = 0.0;
@@ -341,18 +375,7 @@ fn attn_bwd_dq_coop(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroup
         }
         let t = tile_scale(lid, mx);
         // dq += dS k over the tile's keys
-        coop_zero();
-        for (var ks = 0u; ks < TN; ks = ks + KS) {
-            stage_rows(1u, kbase, k0 + ks, p.s, c0, 1.0, 0u, lid);
-            for (var part = 0u; part < 2u; part = part + 1u) {
-                stage_cs(ks, t, part, lid);
-                workgroupBarrier();
-                coop_slice(quarter);
-                workgroupBarrier();
-            }
-        }
-        coop_store(quarter);
-        workgroupBarrier();
+        cs_times_rows(1u, kbase, k0, p.s, c0, t, lid);
         let back = 1.0 / (t * so);
         for (var j = 0u; j < 32u; j = j + 1u) { acc[j] = acc[j] + Cs[at + j] * back; }
         workgroupBarrier();
@@ -368,16 +391,14 @@ fn attn_bwd_dq_coop(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroup
 @compute @workgroup_size(128)
 fn attn_bwd_dkv_coop(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                      @builtin(local_invocation_index) lid: u32) {
-    let halves = (p.dh + TN - 1u) / TN;
-    let id = flat_group(wg, nwg);
-    if (id >= p.bh * p.nblk * halves) { return; }
-    let c0 = (id % halves) * TN;
-    let blk = id / halves;
-    let bh = blk / p.nblk;
-    let k0 = (blk % p.nblk) * TM;
-    let b = bh / p.heads;
-    let qbase = bh * p.l * p.dh;
-    let kbase = bh * p.s * p.dh;
+    let pl = place(wg, nwg);
+    if (!pl.on) { return; } // uniform per workgroup
+    let bh = pl.bh;
+    let k0 = pl.r0;
+    let c0 = pl.c0;
+    let b = pl.b;
+    let qbase = pl.qbase;
+    let kbase = pl.kbase;
     let quarter = coop_quarter(lid);
     let r = lid / 2u; // the key row this thread keeps
     let cc = (lid % 2u) * 32u; // its 32 query columns, then its 32 output columns
@@ -396,7 +417,7 @@ fn attn_bwd_dkv_coop(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
     for (var i0 = 0u; i0 < p.l; i0 = i0 + TN) {
         let so = tile_scale(lid, go_max(lid, qbase, i0));
         // Pᵀ = exp(k qᵀ · scale - lse of each query), in registers
-        product_over_dh(1u, k0, p.s, kbase, 0u, i0, p.l, qbase, 1.0, lid);
+        product_f16(1u, k0, p.s, kbase, 0u, i0, p.l, qbase, lid);
         coop_store(quarter);
         workgroupBarrier();
         var pmx = 0.0;
@@ -408,7 +429,7 @@ fn attn_bwd_dkv_coop(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
         }
         workgroupBarrier();
         // dSᵀ·so = Pᵀ (v dOᵀ·so - D·so), in registers
-        product_over_dh(2u, k0, p.s, kbase, 3u, i0, p.l, qbase, so, lid);
+        product_go(2u, k0, p.s, kbase, qbase, i0, so, false, lid);
         coop_store(quarter);
         workgroupBarrier();
         var smx = 0.0;
@@ -440,18 +461,7 @@ fn attn_bwd_dkv_coop(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
         // dk += dSᵀ q
         for (var j = 0u; j < 32u; j = j + 1u) { Cs[at + j] = dst[j]; }
         let ts = tile_scale(lid, smx);
-        coop_zero();
-        for (var ks = 0u; ks < TN; ks = ks + KS) {
-            stage_rows(0u, qbase, i0 + ks, p.l, c0, 1.0, 0u, lid);
-            for (var part = 0u; part < 2u; part = part + 1u) {
-                stage_cs(ks, ts, part, lid);
-                workgroupBarrier();
-                coop_slice(quarter);
-                workgroupBarrier();
-            }
-        }
-        coop_store(quarter);
-        workgroupBarrier();
+        cs_times_rows(0u, qbase, i0, p.l, c0, ts, lid);
         let kback = 1.0 / (ts * so);
         for (var j = 0u; j < 32u; j = j + 1u) { dk[j] = dk[j] + Cs[at + j] * kback; }
         workgroupBarrier();
