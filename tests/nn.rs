@@ -1041,3 +1041,42 @@ fn resnet18_runs_on_the_cooperative_matrix_convolutions() {
         assert!(all.2.iter().flatten().all(|v| v.is_finite()), "recompute={recompute}: a non-finite gradient");
     }
 }
+
+/// A transformer encoder under `autocast` on the cooperative-matrix attention, forward and
+/// backward (`ops::prefer_coop`; emulated where the adapter has no tensor cores), against the
+/// same network on the f32-arithmetic tiles. The attention kernels agree to f32 rounding
+/// (`tests/ops/attention.rs`), which can tip the f16 rounding of a later layer's input by one
+/// f16 ulp (2^-11 relative); over two layers, forward and back, at most ~0.2 % of a
+/// feature's or gradient's scale (0.5 % allowed; measured: 9e-6). The kernels' precision is
+/// the op test's to pin; this one checks that the layers reach them (81 tokens: two key
+/// tiles of 64) and that every feature and gradient comes out right.
+#[test]
+fn a_transformer_runs_on_the_cooperative_matrix_attention() {
+    let g = gpu();
+    if equimodal::gpu::Coop::on(&g.capabilities()).is_none() {
+        println!("skipped: {} has neither cooperative matrices nor shader f16", g.info().name);
+        return;
+    }
+    let shape = [3, 2, 18, 18];
+    let x = upload(&g, &Rng::new(601).normals(numel(&shape)), &shape);
+    let net = transformer(&shape[1..], 602);
+    let _ac = equimodal::autograd::autocast(true);
+    let run = |coop: bool| {
+        let _c = ops::prefer_coop(coop, coop);
+        let y = net.forward(&x, &Ctx::train()).unwrap();
+        let grads = backward_weighted(&y, 603);
+        let gs: Vec<Vec<f32>> = net.params().iter().map(|p| grads.get(&p.tensor).expect("a gradient").to_vec().unwrap()).collect();
+        (y.to_vec().unwrap(), gs)
+    };
+    let (tiles, coop) = (run(false), run(true));
+    let close = |what: &str, a: &[f32], b: &[f32]| {
+        let scale = a.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let worst = a.iter().zip(b).map(|(u, v)| (u - v).abs()).fold(0.0f32, f32::max);
+        assert!(worst <= 0.005 * scale, "{what}: worst difference {worst} at scale {scale}");
+    };
+    close("features", &tiles.0, &coop.0);
+    for (i, (a, b)) in tiles.1.iter().zip(&coop.1).enumerate() {
+        close(&format!("gradient of {}", net.params()[i].name), a, b);
+    }
+    assert_ne!(tiles, coop, "the cooperative-matrix attention did not run");
+}
