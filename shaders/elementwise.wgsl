@@ -410,6 +410,45 @@ fn relu_backward_mask(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgro
     mb_dx[i] = mb_g[i] * select(0.0, 1.0, on); // g * 0 as unary_backward: -0 and NaN alike
 }
 
+// dx = g where the f16 output y (two values per word) is > 0, else 0: ReLU's backward from an
+// output batch norm's fused kernel stored as f16 (norm.wgsl's bn_apply, HALF_Y).
+@group(0) @binding(1) var<storage, read> mh_y: array<u32>;
+@group(0) @binding(2) var<storage, read> mh_g: array<f32>;
+@group(0) @binding(3) var<storage, read_write> mh_dx: array<f32>;
+
+@compute @workgroup_size(256)
+fn relu_backward_half(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                      @builtin(local_invocation_index) lid: u32) {
+    let i = flat_index(wg, nwg, lid);
+    if (i >= p.n) { return; }
+    mh_dx[i] = mh_g[i] * select(0.0, 1.0, relu_on(mh_y[i >> 1u], i, 2u));
+}
+
+// g *= (y > 0) in place, from what the ReLU kept (KEPT: 0 its f32 output, 1 the bit mask of
+// relu_mask, 2 its f16 output, two values per word): the same values as the kernels above,
+// without a second gradient buffer beside g.
+override KEPT: u32 = 0u;
+@group(0) @binding(1) var<storage, read> mi_kept: array<u32>;
+@group(0) @binding(2) var<storage, read_write> mi_g: array<f32>;
+
+// Whether value i of the output is > 0, from `word`, the word of the kept tensor holding it.
+fn relu_on(word: u32, i: u32, kept: u32) -> bool {
+    switch kept {
+        case 1u: { return ((word >> (i & 31u)) & 1u) != 0u; }
+        case 2u: { return unpack2x16float(word)[i & 1u] > 0.0; }
+        default: { return bitcast<f32>(word) > 0.0; }
+    }
+}
+
+@compute @workgroup_size(256)
+fn relu_mask_into(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) lid: u32) {
+    let i = flat_index(wg, nwg, lid);
+    if (i >= p.n) { return; }
+    let shift = select(select(0u, 5u, KEPT == 1u), 1u, KEPT == 2u);
+    mi_g[i] = mi_g[i] * select(0.0, 1.0, relu_on(mi_kept[i >> shift], i, KEPT));
+}
+
 // max |x| as f32 bits, into amax[0] (which starts at 0): non-negative floats order as their bit
 // patterns, so an integer atomicMax is the float max, in any order (deterministic); NaN's
 // bits exceed infinity's, so a NaN wins. A workgroup reduces its values in workgroup memory

@@ -19,7 +19,7 @@
 //                   stats = [mean[C], invstd[C]] (biased variance) and updates the running
 //                   stats IN PLACE (unbiased variance m/(m-1)).
 //   bn_eval_stats:  one thread per channel: stats from the running stats.
-//   bn_apply:       one thread per element: y = (x - mean) * invstd * w + b.
+//   bn_apply:       one thread per element (per f16 word): y = act((x - mean) * invstd * w + b (+ r)).
 //   bn_bwd_reduce:  one workgroup per (chunk, channel): part = [sum g*xhat [C, chunks],
 //                   sum g [C, chunks]] over the chunk.
 //   bn_bwd_merge:   one workgroup per channel, one thread per chunk: sums = [sum g*xhat
@@ -280,24 +280,51 @@ fn bn_eval_stats(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
 }
 
 // ---- bn_apply ----------------------------------------------------------------------------
+// y = act((x - mean) * invstd * w + b (+ r)): the residual r where RESIDUAL, ReLU where RELU,
+// in the order and f32 arithmetic of batch norm, add and ReLU run one after another (the same
+// bits), without their intermediate tensors. HALF_Y: y is f16, two values per word, one
+// thread per word (a word's two values may lie in different channels); else one thread per
+// value, its f32 bits.
+override RESIDUAL: bool = false;
+override RELU: bool = false;
+override HALF_Y: bool = false;
 @group(0) @binding(1) var<storage, read> ba_x: array<u32>;
 @group(0) @binding(2) var<storage, read> ba_stats: array<f32>;
 @group(0) @binding(3) var<storage, read> ba_w: array<f32>;
 @group(0) @binding(4) var<storage, read> ba_b: array<f32>;
-@group(0) @binding(5) var<storage, read_write> ba_y: array<f32>;
+@group(0) @binding(5) var<storage, read_write> ba_y: array<u32>;
+@group(0) @binding(6) var<storage, read> ba_r: array<f32>; // x again when !RESIDUAL (unread)
 
-fn ba_at(i: u32) -> f32 {
-    return xval(ba_x[xword(i)], i);
+fn ba_value(i: u32) -> f32 {
+    let c = (i / bp.hw) % bp.c;
+    let scale = ba_stats[bp.c + c] * ba_w[c];
+    var v = (xval(ba_x[xword(i)], i) - ba_stats[c]) * scale + ba_b[c];
+    if (RESIDUAL) {
+        v = v + ba_r[i];
+    }
+    if (RELU) {
+        v = max(v, 0.0);
+    }
+    return v;
 }
 
 @compute @workgroup_size(256)
 fn bn_apply(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) lid: u32) {
     let i = flat_index(wg, nwg, lid);
-    if (i >= bp.n * bp.c * bp.hw) { return; }
-    let c = (i / bp.hw) % bp.c;
-    let scale = ba_stats[bp.c + c] * ba_w[c];
-    ba_y[i] = (ba_at(i) - ba_stats[c]) * scale + ba_b[c];
+    let n = bp.n * bp.c * bp.hw;
+    if (HALF_Y) {
+        let j = 2u * i;
+        if (j >= n) { return; }
+        var hi = 0.0;
+        if (j + 1u < n) {
+            hi = ba_value(j + 1u);
+        }
+        ba_y[i] = pack2x16float(vec2<f32>(ba_value(j), hi));
+        return;
+    }
+    if (i >= n) { return; }
+    ba_y[i] = bitcast<u32>(ba_value(i));
 }
 
 // ---- bn_bwd_reduce -----------------------------------------------------------------------

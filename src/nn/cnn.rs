@@ -38,7 +38,7 @@ impl SmallCnn {
 
     fn block(&self, i: usize, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         let (c, b) = &self.blocks[i];
-        let h = c.forward_bn(x, b, None, true, ctx)?;
+        let h = c.forward_bn(x, b, None, true, false, ctx)?;
         if h.dim(2) >= 2 && h.dim(3) >= 2 {
             ops::max_pool2d(&h, (2, 2), (2, 2), (0, 0))
         } else {

@@ -257,10 +257,13 @@ impl Conv2d {
     /// `bn.forward(self.forward(x))`, then `+ residual`, then ReLU if `relu`. Where no
     /// gradient is recorded and batch norm's statistics do not depend on the input
     /// (evaluation), all of it runs in the convolution's epilogue
-    /// ([`ops::conv2d_inference`]); otherwise as the separate ops, with batch statistics
-    /// (training) completed from the partial sums the convolution's epilogue leaves
+    /// ([`ops::conv2d_inference`]); otherwise the convolution, then batch norm, the sum and
+    /// ReLU as one kernel ([`ops::batch_norm_act`]), with batch statistics (training)
+    /// completed from the partial sums the convolution's epilogue leaves
     /// ([`ops::conv2d_bn_partials`]) instead of a pass of their own over its output.
-    pub fn forward_bn(&self, x: &Tensor, bn: &BatchNorm2d, residual: Option<&Tensor>, relu: bool, ctx: &Ctx) -> Result<Tensor> {
+    /// `to_gemm`: the output feeds only other layers' GEMMs, so under mixed precision it is
+    /// stored f16, the operand those GEMMs would cast it to (no f32 copy, no cast).
+    pub fn forward_bn(&self, x: &Tensor, bn: &BatchNorm2d, residual: Option<&Tensor>, relu: bool, to_gemm: bool, ctx: &Ctx) -> Result<Tensor> {
         let s = ctx.scale_for(&self.weight.name);
         let bias = self.bias.as_ref().map(|b| &b.tensor);
         if !crate::autograd::grad_enabled() {
@@ -271,14 +274,9 @@ impl Conv2d {
             }
         }
         let (y, partials) = self.forward_partials(x, bn, ctx)?;
-        let mut y = bn.forward_from(&y, partials.as_ref(), ctx)?;
-        if let Some(r) = residual {
-            y = ops::add(&y, r)?;
-        }
-        if relu {
-            y = ops::relu(&y)?;
-        }
-        Ok(y)
+        let half = to_gemm && crate::autograd::autocast_enabled();
+        let out = if half { crate::DType::F16 } else { crate::DType::F32 };
+        bn.forward_act(&y, partials.as_ref(), ops::BnAct { residual, relu, out }, ctx)
     }
     /// `self.forward(relu(bn.forward(y)))`, the same values and gradients, holding only y
     /// (not the convolution's input) until the backward: batch norm and ReLU run again there
@@ -339,8 +337,14 @@ impl BatchNorm2d {
     /// [`forward`](Self::forward), with x's batch statistics (where `ctx` asks for them)
     /// completed from `partials` of x (computed where x was produced) instead of a pass over x.
     pub fn forward_from(&self, x: &Tensor, partials: Option<&ops::BatchNormPartials>, ctx: &Ctx) -> Result<Tensor> {
+        self.forward_act(x, partials, ops::BnAct::NONE, ctx)
+    }
+
+    /// [`forward_from`](Self::forward_from), then what `act` adds (a residual, ReLU, an f16
+    /// output), in the same kernel ([`ops::batch_norm_act`]).
+    pub fn forward_act(&self, x: &Tensor, partials: Option<&ops::BatchNormPartials>, act: ops::BnAct, ctx: &Ctx) -> Result<Tensor> {
         let (stats, batch) = self.stats_from(x, partials, ctx)?;
-        ops::batch_norm_apply(x, &self.weight.tensor, &self.bias.tensor, &stats, batch)
+        ops::batch_norm_act(x, &self.weight.tensor, &self.bias.tensor, &stats, batch, act)
     }
 
     /// Whether [`forward`](Self::forward) under `ctx` normalises with the input's batch

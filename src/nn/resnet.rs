@@ -48,7 +48,7 @@ impl BasicBlock {
         // both convolutions read x: under mixed precision one f16 copy serves both (and is
         // what both keep for their weight gradients)
         let x = super::gemm_operand(x)?;
-        let skip = c.forward_bn(&x, b, None, false, ctx)?;
+        let skip = c.forward_bn(&x, b, None, false, false, ctx)?;
         self.body(&x, skip, ctx)
     }
 
@@ -57,10 +57,12 @@ impl BasicBlock {
         if self.recompute && crate::autograd::grad_enabled() {
             let (y, partials) = self.conv1.forward_partials(x, &self.bn1, ctx)?;
             let (h, partials) = self.conv2.forward_after_bn_relu(&y, partials.as_ref(), &self.bn1, &self.bn2, ctx)?;
-            return ops::relu(&ops::add(&self.bn2.forward_from(&h, partials.as_ref(), ctx)?, &skip)?);
+            let act = ops::BnAct { residual: Some(&skip), relu: true, out: crate::DType::F32 };
+            return self.bn2.forward_act(&h, partials.as_ref(), act, ctx);
         }
-        let h = self.conv1.forward_bn(x, &self.bn1, None, true, ctx)?;
-        self.conv2.forward_bn(&h, &self.bn2, Some(&skip), true, ctx)
+        // h feeds only conv2: f16 under mixed precision
+        let h = self.conv1.forward_bn(x, &self.bn1, None, true, true, ctx)?;
+        self.conv2.forward_bn(&h, &self.bn2, Some(&skip), true, false, ctx)
     }
 }
 
@@ -129,7 +131,7 @@ impl ResNet18 {
     }
 
     fn stem(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
-        let h = self.conv1.forward_bn(x, &self.bn1, None, true, ctx)?;
+        let h = self.conv1.forward_bn(x, &self.bn1, None, true, false, ctx)?;
         ops::max_pool2d(&h, (3, 3), (2, 2), (1, 1))
     }
 

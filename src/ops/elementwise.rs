@@ -23,11 +23,13 @@ const K_ADD_INTO4: Kernel = Kernel::new(Shader::Elementwise, "add_into_vec4", &[
 const K_FILL4: Kernel = Kernel::new(Shader::Elementwise, "fill_vec4", &[RW], &Params::LAYOUT);
 const K_RELU_MASK: Kernel = Kernel::new(Shader::Elementwise, "relu_mask", &[R, RW], &Params::LAYOUT);
 const K_RELU_BW_MASK: Kernel = Kernel::new(Shader::Elementwise, "relu_backward_mask", &[R, R, RW], &Params::LAYOUT);
+const K_RELU_BW_HALF: Kernel = Kernel::new(Shader::Elementwise, "relu_backward_half", &[R, R, RW], &Params::LAYOUT);
+const K_RELU_MASK_INTO: Kernel = Kernel::new(Shader::Elementwise, "relu_mask_into", &[R, RW], &Params::LAYOUT);
 const K_ABS_MAX_BITS: Kernel = Kernel::new(Shader::Elementwise, "abs_max_bits", &[R, RW], &Params::LAYOUT);
 /// Every kernel of this file (for the interface test, `tests/gpu/kernels.rs`).
 pub(crate) const KERNELS: &[Kernel] = &[
     K_UNARY, K_EXPAND, K_FILL, K_BINARY, K_UNARY_BW, K_TO_F16, K_FROM_F16, K_ADD_INTO, K_UNARY4, K_BINARY4, K_BINARY_BCAST4, K_UNARY_BW4, K_ADD_INTO4, K_FILL4,
-    K_RELU_MASK, K_RELU_BW_MASK, K_ABS_MAX_BITS,
+    K_RELU_MASK, K_RELU_BW_MASK, K_RELU_BW_HALF, K_RELU_MASK_INTO, K_ABS_MAX_BITS,
 ];
 
 /// vec4s per workgroup of the vec4 forms: 256 threads x `VEC` (4) each
@@ -190,7 +192,7 @@ impl BackwardOp for UnaryBack {
 }
 
 /// `g ⊙ (y > 0)`: ReLU's backward from what it kept of its output ([`relu_output_kept`]:
-/// the output `y` itself, or its bit mask), no autograd. For ops that fuse a ReLU into their
+/// the output `y` itself, f32 or f16, or its bit mask), no autograd. For ops that fuse a ReLU into their
 /// own kernel ([`linear_relu`](super::linear_relu)).
 pub(crate) fn relu_backward_from_output(y: &Tensor, g: &Tensor) -> Result<Tensor> {
     let dx = Tensor::empty(g.gpu(), g.shape(), DType::F32)?;
@@ -198,13 +200,37 @@ pub(crate) fn relu_backward_from_output(y: &Tensor, g: &Tensor) -> Result<Tensor
     if n == 0 {
         return Ok(dx);
     }
-    if y.dtype() == DType::U32 {
+    if matches!(y.dtype(), DType::U32 | DType::F16) {
         let gpu = g.gpu();
-        gpu.dispatch(&K_RELU_BW_MASK, &[], bytes_of(&Params::new(n, 0.0, 0.0)), &[y.buffer(), g.buffer(), dx.buffer()], grid(gpu, n, 256))?;
+        let k = if y.dtype() == DType::U32 { &K_RELU_BW_MASK } else { &K_RELU_BW_HALF };
+        gpu.dispatch(k, &[], bytes_of(&Params::new(n, 0.0, 0.0)), &[y.buffer(), g.buffer(), dx.buffer()], grid(gpu, n, 256))?;
     } else {
         dispatch_map(&K_UNARY_BW, &K_UNARY_BW4, Unary::Relu as u32, &Params::new(n, 0.0, 0.0), &[y, g, &dx])?;
     }
     Ok(dx)
+}
+
+/// [`relu_backward_from_output`] written into `g`'s own storage when nothing else can see it
+/// (the caller's handle, which the autodiff drops after this node's backward, is the only one
+/// to the tensor and its storage, no graph node, f32), else a new tensor; bit for bit the
+/// same values either way. For a fused op's backward that goes on to use the masked gradient
+/// (batch norm after it): the masked gradient then does not live beside the one it masks.
+pub(crate) fn relu_backward_in_place(y: &Tensor, g: &Tensor) -> Result<Tensor> {
+    let unique = std::sync::Arc::strong_count(&g.0) == 1 && std::sync::Arc::strong_count(g.storage()) == 1;
+    if !(unique && g.node().is_none() && g.dtype() == DType::F32) {
+        return relu_backward_from_output(y, g);
+    }
+    let kept = match y.dtype() {
+        DType::F32 => 0,
+        DType::U32 => 1,
+        _ => 2,
+    };
+    let n = g.numel();
+    if n > 0 {
+        let gpu = g.gpu();
+        gpu.dispatch(&K_RELU_MASK_INTO, &[("KEPT", kept as f64)], bytes_of(&Params::new(n, 0.0, 0.0)), &[y.buffer(), g.buffer()], grid(gpu, n, 256))?;
+    }
+    Ok(g.clone())
 }
 
 /// What a ReLU keeps of its output `y` to mask the gradient, when `recording` (its output

@@ -12,7 +12,7 @@ const RW: Access = Access::ReadWrite;
 const K_BN_STATS: Kernel = Kernel::new(Shader::Norm, "bn_stats", &[R, RW], &BnParams::LAYOUT);
 const K_BN_STATS_MERGE: Kernel = Kernel::new(Shader::Norm, "bn_stats_merge", &[R, RW, RW, RW], &BnParams::LAYOUT);
 const K_BN_EVAL: Kernel = Kernel::new(Shader::Norm, "bn_eval_stats", &[R, R, RW], &BnParams::LAYOUT);
-const K_BN_APPLY: Kernel = Kernel::new(Shader::Norm, "bn_apply", &[R, R, R, R, RW], &BnParams::LAYOUT);
+const K_BN_APPLY: Kernel = Kernel::new(Shader::Norm, "bn_apply", &[R, R, R, R, RW, R], &BnParams::LAYOUT);
 const K_BN_BWD_RED: Kernel = Kernel::new(Shader::Norm, "bn_bwd_reduce", &[R, R, R, RW], &BnParams::LAYOUT);
 const K_BN_BWD_MERGE: Kernel = Kernel::new(Shader::Norm, "bn_bwd_merge", &[R, RW], &BnParams::LAYOUT);
 const K_BN_BWD_DX: Kernel = Kernel::new(Shader::Norm, "bn_bwd_dx", &[R, R, R, R, R, RW], &BnParams::LAYOUT);
@@ -289,16 +289,97 @@ pub fn batch_norm_given(x: &Tensor, weight: &Tensor, bias: &Tensor, stats: &Tens
 /// training), so x's gradient includes their dependence on x; otherwise they are constants
 /// ([`batch_norm_given`]).
 pub fn batch_norm_apply(x: &Tensor, weight: &Tensor, bias: &Tensor, stats: &Tensor, batch_stats: bool) -> Result<Tensor> {
+    batch_norm_act(x, weight, bias, stats, batch_stats, BnAct::NONE)
+}
+
+/// What [`batch_norm_act`] does after normalising: add a residual, apply ReLU, and the dtype
+/// it stores the result in.
+#[derive(Clone, Copy)]
+pub struct BnAct<'a> {
+    /// Added after batch norm (f32, x's shape): a residual block's shortcut.
+    pub residual: Option<&'a Tensor>,
+    /// ReLU after the sum.
+    pub relu: bool,
+    /// F32, or F16 for an output that only feeds GEMMs under mixed precision (their operand
+    /// dtype: no f32 copy and no cast).
+    pub out: DType,
+}
+
+impl BnAct<'_> {
+    /// Batch norm alone, f32 output.
+    pub const NONE: BnAct<'static> = BnAct { residual: None, relu: false, out: DType::F32 };
+}
+
+/// `relu(batch_norm_apply(x, ...) + residual)` (each part as `act` asks) in one kernel: the
+/// same values, bit for bit, as the three ops in turn, without their two intermediate
+/// tensors; stored f16 when `act.out` is F16 (rounded to nearest, as a cast would). The
+/// backward keeps what a ReLU keeps ([`relu_output_kept`](super::elementwise::relu_output_kept):
+/// an f16 output itself, which the GEMM after it keeps anyway) and passes the masked gradient
+/// to the residual and through batch norm.
+pub fn batch_norm_act(x: &Tensor, weight: &Tensor, bias: &Tensor, stats: &Tensor, batch_stats: bool, act: BnAct) -> Result<Tensor> {
     let back = batch_norm_rule(x, weight, bias, stats, batch_stats)?;
-    let y = Tensor::empty(x.gpu(), x.shape(), DType::F32)?;
-    x.gpu().dispatch(
+    if !matches!(act.out, DType::F32 | DType::F16) {
+        return Err(Error::DType { op: "batch_norm", msg: format!("output dtype must be f32 or f16, got {:?}", act.out) });
+    }
+    if let Some(r) = act.residual {
+        expect_f32("batch_norm residual", &[r])?;
+        if r.shape() != x.shape() {
+            return Err(Error::shape("batch_norm", format!("residual has shape {:?}, expected x's {:?}", r.shape(), x.shape())));
+        }
+    }
+    let gpu = x.gpu();
+    let half_y = act.out == DType::F16;
+    let y = Tensor::empty(gpu, x.shape(), act.out)?;
+    let threads = if half_y { x.numel().div_ceil(2) } else { x.numel() };
+    let overrides = [half_x(x)[0], ("RESIDUAL", act.residual.is_some() as u32 as f64), ("RELU", act.relu as u32 as f64), ("HALF_Y", half_y as u32 as f64)];
+    let r = act.residual.unwrap_or(x);
+    gpu.dispatch(
         &K_BN_APPLY,
-        &half_x(x),
+        &overrides,
         bytes_of(&back.p),
-        &[x.buffer(), stats.buffer(), weight.buffer(), bias.buffer(), y.buffer()],
-        grid(x.gpu(), x.numel(), 256),
+        &[x.buffer(), stats.buffer(), weight.buffer(), bias.buffer(), y.buffer(), r.buffer()],
+        grid(gpu, threads, 256),
     )?;
-    Ok(y.with_grad_fn(&[x, weight, bias], || Box::new(back)))
+    let mut inputs = vec![x, weight, bias];
+    inputs.extend(act.residual);
+    let kept = if act.relu { Some(super::elementwise::relu_output_kept(&y, crate::autograd::records(&inputs))?) } else { None };
+    let residual = act.residual.is_some();
+    Ok(y.with_grad_fn(&inputs, || Box::new(BnActBack { bn: back, relu_kept: kept, residual })))
+}
+
+/// The backward of [`batch_norm_act`]: inputs x, weight, bias (and the residual).
+struct BnActBack {
+    bn: BatchNormBack,
+    /// What the ReLU kept of the output, if there is one
+    relu_kept: Option<Tensor>,
+    residual: bool,
+}
+
+impl BackwardOp for BnActBack {
+    fn name(&self) -> &'static str {
+        "batch_norm"
+    }
+    fn backward(&self, g: &Tensor, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
+        // an f16 output's gradient arrives f16 from a cast after it; the kernels read f32
+        let widened;
+        let g = if g.dtype() == DType::F16 {
+            widened = super::elementwise::cast(g, DType::F32)?;
+            &widened
+        } else {
+            g
+        };
+        let g = match &self.relu_kept {
+            // in g's own storage where it can be: the masked gradient is what lives on
+            // (the residual's gradient and batch norm's input), g itself not
+            Some(k) => super::elementwise::relu_backward_in_place(k, g)?,
+            None => g.clone(),
+        };
+        let mut grads = self.bn.backward(&g, &inputs[..3])?;
+        if self.residual {
+            grads.push(inputs[3].is_tracked().then_some(g));
+        }
+        Ok(grads)
+    }
 }
 
 /// The backward rule of [`batch_norm_apply`] (inputs x, weight, bias), checked; for ops that

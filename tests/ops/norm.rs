@@ -432,3 +432,169 @@ fn batch_norm_reads_f16_input_as_its_widened_values() {
         }
     }
 }
+
+/// `batch_norm_act` (batch norm, residual add and ReLU in one kernel): its output and every
+/// gradient are bit for bit those of `batch_norm_apply`, `add` and `relu` run in turn (the same
+/// f32 operations in the same order), for each part on and off, batch and fixed statistics,
+/// and a value count that is odd (the f16 output's last word holds one value). Stored f16, the
+/// output is the composition's cast to f16, and the gradients stay the same. The output's
+/// gradient arrives as the caller's seed (which the ReLU's backward must not overwrite) and
+/// from a later op (which it masks in place).
+#[test]
+fn batch_norm_act_is_batch_norm_add_relu_in_one_kernel() {
+    use equimodal::DType;
+    let g = gpu();
+    let mut rng = Rng::new(29);
+    for (n, c, hw) in [(3, 3, Some((5, 3))), (4, 5, None)] {
+        let (shape, hws) = bn_shape(n, c, hw);
+        let numel = n * c * hws;
+        let x = upload(&g, &rng.uniforms(numel, -2.0, 3.0), &shape);
+        let r = upload(&g, &rng.uniforms(numel, -1.5, 1.5), &shape);
+        let (w, b) = (upload(&g, &rng.uniforms(c, 0.5, 1.5), &[c]), upload(&g, &rng.uniforms(c, -0.5, 0.5), &[c]));
+        let seed = upload(&g, &rng.uniforms(numel, -1.0, 1.0), &shape);
+        let st = BatchNormState::new(&g, c, 0.1, 1e-5).unwrap();
+        for batch_stats in [true, false] {
+            let stats = ops::batch_norm_stats(&x, &st, batch_stats).unwrap();
+            for (residual, relu, out) in [(true, true, DType::F32), (false, true, DType::F32), (true, false, DType::F32), (true, true, DType::F16), (false, false, DType::F16)] {
+                let what = format!("{shape:?} batch_stats={batch_stats} residual={residual} relu={relu} {out:?}");
+                for later_op in [false, true] {
+                let what = format!("{what} later_op={later_op}");
+                let run = |fused: bool| {
+                    let ins: Vec<Tensor> = [&x, &w, &b, &r].iter().map(|t| t.detach().requires_grad()).collect();
+                    let res = residual.then_some(&ins[3]);
+                    let y = if fused {
+                        let act = ops::BnAct { residual: res, relu, out };
+                        ops::batch_norm_act(&ins[0], &ins[1], &ins[2], &stats, batch_stats, act).unwrap()
+                    } else {
+                        let mut y = ops::batch_norm_apply(&ins[0], &ins[1], &ins[2], &stats, batch_stats).unwrap();
+                        if let Some(r) = res {
+                            y = ops::add(&y, r).unwrap();
+                        }
+                        if relu {
+                            y = ops::relu(&y).unwrap();
+                        }
+                        if out == DType::F16 { ops::cast(&y, DType::F16).unwrap() } else { y }
+                    };
+                    assert_eq!(y.dtype(), out, "{what}");
+                    let mut grads = equimodal::Gradients::new();
+                    if later_op {
+                        let y32 = if out == DType::F16 { ops::cast(&y, DType::F32).unwrap() } else { y.clone() };
+                        ops::scale(&y32, 0.5).unwrap().backward_with(seed.clone(), &mut grads).unwrap();
+                    } else {
+                        y.backward_with(seed.clone(), &mut grads).unwrap();
+                    }
+                    let mut all = vec![ops::cast(&y, DType::F32).unwrap().to_vec().unwrap()];
+                    for (i, t) in ins.iter().enumerate() {
+                        match grads.get(t) {
+                            Some(d) => all.push(d.to_vec().unwrap()),
+                            None => assert!(i == 3 && !residual, "{what}: input {i} got no gradient"),
+                        }
+                    }
+                    all
+                };
+                let (fused, plain) = (run(true), run(false));
+                assert_eq!(fused.len(), plain.len(), "{what}");
+                for (i, part) in ["y", "dx", "dweight", "dbias", "dresidual"].iter().take(fused.len()).enumerate() {
+                    assert_eq!(fused[i], plain[i], "{what}: {part}");
+                }
+                assert_canaries(&what);
+                }
+            }
+        }
+    }
+}
+
+/// `batch_norm_act` with residual and ReLU against the f64 reference, gradients by finite
+/// differences (training statistics: the input's gradient includes their dependence on x).
+#[test]
+fn batch_norm_act_matches_reference_and_gradients() {
+    let mut rng = Rng::new(30);
+    let eps = 1e-5;
+    let (n, c, h, w) = (3, 4, 3, 5);
+    let hws = h * w;
+    let shape = vec![n, c, h, w];
+    let x = rng.uniforms(n * c * hws, -2.0, 3.0);
+    let r = rng.uniforms(n * c * hws, -1.0, 1.0);
+    check_op(
+        "batch_norm_act train",
+        &[(x, shape.clone()), (rng.uniforms(c, 0.5, 1.5), vec![c]), (rng.uniforms(c, -0.5, 0.5), vec![c]), (r, shape.clone())],
+        &[0, 1, 2, 3],
+        &|t| {
+            let st = BatchNormState::new(&gpu(), c, 0.1, eps as f32)?;
+            let stats = ops::batch_norm_stats(&t[0], &st, true)?;
+            let act = ops::BnAct { residual: Some(&t[3]), relu: true, out: equimodal::DType::F32 };
+            ops::batch_norm_act(&t[0], &t[1], &t[2], &stats, true, act)
+        },
+        &|xs| {
+            let y = bn_ref(&xs[0], &xs[1], &xs[2], &channel_stats(&xs[0], n, c, hws), n, c, hws, eps);
+            y.iter().zip(&xs[3]).map(|(a, b)| (a + b).max(0.0)).collect()
+        },
+        Tol::sums(n * hws, 1.0, n * hws, (n * hws) as f64),
+    );
+}
+
+#[test]
+fn batch_norm_act_errors_are_typed() {
+    use equimodal::DType;
+    let g = gpu();
+    let x = upload(&g, &[0.5; 24], &[2, 3, 2, 2]);
+    let (w, b) = (upload(&g, &[1.0; 3], &[3]), upload(&g, &[0.0; 3], &[3]));
+    let st = BatchNormState::new(&g, 3, 0.1, 1e-5).unwrap();
+    let stats = ops::batch_norm_stats(&x, &st, true).unwrap();
+    let short = upload(&g, &[0.5; 12], &[1, 3, 2, 2]);
+    let half = ops::cast(&x, DType::F16).unwrap();
+    let cases: [(ops::BnAct, &str); 3] = [
+        (ops::BnAct { residual: Some(&short), relu: true, out: DType::F32 }, "residual has shape [1, 3, 2, 2]"),
+        (ops::BnAct { residual: Some(&half), relu: true, out: DType::F32 }, "F16"),
+        (ops::BnAct { residual: None, relu: true, out: DType::U32 }, "output dtype"),
+    ];
+    for (act, want) in cases {
+        let e = ops::batch_norm_act(&x, &w, &b, &stats, true, act).err().expect("an error").to_string();
+        assert!(e.contains(want) && e.contains("batch_norm"), "{e}");
+    }
+}
+
+/// The backward of `batch_norm_act` with a ReLU holds no more than that of the separate ops
+/// (up to per-channel sums),
+/// where the ReLU's node hands batch norm the masked gradient and the engine drops the one it
+/// masked: the fused node masks the gradient in place (it arrives from a later op, so nothing
+/// else sees it). Without that, the masked gradient would live beside the unmasked one, a
+/// whole activation more at the backward's peak.
+#[test]
+fn batch_norm_act_backward_holds_no_more_than_the_separate_ops() {
+    use equimodal::DType;
+    let g = equimodal::Gpu::new(test_options()).unwrap();
+    let mut rng = Rng::new(31);
+    let (n, c, hw) = (8, 4, 32 * 32);
+    let shape = [n, c, 32, 32];
+    let x = upload(&g, &rng.uniforms(n * c * hw, -2.0, 3.0), &shape).requires_grad();
+    let r = upload(&g, &rng.uniforms(n * c * hw, -1.0, 1.0), &shape).requires_grad();
+    let (w, b) = (upload(&g, &rng.uniforms(c, 0.5, 1.5), &[c]).requires_grad(), upload(&g, &rng.uniforms(c, -0.5, 0.5), &[c]).requires_grad());
+    let st = BatchNormState::new(&g, c, 0.1, 1e-5).unwrap();
+    let stats = ops::batch_norm_stats(&x, &st, true).unwrap();
+    let bytes = (4 * x.numel()) as u64;
+    let peak = |fused: bool, residual: bool| {
+        let res = residual.then_some(&r);
+        let y = if fused {
+            ops::batch_norm_act(&x, &w, &b, &stats, true, ops::BnAct { residual: res, relu: true, out: DType::F32 }).unwrap()
+        } else {
+            let y = ops::batch_norm_apply(&x, &w, &b, &stats, true).unwrap();
+            ops::relu(&match res { Some(r) => ops::add(&y, r).unwrap(), None => y }).unwrap()
+        };
+        let loss = ops::sum_all(&ops::scale(&y, 0.5).unwrap()).unwrap();
+        drop(y);
+        g.synchronize().unwrap();
+        let before = g.memory().allocated;
+        g.reset_peak_memory();
+        let grads = loss.backward().unwrap();
+        let held = g.memory().peak_allocated - before;
+        drop(grads);
+        held
+    };
+    for residual in [false, true] {
+        let (fused, plain) = (peak(true, residual), peak(false, residual));
+        eprintln!("residual={residual}: backward peak fused {fused}, separate {plain} (activation {bytes})");
+        // (up to a few per-channel sums: a whole activation is `bytes`)
+        assert!(fused <= plain + 1024, "residual={residual}: the fused backward peaks at {fused} bytes, the separate ops at {plain}");
+    }
+}
