@@ -657,6 +657,38 @@ pub fn abs_max_bits(x: &Tensor) -> Result<Tensor> {
     Ok(out)
 }
 
+/// A tensor's max |value| as f32 bits ([`abs_max_bits`]), computed at most once however many
+/// kernels ask: the per-tensor scale of an f32 gradient that several tensor-core GEMMs stage
+/// as f16 (a convolution's dX and dW, a linear layer's or a matmul's two operand gradients
+/// all read dy).
+pub(crate) struct AbsMax<'a> {
+    t: &'a Tensor,
+    bits: std::cell::OnceCell<Tensor>,
+}
+
+impl<'a> AbsMax<'a> {
+    pub(crate) fn new(t: &'a Tensor) -> AbsMax<'a> {
+        AbsMax { t, bits: std::cell::OnceCell::new() }
+    }
+    /// The tensor itself.
+    pub(crate) fn tensor(&self) -> &'a Tensor {
+        self.t
+    }
+    /// Whether `t` holds the same values: a view of the same storage (a reshape, a
+    /// transposed read) with as many of them.
+    pub(crate) fn covers(&self, t: &Tensor) -> bool {
+        std::sync::Arc::ptr_eq(self.t.storage(), t.storage()) && self.t.numel() == t.numel() && self.t.dtype() == t.dtype()
+    }
+    /// max |t| as f32 bits, the first call computing it.
+    pub(crate) fn bits(&self) -> Result<&Tensor> {
+        if let Some(b) = self.bits.get() {
+            return Ok(b);
+        }
+        let b = abs_max_bits(self.t)?;
+        Ok(self.bits.get_or_init(|| b))
+    }
+}
+
 /// Convert between f32 and f16 storage.
 pub fn cast(x: &Tensor, to: DType) -> Result<Tensor> {
     let gpu = x.gpu();

@@ -109,7 +109,8 @@ impl Drop for PreferCoopGuard {
 }
 
 /// While the guard lives, the forward products (with `forward`: the convolutions' forward
-/// GEMMs, attention's forward) and the convolutions' gradient GEMMs (with `gradients`) on this
+/// GEMMs, attention's forward, matmuls of two f16 operands) and the gradient products (with
+/// `gradients`: the convolutions' gradient GEMMs, matmuls with an f32 operand) on this
 /// thread that the cooperative-matrix kernels can run (f16 operands, no weight scale; tensor
 /// cores or their emulation) run on them instead of the tuner's choice. For tests that run
 /// whole networks on them where no adapter has tensor cores (lavapipe): the emulation is

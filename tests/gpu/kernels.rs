@@ -133,15 +133,35 @@ fn the_coop_attention_translates() {
     }
 }
 
-/// The normalisation module translates with batch norm's input f32 and f16 (`HALF_X`, the
-/// only override constant its launches set).
+/// The normalisation module translates in every form its launches set: batch norm's input
+/// f32 or f16 (`HALF_X`), and `bn_apply`'s residual, ReLU and f16 output (`RESIDUAL`, `RELU`,
+/// `HALF_Y`), each combination.
 #[test]
 fn every_norm_form_translates() {
     let (module, info) = parse(Shader::Norm).unwrap();
     let declared: BTreeSet<&str> = module.overrides.iter().filter_map(|(_, o)| o.name.as_deref()).collect();
-    assert_eq!(declared, BTreeSet::from(["HALF_X"]));
-    for half in [0.0, 1.0] {
-        to_spirv(&module, &info, &[("HALF_X", half)]).unwrap();
+    let names = ["HALF_X", "RESIDUAL", "RELU", "HALF_Y"];
+    assert_eq!(declared, BTreeSet::from(names));
+    for bits in 0..16u32 {
+        let consts: Vec<(&str, f64)> = names.iter().enumerate().map(|(i, &n)| (n, ((bits >> i) & 1) as f64)).collect();
+        to_spirv(&module, &info, &consts).unwrap();
+    }
+}
+
+/// The element-wise module translates for each op code its launches set (`OP`) and each form
+/// of what a ReLU kept (`KEPT`: its f32 output, a bit mask, its f16 output).
+#[test]
+fn every_elementwise_form_translates() {
+    use equimodal::ops::{Binary, Unary};
+    let (module, info) = parse(Shader::Elementwise).unwrap();
+    let declared: BTreeSet<&str> = module.overrides.iter().filter_map(|(_, o)| o.name.as_deref()).collect();
+    assert_eq!(declared, BTreeSet::from(["OP", "KEPT"]));
+    let ops = Unary::ALL.iter().map(|&o| o as u32).chain(Binary::ALL.iter().map(|&o| o as u32)).collect::<BTreeSet<_>>();
+    for op in ops {
+        to_spirv(&module, &info, &[("OP", op as f64)]).unwrap();
+    }
+    for kept in 0..3 {
+        to_spirv(&module, &info, &[("KEPT", kept as f64)]).unwrap();
     }
 }
 

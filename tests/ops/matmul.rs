@@ -886,3 +886,57 @@ fn coop_matmul_matches_the_reference() {
         }
     }
 }
+
+/// The backward of a linear layer and of a matmul on the cooperative-matrix kernels
+/// (`ops::prefer_coop`; emulated where the adapter has no tensor cores) takes max |dy|, the
+/// per-tensor scale of dy's f16 staging, once for both of its products: the dispatches of a
+/// backward with both operands tracked are those of the two single-operand backwards less
+/// those of one max. The gradients are those of the f32-arithmetic tiles to f16 staging precision.
+#[test]
+fn a_backward_on_tensor_cores_takes_dy_max_once_for_both_products() {
+    use equimodal::DType;
+    let mut o = test_options();
+    o.pool_canary = false; // its fills of every new block are dispatches too
+    let g = equimodal::Gpu::new(o).unwrap();
+    if equimodal::gpu::Coop::on(&g.capabilities()).is_none() {
+        println!("skipped: {} has neither cooperative matrices nor shader f16", g.info().name);
+        return;
+    }
+    let mut rng = Rng::new(901);
+    let half = |t: Tensor| ops::cast(&t, DType::F16).unwrap();
+    let x = half(upload(&g, &rng.uniforms(3 * 7 * 24, -1.0, 1.0), &[3, 7, 24]));
+    let w = half(upload(&g, &rng.uniforms(40 * 24, -1.0, 1.0), &[40, 24]));
+    let seed = upload(&g, &rng.uniforms(3 * 7 * 40, -1.0, 1.0), &[3, 7, 40]);
+    type Op = fn(&Tensor, &Tensor) -> equimodal::Result<Tensor>;
+    let linear: Op = |x, w| ops::linear(x, w, None, None);
+    let matmul: Op = |x, w| ops::matmul_ex(x, w, MatmulOpts { trans_b: true, ..Default::default() });
+    for (name, op) in [("linear", linear), ("matmul", matmul)] {
+        // (dispatches of the backward, the gradients) with x and / or w tracked
+        let run = |coop: bool, tx: bool, tw: bool| {
+            let _c = ops::prefer_coop(coop, coop);
+            let track = |t: &Tensor, on: bool| if on { t.detach().requires_grad() } else { t.detach() };
+            let (xt, wt) = (track(&x, tx), track(&w, tw));
+            let y = op(&xt, &wt).unwrap();
+            let before = g.counters().1;
+            let mut grads = equimodal::Gradients::new();
+            y.backward_with(seed.clone(), &mut grads).unwrap();
+            let n = g.counters().1 - before;
+            let get = |t: &Tensor| grads.get(t).map(|d| d.to_vec().unwrap());
+            (n, get(&xt), get(&wt))
+        };
+        let (both, dx, dw) = run(true, true, true);
+        let (only_x, only_w) = (run(true, true, false).0, run(true, false, true).0);
+        let before = g.counters().1;
+        ops::abs_max_bits(&seed).unwrap();
+        let amax = g.counters().1 - before;
+        assert_eq!(both, only_x + only_w - amax, "{name}: {both} dispatches with both operands tracked, {only_x} + {only_w} with one, {amax} for max |dy|");
+        // the same gradients as the tiles', to dy's f16 rounding (2^-12 relative per term,
+        // 24 or 21 terms of unit size: within 2^-12 * sqrt(24) * 2 of the result)
+        let (_, tx_, tw_) = run(false, true, true);
+        for (what, a, b) in [("dx", dx, tx_), ("dw", dw, tw_)] {
+            let (a, b) = (a.unwrap(), b.unwrap());
+            let worst = a.iter().zip(&b).map(|(u, v)| (u - v).abs()).fold(0.0f32, f32::max);
+            assert!(worst < 3e-3, "{name} {what}: coop and tiles differ by {worst}");
+        }
+    }
+}

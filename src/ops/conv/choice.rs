@@ -1,6 +1,7 @@
 //! Which tile runs a convolution GEMM: the tuned choice of its shape bucket (timed now if the
 //! bucket is new; `ops::tune`, `gpu::tune`), or the size rule [`tile_for`] with tuning off.
-use super::{forward, grad_input, grad_weight, ConvKernel, Dy, Geom};
+use super::{forward, grad_input, grad_weight, ConvKernel, Geom};
+use crate::ops::elementwise::AbsMax;
 use crate::error::{Error, Result};
 use crate::gpu::{ConvTile, Gpu, TuneMode};
 use crate::tensor::{DType, Tensor};
@@ -101,8 +102,8 @@ pub(super) fn choose(g: &Geom, which: Gemm, m: usize, n: usize, gpu: &Gpu) -> Re
             let (x, dy) = (x.as_ref(), dy.as_ref());
             match which {
                 Gemm::Fwd => forward(&on, x.expect("x"), &w, None, None, &Default::default()),
-                Gemm::Dx => grad_input(&on, &Dy::new(dy.expect("dy")), &w, None),
-                Gemm::Dw => grad_weight(&on, x.expect("x"), &Dy::new(dy.expect("dy")), None),
+                Gemm::Dx => grad_input(&on, &AbsMax::new(dy.expect("dy")), &w, None),
+                Gemm::Dw => grad_weight(&on, x.expect("x"), &AbsMax::new(dy.expect("dy")), None),
             }
         };
         let reference = run(ConvKernel::Tile(ConvTile::T128x64))?;

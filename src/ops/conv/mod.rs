@@ -19,6 +19,7 @@ use kernels::{coop_on, kernels, CoopKernels};
 pub use fused::{conv2d_after_bn_relu, conv2d_after_bn_relu_ex, conv2d_bn_partials, conv2d_forward_on, conv2d_bn_partials_on_tile, conv2d_inference, conv2d_inference_on_tile, BnRelu, ConvEpilogue};
 use choice::Gemm;
 use super::{bytes_of, expect_f32, expect_same_gpu, grid, split_grid};
+use super::elementwise::AbsMax;
 use crate::autograd::BackwardOp;
 use crate::error::{Error, Result};
 use crate::gpu::{ConvTile, Kernel};
@@ -329,31 +330,9 @@ fn forward_ex(g: &Geom, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, scale: Op
     Ok((y, part.map(|p| (p, t.rows()))))
 }
 
-/// The gradient dy of a convolution's output, as its two gradient GEMMs read it: with its
-/// max |dy|, the per-tensor scale of the cooperative-matrix kernels' f16 staging, computed
-/// at most once for both ([`Dy::amax`]).
-struct Dy<'a> {
-    t: &'a Tensor,
-    amax: std::cell::OnceCell<Tensor>,
-}
-
-impl<'a> Dy<'a> {
-    fn new(t: &'a Tensor) -> Dy<'a> {
-        Dy { t, amax: std::cell::OnceCell::new() }
-    }
-    /// max |dy| as f32 bits ([`super::elementwise::abs_max_bits`]), the first call computing it.
-    fn amax(&self) -> Result<&Tensor> {
-        if let Some(a) = self.amax.get() {
-            return Ok(a);
-        }
-        let a = super::elementwise::abs_max_bits(self.t)?;
-        Ok(self.amax.get_or_init(|| a))
-    }
-}
-
 /// dX = transposed convolution of dY with (w * scale), one grid z per stride phase.
-fn grad_input(g: &Geom, dy_in: &Dy, w: &Tensor, scale: Option<&Tensor>) -> Result<Tensor> {
-    let dy = dy_in.t;
+fn grad_input(g: &Geom, dy_in: &AbsMax, w: &Tensor, scale: Option<&Tensor>) -> Result<Tensor> {
+    let dy = dy_in.tensor();
     let gpu = dy.gpu();
     let dx = Tensor::empty(gpu, &[g.n, g.c, g.h, g.w], DType::F32)?;
     let mut pr = g.params();
@@ -370,7 +349,7 @@ fn grad_input(g: &Geom, dy_in: &Dy, w: &Tensor, scale: Option<&Tensor>) -> Resul
         }
         ConvKernel::Coop => {
             let k = g.coop(Gemm::Dx, gpu)?;
-            let amax = dy_in.amax()?; // dy's per-tensor scale, shared by dX and dW
+            let amax = dy_in.bits()?; // dy's per-tensor scale, shared by dX and dW
             launch_coop(&k.dx, &mut pr, &[dy.buffer(), w.buffer(), amax.buffer(), dx.buffer()], groups, gpu)?;
         }
     }
@@ -408,8 +387,8 @@ fn dw_splits(g: &Geom, t: ConvKernel) -> (usize, usize) {
 }
 
 /// dW = (sum over n, ho, wo of dY x im2col(x)) * scale (scale applied when given).
-fn grad_weight(g: &Geom, x: &Tensor, dy_in: &Dy, scale: Option<&Tensor>) -> Result<Tensor> {
-    let dy = dy_in.t;
+fn grad_weight(g: &Geom, x: &Tensor, dy_in: &AbsMax, scale: Option<&Tensor>) -> Result<Tensor> {
+    let dy = dy_in.tensor();
     let gpu = x.gpu();
     let dw = Tensor::empty(gpu, &[g.o, g.c, g.kh, g.kw], DType::F32)?;
     let kl = g.kernel_len();
@@ -433,7 +412,7 @@ fn grad_weight(g: &Geom, x: &Tensor, dy_in: &Dy, scale: Option<&Tensor>) -> Resu
         }
         ConvKernel::Coop => {
             let k = g.coop(Gemm::Dw, gpu)?;
-            let amax = dy_in.amax()?; // dy's per-tensor scale, shared by dX and dW
+            let amax = dy_in.bits()?; // dy's per-tensor scale, shared by dX and dW
             launch_coop(&k.dw, &mut pr, &[x.buffer(), dy.buffer(), amax.buffer(), out], groups, gpu)?;
         }
     }
@@ -473,7 +452,7 @@ impl BackwardOp for Conv2dBack {
                 format!("gradient {:?} {:?} for output [{}, {}, {}, {}]", dy.shape(), dy.dtype(), g.n, g.o, g.ho, g.wo),
             ));
         }
-        let dy_in = Dy::new(dy);
+        let dy_in = AbsMax::new(dy);
         let mut out = Vec::with_capacity(inputs.len());
         out.push(if inputs[0].is_tracked() { Some(grad_input(g, &dy_in, &self.w, self.scale.as_ref())?) } else { None });
         let scale_idx = 2 + self.has_bias as usize;

@@ -85,6 +85,13 @@ fn bucket(p: &Plan, form: &Form) -> String {
 pub(super) fn choose(p: &Plan, a: &Tensor, sa: Option<&Tensor>, b: &Tensor, sb: Option<&Tensor>, bias: Option<&Tensor>, relu: bool) -> Result<MatmulKernel> {
     let gpu = a.gpu();
     let form = Form::of(p, a, sa.is_some(), b, sb.is_some(), bias.is_some(), relu);
+    // the test guard (`ops::prefer_coop`): an f16 x f16 product is a forward one, one with an
+    // f32 operand a gradient's
+    let (forward, gradients) = crate::ops::tune::coop_preferred();
+    let preferred = if form.half_a && form.half_b { forward } else { gradients };
+    if preferred && coop_applies(&form) && crate::gpu::Coop::on(&gpu.capabilities()).is_some() {
+        return Ok(MatmulKernel::Coop);
+    }
     let cands = candidates(p, &form, &[a, b], gpu.limits().max_compute_workgroup_storage_size as usize, gpu.capabilities().cooperative_matrix);
     // the probe's reference is one thread per output: under a test cap on workgroups per
     // dimension a large product cannot launch it (on a real adapter the cap is 65,535^3)
@@ -121,7 +128,7 @@ pub(super) fn choose(p: &Plan, a: &Tensor, sa: Option<&Tensor>, b: &Tensor, sb: 
         let rsa = sa.map(|s| rnd(s, 2)).transpose()?;
         let rsb = sb.map(|s| rnd(s, 3)).transpose()?;
         let rbias = bias.map(|s| rnd(s, 4)).transpose()?;
-        let run = |k: MatmulKernel| launch(p, &ra, rsa.as_ref(), &rb, rsb.as_ref(), rbias.as_ref(), relu, k);
+        let run = |k: MatmulKernel| launch(p, &ra, rsa.as_ref(), &rb, rsb.as_ref(), rbias.as_ref(), relu, k, None);
         let reference = run(MatmulKernel::Reference)?;
         let list: Vec<crate::ops::tune::Candidate> = cands.iter().map(|&k| (k.name(), Box::new(move || run(k)) as Box<dyn Fn() -> Result<Tensor>>)).collect();
         let problem = format!("{} x {} x {} (batch {})", p.m, p.n, p.k, p.batch);

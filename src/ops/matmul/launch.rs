@@ -6,6 +6,7 @@ use super::Plan;
 use super::MAX_BATCH_DIMS;
 use crate::error::{Error, Result};
 use crate::gpu::{Access, BufferRange, Coop, Gpu, Kernel, Shader};
+use crate::ops::elementwise::AbsMax;
 use crate::ops::{bytes_of, grid, split_grid};
 use crate::tensor::{DType, Tensor};
 
@@ -225,7 +226,9 @@ impl MatmulKernel {
 }
 
 /// Run the GEMM described by `p` (no autograd). `sa`/`sb` have their operand's shape;
-/// `relu` applies max(., 0) in the epilogue, after the bias.
+/// `relu` applies max(., 0) in the epilogue, after the bias. `dy`: a gradient one operand
+/// may be (a view of), whose max |value| (the tensor-core kernel's scale for it) the caller
+/// shares between its products.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn launch(
     p: &Plan,
@@ -236,6 +239,7 @@ pub(super) fn launch(
     bias: Option<&Tensor>,
     relu: bool,
     kernel: MatmulKernel,
+    dy: Option<&AbsMax>,
 ) -> Result<Tensor> {
     let gpu = a.gpu();
     if p.k == 0 {
@@ -324,9 +328,14 @@ pub(super) fn launch(
             let f32_b = b.dtype() == DType::F32;
             let consts = [("TRANS_A", p.ta), ("TRANS_B", p.tb), ("BIAS", form.bias), ("RELU", form.relu), ("F32_A", f32_a), ("F32_B", f32_b)].map(|(k, v)| (k, v as u32 as f64));
             // the f32 operand's per-tensor scale for its f16 staging (coop_tile.wgsl)
+            // (from `dy` where the f32 operand is its tensor: a backward's two products share it)
+            let amax_of = |t: &Tensor| match dy {
+                Some(d) if d.covers(t) => d.bits().cloned(),
+                _ => crate::ops::elementwise::abs_max_bits(t),
+            };
             let amax = match (f32_a, f32_b) {
-                (true, _) => Some(crate::ops::elementwise::abs_max_bits(a)?),
-                (_, true) => Some(crate::ops::elementwise::abs_max_bits(b)?),
+                (true, _) => Some(amax_of(a)?),
+                (_, true) => Some(amax_of(b)?),
                 _ => None,
             };
             let amax_buf = amax.as_ref().map_or(buffers[5], |t| t.buffer());

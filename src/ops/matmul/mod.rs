@@ -17,7 +17,7 @@
 mod choice;
 mod launch;
 
-use super::elementwise::broadcast_shape;
+use super::elementwise::{broadcast_shape, AbsMax};
 use super::{expect_f32, expect_same_gpu};
 use crate::autograd::BackwardOp;
 use crate::error::{Error, Result};
@@ -138,10 +138,12 @@ fn plan(op: &'static str, a: &[usize], ta: bool, b: &[usize], tb: bool) -> Resul
     Ok(p)
 }
 
-/// Plan + launch without autograd: op(A ⊙ sa) · op(B ⊙ sb).
-fn gemm(a: &Tensor, ta: bool, sa: Option<&Tensor>, b: &Tensor, tb: bool, sb: Option<&Tensor>) -> Result<Tensor> {
+/// Plan + launch without autograd: op(A ⊙ sa) · op(B ⊙ sb), a backward's product: `dy` is
+/// the output gradient, which one operand may be a view of (its max |value| is then shared
+/// by the backward's products on tensor cores).
+fn gemm(a: &Tensor, ta: bool, sa: Option<&Tensor>, b: &Tensor, tb: bool, sb: Option<&Tensor>, dy: &AbsMax) -> Result<Tensor> {
     let p = plan("matmul", a.shape(), ta, b.shape(), tb)?;
-    launch(&p, a, sa, b, sb, None, false, MatmulKernel::Auto)
+    launch(&p, a, sa, b, sb, None, false, MatmulKernel::Auto, Some(dy))
 }
 
 /// Gradient of a broadcast operand: sum over the batch dims it was broadcast along.
@@ -194,10 +196,11 @@ impl BackwardOp for MatmulBack {
     fn backward(&self, g: &Tensor, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
         let (ta, tb) = (self.ta, self.tb);
         let s = self.scale.as_ref();
+        let dy = &AbsMax::new(g);
         let ga = match (&self.b, inputs[0].is_tracked()) {
             (Some(b), true) => {
                 // dA = dC · op(B')ᵀ, or for a stored-transposed A: op(B') · dCᵀ.
-                let full = if ta { gemm(b, tb, s, g, true, None)? } else { gemm(g, false, None, b, !tb, s)? };
+                let full = if ta { gemm(b, tb, s, g, true, None, dy)? } else { gemm(g, false, None, b, !tb, s, dy)? };
                 Some(reduce_to(full, inputs[0].shape())?)
             }
             _ => None,
@@ -214,16 +217,16 @@ impl BackwardOp for MatmulBack {
                     let nn = g.dim(g.dims() - 1);
                     let gf = g.reshape(&[g.numel() / nn.max(1), nn])?;
                     if tb {
-                        gemm(&gf, true, None, &af, false, None)?
+                        gemm(&gf, true, None, &af, false, None, dy)?
                     } else {
-                        gemm(&af, true, None, &gf, false, None)?
+                        gemm(&af, true, None, &gf, false, None, dy)?
                     }
                 } else if tb {
                     // dB' = (op(A)ᵀ · dC)ᵀ = dCᵀ · op(A)
-                    gemm(g, true, None, a, ta, None)?
+                    gemm(g, true, None, a, ta, None, dy)?
                 } else {
                     // dB' = op(A)ᵀ · dC
-                    gemm(a, !ta, None, g, false, None)?
+                    gemm(a, !ta, None, g, false, None, dy)?
                 };
                 let db = reduce_to(full, bshape)?;
                 // dB = dB' ⊙ scale: masked entries get exactly zero gradient.
@@ -250,7 +253,7 @@ pub fn matmul_ex(a: &Tensor, b: &Tensor, opts: MatmulOpts) -> Result<Tensor> {
     check_operands("matmul", a, b, opts.b_scale, "B")?;
     let (ta, tb) = (opts.trans_a, opts.trans_b);
     let p = plan("matmul", a.shape(), ta, b.shape(), tb)?;
-    let y = launch(&p, a, None, b, opts.b_scale, None, false, MatmulKernel::Auto)?;
+    let y = launch(&p, a, None, b, opts.b_scale, None, false, MatmulKernel::Auto, None)?;
     Ok(y.with_grad_fn(&[a, b], || {
         Box::new(MatmulBack {
             a: b.is_tracked().then(|| a.detach()),
@@ -286,7 +289,7 @@ pub fn matmul_bias_with_kernel(a: &Tensor, b: &Tensor, opts: MatmulOpts, bias: O
             return Err(Error::shape("matmul", format!("bias {:?} must be [{}]", bias.shape(), p.n)));
         }
     }
-    launch(&p, a, None, b, opts.b_scale, bias, relu, kernel)
+    launch(&p, a, None, b, opts.b_scale, bias, relu, kernel, None)
 }
 
 struct LinearBack {
@@ -321,16 +324,18 @@ impl BackwardOp for LinearBack {
         };
         let gf = g.reshape(&[self.rows, self.out_f])?;
         let s = self.scale.as_ref();
+        // dy's max |value|, once for both products on tensor cores
+        let dy = &AbsMax::new(&gf);
         let dx = match (&self.w, inputs[0].is_tracked()) {
             // dx = dy · (w ⊙ s)
-            (Some(w), true) => Some(gemm(&gf, false, None, w, false, s)?.reshape(inputs[0].shape())?),
+            (Some(w), true) => Some(gemm(&gf, false, None, w, false, s, dy)?.reshape(inputs[0].shape())?),
             _ => None,
         };
         let dw = match (&self.x, inputs[1].is_tracked()) {
             (Some(x), true) => {
                 // dw = (dyᵀ · x) ⊙ s, the batch folded into the reduction dim
                 let xf = x.reshape(&[self.rows, self.in_f])?;
-                let dw = gemm(&gf, true, None, &xf, false, None)?;
+                let dw = gemm(&gf, true, None, &xf, false, None, dy)?;
                 Some(match s {
                     Some(s) => super::elementwise::mul(&dw, s)?,
                     None => dw,
@@ -386,7 +391,7 @@ fn linear_impl(op: &'static str, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, 
     let p = plan(op, &[rows, in_f], false, w.shape(), true)?;
     let mut out_shape = x.shape()[..x.dims() - 1].to_vec();
     out_shape.push(out_f);
-    let y = launch(&p, x, None, w, w_scale, bias, relu, MatmulKernel::Auto)?.detach().reshape(&out_shape)?;
+    let y = launch(&p, x, None, w, w_scale, bias, relu, MatmulKernel::Auto, None)?.detach().reshape(&out_shape)?;
     let mut inputs = vec![x, w];
     inputs.extend(bias);
     let y_saved = if relu { Some(super::elementwise::relu_output_kept(&y, crate::autograd::records(&inputs))?) } else { None };
