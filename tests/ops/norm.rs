@@ -439,7 +439,8 @@ fn batch_norm_reads_f16_input_as_its_widened_values() {
 /// and a value count that is odd (the f16 output's last word holds one value). Stored f16, the
 /// output is the composition's cast to f16, and the gradients stay the same. The output's
 /// gradient arrives as the caller's seed (which the ReLU's backward must not overwrite) and
-/// from a later op (which it masks in place).
+/// from a later op (which it masks in place), and the ReLU keeps its output or, under
+/// autocast, a bit mask of it.
 #[test]
 fn batch_norm_act_is_batch_norm_add_relu_in_one_kernel() {
     use equimodal::DType;
@@ -457,8 +458,10 @@ fn batch_norm_act_is_batch_norm_add_relu_in_one_kernel() {
             let stats = ops::batch_norm_stats(&x, &st, batch_stats).unwrap();
             for (residual, relu, out) in [(true, true, DType::F32), (false, true, DType::F32), (true, false, DType::F32), (true, true, DType::F16), (false, false, DType::F16)] {
                 let what = format!("{shape:?} batch_stats={batch_stats} residual={residual} relu={relu} {out:?}");
-                for later_op in [false, true] {
-                let what = format!("{what} later_op={later_op}");
+                for (later_op, mixed) in [(false, false), (true, false), (true, true)] {
+                let what = format!("{what} later_op={later_op} autocast={mixed}");
+                // under autocast a ReLU with an f32 output keeps a bit mask instead of it
+                let _ac = equimodal::autograd::autocast(mixed);
                 let run = |fused: bool| {
                     let ins: Vec<Tensor> = [&x, &w, &b, &r].iter().map(|t| t.detach().requires_grad()).collect();
                     let res = residual.then_some(&ins[3]);
@@ -492,7 +495,9 @@ fn batch_norm_act_is_batch_norm_add_relu_in_one_kernel() {
                     }
                     all
                 };
+                let seed_before = seed.to_vec().unwrap();
                 let (fused, plain) = (run(true), run(false));
+                assert_eq!(seed.to_vec().unwrap(), seed_before, "{what}: the backward wrote into the caller's seed");
                 assert_eq!(fused.len(), plain.len(), "{what}");
                 for (i, part) in ["y", "dx", "dweight", "dbias", "dresidual"].iter().take(fused.len()).enumerate() {
                     assert_eq!(fused[i], plain[i], "{what}: {part}");
