@@ -478,6 +478,40 @@ fn batch_norm_cases(quick: bool) -> Vec<Case> {
             }))
         }));
     }
+    // A residual block's end, batch norm (batch statistics given) + shortcut + ReLU: the one
+    // kernel of `ops::batch_norm_act` against the three ops it replaced. `bytes` is what the
+    // result needs (x and the shortcut read, y written; the backward's x, g read twice, dx
+    // written) for both forms, so their rates compare as their times do (the fb rows also
+    // copy their seed).
+    for fb in [false, true] {
+        for fused in [true, false] {
+            let n = numel(&bn) as f64;
+            let name = format!("bn_add_relu_{}:{}", if fb { "fb" } else { "fwd" }, if fused { "fused" } else { "separate" });
+            v.push(case(name, dims(&bn), 0.0, if fb { 32.0 * n } else { 12.0 * n }, fb, move |gpu| {
+                let c = bn[1];
+                let k = sets_for(8.0 * n);
+                let sets = input_sets(gpu, &[bn.to_vec(), vec![c], vec![c], bn.to_vec(), bn.to_vec()], k, fb)?;
+                let state = ops::BatchNormState::new(gpu, c, 0.1, 1e-5)?;
+                let stats: Vec<Tensor> = sets.iter().map(|s| ops::batch_norm_stats(&s[0], &state, true)).collect::<Result<_>>()?;
+                Ok(Box::new(move |i| {
+                    let s = &sets[i % k];
+                    let y = if fused {
+                        let act = ops::BnAct { residual: Some(&s[3]), relu: true, out: crate::DType::F32 };
+                        ops::batch_norm_act(&s[0], &s[1], &s[2], &stats[i % k], true, act)?
+                    } else {
+                        ops::relu(&ops::add(&ops::batch_norm_apply(&s[0], &s[1], &s[2], &stats[i % k], true)?, &s[3])?)?
+                    };
+                    if fb {
+                        // a gradient of its own, as a later layer's backward hands it over (a
+                        // shared one would not be masked in place)
+                        let mut g = Gradients::new();
+                        y.backward_with(s[4].deep_copy()?, &mut g)?;
+                    }
+                    Ok(())
+                }))
+            }));
+        }
+    }
 
     v
 }
