@@ -176,7 +176,7 @@ impl BackwardOp for UnaryBack {
                 mul(&mul(g, &lo)?, &hi)?
             }
             Unary::Sign => Tensor::zeros(g.gpu(), g.shape())?,
-            Unary::Relu => relu_backward_from_output(&self.saved, g)?,
+            Unary::Relu => relu_backward_in_place(&self.saved, g)?,
             op => {
                 let gpu = g.gpu();
                 let dx = Tensor::empty(gpu, g.shape(), DType::F32)?;
@@ -213,8 +213,9 @@ pub(crate) fn relu_backward_from_output(y: &Tensor, g: &Tensor) -> Result<Tensor
 /// [`relu_backward_from_output`] written into `g`'s own storage when nothing else can see it
 /// (the caller's handle, which the autodiff drops after this node's backward, is the only one
 /// to the tensor and its storage, no graph node, f32), else a new tensor; bit for bit the
-/// same values either way. For a fused op's backward that goes on to use the masked gradient
-/// (batch norm after it): the masked gradient then does not live beside the one it masks.
+/// same values either way. Every ReLU's backward (alone, fused into a linear layer or batch
+/// norm, or rebuilt before a convolution) masks this way, so the masked gradient does not
+/// live beside the one it masks.
 pub(crate) fn relu_backward_in_place(y: &Tensor, g: &Tensor) -> Result<Tensor> {
     let unique = std::sync::Arc::strong_count(&g.0) == 1 && std::sync::Arc::strong_count(g.storage()) == 1;
     if !(unique && g.node().is_none() && g.dtype() == DType::F32) {

@@ -289,6 +289,41 @@ fn relu_under_autocast_keeps_a_bit_mask_of_its_output() {
     assert_eq!(held16, 4 * n.div_ceil(32) as u64 + 4, "mixed keeps the mask's words (and the loss)");
 }
 
+/// A ReLU's backward masks the gradient in its own storage when nothing else sees it (it
+/// came from a later op): the backward then holds one gradient where a new masked tensor
+/// would be a second, and the result is bit for bit the one from a gradient that cannot be
+/// overwritten (the caller's seed, which stays untouched), f32 and under autocast (mask).
+#[test]
+fn a_relu_backward_masks_a_gradient_nothing_else_sees_in_place() {
+    let g = equimodal::Gpu::new(test_options()).unwrap();
+    let n = 1 << 16;
+    let mut rng = Rng::new(153);
+    let x = upload(&g, &rng.normals(n), &[n]).requires_grad();
+    let seed = upload(&g, &rng.uniforms(n, -1.0, 1.0), &[n]);
+    let seed_values = seed.to_vec().unwrap();
+    let bytes = 4 * n as u64;
+    for mixed in [false, true] {
+        let _ac = equimodal::autograd::autocast(mixed);
+        // through a later op: scale's backward hands the ReLU a gradient of its own
+        let y = ops::scale(&ops::relu(&x).unwrap(), 2.0).unwrap();
+        g.synchronize().unwrap();
+        let before = g.memory().allocated;
+        g.reset_peak_memory();
+        let mut grads = equimodal::Gradients::new();
+        y.backward_with(seed.clone(), &mut grads).unwrap();
+        let held = g.memory().peak_allocated - before;
+        let through = grads.get(&x).unwrap().to_vec().unwrap();
+        assert!(held < bytes + bytes / 2, "mixed={mixed}: the backward peaked at {held} bytes, {bytes} a gradient");
+        // directly: the seed is the caller's, so a new tensor is masked
+        let mut direct = equimodal::Gradients::new();
+        ops::relu(&x).unwrap().backward_with(ops::scale(&seed, 2.0).unwrap(), &mut direct).unwrap();
+        assert_eq!(direct.get(&x).unwrap().to_vec().unwrap(), through, "mixed={mixed}");
+        let mut seeded = equimodal::Gradients::new();
+        ops::relu(&x).unwrap().backward_with(seed.clone(), &mut seeded).unwrap();
+        assert_eq!(seed.to_vec().unwrap(), seed_values, "mixed={mixed}: the caller's seed was written");
+    }
+}
+
 /// A sum or a difference keeps neither operand for its backward (a residual connection then
 /// keeps nothing alive), and a product keeps exactly the factors the other factor's gradient
 /// reads: bytes held after the forward (its intermediates dropped), on a context of this

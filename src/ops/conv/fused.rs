@@ -18,7 +18,7 @@
 use super::{check, conv2d_recorded, forward, forward_ex, half_output, Conv2dBack, Conv2dParams, ConvKernel, Geom};
 use crate::autograd::BackwardOp;
 use crate::error::{Error, Result};
-use crate::ops::elementwise::{relu, relu_backward_from_output};
+use crate::ops::elementwise::{relu, relu_backward_in_place};
 use crate::ops::norm::{batch_norm_given, batch_norm_rule, BatchNormBack, BatchNormPartials};
 use crate::tensor::Tensor;
 
@@ -185,7 +185,7 @@ impl BackwardOp for BnReluConvBack {
         let dh = conv_grads.remove(0);
         let mut out = match dh {
             Some(dh) => {
-                let dz = relu_backward_from_output(&conv.x, &dh)?;
+                let dz = relu_backward_in_place(&conv.x, &dh)?;
                 drop(conv); // h is not needed past this point
                 self.bn.backward(&dz, bn_inputs)?
             }

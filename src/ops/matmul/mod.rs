@@ -317,7 +317,7 @@ impl BackwardOp for LinearBack {
         let masked;
         let g = match &self.relu_out {
             Some(y) => {
-                masked = super::elementwise::relu_backward_from_output(y, g)?;
+                masked = super::elementwise::relu_backward_in_place(y, g)?;
                 &masked
             }
             None => g,
