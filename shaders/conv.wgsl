@@ -8,18 +8,15 @@
 //   conv_dw_reduce : sums the split-K partials (fixed order: deterministic), applies w_scale
 //   conv_dbias     : dbias[o] = sum over n, ho, wo of dy
 //
-// Tiling shared by the three GEMMs: workgroup tile BM x BN, K-slices of BK = 16 staged in
-// workgroup memory, TX x TY threads (TX along M, TY along N), each thread accumulating 4 x TN
-// outputs in registers (rows tx + TX*i, columns ty + TY*j). The tile is the variant block
-// below, which src/gpu/shaders.rs replaces per instantiation (`ConvTile`); this file itself is
-// the 128 x 64 one: 256 threads as 32 x 8, 4 x 8 outputs each. The narrower instantiations
-// (128 x 32, 128 x 16, 32 x 16) serve GEMMs whose N (output or input channels) or whose M
-// (the weight gradient's C*KH*KW) is small, where the wide tile would compute mostly padding.
-// Why this layout (TX = 32): a 32-thread subgroup shares ty and spans 32 consecutive M rows, so
-//  - reads of As are 32 consecutive words (conflict-free), reads of Bs are one broadcast;
-//  - output writes are 32 consecutive M rows: for y, dx (pixels) and dW (weight index)
-//    consecutive M rows are consecutive addresses, so stores are coalesced.
-// Per K-slice each thread does 4 + TN workgroup loads for 4*TN FMAs.
+// Tiling shared by the three GEMMs: workgroup tile BM x BN, K-slices of BK staged in
+// workgroup memory (double-buffered), each thread accumulating OUT_M x OUT_N outputs in
+// registers. The tile is the variant block below, which src/gpu/shaders.rs replaces per
+// instantiation (`ConvTile`) together with the tile's own fragment: conv_strided.wgsl (the
+// convolution's own tiles: 128 x 64 in this file's block, and the narrower 128 x 32, 128 x 16,
+// 32 x 16 for GEMMs whose N, output or input channels, or whose M, the weight gradient's
+// C*KH*KW, is small) or conv_core.wgsl (the shared f32 GEMM core of gemm_core.wgsl). The
+// loaders below only stage values (put_m, put_n) and read outputs (out_m, out_n, acc_at):
+// they are the same for every tile.
 //
 // The K index is decoded (div/mod by kernel and image sizes) once per K-slice by BK
 // threads into a small table `tbl` in workgroup memory (three slots, two slices ahead)
@@ -54,14 +51,8 @@ const TX: u32 = 32u; // threads along M; a thread's rows are tx + TX*i, i < 4
 const TY: u32 = 8u;  // threads along N; a thread's columns are ty + TY*j, j < TN
 const TN: u32 = 8u;  // outputs per thread along N
 // @variant-end
-// (src/gpu/shaders.rs checks every instantiation against the constraints: TY a multiple of
-// 4, NT a multiple of BK, BK*BN a multiple of NT)
-const NT: u32 = TX * TY;  // threads per workgroup
-const BM: u32 = 4u * TX;
-const BN: u32 = TY * TN;
-const BK: u32 = 16u;
-const BMP: u32 = BM + 1u; // padded row of As: the dW loader stores with K fastest (2-way at most)
-const BNP: u32 = BN + 1u; // padded row of Bs: the B loaders store with K fastest
+// (src/gpu/shaders.rs checks every instantiation against the constraints: NT a multiple of BM
+// and of BK, BK*BN a multiple of NT, NT >= BN)
 // Staging of a K-slice by the NT threads: a thread stages A_PER values of the A tile and
 // B_PER of the B tile. Where M is the fast index of a loader (forward and dX A tiles) its
 // values lie M_STEP K rows apart; where K is (B tiles, dW's A tile), K_STEP tile rows or
@@ -71,43 +62,20 @@ const K_STEP: u32 = NT / BK;
 const A_PER: u32 = BK * BM / NT;
 const B_PER: u32 = BK * BN / NT;
 
-// Two buffers of each tile: slice i is staged into buffer i % 2 while the other holds slice
-// i - 1 for the multiply-adds.
-var<workgroup> As: array<f32, 2u * BK * BMP>;
-var<workgroup> Bs: array<f32, 2u * BK * BNP>;
 var<workgroup> tbl: array<vec4<i32>, 3u * BK>; // three K-slice decode tables: slot i % 3 is slice i
-var<private> acc: array<vec4<f32>, TN>; // acc[j][i]: row tx + TX*i, column ty + TY*j
 // the slice this thread fetched from global memory, on its way to workgroup memory
 var<private> ra: array<f32, A_PER>;
 var<private> rb: array<f32, B_PER>;
-
-fn zero_acc() {
-    for (var j = 0u; j < TN; j = j + 1u) {
-        acc[j] = vec4<f32>(0.0);
-    }
-}
 
 // Store the fetched slice (ra, rb) into buffer `buf`, for the loaders whose A values run
 // along M (forward and dX: K rows ka + M_STEP*r of tile row lm; B: K row kb, columns
 // nb + K_STEP*r).
 fn store_slice(buf: u32, ka: u32, lm: u32, kb: u32, nb: u32) {
     for (var r = 0u; r < A_PER; r = r + 1u) {
-        As[(buf * BK + ka + M_STEP * r) * BMP + lm] = ra[r];
+        put_m(buf, ka + M_STEP * r, lm, ra[r]);
     }
     for (var r = 0u; r < B_PER; r = r + 1u) {
-        Bs[(buf * BK + kb) * BNP + nb + K_STEP * r] = rb[r];
-    }
-}
-
-// acc += As^T Bs over the K-slice staged in buffer `buf`.
-fn mma(tx: u32, ty: u32, buf: u32) {
-    for (var kk = 0u; kk < BK; kk = kk + 1u) {
-        let ar = (buf * BK + kk) * BMP + tx;
-        let a = vec4<f32>(As[ar], As[ar + TX], As[ar + 2u * TX], As[ar + 3u * TX]);
-        let br = (buf * BK + kk) * BNP + ty;
-        for (var j = 0u; j < TN; j = j + 1u) {
-            acc[j] = fma(a, vec4<f32>(Bs[br + TY * j]), acc[j]);
-        }
+        put_n(buf, kb, nb + K_STEP * r, rb[r]);
     }
 }
 
@@ -135,73 +103,54 @@ fn fwd_w(i: u32) -> f32 {
 
 // Batch norm's partial statistics of this tile's outputs, into fpart: per channel, the mean
 // of the tile's valid rows, then the sum of squared deviations from it (two passes over the
-// registers: no cancellation); each reduced over a column's TX threads in workgroup memory
-// (As and Bs are free once the K loop's last barrier has passed), in a fixed order. Every
-// thread must call it (barriers).
-fn tile_stats(tx: u32, ty: u32, lid: u32, m0: u32, n0: u32, tile: u32) {
+// registers: no cancellation); each reduced over the LANES threads that share a column in
+// the tile's scratch, in a fixed order. Every thread must call it (barriers).
+fn tile_stats(lid: u32, m0: u32, n0: u32, tile: u32) {
     let rows = min(BM, p.m - m0);
-    for (var j = 0u; j < TN; j = j + 1u) {
-        let o = n0 + ty + TY * j;
+    for (var j = 0u; j < OUT_N; j = j + 1u) {
+        let col = out_n(lid, j);
+        let o = n0 + col;
         var s = 0.0;
-        for (var i = 0u; i < 4u; i = i + 1u) {
-            if (o < p.o && tx + TX * i < rows) {
-                s = s + biased(acc[j][i], o);
+        for (var i = 0u; i < OUT_M; i = i + 1u) {
+            if (o < p.o && out_m(lid, i) < rows) {
+                s = s + biased(acc_at(i, j), o);
             }
         }
-        As[(ty + TY * j) * TX + tx] = s;
+        stat_put(col * LANES + lane(lid), s);
     }
     workgroupBarrier();
     if (lid < BN) {
         var s = 0.0;
-        for (var t = 0u; t < TX; t = t + 1u) {
-            s = s + As[lid * TX + t];
+        for (var t = 0u; t < LANES; t = t + 1u) {
+            s = s + stat_get(lid * LANES + t);
         }
-        Bs[lid] = s / f32(rows);
+        mean_put(lid, s / f32(rows));
     }
     workgroupBarrier();
-    for (var j = 0u; j < TN; j = j + 1u) {
-        let col = ty + TY * j;
+    for (var j = 0u; j < OUT_N; j = j + 1u) {
+        let col = out_n(lid, j);
         let o = n0 + col;
-        let mean = Bs[col];
+        let mean = mean_get(col);
         var q = 0.0;
-        for (var i = 0u; i < 4u; i = i + 1u) {
-            if (o < p.o && tx + TX * i < rows) {
-                let d = biased(acc[j][i], o) - mean;
+        for (var i = 0u; i < OUT_M; i = i + 1u) {
+            if (o < p.o && out_m(lid, i) < rows) {
+                let d = biased(acc_at(i, j), o) - mean;
                 q = q + d * d;
             }
         }
-        As[col * TX + tx] = q;
+        stat_put(col * LANES + lane(lid), q);
     }
     workgroupBarrier();
     let o = n0 + lid;
     if (lid < BN && o < p.o) {
         var q = 0.0;
-        for (var t = 0u; t < TX; t = t + 1u) {
-            q = q + As[lid * TX + t];
+        for (var t = 0u; t < LANES; t = t + 1u) {
+            q = q + stat_get(lid * LANES + t);
         }
         let tiles = (p.m + BM - 1u) / BM;
         let at = o * tiles + tile;
-        fpart[at] = Bs[lid];
+        fpart[at] = mean_get(lid);
         fpart[p.o * tiles + at] = q;
-    }
-}
-
-// y as f16 words (flags bit 6): a thread's rows tx + TX*i are not neighbours, so the tile
-// goes through workgroup memory one slab at a time (output column j of every thread: TY
-// columns x BM rows, at most 4*NT values, within As), and each thread then packs pairs of
-// neighbouring rows. Every thread must call it (barriers).
-fn half_store(tx: u32, ty: u32, lid: u32, m0: u32, n0: u32) {
-    for (var j = 0u; j < TN; j = j + 1u) {
-        workgroupBarrier(); // As is free: the K loop's, tile_stats' and the last slab's reads are done
-        for (var i = 0u; i < 4u; i = i + 1u) {
-            As[ty * BM + tx + TX * i] = acc[j][i];
-        }
-        workgroupBarrier();
-        for (var w = lid; w < TY * BM / 2u; w = w + NT) {
-            let col = w / (BM / 2u);
-            let r = 2u * (w - col * (BM / 2u));
-            store_pair(m0 + r, n0 + col + TY * j, As[col * BM + r], As[col * BM + r + 1u]);
-        }
     }
 }
 
@@ -216,8 +165,6 @@ fn conv_fwd_scaled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocati
 }
 
 fn fwd_body(wg: vec3<u32>, lid: u32, scaled: bool) {
-    let tx = lid % TX;
-    let ty = lid / TX;
     let m0 = wg.x * BM;
     let n0 = wg.y * BN;
     let hwo = p.ho * p.wo;
@@ -277,7 +224,7 @@ fn fwd_body(wg: vec3<u32>, lid: u32, scaled: bool) {
             }
         }
         if (t > 0u) {
-            mma(tx, ty, (t - 1u) % 2u);
+            mma(lid, (t - 1u) % 2u);
         }
         if (fetch) {
             store_slice(t % 2u, ka, lm, kb, nb);
@@ -289,23 +236,23 @@ fn fwd_body(wg: vec3<u32>, lid: u32, scaled: bool) {
     }
 
     if ((p.flags & 32u) != 0u) {
-        tile_stats(tx, ty, lid, m0, n0, wg.x);
+        tile_stats(lid, m0, n0, wg.x);
     }
     if ((p.flags & 64u) != 0u) {
-        half_store(tx, ty, lid, m0, n0);
+        half_store(lid, m0, n0);
         return;
     }
-    for (var i = 0u; i < 4u; i = i + 1u) {
-        let m = m0 + tx + TX * i;
+    for (var i = 0u; i < OUT_M; i = i + 1u) {
+        let m = m0 + out_m(lid, i);
         if (m < p.m) {
             let n = m / hwo;
             let pix = m - n * hwo;
             let base = n * p.o * hwo + pix;
-            for (var j = 0u; j < TN; j = j + 1u) {
-                let o = n0 + ty + TY * j;
+            for (var j = 0u; j < OUT_N; j = j + 1u) {
+                let o = n0 + out_n(lid, j);
                 if (o < p.o) {
                     let at = base + o * hwo;
-                    fy[at] = epilogue(acc[j][i], o, at);
+                    fy[at] = epilogue(acc_at(i, j), o, at);
                 }
             }
         }
@@ -349,8 +296,6 @@ fn dx_body(wg: vec3<u32>, lid: u32, scaled: bool) {
     if (m0 >= mp) {
         return;
     }
-    let tx = lid % TX;
-    let ty = lid / TX;
     let n0 = wg.y * BN;
     let hwo = p.ho * p.wo;
     let hw = p.h * p.w;
@@ -405,7 +350,7 @@ fn dx_body(wg: vec3<u32>, lid: u32, scaled: bool) {
             }
         }
         if (t > 0u) {
-            mma(tx, ty, (t - 1u) % 2u);
+            mma(lid, (t - 1u) % 2u);
         }
         if (fetch) {
             store_slice(t % 2u, ka, lm, kb, nb);
@@ -416,14 +361,14 @@ fn dx_body(wg: vec3<u32>, lid: u32, scaled: bool) {
         workgroupBarrier();
     }
 
-    for (var i = 0u; i < 4u; i = i + 1u) {
-        let m = m0 + tx + TX * i;
+    for (var i = 0u; i < OUT_M; i = i + 1u) {
+        let m = m0 + out_m(lid, i);
         if (m < mp) {
             let base = dx_base(q, m);
-            for (var j = 0u; j < TN; j = j + 1u) {
-                let c = n0 + ty + TY * j;
+            for (var j = 0u; j < OUT_N; j = j + 1u) {
+                let c = n0 + out_n(lid, j);
                 if (c < p.c) {
-                    bdx[base + c * hw] = acc[j][i];
+                    bdx[base + c * hw] = acc_at(i, j);
                 }
             }
         }
@@ -459,8 +404,6 @@ fn conv_dw_scaled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocatio
 }
 
 fn dw_body(wg: vec3<u32>, lid: u32, scaled: bool) {
-    let tx = lid % TX;
-    let ty = lid / TX;
     let m0 = wg.x * BM;
     let n0 = wg.y * BN;
     let z = wg.z;
@@ -520,15 +463,15 @@ fn dw_body(wg: vec3<u32>, lid: u32, scaled: bool) {
             }
         }
         if (t > 0u) {
-            mma(tx, ty, (t - 1u) % 2u);
+            mma(lid, (t - 1u) % 2u);
         }
         if (fetch) {
             let buf = t % 2u;
             for (var r = 0u; r < A_PER; r = r + 1u) {
-                As[(buf * BK + kl) * BMP + lm + K_STEP * r] = ra[r];
+                put_m(buf, kl, lm + K_STEP * r, ra[r]);
             }
             for (var r = 0u; r < B_PER; r = r + 1u) {
-                Bs[(buf * BK + kl) * BNP + lm + K_STEP * r] = rb[r];
+                put_n(buf, kl, lm + K_STEP * r, rb[r]);
             }
         }
         if (lid < BK) {
@@ -538,14 +481,14 @@ fn dw_body(wg: vec3<u32>, lid: u32, scaled: bool) {
     }
 
     let per = p.o * p.m;
-    for (var i = 0u; i < 4u; i = i + 1u) {
-        let m = m0 + tx + TX * i;
+    for (var i = 0u; i < OUT_M; i = i + 1u) {
+        let m = m0 + out_m(lid, i);
         if (m < p.m) {
-            for (var j = 0u; j < TN; j = j + 1u) {
-                let o = n0 + ty + TY * j;
+            for (var j = 0u; j < OUT_N; j = j + 1u) {
+                let o = n0 + out_n(lid, j);
                 if (o < p.o) {
                     let idx = o * p.m + m;
-                    var v = acc[j][i];
+                    var v = acc_at(i, j);
                     if (p.direct != 0u) {
                         if (scaled) {
                             v = v * gscale[idx];

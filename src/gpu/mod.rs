@@ -22,7 +22,7 @@ pub use device::{list_adapters, parse_backends, parse_bytes, AdapterReport, Capa
 pub(crate) use kernel::gpu_params;
 pub use kernel::{compiled_source, Access, Kernel, ParamsField, ParamsLayout};
 pub use pool::{BufferRange, PoolStats, Storage, BLOCK_ALIGN, SMALL_ALIGN, SMALL_BLOCK, SMALL_SEGMENT_MIN};
-pub use shaders::{AttentionTiles, ConvTile, Coop, HeadDim, Shader, ATTENTION_TILES, FRAGMENTS, WG};
+pub use shaders::{AttentionTiles, ConvTile, Coop, HeadDim, Shader, TileShape, ATTENTION_TILES, FRAGMENTS, WG};
 pub use timer::GpuTimer;
 pub use tune::{TuneEntry, TuneMode, TuneStore};
 

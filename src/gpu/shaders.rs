@@ -10,7 +10,7 @@
 //! `@variant-begin` and `@variant-end` is replaced per instantiation, in
 //! `shaders/attention.wgsl` by the tile sizes of [`AttentionTiles`] per padded head dim (the
 //! file itself is the 128 instantiation), in `shaders/conv.wgsl` by the workgroup tile of a
-//! [`ConvTile`] (the file itself is the 128 x 64 one).
+//! [`ConvTile`] and that tile's core fragments (the file's block is the 128 x 64 one).
 use crate::error::{Error, Result};
 use std::sync::OnceLock;
 
@@ -19,8 +19,11 @@ use std::sync::OnceLock;
 /// and batch decomposition), `conv_params.wgsl` (the convolution modules' parameter block
 /// and the forward's epilogue) and `attention_params.wgsl` (the attention modules' parameters,
 /// mask and row statistics), `coop_tile.wgsl` (the tensor-core modules' tile) and its two
-/// accumulators, `coop_mma.wgsl` (cooperative matrices) and `coop_mma_emulated.wgsl`.
-pub const FRAGMENTS: [&str; 7] = ["common", "matmul_params", "conv_params", "attention_params", "coop_tile", "coop_mma", "coop_mma_emulated"];
+/// accumulators, `coop_mma.wgsl` (cooperative matrices) and `coop_mma_emulated.wgsl`, and the
+/// convolution tiles' cores: `conv_strided.wgsl` (the convolution's own), `gemm_core.wgsl` (the
+/// shared f32 GEMM core) and `conv_core.wgsl` (the convolution's GEMMs on it).
+pub const FRAGMENTS: [&str; 10] =
+    ["common", "matmul_params", "conv_params", "attention_params", "coop_tile", "coop_mma", "coop_mma_emulated", "conv_strided", "gemm_core", "conv_core"];
 
 /// How a tensor-core module multiplies: on cooperative matrices, or in plain f32 arithmetic
 /// with the same staging, indexing and epilogue (for adapters with shader f16 but no
@@ -127,7 +130,7 @@ pub enum Shader {
 
 impl Shader {
     /// Every module, every attention instantiation included.
-    pub const ALL: [Shader; 27] = [
+    pub const ALL: [Shader; 31] = [
         Shader::Aim,
         Shader::Attention(HeadDim::D32),
         Shader::Attention(HeadDim::D64),
@@ -141,6 +144,10 @@ impl Shader {
         Shader::Conv(ConvTile::T128x32),
         Shader::Conv(ConvTile::T128x16),
         Shader::Conv(ConvTile::T32x16),
+        Shader::Conv(ConvTile::G128x128),
+        Shader::Conv(ConvTile::G128x64),
+        Shader::Conv(ConvTile::G128x32),
+        Shader::Conv(ConvTile::G64x16),
         Shader::ConvCoop(Coop::Hardware),
         Shader::ConvCoop(Coop::Emulated),
         Shader::Elementwise,
@@ -290,14 +297,14 @@ impl AttentionTiles {
     }
 }
 
-/// Workgroup tile of a convolution GEMM: one instantiation of `shaders/conv.wgsl`. TX x TY
-/// threads, each with 4 rows and TN columns of the output tile, so the tile is (4·TX) x
-/// (TY·TN). The wide tile suits large problems; the narrower ones GEMMs with few output (or
-/// input) channels, or the weight gradient of a layer with a small C·KH·KW, where the wide
-/// tile would mostly compute padding (`ops::conv` chooses per GEMM).
+/// Workgroup tile of a convolution GEMM: one instantiation of `shaders/conv.wgsl`, on one of
+/// two cores ([`TileShape`]). The wide tiles suit large problems; the narrower ones GEMMs with
+/// few output (or input) channels, or the weight gradient of a layer with a small C·KH·KW,
+/// where a wide tile would mostly compute padding (`ops::conv` chooses per GEMM). Names are
+/// M x N: pixels (dW: C·KH·KW) by channels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ConvTile {
-    /// 128 x 64: 256 threads (32 x 8), 4 x 8 outputs each.
+    /// 128 x 64, the convolution's own core: 256 threads (32 x 8), 4 x 8 outputs each.
     T128x64,
     /// 128 x 32: 256 threads (32 x 8), 4 x 4 outputs each.
     T128x32,
@@ -305,40 +312,121 @@ pub enum ConvTile {
     T128x16,
     /// 32 x 16: 32 threads (8 x 4), 4 x 4 outputs each.
     T32x16,
+    /// 128 x 128 on the shared GEMM core: 256 threads, 8 x 8 outputs each, K-slices of 8.
+    G128x128,
+    /// 128 x 64 on the shared core: 256 threads, 8 pixels x 4 channels each.
+    G128x64,
+    /// 128 x 32 on the shared core: 128 threads, 8 x 4 each.
+    G128x32,
+    /// 64 x 16 on the shared core: 64 threads, 4 x 4 each.
+    G64x16,
+}
+
+/// How a [`ConvTile`] multiplies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TileShape {
+    /// `conv_strided.wgsl`: TX x TY threads, each 4 rows TX apart and TN columns TY apart.
+    Strided {
+        /// threads along M
+        tx: u32,
+        /// threads along N
+        ty: u32,
+        /// outputs per thread along N
+        tn: u32,
+    },
+    /// `gemm_core.wgsl` through `conv_core.wgsl`: the core's rows are the GEMM's N, its
+    /// columns the GEMM's M.
+    Core {
+        /// M (pixels) per tile: the core's columns
+        m: u32,
+        /// N (channels) per tile: the core's rows
+        n: u32,
+        /// groups of 4 consecutive M per thread
+        gm: u32,
+        /// groups of 4 consecutive N per thread
+        gn: u32,
+        /// K-slice depth
+        bk: u32,
+    },
 }
 
 impl ConvTile {
-    /// Every instantiation, widest first.
-    pub const ALL: [ConvTile; 4] = [ConvTile::T128x64, ConvTile::T128x32, ConvTile::T128x16, ConvTile::T32x16];
+    /// Every instantiation: the convolution's own tiles widest first, then the core's.
+    pub const ALL: [ConvTile; 8] = [
+        ConvTile::T128x64,
+        ConvTile::T128x32,
+        ConvTile::T128x16,
+        ConvTile::T32x16,
+        ConvTile::G128x128,
+        ConvTile::G128x64,
+        ConvTile::G128x32,
+        ConvTile::G64x16,
+    ];
 
-    /// (TX, TY, TN): threads along M, threads along N, outputs per thread along N.
-    pub const fn threads(self) -> (u32, u32, u32) {
+    /// The tiles of the size rule (`ops::tile_for`, tuning off): the convolution's own, measured
+    /// on GPUs. The shared core's tiles are offered to the tuner, which times them on the
+    /// device, until a GPU run shows where they belong in the rule.
+    pub const RULE: [ConvTile; 4] = [ConvTile::T128x64, ConvTile::T128x32, ConvTile::T128x16, ConvTile::T32x16];
+
+    /// How this tile multiplies, and its sizes.
+    pub const fn shape(self) -> TileShape {
+        use TileShape::{Core, Strided};
         match self {
-            ConvTile::T128x64 => (32, 8, 8),
-            ConvTile::T128x32 => (32, 8, 4),
-            ConvTile::T128x16 => (32, 4, 4),
-            ConvTile::T32x16 => (8, 4, 4),
+            ConvTile::T128x64 => Strided { tx: 32, ty: 8, tn: 8 },
+            ConvTile::T128x32 => Strided { tx: 32, ty: 8, tn: 4 },
+            ConvTile::T128x16 => Strided { tx: 32, ty: 4, tn: 4 },
+            ConvTile::T32x16 => Strided { tx: 8, ty: 4, tn: 4 },
+            ConvTile::G128x128 => Core { m: 128, n: 128, gm: 2, gn: 2, bk: 8 },
+            ConvTile::G128x64 => Core { m: 128, n: 64, gm: 2, gn: 1, bk: 16 },
+            ConvTile::G128x32 => Core { m: 128, n: 32, gm: 2, gn: 1, bk: 16 },
+            ConvTile::G64x16 => Core { m: 64, n: 16, gm: 1, gn: 1, bk: 16 },
+        }
+    }
+
+    /// Threads per workgroup.
+    pub const fn workgroup_size(self) -> u32 {
+        match self.shape() {
+            TileShape::Strided { tx, ty, .. } => tx * ty,
+            TileShape::Core { m, n, gm, gn, .. } => (m / (4 * gm)) * (n / (4 * gn)),
+        }
+    }
+
+    /// K-slice depth.
+    pub const fn k_slice(self) -> u32 {
+        match self.shape() {
+            TileShape::Strided { .. } => 16,
+            TileShape::Core { bk, .. } => bk,
         }
     }
 
     /// Rows (M) of the tile.
     pub const fn rows(self) -> usize {
-        4 * self.threads().0 as usize
+        (match self.shape() {
+            TileShape::Strided { tx, .. } => 4 * tx,
+            TileShape::Core { m, .. } => m,
+        }) as usize
     }
 
     /// Columns (N) of the tile.
     pub const fn cols(self) -> usize {
-        let (_, ty, tn) = self.threads();
-        (ty * tn) as usize
+        (match self.shape() {
+            TileShape::Strided { ty, tn, .. } => ty * tn,
+            TileShape::Core { n, .. } => n,
+        }) as usize
     }
 
-    /// The tile as `ROWSxCOLS` (benchmark rows, the tuning cache).
+    /// The tile as `ROWSxCOLS`, `g` in front for the shared core's (benchmark rows, the
+    /// tuning cache).
     pub fn name(self) -> &'static str {
         match self {
             ConvTile::T128x64 => "128x64",
             ConvTile::T128x32 => "128x32",
             ConvTile::T128x16 => "128x16",
             ConvTile::T32x16 => "32x16",
+            ConvTile::G128x128 => "g128x128",
+            ConvTile::G128x64 => "g128x64",
+            ConvTile::G128x32 => "g128x32",
+            ConvTile::G64x16 => "g64x16",
         }
     }
 
@@ -353,25 +441,63 @@ impl ConvTile {
             ConvTile::T128x32 => "conv_128x32",
             ConvTile::T128x16 => "conv_128x16",
             ConvTile::T32x16 => "conv_32x16",
+            ConvTile::G128x128 => "conv_g128x128",
+            ConvTile::G128x64 => "conv_g128x64",
+            ConvTile::G128x32 => "conv_g128x32",
+            ConvTile::G64x16 => "conv_g64x16",
         }
     }
 
     /// The const block substituted into the template.
     pub fn header(self) -> String {
-        let (tx, ty, tn) = self.threads();
-        format!("const TX: u32 = {tx}u;\nconst TY: u32 = {ty}u;\nconst TN: u32 = {tn}u;\n")
+        match self.shape() {
+            TileShape::Strided { tx, ty, tn } => format!("const TX: u32 = {tx}u;\nconst TY: u32 = {ty}u;\nconst TN: u32 = {tn}u;\n"),
+            TileShape::Core { m, n, gm, gn, bk } => format!(
+                "const CORE_ROWS: u32 = {n}u;\nconst CORE_COLS: u32 = {m}u;\nconst CORE_GR: u32 = {gn}u;\nconst CORE_GC: u32 = {gm}u;\nconst CORE_BK: u32 = {bk}u;\n"
+            ),
+        }
     }
 
-    /// Whether the kernels' staging works out for this tile: TY a multiple of 4 (a whole
-    /// number of K rows per pass of the M-fast loaders), a multiple of the 16-deep K-slice of
-    /// threads, each thread staging a whole number of B values, a thread for every
-    /// column (TX >= TN: the batch-norm statistics reduce a column per thread), and a slab of
-    /// TY columns within the A buffers (TY·BM <= 2·16·(BM + 1): the f16 store of y).
+    /// The tile's fragments, after the const block: its core and the interface conv.wgsl
+    /// uses.
+    fn fragments(self) -> &'static str {
+        match self.shape() {
+            TileShape::Strided { .. } => include_str!("../../shaders/conv_strided.wgsl"),
+            TileShape::Core { .. } => concat!(include_str!("../../shaders/gemm_core.wgsl"), include_str!("../../shaders/conv_core.wgsl")),
+        }
+    }
+
+    /// Workgroup memory (bytes) of the tile's GEMMs: both buffers of both tiles and the three
+    /// K decode tables.
+    pub const fn workgroup_bytes(self) -> u32 {
+        let (m, n, bk) = (self.rows() as u32, self.cols() as u32, self.k_slice());
+        let tiles = match self.shape() {
+            TileShape::Strided { .. } => 2 * bk * (m + 1 + n + 1) * 4,
+            TileShape::Core { .. } => 2 * bk * (m + n) * 4,
+        };
+        tiles + 3 * bk * 16
+    }
+
+    /// Whether the kernels' staging works out for this tile (`shaders/conv.wgsl`): NT threads a
+    /// multiple of BM (a whole number of K rows per pass of the M-fast loaders) and of the
+    /// K-slice, each thread staging a whole number of values of either tile, a thread for every
+    /// column (the batch-norm statistics reduce a column per thread), at most 256 threads and
+    /// 32 KiB of workgroup memory. The convolution's own core also needs TY a multiple of 4
+    /// and a slab of TY columns within the A buffers (TY·BM <= 2·16·(BM + 1): the f16 store
+    /// of y); the shared one rows of vec4s it can swizzle and room for the statistics
+    /// epilogue's scratch (BN·LANES <= 2·BK·BM).
     pub fn is_consistent(self) -> bool {
-        let (tx, ty, tn) = self.threads();
-        let nt = tx * ty;
-        let bm = 4 * tx;
-        ty % 4 == 0 && nt % 16 == 0 && (16 * ty * tn) % nt == 0 && nt <= 256 && tx >= tn && ty * bm <= 32 * (bm + 1)
+        let (nt, bm, bn, bk) = (self.workgroup_size(), self.rows() as u32, self.cols() as u32, self.k_slice());
+        let staging = nt % bm == 0 && bk % (nt / bm) == 0 && nt % bk == 0 && (bk * bn) % nt == 0 && (bk * bm) % nt == 0;
+        let common = staging && nt >= bn && nt <= 256 && self.workgroup_bytes() <= 32 * 1024;
+        let swizzles = |v: u32| v % 8 == 0 || v.is_power_of_two();
+        common
+            && match self.shape() {
+                TileShape::Strided { tx, ty, tn } => ty % 4 == 0 && tx >= tn && ty * bm <= 32 * (bm + 1),
+                TileShape::Core { m, n, gm, gn, .. } => {
+                    m % (4 * gm) == 0 && n % (4 * gn) == 0 && swizzles(m / 4) && swizzles(n / 4) && n * (m / (4 * gm)) <= 2 * bk * m
+                }
+            }
     }
 }
 
@@ -396,10 +522,10 @@ fn attention_source(d: HeadDim) -> Result<&'static str> {
 
 /// WGSL of a convolution instantiation (built once; `'static` for the kernel cache).
 fn conv_source(t: ConvTile) -> Result<&'static str> {
-    static SOURCES: [OnceLock<std::result::Result<String, String>>; 4] = [OnceLock::new(), OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    static SOURCES: [OnceLock<std::result::Result<String, String>>; ConvTile::ALL.len()] = [const { OnceLock::new() }; ConvTile::ALL.len()];
     let i = ConvTile::ALL.iter().position(|&x| x == t).unwrap_or(0);
     let template = concat!(include_str!("../../shaders/conv_params.wgsl"), include_str!("../../shaders/conv.wgsl"));
-    let src = SOURCES[i].get_or_init(|| instantiate(template, "conv.wgsl", &t.header()));
+    let src = SOURCES[i].get_or_init(|| instantiate(template, "conv.wgsl", &format!("{}{}", t.header(), t.fragments())));
     src.as_deref().map_err(|e| Error::Other(e.clone()))
 }
 
@@ -444,11 +570,11 @@ mod tests {
         for t in ConvTile::ALL {
             assert!(t.is_consistent(), "{t:?}");
             assert_eq!(ConvTile::from_name(t.name()), Some(t));
-            assert_eq!(t.name(), format!("{}x{}", t.rows(), t.cols()));
+            let core = if matches!(t.shape(), TileShape::Core { .. }) { "g" } else { "" };
+            assert_eq!(t.name(), format!("{core}{}x{}", t.rows(), t.cols()));
             let s = Shader::Conv(t).source().unwrap();
             assert!(s.starts_with(COMMON));
-            let (tx, ty, tn) = t.threads();
-            assert!(s.contains(&format!("const TX: u32 = {tx}u;\nconst TY: u32 = {ty}u;\nconst TN: u32 = {tn}u;")));
+            assert!(s.contains(&t.header()));
         }
     }
 }

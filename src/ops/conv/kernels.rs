@@ -116,20 +116,33 @@ impl ConvKernel {
 }
 
 /// Per tile, in [`ConvTile::ALL`]'s order.
-const TILED: [Tiled; 4] = [tiled(ConvTile::T128x64), tiled(ConvTile::T128x32), tiled(ConvTile::T128x16), tiled(ConvTile::T32x16)];
+const TILED: [Tiled; ConvTile::ALL.len()] = {
+    let mut out = [tiled(ConvTile::T128x64); ConvTile::ALL.len()];
+    let mut i = 0;
+    while i < out.len() {
+        out[i] = tiled(ConvTile::ALL[i]);
+        i += 1;
+    }
+    out
+};
 
 pub(super) fn kernels(t: ConvTile) -> &'static Tiled {
     &TILED[t as usize]
 }
 
-const fn all_kernels() -> [Kernel; 38] {
-    let mut out = [COOP[0].fwd; 38];
+/// Entry points per tile instantiation ([`Tiled`]).
+const PER_TILE: usize = 8;
+const ALL_KERNELS: usize = PER_TILE * TILED.len() + 3 * COOP.len();
+
+const fn all_kernels() -> [Kernel; ALL_KERNELS] {
+    let mut out = [COOP[0].fwd; ALL_KERNELS];
+    let first = PER_TILE * TILED.len();
     let mut c = 0;
     while c < 2 {
         let k = COOP[c];
-        out[32 + 3 * c] = k.fwd;
-        out[33 + 3 * c] = k.dx;
-        out[34 + 3 * c] = k.dw;
+        out[first + 3 * c] = k.fwd;
+        out[first + 1 + 3 * c] = k.dx;
+        out[first + 2 + 3 * c] = k.dw;
         c += 1;
     }
     let mut i = 0;
@@ -138,7 +151,7 @@ const fn all_kernels() -> [Kernel; 38] {
         let k = [t.fwd, t.fwd_scaled, t.dx, t.dx_scaled, t.dw, t.dw_scaled, t.dw_reduce, t.dbias];
         let mut j = 0;
         while j < k.len() {
-            out[8 * i + j] = k[j];
+            out[PER_TILE * i + j] = k[j];
             j += 1;
         }
         i += 1;

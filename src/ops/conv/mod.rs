@@ -372,7 +372,7 @@ fn dw_splits(g: &Geom, t: ConvKernel) -> (usize, usize) {
     let kred = g.n * g.ho * g.wo;
     let slices = kred.div_ceil(CONV_TILE_K);
     let threads = match t {
-        ConvKernel::Tile(t) => t.threads().0 * t.threads().1,
+        ConvKernel::Tile(t) => t.workgroup_size(),
         ConvKernel::Coop => 128,
     };
     let tiles = g.kernel_len().div_ceil(t.rows()) * g.o.div_ceil(t.cols());
