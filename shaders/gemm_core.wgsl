@@ -49,6 +49,15 @@ fn core_put_col(buf: u32, k: u32, c: u32, v: f32) {
     core_r[core_at(buf, k, c / 4u, CORE_RV)][c % 4u] = v;
 }
 
+// Stage 4 values at once: vec4 v of L's (R's) k row k.
+fn core_put_row4(buf: u32, k: u32, v: u32, x: vec4<f32>) {
+    core_l[core_at(buf, k, v, CORE_LV)] = x;
+}
+
+fn core_put_col4(buf: u32, k: u32, v: u32, x: vec4<f32>) {
+    core_r[core_at(buf, k, v, CORE_RV)] = x;
+}
+
 fn core_zero() {
     for (var i = 0u; i < CORE_ACC; i = i + 1u) {
         core_acc[i] = vec4<f32>(0.0);

@@ -9,9 +9,10 @@
 //
 // Entry points (same bindings, same params):
 // - gemm_tile128: 128x128 output tile per workgroup, 256 threads, 8x8 outputs per thread,
-//   K-slices of 8 (or 16: override BK1) staged in workgroup memory. For large problems.
-// - gemm_tile64: 64x64 tile, 256 threads, 4x4 per thread, K-slices of 16. More workgroups
-//   for small/medium problems.
+//   K-slices of 8 (or 16: override CORE_BK) staged in workgroup memory: the shared f32 GEMM
+//   core (gemm_core.wgsl) with matmul's loaders. For large problems.
+// - gemm_tile64: 64x64 tile, 256 threads, 4x4 per thread, K-slices of 16: a second
+//   instance of the core. More workgroups for small/medium problems.
 // - gemm_ref: one thread per output, no tiling. The tests' cross-check and the tuner's
 //   correctness probe.
 // - gemm_splitk_reduce: sums split-K partials in split order (deterministic), adds the bias.
@@ -26,10 +27,11 @@
 //   split per dimension at the device's workgroup limit (ops::split_grid).
 // - Both operand tiles are stored k-major in workgroup memory (tile[k][m], tile[k][n]), so
 //   the inner product step reads one vec4 of A and one of B per 4 (or 8) outputs.
-// - The scalar stores of a k-contiguous operand (A untransposed, B transposed) must not
-//   meet in a few banks: the 64x64 tile pads its rows from 64 to 68 floats, the 128x128
-//   tile swizzles its columns (`at1`); either way they reach 32 (16) banks instead of 4,
-//   while vec4 reads stay 16-byte aligned.
+// - The tiles, the accumulators and the multiply-adds are the shared f32 GEMM core's
+//   (gemm_core.wgsl): both tiles are instances of it, with this file's loaders and epilogue.
+//   The scalar stores of a k-contiguous operand (A untransposed, B transposed) must not meet
+//   in a few banks: the core swizzles its columns (`core_at`), so they reach 32 (16) banks
+//   instead of 4 while vec4 reads stay 16-byte aligned.
 // - Global -> workgroup staging is chosen per operand so that consecutive threads read
 //   consecutive addresses: along k when the operand is k-contiguous, along m/n otherwise.
 // - Double buffering: the next K-slice is fetched into registers while the current one is
@@ -196,24 +198,19 @@ fn store4(coff: u32, m: u32, n: u32, v: vec4<f32>) {
 
 // ---- 128x128 tile, 8x8 per thread ------------------------------------------------------
 
+// The tile is the shared f32 GEMM core's (gemm_core.wgsl, after this file in the module): 128 x 128,
+// 2 x 2 groups of 4 x 4 outputs per thread (rows 4ty.., 64 + 4ty..; columns 4tx.., 64 + 4tx..),
+// A's rows and B's columns k-major in swizzled rows of 32 vec4s.
+const CORE_ROWS: u32 = 128u;
+const CORE_COLS: u32 = 128u;
+const CORE_GR: u32 = 2u;
+const CORE_GC: u32 = 2u;
 // K-slice depth: 8, or 16 for the `k16` variants (half the barriers and loop trips per k,
 // twice the staging registers and workgroup memory). Double-buffered, 8 takes 16 KiB, the
 // least every Vulkan device (and wgpu's default limits) allow; 16 takes 32 KiB, so the host
 // offers it only where the device allows that much. A multiple of 8: a slice is staged in
 // halves of 8.
-override BK1: u32 = 8u;
-const ROW1: u32 = 32u; // tile row, in vec4 (128 floats)
-var<workgroup> ta1: array<vec4<f32>, 2u * BK1 * ROW1>; // [2 buffers][BK1][ROW1], swizzled
-var<workgroup> tb1: array<vec4<f32>, 2u * BK1 * ROW1>;
-
-// The vec4 index of column `col` (m / 4 or n / 4) of row k of buffer `buf`. Columns are
-// swizzled: XOR (k % 8) permutes each aligned group of 8 vec4s, so the rows need no padding.
-// The scalar stores of a k-contiguous operand (8 k rows x 4 consecutive m per warp) then
-// reach 32 different banks, not 4 (a padded row of 132 floats did the same at 3 % more
-// memory); the vec4 stores and reads of a warp stay whole permuted groups, conflict-free.
-fn at1(buf: u32, k: u32, col: u32) -> u32 {
-    return (buf * BK1 + k) * ROW1 + (col ^ (k & 7u));
-}
+override CORE_BK: u32 = 8u;
 
 // Local (m or n, k) of staging element r (0..4) of thread lid for a 128 x 8 half-slice.
 fn coord128(k_contig: bool, r: u32, lid: u32) -> vec2<u32> {
@@ -251,9 +248,9 @@ fn put128(s: Staged, buf: u32, kh: u32, lid: u32) {
     }
     for (var r = 0u; r < 4u; r = r + 1u) {
         let ca = coord128(!TRANS_A, r, lid);
-        ta1[at1(buf, kh + ca.y, ca.x / 4u)][ca.x % 4u] = s.a[r];
+        core_put_row(buf, kh + ca.y, ca.x, s.a[r]);
         let cb = coord128(TRANS_B, r, lid);
-        tb1[at1(buf, kh + cb.y, cb.x / 4u)][cb.x % 4u] = s.b[r];
+        core_put_col(buf, kh + cb.y, cb.x, s.b[r]);
     }
 }
 
@@ -280,22 +277,22 @@ fn put128_vec4(s: Staged, buf: u32, kh: u32, lid: u32) {
     let row = lid / 2u; // k-contiguous: this thread's m (or n), and its 4 k
     let k4 = kh + (lid % 2u) * 4u;
     if (TRANS_A) {
-        ta1[at1(buf, kh + lid / 32u, lid % 32u)] = s.a;
+        core_put_row4(buf, kh + lid / 32u, lid % 32u, s.a);
     } else {
         for (var j = 0u; j < 4u; j = j + 1u) {
-            ta1[at1(buf, k4 + j, row / 4u)][row % 4u] = s.a[j];
+            core_put_row(buf, k4 + j, row, s.a[j]);
         }
     }
     if (TRANS_B) {
         for (var j = 0u; j < 4u; j = j + 1u) {
-            tb1[at1(buf, k4 + j, row / 4u)][row % 4u] = s.b[j];
+            core_put_col(buf, k4 + j, row, s.b[j]);
         }
     } else {
-        tb1[at1(buf, kh + lid / 32u, lid % 32u)] = s.b;
+        core_put_col4(buf, kh + lid / 32u, lid % 32u, s.b);
     }
 }
 
-// The K-slice in registers: BK1 / 8 half-slices (the second unused at BK1 = 8; the constant
+// The K-slice in registers: CORE_BK / 8 half-slices (the second unused at CORE_BK = 8; the constant
 // trip counts below unroll, so the array lives in registers).
 struct Slice128 {
     h: array<Staged, 2>,
@@ -303,14 +300,14 @@ struct Slice128 {
 
 fn fetch_slice128(offs: vec2<u32>, m0: u32, n0: u32, k0: u32, lid: u32) -> Slice128 {
     var s: Slice128;
-    for (var h = 0u; h < BK1 / 8u; h = h + 1u) {
+    for (var h = 0u; h < CORE_BK / 8u; h = h + 1u) {
         s.h[h] = fetch128(offs, m0, n0, k0 + 8u * h, lid);
     }
     return s;
 }
 
 fn put_slice128(s: Slice128, buf: u32, lid: u32) {
-    for (var h = 0u; h < BK1 / 8u; h = h + 1u) {
+    for (var h = 0u; h < CORE_BK / 8u; h = h + 1u) {
         put128(s.h[h], buf, 8u * h, lid);
     }
 }
@@ -323,42 +320,18 @@ fn gemm_tile128(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
     let tile = tile_of(wg, nwg);
     let m0 = tile.y * 128u;
     let n0 = tile.x * 128u;
-    let tx = lid % 16u;
-    let ty = lid / 16u;
-    // accumulators: c<i><h> = row (i < 4: 4ty+i, else 64+4ty+i-4), columns half h (4tx.. / 64+4tx..)
-    var c00 = vec4<f32>(0.0); var c01 = vec4<f32>(0.0);
-    var c10 = vec4<f32>(0.0); var c11 = vec4<f32>(0.0);
-    var c20 = vec4<f32>(0.0); var c21 = vec4<f32>(0.0);
-    var c30 = vec4<f32>(0.0); var c31 = vec4<f32>(0.0);
-    var c40 = vec4<f32>(0.0); var c41 = vec4<f32>(0.0);
-    var c50 = vec4<f32>(0.0); var c51 = vec4<f32>(0.0);
-    var c60 = vec4<f32>(0.0); var c61 = vec4<f32>(0.0);
-    var c70 = vec4<f32>(0.0); var c71 = vec4<f32>(0.0);
-
-    let kr = k_range(z, BK1);
-    put_slice128(fetch_slice128(offs, m0, n0, kr.x * BK1, lid), 0u, lid);
+    core_zero();
+    let kr = k_range(z, CORE_BK);
+    put_slice128(fetch_slice128(offs, m0, n0, kr.x * CORE_BK, lid), 0u, lid);
     workgroupBarrier();
     for (var t = kr.x; t < kr.y; t = t + 1u) {
         let cur = (t - kr.x) & 1u;
         let more = t + 1u < kr.y;
         var next: Slice128;
         if (more) {
-            next = fetch_slice128(offs, m0, n0, (t + 1u) * BK1, lid);
+            next = fetch_slice128(offs, m0, n0, (t + 1u) * CORE_BK, lid);
         }
-        for (var kk = 0u; kk < BK1; kk = kk + 1u) {
-            let a0 = ta1[at1(cur, kk, ty)];
-            let a1 = ta1[at1(cur, kk, 16u + ty)];
-            let b0 = tb1[at1(cur, kk, tx)];
-            let b1 = tb1[at1(cur, kk, 16u + tx)];
-            c00 = fma(vec4<f32>(a0.x), b0, c00); c01 = fma(vec4<f32>(a0.x), b1, c01);
-            c10 = fma(vec4<f32>(a0.y), b0, c10); c11 = fma(vec4<f32>(a0.y), b1, c11);
-            c20 = fma(vec4<f32>(a0.z), b0, c20); c21 = fma(vec4<f32>(a0.z), b1, c21);
-            c30 = fma(vec4<f32>(a0.w), b0, c30); c31 = fma(vec4<f32>(a0.w), b1, c31);
-            c40 = fma(vec4<f32>(a1.x), b0, c40); c41 = fma(vec4<f32>(a1.x), b1, c41);
-            c50 = fma(vec4<f32>(a1.y), b0, c50); c51 = fma(vec4<f32>(a1.y), b1, c51);
-            c60 = fma(vec4<f32>(a1.z), b0, c60); c61 = fma(vec4<f32>(a1.z), b1, c61);
-            c70 = fma(vec4<f32>(a1.w), b0, c70); c71 = fma(vec4<f32>(a1.w), b1, c71);
-        }
+        core_mma(lid, cur);
         if (more) {
             put_slice128(next, 1u - cur, lid);
         }
@@ -366,26 +339,24 @@ fn gemm_tile128(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
     }
 
     let coff = z * p.m * p.n;
-    let r0 = m0 + 4u * ty;
-    let r1 = m0 + 64u + 4u * ty;
-    let q0 = n0 + 4u * tx;
-    let q1 = n0 + 64u + 4u * tx;
-    store4(coff, r0, q0, c00); store4(coff, r0, q1, c01);
-    store4(coff, r0 + 1u, q0, c10); store4(coff, r0 + 1u, q1, c11);
-    store4(coff, r0 + 2u, q0, c20); store4(coff, r0 + 2u, q1, c21);
-    store4(coff, r0 + 3u, q0, c30); store4(coff, r0 + 3u, q1, c31);
-    store4(coff, r1, q0, c40); store4(coff, r1, q1, c41);
-    store4(coff, r1 + 1u, q0, c50); store4(coff, r1 + 1u, q1, c51);
-    store4(coff, r1 + 2u, q0, c60); store4(coff, r1 + 2u, q1, c61);
-    store4(coff, r1 + 3u, q0, c70); store4(coff, r1 + 3u, q1, c71);
+    for (var i = 0u; i < 4u * CORE_GR; i = i + 1u) {
+        for (var g = 0u; g < CORE_GC; g = g + 1u) {
+            store4(coff, m0 + core_row(lid, i), n0 + core_col(lid, g), core_acc[i * CORE_GC + g]);
+        }
+    }
 }
 
 // ---- 64x64 tile, 4x4 per thread --------------------------------------------------------
 
-const BK2: u32 = 16u;
-const ROW2: u32 = 17u; // padded tile row, in vec4 (68 floats)
-var<workgroup> ta2: array<vec4<f32>, 544>; // [2 buffers][BK2][ROW2]
-var<workgroup> tb2: array<vec4<f32>, 544>;
+// The shared core again, as a second instance whose names start with c64_ / C64_ instead of
+// core_ / CORE_ (src/gpu/shaders.rs generates it from gemm_core.wgsl): 64 x 64, one group of
+// 4 x 4 outputs per thread (rows 4ty.., columns 4tx..), K-slices of 16.
+const C64_ROWS: u32 = 64u;
+const C64_COLS: u32 = 64u;
+const C64_GR: u32 = 1u;
+const C64_GC: u32 = 1u;
+const C64_BK: u32 = 16u;
+const BK2: u32 = C64_BK;
 
 // Local (m or n, k) of staging element r (0..4) of thread lid for a 64 x 16 slice.
 fn coord64(k_contig: bool, r: u32, lid: u32) -> vec2<u32> {
@@ -409,11 +380,9 @@ fn fetch64(offs: vec2<u32>, m0: u32, n0: u32, k0: u32, lid: u32) -> Staged {
 fn put64(s: Staged, buf: u32, lid: u32) {
     for (var r = 0u; r < 4u; r = r + 1u) {
         let ca = coord64(!TRANS_A, r, lid);
-        let ia = (buf * BK2 + ca.y) * (ROW2 * 4u) + ca.x;
-        ta2[ia / 4u][ia % 4u] = s.a[r];
+        c64_put_row(buf, ca.y, ca.x, s.a[r]);
         let cb = coord64(TRANS_B, r, lid);
-        let ib = (buf * BK2 + cb.y) * (ROW2 * 4u) + cb.x;
-        tb2[ib / 4u][ib % 4u] = s.b[r];
+        c64_put_col(buf, cb.y, cb.x, s.b[r]);
     }
 }
 
@@ -423,13 +392,7 @@ fn gemm_tile64(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
     let offs = batch_offsets(z);
     let m0 = (wg.y + p.y0) * 64u;
     let n0 = (wg.x + p.x0) * 64u;
-    let tx = lid % 16u;
-    let ty = lid / 16u;
-    var c0 = vec4<f32>(0.0);
-    var c1 = vec4<f32>(0.0);
-    var c2 = vec4<f32>(0.0);
-    var c3 = vec4<f32>(0.0);
-
+    c64_zero();
     let kr = k_range(z, BK2);
     put64(fetch64(offs, m0, n0, kr.x * BK2, lid), 0u, lid);
     workgroupBarrier();
@@ -440,15 +403,7 @@ fn gemm_tile64(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
         if (more) {
             next = fetch64(offs, m0, n0, (t + 1u) * BK2, lid);
         }
-        for (var kk = 0u; kk < BK2; kk = kk + 1u) {
-            let row = (cur * BK2 + kk) * ROW2;
-            let av = ta2[row + ty];
-            let bv = tb2[row + tx];
-            c0 = fma(vec4<f32>(av.x), bv, c0);
-            c1 = fma(vec4<f32>(av.y), bv, c1);
-            c2 = fma(vec4<f32>(av.z), bv, c2);
-            c3 = fma(vec4<f32>(av.w), bv, c3);
-        }
+        c64_mma(lid, cur);
         if (more) {
             put64(next, 1u - cur, lid);
         }
@@ -456,12 +411,9 @@ fn gemm_tile64(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
     }
 
     let coff = z * p.m * p.n;
-    let r0 = m0 + 4u * ty;
-    let q0 = n0 + 4u * tx;
-    store4(coff, r0, q0, c0);
-    store4(coff, r0 + 1u, q0, c1);
-    store4(coff, r0 + 2u, q0, c2);
-    store4(coff, r0 + 3u, q0, c3);
+    for (var i = 0u; i < 4u; i = i + 1u) {
+        store4(coff, m0 + c64_row(lid, i), n0 + c64_col(lid, 0u), c64_acc[i]);
+    }
 }
 
 // ---- split-K reduction: C[i] = sum over splits s of partial[s][i] (+ bias, ReLU) ---------

@@ -6,7 +6,8 @@
 //! one-thread-per-element workgroup size and the folded-grid index) followed by the
 //! family's own file, with the family's parameter fragment in between where it has one
 //! (`matmul_params.wgsl`, `conv_params.wgsl`, `attention_params.wgsl`; the tensor-core modules
-//! also take `coop_tile.wgsl` and their accumulators). Two families are instantiated several times: the `const` block between
+//! also take `coop_tile.wgsl` and their accumulators; matmul and the convolution's `g` tiles
+//! the f32 GEMM core, `gemm_core.wgsl`). Two families are instantiated several times: the `const` block between
 //! `@variant-begin` and `@variant-end` is replaced per instantiation, in
 //! `shaders/attention.wgsl` by the tile sizes of [`AttentionTiles`] per padded head dim (the
 //! file itself is the 128 instantiation), in `shaders/conv.wgsl` by the workgroup tile of a
@@ -206,7 +207,7 @@ impl Shader {
             Shader::Copy => with_common!("copy.wgsl"),
             Shader::Elementwise => with_common!("elementwise.wgsl"),
             Shader::Embed => with_common!("embed.wgsl"),
-            Shader::Matmul => concat!(with_common!("matmul_params.wgsl"), include_str!("../../shaders/matmul.wgsl")),
+            Shader::Matmul => matmul_source(),
             Shader::Norm => with_common!("norm.wgsl"),
             Shader::Optim => with_common!("optim.wgsl"),
             Shader::Pool => with_common!("pool.wgsl"),
@@ -518,6 +519,19 @@ fn attention_source(d: HeadDim) -> Result<&'static str> {
     let template = concat!(include_str!("../../shaders/attention_params.wgsl"), include_str!("../../shaders/attention.wgsl"));
     let src = SOURCES[i].get_or_init(|| instantiate(template, "attention.wgsl", &ATTENTION_TILES[i].header()));
     src.as_deref().map_err(|e| Error::Other(e.clone()))
+}
+
+/// WGSL of the matmul module: the file, then the shared GEMM core twice, as itself (the
+/// 128 x 128 tile) and renamed `c64_` / `C64_` (the 64 x 64 tile); each tile's constants are
+/// in matmul.wgsl. The core comes after the file because its workgroup arrays are sized by
+/// the file's override `CORE_BK`, and naga 30 translates overrides only in declaration order.
+fn matmul_source() -> &'static str {
+    static SOURCE: OnceLock<String> = OnceLock::new();
+    SOURCE.get_or_init(|| {
+        let core = include_str!("../../shaders/gemm_core.wgsl");
+        let core64 = core.replace("core_", "c64_").replace("CORE_", "C64_");
+        format!("{}{}{core}{core64}", with_common!("matmul_params.wgsl"), include_str!("../../shaders/matmul.wgsl"))
+    })
 }
 
 /// WGSL of a convolution instantiation (built once; `'static` for the kernel cache).

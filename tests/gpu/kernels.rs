@@ -46,7 +46,7 @@ fn every_matmul_form_translates() {
     assert_eq!(declared, launched);
     // the flags are 0 or 1; the slice depth (which sizes the workgroup tiles) 8 or 16
     let value = |name: &str, bit: u32| match name {
-        "BK1" => [8.0, equimodal::ops::TILE128_DEEP_BK as f64][bit as usize],
+        "CORE_BK" => [8.0, equimodal::ops::TILE128_DEEP_BK as f64][bit as usize],
         _ => bit as f64,
     };
     for form in 0..1u32 << equimodal::ops::MATMUL_OVERRIDES.len() {

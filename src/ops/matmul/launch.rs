@@ -32,7 +32,7 @@ pub(crate) const KERNELS: &[Kernel] = &[K_TILE128, K_TILE64, K_REF, K_SPLITK_RED
 /// The override constants of `shaders/matmul.wgsl`: the product's form is fixed per
 /// pipeline, so its kernels carry no runtime branch on it (checked against the module by
 /// `tests/gpu/kernels.rs`).
-pub const MATMUL_OVERRIDES: [&str; 12] = ["TRANS_A", "TRANS_B", "SCALE_A", "SCALE_B", "BIAS", "RELU", "VEC4", "GROUP_M", "BK1", "HALF_A", "HALF_B", "STORE4"];
+pub const MATMUL_OVERRIDES: [&str; 12] = ["TRANS_A", "TRANS_B", "SCALE_A", "SCALE_B", "BIAS", "RELU", "VEC4", "GROUP_M", "CORE_BK", "HALF_A", "HALF_B", "STORE4"];
 
 /// A product's form: transposes, which scales, bias, ReLU, which operands are f16. Each
 /// form is its own pipeline.
@@ -68,7 +68,7 @@ impl Form {
 /// H100, say) reads 5 row tiles of A and all 32 column tiles of B row by row, 37 operand
 /// tiles; in bands of 8 rows it reads 8 and 17, 25.
 pub const MATMUL_GROUP_M: u32 = 8;
-/// K-slice depth of the 128x128 tile's `k16` variants (`BK1` in `shaders/matmul.wgsl`; 8
+/// K-slice depth of the 128x128 tile's `k16` variants (`CORE_BK` in `shaders/matmul.wgsl`; 8
 /// otherwise).
 pub const TILE128_DEEP_BK: usize = 16;
 /// Workgroup memory of the 128x128 tile at K-slices of `bk`: two buffers of `bk` rows of
