@@ -154,6 +154,32 @@ fn tile_stats(lid: u32, m0: u32, n0: u32, tile: u32) {
     }
 }
 
+// The forward's store where a thread's outputs i = 4g..4g+3 are 4 neighbouring rows starting
+// at a multiple of 4 (Y4) and H*W of y is a multiple of 4: one vec4 per group and channel,
+// the same epilogue per value.
+fn store_y4(lid: u32, m0: u32, n0: u32) {
+    let hwo = p.ho * p.wo;
+    for (var g = 0u; g < OUT_M / 4u; g = g + 1u) {
+        let m = m0 + out_m(lid, 4u * g);
+        // M = N*H*W is a multiple of 4 here, so the group lies inside M whole or not at all
+        if (m < p.m) {
+            let n = m / hwo;
+            let base = n * p.o * hwo + (m - n * hwo);
+            for (var j = 0u; j < OUT_N; j = j + 1u) {
+                let o = n0 + out_n(lid, j);
+                if (o < p.o) {
+                    let at = base + o * hwo;
+                    var v: vec4<f32>;
+                    for (var e = 0u; e < 4u; e = e + 1u) {
+                        v[e] = epilogue(acc_at(4u * g + e, j), o, at + e);
+                    }
+                    fy4[at / 4u] = v;
+                }
+            }
+        }
+    }
+}
+
 @compute @workgroup_size(NT)
 fn conv_fwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     fwd_body(tile_id(wg), lid, false);
@@ -240,6 +266,10 @@ fn fwd_body(wg: vec3<u32>, lid: u32, scaled: bool) {
     }
     if ((p.flags & 64u) != 0u) {
         half_store(lid, m0, n0);
+        return;
+    }
+    if (Y4 && hwo % 4u == 0u) {
+        store_y4(lid, m0, n0);
         return;
     }
     for (var i = 0u; i < OUT_M; i = i + 1u) {

@@ -12,6 +12,9 @@ const BK: u32 = CORE_BK;
 const OUT_M: u32 = 4u * CORE_GC;
 const OUT_N: u32 = 4u * CORE_GR;
 const LANES: u32 = CORE_TC; // threads sharing a thread's rows (the GEMM's columns)
+// outputs 4g..4g+3 of a thread are 4 neighbouring GEMM rows from a multiple of 4 (conv.wgsl's
+// store_y4)
+const Y4: bool = true;
 
 fn zero_acc() {
     core_zero();

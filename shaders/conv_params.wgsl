@@ -43,6 +43,11 @@ fn tile_id(wg: vec3<u32>) -> vec3<u32> {
 // m + 1 (m even) of the GEMM, and every tile's first row is even: each word has one writer,
 // so the forward stores y as f16 itself rather than leave it to a cast.
 @group(0) @binding(13) var<storage, read_write> fyh: array<u32>;
+// y again, as vec4s (the host binds the same range as binding 5): the tiles whose threads own
+// 4 neighbouring rows of the GEMM (conv_core.wgsl's `Y4`) store them as one vec4 where H*W of
+// y is a multiple of 4 (the 4 rows are then 4 pixels of one image and channel, starting at a
+// multiple of 4).
+@group(0) @binding(14) var<storage, read_write> fy4: array<vec4<f32>>;
 
 // The forward rounds y to f16 values (stored as f32, so a cast to f16 afterwards keeps them
 // exactly): mixed precision stores a convolution's output f16 until its batch norm, and the

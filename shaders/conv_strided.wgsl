@@ -8,7 +8,8 @@
 //    consecutive M rows are consecutive addresses, so stores are coalesced.
 // Per K-slice each thread does 4 + TN workgroup loads for 4*TN FMAs.
 // The interface every tile gives conv.wgsl: NT, BM, BN, BK; zero_acc, put_m, put_n, mma;
-// the outputs (OUT_M x OUT_N per thread: out_m, out_n, acc_at); the scratch of the
+// the outputs (OUT_M x OUT_N per thread: out_m, out_n, acc_at; Y4: whether they come in
+// groups of 4 neighbouring rows); the scratch of the
 // statistics epilogue (lane, LANES, stat_*, mean_*); half_store.
 
 const NT: u32 = TX * TY;  // threads per workgroup
@@ -20,6 +21,7 @@ const BNP: u32 = BN + 1u; // padded row of Bs: the B loaders store with K fastes
 const OUT_M: u32 = 4u;
 const OUT_N: u32 = TN;
 const LANES: u32 = TX; // threads sharing a thread's columns
+const Y4: bool = false; // a thread's rows are TX apart
 
 // Two buffers of each tile: slice i is staged into buffer i % 2 while the other holds slice
 // i - 1 for the multiply-adds.

@@ -23,9 +23,9 @@ pub(super) struct Tiled {
 
 /// The forward's: x, w, bias, w_scale, y, then the epilogue's batch-norm statistics, weight
 /// and bias and the residual ([`ConvEpilogue`]), and batch norm's partial statistics of y
-/// ([`conv2d_bn_partials`]), then x and w again as packed f16 words (f16 operands), and y
-/// as f16 words (an f16 output).
-pub(super) const FWD_BINDINGS: &[Access] = &[R, R, R, R, RW, R, R, R, R, RW, R, R, RW];
+/// ([`conv2d_bn_partials`]), then x and w again as packed f16 words (f16 operands), y
+/// as f16 words (an f16 output), and y as vec4s (the vec4 store of `store_y4`).
+pub(super) const FWD_BINDINGS: &[Access] = &[R, R, R, R, RW, R, R, R, R, RW, R, R, RW, RW];
 /// dX's: dy, w, w_scale, dx, and w again as f16 words; dW's: x, dy, w_scale, the partials
 /// (or dW), and x again as f16 words.
 const GRAD_BINDINGS: &[Access] = &[R, R, R, RW, R];

@@ -312,8 +312,9 @@ fn forward_ex(g: &Geom, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, scale: Op
     let [bn_stats, bn_w, bn_b] = epi.batch_norm.map_or([w; 3], |(s, gw, gb)| [s, gw, gb]).map(|t| t.buffer());
     let res = epi.residual.unwrap_or(w).buffer();
     let part_buf = part.as_ref().unwrap_or(w).buffer();
-    // y is bound twice, as f32 and as f16 words: the kernel writes the view of its dtype
-    let buffers = [x.buffer(), w.buffer(), b_buf, s_buf, y.buffer(), bn_stats, bn_w, bn_b, res, part_buf, x.buffer(), w.buffer(), y.buffer()];
+    // y is bound three times, as f32, as f16 words and as vec4s: the kernel writes the view
+    // of its dtype (and, f32, the vec4s where its tile stores 4 pixels at once)
+    let buffers = [x.buffer(), w.buffer(), b_buf, s_buf, y.buffer(), bn_stats, bn_w, bn_b, res, part_buf, x.buffer(), w.buffer(), y.buffer(), y.buffer()];
     let groups = [m.div_ceil(t.rows()), g.o.div_ceil(t.cols()), 1];
     match t {
         ConvKernel::Tile(t) => launch(if scale.is_some() { &kernels(t).fwd_scaled } else { &kernels(t).fwd }, g, &mut pr, &buffers, groups, gpu)?,
