@@ -228,6 +228,43 @@ fn conv_larger_than_one_tile_stride2() {
     check_big("big s2", Shape { n: 2, c: 66, h: 17, w: 15, o: 70, kh: 3, kw: 3 }, params((2, 2), (1, 1), (1, 1)), 22);
 }
 
+/// Every tile adds each output's K-slices in the same order, the strided ones and the GEMM
+/// core's alike, so the forward and dX give the 128 x 64 tile's bits on every tile (what the
+/// tuner's probe and the docs rely on; dW's split-K count follows the tile): with the
+/// vec4 store of y (stride 2: y 9 x 8) and without it (stride 1: y 13 x 11), edge tiles in
+/// every GEMM dimension.
+#[test]
+fn every_tile_gives_the_forward_and_dx_bits_of_the_128x64_tile() {
+    let g = gpu();
+    for (s, p) in [
+        (Shape { n: 2, c: 66, h: 17, w: 15, o: 70, kh: 3, kw: 3 }, params((2, 2), (1, 1), (1, 1))),
+        (Shape { n: 2, c: 66, h: 13, w: 11, o: 70, kh: 3, kw: 3 }, params((1, 1), (1, 1), (1, 1))),
+    ] {
+        let mut rng = Rng::new(31);
+        let (xs, ws) = xw_shapes(s);
+        let x = round_f32(&rng.uniforms(numel(&xs), -1.0, 1.0));
+        let w = round_f32(&rng.uniforms(numel(&ws), -1.0, 1.0));
+        let b = round_f32(&rng.uniforms(s.o, -1.0, 1.0));
+        let (ho, wo) = ops::conv2d_output_size(s.h, s.w, s.kh, s.kw, &p);
+        let gy = round_f32(&rng.uniforms(s.n * s.o * ho * wo, -1.0, 1.0));
+        let run = |tile: ConvTile| -> [Vec<f32>; 2] {
+            let xt = upload(&g, &x, &xs).requires_grad();
+            let wt = upload(&g, &w, &ws);
+            let bt = upload(&g, &b, &[s.o]);
+            let y = ops::conv2d_on_tile(&xt, &wt, Some(&bt), p, None, Some(tile)).unwrap();
+            let mut grads = equimodal::Gradients::new();
+            y.backward_with(upload(&g, &gy, y.shape()), &mut grads).unwrap();
+            [y.to_vec().unwrap(), grads.get(&xt).unwrap().to_vec().unwrap()]
+        };
+        let want = run(ConvTile::T128x64);
+        for tile in ConvTile::ALL {
+            let got = run(tile);
+            assert!(got[0] == want[0], "y {ho}x{wo}: {} differs from 128x64", tile.name());
+            assert!(got[1] == want[1], "dx of y {ho}x{wo}: {} differs from 128x64", tile.name());
+        }
+    }
+}
+
 #[test]
 fn conv_7x7_stride2_stem_backward_across_tiles() {
     // ResNet stem: 7x7, stride 2, padding 3. fwd M = 2*19*18 = 684 (6 tiles of 128, the
