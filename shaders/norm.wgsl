@@ -25,7 +25,7 @@
 //   bn_bwd_merge:   one workgroup per channel, one thread per chunk: sums = [sum g*xhat
 //                   (= dweight) [C], sum g (= dbias) [C]].
 //   bn_bwd_dx:      one thread per element. training: dx = w*invstd/m * (m*g - sum g - xhat*sum g*xhat);
-//                   eval: dx = g * w * invstd.
+//                   eval: dx = g * w * invstd. bn_bwd_dx_in_place: the same, over g.
 // Layer norm, x [rows, D]:
 //   ln_fwd:    one workgroup per row (two-pass mean / variance), writes y and
 //              stats = [mean[rows], rstd[rows]].
@@ -416,21 +416,34 @@ fn bd_at(i: u32) -> f32 {
     return xval(bd_x[xword(i)], i);
 }
 
+// dx[i] from the gradient g of element i.
+fn bd_value(i: u32, g: f32) -> f32 {
+    let c = (i / bp.hw) % bp.c;
+    let inv = bd_stats[bp.c + c];
+    if (bp.training != 0u) {
+        let m = f32(bp.m);
+        let xhat = (bd_at(i) - bd_stats[c]) * inv;
+        return bd_w[c] * inv / m * (m * g - bd_sums[bp.c + c] - xhat * bd_sums[c]);
+    }
+    return g * bd_w[c] * inv;
+}
+
 @compute @workgroup_size(256)
 fn bn_bwd_dx(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
              @builtin(local_invocation_index) lid: u32) {
     let i = flat_index(wg, nwg, lid);
     if (i >= bp.n * bp.c * bp.hw) { return; }
-    let c = (i / bp.hw) % bp.c;
-    let inv = bd_stats[bp.c + c];
-    let g = bd_g[i];
-    if (bp.training != 0u) {
-        let m = f32(bp.m);
-        let xhat = (bd_at(i) - bd_stats[c]) * inv;
-        bd_dx[i] = bd_w[c] * inv / m * (m * g - bd_sums[bp.c + c] - xhat * bd_sums[c]);
-    } else {
-        bd_dx[i] = g * bd_w[c] * inv;
-    }
+    bd_dx[i] = bd_value(i, bd_g[i]);
+}
+
+// The same, written over the gradient (bound as bd_dx; binding 2 is not read): each thread
+// reads its element before it writes it, and the sums were taken from g by earlier launches.
+@compute @workgroup_size(256)
+fn bn_bwd_dx_in_place(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                      @builtin(local_invocation_index) lid: u32) {
+    let i = flat_index(wg, nwg, lid);
+    if (i >= bp.n * bp.c * bp.hw) { return; }
+    bd_dx[i] = bd_value(i, bd_dx[i]);
 }
 
 // ---- layer norm --------------------------------------------------------------------------

@@ -210,6 +210,13 @@ pub(crate) fn relu_backward_from_output(y: &Tensor, g: &Tensor) -> Result<Tensor
     Ok(dx)
 }
 
+/// Whether `t` is the only handle to its tensor and to its storage, and no graph node: then
+/// nothing else can see a write into it. A backward rule given the autodiff's gradient this
+/// way may overwrite it (the autodiff drops its handle after the rule returns).
+pub(crate) fn held_alone(t: &Tensor) -> bool {
+    std::sync::Arc::strong_count(&t.0) == 1 && std::sync::Arc::strong_count(t.storage()) == 1 && t.node().is_none()
+}
+
 /// [`relu_backward_from_output`] written into `g`'s own storage when nothing else can see it
 /// (the caller's handle, which the autodiff drops after this node's backward, is the only one
 /// to the tensor and its storage, no graph node, f32), else a new tensor; bit for bit the
@@ -217,8 +224,7 @@ pub(crate) fn relu_backward_from_output(y: &Tensor, g: &Tensor) -> Result<Tensor
 /// norm, or rebuilt before a convolution) masks this way, so the masked gradient does not
 /// live beside the one it masks.
 pub(crate) fn relu_backward_in_place(y: &Tensor, g: &Tensor) -> Result<Tensor> {
-    let unique = std::sync::Arc::strong_count(&g.0) == 1 && std::sync::Arc::strong_count(g.storage()) == 1;
-    if !(unique && g.node().is_none() && g.dtype() == DType::F32) {
+    if !(held_alone(g) && g.dtype() == DType::F32) {
         return relu_backward_from_output(y, g);
     }
     let kept = match y.dtype() {
@@ -367,9 +373,8 @@ pub fn fill(t: &Tensor, value: f32) -> Result<()> {
 /// new tensor. Gradient accumulation uses it so a sum of gradients holds one buffer, not
 /// two; the result is bit-identical either way (f32 addition commutes exactly).
 pub fn add_into(acc: Tensor, x: &Tensor) -> Result<Tensor> {
-    let unique = std::sync::Arc::strong_count(&acc.0) == 1 && std::sync::Arc::strong_count(acc.storage()) == 1;
     let same = acc.shape() == x.shape() && acc.dtype() == DType::F32 && x.dtype() == DType::F32;
-    if !(unique && same && acc.node().is_none() && acc.gpu().same_device(x.gpu())) {
+    if !(held_alone(&acc) && same && acc.gpu().same_device(x.gpu())) {
         return add(&acc, x);
     }
     let n = acc.numel();

@@ -16,11 +16,12 @@ const K_BN_APPLY: Kernel = Kernel::new(Shader::Norm, "bn_apply", &[R, R, R, R, R
 const K_BN_BWD_RED: Kernel = Kernel::new(Shader::Norm, "bn_bwd_reduce", &[R, R, R, RW], &BnParams::LAYOUT);
 const K_BN_BWD_MERGE: Kernel = Kernel::new(Shader::Norm, "bn_bwd_merge", &[R, RW], &BnParams::LAYOUT);
 const K_BN_BWD_DX: Kernel = Kernel::new(Shader::Norm, "bn_bwd_dx", &[R, R, R, R, R, RW], &BnParams::LAYOUT);
+const K_BN_BWD_DX_IN_PLACE: Kernel = Kernel::new(Shader::Norm, "bn_bwd_dx_in_place", &[R, R, R, R, R, RW], &BnParams::LAYOUT);
 const K_LN_FWD: Kernel = Kernel::new(Shader::Norm, "ln_fwd", &[R, R, R, RW, RW], &LnParams::LAYOUT);
 const K_LN_BWD_DX: Kernel = Kernel::new(Shader::Norm, "ln_bwd_dx", &[R, R, R, R, RW], &LnParams::LAYOUT);
 const K_LN_BWD_DW: Kernel = Kernel::new(Shader::Norm, "ln_bwd_dw", &[R, R, R, RW], &LnParams::LAYOUT);
 /// Every kernel of this file (for the interface test, `tests/gpu/kernels.rs`).
-pub(crate) const KERNELS: &[Kernel] = &[K_BN_STATS, K_BN_STATS_MERGE, K_BN_EVAL, K_BN_APPLY, K_BN_BWD_RED, K_BN_BWD_MERGE, K_BN_BWD_DX, K_LN_FWD, K_LN_BWD_DX, K_LN_BWD_DW];
+pub(crate) const KERNELS: &[Kernel] = &[K_BN_STATS, K_BN_STATS_MERGE, K_BN_EVAL, K_BN_APPLY, K_BN_BWD_RED, K_BN_BWD_MERGE, K_BN_BWD_DX, K_BN_BWD_DX_IN_PLACE, K_LN_FWD, K_LN_BWD_DX, K_LN_BWD_DW];
 
 /// Rows per partial sum in the layer-norm weight/bias gradient (LN_CHUNK in norm.wgsl).
 const LN_CHUNK: usize = 32;
@@ -361,12 +362,14 @@ impl BackwardOp for BnActBack {
     }
     fn backward(&self, g: &Tensor, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
         // an f16 output's gradient arrives f16 from a cast after it; the kernels read f32
+        // g is ours alone when it is the widened copy, or when the autodiff's handle is the only
+        // one (it is dropped after this rule)
         let widened;
-        let g = if g.dtype() == DType::F16 {
+        let (g, ours) = if g.dtype() == DType::F16 {
             widened = super::elementwise::cast(g, DType::F32)?;
-            &widened
+            (&widened, true)
         } else {
-            g
+            (g, super::elementwise::held_alone(g) && g.dtype() == DType::F32)
         };
         let g = match &self.relu_kept {
             // in g's own storage where it can be: the masked gradient is what lives on
@@ -374,7 +377,10 @@ impl BackwardOp for BnActBack {
             Some(k) => super::elementwise::relu_backward_in_place(k, g)?,
             None => g.clone(),
         };
-        let mut grads = self.bn.backward(&g, &inputs[..3])?;
+        // the masked gradient is ours too (g's storage, or a new tensor); without a residual
+        // nothing reads it after batch norm's backward, which may then write dx over it
+        let reuse = !self.residual && (ours || self.relu_kept.is_some());
+        let mut grads = self.bn.backward_over(&g, &inputs[..3], reuse)?;
         if self.residual {
             grads.push(inputs[3].is_tracked().then_some(g));
         }
@@ -411,13 +417,12 @@ impl BatchNormBack {
     pub(crate) fn saved(&self) -> (&Tensor, &Tensor, &Tensor) {
         (&self.x, &self.w, &self.stats)
     }
-}
 
-impl BackwardOp for BatchNormBack {
-    fn name(&self) -> &'static str {
-        "batch_norm"
-    }
-    fn backward(&self, g: &Tensor, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
+    /// The gradients of (x, weight, bias) from the output's gradient `g` (f32). With
+    /// `over_g`, dx is written over g's storage (the caller says nothing reads g afterwards:
+    /// one activation-sized gradient fewer at this moment of the backward); the same bits
+    /// either way.
+    pub(crate) fn backward_over(&self, g: &Tensor, inputs: &[Tensor], over_g: bool) -> Result<Vec<Option<Tensor>>> {
         let gpu = g.gpu();
         let c = self.p.c as usize;
         let (tx, tw, tb) = (inputs[0].is_tracked(), inputs[1].is_tracked(), inputs[2].is_tracked());
@@ -438,14 +443,13 @@ impl BackwardOp for BatchNormBack {
             gpu.dispatch(&K_BN_BWD_MERGE, &[], bytes_of(&self.p), &[part.buffer(), sums.buffer()], grid(gpu, c, 1))?;
         }
         let dx = if tx {
-            let dx = Tensor::empty(gpu, self.x.shape(), DType::F32)?;
-            gpu.dispatch(
-                &K_BN_BWD_DX,
-                &half_x(&self.x),
-                bytes_of(&self.p),
-                &[self.x.buffer(), g.buffer(), self.stats.buffer(), self.w.buffer(), sums.buffer(), dx.buffer()],
-                grid(gpu, dx.numel(), 256),
-            )?;
+            let over = over_g && g.dtype() == DType::F32 && g.shape() == self.x.shape();
+            let (k, dx) = if over { (&K_BN_BWD_DX_IN_PLACE, g.clone()) } else { (&K_BN_BWD_DX, Tensor::empty(gpu, self.x.shape(), DType::F32)?) };
+            // in place, binding 2 (g) is not read and holds x as a placeholder: a buffer bound
+            // read-only and read-write in one launch would be a usage conflict
+            let g_in = if over { self.x.buffer() } else { g.buffer() };
+            let n = dx.numel();
+            gpu.dispatch(k, &half_x(&self.x), bytes_of(&self.p), &[self.x.buffer(), g_in, self.stats.buffer(), self.w.buffer(), sums.buffer(), dx.buffer()], grid(gpu, n, 256))?;
             Some(dx)
         } else {
             None
@@ -458,6 +462,15 @@ impl BackwardOp for BatchNormBack {
         let dw = if tw { Some(part(0)?) } else { None };
         let db = if tb { Some(part(1)?) } else { None };
         Ok(vec![dx, dw, db])
+    }
+}
+
+impl BackwardOp for BatchNormBack {
+    fn name(&self) -> &'static str {
+        "batch_norm"
+    }
+    fn backward(&self, g: &Tensor, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>> {
+        self.backward_over(g, inputs, super::elementwise::held_alone(g))
     }
 }
 

@@ -603,3 +603,61 @@ fn batch_norm_act_backward_holds_no_more_than_the_separate_ops() {
         assert!(fused <= plain + 1024, "residual={residual}: the fused backward peaks at {fused} bytes, the separate ops at {plain}");
     }
 }
+
+/// Batch norm's backward writes dx over its incoming gradient where nothing else holds it
+/// (the gradient arrives from a later op, and no residual reads it afterwards): the backward
+/// then holds one activation-sized gradient instead of two. The values are bit for bit those
+/// of a new dx (a gradient the caller still holds is not written), for batch norm alone,
+/// with ReLU, and with an f16 output (whose gradient is widened first); with a residual the
+/// gradient is the shortcut's too and stays.
+#[test]
+fn batch_norm_backward_writes_dx_over_a_gradient_nothing_else_holds() {
+    use equimodal::DType;
+    let g = equimodal::Gpu::new(test_options()).unwrap();
+    let mut rng = Rng::new(37);
+    let (n, c, hw) = (8, 4, 32 * 32);
+    let shape = [n, c, 32, 32];
+    let x = upload(&g, &rng.uniforms(n * c * hw, -2.0, 3.0), &shape).requires_grad();
+    let r = upload(&g, &rng.uniforms(n * c * hw, -1.0, 1.0), &shape).requires_grad();
+    let (w, b) = (upload(&g, &rng.uniforms(c, 0.5, 1.5), &[c]).requires_grad(), upload(&g, &rng.uniforms(c, -0.5, 0.5), &[c]).requires_grad());
+    let seed = upload(&g, &rng.uniforms(n * c * hw, -1.0, 1.0), &shape);
+    let seed_values = seed.to_vec().unwrap();
+    let st = BatchNormState::new(&g, c, 0.1, 1e-5).unwrap();
+    let stats = ops::batch_norm_stats(&x, &st, true).unwrap();
+    let bytes = (4 * x.numel()) as u64;
+    let forms = [("alone", None, false, DType::F32), ("relu", None, true, DType::F32), ("relu f16", None, true, DType::F16), ("residual", Some(&r), true, DType::F32)];
+    for (name, residual, relu, out) in forms {
+        let y = || {
+            let y = ops::batch_norm_act(&x, &w, &b, &stats, true, ops::BnAct { residual, relu, out }).unwrap();
+            ops::cast(&y, DType::F32).unwrap()
+        };
+        let grads_of = |gr: &equimodal::Gradients| [&x, &w, &b].map(|t| gr.get(t).unwrap().to_vec().unwrap());
+        // through a later op: scale's backward hands batch norm a gradient of its own (y held
+        // throughout, so that its release after scale's backward cannot hide a second
+        // gradient)
+        let kept_y = y();
+        let through = ops::scale(&kept_y, 0.5).unwrap();
+        g.synchronize().unwrap();
+        let before = g.memory().allocated;
+        g.reset_peak_memory();
+        let mut grads = equimodal::Gradients::new();
+        through.backward_with(seed.clone(), &mut grads).unwrap();
+        let held = g.memory().peak_allocated - before;
+        drop(kept_y);
+        // directly, with a gradient this test holds on to: a new dx
+        let kept = ops::scale(&seed, 0.5).unwrap();
+        let mut direct = equimodal::Gradients::new();
+        y().backward_with(kept.clone(), &mut direct).unwrap();
+        assert_eq!(grads_of(&grads), grads_of(&direct), "{name}: in place and new dx differ");
+        assert_eq!(kept.to_vec().unwrap(), ops::scale(&seed, 0.5).unwrap().to_vec().unwrap(), "{name}: a held gradient was written");
+        assert_eq!(seed.to_vec().unwrap(), seed_values, "{name}: the caller's seed was written");
+        eprintln!("{name}: backward peak {held} bytes (activation {bytes})");
+        if residual.is_some() {
+            assert!(held >= 2 * bytes, "{name}: the shortcut's gradient must stay beside dx ({held} bytes)");
+        } else {
+            // one f32 gradient (and, f16, the widened copy's f16 source), a few sums
+            let limit = if out == DType::F16 { 2 * bytes } else { bytes + bytes / 2 };
+            assert!(held < limit, "{name}: the backward peaked at {held} bytes, {bytes} a gradient");
+        }
+    }
+}

@@ -187,7 +187,9 @@ impl BackwardOp for BnReluConvBack {
             Some(dh) => {
                 let dz = relu_backward_in_place(&conv.x, &dh)?;
                 drop(conv); // h is not needed past this point
-                self.bn.backward(&dz, bn_inputs)?
+                // dz is dh's storage or a new tensor, read by nothing after batch norm's
+                // backward: dx may be written over it
+                self.bn.backward_over(&dz, bn_inputs, true)?
             }
             None => vec![None, None, None],
         };
