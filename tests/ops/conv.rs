@@ -429,6 +429,21 @@ fn conv_under_workgroup_cap() {
 
 /// The size rule: the least work counting padding, at 1 + 8·(1/BM + 1/BN) per computed
 /// output (128x64: 1.1875, 128x32: 1.3125, 128x16: 1.5625, 32x16: 1.75).
+/// The tuner times only the tiles within twice the least estimated work: all eight on a wide
+/// ResNet layer, not the 128-channel tiles on a layer of 8 channels, and the rule's own tile
+/// always.
+#[test]
+fn the_tuner_times_the_tiles_that_could_win() {
+    use ConvTile::*;
+    assert_eq!(ops::tiles_to_time(64 * 28 * 28, 128), ConvTile::ALL.to_vec());
+    let narrow = ops::tiles_to_time(64 * 65 * 63, 8);
+    assert!(!narrow.contains(&G128x128) && !narrow.contains(&T128x64) && !narrow.contains(&G128x64), "{narrow:?}");
+    assert_eq!(ops::tiles_to_time(9, 8), vec![T32x16, G64x16]);
+    for (m, n) in [(9, 8), (147, 64), (4096, 24), (4096, 70), (64 * 65 * 63, 8), (128 * 64, 64 * 7)] {
+        assert!(ops::tiles_to_time(m, n).contains(&ops::tile_for(m, n)), "({m}, {n})");
+    }
+}
+
 #[test]
 fn conv_tile_rule_avoids_mostly_padded_tiles() {
     use ConvTile::*;

@@ -10,18 +10,31 @@ use crate::tensor::{DType, Tensor};
 /// K-slice a tile stages BM + BN values for BM·BN multiply-adds.
 const STAGE_COST: f64 = 8.0;
 
-/// The size rule (tuning off): the tile of least estimated work for a GEMM with `m` x `n`
-/// outputs, counting every output a tile computes, padding included, at
-/// 1 + STAGE_COST·(1/BM + 1/BN) each; the widest of equals. Wide tiles stage less per
-/// output, narrow ones waste less on padding: a layer with 8 output channels on the 128 x 64
-/// tile would compute 8 times its outputs. The rule picks among [`ConvTile::RULE`]; the tuner
-/// times every tile.
+/// A tile is timed by the tuner only if its estimated work is within this factor of the
+/// least of any tile's: one computing more than twice what the best does, padding included,
+/// is not worth compiling and timing (a layer of 8 channels on a 128-channel tile).
+const TIME_WITHIN: f64 = 2.0;
+
+/// Estimated work of tile `t` on a GEMM with `m` x `n` outputs: every output the tile
+/// computes, padding included, at 1 + STAGE_COST·(1/BM + 1/BN) each. Wide tiles stage less
+/// per output, narrow ones waste less on padding.
+fn work(t: ConvTile, m: usize, n: usize) -> f64 {
+    let (bm, bn) = (t.rows(), t.cols());
+    (m.next_multiple_of(bm) * n.next_multiple_of(bn)) as f64 * (1.0 + STAGE_COST * (1.0 / bm as f64 + 1.0 / bn as f64))
+}
+
+/// The size rule (tuning off): the tile of [`ConvTile::RULE`] of least estimated work
+/// ([`work`]) for a GEMM with `m` x `n` outputs; the widest of equals. A layer with 8 output
+/// channels on the 128 x 64 tile would compute 8 times its outputs.
 pub fn tile_for(m: usize, n: usize) -> ConvTile {
-    let cost = |t: ConvTile| {
-        let (bm, bn) = (t.rows(), t.cols());
-        (m.next_multiple_of(bm) * n.next_multiple_of(bn)) as f64 * (1.0 + STAGE_COST * (1.0 / bm as f64 + 1.0 / bn as f64))
-    };
-    ConvTile::RULE.into_iter().fold(ConvTile::T128x64, |best, t| if cost(t) < cost(best) { t } else { best })
+    ConvTile::RULE.into_iter().fold(ConvTile::T128x64, |best, t| if work(t, m, n) < work(best, m, n) { t } else { best })
+}
+
+/// The tiles the tuner times for a GEMM with `m` x `n` outputs: every tile whose estimated
+/// work is within [`TIME_WITHIN`] of the least, in [`ConvTile::ALL`]'s order.
+pub fn tiles_to_time(m: usize, n: usize) -> Vec<ConvTile> {
+    let least = ConvTile::ALL.into_iter().map(|t| work(t, m, n)).fold(f64::INFINITY, f64::min);
+    ConvTile::ALL.into_iter().filter(|&t| work(t, m, n) <= TIME_WITHIN * least).collect()
 }
 
 /// The three GEMMs of a convolution.
@@ -56,8 +69,8 @@ fn bucket(g: &Geom, which: Gemm, m: usize, n: usize) -> String {
     format!("{name} m{} n{} k{} phases{}{half}{scaled}", c(m), c(n), c(k), g.p.stride.0 * g.p.stride.1)
 }
 
-/// The kernel GEMM `which` of `g` runs on: the tuned choice of its bucket (timing every tile
-/// now, on seeded random operands of the same shapes, if the bucket is new; where the
+/// The kernel GEMM `which` of `g` runs on: the tuned choice of its bucket (timing the tiles
+/// of [`tiles_to_time`] now, on seeded random operands of the same shapes, if the bucket is new; where the
 /// operands other than dy are f16 and the weights unscaled, on an adapter with cooperative
 /// matrices, the cooperative-matrix kernel too), or [`tile_for`] with tuning off. The probe's reference is
 /// the 128 x 64 tile (the forward and dX of every tile add in the same order and agree bit for
@@ -108,7 +121,7 @@ pub(super) fn choose(g: &Geom, which: Gemm, m: usize, n: usize, gpu: &Gpu) -> Re
             }
         };
         let reference = run(ConvKernel::Tile(ConvTile::T128x64))?;
-        let kernels = ConvTile::ALL.iter().map(|&t| ConvKernel::Tile(t)).chain(coop.then_some(ConvKernel::Coop));
+        let kernels = tiles_to_time(m, n).into_iter().map(ConvKernel::Tile).chain(coop.then_some(ConvKernel::Coop));
         let list: Vec<crate::ops::tune::Candidate> = kernels.map(|k| (k.name(), Box::new(move || run(k)) as Box<dyn Fn() -> Result<Tensor>>)).collect();
         let problem = format!("[{}, {}, {}, {}] * [{}, {}, {}, {}] stride {:?}: M {m}, N {n}", g.n, g.c, g.h, g.w, g.o, g.c, g.kh, g.kw, g.p.stride);
         crate::ops::tune::tune(gpu, "conv", &bucket, problem, &list, &reference)

@@ -12,7 +12,7 @@ mod choice;
 mod fused;
 mod kernels;
 
-pub use choice::tile_for;
+pub use choice::{tile_for, tiles_to_time};
 pub use kernels::ConvKernel;
 pub(crate) use kernels::KERNELS;
 use kernels::{coop_on, kernels, CoopKernels};
