@@ -243,14 +243,7 @@ pub(super) fn launch(
 ) -> Result<Tensor> {
     let gpu = a.gpu();
     if p.k == 0 {
-        // empty inner product: zeros (+ bias, ReLU)
-        let _ng = crate::autograd::no_grad();
-        let z = Tensor::zeros(gpu, &p.out_shape)?;
-        let z = match bias {
-            Some(bias) => crate::ops::elementwise::add(&z, bias)?,
-            None => z,
-        };
-        return if relu { crate::ops::elementwise::relu(&z) } else { Ok(z) };
+        return empty_product(gpu, p, bias, relu);
     }
     let c = Tensor::empty(gpu, &p.out_shape, DType::F32)?;
     if c.numel() == 0 {
@@ -258,23 +251,7 @@ pub(super) fn launch(
     }
     let form = Form::of(p, a, sa.is_some(), b, sb.is_some(), bias.is_some(), relu);
     let consts = form.constants();
-    let mut params = Params {
-        m: p.m as u32,
-        n: p.n as u32,
-        k: p.k as u32,
-        batch: p.batch as u32,
-        _p0: 0,
-        _p1: 0,
-        _p2: 0,
-        nbd: p.nbd as u32,
-        z0: 0,
-        x0: 0,
-        y0: 0,
-        k_chunk: 0,
-        bshape: p.bshape,
-        bsa: p.bsa,
-        bsb: p.bsb,
-    };
+    let params = Params::of(p);
     // Absent optional operands bind a buffer that is already bound read-only; the kernel
     // never reads them (the form's constants).
     // Bindings 7 and 8 (A and B as vec4s) are read only by the VEC4 form, which binds A and
@@ -311,43 +288,10 @@ pub(super) fn launch(
         let have = gpu.limits().max_compute_workgroup_storage_size;
         return Err(Error::Other(format!("matmul: {} does not run on this device (cooperative matrices, or workgroup memory beyond its {have} bytes)", kernel.name())));
     }
-    let (k, tile) = match kernel {
-        MatmulKernel::Reference => {
-            gpu.dispatch(&K_REF, &consts, bytes_of(&params), &buffers, grid(gpu, p.batch * p.m * p.n, 64))?;
-            return Ok(c);
-        }
-        MatmulKernel::SplitK(splits) => {
-            launch_split(p, form, params, buffers, &c, splits as usize)?;
-            return Ok(c);
-        }
-        MatmulKernel::Coop => {
-            if !coop_applies(&form) {
-                return Err(Error::Other("matmul: the cooperative-matrix kernel needs f16 A and B, or one of them f32, without scales".into()));
-            }
-            let f32_a = a.dtype() == DType::F32;
-            let f32_b = b.dtype() == DType::F32;
-            let consts = [("TRANS_A", p.ta), ("TRANS_B", p.tb), ("BIAS", form.bias), ("RELU", form.relu), ("F32_A", f32_a), ("F32_B", f32_b)].map(|(k, v)| (k, v as u32 as f64));
-            // the f32 operand's per-tensor scale for its f16 staging (coop_tile.wgsl)
-            // (from `dy` where the f32 operand is its tensor: a backward's two products share it)
-            let amax_of = |t: &Tensor| match dy {
-                Some(d) if d.covers(t) => d.bits().cloned(),
-                _ => crate::ops::elementwise::abs_max_bits(t),
-            };
-            let amax = match (f32_a, f32_b) {
-                (true, _) => Some(amax_of(a)?),
-                (_, true) => Some(amax_of(b)?),
-                _ => None,
-            };
-            let amax_buf = amax.as_ref().map_or(buffers[5], |t| t.buffer());
-            let cb = [buffers[0], buffers[0], buffers[2], buffers[2], buffers[4], buffers[5], amax_buf];
-            // runs_on held: tensor cores, or their emulation
-            let k = &K_COOP[(Coop::on(&gpu.capabilities()) == Some(Coop::Emulated)) as usize];
-            for (first, groups) in split_grid(gpu, [p.n.div_ceil(64), p.m.div_ceil(64), p.batch]) {
-                [params.x0, params.y0, params.z0] = first;
-                gpu.dispatch(k, &consts, bytes_of(&params), &cb, groups)?;
-            }
-            return Ok(c);
-        }
+    match kernel {
+        MatmulKernel::Reference => gpu.dispatch(&K_REF, &consts, bytes_of(&params), &buffers, grid(gpu, p.batch * p.m * p.n, 64))?,
+        MatmulKernel::SplitK(splits) => launch_split(p, form, params, buffers, &c, splits as usize)?,
+        MatmulKernel::Coop => launch_coop(p, &form, params, &buffers, a, b, dy)?,
         MatmulKernel::Tile128(t) if t.vec4 => {
             if !vec4_applies(p, &form, &[a, b], t.bk()) {
                 let bk = t.bk();
@@ -355,17 +299,90 @@ pub(super) fn launch(
             }
             [buffers[6], buffers[7], buffers[10]] = [a.buffer(), b.buffer(), c.buffer()];
             launch_vec4(gpu, p, &consts, params, &buffers)?;
-            return Ok(c);
         }
-        MatmulKernel::Tile128(_) => (&K_TILE128, 128),
-        _ => (&K_TILE64, 64),
-    };
-    // (column tiles, row tiles, batch), split at the per-dimension workgroup limit
-    for (first, groups) in split_grid(gpu, [p.n.div_ceil(tile), p.m.div_ceil(tile), p.batch]) {
-        [params.x0, params.y0, params.z0] = first;
-        gpu.dispatch(k, &consts, bytes_of(&params), &buffers, groups)?;
+        MatmulKernel::Tile128(_) => launch_tiles(gpu, &K_TILE128, 128, p, &consts, params, &buffers)?,
+        _ => launch_tiles(gpu, &K_TILE64, 64, p, &consts, params, &buffers)?,
     }
     Ok(c)
+}
+
+impl Params {
+    /// The parameter block of `p`, before the launch sets its grid offsets and split.
+    fn of(p: &Plan) -> Params {
+        Params {
+            m: p.m as u32,
+            n: p.n as u32,
+            k: p.k as u32,
+            batch: p.batch as u32,
+            _p0: 0,
+            _p1: 0,
+            _p2: 0,
+            nbd: p.nbd as u32,
+            z0: 0,
+            x0: 0,
+            y0: 0,
+            k_chunk: 0,
+            bshape: p.bshape,
+            bsa: p.bsa,
+            bsb: p.bsb,
+        }
+    }
+}
+
+/// A tile of `tile` x `tile` outputs per workgroup over (column tiles, row tiles, batch),
+/// the grid split at the per-dimension workgroup limit.
+fn launch_tiles(gpu: &Gpu, k: &Kernel, tile: usize, p: &Plan, consts: &[(&str, f64)], mut params: Params, buffers: &[&BufferRange; 11]) -> Result<()> {
+    for (first, groups) in split_grid(gpu, [p.n.div_ceil(tile), p.m.div_ceil(tile), p.batch]) {
+        [params.x0, params.y0, params.z0] = first;
+        gpu.dispatch(k, consts, bytes_of(&params), buffers, groups)?;
+    }
+    Ok(())
+}
+
+/// The zeros (+ bias, ReLU) of a product over an empty inner dimension.
+fn empty_product(gpu: &Gpu, p: &Plan, bias: Option<&Tensor>, relu: bool) -> Result<Tensor> {
+    let _ng = crate::autograd::no_grad();
+    let z = Tensor::zeros(gpu, &p.out_shape)?;
+    let z = match bias {
+        Some(bias) => crate::ops::elementwise::add(&z, bias)?,
+        None => z,
+    };
+    if relu {
+        crate::ops::elementwise::relu(&z)
+    } else {
+        Ok(z)
+    }
+}
+
+/// The cooperative-matrix kernel over its 64x64 tiles (`buffers` as [`launch`] binds them).
+fn launch_coop(p: &Plan, form: &Form, mut params: Params, buffers: &[&BufferRange; 11], a: &Tensor, b: &Tensor, dy: Option<&AbsMax>) -> Result<()> {
+    let gpu = a.gpu();
+    if !coop_applies(form) {
+        return Err(Error::Other("matmul: the cooperative-matrix kernel needs f16 A and B, or one of them f32, without scales".into()));
+    }
+    let f32_a = a.dtype() == DType::F32;
+    let f32_b = b.dtype() == DType::F32;
+    let consts = [("TRANS_A", p.ta), ("TRANS_B", p.tb), ("BIAS", form.bias), ("RELU", form.relu), ("F32_A", f32_a), ("F32_B", f32_b)].map(|(k, v)| (k, v as u32 as f64));
+    // the f32 operand's per-tensor scale for its f16 staging (coop_tile.wgsl)
+    // (from `dy` where the f32 operand is its tensor: a backward's two products share it)
+    let amax_of = |t: &Tensor| match dy {
+        Some(d) if d.covers(t) => d.bits().cloned(),
+        _ => crate::ops::elementwise::abs_max_bits(t),
+    };
+    let amax = match (f32_a, f32_b) {
+        (true, _) => Some(amax_of(a)?),
+        (_, true) => Some(amax_of(b)?),
+        _ => None,
+    };
+    let amax_buf = amax.as_ref().map_or(buffers[5], |t| t.buffer());
+    let cb = [buffers[0], buffers[0], buffers[2], buffers[2], buffers[4], buffers[5], amax_buf];
+    // runs_on held: tensor cores, or their emulation
+    let k = &K_COOP[(Coop::on(&gpu.capabilities()) == Some(Coop::Emulated)) as usize];
+    for (first, groups) in split_grid(gpu, [p.n.div_ceil(64), p.m.div_ceil(64), p.batch]) {
+        [params.x0, params.y0, params.z0] = first;
+        gpu.dispatch(k, &consts, bytes_of(&params), &cb, groups)?;
+    }
+    Ok(())
 }
 
 /// Whether the cooperative-matrix kernel can run a product of this form: f16 A and B, or one
