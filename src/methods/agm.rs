@@ -172,6 +172,9 @@ pub struct Agm {
     names: Vec<String>,
     /// running mean T of the scores over all steps so far, `[M]` (a checkpointed buffer)
     running: Tensor,
+    /// the coefficients of the last modulated step, `[M]` (ones before the first; a
+    /// checkpointed buffer): after `end_epoch` the official hooks keep scaling by them
+    frozen: Tensor,
     /// steps taken over the whole run (the official `iteration − 1`)
     steps: u64,
     acc: Accum,
@@ -193,6 +196,7 @@ impl Agm {
             cfg: cfg.method.agm.clone(),
             names: specs.iter().map(|s| s.name.clone()).collect(),
             running: Tensor::zeros(gpu, &[m])?,
+            frozen: Tensor::from_slice(gpu, &vec![1.0; m], &[m])?,
             steps: 0,
             acc: Accum::new(1 + 2 * m + 2 * m),
             m,
@@ -201,6 +205,13 @@ impl Agm {
 
     fn active(&self, epoch: usize) -> bool {
         self.cfg.start_epoch <= epoch && epoch <= self.cfg.end_epoch
+    }
+
+    /// After the window the official hooks stay registered with the last step's scales
+    /// (`update_scale` is only called inside it, `CREMAD_main.py` l. 159–166), so the
+    /// backward stays modulated by [`Agm::frozen`].
+    fn after(&self, epoch: usize) -> bool {
+        epoch > self.cfg.end_epoch
     }
 
     /// Fused logits of every input subset (bit i: modality i present, absent ones' inputs
@@ -293,6 +304,7 @@ impl Method for Agm {
     fn buffers(&self) -> Vec<(String, Tensor)> {
         let mut v = self.joint.buffers();
         v.push(("agm.running_score".into(), self.running.clone()));
+        v.push(("agm.frozen_coef".into(), self.frozen.clone()));
         v
     }
     fn train_step(&mut self, batch: &DeviceBatch, opt: &mut dyn Optimizer, epoch: usize) -> Result<()> {
@@ -302,25 +314,34 @@ impl Method for Agm {
         let loss = ops::cross_entropy(&fused, ops::Target::Hard(&batch.labels), None)?;
         let gpu = batch.labels.gpu().clone();
         let active = self.active(epoch);
-        let values = self.subset_logits(&batch.inputs, &fused, active)?;
+        let modulated = active || self.after(epoch);
+        let values = self.subset_logits(&batch.inputs, &fused, modulated)?;
         let (s, k) = {
             let _ng = crate::autograd::no_grad();
             let detached: Vec<Tensor> = values.iter().map(Tensor::detach).collect();
             let s = scores(&shapley_outputs(&detached, self.m)?, &batch.labels)?;
             (s.clone(), coefficients(&s, &self.running, self.cfg.alpha, self.cfg.cap)?)
         };
-        let grads = if active { self.modulated_backward(&values, &fused, &batch.labels, &k)? } else { loss.backward()? };
+        // before the window the scales are the hooks' initial 1: joint training's gradient
+        let applied = match (active, modulated) {
+            (true, _) => k,
+            (false, true) => self.frozen.clone(),
+            (false, false) => ops::full(&gpu, &[self.m], 1.0)?,
+        };
+        let grads = if modulated { self.modulated_backward(&values, &fused, &batch.labels, &applied)? } else { loss.backward()? };
         drop(values);
         let _ng = crate::autograd::no_grad();
         // T ← T·(i − 1)/i + s/i with i the official 1-based iteration
         let i = (self.steps + 1) as f64;
         self.running.assign(&ops::lerp(&self.running, &s, ((i - 1.0) / i) as f32, (1.0 / i) as f32)?)?;
         self.steps += 1;
+        if active {
+            self.frozen.assign(&applied)?;
+        }
         let grads = self.clip(grads)?;
         opt.step(&grads)?;
         let views = (0..self.m).map(|i| self.joint.fusion.unimodal(i, &feats[i].detach(), &ctx)).collect::<Result<Vec<_>>>()?;
         let n = batch.n as f32;
-        let applied = if active { k } else { ops::full(&gpu, &[self.m], 1.0)? };
         let parts = [ops::scale(&loss.detach(), n)?.reshape(&[1])?, view_stats(&views, &batch.labels)?, ops::scale(&s, n)?, ops::scale(&applied, n)?];
         let refs: Vec<&Tensor> = parts.iter().collect();
         self.acc.record(&refs, batch.n)?;

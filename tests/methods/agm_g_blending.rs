@@ -314,10 +314,22 @@ fn agm_step_gradients_match_the_official_hooked_backward() {
     }
     assert_close("running mean", &running(m.as_ref()).to_vec().unwrap(), &s, 1e-5, 1e-6);
     assert_eq!(m.state()["steps"], 2);
-    // outside [start_epoch, end_epoch] the gradients are joint training's, bit for bit
+    // before start_epoch the hooks' scales are their initial 1: joint training's gradients,
+    // bit for bit
+    let (mut early, _, _) = method_and_batch(&["method.name=agm", "method.agm.clip=0", "method.agm.start_epoch=3", "method.agm.end_epoch=5"]);
+    running(early.as_ref()).assign(&upload(&gpu(), &t0, &[2])).unwrap();
+    assert_eq!(record(early.as_mut(), &db, 0), want_plain, "epoch 0, before the window");
+    // after end_epoch the official hooks keep the last modulated step's scales
+    // (`update_scale` is only called inside the window): the hooked backward with the frozen
+    // coefficients, whatever this step's scores say
     let (mut late, _, _) = method_and_batch(&agm_sets);
     running(late.as_ref()).assign(&upload(&gpu(), &t0, &[2])).unwrap();
-    assert_eq!(record(late.as_mut(), &db, 6), want_plain, "epoch 6");
+    record(late.as_mut(), &db, 5);
+    running(late.as_ref()).assign(&upload(&gpu(), &[0.5, 2.0], &[2])).unwrap();
+    for (name, g) in record(late.as_mut(), &db, 6) {
+        let peak = want[&name].iter().fold(0.0f64, |a, v| a.max(v.abs()));
+        assert_close(&format!("epoch 6: {name}"), &g, &want[&name], 1e-4, 1e-5 * peak);
+    }
 }
 
 #[test]
@@ -348,8 +360,8 @@ fn agm_clips_every_gradient_only_when_a_head_weight_gradient_leaves_the_bound() 
 #[test]
 fn agm_trains_on_synthetic_data() {
     // default synthetic data: audio weak, visual strong; 10 classes (chance 0.1)
-    let lines = train_log(&tiny(&["method.name=agm", "train.epochs=4", "data.n_train=480", "data.n_test=200", "method.agm.end_epoch=2"]), &tmp("e2e-agm"));
-    assert_eq!(lines.len(), 4);
+    let lines = train_log(&tiny(&["method.name=agm", "train.epochs=5", "data.n_train=480", "data.n_test=200", "method.agm.end_epoch=2"]), &tmp("e2e-agm"));
+    assert_eq!(lines.len(), 5);
     let last = lines.last().unwrap();
     let acc = last["test"]["acc"].as_f64().unwrap();
     assert!(acc > 0.5, "test accuracy {acc}: {last}");
@@ -360,10 +372,14 @@ fn agm_trains_on_synthetic_data() {
         for m in ["audio", "visual"] {
             let k = l["agm"]["coef"][m].as_f64().unwrap();
             assert!(k.is_finite() && k > 0.0, "{l}");
-            if e > 2 {
-                assert_eq!(k, 1.0, "no modulation after end_epoch: {l}");
-            }
         }
+    }
+    // after end_epoch every step applies the last modulated step's coefficients: the same
+    // in every later epoch, and not joint training's 1
+    for m in ["audio", "visual"] {
+        let after: Vec<f64> = lines[3..].iter().map(|l| l["agm"]["coef"][m].as_f64().unwrap()).collect();
+        assert_eq!(after[0], after[1], "frozen coefficients of {m}: {after:?}");
+        assert_ne!(after[0], 1.0, "{m}: the frozen coefficient is the last step's, not 1");
     }
     // the weak modality's Shapley output is the worse classifier
     let s = &lines[0]["agm"]["score"];
