@@ -107,6 +107,13 @@ pub trait Method: Send {
     fn observe_fraction(&self, _epoch: usize) -> Option<f64> {
         None
     }
+    /// Whether that pass's training batches are augmented as training's are (PMR's official
+    /// prototype batches come from the training loader itself), or plain, as evaluation
+    /// sees them (Re-learning's official diagnosis reads the training split without
+    /// augmentation, `mode='my_train'`).
+    fn observe_augmented(&self, _epoch: usize) -> bool {
+        true
+    }
     /// One batch of that pass (a forward without gradients; statistics stay on the GPU).
     fn observe(&mut self, _batch: &DeviceBatch, _epoch: usize) -> Result<()> {
         Ok(())

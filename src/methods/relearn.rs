@@ -365,6 +365,11 @@ impl Method for Relearn {
     fn observe_val_split(&self, epoch: usize) -> bool {
         self.cfg.reinit_before(epoch)
     }
+    fn observe_augmented(&self, _epoch: usize) -> bool {
+        // the official get_feature reads AVDataset_CD(mode='my_train'): the eval transform
+        // (code/ours.py l. 354, code/dataset/av_dataset.py l. 85–109)
+        false
+    }
     fn observe(&mut self, batch: &DeviceBatch, _epoch: usize) -> Result<()> {
         let _ng = crate::autograd::no_grad();
         // the official get_feature runs the model in eval mode

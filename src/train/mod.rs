@@ -318,6 +318,16 @@ fn check_splits(ds: &dyn Dataset) -> Result<()> {
 
 /// Seed offset of the observation pass's shuffle ([`Method::observe_fraction`]).
 const OBSERVE_SEED: u64 = 0x5052_4f54_4f00;
+
+/// The loader of `method`'s observation pass of `epoch`: a shuffle of its own over the
+/// training split, augmented as training is where the method asks for it
+/// ([`Method::observe_augmented`]).
+pub fn observation_loader(cfg: &Config, method: &dyn Method, epoch: usize) -> LoaderConfig {
+    let mut lc = LoaderConfig::train(cfg.train.batch_size, cfg.seed ^ OBSERVE_SEED, epoch as u64);
+    lc.augment = method.observe_augmented(epoch);
+    lc.workers = cfg.train.workers;
+    lc
+}
 /// Seed offset of the shuffles of [`methods::EpochData::train_pass`].
 const SIDE_SEED: u64 = 0x5349_4445_0000;
 
@@ -537,9 +547,7 @@ impl<'a> Run<'a> {
     /// from a fresh iteration of the shuffled training loader).
     fn observation_pass(&self, method: &mut dyn Method, epoch: usize, share: f64) -> Result<()> {
         let (gpu, cfg) = (self.gpu, self.cfg);
-        let mut lc = LoaderConfig::train(cfg.train.batch_size, cfg.seed ^ OBSERVE_SEED, epoch as u64);
-        lc.workers = cfg.train.workers;
-        let loader = Loader::new(self.ds.clone(), Split::Train, lc)?;
+        let loader = Loader::new(self.ds.clone(), Split::Train, observation_loader(cfg, method, epoch))?;
         let take = ((loader.num_batches() as f64 * share).floor() as usize).clamp(1, loader.num_batches().max(1));
         for b in loader.take(take) {
             let db = upload_batch(gpu, &b?, self.classes)?;

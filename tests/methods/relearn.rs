@@ -247,6 +247,20 @@ fn relearn_diagnoses_from_both_splits_features_and_applies_the_strength() {
 }
 
 #[test]
+fn relearn_diagnosis_reads_the_training_split_without_augmentation() {
+    // the official get_feature reads the training split through the eval transform
+    // (mode='my_train'); PMR's official prototype batches come from the augmented training
+    // loader
+    let (m, c, ds) = build(&[]);
+    let lc = train::observation_loader(&c, &m, 2);
+    assert!(!lc.augment && lc.shuffle, "{lc:?}");
+    let p: Config = config::load(None, &tiny(&["method.name=pmr"])).unwrap().0;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let pmr = equimodal::methods::build(&gpu(), &p.method_setup(), ds.modalities(), ds.num_classes(), &mut rng).unwrap();
+    assert!(train::observation_loader(&p, pmr.as_ref(), 2).augment);
+}
+
+#[test]
 fn relearn_trains_on_synthetic_data() {
     let lines = train_log(
         &tiny(&["train.epochs=4", "data.n_train=480", "data.n_test=200", "method.relearn.reinit_epoch=1", "method.relearn.reinit_num=2"]),
