@@ -153,26 +153,37 @@ pub fn pick(run: &RunRecord, select: Selection) -> Result<Picked> {
     }
     let chosen: Vec<&Value> = match select {
         Selection::Last => vec![*evaluated.last().unwrap_or(&evaluated[0])],
-        Selection::LastK(k) => evaluated[evaluated.len().saturating_sub(k)..].to_vec(),
+        Selection::LastK(k) if evaluated.len() < k => {
+            let n = evaluated.len();
+            return Err(Error::data(run.dir.display().to_string(), format!("last_k with k = {k}, but the run has {n} evaluated epochs (choose k <= {n})")));
+        }
+        Selection::LastK(k) => evaluated[evaluated.len() - k..].to_vec(),
         Selection::BestVal => {
+            // the first epoch of the highest validation accuracy, among those that have one
+            // (an epoch whose accuracy was NaN logs null)
             let mut best: Option<(&Value, f64)> = None;
             for l in &evaluated {
-                let v = num(l, &["val", "acc"]).ok_or_else(|| Error::data(run.dir.display().to_string(), "best_val selection, but the run has no validation accuracy"))?;
+                let Some(v) = num(l, &["val", "acc"]) else { continue };
                 if best.is_none_or(|(_, b)| v > b) {
                     best = Some((l, v));
                 }
             }
-            vec![best.map(|b| b.0).unwrap_or(evaluated[0])]
+            let best = best.ok_or_else(|| Error::data(run.dir.display().to_string(), "best_val selection, but no evaluated epoch of the run has a validation accuracy"))?;
+            vec![best.0]
         }
     };
+    // the mean over every chosen epoch, NaN where one lacks the figure (a mean over some of
+    // them would be another statistic than the one the report names)
     let mean = |f: &dyn Fn(&Value) -> Option<f64>| {
-        let xs: Vec<f64> = chosen.iter().filter_map(|l| f(l)).collect();
-        if xs.is_empty() { f64::NAN } else { xs.iter().sum::<f64>() / xs.len() as f64 }
+        let xs: Option<Vec<f64>> = chosen.iter().map(|l| f(l)).collect();
+        xs.map_or(f64::NAN, |xs| xs.iter().sum::<f64>() / xs.len() as f64)
     };
     let mut per = BTreeMap::new();
-    if let Some(pm) = chosen[0].get("test").and_then(|t| t.get("per_modality")).and_then(|p| p.as_object()) {
-        for m in pm.keys() {
-            per.insert(m.clone(), mean(&|l| num(l, &["test", "per_modality", m, "acc"])));
+    for l in &chosen {
+        for m in l.get("test").and_then(|t| t.get("per_modality")).and_then(|p| p.as_object()).into_iter().flat_map(|pm| pm.keys()) {
+            if !per.contains_key(m) {
+                per.insert(m.clone(), mean(&|l| num(l, &["test", "per_modality", m, "acc"])));
+            }
         }
     }
     Ok(Picked {
@@ -422,12 +433,12 @@ pub fn markdown(c: &Comparison) -> String {
                     continue;
                 }
                 s.push_str(&format!(
-                    "| {} | {} | {} | {:+.2} | {:.2} | {} | {} | {} | {} / {} / {} |\n",
+                    "| {} | {} | {} | {:+.2} | {} | {} | {} | {} | {} / {} / {} |\n",
                     a.label,
                     b.label,
                     p.n,
                     100.0 * p.mean,
-                    100.0 * p.se,
+                    if p.se.is_nan() { "–".to_string() } else { format!("{:.2}", 100.0 * p.se) },
                     if p.t.is_nan() { "–".to_string() } else { format!("{:.2}", p.t) },
                     p_fmt(p.p_t),
                     p_fmt(p.p_wilcoxon),

@@ -58,10 +58,13 @@ pub struct Paired {
 pub fn paired(a: &[f64], b: &[f64]) -> Paired {
     let d: Vec<f64> = a.iter().zip(b).map(|(x, y)| x - y).collect();
     let s = summarize(&d);
-    // Differences equal up to rounding (a constant shift of accuracies computed in floating
-    // point) have no spread: the t statistic is undefined, not 10^13.
-    let scale = d.iter().fold(0.0f64, |m, x| m.max(x.abs()));
-    let spread = if s.std <= 1e-12 * scale { 0.0 } else { s.std };
+    // Differences equal up to rounding are equal (see [`rounding_tolerance`]), and so are
+    // two runs' equal values computed apart (rounding of the values' size).
+    let magnitude = a.iter().chain(b).filter(|x| x.is_finite()).fold(0.0f64, |m, x| m.max(x.abs()));
+    let tol = rounding_tolerance(&d).max(1e-12 * magnitude);
+    // A constant shift of accuracies, or no difference at all, has no spread: the t
+    // statistic is undefined, not 10^13.
+    let spread = if s.std <= tol { 0.0 } else { s.std };
     let se = spread / (s.n as f64).sqrt();
     let (t, p_t) = if s.n >= 2 && se > 0.0 {
         let t = s.mean / se;
@@ -75,11 +78,20 @@ pub fn paired(a: &[f64], b: &[f64]) -> Paired {
         se,
         t,
         p_t,
-        p_wilcoxon: wilcoxon_signed_rank_p(&d),
-        wins: d.iter().filter(|&&x| x > 0.0).count(),
-        ties: d.iter().filter(|&&x| x == 0.0).count(),
-        losses: d.iter().filter(|&&x| x < 0.0).count(),
+        p_wilcoxon: wilcoxon_p(&d, tol),
+        wins: d.iter().filter(|&&x| x > tol).count(),
+        ties: d.iter().filter(|&&x| x.abs() <= tol).count(),
+        losses: d.iter().filter(|&&x| x < -tol).count(),
     }
+}
+
+/// Differences within this of each other (or of 0) are equal: accuracies are k/N computed in
+/// floating point, so "one test sample" comes out as 0.0025000000000000577 in one pair and
+/// 0.0024999999999999467 in another, and a mean of the same epochs summed in another order
+/// differs from 0 by an ulp. Relative to the largest |difference|, far below any real gap
+/// between two accuracies.
+fn rounding_tolerance(d: &[f64]) -> f64 {
+    1e-9 * d.iter().filter(|x| x.is_finite()).fold(0.0f64, |m, x| m.max(x.abs()))
 }
 
 /// ln Γ(x) for x > 0 (Lanczos, g = 7, 9 terms; ~1e-15 relative).
@@ -190,12 +202,18 @@ fn normal_upper(z: f64) -> f64 {
 }
 
 /// Two-sided p of the Wilcoxon signed-rank test of the differences `d` against 0: zero
-/// differences dropped (Wilcoxon's rule), tied magnitudes get their average rank. Exact
+/// differences dropped (Wilcoxon's rule), tied magnitudes get their average rank (zero and
+/// tied up to [`rounding_tolerance`]). Exact
 /// (the null distribution of the positive rank sum, counted over all 2^n sign patterns by
 /// dynamic programming on half-ranks) for n ≤ 30, else the normal approximation with the
 /// tie-corrected variance and a continuity correction of 1/2.
 pub fn wilcoxon_signed_rank_p(d: &[f64]) -> f64 {
-    let mut nz: Vec<f64> = d.iter().copied().filter(|x| *x != 0.0 && x.is_finite()).collect();
+    wilcoxon_p(d, rounding_tolerance(d))
+}
+
+/// [`wilcoxon_signed_rank_p`] with magnitudes within `tol` equal (and of 0, zero).
+fn wilcoxon_p(d: &[f64], tol: f64) -> f64 {
+    let mut nz: Vec<f64> = d.iter().copied().filter(|x| x.abs() > tol && x.is_finite()).collect();
     let n = nz.len();
     if n == 0 {
         return f64::NAN;
@@ -207,7 +225,7 @@ pub fn wilcoxon_signed_rank_p(d: &[f64]) -> f64 {
     let mut tie_term = 0.0;
     while i < n {
         let mut j = i;
-        while j + 1 < n && nz[j + 1].abs() == nz[i].abs() {
+        while j + 1 < n && nz[j + 1].abs() - nz[i].abs() <= tol {
             j += 1;
         }
         // ranks i+1..=j+1 average to (i + j + 2) / 2; doubled: i + j + 2
@@ -272,12 +290,38 @@ mod tests {
         // [1, -2, 3, 4, 5, 6]: W- = 2; sign patterns with W- <= 2 are {}, {1}, {2}, so
         // p = 2 * 3/64 (scipy.stats.wilcoxon, exact: 0.09375)
         assert!((wilcoxon_signed_rank_p(&[1.0, -2.0, 3.0, 4.0, 5.0, 6.0]) - 0.093_75).abs() < 1e-12);
-        // ties share their average rank: |1|, |-1| get 1.5 each; W+ = 1.5 + 3 + 4 = 8.5 of 10
-        let p = wilcoxon_signed_rank_p(&[1.0, -1.0, 3.0, 4.0]);
-        assert!(p > 0.1 && p <= 1.0, "{p}");
-        // above 30 pairs the normal approximation: 40 positive differences give p ~ 3.6e-8
-        let big: Vec<f64> = (1..=40).map(|i| i as f64).collect();
-        assert!(wilcoxon_signed_rank_p(&big) < 1e-6);
+        // ties share their average rank: |1|, |-1| get 1.5 each; W+ = 1.5 + 3 + 4 = 8.5 of 10;
+        // 6 of the 16 sign patterns lie as far from the centre 5 (exact enumeration in
+        // fractions, an independent Python check)
+        assert!((wilcoxon_signed_rank_p(&[1.0, -1.0, 3.0, 4.0]) - 0.375).abs() < 1e-12);
+        // above 30 pairs the normal approximation: 40 positive differences, z = 409.5/√5535
+        assert!((wilcoxon_signed_rank_p(&(1..=40).map(f64::from).collect::<Vec<_>>()) / 3.708_246_9e-8 - 1.0).abs() < 1e-6);
+        // 30 non-zero pairs are still exact, 31 (with two zeros dropped and ties) the normal
+        // approximation with the tie-corrected variance (references: the same Python check)
+        let d30: Vec<f64> = (1..=30).map(|i| (((i * 7) % 5 + 1) * if i % 4 != 0 { 1 } else { -1 }) as f64).collect();
+        assert!((wilcoxon_signed_rank_p(&d30) / 0.009_049_406_275_153_16 - 1.0).abs() < 1e-9);
+        let mut d31: Vec<f64> = (1..=31).map(|i| (((i * 7) % 5 + 1) * if i % 3 != 0 { 1 } else { -1 }) as f64).collect();
+        d31.extend([0.0, 0.0]);
+        assert!((wilcoxon_signed_rank_p(&d31) / 0.084_920_806_641_508_64 - 1.0).abs() < 1e-6);
+        // accuracies k/400: a win of one sample in five pairs, a loss of one in the sixth;
+        // the six |differences| are one value up to rounding, so all tie (exact p 7/32), and
+        // the same outcome from other accuracies gives the same p
+        let acc = |k: &[u32]| k.iter().map(|&k| k as f64 / 400.0).collect::<Vec<_>>();
+        let p1 = paired(&acc(&[302, 304, 306, 308, 310, 299]), &acc(&[301, 303, 305, 307, 309, 300]));
+        let p2 = paired(&acc(&[301, 303, 305, 307, 309, 301]), &acc(&[300, 302, 304, 306, 308, 302]));
+        for p in [&p1, &p2] {
+            assert!((p.p_wilcoxon - 0.218_75).abs() < 1e-12 && (p.wins, p.ties, p.losses) == (5, 0, 1), "{p:?}");
+        }
+        // the same epochs' mean summed in another order: a tie, not a loss, and no
+        // difference for the Wilcoxon test
+        let (x, y) = ((280.0 / 400.0 + 281.0 / 400.0 + 283.0 / 400.0) / 3.0, (283.0 / 400.0 + 281.0 / 400.0 + 280.0 / 400.0) / 3.0);
+        let t = paired(&[x, 0.8], &[y, 0.7]);
+        assert_eq!((t.wins, t.ties, t.losses), (1, 1, 0), "{t:?}");
+        assert!((t.p_wilcoxon - 1.0).abs() < 1e-12, "one non-zero pair: p = 1, {t:?}");
+        // two runs with the same accuracies, averaged in other orders: all ties, no test
+        let u = paired(&[x, y, 0.7], &[y, x, 0.7]);
+        assert_eq!((u.wins, u.ties, u.losses), (0, 3, 0), "{u:?}");
+        assert!(u.p_wilcoxon.is_nan(), "{u:?}");
         let s = summarize(&[1.0, 2.0, 3.0, 4.0]);
         assert!((s.std - 1.290_994).abs() < 1e-6 && (s.ci95 - 3.182_446 * 1.290_994 / 2.0).abs() < 1e-5);
     }

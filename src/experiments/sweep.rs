@@ -77,7 +77,7 @@ impl Selection {
         match self {
             Selection::BestVal => "the epoch with the best validation accuracy".into(),
             Selection::Last => "the last epoch".into(),
-            Selection::LastK(k) => format!("the mean of the last {k} epochs"),
+            Selection::LastK(k) => format!("the mean of the last {k} evaluated epochs"),
         }
     }
 }

@@ -252,6 +252,45 @@ fn compare_statistics_on_hand_made_runs() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[test]
+fn selection_rules_never_average_over_what_a_run_lacks() {
+    let dir = tmp("compare-select");
+    let run = |name: &str, lines: &[serde_json::Value]| {
+        let d = dir.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("config.toml"), "seed = 0\n[method]\nname = \"joint\"\n").unwrap();
+        std::fs::write(d.join("metrics.jsonl"), lines.iter().map(|l| l.to_string() + "\n").collect::<String>()).unwrap();
+        ex::read_run(&d).unwrap()
+    };
+    let ep = |e: usize, val: serde_json::Value, acc: f64, extra: serde_json::Value| {
+        let mut test = serde_json::json!({"acc": acc, "macro_f1": acc / 2.0, "per_modality": {"audio": {"acc": 0.1}}});
+        for (k, v) in extra.as_object().unwrap() {
+            test[k] = v.clone();
+        }
+        serde_json::json!({"epoch": e, "val": {"acc": val}, "test": test})
+    };
+    let null = serde_json::Value::Null;
+    // an epoch whose validation accuracy was NaN (logged null) is passed over, not an error
+    let r = run("nullval", &[ep(0, 0.5.into(), 0.4, serde_json::json!({})), ep(1, null.clone(), 0.9, serde_json::json!({})), ep(2, 0.6.into(), 0.7, serde_json::json!({}))]);
+    assert_eq!(ex::compare::pick(&r, Selection::BestVal).unwrap().fused, 0.7);
+    let none = run("noval", &[ep(0, null.clone(), 0.4, serde_json::json!({}))]);
+    let e = ex::compare::pick(&none, Selection::BestVal).unwrap_err().to_string();
+    assert!(e.contains("noval") && e.contains("validation"), "{e}");
+    // last_k over fewer evaluated epochs than k is an error naming the run and both counts
+    let e = ex::compare::pick(&r, Selection::LastK(5)).unwrap_err().to_string();
+    assert!(e.contains("nullval") && e.contains("k = 5") && e.contains("3 evaluated"), "{e}");
+    // a figure one of the k epochs lacks is missing, not the mean of the others; a modality
+    // first logged in a later epoch is reported (and missing where an epoch lacks it)
+    let gap = run("gap", &[
+        ep(0, 0.1.into(), 0.2, serde_json::json!({})),
+        ep(1, 0.1.into(), 0.4, serde_json::json!({"macro_f1": null, "per_modality": {"audio": {"acc": 0.3}, "image": {"acc": 0.6}}})),
+    ]);
+    let p = ex::compare::pick(&gap, Selection::LastK(2)).unwrap();
+    assert!((p.fused - 0.3).abs() < 1e-12 && p.macro_f1.is_nan(), "{p:?}");
+    assert!((p.per_modality["audio"] - 0.2).abs() < 1e-12 && p.per_modality["image"].is_nan(), "{p:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A hand-made AV-MNIST run holding out `speaker`, whose last epoch's test accuracy is `acc`.
 fn fold_run(dir: &Path, seed: u64, method: &str, speaker: Option<&str>, acc: f64) {
     std::fs::create_dir_all(dir).unwrap();
