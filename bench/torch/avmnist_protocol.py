@@ -264,6 +264,10 @@ def train(method, tr, te, seed, epochs, dev, bs=64, lr=0.01):
             if method == "ogm_ge" and ep <= 50:
                 ogm_ge_modulate(model, oa, ov, t)
             opt.step()
+        # evaluated before a check adds a learner, as the official AUG code (train_CREMAD.py
+        # evaluates at l. 214, adds at l. 220-228) and the engine do: a learner added now has
+        # not been trained
+        history.append(accuracy(model, te, dev))
         if method == "aug" and (ep == 0 or (ep + 1) % check == 0):
             ratio = score[0] / score[1]
             weak = 1 if ratio > 1.01 else 0 if ratio < 0.99 else None
@@ -272,7 +276,6 @@ def train(method, tr, te, seed, epochs, dev, bs=64, lr=0.01):
                 model.learners[weak].append(lin)
                 opt.add_param_group({"params": list(lin.parameters())})
                 added[weak] += 1
-        history.append(accuracy(model, te, dev))
     return np.array(history), added
 
 

@@ -1,4 +1,5 @@
-//! AUG (Jiang et al., NeurIPS 2025): sustained boosting with adaptive classifier assignment.
+//! AUG (Jiang et al., NeurIPS 2025): sustained boosting with adaptive classifier assignment
+//! (docs/methods/aug.md: the official code, line by line, and where we depart).
 //! Each modality m has learners f_t = head(relu(W_t u + b_t)) sharing one head across all
 //! learners of all modalities; its logits are F^m = Σ_t f_t. Every batch updates the
 //! modalities one after another (the head is updated in each), each with the fused boosting
@@ -34,7 +35,8 @@ pub enum AugRule {
     Multi,
 }
 
-/// `[method.aug]`; the defaults are the official code's.
+/// `[method.aug]`; the defaults are the official code's, except `train_new_learners` (see
+/// docs/methods/aug.md).
 #[derive(Clone, Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AugConfig {

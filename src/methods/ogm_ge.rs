@@ -118,7 +118,7 @@ impl OgmGe {
 
     /// Modulation coefficients k [M] from the views' confidence scores: ρ_m = s_m / mean of
     /// the others (for two modalities exactly s_v/s_a and s_a/s_v); k_m = 1 − tanh(α·relu(ρ_m
-    /// [− 1 in the paper form])) where ρ_m > 1, else 1.
+    /// [− 1 in the paper form])) where ρ_m ≥ 1, else 1 (at exactly 1 every modality counts as dominant).
     fn coefficients(&self, views: &[Tensor], labels: &Tensor) -> Result<Tensor> {
         let scores: Vec<Tensor> = views.iter().map(|v| ops::sum_all(&ops::true_class_prob(v, labels)?)).collect::<Result<_>>()?;
         let refs: Vec<&Tensor> = scores.iter().collect();

@@ -697,6 +697,31 @@ fn aug_learners_start_from_their_own_weights() {
 }
 
 #[test]
+fn aug_new_learners_train_or_stay_frozen_as_configured() {
+    // train_new_learners = true joins an added learner to the optimizer; false is the
+    // official code's behaviour (its optimizer is built before any learner is added, so the
+    // added ones stay the random projections they were born as; the first learner and the
+    // shared head train either way)
+    for train_new in [true, false] {
+        let c = cfg(&with(&["method.name=aug", "method.aug.hidden=16", &format!("method.aug.train_new_learners={train_new}")]));
+        let (mut m, b, _) = method_and_batch(&c);
+        let mut opt = train::build_optimizer(&c, m.trainable()).unwrap();
+        m.restore(&serde_json::json!({"learners": [2, 2]}), opt.as_mut()).unwrap();
+        let snap = |m: &dyn Method| -> std::collections::HashMap<String, Vec<f32>> { m.params().iter().map(|p| (p.name.clone(), p.tensor.to_vec().unwrap())).collect() };
+        let before = snap(m.as_ref());
+        m.train_step(&b, opt.as_mut(), 0).unwrap();
+        let after = snap(m.as_ref());
+        for name in ["aug.learner.audio.1.weight", "aug.learner.visual.1.weight"] {
+            assert_eq!(after[name] != before[name], train_new, "{name} with train_new_learners = {train_new}");
+        }
+        for name in ["aug.learner.audio.0.weight", "aug.learner.visual.0.weight"] {
+            assert_ne!(after[name], before[name], "{name} trains either way");
+        }
+        assert!(after.keys().any(|n| n.starts_with("aug.head") && after[n] != before[n]), "the shared head trains either way");
+    }
+}
+
+#[test]
 fn every_method_updates_all_of_its_parameters() {
     // one real optimizer step moves every trainable parameter (a method that handed the
     // optimizer nothing, or dropped an encoder's gradients, would leave some where they were)
