@@ -4,7 +4,8 @@
 //! gradient's own standard deviation is added. Everything stays on the GPU: the ratio, the
 //! coefficients and the noise are tensors, never read back inside the step.
 //!
-//! Follows the official `main.py` (GeWu-Lab/OGM-GE_CVPR2022, `train_epoch`, the block after
+//! docs/methods/ogm_ge.md reads the official code line by line. Follows the official `main.py`
+//! (GeWu-Lab/OGM-GE_CVPR2022, `train_epoch`, the block after
 //! "Modulation starts here"). Departures: the official code modulates only 4-D (conv)
 //! weight gradients, here `method.ogm.modulate = "all"` (default) modulates every encoder
 //! parameter so that MLP and transformer encoders are modulated too (`"conv_weights"` is the
