@@ -328,6 +328,7 @@ pub fn observation_loader(cfg: &Config, method: &dyn Method, epoch: usize) -> Lo
     lc.workers = cfg.train.workers;
     lc
 }
+
 /// Seed offset of the shuffles of [`methods::EpochData::train_pass`].
 const SIDE_SEED: u64 = 0x5349_4445_0000;
 
