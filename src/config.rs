@@ -187,6 +187,13 @@ pub fn from_table(table: &toml::Table) -> Result<Config> {
     let value = toml::Value::Table(table.clone());
     let cfg: Config = serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
+        // inside `[data]` (a tagged enum) serde's path ends at `data`: ask the dataset's own
+        // parser, which names the field
+        if path == "data" {
+            if let Some(Err(precise)) = table.get("data").map(|d| DatasetConfig::from_toml_value(d.clone())) {
+                return precise;
+            }
+        }
         Error::config(if path == "." { "(top level)".into() } else { path }, e.inner().to_string())
     })?;
     cfg.validate()?;
@@ -280,7 +287,7 @@ impl TrainConfig {
     fn validate_ranges(&self) -> Result<()> {
         let t = self;
         // values this large are never meant and would run for ages or spawn threads without bound
-        for (f, v, max) in [("train.epochs", t.epochs, 1_000_000), ("train.workers", t.workers, 256)] {
+        for (f, v, max) in [("train.epochs", t.epochs, crate::limits::MAX_EPOCHS), ("train.workers", t.workers, 256)] {
             if v > max {
                 return Err(Error::config(f, format!("must be at most {max}, got {v}")));
             }

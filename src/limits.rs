@@ -13,6 +13,11 @@ pub const MAX_CLASSES: usize = 1_000_000;
 /// Widest layer a config may ask for (a guard against typos like 100000000; memory is
 /// checked separately by `train::estimate::check_model_fits`).
 pub const MAX_WIDTH: usize = 1 << 20;
+/// Most layers or blocks a model config may ask for (an MLP's hidden list, a transformer's
+/// layers, a small CNN's depth): beyond it a config is a typo that would loop for ages.
+pub const MAX_DEPTH: usize = 1024;
+/// Most epochs anything may run (`train.epochs`, an estimate's `super_epoch`).
+pub const MAX_EPOCHS: usize = 1_000_000;
 /// Highest WAV sample rate accepted (the resampler's filter table grows with the ratio).
 pub const MAX_SAMPLE_RATE: u32 = 768_000;
 

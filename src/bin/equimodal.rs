@@ -58,6 +58,9 @@ enum Cmd {
         /// DIR/charts/probe.{png,svg}.
         #[arg(long, value_name = "DIR", requires = "probe")]
         out: Option<PathBuf>,
+        /// With --out: replace a probe.json already there (a run's own, say).
+        #[arg(long, requires = "out")]
+        force: bool,
     },
     /// List GPU adapters with backend, features and key limits.
     Devices,
@@ -306,11 +309,16 @@ fn sweep(cli: &Cli) -> equimodal::Result<()> {
 }
 
 /// Counts must be at least 1 and ceilings positive: a zero or NaN would be clamped or
-/// divide into nonsense percentages rather than report the mistake.
+/// divide into nonsense percentages rather than report the mistake. Counts have ceilings
+/// too: `--reps` timestamps fill one query set (wgpu allows 4,096 queries), and the steps and
+/// the batch size size host allocations before anything runs.
 fn check_bench_args(reps: Option<usize>, steps: Option<usize>, batch: Option<usize>, gbs: Option<f64>, gflops: Option<f64>) -> equimodal::Result<()> {
-    for (flag, v) in [("--reps", reps), ("--steps", steps), ("--batch", batch)] {
+    for (flag, v, max) in [("--reps", reps, 4_000), ("--steps", steps, 10_000), ("--batch", batch, 65_536)] {
         if v == Some(0) {
             return Err(equimodal::Error::config(flag, "must be at least 1"));
+        }
+        if let Some(v) = v.filter(|v| *v > max) {
+            return Err(equimodal::Error::config(flag, format!("must be at most {max}, got {v}")));
         }
     }
     for (flag, v) in [("--peak-gbs", gbs), ("--peak-gflops", gflops)] {
@@ -330,7 +338,7 @@ fn run(cli: Cli) -> equimodal::Result<()> {
             compare_runs(runs, select, pair_by.as_deref(), &out)
         }
         Cmd::Train { .. } => train(&cli),
-        Cmd::Eval { checkpoint, sets, probe, out } => eval(&cli, checkpoint, sets, *probe, out.as_deref()),
+        Cmd::Eval { checkpoint, sets, probe, out, force } => eval(&cli, checkpoint, sets, *probe, out.as_deref(), *force),
         Cmd::Devices => devices(&cli),
         Cmd::Tune { config, sets, quick, list } => tune(&cli, config.as_deref(), sets, *quick, *list),
         Cmd::Bench { .. } => bench(&cli),
@@ -383,8 +391,15 @@ fn tune(cli: &Cli, config: Option<&std::path::Path>, sets: &[String], quick: boo
 }
 
 /// `equimodal eval`: a checkpoint's test table; with `probe`, linear probes and Shapley shares
-/// (into `out/probe.json` and its chart when `out` is given).
-fn eval(cli: &Cli, checkpoint: &std::path::Path, sets: &[String], probe: bool, out: Option<&std::path::Path>) -> equimodal::Result<()> {
+/// (into `out/probe.json` and its chart when `out` is given; an existing probe.json only with
+/// `force`).
+fn eval(cli: &Cli, checkpoint: &std::path::Path, sets: &[String], probe: bool, out: Option<&std::path::Path>, force: bool) -> equimodal::Result<()> {
+    if let Some(dir) = out {
+        let file = dir.join(equimodal::train::probe::PROBE_FILE);
+        if file.exists() && !force {
+            return Err(equimodal::Error::config("--out", format!("{} exists (a run's own probe, perhaps); pass --force to replace it, or choose another --out", file.display())));
+        }
+    }
     let gpu = equimodal::Gpu::new(gpu_options(cli)?)?;
     let (summary, val) = equimodal::train::eval_checkpoint(&gpu, checkpoint, sets)?;
     if let Some(v) = val {

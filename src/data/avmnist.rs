@@ -217,10 +217,10 @@ impl AvmnistConfig {
         if self.hop == 0 {
             return Err(Error::config("data.hop", "must be >= 1"));
         }
-        if !(self.log_eps > 0.0) {
+        if !(self.log_eps > 0.0 && self.log_eps.is_finite()) {
             return Err(Error::config(
                 "data.log_eps",
-                format!("must be > 0, got {}", self.log_eps),
+                format!("must be a finite number > 0, got {}", self.log_eps),
             ));
         }
         if !["train", "all", "none"].contains(&self.standardize.as_str()) {

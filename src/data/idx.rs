@@ -21,20 +21,33 @@ pub fn read_idx(path: impl AsRef<Path>) -> Result<IdxArray> {
     let path = path.as_ref();
     let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let bytes = if raw.len() >= 2 && raw[0] == 0x1f && raw[1] == 0x8b {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .map_err(|e| {
-                Error::data(
-                    path.display().to_string(),
-                    format!("corrupt gzip stream: {e}"),
-                )
-            })?;
-        out
+        gunzip_idx(&raw).map_err(|e| Error::data(path.display().to_string(), format!("corrupt gzip stream: {e}")))?
     } else {
         raw
     };
     parse_idx(&bytes, &path.display().to_string())
+}
+
+/// Decompress a gzipped IDX file no further than its header says it holds (plus one byte,
+/// so that `parse_idx` sees a stream that is too long): a small file whose stream inflates
+/// to gigabytes is then an error before the gigabytes exist.
+fn gunzip_idx(raw: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut dec = flate2::read::GzDecoder::new(raw);
+    let mut out = Vec::new();
+    (&mut dec).take(4).read_to_end(&mut out)?;
+    if out.len() < 4 {
+        return Ok(out);
+    }
+    let ndim = out[3] as u64;
+    (&mut dec).take(4 * ndim).read_to_end(&mut out)?;
+    if (out.len() as u64) < 4 + 4 * ndim {
+        return Ok(out);
+    }
+    let n = out[4..].chunks(4).try_fold(1u64, |a, d| a.checked_mul(u32::from_be_bytes([d[0], d[1], d[2], d[3]]) as u64));
+    // an overflowing header: parse_idx names it
+    let limit = n.and_then(|n| n.checked_add(1)).unwrap_or(0);
+    (&mut dec).take(limit).read_to_end(&mut out)?;
+    Ok(out)
 }
 
 /// Parse IDX bytes; `name` is used in error messages.

@@ -242,9 +242,17 @@ impl DatasetConfig {
                 ))
             }
         }
-        let cfg: DatasetConfig = v
-            .try_into()
-            .map_err(|e: toml::de::Error| Error::config("data", e.message().to_string()))?;
+        // each kind's table on its own, so that an error names its field (`data.n_train`);
+        // through the tagged enum serde only knows it was somewhere in `data`
+        let mut body = table.clone();
+        let kind = body.remove("kind").and_then(|k| k.as_str().map(str::to_string)).unwrap_or_default();
+        let body = toml::Value::Table(body);
+        let cfg = match kind.as_str() {
+            "synthetic" => DatasetConfig::Synthetic(data_field(body)?),
+            "avmnist" => DatasetConfig::Avmnist(data_field(body)?),
+            "cremad" => DatasetConfig::Cremad(data_field(body)?),
+            _ => DatasetConfig::Tensors(data_field(body)?),
+        };
         cfg.validate()?;
         Ok(cfg)
     }
@@ -255,6 +263,14 @@ impl DatasetConfig {
             toml::from_str(s).map_err(|e| Error::config("data", e.message().to_string()))?;
         Self::from_toml_value(toml::Value::Table(v))
     }
+}
+
+/// One kind's `[data]` table, with errors naming the field under `data.`.
+fn data_field<T: serde::de::DeserializeOwned>(body: toml::Value) -> Result<T> {
+    serde_path_to_error::deserialize(body).map_err(|e| {
+        let path = e.path().to_string();
+        Error::config(if path == "." { "data".to_string() } else { format!("data.{path}") }, e.inner().to_string())
+    })
 }
 
 /// Build (validate, load, preprocess) the dataset a configuration describes.

@@ -100,7 +100,11 @@ pub fn read_run(dir: &Path) -> Result<RunRecord> {
         .lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| serde_json::from_str(l).map_err(|e| Error::data(log.display().to_string(), format!("line {}: {e}", i + 1))))
+        .map(|(i, l)| {
+            let v: Value = serde_json::from_str(l).map_err(|e| Error::data(log.display().to_string(), format!("line {}: {e}", i + 1)))?;
+            check_shares(&v).map_err(|what| Error::data(log.display().to_string(), format!("line {}: {what} is not a share in [0, 1]", i + 1)))?;
+            Ok(v)
+        })
         .collect::<Result<Vec<Value>>>()?;
     if lines.is_empty() {
         return Err(Error::data(log.display().to_string(), "no epochs logged"));
@@ -135,6 +139,25 @@ pub fn find_runs(args: &[PathBuf]) -> Result<Vec<PathBuf>> {
     dirs.sort();
     dirs.dedup();
     Ok(dirs)
+}
+
+/// Accuracies and macro-F1 of a log line (test and validation, fused and per modality) lie
+/// in [0, 1]; `Err` names the first that does not (a damaged or hand-edited log).
+fn check_shares(line: &Value) -> std::result::Result<(), String> {
+    for split in ["test", "val"] {
+        let Some(s) = line.get(split) else { continue };
+        let per = s.get("per_modality").and_then(|p| p.as_object()).into_iter().flatten().map(|(m, v)| (format!("{split}.per_modality.{m}."), v));
+        for (prefix, t) in std::iter::once((format!("{split}."), s)).chain(per) {
+            for k in ["acc", "macro_f1"] {
+                if let Some(x) = t.get(k).and_then(|x| x.as_f64()) {
+                    if !(0.0..=1.0).contains(&x) {
+                        return Err(format!("{prefix}{k} = {x}"));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn num(v: &Value, path: &[&str]) -> Option<f64> {

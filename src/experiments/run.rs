@@ -58,7 +58,7 @@ pub fn run_dir(sweep: &Sweep, run: &RunSpec) -> PathBuf {
 /// `RUN_DIR/train.log`.
 pub fn run_one(sweep: &Sweep, run: &RunSpec, child: &ChildArgs) -> Result<Outcome> {
     let dir = run_dir(sweep, run);
-    if dir.join("summary.txt").exists() {
+    if finished_as_specified(sweep, run)? {
         return Ok(Outcome::Skipped);
     }
     let resume = dir.join("checkpoints/last.safetensors").exists();
@@ -93,10 +93,38 @@ pub fn run_one(sweep: &Sweep, run: &RunSpec, child: &ChildArgs) -> Result<Outcom
     Ok(Outcome::Failed(format!("{status}: {}", tail.into_iter().rev().collect::<Vec<_>>().join(" | "))))
 }
 
+/// Whether `run` finished before (its `summary.txt` exists) with the configuration the sweep
+/// now gives it. A run that finished with another one (the sweep file changed since) is an
+/// error: skipping it would report the old run under the new setting.
+pub fn finished_as_specified(sweep: &Sweep, run: &RunSpec) -> Result<bool> {
+    let dir = run_dir(sweep, run);
+    if !dir.join("summary.txt").exists() {
+        return Ok(false);
+    }
+    let stored_path = dir.join("config.toml");
+    let stored: toml::Table = std::fs::read_to_string(&stored_path)
+        .map_err(|e| Error::io(&stored_path, e))?
+        .parse()
+        .map_err(|e| Error::data(stored_path.display().to_string(), format!("invalid TOML: {e}")))?;
+    let (_, text) = crate::config::load(run.config.as_deref(), &run.sets)?;
+    let now: toml::Table = text.parse().map_err(|e| Error::Other(format!("run `{}`: its configuration does not parse back: {e}", run.name)))?;
+    if stored != now {
+        return Err(Error::config(
+            "grid",
+            format!("run `{}` finished with another configuration than the sweep gives it now ({}); delete that run folder to run it again, or choose another --out", run.name, stored_path.display()),
+        ));
+    }
+    Ok(true)
+}
+
 /// Run every run, `sweep.parallel` at once, with a progress bar over the whole sweep.
-/// Returns each run's outcome; a failed run does not stop the others.
+/// Returns each run's outcome; a failed run does not stop the others. A finished run whose
+/// configuration the sweep has changed since stops the sweep before any run starts.
 pub fn run_all(sweep: &Sweep, runs: &[RunSpec], child: &ChildArgs, progress: bool) -> Result<Vec<(String, Outcome)>> {
     claim(sweep)?;
+    for r in runs {
+        finished_as_specified(sweep, r)?;
+    }
     let pb = if progress { indicatif::ProgressBar::new(runs.len() as u64) } else { indicatif::ProgressBar::hidden() };
     pb.set_style(
         indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} runs  {msg}  eta {eta}")

@@ -169,7 +169,7 @@ impl Sweep {
         check_keys(&t, &["name", "base", "out", "parallel", "set", "grid", "compare", "slurm"], &file, "")?;
         let dir = file.parent().unwrap_or(Path::new(".")).to_path_buf();
         let name = take_str(&t, "name", &file)?.unwrap_or_else(|| file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "sweep".into()));
-        if name.is_empty() || name.contains(['/', '\\']) {
+        if name.is_empty() || name.contains(['/', '\\']) || name.chars().all(|c| c == '.') {
             return Err(Error::config(field(&file, "name"), format!("`{name}` cannot name a folder")));
         }
         let base = take_str(&t, "base", &file)?.map(|b| dir.join(b));
@@ -177,6 +177,9 @@ impl Sweep {
             Some(o) => o.to_path_buf(),
             None => take_str(&t, "out", &file)?.map(PathBuf::from).unwrap_or_else(|| PathBuf::from("runs/sweeps").join(&name)),
         };
+        // `a/../b` names b: resolved here, before the folder is checked and claimed (checking
+        // `a/../b` while `a` does not exist yet would not see what b holds)
+        let out = lexical(&std::path::absolute(&out).map_err(|e| Error::io(&out, e))?);
         // 2: measured 1.6x the throughput of 1 for small runs on a 2-core CPU (README)
         let parallel = take_usize(&t, "parallel", &file, "parallel")?.unwrap_or(2);
         if parallel == 0 {
@@ -217,6 +220,7 @@ impl Sweep {
             return Err(Error::config(field(file, "grid"), "empty: a sweep needs at least one grid key, e.g. seed = [0, 1, 2]"));
         }
         let mut out = Vec::new();
+        let mut runs = 1usize;
         for (k, v) in g {
             let f = format!("grid.{k}");
             let toml::Value::Array(vals) = v else {
@@ -224,6 +228,11 @@ impl Sweep {
             };
             if vals.is_empty() {
                 return Err(Error::config(field(file, &f), "empty list: the grid would have no runs"));
+            }
+            // counted before anything is expanded: a grid is a product
+            runs = runs.saturating_mul(vals.len());
+            if runs > MAX_RUNS {
+                return Err(Error::config(field(file, "grid"), format!("more than {MAX_RUNS} runs (the product of the value counts up to `{k}`); split the sweep")));
             }
             let mut seen = BTreeSet::new();
             for x in vals {
@@ -318,6 +327,9 @@ impl Sweep {
     fn validate(&self, runs: Vec<RunSpec>) -> Result<Vec<RunSpec>> {
         let mut names = BTreeMap::new();
         for r in &runs {
+            if r.name.is_empty() || r.name.chars().all(|c| c == '.') {
+                return Err(Error::config(field(&self.file, "grid"), format!("run {} would be named `{}`, which names no folder of its own; rename its grid value (a config file's stem, say)", r.index, r.name)));
+            }
             if let Some(prev) = names.insert(r.name.clone(), r.index) {
                 return Err(Error::config(
                     field(&self.file, "grid"),
@@ -354,6 +366,26 @@ fn value_label(v: &toml::Value) -> String {
         toml::Value::Float(f) => format!("{f:?}"),
         other => other.to_string(),
     }
+}
+
+/// Most runs one sweep expands to (a grid is a product of its value lists).
+pub const MAX_RUNS: usize = 10_000;
+
+/// `p` with `.` dropped and `..` folded into its parent, without touching the file system.
+fn lexical(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                if !out.pop() {
+                    out.push(c);
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// Only characters that are safe in a folder name on every system.

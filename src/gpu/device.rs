@@ -107,7 +107,9 @@ pub fn parse_backends(field: &str, list: &str) -> Result<wgpu::Backends> {
 
 impl GpuOptions {
     /// The defaults with the environment applied; an unknown backend name in
-    /// `EQUIMODAL_BACKEND` or `WGPU_BACKEND` is an error naming the variable.
+    /// `EQUIMODAL_BACKEND` or `WGPU_BACKEND`, or a value of `EQUIMODAL_MEMORY_LIMIT`,
+    /// `EQUIMODAL_TUNE` or `EQUIMODAL_MAX_WORKGROUPS_PER_DIM` that does not parse, is an error
+    /// naming the variable.
     pub fn from_env() -> Result<GpuOptions> {
         let mut o = GpuOptions::default();
         for var in ["EQUIMODAL_BACKEND", "WGPU_BACKEND"] {
@@ -121,6 +123,10 @@ impl GpuOptions {
         }
         if let Some(v) = std::env::var("EQUIMODAL_TUNE").ok().filter(|v| !v.trim().is_empty()) {
             o.tune = TuneMode::parse("EQUIMODAL_TUNE", &v)?;
+        }
+        if let Some(v) = std::env::var("EQUIMODAL_MAX_WORKGROUPS_PER_DIM").ok().filter(|v| !v.trim().is_empty()) {
+            let n = v.trim().parse::<u32>().ok().filter(|&n| n > 0);
+            o.max_workgroups_per_dim = Some(n.ok_or_else(|| Error::config("EQUIMODAL_MAX_WORKGROUPS_PER_DIM", format!("must be a whole number of workgroups >= 1, got `{v}`")))?);
         }
         Ok(o)
     }

@@ -401,10 +401,11 @@ impl Method for Aug {
     }
     fn restore(&mut self, state: &serde_json::Value, opt: &mut dyn Optimizer) -> Result<()> {
         let Some(counts) = state.get("learners").and_then(|v| v.as_array()) else { return Ok(()) };
+        // at most one learner per check (and the cap): a larger count is a damaged checkpoint,
+        // not a reason to allocate without bound
+        let most = 1 + (0..self.epochs).filter(|&e| self.check_now(e)).count().min(self.cfg.max_learners.map_or(usize::MAX, |c| c.saturating_sub(1)));
         for (m, c) in counts.iter().enumerate().take(self.learners.len()) {
-            // at most one learner per epoch's check: a larger count is a damaged checkpoint, not
-            // a reason to allocate without bound
-            let want = c.as_u64().filter(|&n| n as usize <= self.epochs + 1).ok_or_else(|| Error::config("checkpoint method_state.learners", format!("{c} learners for `{}`: at most {} in a run of {} epochs", self.names[m], self.epochs + 1, self.epochs)))? as usize;
+            let want = c.as_u64().filter(|&n| n as usize <= most).ok_or_else(|| Error::config("checkpoint method_state.learners", format!("{c} learners for `{}`: at most {most} in a run of {} epochs (one per check)", self.names[m], self.epochs)))? as usize;
             for _ in self.learners[m].len()..want {
                 self.add_learner(m, opt, self.cfg.train_new_learners)?;
             }

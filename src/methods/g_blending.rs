@@ -47,6 +47,9 @@ impl GBlendingConfig {
         if self.super_epoch < 2 {
             return Err(Error::config("method.g_blending.super_epoch", format!("must be at least 2 (the estimate compares a copy's first and last epoch), got {}", self.super_epoch)));
         }
+        if self.super_epoch > crate::limits::MAX_EPOCHS {
+            return Err(Error::config("method.g_blending.super_epoch", format!("must be at most {}, got {}", crate::limits::MAX_EPOCHS, self.super_epoch)));
+        }
         Ok(())
     }
 }

@@ -161,6 +161,12 @@ impl ModelConfig {
         if self.encoder == EncoderKind::Transformer && (self.heads == 0 || self.width % self.heads != 0) {
             return Err(Error::config(field("heads"), format!("width {} must be a multiple of heads {}", self.width, self.heads)));
         }
+        let deep = crate::limits::MAX_DEPTH;
+        for (f, n) in [("hidden", self.hidden.len()), ("layers", self.layers), ("depth", self.depth)] {
+            if n > deep {
+                return Err(Error::config(field(f), format!("{n} layers: at most {deep}")));
+            }
+        }
         if self.encoder == EncoderKind::Mlp && self.hidden.is_empty() {
             return Err(Error::config(field("hidden"), "needs at least one hidden width"));
         }

@@ -49,6 +49,9 @@ impl ReconboostConfig {
                 return Err(Error::config(f(name), "must be >= 1"));
             }
         }
+        if self.head_hidden > crate::limits::MAX_WIDTH {
+            return Err(Error::config(f("head_hidden"), format!("must be at most {}, got {}", crate::limits::MAX_WIDTH, self.head_hidden)));
+        }
         for (name, v) in [("weight1", self.weight1), ("weight2", self.weight2), ("alpha", self.alpha)] {
             if !(v.is_finite() && v >= 0.0) {
                 return Err(Error::config(f(name), format!("must be >= 0, got {v}")));

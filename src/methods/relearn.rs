@@ -51,6 +51,12 @@ impl RelearnConfig {
                 return Err(Error::config(f(name), "must be >= 1"));
             }
         }
+        // host work per diagnosis grows with their product: bounds against typos
+        for (name, v, max) in [("kmeans_inits", self.kmeans_inits, 1_000), ("kmeans_iters", self.kmeans_iters, 100_000)] {
+            if v > max {
+                return Err(Error::config(f(name), format!("must be at most {max}, got {v}")));
+            }
+        }
         Ok(())
     }
 

@@ -422,7 +422,7 @@ fn label_precision(span: f64) -> usize {
 fn x_range(p: &Panel) -> (f64, f64) {
     let xs = p.lines.iter().flat_map(|l| l.pts.iter().map(|q| q.0)).filter(|x| x.is_finite());
     let (lo, hi) = xs.fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(x), b.max(x)));
-    if lo > hi {
+    if lo > hi || !(hi - lo).is_finite() {
         (0.0, 1.0)
     } else if hi - lo < 1e-9 {
         (lo - 1.0, hi + 1.0)
@@ -444,9 +444,11 @@ fn y_range(p: &Panel) -> (f64, f64) {
         .flat_map(|l| l.pts.iter().filter_map(|q| q.1))
         .chain(bars)
         .chain(p.refs.iter().map(|r| r.0))
-        .chain(p.bands.iter().flat_map(|b| b.1.iter().flat_map(|q| [q.1, q.2])).filter(|y| y.is_finite()));
+        .chain(p.bands.iter().flat_map(|b| b.1.iter().flat_map(|q| [q.1, q.2])))
+        .filter(|y| y.is_finite());
     let (lo, hi) = ys.fold((f64::MAX, f64::MIN), |(a, b), y| (a.min(y), b.max(y)));
-    if lo > hi {
+    // no finite value, or a span beyond f64 (the axis' tick search would never end)
+    if lo > hi || !(hi - lo).is_finite() {
         (0.0, 1.0)
     } else if hi - lo < 1e-12 * lo.abs().max(1.0) {
         let pad = if lo == 0.0 { 1.0 } else { lo.abs() * 0.1 };

@@ -56,8 +56,9 @@ use log::RunLog;
 
 /// Name of the metric log inside a run directory.
 pub const METRICS_FILE: &str = "metrics.jsonl";
-/// Sub-directory of a run directory that receives the charts.
-pub const CHARTS_DIR: &str = "charts";
+/// Sub-directory of a run directory that receives the charts (the run folder's layout is
+/// the trainer's).
+pub use crate::train::rundir::CHARTS_DIR;
 /// Written next to the charts when something was skipped.
 pub const WARNINGS_FILE: &str = "warnings.txt";
 /// Environment variable naming the TrueType font used for PNG text (`none`: no PNGs).

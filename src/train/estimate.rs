@@ -57,6 +57,12 @@ pub fn estimate(cfg: &Config, specs: &[ModalitySpec], classes: usize) -> Result<
         }
         est.tensor(format!("aug head [{c}, {h}]"), "method.aug.hidden", mul(h, c, "aug head")?)?;
     }
+    if cfg.method.name == MethodName::Reconboost {
+        let h = cfg.method.reconboost.head_hidden as u64;
+        let d = dims.first().copied().unwrap_or(0);
+        est.tensor(format!("reconboost head [{h}, {d}]"), "method.reconboost.head_hidden", mul(d, h, "reconboost head")?)?;
+        est.tensor(format!("reconboost head [{c}, {h}]"), "method.reconboost.head_hidden", mul(h, c, "reconboost head")?)?;
+    }
     est.acts(mul(batch, c, "logits")?);
     Ok(est)
 }

@@ -126,6 +126,8 @@ fn record(payload: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(&masked_crc(payload).to_le_bytes());
 }
 
+/// The run's TensorBoard folder (`--logdir` for a run).
+pub const TB_DIR: &str = "tb";
 /// The TensorBoard event file of a run directory (one file, so a resume rewrites it).
 pub const TB_FILE: &str = "tb/events.out.tfevents.0.equimodal";
 

@@ -229,7 +229,8 @@ fn append_log(path: &Path, line: &Value) -> Result<()> {
 
 /// Keep only log lines of epochs up to `last` (after a resume); `None` starts an empty log.
 /// A line that does not parse is an error naming the file and line, except a final line
-/// without its newline: that is an append a kill interrupted, dropped with a warning.
+/// without its newline: that is an append a kill interrupted, dropped with a warning. A log
+/// missing one of the epochs up to `last` is an error (it was lost or cut, not interrupted).
 fn truncate_log(path: &Path, last: Option<usize>) -> Result<()> {
     let Some(last) = last else { return checkpoint::write_atomic(path, b"") };
     let text = match std::fs::read_to_string(path) {
@@ -240,6 +241,7 @@ fn truncate_log(path: &Path, last: Option<usize>) -> Result<()> {
     let complete = text.ends_with('\n');
     let lines: Vec<&str> = text.lines().collect();
     let mut kept = Vec::new();
+    let mut logged = std::collections::BTreeSet::new();
     for (i, l) in lines.iter().enumerate() {
         let epoch = match serde_json::from_str::<Value>(l) {
             Ok(v) => v.get("epoch").and_then(|e| e.as_u64()),
@@ -252,13 +254,31 @@ fn truncate_log(path: &Path, last: Option<usize>) -> Result<()> {
         let epoch = epoch.ok_or_else(|| Error::data(path.display().to_string(), format!("line {}: no `epoch` field", i + 1)))?;
         if epoch as usize <= last {
             kept.push(*l);
+            logged.insert(epoch as usize);
         }
+    }
+    // every epoch is logged before its checkpoint is written: a missing line is a lost log,
+    // and resuming would rebuild metrics.csv and the TensorBoard events from what is left
+    if logged.len() != last + 1 {
+        return Err(Error::data(
+            path.display().to_string(),
+            format!("holds {} of the {} epochs the checkpoint has run: the log lost lines; restore it, or start over with --force", logged.len(), last + 1),
+        ));
     }
     let mut out = kept.join("\n");
     if !out.is_empty() {
         out.push('\n');
     }
     checkpoint::write_atomic(path, out.as_bytes())
+}
+
+/// An error restoring a method's or an optimizer's state names the checkpoint it came from
+/// (a damaged `method_state` reads as a wrong config field otherwise); device errors pass.
+fn from_checkpoint(path: &Path, e: Error) -> Error {
+    match e {
+        Error::Config { .. } | Error::Data { .. } | Error::Shape { .. } | Error::Other(_) => Error::data(path.display().to_string(), format!("checkpoint state: {e}")),
+        other => other,
+    }
 }
 
 /// Every line of `metrics.jsonl` (an unreadable line is an error naming it).
@@ -477,7 +497,7 @@ impl<'a> Run<'a> {
         let ck = checkpoint::load(last_path)?;
         let meta = &ck.meta;
         progress.resume_note = rundir::check_resume(last_path, meta, cfg, self.cfg_text, self.opts.allow_config_change)?;
-        method.restore(meta.get("method_state").unwrap_or(&Value::Null), opt)?;
+        method.restore(meta.get("method_state").unwrap_or(&Value::Null), opt).map_err(|e| from_checkpoint(last_path, e))?;
         // parameters the method created while restoring must reach the optimizer
         let known: std::collections::HashSet<String> = opt.params().iter().map(|p| p.name.clone()).collect();
         let new: Vec<Param> = method.trainable().into_iter().filter(|p| !known.contains(&p.name)).collect();
@@ -485,7 +505,7 @@ impl<'a> Run<'a> {
             opt.add_params(&new);
         }
         checkpoint::restore_tensors(last_path, &ck.model, &named_state(method))?;
-        opt.load_state_tensors(&ck.optim)?;
+        opt.load_state_tensors(&ck.optim).map_err(|e| from_checkpoint(last_path, e))?;
         let epoch = rundir::checkpoint_epoch(last_path, meta, cfg)?;
         progress.best = meta.get("best").and_then(|b| Some((b.get("epoch")?.as_u64()? as usize, b.get("score")?.as_f64()?)));
         truncate_log(&self.log_path, Some(epoch))?;
@@ -727,6 +747,9 @@ impl<'a> Run<'a> {
 /// validation when present).
 pub fn eval_checkpoint(gpu: &Gpu, path: &Path, sets: &[String]) -> Result<(RunSummary, Option<EvalReport>)> {
     let Restored { file, cfg, ds, method, epoch } = restore_checkpoint(gpu, path, sets)?;
+    if ds.len(Split::Test) == 0 {
+        return Err(Error::config("data", format!("the test split of the {} dataset is empty: nothing to evaluate", ds.name())));
+    }
     let _precision = crate::autograd::autocast(cfg.train.precision == crate::config::Precision::Mixed);
     let specs = ds.modalities().to_vec();
     let bs = cfg.train.batch_size.max(64);
@@ -807,7 +830,7 @@ fn restore_checkpoint(gpu: &Gpu, path: &Path, sets: &[String]) -> Result<Restore
     let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
     let mut method = methods::build(gpu, &cfg.method_setup(), &specs, ds.num_classes(), &mut rng)?;
     let mut opt = build_optimizer(&cfg, method.trainable())?;
-    method.restore(ck.meta.get("method_state").unwrap_or(&Value::Null), opt.as_mut())?;
+    method.restore(ck.meta.get("method_state").unwrap_or(&Value::Null), opt.as_mut()).map_err(|e| from_checkpoint(&file, e))?;
     checkpoint::restore_tensors(&file, &ck.model, &named_state(method.as_ref()))?;
     let epoch = ck.meta.get("epoch").and_then(|e| e.as_u64()).unwrap_or(0) as usize;
     Ok(Restored { file, cfg, ds, method, epoch })

@@ -15,10 +15,15 @@ use std::path::{Path, PathBuf};
 
 /// Name of the lock file in the run folder.
 pub const LOCK_FILE: &str = ".lock";
-/// Files that mark a folder as holding a run (the checkpoint folder counts too). Logs a
-/// caller writes before starting the trainer (a sweep's `train.log`) do not.
-const RUN_FILES: [&str; 4] = ["metrics.jsonl", "metrics.csv", "config.toml", "summary.txt"];
+/// Files that mark a folder as holding a run, all of which `--force` replaces (the folders
+/// below count too, when not empty). Logs a caller writes before starting the trainer (a
+/// sweep's `train.log`) do not.
+const RUN_FILES: [&str; 5] = ["metrics.jsonl", "metrics.csv", "config.toml", "summary.txt", super::probe::PROBE_FILE];
 const CHECKPOINT_DIR: &str = "checkpoints";
+/// Sub-directory of a run directory that receives the charts (`report` writes them).
+pub const CHARTS_DIR: &str = "charts";
+/// Folders a run writes: its checkpoints, its charts and its TensorBoard events.
+const RUN_DIRS: [&str; 3] = [CHECKPOINT_DIR, CHARTS_DIR, super::logs::TB_DIR];
 
 /// How the caller wants to treat an existing run in the folder.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -114,9 +119,11 @@ fn names(paths: &[PathBuf]) -> String {
 
 fn existing_run_files(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = RUN_FILES.iter().map(|f| dir.join(f)).filter(|p| p.exists()).collect();
-    let ck = dir.join(CHECKPOINT_DIR);
-    if std::fs::read_dir(&ck).is_ok_and(|mut d| d.next().is_some()) {
-        v.push(ck);
+    for d in RUN_DIRS {
+        let d = dir.join(d);
+        if std::fs::read_dir(&d).is_ok_and(|mut e| e.next().is_some()) {
+            v.push(d);
+        }
     }
     v
 }

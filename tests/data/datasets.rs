@@ -353,6 +353,22 @@ fn idx_reads_mnist_and_rejects_corrupt_headers() {
     assert!(msg(&e).contains("0x803"), "{e}");
 }
 
+#[test]
+fn a_gzip_idx_inflating_past_its_header_is_refused_early() {
+    let td = TempDir::new("idx-bomb");
+    // a small gzip stream that inflates far beyond what its header says (64 MiB of zeros
+    // behind a [10, 28, 28] header) is refused after the 7,840 bytes the header allows plus
+    // one, not inflated whole first; a gzipped file as long as its header says still reads
+    let bomb = td.0.join("bomb.gz");
+    write_idx_gz(&bomb, 0x803, &[10, 28, 28], &vec![0u8; 64 << 20]);
+    assert!(std::fs::metadata(&bomb).unwrap().len() < 1 << 20);
+    let e = read_idx(&bomb).unwrap_err();
+    assert!(msg(&e).contains("7840 data bytes, file has 7841") && msg(&e).contains("bomb.gz"), "{e}");
+    let fine = td.0.join("fine.gz");
+    write_idx_gz(&fine, 0x803, &[10, 28, 28], &vec![7u8; 7840]);
+    assert_eq!(read_idx(&fine).unwrap().data, vec![7u8; 7840]);
+}
+
 // ---------------------------------------------------------------- PCA
 
 #[test]

@@ -97,6 +97,18 @@ fn bad_sweep_files_are_errors_naming_the_field_before_anything_runs() {
     assert!(e.contains("slurm.time"), "{e}");
     let e = Sweep::load(&dir.join("nonexistent.toml"), None).unwrap_err().to_string();
     assert!(e.contains("nonexistent.toml"), "{e}");
+    // names that name no folder of their own: the sweep's, or a run's from a config's stem
+    std::fs::write(dir.join("dots.toml"), "name = \"..\"\n[grid]\nseed = [1]\n").unwrap();
+    let e = Sweep::load(&dir.join("dots.toml"), None).unwrap_err().to_string();
+    assert!(e.contains("name") && e.contains("cannot name a folder"), "{e}");
+    std::fs::write(dir.join("..toml"), "seed = 0\n").unwrap();
+    let e = err("dot_run", "[grid]\nconfig = [\"..toml\"]\n");
+    assert!(e.contains("grid") && e.contains("named `.`"), "{e}");
+    // a grid is a product: counted before anything is expanded (12 keys of 10 values would
+    // be 10^12 runs)
+    let keys: String = (0..12).map(|i| format!("\"method.aug.k{i}\" = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]\n")).collect();
+    let e = err("huge", &format!("[grid]\n{keys}"));
+    assert!(e.contains("grid") && e.contains("more than 10000 runs"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -141,6 +153,20 @@ fn a_sweep_runs_in_parallel_reports_failures_skips_finished_runs_and_resumes() {
     std::fs::write(dir.join("mine/notes.txt"), "keep").unwrap();
     let out = cli(&["sweep", &other.display().to_string(), "--out", &dir.join("mine").display().to_string(), "--quiet"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a sweep's folder"));
+    // ... nor when the path reaches it through a folder that does not exist yet
+    let around = dir.join("nonexistent/../mine").display().to_string();
+    let out = cli(&["sweep", &other.display().to_string(), "--out", &around, "--quiet"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a sweep's folder"), "{out:?}");
+    assert!(!dir.join("mine").join("sweep.json").exists() && !dir.join("nonexistent").exists());
+    assert_eq!(std::fs::read_to_string(dir.join("mine/notes.txt")).unwrap(), "keep");
+    // a finished run whose settings the sweep file has changed since is not skipped as if
+    // it were the new setting: an error naming it, before anything runs
+    let changed = std::fs::read_to_string(&f).unwrap().replace("\"model.hidden\" = [16]", "\"model.hidden\" = [24]");
+    std::fs::write(&f, changed).unwrap();
+    let out = cli(&["sweep", &fs, "--quiet"]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && e.contains("seed0_lr0.01") && e.contains("another configuration"), "{e}");
+    assert!(std::fs::read_to_string(o.join("seed0_lr0.01/config.toml")).unwrap().contains("16"), "the finished run is left as it was");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -288,6 +314,16 @@ fn selection_rules_never_average_over_what_a_run_lacks() {
     let p = ex::compare::pick(&gap, Selection::LastK(2)).unwrap();
     assert!((p.fused - 0.3).abs() < 1e-12 && p.macro_f1.is_nan(), "{p:?}");
     assert!((p.per_modality["audio"] - 0.2).abs() < 1e-12 && p.per_modality["image"].is_nan(), "{p:?}");
+    // an accuracy outside [0, 1] (a damaged or edited log: 1e308 once hung the charts) is an
+    // error naming the file, the line and the field
+    for (bad, field) in [(serde_json::json!({"acc": 1e308}), "test.acc"), (serde_json::json!({"acc": 0.5, "per_modality": {"audio": {"acc": -5.0}}}), "test.per_modality.audio.acc")] {
+        let d = dir.join("bad");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("config.toml"), "seed = 0\n[method]\nname = \"joint\"\n").unwrap();
+        std::fs::write(d.join("metrics.jsonl"), format!("{}\n{}\n", ep(0, 0.5.into(), 0.4, serde_json::json!({})), serde_json::json!({"epoch": 1, "test": bad}))).unwrap();
+        let e = ex::read_run(&d).unwrap_err().to_string();
+        assert!(e.contains("metrics.jsonl") && e.contains("line 2") && e.contains(field), "{e}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

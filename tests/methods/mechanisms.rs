@@ -676,17 +676,24 @@ fn aug_learners_start_from_their_own_weights() {
         }
     }
     assert_eq!(added(0), s0, "the same run seed adds the same learners");
-    // a damaged checkpoint asking for more learners than checks could add is refused, not
-    // allocated (6 epochs: at most 7 learners per modality)
-    let c = cfg(&with(&["method.name=aug", "method.aug.hidden=16", "train.epochs=6"]));
+    // a damaged checkpoint asking for more learners than the checks could add is refused,
+    // not allocated: 6 epochs check after epochs 0 to 4 (never after the last), so at most
+    // 1 + 5 learners per modality; 100 epochs with the official period (10) check after
+    // epochs 0, 9, 19, ..., 89: at most 11
+    let c = cfg(&with(&["method.name=aug", "method.aug.hidden=16", "train.epochs=6", "method.aug.check_every=1"]));
     let (mut m, _, _) = method_and_batch(&c);
     let mut opt = train::build_optimizer(&c, m.trainable()).unwrap();
-    for bad in [serde_json::json!([1, 1_000_000_000u64]), serde_json::json!([8, 1]), serde_json::json!(["3", 1])] {
+    for bad in [serde_json::json!([1, 1_000_000_000u64]), serde_json::json!([7, 1]), serde_json::json!(["3", 1])] {
         let e = m.restore(&serde_json::json!({ "learners": bad }), opt.as_mut()).unwrap_err().to_string();
-        assert!(e.contains("method_state.learners"), "{e}");
+        assert!(e.contains("method_state.learners") && e.contains("at most 6"), "{e}");
     }
-    m.restore(&serde_json::json!({"learners": [7, 7]}), opt.as_mut()).unwrap();
-    assert_eq!(m.state()["learners"], serde_json::json!([7, 7]));
+    m.restore(&serde_json::json!({"learners": [6, 6]}), opt.as_mut()).unwrap();
+    assert_eq!(m.state()["learners"], serde_json::json!([6, 6]));
+    let c = cfg(&with(&["method.name=aug", "method.aug.hidden=16", "train.epochs=100"]));
+    let (mut m, _, _) = method_and_batch(&c);
+    let mut opt = train::build_optimizer(&c, m.trainable()).unwrap();
+    let e = m.restore(&serde_json::json!({"learners": [12, 1]}), opt.as_mut()).unwrap_err().to_string();
+    assert!(e.contains("at most 11"), "{e}");
     // seeds 1 and 2 differ from 0 in one bit each (a seed or-ed / and-ed with a tag instead
     // of hashed would map them onto seed 0's stream)
     for seed in [1, 2] {

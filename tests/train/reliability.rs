@@ -110,6 +110,24 @@ fn reusing_a_run_folder_needs_resume_or_force() {
     assert!(r.err.contains("--force") && r.err.contains("metrics.jsonl") && r.err.contains("checkpoints"), "{}", r.err);
     assert_eq!(log_epochs(&dir), vec![0]);
     assert!(!dir.join(rundir::LOCK_FILE).exists(), "the lock is released at exit");
+    // everything a run writes goes with --force: a probe the old run had would otherwise be
+    // reported (by `compare`) as the new run's
+    std::fs::write(dir.join("probe.json"), "{}").unwrap();
+    std::fs::write(dir.join("charts/old_chart.svg"), "<svg/>").unwrap();
+    let r = run(train_cmd(&dir, &["--force"]));
+    succeeds(&r);
+    assert!(r.err.contains("probe.json") && r.err.contains("charts") && r.err.contains("tb"), "{}", r.err);
+    assert!(!dir.join("probe.json").exists() && !dir.join("charts/old_chart.svg").exists());
+    // `eval --probe --out` does not overwrite a probe.json already there without --force
+    std::fs::write(dir.join("probe.json"), "{}").unwrap();
+    let mut c = bin();
+    c.args(["eval", "--checkpoint"]).arg(&dir).args(["--probe", "--out"]).arg(&dir);
+    fails_naming(&run(c), &["probe.json", "--force"]);
+    assert_eq!(std::fs::read_to_string(dir.join("probe.json")).unwrap(), "{}");
+    // nor does it evaluate an empty test split (it printed "NaN%" and succeeded)
+    let mut c = bin();
+    c.args(["eval", "--checkpoint"]).arg(&dir).args(["--set", "data.n_test=0"]);
+    fails_naming(&run(c), &["data", "test split"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -282,6 +300,14 @@ fn a_damaged_metrics_log_is_an_error_on_resume() {
     std::fs::remove_file(&log).unwrap();
     std::fs::create_dir(&log).unwrap();
     fails_naming(&run(train_cmd(&dir, &["--resume", "--set", "train.epochs=3"])), &["metrics.jsonl"]);
+    // a log that lost the checkpoint's epochs (deleted, emptied) is an error: resuming would
+    // rebuild metrics.csv and the TensorBoard events from what is left
+    std::fs::remove_dir(&log).unwrap();
+    let csv = std::fs::read(dir.join("metrics.csv")).unwrap();
+    fails_naming(&run(train_cmd(&dir, &["--resume", "--set", "train.epochs=3"])), &["metrics.jsonl", "of the 2 epochs"]);
+    std::fs::write(&log, "").unwrap();
+    fails_naming(&run(train_cmd(&dir, &["--resume", "--set", "train.epochs=3"])), &["metrics.jsonl", "0 of the 2 epochs"]);
+    assert_eq!(std::fs::read(dir.join("metrics.csv")).unwrap(), csv, "the CSV history is left as it was");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -453,6 +479,13 @@ fn hostile_config_values_are_errors_naming_the_field() {
         ("train.workers=100000", &["train.workers"]),
         ("train.epochs=1000000000000000", &["train.epochs"]),
         ("train.batch_size=1000000000000", &["model", "train.batch_size"]),
+        // counts that would loop or allocate for ages before anything else could fail
+        ("model.layers=1000000000", &["model.layers", "at most 1024"]),
+        ("method.reconboost.head_hidden=100000000000", &["method.reconboost.head_hidden"]),
+        ("method.g_blending.super_epoch=1000000000000", &["method.g_blending.super_epoch"]),
+        ("method.relearn.kmeans_inits=1000000000000", &["method.relearn.kmeans_inits"]),
+        // a wrong type inside [data] names its field, not just `data`
+        ("data.n_train=\"abc\"", &["data.n_train", "invalid type"]),
     ];
     let wide = "data.modalities=[{name=\"a\",shape=[65536]},{name=\"b\",shape=[4]}]";
     for (set, names) in cases {
@@ -498,6 +531,18 @@ fn unknown_backends_adapters_and_filters_are_errors() {
     let mut c = bin();
     c.env("EQUIMODAL_BACKEND", "banana").args(["bench", "--quick"]);
     fails_naming(&run(c), &["EQUIMODAL_BACKEND", "banana"]);
+    for junk in ["abc", "0"] {
+        let mut c = bin();
+        c.env("EQUIMODAL_MAX_WORKGROUPS_PER_DIM", junk).args(["bench", "--quick"]);
+        fails_naming(&run(c), &["EQUIMODAL_MAX_WORKGROUPS_PER_DIM", junk]);
+    }
+    // bench counts have ceilings: one query set holds the timestamps, and the steps and the
+    // batch size host allocations made before anything runs
+    for (flag, v) in [("--reps", "5000"), ("--steps", "100000000000"), ("--batch", "1000000000000")] {
+        let mut c = bin();
+        c.args(["bench", "--e2e", "--quick", flag, v]);
+        fails_naming(&run(c), &[flag, "at most"]);
+    }
     // the adapter error lists what `devices` lists
     let devices = run({
         let mut c = bin();
