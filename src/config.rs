@@ -205,7 +205,7 @@ pub fn from_table(table: &toml::Table) -> Result<Config> {
 pub fn load(path: Option<&Path>, sets: &[String]) -> Result<(Config, String)> {
     let mut table = match path {
         Some(p) => {
-            let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
+            let text = crate::limits::read_text(p)?;
             text.parse::<toml::Table>().map_err(|e| Error::config(p.display().to_string(), format!("invalid TOML: {e}")))?
         }
         None => toml::Table::new(),

@@ -21,6 +21,47 @@ pub const MAX_EPOCHS: usize = 1_000_000;
 /// Highest WAV sample rate accepted (the resampler's filter table grows with the ratio).
 pub const MAX_SAMPLE_RATE: u32 = 768_000;
 
+/// Available host memory in bytes (Linux `MemAvailable`); None where unknown.
+pub fn host_available_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb.saturating_mul(1024))
+}
+
+/// An error naming `field` when `bytes` of host memory (for `what`) exceed what the host has
+/// available; nothing is checked where that is unknown.
+pub fn check_host_fits(bytes: u64, what: &str, field: &str) -> Result<()> {
+    match host_available_bytes() {
+        Some(avail) if bytes > avail => Err(Error::config(
+            field,
+            format!("{what} would take {:.1} GB of host memory, more than the {:.1} GB available", bytes as f64 / 1e9, avail as f64 / 1e9),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Most bytes of a text file the program reads whole (a config or a sweep file).
+pub const MAX_TEXT_FILE: u64 = 16 << 20;
+
+/// A regular file's bytes, if it holds at most `max` of them: a device (`/dev/zero`), a
+/// pipe or a file far larger than its kind ever is is an error naming it, before it is read.
+pub fn read_regular(path: &std::path::Path, max: u64) -> Result<Vec<u8>> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(Error::data(path.display().to_string(), "not a regular file"));
+    }
+    if meta.len() > max {
+        return Err(Error::data(path.display().to_string(), format!("{} bytes; a file of this kind holds at most {max}", meta.len())));
+    }
+    std::fs::read(path).map_err(|e| Error::io(path, e))
+}
+
+/// [`read_regular`] as UTF-8 text.
+pub fn read_text(path: &std::path::Path) -> Result<String> {
+    String::from_utf8(read_regular(path, MAX_TEXT_FILE)?).map_err(|e| Error::data(path.display().to_string(), format!("not UTF-8 text: {e}")))
+}
+
 /// Product of `dims` without overflow; the error names `what` and the dims.
 pub fn checked_numel(dims: &[usize], what: &str) -> Result<usize> {
     dims.iter()

@@ -482,6 +482,16 @@ fn spectrograms(cfg: &AvmnistConfig, waves: Vec<Vec<f32>>, n_samples: usize) -> 
     Ok((spectra, bins, frames))
 }
 
+/// The waveforms and their spectrograms of every clip live in host memory together while
+/// the spectrograms are computed: sizes within the validated ranges (192 kHz, 60 s, hop 1)
+/// can still ask for terabytes, which is an error naming the fields before any is read.
+fn check_audio_fits(cfg: &AvmnistConfig, clips: usize, n_samples: usize) -> Result<()> {
+    let stft = Stft::new(StftConfig { window: cfg.window, ..StftConfig::new(cfg.n_fft, cfg.hop) })?;
+    let per_clip = (n_samples as u64).saturating_add((stft.num_bins() as u64).saturating_mul(stft.num_frames(n_samples) as u64));
+    let bytes = per_clip.saturating_mul(clips as u64).saturating_mul(4);
+    crate::limits::check_host_fits(bytes, &format!("the audio of {clips} clips (waveforms and spectrograms)"), "data.sample_rate, data.duration_s, data.n_fft, data.hop")
+}
+
 /// Pairs each clip on one side of the split (`want_test`) with a uniformly drawn image of
 /// its digit from `pool`, in file order.
 fn pair_images(
@@ -592,6 +602,7 @@ impl AvmnistDataset {
         let mut rng = StdRng::seed_from_u64(cfg.seed);
         let pca = degrade_images(cfg, &mut mnist, &mut rng)?;
         let n_samples = (cfg.duration_s * cfg.sample_rate as f64).round() as usize;
+        check_audio_fits(cfg, clips.len(), n_samples)?;
         let waves = load_waves(cfg, &clips, n_samples, &mut rng)?;
         let (mut spectra, bins, frames) = spectrograms(cfg, waves, n_samples)?;
         // Pairing (reference order: train clips then test clips, in file order).

@@ -295,6 +295,9 @@ fn units(runs: &[RunRecord], pair_by: Option<&str>) -> Result<Vec<(String, i64)>
     let Some(key) = pair_by else {
         return Ok(runs.iter().map(|r| (r.setting.clone(), r.seed)).collect());
     };
+    if key == "seed" {
+        return Err(Error::config("--pair-by", "runs are always paired by their seed; --pair-by names a second key to pair by as well (a cross-validation fold such as data.test_speakers)"));
+    }
     let mut keyed = Vec::new();
     for r in runs {
         let mut table = r.table.clone();

@@ -163,7 +163,7 @@ impl Sweep {
     /// Read and check a sweep file (relative paths inside it are relative to its folder;
     /// `out` is relative to the working directory). `out` overrides the file's.
     pub fn load(path: &Path, out: Option<&Path>) -> Result<Sweep> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::limits::read_text(path)?;
         let file = std::path::absolute(path).map_err(|e| Error::io(path, e))?;
         let t: toml::Table = text.parse().map_err(|e| Error::config(path.display().to_string(), format!("invalid TOML: {e}")))?;
         check_keys(&t, &["name", "base", "out", "parallel", "set", "grid", "compare", "slurm"], &file, "")?;

@@ -187,6 +187,9 @@ impl MethodConfig {
         if self.name == MethodName::Greedy && self.greedy.start_epoch >= e {
             v.push(format!("method.greedy.start_epoch = {} never acts: train.epochs is {e} (epochs count from 0)", self.greedy.start_epoch));
         }
+        if self.name == MethodName::Mla && !self.mla.weights.is_empty() && self.mla.test_fusion != super::mla::MlaFusion::Fixed {
+            v.push(format!("method.mla.weights never acts: only test_fusion = \"fixed\" reads them (this run's is {:?})", self.mla.test_fusion));
+        }
         let r = &self.relearn;
         if self.name == MethodName::Relearn && !(0..e).any(|t| r.reinit_before(t)) {
             v.push(format!("method.relearn.reinit_epoch = {} never acts: the first re-initialisation would follow epoch {} of train.epochs = {e} (reinit_num = {})", r.reinit_epoch, r.reinit_epoch, r.reinit_num));

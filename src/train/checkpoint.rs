@@ -148,7 +148,8 @@ pub fn save(path: &Path, model: &[HostTensor], optim: &[HostTensor], meta: &serd
 /// Read and verify a checkpoint; a data error naming the file when it is not an equimodal
 /// checkpoint, is corrupt or fails its checksum, or holds a non-F32 tensor.
 pub fn load(path: &Path) -> Result<Checkpoint> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    // a regular file of any size (a device such as /dev/zero would be read without end)
+    let bytes = crate::limits::read_regular(path, u64::MAX)?;
     let p = path.display().to_string();
     let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| Error::data(&p, format!("not a safetensors checkpoint: {e}")))?;
     let info = header.metadata().as_ref();

@@ -141,13 +141,7 @@ fn encoder(est: &mut Estimate, name: &str, spec: &ModalitySpec, mc: &ModelConfig
     }
 }
 
-/// Available host memory in bytes (Linux `MemAvailable`); None where unknown.
-pub fn host_available_bytes() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb.saturating_mul(1024))
-}
+pub use crate::limits::host_available_bytes;
 
 /// Refuse a model whose largest tensor exceeds the device's buffer limits, or whose
 /// estimated training footprint exceeds the host's available memory (host memory bounds

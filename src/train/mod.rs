@@ -314,8 +314,11 @@ fn nan_loss_error(loss: f64, epoch: usize, method: &str, lr: f32, last: &Path) -
     } else {
         "no checkpoint was written before it".to_string()
     };
-    Error::NonFinite(format!("training loss is {loss} in epoch {} (method {method}, lr {lr}); {resume}; try a lower train.lr", epoch + 1))
+    Error::NonFinite(format!("training loss is {loss} in epoch {} (method {method}, lr {lr}); {resume}; {DIVERGED}", epoch + 1))
 }
+
+/// What to try when training diverges: the rate, and the settings that scale it or the loss.
+const DIVERGED: &str = "try a lower train.lr, or smaller values of what scales the rate or the loss (train.gamma of a step schedule, the method's loss weights or strengths)";
 
 fn finite_or_null(v: f64) -> Value {
     if v.is_finite() {
@@ -547,7 +550,10 @@ impl<'a> Run<'a> {
         }
         let mut val_acc = None;
         if do_eval {
-            val_acc = self.evaluate_epoch(method, &mut line, &mut progress.last_test)?;
+            val_acc = self.evaluate_epoch(method, &mut line, &mut progress.last_test).map_err(|e| match e {
+                Error::NonFinite(m) => Error::NonFinite(format!("{m} after epoch {} (method {}): the model diverged; {DIVERGED}", epoch + 1, method.name())),
+                other => other,
+            })?;
             self.print_epoch(epoch, &stats, &progress.last_test, val_acc, train_secs, wait_share);
         }
         append_log(&self.log_path, &line)?;

@@ -91,6 +91,9 @@ pub fn claim(dir: &Path, claim: Claim) -> Result<RunLock> {
     let existing = existing_run_files(dir);
     if claim.resume {
         let last = dir.join(CHECKPOINT_DIR).join("last.safetensors");
+        if last.exists() && !last.is_file() {
+            return Err(Error::data(last.display().to_string(), "--resume: not a checkpoint file (a damaged run folder); remove it, or replace the run with --force"));
+        }
         if !last.is_file() {
             return Err(Error::data(
                 last.display().to_string(),

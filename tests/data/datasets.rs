@@ -354,6 +354,15 @@ fn idx_reads_mnist_and_rejects_corrupt_headers() {
 }
 
 #[test]
+fn avmnist_audio_sizes_beyond_host_memory_are_refused_before_any_clip_is_read() {
+    let Some(root) = avmnist_root() else { return };
+    // every value inside its validated range, the product terabytes
+    let cfg = AvmnistConfig { root: Some(root.display().to_string()), sample_rate: 192_000, duration_s: 60.0, hop: 1, ..Default::default() };
+    let e = AvmnistDataset::new(&cfg).err().expect("terabytes of spectrograms accepted").to_string();
+    assert!(e.contains("data.hop") && e.contains("GB of host memory"), "{e}");
+}
+
+#[test]
 fn a_gzip_idx_inflating_past_its_header_is_refused_early() {
     let td = TempDir::new("idx-bomb");
     // a small gzip stream that inflates far beyond what its header says (64 MiB of zeros

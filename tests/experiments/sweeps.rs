@@ -369,6 +369,9 @@ fn compare_pairs_cross_validation_folds_like_seeds() {
     let runs: Vec<_> = ex::find_runs(std::slice::from_ref(&dir)).unwrap().iter().map(|d| ex::read_run(d).unwrap()).collect();
     let e = ex::compare::compare_by(&runs, None, Some("data.test_speakers")).err().unwrap().to_string();
     assert!(e.contains("joint-take-0") && e.contains("data.test_speakers"), "{e}");
+    // the seed is always a pairing key; naming it says so rather than that runs lack it
+    let e = ex::compare::compare_by(&runs, None, Some("seed")).err().unwrap().to_string();
+    assert!(e.contains("--pair-by") && e.contains("always paired by their seed"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

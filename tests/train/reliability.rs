@@ -230,7 +230,17 @@ fn resume_without_a_checkpoint_is_an_error() {
     fails_naming(&run(train_cmd(&dir, &["--resume"])), &["last.safetensors", "--resume"]);
     succeeds(&run(train_cmd(&dir, &["--set", "train.checkpoint=false"])));
     fails_naming(&run(train_cmd(&dir, &["--resume", "--set", "train.checkpoint=false"])), &["last.safetensors"]);
+    // a checkpoint path that is not a file: the error says what to do about it
+    std::fs::create_dir_all(last(&dir)).unwrap();
+    fails_naming(&run(train_cmd(&dir, &["--resume"])), &["last.safetensors", "not a checkpoint file", "--force"]);
     let _ = std::fs::remove_dir_all(&dir);
+    // a config or checkpoint that is a device, not a file, is refused before it is read
+    let mut c = bin();
+    c.args(["train", "--quiet", "--config", "/dev/zero", "--out"]).arg(&dir);
+    fails_naming(&run(c), &["/dev/zero", "not a regular file"]);
+    let mut c = bin();
+    c.args(["eval", "--checkpoint", "/dev/zero"]);
+    fails_naming(&run(c), &["/dev/zero", "not a regular file"]);
 }
 
 #[test]
@@ -520,6 +530,10 @@ fn options_that_do_not_apply_warn() {
     ));
     succeeds(&r);
     assert!(r.err.contains("warning: method.aug.check_every = 5 never acts"), "{}", r.err);
+    let _ = std::fs::remove_dir_all(&dir);
+    let r = run(train_cmd(&dir, &["--set", "method.name=mla", "--set", "method.mla.weights=[1.0]"]));
+    succeeds(&r);
+    assert!(r.err.contains("warning: method.mla.weights never acts"), "{}", r.err);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
