@@ -354,6 +354,15 @@ fn idx_reads_mnist_and_rejects_corrupt_headers() {
 }
 
 #[test]
+fn an_infinite_log_epsilon_is_refused() {
+    for e in [f32::INFINITY, f32::NAN, 0.0] {
+        let m = AvmnistConfig { log_eps: e, ..Default::default() }.validate().unwrap_err().to_string();
+        let c = equimodal::data::cremad::CremadConfig { root: Some("/nonexistent".into()), log_eps: e, ..Default::default() }.validate().unwrap_err().to_string();
+        assert!(m.contains("data.log_eps") && c.contains("data.log_eps"), "{m} / {c}");
+    }
+}
+
+#[test]
 fn avmnist_audio_sizes_beyond_host_memory_are_refused_before_any_clip_is_read() {
     let Some(root) = avmnist_root() else { return };
     // every value inside its validated range, the product terabytes

@@ -231,6 +231,18 @@ fn single_epoch_and_sparse_keys() {
     let run = tmp.run("one_full", &run_lines(1, "aim", true, true));
     let files = render_report(&run).unwrap();
     check_charts(&run.join("charts"), &files, &["loss", "accuracy", "aug_learners", "aim_depth_scores", "aim_strength"]);
+
+    // Values whose span is beyond f64 (−1.7e308 to 1.7e308): the axis falls back instead of
+    // searching an infinite range for ticks (it once never returned). In a thread, so a
+    // regression fails the test rather than hanging the suite.
+    let run = tmp.run("huge", &[
+        r#"{"epoch":0,"train":{"loss":-1.7e308},"test":{"acc":0.4},"imbalance":{"ratio":1.7e308}}"#.to_string(),
+        r#"{"epoch":1,"train":{"loss":1.7e308},"test":{"acc":0.5},"imbalance":{"ratio":-1.7e308}}"#.to_string(),
+    ]);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(render_report(&run).map(|f| f.len())).unwrap());
+    let done = rx.recv_timeout(std::time::Duration::from_secs(120)).expect("charts of a span beyond f64 did not finish in 120 s");
+    assert!(done.unwrap() > 0);
 }
 
 #[test]

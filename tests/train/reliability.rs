@@ -510,6 +510,10 @@ fn hostile_config_values_are_errors_naming_the_field() {
         fails_naming(&r, names);
         let _ = std::fs::remove_dir_all(&dir);
     }
+    // an MLP of 2,000 hidden layers is a typo, refused before it is estimated or built
+    let deep = format!("model.hidden=[{}]", vec!["1"; 2000].join(","));
+    fails_naming(&run(train_cmd(&dir, &["--set", &deep])), &["model.hidden", "at most 1024"]);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
