@@ -57,9 +57,17 @@ pub fn read_regular(path: &std::path::Path, max: u64) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| Error::io(path, e))
 }
 
-/// [`read_regular`] as UTF-8 text.
+/// A text file of at most [`MAX_TEXT_FILE`] bytes, read no further than that: a pipe
+/// (`--config <(...)`) works, a device that never ends (`/dev/zero`) is an error naming it.
 pub fn read_text(path: &std::path::Path) -> Result<String> {
-    String::from_utf8(read_regular(path, MAX_TEXT_FILE)?).map_err(|e| Error::data(path.display().to_string(), format!("not UTF-8 text: {e}")))
+    use std::io::Read;
+    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut bytes = Vec::new();
+    f.take(MAX_TEXT_FILE + 1).read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;
+    if bytes.len() as u64 > MAX_TEXT_FILE {
+        return Err(Error::data(path.display().to_string(), format!("more than {MAX_TEXT_FILE} bytes; a config or sweep file is far smaller")));
+    }
+    String::from_utf8(bytes).map_err(|e| Error::data(path.display().to_string(), format!("not UTF-8 text: {e}")))
 }
 
 /// Product of `dims` without overflow; the error names `what` and the dims.
