@@ -18,8 +18,11 @@
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 TARGET=${CARGO_TARGET_DIR:-$PWD/target}
-# kernel families whose tests run on the GPU (unchecked kernels, as in release builds)
-TESTS=${GPU_TESTS:-"elementwise matmul conv attention softmax norm pool shape optim boost bench"}
+# the test targets whose tests run on the GPU (unchecked kernels, as in release builds): the
+# kernels (ops: every family, the tensor-core ones included), the engine (gpu), the layers
+# and models (nn, layers), the optimizers and the bench cases; ops first, so a short device
+# budget still runs the kernels nothing but a GPU with cooperative matrices can run
+TESTS=${GPU_TESTS:-"ops gpu nn layers optim bench"}
 
 # the Vulkan loader and the GL/EGL/GLX libraries it pulls in: unpacking libvulkan1 alone
 # left wgpu without a backend on the GPU machine
