@@ -45,6 +45,11 @@ pub struct GpuOptions {
     ///
     /// [`Gpu::check_canaries`]: super::Gpu::check_canaries
     pub pool_canary: bool,
+    /// Test mode: a variant that fails the tuner's correctness probe is an error, not a
+    /// warning. In a run the tuner steps around a wrong variant (and says so); in the test
+    /// suite a wrong variant is a kernel bug that must fail, even where the tuner would not
+    /// have picked it.
+    pub strict_probe: bool,
     /// Most bytes the buffer pool may hold from the driver (live tensors and cache): a new
     /// buffer beyond it first releases the cache, then fails with
     /// [`Error::OutOfMemory`](crate::Error::OutOfMemory), as a full device would. For
@@ -164,6 +169,7 @@ impl Default for GpuOptions {
             checked_kernels,
             max_workgroups_per_dim,
             pool_canary,
+            strict_probe: false,
             memory_limit,
             pool_trace,
             tune,

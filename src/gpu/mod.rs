@@ -46,6 +46,8 @@ struct Inner {
     caps: Capabilities,
     limits: wgpu::Limits,
     checked: bool,
+    /// [`GpuOptions::strict_probe`].
+    strict_probe: bool,
     /// Workgroups per grid dimension the ops may use (the adapter's limit, or the test cap).
     max_groups: u32,
     /// [`GpuOptions::memory_limit`] (bytes), changeable at run time; `u64::MAX`: none.
@@ -169,6 +171,7 @@ impl Gpu {
             caps,
             limits,
             checked: options.checked_kernels,
+            strict_probe: options.strict_probe,
             max_groups,
             memory_limit: AtomicU64::new(options.memory_limit.unwrap_or(u64::MAX)),
             canary,
@@ -216,6 +219,10 @@ impl Gpu {
     /// True in the canary test mode ([`GpuOptions::pool_canary`]).
     pub fn pool_canary(&self) -> bool {
         self.0.canary.is_some()
+    }
+    /// True in the strict test mode of the tuner's probe ([`GpuOptions::strict_probe`]).
+    pub fn strict_probe(&self) -> bool {
+        self.0.strict_probe
     }
     /// True when kernels are compiled with runtime bounds checks.
     pub fn checked_kernels(&self) -> bool {

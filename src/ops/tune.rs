@@ -60,6 +60,9 @@ pub fn tune(gpu: &Gpu, family: &str, bucket: &str, problem: String, candidates: 
         }
     }
     if !probe_report.is_empty() {
+        if gpu.strict_probe() {
+            return Err(Error::Other(format!("tuning {family} {bucket} ({problem}): variants failed the correctness probe: {}", probe_report.join("; "))));
+        }
         eprintln!("warning: tuning {family} {bucket}: variants failed the correctness probe and are never used here: {}", probe_report.join("; "));
     }
     if passed.is_empty() {

@@ -20,6 +20,8 @@ pub fn test_options() -> GpuOptions {
     if std::env::var("EQUIMODAL_POOL_CANARY").is_err() {
         o.pool_canary = true;
     }
+    // a variant the tuner's probe finds wrong fails the test that tuned it
+    o.strict_probe = true;
     // Tuning stays on (its default, so the suite runs what users run), its choices in this
     // process only: a test never reads or writes the user's cache file.
     if std::env::var("EQUIMODAL_TUNE_CACHE").is_err() {

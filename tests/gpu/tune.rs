@@ -170,6 +170,8 @@ fn the_tuning_mode_names_its_variable_when_unknown() {
 fn a_variant_that_fails_the_probe_is_never_chosen() {
     let mut o = test_options();
     o.tune_cache = TuneStore::Memory;
+    // a run's behaviour: step around the wrong variants (the suite's strict mode is below)
+    o.strict_probe = false;
     let g = Gpu::new(o).unwrap();
     let reference = Tensor::from_slice(&g, &[1.0, -2.0, 3.0], &[3]).unwrap();
     let zeros: ops::tune::Candidate = ("zeros", Box::new(|| Tensor::zeros(&g, &[3])));
@@ -184,6 +186,16 @@ fn a_variant_that_fails_the_probe_is_never_chosen() {
     let zeros: ops::tune::Candidate = ("zeros", Box::new(|| Tensor::zeros(&g, &[3])));
     let err = ops::tune::tune(&g, "test", "none", "3 values".into(), &[zeros], &reference).unwrap_err().to_string();
     assert!(err.contains("test none") && err.contains("no variant passed"), "{err}");
+    // the test suite's strict mode: a wrong variant is an error naming it, even beside a
+    // right one
+    let mut o = test_options();
+    o.tune_cache = TuneStore::Memory;
+    let strict = Gpu::new(o).unwrap();
+    let zeros: ops::tune::Candidate = ("zeros", Box::new(|| Tensor::zeros(&strict, &[3])));
+    let right: ops::tune::Candidate = ("right", Box::new(|| Tensor::from_slice(&strict, &[1.0, -2.0, 3.0], &[3])));
+    let reference = Tensor::from_slice(&strict, &[1.0, -2.0, 3.0], &[3]).unwrap();
+    let err = ops::tune::tune(&strict, "test", "strict", "3 values".into(), &[zeros, right], &reference).unwrap_err().to_string();
+    assert!(err.contains("test strict") && err.contains("zeros"), "{err}");
 }
 
 /// Tuning operands that do not fit beside the run's tensors are no error: the product runs

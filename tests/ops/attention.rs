@@ -91,6 +91,8 @@ fn several_tiles_forward_and_gradients() {
 fn cross_attention_l_ne_s() {
     check_attention("attn L9 S3 Dh5", (2, 2, 9, 3, 5), None, &[0, 1, 2], 6);
     check_attention("attn L3 S41 Dh8", (1, 2, 3, 41, 8), None, &[0, 1, 2], 7);
+    // 270 query rows: the backward's row sums (attn_bwd_delta) over more than one workgroup
+    check_attention("attn B3 H2 L45 S20 Dh8", (3, 2, 45, 20, 8), None, &[0, 1, 2], 11);
     // only some inputs tracked: exercises the dq-only and dkv-only backward paths
     check_attention("attn q only", (1, 2, 6, 11, 8), None, &[0], 8);
     check_attention("attn k only", (1, 2, 6, 11, 8), None, &[1], 9);
@@ -203,7 +205,8 @@ fn f16_operands_give_the_f32_attention_of_their_values() {
     use equimodal::DType;
     let g = gpu();
     let mut rng = Rng::new(141);
-    for (b, h, l, s, dh) in [(2usize, 2usize, 19usize, 23usize, 24usize), (1, 1, 9, 9, 64), (1, 2, 5, 7, 100)] {
+    // Dh 128: every column of the widest tile live (Dh 100 would hide a dropped one)
+    for (b, h, l, s, dh) in [(2usize, 2usize, 19usize, 23usize, 24usize), (1, 1, 9, 9, 64), (1, 2, 5, 7, 100), (1, 2, 33, 37, 128)] {
         let shape_q = [b, h, l, dh];
         let shape_kv = [b, h, s, dh];
         let (q, k, v) = (upload(&g, &rng.normals(b * h * l * dh), &shape_q), upload(&g, &rng.normals(b * h * s * dh), &shape_kv), upload(&g, &rng.normals(b * h * s * dh), &shape_kv));

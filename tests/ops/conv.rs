@@ -106,6 +106,34 @@ fn check_fd(name: &str, s: Shape, p: Conv2dParams, seed: u64) {
     }
 }
 
+/// The weight scale as a differentiated input (AIM tracks it where its strengths learn):
+/// d/dscale = dW_raw * w and d/dw = dW_raw * scale, against finite differences of the f64
+/// convolution with w * scale, on the chosen tile and the two tile kinds.
+#[test]
+fn conv_weight_scale_gradient_matches_finite_differences() {
+    let s = Shape { n: 2, c: 3, h: 7, w: 6, o: 4, kh: 3, kw: 3 };
+    let p = params((1, 1), (1, 1), (1, 1));
+    let mut rng = Rng::new(33);
+    let (xs, ws) = xw_shapes(s);
+    let x = rng.uniforms(numel(&xs), -1.0, 1.0);
+    let w = rng.uniforms(numel(&ws), -1.0, 1.0);
+    let b = rng.uniforms(s.o, -1.0, 1.0);
+    let sc = rng.uniforms(numel(&ws), 0.5, 1.5);
+    for tile in [None, Some(ConvTile::T128x64), Some(ConvTile::G64x16)] {
+        check_op(
+            &format!("conv scale tracked tile {}", tile_name(tile)),
+            &[(x.clone(), xs.clone()), (w.clone(), ws.clone()), (b.clone(), vec![s.o]), (sc.clone(), ws.clone())],
+            &[0, 1, 2, 3],
+            &|t| ops::conv2d_on_tile(&t[0], &t[1], Some(&t[2]), p, Some(&t[3]), tile),
+            &|v| {
+                let scaled: Vec<f64> = v[1].iter().zip(&v[3]).map(|(a, b)| a * b).collect();
+                conv_ref(s, p, &v[0], &scaled, Some(&v[2]))
+            },
+            conv_tol(s, p),
+        );
+    }
+}
+
 #[test]
 fn conv_3x3_stride1_pad1() {
     check_fd("3x3 s1 p1", Shape { n: 2, c: 3, h: 9, w: 7, o: 5, kh: 3, kw: 3 }, params((1, 1), (1, 1), (1, 1)), 1);
@@ -300,20 +328,23 @@ fn conv_weight_scale_masks() {
     let b = round_f32(&rng.uniforms(s.o, -1.0, 1.0));
     // mask: a third zeros, the rest scales in [0.5, 1.5]
     let sc: Vec<f64> = (0..w.len()).map(|i| if i % 3 == 1 { 0.0 } else { rng.range(0.5, 1.5) as f32 as f64 }).collect();
-    for p in [params((1, 1), (1, 1), (1, 1)), params((2, 2), (1, 1), (1, 1))] {
+    // every tile's scaled entry points (the tuner checks a tile with the unscaled ones, so a
+    // broken scaled form would only show where timing happened to pick it)
+    for (p, tile) in [params((1, 1), (1, 1), (1, 1)), params((2, 2), (1, 1), (1, 1))].into_iter().flat_map(|p| tiles().map(move |t| (p, t))) {
+        let name = tile_name(tile);
         let xt = upload(&g, &x, &xs).requires_grad();
         let wt = upload(&g, &w, &ws).requires_grad();
         let bt = upload(&g, &b, &[s.o]).requires_grad();
         let st = upload(&g, &sc, &ws);
-        let y = ops::conv2d(&xt, &wt, Some(&bt), p, Some(&st)).unwrap();
+        let y = ops::conv2d_on_tile(&xt, &wt, Some(&bt), p, Some(&st), tile).unwrap();
         // the forward equals a convolution with w * s
         let ws_: Vec<f64> = w.iter().zip(&sc).map(|(a, b)| ((a * b) as f32) as f64).collect();
-        let y_plain = ops::conv2d(&xt.detach(), &upload(&g, &ws_, &ws), Some(&bt.detach()), p, None).unwrap();
+        let y_plain = ops::conv2d_on_tile(&xt.detach(), &upload(&g, &ws_, &ws), Some(&bt.detach()), p, None, tile).unwrap();
         let got = y.to_vec().unwrap();
         let want = conv_ref(s, p, &x, &ws_, Some(&b));
         // sums of K = 36 products of values <= 1.5 (Tol::sums: 1e-6 sqrt(K) x scale sqrt(K))
-        assert_close("masked forward", &got, &want, 1e-5, 1e-6 * 36.0 * 1.5);
-        assert_close("masked forward vs unmasked kernel on w*s", &got, &y_plain.to_vec().unwrap().iter().map(|&v| v as f64).collect::<Vec<_>>(), 0.0, 0.0);
+        assert_close(&format!("{name}: masked forward"), &got, &want, 1e-5, 1e-6 * 36.0 * 1.5);
+        assert_close(&format!("{name}: masked forward vs unmasked kernel on w*s"), &got, &y_plain.to_vec().unwrap().iter().map(|&v| v as f64).collect::<Vec<_>>(), 0.0, 0.0);
         let gy = round_f32(&rng.uniforms(want.len(), -1.0, 1.0));
         let mut grads = equimodal::Gradients::new();
         y.backward_with(upload(&g, &gy, y.shape()), &mut grads).unwrap();
@@ -322,13 +353,13 @@ fn conv_weight_scale_masks() {
         let dw_got = grads.get(&wt).unwrap().to_vec().unwrap();
         for (i, v) in dw_got.iter().enumerate() {
             if sc[i] == 0.0 {
-                assert_eq!(*v, 0.0, "masked weight gradient [{i}] must be exactly 0");
+                assert_eq!(*v, 0.0, "{name}: masked weight gradient [{i}] must be exactly 0");
             }
         }
         // dW and db sum N*HO*WO <= 126 terms, dX sums O*KH*KW = 45 (Tol::sums)
-        assert_close("masked dw", &dw_got, &dw_want, 1e-5, 1e-6 * 126.0 * 1.5);
-        assert_close("masked dx", &grads.get(&xt).unwrap().to_vec().unwrap(), &dx, 1e-5, 1e-6 * 45.0 * 1.5);
-        assert_close("masked db", &grads.get(&bt).unwrap().to_vec().unwrap(), &db, 1e-5, 1e-6 * 126.0);
+        assert_close(&format!("{name}: masked dw"), &dw_got, &dw_want, 1e-5, 1e-6 * 126.0 * 1.5);
+        assert_close(&format!("{name}: masked dx"), &grads.get(&xt).unwrap().to_vec().unwrap(), &dx, 1e-5, 1e-6 * 45.0 * 1.5);
+        assert_close(&format!("{name}: masked db"), &grads.get(&bt).unwrap().to_vec().unwrap(), &db, 1e-5, 1e-6 * 126.0);
     }
 }
 

@@ -166,7 +166,43 @@ fn check_lerp(shapes: &[(Vec<usize>, Vec<usize>)], seed: u64) {
 
 #[test]
 fn lerp_matches_reference_and_gradients() {
-    check_lerp(&[(vec![7, 33], vec![7, 33]), (vec![5, 1, 9], vec![4, 1]), (vec![3, 17], vec![17]), (vec![1], vec![2, 3, 5])], 44);
+    // [8, 33] twice: the vec4 form (a multiple of 4 elements)
+    check_lerp(&[(vec![7, 33], vec![7, 33]), (vec![8, 33], vec![8, 33]), (vec![5, 1, 9], vec![4, 1]), (vec![3, 17], vec![17]), (vec![1], vec![2, 3, 5])], 44);
+}
+
+/// The comparisons and the sign, exactly: 1.0 / 0.0 (and −1 / 0 / 1), with a quarter of the
+/// pairs tied and exact zeros, on the scalar, vec4 and broadcast forms (PMR, InfoReg, AGM and
+/// Greedy build their masks from these).
+#[test]
+fn comparisons_and_sign_are_exact_with_ties() {
+    let g = gpu();
+    let mut rng = Rng::new(45);
+    // multiples of 0.5 in [-2, 2]: exactly representable, so ties and zeros are real
+    let mut halves = |n: usize| -> Vec<f64> { (0..n).map(|_| (rng.uniform() * 9.0).floor() * 0.5 - 2.0).collect() };
+    for (sa, sb) in [(vec![7, 33], vec![7, 33]), (vec![8, 33], vec![8, 33]), (vec![3, 8], vec![8]), (vec![5, 1, 9], vec![4, 1]), (vec![8, 33], vec![1])] {
+        let a = halves(numel(&sa));
+        let mut b = halves(numel(&sb));
+        // a quarter of the same-shape pairs tied
+        if sa == sb {
+            for i in (0..b.len()).step_by(4) {
+                b[i] = a[i];
+            }
+        }
+        let (at, bt) = (upload(&g, &a, &sa), upload(&g, &b, &sb));
+        for (name, op, f) in [("eq", Binary::Eq, (|x: f64, y: f64| (x == y) as u8 as f64) as fn(f64, f64) -> f64), ("ge", Binary::Ge, |x, y| (x >= y) as u8 as f64)] {
+            let got = ops::binary(&at, &bt, op, 0.0, 0.0).unwrap().to_vec().unwrap();
+            let want = bcast_ref(&a, &sa, &b, &sb, f);
+            assert_eq!(got.iter().map(|v| *v as f64).collect::<Vec<_>>(), want, "{name} {sa:?} {sb:?}");
+            assert!(want.contains(&1.0) && want.contains(&0.0), "{name} {sa:?} {sb:?}: the test needs both outcomes");
+        }
+        let got = ops::sign(&at).unwrap().to_vec().unwrap();
+        assert_eq!(got.iter().map(|v| *v as f64).collect::<Vec<_>>(), a.iter().map(|&x| if x > 0.0 { 1.0 } else if x < 0.0 { -1.0 } else { 0.0 }).collect::<Vec<_>>(), "sign {sa:?}");
+        assert!(a.contains(&0.0), "sign {sa:?}: the test needs exact zeros");
+    }
+    // ge_scalar: the scalar operand broadcast
+    let x = halves(8 * 33);
+    let got = ops::ge_scalar(&upload(&g, &x, &[8, 33]), 0.5).unwrap().to_vec().unwrap();
+    assert_eq!(got.iter().map(|v| *v as f64).collect::<Vec<_>>(), x.iter().map(|&v| (v >= 0.5) as u8 as f64).collect::<Vec<_>>());
 }
 
 #[test]

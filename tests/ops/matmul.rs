@@ -865,7 +865,9 @@ fn coop_matmul_matches_the_reference() {
     // relative, so the bound is 2^-11 of the sum of the terms' magnitudes, at the gradient's
     // scale and a million times smaller (f16 subnormals, unscaled)
     let (m, n, k) = (70usize, 130usize, 45usize);
-    for (f32_a, ta, tb) in [(true, false, true), (false, true, false)] {
+    // every transposition of the f32 operand's product (a linear layer's dA and dB, and
+    // matmul_ex with either operand transposed under mixed precision)
+    for (f32_a, ta, tb) in [(true, false, true), (false, true, false), (true, false, false), (true, true, true), (false, false, false), (false, false, true)] {
         for tiny in [1.0, 1e-6] {
             let (sa, sb) = (a_shape(&[], m, k, ta), b_shape(&[], k, n, tb));
             let av: Vec<f64> = rng.normals(numel(&sa)).iter().map(|v| v * if f32_a { tiny } else { 1.0 }).collect();

@@ -51,6 +51,8 @@ fn max_pool_matches_reference_and_gradients() {
         (1, 3, 7, 5, (2, 2), (2, 2), (0, 0)),
         (3, 1, 6, 9, (3, 2), (1, 2), (1, 0)),
         (1, 1, 1, 1, (1, 1), (1, 1), (0, 0)),
+        // 6,138 outputs: many workgroups
+        (2, 3, 33, 31, (3, 3), (1, 1), (1, 1)),
     ];
     for (n, c, h, w, k, s, p) in cases {
         let x = distinct(&mut rng, n * c * h * w);
@@ -99,7 +101,8 @@ fn adaptive_ref(x: &[f64], nc: usize, h: usize, w: usize, oh: usize, ow: usize) 
 #[test]
 fn adaptive_avg_pool_matches_reference_and_gradients() {
     let mut rng = Rng::new(12);
-    for (n, c, h, w, oh, ow) in [(2, 3, 7, 5, 1, 1), (2, 3, 7, 5, 3, 2), (1, 2, 7, 5, 4, 3), (1, 2, 3, 2, 5, 4), (1, 1, 4, 4, 2, 2)] {
+    // the last: 1,440 outputs, many workgroups
+    for (n, c, h, w, oh, ow) in [(2, 3, 7, 5, 1, 1), (2, 3, 7, 5, 3, 2), (1, 2, 7, 5, 4, 3), (1, 2, 3, 2, 5, 4), (1, 1, 4, 4, 2, 2), (2, 3, 33, 31, 16, 15)] {
         let x = rng.uniforms(n * c * h * w, -1.0, 1.0);
         check_op(
             &format!("adaptive_avg_pool2d {n}x{c}x{h}x{w} -> {oh}x{ow}"),
