@@ -253,6 +253,12 @@ fn vec4_and_scalar_forms_match_the_reference() {
         let acc = ops::full(&g, &shape, 1.0).unwrap();
         let x = ops::full(&g, &shape, v).unwrap();
         assert_eq!(ops::add_into(acc, &x).unwrap().to_vec().unwrap(), vec![1.0 + v; n], "add_into {shape:?}");
+        // distinct values: a lane or element mixed up shows (constants would hide it)
+        let mut rng = Rng::new(46);
+        let (a, b) = (round_f32(&rng.uniforms(n, -2.0, 2.0)), round_f32(&rng.uniforms(n, -2.0, 2.0)));
+        let got = ops::add_into(upload(&g, &a, &shape), &upload(&g, &b, &shape)).unwrap().to_vec().unwrap();
+        let want: Vec<f32> = a.iter().zip(&b).map(|(x, y)| (*x as f32) + (*y as f32)).collect();
+        assert_eq!(got, want, "add_into distinct {shape:?}");
     }
     assert_canaries("vec4 forms");
 }
