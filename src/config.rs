@@ -200,6 +200,15 @@ pub fn from_table(table: &toml::Table) -> Result<Config> {
     Ok(cfg)
 }
 
+/// A `[data]` table without `kind` amends the default dataset (synthetic): `--set
+/// data.n_train=...` on the default configuration, or on a run whose stored config has no
+/// `[data]` table (`eval --set data.*`).
+pub fn default_data_kind(table: &mut toml::Table) {
+    if let Some(toml::Value::Table(d)) = table.get_mut("data") {
+        d.entry("kind").or_insert_with(|| toml::Value::String("synthetic".into()));
+    }
+}
+
 /// Load a config file (or the defaults when `path` is None) and apply overrides. Returns the
 /// config and the merged TOML text (saved in the run directory).
 pub fn load(path: Option<&Path>, sets: &[String]) -> Result<(Config, String)> {
@@ -211,10 +220,7 @@ pub fn load(path: Option<&Path>, sets: &[String]) -> Result<(Config, String)> {
         None => toml::Table::new(),
     };
     apply_overrides(&mut table, sets)?;
-    // A [data] table without `kind` amends the default dataset (synthetic).
-    if let Some(toml::Value::Table(d)) = table.get_mut("data") {
-        d.entry("kind").or_insert_with(|| toml::Value::String("synthetic".into()));
-    }
+    default_data_kind(&mut table);
     let cfg = from_table(&table)?;
     for w in unused_options(&table, &cfg) {
         eprintln!("warning: {w}");

@@ -20,7 +20,7 @@ struct Cli {
 enum Cmd {
     /// Train a method on a dataset (config file + overrides); writes a run directory.
     Train {
-        /// TOML config (see configs/); without it, the built-in default (synthetic data, joint training).
+        /// TOML config (see configs/); without it, the built-in default (AUG on the synthetic data).
         #[arg(long)]
         config: Option<PathBuf>,
         /// Override a config value, e.g. --set train.epochs=5 --set method.name=ogm_ge

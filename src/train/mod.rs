@@ -96,7 +96,8 @@ pub struct RunSummary {
     /// The epoch selected on validation (saved as `checkpoints/best.safetensors`) and its
     /// validation accuracy; None without a validation split.
     pub best_val: Option<(usize, f64)>,
-    /// Epochs this invocation trained (for `eval_checkpoint`: the checkpoint's epoch count).
+    /// Epochs the model has trained, a resumed run's earlier ones included (for
+    /// `eval_checkpoint`: the checkpoint's epoch count).
     pub epochs_run: usize,
     /// The run folder.
     pub run_dir: PathBuf,
@@ -432,6 +433,7 @@ pub fn train(gpu: &Gpu, cfg: &Config, cfg_text: &str, opts: &TrainOptions) -> Re
         0
     };
     std::fs::write(dir.join("config.toml"), cfg_text).map_err(|e| Error::io(dir.join("config.toml"), e))?;
+    progress.first_epoch = start_epoch;
 
     for epoch in start_epoch..cfg.train.epochs {
         if opts.stop_after.is_some_and(|s| progress.epochs_run >= s) {
@@ -470,7 +472,10 @@ struct Progress {
     /// What a resumed run changed, logged once with its first epoch.
     resume_note: Option<Value>,
     last_test: EvalReport,
+    /// Epochs this invocation trained ...
     epochs_run: usize,
+    /// ... from this one (the checkpoint's next epoch on a resume, else 0).
+    first_epoch: usize,
 }
 
 impl<'a> Run<'a> {
@@ -735,7 +740,8 @@ impl<'a> Run<'a> {
     fn finish(self, method: &dyn Method, progress: Progress) -> Result<RunSummary> {
         let dir = &self.opts.run_dir;
         let best_val = progress.best.filter(|_| self.has_val);
-        let summary = RunSummary { modalities: self.names, test: progress.last_test, best_val, epochs_run: progress.epochs_run, run_dir: dir.clone() };
+        let epochs_run = progress.first_epoch + progress.epochs_run;
+        let summary = RunSummary { modalities: self.names, test: progress.last_test, best_val, epochs_run, run_dir: dir.clone() };
         let mut table = summary.table();
         if self.cfg.train.probe {
             table.push_str(&write_probe(self.gpu, method, &self.ds, &summary.modalities, self.cfg.train.batch_size.max(64), dir, &self.log_path)?);
@@ -829,6 +835,7 @@ fn restore_checkpoint(gpu: &Gpu, path: &Path, sets: &[String]) -> Result<Restore
         .ok_or_else(|| Error::data(file.display().to_string(), "metadata has no config"))?;
     let mut table: toml::Table = text.parse().map_err(|e| Error::data(file.display().to_string(), format!("stored config: {e}")))?;
     crate::config::apply_overrides(&mut table, sets)?;
+    crate::config::default_data_kind(&mut table);
     let cfg = crate::config::from_table(&table)?;
     let ds: Arc<dyn Dataset> = Arc::from(data::build(&cfg.data)?);
     let specs: Vec<ModalitySpec> = ds.modalities().to_vec();

@@ -221,6 +221,27 @@ fn config_changes_ignore_epochs_and_defaults() {
     assert_eq!(c, vec!["train.lr: (default) -> 0.5".to_string()]);
 }
 
+/// A run of the default configuration stores no `[data]` table: `eval --set data.*` on it
+/// amends the default dataset as `train --set data.*` does (it failed: `data.kind` missing),
+/// and a resume of the finished run reports the epochs the model has, not those it ran now.
+#[test]
+fn eval_overrides_data_of_a_default_run_and_a_finished_resume_counts_its_epochs() {
+    let dir = tmp("default-data");
+    let mut c = bin();
+    c.args(["train", "--quiet", "--out"]).arg(&dir).args(["--set", "train.epochs=2", "--set", "model.hidden=[16]", "--set", "method.name=joint"]);
+    succeeds(&run(c));
+    assert!(!std::fs::read_to_string(dir.join("config.toml")).unwrap().contains("[data]"));
+    let mut c = bin();
+    c.args(["eval", "--checkpoint"]).arg(&dir).args(["--set", "data.n_test=100"]);
+    succeeds(&run(c));
+    let mut c = bin();
+    c.args(["train", "--quiet", "--resume", "--out"]).arg(&dir).args(["--set", "train.epochs=2", "--set", "model.hidden=[16]", "--set", "method.name=joint"]);
+    let r = run(c);
+    succeeds(&r);
+    assert!(r.out.contains("test results after 2 epochs"), "{}", r.out);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn resume_without_a_checkpoint_is_an_error() {
     let dir = tmp("resume-none");

@@ -282,6 +282,29 @@ fn every_preset_parses_and_validates() {
     assert!(n >= 15, "presets in {}", dir.display());
 }
 
+/// The README's configuration reference (the TOML block under "Configuration") is a config
+/// the binary accepts, every key of it, and it shows every section the config has: a key
+/// renamed or a section added without the README following fails here.
+#[test]
+fn the_readme_configuration_reference_is_a_valid_config_of_every_section() {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let start = readme.find("### Configuration").expect("a Configuration section");
+    let block = &readme[start..];
+    let block = &block[block.find("```toml\n").expect("its TOML block") + 8..];
+    let block = &block[..block.find("```").unwrap()];
+    let table: toml::Table = block.parse().unwrap_or_else(|e| panic!("the README's TOML block: {e}"));
+    config::from_table(&table).unwrap_or_else(|e| panic!("the README's configuration reference: {e}"));
+    let methods = table["method"].as_table().unwrap();
+    for section in ["ogm", "aug", "aim", "pmr", "mmpareto", "agm", "g_blending", "mla", "inforeg", "relearn", "reconboost", "greedy"] {
+        assert!(methods.contains_key(section), "the README's configuration reference lacks [method.{section}]");
+    }
+    for (part, keys) in [("train", &["probe", "precision", "grad_clip"][..]), ("model", &["modalities", "init", "recompute"][..])] {
+        for k in keys {
+            assert!(table[part].get(*k).is_some(), "the README's configuration reference lacks {part}.{k}");
+        }
+    }
+}
+
 #[test]
 fn aug_evaluates_the_trained_ensemble_before_a_check_adds_a_learner() {
     // The check after epoch 0 adds a learner to the weak modality. The test accuracy logged
