@@ -63,9 +63,10 @@ pub fn run_one(sweep: &Sweep, run: &RunSpec, child: &ChildArgs) -> Result<Outcom
     }
     let resume = dir.join("checkpoints/last.safetensors").exists();
     if !resume && dir.exists() {
-        // killed before its first checkpoint: nothing to keep but a partial log
-        for f in ["metrics.jsonl", "metrics.csv", "config.toml"] {
-            let _ = std::fs::remove_file(dir.join(f));
+        // killed before its first checkpoint: nothing to keep but partial logs (everything a
+        // run writes, so the restart does not find "a run" there)
+        for p in crate::train::rundir::run_outputs(&dir) {
+            let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
         }
     }
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;

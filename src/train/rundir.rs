@@ -120,6 +120,12 @@ fn names(paths: &[PathBuf]) -> String {
     paths.iter().filter_map(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()).collect::<Vec<_>>().join(", ")
 }
 
+/// What a run left in `dir` (the files and the non-empty folders that mark a run), for a
+/// caller that restarts a run killed before its first checkpoint (a sweep) to clear first.
+pub fn run_outputs(dir: &Path) -> Vec<PathBuf> {
+    existing_run_files(dir)
+}
+
 fn existing_run_files(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = RUN_FILES.iter().map(|f| dir.join(f)).filter(|p| p.exists()).collect();
     for d in RUN_DIRS {

@@ -144,6 +144,14 @@ fn a_sweep_runs_in_parallel_reports_failures_skips_finished_runs_and_resumes() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("Skipped"), "{out:?}");
     let out = cli(&["sweep", &fs, "--task", "9"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("--task") && !out.status.success());
+    // a run killed before its first checkpoint left logs, TensorBoard events and charts:
+    // it starts over (those mark "a run" to the trainer, which would refuse the folder)
+    let partial = o.join("seed1_lr0.01");
+    std::fs::remove_file(partial.join("summary.txt")).unwrap();
+    std::fs::remove_dir_all(partial.join("checkpoints")).unwrap();
+    assert!(partial.join("tb").is_dir() && partial.join("charts").is_dir());
+    let out = cli(&["sweep", &fs, "--quiet"]);
+    assert!(partial.join("summary.txt").exists(), "{}", String::from_utf8_lossy(&out.stderr));
     // another sweep may not write into this one's folder, nor into a folder that is not a sweep's
     let other = sweep_file(&dir, "other", "[grid]\nseed = [5]\n");
     let out = cli(&["sweep", &other.display().to_string(), "--out", &o.display().to_string(), "--quiet"]);
