@@ -400,7 +400,8 @@ fn batch_norm_reads_f16_input_as_its_widened_values() {
     let g = gpu();
     let mut rng = Rng::new(23);
     let eps = 1e-5;
-    for (n, c, hw) in [(3, 4, Some((5, 3))), (5, 3, None), (1, 3, Some((17, 19)))] {
+    // the last: 31,117 values per channel, several statistics chunks (as CHUNKED)
+    for (n, c, hw) in [(3, 4, Some((5, 3))), (5, 3, None), (1, 3, Some((17, 19))), (37, 3, Some((29, 29)))] {
         let (shape, hws) = bn_shape(n, c, hw);
         let x32 = upload(&g, &rng.uniforms(n * c * hws, -2.0, 3.0), &shape);
         let x16 = ops::cast(&x32, DType::F16).unwrap();
@@ -428,7 +429,9 @@ fn batch_norm_reads_f16_input_as_its_widened_values() {
             let xs: Vec<f64> = widened.to_vec().unwrap().iter().map(|&v| v as f64).collect();
             let stats = if training { channel_stats(&xs, n, c, hws) } else { vec![(0.0, 1.0); c] };
             let want = bn_ref(&xs, &w, &b, &stats, n, c, hws, eps);
-            assert_close(&format!("{shape:?} training={training}: y vs f64"), &half[0], &want, 1e-5, 1e-5);
+            // chunked statistics over 31,117 values: the tolerance of check_chunked
+            let tol = if n * hws > 4096 { 1e-4 } else { 1e-5 };
+            assert_close(&format!("{shape:?} training={training}: y vs f64"), &half[0], &want, tol, tol);
         }
     }
 }
