@@ -75,7 +75,8 @@ pub trait Optimizer: Send {
     /// it (`Error::Config` for missing/unknown/invalid, `Error::Shape` for mis-shaped).
     fn load_state_tensors(&mut self, state: &[StateTensor]) -> Result<()>;
     /// Maintain the optimisation-state score `score = m·score + (1−m)·|g ⊙ θ|` (θ before
-    /// the update, g the raw gradient) for the named parameters, in the update kernel.
+    /// the update, g the gradient the step applies: after gradient clipping) for the named
+    /// parameters, in the update kernel.
     /// Scores start at zero; enabling again only changes the momentum.
     fn enable_scores(&mut self, param_names: &[&str], momentum: f32) -> Result<()> {
         let _ = (param_names, momentum);
