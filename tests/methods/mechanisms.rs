@@ -514,6 +514,54 @@ fn aim_epoch_statistics_are_per_sample_means_and_scores_an_ema() {
     assert_eq!(a3["aux_loss"].as_f64(), Some(0.0), "three modalities, γ = 0: {a3}");
 }
 
+/// The loss composition at epoch 0 (no strengths measured yet, so the auxiliary block is the
+/// full encoder): one SGD step (no momentum history, no weight decay) moves every parameter
+/// by (1 + γ) times joint training's step from the same weights; with `aux_trains_head =
+/// false` the head moves by joint's step alone and the encoders by (1 + γ) times it; with v3,
+/// (1 + 2γ). A γ read as 1, a term dropped or counted twice, or a head that the frozen copy
+/// lets through fails.
+#[test]
+fn aim_step_at_epoch_0_is_one_plus_gamma_joint_steps() {
+    let base = ["model.hidden=[32,32]", "train.weight_decay=0", "train.lr=0.1"];
+    let step = |name: &str, extra: &[&str], from: Option<&[(String, Vec<f32>)]>| -> (Vec<(String, Vec<f32>)>, Vec<(String, Vec<f32>)>) {
+        let mut list = vec![format!("method.name={name}")];
+        list.extend(base.iter().chain(extra).map(|s| s.to_string()));
+        let c = cfg(&with(&list.iter().map(|s| s.as_str()).collect::<Vec<_>>()));
+        let (mut m, b, _) = method_and_batch(&c);
+        if let Some(from) = from {
+            for p in m.params() {
+                if let Some((_, v)) = from.iter().find(|(n, _)| *n == p.name) {
+                    p.tensor.write(v).unwrap();
+                }
+            }
+        }
+        let before: Vec<(String, Vec<f32>)> = m.params().iter().map(|p| (p.name.clone(), p.tensor.to_vec().unwrap())).collect();
+        let mut opt = train::build_optimizer(&c, m.trainable()).unwrap();
+        m.train_step(&b, opt.as_mut(), 0).unwrap();
+        let after: Vec<(String, Vec<f32>)> = m.params().iter().map(|p| (p.name.clone(), p.tensor.to_vec().unwrap())).collect();
+        let delta = before.iter().zip(&after).map(|((n, a), (_, b))| (n.clone(), b.iter().zip(a).map(|(x, y)| x - y).collect())).collect();
+        (before, delta)
+    };
+    let (init, joint) = step("joint", &[], None);
+    for (extra, enc_k, head_k) in [
+        (vec!["method.aim.gamma=0.5"], 1.5, 1.5),
+        (vec!["method.aim.gamma=0.5", "method.aim.aux_trains_head=false"], 1.5, 1.0),
+        (vec!["method.aim.gamma=0.25", "method.aim.v3=true"], 1.5, 1.5),
+    ] {
+        let (_, aim) = step("aim", &extra, Some(&init));
+        let mut compared = 0;
+        for (name, d) in &aim {
+            let Some((_, j)) = joint.iter().find(|(n, _)| n == name) else { continue };
+            let k = if name.starts_with("enc.") { enc_k } else { head_k };
+            let want: Vec<f64> = j.iter().map(|v| k * *v as f64).collect();
+            let peak = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+            assert_close(&format!("{extra:?}: {name}"), d, &want, 1e-3, 1e-4 * peak);
+            compared += 1;
+        }
+        assert!(compared >= 6, "{extra:?}: only {compared} parameters in common with joint training");
+    }
+}
+
 #[test]
 fn aim_prototypes_start_from_their_own_draws() {
     // with no fitting steps the prototypes stay as drawn: each (modality, depth) from its own
