@@ -78,6 +78,19 @@ fn check_log(lines: &[serde_json::Value], depths: usize, rho: f64, s_max: f64) {
         let st = a["strength"].as_array().unwrap();
         assert_eq!(r.len(), depths);
         assert_eq!(st.len(), depths);
+        // the dominant modality has the highest final-depth score, the weak one the lowest,
+        // and each ratio is the dominant's score over the weak one's at that depth
+        let score = |m: &str| -> Vec<f64> { a["scores"][m].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect() };
+        let (sa, sv) = (score("audio"), score("visual"));
+        if sa[depths - 1] != sv[depths - 1] {
+            let (dom, weak) = if sa[depths - 1] > sv[depths - 1] { ("audio", "visual") } else { ("visual", "audio") };
+            assert_eq!((a["dominant"].as_str(), a["weak"].as_str()), (Some(dom), Some(weak)), "{a}");
+            let (sd, sw) = (score(dom), score(weak));
+            for (d, rv) in r.iter().enumerate() {
+                let want = sd[d] / sw[d].max(1e-12);
+                assert!((rv.as_f64().unwrap() - want).abs() <= 1e-5 * want, "ratio at depth {d}: {rv} vs {want} ({a})");
+            }
+        }
         for (r, s) in r.iter().zip(st) {
             let (r, s) = (r.as_f64().unwrap(), s.as_f64().unwrap());
             assert!(r.is_finite() && r > 0.0);
