@@ -31,6 +31,14 @@
 // Bounds: every global load and store is explicitly guarded (M, N and K tails, padding),
 // so the kernels are correct with runtime bounds checks off. Invalid table entries use a
 // large offset (BIG) that pushes the coordinate out of range instead of a second test.
+//
+// The interior form (INTERIOR): the host launches it on the workgroups whose tile lies inside
+// M and N, for a GEMM whose K-slices are all whole, and the guarded form on the edge tiles
+// (`ops::conv`, `ConvKernel::Interior`). There the M, N and K range tests are constant true
+// and the driver drops them, and the forward loads f32 weights as vec4s along K (rows of
+// C*KH*KW, a multiple of the slice and so of 4: 16 aligned bytes). The padding tests of the
+// gather stay: a 3x3, pad-1 convolution reads padding in every M tile. The same values are
+// multiplied in the same order, so both forms give the same bits.
 
 // The parameter block, the forward's epilogue and its operands: conv_params.wgsl, in front.
 
@@ -46,6 +54,7 @@
 // binding 5). The gradient dy is always f32.
 override HALF_X: bool = false;
 override HALF_W: bool = false;
+override INTERIOR: bool = false;
 // @variant-begin
 const TX: u32 = 32u; // threads along M; a thread's rows are tx + TX*i, i < 4
 const TY: u32 = 8u;  // threads along N; a thread's columns are ty + TY*j, j < TN
@@ -61,6 +70,12 @@ const M_STEP: u32 = NT / BM;
 const K_STEP: u32 = NT / BK;
 const A_PER: u32 = BK * BM / NT;
 const B_PER: u32 = BK * BN / NT;
+// The interior forward's vec4 weight loads: a K-slice of one weight row is KQ vec4s; thread
+// lid fetches vec4 lid % KQ of columns lid / KQ + W4_STEP*r (r < B_PER / 4), where each
+// thread's share of the slice is whole vec4s (W4).
+const KQ: u32 = BK / 4u;
+const W4_STEP: u32 = NT / KQ;
+const W4: bool = B_PER % 4u == 0u;
 
 var<workgroup> tbl: array<vec4<i32>, 3u * BK>; // three K-slice decode tables: slot i % 3 is slice i
 // the slice this thread fetched from global memory, on its way to workgroup memory
@@ -71,11 +86,15 @@ var<private> rb: array<f32, B_PER>;
 // along M (forward and dX: K rows ka + M_STEP*r of tile row lm; B: K row kb, columns
 // nb + K_STEP*r).
 fn store_slice(buf: u32, ka: u32, lm: u32, kb: u32, nb: u32) {
-    for (var r = 0u; r < A_PER; r = r + 1u) {
-        put_m(buf, ka + M_STEP * r, lm, ra[r]);
-    }
+    store_a(buf, ka, lm);
     for (var r = 0u; r < B_PER; r = r + 1u) {
         put_n(buf, kb, nb + K_STEP * r, rb[r]);
+    }
+}
+
+fn store_a(buf: u32, ka: u32, lm: u32) {
+    for (var r = 0u; r < A_PER; r = r + 1u) {
+        put_m(buf, ka + M_STEP * r, lm, ra[r]);
     }
 }
 
@@ -85,6 +104,8 @@ fn store_slice(buf: u32, ka: u32, lm: u32, kb: u32, nb: u32) {
 @group(0) @binding(4) var<storage, read> fscale: array<f32>;
 @group(0) @binding(11) var<storage, read> fxh: array<u32>;
 @group(0) @binding(12) var<storage, read> fwh: array<u32>;
+// w again, as vec4s (the host binds the same range as binding 2): the interior form's loads.
+@group(0) @binding(15) var<storage, read> fw4: array<vec4<f32>>;
 
 // x[i] and w[i] of the forward as f32.
 fn fwd_x(i: u32) -> f32 {
@@ -99,6 +120,40 @@ fn fwd_w(i: u32) -> f32 {
         return unpack2x16float(fwh[i >> 1u])[i & 1u];
     }
     return fw[i];
+}
+
+// Whether the forward fetches its weights as vec4s (the interior form, f32 weights).
+fn w4_loads() -> bool {
+    return INTERIOR && W4 && !HALF_W;
+}
+
+// The interior forward's weights of K-slice t (w4_loads): vec4 kq of the slice's row of
+// output channel n0 + nq + W4_STEP*r, into rb[4r..4r+3] (K rows 4kq..4kq+3); scaled the
+// same way as the scalar loads.
+fn fetch_w4(t: u32, n0: u32, lid: u32, ktot: u32, scaled: bool) {
+    let kq = lid % KQ;
+    let nq = lid / KQ;
+    for (var r = 0u; r < B_PER / 4u; r = r + 1u) {
+        let wi = (n0 + nq + W4_STEP * r) * ktot + t * BK + 4u * kq;
+        var v = fw4[wi / 4u];
+        if (scaled) {
+            v = v * vec4<f32>(fscale[wi], fscale[wi + 1u], fscale[wi + 2u], fscale[wi + 3u]);
+        }
+        for (var e = 0u; e < 4u; e = e + 1u) {
+            rb[4u * r + e] = v[e];
+        }
+    }
+}
+
+// Stage what fetch_w4 fetched into buffer buf.
+fn store_w4(buf: u32, lid: u32) {
+    let kq = lid % KQ;
+    let nq = lid / KQ;
+    for (var r = 0u; r < B_PER / 4u; r = r + 1u) {
+        for (var e = 0u; e < 4u; e = e + 1u) {
+            put_n(buf, 4u * kq + e, nq + W4_STEP * r, rb[4u * r + e]);
+        }
+    }
 }
 
 // Batch norm's partial statistics of this tile's outputs, into fpart: per channel, the mean
@@ -162,12 +217,12 @@ fn store_y4(lid: u32, m0: u32, n0: u32) {
     for (var g = 0u; g < OUT_M / 4u; g = g + 1u) {
         let m = m0 + out_m(lid, 4u * g);
         // M = N*H*W is a multiple of 4 here, so the group lies inside M whole or not at all
-        if (m < p.m) {
+        if (INTERIOR || m < p.m) {
             let n = m / hwo;
             let base = n * p.o * hwo + (m - n * hwo);
             for (var j = 0u; j < OUT_N; j = j + 1u) {
                 let o = n0 + out_n(lid, j);
-                if (o < p.o) {
+                if (INTERIOR || o < p.o) {
                     let at = base + o * hwo;
                     var v: vec4<f32>;
                     for (var e = 0u; e < 4u; e = e + 1u) {
@@ -200,7 +255,7 @@ fn fwd_body(wg: vec3<u32>, lid: u32, scaled: bool) {
     let lm = lid % BM;
     let ka = lid / BM;
     let am = m0 + lm;
-    let a_ok = am < p.m;
+    let a_ok = INTERIOR || am < p.m;
     let an = am / hwo;
     let apix = am - an * hwo;
     let aho = apix / p.wo;
@@ -236,24 +291,33 @@ fn fwd_body(wg: vec3<u32>, lid: u32, scaled: bool) {
                 ra[r] = v;
             }
             let kg = t * BK + kb;
-            for (var r = 0u; r < B_PER; r = r + 1u) {
-                let o = n0 + nb + K_STEP * r;
-                var v = 0.0;
-                if (kg < ktot && o < p.o) {
-                    let wi = o * ktot + kg;
-                    v = fwd_w(wi);
-                    if (scaled) {
-                        v = v * fscale[wi];
+            if (w4_loads()) {
+                fetch_w4(t, n0, lid, ktot, scaled);
+            } else {
+                for (var r = 0u; r < B_PER; r = r + 1u) {
+                    let o = n0 + nb + K_STEP * r;
+                    var v = 0.0;
+                    if (INTERIOR || (kg < ktot && o < p.o)) {
+                        let wi = o * ktot + kg;
+                        v = fwd_w(wi);
+                        if (scaled) {
+                            v = v * fscale[wi];
+                        }
                     }
+                    rb[r] = v;
                 }
-                rb[r] = v;
             }
         }
         if (t > 0u) {
             mma(lid, (t - 1u) % 2u);
         }
         if (fetch) {
-            store_slice(t % 2u, ka, lm, kb, nb);
+            if (w4_loads()) {
+                store_a(t % 2u, ka, lm);
+                store_w4(t % 2u, lid);
+            } else {
+                store_slice(t % 2u, ka, lm, kb, nb);
+            }
         }
         if (lid < BK) {
             tbl[((t + 2u) % 3u) * BK + lid] = fwd_entry((t + 2u) * BK + lid);
@@ -274,13 +338,13 @@ fn fwd_body(wg: vec3<u32>, lid: u32, scaled: bool) {
     }
     for (var i = 0u; i < OUT_M; i = i + 1u) {
         let m = m0 + out_m(lid, i);
-        if (m < p.m) {
+        if (INTERIOR || m < p.m) {
             let n = m / hwo;
             let pix = m - n * hwo;
             let base = n * p.o * hwo + pix;
             for (var j = 0u; j < OUT_N; j = j + 1u) {
                 let o = n0 + out_n(lid, j);
-                if (o < p.o) {
+                if (INTERIOR || o < p.o) {
                     let at = base + o * hwo;
                     fy[at] = epilogue(acc_at(i, j), o, at);
                 }
@@ -334,7 +398,7 @@ fn dx_body(wg: vec3<u32>, lid: u32, scaled: bool) {
     let lm = lid % BM;
     let ka = lid / BM;
     let am = m0 + lm;
-    let a_ok = am < mp;
+    let a_ok = INTERIOR || am < mp;
     let apx = phase_pixel(q, am);
     let ahp = apx.y;
     let awp = apx.z;
@@ -369,7 +433,7 @@ fn dx_body(wg: vec3<u32>, lid: u32, scaled: bool) {
             for (var r = 0u; r < B_PER; r = r + 1u) {
                 let c = n0 + nb + K_STEP * r;
                 var v = 0.0;
-                if (eb.w >= 0 && c < p.c) {
+                if (INTERIOR || (eb.w >= 0 && c < p.c)) {
                     let wi = u32(eb.w) + c * kkw;
                     v = dx_w(wi);
                     if (scaled) {
@@ -393,11 +457,11 @@ fn dx_body(wg: vec3<u32>, lid: u32, scaled: bool) {
 
     for (var i = 0u; i < OUT_M; i = i + 1u) {
         let m = m0 + out_m(lid, i);
-        if (m < mp) {
+        if (INTERIOR || m < mp) {
             let base = dx_base(q, m);
             for (var j = 0u; j < OUT_N; j = j + 1u) {
                 let c = n0 + out_n(lid, j);
-                if (c < p.c) {
+                if (INTERIOR || c < p.c) {
                     bdx[base + c * hw] = acc_at(i, j);
                 }
             }
@@ -451,7 +515,7 @@ fn dw_body(wg: vec3<u32>, lid: u32, scaled: bool) {
     var mi: array<vec4<i32>, A_PER>;
     for (var r = 0u; r < A_PER; r = r + 1u) {
         let m = m0 + lm + K_STEP * r;
-        if (m < p.m) {
+        if (INTERIOR || m < p.m) {
             let c = m / kkw;
             let rr = m - c * kkw;
             let i = rr / p.kw;
@@ -486,7 +550,7 @@ fn dw_body(wg: vec3<u32>, lid: u32, scaled: bool) {
             for (var r = 0u; r < B_PER; r = r + 1u) {
                 let o = n0 + lm + K_STEP * r;
                 var v = 0.0;
-                if (e.w >= 0 && o < p.o) {
+                if (INTERIOR || (e.w >= 0 && o < p.o)) {
                     v = gdy[u32(e.w) + o * hwo];
                 }
                 rb[r] = v;
@@ -513,10 +577,10 @@ fn dw_body(wg: vec3<u32>, lid: u32, scaled: bool) {
     let per = p.o * p.m;
     for (var i = 0u; i < OUT_M; i = i + 1u) {
         let m = m0 + out_m(lid, i);
-        if (m < p.m) {
+        if (INTERIOR || m < p.m) {
             for (var j = 0u; j < OUT_N; j = j + 1u) {
                 let o = n0 + out_n(lid, j);
-                if (o < p.o) {
+                if (INTERIOR || o < p.o) {
                     let idx = o * p.m + m;
                     var v = acc_at(i, j);
                     if (p.direct != 0u) {

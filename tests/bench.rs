@@ -120,12 +120,14 @@ fn flop_and_byte_counts() {
     assert_eq!(find(&full, "sgd_step").1, 20.0 * 11_176_512.0);
     // ResNet18's 11 distinct shapes, forward and fwd+bwd, both modalities; then three
     // fwd+bwd shapes (the reference and the small CNN's first two layers), each on the
-    // chosen tiles and on each tile (the strided ones and the GEMM core's); then three
-    // shapes on f16 operands, on the 128 x 64 tile and on cooperative matrices, forward and
-    // forward + backward
+    // chosen tiles and on each tile (the strided ones and the GEMM core's), guarded and in
+    // its interior form; then three shapes on f16 operands, on the 128 x 64 tile and on
+    // cooperative matrices, forward and forward + backward
     let tiles = equimodal::gpu::ConvTile::ALL.len();
-    assert_eq!(full.iter().filter(|c| c.name.starts_with("conv_")).count(), 2 * 2 * 11 + 3 * (1 + tiles) + 3 * 2 * 2);
+    assert_eq!(full.iter().filter(|c| c.name.starts_with("conv_")).count(), 2 * 2 * 11 + 3 * (1 + 2 * tiles) + 3 * 2 * 2);
     assert!(full.iter().any(|c| c.name == "conv_ref_3x3_128_fb:g128x128"), "a row per core tile");
+    assert!(full.iter().any(|c| c.name == "conv_ref_3x3_128_fb:g128x64i"), "a row per interior form");
+    assert_eq!(find(&full, "conv_ref_3x3_128_fb:128x64i").0, f, "an interior form's row counts the same work");
     let (fh, _) = find(&full, "conv_ref_3x3_128_fwd_f16:coop");
     assert_eq!((fh, find(&full, "conv_ref_3x3_128_fwd_f16:128x64").0), (f / 3.0, f / 3.0));
     assert_eq!(find(&full, "conv_ref_3x3_128_fb_f16:coop").0, f);

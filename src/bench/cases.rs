@@ -127,10 +127,11 @@ pub fn resnet18_conv_shapes(cin: usize, h: usize, w: usize, base: usize) -> Vec<
 }
 
 /// Forward (`fb = false`) or forward + backward to x and w (`fb = true`) of one conv, its
-/// GEMMs on `tile` (`name:tile`), or each on the size rule's tile (None).
-fn conv_case(name: String, s: &ConvShape, batch: usize, fb: bool, tile: Option<ConvTile>) -> Case {
-    let name = match tile {
-        Some(t) => format!("{name}:{}", t.name()),
+/// GEMMs on `kernel` (`name:kernel`), or each on its tuned kernel (None; the size rule's tile
+/// with tuning off).
+fn conv_case(name: String, s: &ConvShape, batch: usize, fb: bool, kernel: Option<ConvKernel>) -> Case {
+    let name = match kernel {
+        Some(k) => format!("{name}:{}", k.name()),
         None => name,
     };
     let (ho, wo) = s.out_hw();
@@ -155,7 +156,10 @@ fn conv_case(name: String, s: &ConvShape, batch: usize, fb: bool, tile: Option<C
         let p = Conv2dParams { stride: (s.stride, s.stride), padding: (s.pad, s.pad), dilation: (1, 1) };
         Ok(Box::new(move |i| {
             let set = &sets[i % k];
-            let y = ops::conv2d_on_tile(&set[0], &set[1], None, p, None, tile)?;
+            let y = match kernel {
+                Some(k) => ops::conv2d_on_kernel(&set[0], &set[1], None, p, None, k)?,
+                None => ops::conv2d(&set[0], &set[1], None, p, None)?,
+            };
             if fb {
                 let mut g = Gradients::new();
                 y.backward_with(set[2].detach(), &mut g)?;
@@ -344,13 +348,14 @@ fn conv_cases(quick: bool) -> Vec<Case> {
     }
     // performance.md's reference shape (cuDNN f32 warm: 0.84 ms fwd+bwd on the H100), and
     // the first two layers of the small CNN on AV-MNIST's 65x63 spectrograms (few channels:
-    // what the narrow tiles are for); each also on every tile
+    // what the narrow tiles are for); each also on every tile, guarded and in its interior
+    // form (`name:tile` and `name:tilei`)
     let r = ConvShape { layer: "ref".into(), cin: 128, cout: 128, k: 3, stride: 1, pad: 1, h: 28 / div, w: 28 / div };
     let c1 = ConvShape { layer: "c1".into(), cin: 1, cout: 8, k: 3, stride: 1, pad: 1, h: 65 / div, w: 63 / div };
     let c2 = ConvShape { layer: "c2".into(), cin: 8, cout: 16, k: 3, stride: 1, pad: 1, h: 32 / div, w: 31 / div };
     for (name, s) in [("conv_ref_3x3_128_fb", &r), ("conv_narrow_1to8_fb", &c1), ("conv_narrow_8to16_fb", &c2)] {
-        for tile in std::iter::once(None).chain(ConvTile::ALL.into_iter().map(Some)) {
-            v.push(conv_case(name.into(), s, batch, true, tile));
+        for kernel in std::iter::once(None).chain(ConvKernel::tiled().map(Some)) {
+            v.push(conv_case(name.into(), s, batch, true, kernel));
         }
     }
     // mixed precision's convolutions on f16 operands, forward and forward + backward:

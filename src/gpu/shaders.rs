@@ -431,6 +431,20 @@ impl ConvTile {
         }
     }
 
+    /// The name of the tile's interior form (`ops::ConvKernel::Interior`): its name and `i`.
+    pub fn interior_name(self) -> &'static str {
+        match self {
+            ConvTile::T128x64 => "128x64i",
+            ConvTile::T128x32 => "128x32i",
+            ConvTile::T128x16 => "128x16i",
+            ConvTile::T32x16 => "32x16i",
+            ConvTile::G128x128 => "g128x128i",
+            ConvTile::G128x64 => "g128x64i",
+            ConvTile::G128x32 => "g128x32i",
+            ConvTile::G64x16 => "g64x16i",
+        }
+    }
+
     /// The tile named `name` ([`ConvTile::name`]).
     pub fn from_name(name: &str) -> Option<ConvTile> {
         ConvTile::ALL.into_iter().find(|t| t.name() == name)

@@ -91,16 +91,16 @@ fn every_attention_form_translates() {
 }
 
 /// Every convolution instantiation translates with each combination of its f16 constants
-/// (`HALF_X`, `HALF_W` for the operands, `HALF_Y` for the output's rounding), the only
-/// override constants its launches set.
+/// (`HALF_X`, `HALF_W` for the operands, `HALF_Y` for the output's rounding) and of its
+/// interior form (`INTERIOR`), the only override constants its launches set.
 #[test]
 fn every_conv_form_translates() {
-    let names = ["HALF_X", "HALF_W", "HALF_Y"];
+    let names = ["HALF_X", "HALF_W", "HALF_Y", "INTERIOR"];
     for tile in equimodal::gpu::ConvTile::ALL {
         let (module, info) = parse(Shader::Conv(tile)).unwrap();
         let declared: BTreeSet<&str> = module.overrides.iter().filter_map(|(_, o)| o.name.as_deref()).collect();
         assert_eq!(declared, BTreeSet::from(names), "{tile:?}");
-        for form in 0..8u32 {
+        for form in 0..16u32 {
             let constants: Vec<(&str, f64)> = names.iter().enumerate().map(|(i, k)| (*k, ((form >> i) & 1) as f64)).collect();
             to_spirv(&module, &info, &constants).unwrap();
         }

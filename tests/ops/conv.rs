@@ -293,6 +293,112 @@ fn every_tile_gives_the_forward_and_dx_bits_of_the_128x64_tile() {
     }
 }
 
+/// The operands of one convolution: x, w, bias, a weight scale in [0.5, 1.5], and dy.
+struct Operands {
+    xs: Vec<usize>,
+    ws: Vec<usize>,
+    x: Vec<f64>,
+    w: Vec<f64>,
+    b: Vec<f64>,
+    scale: Vec<f64>,
+    gy: Vec<f64>,
+}
+
+fn operands(s: Shape, p: Conv2dParams, seed: u64) -> Operands {
+    let mut rng = Rng::new(seed);
+    let (xs, ws) = xw_shapes(s);
+    let (ho, wo) = ops::conv2d_output_size(s.h, s.w, s.kh, s.kw, &p);
+    let x = round_f32(&rng.uniforms(numel(&xs), -1.0, 1.0));
+    let w = round_f32(&rng.uniforms(numel(&ws), -1.0, 1.0));
+    let b = round_f32(&rng.uniforms(s.o, -1.0, 1.0));
+    let scale = round_f32(&rng.uniforms(numel(&ws), 0.5, 1.5));
+    let gy = round_f32(&rng.uniforms(s.n * s.o * ho * wo, -1.0, 1.0));
+    Operands { xs, ws, x, w, b, scale, gy }
+}
+
+/// y and the gradients of x, w, the bias and (with `scaled`) the weight scale of one
+/// convolution on `kernel`, x and w cast to f16 first with `half`.
+fn run_on(o: &Operands, p: Conv2dParams, kernel: ops::ConvKernel, scaled: bool, half: bool) -> Vec<Vec<f32>> {
+    let g = gpu();
+    let xt = upload(&g, &o.x, &o.xs).requires_grad();
+    let wt = upload(&g, &o.w, &o.ws).requires_grad();
+    let bt = upload(&g, &o.b, &[o.ws[0]]).requires_grad();
+    let st = upload(&g, &o.scale, &o.ws).requires_grad();
+    let cast = |t: &Tensor| if half { ops::cast(t, equimodal::DType::F16).unwrap() } else { t.clone() };
+    let y = ops::conv2d_on_kernel(&cast(&xt), &cast(&wt), Some(&bt), p, scaled.then_some(&st), kernel).unwrap();
+    let mut grads = equimodal::Gradients::new();
+    y.backward_with(upload(&g, &o.gy, y.shape()), &mut grads).unwrap();
+    let mut out = vec![y.to_vec().unwrap()];
+    let tracked = if scaled { vec![&xt, &wt, &bt, &st] } else { vec![&xt, &wt, &bt] };
+    out.extend(tracked.into_iter().map(|t| grads.get(t).unwrap().to_vec().unwrap()));
+    out
+}
+
+/// Every tile's interior form (`ConvKernel::Interior`: no range tests on the workgroups
+/// inside M and N, the forward's f32 weights as vec4s; the guarded form on the edge tiles):
+/// against the f64 reference, and bit for bit against the tile's guarded form, plain and
+/// through the forward's batch-norm partials, and on two tiles with a weight scale as a
+/// differentiated input and on f16 operands. The shapes give every tile interior workgroups and edge tiles
+/// (M of 240 and 1,296 or 1,368 rows, 144 to 152 channels); the second has an H*W that is
+/// not a multiple of 4 (the scalar store of y); the third, stride 2, has an interior forward
+/// and no interior dX (one phase only).
+#[test]
+fn the_interior_form_of_every_tile_gives_the_reference_and_the_guarded_bits() {
+    let g = gpu();
+    let cases = [
+        // fwd K = 1,296 and dW K = 240: whole slices; dX K = 1,368: not for slices of 16
+        (Shape { n: 2, c: 144, h: 12, w: 10, o: 152, kh: 3, kw: 3 }, params((1, 1), (1, 1), (1, 1)), [true, false, true]),
+        // dX K = 1,296, dW K = 240; fwd K = 1,368
+        (Shape { n: 8, c: 152, h: 5, w: 6, o: 144, kh: 3, kw: 3 }, params((1, 1), (1, 1), (1, 1)), [false, true, true]),
+        (Shape { n: 2, c: 16, h: 17, w: 17, o: 128, kh: 3, kw: 3 }, params((2, 2), (1, 1), (1, 1)), [true, false, false]),
+    ];
+    for (ci, (s, p, interior)) in cases.into_iter().enumerate() {
+        let o = operands(s, p, 300 + ci as u64);
+        let (want_y, (want_dx, want_dw, want_db)) = (conv_ref(s, p, &o.x, &o.w, Some(&o.b)), conv_ref_grads(s, p, &o.x, &o.w, &o.gy));
+        let (ho, wo) = ops::conv2d_output_size(s.h, s.w, s.kh, s.kw, &p);
+        let tol = |terms: usize| 1e-5 * (terms as f64).sqrt() * 4.0;
+        let (xt, wt) = (upload(&g, &o.x, &o.xs), upload(&g, &o.w, &o.ws));
+        for tile in ConvTile::ALL {
+            let (inner, guarded) = (ops::ConvKernel::Interior(tile), ops::ConvKernel::Tile(tile));
+            let what = format!("{s:?} stride {:?} on {}", p.stride, inner.name());
+            // the launch really has interior workgroups where the shape was chosen for them
+            // (the slices of the tiles on the shared core are 8 or 16 deep)
+            let regions = ops::conv2d_interior_workgroups(&xt, &wt, p, inner).unwrap();
+            for (gemm, (&want, got)) in ["fwd", "dx", "dw"].iter().zip(interior.iter().zip(regions)) {
+                if want {
+                    assert!(got.iter().all(|&d| d > 0), "{what}: no interior workgroups in {gemm}: {got:?}");
+                }
+            }
+            if p.stride != (1, 1) {
+                assert_eq!(regions[1], [0, 0], "{what}: dX has an interior only at stride 1");
+            }
+            assert_eq!(ops::conv2d_interior_workgroups(&xt, &wt, p, guarded).unwrap(), [[0; 2]; 3]);
+            let got = run_on(&o, p, inner, false, false);
+            assert_close(&format!("{what}: y"), &got[0], &want_y, 1e-5, tol(s.c * s.kh * s.kw));
+            assert_close(&format!("{what}: dx"), &got[1], &want_dx, 1e-5, tol(s.o * s.kh * s.kw));
+            assert_close(&format!("{what}: dw"), &got[2], &want_dw, 1e-5, tol(s.n * ho * wo));
+            assert_close(&format!("{what}: db"), &got[3], &want_db, 1e-5, tol(s.n * ho * wo));
+            assert!(got == run_on(&o, p, guarded, false, false), "{what}: differs from the guarded form");
+            // the weight scale and f16 operands on a tile that loads the weights as vec4s and
+            // one that cannot (its thread's share of a slice is 2 values): every other
+            // pipeline compiles in minutes on lavapipe with a cold shader cache
+            if [ConvTile::G128x64, ConvTile::T128x32].contains(&tile) {
+                for (scaled, half) in [(true, false), (false, true)] {
+                    let same = run_on(&o, p, inner, scaled, half) == run_on(&o, p, guarded, scaled, half);
+                    assert!(same, "{what} scaled={scaled} f16={half}: differs from the guarded form");
+                }
+            }
+            let fused = |k| {
+                let (y, part) = ops::conv2d_forward_on(&xt, &wt, None, p, Default::default(), true, k).unwrap();
+                let state = ops::BatchNormState::new(&g, s.o, 0.1, 1e-5).unwrap();
+                [y.to_vec().unwrap(), ops::batch_norm_stats_from_partials(&y, &part.unwrap(), &state).unwrap().to_vec().unwrap()]
+            };
+            assert!(fused(inner) == fused(guarded), "{what}: batch-norm partials differ from the guarded form");
+            assert_canaries(&what);
+        }
+    }
+}
+
 #[test]
 fn conv_7x7_stride2_stem_backward_across_tiles() {
     // ResNet stem: 7x7, stride 2, padding 3. fwd M = 2*19*18 = 684 (6 tiles of 128, the

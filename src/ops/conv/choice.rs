@@ -70,7 +70,8 @@ fn bucket(g: &Geom, which: Gemm, m: usize, n: usize) -> String {
 }
 
 /// The kernel GEMM `which` of `g` runs on: the tuned choice of its bucket (timing the tiles
-/// of [`tiles_to_time`] now, on seeded random operands of the same shapes, if the bucket is new; where the
+/// of [`tiles_to_time`] now, guarded and, where the GEMM has interior workgroups, in their
+/// interior form, on seeded random operands of the same shapes, if the bucket is new; where the
 /// operands other than dy are f16 and the weights unscaled, on an adapter with cooperative
 /// matrices, the cooperative-matrix kernel too), or [`tile_for`] with tuning off. The probe's reference is
 /// the 128 x 64 tile (the forward and dX of every tile add in the same order and agree bit for
@@ -121,7 +122,10 @@ pub(super) fn choose(g: &Geom, which: Gemm, m: usize, n: usize, gpu: &Gpu) -> Re
             }
         };
         let reference = run(ConvKernel::Tile(ConvTile::T128x64))?;
-        let kernels = tiles_to_time(m, n).into_iter().map(ConvKernel::Tile).chain(coop.then_some(ConvKernel::Coop));
+        // each tile guarded, and in its interior form where this GEMM has interior workgroups
+        let tiles = tiles_to_time(m, n);
+        let interior = tiles.iter().map(|&t| ConvKernel::Interior(t)).filter(|&k| g.interior(which, k, m, n, None).iter().all(|&d| d > 0));
+        let kernels = tiles.iter().map(|&t| ConvKernel::Tile(t)).chain(interior).chain(coop.then_some(ConvKernel::Coop));
         let list: Vec<crate::ops::tune::Candidate> = kernels.map(|k| (k.name(), Box::new(move || run(k)) as Box<dyn Fn() -> Result<Tensor>>)).collect();
         let problem = format!("[{}, {}, {}, {}] * [{}, {}, {}, {}] stride {:?}: M {m}, N {n}", g.n, g.c, g.h, g.w, g.o, g.c, g.kh, g.kw, g.p.stride);
         crate::ops::tune::tune(gpu, "conv", &bucket, problem, &list, &reference)

@@ -24,8 +24,9 @@ pub(super) struct Tiled {
 /// The forward's: x, w, bias, w_scale, y, then the epilogue's batch-norm statistics, weight
 /// and bias and the residual ([`ConvEpilogue`]), and batch norm's partial statistics of y
 /// ([`conv2d_bn_partials`]), then x and w again as packed f16 words (f16 operands), y
-/// as f16 words (an f16 output), and y as vec4s (the vec4 store of `store_y4`).
-pub(super) const FWD_BINDINGS: &[Access] = &[R, R, R, R, RW, R, R, R, R, RW, R, R, RW, RW];
+/// as f16 words (an f16 output), y as vec4s (the vec4 store of `store_y4`), and w as vec4s
+/// (the interior form's loads).
+pub(super) const FWD_BINDINGS: &[Access] = &[R, R, R, R, RW, R, R, R, R, RW, R, R, RW, RW, R];
 /// dX's: dy, w, w_scale, dx, and w again as f16 words; dW's: x, dy, w_scale, the partials
 /// (or dW), and x again as f16 words.
 const GRAD_BINDINGS: &[Access] = &[R, R, R, RW, R];
@@ -78,31 +79,39 @@ pub(super) fn coop_on(gpu: &crate::Gpu) -> Option<&'static CoopKernels> {
 /// as f16 after a per-tensor power-of-two scale).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConvKernel {
-    /// `shaders/conv.wgsl` on this tile.
+    /// `shaders/conv.wgsl` on this tile, guarded everywhere.
     Tile(ConvTile),
+    /// The same tile with its interior form (`INTERIOR` in `shaders/conv.wgsl`) on the
+    /// workgroups inside M and N, where the GEMM's K-slices are all whole: no range tests,
+    /// and the forward's f32 weights loaded as vec4s; the guarded form on the edge tiles.
+    /// dX has an interior only at stride 1 (one phase). The same bits as [`ConvKernel::Tile`].
+    Interior(ConvTile),
     /// `shaders/conv_coop.wgsl`.
     Coop,
 }
 
 impl ConvKernel {
+    /// The `shaders/conv.wgsl` tile this kernel runs on (None: cooperative matrices).
+    pub fn tile(self) -> Option<ConvTile> {
+        match self {
+            ConvKernel::Tile(t) | ConvKernel::Interior(t) => Some(t),
+            ConvKernel::Coop => None,
+        }
+    }
     /// Output rows (pixels) per workgroup: the row tiles of batch norm's partial statistics.
     pub fn rows(self) -> usize {
-        match self {
-            ConvKernel::Tile(t) => t.rows(),
-            ConvKernel::Coop => 64,
-        }
+        self.tile().map_or(64, |t| t.rows())
     }
     /// Output columns (channels) per workgroup.
     pub fn cols(self) -> usize {
-        match self {
-            ConvKernel::Tile(t) => t.cols(),
-            ConvKernel::Coop => 64,
-        }
+        self.tile().map_or(64, |t| t.cols())
     }
-    /// The name the tuner records (the tile's, or `coop`).
+    /// The name the tuner records and the benchmark rows use: the tile's, with `i` for its
+    /// interior form, or `coop`.
     pub fn name(self) -> &'static str {
         match self {
             ConvKernel::Tile(t) => t.name(),
+            ConvKernel::Interior(t) => t.interior_name(),
             ConvKernel::Coop => "coop",
         }
     }
@@ -111,7 +120,13 @@ impl ConvKernel {
         if name == "coop" {
             return Some(ConvKernel::Coop);
         }
-        ConvTile::from_name(name).map(ConvKernel::Tile)
+        let interior = ConvTile::ALL.into_iter().find(|t| t.interior_name() == name).map(ConvKernel::Interior);
+        interior.or_else(|| ConvTile::from_name(name).map(ConvKernel::Tile))
+    }
+    /// Every kernel of the f32-arithmetic tiles: each tile guarded, then each with its
+    /// interior form (what the tests and the benchmark rows run).
+    pub fn tiled() -> impl Iterator<Item = ConvKernel> {
+        ConvTile::ALL.into_iter().map(ConvKernel::Tile).chain(ConvTile::ALL.into_iter().map(ConvKernel::Interior))
     }
 }
 

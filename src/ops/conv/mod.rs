@@ -160,10 +160,29 @@ impl Geom {
         self.c * self.kh * self.kw
     }
     /// The pipeline constants of the operands' and the output's precision (`HALF_X`,
-    /// `HALF_W`, `HALF_Y`).
-    fn constants(&self) -> [(&'static str, f64); 3] {
+    /// `HALF_W`, `HALF_Y`), and of the interior form (`INTERIOR`).
+    fn constants(&self, interior: bool) -> [(&'static str, f64); 4] {
         let f = |b: bool| b as u32 as f64;
-        [("HALF_X", f(self.half_x)), ("HALF_W", f(self.half_w)), ("HALF_Y", f(self.round_y))]
+        [("HALF_X", f(self.half_x)), ("HALF_W", f(self.half_w)), ("HALF_Y", f(self.round_y)), ("INTERIOR", f(interior))]
+    }
+    /// The workgroups (along the grid's x and y: M and N tiles) that run `kernel`'s interior
+    /// form in GEMM `which` with `m` x `n` outputs: those inside M and N where every K-slice
+    /// is whole (dX at stride 1 only: one phase), none for a guarded tile or cooperative
+    /// matrices. `w` is the forward's weight, which the interior form reads as vec4s (its
+    /// binding must start on 16 bytes).
+    fn interior(&self, which: Gemm, kernel: ConvKernel, m: usize, n: usize, w: Option<&Tensor>) -> [usize; 2] {
+        let ConvKernel::Interior(t) = kernel else { return [0, 0] };
+        let k = match which {
+            Gemm::Fwd => self.kernel_len(),
+            Gemm::Dx if self.p.stride == (1, 1) => self.o * self.kh * self.kw,
+            Gemm::Dx => return [0, 0],
+            Gemm::Dw => self.n * self.ho * self.wo,
+        };
+        let aligned = w.is_none_or(|w| w.buffer().offset() % 16 == 0);
+        if !k.is_multiple_of(t.k_slice() as usize) || !aligned {
+            return [0, 0];
+        }
+        [m / t.rows(), n / t.cols()]
     }
 }
 
@@ -270,12 +289,22 @@ impl Geom {
     }
 }
 
-/// Launch a tiled conv kernel over `groups` workgroups, split at the per-dimension limit
-/// (the kernels add the launch's first workgroup, `x0, y0, z0`, to their workgroup id).
-fn launch(k: &Kernel, g: &Geom, pr: &mut Params, buffers: &[&crate::gpu::BufferRange], groups: [usize; 3], gpu: &crate::Gpu) -> Result<()> {
-    for (first, n) in split_grid(gpu, groups) {
-        [pr.x0, pr.y0, pr.z0] = first;
-        gpu.dispatch(k, &g.constants(), bytes_of(pr), buffers, n)?;
+/// Launch a tiled conv kernel over `groups` workgroups, the first `interior` along x and y
+/// in its interior form ([`Geom::interior`]) and the rest, the right and bottom strips,
+/// guarded; each region split at the per-dimension limit (the kernels add the launch's
+/// first workgroup, `x0, y0, z0`, to their workgroup id).
+fn launch(k: &Kernel, g: &Geom, pr: &mut Params, buffers: &[&crate::gpu::BufferRange], groups: [usize; 3], interior: [usize; 2], gpu: &crate::Gpu) -> Result<()> {
+    let [ix, iy] = interior;
+    // (interior form, first x, first y, width, height)
+    let regions = [(true, 0, 0, ix, iy), (false, ix, 0, groups[0] - ix, groups[1]), (false, 0, iy, ix, groups[1] - iy)];
+    for (form, x, y, wide, high) in regions {
+        if wide == 0 || high == 0 {
+            continue;
+        }
+        for (first, n) in split_grid(gpu, [wide, high, groups[2]]) {
+            [pr.x0, pr.y0, pr.z0] = [x as u32 + first[0], y as u32 + first[1], first[2]];
+            gpu.dispatch(k, &g.constants(form), bytes_of(pr), buffers, n)?;
+        }
     }
     Ok(())
 }
@@ -314,10 +343,23 @@ fn forward_ex(g: &Geom, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, scale: Op
     let part_buf = part.as_ref().unwrap_or(w).buffer();
     // y is bound three times, as f32, as f16 words and as vec4s: the kernel writes the view
     // of its dtype (and, f32, the vec4s where its tile stores 4 pixels at once)
-    let buffers = [x.buffer(), w.buffer(), b_buf, s_buf, y.buffer(), bn_stats, bn_w, bn_b, res, part_buf, x.buffer(), w.buffer(), y.buffer(), y.buffer()];
+    // w is bound again as vec4s for the interior form: a binding read as vec4s must hold one,
+    // so a weight of under 16 bytes binds a placeholder (the interior form never reads it:
+    // its K would not be a whole number of slices)
+    let small;
+    let w4 = if w.buffer().size() >= 16 {
+        w
+    } else {
+        small = Tensor::empty(gpu, &[4], DType::F32)?;
+        &small
+    };
+    let buffers = [x.buffer(), w.buffer(), b_buf, s_buf, y.buffer(), bn_stats, bn_w, bn_b, res, part_buf, x.buffer(), w.buffer(), y.buffer(), y.buffer(), w4.buffer()];
     let groups = [m.div_ceil(t.rows()), g.o.div_ceil(t.cols()), 1];
     match t {
-        ConvKernel::Tile(t) => launch(if scale.is_some() { &kernels(t).fwd_scaled } else { &kernels(t).fwd }, g, &mut pr, &buffers, groups, gpu)?,
+        ConvKernel::Tile(tile) | ConvKernel::Interior(tile) => {
+            let k = if scale.is_some() { &kernels(tile).fwd_scaled } else { &kernels(tile).fwd };
+            launch(k, g, &mut pr, &buffers, groups, g.interior(Gemm::Fwd, t, m, g.o, Some(w)), gpu)?;
+        }
         ConvKernel::Coop => {
             let k = g.coop(Gemm::Fwd, gpu)?;
             // the module declares HALF_Y alone (its operands are always f16)
@@ -344,9 +386,10 @@ fn grad_input(g: &Geom, dy_in: &AbsMax, w: &Tensor, scale: Option<&Tensor>) -> R
     let t = g.kernel(Gemm::Dx, mp, g.c, gpu)?;
     let groups = [mp.div_ceil(t.rows()), g.c.div_ceil(t.cols()), sh * sw];
     match t {
-        ConvKernel::Tile(t) => {
-            let k = if scale.is_some() { &kernels(t).dx_scaled } else { &kernels(t).dx };
-            launch(k, g, &mut pr, &[dy.buffer(), w.buffer(), s_buf, dx.buffer(), w.buffer()], groups, gpu)?;
+        ConvKernel::Tile(tile) | ConvKernel::Interior(tile) => {
+            let k = if scale.is_some() { &kernels(tile).dx_scaled } else { &kernels(tile).dx };
+            let interior = g.interior(Gemm::Dx, t, mp, g.c, None);
+            launch(k, g, &mut pr, &[dy.buffer(), w.buffer(), s_buf, dx.buffer(), w.buffer()], groups, interior, gpu)?;
         }
         ConvKernel::Coop => {
             let k = g.coop(Gemm::Dx, gpu)?;
@@ -372,10 +415,7 @@ fn launch_coop(k: &Kernel, pr: &mut Params, buffers: &[&crate::gpu::BufferRange]
 fn dw_splits(g: &Geom, t: ConvKernel) -> (usize, usize) {
     let kred = g.n * g.ho * g.wo;
     let slices = kred.div_ceil(CONV_TILE_K);
-    let threads = match t {
-        ConvKernel::Tile(t) => t.workgroup_size(),
-        ConvKernel::Coop => 128,
-    };
+    let threads = t.tile().map_or(128, |t| t.workgroup_size());
     let tiles = g.kernel_len().div_ceil(t.rows()) * g.o.div_ceil(t.cols());
     let per_split_bytes = g.o * g.kernel_len() * 4;
     let mut splits = (DW_TARGET_THREADS / (tiles * threads as usize).max(1))
@@ -406,10 +446,11 @@ fn grad_weight(g: &Geom, x: &Tensor, dy_in: &AbsMax, scale: Option<&Tensor>) -> 
     let part = if splits == 1 { None } else { Some(Tensor::empty(gpu, &[splits, g.o * kl], DType::F32)?) };
     let out = part.as_ref().unwrap_or(&dw).buffer();
     match t {
-        ConvKernel::Tile(t) => {
+        ConvKernel::Tile(tile) | ConvKernel::Interior(tile) => {
             let s_buf = scale.unwrap_or(x).buffer();
-            let k = if scale.is_some() { &kernels(t).dw_scaled } else { &kernels(t).dw };
-            launch(k, g, &mut pr, &[x.buffer(), dy.buffer(), s_buf, out, x.buffer()], groups, gpu)?;
+            let k = if scale.is_some() { &kernels(tile).dw_scaled } else { &kernels(tile).dw };
+            let interior = g.interior(Gemm::Dw, t, kl, g.o, None);
+            launch(k, g, &mut pr, &[x.buffer(), dy.buffer(), s_buf, out, x.buffer()], groups, interior, gpu)?;
         }
         ConvKernel::Coop => {
             let k = g.coop(Gemm::Dw, gpu)?;
@@ -502,6 +543,20 @@ pub fn conv2d_on_tile(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: Conv2dPa
 #[doc(hidden)]
 pub fn conv2d_on_kernel(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: Conv2dParams, w_scale: Option<&Tensor>, kernel: ConvKernel) -> Result<Tensor> {
     Ok(conv2d_recorded(x, w, bias, p, w_scale, Some(kernel), false)?.0)
+}
+
+/// The workgroups (M tiles, N tiles) that run `kernel`'s interior form in the forward, dX and
+/// dW of this convolution ([`ConvKernel::Interior`]; zeros for other kernels). For the tests
+/// of the interior form, which would otherwise pass on a launch that never used it.
+#[doc(hidden)]
+pub fn conv2d_interior_workgroups(x: &Tensor, w: &Tensor, p: Conv2dParams, kernel: ConvKernel) -> Result<[[usize; 2]; 3]> {
+    let g = check(x, w, None, &p, None)?;
+    let mp = g.n * g.h.div_ceil(p.stride.0) * g.w.div_ceil(p.stride.1);
+    Ok([
+        g.interior(Gemm::Fwd, kernel, g.n * g.ho * g.wo, g.o, Some(w)),
+        g.interior(Gemm::Dx, kernel, mp, g.c, None),
+        g.interior(Gemm::Dw, kernel, g.kernel_len(), g.o, None),
+    ])
 }
 
 /// Whether a convolution's output that goes to a batch norm with batch statistics (`partials`)
