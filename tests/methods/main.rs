@@ -5,6 +5,7 @@ mod common;
 
 mod agm_g_blending;
 mod aim;
+mod aim_internals;
 mod baselines;
 mod greedy;
 mod mechanisms;
