@@ -438,3 +438,123 @@ fn aim_masks_after_a_resume_are_the_host_selection_of_the_restored_scores() {
     let (_, other, _) = host_losses(&p, &b[0].1, dom, &dominant_scales(&zeros, names[dom], &strengths, 0.5), "own");
     assert!((other - aux).abs() > 10.0 * CE_TOL * aux, "masks of zero scores give {other}, too close to {aux}");
 }
+
+// ---- 5. DAP keeps batch norm frozen ------------------------------------------------------------
+
+#[test]
+fn dap_keeps_batch_norm_frozen_on_a_cnn() {
+    // a small CNN whose batch norms have non-trivial running statistics and affine weights:
+    // DAP's CE is the host's with batch norm in eval mode (running statistics, not the K
+    // prototypes' batch statistics), and fitting leaves every parameter and running statistic
+    // bit for bit as it was
+    use equimodal::nn::{Encoder, Fusion, FusionKind, Module, SmallCnn};
+    let g = gpu();
+    let mut srng = rand::rngs::StdRng::seed_from_u64(23);
+    let net = SmallCnn::new(&g, "enc", 1, 2, 3, &mut srng).unwrap();
+    let k = 4;
+    let fusion = Fusion::new(&g, "fusion", FusionKind::Concat, &[net.out_dim(), 3], k, 8, &mut srng).unwrap();
+    let mut rng = Rng::new(29);
+    for (name, t) in net.buffers() {
+        let v: Vec<f64> = if name.ends_with("running_var") { rng.uniforms(t.numel(), 0.3, 2.0) } else { rng.normals(t.numel()) };
+        t.write(&to_f32(&v)).unwrap();
+    }
+    for p in net.params().into_iter().filter(|p| p.name.contains(".bn.")) {
+        let v = if p.name.ends_with("weight") { rng.uniforms(p.tensor.numel(), 0.5, 1.5) } else { rng.normals(p.tensor.numel()) };
+        p.tensor.write(&to_f32(&v)).unwrap();
+    }
+    let labels = equimodal::ops::labels(&g, &(0..k as u32).collect::<Vec<_>>(), k).unwrap();
+    // every parameter and running statistic DAP must leave alone
+    let frozen = || -> Vec<(String, Vec<f32>)> {
+        let mut v: Vec<(String, Vec<f32>)> = net.params().into_iter().map(|p| (p.name, p.tensor.to_vec().unwrap())).collect();
+        v.extend(net.buffers().into_iter().map(|(n, t)| (n, t.to_vec().unwrap())));
+        v.extend(fusion.params().into_iter().map(|p| (p.name, p.tensor.to_vec().unwrap())));
+        v
+    };
+    let before = frozen();
+    let host = |t: &Tensor| T::new(t.shape(), t.to_vec().unwrap().into_iter().map(f64::from).collect());
+    let mut named: Named = net.params().into_iter().chain(fusion.params()).map(|p| (p.name, host(&p.tensor))).collect();
+    named.extend(net.buffers().into_iter().map(|(n, t)| (n, host(&t))));
+    let running: HashMap<String, (T, T)> = (0..3)
+        .map(|i| format!("enc.block{i}.bn"))
+        .map(|b| (b.clone(), (named[&format!("{b}.running_mean")].clone(), named[&format!("{b}.running_var")].clone())))
+        .collect();
+    // the concat head's view of modality 0: its weight columns and half the bias
+    let w = get(&named, "fusion.fc_out.weight");
+    let d0 = net.out_dim();
+    let w0 = T::new(&[k, d0], (0..k).flat_map(|r| w.data[r * w.dim(1)..r * w.dim(1) + d0].to_vec()).collect());
+    let half = get(&named, "fusion.fc_out.bias").map(|v| v / 2.0);
+    let classes: Vec<u32> = (0..k as u32).collect();
+    // the CE of the rest of the network after `depth` (batch norm as `bn` says) and the view
+    let host_dap_ce = |x: &T, depth: usize, bn: &HostBn| {
+        let (h, _) = host_cnn(&named, "enc", x, depth + 1..3, &HashMap::new(), bn);
+        host_ce(&cpu_nn::linear(&cpu_nn::global_avg_pool(&h), &w0, Some(&half)), &classes)
+    };
+    // depth d's sample shape on 8×8 inputs: [2, 4, 4], then [4, 2, 2]
+    for (depth, shape) in [(0usize, [2usize, 4, 4]), (1, [4, 2, 2])] {
+        let n = k * shape.iter().product::<usize>();
+        let pv = round_f32(&rng.normals(n));
+        let protos = upload(&g, &pv, &[&[k][..], &shape[..]].concat()).requires_grad();
+        let ce = equimodal::methods::aim::fit_prototypes(&net, &fusion, 0, depth, &protos, &labels, 0, 0.05).unwrap() as f64;
+        let x = T::new(protos.shape(), pv.clone());
+        let want = host_dap_ce(&x, depth, &HostBn::Given(&running));
+        assert!((ce - want).abs() <= CE_TOL * want, "depth {depth}: DAP CE {ce} vs host (eval-mode batch norm) {want}");
+        // the prototypes' own batch statistics would give another CE
+        let other = host_dap_ce(&x, depth, &HostBn::Batch);
+        assert!((other - want).abs() > 10.0 * CE_TOL * want, "depth {depth}: batch statistics give {other}, too close to {want}");
+        let after = equimodal::methods::aim::fit_prototypes(&net, &fusion, 0, depth, &protos, &labels, 3, 0.05).unwrap();
+        assert!(after.is_finite() && protos.to_vec().unwrap() != to_f32(&pv), "depth {depth}: the prototypes did not move");
+        assert!(before == frozen(), "depth {depth}: DAP changed a parameter or a running statistic");
+    }
+}
+
+// ---- 6. the prototypes' RMS scaling ------------------------------------------------------------
+
+#[test]
+fn aim_prototypes_start_scaled_to_the_rms_of_the_first_batch() {
+    // the same model (same seed: the same random draws z) started on batch 1 or on batch 2,
+    // with no DAP steps: prototypes z·(rms + 1e-6), rms that of the first batch's depth-d
+    // features (eval mode). Elementwise, P₁ / P₂ = (rms₁ + 1e-6) / (rms₂ + 1e-6), with the
+    // rms computed on the host from the same features
+    use equimodal::nn::{Ctx, Encoder, MlpEncoder};
+    let (c, _) = load(MLP, &[]);
+    let start = |batch: usize| -> HashMap<String, Vec<f32>> {
+        let (mut m, b) = method_and_batches(&c);
+        let mut opt = train::build_optimizer(&c, m.trainable()).unwrap();
+        m.train_step(&b[batch].0, opt.as_mut(), 0).unwrap();
+        m.buffers().into_iter().filter(|(n, _)| n.starts_with("aim.proto.")).map(|(n, t)| (n, t.to_vec().unwrap())).collect()
+    };
+    let (p1, p2) = (start(0), start(1));
+    // the model's weights before its first step (a fresh build: seed 0)
+    let (fresh, b) = method_and_batches(&c);
+    let _ng = equimodal::autograd::no_grad();
+    for (mi, name) in ["audio", "visual"].iter().enumerate() {
+        // an encoder of the same shape holding those weights, for the features the step saw
+        let enc = MlpEncoder::new(&gpu(), &format!("enc.{name}"), 256, &[32, 32], &mut rand::rngs::StdRng::seed_from_u64(99)).unwrap();
+        for p in equimodal::nn::Module::params(&enc) {
+            let src = fresh.params().into_iter().find(|q| q.name == p.name).unwrap();
+            p.tensor.write(&src.tensor.to_vec().unwrap()).unwrap();
+        }
+        let rms = |batch: usize| -> Vec<f64> {
+            let (_, outs) = enc.forward_depths(&b[batch].0.inputs[mi], &Ctx::eval()).unwrap();
+            outs.iter().map(|h| {
+                let v = h.to_vec().unwrap();
+                (v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / v.len() as f64).sqrt()
+            }).collect()
+        };
+        let (r1, r2) = (rms(0), rms(1));
+        for d in 0..2 {
+            let key = format!("aim.proto.{name}.{d}");
+            let want = (r1[d] + 1e-6) / (r2[d] + 1e-6);
+            // each prototype is rounded once (z·c) and each c about 14 times (a mean of 1024
+            // squares reduced as a tree, its square root, the 1e-6): 32 u on the ratio
+            let tol = 32.0 * U * want;
+            assert!((want - 1.0).abs() > 100.0 * tol, "{key}: the two batches' rms are too alike ({} vs {})", r1[d], r2[d]);
+            for (i, (&a, &bv)) in p1[&key].iter().zip(&p2[&key]).enumerate() {
+                if bv != 0.0 {
+                    let ratio = a as f64 / bv as f64;
+                    assert!((ratio - want).abs() <= tol, "{key}[{i}]: P1/P2 = {ratio}, rms ratio {want}");
+                }
+            }
+        }
+    }
+}
