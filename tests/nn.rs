@@ -360,6 +360,17 @@ fn weight_scales_equal_host_scaled_weights_and_mask_gradients() {
         Ctx::eval(),
         401,
     );
+    // in training, batch norm normalises with the batch's statistics, which the scaled
+    // convolution's epilogue computes (`Conv2d::forward_partials`): AIM's auxiliary forward
+    // with aux_bn = "own"
+    check_weight_scales(
+        "resnet18 training",
+        &|| Box::new(resnet(1, 4, 51)) as Box<dyn Encoder>,
+        &x,
+        &["enc.conv1.weight", "enc.layer2.0.conv1.weight", "enc.layer3.0.downsample.0.weight", "enc.layer4.1.conv2.weight"],
+        Ctx::train(),
+        404,
+    );
     let (x, _) = input(&mut rng, &[3, 12]);
     let g2 = g.clone();
     check_weight_scales(
