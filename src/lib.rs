@@ -3,7 +3,7 @@
 //!
 //! Layers, from the device up (imports point downwards, checked by `tests/layers.rs`;
 //! `docs/contributing.md` has the map and checklists for adding an op or a method):
-//! [`error`] and [`limits`] (below everything) → [`gpu`] → [`tensor`] / [`autograd`] /
+//! [`error`], [`limits`] and [`csv`] (below everything) → [`gpu`] → [`tensor`] / [`autograd`] /
 //! [`ops`] → [`nn`] → [`optim`] → [`data`] → [`methods`] (each method's settings next to
 //! it) → [`config`] (the run file) → [`train`] → [`experiments`] / [`report`] → [`bench`](mod@bench)
 //! and the CLI.
@@ -11,6 +11,7 @@
 pub mod autograd;
 pub mod bench;
 pub mod config;
+pub mod csv;
 pub mod data;
 pub mod error;
 pub mod experiments;

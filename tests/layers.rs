@@ -5,11 +5,11 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// The layer of each top-level module, lowest first. `error` and `limits` sit below
+/// The layer of each top-level module, lowest first. `error`, `limits` and `csv` sit below
 /// everything; `tensor`, `autograd` and `ops` form one layer (tensors record graph nodes,
 /// backward rules run ops, ops build tensors).
 const LAYERS: &[&[&str]] = &[
-    &["error", "limits"],
+    &["error", "limits", "csv"],
     &["gpu"],
     &["tensor", "autograd", "ops"],
     &["nn"],

@@ -497,14 +497,6 @@ fn markdown_table(c: &Comparison, cols: &[Column], count_title: &str, count: imp
     s
 }
 
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
-}
-
 /// One CSV row per (setting, metric): n, mean, std, CI bounds; then the paired rows.
 pub fn csv(c: &Comparison) -> (String, String) {
     let mut s = String::from("setting,metric,n,mean,std,ci95_low,ci95_high,selection\n");
@@ -516,14 +508,14 @@ pub fn csv(c: &Comparison) -> (String, String) {
                 let m = g.summary(f);
                 s.push_str(&format!(
                     "{},{},{},{},{},{},{},{}\n",
-                    csv_field(&g.label),
-                    csv_field(t),
+                    crate::csv::field(&g.label),
+                    crate::csv::field(t),
                     m.n,
                     m.mean,
                     m.std,
                     m.mean - m.ci95,
                     m.mean + m.ci95,
-                    csv_field(source)
+                    crate::csv::field(source)
                 ));
             }
         }
@@ -534,8 +526,8 @@ pub fn csv(c: &Comparison) -> (String, String) {
             let r = pair(a, b);
             p.push_str(&format!(
                 "{},{},{},{},{},{},{},{},{},{},{}\n",
-                csv_field(&a.label),
-                csv_field(&b.label),
+                crate::csv::field(&a.label),
+                crate::csv::field(&b.label),
                 r.n,
                 r.mean,
                 r.se,
