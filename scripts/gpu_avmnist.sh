@@ -8,9 +8,14 @@
 #
 # Environment: JOBS (runs at a time, default the sweep's 8), DEADLINE (seconds for the
 # whole sweep, default 480: the sweep is stopped then, and a second call resumes it, since a
-# sweep skips finished runs and resumes interrupted ones), SWEEP (another sweep file).
+# sweep skips finished runs and resumes interrupted ones), SWEEP (another sweep file), and
+# TORCH_SEEDS (e.g. 0,1: afterwards the PyTorch script bench/torch/avmnist_protocol.py on the
+# engine's own clip-image pairs of the presets' setting, img25, with those training seeds,
+# within TORCH_LIMIT seconds, default 300; pair it with SWEEP=sweeps/avmnist_reference_torch.toml,
+# whose runs start from PyTorch's initialisation as the script's do).
 # Into $OUT: compare.md (last 5 epochs), compare_last.md, the CSV/LaTeX tables and charts,
-# and avmnist_runs.tar.gz (the run directories without checkpoints).
+# avmnist_runs.tar.gz (the run directories without checkpoints), and with TORCH_SEEDS
+# torch_avmnist.txt and the pairs.csv it trained on.
 set -uo pipefail
 ROOT=$PWD
 OUT=${OUT:-$ROOT/gpu-out}
@@ -35,3 +40,10 @@ echo "sweep exit $? after $(( $(date +%s) - T0 )) s (124: stopped at the deadlin
 "$EQ" compare "$RUNS" --select last_k --k 5 --out "$OUT"
 "$EQ" compare "$RUNS" --select last --out "$OUT/last" >/dev/null && cp "$OUT/last/compare.md" "$OUT/compare_last.md"
 tar -C "$RUNS" --exclude=checkpoints -czf "$OUT/avmnist_runs.tar.gz" .
+if [ -n "${TORCH_SEEDS:-}" ]; then
+    "$EQ" data pairs --config "$ROOT/configs/avmnist_joint.toml" --out "$OUT/pairs.csv" --force
+    timeout "${TORCH_LIMIT:-300}" env PYTHONUNBUFFERED=1 python3 "$ROOT/bench/torch/avmnist_protocol.py" \
+        --pairs "$OUT/pairs.csv" --settings img25 --seeds "$TORCH_SEEDS" >"$OUT/torch_avmnist.txt" 2>&1
+    echo "PyTorch protocol exit $? (124: stopped at TORCH_LIMIT); last lines:"
+    tail -n 12 "$OUT/torch_avmnist.txt"
+fi

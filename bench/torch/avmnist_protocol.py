@@ -13,7 +13,12 @@ components of the training pool holding that share of its variance; 0.25 is the 
 AV-MNIST setting "img25"), --image-noise (Gaussian, pixel scale), --snr-db (white noise
 added to the audio at that SNR). One generator seeded by --data-seed (the engine's
 `data.seed`, 0 by default and independent of the training seed) draws, in this order, the
-image noise, the audio noise and the pairing.
+image noise, the audio noise and the pairing. With --pairs FILE (`equimodal data pairs
+--config configs/avmnist_<preset>.toml --out FILE`), the pairing and the splits are the
+engine's instead: each clip trains or tests with the image the engine paired it with
+(validation clips are left out, as the engine trains without them); the noise draws stay
+NumPy's. The engine's pairing follows its noise draws, so a file holds one configuration's
+pairing: one setting per call (--settings) with --pairs.
 
 Model and training: per modality 4 x (conv 3x3 without bias, batch norm, ReLU, max-pool 2),
 widths 32-64-128-256, global average pool (256-d); SGD lr 0.01, momentum 0.9, weight decay
@@ -50,6 +55,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from pairs import PairsError, read_pairs
 
 SETTINGS = {"clean": {}, "img25": {"pca_energy": 0.25}, "img25_snr0": {"pca_energy": 0.25, "snr_db": 0.0}}
 
@@ -107,14 +114,23 @@ def pca_rebuild(images, pool, energy):
     return (((flat - mean) @ basis.T) @ basis + mean).reshape(images.shape).astype(np.float32)
 
 
-def build(root, seed, pca_energy=1.0, image_noise=0.0, snr_db=None, test_takes=5, standardize="train"):
+def build(root, seed, pca_energy=1.0, image_noise=0.0, snr_db=None, test_takes=5, standardize="train", pairs=None):
     files = sorted((root / "fsdd/recordings").glob("*.wav"), key=lambda p: p.name)
     if not files:
         raise SystemExit(f"no FSDD recordings under {root}/fsdd/recordings: run `equimodal data fetch avmnist`")
     parts = [f.stem.split("_") for f in files]
     digit = np.array([int(p[0]) for p in parts])
-    is_test = np.array([int(p[2]) < test_takes for p in parts])
     images, labels = mnist_8000(root)
+    if pairs is not None:
+        try:
+            split, paired = read_pairs(pairs, [f.name for f in files], digit.tolist(), labels.tolist())
+        except PairsError as e:
+            raise SystemExit(str(e))
+        split, paired = np.array(split), np.array(paired)
+        is_test, is_train = split == "test", split == "train"
+    else:
+        is_test = np.array([int(p[2]) < test_takes for p in parts])
+        is_train = ~is_test
     train_pool, test_pool = np.arange(0, 6000), np.arange(6000, 8000)
     if pca_energy < 1.0:
         images = pca_rebuild(images, train_pool, pca_energy)
@@ -128,16 +144,19 @@ def build(root, seed, pca_energy=1.0, image_noise=0.0, snr_db=None, test_takes=5
                       center=True, pad_mode="reflect", return_complex=True)
     spec = torch.log(spec.abs() + 1e-6)[:, None]
     if standardize != "none":
-        ref = spec[torch.tensor(~is_test)] if standardize == "train" else spec
+        ref = spec[torch.tensor(is_train)] if standardize == "train" else spec
         spec = (spec - ref.mean()) / ref.std()
 
     def pair(mask, pool):
         by_digit = [pool[labels[pool] == d] for d in range(10)]
         return np.array([rng.choice(by_digit[digit[i]]) for i in np.flatnonzero(mask)])
 
-    train_img, test_img = pair(~is_test, train_pool), pair(is_test, test_pool)
-    split = lambda mask, img: (spec[torch.tensor(mask)], torch.tensor(images[img])[:, None], torch.tensor(digit[mask]))
-    return split(~is_test, train_img), split(is_test, test_img)
+    if pairs is None:
+        train_img, test_img = pair(is_train, train_pool), pair(is_test, test_pool)
+    else:
+        train_img, test_img = paired[is_train], paired[is_test]
+    part = lambda mask, img: (spec[torch.tensor(mask)], torch.tensor(images[img])[:, None], torch.tensor(digit[mask]))
+    return part(is_train, train_img), part(is_test, test_img)
 
 
 class SmallCNN(nn.Module):
@@ -286,16 +305,19 @@ def main():
     p.add_argument("--methods", default="audio,image,joint,ogm_ge,aug")
     p.add_argument("--seeds", default="0,1", help="training seeds (initialisation and batch order)")
     p.add_argument("--data-seed", type=int, default=0, help="noise and pairing, shared by every training seed")
+    p.add_argument("--pairs", help="the engine's pairing and splits (`equimodal data pairs` CSV) instead of drawing them")
     p.add_argument("--epochs", type=int, default=25)
     p.add_argument("--standardize", choices=["train", "all", "none"], default="train")
     a = p.parse_args()
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     root = data_root(a.data)
+    if a.pairs and "," in a.settings:
+        raise SystemExit("--pairs holds one configuration's pairing (it follows that configuration's noise draws): give one setting with --settings")
     seeds = [int(s) for s in a.seeds.split(",")]
     print(f"data root {root}, device {dev}, torch {torch.__version__}, {a.epochs} epochs, seeds {seeds}", flush=True)
     for name in a.settings.split(","):
         t0 = time.time()
-        tr, te = build(root, a.data_seed, standardize=a.standardize, **SETTINGS[name])
+        tr, te = build(root, a.data_seed, standardize=a.standardize, pairs=a.pairs, **SETTINGS[name])
         print(f"== {name}: {len(tr[2])} training clips, {len(te[2])} test clips, spectrograms {tuple(tr[0].shape[1:])}", flush=True)
         for method in a.methods.split(","):
             for seed in seeds:

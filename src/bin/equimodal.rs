@@ -205,6 +205,23 @@ enum DataCmd {
         #[arg(long)]
         quiet: bool,
     },
+    /// Write which MNIST image each FSDD clip of an AV-MNIST configuration is paired with, as
+    /// CSV (split,index,clip,image,label), for a script outside the engine to train on the
+    /// same pairs (bench/torch/avmnist_protocol.py --pairs).
+    Pairs {
+        /// The configuration (its [data] must be AV-MNIST).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Override a value (`--set data.seed=3`); repeatable.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// The CSV file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace --out if it exists.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 fn gpu_options(cli: &Cli) -> equimodal::Result<equimodal::GpuOptions> {
@@ -540,7 +557,26 @@ fn data(cmd: &DataCmd) -> equimodal::Result<()> {
             );
             Ok(())
         }
+        DataCmd::Pairs { config, sets, out, force } => data_pairs(config.as_deref(), sets, out, *force),
     }
+}
+
+/// `equimodal data pairs`: AV-MNIST's clip-image pairing of a configuration, as CSV into `out`
+/// (an existing file only with `force`).
+fn data_pairs(config: Option<&std::path::Path>, sets: &[String], out: &std::path::Path, force: bool) -> equimodal::Result<()> {
+    use equimodal::data::{avmnist::AvmnistDataset, DatasetConfig};
+    let (cfg, _) = equimodal::config::load(config, sets)?;
+    let DatasetConfig::Avmnist(c) = &cfg.data else {
+        return Err(equimodal::Error::config("data.kind", format!("`data pairs` lists AV-MNIST's clip-image pairs; this configuration's dataset is `{}`", cfg.data.kind())));
+    };
+    if out.exists() && !force {
+        return Err(equimodal::Error::config("--out", format!("{} exists; pass --force to replace it", out.display())));
+    }
+    let ds = AvmnistDataset::new(c)?;
+    let csv = ds.pairs_csv();
+    equimodal::train::checkpoint::write_atomic(out, csv.as_bytes())?;
+    println!("{}: {} pairs", out.display(), csv.lines().count() - 1);
+    Ok(())
 }
 
 fn mib(bytes: u64) -> String {

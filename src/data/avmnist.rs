@@ -643,6 +643,21 @@ impl AvmnistDataset {
             .map(|it| (&self.clips[it.clip], it.image, it.label))
     }
 
+    /// Every sample's pairing as CSV, `split,index,clip,image,label` (train, val, then test,
+    /// each in sample order; `clip` the FSDD file name, `image` the MNIST index): for a script
+    /// outside the engine to train on the same pairs (`equimodal data pairs`;
+    /// `bench/torch/avmnist_protocol.py --pairs`).
+    pub fn pairs_csv(&self) -> String {
+        let mut s = String::from("split,index,clip,image,label\n");
+        for split in [Split::Train, Split::Val, Split::Test] {
+            for (i, it) in self.items(split).iter().enumerate() {
+                let name = self.clips[it.clip].path.file_name().map(|f| f.to_string_lossy()).unwrap_or_default();
+                s.push_str(&format!("{},{i},{},{},{}\n", split.as_str(), crate::csv::field(&name), it.image, it.label));
+            }
+        }
+        s
+    }
+
     /// MNIST label of image `i`.
     pub fn image_label(&self, i: usize) -> u32 {
         self.mnist.labels[i] as u32

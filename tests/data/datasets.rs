@@ -48,9 +48,9 @@ fn mnist_files(root: &Path) -> (PathBuf, PathBuf) {
     (catalog::resolve(root, catalog::MNIST_IMAGES), catalog::resolve(root, catalog::MNIST_LABELS))
 }
 
-struct TempDir(PathBuf);
+pub(crate) struct TempDir(pub(crate) PathBuf);
 impl TempDir {
-    fn new(name: &str) -> Self {
+    pub(crate) fn new(name: &str) -> Self {
         static N: AtomicUsize = AtomicUsize::new(0);
         let p = std::env::temp_dir().join(format!(
             "equimodal-data-{name}-{}-{}",
@@ -447,7 +447,7 @@ fn pca_keeps_requested_energy() {
 
 // ---------------------------------------------------------------- AV-MNIST
 
-fn avmnist_default() -> Option<&'static AvmnistDataset> {
+pub(crate) fn avmnist_default() -> Option<&'static AvmnistDataset> {
     static DS: OnceLock<AvmnistDataset> = OnceLock::new();
     let root = avmnist_root()?;
     Some(DS.get_or_init(|| {

@@ -4,4 +4,5 @@
 mod common;
 
 mod datasets;
+mod pairs;
 mod fetch;
