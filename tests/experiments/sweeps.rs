@@ -61,6 +61,24 @@ fn sweep_files_expand_into_named_validated_runs() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The committed sweep files (the README's tables, the GPU protocols) expand into runs whose
+/// configurations are all valid, as `sweep --dry-run` checks: a preset or a field renamed
+/// under them is caught here, not on the GPU machine.
+#[test]
+fn every_committed_sweep_file_expands_into_valid_runs() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("sweeps");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "toml")).collect();
+    files.sort();
+    assert!(files.len() >= 10, "{} sweep files under {}", files.len(), dir.display());
+    let out = tmp("committed");
+    for f in &files {
+        let sw = Sweep::load(f, Some(&out)).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        let runs = sw.expand().unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        assert!(!runs.is_empty(), "{}: no runs", f.display());
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}
+
 #[test]
 fn bad_sweep_files_are_errors_naming_the_field_before_anything_runs() {
     let dir = tmp("bad");
