@@ -352,25 +352,13 @@ fn weight_scales_equal_host_scaled_weights_and_mask_gradients() {
     let g = gpu();
     let mut rng = Rng::new(400);
     let (x, _) = input(&mut rng, &[2, 1, 32, 40]);
-    check_weight_scales(
-        "resnet18",
-        &|| Box::new(resnet(1, 4, 51)) as Box<dyn Encoder>,
-        &x,
-        &["enc.conv1.weight", "enc.layer2.0.conv1.weight", "enc.layer3.0.downsample.0.weight", "enc.layer4.1.conv2.weight"],
-        Ctx::eval(),
-        401,
-    );
     // in training, batch norm normalises with the batch's statistics, which the scaled
     // convolution's epilogue computes (`Conv2d::forward_partials`): AIM's auxiliary forward
     // with aux_bn = "own"
-    check_weight_scales(
-        "resnet18 training",
-        &|| Box::new(resnet(1, 4, 51)) as Box<dyn Encoder>,
-        &x,
-        &["enc.conv1.weight", "enc.layer2.0.conv1.weight", "enc.layer3.0.downsample.0.weight", "enc.layer4.1.conv2.weight"],
-        Ctx::train(),
-        404,
-    );
+    let scaled = ["enc.conv1.weight", "enc.layer2.0.conv1.weight", "enc.layer3.0.downsample.0.weight", "enc.layer4.1.conv2.weight"];
+    for (what, ctx, seed) in [("resnet18", Ctx::eval(), 401), ("resnet18 training", Ctx::train(), 404)] {
+        check_weight_scales(what, &|| Box::new(resnet(1, 4, 51)) as Box<dyn Encoder>, &x, &scaled, ctx, seed);
+    }
     let (x, _) = input(&mut rng, &[3, 12]);
     let g2 = g.clone();
     check_weight_scales(
