@@ -13,7 +13,8 @@
 # engine's own clip-image pairs of the presets' setting, img25, with those training seeds,
 # within TORCH_LIMIT seconds, default 300; pair it with SWEEP=sweeps/avmnist_reference_torch.toml,
 # whose runs start from PyTorch's initialisation as the script's do).
-# Into $OUT: compare.md (last 5 epochs), compare_last.md, the CSV/LaTeX tables and charts,
+# Into $OUT: compare.md (last 5 epochs), compare_last.md, compare_best_val.md (where the runs
+# have a validation split), the CSV/LaTeX tables and charts,
 # avmnist_runs.tar.gz (the run directories without checkpoints), and with TORCH_SEEDS
 # torch_avmnist.txt and the pairs.csv it trained on.
 set -uo pipefail
@@ -39,9 +40,16 @@ timeout "$DEADLINE" "$EQ" sweep "$SWEEP" --out "$RUNS" --quiet ${JOBS:+--paralle
 echo "sweep exit $? after $(( $(date +%s) - T0 )) s (124: stopped at the deadline; call again to resume)"
 "$EQ" compare "$RUNS" --select last_k --k 5 --out "$OUT"
 "$EQ" compare "$RUNS" --select last --out "$OUT/last" >/dev/null && cp "$OUT/last/compare.md" "$OUT/compare_last.md"
+# best on validation, where the sweep's runs have a validation split (avmnist_reference_torch)
+"$EQ" compare "$RUNS" --select best_val --out "$OUT/best_val" >/dev/null 2>&1 && cp "$OUT/best_val/compare.md" "$OUT/compare_best_val.md"
 tar -C "$RUNS" --exclude=checkpoints -czf "$OUT/avmnist_runs.tar.gz" .
 if [ -n "${TORCH_SEEDS:-}" ]; then
-    "$EQ" data pairs --config "$ROOT/configs/avmnist_joint.toml" --out "$OUT/pairs.csv" --force
+    # the pairing of the sweep's data settings: the preset's, with the first run's --set values
+    set -- $("$EQ" sweep "$SWEEP" --dry-run | head -n 1)
+    shift 2 # its index and name
+    sets=()
+    for s in "$@"; do sets+=(--set "$s"); done
+    "$EQ" data pairs --config "$ROOT/configs/avmnist_joint.toml" "${sets[@]}" --out "$OUT/pairs.csv" --force
     timeout "${TORCH_LIMIT:-300}" env PYTHONUNBUFFERED=1 python3 "$ROOT/bench/torch/avmnist_protocol.py" \
         --pairs "$OUT/pairs.csv" --settings img25 --seeds "$TORCH_SEEDS" >"$OUT/torch_avmnist.txt" 2>&1
     echo "PyTorch protocol exit $? (124: stopped at TORCH_LIMIT); last lines:"

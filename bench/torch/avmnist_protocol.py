@@ -15,9 +15,9 @@ added to the audio at that SNR). One generator seeded by --data-seed (the engine
 `data.seed`, 0 by default and independent of the training seed) draws, in this order, the
 image noise, the audio noise and the pairing. With --pairs FILE (`equimodal data pairs
 --config configs/avmnist_<preset>.toml --out FILE`), the pairing and the splits are the
-engine's instead: each clip trains or tests with the image the engine paired it with
-(validation clips are left out, as the engine trains without them); the noise draws stay
-NumPy's. The engine's pairing follows its noise draws, so a file holds one configuration's
+engine's instead: each clip trains, validates or tests with the image the engine paired it
+with (validation clips, where the configuration has them, only rank the epochs: the test
+accuracy of the best one on validation is printed too); the noise draws stay NumPy's. The engine's pairing follows its noise draws, so a file holds one configuration's
 pairing: one setting per call (--settings) with --pairs.
 
 Model and training: per modality 4 x (conv 3x3 without bias, batch norm, ReLU, max-pool 2),
@@ -156,7 +156,9 @@ def build(root, seed, pca_energy=1.0, image_noise=0.0, snr_db=None, test_takes=5
     else:
         train_img, test_img = paired[is_train], paired[is_test]
     part = lambda mask, img: (spec[torch.tensor(mask)], torch.tensor(images[img])[:, None], torch.tensor(digit[mask]))
-    return part(is_train, train_img), part(is_test, test_img)
+    # the engine's validation clips, where its pairing has them (model selection only)
+    val = part(split == "val", paired[split == "val"]) if pairs is not None and (split == "val").any() else None
+    return part(is_train, train_img), part(is_test, test_img), val
 
 
 class SmallCNN(nn.Module):
@@ -258,7 +260,9 @@ def accuracy(model, data, dev, bs=256):
     return hits / len(y)
 
 
-def train(method, tr, te, seed, epochs, dev, bs=64, lr=0.01):
+def train(method, tr, te, seed, epochs, dev, bs=64, lr=0.01, va=None):
+    """Per epoch the test accuracies (fused, audio view, image view), and with a validation
+    set `va` also its fused accuracy (else NaN), as rows of [test fused, audio, image, val]."""
     torch.manual_seed(seed)
     model = (Aug() if method == "aug" else Fused(method)).to(dev)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
@@ -286,7 +290,7 @@ def train(method, tr, te, seed, epochs, dev, bs=64, lr=0.01):
         # evaluated before a check adds a learner, as the official AUG code (train_CREMAD.py
         # evaluates at l. 214, adds at l. 220-228) and the engine do: a learner added now has
         # not been trained
-        history.append(accuracy(model, te, dev))
+        history.append([*accuracy(model, te, dev), accuracy(model, va, dev)[0] if va is not None else np.nan])
         if method == "aug" and (ep == 0 or (ep + 1) % check == 0):
             ratio = score[0] / score[1]
             weak = 1 if ratio > 1.01 else 0 if ratio < 0.99 else None
@@ -317,15 +321,19 @@ def main():
     print(f"data root {root}, device {dev}, torch {torch.__version__}, {a.epochs} epochs, seeds {seeds}", flush=True)
     for name in a.settings.split(","):
         t0 = time.time()
-        tr, te = build(root, a.data_seed, standardize=a.standardize, pairs=a.pairs, **SETTINGS[name])
-        print(f"== {name}: {len(tr[2])} training clips, {len(te[2])} test clips, spectrograms {tuple(tr[0].shape[1:])}", flush=True)
+        tr, te, va = build(root, a.data_seed, standardize=a.standardize, pairs=a.pairs, **SETTINGS[name])
+        n_val = 0 if va is None else len(va[2])
+        print(f"== {name}: {len(tr[2])} training clips, {n_val} validation clips, {len(te[2])} test clips, spectrograms {tuple(tr[0].shape[1:])}", flush=True)
         for method in a.methods.split(","):
             for seed in seeds:
-                hist, added = train(method, tr, te, seed, a.epochs, dev)
+                hist, added = train(method, tr, te, seed, a.epochs, dev, va=va)
                 last5 = hist[-5:].mean(0) * 100
+                # best on validation: the test accuracy of the epoch the validation set ranks
+                # first (the earliest of ties), as the engine's `compare --select best_val`
+                best = f"  best on validation {hist[int(np.argmax(hist[:, 3])), 0] * 100:5.1f}" if va is not None else ""
                 extra = f"  learners added audio/image {added[0]}/{added[1]}" if method == "aug" else ""
                 print(f"{name:11s} {method:7s} seed {seed}  test fused {hist[-1, 0] * 100:5.1f} (last 5 epochs {last5[0]:5.1f})"
-                      f"  audio view {last5[1]:5.1f}  image view {last5[2]:5.1f}{extra}  [{time.time() - t0:.0f} s]", flush=True)
+                      f"  audio view {last5[1]:5.1f}  image view {last5[2]:5.1f}{best}{extra}  [{time.time() - t0:.0f} s]", flush=True)
 
 
 if __name__ == "__main__":
