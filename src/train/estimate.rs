@@ -16,6 +16,8 @@ pub struct Estimate {
     pub activations: u64,
     /// The largest single parameter tensor: description, config field, elements.
     pub largest: (String, String, u64),
+    /// The largest single activation tensor of one batch: description, elements.
+    pub largest_activation: (String, u64),
 }
 
 impl Estimate {
@@ -27,8 +29,20 @@ impl Estimate {
         }
         Ok(())
     }
-    fn acts(&mut self, elements: u64) {
+    /// `copies` activation tensors of `elements` each, described by `what`.
+    fn acts(&mut self, what: impl FnOnce() -> String, elements: u64, copies: u64) {
+        self.add_activations(elements.saturating_mul(copies));
+        self.activation(what, elements);
+    }
+    /// Activation values of one step, in tensors counted apart ([`Self::activation`]).
+    fn add_activations(&mut self, elements: u64) {
         self.activations = self.activations.saturating_add(elements);
+    }
+    /// One activation tensor of `elements`, described by `what`, for the largest one.
+    fn activation(&mut self, what: impl FnOnce() -> String, elements: u64) {
+        if elements > self.largest_activation.1 {
+            self.largest_activation = (what(), elements);
+        }
     }
     /// Bytes of one training step: weights, gradients and two optimizer moments per
     /// parameter, activations and their gradients.
@@ -63,7 +77,7 @@ pub fn estimate(cfg: &Config, specs: &[ModalitySpec], classes: usize) -> Result<
         est.tensor(format!("reconboost head [{h}, {d}]"), "method.reconboost.head_hidden", mul(d, h, "reconboost head")?)?;
         est.tensor(format!("reconboost head [{c}, {h}]"), "method.reconboost.head_hidden", mul(h, c, "reconboost head")?)?;
     }
-    est.acts(mul(batch, c, "logits")?);
+    est.acts(|| format!("logits [{batch}, {c}]"), mul(batch, c, "logits")?, 1);
     Ok(est)
 }
 
@@ -71,7 +85,7 @@ pub fn estimate(cfg: &Config, specs: &[ModalitySpec], classes: usize) -> Result<
 fn encoder(est: &mut Estimate, name: &str, spec: &ModalitySpec, mc: &ModelConfig, batch: u64) -> Result<u64> {
     let field = |f: &str| format!("model.{f} (modality `{name}`)");
     let input = checked_numel(&spec.shape, &format!("modality `{name}` shape"))? as u64;
-    est.acts(mul(batch, input, "input batch")?);
+    est.acts(|| format!("`{name}` input batch [{batch}, {:?}]", spec.shape), mul(batch, input, "input batch")?, 1);
     let (h, w) = match spec.shape.as_slice() {
         [_, h, w] => (*h as u64, *w as u64),
         _ => (1, 1),
@@ -83,7 +97,7 @@ fn encoder(est: &mut Estimate, name: &str, spec: &ModalitySpec, mc: &ModelConfig
             for (i, &hw) in mc.hidden.iter().enumerate() {
                 let hw = hw as u64;
                 est.tensor(format!("`{name}` layer {i} [{hw}, {d}]"), &field("hidden"), mul(d, hw, "mlp layer")?)?;
-                est.acts(mul(batch, hw, "mlp activations")?.saturating_mul(2));
+                est.acts(|| format!("`{name}` layer {i} output [{batch}, {hw}]"), mul(batch, hw, "mlp activations")?, 2);
                 d = hw;
             }
             Ok(d)
@@ -98,7 +112,8 @@ fn encoder(est: &mut Estimate, name: &str, spec: &ModalitySpec, mc: &ModelConfig
                     )
                 })?;
                 est.tensor(format!("`{name}` block {i} conv [{out}, {c}, 3, 3]"), &field("width"), mul(mul(out, c, "conv")?, 9, "conv")?)?;
-                est.acts(mul(mul(batch, out, "conv activations")?, hh.saturating_mul(ww), "conv activations")?.saturating_mul(3));
+                let map = mul(mul(batch, out, "conv activations")?, hh.saturating_mul(ww), "conv activations")?;
+                est.acts(|| format!("`{name}` block {i} conv output [{batch}, {out}, {hh}, {ww}]"), map, 3);
                 (c, hh, ww) = (out, (hh / 2).max(1), (ww / 2).max(1));
             }
             Ok(c)
@@ -116,8 +131,9 @@ fn encoder(est: &mut Estimate, name: &str, spec: &ModalitySpec, mc: &ModelConfig
             // the stem's maps at half resolution; the whole net keeps about 12 times that
             // (a deliberate underestimate: refusing a run that fits is worse than letting
             // the allocator report one that does not)
-            let maps = mul(mul(batch, base, "resnet activations")?, (h / 2).max(1).saturating_mul((w / 2).max(1)), "resnet activations")?;
-            est.acts(maps.saturating_mul(12));
+            let (h2, w2) = ((h / 2).max(1), (w / 2).max(1));
+            let maps = mul(mul(batch, base, "resnet activations")?, h2.saturating_mul(w2), "resnet activations")?;
+            est.acts(|| format!("`{name}` stem output [{batch}, {base}, {h2}, {w2}]"), maps, 12);
             mul(base, 8, "resnet width")
         }
         EncoderKind::Transformer => {
@@ -135,7 +151,10 @@ fn encoder(est: &mut Estimate, name: &str, spec: &ModalitySpec, mc: &ModelConfig
             }
             let per_layer = mul(mul(batch, tokens, "tokens")?, d, "tokens")?.saturating_mul(6 + ratio);
             let attn = mul(mul(batch, mc.heads as u64, "attention")?, tokens.saturating_mul(tokens), "attention scores")?;
-            est.acts(per_layer.saturating_add(attn).saturating_mul(mc.layers as u64));
+            est.add_activations(per_layer.saturating_add(attn).saturating_mul(mc.layers as u64));
+            // the widest single tensor of a block: the MLP's hidden layer
+            let hidden = d.saturating_mul(ratio);
+            est.activation(|| format!("`{name}` MLP hidden [{batch}, {tokens}, {hidden}]"), mul(mul(batch, tokens, "tokens")?, hidden, "mlp hidden")?);
             Ok(d)
         }
     }
@@ -143,9 +162,10 @@ fn encoder(est: &mut Estimate, name: &str, spec: &ModalitySpec, mc: &ModelConfig
 
 pub use crate::limits::host_available_bytes;
 
-/// Refuse a model whose largest tensor exceeds the device's buffer limits, or whose
-/// estimated training footprint exceeds the host's available memory (host memory bounds
-/// software adapters, and every parameter is initialised on the host first).
+/// Refuse a model whose largest parameter or activation tensor exceeds the device's buffer
+/// limits (a tensor is one binding), or whose estimated training footprint exceeds the host's
+/// available memory (host memory bounds software adapters, and every parameter is
+/// initialised on the host first).
 pub fn check_model_fits(limits: &wgpu::Limits, cfg: &Config, specs: &[ModalitySpec], classes: usize) -> Result<Estimate> {
     let est = estimate(cfg, specs, classes)?;
     let max_buffer = limits.max_buffer_size.min(limits.max_storage_buffer_binding_size);
@@ -155,6 +175,18 @@ pub fn check_model_fits(limits: &wgpu::Limits, cfg: &Config, specs: &[ModalitySp
         return Err(Error::config(
             field.clone(),
             format!("{what} needs {} but the device's largest buffer is {}", human(bytes), human(max_buffer)),
+        ));
+    }
+    let (what, n) = &est.largest_activation;
+    let bytes = n.saturating_mul(4);
+    if bytes > max_buffer {
+        return Err(Error::config(
+            "train.batch_size",
+            format!(
+                "the {what} of one batch needs {} but the device's largest buffer is {}; use a smaller train.batch_size",
+                human(bytes),
+                human(max_buffer)
+            ),
         ));
     }
     let total = est.training_bytes();

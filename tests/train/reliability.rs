@@ -680,6 +680,17 @@ fn the_memory_estimate_refuses_models_beyond_the_host() {
     assert!(e.contains("model") && e.contains("available"), "{e}");
     let est = equimodal::train::estimate::estimate(&cfg, &specs, 10).unwrap();
     assert!(est.params > 2 * (1u64 << 40), "{est:?}");
+    // a batch whose first convolution output is larger than the device's largest buffer:
+    // refused before the first step, naming the tensor and train.batch_size
+    let sets: Vec<String> = ["model.encoder=small_cnn", "model.width=64", "train.batch_size=4096"].map(String::from).to_vec();
+    let (cfg, _) = equimodal::config::load(None, &sets).unwrap();
+    let specs = vec![ModalitySpec::new("a", vec![1, 16, 16]), ModalitySpec::new("b", vec![1, 16, 16])];
+    let mut limits = common::gpu().limits().clone();
+    limits.max_storage_buffer_binding_size = 128 << 20; // lavapipe's; 4096 x 64 x 16 x 16 floats are 256 MiB
+    let e = equimodal::train::estimate::check_model_fits(&limits, &cfg, &specs, 10).unwrap_err().to_string();
+    assert!(e.contains("train.batch_size") && e.contains("block 0 conv output [4096, 64, 16, 16]"), "{e}");
+    let (cfg, _) = equimodal::config::load(None, &[&sets[..2], &["train.batch_size=1024".to_string()]].concat()).unwrap();
+    equimodal::train::estimate::check_model_fits(&limits, &cfg, &specs, 10).unwrap();
     assert!(equimodal::limits::checked_numel(&[1 << 33, 1 << 33], "x").is_err());
     assert!(equimodal::limits::class_count(0, 1_000_000_000, 5, "f.safetensors").unwrap_err().to_string().contains("f.safetensors"));
 }
