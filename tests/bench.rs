@@ -57,7 +57,7 @@ fn quick_e2e_cases_run() {
     let opts = E2eOptions { filter: None, steps: 1, warmup: 0 };
     let rows = bench::run_e2e(&gpu, &opts, bench::e2e_cases(true)).unwrap();
     let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
-    assert_eq!(names, ["aug_step", "aug_step_recompute", "aug_step_mixed", "eval_forward", "joint_step", "audio_resnet18_step"]);
+    assert_eq!(names, ["aug_step", "aug_step_recompute", "aug_step_mixed", "eval_forward", "eval_forward_mixed", "joint_step", "audio_resnet18_step"]);
     for r in &rows {
         assert!(r.median_ms > 0.0 && r.pool_mib > 0.0 && r.dispatches_per_step > 0.0, "{r:?}");
     }
@@ -134,4 +134,32 @@ fn flop_and_byte_counts() {
     let (fn8, _) = find(&full, "conv_narrow_1to8_fb:32x16");
     assert_eq!(fn8, find(&full, "conv_narrow_1to8_fb").0, "a tile's row counts the same work");
     assert_eq!(find(&full, "conv_narrow_1to8_fb:g64x16").0, fn8, "a core tile's row too");
+}
+
+/// Every Python script the GPU runs (the PyTorch references, `bench/torch/` and `scripts/`)
+/// parses: they import PyTorch, which this machine and CI lack, so a syntax error would
+/// otherwise first show during a GPU session. (Their PyTorch-free parts, `pairs.py`, run in
+/// `tests/data/pairs.rs`.)
+#[test]
+fn every_python_script_parses() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    for dir in ["bench/torch", "scripts"] {
+        for e in std::fs::read_dir(root.join(dir)).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "py") {
+                files.push(p);
+            }
+        }
+    }
+    assert!(files.len() >= 4, "{files:?}");
+    let check = "import ast, sys\nfor f in sys.argv[1:]:\n    ast.parse(open(f).read(), f)\n";
+    let out = match std::process::Command::new("python3").arg("-c").arg(check).args(&files).output() {
+        Ok(out) => out,
+        Err(e) => {
+            eprintln!("skipped: no python3 to parse the scripts with ({e})");
+            return;
+        }
+    };
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -229,8 +229,15 @@ pub fn e2e_cases_sized(size: &E2eSize) -> Vec<E2eCase> {
     let mut v = Vec::new();
     // aug_step_recompute: the same step with model.recompute (its memory and time beside
     // aug_step's are the switch's measured cost); aug_step_mixed: with train.precision =
-    // "mixed" (f16 operands for the GEMMs, under the autocast guard while it runs)
-    let rows = [("aug_step", true, false, false), ("aug_step_recompute", true, true, false), ("aug_step_mixed", true, false, true), ("eval_forward", false, false, false)];
+    // "mixed" (f16 operands for the GEMMs, under the autocast guard while it runs);
+    // eval_forward_mixed: the evaluation forward under it (against PyTorch's bf16 autocast)
+    let rows = [
+        ("aug_step", true, false, false),
+        ("aug_step_recompute", true, true, false),
+        ("aug_step_mixed", true, false, true),
+        ("eval_forward", false, false, false),
+        ("eval_forward_mixed", false, false, true),
+    ];
     for (name, train, recompute, mixed) in rows {
         let quick = size.clone();
         v.push(E2eCase {
