@@ -177,8 +177,11 @@ pub fn check_model_fits(limits: &wgpu::Limits, cfg: &Config, specs: &[ModalitySp
             format!("{what} needs {} but the device's largest buffer is {}", human(bytes), human(max_buffer)),
         ));
     }
+    // under mixed precision a convolution's output may be stored f16: count 2 bytes a value
+    // there (an underestimate for the f32 tensors, as everywhere here: refusing a run that
+    // fits is worse than letting the allocator report one that does not)
     let (what, n) = &est.largest_activation;
-    let bytes = n.saturating_mul(4);
+    let bytes = n.saturating_mul(if cfg.train.precision == crate::config::Precision::Mixed { 2 } else { 4 });
     if bytes > max_buffer {
         return Err(Error::config(
             "train.batch_size",

@@ -691,6 +691,9 @@ fn the_memory_estimate_refuses_models_beyond_the_host() {
     assert!(e.contains("train.batch_size") && e.contains("block 0 conv output [4096, 64, 16, 16]"), "{e}");
     let (cfg, _) = equimodal::config::load(None, &[&sets[..2], &["train.batch_size=1024".to_string()]].concat()).unwrap();
     equimodal::train::estimate::check_model_fits(&limits, &cfg, &specs, 10).unwrap();
+    // under mixed precision that output may be stored f16 (128 MiB): not refused
+    let (cfg, _) = equimodal::config::load(None, &[&sets[..], &["train.precision=\"mixed\"".to_string()]].concat()).unwrap();
+    equimodal::train::estimate::check_model_fits(&limits, &cfg, &specs, 10).unwrap();
     assert!(equimodal::limits::checked_numel(&[1 << 33, 1 << 33], "x").is_err());
     assert!(equimodal::limits::class_count(0, 1_000_000_000, 5, "f.safetensors").unwrap_err().to_string().contains("f.safetensors"));
 }
