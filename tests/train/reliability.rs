@@ -510,7 +510,7 @@ fn hostile_config_values_are_errors_naming_the_field() {
         ("data.num_classes=100", &["data.modalities[0].shape", "100 classes"]),
         ("train.workers=100000", &["train.workers"]),
         ("train.epochs=1000000000000000", &["train.epochs"]),
-        ("train.batch_size=1000000000000", &["model", "train.batch_size"]),
+        ("train.batch_size=1000000000000", &["train.batch_size", "input batch"]),
         // counts that would loop or allocate for ages before anything else could fail
         ("model.layers=1000000000", &["model.layers", "at most 1024"]),
         ("method.reconboost.head_hidden=100000000000", &["method.reconboost.head_hidden"]),
