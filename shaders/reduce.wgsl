@@ -3,7 +3,7 @@
 // y[(o * nchunk + s) * inner + i] = reduce_{k in [s*chunk, min(r, (s+1)*chunk))} x[o, k, i].
 // With nchunk == 1 (chunk >= r) that is y[o, i] = reduce_k x[o, k, i]; a split reduction is
 // two (or more) launches, partials [outer, nchunk, inner] then a reduction of those over
-// nchunk (see src/ops/reduce.rs). op: 0 sum, 1 mean, 2 max, 3 min; mean divides by `count`
+// nchunk (see src/ops/reduce.rs). OP: 0 sum, 1 mean, 2 max, 3 min; mean divides by `count`
 // (the length of the whole reduced axis, not of a chunk), so the host launches the partial
 // passes of a mean as sums and only the last pass as a mean. Deterministic: no atomics, the
 // combination order depends on the shape alone.
@@ -15,10 +15,8 @@
 // `reduce_loop_vec4`: the same for four neighbouring columns per thread, read and written as
 // vec4s (inner a multiple of 4, bindings on 16 bytes); each output adds in the same order as
 // in `reduce_loop`, so the two agree bit for bit.
-// The op: an override constant (OP, set by ops/reduce.rs) in the loop forms, one pipeline per
-// op with the tests on it folded away; `reduce_tree` reads it from the parameter block
-// instead (p.op, the same code), because on lavapipe its OP-specialised pipeline ran 15-25 %
-// slower (docs/performance.md); the branch is uniform.
+// The op: an override constant (OP, set by ops/reduce.rs), one pipeline per op with the tests
+// on it folded away.
 // Guards: every output index is checked against outer * nchunk * inner, and every load index
 // is (o * r + k) * inner + i with o < outer, k < min(r, (s+1)*chunk), i < inner, i.e. inside
 // the outer * r * inner elements of x.
@@ -27,11 +25,11 @@ struct Params {
     outer: u32,
     r: u32,
     inner: u32,
-    op: u32,       // reduce_tree's op (the loop forms use OP)
     chunk: u32,
     nchunk: u32,
     count: u32,
-    _pad: u32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -69,24 +67,6 @@ fn finish(v: f32) -> f32 {
     return v;
 }
 
-// the same three with the op at run time (reduce_tree)
-fn identity_rt(op: u32) -> f32 {
-    if (op == REDUCE_MAX) { return NEG_INF; }
-    if (op == REDUCE_MIN) { return POS_INF; }
-    return 0.0;
-}
-
-fn combine_rt(op: u32, a: f32, b: f32) -> f32 {
-    if (op == REDUCE_MAX) { return max(a, b); }
-    if (op == REDUCE_MIN) { return min(a, b); }
-    return a + b;
-}
-
-fn finish_rt(op: u32, v: f32) -> f32 {
-    if (op == REDUCE_MEAN) { return v / f32(p.count); }
-    return v;
-}
-
 fn combine4(a: vec4<f32>, b: vec4<f32>) -> vec4<f32> {
     if (OP == REDUCE_MAX) { return max(a, b); }
     if (OP == REDUCE_MIN) { return min(a, b); }
@@ -114,33 +94,33 @@ fn reduce_tree(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     let k0 = s * p.chunk;
     let k1 = min(p.r, k0 + p.chunk);
     let base = o * p.r * p.inner + i;
-    var a0 = identity_rt(p.op);
+    var a0 = identity();
     var a1 = a0;
     var a2 = a0;
     var a3 = a0;
     var k = k0 + lid;
     // four independent loads per iteration: k, k + WG, k + 2 WG, k + 3 WG (all < k1)
     while (k + 3u * WG < k1) {
-        a0 = combine_rt(p.op, a0, x[base + k * p.inner]);
-        a1 = combine_rt(p.op, a1, x[base + (k + WG) * p.inner]);
-        a2 = combine_rt(p.op, a2, x[base + (k + 2u * WG) * p.inner]);
-        a3 = combine_rt(p.op, a3, x[base + (k + 3u * WG) * p.inner]);
+        a0 = combine(a0, x[base + k * p.inner]);
+        a1 = combine(a1, x[base + (k + WG) * p.inner]);
+        a2 = combine(a2, x[base + (k + 2u * WG) * p.inner]);
+        a3 = combine(a3, x[base + (k + 3u * WG) * p.inner]);
         k = k + 4u * WG;
     }
     while (k < k1) {
-        a0 = combine_rt(p.op, a0, x[base + k * p.inner]);
+        a0 = combine(a0, x[base + k * p.inner]);
         k = k + WG;
     }
-    partial[lid] = combine_rt(p.op, combine_rt(p.op, a0, a1), combine_rt(p.op, a2, a3));
+    partial[lid] = combine(combine(a0, a1), combine(a2, a3));
     workgroupBarrier();
     for (var h = WG / 2u; h > 0u; h = h / 2u) {
         if (lid < h) {
-            partial[lid] = combine_rt(p.op, partial[lid], partial[lid + h]);
+            partial[lid] = combine(partial[lid], partial[lid + h]);
         }
         workgroupBarrier();
     }
     if (lid == 0u) {
-        y[out] = finish_rt(p.op, partial[0]);
+        y[out] = finish(partial[0]);
     }
 }
 

@@ -16,14 +16,14 @@ crate::gpu::gpu_params! {
         outer: u32,
         r: u32,
         inner: u32,
-        op: u32,
         /// Rows (values of k) per chunk; >= r when the reduction is not split.
         chunk: u32,
         /// ceil(r / chunk): the partials per output of this launch.
         nchunk: u32,
         /// Divisor of a mean: the length of the whole reduced axis (a split's last pass too).
         count: u32,
-        _pad: u32,
+        _pad0: u32,
+        _pad1: u32,
     }
 }
 
@@ -106,11 +106,11 @@ fn launch_pass(x: &Tensor, outer: usize, r: usize, inner: usize, op: ReduceOp, c
         outer: outer as u32,
         r: r as u32,
         inner: inner as u32,
-        op: pass_op as u32,
         chunk: chunk as u32,
         nchunk: nchunk as u32,
         count: count as u32,
-        _pad: 0,
+        _pad0: 0,
+        _pad1: 0,
     };
     let m = outer * nchunk * inner;
     let consts = [("OP", pass_op as u32 as f64)];
