@@ -464,7 +464,9 @@ fn abs_max_bits(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
     let stride = 256u * nwg.x * nwg.y;
     var m = 0u;
     for (var i = flat_index(wg, nwg, lid); i < p.n; i = i + stride) {
-        m = max(m, bitcast<u32>(abs(am_x[i])));
+        // |x| by clearing the sign bit, not abs(): the bits of inf and NaN survive any
+        // float optimisation the driver may apply (the loss scale's check reads them)
+        m = max(m, bitcast<u32>(am_x[i]) & 0x7fffffffu);
     }
     am_red[lid] = m;
     workgroupBarrier();

@@ -71,6 +71,18 @@ pub enum Precision {
     Mixed,
 }
 
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+/// `train.loss_scale`: loss scaling under `precision = "mixed"` (no effect in f32).
+pub enum LossScaleMode {
+    /// A dynamic scale that skips steps with inf or NaN gradients (`dynamic`, the default;
+    /// [`crate::optim::GradScaler`]).
+    #[default]
+    Dynamic,
+    /// No scale and no check: a non-finite gradient reaches the weights (`off`).
+    Off,
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 /// The `[train]` section. Defaults: 15 epochs, batch 64, SGD lr 0.01 with momentum 0.9 and weight
@@ -120,6 +132,10 @@ pub struct TrainConfig {
     pub probe: bool,
     /// `f32` (default) or `mixed`: see [`Precision`].
     pub precision: Precision,
+    /// Under `mixed`: `dynamic` (default) or `off`; see [`LossScaleMode`].
+    pub loss_scale: LossScaleMode,
+    /// Good steps in a row after which the dynamic loss scale doubles (PyTorch's 2000), >= 1.
+    pub loss_scale_interval: u32,
 }
 
 impl Default for TrainConfig {
@@ -146,6 +162,8 @@ impl Default for TrainConfig {
             grad_clip: None,
             probe: false,
             precision: Precision::F32,
+            loss_scale: LossScaleMode::Dynamic,
+            loss_scale_interval: 2000,
         }
     }
 }
@@ -285,6 +303,9 @@ impl TrainConfig {
         }
         if t.eval_every == 0 {
             return Err(Error::config("train.eval_every", "must be at least 1"));
+        }
+        if t.loss_scale_interval == 0 {
+            return Err(Error::config("train.loss_scale_interval", "must be at least 1"));
         }
         t.validate_ranges()
     }

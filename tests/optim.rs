@@ -552,3 +552,145 @@ fn a_fused_gradient_scale_equals_scaling_first() {
         assert_eq!(fused_p.tensor.to_vec().unwrap(), before, "{label}: a bad scale changed the parameters");
     }
 }
+
+// ---- dynamic loss scaling (train.loss_scale = "dynamic") ---------------------------------
+
+/// One loss over `w` whose gradient is 2·w·x, plus a second backward pass into the same
+/// gradients (as methods with two losses per step do).
+fn two_pass_grads(w: &Param, x: &Tensor, y: &Tensor) -> Gradients {
+    use equimodal::ops;
+    let mut grads = Gradients::new();
+    ops::sum_all(&ops::mul(&ops::square(&w.tensor).unwrap(), x).unwrap()).unwrap().backward_into(&mut grads).unwrap();
+    ops::sum_all(&ops::mul(&w.tensor, y).unwrap()).unwrap().backward_into(&mut grads).unwrap();
+    grads
+}
+
+/// The scale is a power of two on f32 gradients, so under it every finite step is the
+/// unscaled step bit for bit (two backward passes accumulating, SGD with momentum, over
+/// four steps), while the scale doubles after each `growth_interval` good steps.
+#[test]
+fn the_loss_scale_changes_no_bit_of_a_finite_step_and_grows_after_good_steps() {
+    use equimodal::optim::{GradScaler, ScaleCounts};
+    let g = gpu();
+    let mut rng = Rng::new(5);
+    let sgd = SgdConfig { lr: 0.05, momentum: 0.9, weight_decay: 0.01, ..Default::default() };
+    let data = rng.normals(1030);
+    let (scaled_w, plain_w) = (param("w", &data, &[1030]), param("w", &data, &[1030]));
+    let mut scaled = GradScaler::new(&g, Box::new(Sgd::new(&[scaled_w.clone()], sgd).unwrap()), 2).unwrap();
+    let mut plain = Sgd::new(&[plain_w.clone()], sgd).unwrap();
+    assert_eq!(scaled.scale(), 65536.0, "PyTorch's initial scale");
+    for step in 0..4 {
+        let (x, y) = (upload(&g, &rng.normals(1030), &[1030]), upload(&g, &rng.normals(1030), &[1030]));
+        let grads = {
+            let _on = equimodal::autograd::loss_scaling(scaled.loss_scale());
+            two_pass_grads(&scaled_w, &x, &y)
+        };
+        let plain_grads = two_pass_grads(&plain_w, &x, &y);
+        assert_eq!(grads.get(&scaled_w.tensor).unwrap().to_vec().unwrap(), plain_grads.get(&plain_w.tensor).unwrap().to_vec().unwrap(), "step {step}: the gradients the caller sees");
+        scaled.step(&grads).unwrap();
+        plain.step(&plain_grads).unwrap();
+        assert_eq!(scaled_w.tensor.to_vec().unwrap(), plain_w.tensor.to_vec().unwrap(), "step {step}: parameters");
+        assert_eq!(scaled.scale(), 65536.0 * 2f32.powi((step + 1) / 2), "step {step}: the scale doubles every 2 good steps");
+    }
+    assert_eq!(scaled.take_counts(), ScaleCounts { steps: 4, skipped: 0 });
+    assert_eq!(scaled.take_counts(), ScaleCounts::default(), "the counts restart after each read");
+    // the guard is gone: the backward of a loss is its own again
+    let grads = two_pass_grads(&scaled_w, &upload(&g, &[1.0; 1030], &[1030]), &upload(&g, &[0.0; 1030], &[1030]));
+    let w_now = scaled_w.tensor.to_vec().unwrap();
+    assert_eq!(grads.get(&scaled_w.tensor).unwrap().to_vec().unwrap(), w_now.iter().map(|v| 2.0 * v).collect::<Vec<f32>>());
+}
+
+/// A step whose gradients hold an inf or a NaN (from either of two backward passes) is
+/// skipped: parameters and optimizer state unchanged, the scale halved, the skip counted;
+/// the next finite step goes through. The scale never falls below 1 or rises above 2^24.
+#[test]
+fn a_step_with_an_inf_or_nan_gradient_is_skipped_and_halves_the_scale() {
+    use equimodal::optim::{GradScaler, ScaleCounts};
+    let g = gpu();
+    let sgd = SgdConfig { lr: 0.1, momentum: 0.9, ..Default::default() };
+    let w = param("w", &[1.0, -2.0, 3.0, 0.5, 0.25], &[5]);
+    let mut opt = GradScaler::new(&g, Box::new(Sgd::new(&[w.clone()], sgd).unwrap()), 1000).unwrap();
+    let ones = upload(&g, &[1.0; 5], &[5]);
+    let step = |opt: &mut GradScaler, x: &Tensor, y: &Tensor| {
+        let grads = {
+            let _on = equimodal::autograd::loss_scaling(opt.loss_scale());
+            two_pass_grads(&w, x, y)
+        };
+        opt.step(&grads).unwrap();
+    };
+    step(&mut opt, &ones, &ones);
+    let (w1, state1) = (w.tensor.to_vec().unwrap(), opt.state_tensors().unwrap());
+    for (label, bad) in [("inf", f64::INFINITY), ("nan", f64::NAN), ("-inf", f64::NEG_INFINITY)] {
+        // the bad value in the first pass, or in the second
+        for first in [true, false] {
+            let scale = opt.scale();
+            let b = upload(&g, &[0.5, 1.0, bad, 1.0, 1.0], &[5]);
+            if first { step(&mut opt, &b, &ones) } else { step(&mut opt, &ones, &b) }
+            assert_eq!(w.tensor.to_vec().unwrap(), w1, "{label}: a skipped step changed the parameters");
+            let state: Vec<_> = opt.state_tensors().unwrap().into_iter().filter(|e| !e.0.starts_with("loss_scale.")).collect();
+            assert_eq!(state, state1.iter().filter(|e| !e.0.starts_with("loss_scale.")).cloned().collect::<Vec<_>>(), "{label}: a skipped step changed the optimizer state");
+            assert_eq!(opt.scale(), scale / 2.0, "{label}: the scale backs off");
+        }
+    }
+    assert_eq!(opt.take_counts(), ScaleCounts { steps: 7, skipped: 6 });
+    step(&mut opt, &ones, &ones);
+    assert_ne!(w.tensor.to_vec().unwrap(), w1, "a finite step after skipped ones applies");
+    assert_eq!(opt.take_counts(), ScaleCounts { steps: 1, skipped: 0 }, "the flag is cleared after each step");
+    // bounds: 2^16 halves to 1 and stays there; interval 1 doubles it up to 2^24 and no further
+    let nan = upload(&g, &[f64::NAN; 5], &[5]);
+    for _ in 0..20 {
+        step(&mut opt, &nan, &ones);
+    }
+    assert_eq!(opt.scale(), 1.0);
+    let mut fast = GradScaler::new(&g, Box::new(Sgd::new(&[w.clone()], sgd).unwrap()), 1).unwrap();
+    for _ in 0..10 {
+        step(&mut fast, &ones, &ones);
+    }
+    assert_eq!(fast.scale(), 16_777_216.0);
+    let Err(Error::Config { field, .. }) = GradScaler::new(&g, Box::new(Sgd::new(&[w.clone()], sgd).unwrap()), 0) else { panic!("interval 0 must be refused") };
+    assert_eq!(field, "train.loss_scale_interval");
+}
+
+/// The scale and the growth tracker travel with the optimizer state (a resume continues the
+/// schedule exactly); a checkpoint without them starts afresh; a bad entry is a typed error
+/// naming it that changes nothing.
+#[test]
+fn the_loss_scale_round_trips_through_the_optimizer_state() {
+    use equimodal::optim::GradScaler;
+    let g = gpu();
+    let sgd = SgdConfig { lr: 0.1, momentum: 0.9, ..Default::default() };
+    let make = |w: &Param| GradScaler::new(&g, Box::new(Sgd::new(&[w.clone()], sgd).unwrap()), 3).unwrap();
+    let w = param("w", &[1.0, 2.0], &[2]);
+    let mut opt = make(&w);
+    let x = upload(&g, &[1.0, 1.0], &[2]);
+    for _ in 0..4 {
+        let grads = {
+            let _on = equimodal::autograd::loss_scaling(opt.loss_scale());
+            two_pass_grads(&w, &x, &x)
+        };
+        opt.step(&grads).unwrap();
+    }
+    let state = opt.state_tensors().unwrap();
+    let entry = |s: &[StateTensor], n: &str| s.iter().find(|e| e.0 == n).map(|e| e.2.clone());
+    assert_eq!(entry(&state, "loss_scale.scale"), Some(vec![131072.0]), "one doubling after 3 good steps");
+    assert_eq!(entry(&state, "loss_scale.growth_tracker"), Some(vec![1.0]));
+    let mut back = make(&param("w", &[1.0, 2.0], &[2]));
+    back.load_state_tensors(&state).unwrap();
+    assert_eq!((back.scale(), back.state_tensors().unwrap()), (opt.scale(), state.clone()));
+    // without the two entries (a checkpoint from before loss scaling): a fresh scale
+    let old: Vec<StateTensor> = state.iter().filter(|e| !e.0.starts_with("loss_scale.")).cloned().collect();
+    let mut fresh = make(&param("w", &[1.0, 2.0], &[2]));
+    fresh.load_state_tensors(&old).unwrap();
+    assert_eq!(fresh.scale(), 65536.0);
+    // bad entries
+    for (name, value) in [("loss_scale.scale", 3.0), ("loss_scale.scale", 0.5), ("loss_scale.scale", f32::INFINITY), ("loss_scale.growth_tracker", 1.5), ("loss_scale.growth_tracker", -1.0)] {
+        let bad: Vec<StateTensor> = state.iter().map(|e| if e.0 == name { (e.0.clone(), e.1.clone(), vec![value]) } else { e.clone() }).collect();
+        let mut target = make(&param("w", &[1.0, 2.0], &[2]));
+        let before = target.state_tensors().unwrap();
+        let Err(Error::Config { field, .. }) = target.load_state_tensors(&bad) else { panic!("{name} = {value} must be refused") };
+        assert_eq!(field, name);
+        assert_eq!(target.state_tensors().unwrap(), before, "{name} = {value}: a refused load changed the state");
+    }
+    let half: Vec<StateTensor> = state.iter().filter(|e| e.0 != "loss_scale.growth_tracker").cloned().collect();
+    assert!(make(&param("w", &[1.0, 2.0], &[2])).load_state_tensors(&half).is_err(), "one entry without the other");
+}

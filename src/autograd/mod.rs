@@ -67,6 +67,70 @@ pub fn autocast_enabled() -> bool {
     AUTOCAST.with(|c| c.get())
 }
 
+/// A dynamic loss scale, shared between the optimizer wrapper that owns it
+/// (`optim::GradScaler`) and the backward passes it applies to ([`loss_scaling`]): the scale
+/// S (a power of two, as f32 bits) and a one-word device tensor accumulating the bits of the
+/// largest |gradient| seen since the wrapper last looked (`0x7f80_0000` or more: a gradient
+/// was inf or NaN).
+pub struct LossScale {
+    scale: std::sync::atomic::AtomicU32,
+    found: Tensor,
+}
+
+impl LossScale {
+    /// A scale of `scale` with nothing found yet, its flag on `gpu`.
+    pub fn new(gpu: &crate::gpu::Gpu, scale: f32) -> Result<LossScale> {
+        Ok(LossScale { scale: std::sync::atomic::AtomicU32::new(scale.to_bits()), found: Tensor::zeros(gpu, &[1])? })
+    }
+    /// The current scale S.
+    pub fn scale(&self) -> f32 {
+        f32::from_bits(self.scale.load(std::sync::atomic::Ordering::Relaxed))
+    }
+    /// Set S for the next backward passes.
+    pub fn set_scale(&self, s: f32) {
+        self.scale.store(s.to_bits(), std::sync::atomic::Ordering::Relaxed)
+    }
+    /// Whether a gradient since the last [`LossScale::clear`] was inf or NaN. Reads the flag
+    /// back: waits for the backward passes recorded so far (PyTorch's `GradScaler.step`
+    /// waits the same way).
+    pub fn found_non_finite(&self) -> Result<bool> {
+        let bits = self.found.to_vec()?[0].to_bits();
+        Ok(bits >= 0x7f80_0000)
+    }
+    /// Forget what was found (after a step used it).
+    pub fn clear(&self) -> Result<()> {
+        crate::ops::fill(&self.found, 0.0)
+    }
+}
+
+thread_local! {
+    // The loss scale of this thread's backward passes, as recording and autocast are per thread.
+    static LOSS_SCALE: std::cell::RefCell<Option<std::sync::Arc<LossScale>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Guard returned by [`loss_scaling`]; the previous scale (or none) returns when it drops.
+pub struct LossScaleGuard(Option<std::sync::Arc<LossScale>>);
+
+impl Drop for LossScaleGuard {
+    fn drop(&mut self) {
+        let prev = self.0.take();
+        LOSS_SCALE.with(|c| *c.borrow_mut() = prev);
+    }
+}
+
+/// Scale the backward passes of this thread by `ls` until the guard drops: each seeds with
+/// S times its seed, then multiplies every leaf gradient by 1/S and folds its max |value|
+/// into `ls`'s flag, so callers see the gradients of the unscaled loss (S is a power of two
+/// and the gradients are f32: a finite result has the unscaled bits unless an f32 over- or
+/// underflow intervened) and the wrapper can skip a step whose gradients are not finite.
+pub fn loss_scaling(ls: std::sync::Arc<LossScale>) -> LossScaleGuard {
+    LossScaleGuard(LOSS_SCALE.with(|c| c.borrow_mut().replace(ls)))
+}
+
+fn current_loss_scale() -> Option<std::sync::Arc<LossScale>> {
+    LOSS_SCALE.with(|c| c.borrow().clone())
+}
+
 /// The backward rule of one op: given the gradient of the output, return one optional
 /// gradient per input (same shapes as the inputs). Runs with recording off. `inputs` are
 /// graph handles: shape, dtype, `is_tracked`, but no data (see `Tensor::graph_handle`); a
@@ -217,6 +281,22 @@ impl Tensor {
             ));
         }
         let _ng = no_grad();
+        if let Some(ls) = current_loss_scale() {
+            // the leaf gradients of this pass alone, scaled, then unscaled into `grads`
+            let mut fresh = Gradients::new();
+            self.walk(crate::ops::scale(&seed, ls.scale())?, &mut fresh)?;
+            let inv = 1.0 / ls.scale();
+            for (id, g) in fresh.map {
+                crate::ops::elementwise::abs_max_bits_into(&g, &ls.found)?;
+                grads.accumulate(id, crate::ops::scale(&g, inv)?)?;
+            }
+            return Ok(());
+        }
+        self.walk(seed, grads)
+    }
+
+    /// The backward walk from `seed`, adding each leaf's gradient into `grads`.
+    fn walk(&self, seed: Tensor, grads: &mut Gradients) -> Result<()> {
         if self.is_leaf() {
             return grads.accumulate(self.id(), seed);
         }

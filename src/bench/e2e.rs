@@ -247,14 +247,19 @@ pub fn e2e_cases_sized(size: &E2eSize) -> Vec<E2eCase> {
                 let quick = &quick;
                 let mut cfg = aug_config(quick);
                 cfg.model.recompute = recompute;
+                if mixed {
+                    cfg.train.precision = crate::config::Precision::Mixed;
+                }
                 let mut rng = StdRng::seed_from_u64(cfg.seed);
                 let mut method = Aug::new(gpu, &cfg.method_setup(), &specs(quick), CLASSES, &mut rng)?;
-                let mut opt = crate::train::build_optimizer(&cfg, method.trainable())?;
+                // a mixed step is timed as the trainer runs it: with the loss scale's check
+                let mut opt = crate::train::with_loss_scaling(gpu, &cfg, crate::train::build_optimizer(&cfg, method.trainable())?)?;
                 let bs = batches(gpu, quick)?;
                 Ok(Box::new(move |i| {
                     let b = &bs[i % bs.len()];
                     let _precision = crate::autograd::autocast(mixed);
                     if train {
+                        let _scaled = opt.grad_scaler().map(|s| crate::autograd::loss_scaling(s.loss_scale()));
                         method.train_step(b, opt.as_mut(), 0)
                     } else {
                         method.predict(&b.inputs).map(|_| ())

@@ -654,13 +654,23 @@ impl BackwardOp for CastBack {
 /// for its test.
 #[doc(hidden)]
 pub fn abs_max_bits(x: &Tensor) -> Result<Tensor> {
+    let out = Tensor::zeros(x.gpu(), &[1])?;
+    abs_max_bits_into(x, &out)?;
+    Ok(out)
+}
+
+/// [`abs_max_bits`] folded into `acc` (a one-word tensor): afterwards it holds the bits of
+/// the larger of its old value and max |x|. The loss scale's check for inf and NaN
+/// gradients (bits `0x7f80_0000` and above) over every gradient of a step.
+pub(crate) fn abs_max_bits_into(x: &Tensor, acc: &Tensor) -> Result<()> {
     expect_f32("abs_max_bits", &[x])?;
+    if acc.numel() != 1 || acc.dtype() != DType::F32 {
+        return Err(Error::shape("abs_max_bits", format!("the accumulator must be one f32 word, got {:?} {:?}", acc.shape(), acc.dtype())));
+    }
     let gpu = x.gpu();
-    let out = Tensor::zeros(gpu, &[1])?;
     let n = x.numel();
     // a grid-stride loop: at most 1024 workgroups of 256
-    gpu.dispatch(&K_ABS_MAX_BITS, &[], bytes_of(&Params::new(n, 0.0, 0.0)), &[x.buffer(), out.buffer()], grid(gpu, n.clamp(1, 1024 * 256), 256))?;
-    Ok(out)
+    gpu.dispatch(&K_ABS_MAX_BITS, &[], bytes_of(&Params::new(n, 0.0, 0.0)), &[x.buffer(), acc.buffer()], grid(gpu, n.clamp(1, 1024 * 256), 256))
 }
 
 /// A tensor's max |value| as f32 bits ([`abs_max_bits`]), computed at most once however many

@@ -7,7 +7,8 @@
 //! optional AIM/PAM score EMA `score = m·score + (1−m)·|g ⊙ θ|` happen in one pass. The
 //! parameter is written in its own storage, so every graph and module that holds the
 //! tensor sees the new values. Step-dependent scalars (learning rate, bias corrections)
-//! are computed on the host; a step never reads anything back.
+//! are computed on the host; a step never reads anything back (but under [`GradScaler`],
+//! which reads one word to decide whether to skip it).
 //!
 //! Parameters can be added mid-training ([`Optimizer::add_params`]); they start with fresh
 //! state. State for checkpoints is exported as named host arrays
@@ -16,11 +17,13 @@
 //! `score.<param>` and `score_momentum.<param>` (when scores are enabled).
 pub mod adam;
 pub mod clip;
+pub mod scaler;
 pub mod schedule;
 pub mod sgd;
 
 pub use adam::{Adam, AdamConfig};
 pub use clip::{clip_grad_norm, ClipGradNorm};
+pub use scaler::{GradScaler, ScaleCounts};
 pub use schedule::{LrSchedule, Scheduler};
 pub use sgd::{Sgd, SgdConfig};
 /// What optimizers update: the parameters `nn` modules define.
@@ -85,6 +88,11 @@ pub trait Optimizer: Send {
     /// The score tensor of a parameter (same shape), when enabled.
     fn scores(&self, name: &str) -> Option<&Tensor> {
         let _ = name;
+        None
+    }
+    /// The loss-scaling wrapper, when this optimizer is one ([`GradScaler`] is the outermost
+    /// wrapper wherever the trainer builds one).
+    fn grad_scaler(&mut self) -> Option<&mut GradScaler> {
         None
     }
 }

@@ -151,6 +151,17 @@ pub fn build_optimizer(cfg: &Config, params: Vec<Param>) -> Result<Box<dyn Optim
     })
 }
 
+/// `opt` inside the dynamic loss scale (`optim::GradScaler`) where `cfg.train` asks for it:
+/// `precision = "mixed"` with `loss_scale = "dynamic"`; else `opt` itself.
+pub fn with_loss_scaling(gpu: &Gpu, cfg: &Config, opt: Box<dyn Optimizer>) -> Result<Box<dyn Optimizer>> {
+    let t = &cfg.train;
+    if t.precision == crate::config::Precision::Mixed && t.loss_scale == crate::config::LossScaleMode::Dynamic {
+        Ok(Box::new(crate::optim::GradScaler::new(gpu, opt, t.loss_scale_interval)?))
+    } else {
+        Ok(opt)
+    }
+}
+
 /// The learning-rate schedule `cfg.train` selects (with its warm-up).
 pub fn build_scheduler(cfg: &Config) -> Scheduler {
     let t = &cfg.train;
@@ -420,7 +431,7 @@ pub fn train(gpu: &Gpu, cfg: &Config, cfg_text: &str, opts: &TrainOptions) -> Re
             format!("method {} observes a validation split and the {} dataset has none (set data.n_val or data.val_fraction)", method.name(), run.ds.name()),
         ));
     }
-    let mut opt = build_optimizer(cfg, method.trainable())?;
+    let mut opt = with_loss_scaling(gpu, cfg, build_optimizer(cfg, method.trainable())?)?;
     let sched = build_scheduler(cfg);
     lock.replace_old_run()?;
 
@@ -544,12 +555,26 @@ impl<'a> Run<'a> {
         let (stats, wait) = self.training_pass(method, opt, epoch, t0)?;
         let train_secs = t0.elapsed().as_secs_f64();
         let wait_share = wait.as_secs_f64() / train_secs.max(1e-9);
-        if !stats.loss.is_finite() {
+        let scaling = opt.grad_scaler().map(|s| (s.take_counts(), s.scale()));
+        if let Some((c, s)) = scaling.filter(|(c, _)| c.steps > 0 && c.skipped == c.steps) {
+            return Err(Error::NonFinite(format!(
+                "every one of the {} steps of epoch {} (method {}) had an inf or NaN gradient and was skipped (loss scale now {s}), so the model makes no progress: an activation beyond f16's range (try train.precision = \"f32\") or a diverged model ({DIVERGED})",
+                c.steps,
+                epoch + 1,
+                method.name()
+            )));
+        }
+        // a skipped step's loss is in the epoch's mean, its gradients are not in the weights
+        let skipped_some = scaling.is_some_and(|(c, _)| c.skipped > 0);
+        if !stats.loss.is_finite() && !skipped_some {
             return Err(nan_loss_error(stats.loss, epoch, method.name(), lr, &self.last_path));
         }
 
         let do_eval = (epoch + 1) % cfg.train.eval_every == 0 || epoch + 1 == cfg.train.epochs;
         let mut line = self.epoch_record(epoch, lr, method.name(), &stats, wait_share, train_secs);
+        if let Some((c, s)) = scaling {
+            line["loss_scale"] = json!({"scale": s, "steps": c.steps, "skipped_steps": c.skipped});
+        }
         if let Some(note) = progress.resume_note.take() {
             line["resume"] = note;
         }
@@ -617,6 +642,8 @@ impl<'a> Run<'a> {
         let loader = Loader::new(self.ds.clone(), Split::Train, lc)?;
         method.set_epoch_batches(loader.num_batches());
         let pb = progress_bar(self.opts.progress, loader.num_batches(), format!("epoch {}/{}", epoch + 1, cfg.train.epochs));
+        // the backward passes of the steps (and only theirs) are scaled by the optimizer's loss scale
+        let _scaled = opt.grad_scaler().map(|s| crate::autograd::loss_scaling(s.loss_scale()));
         let mut loader = loader;
         let mut seen = 0usize;
         for b in loader.by_ref() {
