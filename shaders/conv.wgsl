@@ -363,6 +363,8 @@ fn fwd_body(wg: vec3<u32>, lid: u32, scaled: bool) {
 @group(0) @binding(3) var<storage, read> bscale: array<f32>;
 @group(0) @binding(4) var<storage, read_write> bdx: array<f32>;
 @group(0) @binding(5) var<storage, read> bwh: array<u32>;
+// dx again, as vec4s (the host binds the same range as binding 4): store_dx4's stores.
+@group(0) @binding(6) var<storage, read_write> bdx4: array<vec4<f32>>;
 
 // w[i] of dX as f32.
 fn dx_w(i: u32) -> f32 {
@@ -455,6 +457,12 @@ fn dx_body(wg: vec3<u32>, lid: u32, scaled: bool) {
         workgroupBarrier();
     }
 
+    // stride 1 (one phase: rows m are the pixels of dx in order) with H*W a multiple of 4:
+    // four neighbouring rows are four neighbouring addresses, stored as one vec4
+    if (Y4 && p.sh == 1u && p.sw == 1u && hw % 4u == 0u) {
+        store_dx4(lid, m0, n0);
+        return;
+    }
     for (var i = 0u; i < OUT_M; i = i + 1u) {
         let m = m0 + out_m(lid, i);
         if (INTERIOR || m < mp) {
@@ -463,6 +471,27 @@ fn dx_body(wg: vec3<u32>, lid: u32, scaled: bool) {
                 let c = n0 + out_n(lid, j);
                 if (INTERIOR || c < p.c) {
                     bdx[base + c * hw] = acc_at(i, j);
+                }
+            }
+        }
+    }
+}
+
+// dX's store at stride 1 where H*W is a multiple of 4 (see store_y4): M = N*H*W is then a
+// multiple of 4 too, so a group of 4 rows lies inside M whole or not at all, and inside
+// one image.
+fn store_dx4(lid: u32, m0: u32, n0: u32) {
+    let hw = p.h * p.w;
+    for (var g = 0u; g < OUT_M / 4u; g = g + 1u) {
+        let m = m0 + out_m(lid, 4u * g);
+        if (INTERIOR || m < p.n * hw) {
+            let n = m / hw;
+            let base = n * p.c * hw + (m - n * hw);
+            for (var j = 0u; j < OUT_N; j = j + 1u) {
+                let c = n0 + out_n(lid, j);
+                if (INTERIOR || c < p.c) {
+                    let g4 = 4u * g;
+                    bdx4[(base + c * hw) / 4u] = vec4<f32>(acc_at(g4, j), acc_at(g4 + 1u, j), acc_at(g4 + 2u, j), acc_at(g4 + 3u, j));
                 }
             }
         }
@@ -478,6 +507,8 @@ fn dx_body(wg: vec3<u32>, lid: u32, scaled: bool) {
 @group(0) @binding(3) var<storage, read> gscale: array<f32>;
 @group(0) @binding(4) var<storage, read_write> gpart: array<f32>;
 @group(0) @binding(5) var<storage, read> gxh: array<u32>;
+// the partials (or dW) again, as vec4s (the host binds the same range as binding 4)
+@group(0) @binding(6) var<storage, read_write> gpart4: array<vec4<f32>>;
 
 // x[i] of dW as f32.
 fn dw_x(i: u32) -> f32 {
@@ -575,6 +606,32 @@ fn dw_body(wg: vec3<u32>, lid: u32, scaled: bool) {
     }
 
     let per = p.o * p.m;
+    // rows m of dW are neighbouring addresses: with C*KH*KW a multiple of 4 each group of
+    // four is one vec4 (of dW, or of a partial: per is a multiple of 4 too)
+    if (Y4 && p.m % 4u == 0u) {
+        for (var g = 0u; g < OUT_M / 4u; g = g + 1u) {
+            let m = m0 + out_m(lid, 4u * g);
+            if (INTERIOR || m < p.m) {
+                for (var j = 0u; j < OUT_N; j = j + 1u) {
+                    let o = n0 + out_n(lid, j);
+                    if (INTERIOR || o < p.o) {
+                        let idx = o * p.m + m;
+                        let g4 = 4u * g;
+                        var v = vec4<f32>(acc_at(g4, j), acc_at(g4 + 1u, j), acc_at(g4 + 2u, j), acc_at(g4 + 3u, j));
+                        if (p.direct != 0u) {
+                            if (scaled) {
+                                v = v * vec4<f32>(gscale[idx], gscale[idx + 1u], gscale[idx + 2u], gscale[idx + 3u]);
+                            }
+                            gpart4[idx / 4u] = v;
+                        } else {
+                            gpart4[(z * per + idx) / 4u] = v;
+                        }
+                    }
+                }
+            }
+        }
+        return;
+    }
     for (var i = 0u; i < OUT_M; i = i + 1u) {
         let m = m0 + out_m(lid, i);
         if (INTERIOR || m < p.m) {

@@ -424,6 +424,16 @@ fn conv_split_k_weight_gradient() {
 }
 
 #[test]
+fn conv_vec4_stores_of_dx_and_dw() {
+    // the `g` tiles store four neighbouring rows as one vec4 where the addresses allow: dX at
+    // stride 1 with H*W = 320 a multiple of 4, dW with C*KH*KW = 36 a multiple of 4, here
+    // through split-K partials (K = 4*320 = 1,280); the strided tiles store scalars. Both
+    // against the f64 reference on every tile (the scalar forms: conv_split_k_weight_gradient
+    // and the shapes above, whose H*W and C*KH*KW are not multiples of 4).
+    check_big("vec4 stores", Shape { n: 4, c: 4, h: 20, w: 16, o: 6, kh: 3, kw: 3 }, params((1, 1), (1, 1), (1, 1)), 28);
+}
+
+#[test]
 fn conv_weight_scale_masks() {
     let g = gpu();
     let s = Shape { n: 2, c: 4, h: 9, w: 7, o: 5, kh: 3, kw: 3 };

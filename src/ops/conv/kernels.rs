@@ -27,9 +27,10 @@ pub(super) struct Tiled {
 /// as f16 words (an f16 output), y as vec4s (the vec4 store of `store_y4`), and w as vec4s
 /// (the interior form's loads).
 pub(super) const FWD_BINDINGS: &[Access] = &[R, R, R, R, RW, R, R, R, R, RW, R, R, RW, RW, R];
-/// dX's: dy, w, w_scale, dx, and w again as f16 words; dW's: x, dy, w_scale, the partials
-/// (or dW), and x again as f16 words.
-const GRAD_BINDINGS: &[Access] = &[R, R, R, RW, R];
+/// dX's: dy, w, w_scale, dx, w again as f16 words and dx again as vec4s; dW's: x, dy,
+/// w_scale, the partials (or dW), x again as f16 words and the partials again as vec4s (the
+/// vec4 stores of the `g` tiles).
+const GRAD_BINDINGS: &[Access] = &[R, R, R, RW, R, RW];
 
 const fn tiled(t: ConvTile) -> Tiled {
     let s = Shader::Conv(t);

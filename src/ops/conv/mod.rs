@@ -343,17 +343,10 @@ fn forward_ex(g: &Geom, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, scale: Op
     let part_buf = part.as_ref().unwrap_or(w).buffer();
     // y is bound three times, as f32, as f16 words and as vec4s: the kernel writes the view
     // of its dtype (and, f32, the vec4s where its tile stores 4 pixels at once)
-    // w is bound again as vec4s for the interior form: a binding read as vec4s must hold one,
-    // so a weight of under 16 bytes binds a placeholder (the interior form never reads it:
-    // its K would not be a whole number of slices)
-    let small;
-    let w4 = if w.buffer().size() >= 16 {
-        w
-    } else {
-        small = Tensor::empty(gpu, &[4], DType::F32)?;
-        &small
-    };
-    let buffers = [x.buffer(), w.buffer(), b_buf, s_buf, y.buffer(), bn_stats, bn_w, bn_b, res, part_buf, x.buffer(), w.buffer(), y.buffer(), y.buffer(), w4.buffer()];
+    // w is bound again as vec4s for the interior form (which never reads a weight of under
+    // 16 bytes: its K would not be a whole number of slices)
+    let (y4, w4) = (vec4_binding(&y)?, vec4_binding(w)?);
+    let buffers = [x.buffer(), w.buffer(), b_buf, s_buf, y.buffer(), bn_stats, bn_w, bn_b, res, part_buf, x.buffer(), w.buffer(), y.buffer(), y4.buffer(), w4.buffer()];
     let groups = [m.div_ceil(t.rows()), g.o.div_ceil(t.cols()), 1];
     match t {
         ConvKernel::Tile(tile) | ConvKernel::Interior(tile) => {
@@ -389,7 +382,8 @@ fn grad_input(g: &Geom, dy_in: &AbsMax, w: &Tensor, scale: Option<&Tensor>) -> R
         ConvKernel::Tile(tile) | ConvKernel::Interior(tile) => {
             let k = if scale.is_some() { &kernels(tile).dx_scaled } else { &kernels(tile).dx };
             let interior = g.interior(Gemm::Dx, t, mp, g.c, None);
-            launch(k, g, &mut pr, &[dy.buffer(), w.buffer(), s_buf, dx.buffer(), w.buffer()], groups, interior, gpu)?;
+            let dx4 = vec4_binding(&dx)?;
+            launch(k, g, &mut pr, &[dy.buffer(), w.buffer(), s_buf, dx.buffer(), w.buffer(), dx4.buffer()], groups, interior, gpu)?;
         }
         ConvKernel::Coop => {
             let k = g.coop(Gemm::Dx, gpu)?;
@@ -398,6 +392,17 @@ fn grad_input(g: &Geom, dy_in: &AbsMax, w: &Tensor, scale: Option<&Tensor>) -> R
         }
     }
     Ok(dx)
+}
+
+/// `t` for a binding the kernel reads or writes as vec4s, which must hold one: a tensor of
+/// under 16 bytes binds a placeholder instead (no kernel takes its vec4 path for one: each
+/// needs a multiple of 4 values, at least 4).
+fn vec4_binding(t: &Tensor) -> Result<Tensor> {
+    if t.buffer().size() >= 16 {
+        Ok(t.clone())
+    } else {
+        Tensor::empty(t.gpu(), &[4], DType::F32)
+    }
 }
 
 /// Launch a cooperative-matrix gradient kernel over `groups` workgroups, split at the
@@ -450,7 +455,8 @@ fn grad_weight(g: &Geom, x: &Tensor, dy_in: &AbsMax, scale: Option<&Tensor>) -> 
             let s_buf = scale.unwrap_or(x).buffer();
             let k = if scale.is_some() { &kernels(tile).dw_scaled } else { &kernels(tile).dw };
             let interior = g.interior(Gemm::Dw, t, kl, g.o, None);
-            launch(k, g, &mut pr, &[x.buffer(), dy.buffer(), s_buf, out, x.buffer()], groups, interior, gpu)?;
+            let out4 = vec4_binding(part.as_ref().unwrap_or(&dw))?;
+            launch(k, g, &mut pr, &[x.buffer(), dy.buffer(), s_buf, out, x.buffer(), out4.buffer()], groups, interior, gpu)?;
         }
         ConvKernel::Coop => {
             let k = g.coop(Gemm::Dw, gpu)?;
