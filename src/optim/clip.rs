@@ -55,6 +55,7 @@ pub fn clip_grad_norm(params: &[Param], grads: &Gradients, max_norm: f32) -> Res
 }
 
 impl Optimizer for ClipGradNorm {
+    super::delegate_to_inner!();
     /// The coefficient is applied inside the inner optimizer's update kernel (one pass over
     /// each gradient fewer than scaling them first; the same bits).
     fn step(&mut self, grads: &Gradients) -> Result<()> {
@@ -63,28 +64,10 @@ impl Optimizer for ClipGradNorm {
             None => self.inner.step(grads),
         }
     }
-    fn add_params(&mut self, params: &[Param]) {
-        self.inner.add_params(params)
-    }
-    fn params(&self) -> &[Param] {
-        self.inner.params()
-    }
-    fn lr(&self) -> f32 {
-        self.inner.lr()
-    }
-    fn set_lr(&mut self, lr: f32) {
-        self.inner.set_lr(lr)
-    }
     fn state_tensors(&self) -> Result<Vec<StateTensor>> {
         self.inner.state_tensors()
     }
     fn load_state_tensors(&mut self, state: &[StateTensor]) -> Result<()> {
         self.inner.load_state_tensors(state)
-    }
-    fn enable_scores(&mut self, param_names: &[&str], momentum: f32) -> Result<()> {
-        self.inner.enable_scores(param_names, momentum)
-    }
-    fn scores(&self, name: &str) -> Option<&Tensor> {
-        self.inner.scores(name)
     }
 }

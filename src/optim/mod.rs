@@ -97,6 +97,32 @@ pub trait Optimizer: Send {
     }
 }
 
+/// The methods an optimizer wrapper (gradient clipping, loss scaling) hands to its `inner`
+/// optimizer unchanged: parameters, learning rate and scores are the inner optimizer's.
+macro_rules! delegate_to_inner {
+    () => {
+        fn add_params(&mut self, params: &[Param]) {
+            self.inner.add_params(params)
+        }
+        fn params(&self) -> &[Param] {
+            self.inner.params()
+        }
+        fn lr(&self) -> f32 {
+            self.inner.lr()
+        }
+        fn set_lr(&mut self, lr: f32) {
+            self.inner.set_lr(lr)
+        }
+        fn enable_scores(&mut self, param_names: &[&str], momentum: f32) -> Result<()> {
+            self.inner.enable_scores(param_names, momentum)
+        }
+        fn scores(&self, name: &str) -> Option<&Tensor> {
+            self.inner.scores(name)
+        }
+    };
+}
+pub(crate) use delegate_to_inner;
+
 /// Flag bit of the update kernels (`shaders/optim.wgsl` `GRAD_SCALE`): multiply the
 /// gradient by the one-element scale tensor bound after the state buffers.
 pub(crate) const GRAD_SCALE: u32 = 8;

@@ -92,23 +92,12 @@ impl GradScaler {
 }
 
 impl Optimizer for GradScaler {
+    super::delegate_to_inner!();
     fn step(&mut self, grads: &Gradients) -> Result<()> {
         self.guarded(|o| o.step(grads))
     }
     fn step_scaled(&mut self, grads: &Gradients, scale: &Tensor) -> Result<()> {
         self.guarded(|o| o.step_scaled(grads, scale))
-    }
-    fn add_params(&mut self, params: &[Param]) {
-        self.inner.add_params(params)
-    }
-    fn params(&self) -> &[Param] {
-        self.inner.params()
-    }
-    fn lr(&self) -> f32 {
-        self.inner.lr()
-    }
-    fn set_lr(&mut self, lr: f32) {
-        self.inner.set_lr(lr)
     }
     /// The inner optimizer's state and `loss_scale.scale`, `loss_scale.growth_tracker`.
     fn state_tensors(&self) -> Result<Vec<StateTensor>> {
@@ -139,12 +128,6 @@ impl Optimizer for GradScaler {
         // a resume may shorten the interval: S then doubles at the next good step
         self.tracker = (tracker as u32).min(self.growth_interval - 1);
         Ok(())
-    }
-    fn enable_scores(&mut self, param_names: &[&str], momentum: f32) -> Result<()> {
-        self.inner.enable_scores(param_names, momentum)
-    }
-    fn scores(&self, name: &str) -> Option<&Tensor> {
-        self.inner.scores(name)
     }
     fn grad_scaler(&mut self) -> Option<&mut GradScaler> {
         Some(self)
