@@ -3,7 +3,7 @@
 Runs on the GPU machine's own python3 (PyTorch is there), in the same session as the
 benchmark (scripts/gpu_bench.sh calls it): B 64, H 8, L = S in {128, 512, 1024, 2048} with
 Dh 64, and L 1024 with Dh 32 and 128; forward and forward + backward; CUDA events, median
-of 10 after 3 warm-up runs. FLOPs counted as in src/bench_cases.rs (fwd 4·B·H·L·S·Dh,
+of 10 after 3 warm-up runs. FLOPs counted as in src/bench/cases.rs (fwd 4·B·H·L·S·Dh,
 fwd + bwd 3.5× that), so the GFLOP/s columns compare directly.
 """
 import statistics

@@ -704,17 +704,32 @@ fn torch_initialisation_statistics() {
 #[test]
 fn model_init_reaches_every_layer_of_a_method() {
     // `model.init = "torch"` redraws every conv and linear weight of the built method (the
-    // encoders, AUG's learners and head), each inside its own ±1/sqrt(fan_in)
+    // encoders and AUG's head), each inside its own ±1/sqrt(fan_in); AUG's learners, those
+    // built and those a check adds (restored here), stay xavier-normal with zero bias, as the
+    // AUG code and the PyTorch reference script make them
     let sets: Vec<String> = ["model.init=torch", "model.encoder=small_cnn", "method.name=aug", "method.aug.hidden=16"].iter().map(|s| s.to_string()).collect();
     let (cfg, _) = equimodal::config::load(None, &sets).unwrap();
     let specs = vec![equimodal::data::ModalitySpec::new("audio", vec![1, 8, 8]), equimodal::data::ModalitySpec::new("visual", vec![1, 8, 8])];
-    let m = equimodal::methods::build(&gpu(), &cfg.method_setup(), &specs, 10, &mut srng(63)).unwrap();
-    let mut layers = 0;
+    let mut m = equimodal::methods::build(&gpu(), &cfg.method_setup(), &specs, 10, &mut srng(63)).unwrap();
+    let mut opt = equimodal::train::build_optimizer(&cfg, m.trainable()).unwrap();
+    m.restore(&serde_json::json!({"learners": [3, 2]}), opt.as_mut()).unwrap();
+    let (mut layers, mut learners) = (0, 0);
     for p in m.params() {
         let shape = p.tensor.shape().to_vec();
+        let v = p.tensor.to_vec().unwrap();
+        if p.name.starts_with("aug.learner.") {
+            if p.name.ends_with(".bias") {
+                assert!(v.iter().all(|&x| x == 0.0), "{}: a learner's bias starts at 0", p.name);
+            } else {
+                let want = (2.0 / (shape[0] + shape[1]) as f64).sqrt();
+                let std = (v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / v.len() as f64).sqrt();
+                assert!((std / want - 1.0).abs() < 0.15, "{}: std {std}, xavier-normal {want}", p.name);
+                learners += 1;
+            }
+            continue;
+        }
         if p.name.ends_with(".weight") && shape.len() >= 2 {
             let bound = 1.0 / (shape[1..].iter().product::<usize>() as f64).sqrt();
-            let v = p.tensor.to_vec().unwrap();
             assert!(v.iter().all(|&x| (x as f64).abs() <= bound), "{}: outside ±{bound}", p.name);
             // and spread up to it, as a uniform draw is
             let max = v.iter().fold(0f64, |a, &x| a.max((x as f64).abs()));
@@ -723,6 +738,7 @@ fn model_init_reaches_every_layer_of_a_method() {
         }
     }
     assert!(layers >= 5, "{layers} layers");
+    assert_eq!(learners, 5, "three learners of audio, two of visual");
 }
 
 // ---- 9. module backward against finite differences of the CPU reference ----------------------

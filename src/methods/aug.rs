@@ -140,7 +140,6 @@ pub struct Aug {
     acc: Vec<Option<Tensor>>,
     samples: usize,
     epochs: usize,
-    init: crate::nn::Init,
     /// modalities that get a learner once this epoch has been evaluated (the official code
     /// evaluates before it adds the layer)
     pending: Vec<usize>,
@@ -184,14 +183,16 @@ impl Aug {
             acc: vec![None; m],
             samples: 0,
             epochs: cfg.epochs,
-            init: cfg.model.init,
             pending: Vec::new(),
         })
     }
 
     /// Linear(D→hidden) with xavier-normal weights and zero bias.
+    /// A learner is xavier-normal with zero bias whatever `model.init` says: the AUG code
+    /// and the PyTorch reference script (`nn.init.xavier_normal_`, `zeros_` on each new
+    /// layer) both initialise learners so, and the latter's encoders with PyTorch's defaults.
     fn make_learner(gpu: &Gpu, modality: &str, t: usize, d: usize, hidden: usize, rng: &mut StdRng) -> Result<Linear> {
-        // Linear::new is already xavier-normal with zero bias, as AUG's code initialises learners
+        // Linear::new is already xavier-normal with zero bias
         Linear::new(gpu, &format!("aug.learner.{modality}.{t}"), d, hidden, true, rng)
     }
 
@@ -224,7 +225,6 @@ impl Aug {
         // seed 0 at modality 0)
         let mut rng = StdRng::seed_from_u64(derive_seed(&[self.seed, LEARNER_STREAM, m as u64, t as u64]));
         let l = Self::make_learner(&self.gpu, &self.names[m], t, d, self.cfg.hidden, &mut rng)?;
-        crate::nn::init::reinit(self.init, &l.params(), &mut rng)?;
         if register {
             opt.add_params(&l.params());
         }
@@ -288,6 +288,12 @@ impl Method for Aug {
                 v.extend(l.params());
             }
         }
+        v.extend(self.head.params());
+        v
+    }
+    /// The encoders and the head: the learners keep their own initialisation (`make_learner`).
+    fn model_init_params(&self) -> Vec<Param> {
+        let mut v: Vec<Param> = self.encoders.iter().flat_map(|e| e.params()).collect();
         v.extend(self.head.params());
         v
     }

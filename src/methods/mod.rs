@@ -93,6 +93,11 @@ pub trait Method: Send {
     fn trainable(&self) -> Vec<Param> {
         self.params()
     }
+    /// The parameters `model.init` draws (default: all of them; a method whose own code fixes
+    /// some layers' initialisation leaves those out).
+    fn model_init_params(&self) -> Vec<Param> {
+        self.params()
+    }
     /// Non-trainable state tensors (batch-norm running statistics).
     fn buffers(&self) -> Vec<(String, Tensor)>;
     /// Called at the start of every epoch, before any other hook of that epoch.
@@ -264,7 +269,7 @@ pub fn build(gpu: &Gpu, cfg: &MethodSetup, specs: &[ModalitySpec], classes: usiz
         MethodName::Greedy => Box::new(Greedy::new(gpu, cfg, specs, classes, rng)?),
         MethodName::Ogm | MethodName::OgmGe => Box::new(OgmGe::new(gpu, cfg, specs, classes, rng, cfg.method.name == MethodName::OgmGe)?),
     };
-    crate::nn::init::reinit(cfg.model.init, &method.params(), rng)?;
+    crate::nn::init::reinit(cfg.model.init, &method.model_init_params(), rng)?;
     Ok(method)
 }
 
