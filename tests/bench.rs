@@ -142,7 +142,7 @@ fn flop_and_byte_counts() {
 /// `tests/data/pairs.rs`.)
 #[test]
 fn every_python_script_parses() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = &repo_root();
     let mut files = Vec::new();
     for dir in ["bench/torch", "scripts"] {
         for e in std::fs::read_dir(root.join(dir)).unwrap() {

@@ -2,6 +2,8 @@
 //! name modules of its own layer or below, never one above. Read from the source text
 //! (every `crate::<module>` path, `use` or inline), so a new upward reference fails here
 //! with the file that made it.
+mod common;
+use common::repo_root;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -57,7 +59,7 @@ fn referenced(text: &str) -> Vec<String> {
 
 #[test]
 fn imports_point_down_the_layer_map() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let src = repo_root().join("src");
     let mut files = Vec::new();
     rust_files(&src, &mut files);
     let mut upward: BTreeMap<String, Vec<String>> = BTreeMap::new();

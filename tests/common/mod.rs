@@ -30,10 +30,28 @@ pub fn test_options() -> GpuOptions {
     o
 }
 
+/// The checkout the tests read files from: where they were built, or, where that path is
+/// not there (test binaries carried to the GPU machine by `scripts/prepare_gpu_run.sh`), the
+/// working directory, which `scripts/gpu_bench.sh` sets to the checkout's root.
+pub fn repo_root() -> std::path::PathBuf {
+    let built = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    if built.join("Cargo.toml").is_file() {
+        built.to_path_buf()
+    } else {
+        std::env::current_dir().expect("a working directory")
+    }
+}
+
 /// The `equimodal` binary as a child process, its tuning cache in a file of this test
-/// process (never the user's cache; shared by the children, so they choose alike).
+/// process (never the user's cache; shared by the children, so they choose alike). The one
+/// cargo built, or where that is not there (on the GPU machine), `$EQUIMODAL_BIN`.
 pub fn equimodal_bin() -> std::process::Command {
-    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_equimodal"));
+    let built = std::path::Path::new(env!("CARGO_BIN_EXE_equimodal"));
+    let exe = match std::env::var_os("EQUIMODAL_BIN") {
+        Some(b) if !built.is_file() => std::path::PathBuf::from(b),
+        _ => built.to_path_buf(),
+    };
+    let mut c = std::process::Command::new(exe);
     if std::env::var_os("EQUIMODAL_TUNE_CACHE").is_none() {
         c.env("EQUIMODAL_TUNE_CACHE", std::env::temp_dir().join(format!("equimodal-test-tune-{}.json", std::process::id())));
     }

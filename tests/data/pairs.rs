@@ -1,7 +1,7 @@
 //! AV-MNIST's clip-image pairing exported for the PyTorch protocol script: the CSV
 //! (`AvmnistDataset::pairs_csv`), `equimodal data pairs`, and the script's reader
 //! (`bench/torch/pairs.py`), so that the two sides train on the same pairs.
-use crate::common::equimodal_bin;
+use crate::common::{equimodal_bin, repo_root};
 use crate::datasets::{avmnist_default, TempDir};
 use equimodal::data::avmnist::{list_fsdd, AvmnistDataset};
 use equimodal::data::{catalog, Dataset, Split};
@@ -56,7 +56,7 @@ fn read_with_python(ds: &AvmnistDataset, csv: &str, dir: &Path) -> Result<Vec<(S
                   d = json.load(open(sys.argv[3]))\n\
                   try:\n    print(json.dumps(list(zip(*read_pairs(sys.argv[2], d['names'], d['digits'], d['labels'])))))\n\
                   except PairsError as e:\n    print('ERROR ' + str(e))\n";
-    let torch_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/torch");
+    let torch_dir = repo_root().join("bench/torch");
     let out = Command::new("python3").arg("-c").arg(script).arg(&torch_dir).arg(&pairs).arg(&data).output().unwrap();
     assert!(out.status.success(), "python3: {}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
@@ -110,7 +110,7 @@ fn data_pairs_writes_an_avmnist_configurations_pairs_and_nothing_else() {
     assert!(!out.exists());
     let Some(ds) = avmnist_default() else { return };
     let root = format!("data.root={}", ds.config().root_dir().display());
-    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/avmnist_joint.toml");
+    let config = repo_root().join("configs/avmnist_joint.toml");
     std::fs::write(&out, "keep me").unwrap();
     let r = run(&["--config", config.to_str().unwrap(), "--set", &root]);
     assert!(!r.status.success() && String::from_utf8_lossy(&r.stderr).contains("--force"), "{}", String::from_utf8_lossy(&r.stderr));

@@ -4,6 +4,7 @@
 //! arrays (the script always; a real one-node Slurm when `EQUIMODAL_SLURM=1`, which `.ci/run`
 //! sets after starting one); `compare`'s numbers on hand-made runs; the CSV and TensorBoard
 //! logs of a run.
+use crate::common::repo_root;
 use equimodal::experiments::{self as ex, Selection, Sweep};
 use std::path::{Path, PathBuf};
 
@@ -15,7 +16,7 @@ fn tmp(name: &str) -> PathBuf {
 }
 
 fn preset(name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("configs").join(name).display().to_string()
+    repo_root().join("configs").join(name).display().to_string()
 }
 
 /// A tiny sweep file in `dir`: fixed sizes small enough for a CPU, plus `extra` TOML.
@@ -66,7 +67,7 @@ fn sweep_files_expand_into_named_validated_runs() {
 /// under them is caught here, not on the GPU machine.
 #[test]
 fn every_committed_sweep_file_expands_into_valid_runs() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("sweeps");
+    let dir = repo_root().join("sweeps");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "toml")).collect();
     files.sort();
     assert!(files.len() >= 10, "{} sweep files under {}", files.len(), dir.display());

@@ -4,6 +4,7 @@
 //! offsets and size of the Rust parameter block; the storage buffers it uses are among the
 //! bindings Rust declares, with the same access; every entry point of every module has a
 //! kernel; and the op codes and shared constants agree.
+use crate::common::repo_root;
 use equimodal::gpu::{Access, Coop, Kernel, ParamsLayout, Shader};
 use naga::valid::{Capabilities, ModuleInfo, ValidationFlags, Validator};
 use std::collections::{BTreeMap, BTreeSet};
@@ -320,7 +321,7 @@ fn a_drifted_parameter_block_is_reported() {
 /// prelude.
 #[test]
 fn every_wgsl_file_is_a_registered_module() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
+    let dir = repo_root().join("shaders");
     let names: BTreeSet<&str> = Shader::ALL.iter().map(|s| s.name()).collect();
     let mut files = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {

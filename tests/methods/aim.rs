@@ -187,7 +187,7 @@ fn aim_config_errors_name_the_field() {
 #[test]
 fn aim_presets_load() {
     for f in ["synthetic_aim", "avmnist_aim", "cremad_aim"] {
-        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs").join(format!("{f}.toml"));
+        let p = repo_root().join("configs").join(format!("{f}.toml"));
         let (cfg, _) = equimodal::config::load(Some(&p), &[]).unwrap_or_else(|e| panic!("{f}: {e}"));
         assert_eq!(cfg.method.name.as_str(), "aim");
         assert_eq!(cfg.method.aim.rho, 0.5);

@@ -266,7 +266,7 @@ fn labels_out_of_range_and_nan_losses_are_typed_errors() {
 
 #[test]
 fn every_preset_parses_and_validates() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+    let dir = repo_root().join("configs");
     let mut n = 0;
     for e in std::fs::read_dir(&dir).unwrap() {
         let p = e.unwrap().path();
@@ -287,7 +287,7 @@ fn every_preset_parses_and_validates() {
 /// renamed or a section added without the README following fails here.
 #[test]
 fn the_readme_configuration_reference_is_a_valid_config_of_every_section() {
-    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
     let start = readme.find("### Configuration").expect("a Configuration section");
     let block = &readme[start..];
     let block = &block[block.find("```toml\n").expect("its TOML block") + 8..];
