@@ -196,18 +196,19 @@ impl Aug {
         Linear::new(gpu, &format!("aug.learner.{modality}.{t}"), d, hidden, true, rng)
     }
 
-    /// Stacked learner logits [N, T, K]: all learners in one matmul, then the shared head.
+    /// Stacked learner logits [N, T, K]: all learners in one matmul (its ReLU in the
+    /// epilogue), then the shared head.
     fn stacked_logits(&self, m: usize, u: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         let ls = &self.learners[m];
         let n = u.dim(0);
         let h = if ls.len() == 1 {
-            ls[0].forward(u, ctx)?
+            ls[0].forward_relu(u, ctx)?
         } else {
             let ws: Vec<&Tensor> = ls.iter().map(|l| &l.weight.tensor).collect();
             let bs: Vec<&Tensor> = ls.iter().map(|l| &l.bias.as_ref().expect("learner bias").tensor).collect();
-            ops::linear(u, &ops::concat(&ws, 0)?, Some(&ops::concat(&bs, 0)?), None)?
+            ops::linear_relu(u, &ops::concat(&ws, 0)?, Some(&ops::concat(&bs, 0)?), None)?
         };
-        let h = ops::relu(&h)?.reshape(&[n, ls.len(), self.cfg.hidden])?;
+        let h = h.reshape(&[n, ls.len(), self.cfg.hidden])?;
         self.head.forward(&h, ctx)
     }
 
