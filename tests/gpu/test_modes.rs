@@ -90,3 +90,41 @@ fn the_canary_reports_a_write_past_the_end_and_nothing_else() {
     g.copy(other.buffer(), other.byte_len(), z.buffer(), z.byte_len(), 4).unwrap();
     assert!(g.check_canaries().is_err(), "a foreign sentinel went unseen");
 }
+
+/// Profiling mode (`GpuOptions::profile`, `EQUIMODAL_PROFILE`): each launch is timed with GPU
+/// timestamps and added to its kernel's total, `shader::entry` as the key; the results are
+/// those of the same ops unprofiled; a context without it reports nothing.
+#[test]
+fn the_profile_counts_every_launch_by_kernel_and_keeps_the_results() {
+    let run = |profile: bool| {
+        let mut o = test_options();
+        o.profile = profile;
+        o.tune = equimodal::TuneMode::Off;
+        let g = equimodal::Gpu::new(o).unwrap();
+        let mut rng = Rng::new(9);
+        let a = upload(&g, &rng.normals(300 * 200), &[300, 200]);
+        let b = upload(&g, &rng.normals(200 * 100), &[200, 100]);
+        let c = equimodal::ops::matmul(&a, &b).unwrap();
+        let mut d = c.clone();
+        for _ in 0..3 {
+            d = equimodal::ops::add(&d, &c).unwrap();
+        }
+        let s = equimodal::ops::sum_all(&d).unwrap();
+        let out = (d.to_vec().unwrap(), s.to_vec().unwrap());
+        (out, g.profile_report(), g.capabilities().timestamps)
+    };
+    let (plain, none, _) = run(false);
+    assert!(none.is_empty(), "no profile without the option: {none:?}");
+    let (profiled, report, timestamps) = run(true);
+    if !timestamps {
+        eprintln!("skipped: this adapter has no timestamp queries, so profiling is off");
+        return;
+    }
+    assert_eq!(profiled, plain, "profiling changed a result");
+    let launches = |part: &str| report.iter().filter(|r| r.0.contains(part)).map(|r| r.1).sum::<u64>();
+    assert!(launches("matmul::") >= 1, "{report:?}");
+    assert_eq!(launches("elementwise::binary"), 3, "three adds: {report:?}");
+    assert!(launches("reduce::") >= 1, "{report:?}");
+    assert!(report.iter().all(|r| r.0.contains("::") && r.2.is_finite() && r.2 >= 0.0), "{report:?}");
+    assert!(report.windows(2).all(|w| w[0].2 >= w[1].2), "most expensive first: {report:?}");
+}
