@@ -147,6 +147,12 @@ fn a_sweep_runs_in_parallel_reports_failures_skips_finished_runs_and_resumes() {
         assert!(o.join(ok).join("summary.txt").exists(), "{ok} finished: {stdout}");
     }
     assert!(std::fs::read_to_string(o.join("seed0_lr1e30/train.log")).unwrap().contains("non-finite"));
+    // two at once, never more: each run from its config.toml (written as its training
+    // starts) to the last write of its train.log (as its process ends)
+    let mtime = |p: std::path::PathBuf| std::fs::metadata(&p).and_then(|m| m.modified()).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let spans: Vec<_> = ["seed0_lr0.01", "seed0_lr1e30", "seed1_lr0.01", "seed1_lr1e30"].iter().map(|r| (mtime(o.join(r).join("config.toml")), mtime(o.join(r).join("train.log")))).collect();
+    let at_once = spans.iter().map(|(start, _)| spans.iter().filter(|(s, e)| s <= start && start < e).count()).max().unwrap();
+    assert_eq!(at_once, 2, "runs in flight at once with parallel = 2: {spans:?}");
     // the comparison of the finished runs is written at the end
     let md = std::fs::read_to_string(o.join("compare.md")).unwrap();
     assert!(md.contains("| joint | 2 |"), "{md}");

@@ -249,6 +249,13 @@ fn the_tune_command_fills_the_cache_and_lists_it() {
     assert_eq!(listed_rows, rows);
     let (ok, _, err) = run(&["tune", "--quick"], true);
     assert!(!ok && err.contains("EQUIMODAL_TUNE"), "{err}");
+    // a corrupt cache file is ignored with a warning naming it, never trusted
+    let saved = std::fs::read(&file).unwrap();
+    std::fs::write(&file, "{ not json").unwrap();
+    let (ok, listed, err) = run(&["tune", "--list"], false);
+    assert!(ok && err.contains("warning: tuning cache") && err.contains(&file.display().to_string()) && err.contains("ignoring it"), "{err}");
+    assert!(!listed.lines().any(|l| l.starts_with("matmul/")), "{listed}");
+    std::fs::write(&file, saved).unwrap();
     // a mixed-precision configuration tunes the f16 buckets its products use
     let (ok, mixed, err) = run(&["tune", "--quick", "--set", "train.epochs=1", "--set", "data.n_train=100", "--set", "train.batch_size=32", "--set", "train.precision=mixed"], false);
     assert!(ok, "{err}");
