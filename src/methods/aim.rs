@@ -710,6 +710,22 @@ impl Method for Aim {
             "ratio_weak": self.ratio_weak,
         })
     }
+    /// Each modality dominant in turn, every depth damped at strength 0.5 (and the weak
+    /// encoder's under v3): the auxiliary forwards with their weight-scaled products.
+    fn pretune_states(&self) -> Vec<serde_json::Value> {
+        let depths = |m: usize| self.layers.iter().filter(|l| l.modality == m).map(|l| l.depth + 1).max().unwrap_or(0);
+        (0..self.m)
+            .filter(|_| self.m >= 2)
+            .map(|dom| {
+                let weak = usize::from(dom == 0);
+                json!({
+                    "proto_ready": false, "dominant": dom, "weak": weak,
+                    "strength": vec![0.5; depths(dom)], "ratio": vec![1.0; depths(dom)],
+                    "strength_weak": vec![0.5; depths(weak)], "ratio_weak": vec![1.0; depths(weak)],
+                })
+            })
+            .collect()
+    }
     fn restore(&mut self, state: &serde_json::Value, _opt: &mut dyn Optimizer) -> Result<()> {
         if state.is_null() {
             return Ok(());

@@ -233,6 +233,12 @@ impl Aug {
         Ok(())
     }
 
+    /// The most learners a modality can have in this run: one per check after the first,
+    /// within `max_learners`.
+    fn most_learners(&self) -> usize {
+        1 + (0..self.epochs).filter(|&e| self.check_now(e)).count().min(self.cfg.max_learners.map_or(usize::MAX, |c| c.saturating_sub(1)))
+    }
+
     /// The assignment rule: which modalities get a new learner, given mean confidence scores.
     pub fn decide(cfg: &AugConfig, scores: &[f64]) -> Vec<usize> {
         let m = scores.len();
@@ -406,11 +412,21 @@ impl Method for Aug {
     fn state(&self) -> serde_json::Value {
         json!({"learners": self.learners.iter().map(|l| l.len()).collect::<Vec<_>>()})
     }
+    /// Each power of two of learners below the most a run can reach, and that most: the
+    /// stacked learners' product at every size class it can take.
+    fn pretune_states(&self) -> Vec<serde_json::Value> {
+        let most = self.most_learners();
+        let mut counts: Vec<usize> = (1..usize::BITS).map(|k| 1usize << k).take_while(|&t| t < most).collect();
+        if most > 1 {
+            counts.push(most);
+        }
+        counts.into_iter().map(|t| json!({"learners": vec![t; self.learners.len()]})).collect()
+    }
     fn restore(&mut self, state: &serde_json::Value, opt: &mut dyn Optimizer) -> Result<()> {
         let Some(counts) = state.get("learners").and_then(|v| v.as_array()) else { return Ok(()) };
         // at most one learner per check (and the cap): a larger count is a damaged checkpoint,
         // not a reason to allocate without bound
-        let most = 1 + (0..self.epochs).filter(|&e| self.check_now(e)).count().min(self.cfg.max_learners.map_or(usize::MAX, |c| c.saturating_sub(1)));
+        let most = self.most_learners();
         for (m, c) in counts.iter().enumerate().take(self.learners.len()) {
             let want = c.as_u64().filter(|&n| n as usize <= most).ok_or_else(|| Error::config("checkpoint method_state.learners", format!("{c} learners for `{}`: at most {most} in a run of {} epochs (one per check)", self.names[m], self.epochs)))? as usize;
             for _ in self.learners[m].len()..want {

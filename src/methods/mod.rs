@@ -93,6 +93,13 @@ pub trait Method: Send {
     fn trainable(&self) -> Vec<Param> {
         self.params()
     }
+    /// States (as [`Method::restore`] takes them) that bring out products a run's first
+    /// steps do not launch, restored in turn by `equimodal tune` so that the tuner meets them
+    /// before a run does (AUG with more learners, AIM with damped auxiliary blocks). Default:
+    /// none.
+    fn pretune_states(&self) -> Vec<serde_json::Value> {
+        Vec::new()
+    }
     /// The parameters `model.init` draws (default: all of them; a method whose own code fixes
     /// some layers' initialisation leaves those out).
     fn model_init_params(&self) -> Vec<Param> {

@@ -151,6 +151,16 @@ pub fn build_optimizer(cfg: &Config, params: Vec<Param>) -> Result<Box<dyn Optim
     })
 }
 
+/// Give `opt` the trainable parameters of `method` it does not know yet (those a restore
+/// created, such as AUG's learners).
+pub(crate) fn register_new_params(method: &dyn Method, opt: &mut dyn Optimizer) {
+    let known: std::collections::HashSet<String> = opt.params().iter().map(|p| p.name.clone()).collect();
+    let new: Vec<Param> = method.trainable().into_iter().filter(|p| !known.contains(&p.name)).collect();
+    if !new.is_empty() {
+        opt.add_params(&new);
+    }
+}
+
 /// `opt` inside the dynamic loss scale (`optim::GradScaler`) where `cfg.train` asks for it:
 /// `precision = "mixed"` with `loss_scale = "dynamic"`; else `opt` itself.
 pub fn with_loss_scaling(gpu: &Gpu, cfg: &Config, opt: Box<dyn Optimizer>) -> Result<Box<dyn Optimizer>> {
@@ -517,12 +527,7 @@ impl<'a> Run<'a> {
         let meta = &ck.meta;
         progress.resume_note = rundir::check_resume(last_path, meta, cfg, self.cfg_text, self.opts.allow_config_change)?;
         method.restore(meta.get("method_state").unwrap_or(&Value::Null), opt).map_err(|e| from_checkpoint(last_path, e))?;
-        // parameters the method created while restoring must reach the optimizer
-        let known: std::collections::HashSet<String> = opt.params().iter().map(|p| p.name.clone()).collect();
-        let new: Vec<Param> = method.trainable().into_iter().filter(|p| !known.contains(&p.name)).collect();
-        if !new.is_empty() {
-            opt.add_params(&new);
-        }
+        register_new_params(method, opt);
         checkpoint::restore_tensors(last_path, &ck.model, &named_state(method))?;
         opt.load_state_tensors(&ck.optim).map_err(|e| from_checkpoint(last_path, e))?;
         let epoch = rundir::checkpoint_epoch(last_path, meta, cfg)?;

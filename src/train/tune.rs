@@ -4,11 +4,12 @@
 //! Tuning happens on its own at the first product of each shape bucket; pre-tuning moves
 //! that pause out of the first epoch and lets a cluster job tune once for all the runs of a
 //! sweep (they share the cache file). It runs the configured method's real training step
-//! on a full batch and on the epoch's last, partial batch, and the evaluation forward at
-//! its batch size, so every product of those passes meets the tuner. Shapes that appear
-//! only later in a run (AUG's learners added at check epochs, a method's later phase) are
-//! tuned when they appear.
-use super::{build_optimizer, upload_batch};
+//! on a full batch and on the epoch's last, partial batch, and the evaluation forward on a
+//! full and the last, partial evaluation batch, so every product of those passes meets the
+//! tuner; then the same passes again from each state the method names for the shapes that
+//! appear only later in a run (`Method::pretune_states`: AUG with more learners, AIM with
+//! damped auxiliary blocks). A method's observation pass runs on one batch.
+use super::{build_optimizer, register_new_params, upload_batch};
 use crate::config::Config;
 use crate::data::{self, loader::assemble_batch, Dataset, Split};
 use crate::error::{Error, Result};
@@ -33,29 +34,48 @@ pub fn pretune(gpu: &Gpu, cfg: &Config) -> Result<BTreeMap<String, TuneEntry>> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
     let mut method = methods::build(gpu, &cfg.method_setup(), &specs, classes, &mut rng)?;
     let mut opt = build_optimizer(cfg, method.trainable())?;
-    let n_train = ds.len(Split::Train);
-    let bs = cfg.train.batch_size.max(1);
-    // a full batch, and the partial last one when the split leaves one
-    let mut sizes = vec![bs.min(n_train)];
-    if n_train > bs && !n_train.is_multiple_of(bs) {
-        sizes.push(n_train % bs);
-    }
-    for n in sizes.into_iter().filter(|&n| n > 0) {
+    let batch = |split: Split, n: usize| -> Result<methods::DeviceBatch> {
         let idx: Vec<usize> = (0..n).collect();
-        let b = upload_batch(gpu, &assemble_batch(ds.as_ref(), Split::Train, &idx, false, cfg.seed, 0)?, classes)?;
-        method.train_step(&b, opt.as_mut(), 0)?;
-    }
-    // evaluation runs at least 64 per batch (see `Run::evaluate`)
+        upload_batch(gpu, &assemble_batch(ds.as_ref(), split, &idx, false, cfg.seed, 0)?, classes)
+    };
+    // training: a full batch, and the partial last one when the split leaves one;
+    // evaluation: at least 64 per batch (see `Run::evaluate`), and its partial last batch
+    let train_sizes = sizes(ds.len(Split::Train), cfg.train.batch_size.max(1));
     let split = if ds.len(Split::Test) > 0 { Split::Test } else { Split::Train };
-    let n = (cfg.train.batch_size.max(64)).min(ds.len(split));
-    if n > 0 {
-        let idx: Vec<usize> = (0..n).collect();
-        let b = upload_batch(gpu, &assemble_batch(ds.as_ref(), split, &idx, false, cfg.seed, 0)?, classes)?;
-        let _ng = crate::autograd::no_grad();
-        method.predict(&b.inputs)?;
+    let eval_sizes = sizes(ds.len(split), cfg.train.batch_size.max(64));
+    method.begin_epoch(0)?;
+    if method.observe_fraction(0).is_some() {
+        if let Some(&n) = train_sizes.first() {
+            method.observe(&batch(Split::Train, n)?, 0)?;
+        }
     }
-    gpu.synchronize()?;
+    let states = method.pretune_states();
+    for state in std::iter::once(None).chain(states.iter().map(Some)) {
+        if let Some(state) = state {
+            method.restore(state, opt.as_mut())?;
+            register_new_params(method.as_ref(), opt.as_mut());
+        }
+        for &n in &train_sizes {
+            method.train_step(&batch(Split::Train, n)?, opt.as_mut(), 0)?;
+        }
+        let _ng = crate::autograd::no_grad();
+        for &n in &eval_sizes {
+            method.predict(&batch(split, n)?.inputs)?;
+        }
+        gpu.synchronize()?;
+    }
     Ok(gpu.tune_table())
+}
+
+/// The batch sizes a pass over `len` samples in batches of `bs` launches: a full batch (or
+/// all of them, if fewer) and the partial last one where there is one.
+fn sizes(len: usize, bs: usize) -> Vec<usize> {
+    let mut v = vec![bs.min(len)];
+    if len > bs && !len.is_multiple_of(bs) {
+        v.push(len % bs);
+    }
+    v.retain(|&n| n > 0);
+    v
 }
 
 /// The tuning table as text: one row per bucket with the chosen variant and every

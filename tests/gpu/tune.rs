@@ -334,3 +334,22 @@ fn convolutions_are_tuned_per_gemm_and_the_cache_file_remembers_the_tiles() {
     assert_eq!(run(&g2, None), tuned);
     assert_eq!(g2.tune_table(), table);
 }
+
+/// `equimodal tune` meets the products that appear only later in a run: AUG's stacked
+/// learners at the most learners a run can reach (5 here: N = 5 × 32), and AIM's damped
+/// auxiliary blocks (the weight-scaled convolution buckets), besides the first step's.
+#[test]
+fn pretuning_reaches_the_later_learners_and_the_damped_blocks() {
+    let tuned = |name: &str, sets: &[&str]| {
+        let g = context(TuneMode::Quick, &scratch(name));
+        let mut all: Vec<String> = ["data.n_train=40", "data.n_test=16", "train.batch_size=16", "train.workers=1"].iter().map(|s| s.to_string()).collect();
+        all.extend(sets.iter().map(|s| s.to_string()));
+        let (cfg, _) = equimodal::config::load(None, &all).unwrap();
+        equimodal::train::pretune(&g, &cfg).unwrap()
+    };
+    let aug = tuned("aug", &["method.name=aug", "method.aug.hidden=32", "method.aug.check_every=1", "train.epochs=5"]);
+    assert!(aug.values().any(|e| e.problem.contains(" x 160 x ")), "no bucket of five stacked learners: {:?}", aug.values().map(|e| &e.problem).collect::<Vec<_>>());
+    let aim = tuned("aim", &["method.name=aim", "model.encoder=small_cnn", "model.width=4"]);
+    assert!(aim.keys().any(|k| k.starts_with("conv/fwd") && k.ends_with(" scaled")), "no damped convolution: {:?}", aim.keys().collect::<Vec<_>>());
+    assert!(aim.keys().any(|k| k.starts_with("conv/fwd") && !k.ends_with(" scaled")), "{:?}", aim.keys().collect::<Vec<_>>());
+}
