@@ -10,7 +10,7 @@
 //! the epoch's loss check. The scale itself changes no bit of a finite step (a power of two on
 //! f32 gradients), so it stays in [1, 2^24]: a larger one protects nothing and would only end
 //! in an f32 overflow and a lost step. `docs/design.md` ("Mixed precision") has the argument.
-use super::{Optimizer, Param, StateTensor};
+use super::{Optimizer, StateTensor};
 use crate::autograd::{Gradients, LossScale};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -92,7 +92,7 @@ impl GradScaler {
 }
 
 impl Optimizer for GradScaler {
-    super::delegate_to_inner!();
+    crate::delegate_to_inner!();
     fn step(&mut self, grads: &Gradients) -> Result<()> {
         self.guarded(|o| o.step(grads))
     }

@@ -6,7 +6,7 @@ use common::*;
 use equimodal::config::{self, Config};
 use equimodal::data::{self, HostBatch, Loader, LoaderConfig, Split};
 use equimodal::methods::{self, DeviceBatch, Method};
-use equimodal::optim::{Optimizer, Param, StateTensor};
+use equimodal::optim::{Optimizer, StateTensor};
 use equimodal::train;
 use equimodal::{Gradients, Tensor};
 use rand::SeedableRng;
@@ -106,29 +106,12 @@ impl Optimizer for Spy {
         self.steps.push(seen);
         self.inner.step(grads)
     }
-    fn add_params(&mut self, params: &[Param]) {
-        self.inner.add_params(params)
-    }
-    fn params(&self) -> &[Param] {
-        self.inner.params()
-    }
-    fn lr(&self) -> f32 {
-        self.inner.lr()
-    }
-    fn set_lr(&mut self, lr: f32) {
-        self.inner.set_lr(lr)
-    }
+    equimodal::delegate_to_inner!();
     fn state_tensors(&self) -> equimodal::Result<Vec<StateTensor>> {
         self.inner.state_tensors()
     }
     fn load_state_tensors(&mut self, state: &[StateTensor]) -> equimodal::Result<()> {
         self.inner.load_state_tensors(state)
-    }
-    fn enable_scores(&mut self, names: &[&str], momentum: f32) -> equimodal::Result<()> {
-        self.inner.enable_scores(names, momentum)
-    }
-    fn scores(&self, name: &str) -> Option<&Tensor> {
-        self.inner.scores(name)
     }
 }
 
