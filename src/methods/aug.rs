@@ -187,10 +187,10 @@ impl Aug {
         })
     }
 
-    /// Linear(D→hidden) with xavier-normal weights and zero bias.
-    /// A learner is xavier-normal with zero bias whatever `model.init` says: the AUG code
-    /// and the PyTorch reference script (`nn.init.xavier_normal_`, `zeros_` on each new
-    /// layer) both initialise learners so, and the latter's encoders with PyTorch's defaults.
+    /// A learner: Linear(D→hidden), xavier-normal with zero bias whatever `model.init` says.
+    /// The AUG code and the PyTorch reference script (`nn.init.xavier_normal_`, `zeros_` on
+    /// each new layer) both initialise learners so, the latter its encoders with PyTorch's
+    /// defaults.
     fn make_learner(gpu: &Gpu, modality: &str, t: usize, d: usize, hidden: usize, rng: &mut StdRng) -> Result<Linear> {
         // Linear::new is already xavier-normal with zero bias
         Linear::new(gpu, &format!("aug.learner.{modality}.{t}"), d, hidden, true, rng)
