@@ -16,10 +16,15 @@
 # PyTorch step and the comparisons (DEADLINE overrides); it is stopped then, and a second
 # call resumes it (a sweep skips finished runs and resumes interrupted ones). The PyTorch
 # step runs in the call whose sweep finished; TORCH_ONLY=1 runs it (and the pairs) alone.
-# Into $OUT: compare.md (last 5 epochs), compare_last.md, compare_best_val.md (where the runs
-# have a validation split), the CSV/LaTeX tables and charts,
-# avmnist_runs.tar.gz (the run directories without checkpoints), and with TORCH_SEEDS
-# torch_avmnist.txt and the pairs.csv it trained on.
+# Into $OUT (the device returns at most 8 files): compare.md (last 5 epochs),
+# compare_last.md, compare_best_val.md (where the runs have a validation split),
+# <sweep name>.runs.tar.gz (the run directories without checkpoints), <sweep
+# name>.compare.tar.gz (each comparison's CSV/LaTeX tables and charts), and with TORCH_SEEDS
+# torch_avmnist.txt and the pairs.csv it trained on: 7 files.
+# Across sessions (the machine and its /tmp are gone after a call): put the returned
+# <sweep name>.runs.tar.gz into .gpu-data/ before the next session's call; the script
+# unpacks it first, and the sweep skips the runs that finished (a run that had not finished
+# starts over).
 set -uo pipefail
 ROOT=$PWD
 OUT=${OUT:-$ROOT/gpu-out}
@@ -33,7 +38,14 @@ TORCH_LIMIT=${TORCH_LIMIT:-240}
 # the comparisons and the archive take well under a minute
 DEADLINE=${DEADLINE:-$((BUDGET - 60 - ${TORCH_SEEDS:+TORCH_LIMIT+}0))}
 # one runs folder per sweep file: a folder belongs to the sweep that made it
-RUNS=/tmp/eqruns/$(basename "$SWEEP" .toml)
+NAME=$(basename "$SWEEP" .toml)
+RUNS=/tmp/eqruns/$NAME
+CMP=/tmp/eqcompare/$NAME
+ARCHIVE=$NAME.runs.tar.gz
+if [ -f "$ROOT/.gpu-data/$ARCHIVE" ] && [ ! -d "$RUNS" ]; then
+    mkdir -p "$RUNS" && tar -C "$RUNS" -xzf "$ROOT/.gpu-data/$ARCHIVE" \
+        && echo "resumed from .gpu-data/$ARCHIVE: $(ls "$RUNS"/*/summary.txt 2>/dev/null | wc -l) runs finished before"
+fi
 
 if [ -z "${EQUIMODAL_DATA:-}" ]; then
     [ -f "$ROOT/.gpu-data/avmnist.tar.xz" ] || { echo "no .gpu-data/avmnist.tar.xz: run WITH_DATA=1 scripts/prepare_gpu_run.sh and carry .gpu-data" >&2; exit 2; }
@@ -47,11 +59,14 @@ if [ -z "${TORCH_ONLY:-}" ]; then
     timeout "$DEADLINE" "$EQ" sweep "$SWEEP" --out "$RUNS" --quiet ${JOBS:+--parallel "$JOBS"}
     sweep_rc=$?
     echo "sweep exit $sweep_rc after $SECONDS s (124: stopped at the deadline; call again to resume)"
-    "$EQ" compare "$RUNS" --select last_k --k 5 --out "$OUT"
-    "$EQ" compare "$RUNS" --select last --out "$OUT/last" >/dev/null && cp "$OUT/last/compare.md" "$OUT/compare_last.md"
+    # each comparison into its own folder, its Markdown table to $OUT, the rest into the archive
+    rm -rf "$CMP" && mkdir -p "$CMP"
+    "$EQ" compare "$RUNS" --select last_k --k 5 --out "$CMP/last5" && cp "$CMP/last5/compare.md" "$OUT/compare.md"
+    "$EQ" compare "$RUNS" --select last --out "$CMP/last" >/dev/null && cp "$CMP/last/compare.md" "$OUT/compare_last.md"
     # best on validation, where the sweep's runs have a validation split (avmnist_reference_torch)
-    "$EQ" compare "$RUNS" --select best_val --out "$OUT/best_val" >/dev/null 2>&1 && cp "$OUT/best_val/compare.md" "$OUT/compare_best_val.md"
-    tar -C "$RUNS" --exclude=checkpoints -czf "$OUT/avmnist_runs.tar.gz" .
+    "$EQ" compare "$RUNS" --select best_val --out "$CMP/best_val" >/dev/null 2>&1 && cp "$CMP/best_val/compare.md" "$OUT/compare_best_val.md"
+    tar -C "$RUNS" --exclude=checkpoints -czf "$OUT/$ARCHIVE" .
+    tar -C "$CMP" -czf "$OUT/$NAME.compare.tar.gz" .
 fi
 limit=$((BUDGET - SECONDS - 10))
 [ "$limit" -gt "$TORCH_LIMIT" ] && limit=$TORCH_LIMIT
