@@ -55,7 +55,7 @@ pub fn clip_grad_norm(params: &[Param], grads: &Gradients, max_norm: f32) -> Res
 }
 
 impl Optimizer for ClipGradNorm {
-    crate::delegate_to_inner!();
+    delegate_to_inner!();
     /// The coefficient is applied inside the inner optimizer's update kernel (one pass over
     /// each gradient fewer than scaling them first; the same bits).
     fn step(&mut self, grads: &Gradients) -> Result<()> {

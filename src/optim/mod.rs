@@ -15,6 +15,34 @@
 //! ([`Optimizer::state_tensors`]): `step.<param>` (shape `[1]`), `momentum.<param>` (SGD),
 //! `exp_avg.<param>`, `exp_avg_sq.<param>`, `max_exp_avg_sq.<param>` (Adam),
 //! `score.<param>` and `score_momentum.<param>` (when scores are enabled).
+/// The methods an optimizer wrapper hands to its `inner` optimizer unchanged: parameters,
+/// learning rate and scores are the inner optimizer's. For use inside `impl Optimizer for W`
+/// where `W` has a field `inner: Box<dyn Optimizer>` (gradient clipping, loss scaling, or an
+/// embedding program's own wrapper). Defined before the modules so that theirs see it.
+#[macro_export]
+macro_rules! delegate_to_inner {
+    () => {
+        fn add_params(&mut self, params: &[$crate::optim::Param]) {
+            self.inner.add_params(params)
+        }
+        fn params(&self) -> &[$crate::optim::Param] {
+            self.inner.params()
+        }
+        fn lr(&self) -> f32 {
+            self.inner.lr()
+        }
+        fn set_lr(&mut self, lr: f32) {
+            self.inner.set_lr(lr)
+        }
+        fn enable_scores(&mut self, param_names: &[&str], momentum: f32) -> $crate::Result<()> {
+            self.inner.enable_scores(param_names, momentum)
+        }
+        fn scores(&self, name: &str) -> Option<&$crate::Tensor> {
+            self.inner.scores(name)
+        }
+    };
+}
+
 pub mod adam;
 pub mod clip;
 pub mod scaler;
@@ -97,33 +125,6 @@ pub trait Optimizer: Send {
     }
 }
 
-/// The methods an optimizer wrapper hands to its `inner` optimizer unchanged: parameters,
-/// learning rate and scores are the inner optimizer's. For use inside `impl Optimizer for W`
-/// where `W` has a field `inner: Box<dyn Optimizer>` (gradient clipping, loss scaling, or an
-/// embedding program's own wrapper).
-#[macro_export]
-macro_rules! delegate_to_inner {
-    () => {
-        fn add_params(&mut self, params: &[$crate::optim::Param]) {
-            self.inner.add_params(params)
-        }
-        fn params(&self) -> &[$crate::optim::Param] {
-            self.inner.params()
-        }
-        fn lr(&self) -> f32 {
-            self.inner.lr()
-        }
-        fn set_lr(&mut self, lr: f32) {
-            self.inner.set_lr(lr)
-        }
-        fn enable_scores(&mut self, param_names: &[&str], momentum: f32) -> $crate::Result<()> {
-            self.inner.enable_scores(param_names, momentum)
-        }
-        fn scores(&self, name: &str) -> Option<&$crate::Tensor> {
-            self.inner.scores(name)
-        }
-    };
-}
 
 /// Flag bit of the update kernels (`shaders/optim.wgsl` `GRAD_SCALE`): multiply the
 /// gradient by the one-element scale tensor bound after the state buffers.

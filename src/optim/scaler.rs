@@ -92,7 +92,7 @@ impl GradScaler {
 }
 
 impl Optimizer for GradScaler {
-    crate::delegate_to_inner!();
+    delegate_to_inner!();
     fn step(&mut self, grads: &Gradients) -> Result<()> {
         self.guarded(|o| o.step(grads))
     }
