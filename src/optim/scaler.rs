@@ -6,8 +6,9 @@
 //!
 //! Why it exists here, where no gradient is ever stored in f16: what it buys is the skip. An
 //! activation beyond f16's range under mixed precision becomes inf and its step's gradients
-//! NaN; without the check they would be written into the weights and the run would end at
-//! the epoch's loss check. The scale itself changes no bit of a finite step (a power of two on
+//! NaN; without the check they are written into the weights, and a ReLU network can then
+//! even finish at chance with a finite loss (the ReLUs turn NaN activations into zeros), so
+//! nothing stops the run. The scale itself changes no bit of a finite step (a power of two on
 //! f32 gradients), so it stays in [1, 2^24]: a larger one protects nothing and would only end
 //! in an f32 overflow and a lost step. `docs/design.md` ("Mixed precision") has the argument.
 use super::{Optimizer, StateTensor};
